@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a Debian bookworm machine, as root, idempotently.
+#
+#   * From bookworm: runc, containerd, CNI plugins, iptables, busybox-static, iproute2 and a C
+#     toolchain (the test workloads are small static C programs).
+#   * CRIU >= 4.1 from Debian trixie into a private prefix. Bookworm's CRIU 3.17 cannot dump on
+#     kernels >= 6.13 (the vDSO area is split into [vvar] and [vvar_vclock]); trixie's 4.1 can.
+#     trixie's criu needs trixie's libc, so the packages are unpacked (never installed) into
+#     $PREFIX and the binary runs through that prefix's own dynamic loader. The system's libc
+#     and apt sources are left alone.
+#   * A `criu` wrapper in /usr/local/sbin (ahead of /usr/sbin on every default PATH) so that
+#     runc, containerd's shim and libcriu's "swrk" child all run the good CRIU.
+#
+# A second run with everything present only verifies (a few seconds).
+# Environment: PODMIG_PREFIX (default /opt/pod-migration).
+set -euo pipefail
+
+PREFIX=${PODMIG_PREFIX:-/opt/pod-migration}
+CRIU_PREFIX="$PREFIX/criu"
+CRIU_MIN_VERSION=40100            # major*10000 + minor*100 + sublevel, as libcriu reports it
+CRIU_PACKAGES=(criu libcriu2 libcompel1)
+WRAPPER=/usr/local/sbin/criu
+DEBIAN_MIRROR=${PODMIG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+BOOKWORM_PACKAGES=(
+  runc containerd containernetworking-plugins iptables busybox-static iproute2
+  gcc libc6-dev util-linux procps tar ca-certificates
+)
+
+log() { printf '[install-prereqs] %s\n' "$*" >&2; }
+die() { printf '[install-prereqs] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and writes $PREFIX)"
+[ "$(uname -m)" = x86_64 ] || die "only x86_64 is supported (found $(uname -m))"
+
+# ---------------------------------------------------------------- bookworm packages
+missing=()
+for p in "${BOOKWORM_PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing from Debian: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # --no-install-recommends keeps Debian's own criu 3.17 (recommended by some) off the machine.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present: ${BOOKWORM_PACKAGES[*]}"
+fi
+
+# containerd's package enables a systemd unit; the project starts its own instances with their
+# own --root/--state/--address and never uses the system one. Nothing to do when systemd is
+# absent (as on CI machines).
+
+# ---------------------------------------------------------------- CRIU from trixie
+criu_run() {
+  "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
+    --library-path "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu" "$CRIU_PREFIX/usr/sbin/criu" "$@"
+}
+
+criu_prefix_ok() {
+  [ -f "$CRIU_PREFIX/.complete" ] || return 1
+  [ -x "$CRIU_PREFIX/usr/sbin/criu" ] || return 1
+  [ -e "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/libcriu.so.2" ] || return 1
+  criu_run --version >/dev/null 2>&1
+}
+
+install_criu_prefix() {
+  local work state debs staging deps
+  work=$(mktemp -d /tmp/podmig-trixie.XXXXXX)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" RETURN
+  state="$work/apt"
+  mkdir -p "$state"/{lists/partial,cache/archives/partial,etc/sources.list.d,etc/preferences.d}
+  : >"$state/status"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_MIRROR trixie main" \
+    >"$state/etc/sources.list"
+  # A private apt state: the system's sources, lists and dpkg database are not touched.
+  local apt_opts=(
+    -o "Dir::State=$state" -o "Dir::State::Lists=$state/lists" -o "Dir::State::status=$state/status"
+    -o "Dir::Cache=$state/cache" -o "Dir::Etc::SourceList=$state/etc/sources.list"
+    -o "Dir::Etc::SourceParts=$state/etc/sources.list.d" -o "Dir::Etc::Preferences=$state/etc/preferences"
+    -o "Dir::Etc::PreferencesParts=$state/etc/preferences.d" -o "APT::Sandbox::User=root"
+    -o "Debug::NoLocking=1"
+  )
+  log "fetching the trixie package index (private apt state in $state)"
+  apt-get "${apt_opts[@]}" update -qq || die "apt-get update for the trixie suite failed"
+  # The dependency closure of CRIU's packages (hard dependencies only), as trixie resolves it.
+  mapfile -t deps < <(apt-cache "${apt_opts[@]}" depends --recurse --no-recommends --no-suggests \
+      --no-conflicts --no-breaks --no-replaces --no-enhances "${CRIU_PACKAGES[@]}" \
+    | grep -v '^ ' | grep -v '^<' | sort -u)
+  [ ${#deps[@]} -ge ${#CRIU_PACKAGES[@]} ] || die "could not resolve CRIU's dependencies in trixie"
+  log "downloading ${#deps[@]} trixie packages: ${deps[*]}"
+  debs="$work/debs"
+  mkdir -p "$debs"
+  (cd "$debs" && apt-get "${apt_opts[@]}" download -qq "${deps[@]}") || die "apt-get download failed"
+  staging="$CRIU_PREFIX.new"
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  for deb in "$debs"/*.deb; do
+    dpkg-deb -x "$deb" "$staging"
+  done
+  (cd "$debs" && ls ./*.deb | sed 's|^\./||') >"$staging/PACKAGES"
+  rm -rf "$CRIU_PREFIX"
+  mv "$staging" "$CRIU_PREFIX"
+  chmod 0755 "$PREFIX" "$CRIU_PREFIX"
+  criu_run --version >/dev/null || die "the unpacked CRIU does not run through its own loader"
+  touch "$CRIU_PREFIX/.complete"
+}
+
+mkdir -p "$PREFIX"
+if criu_prefix_ok; then
+  log "CRIU prefix present: $CRIU_PREFIX"
+else
+  install_criu_prefix
+fi
+
+# ---------------------------------------------------------------- criu wrapper on PATH
+wrapper_text="#!/bin/sh
+# Installed by pod-migration's hack/install-prereqs.sh: trixie's CRIU through its own loader.
+exec '$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2' --library-path '$CRIU_PREFIX/usr/lib/x86_64-linux-gnu' '$CRIU_PREFIX/usr/sbin/criu' \"\$@\""
+if [ ! -f "$WRAPPER" ] || [ "$(cat "$WRAPPER")" != "$wrapper_text" ]; then
+  log "writing $WRAPPER"
+  printf '%s\n' "$wrapper_text" >"$WRAPPER.tmp"
+  chmod 0755 "$WRAPPER.tmp"
+  mv "$WRAPPER.tmp" "$WRAPPER"
+fi
+
+# The .NET interop loads libcriu.so.2 (and its libprotobuf-c.so.1) from this directory; it is
+# also recorded here for other tools.
+printf '%s\n' "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu" >"$PREFIX/criu-library-dir"
+
+# ---------------------------------------------------------------- verification
+found=$(command -v criu || true)
+[ "$found" = "$WRAPPER" ] || die "'criu' on PATH is '${found:-nothing}', expected $WRAPPER (is /usr/local/sbin first on PATH?)"
+version_line=$(criu --version | head -n 1)
+version=${version_line#Version: }
+IFS=. read -r major minor sub <<<"$version"
+numeric=$(( major * 10000 + minor * 100 + ${sub:-0} ))
+[ "$numeric" -ge "$CRIU_MIN_VERSION" ] || die "CRIU $version is older than 4.1"
+check_out=$(criu check 2>&1) || die "criu check failed: $check_out"
+grep -q 'Looks good' <<<"$check_out" || die "criu check did not say 'Looks good': $check_out"
+for tool in runc containerd ctr iptables busybox ip gcc; do
+  command -v "$tool" >/dev/null || die "$tool is not on PATH after installation"
+done
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || die "CNI plugins not found"
+log "ok: CRIU $version ($(command -v criu)), $(runc --version | head -n 1), containerd $(containerd --version | awk '{print $3}')"
