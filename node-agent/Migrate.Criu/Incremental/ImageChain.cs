@@ -1,0 +1,173 @@
+using Microsoft.Win32.SafeHandles;
+using Migrate.Criu.Images;
+
+namespace Migrate.Criu.Incremental;
+
+/// <summary>
+/// Reads page contents out of an image set and its ancestors (the <c>parent</c> link CRIU follows
+/// on restore), by task id and virtual address.
+/// </summary>
+internal sealed class ImageChain : IDisposable
+{
+    /// <summary>The name of the link from an image set to its parent (CRIU's CR_PARENT_LINK).</summary>
+    public const string ParentLinkName = "parent";
+
+    private readonly string _directory;
+    private readonly ImageChain? _parent;
+    private readonly Dictionary<int, TaskPages?> _tasks = [];
+
+    private ImageChain(string directory, ImageChain? parent)
+    {
+        _directory = directory;
+        _parent = parent;
+    }
+
+    /// <summary>Opens an image set and, through its parent links, every ancestor.</summary>
+    public static ImageChain Open(string directory, int maxDepth = 64)
+    {
+        if (maxDepth <= 0)
+        {
+            throw new InvalidDataException($"image set chain at {directory} is deeper than allowed (a parent link loop?)");
+        }
+
+        var link = Path.Combine(directory, ParentLinkName);
+        ImageChain? parent = null;
+        if (System.IO.Directory.Exists(link))
+        {
+            parent = Open(Path.GetFullPath(Path.Combine(directory, ResolveLink(link))), maxDepth - 1);
+        }
+
+        return new ImageChain(directory, parent);
+    }
+
+    /// <summary>Copies the page at <paramref name="address"/> of task <paramref name="id"/> into
+    /// <paramref name="destination"/>; false if no image set in the chain holds it.</summary>
+    public bool TryReadPage(int id, ulong address, Span<byte> destination)
+    {
+        var task = GetTask(id);
+        if (task is null)
+        {
+            return false;
+        }
+
+        int index = task.Find(address);
+        if (index < 0)
+        {
+            return false;
+        }
+
+        var entry = task.Entries[index];
+        if (entry.IsInParent)
+        {
+            return _parent is not null && _parent.TryReadPage(id, address, destination);
+        }
+
+        if (!entry.IsPresent || task.Pages is null)
+        {
+            return false;
+        }
+
+        long offset = task.FileOffsets[index] + (long)(address - entry.Address);
+        return RandomAccess.Read(task.Pages, destination[..PagemapEntry.PageSize], offset) == PagemapEntry.PageSize;
+    }
+
+    /// <summary>True if this set or an ancestor holds the page (without reading it).</summary>
+    public bool Covers(int id, ulong address)
+    {
+        var task = GetTask(id);
+        int index = task?.Find(address) ?? -1;
+        if (index < 0)
+        {
+            return false;
+        }
+
+        var entry = task!.Entries[index];
+        return entry.IsInParent ? _parent?.Covers(id, address) ?? false : entry.IsPresent && task.Pages is not null;
+    }
+
+    /// <summary>True if some image set of the chain has a pagemap for task <paramref name="id"/>.</summary>
+    public bool HasTask(int id) => GetTask(id) is not null || (_parent?.HasTask(id) ?? false);
+
+    public void Dispose()
+    {
+        foreach (var task in _tasks.Values)
+        {
+            task?.Pages?.Dispose();
+        }
+
+        _parent?.Dispose();
+    }
+
+    internal static string ResolveLink(string link) =>
+        new FileInfo(link).LinkTarget ?? new DirectoryInfo(link).LinkTarget ?? throw new InvalidDataException($"{link} is not a link");
+
+    private TaskPages? GetTask(int id)
+    {
+        if (_tasks.TryGetValue(id, out var cached))
+        {
+            return cached;
+        }
+
+        var map = CriuPagemap.TryRead(_directory, id);
+        TaskPages? task = null;
+        if (map is not null)
+        {
+            var pagesPath = Path.Combine(_directory, CriuPagemap.PagesFileName(map.PagesId));
+            var pages = File.Exists(pagesPath) ? File.OpenHandle(pagesPath, FileMode.Open, FileAccess.Read) : null;
+            task = new TaskPages(map.Entries, pages);
+        }
+
+        _tasks[id] = task;
+        return task;
+    }
+
+    private sealed class TaskPages
+    {
+        public TaskPages(IReadOnlyList<PagemapEntry> entries, SafeFileHandle? pages)
+        {
+            Entries = entries;
+            Pages = pages;
+            FileOffsets = new long[entries.Count];
+            long offset = 0;
+            for (int i = 0; i < entries.Count; i++)
+            {
+                FileOffsets[i] = offset;
+                if (entries[i].IsPresent)
+                {
+                    offset += (long)entries[i].PageCount * PagemapEntry.PageSize;
+                }
+            }
+        }
+
+        public IReadOnlyList<PagemapEntry> Entries { get; }
+
+        public SafeFileHandle? Pages { get; }
+
+        public long[] FileOffsets { get; }
+
+        /// <summary>Index of the entry covering <paramref name="address"/>, or -1. Entries are sorted.</summary>
+        public int Find(ulong address)
+        {
+            int lo = 0, hi = Entries.Count - 1;
+            while (lo <= hi)
+            {
+                int mid = (lo + hi) >>> 1;
+                var e = Entries[mid];
+                if (address < e.Address)
+                {
+                    hi = mid - 1;
+                }
+                else if (address >= e.End)
+                {
+                    lo = mid + 1;
+                }
+                else
+                {
+                    return mid;
+                }
+            }
+
+            return -1;
+        }
+    }
+}

@@ -1,0 +1,192 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using Microsoft.Win32.SafeHandles;
+using Migrate.Criu.Images;
+
+namespace Migrate.Criu.Incremental;
+
+/// <summary>Figures of one snapshot round.</summary>
+/// <param name="Directory">The image set written.</param>
+/// <param name="Tasks">Processes whose memory was read.</param>
+/// <param name="PagesScanned">Private pages found resident (or swapped) in those processes.</param>
+/// <param name="PagesWritten">Pages written into this set: new, or changed since the parent set.</param>
+/// <param name="PagesUnchanged">Pages identical to the parent set, recorded as "in parent".</param>
+/// <param name="Elapsed">Wall time of the round.</param>
+public sealed record SnapshotResult(string Directory, int Tasks, ulong PagesScanned, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed)
+{
+    public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
+}
+
+/// <summary>
+/// A pre-dump that needs no kernel memory tracking. It reads the private memory of a running tree
+/// through /proc (the tree is neither frozen nor stopped) and writes it as a CRIU image set that
+/// holds only pagemaps and pages: the kind of set CRIU's restore reads through a <c>parent</c> link.
+/// With a parent set, pages whose content did not change are recorded as "in parent" instead of
+/// written, so each round is a child of the previous one.
+/// </summary>
+/// <remarks>
+/// The tree keeps running while it is read, so a page may change under the reader. That is
+/// harmless: a snapshot only ever serves as a parent, and <see cref="ParentDeduplication"/> refers
+/// a page of the final, frozen dump to it only when the bytes are identical.
+/// </remarks>
+public static class MemorySnapshot
+{
+    private const ulong PresentBit = 1UL << 63;
+    private const ulong SwappedBit = 1UL << 62;
+    private const ulong FileOrSharedBit = 1UL << 61;
+    private const int BatchPages = 256;
+
+    /// <param name="rootPid">Host PID of the tree's root task.</param>
+    /// <param name="directory">The image set to create (must not exist or be empty).</param>
+    /// <param name="parentDirectory">The previous round's image set, or null for the first round.</param>
+    public static SnapshotResult Write(int rootPid, string directory, string? parentDirectory)
+    {
+        var stopwatch = Stopwatch.StartNew();
+        directory = Path.GetFullPath(directory);
+        System.IO.Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        if (System.IO.Directory.EnumerateFileSystemEntries(directory).Any())
+        {
+            throw new IOException($"snapshot directory {directory} is not empty");
+        }
+
+        using var parent = parentDirectory is null ? null : ImageChain.Open(Path.GetFullPath(parentDirectory));
+        if (parentDirectory is not null)
+        {
+            File.CreateSymbolicLink(Path.Combine(directory, ImageChain.ParentLinkName),
+                Path.GetRelativePath(directory, Path.GetFullPath(parentDirectory)));
+        }
+
+        var tasks = LiveProcessTree.Enumerate(rootPid);
+        ulong scanned = 0, written = 0, unchanged = 0;
+        uint pagesId = 0;
+        int tasksRead = 0;
+        foreach (var task in tasks)
+        {
+            pagesId++;
+            try
+            {
+                var (s, w, u) = SnapshotTask(task, directory, pagesId, parent);
+                scanned += s;
+                written += w;
+                unchanged += u;
+                tasksRead++;
+            }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
+                                      || (e is IOException && !Directory.Exists($"/proc/{task.HostPid}")))
+            {
+                // The task exited while it was read. Its pages are simply not in this round.
+                File.Delete(Path.Combine(directory, CriuPagemap.FileName(task.ImageId)));
+                File.Delete(Path.Combine(directory, CriuPagemap.PagesFileName(pagesId)));
+            }
+        }
+
+        return new SnapshotResult(directory, tasksRead, scanned, written, unchanged, stopwatch.Elapsed);
+    }
+
+    private static (ulong Scanned, ulong Written, ulong Unchanged) SnapshotTask(LiveTask task, string directory, uint pagesId, ImageChain? parent)
+    {
+        var regions = LiveProcessTree.ReadMaps(task.HostPid);
+        using var pagemap = File.OpenHandle($"/proc/{task.HostPid}/pagemap", FileMode.Open, FileAccess.Read);
+        using var memory = File.OpenHandle($"/proc/{task.HostPid}/mem", FileMode.Open, FileAccess.Read);
+        using var builder = new PagemapBuilder(directory, task.ImageId, pagesId);
+        var pageFlags = new byte[BatchPages * 8];
+        var content = new byte[BatchPages * PagemapEntry.PageSize];
+        var parentPage = new byte[PagemapEntry.PageSize];
+        ulong scanned = 0;
+
+        foreach (var region in regions)
+        {
+            if (!region.IsReadable || !region.IsPrivate || region.IsSpecial)
+            {
+                continue;
+            }
+
+            for (ulong batchStart = region.Start; batchStart < region.End; batchStart += BatchPages * (ulong)PagemapEntry.PageSize)
+            {
+                int count = (int)Math.Min(BatchPages, (region.End - batchStart) / PagemapEntry.PageSize);
+                if (!ReadPageFlags(pagemap, batchStart, pageFlags.AsSpan(0, count * 8)))
+                {
+                    break;
+                }
+
+                // Walk runs of resident private pages and read each run in one call.
+                int i = 0;
+                while (i < count)
+                {
+                    if (!IsPrivateResident(pageFlags, i))
+                    {
+                        i++;
+                        continue;
+                    }
+
+                    int runStart = i;
+                    while (i < count && IsPrivateResident(pageFlags, i))
+                    {
+                        i++;
+                    }
+
+                    ulong runAddress = batchStart + ((ulong)runStart * PagemapEntry.PageSize);
+                    var runBytes = content.AsSpan(0, (i - runStart) * PagemapEntry.PageSize);
+                    if (!ReadMemory(memory, runAddress, runBytes))
+                    {
+                        continue; // not readable through /proc (e.g. a device mapping): leave it to the final dump
+                    }
+
+                    for (int p = 0; p < i - runStart; p++)
+                    {
+                        ulong address = runAddress + ((ulong)p * PagemapEntry.PageSize);
+                        var page = runBytes.Slice(p * PagemapEntry.PageSize, PagemapEntry.PageSize);
+                        scanned++;
+                        if (parent is not null && parent.TryReadPage(task.ImageId, address, parentPage) && page.SequenceEqual(parentPage))
+                        {
+                            builder.AddParent(address);
+                        }
+                        else
+                        {
+                            builder.AddPresent(address, page);
+                        }
+                    }
+                }
+            }
+        }
+
+        builder.Complete();
+        return (scanned, builder.PresentPages, builder.ParentPages);
+    }
+
+    private static bool IsPrivateResident(byte[] flags, int index)
+    {
+        ulong entry = BinaryPrimitives.ReadUInt64LittleEndian(flags.AsSpan(index * 8, 8));
+        return (entry & (PresentBit | SwappedBit)) != 0 && (entry & FileOrSharedBit) == 0;
+    }
+
+    private static bool ReadPageFlags(SafeFileHandle pagemap, ulong address, Span<byte> destination)
+    {
+        long offset = (long)(address / PagemapEntry.PageSize * 8);
+        return RandomAccess.Read(pagemap, destination, offset) == destination.Length;
+    }
+
+    private static bool ReadMemory(SafeFileHandle memory, ulong address, Span<byte> destination)
+    {
+        try
+        {
+            int total = 0;
+            while (total < destination.Length)
+            {
+                int read = RandomAccess.Read(memory, destination[total..], (long)address + total);
+                if (read <= 0)
+                {
+                    return false;
+                }
+
+                total += read;
+            }
+
+            return true;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+}

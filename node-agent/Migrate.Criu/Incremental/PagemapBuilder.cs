@@ -1,0 +1,93 @@
+using Migrate.Criu.Images;
+
+namespace Migrate.Criu.Incremental;
+
+/// <summary>
+/// Writes one task's pagemap and pages file page by page, merging neighbouring pages with the same
+/// flags into one entry. Files are written under temporary names and moved into place by
+/// <see cref="Complete"/>, so a pagemap being rewritten stays readable until then.
+/// </summary>
+internal sealed class PagemapBuilder : IDisposable
+{
+    private readonly string _directory;
+    private readonly int _id;
+    private readonly uint _pagesId;
+    private readonly string _pagesTemp;
+    private readonly FileStream _pages;
+    private readonly List<PagemapEntry> _entries = [];
+    private bool _completed;
+
+    public PagemapBuilder(string directory, int id, uint pagesId)
+    {
+        _directory = directory;
+        _id = id;
+        _pagesId = pagesId;
+        _pagesTemp = Path.Combine(directory, CriuPagemap.PagesFileName(pagesId) + ".partial");
+        _pages = new FileStream(_pagesTemp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+    }
+
+    public ulong PresentPages { get; private set; }
+
+    public ulong ParentPages { get; private set; }
+
+    public void AddPresent(ulong address, ReadOnlySpan<byte> page)
+    {
+        _pages.Write(page[..PagemapEntry.PageSize]);
+        Append(address, 1, PagemapFlags.Present);
+        PresentPages++;
+    }
+
+    public void AddParent(ulong address)
+    {
+        Append(address, 1, PagemapFlags.Parent);
+        ParentPages++;
+    }
+
+    /// <summary>Keeps an entry that holds no pages in this set (neither present nor parent) as it was.</summary>
+    public void AddOther(PagemapEntry entry) => Append(entry.Address, entry.PageCount, entry.Flags);
+
+    public CriuPagemap Complete()
+    {
+        _pages.Flush(flushToDisk: false);
+        _pages.Dispose();
+        var map = new CriuPagemap(_id, _pagesId, _entries);
+        var finalPages = Path.Combine(_directory, CriuPagemap.PagesFileName(_pagesId));
+        var stagingDirectory = Path.Combine(_directory, $".pagemap-{_id}.partial");
+        Directory.CreateDirectory(stagingDirectory);
+        map.Write(stagingDirectory);
+        File.Move(_pagesTemp, finalPages, overwrite: true);
+        File.Move(Path.Combine(stagingDirectory, CriuPagemap.FileName(_id)), Path.Combine(_directory, CriuPagemap.FileName(_id)), overwrite: true);
+        Directory.Delete(stagingDirectory);
+        _completed = true;
+        return map;
+    }
+
+    public void Dispose()
+    {
+        _pages.Dispose();
+        if (!_completed)
+        {
+            File.Delete(_pagesTemp);
+        }
+    }
+
+    private void Append(ulong address, uint count, PagemapFlags flags)
+    {
+        if (_entries.Count > 0)
+        {
+            var last = _entries[^1];
+            if (address < last.End)
+            {
+                throw new InvalidOperationException($"pages must be added in address order (0x{address:x} after 0x{last.End:x})");
+            }
+
+            if (last.Flags == flags && last.End == address)
+            {
+                _entries[^1] = last with { PageCount = last.PageCount + count };
+                return;
+            }
+        }
+
+        _entries.Add(new PagemapEntry(address, count, flags));
+    }
+}

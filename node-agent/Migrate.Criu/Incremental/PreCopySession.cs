@@ -1,0 +1,140 @@
+using System.Diagnostics;
+using System.Globalization;
+using Migrate.Criu.Images;
+
+namespace Migrate.Criu.Incremental;
+
+/// <summary>How pre-copy rounds find the pages that changed.</summary>
+public enum PreCopyMethod
+{
+    /// <summary>CRIU's pre-dump with kernel soft-dirty tracking: only changed pages are even read.</summary>
+    KernelTracking,
+
+    /// <summary>
+    /// For kernels without soft-dirty tracking: rounds are <see cref="MemorySnapshot"/>s and the
+    /// final full dump is reduced by <see cref="ParentDeduplication"/>. The final dump still reads
+    /// every page while the tree is frozen; what shrinks is what has to be sent afterwards.
+    /// </summary>
+    ContentComparison,
+}
+
+/// <summary>One pre-copy round, taken while the tree runs.</summary>
+public sealed record PreCopyRound(int Number, string Directory, PreCopyMethod Method, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed)
+{
+    public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
+}
+
+/// <summary>The final dump of a pre-copy session.</summary>
+/// <param name="Directory">The final image set (its parent link leads to the last round).</param>
+/// <param name="Method">How unchanged pages were found.</param>
+/// <param name="Dump">CRIU's dump result (its statistics count what CRIU itself wrote).</param>
+/// <param name="PagesWritten">Pages the final set holds.</param>
+/// <param name="PagesInParent">Pages the final set takes from earlier rounds.</param>
+/// <param name="DeduplicationTime">Time spent comparing with earlier rounds (zero with kernel tracking).</param>
+public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, CriuDumpResult Dump, ulong PagesWritten, ulong PagesInParent, TimeSpan DeduplicationTime)
+{
+    public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
+}
+
+/// <summary>
+/// Iterative pre-copy of one process tree into a directory of image sets
+/// (<c>round-1</c>, <c>round-2</c>, ..., <c>final</c>), each the child of the one before. Uses
+/// CRIU's kernel-tracked pre-dumps where the kernel supports them, content comparison otherwise.
+/// </summary>
+public sealed class PreCopySession
+{
+    public const string FinalDirectoryName = "final";
+
+    private readonly CriuClient _criu;
+    private readonly CriuOptions _options;
+    private readonly string _baseDirectory;
+    private readonly List<PreCopyRound> _rounds = [];
+
+    /// <param name="criu">The CRIU client.</param>
+    /// <param name="options">Options of the final dump; <see cref="CriuOptions.Pid"/> and
+    /// <see cref="CriuOptions.ImagesDirectory"/> (the session's base directory) are required.</param>
+    /// <param name="method">Forces a method; by default kernel tracking when available.</param>
+    public PreCopySession(CriuClient criu, CriuOptions options, PreCopyMethod? method = null)
+    {
+        ArgumentNullException.ThrowIfNull(criu);
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Pid is not > 0 || string.IsNullOrEmpty(options.ImagesDirectory))
+        {
+            throw new ArgumentException("a pre-copy session needs the tree's PID and a base directory", nameof(options));
+        }
+
+        _criu = criu;
+        _options = options;
+        _baseDirectory = Path.GetFullPath(options.ImagesDirectory);
+        Method = method ?? (criu.CheckFeatures().MemoryTracking ? PreCopyMethod.KernelTracking : PreCopyMethod.ContentComparison);
+        if (Method == PreCopyMethod.KernelTracking && !criu.CheckFeatures().MemoryTracking)
+        {
+            throw new ArgumentException("kernel memory tracking was requested but this kernel does not provide it", nameof(method));
+        }
+
+        Directory.CreateDirectory(_baseDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+    }
+
+    public PreCopyMethod Method { get; }
+
+    public IReadOnlyList<PreCopyRound> Rounds => _rounds;
+
+    /// <summary>Takes one more round while the tree keeps running.</summary>
+    public PreCopyRound PreDump()
+    {
+        int number = _rounds.Count + 1;
+        var directory = Path.Combine(_baseDirectory, RoundName(number));
+        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : null;
+        PreCopyRound round;
+        if (Method == PreCopyMethod.KernelTracking)
+        {
+            var result = _criu.PreDump(_options with
+            {
+                ImagesDirectory = directory,
+                ParentImages = previous is null ? null : Path.GetRelativePath(directory, previous),
+                LeaveRunning = null,
+            });
+            var stats = result.Statistics;
+            round = new PreCopyRound(number, directory, Method, stats?.PagesWritten ?? 0, stats?.PagesSkippedParent ?? 0, result.Elapsed);
+        }
+        else
+        {
+            var snapshot = MemorySnapshot.Write(_options.Pid!.Value, directory, previous);
+            round = new PreCopyRound(number, directory, Method, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed);
+        }
+
+        _rounds.Add(round);
+        return round;
+    }
+
+    /// <summary>The final dump, as a child of the last round (a plain full dump when there was none).</summary>
+    public PreCopyFinalDump Dump()
+    {
+        var directory = Path.Combine(_baseDirectory, FinalDirectoryName);
+        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : null;
+        if (Method == PreCopyMethod.KernelTracking)
+        {
+            var result = _criu.Dump(_options with
+            {
+                ImagesDirectory = directory,
+                ParentImages = previous is null ? null : Path.GetRelativePath(directory, previous),
+                TrackMemory = previous is not null ? true : _options.TrackMemory,
+            });
+            var stats = result.Statistics;
+            return new PreCopyFinalDump(directory, Method, result, stats?.PagesWritten ?? 0, stats?.PagesSkippedParent ?? 0, TimeSpan.Zero);
+        }
+
+        var dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null });
+        if (previous is null)
+        {
+            ulong pages = CriuPagemap.ReadAll(directory).Aggregate(0UL, (sum, m) => sum + m.PresentPages);
+            return new PreCopyFinalDump(directory, Method, dump, pages, 0, TimeSpan.Zero);
+        }
+
+        var stopwatch = Stopwatch.StartNew();
+        var dedup = ParentDeduplication.Apply(directory, previous);
+        return new PreCopyFinalDump(directory, Method, dump, dedup.PagesKept, dedup.PagesInParent, stopwatch.Elapsed);
+    }
+
+    private static string RoundName(int number) => "round-" + number.ToString(CultureInfo.InvariantCulture);
+}
