@@ -1,0 +1,202 @@
+using System.Buffers.Binary;
+using Migrate.Criu.Images;
+using Migrate.Criu.Incremental;
+using Xunit;
+
+namespace Migrate.Criu.Tests;
+
+/// <summary>CRIU's image formats and the parent-chain logic, without CRIU.</summary>
+public sealed class ImageFormatTests : IDisposable
+{
+    private const int Page = PagemapEntry.PageSize;
+    private readonly string _root = Directory.CreateTempSubdirectory("migrate-images-").FullName;
+
+    public void Dispose() => Directory.Delete(_root, recursive: true);
+
+    [Fact]
+    public void A_pagemap_written_reads_back_identically()
+    {
+        var map = new CriuPagemap(7, 3, [
+            new PagemapEntry(0x400000, 2, PagemapFlags.Present),
+            new PagemapEntry(0x402000, 5, PagemapFlags.Parent),
+            new PagemapEntry(0x7ff000, 1, PagemapFlags.Present | PagemapFlags.Lazy),
+        ]);
+
+        map.Write(_root);
+        var read = CriuPagemap.Read(_root, 7);
+
+        Assert.Equal(map.PagesId, read.PagesId);
+        Assert.Equal(map.Entries, read.Entries);
+        Assert.Equal(3UL, read.PresentPages);
+        Assert.Equal(5UL, read.ParentPages);
+    }
+
+    [Fact]
+    public void Old_style_entries_without_flags_are_present_or_in_parent()
+    {
+        var path = Path.Combine(_root, CriuPagemap.FileName(1));
+        CriuImageFile.Write(path, CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic, [
+            new Images.Proto.PagemapHead { PagesId = 1 },
+            new Images.Proto.PagemapEntry { Vaddr = 0x1000, NrPages = 1 },
+            new Images.Proto.PagemapEntry { Vaddr = 0x2000, NrPages = 1, InParent = true },
+        ]);
+
+        var read = CriuPagemap.Read(_root, 1);
+
+        Assert.Equal(PagemapFlags.Present, read.Entries[0].Flags);
+        Assert.Equal(PagemapFlags.Parent, read.Entries[1].Flags);
+    }
+
+    [Fact]
+    public void A_truncated_image_is_refused_with_the_offset()
+    {
+        var path = Path.Combine(_root, CriuPagemap.FileName(2));
+        new CriuPagemap(2, 1, [new PagemapEntry(0x1000, 1, PagemapFlags.Present)]).Write(_root);
+        var bytes = File.ReadAllBytes(path);
+        File.WriteAllBytes(path, bytes[..^2]);
+
+        var error = Assert.Throws<InvalidDataException>(() => CriuPagemap.Read(_root, 2));
+
+        Assert.Contains("truncated", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_record_length_beyond_any_real_image_is_refused()
+    {
+        var path = Path.Combine(_root, CriuPagemap.FileName(3));
+        var bytes = new byte[12];
+        BinaryPrimitives.WriteUInt32LittleEndian(bytes, CriuImageFile.CommonMagic);
+        BinaryPrimitives.WriteUInt32LittleEndian(bytes.AsSpan(4), CriuImageFile.PagemapMagic);
+        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan(8), int.MaxValue);
+        File.WriteAllBytes(path, bytes);
+
+        var error = Assert.Throws<InvalidDataException>(() => CriuPagemap.Read(_root, 3));
+
+        Assert.Contains("out of range", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Deduplication_keeps_changed_pages_refers_equal_ones_to_the_parent_and_reads_back_the_same_bytes()
+    {
+        // Parent: task 1 has pages A B C at 0x10000..; the dump has A B' C D (B changed, D new).
+        var parent = Directory.CreateDirectory(Path.Combine(_root, "round-1")).FullName;
+        WriteSet(parent, 1, 0x10000, [Fill(1), Fill(2), Fill(3)]);
+        var final = Directory.CreateDirectory(Path.Combine(_root, "final")).FullName;
+        WriteSet(final, 1, 0x10000, [Fill(1), Fill(20), Fill(3), Fill(4)]);
+        File.WriteAllBytes(Path.Combine(final, "inventory.img"), []);
+
+        var result = ParentDeduplication.Apply(final, parent);
+
+        Assert.Equal(4UL, result.PagesScanned);
+        Assert.Equal(2UL, result.PagesKept);
+        Assert.Equal(2UL, result.PagesInParent);
+        var map = CriuPagemap.Read(final, 1);
+        Assert.Equal(
+            [
+                new PagemapEntry(0x10000, 1, PagemapFlags.Parent),
+                new PagemapEntry(0x11000, 1, PagemapFlags.Present),
+                new PagemapEntry(0x12000, 1, PagemapFlags.Parent),
+                new PagemapEntry(0x13000, 1, PagemapFlags.Present),
+            ],
+            map.Entries);
+        Assert.Equal(2 * Page, new FileInfo(Path.Combine(final, CriuPagemap.PagesFileName(map.PagesId))).Length);
+        Assert.Equal("../round-1", new FileInfo(Path.Combine(final, "parent")).LinkTarget);
+
+        using var chain = ImageChain.Open(final);
+        var page = new byte[Page];
+        foreach (var (address, fill) in new[] { (0x10000UL, 1), (0x11000UL, 20), (0x12000UL, 3), (0x13000UL, 4) })
+        {
+            Assert.True(chain.TryReadPage(1, address, page));
+            Assert.Equal(Fill(fill), page);
+        }
+
+        Assert.False(chain.TryReadPage(1, 0x14000, page));
+    }
+
+    [Fact]
+    public void Deduplication_gives_every_task_a_pagemap_in_each_ancestor()
+    {
+        var grandparent = Directory.CreateDirectory(Path.Combine(_root, "round-1")).FullName;
+        WriteSet(grandparent, 1, 0x10000, [Fill(1)]);
+        var parent = Directory.CreateDirectory(Path.Combine(_root, "round-2")).FullName;
+        WriteSet(parent, 1, 0x10000, [Fill(1)]);
+        File.CreateSymbolicLink(Path.Combine(parent, "parent"), "../round-1");
+        var final = Directory.CreateDirectory(Path.Combine(_root, "final")).FullName;
+        WriteSet(final, 9, 0x20000, [Fill(5)]); // a task the rounds never saw
+        File.WriteAllBytes(Path.Combine(final, "inventory.img"), []);
+
+        var result = ParentDeduplication.Apply(final, parent);
+
+        Assert.Equal(1UL, result.PagesKept);
+        Assert.Empty(CriuPagemap.Read(parent, 9).Entries);
+        Assert.Empty(CriuPagemap.Read(grandparent, 9).Entries);
+    }
+
+    [Fact]
+    public void Deduplication_refuses_a_directory_that_is_not_a_complete_dump()
+    {
+        var parent = Directory.CreateDirectory(Path.Combine(_root, "p")).FullName;
+        var final = Directory.CreateDirectory(Path.Combine(_root, "f")).FullName;
+
+        var error = Assert.Throws<InvalidOperationException>(() => ParentDeduplication.Apply(final, parent));
+
+        Assert.Contains("inventory.img", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_parent_link_loop_is_detected()
+    {
+        var a = Directory.CreateDirectory(Path.Combine(_root, "a")).FullName;
+        var b = Directory.CreateDirectory(Path.Combine(_root, "b")).FullName;
+        File.CreateSymbolicLink(Path.Combine(a, "parent"), "../b");
+        File.CreateSymbolicLink(Path.Combine(b, "parent"), "../a");
+
+        var error = Assert.Throws<InvalidDataException>(() => ImageChain.Open(a));
+
+        Assert.Contains("loop", error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(40101, 4, 1, 1)]
+    [InlineData(31701, 3, 17, 1)]
+    [InlineData(40200, 4, 2, 0)]
+    public void Versions_decode_from_libcriu_numbers(int number, int major, int minor, int sublevel)
+    {
+        var version = CriuVersion.FromNumber(number);
+
+        Assert.Equal(new CriuVersion(major, minor, sublevel), version);
+        Assert.Equal(number, version.Number);
+        Assert.Equal(number >= 40100, version >= CriuVersion.Minimum);
+    }
+
+    [Fact]
+    public void A_dump_without_a_pid_or_images_directory_is_refused_before_criu_runs()
+    {
+        var criu = new CriuClient();
+
+        Assert.Throws<ArgumentException>(() => criu.Dump(new CriuOptions { ImagesDirectory = _root }));
+        Assert.Throws<ArgumentException>(() => criu.Dump(new CriuOptions { Pid = 1 }));
+        Assert.Throws<DirectoryNotFoundException>(() => criu.Restore(new CriuOptions { ImagesDirectory = Path.Combine(_root, "nope") }));
+    }
+
+    private static void WriteSet(string directory, int id, ulong start, byte[][] pages)
+    {
+        using (var builder = new PagemapBuilder(directory, id, 1))
+        {
+            for (int i = 0; i < pages.Length; i++)
+            {
+                builder.AddPresent(start + ((ulong)i * Page), pages[i]);
+            }
+
+            builder.Complete();
+        }
+    }
+
+    private static byte[] Fill(int value)
+    {
+        var page = new byte[Page];
+        BinaryPrimitives.WriteInt32LittleEndian(page, value);
+        page.AsSpan(4).Fill((byte)value);
+        return page;
+    }
+}

@@ -1,0 +1,92 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
+
+namespace Migrate.TestSupport;
+
+/// <summary>One line memcounter prints per tick.</summary>
+public sealed record MemcounterTick(long Tick, int Pid, int ParentPid, int Mib, ulong Checksum, string Verified, long Dirtied)
+{
+    public bool VerifiedOk => Verified == "ok";
+}
+
+/// <summary>
+/// The test workload (tests/workloads/memcounter.c): built on demand as a static binary, its output
+/// parsed, and its buffer contents reproduced here so tests know the checksum to expect.
+/// </summary>
+public static partial class Memcounter
+{
+    private static readonly Lock BuildGate = new();
+
+    /// <summary>Builds (once per source version) and returns the path of the static binary.</summary>
+    public static string BinaryPath()
+    {
+        var source = RepositoryLayout.InRepository("tests", "workloads", "memcounter.c");
+        var hash = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(source)))[..16];
+        var output = Path.Combine(RepositoryLayout.Artifacts, "workloads", hash, "memcounter");
+        lock (BuildGate)
+        {
+            if (!File.Exists(output))
+            {
+                Prerequisites.RequirePrograms("gcc");
+                Directory.CreateDirectory(Path.GetDirectoryName(output)!);
+                var temp = output + ".tmp" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
+                Prerequisites.Run("gcc", "-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o", temp, source);
+                File.Move(temp, output, overwrite: true);
+            }
+        }
+
+        return output;
+    }
+
+    /// <summary>The command line that runs the workload inside a test root file system.</summary>
+    public static string Command(int mib, ulong seed, int intervalMs = 100, double dirtyPercentPerSecond = 0) =>
+        string.Create(CultureInfo.InvariantCulture,
+            $"/bin/memcounter --mib {mib} --seed {seed} --interval-ms {intervalMs} --dirty-percent-per-second {dirtyPercentPerSecond} --verify-every 0");
+
+    public static IReadOnlyList<MemcounterTick> Parse(IEnumerable<string> lines)
+    {
+        var ticks = new List<MemcounterTick>();
+        foreach (var line in lines)
+        {
+            var m = TickLine().Match(line);
+            if (m.Success)
+            {
+                ticks.Add(new MemcounterTick(
+                    long.Parse(m.Groups["tick"].Value, CultureInfo.InvariantCulture),
+                    int.Parse(m.Groups["pid"].Value, CultureInfo.InvariantCulture),
+                    int.Parse(m.Groups["ppid"].Value, CultureInfo.InvariantCulture),
+                    int.Parse(m.Groups["mib"].Value, CultureInfo.InvariantCulture),
+                    ulong.Parse(m.Groups["sum"].Value, NumberStyles.HexNumber, CultureInfo.InvariantCulture),
+                    m.Groups["verified"].Value,
+                    long.Parse(m.Groups["dirtied"].Value, CultureInfo.InvariantCulture)));
+            }
+        }
+
+        return ticks;
+    }
+
+    /// <summary>The checksum of a freshly filled buffer (no page rewritten), computed the way the workload does.</summary>
+    public static ulong InitialChecksum(int mib, ulong seed)
+    {
+        ulong words = (ulong)mib * 1024 * 1024 / 8;
+        ulong sum = 0;
+        for (ulong i = 0; i < words; i++)
+        {
+            sum += Mix(seed ^ i) * ((2 * i) + 1);
+        }
+
+        return sum;
+    }
+
+    private static ulong Mix(ulong x)
+    {
+        x += 0x9e3779b97f4a7c15UL;
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9UL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebUL;
+        return x ^ (x >> 31);
+    }
+
+    [GeneratedRegex(@"^tick=(?<tick>\d+) pid=(?<pid>\d+) ppid=(?<ppid>\d+) mib=(?<mib>\d+) checksum=(?<sum>[0-9a-f]+) verified=(?<verified>\S+) dirtied=(?<dirtied>\d+)$")]
+    private static partial Regex TickLine();
+}

@@ -1,0 +1,101 @@
+using System.Diagnostics;
+
+namespace Migrate.TestSupport;
+
+/// <summary>
+/// Tests that need real CRIU, runc, containerd or root call these first. A missing piece is a
+/// failure that names it, never a skip: CI installs everything with hack/install-prereqs.sh.
+/// </summary>
+public static class Prerequisites
+{
+    private const string Hint = "run 'sudo hack/install-prereqs.sh' (make test does)";
+
+    public static void RequireRoot()
+    {
+        if (Environment.UserName != "root" && !IsEffectiveRoot())
+        {
+            throw new InvalidOperationException($"this test needs root (CRIU, namespaces, mounts); {Hint} and run the tests as root");
+        }
+    }
+
+    /// <summary>Fails unless every named program is on PATH; returns their full paths.</summary>
+    public static IReadOnlyList<string> RequirePrograms(params string[] programs)
+    {
+        var found = new List<string>();
+        var missing = new List<string>();
+        foreach (var program in programs)
+        {
+            if (FindOnPath(program) is { } path)
+            {
+                found.Add(path);
+            }
+            else
+            {
+                missing.Add(program);
+            }
+        }
+
+        if (missing.Count > 0)
+        {
+            throw new InvalidOperationException($"missing prerequisite program(s): {string.Join(", ", missing)}; {Hint}");
+        }
+
+        return found;
+    }
+
+    public static string? FindOnPath(string program)
+    {
+        var path = Environment.GetEnvironmentVariable("PATH") ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        foreach (var dir in path.Split(':', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var candidate = Path.Combine(dir, program);
+            if (File.Exists(candidate))
+            {
+                return candidate;
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Runs a program to completion and returns its standard output; throws with its output on failure.</summary>
+    public static string Run(string program, params string[] arguments)
+    {
+        var start = new ProcessStartInfo(program)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in arguments)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {program}");
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException(
+                $"{program} {string.Join(' ', arguments)} exited with {process.ExitCode}: {stderr.Result}{stdout.Result}");
+        }
+
+        return stdout.Result;
+    }
+
+    private static bool IsEffectiveRoot()
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+        {
+            if (line.StartsWith("Uid:", StringComparison.Ordinal))
+            {
+                var fields = line.Split((char[])['\t', ' '], StringSplitOptions.RemoveEmptyEntries);
+                return fields.Length > 2 && fields[2] == "0";
+            }
+        }
+
+        return false;
+    }
+}

@@ -1,0 +1,33 @@
+namespace Migrate.TestSupport;
+
+/// <summary>
+/// A minimal root file system for test containers: busybox (static) with its applets, the
+/// memcounter workload, /dev/null, and empty /proc and /tmp.
+/// </summary>
+public static class TestRootFilesystem
+{
+    private static readonly string[] Applets = ["sh", "sleep", "cat", "ls", "echo", "mkdir", "rmdir", "umount", "mount", "true", "kill"];
+
+    public static void Create(string root)
+    {
+        var busybox = Prerequisites.FindOnPath("busybox") ?? "/bin/busybox";
+        if (!File.Exists(busybox))
+        {
+            throw new InvalidOperationException("busybox (static) is missing; run 'sudo hack/install-prereqs.sh'");
+        }
+
+        foreach (var dir in new[] { "bin", "dev", "proc", "tmp", "data" })
+        {
+            Directory.CreateDirectory(Path.Combine(root, dir));
+        }
+
+        File.Copy(busybox, Path.Combine(root, "bin", "busybox"), overwrite: true);
+        foreach (var applet in Applets)
+        {
+            File.CreateSymbolicLink(Path.Combine(root, "bin", applet), "busybox");
+        }
+
+        File.Copy(Memcounter.BinaryPath(), Path.Combine(root, "bin", "memcounter"), overwrite: true);
+        Prerequisites.Run("mknod", "-m", "666", Path.Combine(root, "dev", "null"), "c", "1", "3");
+    }
+}

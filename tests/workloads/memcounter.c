@@ -1,0 +1,180 @@
+/*
+ * memcounter: the test workload for checkpoint/restore.
+ *
+ * Holds a buffer of known content (every 64-bit word derived from a seed), keeps a running
+ * checksum of it, optionally rewrites a share of its pages every second, and prints one line per
+ * tick:
+ *
+ *   tick=<n> pid=<ns pid> ppid=<ns ppid> mib=<size> checksum=<hex> verified=<ok|BAD|-> dirtied=<pages>
+ *
+ * After a restore the tick continues from where it was frozen and a full re-scan of the buffer
+ * must still match the running checksum (printed as verified=ok on the first tick after start and
+ * every --verify-every ticks, on the first tick after a pause of several intervals, which is
+ * what a freeze or a checkpoint looks like from inside, and whenever the file named by
+ * --verify-file exists, which it then removes). Built static so it runs in a bare busybox root
+ * file system.
+ *
+ * The word at index i of page generation g is mix(seed ^ (g << 48) ^ i); the checksum is the sum
+ * over all words of word * (2 * index + 1), modulo 2^64. Both are reproduced by the C# tests.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE_WORDS (4096 / 8)
+
+static uint64_t mix(uint64_t x)
+{
+	/* splitmix64 finaliser */
+	x += 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+static uint64_t word_value(uint64_t seed, uint64_t generation, uint64_t index)
+{
+	return mix(seed ^ (generation << 48) ^ index);
+}
+
+static uint64_t page_contribution(const uint64_t *words, uint64_t first_index)
+{
+	uint64_t sum = 0;
+	for (uint64_t i = 0; i < PAGE_WORDS; i++)
+		sum += words[i] * (2 * (first_index + i) + 1);
+	return sum;
+}
+
+static void fill_page(uint64_t *words, uint64_t seed, uint64_t generation, uint64_t first_index)
+{
+	for (uint64_t i = 0; i < PAGE_WORDS; i++)
+		words[i] = word_value(seed, generation, first_index + i);
+}
+
+static volatile sig_atomic_t stop_requested;
+static void on_term(int sig)
+{
+	(void)sig;
+	stop_requested = 1;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: memcounter [--mib N] [--seed S] [--dirty-percent-per-second P]\n"
+			"                  [--interval-ms MS] [--verify-every N] [--verify-file PATH] [--ticks N]\n");
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t mib = 16, seed = 42, verify_every = 50, max_ticks = 0;
+	double dirty_pct = 0.0;
+	long interval_ms = 100;
+	const char *verify_file = "/verify-now";
+
+	for (int i = 1; i < argc; i++) {
+		if (i + 1 >= argc)
+			usage();
+		const char *name = argv[i], *value = argv[++i];
+		if (!strcmp(name, "--mib"))
+			mib = strtoull(value, NULL, 10);
+		else if (!strcmp(name, "--seed"))
+			seed = strtoull(value, NULL, 10);
+		else if (!strcmp(name, "--dirty-percent-per-second"))
+			dirty_pct = strtod(value, NULL);
+		else if (!strcmp(name, "--interval-ms"))
+			interval_ms = strtol(value, NULL, 10);
+		else if (!strcmp(name, "--verify-every"))
+			verify_every = strtoull(value, NULL, 10);
+		else if (!strcmp(name, "--verify-file"))
+			verify_file = value;
+		else if (!strcmp(name, "--ticks"))
+			max_ticks = strtoull(value, NULL, 10);
+		else
+			usage();
+	}
+	if (interval_ms <= 0 || mib == 0)
+		usage();
+
+	signal(SIGTERM, on_term);
+	signal(SIGINT, on_term);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
+	uint64_t pages = mib * 256;
+	uint64_t *buf = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED) {
+		fprintf(stderr, "memcounter: mmap of %llu MiB failed: %s\n", (unsigned long long)mib, strerror(errno));
+		return 1;
+	}
+	/* one byte per page: the generation of each page (wraps at 256, harmless for the checksum) */
+	uint8_t *generation = calloc(pages, 1);
+	if (!generation)
+		return 1;
+
+	uint64_t checksum = 0;
+	for (uint64_t p = 0; p < pages; p++) {
+		fill_page(buf + p * PAGE_WORDS, seed, 0, p * PAGE_WORDS);
+		checksum += page_contribution(buf + p * PAGE_WORDS, p * PAGE_WORDS);
+	}
+
+	double dirty_per_tick = (double)pages * dirty_pct / 100.0 * (double)interval_ms / 1000.0;
+	double dirty_carry = 0.0;
+	uint64_t next_page = 0, tick = 0, dirtied_total = 0;
+	struct timespec delay = { interval_ms / 1000, (interval_ms % 1000) * 1000000L };
+	struct timespec last = { 0, 0 };
+
+	while (!stop_requested) {
+		tick++;
+
+		dirty_carry += dirty_per_tick;
+		uint64_t to_dirty = (uint64_t)dirty_carry;
+		dirty_carry -= (double)to_dirty;
+		for (uint64_t k = 0; k < to_dirty; k++) {
+			uint64_t p = next_page;
+			next_page = (next_page + 7919) % pages; /* a prime stride spreads the writes */
+			uint64_t *page = buf + p * PAGE_WORDS;
+			checksum -= page_contribution(page, p * PAGE_WORDS);
+			generation[p]++;
+			fill_page(page, seed, generation[p], p * PAGE_WORDS);
+			checksum += page_contribution(page, p * PAGE_WORDS);
+		}
+		dirtied_total += to_dirty;
+
+		/* A gap of several intervals means the process was frozen or checkpointed and restored:
+		 * re-scan the whole buffer on the first tick after it. */
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		long gap_ms = (now.tv_sec - last.tv_sec) * 1000 + (now.tv_nsec - last.tv_nsec) / 1000000;
+		int resumed = tick > 1 && gap_ms > 4 * interval_ms + 200;
+		last = now;
+
+		int requested = access(verify_file, F_OK) == 0;
+		if (requested)
+			unlink(verify_file);
+
+		const char *verified = "-";
+		if (tick == 1 || resumed || requested || (verify_every && tick % verify_every == 0)) {
+			uint64_t full = 0;
+			for (uint64_t p = 0; p < pages; p++)
+				full += page_contribution(buf + p * PAGE_WORDS, p * PAGE_WORDS);
+			verified = full == checksum ? "ok" : "BAD";
+		}
+
+		printf("tick=%llu pid=%d ppid=%d mib=%llu checksum=%016llx verified=%s dirtied=%llu\n",
+		       (unsigned long long)tick, (int)getpid(), (int)getppid(), (unsigned long long)mib,
+		       (unsigned long long)checksum, verified, (unsigned long long)dirtied_total);
+
+		if (max_ticks && tick >= max_ticks)
+			break;
+		nanosleep(&delay, NULL);
+	}
+	return 0;
+}
