@@ -1,0 +1,38 @@
+# pod-migration: live migration of running Kubernetes pods with CRIU.
+# Run as root on Debian bookworm: `make demo` (the main job) and `make test`.
+
+SHELL := /usr/bin/env bash
+CONFIGURATION ?= Debug
+SOLUTION := Migrate.Operator.sln
+export DOTNET_CLI_TELEMETRY_OPTOUT := 1
+export DOTNET_NOLOGO := 1
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Targets:\n"} /^[a-zA-Z_-]+:.*##/ { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+.PHONY: prereqs
+prereqs: ## Install runc, containerd, CNI plugins, iptables, busybox and CRIU 4.1 (idempotent, root).
+	hack/install-prereqs.sh
+
+.PHONY: build
+build: ## Build every project (warnings are errors).
+	dotnet build $(SOLUTION) -c $(CONFIGURATION) -nologo -clp:ErrorsOnly
+
+.PHONY: test
+test: prereqs build ## Install prerequisites, build, run all tests; ends with "N passed, N failed".
+	CONFIGURATION=$(CONFIGURATION) hack/run-tests.sh
+
+.PHONY: demo
+demo: prereqs ## A live migration in the local sandbox cluster (not yet: needs the sandbox).
+	@echo "make demo: not yet -- the sandbox cluster and the operator are still being built (see README, Status)."
+
+.PHONY: bench
+bench: prereqs ## Benchmarks against the manual CRIU pipeline (not yet).
+	@echo "make bench: not yet (see README, Status)."
+
+.PHONY: clean
+clean: ## Remove build output and test results.
+	rm -rf artifacts

@@ -1,0 +1,3 @@
+using Migrate.NodeAgent;
+
+AgentHost.Build(args).Run();

@@ -1,0 +1,3 @@
+using Migrate.Operator;
+
+OperatorHost.Build(args).Run();
