@@ -83,6 +83,66 @@ public sealed class CriuClientTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Notifications_reach_the_handler_and_refusing_one_aborts_the_dump_with_the_tree_running()
+    {
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(16, Seed));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        var refused = new List<CriuNotification>();
+
+        var error = Assert.Throws<CriuException>(() => _criu.Dump(new CriuOptions
+        {
+            Pid = tree.RootPid,
+            ImagesDirectory = Path.Combine(tree.Directory, "refused"),
+            Notify = n =>
+            {
+                refused.Add(n);
+                return n.Action != "pre-dump";
+            },
+        }));
+
+        output.WriteLine(error.Message);
+        Assert.Equal("pre-dump", Assert.Single(refused).Action);
+        long before = tree.ReadTicks()[^1].Tick;
+        tree.WaitForTick(t => t.Tick >= before + 2, TickTimeout, "the counter to keep going after the refused dump");
+
+        var seen = new List<string>();
+        _criu.Dump(new CriuOptions
+        {
+            Pid = tree.RootPid,
+            ImagesDirectory = Path.Combine(tree.Directory, "accepted"),
+            LeaveRunning = true,
+            Notify = n =>
+            {
+                seen.Add(n.Action);
+                return true;
+            },
+        });
+
+        output.WriteLine(string.Join(", ", seen));
+        Assert.Contains("pre-dump", seen);
+        Assert.Contains("post-dump", seen);
+        Assert.True(seen.IndexOf("pre-dump") < seen.IndexOf("post-dump"));
+    }
+
+    [Fact]
+    public void An_exception_in_a_notification_handler_aborts_the_dump_and_is_rethrown()
+    {
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(16, Seed));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+
+        var error = Assert.Throws<InvalidOperationException>(() => _criu.Dump(new CriuOptions
+        {
+            Pid = tree.RootPid,
+            ImagesDirectory = Path.Combine(tree.Directory, "images"),
+            Notify = _ => throw new TimeoutException("handler gave up"),
+        }));
+
+        Assert.IsType<TimeoutException>(error.InnerException);
+        long before = tree.ReadTicks()[^1].Tick;
+        tree.WaitForTick(t => t.Tick >= before + 2, TickTimeout, "the counter to keep going");
+    }
+
+    [Fact]
     public void Dump_of_a_pid_that_does_not_exist_fails_clearly()
     {
         Prerequisites.RequireRoot();
