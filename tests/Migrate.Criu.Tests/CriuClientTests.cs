@@ -196,10 +196,8 @@ public sealed class CriuClientTests(ITestOutputHelper output)
     {
         // CRIU's restorer loops forever on a short pages file instead of failing, so the set is
         // checked first.
-        using var tree = IsolatedProcessTree.Start(Memcounter.Command(16, Seed));
-        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
-        var images = Path.Combine(tree.Directory, "images");
-        _criu.Dump(new CriuOptions { Pid = tree.RootPid, ImagesDirectory = images });
+        var (tree, images) = StartAndDump();
+        using var _ = tree;
         var map = CriuPagemap.ReadAll(images).First(m => m.PresentPages > 0);
         var pages = Path.Combine(images, CriuPagemap.PagesFileName(map.PagesId));
         using (var stream = new FileStream(pages, FileMode.Open))
@@ -220,10 +218,8 @@ public sealed class CriuClientTests(ITestOutputHelper output)
     [Fact]
     public void Restore_with_a_missing_image_fails_with_criu_log_and_leaves_nothing_running()
     {
-        using var tree = IsolatedProcessTree.Start(Memcounter.Command(16, Seed));
-        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
-        var images = Path.Combine(tree.Directory, "images");
-        _criu.Dump(new CriuOptions { Pid = tree.RootPid, ImagesDirectory = images });
+        var (tree, images) = StartAndDump();
+        using var _ = tree;
         var workloadCore = Directory.EnumerateFiles(images, "core-*.img").First(p => !p.EndsWith("core-1.img", StringComparison.Ordinal));
         File.Delete(workloadCore);
 
@@ -241,6 +237,24 @@ public sealed class CriuClientTests(ITestOutputHelper output)
             .Where(p => !childrenBefore.Contains(p) && IsolatedProcessTree.ProcessState(p) is not (null or 'Z'))
             .ToList();
         Assert.Empty(leftovers);
+    }
+
+    /// <summary>A 16 MiB counter tree, dumped (and so ended) after three ticks.</summary>
+    private (IsolatedProcessTree Tree, string Images) StartAndDump()
+    {
+        var tree = IsolatedProcessTree.Start(Memcounter.Command(16, Seed));
+        try
+        {
+            tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+            var images = Path.Combine(tree.Directory, "images");
+            _criu.Dump(new CriuOptions { Pid = tree.RootPid, ImagesDirectory = images });
+            return (tree, images);
+        }
+        catch
+        {
+            tree.Dispose();
+            throw;
+        }
     }
 
     private void Record(string name, double value, string unit) =>
