@@ -129,6 +129,7 @@ public sealed class KubeEmulator : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        Server.StopWatches();
         await _app.StopAsync();
         await _app.DisposeAsync();
         _serving.Dispose();

@@ -96,7 +96,7 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
     {
         var name = Json.GetString(webhook, "name") ?? "webhook";
         bool ignoreFailure = Json.GetString(webhook, "failurePolicy") == "Ignore";
-        int timeoutSeconds = webhook["timeoutSeconds"] is JsonValue t && t.TryGetValue<int>(out var ts) ? ts : 10;
+        int timeoutSeconds = (int)(Json.WholeNumber(webhook["timeoutSeconds"]) ?? 10);
         var uid = Guid.NewGuid().ToString();
         var review = new JsonObject
         {
@@ -152,13 +152,13 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
             throw new ApiException(500, "InternalError", $"Internal error occurred: failed calling webhook \"{name}\": {e.Message}");
         }
 
-        if (response["allowed"]?.GetValue<bool>() == true)
+        if (Json.Truth(response["allowed"]) == true)
         {
             return;
         }
 
         var status = response["status"] as JsonObject;
-        int code = status?["code"] is JsonValue c && c.TryGetValue<int>(out var cv) && cv >= 400 ? cv : 403;
+        int code = Json.WholeNumber(status?["code"]) is long cv && cv >= 400 ? (int)cv : 403;
         var message = Json.GetString(status, "message") ?? "";
         var reason = Json.GetString(status, "reason") ?? (code == 429 ? "TooManyRequests" : "Forbidden");
         throw new ApiException(code, reason, $"admission webhook \"{name}\" denied the request: {message}");
@@ -188,7 +188,7 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
         if (config["service"] is JsonObject service)
         {
             var key = $"{Json.GetString(service, "name")}.{Json.GetString(service, "namespace")}.svc";
-            var port = service["port"] is JsonValue p && p.TryGetValue<int>(out var pv) ? pv : 443;
+            var port = Json.WholeNumber(service["port"]) ?? 443;
             var path = Json.GetString(service, "path") ?? "/";
             if (options.ServiceEndpoints.TryGetValue(key, out var target))
             {

@@ -94,7 +94,7 @@ public sealed partial class ApiServer
         try
         {
             var node = JsonNode.Parse(Convert.FromBase64String(token));
-            revision = node?["rv"]?.GetValue<long>() ?? 0;
+            revision = Json.WholeNumber(node?["rv"]) ?? 0;
             return node?["start"]?.GetValue<string>() ?? throw new FormatException();
         }
         catch (Exception e) when (e is FormatException or JsonException or InvalidOperationException)
@@ -142,7 +142,7 @@ public sealed partial class ApiServer
         }
 
         using var subscriptionScope = subscription;
-        using var timeoutSource = CancellationTokenSource.CreateLinkedTokenSource(r.Aborted);
+        using var timeoutSource = CancellationTokenSource.CreateLinkedTokenSource(r.Aborted, _stopping.Token);
         timeoutSource.CancelAfter(timeout);
         var token = timeoutSource.Token;
         await r.Http.Response.StartAsync(token);

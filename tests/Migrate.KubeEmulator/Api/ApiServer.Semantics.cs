@@ -123,7 +123,7 @@ public sealed partial class ApiServer
 
                 break;
             case "coordination.k8s.io/leases":
-                if (Json.Walk(obj, "spec", "leaseDurationSeconds") is JsonValue d && d.TryGetValue<long>(out var seconds) && seconds <= 0)
+                if (Json.WholeNumber(Json.Walk(obj, "spec", "leaseDurationSeconds")) is long seconds && seconds <= 0)
                 {
                     errors.Add(new FieldError("spec.leaseDurationSeconds", "FieldValueInvalid", $"Invalid value: {seconds}: must be greater than 0"));
                 }
@@ -238,7 +238,7 @@ public sealed partial class ApiServer
         {
             errors.Add(new FieldError("spec.versions", "FieldValueInvalid", "Invalid value: null: must have exactly one version marked as storage version"));
         }
-        else if (versions.Count(v => v["storage"]?.GetValue<bool>() == true) != 1)
+        else if (versions.Count(v => Json.Truth(v["storage"]) == true) != 1)
         {
             errors.Add(new FieldError("spec.versions", "FieldValueInvalid", "Invalid value: must have exactly one version marked as storage version"));
         }
@@ -334,9 +334,9 @@ public sealed partial class ApiServer
         var types = new List<ResourceType>();
         var versions = (spec["versions"] as JsonArray)?.OfType<JsonObject>().ToList() ?? [];
         // The storage version is preferred in discovery when served: list it first.
-        foreach (var v in versions.OrderByDescending(v => v["storage"]?.GetValue<bool>() == true))
+        foreach (var v in versions.OrderByDescending(v => Json.Truth(v["storage"]) == true))
         {
-            if (v["served"]?.GetValue<bool>() != true)
+            if (Json.Truth(v["served"]) != true)
             {
                 continue;
             }
@@ -345,7 +345,7 @@ public sealed partial class ApiServer
             var columns = ((v["additionalPrinterColumns"] as JsonArray)?.OfType<JsonObject>() ?? [])
                 .Select(c => new PrinterColumn(
                     Json.GetString(c, "name") ?? "", Json.GetString(c, "type") ?? "string", Json.GetString(c, "jsonPath") ?? "",
-                    Json.GetString(c, "description") ?? "", c["priority"]?.GetValue<int>() ?? 0, Json.GetString(c, "format") ?? ""))
+                    Json.GetString(c, "description") ?? "", (int)(Json.WholeNumber(c["priority"]) ?? 0), Json.GetString(c, "format") ?? ""))
                 .ToImmutableArray();
             types.Add(new ResourceType
             {
@@ -366,7 +366,7 @@ public sealed partial class ApiServer
         }
 
         Registry.SetDefinedBy(crd.Name, types);
-        var storage = versions.FirstOrDefault(v => v["storage"]?.GetValue<bool>() == true);
+        var storage = versions.FirstOrDefault(v => Json.Truth(v["storage"]) == true);
         var crdType = Registry.Find("apiextensions.k8s.io", "v1", "customresourcedefinitions")!;
         var now = Json.Timestamp(_clock.GetUtcNow());
         SystemUpdate(crdType, null, crd.Name, body =>

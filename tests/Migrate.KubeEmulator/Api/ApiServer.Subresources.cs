@@ -43,7 +43,7 @@ public sealed partial class ApiServer
         var node = Store.Get("/nodes", null, nodeName)?.Body ?? throw ApiException.NotFound(Registry.Find("", "v1", "nodes")!, nodeName);
         var address = ((Json.Walk(node, "status", "addresses") as JsonArray)?.OfType<JsonObject>() ?? [])
             .FirstOrDefault(a => Json.GetString(a, "type") == "InternalIP") is { } a ? Json.GetString(a, "address") : null;
-        var port = Json.Walk(node, "status", "daemonEndpoints", "kubeletEndpoint", "Port") is JsonValue p && p.TryGetValue<int>(out var pv) ? pv : 10250;
+        var port = Json.WholeNumber(Json.Walk(node, "status", "daemonEndpoints", "kubeletEndpoint", "Port")) ?? 10250;
         if (address is null)
         {
             throw new ApiException(500, "InternalError", $"node {nodeName} reports no InternalIP address");
@@ -143,7 +143,7 @@ public sealed partial class ApiServer
     {
         static int Resolve(JsonNode? value, int total, bool roundUp) => value switch
         {
-            JsonValue v when v.TryGetValue<int>(out var n) => n,
+            JsonValue v when Json.WholeNumber(v) is long n => (int)n,
             JsonValue v when v.TryGetValue<string>(out var s) && s.EndsWith('%') && int.TryParse(s[..^1], out var pct) =>
                 (int)(roundUp ? Math.Ceiling(total * pct / 100.0) : Math.Floor(total * pct / 100.0)),
             JsonValue v when v.TryGetValue<string>(out var s) && int.TryParse(s, out var n) => n,
@@ -212,7 +212,7 @@ public sealed partial class ApiServer
         var request = await ReadBodyAsync(r.Http);
         var name = r.Info.Name!;
         var account = Store.Get(r.Type.StorageKey, r.Namespace, name) ?? throw ApiException.NotFound(r.Type, name);
-        long seconds = Json.Walk(request, "spec", "expirationSeconds") is JsonValue e && e.TryGetValue<long>(out var s) ? s : 3600;
+        long seconds = Json.WholeNumber(Json.Walk(request, "spec", "expirationSeconds")) ?? 3600;
         if (seconds < 600)
         {
             throw ApiException.Invalid(Registry.Find("", "v1", "serviceaccounts")!, name,

@@ -13,10 +13,10 @@ internal sealed record DeleteOptions(string? PropagationPolicy, long? GracePerio
 {
     public static DeleteOptions From(JsonObject? body, IQueryCollection query)
     {
-        long? grace = body?["gracePeriodSeconds"] is JsonValue g && g.TryGetValue<long>(out var gv) ? gv
-            : long.TryParse(query["gracePeriodSeconds"].FirstOrDefault(), out var q) ? q : null;
+        long? grace = Json.WholeNumber(body?["gracePeriodSeconds"])
+            ?? (long.TryParse(query["gracePeriodSeconds"].FirstOrDefault(), out var q) ? q : null);
         var policy = Json.GetString(body, "propagationPolicy") ?? query["propagationPolicy"].FirstOrDefault();
-        if (policy is null && body?["orphanDependents"] is JsonValue o && o.TryGetValue<bool>(out var orphan))
+        if (policy is null && Json.Truth(body?["orphanDependents"]) is bool orphan)
         {
             policy = orphan ? "Orphan" : "Background";
         }
@@ -54,7 +54,7 @@ public sealed partial class ApiServer
         CheckKind(type, body);
         var obj = body.DeepClone().AsObject();
         var metadata = Json.Metadata(obj);
-        var ns = Json.GetString(metadata, "namespace");
+        var ns = Json.GetString(metadata, "namespace") is { Length: > 0 } given ? given : null;
         if (type.Namespaced)
         {
             if (ns is not null && urlNamespace is not null && ns != urlNamespace)
@@ -271,7 +271,7 @@ public sealed partial class ApiServer
         ValidateBuiltIn(type, updated, current.Body);
         if (SpecChanged(type, current.Body, updated))
         {
-            var generation = Json.Walk(current.Body, "metadata", "generation") is JsonValue g && g.TryGetValue<long>(out var gen) ? gen : 0;
+            var generation = Json.WholeNumber(Json.Walk(current.Body, "metadata", "generation")) ?? 0;
             Json.Metadata(updated)["generation"] = generation + 1;
         }
 
@@ -400,13 +400,13 @@ public sealed partial class ApiServer
             && Json.GetString(body, "status", "phase") is not ("Succeeded" or "Failed"))
         {
             grace = options.GracePeriodSeconds
-                    ?? (Json.Walk(body, "spec", "terminationGracePeriodSeconds") is JsonValue t && t.TryGetValue<long>(out var tg) ? tg : 30);
+                    ?? Json.WholeNumber(Json.Walk(body, "spec", "terminationGracePeriodSeconds")) ?? 30;
         }
 
         if (IsTerminating(current))
         {
             // Already being deleted: only a shorter grace period (a forced delete) changes anything.
-            var currentGrace = Json.Walk(metadata, "deletionGracePeriodSeconds") is JsonValue dg && dg.TryGetValue<long>(out var d) ? d : 0;
+            var currentGrace = Json.WholeNumber(metadata["deletionGracePeriodSeconds"]) ?? 0;
             if (pod && options.GracePeriodSeconds is long shorter && shorter < currentGrace && !dryRun)
             {
                 var updated = body.DeepClone().AsObject();
@@ -514,7 +514,7 @@ public sealed partial class ApiServer
             return false;
         }
 
-        var grace = Json.Walk(stored.Body, "metadata", "deletionGracePeriodSeconds") is JsonValue g && g.TryGetValue<long>(out var v) ? v : 0;
+        var grace = Json.WholeNumber(Json.Walk(stored.Body, "metadata", "deletionGracePeriodSeconds")) ?? 0;
         return grace == 0;
     }
 

@@ -46,7 +46,7 @@ internal sealed record ApiRequest(HttpContext Http, RequestInfo Info, UserInfo U
 /// selectors, the three patch types, dry run, paging, bearer-token authentication, RBAC and
 /// validating admission webhooks. See README.md in this project for what it does not do.
 /// </summary>
-public sealed partial class ApiServer
+public sealed partial class ApiServer : IDisposable
 {
     private readonly EmulatorOptions _options;
     private readonly TimeProvider _clock;
@@ -56,6 +56,7 @@ public sealed partial class ApiServer
     private readonly Tables _tables;
     private readonly RbacAuthorizer _rbac;
     private readonly WebhookDispatcher _webhooks;
+    private readonly CancellationTokenSource _stopping = new();
 
     public ApiServer(EmulatorOptions options, TimeProvider clock, ILogger<ApiServer> logger)
     {
@@ -80,6 +81,11 @@ public sealed partial class ApiServer
     public Authenticator Authenticator { get; }
 
     public EmulatorOptions Options => _options;
+
+    /// <summary>Ends every open watch (before the host stops, so shutdown does not wait for them).</summary>
+    public void StopWatches() => _stopping.Cancel();
+
+    public void Dispose() => _stopping.Dispose();
 
     public async Task HandleAsync(HttpContext http)
     {
@@ -315,20 +321,16 @@ public sealed partial class ApiServer
         await http.Response.WriteAsync(text, http.RequestAborted);
     }
 
-    private static async Task<JsonObject> ReadBodyAsync(HttpContext http)
-    {
-        using var buffer = new MemoryStream();
-        await http.Request.Body.CopyToAsync(buffer, http.RequestAborted);
-        if (buffer.Length == 0)
-        {
-            throw ApiException.BadRequest("the request needs a body");
-        }
-
-        return Json.ParseObject(buffer.GetBuffer().AsSpan(0, (int)buffer.Length));
-    }
-
+    /// <summary>The request body as JSON: JSON as sent, or protobuf (kubectl's typed commands) decoded; null if empty.</summary>
     private static async Task<JsonNode?> ReadBodyNodeAsync(HttpContext http)
     {
+        var contentType = http.Request.ContentType ?? "";
+        if (contentType.Contains("cbor", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new ApiException(415, "UnsupportedMediaType",
+                $"the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf; got {contentType}");
+        }
+
         using var buffer = new MemoryStream();
         await http.Request.Body.CopyToAsync(buffer, http.RequestAborted);
         if (buffer.Length == 0)
@@ -336,15 +338,29 @@ public sealed partial class ApiServer
             return null;
         }
 
+        var bytes = buffer.GetBuffer().AsSpan(0, (int)buffer.Length);
+        if (ProtobufBodies.IsProtobuf(bytes))
+        {
+            return ProtobufBodies.Decode(bytes);
+        }
+
         try
         {
-            return JsonNode.Parse(buffer.GetBuffer().AsSpan(0, (int)buffer.Length));
+            return JsonNode.Parse(bytes);
         }
         catch (JsonException e)
         {
             throw ApiException.BadRequest($"the request body is not valid JSON: {e.Message}");
         }
     }
+
+    private static async Task<JsonObject> ReadBodyAsync(HttpContext http) =>
+        await ReadBodyNodeAsync(http) switch
+        {
+            JsonObject o => o,
+            null => throw ApiException.BadRequest("the request needs a body"),
+            _ => throw ApiException.BadRequest("the request body is not a JSON object"),
+        };
 
     private static void AddWarning(HttpContext http, string warning)
     {

@@ -57,6 +57,18 @@ public static class Json
         return current;
     }
 
+    /// <summary>An integer however the node was made (parsed JSON or a CLR value); null if it is not one.</summary>
+    public static long? WholeNumber(JsonNode? node) =>
+        node is JsonValue v && v.GetValueKind() == JsonValueKind.Number
+        && long.TryParse(v.ToJsonString(), NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) ? n : null;
+
+    public static bool? Truth(JsonNode? node) => node?.GetValueKind() switch
+    {
+        JsonValueKind.True => true,
+        JsonValueKind.False => false,
+        _ => null,
+    };
+
     public static Dictionary<string, string> Labels(JsonObject obj) => StringMap(Walk(obj, "metadata", "labels"));
 
     public static Dictionary<string, string> StringMap(JsonNode? node)

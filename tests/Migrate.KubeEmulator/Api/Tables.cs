@@ -95,7 +95,7 @@ public sealed class Tables(TimeProvider clock)
                 name,
                 new Column("Ready", "string", 0, o => PodReady(o)),
                 new Column("Status", "string", 0, o => PodStatus(o)),
-                new Column("Restarts", "string", 0, o => PodContainers(o).Sum(c => (int?)c["restartCount"]?.GetValue<int>() ?? 0).ToString(CultureInfo.InvariantCulture)),
+                new Column("Restarts", "string", 0, o => PodContainers(o).Sum(c => Json.WholeNumber(c["restartCount"]) ?? 0).ToString(CultureInfo.InvariantCulture)),
                 age,
                 new Column("IP", "string", 1, o => Json.GetString(o, "status", "podIP") ?? "<none>"),
                 new Column("Node", "string", 1, o => Json.GetString(o, "spec", "nodeName") ?? "<none>"),
@@ -289,7 +289,7 @@ public sealed class Tables(TimeProvider clock)
     private static string PodReady(JsonObject pod)
     {
         int total = (Json.Walk(pod, "spec", "containers") as JsonArray)?.Count ?? 0;
-        int ready = PodContainers(pod).Count(c => c["ready"]?.GetValue<bool>() == true);
+        int ready = PodContainers(pod).Count(c => Json.Truth(c["ready"]) == true);
         return $"{ready}/{total}";
     }
 
@@ -326,7 +326,7 @@ public sealed class Tables(TimeProvider clock)
             null => "Unknown",
             _ => "NotReady",
         };
-        if (Json.Walk(node, "spec", "unschedulable")?.GetValue<bool>() == true)
+        if (Json.Truth(Json.Walk(node, "spec", "unschedulable")) == true)
         {
             status += ",SchedulingDisabled";
         }
@@ -350,5 +350,5 @@ public sealed class Tables(TimeProvider clock)
             : "<none>";
 
     private static JsonValue Int(JsonObject obj, string a, string b, long fallback = 0) =>
-        JsonValue.Create(Json.Walk(obj, a, b) is JsonValue v && v.TryGetValue<long>(out var n) ? n : fallback);
+        JsonValue.Create(Json.WholeNumber(Json.Walk(obj, a, b)) ?? fallback);
 }

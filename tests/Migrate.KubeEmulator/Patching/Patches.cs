@@ -274,12 +274,16 @@ public static class StrategicMergePatch
             }
 
             target.TryGetPropertyValue(key, out var existing);
-            target[key] = value switch
+            JsonNode merged = value switch
             {
                 JsonObject o => MergeObject(existing as JsonObject ?? new JsonObject(), o, servicePorts),
                 JsonArray a => MergeList(key, existing as JsonArray, a, servicePorts),
                 _ => value.DeepClone(),
             };
+            if (!ReferenceEquals(merged, existing))
+            {
+                target[key] = merged;
+            }
         }
 
         return target;
@@ -350,7 +354,12 @@ public static class StrategicMergePatch
 
             if (index >= 0)
             {
-                result[index] = MergeObject((JsonObject)result[index]!, element, servicePorts);
+                var current = (JsonObject)result[index]!;
+                var merged = MergeObject(current, element, servicePorts);
+                if (!ReferenceEquals(merged, current))
+                {
+                    result[index] = merged;
+                }
             }
             else
             {
