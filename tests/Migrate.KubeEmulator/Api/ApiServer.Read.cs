@@ -250,7 +250,7 @@ public sealed partial class ApiServer
     private static async Task WriteEventAsync(Stream body, string type, JsonObject obj, CancellationToken token)
     {
         using var buffer = new MemoryStream();
-        await using (var writer = new Utf8JsonWriter(buffer))
+        await using (var writer = new Utf8JsonWriter(buffer, WriterOptions))
         {
             writer.WriteStartObject();
             writer.WriteString("type", type);

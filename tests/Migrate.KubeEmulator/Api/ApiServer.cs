@@ -305,11 +305,14 @@ public sealed partial class ApiServer : IDisposable
         await WriteJsonAsync(r.Http, code, obj);
     }
 
+    /// <summary>Like Go's encoding/json, quotes and apostrophes in messages are written as they are.</summary>
+    internal static readonly JsonWriterOptions WriterOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
     internal static async Task WriteJsonAsync(HttpContext http, int code, JsonNode body, string contentType = "application/json")
     {
         http.Response.StatusCode = code;
         http.Response.ContentType = contentType;
-        await using var writer = new Utf8JsonWriter(http.Response.Body);
+        await using var writer = new Utf8JsonWriter(http.Response.Body, WriterOptions);
         body.WriteTo(writer);
         await writer.FlushAsync(http.RequestAborted);
     }
