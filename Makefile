@@ -30,8 +30,8 @@ demo: prereqs ## A live migration in the local sandbox cluster (not yet: needs t
 	@echo "make demo: not yet -- the sandbox cluster and the operator are still being built (see README, Status)."
 
 .PHONY: bench
-bench: prereqs ## Benchmarks against the manual CRIU pipeline (not yet).
-	@echo "make bench: not yet (see README, Status)."
+bench: prereqs ## Benchmarks (so far: the API emulator under 2,000 objects and 100 watches).
+	hack/bench.sh
 
 .PHONY: clean
 clean: ## Remove build output and test results.

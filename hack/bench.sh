@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# make bench: builds in Release and runs the benchmarks (measurements only; nothing is asserted).
+# Figures go to the terminal and to artifacts/bench/results.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CONFIGURATION=Release
+dotnet build Migrate.Operator.sln -c Release -nologo -clp:ErrorsOnly
+dotnet artifacts/bin/Migrate.Benchmarks/release_linux-x64/Migrate.Benchmarks.dll "$@"
