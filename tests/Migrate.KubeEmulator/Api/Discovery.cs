@@ -57,25 +57,14 @@ public sealed class Discovery(ResourceRegistry registry)
         var resources = new JsonArray();
         foreach (var t in types)
         {
-            var resource = new JsonObject
+            resources.Add(WithNames(t, new JsonObject
             {
                 ["name"] = t.Plural,
                 ["singularName"] = t.Singular,
                 ["namespaced"] = t.Namespaced,
                 ["kind"] = t.Kind,
                 ["verbs"] = Json.ToArray(t.Verbs),
-            };
-            if (!t.ShortNames.IsEmpty)
-            {
-                resource["shortNames"] = Json.ToArray(t.ShortNames);
-            }
-
-            if (!t.Categories.IsEmpty)
-            {
-                resource["categories"] = Json.ToArray(t.Categories);
-            }
-
-            resources.Add(resource);
+            }));
             foreach (var (sub, kindGroup, kindVersion, kind, verbs) in Subresources(t))
             {
                 var entry = new JsonObject
@@ -117,23 +106,14 @@ public sealed class Discovery(ResourceRegistry registry)
                 var resources = new JsonArray();
                 foreach (var t in registry.All.Where(t => t.Group == group && t.Version == version))
                 {
-                    var resource = new JsonObject
+                    var resource = WithNames(t, new JsonObject
                     {
                         ["resource"] = t.Plural,
                         ["responseKind"] = Kind(t.Group, t.Version, t.Kind),
                         ["scope"] = t.Namespaced ? "Namespaced" : "Cluster",
                         ["singularResource"] = t.Singular,
                         ["verbs"] = Json.ToArray(t.Verbs),
-                    };
-                    if (!t.ShortNames.IsEmpty)
-                    {
-                        resource["shortNames"] = Json.ToArray(t.ShortNames);
-                    }
-
-                    if (!t.Categories.IsEmpty)
-                    {
-                        resource["categories"] = Json.ToArray(t.Categories);
-                    }
+                    });
 
                     var subresources = new JsonArray();
                     foreach (var (sub, kindGroup, kindVersion, kind, verbs) in Subresources(t))
@@ -171,6 +151,22 @@ public sealed class Discovery(ResourceRegistry registry)
             ["metadata"] = new JsonObject(),
             ["items"] = items,
         };
+    }
+
+    /// <summary>Adds a resource's short names and categories, when it has any.</summary>
+    private static JsonObject WithNames(ResourceType t, JsonObject resource)
+    {
+        if (!t.ShortNames.IsEmpty)
+        {
+            resource["shortNames"] = Json.ToArray(t.ShortNames);
+        }
+
+        if (!t.Categories.IsEmpty)
+        {
+            resource["categories"] = Json.ToArray(t.Categories);
+        }
+
+        return resource;
     }
 
     private static JsonObject Group(string group, IReadOnlyList<string> versions)

@@ -122,18 +122,7 @@ public sealed class ObjectStore
     {
         lock (_gate)
         {
-            var table = Table(key);
-            var path = PathOf(ns, name);
-            if (!table.TryGetValue(path, out var current))
-            {
-                throw new ObjectMissingException();
-            }
-
-            if (current.Revision != expectedRevision)
-            {
-                throw new RevisionConflictException(current);
-            }
-
+            var (table, path, current) = CurrentAt(key, ns, name, expectedRevision);
             var stored = Stamp(key, ns, name, body);
             table[path] = stored;
             Publish(new StoreEvent(ChangeType.Modified, stored, current.Body));
@@ -146,18 +135,7 @@ public sealed class ObjectStore
     {
         lock (_gate)
         {
-            var table = Table(key);
-            var path = PathOf(ns, name);
-            if (!table.TryGetValue(path, out var current))
-            {
-                throw new ObjectMissingException();
-            }
-
-            if (current.Revision != expectedRevision)
-            {
-                throw new RevisionConflictException(current);
-            }
-
+            var (table, path, current) = CurrentAt(key, ns, name, expectedRevision);
             table.Remove(path);
             var gone = Stamp(key, ns, name, current.Body);
             Publish(new StoreEvent(ChangeType.Deleted, gone, current.Body));
@@ -209,6 +187,19 @@ public sealed class ObjectStore
         {
             _subscriptions.Remove(subscription);
         }
+    }
+
+    /// <summary>The stored object if it is still at <paramref name="expectedRevision"/>; call under the lock.</summary>
+    private (SortedDictionary<string, StoredObject> Table, string Path, StoredObject Current) CurrentAt(string key, string? ns, string name, long expectedRevision)
+    {
+        var table = Table(key);
+        var path = PathOf(ns, name);
+        if (!table.TryGetValue(path, out var current))
+        {
+            throw new ObjectMissingException();
+        }
+
+        return current.Revision == expectedRevision ? (table, path, current) : throw new RevisionConflictException(current);
     }
 
     private StoredObject Stamp(string key, string? ns, string name, JsonObject body)
