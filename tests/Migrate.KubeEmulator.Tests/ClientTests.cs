@@ -176,4 +176,23 @@ public sealed class WatchHistoryTests(ShortHistoryEmulatorFixture fx) : IClassFi
         Assert.Contains("\"code\":410", kubectl.Output, StringComparison.Ordinal);
         Assert.Contains("\"reason\":\"Expired\"", kubectl.Output, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task A_watch_that_asks_for_bookmarks_gets_them_with_the_current_resource_version()
+    {
+        var latest = await fx.Client.CoreV1.CreateNamespacedConfigMapAsync(new V1ConfigMap { Metadata = new V1ObjectMeta { Name = "marker" } }, "default");
+
+        var raw = await fx.RunKubectlAsync(null, fx.Emulator.KubeconfigPath, "get", "--raw",
+            $"/api/v1/namespaces/default/configmaps?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={latest.Metadata.ResourceVersion}");
+
+        var bookmarks = raw.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(l => System.Text.Json.Nodes.JsonNode.Parse(l)!)
+            .Where(e => e["type"]!.GetValue<string>() == "BOOKMARK")
+            .ToList();
+        Assert.True(bookmarks.Count >= 2, $"expected bookmarks every 300 ms over 2 s, got {bookmarks.Count}: {raw.Output}");
+        Assert.All(bookmarks, b => Assert.True(
+            long.Parse(b["object"]!["metadata"]!["resourceVersion"]!.GetValue<string>(), CultureInfo) >= long.Parse(latest.Metadata.ResourceVersion, CultureInfo)));
+    }
+
+    private static readonly IFormatProvider CultureInfo = System.Globalization.CultureInfo.InvariantCulture;
 }

@@ -109,8 +109,12 @@ public sealed class RbacEmulatorFixture : EmulatorFixture
     protected override void Configure(EmulatorOptions options) => options.Rbac = true;
 }
 
-/// <summary>An emulator that keeps only 20 changes of watch history (for 410 Gone).</summary>
+/// <summary>An emulator that keeps only 20 changes of watch history (for 410 Gone) and sends bookmarks often.</summary>
 public sealed class ShortHistoryEmulatorFixture : EmulatorFixture
 {
-    protected override void Configure(EmulatorOptions options) => options.WatchHistory = 20;
+    protected override void Configure(EmulatorOptions options)
+    {
+        options.WatchHistory = 20;
+        options.BookmarkInterval = TimeSpan.FromMilliseconds(300);
+    }
 }

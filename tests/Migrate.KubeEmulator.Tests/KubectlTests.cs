@@ -294,6 +294,73 @@ public sealed class KubectlTests(EmulatorFixture fx) : IClassFixture<EmulatorFix
     }
 
     [Fact]
+    public async Task A_CEL_rule_outside_the_supported_subset_is_reported_and_not_enforced()
+    {
+        var crd = """
+            apiVersion: apiextensions.k8s.io/v1
+            kind: CustomResourceDefinition
+            metadata: {name: gadgets.example.io}
+            spec:
+              group: example.io
+              scope: Namespaced
+              names: {plural: gadgets, singular: gadget, kind: Gadget}
+              versions:
+              - name: v1
+                served: true
+                storage: true
+                schema:
+                  openAPIV3Schema:
+                    type: object
+                    properties:
+                      spec:
+                        type: object
+                        x-kubernetes-validations:
+                        - rule: "duration(self.wait) < duration('1h')"
+                        - rule: "self.parts.all(p, p.size() <= 3)"
+                          message: parts are at most 3 characters
+                        properties:
+                          wait: {type: string}
+                          parts: {type: array, items: {type: string}}
+            """;
+        await fx.KubectlAsync("create", "namespace", "cel-subset");
+
+        var applied = (await fx.KubectlInAsync(crd, "apply", "-f", "-")).Succeeded();
+        var longWait = await fx.KubectlInAsync("apiVersion: example.io/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {wait: 2h, parts: [abc]}\n", "apply", "-n", "cel-subset", "-f", "-");
+        var longPart = (await fx.KubectlInAsync("apiVersion: example.io/v1\nkind: Gadget\nmetadata: {name: g2}\nspec: {wait: 1m, parts: [abcd]}\n", "apply", "-n", "cel-subset", "-f", "-")).Failed();
+
+        Assert.Contains("Warning: x-kubernetes-validations rule not supported by the emulator, not enforced: duration(self.wait) < duration('1h')", applied.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("self.parts.all", applied.Error, StringComparison.Ordinal);
+        Assert.Equal(0, longWait.ExitCode); // the unsupported rule is not enforced...
+        Assert.Contains("parts are at most 3 characters", longPart, StringComparison.Ordinal); // ...the supported one is
+    }
+
+    [Fact]
+    public async Task Describe_shows_a_pod_with_its_events_and_annotate_changes_it()
+    {
+        await fx.KubectlAsync("create", "namespace", "describe");
+        (await fx.KubectlAsync("run", "p", "-n", "describe", "--image=busybox:1", "--restart=Never")).Succeeded();
+        var uid = (await fx.KubectlAsync("get", "pod", "p", "-n", "describe", "-o", "jsonpath={.metadata.uid}")).Succeeded().Output;
+        (await fx.KubectlInAsync($$"""
+            apiVersion: v1
+            kind: Event
+            metadata: {name: p.1, namespace: describe}
+            involvedObject: {kind: Pod, name: p, namespace: describe, uid: {{uid}}, apiVersion: v1}
+            reason: MigrationStarted
+            message: checkpointing the pod
+            type: Normal
+            source: {component: migrate-operator}
+            count: 1
+            """, "apply", "-f", "-")).Succeeded();
+
+        (await fx.KubectlAsync("annotate", "pod", "p", "-n", "describe", "podmigration.io/note=hello")).Succeeded();
+        var described = (await fx.KubectlAsync("describe", "pod", "p", "-n", "describe")).Succeeded().Output;
+
+        Assert.Contains("podmigration.io/note: hello", described, StringComparison.Ordinal);
+        Assert.Contains("MigrationStarted", described, StringComparison.Ordinal);
+        Assert.Contains("checkpointing the pod", described, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Explain_shows_a_custom_resources_field_descriptions()
     {
         await fx.ApplyWidgetCrdAsync();

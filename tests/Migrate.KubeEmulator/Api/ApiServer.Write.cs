@@ -127,7 +127,19 @@ public sealed partial class ApiServer
         }
 
         AfterWrite(type, null, stored);
+        WarnAboutCrd(type, stored.Body, http);
         return Present(type, stored.Body);
+    }
+
+    private static void WarnAboutCrd(ResourceType type, JsonObject body, HttpContext? http)
+    {
+        if (http is not null && type.StorageKey == CrdKey)
+        {
+            foreach (var warning in CrdWarnings(body))
+            {
+                AddWarning(http, warning);
+            }
+        }
     }
 
     private async Task UpdateFromRequestAsync(ApiRequest r)
@@ -306,6 +318,7 @@ public sealed partial class ApiServer
         }
 
         AfterWrite(type, current, stored);
+        WarnAboutCrd(type, stored.Body, http);
         if (ReadyToRemove(type, stored))
         {
             Remove(type, stored);

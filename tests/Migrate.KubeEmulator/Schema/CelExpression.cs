@@ -377,9 +377,18 @@ public sealed class CelExpression
         _ => "map",
     };
 
+    private static readonly HashSet<string> Functions = new(StringComparer.Ordinal) { "size", "int", "double", "string" };
+
+    private static readonly HashSet<string> Methods = new(StringComparer.Ordinal)
+    {
+        "size", "startsWith", "endsWith", "contains", "matches", "lowerAscii", "upperAscii", "all", "exists", "exists_one", "map", "filter",
+    };
+
     private sealed class Parser(string text)
     {
         private int _pos;
+
+        private readonly HashSet<string> _variables = new(StringComparer.Ordinal);
 
         public bool SawOldSelf { get; private set; }
 
@@ -516,7 +525,12 @@ public sealed class CelExpression
                     var name = Identifier();
                     if (Accept("("))
                     {
-                        node = new Call(node, name, Arguments());
+                        if (!Methods.Contains(name))
+                        {
+                            throw new CelException($"unsupported method {name}()");
+                        }
+
+                        node = new Call(node, name, name is "all" or "exists" or "exists_one" or "map" or "filter" ? MacroArguments() : Arguments());
                     }
                     else
                     {
@@ -617,10 +631,26 @@ public sealed class CelExpression
 
             if (Accept("("))
             {
-                return new Call(null, name, Arguments());
+                return Functions.Contains(name) ? new Call(null, name, Arguments()) : throw new CelException($"unsupported function {name}()");
             }
 
-            return new Ident(name);
+            return name is "self" or "oldSelf" || _variables.Contains(name) ? new Ident(name) : throw new CelException($"undeclared reference to '{name}'");
+        }
+
+        /// <summary>A macro's arguments: a variable, then an expression in which that variable is declared.</summary>
+        private List<Node> MacroArguments()
+        {
+            var variable = Identifier();
+            Expect(",");
+            bool added = _variables.Add(variable);
+            var body = ParseExpression();
+            if (added)
+            {
+                _variables.Remove(variable);
+            }
+
+            Expect(")");
+            return [new Ident(variable), body];
         }
 
         private List<Node> Arguments()
