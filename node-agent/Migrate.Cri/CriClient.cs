@@ -1,0 +1,52 @@
+using System.Net.Sockets;
+using Grpc.Net.Client;
+using Migrate.Cri.V1;
+
+namespace Migrate.Cri;
+
+/// <summary>
+/// The node's container runtime over its CRI unix socket (containerd's or CRI-O's): the runtime
+/// and image services on one HTTP/2 channel.
+/// </summary>
+public sealed class CriClient : IDisposable
+{
+    private readonly GrpcChannel _channel;
+
+    public CriClient(string socketPath)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(socketPath);
+        SocketPath = socketPath;
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, cancellationToken) =>
+            {
+                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), cancellationToken);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            },
+        };
+        _channel = GrpcChannel.ForAddress("http://cri.local", new GrpcChannelOptions
+        {
+            HttpHandler = handler,
+            MaxReceiveMessageSize = 64 * 1024 * 1024,
+        });
+        Runtime = new RuntimeService.RuntimeServiceClient(_channel);
+        Images = new ImageService.ImageServiceClient(_channel);
+    }
+
+    public string SocketPath { get; }
+
+    public RuntimeService.RuntimeServiceClient Runtime { get; }
+
+    public ImageService.ImageServiceClient Images { get; }
+
+    public void Dispose() => _channel.Dispose();
+}
