@@ -1,5 +1,4 @@
 using System.Globalization;
-using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 
 namespace Migrate.TestSupport;
@@ -16,28 +15,8 @@ public sealed record MemcounterTick(long Tick, int Pid, int ParentPid, int Mib, 
 /// </summary>
 public static partial class Memcounter
 {
-    private static readonly Lock BuildGate = new();
-
     /// <summary>Builds (once per source version) and returns the path of the static binary.</summary>
-    public static string BinaryPath()
-    {
-        var source = RepositoryLayout.InRepository("tests", "workloads", "memcounter.c");
-        var hash = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(source)))[..16];
-        var output = Path.Combine(RepositoryLayout.Artifacts, "workloads", hash, "memcounter");
-        lock (BuildGate)
-        {
-            if (!File.Exists(output))
-            {
-                Prerequisites.RequirePrograms("gcc");
-                Directory.CreateDirectory(Path.GetDirectoryName(output)!);
-                var temp = output + ".tmp" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
-                Prerequisites.Run("gcc", "-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o", temp, source);
-                File.Move(temp, output, overwrite: true);
-            }
-        }
-
-        return output;
-    }
+    public static string BinaryPath() => Workloads.Build("memcounter");
 
     /// <summary>The command line that runs the workload inside a test root file system.</summary>
     public static string Command(int mib, ulong seed, int intervalMs = 100, double dirtyPercentPerSecond = 0) =>

@@ -2,7 +2,7 @@ namespace Migrate.TestSupport;
 
 /// <summary>
 /// A minimal root file system for test containers: busybox (static) with its applets, the
-/// memcounter workload, /dev/null, and empty /proc and /tmp.
+/// memcounter and pause workloads, /dev/null, and empty /proc, /sys, /etc, /tmp and /data.
 /// </summary>
 public static class TestRootFilesystem
 {
@@ -16,7 +16,7 @@ public static class TestRootFilesystem
             throw new InvalidOperationException("busybox (static) is missing; run 'sudo hack/install-prereqs.sh'");
         }
 
-        foreach (var dir in new[] { "bin", "dev", "proc", "tmp", "data" })
+        foreach (var dir in new[] { "bin", "dev", "proc", "sys", "etc", "tmp", "data" })
         {
             Directory.CreateDirectory(Path.Combine(root, dir));
         }
@@ -28,6 +28,7 @@ public static class TestRootFilesystem
         }
 
         File.Copy(Memcounter.BinaryPath(), Path.Combine(root, "bin", "memcounter"), overwrite: true);
+        File.Copy(Workloads.Build("pause"), Path.Combine(root, "bin", "pause"), overwrite: true);
         Prerequisites.Run("mknod", "-m", "666", Path.Combine(root, "dev", "null"), "c", "1", "3");
     }
 }

@@ -14,6 +14,10 @@
  * --verify-file exists, which it then removes). Built static so it runs in a bare busybox root
  * file system.
  *
+ * With --log-file PATH (up to 4 times) it opens each file once and writes the tick line to it
+ * every tick through that one descriptor, never reopening it: after a restore the lines must
+ * continue in order, which shows the open file and its offset came back.
+ *
  * The word at index i of page generation g is mix(seed ^ (g << 48) ^ i); the checksum is the sum
  * over all words of word * (2 * index + 1), modulo 2^64. Both are reproduced by the C# tests.
  */
@@ -69,7 +73,7 @@ static void on_term(int sig)
 static void usage(void)
 {
 	fprintf(stderr, "usage: memcounter [--mib N] [--seed S] [--dirty-percent-per-second P]\n"
-			"                  [--interval-ms MS] [--verify-every N] [--verify-file PATH] [--ticks N]\n");
+			"                  [--interval-ms MS] [--verify-every N] [--verify-file PATH] [--log-file PATH]... [--ticks N]\n");
 	exit(2);
 }
 
@@ -79,6 +83,8 @@ int main(int argc, char **argv)
 	double dirty_pct = 0.0;
 	long interval_ms = 100;
 	const char *verify_file = "/verify-now";
+	const char *log_paths[4];
+	int log_count = 0;
 
 	for (int i = 1; i < argc; i++) {
 		if (i + 1 >= argc)
@@ -96,6 +102,8 @@ int main(int argc, char **argv)
 			verify_every = strtoull(value, NULL, 10);
 		else if (!strcmp(name, "--verify-file"))
 			verify_file = value;
+		else if (!strcmp(name, "--log-file") && log_count < 4)
+			log_paths[log_count++] = value;
 		else if (!strcmp(name, "--ticks"))
 			max_ticks = strtoull(value, NULL, 10);
 		else
@@ -103,6 +111,15 @@ int main(int argc, char **argv)
 	}
 	if (interval_ms <= 0 || mib == 0)
 		usage();
+
+	int log_fds[4];
+	for (int i = 0; i < log_count; i++) {
+		log_fds[i] = open(log_paths[i], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (log_fds[i] < 0) {
+			fprintf(stderr, "memcounter: cannot open %s: %s\n", log_paths[i], strerror(errno));
+			return 1;
+		}
+	}
 
 	signal(SIGTERM, on_term);
 	signal(SIGINT, on_term);
@@ -168,9 +185,15 @@ int main(int argc, char **argv)
 			verified = full == checksum ? "ok" : "BAD";
 		}
 
-		printf("tick=%llu pid=%d ppid=%d mib=%llu checksum=%016llx verified=%s dirtied=%llu\n",
-		       (unsigned long long)tick, (int)getpid(), (int)getppid(), (unsigned long long)mib,
-		       (unsigned long long)checksum, verified, (unsigned long long)dirtied_total);
+		char line[256];
+		int length = snprintf(line, sizeof(line), "tick=%llu pid=%d ppid=%d mib=%llu checksum=%016llx verified=%s dirtied=%llu\n",
+				      (unsigned long long)tick, (int)getpid(), (int)getppid(), (unsigned long long)mib,
+				      (unsigned long long)checksum, verified, (unsigned long long)dirtied_total);
+		fputs(line, stdout);
+		for (int i = 0; i < log_count; i++) {
+			if (write(log_fds[i], line, (size_t)length) != length)
+				fprintf(stderr, "memcounter: short write to %s\n", log_paths[i]);
+		}
 
 		if (max_ticks && tick >= max_ticks)
 			break;

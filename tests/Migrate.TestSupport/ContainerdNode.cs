@@ -1,0 +1,367 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using Grpc.Core;
+using Migrate.Cri;
+using Migrate.Cri.V1;
+
+namespace Migrate.TestSupport;
+
+/// <summary>
+/// One "node": a containerd (with its CRI plugin) of its own, started as a plain process with
+/// its own root, state, socket, runc root and CNI bridge, so several fit on one machine. On
+/// dispose it removes every pod, stops containerd and the shims it started (by PID), unmounts
+/// what is left under its directories, deletes its bridge and directories.
+/// </summary>
+public sealed class ContainerdNode : IAsyncDisposable
+{
+    public const string PauseImage = "docker.io/podmig/pause:1";
+
+    private readonly Process _containerd;
+    private bool _disposed;
+
+    private ContainerdNode(string name, string id, string root, string state, Process containerd, string bridge)
+    {
+        Name = name;
+        CgroupParent = "/podmig-" + id;
+        Root = root;
+        State = state;
+        _containerd = containerd;
+        Bridge = bridge;
+        Cri = new CriClient(SocketPath);
+    }
+
+    public string Name { get; }
+
+    /// <summary>containerd's persistent directory (images, snapshots).</summary>
+    public string Root { get; }
+
+    /// <summary>containerd's runtime directory (sockets, bundles, runc state).</summary>
+    public string State { get; }
+
+    public string SocketPath => Path.Combine(State, "c.sock");
+
+    /// <summary>Where runc keeps its container state (runtime option Root).</summary>
+    public string RuncRoot => Path.Combine(State, "runc");
+
+    /// <summary>Where pod logs go (the kubelet's /var/log/pods).</summary>
+    public string PodLogDirectory => Path.Combine(Root, "pod-logs");
+
+    /// <summary>Where pod volumes live (the kubelet's /var/lib/kubelet/pods).</summary>
+    public string PodsDirectory => Path.Combine(Root, "pods");
+
+    public string LogPath => Path.Combine(State, "containerd.log");
+
+    public string Bridge { get; }
+
+    /// <summary>The cgroup (in every hierarchy) under which this node's pods get theirs; removed on dispose.</summary>
+    public string CgroupParent { get; }
+
+    public CriClient Cri { get; }
+
+    /// <summary>Starts a node; <paramref name="extraRuntimeConfig"/> is appended to the CRI plugin's runtimes table.</summary>
+    public static async Task<ContainerdNode> StartAsync(string name, string? extraRuntimeConfig = null)
+    {
+        Prerequisites.RequireRoot();
+        Prerequisites.RequirePrograms("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "criu");
+        if (!File.Exists("/usr/lib/cni/bridge") && !File.Exists("/opt/cni/bin/bridge"))
+        {
+            throw new InvalidOperationException("CNI plugins are missing (containernetworking-plugins); run 'sudo hack/install-prereqs.sh'");
+        }
+
+        var id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4));
+        var root = Path.Combine("/var/tmp/podmig-nodes", $"{name}-{id}");
+        var state = Path.Combine("/run/podmig", id);
+        Directory.CreateDirectory(root);
+        Directory.CreateDirectory(state);
+        Directory.CreateDirectory(Path.Combine(state, "cni"));
+        Directory.CreateDirectory(Path.Combine(root, "pod-logs"));
+        Directory.CreateDirectory(Path.Combine(root, "pods"));
+        var bridge = "pm-" + id;
+        var subnet = $"10.{200 + (RandomNumberGenerator.GetInt32(50))}.{RandomNumberGenerator.GetInt32(250)}.0/24";
+        var cniBin = File.Exists("/usr/lib/cni/bridge") ? "/usr/lib/cni" : "/opt/cni/bin";
+        // Pods get an address on a private bridge and no default route: nothing leaves the machine.
+        File.WriteAllText(Path.Combine(state, "cni", "10-podmig.conflist"), $$"""
+            {
+              "cniVersion": "0.4.0",
+              "name": "podmig-{{id}}",
+              "plugins": [
+                {
+                  "type": "bridge",
+                  "bridge": "{{bridge}}",
+                  "isGateway": false,
+                  "ipMasq": false,
+                  "ipam": { "type": "host-local", "ranges": [[{ "subnet": "{{subnet}}" }]], "dataDir": "{{state}}/cni-ipam" }
+                }
+              ]
+            }
+            """);
+        var config = Path.Combine(state, "config.toml");
+        File.WriteAllText(config, $$"""
+            version = 2
+            root = "{{root}}/containerd"
+            state = "{{state}}/containerd"
+            disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp"]
+
+            [grpc]
+              address = "{{state}}/c.sock"
+
+            [ttrpc]
+              address = "{{state}}/c.sock.ttrpc"
+
+            [debug]
+              level = "info"
+
+            [plugins."io.containerd.grpc.v1.cri"]
+              sandbox_image = "{{PauseImage}}"
+              enable_selinux = false
+              disable_apparmor = true
+              restrict_oom_score_adj = true
+              [plugins."io.containerd.grpc.v1.cri".containerd]
+                snapshotter = "overlayfs"
+                default_runtime_name = "runc"
+                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+                  runtime_type = "io.containerd.runc.v2"
+                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+                    BinaryName = "runc"
+                    Root = "{{state}}/runc"
+                    SystemdCgroup = false
+            {{extraRuntimeConfig}}
+              [plugins."io.containerd.grpc.v1.cri".cni]
+                bin_dir = "{{cniBin}}"
+                conf_dir = "{{state}}/cni"
+            """);
+
+        var start = new ProcessStartInfo("containerd")
+        {
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        start.ArgumentList.Add("--config");
+        start.ArgumentList.Add(config);
+        var process = Process.Start(start) ?? throw new InvalidOperationException("could not start containerd");
+        var log = new StreamWriter(Path.Combine(state, "containerd.log")) { AutoFlush = true };
+        process.OutputDataReceived += (_, e) => WriteLog(log, e.Data);
+        process.ErrorDataReceived += (_, e) => WriteLog(log, e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+
+        var node = new ContainerdNode(name, id, root, state, process, bridge);
+        try
+        {
+            await node.WaitUntilReadyAsync(TimeSpan.FromSeconds(30));
+            return node;
+        }
+        catch
+        {
+            await node.DisposeAsync();
+            throw;
+        }
+    }
+
+    private static void WriteLog(StreamWriter log, string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+
+        lock (log)
+        {
+            log.WriteLine(line);
+        }
+    }
+
+    private async Task WaitUntilReadyAsync(TimeSpan timeout)
+    {
+        var deadline = Stopwatch.StartNew();
+        Exception? last = null;
+        while (deadline.Elapsed < timeout)
+        {
+            if (_containerd.HasExited)
+            {
+                throw new InvalidOperationException($"containerd exited with {_containerd.ExitCode}: {Tail(LogPath)}");
+            }
+
+            try
+            {
+                if (File.Exists(SocketPath))
+                {
+                    var status = await Cri.Runtime.StatusAsync(new StatusRequest(), deadline: DateTime.UtcNow.AddSeconds(2));
+                    if (status.Status.Conditions.All(c => c.Status))
+                    {
+                        return;
+                    }
+
+                    last = new InvalidOperationException(string.Join("; ", status.Status.Conditions.Where(c => !c.Status).Select(c => $"{c.Type}: {c.Message}")));
+                }
+            }
+            catch (RpcException e)
+            {
+                last = e;
+            }
+
+            await Task.Delay(100);
+        }
+
+        throw new TimeoutException($"containerd on {SocketPath} was not ready within {timeout.TotalSeconds} s: {last?.Message}; log: {Tail(LogPath)}");
+    }
+
+    /// <summary>Imports an OCI archive into the k8s.io namespace (where the CRI plugin sees it).</summary>
+    public void ImportImage(string archive) =>
+        Prerequisites.Run("ctr", "--address", SocketPath, "--namespace", "k8s.io", "images", "import", archive);
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        try
+        {
+            if (!_containerd.HasExited)
+            {
+                var pods = await Cri.Runtime.ListPodSandboxAsync(new ListPodSandboxRequest(), deadline: DateTime.UtcNow.AddSeconds(10));
+                foreach (var pod in pods.Items)
+                {
+                    await IgnoreErrorsAsync(() => Cri.Runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = pod.Id }, deadline: DateTime.UtcNow.AddSeconds(30)).ResponseAsync);
+                    await IgnoreErrorsAsync(() => Cri.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = pod.Id }, deadline: DateTime.UtcNow.AddSeconds(30)).ResponseAsync);
+                }
+            }
+        }
+        catch (RpcException)
+        {
+            // containerd is gone or broken: the sweeps below still clean up
+        }
+
+        Cri.Dispose();
+        if (!_containerd.HasExited)
+        {
+            Prerequisites.Run("kill", "-TERM", _containerd.Id.ToString(CultureInfo.InvariantCulture));
+            if (!_containerd.WaitForExit(10_000))
+            {
+                _containerd.Kill();
+                _containerd.WaitForExit(5_000);
+            }
+        }
+
+        _containerd.Dispose();
+        StopLeftoverShims();
+        UnmountBelow(State);
+        UnmountBelow(Root);
+        try
+        {
+            Prerequisites.Run("ip", "link", "delete", Bridge);
+        }
+        catch (InvalidOperationException)
+        {
+            // no pod ever created it
+        }
+
+        RemoveCgroups();
+        DeleteDirectory(State);
+        DeleteDirectory(Root);
+    }
+
+    /// <summary>Removes this node's cgroup subtree from every mounted hierarchy (deepest first), as a kubelet does for its pods.</summary>
+    private void RemoveCgroups()
+    {
+        foreach (var hierarchy in Directory.EnumerateDirectories("/sys/fs/cgroup").Append("/sys/fs/cgroup"))
+        {
+            var top = hierarchy + CgroupParent;
+            if (!Directory.Exists(top))
+            {
+                continue;
+            }
+
+            foreach (var dir in Directory.EnumerateDirectories(top, "*", SearchOption.AllDirectories).OrderByDescending(d => d.Length).Append(top))
+            {
+                try
+                {
+                    Directory.Delete(dir);
+                }
+                catch (IOException)
+                {
+                    // a process is still in it: the kill sweeps above should have prevented this
+                }
+            }
+        }
+    }
+
+    /// <summary>Shims this node's containerd started (they carry its socket in -address) and that outlived it.</summary>
+    private void StopLeftoverShims()
+    {
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid))
+            {
+                continue;
+            }
+
+            string cmdline;
+            try
+            {
+                cmdline = File.ReadAllText(Path.Combine(dir, "cmdline")).Replace('\0', ' ');
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+
+            if (cmdline.Contains("containerd-shim", StringComparison.Ordinal) && cmdline.Contains(SocketPath, StringComparison.Ordinal))
+            {
+                Prerequisites.Run("kill", "-KILL", pid.ToString(CultureInfo.InvariantCulture));
+            }
+        }
+    }
+
+    internal static void UnmountBelow(string directory)
+    {
+        var mounts = File.ReadAllLines("/proc/self/mountinfo")
+            .Select(l => l.Split(' ')[4].Replace("\\040", " ", StringComparison.Ordinal))
+            .Where(m => m.StartsWith(directory + "/", StringComparison.Ordinal) || m == directory)
+            .OrderByDescending(m => m.Length)
+            .ToList();
+        foreach (var mount in mounts)
+        {
+            try
+            {
+                Prerequisites.Run("umount", "-l", mount);
+            }
+            catch (InvalidOperationException)
+            {
+                // already gone
+            }
+        }
+    }
+
+    private static void DeleteDirectory(string directory)
+    {
+        try
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // a lazily unmounted file system may still be busy for a moment
+        }
+    }
+
+    private static async Task IgnoreErrorsAsync(Func<Task> action)
+    {
+        try
+        {
+            await action();
+        }
+        catch (RpcException)
+        {
+            // best effort
+        }
+    }
+
+    private static string Tail(string path) =>
+        File.Exists(path) ? string.Join(" | ", File.ReadLines(path).TakeLast(5)) : "(no log)";
+}

@@ -1,0 +1,125 @@
+using Migrate.Cri.V1;
+
+namespace Migrate.TestSupport;
+
+/// <summary>A container of a test pod: name, image, command, and the pod's emptyDir volumes it mounts (name, path).</summary>
+public sealed record TestContainer(string Name, string Image, IReadOnlyList<string> Command, IReadOnlyList<(string Volume, string Path)>? EmptyDirMounts = null);
+
+/// <summary>A pod running on a node through CRI.</summary>
+public sealed record RunningTestPod(string Namespace, string Name, string Uid, string SandboxId, PodSandboxConfig Config,
+    IReadOnlyDictionary<string, string> ContainerIds, string LogDirectory, string VolumesDirectory)
+{
+    public string LogPath(string container) => Path.Combine(LogDirectory, container, "0.log");
+
+    public string EmptyDir(string volume) => Path.Combine(VolumesDirectory, "kubernetes.io~empty-dir", volume);
+
+    /// <summary>The container's stdout lines, from the CRI log file (timestamp stream tag content).</summary>
+    public IReadOnlyList<string> LogLines(string container)
+    {
+        var path = LogPath(container);
+        if (!File.Exists(path))
+        {
+            return [];
+        }
+
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var reader = new StreamReader(stream);
+        var lines = new List<string>();
+        while (reader.ReadLine() is { } line)
+        {
+            var parts = line.Split(' ', 4);
+            lines.Add(parts.Length == 4 ? parts[3] : line);
+        }
+
+        return lines;
+    }
+}
+
+/// <summary>Runs pods through CRI the way a kubelet does: labels, log directory, cgroup parent, emptyDir volumes.</summary>
+public static class TestPods
+{
+    public static async Task<RunningTestPod> RunAsync(ContainerdNode node, string ns, string name, IReadOnlyList<TestContainer> containers,
+        string? runtimeHandler = null, IReadOnlyDictionary<string, string>? annotations = null)
+    {
+        var uid = Guid.NewGuid().ToString();
+        var logDirectory = Path.Combine(node.PodLogDirectory, $"{ns}_{name}_{uid}");
+        var volumes = Path.Combine(node.PodsDirectory, uid, "volumes");
+        Directory.CreateDirectory(logDirectory);
+        var podLabels = new Dictionary<string, string>
+        {
+            ["io.kubernetes.pod.name"] = name,
+            ["io.kubernetes.pod.namespace"] = ns,
+            ["io.kubernetes.pod.uid"] = uid,
+        };
+        var config = new PodSandboxConfig
+        {
+            Metadata = new PodSandboxMetadata { Name = name, Namespace = ns, Uid = uid },
+            Hostname = name,
+            LogDirectory = logDirectory,
+            Linux = new LinuxPodSandboxConfig
+            {
+                CgroupParent = $"{node.CgroupParent}/pod{uid}",
+                SecurityContext = new LinuxSandboxSecurityContext
+                {
+                    NamespaceOptions = new NamespaceOption { Network = NamespaceMode.Pod, Pid = NamespaceMode.Container, Ipc = NamespaceMode.Pod },
+                },
+            },
+        };
+        config.Labels.Add(podLabels);
+        if (annotations is not null)
+        {
+            config.Annotations.Add(annotations.ToDictionary());
+        }
+
+        var sandbox = await node.Cri.Runtime.RunPodSandboxAsync(new RunPodSandboxRequest { Config = config, RuntimeHandler = runtimeHandler ?? "" });
+        var ids = new Dictionary<string, string>();
+        foreach (var c in containers)
+        {
+            Directory.CreateDirectory(Path.Combine(logDirectory, c.Name));
+            var container = new ContainerConfig
+            {
+                Metadata = new ContainerMetadata { Name = c.Name },
+                Image = new ImageSpec { Image = c.Image },
+                LogPath = Path.Combine(c.Name, "0.log"),
+                Linux = new LinuxContainerConfig
+                {
+                    SecurityContext = new LinuxContainerSecurityContext
+                    {
+                        NamespaceOptions = new NamespaceOption { Network = NamespaceMode.Pod, Pid = NamespaceMode.Container, Ipc = NamespaceMode.Pod },
+                    },
+                },
+            };
+            container.Command.Add(c.Command);
+            container.Labels.Add(podLabels);
+            container.Labels["io.kubernetes.container.name"] = c.Name;
+            if (annotations is not null)
+            {
+                container.Annotations.Add(annotations.ToDictionary());
+            }
+
+            foreach (var (volume, path) in c.EmptyDirMounts ?? [])
+            {
+                var hostPath = Path.Combine(volumes, "kubernetes.io~empty-dir", volume);
+                Directory.CreateDirectory(hostPath);
+                container.Mounts.Add(new Mount { ContainerPath = path, HostPath = hostPath });
+            }
+
+            var created = await node.Cri.Runtime.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = sandbox.PodSandboxId, Config = container, SandboxConfig = config });
+            await node.Cri.Runtime.StartContainerAsync(new StartContainerRequest { ContainerId = created.ContainerId });
+            ids[c.Name] = created.ContainerId;
+        }
+
+        return new RunningTestPod(ns, name, uid, sandbox.PodSandboxId, config, ids, logDirectory, volumes);
+    }
+
+    /// <summary>Stops and removes a pod and its volume directories.</summary>
+    public static async Task RemoveAsync(ContainerdNode node, RunningTestPod pod)
+    {
+        await node.Cri.Runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = pod.SandboxId });
+        await node.Cri.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = pod.SandboxId });
+        if (Directory.Exists(pod.VolumesDirectory))
+        {
+            Directory.Delete(Path.GetDirectoryName(pod.VolumesDirectory)!, recursive: true);
+        }
+    }
+}
