@@ -1,7 +1,13 @@
 using System.Net;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
+using Migrate.Cri;
 using Migrate.Criu;
+using Migrate.NodeAgent.Checkpointing;
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
 using Migrate.NodeAgent.Services;
 
 namespace Migrate.NodeAgent;
@@ -25,6 +31,18 @@ public static class AgentHost
 
         builder.Services.AddSingleton(sp => new CriuClient(sp.GetRequiredService<IOptions<AgentOptions>>().Value.CriuBinary));
         builder.Services.AddSingleton<NodeCapabilities>();
+        builder.Services.AddSingleton(sp => new CriClient(sp.GetRequiredService<IOptions<AgentOptions>>().Value.CriSocket));
+        builder.Services.AddSingleton<PodLocator>();
+        builder.Services.AddSingleton<CheckpointEngine>();
+        var telemetry = builder.Services.AddOpenTelemetry()
+            .ConfigureResource(resource => resource.AddService("podmig-node-agent"))
+            .WithTracing(tracing => tracing.AddSource(AgentTelemetry.Name))
+            .WithMetrics(metrics => metrics.AddMeter(AgentTelemetry.Name));
+        if (!string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
+        {
+            // exported only where a collector is configured (the standard OTEL_* variables)
+            telemetry.UseOtlpExporter();
+        }
         builder.Services.AddGrpc();
         builder.Services.AddGrpcHealthChecks().AddCheck<CriuHealthCheck>("criu");
 
@@ -38,7 +56,7 @@ public static class AgentHost
     /// <summary>Parses "host:port" (IPv4, [IPv6] or a name resolving to loopback-only "localhost").</summary>
     internal static IPEndPoint ParseEndpoint(string value)
     {
-        if (IPEndPoint.TryParse(value, out var endpoint) && endpoint.Port != 0)
+        if (IPEndPoint.TryParse(value, out var endpoint) && (endpoint.Port != 0 || value.EndsWith(":0", StringComparison.Ordinal)))
         {
             return endpoint;
         }

@@ -17,4 +17,12 @@ public sealed class AgentOptions
 
     /// <summary>The CRIU executable; null means <c>criu</c> on PATH.</summary>
     public string? CriuBinary { get; set; }
+
+    /// <summary>The node's CRI socket (containerd's by default).</summary>
+    [Required]
+    public string CriSocket { get; set; } = "/run/containerd/containerd.sock";
+
+    /// <summary>Where migrations stage their images, one directory (mode 0700) per migration.</summary>
+    [Required]
+    public string StagingDirectory { get; set; } = "/var/lib/podmig/migrations";
 }

@@ -18,7 +18,7 @@ public sealed class CapabilitiesTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         Prerequisites.RequireRoot();
-        int port = FreePort();
+        int port = AgentOnNode.FreePort();
         _agent = AgentHost.Build([$"--Agent:ListenAddress=127.0.0.1:{port}", "--Agent:NodeName=node-a"]);
         await _agent.StartAsync();
         _channel = GrpcChannel.ForAddress($"http://127.0.0.1:{port}");
@@ -61,12 +61,5 @@ public sealed class CapabilitiesTests : IAsyncLifetime
         var reply = await health.CheckAsync(new HealthCheckRequest());
 
         Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving, reply.Status);
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 }

@@ -54,7 +54,9 @@ public sealed class PreCopySession
     /// <param name="options">Options of the final dump; <see cref="CriuOptions.Pid"/> and
     /// <see cref="CriuOptions.ImagesDirectory"/> (the session's base directory) are required.</param>
     /// <param name="method">Forces a method; by default kernel tracking when available.</param>
-    public PreCopySession(CriuClient criu, CriuOptions options, PreCopyMethod? method = null)
+    /// <param name="completedRounds">Rounds an earlier session over the same directory already
+    /// took (e.g. before the caller restarted); the next round continues from the last of them.</param>
+    public PreCopySession(CriuClient criu, CriuOptions options, PreCopyMethod? method = null, IEnumerable<PreCopyRound>? completedRounds = null)
     {
         ArgumentNullException.ThrowIfNull(criu);
         ArgumentNullException.ThrowIfNull(options);
@@ -73,6 +75,15 @@ public sealed class PreCopySession
         }
 
         Directory.CreateDirectory(_baseDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        foreach (var round in completedRounds ?? [])
+        {
+            if (round.Number != _rounds.Count + 1 || round.Method != Method || !Directory.Exists(round.Directory))
+            {
+                throw new ArgumentException($"completed round {round.Number} ({round.Method}, {round.Directory}) does not continue this session", nameof(completedRounds));
+            }
+
+            _rounds.Add(round);
+        }
     }
 
     public PreCopyMethod Method { get; }
@@ -84,6 +95,11 @@ public sealed class PreCopySession
     {
         int number = _rounds.Count + 1;
         var directory = Path.Combine(_baseDirectory, RoundName(number));
+        if (Directory.Exists(directory))
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+
         var previous = _rounds.Count > 0 ? _rounds[^1].Directory : null;
         PreCopyRound round;
         if (Method == PreCopyMethod.KernelTracking)
@@ -112,6 +128,12 @@ public sealed class PreCopySession
     {
         var directory = Path.Combine(_baseDirectory, FinalDirectoryName);
         var previous = _rounds.Count > 0 ? _rounds[^1].Directory : null;
+        if (Directory.Exists(directory))
+        {
+            // what a failed attempt left behind
+            Directory.Delete(directory, recursive: true);
+        }
+
         if (Method == PreCopyMethod.KernelTracking)
         {
             var result = _criu.Dump(_options with

@@ -1,0 +1,32 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+
+namespace Migrate.NodeAgent;
+
+/// <summary>The agent's spans and metrics (OpenTelemetry picks them up by name).</summary>
+public static class AgentTelemetry
+{
+    public const string Name = "Migrate.NodeAgent";
+
+    public static readonly ActivitySource Source = new(Name);
+
+    private static readonly Meter Meter = new(Name);
+
+    /// <summary>Time CRIU took to dump one container, in milliseconds.</summary>
+    public static readonly Histogram<double> DumpDuration = Meter.CreateHistogram<double>("podmig.agent.dump.duration", "ms", "Time to dump one container with CRIU");
+
+    /// <summary>How long a pod stayed frozen during its final dump on this node, in milliseconds.</summary>
+    public static readonly Histogram<double> FrozenDuration = Meter.CreateHistogram<double>("podmig.agent.frozen.duration", "ms", "Time from freezing a pod to its last byte of state written");
+
+    /// <summary>Time of one pre-copy round for one container, in milliseconds.</summary>
+    public static readonly Histogram<double> PreDumpDuration = Meter.CreateHistogram<double>("podmig.agent.predump.duration", "ms", "Time of one pre-copy round of one container");
+
+    /// <summary>Memory pages written, tagged by stage (pre-dump or final).</summary>
+    public static readonly Counter<long> PagesWritten = Meter.CreateCounter<long>("podmig.agent.pages.written", "{page}", "Memory pages written into checkpoint images");
+
+    /// <summary>Bytes staged for transfer (images and file system state), tagged by kind.</summary>
+    public static readonly Counter<long> BytesStaged = Meter.CreateCounter<long>("podmig.agent.bytes.staged", "By", "Bytes of checkpoint state staged on this node");
+
+    /// <summary>Checkpoints refused before anything was frozen, tagged by reason.</summary>
+    public static readonly Counter<long> Refusals = Meter.CreateCounter<long>("podmig.agent.checkpoint.refusals", "{refusal}", "Checkpoint requests refused");
+}

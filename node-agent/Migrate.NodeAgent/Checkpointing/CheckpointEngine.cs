@@ -1,0 +1,716 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using System.Text.RegularExpressions;
+using Google.Protobuf;
+using Grpc.Core;
+using Microsoft.Extensions.Options;
+using Migrate.Agent.V1;
+using Migrate.Criu;
+using Migrate.Criu.Incremental;
+
+namespace Migrate.NodeAgent.Checkpointing;
+
+/// <summary>A checkpoint call failed; <see cref="Code"/> is the gRPC status the operator sees.</summary>
+public sealed class CheckpointException(StatusCode code, string message, Exception? inner = null) : Exception(message, inner)
+{
+    public StatusCode Code { get; } = code;
+}
+
+/// <summary>
+/// The checkpoint side of the agent: finds a pod through the CRI, checks that its state can
+/// move, pre-copies its memory, freezes all its containers together and dumps them with the
+/// options <c>runc restore</c> needs, captures their file system state, and later thaws (rollback)
+/// or ends (success) the frozen processes. One record per migration, kept in the migration's
+/// staging directory so an agent restart loses nothing; every operation is idempotent per
+/// migration id.
+/// </summary>
+public sealed partial class CheckpointEngine : IDisposable
+{
+    private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+
+    private readonly PodLocator _locator;
+    private readonly CriuClient _criu;
+    private readonly AgentOptions _options;
+    private readonly ILogger<CheckpointEngine> _logger;
+    private readonly Lock _registry = new();
+    private readonly Dictionary<string, MigrationRecord> _migrations = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
+    private readonly SemaphoreSlim _criuGate = new(1, 1);
+    private Criu.Incremental.PreCopyMethod? _method;
+
+    public CheckpointEngine(PodLocator locator, CriuClient criu, IOptions<AgentOptions> options, ILogger<CheckpointEngine> logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _locator = locator;
+        _criu = criu;
+        _options = options.Value;
+        _logger = logger;
+        LoadRecords();
+    }
+
+    public string StagingRoot => _options.StagingDirectory;
+
+    /// <summary>Finds the pod, checks it can move, opens the migration's staging directory. Nothing is frozen.</summary>
+    public async Task<MigrationStatus> BeginAsync(BeginCheckpointRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ValidateId(request.MigrationId);
+        if (request.Pod is null || string.IsNullOrEmpty(request.Pod.Namespace) || string.IsNullOrEmpty(request.Pod.Name))
+        {
+            throw new CheckpointException(StatusCode.InvalidArgument, "the request names no pod (namespace and name are required)");
+        }
+
+        if (!string.IsNullOrEmpty(request.NodeName) && request.NodeName != _options.NodeName)
+        {
+            throw Refuse("wrong-node", StatusCode.FailedPrecondition,
+                $"pod {request.Pod.Namespace}/{request.Pod.Name} is on node {request.NodeName} according to the request; this agent serves node {_options.NodeName}");
+        }
+
+        using var activity = AgentTelemetry.Source.StartActivity("checkpoint.begin");
+        activity?.SetTag("migration.id", request.MigrationId);
+        activity?.SetTag("k8s.pod.name", request.Pod.Name);
+        activity?.SetTag("k8s.namespace.name", request.Pod.Namespace);
+        var gate = LockFor(request.MigrationId);
+        await gate.WaitAsync(cancellationToken);
+        try
+        {
+            if (TryGet(request.MigrationId) is { } existing)
+            {
+                if (existing.Namespace != request.Pod.Namespace || existing.PodName != request.Pod.Name)
+                {
+                    throw new CheckpointException(StatusCode.InvalidArgument,
+                        $"migration {request.MigrationId} already exists on this node for pod {existing.Namespace}/{existing.PodName}");
+                }
+
+                return existing.ToStatus();
+            }
+
+            var pod = await _locator.FindAsync(request.Pod.Namespace, request.Pod.Name, cancellationToken)
+                ?? throw Refuse("not-found", StatusCode.NotFound, $"pod {request.Pod.Namespace}/{request.Pod.Name} is not running on node {_options.NodeName}");
+            if (!string.IsNullOrEmpty(request.Pod.Uid) && pod.Uid != request.Pod.Uid)
+            {
+                throw Refuse("uid-mismatch", StatusCode.FailedPrecondition,
+                    $"pod {pod.Namespace}/{pod.Name} on this node has UID {pod.Uid}, not {request.Pod.Uid}: it was recreated");
+            }
+
+            if (pod.Containers.Count == 0)
+            {
+                throw Refuse("no-containers", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} has no running container to checkpoint");
+            }
+
+            var containers = pod.Containers.Select(Inspect).ToList();
+            var record = new MigrationRecord
+            {
+                MigrationId = request.MigrationId,
+                Namespace = pod.Namespace,
+                PodName = pod.Name,
+                PodUid = pod.Uid,
+                NodeName = _options.NodeName,
+                SandboxId = pod.SandboxId,
+                StagingDirectory = Path.Combine(StagingRoot, request.MigrationId),
+                PreCopyMethod = Method(),
+                Containers = containers,
+                Message = $"found {containers.Count} running container(s); nothing frozen",
+            };
+
+            lock (_registry)
+            {
+                var holder = _migrations.Values.FirstOrDefault(m => m.PodUid == pod.Uid && m.HoldsPod);
+                if (holder is not null)
+                {
+                    throw Refuse("busy", StatusCode.Aborted,
+                        $"pod {pod.Namespace}/{pod.Name} is already being checkpointed by migration {holder.MigrationId} ({holder.Phase})");
+                }
+
+                Directory.CreateDirectory(StagingRoot, OwnerOnly);
+                Directory.CreateDirectory(record.StagingDirectory, OwnerOnly);
+                record.Save();
+                _migrations[record.MigrationId] = record;
+            }
+
+            LogReady(record.MigrationId, record.Namespace, record.PodName, containers.Count);
+            return record.ToStatus();
+        }
+        finally
+        {
+            gate.Release();
+        }
+    }
+
+    /// <summary>One pre-copy round of every container while the pod runs.</summary>
+    public async Task<PreDumpResponse> PreDumpAsync(PreDumpRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        return await WithMigrationAsync(request.MigrationId, async record =>
+        {
+            if (request.Round < 1)
+            {
+                throw new CheckpointException(StatusCode.InvalidArgument, "pre-copy rounds count from 1");
+            }
+
+            if (record.RoundResponses.TryGetValue(request.Round, out var done))
+            {
+                return PreDumpResponse.Parser.ParseJson(done);
+            }
+
+            if (record.Phase is not (MigrationPhase.Prepared or MigrationPhase.PreCopying))
+            {
+                throw new CheckpointException(StatusCode.FailedPrecondition, $"migration {record.MigrationId} is {record.Phase}; pre-copy rounds come before the final dump");
+            }
+
+            if (request.Round != record.RoundCount + 1)
+            {
+                throw new CheckpointException(StatusCode.FailedPrecondition, $"migration {record.MigrationId} has {record.RoundCount} round(s); the next is {record.RoundCount + 1}, not {request.Round}");
+            }
+
+            EnsureUnchanged(record);
+            using var activity = AgentTelemetry.Source.StartActivity("checkpoint.predump");
+            activity?.SetTag("migration.id", record.MigrationId);
+            activity?.SetTag("podmig.round", request.Round);
+            var response = new PreDumpResponse { Round = request.Round, Method = ToProto(record.PreCopyMethod) };
+            var clock = Stopwatch.StartNew();
+            foreach (var container in record.Containers)
+            {
+                var round = await RunCriuAsync(() => Session(record, container).PreDump(), cancellationToken);
+                record.Rounds.Add(new RoundRecord(container.Name, round.Number, round.Method, round.Directory, round.PagesWritten, round.PagesUnchanged, round.Elapsed.TotalMilliseconds));
+                response.Containers.Add(new ContainerRound
+                {
+                    ContainerName = container.Name,
+                    PagesWritten = round.PagesWritten,
+                    PagesUnchanged = round.PagesUnchanged,
+                    BytesWritten = (ulong)round.BytesWritten,
+                    ElapsedMillis = Millis(round.Elapsed),
+                });
+                AgentTelemetry.PreDumpDuration.Record(round.Elapsed.TotalMilliseconds);
+                AgentTelemetry.PagesWritten.Add((long)round.PagesWritten, new KeyValuePair<string, object?>("stage", "pre-dump"));
+            }
+
+            response.PagesWritten = (ulong)response.Containers.Sum(c => (long)c.PagesWritten);
+            response.BytesWritten = (ulong)response.Containers.Sum(c => (long)c.BytesWritten);
+            response.ElapsedMillis = Millis(clock.Elapsed);
+            record.RoundResponses[request.Round] = JsonFormatter.Default.Format(response);
+            record.Phase = MigrationPhase.PreCopying;
+            record.Message = $"pre-copy round {request.Round} wrote {response.PagesWritten} pages in {response.ElapsedMillis} ms";
+            record.Save();
+            return response;
+        }, cancellationToken);
+    }
+
+    /// <summary>Freezes all containers, dumps each and captures file system state; the pod stays frozen.</summary>
+    public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken) =>
+        await WithMigrationAsync(migrationId, async record =>
+        {
+            if (record.Phase == MigrationPhase.Frozen && record.FinalDump is not null)
+            {
+                return FinalDumpResponse.Parser.ParseJson(record.FinalDump);
+            }
+
+            if (record.Phase is not (MigrationPhase.Prepared or MigrationPhase.PreCopying))
+            {
+                throw new CheckpointException(StatusCode.FailedPrecondition, $"migration {record.MigrationId} is {record.Phase}; there is nothing to dump");
+            }
+
+            EnsureUnchanged(record);
+            using var activity = AgentTelemetry.Source.StartActivity("checkpoint.final_dump");
+            activity?.SetTag("migration.id", record.MigrationId);
+            var response = await RunCriuAsync(() => DumpFrozen(record), cancellationToken);
+            record.FinalDump = JsonFormatter.Default.Format(response);
+            record.Phase = MigrationPhase.Frozen;
+            record.Message = $"pod frozen and dumped: {response.StagedBytes} bytes staged, frozen for {response.FrozenMillis} ms so far";
+            record.Save();
+            AgentTelemetry.FrozenDuration.Record(response.FrozenMillis);
+            AgentTelemetry.BytesStaged.Add((long)response.StagedBytes);
+            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis);
+            return response;
+        }, cancellationToken);
+
+    /// <summary>Rollback: thaws the pod where it stopped.</summary>
+    public async Task<MigrationStatus> ResumeAsync(string migrationId, CancellationToken cancellationToken) =>
+        await WithMigrationAsync(migrationId, record =>
+        {
+            switch (record.Phase)
+            {
+                case MigrationPhase.Finished:
+                    throw new CheckpointException(StatusCode.FailedPrecondition, $"migration {record.MigrationId} finished: its processes on this node were ended and cannot resume");
+                case MigrationPhase.Resumed or MigrationPhase.Cleaned:
+                    return Task.FromResult(record.ToStatus());
+            }
+
+            using var activity = AgentTelemetry.Source.StartActivity("checkpoint.resume");
+            activity?.SetTag("migration.id", record.MigrationId);
+            bool wasFrozen = record.Phase == MigrationPhase.Frozen;
+            ThawAll(record);
+            record.Phase = MigrationPhase.Resumed;
+            record.Message = wasFrozen ? "pod thawed; it continues where it stopped" : "migration abandoned before the pod was frozen";
+            record.Save();
+            return Task.FromResult(record.ToStatus());
+        }, cancellationToken);
+
+    /// <summary>Success: ends the frozen processes for good.</summary>
+    public async Task<MigrationStatus> FinishAsync(string migrationId, CancellationToken cancellationToken) =>
+        await WithMigrationAsync(migrationId, record =>
+        {
+            if (record.Phase == MigrationPhase.Finished)
+            {
+                return Task.FromResult(record.ToStatus());
+            }
+
+            if (record.Phase != MigrationPhase.Frozen)
+            {
+                throw new CheckpointException(StatusCode.FailedPrecondition, $"migration {record.MigrationId} is {record.Phase}; only a frozen pod can be finished");
+            }
+
+            using var activity = AgentTelemetry.Source.StartActivity("checkpoint.finish");
+            activity?.SetTag("migration.id", record.MigrationId);
+            foreach (var container in record.Containers)
+            {
+                KillFrozen(CgroupFreezer.FromPath(container.FreezerDirectory));
+            }
+
+            record.Phase = MigrationPhase.Finished;
+            record.Message = "frozen processes ended; the pod lives on elsewhere";
+            record.Save();
+            return Task.FromResult(record.ToStatus());
+        }, cancellationToken);
+
+    /// <summary>Removes the migration's staged files, thawing the pod first if it is still frozen.</summary>
+    public async Task<MigrationStatus> CleanupAsync(string migrationId, CancellationToken cancellationToken)
+    {
+        ValidateId(migrationId);
+        if (TryGet(migrationId) is null)
+        {
+            return new MigrationStatus { MigrationId = migrationId, NodeName = _options.NodeName, Phase = MigrationPhase.Cleaned, Message = "nothing staged for this migration" };
+        }
+
+        return await WithMigrationAsync(migrationId, record =>
+        {
+            using var activity = AgentTelemetry.Source.StartActivity("checkpoint.cleanup");
+            activity?.SetTag("migration.id", record.MigrationId);
+            string note = "";
+            if (record.Phase == MigrationPhase.Frozen)
+            {
+                ThawAll(record);
+                note = "; the pod was still frozen and was thawed first";
+            }
+
+            if (Directory.Exists(record.StagingDirectory))
+            {
+                Directory.Delete(record.StagingDirectory, recursive: true);
+            }
+
+            record.Phase = MigrationPhase.Cleaned;
+            record.Message = "staged files removed" + note;
+            return Task.FromResult(record.ToStatus());
+        }, cancellationToken);
+    }
+
+    /// <summary>What this node knows of a migration.</summary>
+    public MigrationStatus Get(string migrationId)
+    {
+        ValidateId(migrationId);
+        return (TryGet(migrationId) ?? throw new CheckpointException(StatusCode.NotFound, $"node {_options.NodeName} knows no migration {migrationId}")).ToStatus();
+    }
+
+    public void Dispose()
+    {
+        _criuGate.Dispose();
+        foreach (var gate in _locks.Values)
+        {
+            gate.Dispose();
+        }
+    }
+
+    private FinalDumpResponse DumpFrozen(MigrationRecord record)
+    {
+        var response = new FinalDumpResponse { PreCopyRounds = record.RoundCount };
+        var freezers = record.Containers.Select(c => CgroupFreezer.FromPath(c.FreezerDirectory)).ToList();
+        var frozen = new List<CgroupFreezer>();
+        var clock = Stopwatch.StartNew();
+        string step = "freezing";
+        bool succeeded = false;
+        try
+        {
+            using (AgentTelemetry.Source.StartActivity("checkpoint.freeze"))
+            {
+                foreach (var freezer in freezers)
+                {
+                    frozen.Add(freezer);
+                    freezer.Freeze();
+                }
+            }
+
+            response.FreezeMillis = Millis(clock.Elapsed);
+            var dumpStart = clock.Elapsed;
+            foreach (var container in record.Containers)
+            {
+                step = $"dumping container {container.Name}";
+                var stdio = new ContainerProcess(container.Pid).StandardDescriptors();
+                using var span = AgentTelemetry.Source.StartActivity("criu.dump");
+                span?.SetTag("k8s.container.name", container.Name);
+                var dump = Session(record, container).Dump();
+                File.WriteAllText(Path.Combine(dump.Directory, "descriptors.json"), JsonSerializer.Serialize(stdio, StringListJson.Default.IReadOnlyListString));
+                var stats = dump.Dump.Statistics;
+                response.Containers.Add(new ContainerDump
+                {
+                    ContainerName = container.Name,
+                    PagesWritten = dump.PagesWritten,
+                    PagesInParent = dump.PagesInParent,
+                    DumpMillis = Millis(dump.Dump.Elapsed + dump.DeduplicationTime),
+                    CriuFrozenMillis = Millis(stats?.FrozenTime ?? TimeSpan.Zero),
+                    ImageBytes = (ulong)DirectorySize(dump.Directory),
+                });
+                AgentTelemetry.DumpDuration.Record(dump.Dump.Elapsed.TotalMilliseconds);
+                AgentTelemetry.PagesWritten.Add((long)dump.PagesWritten, new KeyValuePair<string, object?>("stage", "final"));
+            }
+
+            response.DumpMillis = Millis(clock.Elapsed - dumpStart);
+            var filesystemStart = clock.Elapsed;
+            using (AgentTelemetry.Source.StartActivity("checkpoint.capture_filesystem"))
+            {
+                var rootfs = Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "rootfs"), OwnerOnly).FullName;
+                var volumes = Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "volumes"), OwnerOnly).FullName;
+                foreach (var (container, dump) in record.Containers.Zip(response.Containers))
+                {
+                    step = $"archiving the writable layer of container {container.Name}";
+                    dump.RootfsDiffBytes = (ulong)FilesystemArchive.Create(container.UpperDirectory!, Path.Combine(rootfs, container.Name + ".tar"));
+                }
+
+                foreach (var volume in record.Containers.SelectMany(c => c.Volumes).Where(v => v.Kind == MountKind.EmptyDir).DistinctBy(v => v.VolumeName))
+                {
+                    step = $"archiving emptyDir volume {volume.VolumeName}";
+                    response.VolumeBytes += (ulong)FilesystemArchive.Create(volume.Source, Path.Combine(volumes, volume.VolumeName + ".tar"));
+                }
+            }
+
+            response.FilesystemMillis = Millis(clock.Elapsed - filesystemStart);
+            response.FrozenMillis = Millis(clock.Elapsed);
+            response.FinalImageBytes = (ulong)response.Containers.Sum(c => (long)c.ImageBytes);
+            response.StagedBytes = (ulong)(DirectorySize(record.StagingDirectory) - new FileInfo(Path.Combine(record.StagingDirectory, MigrationRecord.FileName)).Length);
+            succeeded = true;
+            return response;
+        }
+        catch (Exception e) when (e is CriuException or IOException or InvalidOperationException or TimeoutException or UnauthorizedAccessException)
+        {
+            LogDumpFailed(e, record.MigrationId, step);
+            record.Message = $"final dump failed while {step}; the pod was thawed";
+            record.Save();
+            var thawed = frozen.Count > 0 ? " The pod was thawed and runs on." : "";
+            throw new CheckpointException(StatusCode.Internal, $"final dump of pod {record.Namespace}/{record.PodName} failed while {step}: {e.Message}{thawed}", e);
+        }
+        finally
+        {
+            // whatever went wrong, a pod is never left frozen by a failed dump
+            if (!succeeded)
+            {
+                foreach (var freezer in frozen)
+                {
+                    TryThaw(freezer);
+                }
+            }
+        }
+    }
+
+    private PreCopySession Session(MigrationRecord record, ContainerRecord container)
+    {
+        var options = new CriuOptions
+        {
+            Pid = container.Pid,
+            ImagesDirectory = Path.Combine(record.StagingDirectory, "containers", container.Name),
+            LogLevel = CriuLogLevel.Debug,
+            Root = container.RootPath,
+            ManageCgroups = true,
+            CgroupMode = CriuCgroupMode.Soft,
+            FreezeCgroup = container.FreezerDirectory,
+            LeaveRunning = true,
+            OrphanPtsMaster = true,
+            FileLocks = true,
+            ExternalMounts = [.. container.ExternalMounts.Select(m => new CriuExternalMount(m, m))],
+            External = [.. ExternalNamespaces(container)],
+        };
+        Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "containers"), OwnerOnly);
+        var rounds = record.Rounds.Where(r => r.Container == container.Name).OrderBy(r => r.Number).Select(r => r.ToRound());
+        return new PreCopySession(_criu, options, record.PreCopyMethod, rounds);
+    }
+
+    /// <summary>The namespaces a container shares with its pod's sandbox, under the keys runc uses on restore.</summary>
+    private static IEnumerable<string> ExternalNamespaces(ContainerRecord container)
+    {
+        yield return string.Create(CultureInfo.InvariantCulture, $"net[{container.NetworkNamespace}]:extRootNetNS");
+        if (container.SharedPidNamespace is { } pid)
+        {
+            yield return string.Create(CultureInfo.InvariantCulture, $"pid[{pid}]:extRootPidNS");
+        }
+    }
+
+    /// <summary>Everything about one container a dump needs, or the reason it cannot move.</summary>
+    private ContainerRecord Inspect(LocatedContainer container)
+    {
+        var volumes = container.Spec.Mounts.Where(m => m.IsBind).Select(PodVolumes.Classify).ToList();
+        var unmovable = volumes.FirstOrDefault(v => v.Kind == MountKind.Unmovable);
+        if (unmovable is not null)
+        {
+            throw Refuse("volume", StatusCode.FailedPrecondition, PodVolumes.Explain(unmovable, container.Name));
+        }
+
+        var network = container.Spec.Namespace("network");
+        if (network is null)
+        {
+            throw Refuse("host-network", StatusCode.FailedPrecondition, $"container {container.Name} uses the node's network namespace (hostNetwork); such a pod cannot move");
+        }
+
+        ContainerProcess process;
+        try
+        {
+            process = new ContainerProcess(container.Pid);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw Refuse("exited", StatusCode.FailedPrecondition, $"container {container.Name} exited while it was inspected: {e.Message}");
+        }
+
+        var upper = process.UpperDirectory()
+            ?? throw Refuse("rootfs", StatusCode.FailedPrecondition, $"container {container.Name} does not run on an overlayfs root, so its writable layer cannot be captured");
+        var tcp = process.EstablishedTcpConnections();
+        if (tcp.Count > 0)
+        {
+            throw Refuse("tcp", StatusCode.FailedPrecondition,
+                $"container {container.Name} has {tcp.Count} established TCP connection(s) ({string.Join(", ", tcp.Take(3).Select(c => $"{c.Local} to {c.Remote}"))}); the pod's IP changes when it moves, so they cannot survive: close them or stop the clients first");
+        }
+
+        var mounts = process.Mounts();
+        var external = new List<string>();
+        external.AddRange(volumes.Select(v => v.Destination));
+        // cgroup v1 controllers are bind mounts of the host's hierarchies; runc declares them the same way
+        external.AddRange(mounts.Where(m => m.FileSystemType is "cgroup" or "cgroup2").Select(m => m.MountPoint));
+        // masked paths are /dev/null bound over files
+        external.AddRange(mounts.Where(m => container.Spec.MaskedPaths.Contains(m.MountPoint) && m.FileSystemType != "tmpfs").Select(m => m.MountPoint));
+        var pid = container.Spec.Namespace("pid");
+        return new ContainerRecord(
+            container.Name,
+            container.Id,
+            container.Image,
+            container.Pid,
+            CgroupFreezer.ForProcess(container.Pid).Directory,
+            process.HostRootPath(),
+            upper,
+            process.NamespaceInode("net"),
+            pid?.Path is not null ? process.NamespaceInode("pid") : null,
+            [.. external.Distinct(StringComparer.Ordinal)],
+            volumes);
+    }
+
+    /// <summary>The containers must be the ones recorded: same init process in the same cgroup.</summary>
+    private static void EnsureUnchanged(MigrationRecord record)
+    {
+        foreach (var container in record.Containers)
+        {
+            var freezer = CgroupFreezer.FromPath(container.FreezerDirectory);
+            bool alive;
+            try
+            {
+                alive = Directory.Exists(container.FreezerDirectory) && freezer.Processes().Contains(container.Pid);
+            }
+            catch (IOException)
+            {
+                alive = false;
+            }
+
+            if (!alive)
+            {
+                throw new CheckpointException(StatusCode.FailedPrecondition,
+                    $"container {container.Name} exited or restarted since the migration began; begin a new migration");
+            }
+        }
+    }
+
+    private static void ThawAll(MigrationRecord record)
+    {
+        foreach (var container in record.Containers)
+        {
+            var freezer = CgroupFreezer.FromPath(container.FreezerDirectory);
+            if (Directory.Exists(freezer.Directory))
+            {
+                freezer.Thaw();
+            }
+        }
+    }
+
+    private void TryThaw(CgroupFreezer freezer)
+    {
+        try
+        {
+            freezer.Thaw();
+        }
+        catch (IOException e)
+        {
+            LogThawFailed(e, freezer.Directory);
+        }
+    }
+
+    /// <summary>SIGKILL to every process of a frozen cgroup, then thaw: they die without running another instruction.</summary>
+    private static void KillFrozen(CgroupFreezer freezer)
+    {
+        if (!Directory.Exists(freezer.Directory))
+        {
+            return;
+        }
+
+        foreach (var pid in freezer.Processes())
+        {
+            try
+            {
+                // SIGKILL on Linux; a frozen task dies as soon as it is thawed
+                using var process = Process.GetProcessById(pid);
+                process.Kill();
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+            {
+                // already gone
+            }
+        }
+
+        freezer.Thaw();
+        var clock = Stopwatch.StartNew();
+        while (Directory.Exists(freezer.Directory) && freezer.Processes().Count > 0 && clock.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            Thread.Sleep(10);
+        }
+    }
+
+    private async Task<T> WithMigrationAsync<T>(string migrationId, Func<MigrationRecord, Task<T>> action, CancellationToken cancellationToken)
+    {
+        ValidateId(migrationId);
+        var gate = LockFor(migrationId);
+        await gate.WaitAsync(cancellationToken);
+        try
+        {
+            var record = TryGet(migrationId) ?? throw new CheckpointException(StatusCode.NotFound, $"node {_options.NodeName} knows no migration {migrationId}");
+            return await action(record);
+        }
+        finally
+        {
+            gate.Release();
+        }
+    }
+
+    private async Task<T> RunCriuAsync<T>(Func<T> action, CancellationToken cancellationToken)
+    {
+        await _criuGate.WaitAsync(cancellationToken);
+        try
+        {
+            // libcriu calls block; CRIU itself must not be cancelled half-way
+            return await Task.Run(action, CancellationToken.None);
+        }
+        catch (CriuException e)
+        {
+            throw new CheckpointException(StatusCode.Internal, e.Message, e);
+        }
+        finally
+        {
+            _criuGate.Release();
+        }
+    }
+
+    private Criu.Incremental.PreCopyMethod Method()
+    {
+        _method ??= _criu.CheckFeatures().MemoryTracking ? Criu.Incremental.PreCopyMethod.KernelTracking : Criu.Incremental.PreCopyMethod.ContentComparison;
+        return _method.Value;
+    }
+
+    private MigrationRecord? TryGet(string migrationId)
+    {
+        lock (_registry)
+        {
+            return _migrations.GetValueOrDefault(migrationId);
+        }
+    }
+
+    private SemaphoreSlim LockFor(string migrationId)
+    {
+        lock (_registry)
+        {
+            if (!_locks.TryGetValue(migrationId, out var gate))
+            {
+                gate = new SemaphoreSlim(1, 1);
+                _locks[migrationId] = gate;
+            }
+
+            return gate;
+        }
+    }
+
+    private void LoadRecords()
+    {
+        if (!Directory.Exists(StagingRoot))
+        {
+            return;
+        }
+
+        foreach (var directory in Directory.EnumerateDirectories(StagingRoot))
+        {
+            try
+            {
+                if (MigrationRecord.Load(directory) is { } record)
+                {
+                    _migrations[record.MigrationId] = record;
+                    LogLoaded(record.MigrationId, record.Phase, directory);
+                }
+            }
+            catch (JsonException e)
+            {
+                LogUnreadable(e, directory);
+            }
+        }
+    }
+
+    private static CheckpointException Refuse(string reason, StatusCode code, string message)
+    {
+        AgentTelemetry.Refusals.Add(1, new KeyValuePair<string, object?>("reason", reason));
+        return new CheckpointException(code, message);
+    }
+
+    private static void ValidateId(string migrationId)
+    {
+        if (string.IsNullOrEmpty(migrationId) || !MigrationIdPattern().IsMatch(migrationId))
+        {
+            throw new CheckpointException(StatusCode.InvalidArgument,
+                $"migration id '{migrationId}' is not valid: use 1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit");
+        }
+    }
+
+    private static Agent.V1.PreCopyMethod ToProto(Criu.Incremental.PreCopyMethod method) =>
+        method == Criu.Incremental.PreCopyMethod.KernelTracking ? Agent.V1.PreCopyMethod.KernelTracking : Agent.V1.PreCopyMethod.ContentComparison;
+
+    private static uint Millis(TimeSpan elapsed) => (uint)Math.Ceiling(elapsed.TotalMilliseconds);
+
+    /// <summary>Bytes of the regular files below a directory, not following links (an image set's parent link).</summary>
+    internal static long DirectorySize(string directory) =>
+        new DirectoryInfo(directory).EnumerateFiles("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = FileAttributes.ReparsePoint })
+            .Sum(f => f.Length);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: pod {Namespace}/{Pod} with {Count} container(s) ready for checkpoint")]
+    private partial void LogReady(string migration, string @namespace, string pod, int count);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms")]
+    private partial void LogDumped(string migration, ulong bytes, uint frozen);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: final dump failed while {Step}")]
+    private partial void LogDumpFailed(Exception error, string migration, string step);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration} ({Phase}) found in {Directory}")]
+    private partial void LogLoaded(string migration, MigrationPhase phase, string directory);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Unreadable migration record in {Directory}; left alone")]
+    private partial void LogUnreadable(Exception error, string directory);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Could not thaw {Cgroup}")]
+    private partial void LogThawFailed(Exception error, string cgroup);
+
+    [GeneratedRegex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    private static partial Regex MigrationIdPattern();
+}
+
+[JsonSerializable(typeof(IReadOnlyList<string>))]
+internal sealed partial class StringListJson : JsonSerializerContext;

@@ -1,0 +1,109 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Migrate.Agent.V1;
+using Migrate.Criu.Incremental;
+using CriuPreCopyMethod = Migrate.Criu.Incremental.PreCopyMethod;
+
+namespace Migrate.NodeAgent.Checkpointing;
+
+/// <summary>A container of a migration, with everything its dumps need, recorded once at the start.</summary>
+public sealed record ContainerRecord(
+    string Name,
+    string ContainerId,
+    string Image,
+    int Pid,
+    string FreezerDirectory,
+    string RootPath,
+    string? UpperDirectory,
+    ulong NetworkNamespace,
+    ulong? SharedPidNamespace,
+    IReadOnlyList<string> ExternalMounts,
+    IReadOnlyList<ClassifiedMount> Volumes);
+
+/// <summary>A pre-copy round of one container.</summary>
+public sealed record RoundRecord(string Container, int Number, CriuPreCopyMethod Method, string Directory, ulong PagesWritten, ulong PagesUnchanged, double ElapsedMillis)
+{
+    public PreCopyRound ToRound() => new(Number, Directory, Method, PagesWritten, PagesUnchanged, TimeSpan.FromMilliseconds(ElapsedMillis));
+}
+
+/// <summary>What the agent keeps about one migration, in the migration's staging directory (state.json).</summary>
+public sealed class MigrationRecord
+{
+    public required string MigrationId { get; init; }
+
+    public required string Namespace { get; init; }
+
+    public required string PodName { get; init; }
+
+    public required string PodUid { get; init; }
+
+    public required string NodeName { get; init; }
+
+    public required string SandboxId { get; init; }
+
+    public required string StagingDirectory { get; init; }
+
+    public required CriuPreCopyMethod PreCopyMethod { get; init; }
+
+    public required IReadOnlyList<ContainerRecord> Containers { get; init; }
+
+    public MigrationPhase Phase { get; set; } = MigrationPhase.Prepared;
+
+    public List<RoundRecord> Rounds { get; init; } = [];
+
+    /// <summary>Round responses by number, as protobuf JSON, for repeated calls.</summary>
+    public Dictionary<int, string> RoundResponses { get; init; } = [];
+
+    /// <summary>The final dump's response as protobuf JSON, once taken.</summary>
+    public string? FinalDump { get; set; }
+
+    public string Message { get; set; } = "";
+
+    public int RoundCount => RoundResponses.Count;
+
+    public bool HoldsPod => Phase is MigrationPhase.Prepared or MigrationPhase.PreCopying or MigrationPhase.Frozen;
+
+    public const string FileName = "state.json";
+
+    public void Save()
+    {
+        var path = Path.Combine(StagingDirectory, FileName);
+        var temporary = path + ".tmp";
+        File.WriteAllText(temporary, JsonSerializer.Serialize(this, MigrationRecordJson.Default.MigrationRecord));
+        File.Move(temporary, path, overwrite: true);
+    }
+
+    public static MigrationRecord? Load(string stagingDirectory)
+    {
+        var path = Path.Combine(stagingDirectory, FileName);
+        return File.Exists(path) ? JsonSerializer.Deserialize(File.ReadAllText(path), MigrationRecordJson.Default.MigrationRecord) : null;
+    }
+
+    public MigrationStatus ToStatus()
+    {
+        var status = new MigrationStatus
+        {
+            MigrationId = MigrationId,
+            Pod = new PodRef { Namespace = Namespace, Name = PodName, Uid = PodUid },
+            NodeName = NodeName,
+            Phase = Phase,
+            StagingDirectory = StagingDirectory,
+            PreCopyRounds = RoundCount,
+            PreCopyMethod = PreCopyMethod == CriuPreCopyMethod.KernelTracking
+                ? Agent.V1.PreCopyMethod.KernelTracking
+                : Agent.V1.PreCopyMethod.ContentComparison,
+            Message = Message,
+        };
+        status.Containers.Add(Containers.Select(c => new ContainerInfo { Name = c.Name, ContainerId = c.ContainerId, Image = c.Image, Pid = c.Pid }));
+        if (FinalDump is not null)
+        {
+            status.FinalDump = FinalDumpResponse.Parser.ParseJson(FinalDump);
+        }
+
+        return status;
+    }
+}
+
+[JsonSourceGenerationOptions(WriteIndented = true, UseStringEnumConverter = true)]
+[JsonSerializable(typeof(MigrationRecord))]
+internal sealed partial class MigrationRecordJson : JsonSerializerContext;

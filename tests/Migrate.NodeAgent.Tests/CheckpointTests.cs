@@ -1,0 +1,131 @@
+using System.Globalization;
+using Grpc.Core;
+using Migrate.Agent.V1;
+using Migrate.Cri.V1;
+using Migrate.TestSupport;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>
+/// Checkpoints of pods run by a real containerd (with runc and CRIU), through the agent's gRPC API.
+/// </summary>
+[Collection(RealNodes.Name)]
+public sealed class CheckpointTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private AgentOnNode _agent = null!;
+
+    public async Task InitializeAsync() => _agent = await AgentOnNode.StartAsync("ckpt");
+
+    public async Task DisposeAsync() => await _agent.DisposeAsync();
+
+    internal static TestContainer Counter(string name, int mib = 8, params string[] extra) =>
+        new(name, TestImages.Memcounter,
+            ["/bin/memcounter", "--mib", mib.ToString(CultureInfo.InvariantCulture), "--seed", "7", "--interval-ms", "50", "--verify-every", "0", .. extra]);
+
+    internal static BeginCheckpointRequest Begin(string migration, RunningTestPod pod, string node) =>
+        new() { MigrationId = migration, Pod = new PodRef { Namespace = pod.Namespace, Name = pod.Name, Uid = pod.Uid }, NodeName = node };
+
+    [Fact]
+    public async Task A_frozen_pod_stops_counting_stays_running_for_the_runtime_and_resumes_where_it_stopped()
+    {
+        var pod = await _agent.RunPodAsync("counter", Counter("main"));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 5);
+        var client = _agent.Client;
+
+        var begun = await client.BeginCheckpointAsync(Begin("m-freeze", pod, _agent.NodeName));
+        var dump = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-freeze" });
+
+        var frozenAt = AgentOnNode.LastTick(pod, "main");
+        await Task.Delay(1000);
+        var whileFrozen = AgentOnNode.LastTick(pod, "main");
+        Assert.Equal(MigrationPhase.Prepared, begun.Phase);
+        Assert.Equal(frozenAt, whileFrozen);
+        Assert.Equal(ContainerState.ContainerRunning, await _agent.ContainerStateAsync(pod.ContainerIds["main"]));
+        Assert.Equal(MigrationPhase.Frozen, (await client.GetMigrationAsync(new MigrationRef { MigrationId = "m-freeze" })).Phase);
+        Assert.True(dump.Containers.Single().ImageBytes > 8UL * 1024 * 1024, $"image of an 8 MiB counter holds {dump.Containers.Single().ImageBytes} bytes");
+
+        // a retried call returns the recorded result and does not dump again
+        var again = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-freeze" });
+        Assert.Equal(dump, again);
+
+        var resumed = await client.ResumeAsync(new MigrationRef { MigrationId = "m-freeze" });
+        var after = await AgentOnNode.WaitForTicksAsync(pod, "main", (int)frozenAt + 5);
+        Assert.Equal(MigrationPhase.Resumed, resumed.Phase);
+        Assert.Equal(Enumerable.Range(1, after.Count).Select(i => (long)i), after.Select(t => t.Tick));
+        Assert.Single(after.Select(t => t.Pid).Distinct());
+        Assert.Equal(resumed, await client.ResumeAsync(new MigrationRef { MigrationId = "m-freeze" }));
+
+        var staging = begun.StagingDirectory;
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(staging));
+        var cleaned = await client.CleanupAsync(new MigrationRef { MigrationId = "m-freeze" });
+        Assert.Equal(MigrationPhase.Cleaned, cleaned.Phase);
+        Assert.False(Directory.Exists(staging));
+        Assert.Equal(MigrationPhase.Cleaned, (await client.CleanupAsync(new MigrationRef { MigrationId = "m-freeze" })).Phase);
+        output.WriteLine($"8 MiB counter: dump {dump.DumpMillis} ms, frozen {dump.FrozenMillis} ms, staged {dump.StagedBytes} bytes");
+        Figures.Record(nameof(CheckpointTests), "8MiB dump ms", dump.DumpMillis, "ms");
+        Figures.Record(nameof(CheckpointTests), "8MiB frozen ms", dump.FrozenMillis, "ms");
+    }
+
+    [Fact]
+    public async Task Both_containers_of_a_pod_freeze_together_and_resume_together()
+    {
+        var pod = await _agent.RunPodAsync("pair", Counter("left", 4), Counter("right", 4));
+        await AgentOnNode.WaitForTicksAsync(pod, "left", 3);
+        await AgentOnNode.WaitForTicksAsync(pod, "right", 3);
+        var client = _agent.Client;
+
+        var begun = await client.BeginCheckpointAsync(Begin("m-pair", pod, _agent.NodeName));
+        var dump = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-pair" });
+        var left = AgentOnNode.LastTick(pod, "left");
+        var right = AgentOnNode.LastTick(pod, "right");
+        await Task.Delay(800);
+
+        Assert.Equal(["left", "right"], begun.Containers.Select(c => c.Name).Order());
+        Assert.Equal(["left", "right"], dump.Containers.Select(c => c.ContainerName).Order());
+        Assert.Equal(left, AgentOnNode.LastTick(pod, "left"));
+        Assert.Equal(right, AgentOnNode.LastTick(pod, "right"));
+        foreach (var id in pod.ContainerIds.Values)
+        {
+            Assert.Equal(ContainerState.ContainerRunning, await _agent.ContainerStateAsync(id));
+        }
+
+        await client.ResumeAsync(new MigrationRef { MigrationId = "m-pair" });
+        var leftAfter = await AgentOnNode.WaitForTicksAsync(pod, "left", (int)left + 3);
+        var rightAfter = await AgentOnNode.WaitForTicksAsync(pod, "right", (int)right + 3);
+        Assert.Equal(left + 1, leftAfter[(int)left].Tick);
+        Assert.Equal(right + 1, rightAfter[(int)right].Tick);
+    }
+
+    [Fact]
+    public async Task Pre_copy_rounds_are_idempotent_numbered_and_each_writes_less()
+    {
+        var pod = await _agent.RunPodAsync("rounds", Counter("main", 32, "--dirty-percent-per-second", "1"));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 3);
+        var client = _agent.Client;
+        await client.BeginCheckpointAsync(Begin("m-rounds", pod, _agent.NodeName));
+
+        var first = await client.PreDumpAsync(new PreDumpRequest { MigrationId = "m-rounds", Round = 1 });
+        var repeated = await client.PreDumpAsync(new PreDumpRequest { MigrationId = "m-rounds", Round = 1 });
+        var skipped = await AgentOnNode.ExpectErrorAsync(() => client.PreDumpAsync(new PreDumpRequest { MigrationId = "m-rounds", Round = 3 }).ResponseAsync);
+        var second = await client.PreDumpAsync(new PreDumpRequest { MigrationId = "m-rounds", Round = 2 });
+        var status = await client.GetMigrationAsync(new MigrationRef { MigrationId = "m-rounds" });
+
+        Assert.Equal(first, repeated);
+        Assert.Equal(StatusCode.FailedPrecondition, skipped.StatusCode);
+        Assert.Contains("the next is 2", skipped.Status.Detail, StringComparison.Ordinal);
+        Assert.True(first.PagesWritten >= 32UL * 256, $"round 1 wrote {first.PagesWritten} pages of a 32 MiB buffer");
+        Assert.True(second.PagesWritten * 4 < first.PagesWritten, $"round 2 wrote {second.PagesWritten} pages, round 1 {first.PagesWritten}");
+        Assert.Equal(MigrationPhase.PreCopying, status.Phase);
+        Assert.Equal(2, status.PreCopyRounds);
+        await client.ResumeAsync(new MigrationRef { MigrationId = "m-rounds" });
+    }
+}
+
+/// <summary>Tests that start containerd nodes run one at a time (two cores).</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class RealNodes
+{
+    public const string Name = "real containerd nodes";
+}
