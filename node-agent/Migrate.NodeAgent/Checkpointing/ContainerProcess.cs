@@ -64,7 +64,7 @@ public sealed class ContainerProcess
     /// <summary>The inode of one of the process's namespaces, e.g. "net".</summary>
     public ulong NamespaceInode(string type)
     {
-        var link = File.ResolveLinkTarget(Path.Combine(_proc, "ns", type), returnFinalTarget: false)?.ToString()
+        var link = new FileInfo(Path.Combine(_proc, "ns", type)).LinkTarget
             ?? throw new InvalidOperationException($"process {Pid} has no {type} namespace link");
         int open = link.IndexOf('[', StringComparison.Ordinal);
         return ulong.Parse(link[(open + 1)..^1], CultureInfo.InvariantCulture);
@@ -80,7 +80,7 @@ public sealed class ContainerProcess
             string target;
             try
             {
-                target = File.ResolveLinkTarget(path, returnFinalTarget: false)?.ToString() ?? "/dev/null";
+                target = new FileInfo(path).LinkTarget ?? "/dev/null";
             }
             catch (IOException)
             {
@@ -134,7 +134,7 @@ public sealed class ContainerProcess
             {
                 foreach (var fd in Directory.EnumerateFileSystemEntries(fds))
                 {
-                    var target = File.ResolveLinkTarget(fd, returnFinalTarget: false)?.ToString();
+                    var target = new FileInfo(fd).LinkTarget;
                     if (target is not null && target.StartsWith("socket:[", StringComparison.Ordinal))
                     {
                         sockets.Add(ulong.Parse(target[8..^1], CultureInfo.InvariantCulture));
