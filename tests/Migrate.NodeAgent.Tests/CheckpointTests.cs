@@ -129,3 +129,56 @@ public sealed class RealNodes
 {
     public const string Name = "real containerd nodes";
 }
+
+/// <summary>Pre-copy against a plain (cold) final dump, side by side on one node.</summary>
+[Collection(RealNodes.Name)]
+public sealed class PreCopyTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private AgentOnNode _agent = null!;
+
+    public async Task InitializeAsync() => _agent = await AgentOnNode.StartAsync("precopy");
+
+    public async Task DisposeAsync() => await _agent.DisposeAsync();
+
+    [Theory]
+    [InlineData(16)]
+    [InlineData(256)]
+    public async Task After_pre_copy_the_final_dump_writes_far_fewer_pages_than_a_plain_dump(int mib)
+    {
+        // 0.5 % of the buffer rewritten per second: a process that holds a lot and changes little
+        var cold = await _agent.RunPodAsync("cold", CheckpointTests.Counter("main", mib, "--dirty-percent-per-second", "0.5"));
+        var warm = await _agent.RunPodAsync("warm", CheckpointTests.Counter("main", mib, "--dirty-percent-per-second", "0.5"));
+        await AgentOnNode.WaitForTicksAsync(cold, "main", 3);
+        await AgentOnNode.WaitForTicksAsync(warm, "main", 3);
+        var client = _agent.Client;
+
+        await client.BeginCheckpointAsync(CheckpointTests.Begin($"cold-{mib}", cold, _agent.NodeName));
+        var plain = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = $"cold-{mib}" });
+        await client.ResumeAsync(new MigrationRef { MigrationId = $"cold-{mib}" });
+
+        await client.BeginCheckpointAsync(CheckpointTests.Begin($"warm-{mib}", warm, _agent.NodeName));
+        var round1 = await client.PreDumpAsync(new PreDumpRequest { MigrationId = $"warm-{mib}", Round = 1 });
+        var round2 = await client.PreDumpAsync(new PreDumpRequest { MigrationId = $"warm-{mib}", Round = 2 });
+        var final = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = $"warm-{mib}" });
+        await client.ResumeAsync(new MigrationRef { MigrationId = $"warm-{mib}" });
+
+        ulong pages = (ulong)mib * 256;
+        var plainDump = plain.Containers.Single();
+        var finalDump = final.Containers.Single();
+        output.WriteLine($"{mib} MiB plain: {plainDump.PagesWritten} pages, dump {plain.DumpMillis} ms, frozen {plain.FrozenMillis} ms, final image {plain.FinalImageBytes} B");
+        output.WriteLine($"{mib} MiB pre-copy: rounds {round1.PagesWritten}+{round2.PagesWritten} pages in {round1.ElapsedMillis}+{round2.ElapsedMillis} ms; final {finalDump.PagesWritten} pages ({finalDump.PagesInParent} in parent), dump {final.DumpMillis} ms, frozen {final.FrozenMillis} ms, final image {final.FinalImageBytes} B, staged {final.StagedBytes} B");
+        Assert.True(plainDump.PagesWritten >= pages, $"the plain dump wrote {plainDump.PagesWritten} pages of a {pages}-page buffer");
+        Assert.True(finalDump.PagesWritten * 10 < plainDump.PagesWritten, $"after pre-copy the final dump wrote {finalDump.PagesWritten} pages, a plain one {plainDump.PagesWritten}");
+        Assert.True(finalDump.PagesInParent >= pages * 9 / 10, $"only {finalDump.PagesInParent} pages were left to the pre-copy rounds");
+        Assert.True(final.FinalImageBytes * 5 < plain.FinalImageBytes, $"final image {final.FinalImageBytes} B against a plain {plain.FinalImageBytes} B");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB plain dump ms", plain.DumpMillis, "ms");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB plain frozen ms", plain.FrozenMillis, "ms");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB plain final image", plain.FinalImageBytes, "B");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy round 1 ms", round1.ElapsedMillis, "ms");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy round 2 pages", round2.PagesWritten, "pages");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy final dump ms", final.DumpMillis, "ms");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy frozen ms", final.FrozenMillis, "ms");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy final pages", finalDump.PagesWritten, "pages");
+        Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy final image", final.FinalImageBytes, "B");
+    }
+}

@@ -21,8 +21,8 @@ public static class TestImages
     /// <summary>The OCI archives of the test images, built on first use.</summary>
     public static IReadOnlyList<string> Archives()
     {
-        var version = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(
-            string.Join('|', Workloads.Build("memcounter"), Workloads.Build("pause")))))[..16];
+        string[] identity = [Workloads.Build("memcounter"), Workloads.Build("pause"), .. TestRootFilesystem.Applets];
+        var version = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(string.Join('|', identity))))[..16];
         var directory = Path.Combine(RepositoryLayout.Artifacts, "images", version);
         var pause = Path.Combine(directory, "pause.tar");
         var memcounter = Path.Combine(directory, "memcounter.tar");

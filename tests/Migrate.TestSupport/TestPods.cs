@@ -2,8 +2,9 @@ using Migrate.Cri.V1;
 
 namespace Migrate.TestSupport;
 
-/// <summary>A container of a test pod: name, image, command, and the pod's emptyDir volumes it mounts (name, path).</summary>
-public sealed record TestContainer(string Name, string Image, IReadOnlyList<string> Command, IReadOnlyList<(string Volume, string Path)>? EmptyDirMounts = null);
+/// <summary>A container of a test pod: name, image, command, the pod's emptyDir volumes it mounts (name, path) and hostPath volumes (host path, path).</summary>
+public sealed record TestContainer(string Name, string Image, IReadOnlyList<string> Command, IReadOnlyList<(string Volume, string Path)>? EmptyDirMounts = null,
+    IReadOnlyList<(string HostPath, string Path)>? HostPathMounts = null);
 
 /// <summary>A pod running on a node through CRI.</summary>
 public sealed record RunningTestPod(string Namespace, string Name, string Uid, string SandboxId, PodSandboxConfig Config,
@@ -101,6 +102,11 @@ public static class TestPods
             {
                 var hostPath = Path.Combine(volumes, "kubernetes.io~empty-dir", volume);
                 Directory.CreateDirectory(hostPath);
+                container.Mounts.Add(new Mount { ContainerPath = path, HostPath = hostPath });
+            }
+
+            foreach (var (hostPath, path) in c.HostPathMounts ?? [])
+            {
                 container.Mounts.Add(new Mount { ContainerPath = path, HostPath = hostPath });
             }
 

@@ -6,7 +6,8 @@ namespace Migrate.TestSupport;
 /// </summary>
 public static class TestRootFilesystem
 {
-    private static readonly string[] Applets = ["sh", "sleep", "cat", "ls", "echo", "mkdir", "rmdir", "umount", "mount", "true", "kill"];
+    /// <summary>The busybox applets linked into /bin (part of the test images' identity).</summary>
+    public static readonly IReadOnlyList<string> Applets = ["sh", "sleep", "cat", "ls", "echo", "mkdir", "rmdir", "rm", "dd", "nc", "umount", "mount", "true", "kill"];
 
     public static void Create(string root)
     {

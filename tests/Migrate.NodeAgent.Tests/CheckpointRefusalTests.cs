@@ -1,0 +1,149 @@
+using Grpc.Core;
+using Migrate.Agent.V1;
+using Migrate.NodeAgent.Checkpointing;
+using Migrate.TestSupport;
+using Xunit;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>
+/// Bad requests and pods that cannot move: each gets its status code and a reason, and the pod
+/// keeps running, unfrozen, with nothing staged.
+/// </summary>
+[Collection(RealNodes.Name)]
+public sealed class CheckpointRefusalTests : IAsyncLifetime
+{
+    private AgentOnNode _agent = null!;
+
+    public async Task InitializeAsync() => _agent = await AgentOnNode.StartAsync("refuse");
+
+    public async Task DisposeAsync() => await _agent.DisposeAsync();
+
+    private Agent.V1.NodeAgent.NodeAgentClient Client => _agent.Client;
+
+    [Fact]
+    public async Task Requests_for_unknown_pods_other_nodes_and_bad_ids_are_refused_with_their_codes()
+    {
+        var pod = await _agent.RunPodAsync("present", CheckpointTests.Counter("main", 4));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 2);
+
+        var unknown = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(new BeginCheckpointRequest
+        {
+            MigrationId = "m-unknown",
+            Pod = new PodRef { Namespace = "default", Name = "absent" },
+            NodeName = _agent.NodeName,
+        }).ResponseAsync);
+        var elsewhere = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(CheckpointTests.Begin("m-elsewhere", pod, "node-b")).ResponseAsync);
+        var badId = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(CheckpointTests.Begin("../etc", pod, _agent.NodeName)).ResponseAsync);
+        var staleUid = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(new BeginCheckpointRequest
+        {
+            MigrationId = "m-stale",
+            Pod = new PodRef { Namespace = "default", Name = "present", Uid = "00000000-0000-0000-0000-000000000000" },
+        }).ResponseAsync);
+        var noMigration = await AgentOnNode.ExpectErrorAsync(() => Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-never" }).ResponseAsync);
+
+        Assert.Equal(StatusCode.NotFound, unknown.StatusCode);
+        Assert.Contains("default/absent is not running on node " + _agent.NodeName, unknown.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.FailedPrecondition, elsewhere.StatusCode);
+        Assert.Contains("node-b", elsewhere.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.InvalidArgument, badId.StatusCode);
+        Assert.Contains("lower-case letters", badId.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.FailedPrecondition, staleUid.StatusCode);
+        Assert.Contains("recreated", staleUid.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.NotFound, noMigration.StatusCode);
+        await AssertUntouchedAsync(pod);
+    }
+
+    [Fact]
+    public async Task A_pod_with_a_hostPath_volume_is_refused_before_anything_is_frozen()
+    {
+        var host = Directory.CreateDirectory(Path.Combine(_agent.Node.Root, "host-data")).FullName;
+        var pod = await _agent.RunPodAsync("hostpath", CheckpointTests.Counter("main", 4) with { HostPathMounts = [(host, "/host")] });
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 2);
+
+        var error = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(CheckpointTests.Begin("m-hostpath", pod, _agent.NodeName)).ResponseAsync);
+
+        Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
+        Assert.Contains($"container main mounts hostPath {host} at /host", error.Status.Detail, StringComparison.Ordinal);
+        await AssertUntouchedAsync(pod);
+        Assert.False(Directory.Exists(Path.Combine(_agent.StagingDirectory, "m-hostpath")));
+    }
+
+    [Fact]
+    public async Task A_pod_with_an_established_TCP_connection_is_refused_and_the_reason_names_it()
+    {
+        // a server and a client inside the pod: the connection is established on the pod's loopback
+        var pod = await _agent.RunPodAsync("tcp", new TestContainer("main", TestImages.Memcounter,
+            ["/bin/sh", "-c", "sleep 600 | nc -l -p 9000 > /dev/null & sleep 1; sleep 600 | nc 127.0.0.1 9000 > /dev/null & exec /bin/memcounter --mib 2 --interval-ms 50"]));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 5);
+
+        var error = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(CheckpointTests.Begin("m-tcp", pod, _agent.NodeName)).ResponseAsync);
+
+        Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
+        Assert.Contains("established TCP connection", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("127.0.0.1:9000", error.Status.Detail, StringComparison.Ordinal);
+        await AssertUntouchedAsync(pod);
+    }
+
+    [Fact]
+    public async Task A_second_migration_of_the_same_pod_is_aborted_and_the_first_carries_on()
+    {
+        var pod = await _agent.RunPodAsync("contended", CheckpointTests.Counter("main", 4));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 2);
+        await Client.BeginCheckpointAsync(CheckpointTests.Begin("m-first", pod, _agent.NodeName));
+
+        var error = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(CheckpointTests.Begin("m-second", pod, _agent.NodeName)).ResponseAsync);
+        var repeated = await Client.BeginCheckpointAsync(CheckpointTests.Begin("m-first", pod, _agent.NodeName));
+        var dump = await Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-first" });
+
+        Assert.Equal(StatusCode.Aborted, error.StatusCode);
+        Assert.Contains("migration m-first", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(MigrationPhase.Prepared, repeated.Phase);
+        Assert.NotEmpty(dump.Containers);
+        await Client.ResumeAsync(new MigrationRef { MigrationId = "m-first" });
+        var finishAfterResume = await AgentOnNode.ExpectErrorAsync(() => Client.FinishAsync(new MigrationRef { MigrationId = "m-first" }).ResponseAsync);
+        Assert.Equal(StatusCode.FailedPrecondition, finishAfterResume.StatusCode);
+
+        // once the first migration is over, a new one may take the pod
+        var next = await Client.BeginCheckpointAsync(CheckpointTests.Begin("m-second", pod, _agent.NodeName));
+        Assert.Equal(MigrationPhase.Prepared, next.Phase);
+        await AssertUntouchedAsync(pod);
+    }
+
+    [Fact]
+    public async Task A_CRIU_failure_carries_CRIUs_reason_and_leaves_the_pod_thawed_and_running()
+    {
+        // an open, deleted 3 MiB file: larger than CRIU's 1 MiB limit for such "ghost" files
+        var pod = await _agent.RunPodAsync("ghost", new TestContainer("main", TestImages.Memcounter,
+            ["/bin/sh", "-c", "dd if=/dev/zero of=/tmp/big bs=1M count=3 2>/dev/null; exec 3</tmp/big; rm /tmp/big; exec /bin/memcounter --mib 2 --interval-ms 50"]));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 2);
+        await Client.BeginCheckpointAsync(CheckpointTests.Begin("m-ghost", pod, _agent.NodeName));
+
+        var error = await AgentOnNode.ExpectErrorAsync(() => Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-ghost" }).ResponseAsync);
+        var status = await Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-ghost" });
+
+        Assert.Equal(StatusCode.Internal, error.StatusCode);
+        Assert.Contains("ghost", error.Status.Detail, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("The pod was thawed and runs on", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(MigrationPhase.Prepared, status.Phase);
+        Assert.Contains("failed", status.Message, StringComparison.Ordinal);
+        await AssertUntouchedAsync(pod);
+        Assert.Equal(MigrationPhase.Resumed, (await Client.ResumeAsync(new MigrationRef { MigrationId = "m-ghost" })).Phase);
+    }
+
+    /// <summary>The pod still counts, its cgroup is not frozen.</summary>
+    private async Task AssertUntouchedAsync(RunningTestPod pod)
+    {
+        foreach (var (name, _) in pod.ContainerIds)
+        {
+            long before = AgentOnNode.LastTick(pod, name);
+            await AgentOnNode.WaitForTicksAsync(pod, name, (int)before + 3, TimeSpan.FromSeconds(10));
+        }
+
+        foreach (var id in pod.ContainerIds.Values)
+        {
+            var described = await new PodLocator(_agent.Node.Cri).DescribeAsync(id, CancellationToken.None);
+            Assert.False(CgroupFreezer.ForProcess(described.Pid).IsFrozen);
+        }
+    }
+}
