@@ -14,21 +14,18 @@ namespace Migrate.NodeAgent.Tests;
 /// </summary>
 public sealed class AgentOnNode : IAsyncDisposable
 {
-    private readonly WebApplication _agent;
-    private readonly GrpcChannel _channel;
+    private WebApplication _agent = null!;
+    private GrpcChannel _channel = null!;
 
-    private AgentOnNode(ContainerdNode node, WebApplication agent, GrpcChannel channel, string staging)
+    private AgentOnNode(ContainerdNode node, string staging)
     {
         Node = node;
-        _agent = agent;
-        _channel = channel;
         StagingDirectory = staging;
-        Client = new Agent.V1.NodeAgent.NodeAgentClient(channel);
     }
 
     public ContainerdNode Node { get; }
 
-    public Agent.V1.NodeAgent.NodeAgentClient Client { get; }
+    public Agent.V1.NodeAgent.NodeAgentClient Client { get; private set; } = null!;
 
     public string StagingDirectory { get; }
 
@@ -40,23 +37,44 @@ public sealed class AgentOnNode : IAsyncDisposable
         try
         {
             TestImages.ImportInto(node);
-            int port = FreePort();
-            var staging = Path.Combine(node.Root, "staging");
-            var agent = AgentHost.Build([
-                $"--Agent:ListenAddress=127.0.0.1:{port}",
-                $"--Agent:NodeName={node.Name}",
-                $"--Agent:CriSocket={node.SocketPath}",
-                $"--Agent:StagingDirectory={staging}",
-                "--Logging:LogLevel:Default=Warning",
-            ]);
-            await agent.StartAsync();
-            return new AgentOnNode(node, agent, GrpcChannel.ForAddress($"http://127.0.0.1:{port}"), staging);
+            var agent = new AgentOnNode(node, Path.Combine(node.Root, "staging"));
+            await agent.StartAgentAsync();
+            return agent;
         }
         catch
         {
             await node.DisposeAsync();
             throw;
         }
+    }
+
+    /// <summary>Stops the agent process's host and starts a new one on the same node and staging directory (an agent restart).</summary>
+    public async Task RestartAgentAsync()
+    {
+        await StopAgentAsync();
+        await StartAgentAsync();
+    }
+
+    private async Task StartAgentAsync()
+    {
+        int port = FreePort();
+        _agent = AgentHost.Build([
+            $"--Agent:ListenAddress=127.0.0.1:{port}",
+            $"--Agent:NodeName={Node.Name}",
+            $"--Agent:CriSocket={Node.SocketPath}",
+            $"--Agent:StagingDirectory={StagingDirectory}",
+            "--Logging:LogLevel:Default=Warning",
+        ]);
+        await _agent.StartAsync();
+        _channel = GrpcChannel.ForAddress($"http://127.0.0.1:{port}");
+        Client = new Agent.V1.NodeAgent.NodeAgentClient(_channel);
+    }
+
+    private async Task StopAgentAsync()
+    {
+        _channel.Dispose();
+        await _agent.StopAsync();
+        await _agent.DisposeAsync();
     }
 
     /// <summary>Runs a pod of memcounter containers; each container c logs ticks to stdout.</summary>
@@ -96,9 +114,7 @@ public sealed class AgentOnNode : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        _channel.Dispose();
-        await _agent.StopAsync();
-        await _agent.DisposeAsync();
+        await StopAgentAsync();
         await Node.DisposeAsync();
     }
 

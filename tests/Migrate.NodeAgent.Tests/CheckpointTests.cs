@@ -1,3 +1,6 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Metrics;
 using System.Globalization;
 using Grpc.Core;
 using Migrate.Agent.V1;
@@ -180,5 +183,85 @@ public sealed class PreCopyTests(ITestOutputHelper output) : IAsyncLifetime
         Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy frozen ms", final.FrozenMillis, "ms");
         Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy final pages", finalDump.PagesWritten, "pages");
         Figures.Record(nameof(PreCopyTests), $"{mib}MiB pre-copy final image", final.FinalImageBytes, "B");
+    }
+}
+
+/// <summary>What an operator relies on when it retries: the agent's record survives a restart, and every step is observable.</summary>
+[Collection(RealNodes.Name)]
+public sealed class CheckpointRecordTests : IAsyncLifetime
+{
+    private AgentOnNode _agent = null!;
+
+    public async Task InitializeAsync() => _agent = await AgentOnNode.StartAsync("record");
+
+    public async Task DisposeAsync() => await _agent.DisposeAsync();
+
+    [Fact]
+    public async Task A_frozen_pod_can_still_be_resumed_after_the_agent_restarts()
+    {
+        var pod = await _agent.RunPodAsync("survivor", CheckpointTests.Counter("main", 4));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 3);
+        await _agent.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-restart", pod, _agent.NodeName));
+        var dump = await _agent.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-restart" });
+        long frozen = AgentOnNode.LastTick(pod, "main");
+
+        await _agent.RestartAgentAsync();
+        var status = await _agent.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-restart" });
+        var again = await _agent.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-restart" });
+        var contended = await AgentOnNode.ExpectErrorAsync(() => _agent.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-other", pod, _agent.NodeName)).ResponseAsync);
+        await _agent.Client.ResumeAsync(new MigrationRef { MigrationId = "m-restart" });
+        var after = await AgentOnNode.WaitForTicksAsync(pod, "main", (int)frozen + 3);
+
+        Assert.Equal(MigrationPhase.Frozen, status.Phase);
+        Assert.Equal(dump, again);
+        Assert.Equal(StatusCode.Aborted, contended.StatusCode);
+        Assert.Equal(frozen + 1, after[(int)frozen].Tick);
+    }
+
+    [Fact]
+    public async Task Each_step_leaves_a_span_and_the_dump_records_its_metrics()
+    {
+        var spans = new ConcurrentQueue<Activity>();
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name == AgentTelemetry.Name,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = spans.Enqueue,
+        };
+        ActivitySource.AddActivityListener(listener);
+        var measurements = new ConcurrentQueue<(string Name, double Value)>();
+        using var meters = new MeterListener
+        {
+            InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Meter.Name == AgentTelemetry.Name)
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            },
+        };
+        meters.SetMeasurementEventCallback<double>((instrument, value, _, _) => measurements.Enqueue((instrument.Name, value)));
+        meters.SetMeasurementEventCallback<long>((instrument, value, _, _) => measurements.Enqueue((instrument.Name, value)));
+        meters.Start();
+
+        var pod = await _agent.RunPodAsync("observed", CheckpointTests.Counter("main", 4));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 2);
+        await _agent.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-observed", pod, _agent.NodeName));
+        await _agent.Client.PreDumpAsync(new PreDumpRequest { MigrationId = "m-observed", Round = 1 });
+        var dump = await _agent.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-observed" });
+        await _agent.Client.ResumeAsync(new MigrationRef { MigrationId = "m-observed" });
+
+        var names = spans.Select(s => s.OperationName).ToHashSet();
+        foreach (var expected in new[] { "checkpoint.begin", "checkpoint.predump", "checkpoint.final_dump", "checkpoint.freeze", "criu.dump", "checkpoint.capture_filesystem", "checkpoint.resume" })
+        {
+            Assert.Contains(expected, names);
+        }
+
+        var final = spans.Single(s => s.OperationName == "checkpoint.final_dump");
+        Assert.Equal("m-observed", final.GetTagItem("migration.id"));
+        Assert.Contains(spans, s => s.OperationName == "criu.dump" && s.ParentSpanId == final.SpanId);
+        Assert.Contains(measurements, m => m.Name == "podmig.agent.frozen.duration" && Math.Abs(m.Value - dump.FrozenMillis) < 0.5);
+        Assert.Contains(measurements, m => m.Name == "podmig.agent.dump.duration" && m.Value > 0);
+        Assert.Contains(measurements, m => m.Name == "podmig.agent.pages.written" && m.Value >= 1024);
     }
 }

@@ -26,7 +26,7 @@ public sealed record MountInfoEntry(int Id, int ParentId, string Device, string 
     public static MountInfoEntry Parse(string line)
     {
         var fields = line.Split(' ');
-        int separator = Array.IndexOf(fields, "-", 6);
+        int separator = fields.Length > 6 ? Array.IndexOf(fields, "-", 6) : -1;
         if (separator < 6 || separator + 2 >= fields.Length)
         {
             throw new FormatException($"not a mountinfo line: {line}");
@@ -41,7 +41,7 @@ public sealed record MountInfoEntry(int Id, int ParentId, string Device, string 
             fields[5],
             fields[separator + 1],
             Unescape(fields[separator + 2]),
-            separator + 3 < fields.Length ? fields[separator + 3] : "");
+            separator + 3 < fields.Length ? Unescape(fields[separator + 3]) : "");
     }
 
     /// <summary>mountinfo escapes space, tab, newline and backslash as octal.</summary>

@@ -42,16 +42,16 @@ public static class PodVolumes
             return new ClassifiedMount(mount.Destination, source, MountKind.KubeletProvided, volume);
         }
 
-        if (plugin is null && RuntimeDestinations.Contains(mount.Destination))
-        {
-            return new ClassifiedMount(mount.Destination, source, MountKind.RuntimeProvided, null);
-        }
-
         // the kubelet's per-container files (termination log, etc-hosts) live under pods/<uid>/
         if (plugin is null && (source.Contains("/pods/", StringComparison.Ordinal) && (source.EndsWith("/etc-hosts", StringComparison.Ordinal)
             || source.Contains("/containers/", StringComparison.Ordinal))))
         {
             return new ClassifiedMount(mount.Destination, source, MountKind.KubeletProvided, null);
+        }
+
+        if (plugin is null && RuntimeDestinations.Contains(mount.Destination))
+        {
+            return new ClassifiedMount(mount.Destination, source, MountKind.RuntimeProvided, null);
         }
 
         return new ClassifiedMount(mount.Destination, source, MountKind.Unmovable, volume);

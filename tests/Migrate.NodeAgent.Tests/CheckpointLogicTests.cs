@@ -1,0 +1,89 @@
+using System.Text.Json;
+using Migrate.NodeAgent.Checkpointing;
+using Xunit;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>The parsing and classification the checkpoint engine relies on, on recorded inputs.</summary>
+public sealed class CheckpointLogicTests
+{
+    private const string PodVolumes = "/var/lib/kubelet/pods/5f1c/volumes";
+
+    [Theory]
+    [InlineData(PodVolumes + "/kubernetes.io~empty-dir/cache", "/cache", MountKind.EmptyDir, "cache")]
+    [InlineData(PodVolumes + "/kubernetes.io~configmap/settings", "/etc/app", MountKind.KubeletProvided, "settings")]
+    [InlineData(PodVolumes + "/kubernetes.io~secret/token", "/var/run/secrets/x", MountKind.KubeletProvided, "token")]
+    [InlineData(PodVolumes + "/kubernetes.io~projected/kube-api-access-abc", "/var/run/secrets/kubernetes.io/serviceaccount", MountKind.KubeletProvided, "kube-api-access-abc")]
+    [InlineData("/var/lib/kubelet/pods/5f1c/etc-hosts", "/etc/hosts", MountKind.KubeletProvided, null)]
+    [InlineData("/var/lib/kubelet/pods/5f1c/containers/app/0b2e", "/dev/termination-log", MountKind.KubeletProvided, null)]
+    [InlineData("/run/containerd/io.containerd.grpc.v1.cri/sandboxes/ab/shm", "/dev/shm", MountKind.RuntimeProvided, null)]
+    [InlineData("/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/ab/resolv.conf", "/etc/resolv.conf", MountKind.RuntimeProvided, null)]
+    [InlineData(PodVolumes + "/kubernetes.io~csi/pvc-123/mount", "/data", MountKind.Unmovable, "pvc-123")]
+    [InlineData("/srv/data", "/data", MountKind.Unmovable, null)]
+    public void Bind_mounts_are_classified_by_where_their_source_lives(string source, string destination, MountKind kind, string? volume)
+    {
+        var classified = Checkpointing.PodVolumes.Classify(new SpecMount(destination, "bind", source, ["rbind", "rw"]));
+
+        Assert.Equal(kind, classified.Kind);
+        Assert.Equal(volume, classified.VolumeName);
+    }
+
+    [Fact]
+    public void Refusals_name_the_volume_and_where_it_is_mounted()
+    {
+        var pvc = Checkpointing.PodVolumes.Classify(new SpecMount("/data", "bind", PodVolumes + "/kubernetes.io~csi/pvc-123/mount", ["rbind"]));
+        var host = Checkpointing.PodVolumes.Classify(new SpecMount("/logs", "bind", "/var/log", ["rbind"]));
+
+        Assert.Equal("container db mounts CSI persistent volume pvc-123 at /data; node-local and persistent volumes cannot move in this version",
+            Checkpointing.PodVolumes.Explain(pvc, "db"));
+        Assert.StartsWith("container web mounts hostPath /var/log at /logs", Checkpointing.PodVolumes.Explain(host, "web"), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Mountinfo_lines_parse_with_optional_fields_and_escapes()
+    {
+        var entry = MountInfoEntry.Parse(
+            "95 60 0:50 / / rw,relatime shared:4 master:1 - overlay overlay rw,lowerdir=/l/1:/l/2,upperdir=/u\\040dir/fs,workdir=/u/work");
+        var bind = MountInfoEntry.Parse("111 95 254:0 /var/tmp/x /scratch rw,relatime - ext4 /dev/vda rw");
+
+        Assert.Equal(95, entry.Id);
+        Assert.Equal("overlay", entry.FileSystemType);
+        Assert.Equal("/u dir/fs", entry.SuperOption("upperdir"));
+        Assert.Equal("/l/1:/l/2", entry.SuperOption("lowerdir"));
+        Assert.Equal("/var/tmp/x", bind.Root);
+        Assert.Equal("/scratch", bind.MountPoint);
+        Assert.Throws<FormatException>(() => MountInfoEntry.Parse("95 60 0:50 / /"));
+    }
+
+    [Theory]
+    [InlineData("0100007F:2328", "127.0.0.1:9000")]
+    [InlineData("0000000000000000FFFF00000100007F:AD42", "[::ffff:127.0.0.1]:44354")]
+    [InlineData("0200000A:0050", "10.0.0.2:80")]
+    public void Proc_net_tcp_addresses_decode(string raw, string expected) =>
+        Assert.Equal(expected, ContainerProcess.DecodeAddress(raw));
+
+    [Fact]
+    public void The_runtime_spec_yields_mounts_namespaces_cgroups_and_masked_paths()
+    {
+        using var document = JsonDocument.Parse("""
+            {"root":{"path":"rootfs"},
+             "mounts":[{"destination":"/proc","type":"proc","source":"proc"},
+                       {"destination":"/cache","type":"bind","source":"/k/pods/u/volumes/kubernetes.io~empty-dir/cache","options":["rbind","rw"]},
+                       {"destination":"/etc/hosts","source":"/s/hosts","options":["bind"]}],
+             "linux":{"cgroupsPath":"/kubepods/podu/c1","maskedPaths":["/proc/kcore"],
+                      "namespaces":[{"type":"pid"},{"type":"network","path":"/proc/42/ns/net"},{"type":"ipc","path":""}]},
+             "annotations":{"io.kubernetes.cri.container-type":"container"}}
+            """);
+
+        var spec = ContainerRuntimeSpec.Parse(document.RootElement);
+
+        Assert.Equal("rootfs", spec.RootPath);
+        Assert.Equal(["/cache", "/etc/hosts"], spec.Mounts.Where(m => m.IsBind).Select(m => m.Destination));
+        Assert.Equal("/proc/42/ns/net", spec.Namespace("network")?.Path);
+        Assert.Null(spec.Namespace("ipc")?.Path);
+        Assert.Null(spec.Namespace("uts"));
+        Assert.Equal("/kubepods/podu/c1", spec.CgroupsPath);
+        Assert.Equal(["/proc/kcore"], spec.MaskedPaths.ToArray());
+        Assert.Equal("container", spec.Annotations["io.kubernetes.cri.container-type"]);
+    }
+}
