@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using Metrics;
+using System.Diagnostics.Metrics;
 using System.Globalization;
 using Grpc.Core;
 using Migrate.Agent.V1;
