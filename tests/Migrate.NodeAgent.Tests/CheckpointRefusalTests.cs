@@ -123,12 +123,49 @@ public sealed class CheckpointRefusalTests : IAsyncLifetime
         var status = await Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-ghost" });
 
         Assert.Equal(StatusCode.Internal, error.StatusCode);
-        Assert.Contains("ghost", error.Status.Detail, StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("keeps a deleted file open that is larger than CRIU's limit", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("ghost", error.Status.Detail, StringComparison.Ordinal);
         Assert.Contains("The pod was thawed and runs on", error.Status.Detail, StringComparison.Ordinal);
         Assert.Equal(MigrationPhase.Prepared, status.Phase);
         Assert.Contains("failed", status.Message, StringComparison.Ordinal);
         await AssertUntouchedAsync(pod);
         Assert.Equal(MigrationPhase.Resumed, (await Client.ResumeAsync(new MigrationRef { MigrationId = "m-ghost" })).Phase);
+    }
+
+    [Fact]
+    public async Task A_unix_socket_connected_outside_the_pod_fails_the_dump_with_the_reason_and_the_pod_runs_on()
+    {
+        // the container talks to a "node daemon" (this test) through a socket in an emptyDir
+        var pod = await _agent.RunPodAsync("unix", CheckpointTests.Counter("main", 2) with
+        {
+            Command = ["/bin/sh", "-c", "while [ ! -S /scratch/daemon.sock ]; do sleep 0.05; done; exec /bin/memcounter --mib 2 --interval-ms 50 --connect-unix /scratch/daemon.sock"],
+            EmptyDirMounts = [("scratch", "/scratch")],
+        });
+        using var daemon = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        // the volume's path is longer than a socket address may be: bind through a short link to it
+        var link = Path.Combine("/tmp", "pm-" + Guid.NewGuid().ToString("N")[..8]);
+        File.CreateSymbolicLink(link, pod.EmptyDir("scratch"));
+        try
+        {
+            daemon.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(Path.Combine(link, "daemon.sock")));
+        }
+        finally
+        {
+            File.Delete(link);
+        }
+
+        daemon.Listen();
+        using var connection = await daemon.AcceptAsync();
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 2);
+        await Client.BeginCheckpointAsync(CheckpointTests.Begin("m-unix", pod, _agent.NodeName));
+
+        var error = await AgentOnNode.ExpectErrorAsync(() => Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-unix" }).ResponseAsync);
+
+        Assert.Equal(StatusCode.Internal, error.StatusCode);
+        Assert.Contains("a unix socket connected to a process outside the pod", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("External socket is used", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("The pod was thawed and runs on", error.Status.Detail, StringComparison.Ordinal);
+        await AssertUntouchedAsync(pod);
     }
 
     /// <summary>The pod still counts, its cgroup is not frozen.</summary>

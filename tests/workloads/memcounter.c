@@ -18,6 +18,9 @@
  * every tick through that one descriptor, never reopening it: after a restore the lines must
  * continue in order, which shows the open file and its offset came back.
  *
+ * With --connect-unix PATH it connects a stream socket to PATH at start and holds it (a process
+ * talking to a daemon outside its pod).
+ *
  * The word at index i of page generation g is mix(seed ^ (g << 48) ^ i); the checksum is the sum
  * over all words of word * (2 * index + 1), modulo 2^64. Both are reproduced by the C# tests.
  */
@@ -30,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -73,7 +78,7 @@ static void on_term(int sig)
 static void usage(void)
 {
 	fprintf(stderr, "usage: memcounter [--mib N] [--seed S] [--dirty-percent-per-second P]\n"
-			"                  [--interval-ms MS] [--verify-every N] [--verify-file PATH] [--log-file PATH]... [--ticks N]\n");
+			"                  [--interval-ms MS] [--verify-every N] [--verify-file PATH] [--log-file PATH]... [--connect-unix PATH] [--ticks N]\n");
 	exit(2);
 }
 
@@ -83,6 +88,7 @@ int main(int argc, char **argv)
 	double dirty_pct = 0.0;
 	long interval_ms = 100;
 	const char *verify_file = "/verify-now";
+	const char *connect_path = NULL;
 	const char *log_paths[4];
 	int log_count = 0;
 
@@ -104,6 +110,8 @@ int main(int argc, char **argv)
 			verify_file = value;
 		else if (!strcmp(name, "--log-file") && log_count < 4)
 			log_paths[log_count++] = value;
+		else if (!strcmp(name, "--connect-unix"))
+			connect_path = value;
 		else if (!strcmp(name, "--ticks"))
 			max_ticks = strtoull(value, NULL, 10);
 		else
@@ -117,6 +125,16 @@ int main(int argc, char **argv)
 		log_fds[i] = open(log_paths[i], O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (log_fds[i] < 0) {
 			fprintf(stderr, "memcounter: cannot open %s: %s\n", log_paths[i], strerror(errno));
+			return 1;
+		}
+	}
+
+	if (connect_path) {
+		struct sockaddr_un address = { .sun_family = AF_UNIX };
+		int sk = socket(AF_UNIX, SOCK_STREAM, 0);
+		strncpy(address.sun_path, connect_path, sizeof(address.sun_path) - 1);
+		if (sk < 0 || connect(sk, (struct sockaddr *)&address, sizeof(address)) < 0) {
+			fprintf(stderr, "memcounter: cannot connect to %s: %s\n", connect_path, strerror(errno));
 			return 1;
 		}
 	}

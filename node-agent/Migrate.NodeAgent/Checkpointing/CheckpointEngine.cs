@@ -397,7 +397,8 @@ public sealed partial class CheckpointEngine : IDisposable
             record.Message = $"final dump failed while {step}; the pod was thawed";
             record.Save();
             var thawed = frozen.Count > 0 ? " The pod was thawed and runs on." : "";
-            throw new CheckpointException(StatusCode.Internal, $"final dump of pod {record.Namespace}/{record.PodName} failed while {step}: {e.Message}{thawed}", e);
+            var reason = e is CriuException criu && CriuFailures.Explain(criu) is { } known ? known + ". " : "";
+            throw new CheckpointException(StatusCode.Internal, $"final dump of pod {record.Namespace}/{record.PodName} failed while {step}: {reason}{e.Message}{thawed}", e);
         }
         finally
         {
