@@ -4,6 +4,8 @@ using Microsoft.Extensions.Options;
 using Migrate.Cri;
 using Migrate.Criu;
 using Migrate.NodeAgent.Checkpointing;
+using Migrate.NodeAgent.Transfer;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
@@ -24,16 +26,36 @@ public static class AgentHost
             .ValidateDataAnnotations()
             .ValidateOnStart();
 
-        var listen = builder.Configuration.GetSection(AgentOptions.Section)[nameof(AgentOptions.ListenAddress)] ?? new AgentOptions().ListenAddress;
-        var endpoint = ParseEndpoint(listen);
+        var section = builder.Configuration.GetSection(AgentOptions.Section);
+        var endpoint = ParseEndpoint(section[nameof(AgentOptions.ListenAddress)] ?? new AgentOptions().ListenAddress);
+        var identity = new AgentIdentity(LoadTls(section));
+        builder.Services.AddSingleton(identity);
         builder.WebHost.ConfigureKestrel(kestrel =>
-            kestrel.Listen(endpoint, listenOptions => listenOptions.Protocols = HttpProtocols.Http2));
+        {
+            kestrel.Limits.Http2.MaxStreamsPerConnection = 64;
+            kestrel.Listen(endpoint, listenOptions =>
+            {
+                listenOptions.Protocols = HttpProtocols.Http2;
+                if (identity.Tls is { } tls)
+                {
+                    // mutual TLS: every caller (operator, peer agents) shows a certificate from the cluster's CA
+                    listenOptions.UseHttps(https =>
+                    {
+                        https.ServerCertificate = tls.Certificate;
+                        https.ClientCertificateMode = ClientCertificateMode.RequireCertificate;
+                        https.ClientCertificateValidation = (certificate, _, _) => tls.IsTrusted(certificate);
+                    });
+                }
+            });
+        });
 
         builder.Services.AddSingleton(sp => new CriuClient(sp.GetRequiredService<IOptions<AgentOptions>>().Value.CriuBinary));
         builder.Services.AddSingleton<NodeCapabilities>();
         builder.Services.AddSingleton(sp => new CriClient(sp.GetRequiredService<IOptions<AgentOptions>>().Value.CriSocket));
         builder.Services.AddSingleton<PodLocator>();
         builder.Services.AddSingleton<CheckpointEngine>();
+        builder.Services.AddSingleton<ImageReceiver>();
+        builder.Services.AddSingleton<ImageSender>();
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService("podmig-node-agent"))
             .WithTracing(tracing => tracing.AddSource(AgentTelemetry.Name))
@@ -43,14 +65,33 @@ public static class AgentHost
             // exported only where a collector is configured (the standard OTEL_* variables)
             telemetry.UseOtlpExporter();
         }
-        builder.Services.AddGrpc();
+        builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = (4 << 20) + (128 << 10));
         builder.Services.AddGrpcHealthChecks().AddCheck<CriuHealthCheck>("criu");
 
         var app = builder.Build();
         app.MapGrpcService<NodeAgentService>();
+        app.MapGrpcService<ImageTransferService>();
         app.MapGrpcHealthChecksService();
         app.MapGet("/healthz", () => "ok");
         return app;
+    }
+
+    private static AgentTls? LoadTls(IConfigurationSection section)
+    {
+        string? certificate = section[nameof(AgentOptions.TlsCertificateFile)];
+        string? key = section[nameof(AgentOptions.TlsKeyFile)];
+        string? authority = section[nameof(AgentOptions.TlsAuthorityFile)];
+        if (certificate is null && key is null && authority is null)
+        {
+            return null;
+        }
+
+        if (certificate is null || key is null || authority is null)
+        {
+            throw new ArgumentException("mutual TLS needs all of TlsCertificateFile, TlsKeyFile and TlsAuthorityFile");
+        }
+
+        return AgentTls.Load(certificate, key, authority);
     }
 
     /// <summary>Parses "host:port" (IPv4, [IPv6] or a name resolving to loopback-only "localhost").</summary>

@@ -25,4 +25,41 @@ public sealed class AgentOptions
     /// <summary>Where migrations stage their images, one directory (mode 0700) per migration.</summary>
     [Required]
     public string StagingDirectory { get; set; } = "/var/lib/podmig/migrations";
+
+    /// <summary>Where images received from other nodes are staged, one directory (mode 0700) per migration.</summary>
+    [Required]
+    public string IncomingDirectory { get; set; } = "/var/lib/podmig/incoming";
+
+    /// <summary>This agent's certificate (PEM); with <see cref="TlsKeyFile"/> and <see cref="TlsAuthorityFile"/> it turns on mutual TLS.</summary>
+    public string? TlsCertificateFile { get; set; }
+
+    public string? TlsKeyFile { get; set; }
+
+    /// <summary>The CA (PEM) every component's certificate chains to.</summary>
+    public string? TlsAuthorityFile { get; set; }
+
+    /// <summary>The operator's public key (PEM) that signs transfer tokens.</summary>
+    public string? TokenPublicKeyFile { get; set; }
+
+    /// <summary>Incoming image streams served at once.</summary>
+    [Range(1, 1024)]
+    public int MaxIncomingStreams { get; set; } = 8;
+
+    /// <summary>Largest migration (bytes) one stream may bring.</summary>
+    [Range(1, long.MaxValue)]
+    public long MaxStreamBytes { get; set; } = 64L << 30;
+
+    /// <summary>Bytes of incoming images this node holds at most, all migrations together.</summary>
+    [Range(1, long.MaxValue)]
+    public long MaxIncomingBytes { get; set; } = 256L << 30;
+
+    /// <summary>Free disk space an incoming transfer must leave on the incoming directory's file system.</summary>
+    [Range(0, long.MaxValue)]
+    public long MinFreeDiskBytes { get; set; } = 1L << 30;
+
+    /// <summary>Largest chunk (uncompressed bytes) a stream may carry.</summary>
+    [Range(4096, 4 << 20)]
+    public int MaxChunkBytes { get; set; } = 1 << 20;
+
+    public bool TlsEnabled => TlsCertificateFile is not null && TlsKeyFile is not null && TlsAuthorityFile is not null;
 }

@@ -27,6 +27,18 @@ public static class AgentTelemetry
     /// <summary>Bytes staged for transfer (images and file system state), tagged by kind.</summary>
     public static readonly Counter<long> BytesStaged = Meter.CreateCounter<long>("podmig.agent.bytes.staged", "By", "Bytes of checkpoint state staged on this node");
 
+    /// <summary>Image bytes moved between agents, tagged by direction (in, out).</summary>
+    public static readonly Counter<long> TransferBytes = Meter.CreateCounter<long>("podmig.agent.transfer.bytes", "By", "Checkpoint image bytes transferred between agents");
+
+    /// <summary>Image streams refused, tagged by reason.</summary>
+    public static readonly Counter<long> TransferRejections = Meter.CreateCounter<long>("podmig.agent.transfer.rejections", "{stream}", "Incoming image streams refused");
+
+    /// <summary>Outgoing image streams retried after a failure.</summary>
+    public static readonly Counter<long> TransferRetries = Meter.CreateCounter<long>("podmig.agent.transfer.retries", "{retry}", "Image streams resumed after a failure");
+
+    /// <summary>Throughput of a completed outgoing transfer, in MB/s.</summary>
+    public static readonly Histogram<double> TransferThroughput = Meter.CreateHistogram<double>("podmig.agent.transfer.throughput", "MBy/s", "Throughput of completed image transfers");
+
     /// <summary>Checkpoints refused before anything was frozen, tagged by reason.</summary>
     public static readonly Counter<long> Refusals = Meter.CreateCounter<long>("podmig.agent.checkpoint.refusals", "{refusal}", "Checkpoint requests refused");
 }

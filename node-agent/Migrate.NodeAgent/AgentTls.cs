@@ -1,0 +1,76 @@
+using System.Net.Security;
+using System.Security.Cryptography.X509Certificates;
+
+namespace Migrate.NodeAgent;
+
+/// <summary>
+/// The agent's mutual-TLS identity: its certificate and key, and the CA every component's
+/// certificate must chain to. A node's certificate names the node (subject CN); peers are
+/// checked against the CA alone (no system roots), and by that name where the caller expects one.
+/// </summary>
+public sealed class AgentTls : IDisposable
+{
+    private readonly X509Certificate2 _authority;
+
+    public AgentTls(X509Certificate2 certificate, X509Certificate2 authority)
+    {
+        Certificate = certificate;
+        _authority = authority;
+    }
+
+    public X509Certificate2 Certificate { get; }
+
+    public static AgentTls Load(string certificateFile, string keyFile, string authorityFile)
+    {
+        using var pem = X509Certificate2.CreateFromPemFile(certificateFile, keyFile);
+        // a PKCS#12 round trip gives a key every TLS stack can use
+        var certificate = X509CertificateLoader.LoadPkcs12(pem.Export(X509ContentType.Pkcs12), null);
+        var authority = X509CertificateLoader.LoadCertificate(System.Text.Encoding.ASCII.GetBytes(File.ReadAllText(authorityFile)));
+        return new AgentTls(certificate, authority);
+    }
+
+    /// <summary>The node (or component) a certificate names.</summary>
+    public static string NameOf(X509Certificate2 certificate)
+    {
+        ArgumentNullException.ThrowIfNull(certificate);
+        return certificate.GetNameInfo(X509NameType.SimpleName, forIssuer: false);
+    }
+
+    /// <summary>Whether a peer's certificate chains to the CA (and, if given, names <paramref name="expectedName"/>).</summary>
+    public bool IsTrusted(X509Certificate2? certificate, string? expectedName = null)
+    {
+        if (certificate is null)
+        {
+            return false;
+        }
+
+        using var chain = new X509Chain();
+        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
+        chain.ChainPolicy.CustomTrustStore.Add(_authority);
+        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
+        if (!chain.Build(certificate))
+        {
+            return false;
+        }
+
+        return expectedName is null || string.Equals(NameOf(certificate), expectedName, StringComparison.Ordinal);
+    }
+
+    /// <summary>A handler for outgoing gRPC calls: presents this agent's certificate, trusts peers by the CA and the expected name.</summary>
+    public SocketsHttpHandler CreateHandler(string? expectedPeer) => new()
+    {
+        SslOptions = new SslClientAuthenticationOptions
+        {
+            ClientCertificates = [Certificate],
+            RemoteCertificateValidationCallback = (_, certificate, _, _) =>
+                certificate is not null && IsTrusted(certificate as X509Certificate2 ?? X509CertificateLoader.LoadCertificate(certificate.GetRawCertData()), expectedPeer),
+        },
+        EnableMultipleHttp2Connections = true,
+    };
+
+    public void Dispose()
+    {
+        Certificate.Dispose();
+        _authority.Dispose();
+    }
+}

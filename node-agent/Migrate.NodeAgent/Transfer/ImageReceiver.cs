@@ -1,0 +1,655 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Microsoft.Extensions.Options;
+using Migrate.Agent.Contracts.Security;
+using Migrate.Agent.V1;
+using Migrate.NodeAgent.Checkpointing;
+
+namespace Migrate.NodeAgent.Transfer;
+
+/// <summary>A stream was refused; <see cref="Reason"/> tags the rejection metric.</summary>
+public sealed class TransferRejectedException(StatusCode code, string reason, string message) : Exception(message)
+{
+    public StatusCode Code { get; } = code;
+
+    public string Reason { get; } = reason;
+}
+
+/// <summary>
+/// The target side of image transfer. A stream is taken only over mutual TLS, from the node its
+/// token names, for a migration this node was told to expect; its manifest is checked (confined
+/// names, sizes within the token's, the stream's and the node's limits, free disk) before a byte
+/// is written. Files go to <c>&lt;incoming&gt;/&lt;migration&gt;/files</c> (mode 0700) and count as
+/// staged only once every file's SHA-256 matched. An interrupted stream keeps what arrived, so the
+/// next attempt resumes; a refused or corrupt one removes the migration's files.
+/// </summary>
+public sealed partial class ImageReceiver : IDisposable
+{
+    public const string FilesDirectory = "files";
+    public const string ProgressFile = "progress.json";
+    public const string StagedFile = "staged.json";
+    private const int MaxFiles = 100_000;
+    private const int AckEveryBytes = 4 << 20;
+    private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+
+    private readonly AgentOptions _options;
+    private readonly ILogger<ImageReceiver> _logger;
+    private readonly TimeProvider _time;
+    private readonly ECDsa? _tokenKey;
+    private readonly SemaphoreSlim _streams;
+    private readonly Lock _gate = new();
+    private readonly Dictionary<string, TransferClaims> _expected = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, long> _reserved = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _active = new(StringComparer.Ordinal);
+
+    public ImageReceiver(IOptions<AgentOptions> options, ILogger<ImageReceiver> logger, TimeProvider? time = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _options = options.Value;
+        _logger = logger;
+        _time = time ?? TimeProvider.System;
+        _tokenKey = _options.TokenPublicKeyFile is { } key ? TransferToken.LoadKey(key) : null;
+        _streams = new SemaphoreSlim(_options.MaxIncomingStreams, _options.MaxIncomingStreams);
+    }
+
+    public string IncomingRoot => _options.IncomingDirectory;
+
+    public string DirectoryOf(string migrationId) => Path.Combine(IncomingRoot, migrationId);
+
+    /// <summary>Registers a migration this node will receive (idempotent).</summary>
+    public ExpectImagesResponse Expect(ExpectImagesRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var claims = VerifyToken(request.Token, request.MigrationId);
+        lock (_gate)
+        {
+            _expected[claims.MigrationId] = claims;
+        }
+
+        var directory = DirectoryOf(claims.MigrationId);
+        var files = Path.Combine(directory, FilesDirectory);
+        long held = Directory.Exists(files) ? CheckpointEngine.DirectorySize(files) : 0;
+        return new ExpectImagesResponse { Directory = directory, ReceivedBytes = (ulong)held, Staged = File.Exists(Path.Combine(directory, StagedFile)) };
+    }
+
+    /// <summary>Serves one upload stream.</summary>
+    /// <param name="requests">The client's messages.</param>
+    /// <param name="responses">The replies.</param>
+    /// <param name="cancellationToken">The call's cancellation.</param>
+    /// <param name="peer">The node the client's certificate names, or null when the client showed none the CA vouches for.</param>
+    public async Task ReceiveAsync(IAsyncStreamReader<UploadMessage> requests, IServerStreamWriter<UploadReply> responses, string? peer, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        ArgumentNullException.ThrowIfNull(responses);
+        using var activity = AgentTelemetry.Source.StartActivity("transfer.receive");
+        if (!_options.TlsEnabled)
+        {
+            throw Reject(StatusCode.PermissionDenied, "no-tls", "this agent takes images only over mutual TLS, and it has no certificate configured");
+        }
+
+        if (peer is null)
+        {
+            throw Reject(StatusCode.PermissionDenied, "no-client-certificate", "the client presented no certificate from the cluster's CA");
+        }
+
+        if (!await requests.MoveNext(cancellationToken))
+        {
+            throw Reject(StatusCode.InvalidArgument, "malformed", "the stream ended before its header");
+        }
+
+        if (requests.Current.KindCase != UploadMessage.KindOneofCase.Header)
+        {
+            throw Reject(StatusCode.InvalidArgument, "malformed", "a stream must start with its header");
+        }
+
+        var header = requests.Current.Header;
+        activity?.SetTag("migration.id", header.MigrationId);
+        var claims = VerifyToken(header.Token, header.MigrationId);
+        if (claims.SourceNode != header.SourceNode || claims.SourceNode != peer)
+        {
+            throw Reject(StatusCode.PermissionDenied, "wrong-source",
+                $"the token is for images from node {claims.SourceNode}; this stream comes from {peer} (says {header.SourceNode})");
+        }
+
+        lock (_gate)
+        {
+            if (!_expected.TryGetValue(claims.MigrationId, out var expected) || expected.SourceNode != claims.SourceNode)
+            {
+                throw Reject(StatusCode.PermissionDenied, "unexpected", $"node {_options.NodeName} was not told to expect images of migration {claims.MigrationId} from {claims.SourceNode}");
+            }
+        }
+
+        if (!_streams.Wait(0, CancellationToken.None))
+        {
+            throw Reject(StatusCode.ResourceExhausted, "streams", $"node {_options.NodeName} is already receiving {_options.MaxIncomingStreams} streams; retry later");
+        }
+
+        bool failed = false;
+        bool claimed = false;
+        try
+        {
+            lock (_gate)
+            {
+                if (!_active.Add(claims.MigrationId))
+                {
+                    throw Reject(StatusCode.Aborted, "concurrent", $"another stream of migration {claims.MigrationId} is already running");
+                }
+
+                claimed = true;
+            }
+
+            var stopwatch = Stopwatch.StartNew();
+            var session = Open(claims, header);
+            failed = true;
+            try
+            {
+                await responses.WriteAsync(new UploadReply { Accepted = session.Accepted }, cancellationToken);
+                long sinceAck = 0;
+                bool done = false;
+                while (!done && await requests.MoveNext(cancellationToken))
+                {
+                    var message = requests.Current;
+                    switch (message.KindCase)
+                    {
+                        case UploadMessage.KindOneofCase.Chunk:
+                            sinceAck += await session.WriteAsync(message.Chunk, cancellationToken);
+                            if (sinceAck >= AckEveryBytes)
+                            {
+                                sinceAck = 0;
+                                await responses.WriteAsync(new UploadReply { Ack = new UploadAck { ReceivedBytes = (ulong)session.Received } }, cancellationToken);
+                            }
+
+                            break;
+                        case UploadMessage.KindOneofCase.Done:
+                            done = true;
+                            break;
+                        default:
+                            throw Reject(StatusCode.InvalidArgument, "malformed", $"unexpected {message.KindCase} in the middle of a stream");
+                    }
+                }
+
+                if (!done)
+                {
+                    // the client closed its side without finishing: what arrived stays for a resume
+                    failed = false;
+                    throw new RpcException(new Status(StatusCode.Cancelled, $"the stream of migration {claims.MigrationId} ended before it was done; {session.Received} bytes are kept for a resume"));
+                }
+
+                var staged = session.Complete();
+                failed = false;
+                AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
+                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds);
+                await responses.WriteAsync(new UploadReply { Staged = staged }, cancellationToken);
+            }
+            catch (Exception e) when (e is IOException or OperationCanceledException)
+            {
+                // the connection went away: keep what arrived, the source resumes
+                failed = false;
+                session.Dispose();
+                throw;
+            }
+            finally
+            {
+                session.Dispose();
+            }
+        }
+        catch (TransferRejectedException)
+        {
+            // a refusal before this stream owned the migration leaves another stream's files alone
+            failed = claimed;
+            throw;
+        }
+        finally
+        {
+            if (failed)
+            {
+                Discard(claims.MigrationId);
+            }
+
+            lock (_gate)
+            {
+                if (claimed)
+                {
+                    _active.Remove(claims.MigrationId);
+                }
+            }
+
+            _streams.Release();
+        }
+    }
+
+    /// <summary>Removes everything this node received for a migration.</summary>
+    public void Remove(string migrationId)
+    {
+        lock (_gate)
+        {
+            _expected.Remove(migrationId);
+        }
+
+        Discard(migrationId);
+    }
+
+    public void Dispose()
+    {
+        _tokenKey?.Dispose();
+        _streams.Dispose();
+    }
+
+    private TransferClaims VerifyToken(string token, string migrationId)
+    {
+        if (_tokenKey is null)
+        {
+            throw Reject(StatusCode.PermissionDenied, "no-token-key", "this agent has no operator key to check transfer tokens with");
+        }
+
+        TransferClaims claims;
+        try
+        {
+            claims = TransferToken.Verify(_tokenKey, token, _time.GetUtcNow());
+        }
+        catch (TransferTokenException e)
+        {
+            throw Reject(StatusCode.PermissionDenied, "token", e.Message);
+        }
+
+        if (claims.MigrationId != migrationId)
+        {
+            throw Reject(StatusCode.PermissionDenied, "token", $"the token is for migration {claims.MigrationId}, not {migrationId}");
+        }
+
+        if (claims.TargetNode != _options.NodeName)
+        {
+            throw Reject(StatusCode.PermissionDenied, "token", $"the token is for node {claims.TargetNode}, not {_options.NodeName}");
+        }
+
+        return claims;
+    }
+
+    private IncomingSession Open(TransferClaims claims, UploadHeader header)
+    {
+        var manifest = header.Manifest ?? throw Reject(StatusCode.InvalidArgument, "malformed", "the header has no manifest");
+        var directory = DirectoryOf(claims.MigrationId);
+        var filesRoot = Path.Combine(directory, FilesDirectory);
+        if (manifest.Files.Count > MaxFiles || manifest.ParentLinks.Count > MaxFiles)
+        {
+            throw Reject(StatusCode.InvalidArgument, "malformed", $"the manifest lists more than {MaxFiles} entries");
+        }
+
+        var paths = new HashSet<string>(StringComparer.Ordinal);
+        long total = 0;
+        foreach (var file in manifest.Files)
+        {
+            _ = TransferPaths.Confine(filesRoot, file.Path, out var reason) ?? throw Reject(StatusCode.InvalidArgument, "path", $"the manifest names {reason}");
+            if (!paths.Add(file.Path) || file.Sha256.Length != 32)
+            {
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"the manifest lists {file.Path} twice or without a SHA-256");
+            }
+
+            total = checked(total + (long)Math.Min(file.Size, long.MaxValue / 2));
+        }
+
+        foreach (var link in manifest.ParentLinks)
+        {
+            foreach (var path in new[] { link.Directory, link.Parent })
+            {
+                _ = TransferPaths.Confine(filesRoot, path, out var reason) ?? throw Reject(StatusCode.InvalidArgument, "path", $"the manifest names {reason}");
+                if (!paths.Any(p => p.StartsWith(path + "/", StringComparison.Ordinal)))
+                {
+                    throw Reject(StatusCode.InvalidArgument, "path", $"the parent link {link.Directory} -> {link.Parent} names a directory without files");
+                }
+            }
+
+            if (paths.Contains(link.Directory + "/parent") || paths.Any(p => p.StartsWith(link.Directory + "/parent/", StringComparison.Ordinal)))
+            {
+                throw Reject(StatusCode.InvalidArgument, "path", $"the manifest has files where the parent link of {link.Directory} goes");
+            }
+        }
+
+        if (total > claims.MaxBytes)
+        {
+            throw Reject(StatusCode.ResourceExhausted, "size", $"the manifest holds {total} bytes; the token allows {claims.MaxBytes}");
+        }
+
+        if (total > _options.MaxStreamBytes)
+        {
+            throw Reject(StatusCode.ResourceExhausted, "size", $"the manifest holds {total} bytes; one stream may bring {_options.MaxStreamBytes}");
+        }
+
+        lock (_gate)
+        {
+            long others = _reserved.Where(r => r.Key != claims.MigrationId).Sum(r => r.Value);
+            if (others + total > _options.MaxIncomingBytes)
+            {
+                throw Reject(StatusCode.ResourceExhausted, "node-limit", $"node {_options.NodeName} holds {others} bytes of incoming images; {total} more would pass its limit of {_options.MaxIncomingBytes}");
+            }
+
+            _reserved[claims.MigrationId] = total;
+        }
+
+        Directory.CreateDirectory(IncomingRoot, OwnerOnly);
+        Directory.CreateDirectory(directory, OwnerOnly);
+        Directory.CreateDirectory(filesRoot, OwnerOnly);
+        var session = IncomingSession.Open(directory, filesRoot, manifest, Compression(header.Compression), _options.MaxChunkBytes);
+        long free = new DriveInfo(filesRoot).AvailableFreeSpace;
+        if (free - (total - session.Received) < _options.MinFreeDiskBytes)
+        {
+            session.Dispose();
+            throw Reject(StatusCode.ResourceExhausted, "disk", $"node {_options.NodeName} has {free} bytes free; {total - session.Received} more would leave less than {_options.MinFreeDiskBytes}");
+        }
+
+        return session;
+    }
+
+    private static Agent.V1.Compression Compression(Agent.V1.Compression requested) =>
+        requested == Agent.V1.Compression.Zstd ? Agent.V1.Compression.Zstd : Agent.V1.Compression.None;
+
+    private void Discard(string migrationId)
+    {
+        lock (_gate)
+        {
+            _reserved.Remove(migrationId);
+        }
+
+        var directory = DirectoryOf(migrationId);
+        if (Directory.Exists(directory))
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    private static TransferRejectedException Reject(StatusCode code, string reason, string message)
+    {
+        AgentTelemetry.TransferRejections.Add(1, new KeyValuePair<string, object?>("reason", reason));
+        return new TransferRejectedException(code, reason, message);
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms")]
+    private partial void LogStaged(string migration, ulong bytes, long millis);
+
+    /// <summary>One upload's files: resume offsets, running digests, the file being written.</summary>
+    private sealed class IncomingSession : IDisposable
+    {
+        private readonly string _directory;
+        private readonly string _filesRoot;
+        private readonly Manifest _manifest;
+        private readonly Agent.V1.Compression _compression;
+        private readonly int _maxChunk;
+        private readonly long[] _received;
+        private readonly IncrementalHash?[] _hashes;
+        private readonly bool[] _verified;
+        private ZstdSharp.Decompressor? _decompressor;
+        private FileStream? _open;
+        private int _openIndex = -1;
+
+        private IncomingSession(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk)
+        {
+            _directory = directory;
+            _filesRoot = filesRoot;
+            _manifest = manifest;
+            _compression = compression;
+            _maxChunk = maxChunk;
+            _received = new long[manifest.Files.Count];
+            _hashes = new IncrementalHash?[manifest.Files.Count];
+            _verified = new bool[manifest.Files.Count];
+        }
+
+        public UploadAccepted Accepted { get; } = new();
+
+        public long Received => _received.Sum();
+
+        public long ReceivedThisStream { get; private set; }
+
+        /// <summary>Matches the files on disk against the manifest: what an earlier attempt (or an earlier, verified upload) left is kept; the rest goes.</summary>
+        public static IncomingSession Open(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk)
+        {
+            var session = new IncomingSession(directory, filesRoot, manifest, compression, maxChunk);
+            var previous = Read(Path.Combine(directory, ProgressFile));
+            var staged = Read(Path.Combine(directory, StagedFile));
+            var wanted = new HashSet<string>(StringComparer.Ordinal);
+            for (int i = 0; i < manifest.Files.Count; i++)
+            {
+                var file = manifest.Files[i];
+                var path = Path.Combine(filesRoot, file.Path);
+                wanted.Add(path);
+                long onDisk = File.Exists(path) && !File.GetAttributes(path).HasFlag(FileAttributes.ReparsePoint) ? new FileInfo(path).Length : -1;
+                if (staged?.Files.Contains(file) == true && onDisk == (long)file.Size)
+                {
+                    session._received[i] = onDisk;
+                    session._verified[i] = true;
+                }
+                else if (previous?.Files.Contains(file) == true && onDisk >= 0 && onDisk <= (long)file.Size)
+                {
+                    session._received[i] = onDisk;
+                    session._hashes[i] = HashPrefix(path, onDisk);
+                }
+                else if (onDisk >= 0 || File.Exists(path))
+                {
+                    File.Delete(path);
+                }
+
+                session.Accepted.ResumeFrom.Add(new FileOffset { File = (uint)i, Offset = (ulong)session._received[i] });
+            }
+
+            // files of earlier uploads this manifest no longer lists, and stale links
+            foreach (var entry in FileTree.Walk(filesRoot).ToList())
+            {
+                if (entry.LinkTarget is not null || (entry is FileInfo && !wanted.Contains(entry.FullName)))
+                {
+                    File.Delete(entry.FullName);
+                }
+            }
+
+            File.Delete(Path.Combine(directory, StagedFile));
+            File.WriteAllText(Path.Combine(directory, ProgressFile), JsonFormatter.Default.Format(manifest));
+            session.Accepted.Compression = compression;
+            session.Accepted.MaxChunkBytes = (uint)maxChunk;
+            return session;
+        }
+
+        public async Task<long> WriteAsync(Chunk chunk, CancellationToken cancellationToken)
+        {
+            if (chunk.File >= _received.Length)
+            {
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk names file {chunk.File}; the manifest has {_received.Length}");
+            }
+
+            int index = (int)chunk.File;
+            var file = _manifest.Files[index];
+            if (_verified[index] || (long)chunk.Offset != _received[index])
+            {
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} at offset {chunk.Offset}; the next expected is {_received[index]}");
+            }
+
+            if (chunk.Length == 0 || chunk.Length > _maxChunk || (long)chunk.Offset + chunk.Length > (long)file.Size)
+            {
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {chunk.Length} bytes at {chunk.Offset} does not fit {file.Path} ({file.Size} bytes, chunks up to {_maxChunk})");
+            }
+
+            byte[]? rented = null;
+            try
+            {
+                ReadOnlyMemory<byte> data;
+                if (_compression == Agent.V1.Compression.Zstd)
+                {
+                    if (chunk.Data.Length > _maxChunk + 65536)
+                    {
+                        throw Reject(StatusCode.InvalidArgument, "malformed", "a compressed chunk is larger than any chunk may be");
+                    }
+
+                    rented = ArrayPool<byte>.Shared.Rent((int)chunk.Length);
+                    _decompressor ??= new ZstdSharp.Decompressor();
+                    int length;
+                    try
+                    {
+                        length = _decompressor.Unwrap(chunk.Data.Span, rented.AsSpan(0, (int)chunk.Length));
+                    }
+                    catch (ZstdSharp.ZstdException e)
+                    {
+                        throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} does not decompress: {e.Message}");
+                    }
+
+                    if (length != chunk.Length)
+                    {
+                        throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} decompresses to {length} bytes, not {chunk.Length}");
+                    }
+
+                    data = rented.AsMemory(0, length);
+                }
+                else
+                {
+                    if (chunk.Data.Length != chunk.Length)
+                    {
+                        throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} carries {chunk.Data.Length} bytes but says {chunk.Length}");
+                    }
+
+                    data = chunk.Data.Memory;
+                }
+
+                var stream = StreamFor(index);
+                await stream.WriteAsync(data, cancellationToken);
+                (_hashes[index] ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256)).AppendData(data.Span);
+                _received[index] += data.Length;
+                ReceivedThisStream += data.Length;
+                return data.Length;
+            }
+            finally
+            {
+                if (rented is not null)
+                {
+                    ArrayPool<byte>.Shared.Return(rented);
+                }
+            }
+        }
+
+        /// <summary>Checks every file's size and digest, makes the parent links, and marks the images staged.</summary>
+        public UploadStaged Complete()
+        {
+            CloseOpen();
+            for (int i = 0; i < _received.Length; i++)
+            {
+                var file = _manifest.Files[i];
+                if (_verified[i])
+                {
+                    continue;
+                }
+
+                var path = Path.Combine(_filesRoot, file.Path);
+                if (_received[i] != (long)file.Size)
+                {
+                    throw Reject(StatusCode.DataLoss, "incomplete", $"{file.Path} arrived with {_received[i]} of its {file.Size} bytes");
+                }
+
+                if (_hashes[i] is null)
+                {
+                    // an empty file: nothing was written
+                    Directory.CreateDirectory(Path.GetDirectoryName(path)!, OwnerOnly);
+                    File.WriteAllBytes(path, []);
+                }
+
+                var digest = (_hashes[i] ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256)).GetHashAndReset();
+                if (!digest.AsSpan().SequenceEqual(file.Sha256.Span))
+                {
+                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256: the images were corrupted on the way");
+                }
+            }
+
+            foreach (var link in _manifest.ParentLinks)
+            {
+                var at = Path.Combine(_filesRoot, link.Directory, "parent");
+                var target = Path.GetRelativePath(Path.Combine(_filesRoot, link.Directory), Path.Combine(_filesRoot, link.Parent));
+                if (File.Exists(at) || Directory.Exists(at))
+                {
+                    File.Delete(at);
+                }
+
+                File.CreateSymbolicLink(at, target);
+            }
+
+            File.WriteAllText(Path.Combine(_directory, StagedFile), JsonFormatter.Default.Format(_manifest));
+            File.Delete(Path.Combine(_directory, ProgressFile));
+            return new UploadStaged { Bytes = (ulong)Received, Files = (uint)_received.Length };
+        }
+
+        public void Dispose()
+        {
+            CloseOpen();
+            foreach (var hash in _hashes)
+            {
+                hash?.Dispose();
+            }
+
+            _decompressor?.Dispose();
+        }
+
+        private FileStream StreamFor(int index)
+        {
+            if (_openIndex == index && _open is not null)
+            {
+                return _open;
+            }
+
+            CloseOpen();
+            var path = Path.Combine(_filesRoot, _manifest.Files[index].Path);
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!, OwnerOnly);
+            var options = new FileStreamOptions
+            {
+                Mode = FileMode.OpenOrCreate,
+                Access = FileAccess.Write,
+                Share = FileShare.None,
+                BufferSize = 0,
+                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+            };
+            if (File.Exists(path) && File.GetAttributes(path).HasFlag(FileAttributes.ReparsePoint))
+            {
+                throw Reject(StatusCode.InvalidArgument, "path", $"{_manifest.Files[index].Path} is a link on this node");
+            }
+
+            _open = new FileStream(path, options);
+            _open.SetLength(_received[index]);
+            _open.Position = _received[index];
+            _openIndex = index;
+            return _open;
+        }
+
+        private void CloseOpen()
+        {
+            _open?.Dispose();
+            _open = null;
+            _openIndex = -1;
+        }
+
+        private static IncrementalHash HashPrefix(string path, long length)
+        {
+            var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            using var stream = File.OpenRead(path);
+            var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
+            try
+            {
+                long left = length;
+                while (left > 0)
+                {
+                    int read = stream.Read(buffer, 0, (int)Math.Min(buffer.Length, left));
+                    if (read == 0)
+                    {
+                        break;
+                    }
+
+                    hash.AppendData(buffer, 0, read);
+                    left -= read;
+                }
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+
+            return hash;
+        }
+
+        private static Manifest? Read(string path) =>
+            File.Exists(path) ? Manifest.Parser.ParseJson(File.ReadAllText(path)) : null;
+    }
+}

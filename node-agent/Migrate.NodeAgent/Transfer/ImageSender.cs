@@ -1,0 +1,226 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.Extensions.Options;
+using Migrate.Agent.V1;
+using Migrate.NodeAgent.Checkpointing;
+using Polly;
+using Polly.Retry;
+
+namespace Migrate.NodeAgent.Transfer;
+
+/// <summary>
+/// The source side of image transfer: builds the manifest of a migration's staged directory
+/// (digests cached per file version), streams it to the target agent over mutual TLS in chunks,
+/// one in flight at a time (HTTP/2 flow control is the backpressure, so memory stays at two
+/// chunk buffers whatever the image size), and on a broken connection retries with backoff,
+/// starting each attempt where the target says it stands.
+/// </summary>
+public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity identity)
+{
+    private static readonly ConcurrentDictionary<(string Path, long Size, DateTime Modified), ByteString> Digests = new();
+    private readonly AgentOptions _options = options.Value;
+
+    /// <summary>Retries after a broken connection or a busy target; not after a refusal.</summary>
+    public int MaxRetries { get; init; } = 6;
+
+    public TimeSpan RetryDelay { get; init; } = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>The manifest of a staged directory: regular files, and image sets' parent links. Anything else is refused.</summary>
+    public static Manifest BuildManifest(string root)
+    {
+        root = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
+        var manifest = new Manifest();
+        foreach (var info in FileTree.Walk(root))
+        {
+            var entry = info.FullName;
+            var relative = Path.GetRelativePath(root, entry);
+            if (info.LinkTarget is { } link)
+            {
+                var resolved = Path.GetFullPath(Path.Combine(Path.GetDirectoryName(entry)!, link));
+                if (info.Name != "parent" || !resolved.StartsWith(root + "/", StringComparison.Ordinal) || !Directory.Exists(resolved))
+                {
+                    throw new InvalidOperationException($"{relative} is a link that is not an image set's parent link");
+                }
+
+                manifest.ParentLinks.Add(new ManifestParentLink { Directory = Path.GetDirectoryName(relative)!, Parent = Path.GetRelativePath(root, resolved) });
+            }
+            else if (info.Attributes.HasFlag(FileAttributes.Directory))
+            {
+                continue;
+            }
+            else if (relative == MigrationRecord.FileName || relative.EndsWith(".tmp", StringComparison.Ordinal))
+            {
+                continue;
+            }
+            else if (!info.Attributes.HasFlag(FileAttributes.Device))
+            {
+                var file = (FileInfo)info;
+                manifest.Files.Add(new ManifestFile { Path = relative, Size = (ulong)file.Length, Sha256 = DigestOf(file) });
+            }
+            else
+            {
+                throw new InvalidOperationException($"{relative} is not a regular file");
+            }
+        }
+
+        return manifest;
+    }
+
+    /// <summary>Streams the directory to the target until it is staged there, reporting progress as it goes.</summary>
+    public async Task<TransferProgress> SendAsync(string directory, SendImagesRequest request, Func<TransferProgress, Task> report, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(report);
+        var tls = identity.Tls ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, "this agent sends images only over mutual TLS, and it has no certificate configured"));
+        using var activity = AgentTelemetry.Source.StartActivity("transfer.send");
+        activity?.SetTag("migration.id", request.MigrationId);
+        activity?.SetTag("podmig.target_node", request.TargetNode);
+        var manifest = BuildManifest(directory);
+        var progress = new TransferProgress { TotalBytes = (ulong)manifest.Files.Sum(f => (long)f.Size), Files = (uint)manifest.Files.Count };
+        var clock = Stopwatch.StartNew();
+        var pipeline = new ResiliencePipelineBuilder().AddRetry(new RetryStrategyOptions
+        {
+            MaxRetryAttempts = MaxRetries,
+            Delay = RetryDelay,
+            BackoffType = DelayBackoffType.Exponential,
+            ShouldHandle = new PredicateBuilder().Handle<RpcException>(IsTransient).Handle<IOException>().Handle<HttpRequestException>(),
+            OnRetry = _ =>
+            {
+                progress.Retries++;
+                AgentTelemetry.TransferRetries.Add(1);
+                return ValueTask.CompletedTask;
+            },
+        }).Build();
+
+        await pipeline.ExecuteAsync(async token => await AttemptAsync(tls, directory, manifest, request, progress, clock, report, token), cancellationToken);
+        progress.Staged = true;
+        progress.ElapsedMillis = (uint)clock.ElapsedMilliseconds;
+        AgentTelemetry.TransferThroughput.Record(progress.BytesSent / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3));
+        await report(progress);
+        return progress;
+    }
+
+    private async Task AttemptAsync(AgentTls tls, string directory, Manifest manifest, SendImagesRequest request, TransferProgress progress,
+        Stopwatch clock, Func<TransferProgress, Task> report, CancellationToken cancellationToken)
+    {
+        using var channel = GrpcChannel.ForAddress("https://" + request.TargetAddress, new GrpcChannelOptions
+        {
+            HttpHandler = tls.CreateHandler(request.TargetNode),
+            MaxSendMessageSize = _options.MaxChunkBytes + (128 << 10),
+        });
+        var client = new ImageTransfer.ImageTransferClient(channel);
+        using var call = client.Upload(cancellationToken: cancellationToken);
+        await call.RequestStream.WriteAsync(new UploadMessage
+        {
+            Header = new UploadHeader
+            {
+                MigrationId = request.MigrationId,
+                Token = request.Token,
+                SourceNode = _options.NodeName,
+                Manifest = manifest,
+                Compression = request.Compress ? Compression.Zstd : Compression.None,
+            },
+        }, cancellationToken);
+        if (!await call.ResponseStream.MoveNext(cancellationToken) || call.ResponseStream.Current.KindCase != UploadReply.KindOneofCase.Accepted)
+        {
+            throw new RpcException(new Status(StatusCode.Internal, "the target did not accept the stream"));
+        }
+
+        var accepted = call.ResponseStream.Current.Accepted;
+        UploadStaged? staged = null;
+        var replies = Task.Run(async () =>
+        {
+            while (await call.ResponseStream.MoveNext(cancellationToken))
+            {
+                if (call.ResponseStream.Current.KindCase == UploadReply.KindOneofCase.Staged)
+                {
+                    staged = call.ResponseStream.Current.Staged;
+                }
+            }
+        }, cancellationToken);
+
+        int chunkSize = (int)Math.Min(accepted.MaxChunkBytes == 0 ? (uint)_options.MaxChunkBytes : accepted.MaxChunkBytes, (uint)_options.MaxChunkBytes);
+        var buffer = new byte[chunkSize];
+        using var compressor = accepted.Compression == Compression.Zstd ? new ZstdSharp.Compressor(1) : null;
+        var compressed = compressor is null ? null : new byte[ZstdSharp.Compressor.GetCompressBound(chunkSize)];
+        var lastReport = clock.Elapsed;
+        ulong skipped = 0;
+        for (int i = 0; i < manifest.Files.Count; i++)
+        {
+            var file = manifest.Files[i];
+            long offset = (long)(accepted.ResumeFrom.FirstOrDefault(r => r.File == (uint)i)?.Offset ?? 0);
+            skipped += (ulong)offset;
+            if (offset >= (long)file.Size)
+            {
+                continue;
+            }
+
+            await using var stream = new FileStream(Path.Combine(directory, file.Path), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
+            stream.Position = offset;
+            while (offset < (long)file.Size)
+            {
+                int length = await stream.ReadAtLeastAsync(buffer.AsMemory(0, (int)Math.Min(chunkSize, (long)file.Size - offset)), 1, throwOnEndOfStream: false, cancellationToken);
+                if (length == 0)
+                {
+                    throw new InvalidOperationException($"{file.Path} shrank while it was sent");
+                }
+
+                ByteString data;
+                if (compressor is not null)
+                {
+                    int size = compressor.Wrap(buffer.AsSpan(0, length), compressed);
+                    data = UnsafeByteOperations.UnsafeWrap(compressed.AsMemory(0, size));
+                }
+                else
+                {
+                    data = UnsafeByteOperations.UnsafeWrap(buffer.AsMemory(0, length));
+                }
+
+                // one chunk in flight: the write completes once the message is serialized into the connection's window
+                await call.RequestStream.WriteAsync(new UploadMessage { Chunk = new Chunk { File = (uint)i, Offset = (ulong)offset, Data = data, Length = (uint)length } }, cancellationToken);
+                offset += length;
+                progress.BytesSent += (ulong)length;
+                progress.WireBytes += (ulong)data.Length;
+                AgentTelemetry.TransferBytes.Add(length, new KeyValuePair<string, object?>("direction", "out"));
+                if (clock.Elapsed - lastReport > TimeSpan.FromMilliseconds(250))
+                {
+                    lastReport = clock.Elapsed;
+                    progress.BytesSkipped = skipped;
+                    progress.ElapsedMillis = (uint)clock.ElapsedMilliseconds;
+                    await report(progress);
+                }
+            }
+        }
+
+        // what the target already held when this (successful) attempt began, and was not sent again
+        progress.BytesSkipped = skipped;
+        await call.RequestStream.WriteAsync(new UploadMessage { Done = new UploadDone() }, cancellationToken);
+        await call.RequestStream.CompleteAsync();
+        await replies;
+        if (staged is null)
+        {
+            throw new RpcException(new Status(StatusCode.Internal, "the target closed the stream without staging the images"));
+        }
+    }
+
+    private static bool IsTransient(RpcException e) =>
+        e.StatusCode is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown or StatusCode.Aborted or StatusCode.Cancelled
+        || (e.StatusCode == StatusCode.ResourceExhausted && e.Status.Detail.Contains("retry later", StringComparison.Ordinal));
+
+    private static ByteString DigestOf(FileInfo file)
+    {
+        var key = (file.FullName, file.Length, file.LastWriteTimeUtc);
+        return Digests.GetOrAdd(key, _ =>
+        {
+            using var stream = new FileStream(file.FullName, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 20);
+            return ByteString.CopyFrom(SHA256.HashData(stream));
+        });
+    }
+}
+
+/// <summary>This agent's mutual-TLS identity, when it has one.</summary>
+public sealed record AgentIdentity(AgentTls? Tls);

@@ -1,0 +1,250 @@
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Text;
+using Grpc.Core;
+using Migrate.Agent.V1;
+using Migrate.TestSupport;
+using Xunit;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>Images between two real agents over real gRPC with mutual TLS on loopback.</summary>
+public sealed class ImageTransferTests : IAsyncLifetime
+{
+    private TransferAgents _agents = null!;
+
+    public async Task InitializeAsync() => _agents = await TransferAgents.StartAsync("--Agent:MaxStreamBytes=67108864");
+
+    public async Task DisposeAsync() => await _agents.DisposeAsync();
+
+    private TlsAgent Source => _agents.Source;
+
+    private TlsAgent Target => _agents.Target;
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Staged_images_arrive_identical_with_their_parent_links_and_a_repeat_sends_nothing(bool compress)
+    {
+        var files = TransferAgents.Stage(Source, "m-ok");
+
+        var progress = await _agents.SendAsync("m-ok", compress: compress);
+        var again = await _agents.SendAsync("m-ok", compress: compress);
+
+        Assert.True(progress.Staged);
+        Assert.Equal((ulong)files.Values.Sum(f => f.Length), progress.TotalBytes);
+        Assert.Equal(progress.TotalBytes, progress.BytesSent);
+        foreach (var (path, content) in files)
+        {
+            Assert.Equal(content, File.ReadAllBytes(_agents.Received("m-ok", path)));
+        }
+
+        var link = new FileInfo(_agents.Received("m-ok", "containers/main/final/parent"));
+        Assert.Equal("../round-1", link.LinkTarget);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(Path.Combine(Target.Incoming, "m-ok")));
+        Assert.True(again.Staged);
+        Assert.Equal(0UL, again.BytesSent);
+        Assert.Equal(progress.TotalBytes, again.BytesSkipped);
+        if (compress)
+        {
+            // a quarter of every image is zero pages
+            Assert.True(progress.WireBytes < progress.BytesSent * 9 / 10, $"{progress.WireBytes} bytes on the wire for {progress.BytesSent}");
+        }
+    }
+
+    [Fact]
+    public async Task A_transfer_cut_mid_stream_resumes_without_resending_what_arrived()
+    {
+        var files = TransferAgents.Stage(Source, "m-resume", mib: 12);
+        await using var proxy = new TcpProxy(RawUpload.Endpoint(Target));
+        proxy.CutNextConnectionAfter(6 << 20);
+
+        var progress = await _agents.SendAsync("m-resume", targetAddress: proxy.Address);
+
+        Assert.True(progress.Staged);
+        Assert.Equal(1, proxy.ConnectionsCut);
+        Assert.True(progress.Retries >= 1, "the cut was not retried");
+        Assert.True(progress.BytesSkipped >= 2 << 20, $"only {progress.BytesSkipped} bytes that arrived before the cut were kept");
+        Assert.True(progress.BytesSent < progress.TotalBytes + (6 << 20), $"{progress.BytesSent} bytes sent for {progress.TotalBytes}");
+        foreach (var (path, content) in files)
+        {
+            Assert.Equal(content, File.ReadAllBytes(_agents.Received("m-resume", path)));
+        }
+    }
+
+    [Fact]
+    public async Task One_flipped_byte_is_rejected_and_nothing_is_staged()
+    {
+        var content = TransferAgents.CheckpointLike(300_000, 9);
+        var manifest = new Manifest { Files = { TransferAgents.Entry("containers/main/final/pages-1.img", content) } };
+        var tampered = (byte[])content.Clone();
+        tampered[123_456] ^= 0x01;
+        await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-flip", Token = _agents.Pki.Token("m-flip", "node-a", "node-b") });
+
+        var (replies, error) = await RawUpload.RunAsync(_agents.Peer(Target, _agents.Pki.Issue("node-a")),
+            RawUpload.Header("m-flip", _agents.Pki.Token("m-flip", "node-a", "node-b"), "node-a", manifest),
+            RawUpload.Chunk(0, 0, tampered[..200_000]),
+            RawUpload.Chunk(0, 200_000, tampered[200_000..]),
+            RawUpload.Done());
+
+        Assert.NotNull(error);
+        Assert.Equal(StatusCode.DataLoss, error.StatusCode);
+        Assert.Contains("does not match its SHA-256", error.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain(replies, r => r.KindCase == UploadReply.KindOneofCase.Staged);
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-flip")));
+    }
+
+    [Fact]
+    public async Task Bad_tokens_and_unexpected_migrations_are_denied_before_anything_is_written()
+    {
+        var content = TransferAgents.CheckpointLike(10_000, 1);
+        var manifest = new Manifest { Files = { TransferAgents.Entry("rootfs/main.tar", content) } };
+        var pki = _agents.Pki;
+        await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-token", Token = pki.Token("m-token", "node-a", "node-b") });
+        var honest = _agents.Peer(Target, pki.Issue("node-a"));
+        var cases = new (string Name, ImageTransfer.ImageTransferClient Client, UploadMessage Header, string Says)[]
+        {
+            ("foreign key", honest, RawUpload.Header("m-token", TestPki.ForeignToken("m-token", "node-a", "node-b"), "node-a", manifest), "signature"),
+            ("expired", honest, RawUpload.Header("m-token", pki.Token("m-token", "node-a", "node-b", lifetime: TimeSpan.FromSeconds(-5)), "node-a", manifest), "expired"),
+            ("other migration", honest, RawUpload.Header("m-token", pki.Token("m-other", "node-a", "node-b"), "node-a", manifest), "for migration m-other"),
+            ("other target", honest, RawUpload.Header("m-token", pki.Token("m-token", "node-a", "node-c"), "node-a", manifest), "for node node-c"),
+            ("not expected", honest, RawUpload.Header("m-surprise", pki.Token("m-surprise", "node-a", "node-b"), "node-a", manifest), "was not told to expect"),
+            ("other sender", _agents.Peer(Target, pki.Issue("node-c")), RawUpload.Header("m-token", pki.Token("m-token", "node-a", "node-b"), "node-a", manifest), "comes from node-c"),
+            ("no token", honest, RawUpload.Header("m-token", "", "node-a", manifest), "no transfer token"),
+        };
+
+        foreach (var (name, client, header, says) in cases)
+        {
+            var (_, error) = await RawUpload.RunAsync(client, header, RawUpload.Chunk(0, 0, content), RawUpload.Done());
+
+            Assert.True(error is not null, name);
+            Assert.True(error.StatusCode == StatusCode.PermissionDenied, $"{name}: {error.StatusCode} {error.Status.Detail}");
+            Assert.True(error.Status.Detail.Contains(says, StringComparison.Ordinal), $"{name}: {error.Status.Detail}");
+        }
+
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-token")));
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-surprise")));
+    }
+
+    [Fact]
+    public async Task A_peer_whose_certificate_is_not_from_the_cluster_CA_cannot_connect()
+    {
+        await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-cert", Token = _agents.Pki.Token("m-cert", "node-a", "node-b") });
+        var stranger = _agents.Peer(Target, _agents.Pki.Issue("node-a", selfSigned: true));
+
+        var (_, error) = await RawUpload.RunAsync(stranger,
+            RawUpload.Header("m-cert", _agents.Pki.Token("m-cert", "node-a", "node-b"), "node-a", new Manifest()), RawUpload.Done());
+
+        Assert.NotNull(error);
+        Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-cert")));
+    }
+
+    [Theory]
+    [InlineData("../escape")]
+    [InlineData("/etc/podmig-escape")]
+    [InlineData("containers/../../escape")]
+    [InlineData("containers/./x")]
+    [InlineData("containers//x")]
+    [InlineData("a\\..\\b")]
+    public async Task Names_that_leave_the_staging_directory_are_rejected_and_nothing_is_written(string name)
+    {
+        var content = Encoding.ASCII.GetBytes("escaped");
+        var manifest = new Manifest { Files = { TransferAgents.Entry("ok/first", content), TransferAgents.Entry(name, content) } };
+        await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-path", Token = _agents.Pki.Token("m-path", "node-a", "node-b") });
+
+        var (_, error) = await RawUpload.RunAsync(_agents.Peer(Target, _agents.Pki.Issue("node-a")),
+            RawUpload.Header("m-path", _agents.Pki.Token("m-path", "node-a", "node-b"), "node-a", manifest),
+            RawUpload.Chunk(0, 0, content), RawUpload.Chunk(1, 0, content), RawUpload.Done());
+
+        Assert.NotNull(error);
+        Assert.Equal(StatusCode.InvalidArgument, error.StatusCode);
+        Assert.Contains("path", error.Status.Detail, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-path")));
+        Assert.False(File.Exists(Path.Combine(Target.Root, "escape")));
+        Assert.False(File.Exists(Path.Combine(Target.Incoming, "escape")));
+        Assert.False(File.Exists("/etc/podmig-escape"));
+    }
+
+    [Fact]
+    public async Task Oversize_manifests_and_chunks_beyond_a_file_are_refused()
+    {
+        var small = TransferAgents.CheckpointLike(4096, 1);
+        var pki = _agents.Pki;
+        await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-big", Token = pki.Token("m-big", "node-a", "node-b", maxBytes: 1 << 20) });
+        var peer = _agents.Peer(Target, pki.Issue("node-a"));
+        var huge = new Manifest { Files = { new ManifestFile { Path = "pages-1.img", Size = 2 << 20, Sha256 = Google.Protobuf.ByteString.CopyFrom(new byte[32]) } } };
+        var beyondStream = new Manifest { Files = { new ManifestFile { Path = "pages-1.img", Size = 128UL << 20, Sha256 = Google.Protobuf.ByteString.CopyFrom(new byte[32]) } } };
+
+        var (_, overToken) = await RawUpload.RunAsync(peer, RawUpload.Header("m-big", pki.Token("m-big", "node-a", "node-b", maxBytes: 1 << 20), "node-a", huge));
+        var (_, overStream) = await RawUpload.RunAsync(peer, RawUpload.Header("m-big", pki.Token("m-big", "node-a", "node-b"), "node-a", beyondStream));
+        var (_, overFile) = await RawUpload.RunAsync(peer,
+            RawUpload.Header("m-big", pki.Token("m-big", "node-a", "node-b"), "node-a", new Manifest { Files = { TransferAgents.Entry("x", small) } }),
+            RawUpload.Chunk(0, 0, small), RawUpload.Chunk(0, 4096, small));
+
+        Assert.Equal(StatusCode.ResourceExhausted, overToken!.StatusCode);
+        Assert.Contains("the token allows 1048576", overToken.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.ResourceExhausted, overStream!.StatusCode);
+        Assert.Contains("one stream may bring", overStream.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.InvalidArgument, overFile!.StatusCode);
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-big")));
+    }
+
+    [Fact]
+    public async Task Garbage_and_plain_HTTP_on_the_port_are_dropped_while_real_transfers_go_on()
+    {
+        var files = TransferAgents.Stage(Source, "m-amid");
+        using (var garbage = new TcpClient())
+        {
+            await garbage.ConnectAsync(RawUpload.Endpoint(Target));
+            var stream = garbage.GetStream();
+            await stream.WriteAsync(RandomNumberGenerator.GetBytes(64 << 10));
+            var buffer = new byte[1024];
+            int read;
+            try
+            {
+                read = await stream.ReadAsync(buffer).AsTask().WaitAsync(TimeSpan.FromSeconds(10));
+            }
+            catch (IOException)
+            {
+                read = 0;
+            }
+
+            Assert.True(read == 0 || buffer[0] == 0x15, "the agent answered garbage with something other than a TLS alert or a close");
+        }
+
+        using var http = new HttpClient();
+        await Assert.ThrowsAnyAsync<HttpRequestException>(() => http.GetAsync(new Uri($"http://{Target.Address}/healthz")));
+
+        var progress = await _agents.SendAsync("m-amid");
+        Assert.True(progress.Staged);
+        Assert.Equal(files["rootfs/main.tar"], File.ReadAllBytes(_agents.Received("m-amid", "rootfs/main.tar")));
+    }
+
+    [Fact]
+    public async Task Eight_concurrent_transfers_within_the_limits_all_succeed()
+    {
+        var migrations = Enumerable.Range(1, 8).Select(i => $"m-many-{i}").ToList();
+        var contents = migrations.ToDictionary(m => m, m => TransferAgents.Stage(Source, m, mib: 2));
+
+        var results = await Task.WhenAll(migrations.Select(m => _agents.SendAsync(m)));
+
+        Assert.All(results, r => Assert.True(r.Staged));
+        foreach (var migration in migrations)
+        {
+            Assert.Equal(contents[migration]["containers/main/round-1/pages-1.img"], File.ReadAllBytes(_agents.Received(migration, "containers/main/round-1/pages-1.img")));
+        }
+    }
+
+    [Fact]
+    public async Task Cleanup_removes_what_a_node_received()
+    {
+        TransferAgents.Stage(Source, "m-clean");
+        await _agents.SendAsync("m-clean");
+        Assert.True(Directory.Exists(Path.Combine(Target.Incoming, "m-clean")));
+
+        await _agents.Operator(Target).CleanupAsync(new MigrationRef { MigrationId = "m-clean" });
+
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-clean")));
+    }
+}
