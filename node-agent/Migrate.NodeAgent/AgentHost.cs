@@ -33,6 +33,9 @@ public static class AgentHost
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.Limits.Http2.MaxStreamsPerConnection = 64;
+            // image chunks are up to 4 MiB: windows smaller than a few chunks stall a sender on every WINDOW_UPDATE
+            kestrel.Limits.Http2.InitialConnectionWindowSize = 32 << 20;
+            kestrel.Limits.Http2.InitialStreamWindowSize = 16 << 20;
             kestrel.Listen(endpoint, listenOptions =>
             {
                 listenOptions.Protocols = HttpProtocols.Http2;

@@ -8,5 +8,10 @@ if (which.Contains("all") || which.Contains("emulator"))
     await EmulatorBenchmark.RunAsync(results);
 }
 
+if (which.Contains("all") || which.Contains("transfer"))
+{
+    await TransferBenchmark.RunAsync(results);
+}
+
 results.Write();
 return 0;

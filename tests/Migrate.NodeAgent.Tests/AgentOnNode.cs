@@ -118,10 +118,5 @@ public sealed class AgentOnNode : IAsyncDisposable
         await Node.DisposeAsync();
     }
 
-    internal static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
+    internal static int FreePort() => Ports.Free();
 }

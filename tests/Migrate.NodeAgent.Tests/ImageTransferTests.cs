@@ -75,7 +75,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
     [Fact]
     public async Task One_flipped_byte_is_rejected_and_nothing_is_staged()
     {
-        var content = TransferAgents.CheckpointLike(300_000, 9);
+        var content = CheckpointData.Create(300_000, 9);
         var manifest = new Manifest { Files = { TransferAgents.Entry("containers/main/final/pages-1.img", content) } };
         var tampered = (byte[])content.Clone();
         tampered[123_456] ^= 0x01;
@@ -97,7 +97,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
     [Fact]
     public async Task Bad_tokens_and_unexpected_migrations_are_denied_before_anything_is_written()
     {
-        var content = TransferAgents.CheckpointLike(10_000, 1);
+        var content = CheckpointData.Create(10_000, 1);
         var manifest = new Manifest { Files = { TransferAgents.Entry("rootfs/main.tar", content) } };
         var pki = _agents.Pki;
         await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-token", Token = pki.Token("m-token", "node-a", "node-b") });
@@ -169,7 +169,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
     [Fact]
     public async Task Oversize_manifests_and_chunks_beyond_a_file_are_refused()
     {
-        var small = TransferAgents.CheckpointLike(4096, 1);
+        var small = CheckpointData.Create(4096, 1);
         var pki = _agents.Pki;
         await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-big", Token = pki.Token("m-big", "node-a", "node-b", maxBytes: 1 << 20) });
         var peer = _agents.Peer(Target, pki.Issue("node-a"));

@@ -10,59 +10,6 @@ using Migrate.TestSupport;
 
 namespace Migrate.NodeAgent.Tests;
 
-/// <summary>One agent of a transfer test: the real host with mutual TLS, its own staging and incoming directories.</summary>
-public sealed class TlsAgent : IAsyncDisposable
-{
-    private readonly WebApplication _host;
-
-    private TlsAgent(string name, string root, int port, WebApplication host)
-    {
-        Name = name;
-        Root = root;
-        Port = port;
-        _host = host;
-    }
-
-    public string Name { get; }
-
-    public string Root { get; }
-
-    public int Port { get; }
-
-    public string Address => $"127.0.0.1:{Port}";
-
-    public string Staging => Path.Combine(Root, "staging");
-
-    public string Incoming => Path.Combine(Root, "incoming");
-
-    public static async Task<TlsAgent> StartAsync(TestPki pki, string name, string root, params string[] extra)
-    {
-        var certificate = pki.Issue(name);
-        int port = AgentOnNode.FreePort();
-        var host = AgentHost.Build([
-            $"--Agent:ListenAddress=127.0.0.1:{port}",
-            $"--Agent:NodeName={name}",
-            $"--Agent:CriSocket={Path.Combine(root, "no-cri.sock")}",
-            $"--Agent:StagingDirectory={Path.Combine(root, "staging")}",
-            $"--Agent:IncomingDirectory={Path.Combine(root, "incoming")}",
-            $"--Agent:TlsCertificateFile={certificate.CertificateFile}",
-            $"--Agent:TlsKeyFile={certificate.KeyFile}",
-            $"--Agent:TlsAuthorityFile={pki.AuthorityFile}",
-            $"--Agent:TokenPublicKeyFile={pki.TokenPublicKeyFile}",
-            "--Logging:LogLevel:Default=Warning",
-            .. extra,
-        ]);
-        await host.StartAsync();
-        return new TlsAgent(name, root, port, host);
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _host.StopAsync();
-        await _host.DisposeAsync();
-    }
-}
-
 /// <summary>
 /// Two agents (node-a sends, node-b receives) over mutual TLS on loopback, the operator's
 /// credentials (a client certificate and the token signing key), and checkpoint-like staged images.
@@ -117,11 +64,11 @@ public sealed class TransferAgents : IAsyncDisposable
         var directory = Path.Combine(agent.Staging, migration);
         var files = new Dictionary<string, byte[]>
         {
-            ["containers/main/round-1/pages-1.img"] = CheckpointLike(mib * (1 << 20), 1),
-            ["containers/main/round-1/pagemap-1.img"] = CheckpointLike(8192, 2),
-            ["containers/main/final/pages-1.img"] = CheckpointLike(1 << 20, 3),
-            ["containers/main/final/core-1.img"] = CheckpointLike(3000, 4),
-            ["rootfs/main.tar"] = CheckpointLike(300_000, 5),
+            ["containers/main/round-1/pages-1.img"] = CheckpointData.Create(mib * (1 << 20), 1),
+            ["containers/main/round-1/pagemap-1.img"] = CheckpointData.Create(8192, 2),
+            ["containers/main/final/pages-1.img"] = CheckpointData.Create(1 << 20, 3),
+            ["containers/main/final/core-1.img"] = CheckpointData.Create(3000, 4),
+            ["rootfs/main.tar"] = CheckpointData.Create(300_000, 5),
             ["volumes/empty.tar"] = [],
         };
         foreach (var (path, content) in files)
@@ -146,22 +93,6 @@ public sealed class TransferAgents : IAsyncDisposable
             Phase = MigrationPhase.Frozen,
         }.Save();
         return files;
-    }
-
-    /// <summary>Memory-image-like bytes: runs of zero pages between pages of random data.</summary>
-    public static byte[] CheckpointLike(int length, int seed)
-    {
-        var bytes = new byte[length];
-        var random = new Random(seed);
-        for (int page = 0; page * 4096 < length; page++)
-        {
-            if (page % 4 != 3)
-            {
-                random.NextBytes(bytes.AsSpan(page * 4096, Math.Min(4096, length - (page * 4096))));
-            }
-        }
-
-        return bytes;
     }
 
     /// <summary>The manifest entry a honest source would send for content.</summary>
