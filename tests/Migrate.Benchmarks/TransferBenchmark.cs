@@ -54,7 +54,9 @@ public static class TransferBenchmark
                 Directory.Delete(Path.Combine(target.Incoming, "bench"), recursive: true);
             }
 
+            int gen2 = GC.CollectionCount(2);
             var zstd = await MeasureAsync(() => SendAsync(pki, operatorTls, source, target, compress: true));
+            report.Add("transfer", "grpc_zstd_gen2_collections_per_gib", (GC.CollectionCount(2) - gen2) * GiB / ((double)Files * FileBytes), "");
             var bestGrpc = grpc.MinBy(r => r.Seconds);
             var bestTcp = tcp.MinBy(r => r.Seconds);
             var bestTls = tls.MinBy(r => r.Seconds);

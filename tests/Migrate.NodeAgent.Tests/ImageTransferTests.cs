@@ -97,6 +97,25 @@ public sealed class ImageTransferTests : IAsyncLifetime
     [Fact]
     public async Task Bad_tokens_and_unexpected_migrations_are_denied_before_anything_is_written()
     {
+        var rejections = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        using var meters = new System.Diagnostics.Metrics.MeterListener
+        {
+            InstrumentPublished = (instrument, l) =>
+            {
+                if (instrument.Name == "podmig.agent.transfer.rejections")
+                {
+                    l.EnableMeasurementEvents(instrument);
+                }
+            },
+        };
+        meters.SetMeasurementEventCallback<long>((_, _, tags, _) =>
+        {
+            foreach (var tag in tags)
+            {
+                rejections.Enqueue((string)tag.Value!);
+            }
+        });
+        meters.Start();
         var content = CheckpointData.Create(10_000, 1);
         var manifest = new Manifest { Files = { TransferAgents.Entry("rootfs/main.tar", content) } };
         var pki = _agents.Pki;
@@ -124,6 +143,9 @@ public sealed class ImageTransferTests : IAsyncLifetime
 
         Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-token")));
         Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-surprise")));
+        Assert.Equal(5, rejections.Count(r => r == "token"));
+        Assert.Contains("unexpected", rejections);
+        Assert.Contains("wrong-source", rejections);
     }
 
     [Fact]
@@ -234,6 +256,48 @@ public sealed class ImageTransferTests : IAsyncLifetime
         {
             Assert.Equal(contents[migration]["containers/main/round-1/pages-1.img"], File.ReadAllBytes(_agents.Received(migration, "containers/main/round-1/pages-1.img")));
         }
+    }
+
+    [Fact]
+    public async Task A_node_refuses_streams_beyond_its_stream_cap_byte_budget_and_free_disk()
+    {
+        var pki = _agents.Pki;
+        await using var small = await TlsAgent.StartAsync(pki, "node-small", Path.Combine(_agents.Root, "small"),
+            "--Agent:MaxIncomingStreams=1", "--Agent:MaxIncomingBytes=1048576");
+        await using var full = await TlsAgent.StartAsync(pki, "node-full", Path.Combine(_agents.Root, "full"), "--Agent:MinFreeDiskBytes=1000000000000000");
+        var content = CheckpointData.Create(600_000, 3);
+        var manifest = new Manifest { Files = { TransferAgents.Entry("pages-1.img", content) } };
+        foreach (var (agent, migration) in new[] { (small, "m-one"), (small, "m-two"), (full, "m-full") })
+        {
+            await _agents.Operator(agent).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = migration, Token = pki.Token(migration, "node-a", agent.Name) });
+        }
+
+        var peer = _agents.Peer(small, pki.Issue("node-a"));
+        // the first stream sends its header and waits: it holds the node's only stream slot
+        using var holding = peer.Upload();
+        await holding.RequestStream.WriteAsync(RawUpload.Header("m-one", pki.Token("m-one", "node-a", "node-small"), "node-a", manifest));
+        Assert.True(await holding.ResponseStream.MoveNext(CancellationToken.None));
+        var (_, busy) = await RawUpload.RunAsync(peer, RawUpload.Header("m-two", pki.Token("m-two", "node-a", "node-small"), "node-a", manifest));
+        await holding.RequestStream.WriteAsync(RawUpload.Chunk(0, 0, content));
+        await holding.RequestStream.WriteAsync(RawUpload.Done());
+        await holding.RequestStream.CompleteAsync();
+        while (await holding.ResponseStream.MoveNext(CancellationToken.None))
+        {
+        }
+
+        // m-one is staged (600 000 bytes); another 600 000 would pass the node's 1 MiB budget
+        var (_, budget) = await RawUpload.RunAsync(peer, RawUpload.Header("m-two", pki.Token("m-two", "node-a", "node-small"), "node-a", manifest));
+        var (_, disk) = await RawUpload.RunAsync(_agents.Peer(full, pki.Issue("node-a")), RawUpload.Header("m-full", pki.Token("m-full", "node-a", "node-full"), "node-a", manifest));
+
+        Assert.Equal(StatusCode.ResourceExhausted, busy!.StatusCode);
+        Assert.Contains("already receiving 1 streams", busy.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.ResourceExhausted, budget!.StatusCode);
+        Assert.Contains("would pass its limit of 1048576", budget.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.ResourceExhausted, disk!.StatusCode);
+        Assert.Contains("bytes free", disk.Status.Detail, StringComparison.Ordinal);
+        Assert.True(File.Exists(Path.Combine(small.Incoming, "m-one", "staged.json")));
+        Assert.False(Directory.Exists(Path.Combine(small.Incoming, "m-two")));
+        Assert.False(Directory.Exists(Path.Combine(full.Incoming, "m-full")));
     }
 
     [Fact]
