@@ -38,9 +38,24 @@ public sealed class TransferAgents : IAsyncDisposable
     {
         var pki = new TestPki();
         var root = Directory.CreateTempSubdirectory("podmig-transfer-").FullName;
-        var source = await TlsAgent.StartAsync(pki, "node-a", Path.Combine(root, "a"));
-        var target = await TlsAgent.StartAsync(pki, "node-b", Path.Combine(root, "b"), targetSettings);
-        return new TransferAgents(pki, root, source, target);
+        TlsAgent? source = null;
+        try
+        {
+            source = await TlsAgent.StartAsync(pki, "node-a", Path.Combine(root, "a"));
+            var target = await TlsAgent.StartAsync(pki, "node-b", Path.Combine(root, "b"), targetSettings);
+            return new TransferAgents(pki, root, source, target);
+        }
+        catch
+        {
+            if (source is not null)
+            {
+                await source.DisposeAsync();
+            }
+
+            pki.Dispose();
+            Directory.Delete(root, recursive: true);
+            throw;
+        }
     }
 
     /// <summary>A client of an agent's API with the given identity (the operator's by default).</summary>
