@@ -18,8 +18,9 @@ prereqs: ## Install runc, containerd, CNI plugins, iptables, busybox and CRIU 4.
 	hack/install-prereqs.sh
 
 .PHONY: build
-build: ## Build every project (warnings are errors).
+build: ## Build every project (warnings are errors) and the native podmig-runc.
 	dotnet build $(SOLUTION) -c $(CONFIGURATION) -nologo -clp:ErrorsOnly
+	hack/build-native.sh
 
 .PHONY: test
 test: prereqs build ## Install prerequisites, build, run all tests; ends with "N passed, N failed".

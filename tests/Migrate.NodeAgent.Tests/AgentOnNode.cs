@@ -31,9 +31,9 @@ public sealed class AgentOnNode : IAsyncDisposable
 
     public string NodeName => Node.Name;
 
-    public static async Task<AgentOnNode> StartAsync(string name)
+    public static async Task<AgentOnNode> StartAsync(string name, bool withRestoreRuntime = false)
     {
-        var node = await ContainerdNode.StartAsync(name);
+        var node = await ContainerdNode.StartAsync(name, withRestoreRuntime ? RepositoryLayout.RestoreRuntime : null);
         try
         {
             TestImages.ImportInto(node);

@@ -59,8 +59,17 @@ public sealed class ContainerdNode : IAsyncDisposable
 
     public CriClient Cri { get; }
 
-    /// <summary>Starts a node; <paramref name="extraRuntimeConfig"/> is appended to the CRI plugin's runtimes table.</summary>
-    public static async Task<ContainerdNode> StartAsync(string name, string? extraRuntimeConfig = null)
+    /// <summary>The runtime handler of the restore runtime, when the node has it.</summary>
+    public const string RestoreHandler = "podmig";
+
+    /// <summary>Where the restore runtime looks for staged images (PODMIG_INCOMING_DIRECTORY of the node's containerd).</summary>
+    public string IncomingDirectory => Path.Combine(Root, "incoming");
+
+    /// <summary>
+    /// Starts a node. With <paramref name="restoreRuntime"/> (the podmig-runc binary) it also has
+    /// the "podmig" runtime handler, configured as deploy/node/ configures a real node.
+    /// </summary>
+    public static async Task<ContainerdNode> StartAsync(string name, string? restoreRuntime = null)
     {
         Prerequisites.RequireRoot();
         Prerequisites.RequirePrograms("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "criu");
@@ -96,6 +105,15 @@ public sealed class ContainerdNode : IAsyncDisposable
               ]
             }
             """);
+        string extraRuntimeConfig = restoreRuntime is null ? "" : $$"""
+                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{{RestoreHandler}}]
+                  runtime_type = "io.containerd.runc.v2"
+                  pod_annotations = ["podmig.io/*"]
+                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{{RestoreHandler}}.options]
+                    BinaryName = "{{restoreRuntime}}"
+                    Root = "{{state}}/runc"
+                    SystemdCgroup = false
+            """;
         var config = Path.Combine(state, "config.toml");
         File.WriteAllText(config, $$"""
             version = 2
@@ -138,6 +156,8 @@ public sealed class ContainerdNode : IAsyncDisposable
             RedirectStandardOutput = true,
             RedirectStandardError = true,
         };
+        // the restore runtime runs as a child of containerd's shim and inherits this
+        start.Environment["PODMIG_INCOMING_DIRECTORY"] = Path.Combine(root, "incoming");
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
         var process = Process.Start(start) ?? throw new InvalidOperationException("could not start containerd");

@@ -13,6 +13,16 @@ public static class RepositoryLayout
 
     public static string InRepository(params string[] parts) => Path.Combine([Root, .. parts]);
 
+    /// <summary>The native podmig-runc that <c>make build</c> (hack/build-native.sh) publishes.</summary>
+    public static string RestoreRuntime
+    {
+        get
+        {
+            var path = Path.Combine(Artifacts, "native", "podmig-runc");
+            return File.Exists(path) ? path : throw new InvalidOperationException($"{path} is missing: run 'make build' (or hack/build-native.sh) first");
+        }
+    }
+
     private static string FindRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)

@@ -1,0 +1,27 @@
+using System.Text.Json.Serialization;
+using Migrate.RestoreRuntime;
+
+// podmig-runc: runc's command line; every call goes to runc unchanged, except the creation (and
+// then the start) of a container whose pod is marked for restore.
+var runc = Environment.GetEnvironmentVariable("PODMIG_RUNC") is { Length: > 0 } configured ? configured : "runc";
+var line = RuncCommandLine.Parse(args);
+if (line.Command == "create" && RestoreRequest.TryRead(line) is { } request)
+{
+    return Restorer.Run(runc, line, request);
+}
+
+if (line.Command == "start" && Restorer.IsRestored(line))
+{
+    // restored containers run from the moment they are created
+    return 0;
+}
+
+int errno = Exec.Replace(runc, args);
+Console.Error.WriteLine($"podmig-runc: cannot run {runc} (errno {errno})");
+return 127;
+
+namespace Migrate.RestoreRuntime
+{
+    [JsonSerializable(typeof(Dictionary<string, string>))]
+    internal sealed partial class RuntimeJson : JsonSerializerContext;
+}

@@ -1,0 +1,315 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Migrate.NodeAgent.Checkpointing;
+
+namespace Migrate.RestoreRuntime;
+
+/// <summary>A container creation marked for restore, read from its bundle's config.json.</summary>
+public sealed record RestoreRequest(string MigrationId, string Container, string Bundle, string RootPath, IReadOnlyList<(string Destination, string Source)> Mounts)
+{
+    /// <summary>The pod annotation naming the migration whose images a container restores from.</summary>
+    public const string Annotation = "podmig.io/restore-from";
+
+    /// <summary>The request when the bundle is a pod container (not the sandbox) marked for restore; null otherwise.</summary>
+    public static RestoreRequest? TryRead(RuncCommandLine line)
+    {
+        ArgumentNullException.ThrowIfNull(line);
+        var bundle = Path.GetFullPath(line.CommandOption("--bundle", "-b") ?? Directory.GetCurrentDirectory());
+        using var config = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(bundle, "config.json")));
+        var spec = config.RootElement;
+        if (!spec.TryGetProperty("annotations", out var annotations)
+            || !annotations.TryGetProperty(Annotation, out var migration)
+            || !annotations.TryGetProperty("io.kubernetes.cri.container-type", out var type) || type.GetString() != "container")
+        {
+            return null;
+        }
+
+        var name = annotations.TryGetProperty("io.kubernetes.cri.container-name", out var n) ? n.GetString() ?? "" : "";
+        var root = spec.GetProperty("root").GetProperty("path").GetString() ?? "rootfs";
+        var mounts = new List<(string, string)>();
+        if (spec.TryGetProperty("mounts", out var list))
+        {
+            foreach (var mount in list.EnumerateArray())
+            {
+                if (mount.TryGetProperty("destination", out var d) && mount.TryGetProperty("source", out var s))
+                {
+                    mounts.Add((d.GetString() ?? "", s.GetString() ?? ""));
+                }
+            }
+        }
+
+        return new RestoreRequest(migration.GetString() ?? "", name, bundle, Path.GetFullPath(root, bundle), mounts);
+    }
+}
+
+/// <summary>A restore that cannot go on; the message is what the pod's status will show.</summary>
+public sealed class RestoreFailedException(string message) : Exception(message);
+
+/// <summary>
+/// Restores a container in place of creating it: checks the staged images against their digests,
+/// puts back the captured writable layer (under the overlay mount containerd prepared) and emptyDir
+/// contents, then has runc restore the process tree into the new container, with its stdio on the
+/// new container's pipes. The container is running afterwards; the later "start" is a no-op.
+/// </summary>
+public static partial class Restorer
+{
+    public const string Marker = "podmig.restored";
+    private const string EmptyDirMarker = "/volumes/kubernetes.io~empty-dir/";
+
+    public static string IncomingRoot =>
+        Environment.GetEnvironmentVariable("PODMIG_INCOMING_DIRECTORY") is { Length: > 0 } value ? value : "/var/lib/podmig/incoming";
+
+    /// <summary>Whether runc's state of the container says we restored it (so "start" has nothing to do).</summary>
+    public static bool IsRestored(RuncCommandLine line)
+    {
+        ArgumentNullException.ThrowIfNull(line);
+        return line.ContainerId is { } id && IsSafeName(id) && File.Exists(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker));
+    }
+
+    public static int Run(string runc, RuncCommandLine line, RestoreRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(line);
+        ArgumentNullException.ThrowIfNull(request);
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            var id = line.ContainerId ?? throw new RestoreFailedException("create names no container id");
+            if (!MigrationId().IsMatch(request.MigrationId) || !IsSafeName(request.Container))
+            {
+                throw new RestoreFailedException($"annotation {RestoreRequest.Annotation}='{request.MigrationId}' (container '{request.Container}') does not name a migration");
+            }
+
+            var migration = Path.Combine(IncomingRoot, request.MigrationId);
+            var files = Path.Combine(migration, "files");
+            var staged = Path.Combine(migration, "staged.json");
+            if (!File.Exists(staged))
+            {
+                throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
+            }
+
+            var images = Path.Combine(files, "containers", request.Container, "final");
+            if (!Directory.Exists(images))
+            {
+                throw new RestoreFailedException($"migration {request.MigrationId} has no images of container {request.Container}");
+            }
+
+            var volumes = request.Mounts
+                .Select(m => (m.Source, Volume: VolumeName(m.Source)))
+                .Where(m => m.Volume is not null)
+                .ToList();
+            Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
+
+            var layer = Path.Combine(files, "rootfs", request.Container + ".tar");
+            if (File.Exists(layer))
+            {
+                PutBackWritableLayer(request.RootPath, layer);
+            }
+
+            foreach (var (source, volume) in volumes)
+            {
+                var archive = Path.Combine(files, "volumes", volume + ".tar");
+                if (File.Exists(archive))
+                {
+                    FilesystemArchive.Extract(archive, source);
+                }
+            }
+
+            var work = Path.Combine(migration, "restore-" + request.Container);
+            if (Directory.Exists(work))
+            {
+                Directory.Delete(work, recursive: true);
+            }
+
+            Directory.CreateDirectory(work);
+            var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
+            if (line.CommandOption("--pid-file") is { } pidFile)
+            {
+                arguments.AddRange(["--pid-file", pidFile]);
+            }
+
+            if (line.CommandOption("--console-socket") is { } console)
+            {
+                arguments.AddRange(["--console-socket", console]);
+            }
+
+            if (line.HasCommandFlag("--no-pivot"))
+            {
+                arguments.Add("--no-pivot");
+            }
+
+            arguments.Add(id);
+            int exit = RunInheritingStdio(runc, arguments);
+            if (exit != 0)
+            {
+                RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
+                throw new RestoreFailedException($"runc restore of container {request.Container} from migration {request.MigrationId} failed ({exit}): {CriuErrors(work)}; the images stay in {migration} for diagnosis");
+            }
+
+            File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
+            Log(line, "info", string.Create(CultureInfo.InvariantCulture, $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {clock.ElapsedMilliseconds} ms"));
+            return 0;
+        }
+        catch (Exception e) when (e is RestoreFailedException or IOException or UnauthorizedAccessException or JsonException or InvalidOperationException)
+        {
+            var message = e is RestoreFailedException ? e.Message : $"restore from migration {request.MigrationId} failed: {e.Message}";
+            Log(line, "error", message);
+            Console.Error.WriteLine("podmig-runc: " + message);
+            return 1;
+        }
+    }
+
+    /// <summary>Every staged file this container needs must match the digest the transfer verified.</summary>
+    private static void Verify(string stagedManifest, string files, string container, HashSet<string> volumes)
+    {
+        using var manifest = JsonDocument.Parse(File.ReadAllBytes(stagedManifest));
+        if (!manifest.RootElement.TryGetProperty("files", out var list))
+        {
+            throw new RestoreFailedException($"{stagedManifest} lists no files");
+        }
+
+        foreach (var file in list.EnumerateArray())
+        {
+            var path = file.GetProperty("path").GetString() ?? "";
+            bool needed = path.StartsWith($"containers/{container}/", StringComparison.Ordinal)
+                || path == $"rootfs/{container}.tar"
+                || (path.StartsWith("volumes/", StringComparison.Ordinal) && volumes.Contains(Path.GetFileNameWithoutExtension(path)));
+            if (!needed)
+            {
+                continue;
+            }
+
+            var full = Path.Combine(files, path);
+            long size = long.Parse(file.TryGetProperty("size", out var s) ? s.GetString() ?? "0" : "0", CultureInfo.InvariantCulture);
+            var expected = file.TryGetProperty("sha256", out var d) ? d.GetBytesFromBase64() : [];
+            if (!File.Exists(full) || new FileInfo(full).Length != size)
+            {
+                throw new RestoreFailedException($"image file {path} of migration is missing or truncated (expected {size} bytes)");
+            }
+
+            using var stream = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+            if (!SHA256.HashData(stream).AsSpan().SequenceEqual(expected))
+            {
+                throw new RestoreFailedException($"image file {path} does not match its SHA-256: the staged images are corrupted");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Puts the captured writable-layer changes into the new container's overlay upper directory.
+    /// The overlay is unmounted meanwhile (an overlay's layers must not change under it) and mounted
+    /// again with the same layers, so whiteouts and opaque directories take effect as in the source.
+    /// </summary>
+    private static void PutBackWritableLayer(string rootfs, string archive)
+    {
+        var mount = MountInfoEntry.Read("/proc/self/mountinfo").LastOrDefault(m => m.MountPoint == rootfs);
+        if (mount is null || mount.FileSystemType != "overlay" || mount.SuperOption("upperdir") is not { } upper)
+        {
+            FilesystemArchive.Extract(archive, rootfs);
+            return;
+        }
+
+        var options = $"lowerdir={mount.SuperOption("lowerdir")},upperdir={upper},workdir={mount.SuperOption("workdir")}";
+        RunChecked("umount", [rootfs]);
+        try
+        {
+            FilesystemArchive.Extract(archive, upper);
+        }
+        finally
+        {
+            RunChecked("mount", ["-t", "overlay", "overlay", "-o", options, rootfs]);
+        }
+    }
+
+    private static string? VolumeName(string source)
+    {
+        int at = source.IndexOf(EmptyDirMarker, StringComparison.Ordinal);
+        return at < 0 ? null : source[(at + EmptyDirMarker.Length)..].Split('/')[0];
+    }
+
+    /// <summary>CRIU's error lines from the restore log (the reason a restore failed).</summary>
+    private static string CriuErrors(string work)
+    {
+        var log = Path.Combine(work, "restore.log");
+        if (!File.Exists(log))
+        {
+            return "no CRIU log";
+        }
+
+        var errors = File.ReadLines(log).Where(l => l.Contains("Error", StringComparison.Ordinal) && !l.Contains("RLIMIT_NOFILE", StringComparison.Ordinal)).TakeLast(3).ToList();
+        return errors.Count > 0 ? string.Join(" | ", errors) : string.Join(" | ", File.ReadLines(log).TakeLast(3));
+    }
+
+    /// <summary>A line in runc's JSON log, where containerd looks for the reason of a failed call.</summary>
+    private static void Log(RuncCommandLine line, string level, string message)
+    {
+        if (line.GlobalOption("--log") is not { } path)
+        {
+            return;
+        }
+
+        try
+        {
+            var entry = new Dictionary<string, string> { ["level"] = level, ["msg"] = message, ["time"] = DateTime.UtcNow.ToString("yyyy-MM-dd'T'HH:mm:ss.fffffff'Z'", CultureInfo.InvariantCulture) };
+            // (Go's time parser reads the raw JSON: no escapes in the time, so UTC with a 'Z')
+            File.AppendAllText(path, JsonSerializer.Serialize(entry, RuntimeJson.Default.DictionaryStringString) + "\n");
+        }
+        catch (IOException)
+        {
+            // the log is a convenience; stderr has the message too
+        }
+    }
+
+    private static int RunInheritingStdio(string program, IReadOnlyList<string> arguments)
+    {
+        var start = new ProcessStartInfo(program) { UseShellExecute = false };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var process = Process.Start(start) ?? throw new RestoreFailedException($"could not start {program}");
+        process.WaitForExit();
+        return process.ExitCode;
+    }
+
+    private static void RunChecked(string program, IReadOnlyList<string> arguments)
+    {
+        var start = new ProcessStartInfo(program) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var process = Process.Start(start) ?? throw new RestoreFailedException($"could not start {program}");
+        var error = process.StandardError.ReadToEnd();
+        process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            throw new RestoreFailedException($"{program} {string.Join(' ', arguments)} failed: {error.Trim()}");
+        }
+    }
+
+    private static void RunQuietly(string program, IReadOnlyList<string> arguments)
+    {
+        try
+        {
+            RunChecked(program, arguments);
+        }
+        catch (RestoreFailedException)
+        {
+            // best effort
+        }
+    }
+
+    private static bool IsSafeName(string value) => value.Length is > 0 and <= 128 && SafeName().IsMatch(value);
+
+    [GeneratedRegex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+    private static partial Regex MigrationId();
+
+    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    private static partial Regex SafeName();
+}

@@ -1,0 +1,149 @@
+using Google.Protobuf;
+using Grpc.Core;
+using Migrate.Agent.V1;
+using Migrate.Cri.V1;
+using Migrate.NodeAgent.Transfer;
+using Migrate.TestSupport;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>
+/// The restore runtime (native podmig-runc) as containerd's "podmig" runtime handler on a second
+/// node: plain containers run as with runc; a container of a pod marked for restore comes back
+/// from the images the source node's agent staged, inside a normal CRI pod.
+/// </summary>
+[Collection(RealNodes.Name)]
+public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    private AgentOnNode _source = null!;
+    private AgentOnNode _target = null!;
+
+    public async Task InitializeAsync()
+    {
+        _source = await AgentOnNode.StartAsync("source");
+        _target = await AgentOnNode.StartAsync("target", withRestoreRuntime: true);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _target.DisposeAsync();
+        await _source.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_pod_of_the_handler_without_the_mark_runs_exactly_like_runc()
+    {
+        var pod = await TestPods.RunAsync(_target.Node, "default", "plain", [CheckpointTests.Counter("main", 2)], ContainerdNode.RestoreHandler);
+        var ticks = await AgentOnNode.WaitForTicksAsync(pod, "main", 5);
+        var id = pod.ContainerIds["main"];
+
+        Assert.Equal(Enumerable.Range(1, ticks.Count).Select(i => (long)i), ticks.Select(t => t.Tick));
+        Assert.Equal(ContainerState.ContainerRunning, await _target.ContainerStateAsync(id));
+        await _target.Node.Cri.Runtime.StopContainerAsync(new StopContainerRequest { ContainerId = id, Timeout = 5 });
+        Assert.Equal(ContainerState.ContainerExited, await _target.ContainerStateAsync(id));
+        await _target.Node.Cri.Runtime.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = id });
+        var left = await _target.Node.Cri.Runtime.ListContainersAsync(new ListContainersRequest { Filter = new ContainerFilter { Id = id } });
+        Assert.Empty(left.Containers);
+    }
+
+    [Fact]
+    public async Task A_marked_pod_continues_the_frozen_counter_with_its_files_and_its_logs_in_the_new_log()
+    {
+        var container = CheckpointTests.Counter("main", 16, "--verify-every", "4", "--log-file", "/data/ticks", "--log-file", "/scratch/ticks") with
+        {
+            EmptyDirMounts = [("scratch", "/scratch")],
+        };
+        var source = await _source.RunPodAsync("counter", container);
+        await AgentOnNode.WaitForTicksAsync(source, "main", 6);
+        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-shim", source, _source.NodeName));
+        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-shim" });
+        long frozen = AgentOnNode.LastTick(source, "main");
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-shim");
+
+        var started = DateTime.UtcNow;
+        var replacement = await TestPods.RunAsync(_target.Node, "default", "counter", [container], ContainerdNode.RestoreHandler,
+            new Dictionary<string, string> { ["podmig.io/restore-from"] = "m-shim" });
+        var restoreMillis = (DateTime.UtcNow - started).TotalMilliseconds;
+        var ticks = await AgentOnNode.WaitForTicksAsync(replacement, "main", 5);
+        output.WriteLine($"frozen at {frozen}; the replacement logged {ticks[0].Tick}..{ticks[^1].Tick}; pod up in {restoreMillis:0} ms");
+
+        var id = replacement.ContainerIds["main"];
+        Assert.Equal(ContainerState.ContainerRunning, await _target.ContainerStateAsync(id));
+        Assert.Equal(frozen + 1, ticks[0].Tick);
+        Assert.Equal(Enumerable.Range(0, ticks.Count).Select(i => frozen + 1 + i), ticks.Select(t => t.Tick));
+        var verified = await AgentOnNode.WaitForTicksAsync(replacement, "main", 12);
+        Assert.Contains(verified, t => t.VerifiedOk);
+        Assert.DoesNotContain(verified, t => t.Verified == "BAD");
+        var scratch = Memcounter.Parse(RuncRestore.ReadShared(Path.Combine(replacement.EmptyDir("scratch"), "ticks")).Split('\n'));
+        Assert.Equal(Enumerable.Range(1, scratch.Count).Select(i => (long)i), scratch.Select(t => t.Tick));
+        Assert.True(scratch.Count > frozen, $"the emptyDir log holds {scratch.Count} ticks, the source froze at {frozen}");
+        Figures.Record(nameof(RestoreRuntimeTests), "16MiB replacement pod up ms", restoreMillis, "ms");
+
+        await _source.Client.FinishAsync(new MigrationRef { MigrationId = "m-shim" });
+        await _target.Node.Cri.Runtime.StopContainerAsync(new StopContainerRequest { ContainerId = id, Timeout = 5 });
+        Assert.Equal(ContainerState.ContainerExited, await _target.ContainerStateAsync(id));
+        await _target.Node.Cri.Runtime.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = id });
+    }
+
+    [Fact]
+    public async Task A_corrupted_image_set_fails_creation_with_the_reason_and_leaves_nothing_running()
+    {
+        var container = CheckpointTests.Counter("main", 4);
+        var source = await _source.RunPodAsync("broken", container);
+        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
+        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-broken", source, _source.NodeName));
+        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-broken" });
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-broken");
+        var pages = Directory.GetFiles(Path.Combine(_target.Node.IncomingDirectory, "m-broken", "files", "containers", "main", "final"), "pages-*.img")[0];
+        using (var file = new FileStream(pages, FileMode.Open, FileAccess.ReadWrite))
+        {
+            file.Position = 4096 * 3;
+            int b = file.ReadByte();
+            file.Position = 4096 * 3;
+            file.WriteByte((byte)(b ^ 0xff));
+        }
+
+        var error = await Assert.ThrowsAsync<RpcException>(() => TestPods.RunAsync(_target.Node, "default", "broken", [container], ContainerdNode.RestoreHandler,
+            new Dictionary<string, string> { ["podmig.io/restore-from"] = "m-broken" }));
+
+        Assert.Contains("does not match its SHA-256", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("pages-", error.Status.Detail, StringComparison.Ordinal);
+        var containers = await _target.Node.Cri.Runtime.ListContainersAsync(new ListContainersRequest());
+        Assert.DoesNotContain(containers.Containers, c => c.State == ContainerState.ContainerRunning && c.Metadata.Name == "main" && c.Labels["io.kubernetes.pod.name"] == "broken");
+        Assert.DoesNotContain("memcounter", RunningCommands(), StringComparer.Ordinal);
+        Assert.True(File.Exists(pages), "the staged images were removed; they stay for diagnosis");
+        await _source.Client.ResumeAsync(new MigrationRef { MigrationId = "m-broken" });
+        await AgentOnNode.WaitForTicksAsync(source, "main", (int)AgentOnNode.LastTick(source, "main") + 2);
+    }
+
+    /// <summary>Puts a source migration's staged directory where the target's agent would have staged it after a transfer (files and the verified manifest).</summary>
+    internal static void StageAsTransferred(string sourceStaging, string incoming, string migration)
+    {
+        var files = Path.Combine(incoming, migration, ImageReceiver.FilesDirectory);
+        Directory.CreateDirectory(files);
+        Prerequisites.Run("cp", "-a", sourceStaging + "/.", files);
+        File.Delete(Path.Combine(files, Checkpointing.MigrationRecord.FileName));
+        File.WriteAllText(Path.Combine(incoming, migration, ImageReceiver.StagedFile), JsonFormatter.Default.Format(ImageSender.BuildManifest(files)));
+    }
+
+    /// <summary>Commands of the processes in the target node's pods other than the source's (which runs memcounters of its own).</summary>
+    private List<string> RunningCommands() =>
+        [.. Directory.EnumerateDirectories("/proc")
+            .Where(d => int.TryParse(Path.GetFileName(d), out _))
+            .Where(d => File.Exists(Path.Combine(d, "cgroup")) && SafeRead(Path.Combine(d, "cgroup")).Contains(_target.Node.CgroupParent + "/", StringComparison.Ordinal))
+            .Select(d => SafeRead(Path.Combine(d, "comm")).Trim())];
+
+    private static string SafeRead(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (IOException)
+        {
+            return "";
+        }
+    }
+}
