@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONFIGURATION=Release
 dotnet build Migrate.Operator.sln -c Release -nologo -clp:ErrorsOnly
+hack/build-native.sh
 dotnet artifacts/bin/Migrate.Benchmarks/release_linux-x64/Migrate.Benchmarks.dll "$@"

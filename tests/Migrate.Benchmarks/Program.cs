@@ -8,6 +8,11 @@ if (which.Contains("all") || which.Contains("emulator"))
     await EmulatorBenchmark.RunAsync(results);
 }
 
+if (which.Contains("all") || which.Contains("runtime"))
+{
+    await RuntimeBenchmark.RunAsync(results);
+}
+
 if (which.Contains("all") || which.Contains("transfer"))
 {
     await TransferBenchmark.RunAsync(results);

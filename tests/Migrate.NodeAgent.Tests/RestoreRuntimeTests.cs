@@ -118,6 +118,39 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         await AgentOnNode.WaitForTicksAsync(source, "main", (int)AgentOnNode.LastTick(source, "main") + 2);
     }
 
+    [Theory]
+    [InlineData(16)]
+    [InlineData(256)]
+    public async Task Restore_time_through_the_handler(int mib)
+    {
+        var container = CheckpointTests.Counter("main", mib, "--dirty-percent-per-second", "0.5");
+        var source = await _source.RunPodAsync($"size-{mib}", container);
+        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
+        var migration = $"m-size-{mib}";
+        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin(migration, source, _source.NodeName));
+        var dump = await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = migration });
+        long frozen = AgentOnNode.LastTick(source, "main");
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, migration);
+
+        var plainClock = System.Diagnostics.Stopwatch.StartNew();
+        var plain = await TestPods.RunAsync(_target.Node, "default", $"plain-{mib}", [CheckpointTests.Counter("main", 2)], ContainerdNode.RestoreHandler);
+        double plainMillis = plainClock.Elapsed.TotalMilliseconds;
+        var restoreClock = System.Diagnostics.Stopwatch.StartNew();
+        var replacement = await TestPods.RunAsync(_target.Node, "default", $"size-{mib}", [container], ContainerdNode.RestoreHandler,
+            new Dictionary<string, string> { ["podmig.io/restore-from"] = migration });
+        double restoreMillis = restoreClock.Elapsed.TotalMilliseconds;
+        var ticks = await AgentOnNode.WaitForTicksAsync(replacement, "main", 2);
+
+        output.WriteLine($"{mib} MiB: dump {dump.DumpMillis} ms, image {dump.FinalImageBytes} B; plain pod up {plainMillis:0} ms, restored pod up {restoreMillis:0} ms");
+        Assert.Equal(frozen + 1, ticks[0].Tick);
+        Assert.Equal(ContainerState.ContainerRunning, await _target.ContainerStateAsync(replacement.ContainerIds["main"]));
+        Figures.Record(nameof(RestoreRuntimeTests), $"{mib}MiB restored pod up ms", restoreMillis, "ms");
+        Figures.Record(nameof(RestoreRuntimeTests), $"{mib}MiB plain pod up ms (same handler)", plainMillis, "ms");
+        await _source.Client.FinishAsync(new MigrationRef { MigrationId = migration });
+        await TestPods.RemoveAsync(_target.Node, plain);
+        await TestPods.RemoveAsync(_target.Node, replacement);
+    }
+
     /// <summary>Puts a source migration's staged directory where the target's agent would have staged it after a transfer (files and the verified manifest).</summary>
     internal static void StageAsTransferred(string sourceStaging, string incoming, string migration)
     {

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs (install) or removes (uninstall) pod-migration's node pieces. Run on the node as root,
+# by the agent DaemonSet's init container (host / mounted at $HOST_ROOT) or by hand.
+#   install:   /usr/local/bin/podmig-runc, /etc/containerd/conf.d/podmig.toml, the imports line
+#              in /etc/containerd/config.toml (added once, a backup kept as config.toml.podmig-backup)
+#   uninstall: removes both files and the imports line it added; restores nothing else.
+# containerd must be restarted afterwards for the handler to appear (or disappear).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="${HOST_ROOT:-}"
+binary="${PODMIG_RUNC_BINARY:-$here/podmig-runc}"
+config="$root/etc/containerd/config.toml"
+marker="# added by pod-migration"
+
+case "${1:-}" in
+  install)
+    install -D -m 0755 "$binary" "$root/usr/local/bin/podmig-runc"
+    install -D -m 0644 "$here/containerd-podmig.toml" "$root/etc/containerd/conf.d/podmig.toml"
+    mkdir -p "$(dirname "$config")"
+    touch "$config"
+    if ! grep -q "conf.d/\*.toml" "$config"; then
+      cp "$config" "$config.podmig-backup"
+      { printf 'imports = ["/etc/containerd/conf.d/*.toml"] %s\n' "$marker"; cat "$config.podmig-backup"; } > "$config"
+    fi
+    echo "installed; restart containerd to load the podmig runtime handler"
+    ;;
+  uninstall)
+    rm -f "$root/usr/local/bin/podmig-runc" "$root/etc/containerd/conf.d/podmig.toml"
+    if [ -f "$config" ]; then
+      sed -i "/$marker/d" "$config"
+    fi
+    echo "removed; restart containerd to drop the podmig runtime handler"
+    ;;
+  *)
+    echo "usage: $0 install|uninstall" >&2
+    exit 2
+    ;;
+esac
