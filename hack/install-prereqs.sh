@@ -25,6 +25,7 @@ DEBIAN_MIRROR=${PODMIG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BOOKWORM_PACKAGES=(
   runc containerd containernetworking-plugins iptables busybox-static iproute2
   gcc libc6-dev util-linux procps tar ca-certificates
+  clang zlib1g-dev
 )
 
 log() { printf '[install-prereqs] %s\n' "$*" >&2; }
