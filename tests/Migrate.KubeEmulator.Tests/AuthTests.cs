@@ -5,6 +5,7 @@ using System.Security.Cryptography.X509Certificates;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
+using Migrate.TestSupport;
 using Xunit;
 
 namespace Migrate.KubeEmulator.Tests;

@@ -4,6 +4,7 @@ using k8s.Autorest;
 using k8s.LeaderElection;
 using k8s.LeaderElection.ResourceLock;
 using k8s.Models;
+using Migrate.TestSupport;
 using Xunit;
 
 namespace Migrate.KubeEmulator.Tests;

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using Migrate.TestSupport;
 using Xunit;
 
 namespace Migrate.KubeEmulator.Tests;

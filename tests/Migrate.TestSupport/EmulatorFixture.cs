@@ -1,0 +1,110 @@
+using System.Diagnostics;
+using System.Text;
+using k8s;
+using Emulator = Migrate.KubeEmulator.KubeEmulator;
+using KubeEmulatorSettings = Migrate.KubeEmulator.KubeEmulatorSettings;
+using Migrate.KubeEmulator.Api;
+using Xunit;
+
+namespace Migrate.TestSupport;
+
+/// <summary>The result of running kubectl.</summary>
+public sealed record KubectlResult(int ExitCode, string Output, string Error)
+{
+    public KubectlResult Succeeded()
+    {
+        Assert.True(ExitCode == 0, $"kubectl failed ({ExitCode}): {Error}{Output}");
+        return this;
+    }
+
+    public string Failed()
+    {
+        Assert.True(ExitCode != 0, $"kubectl was expected to fail but printed: {Output}");
+        return Error;
+    }
+}
+
+/// <summary>A fresh emulator per test class, the real kubectl pointed at it, and a KubernetesClient.</summary>
+public class EmulatorFixture : IAsyncLifetime
+{
+    private readonly string _cacheDirectory = Directory.CreateTempSubdirectory("kubectl-cache-").FullName;
+
+    public Emulator Emulator { get; private set; } = null!;
+
+    public Kubernetes Client { get; private set; } = null!;
+
+    protected virtual void Configure(EmulatorOptions options)
+    {
+    }
+
+    public async Task InitializeAsync()
+    {
+        Prerequisites.RequirePrograms("kubectl");
+        var settings = new KubeEmulatorSettings();
+        Configure(settings.Api);
+        Emulator = await Emulator.StartAsync(settings);
+        Client = ClientFor(Emulator.KubeconfigPath);
+    }
+
+    public async Task DisposeAsync()
+    {
+        Client.Dispose();
+        await Emulator.DisposeAsync();
+        Directory.Delete(_cacheDirectory, recursive: true);
+    }
+
+    public static Kubernetes ClientFor(string kubeconfig) =>
+        new(KubernetesClientConfiguration.BuildConfigFromConfigFile(kubeconfig));
+
+    public static string ManifestPath(string name) => Path.Combine(AppContext.BaseDirectory, "Manifests", name);
+
+    public Task<KubectlResult> KubectlAsync(params string[] args) => RunKubectlAsync(null, Emulator.KubeconfigPath, args);
+
+    public Task<KubectlResult> KubectlInAsync(string stdin, params string[] args) => RunKubectlAsync(stdin, Emulator.KubeconfigPath, args);
+
+    public async Task<KubectlResult> RunKubectlAsync(string? stdin, string kubeconfig, params string[] args)
+    {
+        using var process = StartKubectl(kubeconfig, args, stdin is not null);
+        if (stdin is not null)
+        {
+            await process.StandardInput.WriteAsync(stdin);
+            process.StandardInput.Close();
+        }
+
+        var output = process.StandardOutput.ReadToEndAsync();
+        var error = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(timeout.Token);
+        return new KubectlResult(process.ExitCode, await output, await error);
+    }
+
+    /// <summary>Starts kubectl without waiting (for get -w); the caller stops it.</summary>
+    public Process StartKubectl(string kubeconfig, string[] args, bool redirectInput = false)
+    {
+        var start = new ProcessStartInfo("kubectl")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = redirectInput,
+            UseShellExecute = false,
+            StandardOutputEncoding = Encoding.UTF8,
+        };
+        start.ArgumentList.Add($"--kubeconfig={kubeconfig}");
+        start.ArgumentList.Add($"--cache-dir={_cacheDirectory}");
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        start.Environment.Remove("KUBECONFIG");
+        return Process.Start(start) ?? throw new InvalidOperationException("could not start kubectl");
+    }
+
+    public async Task ApplyWidgetCrdAsync() =>
+        (await KubectlAsync("apply", "-f", ManifestPath("widgets-crd.yaml"))).Succeeded();
+
+    /// <summary>kubectl apply of a file in the repository (e.g. the CRDs under crds/).</summary>
+    public async Task ApplyRepositoryFileAsync(params string[] path) =>
+        (await KubectlAsync("apply", "-f", RepositoryLayout.InRepository(path))).Succeeded();
+}
+
