@@ -1,0 +1,159 @@
+using System.Text.Json.Serialization;
+using k8s;
+using k8s.Models;
+
+namespace Migrate.Operator.Api;
+
+/// <summary>podmigration.io/v1alpha1 MigrationRequest (crds/podmigration.io_migrationrequests.yaml).</summary>
+public sealed class MigrationRequest : IKubernetesObject<V1ObjectMeta>
+{
+    public const string Group = "podmigration.io";
+    public const string Version = "v1alpha1";
+    public const string Plural = "migrationrequests";
+    public const string KindName = "MigrationRequest";
+
+    [JsonPropertyName("apiVersion")]
+    public string ApiVersion { get; set; } = $"{Group}/{Version}";
+
+    [JsonPropertyName("kind")]
+    public string Kind { get; set; } = KindName;
+
+    [JsonPropertyName("metadata")]
+    public V1ObjectMeta Metadata { get; set; } = new();
+
+    [JsonPropertyName("spec")]
+    public MigrationRequestSpec Spec { get; set; } = new();
+
+    [JsonPropertyName("status")]
+    public MigrationRequestStatus? Status { get; set; }
+}
+
+public sealed class MigrationRequestList : IKubernetesObject<V1ListMeta>, IItems<MigrationRequest>
+{
+    [JsonPropertyName("apiVersion")]
+    public string ApiVersion { get; set; } = $"{MigrationRequest.Group}/{MigrationRequest.Version}";
+
+    [JsonPropertyName("kind")]
+    public string Kind { get; set; } = "MigrationRequestList";
+
+    [JsonPropertyName("metadata")]
+    public V1ListMeta Metadata { get; set; } = new();
+
+    [JsonPropertyName("items")]
+    public IList<MigrationRequest> Items { get; set; } = [];
+}
+
+public sealed class MigrationRequestSpec
+{
+    [JsonPropertyName("podName")]
+    public string PodName { get; set; } = "";
+
+    [JsonPropertyName("targetNode")]
+    public string? TargetNode { get; set; }
+
+    [JsonPropertyName("mode")]
+    public string Mode { get; set; } = MigrationModes.PreCopy;
+
+    [JsonPropertyName("preCopy")]
+    public PreCopyLimits? PreCopy { get; set; }
+
+    [JsonPropertyName("timeoutSeconds")]
+    public int TimeoutSeconds { get; set; } = 600;
+}
+
+public sealed class PreCopyLimits
+{
+    [JsonPropertyName("maxRounds")]
+    public int MaxRounds { get; set; } = 3;
+
+    [JsonPropertyName("minShrinkPercent")]
+    public int MinShrinkPercent { get; set; } = 10;
+}
+
+public static class MigrationModes
+{
+    public const string Cold = "Cold";
+    public const string PreCopy = "PreCopy";
+}
+
+/// <summary>The phases of a request; the last three are final.</summary>
+public static class MigrationPhases
+{
+    public const string Pending = "Pending";
+    public const string Checkpointing = "Checkpointing";
+    public const string Transferring = "Transferring";
+    public const string Restoring = "Restoring";
+    public const string CuttingOver = "CuttingOver";
+    public const string Succeeded = "Succeeded";
+    public const string Failed = "Failed";
+    public const string RolledBack = "RolledBack";
+
+    public static bool IsFinal(string? phase) => phase is Succeeded or Failed or RolledBack;
+}
+
+public sealed class MigrationRequestStatus
+{
+    [JsonPropertyName("phase")]
+    public string? Phase { get; set; }
+
+    [JsonPropertyName("observedGeneration")]
+    public long? ObservedGeneration { get; set; }
+
+    [JsonPropertyName("conditions")]
+    public IList<MigrationCondition> Conditions { get; set; } = [];
+
+    [JsonPropertyName("sourceNode")]
+    public string? SourceNode { get; set; }
+
+    [JsonPropertyName("targetNode")]
+    public string? TargetNode { get; set; }
+
+    [JsonPropertyName("replacementPod")]
+    public string? ReplacementPod { get; set; }
+
+    [JsonPropertyName("startTime")]
+    public DateTime? StartTime { get; set; }
+
+    [JsonPropertyName("completionTime")]
+    public DateTime? CompletionTime { get; set; }
+
+    [JsonPropertyName("downtimeMillis")]
+    public long? DowntimeMillis { get; set; }
+
+    [JsonPropertyName("bytesTransferred")]
+    public long? BytesTransferred { get; set; }
+
+    [JsonPropertyName("imageBytes")]
+    public long? ImageBytes { get; set; }
+
+    [JsonPropertyName("preCopyRounds")]
+    public int? PreCopyRounds { get; set; }
+
+    [JsonPropertyName("reason")]
+    public string? Reason { get; set; }
+
+    [JsonPropertyName("message")]
+    public string? Message { get; set; }
+}
+
+/// <summary>A standard condition (metav1.Condition's shape).</summary>
+public sealed class MigrationCondition
+{
+    [JsonPropertyName("type")]
+    public string Type { get; set; } = "";
+
+    [JsonPropertyName("status")]
+    public string Status { get; set; } = "Unknown";
+
+    [JsonPropertyName("observedGeneration")]
+    public long? ObservedGeneration { get; set; }
+
+    [JsonPropertyName("lastTransitionTime")]
+    public DateTime LastTransitionTime { get; set; }
+
+    [JsonPropertyName("reason")]
+    public string Reason { get; set; } = "";
+
+    [JsonPropertyName("message")]
+    public string Message { get; set; } = "";
+}
