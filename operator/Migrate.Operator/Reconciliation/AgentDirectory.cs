@@ -1,0 +1,41 @@
+using Grpc.Net.Client;
+using k8s;
+using k8s.Models;
+using Migrate.Agent.V1;
+
+namespace Migrate.Operator.Reconciliation;
+
+/// <summary>The node agents the operator can reach, and what they report.</summary>
+public interface IAgentDirectory
+{
+    /// <summary>The capabilities of the agent on a node, or null when the node has no (reachable) agent.</summary>
+    Task<GetCapabilitiesResponse?> GetCapabilitiesAsync(V1Node node, CancellationToken cancellationToken);
+}
+
+/// <summary>
+/// Agents found through their node's <c>podmig.io/agent-endpoint</c> annotation (host:port, set by
+/// the agent when it starts), called over gRPC.
+/// </summary>
+public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) : IAgentDirectory
+{
+    public const string EndpointAnnotation = "podmig.io/agent-endpoint";
+
+    public async Task<GetCapabilitiesResponse?> GetCapabilitiesAsync(V1Node node, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        if (node.Metadata.Annotations?.TryGetValue(EndpointAnnotation, out var endpoint) != true || string.IsNullOrEmpty(endpoint))
+        {
+            return null;
+        }
+
+        try
+        {
+            var client = new NodeAgent.NodeAgentClient(connect(endpoint));
+            return await client.GetCapabilitiesAsync(new GetCapabilitiesRequest(), deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: cancellationToken);
+        }
+        catch (Grpc.Core.RpcException)
+        {
+            return null;
+        }
+    }
+}

@@ -1,0 +1,122 @@
+using System.Net;
+using k8s;
+using k8s.Autorest;
+using Migrate.Operator.Api;
+
+namespace Migrate.Operator.Reconciliation;
+
+/// <summary>
+/// The MigrationRequest controller. This version admits requests: a new request is validated
+/// (<see cref="RequestValidator"/>) and either fails at once with a reason, leaving everything as
+/// it was, or is accepted with its source and target nodes recorded. Driving the agents through
+/// the later phases is not built yet (see the README's Status).
+/// </summary>
+public sealed partial class MigrationController(IKubernetes client, IAgentDirectory agents, ILogger<MigrationController> logger, TimeProvider time)
+    : BackgroundService
+{
+    private readonly MigrationStore _store = new(client);
+    private readonly RequestValidator _validator = new(client, agents);
+
+    /// <summary>How often every request is looked at again.</summary>
+    public TimeSpan Resync { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await ReconcileAllAsync(stoppingToken);
+            }
+            catch (HttpOperationException e)
+            {
+                LogApiError(e.Response.StatusCode, e.Message);
+            }
+            catch (HttpRequestException e)
+            {
+                LogApiError(null, e.Message);
+            }
+
+            try
+            {
+                await Task.Delay(Resync, time, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>One pass over every request.</summary>
+    public async Task ReconcileAllAsync(CancellationToken cancellationToken)
+    {
+        var all = await _store.ListAsync(cancellationToken);
+        foreach (var request in all.Where(r => !MigrationPhases.IsFinal(r.Status?.Phase) && r.Status?.SourceNode is null))
+        {
+            await AdmitAsync(request, all, cancellationToken);
+        }
+    }
+
+    private async Task AdmitAsync(MigrationRequest request, IReadOnlyList<MigrationRequest> all, CancellationToken cancellationToken)
+    {
+        var validation = await _validator.ValidateAsync(request, all, cancellationToken);
+        var now = time.GetUtcNow().UtcDateTime;
+        var status = request.Status ?? new MigrationRequestStatus();
+        status.ObservedGeneration = request.Metadata.Generation;
+        status.StartTime ??= now;
+        if (validation.Failed)
+        {
+            status.Phase = MigrationPhases.Failed;
+            status.Reason = validation.FailureReason;
+            status.Message = validation.FailureMessage;
+            status.CompletionTime = now;
+            SetCondition(status, "Ready", "False", validation.FailureReason!, validation.FailureMessage!, request.Metadata.Generation, now);
+        }
+        else
+        {
+            status.Phase = MigrationPhases.Pending;
+            status.SourceNode = validation.SourceNode;
+            status.TargetNode = validation.TargetNode;
+            status.Reason = "Validated";
+            status.Message = $"Pod {request.Spec.PodName} can move from {validation.SourceNode} to {validation.TargetNode}.";
+            SetCondition(status, "Validated", "True", "Validated", status.Message, request.Metadata.Generation, now);
+        }
+
+        request.Status = status;
+        try
+        {
+            await _store.WriteStatusAsync(request, cancellationToken);
+            LogAdmitted(request.Metadata.NamespaceProperty, request.Metadata.Name, status.Phase, status.Reason, status.Message);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+        {
+            // someone else wrote first; the next pass sees their write
+        }
+    }
+
+    private static void SetCondition(MigrationRequestStatus status, string type, string value, string reason, string message, long? generation, DateTime now)
+    {
+        var existing = status.Conditions.FirstOrDefault(c => c.Type == type);
+        if (existing is null)
+        {
+            existing = new MigrationCondition { Type = type, LastTransitionTime = now };
+            status.Conditions.Add(existing);
+        }
+        else if (existing.Status != value)
+        {
+            existing.LastTransitionTime = now;
+        }
+
+        existing.Status = value;
+        existing.Reason = reason;
+        existing.Message = message;
+        existing.ObservedGeneration = generation;
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "MigrationRequest {Namespace}/{Name}: {Phase} ({Reason}): {Message}")]
+    private partial void LogAdmitted(string @namespace, string name, string? phase, string? reason, string? message);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "API call failed ({Status}): {Message}; retrying on the next pass")]
+    private partial void LogApiError(HttpStatusCode? status, string message);
+}

@@ -1,0 +1,25 @@
+using System.Text.Json;
+using k8s;
+using Migrate.Operator.Api;
+
+namespace Migrate.Operator.Reconciliation;
+
+/// <summary>MigrationRequests in the API server: list, and status writes that fail on a stale resourceVersion (409), so two writers never both win.</summary>
+public sealed class MigrationStore(IKubernetes client)
+{
+    public async Task<IReadOnlyList<MigrationRequest>> ListAsync(CancellationToken cancellationToken)
+    {
+        var raw = await client.CustomObjects.ListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, MigrationRequest.Plural, cancellationToken: cancellationToken);
+        var list = KubernetesJson.Deserialize<MigrationRequestList>(((JsonElement)raw).GetRawText());
+        return [.. list.Items];
+    }
+
+    /// <summary>Replaces the status (the request's resourceVersion must still be current).</summary>
+    public async Task<MigrationRequest> WriteStatusAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var raw = await client.CustomObjects.ReplaceNamespacedCustomObjectStatusAsync(request, MigrationRequest.Group, MigrationRequest.Version,
+            request.Metadata.NamespaceProperty, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
+        return KubernetesJson.Deserialize<MigrationRequest>(((JsonElement)raw).GetRawText());
+    }
+}

@@ -1,0 +1,132 @@
+using System.Net;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Migrate.Agent.V1;
+using Migrate.Operator.Api;
+using Migrate.Operator.Scheduling;
+
+namespace Migrate.Operator.Reconciliation;
+
+/// <summary>The outcome of checking a request: the nodes it moves between, or why it cannot go ahead.</summary>
+public sealed record Validation(string? SourceNode, string? TargetNode, string? FailureReason, string? FailureMessage)
+{
+    public bool Failed => FailureReason is not null;
+
+    public static Validation Fail(string reason, string message) => new(null, null, reason, message);
+}
+
+/// <summary>
+/// Checks a new MigrationRequest before anything is touched: the pod exists and runs, no other
+/// request is moving it, and the target (given, or chosen by <see cref="TargetSelector"/>) exists,
+/// is Ready and schedulable, is not the source, and has an agent compatible with the source's.
+/// </summary>
+public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
+{
+    public async Task<Validation> ValidateAsync(MigrationRequest request, IReadOnlyList<MigrationRequest> all, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ArgumentNullException.ThrowIfNull(all);
+        var ns = request.Metadata.NamespaceProperty;
+        var podName = request.Spec.PodName;
+        var pod = await ReadAsync(() => client.CoreV1.ReadNamespacedPodAsync(podName, ns, cancellationToken: cancellationToken));
+        if (pod is null)
+        {
+            return Validation.Fail("PodNotFound", $"Pod {ns}/{podName} does not exist.");
+        }
+
+        if (pod.Status?.Phase != "Running" || string.IsNullOrEmpty(pod.Spec.NodeName) || pod.Metadata.DeletionTimestamp is not null)
+        {
+            var state = pod.Metadata.DeletionTimestamp is not null ? "being deleted" : pod.Status?.Phase ?? "without a phase";
+            return Validation.Fail("PodNotRunning", $"Pod {ns}/{podName} is {state}; only a Running pod can be moved.");
+        }
+
+        var first = all
+            .Where(r => r.Metadata.NamespaceProperty == ns && r.Spec.PodName == podName && !MigrationPhases.IsFinal(r.Status?.Phase))
+            .OrderBy(r => r.Metadata.CreationTimestamp ?? DateTime.MaxValue)
+            .ThenBy(r => r.Metadata.Name, StringComparer.Ordinal)
+            .FirstOrDefault();
+        if (first is not null && first.Metadata.Name != request.Metadata.Name)
+        {
+            return Validation.Fail("PodAlreadyMigrating", $"Pod {ns}/{podName} is already being moved by MigrationRequest {first.Metadata.Name}.");
+        }
+
+        var source = pod.Spec.NodeName;
+        var nodes = await client.CoreV1.ListNodeAsync(cancellationToken: cancellationToken);
+        var sourceNode = nodes.Items.FirstOrDefault(n => n.Metadata.Name == source);
+        var sourceAgent = sourceNode is null ? null : await agents.GetCapabilitiesAsync(sourceNode, cancellationToken);
+        if (sourceAgent is null)
+        {
+            return Validation.Fail("SourceHasNoAgent", $"Node {source}, where the pod runs, has no reachable pod-migration agent to checkpoint it.");
+        }
+
+        var pods = await client.CoreV1.ListPodForAllNamespacesAsync(cancellationToken: cancellationToken);
+        var target = request.Spec.TargetNode;
+        if (!string.IsNullOrEmpty(target))
+        {
+            var node = nodes.Items.FirstOrDefault(n => n.Metadata.Name == target);
+            if (node is null)
+            {
+                return Validation.Fail("TargetNotFound", $"Node {target} does not exist.");
+            }
+
+            if (target == source)
+            {
+                return Validation.Fail("TargetIsSource", $"Node {target} is the node pod {podName} already runs on.");
+            }
+
+            if (node.Status?.Conditions?.FirstOrDefault(c => c.Type == "Ready")?.Status != "True")
+            {
+                return Validation.Fail("TargetNotReady", $"Node {target} is not Ready.");
+            }
+
+            if (node.Spec?.Unschedulable == true)
+            {
+                return Validation.Fail("TargetUnschedulable", $"Node {target} is cordoned (unschedulable).");
+            }
+
+            var view = await ViewAsync(node, pods.Items, cancellationToken);
+            if (TargetSelector.WhyNot(pod, source, view, sourceAgent) is { } why)
+            {
+                return Validation.Fail(view.Agent is null ? "TargetHasNoAgent" : "TargetIncompatible", $"Node {target} {why}.");
+            }
+
+            return new Validation(source, target, null, null);
+        }
+
+        var views = new List<NodeView>();
+        foreach (var node in nodes.Items)
+        {
+            views.Add(await ViewAsync(node, pods.Items, cancellationToken));
+        }
+
+        var choice = TargetSelector.Choose(pod, source, views, sourceAgent);
+        return choice.Node is null
+            ? Validation.Fail("NoEligibleTarget", char.ToUpperInvariant(choice.Explain()[0]) + choice.Explain()[1..] + ".")
+            : new Validation(source, choice.Node, null, null);
+    }
+
+    private async Task<NodeView> ViewAsync(V1Node node, IList<V1Pod> pods, CancellationToken cancellationToken)
+    {
+        GetCapabilitiesResponse? agent = null;
+        if (node.Status?.Conditions?.FirstOrDefault(c => c.Type == "Ready")?.Status == "True")
+        {
+            agent = await agents.GetCapabilitiesAsync(node, cancellationToken);
+        }
+
+        return new NodeView(node, [.. pods.Where(p => p.Spec.NodeName == node.Metadata.Name)], agent);
+    }
+
+    private static async Task<T?> ReadAsync<T>(Func<Task<T>> read)
+        where T : class
+    {
+        try
+        {
+            return await read();
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+    }
+}
