@@ -1,3 +1,4 @@
+using Migrate.Agent.Contracts.Security;
 using System.Net;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;

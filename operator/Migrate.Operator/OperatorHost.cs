@@ -1,8 +1,15 @@
+using System.Collections.Concurrent;
+using Grpc.Net.Client;
+using k8s;
+using Migrate.Agent.Contracts.Security;
+using Migrate.Operator.Reconciliation;
+
 namespace Migrate.Operator;
 
 /// <summary>
-/// The operator's host. So far it only serves its probes: the MigrationRequest controller, leader
-/// election and the agent client arrive with the operator issue (see README, "Status").
+/// The operator's host: the MigrationRequest controller (acting only while this replica holds the
+/// leader Lease), the agent directory (agents found by their node annotation, called over gRPC with
+/// mutual TLS when certificates are configured), and the probes.
 /// </summary>
 public static class OperatorHost
 {
@@ -10,11 +17,49 @@ public static class OperatorHost
     {
         var builder = WebApplication.CreateSlimBuilder(args);
         builder.Configuration.AddEnvironmentVariables("PODMIG_");
+        var options = new OperatorOptions();
+        builder.Configuration.GetSection(OperatorOptions.Section).Bind(options);
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton(TimeProvider.System);
+        builder.Services.AddSingleton<IKubernetes>(_ => new Kubernetes(ClientConfiguration(options)));
+        builder.Services.AddSingleton<IAgentDirectory>(_ => new AnnotatedAgentDirectory(Channels(options)));
+        if (options.LeaderElection)
+        {
+            builder.Services.AddSingleton(sp => new LeaseLeaderGate(sp.GetRequiredService<IKubernetes>(), options.LeaseNamespace, options.LeaseName, options.Identity,
+                sp.GetRequiredService<ILogger<LeaseLeaderGate>>()));
+            builder.Services.AddSingleton<ILeaderGate>(sp => sp.GetRequiredService<LeaseLeaderGate>());
+            builder.Services.AddHostedService(sp => sp.GetRequiredService<LeaseLeaderGate>());
+        }
+        else
+        {
+            builder.Services.AddSingleton<ILeaderGate, AlwaysLeader>();
+        }
+
+        builder.Services.AddHostedService<MigrationController>();
         builder.Services.AddHealthChecks();
 
         var app = builder.Build();
         app.MapHealthChecks("/healthz");
         app.MapHealthChecks("/readyz");
         return app;
+    }
+
+    private static KubernetesClientConfiguration ClientConfiguration(OperatorOptions options) =>
+        options.Kubeconfig is { Length: > 0 } path
+            ? KubernetesClientConfiguration.BuildConfigFromConfigFile(path)
+            : KubernetesClientConfiguration.IsInCluster()
+                ? KubernetesClientConfiguration.InClusterConfig()
+                : KubernetesClientConfiguration.BuildDefaultConfig();
+
+    /// <summary>One channel per agent endpoint: mutual TLS when the operator has a certificate, plain HTTP/2 otherwise.</summary>
+    private static Func<string, GrpcChannel> Channels(OperatorOptions options)
+    {
+        var tls = options is { TlsCertificateFile: { } certificate, TlsKeyFile: { } key, TlsAuthorityFile: { } authority }
+            ? AgentTls.Load(certificate, key, authority)
+            : null;
+        var channels = new ConcurrentDictionary<string, GrpcChannel>(StringComparer.Ordinal);
+        return endpoint => channels.GetOrAdd(endpoint, e => tls is null
+            ? GrpcChannel.ForAddress("http://" + e)
+            : GrpcChannel.ForAddress("https://" + e, new GrpcChannelOptions { HttpHandler = tls.CreateHandler(expectedPeer: null) }));
     }
 }

@@ -1,3 +1,4 @@
+using Migrate.Agent.Contracts.Security;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Security;

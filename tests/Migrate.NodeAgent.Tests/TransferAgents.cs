@@ -1,3 +1,4 @@
+using Migrate.Agent.Contracts.Security;
 using System.Net;
 using System.Security.Cryptography;
 using Grpc.Core;

@@ -50,7 +50,7 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
         await PodAsync("db-0", "node-a", "Running");
         await PodAsync("db-1", "node-a", "Running");
         await PodAsync("job-0", "node-a", "Pending");
-        _controller = new MigrationController(Client, _agents, NullLogger<MigrationController>.Instance, TimeProvider.System);
+        _controller = new MigrationController(Client, _agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System);
     }
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();

@@ -1,3 +1,4 @@
+using Migrate.Agent.Contracts.Security;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Migrate.Agent.V1;

@@ -1,3 +1,4 @@
+using Migrate.Agent.Contracts.Security;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Security.Cryptography;

@@ -11,7 +11,7 @@ namespace Migrate.Operator.Reconciliation;
 /// it was, or is accepted with its source and target nodes recorded. Driving the agents through
 /// the later phases is not built yet (see the README's Status).
 /// </summary>
-public sealed partial class MigrationController(IKubernetes client, IAgentDirectory agents, ILogger<MigrationController> logger, TimeProvider time)
+public sealed partial class MigrationController(IKubernetes client, IAgentDirectory agents, ILeaderGate leader, ILogger<MigrationController> logger, TimeProvider time)
     : BackgroundService
 {
     private readonly MigrationStore _store = new(client);
@@ -26,7 +26,10 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
         {
             try
             {
-                await ReconcileAllAsync(stoppingToken);
+                if (leader.IsLeader)
+                {
+                    await ReconcileAllAsync(stoppingToken);
+                }
             }
             catch (HttpOperationException e)
             {

@@ -1,7 +1,7 @@
 using System.Net.Security;
 using System.Security.Cryptography.X509Certificates;
 
-namespace Migrate.NodeAgent;
+namespace Migrate.Agent.Contracts.Security;
 
 /// <summary>
 /// The agent's mutual-TLS identity: its certificate and key, and the CA every component's

@@ -1,0 +1,28 @@
+namespace Migrate.Operator;
+
+/// <summary>Settings of the operator (configuration section "Operator", environment PODMIG_OPERATOR__*).</summary>
+public sealed class OperatorOptions
+{
+    public const string Section = "Operator";
+
+    /// <summary>A kubeconfig file; unset means in-cluster configuration, or ~/.kube/config outside a cluster.</summary>
+    public string? Kubeconfig { get; set; }
+
+    /// <summary>Where the leader election Lease lives.</summary>
+    public string LeaseNamespace { get; set; } = "podmig-system";
+
+    public string LeaseName { get; set; } = "podmig-operator";
+
+    /// <summary>This replica's name in the Lease (the pod name in a cluster).</summary>
+    public string Identity { get; set; } = Environment.GetEnvironmentVariable("POD_NAME") ?? Environment.MachineName;
+
+    /// <summary>Off only for a single replica run by hand.</summary>
+    public bool LeaderElection { get; set; } = true;
+
+    /// <summary>The operator's certificate, key and the cluster CA (PEM), for mutual TLS to the agents.</summary>
+    public string? TlsCertificateFile { get; set; }
+
+    public string? TlsKeyFile { get; set; }
+
+    public string? TlsAuthorityFile { get; set; }
+}
