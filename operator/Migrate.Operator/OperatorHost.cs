@@ -35,6 +35,8 @@ public static class OperatorHost
             builder.Services.AddSingleton<ILeaderGate, AlwaysLeader>();
         }
 
+        builder.Services.AddSingleton(sp => new MigrationExecutor(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
+            TokenMinter(options), sp.GetRequiredService<TimeProvider>()));
         builder.Services.AddHostedService<MigrationController>();
         builder.Services.AddHealthChecks();
 
@@ -42,6 +44,15 @@ public static class OperatorHost
         app.MapHealthChecks("/healthz");
         app.MapHealthChecks("/readyz");
         return app;
+    }
+
+    /// <summary>Signs transfer tokens with the configured key; without one, transfers cannot be authorised and migrations roll back.</summary>
+    private static Func<TransferClaims, string> TokenMinter(OperatorOptions options)
+    {
+        var key = options.TokenSigningKeyFile is { Length: > 0 } file ? TransferToken.LoadKey(file) : null;
+        return claims => key is null
+            ? throw new MigrationStepException("TokenKeyMissing", "The operator has no key to sign transfer tokens with (Operator:TokenSigningKeyFile).")
+            : TransferToken.Mint(key, claims);
     }
 
     private static KubernetesClientConfiguration ClientConfiguration(OperatorOptions options) =>

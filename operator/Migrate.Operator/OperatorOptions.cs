@@ -25,4 +25,7 @@ public sealed class OperatorOptions
     public string? TlsKeyFile { get; set; }
 
     public string? TlsAuthorityFile { get; set; }
+
+    /// <summary>The private key (PEM, ECDSA P-256) transfer tokens are signed with; agents trust its public half.</summary>
+    public string? TokenSigningKeyFile { get; set; }
 }

@@ -10,6 +10,9 @@ public interface IAgentDirectory
 {
     /// <summary>The capabilities of the agent on a node, or null when the node has no (reachable) agent.</summary>
     Task<GetCapabilitiesResponse?> GetCapabilitiesAsync(V1Node node, CancellationToken cancellationToken);
+
+    /// <summary>A client of the agent on a node, and the address peers reach it at; null when the node has none.</summary>
+    (NodeAgent.NodeAgentClient Client, string Endpoint)? Connect(V1Node node) => null;
 }
 
 /// <summary>
@@ -20,18 +23,24 @@ public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) :
 {
     public const string EndpointAnnotation = "podmig.io/agent-endpoint";
 
-    public async Task<GetCapabilitiesResponse?> GetCapabilitiesAsync(V1Node node, CancellationToken cancellationToken)
+    public (NodeAgent.NodeAgentClient Client, string Endpoint)? Connect(V1Node node)
     {
         ArgumentNullException.ThrowIfNull(node);
-        if (node.Metadata.Annotations?.TryGetValue(EndpointAnnotation, out var endpoint) != true || string.IsNullOrEmpty(endpoint))
+        return node.Metadata.Annotations?.TryGetValue(EndpointAnnotation, out var endpoint) == true && !string.IsNullOrEmpty(endpoint)
+            ? (new NodeAgent.NodeAgentClient(connect(endpoint)), endpoint)
+            : null;
+    }
+
+    public async Task<GetCapabilitiesResponse?> GetCapabilitiesAsync(V1Node node, CancellationToken cancellationToken)
+    {
+        if (Connect(node) is not { } agent)
         {
             return null;
         }
 
         try
         {
-            var client = new NodeAgent.NodeAgentClient(connect(endpoint));
-            return await client.GetCapabilitiesAsync(new GetCapabilitiesRequest(), deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: cancellationToken);
+            return await agent.Client.GetCapabilitiesAsync(new GetCapabilitiesRequest(), deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: cancellationToken);
         }
         catch (Grpc.Core.RpcException)
         {

@@ -6,12 +6,13 @@ using Migrate.Operator.Api;
 namespace Migrate.Operator.Reconciliation;
 
 /// <summary>
-/// The MigrationRequest controller. This version admits requests: a new request is validated
-/// (<see cref="RequestValidator"/>) and either fails at once with a reason, leaving everything as
-/// it was, or is accepted with its source and target nodes recorded. Driving the agents through
-/// the later phases is not built yet (see the README's Status).
+/// The MigrationRequest controller. A new request is validated (<see cref="RequestValidator"/>)
+/// and either fails at once with a reason, leaving everything as it was, or is accepted with its
+/// source and target nodes recorded; accepted requests are then driven through their phases by the
+/// <see cref="MigrationExecutor"/>, one phase per pass, only while this replica leads.
 /// </summary>
-public sealed partial class MigrationController(IKubernetes client, IAgentDirectory agents, ILeaderGate leader, ILogger<MigrationController> logger, TimeProvider time)
+public sealed partial class MigrationController(IKubernetes client, IAgentDirectory agents, ILeaderGate leader, ILogger<MigrationController> logger, TimeProvider time,
+    MigrationExecutor? executor = null)
     : BackgroundService
 {
     private readonly MigrationStore _store = new(client);
@@ -55,9 +56,28 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
     public async Task ReconcileAllAsync(CancellationToken cancellationToken)
     {
         var all = await _store.ListAsync(cancellationToken);
-        foreach (var request in all.Where(r => !MigrationPhases.IsFinal(r.Status?.Phase) && r.Status?.SourceNode is null))
+        foreach (var request in all.Where(r => !MigrationPhases.IsFinal(r.Status?.Phase)))
         {
-            await AdmitAsync(request, all, cancellationToken);
+            try
+            {
+                if (request.Status?.SourceNode is null)
+                {
+                    await AdmitAsync(request, all, cancellationToken);
+                }
+                else if (executor is not null)
+                {
+                    await executor.StepAsync(request, cancellationToken);
+                }
+            }
+            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+            {
+                // another writer got there first: the next pass starts from what it wrote
+            }
+            catch (Grpc.Core.RpcException e)
+            {
+                // an agent did not answer during cut-over: retried on the next pass, never rolled back
+                LogAgentError(request.Metadata.NamespaceProperty, request.Metadata.Name, e.Status.Detail);
+            }
         }
     }
 
@@ -119,6 +139,9 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
 
     [LoggerMessage(Level = LogLevel.Information, Message = "MigrationRequest {Namespace}/{Name}: {Phase} ({Reason}): {Message}")]
     private partial void LogAdmitted(string @namespace, string name, string? phase, string? reason, string? message);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "MigrationRequest {Namespace}/{Name}: an agent call failed ({Detail}); retrying on the next pass")]
+    private partial void LogAgentError(string @namespace, string name, string detail);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "API call failed ({Status}): {Message}; retrying on the next pass")]
     private partial void LogApiError(HttpStatusCode? status, string message);

@@ -1,0 +1,338 @@
+using System.Diagnostics;
+using System.Net;
+using Grpc.Core;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Migrate.Agent.Contracts.Security;
+using Migrate.Agent.V1;
+using Migrate.Operator.Api;
+
+namespace Migrate.Operator.Reconciliation;
+
+/// <summary>A step failed in a way that rolls the migration back; the reason is CamelCase, the message one sentence.</summary>
+public sealed class MigrationStepException(string reason, string message, Exception? inner = null) : Exception(message, inner)
+{
+    public string Reason { get; } = reason;
+}
+
+/// <summary>
+/// Drives an admitted MigrationRequest through its phases, one phase per call: Checkpointing
+/// (pre-copy rounds, final dump: the source is frozen), Transferring (agent to agent), Restoring
+/// (the replacement pod, pinned to the target, restored by the podmig runtime, until Running),
+/// CuttingOver (the frozen source ended and its pod deleted), then Succeeded. The next phase is
+/// written to the status before its side effects, and every step is idempotent (agent calls per
+/// migration id, a deterministic replacement name), so an operator restarted at any point redoes
+/// at most the step it was in, never a finished one. Any failure before cut-over rolls back: the
+/// replacement is deleted, the source thawed, staged images removed; the source's state is kept.
+/// </summary>
+public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents, Func<TransferClaims, string> mintToken, TimeProvider time)
+{
+    public const string RestoreAnnotation = "podmig.io/restore-from";
+    public const string RuntimeClass = "podmig";
+    public const string MigratedFromAnnotation = "podmig.io/migrated-from";
+    private const string RollingBack = "RollingBack";
+    private const string Frozen = "Frozen";
+
+    private readonly MigrationStore _store = new(client);
+
+    /// <summary>How long the replacement pod may take to run.</summary>
+    public TimeSpan RestoreTimeout { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>The migration id agents know a request by: its UID (a DNS label).</summary>
+    public static string MigrationId(MigrationRequest request) => request?.Metadata.Uid ?? throw new ArgumentNullException(nameof(request));
+
+    /// <summary>The replacement pod's name: the source's, with a suffix from the request.</summary>
+    public static string ReplacementName(MigrationRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var suffix = "-m" + MigrationId(request)[..5];
+        var name = request.Spec.PodName;
+        return (name.Length + suffix.Length > 63 ? name[..(63 - suffix.Length)] : name) + suffix;
+    }
+
+    /// <summary>Does the work of the request's phase and moves it on; returns the request as stored.</summary>
+    public async Task<MigrationRequest> StepAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var status = request.Status!;
+        if (status.Conditions.Any(c => c.Type == RollingBack && c.Status == "True"))
+        {
+            return await RollBackAsync(request, cancellationToken);
+        }
+
+        try
+        {
+            if (status.Phase != MigrationPhases.CuttingOver && status.StartTime is { } start
+                && time.GetUtcNow().UtcDateTime - start > TimeSpan.FromSeconds(request.Spec.TimeoutSeconds))
+            {
+                throw new MigrationStepException("TimedOut", $"The migration did not reach cut-over within {request.Spec.TimeoutSeconds} seconds.");
+            }
+
+            return status.Phase switch
+            {
+                MigrationPhases.Pending => await MoveToAsync(request, MigrationPhases.Checkpointing, "Checkpointing the pod on " + status.SourceNode + ".", cancellationToken),
+                MigrationPhases.Checkpointing => await CheckpointAsync(request, cancellationToken),
+                MigrationPhases.Transferring => await TransferAsync(request, cancellationToken),
+                MigrationPhases.Restoring => await RestoreAsync(request, cancellationToken),
+                MigrationPhases.CuttingOver => await CutOverAsync(request, cancellationToken),
+                _ => request,
+            };
+        }
+        catch (Exception e) when (e is MigrationStepException or RpcException && status.Phase != MigrationPhases.CuttingOver)
+        {
+            var (reason, message) = e is MigrationStepException step
+                ? (step.Reason, step.Message)
+                : ($"{status.Phase}Failed", $"{status.Phase} failed: {((RpcException)e).Status.Detail}");
+            status.Reason = reason;
+            status.Message = message;
+            SetCondition(request, RollingBack, "True", reason, message);
+            request = await _store.WriteStatusAsync(request, cancellationToken);
+            return await RollBackAsync(request, cancellationToken);
+        }
+    }
+
+    private async Task<MigrationRequest> CheckpointAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var status = request.Status!;
+        var source = await AgentAsync(status.SourceNode!, cancellationToken);
+        var id = MigrationId(request);
+        await source.Client.BeginCheckpointAsync(new BeginCheckpointRequest
+        {
+            MigrationId = id,
+            Pod = new PodRef { Namespace = request.Metadata.NamespaceProperty, Name = request.Spec.PodName },
+            NodeName = status.SourceNode,
+        }, cancellationToken: cancellationToken);
+        if (request.Spec.Mode == MigrationModes.PreCopy)
+        {
+            var limits = request.Spec.PreCopy ?? new PreCopyLimits();
+            ulong previous = ulong.MaxValue;
+            for (int round = 1; round <= limits.MaxRounds; round++)
+            {
+                var result = await source.Client.PreDumpAsync(new PreDumpRequest { MigrationId = id, Round = round }, cancellationToken: cancellationToken);
+                if (status.PreCopyRounds is null || status.PreCopyRounds < round)
+                {
+                    status.PreCopyRounds = round;
+                    request = await _store.WriteStatusAsync(request, cancellationToken);
+                    status = request.Status!;
+                }
+
+                // the dirty set stopped shrinking: more rounds would not shorten the final dump
+                if (previous != ulong.MaxValue && result.PagesWritten * 100 > previous * (ulong)(100 - limits.MinShrinkPercent))
+                {
+                    break;
+                }
+
+                previous = result.PagesWritten;
+            }
+        }
+
+        SetCondition(request, Frozen, "True", "FinalDump", $"The pod's processes on {status.SourceNode} are frozen for the final dump.");
+        request = await _store.WriteStatusAsync(request, cancellationToken);
+        var dump = await source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = id }, cancellationToken: cancellationToken);
+        request.Status!.ImageBytes = (long)dump.StagedBytes;
+        return await MoveToAsync(request, MigrationPhases.Transferring, $"Copying {dump.StagedBytes} bytes of checkpoint to {status.TargetNode}.", cancellationToken);
+    }
+
+    private async Task<MigrationRequest> TransferAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var status = request.Status!;
+        var source = await AgentAsync(status.SourceNode!, cancellationToken);
+        var target = await AgentAsync(status.TargetNode!, cancellationToken);
+        var id = MigrationId(request);
+        var token = mintToken(new TransferClaims(id, status.SourceNode!, status.TargetNode!, Math.Max(1, (status.ImageBytes ?? 0) * 2 + (64 << 20)),
+            time.GetUtcNow().AddSeconds(request.Spec.TimeoutSeconds).ToUnixTimeSeconds()));
+        await target.Client.ExpectImagesAsync(new ExpectImagesRequest { MigrationId = id, Token = token }, cancellationToken: cancellationToken);
+        using var call = source.Client.SendImages(new SendImagesRequest { MigrationId = id, TargetAddress = target.Endpoint, TargetNode = status.TargetNode, Token = token },
+            cancellationToken: cancellationToken);
+        TransferProgress? last = null;
+        while (await call.ResponseStream.MoveNext(cancellationToken))
+        {
+            last = call.ResponseStream.Current;
+        }
+
+        if (last?.Staged != true)
+        {
+            throw new MigrationStepException("TransferIncomplete", $"The checkpoint did not arrive complete on {status.TargetNode}.");
+        }
+
+        status.BytesTransferred = (long)last.BytesSent;
+        return await MoveToAsync(request, MigrationPhases.Restoring, $"Restoring the pod on {status.TargetNode}.", cancellationToken);
+    }
+
+    private async Task<MigrationRequest> RestoreAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var status = request.Status!;
+        var ns = request.Metadata.NamespaceProperty;
+        var name = ReplacementName(request);
+        if (status.ReplacementPod is null)
+        {
+            status.ReplacementPod = name;
+            request = await _store.WriteStatusAsync(request, cancellationToken);
+            status = request.Status!;
+        }
+
+        var replacement = await ReadPodAsync(name, ns, cancellationToken);
+        if (replacement is null)
+        {
+            var source = await ReadPodAsync(request.Spec.PodName, ns, cancellationToken)
+                ?? throw new MigrationStepException("SourcePodGone", $"Pod {ns}/{request.Spec.PodName} disappeared during the migration.");
+            replacement = await client.CoreV1.CreateNamespacedPodAsync(Replacement(source, request, name), ns, cancellationToken: cancellationToken);
+        }
+
+        var clock = Stopwatch.StartNew();
+        while (replacement.Status?.Phase != "Running")
+        {
+            var waiting = replacement.Status?.ContainerStatuses?.Select(c => c.State?.Waiting).FirstOrDefault(w => w is not null && w.Reason != "ContainerCreating");
+            if (replacement.Status?.Phase is "Failed" or "Succeeded" || waiting is not null)
+            {
+                throw new MigrationStepException("RestoreFailed",
+                    $"The replacement pod {name} on {status.TargetNode} did not start: {waiting?.Reason ?? replacement.Status?.Phase} {waiting?.Message ?? replacement.Status?.Message}".TrimEnd() + ".");
+            }
+
+            if (clock.Elapsed > RestoreTimeout)
+            {
+                throw new MigrationStepException("RestoreTimedOut", $"The replacement pod {name} was not Running within {RestoreTimeout.TotalSeconds:0} seconds.");
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(100), time, cancellationToken);
+            replacement = await ReadPodAsync(name, ns, cancellationToken)
+                ?? throw new MigrationStepException("RestoreFailed", $"The replacement pod {name} was deleted while it was restored.");
+        }
+
+        if (status.Conditions.FirstOrDefault(c => c.Type == Frozen) is { } frozen)
+        {
+            status.DowntimeMillis = (long)(time.GetUtcNow().UtcDateTime - frozen.LastTransitionTime).TotalMilliseconds;
+        }
+
+        return await MoveToAsync(request, MigrationPhases.CuttingOver, $"The replacement pod {name} runs on {status.TargetNode}; retiring the source.", cancellationToken);
+    }
+
+    private async Task<MigrationRequest> CutOverAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var status = request.Status!;
+        var id = MigrationId(request);
+        var source = await AgentAsync(status.SourceNode!, cancellationToken);
+        await source.Client.FinishAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
+        await DeletePodAsync(request.Spec.PodName, request.Metadata.NamespaceProperty, cancellationToken);
+        await CleanupAsync(request, cancellationToken);
+        status.Phase = MigrationPhases.Succeeded;
+        status.Reason = "Migrated";
+        status.Message = $"Pod {request.Spec.PodName} moved from {status.SourceNode} to {status.TargetNode} as {status.ReplacementPod}.";
+        status.CompletionTime = time.GetUtcNow().UtcDateTime;
+        SetCondition(request, Frozen, "False", "Migrated", "The source's processes were ended after the replacement ran.");
+        SetCondition(request, "Ready", "True", "Migrated", status.Message);
+        return await _store.WriteStatusAsync(request, cancellationToken);
+    }
+
+    /// <summary>Undoes what was done before cut-over: the replacement goes, the source is thawed, staged images are removed.</summary>
+    private async Task<MigrationRequest> RollBackAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var status = request.Status!;
+        await DeletePodAsync(ReplacementName(request), request.Metadata.NamespaceProperty, cancellationToken);
+        var source = await AgentAsync(status.SourceNode!, cancellationToken);
+        await source.Client.ResumeAsync(new MigrationRef { MigrationId = MigrationId(request) }, cancellationToken: cancellationToken);
+        await CleanupAsync(request, cancellationToken);
+        status.Phase = MigrationPhases.RolledBack;
+        status.CompletionTime = time.GetUtcNow().UtcDateTime;
+        SetCondition(request, RollingBack, "False", "RolledBack", "The replacement was removed and the source pod runs on.");
+        SetCondition(request, Frozen, "False", "RolledBack", "The source's processes were thawed.");
+        SetCondition(request, "Ready", "False", status.Reason ?? "RolledBack", status.Message ?? "The migration was rolled back.");
+        return await _store.WriteStatusAsync(request, cancellationToken);
+    }
+
+    private async Task CleanupAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var id = MigrationId(request);
+        foreach (var node in new[] { request.Status!.SourceNode, request.Status.TargetNode }.OfType<string>().Distinct())
+        {
+            var agent = await AgentAsync(node, cancellationToken);
+            await agent.Client.CleanupAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
+        }
+    }
+
+    /// <summary>The source's spec, pinned to the target, restored by the podmig runtime class, with the source's labels and owners.</summary>
+    private static V1Pod Replacement(V1Pod source, MigrationRequest request, string name)
+    {
+        var spec = KubernetesJson.Deserialize<V1PodSpec>(KubernetesJson.Serialize(source.Spec));
+        spec.NodeName = request.Status!.TargetNode;
+        spec.RuntimeClassName = RuntimeClass;
+        spec.Hostname ??= source.Metadata.Name;
+        var annotations = new Dictionary<string, string>(source.Metadata.Annotations ?? new Dictionary<string, string>())
+        {
+            [RestoreAnnotation] = MigrationId(request),
+            [MigratedFromAnnotation] = $"{source.Metadata.Name}@{request.Status.SourceNode}",
+        };
+        return new V1Pod
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = name,
+                Labels = source.Metadata.Labels,
+                Annotations = annotations,
+                OwnerReferences = source.Metadata.OwnerReferences,
+            },
+            Spec = spec,
+        };
+    }
+
+    private async Task<MigrationRequest> MoveToAsync(MigrationRequest request, string phase, string message, CancellationToken cancellationToken)
+    {
+        request.Status!.Phase = phase;
+        request.Status.Reason = phase;
+        request.Status.Message = message;
+        SetCondition(request, "Progressing", "True", phase, message);
+        return await _store.WriteStatusAsync(request, cancellationToken);
+    }
+
+    private async Task<(NodeAgent.NodeAgentClient Client, string Endpoint)> AgentAsync(string nodeName, CancellationToken cancellationToken)
+    {
+        var node = await client.CoreV1.ReadNodeAsync(nodeName, cancellationToken: cancellationToken);
+        return agents.Connect(node) ?? throw new MigrationStepException("AgentMissing", $"Node {nodeName} has no pod-migration agent.");
+    }
+
+    private async Task<V1Pod?> ReadPodAsync(string name, string ns, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await client.CoreV1.ReadNamespacedPodAsync(name, ns, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+    }
+
+    private async Task DeletePodAsync(string name, string ns, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await client.CoreV1.DeleteNamespacedPodAsync(name, ns, new V1DeleteOptions { GracePeriodSeconds = 0 }, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            // already gone
+        }
+    }
+
+    private void SetCondition(MigrationRequest request, string type, string value, string reason, string message)
+    {
+        var status = request.Status!;
+        var now = time.GetUtcNow().UtcDateTime;
+        var condition = status.Conditions.FirstOrDefault(c => c.Type == type);
+        if (condition is null)
+        {
+            condition = new MigrationCondition { Type = type, LastTransitionTime = now };
+            status.Conditions.Add(condition);
+        }
+        else if (condition.Status != value)
+        {
+            condition.LastTransitionTime = now;
+        }
+
+        condition.Status = value;
+        condition.Reason = reason;
+        condition.Message = message;
+        condition.ObservedGeneration = request.Metadata.Generation;
+    }
+}

@@ -1,0 +1,255 @@
+using Grpc.Core;
+using Grpc.Net.Client;
+using k8s;
+using k8s.Models;
+using Microsoft.Extensions.Logging.Abstractions;
+using Migrate.Operator.Api;
+using Migrate.Operator.Reconciliation;
+using Migrate.TestSupport;
+using Xunit;
+
+namespace Migrate.Operator.Tests;
+
+/// <summary>
+/// Requests driven through their phases against the API emulator, with agents behind real gRPC
+/// (fakes that record calls) and a stand-in kubelet that runs, or fails, replacement pods.
+/// </summary>
+public sealed class PhaseTests : IAsyncLifetime, IDisposable
+{
+    private readonly EmulatorFixture _cluster = new();
+    private readonly Dictionary<string, FakeAgentServer> _agents = [];
+    private readonly CancellationTokenSource _stop = new();
+    private Task _kubelet = Task.CompletedTask;
+
+    /// <summary>When set, the kubelet reports replacement containers as failing to start with this reason.</summary>
+    private string? _failReplacementsWith;
+
+    private Kubernetes Client => _cluster.Client;
+
+    public async Task InitializeAsync()
+    {
+        await _cluster.InitializeAsync();
+        await _cluster.ApplyRepositoryFileAsync("crds", "podmigration.io_migrationrequests.yaml");
+        foreach (var name in new[] { "node-a", "node-b" })
+        {
+            var agent = await FakeAgentServer.StartAsync(name);
+            _agents[name] = agent;
+            var node = await Client.CoreV1.CreateNodeAsync(new V1Node
+            {
+                Metadata = new V1ObjectMeta { Name = name, Annotations = new Dictionary<string, string> { [AnnotatedAgentDirectory.EndpointAnnotation] = agent.Endpoint } },
+            });
+            node.Status = new V1NodeStatus
+            {
+                Allocatable = new Dictionary<string, ResourceQuantity> { ["cpu"] = new("4"), ["memory"] = new("8Gi") },
+                Conditions = [new V1NodeCondition { Type = "Ready", Status = "True" }],
+            };
+            await Client.CoreV1.ReplaceNodeStatusAsync(node, name);
+        }
+
+        var pod = await Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+        {
+            Metadata = new V1ObjectMeta { Name = "db-0", Labels = new Dictionary<string, string> { ["app"] = "db" } },
+            Spec = new V1PodSpec { NodeName = "node-a", Containers = [new V1Container { Name = "main", Image = "docker.io/podmig/memcounter:1" }] },
+        }, "default");
+        pod.Status = new V1PodStatus { Phase = "Running" };
+        await Client.CoreV1.ReplaceNamespacedPodStatusAsync(pod, "db-0", "default");
+        _kubelet = RunKubeletAsync(_stop.Token);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        await _kubelet;
+        foreach (var agent in _agents.Values)
+        {
+            await agent.DisposeAsync();
+        }
+
+        await _cluster.DisposeAsync();
+    }
+
+    public void Dispose() => _stop.Dispose();
+
+    private FakeAgentState Source => _agents["node-a"].State;
+
+    private FakeAgentState Target => _agents["node-b"].State;
+
+    [Fact]
+    public async Task A_migration_goes_through_every_phase_and_the_source_is_deleted_only_after_the_replacement_runs()
+    {
+        var phases = new List<string>();
+        var request = await CreateAsync("move-db", "PreCopy");
+
+        var done = await DriveAsync(request, phases);
+
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.Equal(["Pending", "Checkpointing", "Transferring", "Restoring", "CuttingOver", "Succeeded"], phases.Distinct());
+        var id = done.Metadata.Uid;
+        Assert.Equal(["BeginCheckpoint", "PreDump", "PreDump", "FinalDump", "SendImages", "Finish", "Cleanup"], Source.Names);
+        Assert.Equal(["ExpectImages", "Cleanup"], Target.Names);
+        Assert.Contains($"SendImages {id} node-b {_agents["node-b"].Endpoint}", Source.Calls);
+        Assert.Equal(2, done.Status.PreCopyRounds);
+        Assert.Equal(50_000_000, done.Status.BytesTransferred);
+        Assert.Equal(50_000_000, done.Status.ImageBytes);
+        Assert.True(done.Status.DowntimeMillis >= 0);
+        Assert.Equal("node-b", done.Status.TargetNode);
+
+        var replacement = await Client.CoreV1.ReadNamespacedPodAsync(done.Status.ReplacementPod, "default");
+        Assert.Equal("node-b", replacement.Spec.NodeName);
+        Assert.Equal("podmig", replacement.Spec.RuntimeClassName);
+        Assert.Equal(id, replacement.Metadata.Annotations[MigrationExecutor.RestoreAnnotation]);
+        Assert.Equal("db", replacement.Metadata.Labels["app"]);
+        var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
+        Assert.DoesNotContain(pods.Items, p => p.Metadata.Name == "db-0");
+    }
+
+    [Theory]
+    [InlineData("Checkpointing", "FinalDump")]
+    [InlineData("Transferring", "SendImages")]
+    [InlineData("Restoring", null)]
+    public async Task A_failure_before_cut_over_rolls_back_and_the_source_runs_on(string phase, string? failingCall)
+    {
+        if (failingCall is not null)
+        {
+            Source.Failures[failingCall] = StatusCode.Internal;
+        }
+        else
+        {
+            _failReplacementsWith = "RunContainerError";
+        }
+
+        var done = await DriveAsync(await CreateAsync("doomed", "Cold"), []);
+
+        Assert.Equal(MigrationPhases.RolledBack, done.Status!.Phase);
+        Assert.Equal($"{phase}Failed".Replace("RestoringFailed", "RestoreFailed", StringComparison.Ordinal), done.Status.Reason);
+        Assert.Contains("Resume", Source.Names);
+        Assert.Contains("Cleanup", Source.Names);
+        Assert.DoesNotContain("Finish", Source.Names);
+        var source = await Client.CoreV1.ReadNamespacedPodAsync("db-0", "default");
+        Assert.Equal("Running", source.Status.Phase);
+        var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
+        Assert.Equal(["db-0"], pods.Items.Select(p => p.Metadata.Name));
+    }
+
+    [Fact]
+    public async Task An_operator_restarted_between_every_step_finishes_the_migration_exactly_once()
+    {
+        var request = await CreateAsync("restarted", "PreCopy");
+
+        var done = await DriveAsync(request, [], restartEachPass: true);
+
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.Single(Source.Names, n => n == "FinalDump");
+        Assert.Single(Source.Names, n => n == "Finish");
+        var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
+        Assert.Equal([done.Status.ReplacementPod], pods.Items.Select(p => p.Metadata.Name));
+    }
+
+    /// <summary>Runs controller passes until the request is final, recording the phases it went through.</summary>
+    private async Task<MigrationRequest> DriveAsync(MigrationRequest request, List<string> phases, bool restartEachPass = false)
+    {
+        using var channels = new ChannelCache();
+        MigrationController? controller = null;
+        try
+        {
+            for (int pass = 0; pass < 60; pass++)
+            {
+                if (controller is null || restartEachPass)
+                {
+                    controller?.Dispose();
+                    var agents = new AnnotatedAgentDirectory(channels.For);
+                    var executor = new MigrationExecutor(Client, agents, claims => $"token-for-{claims.MigrationId}", TimeProvider.System) { RestoreTimeout = TimeSpan.FromSeconds(20) };
+                    controller = new MigrationController(Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System, executor);
+                }
+
+                await controller.ReconcileAllAsync(CancellationToken.None);
+                var current = await GetAsync(request.Metadata.Name);
+                if (current.Status?.Phase is { } phase)
+                {
+                    phases.Add(phase);
+                    if (MigrationPhases.IsFinal(phase))
+                    {
+                        return current;
+                    }
+                }
+            }
+        }
+        finally
+        {
+            controller?.Dispose();
+        }
+
+        throw new TimeoutException($"{request.Metadata.Name} never finished: {string.Join(",", phases)}");
+    }
+
+    private async Task<MigrationRequest> CreateAsync(string name, string mode)
+    {
+        await Client.CustomObjects.CreateNamespacedCustomObjectAsync(
+            new MigrationRequest { Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = "default" }, Spec = new MigrationRequestSpec { PodName = "db-0", Mode = mode, TargetNode = "node-b" } },
+            MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural);
+        return await GetAsync(name);
+    }
+
+    private async Task<MigrationRequest> GetAsync(string name)
+    {
+        var raw = await Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural, name);
+        return KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
+    }
+
+    /// <summary>The kubelet's part: pods of the podmig runtime class bound to a node start (or fail to).</summary>
+    private async Task RunKubeletAsync(CancellationToken cancellationToken)
+    {
+        using var kubelet = EmulatorFixture.ClientFor(_cluster.Emulator.KubeconfigPath);
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            try
+            {
+                var pods = await kubelet.CoreV1.ListNamespacedPodAsync("default", cancellationToken: cancellationToken);
+                foreach (var pod in pods.Items.Where(p => p.Spec.RuntimeClassName == "podmig" && p.Status?.Phase is null or "Pending" && p.Status?.ContainerStatuses is null))
+                {
+                    pod.Status = _failReplacementsWith is { } reason
+                        ? new V1PodStatus { Phase = "Pending", ContainerStatuses = [new V1ContainerStatus { Name = "main", Image = "x", ImageID = "x", Ready = false, RestartCount = 0, State = new V1ContainerState { Waiting = new V1ContainerStateWaiting { Reason = reason, Message = "restore failed: images corrupted" } } }] }
+                        : new V1PodStatus { Phase = "Running" };
+                    await kubelet.CoreV1.ReplaceNamespacedPodStatusAsync(pod, pod.Metadata.Name, "default", cancellationToken: cancellationToken);
+                }
+
+                await Task.Delay(50, cancellationToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (k8s.Autorest.HttpOperationException)
+            {
+                // a pod went away or changed meanwhile
+            }
+        }
+    }
+
+    private sealed class ChannelCache : IDisposable
+    {
+        private readonly Dictionary<string, GrpcChannel> _channels = [];
+
+        public GrpcChannel For(string endpoint)
+        {
+            lock (_channels)
+            {
+                if (!_channels.TryGetValue(endpoint, out var channel))
+                {
+                    channel = GrpcChannel.ForAddress("http://" + endpoint);
+                    _channels[endpoint] = channel;
+                }
+
+                return channel;
+            }
+        }
+
+        public void Dispose()
+        {
+            foreach (var channel in _channels.Values)
+            {
+                channel.Dispose();
+            }
+        }
+    }
+}
