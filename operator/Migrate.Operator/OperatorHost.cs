@@ -37,7 +37,9 @@ public static class OperatorHost
 
         builder.Services.AddSingleton(sp => new MigrationExecutor(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
             TokenMinter(options), sp.GetRequiredService<TimeProvider>()));
-        builder.Services.AddHostedService<MigrationController>();
+        builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
+            sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(), sp.GetRequiredService<TimeProvider>(),
+            sp.GetRequiredService<MigrationExecutor>(), options));
         builder.Services.AddHealthChecks();
 
         var app = builder.Build();

@@ -16,6 +16,12 @@ public sealed class OperatorOptions
     /// <summary>This replica's name in the Lease (the pod name in a cluster).</summary>
     public string Identity { get; set; } = Environment.GetEnvironmentVariable("POD_NAME") ?? Environment.MachineName;
 
+    /// <summary>Migrations in flight at once, cluster-wide; more wait in Pending.</summary>
+    public int MaxConcurrentMigrations { get; set; } = 4;
+
+    /// <summary>Migrations in flight at once that involve the same node (as source or target).</summary>
+    public int MaxMigrationsPerNode { get; set; } = 1;
+
     /// <summary>Off only for a single replica run by hand.</summary>
     public bool LeaderElection { get; set; } = true;
 

@@ -46,13 +46,16 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
             await Client.CoreV1.ReplaceNodeStatusAsync(node, name);
         }
 
-        var pod = await Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+        foreach (var name in new[] { "db-0", "db-1" })
         {
-            Metadata = new V1ObjectMeta { Name = "db-0", Labels = new Dictionary<string, string> { ["app"] = "db" } },
-            Spec = new V1PodSpec { NodeName = "node-a", Containers = [new V1Container { Name = "main", Image = "docker.io/podmig/memcounter:1" }] },
-        }, "default");
-        pod.Status = new V1PodStatus { Phase = "Running" };
-        await Client.CoreV1.ReplaceNamespacedPodStatusAsync(pod, "db-0", "default");
+            var pod = await Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+            {
+                Metadata = new V1ObjectMeta { Name = name, Labels = new Dictionary<string, string> { ["app"] = "db" } },
+                Spec = new V1PodSpec { NodeName = "node-a", Containers = [new V1Container { Name = "main", Image = "docker.io/podmig/memcounter:1" }] },
+            }, "default");
+            pod.Status = new V1PodStatus { Phase = "Running" };
+            await Client.CoreV1.ReplaceNamespacedPodStatusAsync(pod, name, "default");
+        }
         _kubelet = RunKubeletAsync(_stop.Token);
     }
 
@@ -128,7 +131,42 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         var source = await Client.CoreV1.ReadNamespacedPodAsync("db-0", "default");
         Assert.Equal("Running", source.Status.Phase);
         var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
-        Assert.Equal(["db-0"], pods.Items.Select(p => p.Metadata.Name));
+        Assert.Equal(["db-0", "db-1"], pods.Items.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public async Task Deleting_an_in_flight_request_rolls_it_back_before_it_goes()
+    {
+        var request = await CreateAsync("abandoned", "Cold");
+        await DriveAsync(request, [], until: r => r.Status?.Phase == MigrationPhases.Transferring);
+
+        await Client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural, "abandoned");
+        var gone = await DriveUntilGoneAsync("abandoned");
+
+        Assert.True(gone, "the request was never released by the operator");
+        Assert.Equal(["BeginCheckpoint", "FinalDump", "Resume", "Cleanup"], Source.Names);
+        Assert.Equal(["Cleanup"], Target.Names);
+        var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
+        Assert.Equal(["db-0", "db-1"], pods.Items.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public async Task Beyond_the_concurrency_limit_a_request_waits_in_Pending_and_runs_when_a_slot_frees()
+    {
+        var first = await CreateAsync("first", "Cold");
+        await Task.Delay(1100);
+        await CreateAsync("second", "Cold", pod: "db-1");
+        var options = new OperatorOptions { MaxConcurrentMigrations = 1 };
+
+        await DriveAsync(first, [], options: options, until: r => r.Status?.Phase == MigrationPhases.Restoring);
+        var waiting = await GetAsync("second");
+        var done = await DriveAsync(await GetAsync("second"), [], options: options);
+
+        Assert.Equal(MigrationPhases.Pending, waiting.Status!.Phase);
+        Assert.Equal("Queued", waiting.Status.Reason);
+        Assert.Equal("Waiting: 1 migrations are in flight, the limit is 1.", waiting.Status.Message);
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.Equal(MigrationPhases.Succeeded, (await GetAsync("first")).Status!.Phase);
     }
 
     [Fact]
@@ -142,11 +180,12 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         Assert.Single(Source.Names, n => n == "FinalDump");
         Assert.Single(Source.Names, n => n == "Finish");
         var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
-        Assert.Equal([done.Status.ReplacementPod], pods.Items.Select(p => p.Metadata.Name));
+        Assert.Equal([done.Status.ReplacementPod, "db-1"], pods.Items.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
     }
 
     /// <summary>Runs controller passes until the request is final, recording the phases it went through.</summary>
-    private async Task<MigrationRequest> DriveAsync(MigrationRequest request, List<string> phases, bool restartEachPass = false)
+    private async Task<MigrationRequest> DriveAsync(MigrationRequest request, List<string> phases, bool restartEachPass = false,
+        OperatorOptions? options = null, Func<MigrationRequest, bool>? until = null)
     {
         using var channels = new ChannelCache();
         MigrationController? controller = null;
@@ -159,15 +198,20 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
                     controller?.Dispose();
                     var agents = new AnnotatedAgentDirectory(channels.For);
                     var executor = new MigrationExecutor(Client, agents, claims => $"token-for-{claims.MigrationId}", TimeProvider.System) { RestoreTimeout = TimeSpan.FromSeconds(20) };
-                    controller = new MigrationController(Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System, executor);
+                    controller = new MigrationController(Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System, executor, options);
                 }
 
                 await controller.ReconcileAllAsync(CancellationToken.None);
                 var current = await GetAsync(request.Metadata.Name);
+                if (until?.Invoke(current) == true)
+                {
+                    return current;
+                }
+
                 if (current.Status?.Phase is { } phase)
                 {
                     phases.Add(phase);
-                    if (MigrationPhases.IsFinal(phase))
+                    if (until is null && MigrationPhases.IsFinal(phase))
                     {
                         return current;
                     }
@@ -182,10 +226,33 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         throw new TimeoutException($"{request.Metadata.Name} never finished: {string.Join(",", phases)}");
     }
 
-    private async Task<MigrationRequest> CreateAsync(string name, string mode)
+    /// <summary>Runs passes until the deleted request is gone (the operator removed its finalizer).</summary>
+    private async Task<bool> DriveUntilGoneAsync(string name)
+    {
+        using var channels = new ChannelCache();
+        var agents = new AnnotatedAgentDirectory(channels.For);
+        using var controller = new MigrationController(Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System,
+            new MigrationExecutor(Client, agents, claims => "token", TimeProvider.System));
+        for (int pass = 0; pass < 20; pass++)
+        {
+            await controller.ReconcileAllAsync(CancellationToken.None);
+            try
+            {
+                await GetAsync(name);
+            }
+            catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private async Task<MigrationRequest> CreateAsync(string name, string mode, string pod = "db-0")
     {
         await Client.CustomObjects.CreateNamespacedCustomObjectAsync(
-            new MigrationRequest { Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = "default" }, Spec = new MigrationRequestSpec { PodName = "db-0", Mode = mode, TargetNode = "node-b" } },
+            new MigrationRequest { Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = "default" }, Spec = new MigrationRequestSpec { PodName = pod, Mode = mode, TargetNode = "node-b" } },
             MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural);
         return await GetAsync(name);
     }

@@ -12,11 +12,12 @@ namespace Migrate.Operator.Reconciliation;
 /// <see cref="MigrationExecutor"/>, one phase per pass, only while this replica leads.
 /// </summary>
 public sealed partial class MigrationController(IKubernetes client, IAgentDirectory agents, ILeaderGate leader, ILogger<MigrationController> logger, TimeProvider time,
-    MigrationExecutor? executor = null)
+    MigrationExecutor? executor = null, OperatorOptions? options = null)
     : BackgroundService
 {
     private readonly MigrationStore _store = new(client);
     private readonly RequestValidator _validator = new(client, agents);
+    private readonly OperatorOptions _options = options ?? new OperatorOptions();
 
     /// <summary>How often every request is looked at again.</summary>
     public TimeSpan Resync { get; init; } = TimeSpan.FromMilliseconds(500);
@@ -56,15 +57,27 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
     public async Task ReconcileAllAsync(CancellationToken cancellationToken)
     {
         var all = await _store.ListAsync(cancellationToken);
-        foreach (var request in all.Where(r => !MigrationPhases.IsFinal(r.Status?.Phase)))
+        var inFlight = all.Where(r => r.Status?.Phase is MigrationPhases.Checkpointing or MigrationPhases.Transferring or MigrationPhases.Restoring or MigrationPhases.CuttingOver).ToList();
+        foreach (var request in all.Where(r => r.Metadata.DeletionTimestamp is not null || !MigrationPhases.IsFinal(r.Status?.Phase)))
         {
             try
             {
-                if (request.Status?.SourceNode is null)
+                if (request.Metadata.DeletionTimestamp is not null)
                 {
+                    await FinalizeAsync(request, cancellationToken);
+                }
+                else if (request.Status?.SourceNode is null)
+                {
+                    if (request.Metadata.Finalizers?.Contains(MigrationStore.Finalizer) != true)
+                    {
+                        // before anything can be staged, so that deleting the request always cleans up
+                        await _store.SetFinalizerAsync(request, present: true, cancellationToken);
+                        continue;
+                    }
+
                     await AdmitAsync(request, all, cancellationToken);
                 }
-                else if (executor is not null)
+                else if (executor is not null && (request.Status.Phase != MigrationPhases.Pending || await MayStartAsync(request, inFlight, cancellationToken)))
                 {
                     await executor.StepAsync(request, cancellationToken);
                 }
@@ -79,6 +92,53 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
                 LogAgentError(request.Metadata.NamespaceProperty, request.Metadata.Name, e.Status.Detail);
             }
         }
+    }
+
+    /// <summary>A deleted request: an in-flight migration is rolled back (or, during cut-over, finished) before the finalizer goes.</summary>
+    private async Task FinalizeAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        if (request.Metadata.Finalizers?.Contains(MigrationStore.Finalizer) != true)
+        {
+            return;
+        }
+
+        var phase = request.Status?.Phase;
+        if (executor is not null && request.Status?.SourceNode is not null && phase is not (null or MigrationPhases.Pending) && !MigrationPhases.IsFinal(phase))
+        {
+            request = await executor.AbortAsync(request, cancellationToken);
+        }
+
+        await _store.SetFinalizerAsync(request, present: false, cancellationToken);
+    }
+
+    /// <summary>Whether a Pending request may start now: within the cluster-wide and per-node limits. If not, it says so in its status.</summary>
+    private async Task<bool> MayStartAsync(MigrationRequest request, List<MigrationRequest> active, CancellationToken cancellationToken)
+    {
+        var nodes = new[] { request.Status!.SourceNode, request.Status.TargetNode };
+        string? wait = null;
+        if (active.Count >= _options.MaxConcurrentMigrations)
+        {
+            wait = $"Waiting: {active.Count} migrations are in flight, the limit is {_options.MaxConcurrentMigrations}.";
+        }
+        else if (nodes.FirstOrDefault(n => active.Count(r => r.Status!.SourceNode == n || r.Status.TargetNode == n) >= _options.MaxMigrationsPerNode) is { } busy)
+        {
+            wait = $"Waiting: node {busy} already takes part in {_options.MaxMigrationsPerNode} migration(s).";
+        }
+
+        if (wait is null)
+        {
+            active.Add(request);
+            return true;
+        }
+
+        if (request.Status.Message != wait)
+        {
+            request.Status.Reason = "Queued";
+            request.Status.Message = wait;
+            await _store.WriteStatusAsync(request, cancellationToken);
+        }
+
+        return false;
     }
 
     private async Task AdmitAsync(MigrationRequest request, IReadOnlyList<MigrationRequest> all, CancellationToken cancellationToken)

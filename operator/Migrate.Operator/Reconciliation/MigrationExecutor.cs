@@ -225,6 +225,28 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         return await _store.WriteStatusAsync(request, cancellationToken);
     }
 
+    /// <summary>Stops an in-flight migration (its request is being deleted): rolled back before cut-over, finished during it.</summary>
+    public async Task<MigrationRequest> AbortAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var status = request.Status!;
+        if (status.Phase == MigrationPhases.CuttingOver)
+        {
+            // the source may already be ended: the only safe way out is forward
+            return await CutOverAsync(request, cancellationToken);
+        }
+
+        if (!status.Conditions.Any(c => c.Type == RollingBack && c.Status == "True"))
+        {
+            status.Reason = "Deleted";
+            status.Message = "The MigrationRequest was deleted while in flight; the migration was rolled back.";
+            SetCondition(request, RollingBack, "True", status.Reason, status.Message);
+            request = await _store.WriteStatusAsync(request, cancellationToken);
+        }
+
+        return await RollBackAsync(request, cancellationToken);
+    }
+
     /// <summary>Undoes what was done before cut-over: the replacement goes, the source is thawed, staged images are removed.</summary>
     private async Task<MigrationRequest> RollBackAsync(MigrationRequest request, CancellationToken cancellationToken)
     {
