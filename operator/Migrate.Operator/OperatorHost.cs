@@ -3,6 +3,10 @@ using Grpc.Net.Client;
 using k8s;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Operator.Reconciliation;
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
 
 namespace Migrate.Operator;
 
@@ -36,11 +40,22 @@ public static class OperatorHost
         }
 
         builder.Services.AddSingleton(sp => new MigrationExecutor(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
-            TokenMinter(options), sp.GetRequiredService<TimeProvider>()));
+            TokenMinter(options), sp.GetRequiredService<TimeProvider>(), new EventRecorder(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<TimeProvider>()))
+        {
+            PhaseTimeout = TimeSpan.FromSeconds(options.PhaseTimeoutSeconds),
+        });
         builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(), sp.GetRequiredService<TimeProvider>(),
             sp.GetRequiredService<MigrationExecutor>(), options));
         builder.Services.AddHealthChecks();
+        var telemetry = builder.Services.AddOpenTelemetry()
+            .ConfigureResource(resource => resource.AddService("podmig-operator"))
+            .WithTracing(tracing => tracing.AddSource(OperatorTelemetry.Name))
+            .WithMetrics(metrics => metrics.AddMeter(OperatorTelemetry.Name));
+        if (!string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
+        {
+            telemetry.UseOtlpExporter();
+        }
 
         var app = builder.Build();
         app.MapHealthChecks("/healthz");

@@ -22,6 +22,9 @@ public sealed class OperatorOptions
     /// <summary>Migrations in flight at once that involve the same node (as source or target).</summary>
     public int MaxMigrationsPerNode { get; set; } = 1;
 
+    /// <summary>Seconds one phase (checkpointing, transferring, restoring) may take before the migration is rolled back.</summary>
+    public int PhaseTimeoutSeconds { get; set; } = 300;
+
     /// <summary>Off only for a single replica run by hand.</summary>
     public bool LeaderElection { get; set; } = true;
 

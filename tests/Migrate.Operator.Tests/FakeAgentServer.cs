@@ -20,7 +20,18 @@ public sealed class FakeAgentState(string node)
     /// <summary>Method names that answer with an error (e.g. "FinalDump").</summary>
     public ConcurrentDictionary<string, StatusCode> Failures { get; } = new();
 
+    /// <summary>Method names that take this long to answer (an agent stuck in a call).</summary>
+    public ConcurrentDictionary<string, TimeSpan> Delays { get; } = new();
+
     public IReadOnlyList<string> Names => [.. Calls.Select(c => c.Split(' ')[0])];
+
+    public async Task DelayAsync(string method, CancellationToken cancellationToken)
+    {
+        if (Delays.TryGetValue(method, out var delay))
+        {
+            await Task.Delay(delay, cancellationToken);
+        }
+    }
 
     public void Record(string call)
     {
@@ -52,10 +63,11 @@ public sealed class FakeNodeAgent(FakeAgentState state) : Agent.V1.NodeAgent.Nod
         return Task.FromResult(new PreDumpResponse { Round = request.Round, PagesWritten = (ulong)(100_000 - (5_000 * (request.Round - 1))) });
     }
 
-    public override Task<FinalDumpResponse> FinalDump(FinalDumpRequest request, ServerCallContext context)
+    public override async Task<FinalDumpResponse> FinalDump(FinalDumpRequest request, ServerCallContext context)
     {
         state.Record($"FinalDump {request.MigrationId}");
-        return Task.FromResult(new FinalDumpResponse { StagedBytes = 50_000_000, FrozenMillis = 120 });
+        await state.DelayAsync("FinalDump", context.CancellationToken);
+        return new FinalDumpResponse { StagedBytes = 50_000_000, FrozenMillis = 120 };
     }
 
     public override Task<ExpectImagesResponse> ExpectImages(ExpectImagesRequest request, ServerCallContext context)

@@ -16,6 +16,7 @@ namespace Migrate.Operator.Tests;
 /// </summary>
 public sealed class PhaseTests : IAsyncLifetime, IDisposable
 {
+    private static readonly string[] RequestEventReasons = ["Validated", "Checkpointing", "Transferring", "Restoring", "CuttingOver", "Migrated"];
     private readonly EmulatorFixture _cluster = new();
     private readonly Dictionary<string, FakeAgentServer> _agents = [];
     private readonly CancellationTokenSource _stop = new();
@@ -104,6 +105,26 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         Assert.Equal("db", replacement.Metadata.Labels["app"]);
         var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
         Assert.DoesNotContain(pods.Items, p => p.Metadata.Name == "db-0");
+
+        var events = (await Client.CoreV1.ListNamespacedEventAsync("default")).Items;
+        // (events created within a second have no order the API keeps)
+        Assert.Equal(RequestEventReasons.Order(StringComparer.Ordinal),
+            events.Where(e => e.InvolvedObject.Name == "move-db").Select(e => e.Reason).Order(StringComparer.Ordinal));
+        Assert.Contains(events, e => e.InvolvedObject is { Kind: "Pod", Name: "db-0" } && e.Reason == "Migrating");
+        Assert.Contains(events, e => e.InvolvedObject.Kind == "Pod" && e.InvolvedObject.Name == done.Status.ReplacementPod && e.Reason == "Migrated");
+    }
+
+    [Fact]
+    public async Task A_phase_that_runs_out_of_time_is_rolled_back()
+    {
+        Source.Delays["FinalDump"] = TimeSpan.FromSeconds(5);
+
+        var done = await DriveAsync(await CreateAsync("slow", "Cold"), [], phaseTimeout: TimeSpan.FromSeconds(1));
+
+        Assert.Equal(MigrationPhases.RolledBack, done.Status!.Phase);
+        Assert.Equal("PhaseTimedOut", done.Status.Reason);
+        Assert.Equal("Checkpointing took longer than 1 seconds.", done.Status.Message);
+        Assert.Contains("Resume", Source.Names);
     }
 
     [Theory]
@@ -185,7 +206,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
 
     /// <summary>Runs controller passes until the request is final, recording the phases it went through.</summary>
     private async Task<MigrationRequest> DriveAsync(MigrationRequest request, List<string> phases, bool restartEachPass = false,
-        OperatorOptions? options = null, Func<MigrationRequest, bool>? until = null)
+        OperatorOptions? options = null, Func<MigrationRequest, bool>? until = null, TimeSpan? phaseTimeout = null)
     {
         using var channels = new ChannelCache();
         MigrationController? controller = null;
@@ -197,7 +218,11 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
                 {
                     controller?.Dispose();
                     var agents = new AnnotatedAgentDirectory(channels.For);
-                    var executor = new MigrationExecutor(Client, agents, claims => $"token-for-{claims.MigrationId}", TimeProvider.System) { RestoreTimeout = TimeSpan.FromSeconds(20) };
+                    var executor = new MigrationExecutor(Client, agents, claims => $"token-for-{claims.MigrationId}", TimeProvider.System, new EventRecorder(Client, TimeProvider.System))
+                    {
+                        RestoreTimeout = TimeSpan.FromSeconds(20),
+                        PhaseTimeout = phaseTimeout ?? TimeSpan.FromMinutes(1),
+                    };
                     controller = new MigrationController(Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System, executor, options);
                 }
 

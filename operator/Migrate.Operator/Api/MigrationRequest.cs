@@ -114,6 +114,9 @@ public sealed class MigrationRequestStatus
     [JsonPropertyName("startTime")]
     public DateTime? StartTime { get; set; }
 
+    [JsonPropertyName("phaseStartTime")]
+    public DateTime? PhaseStartTime { get; set; }
+
     [JsonPropertyName("completionTime")]
     public DateTime? CompletionTime { get; set; }
 

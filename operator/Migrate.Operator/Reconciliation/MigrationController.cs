@@ -18,6 +18,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
     private readonly MigrationStore _store = new(client);
     private readonly RequestValidator _validator = new(client, agents);
     private readonly OperatorOptions _options = options ?? new OperatorOptions();
+    private readonly EventRecorder _events = new(client, time);
 
     /// <summary>How often every request is looked at again.</summary>
     public TimeSpan Resync { get; init; } = TimeSpan.FromMilliseconds(500);
@@ -155,6 +156,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
             status.Message = validation.FailureMessage;
             status.CompletionTime = now;
             SetCondition(status, "Ready", "False", validation.FailureReason!, validation.FailureMessage!, request.Metadata.Generation, now);
+            OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.Failed), new KeyValuePair<string, object?>("reason", validation.FailureReason));
         }
         else
         {
@@ -171,6 +173,8 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
         {
             await _store.WriteStatusAsync(request, cancellationToken);
             LogAdmitted(request.Metadata.NamespaceProperty, request.Metadata.Name, status.Phase, status.Reason, status.Message);
+            await _events.RecordAsync($"{MigrationRequest.Group}/{MigrationRequest.Version}", MigrationRequest.KindName, request.Metadata,
+                validation.Failed ? "Warning" : "Normal", status.Reason!, status.Message!, cancellationToken);
         }
         catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
         {

@@ -26,7 +26,7 @@ public sealed class MigrationStepException(string reason, string message, Except
 /// at most the step it was in, never a finished one. Any failure before cut-over rolls back: the
 /// replacement is deleted, the source thawed, staged images removed; the source's state is kept.
 /// </summary>
-public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents, Func<TransferClaims, string> mintToken, TimeProvider time)
+public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents, Func<TransferClaims, string> mintToken, TimeProvider time, EventRecorder? events = null)
 {
     public const string RestoreAnnotation = "podmig.io/restore-from";
     public const string RuntimeClass = "podmig";
@@ -38,6 +38,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
 
     /// <summary>How long the replacement pod may take to run.</summary>
     public TimeSpan RestoreTimeout { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>How long each of Checkpointing, Transferring and Restoring may take; agent calls are cancelled when it runs out.</summary>
+    public TimeSpan PhaseTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
     /// <summary>The migration id agents know a request by: its UID (a DNS label).</summary>
     public static string MigrationId(MigrationRequest request) => request?.Metadata.Uid ?? throw new ArgumentNullException(nameof(request));
@@ -61,6 +64,11 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             return await RollBackAsync(request, cancellationToken);
         }
 
+        using var activity = OperatorTelemetry.Source.StartActivity("migration." + status.Phase);
+        activity?.SetTag("migration.id", request.Metadata.Uid);
+        activity?.SetTag("k8s.pod.name", request.Spec.PodName);
+        using var budget = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var phaseLeft = PhaseTimeout - (time.GetUtcNow().UtcDateTime - (status.PhaseStartTime ?? time.GetUtcNow().UtcDateTime));
         try
         {
             if (status.Phase != MigrationPhases.CuttingOver && status.StartTime is { } start
@@ -69,27 +77,52 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                 throw new MigrationStepException("TimedOut", $"The migration did not reach cut-over within {request.Spec.TimeoutSeconds} seconds.");
             }
 
+            if (status.Phase is MigrationPhases.Checkpointing or MigrationPhases.Transferring or MigrationPhases.Restoring)
+            {
+                if (phaseLeft <= TimeSpan.Zero)
+                {
+                    throw PhaseTimedOut(status.Phase);
+                }
+
+                budget.CancelAfter(phaseLeft);
+            }
+
             return status.Phase switch
             {
-                MigrationPhases.Pending => await MoveToAsync(request, MigrationPhases.Checkpointing, "Checkpointing the pod on " + status.SourceNode + ".", cancellationToken),
-                MigrationPhases.Checkpointing => await CheckpointAsync(request, cancellationToken),
-                MigrationPhases.Transferring => await TransferAsync(request, cancellationToken),
-                MigrationPhases.Restoring => await RestoreAsync(request, cancellationToken),
+                MigrationPhases.Pending => await StartAsync(request, budget.Token),
+                MigrationPhases.Checkpointing => await CheckpointAsync(request, budget.Token),
+                MigrationPhases.Transferring => await TransferAsync(request, budget.Token),
+                MigrationPhases.Restoring => await RestoreAsync(request, budget.Token),
                 MigrationPhases.CuttingOver => await CutOverAsync(request, cancellationToken),
                 _ => request,
             };
         }
-        catch (Exception e) when (e is MigrationStepException or RpcException && status.Phase != MigrationPhases.CuttingOver)
+        catch (Exception e) when (e is MigrationStepException or RpcException or OperationCanceledException
+            && status.Phase != MigrationPhases.CuttingOver && !cancellationToken.IsCancellationRequested)
         {
-            var (reason, message) = e is MigrationStepException step
-                ? (step.Reason, step.Message)
-                : ($"{status.Phase}Failed", $"{status.Phase} failed: {((RpcException)e).Status.Detail}");
+            var (reason, message) = e switch
+            {
+                MigrationStepException step => (step.Reason, step.Message),
+                _ when budget.IsCancellationRequested => (PhaseTimedOut(status.Phase!).Reason, PhaseTimedOut(status.Phase!).Message),
+                RpcException rpc => ($"{status.Phase}Failed", $"{status.Phase} failed: {rpc.Status.Detail}"),
+                _ => ($"{status.Phase}Failed", $"{status.Phase} was cancelled."),
+            };
             status.Reason = reason;
             status.Message = message;
             SetCondition(request, RollingBack, "True", reason, message);
             request = await _store.WriteStatusAsync(request, cancellationToken);
             return await RollBackAsync(request, cancellationToken);
         }
+    }
+
+    private MigrationStepException PhaseTimedOut(string phase) =>
+        new("PhaseTimedOut", $"{phase} took longer than {PhaseTimeout.TotalSeconds:0} seconds.");
+
+    private async Task<MigrationRequest> StartAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var status = request.Status!;
+        await Event(MigrationEvent.Pod(request), "Normal", "Migrating", $"Moving to node {status.TargetNode} (MigrationRequest {request.Metadata.Name}).", cancellationToken);
+        return await MoveToAsync(request, MigrationPhases.Checkpointing, "Checkpointing the pod on " + status.SourceNode + ".", cancellationToken);
     }
 
     private async Task<MigrationRequest> CheckpointAsync(MigrationRequest request, CancellationToken cancellationToken)
@@ -222,7 +255,16 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         status.CompletionTime = time.GetUtcNow().UtcDateTime;
         SetCondition(request, Frozen, "False", "Migrated", "The source's processes were ended after the replacement ran.");
         SetCondition(request, "Ready", "True", "Migrated", status.Message);
-        return await _store.WriteStatusAsync(request, cancellationToken);
+        request = await _store.WriteStatusAsync(request, cancellationToken);
+        OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.Succeeded), new KeyValuePair<string, object?>("reason", "Migrated"));
+        if (status.DowntimeMillis is { } downtime)
+        {
+            OperatorTelemetry.Downtime.Record(downtime);
+        }
+
+        await Event(MigrationEvent.Request(request), "Normal", "Migrated", status.Message, cancellationToken);
+        await Event(MigrationEvent.Pod(request, status.ReplacementPod), "Normal", "Migrated", $"Restored from {request.Spec.PodName} on {status.SourceNode}.", cancellationToken);
+        return request;
     }
 
     /// <summary>Stops an in-flight migration (its request is being deleted): rolled back before cut-over, finished during it.</summary>
@@ -260,7 +302,11 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         SetCondition(request, RollingBack, "False", "RolledBack", "The replacement was removed and the source pod runs on.");
         SetCondition(request, Frozen, "False", "RolledBack", "The source's processes were thawed.");
         SetCondition(request, "Ready", "False", status.Reason ?? "RolledBack", status.Message ?? "The migration was rolled back.");
-        return await _store.WriteStatusAsync(request, cancellationToken);
+        request = await _store.WriteStatusAsync(request, cancellationToken);
+        OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.RolledBack), new KeyValuePair<string, object?>("reason", status.Reason));
+        await Event(MigrationEvent.Request(request), "Warning", status.Reason ?? "RolledBack", status.Message ?? "The migration was rolled back.", cancellationToken);
+        await Event(MigrationEvent.Pod(request), "Warning", "MigrationRolledBack", $"The move to {status.TargetNode} was rolled back; the pod runs on. {status.Message}", cancellationToken);
+        return request;
     }
 
     private async Task CleanupAsync(MigrationRequest request, CancellationToken cancellationToken)
@@ -300,11 +346,29 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
 
     private async Task<MigrationRequest> MoveToAsync(MigrationRequest request, string phase, string message, CancellationToken cancellationToken)
     {
-        request.Status!.Phase = phase;
-        request.Status.Reason = phase;
-        request.Status.Message = message;
+        var status = request.Status!;
+        var now = time.GetUtcNow().UtcDateTime;
+        if (status.PhaseStartTime is { } began)
+        {
+            OperatorTelemetry.PhaseDuration.Record((now - began).TotalMilliseconds, new KeyValuePair<string, object?>("phase", status.Phase));
+        }
+
+        status.Phase = phase;
+        status.PhaseStartTime = now;
+        status.Reason = phase;
+        status.Message = message;
         SetCondition(request, "Progressing", "True", phase, message);
-        return await _store.WriteStatusAsync(request, cancellationToken);
+        request = await _store.WriteStatusAsync(request, cancellationToken);
+        await Event(MigrationEvent.Request(request), "Normal", phase, message, cancellationToken);
+        return request;
+    }
+
+    private async Task Event((string ApiVersion, string Kind, V1ObjectMeta Subject) target, string type, string reason, string message, CancellationToken cancellationToken)
+    {
+        if (events is not null)
+        {
+            await events.RecordAsync(target.ApiVersion, target.Kind, target.Subject, type, reason, message, cancellationToken);
+        }
     }
 
     private async Task<(NodeAgent.NodeAgentClient Client, string Endpoint)> AgentAsync(string nodeName, CancellationToken cancellationToken)
@@ -357,4 +421,14 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         condition.Message = message;
         condition.ObservedGeneration = request.Metadata.Generation;
     }
+}
+
+/// <summary>The objects a migration's events are about.</summary>
+internal static class MigrationEvent
+{
+    public static (string ApiVersion, string Kind, V1ObjectMeta Subject) Request(MigrationRequest request) =>
+        ($"{MigrationRequest.Group}/{MigrationRequest.Version}", MigrationRequest.KindName, request.Metadata);
+
+    public static (string ApiVersion, string Kind, V1ObjectMeta Subject) Pod(MigrationRequest request, string? name = null) =>
+        ("v1", "Pod", new V1ObjectMeta { Name = name ?? request.Spec.PodName, NamespaceProperty = request.Metadata.NamespaceProperty });
 }
