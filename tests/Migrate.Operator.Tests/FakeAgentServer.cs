@@ -33,10 +33,19 @@ public sealed class FakeAgentState(string node)
         }
     }
 
+    /// <summary>Method names that answer UNAVAILABLE this many more times (an agent restarting).</summary>
+    public ConcurrentDictionary<string, int> TransientFailures { get; } = new();
+
     public void Record(string call)
     {
         Calls.Enqueue(call);
         var method = call.Split(' ')[0];
+        if (TransientFailures.TryGetValue(method, out var left) && left > 0)
+        {
+            TransientFailures[method] = left - 1;
+            throw new RpcException(new Status(StatusCode.Unavailable, $"{method}: {Node}'s agent is restarting (injected)"));
+        }
+
         if (Failures.TryGetValue(method, out var code))
         {
             throw new RpcException(new Status(code, $"{method} failed on {Node} (injected)"));

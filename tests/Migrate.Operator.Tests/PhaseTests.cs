@@ -115,6 +115,36 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task An_agent_unreachable_for_a_moment_is_retried_and_the_migration_succeeds()
+    {
+        Source.TransientFailures["FinalDump"] = 2;
+
+        var done = await DriveAsync(await CreateAsync("bumpy", "Cold"), []);
+
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.Equal(3, Source.Names.Count(n => n == "FinalDump"));
+    }
+
+    [Fact]
+    public async Task Calls_to_an_agent_that_keeps_failing_are_paused_by_its_circuit_breaker()
+    {
+        Source.Failures["Resume"] = StatusCode.Unavailable;
+        using var channels = new ChannelCache();
+        var directory = new AnnotatedAgentDirectory(channels.For) { Retries = 2 };
+        var agent = directory.Connect(await Client.CoreV1.ReadNodeAsync("node-a"))!.Value.Client;
+        var errors = new List<RpcException>();
+
+        for (int i = 0; i < 4; i++)
+        {
+            errors.Add(await Assert.ThrowsAsync<RpcException>(() => agent.ResumeAsync(new Agent.V1.MigrationRef { MigrationId = "m" }).ResponseAsync));
+        }
+
+        Assert.Equal(6, Source.Names.Count(n => n == "Resume"));
+        Assert.Contains("injected", errors[0].Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("calls to it are paused", errors[^1].Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task A_phase_that_runs_out_of_time_is_rolled_back()
     {
         Source.Delays["FinalDump"] = TimeSpan.FromSeconds(5);

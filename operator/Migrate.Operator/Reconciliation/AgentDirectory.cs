@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using k8s;
 using k8s.Models;
@@ -23,11 +25,16 @@ public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) :
 {
     public const string EndpointAnnotation = "podmig.io/agent-endpoint";
 
+    private readonly ConcurrentDictionary<string, AgentResilience> _resilience = new(StringComparer.Ordinal);
+
+    /// <summary>Retries per call when an agent is unreachable.</summary>
+    public int Retries { get; init; } = 3;
+
     public (NodeAgent.NodeAgentClient Client, string Endpoint)? Connect(V1Node node)
     {
         ArgumentNullException.ThrowIfNull(node);
         return node.Metadata.Annotations?.TryGetValue(EndpointAnnotation, out var endpoint) == true && !string.IsNullOrEmpty(endpoint)
-            ? (new NodeAgent.NodeAgentClient(connect(endpoint)), endpoint)
+            ? (new NodeAgent.NodeAgentClient(connect(endpoint).Intercept(_resilience.GetOrAdd(endpoint, e => new AgentResilience(e, Retries)))), endpoint)
             : null;
     }
 
