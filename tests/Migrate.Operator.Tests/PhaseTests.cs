@@ -25,6 +25,9 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
     /// <summary>When set, the kubelet reports replacement containers as failing to start with this reason.</summary>
     private string? _failReplacementsWith;
 
+    /// <summary>While true, the kubelet leaves new pods alone (they stay Pending).</summary>
+    private volatile bool _kubeletPaused;
+
     private Kubernetes Client => _cluster.Client;
 
     public async Task InitializeAsync()
@@ -112,6 +115,55 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
             events.Where(e => e.InvolvedObject.Name == "move-db").Select(e => e.Reason).Order(StringComparer.Ordinal));
         Assert.Contains(events, e => e.InvolvedObject is { Kind: "Pod", Name: "db-0" } && e.Reason == "Migrating");
         Assert.Contains(events, e => e.InvolvedObject.Kind == "Pod" && e.InvolvedObject.Name == done.Status.ReplacementPod && e.Reason == "Migrated");
+    }
+
+    [Theory]
+    [InlineData("Checkpointing")]
+    [InlineData("Restoring")]
+    public async Task An_operator_killed_in_the_middle_of_a_phase_finishes_it_exactly_once_after_restarting(string phase)
+    {
+        // the phase's step hangs (a slow final dump, a replacement that does not start yet) and the operator dies in it
+        if (phase == "Checkpointing")
+        {
+            Source.Delays["FinalDump"] = TimeSpan.FromSeconds(3);
+        }
+        else
+        {
+            _kubeletPaused = true;
+        }
+
+        var request = await CreateAsync("crashy", "Cold");
+        await DriveAsync(request, [], until: r => r.Status?.Phase == phase);
+        using (var crash = new CancellationTokenSource(TimeSpan.FromMilliseconds(500)))
+        {
+            using var channels = new ChannelCache();
+            var agents = new AnnotatedAgentDirectory(channels.For);
+            using var dying = new MigrationController(Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System,
+                new MigrationExecutor(Client, agents, claims => "token", TimeProvider.System) { RestoreTimeout = TimeSpan.FromSeconds(20) });
+            try
+            {
+                await dying.ReconcileAllAsync(crash.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                // killed mid-call
+            }
+
+            Assert.True(crash.IsCancellationRequested, "the pass finished before it could be killed");
+        }
+
+        // a kill is not a failure: nothing was rolled back
+        Assert.Equal(phase, (await GetAsync("crashy")).Status!.Phase);
+
+        Source.Delays.Clear();
+        _kubeletPaused = false;
+        var done = await DriveAsync(await GetAsync("crashy"), []);
+
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.Equal(phase == "Checkpointing" ? 2 : 1, Source.Names.Count(n => n == "FinalDump"));
+        Assert.Single(Source.Names, n => n == "Finish");
+        var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
+        Assert.Equal([done.Status.ReplacementPod, "db-1"], pods.Items.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -327,7 +379,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
             try
             {
                 var pods = await kubelet.CoreV1.ListNamespacedPodAsync("default", cancellationToken: cancellationToken);
-                foreach (var pod in pods.Items.Where(p => p.Spec.RuntimeClassName == "podmig" && p.Status?.Phase is null or "Pending" && p.Status?.ContainerStatuses is null))
+                foreach (var pod in (_kubeletPaused ? [] : pods.Items).Where(p => p.Spec.RuntimeClassName == "podmig" && p.Status?.Phase is null or "Pending" && p.Status?.ContainerStatuses is null))
                 {
                     pod.Status = _failReplacementsWith is { } reason
                         ? new V1PodStatus { Phase = "Pending", ContainerStatuses = [new V1ContainerStatus { Name = "main", Image = "x", ImageID = "x", Ready = false, RestartCount = 0, State = new V1ContainerState { Waiting = new V1ContainerStateWaiting { Reason = reason, Message = "restore failed: images corrupted" } } }] }
