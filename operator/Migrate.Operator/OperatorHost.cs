@@ -25,7 +25,7 @@ public static class OperatorHost
         builder.Configuration.GetSection(OperatorOptions.Section).Bind(options);
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
-        builder.Services.AddSingleton<IKubernetes>(_ => new Kubernetes(ClientConfiguration(options)));
+        builder.Services.AddSingleton<IKubernetes>(_ => new Kubernetes(ClientConfiguration(options), new ResilientApiHandler()));
         builder.Services.AddSingleton<IAgentDirectory>(_ => new AnnotatedAgentDirectory(Channels(options)));
         if (options.LeaderElection)
         {

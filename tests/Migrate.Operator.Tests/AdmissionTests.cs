@@ -50,6 +50,7 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
         await PodAsync("db-0", "node-a", "Running");
         await PodAsync("db-1", "node-a", "Running");
         await PodAsync("job-0", "node-a", "Pending");
+        await PodAsync("web-0", "node-a", "Running", new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = "web", Uid = Guid.NewGuid().ToString(), Controller = true });
         _controller = new MigrationController(Client, _agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System);
     }
 
@@ -60,6 +61,7 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
     [Theory]
     [InlineData("ghost", null, "PodNotFound", "Pod default/ghost does not exist.")]
     [InlineData("job-0", null, "PodNotRunning", "Pod default/job-0 is Pending; only a Running pod can be moved.")]
+    [InlineData("web-0", null, "PodOwnedByStatefulSet", "Pod default/web-0 belongs to StatefulSet web, whose pods keep their names; moving them is not supported in this version.")]
     [InlineData("db-0", "node-x", "TargetNotFound", "Node node-x does not exist.")]
     [InlineData("db-0", "node-a", "TargetIsSource", "Node node-a is the node pod db-0 already runs on.")]
     [InlineData("db-0", "node-c", "TargetNotReady", "Node node-c is not Ready.")]
@@ -158,11 +160,11 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
         await Client.CoreV1.ReplaceNodeStatusAsync(node, name);
     }
 
-    private async Task PodAsync(string name, string node, string phase)
+    private async Task PodAsync(string name, string node, string phase, V1OwnerReference? owner = null)
     {
         var pod = await Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
         {
-            Metadata = new V1ObjectMeta { Name = name, Labels = new Dictionary<string, string> { ["app"] = name } },
+            Metadata = new V1ObjectMeta { Name = name, Labels = new Dictionary<string, string> { ["app"] = name }, OwnerReferences = owner is null ? null : [owner] },
             Spec = new V1PodSpec
             {
                 NodeName = node,

@@ -41,6 +41,13 @@ public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
             return Validation.Fail("PodNotRunning", $"Pod {ns}/{podName} is {state}; only a Running pod can be moved.");
         }
 
+        if (pod.Metadata.OwnerReferences?.FirstOrDefault(o => o.Controller == true && o.Kind == "StatefulSet") is { } statefulSet)
+        {
+            // its replacement would need the same name, which is only free once the source is gone
+            return Validation.Fail("PodOwnedByStatefulSet",
+                $"Pod {ns}/{podName} belongs to StatefulSet {statefulSet.Name}, whose pods keep their names; moving them is not supported in this version.");
+        }
+
         var first = all
             .Where(r => r.Metadata.NamespaceProperty == ns && r.Spec.PodName == podName && !MigrationPhases.IsFinal(r.Status?.Phase))
             .OrderBy(r => r.Metadata.CreationTimestamp ?? DateTime.MaxValue)
