@@ -89,6 +89,7 @@ public sealed class FakeNodeAgent(FakeAgentState state) : Agent.V1.NodeAgent.Nod
     {
         state.Record($"SendImages {request.MigrationId} {request.TargetNode} {request.TargetAddress}");
         await responseStream.WriteAsync(new TransferProgress { BytesSent = 25_000_000, TotalBytes = 50_000_000 });
+        await state.DelayAsync("SendImages", context.CancellationToken);
         await responseStream.WriteAsync(new TransferProgress { BytesSent = 50_000_000, TotalBytes = 50_000_000, Staged = true });
     }
 

@@ -119,6 +119,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
 
     [Theory]
     [InlineData("Checkpointing")]
+    [InlineData("Transferring")]
     [InlineData("Restoring")]
     public async Task An_operator_killed_in_the_middle_of_a_phase_finishes_it_exactly_once_after_restarting(string phase)
     {
@@ -126,6 +127,10 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         if (phase == "Checkpointing")
         {
             Source.Delays["FinalDump"] = TimeSpan.FromSeconds(3);
+        }
+        else if (phase == "Transferring")
+        {
+            Source.Delays["SendImages"] = TimeSpan.FromSeconds(3);
         }
         else
         {
@@ -161,6 +166,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
 
         Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
         Assert.Equal(phase == "Checkpointing" ? 2 : 1, Source.Names.Count(n => n == "FinalDump"));
+        Assert.Equal(phase == "Transferring" ? 2 : 1, Source.Names.Count(n => n == "SendImages"));
         Assert.Single(Source.Names, n => n == "Finish");
         var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
         Assert.Equal([done.Status.ReplacementPod, "db-1"], pods.Items.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
