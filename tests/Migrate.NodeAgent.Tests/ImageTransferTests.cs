@@ -55,9 +55,10 @@ public sealed class ImageTransferTests : IAsyncLifetime
     [Fact]
     public async Task A_transfer_cut_mid_stream_resumes_without_resending_what_arrived()
     {
-        var files = TransferAgents.Stage(Source, "m-resume", mib: 12);
+        var files = TransferAgents.Stage(Source, "m-resume", mib: 40);
         await using var proxy = new TcpProxy(RawUpload.Endpoint(Target));
-        proxy.CutNextConnectionAfter(6 << 20);
+        // past the 16 MiB HTTP/2 stream window: at least 24 - 16 - 1 MiB must have been written on the target
+        proxy.CutNextConnectionAfter(24 << 20);
 
         var progress = await _agents.SendAsync("m-resume", targetAddress: proxy.Address);
 
@@ -65,7 +66,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
         Assert.Equal(1, proxy.ConnectionsCut);
         Assert.True(progress.Retries >= 1, "the cut was not retried");
         Assert.True(progress.BytesSkipped >= 2 << 20, $"only {progress.BytesSkipped} bytes that arrived before the cut were kept");
-        Assert.True(progress.BytesSent < progress.TotalBytes + (6 << 20), $"{progress.BytesSent} bytes sent for {progress.TotalBytes}");
+        Assert.True(progress.BytesSent < progress.TotalBytes + (24 << 20), $"{progress.BytesSent} bytes sent for {progress.TotalBytes}");
         foreach (var (path, content) in files)
         {
             Assert.Equal(content, File.ReadAllBytes(_agents.Received("m-resume", path)));
