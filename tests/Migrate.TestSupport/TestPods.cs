@@ -40,9 +40,9 @@ public sealed record RunningTestPod(string Namespace, string Name, string Uid, s
 public static class TestPods
 {
     public static async Task<RunningTestPod> RunAsync(ContainerdNode node, string ns, string name, IReadOnlyList<TestContainer> containers,
-        string? runtimeHandler = null, IReadOnlyDictionary<string, string>? annotations = null)
+        string? runtimeHandler = null, IReadOnlyDictionary<string, string>? annotations = null, string? uid = null)
     {
-        var uid = Guid.NewGuid().ToString();
+        uid ??= Guid.NewGuid().ToString();
         var logDirectory = Path.Combine(node.PodLogDirectory, $"{ns}_{name}_{uid}");
         var volumes = Path.Combine(node.PodsDirectory, uid, "volumes");
         Directory.CreateDirectory(logDirectory);

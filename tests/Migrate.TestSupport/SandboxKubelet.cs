@@ -1,0 +1,206 @@
+using System.Collections.Concurrent;
+using System.Net;
+using Grpc.Core;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Migrate.Cri.V1;
+
+namespace Migrate.TestSupport;
+
+/// <summary>
+/// The kubelet's part of the sandbox cluster, emulated: it registers a Node for a containerd node,
+/// runs the pods bound to it through CRI (the pod's runtime class as the handler, its podmig.io/
+/// annotations, labels, emptyDir volumes, command and args), reports their status (Running with
+/// the sandbox's IP, or the CRI error as RunContainerError), and removes a deleted pod's sandbox
+/// before it lets the pod object go. No probes, restarts, images pulls or resource enforcement.
+/// </summary>
+public sealed class SandboxKubelet : IAsyncDisposable
+{
+    private readonly IKubernetes _client;
+    private readonly ContainerdNode _node;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly ConcurrentDictionary<string, RunningTestPod> _running = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _failed = new(StringComparer.Ordinal);
+    private Task _loop = Task.CompletedTask;
+
+    private SandboxKubelet(IKubernetes client, ContainerdNode node, string nodeName)
+    {
+        _client = client;
+        _node = node;
+        NodeName = nodeName;
+    }
+
+    public string NodeName { get; }
+
+    /// <summary>Annotations the node gets (e.g. the agent's endpoint).</summary>
+    private Dictionary<string, string> NodeAnnotations { get; } = [];
+
+    /// <summary>The pods this kubelet runs, by namespace/name.</summary>
+    public IReadOnlyDictionary<string, RunningTestPod> Running => _running;
+
+    /// <summary>Registers the node (with <paramref name="annotations"/>) and starts running its pods.</summary>
+    public static async Task<SandboxKubelet> StartAsync(IKubernetes client, ContainerdNode node, string nodeName, IReadOnlyDictionary<string, string>? annotations = null)
+    {
+        var kubelet = new SandboxKubelet(client, node, nodeName);
+        foreach (var (key, value) in annotations ?? new Dictionary<string, string>())
+        {
+            kubelet.NodeAnnotations[key] = value;
+        }
+
+        await kubelet.RegisterAsync();
+        return kubelet;
+    }
+
+    private async Task RegisterAsync()
+    {
+        var node = new V1Node
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = NodeName,
+                Labels = new Dictionary<string, string> { ["kubernetes.io/hostname"] = NodeName, ["kubernetes.io/os"] = "linux" },
+                Annotations = NodeAnnotations,
+            },
+        };
+        node = await _client.CoreV1.CreateNodeAsync(node);
+        node.Status = new V1NodeStatus
+        {
+            Allocatable = new Dictionary<string, ResourceQuantity> { ["cpu"] = new("2"), ["memory"] = new("8Gi"), ["pods"] = new("110") },
+            Capacity = new Dictionary<string, ResourceQuantity> { ["cpu"] = new("2"), ["memory"] = new("8Gi"), ["pods"] = new("110") },
+            Conditions = [new V1NodeCondition { Type = "Ready", Status = "True", Reason = "KubeletReady", Message = "sandbox kubelet (emulated) on containerd " + _node.Name }],
+            Addresses = [new V1NodeAddress { Type = "InternalIP", Address = "127.0.0.1" }],
+        };
+        await _client.CoreV1.ReplaceNodeStatusAsync(node, NodeName);
+        _loop = Task.Run(() => LoopAsync(_stop.Token));
+    }
+
+    private async Task LoopAsync(CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            try
+            {
+                await SyncAsync(cancellationToken);
+                await Task.Delay(100, cancellationToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (Exception e) when (e is HttpOperationException or RpcException or HttpRequestException or IOException)
+            {
+                // the next pass tries again
+            }
+        }
+    }
+
+    private async Task SyncAsync(CancellationToken cancellationToken)
+    {
+        var pods = await _client.CoreV1.ListPodForAllNamespacesAsync(fieldSelector: $"spec.nodeName={NodeName}", cancellationToken: cancellationToken);
+        foreach (var pod in pods.Items)
+        {
+            var key = $"{pod.Metadata.NamespaceProperty}/{pod.Metadata.Name}";
+            if (pod.Metadata.DeletionTimestamp is not null)
+            {
+                if (_running.TryRemove(key, out var running))
+                {
+                    await TestPods.RemoveAsync(_node, running);
+                }
+
+                await ForgetAsync(pod, cancellationToken);
+                continue;
+            }
+
+            if (_running.ContainsKey(key) || _failed.Contains(pod.Metadata.Uid))
+            {
+                continue;
+            }
+
+            await StartPodAsync(pod, key, cancellationToken);
+        }
+    }
+
+    private async Task StartPodAsync(V1Pod pod, string key, CancellationToken cancellationToken)
+    {
+        var emptyDirs = (pod.Spec.Volumes ?? []).Where(v => v.EmptyDir is not null).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        var containers = pod.Spec.Containers.Select(c => new TestContainer(
+            c.Name,
+            c.Image,
+            [.. c.Command ?? [], .. c.Args ?? []],
+            [.. (c.VolumeMounts ?? []).Where(m => emptyDirs.Contains(m.Name)).Select(m => (m.Name, m.MountPath))])).ToList();
+        var annotations = (pod.Metadata.Annotations ?? new Dictionary<string, string>())
+            .Where(a => a.Key.StartsWith("podmig.io/", StringComparison.Ordinal))
+            .ToDictionary(a => a.Key, a => a.Value);
+        var handler = pod.Spec.RuntimeClassName is { Length: > 0 } runtimeClass ? runtimeClass : null;
+        V1PodStatus status;
+        try
+        {
+            var running = await TestPods.RunAsync(_node, pod.Metadata.NamespaceProperty, pod.Metadata.Name, containers, handler, annotations, pod.Metadata.Uid);
+            _running[key] = running;
+            var sandbox = await _node.Cri.Runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = running.SandboxId }, cancellationToken: cancellationToken);
+            var now = DateTime.UtcNow;
+            status = new V1PodStatus
+            {
+                Phase = "Running",
+                HostIP = "127.0.0.1",
+                PodIP = sandbox.Status.Network?.Ip,
+                StartTime = now,
+                Conditions = [new V1PodCondition { Type = "Ready", Status = "True", LastTransitionTime = now }],
+                ContainerStatuses = [.. pod.Spec.Containers.Select(c => new V1ContainerStatus
+                {
+                    Name = c.Name,
+                    Image = c.Image,
+                    ImageID = c.Image,
+                    ContainerID = "containerd://" + running.ContainerIds[c.Name],
+                    Ready = true,
+                    Started = true,
+                    RestartCount = 0,
+                    State = new V1ContainerState { Running = new V1ContainerStateRunning { StartedAt = now } },
+                })],
+            };
+        }
+        catch (RpcException e)
+        {
+            _failed.Add(pod.Metadata.Uid);
+            status = new V1PodStatus
+            {
+                Phase = "Pending",
+                Conditions = [new V1PodCondition { Type = "Ready", Status = "False", Reason = "ContainersNotReady" }],
+                ContainerStatuses = [.. pod.Spec.Containers.Select(c => new V1ContainerStatus
+                {
+                    Name = c.Name,
+                    Image = c.Image,
+                    ImageID = "",
+                    Ready = false,
+                    RestartCount = 0,
+                    State = new V1ContainerState { Waiting = new V1ContainerStateWaiting { Reason = "RunContainerError", Message = e.Status.Detail } },
+                })],
+            };
+        }
+
+        pod.Status = status;
+        await _client.CoreV1.ReplaceNamespacedPodStatusAsync(pod, pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+    }
+
+    /// <summary>The pod's containers are gone: the API server may drop the object (the kubelet's final delete).</summary>
+    private async Task ForgetAsync(V1Pod pod, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _client.CoreV1.DeleteNamespacedPodAsync(pod.Metadata.Name, pod.Metadata.NamespaceProperty, new V1DeleteOptions { GracePeriodSeconds = 0 },
+                cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            // already gone
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        await _loop;
+        _stop.Dispose();
+    }
+}
