@@ -86,6 +86,9 @@ public sealed class TestPki : IDisposable
         TransferToken.Mint(_tokenKey, new TransferClaims(migration, source, target, maxBytes,
             DateTimeOffset.UtcNow.Add(lifetime ?? TimeSpan.FromMinutes(10)).ToUnixTimeSeconds()));
 
+    /// <summary>Signs claims as the operator does (its token minter in tests).</summary>
+    public string Mint(TransferClaims claims) => TransferToken.Mint(_tokenKey, claims);
+
     /// <summary>A well-formed token signed by a key agents do not trust.</summary>
     public static string ForeignToken(string migration, string source, string target)
     {
