@@ -27,8 +27,8 @@ test: prereqs build ## Install prerequisites, build, run all tests; ends with "N
 	CONFIGURATION=$(CONFIGURATION) hack/run-tests.sh
 
 .PHONY: demo
-demo: prereqs ## A live migration in the local sandbox cluster (not yet: needs the sandbox).
-	@echo "make demo: not yet -- the sandbox cluster and the operator are still being built (see README, Status)."
+demo: prereqs build ## A live migration in the local sandbox cluster, with a readable summary.
+	CONFIGURATION=$(CONFIGURATION) hack/demo.sh
 
 .PHONY: bench
 bench: prereqs ## Benchmarks (so far: the API emulator under 2,000 objects and 100 watches).

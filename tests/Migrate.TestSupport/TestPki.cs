@@ -36,6 +36,8 @@ public sealed class TestPki : IDisposable
         _tokenKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         TokenPublicKeyFile = Path.Combine(Directory, "token-key.pub.pem");
         File.WriteAllText(TokenPublicKeyFile, _tokenKey.ExportSubjectPublicKeyInfoPem());
+        TokenSigningKeyFile = Path.Combine(Directory, "token-key.pem");
+        File.WriteAllText(TokenSigningKeyFile, _tokenKey.ExportPkcs8PrivateKeyPem());
     }
 
     public string Directory { get; }
@@ -44,6 +46,9 @@ public sealed class TestPki : IDisposable
 
     /// <summary>What agents verify transfer tokens with.</summary>
     public string TokenPublicKeyFile { get; }
+
+    /// <summary>What the operator signs transfer tokens with (its Operator:TokenSigningKeyFile).</summary>
+    public string TokenSigningKeyFile { get; }
 
     /// <summary>A certificate for a node or component, signed by this CA (or, with <paramref name="selfSigned"/>, by nobody the CA knows).</summary>
     public IssuedCertificate Issue(string name, bool selfSigned = false)

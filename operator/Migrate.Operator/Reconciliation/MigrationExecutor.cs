@@ -158,6 +158,14 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
 
                 previous = result.PagesWritten;
             }
+
+            // the rounds travel while the pod still runs: after the freeze only the final dump's difference has to
+            if (status.BytesTransferred is null)
+            {
+                status.BytesTransferred = await SendImagesAsync(request, cancellationToken);
+                request = await _store.WriteStatusAsync(request, cancellationToken);
+                status = request.Status!;
+            }
         }
 
         SetCondition(request, Frozen, "True", "FinalDump", $"The pod's processes on {status.SourceNode} are frozen for the final dump.");
@@ -170,10 +178,19 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     private async Task<MigrationRequest> TransferAsync(MigrationRequest request, CancellationToken cancellationToken)
     {
         var status = request.Status!;
+        var sent = await SendImagesAsync(request, cancellationToken);
+        status.BytesTransferred = (status.BytesTransferred ?? 0) + sent;
+        return await MoveToAsync(request, MigrationPhases.Restoring, $"Restoring the pod on {status.TargetNode}.", cancellationToken);
+    }
+
+    /// <summary>Has the source agent send what it has staged to the target agent; returns the bytes that went over the wire (what the target already held is skipped).</summary>
+    private async Task<long> SendImagesAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var status = request.Status!;
         var source = await AgentAsync(status.SourceNode!, cancellationToken);
         var target = await AgentAsync(status.TargetNode!, cancellationToken);
         var id = MigrationId(request);
-        var token = mintToken(new TransferClaims(id, status.SourceNode!, status.TargetNode!, Math.Max(1, (status.ImageBytes ?? 0) * 2 + (64 << 20)),
+        var token = mintToken(new TransferClaims(id, status.SourceNode!, status.TargetNode!, status.ImageBytes is { } staged ? (staged * 2) + (1L << 30) : 64L << 30,
             time.GetUtcNow().AddSeconds(request.Spec.TimeoutSeconds).ToUnixTimeSeconds()));
         await target.Client.ExpectImagesAsync(new ExpectImagesRequest { MigrationId = id, Token = token }, cancellationToken: cancellationToken);
         using var call = source.Client.SendImages(new SendImagesRequest { MigrationId = id, TargetAddress = target.Endpoint, TargetNode = status.TargetNode, Token = token },
@@ -189,8 +206,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             throw new MigrationStepException("TransferIncomplete", $"The checkpoint did not arrive complete on {status.TargetNode}.");
         }
 
-        status.BytesTransferred = (long)last.BytesSent;
-        return await MoveToAsync(request, MigrationPhases.Restoring, $"Restoring the pod on {status.TargetNode}.", cancellationToken);
+        return (long)last.BytesSent;
     }
 
     private async Task<MigrationRequest> RestoreAsync(MigrationRequest request, CancellationToken cancellationToken)
