@@ -1,17 +1,17 @@
-using Migrate.Agent.Contracts.Security;
 using System.Net;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Options;
+using Migrate.Agent.Contracts.Security;
 using Migrate.Cri;
 using Migrate.Criu;
 using Migrate.NodeAgent.Checkpointing;
+using Migrate.NodeAgent.Services;
 using Migrate.NodeAgent.Transfer;
-using Microsoft.AspNetCore.Server.Kestrel.Https;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
 using OpenTelemetry.Trace;
-using Migrate.NodeAgent.Services;
 
 namespace Migrate.NodeAgent;
 

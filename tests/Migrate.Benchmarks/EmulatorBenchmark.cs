@@ -24,7 +24,7 @@ public static class EmulatorBenchmark
     public static async Task RunAsync(BenchmarkReport report)
     {
         Console.WriteLine($"emulator: {Objects} objects, {Watchers} watches, {Updates} timed updates");
-        int port = FreePort();
+        int port = Ports.Free();
         var kubeconfig = Path.Combine(Path.GetTempPath(), $"bench-emulator-{port}.kubeconfig");
         using var emulator = StartEmulator(port, kubeconfig);
         try
@@ -137,12 +137,5 @@ public static class EmulatorBenchmark
     {
         var line = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
         return line is null ? 0 : double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
-    }
-
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 }

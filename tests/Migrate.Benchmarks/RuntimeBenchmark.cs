@@ -77,24 +77,5 @@ public static class RuntimeBenchmark
         return elapsed;
     }
 
-    private static string Run(string program, IReadOnlyList<string> arguments)
-    {
-        var start = new ProcessStartInfo(program) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var process = Process.Start(start)!;
-        process.StandardInput.Close();
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"{program} {string.Join(' ', arguments)}: {error.Result}");
-        }
-
-        return output.Result;
-    }
+    private static string Run(string program, IReadOnlyList<string> arguments) => Prerequisites.Run(program, [.. arguments]);
 }

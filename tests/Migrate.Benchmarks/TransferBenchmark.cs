@@ -1,10 +1,10 @@
-using Migrate.Agent.Contracts.Security;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Security;
 using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Net.Client;
+using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent;
 using Migrate.NodeAgent.Checkpointing;
@@ -91,19 +91,7 @@ public static class TransferBenchmark
             }
         }
 
-        new MigrationRecord
-        {
-            MigrationId = "bench",
-            Namespace = "default",
-            PodName = "bench",
-            PodUid = Guid.NewGuid().ToString(),
-            NodeName = agent.Name,
-            SandboxId = "bench",
-            StagingDirectory = directory,
-            PreCopyMethod = Criu.Incremental.PreCopyMethod.ContentComparison,
-            Containers = [],
-            Phase = MigrationPhase.Frozen,
-        }.Save();
+        agent.RecordFrozenMigration("bench", directory);
     }
 
     private static async Task<(double Seconds, double Cpu)> MeasureAsync(Func<Task> action)

@@ -57,7 +57,7 @@ public sealed class AgentOnNode : IAsyncDisposable
 
     private async Task StartAgentAsync()
     {
-        int port = FreePort();
+        int port = Ports.Free();
         _agent = AgentHost.Build([
             $"--Agent:ListenAddress=127.0.0.1:{port}",
             $"--Agent:NodeName={Node.Name}",
@@ -118,5 +118,4 @@ public sealed class AgentOnNode : IAsyncDisposable
         await Node.DisposeAsync();
     }
 
-    internal static int FreePort() => Ports.Free();
 }

@@ -18,7 +18,7 @@ public sealed class CapabilitiesTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         Prerequisites.RequireRoot();
-        int port = AgentOnNode.FreePort();
+        int port = Ports.Free();
         _agent = AgentHost.Build([$"--Agent:ListenAddress=127.0.0.1:{port}", "--Agent:NodeName=node-a"]);
         await _agent.StartAsync();
         _channel = GrpcChannel.ForAddress($"http://127.0.0.1:{port}");

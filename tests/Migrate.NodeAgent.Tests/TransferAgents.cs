@@ -1,9 +1,9 @@
-using Migrate.Agent.Contracts.Security;
 using System.Net;
 using System.Security.Cryptography;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.AspNetCore.Builder;
+using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Checkpointing;
 using Migrate.NodeAgent.Transfer;
@@ -95,19 +95,7 @@ public sealed class TransferAgents : IAsyncDisposable
         }
 
         File.CreateSymbolicLink(Path.Combine(directory, "containers/main/final/parent"), "../round-1");
-        new MigrationRecord
-        {
-            MigrationId = migration,
-            Namespace = "default",
-            PodName = "counter",
-            PodUid = Guid.NewGuid().ToString(),
-            NodeName = agent.Name,
-            SandboxId = "sandbox",
-            StagingDirectory = directory,
-            PreCopyMethod = Criu.Incremental.PreCopyMethod.ContentComparison,
-            Containers = [],
-            Phase = MigrationPhase.Frozen,
-        }.Save();
+        agent.RecordFrozenMigration(migration, directory);
         return files;
     }
 

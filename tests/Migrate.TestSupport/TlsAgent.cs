@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Builder;
 using Migrate.NodeAgent;
+using Migrate.NodeAgent.Checkpointing;
 
 namespace Migrate.TestSupport;
 
@@ -48,6 +49,22 @@ public sealed class TlsAgent : IAsyncDisposable
         await host.StartAsync();
         return new TlsAgent(name, root, port, host);
     }
+
+    /// <summary>Records <paramref name="directory"/> as the staged images of a frozen migration in this agent's staging, as a final dump would.</summary>
+    public void RecordFrozenMigration(string migration, string directory) =>
+        new MigrationRecord
+        {
+            MigrationId = migration,
+            Namespace = "default",
+            PodName = migration,
+            PodUid = Guid.NewGuid().ToString(),
+            NodeName = Name,
+            SandboxId = "sandbox",
+            StagingDirectory = directory,
+            PreCopyMethod = Migrate.Criu.Incremental.PreCopyMethod.ContentComparison,
+            Containers = [],
+            Phase = Migrate.Agent.V1.MigrationPhase.Frozen,
+        }.Save();
 
     public async ValueTask DisposeAsync()
     {

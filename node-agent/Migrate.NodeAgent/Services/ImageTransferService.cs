@@ -1,6 +1,6 @@
-using Migrate.Agent.Contracts.Security;
 using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
+using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Transfer;
 

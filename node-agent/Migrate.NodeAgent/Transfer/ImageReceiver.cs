@@ -188,7 +188,6 @@ public sealed partial class ImageReceiver : IDisposable
             {
                 // the connection went away: keep what arrived, the source resumes
                 failed = false;
-                session.Dispose();
                 throw;
             }
             finally

@@ -1,4 +1,3 @@
-using Migrate.Agent.Contracts.Security;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Security.Cryptography;
@@ -6,6 +5,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Options;
+using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Checkpointing;
 using Polly;

@@ -137,6 +137,26 @@ public sealed class MigrationRequestStatus
 
     [JsonPropertyName("message")]
     public string? Message { get; set; }
+
+    /// <summary>Sets a condition; its lastTransitionTime moves only when its status changes (the standard rule).</summary>
+    public void SetCondition(string type, string value, string reason, string message, long? generation, DateTime now)
+    {
+        var condition = Conditions.FirstOrDefault(c => c.Type == type);
+        if (condition is null)
+        {
+            condition = new MigrationCondition { Type = type, LastTransitionTime = now };
+            Conditions.Add(condition);
+        }
+        else if (condition.Status != value)
+        {
+            condition.LastTransitionTime = now;
+        }
+
+        condition.Status = value;
+        condition.Reason = reason;
+        condition.Message = message;
+        condition.ObservedGeneration = generation;
+    }
 }
 
 /// <summary>A standard condition (metav1.Condition's shape).</summary>

@@ -155,7 +155,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
             status.Reason = validation.FailureReason;
             status.Message = validation.FailureMessage;
             status.CompletionTime = now;
-            SetCondition(status, "Ready", "False", validation.FailureReason!, validation.FailureMessage!, request.Metadata.Generation, now);
+            status.SetCondition("Ready", "False", validation.FailureReason!, validation.FailureMessage!, request.Metadata.Generation, now);
             OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.Failed), new KeyValuePair<string, object?>("reason", validation.FailureReason));
         }
         else
@@ -165,7 +165,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
             status.TargetNode = validation.TargetNode;
             status.Reason = "Validated";
             status.Message = $"Pod {request.Spec.PodName} can move from {validation.SourceNode} to {validation.TargetNode}.";
-            SetCondition(status, "Validated", "True", "Validated", status.Message, request.Metadata.Generation, now);
+            status.SetCondition("Validated", "True", "Validated", status.Message, request.Metadata.Generation, now);
         }
 
         request.Status = status;
@@ -180,25 +180,6 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
         {
             // someone else wrote first; the next pass sees their write
         }
-    }
-
-    private static void SetCondition(MigrationRequestStatus status, string type, string value, string reason, string message, long? generation, DateTime now)
-    {
-        var existing = status.Conditions.FirstOrDefault(c => c.Type == type);
-        if (existing is null)
-        {
-            existing = new MigrationCondition { Type = type, LastTransitionTime = now };
-            status.Conditions.Add(existing);
-        }
-        else if (existing.Status != value)
-        {
-            existing.LastTransitionTime = now;
-        }
-
-        existing.Status = value;
-        existing.Reason = reason;
-        existing.Message = message;
-        existing.ObservedGeneration = generation;
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "MigrationRequest {Namespace}/{Name}: {Phase} ({Reason}): {Message}")]

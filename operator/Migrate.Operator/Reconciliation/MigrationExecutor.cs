@@ -417,26 +417,8 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         }
     }
 
-    private void SetCondition(MigrationRequest request, string type, string value, string reason, string message)
-    {
-        var status = request.Status!;
-        var now = time.GetUtcNow().UtcDateTime;
-        var condition = status.Conditions.FirstOrDefault(c => c.Type == type);
-        if (condition is null)
-        {
-            condition = new MigrationCondition { Type = type, LastTransitionTime = now };
-            status.Conditions.Add(condition);
-        }
-        else if (condition.Status != value)
-        {
-            condition.LastTransitionTime = now;
-        }
-
-        condition.Status = value;
-        condition.Reason = reason;
-        condition.Message = message;
-        condition.ObservedGeneration = request.Metadata.Generation;
-    }
+    private void SetCondition(MigrationRequest request, string type, string value, string reason, string message) =>
+        request.Status!.SetCondition(type, value, reason, message, request.Metadata.Generation, time.GetUtcNow().UtcDateTime);
 }
 
 /// <summary>The objects a migration's events are about.</summary>
