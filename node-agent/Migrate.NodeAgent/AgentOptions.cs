@@ -61,5 +61,9 @@ public sealed class AgentOptions
     [Range(4096, 4 << 20)]
     public int MaxChunkBytes { get; set; } = 1 << 20;
 
+    /// <summary>Bytes per second this agent sends images at most (0: as fast as it can), to leave the node's network to its pods during a drain.</summary>
+    [Range(0, long.MaxValue)]
+    public long TransferBytesPerSecond { get; set; }
+
     public bool TlsEnabled => TlsCertificateFile is not null && TlsKeyFile is not null && TlsAuthorityFile is not null;
 }

@@ -1,181 +1,252 @@
-using System.Diagnostics;
 using System.Globalization;
-using k8s;
-using k8s.Models;
-using Microsoft.AspNetCore.Builder;
-using Migrate.Operator;
-using Migrate.Operator.Api;
-using Migrate.Operator.Reconciliation;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Migrate.Sandbox;
 using Migrate.TestSupport;
 
-// make demo: a live migration in the local sandbox cluster, with a readable summary.
-// Everything it starts is stopped and removed at the end, whatever happens.
-var clock = Stopwatch.StartNew();
-void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{clock.Elapsed.TotalSeconds,6:0.0}s] {text}"));
-
-Prerequisites.RequireRoot();
-var cleanup = new Stack<Func<ValueTask>>();
-int exit = 1;
+// hack/sandbox and make demo. Commands:
+//   serve [--nodes N] [--state FILE]     run the sandbox cluster until SIGTERM (hack/sandbox up starts it in the background)
+//   status [--json] [--state FILE]       every component with its PID, address and node
+//   down [--state FILE]                  stop the sandbox and remove what it made
+//   image import NAME PATH [--state FILE] make an image (root file system directory or OCI archive) available on every node
+//   demo [--state FILE] [--result FILE]  the live migration of make demo, against a running sandbox
+var options = CommandLine.Parse(args);
 try
 {
-    Say("starting the sandbox cluster: the Kubernetes API emulator, two containerd nodes with the podmig runtime handler, emulated kubelets, node agents (mutual TLS), the operator");
-    var cluster = new EmulatorFixture();
-    await cluster.InitializeAsync();
-    cleanup.Push(async () => await cluster.DisposeAsync());
-    await cluster.ApplyRepositoryFileAsync("crds", "podmigration.io_migrationrequests.yaml");
-    await cluster.ApplyRepositoryFileAsync("deploy", "node", "runtimeclass.yaml");
-    var pki = new TestPki();
-    cleanup.Push(() =>
+    return options.Command switch
     {
-        pki.Dispose();
-        return ValueTask.CompletedTask;
-    });
-    var nodes = new Dictionary<string, ContainerdNode>();
-    foreach (var name in new[] { "node-a", "node-b" })
-    {
-        var node = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime);
-        cleanup.Push(node.DisposeAsync);
-        nodes[name] = node;
-        TestImages.ImportInto(node);
-        var agent = await TlsAgent.StartAsync(pki, name, node.Root, $"--Agent:CriSocket={node.SocketPath}");
-        cleanup.Push(agent.DisposeAsync);
-        var kubelet = await SandboxKubelet.StartAsync(cluster.Client, node, name,
-            new Dictionary<string, string> { [AnnotatedAgentDirectory.EndpointAnnotation] = agent.Address });
-        cleanup.Push(kubelet.DisposeAsync);
-        Say($"{name}: containerd {node.SocketPath}, agent {agent.Address}");
-    }
+        "serve" => await Serve.RunAsync(options),
+        "status" => SandboxState.PrintStatus(options),
+        "down" => await SandboxState.DownAsync(options),
+        "image" when options.Positional is ["import", var name, var path] => Images.Import(options, name, path),
+        "demo" => await Demo.RunAsync(options),
+        _ => CommandLine.Usage(),
+    };
+}
+catch (Exception e) when (e is SandboxException or InvalidOperationException or TimeoutException or IOException)
+{
+    Console.Error.WriteLine("sandbox: " + e.Message);
+    return 1;
+}
 
-    var operatorIdentity = pki.Issue("operator");
-    var operatorHost = OperatorHost.Build([
-        $"--Operator:Kubeconfig={cluster.Emulator.KubeconfigPath}", "--Operator:LeaseNamespace=default", "--Operator:Identity=sandbox-operator",
-        $"--Operator:TlsCertificateFile={operatorIdentity.CertificateFile}", $"--Operator:TlsKeyFile={operatorIdentity.KeyFile}",
-        $"--Operator:TlsAuthorityFile={pki.AuthorityFile}", $"--Operator:TokenSigningKeyFile={pki.TokenSigningKeyFile}",
-        "--urls", $"http://127.0.0.1:{Ports.Free()}", "--Logging:LogLevel:Default=Warning"]);
-    await operatorHost.StartAsync();
-    cleanup.Push(async () =>
-    {
-        await operatorHost.StopAsync();
-        await operatorHost.DisposeAsync();
-    });
-    Say($"operator running; KUBECONFIG={cluster.Emulator.KubeconfigPath}");
+namespace Migrate.Sandbox
+{
+    /// <summary>A failure with a sentence for the user (no stack trace).</summary>
+    internal sealed class SandboxException(string message) : Exception(message);
 
-    Say("creating pod default/counter on node-a: a 64 MiB in-memory counter that rewrites 1 % of its memory per second and checks its checksum every 5 ticks");
-    await cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+    internal sealed record CommandLine(string Command, IReadOnlyList<string> Positional, IReadOnlyDictionary<string, string> Flags)
     {
-        Metadata = new V1ObjectMeta { Name = "counter", Labels = new Dictionary<string, string> { ["app"] = "counter" } },
-        Spec = new V1PodSpec
+        public const string DefaultState = "/run/podmig-sandbox/state.json";
+
+        public string StatePath => Flags.GetValueOrDefault("state", DefaultState);
+
+        public bool Has(string flag) => Flags.ContainsKey(flag);
+
+        public static CommandLine Parse(string[] args)
         {
-            NodeName = "node-a",
-            Containers = [new V1Container
+            var positional = new List<string>();
+            var flags = new Dictionary<string, string>(StringComparer.Ordinal);
+            for (int i = 0; i < args.Length; i++)
             {
-                Name = "main",
-                Image = TestImages.Memcounter,
-                Command = ["/bin/memcounter"],
-                Args = ["--mib", "64", "--interval-ms", "100", "--verify-every", "5", "--dirty-percent-per-second", "1"],
-            }],
-        },
-    }, "default");
-    (await cluster.KubectlAsync("wait", "pod/counter", "--for=condition=Ready", "--timeout=60s")).Succeeded();
-    Console.WriteLine((await cluster.KubectlAsync("get", "pods", "-o", "wide")).Output);
-    var sourceLog = Directory.GetFiles(nodes["node-a"].PodLogDirectory, "0.log", SearchOption.AllDirectories).Single();
-    var before = await Logs.WaitForTicksAsync(sourceLog, 20);
-    Say($"counter on node-a reached tick {before[^1].Tick} (checksum {before[^1].Checksum:x16}, last check {before.Last(t => t.Verified != "-").Verified})");
-
-    Say("kubectl apply: MigrationRequest move-counter (no target given: the operator picks one)");
-    (await cluster.KubectlInAsync("""
-        apiVersion: podmigration.io/v1alpha1
-        kind: MigrationRequest
-        metadata: {name: move-counter, namespace: default}
-        spec: {podName: counter, mode: PreCopy}
-        """, "apply", "-f", "-")).Succeeded();
-    var started = clock.Elapsed;
-    string? phase = null;
-    MigrationRequest? request = null;
-    while (clock.Elapsed - started < TimeSpan.FromMinutes(3))
-    {
-        var raw = await cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural, "move-counter");
-        request = KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
-        if (request.Status?.Phase is { } current && current != phase)
-        {
-            phase = current;
-            Say($"  phase {phase,-13} {request.Status.Message}");
-        }
-
-        if (MigrationPhases.IsFinal(phase))
-        {
-            break;
-        }
-
-        await Task.Delay(50);
-    }
-
-    Console.WriteLine((await cluster.KubectlAsync("get", "migrationrequests")).Output);
-    Console.WriteLine((await cluster.KubectlAsync("get", "pods", "-o", "wide")).Output);
-    var status = request?.Status;
-    if (status?.Phase != MigrationPhases.Succeeded)
-    {
-        Say($"the migration did not succeed: {status?.Phase} {status?.Reason}: {status?.Message}");
-    }
-    else
-    {
-        var frozen = Logs.Ticks(sourceLog)[^1];
-        var targetLog = Directory.GetFiles(nodes[status.TargetNode!].PodLogDirectory, "0.log", SearchOption.AllDirectories).Single();
-        var after = await Logs.WaitForTicksAsync(targetLog, 15);
-        bool continued = after[0].Tick == frozen.Tick + 1 && after.Zip(after.Skip(1)).All(p => p.Second.Tick == p.First.Tick + 1);
-        bool intact = after.Any(t => t.VerifiedOk) && after.All(t => t.Verified != "BAD");
-        Console.WriteLine();
-        Console.WriteLine("Summary");
-        Console.WriteLine($"  pod default/counter moved {status.SourceNode} -> {status.TargetNode} as {status.ReplacementPod}");
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  migration time           {(status.CompletionTime - status.StartTime)?.TotalSeconds:0.00} s (request to Succeeded)"));
-        Console.WriteLine($"  downtime                 {status.DowntimeMillis} ms (frozen until the restored process ran)");
-        Console.WriteLine($"  pre-copy rounds          {status.PreCopyRounds}");
-        Console.WriteLine($"  staged on source         {status.ImageBytes} bytes; sent to target {status.BytesTransferred} bytes");
-        Console.WriteLine($"  last tick on {status.SourceNode}      {frozen.Tick}");
-        Console.WriteLine($"  first tick on {status.TargetNode}     {after[0].Tick} (then {after[^1].Tick}) -> {(continued ? "continued without a gap" : "NOT continuous")}");
-        Console.WriteLine($"  memory checksum checks   {(intact ? "all passed after the move" : "FAILED")}");
-        exit = continued && intact ? 0 : 1;
-    }
-}
-catch (Exception e) when (e is InvalidOperationException or TimeoutException or IOException or Grpc.Core.RpcException or k8s.Autorest.HttpOperationException)
-{
-    Say("the demo failed: " + e.Message);
-}
-finally
-{
-    Say("stopping the sandbox and removing what it made");
-    while (cleanup.Count > 0)
-    {
-        await cleanup.Pop()();
-    }
-
-    Say(exit == 0 ? "demo done" : "demo FAILED");
-}
-
-return exit;
-
-/// <summary>Counter lines from a CRI log file.</summary>
-internal static class Logs
-{
-    public static IReadOnlyList<MemcounterTick> Ticks(string path)
-    {
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        using var reader = new StreamReader(stream);
-        return Memcounter.Parse(reader.ReadToEnd().Split('\n').Select(l => l.Split(' ', 4) is { Length: 4 } parts ? parts[3] : l));
-    }
-
-    public static async Task<IReadOnlyList<MemcounterTick>> WaitForTicksAsync(string path, int count)
-    {
-        for (int i = 0; i < 600; i++)
-        {
-            var ticks = Ticks(path);
-            if (ticks.Count >= count)
-            {
-                return ticks;
+                if (args[i].StartsWith("--", StringComparison.Ordinal))
+                {
+                    var name = args[i][2..];
+                    bool valued = name is "nodes" or "state" or "result" or "directory";
+                    flags[name] = valued ? (i + 1 < args.Length ? args[++i] : throw new SandboxException($"--{name} needs a value")) : "true";
+                }
+                else
+                {
+                    positional.Add(args[i]);
+                }
             }
 
-            await Task.Delay(100);
+            return new CommandLine(positional.FirstOrDefault() ?? "", positional.Skip(1).ToList(), flags);
         }
 
-        throw new TimeoutException($"{path} did not reach {count} ticks");
+        public static int Usage()
+        {
+            Console.Error.WriteLine("""
+                usage: hack/sandbox up [--nodes N] [--state FILE]
+                       hack/sandbox status [--json] [--state FILE]
+                       hack/sandbox image import NAME PATH [--state FILE]
+                       hack/sandbox down [--state FILE]
+                """);
+            return 2;
+        }
+    }
+
+    /// <summary>The sandbox's foreground process: starts the cluster, writes the state file, runs until SIGTERM or SIGINT, then removes everything.</summary>
+    internal static class Serve
+    {
+        public static async Task<int> RunAsync(CommandLine options)
+        {
+            int nodes = int.Parse(options.Flags.GetValueOrDefault("nodes", "2"), CultureInfo.InvariantCulture);
+            var state = options.StatePath;
+            if (File.Exists(state) && SandboxState.Alive(SandboxState.Read(state)))
+            {
+                throw new SandboxException($"a sandbox is already up ({state}); 'hack/sandbox down' first");
+            }
+
+            var directory = options.Flags.GetValueOrDefault("directory", Path.GetDirectoryName(state)!);
+            Directory.CreateDirectory(directory);
+            var stop = new TaskCompletionSource();
+            using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c =>
+            {
+                c.Cancel = true;
+                stop.TrySetResult();
+            });
+            using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, c =>
+            {
+                c.Cancel = true;
+                stop.TrySetResult();
+            });
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{clock.Elapsed.TotalSeconds,5:0.0}s] {text}"));
+            Say($"starting the sandbox cluster with {nodes} node(s)");
+            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false }, Say))
+            {
+                File.WriteAllText(state + ".tmp", cluster.DescribeJson());
+                File.Move(state + ".tmp", state, overwrite: true);
+                Say($"sandbox up; KUBECONFIG={cluster.KubeconfigPath}");
+                await stop.Task;
+                Say("stopping the sandbox");
+            }
+
+            File.Delete(state);
+            Say("sandbox down: processes stopped, mounts, bridges, cgroups and node directories removed");
+            return 0;
+        }
+    }
+
+    /// <summary>The state file of a running sandbox, and what status and down do with it.</summary>
+    internal static class SandboxState
+    {
+        public static JsonObject Read(string path) =>
+            File.Exists(path)
+                ? JsonNode.Parse(File.ReadAllText(path))!.AsObject()
+                : throw new SandboxException($"no sandbox is up ({path} does not exist); start one with 'hack/sandbox up'");
+
+        public static bool Alive(JsonObject state) => ProcessAlive((int)state["pid"]!);
+
+        private static bool ProcessAlive(int pid) => Directory.Exists($"/proc/{pid}") && !File.ReadAllText($"/proc/{pid}/stat").Split(") ")[^1].StartsWith('Z');
+
+        public static int PrintStatus(CommandLine options)
+        {
+            var state = Read(options.StatePath);
+            var components = state["components"]!.AsArray().Select(c => c!.AsObject()).ToList();
+            foreach (var c in components)
+            {
+                c["running"] = ProcessAlive((int)c["pid"]!);
+            }
+
+            if (options.Has("json"))
+            {
+                Console.WriteLine(state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                return components.All(c => (bool)c["running"]!) ? 0 : 1;
+            }
+
+            Console.WriteLine($"KUBECONFIG={state["kubeconfig"]}");
+            Console.WriteLine($"{"COMPONENT",-20} {"NODE",-8} {"PID",-8} {"STATE",-8} ADDRESS");
+            foreach (var c in components)
+            {
+                Console.WriteLine($"{c["name"],-20} {c["node"]?.ToString() ?? "-",-8} {c["pid"],-8} {((bool)c["running"]! ? "running" : "DEAD"),-8} {c["address"]}");
+            }
+
+            return components.All(c => (bool)c["running"]!) ? 0 : 1;
+        }
+
+        /// <summary>SIGTERM to the sandbox process, which stops its parts and removes what it made; waits for it.</summary>
+        public static async Task<int> DownAsync(CommandLine options)
+        {
+            var path = options.StatePath;
+            if (!File.Exists(path))
+            {
+                Console.WriteLine("no sandbox is up");
+                return 0;
+            }
+
+            var state = Read(path);
+            int pid = (int)state["pid"]!;
+            if (!Alive(state))
+            {
+                throw new SandboxException($"the sandbox process {pid} is gone but left {path}; its parts may still run: " +
+                    string.Join(", ", state["components"]!.AsArray().Where(c => ProcessAlive((int)c!["pid"]!)).Select(c => $"{c!["name"]} (pid {c["pid"]})")) +
+                    "; stop those by PID, then remove " + path);
+            }
+
+            ChildProcess.Signal(pid, 15);
+            for (int i = 0; i < 1200 && ProcessAlive(pid); i++)
+            {
+                await Task.Delay(100);
+            }
+
+            if (ProcessAlive(pid))
+            {
+                throw new SandboxException($"the sandbox process {pid} did not stop within 120 s; see {state["directory"]}/sandbox.log");
+            }
+
+            // its logs go with it; a sandbox that failed to stop keeps them (above) for a look
+            var directory = (string)state["directory"]!;
+            foreach (var leftover in new[] { Path.Combine(directory, "logs") }.Where(Directory.Exists))
+            {
+                Directory.Delete(leftover, recursive: true);
+            }
+
+            File.Delete(Path.Combine(directory, "sandbox.log"));
+            if (Directory.Exists(directory) && !Directory.EnumerateFileSystemEntries(directory).Any())
+            {
+                Directory.Delete(directory);
+            }
+
+            Console.WriteLine("sandbox down");
+            return 0;
+        }
+    }
+
+    /// <summary>hack/sandbox image import: an OCI archive as it is, a root file system directory packed as a one-layer image first.</summary>
+    internal static class Images
+    {
+        public static int Import(CommandLine options, string name, string path)
+        {
+            var state = SandboxState.Read(options.StatePath);
+            string archive = path;
+            string? temporary = null;
+            if (Directory.Exists(path))
+            {
+                temporary = Path.Combine(Path.GetTempPath(), $"podmig-image-{Guid.NewGuid():N}.tar");
+                OciImage.WriteArchive(path, name, [], temporary);
+                archive = temporary;
+            }
+            else if (!File.Exists(path))
+            {
+                throw new SandboxException($"{path} is neither a directory (root file system) nor a file (OCI archive)");
+            }
+
+            try
+            {
+                foreach (var node in state["nodes"]!.AsArray())
+                {
+                    var socket = (string)node!["containerdSocket"]!;
+                    Prerequisites.Run("ctr", "--address", socket, "--namespace", "k8s.io", "images", "import", archive);
+                    var names = Prerequisites.Run("ctr", "--address", socket, "--namespace", "k8s.io", "images", "ls", "-q").Split('\n', StringSplitOptions.TrimEntries);
+                    if (!names.Contains(name))
+                    {
+                        throw new SandboxException($"{path} holds no image named {name} (an OCI archive keeps the names it was saved with)");
+                    }
+
+                    Console.WriteLine($"{node["name"]}: {name} imported");
+                }
+            }
+            finally
+            {
+                if (temporary is not null)
+                {
+                    File.Delete(temporary);
+                }
+            }
+
+            return 0;
+        }
     }
 }

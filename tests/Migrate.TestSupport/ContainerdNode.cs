@@ -33,6 +33,9 @@ public sealed class ContainerdNode : IAsyncDisposable
 
     public string Name { get; }
 
+    /// <summary>containerd's process id.</summary>
+    public int Pid => _containerd.Id;
+
     /// <summary>containerd's persistent directory (images, snapshots).</summary>
     public string Root { get; }
 

@@ -23,6 +23,17 @@ public static class RepositoryLayout
         }
     }
 
+    /// <summary>
+    /// The entry assembly of one of this repository's programs (project Migrate.NodeAgent, assembly
+    /// migrate-node-agent), from the same build (configuration and runtime) as the running code.
+    /// </summary>
+    public static string Program(string project, string assembly)
+    {
+        var pivot = Path.GetFileName(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory));
+        var path = Path.Combine(Artifacts, "bin", project, pivot, assembly + ".dll");
+        return File.Exists(path) ? path : throw new InvalidOperationException($"{path} is missing: run 'make build' first");
+    }
+
     private static string FindRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)

@@ -1,9 +1,17 @@
 using System.Collections.Concurrent;
+using System.Globalization;
 using System.Net;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Logging;
 using Migrate.Cri.V1;
 
 namespace Migrate.TestSupport;
@@ -13,7 +21,9 @@ namespace Migrate.TestSupport;
 /// runs the pods bound to it through CRI (the pod's runtime class as the handler, its podmig.io/
 /// annotations, labels, emptyDir volumes, command and args), reports their status (Running with
 /// the sandbox's IP, or the CRI error as RunContainerError), and removes a deleted pod's sandbox
-/// before it lets the pod object go. No probes, restarts, images pulls or resource enforcement.
+/// before it lets the pod object go. It serves containers' logs (/containerLogs, HTTPS, where the
+/// API server's pods/log goes) and can report its node NotReady. No probes, restarts, image pulls
+/// or resource enforcement.
 /// </summary>
 public sealed class SandboxKubelet : IAsyncDisposable
 {
@@ -23,6 +33,7 @@ public sealed class SandboxKubelet : IAsyncDisposable
     private readonly ConcurrentDictionary<string, RunningTestPod> _running = new(StringComparer.Ordinal);
     private readonly HashSet<string> _failed = new(StringComparer.Ordinal);
     private Task _loop = Task.CompletedTask;
+    private WebApplication? _logServer;
 
     private SandboxKubelet(IKubernetes client, ContainerdNode node, string nodeName)
     {
@@ -32,6 +43,9 @@ public sealed class SandboxKubelet : IAsyncDisposable
     }
 
     public string NodeName { get; }
+
+    /// <summary>The port of its HTTPS endpoint (containerLogs), as the node's status reports it.</summary>
+    public int Port { get; private set; }
 
     /// <summary>Annotations the node gets (e.g. the agent's endpoint).</summary>
     private Dictionary<string, string> NodeAnnotations { get; } = [];
@@ -48,8 +62,97 @@ public sealed class SandboxKubelet : IAsyncDisposable
             kubelet.NodeAnnotations[key] = value;
         }
 
-        await kubelet.RegisterAsync();
+        try
+        {
+            await kubelet.ServeLogsAsync();
+            await kubelet.RegisterAsync();
+        }
+        catch
+        {
+            await kubelet.DisposeAsync();
+            throw;
+        }
+
         return kubelet;
+    }
+
+    /// <summary>Reports the node Ready or NotReady (as a kubelet that lost its runtime or its network would); pods keep running.</summary>
+    public async Task SetReadyAsync(bool ready)
+    {
+        var node = await _client.CoreV1.ReadNodeAsync(NodeName);
+        node.Status.Conditions = [ReadyCondition(ready)];
+        await _client.CoreV1.ReplaceNodeStatusAsync(node, NodeName);
+    }
+
+    private V1NodeCondition ReadyCondition(bool ready) => ready
+        ? new V1NodeCondition { Type = "Ready", Status = "True", Reason = "KubeletReady", Message = "sandbox kubelet (emulated) on containerd " + _node.Name, LastTransitionTime = DateTime.UtcNow }
+        : new V1NodeCondition { Type = "Ready", Status = "False", Reason = "KubeletNotReady", Message = "the sandbox kubelet was told to report NotReady", LastTransitionTime = DateTime.UtcNow };
+
+    /// <summary>GET /containerLogs/{namespace}/{pod}/{container}[?tailLines=N&amp;follow=true]: the container's output without the CRI prefix.</summary>
+    private async Task ServeLogsAsync()
+    {
+        using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        var request = new CertificateRequest("CN=" + NodeName, key, HashAlgorithmName.SHA256);
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddIpAddress(IPAddress.Loopback);
+        request.CertificateExtensions.Add(san.Build());
+        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddDays(30));
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        var serving = X509CertificateLoader.LoadPkcs12(certificate.Export(X509ContentType.Pkcs12), null);
+        builder.WebHost.ConfigureKestrel(k => k.Listen(IPAddress.Loopback, 0, l =>
+        {
+            l.Protocols = HttpProtocols.Http1AndHttp2;
+            l.UseHttps(serving);
+        }));
+        _logServer = builder.Build();
+        _logServer.MapGet("/containerLogs/{ns}/{pod}/{container}", ContainerLogAsync);
+        await _logServer.StartAsync();
+        Port = new Uri(_logServer.Urls.First()).Port;
+    }
+
+    private async Task ContainerLogAsync(HttpContext http, string ns, string pod, string container)
+    {
+        if (!_running.TryGetValue($"{ns}/{pod}", out var running) || !running.ContainerIds.ContainsKey(container))
+        {
+            http.Response.StatusCode = 404;
+            await http.Response.WriteAsync($"container {container} of pod {ns}/{pod} does not run on {NodeName}");
+            return;
+        }
+
+        http.Response.ContentType = "text/plain";
+        var lines = running.LogLines(container);
+        int tail = int.TryParse(http.Request.Query["tailLines"], NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : int.MaxValue;
+        foreach (var line in lines.Skip(Math.Max(0, lines.Count - tail)))
+        {
+            await http.Response.WriteAsync(line + "\n", http.RequestAborted);
+        }
+
+        if (http.Request.Query["follow"] != "true")
+        {
+            return;
+        }
+
+        int sent = lines.Count;
+        try
+        {
+            while (!http.RequestAborted.IsCancellationRequested && _running.ContainsKey($"{ns}/{pod}"))
+            {
+                await Task.Delay(100, http.RequestAborted);
+                lines = running.LogLines(container);
+                foreach (var line in lines.Skip(sent))
+                {
+                    await http.Response.WriteAsync(line + "\n", http.RequestAborted);
+                }
+
+                sent = lines.Count;
+                await http.Response.Body.FlushAsync(http.RequestAborted);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // the client went away
+        }
     }
 
     private async Task RegisterAsync()
@@ -68,8 +171,22 @@ public sealed class SandboxKubelet : IAsyncDisposable
         {
             Allocatable = new Dictionary<string, ResourceQuantity> { ["cpu"] = new("2"), ["memory"] = new("8Gi"), ["pods"] = new("110") },
             Capacity = new Dictionary<string, ResourceQuantity> { ["cpu"] = new("2"), ["memory"] = new("8Gi"), ["pods"] = new("110") },
-            Conditions = [new V1NodeCondition { Type = "Ready", Status = "True", Reason = "KubeletReady", Message = "sandbox kubelet (emulated) on containerd " + _node.Name }],
-            Addresses = [new V1NodeAddress { Type = "InternalIP", Address = "127.0.0.1" }],
+            Conditions = [ReadyCondition(true)],
+            Addresses = [new V1NodeAddress { Type = "InternalIP", Address = "127.0.0.1" }, new V1NodeAddress { Type = "Hostname", Address = NodeName }],
+            DaemonEndpoints = new V1NodeDaemonEndpoints { KubeletEndpoint = new V1DaemonEndpoint { Port = Port } },
+            NodeInfo = new V1NodeSystemInfo
+            {
+                Architecture = "amd64",
+                OperatingSystem = "linux",
+                ContainerRuntimeVersion = "containerd://sandbox",
+                KubeletVersion = "v1.32.0-sandbox",
+                KubeProxyVersion = "",
+                KernelVersion = Environment.OSVersion.Version.ToString(),
+                OsImage = "sandbox",
+                MachineID = NodeName,
+                SystemUUID = NodeName,
+                BootID = NodeName,
+            },
         };
         await _client.CoreV1.ReplaceNodeStatusAsync(node, NodeName);
         _loop = Task.Run(() => LoopAsync(_stop.Token));
@@ -98,6 +215,16 @@ public sealed class SandboxKubelet : IAsyncDisposable
     private async Task SyncAsync(CancellationToken cancellationToken)
     {
         var pods = await _client.CoreV1.ListPodForAllNamespacesAsync(fieldSelector: $"spec.nodeName={NodeName}", cancellationToken: cancellationToken);
+        // force-deleted (grace period 0): the object is gone at once, the kubelet still has to stop its containers
+        var listed = pods.Items.Select(p => $"{p.Metadata.NamespaceProperty}/{p.Metadata.Name}").ToHashSet(StringComparer.Ordinal);
+        foreach (var key in _running.Keys.Where(k => !listed.Contains(k)).ToList())
+        {
+            if (_running.TryRemove(key, out var gone))
+            {
+                await TestPods.RemoveAsync(_node, gone);
+            }
+        }
+
         foreach (var pod in pods.Items)
         {
             var key = $"{pod.Metadata.NamespaceProperty}/{pod.Metadata.Name}";
@@ -202,5 +329,10 @@ public sealed class SandboxKubelet : IAsyncDisposable
         await _stop.CancelAsync();
         await _loop;
         _stop.Dispose();
+        if (_logServer is not null)
+        {
+            await _logServer.StopAsync();
+            await _logServer.DisposeAsync();
+        }
     }
 }

@@ -18,7 +18,7 @@ public static class TestImages
         }
     }
 
-    /// <summary>The OCI archives of the test images, built on first use.</summary>
+    /// <summary>The OCI archives of the test images (pause first, then memcounter), built on first use.</summary>
     public static IReadOnlyList<string> Archives()
     {
         string[] identity = [Workloads.Build("memcounter"), Workloads.Build("pause"), .. TestRootFilesystem.Applets];

@@ -149,6 +149,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         using var compressor = accepted.Compression == Compression.Zstd ? new ZstdSharp.Compressor(1) : null;
         var compressed = compressor is null ? null : new byte[ZstdSharp.Compressor.GetCompressBound(chunkSize)];
         var lastReport = clock.Elapsed;
+        var paced = Stopwatch.StartNew();
+        long sentThisAttempt = 0;
         ulong skipped = 0;
         for (int i = 0; i < manifest.Files.Count; i++)
         {
@@ -184,6 +186,13 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 // one chunk in flight: the write completes once the message is serialized into the connection's window
                 await call.RequestStream.WriteAsync(new UploadMessage { Chunk = new Chunk { File = (uint)i, Offset = (ulong)offset, Data = data, Length = (uint)length } }, cancellationToken);
                 offset += length;
+                sentThisAttempt += length;
+                if (_options.TransferBytesPerSecond > 0
+                    && TimeSpan.FromSeconds((double)sentThisAttempt / _options.TransferBytesPerSecond) - paced.Elapsed is { } ahead && ahead > TimeSpan.Zero)
+                {
+                    await Task.Delay(ahead, cancellationToken);
+                }
+
                 progress.BytesSent += (ulong)length;
                 progress.WireBytes += (ulong)data.Length;
                 AgentTelemetry.TransferBytes.Add(length, new KeyValuePair<string, object?>("direction", "out"));

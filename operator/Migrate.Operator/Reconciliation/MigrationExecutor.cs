@@ -85,6 +85,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                 }
 
                 budget.CancelAfter(phaseLeft);
+                await RequireTargetReadyAsync(request, budget.Token);
             }
 
             return status.Phase switch
@@ -112,6 +113,26 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             SetCondition(request, RollingBack, "True", reason, message);
             request = await _store.WriteStatusAsync(request, cancellationToken);
             return await RollBackAsync(request, cancellationToken);
+        }
+    }
+
+    /// <summary>A target that went away or NotReady before cut-over ends the migration: the source is still there to go back to.</summary>
+    private async Task RequireTargetReadyAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var name = request.Status!.TargetNode!;
+        V1Node node;
+        try
+        {
+            node = await client.CoreV1.ReadNodeAsync(name, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            throw new MigrationStepException("TargetNodeGone", $"Target node {name} was removed during {request.Status.Phase}.");
+        }
+
+        if (node.Status?.Conditions?.FirstOrDefault(c => c.Type == "Ready") is not { Status: "True" })
+        {
+            throw new MigrationStepException("TargetNodeNotReady", $"Target node {name} became NotReady during {request.Status.Phase}.");
         }
     }
 

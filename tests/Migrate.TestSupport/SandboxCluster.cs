@@ -1,0 +1,335 @@
+using System.Net.Sockets;
+using System.Text.Json;
+using k8s;
+using k8s.Models;
+
+namespace Migrate.TestSupport;
+
+/// <summary>How big a sandbox to make and how its parts behave.</summary>
+public sealed record SandboxOptions
+{
+    public const string AgentEndpointAnnotation = "podmig.io/agent-endpoint";
+
+    /// <summary>Nodes, named node-a, node-b, …</summary>
+    public int Nodes { get; init; } = 2;
+
+    /// <summary>Start the operator (as a process) with the cluster; tests that drive it themselves leave it off.</summary>
+    public bool StartOperator { get; init; } = true;
+
+    /// <summary>The agents' Agent:TransferBytesPerSecond (0: unlimited); fault tests slow transfers down to hit them mid-way.</summary>
+    public long TransferBytesPerSecond { get; init; }
+
+    /// <summary>The operator's Operator:PhaseTimeoutSeconds.</summary>
+    public int PhaseTimeoutSeconds { get; init; } = 120;
+
+    /// <summary>Import the test workload images (memcounter) into every node; the pause image is always there.</summary>
+    public bool ImportTestImages { get; init; } = true;
+
+    /// <summary>Where logs, certificates and the state file go; a new temporary directory when unset.</summary>
+    public string? Directory { get; init; }
+}
+
+/// <summary>One part of the sandbox: what it is, where it runs and listens, its process.</summary>
+public sealed record SandboxComponent(string Name, string Kind, string? Node, int Pid, string? Address, string? Log);
+
+/// <summary>One node of the sandbox: its containerd, its emulated kubelet and its real node agent (a process of its own).</summary>
+public sealed class SandboxNode
+{
+    private readonly SandboxCluster _cluster;
+
+    internal SandboxNode(SandboxCluster cluster, string name, ContainerdNode containerd, string agentAddress)
+    {
+        _cluster = cluster;
+        Name = name;
+        Containerd = containerd;
+        AgentAddress = agentAddress;
+    }
+
+    public string Name { get; }
+
+    public ContainerdNode Containerd { get; }
+
+    public SandboxKubelet Kubelet { get; internal set; } = null!;
+
+    public ChildProcess Agent { get; private set; } = null!;
+
+    /// <summary>ip:port of the agent's gRPC API (mutual TLS), on a loopback address of its own.</summary>
+    public string AgentAddress { get; }
+
+    /// <summary>Where the agent stages checkpoints of this node's pods.</summary>
+    public string StagingDirectory => Path.Combine(Containerd.Root, "staging");
+
+    /// <summary>Where the agent receives other nodes' checkpoints (and the restore runtime reads them).</summary>
+    public string IncomingDirectory => Containerd.IncomingDirectory;
+
+    /// <summary>Migration directories left in staging and incoming (none once every migration is cleaned up).</summary>
+    public IReadOnlyList<string> StagedMigrations() =>
+        [.. new[] { StagingDirectory, IncomingDirectory }.Where(Directory.Exists).SelectMany(Directory.EnumerateDirectories)];
+
+    /// <summary>Starts (or restarts, as a DaemonSet would) the node agent, on the same address.</summary>
+    public async Task StartAgentAsync()
+    {
+        var certificate = _cluster.Pki.Issue(Name);
+        string[] arguments = [
+            $"--Agent:ListenAddress={AgentAddress}",
+            $"--Agent:NodeName={Name}",
+            $"--Agent:CriSocket={Containerd.SocketPath}",
+            $"--Agent:StagingDirectory={StagingDirectory}",
+            $"--Agent:IncomingDirectory={IncomingDirectory}",
+            $"--Agent:TlsCertificateFile={certificate.CertificateFile}",
+            $"--Agent:TlsKeyFile={certificate.KeyFile}",
+            $"--Agent:TlsAuthorityFile={_cluster.Pki.AuthorityFile}",
+            $"--Agent:TokenPublicKeyFile={_cluster.Pki.TokenPublicKeyFile}",
+            $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
+            "--Logging:LogLevel:Default=Information",
+        ];
+        Agent = ChildProcess.StartProgram("agent-" + Name, "Migrate.NodeAgent", "migrate-node-agent", Path.Combine(_cluster.Directory, "logs", $"agent-{Name}.log"), arguments);
+        var (host, port) = SandboxCluster.Split(AgentAddress);
+        await Agent.WaitUntilAsync(() => SandboxCluster.AcceptsAsync(host, port), TimeSpan.FromSeconds(60), "listening on " + AgentAddress);
+    }
+
+    /// <summary>SIGKILL of the agent process (a crash, an OOM kill).</summary>
+    public Task KillAgentAsync() => Agent.KillAsync();
+}
+
+/// <summary>
+/// The sandbox cluster: the Kubernetes API emulator as control plane (with the CRDs and the
+/// RuntimeClass applied), per node a containerd with the podmig runtime handler, an emulated
+/// kubelet and the real node agent as a process on its own loopback address (127.0.0.1x), and the
+/// real operator as a process. Used by <c>make demo</c>, <c>hack/sandbox</c> and the end-to-end
+/// tests; disposing it stops every process it started (by PID) and removes what it made.
+/// </summary>
+public sealed class SandboxCluster : IAsyncDisposable
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+    private readonly Stack<Func<ValueTask>> _cleanup = new();
+    private readonly List<SandboxNode> _nodes = [];
+    private readonly bool _ownsDirectory;
+
+    private SandboxCluster(SandboxOptions options, EmulatorFixture api, TestPki pki)
+    {
+        Options = options;
+        Api = api;
+        Pki = pki;
+        _ownsDirectory = options.Directory is null;
+        Directory = options.Directory ?? System.IO.Directory.CreateTempSubdirectory("podmig-sandbox-").FullName;
+        System.IO.Directory.CreateDirectory(Directory);
+    }
+
+    public SandboxOptions Options { get; }
+
+    public EmulatorFixture Api { get; }
+
+    public IKubernetes Client => Api.Client;
+
+    public string KubeconfigPath => Api.Emulator.KubeconfigPath;
+
+    public TestPki Pki { get; }
+
+    public string Directory { get; }
+
+    public IReadOnlyList<SandboxNode> Nodes => _nodes;
+
+    public SandboxNode Node(string name) => _nodes.Single(n => n.Name == name);
+
+    public ChildProcess? Operator { get; private set; }
+
+    /// <summary>The operator's probe address.</summary>
+    public string? OperatorAddress { get; private set; }
+
+    public static async Task<SandboxCluster> StartAsync(SandboxOptions options, Action<string>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Nodes is < 1 or > 20)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), options.Nodes, "a sandbox has 1 to 20 nodes");
+        }
+
+        Prerequisites.RequireRoot();
+        var api = new EmulatorFixture();
+        await api.InitializeAsync();
+        var cluster = new SandboxCluster(options, api, new TestPki());
+        cluster._cleanup.Push(async () => await api.DisposeAsync());
+        cluster._cleanup.Push(() =>
+        {
+            cluster.Pki.Dispose();
+            return ValueTask.CompletedTask;
+        });
+        try
+        {
+            await api.ApplyRepositoryFileAsync("crds", "podmigration.io_migrationrequests.yaml");
+            await api.ApplyRepositoryFileAsync("deploy", "node", "runtimeclass.yaml");
+            progress?.Invoke($"API emulator at {api.Client.BaseUri}, KUBECONFIG={api.Emulator.KubeconfigPath}");
+            for (int i = 0; i < options.Nodes; i++)
+            {
+                await cluster.AddNodeAsync($"node-{(char)('a' + i)}", $"127.0.0.{11 + i}:{Ports.Free()}", progress);
+            }
+
+            if (options.StartOperator)
+            {
+                await cluster.StartOperatorAsync();
+                progress?.Invoke($"operator: pid {cluster.Operator!.Pid}, probes http://{cluster.OperatorAddress}/readyz");
+            }
+
+            return cluster;
+        }
+        catch
+        {
+            await cluster.DisposeAsync();
+            throw;
+        }
+    }
+
+    private async Task AddNodeAsync(string name, string agentAddress, Action<string>? progress)
+    {
+        var containerd = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime);
+        _cleanup.Push(containerd.DisposeAsync);
+        var archives = TestImages.Archives();
+        foreach (var archive in Options.ImportTestImages ? archives : archives.Take(1))
+        {
+            containerd.ImportImage(archive);
+        }
+
+        var node = new SandboxNode(this, name, containerd, agentAddress);
+        await node.StartAgentAsync();
+        _cleanup.Push(() => node.Agent.DisposeAsync());
+        node.Kubelet = await SandboxKubelet.StartAsync(Client, containerd, name,
+            new Dictionary<string, string> { [SandboxOptions.AgentEndpointAnnotation] = agentAddress });
+        _cleanup.Push(node.Kubelet.DisposeAsync);
+        _nodes.Add(node);
+        progress?.Invoke($"{name}: containerd pid {containerd.Pid} ({containerd.SocketPath}), kubelet (emulated) :{node.Kubelet.Port}, agent pid {node.Agent.Pid} at {agentAddress}");
+    }
+
+    /// <summary>Starts (or restarts) the operator process: leader election on a Lease in default, mutual TLS to agents, the token signing key.</summary>
+    public async Task StartOperatorAsync()
+    {
+        var identity = Pki.Issue("operator");
+        int port = Ports.Free();
+        OperatorAddress = $"127.0.0.1:{port}";
+        string[] arguments = [
+            $"--Operator:Kubeconfig={KubeconfigPath}",
+            "--Operator:LeaseNamespace=default",
+            "--Operator:Identity=sandbox-operator",
+            $"--Operator:TlsCertificateFile={identity.CertificateFile}",
+            $"--Operator:TlsKeyFile={identity.KeyFile}",
+            $"--Operator:TlsAuthorityFile={Pki.AuthorityFile}",
+            $"--Operator:TokenSigningKeyFile={Pki.TokenSigningKeyFile}",
+            $"--Operator:PhaseTimeoutSeconds={Options.PhaseTimeoutSeconds}",
+            "--urls", $"http://{OperatorAddress}",
+            "--Logging:LogLevel:Default=Information",
+            "--Logging:LogLevel:Microsoft.AspNetCore=Warning",
+            "--Logging:LogLevel:System.Net.Http=Warning",
+        ];
+        var process = ChildProcess.StartProgram("operator", "Migrate.Operator", "migrate-operator", Path.Combine(Directory, "logs", "operator.log"), arguments);
+        if (Operator is null)
+        {
+            _cleanup.Push(async () =>
+            {
+                if (Operator is not null)
+                {
+                    await Operator.DisposeAsync();
+                }
+            });
+        }
+        else
+        {
+            await Operator.DisposeAsync();
+        }
+
+        Operator = process;
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(2) };
+        await process.WaitUntilAsync(async () =>
+        {
+            try
+            {
+                return (await http.GetAsync(new Uri($"http://{OperatorAddress}/readyz"))).IsSuccessStatusCode;
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException)
+            {
+                return false;
+            }
+        }, TimeSpan.FromSeconds(60), "ready");
+    }
+
+    /// <summary>Every process of the sandbox, with its PID and address.</summary>
+    public IReadOnlyList<SandboxComponent> Components()
+    {
+        int self = Environment.ProcessId;
+        var list = new List<SandboxComponent> { new("api-emulator", "kube-apiserver (emulated)", null, self, Client.BaseUri.ToString(), null) };
+        foreach (var node in _nodes)
+        {
+            list.Add(new SandboxComponent("containerd-" + node.Name, "containerd", node.Name, node.Containerd.Pid, node.Containerd.SocketPath, node.Containerd.LogPath));
+            list.Add(new SandboxComponent("kubelet-" + node.Name, "kubelet (emulated)", node.Name, self, $"127.0.0.1:{node.Kubelet.Port}", null));
+            list.Add(new SandboxComponent("agent-" + node.Name, "node agent", node.Name, node.Agent.Pid, node.AgentAddress, node.Agent.LogPath));
+        }
+
+        if (Operator is not null)
+        {
+            list.Add(new SandboxComponent("operator", "operator", null, Operator.Pid, OperatorAddress, Operator.LogPath));
+        }
+
+        return list;
+    }
+
+    /// <summary>The state file hack/sandbox reads: kubeconfig, nodes (containerd sockets, directories) and components.</summary>
+    public string DescribeJson() => JsonSerializer.Serialize(new
+    {
+        kubeconfig = KubeconfigPath,
+        directory = Directory,
+        pid = Environment.ProcessId,
+        nodes = _nodes.Select(n => new { name = n.Name, containerdSocket = n.Containerd.SocketPath, root = n.Containerd.Root, state = n.Containerd.State, agent = n.AgentAddress }),
+        components = Components().Select(c => new { name = c.Name, kind = c.Kind, node = c.Node, pid = c.Pid, address = c.Address, log = c.Log }),
+    }, Indented);
+
+    /// <summary>A Ready pod's node, once it runs.</summary>
+    public async Task<V1Pod> WaitForPodRunningAsync(string name, string ns = "default", TimeSpan? timeout = null)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        V1Pod? pod = null;
+        while (clock.Elapsed < (timeout ?? TimeSpan.FromSeconds(60)))
+        {
+            pod = (await Client.CoreV1.ListNamespacedPodAsync(ns, fieldSelector: "metadata.name=" + name)).Items.FirstOrDefault();
+            if (pod?.Status?.Phase == "Running")
+            {
+                return pod;
+            }
+
+            await Task.Delay(100);
+        }
+
+        throw new TimeoutException($"pod {ns}/{name} is not Running: {pod?.Status?.Phase} {pod?.Status?.ContainerStatuses?.FirstOrDefault()?.State?.Waiting?.Message}");
+    }
+
+    internal static (string Host, int Port) Split(string address)
+    {
+        int colon = address.LastIndexOf(':');
+        return (address[..colon], int.Parse(address[(colon + 1)..], System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    internal static async Task<bool> AcceptsAsync(string host, int port)
+    {
+        using var socket = new TcpClient();
+        try
+        {
+            await socket.ConnectAsync(host, port);
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        while (_cleanup.Count > 0)
+        {
+            await _cleanup.Pop()();
+        }
+
+        if (_ownsDirectory && System.IO.Directory.Exists(Directory))
+        {
+            System.IO.Directory.Delete(Directory, recursive: true);
+        }
+    }
+}
