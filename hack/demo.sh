@@ -29,6 +29,6 @@ down() {
   rm -f "$result"
   exit "$rc"
 }
-hack/sandbox up --nodes 2 --state "$state"
 trap down EXIT
+hack/sandbox up --nodes 2 --state "$state"
 hack/sandbox demo --state "$state" --result "$result"

@@ -110,10 +110,14 @@ public static partial class Restorer
 
             foreach (var (source, volume) in volumes)
             {
+                // a volume the pod's containers share is put back once, before the first of them
+                // runs: unpacking it again for the next container would swap the files under the first
                 var archive = Path.Combine(files, "volumes", volume + ".tar");
-                if (File.Exists(archive))
+                var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
+                if (File.Exists(archive) && !File.Exists(unpacked))
                 {
                     FilesystemArchive.Extract(archive, source);
+                    File.WriteAllText(unpacked, request.Container + "\n");
                 }
             }
 

@@ -1,145 +1,129 @@
-using System.Collections.Concurrent;
-using Grpc.Net.Client;
 using k8s;
-using k8s.Models;
-using Microsoft.Extensions.Logging.Abstractions;
-using Migrate.Agent.Contracts.Security;
 using Migrate.Operator.Api;
-using Migrate.Operator.Reconciliation;
 using Migrate.TestSupport;
 using Xunit;
 using Xunit.Abstractions;
 
 namespace Migrate.EndToEnd.Tests;
 
-/// <summary>
-/// The whole product on one machine: the API emulator as control plane, two containerd nodes with
-/// the podmig runtime handler, the emulated kubelet on each, the real node agents (mutual TLS,
-/// operator-signed tokens) and the real operator. A running counter pod moves from node-a to
-/// node-b and keeps counting.
-/// </summary>
-public sealed class MigrationEndToEndTests(ITestOutputHelper output) : IAsyncLifetime, IDisposable
+/// <summary>One sandbox cluster (two nodes, real agents and operator as processes) for the happy paths and the bad inputs.</summary>
+public sealed class SandboxFixture : IAsyncLifetime
 {
-    private readonly EmulatorFixture _cluster = new();
-    private readonly TestPki _pki = new();
-    private readonly List<IAsyncDisposable> _cleanup = [];
-    private readonly ConcurrentDictionary<string, GrpcChannel> _channels = new(StringComparer.Ordinal);
-    private readonly Dictionary<string, ContainerdNode> _nodes = [];
-    private AgentTls _operatorTls = null!;
+    public SandboxCluster Cluster { get; private set; } = null!;
 
-    public async Task InitializeAsync()
-    {
-        await _cluster.InitializeAsync();
-        await _cluster.ApplyRepositoryFileAsync("crds", "podmigration.io_migrationrequests.yaml");
-        foreach (var name in new[] { "node-a", "node-b" })
-        {
-            var node = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime);
-            _cleanup.Add(node);
-            _nodes[name] = node;
-            TestImages.ImportInto(node);
-            var agent = await TlsAgent.StartAsync(_pki, name, node.Root, $"--Agent:CriSocket={node.SocketPath}");
-            _cleanup.Add(agent);
-            _cleanup.Add(await SandboxKubelet.StartAsync(_cluster.Client, node, name,
-                new Dictionary<string, string> { [AnnotatedAgentDirectory.EndpointAnnotation] = agent.Address }));
-        }
+    public async Task InitializeAsync() => Cluster = await SandboxCluster.StartAsync(new SandboxOptions());
 
-        var identity = _pki.Issue("operator");
-        _operatorTls = AgentTls.Load(identity.CertificateFile, identity.KeyFile, _pki.AuthorityFile);
-    }
+    public async Task DisposeAsync() => await Cluster.DisposeAsync();
+}
 
-    public async Task DisposeAsync()
-    {
-        foreach (var channel in _channels.Values)
-        {
-            channel.Dispose();
-        }
-
-        _operatorTls.Dispose();
-        foreach (var item in Enumerable.Reverse(_cleanup))
-        {
-            await item.DisposeAsync();
-        }
-
-        await _cluster.DisposeAsync();
-    }
-
-    public void Dispose() => _pki.Dispose();
+/// <summary>
+/// The whole product on one machine, as a user drives it: the API emulator as control plane,
+/// containerd nodes with the podmig runtime handler and emulated kubelets, the real node agents
+/// and the real operator as processes, requests through kubectl apply, state checked through
+/// kubectl logs.
+/// </summary>
+public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHelper output) : IClassFixture<SandboxFixture>
+{
+    private SandboxCluster Cluster => fixture.Cluster;
 
     [Fact]
-    public async Task A_running_counter_moves_to_the_other_node_and_keeps_counting()
+    public async Task A_256_MiB_workload_moves_in_PreCopy_mode_with_its_memory_checksum_and_counter_intact()
     {
-        await _cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
-        {
-            Metadata = new V1ObjectMeta { Name = "counter", Labels = new Dictionary<string, string> { ["app"] = "counter" } },
-            Spec = new V1PodSpec
-            {
-                NodeName = "node-a",
-                Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/memcounter"], Args = ["--mib", "32", "--interval-ms", "50", "--verify-every", "5", "--dirty-percent-per-second", "1"] }],
-            },
-        }, "default");
-        (await _cluster.KubectlAsync("wait", "pod/counter", "--for=condition=Ready", "--timeout=60s")).Succeeded();
-        var sourceLog = Directory.GetFiles(_nodes["node-a"].PodLogDirectory, "0.log", SearchOption.AllDirectories).Single();
-        await WaitForTicksAsync(sourceLog, 5);
-
-        (await _cluster.KubectlInAsync("""
-            apiVersion: podmigration.io/v1alpha1
-            kind: MigrationRequest
-            metadata: {name: move-counter, namespace: default}
-            spec: {podName: counter, mode: PreCopy}
-            """, "apply", "-f", "-")).Succeeded();
-        var agents = new AnnotatedAgentDirectory(endpoint => _channels.GetOrAdd(endpoint,
-            e => GrpcChannel.ForAddress("https://" + e, new GrpcChannelOptions { HttpHandler = _operatorTls.CreateHandler(expectedPeer: null) })));
-        using var controller = new MigrationController(_cluster.Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System,
-            new MigrationExecutor(_cluster.Client, agents, _pki.Mint, TimeProvider.System, new EventRecorder(_cluster.Client, TimeProvider.System)));
-        MigrationRequest? request = null;
-        for (int pass = 0; pass < 100 && !MigrationPhases.IsFinal(request?.Status?.Phase); pass++)
-        {
-            await controller.ReconcileAllAsync(CancellationToken.None);
-            request = await GetAsync("move-counter");
-        }
-
+        await Sandbox.RunCounterAsync(Cluster, "big", "node-a", 256);
+        var applied = DateTime.UtcNow;
+        await Sandbox.ApplyRequestAsync(Cluster, "move-big", "big", "PreCopy");
+        var request = await Sandbox.WaitForFinalAsync(Cluster, "move-big");
+        var totalMs = (DateTime.UtcNow - applied).TotalMilliseconds;
         var status = request!.Status!;
-        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}; downtime {status.DowntimeMillis} ms, {status.BytesTransferred} bytes, {status.PreCopyRounds} rounds");
+        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}; downtime {status.DowntimeMillis} ms, total {totalMs:0} ms, " +
+            $"{status.ImageBytes} bytes staged, {status.BytesTransferred} sent, {status.PreCopyRounds} rounds");
         Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
-        var frozen = Memcounter.Parse(ReadShared(sourceLog).Split('\n').Select(Content))[^1];
-        var targetLog = Directory.GetFiles(_nodes["node-b"].PodLogDirectory, "0.log", SearchOption.AllDirectories).Single();
-        var ticks = await WaitForTicksAsync(targetLog, 8);
 
-        Assert.Equal("node-b", status.TargetNode);
-        Assert.Equal(frozen.Tick + 1, ticks[0].Tick);
-        Assert.Contains(ticks, t => t.VerifiedOk);
-        Assert.DoesNotContain(ticks, t => t.Verified == "BAD");
-        var pods = await _cluster.Client.CoreV1.ListNamespacedPodAsync("default");
-        var replacement = Assert.Single(pods.Items);
-        Assert.Equal(status.ReplacementPod, replacement.Metadata.Name);
+        var replacementTicks = await Sandbox.WaitForTicksAsync(Cluster, status.ReplacementPod!, "main", 12);
+        var sourceTicks = Cluster.Node("node-a").LoggedTicks("default", "big", "main");
+        Sandbox.AssertConsecutive(sourceTicks, 1);
+        Sandbox.AssertConsecutive(replacementTicks, sourceTicks[^1].Tick + 1);
+        Assert.Contains(replacementTicks, t => t.VerifiedOk);
+        Assert.All(replacementTicks, t => Assert.Equal(256, t.Mib));
+
+        var pods = await Sandbox.PodsAsync(Cluster);
+        Assert.DoesNotContain(pods, p => p.Metadata.Name == "big");
+        var replacement = Assert.Single(pods, p => p.Metadata.Name == status.ReplacementPod);
         Assert.Equal("node-b", replacement.Spec.NodeName);
         Assert.Equal("Running", replacement.Status.Phase);
-        Figures.Record(nameof(MigrationEndToEndTests), "32MiB pre-copy downtime ms", status.DowntimeMillis ?? -1, "ms");
+        Assert.Equal("node-a", status.SourceNode);
+        Assert.Equal("node-b", status.TargetNode);
+        Assert.True(status.DowntimeMillis > 0);
+        Assert.True(status.ImageBytes > 256L << 20, $"imageBytes {status.ImageBytes}");
+        Assert.True(status.BytesTransferred >= 256L << 20, $"bytesTransferred {status.BytesTransferred}");
+        Assert.True(status.PreCopyRounds >= 1);
+        Assert.NotNull(status.StartTime);
+        Assert.NotNull(status.CompletionTime);
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+        Figures.Record(nameof(MigrationEndToEndTests), "256MiB pre-copy downtime ms", status.DowntimeMillis ?? -1, "ms");
+        Figures.Record(nameof(MigrationEndToEndTests), "256MiB pre-copy total ms", totalMs, "ms");
+        await DeletePodAsync(status.ReplacementPod!);
     }
 
-    private async Task<MigrationRequest> GetAsync(string name)
+    [Fact]
+    public async Task A_two_container_pod_keeps_its_open_file_in_the_writable_layer_and_its_shared_emptyDir()
     {
-        var raw = await _cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural, name);
-        return KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
-    }
-
-    private static string Content(string line) => line.Split(' ', 4) is { Length: 4 } parts ? parts[3] : line;
-
-    private static async Task<IReadOnlyList<MemcounterTick>> WaitForTicksAsync(string log, int count)
-    {
-        for (int i = 0; i < 300; i++)
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(new k8s.Models.V1Pod
         {
-            var ticks = Memcounter.Parse(ReadShared(log).Split('\n').Select(Content));
-            if (ticks.Count >= count)
+            Metadata = new k8s.Models.V1ObjectMeta { Name = "pair" },
+            Spec = new k8s.Models.V1PodSpec
             {
-                return ticks;
-            }
+                NodeName = "node-b",
+                Volumes = [new k8s.Models.V1Volume { Name = "shared", EmptyDir = new k8s.Models.V1EmptyDirVolumeSource() }],
+                Containers =
+                [
+                    Counter("main", 16, "--log-file", "/data/ticks", "--log-file", "/shared/main-ticks"),
+                    Counter("side", 8, "--log-file", "/shared/side-ticks"),
+                ],
+            },
+        }, "default");
+        await Cluster.WaitForPodRunningAsync("pair");
+        await Sandbox.WaitForTicksAsync(Cluster, "pair", "side", 5);
+        await Sandbox.WaitForTicksAsync(Cluster, "pair", "main", 5);
 
-            await Task.Delay(100);
+        await Sandbox.ApplyRequestAsync(Cluster, "move-pair", "pair", "Cold", "node-a");
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-pair"))!.Status!;
+        Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
+
+        var replacement = status.ReplacementPod!;
+        var main = await Sandbox.WaitForTicksAsync(Cluster, replacement, "main", 8);
+        var side = await Sandbox.WaitForTicksAsync(Cluster, replacement, "side", 8);
+        Sandbox.AssertConsecutive(main, Cluster.Node("node-b").LoggedTicks("default", "pair", "main")[^1].Tick + 1);
+        Sandbox.AssertConsecutive(side, Cluster.Node("node-b").LoggedTicks("default", "pair", "side")[^1].Tick + 1);
+
+        // the files the processes kept open: every tick from 1 on, in order, past the freeze — contents and offsets came back
+        var running = Cluster.Node("node-a").Kubelet.Running["default/" + replacement];
+        var writableLayer = ContainerFile(Cluster.Node("node-a"), running.ContainerIds["main"], "data/ticks");
+        var shared = running.EmptyDir("shared");
+        foreach (var (file, container, frozenAt) in new[] { (writableLayer, "main", main[0].Tick - 1), (Path.Combine(shared, "main-ticks"), "main", main[0].Tick - 1), (Path.Combine(shared, "side-ticks"), "side", side[0].Tick - 1) })
+        {
+            var ticks = Memcounter.Parse(ReadShared(file).Split('\n'));
+            output.WriteLine($"{file}: {ticks.Count} ticks ({container} froze at {frozenAt})");
+            Sandbox.AssertConsecutive(ticks, 1);
+            Assert.True(ticks[^1].Tick > frozenAt, $"{file} stops at {ticks[^1].Tick}, the container froze at {frozenAt}");
         }
 
-        throw new TimeoutException($"{log}: {ReadShared(log)}");
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+        await DeletePodAsync(replacement);
     }
+
+    private static k8s.Models.V1Container Counter(string name, int mib, params string[] extra) => new()
+    {
+        Name = name,
+        Image = TestImages.Memcounter,
+        Command = ["/bin/memcounter"],
+        Args = ["--mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "5", .. extra],
+        VolumeMounts = [new k8s.Models.V1VolumeMount { Name = "shared", MountPath = "/shared" }],
+    };
+
+    /// <summary>A file in a running container's root file system, as containerd has it mounted.</summary>
+    private static string ContainerFile(SandboxNode node, string containerId, string path) =>
+        Path.Combine(node.Containerd.State, "containerd", "io.containerd.runtime.v2.task", "k8s.io", containerId, "rootfs", path);
 
     private static string ReadShared(string path)
     {
@@ -147,4 +131,57 @@ public sealed class MigrationEndToEndTests(ITestOutputHelper output) : IAsyncLif
         using var reader = new StreamReader(stream);
         return reader.ReadToEnd();
     }
+
+    [Theory]
+    [InlineData("ghost", null, "PodNotFound", "Pod default/ghost")]
+    [InlineData("lonely", "node-z", "TargetNotFound", "node-z")]
+    [InlineData("lonely", "node-a", "TargetIsSource", "node-a")]
+    public async Task A_bad_request_fails_at_once_with_its_reason_and_the_pod_runs_on(string pod, string? target, string reason, string mentioned)
+    {
+        if (pod == "lonely" && !(await Sandbox.PodsAsync(Cluster)).Any(p => p.Metadata.Name == "lonely"))
+        {
+            await Sandbox.RunCounterAsync(Cluster, "lonely", "node-a", 4);
+        }
+
+        var name = $"bad-{reason.ToLowerInvariant()}";
+        await Sandbox.ApplyRequestAsync(Cluster, name, pod, "PreCopy", target);
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, name))!.Status!;
+
+        Assert.Equal(MigrationPhases.Failed, status.Phase);
+        Assert.Equal(reason, status.Reason);
+        Assert.Contains(mentioned, status.Message, StringComparison.Ordinal);
+        var printed = (await Cluster.Api.KubectlAsync("get", "migrationrequest", name)).Succeeded().Output;
+        Assert.Contains("Failed", printed, StringComparison.Ordinal);
+        if (pod == "lonely")
+        {
+            var before = (await Sandbox.TicksAsync(Cluster, "lonely"))[^1].Tick;
+            var ticks = await Sandbox.WaitForTicksAsync(Cluster, "lonely", "main", 3, after: before);
+            Sandbox.AssertConsecutive(ticks, 1);
+            Assert.Equal(["default/lonely"], Cluster.Node("node-a").Kubelet.StartedPods.Where(p => p.EndsWith("/lonely", StringComparison.Ordinal)));
+        }
+
+        (await Cluster.Api.KubectlAsync("delete", "migrationrequest", name)).Succeeded();
+        Assert.Empty(Cluster.Nodes.SelectMany(n => n.StagedMigrations()));
+    }
+
+    [Theory]
+    [InlineData("spec: {mode: PreCopy}", "spec.podName: Required value")]
+    [InlineData("spec: {podName: x, mode: Warm}", "spec.mode: Unsupported value: \"Warm\"")]
+    [InlineData("spec: {podName: x, timeoutSeconds: 1}", "spec.timeoutSeconds: Invalid value: 1")]
+    [InlineData("spec: {podName: Not_A_Name}", "spec.podName: Invalid value: \"Not_A_Name\"")]
+    public async Task Kubectl_apply_refuses_a_schema_violation_and_names_the_field(string spec, string expected)
+    {
+        var error = (await Cluster.Api.KubectlInAsync($"""
+            apiVersion: podmigration.io/v1alpha1
+            kind: MigrationRequest
+            metadata: {"{"}name: invalid, namespace: default{"}"}
+            {spec}
+            """, "apply", "-f", "-")).Failed();
+
+        Assert.Contains(expected, error, StringComparison.Ordinal);
+        Assert.Null(await Sandbox.GetRequestAsync(Cluster, "invalid"));
+    }
+
+    private async Task DeletePodAsync(string name) =>
+        (await Cluster.Api.KubectlAsync("delete", "pod", name, "--wait=true", "--timeout=60s")).Succeeded();
 }

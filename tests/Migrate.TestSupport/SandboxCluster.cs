@@ -66,6 +66,25 @@ public sealed class SandboxNode
     public IReadOnlyList<string> StagedMigrations() =>
         [.. new[] { StagingDirectory, IncomingDirectory }.Where(Directory.Exists).SelectMany(Directory.EnumerateDirectories)];
 
+    /// <summary>A container's ticks from the node's pod log files (they outlive the pod, as /var/log/pods does for a while).</summary>
+    public IReadOnlyList<MemcounterTick> LoggedTicks(string ns, string pod, string container)
+    {
+        var lines = new List<string>();
+        foreach (var file in System.IO.Directory.EnumerateFiles(Containerd.PodLogDirectory, "0.log", SearchOption.AllDirectories)
+            .Where(f => Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(f)))!.StartsWith($"{ns}_{pod}_", StringComparison.Ordinal)
+                && Path.GetFileName(Path.GetDirectoryName(f)) == container))
+        {
+            using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            using var reader = new StreamReader(stream);
+            while (reader.ReadLine() is { } line)
+            {
+                lines.Add(line.Split(' ', 4) is { Length: 4 } parts ? parts[3] : line);
+            }
+        }
+
+        return Memcounter.Parse(lines);
+    }
+
     /// <summary>Starts (or restarts, as a DaemonSet would) the node agent, on the same address.</summary>
     public async Task StartAgentAsync()
     {

@@ -32,6 +32,7 @@ public sealed class SandboxKubelet : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly ConcurrentDictionary<string, RunningTestPod> _running = new(StringComparer.Ordinal);
     private readonly HashSet<string> _failed = new(StringComparer.Ordinal);
+    private readonly List<string> _started = [];
     private Task _loop = Task.CompletedTask;
     private WebApplication? _logServer;
 
@@ -49,6 +50,18 @@ public sealed class SandboxKubelet : IAsyncDisposable
 
     /// <summary>Annotations the node gets (e.g. the agent's endpoint).</summary>
     private Dictionary<string, string> NodeAnnotations { get; } = [];
+
+    /// <summary>Every pod this kubelet started (namespace/name), in order, whether or not it still runs.</summary>
+    public IReadOnlyList<string> StartedPods
+    {
+        get
+        {
+            lock (_started)
+            {
+                return [.. _started];
+            }
+        }
+    }
 
     /// <summary>The pods this kubelet runs, by namespace/name.</summary>
     public IReadOnlyDictionary<string, RunningTestPod> Running => _running;
@@ -265,6 +278,11 @@ public sealed class SandboxKubelet : IAsyncDisposable
         {
             var running = await TestPods.RunAsync(_node, pod.Metadata.NamespaceProperty, pod.Metadata.Name, containers, handler, annotations, pod.Metadata.Uid);
             _running[key] = running;
+            lock (_started)
+            {
+                _started.Add(key);
+            }
+
             var sandbox = await _node.Cri.Runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = running.SandboxId }, cancellationToken: cancellationToken);
             var now = DateTime.UtcNow;
             status = new V1PodStatus

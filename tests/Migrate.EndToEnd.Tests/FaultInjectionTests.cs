@@ -1,0 +1,163 @@
+using Migrate.Operator.Api;
+using Migrate.TestSupport;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Migrate.EndToEnd.Tests;
+
+/// <summary>A sandbox whose agents send images at 8 MB/s, so that a 32 MiB Cold migration spends seconds in Transferring: long enough to hit it there.</summary>
+public sealed class SlowTransferSandboxFixture : IAsyncLifetime
+{
+    public const long BytesPerSecond = 8_000_000;
+
+    public SandboxCluster Cluster { get; private set; } = null!;
+
+    public async Task InitializeAsync() => Cluster = await SandboxCluster.StartAsync(new SandboxOptions { TransferBytesPerSecond = BytesPerSecond });
+
+    public async Task DisposeAsync() => await Cluster.DisposeAsync();
+}
+
+/// <summary>
+/// Faults in the middle of a real migration. Every one before cut-over ends RolledBack with the
+/// source pod running and counting on from where it was (never from 1), no replacement and no
+/// staged images on either node; an operator crash ends Succeeded, once.
+/// </summary>
+public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITestOutputHelper output) : IClassFixture<SlowTransferSandboxFixture>
+{
+    private SandboxCluster Cluster => fixture.Cluster;
+
+    [Fact]
+    public async Task The_target_agent_killed_mid_transfer_rolls_back_and_its_images_go_when_it_is_back()
+    {
+        var (request, pod) = await StartMigrationAsync("agent-crash");
+        await Sandbox.WaitForRequestAsync(Cluster, request, r => r?.Status?.Phase == MigrationPhases.Transferring && IncomingBytes("node-b") > 1 << 20);
+        await Cluster.Node("node-b").KillAgentAsync();
+
+        // the source agent gives up on the dead target after its retries; the source is thawed at once,
+        // the rollback waits for the target's agent to clean up what it received
+        var rollingBack = await Sandbox.WaitForRequestAsync(Cluster, request,
+            r => r?.Status?.Conditions.Any(c => c.Type == "RollingBack" && c.Status == "True") == true || MigrationPhases.IsFinal(r?.Status?.Phase));
+        output.WriteLine($"after the kill: {rollingBack!.Status!.Phase} {rollingBack.Status.Reason}: {rollingBack.Status.Message}");
+        await Cluster.Node("node-b").StartAgentAsync();
+
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, request))!.Status!;
+        Assert.Equal(MigrationPhases.RolledBack, status.Phase);
+        Assert.Equal("TransferringFailed", status.Reason);
+        await AssertSourceRunsOnAsync(pod, status);
+    }
+
+    [Fact]
+    public async Task A_staged_image_corrupted_before_restore_is_refused_and_rolls_back()
+    {
+        var (request, pod) = await StartMigrationAsync("corrupt");
+        await Sandbox.WaitForRequestAsync(Cluster, request, r => r?.Status?.Phase == MigrationPhases.Transferring && IncomingBytes("node-b") > 8 << 20);
+
+        // a byte the receiver already hashed (and found right) flips on the target's disk afterwards
+        var pages = Directory.EnumerateFiles(Cluster.Node("node-b").IncomingDirectory, "pages-*.img", SearchOption.AllDirectories)
+            .OrderByDescending(f => new FileInfo(f).Length).First();
+        // (with dd: the receiver holds the file locked against other .NET writers while it writes)
+        Prerequisites.Run("bash", "-c", """
+            byte=$(od -An -tu1 -j4096 -N1 "$1") && printf "\\$(printf %03o $(( byte ^ 255 )))" | dd of="$1" bs=1 seek=4096 conv=notrunc status=none
+            """, "flip", pages);
+
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, request))!.Status!;
+        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
+        Assert.Equal(MigrationPhases.RolledBack, status.Phase);
+        Assert.Equal("RestoreFailed", status.Reason);
+        Assert.Contains("does not match its SHA-256", status.Message, StringComparison.Ordinal);
+        await AssertSourceRunsOnAsync(pod, status);
+    }
+
+    [Fact]
+    public async Task The_operator_killed_mid_migration_and_restarted_finishes_it_exactly_once()
+    {
+        var (request, pod) = await StartMigrationAsync("operator-crash");
+        await Sandbox.WaitForRequestAsync(Cluster, request, r => r?.Status?.Phase == MigrationPhases.Transferring && IncomingBytes("node-b") > 1 << 20);
+        await Cluster.Operator!.KillAsync();
+        await Task.Delay(TimeSpan.FromSeconds(1));
+        Assert.Equal(MigrationPhases.Transferring, (await Sandbox.GetRequestAsync(Cluster, request))!.Status!.Phase);
+        await Cluster.StartOperatorAsync();
+
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, request))!.Status!;
+        Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
+        var frozen = Cluster.Node("node-a").LoggedTicks("default", pod, "main")[^1].Tick;
+        var ticks = await Sandbox.WaitForTicksAsync(Cluster, status.ReplacementPod!, "main", 5);
+        Sandbox.AssertConsecutive(ticks, frozen + 1);
+
+        Assert.Equal([$"default/{status.ReplacementPod}"], Cluster.Node("node-b").Kubelet.StartedPods.Where(p => p.StartsWith($"default/{pod}", StringComparison.Ordinal)));
+        var events = await Sandbox.EventsAsync(Cluster, "MigrationRequest", request);
+        Assert.Equal(1, events.Where(e => e.Reason == "Restoring").Sum(e => e.Count ?? 1));
+        Assert.Equal(1, events.Where(e => e.Reason == "Migrated").Sum(e => e.Count ?? 1));
+        Assert.DoesNotContain(await Sandbox.PodsAsync(Cluster), p => p.Metadata.Name == pod);
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+        (await Cluster.Api.KubectlAsync("delete", "pod", status.ReplacementPod!, "--wait=true")).Succeeded();
+    }
+
+    [Fact]
+    public async Task Deleting_the_request_mid_flight_rolls_the_migration_back_before_the_request_goes()
+    {
+        var (request, pod) = await StartMigrationAsync("deleted");
+        var inFlight = await Sandbox.WaitForRequestAsync(Cluster, request, r => r?.Status?.Phase == MigrationPhases.Transferring);
+        (await Cluster.Api.KubectlAsync("delete", "migrationrequest", request, "--wait=false")).Succeeded();
+
+        await Sandbox.WaitForRequestAsync(Cluster, request, r => r is null);
+        var events = await Sandbox.EventsAsync(Cluster, "MigrationRequest", request);
+        var rolledBack = Assert.Single(events, e => e.Reason == "Deleted");
+        Assert.Equal("The MigrationRequest was deleted while in flight; the migration was rolled back.", rolledBack.Message);
+        await AssertSourceRunsOnAsync(pod, inFlight!.Status!);
+    }
+
+    [Fact]
+    public async Task The_target_node_turning_NotReady_mid_way_rolls_back()
+    {
+        var (request, pod) = await StartMigrationAsync("not-ready");
+        await Sandbox.WaitForRequestAsync(Cluster, request, r => r?.Status?.Phase == MigrationPhases.Transferring);
+        var kubelet = Cluster.Node("node-b").Kubelet;
+        await kubelet.SetReadyAsync(false);
+        try
+        {
+            var status = (await Sandbox.WaitForFinalAsync(Cluster, request))!.Status!;
+            output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
+            Assert.Equal(MigrationPhases.RolledBack, status.Phase);
+            Assert.Equal("TargetNodeNotReady", status.Reason);
+            Assert.StartsWith("Target node node-b became NotReady during ", status.Message, StringComparison.Ordinal);
+            await AssertSourceRunsOnAsync(pod, status);
+        }
+        finally
+        {
+            await kubelet.SetReadyAsync(true);
+        }
+    }
+
+    /// <summary>A 32 MiB counter on node-a and a Cold request to move it to node-b (all of its memory crosses in Transferring).</summary>
+    private async Task<(string Request, string Pod)> StartMigrationAsync(string name)
+    {
+        await Sandbox.RunCounterAsync(Cluster, name, "node-a", 32);
+        await Sandbox.ApplyRequestAsync(Cluster, "move-" + name, name, "Cold", "node-b");
+        return ("move-" + name, name);
+    }
+
+    private long IncomingBytes(string node) =>
+        Directory.Exists(Cluster.Node(node).IncomingDirectory)
+            ? Directory.EnumerateFiles(Cluster.Node(node).IncomingDirectory, "*", SearchOption.AllDirectories).Sum(f => new FileInfo(f).Length)
+            : 0;
+
+    /// <summary>The source pod still runs on node-a, counting on from before the migration without a restart; nothing of the migration is left.</summary>
+    private async Task AssertSourceRunsOnAsync(string pod, MigrationRequestStatus status)
+    {
+        var before = (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick;
+        var ticks = await Sandbox.WaitForTicksAsync(Cluster, pod, "main", 5, after: before);
+        Sandbox.AssertConsecutive(ticks, 1);
+        Assert.Contains(ticks, t => t.Tick > before && t.VerifiedOk);
+        var pods = await Sandbox.PodsAsync(Cluster);
+        var source = Assert.Single(pods, p => p.Metadata.Name == pod);
+        Assert.Equal("Running", source.Status.Phase);
+        Assert.Equal("node-a", source.Spec.NodeName);
+        Assert.DoesNotContain(pods, p => p.Metadata.Name.StartsWith(pod + "-m", StringComparison.Ordinal));
+        Assert.Equal(["default/" + pod], Cluster.Node("node-a").Kubelet.StartedPods.Where(p => p == "default/" + pod));
+        Assert.NotNull(status.SourceNode);
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+        (await Cluster.Api.KubectlAsync("delete", "pod", pod, "--wait=true")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "migrationrequest", "move-" + pod, "--ignore-not-found")).Succeeded();
+    }
+}

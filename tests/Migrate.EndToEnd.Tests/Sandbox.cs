@@ -1,0 +1,164 @@
+using System.Diagnostics;
+using System.Text.Json;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Migrate.Operator.Api;
+using Migrate.TestSupport;
+using Xunit;
+
+namespace Migrate.EndToEnd.Tests;
+
+/// <summary>
+/// What the end-to-end tests do to the sandbox cluster, all through the API (kubectl or the client),
+/// the way a user or an SRE would: run a counter pod, apply a MigrationRequest, watch it, read logs.
+/// </summary>
+public static class Sandbox
+{
+    /// <summary>A memcounter pod pinned to <paramref name="node"/>; returns once it is Running and has printed a few ticks.</summary>
+    public static async Task<V1Pod> RunCounterAsync(SandboxCluster cluster, string name, string node, int mib, params string[] extraArgs)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        await cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+        {
+            Metadata = new V1ObjectMeta { Name = name, Labels = new Dictionary<string, string> { ["app"] = name } },
+            Spec = new V1PodSpec
+            {
+                NodeName = node,
+                Containers = [new V1Container
+                {
+                    Name = "main",
+                    Image = TestImages.Memcounter,
+                    Command = ["/bin/memcounter"],
+                    Args = ["--mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "5", "--dirty-percent-per-second", "1", .. extraArgs],
+                }],
+            },
+        }, "default");
+        var pod = await cluster.WaitForPodRunningAsync(name);
+        await WaitForTicksAsync(cluster, name, "main", 5);
+        return pod;
+    }
+
+    /// <summary>kubectl apply of a MigrationRequest.</summary>
+    public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        var targetLine = target is null ? "" : $"\n  targetNode: {target}";
+        (await cluster.Api.KubectlInAsync($"""
+            apiVersion: podmigration.io/v1alpha1
+            kind: MigrationRequest
+            metadata: {"{"}name: {name}, namespace: default{"}"}
+            spec:
+              podName: {pod}
+              mode: {mode}{targetLine}
+            """, "apply", "-f", "-")).Succeeded();
+    }
+
+    public static async Task<MigrationRequest?> GetRequestAsync(SandboxCluster cluster, string name)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        try
+        {
+            var raw = await cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural, name);
+            return KubernetesJson.Deserialize<MigrationRequest>(((JsonElement)raw).GetRawText());
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Polls the request until <paramref name="until"/> holds for it (null: the request is gone).</summary>
+    public static async Task<MigrationRequest?> WaitForRequestAsync(SandboxCluster cluster, string name, Func<MigrationRequest?, bool> until, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(until);
+        var clock = Stopwatch.StartNew();
+        MigrationRequest? request = null;
+        while (clock.Elapsed < (timeout ?? TimeSpan.FromMinutes(2)))
+        {
+            request = await GetRequestAsync(cluster, name);
+            if (until(request))
+            {
+                return request;
+            }
+
+            await Task.Delay(25);
+        }
+
+        throw new TimeoutException($"MigrationRequest {name}: still {request?.Status?.Phase} ({request?.Status?.Reason}: {request?.Status?.Message})");
+    }
+
+    public static Task<MigrationRequest?> WaitForFinalAsync(SandboxCluster cluster, string name) =>
+        WaitForRequestAsync(cluster, name, r => MigrationPhases.IsFinal(r?.Status?.Phase));
+
+    /// <summary>The ticks a container printed, from kubectl logs (through the API server's pods/log and the node's kubelet).</summary>
+    public static async Task<IReadOnlyList<MemcounterTick>> TicksAsync(SandboxCluster cluster, string pod, string container = "main")
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        var logs = (await cluster.Api.KubectlAsync("logs", pod, "-c", container)).Succeeded().Output;
+        return Memcounter.Parse(logs.Split('\n'));
+    }
+
+    public static async Task<IReadOnlyList<MemcounterTick>> WaitForTicksAsync(SandboxCluster cluster, string pod, string container, int count, long after = 0)
+    {
+        var clock = Stopwatch.StartNew();
+        IReadOnlyList<MemcounterTick> ticks = [];
+        while (clock.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            ticks = await TicksAsync(cluster, pod, container);
+            if (ticks.Count(t => t.Tick > after) >= count)
+            {
+                return ticks;
+            }
+
+            await Task.Delay(200);
+        }
+
+        throw new TimeoutException($"pod {pod}/{container} printed {ticks.Count} ticks (up to {(ticks.Count > 0 ? ticks[^1].Tick : 0)}), not {count} after tick {after}");
+    }
+
+    /// <summary>Every tick one more than the one before: the counter never restarted or skipped.</summary>
+    public static void AssertConsecutive(IReadOnlyList<MemcounterTick> ticks, long first)
+    {
+        ArgumentNullException.ThrowIfNull(ticks);
+        Assert.NotEmpty(ticks);
+        Assert.Equal(first, ticks[0].Tick);
+        Assert.Equal(Enumerable.Range(0, ticks.Count).Select(i => first + i), ticks.Select(t => t.Tick));
+        Assert.DoesNotContain(ticks, t => t.Verified == "BAD");
+    }
+
+    /// <summary>Events recorded about an object, by reason.</summary>
+    public static async Task<IReadOnlyList<Corev1Event>> EventsAsync(SandboxCluster cluster, string kind, string name)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        var events = await cluster.Client.CoreV1.ListNamespacedEventAsync("default");
+        return [.. events.Items.Where(e => e.InvolvedObject.Kind == kind && e.InvolvedObject.Name == name)];
+    }
+
+    /// <summary>The pods of the default namespace, by name.</summary>
+    public static async Task<IReadOnlyList<V1Pod>> PodsAsync(SandboxCluster cluster)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        return [.. (await cluster.Client.CoreV1.ListNamespacedPodAsync("default")).Items];
+    }
+
+    /// <summary>Waits until no migration directory is left in any node's staging or incoming directory.</summary>
+    public static async Task AssertNoImagesLeftAsync(SandboxCluster cluster)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        var clock = Stopwatch.StartNew();
+        IReadOnlyList<string> left = [];
+        while (clock.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            left = [.. cluster.Nodes.SelectMany(n => n.StagedMigrations())];
+            if (left.Count == 0)
+            {
+                return;
+            }
+
+            await Task.Delay(100);
+        }
+
+        Assert.Fail("staged images left: " + string.Join(", ", left));
+    }
+}
