@@ -12,7 +12,7 @@ for arg in "$@"; do
     *) echo "usage: hack/demo.sh [--keep]" >&2; exit 2 ;;
   esac
 done
-state=/run/podmig-sandbox/state.json
+state=${PODMIG_SANDBOX_STATE:-/run/podmig-sandbox/state.json}
 result=$(mktemp /tmp/podmig-demo-result.XXXXXX)
 down() {
   local rc=$?
