@@ -245,6 +245,26 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task A_target_node_that_turns_NotReady_mid_way_rolls_the_migration_back()
+    {
+        var request = await CreateAsync("stranded", "Cold");
+        await DriveAsync(request, [], until: r => r.Status?.Phase == MigrationPhases.Transferring);
+        var node = await Client.CoreV1.ReadNodeAsync("node-b");
+        node.Status.Conditions = [new V1NodeCondition { Type = "Ready", Status = "False", Reason = "KubeletNotReady" }];
+        await Client.CoreV1.ReplaceNodeStatusAsync(node, "node-b");
+
+        var done = await DriveAsync(request, []);
+
+        Assert.Equal(MigrationPhases.RolledBack, done.Status!.Phase);
+        Assert.Equal("TargetNodeNotReady", done.Status.Reason);
+        Assert.Equal("Target node node-b became NotReady during Transferring.", done.Status.Message);
+        Assert.DoesNotContain(Source.Names, n => n == "SendImages");
+        Assert.Equal(["BeginCheckpoint", "FinalDump", "Resume", "Cleanup"], Source.Names);
+        var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
+        Assert.Equal(["db-0", "db-1"], pods.Items.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
     public async Task Deleting_an_in_flight_request_rolls_it_back_before_it_goes()
     {
         var request = await CreateAsync("abandoned", "Cold");

@@ -19,7 +19,8 @@ namespace Migrate.TestSupport;
 /// <summary>
 /// The kubelet's part of the sandbox cluster, emulated: it registers a Node for a containerd node,
 /// runs the pods bound to it through CRI (the pod's runtime class as the handler, its podmig.io/
-/// annotations, labels, emptyDir volumes, command and args), reports their status (Running with
+/// annotations, labels, emptyDir and hostPath volumes, command, args and env), stops deleted pods
+/// within their grace period, reports their status (Running with
 /// the sandbox's IP, or the CRI error as RunContainerError), and removes a deleted pod's sandbox
 /// before it lets the pod object go. It serves containers' logs (/containerLogs, HTTPS, where the
 /// API server's pods/log goes) and can report its node NotReady. No probes, restarts, image pulls
@@ -245,6 +246,13 @@ public sealed class SandboxKubelet : IAsyncDisposable
             {
                 if (_running.TryRemove(key, out var running))
                 {
+                    // SIGTERM, and SIGKILL once the pod's grace period is over
+                    long grace = pod.Metadata.DeletionGracePeriodSeconds ?? pod.Spec.TerminationGracePeriodSeconds ?? 30;
+                    foreach (var id in running.ContainerIds.Values)
+                    {
+                        await _node.Cri.Runtime.StopContainerAsync(new StopContainerRequest { ContainerId = id, Timeout = grace }, cancellationToken: cancellationToken);
+                    }
+
                     await TestPods.RemoveAsync(_node, running);
                 }
 
@@ -264,11 +272,14 @@ public sealed class SandboxKubelet : IAsyncDisposable
     private async Task StartPodAsync(V1Pod pod, string key, CancellationToken cancellationToken)
     {
         var emptyDirs = (pod.Spec.Volumes ?? []).Where(v => v.EmptyDir is not null).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        var hostPaths = (pod.Spec.Volumes ?? []).Where(v => v.HostPath is not null).ToDictionary(v => v.Name, v => v.HostPath.Path, StringComparer.Ordinal);
         var containers = pod.Spec.Containers.Select(c => new TestContainer(
             c.Name,
             c.Image,
             [.. c.Command ?? [], .. c.Args ?? []],
-            [.. (c.VolumeMounts ?? []).Where(m => emptyDirs.Contains(m.Name)).Select(m => (m.Name, m.MountPath))])).ToList();
+            [.. (c.VolumeMounts ?? []).Where(m => emptyDirs.Contains(m.Name)).Select(m => (m.Name, m.MountPath))],
+            [.. (c.VolumeMounts ?? []).Where(m => hostPaths.ContainsKey(m.Name)).Select(m => (hostPaths[m.Name], m.MountPath))],
+            (c.Env ?? []).Where(e => e.Value is not null).ToDictionary(e => e.Name, e => e.Value))).ToList();
         var annotations = (pod.Metadata.Annotations ?? new Dictionary<string, string>())
             .Where(a => a.Key.StartsWith("podmig.io/", StringComparison.Ordinal))
             .ToDictionary(a => a.Key, a => a.Value);

@@ -2,9 +2,9 @@ using Migrate.Cri.V1;
 
 namespace Migrate.TestSupport;
 
-/// <summary>A container of a test pod: name, image, command, the pod's emptyDir volumes it mounts (name, path) and hostPath volumes (host path, path).</summary>
+/// <summary>A container of a test pod: name, image, command, the pod's emptyDir volumes it mounts (name, path), hostPath volumes (host path, path) and environment.</summary>
 public sealed record TestContainer(string Name, string Image, IReadOnlyList<string> Command, IReadOnlyList<(string Volume, string Path)>? EmptyDirMounts = null,
-    IReadOnlyList<(string HostPath, string Path)>? HostPathMounts = null);
+    IReadOnlyList<(string HostPath, string Path)>? HostPathMounts = null, IReadOnlyDictionary<string, string>? Environment = null);
 
 /// <summary>A pod running on a node through CRI.</summary>
 public sealed record RunningTestPod(string Namespace, string Name, string Uid, string SandboxId, PodSandboxConfig Config,
@@ -91,6 +91,11 @@ public static class TestPods
                 },
             };
             container.Command.Add(c.Command);
+            foreach (var (key, value) in c.Environment ?? new Dictionary<string, string>())
+            {
+                container.Envs.Add(new KeyValue { Key = key, Value = value });
+            }
+
             container.Labels.Add(podLabels);
             container.Labels["io.kubernetes.container.name"] = c.Name;
             if (annotations is not null)
