@@ -46,7 +46,7 @@ public static class OperatorHost
         });
         builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(), sp.GetRequiredService<TimeProvider>(),
-            sp.GetRequiredService<MigrationExecutor>(), options));
+            sp.GetRequiredService<MigrationExecutor>(), options) { StepsPerPass = 8 });
         builder.Services.AddHealthChecks();
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService("podmig-operator"))

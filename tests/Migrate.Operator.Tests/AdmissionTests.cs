@@ -51,6 +51,7 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
         await PodAsync("db-1", "node-a", "Running");
         await PodAsync("job-0", "node-a", "Pending");
         await PodAsync("web-0", "node-a", "Running", new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = "web", Uid = Guid.NewGuid().ToString(), Controller = true });
+        await PodAsync("logs-x7k2p", "node-a", "Running", new V1OwnerReference { ApiVersion = "apps/v1", Kind = "DaemonSet", Name = "logs", Uid = Guid.NewGuid().ToString(), Controller = true });
         _controller = new MigrationController(Client, _agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System);
     }
 
@@ -62,6 +63,7 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
     [InlineData("ghost", null, "PodNotFound", "Pod default/ghost does not exist.")]
     [InlineData("job-0", null, "PodNotRunning", "Pod default/job-0 is Pending; only a Running pod can be moved.")]
     [InlineData("web-0", null, "PodOwnedByStatefulSet", "Pod default/web-0 belongs to StatefulSet web, whose pods keep their names; moving them is not supported in this version.")]
+    [InlineData("logs-x7k2p", null, "PodOwnedByDaemonSet", "Pod default/logs-x7k2p belongs to DaemonSet logs, which runs one pod on each node; it cannot move to another node.")]
     [InlineData("db-0", "node-x", "TargetNotFound", "Node node-x does not exist.")]
     [InlineData("db-0", "node-a", "TargetIsSource", "Node node-a is the node pod db-0 already runs on.")]
     [InlineData("db-0", "node-c", "TargetNotReady", "Node node-c is not Ready.")]

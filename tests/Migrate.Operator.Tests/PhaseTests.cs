@@ -245,6 +245,52 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task A_ReplicaSet_pod_is_replaced_without_its_owner_counting_two_pods_until_cut_over()
+    {
+        var owner = new V1OwnerReference { ApiVersion = "apps/v1", Kind = "ReplicaSet", Name = "web-5d4f", Uid = Guid.NewGuid().ToString(), Controller = true, BlockOwnerDeletion = true };
+        var labels = new Dictionary<string, string> { ["app"] = "web", ["pod-template-hash"] = "5d4f" };
+        var pod = await Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+        {
+            Metadata = new V1ObjectMeta { Name = "web-5d4f-x2", Labels = labels, OwnerReferences = [owner] },
+            Spec = new V1PodSpec { NodeName = "node-a", Containers = [new V1Container { Name = "main", Image = "docker.io/podmig/memcounter:1" }] },
+        }, "default");
+        pod.Status = new V1PodStatus { Phase = "Running" };
+        await Client.CoreV1.ReplaceNamespacedPodStatusAsync(pod, pod.Metadata.Name, "default");
+        Source.Failures["Finish"] = StatusCode.Internal; // holds the migration inside cut-over for a look
+
+        var held = await DriveAsync(await CreateAsync("move-web", "Cold", "web-5d4f-x2"), [],
+            until: r => r.Status?.Phase == MigrationPhases.CuttingOver && Source.Names.Contains("Finish"));
+        var restored = await Client.CoreV1.ReadNamespacedPodAsync(held.Status!.ReplacementPod, "default");
+        var source = await Client.CoreV1.ReadNamespacedPodAsync("web-5d4f-x2", "default");
+        var ownedBefore = await OwnedPodsAsync(owner, labels);
+        Source.Failures.TryRemove("Finish", out _);
+        var done = await DriveAsync(held, []);
+        var replacement = await Client.CoreV1.ReadNamespacedPodAsync(done.Status!.ReplacementPod, "default");
+
+        // until cut-over: the owner sees one pod, the source, and would remove it first if it saw two
+        Assert.Equal("Running", restored.Status.Phase);
+        Assert.Equal(new Dictionary<string, string> { [MigrationExecutor.ReplacementOfLabel] = "web-5d4f-x2" }, restored.Metadata.Labels);
+        Assert.True(restored.Metadata.OwnerReferences is null or { Count: 0 });
+        Assert.Equal(["web-5d4f-x2"], ownedBefore);
+        Assert.Equal("-2147483648", source.Metadata.Annotations[MigrationExecutor.DeletionCostAnnotation]);
+        // after it: the replacement is the owner's pod, with the source's labels
+        Assert.Equal(MigrationPhases.Succeeded, done.Status.Phase);
+        Assert.Equal(labels, replacement.Metadata.Labels);
+        var owned = Assert.Single(replacement.Metadata.OwnerReferences);
+        Assert.Equal((owner.Uid, true, "ReplicaSet"), (owned.Uid, owned.Controller == true, owned.Kind));
+        Assert.DoesNotContain(replacement.Metadata.Annotations.Keys, k => k.StartsWith("podmig.io/held-", StringComparison.Ordinal));
+        Assert.False(replacement.Metadata.Annotations.ContainsKey(MigrationExecutor.DeletionCostAnnotation));
+        Assert.Equal([replacement.Metadata.Name], await OwnedPodsAsync(owner, labels));
+    }
+
+    /// <summary>What a ReplicaSet counts as its pods: those it controls whose labels match its selector.</summary>
+    private async Task<List<string>> OwnedPodsAsync(V1OwnerReference owner, Dictionary<string, string> selector) =>
+        [.. (await Client.CoreV1.ListNamespacedPodAsync("default")).Items
+            .Where(p => p.Metadata.OwnerReferences?.Any(o => o.Uid == owner.Uid && o.Controller == true) == true
+                && selector.All(l => p.Metadata.Labels?.TryGetValue(l.Key, out var v) == true && v == l.Value))
+            .Select(p => p.Metadata.Name)];
+
+    [Fact]
     public async Task A_target_node_that_turns_NotReady_mid_way_rolls_the_migration_back()
     {
         var request = await CreateAsync("stranded", "Cold");

@@ -1,5 +1,7 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Net;
+using System.Text.Json.Nodes;
 using Grpc.Core;
 using k8s;
 using k8s.Autorest;
@@ -31,6 +33,14 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     public const string RestoreAnnotation = "podmig.io/restore-from";
     public const string RuntimeClass = "podmig";
     public const string MigratedFromAnnotation = "podmig.io/migrated-from";
+
+    /// <summary>Until cut-over the replacement carries only this label (the source's name); its own labels and owners wait in annotations.</summary>
+    public const string ReplacementOfLabel = "podmig.io/replacement-of";
+    public const string HeldLabelsAnnotation = "podmig.io/held-labels";
+    public const string HeldOwnersAnnotation = "podmig.io/held-owner-references";
+
+    /// <summary>The ReplicaSet controller removes the pod with the lowest cost first when it has one too many.</summary>
+    public const string DeletionCostAnnotation = "controller.kubernetes.io/pod-deletion-cost";
     private const string RollingBack = "RollingBack";
     private const string Frozen = "Frozen";
 
@@ -282,9 +292,16 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     {
         var status = request.Status!;
         var id = MigrationId(request);
+        var ns = request.Metadata.NamespaceProperty;
         var source = await AgentAsync(status.SourceNode!, cancellationToken);
+        // if the owner sees both pods for a moment, the source is the one it removes
+        await PatchPodAsync(request.Spec.PodName, ns, new JsonObject
+        {
+            ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [DeletionCostAnnotation] = int.MinValue.ToString(CultureInfo.InvariantCulture) } },
+        }, cancellationToken);
         await source.Client.FinishAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
-        await DeletePodAsync(request.Spec.PodName, request.Metadata.NamespaceProperty, cancellationToken);
+        await HandOverIdentityAsync(status.ReplacementPod!, ns, cancellationToken);
+        await DeletePodAsync(request.Spec.PodName, ns, cancellationToken);
         await CleanupAsync(request, cancellationToken);
         status.Phase = MigrationPhases.Succeeded;
         status.Reason = "Migrated";
@@ -356,7 +373,12 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         }
     }
 
-    /// <summary>The source's spec, pinned to the target, restored by the podmig runtime class, with the source's labels and owners.</summary>
+    /// <summary>
+    /// The source's spec, pinned to the target, restored by the podmig runtime class. Its labels and
+    /// owner references are held back (in annotations) until cut-over: while it restores, no
+    /// ReplicaSet counts or adopts it (it would remove the newest, not-yet-ready pod first: the
+    /// replacement) and no Service sends it traffic.
+    /// </summary>
     private static V1Pod Replacement(V1Pod source, MigrationRequest request, string name)
     {
         var spec = KubernetesJson.Deserialize<V1PodSpec>(KubernetesJson.Serialize(source.Spec));
@@ -367,18 +389,59 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         {
             [RestoreAnnotation] = MigrationId(request),
             [MigratedFromAnnotation] = $"{source.Metadata.Name}@{request.Status.SourceNode}",
+            [HeldLabelsAnnotation] = KubernetesJson.Serialize(source.Metadata.Labels ?? new Dictionary<string, string>()),
+            [HeldOwnersAnnotation] = KubernetesJson.Serialize(source.Metadata.OwnerReferences ?? []),
         };
+        annotations.Remove(DeletionCostAnnotation);
         return new V1Pod
         {
             Metadata = new V1ObjectMeta
             {
                 Name = name,
-                Labels = source.Metadata.Labels,
+                Labels = new Dictionary<string, string> { [ReplacementOfLabel] = source.Metadata.Name },
                 Annotations = annotations,
-                OwnerReferences = source.Metadata.OwnerReferences,
             },
             Spec = spec,
         };
+    }
+
+    /// <summary>The replacement takes the source's labels and owner references (idempotent: nothing to do once they are there).</summary>
+    private async Task HandOverIdentityAsync(string name, string ns, CancellationToken cancellationToken)
+    {
+        var replacement = await ReadPodAsync(name, ns, cancellationToken);
+        if (replacement?.Metadata.Annotations?.TryGetValue(HeldLabelsAnnotation, out var heldLabels) != true)
+        {
+            return;
+        }
+
+        var labels = new JsonObject { [ReplacementOfLabel] = null };
+        foreach (var (key, value) in KubernetesJson.Deserialize<Dictionary<string, string>>(heldLabels!))
+        {
+            labels[key] = value;
+        }
+
+        var owners = replacement.Metadata.Annotations.TryGetValue(HeldOwnersAnnotation, out var heldOwners) ? JsonNode.Parse(heldOwners) : new JsonArray();
+        await PatchPodAsync(name, ns, new JsonObject
+        {
+            ["metadata"] = new JsonObject
+            {
+                ["labels"] = labels,
+                ["ownerReferences"] = owners,
+                ["annotations"] = new JsonObject { [HeldLabelsAnnotation] = null, [HeldOwnersAnnotation] = null },
+            },
+        }, cancellationToken);
+    }
+
+    private async Task PatchPodAsync(string name, string ns, JsonObject patch, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await client.CoreV1.PatchNamespacedPodAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch), name, ns, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            // gone already (a restarted cut-over that got further before)
+        }
     }
 
     private async Task<MigrationRequest> MoveToAsync(MigrationRequest request, string phase, string message, CancellationToken cancellationToken)

@@ -48,6 +48,12 @@ public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
                 $"Pod {ns}/{podName} belongs to StatefulSet {statefulSet.Name}, whose pods keep their names; moving them is not supported in this version.");
         }
 
+        if (pod.Metadata.OwnerReferences?.FirstOrDefault(o => o.Controller == true && o.Kind == "DaemonSet") is { } daemonSet)
+        {
+            return Validation.Fail("PodOwnedByDaemonSet",
+                $"Pod {ns}/{podName} belongs to DaemonSet {daemonSet.Name}, which runs one pod on each node; it cannot move to another node.");
+        }
+
         var first = all
             .Where(r => r.Metadata.NamespaceProperty == ns && r.Spec.PodName == podName && !MigrationPhases.IsFinal(r.Status?.Phase))
             .OrderBy(r => r.Metadata.CreationTimestamp ?? DateTime.MaxValue)
