@@ -20,7 +20,7 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public async Task Sandbox_up_with_three_nodes_reports_every_component_imports_an_image_everywhere_and_down_removes_it_all()
     {
-        var up = await RunAsync("hack/sandbox", "up", "--nodes", "3", "--state", State);
+        var up = await Sandbox.RunAsync("hack/sandbox", "up", "--nodes", "3", "--state", State);
         Assert.True(up.ExitCode == 0, up.Output);
         Assert.Contains("KUBECONFIG=", up.Output, StringComparison.Ordinal);
         var state = JsonNode.Parse(await File.ReadAllTextAsync(State))!;
@@ -28,7 +28,7 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
         var roots = state["nodes"]!.AsArray().SelectMany(n => new[] { (string)n!["root"]!, (string)n["state"]! }).ToList();
         try
         {
-            var status = await RunAsync("hack/sandbox", "status", "--json", "--state", State);
+            var status = await Sandbox.RunAsync("hack/sandbox", "status", "--json", "--state", State);
             Assert.True(status.ExitCode == 0, status.Output);
             var components = JsonNode.Parse(status.Output)!["components"]!.AsArray();
             Assert.Equal(["node-a", "node-b", "node-c"], components.Where(c => (string)c!["kind"]! == "node agent").Select(c => (string)c!["node"]!));
@@ -36,32 +36,32 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
             Assert.Single(components, c => (string)c!["name"]! == "operator");
             Assert.Equal(3, components.Where(c => (string)c!["kind"]! == "node agent").Select(c => ((string)c!["address"]!).Split(':')[0]).Distinct().Count());
 
-            var nodes = await RunAsync("kubectl", "--kubeconfig", (string)state["kubeconfig"]!, "get", "nodes", "--no-headers");
+            var nodes = await Sandbox.RunAsync("kubectl", "--kubeconfig", (string)state["kubeconfig"]!, "get", "nodes", "--no-headers");
             Assert.Equal(3, nodes.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Count(l => l.Contains(" Ready ", StringComparison.Ordinal)));
 
             var rootfs = Path.Combine(_directory, "rootfs");
             TestRootFilesystem.Create(rootfs);
-            var imported = await RunAsync("hack/sandbox", "image", "import", "docker.io/example/tools:1", rootfs, "--state", State);
+            var imported = await Sandbox.RunAsync("hack/sandbox", "image", "import", "docker.io/example/tools:1", rootfs, "--state", State);
             Assert.True(imported.ExitCode == 0, imported.Output);
             foreach (var socket in sockets)
             {
                 Assert.Contains("docker.io/example/tools:1", Prerequisites.Run("ctr", "--address", socket, "--namespace", "k8s.io", "images", "ls", "-q"), StringComparison.Ordinal);
             }
 
-            var missing = await RunAsync("hack/sandbox", "image", "import", "docker.io/example/none:1", Path.Combine(_directory, "nothing"), "--state", State);
+            var missing = await Sandbox.RunAsync("hack/sandbox", "image", "import", "docker.io/example/none:1", Path.Combine(_directory, "nothing"), "--state", State);
             Assert.NotEqual(0, missing.ExitCode);
             Assert.Contains("is neither a directory (root file system) nor a file (OCI archive)", missing.Output, StringComparison.Ordinal);
         }
         finally
         {
-            var down = await RunAsync("hack/sandbox", "down", "--state", State);
+            var down = await Sandbox.RunAsync("hack/sandbox", "down", "--state", State);
             Assert.True(down.ExitCode == 0, down.Output);
         }
 
         Assert.False(File.Exists(State));
         Assert.All(roots, r => Assert.False(Directory.Exists(r), $"{r} is left"));
         Assert.DoesNotContain(File.ReadAllLines("/proc/mounts"), l => roots.Any(r => l.Contains(r, StringComparison.Ordinal)));
-        var again = await RunAsync("hack/sandbox", "status", "--state", State);
+        var again = await Sandbox.RunAsync("hack/sandbox", "status", "--state", State);
         Assert.NotEqual(0, again.ExitCode);
         Assert.Contains("no sandbox is up", again.Output, StringComparison.Ordinal);
     }
@@ -69,7 +69,7 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public async Task The_demo_moves_the_counter_and_ends_with_a_DEMO_RESULT_line()
     {
-        var demo = await RunAsync("hack/demo.sh", [], new Dictionary<string, string> { ["PODMIG_SANDBOX_STATE"] = State });
+        var demo = await Sandbox.RunAsync("hack/demo.sh", [], new Dictionary<string, string> { ["PODMIG_SANDBOX_STATE"] = State });
         output.WriteLine(demo.Output);
         Assert.True(demo.ExitCode == 0, demo.Output);
         var last = demo.Output.TrimEnd().Split('\n')[^1];
@@ -86,36 +86,6 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
         Assert.False(File.Exists(State));
         Figures.Record(nameof(HackSandboxTests), "make demo downtime ms", (long)result["downtimeMs"]!, "ms");
         Figures.Record(nameof(HackSandboxTests), "make demo request to Succeeded ms", (long)result["totalMs"]!, "ms");
-    }
-
-    private static Task<(int ExitCode, string Output)> RunAsync(string program, params string[] args) => RunAsync(program, args, null);
-
-    private static async Task<(int ExitCode, string Output)> RunAsync(string program, string[] args, IReadOnlyDictionary<string, string>? environment)
-    {
-        var start = new ProcessStartInfo(program.Contains('/', StringComparison.Ordinal) ? RepositoryLayout.InRepository(program) : program)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-            WorkingDirectory = RepositoryLayout.Root,
-        };
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-
-        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
-        {
-            start.Environment[key] = value;
-        }
-
-        start.Environment["CONFIGURATION"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Split('_')[0];
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(4));
-        await process.WaitForExitAsync(timeout.Token);
-        return (process.ExitCode, await stdout + await stderr);
     }
 
     public void Dispose()

@@ -132,56 +132,6 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         return reader.ReadToEnd();
     }
 
-    [Theory]
-    [InlineData("ghost", null, "PodNotFound", "Pod default/ghost")]
-    [InlineData("lonely", "node-z", "TargetNotFound", "node-z")]
-    [InlineData("lonely", "node-a", "TargetIsSource", "node-a")]
-    public async Task A_bad_request_fails_at_once_with_its_reason_and_the_pod_runs_on(string pod, string? target, string reason, string mentioned)
-    {
-        if (pod == "lonely" && !(await Sandbox.PodsAsync(Cluster)).Any(p => p.Metadata.Name == "lonely"))
-        {
-            await Sandbox.RunCounterAsync(Cluster, "lonely", "node-a", 4);
-        }
-
-        var name = $"bad-{reason.ToLowerInvariant()}";
-        await Sandbox.ApplyRequestAsync(Cluster, name, pod, "PreCopy", target);
-        var status = (await Sandbox.WaitForFinalAsync(Cluster, name))!.Status!;
-
-        Assert.Equal(MigrationPhases.Failed, status.Phase);
-        Assert.Equal(reason, status.Reason);
-        Assert.Contains(mentioned, status.Message, StringComparison.Ordinal);
-        var printed = (await Cluster.Api.KubectlAsync("get", "migrationrequest", name)).Succeeded().Output;
-        Assert.Contains("Failed", printed, StringComparison.Ordinal);
-        if (pod == "lonely")
-        {
-            var before = (await Sandbox.TicksAsync(Cluster, "lonely"))[^1].Tick;
-            var ticks = await Sandbox.WaitForTicksAsync(Cluster, "lonely", "main", 3, after: before);
-            Sandbox.AssertConsecutive(ticks, 1);
-            Assert.Equal(["default/lonely"], Cluster.Node("node-a").Kubelet.StartedPods.Where(p => p.EndsWith("/lonely", StringComparison.Ordinal)));
-        }
-
-        (await Cluster.Api.KubectlAsync("delete", "migrationrequest", name)).Succeeded();
-        Assert.Empty(Cluster.Nodes.SelectMany(n => n.StagedMigrations()));
-    }
-
-    [Theory]
-    [InlineData("spec: {mode: PreCopy}", "spec.podName: Required value")]
-    [InlineData("spec: {podName: x, mode: Warm}", "spec.mode: Unsupported value: \"Warm\"")]
-    [InlineData("spec: {podName: x, timeoutSeconds: 1}", "spec.timeoutSeconds: Invalid value: 1")]
-    [InlineData("spec: {podName: Not_A_Name}", "spec.podName: Invalid value: \"Not_A_Name\"")]
-    public async Task Kubectl_apply_refuses_a_schema_violation_and_names_the_field(string spec, string expected)
-    {
-        var error = (await Cluster.Api.KubectlInAsync($"""
-            apiVersion: podmigration.io/v1alpha1
-            kind: MigrationRequest
-            metadata: {"{"}name: invalid, namespace: default{"}"}
-            {spec}
-            """, "apply", "-f", "-")).Failed();
-
-        Assert.Contains(expected, error, StringComparison.Ordinal);
-        Assert.Null(await Sandbox.GetRequestAsync(Cluster, "invalid"));
-    }
-
     private async Task DeletePodAsync(string name) =>
         (await Cluster.Api.KubectlAsync("delete", "pod", name, "--wait=true", "--timeout=60s")).Succeeded();
 }

@@ -161,4 +161,37 @@ public static class Sandbox
 
         Assert.Fail("staged images left: " + string.Join(", ", left));
     }
+
+    /// <summary>Runs a script of the repository (hack/...) or a program, from the repository root; returns its exit code and output.</summary>
+    public static Task<(int ExitCode, string Output)> RunAsync(string program, params string[] args) => RunAsync(program, args, null);
+
+    public static async Task<(int ExitCode, string Output)> RunAsync(string program, string[] args, IReadOnlyDictionary<string, string>? environment)
+    {
+        ArgumentNullException.ThrowIfNull(program);
+        ArgumentNullException.ThrowIfNull(args);
+        var start = new ProcessStartInfo(program.Contains('/', StringComparison.Ordinal) ? RepositoryLayout.InRepository(program) : program)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+            WorkingDirectory = RepositoryLayout.Root,
+        };
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[key] = value;
+        }
+
+        start.Environment["CONFIGURATION"] = Path.GetFileName(Path.TrimEndingDirectorySeparator(AppContext.BaseDirectory)).Split('_')[0];
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(4));
+        await process.WaitForExitAsync(timeout.Token);
+        return (process.ExitCode, await stdout + await stderr);
+    }
 }

@@ -24,6 +24,56 @@ public sealed record KubectlResult(int ExitCode, string Output, string Error)
     }
 }
 
+/// <summary>The real kubectl against one kubeconfig (never $KUBECONFIG), with a discovery cache of its own.</summary>
+public sealed class Kubectl(string kubeconfig, string cacheDirectory)
+{
+    public string KubeconfigPath => kubeconfig;
+
+    public Task<KubectlResult> RunAsync(params string[] args) => RunCoreAsync(null, args);
+
+    /// <summary>kubectl with <paramref name="stdin"/> as its standard input (apply -f -).</summary>
+    public Task<KubectlResult> RunWithInputAsync(string stdin, params string[] args) => RunCoreAsync(stdin, args);
+
+    private async Task<KubectlResult> RunCoreAsync(string? stdin, string[] args)
+    {
+        using var process = Start(args, stdin is not null);
+        if (stdin is not null)
+        {
+            await process.StandardInput.WriteAsync(stdin);
+            process.StandardInput.Close();
+        }
+
+        var output = process.StandardOutput.ReadToEndAsync();
+        var error = process.StandardError.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(timeout.Token);
+        return new KubectlResult(process.ExitCode, await output, await error);
+    }
+
+    /// <summary>Starts kubectl without waiting (for get -w or logs -f); the caller stops it.</summary>
+    public Process Start(string[] args, bool redirectInput = false)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        var start = new ProcessStartInfo("kubectl")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = redirectInput,
+            UseShellExecute = false,
+            StandardOutputEncoding = Encoding.UTF8,
+        };
+        start.ArgumentList.Add($"--kubeconfig={kubeconfig}");
+        start.ArgumentList.Add($"--cache-dir={cacheDirectory}");
+        foreach (var a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        start.Environment.Remove("KUBECONFIG");
+        return Process.Start(start) ?? throw new InvalidOperationException("could not start kubectl");
+    }
+}
+
 /// <summary>A fresh emulator per test class, the real kubectl pointed at it, and a KubernetesClient.</summary>
 public class EmulatorFixture : IAsyncLifetime
 {
@@ -62,43 +112,12 @@ public class EmulatorFixture : IAsyncLifetime
 
     public Task<KubectlResult> KubectlInAsync(string stdin, params string[] args) => RunKubectlAsync(stdin, Emulator.KubeconfigPath, args);
 
-    public async Task<KubectlResult> RunKubectlAsync(string? stdin, string kubeconfig, params string[] args)
-    {
-        using var process = StartKubectl(kubeconfig, args, stdin is not null);
-        if (stdin is not null)
-        {
-            await process.StandardInput.WriteAsync(stdin);
-            process.StandardInput.Close();
-        }
-
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        await process.WaitForExitAsync(timeout.Token);
-        return new KubectlResult(process.ExitCode, await output, await error);
-    }
+    public Task<KubectlResult> RunKubectlAsync(string? stdin, string kubeconfig, params string[] args) =>
+        stdin is null ? new Kubectl(kubeconfig, _cacheDirectory).RunAsync(args) : new Kubectl(kubeconfig, _cacheDirectory).RunWithInputAsync(stdin, args);
 
     /// <summary>Starts kubectl without waiting (for get -w); the caller stops it.</summary>
-    public Process StartKubectl(string kubeconfig, string[] args, bool redirectInput = false)
-    {
-        var start = new ProcessStartInfo("kubectl")
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = redirectInput,
-            UseShellExecute = false,
-            StandardOutputEncoding = Encoding.UTF8,
-        };
-        start.ArgumentList.Add($"--kubeconfig={kubeconfig}");
-        start.ArgumentList.Add($"--cache-dir={_cacheDirectory}");
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-
-        start.Environment.Remove("KUBECONFIG");
-        return Process.Start(start) ?? throw new InvalidOperationException("could not start kubectl");
-    }
+    public Process StartKubectl(string kubeconfig, string[] args, bool redirectInput = false) =>
+        new Kubectl(kubeconfig, _cacheDirectory).Start(args, redirectInput);
 
     public async Task ApplyWidgetCrdAsync() =>
         (await KubectlAsync("apply", "-f", ManifestPath("widgets-crd.yaml"))).Succeeded();
