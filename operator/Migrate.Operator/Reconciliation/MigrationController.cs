@@ -19,14 +19,76 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
     private readonly RequestValidator _validator = new(client, agents);
     private readonly OperatorOptions _options = options ?? new OperatorOptions();
     private readonly EventRecorder _events = new(client, time);
+    private readonly SemaphoreSlim _wake = new(0, 1);
 
     /// <summary>Steps one request may take in a pass while each moves it to a new phase (1: one phase per pass, as the tests that count passes want).</summary>
     public int StepsPerPass { get; init; } = 1;
 
-    /// <summary>How often every request is looked at again.</summary>
+    /// <summary>How often every request is looked at again without a change (changes wake the loop through a watch).</summary>
     public TimeSpan Resync { get; init; } = TimeSpan.FromMilliseconds(500);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var watching = WatchAsync(stoppingToken);
+        await LoopAsync(stoppingToken);
+        await watching;
+    }
+
+    /// <summary>
+    /// Wakes the loop on every change to a MigrationRequest (a new request is admitted at once, not
+    /// at the next resync); the resync stays as the fallback while the watch is down.
+    /// </summary>
+    private async Task WatchAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await foreach (var _ in client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, MigrationRequest.Plural,
+                    cancellationToken: stoppingToken))
+                {
+                    Wake();
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (Exception e) when (e is HttpOperationException or HttpRequestException or IOException or System.Text.Json.JsonException)
+            {
+                LogWatchError(e.Message);
+            }
+
+            try
+            {
+                await Task.Delay(TimeSpan.FromSeconds(1), time, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        _wake.Dispose();
+    }
+
+    private void Wake()
+    {
+        try
+        {
+            _wake.Release();
+        }
+        catch (SemaphoreFullException)
+        {
+            // a pass is already due
+        }
+    }
+
+    private async Task LoopAsync(CancellationToken stoppingToken)
     {
         while (!stoppingToken.IsCancellationRequested)
         {
@@ -48,7 +110,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
 
             try
             {
-                await Task.Delay(Resync, time, stoppingToken);
+                await _wake.WaitAsync(Resync, stoppingToken);
             }
             catch (OperationCanceledException)
             {
@@ -72,14 +134,14 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
                 }
                 else if (request.Status?.SourceNode is null)
                 {
+                    var admitted = request;
                     if (request.Metadata.Finalizers?.Contains(MigrationStore.Finalizer) != true)
                     {
                         // before anything can be staged, so that deleting the request always cleans up
-                        await _store.SetFinalizerAsync(request, present: true, cancellationToken);
-                        continue;
+                        admitted = await _store.SetFinalizerAsync(request, present: true, cancellationToken);
                     }
 
-                    await AdmitAsync(request, all, cancellationToken);
+                    await AdmitAsync(admitted, all, cancellationToken);
                 }
                 else if (executor is not null && (request.Status.Phase != MigrationPhases.Pending || await MayStartAsync(request, inFlight, cancellationToken)))
                 {
@@ -203,6 +265,9 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "MigrationRequest {Namespace}/{Name}: an agent call failed ({Detail}); retrying on the next pass")]
     private partial void LogAgentError(string @namespace, string name, string detail);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "watching MigrationRequests failed ({Message}); watching again in 1 s, resyncing meanwhile")]
+    private partial void LogWatchError(string message);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "API call failed ({Status}): {Message}; retrying on the next pass")]
     private partial void LogApiError(HttpStatusCode? status, string message);

@@ -16,8 +16,8 @@ public sealed class MigrationStore(IKubernetes client)
 
     public const string Finalizer = "podmigration.io/cleanup";
 
-    /// <summary>Adds or removes the operator's finalizer (a JSON merge patch of the finalizer list).</summary>
-    public async Task SetFinalizerAsync(MigrationRequest request, bool present, CancellationToken cancellationToken)
+    /// <summary>Adds or removes the operator's finalizer (a JSON merge patch of the finalizer list); returns the request as stored.</summary>
+    public async Task<MigrationRequest> SetFinalizerAsync(MigrationRequest request, bool present, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
         var finalizers = (request.Metadata.Finalizers ?? []).Where(f => f != Finalizer).ToList();
@@ -29,8 +29,9 @@ public sealed class MigrationStore(IKubernetes client)
         var patch = new k8s.Models.V1Patch(
             JsonSerializer.Serialize(new Dictionary<string, object> { ["metadata"] = new Dictionary<string, object> { ["finalizers"] = finalizers, ["resourceVersion"] = request.Metadata.ResourceVersion } }),
             k8s.Models.V1Patch.PatchType.MergePatch);
-        await client.CustomObjects.PatchNamespacedCustomObjectAsync(patch, MigrationRequest.Group, MigrationRequest.Version,
+        var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(patch, MigrationRequest.Group, MigrationRequest.Version,
             request.Metadata.NamespaceProperty, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
+        return KubernetesJson.Deserialize<MigrationRequest>(((JsonElement)raw).GetRawText());
     }
 
     /// <summary>Replaces the status (the request's resourceVersion must still be current).</summary>
