@@ -67,6 +67,71 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public async Task Down_after_the_sandbox_process_was_killed_stops_and_removes_what_it_left()
+    {
+        var up = await Sandbox.RunAsync("hack/sandbox", "up", "--state", State);
+        Assert.True(up.ExitCode == 0, up.Output);
+        var state = JsonNode.Parse(await File.ReadAllTextAsync(State))!;
+        var kubeconfig = (string)state["kubeconfig"]!;
+        var pids = state["components"]!.AsArray().Select(c => (int)c!["pid"]!).Distinct().ToList();
+        var roots = state["nodes"]!.AsArray().SelectMany(n => new[] { (string)n!["root"]!, (string)n["state"]! }).ToList();
+        var files = state["files"]!.AsArray().Select(f => (string)f!).ToList();
+        try
+        {
+            var imported = await Sandbox.RunAsync("hack/sandbox", "image", "import", TestImages.Memcounter, TestImages.Archives()[1], "--state", State);
+            Assert.True(imported.ExitCode == 0, imported.Output);
+            var pod = await Sandbox.RunAsync("kubectl", "--kubeconfig", kubeconfig, "run", "leftover", "--image", TestImages.Memcounter, "--restart=Never",
+                "--overrides", """{"spec":{"nodeName":"node-a"}}""", "--command", "--", "/bin/memcounter", "--mib", "4");
+            Assert.True(pod.ExitCode == 0, pod.Output);
+            await WaitForContainerAsync(roots);
+        }
+        catch
+        {
+            await Sandbox.RunAsync("hack/sandbox", "down", "--state", State);
+            throw;
+        }
+
+        ChildProcess.Signal((int)state["pid"]!, 9);
+        var status = await Sandbox.RunAsync("hack/sandbox", "status", "--state", State);
+        Assert.NotEqual(0, status.ExitCode);
+        Assert.Contains("DEAD", status.Output, StringComparison.Ordinal);
+        var down = await Sandbox.RunAsync("hack/sandbox", "down", "--state", State);
+        output.WriteLine(down.Output);
+
+        Assert.True(down.ExitCode == 0, down.Output);
+        Assert.Contains("had died", down.Output, StringComparison.Ordinal);
+        await Task.Delay(500);
+        Assert.All(pids, pid => Assert.False(Directory.Exists($"/proc/{pid}") && !File.ReadAllText($"/proc/{pid}/stat").Contains(") Z", StringComparison.Ordinal), $"pid {pid} still runs"));
+        Assert.All(roots.Concat(files), p => Assert.False(Path.Exists(p), $"{p} is left"));
+        Assert.DoesNotContain(File.ReadAllLines("/proc/mounts"), l => roots.Any(r => l.Contains(r, StringComparison.Ordinal)));
+        Assert.DoesNotContain(ContainerProcesses(), cmdline => cmdline.Contains("/bin/memcounter", StringComparison.Ordinal) && cmdline.Contains("--mib 4", StringComparison.Ordinal));
+        Assert.False(File.Exists(State));
+    }
+
+    private static async Task WaitForContainerAsync(IReadOnlyList<string> roots)
+    {
+        for (int i = 0; i < 300 && !ContainerProcesses().Any(c => c.Contains("/bin/memcounter --mib 4", StringComparison.Ordinal)); i++)
+        {
+            await Task.Delay(100);
+        }
+
+        Assert.True(ContainerProcesses().Any(c => c.Contains("/bin/memcounter --mib 4", StringComparison.Ordinal)), "the pod never ran on " + string.Join(", ", roots));
+    }
+
+    private static List<string> ContainerProcesses() =>
+        Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _)).Select(d =>
+        {
+            try
+            {
+                return File.ReadAllText(Path.Combine(d, "cmdline")).Replace('\0', ' ');
+            }
+            catch (IOException)
+            {
+                return "";
+            }
+        }).ToList();
+
+    [Fact]
     public async Task The_demo_moves_the_counter_and_ends_with_a_DEMO_RESULT_line()
     {
         var demo = await Sandbox.RunAsync("hack/demo.sh", [], new Dictionary<string, string> { ["PODMIG_SANDBOX_STATE"] = State });

@@ -43,6 +43,24 @@ public sealed class E2EClusterFixture : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
+        try
+        {
+            await ConnectAsync();
+        }
+        catch
+        {
+            // a fixture that failed to start is not disposed: take the sandbox down here
+            if (_sandboxState is not null)
+            {
+                await Sandbox.RunAsync("hack/sandbox", "down", "--state", _sandboxState);
+            }
+
+            throw;
+        }
+    }
+
+    private async Task ConnectAsync()
+    {
         var kubeconfig = Environment.GetEnvironmentVariable(KubeconfigVariable);
         if (string.IsNullOrEmpty(kubeconfig))
         {

@@ -170,9 +170,11 @@ namespace Migrate.Sandbox
             int pid = (int)state["pid"]!;
             if (!Alive(state))
             {
-                throw new SandboxException($"the sandbox process {pid} is gone but left {path}; its parts may still run: " +
-                    string.Join(", ", state["components"]!.AsArray().Where(c => ProcessAlive((int)c!["pid"]!)).Select(c => $"{c!["name"]} (pid {c["pid"]})")) +
-                    "; stop those by PID, then remove " + path);
+                SweepAfterCrash(state);
+                File.Delete(path);
+                RemoveLogs(state);
+                Console.WriteLine($"sandbox down (its process {pid} had died; what it left was stopped and removed)");
+                return 0;
             }
 
             ChildProcess.Signal(pid, 15);
@@ -186,7 +188,52 @@ namespace Migrate.Sandbox
                 throw new SandboxException($"the sandbox process {pid} did not stop within 120 s; see {state["directory"]}/sandbox.log");
             }
 
-            // its logs go with it; a sandbox that failed to stop keeps them (above) for a look
+            RemoveLogs(state);
+            Console.WriteLine("sandbox down");
+            return 0;
+        }
+
+        /// <summary>
+        /// The sandbox process died (killed, out of memory) and could not stop its parts: its agents and
+        /// operator (by the PIDs it recorded, if those still run its programs), then each node's
+        /// containers, shims, containerd, mounts, bridge, cgroups and directories.
+        /// </summary>
+        private static void SweepAfterCrash(JsonObject state)
+        {
+            foreach (var component in state["components"]!.AsArray().Select(c => c!.AsObject()))
+            {
+                int pid = (int)component["pid"]!;
+                var kind = (string)component["kind"]!;
+                string program = kind == "node agent" ? "migrate-node-agent.dll" : kind == "operator" ? "migrate-operator.dll" : "";
+                if (program.Length > 0 && ProcessAlive(pid) && File.ReadAllText($"/proc/{pid}/cmdline").Contains(program, StringComparison.Ordinal))
+                {
+                    ChildProcess.Signal(pid, 9);
+                    Console.WriteLine($"stopped {component["name"]} (pid {pid})");
+                }
+            }
+
+            foreach (var node in state["nodes"]!.AsArray())
+            {
+                ContainerdNode.RemoveLeftovers((string)node!["root"]!, (string)node["state"]!);
+                Console.WriteLine($"removed {node["name"]}: containers, containerd, mounts, bridge, cgroups, directories");
+            }
+
+            foreach (var file in state["files"]?.AsArray().Select(f => (string)f!) ?? [])
+            {
+                if (Directory.Exists(file))
+                {
+                    Directory.Delete(file, recursive: true);
+                }
+                else
+                {
+                    File.Delete(file);
+                }
+            }
+        }
+
+        private static void RemoveLogs(JsonObject state)
+        {
+            // its logs go with it; a sandbox that failed to stop keeps them for a look
             var directory = (string)state["directory"]!;
             foreach (var leftover in new[] { Path.Combine(directory, "logs") }.Where(Directory.Exists))
             {
@@ -198,9 +245,6 @@ namespace Migrate.Sandbox
             {
                 Directory.Delete(directory);
             }
-
-            Console.WriteLine("sandbox down");
-            return 0;
         }
     }
 

@@ -272,50 +272,50 @@ public sealed class ContainerdNode : IAsyncDisposable
         }
 
         _containerd.Dispose();
-        StopLeftoverShims();
-        UnmountBelow(State);
-        UnmountBelow(Root);
+        RemoveLeftovers(Root, State);
+    }
+
+    /// <summary>
+    /// What a node leaves when its owner could not stop it (the sandbox process was killed): every
+    /// process in the node's cgroups (thawed first: a frozen task does not die), the shims and the
+    /// containerd of this node (found by its socket and config path in their command lines), mounts
+    /// below its directories, its bridge, cgroups and directories. Safe to repeat.
+    /// </summary>
+    public static void RemoveLeftovers(string root, string state)
+    {
+        ArgumentNullException.ThrowIfNull(root);
+        ArgumentNullException.ThrowIfNull(state);
+        var id = Path.GetFileName(Path.TrimEndingDirectorySeparator(state));
+        var cgroupParent = "/podmig-" + id;
+        KillCgroupMembers(cgroupParent);
+        var socket = Path.Combine(state, "c.sock");
+        var config = Path.Combine(state, "config.toml");
+        foreach (var (pid, cmdline) in Processes())
+        {
+            if ((cmdline.Contains("containerd-shim", StringComparison.Ordinal) && cmdline.Contains(socket, StringComparison.Ordinal))
+                || (cmdline.StartsWith("containerd ", StringComparison.Ordinal) && cmdline.Contains(config, StringComparison.Ordinal)))
+            {
+                ChildProcess.Signal(pid, 9);
+            }
+        }
+
+        UnmountBelow(state);
+        UnmountBelow(root);
         try
         {
-            Prerequisites.Run("ip", "link", "delete", Bridge);
+            Prerequisites.Run("ip", "link", "delete", "pm-" + id);
         }
         catch (InvalidOperationException)
         {
             // no pod ever created it
         }
 
-        RemoveCgroups();
-        DeleteDirectory(State);
-        DeleteDirectory(Root);
+        RemoveCgroups(cgroupParent);
+        DeleteDirectory(state);
+        DeleteDirectory(root);
     }
 
-    /// <summary>Removes this node's cgroup subtree from every mounted hierarchy (deepest first), as a kubelet does for its pods.</summary>
-    private void RemoveCgroups()
-    {
-        foreach (var hierarchy in Directory.EnumerateDirectories("/sys/fs/cgroup").Append("/sys/fs/cgroup"))
-        {
-            var top = hierarchy + CgroupParent;
-            if (!Directory.Exists(top))
-            {
-                continue;
-            }
-
-            foreach (var dir in Directory.EnumerateDirectories(top, "*", SearchOption.AllDirectories).OrderByDescending(d => d.Length).Append(top))
-            {
-                try
-                {
-                    Directory.Delete(dir);
-                }
-                catch (IOException)
-                {
-                    // a process is still in it: the kill sweeps above should have prevented this
-                }
-            }
-        }
-    }
-
-    /// <summary>Shims this node's containerd started (they carry its socket in -address) and that outlived it.</summary>
-    private void StopLeftoverShims()
+    private static IEnumerable<(int Pid, string Cmdline)> Processes()
     {
         foreach (var dir in Directory.EnumerateDirectories("/proc"))
         {
@@ -334,9 +334,70 @@ public sealed class ContainerdNode : IAsyncDisposable
                 continue;
             }
 
-            if (cmdline.Contains("containerd-shim", StringComparison.Ordinal) && cmdline.Contains(SocketPath, StringComparison.Ordinal))
+            yield return (pid, cmdline);
+        }
+    }
+
+    private static void KillCgroupMembers(string cgroupParent)
+    {
+        var freezer = "/sys/fs/cgroup/freezer" + cgroupParent;
+        if (Directory.Exists(freezer))
+        {
+            foreach (var state in Directory.EnumerateFiles(freezer, "freezer.state", SearchOption.AllDirectories))
             {
-                Prerequisites.Run("kill", "-KILL", pid.ToString(CultureInfo.InvariantCulture));
+                try
+                {
+                    File.WriteAllText(state, "THAWED");
+                }
+                catch (IOException)
+                {
+                    // gone meanwhile
+                }
+            }
+        }
+
+        foreach (var hierarchy in Directory.EnumerateDirectories("/sys/fs/cgroup").Append("/sys/fs/cgroup"))
+        {
+            var top = hierarchy + cgroupParent;
+            if (!Directory.Exists(top))
+            {
+                continue;
+            }
+
+            foreach (var procs in Directory.EnumerateFiles(top, "cgroup.procs", SearchOption.AllDirectories))
+            {
+                foreach (var line in File.ReadAllLines(procs))
+                {
+                    if (int.TryParse(line, out int pid))
+                    {
+                        ChildProcess.Signal(pid, 9);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Removes this node's cgroup subtree from every mounted hierarchy (deepest first), as a kubelet does for its pods.</summary>
+    private static void RemoveCgroups(string cgroupParent)
+    {
+        foreach (var hierarchy in Directory.EnumerateDirectories("/sys/fs/cgroup").Append("/sys/fs/cgroup"))
+        {
+            var top = hierarchy + cgroupParent;
+            if (!Directory.Exists(top))
+            {
+                continue;
+            }
+
+            foreach (var dir in Directory.EnumerateDirectories(top, "*", SearchOption.AllDirectories).OrderByDescending(d => d.Length).Append(top))
+            {
+                try
+                {
+                    Directory.Delete(dir);
+                }
+                catch (IOException)
+                {
+                    // a process is still in it: the kill sweeps above should have prevented this
+                }
             }
         }
     }

@@ -81,6 +81,9 @@ public class EmulatorFixture : IAsyncLifetime
 
     public Emulator Emulator { get; private set; } = null!;
 
+    /// <summary>kubectl's discovery cache for this emulator (removed on dispose).</summary>
+    public string KubectlCacheDirectory => _cacheDirectory;
+
     public Kubernetes Client { get; private set; } = null!;
 
     protected virtual void Configure(EmulatorOptions options)

@@ -296,6 +296,8 @@ public sealed class SandboxCluster : IAsyncDisposable
         kubeconfig = KubeconfigPath,
         directory = Directory,
         pid = Environment.ProcessId,
+        // what the sandbox process removes on a normal stop, listed for hack/sandbox down after a crash
+        files = new[] { KubeconfigPath, Pki.Directory, Api.KubectlCacheDirectory },
         nodes = _nodes.Select(n => new { name = n.Name, containerdSocket = n.Containerd.SocketPath, root = n.Containerd.Root, state = n.Containerd.State, agent = n.AgentAddress }),
         components = Components().Select(c => new { name = c.Name, kind = c.Kind, node = c.Node, pid = c.Pid, address = c.Address, log = c.Log }),
     }, Indented);
