@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using Grpc.Net.Client;
 using k8s;
 using Migrate.Agent.Contracts.Security;
+using Migrate.Operator.Admission;
 using Migrate.Operator.Reconciliation;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
@@ -20,6 +21,8 @@ public static class OperatorHost
     public static WebApplication Build(string[] args)
     {
         var builder = WebApplication.CreateSlimBuilder(args);
+        // HTTPS endpoints (the pod webhook) come from Kestrel:Endpoints configuration, with PEM files
+        builder.WebHost.UseKestrelHttpsConfiguration();
         builder.Configuration.AddEnvironmentVariables("PODMIG_");
         var options = new OperatorOptions();
         builder.Configuration.GetSection(OperatorOptions.Section).Bind(options);
@@ -60,6 +63,7 @@ public static class OperatorHost
         var app = builder.Build();
         app.MapHealthChecks("/healthz");
         app.MapHealthChecks("/readyz");
+        app.MapPost(PodNameGuard.Path, (HttpContext http, IKubernetes client) => PodNameGuard.ReviewAsync(http, client));
         return app;
     }
 

@@ -1,3 +1,4 @@
+using k8s;
 using Migrate.Operator.Api;
 using Migrate.TestSupport;
 using Xunit;
@@ -52,13 +53,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         var (request, pod) = await StartMigrationAsync("corrupt");
         await Sandbox.WaitForRequestAsync(Cluster, request, r => r?.Status?.Phase == MigrationPhases.Transferring && IncomingBytes("node-b") > 8 << 20);
 
-        // a byte the receiver already hashed (and found right) flips on the target's disk afterwards
-        var pages = Directory.EnumerateFiles(Cluster.Node("node-b").IncomingDirectory, "pages-*.img", SearchOption.AllDirectories)
-            .OrderByDescending(f => new FileInfo(f).Length).First();
-        // (with dd: the receiver holds the file locked against other .NET writers while it writes)
-        Prerequisites.Run("bash", "-c", """
-            byte=$(od -An -tu1 -j4096 -N1 "$1") && printf "\\$(printf %03o $(( byte ^ 255 )))" | dd of="$1" bs=1 seek=4096 conv=notrunc status=none
-            """, "flip", pages);
+        FlipByteOfLargestPages("node-b");
 
         var status = (await Sandbox.WaitForFinalAsync(Cluster, request))!.Status!;
         output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
@@ -66,6 +61,33 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         Assert.Equal("RestoreFailed", status.Reason);
         Assert.Contains("does not match its SHA-256", status.Message, StringComparison.Ordinal);
         await AssertSourceRunsOnAsync(pod, status);
+    }
+
+    [Fact]
+    public async Task A_StatefulSet_pod_whose_replacement_fails_is_restored_on_its_own_node_under_its_name()
+    {
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("web-0", "node-a", 32), "default");
+        var source = await Cluster.WaitForPodRunningAsync("web-0");
+        await Sandbox.WaitForTicksAsync(Cluster, "web-0", "main", 5);
+        await Sandbox.ApplyRequestAsync(Cluster, "move-web", "web-0", "Cold", "node-b");
+        await Sandbox.WaitForRequestAsync(Cluster, "move-web", r => r?.Status?.Phase == MigrationPhases.Transferring && IncomingBytes("node-b") > 8 << 20);
+        FlipByteOfLargestPages("node-b");
+
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-web"))!.Status!;
+        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
+        Assert.Equal(MigrationPhases.RolledBack, status.Phase);
+        Assert.Equal("RestoreFailed", status.Reason);
+        Assert.Contains("Pod web-0 was restored on node-a under its name.", status.Message, StringComparison.Ordinal);
+        var pod = await Cluster.Client.CoreV1.ReadNamespacedPodAsync("web-0", "default");
+        Assert.Equal(("node-a", "Running"), (pod.Spec.NodeName, pod.Status.Phase));
+        Assert.Equal(2, Cluster.Node("node-a").Kubelet.StartedPods.Count(p => p == "default/web-0")); // the source, then its restored self
+        var frozen = Cluster.Node("node-a").LoggedTicks("default", "web-0", "main", source.Metadata.Uid)[^1].Tick;
+        var ticks = await Sandbox.WaitForTicksAsync(Cluster, "web-0", "main", 5);
+        Sandbox.AssertConsecutive(ticks, frozen + 1); // the restored pod counts on from its checkpoint
+        Assert.Contains(ticks, t => t.VerifiedOk);
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+        (await Cluster.Api.KubectlAsync("delete", "pod", "web-0", "--wait=true")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "migrationrequest", "move-web")).Succeeded();
     }
 
     [Fact]
@@ -135,6 +157,17 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         await Sandbox.RunCounterAsync(Cluster, name, "node-a", 32);
         await Sandbox.ApplyRequestAsync(Cluster, "move-" + name, name, "Cold", "node-b");
         return ("move-" + name, name);
+    }
+
+    /// <summary>A byte the receiver already hashed (and found right) flips on the node's disk afterwards.</summary>
+    private void FlipByteOfLargestPages(string node)
+    {
+        var pages = Directory.EnumerateFiles(Cluster.Node(node).IncomingDirectory, "pages-*.img", SearchOption.AllDirectories)
+            .OrderByDescending(f => new FileInfo(f).Length).First();
+        // (with dd: the receiver holds the file locked against other .NET writers while it writes)
+        Prerequisites.Run("bash", "-c", """
+            byte=$(od -An -tu1 -j4096 -N1 "$1") && printf "\\$(printf %03o $(( byte ^ 255 )))" | dd of="$1" bs=1 seek=4096 conv=notrunc status=none
+            """, "flip", pages);
     }
 
     private long IncomingBytes(string node) =>

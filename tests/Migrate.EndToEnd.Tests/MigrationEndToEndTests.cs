@@ -112,6 +112,40 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         await DeletePodAsync(replacement);
     }
 
+    [Fact]
+    public async Task A_StatefulSet_pod_moves_under_its_own_name_and_the_webhook_keeps_others_from_taking_it()
+    {
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-a", 16), "default");
+        await Cluster.WaitForPodRunningAsync("db-0");
+        await Sandbox.WaitForTicksAsync(Cluster, "db-0", "main", 5);
+
+        await Sandbox.ApplyRequestAsync(Cluster, "move-db", "db-0", "PreCopy", "node-b");
+        await Sandbox.WaitForRequestAsync(Cluster, "move-db", r => r?.Status?.Phase is MigrationPhases.Checkpointing or MigrationPhases.Transferring || MigrationPhases.IsFinal(r?.Status?.Phase));
+        // what the StatefulSet controller does when its pod is gone: create it again from the template
+        var intruder = await Assert.ThrowsAsync<k8s.Autorest.HttpOperationException>(() =>
+            Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-b", 4), "default"));
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-db"))!.Status!;
+
+        Assert.Equal(System.Net.HttpStatusCode.Conflict, intruder.Response.StatusCode);
+        Assert.Contains("is being moved by MigrationRequest move-db; until the move ends only its replacement may take this name", intruder.Response.Content, StringComparison.Ordinal);
+        Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
+        Assert.Equal("db-0", status.ReplacementPod);
+        var pod = await Cluster.Client.CoreV1.ReadNamespacedPodAsync("db-0", "default");
+        Assert.Equal(("node-b", "Running"), (pod.Spec.NodeName, pod.Status.Phase));
+        Assert.Equal("StatefulSet", Assert.Single(pod.Metadata.OwnerReferences).Kind);
+        Assert.Equal("db-0", pod.Metadata.Labels["statefulset.kubernetes.io/pod-name"]);
+        var frozen = Cluster.Node("node-a").LoggedTicks("default", "db-0", "main")[^1].Tick;
+        var ticks = await Sandbox.WaitForTicksAsync(Cluster, "db-0", "main", 8, after: frozen);
+        Sandbox.AssertConsecutive([.. ticks.Where(t => t.Tick > frozen)], frozen + 1);
+        Assert.Contains(ticks, t => t.Tick > frozen && t.VerifiedOk);
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+
+        // once the move has ended the name is anyone's again
+        await DeletePodAsync("db-0");
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-b", 4), "default");
+        await DeletePodAsync("db-0");
+    }
+
     private static k8s.Models.V1Container Counter(string name, int mib, params string[] extra) => new()
     {
         Name = name,

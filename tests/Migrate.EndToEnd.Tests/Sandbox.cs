@@ -39,6 +39,34 @@ public static class Sandbox
         return pod;
     }
 
+    /// <summary>A memcounter pod as a StatefulSet makes it (owner reference, pod-name label) that opted in to keeping its name when moved.</summary>
+    public static V1Pod StatefulSetPod(string name, string node, int mib, string? restoreFrom = null) => new()
+    {
+        Metadata = new V1ObjectMeta
+        {
+            Name = name,
+            Labels = new Dictionary<string, string>
+            {
+                ["app"] = "db",
+                ["statefulset.kubernetes.io/pod-name"] = name,
+                [Migrate.Operator.Reconciliation.MigrationExecutor.KeepNameLabel] = "true",
+            },
+            Annotations = restoreFrom is null ? null : new Dictionary<string, string> { [Migrate.Operator.Reconciliation.MigrationExecutor.RestoreAnnotation] = restoreFrom },
+            OwnerReferences = [new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = "db", Uid = "5e7c1b9e-0d7e-4f4c-9f3e-2d6c1f0a0b01", Controller = true, BlockOwnerDeletion = true }],
+        },
+        Spec = new V1PodSpec
+        {
+            NodeName = node,
+            Containers = [new V1Container
+            {
+                Name = "main",
+                Image = TestImages.Memcounter,
+                Command = ["/bin/memcounter"],
+                Args = ["--mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "5", "--dirty-percent-per-second", "1"],
+            }],
+        },
+    };
+
     /// <summary>kubectl apply of a MigrationRequest.</summary>
     public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null)
     {

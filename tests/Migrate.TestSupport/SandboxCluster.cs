@@ -67,11 +67,11 @@ public sealed class SandboxNode
         [.. new[] { StagingDirectory, IncomingDirectory }.Where(Directory.Exists).SelectMany(Directory.EnumerateDirectories)];
 
     /// <summary>A container's ticks from the node's pod log files (they outlive the pod, as /var/log/pods does for a while).</summary>
-    public IReadOnlyList<MemcounterTick> LoggedTicks(string ns, string pod, string container)
+    public IReadOnlyList<MemcounterTick> LoggedTicks(string ns, string pod, string container, string? uid = null)
     {
         var lines = new List<string>();
         foreach (var file in System.IO.Directory.EnumerateFiles(Containerd.PodLogDirectory, "0.log", SearchOption.AllDirectories)
-            .Where(f => Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(f)))!.StartsWith($"{ns}_{pod}_", StringComparison.Ordinal)
+            .Where(f => Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(f)))!.StartsWith($"{ns}_{pod}_{uid}", StringComparison.Ordinal)
                 && Path.GetFileName(Path.GetDirectoryName(f)) == container))
         {
             using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
@@ -225,6 +225,7 @@ public sealed class SandboxCluster : IAsyncDisposable
         var identity = Pki.Issue("operator");
         int port = Ports.Free();
         OperatorAddress = $"127.0.0.1:{port}";
+        WebhookAddress = $"127.0.0.1:{Ports.Free()}";
         string[] arguments = [
             $"--Operator:Kubeconfig={KubeconfigPath}",
             "--Operator:LeaseNamespace=default",
@@ -234,7 +235,10 @@ public sealed class SandboxCluster : IAsyncDisposable
             $"--Operator:TlsAuthorityFile={Pki.AuthorityFile}",
             $"--Operator:TokenSigningKeyFile={Pki.TokenSigningKeyFile}",
             $"--Operator:PhaseTimeoutSeconds={Options.PhaseTimeoutSeconds}",
-            "--urls", $"http://{OperatorAddress}",
+            $"--Kestrel:Endpoints:Probes:Url=http://{OperatorAddress}",
+            $"--Kestrel:Endpoints:Webhook:Url=https://{WebhookAddress}",
+            $"--Kestrel:Endpoints:Webhook:Certificate:Path={identity.CertificateFile}",
+            $"--Kestrel:Endpoints:Webhook:Certificate:KeyPath={identity.KeyFile}",
             "--Logging:LogLevel:Default=Information",
             "--Logging:LogLevel:Microsoft.AspNetCore=Warning",
             "--Logging:LogLevel:System.Net.Http=Warning",
@@ -268,7 +272,34 @@ public sealed class SandboxCluster : IAsyncDisposable
                 return false;
             }
         }, TimeSpan.FromSeconds(60), "ready");
+
+        // the pod webhook guards the names of pods that keep them while they move (deploy/operator/pod-webhook.yaml in a cluster)
+        (await Api.KubectlInAsync($$"""
+            apiVersion: admissionregistration.k8s.io/v1
+            kind: ValidatingWebhookConfiguration
+            metadata: {name: podmig-pod-names}
+            webhooks:
+              - name: pod-names.podmig.io
+                admissionReviewVersions: [v1]
+                sideEffects: None
+                failurePolicy: Fail
+                timeoutSeconds: 5
+                objectSelector:
+                  matchLabels:
+                    podmig.io/keep-name: "true"
+                rules:
+                  - apiGroups: [""]
+                    apiVersions: [v1]
+                    operations: [CREATE]
+                    resources: [pods]
+                clientConfig:
+                  url: https://{{WebhookAddress}}/validate-pods
+                  caBundle: {{Convert.ToBase64String(File.ReadAllBytes(Pki.AuthorityFile))}}
+            """, "apply", "-f", "-")).Succeeded();
     }
+
+    /// <summary>The operator's webhook address (HTTPS).</summary>
+    public string? WebhookAddress { get; private set; }
 
     /// <summary>Every process of the sandbox, with its PID and address.</summary>
     public IReadOnlyList<SandboxComponent> Components()
@@ -284,7 +315,7 @@ public sealed class SandboxCluster : IAsyncDisposable
 
         if (Operator is not null)
         {
-            list.Add(new SandboxComponent("operator", "operator", null, Operator.Pid, OperatorAddress, Operator.LogPath));
+            list.Add(new SandboxComponent("operator", "operator", null, Operator.Pid, $"{OperatorAddress} (probes), {WebhookAddress} (pod webhook)", Operator.LogPath));
         }
 
         return list;

@@ -244,6 +244,11 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
             status.Reason = "Validated";
             status.Message = $"Pod {request.Spec.PodName} can move from {validation.SourceNode} to {validation.TargetNode}.";
             status.SetCondition("Validated", "True", "Validated", status.Message, request.Metadata.Generation, now);
+            if (validation.KeepsName)
+            {
+                status.SetCondition(MigrationExecutor.KeepsNameCondition, "True", "StatefulSetPod",
+                    $"The replacement takes the name {request.Spec.PodName}: the source is ended and deleted just before it is created.", request.Metadata.Generation, now);
+            }
         }
 
         request.Status = status;

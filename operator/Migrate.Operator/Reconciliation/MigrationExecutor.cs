@@ -39,6 +39,16 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     public const string HeldLabelsAnnotation = "podmig.io/held-labels";
     public const string HeldOwnersAnnotation = "podmig.io/held-owner-references";
 
+    /// <summary>A StatefulSet's pods opt in to moving (their replacement takes their name) with this label set to "true".</summary>
+    public const string KeepNameLabel = "podmig.io/keep-name";
+
+    /// <summary>Set at admission when the replacement must take the source's name.</summary>
+    public const string KeepsNameCondition = "KeepsName";
+
+    /// <summary>On the MigrationRequest: the source pod as it was, kept because it is deleted before its namesake replacement exists.</summary>
+    public const string SourcePodAnnotation = "podmig.io/source-pod";
+    private const string SourceRetired = "SourceRetired";
+
     /// <summary>The ReplicaSet controller removes the pod with the lowest cost first when it has one too many.</summary>
     public const string DeletionCostAnnotation = "controller.kubernetes.io/pod-deletion-cost";
     private const string RollingBack = "RollingBack";
@@ -55,14 +65,29 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     /// <summary>The migration id agents know a request by: its UID (a DNS label).</summary>
     public static string MigrationId(MigrationRequest request) => request?.Metadata.Uid ?? throw new ArgumentNullException(nameof(request));
 
-    /// <summary>The replacement pod's name: the source's, with a suffix from the request.</summary>
+    /// <summary>The replacement pod's name: the source's, with a suffix from the request (or the very name, for a pod that keeps it).</summary>
     public static string ReplacementName(MigrationRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
+        if (KeepsName(request))
+        {
+            return request.Spec.PodName;
+        }
+
         var suffix = "-m" + MigrationId(request)[..5];
         var name = request.Spec.PodName;
         return (name.Length + suffix.Length > 63 ? name[..(63 - suffix.Length)] : name) + suffix;
     }
+
+    /// <summary>Whether the replacement takes the source's name (admitted as a StatefulSet pod that opted in).</summary>
+    public static bool KeepsName(MigrationRequest request) =>
+        request?.Status?.Conditions.Any(c => c.Type == KeepsNameCondition && c.Status == "True") == true;
+
+    private static bool IsRetired(MigrationRequest request) =>
+        request.Status?.Conditions.Any(c => c.Type == SourceRetired && c.Status == "True") == true;
+
+    private static bool IsOurs(V1Pod pod, MigrationRequest request) =>
+        pod.Metadata.Annotations?.TryGetValue(RestoreAnnotation, out var id) == true && id == MigrationId(request);
 
     /// <summary>Does the work of the request's phase and moves it on; returns the request as stored.</summary>
     public async Task<MigrationRequest> StepAsync(MigrationRequest request, CancellationToken cancellationToken)
@@ -215,16 +240,20 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     }
 
     /// <summary>Has the source agent send what it has staged to the target agent; returns the bytes that went over the wire (what the target already held is skipped).</summary>
-    private async Task<long> SendImagesAsync(MigrationRequest request, CancellationToken cancellationToken)
+    private Task<long> SendImagesAsync(MigrationRequest request, CancellationToken cancellationToken) =>
+        SendImagesAsync(request, request.Status!.TargetNode!, cancellationToken);
+
+    /// <summary>Has the source agent send what it has staged to <paramref name="targetNode"/>'s agent (the source node itself, to restore there); returns the bytes sent.</summary>
+    private async Task<long> SendImagesAsync(MigrationRequest request, string targetNode, CancellationToken cancellationToken)
     {
         var status = request.Status!;
         var source = await AgentAsync(status.SourceNode!, cancellationToken);
-        var target = await AgentAsync(status.TargetNode!, cancellationToken);
+        var target = await AgentAsync(targetNode, cancellationToken);
         var id = MigrationId(request);
-        var token = mintToken(new TransferClaims(id, status.SourceNode!, status.TargetNode!, status.ImageBytes is { } staged ? (staged * 2) + (1L << 30) : 64L << 30,
+        var token = mintToken(new TransferClaims(id, status.SourceNode!, targetNode, status.ImageBytes is { } staged ? (staged * 2) + (1L << 30) : 64L << 30,
             time.GetUtcNow().AddSeconds(request.Spec.TimeoutSeconds).ToUnixTimeSeconds()));
         await target.Client.ExpectImagesAsync(new ExpectImagesRequest { MigrationId = id, Token = token }, cancellationToken: cancellationToken);
-        using var call = source.Client.SendImages(new SendImagesRequest { MigrationId = id, TargetAddress = target.Endpoint, TargetNode = status.TargetNode, Token = token },
+        using var call = source.Client.SendImages(new SendImagesRequest { MigrationId = id, TargetAddress = target.Endpoint, TargetNode = targetNode, Token = token },
             cancellationToken: cancellationToken);
         TransferProgress? last = null;
         while (await call.ResponseStream.MoveNext(cancellationToken))
@@ -234,7 +263,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
 
         if (last?.Staged != true)
         {
-            throw new MigrationStepException("TransferIncomplete", $"The checkpoint did not arrive complete on {status.TargetNode}.");
+            throw new MigrationStepException("TransferIncomplete", $"The checkpoint did not arrive complete on {targetNode}.");
         }
 
         return (long)last.BytesSent;
@@ -252,34 +281,28 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             status = request.Status!;
         }
 
+        if (KeepsName(request))
+        {
+            request = await RetireSourceAsync(request, cancellationToken);
+            status = request.Status!;
+        }
+
         var replacement = await ReadPodAsync(name, ns, cancellationToken);
         if (replacement is null)
         {
-            var source = await ReadPodAsync(request.Spec.PodName, ns, cancellationToken)
-                ?? throw new MigrationStepException("SourcePodGone", $"Pod {ns}/{request.Spec.PodName} disappeared during the migration.");
-            replacement = await client.CoreV1.CreateNamespacedPodAsync(Replacement(source, request, name), ns, cancellationToken: cancellationToken);
+            var source = KeepsName(request)
+                ? SavedSource(request)
+                : await ReadPodAsync(request.Spec.PodName, ns, cancellationToken)
+                    ?? throw new MigrationStepException("SourcePodGone", $"Pod {ns}/{request.Spec.PodName} disappeared during the migration.");
+            replacement = await client.CoreV1.CreateNamespacedPodAsync(Replacement(source, request, name, status.TargetNode!), ns, cancellationToken: cancellationToken);
         }
-
-        var clock = Stopwatch.StartNew();
-        while (replacement.Status?.Phase != "Running")
+        else if (KeepsName(request) && !IsOurs(replacement, request))
         {
-            var waiting = replacement.Status?.ContainerStatuses?.Select(c => c.State?.Waiting).FirstOrDefault(w => w is not null && w.Reason != "ContainerCreating");
-            if (replacement.Status?.Phase is "Failed" or "Succeeded" || waiting is not null)
-            {
-                throw new MigrationStepException("RestoreFailed",
-                    $"The replacement pod {name} on {status.TargetNode} did not start: {waiting?.Reason ?? replacement.Status?.Phase} {waiting?.Message ?? replacement.Status?.Message}".TrimEnd() + ".");
-            }
-
-            if (clock.Elapsed > RestoreTimeout)
-            {
-                throw new MigrationStepException("RestoreTimedOut", $"The replacement pod {name} was not Running within {RestoreTimeout.TotalSeconds:0} seconds.");
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(100), time, cancellationToken);
-            replacement = await ReadPodAsync(name, ns, cancellationToken)
-                ?? throw new MigrationStepException("RestoreFailed", $"The replacement pod {name} was deleted while it was restored.");
+            throw new MigrationStepException("NameTaken",
+                $"Pod {ns}/{name} was created by someone else after the source was retired; is the operator's pod webhook installed?");
         }
 
+        await WaitRunningAsync(replacement, status.TargetNode!, cancellationToken);
         if (status.Conditions.FirstOrDefault(c => c.Type == Frozen) is { } frozen)
         {
             status.DowntimeMillis = (long)(time.GetUtcNow().UtcDateTime - frozen.LastTransitionTime).TotalMilliseconds;
@@ -288,20 +311,137 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         return await MoveToAsync(request, MigrationPhases.CuttingOver, $"The replacement pod {name} runs on {status.TargetNode}; retiring the source.", cancellationToken);
     }
 
+    /// <summary>Waits until the pod runs; a pod that cannot start, or does not within <see cref="RestoreTimeout"/>, fails the step.</summary>
+    private async Task<V1Pod> WaitRunningAsync(V1Pod pod, string node, CancellationToken cancellationToken)
+    {
+        var name = pod.Metadata.Name;
+        var ns = pod.Metadata.NamespaceProperty;
+        var clock = Stopwatch.StartNew();
+        while (pod.Status?.Phase != "Running")
+        {
+            var waiting = pod.Status?.ContainerStatuses?.Select(c => c.State?.Waiting).FirstOrDefault(w => w is not null && w.Reason != "ContainerCreating");
+            if (pod.Status?.Phase is "Failed" or "Succeeded" || waiting is not null)
+            {
+                throw new MigrationStepException("RestoreFailed",
+                    $"The replacement pod {name} on {node} did not start: {waiting?.Reason ?? pod.Status?.Phase} {waiting?.Message ?? pod.Status?.Message}".TrimEnd() + ".");
+            }
+
+            if (clock.Elapsed > RestoreTimeout)
+            {
+                throw new MigrationStepException("RestoreTimedOut", $"The replacement pod {name} was not Running within {RestoreTimeout.TotalSeconds:0} seconds.");
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(100), time, cancellationToken);
+            pod = await ReadPodAsync(name, ns, cancellationToken)
+                ?? throw new MigrationStepException("RestoreFailed", $"The replacement pod {name} was deleted while it was restored.");
+        }
+
+        return pod;
+    }
+
+    /// <summary>
+    /// For a pod that keeps its name: the source pod is kept in the request (its replacement is made
+    /// from it), its frozen processes are ended (their state is whole in the staged images) and the
+    /// object is deleted, so that the name is free. From here a failure restores the pod on its own
+    /// node rather than thawing it. Every step is idempotent.
+    /// </summary>
+    private async Task<MigrationRequest> RetireSourceAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var ns = request.Metadata.NamespaceProperty;
+        var name = request.Spec.PodName;
+        if (!IsRetired(request))
+        {
+            var source = await ReadPodAsync(name, ns, cancellationToken)
+                ?? throw new MigrationStepException("SourcePodGone", $"Pod {ns}/{name} disappeared during the migration.");
+            if (request.Metadata.Annotations?.ContainsKey(SourcePodAnnotation) != true)
+            {
+                var kept = new V1Pod
+                {
+                    Metadata = new V1ObjectMeta
+                    {
+                        Name = source.Metadata.Name,
+                        Labels = source.Metadata.Labels,
+                        Annotations = source.Metadata.Annotations,
+                        OwnerReferences = source.Metadata.OwnerReferences,
+                    },
+                    Spec = source.Spec,
+                };
+                var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [SourcePodAnnotation] = KubernetesJson.Serialize(kept) } } };
+                var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
+                    MigrationRequest.Group, MigrationRequest.Version, ns, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
+                request = KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
+            }
+
+            SetCondition(request, SourceRetired, "True", "NameHandedOver",
+                $"Pod {name} on {request.Status!.SourceNode} was ended and deleted so that its replacement can take its name; its state is in the checkpoint.");
+            request = await _store.WriteStatusAsync(request, cancellationToken);
+        }
+
+        var agent = await AgentAsync(request.Status!.SourceNode!, cancellationToken);
+        await agent.Client.FinishAsync(new MigrationRef { MigrationId = MigrationId(request) }, cancellationToken: cancellationToken);
+        if (await ReadPodAsync(name, ns, cancellationToken) is { } current && !IsOurs(current, request))
+        {
+            await DeleteExactlyAsync(current, cancellationToken);
+        }
+
+        return request;
+    }
+
+    private static V1Pod SavedSource(MigrationRequest request) =>
+        request.Metadata.Annotations?.TryGetValue(SourcePodAnnotation, out var json) == true
+            ? KubernetesJson.Deserialize<V1Pod>(json)
+            : throw new MigrationStepException("SourcePodLost", $"The request holds no copy of pod {request.Spec.PodName} to make its replacement from.");
+
+    /// <summary>Deletes this very pod (its UID), then waits until the name is free.</summary>
+    private async Task DeleteExactlyAsync(V1Pod pod, CancellationToken cancellationToken)
+    {
+        var name = pod.Metadata.Name;
+        var ns = pod.Metadata.NamespaceProperty;
+        try
+        {
+            await client.CoreV1.DeleteNamespacedPodAsync(name, ns,
+                new V1DeleteOptions { GracePeriodSeconds = 0, Preconditions = new V1Preconditions { Uid = pod.Metadata.Uid } }, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.NotFound or HttpStatusCode.Conflict)
+        {
+            // gone already, or the name belongs to another pod now
+        }
+
+        var clock = Stopwatch.StartNew();
+        while (await ReadPodAsync(name, ns, cancellationToken) is { } left && left.Metadata.Uid == pod.Metadata.Uid)
+        {
+            if (clock.Elapsed > RestoreTimeout)
+            {
+                throw new MigrationStepException("PodNotDeleted", $"Pod {ns}/{name} was not gone within {RestoreTimeout.TotalSeconds:0} seconds of its deletion.");
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(100), time, cancellationToken);
+        }
+    }
+
     private async Task<MigrationRequest> CutOverAsync(MigrationRequest request, CancellationToken cancellationToken)
     {
         var status = request.Status!;
         var id = MigrationId(request);
         var ns = request.Metadata.NamespaceProperty;
         var source = await AgentAsync(status.SourceNode!, cancellationToken);
-        // if the owner sees both pods for a moment, the source is the one it removes
-        await PatchPodAsync(request.Spec.PodName, ns, new JsonObject
+        if (!KeepsName(request))
         {
-            ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [DeletionCostAnnotation] = int.MinValue.ToString(CultureInfo.InvariantCulture) } },
-        }, cancellationToken);
+            // if the owner sees both pods for a moment, the source is the one it removes
+            await PatchPodAsync(request.Spec.PodName, ns, new JsonObject
+            {
+                ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [DeletionCostAnnotation] = int.MinValue.ToString(CultureInfo.InvariantCulture) } },
+            }, cancellationToken);
+        }
+
         await source.Client.FinishAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
-        await HandOverIdentityAsync(status.ReplacementPod!, ns, cancellationToken);
-        await DeletePodAsync(request.Spec.PodName, ns, cancellationToken);
+        if (!KeepsName(request))
+        {
+            // (a pod that keeps its name was retired before its replacement existed)
+            await HandOverIdentityAsync(status.ReplacementPod!, ns, cancellationToken);
+            await DeletePodAsync(request.Spec.PodName, ns, cancellationToken);
+        }
+
         await CleanupAsync(request, cancellationToken);
         status.Phase = MigrationPhases.Succeeded;
         status.Reason = "Migrated";
@@ -347,7 +487,17 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     private async Task<MigrationRequest> RollBackAsync(MigrationRequest request, CancellationToken cancellationToken)
     {
         var status = request.Status!;
-        await DeletePodAsync(ReplacementName(request), request.Metadata.NamespaceProperty, cancellationToken);
+        if (IsRetired(request))
+        {
+            return await RestoreInPlaceAsync(request, cancellationToken);
+        }
+
+        if (!KeepsName(request))
+        {
+            // (a pod that keeps its name has no replacement before its source is retired)
+            await DeletePodAsync(ReplacementName(request), request.Metadata.NamespaceProperty, cancellationToken);
+        }
+
         var source = await AgentAsync(status.SourceNode!, cancellationToken);
         await source.Client.ResumeAsync(new MigrationRef { MigrationId = MigrationId(request) }, cancellationToken: cancellationToken);
         await CleanupAsync(request, cancellationToken);
@@ -360,6 +510,62 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.RolledBack), new KeyValuePair<string, object?>("reason", status.Reason));
         await Event(MigrationEvent.Request(request), "Warning", status.Reason ?? "RolledBack", status.Message ?? "The migration was rolled back.", cancellationToken);
         await Event(MigrationEvent.Pod(request), "Warning", "MigrationRolledBack", $"The move to {status.TargetNode} was rolled back; the pod runs on. {status.Message}", cancellationToken);
+        return request;
+    }
+
+    /// <summary>
+    /// The rollback of a pod whose source was already retired (it kept its name): the failed
+    /// replacement goes, the checkpoint is staged on the source node itself and the pod is restored
+    /// there under its name. If even that fails, the request ends Failed and the checkpoint stays.
+    /// </summary>
+    private async Task<MigrationRequest> RestoreInPlaceAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var status = request.Status!;
+        var ns = request.Metadata.NamespaceProperty;
+        var name = request.Spec.PodName;
+        var home = status.SourceNode!;
+        try
+        {
+            var pod = await ReadPodAsync(name, ns, cancellationToken);
+            if (pod is not null && !(IsOurs(pod, request) && pod.Spec.NodeName == home))
+            {
+                await DeleteExactlyAsync(pod, cancellationToken);
+                pod = null;
+            }
+
+            if (pod is null)
+            {
+                await SendImagesAsync(request, home, cancellationToken);
+                pod = await client.CoreV1.CreateNamespacedPodAsync(Replacement(SavedSource(request), request, name, home), ns, cancellationToken: cancellationToken);
+            }
+
+            await WaitRunningAsync(pod, home, cancellationToken);
+        }
+        catch (Exception e) when (e is MigrationStepException or RpcException or HttpOperationException && !cancellationToken.IsCancellationRequested)
+        {
+            var detail = e is RpcException rpc ? rpc.Status.Detail : e.Message;
+            status.Phase = MigrationPhases.Failed;
+            status.CompletionTime = time.GetUtcNow().UtcDateTime;
+            status.Message = $"{status.Message} Restoring pod {name} on {home} failed as well ({detail.TrimEnd('.')}); its checkpoint is kept on {home} and {status.TargetNode} as migration {MigrationId(request)}.";
+            status.Reason = "RestoreInPlaceFailed";
+            SetCondition(request, RollingBack, "False", status.Reason, status.Message);
+            SetCondition(request, "Ready", "False", status.Reason, status.Message);
+            request = await _store.WriteStatusAsync(request, cancellationToken);
+            OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.Failed), new KeyValuePair<string, object?>("reason", status.Reason));
+            await Event(MigrationEvent.Request(request), "Warning", status.Reason, status.Message, cancellationToken);
+            return request;
+        }
+
+        await CleanupAsync(request, cancellationToken);
+        status.Phase = MigrationPhases.RolledBack;
+        status.CompletionTime = time.GetUtcNow().UtcDateTime;
+        status.Message = $"{status.Message} Pod {name} was restored on {home} under its name.";
+        SetCondition(request, RollingBack, "False", "RolledBack", $"Pod {name} was restored from its checkpoint on {home}.");
+        SetCondition(request, "Ready", "False", status.Reason ?? "RolledBack", status.Message);
+        request = await _store.WriteStatusAsync(request, cancellationToken);
+        OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.RolledBack), new KeyValuePair<string, object?>("reason", status.Reason));
+        await Event(MigrationEvent.Request(request), "Warning", status.Reason ?? "RolledBack", status.Message, cancellationToken);
+        await Event(MigrationEvent.Pod(request), "Warning", "MigrationRolledBack", $"The move to {status.TargetNode} was rolled back; the pod was restored on {home}.", cancellationToken);
         return request;
     }
 
@@ -379,20 +585,30 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     /// ReplicaSet counts or adopts it (it would remove the newest, not-yet-ready pod first: the
     /// replacement) and no Service sends it traffic.
     /// </summary>
-    private static V1Pod Replacement(V1Pod source, MigrationRequest request, string name)
+    private static V1Pod Replacement(V1Pod source, MigrationRequest request, string name, string node)
     {
         var spec = KubernetesJson.Deserialize<V1PodSpec>(KubernetesJson.Serialize(source.Spec));
-        spec.NodeName = request.Status!.TargetNode;
+        spec.NodeName = node;
         spec.RuntimeClassName = RuntimeClass;
         spec.Hostname ??= source.Metadata.Name;
         var annotations = new Dictionary<string, string>(source.Metadata.Annotations ?? new Dictionary<string, string>())
         {
             [RestoreAnnotation] = MigrationId(request),
-            [MigratedFromAnnotation] = $"{source.Metadata.Name}@{request.Status.SourceNode}",
-            [HeldLabelsAnnotation] = KubernetesJson.Serialize(source.Metadata.Labels ?? new Dictionary<string, string>()),
-            [HeldOwnersAnnotation] = KubernetesJson.Serialize(source.Metadata.OwnerReferences ?? []),
+            [MigratedFromAnnotation] = $"{source.Metadata.Name}@{request.Status!.SourceNode}",
         };
         annotations.Remove(DeletionCostAnnotation);
+        if (KeepsName(request))
+        {
+            // the source is gone already: nobody could count the two together
+            return new V1Pod
+            {
+                Metadata = new V1ObjectMeta { Name = name, Labels = source.Metadata.Labels, Annotations = annotations, OwnerReferences = source.Metadata.OwnerReferences },
+                Spec = spec,
+            };
+        }
+
+        annotations[HeldLabelsAnnotation] = KubernetesJson.Serialize(source.Metadata.Labels ?? new Dictionary<string, string>());
+        annotations[HeldOwnersAnnotation] = KubernetesJson.Serialize(source.Metadata.OwnerReferences ?? []);
         return new V1Pod
         {
             Metadata = new V1ObjectMeta

@@ -11,6 +11,9 @@ namespace Migrate.Operator.Reconciliation;
 /// <summary>The outcome of checking a request: the nodes it moves between, or why it cannot go ahead.</summary>
 public sealed record Validation(string? SourceNode, string? TargetNode, string? FailureReason, string? FailureMessage)
 {
+    /// <summary>The replacement must take the pod's name (a StatefulSet's pod that opted in).</summary>
+    public bool KeepsName { get; init; }
+
     public bool Failed => FailureReason is not null;
 
     public static Validation Fail(string reason, string message) => new(null, null, reason, message);
@@ -41,11 +44,18 @@ public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
             return Validation.Fail("PodNotRunning", $"Pod {ns}/{podName} is {state}; only a Running pod can be moved.");
         }
 
+        bool keepsName = false;
         if (pod.Metadata.OwnerReferences?.FirstOrDefault(o => o.Controller == true && o.Kind == "StatefulSet") is { } statefulSet)
         {
-            // its replacement would need the same name, which is only free once the source is gone
-            return Validation.Fail("PodOwnedByStatefulSet",
-                $"Pod {ns}/{podName} belongs to StatefulSet {statefulSet.Name}, whose pods keep their names; moving them is not supported in this version.");
+            // its replacement needs the same name, free only once the source is gone; the operator's pod
+            // webhook keeps the StatefulSet from taking it meanwhile, for pods labelled to be guarded
+            if (pod.Metadata.Labels?.TryGetValue(MigrationExecutor.KeepNameLabel, out var opted) != true || opted != "true")
+            {
+                return Validation.Fail("PodOwnedByStatefulSet",
+                    $"Pod {ns}/{podName} belongs to StatefulSet {statefulSet.Name}, whose pods keep their names; label its pod template {MigrationExecutor.KeepNameLabel}=true (with the operator's pod webhook installed) to move it.");
+            }
+
+            keepsName = true;
         }
 
         if (pod.Metadata.OwnerReferences?.FirstOrDefault(o => o.Controller == true && o.Kind == "DaemonSet") is { } daemonSet)
@@ -104,7 +114,7 @@ public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
                 return Validation.Fail(view.Agent is null ? "TargetHasNoAgent" : "TargetIncompatible", $"Node {target} {why}.");
             }
 
-            return new Validation(source, target, null, null);
+            return new Validation(source, target, null, null) { KeepsName = keepsName };
         }
 
         var views = new List<NodeView>();
@@ -116,7 +126,7 @@ public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
         var choice = TargetSelector.Choose(pod, source, views, sourceAgent);
         return choice.Node is null
             ? Validation.Fail("NoEligibleTarget", char.ToUpperInvariant(choice.Explain()[0]) + choice.Explain()[1..] + ".")
-            : new Validation(source, choice.Node, null, null);
+            : new Validation(source, choice.Node, null, null) { KeepsName = keepsName };
     }
 
     private async Task<NodeView> ViewAsync(V1Node node, IList<V1Pod> pods, CancellationToken cancellationToken)

@@ -1,0 +1,80 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using k8s;
+using Migrate.Operator.Api;
+using Migrate.Operator.Reconciliation;
+
+namespace Migrate.Operator.Admission;
+
+/// <summary>
+/// The operator's validating webhook for pod creation (POST /validate-pods, AdmissionReview v1).
+/// While a MigrationRequest moves a pod that keeps its name (a StatefulSet's), the name is free for
+/// a moment between the source's deletion and its replacement's creation; the StatefulSet
+/// controller would fill it with a fresh pod. This refuses any pod of that name but the one that
+/// carries the request's restore annotation. Every replica answers (not only the leader): the
+/// decision is read from the requests themselves.
+/// </summary>
+public static class PodNameGuard
+{
+    public const string Path = "/validate-pods";
+
+    /// <summary>Null if the pod may be created, otherwise why not.</summary>
+    public static async Task<string?> RefusalAsync(IKubernetes client, string ns, JsonObject pod, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(pod);
+        if (pod["metadata"]?["name"]?.GetValue<string>() is not { Length: > 0 } name)
+        {
+            return null; // a generated name never collides
+        }
+
+        var raw = await client.CustomObjects.ListNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, ns, MigrationRequest.Plural,
+            cancellationToken: cancellationToken);
+        var requests = KubernetesJson.Deserialize<MigrationRequestList>(((JsonElement)raw).GetRawText()).Items;
+        var holder = requests.FirstOrDefault(r => r.Spec?.PodName == name && MigrationExecutor.KeepsName(r) && !MigrationPhases.IsFinal(r.Status?.Phase));
+        if (holder is null)
+        {
+            return null;
+        }
+
+        var restoring = pod["metadata"]?["annotations"]?[MigrationExecutor.RestoreAnnotation]?.GetValue<string>();
+        return restoring == MigrationExecutor.MigrationId(holder)
+            ? null
+            : $"pod {ns}/{name} is being moved by MigrationRequest {holder.Metadata.Name}; until the move ends only its replacement may take this name";
+    }
+
+    /// <summary>The webhook endpoint: reads an AdmissionReview, answers with allowed or a 409 and the reason.</summary>
+    public static async Task ReviewAsync(HttpContext http, IKubernetes client)
+    {
+        ArgumentNullException.ThrowIfNull(http);
+        var review = await JsonNode.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted) as JsonObject;
+        var request = review?["request"] as JsonObject;
+        if (request?["uid"]?.GetValue<string>() is not { } uid)
+        {
+            http.Response.StatusCode = 400;
+            await http.Response.WriteAsync("not an AdmissionReview with a request uid", http.RequestAborted);
+            return;
+        }
+
+        string? refusal = null;
+        if (request["operation"]?.GetValue<string>() == "CREATE" && request["object"] is JsonObject pod)
+        {
+            var ns = request["namespace"]?.GetValue<string>() ?? pod["metadata"]?["namespace"]?.GetValue<string>() ?? "default";
+            refusal = await RefusalAsync(client, ns, pod, http.RequestAborted);
+        }
+
+        var response = new JsonObject { ["uid"] = uid, ["allowed"] = refusal is null };
+        if (refusal is not null)
+        {
+            response["status"] = new JsonObject { ["code"] = 409, ["reason"] = "Conflict", ["message"] = refusal };
+        }
+
+        http.Response.ContentType = "application/json";
+        await http.Response.WriteAsync(new JsonObject
+        {
+            ["apiVersion"] = "admission.k8s.io/v1",
+            ["kind"] = "AdmissionReview",
+            ["response"] = response,
+        }.ToJsonString(), http.RequestAborted);
+    }
+}
