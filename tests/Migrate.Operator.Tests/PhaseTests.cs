@@ -1,8 +1,10 @@
+using System.Text.Json.Nodes;
 using Grpc.Core;
 using Grpc.Net.Client;
 using k8s;
 using k8s.Models;
 using Microsoft.Extensions.Logging.Abstractions;
+using Migrate.Operator.Admission;
 using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 using Migrate.TestSupport;
@@ -24,6 +26,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
 
     /// <summary>When set, the kubelet reports replacement containers as failing to start with this reason.</summary>
     private string? _failReplacementsWith;
+    private string? _failReplacementsOn;
 
     /// <summary>While true, the kubelet leaves new pods alone (they stay Pending).</summary>
     private volatile bool _kubeletPaused;
@@ -283,6 +286,95 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         Assert.Equal([replacement.Metadata.Name], await OwnedPodsAsync(owner, labels));
     }
 
+    [Fact]
+    public async Task A_StatefulSet_pod_that_opted_in_is_retired_before_its_namesake_replacement_is_created()
+    {
+        await CreateStatefulSetPodAsync();
+
+        var done = await DriveAsync(await CreateAsync("move-web", "Cold", "web-0"), []);
+
+        Assert.True(done.Status!.Phase == MigrationPhases.Succeeded, $"{done.Status.Phase} {done.Status.Reason}: {done.Status.Message}");
+        Assert.Equal("web-0", done.Status.ReplacementPod);
+        Assert.Contains(done.Status.Conditions, c => c.Type == MigrationExecutor.KeepsNameCondition && c.Status == "True");
+        Assert.Contains(done.Status.Conditions, c => c.Type == "SourceRetired" && c.Status == "True");
+        // Finish before the replacement exists (it ends the frozen source), and once more, idempotently, at cut-over
+        Assert.Equal(["BeginCheckpoint", "FinalDump", "SendImages", "Finish", "Finish", "Cleanup"], Source.Names);
+        var pod = await Client.CoreV1.ReadNamespacedPodAsync("web-0", "default");
+        Assert.Equal(("node-b", done.Metadata.Uid), (pod.Spec.NodeName, pod.Metadata.Annotations[MigrationExecutor.RestoreAnnotation]));
+        Assert.Equal("StatefulSet", Assert.Single(pod.Metadata.OwnerReferences).Kind);
+        Assert.Equal("web-0", pod.Metadata.Labels["statefulset.kubernetes.io/pod-name"]);
+        Assert.Contains(MigrationExecutor.SourcePodAnnotation, done.Metadata.Annotations.Keys);
+    }
+
+    [Fact]
+    public async Task A_StatefulSet_pod_whose_replacement_fails_after_the_source_was_retired_is_restored_on_its_own_node()
+    {
+        await CreateStatefulSetPodAsync();
+        _failReplacementsOn = "node-b";
+        _failReplacementsWith = "RunContainerError";
+
+        var done = await DriveAsync(await CreateAsync("move-web", "Cold", "web-0"), []);
+
+        Assert.Equal(MigrationPhases.RolledBack, done.Status!.Phase);
+        Assert.Equal("RestoreFailed", done.Status.Reason);
+        Assert.EndsWith("Pod web-0 was restored on node-a under its name.", done.Status.Message, StringComparison.Ordinal);
+        var id = done.Metadata.Uid;
+        // the checkpoint went to the source node's own agent, and the pod was restored there
+        Assert.Contains($"SendImages {id} node-a {_agents["node-a"].Endpoint}", Source.Calls);
+        Assert.Contains("ExpectImages", Source.Names);
+        Assert.DoesNotContain("Resume", Source.Names);
+        var pod = await Client.CoreV1.ReadNamespacedPodAsync("web-0", "default");
+        Assert.Equal(("node-a", id, "Running"), (pod.Spec.NodeName, pod.Metadata.Annotations[MigrationExecutor.RestoreAnnotation], pod.Status.Phase));
+    }
+
+    [Fact]
+    public async Task The_pod_webhook_keeps_a_moving_pods_name_for_its_replacement_only()
+    {
+        await CreateStatefulSetPodAsync();
+        var request = await CreateAsync("move-web", "Cold", "web-0");
+        var inFlight = await DriveAsync(request, [], until: r => r.Status?.Phase == MigrationPhases.Checkpointing);
+        JsonObject Pod(string name, string? restoreFrom) => JsonNode.Parse(KubernetesJson.Serialize(new V1Pod
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = name,
+                Annotations = restoreFrom is null ? null : new Dictionary<string, string> { [MigrationExecutor.RestoreAnnotation] = restoreFrom },
+            },
+        }))!.AsObject();
+
+        var stranger = await PodNameGuard.RefusalAsync(Client, "default", Pod("web-0", null), CancellationToken.None);
+        var forged = await PodNameGuard.RefusalAsync(Client, "default", Pod("web-0", "another-migration"), CancellationToken.None);
+        var replacement = await PodNameGuard.RefusalAsync(Client, "default", Pod("web-0", inFlight.Metadata.Uid), CancellationToken.None);
+        var otherName = await PodNameGuard.RefusalAsync(Client, "default", Pod("web-1", null), CancellationToken.None);
+        var otherNamespace = await PodNameGuard.RefusalAsync(Client, "kube-system", Pod("web-0", null), CancellationToken.None);
+        var done = await DriveAsync(inFlight, []);
+        var afterwards = await PodNameGuard.RefusalAsync(Client, "default", Pod("web-0", null), CancellationToken.None);
+
+        Assert.Equal("pod default/web-0 is being moved by MigrationRequest move-web; until the move ends only its replacement may take this name", stranger);
+        Assert.Equal(stranger, forged);
+        Assert.Null(replacement);
+        Assert.Null(otherName);
+        Assert.Null(otherNamespace);
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.Null(afterwards);
+    }
+
+    private async Task CreateStatefulSetPodAsync()
+    {
+        var pod = await Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = "web-0",
+                Labels = new Dictionary<string, string> { ["app"] = "web", ["statefulset.kubernetes.io/pod-name"] = "web-0", [MigrationExecutor.KeepNameLabel] = "true" },
+                OwnerReferences = [new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = "web", Uid = Guid.NewGuid().ToString(), Controller = true }],
+            },
+            Spec = new V1PodSpec { NodeName = "node-a", Containers = [new V1Container { Name = "main", Image = "docker.io/podmig/memcounter:1" }] },
+        }, "default");
+        pod.Status = new V1PodStatus { Phase = "Running" };
+        await Client.CoreV1.ReplaceNamespacedPodStatusAsync(pod, pod.Metadata.Name, "default");
+    }
+
     /// <summary>What a ReplicaSet counts as its pods: those it controls whose labels match its selector.</summary>
     private async Task<List<string>> OwnedPodsAsync(V1OwnerReference owner, Dictionary<string, string> selector) =>
         [.. (await Client.CoreV1.ListNamespacedPodAsync("default")).Items
@@ -454,7 +546,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
                 var pods = await kubelet.CoreV1.ListNamespacedPodAsync("default", cancellationToken: cancellationToken);
                 foreach (var pod in (_kubeletPaused ? [] : pods.Items).Where(p => p.Spec.RuntimeClassName == "podmig" && p.Status?.Phase is null or "Pending" && p.Status?.ContainerStatuses is null))
                 {
-                    pod.Status = _failReplacementsWith is { } reason
+                    pod.Status = _failReplacementsWith is { } reason && (_failReplacementsOn is null || _failReplacementsOn == pod.Spec.NodeName)
                         ? new V1PodStatus { Phase = "Pending", ContainerStatuses = [new V1ContainerStatus { Name = "main", Image = "x", ImageID = "x", Ready = false, RestartCount = 0, State = new V1ContainerState { Waiting = new V1ContainerStateWaiting { Reason = reason, Message = "restore failed: images corrupted" } } }] }
                         : new V1PodStatus { Phase = "Running" };
                     await kubelet.CoreV1.ReplaceNamespacedPodStatusAsync(pod, pod.Metadata.Name, "default", cancellationToken: cancellationToken);
