@@ -143,23 +143,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
 
         var request = await CreateAsync("crashy", "Cold");
         await DriveAsync(request, [], until: r => r.Status?.Phase == phase);
-        using (var crash = new CancellationTokenSource(TimeSpan.FromMilliseconds(500)))
-        {
-            using var channels = new ChannelCache();
-            var agents = new AnnotatedAgentDirectory(channels.For);
-            using var dying = new MigrationController(Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System,
-                new MigrationExecutor(Client, agents, claims => "token", TimeProvider.System) { RestoreTimeout = TimeSpan.FromSeconds(20) });
-            try
-            {
-                await dying.ReconcileAllAsync(crash.Token);
-            }
-            catch (OperationCanceledException)
-            {
-                // killed mid-call
-            }
-
-            Assert.True(crash.IsCancellationRequested, "the pass finished before it could be killed");
-        }
+        await PassKilledMidwayAsync();
 
         // a kill is not a failure: nothing was rolled back
         Assert.Equal(phase, (await GetAsync("crashy")).Status!.Phase);
@@ -357,6 +341,46 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         Assert.Null(otherNamespace);
         Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
         Assert.Null(afterwards);
+    }
+
+    [Fact]
+    public async Task An_operator_killed_after_retiring_a_StatefulSet_pod_finishes_the_move_with_the_replacement_it_made()
+    {
+        await CreateStatefulSetPodAsync();
+        _kubeletPaused = true;
+        await DriveAsync(await CreateAsync("crashy-web", "Cold", "web-0"), [], until: r => r.Status?.Phase == MigrationPhases.Restoring);
+        await PassKilledMidwayAsync(); // retires the source, creates the replacement, dies waiting for it
+        var made = await Client.CoreV1.ReadNamespacedPodAsync("web-0", "default");
+
+        _kubeletPaused = false;
+        var done = await DriveAsync(await GetAsync("crashy-web"), []);
+
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.Equal("node-b", made.Spec.NodeName);
+        var pod = await Client.CoreV1.ReadNamespacedPodAsync("web-0", "default");
+        Assert.Equal((made.Metadata.Uid, "Running"), (pod.Metadata.Uid, pod.Status.Phase));
+        Assert.Single(Source.Names, n => n == "FinalDump");
+        Assert.Single(Source.Names, n => n == "SendImages");
+    }
+
+    /// <summary>One pass of a fresh operator, killed (cancelled) half a second in, while a step hangs.</summary>
+    private async Task PassKilledMidwayAsync()
+    {
+        using var crash = new CancellationTokenSource(TimeSpan.FromMilliseconds(500));
+        using var channels = new ChannelCache();
+        var agents = new AnnotatedAgentDirectory(channels.For);
+        using var dying = new MigrationController(Client, agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System,
+            new MigrationExecutor(Client, agents, claims => "token", TimeProvider.System) { RestoreTimeout = TimeSpan.FromSeconds(20) });
+        try
+        {
+            await dying.ReconcileAllAsync(crash.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            // killed mid-call
+        }
+
+        Assert.True(crash.IsCancellationRequested, "the pass finished before it could be killed");
     }
 
     private async Task CreateStatefulSetPodAsync()
