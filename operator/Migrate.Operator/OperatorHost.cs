@@ -50,6 +50,8 @@ public static class OperatorHost
         builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(), sp.GetRequiredService<TimeProvider>(),
             sp.GetRequiredService<MigrationExecutor>(), options) { StepsPerPass = 8 });
+        builder.Services.AddHostedService(sp => new DrainController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ILeaderGate>(),
+            sp.GetRequiredService<ILogger<DrainController>>(), sp.GetRequiredService<TimeProvider>()));
         builder.Services.AddHealthChecks();
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService("podmig-operator"))

@@ -66,7 +66,8 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
     [Fact]
     public async Task A_StatefulSet_pod_whose_replacement_fails_is_restored_on_its_own_node_under_its_name()
     {
-        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("web-0", "node-a", 32), "default");
+        var owner = await Sandbox.CreateStatefulSetAsync(Cluster, "web");
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("web-0", "node-a", 32, owner), "default");
         var source = await Cluster.WaitForPodRunningAsync("web-0");
         await Sandbox.WaitForTicksAsync(Cluster, "web-0", "main", 5);
         await Sandbox.ApplyRequestAsync(Cluster, "move-web", "web-0", "Cold", "node-b");
@@ -88,6 +89,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         await Sandbox.AssertNoImagesLeftAsync(Cluster);
         (await Cluster.Api.KubectlAsync("delete", "pod", "web-0", "--wait=true")).Succeeded();
         (await Cluster.Api.KubectlAsync("delete", "migrationrequest", "move-web")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "statefulset", "web", "--cascade=orphan")).Succeeded();
     }
 
     [Fact]

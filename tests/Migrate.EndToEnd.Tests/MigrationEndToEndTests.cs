@@ -115,7 +115,8 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
     [Fact]
     public async Task A_StatefulSet_pod_moves_under_its_own_name_and_the_webhook_keeps_others_from_taking_it()
     {
-        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-a", 16), "default");
+        var owner = await Sandbox.CreateStatefulSetAsync(Cluster, "db");
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-a", 16, owner), "default");
         await Cluster.WaitForPodRunningAsync("db-0");
         await Sandbox.WaitForTicksAsync(Cluster, "db-0", "main", 5);
 
@@ -123,7 +124,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         await Sandbox.WaitForRequestAsync(Cluster, "move-db", r => r?.Status?.Phase is MigrationPhases.Checkpointing or MigrationPhases.Transferring || MigrationPhases.IsFinal(r?.Status?.Phase));
         // what the StatefulSet controller does when its pod is gone: create it again from the template
         var intruder = await Assert.ThrowsAsync<k8s.Autorest.HttpOperationException>(() =>
-            Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-b", 4), "default"));
+            Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-b", 4, owner), "default"));
         var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-db"))!.Status!;
 
         Assert.Equal(System.Net.HttpStatusCode.Conflict, intruder.Response.StatusCode);
@@ -142,8 +143,9 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
 
         // once the move has ended the name is anyone's again
         await DeletePodAsync("db-0");
-        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-b", 4), "default");
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("db-0", "node-b", 4, owner), "default");
         await DeletePodAsync("db-0");
+        await Cluster.Client.AppsV1.DeleteNamespacedStatefulSetAsync("db", "default", new k8s.Models.V1DeleteOptions { PropagationPolicy = "Orphan" });
     }
 
     private static k8s.Models.V1Container Counter(string name, int mib, params string[] extra) => new()

@@ -40,7 +40,7 @@ public static class Sandbox
     }
 
     /// <summary>A memcounter pod as a StatefulSet makes it (owner reference, pod-name label) that opted in to keeping its name when moved.</summary>
-    public static V1Pod StatefulSetPod(string name, string node, int mib, string? restoreFrom = null) => new()
+    public static V1Pod StatefulSetPod(string name, string node, int mib, string ownerUid, string? restoreFrom = null) => new()
     {
         Metadata = new V1ObjectMeta
         {
@@ -52,7 +52,7 @@ public static class Sandbox
                 [Migrate.Operator.Reconciliation.MigrationExecutor.KeepNameLabel] = "true",
             },
             Annotations = restoreFrom is null ? null : new Dictionary<string, string> { [Migrate.Operator.Reconciliation.MigrationExecutor.RestoreAnnotation] = restoreFrom },
-            OwnerReferences = [new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = "db", Uid = "5e7c1b9e-0d7e-4f4c-9f3e-2d6c1f0a0b01", Controller = true, BlockOwnerDeletion = true }],
+            OwnerReferences = [new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = name[..name.LastIndexOf('-')], Uid = ownerUid, Controller = true, BlockOwnerDeletion = true }],
         },
         Spec = new V1PodSpec
         {
@@ -66,6 +66,32 @@ public static class Sandbox
             }],
         },
     };
+
+    /// <summary>
+    /// A StatefulSet object (no controller runs it here) whose UID the test's pods can name as their
+    /// owner: the API server's garbage collector deletes pods whose owner does not exist.
+    /// </summary>
+    public static async Task<string> CreateStatefulSetAsync(SandboxCluster cluster, string name)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        var labels = new Dictionary<string, string> { ["app"] = name };
+        var set = await cluster.Client.AppsV1.CreateNamespacedStatefulSetAsync(new V1StatefulSet
+        {
+            Metadata = new V1ObjectMeta { Name = name },
+            Spec = new V1StatefulSetSpec
+            {
+                ServiceName = name,
+                Replicas = 1,
+                Selector = new V1LabelSelector { MatchLabels = labels },
+                Template = new V1PodTemplateSpec
+                {
+                    Metadata = new V1ObjectMeta { Labels = labels },
+                    Spec = new V1PodSpec { Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter }] },
+                },
+            },
+        }, "default");
+        return set.Metadata.Uid;
+    }
 
     /// <summary>kubectl apply of a MigrationRequest.</summary>
     public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null)

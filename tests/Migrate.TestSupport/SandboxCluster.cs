@@ -176,7 +176,7 @@ public sealed class SandboxCluster : IAsyncDisposable
         });
         try
         {
-            await api.ApplyRepositoryFileAsync("crds", "podmigration.io_migrationrequests.yaml");
+            await api.ApplyRepositoryFileAsync("crds");
             await api.ApplyRepositoryFileAsync("deploy", "node", "runtimeclass.yaml");
             progress?.Invoke($"API emulator at {api.Client.BaseUri}, KUBECONFIG={api.Emulator.KubeconfigPath}");
             for (int i = 0; i < options.Nodes; i++)

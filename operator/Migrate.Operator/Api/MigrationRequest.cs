@@ -51,6 +51,12 @@ public sealed class MigrationRequestSpec
     [JsonPropertyName("targetNode")]
     public string? TargetNode { get; set; }
 
+    [JsonPropertyName("targetNodeSelector")]
+    public IDictionary<string, string>? TargetNodeSelector { get; set; }
+
+    [JsonPropertyName("avoidNodes")]
+    public IList<string>? AvoidNodes { get; set; }
+
     [JsonPropertyName("mode")]
     public string Mode { get; set; } = MigrationModes.PreCopy;
 

@@ -13,11 +13,12 @@ public sealed class EventRecorder(IKubernetes client, TimeProvider time)
     {
         ArgumentNullException.ThrowIfNull(subject);
         var now = time.GetUtcNow().UtcDateTime;
+        var ns = subject.NamespaceProperty ?? "default"; // events of cluster-scoped objects live in default
         try
         {
             await client.CoreV1.CreateNamespacedEventAsync(new Corev1Event
             {
-                Metadata = new V1ObjectMeta { GenerateName = subject.Name + ".", NamespaceProperty = subject.NamespaceProperty },
+                Metadata = new V1ObjectMeta { GenerateName = subject.Name + ".", NamespaceProperty = ns },
                 InvolvedObject = new V1ObjectReference { ApiVersion = apiVersion, Kind = kind, Name = subject.Name, NamespaceProperty = subject.NamespaceProperty, Uid = subject.Uid },
                 Type = type,
                 Reason = reason,
@@ -27,7 +28,7 @@ public sealed class EventRecorder(IKubernetes client, TimeProvider time)
                 FirstTimestamp = now,
                 LastTimestamp = now,
                 Count = 1,
-            }, subject.NamespaceProperty, cancellationToken: cancellationToken);
+            }, ns, cancellationToken: cancellationToken);
         }
         catch (HttpOperationException)
         {

@@ -117,8 +117,15 @@ public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
             return new Validation(source, target, null, null) { KeepsName = keepsName };
         }
 
+        if (!nodes.Items.Any(n => n.Metadata.Name != source && Wanted(n, request.Spec)))
+        {
+            var selector = string.Join(",", (request.Spec.TargetNodeSelector ?? new Dictionary<string, string>()).Select(l => $"{l.Key}={l.Value}"));
+            return Validation.Fail("NoEligibleTarget",
+                $"No node other than {source} matches the request's targetNodeSelector ({(selector.Length > 0 ? selector : "none")}) outside its avoidNodes ({string.Join(",", request.Spec.AvoidNodes ?? [])}).");
+        }
+
         var views = new List<NodeView>();
-        foreach (var node in nodes.Items)
+        foreach (var node in nodes.Items.Where(n => Wanted(n, request.Spec)))
         {
             views.Add(await ViewAsync(node, pods.Items, cancellationToken));
         }
@@ -128,6 +135,11 @@ public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
             ? Validation.Fail("NoEligibleTarget", char.ToUpperInvariant(choice.Explain()[0]) + choice.Explain()[1..] + ".")
             : new Validation(source, choice.Node, null, null) { KeepsName = keepsName };
     }
+
+    /// <summary>Whether the request lets the operator pick this node (its targetNodeSelector and avoidNodes).</summary>
+    private static bool Wanted(V1Node node, MigrationRequestSpec spec) =>
+        spec.AvoidNodes?.Contains(node.Metadata.Name) != true
+        && (spec.TargetNodeSelector ?? new Dictionary<string, string>()).All(l => node.Metadata.Labels?.TryGetValue(l.Key, out var v) == true && v == l.Value);
 
     private async Task<NodeView> ViewAsync(V1Node node, IList<V1Pod> pods, CancellationToken cancellationToken)
     {

@@ -1,0 +1,341 @@
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Migrate.Operator.Api;
+
+namespace Migrate.Operator.Reconciliation;
+
+/// <summary>
+/// Reconciles NodeDrains: the node is cordoned; each pod that opted in (label
+/// podmigration.io/migrate=true on the pod or its namespace) gets a MigrationRequest, at most
+/// maxParallel at once, retried on another node up to maxAttempts (the pod is never killed);
+/// every other pod is evicted through the Eviction API, so PodDisruptionBudgets apply; DaemonSet,
+/// mirror and finished pods stay, as with kubectl drain. Deleting the NodeDrain uncordons the node
+/// (if this drain cordoned it) and lets it go. Acts only while this replica leads.
+/// </summary>
+public sealed partial class DrainController(IKubernetes client, ILeaderGate leader, ILogger<DrainController> logger, TimeProvider time) : BackgroundService
+{
+    public const string Finalizer = "podmigration.io/uncordon";
+
+    /// <summary>On the node: the drain that cordoned it (and uncordons it when deleted).</summary>
+    public const string CordonedByAnnotation = "podmigration.io/cordoned-by";
+
+    /// <summary>On the MigrationRequests a drain creates: the drain's name.</summary>
+    public const string DrainLabel = "podmigration.io/drain";
+
+    private readonly EventRecorder _events = new(client, time);
+
+    public TimeSpan Resync { get; init; } = TimeSpan.FromSeconds(1);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                if (leader.IsLeader)
+                {
+                    await ReconcileAllAsync(stoppingToken);
+                }
+            }
+            catch (Exception e) when (e is HttpOperationException or HttpRequestException)
+            {
+                LogApiError(e.Message);
+            }
+
+            try
+            {
+                await Task.Delay(Resync, time, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>One pass over every NodeDrain.</summary>
+    public async Task ReconcileAllAsync(CancellationToken cancellationToken)
+    {
+        var raw = await client.CustomObjects.ListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, NodeDrain.Plural, cancellationToken: cancellationToken);
+        foreach (var drain in KubernetesJson.Deserialize<NodeDrainList>(((JsonElement)raw).GetRawText()).Items)
+        {
+            try
+            {
+                await ReconcileAsync(drain, cancellationToken);
+            }
+            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+            {
+                // someone wrote first; the next pass starts from what they wrote
+            }
+        }
+    }
+
+    private async Task ReconcileAsync(NodeDrain drain, CancellationToken cancellationToken)
+    {
+        if (drain.Metadata.DeletionTimestamp is not null)
+        {
+            await StopAsync(drain, cancellationToken);
+            return;
+        }
+
+        if (drain.Metadata.Finalizers?.Contains(Finalizer) != true)
+        {
+            drain = await SetFinalizerAsync(drain, [.. drain.Metadata.Finalizers ?? [], Finalizer], cancellationToken);
+        }
+
+        var status = drain.Status ?? new NodeDrainStatus { StartTime = time.GetUtcNow().UtcDateTime };
+        var previousPhase = status.Phase;
+        var nodeName = drain.Spec.NodeName;
+        V1Node node;
+        try
+        {
+            node = await client.CoreV1.ReadNodeAsync(nodeName, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            status.Phase = NodeDrainStatus.Blocked;
+            status.Message = $"Node {nodeName} does not exist.";
+            await WriteStatusAsync(drain, status, previousPhase, cancellationToken);
+            return;
+        }
+
+        if (node.Spec?.Unschedulable != true)
+        {
+            await PatchNodeAsync(nodeName, true, drain.Metadata.Name, cancellationToken);
+            await _events.RecordAsync("v1", "Node", node.Metadata, "Normal", "Cordoned", $"Cordoned by NodeDrain {drain.Metadata.Name}{Because(drain)}.", cancellationToken);
+        }
+
+        var pods = (await client.CoreV1.ListPodForAllNamespacesAsync(fieldSelector: $"spec.nodeName={nodeName}", cancellationToken: cancellationToken)).Items;
+        var optedInNamespaces = (await client.CoreV1.ListNamespaceAsync(labelSelector: $"{NodeDrain.MigrateLabel}=true", cancellationToken: cancellationToken)).Items
+            .Select(n => n.Metadata.Name).ToHashSet(StringComparer.Ordinal);
+        var requestsRaw = await client.CustomObjects.ListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, MigrationRequest.Plural,
+            labelSelector: $"{DrainLabel}={drain.Metadata.Name}", cancellationToken: cancellationToken);
+        var requests = KubernetesJson.Deserialize<MigrationRequestList>(((JsonElement)requestsRaw).GetRawText()).Items;
+        int inFlight = requests.Count(r => !MigrationPhases.IsFinal(r.Status?.Phase));
+        var blocking = new List<BlockingPod>();
+        int remaining = 0;
+        int failed = 0;
+        foreach (var pod in pods.Where(p => Drainable(p)).OrderBy(p => p.Metadata.NamespaceProperty, StringComparer.Ordinal).ThenBy(p => p.Metadata.Name, StringComparer.Ordinal))
+        {
+            remaining++;
+            if (pod.Metadata.DeletionTimestamp is not null)
+            {
+                continue; // on its way out
+            }
+
+            var ns = pod.Metadata.NamespaceProperty;
+            if (pod.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var label) == true ? label == "true" : optedInNamespaces.Contains(ns))
+            {
+                var attempts = requests.Where(r => r.Metadata.NamespaceProperty == ns && r.Spec.PodName == pod.Metadata.Name)
+                    .OrderBy(r => r.Metadata.CreationTimestamp).ToList();
+                if (attempts.Any(r => !MigrationPhases.IsFinal(r.Status?.Phase)))
+                {
+                    continue;
+                }
+
+                var failures = attempts.Where(r => r.Status?.Phase is MigrationPhases.Failed or MigrationPhases.RolledBack).ToList();
+                if (failures.Count >= drain.Spec.MaxAttempts)
+                {
+                    failed++;
+                    var last = failures[^1].Status!;
+                    blocking.Add(new BlockingPod(ns, pod.Metadata.Name, $"{failures.Count} migration(s) failed, the last with {last.Reason}: {last.Message}"));
+                    continue;
+                }
+
+                if (inFlight >= drain.Spec.MaxParallel)
+                {
+                    continue; // waits for a slot
+                }
+
+                await CreateRequestAsync(drain, pod, failures, cancellationToken);
+                inFlight++;
+            }
+            else if (await EvictAsync(pod, cancellationToken) is { } refusal)
+            {
+                blocking.Add(new BlockingPod(ns, pod.Metadata.Name, refusal));
+            }
+            else
+            {
+                status.Evicted++;
+            }
+        }
+
+        status.Migrated = requests.Count(r => r.Status?.Phase == MigrationPhases.Succeeded);
+        status.Failed = failed;
+        status.Remaining = remaining;
+        status.BlockingPods = blocking;
+        status.ObservedGeneration = drain.Metadata.Generation;
+        if (remaining == 0)
+        {
+            status.Phase = NodeDrainStatus.Drained;
+            status.CompletionTime ??= time.GetUtcNow().UtcDateTime;
+            status.Message = $"Node {nodeName} is drained: {status.Migrated} pod(s) migrated, {status.Evicted} evicted.";
+        }
+        else if (blocking.Count == remaining)
+        {
+            status.Phase = NodeDrainStatus.Blocked;
+            status.Message = $"{remaining} pod(s) on node {nodeName} cannot be moved or evicted now; see blockingPods.";
+        }
+        else
+        {
+            status.Phase = NodeDrainStatus.Draining;
+            status.Message = $"{remaining} pod(s) left on node {nodeName}: {inFlight} migrating, {blocking.Count} blocked.";
+        }
+
+        await WriteStatusAsync(drain, status, previousPhase, cancellationToken);
+    }
+
+    /// <summary>What a drain acts on: like kubectl drain, not mirror pods, DaemonSet pods or pods that have finished.</summary>
+    private static bool Drainable(V1Pod pod) =>
+        pod.Metadata.Annotations?.ContainsKey("kubernetes.io/config.mirror") != true
+        && pod.Metadata.OwnerReferences?.Any(o => o.Controller == true && o.Kind == "DaemonSet") != true
+        && pod.Status?.Phase is not ("Succeeded" or "Failed");
+
+    private async Task CreateRequestAsync(NodeDrain drain, V1Pod pod, List<MigrationRequest> failures, CancellationToken cancellationToken)
+    {
+        int attempt = failures.Count + 1;
+        var request = new MigrationRequest
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = RequestName(drain.Metadata.Name, pod.Metadata.Name, attempt),
+                NamespaceProperty = pod.Metadata.NamespaceProperty,
+                Labels = new Dictionary<string, string> { [DrainLabel] = drain.Metadata.Name },
+                OwnerReferences = [new V1OwnerReference
+                {
+                    ApiVersion = drain.ApiVersion, Kind = NodeDrain.KindName, Name = drain.Metadata.Name, Uid = drain.Metadata.Uid, BlockOwnerDeletion = false,
+                }],
+            },
+            Spec = new MigrationRequestSpec
+            {
+                PodName = pod.Metadata.Name,
+                Mode = MigrationModes.PreCopy,
+                TargetNodeSelector = drain.Spec.TargetNodeSelector,
+                AvoidNodes = [.. failures.Select(f => f.Status?.TargetNode).OfType<string>().Distinct()],
+            },
+        };
+        try
+        {
+            await client.CustomObjects.CreateNamespacedCustomObjectAsync(request, MigrationRequest.Group, MigrationRequest.Version, pod.Metadata.NamespaceProperty,
+                MigrationRequest.Plural, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+        {
+            return; // made by an earlier pass whose list did not show it yet
+        }
+
+        await _events.RecordAsync(drain.ApiVersion, NodeDrain.KindName, drain.Metadata, "Normal", "Migrating",
+            $"Moving pod {pod.Metadata.NamespaceProperty}/{pod.Metadata.Name} off node {drain.Spec.NodeName} (MigrationRequest {request.Metadata.Name}, attempt {attempt}).", cancellationToken);
+    }
+
+    /// <summary>A DNS-1123 name from drain, pod and attempt; long ones are shortened with a hash so they stay unique.</summary>
+    public static string RequestName(string drain, string pod, int attempt)
+    {
+        var name = $"drain-{drain}-{pod}-{attempt}";
+        if (name.Length <= 63)
+        {
+            return name;
+        }
+
+        var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(name)))[..8];
+        return $"{name[..(63 - 11)].TrimEnd('-', '.')}-{hash}-{attempt}";
+    }
+
+    /// <summary>Evicts the pod through the Eviction API; returns why not when it was refused (a disruption budget, usually).</summary>
+    private async Task<string?> EvictAsync(V1Pod pod, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await client.CoreV1.CreateNamespacedPodEvictionAsync(new V1Eviction
+            {
+                Metadata = new V1ObjectMeta { Name = pod.Metadata.Name, NamespaceProperty = pod.Metadata.NamespaceProperty },
+            }, pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            return null;
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null; // gone already
+        }
+        catch (HttpOperationException e) when ((int)e.Response.StatusCode is 429 or 403 or 500)
+        {
+            var message = JsonNode.Parse(e.Response.Content)?["message"]?.GetValue<string>() ?? e.Message;
+            return $"eviction refused: {message}";
+        }
+    }
+
+    private async Task StopAsync(NodeDrain drain, CancellationToken cancellationToken)
+    {
+        if (drain.Metadata.Finalizers?.Contains(Finalizer) != true)
+        {
+            return;
+        }
+
+        try
+        {
+            var node = await client.CoreV1.ReadNodeAsync(drain.Spec.NodeName, cancellationToken: cancellationToken);
+            if (node.Metadata.Annotations?.TryGetValue(CordonedByAnnotation, out var by) == true && by == drain.Metadata.Name)
+            {
+                await PatchNodeAsync(drain.Spec.NodeName, false, null, cancellationToken);
+                await _events.RecordAsync("v1", "Node", node.Metadata, "Normal", "Uncordoned", $"NodeDrain {drain.Metadata.Name} was deleted.", cancellationToken);
+            }
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            // the node is gone: nothing to uncordon
+        }
+
+        await SetFinalizerAsync(drain, [.. (drain.Metadata.Finalizers ?? []).Where(f => f != Finalizer)], cancellationToken);
+    }
+
+    private async Task PatchNodeAsync(string name, bool cordon, string? drain, CancellationToken cancellationToken)
+    {
+        var patch = new JsonObject
+        {
+            ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [CordonedByAnnotation] = drain } },
+            ["spec"] = new JsonObject { ["unschedulable"] = cordon ? true : null },
+        };
+        await client.CoreV1.PatchNodeAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch), name, cancellationToken: cancellationToken);
+    }
+
+    private async Task<NodeDrain> SetFinalizerAsync(NodeDrain drain, List<string> finalizers, CancellationToken cancellationToken)
+    {
+        var patch = new JsonObject
+        {
+            ["metadata"] = new JsonObject
+            {
+                ["finalizers"] = new JsonArray([.. finalizers.Select(f => (JsonNode)JsonValue.Create(f))]),
+                ["resourceVersion"] = drain.Metadata.ResourceVersion,
+            },
+        };
+        var raw = await client.CustomObjects.PatchClusterCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
+            MigrationRequest.Group, MigrationRequest.Version, NodeDrain.Plural, drain.Metadata.Name, cancellationToken: cancellationToken);
+        return KubernetesJson.Deserialize<NodeDrain>(((JsonElement)raw).GetRawText());
+    }
+
+    private async Task WriteStatusAsync(NodeDrain drain, NodeDrainStatus status, string? previousPhase, CancellationToken cancellationToken)
+    {
+        drain.Status = status;
+        await client.CustomObjects.ReplaceClusterCustomObjectStatusAsync(drain, MigrationRequest.Group, MigrationRequest.Version, NodeDrain.Plural, drain.Metadata.Name,
+            cancellationToken: cancellationToken);
+        if (status.Phase != previousPhase)
+        {
+            await _events.RecordAsync(drain.ApiVersion, NodeDrain.KindName, drain.Metadata, status.Phase == NodeDrainStatus.Blocked ? "Warning" : "Normal",
+                status.Phase!, status.Message ?? "", cancellationToken);
+            LogPhase(drain.Metadata.Name, status.Phase, status.Message);
+        }
+    }
+
+    private static string Because(NodeDrain drain) => string.IsNullOrEmpty(drain.Spec.Reason) ? "" : $" ({drain.Spec.Reason})";
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "NodeDrain {Name}: {Phase}: {Message}")]
+    private partial void LogPhase(string name, string? phase, string? message);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "API call failed: {Message}; retrying on the next pass")]
+    private partial void LogApiError(string message);
+}
