@@ -66,6 +66,7 @@ public static class OperatorHost
         app.MapHealthChecks("/healthz");
         app.MapHealthChecks("/readyz");
         app.MapPost(PodNameGuard.Path, (HttpContext http, IKubernetes client) => PodNameGuard.ReviewAsync(http, client));
+        app.MapPost(EvictionGuard.Path, (HttpContext http, IKubernetes client) => EvictionGuard.ReviewAsync(http, client));
         return app;
     }
 

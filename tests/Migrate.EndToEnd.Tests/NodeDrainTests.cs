@@ -30,25 +30,16 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
               labels:
                 {NodeDrain.MigrateLabel}: "true"
             """, "apply", "-f", "-")).Succeeded();
-        await RunAsync("default", "keeper", "node-a", optedIn: true);
-        await RunAsync("opted", "by-namespace", "node-a");
+        var uids = new Dictionary<string, string>
+        {
+            ["default/keeper"] = (await RunAsync("default", "keeper", "node-a", optedIn: true)).Metadata.Uid,
+            ["opted/by-namespace"] = (await RunAsync("opted", "by-namespace", "node-a")).Metadata.Uid,
+        };
         await RunAsync("default", "plain", "node-a", labels: new() { ["app"] = "web" });
         await RunAsync("default", "loose", "node-a");
-        var daemonSet = await Cluster.Client.AppsV1.CreateNamespacedDaemonSetAsync(new V1DaemonSet
-        {
-            Metadata = new V1ObjectMeta { Name = "logs" },
-            Spec = new V1DaemonSetSpec
-            {
-                Selector = new V1LabelSelector { MatchLabels = new Dictionary<string, string> { ["app"] = "logs" } },
-                Template = new V1PodTemplateSpec
-                {
-                    Metadata = new V1ObjectMeta { Labels = new Dictionary<string, string> { ["app"] = "logs" } },
-                    Spec = new V1PodSpec { Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter }] },
-                },
-            },
-        }, "default");
+        var daemonSet = await CreateDaemonSetAsync();
         await RunAsync("default", "logs-agent", "node-a", labels: new() { ["app"] = "logs" },
-            owner: new V1OwnerReference { ApiVersion = "apps/v1", Kind = "DaemonSet", Name = "logs", Uid = daemonSet.Metadata.Uid, Controller = true });
+            owner: new V1OwnerReference { ApiVersion = "apps/v1", Kind = "DaemonSet", Name = "logs", Uid = daemonSet, Controller = true });
         await Cluster.Client.PolicyV1.CreateNamespacedPodDisruptionBudgetAsync(new V1PodDisruptionBudget
         {
             Metadata = new V1ObjectMeta { Name = "web" },
@@ -89,7 +80,7 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
         {
             var ns = request.Metadata.NamespaceProperty;
             Assert.Equal(MigrationPhases.Succeeded, request.Status!.Phase);
-            var frozen = Cluster.Node("node-a").LoggedTicks(ns, request.Spec.PodName, "main")[^1].Tick;
+            var frozen = Cluster.Node("node-a").LoggedTicks(ns, request.Spec.PodName, "main", uids[$"{ns}/{request.Spec.PodName}"])[^1].Tick;
             Assert.True(frozen >= before[$"{ns}/{request.Spec.PodName}"]);
             var ticks = await TicksAsync(ns, request.Status.ReplacementPod!);
             Sandbox.AssertConsecutive(ticks, frozen + 1);
@@ -162,7 +153,108 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
         await CleanupAsync();
     }
 
-    private async Task RunAsync(string ns, string name, string node, bool optedIn = false, Dictionary<string, string>? labels = null, V1OwnerReference? owner = null)
+    [Fact]
+    public async Task Kubectl_drain_has_opted_in_pods_migrated_and_evicts_the_others()
+    {
+        await CleanupAsync();
+        var daemonSet = await CreateDaemonSetAsync();
+        // kubectl drain only removes pods that a controller recreates
+        var replicaSet = await Cluster.Client.AppsV1.CreateNamespacedReplicaSetAsync(new V1ReplicaSet
+        {
+            Metadata = new V1ObjectMeta { Name = "web" },
+            Spec = new V1ReplicaSetSpec
+            {
+                Replicas = 2,
+                Selector = new V1LabelSelector { MatchLabels = new Dictionary<string, string> { ["app"] = "web" } },
+                Template = new V1PodTemplateSpec
+                {
+                    Metadata = new V1ObjectMeta { Labels = new Dictionary<string, string> { ["app"] = "web" } },
+                    Spec = new V1PodSpec { Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter }] },
+                },
+            },
+        }, "default");
+        var managed = new V1OwnerReference { ApiVersion = "apps/v1", Kind = "ReplicaSet", Name = "web", Uid = replicaSet.Metadata.Uid, Controller = true };
+        var keeper = await RunAsync("default", "keeper", "node-a", optedIn: true, labels: new() { ["app"] = "web" }, owner: managed);
+        await RunAsync("default", "plain", "node-a", labels: new() { ["app"] = "web" }, owner: managed);
+        await RunAsync("default", "logs-agent", "node-a", labels: new() { ["app"] = "logs" },
+            owner: new V1OwnerReference { ApiVersion = "apps/v1", Kind = "DaemonSet", Name = "logs", Uid = daemonSet, Controller = true });
+        await Cluster.Client.PolicyV1.CreateNamespacedPodDisruptionBudgetAsync(new V1PodDisruptionBudget
+        {
+            Metadata = new V1ObjectMeta { Name = "web" },
+            Spec = new V1PodDisruptionBudgetSpec { MaxUnavailable = 1, Selector = new V1LabelSelector { MatchLabels = new Dictionary<string, string> { ["app"] = "web" } } },
+        }, "default");
+        await Sandbox.WaitForTicksAsync(Cluster, "keeper", "main", 3);
+
+        var drain = await Cluster.Api.KubectlAsync("drain", "node-a", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=50s");
+        output.WriteLine(drain.Output + drain.Error);
+
+        drain.Succeeded();
+        Assert.Contains("is being migrated to another node by MigrationRequest evict-keeper-1 instead of being evicted", drain.Error, StringComparison.Ordinal);
+        Assert.Contains("node/node-a drained", drain.Output, StringComparison.Ordinal);
+        var request = (await Sandbox.GetRequestAsync(Cluster, "evict-keeper-1"))!;
+        Assert.Equal(MigrationPhases.Succeeded, request.Status!.Phase);
+        var frozen = Cluster.Node("node-a").LoggedTicks("default", "keeper", "main", keeper.Metadata.Uid)[^1].Tick;
+        Sandbox.AssertConsecutive(await TicksAsync("default", request.Status.ReplacementPod!), frozen + 1);
+        var replacement = await Cluster.Client.CoreV1.ReadNamespacedPodAsync(request.Status.ReplacementPod, "default");
+        Assert.Equal(("node-b", replicaSet.Metadata.Uid), (replacement.Spec.NodeName, Assert.Single(replacement.Metadata.OwnerReferences).Uid));
+        var left = (await Cluster.Client.CoreV1.ListPodForAllNamespacesAsync(fieldSelector: "spec.nodeName=node-a")).Items;
+        Assert.Equal(["logs-agent"], left.Select(p => p.Metadata.Name));
+        Assert.True((await Cluster.Client.CoreV1.ReadNodeAsync("node-a")).Spec.Unschedulable);
+        (await Cluster.Api.KubectlAsync("uncordon", "node-a")).Succeeded();
+        await CleanupAsync();
+    }
+
+    [Fact]
+    public async Task Deleting_an_eviction_triggered_migration_cancels_it_and_the_next_eviction_is_an_ordinary_one()
+    {
+        await CleanupAsync();
+        await RunAsync("default", "cancelme", "node-a", optedIn: true, mib: 96);
+        await Sandbox.WaitForTicksAsync(Cluster, "cancelme", "main", 3);
+
+        var refused = await Assert.ThrowsAsync<k8s.Autorest.HttpOperationException>(() => EvictAsync("cancelme"));
+        (await Cluster.Api.KubectlAsync("delete", "migrationrequest", "evict-cancelme-1", "--wait=true", "--timeout=60s")).Succeeded();
+        var pod = await Cluster.Client.CoreV1.ReadNamespacedPodAsync("cancelme", "default");
+        var before = (await TicksAsync("default", "cancelme")).Count;
+        await Sandbox.WaitForTicksAsync(Cluster, "cancelme", "main", before + 3);
+        await EvictAsync("cancelme");
+
+        Assert.Equal(429, (int)refused.Response.StatusCode);
+        Assert.Contains("MigrationRequest evict-cancelme-1", refused.Response.Content, StringComparison.Ordinal);
+        Assert.Equal(("node-a", "Running"), (pod.Spec.NodeName, pod.Status.Phase));
+        Assert.Equal("evict-cancelme-1", pod.Metadata.Annotations[Migrate.Operator.Admission.EvictionGuard.CancelledAnnotation]);
+        await Sandbox.WaitForRequestAsync(Cluster, "evict-cancelme-2", r => r is null, TimeSpan.FromSeconds(1)); // no new migration
+        var gone = System.Diagnostics.Stopwatch.StartNew();
+        while ((await Cluster.Client.CoreV1.ListNamespacedPodAsync("default", fieldSelector: "metadata.name=cancelme")).Items.Count > 0)
+        {
+            Assert.True(gone.Elapsed < TimeSpan.FromSeconds(30), "the evicted pod did not go");
+            await Task.Delay(100);
+        }
+
+        await CleanupAsync();
+    }
+
+    private Task<V1Eviction> EvictAsync(string pod) =>
+        Cluster.Client.CoreV1.CreateNamespacedPodEvictionAsync(new V1Eviction { Metadata = new V1ObjectMeta { Name = pod, NamespaceProperty = "default" } }, pod, "default");
+
+    private async Task<string> CreateDaemonSetAsync()
+    {
+        var daemonSet = await Cluster.Client.AppsV1.CreateNamespacedDaemonSetAsync(new V1DaemonSet
+        {
+            Metadata = new V1ObjectMeta { Name = "logs" },
+            Spec = new V1DaemonSetSpec
+            {
+                Selector = new V1LabelSelector { MatchLabels = new Dictionary<string, string> { ["app"] = "logs" } },
+                Template = new V1PodTemplateSpec
+                {
+                    Metadata = new V1ObjectMeta { Labels = new Dictionary<string, string> { ["app"] = "logs" } },
+                    Spec = new V1PodSpec { Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter }] },
+                },
+            },
+        }, "default");
+        return daemonSet.Metadata.Uid;
+    }
+
+    private async Task<V1Pod> RunAsync(string ns, string name, string node, bool optedIn = false, Dictionary<string, string>? labels = null, V1OwnerReference? owner = null, int mib = 8)
     {
         labels ??= [];
         if (optedIn)
@@ -177,10 +269,10 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
             {
                 NodeName = node,
                 TerminationGracePeriodSeconds = 2,
-                Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/memcounter"], Args = ["--mib", "8", "--interval-ms", "100", "--verify-every", "5"] }],
+                Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/memcounter"], Args = ["--mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "5"] }],
             },
         }, ns);
-        await Cluster.WaitForPodRunningAsync(name, ns);
+        return await Cluster.WaitForPodRunningAsync(name, ns);
     }
 
     private async Task<IReadOnlyList<MemcounterTick>> TicksAsync(string ns, string pod) =>
@@ -217,6 +309,7 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
         }
 
         await Cluster.Api.KubectlAsync("delete", "pdb", "--all", "-n", "default");
-        await Cluster.Api.KubectlAsync("delete", "daemonsets", "--all", "-n", "default");
+        await Cluster.Api.KubectlAsync("delete", "daemonsets,replicasets", "--all", "-n", "default", "--cascade=orphan");
+        await Cluster.Api.KubectlAsync("uncordon", "node-a");
     }
 }

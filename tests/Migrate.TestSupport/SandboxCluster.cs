@@ -273,7 +273,8 @@ public sealed class SandboxCluster : IAsyncDisposable
             }
         }, TimeSpan.FromSeconds(60), "ready");
 
-        // the pod webhook guards the names of pods that keep them while they move (deploy/operator/pod-webhook.yaml in a cluster)
+        // the operator's webhooks (deploy/operator/webhooks.yaml in a cluster): the names of pods that keep them while they
+        // move, and evictions of opted-in pods turned into migrations
         (await Api.KubectlInAsync($$"""
             apiVersion: admissionregistration.k8s.io/v1
             kind: ValidatingWebhookConfiguration
@@ -294,6 +295,19 @@ public sealed class SandboxCluster : IAsyncDisposable
                     resources: [pods]
                 clientConfig:
                   url: https://{{WebhookAddress}}/validate-pods
+                  caBundle: {{Convert.ToBase64String(File.ReadAllBytes(Pki.AuthorityFile))}}
+              - name: evictions.podmig.io
+                admissionReviewVersions: [v1]
+                sideEffects: NoneOnDryRun
+                failurePolicy: Ignore
+                timeoutSeconds: 5
+                rules:
+                  - apiGroups: [""]
+                    apiVersions: [v1]
+                    operations: [CREATE]
+                    resources: [pods/eviction]
+                clientConfig:
+                  url: https://{{WebhookAddress}}/validate-evictions
                   caBundle: {{Convert.ToBase64String(File.ReadAllBytes(Pki.AuthorityFile))}}
             """, "apply", "-f", "-")).Succeeded();
     }

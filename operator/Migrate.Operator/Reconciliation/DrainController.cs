@@ -204,9 +204,10 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
         {
             Metadata = new V1ObjectMeta
             {
-                Name = RequestName(drain.Metadata.Name, pod.Metadata.Name, attempt),
+                Name = RequestName("drain-" + drain.Metadata.Name, pod.Metadata.Name, attempt),
                 NamespaceProperty = pod.Metadata.NamespaceProperty,
                 Labels = new Dictionary<string, string> { [DrainLabel] = drain.Metadata.Name },
+                Finalizers = [MigrationStore.Finalizer],
                 OwnerReferences = [new V1OwnerReference
                 {
                     ApiVersion = drain.ApiVersion, Kind = NodeDrain.KindName, Name = drain.Metadata.Name, Uid = drain.Metadata.Uid, BlockOwnerDeletion = false,
@@ -234,10 +235,10 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
             $"Moving pod {pod.Metadata.NamespaceProperty}/{pod.Metadata.Name} off node {drain.Spec.NodeName} (MigrationRequest {request.Metadata.Name}, attempt {attempt}).", cancellationToken);
     }
 
-    /// <summary>A DNS-1123 name from drain, pod and attempt; long ones are shortened with a hash so they stay unique.</summary>
-    public static string RequestName(string drain, string pod, int attempt)
+    /// <summary>A DNS-1123 name from a prefix, the pod and the attempt; long ones are shortened with a hash so they stay unique.</summary>
+    public static string RequestName(string prefix, string pod, int attempt)
     {
-        var name = $"drain-{drain}-{pod}-{attempt}";
+        var name = $"{prefix}-{pod}-{attempt}";
         if (name.Length <= 63)
         {
             return name;

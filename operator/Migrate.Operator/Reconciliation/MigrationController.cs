@@ -187,7 +187,33 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
             request = await executor.AbortAsync(request, cancellationToken);
         }
 
+        if (request.Metadata.Labels?.ContainsKey(Admission.EvictionGuard.TriggerLabel) == true && request.Status?.Phase != MigrationPhases.Succeeded)
+        {
+            // cancelled by its user: the pod's next eviction is an ordinary one, not a new migration
+            await MarkEvictionCancelledAsync(request, cancellationToken);
+        }
+
         await _store.SetFinalizerAsync(request, present: false, cancellationToken);
+    }
+
+    private async Task MarkEvictionCancelledAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var patch = new System.Text.Json.Nodes.JsonObject
+        {
+            ["metadata"] = new System.Text.Json.Nodes.JsonObject
+            {
+                ["annotations"] = new System.Text.Json.Nodes.JsonObject { [Admission.EvictionGuard.CancelledAnnotation] = request.Metadata.Name },
+            },
+        };
+        try
+        {
+            await client.CoreV1.PatchNamespacedPodAsync(new k8s.Models.V1Patch(patch.ToJsonString(), k8s.Models.V1Patch.PatchType.MergePatch),
+                request.Spec.PodName, request.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            // the pod is gone anyway
+        }
     }
 
     /// <summary>Whether a Pending request may start now: within the cluster-wide and per-node limits. If not, it says so in its status.</summary>

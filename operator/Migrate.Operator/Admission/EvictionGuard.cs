@@ -1,0 +1,153 @@
+using System.Net;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Migrate.Operator.Api;
+using Migrate.Operator.Reconciliation;
+
+namespace Migrate.Operator.Admission;
+
+/// <summary>
+/// The operator's validating webhook for pod evictions (POST /validate-evictions): `kubectl drain`
+/// and every tool that drains through the Eviction API (upgrades, autoscalers). The eviction of a
+/// pod that opted in (label podmigration.io/migrate=true on the pod or its namespace) becomes a
+/// MigrationRequest and is refused with 429 until the pod has moved; the drain's own retries then
+/// find it gone. A request the user deleted cancels for good: the pod is marked and its next
+/// eviction is an ordinary one. Pods that did not opt in are never held up (and with
+/// failurePolicy Ignore, a down operator holds up nothing).
+/// </summary>
+public static class EvictionGuard
+{
+    public const string Path = "/validate-evictions";
+
+    /// <summary>On the MigrationRequests this webhook creates.</summary>
+    public const string TriggerLabel = "podmigration.io/trigger";
+
+    /// <summary>On a pod whose eviction-triggered migration was cancelled: its evictions pass from then on.</summary>
+    public const string CancelledAnnotation = "podmigration.io/eviction-migration-cancelled";
+
+    /// <summary>Migrations tried per pod before its evictions are refused with the last failure (the pod is never killed).</summary>
+    public const int MaxAttempts = 3;
+
+    /// <summary>Null if the eviction may go ahead, otherwise why not (and a migration is under way or has failed).</summary>
+    public static async Task<string?> RefusalAsync(IKubernetes client, string ns, string name, bool dryRun, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        V1Pod pod;
+        try
+        {
+            pod = await client.CoreV1.ReadNamespacedPodAsync(name, ns, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+
+        if (pod.Metadata.DeletionTimestamp is not null || pod.Metadata.Annotations?.ContainsKey(CancelledAnnotation) == true || !await OptedInAsync(client, pod, cancellationToken))
+        {
+            return null;
+        }
+
+        var raw = await client.CustomObjects.ListNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, ns, MigrationRequest.Plural,
+            cancellationToken: cancellationToken);
+        var requests = KubernetesJson.Deserialize<MigrationRequestList>(((JsonElement)raw).GetRawText()).Items
+            .Where(r => r.Spec.PodName == name).OrderBy(r => r.Metadata.CreationTimestamp).ToList();
+        if (requests.FirstOrDefault(r => !MigrationPhases.IsFinal(r.Status?.Phase)) is { } active)
+        {
+            return $"pod {ns}/{name} is being migrated to another node by MigrationRequest {active.Metadata.Name} instead of being evicted; retry the eviction later";
+        }
+
+        if (requests.Any(r => r.Status?.Phase == MigrationPhases.Succeeded))
+        {
+            return $"pod {ns}/{name} has been migrated and is being removed; retry the eviction later";
+        }
+
+        var failures = requests.Where(r => r.Metadata.Labels?.ContainsKey(TriggerLabel) == true && r.Status?.Phase is MigrationPhases.Failed or MigrationPhases.RolledBack).ToList();
+        if (failures.Count >= MaxAttempts)
+        {
+            var last = failures[^1].Status!;
+            return $"pod {ns}/{name} opted in to migration and {failures.Count} migrations failed (last: {last.Reason}: {last.Message}); it is not evicted. " +
+                $"Delete MigrationRequest {failures[^1].Metadata.Name} to let evictions through";
+        }
+
+        var request = new MigrationRequest
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = DrainController.RequestName("evict", name, failures.Count + 1),
+                NamespaceProperty = ns,
+                Labels = new Dictionary<string, string> { [TriggerLabel] = "eviction" },
+                // from the start, so that deleting it at once still goes through the operator (and cancels for good)
+                Finalizers = [MigrationStore.Finalizer],
+            },
+            Spec = new MigrationRequestSpec
+            {
+                PodName = name,
+                Mode = MigrationModes.PreCopy,
+                AvoidNodes = [.. failures.Select(f => f.Status?.TargetNode).OfType<string>().Distinct()],
+            },
+        };
+        try
+        {
+            if (!dryRun)
+            {
+                await client.CustomObjects.CreateNamespacedCustomObjectAsync(request, MigrationRequest.Group, MigrationRequest.Version, ns, MigrationRequest.Plural,
+                    cancellationToken: cancellationToken);
+            }
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+        {
+            // made by the eviction before this one
+        }
+
+        return $"pod {ns}/{name} is being migrated to another node by MigrationRequest {request.Metadata.Name} instead of being evicted; retry the eviction later";
+    }
+
+    private static async Task<bool> OptedInAsync(IKubernetes client, V1Pod pod, CancellationToken cancellationToken)
+    {
+        if (pod.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var label) == true)
+        {
+            return label == "true";
+        }
+
+        var ns = await client.CoreV1.ReadNamespaceAsync(pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+        return ns.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var value) == true && value == "true";
+    }
+
+    /// <summary>The webhook endpoint: an AdmissionReview of a pods/eviction CREATE, answered with allowed or 429 and the reason.</summary>
+    public static async Task ReviewAsync(HttpContext http, IKubernetes client)
+    {
+        ArgumentNullException.ThrowIfNull(http);
+        var review = await JsonNode.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted) as JsonObject;
+        var request = review?["request"] as JsonObject;
+        if (request?["uid"]?.GetValue<string>() is not { } uid)
+        {
+            http.Response.StatusCode = 400;
+            await http.Response.WriteAsync("not an AdmissionReview with a request uid", http.RequestAborted);
+            return;
+        }
+
+        string? refusal = null;
+        if (request["operation"]?.GetValue<string>() == "CREATE" && request["subResource"]?.GetValue<string>() == "eviction"
+            && request["name"]?.GetValue<string>() is { } name && request["namespace"]?.GetValue<string>() is { } ns)
+        {
+            refusal = await RefusalAsync(client, ns, name, request["dryRun"]?.GetValue<bool>() == true, http.RequestAborted);
+        }
+
+        var response = new JsonObject { ["uid"] = uid, ["allowed"] = refusal is null };
+        if (refusal is not null)
+        {
+            response["status"] = new JsonObject { ["code"] = 429, ["reason"] = "TooManyRequests", ["message"] = refusal };
+        }
+
+        http.Response.ContentType = "application/json";
+        await http.Response.WriteAsync(new JsonObject
+        {
+            ["apiVersion"] = "admission.k8s.io/v1",
+            ["kind"] = "AdmissionReview",
+            ["response"] = response,
+        }.ToJsonString(), http.RequestAborted);
+    }
+}
