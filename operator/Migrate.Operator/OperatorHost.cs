@@ -1,4 +1,6 @@
 using System.Collections.Concurrent;
+using System.Net;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Grpc.Net.Client;
 using k8s;
 using Migrate.Agent.Contracts.Security;
@@ -52,6 +54,19 @@ public static class OperatorHost
             sp.GetRequiredService<MigrationExecutor>(), options) { StepsPerPass = 8 });
         builder.Services.AddHostedService(sp => new DrainController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ILeaderGate>(),
             sp.GetRequiredService<ILogger<DrainController>>(), sp.GetRequiredService<TimeProvider>()));
+        if (options.WebhookListenAddress is { Length: > 0 } webhookAddress)
+        {
+            builder.Services.AddSingleton(sp => new WebhookCertificates(sp.GetRequiredService<IKubernetes>(), options,
+                sp.GetRequiredService<ILogger<WebhookCertificates>>(), sp.GetRequiredService<TimeProvider>()));
+            builder.Services.AddHostedService(sp => sp.GetRequiredService<WebhookCertificates>());
+            var endpoint = IPEndPoint.Parse(webhookAddress);
+            builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(endpoint, listen => listen.UseHttps(new HttpsConnectionAdapterOptions
+            {
+                // until the certificate is loaded handshakes fail, and the API server applies the webhook's failurePolicy
+                ServerCertificateSelector = (_, _) => kestrel.ApplicationServices.GetRequiredService<WebhookCertificates>().Current,
+            })));
+        }
+
         builder.Services.AddHealthChecks();
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService("podmig-operator"))

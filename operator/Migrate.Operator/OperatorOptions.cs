@@ -37,4 +37,25 @@ public sealed class OperatorOptions
 
     /// <summary>The private key (PEM, ECDSA P-256) transfer tokens are signed with; agents trust its public half.</summary>
     public string? TokenSigningKeyFile { get; set; }
+
+    /// <summary>
+    /// Where the admission webhooks listen (ip:port, HTTPS) with a certificate the operator manages:
+    /// made on first start, kept in a Secret all replicas share, renewed before it expires, its CA
+    /// published into the ValidatingWebhookConfiguration. Unset: no managed webhook endpoint (one
+    /// can still be configured with certificate files under Kestrel:Endpoints).
+    /// </summary>
+    public string? WebhookListenAddress { get; set; }
+
+    public string WebhookSecretNamespace { get; set; } = "podmig-system";
+
+    public string WebhookSecretName { get; set; } = "podmig-operator-webhook-tls";
+
+    /// <summary>The ValidatingWebhookConfiguration whose webhooks get the CA bundle.</summary>
+    public string WebhookConfigurationName { get; set; } = "podmig-operator-webhooks";
+
+    /// <summary>Names the webhook certificate is valid for (comma-separated): the operator's Service.</summary>
+    public string WebhookDnsNames { get; set; } = "podmig-operator.podmig-system.svc,podmig-operator.podmig-system.svc.cluster.local";
+
+    /// <summary>Addresses the webhook certificate is valid for (comma-separated), when the API server calls an IP (the sandbox).</summary>
+    public string? WebhookIpAddresses { get; set; }
 }

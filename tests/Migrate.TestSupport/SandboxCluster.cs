@@ -236,13 +236,49 @@ public sealed class SandboxCluster : IAsyncDisposable
             $"--Operator:TokenSigningKeyFile={Pki.TokenSigningKeyFile}",
             $"--Operator:PhaseTimeoutSeconds={Options.PhaseTimeoutSeconds}",
             $"--Kestrel:Endpoints:Probes:Url=http://{OperatorAddress}",
-            $"--Kestrel:Endpoints:Webhook:Url=https://{WebhookAddress}",
-            $"--Kestrel:Endpoints:Webhook:Certificate:Path={identity.CertificateFile}",
-            $"--Kestrel:Endpoints:Webhook:Certificate:KeyPath={identity.KeyFile}",
+            $"--Operator:WebhookListenAddress={WebhookAddress}",
+            "--Operator:WebhookSecretNamespace=default",
+            "--Operator:WebhookIpAddresses=127.0.0.1",
             "--Logging:LogLevel:Default=Information",
             "--Logging:LogLevel:Microsoft.AspNetCore=Warning",
             "--Logging:LogLevel:System.Net.Http=Warning",
         ];
+        // the operator's webhooks (deploy/operator/webhooks.yaml in a cluster): the names of pods that keep them while they
+        // move, and evictions of opted-in pods turned into migrations; the operator writes in the CA of the certificate it makes
+        (await Api.KubectlInAsync($$"""
+            apiVersion: admissionregistration.k8s.io/v1
+            kind: ValidatingWebhookConfiguration
+            metadata: {name: podmig-operator-webhooks}
+            webhooks:
+              - name: pod-names.podmig.io
+                admissionReviewVersions: [v1]
+                sideEffects: None
+                failurePolicy: Fail
+                timeoutSeconds: 5
+                objectSelector:
+                  matchLabels:
+                    podmig.io/keep-name: "true"
+                rules:
+                  - apiGroups: [""]
+                    apiVersions: [v1]
+                    operations: [CREATE]
+                    resources: [pods]
+                clientConfig:
+                  url: https://{{WebhookAddress}}/validate-pods
+              - name: evictions.podmig.io
+                admissionReviewVersions: [v1]
+                sideEffects: NoneOnDryRun
+                failurePolicy: Ignore
+                timeoutSeconds: 5
+                rules:
+                  - apiGroups: [""]
+                    apiVersions: [v1]
+                    operations: [CREATE]
+                    resources: [pods/eviction]
+                clientConfig:
+                  url: https://{{WebhookAddress}}/validate-evictions
+            """, "apply", "-f", "-")).Succeeded();
+
         var process = ChildProcess.StartProgram("operator", "Migrate.Operator", "migrate-operator", Path.Combine(Directory, "logs", "operator.log"), arguments);
         if (Operator is null)
         {
@@ -273,43 +309,17 @@ public sealed class SandboxCluster : IAsyncDisposable
             }
         }, TimeSpan.FromSeconds(60), "ready");
 
-        // the operator's webhooks (deploy/operator/webhooks.yaml in a cluster): the names of pods that keep them while they
-        // move, and evictions of opted-in pods turned into migrations
-        (await Api.KubectlInAsync($$"""
-            apiVersion: admissionregistration.k8s.io/v1
-            kind: ValidatingWebhookConfiguration
-            metadata: {name: podmig-pod-names}
-            webhooks:
-              - name: pod-names.podmig.io
-                admissionReviewVersions: [v1]
-                sideEffects: None
-                failurePolicy: Fail
-                timeoutSeconds: 5
-                objectSelector:
-                  matchLabels:
-                    podmig.io/keep-name: "true"
-                rules:
-                  - apiGroups: [""]
-                    apiVersions: [v1]
-                    operations: [CREATE]
-                    resources: [pods]
-                clientConfig:
-                  url: https://{{WebhookAddress}}/validate-pods
-                  caBundle: {{Convert.ToBase64String(File.ReadAllBytes(Pki.AuthorityFile))}}
-              - name: evictions.podmig.io
-                admissionReviewVersions: [v1]
-                sideEffects: NoneOnDryRun
-                failurePolicy: Ignore
-                timeoutSeconds: 5
-                rules:
-                  - apiGroups: [""]
-                    apiVersions: [v1]
-                    operations: [CREATE]
-                    resources: [pods/eviction]
-                clientConfig:
-                  url: https://{{WebhookAddress}}/validate-evictions
-                  caBundle: {{Convert.ToBase64String(File.ReadAllBytes(Pki.AuthorityFile))}}
-            """, "apply", "-f", "-")).Succeeded();
+        await WaitForCaBundleAsync();
+    }
+
+    /// <summary>Waits until the operator has written its webhook CA into the configuration (the API server cannot call the webhooks before).</summary>
+    private async Task WaitForCaBundleAsync()
+    {
+        await Operator!.WaitUntilAsync(async () =>
+        {
+            var configuration = await Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync("podmig-operator-webhooks");
+            return configuration.Webhooks.All(w => w.ClientConfig.CaBundle is { Length: > 0 });
+        }, TimeSpan.FromSeconds(30), "publishing its webhook CA");
     }
 
     /// <summary>The operator's webhook address (HTTPS).</summary>

@@ -171,7 +171,7 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
         status.Remaining = remaining;
         status.BlockingPods = blocking;
         status.ObservedGeneration = drain.Metadata.Generation;
-        if (remaining == 0)
+        if (remaining == 0 && inFlight == 0)
         {
             status.Phase = NodeDrainStatus.Drained;
             status.CompletionTime ??= time.GetUtcNow().UtcDateTime;
