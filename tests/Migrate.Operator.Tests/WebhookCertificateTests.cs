@@ -38,7 +38,19 @@ public sealed class WebhookCertificateTests(EmulatorFixture cluster) : IClassFix
         await WaitAsync(() => first.Current is not null);
         await second.StartAsync(CancellationToken.None);
         await WaitAsync(() => second.Current is not null);
-        var configuration = await cluster.Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync("podmig-operator-webhooks");
+        // the CA is published right after the certificate is loaded
+        k8s.Models.V1ValidatingWebhookConfiguration configuration = null!;
+        for (int i = 0; i < 100; i++)
+        {
+            configuration = await cluster.Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync("podmig-operator-webhooks");
+            if (configuration.Webhooks.All(w => w.ClientConfig.CaBundle is { Length: > 0 }))
+            {
+                break;
+            }
+
+            await Task.Delay(50);
+        }
+
         var secret = await cluster.Client.CoreV1.ReadNamespacedSecretAsync("podmig-operator-webhook-tls", "default");
         await first.StopAsync(CancellationToken.None);
         await second.StopAsync(CancellationToken.None);
