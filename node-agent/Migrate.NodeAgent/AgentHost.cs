@@ -69,6 +69,12 @@ public static class AgentHost
             // exported only where a collector is configured (the standard OTEL_* variables)
             telemetry.UseOtlpExporter();
         }
+        if (bool.TryParse(section[nameof(AgentOptions.AnnounceToNode)], out var announce) && announce)
+        {
+            builder.Services.AddSingleton(TimeProvider.System);
+            builder.Services.AddHostedService<NodeAnnouncement>();
+        }
+
         builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = (4 << 20) + (128 << 10));
         builder.Services.AddGrpcHealthChecks().AddCheck<CriuHealthCheck>("criu");
 

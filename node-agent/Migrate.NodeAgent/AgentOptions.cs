@@ -65,5 +65,18 @@ public sealed class AgentOptions
     [Range(0, long.MaxValue)]
     public long TransferBytesPerSecond { get; set; }
 
+    /// <summary>
+    /// Write this agent's endpoint into its Node's annotation podmig.io/agent-endpoint (how the
+    /// operator finds agents); on in a cluster (the DaemonSet), off where something else registers
+    /// nodes (the sandbox's emulated kubelet).
+    /// </summary>
+    public bool AnnounceToNode { get; set; }
+
+    /// <summary>The address (host:port) others reach this agent at; the DaemonSet sets it to the node's IP and the port.</summary>
+    public string? AdvertiseAddress { get; set; }
+
+    /// <summary>A kubeconfig for announcing; unset means the in-cluster service account.</summary>
+    public string? Kubeconfig { get; set; }
+
     public bool TlsEnabled => TlsCertificateFile is not null && TlsKeyFile is not null && TlsAuthorityFile is not null;
 }
