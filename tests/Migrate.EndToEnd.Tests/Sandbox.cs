@@ -40,7 +40,7 @@ public static class Sandbox
     }
 
     /// <summary>A memcounter pod as a StatefulSet makes it (owner reference, pod-name label) that opted in to keeping its name when moved.</summary>
-    public static V1Pod StatefulSetPod(string name, string node, int mib, string ownerUid, string? restoreFrom = null) => new()
+    public static V1Pod StatefulSetPod(string name, string node, int mib, string ownerUid) => new()
     {
         Metadata = new V1ObjectMeta
         {
@@ -51,7 +51,6 @@ public static class Sandbox
                 ["statefulset.kubernetes.io/pod-name"] = name,
                 [Migrate.Operator.Reconciliation.MigrationExecutor.KeepNameLabel] = "true",
             },
-            Annotations = restoreFrom is null ? null : new Dictionary<string, string> { [Migrate.Operator.Reconciliation.MigrationExecutor.RestoreAnnotation] = restoreFrom },
             OwnerReferences = [new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = name[..name.LastIndexOf('-')], Uid = ownerUid, Controller = true, BlockOwnerDeletion = true }],
         },
         Spec = new V1PodSpec

@@ -13,23 +13,7 @@ public sealed class WebhookCertificateTests(EmulatorFixture cluster) : IClassFix
     [Fact]
     public async Task Replicas_share_one_certificate_through_the_Secret_and_its_CA_reaches_every_webhook()
     {
-        (await cluster.KubectlInAsync("""
-            apiVersion: admissionregistration.k8s.io/v1
-            kind: ValidatingWebhookConfiguration
-            metadata: {name: podmig-operator-webhooks}
-            webhooks:
-              - name: pod-names.podmig.io
-                admissionReviewVersions: [v1]
-                sideEffects: None
-                rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods]}]
-                clientConfig: {url: "https://127.0.0.1:1/validate-pods"}
-              - name: evictions.podmig.io
-                admissionReviewVersions: [v1]
-                sideEffects: NoneOnDryRun
-                failurePolicy: Ignore
-                rules: [{apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [pods/eviction]}]
-                clientConfig: {url: "https://127.0.0.1:1/validate-evictions"}
-            """, "apply", "-f", "-")).Succeeded();
+        (await cluster.KubectlInAsync(OperatorWebhooks.Configuration("https://127.0.0.1:1"), "apply", "-f", "-")).Succeeded();
         var options = new OperatorOptions { WebhookSecretNamespace = "default", WebhookIpAddresses = "127.0.0.1", WebhookListenAddress = "127.0.0.1:1" };
 
         using var first = new WebhookCertificates(cluster.Client, options, NullLogger<WebhookCertificates>.Instance, TimeProvider.System);
@@ -42,7 +26,7 @@ public sealed class WebhookCertificateTests(EmulatorFixture cluster) : IClassFix
         k8s.Models.V1ValidatingWebhookConfiguration configuration = null!;
         for (int i = 0; i < 100; i++)
         {
-            configuration = await cluster.Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync("podmig-operator-webhooks");
+            configuration = await cluster.Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync(OperatorWebhooks.ConfigurationName);
             if (configuration.Webhooks.All(w => w.ClientConfig.CaBundle is { Length: > 0 }))
             {
                 break;

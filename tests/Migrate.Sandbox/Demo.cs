@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using System.Text.Json;
 using k8s;
 using Migrate.Operator.Api;
@@ -25,6 +24,8 @@ internal static class Demo
         var state = SandboxState.Read(options.StatePath);
         var kubeconfig = (string)state["kubeconfig"]!;
         using var client = new Kubernetes(KubernetesClientConfiguration.BuildConfigFromConfigFile(kubeconfig));
+        var cache = Directory.CreateTempSubdirectory("podmig-demo-kubectl-").FullName;
+        var kubectl = new Kubectl(kubeconfig, cache);
         var result = new DemoResult();
         try
         {
@@ -32,12 +33,12 @@ internal static class Demo
             Images.Import(options, TestImages.Memcounter, TestImages.Archives()[1]);
 
             Say("kubectl apply -f examples/counter-pod.yaml   (a 64 MiB in-memory counter on node-a)");
-            Kubectl(kubeconfig, "apply", "-f", RepositoryLayout.InRepository("examples", "counter-pod.yaml"));
-            Kubectl(kubeconfig, "wait", "pod/counter", "--for=condition=Ready", "--timeout=60s");
-            Console.WriteLine(Kubectl(kubeconfig, "get", "pods", "-o", "wide"));
+            await RunAsync(kubectl, "apply", "-f", RepositoryLayout.InRepository("examples", "counter-pod.yaml"));
+            await RunAsync(kubectl, "wait", "pod/counter", "--for=condition=Ready", "--timeout=60s");
+            Console.WriteLine(await RunAsync(kubectl, "get", "pods", "-o", "wide"));
 
             // follow the source's log until its pod goes: the last tick it printed is where the replacement must go on from
-            using var follow = StartKubectl(kubeconfig, "logs", "-f", "counter");
+            using var follow = kubectl.Start(["logs", "-f", "counter"]);
             using var stopFollowing = new FollowGuard(follow);
             var sourceLines = new List<string>();
             var reading = Task.Run(async () =>
@@ -50,12 +51,12 @@ internal static class Demo
                     }
                 }
             });
-            var before = await WaitForTicksAsync(() => Snapshot(sourceLines), 20, "counter");
+            var before = await WaitForTicksAsync(() => Task.FromResult<IEnumerable<string>>(Snapshot(sourceLines)), 20, "counter");
             Say($"counter on node-a at tick {before[^1].Tick} (checksum {before[^1].Checksum:x16})");
 
             Say("kubectl apply -f examples/migrate-counter.yaml   (no targetNode: the operator picks one)");
             var applied = clock.Elapsed;
-            Kubectl(kubeconfig, "apply", "-f", RepositoryLayout.InRepository("examples", "migrate-counter.yaml"));
+            await RunAsync(kubectl, "apply", "-f", RepositoryLayout.InRepository("examples", "migrate-counter.yaml"));
             MigrationRequest? request = null;
             string? phase = null;
             while (clock.Elapsed - applied < TimeSpan.FromMinutes(3) && !MigrationPhases.IsFinal(phase))
@@ -72,8 +73,8 @@ internal static class Demo
             }
 
             result.TotalMs = (long)(clock.Elapsed - applied).TotalMilliseconds;
-            Console.WriteLine(Kubectl(kubeconfig, "get", "migrationrequests"));
-            Console.WriteLine(Kubectl(kubeconfig, "get", "pods", "-o", "wide"));
+            Console.WriteLine(await RunAsync(kubectl, "get", "migrationrequests"));
+            Console.WriteLine(await RunAsync(kubectl, "get", "pods", "-o", "wide"));
             var status = request?.Status;
             result.Phase = status?.Phase ?? "Unknown";
             result.SourceNode = status?.SourceNode;
@@ -93,7 +94,7 @@ internal static class Demo
             }
 
             var frozen = Memcounter.Parse(Snapshot(sourceLines))[^1];
-            var after = await WaitForTicksAsync(() => Kubectl(kubeconfig, "logs", status.ReplacementPod!).Split('\n'), 15, status.ReplacementPod!);
+            var after = await WaitForTicksAsync(async () => (await RunAsync(kubectl, "logs", status.ReplacementPod!)).Split('\n'), 15, status.ReplacementPod!);
             bool continued = after[0].Tick == frozen.Tick + 1 && after.Zip(after.Skip(1)).All(p => p.Second.Tick == p.First.Tick + 1);
             bool intact = after.Any(t => t.VerifiedOk) && after.All(t => t.Verified != "BAD");
             result.CounterBefore = frozen.Tick;
@@ -117,6 +118,10 @@ internal static class Demo
         {
             Say("the demo failed: " + e.Message);
             return Finish(options, result, 1);
+        }
+        finally
+        {
+            Directory.Delete(cache, recursive: true);
         }
     }
 
@@ -143,11 +148,11 @@ internal static class Demo
         }
     }
 
-    private static async Task<IReadOnlyList<MemcounterTick>> WaitForTicksAsync(Func<IEnumerable<string>> lines, int count, string pod)
+    private static async Task<IReadOnlyList<MemcounterTick>> WaitForTicksAsync(Func<Task<IEnumerable<string>>> lines, int count, string pod)
     {
         for (int i = 0; i < 600; i++)
         {
-            var ticks = Memcounter.Parse(lines());
+            var ticks = Memcounter.Parse(await lines());
             if (ticks.Count >= count)
             {
                 return ticks;
@@ -159,32 +164,13 @@ internal static class Demo
         throw new TimeoutException($"pod {pod} did not print {count} ticks within 60 s");
     }
 
-    private static Process StartKubectl(string kubeconfig, params string[] args)
+    /// <summary>kubectl's output; its error in the exception when it fails.</summary>
+    private static async Task<string> RunAsync(Kubectl kubectl, params string[] args)
     {
-        var start = new ProcessStartInfo("kubectl") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, StandardOutputEncoding = Encoding.UTF8 };
-        start.ArgumentList.Add("--kubeconfig=" + kubeconfig);
-        foreach (var a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-
-        return Process.Start(start) ?? throw new InvalidOperationException("could not start kubectl");
-    }
-
-    private static string Kubectl(string kubeconfig, params string[] args)
-    {
-        using var process = StartKubectl(kubeconfig, args);
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        if (!process.WaitForExit(90_000))
-        {
-            process.Kill();
-            throw new TimeoutException($"kubectl {string.Join(' ', args)} did not finish within 90 s");
-        }
-
-        return process.ExitCode == 0
-            ? output.Result.TrimEnd()
-            : throw new InvalidOperationException($"kubectl {string.Join(' ', args)} failed: {error.Result.Trim()}");
+        var result = await kubectl.RunAsync(args);
+        return result.ExitCode == 0
+            ? result.Output.TrimEnd()
+            : throw new InvalidOperationException($"kubectl {string.Join(' ', args)} failed: {result.Error.Trim()}");
     }
 
     /// <summary>Stops the kubectl logs -f it was given (by its PID) if the demo ends before the source pod does.</summary>

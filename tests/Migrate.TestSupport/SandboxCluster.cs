@@ -88,17 +88,8 @@ public sealed class SandboxNode
     /// <summary>Starts (or restarts, as a DaemonSet would) the node agent, on the same address.</summary>
     public async Task StartAgentAsync()
     {
-        var certificate = _cluster.Pki.Issue(Name);
         string[] arguments = [
-            $"--Agent:ListenAddress={AgentAddress}",
-            $"--Agent:NodeName={Name}",
-            $"--Agent:CriSocket={Containerd.SocketPath}",
-            $"--Agent:StagingDirectory={StagingDirectory}",
-            $"--Agent:IncomingDirectory={IncomingDirectory}",
-            $"--Agent:TlsCertificateFile={certificate.CertificateFile}",
-            $"--Agent:TlsKeyFile={certificate.KeyFile}",
-            $"--Agent:TlsAuthorityFile={_cluster.Pki.AuthorityFile}",
-            $"--Agent:TokenPublicKeyFile={_cluster.Pki.TokenPublicKeyFile}",
+            .. TlsAgent.Arguments(_cluster.Pki, Name, AgentAddress, Containerd.SocketPath, StagingDirectory, IncomingDirectory),
             $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
             "--Logging:LogLevel:Default=Information",
         ];
@@ -245,39 +236,7 @@ public sealed class SandboxCluster : IAsyncDisposable
         ];
         // the operator's webhooks (deploy/operator/webhooks.yaml in a cluster): the names of pods that keep them while they
         // move, and evictions of opted-in pods turned into migrations; the operator writes in the CA of the certificate it makes
-        (await Api.KubectlInAsync($$"""
-            apiVersion: admissionregistration.k8s.io/v1
-            kind: ValidatingWebhookConfiguration
-            metadata: {name: podmig-operator-webhooks}
-            webhooks:
-              - name: pod-names.podmig.io
-                admissionReviewVersions: [v1]
-                sideEffects: None
-                failurePolicy: Fail
-                timeoutSeconds: 5
-                objectSelector:
-                  matchLabels:
-                    podmig.io/keep-name: "true"
-                rules:
-                  - apiGroups: [""]
-                    apiVersions: [v1]
-                    operations: [CREATE]
-                    resources: [pods]
-                clientConfig:
-                  url: https://{{WebhookAddress}}/validate-pods
-              - name: evictions.podmig.io
-                admissionReviewVersions: [v1]
-                sideEffects: NoneOnDryRun
-                failurePolicy: Ignore
-                timeoutSeconds: 5
-                rules:
-                  - apiGroups: [""]
-                    apiVersions: [v1]
-                    operations: [CREATE]
-                    resources: [pods/eviction]
-                clientConfig:
-                  url: https://{{WebhookAddress}}/validate-evictions
-            """, "apply", "-f", "-")).Succeeded();
+        (await Api.KubectlInAsync(OperatorWebhooks.Configuration("https://" + WebhookAddress), "apply", "-f", "-")).Succeeded();
 
         var process = ChildProcess.StartProgram("operator", "Migrate.Operator", "migrate-operator", Path.Combine(Directory, "logs", "operator.log"), arguments);
         if (Operator is null)
@@ -317,7 +276,7 @@ public sealed class SandboxCluster : IAsyncDisposable
     {
         await Operator!.WaitUntilAsync(async () =>
         {
-            var configuration = await Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync("podmig-operator-webhooks");
+            var configuration = await Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync(OperatorWebhooks.ConfigurationName);
             return configuration.Webhooks.All(w => w.ClientConfig.CaBundle is { Length: > 0 });
         }, TimeSpan.FromSeconds(30), "publishing its webhook CA");
     }

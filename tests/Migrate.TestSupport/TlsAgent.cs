@@ -31,23 +31,32 @@ public sealed class TlsAgent : IAsyncDisposable
 
     public static async Task<TlsAgent> StartAsync(TestPki pki, string name, string root, params string[] extra)
     {
-        var certificate = pki.Issue(name);
         int port = Ports.Free();
         var host = AgentHost.Build([
-            $"--Agent:ListenAddress=127.0.0.1:{port}",
-            $"--Agent:NodeName={name}",
-            $"--Agent:CriSocket={Path.Combine(root, "no-cri.sock")}",
-            $"--Agent:StagingDirectory={Path.Combine(root, "staging")}",
-            $"--Agent:IncomingDirectory={Path.Combine(root, "incoming")}",
-            $"--Agent:TlsCertificateFile={certificate.CertificateFile}",
-            $"--Agent:TlsKeyFile={certificate.KeyFile}",
-            $"--Agent:TlsAuthorityFile={pki.AuthorityFile}",
-            $"--Agent:TokenPublicKeyFile={pki.TokenPublicKeyFile}",
+            .. Arguments(pki, name, $"127.0.0.1:{port}", Path.Combine(root, "no-cri.sock"), Path.Combine(root, "staging"), Path.Combine(root, "incoming")),
             "--Logging:LogLevel:Default=Warning",
             .. extra,
         ]);
         await host.StartAsync();
         return new TlsAgent(name, root, port, host);
+    }
+
+    /// <summary>An agent's command line: its address, node, CRI socket, directories, its certificate from <paramref name="pki"/>, the CA and the token key.</summary>
+    public static string[] Arguments(TestPki pki, string name, string listenAddress, string criSocket, string staging, string incoming)
+    {
+        ArgumentNullException.ThrowIfNull(pki);
+        var certificate = pki.Issue(name);
+        return [
+            $"--Agent:ListenAddress={listenAddress}",
+            $"--Agent:NodeName={name}",
+            $"--Agent:CriSocket={criSocket}",
+            $"--Agent:StagingDirectory={staging}",
+            $"--Agent:IncomingDirectory={incoming}",
+            $"--Agent:TlsCertificateFile={certificate.CertificateFile}",
+            $"--Agent:TlsKeyFile={certificate.KeyFile}",
+            $"--Agent:TlsAuthorityFile={pki.AuthorityFile}",
+            $"--Agent:TokenPublicKeyFile={pki.TokenPublicKeyFile}",
+        ];
     }
 
     /// <summary>Records <paramref name="directory"/> as the staged images of a frozen migration in this agent's staging, as a final dump would.</summary>

@@ -64,7 +64,7 @@ public static class EvictionGuard
             return $"pod {ns}/{name} has been migrated and is being removed; retry the eviction later";
         }
 
-        var failures = requests.Where(r => r.Metadata.Labels?.ContainsKey(TriggerLabel) == true && r.Status?.Phase is MigrationPhases.Failed or MigrationPhases.RolledBack).ToList();
+        var failures = DrainAttempts.Failures(requests.Where(r => r.Metadata.Labels?.ContainsKey(TriggerLabel) == true));
         if (failures.Count >= MaxAttempts)
         {
             var last = failures[^1].Status!;
@@ -72,23 +72,7 @@ public static class EvictionGuard
                 $"Delete MigrationRequest {failures[^1].Metadata.Name} to let evictions through";
         }
 
-        var request = new MigrationRequest
-        {
-            Metadata = new V1ObjectMeta
-            {
-                Name = DrainController.RequestName("evict", name, failures.Count + 1),
-                NamespaceProperty = ns,
-                Labels = new Dictionary<string, string> { [TriggerLabel] = "eviction" },
-                // from the start, so that deleting it at once still goes through the operator (and cancels for good)
-                Finalizers = [MigrationStore.Finalizer],
-            },
-            Spec = new MigrationRequestSpec
-            {
-                PodName = name,
-                Mode = MigrationModes.PreCopy,
-                AvoidNodes = [.. failures.Select(f => f.Status?.TargetNode).OfType<string>().Distinct()],
-            },
-        };
+        var request = DrainAttempts.Next("evict", ns, name, failures, new Dictionary<string, string> { [TriggerLabel] = "eviction" });
         try
         {
             if (!dryRun)
@@ -107,47 +91,20 @@ public static class EvictionGuard
 
     private static async Task<bool> OptedInAsync(IKubernetes client, V1Pod pod, CancellationToken cancellationToken)
     {
-        if (pod.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var label) == true)
+        if (pod.Metadata.Labels?.ContainsKey(NodeDrain.MigrateLabel) == true)
         {
-            return label == "true";
+            return DrainAttempts.OptedIn(pod, namespaceOptedIn: false);
         }
 
         var ns = await client.CoreV1.ReadNamespaceAsync(pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
-        return ns.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var value) == true && value == "true";
+        return DrainAttempts.OptedIn(pod, ns.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var value) == true && value == "true");
     }
 
-    /// <summary>The webhook endpoint: an AdmissionReview of a pods/eviction CREATE, answered with allowed or 429 and the reason.</summary>
-    public static async Task ReviewAsync(HttpContext http, IKubernetes client)
-    {
-        ArgumentNullException.ThrowIfNull(http);
-        var review = await JsonNode.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted) as JsonObject;
-        var request = review?["request"] as JsonObject;
-        if (request?["uid"]?.GetValue<string>() is not { } uid)
-        {
-            http.Response.StatusCode = 400;
-            await http.Response.WriteAsync("not an AdmissionReview with a request uid", http.RequestAborted);
-            return;
-        }
-
-        string? refusal = null;
-        if (request["operation"]?.GetValue<string>() == "CREATE" && request["subResource"]?.GetValue<string>() == "eviction"
-            && request["name"]?.GetValue<string>() is { } name && request["namespace"]?.GetValue<string>() is { } ns)
-        {
-            refusal = await RefusalAsync(client, ns, name, request["dryRun"]?.GetValue<bool>() == true, http.RequestAborted);
-        }
-
-        var response = new JsonObject { ["uid"] = uid, ["allowed"] = refusal is null };
-        if (refusal is not null)
-        {
-            response["status"] = new JsonObject { ["code"] = 429, ["reason"] = "TooManyRequests", ["message"] = refusal };
-        }
-
-        http.Response.ContentType = "application/json";
-        await http.Response.WriteAsync(new JsonObject
-        {
-            ["apiVersion"] = "admission.k8s.io/v1",
-            ["kind"] = "AdmissionReview",
-            ["response"] = response,
-        }.ToJsonString(), http.RequestAborted);
-    }
+    /// <summary>The webhook endpoint: a pods/eviction CREATE is allowed or refused with 429 and the reason.</summary>
+    public static Task ReviewAsync(HttpContext http, IKubernetes client) =>
+        AdmissionReviews.AnswerAsync(http, async (request, cancellationToken) =>
+            request["operation"]?.GetValue<string>() == "CREATE" && request["subResource"]?.GetValue<string>() == "eviction"
+                && request["name"]?.GetValue<string>() is { } name && request["namespace"]?.GetValue<string>() is { } ns
+                ? await RefusalAsync(client, ns, name, request["dryRun"]?.GetValue<bool>() == true, cancellationToken)
+                : null, 429, "TooManyRequests");
 }

@@ -43,38 +43,16 @@ public static class PodNameGuard
             : $"pod {ns}/{name} is being moved by MigrationRequest {holder.Metadata.Name}; until the move ends only its replacement may take this name";
     }
 
-    /// <summary>The webhook endpoint: reads an AdmissionReview, answers with allowed or a 409 and the reason.</summary>
-    public static async Task ReviewAsync(HttpContext http, IKubernetes client)
-    {
-        ArgumentNullException.ThrowIfNull(http);
-        var review = await JsonNode.ParseAsync(http.Request.Body, cancellationToken: http.RequestAborted) as JsonObject;
-        var request = review?["request"] as JsonObject;
-        if (request?["uid"]?.GetValue<string>() is not { } uid)
+    /// <summary>The webhook endpoint: a pod CREATE is allowed or refused with 409 and the reason.</summary>
+    public static Task ReviewAsync(HttpContext http, IKubernetes client) =>
+        AdmissionReviews.AnswerAsync(http, async (request, cancellationToken) =>
         {
-            http.Response.StatusCode = 400;
-            await http.Response.WriteAsync("not an AdmissionReview with a request uid", http.RequestAborted);
-            return;
-        }
+            if (request["operation"]?.GetValue<string>() != "CREATE" || request["object"] is not JsonObject pod)
+            {
+                return null;
+            }
 
-        string? refusal = null;
-        if (request["operation"]?.GetValue<string>() == "CREATE" && request["object"] is JsonObject pod)
-        {
             var ns = request["namespace"]?.GetValue<string>() ?? pod["metadata"]?["namespace"]?.GetValue<string>() ?? "default";
-            refusal = await RefusalAsync(client, ns, pod, http.RequestAborted);
-        }
-
-        var response = new JsonObject { ["uid"] = uid, ["allowed"] = refusal is null };
-        if (refusal is not null)
-        {
-            response["status"] = new JsonObject { ["code"] = 409, ["reason"] = "Conflict", ["message"] = refusal };
-        }
-
-        http.Response.ContentType = "application/json";
-        await http.Response.WriteAsync(new JsonObject
-        {
-            ["apiVersion"] = "admission.k8s.io/v1",
-            ["kind"] = "AdmissionReview",
-            ["response"] = response,
-        }.ToJsonString(), http.RequestAborted);
-    }
+            return await RefusalAsync(client, ns, pod, cancellationToken);
+        }, 409, "Conflict");
 }

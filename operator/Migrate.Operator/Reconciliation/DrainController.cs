@@ -1,6 +1,4 @@
 using System.Net;
-using System.Security.Cryptography;
-using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using k8s;
@@ -130,7 +128,7 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
             }
 
             var ns = pod.Metadata.NamespaceProperty;
-            if (pod.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var label) == true ? label == "true" : optedInNamespaces.Contains(ns))
+            if (DrainAttempts.OptedIn(pod, optedInNamespaces.Contains(ns)))
             {
                 var attempts = requests.Where(r => r.Metadata.NamespaceProperty == ns && r.Spec.PodName == pod.Metadata.Name)
                     .OrderBy(r => r.Metadata.CreationTimestamp).ToList();
@@ -139,7 +137,7 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
                     continue;
                 }
 
-                var failures = attempts.Where(r => r.Status?.Phase is MigrationPhases.Failed or MigrationPhases.RolledBack).ToList();
+                var failures = DrainAttempts.Failures(attempts);
                 if (failures.Count >= drain.Spec.MaxAttempts)
                 {
                     failed++;
@@ -200,27 +198,9 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
     private async Task CreateRequestAsync(NodeDrain drain, V1Pod pod, List<MigrationRequest> failures, CancellationToken cancellationToken)
     {
         int attempt = failures.Count + 1;
-        var request = new MigrationRequest
-        {
-            Metadata = new V1ObjectMeta
-            {
-                Name = RequestName("drain-" + drain.Metadata.Name, pod.Metadata.Name, attempt),
-                NamespaceProperty = pod.Metadata.NamespaceProperty,
-                Labels = new Dictionary<string, string> { [DrainLabel] = drain.Metadata.Name },
-                Finalizers = [MigrationStore.Finalizer],
-                OwnerReferences = [new V1OwnerReference
-                {
-                    ApiVersion = drain.ApiVersion, Kind = NodeDrain.KindName, Name = drain.Metadata.Name, Uid = drain.Metadata.Uid, BlockOwnerDeletion = false,
-                }],
-            },
-            Spec = new MigrationRequestSpec
-            {
-                PodName = pod.Metadata.Name,
-                Mode = MigrationModes.PreCopy,
-                TargetNodeSelector = drain.Spec.TargetNodeSelector,
-                AvoidNodes = [.. failures.Select(f => f.Status?.TargetNode).OfType<string>().Distinct()],
-            },
-        };
+        var request = DrainAttempts.Next("drain-" + drain.Metadata.Name, pod.Metadata.NamespaceProperty, pod.Metadata.Name, failures,
+            new Dictionary<string, string> { [DrainLabel] = drain.Metadata.Name }, drain.Spec.TargetNodeSelector,
+            new V1OwnerReference { ApiVersion = drain.ApiVersion, Kind = NodeDrain.KindName, Name = drain.Metadata.Name, Uid = drain.Metadata.Uid, BlockOwnerDeletion = false });
         try
         {
             await client.CustomObjects.CreateNamespacedCustomObjectAsync(request, MigrationRequest.Group, MigrationRequest.Version, pod.Metadata.NamespaceProperty,
@@ -233,19 +213,6 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
 
         await _events.RecordAsync(drain.ApiVersion, NodeDrain.KindName, drain.Metadata, "Normal", "Migrating",
             $"Moving pod {pod.Metadata.NamespaceProperty}/{pod.Metadata.Name} off node {drain.Spec.NodeName} (MigrationRequest {request.Metadata.Name}, attempt {attempt}).", cancellationToken);
-    }
-
-    /// <summary>A DNS-1123 name from a prefix, the pod and the attempt; long ones are shortened with a hash so they stay unique.</summary>
-    public static string RequestName(string prefix, string pod, int attempt)
-    {
-        var name = $"{prefix}-{pod}-{attempt}";
-        if (name.Length <= 63)
-        {
-            return name;
-        }
-
-        var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(name)))[..8];
-        return $"{name[..(63 - 11)].TrimEnd('-', '.')}-{hash}-{attempt}";
     }
 
     /// <summary>Evicts the pod through the Eviction API; returns why not when it was refused (a disruption budget, usually).</summary>
@@ -306,15 +273,7 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
 
     private async Task<NodeDrain> SetFinalizerAsync(NodeDrain drain, List<string> finalizers, CancellationToken cancellationToken)
     {
-        var patch = new JsonObject
-        {
-            ["metadata"] = new JsonObject
-            {
-                ["finalizers"] = new JsonArray([.. finalizers.Select(f => (JsonNode)JsonValue.Create(f))]),
-                ["resourceVersion"] = drain.Metadata.ResourceVersion,
-            },
-        };
-        var raw = await client.CustomObjects.PatchClusterCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
+        var raw = await client.CustomObjects.PatchClusterCustomObjectAsync(MigrationStore.FinalizerPatch(finalizers, drain.Metadata.ResourceVersion),
             MigrationRequest.Group, MigrationRequest.Version, NodeDrain.Plural, drain.Metadata.Name, cancellationToken: cancellationToken);
         return KubernetesJson.Deserialize<NodeDrain>(((JsonElement)raw).GetRawText());
     }

@@ -26,13 +26,15 @@ public sealed class MigrationStore(IKubernetes client)
             finalizers.Add(Finalizer);
         }
 
-        var patch = new k8s.Models.V1Patch(
-            JsonSerializer.Serialize(new Dictionary<string, object> { ["metadata"] = new Dictionary<string, object> { ["finalizers"] = finalizers, ["resourceVersion"] = request.Metadata.ResourceVersion } }),
-            k8s.Models.V1Patch.PatchType.MergePatch);
-        var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(patch, MigrationRequest.Group, MigrationRequest.Version,
+        var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(FinalizerPatch(finalizers, request.Metadata.ResourceVersion), MigrationRequest.Group, MigrationRequest.Version,
             request.Metadata.NamespaceProperty, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
         return KubernetesJson.Deserialize<MigrationRequest>(((JsonElement)raw).GetRawText());
     }
+
+    /// <summary>A JSON merge patch that sets an object's finalizer list, only if the object is still at <paramref name="resourceVersion"/> (409 otherwise).</summary>
+    public static k8s.Models.V1Patch FinalizerPatch(IEnumerable<string> finalizers, string? resourceVersion) =>
+        new(JsonSerializer.Serialize(new Dictionary<string, object?> { ["metadata"] = new Dictionary<string, object?> { ["finalizers"] = finalizers, ["resourceVersion"] = resourceVersion } }),
+            k8s.Models.V1Patch.PatchType.MergePatch);
 
     /// <summary>Replaces the status (the request's resourceVersion must still be current).</summary>
     public async Task<MigrationRequest> WriteStatusAsync(MigrationRequest request, CancellationToken cancellationToken)

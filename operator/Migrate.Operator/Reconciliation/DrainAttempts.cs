@@ -1,0 +1,60 @@
+using System.Security.Cryptography;
+using System.Text;
+using k8s.Models;
+using Migrate.Operator.Api;
+
+namespace Migrate.Operator.Reconciliation;
+
+/// <summary>What both ways of draining (a NodeDrain, and evictions turned into migrations) decide alike: which pods opted in, and the next attempt at moving one.</summary>
+public static class DrainAttempts
+{
+    /// <summary>The pod's own podmigration.io/migrate label decides; without one, its namespace's.</summary>
+    public static bool OptedIn(V1Pod pod, bool namespaceOptedIn) =>
+        pod?.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var label) == true ? label == "true" : namespaceOptedIn;
+
+    /// <summary>Earlier attempts that ended without moving the pod, oldest first.</summary>
+    public static List<MigrationRequest> Failures(IEnumerable<MigrationRequest> attempts) =>
+        [.. attempts.Where(r => r.Status?.Phase is MigrationPhases.Failed or MigrationPhases.RolledBack).OrderBy(r => r.Metadata.CreationTimestamp)];
+
+    /// <summary>
+    /// The next request for the pod: named prefix-pod-attempt, in PreCopy mode, avoiding the nodes earlier
+    /// attempts failed on, with the operator's finalizer from birth (so that deleting it at once still
+    /// goes through the operator).
+    /// </summary>
+    public static MigrationRequest Next(string prefix, string ns, string pod, IReadOnlyList<MigrationRequest> failures, IDictionary<string, string> labels,
+        IDictionary<string, string>? targetNodeSelector = null, V1OwnerReference? owner = null)
+    {
+        ArgumentNullException.ThrowIfNull(failures);
+        return new MigrationRequest
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = RequestName(prefix, pod, failures.Count + 1),
+                NamespaceProperty = ns,
+                Labels = labels,
+                Finalizers = [MigrationStore.Finalizer],
+                OwnerReferences = owner is null ? null : [owner],
+            },
+            Spec = new MigrationRequestSpec
+            {
+                PodName = pod,
+                Mode = MigrationModes.PreCopy,
+                TargetNodeSelector = targetNodeSelector,
+                AvoidNodes = [.. failures.Select(f => f.Status?.TargetNode).OfType<string>().Distinct()],
+            },
+        };
+    }
+
+    /// <summary>A DNS-1123 name from a prefix, the pod and the attempt; long ones are shortened with a hash so they stay unique.</summary>
+    public static string RequestName(string prefix, string pod, int attempt)
+    {
+        var name = $"{prefix}-{pod}-{attempt}";
+        if (name.Length <= 63)
+        {
+            return name;
+        }
+
+        var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(name)))[..8];
+        return $"{name[..(63 - 11)].TrimEnd('-', '.')}-{hash}-{attempt}";
+    }
+}
