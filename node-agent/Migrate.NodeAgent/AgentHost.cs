@@ -28,6 +28,11 @@ public static class AgentHost
             .ValidateOnStart();
 
         var section = builder.Configuration.GetSection(AgentOptions.Section);
+        if (section[nameof(AgentOptions.CertificateSecret)] is { Length: > 0 })
+        {
+            builder.Configuration.AddInMemoryCollection(AgentCredentials.Fetch(section, Console.Error));
+        }
+
         var endpoint = ParseEndpoint(section[nameof(AgentOptions.ListenAddress)] ?? new AgentOptions().ListenAddress);
         var identity = new AgentIdentity(LoadTls(section));
         builder.Services.AddSingleton(identity);
@@ -51,6 +56,10 @@ public static class AgentHost
                     });
                 }
             });
+            if (section[nameof(AgentOptions.ProbeListenAddress)] is { Length: > 0 } probes)
+            {
+                kestrel.Listen(ParseEndpoint(probes), listenOptions => listenOptions.Protocols = HttpProtocols.Http1);
+            }
         });
 
         builder.Services.AddSingleton(sp => new CriuClient(sp.GetRequiredService<IOptions<AgentOptions>>().Value.CriuBinary));

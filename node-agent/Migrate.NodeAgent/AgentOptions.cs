@@ -15,6 +15,12 @@ public sealed class AgentOptions
     [Required]
     public string ListenAddress { get; set; } = "127.0.0.1:7070";
 
+    /// <summary>
+    /// Address and port of a plain HTTP/1.1 listener for /healthz (the kubelet's probes cannot show
+    /// a client certificate to the mutual-TLS gRPC port); unset: none.
+    /// </summary>
+    public string? ProbeListenAddress { get; set; }
+
     /// <summary>The CRIU executable; null means <c>criu</c> on PATH.</summary>
     public string? CriuBinary { get; set; }
 
@@ -37,6 +43,17 @@ public sealed class AgentOptions
 
     /// <summary>The CA (PEM) every component's certificate chains to.</summary>
     public string? TlsAuthorityFile { get; set; }
+
+    /// <summary>
+    /// Read this agent's certificate, key, CA and token public key from this Secret (made by the
+    /// operator; "{node}" stands for <see cref="NodeName"/>) instead of the files above.
+    /// </summary>
+    public string? CertificateSecret { get; set; }
+
+    public string CertificateSecretNamespace { get; set; } = "podmig-system";
+
+    /// <summary>Where credentials read from the Secret are written (a private directory, best on tmpfs).</summary>
+    public string CredentialsDirectory { get; set; } = "/run/podmig-agent/credentials";
 
     /// <summary>The operator's public key (PEM) that signs transfer tokens.</summary>
     public string? TokenPublicKeyFile { get; set; }
@@ -75,7 +92,7 @@ public sealed class AgentOptions
     /// <summary>The address (host:port) others reach this agent at; the DaemonSet sets it to the node's IP and the port.</summary>
     public string? AdvertiseAddress { get; set; }
 
-    /// <summary>A kubeconfig for announcing; unset means the in-cluster service account.</summary>
+    /// <summary>A kubeconfig for announcing and reading <see cref="CertificateSecret"/>; unset means the in-cluster service account.</summary>
     public string? Kubeconfig { get; set; }
 
     public bool TlsEnabled => TlsCertificateFile is not null && TlsKeyFile is not null && TlsAuthorityFile is not null;

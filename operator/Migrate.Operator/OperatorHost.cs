@@ -1,11 +1,13 @@
 using System.Collections.Concurrent;
 using System.Net;
+using System.Security.Cryptography;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Grpc.Net.Client;
 using k8s;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Operator.Admission;
 using Migrate.Operator.Reconciliation;
+using Migrate.Operator.Security;
 using OpenTelemetry;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
@@ -31,7 +33,28 @@ public static class OperatorHost
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton<IKubernetes>(_ => new Kubernetes(ClientConfiguration(options), new ResilientApiHandler()));
-        builder.Services.AddSingleton<IAgentDirectory>(_ => new AnnotatedAgentDirectory(Channels(options)));
+        Func<AgentTls?> tls;
+        Func<ECDsa?> tokenKey;
+        if (options.ManageAgentCertificates)
+        {
+            // registered before the controllers: its StartAsync loads the CA before they run
+            ClusterPki? pki = null;
+            builder.Services.AddHostedService(sp => pki = new ClusterPki(sp.GetRequiredService<IKubernetes>(), options,
+                sp.GetRequiredService<ILogger<ClusterPki>>(), sp.GetRequiredService<TimeProvider>()));
+            tls = () => pki?.OperatorTls;
+            tokenKey = () => pki?.TokenKey;
+        }
+        else
+        {
+            var files = options is { TlsCertificateFile: { } certificate, TlsKeyFile: { } key, TlsAuthorityFile: { } authority }
+                ? AgentTls.Load(certificate, key, authority)
+                : null;
+            var signing = options.TokenSigningKeyFile is { Length: > 0 } file ? TransferToken.LoadKey(file) : null;
+            tls = () => files;
+            tokenKey = () => signing;
+        }
+
+        builder.Services.AddSingleton<IAgentDirectory>(_ => new AnnotatedAgentDirectory(Channels(tls, options.ManageAgentCertificates)));
         if (options.LeaderElection)
         {
             builder.Services.AddSingleton(sp => new LeaseLeaderGate(sp.GetRequiredService<IKubernetes>(), options.LeaseNamespace, options.LeaseName, options.Identity,
@@ -45,7 +68,7 @@ public static class OperatorHost
         }
 
         builder.Services.AddSingleton(sp => new MigrationExecutor(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
-            TokenMinter(options), sp.GetRequiredService<TimeProvider>(), new EventRecorder(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<TimeProvider>()))
+            TokenMinter(tokenKey), sp.GetRequiredService<TimeProvider>(), new EventRecorder(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<TimeProvider>()))
         {
             PhaseTimeout = TimeSpan.FromSeconds(options.PhaseTimeoutSeconds),
         });
@@ -85,14 +108,12 @@ public static class OperatorHost
         return app;
     }
 
-    /// <summary>Signs transfer tokens with the configured key; without one, transfers cannot be authorised and migrations roll back.</summary>
-    private static Func<TransferClaims, string> TokenMinter(OperatorOptions options)
-    {
-        var key = options.TokenSigningKeyFile is { Length: > 0 } file ? TransferToken.LoadKey(file) : null;
-        return claims => key is null
-            ? throw new MigrationStepException("TokenKeyMissing", "The operator has no key to sign transfer tokens with (Operator:TokenSigningKeyFile).")
-            : TransferToken.Mint(key, claims);
-    }
+    /// <summary>Signs transfer tokens with the configured (or managed) key; without one, transfers cannot be authorised and migrations roll back.</summary>
+    private static Func<TransferClaims, string> TokenMinter(Func<ECDsa?> key) =>
+        claims => key() is { } signing
+            ? TransferToken.Mint(signing, claims)
+            : throw new MigrationStepException("TokenKeyMissing",
+                "The operator has no key to sign transfer tokens with (Operator:TokenSigningKeyFile, or Operator:ManageAgentCertificates).");
 
     private static KubernetesClientConfiguration ClientConfiguration(OperatorOptions options) =>
         options.Kubeconfig is { Length: > 0 } path
@@ -101,15 +122,25 @@ public static class OperatorHost
                 ? KubernetesClientConfiguration.InClusterConfig()
                 : KubernetesClientConfiguration.BuildDefaultConfig();
 
-    /// <summary>One channel per agent endpoint: mutual TLS when the operator has a certificate, plain HTTP/2 otherwise.</summary>
-    private static Func<string, GrpcChannel> Channels(OperatorOptions options)
+    /// <summary>
+    /// One channel per agent endpoint: mutual TLS when the operator has a certificate, plain HTTP/2
+    /// otherwise. With managed certificates there is never a plain channel: until the CA is loaded
+    /// the call fails (and the step is retried).
+    /// </summary>
+    private static Func<string, GrpcChannel> Channels(Func<AgentTls?> identity, bool tlsRequired)
     {
-        var tls = options is { TlsCertificateFile: { } certificate, TlsKeyFile: { } key, TlsAuthorityFile: { } authority }
-            ? AgentTls.Load(certificate, key, authority)
-            : null;
         var channels = new ConcurrentDictionary<string, GrpcChannel>(StringComparer.Ordinal);
-        return endpoint => channels.GetOrAdd(endpoint, e => tls is null
-            ? GrpcChannel.ForAddress("http://" + e)
-            : GrpcChannel.ForAddress("https://" + e, new GrpcChannelOptions { HttpHandler = tls.CreateHandler(expectedPeer: null) }));
+        return endpoint =>
+        {
+            var tls = identity();
+            if (tls is null && tlsRequired)
+            {
+                throw new MigrationStepException("CertificatesNotReady", "The operator has not loaded the agents' CA yet.");
+            }
+
+            return channels.GetOrAdd(endpoint, e => tls is null
+                ? GrpcChannel.ForAddress("http://" + e)
+                : GrpcChannel.ForAddress("https://" + e, new GrpcChannelOptions { HttpHandler = tls.CreateHandler(expectedPeer: null) }));
+        };
     }
 }

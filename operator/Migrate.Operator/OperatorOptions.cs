@@ -35,6 +35,20 @@ public sealed class OperatorOptions
 
     public string? TlsAuthorityFile { get; set; }
 
+    /// <summary>
+    /// Make the agents' mutual-TLS credentials (a CA and token key in Secret <see cref="PkiSecretName"/>,
+    /// one Secret per node named <see cref="AgentSecretPrefix"/> + node) instead of reading the
+    /// TLS and token key files below; how the Helm chart and deploy/ run it.
+    /// </summary>
+    public bool ManageAgentCertificates { get; set; }
+
+    /// <summary>The namespace of the PKI Secrets (the operator's own).</summary>
+    public string PkiNamespace { get; set; } = "podmig-system";
+
+    public string PkiSecretName { get; set; } = "podmig-pki";
+
+    public string AgentSecretPrefix { get; set; } = "podmig-agent-";
+
     /// <summary>The private key (PEM, ECDSA P-256) transfer tokens are signed with; agents trust its public half.</summary>
     public string? TokenSigningKeyFile { get; set; }
 

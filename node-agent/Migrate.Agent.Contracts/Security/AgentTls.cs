@@ -20,12 +20,16 @@ public sealed class AgentTls : IDisposable
 
     public X509Certificate2 Certificate { get; }
 
-    public static AgentTls Load(string certificateFile, string keyFile, string authorityFile)
+    public static AgentTls Load(string certificateFile, string keyFile, string authorityFile) =>
+        FromPem(File.ReadAllText(certificateFile), File.ReadAllText(keyFile), File.ReadAllText(authorityFile));
+
+    /// <summary>The identity from PEM text: certificate, its private key, the CA.</summary>
+    public static AgentTls FromPem(string certificatePem, string keyPem, string authorityPem)
     {
-        using var pem = X509Certificate2.CreateFromPemFile(certificateFile, keyFile);
+        using var pem = X509Certificate2.CreateFromPem(certificatePem, keyPem);
         // a PKCS#12 round trip gives a key every TLS stack can use
         var certificate = X509CertificateLoader.LoadPkcs12(pem.Export(X509ContentType.Pkcs12), null);
-        var authority = X509CertificateLoader.LoadCertificate(System.Text.Encoding.ASCII.GetBytes(File.ReadAllText(authorityFile)));
+        var authority = X509CertificateLoader.LoadCertificate(System.Text.Encoding.ASCII.GetBytes(authorityPem));
         return new AgentTls(certificate, authority);
     }
 
