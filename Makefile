@@ -34,6 +34,10 @@ demo: prereqs build ## A live migration in the local sandbox cluster, with a rea
 bench: prereqs ## Benchmarks (so far: the API emulator under 2,000 objects and 100 watches).
 	hack/bench.sh
 
+.PHONY: images
+images: ## Build the operator and node-agent container images (needs docker, podman or buildah; none runs here).
+	hack/images.sh
+
 .PHONY: clean
 clean: ## Remove build output and test results.
 	rm -rf artifacts

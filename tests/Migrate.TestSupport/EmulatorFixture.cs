@@ -130,3 +130,9 @@ public class EmulatorFixture : IAsyncLifetime
         (await KubectlAsync("apply", "-f", RepositoryLayout.InRepository(path))).Succeeded();
 }
 
+
+/// <summary>An emulator fixture with settings of the caller's (RBAC, access recording, service endpoints).</summary>
+public sealed class ConfiguredEmulatorFixture(Action<EmulatorOptions> configure) : EmulatorFixture
+{
+    protected override void Configure(EmulatorOptions options) => configure(options);
+}

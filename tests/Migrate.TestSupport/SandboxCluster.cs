@@ -25,6 +25,19 @@ public sealed record SandboxOptions
     /// <summary>Import the test workload images (memcounter) into every node; the pause image is always there.</summary>
     public bool ImportTestImages { get; init; } = true;
 
+    /// <summary>
+    /// Run the control plane as deploy/ installs it: RBAC enforced (every request of the operator
+    /// and agents recorded), <c>kubectl apply -k deploy/</c> (the Deployment and DaemonSet stay
+    /// inert: the sandbox runs their programs as processes), the operator and
+    /// the agents under their ServiceAccounts' tokens with the environment those two give them,
+    /// the agents' certificates made by the operator, agents announcing their own endpoints, and
+    /// the webhooks called through their Service. Needs <see cref="StartOperator"/>.
+    /// </summary>
+    public bool AsInstalled { get; init; }
+
+    /// <summary>The namespace deploy/ installs into.</summary>
+    public const string InstallNamespace = "podmig-system";
+
     /// <summary>Where logs, certificates and the state file go; a new temporary directory when unset.</summary>
     public string? Directory { get; init; }
 }
@@ -88,13 +101,38 @@ public sealed class SandboxNode
     /// <summary>Starts (or restarts, as a DaemonSet would) the node agent, on the same address.</summary>
     public async Task StartAgentAsync()
     {
-        string[] arguments = [
-            .. TlsAgent.Arguments(_cluster.Pki, Name, AgentAddress, Containerd.SocketPath, StagingDirectory, IncomingDirectory),
-            $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
-            "--Logging:LogLevel:Default=Information",
-        ];
-        Agent = ChildProcess.StartProgram("agent-" + Name, "Migrate.NodeAgent", "migrate-node-agent", Path.Combine(_cluster.Directory, "logs", $"agent-{Name}.log"), arguments);
         var (host, port) = SandboxCluster.Split(AgentAddress);
+        string[] arguments = _cluster.Options.AsInstalled
+            ? ["--Logging:LogLevel:Default=Information"]
+            : [
+                .. TlsAgent.Arguments(_cluster.Pki, Name, AgentAddress, Containerd.SocketPath, StagingDirectory, IncomingDirectory),
+                $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
+                "--Logging:LogLevel:Default=Information",
+            ];
+        Dictionary<string, string>? environment = null;
+        if (_cluster.Options.AsInstalled)
+        {
+            // the DaemonSet's environment, with what differs on a sandbox node: addresses, the node's containerd, its directories,
+            // the machine's criu (the image has /usr/sbin/criu) and the ServiceAccount's token instead of the in-cluster one
+            environment = _cluster.Manifests!.Environment("DaemonSet", "podmig-agent", new Dictionary<string, string>
+            {
+                ["spec.nodeName"] = Name,
+                ["status.podIP"] = host,
+                ["metadata.namespace"] = SandboxOptions.InstallNamespace,
+            });
+            environment["PODMIG_AGENT__LISTENADDRESS"] = AgentAddress;
+            environment["PODMIG_AGENT__ADVERTISEADDRESS"] = AgentAddress;
+            environment["PODMIG_AGENT__PROBELISTENADDRESS"] = $"{host}:{Ports.Free()}";
+            environment["PODMIG_AGENT__CRISOCKET"] = Containerd.SocketPath;
+            environment.Remove("PODMIG_AGENT__CRIUBINARY");
+            environment["PODMIG_AGENT__STAGINGDIRECTORY"] = StagingDirectory;
+            environment["PODMIG_AGENT__INCOMINGDIRECTORY"] = IncomingDirectory;
+            environment["PODMIG_AGENT__CREDENTIALSDIRECTORY"] = Path.Combine(_cluster.Directory, "credentials", Name);
+            environment["PODMIG_AGENT__KUBECONFIG"] = _cluster.AgentKubeconfig!;
+            environment["PODMIG_AGENT__TRANSFERBYTESPERSECOND"] = _cluster.Options.TransferBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        Agent = ChildProcess.StartProgram("agent-" + Name, "Migrate.NodeAgent", "migrate-node-agent", Path.Combine(_cluster.Directory, "logs", $"agent-{Name}.log"), arguments, environment);
         await Agent.WaitUntilAsync(() => SandboxCluster.AcceptsAsync(host, port), TimeSpan.FromSeconds(60), "listening on " + AgentAddress);
     }
 
@@ -134,6 +172,16 @@ public sealed class SandboxCluster : IAsyncDisposable
 
     public string KubeconfigPath => Api.Emulator.KubeconfigPath;
 
+    /// <summary>With <see cref="SandboxOptions.AsInstalled"/>: deploy/ as rendered, and kubeconfigs with the operator's and the agents' ServiceAccount tokens.</summary>
+    public DeployManifests? Manifests { get; private set; }
+
+    public string? OperatorKubeconfig { get; private set; }
+
+    public string? AgentKubeconfig { get; private set; }
+
+    /// <summary>The API emulator's record of the requests RBAC judged (with <see cref="SandboxOptions.AsInstalled"/>).</summary>
+    public IEnumerable<(Migrate.KubeEmulator.Auth.AccessRequest Request, bool Allowed)> AccessLog => Api.Emulator.Server.AccessLog;
+
     public TestPki Pki { get; }
 
     public string Directory { get; }
@@ -156,9 +204,22 @@ public sealed class SandboxCluster : IAsyncDisposable
         }
 
         Prerequisites.RequireRoot();
-        var api = new EmulatorFixture();
+        if (options.AsInstalled && !options.StartOperator)
+        {
+            throw new ArgumentException("an installed sandbox needs its operator (the agents wait for the certificates it makes)", nameof(options));
+        }
+
+        int webhookPort = Ports.Free();
+        var api = options.AsInstalled
+            ? new ConfiguredEmulatorFixture(o =>
+            {
+                o.Rbac = true;
+                o.RecordAccess = true;
+                o.ServiceEndpoints[$"podmig-operator.{SandboxOptions.InstallNamespace}.svc"] = $"127.0.0.1:{webhookPort}";
+            })
+            : new EmulatorFixture();
         await api.InitializeAsync();
-        var cluster = new SandboxCluster(options, api, new TestPki());
+        var cluster = new SandboxCluster(options, api, new TestPki()) { WebhookAddress = $"127.0.0.1:{webhookPort}" };
         cluster._cleanup.Push(async () => await api.DisposeAsync());
         cluster._cleanup.Push(() =>
         {
@@ -167,9 +228,17 @@ public sealed class SandboxCluster : IAsyncDisposable
         });
         try
         {
-            await api.ApplyRepositoryFileAsync("crds");
-            await api.ApplyRepositoryFileAsync("deploy", "node", "runtimeclass.yaml");
-            progress?.Invoke($"API emulator at {api.Client.BaseUri}, KUBECONFIG={api.Emulator.KubeconfigPath}");
+            if (options.AsInstalled)
+            {
+                await cluster.InstallAsync();
+            }
+            else
+            {
+                await api.ApplyRepositoryFileAsync("crds");
+                await api.ApplyRepositoryFileAsync("deploy", "node", "runtimeclass.yaml");
+            }
+
+            progress?.Invoke($"API emulator at {api.Client.BaseUri}, KUBECONFIG={api.Emulator.KubeconfigPath}{(options.AsInstalled ? " (RBAC on, deploy/ applied)" : "")}");
             for (int i = 0; i < options.Nodes; i++)
             {
                 await cluster.AddNodeAsync($"node-{(char)('a' + i)}", $"127.0.0.{11 + i}:{Ports.Free()}", progress);
@@ -179,6 +248,15 @@ public sealed class SandboxCluster : IAsyncDisposable
             {
                 await cluster.StartOperatorAsync();
                 progress?.Invoke($"operator: pid {cluster.Operator!.Pid}, probes http://{cluster.OperatorAddress}/readyz");
+            }
+
+            if (options.AsInstalled)
+            {
+                // agents read the certificates the operator makes for their nodes
+                foreach (var node in cluster._nodes)
+                {
+                    await cluster.StartNodeAgentAsync(node, progress);
+                }
             }
 
             return cluster;
@@ -201,44 +279,84 @@ public sealed class SandboxCluster : IAsyncDisposable
         }
 
         var node = new SandboxNode(this, name, containerd, agentAddress);
-        await node.StartAgentAsync();
-        _cleanup.Push(() => node.Agent.DisposeAsync());
-        node.Kubelet = await SandboxKubelet.StartAsync(Client, containerd, name,
-            new Dictionary<string, string> { [SandboxOptions.AgentEndpointAnnotation] = agentAddress });
+        if (!Options.AsInstalled)
+        {
+            await StartNodeAgentAsync(node, progress: null);
+        }
+
+        // installed, the agent announces its endpoint itself
+        node.Kubelet = await SandboxKubelet.StartAsync(Client, containerd, name, Options.AsInstalled
+            ? new Dictionary<string, string>()
+            : new Dictionary<string, string> { [SandboxOptions.AgentEndpointAnnotation] = agentAddress });
         _cleanup.Push(node.Kubelet.DisposeAsync);
         _nodes.Add(node);
-        progress?.Invoke($"{name}: containerd pid {containerd.Pid} ({containerd.SocketPath}), kubelet (emulated) :{node.Kubelet.Port}, agent pid {node.Agent.Pid} at {agentAddress}");
+        progress?.Invoke($"{name}: containerd pid {containerd.Pid} ({containerd.SocketPath}), kubelet (emulated) :{node.Kubelet.Port}"
+            + (Options.AsInstalled ? "" : $", agent pid {node.Agent.Pid} at {agentAddress}"));
+    }
+
+    private async Task StartNodeAgentAsync(SandboxNode node, Action<string>? progress)
+    {
+        await node.StartAgentAsync();
+        _cleanup.Push(() => node.Agent.DisposeAsync());
+        progress?.Invoke($"{node.Name}: agent pid {node.Agent.Pid} at {node.AgentAddress}");
+    }
+
+    /// <summary>
+    /// kubectl apply -k deploy/ (the Deployment and DaemonSet stay inert: no controller runs them here, the sandbox runs
+    /// their programs) and kubeconfigs with the operator's and the agents' ServiceAccount tokens.
+    /// </summary>
+    private async Task InstallAsync()
+    {
+        Manifests = await DeployManifests.RenderAsync();
+        (await Api.KubectlAsync("apply", "-k", RepositoryLayout.InRepository("deploy"))).Succeeded();
+        OperatorKubeconfig = await ServiceAccountKubeconfigAsync("podmig-operator");
+        AgentKubeconfig = await ServiceAccountKubeconfigAsync("podmig-agent");
+    }
+
+    private async Task<string> ServiceAccountKubeconfigAsync(string account)
+    {
+        var token = await Client.CoreV1.CreateNamespacedServiceAccountTokenAsync(
+            new Authenticationv1TokenRequest { Spec = new V1TokenRequestSpec { ExpirationSeconds = 86400 } }, account, SandboxOptions.InstallNamespace);
+        var path = Path.Combine(Directory, $"{account}.kubeconfig");
+        Api.Emulator.WriteKubeconfig(path, token.Status.Token, account, SandboxOptions.InstallNamespace);
+        return path;
     }
 
     /// <summary>Starts (or restarts) the operator process: leader election on a Lease in default, mutual TLS to agents, the token signing key.</summary>
     public async Task StartOperatorAsync()
     {
-        var identity = Pki.Issue("operator");
         int port = Ports.Free();
         OperatorAddress = $"127.0.0.1:{port}";
-        WebhookAddress = $"127.0.0.1:{Ports.Free()}";
-        string[] arguments = [
-            $"--Operator:Kubeconfig={KubeconfigPath}",
-            "--Operator:LeaseNamespace=default",
-            "--Operator:Identity=sandbox-operator",
-            $"--Operator:TlsCertificateFile={identity.CertificateFile}",
-            $"--Operator:TlsKeyFile={identity.KeyFile}",
-            $"--Operator:TlsAuthorityFile={Pki.AuthorityFile}",
-            $"--Operator:TokenSigningKeyFile={Pki.TokenSigningKeyFile}",
-            $"--Operator:PhaseTimeoutSeconds={Options.PhaseTimeoutSeconds}",
-            $"--Kestrel:Endpoints:Probes:Url=http://{OperatorAddress}",
-            $"--Operator:WebhookListenAddress={WebhookAddress}",
-            "--Operator:WebhookSecretNamespace=default",
-            "--Operator:WebhookIpAddresses=127.0.0.1",
-            "--Logging:LogLevel:Default=Information",
-            "--Logging:LogLevel:Microsoft.AspNetCore=Warning",
-            "--Logging:LogLevel:System.Net.Http=Warning",
-        ];
-        // the operator's webhooks (deploy/operator/webhooks.yaml in a cluster): the names of pods that keep them while they
-        // move, and evictions of opted-in pods turned into migrations; the operator writes in the CA of the certificate it makes
-        (await Api.KubectlInAsync(OperatorWebhooks.Configuration("https://" + WebhookAddress), "apply", "-f", "-")).Succeeded();
+        string[] arguments;
+        Dictionary<string, string>? environment = null;
+        if (Options.AsInstalled)
+        {
+            // the Deployment's environment, with the sandbox's addresses and the ServiceAccount's token instead of the in-cluster one
+            environment = Manifests!.Environment("Deployment", "podmig-operator", new Dictionary<string, string>
+            {
+                ["metadata.name"] = "podmig-operator-sandbox",
+                ["metadata.namespace"] = SandboxOptions.InstallNamespace,
+            });
+            environment["PODMIG_OPERATOR__KUBECONFIG"] = OperatorKubeconfig!;
+            environment["PODMIG_OPERATOR__WEBHOOKLISTENADDRESS"] = WebhookAddress!;
+            environment["PODMIG_OPERATOR__PHASETIMEOUTSECONDS"] = Options.PhaseTimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            environment["PODMIG_KESTREL__ENDPOINTS__PROBES__URL"] = $"http://{OperatorAddress}";
+            arguments = [
+                "--Logging:LogLevel:Default=Information",
+                "--Logging:LogLevel:Microsoft.AspNetCore=Warning",
+                "--Logging:LogLevel:System.Net.Http=Warning",
+            ];
+        }
+        else
+        {
+            arguments = OperatorArguments();
+            // the operator's webhooks (deploy/operator/webhooks.yaml in a cluster): the names of pods that keep them while they
+            // move, and evictions of opted-in pods turned into migrations; the operator writes in the CA of the certificate it makes
+            (await Api.KubectlInAsync(OperatorWebhooks.Configuration("https://" + WebhookAddress), "apply", "-f", "-")).Succeeded();
+        }
 
-        var process = ChildProcess.StartProgram("operator", "Migrate.Operator", "migrate-operator", Path.Combine(Directory, "logs", "operator.log"), arguments);
+        var process = ChildProcess.StartProgram("operator", "Migrate.Operator", "migrate-operator", Path.Combine(Directory, "logs", "operator.log"), arguments, environment);
+
         if (Operator is null)
         {
             _cleanup.Push(async () =>
@@ -271,6 +389,29 @@ public sealed class SandboxCluster : IAsyncDisposable
         await WaitForCaBundleAsync();
     }
 
+    /// <summary>The operator's command line in a plain sandbox: the admin's kubeconfig, certificates and token key from the test PKI.</summary>
+    private string[] OperatorArguments()
+    {
+        var identity = Pki.Issue("operator");
+        return [
+            $"--Operator:Kubeconfig={KubeconfigPath}",
+            "--Operator:LeaseNamespace=default",
+            "--Operator:Identity=sandbox-operator",
+            $"--Operator:TlsCertificateFile={identity.CertificateFile}",
+            $"--Operator:TlsKeyFile={identity.KeyFile}",
+            $"--Operator:TlsAuthorityFile={Pki.AuthorityFile}",
+            $"--Operator:TokenSigningKeyFile={Pki.TokenSigningKeyFile}",
+            $"--Operator:PhaseTimeoutSeconds={Options.PhaseTimeoutSeconds}",
+            $"--Kestrel:Endpoints:Probes:Url=http://{OperatorAddress}",
+            $"--Operator:WebhookListenAddress={WebhookAddress}",
+            "--Operator:WebhookSecretNamespace=default",
+            "--Operator:WebhookIpAddresses=127.0.0.1",
+            "--Logging:LogLevel:Default=Information",
+            "--Logging:LogLevel:Microsoft.AspNetCore=Warning",
+            "--Logging:LogLevel:System.Net.Http=Warning",
+        ];
+    }
+
     /// <summary>Waits until the operator has written its webhook CA into the configuration (the API server cannot call the webhooks before).</summary>
     private async Task WaitForCaBundleAsync()
     {
@@ -282,7 +423,7 @@ public sealed class SandboxCluster : IAsyncDisposable
     }
 
     /// <summary>The operator's webhook address (HTTPS).</summary>
-    public string? WebhookAddress { get; private set; }
+    public string? WebhookAddress { get; private init; }
 
     /// <summary>Every process of the sandbox, with its PID and address.</summary>
     public IReadOnlyList<SandboxComponent> Components()

@@ -124,12 +124,15 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
         JsonObject? response;
         try
         {
-            var (url, ca) = Endpoint(webhook);
+            var (url, ca, serverName) = Endpoint(webhook);
             using var handler = new SocketsHttpHandler
             {
                 SslOptions = new SslClientAuthenticationOptions
                 {
-                    RemoteCertificateValidationCallback = (_, certificate, _, errors) => Verify(certificate, errors, ca),
+                    // a Service is called by its name (name.namespace.svc), and its certificate must carry that name, as the real
+                    // server checks; the connection goes to the mapped address, so the name is checked here
+                    TargetHost = serverName,
+                    RemoteCertificateValidationCallback = (_, certificate, _, errors) => Verify(certificate, errors, ca, serverName),
                 },
             };
             using var client = new HttpClient(handler) { Timeout = TimeSpan.FromSeconds(timeoutSeconds) };
@@ -143,7 +146,7 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or InvalidOperationException or System.Text.Json.JsonException)
         {
-            logger.LogWarning("admission webhook {Name} failed: {Error}", name, e.Message);
+            logger.LogWarning("admission webhook {Name} failed: {Error}", name, e.InnerException is null ? e.Message : $"{e.Message} ({e.InnerException.Message})");
             if (ignoreFailure)
             {
                 return;
@@ -170,7 +173,7 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
         _ => new JsonObject { ["group"] = a.Type.Group, ["version"] = a.Type.Version, ["kind"] = a.Type.Kind },
     };
 
-    private (string Url, X509Certificate2Collection? Ca) Endpoint(JsonObject webhook)
+    private (string Url, X509Certificate2Collection? Ca, string? ServerName) Endpoint(JsonObject webhook)
     {
         var config = webhook["clientConfig"] as JsonObject ?? throw new InvalidOperationException("webhook without clientConfig");
         X509Certificate2Collection? ca = null;
@@ -182,7 +185,7 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
 
         if (Json.GetString(config, "url") is { } url)
         {
-            return (url, ca);
+            return (url, ca, null);
         }
 
         if (config["service"] is JsonObject service)
@@ -192,7 +195,7 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
             var path = Json.GetString(service, "path") ?? "/";
             if (options.ServiceEndpoints.TryGetValue(key, out var target))
             {
-                return ($"https://{target}{path}", ca);
+                return ($"https://{target}{path}", ca, key);
             }
 
             throw new InvalidOperationException($"service {key}:{port} has no endpoint known to the emulator (no cluster network; map it with --service-endpoint)");
@@ -201,8 +204,18 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
         throw new InvalidOperationException("webhook clientConfig has neither url nor service");
     }
 
-    private static bool Verify(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2Collection? ca)
+    private static bool Verify(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2Collection? ca, string? serverName)
     {
+        if (serverName is not null)
+        {
+            if (certificate is null || !X509CertificateLoader.LoadCertificate(certificate.GetRawCertData()).MatchesHostname(serverName))
+            {
+                return false;
+            }
+
+            errors &= ~SslPolicyErrors.RemoteCertificateNameMismatch;
+        }
+
         if (ca is null || ca.Count == 0)
         {
             return errors == SslPolicyErrors.None;

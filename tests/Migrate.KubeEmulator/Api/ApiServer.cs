@@ -13,6 +13,12 @@ public sealed class EmulatorOptions
     /// <summary>Authorize every request with RBAC (otherwise any authenticated user may do anything).</summary>
     public bool Rbac { get; set; }
 
+    /// <summary>
+    /// Keep every authorized request of a user other than system:masters, with the verdict, in
+    /// <see cref="ApiServer.AccessLog"/> (for tests that check which RBAC rules a component needs).
+    /// </summary>
+    public bool RecordAccess { get; set; }
+
     /// <summary>Changes kept for watches that resume from a resourceVersion; older ones get 410 Gone.</summary>
     public int WatchHistory { get; set; } = 100_000;
 
@@ -282,9 +288,18 @@ public sealed partial class ApiServer : IDisposable
 
     private static bool IsProbe(string path) => path is "/healthz" or "/livez" or "/readyz";
 
+    /// <summary>Requests RBAC judged, with the verdict (when <see cref="EmulatorOptions.RecordAccess"/> is on).</summary>
+    public System.Collections.Concurrent.ConcurrentQueue<(AccessRequest Request, bool Allowed)> AccessLog { get; } = new();
+
     private void Authorize(AccessRequest request)
     {
-        if (_options.Rbac && !_rbac.Allows(request))
+        bool allowed = !_options.Rbac || _rbac.Allows(request);
+        if (_options.RecordAccess && !request.User.IsMaster)
+        {
+            AccessLog.Enqueue((request, allowed));
+        }
+
+        if (!allowed)
         {
             throw ApiException.Forbidden(request.ForbiddenMessage());
         }

@@ -109,7 +109,8 @@ public sealed class RbacAuthorizer(ObjectStore store)
         return false;
     }
 
-    private static bool RuleAllows(JsonObject rule, AccessRequest request)
+    /// <summary>Whether one PolicyRule grants the request.</summary>
+    public static bool RuleAllows(JsonObject rule, AccessRequest request)
     {
         var verbs = Json.StringList(rule["verbs"]);
         if (!verbs.Contains("*") && !verbs.Contains(request.Verb))
