@@ -6,7 +6,7 @@ using Migrate.Sandbox;
 using Migrate.TestSupport;
 
 // hack/sandbox and make demo. Commands:
-//   serve [--nodes N] [--state FILE]     run the sandbox cluster until SIGTERM (hack/sandbox up starts it in the background)
+//   serve [--nodes N] [--installed] [--state FILE]  run the sandbox cluster until SIGTERM (hack/sandbox up starts it in the background)
 //   status [--json] [--state FILE]       every component with its PID, address and node
 //   down [--state FILE]                  stop the sandbox and remove what it made
 //   image import NAME PATH [--state FILE] make an image (root file system directory or OCI archive) available on every node
@@ -67,7 +67,7 @@ namespace Migrate.Sandbox
         public static int Usage()
         {
             Console.Error.WriteLine("""
-                usage: hack/sandbox up [--nodes N] [--state FILE]
+                usage: hack/sandbox up [--nodes N] [--installed] [--state FILE]
                        hack/sandbox status [--json] [--state FILE]
                        hack/sandbox image import NAME PATH [--state FILE]
                        hack/sandbox down [--state FILE]
@@ -103,8 +103,9 @@ namespace Migrate.Sandbox
             });
             var clock = System.Diagnostics.Stopwatch.StartNew();
             void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{clock.Elapsed.TotalSeconds,5:0.0}s] {text}"));
-            Say($"starting the sandbox cluster with {nodes} node(s)");
-            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false }, Say))
+            bool installed = options.Flags.ContainsKey("installed");
+            Say($"starting the sandbox cluster with {nodes} node(s){(installed ? ", installed from deploy/ with RBAC enforced" : "")}");
+            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false, AsInstalled = installed }, Say))
             {
                 File.WriteAllText(state + ".tmp", cluster.DescribeJson());
                 File.Move(state + ".tmp", state, overwrite: true);
