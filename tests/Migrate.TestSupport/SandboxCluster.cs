@@ -452,10 +452,15 @@ public sealed class SandboxCluster : IAsyncDisposable
         directory = Directory,
         pid = Environment.ProcessId,
         // what the sandbox process removes on a normal stop, listed for hack/sandbox down after a crash
-        files = new[] { KubeconfigPath, Pki.Directory, Api.KubectlCacheDirectory },
+        files = new[] { KubeconfigPath, Pki.Directory, Api.KubectlCacheDirectory }.Concat(InstalledFiles()),
         nodes = _nodes.Select(n => new { name = n.Name, containerdSocket = n.Containerd.SocketPath, root = n.Containerd.Root, state = n.Containerd.State, agent = n.AgentAddress }),
         components = Components().Select(c => new { name = c.Name, kind = c.Kind, node = c.Node, pid = c.Pid, address = c.Address, log = c.Log }),
     }, Indented);
+
+    /// <summary>What an installed sandbox writes into its directory: the ServiceAccounts' kubeconfigs, the agents' credentials.</summary>
+    private IEnumerable<string> InstalledFiles() => Options.AsInstalled
+        ? [Path.Combine(Directory, "podmig-operator.kubeconfig"), Path.Combine(Directory, "podmig-agent.kubeconfig"), Path.Combine(Directory, "credentials")]
+        : [];
 
     /// <summary>A Ready pod's node, once it runs.</summary>
     public async Task<V1Pod> WaitForPodRunningAsync(string name, string ns = "default", TimeSpan? timeout = null)
@@ -501,6 +506,18 @@ public sealed class SandboxCluster : IAsyncDisposable
         while (_cleanup.Count > 0)
         {
             await _cleanup.Pop()();
+        }
+
+        foreach (var path in InstalledFiles())
+        {
+            if (System.IO.Directory.Exists(path))
+            {
+                System.IO.Directory.Delete(path, recursive: true);
+            }
+            else
+            {
+                File.Delete(path);
+            }
         }
 
         if (_ownsDirectory && System.IO.Directory.Exists(Directory))
