@@ -31,7 +31,7 @@ demo: prereqs build ## A live migration in the local sandbox cluster, with a rea
 	CONFIGURATION=$(CONFIGURATION) hack/demo.sh
 
 .PHONY: bench
-bench: prereqs ## Benchmarks (so far: the API emulator under 2,000 objects and 100 watches).
+bench: prereqs ## Benchmarks: migration vs the manual runc pipeline (docs/benchmarks.md), transfer, runtime, emulator.
 	hack/bench.sh
 
 .PHONY: images

@@ -24,6 +24,9 @@ public sealed class BenchmarkReport
 
     public static string Directory => Path.Combine(RepositoryLayout.Artifacts, "bench");
 
+    /// <summary>The machine the figures come from (CPUs, kernel, CPU model, .NET).</summary>
+    public JsonObject Machine => (JsonObject)_root["machine"]!;
+
     public void Add(string section, string name, double value, string unit)
     {
         var obj = _root[section] as JsonObject ?? new JsonObject();

@@ -1,7 +1,7 @@
 using Migrate.Benchmarks;
 
 // make bench: hack/bench.sh runs this with the benchmarks to run (default: all).
-var which = args.Length == 0 ? ["all"] : args;
+var which = args.Where(a => !a.StartsWith("--", StringComparison.Ordinal) && !char.IsDigit(a[0])).DefaultIfEmpty("all").ToArray();
 var results = new BenchmarkReport();
 if (which.Contains("all") || which.Contains("emulator"))
 {
@@ -16,6 +16,11 @@ if (which.Contains("all") || which.Contains("runtime"))
 if (which.Contains("all") || which.Contains("transfer"))
 {
     await TransferBenchmark.RunAsync(results);
+}
+
+if (which.Contains("all") || which.Contains("migration"))
+{
+    await MigrationBenchmark.RunAsync(results, args);
 }
 
 results.Write();

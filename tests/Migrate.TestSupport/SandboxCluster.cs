@@ -103,11 +103,11 @@ public sealed class SandboxNode
     {
         var (host, port) = SandboxCluster.Split(AgentAddress);
         string[] arguments = _cluster.Options.AsInstalled
-            ? ["--Logging:LogLevel:Default=Information"]
+            ? ["--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff "]
             : [
                 .. TlsAgent.Arguments(_cluster.Pki, Name, AgentAddress, Containerd.SocketPath, StagingDirectory, IncomingDirectory),
                 $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
-                "--Logging:LogLevel:Default=Information",
+                "--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff ",
             ];
         Dictionary<string, string>? environment = null;
         if (_cluster.Options.AsInstalled)
@@ -342,7 +342,7 @@ public sealed class SandboxCluster : IAsyncDisposable
             environment["PODMIG_OPERATOR__PHASETIMEOUTSECONDS"] = Options.PhaseTimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
             environment["PODMIG_KESTREL__ENDPOINTS__PROBES__URL"] = $"http://{OperatorAddress}";
             arguments = [
-                "--Logging:LogLevel:Default=Information",
+                "--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff ",
                 "--Logging:LogLevel:Microsoft.AspNetCore=Warning",
                 "--Logging:LogLevel:System.Net.Http=Warning",
             ];
@@ -406,7 +406,7 @@ public sealed class SandboxCluster : IAsyncDisposable
             $"--Operator:WebhookListenAddress={WebhookAddress}",
             "--Operator:WebhookSecretNamespace=default",
             "--Operator:WebhookIpAddresses=127.0.0.1",
-            "--Logging:LogLevel:Default=Information",
+            "--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff ",
             "--Logging:LogLevel:Microsoft.AspNetCore=Warning",
             "--Logging:LogLevel:System.Net.Http=Warning",
         ];

@@ -1,0 +1,267 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using k8s;
+using k8s.Models;
+using Migrate.TestSupport;
+
+namespace Migrate.Benchmarks;
+
+/// <summary>One migration of one workload by one method.</summary>
+public sealed record MigrationSample(
+    string Method, int Mib, string Workload, int Repetition, double TotalMs, double DowntimeMs, double CheckpointMs, double TransferMs, double RestoreMs,
+    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued)
+{
+    /// <summary>MB/s of the copy step (all the images for Manual and Cold; PreCopy sends most while the pod runs: none).</summary>
+    public double? TransferMBps => Method == "PreCopy" || TransferMs <= 0 ? null : BytesTransferred / 1e6 / (TransferMs / 1000);
+}
+
+/// <summary>
+/// Migration downtime and total time in the sandbox, ours (Cold and PreCopy) against the manual
+/// runc checkpoint / tar / TCP / runc restore pipeline on the same nodes, for memcounter workloads
+/// of several sizes, idle or dirtying memory. Interleaved (manual, cold, precopy per repetition)
+/// so drift hits all three; medians with min and max; measurements only, nothing asserted.
+/// </summary>
+public static class MigrationBenchmark
+{
+    public static readonly string[] Methods = ["Manual", "Cold", "PreCopy"];
+    public static readonly (string Name, double DirtyPercent)[] Workloads = [("idle", 0), ("dirtying", 5)];
+
+    public static async Task RunAsync(BenchmarkReport report, IReadOnlyList<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(report);
+        var sizes = Option(args, "--sizes", "64,256,1024").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        int repetitions = int.Parse(Option(args, "--reps", "5"), CultureInfo.InvariantCulture);
+        var clock = Stopwatch.StartNew();
+        void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  [{clock.Elapsed:mm\\:ss}] {text}"));
+
+        var podman = Prerequisites.FindOnPath("podman");
+        Say(podman is null
+            ? "Podman does not run here (not installed): no podman checkpoint --export / restore --import baseline in this run"
+            : $"Podman found at {podman}, but its checkpoint baseline is not implemented: not measured");
+        Say($"starting a 2-node sandbox; {sizes.Length} sizes x {Workloads.Length} workloads x {Methods.Length} methods x {repetitions} repetitions");
+        var samples = new List<MigrationSample>();
+        var failures = new List<string>();
+        await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = 2, PhaseTimeoutSeconds = 900 }, line => Say(line)))
+        {
+            int total = sizes.Length * Workloads.Length * Methods.Length * repetitions;
+            foreach (var mib in sizes)
+            {
+                foreach (var (workload, dirty) in Workloads)
+                {
+                    for (int rep = 1; rep <= repetitions; rep++)
+                    {
+                        foreach (var method in Methods)
+                        {
+                            MigrationSample sample;
+                            try
+                            {
+                                sample = await RunOneAsync(cluster, method, mib, workload, dirty, rep);
+                            }
+                            catch (Exception e) when (e is InvalidOperationException or TimeoutException or k8s.Autorest.HttpOperationException or IOException)
+                            {
+                                failures.Add($"{mib} MiB {workload} {method} #{rep}: {e.Message}");
+                                Say($"FAILED {mib} MiB {workload} {method} #{rep}: {e.Message}");
+                                continue;
+                            }
+
+                            samples.Add(sample);
+                            Say(string.Create(CultureInfo.InvariantCulture,
+                                $"[{samples.Count + failures.Count,3}/{total}] {mib,4} MiB {workload,-8} {method,-7} #{rep}: total {sample.TotalMs,7:0} ms, downtime {sample.DowntimeMs,6:0} ms, " +
+                                $"images {sample.ImageBytes / 1e6,7:0.0} MB, rounds {sample.Rounds}{(sample.StateContinued ? "" : ", STATE NOT CONTINUED")}"));
+                        }
+                    }
+                }
+            }
+        }
+
+        var summary = MigrationSummary.From(samples, failures);
+        summary.Print();
+        foreach (var row in summary.Rows)
+        {
+            var key = $"{row.Mib}MiB_{row.Workload}_{row.Method}";
+            report.Add("migration", key + "_total_median", row.Total.Median, "ms");
+            report.Add("migration", key + "_downtime_median", row.Downtime.Median, "ms");
+        }
+
+        var directory = BenchmarkReport.Directory;
+        Directory.CreateDirectory(directory);
+        var json = Path.Combine(directory, "migration.json");
+        File.WriteAllText(json, summary.ToJson(report.Machine, sizes, repetitions, podman).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        var plot = Path.Combine(directory, "migration.png");
+        MigrationPlot.Write(summary, plot);
+        var docs = RepositoryLayout.InRepository("docs");
+        Directory.CreateDirectory(docs);
+        File.Copy(plot, Path.Combine(docs, "benchmarks.png"), overwrite: true);
+        File.WriteAllText(Path.Combine(docs, "benchmarks.md"), summary.ToMarkdown(report.Machine, sizes, repetitions, podman, clock.Elapsed));
+        Console.WriteLine($"  every figure: {json}; plot: {plot}; docs/benchmarks.md and docs/benchmarks.png rewritten");
+    }
+
+    private static string Option(IReadOnlyList<string> args, string name, string fallback)
+    {
+        int at = args.ToList().IndexOf(name);
+        return at >= 0 && at + 1 < args.Count ? args[at + 1] : fallback;
+    }
+
+    private static async Task<MigrationSample> RunOneAsync(SandboxCluster cluster, string method, int mib, string workload, double dirty, int rep)
+    {
+        var name = string.Create(CultureInfo.InvariantCulture, $"b{mib}-{workload[0]}-{method.ToLowerInvariant()}-{rep}");
+        var source = cluster.Node("node-a");
+        var target = cluster.Node("node-b");
+        var pod = await StartWorkloadAsync(cluster, name, mib, dirty);
+        var uid = pod.Metadata.Uid;
+        try
+        {
+            return method == "Manual"
+                ? await RunManualAsync(source, target, pod, mib, workload, rep)
+                : await RunOursAsync(cluster, source, target, name, uid, method, mib, workload, rep);
+        }
+        finally
+        {
+            await DeletePodAsync(cluster, name);
+        }
+    }
+
+    private static async Task<V1Pod> StartWorkloadAsync(SandboxCluster cluster, string name, int mib, double dirty)
+    {
+        await cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+        {
+            Metadata = new V1ObjectMeta { Name = name, Labels = new Dictionary<string, string> { ["app"] = "bench" } },
+            Spec = new V1PodSpec
+            {
+                NodeName = "node-a",
+                TerminationGracePeriodSeconds = 0,
+                Containers = [new V1Container
+                {
+                    Name = "main",
+                    Image = TestImages.Memcounter,
+                    Command = ["/bin/memcounter"],
+                    Args = ["--mib", mib.ToString(CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "1000",
+                        "--dirty-percent-per-second", dirty.ToString(CultureInfo.InvariantCulture)],
+                }],
+            },
+        }, "default");
+        var pod = await cluster.WaitForPodRunningAsync(name, timeout: TimeSpan.FromMinutes(2));
+        // memcounter fills its memory before its first tick; a few ticks later it is in its steady state
+        await WaitForAsync(() => cluster.Node("node-a").LoggedTicks("default", name, "main", pod.Metadata.Uid).Count >= 5, TimeSpan.FromMinutes(2), $"{name} to tick");
+        return pod;
+    }
+
+    private static async Task<MigrationSample> RunOursAsync(SandboxCluster cluster, SandboxNode source, SandboxNode target, string pod, string uid, string mode,
+        int mib, string workload, int rep)
+    {
+        var request = new JsonObject
+        {
+            ["apiVersion"] = "podmigration.io/v1alpha1",
+            ["kind"] = "MigrationRequest",
+            ["metadata"] = new JsonObject { ["name"] = "move-" + pod },
+            ["spec"] = new JsonObject { ["podName"] = pod, ["targetNode"] = target.Name, ["mode"] = mode, ["timeoutSeconds"] = 1800 },
+        };
+        var clock = Stopwatch.StartNew();
+        await cluster.Client.CustomObjects.CreateNamespacedCustomObjectAsync(request, "podmigration.io", "v1alpha1", "default", "migrationrequests");
+        var seen = new Dictionary<string, double>(StringComparer.Ordinal);
+        JsonNode status;
+        while (true)
+        {
+            var raw = (JsonElement)await cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync("podmigration.io", "v1alpha1", "default", "migrationrequests", "move-" + pod);
+            status = JsonNode.Parse(raw.GetRawText())!["status"] ?? new JsonObject();
+            var phase = (string?)status["phase"] ?? "Pending";
+            seen.TryAdd(phase, clock.Elapsed.TotalMilliseconds);
+            if (phase is "Succeeded" or "Failed" or "RolledBack")
+            {
+                if (phase != "Succeeded")
+                {
+                    throw new InvalidOperationException($"migration of {pod} ended {phase}: {status["reason"]}: {status["message"]}");
+                }
+
+                break;
+            }
+
+            if (clock.Elapsed > TimeSpan.FromMinutes(30))
+            {
+                throw new TimeoutException($"migration of {pod} still {phase} after 30 minutes");
+            }
+
+            await Task.Delay(10);
+        }
+
+        string[] order = ["Pending", "Checkpointing", "Transferring", "Restoring", "CuttingOver", "Succeeded"];
+        double At(string phase) => order.Skip(Array.IndexOf(order, phase)).Select(p => seen.TryGetValue(p, out var t) ? t : (double?)null).First(t => t is not null)!.Value;
+        var replacement = (string)status["replacementPod"]!;
+        bool continued = await ContinuedAsync(source.LoggedTicks("default", pod, "main", uid),
+            () => target.LoggedTicks("default", replacement, "main"));
+        await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync("podmigration.io", "v1alpha1", "default", "migrationrequests", "move-" + pod);
+        await DeletePodAsync(cluster, replacement);
+        return new MigrationSample(mode, mib, workload, rep, At("Succeeded"), (double?)(long?)status["downtimeMillis"] ?? double.NaN,
+            At("Transferring") - At("Checkpointing"), At("Restoring") - At("Transferring"), At("CuttingOver") - At("Restoring"),
+            (long?)status["imageBytes"] ?? 0, (long?)status["bytesTransferred"] ?? 0, (int?)status["preCopyRounds"] ?? 0, continued);
+    }
+
+    private static async Task<MigrationSample> RunManualAsync(SandboxNode source, SandboxNode target, V1Pod pod, int mib, string workload, int rep)
+    {
+        var containerId = pod.Status.ContainerStatuses[0].ContainerID.Split("://")[1];
+        await using var manual = await ManualBaseline.PrepareAsync(target, pod.Metadata.Name);
+        var (checkpoint, copy, restore, bytes) = await manual.RunAsync(source, containerId);
+        var frozen = checkpoint + copy + restore;
+        bool continued = await ContinuedAsync(source.LoggedTicks("default", pod.Metadata.Name, "main", pod.Metadata.Uid),
+            () => Memcounter.Parse(manual.Output().Split('\n')));
+        return new MigrationSample("Manual", mib, workload, rep, frozen.TotalMilliseconds, frozen.TotalMilliseconds, checkpoint.TotalMilliseconds,
+            copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued);
+    }
+
+    /// <summary>
+    /// Whether the moved process went on from the source's last tick (+1, consecutive) and no memory
+    /// verification failed (memcounter verifies its buffer's checksum on the first tick after a pause
+    /// of several intervals, so every move that froze it that long is checked).
+    /// </summary>
+    private static async Task<bool> ContinuedAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after)
+    {
+        IReadOnlyList<MemcounterTick> ticks = [];
+        var deadline = Stopwatch.StartNew();
+        while (deadline.Elapsed < TimeSpan.FromSeconds(30) && (ticks = after()).Count < 2)
+        {
+            await Task.Delay(50);
+        }
+
+        bool continued = before.Count > 0 && ticks.Count >= 2 && ticks[0].Tick == before[^1].Tick + 1
+            && ticks.All(t => t.Verified is "-" or "ok") && ticks.Zip(ticks.Skip(1)).All(p => p.Second.Tick == p.First.Tick + 1);
+        if (!continued)
+        {
+            Console.WriteLine($"    state check: source's last tick {(before.Count > 0 ? before[^1] : null)}; moved process's first ticks {string.Join("; ", ticks.Take(2))}");
+        }
+
+        return continued;
+    }
+
+    private static async Task DeletePodAsync(SandboxCluster cluster, string name)
+    {
+        try
+        {
+            await cluster.Client.CoreV1.DeleteNamespacedPodAsync(name, "default", new V1DeleteOptions { GracePeriodSeconds = 0 });
+        }
+        catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
+        {
+            return;
+        }
+
+        await WaitForAsync(async () => (await cluster.Client.CoreV1.ListNamespacedPodAsync("default", fieldSelector: "metadata.name=" + name)).Items.Count == 0,
+            TimeSpan.FromMinutes(1), $"pod {name} to go");
+    }
+
+    private static Task WaitForAsync(Func<bool> condition, TimeSpan timeout, string what) => WaitForAsync(() => Task.FromResult(condition()), timeout, what);
+
+    private static async Task WaitForAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!await condition())
+        {
+            if (clock.Elapsed > timeout)
+            {
+                throw new TimeoutException($"timed out waiting for {what}");
+            }
+
+            await Task.Delay(50);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Migrate.Benchmarks;
+
+/// <summary>Median, min and max of one figure over the repetitions.</summary>
+public sealed record Spread(double Median, double Min, double Max)
+{
+    public static Spread Of(IEnumerable<double> values)
+    {
+        var sorted = values.Where(v => !double.IsNaN(v)).Order().ToList();
+        if (sorted.Count == 0)
+        {
+            return new Spread(double.NaN, double.NaN, double.NaN);
+        }
+
+        double median = sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+        return new Spread(median, sorted[0], sorted[^1]);
+    }
+
+    public string Text(string format = "0") => double.IsNaN(Median) ? "-" :
+        string.Create(CultureInfo.InvariantCulture, $"{Median.ToString(format, CultureInfo.InvariantCulture)} ({Min.ToString(format, CultureInfo.InvariantCulture)}-{Max.ToString(format, CultureInfo.InvariantCulture)})");
+
+    public JsonObject ToJson() => new() { ["median"] = Round(Median), ["min"] = Round(Min), ["max"] = Round(Max) };
+
+    private static double? Round(double v) => double.IsNaN(v) ? null : Math.Round(v, 1);
+}
+
+/// <summary>One size, workload and method over its repetitions.</summary>
+public sealed record SummaryRow(int Mib, string Workload, string Method, int Runs, int Continued, Spread Total, Spread Downtime, Spread Checkpoint, Spread Transfer,
+    Spread Restore, Spread MBps, Spread ImageMB, Spread Rounds);
+
+/// <summary>A goal of the issue, met or missed, with the figures it was judged on.</summary>
+public sealed record Goal(string Text, bool Met, string Figures);
+
+/// <summary>The migration benchmark's results: rows, ratios against the manual pipeline, goals; as a table, JSON and Markdown.</summary>
+public sealed class MigrationSummary
+{
+    private MigrationSummary(IReadOnlyList<MigrationSample> samples, IReadOnlyList<SummaryRow> rows, IReadOnlyList<string> failures)
+    {
+        Samples = samples;
+        Rows = rows;
+        Failures = failures;
+    }
+
+    /// <summary>Runs that did not complete, with why (none are left out silently).</summary>
+    public IReadOnlyList<string> Failures { get; }
+
+    public IReadOnlyList<MigrationSample> Samples { get; }
+
+    public IReadOnlyList<SummaryRow> Rows { get; }
+
+    public static MigrationSummary From(IReadOnlyList<MigrationSample> samples, IReadOnlyList<string> failures)
+    {
+        var rows = samples.GroupBy(s => (s.Mib, s.Workload, s.Method))
+            .OrderBy(g => g.Key.Mib).ThenBy(g => Array.FindIndex(MigrationBenchmark.Workloads, w => w.Name == g.Key.Workload)).ThenBy(g => Array.IndexOf(MigrationBenchmark.Methods, g.Key.Method))
+            .Select(g => new SummaryRow(g.Key.Mib, g.Key.Workload, g.Key.Method, g.Count(), g.Count(s => s.StateContinued),
+                Spread.Of(g.Select(s => s.TotalMs)), Spread.Of(g.Select(s => s.DowntimeMs)), Spread.Of(g.Select(s => s.CheckpointMs)),
+                Spread.Of(g.Select(s => s.TransferMs)), Spread.Of(g.Select(s => s.RestoreMs)), Spread.Of(g.Select(s => s.TransferMBps ?? double.NaN)),
+                Spread.Of(g.Select(s => s.ImageBytes / 1e6)), Spread.Of(g.Select(s => (double)s.Rounds))))
+            .ToList();
+        return new MigrationSummary(samples, rows, failures);
+    }
+
+    public SummaryRow? Row(int mib, string workload, string method) => Rows.FirstOrDefault(r => r.Mib == mib && r.Workload == workload && r.Method == method);
+
+    /// <summary>Ours / manual, by medians.</summary>
+    public double Ratio(SummaryRow ours, Func<SummaryRow, Spread> figure) =>
+        Row(ours.Mib, ours.Workload, "Manual") is { } manual ? figure(ours).Median / figure(manual).Median : double.NaN;
+
+    public IReadOnlyList<Goal> Goals()
+    {
+        var goals = new List<Goal>();
+        foreach (var row in Rows.Where(r => r.Method != "Manual"))
+        {
+            double ratio = Ratio(row, r => r.Total);
+            goals.Add(new Goal($"total time <= 1.0x manual ({row.Mib} MiB {row.Workload}, {row.Method})", ratio <= 1.0, F($"{ratio:0.00}x")));
+        }
+
+        foreach (var row in Rows.Where(r => r.Method == "PreCopy"))
+        {
+            double limit = row.Workload == "idle" ? 0.3 : 0.6;
+            double ratio = Ratio(row, r => r.Downtime);
+            goals.Add(new Goal(F($"PreCopy downtime <= {limit:0.0}x manual ({row.Mib} MiB {row.Workload})"), ratio <= limit, F($"{ratio:0.00}x")));
+        }
+
+        foreach (var cold in Rows.Where(r => r.Method == "Cold"))
+        {
+            var manual = Row(cold.Mib, cold.Workload, "Manual");
+            double ratio = manual is null ? double.NaN : cold.MBps.Median / manual.MBps.Median;
+            goals.Add(new Goal($"transfer >= 0.8x tar over raw TCP ({cold.Mib} MiB {cold.Workload}, Cold)", ratio >= 0.8,
+                F($"{cold.MBps.Median:0} vs {manual?.MBps.Median ?? double.NaN:0} MB/s = {ratio:0.00}x")));
+        }
+
+        if (Rows.FirstOrDefault(r => r.Mib == 1024 && r.Workload == "idle" && r.Method == "PreCopy") is { } big)
+        {
+            goals.Add(new Goal("1 GiB idle workload frozen <= 300 ms in PreCopy", big.Downtime.Median <= 300, F($"{big.Downtime.Median:0} ms")));
+        }
+
+        return goals;
+    }
+
+    private static string F(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+
+    private static readonly string[] Header = ["size", "workload", "method", "total ms", "downtime ms", "checkpoint ms", "transfer ms", "restore ms", "MB/s", "images MB", "rounds", "total / manual", "downtime / manual", "state"];
+
+    private IEnumerable<string[]> Cells() => Rows.Select(r => new[]
+    {
+        F($"{r.Mib} MiB"), r.Workload, r.Method, r.Total.Text(), r.Downtime.Text(), r.Checkpoint.Text(), r.Transfer.Text(), r.Restore.Text(), r.MBps.Text(),
+        r.ImageMB.Text("0.0"), r.Method == "PreCopy" ? r.Rounds.Text() : "-",
+        r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Total):0.00}"), r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Downtime):0.00}"),
+        F($"{r.Continued}/{r.Runs} continued"),
+    });
+
+    public void Print()
+    {
+        var cells = Cells().Prepend(Header).ToList();
+        var widths = Enumerable.Range(0, Header.Length).Select(i => cells.Max(c => c[i].Length)).ToArray();
+        Console.WriteLine();
+        Console.WriteLine("  medians (min-max) over the repetitions; ratios are ours / manual by medians");
+        foreach (var row in cells)
+        {
+            Console.WriteLine("  " + string.Join("  ", row.Select((c, i) => i < 3 ? c.PadRight(widths[i]) : c.PadLeft(widths[i]))));
+        }
+
+        Console.WriteLine();
+        foreach (var goal in Goals())
+        {
+            Console.WriteLine($"  {(goal.Met ? "met   " : "MISSED")}  {goal.Text}: {goal.Figures}");
+        }
+
+        foreach (var failure in Failures)
+        {
+            Console.WriteLine($"  FAILED RUN  {failure}");
+        }
+    }
+
+    public JsonObject ToJson(JsonObject machine, int[] sizes, int repetitions, string? podman) => new()
+    {
+        ["machine"] = machine.DeepClone(),
+        ["date"] = DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture),
+        ["settings"] = new JsonObject
+        {
+            ["sizesMib"] = new JsonArray([.. sizes.Select(s => (JsonNode)s)]),
+            ["repetitions"] = repetitions,
+            ["workloads"] = new JsonArray([.. MigrationBenchmark.Workloads.Select(w => (JsonNode)new JsonObject { ["name"] = w.Name, ["dirtyPercentPerSecond"] = w.DirtyPercent })]),
+            ["podman"] = podman is null ? "not installed: not measured" : "installed, not measured",
+        },
+        ["samples"] = JsonSerializer.SerializeToNode(Samples),
+        ["summary"] = new JsonArray([.. Rows.Select(r => (JsonNode)new JsonObject
+        {
+            ["mib"] = r.Mib,
+            ["workload"] = r.Workload,
+            ["method"] = r.Method,
+            ["runs"] = r.Runs,
+            ["stateContinued"] = r.Continued,
+            ["totalMs"] = r.Total.ToJson(),
+            ["downtimeMs"] = r.Downtime.ToJson(),
+            ["checkpointMs"] = r.Checkpoint.ToJson(),
+            ["transferMs"] = r.Transfer.ToJson(),
+            ["restoreMs"] = r.Restore.ToJson(),
+            ["transferMBps"] = r.MBps.ToJson(),
+            ["imageMB"] = r.ImageMB.ToJson(),
+            ["preCopyRounds"] = r.Rounds.ToJson(),
+            ["totalRatioToManual"] = r.Method == "Manual" ? null : Math.Round(Ratio(r, x => x.Total), 3),
+            ["downtimeRatioToManual"] = r.Method == "Manual" ? null : Math.Round(Ratio(r, x => x.Downtime), 3),
+        })]),
+        ["failedRuns"] = new JsonArray([.. Failures.Select(f => (JsonNode)f)]),
+        ["goals"] = new JsonArray([.. Goals().Select(g => (JsonNode)new JsonObject { ["goal"] = g.Text, ["met"] = g.Met, ["figures"] = g.Figures })]),
+    };
+
+    public string ToMarkdown(JsonObject machine, int[] sizes, int repetitions, string? podman, TimeSpan duration)
+    {
+        var md = new StringBuilder();
+        md.AppendLine("# Benchmarks: live migration against the manual CRIU pipeline");
+        md.AppendLine();
+        md.AppendLine("Written by `make bench` (`hack/bench.sh migration`); every figure of the run is in `artifacts/bench/migration.json`.");
+        md.AppendLine("This file holds the results of a real run on the machine below; rerun to refresh it.");
+        md.AppendLine();
+        md.AppendLine("## Machine and run");
+        md.AppendLine();
+        md.AppendLine(F($"- {machine["cpus"]} CPUs ({machine["cpu"]}), Linux {machine["kernel"]}, .NET {machine["runtime"]}; run on {DateTime.UtcNow:yyyy-MM-dd} in {duration.TotalMinutes:0.0} minutes"));
+        md.AppendLine(F($"- the sandbox cluster (`hack/sandbox`): two containerd nodes on this one machine (loopback between agents), the real operator and agents"));
+        md.AppendLine(F($"- workloads: memcounter holding {string.Join(", ", sizes.Select(s => s + " MiB"))}, idle after start-up or dirtying 5% of its memory per second; {repetitions} repetitions of each method, interleaved"));
+        md.AppendLine("- **Manual**: what a user would script on the same nodes: `runc checkpoint` of the pod's container, `tar` of the images streamed over TCP to the target node's address into `tar -x`, `runc restore --detach` into a pod sandbox made on the target beforehand (with the image's root file system in place, as the target has the image for our migration too). Stop-and-copy: frozen from the first step to the last, so its downtime is its total time.");
+        md.AppendLine("- **Cold** and **PreCopy**: a `MigrationRequest` with that mode, timed from its creation to `Succeeded` as observed by polling every 10 ms; downtime is the operator's `status.downtimeMillis` (from the freeze before the final dump until the replacement pod runs); checkpoint, transfer and restore are the times spent in the phases Checkpointing (with pre-copy rounds), Transferring and Restoring.");
+        md.AppendLine(F($"- Podman: {(podman is null ? "not installed on this machine, so its `container checkpoint --export` / `container restore --import` pipeline is not measured" : "installed but not measured by this benchmark")}."));
+        md.AppendLine("- State: every run checks that the moved process's first tick is the source's last plus one and that its memory checksum verifies.");
+        md.AppendLine();
+        md.AppendLine("## Results");
+        md.AppendLine();
+        md.AppendLine("Medians with (min-max); ratios are ours / manual by medians. MB/s is the copy step's rate (Manual: tar over TCP; Cold: agent to agent, gRPC with mutual TLS and SHA-256); PreCopy moves most bytes while the pod runs, so it has none.");
+        md.AppendLine();
+        md.AppendLine("| " + string.Join(" | ", Header) + " |");
+        md.AppendLine("|" + string.Concat(Header.Select(_ => " --- |")));
+        foreach (var row in Cells())
+        {
+            md.AppendLine("| " + string.Join(" | ", row) + " |");
+        }
+
+        md.AppendLine();
+        md.AppendLine("![downtime and total time against memory size](benchmarks.png)");
+        md.AppendLine();
+        md.AppendLine("## Goals");
+        md.AppendLine();
+        foreach (var goal in Goals())
+        {
+            md.AppendLine($"- {(goal.Met ? "met" : "**missed**")}: {goal.Text}: {goal.Figures}");
+        }
+
+        if (Failures.Count > 0)
+        {
+            md.AppendLine();
+            md.AppendLine("Runs that failed (left out of the table above):");
+            md.AppendLine();
+            foreach (var failure in Failures)
+            {
+                md.AppendLine($"- {failure}");
+            }
+        }
+
+        md.AppendLine();
+        md.AppendLine("## Published figures, for comparison");
+        md.AppendLine();
+        md.AppendLine("- Stop-and-copy pod migration through a patched kubelet and containerd: 2.1 s downtime for a pod with no memory, 4.0 s with 1 GB (about 2.5 s per GB).");
+        md.AppendLine("- QEMU's pre-copy live migration keeps an idle guest's downtime near 30 ms.");
+        md.AppendLine();
+        md.AppendLine("Both are other machines and other setups: quoted beside ours, not measured here.");
+        return md.ToString();
+    }
+}
