@@ -187,7 +187,7 @@ public sealed class MigrationSummary
         md.AppendLine("- **Manual**: what a user would script on the same nodes: `runc checkpoint` of the pod's container, `tar` of the images streamed over TCP to the target node's address into `tar -x`, `runc restore --detach` into a pod sandbox made on the target beforehand (with the image's root file system in place, as the target has the image for our migration too). Stop-and-copy: frozen from the first step to the last, so its downtime is its total time.");
         md.AppendLine("- **Cold** and **PreCopy**: a `MigrationRequest` with that mode, timed from its creation to `Succeeded` as observed by polling every 10 ms; downtime is the operator's `status.downtimeMillis` (from the freeze before the final dump until the replacement pod runs); checkpoint, transfer and restore are the times spent in the phases Checkpointing (with pre-copy rounds), Transferring and Restoring.");
         md.AppendLine(F($"- Podman: {(podman is null ? "not installed on this machine, so its `container checkpoint --export` / `container restore --import` pipeline is not measured" : "installed but not measured by this benchmark")}."));
-        md.AppendLine("- State: every run checks that the moved process's first tick is the source's last plus one and that its memory checksum verifies.");
+        md.AppendLine("- State: every run checks that the moved process's ticks go on from the source's last one (+1, consecutive) and that no memory verification fails (memcounter verifies its buffer's checksum on the first tick after a pause of several intervals).");
         md.AppendLine();
         md.AppendLine("## Results");
         md.AppendLine();
