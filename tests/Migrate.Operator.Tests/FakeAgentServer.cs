@@ -89,7 +89,18 @@ public sealed class FakeNodeAgent(FakeAgentState state) : Agent.V1.NodeAgent.Nod
     {
         state.Record($"SendImages {request.MigrationId} {request.TargetNode} {request.TargetAddress}");
         await responseStream.WriteAsync(new TransferProgress { BytesSent = 25_000_000, TotalBytes = 50_000_000 });
-        await state.DelayAsync("SendImages", context.CancellationToken);
+        if (state.Delays.TryGetValue("SendImages", out var delay))
+        {
+            // a slow transfer reports its progress as a real agent does, several times a second
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            while (clock.Elapsed < delay)
+            {
+                await Task.Delay(100, context.CancellationToken);
+                ulong sent = 25_000_000 + (ulong)(25_000_000 * Math.Min(1, clock.Elapsed / delay));
+                await responseStream.WriteAsync(new TransferProgress { BytesSent = Math.Min(sent, 49_999_999), TotalBytes = 50_000_000 });
+            }
+        }
+
         await responseStream.WriteAsync(new TransferProgress { BytesSent = 50_000_000, TotalBytes = 50_000_000, Staged = true });
     }
 

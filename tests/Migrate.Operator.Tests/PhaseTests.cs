@@ -161,6 +161,35 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task A_running_transfer_shows_its_progress_in_the_status_at_most_once_a_second()
+    {
+        Source.Delays["SendImages"] = TimeSpan.FromSeconds(3.5);
+        var request = await CreateAsync("watched", "Cold");
+        var seen = new List<MigrationProgress>();
+        var driving = DriveAsync(request, []);
+        while (!driving.IsCompleted)
+        {
+            var current = (await GetAsync("watched")).Status;
+            if (current?.Phase == MigrationPhases.Transferring && current.Progress is { } progress && (seen.Count == 0 || seen[^1].UpdateTime != progress.UpdateTime))
+            {
+                seen.Add(progress);
+            }
+
+            await Task.Delay(20);
+        }
+
+        var done = await driving;
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.InRange(seen.Count, 3, 5);
+        Assert.All(seen, p => Assert.Equal((MigrationPhases.Transferring, 50_000_000L), (p.Phase, p.BytesTotal)));
+        Assert.True(seen.Zip(seen.Skip(1)).All(p => p.Second.BytesSent > p.First.BytesSent), string.Join(", ", seen.Select(p => p.BytesSent)));
+        Assert.True(seen.Zip(seen.Skip(1)).All(p => p.Second.UpdateTime - p.First.UpdateTime >= TimeSpan.FromSeconds(1)),
+            string.Join(", ", seen.Select(p => p.UpdateTime.ToString("HH:mm:ss.fff", System.Globalization.CultureInfo.InvariantCulture))));
+        // once staged, the last figures stay: everything sent
+        Assert.Equal(50_000_000L, done.Status.Progress!.BytesSent);
+    }
+
+    [Fact]
     public async Task An_agent_unreachable_for_a_moment_is_retried_and_the_migration_succeeds()
     {
         Source.TransientFailures["FinalDump"] = 2;

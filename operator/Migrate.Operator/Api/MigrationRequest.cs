@@ -138,6 +138,10 @@ public sealed class MigrationRequestStatus
     [JsonPropertyName("preCopyRounds")]
     public int? PreCopyRounds { get; set; }
 
+    /// <summary>The image transfer under way (or the last one), updated at most once a second while it runs.</summary>
+    [JsonPropertyName("progress")]
+    public MigrationProgress? Progress { get; set; }
+
     [JsonPropertyName("reason")]
     public string? Reason { get; set; }
 
@@ -163,6 +167,25 @@ public sealed class MigrationRequestStatus
         condition.Message = message;
         condition.ObservedGeneration = generation;
     }
+}
+
+/// <summary>How far the current image transfer has got.</summary>
+public sealed class MigrationProgress
+{
+    /// <summary>The phase the transfer belongs to: Checkpointing (a pre-copy round), Transferring (the final images), Restoring (back to the source node).</summary>
+    [JsonPropertyName("phase")]
+    public string? Phase { get; set; }
+
+    /// <summary>Bytes of this transfer sent so far (what the target already held counts as sent).</summary>
+    [JsonPropertyName("bytesSent")]
+    public long BytesSent { get; set; }
+
+    /// <summary>Bytes this transfer moves in all.</summary>
+    [JsonPropertyName("bytesTotal")]
+    public long BytesTotal { get; set; }
+
+    [JsonPropertyName("updateTime")]
+    public DateTime UpdateTime { get; set; }
 }
 
 /// <summary>A standard condition (metav1.Condition's shape).</summary>

@@ -59,6 +59,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     /// <summary>How long the replacement pod may take to run.</summary>
     public TimeSpan RestoreTimeout { get; init; } = TimeSpan.FromMinutes(2);
 
+    /// <summary>How often at most a running transfer's progress is written into the request's status.</summary>
+    public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromSeconds(1);
+
     /// <summary>How long each of Checkpointing, Transferring and Restoring may take; agent calls are cancelled when it runs out.</summary>
     public TimeSpan PhaseTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
@@ -256,9 +259,19 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         using var call = source.Client.SendImages(new SendImagesRequest { MigrationId = id, TargetAddress = target.Endpoint, TargetNode = targetNode, Token = token },
             cancellationToken: cancellationToken);
         TransferProgress? last = null;
+        DateTimeOffset reported = DateTimeOffset.MinValue;
         while (await call.ResponseStream.MoveNext(cancellationToken))
         {
             last = call.ResponseStream.Current;
+            var now = time.GetUtcNow();
+            status.Progress = new MigrationProgress { Phase = status.Phase, BytesSent = (long)last.BytesSent, BytesTotal = (long)last.TotalBytes, UpdateTime = now.UtcDateTime };
+            if (!last.Staged && now - reported >= ProgressInterval)
+            {
+                // in place: the caller's request goes on with the new resourceVersion
+                var written = await _store.WriteStatusAsync(request, cancellationToken);
+                request.Metadata.ResourceVersion = written.Metadata.ResourceVersion;
+                reported = now;
+            }
         }
 
         if (last?.Staged != true)
