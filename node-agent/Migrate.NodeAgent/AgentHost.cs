@@ -72,7 +72,7 @@ public static class AgentHost
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService("podmig-node-agent"))
             .WithTracing(tracing => tracing.AddSource(AgentTelemetry.Name))
-            .WithMetrics(metrics => metrics.AddMeter(AgentTelemetry.Name));
+            .WithMetrics(metrics => metrics.AddMeter(AgentTelemetry.Name).AddPrometheusExporter());
         if (!string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
         {
             // exported only where a collector is configured (the standard OTEL_* variables)
@@ -92,6 +92,11 @@ public static class AgentHost
         app.MapGrpcService<ImageTransferService>();
         app.MapGrpcHealthChecksService();
         app.MapGet("/healthz", () => "ok");
+        // Prometheus exposition, on the probe port (plain HTTP) as on the gRPC one
+        app.MapPrometheusScrapingEndpoint();
+        var settings = app.Services.GetRequiredService<IOptions<AgentOptions>>().Value;
+        AgentTelemetry.CountStagedWith(() => new[] { settings.StagingDirectory, settings.IncomingDirectory }
+            .Where(Directory.Exists).Sum(d => Directory.EnumerateDirectories(d).Count()));
         return app;
     }
 

@@ -41,4 +41,12 @@ public static class AgentTelemetry
 
     /// <summary>Checkpoints refused before anything was frozen, tagged by reason.</summary>
     public static readonly Counter<long> Refusals = Meter.CreateCounter<long>("podmig.agent.checkpoint.refusals", "{refusal}", "Checkpoint requests refused");
+
+    private static Func<int> _staged = () => 0;
+
+    /// <summary>Migrations with images staged for sending or being received on this node.</summary>
+    public static readonly ObservableGauge<int> MigrationsStaged = Meter.CreateObservableGauge("podmig.agent.migrations.staged", () => _staged(),
+        "{migration}", "Migrations with checkpoint images staged or arriving on this node");
+
+    public static void CountStagedWith(Func<int> count) => _staged = count;
 }

@@ -94,7 +94,7 @@ public static class OperatorHost
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService("podmig-operator"))
             .WithTracing(tracing => tracing.AddSource(OperatorTelemetry.Name))
-            .WithMetrics(metrics => metrics.AddMeter(OperatorTelemetry.Name));
+            .WithMetrics(metrics => metrics.AddMeter(OperatorTelemetry.Name).AddPrometheusExporter());
         if (!string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
         {
             telemetry.UseOtlpExporter();
@@ -103,6 +103,8 @@ public static class OperatorHost
         var app = builder.Build();
         app.MapHealthChecks("/healthz");
         app.MapHealthChecks("/readyz");
+        // Prometheus exposition of the operator's metrics, next to the probes
+        app.MapPrometheusScrapingEndpoint();
         app.MapPost(PodNameGuard.Path, (HttpContext http, IKubernetes client) => PodNameGuard.ReviewAsync(http, client));
         app.MapPost(EvictionGuard.Path, (HttpContext http, IKubernetes client) => EvictionGuard.ReviewAsync(http, client));
         return app;

@@ -20,4 +20,31 @@ public static class OperatorTelemetry
 
     /// <summary>Time of each phase, tagged by phase.</summary>
     public static readonly Histogram<double> PhaseDuration = Meter.CreateHistogram<double>("podmig.operator.phase.duration", "ms", "Time spent in each phase");
+
+    /// <summary>Time from a request's start to its final phase, tagged by outcome.</summary>
+    public static readonly Histogram<double> MigrationDuration = Meter.CreateHistogram<double>("podmig.operator.migration.duration", "ms", "Time from a migration's start to its end");
+
+    private static int _inFlight;
+
+    /// <summary>Migrations between admission and a final phase, as of the controller's last pass.</summary>
+    public static readonly ObservableGauge<int> InFlight = Meter.CreateObservableGauge("podmig.operator.migrations.in_flight", () => Volatile.Read(ref _inFlight),
+        "{migration}", "Migrations under way (checkpointing, transferring, restoring or cutting over)");
+
+    public static void SetInFlight(int count) => Volatile.Write(ref _inFlight, count);
+
+    /// <summary>A request reached a final phase: its outcome and reason counted, its duration (and downtime, if it moved) recorded.</summary>
+    public static void Ended(string outcome, string? reason, DateTime? start, DateTime? end, long? downtimeMillis = null)
+    {
+        var outcomeTag = new KeyValuePair<string, object?>("outcome", outcome);
+        Outcomes.Add(1, outcomeTag, new KeyValuePair<string, object?>("reason", reason));
+        if (start is { } began && end is { } ended)
+        {
+            MigrationDuration.Record((ended - began).TotalMilliseconds, outcomeTag);
+        }
+
+        if (downtimeMillis is { } downtime)
+        {
+            Downtime.Record(downtime);
+        }
+    }
 }

@@ -56,6 +56,7 @@ public sealed class SandboxNode
         Name = name;
         Containerd = containerd;
         AgentAddress = agentAddress;
+        ProbeAddress = $"{agentAddress[..agentAddress.LastIndexOf(':')]}:{Ports.Free()}";
     }
 
     public string Name { get; }
@@ -68,6 +69,9 @@ public sealed class SandboxNode
 
     /// <summary>ip:port of the agent's gRPC API (mutual TLS), on a loopback address of its own.</summary>
     public string AgentAddress { get; }
+
+    /// <summary>ip:port of the agent's plain HTTP listener: /healthz and /metrics.</summary>
+    public string ProbeAddress { get; }
 
     /// <summary>Where the agent stages checkpoints of this node's pods.</summary>
     public string StagingDirectory => Path.Combine(Containerd.Root, "staging");
@@ -107,6 +111,7 @@ public sealed class SandboxNode
             : [
                 .. TlsAgent.Arguments(_cluster.Pki, Name, AgentAddress, Containerd.SocketPath, StagingDirectory, IncomingDirectory),
                 $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
+                $"--Agent:ProbeListenAddress={ProbeAddress}",
                 "--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff ",
             ];
         Dictionary<string, string>? environment = null;
@@ -122,7 +127,7 @@ public sealed class SandboxNode
             });
             environment["PODMIG_AGENT__LISTENADDRESS"] = AgentAddress;
             environment["PODMIG_AGENT__ADVERTISEADDRESS"] = AgentAddress;
-            environment["PODMIG_AGENT__PROBELISTENADDRESS"] = $"{host}:{Ports.Free()}";
+            environment["PODMIG_AGENT__PROBELISTENADDRESS"] = ProbeAddress;
             environment["PODMIG_AGENT__CRISOCKET"] = Containerd.SocketPath;
             environment.Remove("PODMIG_AGENT__CRIUBINARY");
             environment["PODMIG_AGENT__STAGINGDIRECTORY"] = StagingDirectory;
@@ -434,12 +439,12 @@ public sealed class SandboxCluster : IAsyncDisposable
         {
             list.Add(new SandboxComponent("containerd-" + node.Name, "containerd", node.Name, node.Containerd.Pid, node.Containerd.SocketPath, node.Containerd.LogPath));
             list.Add(new SandboxComponent("kubelet-" + node.Name, "kubelet (emulated)", node.Name, self, $"127.0.0.1:{node.Kubelet.Port}", null));
-            list.Add(new SandboxComponent("agent-" + node.Name, "node agent", node.Name, node.Agent.Pid, node.AgentAddress, node.Agent.LogPath));
+            list.Add(new SandboxComponent("agent-" + node.Name, "node agent", node.Name, node.Agent.Pid, $"{node.AgentAddress} (gRPC), {node.ProbeAddress} (metrics)", node.Agent.LogPath));
         }
 
         if (Operator is not null)
         {
-            list.Add(new SandboxComponent("operator", "operator", null, Operator.Pid, $"{OperatorAddress} (probes), {WebhookAddress} (pod webhook)", Operator.LogPath));
+            list.Add(new SandboxComponent("operator", "operator", null, Operator.Pid, $"{OperatorAddress} (probes, metrics), {WebhookAddress} (webhooks)", Operator.LogPath));
         }
 
         return list;

@@ -124,6 +124,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
     {
         var all = await _store.ListAsync(cancellationToken);
         var inFlight = all.Where(r => r.Status?.Phase is MigrationPhases.Checkpointing or MigrationPhases.Transferring or MigrationPhases.Restoring or MigrationPhases.CuttingOver).ToList();
+        OperatorTelemetry.SetInFlight(inFlight.Count);
         foreach (var request in all.Where(r => r.Metadata.DeletionTimestamp is not null || !MigrationPhases.IsFinal(r.Status?.Phase)))
         {
             try
@@ -260,7 +261,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
             status.Message = validation.FailureMessage;
             status.CompletionTime = now;
             status.SetCondition("Ready", "False", validation.FailureReason!, validation.FailureMessage!, request.Metadata.Generation, now);
-            OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.Failed), new KeyValuePair<string, object?>("reason", validation.FailureReason));
+            OperatorTelemetry.Ended(MigrationPhases.Failed, validation.FailureReason, null, null);
         }
         else
         {

@@ -463,11 +463,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         SetCondition(request, Frozen, "False", "Migrated", "The source's processes were ended after the replacement ran.");
         SetCondition(request, "Ready", "True", "Migrated", status.Message);
         request = await _store.WriteStatusAsync(request, cancellationToken);
-        OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.Succeeded), new KeyValuePair<string, object?>("reason", "Migrated"));
-        if (status.DowntimeMillis is { } downtime)
-        {
-            OperatorTelemetry.Downtime.Record(downtime);
-        }
+        OperatorTelemetry.Ended(MigrationPhases.Succeeded, "Migrated", status.StartTime, status.CompletionTime, status.DowntimeMillis);
 
         await Event(MigrationEvent.Request(request), "Normal", "Migrated", status.Message, cancellationToken);
         await Event(MigrationEvent.Pod(request, status.ReplacementPod), "Normal", "Migrated", $"Restored from {request.Spec.PodName} on {status.SourceNode}.", cancellationToken);
@@ -520,7 +516,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         SetCondition(request, Frozen, "False", "RolledBack", "The source's processes were thawed.");
         SetCondition(request, "Ready", "False", status.Reason ?? "RolledBack", status.Message ?? "The migration was rolled back.");
         request = await _store.WriteStatusAsync(request, cancellationToken);
-        OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.RolledBack), new KeyValuePair<string, object?>("reason", status.Reason));
+        OperatorTelemetry.Ended(MigrationPhases.RolledBack, status.Reason, status.StartTime, status.CompletionTime);
         await Event(MigrationEvent.Request(request), "Warning", status.Reason ?? "RolledBack", status.Message ?? "The migration was rolled back.", cancellationToken);
         await Event(MigrationEvent.Pod(request), "Warning", "MigrationRolledBack", $"The move to {status.TargetNode} was rolled back; the pod runs on. {status.Message}", cancellationToken);
         return request;
@@ -564,7 +560,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             SetCondition(request, RollingBack, "False", status.Reason, status.Message);
             SetCondition(request, "Ready", "False", status.Reason, status.Message);
             request = await _store.WriteStatusAsync(request, cancellationToken);
-            OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.Failed), new KeyValuePair<string, object?>("reason", status.Reason));
+            OperatorTelemetry.Ended(MigrationPhases.Failed, status.Reason, status.StartTime, status.CompletionTime);
             await Event(MigrationEvent.Request(request), "Warning", status.Reason, status.Message, cancellationToken);
             return request;
         }
@@ -576,7 +572,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         SetCondition(request, RollingBack, "False", "RolledBack", $"Pod {name} was restored from its checkpoint on {home}.");
         SetCondition(request, "Ready", "False", status.Reason ?? "RolledBack", status.Message);
         request = await _store.WriteStatusAsync(request, cancellationToken);
-        OperatorTelemetry.Outcomes.Add(1, new KeyValuePair<string, object?>("outcome", MigrationPhases.RolledBack), new KeyValuePair<string, object?>("reason", status.Reason));
+        OperatorTelemetry.Ended(MigrationPhases.RolledBack, status.Reason, status.StartTime, status.CompletionTime);
         await Event(MigrationEvent.Request(request), "Warning", status.Reason ?? "RolledBack", status.Message, cancellationToken);
         await Event(MigrationEvent.Pod(request), "Warning", "MigrationRolledBack", $"The move to {status.TargetNode} was rolled back; the pod was restored on {home}.", cancellationToken);
         return request;
