@@ -34,6 +34,15 @@ demo: prereqs build ## A live migration in the local sandbox cluster, with a rea
 bench: prereqs ## Benchmarks: migration vs the manual runc pipeline (docs/benchmarks.md), transfer, runtime, emulator.
 	hack/bench.sh
 
+PREFIX ?= /usr/local
+
+.PHONY: kubectl-migrate
+kubectl-migrate: ## Publish the kubectl plugin as one executable and install it as $(PREFIX)/bin/kubectl-migrate.
+	dotnet publish operator/Migrate.Kubectl/Migrate.Kubectl.csproj -c Release -r linux-x64 --self-contained \
+	  -p:PublishSingleFile=true -p:EnableCompressionInSingleFile=true -p:DebugType=none -o artifacts/kubectl-migrate -nologo -clp:ErrorsOnly
+	install -D -m 0755 artifacts/kubectl-migrate/kubectl-migrate $(PREFIX)/bin/kubectl-migrate
+	@echo "installed $(PREFIX)/bin/kubectl-migrate: try 'kubectl migrate --help'"
+
 .PHONY: images
 images: ## Build the operator and node-agent container images (needs docker, podman or buildah; none runs here).
 	hack/images.sh

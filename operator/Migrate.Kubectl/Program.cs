@@ -1,0 +1,345 @@
+using System.Globalization;
+using System.Net;
+using System.Text.Json.Nodes;
+using k8s;
+using k8s.Autorest;
+using Migrate.Kubectl;
+
+// kubectl-migrate: kubectl finds it on PATH and runs it for "kubectl migrate ...".
+try
+{
+    var line = CommandLine.Parse(args);
+    if (line.Command is "" or "help" || line.Has("help"))
+    {
+        Console.WriteLine(CommandLine.Usage);
+        return line.Command is "" && !line.Has("help") ? 2 : 0;
+    }
+
+    using var cluster = Cluster.Connect(line);
+    var output = new Output(Console.Out, interactive: !Console.IsOutputRedirected);
+    var commands = new Commands(cluster, output, line);
+    return line.Command switch
+    {
+        "pod" => await commands.PodAsync(),
+        "list" or "ls" => await commands.ListAsync(),
+        "describe" => await commands.DescribeAsync(),
+        "cancel" => await commands.CancelAsync(),
+        "drain" => await commands.DrainAsync(),
+        _ => throw new UsageException($"unknown command \"{line.Command}\" (pod, list, describe, cancel, drain)"),
+    };
+}
+catch (UsageException e)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    Console.Error.WriteLine("See 'kubectl migrate --help'.");
+    return 2;
+}
+catch (CommandException e)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 1;
+}
+
+namespace Migrate.Kubectl
+{
+    /// <summary>The plugin's subcommands.</summary>
+    internal sealed class Commands(Cluster cluster, Output output, CommandLine line)
+    {
+        private static readonly string[] Final = ["Succeeded", "Failed", "RolledBack"];
+
+        private bool Wait => line.Has("wait") || (!line.Has("no-wait") && output.Interactive);
+
+        private string Single(string what) => line.Arguments.Count == 1 ? line.Arguments[0]
+            : throw new UsageException(line.Arguments.Count == 0 ? $"{line.Command} needs {what}" : $"{line.Command} takes one {what}, got {line.Arguments.Count}");
+
+        public async Task<int> PodAsync()
+        {
+            var pod = Single("a pod name");
+            var mode = line.Flag("mode")?.ToLowerInvariant() switch
+            {
+                null or "precopy" => "PreCopy",
+                "cold" => "Cold",
+                var other => throw new UsageException($"--mode must be cold or precopy, not '{other}'"),
+            };
+            await cluster.RequireApiAsync();
+            await ExistsAsync(() => cluster.Client.CoreV1.ReadNamespacedPodAsync(pod, cluster.Namespace), $"pod \"{pod}\" not found in namespace \"{cluster.Namespace}\"");
+            if (line.Flag("to") is { } node)
+            {
+                await ExistsAsync(() => cluster.Client.CoreV1.ReadNodeAsync(node), $"node \"{node}\" not found");
+            }
+
+            var spec = new JsonObject { ["podName"] = pod, ["mode"] = mode };
+            if (line.Flag("to") is { } target)
+            {
+                spec["targetNode"] = target;
+            }
+
+            if (line.Flag("timeout") is not null)
+            {
+                spec["timeoutSeconds"] = line.IntFlag("timeout", 600);
+            }
+
+            var name = Name(pod);
+            await cluster.CreateRequestAsync(new JsonObject
+            {
+                ["apiVersion"] = $"{Cluster.Group}/{Cluster.Version}",
+                ["kind"] = "MigrationRequest",
+                ["metadata"] = new JsonObject { ["name"] = name, ["namespace"] = cluster.Namespace },
+                ["spec"] = spec,
+            });
+            output.Line($"migrationrequest.podmigration.io/{name} created: moving pod {cluster.Namespace}/{pod}{(line.Flag("to") is { } to ? $" to {to}" : "")} ({mode})");
+            if (!Wait)
+            {
+                output.Line($"follow it with: kubectl migrate describe {name}");
+                return 0;
+            }
+
+            return await FollowAsync(name);
+        }
+
+        /// <summary>Shows the request's phase and transfer progress until it ends, then a summary; 0 if it succeeded.</summary>
+        private async Task<int> FollowAsync(string name)
+        {
+            string? phase = null;
+            JsonObject? lastProgress = null;
+            double? rate = null;
+            JsonObject status;
+            while (true)
+            {
+                var request = await cluster.GetRequestAsync(name);
+                status = request["status"] as JsonObject ?? [];
+                var current = Text(status, "phase") ?? "Pending";
+                if (current != phase)
+                {
+                    if (!Final.Contains(current))
+                    {
+                        output.Phase(current, Text(status, "message") ?? "");
+                    }
+
+                    phase = current;
+                }
+
+                // the transfer of this phase (pre-copy rounds in Checkpointing, the final images in Transferring)
+                if (status["progress"] is JsonObject progress && Text(progress, "phase") == current
+                    && (lastProgress is null || Text(progress, "updateTime") != Text(lastProgress, "updateTime")))
+                {
+                    rate = Rate(lastProgress, progress) ?? rate;
+                    output.Progress(Text(progress, "phase") ?? current, Number(progress, "bytesSent"), Number(progress, "bytesTotal"), rate, (int)Number(status, "preCopyRounds"));
+                    lastProgress = progress;
+                }
+
+                if (Final.Contains(current))
+                {
+                    break;
+                }
+
+                await Task.Delay(250);
+            }
+
+            output.EndProgress();
+            var started = Time(status, "startTime");
+            var completed = Time(status, "completionTime");
+            if (phase == "Succeeded")
+            {
+                output.Line($"Succeeded: pod {cluster.Namespace}/{Text(status, "replacementPod")} runs on {Text(status, "targetNode")} (moved from {Text(status, "sourceNode")}).");
+                output.Line($"  downtime  {Number(status, "downtimeMillis"):0} ms");
+                if (started is { } s && completed is { } c)
+                {
+                    output.Line(string.Create(CultureInfo.InvariantCulture, $"  total     {(c - s).TotalMilliseconds:0} ms"));
+                }
+
+                output.Line(string.Create(CultureInfo.InvariantCulture,
+                    $"  images    {Number(status, "imageBytes") / 1e6:0.0} MB staged, {Number(status, "bytesTransferred") / 1e6:0.0} MB sent, {Number(status, "preCopyRounds"):0} pre-copy round(s)"));
+                return 0;
+            }
+
+            output.Line($"{phase} ({Text(status, "reason")}): {Text(status, "message")}");
+            return 1;
+        }
+
+        public async Task<int> ListAsync()
+        {
+            if (line.Arguments.Count > 0)
+            {
+                throw new UsageException("list takes no arguments");
+            }
+
+            await cluster.RequireApiAsync();
+            bool all = line.Has("all-namespaces");
+            var requests = await cluster.ListRequestsAsync(all);
+            if (requests.Count == 0)
+            {
+                Console.Error.WriteLine(all ? "No MigrationRequests found." : $"No MigrationRequests found in {cluster.Namespace} namespace.");
+                return 0;
+            }
+
+            var rows = requests.Select(r =>
+            {
+                var status = r["status"] as JsonObject ?? [];
+                string[] cells = [Text(r, "metadata", "name")!, Text(r, "spec", "podName") ?? "", Text(status, "sourceNode") ?? "", Text(status, "targetNode") ?? "",
+                    Text(status, "phase") ?? "Pending", status["downtimeMillis"] is null ? "" : $"{Number(status, "downtimeMillis"):0}ms", Age(Time(r, "metadata", "creationTimestamp"))];
+                return all ? [Text(r, "metadata", "namespace")!, .. cells] : cells;
+            }).ToList();
+            string[] header = all ? ["NAMESPACE", "NAME", "POD", "SOURCE", "TARGET", "PHASE", "DOWNTIME", "AGE"] : ["NAME", "POD", "SOURCE", "TARGET", "PHASE", "DOWNTIME", "AGE"];
+            output.Table(header, rows);
+            return 0;
+        }
+
+        public async Task<int> DescribeAsync()
+        {
+            var name = Single("a MigrationRequest name");
+            await cluster.RequireApiAsync();
+            var request = await cluster.GetRequestAsync(name);
+            var status = request["status"] as JsonObject ?? [];
+            output.Line($"Name:         {name}");
+            output.Line($"Namespace:    {cluster.Namespace}");
+            output.Line($"Pod:          {Text(request, "spec", "podName")}");
+            output.Line($"Mode:         {Text(request, "spec", "mode") ?? "PreCopy"}");
+            output.Line($"Phase:        {Text(status, "phase") ?? "Pending"}");
+            output.Line($"Reason:       {Text(status, "reason")}");
+            output.Line($"Message:      {Text(status, "message")}");
+            output.Line($"Source:       {Text(status, "sourceNode")}");
+            output.Line($"Target:       {Text(status, "targetNode") ?? Text(request, "spec", "targetNode")}");
+            output.Line($"Replacement:  {Text(status, "replacementPod")}");
+            output.Line($"Started:      {Text(status, "startTime")}");
+            output.Line($"Completed:    {Text(status, "completionTime")}");
+            output.Line($"Downtime:     {(status["downtimeMillis"] is null ? "" : $"{Number(status, "downtimeMillis"):0} ms")}");
+            output.Line(string.Create(CultureInfo.InvariantCulture, $"Images:       {Number(status, "imageBytes") / 1e6:0.0} MB staged, {Number(status, "bytesTransferred") / 1e6:0.0} MB sent, {Number(status, "preCopyRounds"):0} pre-copy round(s)"));
+            if (status["progress"] is JsonObject progress)
+            {
+                output.Line(string.Create(CultureInfo.InvariantCulture,
+                    $"Progress:     {Text(progress, "phase")}: {Number(progress, "bytesSent") / 1e6:0.0} of {Number(progress, "bytesTotal") / 1e6:0.0} MB at {Text(progress, "updateTime")}"));
+            }
+
+            output.Line("Conditions:");
+            foreach (var condition in (status["conditions"] as JsonArray ?? []).OfType<JsonObject>())
+            {
+                output.Line($"  {Text(condition, "type"),-12} {Text(condition, "status"),-6} {Text(condition, "reason"),-22} {Text(condition, "message")}");
+            }
+
+            var events = await cluster.CallAsync(() => cluster.Client.CoreV1.ListNamespacedEventAsync(cluster.Namespace, fieldSelector: $"involvedObject.name={name}"));
+            output.Line("Events:");
+            foreach (var e in events.Items.Where(e => e.InvolvedObject.Kind == "MigrationRequest").OrderBy(e => e.EventTime ?? e.LastTimestamp ?? e.FirstTimestamp))
+            {
+                output.Line($"  {e.Type,-8} {e.Reason,-16} {e.Message}");
+            }
+
+            return 0;
+        }
+
+        public async Task<int> CancelAsync()
+        {
+            var name = Single("a MigrationRequest name");
+            await cluster.RequireApiAsync();
+            var phase = Text((await cluster.GetRequestAsync(name))["status"] as JsonObject ?? [], "phase") ?? "Pending";
+            await cluster.DeleteRequestAsync(name);
+            output.Line(Final.Contains(phase)
+                ? $"migrationrequest.podmigration.io/{name} deleted (it had already ended: {phase})"
+                : $"migrationrequest.podmigration.io/{name} cancelled in {phase}: the operator rolls it back and the pod runs on where it was");
+            return 0;
+        }
+
+        public async Task<int> DrainAsync()
+        {
+            var node = Single("a node name");
+            int maxParallel = line.IntFlag("max-parallel", 1);
+            await cluster.RequireApiAsync();
+            await ExistsAsync(() => cluster.Client.CoreV1.ReadNodeAsync(node), $"node \"{node}\" not found");
+            var name = Name(node + "-drain");
+            await cluster.CreateDrainAsync(new JsonObject
+            {
+                ["apiVersion"] = $"{Cluster.Group}/{Cluster.Version}",
+                ["kind"] = "NodeDrain",
+                ["metadata"] = new JsonObject { ["name"] = name },
+                ["spec"] = new JsonObject { ["nodeName"] = node, ["maxParallel"] = maxParallel, ["reason"] = line.Flag("reason") ?? "kubectl migrate drain" },
+            });
+            output.Line($"nodedrain.podmigration.io/{name} created: draining {node}, {maxParallel} migration(s) at a time");
+            if (!Wait)
+            {
+                return 0;
+            }
+
+            string? last = null;
+            while (true)
+            {
+                var status = (await cluster.GetDrainAsync(name))["status"] as JsonObject ?? [];
+                var phase = Text(status, "phase") ?? "Pending";
+                var summary = string.Create(CultureInfo.InvariantCulture,
+                    $"{phase}: {Number(status, "migrated"):0} migrated, {Number(status, "evicted"):0} evicted, {Number(status, "failed"):0} failed, {Number(status, "remaining"):0} remaining");
+                if (summary != last)
+                {
+                    output.Line(summary);
+                    last = summary;
+                }
+
+                if (phase is "Drained")
+                {
+                    output.Line($"node {node} is drained (cordoned); delete the NodeDrain to uncordon it: kubectl delete nodedrain {name}");
+                    return 0;
+                }
+
+                if (phase is "Blocked")
+                {
+                    foreach (var pod in (status["blockingPods"] as JsonArray ?? []).OfType<JsonObject>())
+                    {
+                        output.Line($"  blocked by {Text(pod, "namespace")}/{Text(pod, "name")}: {Text(pod, "reason")}");
+                    }
+
+                    return 1;
+                }
+
+                await Task.Delay(500);
+            }
+        }
+
+        private async Task ExistsAsync<T>(Func<Task<T>> read, string notFound)
+        {
+            try
+            {
+                await cluster.CallAsync(read);
+            }
+            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+            {
+                throw new CommandException(notFound);
+            }
+        }
+
+        /// <summary>A name for a new object: the base and 5 random characters, within 63.</summary>
+        private static string Name(string basis)
+        {
+            const string alphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
+            var suffix = string.Concat(Enumerable.Range(0, 5).Select(_ => alphabet[System.Security.Cryptography.RandomNumberGenerator.GetInt32(alphabet.Length)]));
+            return $"{(basis.Length > 56 ? basis[..56].TrimEnd('-', '.') : basis)}-{suffix}";
+        }
+
+        private static double? Rate(JsonObject? previous, JsonObject current)
+        {
+            if (previous is null || Text(previous, "phase") != Text(current, "phase") || Time(previous, "updateTime") is not { } a || Time(current, "updateTime") is not { } b || b <= a)
+            {
+                return null;
+            }
+
+            return (Number(current, "bytesSent") - Number(previous, "bytesSent")) / (b - a).TotalSeconds;
+        }
+
+        private static string? Text(JsonObject? o, params string[] path) =>
+            path.Aggregate((JsonNode?)o, (n, key) => (n as JsonObject)?[key]) is JsonValue v ? v.ToString() : null;
+
+        private static double Number(JsonObject? o, string key) =>
+            o?[key] is JsonValue v && double.TryParse(v.ToString(), NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? d : 0;
+
+        private static DateTimeOffset? Time(JsonObject? o, params string[] path) =>
+            DateTimeOffset.TryParse(Text(o, path), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var t) ? t : null;
+
+        private static string Age(DateTimeOffset? created)
+        {
+            if (created is not { } c)
+            {
+                return "";
+            }
+
+            var age = DateTimeOffset.UtcNow - c;
+            return age.TotalSeconds < 120 ? $"{(int)age.TotalSeconds}s" : age.TotalMinutes < 120 ? $"{(int)age.TotalMinutes}m" : age.TotalHours < 48 ? $"{(int)age.TotalHours}h" : $"{(int)age.TotalDays}d";
+        }
+    }
+}
