@@ -15,18 +15,29 @@ try
         return line.Command is "" && !line.Has("help") ? 2 : 0;
     }
 
-    using var cluster = Cluster.Connect(line);
+    // connected on first use: usage errors are reported without a kubeconfig
+    var connection = new Lazy<Cluster>(() => Cluster.Connect(line));
     var output = new Output(Console.Out, interactive: !Console.IsOutputRedirected);
-    var commands = new Commands(cluster, output, line);
-    return line.Command switch
+    var commands = new Commands(connection, output, line);
+    try
     {
-        "pod" => await commands.PodAsync(),
-        "list" or "ls" => await commands.ListAsync(),
-        "describe" => await commands.DescribeAsync(),
-        "cancel" => await commands.CancelAsync(),
-        "drain" => await commands.DrainAsync(),
-        _ => throw new UsageException($"unknown command \"{line.Command}\" (pod, list, describe, cancel, drain)"),
-    };
+        return line.Command switch
+        {
+            "pod" => await commands.PodAsync(),
+            "list" or "ls" => await commands.ListAsync(),
+            "describe" => await commands.DescribeAsync(),
+            "cancel" => await commands.CancelAsync(),
+            "drain" => await commands.DrainAsync(),
+            _ => throw new UsageException($"unknown command \"{line.Command}\" (pod, list, describe, cancel, drain)"),
+        };
+    }
+    finally
+    {
+        if (connection.IsValueCreated)
+        {
+            connection.Value.Dispose();
+        }
+    }
 }
 catch (UsageException e)
 {
@@ -43,8 +54,10 @@ catch (CommandException e)
 namespace Migrate.Kubectl
 {
     /// <summary>The plugin's subcommands.</summary>
-    internal sealed class Commands(Cluster cluster, Output output, CommandLine line)
+    internal sealed class Commands(Lazy<Cluster> connection, Output output, CommandLine line)
     {
+        private Cluster Api => connection.Value;
+
         private static readonly string[] Final = ["Succeeded", "Failed", "RolledBack"];
 
         private bool Wait => line.Has("wait") || (!line.Has("no-wait") && output.Interactive);
@@ -61,11 +74,11 @@ namespace Migrate.Kubectl
                 "cold" => "Cold",
                 var other => throw new UsageException($"--mode must be cold or precopy, not '{other}'"),
             };
-            await cluster.RequireApiAsync();
-            await ExistsAsync(() => cluster.Client.CoreV1.ReadNamespacedPodAsync(pod, cluster.Namespace), $"pod \"{pod}\" not found in namespace \"{cluster.Namespace}\"");
+            await Api.RequireApiAsync();
+            await ExistsAsync(() => Api.Client.CoreV1.ReadNamespacedPodAsync(pod, Api.Namespace), $"pod \"{pod}\" not found in namespace \"{Api.Namespace}\"");
             if (line.Flag("to") is { } node)
             {
-                await ExistsAsync(() => cluster.Client.CoreV1.ReadNodeAsync(node), $"node \"{node}\" not found");
+                await ExistsAsync(() => Api.Client.CoreV1.ReadNodeAsync(node), $"node \"{node}\" not found");
             }
 
             var spec = new JsonObject { ["podName"] = pod, ["mode"] = mode };
@@ -80,14 +93,14 @@ namespace Migrate.Kubectl
             }
 
             var name = Name(pod);
-            await cluster.CreateRequestAsync(new JsonObject
+            await Api.CreateRequestAsync(new JsonObject
             {
                 ["apiVersion"] = $"{Cluster.Group}/{Cluster.Version}",
                 ["kind"] = "MigrationRequest",
-                ["metadata"] = new JsonObject { ["name"] = name, ["namespace"] = cluster.Namespace },
+                ["metadata"] = new JsonObject { ["name"] = name, ["namespace"] = Api.Namespace },
                 ["spec"] = spec,
             });
-            output.Line($"migrationrequest.podmigration.io/{name} created: moving pod {cluster.Namespace}/{pod}{(line.Flag("to") is { } to ? $" to {to}" : "")} ({mode})");
+            output.Line($"migrationrequest.podmigration.io/{name} created: moving pod {Api.Namespace}/{pod}{(line.Flag("to") is { } to ? $" to {to}" : "")} ({mode})");
             if (!Wait)
             {
                 output.Line($"follow it with: kubectl migrate describe {name}");
@@ -106,7 +119,7 @@ namespace Migrate.Kubectl
             JsonObject status;
             while (true)
             {
-                var request = await cluster.GetRequestAsync(name);
+                var request = await Api.GetRequestAsync(name);
                 status = request["status"] as JsonObject ?? [];
                 var current = Text(status, "phase") ?? "Pending";
                 if (current != phase)
@@ -141,7 +154,7 @@ namespace Migrate.Kubectl
             var completed = Time(status, "completionTime");
             if (phase == "Succeeded")
             {
-                output.Line($"Succeeded: pod {cluster.Namespace}/{Text(status, "replacementPod")} runs on {Text(status, "targetNode")} (moved from {Text(status, "sourceNode")}).");
+                output.Line($"Succeeded: pod {Api.Namespace}/{Text(status, "replacementPod")} runs on {Text(status, "targetNode")} (moved from {Text(status, "sourceNode")}).");
                 output.Line($"  downtime  {Number(status, "downtimeMillis"):0} ms");
                 if (started is { } s && completed is { } c)
                 {
@@ -164,12 +177,12 @@ namespace Migrate.Kubectl
                 throw new UsageException("list takes no arguments");
             }
 
-            await cluster.RequireApiAsync();
+            await Api.RequireApiAsync();
             bool all = line.Has("all-namespaces");
-            var requests = await cluster.ListRequestsAsync(all);
+            var requests = await Api.ListRequestsAsync(all);
             if (requests.Count == 0)
             {
-                Console.Error.WriteLine(all ? "No MigrationRequests found." : $"No MigrationRequests found in {cluster.Namespace} namespace.");
+                Console.Error.WriteLine(all ? "No MigrationRequests found." : $"No MigrationRequests found in {Api.Namespace} namespace.");
                 return 0;
             }
 
@@ -188,11 +201,11 @@ namespace Migrate.Kubectl
         public async Task<int> DescribeAsync()
         {
             var name = Single("a MigrationRequest name");
-            await cluster.RequireApiAsync();
-            var request = await cluster.GetRequestAsync(name);
+            await Api.RequireApiAsync();
+            var request = await Api.GetRequestAsync(name);
             var status = request["status"] as JsonObject ?? [];
             output.Line($"Name:         {name}");
-            output.Line($"Namespace:    {cluster.Namespace}");
+            output.Line($"Namespace:    {Api.Namespace}");
             output.Line($"Pod:          {Text(request, "spec", "podName")}");
             output.Line($"Mode:         {Text(request, "spec", "mode") ?? "PreCopy"}");
             output.Line($"Phase:        {Text(status, "phase") ?? "Pending"}");
@@ -217,7 +230,7 @@ namespace Migrate.Kubectl
                 output.Line($"  {Text(condition, "type"),-12} {Text(condition, "status"),-6} {Text(condition, "reason"),-22} {Text(condition, "message")}");
             }
 
-            var events = await cluster.CallAsync(() => cluster.Client.CoreV1.ListNamespacedEventAsync(cluster.Namespace, fieldSelector: $"involvedObject.name={name}"));
+            var events = await Api.CallAsync(() => Api.Client.CoreV1.ListNamespacedEventAsync(Api.Namespace, fieldSelector: $"involvedObject.name={name}"));
             output.Line("Events:");
             foreach (var e in events.Items.Where(e => e.InvolvedObject.Kind == "MigrationRequest").OrderBy(e => e.EventTime ?? e.LastTimestamp ?? e.FirstTimestamp))
             {
@@ -230,9 +243,9 @@ namespace Migrate.Kubectl
         public async Task<int> CancelAsync()
         {
             var name = Single("a MigrationRequest name");
-            await cluster.RequireApiAsync();
-            var phase = Text((await cluster.GetRequestAsync(name))["status"] as JsonObject ?? [], "phase") ?? "Pending";
-            await cluster.DeleteRequestAsync(name);
+            await Api.RequireApiAsync();
+            var phase = Text((await Api.GetRequestAsync(name))["status"] as JsonObject ?? [], "phase") ?? "Pending";
+            await Api.DeleteRequestAsync(name);
             output.Line(Final.Contains(phase)
                 ? $"migrationrequest.podmigration.io/{name} deleted (it had already ended: {phase})"
                 : $"migrationrequest.podmigration.io/{name} cancelled in {phase}: the operator rolls it back and the pod runs on where it was");
@@ -243,10 +256,10 @@ namespace Migrate.Kubectl
         {
             var node = Single("a node name");
             int maxParallel = line.IntFlag("max-parallel", 1);
-            await cluster.RequireApiAsync();
-            await ExistsAsync(() => cluster.Client.CoreV1.ReadNodeAsync(node), $"node \"{node}\" not found");
+            await Api.RequireApiAsync();
+            await ExistsAsync(() => Api.Client.CoreV1.ReadNodeAsync(node), $"node \"{node}\" not found");
             var name = Name(node + "-drain");
-            await cluster.CreateDrainAsync(new JsonObject
+            await Api.CreateDrainAsync(new JsonObject
             {
                 ["apiVersion"] = $"{Cluster.Group}/{Cluster.Version}",
                 ["kind"] = "NodeDrain",
@@ -262,7 +275,7 @@ namespace Migrate.Kubectl
             string? last = null;
             while (true)
             {
-                var status = (await cluster.GetDrainAsync(name))["status"] as JsonObject ?? [];
+                var status = (await Api.GetDrainAsync(name))["status"] as JsonObject ?? [];
                 var phase = Text(status, "phase") ?? "Pending";
                 var summary = string.Create(CultureInfo.InvariantCulture,
                     $"{phase}: {Number(status, "migrated"):0} migrated, {Number(status, "evicted"):0} evicted, {Number(status, "failed"):0} failed, {Number(status, "remaining"):0} remaining");
@@ -296,7 +309,7 @@ namespace Migrate.Kubectl
         {
             try
             {
-                await cluster.CallAsync(read);
+                await Api.CallAsync(read);
             }
             catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
             {
