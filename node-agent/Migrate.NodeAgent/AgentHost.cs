@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Options;
 using Migrate.Agent.Contracts.Security;
+using Migrate.Agent.Contracts.Tracing;
 using Migrate.Cri;
 using Migrate.Criu;
 using Migrate.NodeAgent.Checkpointing;
@@ -70,7 +71,8 @@ public static class AgentHost
         builder.Services.AddSingleton<ImageReceiver>();
         builder.Services.AddSingleton<ImageSender>();
         var telemetry = builder.Services.AddOpenTelemetry()
-            .ConfigureResource(resource => resource.AddService("podmig-node-agent"))
+            .ConfigureResource(resource => resource.AddService("podmig-node-agent")
+                .AddAttributes([new("k8s.node.name", section[nameof(AgentOptions.NodeName)] ?? new AgentOptions().NodeName)]))
             .WithTracing(tracing => tracing.AddSource(AgentTelemetry.Name))
             .WithMetrics(metrics => metrics.AddMeter(AgentTelemetry.Name).AddPrometheusExporter());
         if (!string.IsNullOrEmpty(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
@@ -84,7 +86,13 @@ public static class AgentHost
             builder.Services.AddHostedService<NodeAnnouncement>();
         }
 
-        builder.Services.AddGrpc(grpc => grpc.MaxReceiveMessageSize = (4 << 20) + (128 << 10));
+        // every call runs in a server span, the child of the caller's (W3C trace context in the metadata)
+        builder.Services.AddSingleton(new TraceContextServerInterceptor(AgentTelemetry.Source));
+        builder.Services.AddGrpc(grpc =>
+        {
+            grpc.MaxReceiveMessageSize = (4 << 20) + (128 << 10);
+            grpc.Interceptors.Add<TraceContextServerInterceptor>();
+        });
         builder.Services.AddGrpcHealthChecks().AddCheck<CriuHealthCheck>("criu");
 
         var app = builder.Build();

@@ -35,6 +35,9 @@ public sealed record SandboxOptions
     /// </summary>
     public bool AsInstalled { get; init; }
 
+    /// <summary>Environment variables for the operator and agent processes (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).</summary>
+    public IReadOnlyDictionary<string, string>? Environment { get; init; }
+
     /// <summary>The namespace deploy/ installs into.</summary>
     public const string InstallNamespace = "podmig-system";
 
@@ -137,6 +140,7 @@ public sealed class SandboxNode
             environment["PODMIG_AGENT__TRANSFERBYTESPERSECOND"] = _cluster.Options.TransferBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture);
         }
 
+        environment = SandboxCluster.WithExtra(environment, _cluster.Options.Environment);
         Agent = ChildProcess.StartProgram("agent-" + Name, "Migrate.NodeAgent", "migrate-node-agent", Path.Combine(_cluster.Directory, "logs", $"agent-{Name}.log"), arguments, environment);
         await Agent.WaitUntilAsync(() => SandboxCluster.AcceptsAsync(host, port), TimeSpan.FromSeconds(60), "listening on " + AgentAddress);
     }
@@ -360,6 +364,7 @@ public sealed class SandboxCluster : IAsyncDisposable
             (await Api.KubectlInAsync(OperatorWebhooks.Configuration("https://" + WebhookAddress), "apply", "-f", "-")).Succeeded();
         }
 
+        environment = WithExtra(environment, Options.Environment);
         var process = ChildProcess.StartProgram("operator", "Migrate.Operator", "migrate-operator", Path.Combine(Directory, "logs", "operator.log"), arguments, environment);
 
         if (Operator is null)
@@ -484,6 +489,22 @@ public sealed class SandboxCluster : IAsyncDisposable
         }
 
         throw new TimeoutException($"pod {ns}/{name} is not Running: {pod?.Status?.Phase} {pod?.Status?.ContainerStatuses?.FirstOrDefault()?.State?.Waiting?.Message}");
+    }
+
+    internal static Dictionary<string, string>? WithExtra(Dictionary<string, string>? environment, IReadOnlyDictionary<string, string>? extra)
+    {
+        if (extra is null)
+        {
+            return environment;
+        }
+
+        environment ??= [];
+        foreach (var (key, value) in extra)
+        {
+            environment[key] = value;
+        }
+
+        return environment;
     }
 
     internal static (string Host, int Port) Split(string address)

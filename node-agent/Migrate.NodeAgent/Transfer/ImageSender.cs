@@ -3,9 +3,11 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
+using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Options;
 using Migrate.Agent.Contracts.Security;
+using Migrate.Agent.Contracts.Tracing;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Checkpointing;
 using Polly;
@@ -113,7 +115,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             HttpHandler = tls.CreateHandler(request.TargetNode),
             MaxSendMessageSize = _options.MaxChunkBytes + (128 << 10),
         });
-        var client = new ImageTransfer.ImageTransferClient(channel);
+        // the target's receive span joins this migration's trace
+        var client = new ImageTransfer.ImageTransferClient(channel.Intercept(new TraceContextClientInterceptor()));
         using var call = client.Upload(cancellationToken: cancellationToken);
         await call.RequestStream.WriteAsync(new UploadMessage
         {

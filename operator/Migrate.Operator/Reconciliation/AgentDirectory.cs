@@ -27,6 +27,9 @@ public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) :
 
     private readonly ConcurrentDictionary<string, AgentResilience> _resilience = new(StringComparer.Ordinal);
 
+    /// <summary>Every call carries the current span (the migration's step) as W3C trace context.</summary>
+    private static readonly Migrate.Agent.Contracts.Tracing.TraceContextClientInterceptor TraceContext = new();
+
     /// <summary>Retries per call when an agent is unreachable.</summary>
     public int Retries { get; init; } = 3;
 
@@ -34,7 +37,7 @@ public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) :
     {
         ArgumentNullException.ThrowIfNull(node);
         return node.Metadata.Annotations?.TryGetValue(EndpointAnnotation, out var endpoint) == true && !string.IsNullOrEmpty(endpoint)
-            ? (new NodeAgent.NodeAgentClient(connect(endpoint).Intercept(_resilience.GetOrAdd(endpoint, e => new AgentResilience(e, Retries)))), endpoint)
+            ? (new NodeAgent.NodeAgentClient(connect(endpoint).Intercept(_resilience.GetOrAdd(endpoint, e => new AgentResilience(e, Retries))).Intercept(TraceContext)), endpoint)
             : null;
     }
 

@@ -92,6 +92,37 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     private static bool IsOurs(V1Pod pod, MigrationRequest request) =>
         pod.Metadata.Annotations?.TryGetValue(RestoreAnnotation, out var id) == true && id == MigrationId(request);
 
+    /// <summary>The annotation that keeps a migration's trace context (W3C traceparent of its root span).</summary>
+    public const string TraceAnnotation = "podmig.io/trace-context";
+
+    /// <summary>The migration's root span context: from the request's annotation, or a new root span recorded there.</summary>
+    private async Task<ActivityContext> TraceParentAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        if (request.Metadata.Annotations?.TryGetValue(TraceAnnotation, out var stored) == true && ActivityContext.TryParse(stored, null, out var context))
+        {
+            return context;
+        }
+
+        Activity.Current = null;
+        using var root = OperatorTelemetry.Source.StartActivity("migration", ActivityKind.Internal, default(ActivityContext));
+        if (root is null)
+        {
+            return default;
+        }
+
+        root.SetTag("k8s.namespace.name", request.Metadata.NamespaceProperty);
+        root.SetTag("podmig.request", request.Metadata.Name);
+        root.SetTag("k8s.pod.name", request.Spec.PodName);
+        var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [TraceAnnotation] = root.Id } } };
+        var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
+            MigrationRequest.Group, MigrationRequest.Version, request.Metadata.NamespaceProperty, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
+        // in place: the caller goes on with this request
+        var patched = KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
+        request.Metadata.ResourceVersion = patched.Metadata.ResourceVersion;
+        request.Metadata.Annotations = patched.Metadata.Annotations;
+        return root.Context;
+    }
+
     /// <summary>Does the work of the request's phase and moves it on; returns the request as stored.</summary>
     public async Task<MigrationRequest> StepAsync(MigrationRequest request, CancellationToken cancellationToken)
     {
@@ -102,7 +133,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             return await RollBackAsync(request, cancellationToken);
         }
 
-        using var activity = OperatorTelemetry.Source.StartActivity("migration." + status.Phase);
+        // every step of a migration is a span of one trace, whose root the first step made and the request keeps
+        var trace = await TraceParentAsync(request, cancellationToken);
+        using var activity = OperatorTelemetry.Source.StartActivity("migration." + status.Phase, ActivityKind.Internal, trace);
         activity?.SetTag("migration.id", request.Metadata.Uid);
         activity?.SetTag("k8s.pod.name", request.Spec.PodName);
         using var budget = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
