@@ -307,6 +307,14 @@ public sealed class SandboxCluster : IAsyncDisposable
     {
         await node.StartAgentAsync();
         _cleanup.Push(() => node.Agent.DisposeAsync());
+        if (Options.AsInstalled)
+        {
+            // the agent announces itself on its Node: the operator finds it there
+            await node.Agent.WaitUntilAsync(async () =>
+                (await Client.CoreV1.ReadNodeAsync(node.Name)).Metadata.Annotations?.TryGetValue(SandboxOptions.AgentEndpointAnnotation, out var endpoint) == true
+                && endpoint == node.AgentAddress, TimeSpan.FromSeconds(30), $"announcing itself on node {node.Name}");
+        }
+
         progress?.Invoke($"{node.Name}: agent pid {node.Agent.Pid} at {node.AgentAddress}");
     }
 
