@@ -11,6 +11,11 @@ configuration=${CONFIGURATION:-Debug}
 rm -rf "$results"
 mkdir -p "$results"
 export MIGRATE_FIGURES_FILE="$PWD/$results/figures.txt"
+# The test platform leaves a few empty directories in $TMPDIR on every run (not the tests: dotnet
+# test --list-tests alone does it); a temporary directory of the run's own is removed at the end.
+run_tmp=$(mktemp -d /tmp/podmig-tests.XXXXXX)
+trap 'rm -rf "$run_tmp"' EXIT
+export TMPDIR="$run_tmp"
 
 mapfile -t projects < <(find tests -name '*.Tests.csproj' | sort)
 [ ${#projects[@]} -gt 0 ] || { echo "no test projects found" >&2; exit 1; }
