@@ -6,6 +6,10 @@ CONFIGURATION ?= Debug
 SOLUTION := Migrate.Operator.sln
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
+# The .NET SDK leaves a few empty directories in $TMPDIR on every build and test run: keep them in
+# the build output (make clean removes it) instead of /tmp.
+export TMPDIR := $(CURDIR)/artifacts/tmp
+$(shell mkdir -p "$(TMPDIR)")
 
 .DEFAULT_GOAL := help
 
