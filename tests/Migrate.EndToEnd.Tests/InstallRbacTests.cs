@@ -47,8 +47,8 @@ public sealed class InstallRbacTests(InstalledSandboxFixture fixture, ITestOutpu
         }
 
         // a ReplicaSet's pod moves (its labels and owner are held back until cut-over: pods are patched)
-        var replicaSet = await CreateReplicaSetAsync("web");
-        await RunAsync("web-1", "node-a", new() { ["app"] = "web" }, new V1OwnerReference { ApiVersion = "apps/v1", Kind = "ReplicaSet", Name = "web", Uid = replicaSet, Controller = true });
+        var replicaSet = await Sandbox.CreateReplicaSetAsync(Cluster, "web");
+        await Sandbox.RunPodAsync(Cluster, "default", "web-1", "node-a", new() { ["app"] = "web" }, new V1OwnerReference { ApiVersion = "apps/v1", Kind = "ReplicaSet", Name = "web", Uid = replicaSet, Controller = true });
         var before = await Sandbox.WaitForTicksAsync(Cluster, "web-1", "main", 3);
         await Sandbox.ApplyRequestAsync(Cluster, "move-web", "web-1", "PreCopy", "node-b");
         var moved = await Sandbox.WaitForFinalAsync(Cluster, "move-web");
@@ -59,7 +59,7 @@ public sealed class InstallRbacTests(InstalledSandboxFixture fixture, ITestOutpu
         Sandbox.AssertConsecutive(await Sandbox.WaitForTicksAsync(Cluster, moved!.Status!.ReplacementPod!, "main", 3, frozen), frozen + 1);
 
         // a drain of node-b: an opted-in pod moves, the others are evicted (through the eviction webhook, which reads the namespace)
-        await RunAsync("keeper", "node-b", new() { [NodeDrain.MigrateLabel] = "true" });
+        await Sandbox.RunPodAsync(Cluster, "default", "keeper", "node-b", new() { [NodeDrain.MigrateLabel] = "true" });
         (await Cluster.Api.KubectlInAsync("""
             apiVersion: podmigration.io/v1alpha1
             kind: NodeDrain
@@ -135,40 +135,5 @@ public sealed class InstallRbacTests(InstalledSandboxFixture fixture, ITestOutpu
         }
 
         Assert.True(unused.Count == 0, $"rules of {account} that no request needed (remove them or exercise them): " + string.Join("; ", unused));
-    }
-
-    private async Task<string> CreateReplicaSetAsync(string name)
-    {
-        var labels = new Dictionary<string, string> { ["app"] = name };
-        var set = await Cluster.Client.AppsV1.CreateNamespacedReplicaSetAsync(new V1ReplicaSet
-        {
-            Metadata = new V1ObjectMeta { Name = name },
-            Spec = new V1ReplicaSetSpec
-            {
-                Replicas = 1,
-                Selector = new V1LabelSelector { MatchLabels = labels },
-                Template = new V1PodTemplateSpec
-                {
-                    Metadata = new V1ObjectMeta { Labels = labels },
-                    Spec = new V1PodSpec { Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter }] },
-                },
-            },
-        }, "default");
-        return set.Metadata.Uid;
-    }
-
-    private async Task RunAsync(string name, string node, Dictionary<string, string> labels, V1OwnerReference? owner = null)
-    {
-        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
-        {
-            Metadata = new V1ObjectMeta { Name = name, Labels = labels, OwnerReferences = owner is null ? null : [owner] },
-            Spec = new V1PodSpec
-            {
-                NodeName = node,
-                TerminationGracePeriodSeconds = 2,
-                Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/memcounter"], Args = ["--mib", "8", "--interval-ms", "100", "--verify-every", "5"] }],
-            },
-        }, "default");
-        await Cluster.WaitForPodRunningAsync(name);
     }
 }

@@ -254,7 +254,7 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
         return daemonSet.Metadata.Uid;
     }
 
-    private async Task<V1Pod> RunAsync(string ns, string name, string node, bool optedIn = false, Dictionary<string, string>? labels = null, V1OwnerReference? owner = null, int mib = 8)
+    private Task<V1Pod> RunAsync(string ns, string name, string node, bool optedIn = false, Dictionary<string, string>? labels = null, V1OwnerReference? owner = null, int mib = 8)
     {
         labels ??= [];
         if (optedIn)
@@ -262,17 +262,7 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
             labels[NodeDrain.MigrateLabel] = "true";
         }
 
-        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
-        {
-            Metadata = new V1ObjectMeta { Name = name, Labels = labels, OwnerReferences = owner is null ? null : [owner] },
-            Spec = new V1PodSpec
-            {
-                NodeName = node,
-                TerminationGracePeriodSeconds = 2,
-                Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/memcounter"], Args = ["--mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "5"] }],
-            },
-        }, ns);
-        return await Cluster.WaitForPodRunningAsync(name, ns);
+        return Sandbox.RunPodAsync(Cluster, ns, name, node, labels, owner, mib);
     }
 
     private async Task<IReadOnlyList<MemcounterTick>> TicksAsync(string ns, string pod) =>

@@ -25,18 +25,34 @@ public static class Sandbox
             Spec = new V1PodSpec
             {
                 NodeName = node,
-                Containers = [new V1Container
-                {
-                    Name = "main",
-                    Image = TestImages.Memcounter,
-                    Command = ["/bin/memcounter"],
-                    Args = ["--mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "5", "--dirty-percent-per-second", "1", .. extraArgs],
-                }],
+                Containers = [Counter(mib, ["--dirty-percent-per-second", "1", .. extraArgs])],
             },
         }, "default");
         var pod = await cluster.WaitForPodRunningAsync(name);
         await WaitForTicksAsync(cluster, name, "main", 5);
         return pod;
+    }
+
+    /// <summary>The memcounter container "main": <paramref name="mib"/> of memory, a tick every 100 ms, a checksum check every 5 ticks.</summary>
+    public static V1Container Counter(int mib, IEnumerable<string> extraArgs) => new()
+    {
+        Name = "main",
+        Image = TestImages.Memcounter,
+        Command = ["/bin/memcounter"],
+        Args = ["--mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "5", .. extraArgs],
+    };
+
+    /// <summary>A memcounter pod with the given labels and owner on <paramref name="node"/> (2 s grace period); returns once it runs.</summary>
+    public static async Task<V1Pod> RunPodAsync(SandboxCluster cluster, string ns, string name, string node, Dictionary<string, string> labels,
+        V1OwnerReference? owner = null, int mib = 8)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        await cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
+        {
+            Metadata = new V1ObjectMeta { Name = name, Labels = labels, OwnerReferences = owner is null ? null : [owner] },
+            Spec = new V1PodSpec { NodeName = node, TerminationGracePeriodSeconds = 2, Containers = [Counter(mib, [])] },
+        }, ns);
+        return await cluster.WaitForPodRunningAsync(name, ns);
     }
 
     /// <summary>A memcounter pod as a StatefulSet makes it (owner reference, pod-name label) that opted in to keeping its name when moved.</summary>
@@ -56,13 +72,7 @@ public static class Sandbox
         Spec = new V1PodSpec
         {
             NodeName = node,
-            Containers = [new V1Container
-            {
-                Name = "main",
-                Image = TestImages.Memcounter,
-                Command = ["/bin/memcounter"],
-                Args = ["--mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "5", "--dirty-percent-per-second", "1"],
-            }],
+            Containers = [Counter(mib, ["--dirty-percent-per-second", "1"])],
         },
     };
 
@@ -73,24 +83,33 @@ public static class Sandbox
     public static async Task<string> CreateStatefulSetAsync(SandboxCluster cluster, string name)
     {
         ArgumentNullException.ThrowIfNull(cluster);
-        var labels = new Dictionary<string, string> { ["app"] = name };
         var set = await cluster.Client.AppsV1.CreateNamespacedStatefulSetAsync(new V1StatefulSet
         {
             Metadata = new V1ObjectMeta { Name = name },
-            Spec = new V1StatefulSetSpec
-            {
-                ServiceName = name,
-                Replicas = 1,
-                Selector = new V1LabelSelector { MatchLabels = labels },
-                Template = new V1PodTemplateSpec
-                {
-                    Metadata = new V1ObjectMeta { Labels = labels },
-                    Spec = new V1PodSpec { Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter }] },
-                },
-            },
+            Spec = new V1StatefulSetSpec { ServiceName = name, Replicas = 1, Selector = Selector(name), Template = Template(name) },
         }, "default");
         return set.Metadata.Uid;
     }
+
+    /// <summary>A ReplicaSet object (no controller runs it here) to own test pods, as <see cref="CreateStatefulSetAsync"/>.</summary>
+    public static async Task<string> CreateReplicaSetAsync(SandboxCluster cluster, string name)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        var set = await cluster.Client.AppsV1.CreateNamespacedReplicaSetAsync(new V1ReplicaSet
+        {
+            Metadata = new V1ObjectMeta { Name = name },
+            Spec = new V1ReplicaSetSpec { Replicas = 1, Selector = Selector(name), Template = Template(name) },
+        }, "default");
+        return set.Metadata.Uid;
+    }
+
+    private static V1LabelSelector Selector(string app) => new() { MatchLabels = new Dictionary<string, string> { ["app"] = app } };
+
+    private static V1PodTemplateSpec Template(string app) => new()
+    {
+        Metadata = new V1ObjectMeta { Labels = new Dictionary<string, string> { ["app"] = app } },
+        Spec = new V1PodSpec { Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter }] },
+    };
 
     /// <summary>kubectl apply of a MigrationRequest.</summary>
     public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null)

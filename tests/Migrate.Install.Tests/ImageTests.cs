@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Migrate.TestSupport;
 using Migrate.TestSupport.Helm;
@@ -53,7 +52,7 @@ public sealed partial class ImageTests
         Assert.Equal(65532.0, ((Dictionary<string, object?>)podSecurity["securityContext"]!)["runAsUser"]);
 
         // make images tags what deploy/ and the chart run
-        var (_, tags) = Run("hack/images.sh", "--tags");
+        var (_, tags) = Run("hack/images.sh", ["--tags"]);
         var images = chart.Manifests.Where(o => DeployManifests.Kind(o) is "Deployment" or "DaemonSet")
             .Select(o => (string)((Dictionary<string, object?>)((List<object?>)((Dictionary<string, object?>)((Dictionary<string, object?>)((Dictionary<string, object?>)o["spec"]!)["template"]!)["spec"]!)["containers"]!)[0]!)["image"]!)
             .Order(StringComparer.Ordinal);
@@ -63,7 +62,7 @@ public sealed partial class ImageTests
     [Fact]
     public void Make_images_builds_or_names_every_builder_it_tried()
     {
-        var (code, output) = Run("make", "-s", "images");
+        var (code, output) = Run("make", ["-s", "images"]);
         if (code == 0)
         {
             Assert.Contains("built ghcr.io/pod-migration/operator:", output, StringComparison.Ordinal);
@@ -110,31 +109,12 @@ public sealed partial class ImageTests
     private static string AssemblyName(string project) =>
         Regex.Match(Read(project), "<AssemblyName>([^<]+)</AssemblyName>").Groups[1].Value is { Length: > 0 } name ? name : throw new InvalidDataException($"{project} sets no AssemblyName");
 
-    private static (int Code, string Output) Run(string program, params string[] args) => Run(program, args, null);
-
-    private static (int Code, string Output) Run(string program, string[] args, IReadOnlyDictionary<string, string>? environment)
+    /// <summary>A repository script (relative path) or a program on PATH, run from the repository root.</summary>
+    private static (int Code, string Output) Run(string program, string[] args, IReadOnlyDictionary<string, string>? environment = null)
     {
-        var start = new ProcessStartInfo(program.Contains('/', StringComparison.Ordinal) && !Path.IsPathRooted(program) ? RepositoryLayout.InRepository(program.Split('/')) : program)
-        {
-            WorkingDirectory = RepositoryLayout.InRepository(),
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        foreach (var arg in args)
-        {
-            start.ArgumentList.Add(arg);
-        }
-
-        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
-        {
-            start.Environment[key] = value;
-        }
-
-        using var process = Process.Start(start)!;
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        process.WaitForExit();
-        return (process.ExitCode, output.Result + error.Result);
+        var path = program.Contains('/', StringComparison.Ordinal) && !Path.IsPathRooted(program) ? RepositoryLayout.InRepository(program.Split('/')) : program;
+        var (code, stdout, stderr) = Prerequisites.Capture(path, args, RepositoryLayout.InRepository(), environment);
+        return (code, stdout + stderr);
     }
 
     [GeneratedRegex(@"^COPY (?!--from)([^\n]+)$", RegexOptions.Multiline)]

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Migrate.TestSupport;
 using Xunit;
 
@@ -34,21 +33,7 @@ public sealed class PluginPackagingTests
 
     private static (int Code, string Output) Run(string program, string[] args, string directory, IReadOnlyDictionary<string, string>? environment)
     {
-        var start = new ProcessStartInfo(program) { WorkingDirectory = directory, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in args)
-        {
-            start.ArgumentList.Add(arg);
-        }
-
-        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
-        {
-            start.Environment[key] = value;
-        }
-
-        using var process = Process.Start(start)!;
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEndAsync();
-        process.WaitForExit();
-        return (process.ExitCode, output.Result + error.Result);
+        var (code, stdout, stderr) = Prerequisites.Capture(program, args, directory, environment);
+        return (code, stdout + stderr);
     }
 }

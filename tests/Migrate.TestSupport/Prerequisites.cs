@@ -61,28 +61,38 @@ public static class Prerequisites
     /// <summary>Runs a program to completion and returns its standard output; throws with its output on failure.</summary>
     public static string Run(string program, params string[] arguments)
     {
+        var (exitCode, stdout, stderr) = Capture(program, arguments);
+        return exitCode == 0 ? stdout
+            : throw new InvalidOperationException($"{program} {string.Join(' ', arguments)} exited with {exitCode}: {stderr}{stdout}");
+    }
+
+    /// <summary>Runs a program to completion (in <paramref name="directory"/>, with extra environment) and returns its exit code and output, whatever they are.</summary>
+    public static (int ExitCode, string Stdout, string Stderr) Capture(string program, IEnumerable<string> arguments, string? directory = null,
+        IReadOnlyDictionary<string, string>? environment = null)
+    {
+        ArgumentNullException.ThrowIfNull(arguments);
         var start = new ProcessStartInfo(program)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
+            WorkingDirectory = directory ?? "",
         };
         foreach (var a in arguments)
         {
             start.ArgumentList.Add(a);
         }
 
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+        {
+            start.Environment[key] = value;
+        }
+
         using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {program}");
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException(
-                $"{program} {string.Join(' ', arguments)} exited with {process.ExitCode}: {stderr.Result}{stdout.Result}");
-        }
-
-        return stdout.Result;
+        return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
     private static bool IsEffectiveRoot()
