@@ -30,11 +30,11 @@ public sealed class AgentOptions
 
     /// <summary>Where migrations stage their images, one directory (mode 0700) per migration.</summary>
     [Required]
-    public string StagingDirectory { get; set; } = "/var/lib/podmig/migrations";
+    public string StagingDirectory { get; set; } = StagingLayout.DefaultStagingRoot;
 
     /// <summary>Where images received from other nodes are staged, one directory (mode 0700) per migration.</summary>
     [Required]
-    public string IncomingDirectory { get; set; } = "/var/lib/podmig/incoming";
+    public string IncomingDirectory { get; set; } = StagingLayout.DefaultIncomingRoot;
 
     /// <summary>This agent's certificate (PEM); with <see cref="TlsKeyFile"/> and <see cref="TlsAuthorityFile"/> it turns on mutual TLS.</summary>
     public string? TlsCertificateFile { get; set; }
@@ -83,7 +83,7 @@ public sealed class AgentOptions
     public long TransferBytesPerSecond { get; set; }
 
     /// <summary>
-    /// Write this agent's endpoint into its Node's annotation podmig.io/agent-endpoint (how the
+    /// Write this agent's endpoint into its Node's annotation podmigration.io/agent-endpoint (how the
     /// operator finds agents); on in a cluster (the DaemonSet), off where something else registers
     /// nodes (the sandbox's emulated kubelet).
     /// </summary>

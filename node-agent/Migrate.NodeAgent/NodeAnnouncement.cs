@@ -7,14 +7,13 @@ using Microsoft.Extensions.Options;
 namespace Migrate.NodeAgent;
 
 /// <summary>
-/// Keeps this agent's endpoint in its Node's podmig.io/agent-endpoint annotation (a merge patch
+/// Keeps this agent's endpoint in its Node's podmigration.io/agent-endpoint annotation (a merge patch
 /// of that one annotation; the agent's ServiceAccount may patch nodes and nothing more): at start,
 /// retried until it works, then checked every minute so that a node re-registered without it gets
 /// it back.
 /// </summary>
 public sealed partial class NodeAnnouncement(IOptions<AgentOptions> options, ILogger<NodeAnnouncement> logger, TimeProvider time) : BackgroundService
 {
-    public const string EndpointAnnotation = "podmig.io/agent-endpoint";
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -29,9 +28,9 @@ public sealed partial class NodeAnnouncement(IOptions<AgentOptions> options, ILo
             try
             {
                 var node = await client.CoreV1.ReadNodeAsync(settings.NodeName, cancellationToken: stoppingToken);
-                if (node.Metadata.Annotations?.TryGetValue(EndpointAnnotation, out var current) != true || current != address)
+                if (node.Metadata.Annotations?.TryGetValue(Annotations.AgentEndpoint, out var current) != true || current != address)
                 {
-                    var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [EndpointAnnotation] = address } } };
+                    var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [Annotations.AgentEndpoint] = address } } };
                     await client.CoreV1.PatchNodeAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch), settings.NodeName, cancellationToken: stoppingToken);
                     LogAnnounced(settings.NodeName, address);
                 }

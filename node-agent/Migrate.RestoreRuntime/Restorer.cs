@@ -10,9 +10,6 @@ namespace Migrate.RestoreRuntime;
 /// <summary>A container creation marked for restore, read from its bundle's config.json.</summary>
 public sealed record RestoreRequest(string MigrationId, string Container, string Bundle, string RootPath, IReadOnlyList<(string Destination, string Source)> Mounts)
 {
-    /// <summary>The pod annotation naming the migration whose images a container restores from.</summary>
-    public const string Annotation = "podmig.io/restore-from";
-
     /// <summary>The request when the bundle is a pod container (not the sandbox) marked for restore; null otherwise.</summary>
     public static RestoreRequest? TryRead(RuncCommandLine line)
     {
@@ -21,7 +18,7 @@ public sealed record RestoreRequest(string MigrationId, string Container, string
         using var config = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(bundle, "config.json")));
         var spec = config.RootElement;
         if (!spec.TryGetProperty("annotations", out var annotations)
-            || !annotations.TryGetProperty(Annotation, out var migration)
+            || !(annotations.TryGetProperty(Annotations.RestoreFrom, out var migration) || annotations.TryGetProperty(Keys.Deprecated(Annotations.RestoreFrom)!, out migration))
             || !annotations.TryGetProperty("io.kubernetes.cri.container-type", out var type) || type.GetString() != "container")
         {
             return null;
@@ -59,8 +56,6 @@ public static partial class Restorer
     public const string Marker = "podmig.restored";
     private const string EmptyDirMarker = "/volumes/kubernetes.io~empty-dir/";
 
-    public static string IncomingRoot =>
-        Environment.GetEnvironmentVariable("PODMIG_INCOMING_DIRECTORY") is { Length: > 0 } value ? value : "/var/lib/podmig/incoming";
 
     /// <summary>Whether runc's state of the container says we restored it (so "start" has nothing to do).</summary>
     public static bool IsRestored(RuncCommandLine line)
@@ -79,18 +74,19 @@ public static partial class Restorer
             var id = line.ContainerId ?? throw new RestoreFailedException("create names no container id");
             if (!MigrationId().IsMatch(request.MigrationId) || !IsSafeName(request.Container))
             {
-                throw new RestoreFailedException($"annotation {RestoreRequest.Annotation}='{request.MigrationId}' (container '{request.Container}') does not name a migration");
+                throw new RestoreFailedException($"annotation {Annotations.RestoreFrom}='{request.MigrationId}' (container '{request.Container}') does not name a migration");
             }
 
-            var migration = Path.Combine(IncomingRoot, request.MigrationId);
-            var files = Path.Combine(migration, "files");
-            var staged = Path.Combine(migration, "staged.json");
+            var layout = StagingLayout.FromEnvironment();
+            var migration = layout.Incoming(request.MigrationId);
+            var files = layout.IncomingFiles(request.MigrationId);
+            var staged = Path.Combine(migration, StagingLayout.StagedFile);
             if (!File.Exists(staged))
             {
                 throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
             }
 
-            var images = Path.Combine(files, "containers", request.Container, "final");
+            var images = Path.Combine(files, StagingLayout.FinalImages(request.Container));
             if (!Directory.Exists(images))
             {
                 throw new RestoreFailedException($"migration {request.MigrationId} has no images of container {request.Container}");
@@ -102,7 +98,7 @@ public static partial class Restorer
                 .ToList();
             Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
 
-            var layer = Path.Combine(files, "rootfs", request.Container + ".tar");
+            var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
             if (File.Exists(layer))
             {
                 PutBackWritableLayer(request.RootPath, layer);
@@ -112,7 +108,7 @@ public static partial class Restorer
             {
                 // a volume the pod's containers share is put back once, before the first of them
                 // runs: unpacking it again for the next container would swap the files under the first
-                var archive = Path.Combine(files, "volumes", volume + ".tar");
+                var archive = Path.Combine(files, StagingLayout.VolumeArchive(volume!));
                 var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
                 if (File.Exists(archive) && !File.Exists(unpacked))
                 {
@@ -121,7 +117,7 @@ public static partial class Restorer
                 }
             }
 
-            var work = Path.Combine(migration, "restore-" + request.Container);
+            var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
             if (Directory.Exists(work))
             {
                 Directory.Delete(work, recursive: true);

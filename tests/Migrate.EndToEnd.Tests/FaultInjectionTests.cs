@@ -1,5 +1,4 @@
 using k8s;
-using Migrate.Operator.Api;
 using Migrate.TestSupport;
 using Xunit;
 using Xunit.Abstractions;

@@ -3,7 +3,6 @@ using System.Text.Json.Nodes;
 using k8s;
 using k8s.Models;
 using Migrate.KubeEmulator.Auth;
-using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 using Migrate.TestSupport;
 using Migrate.TestSupport.Helm;
@@ -40,7 +39,7 @@ public sealed class InstallRbacTests(InstalledSandboxFixture fixture, ITestOutpu
         foreach (var node in Cluster.Nodes)
         {
             var annotations = (await Cluster.Client.CoreV1.ReadNodeAsync(node.Name)).Metadata.Annotations;
-            Assert.Equal(node.AgentAddress, annotations?[SandboxOptions.AgentEndpointAnnotation]);
+            Assert.Equal(node.AgentAddress, annotations?[Annotations.AgentEndpoint]);
             var secret = await Cluster.Client.CoreV1.ReadNamespacedSecretAsync("podmig-agent-" + node.Name, Namespace);
             using var certificate = System.Security.Cryptography.X509Certificates.X509Certificate2.CreateFromPem(System.Text.Encoding.ASCII.GetString(secret.Data["tls.crt"]));
             Assert.Equal(node.Name, certificate.GetNameInfo(System.Security.Cryptography.X509Certificates.X509NameType.SimpleName, false));
@@ -59,7 +58,7 @@ public sealed class InstallRbacTests(InstalledSandboxFixture fixture, ITestOutpu
         Sandbox.AssertConsecutive(await Sandbox.WaitForTicksAsync(Cluster, moved!.Status!.ReplacementPod!, "main", 3, frozen), frozen + 1);
 
         // a drain of node-b: an opted-in pod moves, the others are evicted (through the eviction webhook, which reads the namespace)
-        await Sandbox.RunPodAsync(Cluster, "default", "keeper", "node-b", new() { [NodeDrain.MigrateLabel] = "true" });
+        await Sandbox.RunPodAsync(Cluster, "default", "keeper", "node-b", new() { [Labels.Migrate] = "true" });
         (await Cluster.Api.KubectlInAsync("""
             apiVersion: podmigration.io/v1alpha1
             kind: NodeDrain

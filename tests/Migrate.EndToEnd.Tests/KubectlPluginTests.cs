@@ -2,7 +2,6 @@ using System.Text.RegularExpressions;
 using k8s;
 using k8s.Models;
 using Migrate.KubeEmulator.Auth;
-using Migrate.Operator.Api;
 using Migrate.TestSupport;
 using Xunit;
 using Xunit.Abstractions;

@@ -1,6 +1,5 @@
 using System.Globalization;
 using k8s;
-using Migrate.Operator.Api;
 using Migrate.TestSupport;
 using Xunit;
 using Xunit.Abstractions;

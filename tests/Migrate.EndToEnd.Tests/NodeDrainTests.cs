@@ -1,7 +1,6 @@
 using System.Text.Json;
 using k8s;
 using k8s.Models;
-using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 using Migrate.TestSupport;
 using Xunit;
@@ -28,7 +27,7 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
             metadata:
               name: opted
               labels:
-                {NodeDrain.MigrateLabel}: "true"
+                {Labels.Migrate}: "true"
             """, "apply", "-f", "-")).Succeeded();
         var uids = new Dictionary<string, string>
         {
@@ -221,7 +220,7 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
         Assert.Equal(429, (int)refused.Response.StatusCode);
         Assert.Contains("MigrationRequest evict-cancelme-1", refused.Response.Content, StringComparison.Ordinal);
         Assert.Equal(("node-a", "Running"), (pod.Spec.NodeName, pod.Status.Phase));
-        Assert.Equal("evict-cancelme-1", pod.Metadata.Annotations[Migrate.Operator.Admission.EvictionGuard.CancelledAnnotation]);
+        Assert.Equal("evict-cancelme-1", pod.Metadata.Annotations[Annotations.EvictionMigrationCancelled]);
         await Sandbox.WaitForRequestAsync(Cluster, "evict-cancelme-2", r => r is null, TimeSpan.FromSeconds(1)); // no new migration
         var gone = System.Diagnostics.Stopwatch.StartNew();
         while ((await Cluster.Client.CoreV1.ListNamespacedPodAsync("default", fieldSelector: "metadata.name=cancelme")).Items.Count > 0)
@@ -259,7 +258,7 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
         labels ??= [];
         if (optedIn)
         {
-            labels[NodeDrain.MigrateLabel] = "true";
+            labels[Labels.Migrate] = "true";
         }
 
         return Sandbox.RunPodAsync(Cluster, ns, name, node, labels, owner, mib);
@@ -284,7 +283,7 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
     private async Task<IReadOnlyList<MigrationRequest>> DrainRequestsAsync(string drain)
     {
         var raw = await Cluster.Client.CustomObjects.ListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, MigrationRequest.Plural,
-            labelSelector: $"{DrainController.DrainLabel}={drain}");
+            labelSelector: $"{Labels.Drain}={drain}");
         return [.. KubernetesJson.Deserialize<MigrationRequestList>(((JsonElement)raw).GetRawText()).Items];
     }
 

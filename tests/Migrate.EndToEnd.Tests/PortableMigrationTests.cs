@@ -6,7 +6,6 @@ using System.Text.Json.Nodes;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
-using Migrate.Operator.Api;
 using Migrate.TestSupport;
 using Xunit;
 using Xunit.Abstractions;
@@ -22,7 +21,6 @@ namespace Migrate.EndToEnd.Tests;
 public sealed class E2EClusterFixture : IAsyncLifetime
 {
     public const string KubeconfigVariable = "MIGRATE_E2E_KUBECONFIG";
-    private const string AgentEndpointAnnotation = "podmig.io/agent-endpoint";
     private readonly string _directory = Directory.CreateTempSubdirectory("podmig-e2e-").FullName;
     private string? _sandboxState;
 
@@ -81,11 +79,11 @@ public sealed class E2EClusterFixture : IAsyncLifetime
         var nodes = (await Client.CoreV1.ListNodeAsync()).Items;
         EligibleNodes = [.. nodes
             .Where(n => n.Spec?.Unschedulable != true && n.Status?.Conditions?.Any(c => c.Type == "Ready" && c.Status == "True") == true
-                && n.Metadata.Annotations?.ContainsKey(AgentEndpointAnnotation) == true)
+                && n.Metadata.Annotations?.ContainsKey(Annotations.AgentEndpoint) == true)
             .Select(n => n.Metadata.Name)];
         if (EligibleNodes.Count < 2)
         {
-            throw new InvalidOperationException($"the cluster has {EligibleNodes.Count} Ready, schedulable node(s) with a pod-migration agent ({AgentEndpointAnnotation}); the tests need two");
+            throw new InvalidOperationException($"the cluster has {EligibleNodes.Count} Ready, schedulable node(s) with a pod-migration agent ({Annotations.AgentEndpoint}); the tests need two");
         }
 
         SourceNode = Environment.GetEnvironmentVariable("MIGRATE_E2E_SOURCE_NODE") is { Length: > 0 } source ? source : EligibleNodes[0];

@@ -3,7 +3,6 @@ using System.Text.Json;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
-using Migrate.Operator.Api;
 using Migrate.TestSupport;
 using Xunit;
 
@@ -65,7 +64,7 @@ public static class Sandbox
             {
                 ["app"] = "db",
                 ["statefulset.kubernetes.io/pod-name"] = name,
-                [Migrate.Operator.Reconciliation.MigrationExecutor.KeepNameLabel] = "true",
+                [Labels.KeepName] = "true",
             },
             OwnerReferences = [new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = name[..name.LastIndexOf('-')], Uid = ownerUid, Controller = true, BlockOwnerDeletion = true }],
         },

@@ -1,5 +1,4 @@
 using k8s;
-using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 using Migrate.TestSupport;
 using Migrate.TestSupport.Otlp;
@@ -42,7 +41,7 @@ public sealed class TracingEndToEndTests(TracedSandboxFixture fixture, ITestOutp
         await Sandbox.ApplyRequestAsync(cluster, "move-traced", "traced", "PreCopy", "node-b");
         var request = await Sandbox.WaitForFinalAsync(cluster, "move-traced");
         Assert.Equal(MigrationPhases.Succeeded, request!.Status!.Phase);
-        var traceparent = request.Metadata.Annotations[MigrationExecutor.TraceAnnotation];
+        var traceparent = request.Metadata.Annotations[Annotations.TraceContext];
         var traceId = traceparent.Split('-')[1];
 
         // the exporters send every 200 ms; wait for the target's receive span and the operator's cut-over

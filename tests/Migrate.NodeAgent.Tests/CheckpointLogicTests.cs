@@ -9,6 +9,15 @@ public sealed class CheckpointLogicTests
 {
     private const string PodVolumes = "/var/lib/kubelet/pods/5f1c/volumes";
 
+    [Fact]
+    public void The_staging_layout_names_the_image_sets_the_pre_copy_session_writes()
+    {
+        var container = StagingLayout.ContainerImages("app");
+
+        Assert.Equal(container + "/" + Criu.Incremental.PreCopySession.FinalDirectoryName, StagingLayout.FinalImages("app"));
+        Assert.Equal(container + "/" + Criu.Incremental.PreCopySession.RoundName(2), StagingLayout.RoundImages("app", 2));
+    }
+
     [Theory]
     [InlineData(PodVolumes + "/kubernetes.io~empty-dir/cache", "/cache", MountKind.EmptyDir, "cache")]
     [InlineData(PodVolumes + "/kubernetes.io~configmap/settings", "/etc/app", MountKind.KubeletProvided, "settings")]

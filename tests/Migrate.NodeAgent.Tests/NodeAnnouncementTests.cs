@@ -35,7 +35,7 @@ public sealed class NodeAnnouncementTests(EmulatorFixture cluster) : IClassFixtu
             for (int i = 0; i < 100; i++)
             {
                 node = await cluster.Client.CoreV1.ReadNodeAsync("node-x");
-                if (node.Metadata.Annotations.ContainsKey(NodeAnnouncement.EndpointAnnotation))
+                if (node.Metadata.Annotations.ContainsKey(Annotations.AgentEndpoint))
                 {
                     break;
                 }
@@ -43,7 +43,7 @@ public sealed class NodeAnnouncementTests(EmulatorFixture cluster) : IClassFixtu
                 await Task.Delay(100);
             }
 
-            Assert.Equal("10.1.2.3:7070", node.Metadata.Annotations[NodeAnnouncement.EndpointAnnotation]);
+            Assert.Equal("10.1.2.3:7070", node.Metadata.Annotations[Annotations.AgentEndpoint]);
             Assert.Equal("ops", node.Metadata.Annotations["owner"]);
             Assert.Equal("a", node.Metadata.Labels["pool"]);
         }

@@ -25,7 +25,7 @@ public sealed class NodeInstallationTests : IDisposable
 
         Assert.Contains("""[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podmig]""", merged, StringComparison.Ordinal);
         Assert.Contains("""BinaryName = "/usr/local/bin/podmig-runc" """.TrimEnd(), merged, StringComparison.Ordinal);
-        Assert.Contains("""pod_annotations = ["podmig.io/*"]""", merged, StringComparison.Ordinal);
+        Assert.Contains("""pod_annotations = ["podmigration.io/*", "podmig.io/*"]""", merged, StringComparison.Ordinal);
         Assert.Contains("""runtime_type = "io.containerd.runc.v2" """.TrimEnd(), merged, StringComparison.Ordinal);
     }
 

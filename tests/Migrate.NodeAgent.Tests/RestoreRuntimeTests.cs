@@ -64,7 +64,7 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
 
         var started = DateTime.UtcNow;
         var replacement = await TestPods.RunAsync(_target.Node, "default", "counter", [container], ContainerdNode.RestoreHandler,
-            new Dictionary<string, string> { ["podmig.io/restore-from"] = "m-shim" });
+            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-shim" });
         var restoreMillis = (DateTime.UtcNow - started).TotalMilliseconds;
         var ticks = await AgentOnNode.WaitForTicksAsync(replacement, "main", 5);
         output.WriteLine($"frozen at {frozen}; the replacement logged {ticks[0].Tick}..{ticks[^1].Tick}; pod up in {restoreMillis:0} ms");
@@ -106,7 +106,7 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         }
 
         var error = await Assert.ThrowsAsync<RpcException>(() => TestPods.RunAsync(_target.Node, "default", "broken", [container], ContainerdNode.RestoreHandler,
-            new Dictionary<string, string> { ["podmig.io/restore-from"] = "m-broken" }));
+            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-broken" }));
 
         Assert.Contains("does not match its SHA-256", error.Status.Detail, StringComparison.Ordinal);
         Assert.Contains("pages-", error.Status.Detail, StringComparison.Ordinal);
@@ -137,7 +137,7 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         double plainMillis = plainClock.Elapsed.TotalMilliseconds;
         var restoreClock = System.Diagnostics.Stopwatch.StartNew();
         var replacement = await TestPods.RunAsync(_target.Node, "default", $"size-{mib}", [container], ContainerdNode.RestoreHandler,
-            new Dictionary<string, string> { ["podmig.io/restore-from"] = migration });
+            new Dictionary<string, string> { [Annotations.RestoreFrom] = migration });
         double restoreMillis = restoreClock.Elapsed.TotalMilliseconds;
         var ticks = await AgentOnNode.WaitForTicksAsync(replacement, "main", 2);
 

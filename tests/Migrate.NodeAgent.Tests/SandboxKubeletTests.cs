@@ -70,7 +70,7 @@ public sealed class SandboxKubeletTests : IAsyncLifetime
     {
         await _cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
         {
-            Metadata = new V1ObjectMeta { Name = "replacement", Annotations = new Dictionary<string, string> { ["podmig.io/restore-from"] = "m-never-staged" } },
+            Metadata = new V1ObjectMeta { Name = "replacement", Annotations = new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-never-staged" } },
             Spec = new V1PodSpec
             {
                 NodeName = "node-a",

@@ -2,7 +2,6 @@ using k8s;
 using k8s.Models;
 using Microsoft.Extensions.Logging.Abstractions;
 using Migrate.Agent.V1;
-using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 using Migrate.TestSupport;
 using Xunit;
@@ -62,7 +61,7 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
     [Theory]
     [InlineData("ghost", null, "PodNotFound", "Pod default/ghost does not exist.")]
     [InlineData("job-0", null, "PodNotRunning", "Pod default/job-0 is Pending; only a Running pod can be moved.")]
-    [InlineData("web-0", null, "PodOwnedByStatefulSet", "Pod default/web-0 belongs to StatefulSet web, whose pods keep their names; label its pod template podmig.io/keep-name=true (with the operator's pod webhook installed) to move it.")]
+    [InlineData("web-0", null, "PodOwnedByStatefulSet", "Pod default/web-0 belongs to StatefulSet web, whose pods keep their names; label its pod template podmigration.io/keep-name=true (with the operator's pod webhook installed) to move it.")]
     [InlineData("logs-x7k2p", null, "PodOwnedByDaemonSet", "Pod default/logs-x7k2p belongs to DaemonSet logs, which runs one pod on each node; it cannot move to another node.")]
     [InlineData("db-0", "node-x", "TargetNotFound", "Node node-x does not exist.")]
     [InlineData("db-0", "node-a", "TargetIsSource", "Node node-a is the node pod db-0 already runs on.")]

@@ -3,7 +3,6 @@ using k8s.Models;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging.Abstractions;
 using Migrate.Agent.V1;
-using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 using Migrate.TestSupport;
 using Xunit;

@@ -5,7 +5,6 @@ using k8s;
 using k8s.Models;
 using Microsoft.Extensions.Logging.Abstractions;
 using Migrate.Operator.Admission;
-using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 using Migrate.TestSupport;
 using Xunit;
@@ -43,7 +42,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
             _agents[name] = agent;
             var node = await Client.CoreV1.CreateNodeAsync(new V1Node
             {
-                Metadata = new V1ObjectMeta { Name = name, Annotations = new Dictionary<string, string> { [AnnotatedAgentDirectory.EndpointAnnotation] = agent.Endpoint } },
+                Metadata = new V1ObjectMeta { Name = name, Annotations = new Dictionary<string, string> { [Annotations.AgentEndpoint] = agent.Endpoint } },
             });
             node.Status = new V1NodeStatus
             {
@@ -108,7 +107,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         var replacement = await Client.CoreV1.ReadNamespacedPodAsync(done.Status.ReplacementPod, "default");
         Assert.Equal("node-b", replacement.Spec.NodeName);
         Assert.Equal("podmig", replacement.Spec.RuntimeClassName);
-        Assert.Equal(id, replacement.Metadata.Annotations[MigrationExecutor.RestoreAnnotation]);
+        Assert.Equal(id, replacement.Metadata.Annotations[Annotations.RestoreFrom]);
         Assert.Equal("db", replacement.Metadata.Labels["app"]);
         var pods = await Client.CoreV1.ListNamespacedPodAsync("default");
         Assert.DoesNotContain(pods.Items, p => p.Metadata.Name == "db-0");
@@ -285,17 +284,17 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
 
         // until cut-over: the owner sees one pod, the source, and would remove it first if it saw two
         Assert.Equal("Running", restored.Status.Phase);
-        Assert.Equal(new Dictionary<string, string> { [MigrationExecutor.ReplacementOfLabel] = "web-5d4f-x2" }, restored.Metadata.Labels);
+        Assert.Equal(new Dictionary<string, string> { [Labels.ReplacementOf] = "web-5d4f-x2" }, restored.Metadata.Labels);
         Assert.True(restored.Metadata.OwnerReferences is null or { Count: 0 });
         Assert.Equal(["web-5d4f-x2"], ownedBefore);
-        Assert.Equal("-2147483648", source.Metadata.Annotations[MigrationExecutor.DeletionCostAnnotation]);
+        Assert.Equal("-2147483648", source.Metadata.Annotations[Annotations.PodDeletionCost]);
         // after it: the replacement is the owner's pod, with the source's labels
         Assert.Equal(MigrationPhases.Succeeded, done.Status.Phase);
         Assert.Equal(labels, replacement.Metadata.Labels);
         var owned = Assert.Single(replacement.Metadata.OwnerReferences);
         Assert.Equal((owner.Uid, true, "ReplicaSet"), (owned.Uid, owned.Controller == true, owned.Kind));
-        Assert.DoesNotContain(replacement.Metadata.Annotations.Keys, k => k.StartsWith("podmig.io/held-", StringComparison.Ordinal));
-        Assert.False(replacement.Metadata.Annotations.ContainsKey(MigrationExecutor.DeletionCostAnnotation));
+        Assert.DoesNotContain(replacement.Metadata.Annotations.Keys, k => k.Contains("/held-", StringComparison.Ordinal));
+        Assert.False(replacement.Metadata.Annotations.ContainsKey(Annotations.PodDeletionCost));
         Assert.Equal([replacement.Metadata.Name], await OwnedPodsAsync(owner, labels));
     }
 
@@ -308,15 +307,15 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
 
         Assert.True(done.Status!.Phase == MigrationPhases.Succeeded, $"{done.Status.Phase} {done.Status.Reason}: {done.Status.Message}");
         Assert.Equal("web-0", done.Status.ReplacementPod);
-        Assert.Contains(done.Status.Conditions, c => c.Type == MigrationExecutor.KeepsNameCondition && c.Status == "True");
+        Assert.Contains(done.Status.Conditions, c => c.Type == ConditionTypes.KeepsName && c.Status == "True");
         Assert.Contains(done.Status.Conditions, c => c.Type == "SourceRetired" && c.Status == "True");
         // Finish before the replacement exists (it ends the frozen source), and once more, idempotently, at cut-over
         Assert.Equal(["BeginCheckpoint", "FinalDump", "SendImages", "Finish", "Finish", "Cleanup"], Source.Names);
         var pod = await Client.CoreV1.ReadNamespacedPodAsync("web-0", "default");
-        Assert.Equal(("node-b", done.Metadata.Uid), (pod.Spec.NodeName, pod.Metadata.Annotations[MigrationExecutor.RestoreAnnotation]));
+        Assert.Equal(("node-b", done.Metadata.Uid), (pod.Spec.NodeName, pod.Metadata.Annotations[Annotations.RestoreFrom]));
         Assert.Equal("StatefulSet", Assert.Single(pod.Metadata.OwnerReferences).Kind);
         Assert.Equal("web-0", pod.Metadata.Labels["statefulset.kubernetes.io/pod-name"]);
-        Assert.Contains(MigrationExecutor.SourcePodAnnotation, done.Metadata.Annotations.Keys);
+        Assert.Contains(Annotations.SourcePod, done.Metadata.Annotations.Keys);
     }
 
     [Fact]
@@ -337,7 +336,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         Assert.Contains("ExpectImages", Source.Names);
         Assert.DoesNotContain("Resume", Source.Names);
         var pod = await Client.CoreV1.ReadNamespacedPodAsync("web-0", "default");
-        Assert.Equal(("node-a", id, "Running"), (pod.Spec.NodeName, pod.Metadata.Annotations[MigrationExecutor.RestoreAnnotation], pod.Status.Phase));
+        Assert.Equal(("node-a", id, "Running"), (pod.Spec.NodeName, pod.Metadata.Annotations[Annotations.RestoreFrom], pod.Status.Phase));
     }
 
     [Fact]
@@ -351,7 +350,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
             Metadata = new V1ObjectMeta
             {
                 Name = name,
-                Annotations = restoreFrom is null ? null : new Dictionary<string, string> { [MigrationExecutor.RestoreAnnotation] = restoreFrom },
+                Annotations = restoreFrom is null ? null : new Dictionary<string, string> { [Annotations.RestoreFrom] = restoreFrom },
             },
         }))!.AsObject();
 
@@ -419,7 +418,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
             Metadata = new V1ObjectMeta
             {
                 Name = "web-0",
-                Labels = new Dictionary<string, string> { ["app"] = "web", ["statefulset.kubernetes.io/pod-name"] = "web-0", [MigrationExecutor.KeepNameLabel] = "true" },
+                Labels = new Dictionary<string, string> { ["app"] = "web", ["statefulset.kubernetes.io/pod-name"] = "web-0", [Labels.KeepName] = "true" },
                 OwnerReferences = [new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = "web", Uid = Guid.NewGuid().ToString(), Controller = true }],
             },
             Spec = new V1PodSpec { NodeName = "node-a", Containers = [new V1Container { Name = "main", Image = "docker.io/podmig/memcounter:1" }] },

@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using k8s;
-using Migrate.Operator.Api;
 using Migrate.TestSupport;
 
 namespace Migrate.Sandbox;

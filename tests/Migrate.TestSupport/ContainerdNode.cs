@@ -111,7 +111,7 @@ public sealed class ContainerdNode : IAsyncDisposable
         string extraRuntimeConfig = restoreRuntime is null ? "" : $$"""
                 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{{RestoreHandler}}]
                   runtime_type = "io.containerd.runc.v2"
-                  pod_annotations = ["podmig.io/*"]
+                  pod_annotations = ["podmigration.io/*", "podmig.io/*"]
                   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{{RestoreHandler}}.options]
                     BinaryName = "{{restoreRuntime}}"
                     Root = "{{state}}/runc"
@@ -160,7 +160,7 @@ public sealed class ContainerdNode : IAsyncDisposable
             RedirectStandardError = true,
         };
         // the restore runtime runs as a child of containerd's shim and inherits this
-        start.Environment["PODMIG_INCOMING_DIRECTORY"] = Path.Combine(root, "incoming");
+        start.Environment[StagingLayout.IncomingRootVariable] = Path.Combine(root, "incoming");
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
         var process = Process.Start(start) ?? throw new InvalidOperationException("could not start containerd");

@@ -1,7 +1,7 @@
 namespace Migrate.TestSupport;
 
 /// <summary>
-/// The operator's two validating webhooks as the sandbox and the tests install them: the same as
+/// The operator's validating webhooks as the sandbox and the tests install them: the same as
 /// deploy/operator/webhooks.yaml, but called by URL (there is no cluster network) and without a CA
 /// bundle (the operator writes in the CA of the certificate it makes).
 /// </summary>
@@ -15,7 +15,22 @@ public static class OperatorWebhooks
             kind: ValidatingWebhookConfiguration
             metadata: {name: podmig-operator-webhooks}
             webhooks:
-              - name: pod-names.podmig.io
+              - name: pod-names.podmigration.io
+                admissionReviewVersions: [v1]
+                sideEffects: None
+                failurePolicy: Fail
+                timeoutSeconds: 5
+                objectSelector:
+                  matchLabels:
+                    podmigration.io/keep-name: "true"
+                rules:
+                  - apiGroups: [""]
+                    apiVersions: [v1]
+                    operations: [CREATE]
+                    resources: [pods]
+                clientConfig:
+                  url: {{baseUrl}}/validate-pods
+              - name: pod-names-deprecated-label.podmigration.io
                 admissionReviewVersions: [v1]
                 sideEffects: None
                 failurePolicy: Fail
@@ -30,7 +45,7 @@ public static class OperatorWebhooks
                     resources: [pods]
                 clientConfig:
                   url: {{baseUrl}}/validate-pods
-              - name: evictions.podmig.io
+              - name: evictions.podmigration.io
                 admissionReviewVersions: [v1]
                 sideEffects: NoneOnDryRun
                 failurePolicy: Ignore

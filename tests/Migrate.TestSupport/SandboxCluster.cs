@@ -8,7 +8,6 @@ namespace Migrate.TestSupport;
 /// <summary>How big a sandbox to make and how its parts behave.</summary>
 public sealed record SandboxOptions
 {
-    public const string AgentEndpointAnnotation = "podmig.io/agent-endpoint";
 
     /// <summary>Nodes, named node-a, node-b, …</summary>
     public int Nodes { get; init; } = 2;
@@ -296,7 +295,7 @@ public sealed class SandboxCluster : IAsyncDisposable
         // installed, the agent announces its endpoint itself
         node.Kubelet = await SandboxKubelet.StartAsync(Client, containerd, name, Options.AsInstalled
             ? new Dictionary<string, string>()
-            : new Dictionary<string, string> { [SandboxOptions.AgentEndpointAnnotation] = agentAddress });
+            : new Dictionary<string, string> { [Annotations.AgentEndpoint] = agentAddress });
         _cleanup.Push(node.Kubelet.DisposeAsync);
         _nodes.Add(node);
         progress?.Invoke($"{name}: containerd pid {containerd.Pid} ({containerd.SocketPath}), kubelet (emulated) :{node.Kubelet.Port}"
@@ -311,7 +310,7 @@ public sealed class SandboxCluster : IAsyncDisposable
         {
             // the agent announces itself on its Node: the operator finds it there
             await node.Agent.WaitUntilAsync(async () =>
-                (await Client.CoreV1.ReadNodeAsync(node.Name)).Metadata.Annotations?.TryGetValue(SandboxOptions.AgentEndpointAnnotation, out var endpoint) == true
+                (await Client.CoreV1.ReadNodeAsync(node.Name)).Metadata.Annotations?.TryGetValue(Annotations.AgentEndpoint, out var endpoint) == true
                 && endpoint == node.AgentAddress, TimeSpan.FromSeconds(30), $"announcing itself on node {node.Name}");
         }
 

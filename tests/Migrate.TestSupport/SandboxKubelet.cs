@@ -18,7 +18,7 @@ namespace Migrate.TestSupport;
 
 /// <summary>
 /// The kubelet's part of the sandbox cluster, emulated: it registers a Node for a containerd node,
-/// runs the pods bound to it through CRI (the pod's runtime class as the handler, its podmig.io/
+/// runs the pods bound to it through CRI (the pod's runtime class as the handler, its podmigration.io/
 /// annotations, labels, emptyDir and hostPath volumes, command, args and env), stops deleted pods
 /// within their grace period, reports their status (Running with
 /// the sandbox's IP, or the CRI error as RunContainerError), and removes a deleted pod's sandbox
@@ -281,7 +281,7 @@ public sealed class SandboxKubelet : IAsyncDisposable
             [.. (c.VolumeMounts ?? []).Where(m => hostPaths.ContainsKey(m.Name)).Select(m => (hostPaths[m.Name], m.MountPath))],
             (c.Env ?? []).Where(e => e.Value is not null).ToDictionary(e => e.Name, e => e.Value))).ToList();
         var annotations = (pod.Metadata.Annotations ?? new Dictionary<string, string>())
-            .Where(a => a.Key.StartsWith("podmig.io/", StringComparison.Ordinal))
+            .Where(a => Keys.IsOurs(a.Key))
             .ToDictionary(a => a.Key, a => a.Value);
         var handler = pod.Spec.RuntimeClassName is { Length: > 0 } runtimeClass ? runtimeClass : null;
         V1PodStatus status;

@@ -158,5 +158,6 @@ public sealed class PreCopySession
         return new PreCopyFinalDump(directory, Method, dump, dedup.PagesKept, dedup.PagesInParent, stopwatch.Elapsed);
     }
 
-    private static string RoundName(int number) => "round-" + number.ToString(CultureInfo.InvariantCulture);
+    /// <summary>The directory of round <paramref name="number"/> under the session's base directory.</summary>
+    public static string RoundName(int number) => "round-" + number.ToString(CultureInfo.InvariantCulture);
 }

@@ -369,25 +369,25 @@ public sealed partial class CheckpointEngine : IDisposable
             var filesystemStart = clock.Elapsed;
             using (AgentTelemetry.Source.StartActivity("checkpoint.capture_filesystem"))
             {
-                var rootfs = Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "rootfs"), OwnerOnly).FullName;
-                var volumes = Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "volumes"), OwnerOnly).FullName;
+                Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "rootfs"), OwnerOnly);
+                Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "volumes"), OwnerOnly);
                 foreach (var (container, dump) in record.Containers.Zip(response.Containers))
                 {
                     step = $"archiving the writable layer of container {container.Name}";
-                    dump.RootfsDiffBytes = (ulong)FilesystemArchive.Create(container.UpperDirectory!, Path.Combine(rootfs, container.Name + ".tar"));
+                    dump.RootfsDiffBytes = (ulong)FilesystemArchive.Create(container.UpperDirectory!, Path.Combine(record.StagingDirectory, StagingLayout.RootfsArchive(container.Name)));
                 }
 
                 foreach (var volume in record.Containers.SelectMany(c => c.Volumes).Where(v => v.Kind == MountKind.EmptyDir).DistinctBy(v => v.VolumeName))
                 {
                     step = $"archiving emptyDir volume {volume.VolumeName}";
-                    response.VolumeBytes += (ulong)FilesystemArchive.Create(volume.Source, Path.Combine(volumes, volume.VolumeName + ".tar"));
+                    response.VolumeBytes += (ulong)FilesystemArchive.Create(volume.Source, Path.Combine(record.StagingDirectory, StagingLayout.VolumeArchive(volume.VolumeName!)));
                 }
             }
 
             response.FilesystemMillis = Millis(clock.Elapsed - filesystemStart);
             response.FrozenMillis = Millis(clock.Elapsed);
             response.FinalImageBytes = (ulong)response.Containers.Sum(c => (long)c.ImageBytes);
-            response.StagedBytes = (ulong)(DirectorySize(record.StagingDirectory) - new FileInfo(Path.Combine(record.StagingDirectory, MigrationRecord.FileName)).Length);
+            response.StagedBytes = (ulong)(DirectorySize(record.StagingDirectory) - new FileInfo(Path.Combine(record.StagingDirectory, StagingLayout.RecordFile)).Length);
             succeeded = true;
             return response;
         }
@@ -418,7 +418,7 @@ public sealed partial class CheckpointEngine : IDisposable
         var options = new CriuOptions
         {
             Pid = container.Pid,
-            ImagesDirectory = Path.Combine(record.StagingDirectory, "containers", container.Name),
+            ImagesDirectory = Path.Combine(record.StagingDirectory, StagingLayout.ContainerImages(container.Name)),
             LogLevel = CriuLogLevel.Debug,
             Root = container.RootPath,
             ManageCgroups = true,

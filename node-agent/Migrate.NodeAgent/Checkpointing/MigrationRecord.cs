@@ -63,7 +63,7 @@ public sealed class MigrationRecord
 
     public bool HoldsPod => Phase is MigrationPhase.Prepared or MigrationPhase.PreCopying or MigrationPhase.Frozen;
 
-    public const string FileName = "state.json";
+    public const string FileName = StagingLayout.RecordFile;
 
     public void Save()
     {

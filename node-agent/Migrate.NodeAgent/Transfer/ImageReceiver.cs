@@ -28,9 +28,9 @@ public sealed class TransferRejectedException(StatusCode code, string reason, st
 /// </summary>
 public sealed partial class ImageReceiver : IDisposable
 {
-    public const string FilesDirectory = "files";
-    public const string ProgressFile = "progress.json";
-    public const string StagedFile = "staged.json";
+    public const string FilesDirectory = StagingLayout.FilesDirectory;
+    public const string ProgressFile = StagingLayout.ProgressFile;
+    public const string StagedFile = StagingLayout.StagedFile;
     private const int MaxFiles = 100_000;
     private const int AckEveryBytes = 4 << 20;
     private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;

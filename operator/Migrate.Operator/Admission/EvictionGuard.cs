@@ -4,7 +4,6 @@ using System.Text.Json.Nodes;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
-using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 
 namespace Migrate.Operator.Admission;
@@ -22,11 +21,7 @@ public static class EvictionGuard
 {
     public const string Path = "/validate-evictions";
 
-    /// <summary>On the MigrationRequests this webhook creates.</summary>
-    public const string TriggerLabel = "podmigration.io/trigger";
 
-    /// <summary>On a pod whose eviction-triggered migration was cancelled: its evictions pass from then on.</summary>
-    public const string CancelledAnnotation = "podmigration.io/eviction-migration-cancelled";
 
     /// <summary>Migrations tried per pod before its evictions are refused with the last failure (the pod is never killed).</summary>
     public const int MaxAttempts = 3;
@@ -45,7 +40,7 @@ public static class EvictionGuard
             return null;
         }
 
-        if (pod.Metadata.DeletionTimestamp is not null || pod.Metadata.Annotations?.ContainsKey(CancelledAnnotation) == true || !await OptedInAsync(client, pod, cancellationToken))
+        if (pod.Metadata.DeletionTimestamp is not null || pod.Metadata.Annotations?.ContainsKey(Annotations.EvictionMigrationCancelled) == true || !await OptedInAsync(client, pod, cancellationToken))
         {
             return null;
         }
@@ -64,7 +59,7 @@ public static class EvictionGuard
             return $"pod {ns}/{name} has been migrated and is being removed; retry the eviction later";
         }
 
-        var failures = DrainAttempts.Failures(requests.Where(r => r.Metadata.Labels?.ContainsKey(TriggerLabel) == true));
+        var failures = DrainAttempts.Failures(requests.Where(r => r.Metadata.Labels?.ContainsKey(Labels.Trigger) == true));
         if (failures.Count >= MaxAttempts)
         {
             var last = failures[^1].Status!;
@@ -72,7 +67,7 @@ public static class EvictionGuard
                 $"Delete MigrationRequest {failures[^1].Metadata.Name} to let evictions through";
         }
 
-        var request = DrainAttempts.Next("evict", ns, name, failures, new Dictionary<string, string> { [TriggerLabel] = "eviction" });
+        var request = DrainAttempts.Next("evict", ns, name, failures, new Dictionary<string, string> { [Labels.Trigger] = "eviction" });
         try
         {
             if (!dryRun)
@@ -91,13 +86,13 @@ public static class EvictionGuard
 
     private static async Task<bool> OptedInAsync(IKubernetes client, V1Pod pod, CancellationToken cancellationToken)
     {
-        if (pod.Metadata.Labels?.ContainsKey(NodeDrain.MigrateLabel) == true)
+        if (pod.Metadata.Labels?.ContainsKey(Labels.Migrate) == true)
         {
             return DrainAttempts.OptedIn(pod, namespaceOptedIn: false);
         }
 
         var ns = await client.CoreV1.ReadNamespaceAsync(pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
-        return DrainAttempts.OptedIn(pod, ns.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var value) == true && value == "true");
+        return DrainAttempts.OptedIn(pod, ns.Metadata.Labels?.TryGetValue(Labels.Migrate, out var value) == true && value == "true");
     }
 
     /// <summary>The webhook endpoint: a pods/eviction CREATE is allowed or refused with 429 and the reason.</summary>

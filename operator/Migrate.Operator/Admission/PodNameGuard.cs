@@ -1,7 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using k8s;
-using Migrate.Operator.Api;
 using Migrate.Operator.Reconciliation;
 
 namespace Migrate.Operator.Admission;
@@ -37,7 +36,7 @@ public static class PodNameGuard
             return null;
         }
 
-        var restoring = pod["metadata"]?["annotations"]?[MigrationExecutor.RestoreAnnotation]?.GetValue<string>();
+        var restoring = pod["metadata"]?["annotations"]?[Annotations.RestoreFrom]?.GetValue<string>();
         return restoring == MigrationExecutor.MigrationId(holder)
             ? null
             : $"pod {ns}/{name} is being moved by MigrationRequest {holder.Metadata.Name}; until the move ends only its replacement may take this name";

@@ -18,12 +18,11 @@ public interface IAgentDirectory
 }
 
 /// <summary>
-/// Agents found through their node's <c>podmig.io/agent-endpoint</c> annotation (host:port, set by
+/// Agents found through their node's <c>podmigration.io/agent-endpoint</c> annotation (host:port, set by
 /// the agent when it starts), called over gRPC.
 /// </summary>
 public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) : IAgentDirectory
 {
-    public const string EndpointAnnotation = "podmig.io/agent-endpoint";
 
     private readonly ConcurrentDictionary<string, AgentResilience> _resilience = new(StringComparer.Ordinal);
 
@@ -36,7 +35,7 @@ public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) :
     public (NodeAgent.NodeAgentClient Client, string Endpoint)? Connect(V1Node node)
     {
         ArgumentNullException.ThrowIfNull(node);
-        return node.Metadata.Annotations?.TryGetValue(EndpointAnnotation, out var endpoint) == true && !string.IsNullOrEmpty(endpoint)
+        return Keys.Get(node.Metadata.Annotations, Annotations.AgentEndpoint) is { Length: > 0 } endpoint
             ? (new NodeAgent.NodeAgentClient(connect(endpoint).Intercept(_resilience.GetOrAdd(endpoint, e => new AgentResilience(e, Retries))).Intercept(TraceContext)), endpoint)
             : null;
     }

@@ -1,7 +1,6 @@
 using System.Security.Cryptography;
 using System.Text;
 using k8s.Models;
-using Migrate.Operator.Api;
 
 namespace Migrate.Operator.Reconciliation;
 
@@ -10,7 +9,7 @@ public static class DrainAttempts
 {
     /// <summary>The pod's own podmigration.io/migrate label decides; without one, its namespace's.</summary>
     public static bool OptedIn(V1Pod pod, bool namespaceOptedIn) =>
-        pod?.Metadata.Labels?.TryGetValue(NodeDrain.MigrateLabel, out var label) == true ? label == "true" : namespaceOptedIn;
+        pod?.Metadata.Labels?.TryGetValue(Labels.Migrate, out var label) == true ? label == "true" : namespaceOptedIn;
 
     /// <summary>Earlier attempts that ended without moving the pod, oldest first.</summary>
     public static List<MigrationRequest> Failures(IEnumerable<MigrationRequest> attempts) =>
@@ -32,7 +31,7 @@ public static class DrainAttempts
                 Name = RequestName(prefix, pod, failures.Count + 1),
                 NamespaceProperty = ns,
                 Labels = labels,
-                Finalizers = [MigrationStore.Finalizer],
+                Finalizers = [Finalizers.Cleanup],
                 OwnerReferences = owner is null ? null : [owner],
             },
             Spec = new MigrationRequestSpec

@@ -4,7 +4,6 @@ using System.Text.Json.Nodes;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
-using Migrate.Operator.Api;
 
 namespace Migrate.Operator.Reconciliation;
 
@@ -18,13 +17,8 @@ namespace Migrate.Operator.Reconciliation;
 /// </summary>
 public sealed partial class DrainController(IKubernetes client, ILeaderGate leader, ILogger<DrainController> logger, TimeProvider time) : BackgroundService
 {
-    public const string Finalizer = "podmigration.io/uncordon";
 
-    /// <summary>On the node: the drain that cordoned it (and uncordons it when deleted).</summary>
-    public const string CordonedByAnnotation = "podmigration.io/cordoned-by";
 
-    /// <summary>On the MigrationRequests a drain creates: the drain's name.</summary>
-    public const string DrainLabel = "podmigration.io/drain";
 
     private readonly EventRecorder _events = new(client, time);
 
@@ -82,9 +76,9 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
             return;
         }
 
-        if (drain.Metadata.Finalizers?.Contains(Finalizer) != true)
+        if (drain.Metadata.Finalizers?.Contains(Finalizers.Uncordon) != true)
         {
-            drain = await SetFinalizerAsync(drain, [.. drain.Metadata.Finalizers ?? [], Finalizer], cancellationToken);
+            drain = await SetFinalizerAsync(drain, [.. drain.Metadata.Finalizers ?? [], Finalizers.Uncordon], cancellationToken);
         }
 
         var status = drain.Status ?? new NodeDrainStatus { StartTime = time.GetUtcNow().UtcDateTime };
@@ -110,10 +104,10 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
         }
 
         var pods = (await client.CoreV1.ListPodForAllNamespacesAsync(fieldSelector: $"spec.nodeName={nodeName}", cancellationToken: cancellationToken)).Items;
-        var optedInNamespaces = (await client.CoreV1.ListNamespaceAsync(labelSelector: $"{NodeDrain.MigrateLabel}=true", cancellationToken: cancellationToken)).Items
+        var optedInNamespaces = (await client.CoreV1.ListNamespaceAsync(labelSelector: $"{Labels.Migrate}=true", cancellationToken: cancellationToken)).Items
             .Select(n => n.Metadata.Name).ToHashSet(StringComparer.Ordinal);
         var requestsRaw = await client.CustomObjects.ListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, MigrationRequest.Plural,
-            labelSelector: $"{DrainLabel}={drain.Metadata.Name}", cancellationToken: cancellationToken);
+            labelSelector: $"{Labels.Drain}={drain.Metadata.Name}", cancellationToken: cancellationToken);
         var requests = KubernetesJson.Deserialize<MigrationRequestList>(((JsonElement)requestsRaw).GetRawText()).Items;
         int inFlight = requests.Count(r => !MigrationPhases.IsFinal(r.Status?.Phase));
         var blocking = new List<BlockingPod>();
@@ -199,7 +193,7 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
     {
         int attempt = failures.Count + 1;
         var request = DrainAttempts.Next("drain-" + drain.Metadata.Name, pod.Metadata.NamespaceProperty, pod.Metadata.Name, failures,
-            new Dictionary<string, string> { [DrainLabel] = drain.Metadata.Name }, drain.Spec.TargetNodeSelector,
+            new Dictionary<string, string> { [Labels.Drain] = drain.Metadata.Name }, drain.Spec.TargetNodeSelector,
             new V1OwnerReference { ApiVersion = drain.ApiVersion, Kind = NodeDrain.KindName, Name = drain.Metadata.Name, Uid = drain.Metadata.Uid, BlockOwnerDeletion = false });
         try
         {
@@ -239,7 +233,7 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
 
     private async Task StopAsync(NodeDrain drain, CancellationToken cancellationToken)
     {
-        if (drain.Metadata.Finalizers?.Contains(Finalizer) != true)
+        if (drain.Metadata.Finalizers?.Contains(Finalizers.Uncordon) != true)
         {
             return;
         }
@@ -247,7 +241,7 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
         try
         {
             var node = await client.CoreV1.ReadNodeAsync(drain.Spec.NodeName, cancellationToken: cancellationToken);
-            if (node.Metadata.Annotations?.TryGetValue(CordonedByAnnotation, out var by) == true && by == drain.Metadata.Name)
+            if (node.Metadata.Annotations?.TryGetValue(Annotations.CordonedBy, out var by) == true && by == drain.Metadata.Name)
             {
                 await PatchNodeAsync(drain.Spec.NodeName, false, null, cancellationToken);
                 await _events.RecordAsync("v1", "Node", node.Metadata, "Normal", "Uncordoned", $"NodeDrain {drain.Metadata.Name} was deleted.", cancellationToken);
@@ -258,14 +252,14 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
             // the node is gone: nothing to uncordon
         }
 
-        await SetFinalizerAsync(drain, [.. (drain.Metadata.Finalizers ?? []).Where(f => f != Finalizer)], cancellationToken);
+        await SetFinalizerAsync(drain, [.. (drain.Metadata.Finalizers ?? []).Where(f => f != Finalizers.Uncordon)], cancellationToken);
     }
 
     private async Task PatchNodeAsync(string name, bool cordon, string? drain, CancellationToken cancellationToken)
     {
         var patch = new JsonObject
         {
-            ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [CordonedByAnnotation] = drain } },
+            ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [Annotations.CordonedBy] = drain } },
             ["spec"] = new JsonObject { ["unschedulable"] = cordon ? true : null },
         };
         await client.CoreV1.PatchNodeAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch), name, cancellationToken: cancellationToken);

@@ -1,7 +1,6 @@
 using System.Net;
 using k8s;
 using k8s.Autorest;
-using Migrate.Operator.Api;
 
 namespace Migrate.Operator.Reconciliation;
 
@@ -136,7 +135,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
                 else if (request.Status?.SourceNode is null)
                 {
                     var admitted = request;
-                    if (request.Metadata.Finalizers?.Contains(MigrationStore.Finalizer) != true)
+                    if (request.Metadata.Finalizers?.Contains(Finalizers.Cleanup) != true)
                     {
                         // before anything can be staged, so that deleting the request always cleans up
                         admitted = await _store.SetFinalizerAsync(request, present: true, cancellationToken);
@@ -177,7 +176,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
     /// <summary>A deleted request: an in-flight migration is rolled back (or, during cut-over, finished) before the finalizer goes.</summary>
     private async Task FinalizeAsync(MigrationRequest request, CancellationToken cancellationToken)
     {
-        if (request.Metadata.Finalizers?.Contains(MigrationStore.Finalizer) != true)
+        if (request.Metadata.Finalizers?.Contains(Finalizers.Cleanup) != true)
         {
             return;
         }
@@ -188,7 +187,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
             request = await executor.AbortAsync(request, cancellationToken);
         }
 
-        if (request.Metadata.Labels?.ContainsKey(Admission.EvictionGuard.TriggerLabel) == true && request.Status?.Phase != MigrationPhases.Succeeded)
+        if (request.Metadata.Labels?.ContainsKey(Labels.Trigger) == true && request.Status?.Phase != MigrationPhases.Succeeded)
         {
             // cancelled by its user: the pod's next eviction is an ordinary one, not a new migration
             await MarkEvictionCancelledAsync(request, cancellationToken);
@@ -203,7 +202,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
         {
             ["metadata"] = new System.Text.Json.Nodes.JsonObject
             {
-                ["annotations"] = new System.Text.Json.Nodes.JsonObject { [Admission.EvictionGuard.CancelledAnnotation] = request.Metadata.Name },
+                ["annotations"] = new System.Text.Json.Nodes.JsonObject { [Annotations.EvictionMigrationCancelled] = request.Metadata.Name },
             },
         };
         try
@@ -273,7 +272,7 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
             status.SetCondition("Validated", "True", "Validated", status.Message, request.Metadata.Generation, now);
             if (validation.KeepsName)
             {
-                status.SetCondition(MigrationExecutor.KeepsNameCondition, "True", "StatefulSetPod",
+                status.SetCondition(ConditionTypes.KeepsName, "True", "StatefulSetPod",
                     $"The replacement takes the name {request.Spec.PodName}: the source is ended and deleted just before it is created.", request.Metadata.Generation, now);
             }
         }

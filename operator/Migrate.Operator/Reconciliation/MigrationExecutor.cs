@@ -8,7 +8,6 @@ using k8s.Autorest;
 using k8s.Models;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.V1;
-using Migrate.Operator.Api;
 
 namespace Migrate.Operator.Reconciliation;
 
@@ -30,29 +29,10 @@ public sealed class MigrationStepException(string reason, string message, Except
 /// </summary>
 public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents, Func<TransferClaims, string> mintToken, TimeProvider time, EventRecorder? events = null)
 {
-    public const string RestoreAnnotation = "podmig.io/restore-from";
     public const string RuntimeClass = "podmig";
-    public const string MigratedFromAnnotation = "podmig.io/migrated-from";
-
-    /// <summary>Until cut-over the replacement carries only this label (the source's name); its own labels and owners wait in annotations.</summary>
-    public const string ReplacementOfLabel = "podmig.io/replacement-of";
-    public const string HeldLabelsAnnotation = "podmig.io/held-labels";
-    public const string HeldOwnersAnnotation = "podmig.io/held-owner-references";
-
-    /// <summary>A StatefulSet's pods opt in to moving (their replacement takes their name) with this label set to "true".</summary>
-    public const string KeepNameLabel = "podmig.io/keep-name";
-
-    /// <summary>Set at admission when the replacement must take the source's name.</summary>
-    public const string KeepsNameCondition = "KeepsName";
-
-    /// <summary>On the MigrationRequest: the source pod as it was, kept because it is deleted before its namesake replacement exists.</summary>
-    public const string SourcePodAnnotation = "podmig.io/source-pod";
-    private const string SourceRetired = "SourceRetired";
-
-    /// <summary>The ReplicaSet controller removes the pod with the lowest cost first when it has one too many.</summary>
-    public const string DeletionCostAnnotation = "controller.kubernetes.io/pod-deletion-cost";
-    private const string RollingBack = "RollingBack";
-    private const string Frozen = "Frozen";
+    private const string SourceRetired = ConditionTypes.SourceRetired;
+    private const string RollingBack = ConditionTypes.RollingBack;
+    private const string Frozen = ConditionTypes.Frozen;
 
     private readonly MigrationStore _store = new(client);
 
@@ -84,21 +64,19 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
 
     /// <summary>Whether the replacement takes the source's name (admitted as a StatefulSet pod that opted in).</summary>
     public static bool KeepsName(MigrationRequest request) =>
-        request?.Status?.Conditions.Any(c => c.Type == KeepsNameCondition && c.Status == "True") == true;
+        request?.Status?.Conditions.Any(c => c.Type == ConditionTypes.KeepsName && c.Status == "True") == true;
 
     private static bool IsRetired(MigrationRequest request) =>
         request.Status?.Conditions.Any(c => c.Type == SourceRetired && c.Status == "True") == true;
 
     private static bool IsOurs(V1Pod pod, MigrationRequest request) =>
-        pod.Metadata.Annotations?.TryGetValue(RestoreAnnotation, out var id) == true && id == MigrationId(request);
+        Keys.Get(pod.Metadata.Annotations, Annotations.RestoreFrom) == MigrationId(request);
 
-    /// <summary>The annotation that keeps a migration's trace context (W3C traceparent of its root span).</summary>
-    public const string TraceAnnotation = "podmig.io/trace-context";
 
     /// <summary>The migration's root span context: from the request's annotation, or a new root span recorded there.</summary>
     private async Task<ActivityContext> TraceParentAsync(MigrationRequest request, CancellationToken cancellationToken)
     {
-        if (request.Metadata.Annotations?.TryGetValue(TraceAnnotation, out var stored) == true && ActivityContext.TryParse(stored, null, out var context))
+        if (Keys.Get(request.Metadata.Annotations, Annotations.TraceContext) is { } stored && ActivityContext.TryParse(stored, null, out var context))
         {
             return context;
         }
@@ -113,7 +91,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         root.SetTag("k8s.namespace.name", request.Metadata.NamespaceProperty);
         root.SetTag("podmig.request", request.Metadata.Name);
         root.SetTag("k8s.pod.name", request.Spec.PodName);
-        var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [TraceAnnotation] = root.Id } } };
+        var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [Annotations.TraceContext] = root.Id } } };
         var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
             MigrationRequest.Group, MigrationRequest.Version, request.Metadata.NamespaceProperty, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
         // in place: the caller goes on with this request
@@ -399,7 +377,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         {
             var source = await ReadPodAsync(name, ns, cancellationToken)
                 ?? throw new MigrationStepException("SourcePodGone", $"Pod {ns}/{name} disappeared during the migration.");
-            if (request.Metadata.Annotations?.ContainsKey(SourcePodAnnotation) != true)
+            if (Keys.Get(request.Metadata.Annotations, Annotations.SourcePod) is null)
             {
                 var kept = new V1Pod
                 {
@@ -412,7 +390,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     },
                     Spec = source.Spec,
                 };
-                var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [SourcePodAnnotation] = KubernetesJson.Serialize(kept) } } };
+                var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [Annotations.SourcePod] = KubernetesJson.Serialize(kept) } } };
                 var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
                     MigrationRequest.Group, MigrationRequest.Version, ns, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
                 request = KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
@@ -434,7 +412,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     }
 
     private static V1Pod SavedSource(MigrationRequest request) =>
-        request.Metadata.Annotations?.TryGetValue(SourcePodAnnotation, out var json) == true
+        Keys.Get(request.Metadata.Annotations, Annotations.SourcePod) is { } json
             ? KubernetesJson.Deserialize<V1Pod>(json)
             : throw new MigrationStepException("SourcePodLost", $"The request holds no copy of pod {request.Spec.PodName} to make its replacement from.");
 
@@ -476,7 +454,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             // if the owner sees both pods for a moment, the source is the one it removes
             await PatchPodAsync(request.Spec.PodName, ns, new JsonObject
             {
-                ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [DeletionCostAnnotation] = int.MinValue.ToString(CultureInfo.InvariantCulture) } },
+                ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [Annotations.PodDeletionCost] = int.MinValue.ToString(CultureInfo.InvariantCulture) } },
             }, cancellationToken);
         }
 
@@ -635,10 +613,10 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         spec.Hostname ??= source.Metadata.Name;
         var annotations = new Dictionary<string, string>(source.Metadata.Annotations ?? new Dictionary<string, string>())
         {
-            [RestoreAnnotation] = MigrationId(request),
-            [MigratedFromAnnotation] = $"{source.Metadata.Name}@{request.Status!.SourceNode}",
+            [Annotations.RestoreFrom] = MigrationId(request),
+            [Annotations.MigratedFrom] = $"{source.Metadata.Name}@{request.Status!.SourceNode}",
         };
-        annotations.Remove(DeletionCostAnnotation);
+        annotations.Remove(Annotations.PodDeletionCost);
         if (KeepsName(request))
         {
             // the source is gone already: nobody could count the two together
@@ -649,14 +627,14 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             };
         }
 
-        annotations[HeldLabelsAnnotation] = KubernetesJson.Serialize(source.Metadata.Labels ?? new Dictionary<string, string>());
-        annotations[HeldOwnersAnnotation] = KubernetesJson.Serialize(source.Metadata.OwnerReferences ?? []);
+        annotations[Annotations.HeldLabels] = KubernetesJson.Serialize(source.Metadata.Labels ?? new Dictionary<string, string>());
+        annotations[Annotations.HeldOwnerReferences] = KubernetesJson.Serialize(source.Metadata.OwnerReferences ?? []);
         return new V1Pod
         {
             Metadata = new V1ObjectMeta
             {
                 Name = name,
-                Labels = new Dictionary<string, string> { [ReplacementOfLabel] = source.Metadata.Name },
+                Labels = new Dictionary<string, string> { [Labels.ReplacementOf] = source.Metadata.Name },
                 Annotations = annotations,
             },
             Spec = spec,
@@ -667,25 +645,25 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     private async Task HandOverIdentityAsync(string name, string ns, CancellationToken cancellationToken)
     {
         var replacement = await ReadPodAsync(name, ns, cancellationToken);
-        if (replacement?.Metadata.Annotations?.TryGetValue(HeldLabelsAnnotation, out var heldLabels) != true)
+        if (Keys.Get(replacement?.Metadata.Annotations, Annotations.HeldLabels) is not { } heldLabels)
         {
             return;
         }
 
-        var labels = new JsonObject { [ReplacementOfLabel] = null };
-        foreach (var (key, value) in KubernetesJson.Deserialize<Dictionary<string, string>>(heldLabels!))
+        var labels = new JsonObject { [Labels.ReplacementOf] = null };
+        foreach (var (key, value) in KubernetesJson.Deserialize<Dictionary<string, string>>(heldLabels))
         {
             labels[key] = value;
         }
 
-        var owners = replacement.Metadata.Annotations.TryGetValue(HeldOwnersAnnotation, out var heldOwners) ? JsonNode.Parse(heldOwners) : new JsonArray();
+        var owners = Keys.Get(replacement!.Metadata.Annotations, Annotations.HeldOwnerReferences) is { } heldOwners ? JsonNode.Parse(heldOwners) : new JsonArray();
         await PatchPodAsync(name, ns, new JsonObject
         {
             ["metadata"] = new JsonObject
             {
                 ["labels"] = labels,
                 ["ownerReferences"] = owners,
-                ["annotations"] = new JsonObject { [HeldLabelsAnnotation] = null, [HeldOwnersAnnotation] = null },
+                ["annotations"] = new JsonObject { [Annotations.HeldLabels] = null, [Annotations.HeldOwnerReferences] = null },
             },
         }, cancellationToken);
     }

@@ -1,6 +1,5 @@
 using System.Text.Json;
 using k8s;
-using Migrate.Operator.Api;
 
 namespace Migrate.Operator.Reconciliation;
 
@@ -14,16 +13,15 @@ public sealed class MigrationStore(IKubernetes client)
         return [.. list.Items];
     }
 
-    public const string Finalizer = "podmigration.io/cleanup";
 
     /// <summary>Adds or removes the operator's finalizer (a JSON merge patch of the finalizer list); returns the request as stored.</summary>
     public async Task<MigrationRequest> SetFinalizerAsync(MigrationRequest request, bool present, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
-        var finalizers = (request.Metadata.Finalizers ?? []).Where(f => f != Finalizer).ToList();
+        var finalizers = (request.Metadata.Finalizers ?? []).Where(f => f != Finalizers.Cleanup).ToList();
         if (present)
         {
-            finalizers.Add(Finalizer);
+            finalizers.Add(Finalizers.Cleanup);
         }
 
         var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(FinalizerPatch(finalizers, request.Metadata.ResourceVersion), MigrationRequest.Group, MigrationRequest.Version,

@@ -3,7 +3,6 @@ using k8s;
 using k8s.Autorest;
 using k8s.Models;
 using Migrate.Agent.V1;
-using Migrate.Operator.Api;
 using Migrate.Operator.Scheduling;
 
 namespace Migrate.Operator.Reconciliation;
@@ -49,10 +48,10 @@ public sealed class RequestValidator(IKubernetes client, IAgentDirectory agents)
         {
             // its replacement needs the same name, free only once the source is gone; the operator's pod
             // webhook keeps the StatefulSet from taking it meanwhile, for pods labelled to be guarded
-            if (pod.Metadata.Labels?.TryGetValue(MigrationExecutor.KeepNameLabel, out var opted) != true || opted != "true")
+            if (Keys.Get(pod.Metadata.Labels, Labels.KeepName) != "true")
             {
                 return Validation.Fail("PodOwnedByStatefulSet",
-                    $"Pod {ns}/{podName} belongs to StatefulSet {statefulSet.Name}, whose pods keep their names; label its pod template {MigrationExecutor.KeepNameLabel}=true (with the operator's pod webhook installed) to move it.");
+                    $"Pod {ns}/{podName} belongs to StatefulSet {statefulSet.Name}, whose pods keep their names; label its pod template {Labels.KeepName}=true (with the operator's pod webhook installed) to move it.");
             }
 
             keepsName = true;

@@ -187,7 +187,7 @@ public sealed partial class ClusterPki(IKubernetes client, OperatorOptions optio
                 Name = name,
                 NamespaceProperty = options.PkiNamespace,
                 Labels = PartOf(),
-                Annotations = new Dictionary<string, string> { ["podmig.io/node"] = node },
+                Annotations = new Dictionary<string, string> { [Annotations.Node] = node },
             },
             Type = "kubernetes.io/tls",
             Data = new Dictionary<string, byte[]>

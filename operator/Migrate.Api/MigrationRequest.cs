@@ -2,7 +2,7 @@ using System.Text.Json.Serialization;
 using k8s;
 using k8s.Models;
 
-namespace Migrate.Operator.Api;
+namespace Migrate.Api;
 
 /// <summary>podmigration.io/v1alpha1 MigrationRequest (crds/podmigration.io_migrationrequests.yaml).</summary>
 public sealed class MigrationRequest : IKubernetesObject<V1ObjectMeta>

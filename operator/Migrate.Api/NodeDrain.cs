@@ -2,7 +2,7 @@ using System.Text.Json.Serialization;
 using k8s;
 using k8s.Models;
 
-namespace Migrate.Operator.Api;
+namespace Migrate.Api;
 
 /// <summary>A NodeDrain (crds/podmigration.io_nodedrains.yaml): empty a node, migrating the pods that opted in.</summary>
 public sealed class NodeDrain : IKubernetesObject<V1ObjectMeta>
@@ -10,8 +10,6 @@ public sealed class NodeDrain : IKubernetesObject<V1ObjectMeta>
     public const string Plural = "nodedrains";
     public const string KindName = "NodeDrain";
 
-    /// <summary>On a pod or its namespace: "true" means the pod is migrated, not evicted, when its node is drained.</summary>
-    public const string MigrateLabel = "podmigration.io/migrate";
 
     [JsonPropertyName("apiVersion")]
     public string ApiVersion { get; set; } = $"{MigrationRequest.Group}/{MigrationRequest.Version}";

@@ -1,0 +1,81 @@
+namespace Migrate.Api;
+
+/// <summary>
+/// Where checkpoint images live on a node, shared by the agent (which writes them), the restore
+/// runtime (which restores from them) and the tests. A migration's images form one tree, the same
+/// on both nodes: on the source under <see cref="Staging"/>, on the target under
+/// <see cref="IncomingFiles"/>:
+/// <code>
+/// containers/&lt;container&gt;/round-1 ...  pre-copy rounds (CRIU image sets, each the parent of the next)
+/// containers/&lt;container&gt;/final       the final dump (its "parent" link leads to the last round)
+/// rootfs/&lt;container&gt;.tar            the container's writable layer
+/// volumes/&lt;volume&gt;.tar              an emptyDir's contents
+/// </code>
+/// Every directory is 0700 (the images hold the pod's memory, secrets included).
+/// </summary>
+public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
+{
+    public const string DefaultStagingRoot = "/var/lib/podmig/migrations";
+    public const string DefaultIncomingRoot = "/var/lib/podmig/incoming";
+
+    /// <summary>Set for the restore runtime (which containerd starts) when the incoming root is not the default.</summary>
+    public const string IncomingRootVariable = "PODMIG_INCOMING_DIRECTORY";
+
+    /// <summary>The source agent's record of a migration, in its staging directory.</summary>
+    public const string RecordFile = "state.json";
+
+    /// <summary>On the target: the received files, under the migration's incoming directory.</summary>
+    public const string FilesDirectory = "files";
+
+    /// <summary>On the target: the manifest of an unfinished transfer (what has arrived so far).</summary>
+    public const string ProgressFile = "progress.json";
+
+    /// <summary>On the target: the manifest of the files received and verified (size and digest of each).</summary>
+    public const string StagedFile = "staged.json";
+
+    /// <summary>On the target: the migration was committed: the images are final and a waiting restore may begin.</summary>
+    public const string CommittedFile = "committed";
+
+    /// <summary>On the target: the migration was aborted: a waiting restore must fail, and no later one may begin.</summary>
+    public const string AbortedFile = "aborted";
+
+    /// <summary>The layout of a node with the default roots.</summary>
+    public static StagingLayout Default { get; } = new(DefaultStagingRoot, DefaultIncomingRoot);
+
+    /// <summary>The layout the restore runtime sees: the default, or the incoming root from <see cref="IncomingRootVariable"/>.</summary>
+    public static StagingLayout FromEnvironment() =>
+        Environment.GetEnvironmentVariable(IncomingRootVariable) is { Length: > 0 } incoming ? Default with { IncomingRoot = incoming } : Default;
+
+    /// <summary>A migration's directory on its source node.</summary>
+    public string Staging(string migrationId) => Path.Combine(StagingRoot, migrationId);
+
+    /// <summary>A migration's directory on its target node.</summary>
+    public string Incoming(string migrationId) => Path.Combine(IncomingRoot, migrationId);
+
+    /// <summary>The received image tree of a migration on its target node.</summary>
+    public string IncomingFiles(string migrationId) => Path.Combine(Incoming(migrationId), FilesDirectory);
+
+    /// <summary>A container's images, relative to the image tree.</summary>
+    public static string ContainerImages(string container) => "containers/" + container;
+
+    /// <summary>A container's final image set, relative to the image tree.</summary>
+    public static string FinalImages(string container) => ContainerImages(container) + "/final";
+
+    /// <summary>A container's pre-copy round, relative to the image tree.</summary>
+    public static string RoundImages(string container, int round) => ContainerImages(container) + "/round-" + round.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>A container's writable layer, relative to the image tree.</summary>
+    public static string RootfsArchive(string container) => "rootfs/" + container + ".tar";
+
+    /// <summary>An emptyDir volume's contents, relative to the image tree.</summary>
+    public static string VolumeArchive(string volume) => "volumes/" + volume + ".tar";
+
+    /// <summary>On the target: the restore runtime waits for the images of this container (its pod's sandbox is ready).</summary>
+    public static string RestoreWaitingFile(string container) => "restore-" + container + ".waiting";
+
+    /// <summary>On the target: the restore runtime restored this container; the file holds when (Unix milliseconds) and how long it took.</summary>
+    public static string RestoredFile(string container) => "restore-" + container + ".done";
+
+    /// <summary>On the target: CRIU's work directory for restoring this container (logs, the lazy-pages socket).</summary>
+    public static string RestoreWorkDirectory(string container) => "restore-" + container;
+}
