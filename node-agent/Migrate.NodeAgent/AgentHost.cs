@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using System.Net;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
@@ -67,9 +68,20 @@ public static class AgentHost
         builder.Services.AddSingleton<NodeCapabilities>();
         builder.Services.AddSingleton(sp => new CriClient(sp.GetRequiredService<IOptions<AgentOptions>>().Value.CriSocket));
         builder.Services.AddSingleton<PodLocator>();
-        builder.Services.AddSingleton<CheckpointEngine>();
-        builder.Services.AddSingleton<ImageReceiver>();
+        builder.Services.AddSingleton<MigrationEvents>();
+        builder.Services.TryAddSingleton(TimeProvider.System);
+        builder.Services.AddSingleton(sp => new CheckpointEngine(sp.GetRequiredService<PodLocator>(), sp.GetRequiredService<CriuClient>(),
+            sp.GetRequiredService<IOptions<AgentOptions>>(), sp.GetRequiredService<ILogger<CheckpointEngine>>(), sp.GetRequiredService<MigrationEvents>()));
+        builder.Services.AddSingleton(sp => new ImageReceiver(sp.GetRequiredService<IOptions<AgentOptions>>(), sp.GetRequiredService<ILogger<ImageReceiver>>(),
+            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<MigrationEvents>()));
         builder.Services.AddSingleton<ImageSender>();
+        builder.Services.AddSingleton<PeerAgents>();
+        builder.Services.AddSingleton<IncomingMigrations>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<IncomingMigrations>());
+        builder.Services.AddSingleton<MigrationOperations>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<MigrationOperations>());
+        builder.Services.AddSingleton<StagingGarbageCollector>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<StagingGarbageCollector>());
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService("podmig-node-agent")
                 .AddAttributes([new("k8s.node.name", section[nameof(AgentOptions.NodeName)] ?? new AgentOptions().NodeName)]))
@@ -82,7 +94,6 @@ public static class AgentHost
         }
         if (bool.TryParse(section[nameof(AgentOptions.AnnounceToNode)], out var announce) && announce)
         {
-            builder.Services.AddSingleton(TimeProvider.System);
             builder.Services.AddHostedService<NodeAnnouncement>();
         }
 

@@ -36,6 +36,9 @@ public sealed class AgentOptions
     [Required]
     public string IncomingDirectory { get; set; } = StagingLayout.DefaultIncomingRoot;
 
+    /// <summary>Minutes a migration's staged or received images may lie untouched before this agent removes them itself (the operator removes them as soon as a migration ends).</summary>
+    public int StagingTtlMinutes { get; set; } = 360;
+
     /// <summary>This agent's certificate (PEM); with <see cref="TlsKeyFile"/> and <see cref="TlsAuthorityFile"/> it turns on mutual TLS.</summary>
     public string? TlsCertificateFile { get; set; }
 

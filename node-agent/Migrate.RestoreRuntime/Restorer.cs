@@ -81,6 +81,14 @@ public static partial class Restorer
             var migration = layout.Incoming(request.MigrationId);
             var files = layout.IncomingFiles(request.MigrationId);
             var staged = Path.Combine(migration, StagingLayout.StagedFile);
+            if (!Directory.Exists(migration))
+            {
+                throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
+            }
+
+            // the pod's sandbox, network and root file system are ready: wait here for the final images
+            WaitForCommit(migration, request, WaitLimit());
+            clock.Restart();
             if (!File.Exists(staged))
             {
                 throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
@@ -149,6 +157,8 @@ public static partial class Restorer
             }
 
             File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
+            var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), clock.ElapsedMilliseconds);
+            File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
             Log(line, "info", string.Create(CultureInfo.InvariantCulture, $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {clock.ElapsedMilliseconds} ms"));
             return 0;
         }
@@ -157,7 +167,85 @@ public static partial class Restorer
             var message = e is RestoreFailedException ? e.Message : $"restore from migration {request.MigrationId} failed: {e.Message}";
             Log(line, "error", message);
             Console.Error.WriteLine("podmig-runc: " + message);
+            Report(request, StagingLayout.RestoreFailedFile(request.Container), message);
             return 1;
+        }
+    }
+
+    /// <summary>How long a restore waits for its images to be committed (PODMIG_RESTORE_WAIT_SECONDS, default 100: within the kubelet's 2-minute runtime request timeout).</summary>
+    private static TimeSpan WaitLimit() =>
+        TimeSpan.FromSeconds(int.TryParse(Environment.GetEnvironmentVariable("PODMIG_RESTORE_WAIT_SECONDS"), NumberStyles.None, CultureInfo.InvariantCulture, out var seconds) && seconds > 0
+            ? seconds : 100);
+
+    /// <summary>
+    /// Says (restore-&lt;container&gt;.waiting) that the replacement is ready, then waits until the
+    /// source's final images are committed and claims the restore (the decision file, written
+    /// once: if the migration was aborted first, the restore fails and the source runs on).
+    /// </summary>
+    private static void WaitForCommit(string migration, RestoreRequest request, TimeSpan limit)
+    {
+        var waiting = Path.Combine(migration, StagingLayout.RestoreWaitingFile(request.Container));
+        var decision = Path.Combine(migration, StagingLayout.DecisionFile);
+        var committed = Path.Combine(migration, StagingLayout.CommittedFile);
+        File.WriteAllText(waiting, Environment.ProcessId.ToString(CultureInfo.InvariantCulture));
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            while (true)
+            {
+                var decided = RestoreMarkers.Read(decision);
+                if (decided == RestoreMarkers.Restore)
+                {
+                    return; // another container of the pod began it
+                }
+
+                if (decided == RestoreMarkers.Abort)
+                {
+                    throw new RestoreFailedException($"migration {request.MigrationId} was aborted on this node; the source pod runs on");
+                }
+
+                if (File.Exists(committed))
+                {
+                    if (RestoreMarkers.Claim(decision, RestoreMarkers.Restore) != RestoreMarkers.Restore)
+                    {
+                        throw new RestoreFailedException($"migration {request.MigrationId} was aborted on this node; the source pod runs on");
+                    }
+
+                    return;
+                }
+
+                if (!Directory.Exists(migration))
+                {
+                    throw new RestoreFailedException($"the images of migration {request.MigrationId} were removed from this node while the restore waited for them");
+                }
+
+                if (clock.Elapsed > limit)
+                {
+                    throw new RestoreFailedException($"the images of migration {request.MigrationId} were not committed within {limit.TotalSeconds:0} seconds");
+                }
+
+                Thread.Sleep(5);
+            }
+        }
+        finally
+        {
+            File.Delete(waiting);
+        }
+    }
+
+    private static void Report(RestoreRequest request, string file, string text)
+    {
+        try
+        {
+            var migration = StagingLayout.FromEnvironment().Incoming(request.MigrationId);
+            if (Directory.Exists(migration) && MigrationId().IsMatch(request.MigrationId) && IsSafeName(request.Container))
+            {
+                File.WriteAllText(Path.Combine(migration, file), text);
+            }
+        }
+        catch (IOException)
+        {
+            // the report is for the agent; the error is in runc's log either way
         }
     }
 

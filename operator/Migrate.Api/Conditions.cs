@@ -24,3 +24,54 @@ public static class ConditionTypes
     /// <summary>The outcome: True when migrated, False when it failed or was rolled back.</summary>
     public const string Ready = "Ready";
 }
+
+/// <summary>
+/// Reasons of a MigrationRequest's status and conditions (CamelCase; each comes with a one-sentence
+/// message). The admission reasons are final at once; the others end a migration in flight.
+/// </summary>
+public static class Reasons
+{
+    // progress
+    public const string Validated = "Validated";
+    public const string Queued = "Queued";
+    public const string Migrated = "Migrated";
+    public const string RolledBack = "RolledBack";
+
+    // admission: the request fails at once and nothing is touched
+    public const string PodNotFound = "PodNotFound";
+    public const string PodNotRunning = "PodNotRunning";
+    public const string PodOwnedByStatefulSet = "PodOwnedByStatefulSet";
+    public const string PodOwnedByDaemonSet = "PodOwnedByDaemonSet";
+    public const string PodAlreadyMigrating = "PodAlreadyMigrating";
+    public const string SourceHasNoAgent = "SourceHasNoAgent";
+    public const string TargetNotFound = "TargetNotFound";
+    public const string TargetIsSource = "TargetIsSource";
+    public const string TargetNotReady = "TargetNotReady";
+    public const string TargetUnschedulable = "TargetUnschedulable";
+    public const string TargetHasNoAgent = "TargetHasNoAgent";
+    public const string TargetIncompatible = "TargetIncompatible";
+    public const string NoEligibleTarget = "NoEligibleTarget";
+
+    // a migration in flight ends (rolled back unless said otherwise)
+    public const string Deleted = "Deleted";
+    public const string TimedOut = "TimedOut";
+    public const string PhaseTimedOut = "PhaseTimedOut";
+    public const string SourcePodGone = "SourcePodGone";
+    public const string TargetNodeGone = "TargetNodeGone";
+    public const string TargetNodeNotReady = "TargetNodeNotReady";
+    public const string SourceAgentUnreachable = "SourceAgentUnreachable";
+    public const string TargetAgentUnreachable = "TargetAgentUnreachable";
+    public const string SourceAgentRestarted = "SourceAgentRestarted";
+    public const string CheckpointRefused = "CheckpointRefused";
+    public const string PreCopyFailed = "PreCopyFailed";
+    public const string HandoffFailed = "HandoffFailed";
+    public const string RestoreFailed = "RestoreFailed";
+    public const string TargetPreparationTimedOut = "TargetPreparationTimedOut";
+    public const string NameTaken = "NameTaken";
+    public const string AgentCallFailed = "AgentCallFailed";
+
+    // ended Failed: no state lost, but a person has to look
+    public const string RestoreInPlaceFailed = "RestoreInPlaceFailed";
+    public const string SourceFrozenTargetUnreachable = "SourceFrozenTargetUnreachable";
+    public const string SourceFrozenAgentUnreachable = "SourceFrozenAgentUnreachable";
+}

@@ -142,11 +142,21 @@ public sealed class MigrationRequestStatus
     [JsonPropertyName("progress")]
     public MigrationProgress? Progress { get; set; }
 
+    /// <summary>Nodes whose agent has not removed this migration's images yet (it did not answer when the migration ended); retried until it does.</summary>
+    [JsonPropertyName("pendingCleanup")]
+    public IList<string>? PendingCleanup { get; set; }
+
     [JsonPropertyName("reason")]
     public string? Reason { get; set; }
 
     [JsonPropertyName("message")]
     public string? Message { get; set; }
+
+    /// <summary>The condition of a type, or null.</summary>
+    public MigrationCondition? Condition(string type) => Conditions.FirstOrDefault(c => c.Type == type);
+
+    /// <summary>Whether a condition of the type is True.</summary>
+    public bool Is(string type) => Condition(type)?.Status == "True";
 
     /// <summary>Sets a condition; its lastTransitionTime moves only when its status changes (the standard rule).</summary>
     public void SetCondition(string type, string value, string reason, string message, long? generation, DateTime now)

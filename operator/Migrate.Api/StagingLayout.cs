@@ -36,8 +36,8 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
     /// <summary>On the target: the migration was committed: the images are final and a waiting restore may begin.</summary>
     public const string CommittedFile = "committed";
 
-    /// <summary>On the target: the migration was aborted: a waiting restore must fail, and no later one may begin.</summary>
-    public const string AbortedFile = "aborted";
+    /// <summary>On the target: what was decided for the migration, once and for good (<see cref="RestoreMarkers"/>).</summary>
+    public const string DecisionFile = "decision";
 
     /// <summary>The layout of a node with the default roots.</summary>
     public static StagingLayout Default { get; } = new(DefaultStagingRoot, DefaultIncomingRoot);
@@ -73,9 +73,79 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
     /// <summary>On the target: the restore runtime waits for the images of this container (its pod's sandbox is ready).</summary>
     public static string RestoreWaitingFile(string container) => "restore-" + container + ".waiting";
 
-    /// <summary>On the target: the restore runtime restored this container; the file holds when (Unix milliseconds) and how long it took.</summary>
+    /// <summary>On the target: the restore runtime restored this container (a <see cref="RestoreReport"/>).</summary>
     public static string RestoredFile(string container) => "restore-" + container + ".done";
+
+    /// <summary>On the target: the restore of this container failed; the file holds why.</summary>
+    public static string RestoreFailedFile(string container) => "restore-" + container + ".failed";
 
     /// <summary>On the target: CRIU's work directory for restoring this container (logs, the lazy-pages socket).</summary>
     public static string RestoreWorkDirectory(string container) => "restore-" + container;
+}
+
+/// <summary>What the restore runtime writes when it restored a container.</summary>
+/// <param name="RestoredUnixMillis">When the restored processes ran (Unix milliseconds).</param>
+/// <param name="RestoreMillis">How long the restore took.</param>
+public sealed record RestoreReport(long RestoredUnixMillis, long RestoreMillis);
+
+[System.Text.Json.Serialization.JsonSerializable(typeof(RestoreReport))]
+public sealed partial class RestoreReportJson : System.Text.Json.Serialization.JsonSerializerContext;
+
+/// <summary>
+/// The once-and-for-all decision on a target node between restoring a migration (the restore
+/// runtime, when it begins) and aborting it (the agent, when the source is to be thawed): the
+/// decision file is created exclusively, so of two deciding at once exactly one wins, and the
+/// loser reads what the winner decided. A source pod is thawed only after "abort" was decided.
+/// </summary>
+public static class RestoreMarkers
+{
+    public const string Restore = "restore";
+    public const string Abort = "abort";
+
+    /// <summary>Writes <paramref name="wanted"/> unless a decision exists; returns the decision.</summary>
+    public static string Claim(string path, string wanted)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        ArgumentNullException.ThrowIfNull(wanted);
+        try
+        {
+            using var stream = new FileStream(path, new FileStreamOptions
+            {
+                Mode = FileMode.CreateNew,
+                Access = FileAccess.Write,
+                UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
+            });
+            stream.Write(System.Text.Encoding.ASCII.GetBytes(wanted));
+            stream.Flush(flushToDisk: true);
+            return wanted;
+        }
+        catch (IOException) when (File.Exists(path))
+        {
+            return Read(path) ?? "";
+        }
+    }
+
+    /// <summary>The decision, or null when none was made.</summary>
+    public static string? Read(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        // the writer creates and fills it at once; a reader racing the write sees it complete a moment later
+        for (int attempt = 0; attempt < 200; attempt++)
+        {
+            if (!File.Exists(path))
+            {
+                return null;
+            }
+
+            var text = File.ReadAllText(path).Trim();
+            if (text.Length > 0)
+            {
+                return text;
+            }
+
+            Thread.Sleep(1);
+        }
+
+        return "";
+    }
 }

@@ -6,6 +6,7 @@ using Grpc.Net.Client;
 using k8s;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Operator.Admission;
+using Migrate.Operator.Kubernetes;
 using Migrate.Operator.Reconciliation;
 using Migrate.Operator.Security;
 using OpenTelemetry;
@@ -32,7 +33,7 @@ public static class OperatorHost
         builder.Configuration.GetSection(OperatorOptions.Section).Bind(options);
         builder.Services.AddSingleton(options);
         builder.Services.AddSingleton(TimeProvider.System);
-        builder.Services.AddSingleton<IKubernetes>(_ => new Kubernetes(ClientConfiguration(options), new ResilientApiHandler()));
+        builder.Services.AddSingleton<IKubernetes>(_ => new k8s.Kubernetes(ClientConfiguration(options), new ResilientApiHandler()));
         Func<AgentTls?> tls;
         Func<ECDsa?> tokenKey;
         if (options.ManageAgentCertificates)
@@ -67,16 +68,19 @@ public static class OperatorHost
             builder.Services.AddSingleton<ILeaderGate, AlwaysLeader>();
         }
 
+        builder.Services.AddSingleton<ClusterCache>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<ClusterCache>());
         builder.Services.AddSingleton(sp => new MigrationExecutor(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
-            TokenMinter(tokenKey), sp.GetRequiredService<TimeProvider>(), new EventRecorder(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<TimeProvider>()))
+            TokenMinter(tokenKey), sp.GetRequiredService<TimeProvider>(), new EventRecorder(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<TimeProvider>()),
+            sp.GetRequiredService<ILeaderGate>())
         {
-            PhaseTimeout = TimeSpan.FromSeconds(options.PhaseTimeoutSeconds),
+            BandwidthPerMigration = (ulong)Math.Max(0, options.BandwidthPerMigration),
         });
-        builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<IAgentDirectory>(),
-            sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(), sp.GetRequiredService<TimeProvider>(),
-            sp.GetRequiredService<MigrationExecutor>(), options) { StepsPerPass = 8 });
-        builder.Services.AddHostedService(sp => new DrainController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ILeaderGate>(),
-            sp.GetRequiredService<ILogger<DrainController>>(), sp.GetRequiredService<TimeProvider>()));
+        builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
+            sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(),
+            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<MigrationExecutor>(), options.Policy()) { Workers = options.Workers });
+        builder.Services.AddHostedService(sp => new DrainController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
+            sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<DrainController>>(), sp.GetRequiredService<TimeProvider>()));
         if (options.WebhookListenAddress is { Length: > 0 } webhookAddress)
         {
             builder.Services.AddSingleton(sp => new WebhookCertificates(sp.GetRequiredService<IKubernetes>(), options,
@@ -114,8 +118,8 @@ public static class OperatorHost
     private static Func<TransferClaims, string> TokenMinter(Func<ECDsa?> key) =>
         claims => key() is { } signing
             ? TransferToken.Mint(signing, claims)
-            : throw new MigrationStepException("TokenKeyMissing",
-                "The operator has no key to sign transfer tokens with (Operator:TokenSigningKeyFile, or Operator:ManageAgentCertificates).");
+            : throw new TransientActionException(
+                "the operator has no key to sign transfer tokens with (Operator:TokenSigningKeyFile, or Operator:ManageAgentCertificates)");
 
     private static KubernetesClientConfiguration ClientConfiguration(OperatorOptions options) =>
         options.Kubeconfig is { Length: > 0 } path
@@ -137,7 +141,7 @@ public static class OperatorHost
             var tls = identity();
             if (tls is null && tlsRequired)
             {
-                throw new MigrationStepException("CertificatesNotReady", "The operator has not loaded the agents' CA yet.");
+                throw new TransientActionException("the operator has not loaded the agents' CA yet");
             }
 
             return channels.GetOrAdd(endpoint, e => tls is null

@@ -16,14 +16,40 @@ public sealed class OperatorOptions
     /// <summary>This replica's name in the Lease (the pod name in a cluster).</summary>
     public string Identity { get; set; } = Environment.GetEnvironmentVariable("POD_NAME") ?? Environment.MachineName;
 
-    /// <summary>Migrations in flight at once, cluster-wide; more wait in Pending.</summary>
-    public int MaxConcurrentMigrations { get; set; } = 4;
+    /// <summary>Migrations in flight at once, cluster-wide; more wait in Pending (KubeVirt's default: 5).</summary>
+    public int MaxConcurrentMigrations { get; set; } = 5;
 
-    /// <summary>Migrations in flight at once that involve the same node (as source or target).</summary>
-    public int MaxMigrationsPerNode { get; set; } = 1;
+    /// <summary>Migrations in flight at once out of one node (KubeVirt's default: 2).</summary>
+    public int MaxOutboundMigrationsPerNode { get; set; } = 2;
+
+    /// <summary>Migrations in flight at once into one node.</summary>
+    public int MaxInboundMigrationsPerNode { get; set; } = 2;
+
+    /// <summary>Bytes per second one migration's images are sent at, at most (0: no limit of its own; agents have a node-wide one).</summary>
+    public long BandwidthPerMigration { get; set; }
 
     /// <summary>Seconds one phase (checkpointing, transferring, restoring) may take before the migration is rolled back.</summary>
     public int PhaseTimeoutSeconds { get; set; } = 300;
+
+    /// <summary>Seconds an agent may not answer before a migration that needs it gives up on it (rolled back, its images removed when it is back).</summary>
+    public int AgentGraceSeconds { get; set; } = 20;
+
+    /// <summary>Seconds the replacement pod's sandbox may take to be ready for the restore, while the source still runs.</summary>
+    public int PreparationTimeoutSeconds { get; set; } = 90;
+
+    /// <summary>Requests reconciled at once.</summary>
+    public int Workers { get; set; } = 4;
+
+    /// <summary>The decisions' limits and waits, from these settings.</summary>
+    public Reconciliation.MigrationPolicy Policy() => new()
+    {
+        MaxConcurrentMigrations = MaxConcurrentMigrations,
+        MaxOutboundPerNode = MaxOutboundMigrationsPerNode,
+        MaxInboundPerNode = MaxInboundMigrationsPerNode,
+        PhaseTimeout = TimeSpan.FromSeconds(PhaseTimeoutSeconds),
+        AgentGrace = TimeSpan.FromSeconds(AgentGraceSeconds),
+        PreparationTimeout = TimeSpan.FromSeconds(PreparationTimeoutSeconds),
+    };
 
     /// <summary>Off only for a single replica run by hand.</summary>
     public bool LeaderElection { get; set; } = true;

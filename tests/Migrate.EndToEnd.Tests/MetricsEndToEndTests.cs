@@ -23,9 +23,16 @@ public sealed class MetricsEndToEndTests(SandboxFixture fixture, ITestOutputHelp
         await Sandbox.ApplyRequestAsync(Cluster, "move-measured", "measured", "Cold", "node-b");
         var request = await Sandbox.WaitForFinalAsync(Cluster, "move-measured");
         Assert.Equal(MigrationPhases.Succeeded, request!.Status!.Phase);
-        var after = (Operator: await ScrapeAsync(operatorUrl), Source: await ScrapeAsync(sourceUrl), Target: await ScrapeAsync(targetUrl));
-
         double Delta(Dictionary<string, double> a, Dictionary<string, double> b, string name, params string[] labels) => Sum(a, name, labels) - Sum(b, name, labels);
+
+        // the operator counts an outcome right after it stored it: a scrape may come a moment earlier
+        var after = (Operator: await ScrapeAsync(operatorUrl), Source: await ScrapeAsync(sourceUrl), Target: await ScrapeAsync(targetUrl));
+        for (int i = 0; i < 50 && Delta(after.Operator, before.Operator, "podmig_operator_migrations_total", "outcome=\"Succeeded\"", "reason=\"Migrated\"") < 1; i++)
+        {
+            await Task.Delay(100);
+            after = (await ScrapeAsync(operatorUrl), await ScrapeAsync(sourceUrl), await ScrapeAsync(targetUrl));
+        }
+
         Assert.Equal(1, Delta(after.Operator, before.Operator, "podmig_operator_migrations_total", "outcome=\"Succeeded\"", "reason=\"Migrated\""));
         Assert.Equal(1, Delta(after.Operator, before.Operator, "podmig_operator_downtime_milliseconds_count"));
         Assert.Equal(request.Status.DowntimeMillis!.Value, Delta(after.Operator, before.Operator, "podmig_operator_downtime_milliseconds_sum"));

@@ -63,6 +63,7 @@ public sealed class AgentOnNode : IAsyncDisposable
             $"--Agent:NodeName={Node.Name}",
             $"--Agent:CriSocket={Node.SocketPath}",
             $"--Agent:StagingDirectory={StagingDirectory}",
+            $"--Agent:IncomingDirectory={Node.IncomingDirectory}",
             "--Logging:LogLevel:Default=Warning",
         ]);
         await _agent.StartAsync();

@@ -100,7 +100,7 @@ public sealed class CheckpointRefusalTests : IAsyncLifetime
         Assert.Contains("migration m-first", error.Status.Detail, StringComparison.Ordinal);
         Assert.Equal(MigrationPhase.Prepared, repeated.Phase);
         Assert.NotEmpty(dump.Containers);
-        await Client.ResumeAsync(new MigrationRef { MigrationId = "m-first" });
+        await Client.ResumeAsync(new ResumeRequest { MigrationId = "m-first" });
         var finishAfterResume = await AgentOnNode.ExpectErrorAsync(() => Client.FinishAsync(new MigrationRef { MigrationId = "m-first" }).ResponseAsync);
         Assert.Equal(StatusCode.FailedPrecondition, finishAfterResume.StatusCode);
 
@@ -129,7 +129,7 @@ public sealed class CheckpointRefusalTests : IAsyncLifetime
         Assert.Equal(MigrationPhase.Prepared, status.Phase);
         Assert.Contains("failed", status.Message, StringComparison.Ordinal);
         await AssertUntouchedAsync(pod);
-        Assert.Equal(MigrationPhase.Resumed, (await Client.ResumeAsync(new MigrationRef { MigrationId = "m-ghost" })).Phase);
+        Assert.Equal(MigrationPhase.Resumed, (await Client.ResumeAsync(new ResumeRequest { MigrationId = "m-ghost" })).Phase);
     }
 
     [Fact]

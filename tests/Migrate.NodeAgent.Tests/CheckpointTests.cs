@@ -53,12 +53,12 @@ public sealed class CheckpointTests(ITestOutputHelper output) : IAsyncLifetime
         var again = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-freeze" });
         Assert.Equal(dump, again);
 
-        var resumed = await client.ResumeAsync(new MigrationRef { MigrationId = "m-freeze" });
+        var resumed = await client.ResumeAsync(new ResumeRequest { MigrationId = "m-freeze" });
         var after = await AgentOnNode.WaitForTicksAsync(pod, "main", (int)frozenAt + 5);
         Assert.Equal(MigrationPhase.Resumed, resumed.Phase);
         Assert.Equal(Enumerable.Range(1, after.Count).Select(i => (long)i), after.Select(t => t.Tick));
         Assert.Single(after.Select(t => t.Pid).Distinct());
-        Assert.Equal(resumed, await client.ResumeAsync(new MigrationRef { MigrationId = "m-freeze" }));
+        Assert.Equal(resumed, await client.ResumeAsync(new ResumeRequest { MigrationId = "m-freeze" }));
 
         var staging = begun.StagingDirectory;
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(staging));
@@ -94,7 +94,7 @@ public sealed class CheckpointTests(ITestOutputHelper output) : IAsyncLifetime
             Assert.Equal(ContainerState.ContainerRunning, await _agent.ContainerStateAsync(id));
         }
 
-        await client.ResumeAsync(new MigrationRef { MigrationId = "m-pair" });
+        await client.ResumeAsync(new ResumeRequest { MigrationId = "m-pair" });
         var leftAfter = await AgentOnNode.WaitForTicksAsync(pod, "left", (int)left + 3);
         var rightAfter = await AgentOnNode.WaitForTicksAsync(pod, "right", (int)right + 3);
         Assert.Equal(left + 1, leftAfter[(int)left].Tick);
@@ -122,7 +122,7 @@ public sealed class CheckpointTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.True(second.PagesWritten * 4 < first.PagesWritten, $"round 2 wrote {second.PagesWritten} pages, round 1 {first.PagesWritten}");
         Assert.Equal(MigrationPhase.PreCopying, status.Phase);
         Assert.Equal(2, status.PreCopyRounds);
-        await client.ResumeAsync(new MigrationRef { MigrationId = "m-rounds" });
+        await client.ResumeAsync(new ResumeRequest { MigrationId = "m-rounds" });
     }
 }
 
@@ -157,13 +157,13 @@ public sealed class PreCopyTests(ITestOutputHelper output) : IAsyncLifetime
 
         await client.BeginCheckpointAsync(CheckpointTests.Begin($"cold-{mib}", cold, _agent.NodeName));
         var plain = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = $"cold-{mib}" });
-        await client.ResumeAsync(new MigrationRef { MigrationId = $"cold-{mib}" });
+        await client.ResumeAsync(new ResumeRequest { MigrationId = $"cold-{mib}" });
 
         await client.BeginCheckpointAsync(CheckpointTests.Begin($"warm-{mib}", warm, _agent.NodeName));
         var round1 = await client.PreDumpAsync(new PreDumpRequest { MigrationId = $"warm-{mib}", Round = 1 });
         var round2 = await client.PreDumpAsync(new PreDumpRequest { MigrationId = $"warm-{mib}", Round = 2 });
         var final = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = $"warm-{mib}" });
-        await client.ResumeAsync(new MigrationRef { MigrationId = $"warm-{mib}" });
+        await client.ResumeAsync(new ResumeRequest { MigrationId = $"warm-{mib}" });
 
         ulong pages = (ulong)mib * 256;
         var plainDump = plain.Containers.Single();
@@ -197,25 +197,24 @@ public sealed class CheckpointRecordTests : IAsyncLifetime
     public async Task DisposeAsync() => await _agent.DisposeAsync();
 
     [Fact]
-    public async Task A_frozen_pod_can_still_be_resumed_after_the_agent_restarts()
+    public async Task A_pod_frozen_before_its_images_were_committed_is_thawed_when_the_agent_restarts()
     {
         var pod = await _agent.RunPodAsync("survivor", CheckpointTests.Counter("main", 4));
         await AgentOnNode.WaitForTicksAsync(pod, "main", 3);
         await _agent.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-restart", pod, _agent.NodeName));
-        var dump = await _agent.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-restart" });
+        await _agent.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-restart" });
         long frozen = AgentOnNode.LastTick(pod, "main");
 
+        // the agent dies while the pod is frozen; no target can restore it (nothing was committed): the restarted agent thaws it
         await _agent.RestartAgentAsync();
         var status = await _agent.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-restart" });
-        var again = await _agent.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-restart" });
-        var contended = await AgentOnNode.ExpectErrorAsync(() => _agent.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-other", pod, _agent.NodeName)).ResponseAsync);
-        await _agent.Client.ResumeAsync(new MigrationRef { MigrationId = "m-restart" });
         var after = await AgentOnNode.WaitForTicksAsync(pod, "main", (int)frozen + 3);
+        var resumed = await _agent.Client.ResumeAsync(new ResumeRequest { MigrationId = "m-restart" });
 
-        Assert.Equal(MigrationPhase.Frozen, status.Phase);
-        Assert.Equal(dump, again);
-        Assert.Equal(StatusCode.Aborted, contended.StatusCode);
+        Assert.Equal(MigrationPhase.Resumed, status.Phase);
+        Assert.Contains("the agent restarted while the pod was frozen", status.Message, StringComparison.Ordinal);
         Assert.Equal(frozen + 1, after[(int)frozen].Tick);
+        Assert.Equal(MigrationPhase.Resumed, resumed.Phase);
     }
 
     [Fact]
@@ -249,7 +248,7 @@ public sealed class CheckpointRecordTests : IAsyncLifetime
         await _agent.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-observed", pod, _agent.NodeName));
         await _agent.Client.PreDumpAsync(new PreDumpRequest { MigrationId = "m-observed", Round = 1 });
         var dump = await _agent.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-observed" });
-        await _agent.Client.ResumeAsync(new MigrationRef { MigrationId = "m-observed" });
+        await _agent.Client.ResumeAsync(new ResumeRequest { MigrationId = "m-observed" });
 
         var names = spans.Select(s => s.OperationName).ToHashSet();
         foreach (var expected in new[] { "checkpoint.begin", "checkpoint.predump", "checkpoint.final_dump", "checkpoint.freeze", "criu.dump", "checkpoint.capture_filesystem", "checkpoint.resume" })

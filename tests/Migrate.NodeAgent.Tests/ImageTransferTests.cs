@@ -2,6 +2,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using Grpc.Core;
+using Microsoft.Extensions.DependencyInjection;
 using Migrate.Agent.V1;
 using Migrate.TestSupport;
 using Xunit;
@@ -92,7 +93,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
         Assert.Equal(StatusCode.DataLoss, error.StatusCode);
         Assert.Contains("does not match its SHA-256", error.Status.Detail, StringComparison.Ordinal);
         Assert.DoesNotContain(replies, r => r.KindCase == UploadReply.KindOneofCase.Staged);
-        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-flip")));
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-flip", StagingLayout.FilesDirectory)), "no image file may be written");
     }
 
     [Fact]
@@ -142,8 +143,8 @@ public sealed class ImageTransferTests : IAsyncLifetime
             Assert.True(error.Status.Detail.Contains(says, StringComparison.Ordinal), $"{name}: {error.Status.Detail}");
         }
 
-        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-token")));
-        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-surprise")));
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-token", StagingLayout.FilesDirectory)), "no image file may be written");
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-surprise", StagingLayout.FilesDirectory)), "no image file may be written");
         Assert.Equal(5, rejections.Count(r => r == "token"));
         Assert.Contains("unexpected", rejections);
         Assert.Contains("wrong-source", rejections);
@@ -160,7 +161,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
 
         Assert.NotNull(error);
         Assert.Equal(StatusCode.Unavailable, error.StatusCode);
-        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-cert")));
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-cert", StagingLayout.FilesDirectory)), "no image file may be written");
     }
 
     [Theory]
@@ -183,7 +184,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
         Assert.NotNull(error);
         Assert.Equal(StatusCode.InvalidArgument, error.StatusCode);
         Assert.Contains("path", error.Status.Detail, StringComparison.Ordinal);
-        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-path")));
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-path", StagingLayout.FilesDirectory)), "no image file may be written");
         Assert.False(File.Exists(Path.Combine(Target.Root, "escape")));
         Assert.False(File.Exists(Path.Combine(Target.Incoming, "escape")));
         Assert.False(File.Exists("/etc/podmig-escape"));
@@ -210,7 +211,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
         Assert.Equal(StatusCode.ResourceExhausted, overStream!.StatusCode);
         Assert.Contains("one stream may bring", overStream.Status.Detail, StringComparison.Ordinal);
         Assert.Equal(StatusCode.InvalidArgument, overFile!.StatusCode);
-        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-big")));
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-big", StagingLayout.FilesDirectory)), "no image file may be written");
     }
 
     [Fact]
@@ -297,8 +298,8 @@ public sealed class ImageTransferTests : IAsyncLifetime
         Assert.Equal(StatusCode.ResourceExhausted, disk!.StatusCode);
         Assert.Contains("bytes free", disk.Status.Detail, StringComparison.Ordinal);
         Assert.True(File.Exists(Path.Combine(small.Incoming, "m-one", "staged.json")));
-        Assert.False(Directory.Exists(Path.Combine(small.Incoming, "m-two")));
-        Assert.False(Directory.Exists(Path.Combine(full.Incoming, "m-full")));
+        Assert.False(Directory.Exists(Path.Combine(small.Incoming, "m-two", StagingLayout.FilesDirectory)), "no image file may be written");
+        Assert.False(Directory.Exists(Path.Combine(full.Incoming, "m-full", StagingLayout.FilesDirectory)), "no image file may be written");
     }
 
     [Fact]
@@ -311,5 +312,30 @@ public sealed class ImageTransferTests : IAsyncLifetime
         await _agents.Operator(Target).CleanupAsync(new MigrationRef { MigrationId = "m-clean" });
 
         Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-clean")));
+    }
+
+    [Fact]
+    public async Task Images_nobody_came_back_for_are_removed_after_their_time_to_live_but_never_a_frozen_pods()
+    {
+        TransferAgents.Stage(Source, "m-stale");
+        await _agents.SendAsync("m-stale");
+        var received = Path.Combine(Target.Incoming, "m-stale");
+        var frozen = Path.Combine(_agents.Source.Staging, "m-stale");
+        foreach (var entry in new[] { received, frozen }.SelectMany(d => Directory.EnumerateFileSystemEntries(d, "*", SearchOption.AllDirectories).Append(d)))
+        {
+            if (!File.GetAttributes(entry).HasFlag(FileAttributes.ReparsePoint))
+            {
+                File.SetLastWriteTimeUtc(entry, DateTime.UtcNow.AddDays(-2));
+            }
+        }
+
+        var removedOnTarget = await Target.Services.GetRequiredService<StagingGarbageCollector>().CollectAsync(CancellationToken.None);
+        var removedOnSource = await _agents.Source.Services.GetRequiredService<StagingGarbageCollector>().CollectAsync(CancellationToken.None);
+
+        Assert.Equal(["m-stale"], removedOnTarget);
+        Assert.False(Directory.Exists(received));
+        // the source's record says its pod is frozen: its checkpoint stays until the pod is thawed or ended
+        Assert.Empty(removedOnSource);
+        Assert.True(Directory.Exists(frozen));
     }
 }

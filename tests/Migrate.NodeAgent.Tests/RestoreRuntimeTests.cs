@@ -114,7 +114,7 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.DoesNotContain(containers.Containers, c => c.State == ContainerState.ContainerRunning && c.Metadata.Name == "main" && c.Labels["io.kubernetes.pod.name"] == "broken");
         Assert.DoesNotContain("memcounter", RunningCommands(), StringComparer.Ordinal);
         Assert.True(File.Exists(pages), "the staged images were removed; they stay for diagnosis");
-        await _source.Client.ResumeAsync(new MigrationRef { MigrationId = "m-broken" });
+        await _source.Client.ResumeAsync(new ResumeRequest { MigrationId = "m-broken" });
         await AgentOnNode.WaitForTicksAsync(source, "main", (int)AgentOnNode.LastTick(source, "main") + 2);
     }
 
@@ -151,14 +151,100 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         await TestPods.RemoveAsync(_target.Node, replacement);
     }
 
-    /// <summary>Puts a source migration's staged directory where the target's agent would have staged it after a transfer (files and the verified manifest).</summary>
-    internal static void StageAsTransferred(string sourceStaging, string incoming, string migration)
+    /// <summary>
+    /// Puts a source migration's staged directory where the target's agent would have staged it
+    /// after a transfer (files and the verified manifest) and, unless told otherwise, marks it
+    /// committed, as the source agent's commit does.
+    /// </summary>
+    internal static void StageAsTransferred(string sourceStaging, string incoming, string migration, bool commit = true)
     {
         var files = Path.Combine(incoming, migration, ImageReceiver.FilesDirectory);
         Directory.CreateDirectory(files);
         Prerequisites.Run("cp", "-a", sourceStaging + "/.", files);
         File.Delete(Path.Combine(files, Checkpointing.MigrationRecord.FileName));
         File.WriteAllText(Path.Combine(incoming, migration, ImageReceiver.StagedFile), JsonFormatter.Default.Format(ImageSender.BuildManifest(files)));
+        if (commit)
+        {
+            File.WriteAllText(Path.Combine(incoming, migration, StagingLayout.CommittedFile), "test");
+        }
+    }
+
+    [Fact]
+    public async Task A_marked_pod_waits_ready_for_the_commit_and_fails_once_the_migration_is_aborted_so_the_source_can_resume()
+    {
+        var container = CheckpointTests.Counter("main", 4);
+        var source = await _source.RunPodAsync("waiter", container);
+        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
+        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-wait", source, _source.NodeName));
+        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-wait" });
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-wait", commit: false);
+
+        var creating = TestPods.RunAsync(_target.Node, "default", "waiter", [container], ContainerdNode.RestoreHandler,
+            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-wait" });
+        var waiting = await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-wait" })).Incoming?.Restores
+            .FirstOrDefault(r => r.Container == "main" && r.Waiting));
+        var aborted = await _target.Client.AbortRestoreAsync(new MigrationRef { MigrationId = "m-wait" });
+        var error = await Assert.ThrowsAsync<RpcException>(() => creating);
+        var resumed = await _source.Client.ResumeAsync(new ResumeRequest { MigrationId = "m-wait" });
+
+        Assert.NotNull(waiting);
+        Assert.True(aborted.Incoming.Aborted);
+        Assert.False(aborted.Incoming.RestoreBegan);
+        Assert.Contains("was aborted on this node", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(MigrationPhase.Resumed, resumed.Phase);
+        await AgentOnNode.WaitForTicksAsync(source, "main", (int)AgentOnNode.LastTick(source, "main") + 2);
+        Assert.DoesNotContain("memcounter", RunningCommands(), StringComparer.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_marked_pod_restores_the_moment_its_images_are_committed_and_an_abort_after_that_is_refused()
+    {
+        var container = CheckpointTests.Counter("main", 4);
+        var source = await _source.RunPodAsync("committer", container);
+        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
+        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-commit", source, _source.NodeName));
+        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-commit" });
+        long frozen = AgentOnNode.LastTick(source, "main");
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-commit", commit: false);
+
+        var creating = TestPods.RunAsync(_target.Node, "default", "committer", [container], ContainerdNode.RestoreHandler,
+            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-commit" });
+        await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-commit" })).Incoming?.Restores.FirstOrDefault(r => r.Waiting));
+        File.WriteAllText(Path.Combine(_target.Node.IncomingDirectory, "m-commit", StagingLayout.CommittedFile), "test");
+        var replacement = await creating;
+        var ticks = await AgentOnNode.WaitForTicksAsync(replacement, "main", 2);
+        var restored = await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-commit" })).Incoming?.Restores.FirstOrDefault(r => r.Restored));
+        var late = await _target.Client.AbortRestoreAsync(new MigrationRef { MigrationId = "m-commit" });
+
+        Assert.Equal(frozen + 1, ticks[0].Tick);
+        Assert.True(restored!.RestoredUnixMillis > 0);
+        Assert.True(late.Incoming.RestoreBegan);
+        Assert.False(late.Incoming.Aborted);
+        await _source.Client.FinishAsync(new MigrationRef { MigrationId = "m-commit" });
+        await TestPods.RemoveAsync(_target.Node, replacement);
+    }
+
+    private static async Task<T> WaitForAsync<T>(Func<Task<T?>> probe)
+        where T : class
+    {
+        for (int i = 0; i < 300; i++)
+        {
+            try
+            {
+                if (await probe() is { } found)
+                {
+                    return found;
+                }
+            }
+            catch (RpcException e) when (e.StatusCode == StatusCode.NotFound)
+            {
+                // not there yet
+            }
+
+            await Task.Delay(50);
+        }
+
+        throw new TimeoutException("the agent never reported it");
     }
 
     /// <summary>Commands of the processes in the target node's pods other than the source's (which runs memcounters of its own).</summary>

@@ -79,8 +79,9 @@ public sealed class SandboxKubeletTests : IAsyncLifetime
             },
         }, "default");
 
+        // while its containers start the pod shows ContainerCreating (as a kubelet's does); then the runtime's error
         V1ContainerStateWaiting? waiting = null;
-        for (int i = 0; i < 100 && waiting is null; i++)
+        for (int i = 0; i < 100 && waiting?.Reason is null or "ContainerCreating"; i++)
         {
             await Task.Delay(100);
             var pod = await _cluster.Client.CoreV1.ReadNamespacedPodAsync("replacement", "default");

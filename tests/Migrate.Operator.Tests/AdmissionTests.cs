@@ -32,9 +32,9 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
 {
     private readonly EmulatorFixture _cluster = new();
     private readonly FakeAgents _agents = new();
-    private MigrationController _controller = null!;
+    private OperatorUnderTest? _operator;
 
-    private Kubernetes Client => _cluster.Client;
+    private k8s.Kubernetes Client => _cluster.Client;
 
     public async Task InitializeAsync()
     {
@@ -51,12 +51,25 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
         await PodAsync("job-0", "node-a", "Pending");
         await PodAsync("web-0", "node-a", "Running", new V1OwnerReference { ApiVersion = "apps/v1", Kind = "StatefulSet", Name = "web", Uid = Guid.NewGuid().ToString(), Controller = true });
         await PodAsync("logs-x7k2p", "node-a", "Running", new V1OwnerReference { ApiVersion = "apps/v1", Kind = "DaemonSet", Name = "logs", Uid = Guid.NewGuid().ToString(), Controller = true });
-        _controller = new MigrationController(Client, _agents, new AlwaysLeader(), NullLogger<MigrationController>.Instance, TimeProvider.System);
     }
 
-    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+    public async Task DisposeAsync()
+    {
+        if (_operator is not null)
+        {
+            await _operator.DisposeAsync();
+        }
 
-    public void Dispose() => _controller.Dispose();
+        await _cluster.DisposeAsync();
+    }
+
+    public void Dispose()
+    {
+    }
+
+    /// <summary>The controller, with no slot for a migration to start in: admitted requests stay Pending.</summary>
+    private async Task StartOperatorAsync() =>
+        _operator ??= await OperatorUnderTest.StartAsync(Client, _agents, new MigrationPolicy { MaxConcurrentMigrations = 0, PollInterval = TimeSpan.FromMilliseconds(200) });
 
     [Theory]
     [InlineData("ghost", null, "PodNotFound", "Pod default/ghost does not exist.")]
@@ -92,13 +105,13 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
     {
         await RequestAsync("move-db", "db-0", null);
 
-        await PassesAsync();
+        await PassesAsync("move-db");
         var status = (await GetAsync("move-db")).Status!;
 
         Assert.Equal(MigrationPhases.Pending, status.Phase);
         Assert.Equal("node-a", status.SourceNode);
         Assert.Equal("node-b", status.TargetNode);
-        Assert.Equal("Validated", status.Reason);
+        Assert.Equal(("True", "Validated"), (status.Condition(ConditionTypes.Validated)!.Status, status.Condition(ConditionTypes.Validated)!.Reason));
     }
 
     [Fact]
@@ -108,8 +121,8 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
         await Task.Delay(1100); // creation timestamps have a resolution of one second
         await RequestAsync("second", "db-1", "node-b");
 
-        await PassesAsync();
-        await PassesAsync();
+        await PassesAsync("first");
+        await PassesAsync("second");
 
         Assert.Equal(MigrationPhases.Pending, (await GetAsync("first")).Status!.Phase);
         var second = (await GetAsync("second")).Status!;
@@ -121,8 +134,7 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task The_running_controller_answers_a_kubectl_apply_and_kubectl_shows_the_outcome()
     {
-        using var stop = new CancellationTokenSource();
-        await _controller.StartAsync(stop.Token);
+        await StartOperatorAsync();
         (await _cluster.KubectlInAsync("""
             apiVersion: podmigration.io/v1alpha1
             kind: MigrationRequest
@@ -132,17 +144,21 @@ public sealed class AdmissionTests : IAsyncLifetime, IDisposable
 
         var waited = await _cluster.KubectlAsync("wait", "mr/applied", "--for=jsonpath={.status.phase}=Failed", "--timeout=30s");
         var reason = await _cluster.KubectlAsync("get", "mr", "applied", "-o", "jsonpath={.status.reason}");
-        await _controller.StopAsync(CancellationToken.None);
 
         waited.Succeeded();
         Assert.Equal("PodNotFound", reason.Succeeded().Output);
     }
 
-    /// <summary>The first pass puts the finalizer on new requests, the second admits them.</summary>
-    private async Task PassesAsync()
+    /// <summary>The running controller puts the finalizer on a new request, then admits it: waits until it has a phase.</summary>
+    private async Task PassesAsync(string name = "bad")
     {
-        await _controller.ReconcileAllAsync(CancellationToken.None);
-        await _controller.ReconcileAllAsync(CancellationToken.None);
+        await StartOperatorAsync();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while ((await GetAsync(name)).Status?.Phase is null)
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"{name} was not admitted within 20 s");
+            await Task.Delay(50);
+        }
     }
 
     private async Task NodeAsync(string name, bool ready = true, bool cordoned = false, GetCapabilitiesResponse? agent = null)

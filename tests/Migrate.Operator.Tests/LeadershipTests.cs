@@ -60,9 +60,9 @@ public sealed class LeadershipTests : IAsyncLifetime
     [Fact]
     public async Task Only_the_lease_holder_reconciles_and_the_other_replica_takes_over_when_it_stops()
     {
-        var (gateA, controllerA, agentsA, stopA) = await StartReplicaAsync("replica-a");
+        var (gateA, operatorA, agentsA, stopA) = await StartReplicaAsync("replica-a");
         await WaitAsync(() => gateA.IsLeader, "replica-a never led");
-        var (gateB, controllerB, agentsB, stopB) = await StartReplicaAsync("replica-b");
+        var (gateB, operatorB, agentsB, stopB) = await StartReplicaAsync("replica-b");
         try
         {
             await CreateAsync("first");
@@ -74,7 +74,7 @@ public sealed class LeadershipTests : IAsyncLifetime
             Assert.True(agentsA.Calls > 0);
             Assert.Equal(0, agentsB.Calls);
 
-            await controllerA.StopAsync(CancellationToken.None);
+            await operatorA.DisposeAsync();
             await gateA.StopAsync(CancellationToken.None);
             await WaitAsync(() => gateB.IsLeader, "replica-b did not take over");
             await CreateAsync("second", "db-1");
@@ -86,10 +86,9 @@ public sealed class LeadershipTests : IAsyncLifetime
         {
             await stopA.CancelAsync();
             await stopB.CancelAsync();
-            await controllerB.StopAsync(CancellationToken.None);
+            await operatorA.DisposeAsync();
+            await operatorB.DisposeAsync();
             await gateB.StopAsync(CancellationToken.None);
-            controllerA.Dispose();
-            controllerB.Dispose();
             gateA.Dispose();
             gateB.Dispose();
         }
@@ -123,7 +122,7 @@ public sealed class LeadershipTests : IAsyncLifetime
         }
     }
 
-    private async Task<(LeaseLeaderGate Gate, MigrationController Controller, CountingAgents Agents, CancellationTokenSource Stop)> StartReplicaAsync(string identity)
+    private async Task<(LeaseLeaderGate Gate, OperatorUnderTest Operator, CountingAgents Agents, CancellationTokenSource Stop)> StartReplicaAsync(string identity)
     {
         var client = EmulatorFixture.ClientFor(_cluster.Emulator.KubeconfigPath);
         var gate = new LeaseLeaderGate(client, "default", "podmig-operator", identity, NullLogger<LeaseLeaderGate>.Instance)
@@ -133,11 +132,10 @@ public sealed class LeadershipTests : IAsyncLifetime
             RetryPeriod = TimeSpan.FromMilliseconds(300),
         };
         var agents = new CountingAgents();
-        var controller = new MigrationController(client, agents, gate, NullLogger<MigrationController>.Instance, TimeProvider.System) { Resync = TimeSpan.FromMilliseconds(200) };
         var stop = new CancellationTokenSource();
         await gate.StartAsync(stop.Token);
-        await controller.StartAsync(stop.Token);
-        return (gate, controller, agents, stop);
+        var running = await OperatorUnderTest.StartAsync(client, agents, new MigrationPolicy { MaxConcurrentMigrations = 0 }, gate);
+        return (gate, running, agents, stop);
     }
 
     private async Task CreateAsync(string name, string pod = "db-0") =>

@@ -553,6 +553,17 @@ public sealed class SandboxCluster : IAsyncDisposable
             }
         }
 
+        if (Environment.GetEnvironmentVariable("PODMIG_SANDBOX_LOGS") is { Length: > 0 } keep && System.IO.Directory.Exists(Path.Combine(Directory, "logs")))
+        {
+            // for a person looking into a failure: the components' logs outlive the sandbox
+            var into = Path.Combine(keep, Path.GetFileName(Directory));
+            System.IO.Directory.CreateDirectory(into);
+            foreach (var log in System.IO.Directory.EnumerateFiles(Path.Combine(Directory, "logs")))
+            {
+                File.Copy(log, Path.Combine(into, Path.GetFileName(log)), overwrite: true);
+            }
+        }
+
         if (_ownsDirectory && System.IO.Directory.Exists(Directory))
         {
             System.IO.Directory.Delete(Directory, recursive: true);

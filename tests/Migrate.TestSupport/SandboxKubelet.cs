@@ -20,7 +20,8 @@ namespace Migrate.TestSupport;
 /// The kubelet's part of the sandbox cluster, emulated: it registers a Node for a containerd node,
 /// runs the pods bound to it through CRI (the pod's runtime class as the handler, its podmigration.io/
 /// annotations, labels, emptyDir and hostPath volumes, command, args and env), stops deleted pods
-/// within their grace period, reports their status (Running with
+/// within their grace period, reports their status (ContainerCreating with the sandbox's IP while
+/// the containers start, each pod on its own worker, then Running with
 /// the sandbox's IP, or the CRI error as RunContainerError), and removes a deleted pod's sandbox
 /// before it lets the pod object go. It serves containers' logs (/containerLogs, HTTPS, where the
 /// API server's pods/log goes) and can report its node NotReady. No probes, restarts, image pulls
@@ -32,7 +33,8 @@ public sealed class SandboxKubelet : IAsyncDisposable
     private readonly ContainerdNode _node;
     private readonly CancellationTokenSource _stop = new();
     private readonly ConcurrentDictionary<string, RunningTestPod> _running = new(StringComparer.Ordinal);
-    private readonly HashSet<string> _failed = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, PodWorker> _workers = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Task> _stopping = new(StringComparer.Ordinal);
     private readonly List<string> _started = [];
     private Task _loop = Task.CompletedTask;
     private WebApplication? _logServer;
@@ -230,13 +232,10 @@ public sealed class SandboxKubelet : IAsyncDisposable
     {
         var pods = await _client.CoreV1.ListPodForAllNamespacesAsync(fieldSelector: $"spec.nodeName={NodeName}", cancellationToken: cancellationToken);
         // force-deleted (grace period 0): the object is gone at once, the kubelet still has to stop its containers
-        var listed = pods.Items.Select(p => $"{p.Metadata.NamespaceProperty}/{p.Metadata.Name}").ToHashSet(StringComparer.Ordinal);
-        foreach (var key in _running.Keys.Where(k => !listed.Contains(k)).ToList())
+        var listed = pods.Items.ToDictionary(p => $"{p.Metadata.NamespaceProperty}/{p.Metadata.Name}", StringComparer.Ordinal);
+        foreach (var (key, worker) in _workers.Where(w => !listed.TryGetValue(w.Key, out var pod) || pod.Metadata.Uid != w.Value.Uid).ToList())
         {
-            if (_running.TryRemove(key, out var gone))
-            {
-                await TestPods.RemoveAsync(_node, gone);
-            }
+            Stop(key, worker, null);
         }
 
         foreach (var pod in pods.Items)
@@ -244,33 +243,92 @@ public sealed class SandboxKubelet : IAsyncDisposable
             var key = $"{pod.Metadata.NamespaceProperty}/{pod.Metadata.Name}";
             if (pod.Metadata.DeletionTimestamp is not null)
             {
-                if (_running.TryRemove(key, out var running))
+                if (_workers.TryGetValue(key, out var worker))
                 {
-                    // SIGTERM, and SIGKILL once the pod's grace period is over
-                    long grace = pod.Metadata.DeletionGracePeriodSeconds ?? pod.Spec.TerminationGracePeriodSeconds ?? 30;
-                    foreach (var id in running.ContainerIds.Values)
-                    {
-                        await _node.Cri.Runtime.StopContainerAsync(new StopContainerRequest { ContainerId = id, Timeout = grace }, cancellationToken: cancellationToken);
-                    }
-
-                    await TestPods.RemoveAsync(_node, running);
+                    Stop(key, worker, pod);
+                }
+                else if (!_stopping.ContainsKey(key))
+                {
+                    await ForgetAsync(pod, cancellationToken);
                 }
 
-                await ForgetAsync(pod, cancellationToken);
                 continue;
             }
 
-            if (_running.ContainsKey(key) || _failed.Contains(pod.Metadata.Uid))
+            if (_workers.ContainsKey(key) || _stopping.ContainsKey(key))
             {
                 continue;
             }
 
-            await StartPodAsync(pod, key, cancellationToken);
+            // as the kubelet's pod workers: each pod starts on its own, a slow one holds up no other
+            var starting = new PodWorker(pod.Metadata.Uid, CancellationTokenSource.CreateLinkedTokenSource(_stop.Token));
+            _workers[key] = starting;
+            starting.Start = Task.Run(() => StartPodAsync(pod, key, starting), CancellationToken.None);
         }
     }
 
-    private async Task StartPodAsync(V1Pod pod, string key, CancellationToken cancellationToken)
+    /// <summary>A pod being started or running on this node.</summary>
+    private sealed class PodWorker(string uid, CancellationTokenSource stop)
     {
+        public string Uid { get; } = uid;
+
+        public CancellationTokenSource Stop { get; } = stop;
+
+        public Task Start { get; set; } = Task.CompletedTask;
+
+        public string? SandboxId { get; set; }
+    }
+
+    /// <summary>Stops a pod in the background: its start (if under way) is called off, its containers stopped within the grace period, its sandbox removed; then the object may go.</summary>
+    private void Stop(string key, PodWorker worker, V1Pod? pod)
+    {
+        if (!_workers.TryRemove(key, out _))
+        {
+            return;
+        }
+
+        _stopping[key] = Task.Run(async () =>
+        {
+            try
+            {
+                await worker.Stop.CancelAsync();
+                await Task.WhenAny(worker.Start, Task.Delay(TimeSpan.FromSeconds(30)));
+                if (_running.TryRemove(key, out var running))
+                {
+                    // SIGTERM, and SIGKILL once the pod's grace period is over
+                    long grace = pod?.Metadata.DeletionGracePeriodSeconds ?? pod?.Spec.TerminationGracePeriodSeconds ?? 0;
+                    foreach (var id in running.ContainerIds.Values)
+                    {
+                        await _node.Cri.Runtime.StopContainerAsync(new StopContainerRequest { ContainerId = id, Timeout = grace });
+                    }
+
+                    await TestPods.RemoveAsync(_node, running);
+                }
+                else if (worker.SandboxId is { } sandbox)
+                {
+                    await TestPods.RemoveSandboxAsync(_node, sandbox, TestPods.VolumesDirectory(_node, worker.Uid));
+                }
+
+                if (pod is not null)
+                {
+                    await ForgetAsync(pod, CancellationToken.None);
+                }
+            }
+            catch (Exception e) when (e is RpcException or HttpOperationException or HttpRequestException or IOException)
+            {
+                // the next pass finds what is left
+            }
+            finally
+            {
+                _stopping.TryRemove(key, out _);
+                worker.Stop.Dispose();
+            }
+        });
+    }
+
+    private async Task StartPodAsync(V1Pod pod, string key, PodWorker worker)
+    {
+        var cancellationToken = worker.Stop.Token;
         var emptyDirs = (pod.Spec.Volumes ?? []).Where(v => v.EmptyDir is not null).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
         var hostPaths = (pod.Spec.Volumes ?? []).Where(v => v.HostPath is not null).ToDictionary(v => v.Name, v => v.HostPath.Path, StringComparer.Ordinal);
         var containers = pod.Spec.Containers.Select(c => new TestContainer(
@@ -287,7 +345,21 @@ public sealed class SandboxKubelet : IAsyncDisposable
         V1PodStatus status;
         try
         {
-            var running = await TestPods.RunAsync(_node, pod.Metadata.NamespaceProperty, pod.Metadata.Name, containers, handler, annotations, pod.Metadata.Uid);
+            var running = await TestPods.RunAsync(_node, pod.Metadata.NamespaceProperty, pod.Metadata.Name, containers, handler, annotations, pod.Metadata.Uid,
+                async sandboxId =>
+                {
+                    worker.SandboxId = sandboxId;
+                    var sandbox = await _node.Cri.Runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = sandboxId }, cancellationToken: cancellationToken);
+                    await ReportAsync(pod, new V1PodStatus
+                    {
+                        Phase = "Pending",
+                        HostIP = "127.0.0.1",
+                        PodIP = sandbox.Status.Network?.Ip,
+                        StartTime = DateTime.UtcNow,
+                        Conditions = [new V1PodCondition { Type = "Ready", Status = "False", Reason = "ContainersNotReady" }],
+                        ContainerStatuses = [.. pod.Spec.Containers.Select(c => Waiting(c, "ContainerCreating", null))],
+                    }, cancellationToken);
+                }, cancellationToken);
             _running[key] = running;
             lock (_started)
             {
@@ -316,27 +388,59 @@ public sealed class SandboxKubelet : IAsyncDisposable
                 })],
             };
         }
-        catch (RpcException e)
+        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
         {
-            _failed.Add(pod.Metadata.Uid);
             status = new V1PodStatus
             {
                 Phase = "Pending",
                 Conditions = [new V1PodCondition { Type = "Ready", Status = "False", Reason = "ContainersNotReady" }],
-                ContainerStatuses = [.. pod.Spec.Containers.Select(c => new V1ContainerStatus
-                {
-                    Name = c.Name,
-                    Image = c.Image,
-                    ImageID = "",
-                    Ready = false,
-                    RestartCount = 0,
-                    State = new V1ContainerState { Waiting = new V1ContainerStateWaiting { Reason = "RunContainerError", Message = e.Status.Detail } },
-                })],
+                ContainerStatuses = [.. pod.Spec.Containers.Select(c => Waiting(c, "RunContainerError", e.Status.Detail))],
             };
         }
+        catch (Exception e) when (e is OperationCanceledException or RpcException)
+        {
+            return; // the pod was deleted while it started
+        }
 
-        pod.Status = status;
-        await _client.CoreV1.ReplaceNamespacedPodStatusAsync(pod, pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+        await ReportAsync(pod, status, cancellationToken);
+    }
+
+    private static V1ContainerStatus Waiting(V1Container container, string reason, string? message) => new()
+    {
+        Name = container.Name,
+        Image = container.Image,
+        ImageID = "",
+        Ready = false,
+        RestartCount = 0,
+        State = new V1ContainerState { Waiting = new V1ContainerStateWaiting { Reason = reason, Message = message } },
+    };
+
+    /// <summary>Writes the pod's status (on the pod as it is now: its resourceVersion moves while it starts).</summary>
+    private async Task ReportAsync(V1Pod pod, V1PodStatus status, CancellationToken cancellationToken)
+    {
+        for (int attempt = 0; attempt < 5; attempt++)
+        {
+            try
+            {
+                var current = await _client.CoreV1.ReadNamespacedPodAsync(pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+                if (current.Metadata.Uid != pod.Metadata.Uid || current.Metadata.DeletionTimestamp is not null)
+                {
+                    return;
+                }
+
+                current.Status = status;
+                await _client.CoreV1.ReplaceNamespacedPodStatusAsync(current, pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+                return;
+            }
+            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+            {
+                // written meanwhile (labels handed over): read it again
+            }
+            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+            {
+                return;
+            }
+        }
     }
 
     /// <summary>The pod's containers are gone: the API server may drop the object (the kubelet's final delete).</summary>
@@ -357,6 +461,7 @@ public sealed class SandboxKubelet : IAsyncDisposable
     {
         await _stop.CancelAsync();
         await _loop;
+        await Task.WhenAll(_workers.Values.Select(w => w.Start).Concat(_stopping.Values));
         _stop.Dispose();
         if (_logServer is not null)
         {

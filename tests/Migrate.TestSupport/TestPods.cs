@@ -40,7 +40,8 @@ public sealed record RunningTestPod(string Namespace, string Name, string Uid, s
 public static class TestPods
 {
     public static async Task<RunningTestPod> RunAsync(ContainerdNode node, string ns, string name, IReadOnlyList<TestContainer> containers,
-        string? runtimeHandler = null, IReadOnlyDictionary<string, string>? annotations = null, string? uid = null)
+        string? runtimeHandler = null, IReadOnlyDictionary<string, string>? annotations = null, string? uid = null,
+        Func<string, Task>? sandboxReady = null, CancellationToken cancellationToken = default)
     {
         uid ??= Guid.NewGuid().ToString();
         var logDirectory = Path.Combine(node.PodLogDirectory, $"{ns}_{name}_{uid}");
@@ -72,7 +73,14 @@ public static class TestPods
             config.Annotations.Add(annotations.ToDictionary());
         }
 
-        var sandbox = await node.Cri.Runtime.RunPodSandboxAsync(new RunPodSandboxRequest { Config = config, RuntimeHandler = runtimeHandler ?? "" });
+        var sandbox = await node.Cri.Runtime.RunPodSandboxAsync(new RunPodSandboxRequest { Config = config, RuntimeHandler = runtimeHandler ?? "" },
+            cancellationToken: cancellationToken);
+        if (sandboxReady is not null)
+        {
+            // as a kubelet does: the pod shows its IP (containers still creating) once its sandbox is up
+            await sandboxReady(sandbox.PodSandboxId);
+        }
+
         var ids = new Dictionary<string, string>();
         foreach (var c in containers)
         {
@@ -115,8 +123,9 @@ public static class TestPods
                 container.Mounts.Add(new Mount { ContainerPath = path, HostPath = hostPath });
             }
 
-            var created = await node.Cri.Runtime.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = sandbox.PodSandboxId, Config = container, SandboxConfig = config });
-            await node.Cri.Runtime.StartContainerAsync(new StartContainerRequest { ContainerId = created.ContainerId });
+            var created = await node.Cri.Runtime.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = sandbox.PodSandboxId, Config = container, SandboxConfig = config },
+                cancellationToken: cancellationToken);
+            await node.Cri.Runtime.StartContainerAsync(new StartContainerRequest { ContainerId = created.ContainerId }, cancellationToken: cancellationToken);
             ids[c.Name] = created.ContainerId;
         }
 
@@ -124,13 +133,21 @@ public static class TestPods
     }
 
     /// <summary>Stops and removes a pod and its volume directories.</summary>
-    public static async Task RemoveAsync(ContainerdNode node, RunningTestPod pod)
+    public static Task RemoveAsync(ContainerdNode node, RunningTestPod pod) =>
+        RemoveSandboxAsync(node, pod?.SandboxId ?? throw new ArgumentNullException(nameof(pod)), pod.VolumesDirectory);
+
+    /// <summary>Stops and removes a pod sandbox (and its containers), and the pod's volume directories.</summary>
+    public static async Task RemoveSandboxAsync(ContainerdNode node, string sandboxId, string? volumesDirectory)
     {
-        await node.Cri.Runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = pod.SandboxId });
-        await node.Cri.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = pod.SandboxId });
-        if (Directory.Exists(pod.VolumesDirectory))
+        ArgumentNullException.ThrowIfNull(node);
+        await node.Cri.Runtime.StopPodSandboxAsync(new StopPodSandboxRequest { PodSandboxId = sandboxId });
+        await node.Cri.Runtime.RemovePodSandboxAsync(new RemovePodSandboxRequest { PodSandboxId = sandboxId });
+        if (volumesDirectory is not null && Directory.Exists(volumesDirectory))
         {
-            Directory.Delete(Path.GetDirectoryName(pod.VolumesDirectory)!, recursive: true);
+            Directory.Delete(Path.GetDirectoryName(volumesDirectory)!, recursive: true);
         }
     }
+
+    /// <summary>Where a pod's volumes live on the node.</summary>
+    public static string VolumesDirectory(ContainerdNode node, string uid) => Path.Combine(node?.PodsDirectory ?? "", uid, "volumes");
 }

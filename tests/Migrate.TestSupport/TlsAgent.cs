@@ -29,6 +29,9 @@ public sealed class TlsAgent : IAsyncDisposable
 
     public string Incoming => Path.Combine(Root, "incoming");
 
+    /// <summary>The agent's own services (to call one directly, as its timers would).</summary>
+    public IServiceProvider Services => _host.Services;
+
     public static async Task<TlsAgent> StartAsync(TestPki pki, string name, string root, params string[] extra)
     {
         int port = Ports.Free();

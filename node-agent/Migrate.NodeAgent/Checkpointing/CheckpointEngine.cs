@@ -40,15 +40,47 @@ public sealed partial class CheckpointEngine : IDisposable
     private readonly SemaphoreSlim _criuGate = new(1, 1);
     private Criu.Incremental.PreCopyMethod? _method;
 
-    public CheckpointEngine(PodLocator locator, CriuClient criu, IOptions<AgentOptions> options, ILogger<CheckpointEngine> logger)
+    public CheckpointEngine(PodLocator locator, CriuClient criu, IOptions<AgentOptions> options, ILogger<CheckpointEngine> logger, MigrationEvents? events = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         _locator = locator;
         _criu = criu;
         _options = options.Value;
         _logger = logger;
+        _events = events ?? new MigrationEvents();
         LoadRecords();
     }
+
+    private readonly MigrationEvents _events;
+
+    /// <summary>The migrations this node checkpoints (for recovery after a restart and for watchers).</summary>
+    public IReadOnlyList<string> MigrationIds
+    {
+        get
+        {
+            lock (_registry)
+            {
+                return [.. _migrations.Keys];
+            }
+        }
+    }
+
+    /// <summary>Changes a migration's record under its lock and saves it; watchers are told.</summary>
+    public async Task<T> UpdateAsync<T>(string migrationId, Func<MigrationRecord, T> change, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(change);
+        var result = await WithMigrationAsync(migrationId, record =>
+        {
+            var value = change(record);
+            record.Save();
+            return Task.FromResult(value);
+        }, cancellationToken);
+        _events.Changed(migrationId);
+        return result;
+    }
+
+    /// <summary>The record of a migration, read without its lock (for status), or null.</summary>
+    public MigrationRecord? Find(string migrationId) => TryGet(migrationId);
 
     public string StagingRoot => _options.StagingDirectory;
 
@@ -130,6 +162,7 @@ public sealed partial class CheckpointEngine : IDisposable
                 _migrations[record.MigrationId] = record;
             }
 
+            _events.Changed(record.MigrationId);
             LogReady(record.MigrationId, record.Namespace, record.PodName, containers.Count);
             return record.ToStatus();
         }
@@ -334,6 +367,10 @@ public sealed partial class CheckpointEngine : IDisposable
         {
             using (AgentTelemetry.Source.StartActivity("checkpoint.freeze"))
             {
+                // when the workload stops: the start of its downtime
+                record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+                record.Handoff.Step = HandoffStep.Dumping;
+                _events.Changed(record.MigrationId);
                 foreach (var freezer in freezers)
                 {
                     frozen.Add(freezer);
@@ -588,7 +625,14 @@ public sealed partial class CheckpointEngine : IDisposable
         try
         {
             var record = TryGet(migrationId) ?? throw new CheckpointException(StatusCode.NotFound, $"node {_options.NodeName} knows no migration {migrationId}");
-            return await action(record);
+            try
+            {
+                return await action(record);
+            }
+            finally
+            {
+                _events.Changed(migrationId);
+            }
         }
         finally
         {
@@ -620,11 +664,34 @@ public sealed partial class CheckpointEngine : IDisposable
         return _method.Value;
     }
 
+    /// <summary>The migration's record: in memory, or (the record on disk is the truth) loaded from its staging directory.</summary>
     private MigrationRecord? TryGet(string migrationId)
     {
         lock (_registry)
         {
-            return _migrations.GetValueOrDefault(migrationId);
+            if (_migrations.TryGetValue(migrationId, out var known))
+            {
+                return known;
+            }
+
+            var directory = Path.Combine(StagingRoot, migrationId);
+            if (MigrationIdPattern().IsMatch(migrationId) && File.Exists(Path.Combine(directory, StagingLayout.RecordFile)))
+            {
+                try
+                {
+                    if (MigrationRecord.Load(directory) is { } record && record.MigrationId == migrationId)
+                    {
+                        _migrations[migrationId] = record;
+                        return record;
+                    }
+                }
+                catch (JsonException e)
+                {
+                    LogUnreadable(e, directory);
+                }
+            }
+
+            return null;
         }
     }
 
@@ -671,6 +738,9 @@ public sealed partial class CheckpointEngine : IDisposable
         AgentTelemetry.Refusals.Add(1, new KeyValuePair<string, object?>("reason", reason));
         return new CheckpointException(code, message);
     }
+
+    /// <summary>Refuses (INVALID_ARGUMENT) a migration id that is not a DNS label.</summary>
+    public static void ValidateMigrationId(string migrationId) => ValidateId(migrationId);
 
     private static void ValidateId(string migrationId)
     {

@@ -26,6 +26,74 @@ public sealed record RoundRecord(string Container, int Number, CriuPreCopyMethod
     public PreCopyRound ToRound() => new(Number, Directory, Method, PagesWritten, PagesUnchanged, TimeSpan.FromMilliseconds(ElapsedMillis));
 }
 
+/// <summary>Where a migration's images go: the target agent, and the operator's token for them.</summary>
+public sealed record TransferTargetRecord(string Address, string Node, string Token, bool Compress, ulong MaxBytesPerSecond)
+{
+    public static TransferTargetRecord From(TransferTarget target) =>
+        new(target?.Address ?? "", target?.Node ?? "", target?.Token ?? "", target?.Compress ?? false, target?.MaxBytesPerSecond ?? 0);
+
+    public SendImagesRequest ToSendRequest(string migrationId) =>
+        new() { MigrationId = migrationId, TargetAddress = Address, TargetNode = Node, Token = Token, Compress = Compress };
+}
+
+/// <summary>The background work of a migration (the last one started).</summary>
+public sealed class OperationRecord
+{
+    public string Kind { get; set; } = "";
+
+    public OperationState State { get; set; }
+
+    public string Reason { get; set; } = "";
+
+    public string Message { get; set; } = "";
+
+    public long StartedUnixMillis { get; set; }
+
+    public long EndedUnixMillis { get; set; }
+
+    public Operation ToProto() => new()
+    {
+        Kind = Kind,
+        State = State,
+        Reason = Reason,
+        Message = Message,
+        StartedUnixMillis = StartedUnixMillis,
+        EndedUnixMillis = EndedUnixMillis,
+    };
+}
+
+/// <summary>How far pre-copy got.</summary>
+public sealed class PreCopyRecord
+{
+    public int Rounds { get; set; }
+
+    public ulong LastRoundPages { get; set; }
+
+    public bool Converged { get; set; }
+
+    public ulong BytesSent { get; set; }
+
+    public ulong BytesTotal { get; set; }
+}
+
+/// <summary>How far the handoff got: the freeze, the final images' transfer, and the commit on the target (after which only the target can release the source).</summary>
+public sealed class HandoffRecord
+{
+    public HandoffStep Step { get; set; }
+
+    public long FrozenUnixMillis { get; set; }
+
+    public ulong BytesSent { get; set; }
+
+    public ulong BytesTotal { get; set; }
+
+    /// <summary>The commit was sent to the target: from here the target may restore, so the pod is thawed only when the target confirms it will not.</summary>
+    public bool CommitAttempted { get; set; }
+
+    /// <summary>The target confirmed that no restore of this migration will begin.</summary>
+    public bool AbortConfirmed { get; set; }
+}
+
 /// <summary>What the agent keeps about one migration, in the migration's staging directory (state.json).</summary>
 public sealed class MigrationRecord
 {
@@ -58,6 +126,15 @@ public sealed class MigrationRecord
     public string? FinalDump { get; set; }
 
     public string Message { get; set; } = "";
+
+    /// <summary>Where pre-copy rounds and the handoff send the images (and whom a rollback asks).</summary>
+    public TransferTargetRecord? Target { get; set; }
+
+    public OperationRecord? Operation { get; set; }
+
+    public PreCopyRecord PreCopy { get; set; } = new();
+
+    public HandoffRecord Handoff { get; set; } = new();
 
     public int RoundCount => RoundResponses.Count;
 
@@ -100,6 +177,22 @@ public sealed class MigrationRecord
             status.FinalDump = FinalDumpResponse.Parser.ParseJson(FinalDump);
         }
 
+        status.Operation = Operation?.ToProto();
+        status.PreCopy = new PreCopyProgress
+        {
+            Rounds = PreCopy.Rounds,
+            LastRoundPages = PreCopy.LastRoundPages,
+            Converged = PreCopy.Converged,
+            BytesSent = PreCopy.BytesSent,
+            BytesTotal = PreCopy.BytesTotal,
+        };
+        status.Handoff = new HandoffProgress
+        {
+            Step = Handoff.Step,
+            FrozenUnixMillis = Handoff.FrozenUnixMillis,
+            BytesSent = Handoff.BytesSent,
+            BytesTotal = Handoff.BytesTotal,
+        };
         return status;
     }
 }

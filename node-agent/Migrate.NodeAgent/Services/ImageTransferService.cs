@@ -1,4 +1,3 @@
-using System.Security.Cryptography.X509Certificates;
 using Grpc.Core;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.V1;
@@ -6,21 +5,45 @@ using Migrate.NodeAgent.Transfer;
 
 namespace Migrate.NodeAgent.Services;
 
-/// <summary>Agent-to-agent image streams; the peer is the node its client certificate names.</summary>
-public sealed class ImageTransferService(ImageReceiver receiver, AgentIdentity identity) : ImageTransfer.ImageTransferBase
+/// <summary>Agent-to-agent image streams and decisions; the peer is the node its client certificate names.</summary>
+public sealed class ImageTransferService(ImageReceiver receiver, IncomingMigrations incoming, AgentIdentity identity) : ImageTransfer.ImageTransferBase
 {
     public override async Task Upload(IAsyncStreamReader<UploadMessage> requestStream, IServerStreamWriter<UploadReply> responseStream, ServerCallContext context)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        var certificate = context.GetHttpContext().Connection.ClientCertificate;
-        string? peer = certificate is not null && identity.Tls?.IsTrusted(certificate) == true ? AgentTls.NameOf(certificate) : null;
         try
         {
-            await receiver.ReceiveAsync(requestStream, responseStream, peer, context.CancellationToken);
+            await receiver.ReceiveAsync(requestStream, responseStream, Peer(context), context.CancellationToken);
         }
         catch (TransferRejectedException e)
         {
             throw new RpcException(new Status(e.Code, e.Message));
         }
+    }
+
+    public override Task<TransferDecisionReply> Commit(TransferDecision request, ServerCallContext context) =>
+        Decide(request, context, incoming.Commit);
+
+    public override Task<TransferDecisionReply> Abort(TransferDecision request, ServerCallContext context) =>
+        Decide(request, context, incoming.Abort);
+
+    private Task<TransferDecisionReply> Decide(TransferDecision request, ServerCallContext context, Func<string, TransferDecisionReply> decide)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        try
+        {
+            var claims = receiver.AuthorizePeer(request.Token, request.MigrationId, Peer(context));
+            return Task.FromResult(decide(claims.MigrationId));
+        }
+        catch (TransferRejectedException e)
+        {
+            throw new RpcException(new Status(e.Code, e.Message));
+        }
+    }
+
+    private string? Peer(ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        var certificate = context.GetHttpContext().Connection.ClientCertificate;
+        return certificate is not null && identity.Tls?.IsTrusted(certificate) == true ? AgentTls.NameOf(certificate) : null;
     }
 }

@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Microsoft.Extensions.Options;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Checkpointing;
 using Migrate.NodeAgent.Transfer;
@@ -6,7 +7,8 @@ using Migrate.NodeAgent.Transfer;
 namespace Migrate.NodeAgent.Services;
 
 /// <summary>The agent's gRPC API; each call hands over to the domain object that owns it.</summary>
-public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEngine checkpoints, ImageReceiver receiver, ImageSender sender)
+public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEngine checkpoints, MigrationOperations operations, ImageReceiver receiver,
+    IncomingMigrations incoming, ImageSender sender, MigrationEvents events, IOptions<AgentOptions> options)
     : Agent.V1.NodeAgent.NodeAgentBase
 {
     public override Task<GetCapabilitiesResponse> GetCapabilities(GetCapabilitiesRequest request, ServerCallContext context) =>
@@ -21,8 +23,17 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
     public override Task<FinalDumpResponse> FinalDump(FinalDumpRequest request, ServerCallContext context) =>
         Call(() => checkpoints.FinalDumpAsync(request.MigrationId, context.CancellationToken));
 
-    public override Task<MigrationStatus> Resume(MigrationRef request, ServerCallContext context) =>
-        Call(() => checkpoints.ResumeAsync(request.MigrationId, context.CancellationToken));
+    public override Task<MigrationStatus> StartPreCopy(StartPreCopyRequest request, ServerCallContext context) =>
+        Call(() => operations.StartPreCopyAsync(request, context.CancellationToken));
+
+    public override Task<MigrationStatus> StartHandoff(StartHandoffRequest request, ServerCallContext context) =>
+        Call(() => operations.StartHandoffAsync(request, context.CancellationToken));
+
+    public override Task<MigrationStatus> StartTransfer(StartTransferRequest request, ServerCallContext context) =>
+        Call(() => operations.StartTransferAsync(request, context.CancellationToken));
+
+    public override Task<MigrationStatus> Resume(ResumeRequest request, ServerCallContext context) =>
+        Call(() => operations.ResumeAsync(request, context.CancellationToken));
 
     public override Task<MigrationStatus> Finish(MigrationRef request, ServerCallContext context) =>
         Call(() => checkpoints.FinishAsync(request.MigrationId, context.CancellationToken));
@@ -30,13 +41,21 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
     public override Task<MigrationStatus> Cleanup(MigrationRef request, ServerCallContext context) =>
         Call(async () =>
         {
-            var status = await checkpoints.CleanupAsync(request.MigrationId, context.CancellationToken);
+            var status = await operations.CleanupAsync(request.MigrationId, context.CancellationToken);
             receiver.Remove(request.MigrationId);
             return status;
         });
 
     public override Task<ExpectImagesResponse> ExpectImages(ExpectImagesRequest request, ServerCallContext context) =>
         Call(() => Task.FromResult(receiver.Expect(request)));
+
+    public override Task<MigrationStatus> AbortRestore(MigrationRef request, ServerCallContext context) =>
+        Call(() =>
+        {
+            CheckpointEngine.ValidateMigrationId(request.MigrationId);
+            incoming.Abort(request.MigrationId);
+            return Task.FromResult(Status(request.MigrationId));
+        });
 
     public override async Task SendImages(SendImagesRequest request, IServerStreamWriter<TransferProgress> responseStream, ServerCallContext context)
     {
@@ -53,7 +72,61 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
     }
 
     public override Task<MigrationStatus> GetMigration(MigrationRef request, ServerCallContext context) =>
-        Call(() => Task.FromResult(checkpoints.Get(request.MigrationId)));
+        Call(() =>
+        {
+            CheckpointEngine.ValidateMigrationId(request.MigrationId);
+            return Task.FromResult(Status(request.MigrationId));
+        });
+
+    public override async Task WatchMigrations(WatchMigrationsRequest request, IServerStreamWriter<MigrationStatus> responseStream, ServerCallContext context)
+    {
+        ArgumentNullException.ThrowIfNull(responseStream);
+        ArgumentNullException.ThrowIfNull(context);
+        using var subscription = events.Subscribe();
+        foreach (var id in checkpoints.MigrationIds.Union(incoming.MigrationIds).ToList())
+        {
+            await responseStream.WriteAsync(Report(id), context.CancellationToken);
+        }
+
+        try
+        {
+            await foreach (var id in subscription.Reader.ReadAllAsync(context.CancellationToken))
+            {
+                await responseStream.WriteAsync(Report(id), context.CancellationToken);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // the watcher went away
+        }
+    }
+
+    /// <summary>Everything this node holds of a migration, as source and as target; NOT_FOUND when nothing.</summary>
+    private MigrationStatus Status(string migrationId)
+    {
+        var source = checkpoints.Find(migrationId)?.ToStatus();
+        var held = incoming.Status(migrationId, receiver.IsExpected(migrationId));
+        if (source is null && held is null)
+        {
+            throw new CheckpointException(StatusCode.NotFound, $"node {options.Value.NodeName} knows no migration {migrationId}");
+        }
+
+        var status = source ?? new MigrationStatus { MigrationId = migrationId, NodeName = options.Value.NodeName };
+        status.Incoming = held;
+        return status;
+    }
+
+    private MigrationStatus Report(string migrationId)
+    {
+        try
+        {
+            return Status(migrationId);
+        }
+        catch (CheckpointException)
+        {
+            return new MigrationStatus { MigrationId = migrationId, NodeName = options.Value.NodeName, Phase = MigrationPhase.Cleaned };
+        }
+    }
 
     /// <summary>Turns the engine's errors into gRPC statuses; the message says why.</summary>
     private static async Task<T> Call<T>(Func<Task<T>> action)

@@ -45,31 +45,99 @@ public sealed partial class ImageReceiver : IDisposable
     private readonly Dictionary<string, long> _reserved = new(StringComparer.Ordinal);
     private readonly HashSet<string> _active = new(StringComparer.Ordinal);
 
-    public ImageReceiver(IOptions<AgentOptions> options, ILogger<ImageReceiver> logger, TimeProvider? time = null)
+    public ImageReceiver(IOptions<AgentOptions> options, ILogger<ImageReceiver> logger, TimeProvider? time = null, MigrationEvents? events = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         _options = options.Value;
         _logger = logger;
         _time = time ?? TimeProvider.System;
+        _events = events;
         _tokenKey = _options.TokenPublicKeyFile is { } key ? TransferToken.LoadKey(key) : null;
         _streams = new SemaphoreSlim(_options.MaxIncomingStreams, _options.MaxIncomingStreams);
+        LoadExpectations();
+    }
+
+    /// <summary>In a migration's incoming directory: the operator's token that announced it.</summary>
+    public const string ExpectedFile = "expected.token";
+
+    private readonly MigrationEvents? _events;
+
+    /// <summary>Whether this node was told to expect the migration's images.</summary>
+    public bool IsExpected(string migrationId)
+    {
+        lock (_gate)
+        {
+            return _expected.ContainsKey(migrationId);
+        }
+    }
+
+    /// <summary>A peer's call about a migration (commit, abort): its token must be valid for this node and name the peer as the source.</summary>
+    public TransferClaims AuthorizePeer(string token, string migrationId, string? peer)
+    {
+        if (peer is null)
+        {
+            throw Reject(StatusCode.PermissionDenied, "no-client-certificate", "the client presented no certificate from the cluster's CA");
+        }
+
+        var claims = VerifyToken(token, migrationId);
+        if (claims.SourceNode != peer)
+        {
+            throw Reject(StatusCode.PermissionDenied, "wrong-source", $"the token is for images from node {claims.SourceNode}; this call comes from {peer}");
+        }
+
+        return claims;
+    }
+
+    /// <summary>Expectations a restarted agent finds on disk (those whose token still holds).</summary>
+    private void LoadExpectations()
+    {
+        if (!Directory.Exists(IncomingRoot) || _tokenKey is null)
+        {
+            return;
+        }
+
+        foreach (var directory in Directory.EnumerateDirectories(IncomingRoot))
+        {
+            var file = Path.Combine(directory, ExpectedFile);
+            if (!File.Exists(file))
+            {
+                continue;
+            }
+
+            try
+            {
+                var claims = TransferToken.Verify(_tokenKey, File.ReadAllText(file).Trim(), _time.GetUtcNow());
+                if (claims.MigrationId == Path.GetFileName(directory) && claims.TargetNode == _options.NodeName)
+                {
+                    _expected[claims.MigrationId] = claims;
+                }
+            }
+            catch (TransferTokenException)
+            {
+                // expired: the migration is long over; garbage collection removes the directory
+            }
+        }
     }
 
     public string IncomingRoot => _options.IncomingDirectory;
 
     public string DirectoryOf(string migrationId) => Path.Combine(IncomingRoot, migrationId);
 
-    /// <summary>Registers a migration this node will receive (idempotent).</summary>
+    /// <summary>Registers a migration this node will receive (idempotent); the expectation is kept on disk, so a restarted agent still takes the images.</summary>
     public ExpectImagesResponse Expect(ExpectImagesRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
         var claims = VerifyToken(request.Token, request.MigrationId);
+        var directory = DirectoryOf(claims.MigrationId);
+        Directory.CreateDirectory(IncomingRoot, OwnerOnly);
+        Directory.CreateDirectory(directory, OwnerOnly);
+        File.WriteAllText(Path.Combine(directory, ExpectedFile), request.Token);
         lock (_gate)
         {
             _expected[claims.MigrationId] = claims;
         }
 
-        var directory = DirectoryOf(claims.MigrationId);
+        _events?.Changed(claims.MigrationId);
         var files = Path.Combine(directory, FilesDirectory);
         long held = Directory.Exists(files) ? CheckpointEngine.DirectorySize(files) : 0;
         return new ExpectImagesResponse { Directory = directory, ReceivedBytes = (ulong)held, Staged = File.Exists(Path.Combine(directory, StagedFile)) };
@@ -182,6 +250,7 @@ public sealed partial class ImageReceiver : IDisposable
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
                 LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds);
+                _events?.Changed(claims.MigrationId);
                 await responses.WriteAsync(new UploadReply { Staged = staged }, cancellationToken);
             }
             catch (Exception e) when (e is IOException or OperationCanceledException)
@@ -226,9 +295,16 @@ public sealed partial class ImageReceiver : IDisposable
         lock (_gate)
         {
             _expected.Remove(migrationId);
+            _reserved.Remove(migrationId);
         }
 
-        Discard(migrationId);
+        var directory = DirectoryOf(migrationId);
+        if (Directory.Exists(directory))
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+
+        _events?.Changed(migrationId);
     }
 
     public void Dispose()
@@ -345,6 +421,7 @@ public sealed partial class ImageReceiver : IDisposable
     private static Agent.V1.Compression Compression(Agent.V1.Compression requested) =>
         requested == Agent.V1.Compression.Zstd ? Agent.V1.Compression.Zstd : Agent.V1.Compression.None;
 
+    /// <summary>A refused or corrupt upload: the migration's files go (what announced it, and any decision, stay).</summary>
     private void Discard(string migrationId)
     {
         lock (_gate)
@@ -353,9 +430,14 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         var directory = DirectoryOf(migrationId);
-        if (Directory.Exists(directory))
+        if (Directory.Exists(Path.Combine(directory, FilesDirectory)))
         {
-            Directory.Delete(directory, recursive: true);
+            Directory.Delete(Path.Combine(directory, FilesDirectory), recursive: true);
+        }
+
+        foreach (var file in new[] { ProgressFile, StagedFile })
+        {
+            File.Delete(Path.Combine(directory, file));
         }
     }
 

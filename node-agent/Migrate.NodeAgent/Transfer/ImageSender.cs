@@ -74,7 +74,12 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
     }
 
     /// <summary>Streams the directory to the target until it is staged there, reporting progress as it goes.</summary>
-    public async Task<TransferProgress> SendAsync(string directory, SendImagesRequest request, Func<TransferProgress, Task> report, CancellationToken cancellationToken)
+    public Task<TransferProgress> SendAsync(string directory, SendImagesRequest request, Func<TransferProgress, Task> report, CancellationToken cancellationToken) =>
+        SendAsync(directory, request, report, 0, cancellationToken);
+
+    /// <summary>The same, at most <paramref name="maxBytesPerSecond"/> for this migration (0: only the agent's own limit).</summary>
+    public async Task<TransferProgress> SendAsync(string directory, SendImagesRequest request, Func<TransferProgress, Task> report, long maxBytesPerSecond,
+        CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
         ArgumentNullException.ThrowIfNull(report);
@@ -99,7 +104,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             },
         }).Build();
 
-        await pipeline.ExecuteAsync(async token => await AttemptAsync(tls, directory, manifest, request, progress, clock, report, token), cancellationToken);
+        long limit = new[] { _options.TransferBytesPerSecond, maxBytesPerSecond }.Where(l => l > 0).DefaultIfEmpty(0).Min();
+        await pipeline.ExecuteAsync(async token => await AttemptAsync(tls, directory, manifest, request, progress, clock, report, limit, token), cancellationToken);
         progress.Staged = true;
         progress.ElapsedMillis = (uint)clock.ElapsedMilliseconds;
         AgentTelemetry.TransferThroughput.Record(progress.BytesSent / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3));
@@ -108,7 +114,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
     }
 
     private async Task AttemptAsync(AgentTls tls, string directory, Manifest manifest, SendImagesRequest request, TransferProgress progress,
-        Stopwatch clock, Func<TransferProgress, Task> report, CancellationToken cancellationToken)
+        Stopwatch clock, Func<TransferProgress, Task> report, long bytesPerSecond, CancellationToken cancellationToken)
     {
         using var channel = GrpcChannel.ForAddress("https://" + request.TargetAddress, new GrpcChannelOptions
         {
@@ -190,8 +196,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 await call.RequestStream.WriteAsync(new UploadMessage { Chunk = new Chunk { File = (uint)i, Offset = (ulong)offset, Data = data, Length = (uint)length } }, cancellationToken);
                 offset += length;
                 sentThisAttempt += length;
-                if (_options.TransferBytesPerSecond > 0
-                    && TimeSpan.FromSeconds((double)sentThisAttempt / _options.TransferBytesPerSecond) - paced.Elapsed is { } ahead && ahead > TimeSpan.Zero)
+                if (bytesPerSecond > 0
+                    && TimeSpan.FromSeconds((double)sentThisAttempt / bytesPerSecond) - paced.Elapsed is { } ahead && ahead > TimeSpan.Zero)
                 {
                     await Task.Delay(ahead, cancellationToken);
                 }

@@ -15,6 +15,9 @@ public interface IAgentDirectory
 
     /// <summary>A client of the agent on a node, and the address peers reach it at; null when the node has none.</summary>
     (NodeAgent.NodeAgentClient Client, string Endpoint)? Connect(V1Node node) => null;
+
+    /// <summary>A client without retries (for looking, not acting: a silent agent must show at once).</summary>
+    (NodeAgent.NodeAgentClient Client, string Endpoint)? Observe(V1Node node) => Connect(node);
 }
 
 /// <summary>
@@ -31,6 +34,14 @@ public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) :
 
     /// <summary>Retries per call when an agent is unreachable.</summary>
     public int Retries { get; init; } = 3;
+
+    public (NodeAgent.NodeAgentClient Client, string Endpoint)? Observe(V1Node node)
+    {
+        ArgumentNullException.ThrowIfNull(node);
+        return Keys.Get(node.Metadata.Annotations, Annotations.AgentEndpoint) is { Length: > 0 } endpoint
+            ? (new NodeAgent.NodeAgentClient(connect(endpoint).Intercept(TraceContext)), endpoint)
+            : null;
+    }
 
     public (NodeAgent.NodeAgentClient Client, string Endpoint)? Connect(V1Node node)
     {

@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
+using Migrate.Operator.Kubernetes;
 
 namespace Migrate.Operator.Reconciliation;
 
@@ -13,59 +14,91 @@ namespace Migrate.Operator.Reconciliation;
 /// maxParallel at once, retried on another node up to maxAttempts (the pod is never killed);
 /// every other pod is evicted through the Eviction API, so PodDisruptionBudgets apply; DaemonSet,
 /// mirror and finished pods stay, as with kubectl drain. Deleting the NodeDrain uncordons the node
-/// (if this drain cordoned it) and lets it go. Acts only while this replica leads.
+/// (if this drain cordoned it) and lets it go. Driven by the shared informers: a drain is looked at
+/// when it, its requests, or the pods and the node it drains change (and every few seconds while it
+/// drains, for evictions a budget refused); only while this replica leads.
 /// </summary>
-public sealed partial class DrainController(IKubernetes client, ILeaderGate leader, ILogger<DrainController> logger, TimeProvider time) : BackgroundService
+public sealed partial class DrainController : BackgroundService
 {
+    private readonly IKubernetes client;
+    private readonly ClusterCache _cache;
+    private readonly ILeaderGate _leader;
+    private readonly ILogger<DrainController> logger;
+    private readonly TimeProvider time;
+    private readonly EventRecorder _events;
+    private readonly WorkQueue<ObjectKey> _queue;
 
+    public DrainController(IKubernetes client, ClusterCache cache, ILeaderGate leader, ILogger<DrainController> logger, TimeProvider time)
+    {
+        this.client = client;
+        _cache = cache;
+        _leader = leader;
+        this.logger = logger;
+        this.time = time;
+        _events = new EventRecorder(client, time);
+        _queue = new WorkQueue<ObjectKey>(time);
+        cache.Drains.OnChange(c => _queue.Add(ObjectKey.Of((c.New ?? c.Old!).Metadata)));
+        cache.Requests.OnChange(c =>
+        {
+            if (Keys.Get((c.New ?? c.Old!).Metadata.Labels, Labels.Drain) is { } drain)
+            {
+                _queue.Add(new ObjectKey("", drain));
+            }
+        });
+        cache.Pods.OnChange(c => WakeDrainsOf((c.New ?? c.Old!).Spec?.NodeName));
+        cache.Nodes.OnChange(c => WakeDrainsOf((c.New ?? c.Old!).Metadata.Name));
+    }
 
-
-    private readonly EventRecorder _events = new(client, time);
-
-    public TimeSpan Resync { get; init; } = TimeSpan.FromSeconds(1);
+    /// <summary>How soon a drain still under way is looked at again without a change (a refused eviction is retried then).</summary>
+    public TimeSpan Resync { get; init; } = TimeSpan.FromSeconds(2);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        while (!stoppingToken.IsCancellationRequested)
+        try
         {
-            try
-            {
-                if (leader.IsLeader)
-                {
-                    await ReconcileAllAsync(stoppingToken);
-                }
-            }
-            catch (Exception e) when (e is HttpOperationException or HttpRequestException)
-            {
-                LogApiError(e.Message);
-            }
+            await _cache.WaitForSyncAsync(stoppingToken);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
 
-            try
-            {
-                await Task.Delay(Resync, time, stoppingToken);
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
+        await new ControllerLoop("NodeDrain", _queue, ReconcileKeyAsync, () => _cache.Drains.Items.Select(d => ObjectKey.Of(d.Metadata)), _leader, logger, workers: 2)
+            .RunAsync(stoppingToken);
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        _queue.Dispose();
+    }
+
+    private void WakeDrainsOf(string? node)
+    {
+        foreach (var drain in _cache.Drains.Items.Where(d => d.Spec.NodeName == node))
+        {
+            _queue.Add(ObjectKey.Of(drain.Metadata));
         }
     }
 
-    /// <summary>One pass over every NodeDrain.</summary>
-    public async Task ReconcileAllAsync(CancellationToken cancellationToken)
+    private async Task<TimeSpan?> ReconcileKeyAsync(ObjectKey key, CancellationToken cancellationToken)
     {
-        var raw = await client.CustomObjects.ListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, NodeDrain.Plural, cancellationToken: cancellationToken);
-        foreach (var drain in KubernetesJson.Deserialize<NodeDrainList>(((JsonElement)raw).GetRawText()).Items)
+        if (_cache.Drains.Get(null, key.Name) is not { } drain)
         {
-            try
-            {
-                await ReconcileAsync(drain, cancellationToken);
-            }
-            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
-            {
-                // someone wrote first; the next pass starts from what they wrote
-            }
+            return null;
         }
+
+        try
+        {
+            await ReconcileAsync(drain, cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+        {
+            // someone wrote first; the next pass starts from what they wrote
+            return TimeSpan.FromMilliseconds(100);
+        }
+
+        return _cache.Drains.Get(null, key.Name)?.Status?.Phase is NodeDrainStatus.Drained ? null : Resync;
     }
 
     private async Task ReconcileAsync(NodeDrain drain, CancellationToken cancellationToken)
@@ -81,15 +114,11 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
             drain = await SetFinalizerAsync(drain, [.. drain.Metadata.Finalizers ?? [], Finalizers.Uncordon], cancellationToken);
         }
 
-        var status = drain.Status ?? new NodeDrainStatus { StartTime = time.GetUtcNow().UtcDateTime };
+        var status = drain.Status is null ? new NodeDrainStatus { StartTime = time.GetUtcNow().UtcDateTime }
+            : JsonSerializer.Deserialize<NodeDrainStatus>(JsonSerializer.Serialize(drain.Status))!;
         var previousPhase = status.Phase;
         var nodeName = drain.Spec.NodeName;
-        V1Node node;
-        try
-        {
-            node = await client.CoreV1.ReadNodeAsync(nodeName, cancellationToken: cancellationToken);
-        }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        if (_cache.Nodes.Get(null, nodeName) is not { } node)
         {
             status.Phase = NodeDrainStatus.Blocked;
             status.Message = $"Node {nodeName} does not exist.";
@@ -103,12 +132,10 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
             await _events.RecordAsync("v1", "Node", node.Metadata, "Normal", "Cordoned", $"Cordoned by NodeDrain {drain.Metadata.Name}{Because(drain)}.", cancellationToken);
         }
 
-        var pods = (await client.CoreV1.ListPodForAllNamespacesAsync(fieldSelector: $"spec.nodeName={nodeName}", cancellationToken: cancellationToken)).Items;
-        var optedInNamespaces = (await client.CoreV1.ListNamespaceAsync(labelSelector: $"{Labels.Migrate}=true", cancellationToken: cancellationToken)).Items
+        var pods = _cache.Pods.Items.Where(p => p.Spec.NodeName == nodeName).ToList();
+        var optedInNamespaces = _cache.Namespaces.Items.Where(n => Keys.Get(n.Metadata.Labels, Labels.Migrate) == "true")
             .Select(n => n.Metadata.Name).ToHashSet(StringComparer.Ordinal);
-        var requestsRaw = await client.CustomObjects.ListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, MigrationRequest.Plural,
-            labelSelector: $"{Labels.Drain}={drain.Metadata.Name}", cancellationToken: cancellationToken);
-        var requests = KubernetesJson.Deserialize<MigrationRequestList>(((JsonElement)requestsRaw).GetRawText()).Items;
+        var requests = _cache.Requests.Items.Where(r => Keys.Get(r.Metadata.Labels, Labels.Drain) == drain.Metadata.Name).ToList();
         int inFlight = requests.Count(r => !MigrationPhases.IsFinal(r.Status?.Phase));
         var blocking = new List<BlockingPod>();
         int remaining = 0;
@@ -274,6 +301,11 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
 
     private async Task WriteStatusAsync(NodeDrain drain, NodeDrainStatus status, string? previousPhase, CancellationToken cancellationToken)
     {
+        if (drain.Status is not null && JsonSerializer.Serialize(drain.Status) == JsonSerializer.Serialize(status))
+        {
+            return;
+        }
+
         drain.Status = status;
         await client.CustomObjects.ReplaceClusterCustomObjectStatusAsync(drain, MigrationRequest.Group, MigrationRequest.Version, NodeDrain.Plural, drain.Metadata.Name,
             cancellationToken: cancellationToken);
@@ -290,6 +322,4 @@ public sealed partial class DrainController(IKubernetes client, ILeaderGate lead
     [LoggerMessage(Level = LogLevel.Information, Message = "NodeDrain {Name}: {Phase}: {Message}")]
     private partial void LogPhase(string name, string? phase, string? message);
 
-    [LoggerMessage(Level = LogLevel.Warning, Message = "API call failed: {Message}; retrying on the next pass")]
-    private partial void LogApiError(string message);
 }

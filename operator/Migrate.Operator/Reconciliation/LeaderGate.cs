@@ -8,6 +8,9 @@ namespace Migrate.Operator.Reconciliation;
 public interface ILeaderGate
 {
     bool IsLeader { get; }
+
+    /// <summary>Cancelled the moment this replica's current leadership ends (never cancelled while it does not lead yet).</summary>
+    CancellationToken Leading => CancellationToken.None;
 }
 
 /// <summary>A single replica, or a test: always the leader.</summary>
@@ -24,8 +27,11 @@ public sealed partial class LeaseLeaderGate(IKubernetes client, string leaseName
     : BackgroundService, ILeaderGate
 {
     private volatile bool _leader;
+    private CancellationTokenSource _leading = new();
 
     public bool IsLeader => _leader;
+
+    public CancellationToken Leading => _leading.Token;
 
     public string Identity => identity;
 
@@ -46,12 +52,15 @@ public sealed partial class LeaseLeaderGate(IKubernetes client, string leaseName
         });
         elector.OnStartedLeading += () =>
         {
+            // a fresh token for this term (the last term's stays cancelled)
+            Interlocked.Exchange(ref _leading, new CancellationTokenSource());
             _leader = true;
             LogLeading(identity);
         };
         elector.OnStoppedLeading += () =>
         {
             _leader = false;
+            _leading.Cancel();
             LogStopped(identity);
         };
         while (!stoppingToken.IsCancellationRequested)
@@ -66,9 +75,17 @@ public sealed partial class LeaseLeaderGate(IKubernetes client, string leaseName
             }
 
             _leader = false;
+            await _leading.CancelAsync();
         }
 
         _leader = false;
+        await _leading.CancelAsync();
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        _leading.Dispose();
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "{Identity} leads: reconciling MigrationRequests")]

@@ -1,115 +1,191 @@
+using System.Collections.Concurrent;
 using System.Net;
+using Grpc.Core;
 using k8s;
 using k8s.Autorest;
+using k8s.Models;
+using Migrate.Agent.V1;
+using Migrate.Operator.Kubernetes;
 
 namespace Migrate.Operator.Reconciliation;
 
 /// <summary>
-/// The MigrationRequest controller. A new request is validated (<see cref="RequestValidator"/>)
-/// and either fails at once with a reason, leaving everything as it was, or is accepted with its
-/// source and target nodes recorded; accepted requests are then driven through their phases by the
-/// <see cref="MigrationExecutor"/>, one phase per pass, only while this replica leads.
+/// The MigrationRequest controller: informers feed a keyed work queue (a request is queued when it
+/// changes, when its pods or nodes change, and when one of its agents reports progress), and
+/// several workers reconcile the queued requests (<see cref="MigrationReconciler"/>), one request
+/// never in two workers. A pass never waits for long work: the agents do it and report. A request
+/// whose pass throws is retried with a growing delay and the error is recorded in its status;
+/// nothing one request does stops the others or the operator.
 /// </summary>
-public sealed partial class MigrationController(IKubernetes client, IAgentDirectory agents, ILeaderGate leader, ILogger<MigrationController> logger, TimeProvider time,
-    MigrationExecutor? executor = null, OperatorOptions? options = null)
-    : BackgroundService
+public sealed partial class MigrationController : BackgroundService
 {
-    private readonly MigrationStore _store = new(client);
-    private readonly RequestValidator _validator = new(client, agents);
-    private readonly OperatorOptions _options = options ?? new OperatorOptions();
-    private readonly EventRecorder _events = new(client, time);
-    private readonly SemaphoreSlim _wake = new(0, 1);
+    /// <summary>Condition set while a request's passes keep failing (cleared by the next pass that works).</summary>
+    public const string ReconcileErrorCondition = "ReconcileError";
 
-    /// <summary>Steps one request may take in a pass while each moves it to a new phase (1: one phase per pass, as the tests that count passes want).</summary>
-    public int StepsPerPass { get; init; } = 1;
+    /// <summary>After this many failed passes in a row, a migration in flight is rolled back.</summary>
+    public const int FailuresBeforeRollback = 8;
 
-    /// <summary>How often every request is looked at again without a change (changes wake the loop through a watch).</summary>
-    public TimeSpan Resync { get; init; } = TimeSpan.FromMilliseconds(500);
+    private readonly IKubernetes _client;
+    private readonly ClusterCache _cache;
+    private readonly IAgentDirectory _agents;
+    private readonly ILeaderGate _leader;
+    private readonly ILogger<MigrationController> _logger;
+    private readonly TimeProvider _time;
+    private readonly MigrationReconciler _reconciler;
+    private readonly WorkQueue<ObjectKey> _queue;
+    private readonly MigrationStore _store;
+    private readonly ConcurrentDictionary<string, ObjectKey> _byUid = new(StringComparer.Ordinal);
+
+    public MigrationController(IKubernetes client, ClusterCache cache, IAgentDirectory agents, ILeaderGate leader, ILogger<MigrationController> logger, TimeProvider time,
+        MigrationExecutor executor, MigrationPolicy policy)
+    {
+        _client = client;
+        _cache = cache;
+        _agents = agents;
+        _leader = leader;
+        _logger = logger;
+        _time = time;
+        _store = new MigrationStore(client);
+        _queue = new WorkQueue<ObjectKey>(time);
+        _reconciler = new MigrationReconciler(cache, new AgentViews(agents, time), new AdmissionGatherer(cache, agents, time), executor, policy, time, logger);
+        cache.Requests.OnChange(OnRequest);
+        cache.Pods.OnChange(OnPod);
+        cache.Nodes.OnChange(OnNode);
+    }
+
+    /// <summary>How many requests are reconciled at once.</summary>
+    public int Workers { get; init; } = 4;
+
+    public MigrationReconciler Reconciler => _reconciler;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var watching = WatchAsync(stoppingToken);
-        await LoopAsync(stoppingToken);
-        await watching;
-    }
-
-    /// <summary>
-    /// Wakes the loop on every change to a MigrationRequest (a new request is admitted at once, not
-    /// at the next resync); the resync stays as the fallback while the watch is down.
-    /// </summary>
-    private async Task WatchAsync(CancellationToken stoppingToken)
-    {
-        while (!stoppingToken.IsCancellationRequested)
+        try
         {
-            try
-            {
-                await foreach (var _ in client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, MigrationRequest.Plural,
-                    cancellationToken: stoppingToken))
-                {
-                    Wake();
-                }
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-            catch (Exception e) when (e is HttpOperationException or HttpRequestException or IOException or System.Text.Json.JsonException)
-            {
-                LogWatchError(e.Message);
-            }
-
-            try
-            {
-                await Task.Delay(TimeSpan.FromSeconds(1), time, stoppingToken);
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
+            await _cache.WaitForSyncAsync(stoppingToken);
         }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
+        var loop = new ControllerLoop("MigrationRequest", _queue, _reconciler.ReconcileAsync,
+            () => _cache.Requests.Items.Select(r => ObjectKey.Of(r.Metadata)), _leader, _logger, Workers)
+        {
+            OnError = RecordErrorAsync,
+        };
+        await Task.WhenAll(loop.RunAsync(stoppingToken), new AgentWakeups(_cache, _agents, WakeMigration, _logger).RunAsync(stoppingToken), CountInFlightAsync(stoppingToken));
     }
 
     public override void Dispose()
     {
         base.Dispose();
-        _wake.Dispose();
+        _queue.Dispose();
     }
 
-    private void Wake()
+    private void OnRequest(Change<MigrationRequest> change)
     {
-        try
+        if (change.New is { } request)
         {
-            _wake.Release();
-        }
-        catch (SemaphoreFullException)
-        {
-            // a pass is already due
-        }
-    }
-
-    private async Task LoopAsync(CancellationToken stoppingToken)
-    {
-        while (!stoppingToken.IsCancellationRequested)
-        {
-            try
+            _byUid[request.Metadata.Uid] = ObjectKey.Of(request.Metadata);
+            _queue.Add(ObjectKey.Of(request.Metadata));
+            if (MigrationPhases.IsFinal(request.Status?.Phase) && !MigrationPhases.IsFinal(change.Old?.Status?.Phase))
             {
-                if (leader.IsLeader)
+                // a slot is free: requests queued behind it go on
+                foreach (var waiting in _cache.Requests.Items.Where(r => r.Status?.Phase == MigrationPhases.Pending))
                 {
-                    await ReconcileAllAsync(stoppingToken);
+                    _queue.Add(ObjectKey.Of(waiting.Metadata));
                 }
             }
-            catch (HttpOperationException e)
-            {
-                LogApiError(e.Response.StatusCode, e.Message);
-            }
-            catch (HttpRequestException e)
-            {
-                LogApiError(null, e.Message);
-            }
+        }
+        else if (change.Old is { } gone)
+        {
+            _byUid.TryRemove(gone.Metadata.Uid, out _);
+        }
+    }
 
+    /// <summary>A pod changed: the requests moving it, or whose replacement it is, look again.</summary>
+    private void OnPod(Change<V1Pod> change)
+    {
+        var pod = change.New ?? change.Old!;
+        var ns = pod.Metadata.NamespaceProperty;
+        var restoring = Keys.Get(pod.Metadata.Annotations, Annotations.RestoreFrom);
+        foreach (var request in _cache.Requests.Items)
+        {
+            if (request.Metadata.NamespaceProperty == ns && (request.Spec.PodName == pod.Metadata.Name || request.Metadata.Uid == restoring))
+            {
+                _queue.Add(ObjectKey.Of(request.Metadata));
+            }
+        }
+    }
+
+    /// <summary>A node changed (Ready, deleted, its agent's endpoint): the migrations in flight on it look again.</summary>
+    private void OnNode(Change<V1Node> change)
+    {
+        var name = (change.New ?? change.Old!).Metadata.Name;
+        foreach (var request in _cache.Requests.Items)
+        {
+            if (!MigrationPhases.IsFinal(request.Status?.Phase) || request.Status?.PendingCleanup?.Contains(name) == true)
+            {
+                if (request.Status?.SourceNode == name || request.Status?.TargetNode == name || request.Status?.SourceNode is null)
+                {
+                    _queue.Add(ObjectKey.Of(request.Metadata));
+                }
+            }
+        }
+    }
+
+    private void WakeMigration(string migrationId)
+    {
+        if (_byUid.TryGetValue(migrationId, out var key))
+        {
+            _queue.Add(key);
+        }
+    }
+
+    /// <summary>The error boundary of one request: its status says the pass failed and why; after many failures in a row, a migration in flight is rolled back.</summary>
+    private async Task RecordErrorAsync(ObjectKey key, int failures, Exception error, CancellationToken cancellationToken)
+    {
+        if (error is TransientActionException && failures < FailuresBeforeRollback)
+        {
+            return;
+        }
+
+        var request = _cache.Requests.Get(key.Namespace, key.Name);
+        if (request?.Status is not { } status || MigrationPhases.IsFinal(status.Phase))
+        {
+            return;
+        }
+
+        var now = _time.GetUtcNow().UtcDateTime;
+        var message = $"Pass {failures} in a row failed: {error.GetType().Name}: {error.Message}".TrimEnd('.') + ".";
+        status.SetCondition(ReconcileErrorCondition, "True", error.GetType().Name, message, request.Metadata.Generation, now);
+        if (failures >= FailuresBeforeRollback && MigrationReconciler.IsInFlight(request) && status.Phase != MigrationPhases.CuttingOver && !status.Is(ConditionTypes.RollingBack))
+        {
+            status.Reason = "ReconcileError";
+            status.Message = message;
+            status.SetCondition(ConditionTypes.RollingBack, "True", "ReconcileError", message, request.Metadata.Generation, now);
+        }
+
+        try
+        {
+            var stored = await _store.WriteStatusAsync(request, cancellationToken);
+            _cache.Requests.Written(request, stored);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+        {
+            // written meanwhile; the next pass records it again if it fails again
+        }
+    }
+
+    private async Task CountInFlightAsync(CancellationToken cancellationToken)
+    {
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            OperatorTelemetry.SetInFlight(_cache.Requests.Items.Count(MigrationReconciler.IsInFlight));
             try
             {
-                await _wake.WaitAsync(Resync, stoppingToken);
+                await Task.Delay(TimeSpan.FromSeconds(1), _time, cancellationToken);
             }
             catch (OperationCanceledException)
             {
@@ -118,188 +194,114 @@ public sealed partial class MigrationController(IKubernetes client, IAgentDirect
         }
     }
 
-    /// <summary>One pass over every request.</summary>
-    public async Task ReconcileAllAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// One stream per node agent (WatchMigrations): every report wakes the request it is about, so
+    /// a request moves on as soon as its agent finished a step, not at its next poll. Streams follow
+    /// the nodes' endpoints and come back after failures.
+    /// </summary>
+    private sealed partial class AgentWakeups(ClusterCache cache, IAgentDirectory agents, Action<string> wake, ILogger logger)
     {
-        var all = await _store.ListAsync(cancellationToken);
-        var inFlight = all.Where(r => r.Status?.Phase is MigrationPhases.Checkpointing or MigrationPhases.Transferring or MigrationPhases.Restoring or MigrationPhases.CuttingOver).ToList();
-        OperatorTelemetry.SetInFlight(inFlight.Count);
-        foreach (var request in all.Where(r => r.Metadata.DeletionTimestamp is not null || !MigrationPhases.IsFinal(r.Status?.Phase)))
+        private readonly Dictionary<string, (string Endpoint, CancellationTokenSource Stop, Task Stream)> _streams = new(StringComparer.Ordinal);
+
+        public async Task RunAsync(CancellationToken cancellationToken)
         {
             try
             {
-                if (request.Metadata.DeletionTimestamp is not null)
+                while (!cancellationToken.IsCancellationRequested)
                 {
-                    await FinalizeAsync(request, cancellationToken);
-                }
-                else if (request.Status?.SourceNode is null)
-                {
-                    var admitted = request;
-                    if (request.Metadata.Finalizers?.Contains(Finalizers.Cleanup) != true)
+                    var nodes = cache.Nodes.Items.ToDictionary(n => n.Metadata.Name, StringComparer.Ordinal);
+                    foreach (var (name, node) in nodes)
                     {
-                        // before anything can be staged, so that deleting the request always cleans up
-                        admitted = await _store.SetFinalizerAsync(request, present: true, cancellationToken);
-                    }
-
-                    await AdmitAsync(admitted, all, cancellationToken);
-                }
-                else if (executor is not null && (request.Status.Phase != MigrationPhases.Pending || await MayStartAsync(request, inFlight, cancellationToken)))
-                {
-                    // a step that moved the request on is followed by the next at once: waiting for the
-                    // next pass between the freeze and the restore would add to the pod's downtime
-                    var current = request;
-                    for (int step = 0; step < StepsPerPass; step++)
-                    {
-                        var next = await executor.StepAsync(current, cancellationToken);
-                        if (next.Status?.Phase == current.Status?.Phase || MigrationPhases.IsFinal(next.Status?.Phase)
-                            || next.Metadata.DeletionTimestamp is not null || !leader.IsLeader)
+                        var endpoint = Keys.Get(node.Metadata.Annotations, Annotations.AgentEndpoint);
+                        if (endpoint is null || (_streams.TryGetValue(name, out var running) && running.Endpoint == endpoint && !running.Stream.IsCompleted))
                         {
-                            break;
+                            continue;
                         }
 
-                        current = next;
+                        Stop(name);
+                        var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                        _streams[name] = (endpoint, stop, FollowAsync(node, stop.Token));
                     }
+
+                    foreach (var name in _streams.Keys.Where(n => !nodes.ContainsKey(n)).ToList())
+                    {
+                        Stop(name);
+                    }
+
+                    await Task.Delay(TimeSpan.FromSeconds(1), cancellationToken);
                 }
             }
-            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+            catch (OperationCanceledException)
             {
-                // another writer got there first: the next pass starts from what it wrote
+                // stopping
             }
-            catch (Grpc.Core.RpcException e)
+            finally
             {
-                // an agent did not answer during cut-over: retried on the next pass, never rolled back
-                LogAgentError(request.Metadata.NamespaceProperty, request.Metadata.Name, e.Status.Detail);
-            }
-        }
-    }
-
-    /// <summary>A deleted request: an in-flight migration is rolled back (or, during cut-over, finished) before the finalizer goes.</summary>
-    private async Task FinalizeAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        if (request.Metadata.Finalizers?.Contains(Finalizers.Cleanup) != true)
-        {
-            return;
-        }
-
-        var phase = request.Status?.Phase;
-        if (executor is not null && request.Status?.SourceNode is not null && phase is not (null or MigrationPhases.Pending) && !MigrationPhases.IsFinal(phase))
-        {
-            request = await executor.AbortAsync(request, cancellationToken);
-        }
-
-        if (request.Metadata.Labels?.ContainsKey(Labels.Trigger) == true && request.Status?.Phase != MigrationPhases.Succeeded)
-        {
-            // cancelled by its user: the pod's next eviction is an ordinary one, not a new migration
-            await MarkEvictionCancelledAsync(request, cancellationToken);
-        }
-
-        await _store.SetFinalizerAsync(request, present: false, cancellationToken);
-    }
-
-    private async Task MarkEvictionCancelledAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var patch = new System.Text.Json.Nodes.JsonObject
-        {
-            ["metadata"] = new System.Text.Json.Nodes.JsonObject
-            {
-                ["annotations"] = new System.Text.Json.Nodes.JsonObject { [Annotations.EvictionMigrationCancelled] = request.Metadata.Name },
-            },
-        };
-        try
-        {
-            await client.CoreV1.PatchNamespacedPodAsync(new k8s.Models.V1Patch(patch.ToJsonString(), k8s.Models.V1Patch.PatchType.MergePatch),
-                request.Spec.PodName, request.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
-        }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
-        {
-            // the pod is gone anyway
-        }
-    }
-
-    /// <summary>Whether a Pending request may start now: within the cluster-wide and per-node limits. If not, it says so in its status.</summary>
-    private async Task<bool> MayStartAsync(MigrationRequest request, List<MigrationRequest> active, CancellationToken cancellationToken)
-    {
-        var nodes = new[] { request.Status!.SourceNode, request.Status.TargetNode };
-        string? wait = null;
-        if (active.Count >= _options.MaxConcurrentMigrations)
-        {
-            wait = $"Waiting: {active.Count} migrations are in flight, the limit is {_options.MaxConcurrentMigrations}.";
-        }
-        else if (nodes.FirstOrDefault(n => active.Count(r => r.Status!.SourceNode == n || r.Status.TargetNode == n) >= _options.MaxMigrationsPerNode) is { } busy)
-        {
-            wait = $"Waiting: node {busy} already takes part in {_options.MaxMigrationsPerNode} migration(s).";
-        }
-
-        if (wait is null)
-        {
-            active.Add(request);
-            return true;
-        }
-
-        if (request.Status.Message != wait)
-        {
-            request.Status.Reason = "Queued";
-            request.Status.Message = wait;
-            await _store.WriteStatusAsync(request, cancellationToken);
-        }
-
-        return false;
-    }
-
-    private async Task AdmitAsync(MigrationRequest request, IReadOnlyList<MigrationRequest> all, CancellationToken cancellationToken)
-    {
-        var validation = await _validator.ValidateAsync(request, all, cancellationToken);
-        var now = time.GetUtcNow().UtcDateTime;
-        var status = request.Status ?? new MigrationRequestStatus();
-        status.ObservedGeneration = request.Metadata.Generation;
-        status.StartTime ??= now;
-        if (validation.Failed)
-        {
-            status.Phase = MigrationPhases.Failed;
-            status.Reason = validation.FailureReason;
-            status.Message = validation.FailureMessage;
-            status.CompletionTime = now;
-            status.SetCondition("Ready", "False", validation.FailureReason!, validation.FailureMessage!, request.Metadata.Generation, now);
-            OperatorTelemetry.Ended(MigrationPhases.Failed, validation.FailureReason, null, null);
-        }
-        else
-        {
-            status.Phase = MigrationPhases.Pending;
-            status.SourceNode = validation.SourceNode;
-            status.TargetNode = validation.TargetNode;
-            status.Reason = "Validated";
-            status.Message = $"Pod {request.Spec.PodName} can move from {validation.SourceNode} to {validation.TargetNode}.";
-            status.SetCondition("Validated", "True", "Validated", status.Message, request.Metadata.Generation, now);
-            if (validation.KeepsName)
-            {
-                status.SetCondition(ConditionTypes.KeepsName, "True", "StatefulSetPod",
-                    $"The replacement takes the name {request.Spec.PodName}: the source is ended and deleted just before it is created.", request.Metadata.Generation, now);
+                foreach (var name in _streams.Keys.ToList())
+                {
+                    Stop(name);
+                }
             }
         }
 
-        request.Status = status;
-        try
+        private void Stop(string node)
         {
-            await _store.WriteStatusAsync(request, cancellationToken);
-            LogAdmitted(request.Metadata.NamespaceProperty, request.Metadata.Name, status.Phase, status.Reason, status.Message);
-            await _events.RecordAsync($"{MigrationRequest.Group}/{MigrationRequest.Version}", MigrationRequest.KindName, request.Metadata,
-                validation.Failed ? "Warning" : "Normal", status.Reason!, status.Message!, cancellationToken);
+            if (_streams.Remove(node, out var stream))
+            {
+                stream.Stop.Cancel();
+                stream.Stop.Dispose();
+            }
         }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+
+        private async Task FollowAsync(V1Node node, CancellationToken cancellationToken)
         {
-            // someone else wrote first; the next pass sees their write
+            int failures = 0;
+            while (!cancellationToken.IsCancellationRequested)
+            {
+                try
+                {
+                    if (agents.Observe(node) is not { } agent)
+                    {
+                        return;
+                    }
+
+                    using var call = agent.Client.WatchMigrations(new WatchMigrationsRequest(), cancellationToken: cancellationToken);
+                    while (await call.ResponseStream.MoveNext(cancellationToken))
+                    {
+                        failures = 0;
+                        wake(call.ResponseStream.Current.MigrationId);
+                    }
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+                catch (Exception e) when (e is RpcException or InvalidOperationException or TransientActionException or HttpRequestException)
+                {
+                    if (e is RpcException { StatusCode: StatusCode.Cancelled } && cancellationToken.IsCancellationRequested)
+                    {
+                        return;
+                    }
+
+                    failures++;
+                    if (failures == 1)
+                    {
+                        LogStreamFailed(node.Metadata.Name, e.Message);
+                    }
+                }
+
+                try
+                {
+                    await Task.Delay(TimeSpan.FromMilliseconds(Math.Min(10_000, 250 * Math.Pow(2, Math.Min(failures, 6))) * (1 + Random.Shared.NextDouble() / 2)), cancellationToken);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+            }
         }
+
+        [LoggerMessage(Level = LogLevel.Information, Message = "Agent on {Node}: its report stream ended ({Message}); migrations there are polled until it is back")]
+        private partial void LogStreamFailed(string node, string message);
     }
-
-    [LoggerMessage(Level = LogLevel.Information, Message = "MigrationRequest {Namespace}/{Name}: {Phase} ({Reason}): {Message}")]
-    private partial void LogAdmitted(string @namespace, string name, string? phase, string? reason, string? message);
-
-    [LoggerMessage(Level = LogLevel.Warning, Message = "MigrationRequest {Namespace}/{Name}: an agent call failed ({Detail}); retrying on the next pass")]
-    private partial void LogAgentError(string @namespace, string name, string detail);
-
-    [LoggerMessage(Level = LogLevel.Warning, Message = "watching MigrationRequests failed ({Message}); watching again in 1 s, resyncing meanwhile")]
-    private partial void LogWatchError(string message);
-
-    [LoggerMessage(Level = LogLevel.Warning, Message = "API call failed ({Status}): {Message}; retrying on the next pass")]
-    private partial void LogApiError(HttpStatusCode? status, string message);
 }

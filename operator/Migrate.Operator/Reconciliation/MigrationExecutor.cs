@@ -11,39 +11,30 @@ using Migrate.Agent.V1;
 
 namespace Migrate.Operator.Reconciliation;
 
-/// <summary>A step failed in a way that rolls the migration back; the reason is CamelCase, the message one sentence.</summary>
-public sealed class MigrationStepException(string reason, string message, Exception? inner = null) : Exception(message, inner)
-{
-    public string Reason { get; } = reason;
-}
+/// <summary>An action could not be carried out for now (an agent or the API server did not answer); the pass is retried with backoff.</summary>
+public sealed class TransientActionException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>This replica stopped leading: it must not touch anything any more.</summary>
+public sealed class LeadershipLostException() : Exception("this operator replica no longer holds the leader Lease");
 
 /// <summary>
-/// Drives an admitted MigrationRequest through its phases, one phase per call: Checkpointing
-/// (pre-copy rounds, final dump: the source is frozen), Transferring (agent to agent), Restoring
-/// (the replacement pod, pinned to the target, restored by the podmig runtime, until Running),
-/// CuttingOver (the frozen source ended and its pod deleted), then Succeeded. The next phase is
-/// written to the status before its side effects, and every step is idempotent (agent calls per
-/// migration id, a deterministic replacement name), so an operator restarted at any point redoes
-/// at most the step it was in, never a finished one. Any failure before cut-over rolls back: the
-/// replacement is deleted, the source thawed, staged images removed; the source's state is kept.
+/// Carries out a <see cref="Decision"/>: writes the status it computed (only when it differs from
+/// the stored one, and only against the resourceVersion that was observed: 409 means someone
+/// wrote first and the pass is redone), then the one action, then the events. Every action is
+/// idempotent (agent calls are keyed by the migration id, pods by deterministic names and UIDs).
+/// An agent's refusal of a forward step (the pod cannot move, the token is refused) marks the
+/// request for rollback with the agent's words; an agent or API server that does not answer is
+/// a <see cref="TransientActionException"/>. Leadership is checked before every side effect.
 /// </summary>
-public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents, Func<TransferClaims, string> mintToken, TimeProvider time, EventRecorder? events = null)
+public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents, Func<TransferClaims, string> mintToken, TimeProvider time,
+    EventRecorder? events = null, ILeaderGate? leader = null)
 {
     public const string RuntimeClass = "podmig";
-    private const string SourceRetired = ConditionTypes.SourceRetired;
-    private const string RollingBack = ConditionTypes.RollingBack;
-    private const string Frozen = ConditionTypes.Frozen;
 
     private readonly MigrationStore _store = new(client);
 
-    /// <summary>How long the replacement pod may take to run.</summary>
-    public TimeSpan RestoreTimeout { get; init; } = TimeSpan.FromMinutes(2);
-
-    /// <summary>How often at most a running transfer's progress is written into the request's status.</summary>
-    public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromSeconds(1);
-
-    /// <summary>How long each of Checkpointing, Transferring and Restoring may take; agent calls are cancelled when it runs out.</summary>
-    public TimeSpan PhaseTimeout { get; init; } = TimeSpan.FromMinutes(5);
+    /// <summary>Per-migration send-rate cap handed to the source agent (0: none).</summary>
+    public ulong BandwidthPerMigration { get; init; }
 
     /// <summary>The migration id agents know a request by: its UID (a DNS label).</summary>
     public static string MigrationId(MigrationRequest request) => request?.Metadata.Uid ?? throw new ArgumentNullException(nameof(request));
@@ -63,560 +54,248 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     }
 
     /// <summary>Whether the replacement takes the source's name (admitted as a StatefulSet pod that opted in).</summary>
-    public static bool KeepsName(MigrationRequest request) =>
-        request?.Status?.Conditions.Any(c => c.Type == ConditionTypes.KeepsName && c.Status == "True") == true;
+    public static bool KeepsName(MigrationRequest request) => request?.Status?.Is(ConditionTypes.KeepsName) == true;
 
-    private static bool IsRetired(MigrationRequest request) =>
-        request.Status?.Conditions.Any(c => c.Type == SourceRetired && c.Status == "True") == true;
-
-    private static bool IsOurs(V1Pod pod, MigrationRequest request) =>
-        Keys.Get(pod.Metadata.Annotations, Annotations.RestoreFrom) == MigrationId(request);
-
-
-    /// <summary>The migration's root span context: from the request's annotation, or a new root span recorded there.</summary>
-    private async Task<ActivityContext> TraceParentAsync(MigrationRequest request, CancellationToken cancellationToken)
+    /// <summary>Writes the decided status, then carries out the action; returns the request as stored afterwards.</summary>
+    public async Task<MigrationRequest> ExecuteAsync(MigrationFacts facts, Decision decision, CancellationToken cancellationToken)
     {
-        if (Keys.Get(request.Metadata.Annotations, Annotations.TraceContext) is { } stored && ActivityContext.TryParse(stored, null, out var context))
+        ArgumentNullException.ThrowIfNull(facts);
+        ArgumentNullException.ThrowIfNull(decision);
+        var request = facts.Request;
+        var before = request.Status;
+        if (StatusChanged(before, decision.Status))
         {
-            return context;
-        }
-
-        Activity.Current = null;
-        using var root = OperatorTelemetry.Source.StartActivity("migration", ActivityKind.Internal, default(ActivityContext));
-        if (root is null)
-        {
-            return default;
-        }
-
-        root.SetTag("k8s.namespace.name", request.Metadata.NamespaceProperty);
-        root.SetTag("podmig.request", request.Metadata.Name);
-        root.SetTag("k8s.pod.name", request.Spec.PodName);
-        var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [Annotations.TraceContext] = root.Id } } };
-        var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
-            MigrationRequest.Group, MigrationRequest.Version, request.Metadata.NamespaceProperty, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
-        // in place: the caller goes on with this request
-        var patched = KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
-        request.Metadata.ResourceVersion = patched.Metadata.ResourceVersion;
-        request.Metadata.Annotations = patched.Metadata.Annotations;
-        return root.Context;
-    }
-
-    /// <summary>Does the work of the request's phase and moves it on; returns the request as stored.</summary>
-    public async Task<MigrationRequest> StepAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        ArgumentNullException.ThrowIfNull(request);
-        var status = request.Status!;
-        if (status.Conditions.Any(c => c.Type == RollingBack && c.Status == "True"))
-        {
-            return await RollBackAsync(request, cancellationToken);
-        }
-
-        // every step of a migration is a span of one trace, whose root the first step made and the request keeps
-        var trace = await TraceParentAsync(request, cancellationToken);
-        using var activity = OperatorTelemetry.Source.StartActivity("migration." + status.Phase, ActivityKind.Internal, trace);
-        activity?.SetTag("migration.id", request.Metadata.Uid);
-        activity?.SetTag("k8s.pod.name", request.Spec.PodName);
-        using var budget = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var phaseLeft = PhaseTimeout - (time.GetUtcNow().UtcDateTime - (status.PhaseStartTime ?? time.GetUtcNow().UtcDateTime));
-        try
-        {
-            if (status.Phase != MigrationPhases.CuttingOver && status.StartTime is { } start
-                && time.GetUtcNow().UtcDateTime - start > TimeSpan.FromSeconds(request.Spec.TimeoutSeconds))
+            EnsureLeader();
+            request.Status = decision.Status;
+            try
             {
-                throw new MigrationStepException("TimedOut", $"The migration did not reach cut-over within {request.Spec.TimeoutSeconds} seconds.");
-            }
-
-            if (status.Phase is MigrationPhases.Checkpointing or MigrationPhases.Transferring or MigrationPhases.Restoring)
-            {
-                if (phaseLeft <= TimeSpan.Zero)
-                {
-                    throw PhaseTimedOut(status.Phase);
-                }
-
-                budget.CancelAfter(phaseLeft);
-                await RequireTargetReadyAsync(request, budget.Token);
-            }
-
-            return status.Phase switch
-            {
-                MigrationPhases.Pending => await StartAsync(request, budget.Token),
-                MigrationPhases.Checkpointing => await CheckpointAsync(request, budget.Token),
-                MigrationPhases.Transferring => await TransferAsync(request, budget.Token),
-                MigrationPhases.Restoring => await RestoreAsync(request, budget.Token),
-                MigrationPhases.CuttingOver => await CutOverAsync(request, cancellationToken),
-                _ => request,
-            };
-        }
-        catch (Exception e) when (e is MigrationStepException or RpcException or OperationCanceledException
-            && status.Phase != MigrationPhases.CuttingOver && !cancellationToken.IsCancellationRequested)
-        {
-            var (reason, message) = e switch
-            {
-                MigrationStepException step => (step.Reason, step.Message),
-                _ when budget.IsCancellationRequested => (PhaseTimedOut(status.Phase!).Reason, PhaseTimedOut(status.Phase!).Message),
-                RpcException rpc => ($"{status.Phase}Failed", $"{status.Phase} failed: {rpc.Status.Detail}"),
-                _ => ($"{status.Phase}Failed", $"{status.Phase} was cancelled."),
-            };
-            status.Reason = reason;
-            status.Message = message;
-            SetCondition(request, RollingBack, "True", reason, message);
-            request = await _store.WriteStatusAsync(request, cancellationToken);
-            return await RollBackAsync(request, cancellationToken);
-        }
-    }
-
-    /// <summary>A target that went away or NotReady before cut-over ends the migration: the source is still there to go back to.</summary>
-    private async Task RequireTargetReadyAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var name = request.Status!.TargetNode!;
-        V1Node node;
-        try
-        {
-            node = await client.CoreV1.ReadNodeAsync(name, cancellationToken: cancellationToken);
-        }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
-        {
-            throw new MigrationStepException("TargetNodeGone", $"Target node {name} was removed during {request.Status.Phase}.");
-        }
-
-        if (node.Status?.Conditions?.FirstOrDefault(c => c.Type == "Ready") is not { Status: "True" })
-        {
-            throw new MigrationStepException("TargetNodeNotReady", $"Target node {name} became NotReady during {request.Status.Phase}.");
-        }
-    }
-
-    private MigrationStepException PhaseTimedOut(string phase) =>
-        new("PhaseTimedOut", $"{phase} took longer than {PhaseTimeout.TotalSeconds:0} seconds.");
-
-    private async Task<MigrationRequest> StartAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var status = request.Status!;
-        await Event(MigrationEvent.Pod(request), "Normal", "Migrating", $"Moving to node {status.TargetNode} (MigrationRequest {request.Metadata.Name}).", cancellationToken);
-        return await MoveToAsync(request, MigrationPhases.Checkpointing, "Checkpointing the pod on " + status.SourceNode + ".", cancellationToken);
-    }
-
-    private async Task<MigrationRequest> CheckpointAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var status = request.Status!;
-        var source = await AgentAsync(status.SourceNode!, cancellationToken);
-        var id = MigrationId(request);
-        await source.Client.BeginCheckpointAsync(new BeginCheckpointRequest
-        {
-            MigrationId = id,
-            Pod = new PodRef { Namespace = request.Metadata.NamespaceProperty, Name = request.Spec.PodName },
-            NodeName = status.SourceNode,
-        }, cancellationToken: cancellationToken);
-        if (request.Spec.Mode == MigrationModes.PreCopy)
-        {
-            var limits = request.Spec.PreCopy ?? new PreCopyLimits();
-            ulong previous = ulong.MaxValue;
-            for (int round = 1; round <= limits.MaxRounds; round++)
-            {
-                var result = await source.Client.PreDumpAsync(new PreDumpRequest { MigrationId = id, Round = round }, cancellationToken: cancellationToken);
-                if (status.PreCopyRounds is null || status.PreCopyRounds < round)
-                {
-                    status.PreCopyRounds = round;
-                    request = await _store.WriteStatusAsync(request, cancellationToken);
-                    status = request.Status!;
-                }
-
-                // the dirty set stopped shrinking: more rounds would not shorten the final dump
-                if (previous != ulong.MaxValue && result.PagesWritten * 100 > previous * (ulong)(100 - limits.MinShrinkPercent))
-                {
-                    break;
-                }
-
-                previous = result.PagesWritten;
-            }
-
-            // the rounds travel while the pod still runs: after the freeze only the final dump's difference has to
-            if (status.BytesTransferred is null)
-            {
-                status.BytesTransferred = await SendImagesAsync(request, cancellationToken);
                 request = await _store.WriteStatusAsync(request, cancellationToken);
-                status = request.Status!;
             }
+            finally
+            {
+                facts.Request.Status = before;
+            }
+
+            Observe(before, request.Status!);
         }
 
-        SetCondition(request, Frozen, "True", "FinalDump", $"The pod's processes on {status.SourceNode} are frozen for the final dump.");
-        request = await _store.WriteStatusAsync(request, cancellationToken);
-        var dump = await source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = id }, cancellationToken: cancellationToken);
-        request.Status!.ImageBytes = (long)dump.StagedBytes;
-        return await MoveToAsync(request, MigrationPhases.Transferring, $"Copying {dump.StagedBytes} bytes of checkpoint to {status.TargetNode}.", cancellationToken);
+        using var activity = await SpanAsync(request, decision.Action, cancellationToken);
+        try
+        {
+            request = await ActAsync(facts with { Request = request }, decision.Action, cancellationToken) ?? request;
+        }
+        catch (RpcException e) when (IsTransient(e.StatusCode))
+        {
+            throw new TransientActionException($"{Describe(decision.Action)}: {e.Status.Detail}", e);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode != HttpStatusCode.Conflict && (int)e.Response.StatusCode >= 500)
+        {
+            throw new TransientActionException($"{Describe(decision.Action)}: the API server answered {(int)e.Response.StatusCode}", e);
+        }
+        catch (HttpRequestException e)
+        {
+            throw new TransientActionException($"{Describe(decision.Action)}: {e.Message}", e);
+        }
+        catch (RpcException e) when (IsForward(decision.Action))
+        {
+            // the agent refused a step forward (the pod cannot move, the token is wrong): roll back, saying why
+            return await MarkForRollbackAsync(request, decision.Action is MigrationAction.BeginCheckpoint ? Reasons.CheckpointRefused : Reasons.AgentCallFailed,
+                $"{Describe(decision.Action)} was refused: {e.Status.Detail.TrimEnd('.')}.", cancellationToken);
+        }
+        catch (RpcException e)
+        {
+            // a step of the rollback or the cut-over was refused: the next pass decides again on what it sees
+            throw new TransientActionException($"{Describe(decision.Action)}: {e.Status.Detail}", e);
+        }
+
+        foreach (var note in decision.Events)
+        {
+            await EventAsync(request, note, cancellationToken);
+        }
+
+        return request;
     }
 
-    private async Task<MigrationRequest> TransferAsync(MigrationRequest request, CancellationToken cancellationToken)
+    private async Task<MigrationRequest?> ActAsync(MigrationFacts facts, MigrationAction action, CancellationToken cancellationToken)
     {
-        var status = request.Status!;
-        var sent = await SendImagesAsync(request, cancellationToken);
-        status.BytesTransferred = (status.BytesTransferred ?? 0) + sent;
-        return await MoveToAsync(request, MigrationPhases.Restoring, $"Restoring the pod on {status.TargetNode}.", cancellationToken);
-    }
+        if (action is MigrationAction.Nothing)
+        {
+            return null;
+        }
 
-    /// <summary>Has the source agent send what it has staged to the target agent; returns the bytes that went over the wire (what the target already held is skipped).</summary>
-    private Task<long> SendImagesAsync(MigrationRequest request, CancellationToken cancellationToken) =>
-        SendImagesAsync(request, request.Status!.TargetNode!, cancellationToken);
-
-    /// <summary>Has the source agent send what it has staged to <paramref name="targetNode"/>'s agent (the source node itself, to restore there); returns the bytes sent.</summary>
-    private async Task<long> SendImagesAsync(MigrationRequest request, string targetNode, CancellationToken cancellationToken)
-    {
+        EnsureLeader();
+        var request = facts.Request;
         var status = request.Status!;
-        var source = await AgentAsync(status.SourceNode!, cancellationToken);
-        var target = await AgentAsync(targetNode, cancellationToken);
         var id = MigrationId(request);
-        var token = mintToken(new TransferClaims(id, status.SourceNode!, targetNode, status.ImageBytes is { } staged ? (staged * 2) + (1L << 30) : 64L << 30,
-            time.GetUtcNow().AddSeconds(request.Spec.TimeoutSeconds).ToUnixTimeSeconds()));
-        await target.Client.ExpectImagesAsync(new ExpectImagesRequest { MigrationId = id, Token = token }, cancellationToken: cancellationToken);
-        using var call = source.Client.SendImages(new SendImagesRequest { MigrationId = id, TargetAddress = target.Endpoint, TargetNode = targetNode, Token = token },
-            cancellationToken: cancellationToken);
-        TransferProgress? last = null;
-        DateTimeOffset reported = DateTimeOffset.MinValue;
-        while (await call.ResponseStream.MoveNext(cancellationToken))
-        {
-            last = call.ResponseStream.Current;
-            var now = time.GetUtcNow();
-            status.Progress = new MigrationProgress { Phase = status.Phase, BytesSent = (long)last.BytesSent, BytesTotal = (long)last.TotalBytes, UpdateTime = now.UtcDateTime };
-            if (!last.Staged && now - reported >= ProgressInterval)
-            {
-                // in place: the caller's request goes on with the new resourceVersion
-                var written = await _store.WriteStatusAsync(request, cancellationToken);
-                request.Metadata.ResourceVersion = written.Metadata.ResourceVersion;
-                reported = now;
-            }
-        }
-
-        if (last?.Staged != true)
-        {
-            throw new MigrationStepException("TransferIncomplete", $"The checkpoint did not arrive complete on {targetNode}.");
-        }
-
-        return (long)last.BytesSent;
-    }
-
-    private async Task<MigrationRequest> RestoreAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var status = request.Status!;
         var ns = request.Metadata.NamespaceProperty;
-        var name = ReplacementName(request);
-        if (status.ReplacementPod is null)
+        switch (action)
         {
-            status.ReplacementPod = name;
-            request = await _store.WriteStatusAsync(request, cancellationToken);
-            status = request.Status!;
-        }
-
-        if (KeepsName(request))
-        {
-            request = await RetireSourceAsync(request, cancellationToken);
-            status = request.Status!;
-        }
-
-        var replacement = await ReadPodAsync(name, ns, cancellationToken);
-        if (replacement is null)
-        {
-            var source = KeepsName(request)
-                ? SavedSource(request)
-                : await ReadPodAsync(request.Spec.PodName, ns, cancellationToken)
-                    ?? throw new MigrationStepException("SourcePodGone", $"Pod {ns}/{request.Spec.PodName} disappeared during the migration.");
-            replacement = await client.CoreV1.CreateNamespacedPodAsync(Replacement(source, request, name, status.TargetNode!), ns, cancellationToken: cancellationToken);
-        }
-        else if (KeepsName(request) && !IsOurs(replacement, request))
-        {
-            throw new MigrationStepException("NameTaken",
-                $"Pod {ns}/{name} was created by someone else after the source was retired; is the operator's pod webhook installed?");
-        }
-
-        await WaitRunningAsync(replacement, status.TargetNode!, cancellationToken);
-        if (status.Conditions.FirstOrDefault(c => c.Type == Frozen) is { } frozen)
-        {
-            status.DowntimeMillis = (long)(time.GetUtcNow().UtcDateTime - frozen.LastTransitionTime).TotalMilliseconds;
-        }
-
-        return await MoveToAsync(request, MigrationPhases.CuttingOver, $"The replacement pod {name} runs on {status.TargetNode}; retiring the source.", cancellationToken);
-    }
-
-    /// <summary>Waits until the pod runs; a pod that cannot start, or does not within <see cref="RestoreTimeout"/>, fails the step.</summary>
-    private async Task<V1Pod> WaitRunningAsync(V1Pod pod, string node, CancellationToken cancellationToken)
-    {
-        var name = pod.Metadata.Name;
-        var ns = pod.Metadata.NamespaceProperty;
-        var clock = Stopwatch.StartNew();
-        while (pod.Status?.Phase != "Running")
-        {
-            var waiting = pod.Status?.ContainerStatuses?.Select(c => c.State?.Waiting).FirstOrDefault(w => w is not null && w.Reason != "ContainerCreating");
-            if (pod.Status?.Phase is "Failed" or "Succeeded" || waiting is not null)
-            {
-                throw new MigrationStepException("RestoreFailed",
-                    $"The replacement pod {name} on {node} did not start: {waiting?.Reason ?? pod.Status?.Phase} {waiting?.Message ?? pod.Status?.Message}".TrimEnd() + ".");
-            }
-
-            if (clock.Elapsed > RestoreTimeout)
-            {
-                throw new MigrationStepException("RestoreTimedOut", $"The replacement pod {name} was not Running within {RestoreTimeout.TotalSeconds:0} seconds.");
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(100), time, cancellationToken);
-            pod = await ReadPodAsync(name, ns, cancellationToken)
-                ?? throw new MigrationStepException("RestoreFailed", $"The replacement pod {name} was deleted while it was restored.");
-        }
-
-        return pod;
-    }
-
-    /// <summary>
-    /// For a pod that keeps its name: the source pod is kept in the request (its replacement is made
-    /// from it), its frozen processes are ended (their state is whole in the staged images) and the
-    /// object is deleted, so that the name is free. From here a failure restores the pod on its own
-    /// node rather than thawing it. Every step is idempotent.
-    /// </summary>
-    private async Task<MigrationRequest> RetireSourceAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var ns = request.Metadata.NamespaceProperty;
-        var name = request.Spec.PodName;
-        if (!IsRetired(request))
-        {
-            var source = await ReadPodAsync(name, ns, cancellationToken)
-                ?? throw new MigrationStepException("SourcePodGone", $"Pod {ns}/{name} disappeared during the migration.");
-            if (Keys.Get(request.Metadata.Annotations, Annotations.SourcePod) is null)
-            {
-                var kept = new V1Pod
+            case MigrationAction.AddFinalizer:
+                return await _store.SetFinalizerAsync(request, present: true, cancellationToken);
+            case MigrationAction.RemoveFinalizer:
+                if (Keys.Get(request.Metadata.Labels, Labels.Trigger) is not null && status.Phase != MigrationPhases.Succeeded)
                 {
-                    Metadata = new V1ObjectMeta
-                    {
-                        Name = source.Metadata.Name,
-                        Labels = source.Metadata.Labels,
-                        Annotations = source.Metadata.Annotations,
-                        OwnerReferences = source.Metadata.OwnerReferences,
-                    },
-                    Spec = source.Spec,
-                };
-                var patch = new JsonObject { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [Annotations.SourcePod] = KubernetesJson.Serialize(kept) } } };
-                var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
-                    MigrationRequest.Group, MigrationRequest.Version, ns, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
-                request = KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
-            }
+                    // cancelled by its user: the pod's next eviction is an ordinary one, not a new migration
+                    await PatchPodAsync(request.Spec.PodName, ns, Annotate(Annotations.EvictionMigrationCancelled, request.Metadata.Name), cancellationToken);
+                }
 
-            SetCondition(request, SourceRetired, "True", "NameHandedOver",
-                $"Pod {name} on {request.Status!.SourceNode} was ended and deleted so that its replacement can take its name; its state is in the checkpoint.");
-            request = await _store.WriteStatusAsync(request, cancellationToken);
+                return await _store.SetFinalizerAsync(request, present: false, cancellationToken);
+            case MigrationAction.StartTrace:
+                return await StartTraceAsync(request, cancellationToken);
+            case MigrationAction.BeginCheckpoint:
+                await Agent(facts.SourceNode, status.SourceNode).BeginCheckpointAsync(new BeginCheckpointRequest
+                {
+                    MigrationId = id,
+                    Pod = new PodRef { Namespace = ns, Name = request.Spec.PodName, Uid = facts.SourcePod?.Metadata.Uid ?? "" },
+                    NodeName = status.SourceNode,
+                }, cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.ExpectImages expect:
+                await Agent(NodeOf(facts, expect.Node), expect.Node).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = id, Token = Token(request, expect.Node) },
+                    cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.StartPreCopy:
+                var limits = request.Spec.PreCopy ?? new PreCopyLimits();
+                await Agent(facts.SourceNode, status.SourceNode).StartPreCopyAsync(new StartPreCopyRequest
+                {
+                    MigrationId = id,
+                    Target = Target(facts, request, status.TargetNode!),
+                    MaxRounds = limits.MaxRounds,
+                    MinShrinkPercent = limits.MinShrinkPercent,
+                }, cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.StartHandoff:
+                await Agent(facts.SourceNode, status.SourceNode).StartHandoffAsync(new StartHandoffRequest { MigrationId = id, Target = Target(facts, request, status.TargetNode!) },
+                    cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.StartTransfer transfer:
+                await Agent(facts.SourceNode, status.SourceNode).StartTransferAsync(new StartTransferRequest { MigrationId = id, Target = Target(facts, request, transfer.Node) },
+                    cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.CreateReplacement create:
+                await CreateReplacementAsync(facts, create.Node, cancellationToken);
+                return null;
+            case MigrationAction.KeepSourcePod:
+                return await KeepSourcePodAsync(request, facts.SourcePod!, cancellationToken);
+            case MigrationAction.FinishSource:
+                await Agent(facts.SourceNode, status.SourceNode).FinishAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.MarkSourceExpendable:
+                // if the owner sees both pods for a moment, the source is the one it removes
+                await PatchPodAsync(request.Spec.PodName, ns, Annotate(Annotations.PodDeletionCost, int.MinValue.ToString(CultureInfo.InvariantCulture)), cancellationToken);
+                return null;
+            case MigrationAction.HandOverIdentity:
+                await HandOverIdentityAsync(facts.Replacement!, cancellationToken);
+                return null;
+            case MigrationAction.DeletePod delete:
+                await DeletePodAsync(delete.Name, ns, delete.Uid, cancellationToken);
+                return null;
+            case MigrationAction.AbortRestore abort:
+                await Agent(NodeOf(facts, abort.Node), abort.Node).AbortRestoreAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.ResumeSource resume:
+                await Agent(facts.SourceNode, status.SourceNode).ResumeAsync(new ResumeRequest { MigrationId = id, ReplacementRemoved = resume.ReplacementRemoved },
+                    cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.Cleanup cleanup:
+                await Agent(NodeOf(facts, cleanup.Node), cleanup.Node).CleanupAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
+                return null;
+            default:
+                throw new InvalidOperationException($"unknown action {action}");
         }
-
-        var agent = await AgentAsync(request.Status!.SourceNode!, cancellationToken);
-        await agent.Client.FinishAsync(new MigrationRef { MigrationId = MigrationId(request) }, cancellationToken: cancellationToken);
-        if (await ReadPodAsync(name, ns, cancellationToken) is { } current && !IsOurs(current, request))
-        {
-            await DeleteExactlyAsync(current, cancellationToken);
-        }
-
-        return request;
     }
 
-    private static V1Pod SavedSource(MigrationRequest request) =>
-        Keys.Get(request.Metadata.Annotations, Annotations.SourcePod) is { } json
-            ? KubernetesJson.Deserialize<V1Pod>(json)
-            : throw new MigrationStepException("SourcePodLost", $"The request holds no copy of pod {request.Spec.PodName} to make its replacement from.");
-
-    /// <summary>Deletes this very pod (its UID), then waits until the name is free.</summary>
-    private async Task DeleteExactlyAsync(V1Pod pod, CancellationToken cancellationToken)
+    /// <summary>A refused forward step: the request is marked for rollback (the next pass starts it).</summary>
+    private async Task<MigrationRequest> MarkForRollbackAsync(MigrationRequest request, string reason, string message, CancellationToken cancellationToken)
     {
-        var name = pod.Metadata.Name;
-        var ns = pod.Metadata.NamespaceProperty;
+        EnsureLeader();
+        var status = request.Status!;
+        status.Reason = reason;
+        status.Message = message;
+        status.SetCondition(ConditionTypes.RollingBack, "True", reason, message, request.Metadata.Generation, time.GetUtcNow().UtcDateTime);
+        return await _store.WriteStatusAsync(request, cancellationToken);
+    }
+
+    /// <summary>Metrics of a status change: phase durations, and the outcome once final.</summary>
+    private void Observe(MigrationRequestStatus? before, MigrationRequestStatus after)
+    {
+        if (before?.Phase == after.Phase)
+        {
+            return;
+        }
+
+        if (before?.PhaseStartTime is { } began && before.Phase is { } phase)
+        {
+            OperatorTelemetry.PhaseDuration.Record((time.GetUtcNow().UtcDateTime - began).TotalMilliseconds, new KeyValuePair<string, object?>("phase", phase));
+        }
+
+        if (MigrationPhases.IsFinal(after.Phase))
+        {
+            OperatorTelemetry.Ended(after.Phase!, after.Reason, after.StartTime, after.CompletionTime, after.Phase == MigrationPhases.Succeeded ? after.DowntimeMillis : null);
+        }
+    }
+
+    private NodeAgent.NodeAgentClient Agent(V1Node? node, string? name) =>
+        node is not null && agents.Connect(node) is { } agent
+            ? agent.Client
+            : throw new TransientActionException($"node {name} has no reachable pod-migration agent");
+
+    private TransferTarget Target(MigrationFacts facts, MigrationRequest request, string node)
+    {
+        var target = NodeOf(facts, node) is { } known && agents.Connect(known) is { } agent
+            ? agent.Endpoint
+            : throw new TransientActionException($"node {node} has no reachable pod-migration agent");
+        return new TransferTarget { Address = target, Node = node, Token = Token(request, node), MaxBytesPerSecond = BandwidthPerMigration };
+    }
+
+    private static V1Node? NodeOf(MigrationFacts facts, string node) =>
+        node == facts.Status.TargetNode ? facts.TargetNode : node == facts.Status.SourceNode ? facts.SourceNode : null;
+
+    /// <summary>The operator's signed permission for the source to send this migration's images to <paramref name="targetNode"/>.</summary>
+    private string Token(MigrationRequest request, string targetNode)
+    {
+        var status = request.Status!;
+        return mintToken(new TransferClaims(MigrationId(request), status.SourceNode!, targetNode,
+            status.ImageBytes is { } staged ? (staged * 2) + (1L << 30) : 64L << 30,
+            time.GetUtcNow().AddSeconds(request.Spec.TimeoutSeconds + 3600).ToUnixTimeSeconds()));
+    }
+
+    private async Task CreateReplacementAsync(MigrationFacts facts, string node, CancellationToken cancellationToken)
+    {
+        var request = facts.Request;
+        var name = ReplacementName(request);
+        var source = KeepsName(request) ? SavedSource(request) : facts.SourcePod ?? throw new TransientActionException($"pod {request.Spec.PodName} is not in the cache yet");
         try
         {
-            await client.CoreV1.DeleteNamespacedPodAsync(name, ns,
-                new V1DeleteOptions { GracePeriodSeconds = 0, Preconditions = new V1Preconditions { Uid = pod.Metadata.Uid } }, cancellationToken: cancellationToken);
+            await client.CoreV1.CreateNamespacedPodAsync(Replacement(source, request, name, node), request.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
-        catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.NotFound or HttpStatusCode.Conflict)
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
         {
-            // gone already, or the name belongs to another pod now
-        }
-
-        var clock = Stopwatch.StartNew();
-        while (await ReadPodAsync(name, ns, cancellationToken) is { } left && left.Metadata.Uid == pod.Metadata.Uid)
-        {
-            if (clock.Elapsed > RestoreTimeout)
-            {
-                throw new MigrationStepException("PodNotDeleted", $"Pod {ns}/{name} was not gone within {RestoreTimeout.TotalSeconds:0} seconds of its deletion.");
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(100), time, cancellationToken);
-        }
-    }
-
-    private async Task<MigrationRequest> CutOverAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var status = request.Status!;
-        var id = MigrationId(request);
-        var ns = request.Metadata.NamespaceProperty;
-        var source = await AgentAsync(status.SourceNode!, cancellationToken);
-        if (!KeepsName(request))
-        {
-            // if the owner sees both pods for a moment, the source is the one it removes
-            await PatchPodAsync(request.Spec.PodName, ns, new JsonObject
-            {
-                ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [Annotations.PodDeletionCost] = int.MinValue.ToString(CultureInfo.InvariantCulture) } },
-            }, cancellationToken);
-        }
-
-        await source.Client.FinishAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
-        if (!KeepsName(request))
-        {
-            // (a pod that keeps its name was retired before its replacement existed)
-            await HandOverIdentityAsync(status.ReplacementPod!, ns, cancellationToken);
-            await DeletePodAsync(request.Spec.PodName, ns, cancellationToken);
-        }
-
-        await CleanupAsync(request, cancellationToken);
-        status.Phase = MigrationPhases.Succeeded;
-        status.Reason = "Migrated";
-        status.Message = $"Pod {request.Spec.PodName} moved from {status.SourceNode} to {status.TargetNode} as {status.ReplacementPod}.";
-        status.CompletionTime = time.GetUtcNow().UtcDateTime;
-        SetCondition(request, Frozen, "False", "Migrated", "The source's processes were ended after the replacement ran.");
-        SetCondition(request, "Ready", "True", "Migrated", status.Message);
-        request = await _store.WriteStatusAsync(request, cancellationToken);
-        OperatorTelemetry.Ended(MigrationPhases.Succeeded, "Migrated", status.StartTime, status.CompletionTime, status.DowntimeMillis);
-
-        await Event(MigrationEvent.Request(request), "Normal", "Migrated", status.Message, cancellationToken);
-        await Event(MigrationEvent.Pod(request, status.ReplacementPod), "Normal", "Migrated", $"Restored from {request.Spec.PodName} on {status.SourceNode}.", cancellationToken);
-        return request;
-    }
-
-    /// <summary>Stops an in-flight migration (its request is being deleted): rolled back before cut-over, finished during it.</summary>
-    public async Task<MigrationRequest> AbortAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        ArgumentNullException.ThrowIfNull(request);
-        var status = request.Status!;
-        if (status.Phase == MigrationPhases.CuttingOver)
-        {
-            // the source may already be ended: the only safe way out is forward
-            return await CutOverAsync(request, cancellationToken);
-        }
-
-        if (!status.Conditions.Any(c => c.Type == RollingBack && c.Status == "True"))
-        {
-            status.Reason = "Deleted";
-            status.Message = "The MigrationRequest was deleted while in flight; the migration was rolled back.";
-            SetCondition(request, RollingBack, "True", status.Reason, status.Message);
-            request = await _store.WriteStatusAsync(request, cancellationToken);
-        }
-
-        return await RollBackAsync(request, cancellationToken);
-    }
-
-    /// <summary>Undoes what was done before cut-over: the replacement goes, the source is thawed, staged images are removed.</summary>
-    private async Task<MigrationRequest> RollBackAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var status = request.Status!;
-        if (IsRetired(request))
-        {
-            return await RestoreInPlaceAsync(request, cancellationToken);
-        }
-
-        if (!KeepsName(request))
-        {
-            // (a pod that keeps its name has no replacement before its source is retired)
-            await DeletePodAsync(ReplacementName(request), request.Metadata.NamespaceProperty, cancellationToken);
-        }
-
-        var source = await AgentAsync(status.SourceNode!, cancellationToken);
-        await source.Client.ResumeAsync(new MigrationRef { MigrationId = MigrationId(request) }, cancellationToken: cancellationToken);
-        await CleanupAsync(request, cancellationToken);
-        status.Phase = MigrationPhases.RolledBack;
-        status.CompletionTime = time.GetUtcNow().UtcDateTime;
-        SetCondition(request, RollingBack, "False", "RolledBack", "The replacement was removed and the source pod runs on.");
-        SetCondition(request, Frozen, "False", "RolledBack", "The source's processes were thawed.");
-        SetCondition(request, "Ready", "False", status.Reason ?? "RolledBack", status.Message ?? "The migration was rolled back.");
-        request = await _store.WriteStatusAsync(request, cancellationToken);
-        OperatorTelemetry.Ended(MigrationPhases.RolledBack, status.Reason, status.StartTime, status.CompletionTime);
-        await Event(MigrationEvent.Request(request), "Warning", status.Reason ?? "RolledBack", status.Message ?? "The migration was rolled back.", cancellationToken);
-        await Event(MigrationEvent.Pod(request), "Warning", "MigrationRolledBack", $"The move to {status.TargetNode} was rolled back; the pod runs on. {status.Message}", cancellationToken);
-        return request;
-    }
-
-    /// <summary>
-    /// The rollback of a pod whose source was already retired (it kept its name): the failed
-    /// replacement goes, the checkpoint is staged on the source node itself and the pod is restored
-    /// there under its name. If even that fails, the request ends Failed and the checkpoint stays.
-    /// </summary>
-    private async Task<MigrationRequest> RestoreInPlaceAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var status = request.Status!;
-        var ns = request.Metadata.NamespaceProperty;
-        var name = request.Spec.PodName;
-        var home = status.SourceNode!;
-        try
-        {
-            var pod = await ReadPodAsync(name, ns, cancellationToken);
-            if (pod is not null && !(IsOurs(pod, request) && pod.Spec.NodeName == home))
-            {
-                await DeleteExactlyAsync(pod, cancellationToken);
-                pod = null;
-            }
-
-            if (pod is null)
-            {
-                await SendImagesAsync(request, home, cancellationToken);
-                pod = await client.CoreV1.CreateNamespacedPodAsync(Replacement(SavedSource(request), request, name, home), ns, cancellationToken: cancellationToken);
-            }
-
-            await WaitRunningAsync(pod, home, cancellationToken);
-        }
-        catch (Exception e) when (e is MigrationStepException or RpcException or HttpOperationException && !cancellationToken.IsCancellationRequested)
-        {
-            var detail = e is RpcException rpc ? rpc.Status.Detail : e.Message;
-            status.Phase = MigrationPhases.Failed;
-            status.CompletionTime = time.GetUtcNow().UtcDateTime;
-            status.Message = $"{status.Message} Restoring pod {name} on {home} failed as well ({detail.TrimEnd('.')}); its checkpoint is kept on {home} and {status.TargetNode} as migration {MigrationId(request)}.";
-            status.Reason = "RestoreInPlaceFailed";
-            SetCondition(request, RollingBack, "False", status.Reason, status.Message);
-            SetCondition(request, "Ready", "False", status.Reason, status.Message);
-            request = await _store.WriteStatusAsync(request, cancellationToken);
-            OperatorTelemetry.Ended(MigrationPhases.Failed, status.Reason, status.StartTime, status.CompletionTime);
-            await Event(MigrationEvent.Request(request), "Warning", status.Reason, status.Message, cancellationToken);
-            return request;
-        }
-
-        await CleanupAsync(request, cancellationToken);
-        status.Phase = MigrationPhases.RolledBack;
-        status.CompletionTime = time.GetUtcNow().UtcDateTime;
-        status.Message = $"{status.Message} Pod {name} was restored on {home} under its name.";
-        SetCondition(request, RollingBack, "False", "RolledBack", $"Pod {name} was restored from its checkpoint on {home}.");
-        SetCondition(request, "Ready", "False", status.Reason ?? "RolledBack", status.Message);
-        request = await _store.WriteStatusAsync(request, cancellationToken);
-        OperatorTelemetry.Ended(MigrationPhases.RolledBack, status.Reason, status.StartTime, status.CompletionTime);
-        await Event(MigrationEvent.Request(request), "Warning", status.Reason ?? "RolledBack", status.Message, cancellationToken);
-        await Event(MigrationEvent.Pod(request), "Warning", "MigrationRolledBack", $"The move to {status.TargetNode} was rolled back; the pod was restored on {home}.", cancellationToken);
-        return request;
-    }
-
-    private async Task CleanupAsync(MigrationRequest request, CancellationToken cancellationToken)
-    {
-        var id = MigrationId(request);
-        foreach (var node in new[] { request.Status!.SourceNode, request.Status.TargetNode }.OfType<string>().Distinct())
-        {
-            var agent = await AgentAsync(node, cancellationToken);
-            await agent.Client.CleanupAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
+            // made by an earlier pass; the next one sees it
         }
     }
 
     /// <summary>
-    /// The source's spec, pinned to the target, restored by the podmig runtime class. Its labels and
+    /// The source's spec, pinned to the node, restored by the podmig runtime class. Its labels and
     /// owner references are held back (in annotations) until cut-over: while it restores, no
     /// ReplicaSet counts or adopts it (it would remove the newest, not-yet-ready pod first: the
     /// replacement) and no Service sends it traffic.
     /// </summary>
-    private static V1Pod Replacement(V1Pod source, MigrationRequest request, string name, string node)
+    public static V1Pod Replacement(V1Pod source, MigrationRequest request, string name, string node)
     {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(request);
         var spec = KubernetesJson.Deserialize<V1PodSpec>(KubernetesJson.Serialize(source.Spec));
         spec.NodeName = node;
         spec.RuntimeClassName = RuntimeClass;
         spec.Hostname ??= source.Metadata.Name;
-        var annotations = new Dictionary<string, string>(source.Metadata.Annotations ?? new Dictionary<string, string>())
-        {
-            [Annotations.RestoreFrom] = MigrationId(request),
-            [Annotations.MigratedFrom] = $"{source.Metadata.Name}@{request.Status!.SourceNode}",
-        };
-        annotations.Remove(Annotations.PodDeletionCost);
+        // the source's own marks (it may itself be the replacement of an earlier move) are not carried over
+        var annotations = (source.Metadata.Annotations ?? new Dictionary<string, string>())
+            .Where(a => !Keys.IsOurs(a.Key) && a.Key != Annotations.PodDeletionCost)
+            .ToDictionary(a => a.Key, a => a.Value);
+        annotations[Annotations.RestoreFrom] = MigrationId(request);
+        annotations[Annotations.MigratedFrom] = $"{source.Metadata.Name}@{request.Status!.SourceNode}";
+
         if (KeepsName(request))
         {
             // the source is gone already: nobody could count the two together
@@ -642,31 +321,102 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     }
 
     /// <summary>The replacement takes the source's labels and owner references (idempotent: nothing to do once they are there).</summary>
-    private async Task HandOverIdentityAsync(string name, string ns, CancellationToken cancellationToken)
+    private async Task HandOverIdentityAsync(V1Pod replacement, CancellationToken cancellationToken)
     {
-        var replacement = await ReadPodAsync(name, ns, cancellationToken);
-        if (Keys.Get(replacement?.Metadata.Annotations, Annotations.HeldLabels) is not { } heldLabels)
+        if (Keys.Get(replacement.Metadata.Annotations, Annotations.HeldLabels) is not { } heldLabels)
         {
             return;
         }
 
-        var labels = new JsonObject { [Labels.ReplacementOf] = null };
+        var labels = new JsonObject { [Labels.ReplacementOf] = null, [Keys.Deprecated(Labels.ReplacementOf)!] = null };
         foreach (var (key, value) in KubernetesJson.Deserialize<Dictionary<string, string>>(heldLabels))
         {
             labels[key] = value;
         }
 
-        var owners = Keys.Get(replacement!.Metadata.Annotations, Annotations.HeldOwnerReferences) is { } heldOwners ? JsonNode.Parse(heldOwners) : new JsonArray();
-        await PatchPodAsync(name, ns, new JsonObject
+        var owners = Keys.Get(replacement.Metadata.Annotations, Annotations.HeldOwnerReferences) is { } heldOwners ? JsonNode.Parse(heldOwners) : new JsonArray();
+        var dropped = new JsonObject();
+        foreach (var key in new[] { Annotations.HeldLabels, Annotations.HeldOwnerReferences })
         {
-            ["metadata"] = new JsonObject
-            {
-                ["labels"] = labels,
-                ["ownerReferences"] = owners,
-                ["annotations"] = new JsonObject { [Annotations.HeldLabels] = null, [Annotations.HeldOwnerReferences] = null },
-            },
+            dropped[key] = null;
+            dropped[Keys.Deprecated(key)!] = null;
+        }
+
+        await PatchPodAsync(replacement.Metadata.Name, replacement.Metadata.NamespaceProperty, new JsonObject
+        {
+            ["metadata"] = new JsonObject { ["labels"] = labels, ["ownerReferences"] = owners, ["annotations"] = dropped },
         }, cancellationToken);
     }
+
+    /// <summary>For a pod that keeps its name: the source pod as it was, kept in the request (its replacement is made from it once it is deleted).</summary>
+    private async Task<MigrationRequest> KeepSourcePodAsync(MigrationRequest request, V1Pod source, CancellationToken cancellationToken)
+    {
+        var kept = new V1Pod
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = source.Metadata.Name,
+                Uid = source.Metadata.Uid,
+                Labels = source.Metadata.Labels,
+                Annotations = source.Metadata.Annotations,
+                OwnerReferences = source.Metadata.OwnerReferences,
+            },
+            Spec = source.Spec,
+        };
+        return await PatchRequestAsync(request, Annotate(Annotations.SourcePod, KubernetesJson.Serialize(kept)), cancellationToken);
+    }
+
+    public static V1Pod SavedSource(MigrationRequest request) =>
+        Keys.Get(request?.Metadata.Annotations, Annotations.SourcePod) is { } json
+            ? KubernetesJson.Deserialize<V1Pod>(json)
+            : throw new InvalidOperationException($"the request holds no copy of pod {request?.Spec.PodName} to make its replacement from");
+
+    /// <summary>The migration's root span: its W3C context kept in the request's annotation, so every later step (in any replica) is one trace.</summary>
+    private async Task<MigrationRequest> StartTraceAsync(MigrationRequest request, CancellationToken cancellationToken)
+    {
+        var previous = Activity.Current;
+        Activity.Current = null;
+        try
+        {
+            using var root = OperatorTelemetry.Source.StartActivity("migration", ActivityKind.Internal, default(ActivityContext));
+            var id = root?.Id ?? new ActivityContext(ActivityTraceId.CreateRandom(), ActivitySpanId.CreateRandom(), ActivityTraceFlags.None).ToString();
+            root?.SetTag("k8s.namespace.name", request.Metadata.NamespaceProperty);
+            root?.SetTag("podmig.request", request.Metadata.Name);
+            root?.SetTag("k8s.pod.name", request.Spec.PodName);
+            return await PatchRequestAsync(request, Annotate(Annotations.TraceContext, id), cancellationToken);
+        }
+        finally
+        {
+            Activity.Current = previous;
+        }
+    }
+
+    /// <summary>A span for the action, a child of the migration's root span.</summary>
+    private static Task<Activity?> SpanAsync(MigrationRequest request, MigrationAction action, CancellationToken cancellationToken)
+    {
+        _ = cancellationToken;
+        if (action is MigrationAction.Nothing or MigrationAction.AddFinalizer or MigrationAction.StartTrace
+            || Keys.Get(request.Metadata.Annotations, Annotations.TraceContext) is not { } stored || !ActivityContext.TryParse(stored, null, out var parent))
+        {
+            return Task.FromResult<Activity?>(null);
+        }
+
+        var activity = OperatorTelemetry.Source.StartActivity("migration." + request.Status?.Phase, ActivityKind.Internal, parent);
+        activity?.SetTag("podmig.action", action.GetType().Name);
+        activity?.SetTag("migration.id", request.Metadata.Uid);
+        activity?.SetTag("k8s.pod.name", request.Spec.PodName);
+        return Task.FromResult(activity);
+    }
+
+    private async Task<MigrationRequest> PatchRequestAsync(MigrationRequest request, JsonObject patch, CancellationToken cancellationToken)
+    {
+        var raw = await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch),
+            MigrationRequest.Group, MigrationRequest.Version, request.Metadata.NamespaceProperty, MigrationRequest.Plural, request.Metadata.Name, cancellationToken: cancellationToken);
+        return KubernetesJson.Deserialize<MigrationRequest>(((System.Text.Json.JsonElement)raw).GetRawText());
+    }
+
+    private static JsonObject Annotate(string key, string? value) =>
+        new() { ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [key] = value } } };
 
     private async Task PatchPodAsync(string name, string ns, JsonObject patch, CancellationToken cancellationToken)
     {
@@ -676,77 +426,73 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         }
         catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
         {
-            // gone already (a restarted cut-over that got further before)
+            // gone already
         }
     }
 
-    private async Task<MigrationRequest> MoveToAsync(MigrationRequest request, string phase, string message, CancellationToken cancellationToken)
-    {
-        var status = request.Status!;
-        var now = time.GetUtcNow().UtcDateTime;
-        if (status.PhaseStartTime is { } began)
-        {
-            OperatorTelemetry.PhaseDuration.Record((now - began).TotalMilliseconds, new KeyValuePair<string, object?>("phase", status.Phase));
-        }
-
-        status.Phase = phase;
-        status.PhaseStartTime = now;
-        status.Reason = phase;
-        status.Message = message;
-        SetCondition(request, "Progressing", "True", phase, message);
-        request = await _store.WriteStatusAsync(request, cancellationToken);
-        await Event(MigrationEvent.Request(request), "Normal", phase, message, cancellationToken);
-        return request;
-    }
-
-    private async Task Event((string ApiVersion, string Kind, V1ObjectMeta Subject) target, string type, string reason, string message, CancellationToken cancellationToken)
-    {
-        if (events is not null)
-        {
-            await events.RecordAsync(target.ApiVersion, target.Kind, target.Subject, type, reason, message, cancellationToken);
-        }
-    }
-
-    private async Task<(NodeAgent.NodeAgentClient Client, string Endpoint)> AgentAsync(string nodeName, CancellationToken cancellationToken)
-    {
-        var node = await client.CoreV1.ReadNodeAsync(nodeName, cancellationToken: cancellationToken);
-        return agents.Connect(node) ?? throw new MigrationStepException("AgentMissing", $"Node {nodeName} has no pod-migration agent.");
-    }
-
-    private async Task<V1Pod?> ReadPodAsync(string name, string ns, CancellationToken cancellationToken)
+    /// <summary>Deletes this very pod (its UID) at once; a pod already gone, or a new one of the name, is left alone.</summary>
+    private async Task DeletePodAsync(string name, string ns, string uid, CancellationToken cancellationToken)
     {
         try
         {
-            return await client.CoreV1.ReadNamespacedPodAsync(name, ns, cancellationToken: cancellationToken);
+            await client.CoreV1.DeleteNamespacedPodAsync(name, ns,
+                new V1DeleteOptions { GracePeriodSeconds = 0, Preconditions = new V1Preconditions { Uid = uid } }, cancellationToken: cancellationToken);
         }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.NotFound or HttpStatusCode.Conflict)
         {
-            return null;
+            // gone already, or the name belongs to another pod now
         }
     }
 
-    private async Task DeletePodAsync(string name, string ns, CancellationToken cancellationToken)
+    private async Task EventAsync(MigrationRequest request, EventNote note, CancellationToken cancellationToken)
     {
-        try
+        if (events is null)
         {
-            await client.CoreV1.DeleteNamespacedPodAsync(name, ns, new V1DeleteOptions { GracePeriodSeconds = 0 }, cancellationToken: cancellationToken);
+            return;
         }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+
+        if (note.PodName is { } pod)
         {
-            // already gone
+            await events.RecordAsync("v1", "Pod", new V1ObjectMeta { Name = pod, NamespaceProperty = request.Metadata.NamespaceProperty }, note.Type, note.Reason, note.Message,
+                cancellationToken);
+        }
+        else
+        {
+            await events.RecordAsync($"{MigrationRequest.Group}/{MigrationRequest.Version}", MigrationRequest.KindName, request.Metadata, note.Type, note.Reason, note.Message,
+                cancellationToken);
         }
     }
 
-    private void SetCondition(MigrationRequest request, string type, string value, string reason, string message) =>
-        request.Status!.SetCondition(type, value, reason, message, request.Metadata.Generation, time.GetUtcNow().UtcDateTime);
-}
+    private void EnsureLeader()
+    {
+        if (leader?.IsLeader == false)
+        {
+            throw new LeadershipLostException();
+        }
+    }
 
-/// <summary>The objects a migration's events are about.</summary>
-internal static class MigrationEvent
-{
-    public static (string ApiVersion, string Kind, V1ObjectMeta Subject) Request(MigrationRequest request) =>
-        ($"{MigrationRequest.Group}/{MigrationRequest.Version}", MigrationRequest.KindName, request.Metadata);
+    private static bool StatusChanged(MigrationRequestStatus? before, MigrationRequestStatus after) =>
+        before is null || KubernetesJson.Serialize(before) != KubernetesJson.Serialize(after);
 
-    public static (string ApiVersion, string Kind, V1ObjectMeta Subject) Pod(MigrationRequest request, string? name = null) =>
-        ("v1", "Pod", new V1ObjectMeta { Name = name ?? request.Spec.PodName, NamespaceProperty = request.Metadata.NamespaceProperty });
+    /// <summary>The agent did not answer (or is busy): try again, the step has not happened or is idempotent.</summary>
+    private static bool IsTransient(StatusCode code) =>
+        code is StatusCode.Unavailable or StatusCode.DeadlineExceeded or StatusCode.Cancelled or StatusCode.Unknown or StatusCode.ResourceExhausted;
+
+    private static bool IsForward(MigrationAction action) =>
+        action is MigrationAction.BeginCheckpoint or MigrationAction.ExpectImages or MigrationAction.StartPreCopy or MigrationAction.StartHandoff;
+
+    private static string Describe(MigrationAction action) => action switch
+    {
+        MigrationAction.BeginCheckpoint => "Checkpointing the pod",
+        MigrationAction.ExpectImages e => $"Preparing node {e.Node} to receive the images",
+        MigrationAction.StartPreCopy => "Starting pre-copy",
+        MigrationAction.StartHandoff => "Starting the handoff",
+        MigrationAction.StartTransfer t => $"Sending the images to {t.Node}",
+        MigrationAction.CreateReplacement c => $"Creating the replacement pod on {c.Node}",
+        MigrationAction.AbortRestore a => $"Aborting the restore on {a.Node}",
+        MigrationAction.ResumeSource => "Thawing the source",
+        MigrationAction.Cleanup c => $"Removing the images on {c.Node}",
+        MigrationAction.FinishSource => "Ending the source's processes",
+        _ => action.GetType().Name,
+    };
 }

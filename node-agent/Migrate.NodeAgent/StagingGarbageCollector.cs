@@ -1,0 +1,120 @@
+using Microsoft.Extensions.Options;
+using Migrate.Agent.V1;
+using Migrate.NodeAgent.Checkpointing;
+using Migrate.NodeAgent.Transfer;
+
+namespace Migrate.NodeAgent;
+
+/// <summary>
+/// Removes checkpoint images nobody came back for: a migration's staging (source) or incoming
+/// (target) directory untouched for longer than <see cref="AgentOptions.StagingTtlMinutes"/>, as
+/// when the operator lost track of it (the request was deleted while this agent was down). Never
+/// the images of a pod still frozen on this node (they are its checkpoint; the pod itself is
+/// thawed or ended by the operator or by the agent's restart rule), never a migration whose
+/// background work runs. Runs at start and then every few minutes.
+/// </summary>
+public sealed partial class StagingGarbageCollector(CheckpointEngine engine, ImageReceiver receiver, IOptions<AgentOptions> options, MigrationEvents events,
+    ILogger<StagingGarbageCollector> logger, TimeProvider time) : BackgroundService
+{
+    private readonly AgentOptions _options = options.Value;
+
+    public TimeSpan Interval { get; init; } = TimeSpan.FromMinutes(5);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                await CollectAsync(stoppingToken);
+                await Task.Delay(Interval, time, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    /// <summary>One round: removes what expired; returns the migrations removed.</summary>
+    public async Task<IReadOnlyList<string>> CollectAsync(CancellationToken cancellationToken)
+    {
+        var removed = new List<string>();
+        var expiry = time.GetUtcNow().UtcDateTime - TimeSpan.FromMinutes(_options.StagingTtlMinutes);
+        foreach (var directory in Children(_options.StagingDirectory))
+        {
+            var id = Path.GetFileName(directory);
+            var record = engine.Find(id);
+            if (LastChange(directory) > expiry || record?.Phase == MigrationPhase.Frozen || record?.Operation?.State == OperationState.Running)
+            {
+                continue;
+            }
+
+            try
+            {
+                await engine.CleanupAsync(id, cancellationToken);
+                if (Directory.Exists(directory))
+                {
+                    Directory.Delete(directory, recursive: true);
+                }
+
+                removed.Add(id);
+                LogRemoved(id, "staging", directory);
+            }
+            catch (Exception e) when (e is CheckpointException or IOException or UnauthorizedAccessException)
+            {
+                LogNotRemoved(id, e.Message);
+            }
+        }
+
+        foreach (var directory in Children(_options.IncomingDirectory))
+        {
+            var id = Path.GetFileName(directory);
+            if (LastChange(directory) > expiry)
+            {
+                continue;
+            }
+
+            try
+            {
+                receiver.Remove(id);
+                removed.Add(id);
+                LogRemoved(id, "incoming", directory);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                LogNotRemoved(id, e.Message);
+            }
+        }
+
+        foreach (var id in removed)
+        {
+            events.Changed(id);
+        }
+
+        return removed;
+    }
+
+    private static List<string> Children(string root) => Directory.Exists(root) ? [.. Directory.EnumerateDirectories(root)] : [];
+
+    /// <summary>The newest modification time of the directory or anything in it.</summary>
+    private static DateTime LastChange(string directory)
+    {
+        var newest = Directory.GetLastWriteTimeUtc(directory);
+        foreach (var entry in new DirectoryInfo(directory).EnumerateFileSystemInfos("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = FileAttributes.ReparsePoint }))
+        {
+            if (entry.LastWriteTimeUtc > newest)
+            {
+                newest = entry.LastWriteTimeUtc;
+            }
+        }
+
+        return newest;
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: its {Kind} images were untouched past their time to live and were removed ({Directory})")]
+    private partial void LogRemoved(string migration, string kind, string directory);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: expired images could not be removed: {Message}")]
+    private partial void LogNotRemoved(string migration, string message);
+}

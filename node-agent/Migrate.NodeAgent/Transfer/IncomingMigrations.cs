@@ -1,0 +1,230 @@
+using System.Text.Json;
+using Grpc.Core;
+using Microsoft.Extensions.Options;
+using Migrate.Agent.V1;
+
+namespace Migrate.NodeAgent.Transfer;
+
+/// <summary>
+/// The target side of a migration after its images arrived: the commit (the source's final images
+/// are staged: a waiting restore may begin), the abort (no restore may begin), and what the restore
+/// runtime reports of each container. Restore and abort are decided once, by whoever comes first:
+/// the decision file is created exclusively, holding "restore" (written by podmig-runc when it
+/// begins) or "abort" (written here), so a source is never thawed while a restore runs.
+/// </summary>
+public sealed partial class IncomingMigrations : BackgroundService
+{
+    private const string RestoreDecision = RestoreMarkers.Restore;
+    private const string AbortDecision = RestoreMarkers.Abort;
+
+    private readonly StagingLayout _layout;
+    private readonly MigrationEvents _events;
+    private readonly ILogger<IncomingMigrations> _logger;
+    private readonly Dictionary<string, string> _seen = new(StringComparer.Ordinal);
+
+    public IncomingMigrations(IOptions<AgentOptions> options, MigrationEvents events, ILogger<IncomingMigrations> logger)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        _layout = new StagingLayout(options.Value.StagingDirectory, options.Value.IncomingDirectory);
+        _events = events;
+        _logger = logger;
+    }
+
+    /// <summary>How often the restore runtime's reports are looked at.</summary>
+    public TimeSpan PollInterval { get; init; } = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>The migrations this node holds images of.</summary>
+    public IReadOnlyList<string> MigrationIds =>
+        Directory.Exists(_layout.IncomingRoot) ? [.. Directory.EnumerateDirectories(_layout.IncomingRoot).Select(Path.GetFileName).OfType<string>()] : [];
+
+    /// <summary>What this node holds of a migration as its target, or null when nothing.</summary>
+    public IncomingStatus? Status(string migrationId, bool expected)
+    {
+        try
+        {
+            return Read(migrationId, expected);
+        }
+        catch (DirectoryNotFoundException)
+        {
+            // removed while it was read (cleaned up): nothing is held
+            return expected ? new IncomingStatus { Expected = true } : null;
+        }
+    }
+
+    private IncomingStatus? Read(string migrationId, bool expected)
+    {
+        var directory = _layout.Incoming(migrationId);
+        if (!Directory.Exists(directory))
+        {
+            return expected ? new IncomingStatus { Expected = true } : null;
+        }
+
+        var files = _layout.IncomingFiles(migrationId);
+        var decision = Decision(migrationId);
+        var status = new IncomingStatus
+        {
+            Expected = expected,
+            ReceivedBytes = Directory.Exists(files) ? (ulong)Checkpointing.CheckpointEngine.DirectorySize(files) : 0,
+            Staged = File.Exists(Path.Combine(directory, StagingLayout.StagedFile)),
+            Committed = File.Exists(Path.Combine(directory, StagingLayout.CommittedFile)),
+            Aborted = decision == AbortDecision,
+            RestoreBegan = decision == RestoreDecision,
+        };
+        status.Restores.Add(Restores(directory).ToList());
+        return status;
+    }
+
+    /// <summary>The source's final images are staged here: a waiting restore may begin.</summary>
+    public TransferDecisionReply Commit(string migrationId)
+    {
+        var directory = _layout.Incoming(migrationId);
+        if (!File.Exists(Path.Combine(directory, StagingLayout.StagedFile)))
+        {
+            throw new TransferRejectedException(StatusCode.FailedPrecondition, "not-staged", $"migration {migrationId} has no complete, verified images on this node to commit");
+        }
+
+        if (Decision(migrationId) == AbortDecision)
+        {
+            throw new TransferRejectedException(StatusCode.Aborted, "aborted", $"migration {migrationId} was aborted on this node; its images are not restored");
+        }
+
+        var committed = Path.Combine(directory, StagingLayout.CommittedFile);
+        if (!File.Exists(committed))
+        {
+            File.WriteAllText(committed, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture));
+            LogCommitted(migrationId);
+        }
+
+        _events.Changed(migrationId);
+        var decision = Decision(migrationId);
+        return new TransferDecisionReply { Committed = true, RestoreBegan = decision == RestoreDecision, Aborted = decision == AbortDecision };
+    }
+
+    /// <summary>No restore of the migration may begin from now on; says whether one already had.</summary>
+    public TransferDecisionReply Abort(string migrationId)
+    {
+        var directory = _layout.Incoming(migrationId);
+        Directory.CreateDirectory(_layout.IncomingRoot, OwnerOnly);
+        Directory.CreateDirectory(directory, OwnerOnly);
+        var decision = RestoreMarkers.Claim(Path.Combine(directory, StagingLayout.DecisionFile), AbortDecision);
+        if (decision == AbortDecision)
+        {
+            LogAborted(migrationId);
+        }
+
+        _events.Changed(migrationId);
+        return new TransferDecisionReply
+        {
+            Committed = File.Exists(Path.Combine(directory, StagingLayout.CommittedFile)),
+            Aborted = decision == AbortDecision,
+            RestoreBegan = decision == RestoreDecision,
+        };
+    }
+
+    /// <summary>"restore", "abort" or null: what was decided for the migration on this node.</summary>
+    public string? Decision(string migrationId)
+    {
+        var path = Path.Combine(_layout.Incoming(migrationId), StagingLayout.DecisionFile);
+        return RestoreMarkers.Read(path);
+    }
+
+    /// <summary>Watches the restore runtime's reports and tells watchers when one changes.</summary>
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                foreach (var id in MigrationIds)
+                {
+                    var signature = Signature(_layout.Incoming(id));
+                    if (!_seen.TryGetValue(id, out var last) || last != signature)
+                    {
+                        _seen[id] = signature;
+                        _events.Changed(id);
+                    }
+                }
+
+                await Task.Delay(PollInterval, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (IOException)
+            {
+                // a directory went away while it was read; the next round sees the rest
+            }
+        }
+    }
+
+    private static IEnumerable<RestoreState> Restores(string directory)
+    {
+        var states = new SortedDictionary<string, RestoreState>(StringComparer.Ordinal);
+        foreach (var file in Directory.EnumerateFiles(directory, "restore-*"))
+        {
+            var name = Path.GetFileName(file);
+            var (container, kind) = name.EndsWith(".waiting", StringComparison.Ordinal) ? (name[8..^8], "waiting")
+                : name.EndsWith(".done", StringComparison.Ordinal) ? (name[8..^5], "done")
+                : name.EndsWith(".failed", StringComparison.Ordinal) ? (name[8..^7], "failed")
+                : (null, null);
+            if (container is null)
+            {
+                continue;
+            }
+
+            if (!states.TryGetValue(container, out var state))
+            {
+                state = new RestoreState { Container = container };
+                states[container] = state;
+            }
+
+            try
+            {
+                switch (kind)
+                {
+                    case "waiting":
+                        state.Waiting = true;
+                        break;
+                    case "done":
+                        var report = JsonSerializer.Deserialize(File.ReadAllText(file), RestoreReportJson.Default.RestoreReport);
+                        state.Restored = true;
+                        state.Waiting = false;
+                        state.RestoredUnixMillis = report?.RestoredUnixMillis ?? 0;
+                        state.RestoreMillis = (uint)(report?.RestoreMillis ?? 0);
+                        break;
+                    case "failed":
+                        state.Error = File.ReadAllText(file).Trim();
+                        break;
+                }
+            }
+            catch (Exception e) when (e is IOException or JsonException)
+            {
+                // being written: read again on the next look
+            }
+        }
+
+        foreach (var state in states.Values)
+        {
+            if (state.Restored)
+            {
+                state.Waiting = false;
+            }
+
+            yield return state;
+        }
+    }
+
+    private static string Signature(string directory) =>
+        Directory.Exists(directory)
+            ? string.Join('|', Directory.EnumerateFiles(directory).Select(f => Path.GetFileName(f) + ":" + new FileInfo(f).Length).Order(StringComparer.Ordinal))
+            : "";
+
+    private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the final images were committed; a waiting restore may begin")]
+    private partial void LogCommitted(string migration);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: aborted on this node; no restore may begin")]
+    private partial void LogAborted(string migration);
+}

@@ -1,0 +1,396 @@
+using k8s.Models;
+using Migrate.Agent.V1;
+using Migrate.Operator.Reconciliation;
+using Xunit;
+
+namespace Migrate.Operator.Tests.Reconciliation;
+
+/// <summary>
+/// The decisions as a table: a phase and what was observed, the one action and the status that
+/// follow. No API server, no agents, no clock: each row builds facts and calls the pure function.
+/// </summary>
+public sealed class MigrationDecisionsTests
+{
+    private static readonly DateTime Now = new(2026, 12, 2, 12, 0, 0, DateTimeKind.Utc);
+    private static readonly MigrationPolicy Policy = new();
+    private const string Id = "0f3a9c2e-1111-4222-8333-944455556666";
+
+    /// <summary>One row: a name, the facts, and what must come out.</summary>
+    public sealed record Row(string Name, Func<MigrationFacts> Facts, Action<Decision> Expect)
+    {
+        public override string ToString() => Name;
+    }
+
+    public static TheoryData<Row> Rows() =>
+    [
+        // ------------------------------------------------------------- admission
+        new("new request: the finalizer first", () => New(finalizer: false), d => Is<MigrationAction.AddFinalizer>(d)),
+        new("new request, refused: Failed with the reason, nothing touched", () => New() with { Admission = Validation.Fail("PodNotFound", "Pod default/db-0 does not exist.") },
+            d => { Nothing(d); Phase(d, "Failed", "PodNotFound"); Assert.NotNull(d.Status.CompletionTime); }),
+        new("new request, admitted: Pending with its nodes", () => New() with { Admission = new Validation("node-a", "node-b", null, null) },
+            d => { Nothing(d); Phase(d, "Pending", "Validated"); Assert.Equal(("node-a", "node-b"), (d.Status.SourceNode, d.Status.TargetNode)); }),
+        new("new request deleted: the finalizer goes", () => New(deleting: true), d => Is<MigrationAction.RemoveFinalizer>(d)),
+
+        // ------------------------------------------------------------- queueing
+        new("pending, the cluster is full: queued", () => At("Pending") with { InFlight = 5 },
+            d => { Nothing(d); Phase(d, "Pending", "Queued"); Assert.Equal("Waiting: 5 migrations are in flight, the limit is 5.", d.Status.Message); }),
+        new("pending, two already leave the source: queued", () => At("Pending") with { OutboundFromSource = 2 },
+            d => { Phase(d, "Pending", "Queued"); Assert.Contains("leave node node-a", d.Status.Message, StringComparison.Ordinal); }),
+        new("pending, two already go to the target: queued", () => At("Pending") with { InboundToTarget = 2 },
+            d => { Phase(d, "Pending", "Queued"); Assert.Contains("go to node node-b", d.Status.Message, StringComparison.Ordinal); }),
+        new("pending with a free slot: Checkpointing, the pod told", () => At("Pending"),
+            d => { Phase(d, "Checkpointing", "Checkpointing"); Assert.Contains(d.Events, e => e.PodName == "db-0" && e.Reason == "Migrating"); }),
+        new("pending and deleted: the finalizer goes", () => At("Pending", deleting: true), d => Is<MigrationAction.RemoveFinalizer>(d)),
+
+        // ------------------------------------------------------------- checkpointing, forward
+        new("checkpointing without a trace: the root span first", () => At("Checkpointing", traced: false), d => Is<MigrationAction.StartTrace>(d)),
+        new("the source agent knows nothing yet: begin", () => At("Checkpointing") with { SourceAgent = AgentView.KnowsNothing }, d => Is<MigrationAction.BeginCheckpoint>(d)),
+        new("the source agent does not answer: wait", () => At("Checkpointing") with { SourceAgent = Silent(5) }, d => Waits(d)),
+        new("the target expects nothing yet", () => At("Checkpointing") with { TargetAgent = AgentView.KnowsNothing },
+            d => Assert.Equal("node-b", Is<MigrationAction.ExpectImages>(d).Node)),
+        new("pre-copy not started", () => At("Checkpointing", mode: "PreCopy"), d => Is<MigrationAction.StartPreCopy>(d)),
+        new("pre-copy running: wait, its progress shown", () => At("Checkpointing", mode: "PreCopy") with { SourceAgent = Source(preCopy: Op("PreCopy", OperationState.Running), sent: 40, total: 100) },
+            d => { Waits(d); Assert.Equal((40L, 100L), (d.Status.Progress!.BytesSent, d.Status.Progress.BytesTotal)); }),
+        new("pre-copy converged, no replacement: make it (the source still runs)", () => At("Checkpointing", mode: "PreCopy") with { SourceAgent = Source(preCopy: Op("PreCopy", OperationState.Succeeded), converged: true) },
+            d => { Assert.Equal("node-b", Is<MigrationAction.CreateReplacement>(d).Node); Assert.False(d.Status.Is(ConditionTypes.Frozen)); }),
+        new("cold: no pre-copy, the replacement at once", () => At("Checkpointing"), d => Is<MigrationAction.CreateReplacement>(d)),
+        new("the replacement's sandbox is not ready: wait, no freeze", () => At("Checkpointing") with { Replacement = Pod(Replacement, "node-b", "Pending") },
+            d => { Waits(d); Assert.StartsWith("Preparing the replacement pod", d.Status.Message, StringComparison.Ordinal); }),
+        new("the replacement waits for the images: hand off", () => At("Checkpointing") with { Replacement = Pod(Replacement, "node-b", "Pending"), TargetAgent = Target(waiting: true) },
+            d => Is<MigrationAction.StartHandoff>(d)),
+        new("a pod keeping its name: hand off without a replacement", () => At("Checkpointing", keepsName: true), d => Is<MigrationAction.StartHandoff>(d)),
+        new("the handoff froze the pod: Frozen, at the agent's time", () => At("Checkpointing") with { Replacement = Waiting(), TargetAgent = Target(waiting: true), SourceAgent = Source(handoff: HandoffStep.Dumping, frozenAt: Now.AddSeconds(-2)) },
+            d => { Waits(d); Assert.Equal(Now.AddSeconds(-2), d.Status.Condition(ConditionTypes.Frozen)!.LastTransitionTime); }),
+        new("the final dump is done: Transferring", () => At("Checkpointing") with { Replacement = Waiting(), TargetAgent = Target(waiting: true), SourceAgent = Source(handoff: HandoffStep.Sending, frozenAt: Now.AddSeconds(-1)) },
+            d => { Phase(d, "Transferring", "Transferring"); Assert.Equal(50_000_000, d.Status.ImageBytes); }),
+
+        // ------------------------------------------------------------- transferring, restoring, cutting over
+        new("transferring, not yet committed: wait", () => At("Transferring") with { Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Sending) }, d => Waits(d)),
+        new("committed: Restoring", () => At("Transferring") with { Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Committed) }, d => Phase(d, "Restoring", "Restoring")),
+        new("the replacement runs: CuttingOver, downtime by the agents' clocks", () => At("Restoring") with
+            {
+                Replacement = Pod(Replacement, "node-b", "Running"),
+                SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = Target(restoredAt: Now.AddMilliseconds(-650)),
+            },
+            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(250, d.Status.DowntimeMillis); }),
+        new("cutting over: the source marked for its owner first", () => At("CuttingOver") with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
+            d => Is<MigrationAction.MarkSourceExpendable>(d)),
+        new("cutting over: the frozen source ended", () => At("CuttingOver", expendable: true) with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
+            d => Is<MigrationAction.FinishSource>(d)),
+        new("cutting over: the replacement takes the labels", () => At("CuttingOver", expendable: true) with { Replacement = Running(held: true), SourceAgent = Source(MigrationPhase.Finished) },
+            d => Is<MigrationAction.HandOverIdentity>(d)),
+        new("cutting over: the source pod deleted", () => At("CuttingOver", expendable: true) with { Replacement = Running(), SourceAgent = Source(MigrationPhase.Finished) },
+            d => Assert.Equal("db-0", Is<MigrationAction.DeletePod>(d).Name)),
+        new("cutting over: images removed on the source", () => At("CuttingOver") with { NamedPod = null, Replacement = Running(), SourceAgent = Source(MigrationPhase.Finished) },
+            d => Assert.Equal("node-a", Is<MigrationAction.Cleanup>(d).Node)),
+        new("cutting over: Succeeded once both agents hold nothing", () => At("CuttingOver") with { NamedPod = null, Replacement = Running(), SourceAgent = AgentView.KnowsNothing, TargetAgent = AgentView.KnowsNothing },
+            d => { Phase(d, "Succeeded", "Migrated"); Assert.True(d.Status.Is(ConditionTypes.Ready)); Assert.Null(d.Status.PendingCleanup); }),
+        new("cutting over, the target's agent silent: Succeeded, its images removed later", () => At("CuttingOver") with { NamedPod = null, Replacement = Running(), SourceAgent = AgentView.KnowsNothing, TargetAgent = Silent(60) },
+            d => { Phase(d, "Succeeded", "Migrated"); Assert.Equal(["node-b"], d.Status.PendingCleanup); }),
+        new("cutting over and deleted: forward all the same", () => At("CuttingOver", deleting: true, expendable: true) with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
+            d => Is<MigrationAction.FinishSource>(d)),
+
+        // ------------------------------------------------------------- the failure ladder
+        new("the whole migration took too long", () => At("Checkpointing", started: Now.AddMinutes(-11)), d => RollsBack(d, "TimedOut")),
+        new("the phase took too long", () => At("Transferring", phaseStarted: Now.AddMinutes(-6)), d => RollsBack(d, "PhaseTimedOut")),
+        new("the source pod disappeared before the commit", () => At("Checkpointing") with { NamedPod = null }, d => RollsBack(d, "SourcePodGone")),
+        new("the source pod disappeared after the commit: forward", () => At("Restoring") with { NamedPod = null, Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Committed) }, d => Waits(d)),
+        new("the source pod was recreated (another UID)", () => At("Checkpointing") with { NamedPod = Pod("db-0", "node-a", "Running", uid: "recreated") }, d => RollsBack(d, "SourcePodGone")),
+        new("the target node was deleted", () => At("Transferring") with { TargetNode = null }, d => RollsBack(d, "TargetNodeGone")),
+        new("the target node is NotReady", () => At("Transferring") with { TargetNode = Node("node-b", ready: false) }, d => RollsBack(d, "TargetNodeNotReady")),
+        new("the target's agent silent beyond its grace", () => At("Transferring") with { TargetAgent = Silent(30) }, d => RollsBack(d, "TargetAgentUnreachable")),
+        new("the target's agent silent within its grace: wait", () => At("Transferring") with { Replacement = Waiting(), TargetAgent = Silent(5), SourceAgent = Source(handoff: HandoffStep.Sending) }, d => Waits(d)),
+        new("the source's agent silent beyond its grace", () => At("Checkpointing") with { SourceAgent = Silent(30) }, d => RollsBack(d, "SourceAgentUnreachable")),
+        new("pre-copy failed on the source", () => At("Checkpointing", mode: "PreCopy") with { SourceAgent = Source(preCopy: Op("PreCopy", OperationState.Failed, "PreDumpFailed", "criu died")) },
+            d => { RollsBack(d, "PreCopyFailed"); Assert.Contains("criu died", d.Status.Message, StringComparison.Ordinal); }),
+        new("the handoff failed on the source", () => At("Transferring") with { SourceAgent = Source(preCopy: Op("Handoff", OperationState.Failed, "TransferFailed", "node-b refused")) }, d => RollsBack(d, "HandoffFailed")),
+        new("the source agent lost the migration (it restarted and thawed)", () => At("Transferring") with { SourceAgent = Source(MigrationPhase.Resumed) }, d => RollsBack(d, "SourceAgentRestarted")),
+        new("the restore runtime reports an error", () => At("Restoring") with { Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Committed), TargetAgent = Target(error: "CRIU: no such file") },
+            d => RollsBack(d, "RestoreFailed")),
+        new("the replacement cannot start", () => At("Restoring") with { Replacement = Pod(Replacement, "node-b", "Pending", waiting: "RunContainerError"), SourceAgent = Source(handoff: HandoffStep.Committed) },
+            d => RollsBack(d, "RestoreFailed")),
+        new("the replacement was deleted before it ran", () => At("Restoring") with { Replacement = null, SourceAgent = Source(handoff: HandoffStep.Committed) }, d => RollsBack(d, "RestoreFailed")),
+        new("the replacement's sandbox took too long (never frozen)", () => At("Checkpointing") with { Replacement = Pod(Replacement, "node-b", "Pending", created: Now.AddMinutes(-2)) },
+            d => RollsBack(d, "TargetPreparationTimedOut")),
+        new("the replacement runs: no failure counts any more", () => At("Restoring") with { Replacement = Running(), TargetNode = Node("node-b", ready: false), SourceAgent = Source(handoff: HandoffStep.Committed) },
+            d => Phase(d, "CuttingOver", "CuttingOver")),
+        new("deleted in flight: rolled back", () => At("Checkpointing", deleting: true), d => RollsBack(d, "Deleted")),
+
+        // ------------------------------------------------------------- the rollback ladder
+        new("rollback: the replacement goes first", () => Rolling("Transferring") with { Replacement = Waiting() }, d => Assert.Equal(Replacement, Is<MigrationAction.DeletePod>(d).Name)),
+        new("rollback after a commit: the target must refuse the restore", () => Rolling("Restoring") with { SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed), TargetAgent = Target(committed: true) },
+            d => Is<MigrationAction.AbortRestore>(d)),
+        new("rollback after a commit, target silent: wait", () => Rolling("Restoring") with { SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed), TargetAgent = Silent(10) }, d => StillRolling(d)),
+        new("rollback after a commit, target silent too long: Failed, the source stays frozen", () => Rolling("Restoring", since: Now.AddMinutes(-2)) with { SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed), TargetAgent = Silent(120) },
+            d => { Phase(d, "Failed", "SourceFrozenTargetUnreachable"); Assert.Equal(["node-a", "node-b"], d.Status.PendingCleanup); }),
+        new("rollback before any commit, target silent: thaw at once", () => Rolling("Transferring") with { SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Sending), TargetAgent = Silent(60) },
+            d => Assert.False(Is<MigrationAction.ResumeSource>(d).ReplacementRemoved)),
+        new("rollback after a commit, the target already holds nothing: thaw, nothing to abort", () => Rolling("Restoring") with { SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed), TargetAgent = AgentView.KnowsNothing },
+            d => Is<MigrationAction.ResumeSource>(d)),
+        new("rollback, aborted on the target: thaw", () => Rolling("Restoring") with { SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed), TargetAgent = Target(committed: true, aborted: true) },
+            d => Is<MigrationAction.ResumeSource>(d)),
+        new("rollback, a restore began and its pod is gone: thaw, saying so", () => Rolling("Restoring") with { SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed), TargetAgent = Target(committed: true, began: true) },
+            d => Assert.True(Is<MigrationAction.ResumeSource>(d).ReplacementRemoved)),
+        new("rollback, the source's agent silent with the pod frozen: wait", () => Rolling("Transferring", frozen: true) with { SourceAgent = Silent(5), TargetAgent = AgentView.KnowsNothing }, d => StillRolling(d)),
+        new("rollback, the source's agent silent, the pod never frozen: RolledBack, its images removed later", () => Rolling("Transferring") with { SourceAgent = Silent(5), TargetAgent = AgentView.KnowsNothing },
+            d => { Phase(d, "RolledBack", "HandoffFailed"); Assert.Equal(["node-a"], d.Status.PendingCleanup); }),
+        new("rollback, the source's agent silent too long with the pod frozen: Failed", () => Rolling("Transferring", since: Now.AddMinutes(-2), frozen: true) with { SourceAgent = Silent(120), TargetAgent = AgentView.KnowsNothing },
+            d => Phase(d, "Failed", "SourceFrozenAgentUnreachable")),
+        new("rollback, thawed: images removed", () => Rolling("Transferring") with { SourceAgent = Source(MigrationPhase.Resumed), TargetAgent = Target() },
+            d => Assert.Equal("node-a", Is<MigrationAction.Cleanup>(d).Node)),
+        new("rollback done: RolledBack, the pod told", () => Rolling("Transferring") with { SourceAgent = AgentView.KnowsNothing, TargetAgent = AgentView.KnowsNothing },
+            d => { Phase(d, "RolledBack", "HandoffFailed"); Assert.Contains(d.Events, e => e.PodName == "db-0" && e.Reason == "MigrationRolledBack"); }),
+        new("rollback done, the target's agent silent: RolledBack, its images removed later", () => Rolling("Transferring") with { SourceAgent = AgentView.KnowsNothing, TargetAgent = Silent(60) },
+            d => { Phase(d, "RolledBack", "HandoffFailed"); Assert.Equal(["node-b"], d.Status.PendingCleanup); }),
+
+        // ------------------------------------------------------------- a pod that keeps its name
+        new("committed, the source not kept yet: keep it in the request", () => At("Restoring", keepsName: true) with { Replacement = null, SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed) },
+            d => Is<MigrationAction.KeepSourcePod>(d)),
+        new("kept: the source is retired", () => At("Restoring", keepsName: true, savedSource: true) with { Replacement = null, SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed) },
+            d => { Nothing(d); Assert.True(d.Status.Is(ConditionTypes.SourceRetired)); }),
+        new("retired: its processes ended", () => At("Restoring", keepsName: true, savedSource: true, retired: true) with { Replacement = null, SourceAgent = Source(MigrationPhase.Frozen, handoff: HandoffStep.Committed) },
+            d => Is<MigrationAction.FinishSource>(d)),
+        new("retired and ended: its pod deleted", () => At("Restoring", keepsName: true, savedSource: true, retired: true) with { Replacement = null, SourceAgent = Source(MigrationPhase.Finished, handoff: HandoffStep.Committed) },
+            d => Assert.Equal("db-0", Is<MigrationAction.DeletePod>(d).Name)),
+        new("retired, the name free: the replacement made", () => At("Restoring", keepsName: true, savedSource: true, retired: true) with { NamedPod = null, Replacement = null, SourceAgent = Source(MigrationPhase.Finished, handoff: HandoffStep.Committed) },
+            d => Is<MigrationAction.CreateReplacement>(d)),
+        new("retired, and the replacement failed: restored on its own node (the images sent home)", () => Rolling("Restoring", keepsName: true, savedSource: true, retired: true) with
+            {
+                NamedPod = null, Replacement = null, SourceAgent = Source(MigrationPhase.Finished, handoff: HandoffStep.Committed, homeExpected: true), TargetAgent = Target(committed: true, aborted: true),
+            },
+            d => Assert.Equal("node-a", Is<MigrationAction.StartTransfer>(d).Node)),
+    ];
+
+    [Theory]
+    [MemberData(nameof(Rows))]
+    public void Decides(Row row)
+    {
+        ArgumentNullException.ThrowIfNull(row);
+        var decision = MigrationDecisions.Decide(row.Facts(), Policy);
+
+        row.Expect(decision);
+    }
+
+    [Fact]
+    public void A_decision_never_changes_the_facts_it_was_given()
+    {
+        var facts = At("Transferring") with { SourceAgent = Source(handoff: HandoffStep.Committed) };
+        var before = k8s.KubernetesJson.Serialize(facts.Request);
+
+        var decision = MigrationDecisions.Decide(facts, Policy);
+
+        Assert.Equal("Restoring", decision.Status.Phase);
+        Assert.Equal(before, k8s.KubernetesJson.Serialize(facts.Request));
+    }
+
+    // ------------------------------------------------------------- builders
+
+    private const string Replacement = "db-0-m0f3a9";
+
+    private static MigrationFacts New(bool finalizer = true, bool deleting = false) => new()
+    {
+        Request = Request(null, finalizer, deleting),
+        Now = Now,
+        NamedPod = Pod("db-0", "node-a", "Running"),
+    };
+
+    private static MigrationFacts At(string phase, string mode = "Cold", bool deleting = false, bool traced = true, bool keepsName = false, bool savedSource = false,
+        bool retired = false, bool expendable = false, DateTime? started = null, DateTime? phaseStarted = null)
+    {
+        var request = Request(phase, true, deleting, mode, traced, savedSource);
+        var status = request.Status!;
+        status.StartTime = started ?? Now.AddSeconds(-30);
+        status.PhaseStartTime = phaseStarted ?? Now.AddSeconds(-5);
+        if (keepsName)
+        {
+            status.SetCondition(ConditionTypes.KeepsName, "True", "StatefulSetPod", "keeps its name", 1, Now.AddSeconds(-30));
+        }
+
+        if (retired)
+        {
+            status.SetCondition(ConditionTypes.SourceRetired, "True", "NameHandedOver", "retired", 1, Now.AddSeconds(-2));
+        }
+
+        var source = Pod("db-0", "node-a", "Running");
+        if (expendable)
+        {
+            source.Metadata.Annotations = new Dictionary<string, string> { [Annotations.PodDeletionCost] = int.MinValue.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+        }
+
+        return new MigrationFacts
+        {
+            Request = request,
+            Now = Now,
+            NamedPod = source,
+            SourceNode = Node("node-a"),
+            TargetNode = Node("node-b"),
+            SourceAgent = Source(),
+            TargetAgent = Target(),
+        };
+    }
+
+    private static MigrationFacts Rolling(string phase, DateTime? since = null, bool keepsName = false, bool savedSource = false, bool retired = false, bool frozen = false)
+    {
+        var facts = At(phase, keepsName: keepsName, savedSource: savedSource, retired: retired);
+        var status = facts.Request.Status!;
+        status.Reason = "HandoffFailed";
+        status.Message = "The handoff failed.";
+        status.SetCondition(ConditionTypes.RollingBack, "True", "HandoffFailed", "The handoff failed.", 1, since ?? Now.AddSeconds(-1));
+        if (frozen)
+        {
+            status.SetCondition(ConditionTypes.Frozen, "True", "FinalDump", "frozen", 1, Now.AddMinutes(-3));
+        }
+
+        return facts;
+    }
+
+    private static MigrationRequest Request(string? phase, bool finalizer, bool deleting, string mode = "Cold", bool traced = true, bool savedSource = false)
+    {
+        var annotations = new Dictionary<string, string>();
+        if (traced)
+        {
+            annotations[Annotations.TraceContext] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        }
+
+        if (savedSource)
+        {
+            annotations[Annotations.SourcePod] = k8s.KubernetesJson.Serialize(Pod("db-0", "node-a", "Running"));
+        }
+
+        return new MigrationRequest
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = "move-db",
+                NamespaceProperty = "default",
+                Uid = Id,
+                Generation = 1,
+                Finalizers = finalizer ? [Finalizers.Cleanup] : null,
+                DeletionTimestamp = deleting ? Now.AddSeconds(-1) : null,
+                Annotations = annotations,
+            },
+            Spec = new MigrationRequestSpec { PodName = "db-0", TargetNode = "node-b", Mode = mode },
+            Status = phase is null ? null : new MigrationRequestStatus { Phase = phase, SourceNode = "node-a", TargetNode = "node-b", ReplacementPod = Replacement },
+        };
+    }
+
+    private static V1Pod Pod(string name, string node, string phase, string uid = "source-uid", string? waiting = null, DateTime? created = null, bool ours = false) => new()
+    {
+        Metadata = new V1ObjectMeta
+        {
+            Name = name,
+            NamespaceProperty = "default",
+            Uid = uid,
+            CreationTimestamp = created ?? Now.AddSeconds(-3),
+            Annotations = ours || name == Replacement ? new Dictionary<string, string> { [Annotations.RestoreFrom] = Id } : null,
+        },
+        Spec = new V1PodSpec { NodeName = node },
+        Status = new V1PodStatus
+        {
+            Phase = phase,
+            ContainerStatuses = waiting is null ? null : [new V1ContainerStatus { Name = "main", State = new V1ContainerState { Waiting = new V1ContainerStateWaiting { Reason = waiting } } }],
+        },
+    };
+
+    private static V1Pod Waiting() => Pod(Replacement, "node-b", "Pending", uid: "replacement-uid");
+
+    private static V1Pod Running(bool held = false)
+    {
+        var pod = Pod(Replacement, "node-b", "Running", uid: "replacement-uid");
+        if (held)
+        {
+            pod.Metadata.Annotations![Annotations.HeldLabels] = "{\"app\":\"db\"}";
+        }
+
+        return pod;
+    }
+
+    private static V1Node Node(string name, bool ready = true) => new()
+    {
+        Metadata = new V1ObjectMeta { Name = name },
+        Status = new V1NodeStatus { Conditions = [new V1NodeCondition { Type = "Ready", Status = ready ? "True" : "False" }] },
+    };
+
+    private static Operation Op(string kind, OperationState state, string reason = "", string message = "") => new() { Kind = kind, State = state, Reason = reason, Message = message };
+
+    private static AgentView Source(MigrationPhase phase = MigrationPhase.Prepared, Operation? preCopy = null, bool converged = false, ulong sent = 0, ulong total = 0,
+        HandoffStep handoff = HandoffStep.Unspecified, DateTime? frozenAt = null, bool homeExpected = false)
+    {
+        var status = new MigrationStatus
+        {
+            MigrationId = Id,
+            Pod = new PodRef { Namespace = "default", Name = "db-0", Uid = "source-uid" },
+            Phase = handoff >= HandoffStep.Dumping && phase == MigrationPhase.Prepared ? MigrationPhase.Frozen : phase,
+            Operation = handoff != HandoffStep.Unspecified ? Op("Handoff", handoff == HandoffStep.Committed ? OperationState.Succeeded : OperationState.Running) : preCopy,
+            PreCopy = new PreCopyProgress { Rounds = converged ? 2 : 1, Converged = converged, BytesSent = sent, BytesTotal = total },
+            Handoff = new HandoffProgress
+            {
+                Step = handoff,
+                FrozenUnixMillis = frozenAt is { } at ? new DateTimeOffset(at).ToUnixTimeMilliseconds() : handoff >= HandoffStep.Dumping ? new DateTimeOffset(Now.AddSeconds(-1)).ToUnixTimeMilliseconds() : 0,
+            },
+            FinalDump = handoff >= HandoffStep.Sending ? new FinalDumpResponse { StagedBytes = 50_000_000 } : null,
+            Incoming = homeExpected ? new IncomingStatus { Expected = true } : null,
+        };
+        if (preCopy is not null && handoff != HandoffStep.Unspecified)
+        {
+            status.Operation = preCopy;
+        }
+
+        return AgentView.Knows(status);
+    }
+
+    private static AgentView Target(bool waiting = false, bool committed = false, bool aborted = false, bool began = false, string? error = null, DateTime? restoredAt = null)
+    {
+        var incoming = new IncomingStatus { Expected = true, Staged = committed, Committed = committed, Aborted = aborted, RestoreBegan = began || restoredAt is not null };
+        if (waiting || error is not null || restoredAt is not null)
+        {
+            incoming.Restores.Add(new RestoreState
+            {
+                Container = "main",
+                Waiting = waiting,
+                Error = error ?? "",
+                Restored = restoredAt is not null,
+                RestoredUnixMillis = restoredAt is { } at ? new DateTimeOffset(at).ToUnixTimeMilliseconds() : 0,
+            });
+        }
+
+        return AgentView.Knows(new MigrationStatus { MigrationId = Id, Incoming = incoming });
+    }
+
+    private static AgentView Silent(int seconds) => AgentView.Unreachable(Now.AddSeconds(-seconds), "connection refused");
+
+    // ------------------------------------------------------------- expectations
+
+    private static T Is<T>(Decision decision)
+        where T : MigrationAction => Assert.IsType<T>(decision.Action);
+
+    private static void Nothing(Decision decision) => Assert.IsType<MigrationAction.Nothing>(decision.Action);
+
+    private static void Waits(Decision decision)
+    {
+        Nothing(decision);
+        Assert.Equal(Policy.PollInterval, decision.RequeueAfter);
+        Assert.False(decision.Status.Is(ConditionTypes.RollingBack), decision.Status.Message);
+    }
+
+    private static void StillRolling(Decision decision)
+    {
+        Nothing(decision);
+        Assert.Equal(Policy.PollInterval, decision.RequeueAfter);
+        Assert.True(decision.Status.Is(ConditionTypes.RollingBack));
+        Assert.False(MigrationPhases.IsFinal(decision.Status.Phase));
+    }
+
+    private static void Phase(Decision decision, string phase, string reason) =>
+        Assert.Equal((phase, reason), (decision.Status.Phase, decision.Status.Reason));
+
+    private static void RollsBack(Decision decision, string reason)
+    {
+        Nothing(decision);
+        var rolling = decision.Status.Condition(ConditionTypes.RollingBack);
+        Assert.True(rolling?.Status == "True", $"not rolling back: {decision.Status.Reason}: {decision.Status.Message}");
+        Assert.Equal(reason, rolling!.Reason);
+        Assert.Equal(reason, decision.Status.Reason);
+    }
+}
