@@ -3,6 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
 using Migrate.Criu.Images;
+using Migrate.Criu.Lazy;
 
 namespace Migrate.Criu;
 
@@ -199,7 +200,8 @@ public sealed class CriuClient
         var workDirectory = options.WorkDirectory ?? images;
         using var workHandle = options.WorkDirectory is null ? null : SafeDirectoryHandle.Open(workDirectory);
         var logFile = options.LogFile ?? "restore.log";
-        using var handle = CreateHandle(options);
+        using var lazy = options.LazyPages == true ? LazyPagesConfiguration.Create(workDirectory, options.ServiceBinary ?? _serviceBinary, forDump: false) : null;
+        using var handle = CreateHandle(options, lazy?.ServiceBinary);
         Configure(handle, options, imagesHandle, workHandle, logFile);
 
         var stopwatch = Stopwatch.StartNew();
@@ -227,7 +229,8 @@ public sealed class CriuClient
         var workDirectory = options.WorkDirectory ?? images;
         using var workHandle = options.WorkDirectory is null ? null : SafeDirectoryHandle.Open(workDirectory);
         var logFile = options.LogFile ?? (operation == CriuOperation.PreDump ? "pre-dump.log" : "dump.log");
-        using var handle = CreateHandle(options);
+        using var lazy = options.LazyPages == true ? LazyPagesConfiguration.Create(workDirectory, options.ServiceBinary ?? _serviceBinary, forDump: true) : null;
+        using var handle = CreateHandle(options, lazy?.ServiceBinary);
         Configure(handle, options, imagesHandle, workHandle, logFile);
 
         var stopwatch = Stopwatch.StartNew();
@@ -267,10 +270,10 @@ public sealed class CriuClient
         return images;
     }
 
-    private SafeCriuOptionsHandle CreateHandle(CriuOptions options)
+    private SafeCriuOptionsHandle CreateHandle(CriuOptions options, string? serviceBinary = null)
     {
         var handle = SafeCriuOptionsHandle.Create();
-        var binary = options.ServiceBinary ?? _serviceBinary;
+        var binary = serviceBinary ?? options.ServiceBinary ?? _serviceBinary;
         if (binary is not null)
         {
             Require(Interop.Criu.SetServiceBinary(handle, binary), "service binary");

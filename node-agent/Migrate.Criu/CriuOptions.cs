@@ -53,7 +53,8 @@ public sealed record CriuNotification(string Action, int Pid);
 /// <remarks>
 /// libcriu does not expose every option of CRIU's RPC protocol. Not reachable through it:
 /// <c>leave_stopped</c> (leave the dumped tree SIGSTOPped), <c>rst_sibling</c> except through
-/// <see cref="CriuClient.Restore"/> with <c>asChild</c>, <c>display_stats</c>, <c>lazy_pages</c>,
+/// <see cref="CriuClient.Restore"/> with <c>asChild</c>, <c>display_stats</c>, <c>lazy_pages</c> (see
+/// <see cref="LazyPages"/>),
 /// <c>status_fd</c>, <c>config_file</c>, TLS page-server settings, and the timeout (libcriu's
 /// setter never marks it present). Keeping a dumped tree frozen is done with the cgroup freezer
 /// instead: freeze the tree's cgroup, dump with <see cref="LeaveRunning"/> and
@@ -84,6 +85,15 @@ public sealed record CriuOptions
 
     /// <summary>Leave the tree running after a dump instead of killing it.</summary>
     public bool? LeaveRunning { get; init; }
+
+    /// <summary>
+    /// Lazy memory (CRIU's --lazy-pages). A dump writes no private anonymous page: its pagemaps mark
+    /// them lazy, and the caller captures them itself while the tree stays frozen (the tree must be
+    /// left running or frozen). A restore runs the tree before those pages are in place; CRIU's
+    /// lazy-pages daemon, listening in the work directory, fills them as they are touched. libcriu
+    /// has no setter for this: it is passed in a CRIU configuration file for this call only.
+    /// </summary>
+    public bool? LazyPages { get; init; }
 
     /// <summary>Use kernel memory tracking (soft-dirty bits) so later dumps write only changed pages.</summary>
     public bool? TrackMemory { get; init; }

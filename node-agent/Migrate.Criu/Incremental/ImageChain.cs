@@ -71,6 +71,68 @@ internal sealed class ImageChain : IDisposable
         return RandomAccess.Read(task.Pages, destination[..PagemapEntry.PageSize], offset) == PagemapEntry.PageSize;
     }
 
+    /// <summary>
+    /// Reads <paramref name="count"/> pages of task <paramref name="id"/> from <paramref name="address"/>
+    /// on, one read per stretch the chain stores contiguously; <paramref name="found"/> says which
+    /// pages some image set of the chain holds (the others are left as they were in the destination).
+    /// </summary>
+    public int Read(int id, ulong address, int count, Span<byte> destination, Span<bool> found)
+    {
+        if (destination.Length < count * PagemapEntry.PageSize || found.Length < count)
+        {
+            throw new ArgumentException("the destination must hold every page asked for");
+        }
+
+        int total = 0;
+        int page = 0;
+        var task = GetTask(id);
+        while (page < count)
+        {
+            ulong at = address + ((ulong)page * PagemapEntry.PageSize);
+            int index = task?.Find(at) ?? -1;
+            if (index < 0)
+            {
+                found[page++] = false;
+                continue;
+            }
+
+            var entry = task!.Entries[index];
+            int run = (int)Math.Min((ulong)(count - page), (entry.End - at) / PagemapEntry.PageSize);
+            var pages = destination.Slice(page * PagemapEntry.PageSize, run * PagemapEntry.PageSize);
+            if (entry.IsInParent && _parent is not null)
+            {
+                total += _parent.Read(id, at, run, pages, found.Slice(page, run));
+            }
+            else if (entry.IsPresent && task.Pages is not null)
+            {
+                long offset = task.FileOffsets[index] + (long)(at - entry.Address);
+                ReadExactly(task.Pages, pages, offset);
+                found.Slice(page, run).Fill(true);
+                total += run;
+            }
+            else
+            {
+                found.Slice(page, run).Clear();
+            }
+
+            page += run;
+        }
+
+        return total;
+    }
+
+    /// <summary>Opens the pages file of every task of every image set now, so the chain reads on
+    /// even after its files were unlinked.</summary>
+    public void OpenAll()
+    {
+        foreach (var map in CriuPagemap.ReadAll(_directory))
+        {
+            GetTask(map.Id);
+        }
+
+        _parent?.OpenAll();
+    }
+
     /// <summary>True if this set or an ancestor holds the page (without reading it).</summary>
     public bool Covers(int id, ulong address)
     {
@@ -96,6 +158,21 @@ internal sealed class ImageChain : IDisposable
         }
 
         _parent?.Dispose();
+    }
+
+    private static void ReadExactly(SafeFileHandle file, Span<byte> destination, long offset)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            int read = RandomAccess.Read(file, destination[done..], offset + done);
+            if (read <= 0)
+            {
+                throw new InvalidDataException($"a pages file ends before the pages its pagemap lists (at offset {offset + done})");
+            }
+
+            done += read;
+        }
     }
 
     internal static string ResolveLink(string link) =>

@@ -83,6 +83,93 @@ public static class MemorySnapshot
         return new SnapshotResult(directory, tasksRead, scanned, written, unchanged, stopwatch.Elapsed);
     }
 
+    /// <summary>
+    /// The memory of a lazy dump: every page CRIU's pagemaps in <paramref name="lazyDumpDirectory"/>
+    /// mark lazy, read from the tree (which must be frozen, as the dump left it) into the image set
+    /// <paramref name="directory"/>; pages identical to the parent chain are recorded as "in parent".
+    /// The set covers every lazy page by construction: one that cannot be read fails the capture.
+    /// </summary>
+    public static SnapshotResult CaptureLazy(int rootPid, string lazyDumpDirectory, string directory, string? parentDirectory)
+    {
+        var stopwatch = Stopwatch.StartNew();
+        directory = Path.GetFullPath(directory);
+        System.IO.Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        if (System.IO.Directory.EnumerateFileSystemEntries(directory).Any())
+        {
+            throw new IOException($"snapshot directory {directory} is not empty");
+        }
+
+        using var parent = parentDirectory is null ? null : ImageChain.Open(Path.GetFullPath(parentDirectory));
+        if (parentDirectory is not null)
+        {
+            File.CreateSymbolicLink(Path.Combine(directory, ImageChain.ParentLinkName),
+                Path.GetRelativePath(directory, Path.GetFullPath(parentDirectory)));
+        }
+
+        var hostPids = LiveProcessTree.Enumerate(rootPid).ToDictionary(t => t.ImageId, t => t.HostPid);
+        ulong scanned = 0, written = 0, unchanged = 0;
+        uint pagesId = 0;
+        int tasks = 0;
+        var content = new byte[BatchPages * PagemapEntry.PageSize];
+        var parentContent = new byte[BatchPages * PagemapEntry.PageSize];
+        var inParent = new bool[BatchPages];
+        foreach (var map in CriuPagemap.ReadAll(lazyDumpDirectory))
+        {
+            var lazy = map.Entries.Where(e => (e.Flags & PagemapFlags.Lazy) != 0).ToList();
+            if (lazy.Count == 0)
+            {
+                continue;
+            }
+
+            if (!hostPids.TryGetValue(map.Id, out int hostPid))
+            {
+                throw new InvalidOperationException($"task {map.Id} of the dump is not in the tree of process {rootPid} any more");
+            }
+
+            tasks++;
+            using var memory = File.OpenHandle($"/proc/{hostPid}/mem", FileMode.Open, FileAccess.Read);
+            using var builder = new PagemapBuilder(directory, map.Id, ++pagesId);
+            foreach (var entry in lazy)
+            {
+                for (uint done = 0; done < entry.PageCount;)
+                {
+                    int count = (int)Math.Min(BatchPages, entry.PageCount - done);
+                    ulong address = entry.Address + ((ulong)done * PagemapEntry.PageSize);
+                    var pages = content.AsSpan(0, count * PagemapEntry.PageSize);
+                    if (!ReadMemory(memory, address, pages))
+                    {
+                        throw new IOException($"could not read {count} lazy pages at 0x{address:x} of task {map.Id} (host PID {hostPid})");
+                    }
+
+                    inParent.AsSpan().Clear();
+                    parent?.Read(map.Id, address, count, parentContent, inParent);
+                    for (int p = 0; p < count; p++)
+                    {
+                        var page = pages.Slice(p * PagemapEntry.PageSize, PagemapEntry.PageSize);
+                        ulong at = address + ((ulong)p * PagemapEntry.PageSize);
+                        if (inParent[p] && page.SequenceEqual(parentContent.AsSpan(p * PagemapEntry.PageSize, PagemapEntry.PageSize)))
+                        {
+                            builder.AddParent(at);
+                        }
+                        else
+                        {
+                            builder.AddPresent(at, page);
+                        }
+                    }
+
+                    scanned += (ulong)count;
+                    done += (uint)count;
+                }
+            }
+
+            builder.Complete();
+            written += builder.PresentPages;
+            unchanged += builder.ParentPages;
+        }
+
+        return new SnapshotResult(directory, tasks, scanned, written, unchanged, stopwatch.Elapsed);
+    }
+
     private static (ulong Scanned, ulong Written, ulong Unchanged) SnapshotTask(LiveTask task, string directory, uint pagesId, ImageChain? parent)
     {
         var regions = LiveProcessTree.ReadMaps(task.HostPid);
@@ -91,7 +178,8 @@ public static class MemorySnapshot
         using var builder = new PagemapBuilder(directory, task.ImageId, pagesId);
         var pageFlags = new byte[BatchPages * 8];
         var content = new byte[BatchPages * PagemapEntry.PageSize];
-        var parentPage = new byte[PagemapEntry.PageSize];
+        var parentContent = new byte[BatchPages * PagemapEntry.PageSize];
+        var inParent = new bool[BatchPages];
         ulong scanned = 0;
 
         foreach (var region in regions)
@@ -132,12 +220,14 @@ public static class MemorySnapshot
                         continue; // not readable through /proc (e.g. a device mapping): leave it to the final dump
                     }
 
+                    inParent.AsSpan().Clear();
+                    parent?.Read(task.ImageId, runAddress, i - runStart, parentContent, inParent);
                     for (int p = 0; p < i - runStart; p++)
                     {
                         ulong address = runAddress + ((ulong)p * PagemapEntry.PageSize);
                         var page = runBytes.Slice(p * PagemapEntry.PageSize, PagemapEntry.PageSize);
                         scanned++;
-                        if (parent is not null && parent.TryReadPage(task.ImageId, address, parentPage) && page.SequenceEqual(parentPage))
+                        if (inParent[p] && page.SequenceEqual(parentContent.AsSpan(p * PagemapEntry.PageSize, PagemapEntry.PageSize)))
                         {
                             builder.AddParent(address);
                         }

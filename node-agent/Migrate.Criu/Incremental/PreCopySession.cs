@@ -31,7 +31,8 @@ public sealed record PreCopyRound(int Number, string Directory, PreCopyMethod Me
 /// <param name="PagesWritten">Pages the final set holds.</param>
 /// <param name="PagesInParent">Pages the final set takes from earlier rounds.</param>
 /// <param name="DeduplicationTime">Time spent comparing with earlier rounds (zero with kernel tracking).</param>
-public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, CriuDumpResult Dump, ulong PagesWritten, ulong PagesInParent, TimeSpan DeduplicationTime)
+/// <param name="MemoryDirectory">For a lazy dump: the image set holding its lazy pages (child of the last round); null otherwise.</param>
+public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, CriuDumpResult Dump, ulong PagesWritten, ulong PagesInParent, TimeSpan DeduplicationTime, string? MemoryDirectory = null)
 {
     public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
 }
@@ -44,6 +45,9 @@ public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, Cr
 public sealed class PreCopySession
 {
     public const string FinalDirectoryName = "final";
+
+    /// <summary>The image set of a lazy final dump's memory.</summary>
+    public const string MemoryDirectoryName = "memory";
 
     private readonly CriuClient _criu;
     private readonly CriuOptions _options;
@@ -156,6 +160,37 @@ public sealed class PreCopySession
         var stopwatch = Stopwatch.StartNew();
         var dedup = ParentDeduplication.Apply(directory, previous);
         return new PreCopyFinalDump(directory, Method, dump, dedup.PagesKept, dedup.PagesInParent, stopwatch.Elapsed);
+    }
+
+    /// <summary>
+    /// The final dump with lazy memory: CRIU writes everything but the private anonymous pages
+    /// (marked lazy in its pagemaps), then those pages are read from the frozen tree into
+    /// <see cref="MemoryDirectoryName"/>, a child of the last round holding only what changed since.
+    /// Restoring it needs CRIU's lazy-pages daemon fed by a <see cref="Lazy.PageServer"/> over that
+    /// set. The tree must stay frozen from the dump to the end of the capture (the session's
+    /// options must leave it running under a frozen cgroup, or stopped).
+    /// </summary>
+    public PreCopyFinalDump DumpLazy()
+    {
+        if (_options.LeaveRunning != true)
+        {
+            throw new InvalidOperationException("a lazy final dump reads the tree's memory after CRIU's dump: the tree must be left running (frozen)");
+        }
+
+        var directory = Path.Combine(_baseDirectory, FinalDirectoryName);
+        var memory = Path.Combine(_baseDirectory, MemoryDirectoryName);
+        foreach (var leftover in new[] { directory, memory })
+        {
+            if (Directory.Exists(leftover))
+            {
+                Directory.Delete(leftover, recursive: true);
+            }
+        }
+
+        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : null;
+        var dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null, LazyPages = true });
+        var snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous);
+        return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory);
     }
 
     /// <summary>The directory of round <paramref name="number"/> under the session's base directory.</summary>

@@ -26,6 +26,43 @@ internal static partial class Interop
         [LibraryImport(Libraries.Libc, EntryPoint = "kill", SetLastError = true)]
         internal static partial int Kill(int pid, int signal);
 
+        internal const int AfUnix = 1;
+        internal const int SockStream = 1;
+        internal const int SockCloExec = 0x80000;
+        internal const int FGetFd = 1;
+        internal const int FSetFd = 2;
+        internal const int FdCloExec = 1;
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "socketpair", SetLastError = true)]
+        internal static unsafe partial int SocketPair(int domain, int type, int protocol, int* fds);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "fcntl", SetLastError = true)]
+        internal static partial int Fcntl(int fd, int command, int argument);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawn_file_actions_init")]
+        internal static partial int SpawnFileActionsInit(nint actions);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawn_file_actions_destroy")]
+        internal static partial int SpawnFileActionsDestroy(nint actions);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawn_file_actions_adddup2")]
+        internal static partial int SpawnFileActionsAddDup2(nint actions, int fd, int newFd);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawn_file_actions_addopen", StringMarshalling = StringMarshalling.Utf8)]
+        internal static partial int SpawnFileActionsAddOpen(nint actions, int fd, string path, int flags, int mode);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawnattr_init")]
+        internal static partial int SpawnAttrInit(nint attributes);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawnattr_destroy")]
+        internal static partial int SpawnAttrDestroy(nint attributes);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawnattr_setflags")]
+        internal static partial int SpawnAttrSetFlags(nint attributes, short flags);
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawnp")]
+        internal static unsafe partial int SpawnP(out int pid, byte* file, nint actions, nint attributes, byte** argv, byte** envp);
+
         [LibraryImport(Libraries.Libc, EntryPoint = "strerror")]
         internal static partial nint StrError(int errnum);
 

@@ -1,0 +1,258 @@
+using System.Net.Sockets;
+using Migrate.Criu;
+using Migrate.Criu.Images;
+using Migrate.Criu.Incremental;
+using Migrate.Criu.Lazy;
+using Migrate.NodeAgent.Checkpointing;
+using Migrate.TestSupport;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>
+/// The lazy data path on real process trees with real CRIU: a final dump that writes no memory
+/// (its pages are read from the frozen tree into a child of the last pre-copy round), restored by
+/// CRIU before its memory is in place, the pages served by our page server to CRIU's lazy-pages daemon.
+/// </summary>
+public sealed class LazyRestoreTests(ITestOutputHelper output)
+{
+    private const ulong Seed = 91;
+    private static readonly TimeSpan TickTimeout = TimeSpan.FromSeconds(20);
+    private readonly CriuClient _criu = new();
+
+    [Fact]
+    public async Task A_lazily_dumped_tree_restores_before_its_memory_arrives_and_every_page_comes_from_the_staged_rounds()
+    {
+        const int mib = 64;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 10));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var cgroup = TestFreezer.Create(tree);
+        var session = new PreCopySession(_criu, new CriuOptions
+        {
+            Pid = tree.RootPid,
+            ImagesDirectory = Path.Combine(tree.Directory, "images"),
+            LeaveRunning = true,
+            FreezeCgroup = cgroup.Freezer.Directory,
+        });
+        var round = session.PreDump();
+        long afterRound = tree.ReadTicks()[^1].Tick;
+        tree.WaitForTick(t => t.Tick >= afterRound + 5, TickTimeout, "half a second of rewriting after the round");
+
+        cgroup.Freezer.Freeze();
+        var final = session.DumpLazy();
+        var last = tree.ReadTicks()[^1];
+        Assert.True(cgroup.Freezer.IsFrozen, "the tree must stay frozen through the dump and the capture");
+        var maps = CriuPagemap.ReadAll(final.Directory);
+        ulong written = maps.Aggregate(0UL, (s, m) => s + m.PresentPages);
+        ulong lazy = maps.Aggregate(0UL, (s, m) => s + m.Entries.Where(e => (e.Flags & PagemapFlags.Lazy) != 0).Aggregate(0UL, (t, e) => t + e.PageCount));
+        output.WriteLine($"round 1: {round.PagesWritten} pages; final: CRIU wrote {written} pages, {lazy} lazy; memory: {final.PagesWritten} changed, " +
+                         $"{final.PagesInParent} from the round (capture {final.DeduplicationTime.TotalMilliseconds:0} ms, CRIU {final.Dump.Elapsed.TotalMilliseconds:0} ms)");
+        Assert.True(lazy >= (ulong)mib * 256, $"the {mib} MiB buffer must be lazy in CRIU's dump, {lazy} pages were");
+        Assert.True(written < lazy / 20, $"CRIU must not write the lazy memory: it wrote {written} pages");
+        Assert.Equal(lazy, final.PagesWritten + final.PagesInParent);
+        Assert.True(final.PagesInParent > final.PagesWritten, "most pages must come from the round");
+        Assert.True(final.PagesWritten > 0, "the pages rewritten since the round must be captured");
+
+        cgroup.KillFrozenTree(tree.RootPid);
+        var (serverEnd, daemonEnd) = DetachedProcess.SocketPair();
+        var work = Directory.CreateDirectory(Path.Combine(tree.Directory, "restore-work")).FullName;
+        int daemon = LazyPagesDaemon.Start("criu", final.Directory, work, daemonEnd, TimeSpan.FromSeconds(10));
+        daemonEnd.Dispose();
+        using var server = new PageServer(final.MemoryDirectory!, PageServerProtocol.For(_criu.GetVersion()));
+        var serving = Task.Run(() =>
+        {
+            using var stream = new NetworkStream(serverEnd, ownsSocket: true);
+            return server.Serve(stream);
+        });
+        try
+        {
+            var restore = _criu.Restore(new CriuOptions { ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true }, asChild: true);
+            tree.AdoptRestoredRoot(restore.Pid);
+            var firstAfter = tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick after the lazy restore");
+            Assert.Equal(last.Tick + 1, firstAfter.Tick);
+            var verified = tree.RequestVerification(TickTimeout);
+            Assert.True(verified.VerifiedOk, $"buffer check after the lazy restore: {verified.Verified}");
+
+            var report = await serving.WaitAsync(TimeSpan.FromSeconds(30));
+            output.WriteLine($"restore {restore.Elapsed.TotalMilliseconds:0} ms; page server: {report.Requests} requests, {report.PagesServed} pages in {report.Elapsed.TotalMilliseconds:0} ms");
+            Assert.True(report.ClosedByDaemon, "the daemon must close the session when it has every page");
+            Assert.Equal((long)lazy, report.PagesServed);
+            Assert.Equal(0, WaitForExit(daemon, TimeSpan.FromSeconds(10)));
+            Figures.Record(nameof(LazyRestoreTests), "lazy_restore_ms_64mib", restore.Elapsed.TotalMilliseconds, "ms");
+        }
+        finally
+        {
+            DetachedProcess.Kill(daemon);
+            WaitForExit(daemon, TimeSpan.FromSeconds(5));
+            serverEnd.Dispose();
+        }
+    }
+
+    [Fact]
+    public void The_page_server_refuses_a_page_it_does_not_hold_and_a_command_it_does_not_take()
+    {
+        var directory = Directory.CreateTempSubdirectory("migrate-pages-").FullName;
+        try
+        {
+            var set = Path.Combine(directory, "memory");
+            Directory.CreateDirectory(set);
+            File.WriteAllBytes(Path.Combine(set, CriuPagemap.PagesFileName(1)), [.. Enumerable.Repeat((byte)7, 2 * PagemapEntry.PageSize)]);
+            new CriuPagemap(1, 1, [new PagemapEntry(0x10000, 2, PagemapFlags.Present)]).Write(set);
+            var protocol = PageServerProtocol.Narrow;
+            using var server = new PageServer(set, protocol);
+
+            // asked for three pages of which two exist: two come back, in one reply
+            var (reply, report) = Exchange(server, protocol, new PageServerHeader((uint)PageServerCommand.Get, 0, 3, 0x10000, 1), close: true);
+            var header = protocol.Decode(reply);
+            Assert.Equal((uint)PageServerCommand.AddWithFlags, header.Command);
+            Assert.Equal(PageServerProtocol.PresentFlag, header.Flags);
+            Assert.Equal(2UL, header.Pages);
+            Assert.All(reply.AsSpan(protocol.HeaderSize, 2 * PagemapEntry.PageSize).ToArray(), b => Assert.Equal(7, b));
+            Assert.Equal(protocol.HeaderSize + (2 * PagemapEntry.PageSize) + 4, reply.Length);
+            Assert.True(report!.ClosedByDaemon);
+
+            var missing = Assert.Throws<PageServerException>(() => Exchange(server, protocol, new PageServerHeader((uint)PageServerCommand.Get, 0, 1, 0x20000, 1), close: false));
+            Assert.Contains("no page at 0x20000", missing.Message, StringComparison.Ordinal);
+            var unknownTask = Assert.Throws<PageServerException>(() => Exchange(server, protocol, new PageServerHeader((uint)PageServerCommand.Get, 0, 1, 0x10000, 9), close: false));
+            Assert.Contains("task 9", unknownTask.Message, StringComparison.Ordinal);
+            var add = Assert.Throws<PageServerException>(() => Exchange(server, protocol, new PageServerHeader((uint)PageServerCommand.AddWithFlags, 4, 1, 0x10000, 1), close: false));
+            Assert.Contains("0x6", add.Message, StringComparison.Ordinal);
+            var unaligned = Assert.Throws<PageServerException>(() => Exchange(server, protocol, new PageServerHeader((uint)PageServerCommand.Get, 0, 1, 0x10001, 1), close: false));
+            Assert.Contains("malformed", unaligned.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Theory]
+    [InlineData(4, 1, 0, 24)]
+    [InlineData(4, 1, 1, 24)]
+    [InlineData(4, 2, 0, 32)]
+    [InlineData(4, 2, 1, 32)]
+    [InlineData(5, 0, 0, 32)]
+    public void The_header_size_follows_the_CRIU_version(int major, int minor, int sublevel, int size)
+    {
+        var protocol = PageServerProtocol.For(new CriuVersion(major, minor, sublevel));
+        Assert.Equal(size, protocol.HeaderSize);
+        var header = new PageServerHeader((uint)PageServerCommand.Get, 0, 17, 0x7f00_0000_1000, 42);
+        var bytes = new byte[size];
+        protocol.Encode(header, bytes);
+        Assert.Equal(header, protocol.Decode(bytes));
+        Assert.Equal(7, bytes[0]);
+        Assert.Equal(17, size == 24 ? bytes[4] : bytes[8]);
+    }
+
+    private static (byte[] Reply, PageServerReport? Report) Exchange(PageServer server, PageServerProtocol protocol, PageServerHeader request, bool close)
+    {
+        var (ours, theirs) = DetachedProcess.SocketPair();
+        using var client = new NetworkStream(ours, ownsSocket: true);
+        var serving = Task.Run(() =>
+        {
+            using var stream = new NetworkStream(theirs, ownsSocket: true);
+            return server.Serve(stream);
+        });
+        var bytes = new byte[protocol.HeaderSize];
+        protocol.Encode(request, bytes);
+        client.Write(bytes);
+        if (close)
+        {
+            protocol.Encode(new PageServerHeader((uint)PageServerCommand.ForceClose, 0, 0, 0, 0), bytes);
+            client.Write(bytes);
+        }
+
+        try
+        {
+            var report = serving.GetAwaiter().GetResult();
+            ours.Shutdown(SocketShutdown.Send);
+            using var reply = new MemoryStream();
+            client.CopyTo(reply);
+            return (reply.ToArray(), report);
+        }
+        finally
+        {
+            ours.Dispose();
+        }
+    }
+
+    private static int? WaitForExit(int pid, TimeSpan timeout)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (clock.Elapsed < timeout)
+        {
+            if (DetachedProcess.TryReap(pid) is int code)
+            {
+                return code;
+            }
+
+            Thread.Sleep(20);
+        }
+
+        return null;
+    }
+
+    /// <summary>A freezer cgroup of its own for a test tree (the v1 freezer hierarchy, or cgroup v2).</summary>
+    private sealed class TestFreezer : IDisposable
+    {
+        private TestFreezer(CgroupFreezer freezer) => Freezer = freezer;
+
+        public CgroupFreezer Freezer { get; }
+
+        public static TestFreezer Create(IsolatedProcessTree tree)
+        {
+            var root = Directory.Exists("/sys/fs/cgroup/freezer") ? "/sys/fs/cgroup/freezer" : "/sys/fs/cgroup";
+            var directory = Directory.CreateDirectory(Path.Combine(root, "podmig-test-" + Guid.NewGuid().ToString("n")[..8])).FullName;
+            var freezer = new TestFreezer(CgroupFreezer.FromPath(directory));
+            try
+            {
+                foreach (var pid in new[] { tree.RootPid }.Concat(IsolatedProcessTree.Descendants(tree.RootPid)))
+                {
+                    File.WriteAllText(Path.Combine(directory, "cgroup.procs"), pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                }
+
+                return freezer;
+            }
+            catch
+            {
+                freezer.Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>Kills the frozen tree (a frozen process dies only once thawed) and waits until its root is gone.</summary>
+        public void KillFrozenTree(int rootPid)
+        {
+            DetachedProcess.Kill(rootPid);
+            Freezer.Thaw();
+            for (int i = 0; i < 500 && Directory.Exists($"/proc/{rootPid}"); i++)
+            {
+                Thread.Sleep(10);
+            }
+        }
+
+        public void Dispose()
+        {
+            Freezer.Thaw();
+            // what is left in the cgroup is this test's tree (or its restored copy)
+            foreach (var pid in Freezer.Processes())
+            {
+                DetachedProcess.Kill(pid);
+            }
+
+            for (int i = 0; i < 100; i++)
+            {
+                try
+                {
+                    Directory.Delete(Freezer.Directory);
+                    return;
+                }
+                catch (IOException)
+                {
+                    Thread.Sleep(50); // processes still on their way out
+                }
+            }
+        }
+    }
+}
