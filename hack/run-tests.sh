@@ -54,6 +54,17 @@ if [ -s "$MIGRATE_FIGURES_FILE" ]; then
   echo "Figures recorded by the tests (measured, not asserted):"
   awk -F'\t' '{ printf "  %-16s %-32s %10s %s\n", $1, $2, $3, $4 }' "$MIGRATE_FIGURES_FILE"
 fi
+# The failed tests again, last, so that the tail of a long log names them.
+failed_tests=$(for trx in "$results"/*.trx; do
+  [ -f "$trx" ] || continue
+  grep -o '<UnitTestResult [^>]*outcome="\(Failed\|Error\|Timeout\|Aborted\)"[^>]*>' "$trx" \
+    | sed -n 's/.* testName="\([^"]*\)".*/  \1/p'
+done)
+if [ -n "$failed_tests" ]; then
+  echo
+  echo "failed tests:"
+  printf '%s\n' "$failed_tests" | sed 's/&quot;/"/g; s/&amp;/\&/g; s/&lt;/</g; s/&gt;/>/g'
+fi
 if [ ${#broken[@]} -gt 0 ]; then
   echo
   echo "test projects that produced no results (build or host failure): ${broken[*]}"
