@@ -190,7 +190,8 @@ public sealed class NodeDrainTests(SandboxFixture fixture, ITestOutputHelper out
         drain.Succeeded();
         Assert.Contains("is being migrated to another node by MigrationRequest evict-keeper-1 instead of being evicted", drain.Error, StringComparison.Ordinal);
         Assert.Contains("node/node-a drained", drain.Output, StringComparison.Ordinal);
-        var request = (await Sandbox.GetRequestAsync(Cluster, "evict-keeper-1"))!;
+        // the drain ends when the source pod is gone; the request records its success a moment after
+        var request = (await Sandbox.WaitForFinalAsync(Cluster, "evict-keeper-1"))!;
         Assert.Equal(MigrationPhases.Succeeded, request.Status!.Phase);
         var frozen = Cluster.Node("node-a").LoggedTicks("default", "keeper", "main", keeper.Metadata.Uid)[^1].Tick;
         Sandbox.AssertConsecutive(await TicksAsync("default", request.Status.ReplacementPod!), frozen + 1);
