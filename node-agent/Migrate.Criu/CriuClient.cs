@@ -17,6 +17,31 @@ public readonly record struct CriuVersion(int Major, int Minor, int Sublevel) : 
 
     public static CriuVersion FromNumber(int number) => new(number / 10000, number / 100 % 100, number % 100);
 
+    /// <summary>The version in <c>criu --version</c>'s output ("Version: 4.1.1", the sublevel may be missing); null if it names none.</summary>
+    public static CriuVersion? TryParse(string versionOutput)
+    {
+        ArgumentNullException.ThrowIfNull(versionOutput);
+        foreach (var line in versionOutput.Split('\n'))
+        {
+            var text = line.Trim();
+            if (!text.StartsWith("Version:", StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            var parts = text["Version:".Length..].Trim().Split('.');
+            if (parts.Length is < 2 or > 3 || !parts.All(p => p.Length is > 0 and < 5 && p.All(char.IsAsciiDigit)))
+            {
+                return null;
+            }
+
+            return new CriuVersion(int.Parse(parts[0], System.Globalization.CultureInfo.InvariantCulture), int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture),
+                parts.Length == 3 ? int.Parse(parts[2], System.Globalization.CultureInfo.InvariantCulture) : 0);
+        }
+
+        return null;
+    }
+
     public int CompareTo(CriuVersion other) => Number.CompareTo(other.Number);
 
     public static bool operator <(CriuVersion left, CriuVersion right) => left.CompareTo(right) < 0;

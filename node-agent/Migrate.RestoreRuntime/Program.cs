@@ -1,8 +1,15 @@
 using System.Text.Json.Serialization;
+using Migrate.Criu.Lazy;
 using Migrate.RestoreRuntime;
 
 // podmig-runc: runc's command line; every call goes to runc unchanged, except the creation (and
 // then the start) of a container whose pod is marked for restore.
+if (args.Length > 0 && args[0] == LazyRestoreHelpers.ServeArgument)
+{
+    // a lazy restore's page server (started by a restore below, detached)
+    return LazyRestoreHelpers.Serve(args, Console.Out);
+}
+
 var runc = Environment.GetEnvironmentVariable("PODMIG_RUNC") is { Length: > 0 } configured ? configured : "runc";
 var line = RuncCommandLine.Parse(args);
 if (line.Command == "create" && RestoreRequest.TryRead(line) is { } request)

@@ -3,6 +3,8 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using Migrate.Criu;
+using Migrate.Criu.Lazy;
 using Migrate.NodeAgent.Checkpointing;
 
 namespace Migrate.RestoreRuntime;
@@ -128,11 +130,20 @@ public static partial class Restorer
             var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
             if (Directory.Exists(work))
             {
+                // what an earlier attempt left: its helpers first, then its files
+                LazyRestoreHelpers.StopRecorded(work);
                 Directory.Delete(work, recursive: true);
             }
 
             Directory.CreateDirectory(work);
             var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
+            bool lazy = LazyRestoreHelpers.Needed(images);
+            if (lazy)
+            {
+                StartLazyHelpers(images, Path.Combine(files, StagingLayout.LazyMemoryImages(request.Container)), work, request);
+                arguments.Add("--lazy-pages");
+            }
+
             if (line.CommandOption("--pid-file") is { } pidFile)
             {
                 arguments.AddRange(["--pid-file", pidFile]);
@@ -152,14 +163,15 @@ public static partial class Restorer
             int exit = RunInheritingStdio(runc, arguments);
             if (exit != 0)
             {
+                LazyRestoreHelpers.StopRecorded(work);
                 RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
                 throw new RestoreFailedException($"runc restore of container {request.Container} from migration {request.MigrationId} failed ({exit}): {CriuErrors(work)}; the images stay in {migration} for diagnosis");
             }
 
             File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
-            var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), clock.ElapsedMilliseconds);
+            var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), clock.ElapsedMilliseconds, lazy);
             File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
-            Log(line, "info", string.Create(CultureInfo.InvariantCulture, $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {clock.ElapsedMilliseconds} ms"));
+            Log(line, "info", string.Create(CultureInfo.InvariantCulture, $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {clock.ElapsedMilliseconds} ms{(lazy ? " (memory follows lazily)" : "")}"));
             return 0;
         }
         catch (Exception e) when (e is RestoreFailedException or IOException or UnauthorizedAccessException or JsonException or InvalidOperationException)
@@ -169,6 +181,35 @@ public static partial class Restorer
             Console.Error.WriteLine("podmig-runc: " + message);
             Report(request, StagingLayout.RestoreFailedFile(request.Container), message);
             return 1;
+        }
+    }
+
+    /// <summary>
+    /// Starts the page server (this very program, in its serving mode) over the container's staged
+    /// memory and CRIU's lazy-pages daemon beside it, in the restore's work directory, where the
+    /// restore finds the daemon. The same CRIU as runc's (the one on PATH) runs the daemon.
+    /// </summary>
+    private static void StartLazyHelpers(string images, string memory, string work, RestoreRequest request)
+    {
+        if (!Directory.Exists(memory))
+        {
+            throw new RestoreFailedException($"the final images of container {request.Container} leave memory to a lazy restore, but migration {request.MigrationId} staged no memory set for it");
+        }
+
+        var versionText = RunChecked("criu", ["--version"]);
+        if (CriuVersion.TryParse(versionText) is not { } version)
+        {
+            throw new RestoreFailedException($"criu --version names no version: {versionText.Trim()}");
+        }
+
+        var self = Environment.ProcessPath ?? throw new RestoreFailedException("this program's own path is unknown: it cannot start its page server");
+        try
+        {
+            LazyRestoreHelpers.Start("criu", version, self, images, memory, work, TimeSpan.FromSeconds(10));
+        }
+        catch (Exception e) when (e is IOException or TimeoutException)
+        {
+            throw new RestoreFailedException($"the lazy restore of container {request.Container} could not start its helpers: {e.Message}");
         }
     }
 
@@ -249,9 +290,14 @@ public static partial class Restorer
         }
     }
 
-    /// <summary>Every staged file this container needs must match the digest the transfer verified.</summary>
+    /// <summary>
+    /// Every staged file this container needs must match the digest the transfer verified: a file
+    /// whose stamp (size, inode, change time) is still the one recorded at that verification is
+    /// unchanged since; any other is hashed again.
+    /// </summary>
     private static void Verify(string stagedManifest, string files, string container, HashSet<string> volumes)
     {
+        var stamps = StagedFileStamp.Load(Path.Combine(Path.GetDirectoryName(stagedManifest)!, StagingLayout.StampsFile));
         using var manifest = JsonDocument.Parse(File.ReadAllBytes(stagedManifest));
         if (!manifest.RootElement.TryGetProperty("files", out var list))
         {
@@ -277,6 +323,11 @@ public static partial class Restorer
                 throw new RestoreFailedException($"image file {path} of migration is missing or truncated (expected {size} bytes)");
             }
 
+            if (stamps.TryGetValue(path, out var stamp) && stamp.Size == size && stamp.Matches(full))
+            {
+                continue;
+            }
+
             using var stream = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
             if (!SHA256.HashData(stream).AsSpan().SequenceEqual(expected))
             {
@@ -300,14 +351,14 @@ public static partial class Restorer
         }
 
         var options = $"lowerdir={mount.SuperOption("lowerdir")},upperdir={upper},workdir={mount.SuperOption("workdir")}";
-        RunChecked("umount", [rootfs]);
+        _ = RunChecked("umount", [rootfs]);
         try
         {
             FilesystemArchive.Extract(archive, upper);
         }
         finally
         {
-            RunChecked("mount", ["-t", "overlay", "overlay", "-o", options, rootfs]);
+            _ = RunChecked("mount", ["-t", "overlay", "overlay", "-o", options, rootfs]);
         }
     }
 
@@ -363,7 +414,7 @@ public static partial class Restorer
         return process.ExitCode;
     }
 
-    private static void RunChecked(string program, IReadOnlyList<string> arguments)
+    private static string RunChecked(string program, IReadOnlyList<string> arguments)
     {
         var start = new ProcessStartInfo(program) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
         foreach (var argument in arguments)
@@ -372,20 +423,22 @@ public static partial class Restorer
         }
 
         using var process = Process.Start(start) ?? throw new RestoreFailedException($"could not start {program}");
+        var output = process.StandardOutput.ReadToEndAsync();
         var error = process.StandardError.ReadToEnd();
-        process.StandardOutput.ReadToEnd();
         process.WaitForExit();
         if (process.ExitCode != 0)
         {
             throw new RestoreFailedException($"{program} {string.Join(' ', arguments)} failed: {error.Trim()}");
         }
+
+        return output.GetAwaiter().GetResult();
     }
 
     private static void RunQuietly(string program, IReadOnlyList<string> arguments)
     {
         try
         {
-            RunChecked(program, arguments);
+            _ = RunChecked(program, arguments);
         }
         catch (RestoreFailedException)
         {

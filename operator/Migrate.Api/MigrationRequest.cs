@@ -82,6 +82,16 @@ public static class MigrationModes
     public const string PreCopy = "PreCopy";
 }
 
+/// <summary>The values of status.memoryRestore.</summary>
+public static class MemoryRestoreModes
+{
+    /// <summary>The replacement's processes ran before their memory was in place (some container's, at least).</summary>
+    public const string Lazy = "Lazy";
+
+    /// <summary>All memory was in place before the processes ran.</summary>
+    public const string Full = "Full";
+}
+
 /// <summary>The phases of a request; the last three are final.</summary>
 public static class MigrationPhases
 {
@@ -128,6 +138,10 @@ public sealed class MigrationRequestStatus
 
     [JsonPropertyName("downtimeMillis")]
     public long? DowntimeMillis { get; set; }
+
+    /// <summary>How the replacement's memory was restored: "Lazy" (its processes ran first, their memory followed from the target's staged images) or "Full".</summary>
+    [JsonPropertyName("memoryRestore")]
+    public string? MemoryRestore { get; set; }
 
     [JsonPropertyName("bytesTransferred")]
     public long? BytesTransferred { get; set; }

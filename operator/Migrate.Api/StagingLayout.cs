@@ -8,6 +8,8 @@ namespace Migrate.Api;
 /// <code>
 /// containers/&lt;container&gt;/round-1 ...  pre-copy rounds (CRIU image sets, each the parent of the next)
 /// containers/&lt;container&gt;/final       the final dump (its "parent" link leads to the last round)
+/// containers/&lt;container&gt;/memory      with lazy memory: the private memory the final dump left out,
+///                                   a child of the last round; served to a lazy restore
 /// rootfs/&lt;container&gt;.tar            the container's writable layer
 /// volumes/&lt;volume&gt;.tar              an emptyDir's contents
 /// </code>
@@ -32,6 +34,9 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
 
     /// <summary>On the target: the manifest of the files received and verified (size and digest of each).</summary>
     public const string StagedFile = "staged.json";
+
+    /// <summary>On the target: the stamps of the staged files when their digests were verified (<see cref="StagedFileStamp"/>).</summary>
+    public const string StampsFile = "staged.stamps";
 
     /// <summary>On the target: the migration was committed: the images are final and a waiting restore may begin.</summary>
     public const string CommittedFile = "committed";
@@ -61,6 +66,9 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
     /// <summary>A container's final image set, relative to the image tree.</summary>
     public static string FinalImages(string container) => ContainerImages(container) + "/final";
 
+    /// <summary>A container's memory left out of a lazy final dump (a child of the last round), relative to the image tree.</summary>
+    public static string LazyMemoryImages(string container) => ContainerImages(container) + "/memory";
+
     /// <summary>A container's pre-copy round, relative to the image tree.</summary>
     public static string RoundImages(string container, int round) => ContainerImages(container) + "/round-" + round.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
@@ -86,7 +94,8 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
 /// <summary>What the restore runtime writes when it restored a container.</summary>
 /// <param name="RestoredUnixMillis">When the restored processes ran (Unix milliseconds).</param>
 /// <param name="RestoreMillis">How long the restore took.</param>
-public sealed record RestoreReport(long RestoredUnixMillis, long RestoreMillis);
+/// <param name="LazyMemory">The processes ran before their memory was in place (a lazy restore: a page server fills it).</param>
+public sealed record RestoreReport(long RestoredUnixMillis, long RestoreMillis, bool LazyMemory = false);
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(RestoreReport))]
 public sealed partial class RestoreReportJson : System.Text.Json.Serialization.JsonSerializerContext;

@@ -75,6 +75,7 @@ public static class OperatorHost
             sp.GetRequiredService<ILeaderGate>())
         {
             BandwidthPerMigration = (ulong)Math.Max(0, options.BandwidthPerMigration),
+            LazyRestore = options.LazyRestore,
         });
         builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(),

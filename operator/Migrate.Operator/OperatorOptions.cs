@@ -28,6 +28,13 @@ public sealed class OperatorOptions
     /// <summary>Bytes per second one migration's images are sent at, at most (0: no limit of its own; agents have a node-wide one).</summary>
     public long BandwidthPerMigration { get; set; }
 
+    /// <summary>
+    /// Restore private memory lazily where the target node's CRIU can (userfaultfd): the pod is
+    /// frozen only while its memory is read, not written by CRIU, and the replacement runs before its
+    /// memory is in place. Off: every migration restores its memory whole before the processes run.
+    /// </summary>
+    public bool LazyRestore { get; set; } = true;
+
     /// <summary>Seconds one phase (checkpointing, transferring, restoring) may take before the migration is rolled back.</summary>
     public int PhaseTimeoutSeconds { get; set; } = 300;
 

@@ -169,6 +169,20 @@ public sealed class ImageFormatTests : IDisposable
         Assert.Equal(number >= 40100, version >= CriuVersion.Minimum);
     }
 
+    [Theory]
+    [InlineData("Version: 4.1.1\n", "4.1.1")]
+    [InlineData("Version: 4.2\nGitID: v4.2-12-gabc\n", "4.2.0")]
+    [InlineData("  Version: 3.17.1  \n", "3.17.1")]
+    [InlineData("Version: 4\n", null)]
+    [InlineData("Version: 4.x.1\n", null)]
+    [InlineData("Version: 4.1.1.1\n", null)]
+    [InlineData("criu: command not found\n", null)]
+    [InlineData("", null)]
+    public void Versions_parse_from_criu_version_output(string output, string? expected)
+    {
+        Assert.Equal(expected, CriuVersion.TryParse(output)?.ToString());
+    }
+
     [Fact]
     public void A_dump_without_a_pid_or_images_directory_is_refused_before_criu_runs()
     {

@@ -48,7 +48,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
     }
 
     [Fact]
-    public async Task A_staged_image_corrupted_before_restore_is_refused_and_rolls_back()
+    public async Task An_image_corrupted_on_the_target_disk_is_refused_before_the_commit_and_the_pod_runs_on()
     {
         var (request, pod) = await StartMigrationAsync("corrupt");
         await Sandbox.WaitForRequestAsync(Cluster, request, r => r?.Status?.Phase == MigrationPhases.Transferring && IncomingBytes("node-b") > 8 << 20);
@@ -58,8 +58,10 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         var status = (await Sandbox.WaitForFinalAsync(Cluster, request))!.Status!;
         output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
         Assert.Equal(MigrationPhases.RolledBack, status.Phase);
-        Assert.Equal("RestoreFailed", status.Reason);
-        Assert.Contains("does not match its SHA-256", status.Message, StringComparison.Ordinal);
+        // the target reads every file back from its disk before it counts as staged: the commit never happens
+        Assert.Equal("HandoffFailed", status.Reason);
+        Assert.Contains("does not match its SHA-256 as this node's disk holds it", status.Message, StringComparison.Ordinal);
+        Assert.Contains("The pod was thawed and runs on.", status.Message, StringComparison.Ordinal);
         await AssertSourceRunsOnAsync(pod, status);
     }
 
@@ -70,9 +72,26 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         await Cluster.Client.CoreV1.CreateNamespacedPodAsync(Sandbox.StatefulSetPod("web-0", "node-a", 32, owner), "default");
         var source = await Cluster.WaitForPodRunningAsync("web-0");
         await Sandbox.WaitForTicksAsync(Cluster, "web-0", "main", 5);
-        await Sandbox.ApplyRequestAsync(Cluster, "move-web", "web-0", "Cold", "node-b");
-        await Sandbox.WaitForRequestAsync(Cluster, "move-web", r => r?.Status?.Phase == MigrationPhases.Transferring && IncomingBytes("node-b") > 8 << 20);
-        FlipByteOfLargestPages("node-b");
+        await Sandbox.ApplyRequestAsync(Cluster, "move-web", "web-0", "PreCopy", "node-b");
+        // the pre-copy round arrives, is read back and stamped; then a byte of it flips on node-b's disk
+        // (node-b's agent held still meanwhile, so that the final images are not staged before it)
+        var node = Cluster.Node("node-b");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!Directory.Exists(node.IncomingDirectory) || !Directory.EnumerateFiles(node.IncomingDirectory, StagingLayout.StagedFile, SearchOption.AllDirectories).Any())
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromMinutes(1), "the pre-copy round was not staged on node-b within a minute");
+            await Task.Delay(5);
+        }
+
+        Prerequisites.Run("kill", "-STOP", node.Agent.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        try
+        {
+            FlipByteOfLargestPages("node-b");
+        }
+        finally
+        {
+            Prerequisites.Run("kill", "-CONT", node.Agent.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
 
         var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-web"))!.Status!;
         output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");

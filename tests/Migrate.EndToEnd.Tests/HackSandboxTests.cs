@@ -147,6 +147,8 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
         Assert.Equal((long)result["counterBefore"]! + 1, (long)result["counterAfter"]!);
         Assert.True((long)result["downtimeMs"]! > 0 && (long)result["totalMs"]! >= (long)result["downtimeMs"]!);
         Assert.True((long)result["imageBytes"]! > 64L << 20);
+        Assert.Equal("Lazy", (string)result["memoryRestore"]!);
+        Assert.Contains("memory restore           Lazy (the process ran first", demo.Output, StringComparison.Ordinal);
         Assert.Contains("continued without a gap or a restart", demo.Output, StringComparison.Ordinal);
         Assert.False(File.Exists(State));
         Figures.Record(nameof(HackSandboxTests), "make demo downtime ms", (long)result["downtimeMs"]!, "ms");

@@ -68,6 +68,7 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
         var (described, description) = await MigrateAsync(Cluster.KubeconfigPath, "describe", name);
         Assert.Equal(0, described);
         Assert.Contains("Phase:        Succeeded", description, StringComparison.Ordinal);
+        Assert.Contains($"Memory:       {status.MemoryRestore}", description, StringComparison.Ordinal);
         Assert.Contains($"Replacement:  {status.ReplacementPod}", description, StringComparison.Ordinal);
         Assert.Contains("Migrated", description, StringComparison.Ordinal);
 

@@ -90,6 +90,103 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void The_restore_runtime_serves_the_pages_as_a_detached_helper_which_ends_when_every_page_is_in()
+    {
+        const int mib = 32;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 10));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var cgroup = TestFreezer.Create(tree);
+        var (final, last, lazy) = DumpLazily(tree, cgroup);
+        cgroup.KillFrozenTree(tree.RootPid);
+        var work = Directory.CreateDirectory(Path.Combine(tree.Directory, "restore-work")).FullName;
+
+        Assert.True(LazyRestoreHelpers.Needed(final.Directory));
+        var helpers = LazyRestoreHelpers.Start("criu", _criu.GetVersion(), RepositoryLayout.RestoreRuntime, final.Directory, final.MemoryDirectory!, work, TimeSpan.FromSeconds(10));
+        try
+        {
+            Assert.True(LazyRestoreHelpers.IsHelper(helpers.DaemonPid), "the daemon runs CRIU's lazy-pages");
+            Assert.True(LazyRestoreHelpers.IsHelper(helpers.PageServerPid), "the page server runs podmig-runc's serving mode");
+            var restore = _criu.Restore(new CriuOptions { ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true }, asChild: true);
+            tree.AdoptRestoredRoot(restore.Pid);
+            Assert.Equal(last.Tick + 1, tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick after the lazy restore").Tick);
+            Assert.True(tree.RequestVerification(TickTimeout).VerifiedOk, "buffer check after the lazy restore");
+
+            Assert.Equal(0, WaitForExit(helpers.DaemonPid, TimeSpan.FromSeconds(30)));
+            Assert.Equal(0, WaitForExit(helpers.PageServerPid, TimeSpan.FromSeconds(10)));
+            var log = File.ReadAllText(Path.Combine(work, LazyRestoreHelpers.PageServerLog));
+            output.WriteLine(log.Trim());
+            Assert.Contains($" {lazy} pages", log, StringComparison.Ordinal);
+            Assert.Contains("closed by the daemon", log, StringComparison.Ordinal);
+            Assert.Equal(0, LazyRestoreHelpers.StopRecorded(work)); // both ended: nothing to stop
+        }
+        finally
+        {
+            LazyRestoreHelpers.StopRecorded(work);
+            WaitForExit(helpers.DaemonPid, TimeSpan.FromSeconds(1));
+            WaitForExit(helpers.PageServerPid, TimeSpan.FromSeconds(1));
+        }
+    }
+
+    [Fact]
+    public void Helpers_of_a_restore_given_up_on_are_stopped_by_PID_and_a_recorded_PID_that_is_no_helper_is_left_alone()
+    {
+        const int mib = 8;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 0));
+        tree.WaitForTick(t => t.Tick >= 2, TickTimeout, "two ticks");
+        using var cgroup = TestFreezer.Create(tree);
+        var (final, _, _) = DumpLazily(tree, cgroup);
+        cgroup.KillFrozenTree(tree.RootPid);
+        var work = Directory.CreateDirectory(Path.Combine(tree.Directory, "restore-work")).FullName;
+        var helpers = LazyRestoreHelpers.Start("criu", _criu.GetVersion(), RepositoryLayout.RestoreRuntime, final.Directory, final.MemoryDirectory!, work, TimeSpan.FromSeconds(10));
+        int bystander = DetachedProcess.Spawn("sleep", ["60"]);
+        try
+        {
+            File.AppendAllText(Path.Combine(work, LazyRestoreHelpers.PidsFile), $"{bystander}\n");
+
+            Assert.Equal(2, LazyRestoreHelpers.StopRecorded(work));
+            Assert.Equal(137, WaitForExit(helpers.DaemonPid, TimeSpan.FromSeconds(5)));
+            Assert.Equal(137, WaitForExit(helpers.PageServerPid, TimeSpan.FromSeconds(5)));
+            Assert.Null(DetachedProcess.TryReap(bystander)); // still running
+            Assert.False(LazyRestoreHelpers.IsHelper(bystander));
+        }
+        finally
+        {
+            DetachedProcess.Kill(bystander);
+            WaitForExit(bystander, TimeSpan.FromSeconds(5));
+            LazyRestoreHelpers.StopRecorded(work);
+        }
+    }
+
+    [Fact]
+    public void The_page_server_mode_refuses_a_bad_command_line()
+    {
+        using var log = new StringWriter();
+        Assert.Equal(2, LazyRestoreHelpers.Serve([LazyRestoreHelpers.ServeArgument, "/nonexistent"], log));
+        Assert.Equal(2, LazyRestoreHelpers.Serve([LazyRestoreHelpers.ServeArgument, "/nonexistent", "four"], log));
+        Assert.Contains("usage: --podmig-serve-pages MEMORY-DIRECTORY CRIU-VERSION", log.ToString(), StringComparison.Ordinal);
+    }
+
+    /// <summary>One pre-copy round, a moment of running, then freeze and a lazy final dump; the tree stays frozen.</summary>
+    private (PreCopyFinalDump Final, MemcounterTick Last, ulong LazyPages) DumpLazily(IsolatedProcessTree tree, TestFreezer cgroup)
+    {
+        var session = new PreCopySession(_criu, new CriuOptions
+        {
+            Pid = tree.RootPid,
+            ImagesDirectory = Path.Combine(tree.Directory, "images"),
+            LeaveRunning = true,
+            FreezeCgroup = cgroup.Freezer.Directory,
+        });
+        session.PreDump();
+        long afterRound = tree.ReadTicks()[^1].Tick;
+        tree.WaitForTick(t => t.Tick >= afterRound + 2, TickTimeout, "a moment of running after the round");
+        cgroup.Freezer.Freeze();
+        var final = session.DumpLazy();
+        var maps = CriuPagemap.ReadAll(final.Directory);
+        ulong lazy = maps.Aggregate(0UL, (s, m) => s + m.Entries.Where(e => (e.Flags & PagemapFlags.Lazy) != 0).Aggregate(0UL, (t, e) => t + e.PageCount));
+        return (final, tree.ReadTicks()[^1], lazy);
+    }
+
+    [Fact]
     public void The_page_server_refuses_a_page_it_does_not_hold_and_a_command_it_does_not_take()
     {
         var directory = Directory.CreateTempSubdirectory("migrate-pages-").FullName;

@@ -80,6 +80,7 @@ internal static class Demo
             result.TargetNode = status?.TargetNode;
             result.DowntimeMs = status?.DowntimeMillis;
             result.ImageBytes = status?.ImageBytes;
+            result.MemoryRestore = status?.MemoryRestore;
             if (status?.Phase != MigrationPhases.Succeeded)
             {
                 Say($"the migration did not succeed: {status?.Phase} {status?.Reason}: {status?.Message}");
@@ -105,6 +106,7 @@ internal static class Demo
             Console.WriteLine($"  pod default/counter moved {status.SourceNode} -> {status.TargetNode}, now {status.ReplacementPod}");
             Console.WriteLine($"  request to Succeeded     {result.TotalMs} ms");
             Console.WriteLine($"  downtime                 {status.DowntimeMillis} ms (frozen until the restored process ran)");
+            Console.WriteLine($"  memory restore           {status.MemoryRestore}{(status.MemoryRestore == MemoryRestoreModes.Lazy ? " (the process ran first; its memory followed from the images staged on " + status.TargetNode + ")" : "")}");
             Console.WriteLine($"  pre-copy rounds          {status.PreCopyRounds}");
             Console.WriteLine($"  checkpoint               {status.ImageBytes} bytes staged; {status.BytesTransferred} bytes sent to {status.TargetNode}");
             Console.WriteLine($"  last tick on {status.SourceNode,-10} {frozen.Tick}   (kubectl logs counter)");
@@ -213,5 +215,8 @@ internal static class Demo
 
         [System.Text.Json.Serialization.JsonPropertyName("imageBytes")]
         public long? ImageBytes { get; set; }
+
+        [System.Text.Json.Serialization.JsonPropertyName("memoryRestore")]
+        public string? MemoryRestore { get; set; }
     }
 }

@@ -48,6 +48,10 @@ internal static partial class Interop
         [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawn_file_actions_adddup2")]
         internal static partial int SpawnFileActionsAddDup2(nint actions, int fd, int newFd);
 
+        /// <summary>glibc 2.34 and later: the child closes every descriptor from <paramref name="from"/> up.</summary>
+        [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawn_file_actions_addclosefrom_np")]
+        internal static partial int SpawnFileActionsAddCloseFrom(nint actions, int from);
+
         [LibraryImport(Libraries.Libc, EntryPoint = "posix_spawn_file_actions_addopen", StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int SpawnFileActionsAddOpen(nint actions, int fd, string path, int flags, int mode);
 

@@ -41,7 +41,7 @@ public static class DetachedProcess
     /// Starts <paramref name="program"/> (looked up on PATH) in a new session: stdin from /dev/null,
     /// stdout and stderr appended to <paramref name="outputPath"/> (or /dev/null), and each
     /// <paramref name="descriptors"/> entry's value (a descriptor of this process) as the key's number
-    /// in the child. Returns the child's PID; whoever outlives it reaps it.
+    /// in the child; no other descriptor. Returns the child's PID; whoever outlives it reaps it.
     /// </summary>
     public static int Spawn(string program, IReadOnlyList<string> arguments, IReadOnlyDictionary<int, int>? descriptors = null, string? outputPath = null)
     {
@@ -67,6 +67,10 @@ public static class DetachedProcess
                 // dup2 onto a new number clears close-on-exec there; the starter's own copy keeps it
                 Check(Interop.Libc.SpawnFileActionsAddDup2(actions, descriptor, number), $"descriptor {number}");
             }
+
+            // nothing else the starter holds without close-on-exec (a runtime's pipes, say) reaches the child
+            int closeFrom = descriptors is { Count: > 0 } ? descriptors.Keys.Max() + 1 : 3;
+            Check(Interop.Libc.SpawnFileActionsAddCloseFrom(actions, closeFrom), "closefrom");
 
             var argv = new nint[arguments.Count + 2];
             argv[0] = Utf8(program, strings);

@@ -231,8 +231,11 @@ public sealed partial class CheckpointEngine : IDisposable
         }, cancellationToken);
     }
 
-    /// <summary>Freezes all containers, dumps each and captures file system state; the pod stays frozen.</summary>
-    public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken) =>
+    /// <summary>
+    /// Freezes all containers, dumps each and captures file system state; the pod stays frozen.
+    /// With <paramref name="lazyMemory"/>, private memory is left to a lazy restore.
+    /// </summary>
+    public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken, bool lazyMemory = false) =>
         await WithMigrationAsync(migrationId, async record =>
         {
             if (record.Phase == MigrationPhase.Frozen && record.FinalDump is not null)
@@ -248,7 +251,7 @@ public sealed partial class CheckpointEngine : IDisposable
             EnsureUnchanged(record);
             using var activity = AgentTelemetry.Source.StartActivity("checkpoint.final_dump");
             activity?.SetTag("migration.id", record.MigrationId);
-            var response = await RunCriuAsync(() => DumpFrozen(record), cancellationToken);
+            var response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory), cancellationToken);
             record.FinalDump = JsonFormatter.Default.Format(response);
             record.Phase = MigrationPhase.Frozen;
             record.Message = $"pod frozen and dumped: {response.StagedBytes} bytes staged, frozen for {response.FrozenMillis} ms so far";
@@ -355,7 +358,7 @@ public sealed partial class CheckpointEngine : IDisposable
         }
     }
 
-    private FinalDumpResponse DumpFrozen(MigrationRecord record)
+    private FinalDumpResponse DumpFrozen(MigrationRecord record, bool lazyMemory)
     {
         var response = new FinalDumpResponse { PreCopyRounds = record.RoundCount };
         var freezers = record.Containers.Select(c => CgroupFreezer.FromPath(c.FreezerDirectory)).ToList();
@@ -386,7 +389,7 @@ public sealed partial class CheckpointEngine : IDisposable
                 var stdio = new ContainerProcess(container.Pid).StandardDescriptors();
                 using var span = AgentTelemetry.Source.StartActivity("criu.dump");
                 span?.SetTag("k8s.container.name", container.Name);
-                var dump = Session(record, container).Dump();
+                var dump = FinalDumpOf(record, container, lazyMemory);
                 File.WriteAllText(Path.Combine(dump.Directory, "descriptors.json"), JsonSerializer.Serialize(stdio, StringListJson.Default.IReadOnlyListString));
                 var stats = dump.Dump.Statistics;
                 response.Containers.Add(new ContainerDump
@@ -396,7 +399,9 @@ public sealed partial class CheckpointEngine : IDisposable
                     PagesInParent = dump.PagesInParent,
                     DumpMillis = Millis(dump.Dump.Elapsed + dump.DeduplicationTime),
                     CriuFrozenMillis = Millis(stats?.FrozenTime ?? TimeSpan.Zero),
-                    ImageBytes = (ulong)DirectorySize(dump.Directory),
+                    ImageBytes = (ulong)(DirectorySize(dump.Directory) + (dump.MemoryDirectory is { } memory ? DirectorySize(memory) : 0)),
+                    LazyMemory = dump.MemoryDirectory is not null,
+                    MemoryCaptureMillis = dump.MemoryDirectory is not null ? Millis(dump.DeduplicationTime) : 0,
                 });
                 AgentTelemetry.DumpDuration.Record(dump.Dump.Elapsed.TotalMilliseconds);
                 AgentTelemetry.PagesWritten.Add((long)dump.PagesWritten, new KeyValuePair<string, object?>("stage", "final"));
@@ -448,6 +453,33 @@ public sealed partial class CheckpointEngine : IDisposable
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// A container's final dump: with lazy memory when asked and this node's CRIU can, else a plain
+    /// one (also when the lazy dump fails: the tree is still frozen, and a plain dump restores anywhere).
+    /// </summary>
+    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory)
+    {
+        var session = Session(record, container);
+        if (lazyMemory)
+        {
+            try
+            {
+                return session.DumpLazy();
+            }
+            catch (Exception e) when (e is CriuException or IOException or InvalidDataException)
+            {
+                LogLazyDumpFailed(e, record.MigrationId, container.Name);
+                var memory = Path.Combine(record.StagingDirectory, StagingLayout.LazyMemoryImages(container.Name));
+                if (Directory.Exists(memory))
+                {
+                    Directory.Delete(memory, recursive: true);
+                }
+            }
+        }
+
+        return session.Dump();
     }
 
     private PreCopySession Session(MigrationRecord record, ContainerRecord container)
@@ -766,6 +798,9 @@ public sealed partial class CheckpointEngine : IDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms")]
     private partial void LogDumped(string migration, ulong bytes, uint frozen);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
+    private partial void LogLazyDumpFailed(Exception error, string migration, string container);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: final dump failed while {Step}")]
     private partial void LogDumpFailed(Exception error, string migration, string step);

@@ -87,7 +87,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         }, cancellationToken);
         if (start)
         {
-            Run(request.MigrationId, ct => RunHandoffAsync(request.MigrationId, ct));
+            Run(request.MigrationId, ct => RunHandoffAsync(request.MigrationId, request.LazyMemory, ct));
         }
 
         return engine.Get(request.MigrationId);
@@ -230,14 +230,14 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         }
     }
 
-    private async Task RunHandoffAsync(string id, CancellationToken cancellationToken)
+    private async Task RunHandoffAsync(string id, bool lazyMemory, CancellationToken cancellationToken)
     {
         var target = engine.Find(id)!.Target!;
         bool committing = false;
         try
         {
             var clock = Stopwatch.StartNew();
-            await engine.FinalDumpAsync(id, cancellationToken);
+            await engine.FinalDumpAsync(id, cancellationToken, lazyMemory);
             await engine.UpdateAsync(id, r =>
             {
                 r.Handoff.Step = HandoffStep.Sending;
@@ -486,11 +486,18 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
 
     private static void End(MigrationRecord record, OperationState state, string reason, string message)
     {
-        record.Operation ??= Begin(record.Operation?.Kind ?? "");
-        record.Operation.State = state;
-        record.Operation.Reason = reason;
-        record.Operation.Message = message;
-        record.Operation.EndedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+        // one new object, swapped in at once: a status read concurrently sees the running operation or the
+        // ended one, never "failed" with the message still to come
+        var started = record.Operation ?? Begin("");
+        record.Operation = new OperationRecord
+        {
+            Kind = started.Kind,
+            State = state,
+            Reason = reason,
+            Message = message,
+            StartedUnixMillis = started.StartedUnixMillis,
+            EndedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
+        };
         record.Message = message;
     }
 

@@ -21,7 +21,7 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         Call(() => checkpoints.PreDumpAsync(request, context.CancellationToken));
 
     public override Task<FinalDumpResponse> FinalDump(FinalDumpRequest request, ServerCallContext context) =>
-        Call(() => checkpoints.FinalDumpAsync(request.MigrationId, context.CancellationToken));
+        Call(() => checkpoints.FinalDumpAsync(request.MigrationId, context.CancellationToken, request.LazyMemory));
 
     public override Task<MigrationStatus> StartPreCopy(StartPreCopyRequest request, ServerCallContext context) =>
         Call(() => operations.StartPreCopyAsync(request, context.CancellationToken));

@@ -301,10 +301,28 @@ public sealed partial class ImageReceiver : IDisposable
         var directory = DirectoryOf(migrationId);
         if (Directory.Exists(directory))
         {
+            StopLazyHelpers(directory);
             Directory.Delete(directory, recursive: true);
         }
 
         _events?.Changed(migrationId);
+    }
+
+    /// <summary>
+    /// The page servers and lazy-pages daemons of restores that did not succeed (a restore runtime
+    /// killed mid-way leaves them waiting); those of a restored container fill its memory to the end
+    /// and exit by themselves (their files stay readable after the images are removed).
+    /// </summary>
+    private static void StopLazyHelpers(string directory)
+    {
+        foreach (var work in Directory.EnumerateDirectories(directory, "restore-*"))
+        {
+            var container = Path.GetFileName(work)["restore-".Length..];
+            if (!File.Exists(Path.Combine(directory, StagingLayout.RestoredFile(container))))
+            {
+                Migrate.Criu.Lazy.LazyRestoreHelpers.StopRecorded(work);
+            }
+        }
     }
 
     public void Dispose()
@@ -649,9 +667,45 @@ public sealed partial class ImageReceiver : IDisposable
                 File.CreateSymbolicLink(at, target);
             }
 
+            ReadBack();
             File.WriteAllText(Path.Combine(_directory, StagedFile), JsonFormatter.Default.Format(_manifest));
             File.Delete(Path.Combine(_directory, ProgressFile));
             return new UploadStaged { Bytes = (ulong)Received, Files = (uint)_received.Length };
+        }
+
+        /// <summary>
+        /// Hashes every file this upload wrote again, as this node's disk holds it (a byte changed after
+        /// it was hashed on arrival is caught here), and stamps it then: the restore, while the pod is
+        /// frozen, re-reads only a file whose stamp changed since. A file an earlier upload staged keeps
+        /// the stamp it got then (a change since is the restore's to find).
+        /// </summary>
+        private void ReadBack()
+        {
+            var stampsFile = Path.Combine(_directory, StagingLayout.StampsFile);
+            var known = StagedFileStamp.Load(stampsFile);
+            var stamps = new List<StagedFileStamp>(_manifest.Files.Count);
+            for (int i = 0; i < _manifest.Files.Count; i++)
+            {
+                var file = _manifest.Files[i];
+                if (_verified[i] && known.TryGetValue(file.Path, out var earlier) && earlier.Size == (long)file.Size)
+                {
+                    stamps.Add(earlier);
+                    continue;
+                }
+
+                var path = Path.Combine(_filesRoot, file.Path);
+                using (var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20))
+                {
+                    if (!SHA256.HashData(stream).AsSpan().SequenceEqual(file.Sha256.Span))
+                    {
+                        throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 as this node's disk holds it: the staged images are corrupted");
+                    }
+                }
+
+                stamps.Add(StagedFileStamp.Of(path, file.Path) ?? throw new IOException($"{path} cannot be examined (statx)"));
+            }
+
+            StagedFileStamp.Write(stampsFile, stamps);
         }
 
         public void Dispose()

@@ -192,6 +192,7 @@ public sealed partial class IncomingMigrations : BackgroundService
                         state.Waiting = false;
                         state.RestoredUnixMillis = report?.RestoredUnixMillis ?? 0;
                         state.RestoreMillis = (uint)(report?.RestoreMillis ?? 0);
+                        state.LazyMemory = report?.LazyMemory ?? false;
                         break;
                     case "failed":
                         state.Error = File.ReadAllText(file).Trim();

@@ -250,7 +250,9 @@ public static class MigrationDecisions
                 return (reason, Sentence($"{failed.Kind} on {_s.SourceNode} failed ({failed.Reason}): {failed.Message}"));
             }
 
-            if (!Retired && f.SourceAgent.Reachable && (Source is null && Phase != MigrationPhases.Checkpointing || Source?.Phase is MigrationPhase.Resumed or MigrationPhase.Cleaned))
+            // (a source thawed while its operation still runs is an operation failing: it says why in a moment)
+            if (!Retired && f.SourceAgent.Reachable && (Source is null && Phase != MigrationPhases.Checkpointing
+                || Source?.Phase is MigrationPhase.Resumed or MigrationPhase.Cleaned && Source.Operation?.State != OperationState.Running))
             {
                 return (Reasons.SourceAgentRestarted, $"The agent on {_s.SourceNode} no longer holds the migration (it restarted and thawed the pod, or lost its staging directory).");
             }
@@ -413,6 +415,11 @@ public static class MigrationDecisions
             }
 
             _s.DowntimeMillis = Downtime();
+            if (Incoming?.Restores.Where(r => r.Restored).ToList() is { Count: > 0 } restored)
+            {
+                _s.MemoryRestore = restored.Any(r => r.LazyMemory) ? MemoryRestoreModes.Lazy : MemoryRestoreModes.Full;
+            }
+
             return MoveTo(MigrationPhases.CuttingOver, $"The replacement pod {f.Replacement!.Metadata.Name} runs on {_s.TargetNode}; retiring the source.");
         }
 

@@ -36,6 +36,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     /// <summary>Per-migration send-rate cap handed to the source agent (0: none).</summary>
     public ulong BandwidthPerMigration { get; init; }
 
+    /// <summary>Ask for lazy memory where the target's CRIU can restore it (<see cref="OperatorOptions.LazyRestore"/>).</summary>
+    public bool LazyRestore { get; init; } = true;
+
     /// <summary>The migration id agents know a request by: its UID (a DNS label).</summary>
     public static string MigrationId(MigrationRequest request) => request?.Metadata.Uid ?? throw new ArgumentNullException(nameof(request));
 
@@ -165,8 +168,12 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.StartHandoff:
-                await Agent(facts.SourceNode, status.SourceNode).StartHandoffAsync(new StartHandoffRequest { MigrationId = id, Target = Target(facts, request, status.TargetNode!) },
-                    cancellationToken: cancellationToken);
+                await Agent(facts.SourceNode, status.SourceNode).StartHandoffAsync(new StartHandoffRequest
+                {
+                    MigrationId = id,
+                    Target = Target(facts, request, status.TargetNode!),
+                    LazyMemory = LazyRestore && facts.TargetNode is { } targetNode && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
+                }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.StartTransfer transfer:
                 await Agent(facts.SourceNode, status.SourceNode).StartTransferAsync(new StartTransferRequest { MigrationId = id, Target = Target(facts, request, transfer.Node) },

@@ -106,6 +106,8 @@ public sealed class MigrationDecisionsTests
             d => { RollsBack(d, "PreCopyFailed"); Assert.Contains("criu died", d.Status.Message, StringComparison.Ordinal); }),
         new("the handoff failed on the source", () => At("Transferring") with { SourceAgent = Source(preCopy: Op("Handoff", OperationState.Failed, "TransferFailed", "node-b refused")) }, d => RollsBack(d, "HandoffFailed")),
         new("the source agent lost the migration (it restarted and thawed)", () => At("Transferring") with { SourceAgent = Source(MigrationPhase.Resumed) }, d => RollsBack(d, "SourceAgentRestarted")),
+        new("the source thawed while its handoff still runs: the failure is on its way, wait for its reason",
+            () => At("Transferring") with { Replacement = Waiting(), SourceAgent = Source(MigrationPhase.Resumed, preCopy: Op("Handoff", OperationState.Running)) }, d => Waits(d)),
         new("the restore runtime reports an error", () => At("Restoring") with { Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Committed), TargetAgent = Target(error: "CRIU: no such file") },
             d => RollsBack(d, "RestoreFailed")),
         new("the replacement cannot start", () => At("Restoring") with { Replacement = Pod(Replacement, "node-b", "Pending", waiting: "RunContainerError"), SourceAgent = Source(handoff: HandoffStep.Committed) },

@@ -1,0 +1,134 @@
+using System.Globalization;
+using System.Net.Sockets;
+using Migrate.Criu.Images;
+
+namespace Migrate.Criu.Lazy;
+
+/// <summary>
+/// The two processes a lazy restore needs beside CRIU's restore: CRIU's lazy-pages daemon and a
+/// <see cref="PageServer"/> over the staged memory, joined by a socket pair. Both are detached
+/// (they outlive whoever started them, until every page is in place) and recorded by PID in the
+/// restore's work directory, so that whoever gives up on the restore stops exactly them.
+/// </summary>
+/// <param name="DaemonPid">CRIU's lazy-pages daemon.</param>
+/// <param name="PageServerPid">The page server (a program started with <see cref="ServeArgument"/>).</param>
+/// <param name="WorkDirectory">The restore's work directory: the daemon's socket and log, the page server's log, the PID file.</param>
+public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string WorkDirectory)
+{
+    /// <summary>The PID file, in the work directory.</summary>
+    public const string PidsFile = "lazy-helpers.pids";
+
+    /// <summary>The page server's log, in the work directory.</summary>
+    public const string PageServerLog = "page-server.log";
+
+    /// <summary>The first argument that makes a program serve pages (see <see cref="Serve"/>).</summary>
+    public const string ServeArgument = "--podmig-serve-pages";
+
+    /// <summary>Whether a final image set leaves memory to a lazy restore (some of its pages are marked lazy).</summary>
+    public static bool Needed(string imagesDirectory) =>
+        CriuPagemap.ReadAll(imagesDirectory).Any(m => m.Entries.Any(e => (e.Flags & PagemapFlags.Lazy) != 0));
+
+    /// <summary>
+    /// Starts the page server (<paramref name="serverProgram"/> <see cref="ServeArgument"/> memory version,
+    /// the socket on its descriptor 3) and the daemon for <paramref name="imagesDirectory"/>, waits until the
+    /// daemon listens, and records both. On failure neither is left running.
+    /// </summary>
+    public static LazyRestoreHelpers Start(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory, TimeSpan readyTimeout)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(serverProgram);
+        var (daemonEnd, serverEnd) = DetachedProcess.SocketPair();
+        using (daemonEnd)
+        using (serverEnd)
+        {
+            int server = DetachedProcess.Spawn(serverProgram, [ServeArgument, Path.GetFullPath(memoryDirectory), version.ToString()],
+                new Dictionary<int, int> { [3] = (int)serverEnd.SafeHandle.DangerousGetHandle() },
+                Path.Combine(workDirectory, PageServerLog));
+            int daemon;
+            try
+            {
+                daemon = LazyPagesDaemon.Start(criuBinary, imagesDirectory, workDirectory, daemonEnd, readyTimeout);
+            }
+            catch
+            {
+                DetachedProcess.Kill(server);
+                DetachedProcess.TryReap(server);
+                throw;
+            }
+
+            var helpers = new LazyRestoreHelpers(daemon, server, workDirectory);
+            File.WriteAllText(Path.Combine(workDirectory, PidsFile), string.Create(CultureInfo.InvariantCulture, $"{daemon}\n{server}\n"));
+            return helpers;
+        }
+    }
+
+    /// <summary>
+    /// Kills the helpers recorded in <paramref name="workDirectory"/> that are still running and still
+    /// ours (their command line is the daemon's or the page server's: a reused PID is left alone).
+    /// Returns how many were killed.
+    /// </summary>
+    public static int StopRecorded(string workDirectory)
+    {
+        var file = Path.Combine(workDirectory, PidsFile);
+        if (!File.Exists(file))
+        {
+            return 0;
+        }
+
+        int killed = 0;
+        foreach (var line in File.ReadAllLines(file))
+        {
+            if (int.TryParse(line, NumberStyles.None, CultureInfo.InvariantCulture, out int pid) && pid > 1 && IsHelper(pid) && DetachedProcess.Kill(pid))
+            {
+                DetachedProcess.TryReap(pid);
+                killed++;
+            }
+        }
+
+        return killed;
+    }
+
+    /// <summary>Whether <paramref name="pid"/> runs CRIU's lazy-pages daemon or a page server.</summary>
+    public static bool IsHelper(int pid)
+    {
+        try
+        {
+            var arguments = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/cmdline").Split('\0');
+            return arguments.Contains("lazy-pages", StringComparer.Ordinal) || arguments.Contains(ServeArgument, StringComparer.Ordinal);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false; // gone
+        }
+    }
+
+    /// <summary>
+    /// The page server's process: <c>[ServeArgument, memoryDirectory, criuVersion]</c>, the daemon's
+    /// socket on descriptor 3. Serves until the daemon ends the session; 0 when it did, 1 otherwise.
+    /// </summary>
+    public static int Serve(IReadOnlyList<string> arguments, TextWriter log)
+    {
+        ArgumentNullException.ThrowIfNull(arguments);
+        ArgumentNullException.ThrowIfNull(log);
+        if (arguments.Count != 3 || arguments[0] != ServeArgument || CriuVersion.TryParse("Version: " + arguments[2]) is not { } version)
+        {
+            log.WriteLine($"usage: {ServeArgument} MEMORY-DIRECTORY CRIU-VERSION (the lazy-pages daemon's socket on descriptor 3)");
+            return 2;
+        }
+
+        try
+        {
+            using var socket = new Socket(new SafeSocketHandle(3, ownsHandle: true));
+            using var stream = new NetworkStream(socket, ownsSocket: false);
+            using var server = new PageServer(arguments[1], PageServerProtocol.For(version));
+            var report = server.Serve(stream);
+            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"page server: {report.Requests} requests, {report.PagesServed} pages ({report.BytesServed} bytes) in {report.Elapsed.TotalMilliseconds:0} ms; {(report.ClosedByDaemon ? "closed by the daemon" : "the daemon went away")}"));
+            return report.ClosedByDaemon ? 0 : 1;
+        }
+        catch (Exception e) when (e is PageServerException or IOException or InvalidDataException or UnauthorizedAccessException or SocketException or Google.Protobuf.InvalidProtocolBufferException)
+        {
+            log.WriteLine("page server failed: " + e.Message);
+            return 1;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Migrate.Api;
+
+/// <summary>
+/// What a staged file was when the target agent verified its digest: size, inode and change time
+/// (the kernel moves the change time on every write, and nothing can set it back). The restore
+/// runtime re-reads (and re-hashes) only a file whose stamp differs, so the digests are not
+/// computed a second time while the pod is frozen, and a file changed since is still caught.
+/// </summary>
+public sealed partial record StagedFileStamp(string Path, long Size, ulong Device, ulong Inode, long ChangeSeconds, uint ChangeNanoseconds)
+{
+    /// <summary>The stamp of <paramref name="fullPath"/>, recorded under <paramref name="path"/>; null if it cannot be read.</summary>
+    public static StagedFileStamp? Of(string fullPath, string path)
+    {
+        ArgumentNullException.ThrowIfNull(fullPath);
+        var stat = default(StatxBuffer);
+        // AT_FDCWD, no automount, not following a final link (a staged file is never one), size/ino/ctime
+        if (NativeMethods.Statx(-100, fullPath, 0x800 | 0x100, 0x200 | 0x100 | 0x80, ref stat) != 0)
+        {
+            return null;
+        }
+
+        return new StagedFileStamp(path, stat.Size, ((ulong)stat.DeviceMajor << 32) | stat.DeviceMinor, stat.Inode, stat.ChangeSeconds, stat.ChangeNanoseconds);
+    }
+
+    /// <summary>Whether <paramref name="fullPath"/> is still exactly the file this stamp describes.</summary>
+    public bool Matches(string fullPath) => Of(fullPath, Path) == this;
+
+    /// <summary>Writes <paramref name="stamps"/> to <paramref name="stampsFile"/> (replacing what it held).</summary>
+    public static void Write(string stampsFile, IEnumerable<StagedFileStamp> stamps)
+    {
+        ArgumentNullException.ThrowIfNull(stamps);
+        var temporary = stampsFile + ".tmp";
+        File.WriteAllText(temporary, JsonSerializer.Serialize(stamps.ToList(), StagedFileStampJson.Default.ListStagedFileStamp));
+        File.Move(temporary, stampsFile, overwrite: true);
+    }
+
+    /// <summary>The recorded stamps by path (empty when none were recorded or the file is unreadable).</summary>
+    public static IReadOnlyDictionary<string, StagedFileStamp> Load(string stampsFile)
+    {
+        try
+        {
+            var stamps = JsonSerializer.Deserialize(File.ReadAllText(stampsFile), StagedFileStampJson.Default.ListStagedFileStamp) ?? [];
+            return stamps.GroupBy(s => s.Path, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.First(), StringComparer.Ordinal);
+        }
+        catch (Exception e) when (e is IOException or JsonException or UnauthorizedAccessException)
+        {
+            return new Dictionary<string, StagedFileStamp>(StringComparer.Ordinal);
+        }
+    }
+
+    /// <summary>The prefix of <c>struct statx</c> (the kernel's layout, the same on every architecture), padded to its full 256 bytes.</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 256)]
+    private struct StatxBuffer
+    {
+        [FieldOffset(32)]
+        public ulong Inode;
+
+        [FieldOffset(40)]
+        public long Size;
+
+        [FieldOffset(96)]
+        public long ChangeSeconds;
+
+        [FieldOffset(104)]
+        public uint ChangeNanoseconds;
+
+        [FieldOffset(136)]
+        public uint DeviceMajor;
+
+        [FieldOffset(140)]
+        public uint DeviceMinor;
+    }
+
+    private static partial class NativeMethods
+    {
+        [LibraryImport("libc", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]
+        internal static partial int Statx(int directory, string path, int flags, uint mask, ref StatxBuffer buffer);
+    }
+}
+
+[JsonSerializable(typeof(List<StagedFileStamp>))]
+public sealed partial class StagedFileStampJson : JsonSerializerContext;
