@@ -170,6 +170,17 @@ public sealed class ImageFormatTests : IDisposable
     }
 
     [Theory]
+    [InlineData(PagemapFlags.Lazy, true)] // a lazy dump left it out
+    [InlineData(PagemapFlags.Lazy | PagemapFlags.Present, false)] // any dump marks private anonymous memory lazy and writes it
+    [InlineData(PagemapFlags.Lazy | PagemapFlags.Parent, false)]
+    [InlineData(PagemapFlags.Present, false)]
+    [InlineData(PagemapFlags.None, false)]
+    public void Only_lazy_pages_that_are_not_in_the_image_chain_are_left_to_a_lazy_restore(PagemapFlags flags, bool left)
+    {
+        Assert.Equal(left, new PagemapEntry(0x1000, 1, flags).IsLeftLazy);
+    }
+
+    [Theory]
     [InlineData("Version: 4.1.1\n", "4.1.1")]
     [InlineData("Version: 4.2\nGitID: v4.2-12-gabc\n", "4.2.0")]
     [InlineData("  Version: 3.17.1  \n", "3.17.1")]

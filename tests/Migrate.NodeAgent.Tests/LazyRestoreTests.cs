@@ -106,7 +106,23 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         {
             Assert.True(LazyRestoreHelpers.IsHelper(helpers.DaemonPid), "the daemon runs CRIU's lazy-pages");
             Assert.True(LazyRestoreHelpers.IsHelper(helpers.PageServerPid), "the page server runs podmig-runc's serving mode");
-            var restore = _criu.Restore(new CriuOptions { ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true }, asChild: true);
+            CriuRestoreResult restore;
+            try
+            {
+                restore = _criu.Restore(new CriuOptions { ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true }, asChild: true);
+            }
+            catch (CriuException)
+            {
+                output.WriteLine("lazy-pages daemon: " + LazyPagesDaemon.LogTail(work));
+                foreach (var file in Directory.EnumerateFiles(work, "*.log"))
+                {
+                    output.WriteLine(file + ":\n" + string.Join("\n", File.ReadLines(file).TakeLast(40)));
+                }
+
+                output.WriteLine("page server: " + (File.Exists(Path.Combine(work, LazyRestoreHelpers.PageServerLog)) ? File.ReadAllText(Path.Combine(work, LazyRestoreHelpers.PageServerLog)) : "no log"));
+                throw;
+            }
+
             tree.AdoptRestoredRoot(restore.Pid);
             Assert.Equal(last.Tick + 1, tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick after the lazy restore").Tick);
             Assert.True(tree.RequestVerification(TickTimeout).VerifiedOk, "buffer check after the lazy restore");
@@ -318,10 +334,18 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             }
         }
 
-        /// <summary>Kills the frozen tree (a frozen process dies only once thawed) and waits until its root is gone.</summary>
+        /// <summary>
+        /// Kills the frozen tree and waits until its root is gone. Every process of it gets SIGKILL while
+        /// frozen (it dies once thawed): killing the root alone would let the others run between the thaw
+        /// and the namespace's end, and write to files the dump recorded.
+        /// </summary>
         public void KillFrozenTree(int rootPid)
         {
-            DetachedProcess.Kill(rootPid);
+            foreach (var pid in Freezer.Processes().Append(rootPid).Distinct())
+            {
+                DetachedProcess.Kill(pid);
+            }
+
             Freezer.Thaw();
             for (int i = 0; i < 500 && Directory.Exists($"/proc/{rootPid}"); i++)
             {

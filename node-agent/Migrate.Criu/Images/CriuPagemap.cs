@@ -28,6 +28,12 @@ public readonly record struct PagemapEntry(ulong Address, uint PageCount, Pagema
     public bool IsPresent => (Flags & PagemapFlags.Present) != 0;
 
     public bool IsInParent => (Flags & PagemapFlags.Parent) != 0;
+
+    /// <summary>
+    /// The pages are left to a lazy restore: marked lazy and neither here nor in the parent. (CRIU marks
+    /// every private anonymous run lazy, in any dump; only a lazy dump leaves such runs out.)
+    /// </summary>
+    public bool IsLeftLazy => (Flags & (PagemapFlags.Lazy | PagemapFlags.Present | PagemapFlags.Parent)) == PagemapFlags.Lazy;
 }
 
 /// <summary>

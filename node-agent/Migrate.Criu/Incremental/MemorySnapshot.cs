@@ -115,7 +115,7 @@ public static class MemorySnapshot
         var inParent = new bool[BatchPages];
         foreach (var map in CriuPagemap.ReadAll(lazyDumpDirectory))
         {
-            var lazy = map.Entries.Where(e => (e.Flags & PagemapFlags.Lazy) != 0).ToList();
+            var lazy = map.Entries.Where(e => e.IsLeftLazy).ToList();
             if (lazy.Count == 0)
             {
                 continue;

@@ -24,9 +24,9 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// <summary>The first argument that makes a program serve pages (see <see cref="Serve"/>).</summary>
     public const string ServeArgument = "--podmig-serve-pages";
 
-    /// <summary>Whether a final image set leaves memory to a lazy restore (some of its pages are marked lazy).</summary>
+    /// <summary>Whether a final image set leaves memory to a lazy restore (some of its pages are lazy and not in the set).</summary>
     public static bool Needed(string imagesDirectory) =>
-        CriuPagemap.ReadAll(imagesDirectory).Any(m => m.Entries.Any(e => (e.Flags & PagemapFlags.Lazy) != 0));
+        CriuPagemap.ReadAll(imagesDirectory).Any(m => m.Entries.Any(e => e.IsLeftLazy));
 
     /// <summary>
     /// Starts the page server (<paramref name="serverProgram"/> <see cref="ServeArgument"/> memory version,

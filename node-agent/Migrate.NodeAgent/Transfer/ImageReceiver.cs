@@ -468,7 +468,7 @@ public sealed partial class ImageReceiver : IDisposable
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms")]
     private partial void LogStaged(string migration, ulong bytes, long millis);
 
-    /// <summary>One upload's files: resume offsets, running digests, the file being written.</summary>
+    /// <summary>One upload's files: resume offsets, the file being written; digests checked once at the end.</summary>
     private sealed class IncomingSession : IDisposable
     {
         private readonly string _directory;
@@ -477,7 +477,6 @@ public sealed partial class ImageReceiver : IDisposable
         private readonly Agent.V1.Compression _compression;
         private readonly int _maxChunk;
         private readonly long[] _received;
-        private readonly IncrementalHash?[] _hashes;
         private readonly bool[] _verified;
         private ZstdSharp.Decompressor? _decompressor;
         private FileStream? _open;
@@ -491,7 +490,6 @@ public sealed partial class ImageReceiver : IDisposable
             _compression = compression;
             _maxChunk = maxChunk;
             _received = new long[manifest.Files.Count];
-            _hashes = new IncrementalHash?[manifest.Files.Count];
             _verified = new bool[manifest.Files.Count];
         }
 
@@ -522,7 +520,6 @@ public sealed partial class ImageReceiver : IDisposable
                 else if (previous?.Files.Contains(file) == true && onDisk >= 0 && onDisk <= (long)file.Size)
                 {
                     session._received[i] = onDisk;
-                    session._hashes[i] = HashPrefix(path, onDisk);
                 }
                 else if (onDisk >= 0 || File.Exists(path))
                 {
@@ -609,7 +606,6 @@ public sealed partial class ImageReceiver : IDisposable
 
                 var stream = StreamFor(index);
                 await stream.WriteAsync(data, cancellationToken);
-                (_hashes[index] ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256)).AppendData(data.Span);
                 _received[index] += data.Length;
                 ReceivedThisStream += data.Length;
                 return data.Length;
@@ -641,19 +637,16 @@ public sealed partial class ImageReceiver : IDisposable
                     throw Reject(StatusCode.DataLoss, "incomplete", $"{file.Path} arrived with {_received[i]} of its {file.Size} bytes");
                 }
 
-                if (_hashes[i] is null)
+                if (file.Size == 0 && !File.Exists(path))
                 {
                     // an empty file: nothing was written
                     Directory.CreateDirectory(Path.GetDirectoryName(path)!, OwnerOnly);
                     File.WriteAllBytes(path, []);
                 }
-
-                var digest = (_hashes[i] ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256)).GetHashAndReset();
-                if (!digest.AsSpan().SequenceEqual(file.Sha256.Span))
-                {
-                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256: the images were corrupted on the way");
-                }
             }
+
+            // the digests: every file this upload wrote, read back once from the disk (ReadBack)
+            ReadBack();
 
             foreach (var link in _manifest.ParentLinks)
             {
@@ -667,15 +660,14 @@ public sealed partial class ImageReceiver : IDisposable
                 File.CreateSymbolicLink(at, target);
             }
 
-            ReadBack();
             File.WriteAllText(Path.Combine(_directory, StagedFile), JsonFormatter.Default.Format(_manifest));
             File.Delete(Path.Combine(_directory, ProgressFile));
             return new UploadStaged { Bytes = (ulong)Received, Files = (uint)_received.Length };
         }
 
         /// <summary>
-        /// Hashes every file this upload wrote again, as this node's disk holds it (a byte changed after
-        /// it was hashed on arrival is caught here), and stamps it then: the restore, while the pod is
+        /// Hashes every file this upload wrote as this node's disk holds it (what the network or the
+        /// disk changed is caught alike; one pass, no running digest while the bytes arrive), and stamps it then: the restore, while the pod is
         /// frozen, re-reads only a file whose stamp changed since. A file an earlier upload staged keeps
         /// the stamp it got then (a change since is the restore's to find).
         /// </summary>
@@ -698,7 +690,7 @@ public sealed partial class ImageReceiver : IDisposable
                 {
                     if (!SHA256.HashData(stream).AsSpan().SequenceEqual(file.Sha256.Span))
                     {
-                        throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 as this node's disk holds it: the staged images are corrupted");
+                        throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 (read back from this node's disk): the images were corrupted on the way or on the disk");
                     }
                 }
 
@@ -711,11 +703,6 @@ public sealed partial class ImageReceiver : IDisposable
         public void Dispose()
         {
             CloseOpen();
-            foreach (var hash in _hashes)
-            {
-                hash?.Dispose();
-            }
-
             _decompressor?.Dispose();
         }
 
@@ -754,34 +741,6 @@ public sealed partial class ImageReceiver : IDisposable
             _open?.Dispose();
             _open = null;
             _openIndex = -1;
-        }
-
-        private static IncrementalHash HashPrefix(string path, long length)
-        {
-            var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            using var stream = File.OpenRead(path);
-            var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
-            try
-            {
-                long left = length;
-                while (left > 0)
-                {
-                    int read = stream.Read(buffer, 0, (int)Math.Min(buffer.Length, left));
-                    if (read == 0)
-                    {
-                        break;
-                    }
-
-                    hash.AppendData(buffer, 0, read);
-                    left -= read;
-                }
-            }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(buffer);
-            }
-
-            return hash;
         }
 
         private static Manifest? Read(string path) =>
