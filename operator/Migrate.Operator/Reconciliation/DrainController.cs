@@ -190,25 +190,33 @@ public sealed partial class DrainController : BackgroundService
         status.Remaining = remaining;
         status.BlockingPods = blocking;
         status.ObservedGeneration = drain.Metadata.Generation;
-        if (remaining == 0 && inFlight == 0)
+        status.Phase = PhaseOf(remaining, inFlight, blocking.Count);
+        if (status.Phase == NodeDrainStatus.Drained)
         {
-            status.Phase = NodeDrainStatus.Drained;
             status.CompletionTime ??= time.GetUtcNow().UtcDateTime;
             status.Message = $"Node {nodeName} is drained: {status.Migrated} pod(s) migrated, {status.Evicted} evicted.";
         }
-        else if (blocking.Count == remaining)
+        else if (status.Phase == NodeDrainStatus.Blocked)
         {
-            status.Phase = NodeDrainStatus.Blocked;
             status.Message = $"{remaining} pod(s) on node {nodeName} cannot be moved or evicted now; see blockingPods.";
         }
         else
         {
-            status.Phase = NodeDrainStatus.Draining;
             status.Message = $"{remaining} pod(s) left on node {nodeName}: {inFlight} migrating, {blocking.Count} blocked.";
         }
 
         await WriteStatusAsync(drain, status, previousPhase, cancellationToken);
     }
+
+    /// <summary>
+    /// A drain's phase from what is left on its node: drained when no pod is left and no migration of
+    /// it still runs (a migration's request ends a moment after its source pod goes); blocked only
+    /// when pods are left and every one of them is blocked.
+    /// </summary>
+    public static string PhaseOf(int remaining, int inFlight, int blocked) =>
+        remaining == 0 && inFlight == 0 ? NodeDrainStatus.Drained
+        : remaining > 0 && blocked == remaining ? NodeDrainStatus.Blocked
+        : NodeDrainStatus.Draining;
 
     /// <summary>What a drain acts on: like kubectl drain, not mirror pods, DaemonSet pods or pods that have finished.</summary>
     private static bool Drainable(V1Pod pod) =>
