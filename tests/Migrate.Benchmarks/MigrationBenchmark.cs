@@ -98,7 +98,7 @@ public static class MigrationBenchmark
         Console.WriteLine($"  every figure: {json}; plot: {plot}; docs/benchmarks.md and docs/benchmarks.png rewritten");
     }
 
-    private static string Option(IReadOnlyList<string> args, string name, string fallback)
+    internal static string Option(IReadOnlyList<string> args, string name, string fallback)
     {
         int at = args.ToList().IndexOf(name);
         return at >= 0 && at + 1 < args.Count ? args[at + 1] : fallback;
@@ -123,14 +123,22 @@ public static class MigrationBenchmark
         }
     }
 
-    private static async Task<V1Pod> StartWorkloadAsync(SandboxCluster cluster, string name, int mib, double dirty)
+    /// <summary>A memcounter pod on <paramref name="node"/>, once it ticks steadily.</summary>
+    internal static async Task<V1Pod> StartWorkloadAsync(SandboxCluster cluster, string name, int mib, double dirty, string node = "node-a",
+        IReadOnlyDictionary<string, string>? labels = null)
     {
+        var podLabels = new Dictionary<string, string> { ["app"] = "bench" };
+        foreach (var (key, value) in labels ?? new Dictionary<string, string>())
+        {
+            podLabels[key] = value;
+        }
+
         await cluster.Client.CoreV1.CreateNamespacedPodAsync(new V1Pod
         {
-            Metadata = new V1ObjectMeta { Name = name, Labels = new Dictionary<string, string> { ["app"] = "bench" } },
+            Metadata = new V1ObjectMeta { Name = name, Labels = podLabels },
             Spec = new V1PodSpec
             {
-                NodeName = "node-a",
+                NodeName = node,
                 TerminationGracePeriodSeconds = 0,
                 Containers = [new V1Container
                 {
@@ -144,7 +152,7 @@ public static class MigrationBenchmark
         }, "default");
         var pod = await cluster.WaitForPodRunningAsync(name, timeout: TimeSpan.FromMinutes(2));
         // memcounter fills its memory before its first tick; a few ticks later it is in its steady state
-        await WaitForAsync(() => cluster.Node("node-a").LoggedTicks("default", name, "main", pod.Metadata.Uid).Count >= 5, TimeSpan.FromMinutes(2), $"{name} to tick");
+        await WaitForAsync(() => cluster.Node(node).LoggedTicks("default", name, "main", pod.Metadata.Uid).Count >= 5, TimeSpan.FromMinutes(2), $"{name} to tick");
         return pod;
     }
 
@@ -215,7 +223,7 @@ public static class MigrationBenchmark
     /// verification failed (memcounter verifies its buffer's checksum on the first tick after a pause
     /// of several intervals, so every move that froze it that long is checked).
     /// </summary>
-    private static async Task<bool> ContinuedAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after)
+    internal static async Task<bool> ContinuedAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after)
     {
         IReadOnlyList<MemcounterTick> ticks = [];
         var deadline = Stopwatch.StartNew();
@@ -234,7 +242,7 @@ public static class MigrationBenchmark
         return continued;
     }
 
-    private static async Task DeletePodAsync(SandboxCluster cluster, string name)
+    internal static async Task DeletePodAsync(SandboxCluster cluster, string name)
     {
         try
         {
@@ -249,9 +257,9 @@ public static class MigrationBenchmark
             TimeSpan.FromMinutes(1), $"pod {name} to go");
     }
 
-    private static Task WaitForAsync(Func<bool> condition, TimeSpan timeout, string what) => WaitForAsync(() => Task.FromResult(condition()), timeout, what);
+    internal static Task WaitForAsync(Func<bool> condition, TimeSpan timeout, string what) => WaitForAsync(() => Task.FromResult(condition()), timeout, what);
 
-    private static async Task WaitForAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)
+    internal static async Task WaitForAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)
     {
         var clock = Stopwatch.StartNew();
         while (!await condition())

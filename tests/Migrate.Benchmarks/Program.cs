@@ -23,5 +23,10 @@ if (which.Contains("all") || which.Contains("migration"))
     await MigrationBenchmark.RunAsync(results, args);
 }
 
+if (which.Contains("all") || which.Contains("controller"))
+{
+    await ControllerBenchmark.RunAsync(results, args);
+}
+
 results.Write();
 return 0;
