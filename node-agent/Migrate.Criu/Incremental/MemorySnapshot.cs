@@ -42,19 +42,7 @@ public static class MemorySnapshot
     public static SnapshotResult Write(int rootPid, string directory, string? parentDirectory)
     {
         var stopwatch = Stopwatch.StartNew();
-        directory = Path.GetFullPath(directory);
-        System.IO.Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        if (System.IO.Directory.EnumerateFileSystemEntries(directory).Any())
-        {
-            throw new IOException($"snapshot directory {directory} is not empty");
-        }
-
-        using var parent = parentDirectory is null ? null : ImageChain.Open(Path.GetFullPath(parentDirectory));
-        if (parentDirectory is not null)
-        {
-            File.CreateSymbolicLink(Path.Combine(directory, ImageChain.ParentLinkName),
-                Path.GetRelativePath(directory, Path.GetFullPath(parentDirectory)));
-        }
+        using var parent = CreateSet(ref directory, parentDirectory);
 
         var tasks = LiveProcessTree.Enumerate(rootPid);
         ulong scanned = 0, written = 0, unchanged = 0;
@@ -92,19 +80,7 @@ public static class MemorySnapshot
     public static SnapshotResult CaptureLazy(int rootPid, string lazyDumpDirectory, string directory, string? parentDirectory)
     {
         var stopwatch = Stopwatch.StartNew();
-        directory = Path.GetFullPath(directory);
-        System.IO.Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        if (System.IO.Directory.EnumerateFileSystemEntries(directory).Any())
-        {
-            throw new IOException($"snapshot directory {directory} is not empty");
-        }
-
-        using var parent = parentDirectory is null ? null : ImageChain.Open(Path.GetFullPath(parentDirectory));
-        if (parentDirectory is not null)
-        {
-            File.CreateSymbolicLink(Path.Combine(directory, ImageChain.ParentLinkName),
-                Path.GetRelativePath(directory, Path.GetFullPath(parentDirectory)));
-        }
+        using var parent = CreateSet(ref directory, parentDirectory);
 
         var hostPids = LiveProcessTree.Enumerate(rootPid).ToDictionary(t => t.ImageId, t => t.HostPid);
         ulong scanned = 0, written = 0, unchanged = 0;
@@ -278,5 +254,25 @@ public static class MemorySnapshot
         {
             return false;
         }
+    }
+
+    /// <summary>Creates the (empty) image set <paramref name="directory"/> (made absolute) with its parent link; the parent chain, opened, or null.</summary>
+    private static ImageChain? CreateSet(ref string directory, string? parentDirectory)
+    {
+        directory = Path.GetFullPath(directory);
+        System.IO.Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        if (System.IO.Directory.EnumerateFileSystemEntries(directory).Any())
+        {
+            throw new IOException($"snapshot directory {directory} is not empty");
+        }
+
+        if (parentDirectory is null)
+        {
+            return null;
+        }
+
+        var parent = ImageChain.Open(Path.GetFullPath(parentDirectory));
+        File.CreateSymbolicLink(Path.Combine(directory, ImageChain.ParentLinkName), Path.GetRelativePath(directory, Path.GetFullPath(parentDirectory)));
+        return parent;
     }
 }
