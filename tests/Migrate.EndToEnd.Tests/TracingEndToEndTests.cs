@@ -44,13 +44,16 @@ public sealed class TracingEndToEndTests(TracedSandboxFixture fixture, ITestOutp
         var traceparent = request.Metadata.Annotations[Annotations.TraceContext];
         var traceId = traceparent.Split('-')[1];
 
-        // the exporters send every 200 ms; wait for the target's receive span and the operator's cut-over
+        // the exporters send every 200 ms, each process on its own: wait for the target's receive span, the operator's
+        // cut-over, and every parent of what arrived (an agent's server span can arrive before its caller's span)
         IReadOnlyList<ReceivedSpan> spans = [];
         var clock = System.Diagnostics.Stopwatch.StartNew();
         while (clock.Elapsed < TimeSpan.FromSeconds(20))
         {
             spans = [.. fixture.Receiver.Spans.Where(s => s.TraceId == traceId)];
-            if (spans.Any(s => s.Name == "transfer.receive") && spans.Any(s => s.Name == "migration.CuttingOver"))
+            var known = spans.Select(s => s.SpanId).ToHashSet(StringComparer.Ordinal);
+            if (spans.Any(s => s.Name == "transfer.receive") && spans.Any(s => s.Name == "migration.CuttingOver")
+                && spans.All(s => s.ParentSpanId.Length == 0 || known.Contains(s.ParentSpanId)))
             {
                 break;
             }
