@@ -1,20 +1,32 @@
 using k8s;
+using Migrate.Criu.Lazy;
 using Migrate.TestSupport;
 using Xunit;
 using Xunit.Abstractions;
 
 namespace Migrate.EndToEnd.Tests;
 
-/// <summary>A sandbox whose agents send images at 8 MB/s, so that a 32 MiB Cold migration spends seconds in Transferring: long enough to hit it there.</summary>
+/// <summary>
+/// A sandbox whose agents send images at 8 MB/s, and whose lazy restores fill memory at 8 MB/s, so that
+/// a 32 MiB Cold migration spends seconds in Transferring, and its replacement seconds running before
+/// its memory is all in place: long enough to hit it there.
+/// </summary>
 public sealed class SlowTransferSandboxFixture : IAsyncLifetime
 {
     public const long BytesPerSecond = 8_000_000;
 
     public SandboxCluster Cluster { get; private set; } = null!;
 
-    public async Task InitializeAsync() => Cluster = await SandboxCluster.StartAsync(new SandboxOptions { TransferBytesPerSecond = BytesPerSecond });
+    public async Task InitializeAsync() =>
+        Cluster = await SandboxCluster.StartAsync(new SandboxOptions { TransferBytesPerSecond = BytesPerSecond, LazyPagesBytesPerSecond = BytesPerSecond });
 
-    public async Task DisposeAsync() => await Cluster.DisposeAsync();
+    public async Task DisposeAsync()
+    {
+        if (Cluster is not null)
+        {
+            await Cluster.DisposeAsync(); // (null when it could not start: that failure is the one to see)
+        }
+    }
 }
 
 /// <summary>
@@ -112,6 +124,35 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
     }
 
     [Fact]
+    public async Task A_replacement_whose_lazy_memory_stops_arriving_is_removed_and_the_frozen_source_thawed()
+    {
+        var (request, pod) = await StartMigrationAsync("lazy-fill");
+        // the replacement runs while its memory arrives (slowly, here): the request waits in Restoring
+        var restoring = await Sandbox.WaitForRequestAsync(Cluster, request, r => r?.Status?.MemoryRestore == "Lazy" || MigrationPhases.IsFinal(r?.Status?.Phase));
+        Assert.Equal((MigrationPhases.Restoring, "Lazy"), (restoring!.Status!.Phase, restoring.Status.MemoryRestore));
+        int server = HoldPageServer(Cluster.Node("node-b"));
+        try
+        {
+            var frozenAt = (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick;
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            Assert.Equal(MigrationPhases.Restoring, (await Sandbox.GetRequestAsync(Cluster, request))?.Status?.Phase);
+            Assert.Equal(frozenAt, (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick); // the source stays frozen, not ended
+        }
+        finally
+        {
+            // the page server dies without a word: zero-filled pages would follow, so the replacement must go
+            Prerequisites.Run("kill", "-KILL", server.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }
+
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, request))!.Status!;
+        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
+        Assert.Equal(MigrationPhases.RolledBack, status.Phase);
+        Assert.Equal("RestoreFailed", status.Reason);
+        Assert.Contains("ran before its memory was in place, and not all of it arrived: the page server ended without reporting", status.Message, StringComparison.Ordinal);
+        await AssertSourceRunsOnAsync(pod, status);
+    }
+
+    [Fact]
     public async Task The_operator_killed_mid_migration_and_restarted_finishes_it_exactly_once()
     {
         var (request, pod) = await StartMigrationAsync("operator-crash");
@@ -178,6 +219,16 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         await Sandbox.RunCounterAsync(Cluster, name, "node-a", 32);
         await Sandbox.ApplyRequestAsync(Cluster, "move-" + name, name, "Cold", "node-b");
         return ("move-" + name, name);
+    }
+
+    /// <summary>SIGSTOPs the page server of the lazy restore under way on <paramref name="node"/>; returns its PID.</summary>
+    private static int HoldPageServer(SandboxNode node)
+    {
+        var pid = Directory.EnumerateFiles(node.IncomingDirectory, LazyRestoreHelpers.PidsFile, SearchOption.AllDirectories)
+            .Select(f => LazyRestoreHelpers.RecordedPageServer(Path.GetDirectoryName(f)!)).Single(p => p is not null)!.Value;
+        Assert.True(LazyRestoreHelpers.IsHelper(pid), $"the page server {pid} on {node.Name} has already ended: its memory arrived too fast for this test");
+        Prerequisites.Run("kill", "-STOP", pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        return pid;
     }
 
     /// <summary>A byte the receiver already hashed (and found right) flips on the node's disk afterwards.</summary>

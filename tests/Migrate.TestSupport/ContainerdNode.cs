@@ -72,7 +72,7 @@ public sealed class ContainerdNode : IAsyncDisposable
     /// Starts a node. With <paramref name="restoreRuntime"/> (the podmig-runc binary) it also has
     /// the "podmig" runtime handler, configured as deploy/node/ configures a real node.
     /// </summary>
-    public static async Task<ContainerdNode> StartAsync(string name, string? restoreRuntime = null)
+    public static async Task<ContainerdNode> StartAsync(string name, string? restoreRuntime = null, IReadOnlyDictionary<string, string>? runtimeEnvironment = null)
     {
         Prerequisites.RequireRoot();
         Prerequisites.RequirePrograms("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "criu");
@@ -161,6 +161,11 @@ public sealed class ContainerdNode : IAsyncDisposable
         };
         // the restore runtime runs as a child of containerd's shim and inherits this
         start.Environment[StagingLayout.IncomingRootVariable] = Path.Combine(root, "incoming");
+        foreach (var (variable, value) in runtimeEnvironment ?? new Dictionary<string, string>())
+        {
+            start.Environment[variable] = value;
+        }
+
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
         var process = Process.Start(start) ?? throw new InvalidOperationException("could not start containerd");

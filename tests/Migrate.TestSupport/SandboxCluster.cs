@@ -2,6 +2,7 @@ using System.Net.Sockets;
 using System.Text.Json;
 using k8s;
 using k8s.Models;
+using Migrate.Criu.Lazy;
 
 namespace Migrate.TestSupport;
 
@@ -17,6 +18,9 @@ public sealed record SandboxOptions
 
     /// <summary>The agents' Agent:TransferBytesPerSecond (0: unlimited); fault tests slow transfers down to hit them mid-way.</summary>
     public long TransferBytesPerSecond { get; init; }
+
+    /// <summary>The restore runtime's page server limit for lazy memory, in bytes a second (0: unlimited); fault tests slow memory down to hit it mid-way.</summary>
+    public long LazyPagesBytesPerSecond { get; init; }
 
     /// <summary>The operator's Operator:PhaseTimeoutSeconds.</summary>
     public int PhaseTimeoutSeconds { get; init; } = 120;
@@ -278,7 +282,9 @@ public sealed class SandboxCluster : IAsyncDisposable
 
     private async Task AddNodeAsync(string name, string agentAddress, Action<string>? progress)
     {
-        var containerd = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime);
+        var containerd = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime, Options.LazyPagesBytesPerSecond > 0
+            ? new Dictionary<string, string> { [LazyRestoreHelpers.BytesPerSecondVariable] = Options.LazyPagesBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture) }
+            : null);
         _cleanup.Push(containerd.DisposeAsync);
         var archives = TestImages.Archives();
         foreach (var archive in Options.ImportTestImages ? archives : archives.Take(1))

@@ -21,6 +21,12 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// <summary>The page server's log, in the work directory.</summary>
     public const string PageServerLog = "page-server.log";
 
+    /// <summary>
+    /// The page server's rate limit, in bytes a second, from the environment the restore runtime
+    /// runs in (containerd's); unset or 0: none. The sandbox's fault tests slow lazy memory down with it.
+    /// </summary>
+    public const string BytesPerSecondVariable = "PODMIG_LAZY_PAGES_BYTES_PER_SECOND";
+
     /// <summary>The first argument that makes a program serve pages (see <see cref="Serve"/>).</summary>
     public const string ServeArgument = "--podmig-serve-pages";
 
@@ -87,6 +93,24 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         return killed;
     }
 
+    /// <summary>The page server's PID recorded in <paramref name="workDirectory"/> (null: none recorded).</summary>
+    public static int? RecordedPageServer(string workDirectory)
+    {
+        var file = Path.Combine(workDirectory, PidsFile);
+        try
+        {
+            var lines = File.Exists(file) ? File.ReadAllLines(file) : [];
+            return lines.Length >= 2 && int.TryParse(lines[1], NumberStyles.None, CultureInfo.InvariantCulture, out int pid) && pid > 1 ? pid : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    private static long PagesBytesPerSecond() =>
+        long.TryParse(Environment.GetEnvironmentVariable(BytesPerSecondVariable), NumberStyles.None, CultureInfo.InvariantCulture, out long limit) ? limit : 0;
+
     /// <summary>Whether <paramref name="pid"/> runs CRIU's lazy-pages daemon or a page server.</summary>
     public static bool IsHelper(int pid)
     {
@@ -119,15 +143,14 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         {
             using var socket = new Socket(new SafeSocketHandle(3, ownsHandle: true));
             using var stream = new NetworkStream(socket, ownsSocket: false);
-            using var server = new PageServer(arguments[1], PageServerProtocol.For(version));
+            using var server = new PageServer(arguments[1], PageServerProtocol.For(version)) { BytesPerSecond = PagesBytesPerSecond() };
             var report = server.Serve(stream);
-            log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"page server: {report.Requests} requests, {report.PagesServed} pages ({report.BytesServed} bytes) in {report.Elapsed.TotalMilliseconds:0} ms; {(report.ClosedByDaemon ? "closed by the daemon" : "the daemon went away")}"));
+            log.WriteLine(LazyMemoryFill.ReportLine(report));
             return report.ClosedByDaemon ? 0 : 1;
         }
         catch (Exception e) when (e is PageServerException or IOException or InvalidDataException or UnauthorizedAccessException or SocketException or Google.Protobuf.InvalidProtocolBufferException)
         {
-            log.WriteLine("page server failed: " + e.Message);
+            log.WriteLine(LazyMemoryFill.FailureLine(e.Message));
             return 1;
         }
     }

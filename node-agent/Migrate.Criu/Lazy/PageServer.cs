@@ -45,6 +45,12 @@ public sealed class PageServer : IDisposable
         _chain.OpenAll();
     }
 
+    /// <summary>
+    /// At most this many bytes of pages a second (0: as fast as the daemon asks). Emulates a slow
+    /// supply of pages (a slow disk, or pages coming over a slow link) in the sandbox's fault tests.
+    /// </summary>
+    public long BytesPerSecond { get; init; }
+
     /// <summary>Answers the daemon's requests on <paramref name="connection"/> until it closes the session.</summary>
     public PageServerReport Serve(Stream connection, CancellationToken cancellationToken = default)
     {
@@ -69,6 +75,7 @@ public sealed class PageServer : IDisposable
                 case PageServerCommand.Get:
                     served += Answer(connection, request, header, pages, found);
                     requests++;
+                    Pace(served, clock);
                     break;
                 case PageServerCommand.Close or PageServerCommand.ForceClose:
                     // the status CRIU's own page server answers: all done
@@ -82,6 +89,21 @@ public sealed class PageServer : IDisposable
     }
 
     public void Dispose() => _chain.Dispose();
+
+    /// <summary>Holds back until <paramref name="served"/> pages fit <see cref="BytesPerSecond"/> since the session began.</summary>
+    private void Pace(long served, Stopwatch clock)
+    {
+        if (BytesPerSecond <= 0)
+        {
+            return;
+        }
+
+        var due = TimeSpan.FromSeconds((double)served * PagemapEntry.PageSize / BytesPerSecond);
+        if (due > clock.Elapsed)
+        {
+            Thread.Sleep(due - clock.Elapsed);
+        }
+    }
 
     private long Answer(Stream connection, PageServerHeader request, byte[] header, byte[] pages, bool[] found)
     {

@@ -2,6 +2,7 @@ using System.Text.Json;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Migrate.Agent.V1;
+using Migrate.Criu.Lazy;
 
 namespace Migrate.NodeAgent.Transfer;
 
@@ -212,13 +213,24 @@ public sealed partial class IncomingMigrations : BackgroundService
                 state.Waiting = false;
             }
 
+            if (state.LazyMemory)
+            {
+                var fill = LazyMemoryFill.Observe(Path.Combine(directory, StagingLayout.RestoreWorkDirectory(state.Container)));
+                state.MemoryFilled = fill.State == LazyMemoryState.Filled;
+                state.MemoryError = fill.Error ?? "";
+                state.MemoryFillMillis = (uint)Math.Clamp(fill.FillMillis, 0, uint.MaxValue);
+            }
+
             yield return state;
         }
     }
 
+    /// <summary>The names and sizes of the restore runtime's reports and of the page servers' logs (a lazy restore's memory filling in).</summary>
     private static string Signature(string directory) =>
         Directory.Exists(directory)
-            ? string.Join('|', Directory.EnumerateFiles(directory).Select(f => Path.GetFileName(f) + ":" + new FileInfo(f).Length).Order(StringComparer.Ordinal))
+            ? string.Join('|', Directory.EnumerateFiles(directory)
+                .Concat(Directory.EnumerateDirectories(directory, "restore-*").Select(d => Path.Combine(d, LazyRestoreHelpers.PageServerLog)).Where(File.Exists))
+                .Select(f => Path.GetRelativePath(directory, f) + ":" + new FileInfo(f).Length).Order(StringComparer.Ordinal))
             : "";
 
     private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;

@@ -205,8 +205,9 @@ public static class MigrationDecisions
         {
             if (MigrationDecisions.IsRunning(f.Replacement) && f.Replacement!.Spec.NodeName == _s.TargetNode)
             {
-                // the state is in the replacement: whatever else happens, the way out is forward
-                return null;
+                // once its memory is all in place the state is in the replacement: whatever else happens, the way out
+                // is forward. Until then (a lazy restore) only its memory failing, or never filling, goes back to the source.
+                return LazyMemoryFailure();
             }
 
             if (_s.StartTime is { } start && f.Now - start > TimeSpan.FromSeconds(f.Request.Spec.TimeoutSeconds))
@@ -282,6 +283,24 @@ public static class MigrationDecisions
             if (f.ForeignNameHolder is { } foreign && (Retired || f.KeepsName && Phase == MigrationPhases.Restoring && f.SourcePod is null))
             {
                 return (Reasons.NameTaken, $"Pod {foreign.Metadata.NamespaceProperty}/{foreign.Metadata.Name} was created by someone else after the source was retired; is the operator's pod webhook installed?");
+            }
+
+            return null;
+        }
+
+        /// <summary>A lazily restored container whose memory will not all arrive, or has not within the phase's time.</summary>
+        private (string Reason, string Message)? LazyMemoryFailure()
+        {
+            var lazy = Incoming?.Restores.Where(r => r.Restored && r.LazyMemory).ToList() ?? [];
+            if (lazy.FirstOrDefault(r => !string.IsNullOrEmpty(r.MemoryError)) is { } unfilled)
+            {
+                return (Reasons.RestoreFailed,
+                    Sentence($"Container {unfilled.Container} on {_s.TargetNode} ran before its memory was in place, and not all of it arrived: {unfilled.MemoryError}"));
+            }
+
+            if (lazy.Any(r => !r.MemoryFilled) && _s.PhaseStartTime is { } began && f.Now - began > p.PhaseTimeout)
+            {
+                return (Reasons.PhaseTimedOut, $"The memory of the lazily restored replacement was not all in place within {p.PhaseTimeout.TotalSeconds:0} seconds.");
             }
 
             return null;
@@ -418,6 +437,12 @@ public static class MigrationDecisions
             if (Incoming?.Restores.Where(r => r.Restored).ToList() is { Count: > 0 } restored)
             {
                 _s.MemoryRestore = restored.Any(r => r.LazyMemory) ? MemoryRestoreModes.Lazy : MemoryRestoreModes.Full;
+                if (restored.Any(r => r.LazyMemory && !r.MemoryFilled))
+                {
+                    // the replacement runs, but pages are still arriving: until the last one is in place the source
+                    // stays frozen, so that a helper dying now rolls back to it instead of leaving zero-filled memory
+                    return Wait();
+                }
             }
 
             return MoveTo(MigrationPhases.CuttingOver, $"The replacement pod {f.Replacement!.Metadata.Name} runs on {_s.TargetNode}; retiring the source.");

@@ -74,6 +74,24 @@ public sealed class MigrationDecisionsTests
                 TargetAgent = Target(restoredAt: Now.AddMilliseconds(-650)),
             },
             d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(250, d.Status.DowntimeMillis); }),
+        new("the replacement runs, its lazy memory still arriving: the source stays frozen, Restoring", () => At("Restoring") with
+            {
+                Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = LazyTarget(Now.AddMilliseconds(-650), memoryError: null),
+            },
+            d => { Waits(d); Assert.Equal("Restoring", d.Status.Phase); Assert.Equal("Lazy", d.Status.MemoryRestore); }),
+        new("the replacement runs, its lazy memory all in place: CuttingOver", () => At("Restoring") with
+            {
+                Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = LazyTarget(Now.AddMilliseconds(-650), memoryError: ""),
+            },
+            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal("Lazy", d.Status.MemoryRestore); }),
+        new("the replacement runs, but a lazy-restore helper died before the last page: roll back to the frozen source", () => At("Restoring") with
+            {
+                Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = LazyTarget(Now.AddMilliseconds(-650), memoryError: "the page server ended without reporting"),
+            },
+            d => { RollsBack(d, "RestoreFailed"); Assert.Contains("not all of it arrived: the page server ended", d.Status.Message, StringComparison.Ordinal); }),
         new("cutting over: the source marked for its owner first", () => At("CuttingOver") with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
             d => Is<MigrationAction.MarkSourceExpendable>(d)),
         new("cutting over: the frozen source ended", () => At("CuttingOver", expendable: true) with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
@@ -340,6 +358,17 @@ public sealed class MigrationDecisionsTests
         }
 
         return AgentView.Knows(status);
+    }
+
+    /// <summary>A target whose restore ran before its memory was in place: still filling (null), filled (""), or failed (why).</summary>
+    private static AgentView LazyTarget(DateTime restoredAt, string? memoryError)
+    {
+        var view = Target(restoredAt: restoredAt);
+        var restore = view.Incoming!.Restores[0];
+        restore.LazyMemory = true;
+        restore.MemoryFilled = memoryError == "";
+        restore.MemoryError = memoryError ?? "";
+        return view;
     }
 
     private static AgentView Target(bool waiting = false, bool committed = false, bool aborted = false, bool began = false, string? error = null, DateTime? restoredAt = null)

@@ -1,0 +1,135 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+
+namespace Migrate.Criu.Lazy;
+
+/// <summary>Where a lazy restore's memory stands.</summary>
+public enum LazyMemoryState
+{
+    /// <summary>The helpers still run: pages are still arriving.</summary>
+    Filling,
+
+    /// <summary>Every page is in place: the daemon closed the session without an error.</summary>
+    Filled,
+
+    /// <summary>A helper ended before every page was in place: the restored processes may read zeros.</summary>
+    Failed,
+}
+
+/// <summary>
+/// Whether the memory of a lazily restored process tree is all in place, judged from what its
+/// helpers leave behind: the page server's last line (written once, as it ends), whether it still
+/// runs, and CRIU's lazy-pages daemon's log. The daemon closes the session after an error too, so
+/// "closed by the daemon" is only a success when the daemon logged no error.
+/// </summary>
+public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error = null, long FillMillis = 0)
+{
+    private const string ReportPrefix = "page server: ";
+    private const string FailurePrefix = "page server failed: ";
+    private const string ClosedSuffix = "; closed by the daemon";
+    private const string GoneSuffix = "; the daemon went away";
+
+    public static LazyMemoryFill Filling { get; } = new(LazyMemoryState.Filling);
+
+    /// <summary>The page server's last line for a session that ended (see <see cref="Judge"/>).</summary>
+    public static string ReportLine(PageServerReport report)
+    {
+        ArgumentNullException.ThrowIfNull(report);
+        return string.Create(CultureInfo.InvariantCulture,
+            $"{ReportPrefix}{report.Requests} requests, {report.PagesServed} pages ({report.BytesServed} bytes) in {report.Elapsed.TotalMilliseconds:0} ms{(report.ClosedByDaemon ? ClosedSuffix : GoneSuffix)}");
+    }
+
+    /// <summary>The page server's last line when it could not serve.</summary>
+    public static string FailureLine(string why) => FailurePrefix + why;
+
+    /// <summary>
+    /// The verdict from the page server's log (null: none yet), whether the page server still
+    /// runs, and the daemon's log (null: none). A line counts only once it ends with a newline.
+    /// </summary>
+    public static LazyMemoryFill Judge(string? pageServerLog, bool pageServerAlive, string? daemonLog)
+    {
+        var last = CompleteLines(pageServerLog).LastOrDefault(l => l.StartsWith(ReportPrefix, StringComparison.Ordinal) || l.StartsWith(FailurePrefix, StringComparison.Ordinal));
+        if (last is null)
+        {
+            return pageServerAlive ? Filling
+                : new LazyMemoryFill(LazyMemoryState.Failed, "the page server ended without reporting (was it killed?) before every page was in place" + DaemonErrors(daemonLog));
+        }
+
+        if (last.StartsWith(FailurePrefix, StringComparison.Ordinal))
+        {
+            return new LazyMemoryFill(LazyMemoryState.Failed, "the page server failed: " + last[FailurePrefix.Length..] + DaemonErrors(daemonLog));
+        }
+
+        if (last.EndsWith(GoneSuffix, StringComparison.Ordinal))
+        {
+            return new LazyMemoryFill(LazyMemoryState.Failed, "CRIU's lazy-pages daemon went away before every page was in place" + DaemonErrors(daemonLog));
+        }
+
+        if (!last.EndsWith(ClosedSuffix, StringComparison.Ordinal))
+        {
+            return new LazyMemoryFill(LazyMemoryState.Failed, "the page server's last line is not one it writes: " + last);
+        }
+
+        if (ErrorLines(daemonLog).Count > 0)
+        {
+            return new LazyMemoryFill(LazyMemoryState.Failed, "CRIU's lazy-pages daemon ended the session after an error" + DaemonErrors(daemonLog));
+        }
+
+        long millis = Elapsed().Match(last) is { Success: true } m ? long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
+        return new LazyMemoryFill(LazyMemoryState.Filled, null, millis);
+    }
+
+    /// <summary>The verdict for the helpers recorded in a restore's work directory.</summary>
+    public static LazyMemoryFill Observe(string workDirectory)
+    {
+        var serverLog = Path.Combine(workDirectory, LazyRestoreHelpers.PageServerLog);
+        var daemonLog = Path.Combine(workDirectory, LazyPagesDaemon.LogName);
+        var server = Read(serverLog);
+        bool alive = true;
+        if (Judge(server, pageServerAlive: true, null).State == LazyMemoryState.Filling)
+        {
+            alive = LazyRestoreHelpers.RecordedPageServer(workDirectory) is { } pid && LazyRestoreHelpers.IsHelper(pid);
+            if (!alive)
+            {
+                server = Read(serverLog); // it ended: it may have written its last line just now
+            }
+        }
+
+        return Judge(server, alive, Read(daemonLog));
+    }
+
+    private static string? Read(string path)
+    {
+        try
+        {
+            return File.Exists(path) ? File.ReadAllText(path) : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    private static IEnumerable<string> CompleteLines(string? text)
+    {
+        if (string.IsNullOrEmpty(text))
+        {
+            return [];
+        }
+
+        int end = text.LastIndexOf('\n');
+        return end < 0 ? [] : text[..end].Split('\n').Select(l => l.TrimEnd('\r'));
+    }
+
+    private static List<string> ErrorLines(string? daemonLog) =>
+        CompleteLines(daemonLog).Where(l => CriuError().IsMatch(l)).ToList();
+
+    private static string DaemonErrors(string? daemonLog) =>
+        ErrorLines(daemonLog) is { Count: > 0 } errors ? " (the daemon's log: " + string.Join(" | ", errors.TakeLast(3).Select(e => e.Trim())) + ")" : "";
+
+    [GeneratedRegex(@"\bError \(")]
+    private static partial Regex CriuError();
+
+    [GeneratedRegex(@" in (\d+) ms;")]
+    private static partial Regex Elapsed();
+}

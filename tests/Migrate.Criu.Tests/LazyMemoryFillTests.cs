@@ -1,0 +1,53 @@
+using Migrate.Criu.Lazy;
+using Xunit;
+
+namespace Migrate.Criu.Tests;
+
+/// <summary>
+/// When a lazy restore's memory counts as all in place: only when the page server wrote that the
+/// daemon closed the session and the daemon logged no error. Everything else is still filling (the
+/// page server runs) or a failure naming why (the source must not be let go).
+/// </summary>
+public sealed class LazyMemoryFillTests
+{
+    private static readonly string Closed = LazyMemoryFill.ReportLine(new PageServerReport(12, 16384, true, TimeSpan.FromMilliseconds(431))) + "\n";
+    private static readonly string Gone = LazyMemoryFill.ReportLine(new PageServerReport(3, 40, false, TimeSpan.FromMilliseconds(20))) + "\n";
+    private const string QuietDaemon = "(00.000100) Version: 4.1.1\n(00.431000) uffd: 12: UFFD transferred pages: (16384/16384)\n";
+    private const string FailedDaemon = "(00.000100) Version: 4.1.1\n(00.120000) Error (criu/uffd.c:1010): uffd: 12: UFFDIO_COPY failed: Bad address\n";
+
+    public static TheoryData<string, string?, bool, string?, LazyMemoryState, string?> Cases() => new()
+    {
+        { "no line yet, the server runs", null, true, null, LazyMemoryState.Filling, null },
+        { "a line still being written", Closed.TrimEnd('\n'), true, QuietDaemon, LazyMemoryState.Filling, null },
+        { "closed by the daemon, no error", Closed, true, QuietDaemon, LazyMemoryState.Filled, null },
+        { "closed by the daemon, the server since gone", Closed, false, QuietDaemon, LazyMemoryState.Filled, null },
+        { "closed by the daemon after an error", Closed, false, FailedDaemon, LazyMemoryState.Failed, "ended the session after an error (the daemon's log: (00.120000) Error (criu/uffd.c:1010)" },
+        { "the daemon went away", Gone, false, QuietDaemon, LazyMemoryState.Failed, "CRIU's lazy-pages daemon went away before every page was in place" },
+        { "the server could not serve", "starting\n" + LazyMemoryFill.FailureLine("page 0x7f00 of pid 12 is in no image") + "\n", false, null, LazyMemoryState.Failed, "the page server failed: page 0x7f00 of pid 12 is in no image" },
+        { "the server killed without a word", null, false, FailedDaemon, LazyMemoryState.Failed, "the page server ended without reporting (was it killed?)" },
+        { "killed mid-line", Closed.TrimEnd('\n'), false, null, LazyMemoryState.Failed, "the page server ended without reporting" },
+        { "a line it never writes", "page server: whatever\n", false, null, LazyMemoryState.Failed, "not one it writes" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Judges_the_helpers_traces(string _, string? serverLog, bool serverAlive, string? daemonLog, LazyMemoryState expected, string? errorPart)
+    {
+        var fill = LazyMemoryFill.Judge(serverLog, serverAlive, daemonLog);
+        Assert.Equal(expected, fill.State);
+        if (errorPart is null)
+        {
+            Assert.Null(fill.Error);
+        }
+        else
+        {
+            Assert.Contains(errorPart, fill.Error, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public void A_filled_session_says_how_long_the_pages_took()
+    {
+        Assert.Equal(431, LazyMemoryFill.Judge(Closed, false, QuietDaemon).FillMillis);
+    }
+}
