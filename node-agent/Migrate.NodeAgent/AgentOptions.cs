@@ -36,6 +36,13 @@ public sealed class AgentOptions
     [Required]
     public string IncomingDirectory { get; set; } = StagingLayout.DefaultIncomingRoot;
 
+    /// <summary>Where kept checkpoints live, one directory (mode 0700) each; unset: "checkpoints" beside <see cref="StagingDirectory"/> (on the same file system, so a checkpoint's images move there at once).</summary>
+    public string? CheckpointDirectory { get; set; }
+
+    /// <summary>The directory kept checkpoints live in (<see cref="CheckpointDirectory"/> or its default).</summary>
+    public string CheckpointRoot => CheckpointDirectory is { Length: > 0 } configured ? configured
+        : Path.Combine(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(StagingDirectory))) ?? "/var/lib/podmig", "checkpoints");
+
     /// <summary>Minutes a migration's staged or received images may lie untouched before this agent removes them itself (the operator removes them as soon as a migration ends).</summary>
     public int StagingTtlMinutes { get; set; } = 360;
 

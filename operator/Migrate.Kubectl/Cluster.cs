@@ -87,6 +87,21 @@ public sealed class Cluster : IDisposable
         GetAsync(() => Client.CustomObjects.DeleteNamespacedCustomObjectAsync(Group, Version, Namespace, "migrationrequests", name),
             $"MigrationRequest \"{name}\" not found in namespace \"{Namespace}\"");
 
+    /// <summary>A namespaced object of the project's kinds (checkpoints, restores).</summary>
+    public Task<JsonObject> GetObjectAsync(string plural, string kind, string name) =>
+        GetAsync(() => Client.CustomObjects.GetNamespacedCustomObjectAsync(Group, Version, Namespace, plural, name), $"{kind} \"{name}\" not found in namespace \"{Namespace}\"");
+
+    public async Task<IReadOnlyList<JsonObject>> ListObjectsAsync(string plural, bool allNamespaces)
+    {
+        var raw = await CallAsync(() => allNamespaces
+            ? Client.CustomObjects.ListClusterCustomObjectAsync(Group, Version, plural)
+            : Client.CustomObjects.ListNamespacedCustomObjectAsync(Group, Version, Namespace, plural));
+        return [.. (Parse(raw)["items"] as JsonArray ?? []).OfType<JsonObject>()];
+    }
+
+    public async Task<JsonObject> CreateObjectAsync(string plural, JsonObject item) =>
+        Parse(await CallAsync(() => Client.CustomObjects.CreateNamespacedCustomObjectAsync(item, Group, Version, Namespace, plural)));
+
     private async Task<JsonObject> GetAsync(Func<Task<object>> call, string notFound)
     {
         try

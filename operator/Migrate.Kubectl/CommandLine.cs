@@ -15,7 +15,7 @@ public sealed class CommandException(string message) : Exception(message);
 /// </summary>
 public sealed class CommandLine
 {
-    private static readonly HashSet<string> Valued = ["kubeconfig", "context", "namespace", "to", "mode", "max-parallel", "timeout", "reason"];
+    private static readonly HashSet<string> Valued = ["kubeconfig", "context", "namespace", "to", "mode", "max-parallel", "timeout", "reason", "name", "as"];
     private static readonly HashSet<string> Switches = ["all-namespaces", "wait", "no-wait", "help"];
 
     public string Command { get; private init; } = "";
@@ -91,6 +91,9 @@ public sealed class CommandLine
           kubectl migrate describe NAME
           kubectl migrate cancel NAME
           kubectl migrate drain NODE [--max-parallel N] [--reason TEXT] [--wait | --no-wait]
+          kubectl migrate checkpoint POD [--name NAME] [--wait | --no-wait]
+          kubectl migrate checkpoints [-A]
+          kubectl migrate restore CHECKPOINT [--to NODE] [--as POD] [--name NAME] [--wait | --no-wait]
 
         pod       creates a MigrationRequest for the pod; with --wait (the default on a terminal) follows it:
                   phase, bytes transferred of the image size, throughput, pre-copy rounds, then a summary.
@@ -98,6 +101,10 @@ public sealed class CommandLine
         describe  one MigrationRequest: its figures, conditions and events.
         cancel    deletes a MigrationRequest: one in flight is rolled back and the pod runs on where it was.
         drain     creates a NodeDrain: opted-in pods (label podmigration.io/migrate=true) move, others are evicted.
+        checkpoint  creates a Checkpoint of the running pod (frozen, dumped, thawed; kept on its node).
+        checkpoints Checkpoints of the namespace (-A: of all namespaces): node, phase, size, freeze, when taken.
+        restore   creates a Restore: a new pod (named --as, else the Restore's name) resumed from the checkpoint,
+                  on --to NODE or the operator's choice.
 
         Flags: --kubeconfig PATH, --context NAME, -n/--namespace NS, as for kubectl.
         Exit codes: 0 done, 1 failed (the message says why), 2 bad usage.

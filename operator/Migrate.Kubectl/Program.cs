@@ -28,7 +28,10 @@ try
             "describe" => await commands.DescribeAsync(),
             "cancel" => await commands.CancelAsync(),
             "drain" => await commands.DrainAsync(),
-            _ => throw new UsageException($"unknown command \"{line.Command}\" (pod, list, describe, cancel, drain)"),
+            "checkpoint" => await commands.CheckpointAsync(),
+            "checkpoints" => await commands.CheckpointsAsync(),
+            "restore" => await commands.RestoreAsync(),
+            _ => throw new UsageException($"unknown command \"{line.Command}\" (pod, list, describe, cancel, drain, checkpoint, checkpoints, restore)"),
         };
     }
     finally
@@ -319,6 +322,126 @@ namespace Migrate.Kubectl
         }
 
         /// <summary>A name for a new object: the base and 5 random characters, within 63.</summary>
+        public async Task<int> CheckpointAsync()
+        {
+            var pod = Single("a pod name");
+            await Api.RequireApiAsync();
+            await ExistsAsync(() => Api.Client.CoreV1.ReadNamespacedPodAsync(pod, Api.Namespace), $"pod \"{pod}\" not found in namespace \"{Api.Namespace}\"");
+            var name = line.Flag("name") ?? Name(pod);
+            await Api.CreateObjectAsync("checkpoints", Resource("Checkpoint", name, new JsonObject { ["podName"] = pod }));
+            output.Line($"checkpoint.podmigration.io/{name} created: checkpointing pod {Api.Namespace}/{pod}");
+            if (!Wait)
+            {
+                return 0;
+            }
+
+            var status = await AwaitPhaseAsync("checkpoints", "Checkpoint", name, ["Ready", "Failed"]);
+            output.Line(Text(status, "phase") == "Ready"
+                ? $"Ready: {Text(status, "message")} Taken at {Instant(status, "checkpointTime")}; kept in {Text(status, "location")}."
+                : $"Failed ({Text(status, "reason")}): {Text(status, "message")}");
+            return Text(status, "phase") == "Ready" ? 0 : 1;
+        }
+
+        public async Task<int> CheckpointsAsync()
+        {
+            if (line.Arguments.Count > 0)
+            {
+                throw new UsageException("checkpoints takes no arguments");
+            }
+
+            await Api.RequireApiAsync();
+            bool all = line.Has("all-namespaces");
+            var checkpoints = await Api.ListObjectsAsync("checkpoints", all);
+            if (checkpoints.Count == 0)
+            {
+                Console.Error.WriteLine(all ? "No Checkpoints found." : $"No Checkpoints found in {Api.Namespace} namespace.");
+                return 0;
+            }
+
+            var rows = checkpoints.OrderBy(c => Text(c, "status", "checkpointTime") ?? "~", StringComparer.Ordinal).Select(c =>
+            {
+                string[] cells =
+                [
+                    Text(c, "metadata", "name")!, Text(c, "spec", "podName") ?? "", Text(c, "status", "nodeName") ?? "", Text(c, "status", "phase") ?? "Pending",
+                    c["status"]?["sizeBytes"] is { } size ? $"{size.GetValue<long>() / 1048576.0:0.0} MiB" : "",
+                    c["status"]?["freezeMillis"] is { } freeze ? $"{freeze.GetValue<long>()} ms" : "",
+                    Instant(c, "status", "checkpointTime"),
+                ];
+                return all ? [Text(c, "metadata", "namespace")!, .. cells] : cells;
+            }).ToList();
+            string[] header = ["NAME", "POD", "NODE", "PHASE", "SIZE", "FREEZE", "TAKEN"];
+            output.Table(all ? ["NAMESPACE", .. header] : header, rows);
+            return 0;
+        }
+
+        public async Task<int> RestoreAsync()
+        {
+            var checkpoint = Single("a Checkpoint name");
+            await Api.RequireApiAsync();
+            await Api.GetObjectAsync("checkpoints", "Checkpoint", checkpoint);
+            var spec = new JsonObject { ["checkpointName"] = checkpoint };
+            if (line.Flag("to") is { } node)
+            {
+                await ExistsAsync(() => Api.Client.CoreV1.ReadNodeAsync(node), $"node \"{node}\" not found");
+                spec["nodeName"] = node;
+            }
+
+            if (line.Flag("as") is { } pod)
+            {
+                spec["podName"] = pod;
+            }
+
+            var name = line.Flag("name") ?? Name(checkpoint);
+            await Api.CreateObjectAsync("restores", Resource("Restore", name, spec));
+            output.Line($"restore.podmigration.io/{name} created: restoring checkpoint {Api.Namespace}/{checkpoint}");
+            if (!Wait)
+            {
+                return 0;
+            }
+
+            var status = await AwaitPhaseAsync("restores", "Restore", name, ["Succeeded", "Failed"]);
+            output.Line(Text(status, "phase") == "Succeeded"
+                ? $"Succeeded: {Text(status, "message")}"
+                : $"Failed ({Text(status, "reason")}): {Text(status, "message")}");
+            return Text(status, "phase") == "Succeeded" ? 0 : 1;
+        }
+
+        private JsonObject Resource(string kind, string name, JsonObject spec) => new()
+        {
+            ["apiVersion"] = $"{Cluster.Group}/{Cluster.Version}",
+            ["kind"] = kind,
+            ["metadata"] = new JsonObject { ["name"] = name, ["namespace"] = Api.Namespace },
+            ["spec"] = spec,
+        };
+
+        /// <summary>Polls the object until its phase is one of <paramref name="final"/>, showing each phase it passes; returns its status.</summary>
+        private async Task<JsonObject> AwaitPhaseAsync(string plural, string kind, string name, string[] final)
+        {
+            string? shown = null;
+            while (true)
+            {
+                var status = (await Api.GetObjectAsync(plural, kind, name))["status"] as JsonObject ?? [];
+                var phase = Text(status, "phase") ?? "Pending";
+                if (final.Contains(phase))
+                {
+                    return status;
+                }
+
+                if (phase != shown)
+                {
+                    output.Phase(phase, Text(status, "message") ?? "");
+                    shown = phase;
+                }
+
+                await Task.Delay(200);
+            }
+        }
+
+        /// <summary>A time of the status to the millisecond, as the operator's messages write it.</summary>
+        private static string Instant(JsonObject o, params string[] path) =>
+            Text(o, path) is { } text && DateTimeOffset.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var at)
+                ? at.UtcDateTime.ToString("yyyy-MM-dd'T'HH:mm:ss.fff'Z'", CultureInfo.InvariantCulture) : "";
+
         private static string Name(string basis)
         {
             const string alphabet = "abcdefghijklmnopqrstuvwxyz0123456789";

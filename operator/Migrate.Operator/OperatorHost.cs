@@ -6,6 +6,7 @@ using Grpc.Net.Client;
 using k8s;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Operator.Admission;
+using Migrate.Operator.Checkpoints;
 using Migrate.Operator.Kubernetes;
 using Migrate.Operator.Reconciliation;
 using Migrate.Operator.Security;
@@ -82,6 +83,12 @@ public static class OperatorHost
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<MigrationExecutor>(), options.Policy()) { Workers = options.Workers });
         builder.Services.AddHostedService(sp => new DrainController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<DrainController>>(), sp.GetRequiredService<TimeProvider>()));
+        builder.Services.AddHostedService(sp => new CheckpointController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
+            sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<CheckpointController>>(),
+            sp.GetRequiredService<TimeProvider>()));
+        builder.Services.AddHostedService(sp => new RestoreController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
+            sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<RestoreController>>(),
+            sp.GetRequiredService<TimeProvider>(), TokenMinter(tokenKey)));
         if (options.WebhookListenAddress is { Length: > 0 } webhookAddress)
         {
             builder.Services.AddSingleton(sp => new WebhookCertificates(sp.GetRequiredService<IKubernetes>(), options,

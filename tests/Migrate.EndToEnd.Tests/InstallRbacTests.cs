@@ -33,7 +33,7 @@ public sealed class InstallRbacTests(InstalledSandboxFixture fixture, ITestOutpu
     private SandboxCluster Cluster => fixture.Cluster;
 
     [Fact]
-    public async Task Under_deploy_rbac_a_migration_and_a_drain_succeed_and_every_rule_is_needed()
+    public async Task Under_deploy_rbac_a_migration_a_checkpoint_restore_and_a_drain_succeed_and_every_rule_is_needed()
     {
         // the agents announced themselves and read the certificates the operator made for their nodes
         foreach (var node in Cluster.Nodes)
@@ -56,6 +56,28 @@ public sealed class InstallRbacTests(InstalledSandboxFixture fixture, ITestOutpu
         var frozen = Cluster.Node("node-a").LoggedTicks("default", "web-1", "main")[^1].Tick;
         Assert.True(frozen >= before[^1].Tick);
         Sandbox.AssertConsecutive(await Sandbox.WaitForTicksAsync(Cluster, moved!.Status!.ReplacementPod!, "main", 3, frozen), frozen + 1);
+
+        // a checkpoint of the moved pod (finalizer and saved pod: patches; status), restored on node-a (status), then deleted
+        (await Cluster.Api.KubectlInAsync($"""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: rbac-checkpoint
+            spec:
+              podName: {moved.Status.ReplacementPod}
+            ---
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: rbac-restore
+            spec:
+              checkpointName: rbac-checkpoint
+              nodeName: node-a
+            """, "apply", "-f", "-")).Succeeded();
+        (await Cluster.Api.KubectlAsync("wait", "--for=jsonpath={.status.phase}=Succeeded", "restore/rbac-restore", "--timeout=120s")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "rbac-restore", "--wait=true")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "restore", "rbac-restore")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "rbac-checkpoint", "--wait=true", "--timeout=30s")).Succeeded();
 
         // a drain of node-b: an opted-in pod moves, the others are evicted (through the eviction webhook, which reads the namespace)
         await Sandbox.RunPodAsync(Cluster, "default", "keeper", "node-b", new() { [Labels.Migrate] = "true" });

@@ -86,6 +86,35 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
     }
 
     [Fact]
+    public async Task Checkpoint_checkpoints_and_restore_keep_a_pod_and_bring_it_back_as_a_new_one()
+    {
+        await Sandbox.RunCounterAsync(Cluster, "kept", "node-a", 8);
+        await Sandbox.WaitForTicksAsync(Cluster, "kept", "main", 3);
+        var (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "checkpoint", "kept", "--name", "kept-1", "--wait");
+        Assert.Equal(0, code);
+        Assert.Contains("checkpoint.podmigration.io/kept-1 created: checkpointing pod default/kept", text, StringComparison.Ordinal);
+        Assert.Matches(@"Ready: Pod kept checkpointed on node-a: \d+ bytes kept, frozen for \d+ ms\. Taken at \S+; kept in node-a:/\S+/checkpoints/[0-9a-f-]+\.", text);
+
+        (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "checkpoints");
+        Assert.Equal(0, code);
+        Assert.Matches(@"(?m)^NAME +POD +NODE +PHASE +SIZE +FREEZE +TAKEN$", text);
+        Assert.Matches(@"(?m)^kept-1 +kept +node-a +Ready +\d+\.\d MiB +\d+ ms +\S+$", text);
+
+        (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "restore", "kept-1", "--to", "node-b", "--as", "kept-again", "--wait");
+        Assert.Equal(0, code);
+        Assert.Contains("Succeeded: Pod kept-again runs on node-b, resumed from checkpoint kept-1 taken at ", text, StringComparison.Ordinal);
+        var ticks = await Sandbox.WaitForTicksAsync(Cluster, "kept-again", "main", 3);
+        Assert.True(ticks[0].Tick > 3, $"the restored pod counts from {ticks[0].Tick}, not from where the checkpoint left it");
+
+        (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "restore", "no-such-checkpoint");
+        Assert.Equal((1, "error: Checkpoint \"no-such-checkpoint\" not found in namespace \"default\""), (code, text.Trim()));
+
+        (await Cluster.Api.KubectlAsync("delete", "restore", "--all")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "kept", "kept-again", "--wait=true")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "kept-1", "--wait=true", "--timeout=30s")).Succeeded();
+    }
+
+    [Fact]
     public async Task Each_mistake_gets_its_message_and_exit_code()
     {
         var (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "pod", "no-such-pod");

@@ -501,10 +501,10 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         record.Message = message;
     }
 
-    private static bool IsFailure(Exception e) =>
+    internal static bool IsFailure(Exception e) =>
         e is CheckpointException or RpcException or IOException or InvalidOperationException or TransferRejectedException or UnauthorizedAccessException or HttpRequestException;
 
-    private static string Describe(Exception e) => e switch
+    internal static string Describe(Exception e) => e switch
     {
         RpcException rpc => rpc.Status.Detail.TrimEnd('.') + ".",
         _ => e.Message.TrimEnd('.') + ".",

@@ -8,7 +8,7 @@ namespace Migrate.NodeAgent.Services;
 
 /// <summary>The agent's gRPC API; each call hands over to the domain object that owns it.</summary>
 public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEngine checkpoints, MigrationOperations operations, ImageReceiver receiver,
-    IncomingMigrations incoming, ImageSender sender, MigrationEvents events, IOptions<AgentOptions> options)
+    IncomingMigrations incoming, ImageSender sender, MigrationEvents events, KeptCheckpoints kept, IOptions<AgentOptions> options)
     : Agent.V1.NodeAgent.NodeAgentBase
 {
     public override Task<GetCapabilitiesResponse> GetCapabilities(GetCapabilitiesRequest request, ServerCallContext context) =>
@@ -56,6 +56,18 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
             incoming.Abort(request.MigrationId);
             return Task.FromResult(Status(request.MigrationId));
         });
+
+    public override Task<KeptCheckpoint> TakeCheckpoint(TakeCheckpointRequest request, ServerCallContext context) =>
+        Call(() => Task.FromResult(kept.Take(request)));
+
+    public override Task<KeptCheckpoint> GetCheckpoint(CheckpointRef request, ServerCallContext context) =>
+        Call(() => Task.FromResult(kept.Get(request.CheckpointId)));
+
+    public override Task<KeptCheckpoint> DeleteCheckpoint(CheckpointRef request, ServerCallContext context) =>
+        Call(() => Task.FromResult(kept.Delete(request.CheckpointId)));
+
+    public override Task<KeptCheckpoint> SendCheckpoint(SendCheckpointRequest request, ServerCallContext context) =>
+        Call(() => Task.FromResult(kept.Send(request)));
 
     public override async Task SendImages(SendImagesRequest request, IServerStreamWriter<TransferProgress> responseStream, ServerCallContext context)
     {

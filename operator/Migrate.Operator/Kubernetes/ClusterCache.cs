@@ -38,6 +38,26 @@ public sealed class ClusterCache : BackgroundService
             (version, onError, ct) => Typed<NodeDrain>(client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version,
                 NodeDrain.Plural, allowWatchBookmarks: true, resourceVersion: version, timeoutSeconds: Jittered(), onError: onError, cancellationToken: ct), ct),
             logger, time);
+        Checkpoints = new Informer<Checkpoint>("checkpoints",
+            async ct =>
+            {
+                var list = (await client.CustomObjects.ListClusterCustomObjectWithHttpMessagesAsync<CheckpointList>(MigrationRequest.Group, MigrationRequest.Version,
+                    Checkpoint.Plural, cancellationToken: ct)).Body;
+                return (list.Items, list.Metadata.ResourceVersion);
+            },
+            (version, onError, ct) => Typed<Checkpoint>(client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version,
+                Checkpoint.Plural, allowWatchBookmarks: true, resourceVersion: version, timeoutSeconds: Jittered(), onError: onError, cancellationToken: ct), ct),
+            logger, time);
+        Restores = new Informer<Restore>("restores",
+            async ct =>
+            {
+                var list = (await client.CustomObjects.ListClusterCustomObjectWithHttpMessagesAsync<RestoreList>(MigrationRequest.Group, MigrationRequest.Version,
+                    Restore.Plural, cancellationToken: ct)).Body;
+                return (list.Items, list.Metadata.ResourceVersion);
+            },
+            (version, onError, ct) => Typed<Restore>(client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version,
+                Restore.Plural, allowWatchBookmarks: true, resourceVersion: version, timeoutSeconds: Jittered(), onError: onError, cancellationToken: ct), ct),
+            logger, time);
         Pods = new Informer<V1Pod>("pods",
             async ct =>
             {
@@ -77,14 +97,19 @@ public sealed class ClusterCache : BackgroundService
 
     public Informer<V1Namespace> Namespaces { get; }
 
+    public Informer<Checkpoint> Checkpoints { get; }
+
+    public Informer<Restore> Restores { get; }
+
     /// <summary>Every informer has listed once.</summary>
     public Task WaitForSyncAsync(CancellationToken cancellationToken) =>
         Task.WhenAll(Requests.WaitForSyncAsync(cancellationToken), Drains.WaitForSyncAsync(cancellationToken), Pods.WaitForSyncAsync(cancellationToken),
-            Nodes.WaitForSyncAsync(cancellationToken), Namespaces.WaitForSyncAsync(cancellationToken));
+            Nodes.WaitForSyncAsync(cancellationToken), Namespaces.WaitForSyncAsync(cancellationToken), Checkpoints.WaitForSyncAsync(cancellationToken),
+            Restores.WaitForSyncAsync(cancellationToken));
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
         Task.WhenAll(Requests.RunAsync(stoppingToken), Drains.RunAsync(stoppingToken), Pods.RunAsync(stoppingToken), Nodes.RunAsync(stoppingToken),
-            Namespaces.RunAsync(stoppingToken));
+            Namespaces.RunAsync(stoppingToken), Checkpoints.RunAsync(stoppingToken), Restores.RunAsync(stoppingToken));
 
     private static int Jittered() => WatchSeconds + Random.Shared.Next(WatchSeconds);
 

@@ -1,0 +1,323 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using Google.Protobuf;
+using Grpc.Core;
+using Microsoft.Extensions.Options;
+using Migrate.Agent.V1;
+using Migrate.NodeAgent.Transfer;
+
+namespace Migrate.NodeAgent.Checkpointing;
+
+/// <summary>
+/// Checkpoints kept on this node: taken as one consistent cut of a running pod (every container
+/// frozen, dumped, then thawed: the engine's final dump followed by its resume), then moved out of
+/// the migrations' staging directory into the checkpoint root (<c>&lt;root&gt;/&lt;id&gt;/images</c>),
+/// where no migration's clean-up or garbage collection touches them, with the manifest of every
+/// file (size and SHA-256) and a description (<c>checkpoint.json</c>, written last: its presence
+/// means the checkpoint is complete). Sent to other nodes for restores on request.
+/// </summary>
+public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender sender, PeerAgents peers, NodeCapabilities capabilities,
+    IOptions<AgentOptions> options, ILogger<KeptCheckpoints> logger) : IDisposable
+{
+    public const string TakeOperation = "Checkpoint";
+    public const string SendOperation = "Send";
+    public const string DescriptionFile = "checkpoint.json";
+    public const string ManifestFile = "manifest.json";
+    public const string ImagesDirectory = "images";
+
+    private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+    private static readonly JsonFormatter Json = new(JsonFormatter.Settings.Default.WithFormatDefaultValues(false));
+
+    private readonly AgentOptions _options = options.Value;
+    private readonly ConcurrentDictionary<string, Operation> _taking = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, (string Checkpoint, CheckpointSend Send)> _sends = new(StringComparer.Ordinal);
+    private readonly CancellationTokenSource _stopping = new();
+
+    public string Root => _options.CheckpointRoot;
+
+    public string DirectoryOf(string checkpointId) => Path.Combine(Root, checkpointId);
+
+    /// <summary>Starts taking a checkpoint (or reports the one kept or under way).</summary>
+    public KeptCheckpoint Take(TakeCheckpointRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        CheckpointEngine.ValidateMigrationId(request.CheckpointId);
+        if (request.Pod is null || string.IsNullOrEmpty(request.Pod.Namespace) || string.IsNullOrEmpty(request.Pod.Name))
+        {
+            throw new CheckpointException(StatusCode.InvalidArgument, "the request names no pod (namespace and name are required)");
+        }
+
+        if (Kept(request.CheckpointId) is { } kept)
+        {
+            return kept;
+        }
+
+        var running = new Operation { Kind = TakeOperation, State = OperationState.Running, StartedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() };
+        var current = _taking.AddOrUpdate(request.CheckpointId, running, (_, old) => old.State == OperationState.Running ? old : running);
+        if (ReferenceEquals(current, running))
+        {
+            _ = Task.Run(() => TakeAsync(request, _stopping.Token));
+        }
+
+        return Get(request.CheckpointId);
+    }
+
+    /// <summary>The kept checkpoint, or the one being taken (or that failed); NOT_FOUND otherwise.</summary>
+    public KeptCheckpoint Get(string checkpointId)
+    {
+        CheckpointEngine.ValidateMigrationId(checkpointId);
+        var status = Kept(checkpointId) ?? (_taking.TryGetValue(checkpointId, out var operation)
+            ? new KeptCheckpoint { CheckpointId = checkpointId, NodeName = _options.NodeName, Operation = operation.Clone() }
+            : throw new CheckpointException(StatusCode.NotFound, $"node {_options.NodeName} keeps no checkpoint {checkpointId}"));
+        status.Sends.Add(_sends.Values.Where(s => s.Checkpoint == checkpointId).Select(s => s.Send.Clone()));
+        return status;
+    }
+
+    /// <summary>Removes a kept checkpoint's files.</summary>
+    public KeptCheckpoint Delete(string checkpointId)
+    {
+        CheckpointEngine.ValidateMigrationId(checkpointId);
+        if (_taking.TryGetValue(checkpointId, out var operation) && operation.State == OperationState.Running)
+        {
+            throw new CheckpointException(StatusCode.FailedPrecondition, $"checkpoint {checkpointId} is still being taken");
+        }
+
+        if (_sends.Values.Any(s => s.Checkpoint == checkpointId && s.Send.Operation.State == OperationState.Running))
+        {
+            throw new CheckpointException(StatusCode.FailedPrecondition, $"checkpoint {checkpointId} is being sent to another node");
+        }
+
+        var directory = DirectoryOf(checkpointId);
+        if (Directory.Exists(directory))
+        {
+            Directory.Delete(directory, recursive: true);
+            LogDeleted(checkpointId);
+        }
+
+        _taking.TryRemove(checkpointId, out _);
+        foreach (var key in _sends.Where(s => s.Value.Checkpoint == checkpointId).Select(s => s.Key).ToList())
+        {
+            _sends.TryRemove(key, out _);
+        }
+
+        return new KeptCheckpoint { CheckpointId = checkpointId, NodeName = _options.NodeName, Deleted = true };
+    }
+
+    /// <summary>Starts sending a kept checkpoint to a node as a restore's images (or reports the send under way or done).</summary>
+    public KeptCheckpoint Send(SendCheckpointRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        CheckpointEngine.ValidateMigrationId(request.CheckpointId);
+        CheckpointEngine.ValidateMigrationId(request.RestoreId);
+        if (request.Target is null || string.IsNullOrEmpty(request.Target.Address) || string.IsNullOrEmpty(request.Target.Node) || string.IsNullOrEmpty(request.Target.Token))
+        {
+            throw new CheckpointException(StatusCode.InvalidArgument, $"restore {request.RestoreId}: the request names no target (address, node and token are required)");
+        }
+
+        if (Kept(request.CheckpointId) is null)
+        {
+            throw new CheckpointException(StatusCode.FailedPrecondition, $"node {_options.NodeName} keeps no complete checkpoint {request.CheckpointId} to send");
+        }
+
+        var send = new CheckpointSend
+        {
+            RestoreId = request.RestoreId,
+            TargetNode = request.Target.Node,
+            Operation = new Operation { Kind = SendOperation, State = OperationState.Running, StartedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() },
+        };
+        var current = _sends.AddOrUpdate(request.RestoreId, (request.CheckpointId, send),
+            (_, old) => old.Send.Operation.State == OperationState.Failed ? (request.CheckpointId, send) : old);
+        if (ReferenceEquals(current.Send, send))
+        {
+            _ = Task.Run(() => SendAsync(request, send, _stopping.Token));
+        }
+
+        return Get(request.CheckpointId);
+    }
+
+    public void Dispose()
+    {
+        _stopping.Cancel();
+        _stopping.Dispose();
+    }
+
+    private async Task TakeAsync(TakeCheckpointRequest request, CancellationToken cancellationToken)
+    {
+        var id = request.CheckpointId;
+        try
+        {
+            using var activity = AgentTelemetry.Source.StartActivity("checkpoint.keep");
+            activity?.SetTag("podmig.checkpoint.id", id);
+            if (engine.Find(id) is not null)
+            {
+                // an earlier attempt's leftovers (the engine thaws a pod it left frozen before it removes them)
+                await engine.CleanupAsync(id, cancellationToken);
+            }
+
+            var begun = await engine.BeginAsync(new BeginCheckpointRequest { MigrationId = id, Pod = request.Pod, NodeName = request.NodeName }, cancellationToken);
+            var dump = await engine.FinalDumpAsync(id, cancellationToken);
+            var dumped = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+            var thawing = Stopwatch.StartNew();
+            await engine.ResumeAsync(id, cancellationToken);
+            uint frozen = dump.FrozenMillis + (uint)thawing.ElapsedMilliseconds;
+            var record = engine.Find(id) ?? throw new InvalidOperationException($"the engine lost checkpoint {id}");
+
+            var directory = DirectoryOf(id);
+            if (Directory.Exists(directory))
+            {
+                Directory.Delete(directory, recursive: true);
+            }
+
+            Directory.CreateDirectory(Root, OwnerOnly);
+            Directory.CreateDirectory(directory, OwnerOnly);
+            var images = Path.Combine(directory, ImagesDirectory);
+            Directory.Move(record.StagingDirectory, images);
+            File.Delete(Path.Combine(images, MigrationRecord.FileName));
+            await engine.CleanupAsync(id, CancellationToken.None);
+
+            var manifest = ImageSender.BuildManifest(images);
+            var kept = new KeptCheckpoint
+            {
+                CheckpointId = id,
+                Pod = begun.Pod,
+                NodeName = _options.NodeName,
+                Ready = true,
+                Directory = directory,
+                FrozenUnixMillis = dumped - dump.FrozenMillis,
+                FrozenMillis = frozen,
+                SizeBytes = (ulong)manifest.Files.Sum(f => (long)f.Size),
+                Node = capabilities.Current,
+            };
+            kept.Containers.Add(record.Containers.Select(c => Describe(c.Name, c.Image, manifest)));
+            await WriteAtomicallyAsync(Path.Combine(directory, ManifestFile), Json.Format(manifest));
+            await WriteAtomicallyAsync(Path.Combine(directory, DescriptionFile), Json.Format(kept));
+            _taking.TryRemove(id, out _);
+            AgentTelemetry.FrozenDuration.Record(frozen);
+            LogKept(id, kept.Pod.Namespace, kept.Pod.Name, kept.SizeBytes, frozen);
+        }
+        catch (Exception e) when (MigrationOperations.IsFailure(e) || e is OperationCanceledException)
+        {
+            var reason = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.Aborted or StatusCode.InvalidArgument }
+                ? "CheckpointRefused" : "CheckpointFailed";
+            var message = MigrationOperations.Describe(e);
+            LogFailed(id, reason, message);
+            await DiscardAsync(id);
+            _taking[id] = new Operation
+            {
+                Kind = TakeOperation,
+                State = OperationState.Failed,
+                Reason = reason,
+                Message = message,
+                StartedUnixMillis = _taking.TryGetValue(id, out var started) ? started.StartedUnixMillis : 0,
+                EndedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
+            };
+        }
+    }
+
+    /// <summary>After a failure: the pod thawed (the engine's dump thaws on its own failures), the staged and kept files gone.</summary>
+    private async Task DiscardAsync(string id)
+    {
+        try
+        {
+            if (engine.Find(id) is not null)
+            {
+                await engine.CleanupAsync(id, CancellationToken.None);
+            }
+
+            if (Directory.Exists(DirectoryOf(id)))
+            {
+                Directory.Delete(DirectoryOf(id), recursive: true);
+            }
+        }
+        catch (Exception e) when (e is CheckpointException or IOException or UnauthorizedAccessException)
+        {
+            LogFailed(id, "CleanupFailed", e.Message);
+        }
+    }
+
+    private async Task SendAsync(SendCheckpointRequest request, CheckpointSend send, CancellationToken cancellationToken)
+    {
+        var target = TransferTargetRecord.From(request.Target);
+        try
+        {
+            using var activity = AgentTelemetry.Source.StartActivity("checkpoint.send");
+            activity?.SetTag("podmig.checkpoint.id", request.CheckpointId);
+            activity?.SetTag("podmig.restore.id", request.RestoreId);
+            await sender.SendAsync(Path.Combine(DirectoryOf(request.CheckpointId), ImagesDirectory), target.ToSendRequest(request.RestoreId), report =>
+            {
+                send.BytesSent = report.BytesSent;
+                send.BytesTotal = report.TotalBytes;
+                return Task.CompletedTask;
+            }, (long)target.MaxBytesPerSecond, cancellationToken);
+            await peers.CommitAsync(request.RestoreId, target, cancellationToken);
+            send.Operation = Ended(send.Operation, OperationState.Succeeded, "", $"sent to {target.Node} and committed there");
+        }
+        catch (Exception e) when (MigrationOperations.IsFailure(e) || e is OperationCanceledException)
+        {
+            var message = MigrationOperations.Describe(e);
+            LogFailed(request.RestoreId, "TransferFailed", message);
+            send.Operation = Ended(send.Operation, OperationState.Failed, "TransferFailed", message);
+        }
+    }
+
+    private static Operation Ended(Operation started, OperationState state, string reason, string message) => new()
+    {
+        Kind = started.Kind,
+        State = state,
+        Reason = reason,
+        Message = message,
+        StartedUnixMillis = started.StartedUnixMillis,
+        EndedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
+    };
+
+    /// <summary>A kept checkpoint's description; null when it is not complete on this node.</summary>
+    private KeptCheckpoint? Kept(string checkpointId)
+    {
+        var file = Path.Combine(DirectoryOf(checkpointId), DescriptionFile);
+        try
+        {
+            return File.Exists(file) ? KeptCheckpoint.Parser.ParseJson(File.ReadAllText(file)) : null;
+        }
+        catch (Exception e) when (e is IOException or InvalidProtocolBufferException or InvalidJsonException)
+        {
+            throw new CheckpointException(StatusCode.DataLoss, $"checkpoint {checkpointId}'s description on node {_options.NodeName} cannot be read: {e.Message}");
+        }
+    }
+
+    /// <summary>A container's part of the checkpoint: its image sets and writable layer, with one digest over them.</summary>
+    public static KeptContainer Describe(string container, string image, Manifest manifest)
+    {
+        ArgumentNullException.ThrowIfNull(manifest);
+        var prefix = "containers/" + container + "/";
+        var layer = "rootfs/" + container + ".tar";
+        var files = manifest.Files.Where(f => f.Path.StartsWith(prefix, StringComparison.Ordinal) || f.Path == layer)
+            .OrderBy(f => f.Path, StringComparer.Ordinal).ToList();
+        var lines = string.Concat(files.Select(f => string.Create(CultureInfo.InvariantCulture, $"{f.Path} {f.Size} {Convert.ToHexStringLower(f.Sha256.Span)}\n")));
+        return new KeptContainer
+        {
+            Name = container,
+            Image = image ?? "",
+            Digest = "sha256:" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(lines))),
+            SizeBytes = (ulong)files.Sum(f => (long)f.Size),
+        };
+    }
+
+    private static async Task WriteAtomicallyAsync(string path, string text)
+    {
+        var temporary = path + ".tmp";
+        await File.WriteAllTextAsync(temporary, text);
+        File.Move(temporary, path, overwrite: true);
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} of pod {Namespace}/{Pod} kept: {Bytes} bytes, frozen for {FrozenMillis} ms")]
+    private partial void LogKept(string checkpoint, string @namespace, string pod, ulong bytes, uint frozenMillis);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} deleted")]
+    private partial void LogDeleted(string checkpoint);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Checkpoint {Checkpoint}: {Reason}: {Message}")]
+    private partial void LogFailed(string checkpoint, string reason, string message);
+}

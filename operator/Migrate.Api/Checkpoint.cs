@@ -1,0 +1,243 @@
+using System.Text.Json.Serialization;
+using k8s;
+using k8s.Models;
+
+namespace Migrate.Api;
+
+/// <summary>
+/// A Checkpoint (crds/podmigration.io_checkpoints.yaml): a checkpoint of a running pod's containers,
+/// one consistent cut (frozen together, dumped, thawed), kept on the pod's node until the object is
+/// deleted. The pod runs on.
+/// </summary>
+public sealed class Checkpoint : IKubernetesObject<V1ObjectMeta>
+{
+    public const string Plural = "checkpoints";
+    public const string KindName = "Checkpoint";
+
+    [JsonPropertyName("apiVersion")]
+    public string ApiVersion { get; set; } = $"{MigrationRequest.Group}/{MigrationRequest.Version}";
+
+    [JsonPropertyName("kind")]
+    public string Kind { get; set; } = KindName;
+
+    [JsonPropertyName("metadata")]
+    public V1ObjectMeta Metadata { get; set; } = new();
+
+    [JsonPropertyName("spec")]
+    public CheckpointSpec Spec { get; set; } = new();
+
+    [JsonPropertyName("status")]
+    public CheckpointStatus? Status { get; set; }
+}
+
+public sealed class CheckpointList : IKubernetesObject<V1ListMeta>, IItems<Checkpoint>
+{
+    [JsonPropertyName("apiVersion")]
+    public string ApiVersion { get; set; } = $"{MigrationRequest.Group}/{MigrationRequest.Version}";
+
+    [JsonPropertyName("kind")]
+    public string Kind { get; set; } = "CheckpointList";
+
+    [JsonPropertyName("metadata")]
+    public V1ListMeta Metadata { get; set; } = new();
+
+    [JsonPropertyName("items")]
+    public IList<Checkpoint> Items { get; set; } = [];
+}
+
+public sealed class CheckpointSpec
+{
+    /// <summary>The pod to checkpoint, in the Checkpoint's namespace.</summary>
+    [JsonPropertyName("podName")]
+    public string PodName { get; set; } = "";
+
+    /// <summary>The pod runs on after the checkpoint (the only mode so far; the schema refuses false).</summary>
+    [JsonPropertyName("leaveRunning")]
+    public bool LeaveRunning { get; set; } = true;
+}
+
+public static class CheckpointPhases
+{
+    public const string Pending = "Pending";
+    public const string Checkpointing = "Checkpointing";
+    public const string Ready = "Ready";
+    public const string Failed = "Failed";
+
+    public static bool IsFinal(string? phase) => phase is Ready or Failed;
+}
+
+public sealed class CheckpointStatus
+{
+    [JsonPropertyName("phase")]
+    public string? Phase { get; set; }
+
+    [JsonPropertyName("reason")]
+    public string? Reason { get; set; }
+
+    [JsonPropertyName("message")]
+    public string? Message { get; set; }
+
+    /// <summary>The node the checkpoint was taken on, and where its images are kept.</summary>
+    [JsonPropertyName("nodeName")]
+    public string? NodeName { get; set; }
+
+    [JsonPropertyName("podUID")]
+    public string? PodUid { get; set; }
+
+    /// <summary>When the pod was frozen for it: the state it holds is the pod's at this instant.</summary>
+    [JsonPropertyName("checkpointTime")]
+    public DateTime? CheckpointTime { get; set; }
+
+    [JsonPropertyName("startTime")]
+    public DateTime? StartTime { get; set; }
+
+    [JsonPropertyName("completionTime")]
+    public DateTime? CompletionTime { get; set; }
+
+    /// <summary>How long the pod's processes were frozen (freeze to thaw).</summary>
+    [JsonPropertyName("freezeMillis")]
+    public long? FreezeMillis { get; set; }
+
+    /// <summary>Bytes kept: images, writable layers, emptyDir contents.</summary>
+    [JsonPropertyName("sizeBytes")]
+    public long? SizeBytes { get; set; }
+
+    /// <summary>Where the images are: node:directory.</summary>
+    [JsonPropertyName("location")]
+    public string? Location { get; set; }
+
+    [JsonPropertyName("criuVersion")]
+    public string? CriuVersion { get; set; }
+
+    [JsonPropertyName("kernelVersion")]
+    public string? KernelVersion { get; set; }
+
+    [JsonPropertyName("containers")]
+    public IList<CheckpointContainer>? Containers { get; set; }
+}
+
+public sealed class CheckpointContainer
+{
+    [JsonPropertyName("name")]
+    public string Name { get; set; } = "";
+
+    [JsonPropertyName("image")]
+    public string? Image { get; set; }
+
+    /// <summary>sha256 over the container's kept files (each file's path, size and SHA-256).</summary>
+    [JsonPropertyName("digest")]
+    public string? Digest { get; set; }
+
+    [JsonPropertyName("sizeBytes")]
+    public long? SizeBytes { get; set; }
+}
+
+/// <summary>
+/// A Restore (crds/podmigration.io_restores.yaml): a new pod made from a Checkpoint, on a node of
+/// the user's or the operator's choice, whose processes resume as of the checkpoint. Each Restore
+/// makes its own pod; the pod the checkpoint was taken of is not touched.
+/// </summary>
+public sealed class Restore : IKubernetesObject<V1ObjectMeta>
+{
+    public const string Plural = "restores";
+    public const string KindName = "Restore";
+
+    [JsonPropertyName("apiVersion")]
+    public string ApiVersion { get; set; } = $"{MigrationRequest.Group}/{MigrationRequest.Version}";
+
+    [JsonPropertyName("kind")]
+    public string Kind { get; set; } = KindName;
+
+    [JsonPropertyName("metadata")]
+    public V1ObjectMeta Metadata { get; set; } = new();
+
+    [JsonPropertyName("spec")]
+    public RestoreSpec Spec { get; set; } = new();
+
+    [JsonPropertyName("status")]
+    public RestoreStatus? Status { get; set; }
+}
+
+public sealed class RestoreList : IKubernetesObject<V1ListMeta>, IItems<Restore>
+{
+    [JsonPropertyName("apiVersion")]
+    public string ApiVersion { get; set; } = $"{MigrationRequest.Group}/{MigrationRequest.Version}";
+
+    [JsonPropertyName("kind")]
+    public string Kind { get; set; } = "RestoreList";
+
+    [JsonPropertyName("metadata")]
+    public V1ListMeta Metadata { get; set; } = new();
+
+    [JsonPropertyName("items")]
+    public IList<Restore> Items { get; set; } = [];
+}
+
+public sealed class RestoreSpec
+{
+    /// <summary>The Checkpoint to restore, in the Restore's namespace.</summary>
+    [JsonPropertyName("checkpointName")]
+    public string CheckpointName { get; set; } = "";
+
+    /// <summary>The node to restore on; unset: the checkpoint's own node if it can, else another that can.</summary>
+    [JsonPropertyName("nodeName")]
+    public string? NodeName { get; set; }
+
+    /// <summary>The new pod's name; unset: the Restore's name.</summary>
+    [JsonPropertyName("podName")]
+    public string? PodName { get; set; }
+}
+
+public static class RestorePhases
+{
+    public const string Pending = "Pending";
+    public const string Transferring = "Transferring";
+    public const string Restoring = "Restoring";
+    public const string Succeeded = "Succeeded";
+    public const string Failed = "Failed";
+
+    public static bool IsFinal(string? phase) => phase is Succeeded or Failed;
+}
+
+public sealed class RestoreStatus
+{
+    [JsonPropertyName("phase")]
+    public string? Phase { get; set; }
+
+    [JsonPropertyName("reason")]
+    public string? Reason { get; set; }
+
+    [JsonPropertyName("message")]
+    public string? Message { get; set; }
+
+    /// <summary>The node the checkpoint's images came from.</summary>
+    [JsonPropertyName("sourceNode")]
+    public string? SourceNode { get; set; }
+
+    /// <summary>The node the pod was restored on.</summary>
+    [JsonPropertyName("nodeName")]
+    public string? NodeName { get; set; }
+
+    [JsonPropertyName("podName")]
+    public string? PodName { get; set; }
+
+    /// <summary>The checkpoint's time: the restored processes resume from the state they had then.</summary>
+    [JsonPropertyName("checkpointTime")]
+    public DateTime? CheckpointTime { get; set; }
+
+    [JsonPropertyName("startTime")]
+    public DateTime? StartTime { get; set; }
+
+    [JsonPropertyName("phaseStartTime")]
+    public DateTime? PhaseStartTime { get; set; }
+
+    [JsonPropertyName("completionTime")]
+    public DateTime? CompletionTime { get; set; }
+
+    [JsonPropertyName("bytesTransferred")]
+    public long? BytesTransferred { get; set; }
+
+    /// <summary>How long the restore itself took on the node (images to running processes).</summary>
+    [JsonPropertyName("restoreMillis")]
+    public long? RestoreMillis { get; set; }
+}

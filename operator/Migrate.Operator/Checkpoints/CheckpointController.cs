@@ -1,0 +1,221 @@
+using System.Net;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Grpc.Core;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Migrate.Agent.V1;
+using Migrate.Operator.Kubernetes;
+using Migrate.Operator.Reconciliation;
+
+namespace Migrate.Operator.Checkpoints;
+
+/// <summary>Writes to namespaced objects of the project's kinds: finalizers, annotations, status.</summary>
+public sealed class NamespacedObjects(IKubernetes client)
+{
+    public async Task SetFinalizersAsync(IKubernetesObject<V1ObjectMeta> item, string plural, IEnumerable<string> finalizers, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(item);
+        await client.CustomObjects.PatchNamespacedCustomObjectAsync(MigrationStore.FinalizerPatch(finalizers, item.Metadata.ResourceVersion), MigrationRequest.Group,
+            MigrationRequest.Version, item.Metadata.NamespaceProperty, plural, item.Metadata.Name, cancellationToken: cancellationToken);
+    }
+
+    public async Task AnnotateAsync(IKubernetesObject<V1ObjectMeta> item, string plural, string key, string value, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(item);
+        var patch = new JsonObject
+        {
+            ["metadata"] = new JsonObject { ["annotations"] = new JsonObject { [key] = value }, ["resourceVersion"] = item.Metadata.ResourceVersion },
+        };
+        await client.CustomObjects.PatchNamespacedCustomObjectAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch), MigrationRequest.Group,
+            MigrationRequest.Version, item.Metadata.NamespaceProperty, plural, item.Metadata.Name, cancellationToken: cancellationToken);
+    }
+
+    /// <summary>Replaces the status (the object's resourceVersion must still be current).</summary>
+    public async Task WriteStatusAsync(IKubernetesObject<V1ObjectMeta> item, string plural, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(item);
+        await client.CustomObjects.ReplaceNamespacedCustomObjectStatusAsync(item, MigrationRequest.Group, MigrationRequest.Version,
+            item.Metadata.NamespaceProperty, plural, item.Metadata.Name, cancellationToken: cancellationToken);
+    }
+}
+
+/// <summary>
+/// Reconciles Checkpoints (see <see cref="CheckpointDecisions"/>): observes the pod, its node and
+/// what the node's agent keeps, decides, then carries out the one action decided and writes the
+/// status. Driven by the shared informers and by polling while a checkpoint is taken; only while
+/// this replica leads.
+/// </summary>
+public sealed partial class CheckpointController : BackgroundService
+{
+    private readonly ClusterCache _cache;
+    private readonly IAgentDirectory _agents;
+    private readonly ILeaderGate _leader;
+    private readonly ILogger<CheckpointController> _logger;
+    private readonly TimeProvider _time;
+    private readonly NamespacedObjects _objects;
+    private readonly EventRecorder _events;
+    private readonly WorkQueue<ObjectKey> _queue;
+    private readonly KeptViews _views;
+
+    public CheckpointController(IKubernetes client, ClusterCache cache, IAgentDirectory agents, ILeaderGate leader, ILogger<CheckpointController> logger, TimeProvider time)
+    {
+        _cache = cache;
+        _agents = agents;
+        _leader = leader;
+        _logger = logger;
+        _time = time;
+        _objects = new NamespacedObjects(client);
+        _events = new EventRecorder(client, time);
+        _queue = new WorkQueue<ObjectKey>(time);
+        _views = new KeptViews(agents, time);
+        cache.Checkpoints.OnChange(c => _queue.Add(ObjectKey.Of((c.New ?? c.Old!).Metadata)));
+    }
+
+    public CheckpointPolicy Policy { get; init; } = new();
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        try
+        {
+            await _cache.WaitForSyncAsync(stoppingToken);
+        }
+        catch (OperationCanceledException)
+        {
+            return;
+        }
+
+        await new ControllerLoop("Checkpoint", _queue, ReconcileAsync, () => _cache.Checkpoints.Items.Select(c => ObjectKey.Of(c.Metadata)), _leader, _logger, workers: 2)
+            .RunAsync(stoppingToken);
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        _queue.Dispose();
+    }
+
+    private async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
+    {
+        if (_cache.Checkpoints.Get(key.Namespace, key.Name) is not { } checkpoint)
+        {
+            return null;
+        }
+
+        var pod = _cache.Pods.Get(checkpoint.Metadata.NamespaceProperty, checkpoint.Spec.PodName);
+        var nodeName = checkpoint.Status?.NodeName ?? pod?.Spec?.NodeName;
+        var node = nodeName is null ? null : _cache.Nodes.Get(null, nodeName);
+        var facts = new CheckpointFacts
+        {
+            Checkpoint = checkpoint,
+            Now = _time.GetUtcNow().UtcDateTime,
+            Pod = pod,
+            Node = node,
+            Agent = checkpoint.Status?.NodeName is not null ? await _views.GetAsync(node, checkpoint.Metadata.Uid, cancellationToken) : KeptView.None,
+        };
+        var decision = CheckpointDecisions.Decide(facts, Policy);
+        try
+        {
+            await ExecuteAsync(checkpoint, pod, node, decision.Action, cancellationToken);
+            if (decision.Action is not (CheckpointAction.AddFinalizer or CheckpointAction.RemoveFinalizer or CheckpointAction.SavePod)
+                && JsonSerializer.Serialize(decision.Status) != JsonSerializer.Serialize(checkpoint.Status ?? new CheckpointStatus()))
+            {
+                checkpoint.Status = decision.Status;
+                await _objects.WriteStatusAsync(checkpoint, Checkpoint.Plural, cancellationToken);
+                if (decision.Event is { } note)
+                {
+                    await _events.RecordAsync(checkpoint.ApiVersion, Checkpoint.KindName, checkpoint.Metadata, note.Type, note.Reason, note.Message, cancellationToken);
+                }
+            }
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.Conflict or HttpStatusCode.NotFound)
+        {
+            return TimeSpan.FromMilliseconds(100); // someone wrote first (or it is gone); the next pass starts from what is there
+        }
+        catch (RpcException e)
+        {
+            LogAgentCall(checkpoint.Metadata.NamespaceProperty, checkpoint.Metadata.Name, e.Status.Detail);
+            return Policy.PollInterval;
+        }
+
+        return decision.Requeue;
+    }
+
+    private async Task ExecuteAsync(Checkpoint checkpoint, V1Pod? pod, V1Node? node, CheckpointAction action, CancellationToken cancellationToken)
+    {
+        switch (action)
+        {
+            case CheckpointAction.AddFinalizer:
+                await _objects.SetFinalizersAsync(checkpoint, Checkpoint.Plural, [.. checkpoint.Metadata.Finalizers ?? [], Finalizers.Cleanup], cancellationToken);
+                break;
+            case CheckpointAction.RemoveFinalizer:
+                await _objects.SetFinalizersAsync(checkpoint, Checkpoint.Plural, (checkpoint.Metadata.Finalizers ?? []).Where(f => f != Finalizers.Cleanup), cancellationToken);
+                break;
+            case CheckpointAction.SavePod:
+                await _objects.AnnotateAsync(checkpoint, Checkpoint.Plural, CheckpointDecisions.SourcePodAnnotation, KubernetesJson.Serialize(SavedPod(pod!)), cancellationToken);
+                break;
+            case CheckpointAction.Take take:
+                await Agent(node, take.Node).TakeCheckpointAsync(new TakeCheckpointRequest
+                {
+                    CheckpointId = checkpoint.Metadata.Uid,
+                    NodeName = take.Node,
+                    Pod = new PodRef { Namespace = checkpoint.Metadata.NamespaceProperty, Name = checkpoint.Spec.PodName, Uid = checkpoint.Status?.PodUid ?? pod?.Metadata.Uid ?? "" },
+                }, cancellationToken: cancellationToken);
+                break;
+            case CheckpointAction.Delete delete:
+                await Agent(node, delete.Node).DeleteCheckpointAsync(new CheckpointRef { CheckpointId = checkpoint.Metadata.Uid }, cancellationToken: cancellationToken);
+                break;
+        }
+    }
+
+    /// <summary>What a restore needs of the pod: its spec, labels and annotations (not its status or owners).</summary>
+    public static V1Pod SavedPod(V1Pod pod)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        return new V1Pod
+        {
+            Metadata = new V1ObjectMeta { Name = pod.Metadata.Name, Uid = pod.Metadata.Uid, Labels = pod.Metadata.Labels, Annotations = pod.Metadata.Annotations },
+            Spec = pod.Spec,
+        };
+    }
+
+    private NodeAgent.NodeAgentClient Agent(V1Node? node, string name) =>
+        (node is null ? null : _agents.Connect(node))?.Client ?? throw new RpcException(new Status(StatusCode.Unavailable, $"node {name} has no agent"));
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Checkpoint {Namespace}/{Name}: an agent call failed: {Message}")]
+    private partial void LogAgentCall(string @namespace, string name, string message);
+}
+
+/// <summary>Asks a node's agent what it keeps of a checkpoint (a short deadline, no retries) and remembers since when it has been silent.</summary>
+public sealed class KeptViews(IAgentDirectory agents, TimeProvider time)
+{
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, DateTime> _silentSince = new(StringComparer.Ordinal);
+
+    public TimeSpan Deadline { get; init; } = TimeSpan.FromSeconds(3);
+
+    public async Task<KeptView> GetAsync(V1Node? node, string checkpointId, CancellationToken cancellationToken)
+    {
+        if (node is null || agents.Observe(node) is not { } agent)
+        {
+            return KeptView.None;
+        }
+
+        var name = node.Metadata.Name;
+        try
+        {
+            var kept = await agent.Client.GetCheckpointAsync(new CheckpointRef { CheckpointId = checkpointId }, deadline: DateTime.UtcNow + Deadline, cancellationToken: cancellationToken);
+            _silentSince.TryRemove(name, out _);
+            return new KeptView(true, kept);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.NotFound)
+        {
+            _silentSince.TryRemove(name, out _);
+            return KeptView.KnowsNothing;
+        }
+        catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            return new KeptView(false, null, _silentSince.GetOrAdd(name, _ => time.GetUtcNow().UtcDateTime), e.Status.Detail);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+using k8s.Models;
+using Migrate.Agent.V1;
+using Migrate.Operator.Reconciliation;
+
+namespace Migrate.Operator.Checkpoints;
+
+/// <summary>What the operator saw of the agent that keeps (or takes) a checkpoint, when it last asked.</summary>
+public sealed record KeptView(bool Reachable, KeptCheckpoint? Kept, DateTime? UnreachableSince = null, string? Error = null)
+{
+    public static KeptView None { get; } = new(false, null, null, "no agent");
+
+    /// <summary>The agent answered that it neither keeps nor takes the checkpoint.</summary>
+    public static KeptView KnowsNothing { get; } = new(true, null);
+
+    public TimeSpan Silence(DateTime now) => Reachable || UnreachableSince is not { } since ? TimeSpan.Zero : now - since;
+}
+
+/// <summary>Everything one pass over a Checkpoint decides on.</summary>
+public sealed record CheckpointFacts
+{
+    public required Checkpoint Checkpoint { get; init; }
+
+    public required DateTime Now { get; init; }
+
+    /// <summary>The pod the checkpoint names (null: none of that name).</summary>
+    public V1Pod? Pod { get; init; }
+
+    /// <summary>The node the checkpoint is (to be) kept on, if it exists.</summary>
+    public V1Node? Node { get; init; }
+
+    public KeptView Agent { get; init; } = KeptView.None;
+}
+
+public abstract record CheckpointAction
+{
+    public sealed record Nothing : CheckpointAction;
+
+    public sealed record AddFinalizer : CheckpointAction;
+
+    public sealed record RemoveFinalizer : CheckpointAction;
+
+    /// <summary>Keep a copy of the pod (its spec, labels, annotations) in the Checkpoint: restores are made from it.</summary>
+    public sealed record SavePod : CheckpointAction;
+
+    public sealed record Take(string Node) : CheckpointAction;
+
+    public sealed record Delete(string Node) : CheckpointAction;
+
+    public static CheckpointAction None { get; } = new Nothing();
+}
+
+/// <summary>The pass's decision: one action, the status to write, when to look again, and an Event to record (type, reason, message).</summary>
+public sealed record CheckpointDecision(CheckpointAction Action, CheckpointStatus Status, TimeSpan? Requeue, (string Type, string Reason, string Message)? Event = null);
+
+/// <summary>The knobs of the checkpoint decisions.</summary>
+public sealed record CheckpointPolicy
+{
+    /// <summary>How long taking a checkpoint may take, from the request to the images kept.</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>How long the agent may not answer before the checkpoint fails (or, when it is deleted, is let go).</summary>
+    public TimeSpan AgentGrace { get; init; } = TimeSpan.FromSeconds(30);
+
+    public TimeSpan PollInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+}
+
+/// <summary>
+/// The next step for a Checkpoint, from what was observed: a pure function. Pending → (the pod
+/// copied into the Checkpoint) → Checkpointing (the agent takes it: freeze, dump, thaw) → Ready,
+/// or Failed with the reason. Deleting a Checkpoint has the agent remove its images first (the
+/// finalizer), unless the node or its agent is gone for longer than the grace.
+/// </summary>
+public static class CheckpointDecisions
+{
+    public const string SourcePodAnnotation = Annotations.SourcePod;
+
+    public static CheckpointDecision Decide(CheckpointFacts f, CheckpointPolicy p)
+    {
+        ArgumentNullException.ThrowIfNull(f);
+        ArgumentNullException.ThrowIfNull(p);
+        var c = f.Checkpoint;
+        var s = Clone(c.Status);
+        bool hasFinalizer = c.Metadata.Finalizers?.Contains(Finalizers.Cleanup) == true;
+        if (c.Metadata.DeletionTimestamp is { } deleting)
+        {
+            return hasFinalizer ? Deleting(f, p, s, deleting) : new(CheckpointAction.None, s, null);
+        }
+
+        if (!hasFinalizer)
+        {
+            return new(new CheckpointAction.AddFinalizer(), s, TimeSpan.Zero);
+        }
+
+        if (CheckpointPhases.IsFinal(s.Phase))
+        {
+            return new(CheckpointAction.None, s, null);
+        }
+
+        s.StartTime ??= f.Now;
+        if (s.Phase is null or CheckpointPhases.Pending)
+        {
+            return Admit(f, s);
+        }
+
+        // Checkpointing
+        if (f.Agent.Kept is { Ready: true } kept)
+        {
+            return Kept(f, s, kept);
+        }
+
+        if (f.Agent.Kept?.Operation is { State: OperationState.Failed } failed)
+        {
+            return Fail(s, f.Now, failed.Reason, $"Checkpointing pod {c.Spec.PodName} on {s.NodeName} failed: {failed.Message.TrimEnd('.')}. The pod runs on.");
+        }
+
+        if (f.Now - s.StartTime > p.Timeout)
+        {
+            return Fail(s, f.Now, Reasons.TimedOut, $"The checkpoint was not kept within {p.Timeout.TotalSeconds:0} seconds.");
+        }
+
+        if (f.Node is null)
+        {
+            return Fail(s, f.Now, "NodeGone", $"Node {s.NodeName} was deleted while the checkpoint was being taken.");
+        }
+
+        if (!f.Agent.Reachable)
+        {
+            return f.Agent.Silence(f.Now) > p.AgentGrace
+                ? Fail(s, f.Now, Reasons.SourceAgentUnreachable, $"The agent on {s.NodeName} has not answered for {f.Agent.Silence(f.Now).TotalSeconds:0} seconds ({f.Agent.Error}).")
+                : new(CheckpointAction.None, s, p.PollInterval);
+        }
+
+        // the agent knows nothing of it (first call, or it restarted): ask again, which starts it at most once at a time
+        return f.Agent.Kept is null ? new(new CheckpointAction.Take(s.NodeName!), s, p.PollInterval) : new(CheckpointAction.None, s, p.PollInterval);
+    }
+
+    private static CheckpointDecision Admit(CheckpointFacts f, CheckpointStatus s)
+    {
+        var c = f.Checkpoint;
+        var name = $"{c.Metadata.NamespaceProperty}/{c.Spec.PodName}";
+        if (!c.Spec.LeaveRunning)
+        {
+            return Fail(s, f.Now, "Unsupported", "leaveRunning: false is not supported yet: a checkpoint leaves the pod running.");
+        }
+
+        if (f.Pod is not { } pod)
+        {
+            return Fail(s, f.Now, Reasons.PodNotFound, $"Pod {name} does not exist.");
+        }
+
+        if (pod.Status?.Phase != "Running" || string.IsNullOrEmpty(pod.Spec.NodeName) || pod.Metadata.DeletionTimestamp is not null)
+        {
+            return Fail(s, f.Now, Reasons.PodNotRunning, $"Pod {name} is {(pod.Metadata.DeletionTimestamp is not null ? "being deleted" : pod.Status?.Phase ?? "without a phase")}; only a Running pod can be checkpointed.");
+        }
+
+        if (pod.Spec.HostNetwork == true)
+        {
+            return Fail(s, f.Now, Reasons.CheckpointRefused, $"Pod {name} uses the host's network: its sockets belong to the node, not to the pod, and cannot be checkpointed.");
+        }
+
+        if (f.Node is null || f.Node.Metadata.Name != pod.Spec.NodeName)
+        {
+            return new(CheckpointAction.None, s, TimeSpan.FromSeconds(1)); // the node is not in the cache yet
+        }
+
+        if (Keys.Get(f.Node.Metadata.Annotations, Annotations.AgentEndpoint) is null)
+        {
+            return Fail(s, f.Now, Reasons.SourceHasNoAgent, $"Node {pod.Spec.NodeName} runs no podmig agent.");
+        }
+
+        if (Keys.Get(c.Metadata.Annotations, SourcePodAnnotation) is null)
+        {
+            return new(new CheckpointAction.SavePod(), s, TimeSpan.Zero);
+        }
+
+        s.Phase = CheckpointPhases.Checkpointing;
+        s.NodeName = pod.Spec.NodeName;
+        s.PodUid = pod.Metadata.Uid;
+        s.Reason = "Checkpointing";
+        s.Message = $"Checkpointing pod {name} on {pod.Spec.NodeName}.";
+        return new(new CheckpointAction.Take(pod.Spec.NodeName), s, TimeSpan.FromMilliseconds(200));
+    }
+
+    private static CheckpointDecision Kept(CheckpointFacts f, CheckpointStatus s, KeptCheckpoint kept)
+    {
+        s.Phase = CheckpointPhases.Ready;
+        s.Reason = "Kept";
+        s.CheckpointTime = DateTimeOffset.FromUnixTimeMilliseconds(kept.FrozenUnixMillis).UtcDateTime;
+        s.CompletionTime = f.Now;
+        s.FreezeMillis = kept.FrozenMillis;
+        s.SizeBytes = (long)kept.SizeBytes;
+        s.Location = $"{kept.NodeName}:{kept.Directory}";
+        s.CriuVersion = kept.Node?.Criu?.Version;
+        s.KernelVersion = kept.Node?.Kernel?.Release;
+        s.Containers = [.. kept.Containers.Select(k => new CheckpointContainer { Name = k.Name, Image = k.Image, Digest = k.Digest, SizeBytes = (long)k.SizeBytes })];
+        s.Message = $"Pod {f.Checkpoint.Spec.PodName} checkpointed on {kept.NodeName}: {kept.SizeBytes} bytes kept, frozen for {kept.FrozenMillis} ms.";
+        return new(CheckpointAction.None, s, null, ("Normal", "Checkpointed", s.Message));
+    }
+
+    private static CheckpointDecision Deleting(CheckpointFacts f, CheckpointPolicy p, CheckpointStatus s, DateTime deleting)
+    {
+        if (s.NodeName is null)
+        {
+            return new(new CheckpointAction.RemoveFinalizer(), s, null);
+        }
+
+        if (f.Node is null)
+        {
+            return new(new CheckpointAction.RemoveFinalizer(), s, null, ("Warning", "NodeGone", $"Node {s.NodeName} is gone; its copy of the checkpoint went with it."));
+        }
+
+        if (f.Agent.Reachable)
+        {
+            if (f.Agent.Kept is null || f.Agent.Kept.Deleted)
+            {
+                return new(new CheckpointAction.RemoveFinalizer(), s, null);
+            }
+
+            return f.Agent.Kept.Operation is { State: OperationState.Running } || f.Agent.Kept.Sends.Any(x => x.Operation?.State == OperationState.Running)
+                ? new(CheckpointAction.None, s, p.PollInterval) // taken or sent right now: removed once that ends
+                : new(new CheckpointAction.Delete(s.NodeName), s, p.PollInterval);
+        }
+
+        return f.Now - deleting > p.AgentGrace
+            ? new(new CheckpointAction.RemoveFinalizer(), s, null,
+                ("Warning", "ImagesLeft", $"The agent on {s.NodeName} did not answer for {p.AgentGrace.TotalSeconds:0} seconds; the checkpoint's images may remain in {s.Location} until removed by hand."))
+            : new(CheckpointAction.None, s, p.PollInterval);
+    }
+
+    private static CheckpointDecision Fail(CheckpointStatus s, DateTime now, string reason, string message)
+    {
+        s.Phase = CheckpointPhases.Failed;
+        s.Reason = reason;
+        s.Message = message;
+        s.CompletionTime = now;
+        return new(CheckpointAction.None, s, null, ("Warning", reason, message));
+    }
+
+    private static CheckpointStatus Clone(CheckpointStatus? status) =>
+        status is null ? new CheckpointStatus() : System.Text.Json.JsonSerializer.Deserialize<CheckpointStatus>(System.Text.Json.JsonSerializer.Serialize(status))!;
+}

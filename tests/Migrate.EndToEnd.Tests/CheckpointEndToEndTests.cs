@@ -1,0 +1,234 @@
+using System.Text.Json;
+using Migrate.TestSupport;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Migrate.EndToEnd.Tests;
+
+/// <summary>
+/// Checkpoints kept and restored ("time travel") on the sandbox, driven with kubectl: checkpoints of
+/// a running counter that keeps counting, restores of an older one on another node and on its own
+/// node (two independent pods, both resuming from that checkpoint's count), refusals that create
+/// nothing, and deleting a Checkpoint removing its images from the node.
+/// </summary>
+public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputHelper output) : IClassFixture<SandboxFixture>
+{
+    private SandboxCluster Cluster => fixture.Cluster;
+
+    [Fact]
+    public async Task Three_checkpoints_of_a_running_counter_and_the_first_restored_twice_resumes_from_its_count_while_the_original_runs_on()
+    {
+        var original = await Sandbox.RunCounterAsync(Cluster, "tt", "node-a", 16);
+        var taken = new List<(string Name, long Before, long After, JsonElement Status)>();
+        foreach (var name in new[] { "tt-1", "tt-2", "tt-3" })
+        {
+            long before = (await Sandbox.WaitForTicksAsync(Cluster, "tt", "main", 3, after: taken.Count > 0 ? taken[^1].After : 0))[^1].Tick;
+            await ApplyAsync($"""
+                apiVersion: podmigration.io/v1alpha1
+                kind: Checkpoint
+                metadata:
+                  name: {name}
+                spec:
+                  podName: tt
+                """);
+            var status = await WaitForPhaseAsync("checkpoint", name, "Ready");
+            long after = (await Sandbox.TicksAsync(Cluster, "tt"))[^1].Tick;
+            output.WriteLine($"{name}: ticks {before}..{after}; {status.GetProperty("message").GetString()} at {status.GetProperty("location").GetString()}");
+            taken.Add((name, before, after, status));
+        }
+
+        foreach (var (name, _, _, status) in taken)
+        {
+            Assert.Equal("node-a", status.GetProperty("nodeName").GetString());
+            Assert.True(status.GetProperty("sizeBytes").GetInt64() > 16L << 20, $"{name} keeps less than the counter's 16 MiB");
+            Assert.True(status.GetProperty("freezeMillis").GetInt64() > 0);
+            Assert.StartsWith("4.", status.GetProperty("criuVersion").GetString(), StringComparison.Ordinal);
+            var container = Assert.Single(status.GetProperty("containers").EnumerateArray());
+            Assert.Equal("main", container.GetProperty("name").GetString());
+            Assert.Matches("^sha256:[0-9a-f]{64}$", container.GetProperty("digest").GetString());
+            Assert.True(Directory.Exists(CheckpointDirectory("node-a", status)), $"{name}'s images are not on node-a");
+        }
+
+        Assert.Equal(3, taken.Select(t => t.Status.GetProperty("containers")[0].GetProperty("digest").GetString()).Distinct().Count());
+        var listed = (await Cluster.Api.KubectlAsync("get", "checkpoints")).Succeeded().Output;
+        output.WriteLine(listed);
+        Assert.Contains("tt-3", listed, StringComparison.Ordinal);
+
+        // the original counted on through all three, never restarted
+        var originalTicks = await Sandbox.WaitForTicksAsync(Cluster, "tt", "main", 3, after: taken[^1].After);
+        Sandbox.AssertConsecutive(originalTicks, 1);
+        Assert.Equal(["default/tt"], Cluster.Node("node-a").Kubelet.StartedPods.Where(p => p == "default/tt"));
+
+        // the first checkpoint, restored on node-b (asked for) and on its own node (the operator's choice)
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: tt-back-b
+            spec:
+              checkpointName: tt-1
+              nodeName: node-b
+            ---
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: tt-back-a
+            spec:
+              checkpointName: tt-1
+              podName: tt-again
+            """);
+        var onB = await WaitForPhaseAsync("restore", "tt-back-b", "Succeeded");
+        var onA = await WaitForPhaseAsync("restore", "tt-back-a", "Succeeded");
+        output.WriteLine($"tt-back-b: {onB.GetProperty("message").GetString()} ({onB.GetProperty("bytesTransferred").GetInt64()} bytes sent, restore {onB.GetProperty("restoreMillis").GetInt64()} ms)");
+        output.WriteLine($"tt-back-a: {onA.GetProperty("message").GetString()} ({onA.GetProperty("bytesTransferred").GetInt64()} bytes staged, restore {onA.GetProperty("restoreMillis").GetInt64()} ms)");
+        Assert.Equal(("node-a", "node-b", "tt-back-b"), (onB.GetProperty("sourceNode").GetString(), onB.GetProperty("nodeName").GetString(), onB.GetProperty("podName").GetString()));
+        Assert.Equal(("node-a", "tt-again"), (onA.GetProperty("nodeName").GetString(), onA.GetProperty("podName").GetString()));
+
+        var (_, before1, after1, _) = taken[0];
+        foreach (var (pod, node) in new[] { ("tt-back-b", "node-b"), ("tt-again", "node-a") })
+        {
+            var ticks = await Sandbox.WaitForTicksAsync(Cluster, pod, "main", 5);
+            long first = ticks[0].Tick;
+            output.WriteLine($"{pod} on {node}: first tick {first} (tt-1 was taken between ticks {before1} and {after1}; tt-2 after {taken[1].Before})");
+            // it counts on from tt-1's count: not from 1, not from a later checkpoint's
+            Assert.InRange(first, before1 + 1, after1 + 1);
+            Assert.True(first <= taken[1].Before, $"{pod} resumed at {first}, after tt-2 was asked for at {taken[1].Before}");
+            Sandbox.AssertConsecutive(ticks, first);
+            Assert.Contains(ticks, t => t.VerifiedOk); // its 16 MiB buffer came back with the checksum it had
+            var restored = (await Sandbox.PodsAsync(Cluster)).Single(p => p.Metadata.Name == pod);
+            Assert.Equal((node, "Running"), (restored.Spec.NodeName, restored.Status.Phase));
+            Assert.Equal("tt-1", restored.Metadata.Labels["podmigration.io/restored-from"]);
+            Assert.False(restored.Metadata.Labels.ContainsKey("app"), "a restored pod must not carry the original's labels (a controller would adopt it)");
+        }
+
+        // the original is untouched and still counting
+        var still = await Sandbox.WaitForTicksAsync(Cluster, "tt", "main", 3, after: originalTicks[^1].Tick);
+        Sandbox.AssertConsecutive(still, 1);
+        Assert.Equal(original.Metadata.Uid, (await Sandbox.PodsAsync(Cluster)).Single(p => p.Metadata.Name == "tt").Metadata.Uid);
+        await Sandbox.AssertNoImagesLeftAsync(Cluster); // the restores' copies went once they ran
+
+        // deleting a Checkpoint removes its images from the node (the finalizer waits for the agent)
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "tt-2", "--wait=true", "--timeout=30s")).Succeeded();
+        Assert.False(Directory.Exists(CheckpointDirectory("node-a", taken[1].Status)), "tt-2's images are still on node-a");
+        Assert.True(Directory.Exists(CheckpointDirectory("node-a", taken[0].Status)));
+
+        (await Cluster.Api.KubectlAsync("delete", "restore", "--all")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "tt", "tt-back-b", "tt-again", "--wait=true")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "--all", "--wait=true", "--timeout=30s")).Succeeded();
+        Assert.Empty(Directory.EnumerateDirectories(CheckpointRoot("node-a")));
+    }
+
+    [Fact]
+    public async Task Bad_checkpoints_and_restores_fail_with_the_reason_and_create_nothing()
+    {
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: of-nothing
+            spec:
+              podName: no-such-pod
+            """);
+        var missing = await WaitForPhaseAsync("checkpoint", "of-nothing", "Failed");
+        Assert.Equal("PodNotFound", missing.GetProperty("reason").GetString());
+        Assert.Equal("Pod default/no-such-pod does not exist.", missing.GetProperty("message").GetString());
+
+        // the schema refuses what is not supported, before anything is stored
+        var refused = await Cluster.Api.KubectlInAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: stop-it
+            spec:
+              podName: whatever
+              leaveRunning: false
+            """, "apply", "-f", "-");
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Contains("leaveRunning: false is not supported yet", refused.Error, StringComparison.Ordinal);
+
+        await Sandbox.RunCounterAsync(Cluster, "bad-in", "node-a", 8);
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: bad-in-1
+            spec:
+              podName: bad-in
+            ---
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: to-nowhere
+            spec:
+              checkpointName: bad-in-1
+              nodeName: node-z
+            ---
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: of-no-checkpoint
+            spec:
+              checkpointName: never-taken
+            ---
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: onto-the-original
+            spec:
+              checkpointName: bad-in-1
+              podName: bad-in
+            """);
+        var nowhere = await WaitForPhaseAsync("restore", "to-nowhere", "Failed");
+        Assert.Equal(("TargetNotFound", "Node node-z does not exist."), (nowhere.GetProperty("reason").GetString(), nowhere.GetProperty("message").GetString()));
+        var none = await WaitForPhaseAsync("restore", "of-no-checkpoint", "Failed");
+        Assert.Equal(("CheckpointNotFound", "Checkpoint default/never-taken does not exist."), (none.GetProperty("reason").GetString(), none.GetProperty("message").GetString()));
+        var taken = await WaitForPhaseAsync("restore", "onto-the-original", "Failed");
+        Assert.Equal("NameTaken", taken.GetProperty("reason").GetString());
+
+        var pods = await Sandbox.PodsAsync(Cluster);
+        Assert.Equal(["bad-in"], pods.Select(p => p.Metadata.Name).Where(n => n.StartsWith("bad-in", StringComparison.Ordinal) || n is "to-nowhere" or "of-no-checkpoint"));
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+        (await Cluster.Api.KubectlAsync("delete", "restore", "--all")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "--all", "--wait=true", "--timeout=30s")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "bad-in", "--wait=true")).Succeeded();
+    }
+
+    private async Task ApplyAsync(string yaml) => (await Cluster.Api.KubectlInAsync(yaml, "apply", "-f", "-")).Succeeded();
+
+    private async Task<JsonElement> WaitForPhaseAsync(string kind, string name, string phase)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        JsonElement status = default;
+        while (clock.Elapsed < TimeSpan.FromMinutes(2))
+        {
+            var json = (await Cluster.Api.KubectlAsync("get", kind, name, "-o", "json")).Succeeded().Output;
+            using var document = JsonDocument.Parse(json);
+            if (document.RootElement.TryGetProperty("status", out var s) && s.TryGetProperty("phase", out var p))
+            {
+                status = s.Clone();
+                if (p.GetString() == phase)
+                {
+                    return status;
+                }
+
+                Assert.False(p.GetString() is "Failed" or "Succeeded" or "Ready", $"{kind} {name} ended {p.GetString()}, not {phase}: {s}");
+            }
+
+            await Task.Delay(100);
+        }
+
+        throw new TimeoutException($"{kind} {name} is not {phase} after two minutes: {status}");
+    }
+
+    private string CheckpointRoot(string node) => Path.Combine(Path.GetDirectoryName(Cluster.Node(node).StagingDirectory)!, "checkpoints");
+
+    /// <summary>Where a checkpoint's status says its images are (checked to be under the node's checkpoint root).</summary>
+    private string CheckpointDirectory(string node, JsonElement status)
+    {
+        var location = status.GetProperty("location").GetString()!;
+        Assert.StartsWith(node + ":", location, StringComparison.Ordinal);
+        var directory = location[(node.Length + 1)..];
+        Assert.StartsWith(CheckpointRoot(node) + "/", directory, StringComparison.Ordinal);
+        return directory;
+    }
+}

@@ -1,0 +1,131 @@
+using k8s.Models;
+using Migrate.Agent.V1;
+using Migrate.Api;
+using Migrate.Operator.Checkpoints;
+using Migrate.Operator.Reconciliation;
+using Xunit;
+
+namespace Migrate.Operator.Tests.Checkpoints;
+
+/// <summary>The Checkpoint and Restore decisions as tables: observed facts in, one action and the status out.</summary>
+public sealed class CheckpointDecisionsTests
+{
+    private static readonly DateTime Now = new(2026, 12, 2, 12, 0, 0, DateTimeKind.Utc);
+    private static readonly CheckpointPolicy Policy = new();
+
+    public sealed record Row(string Name, Func<CheckpointFacts> Facts, Action<CheckpointDecision> Expect)
+    {
+        public override string ToString() => Name;
+    }
+
+    public static TheoryData<Row> Rows() =>
+    [
+        new("new: the finalizer first", () => Facts(Checkpoint(finalizer: false)), d => Assert.IsType<CheckpointAction.AddFinalizer>(d.Action)),
+        new("no such pod: Failed, nothing taken", () => Facts(Checkpoint()) with { Pod = null },
+            d => Failed(d, "PodNotFound", "Pod default/app does not exist.")),
+        new("a pod not running: Failed", () => Facts(Checkpoint()) with { Pod = Pod("Pending") }, d => Failed(d, "PodNotRunning", "only a Running pod")),
+        new("a pod on the host's network: refused", () => Facts(Checkpoint()) with { Pod = Pod(hostNetwork: true) }, d => Failed(d, "CheckpointRefused", "host's network")),
+        new("a node without agent: Failed", () => Facts(Checkpoint()) with { Node = Node(agent: false) }, d => Failed(d, "SourceHasNoAgent", "runs no podmig agent")),
+        new("admitted: the pod is copied into the checkpoint first", () => Facts(Checkpoint()), d => Assert.IsType<CheckpointAction.SavePod>(d.Action)),
+        new("saved: Checkpointing, the agent asked to take it", () => Facts(Checkpoint(saved: true)),
+            d => { Assert.Equal(new CheckpointAction.Take("node-a"), d.Action); Assert.Equal(("Checkpointing", "node-a", "uid-app"), (d.Status.Phase, d.Status.NodeName, d.Status.PodUid)); }),
+        new("taking: the agent knows nothing (restarted): asked again", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = KeptView.KnowsNothing },
+            d => Assert.Equal(new CheckpointAction.Take("node-a"), d.Action)),
+        new("taking: under way, wait", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = Agent(Op(OperationState.Running)) },
+            d => { Assert.IsType<CheckpointAction.Nothing>(d.Action); Assert.Equal(Policy.PollInterval, d.Requeue); }),
+        new("kept: Ready, with the figures", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = new KeptView(true, Kept()) },
+            d =>
+            {
+                Assert.Equal("Ready", d.Status.Phase);
+                Assert.Equal((120L, 20L << 20, "node-a:/var/lib/podmig/checkpoints/uid-ck", "4.1.1", "6.18.0"),
+                    (d.Status.FreezeMillis, d.Status.SizeBytes, d.Status.Location, d.Status.CriuVersion, d.Status.KernelVersion));
+                Assert.Equal(Now.AddSeconds(-3), d.Status.CheckpointTime);
+                Assert.Equal("sha256:ab", Assert.Single(d.Status.Containers!).Digest);
+                Assert.Equal("Checkpointed", d.Event?.Reason);
+            }),
+        new("the agent refused: Failed with its reason", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = Agent(Op(OperationState.Failed, "CheckpointRefused", "volume data is a hostPath")) },
+            d => Failed(d, "CheckpointRefused", "failed: volume data is a hostPath. The pod runs on.")),
+        new("the agent silent past the grace: Failed", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = new KeptView(false, null, Now.AddMinutes(-1), "refused") },
+            d => Failed(d, "SourceAgentUnreachable", "has not answered for 60 seconds")),
+        new("the agent silent a moment: wait", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = new KeptView(false, null, Now.AddSeconds(-5), "refused") },
+            d => Assert.IsType<CheckpointAction.Nothing>(d.Action)),
+        new("taking too long: Failed", () => Facts(Checkpoint(saved: true, phase: "Checkpointing", started: Now.AddMinutes(-6))) with { Agent = Agent(Op(OperationState.Running)) },
+            d => Failed(d, "TimedOut", "within 300 seconds")),
+        new("Ready: nothing more", () => Facts(Checkpoint(saved: true, phase: "Ready")), d => { Assert.IsType<CheckpointAction.Nothing>(d.Action); Assert.Null(d.Requeue); }),
+        new("deleted: the agent removes the images", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = new KeptView(true, Kept()) },
+            d => Assert.Equal(new CheckpointAction.Delete("node-a"), d.Action)),
+        new("deleted while a restore's send runs: wait for it", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = new KeptView(true, Kept(sending: true)) },
+            d => Assert.IsType<CheckpointAction.Nothing>(d.Action)),
+        new("deleted, the images gone: the finalizer goes", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = KeptView.KnowsNothing },
+            d => Assert.IsType<CheckpointAction.RemoveFinalizer>(d.Action)),
+        new("deleted, the node gone: the finalizer goes, saying so", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Node = null },
+            d => { Assert.IsType<CheckpointAction.RemoveFinalizer>(d.Action); Assert.Equal("NodeGone", d.Event?.Reason); }),
+        new("deleted, the agent silent past the grace: let go, saying where the images are", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true, deletedAt: Now.AddMinutes(-1))) with { Agent = new KeptView(false, null, Now.AddMinutes(-1)) },
+            d => { Assert.IsType<CheckpointAction.RemoveFinalizer>(d.Action); Assert.Equal("ImagesLeft", d.Event?.Reason); }),
+    ];
+
+    [Theory]
+    [MemberData(nameof(Rows))]
+    public void Decides(Row row)
+    {
+        ArgumentNullException.ThrowIfNull(row);
+        row.Expect(CheckpointDecisions.Decide(row.Facts(), Policy));
+    }
+
+    private static void Failed(CheckpointDecision d, string reason, string message)
+    {
+        Assert.IsType<CheckpointAction.Nothing>(d.Action);
+        Assert.Equal(("Failed", reason), (d.Status.Phase, d.Status.Reason));
+        Assert.Contains(message, d.Status.Message, StringComparison.Ordinal);
+        Assert.Equal("Warning", d.Event?.Type);
+    }
+
+    internal static Checkpoint Checkpoint(bool finalizer = true, bool saved = false, string? phase = null, DateTime? started = null, bool deleting = false, DateTime? deletedAt = null) => new()
+    {
+        Metadata = new V1ObjectMeta
+        {
+            Name = "ck", NamespaceProperty = "default", Uid = "uid-ck",
+            Finalizers = finalizer ? [Finalizers.Cleanup] : null,
+            Annotations = saved ? new Dictionary<string, string> { [Annotations.SourcePod] = "{}" } : null,
+            DeletionTimestamp = deleting ? deletedAt ?? Now : null,
+        },
+        Spec = new CheckpointSpec { PodName = "app" },
+        Status = phase is null ? null : new CheckpointStatus { Phase = phase, NodeName = "node-a", PodUid = "uid-app", StartTime = started ?? Now.AddSeconds(-2), Location = "node-a:/x" },
+    };
+
+    private static CheckpointFacts Facts(Checkpoint checkpoint) => new() { Checkpoint = checkpoint, Now = Now, Pod = Pod(), Node = Node() };
+
+    internal static V1Pod Pod(string phase = "Running", bool hostNetwork = false) => new()
+    {
+        Metadata = new V1ObjectMeta { Name = "app", NamespaceProperty = "default", Uid = "uid-app" },
+        Spec = new V1PodSpec { NodeName = "node-a", HostNetwork = hostNetwork, Containers = [new V1Container { Name = "main" }] },
+        Status = new V1PodStatus { Phase = phase },
+    };
+
+    internal static V1Node Node(string name = "node-a", bool agent = true, bool ready = true) => new()
+    {
+        Metadata = new V1ObjectMeta { Name = name, Annotations = agent ? new Dictionary<string, string> { [Annotations.AgentEndpoint] = "127.0.0.2:9443" } : null },
+        Status = new V1NodeStatus { Conditions = [new V1NodeCondition { Type = "Ready", Status = ready ? "True" : "False" }] },
+    };
+
+    private static Operation Op(OperationState state, string reason = "", string message = "") => new() { Kind = "Checkpoint", State = state, Reason = reason, Message = message };
+
+    private static KeptView Agent(Operation operation) => new(true, new KeptCheckpoint { CheckpointId = "uid-ck", NodeName = "node-a", Operation = operation });
+
+    internal static KeptCheckpoint Kept(bool sending = false, string criu = "4.1.1")
+    {
+        var kept = new KeptCheckpoint
+        {
+            CheckpointId = "uid-ck", NodeName = "node-a", Ready = true, Directory = "/var/lib/podmig/checkpoints/uid-ck",
+            FrozenUnixMillis = new DateTimeOffset(Now.AddSeconds(-3)).ToUnixTimeMilliseconds(), FrozenMillis = 120, SizeBytes = 20 << 20,
+            Node = new GetCapabilitiesResponse { NodeName = "node-a", Criu = new CriuCapabilities { Version = criu, CheckPassed = true }, Kernel = new KernelInfo { Release = "6.18.0", Machine = "x86_64" } },
+        };
+        kept.Containers.Add(new KeptContainer { Name = "main", Image = "memcounter", Digest = "sha256:ab", SizeBytes = 20 << 20 });
+        if (sending)
+        {
+            kept.Sends.Add(new CheckpointSend { RestoreId = "uid-r", TargetNode = "node-b", Operation = new Operation { Kind = "Send", State = OperationState.Running } });
+        }
+
+        return kept;
+    }
+}
