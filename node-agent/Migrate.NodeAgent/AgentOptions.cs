@@ -43,6 +43,13 @@ public sealed class AgentOptions
     public string CheckpointRoot => CheckpointDirectory is { Length: > 0 } configured ? configured
         : Path.Combine(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(StagingDirectory))) ?? "/var/lib/podmig", "checkpoints");
 
+    /// <summary>
+    /// Checkpoints that leave the pod running copy its memory while it runs first (a pre-copy
+    /// round) and, while it is frozen, take only what changed since, left to a lazy restore: the
+    /// freeze no longer grows with the memory. Only where CRIU has lazy pages; false: one plain dump.
+    /// </summary>
+    public bool FastCheckpoints { get; set; } = true;
+
     /// <summary>Minutes a migration's staged or received images may lie untouched before this agent removes them itself (the operator removes them as soon as a migration ends).</summary>
     public int StagingTtlMinutes { get; set; } = 360;
 

@@ -64,6 +64,21 @@ public static class Labels
 
     /// <summary>On the MigrationRequests the eviction webhook creates.</summary>
     public const string Trigger = Keys.Domain + "trigger";
+
+    /// <summary>On the Checkpoints a CheckpointSchedule creates: the schedule's name.</summary>
+    public const string Schedule = Keys.Domain + "schedule";
+
+    /// <summary>On the Checkpoints a CheckpointSchedule creates: the pod's name.</summary>
+    public const string Pod = Keys.Domain + "pod";
+
+    /// <summary>On a Checkpoint, set by users: "true" keeps it whatever the retention says.</summary>
+    public const string Pinned = Keys.Domain + "pinned";
+
+    /// <summary>On a pod a Restore made: the Restore's name.</summary>
+    public const string Restore = Keys.Domain + "restore";
+
+    /// <summary>On a pod a Restore made: the Checkpoint it was restored from.</summary>
+    public const string RestoredFrom = Keys.Domain + "restored-from";
 }
 
 /// <summary>Annotations the project sets or reads.</summary>

@@ -89,6 +89,8 @@ public static class OperatorHost
         builder.Services.AddHostedService(sp => new RestoreController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<RestoreController>>(),
             sp.GetRequiredService<TimeProvider>(), TokenMinter(tokenKey)));
+        builder.Services.AddHostedService(sp => new ScheduleController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
+            sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<ScheduleController>>(), sp.GetRequiredService<TimeProvider>()));
         if (options.WebhookListenAddress is { Length: > 0 } webhookAddress)
         {
             builder.Services.AddSingleton(sp => new WebhookCertificates(sp.GetRequiredService<IKubernetes>(), options,

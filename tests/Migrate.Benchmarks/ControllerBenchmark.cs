@@ -277,7 +277,7 @@ public static class ControllerBenchmark
         string.Join("; ", samples.Select(s => string.Create(CultureInfo.InvariantCulture,
             $"{s.Scenario} {s.Pod}: total {s.TotalMs:0} ms, downtime {s.DowntimeMs:0} ms{(s.StateContinued ? "" : ", STATE NOT CONTINUED")}")));
 
-    private static double Median(IEnumerable<double> values)
+    internal static double Median(IEnumerable<double> values)
     {
         var sorted = values.Order().ToList();
         return sorted.Count == 0 ? double.NaN : sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[(sorted.Count / 2) - 1] + sorted[sorted.Count / 2]) / 2;

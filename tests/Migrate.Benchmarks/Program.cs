@@ -28,5 +28,10 @@ if (which.Contains("all") || which.Contains("controller"))
     await ControllerBenchmark.RunAsync(results, args);
 }
 
+if (which.Contains("all") || which.Contains("checkpoint"))
+{
+    await CheckpointBenchmark.RunAsync(results, args);
+}
+
 results.Write();
 return 0;

@@ -193,6 +193,85 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
         (await Cluster.Api.KubectlAsync("delete", "pod", "bad-in", "--wait=true")).Succeeded();
     }
 
+    [Fact]
+    public async Task A_schedule_keeps_the_newest_checkpoints_and_the_pinned_one_and_removes_the_others_from_the_node()
+    {
+        await Sandbox.RunCounterAsync(Cluster, "sched", "node-a", 8);
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: CheckpointSchedule
+            metadata:
+              name: often
+            spec:
+              selector:
+                matchLabels: {app: sched}
+              intervalSeconds: 2
+              retention:
+                maxCount: 2
+            """);
+        // the first one made is pinned as soon as it is Ready
+        var first = await WaitForAsync(async () => (await ScheduledAsync()).FirstOrDefault(c => c.Phase == "Ready").Name, "a Ready scheduled checkpoint");
+        (await Cluster.Api.KubectlAsync("label", "checkpoint", first, "podmigration.io/pinned=true")).Succeeded();
+        await WaitForAsync(async () => await ScheduleStatusAsync("removed") >= 2 ? "ok" : null, "the retention to remove two checkpoints");
+        (await Cluster.Api.KubectlAsync("patch", "checkpointschedule", "often", "--type=merge", "-p", "{\"spec\":{\"suspend\":true}}")).Succeeded();
+
+        // once nothing is being taken: the pinned one and the two newest, on the node and in the API alike
+        var left = await WaitForAsync(async () =>
+        {
+            var now = await ScheduledAsync();
+            return now.All(c => c.Phase is "Ready" or "Failed") && now.Count(c => c.Name != first) == 2 ? now : null;
+        }, "the schedule to settle on three checkpoints");
+        output.WriteLine(string.Join("\n", left.Select(c => $"{c.Name} {c.Phase} {c.Location}")));
+        Assert.Contains(left, c => c.Name == first);
+        Assert.All(left, c => Assert.Equal("Ready", c.Phase));
+        var kept = left.Select(c => c.Location[(c.Location.IndexOf(':', StringComparison.Ordinal) + 1)..]).Order(StringComparer.Ordinal).ToList();
+        await WaitForAsync(() => Task.FromResult(Directory.EnumerateDirectories(CheckpointRoot("node-a")).Order(StringComparer.Ordinal).SequenceEqual(kept) ? "ok" : null),
+            "node-a to keep exactly the three checkpoints' images");
+        Assert.Equal(3, await ScheduleStatusAsync("checkpoints"));
+        var table = (await Cluster.Api.KubectlAsync("get", "checkpointschedules")).Succeeded().Output;
+        output.WriteLine(table);
+        Sandbox.AssertConsecutive(await Sandbox.TicksAsync(Cluster, "sched"), 1); // never stopped counting
+
+        (await Cluster.Api.KubectlAsync("delete", "checkpointschedule", "often")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "-l", "podmigration.io/schedule=often", "--wait=true", "--timeout=60s")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "sched", "--wait=true")).Succeeded();
+        Assert.Empty(Directory.EnumerateDirectories(CheckpointRoot("node-a")));
+    }
+
+    private async Task<List<(string Name, string Phase, string Location)>> ScheduledAsync()
+    {
+        var json = (await Cluster.Api.KubectlAsync("get", "checkpoints", "-l", "podmigration.io/schedule=often", "-o", "json")).Succeeded().Output;
+        using var document = JsonDocument.Parse(json);
+        return [.. document.RootElement.GetProperty("items").EnumerateArray()
+            .Where(i => !i.GetProperty("metadata").TryGetProperty("deletionTimestamp", out _))
+            .Select(i => (
+                i.GetProperty("metadata").GetProperty("name").GetString()!,
+                i.TryGetProperty("status", out var s) && s.TryGetProperty("phase", out var p) ? p.GetString()! : "Pending",
+                i.TryGetProperty("status", out var t) && t.TryGetProperty("location", out var l) ? l.GetString()! : ""))];
+    }
+
+    private async Task<long> ScheduleStatusAsync(string field)
+    {
+        var text = (await Cluster.Api.KubectlAsync("get", "checkpointschedule", "often", "-o", $"jsonpath={{.status.{field}}}")).Succeeded().Output.Trim();
+        return long.TryParse(text, out var value) ? value : 0;
+    }
+
+    private static async Task<T> WaitForAsync<T>(Func<Task<T?>> probe, string what)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromMinutes(2))
+        {
+            if (await probe() is { } found)
+            {
+                return found;
+            }
+
+            await Task.Delay(200);
+        }
+
+        throw new TimeoutException($"waited two minutes for {what}");
+    }
+
     private async Task ApplyAsync(string yaml) => (await Cluster.Api.KubectlInAsync(yaml, "apply", "-f", "-")).Succeeded();
 
     private async Task<JsonElement> WaitForPhaseAsync(string kind, string name, string phase)

@@ -75,6 +75,19 @@ public sealed class InstallRbacTests(InstalledSandboxFixture fixture, ITestOutpu
               nodeName: node-a
             """, "apply", "-f", "-")).Succeeded();
         (await Cluster.Api.KubectlAsync("wait", "--for=jsonpath={.status.phase}=Succeeded", "restore/rbac-restore", "--timeout=120s")).Succeeded();
+        // a schedule (selecting no pod here: its status is written all the same)
+        (await Cluster.Api.KubectlInAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: CheckpointSchedule
+            metadata:
+              name: rbac-schedule
+            spec:
+              selector:
+                matchLabels: {app: nobody}
+              intervalSeconds: 3600
+            """, "apply", "-f", "-")).Succeeded();
+        (await Cluster.Api.KubectlAsync("wait", "--for=jsonpath={.status.checkpoints}=0", "checkpointschedule/rbac-schedule", "--timeout=60s")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpointschedule", "rbac-schedule")).Succeeded();
         (await Cluster.Api.KubectlAsync("delete", "pod", "rbac-restore", "--wait=true")).Succeeded();
         (await Cluster.Api.KubectlAsync("delete", "restore", "rbac-restore")).Succeeded();
         (await Cluster.Api.KubectlAsync("delete", "checkpoint", "rbac-checkpoint", "--wait=true", "--timeout=30s")).Succeeded();

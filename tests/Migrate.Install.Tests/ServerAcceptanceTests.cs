@@ -18,7 +18,7 @@ public sealed class ServerAcceptanceTests(EmulatorFixture api) : IClassFixture<E
     public async Task Kustomize_renders_deploy_and_a_server_dry_run_accepts_every_object()
     {
         var objects = (await DeployManifests.RenderAsync()).Objects;
-        Assert.Equal(23, objects.Count);
+        Assert.Equal(24, objects.Count);
         await CreateNamespaceAsync();
 
         var result = (await api.KubectlAsync("apply", "--dry-run=server", "-k", RepositoryLayout.InRepository("deploy"))).Succeeded();

@@ -158,7 +158,14 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             }
 
             var begun = await engine.BeginAsync(new BeginCheckpointRequest { MigrationId = id, Pod = request.Pod, NodeName = request.NodeName }, cancellationToken);
-            var dump = await engine.FinalDumpAsync(id, cancellationToken);
+            bool fast = _options.FastCheckpoints && capabilities.Current.Criu?.LazyPages == true;
+            if (fast)
+            {
+                // the memory, copied while the pod runs: the freeze then takes only what changed since
+                await engine.PreDumpAsync(new PreDumpRequest { MigrationId = id, Round = 1 }, cancellationToken);
+            }
+
+            var dump = await engine.FinalDumpAsync(id, cancellationToken, lazyMemory: fast);
             var dumped = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             var thawing = Stopwatch.StartNew();
             await engine.ResumeAsync(id, cancellationToken);
@@ -190,6 +197,8 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
                 FrozenMillis = frozen,
                 SizeBytes = (ulong)manifest.Files.Sum(f => (long)f.Size),
                 Node = capabilities.Current,
+                Dump = dump,
+                LazyMemory = dump.Containers.Any(c => c.LazyMemory),
             };
             kept.Containers.Add(record.Containers.Select(c => Describe(c.Name, c.Image, manifest)));
             await WriteAtomicallyAsync(Path.Combine(directory, ManifestFile), Json.Format(manifest));

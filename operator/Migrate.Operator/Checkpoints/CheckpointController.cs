@@ -47,65 +47,41 @@ public sealed class NamespacedObjects(IKubernetes client)
 /// status. Driven by the shared informers and by polling while a checkpoint is taken; only while
 /// this replica leads.
 /// </summary>
-public sealed partial class CheckpointController : BackgroundService
+public sealed partial class CheckpointController : QueueController
 {
-    private readonly ClusterCache _cache;
-    private readonly IAgentDirectory _agents;
-    private readonly ILeaderGate _leader;
     private readonly ILogger<CheckpointController> _logger;
+    private readonly IAgentDirectory _agents;
     private readonly TimeProvider _time;
     private readonly NamespacedObjects _objects;
     private readonly EventRecorder _events;
-    private readonly WorkQueue<ObjectKey> _queue;
     private readonly KeptViews _views;
 
     public CheckpointController(IKubernetes client, ClusterCache cache, IAgentDirectory agents, ILeaderGate leader, ILogger<CheckpointController> logger, TimeProvider time)
+        : base("Checkpoint", cache, leader, logger, time, workers: 2)
     {
-        _cache = cache;
-        _agents = agents;
-        _leader = leader;
         _logger = logger;
+        _agents = agents;
         _time = time;
         _objects = new NamespacedObjects(client);
         _events = new EventRecorder(client, time);
-        _queue = new WorkQueue<ObjectKey>(time);
         _views = new KeptViews(agents, time);
-        cache.Checkpoints.OnChange(c => _queue.Add(ObjectKey.Of((c.New ?? c.Old!).Metadata)));
+        cache.Checkpoints.OnChange(c => Queue.Add(ObjectKey.Of((c.New ?? c.Old!).Metadata)));
     }
 
     public CheckpointPolicy Policy { get; init; } = new();
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
-    {
-        try
-        {
-            await _cache.WaitForSyncAsync(stoppingToken);
-        }
-        catch (OperationCanceledException)
-        {
-            return;
-        }
+    protected override IEnumerable<ObjectKey> AllKeys() => Cache.Checkpoints.Items.Select(c => ObjectKey.Of(c.Metadata));
 
-        await new ControllerLoop("Checkpoint", _queue, ReconcileAsync, () => _cache.Checkpoints.Items.Select(c => ObjectKey.Of(c.Metadata)), _leader, _logger, workers: 2)
-            .RunAsync(stoppingToken);
-    }
-
-    public override void Dispose()
+    protected override async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
     {
-        base.Dispose();
-        _queue.Dispose();
-    }
-
-    private async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
-    {
-        if (_cache.Checkpoints.Get(key.Namespace, key.Name) is not { } checkpoint)
+        if (Cache.Checkpoints.Get(key.Namespace, key.Name) is not { } checkpoint)
         {
             return null;
         }
 
-        var pod = _cache.Pods.Get(checkpoint.Metadata.NamespaceProperty, checkpoint.Spec.PodName);
+        var pod = Cache.Pods.Get(checkpoint.Metadata.NamespaceProperty, checkpoint.Spec.PodName);
         var nodeName = checkpoint.Status?.NodeName ?? pod?.Spec?.NodeName;
-        var node = nodeName is null ? null : _cache.Nodes.Get(null, nodeName);
+        var node = nodeName is null ? null : Cache.Nodes.Get(null, nodeName);
         var facts = new CheckpointFacts
         {
             Checkpoint = checkpoint,

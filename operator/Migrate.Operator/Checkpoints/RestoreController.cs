@@ -16,84 +16,57 @@ namespace Migrate.Operator.Checkpoints;
 /// its node and of the restore's node, and the restored pod; decides; carries out the one action
 /// decided; writes the status. Only while this replica leads.
 /// </summary>
-public sealed partial class RestoreController : BackgroundService
+public sealed partial class RestoreController : QueueController
 {
-    public const string RestoreLabel = Keys.Domain + "restore";
-    public const string CheckpointLabel = Keys.Domain + "restored-from";
-
-    private readonly IKubernetes _client;
-    private readonly ClusterCache _cache;
-    private readonly IAgentDirectory _agents;
-    private readonly ILeaderGate _leader;
     private readonly ILogger<RestoreController> _logger;
+    private readonly IKubernetes _client;
+    private readonly IAgentDirectory _agents;
     private readonly TimeProvider _time;
     private readonly Func<TransferClaims, string> _mintToken;
     private readonly NamespacedObjects _objects;
     private readonly EventRecorder _events;
-    private readonly WorkQueue<ObjectKey> _queue;
     private readonly KeptViews _kept;
     private readonly AgentViews _views;
 
     public RestoreController(IKubernetes client, ClusterCache cache, IAgentDirectory agents, ILeaderGate leader, ILogger<RestoreController> logger, TimeProvider time,
         Func<TransferClaims, string> mintToken)
+        : base("Restore", cache, leader, logger, time, workers: 2)
     {
-        _client = client;
-        _cache = cache;
-        _agents = agents;
-        _leader = leader;
         _logger = logger;
+        _client = client;
+        _agents = agents;
         _time = time;
         _mintToken = mintToken;
         _objects = new NamespacedObjects(client);
         _events = new EventRecorder(client, time);
-        _queue = new WorkQueue<ObjectKey>(time);
         _kept = new KeptViews(agents, time);
         _views = new AgentViews(agents, time);
-        cache.Restores.OnChange(c => _queue.Add(ObjectKey.Of((c.New ?? c.Old!).Metadata)));
+        cache.Restores.OnChange(c => Queue.Add(ObjectKey.Of((c.New ?? c.Old!).Metadata)));
         cache.Checkpoints.OnChange(c =>
         {
             var changed = (c.New ?? c.Old!).Metadata;
             foreach (var restore in cache.Restores.Items.Where(r => r.Metadata.NamespaceProperty == changed.NamespaceProperty && r.Spec.CheckpointName == changed.Name))
             {
-                _queue.Add(ObjectKey.Of(restore.Metadata));
+                Queue.Add(ObjectKey.Of(restore.Metadata));
             }
         });
     }
 
     public CheckpointPolicy Policy { get; init; } = new();
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
-    {
-        try
-        {
-            await _cache.WaitForSyncAsync(stoppingToken);
-        }
-        catch (OperationCanceledException)
-        {
-            return;
-        }
+    protected override IEnumerable<ObjectKey> AllKeys() => Cache.Restores.Items.Select(r => ObjectKey.Of(r.Metadata));
 
-        await new ControllerLoop("Restore", _queue, ReconcileAsync, () => _cache.Restores.Items.Select(r => ObjectKey.Of(r.Metadata)), _leader, _logger, workers: 2)
-            .RunAsync(stoppingToken);
-    }
-
-    public override void Dispose()
+    protected override async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
     {
-        base.Dispose();
-        _queue.Dispose();
-    }
-
-    private async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
-    {
-        if (_cache.Restores.Get(key.Namespace, key.Name) is not { } restore || RestorePhases.IsFinal(restore.Status?.Phase))
+        if (Cache.Restores.Get(key.Namespace, key.Name) is not { } restore || RestorePhases.IsFinal(restore.Status?.Phase))
         {
             return null;
         }
 
         var ns = restore.Metadata.NamespaceProperty;
-        var checkpoint = _cache.Checkpoints.Get(ns, restore.Spec.CheckpointName);
-        var sourceNode = checkpoint?.Status?.NodeName is { } source ? _cache.Nodes.Get(null, source) : null;
-        var targetNode = restore.Status?.NodeName is { } target ? _cache.Nodes.Get(null, target) : null;
+        var checkpoint = Cache.Checkpoints.Get(ns, restore.Spec.CheckpointName);
+        var sourceNode = checkpoint?.Status?.NodeName is { } source ? Cache.Nodes.Get(null, source) : null;
+        var targetNode = restore.Status?.NodeName is { } target ? Cache.Nodes.Get(null, target) : null;
         bool admitting = restore.Status?.Phase is null or RestorePhases.Pending;
         var facts = new RestoreFacts
         {
@@ -102,8 +75,8 @@ public sealed partial class RestoreController : BackgroundService
             Checkpoint = checkpoint,
             Source = checkpoint is null ? KeptView.None : await _kept.GetAsync(sourceNode, checkpoint.Metadata.Uid, cancellationToken),
             Target = targetNode is null ? AgentView.None : await _views.GetAsync(targetNode, restore.Metadata.Uid, cancellationToken),
-            Nodes = admitting && checkpoint?.Status?.Phase == CheckpointPhases.Ready ? await CandidatesAsync(cancellationToken) : [.. _cache.Nodes.Items.Select(n => new RestoreCandidate(n, null))],
-            Pod = _cache.Pods.Get(ns, restore.Spec.PodName is { Length: > 0 } name ? name : restore.Metadata.Name),
+            Nodes = admitting && checkpoint?.Status?.Phase == CheckpointPhases.Ready ? await CandidatesAsync(cancellationToken) : [.. Cache.Nodes.Items.Select(n => new RestoreCandidate(n, null))],
+            Pod = Cache.Pods.Get(ns, restore.Spec.PodName is { Length: > 0 } name ? name : restore.Metadata.Name),
         };
         var decision = RestoreDecisions.Decide(facts, Policy);
         try
@@ -134,7 +107,7 @@ public sealed partial class RestoreController : BackgroundService
 
     private async Task<IReadOnlyList<RestoreCandidate>> CandidatesAsync(CancellationToken cancellationToken)
     {
-        var nodes = _cache.Nodes.Items.ToList();
+        var nodes = Cache.Nodes.Items.ToList();
         var answers = await Task.WhenAll(nodes.Select(n => _agents.GetCapabilitiesAsync(n, cancellationToken)));
         return [.. nodes.Zip(answers, (n, a) => new RestoreCandidate(n, a))];
     }
@@ -149,7 +122,7 @@ public sealed partial class RestoreController : BackgroundService
                     cancellationToken: cancellationToken);
                 break;
             case RestoreAction.Send send:
-                var target = _cache.Nodes.Get(null, send.TargetNode) is { } node && _agents.Observe(node) is { } peer ? peer.Endpoint
+                var target = Cache.Nodes.Get(null, send.TargetNode) is { } node && _agents.Observe(node) is { } peer ? peer.Endpoint
                     : throw new RpcException(new Status(StatusCode.Unavailable, $"node {send.TargetNode} has no agent"));
                 await Agent(send.SourceNode).SendCheckpointAsync(new SendCheckpointRequest
                 {
@@ -183,7 +156,7 @@ public sealed partial class RestoreController : BackgroundService
                     }
                 }
 
-                if (finish.TargetNode is { } targetNode && _cache.Nodes.Get(null, targetNode) is { } at && _agents.Observe(at) is { } agent)
+                if (finish.TargetNode is { } targetNode && Cache.Nodes.Get(null, targetNode) is { } at && _agents.Observe(at) is { } agent)
                 {
                     try
                     {
@@ -231,7 +204,7 @@ public sealed partial class RestoreController : BackgroundService
             Metadata = new V1ObjectMeta
             {
                 Name = name,
-                Labels = new Dictionary<string, string> { [RestoreLabel] = restore.Metadata.Name, [CheckpointLabel] = checkpoint.Metadata.Name },
+                Labels = new Dictionary<string, string> { [Labels.Restore] = restore.Metadata.Name, [Labels.RestoredFrom] = checkpoint.Metadata.Name },
                 Annotations = annotations,
             },
             Spec = spec,
@@ -239,7 +212,7 @@ public sealed partial class RestoreController : BackgroundService
     }
 
     private NodeAgent.NodeAgentClient Agent(string name) =>
-        (_cache.Nodes.Get(null, name) is { } node ? _agents.Connect(node) : null)?.Client ?? throw new RpcException(new Status(StatusCode.Unavailable, $"node {name} has no agent"));
+        (Cache.Nodes.Get(null, name) is { } node ? _agents.Connect(node) : null)?.Client ?? throw new RpcException(new Status(StatusCode.Unavailable, $"node {name} has no agent"));
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Restore {Namespace}/{Name}: an agent call failed: {Message}")]
     private partial void LogAgentCall(string @namespace, string name, string message);

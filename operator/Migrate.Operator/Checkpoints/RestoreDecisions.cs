@@ -142,7 +142,7 @@ public static class RestoreDecisions
                 return Fail(f, s, Reasons.TargetNotFound, $"Node {asked} does not exist.");
             }
 
-            if (WhyNot(candidate, origin) is { } why)
+            if (WhyNot(candidate, origin, kept.LazyMemory) is { } why)
             {
                 return Fail(f, s, why.Reason, $"Node {asked} cannot restore checkpoint {checkpoint.Metadata.Name}: it {why.Phrase}.");
             }
@@ -153,10 +153,10 @@ public static class RestoreDecisions
         {
             // the checkpoint's own node first (nothing crosses the network), then any other that can
             target = f.Nodes.OrderBy(n => n.Node.Metadata.Name == sourceNode ? 0 : 1).ThenBy(n => n.Node.Metadata.Name, StringComparer.Ordinal)
-                .FirstOrDefault(n => WhyNot(n, origin) is null)?.Node.Metadata.Name;
+                .FirstOrDefault(n => WhyNot(n, origin, kept.LazyMemory) is null)?.Node.Metadata.Name;
             if (target is null)
             {
-                var reasons = string.Join("; ", f.Nodes.Select(n => $"{n.Node.Metadata.Name} {WhyNot(n, origin)!.Value.Phrase}"));
+                var reasons = string.Join("; ", f.Nodes.Select(n => $"{n.Node.Metadata.Name} {WhyNot(n, origin, kept.LazyMemory)!.Value.Phrase}"));
                 return Fail(f, s, Reasons.NoEligibleTarget, $"No node can restore checkpoint {checkpoint.Metadata.Name}: {reasons}.");
             }
         }
@@ -259,8 +259,8 @@ public static class RestoreDecisions
         return new(new RestoreAction.Finish(s.NodeName, null), s, null, ("Normal", "Restored", s.Message));
     }
 
-    /// <summary>Why a node cannot restore what a node with capabilities <paramref name="origin"/> dumped: (reason, phrase about the node); null when it can.</summary>
-    public static (string Reason, string Phrase)? WhyNot(RestoreCandidate candidate, GetCapabilitiesResponse origin)
+    /// <summary>Why a node cannot restore what a node with capabilities <paramref name="origin"/> dumped (with memory left to a lazy restore: <paramref name="lazyMemory"/>): (reason, phrase about the node); null when it can.</summary>
+    public static (string Reason, string Phrase)? WhyNot(RestoreCandidate candidate, GetCapabilitiesResponse origin, bool lazyMemory = false)
     {
         ArgumentNullException.ThrowIfNull(candidate);
         var node = candidate.Node;
@@ -277,6 +277,11 @@ public static class RestoreDecisions
         if (candidate.Agent is not { } agent)
         {
             return (Reasons.TargetHasNoAgent, "runs no podmig agent that answers");
+        }
+
+        if (lazyMemory && agent.Criu?.LazyPages != true)
+        {
+            return (Reasons.TargetIncompatible, "has no CRIU lazy pages (userfaultfd), which this checkpoint's memory needs");
         }
 
         return Compatibility.Check(origin, agent) is { } why ? (Reasons.TargetIncompatible, why) : null;

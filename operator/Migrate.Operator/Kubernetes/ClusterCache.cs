@@ -18,46 +18,11 @@ public sealed class ClusterCache : BackgroundService
         ArgumentNullException.ThrowIfNull(client);
         ArgumentNullException.ThrowIfNull(loggers);
         var logger = loggers.CreateLogger<ClusterCache>();
-        Requests = new Informer<MigrationRequest>("migrationrequests",
-            async ct =>
-            {
-                var list = (await client.CustomObjects.ListClusterCustomObjectWithHttpMessagesAsync<MigrationRequestList>(MigrationRequest.Group, MigrationRequest.Version,
-                    MigrationRequest.Plural, cancellationToken: ct)).Body;
-                return (list.Items, list.Metadata.ResourceVersion);
-            },
-            (version, onError, ct) => Typed<MigrationRequest>(client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version,
-                MigrationRequest.Plural, allowWatchBookmarks: true, resourceVersion: version, timeoutSeconds: Jittered(), onError: onError, cancellationToken: ct), ct),
-            logger, time);
-        Drains = new Informer<NodeDrain>("nodedrains",
-            async ct =>
-            {
-                var list = (await client.CustomObjects.ListClusterCustomObjectWithHttpMessagesAsync<NodeDrainList>(MigrationRequest.Group, MigrationRequest.Version,
-                    NodeDrain.Plural, cancellationToken: ct)).Body;
-                return (list.Items, list.Metadata.ResourceVersion);
-            },
-            (version, onError, ct) => Typed<NodeDrain>(client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version,
-                NodeDrain.Plural, allowWatchBookmarks: true, resourceVersion: version, timeoutSeconds: Jittered(), onError: onError, cancellationToken: ct), ct),
-            logger, time);
-        Checkpoints = new Informer<Checkpoint>("checkpoints",
-            async ct =>
-            {
-                var list = (await client.CustomObjects.ListClusterCustomObjectWithHttpMessagesAsync<CheckpointList>(MigrationRequest.Group, MigrationRequest.Version,
-                    Checkpoint.Plural, cancellationToken: ct)).Body;
-                return (list.Items, list.Metadata.ResourceVersion);
-            },
-            (version, onError, ct) => Typed<Checkpoint>(client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version,
-                Checkpoint.Plural, allowWatchBookmarks: true, resourceVersion: version, timeoutSeconds: Jittered(), onError: onError, cancellationToken: ct), ct),
-            logger, time);
-        Restores = new Informer<Restore>("restores",
-            async ct =>
-            {
-                var list = (await client.CustomObjects.ListClusterCustomObjectWithHttpMessagesAsync<RestoreList>(MigrationRequest.Group, MigrationRequest.Version,
-                    Restore.Plural, cancellationToken: ct)).Body;
-                return (list.Items, list.Metadata.ResourceVersion);
-            },
-            (version, onError, ct) => Typed<Restore>(client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version,
-                Restore.Plural, allowWatchBookmarks: true, resourceVersion: version, timeoutSeconds: Jittered(), onError: onError, cancellationToken: ct), ct),
-            logger, time);
+        Requests = Custom<MigrationRequest, MigrationRequestList>(client, MigrationRequest.Plural, logger, time);
+        Drains = Custom<NodeDrain, NodeDrainList>(client, NodeDrain.Plural, logger, time);
+        Checkpoints = Custom<Checkpoint, CheckpointList>(client, Checkpoint.Plural, logger, time);
+        Restores = Custom<Restore, RestoreList>(client, Restore.Plural, logger, time);
+        Schedules = Custom<CheckpointSchedule, CheckpointScheduleList>(client, CheckpointSchedule.Plural, logger, time);
         Pods = new Informer<V1Pod>("pods",
             async ct =>
             {
@@ -101,15 +66,33 @@ public sealed class ClusterCache : BackgroundService
 
     public Informer<Restore> Restores { get; }
 
+    public Informer<CheckpointSchedule> Schedules { get; }
+
     /// <summary>Every informer has listed once.</summary>
     public Task WaitForSyncAsync(CancellationToken cancellationToken) =>
         Task.WhenAll(Requests.WaitForSyncAsync(cancellationToken), Drains.WaitForSyncAsync(cancellationToken), Pods.WaitForSyncAsync(cancellationToken),
             Nodes.WaitForSyncAsync(cancellationToken), Namespaces.WaitForSyncAsync(cancellationToken), Checkpoints.WaitForSyncAsync(cancellationToken),
-            Restores.WaitForSyncAsync(cancellationToken));
+            Restores.WaitForSyncAsync(cancellationToken), Schedules.WaitForSyncAsync(cancellationToken));
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
         Task.WhenAll(Requests.RunAsync(stoppingToken), Drains.RunAsync(stoppingToken), Pods.RunAsync(stoppingToken), Nodes.RunAsync(stoppingToken),
-            Namespaces.RunAsync(stoppingToken), Checkpoints.RunAsync(stoppingToken), Restores.RunAsync(stoppingToken));
+            Namespaces.RunAsync(stoppingToken), Checkpoints.RunAsync(stoppingToken), Restores.RunAsync(stoppingToken),
+            Schedules.RunAsync(stoppingToken));
+
+    /// <summary>An informer of one of the project's kinds (listed and watched across namespaces).</summary>
+    private static Informer<T> Custom<T, TList>(IKubernetes client, string plural, ILogger logger, TimeProvider time)
+        where T : class, IKubernetesObject<V1ObjectMeta>
+        where TList : IKubernetesObject<V1ListMeta>, IItems<T> =>
+        new(plural,
+            async ct =>
+            {
+                var list = (await client.CustomObjects.ListClusterCustomObjectWithHttpMessagesAsync<TList>(MigrationRequest.Group, MigrationRequest.Version,
+                    plural, cancellationToken: ct)).Body;
+                return (list.Items, list.Metadata.ResourceVersion);
+            },
+            (version, onError, ct) => Typed<T>(client.CustomObjects.WatchListClusterCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version,
+                plural, allowWatchBookmarks: true, resourceVersion: version, timeoutSeconds: Jittered(), onError: onError, cancellationToken: ct), ct),
+            logger, time);
 
     private static int Jittered() => WatchSeconds + Random.Shared.Next(WatchSeconds);
 

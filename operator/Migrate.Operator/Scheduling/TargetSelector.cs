@@ -170,18 +170,7 @@ public static class TargetSelector
         foreach (var expression in term.MatchExpressions ?? [])
         {
             bool has = labels.TryGetValue(expression.Key, out var value);
-            var values = expression.Values ?? [];
-            bool ok = expression.OperatorProperty switch
-            {
-                "In" => has && values.Contains(value!),
-                "NotIn" => !has || !values.Contains(value!),
-                "Exists" => has,
-                "DoesNotExist" => !has,
-                "Gt" => has && long.TryParse(value, out var a) && values.Count == 1 && long.TryParse(values[0], out var b) && a > b,
-                "Lt" => has && long.TryParse(value, out var c) && values.Count == 1 && long.TryParse(values[0], out var d) && c < d,
-                _ => false,
-            };
-            if (!ok)
+            if (!Migrate.Operator.Kubernetes.LabelSelectors.Satisfies(expression.OperatorProperty, has, value, expression.Values ?? []))
             {
                 return false;
             }

@@ -33,6 +33,10 @@ public sealed class RestoreDecisionsTests
             d => Failed(d, "TargetIncompatible", "it has CRIU 3.17.1, older than the source's 4.1.1", touched: false)),
         new("a node lacking a CPU feature: refused", () => Facts(Restore(node: "node-b")) with { Nodes = [Candidate("node-a"), Candidate("node-b", flags: ["sse2"])] },
             d => Failed(d, "TargetIncompatible", "lacks CPU features the source has (avx2)", touched: false)),
+        new("memory left to a lazy restore, a node without lazy pages: refused", () => Facts(Restore(node: "node-b"), lazy: true) with { Nodes = [Candidate("node-a"), Candidate("node-b", lazyPages: false)] },
+            d => Failed(d, "TargetIncompatible", "it has no CRIU lazy pages (userfaultfd), which this checkpoint's memory needs", touched: false)),
+        new("memory left to a lazy restore, a node with lazy pages: admitted", () => Facts(Restore(node: "node-b"), lazy: true),
+            d => Assert.Equal(("Transferring", "node-b"), (d.Status.Phase, d.Status.NodeName))),
         new("the operator's choice: the checkpoint's own node", () => Facts(Restore()),
             d => { Assert.Equal(("Transferring", "node-a", "node-a", "r"), (d.Status.Phase, d.Status.NodeName, d.Status.SourceNode, d.Status.PodName)); }),
         new("the operator's choice when its node cannot: another that can", () => Facts(Restore()) with { Nodes = [Candidate("node-a", unschedulable: true), Candidate("node-b")] },
@@ -100,9 +104,10 @@ public sealed class RestoreDecisionsTests
         return checkpoint;
     }
 
-    private static RestoreFacts Facts(Restore restore)
+    private static RestoreFacts Facts(Restore restore, bool lazy = false)
     {
         var kept = Kept();
+        kept.LazyMemory = lazy;
         kept.Node.Cpu = new CpuInfo { Vendor = "GenuineIntel", Flags = { "sse2", "avx2" } };
         return new RestoreFacts
         {
@@ -111,14 +116,14 @@ public sealed class RestoreDecisionsTests
         };
     }
 
-    private static RestoreCandidate Candidate(string name, bool ready = true, bool unschedulable = false, bool agent = true, string criu = "4.1.1", string[]? flags = null)
+    private static RestoreCandidate Candidate(string name, bool ready = true, bool unschedulable = false, bool agent = true, string criu = "4.1.1", string[]? flags = null, bool lazyPages = true)
     {
         var node = Node(name, ready: ready);
         node.Spec = new V1NodeSpec { Unschedulable = unschedulable };
         return new RestoreCandidate(node, agent
             ? new GetCapabilitiesResponse
             {
-                NodeName = name, Criu = new CriuCapabilities { Version = criu, CheckPassed = true }, Kernel = new KernelInfo { Release = "6.18.0", Machine = "x86_64" },
+                NodeName = name, Criu = new CriuCapabilities { Version = criu, CheckPassed = true, LazyPages = lazyPages }, Kernel = new KernelInfo { Release = "6.18.0", Machine = "x86_64" },
                 Cpu = new CpuInfo { Vendor = "GenuineIntel", Flags = { flags ?? ["sse2", "avx2"] } },
             }
             : null);

@@ -1,0 +1,137 @@
+using System.Net;
+using System.Text.Json;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Migrate.Operator.Kubernetes;
+using Migrate.Operator.Reconciliation;
+
+namespace Migrate.Operator.Checkpoints;
+
+/// <summary>
+/// Reconciles CheckpointSchedules (see <see cref="ScheduleDecisions"/>): creates the Checkpoints
+/// that are due, deletes those the retention removes (their finalizer has the agents remove the
+/// images), and writes what the schedule holds into its status. Only while this replica leads.
+/// </summary>
+public sealed partial class ScheduleController : QueueController
+{
+    private readonly ILogger<ScheduleController> _logger;
+    private readonly IKubernetes _client;
+    private readonly TimeProvider _time;
+    private readonly NamespacedObjects _objects;
+    private readonly EventRecorder _events;
+
+    public ScheduleController(IKubernetes client, ClusterCache cache, ILeaderGate leader, ILogger<ScheduleController> logger, TimeProvider time)
+        : base("CheckpointSchedule", cache, leader, logger, time, workers: 1)
+    {
+        _logger = logger;
+        _client = client;
+        _time = time;
+        _objects = new NamespacedObjects(client);
+        _events = new EventRecorder(client, time);
+        cache.Schedules.OnChange(c => Queue.Add(ObjectKey.Of((c.New ?? c.Old!).Metadata)));
+        cache.Checkpoints.OnChange(c =>
+        {
+            var changed = (c.New ?? c.Old!).Metadata;
+            if (Keys.Get(changed.Labels, Labels.Schedule) is { } schedule)
+            {
+                Queue.Add(new ObjectKey(changed.NamespaceProperty, schedule));
+            }
+        });
+    }
+
+    /// <summary>How soon a schedule is looked at again without a change.</summary>
+    public TimeSpan Resync { get; init; } = TimeSpan.FromSeconds(1);
+
+    protected override IEnumerable<ObjectKey> AllKeys() => Cache.Schedules.Items.Select(s => ObjectKey.Of(s.Metadata));
+
+    protected override async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
+    {
+        if (Cache.Schedules.Get(key.Namespace, key.Name) is not { } schedule || schedule.Metadata.DeletionTimestamp is not null)
+        {
+            return null;
+        }
+
+        var now = _time.GetUtcNow().UtcDateTime;
+        var checkpoints = ScheduleDecisions.Of(schedule, Cache.Checkpoints.Items).ToList();
+        var status = schedule.Status is null ? new CheckpointScheduleStatus()
+            : JsonSerializer.Deserialize<CheckpointScheduleStatus>(JsonSerializer.Serialize(schedule.Status))!;
+        try
+        {
+            foreach (var pod in ScheduleDecisions.Due(schedule, Cache.Pods.Items, checkpoints, now))
+            {
+                await CreateAsync(schedule, pod, now, cancellationToken);
+                status.LastCheckpointTime = now;
+            }
+
+            foreach (var group in checkpoints.GroupBy(c => Keys.Get(c.Metadata.Labels, Labels.Pod) ?? "", StringComparer.Ordinal))
+            {
+                foreach (var expired in ScheduleDecisions.Expired(schedule.Spec.Retention, group, now))
+                {
+                    await DeleteAsync(schedule, expired, cancellationToken);
+                    status.Removed++;
+                }
+            }
+
+            var left = ScheduleDecisions.Of(schedule, Cache.Checkpoints.Items).Where(c => c.Metadata.DeletionTimestamp is null).ToList();
+            status.Checkpoints = left.Count;
+            status.TotalBytes = left.Sum(c => c.Status?.SizeBytes ?? 0);
+            status.Message = schedule.Spec.Suspend ? "Suspended: no new checkpoints." : $"{left.Count} checkpoint(s), {status.TotalBytes} bytes.";
+            if (JsonSerializer.Serialize(status) != JsonSerializer.Serialize(schedule.Status ?? new CheckpointScheduleStatus()))
+            {
+                schedule.Status = status;
+                await _objects.WriteStatusAsync(schedule, CheckpointSchedule.Plural, cancellationToken);
+            }
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.Conflict)
+        {
+            return TimeSpan.FromMilliseconds(100);
+        }
+
+        return Resync;
+    }
+
+    private async Task CreateAsync(CheckpointSchedule schedule, V1Pod pod, DateTime now, CancellationToken cancellationToken)
+    {
+        var name = ScheduleDecisions.NameFor(schedule, pod, now);
+        var checkpoint = new Checkpoint
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = name,
+                NamespaceProperty = schedule.Metadata.NamespaceProperty,
+                Labels = new Dictionary<string, string> { [Labels.Schedule] = schedule.Metadata.Name, [Labels.Pod] = pod.Metadata.Name },
+            },
+            Spec = new CheckpointSpec { PodName = pod.Metadata.Name },
+        };
+        try
+        {
+            await _client.CustomObjects.CreateNamespacedCustomObjectAsync(checkpoint, MigrationRequest.Group, MigrationRequest.Version,
+                schedule.Metadata.NamespaceProperty, Checkpoint.Plural, cancellationToken: cancellationToken);
+            LogCreated(schedule.Metadata.NamespaceProperty, schedule.Metadata.Name, name);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+        {
+            // made by an earlier pass in the same second
+        }
+    }
+
+    private async Task DeleteAsync(CheckpointSchedule schedule, Checkpoint expired, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await _client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, expired.Metadata.NamespaceProperty,
+                Checkpoint.Plural, expired.Metadata.Name, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return;
+        }
+
+        await _events.RecordAsync(schedule.ApiVersion, CheckpointSchedule.KindName, schedule.Metadata, "Normal", "CheckpointRemoved",
+            $"Checkpoint {expired.Metadata.Name} of pod {expired.Spec.PodName} (taken {expired.Status?.CheckpointTime:yyyy-MM-dd'T'HH:mm:ss'Z'}) removed by the retention.", cancellationToken);
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "CheckpointSchedule {Namespace}/{Schedule}: created Checkpoint {Checkpoint}")]
+    private partial void LogCreated(string @namespace, string schedule, string checkpoint);
+}

@@ -1,0 +1,363 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using k8s;
+using Migrate.Api;
+using Migrate.TestSupport;
+
+namespace Migrate.Benchmarks;
+
+/// <summary>
+/// One checkpoint that left the pod running. FreezeMs: how long the tool says it held the pod
+/// (our agent's freeze-to-thaw; runc's whole command, during which CRIU holds the tree).
+/// GapMs: the longest silence in the pod's own output around the checkpoint, less one tick
+/// interval: what the workload saw.
+/// </summary>
+public sealed record CheckpointSample(string Tool, int Mib, int Repetition, double FreezeMs, double GapMs, double TotalMs, long Bytes, bool Continued, string Breakdown = "");
+
+/// <summary>
+/// Checkpoints that leave the pod running, in the sandbox: memcounter pods (idle) checkpointed by
+/// a Checkpoint resource and, side by side, by what a user would run on the node (<c>runc
+/// checkpoint --leave-running</c> of the pod's container); then a Restore of our checkpoint on the
+/// other node (request to Running). Measurements only: docs/benchmarks-checkpoint.md.
+/// </summary>
+public static class CheckpointBenchmark
+{
+    private const double TickMs = 100;
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    public static async Task RunAsync(BenchmarkReport report, IReadOnlyList<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(report);
+        int repetitions = int.Parse(MigrationBenchmark.Option(args, "--reps", "3"), CultureInfo.InvariantCulture);
+        var sizes = MigrationBenchmark.Option(args, "--sizes", "64,1024").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToList();
+        var clock = Stopwatch.StartNew();
+        void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  [{clock.Elapsed:mm\\:ss}] {text}"));
+        var samples = new List<CheckpointSample>();
+        var restores = new List<(int Mib, int Repetition, double TotalMs, double RestoreMs, bool Continued)>();
+        var failures = new List<string>();
+        Say($"starting a 2-node sandbox; sizes {string.Join(", ", sizes)} MiB, {repetitions} repetitions of: ours, runc checkpoint --leave-running, a restore of ours");
+        await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { PhaseTimeoutSeconds = 900 }, line => Say(line)))
+        {
+            foreach (int mib in sizes)
+            {
+                for (int rep = 1; rep <= repetitions; rep++)
+                {
+                    var name = $"ck-{mib}-{rep}";
+                    try
+                    {
+                        var pod = await MigrationBenchmark.StartWorkloadAsync(cluster, name, mib, 0);
+                        try
+                        {
+                            // alternate which goes first, so that neither always meets a pod that was just frozen
+                            foreach (var tool in rep % 2 == 1 ? new[] { "ours", "runc" } : ["runc", "ours"])
+                            {
+                                var sample = tool == "ours" ? await OursAsync(cluster, pod, mib, rep) : await RuncAsync(cluster, pod, mib, rep);
+                                samples.Add(sample);
+                                Say(string.Create(CultureInfo.InvariantCulture,
+                                    $"{mib} MiB #{rep} {tool}: freeze {sample.FreezeMs:0} ms, gap seen by the pod {sample.GapMs:0} ms, total {sample.TotalMs:0} ms, {sample.Bytes / 1048576.0:0.0} MiB, continued {sample.Continued}{(sample.Breakdown.Length > 0 ? "; " + sample.Breakdown : "")}"));
+                            }
+
+                            var restore = await RestoreAsync(cluster, pod, mib, rep);
+                            restores.Add(restore);
+                            Say(string.Create(CultureInfo.InvariantCulture, $"{mib} MiB #{rep} restore on node-b: {restore.TotalMs:0} ms to Running (restore itself {restore.RestoreMs:0} ms), continued {restore.Continued}"));
+                        }
+                        finally
+                        {
+                            await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural, name);
+                            await MigrationBenchmark.WaitForAsync(async () => !(await ListAsync(cluster, Checkpoint.Plural)).Any(), TimeSpan.FromMinutes(2), "the checkpoint to be deleted");
+                            await MigrationBenchmark.DeletePodAsync(cluster, name);
+                        }
+                    }
+                    catch (Exception e) when (e is InvalidOperationException or TimeoutException or k8s.Autorest.HttpOperationException or IOException)
+                    {
+                        failures.Add($"{name}: {e.Message}");
+                        Say($"FAILED {name}: {e.Message}");
+                    }
+                }
+            }
+        }
+
+        var figures = Figures(samples, restores.Select(r => (r.Mib, r.TotalMs)).ToList());
+        foreach (var (figure, value, unit) in figures)
+        {
+            report.Add("checkpoint", figure, value, unit);
+        }
+
+        var docs = RepositoryLayout.InRepository("docs");
+        Directory.CreateDirectory(docs);
+        File.WriteAllText(Path.Combine(docs, "benchmarks-checkpoint.md"), Markdown(report.Machine, repetitions, samples, restores, figures, failures, clock.Elapsed));
+        Directory.CreateDirectory(BenchmarkReport.Directory);
+        File.WriteAllText(Path.Combine(BenchmarkReport.Directory, "checkpoint.json"),
+            JsonSerializer.Serialize(new { samples, restores = restores.Select(r => new { r.Mib, r.Repetition, r.TotalMs, r.RestoreMs, r.Continued }), failures }, Indented));
+        Console.WriteLine("  docs/benchmarks-checkpoint.md rewritten");
+    }
+
+    /// <summary>Medians per size, and ours against runc's as ratios (below 1: ours freezes the pod for less).</summary>
+    internal static IReadOnlyList<(string Name, double Value, string Unit)> Figures(IReadOnlyList<CheckpointSample> samples, IReadOnlyList<(int Mib, double TotalMs)> restores)
+    {
+        var result = new List<(string, double, string)>();
+        foreach (var mib in samples.Select(s => s.Mib).Distinct().Order())
+        {
+            var ours = samples.Where(s => s.Mib == mib && s.Tool == "ours").ToList();
+            var runc = samples.Where(s => s.Mib == mib && s.Tool == "runc").ToList();
+            if (ours.Count == 0 || runc.Count == 0)
+            {
+                continue;
+            }
+
+            double oursFreeze = ControllerBenchmark.Median(ours.Select(s => s.FreezeMs)), runcFreeze = ControllerBenchmark.Median(runc.Select(s => s.FreezeMs));
+            double oursGap = ControllerBenchmark.Median(ours.Select(s => s.GapMs)), runcGap = ControllerBenchmark.Median(runc.Select(s => s.GapMs));
+            result.Add(($"{mib}mib_ours_freeze_median", oursFreeze, "ms"));
+            result.Add(($"{mib}mib_runc_freeze_median", runcFreeze, "ms"));
+            result.Add(($"{mib}mib_freeze_ratio", oursFreeze / runcFreeze, "x"));
+            result.Add(($"{mib}mib_ours_gap_median", oursGap, "ms"));
+            result.Add(($"{mib}mib_runc_gap_median", runcGap, "ms"));
+            result.Add(($"{mib}mib_gap_ratio", oursGap / runcGap, "x"));
+            if (restores.Where(r => r.Mib == mib).ToList() is { Count: > 0 } restored)
+            {
+                result.Add(($"{mib}mib_restore_to_running_median", ControllerBenchmark.Median(restored.Select(r => r.TotalMs)), "ms"));
+            }
+        }
+
+        result.Add(("state_continued", samples.Count(s => s.Continued), $"of {samples.Count}"));
+        return result;
+    }
+
+    private static async Task<CheckpointSample> OursAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep)
+    {
+        var name = pod.Metadata.Name;
+        var node = cluster.Node(pod.Spec.NodeName);
+        var clock = Stopwatch.StartNew();
+        var started = DateTime.UtcNow;
+        await cluster.Client.CustomObjects.CreateNamespacedCustomObjectAsync(new JsonObject
+        {
+            ["apiVersion"] = "podmigration.io/v1alpha1",
+            ["kind"] = "Checkpoint",
+            ["metadata"] = new JsonObject { ["name"] = name },
+            ["spec"] = new JsonObject { ["podName"] = name },
+        }, MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural);
+        JsonNode? status = null;
+        while ((string?)status?["phase"] is not ("Ready" or "Failed"))
+        {
+            if (clock.Elapsed > TimeSpan.FromMinutes(10))
+            {
+                throw new TimeoutException($"checkpoint {name} is not Ready after 10 minutes");
+            }
+
+            await Task.Delay(20);
+            var raw = (JsonElement)await cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural, name);
+            status = JsonNode.Parse(raw.GetRawText())!["status"];
+        }
+
+        double total = clock.Elapsed.TotalMilliseconds;
+        if ((string?)status!["phase"] != "Ready")
+        {
+            throw new InvalidOperationException($"checkpoint {name} failed: {status["message"]}");
+        }
+
+        var (gap, continued) = await GapAsync(node, pod, started);
+        return new CheckpointSample("ours", mib, rep, (double)(long)status["freezeMillis"]!, gap, total, (long)status["sizeBytes"]!, continued,
+            Breakdown((string)status["location"]!));
+    }
+
+    private static async Task<CheckpointSample> RuncAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep)
+    {
+        var node = cluster.Node(pod.Spec.NodeName);
+        var containerId = pod.Status.ContainerStatuses[0].ContainerID.Split("://")[1];
+        var root = Directory.EnumerateDirectories(node.Containerd.RuncRoot).First(d => Directory.Exists(Path.Combine(d, containerId)));
+        var images = Directory.CreateDirectory(Path.Combine(node.Containerd.Root, $"runc-checkpoint-{pod.Metadata.Name}")).FullName;
+        try
+        {
+            var started = DateTime.UtcNow;
+            var clock = Stopwatch.StartNew();
+            Prerequisites.Run("runc", "--root", root, "checkpoint", "--leave-running", "--image-path", images, "--work-path", Path.Combine(images, "work"), containerId);
+            double freeze = clock.Elapsed.TotalMilliseconds;
+            long bytes = Directory.EnumerateFiles(images, "*", SearchOption.AllDirectories).Where(f => !f.Contains("/work/", StringComparison.Ordinal)).Sum(f => new FileInfo(f).Length);
+            var (gap, continued) = await GapAsync(node, pod, started);
+            return new CheckpointSample("runc", mib, rep, freeze, gap, freeze, bytes, continued);
+        }
+        finally
+        {
+            Directory.Delete(images, recursive: true);
+        }
+    }
+
+    private static async Task<(int Mib, int Repetition, double TotalMs, double RestoreMs, bool Continued)> RestoreAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep)
+    {
+        var name = pod.Metadata.Name;
+        var clock = Stopwatch.StartNew();
+        await cluster.Client.CustomObjects.CreateNamespacedCustomObjectAsync(new JsonObject
+        {
+            ["apiVersion"] = "podmigration.io/v1alpha1",
+            ["kind"] = "Restore",
+            ["metadata"] = new JsonObject { ["name"] = name + "-back" },
+            ["spec"] = new JsonObject { ["checkpointName"] = name, ["nodeName"] = "node-b" },
+        }, MigrationRequest.Group, MigrationRequest.Version, "default", Restore.Plural);
+        JsonNode? status = null;
+        while ((string?)status?["phase"] is not ("Succeeded" or "Failed"))
+        {
+            if (clock.Elapsed > TimeSpan.FromMinutes(10))
+            {
+                throw new TimeoutException($"restore {name}-back did not end within 10 minutes");
+            }
+
+            await Task.Delay(20);
+            var raw = (JsonElement)await cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Restore.Plural, name + "-back");
+            status = JsonNode.Parse(raw.GetRawText())!["status"];
+        }
+
+        double total = clock.Elapsed.TotalMilliseconds;
+        try
+        {
+            if ((string?)status!["phase"] != "Succeeded")
+            {
+                throw new InvalidOperationException($"restore {name}-back failed: {status["message"]}");
+            }
+
+            var restored = cluster.Node("node-b");
+            IReadOnlyList<MemcounterTick> ticks = [];
+            await MigrationBenchmark.WaitForAsync(() => (ticks = restored.LoggedTicks("default", name + "-back", "main")).Count >= 3, TimeSpan.FromMinutes(1), "the restored pod to tick");
+            bool continued = ticks[0].Tick > 1 && ticks.Select((t, i) => t.Tick == ticks[0].Tick + i).All(x => x) && !ticks.Any(t => t.Verified == "BAD");
+            return (mib, rep, total, (double?)(long?)status["restoreMillis"] ?? double.NaN, continued);
+        }
+        finally
+        {
+            await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Restore.Plural, name + "-back");
+            await MigrationBenchmark.DeletePodAsync(cluster, name + "-back");
+        }
+    }
+
+    /// <summary>
+    /// The longest silence between two of the pod's ticks (by the runtime's log timestamps) from
+    /// <paramref name="since"/> on, less one interval, once the pod has ticked a few times after;
+    /// and whether its ticks stayed consecutive and its memory checks passed.
+    /// </summary>
+    private static async Task<(double GapMs, bool Continued)> GapAsync(SandboxNode node, k8s.Models.V1Pod pod, DateTime since)
+    {
+        List<(DateTime At, MemcounterTick Tick)> ticks = [];
+        await MigrationBenchmark.WaitForAsync(() => (ticks = TimedTicks(node, pod)).Count(t => t.At >= since) >= 5 && ticks[^1].At > DateTime.UtcNow.AddSeconds(-1),
+            TimeSpan.FromMinutes(1), $"{pod.Metadata.Name} to tick after the checkpoint");
+        var window = ticks.Where(t => t.At >= since.AddMilliseconds(-2 * TickMs)).ToList();
+        double gap = window.Zip(window.Skip(1), (a, b) => (b.At - a.At).TotalMilliseconds).DefaultIfEmpty(TickMs).Max() - TickMs;
+        bool continued = ticks.Select((t, i) => t.Tick.Tick == ticks[0].Tick.Tick + i).All(x => x) && !ticks.Any(t => t.Tick.Verified == "BAD");
+        return (Math.Max(0, gap), continued);
+    }
+
+    /// <summary>The pod's ticks with the time the runtime logged each (CRI log format: time, stream, tag, line).</summary>
+    private static List<(DateTime At, MemcounterTick Tick)> TimedTicks(SandboxNode node, k8s.Models.V1Pod pod)
+    {
+        var result = new List<(DateTime, MemcounterTick)>();
+        foreach (var file in Directory.EnumerateFiles(node.Containerd.PodLogDirectory, "0.log", SearchOption.AllDirectories)
+            .Where(f => f.Contains($"default_{pod.Metadata.Name}_{pod.Metadata.Uid}", StringComparison.Ordinal)))
+        {
+            using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            using var reader = new StreamReader(stream);
+            while (reader.ReadLine() is { } line)
+            {
+                var parts = line.Split(' ', 4);
+                if (parts.Length == 4 && LogTime(parts[0]) is { } at
+                    && Memcounter.Parse([parts[3]]) is [var tick])
+                {
+                    result.Add((at, tick));
+                }
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>Where the agent says the freeze went, from the checkpoint's description on the node (checkpoint.json).</summary>
+    private static string Breakdown(string location)
+    {
+        var description = JsonNode.Parse(File.ReadAllText(Path.Combine(location[(location.IndexOf(':', StringComparison.Ordinal) + 1)..], "checkpoint.json")))!;
+        var dump = description["dump"];
+        long Millis(JsonNode? node, string name) => node?[name] is { } value ? value.GetValue<long>() : 0;
+        long capture = dump?["containers"]?.AsArray().Sum(c => Millis(c, "memoryCaptureMillis")) ?? 0;
+        return string.Create(CultureInfo.InvariantCulture,
+            $"freezing {Millis(dump, "freezeMillis")} ms, dump {Millis(dump, "dumpMillis")} ms (of it reading changed memory {capture} ms), file system {Millis(dump, "filesystemMillis")} ms; lazy memory {description["lazyMemory"]?.GetValue<bool>() ?? false}");
+    }
+
+    /// <summary>A CRI log line's time (RFC 3339 with up to nine fractional digits; .NET keeps seven).</summary>
+    internal static DateTime? LogTime(string text)
+    {
+        int dot = text.IndexOf('.', StringComparison.Ordinal);
+        if (dot > 0 && text.EndsWith('Z'))
+        {
+            var fraction = text[(dot + 1)..^1];
+            text = text[..(dot + 1)] + (fraction.Length > 7 ? fraction[..7] : fraction) + "Z";
+        }
+
+        return DateTime.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal, out var at) ? at : null;
+    }
+
+    private static async Task<IReadOnlyList<JsonNode>> ListAsync(SandboxCluster cluster, string plural)
+    {
+        var raw = (JsonElement)await cluster.Client.CustomObjects.ListNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", plural);
+        return [.. JsonNode.Parse(raw.GetRawText())!["items"]!.AsArray().OfType<JsonNode>()];
+    }
+
+    private static string Markdown(JsonObject machine, int repetitions, IReadOnlyList<CheckpointSample> samples,
+        IReadOnlyList<(int Mib, int Repetition, double TotalMs, double RestoreMs, bool Continued)> restores,
+        IReadOnlyList<(string Name, double Value, string Unit)> figures, List<string> failures, TimeSpan elapsed)
+    {
+        var text = new StringBuilder();
+        text.AppendLine("# Checkpoints that leave the pod running (make bench: hack/bench.sh checkpoint)");
+        text.AppendLine();
+        text.AppendLine(string.Create(CultureInfo.InvariantCulture,
+            $"Written by the benchmark on {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC in {elapsed.TotalMinutes:0.0} min; machine: {machine.ToJsonString()}; {repetitions} repetitions per size."));
+        text.AppendLine();
+        text.AppendLine("A memcounter pod (idle, one tick every 100 ms) checkpointed by a `Checkpoint` resource (ours) and, on the same pod, by");
+        text.AppendLine("`runc checkpoint --leave-running` of its container (what a user would run on the node). *Freeze*: ours is the agent's");
+        text.AppendLine("freeze-to-thaw; runc's is the whole command (CRIU holds the tree for most of it). *Gap*: the longest silence in the pod's");
+        text.AppendLine("own output (the runtime's log timestamps) around the checkpoint, less one tick: what the workload saw. *Total*: ours from");
+        text.AppendLine("the request to Ready. Ours also keeps the writable layer and checks the pod; runc's keeps only the CRIU images.");
+        text.AppendLine();
+        text.AppendLine("| MiB | tool | freeze ms (median, min-max) | gap ms (median, min-max) | total ms (median) | MiB kept | state continued |");
+        text.AppendLine("|---|---|---|---|---|---|---|");
+        foreach (var group in samples.GroupBy(s => (s.Mib, s.Tool)).OrderBy(g => g.Key.Mib).ThenBy(g => g.Key.Tool, StringComparer.Ordinal))
+        {
+            var list = group.ToList();
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {group.Key.Mib} | {group.Key.Tool} | {ControllerBenchmark.Median(list.Select(s => s.FreezeMs)):0} ({list.Min(s => s.FreezeMs):0}-{list.Max(s => s.FreezeMs):0}) | {ControllerBenchmark.Median(list.Select(s => s.GapMs)):0} ({list.Min(s => s.GapMs):0}-{list.Max(s => s.GapMs):0}) | {ControllerBenchmark.Median(list.Select(s => s.TotalMs)):0} | {ControllerBenchmark.Median(list.Select(s => (double)s.Bytes)) / 1048576:0.0} | {list.Count(s => s.Continued)}/{list.Count} |"));
+        }
+
+        text.AppendLine();
+        text.AppendLine("Where ours froze the pod, by the agent's own figures (checkpoint.json on the node):");
+        text.AppendLine();
+        foreach (var sample in samples.Where(s => s.Breakdown.Length > 0))
+        {
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture, $"- {sample.Mib} MiB #{sample.Repetition}: freeze {sample.FreezeMs:0} ms: {sample.Breakdown}"));
+        }
+
+        text.AppendLine();
+        text.AppendLine("Restore of our checkpoint on the other node (`Restore`, request to Succeeded: the images sent, verified, the pod made and restored):");
+        text.AppendLine();
+        text.AppendLine("| MiB | to Running ms (median, min-max) | restore itself ms (median) | state continued |");
+        text.AppendLine("|---|---|---|---|");
+        foreach (var group in restores.GroupBy(r => r.Mib).OrderBy(g => g.Key))
+        {
+            var list = group.ToList();
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {group.Key} | {ControllerBenchmark.Median(list.Select(r => r.TotalMs)):0} ({list.Min(r => r.TotalMs):0}-{list.Max(r => r.TotalMs):0}) | {ControllerBenchmark.Median(list.Select(r => r.RestoreMs)):0} | {list.Count(r => r.Continued)}/{list.Count} |"));
+        }
+
+        text.AppendLine();
+        text.AppendLine("| figure | value |");
+        text.AppendLine("|---|---|");
+        foreach (var (name, value, unit) in figures)
+        {
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture, $"| {name} | {value:0.##} {unit} |"));
+        }
+
+        if (failures.Count > 0)
+        {
+            text.AppendLine();
+            text.AppendLine("Failures: " + string.Join("; ", failures));
+        }
+
+        return text.ToString();
+    }
+}
