@@ -32,6 +32,38 @@ public static class OperatorTelemetry
 
     public static void SetInFlight(int count) => Volatile.Write(ref _inFlight, count);
 
+    /// <summary>Checkpoints that reached Ready or Failed, tagged by outcome and reason.</summary>
+    public static readonly Counter<long> Checkpoints = Meter.CreateCounter<long>("podmig.operator.checkpoints", "{checkpoint}", "Checkpoints that reached Ready or Failed");
+
+    /// <summary>How long each kept checkpoint froze its pod.</summary>
+    public static readonly Histogram<double> CheckpointFreeze = Meter.CreateHistogram<double>("podmig.operator.checkpoint.freeze", "ms", "Time a checkpoint froze its pod");
+
+    /// <summary>Bytes each kept checkpoint holds.</summary>
+    public static readonly Histogram<double> CheckpointSize = Meter.CreateHistogram<double>("podmig.operator.checkpoint.size", "By", "Bytes a checkpoint keeps on its node");
+
+    private static long _checkpointBytes;
+
+    /// <summary>Bytes all Ready checkpoints keep on the nodes, as of the checkpoint controller's last pass.</summary>
+    public static readonly ObservableGauge<long> CheckpointStorage = Meter.CreateObservableGauge("podmig.operator.checkpoint.storage", () => Interlocked.Read(ref _checkpointBytes),
+        "By", "Bytes kept by Ready checkpoints on the nodes");
+
+    public static void SetCheckpointStorage(long bytes) => Interlocked.Exchange(ref _checkpointBytes, bytes);
+
+    /// <summary>A checkpoint reached Ready or Failed: counted, and (kept) its freeze and size recorded.</summary>
+    public static void CheckpointEnded(string phase, string? reason, long? freezeMillis, long? sizeBytes)
+    {
+        Checkpoints.Add(1, new KeyValuePair<string, object?>("outcome", phase), new KeyValuePair<string, object?>("reason", reason));
+        if (freezeMillis is { } freeze)
+        {
+            CheckpointFreeze.Record(freeze);
+        }
+
+        if (sizeBytes is { } size)
+        {
+            CheckpointSize.Record(size);
+        }
+    }
+
     /// <summary>A request reached a final phase: its outcome and reason counted, its duration (and downtime, if it moved) recorded.</summary>
     public static void Ended(string outcome, string? reason, DateTime? start, DateTime? end, long? downtimeMillis = null)
     {

@@ -51,6 +51,41 @@ public sealed class MetricsEndToEndTests(SandboxFixture fixture, ITestOutputHelp
         await Cluster.Client.CoreV1.DeleteNamespacedPodAsync(request.Status.ReplacementPod, "default", new k8s.Models.V1DeleteOptions { GracePeriodSeconds = 0 });
     }
 
+    [Fact]
+    public async Task A_kept_checkpoint_is_counted_with_its_freeze_and_size_and_the_storage_it_keeps()
+    {
+        var operatorUrl = new Uri($"http://{Cluster.OperatorAddress}/metrics");
+        var before = await ScrapeAsync(operatorUrl);
+        await Sandbox.RunCounterAsync(Cluster, "metered", "node-a", 8);
+        (await Cluster.Api.KubectlInAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: metered-1
+            spec:
+              podName: metered
+            """, "apply", "-f", "-")).Succeeded();
+        (await Cluster.Api.KubectlAsync("wait", "--for=jsonpath={.status.phase}=Ready", "checkpoint/metered-1", "--timeout=120s")).Succeeded();
+        var freeze = long.Parse((await Cluster.Api.KubectlAsync("get", "checkpoint", "metered-1", "-o", "jsonpath={.status.freezeMillis}")).Succeeded().Output, CultureInfo.InvariantCulture);
+        var size = long.Parse((await Cluster.Api.KubectlAsync("get", "checkpoint", "metered-1", "-o", "jsonpath={.status.sizeBytes}")).Succeeded().Output, CultureInfo.InvariantCulture);
+
+        var after = await ScrapeAsync(operatorUrl);
+        for (int i = 0; i < 50 && Sum(after, "podmig_operator_checkpoints_total", "outcome=\"Ready\"") - Sum(before, "podmig_operator_checkpoints_total", "outcome=\"Ready\"") < 1; i++)
+        {
+            await Task.Delay(100);
+            after = await ScrapeAsync(operatorUrl);
+        }
+
+        double Delta(string name, params string[] labels) => Sum(after, name, labels) - Sum(before, name, labels);
+        Assert.Equal(1, Delta("podmig_operator_checkpoints_total", "outcome=\"Ready\"", "reason=\"Kept\""));
+        Assert.Equal(freeze, Delta("podmig_operator_checkpoint_freeze_milliseconds_sum"));
+        Assert.Equal(size, Delta("podmig_operator_checkpoint_size_bytes_sum"));
+        Assert.True(Sum(after, "podmig_operator_checkpoint_storage_bytes") >= size, "the storage gauge must count the checkpoint's bytes");
+
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "metered-1", "--wait=true", "--timeout=30s")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "metered", "--wait=true")).Succeeded();
+    }
+
     /// <summary>Every sample line of a scrape: "name{labels}" to value.</summary>
     private static async Task<Dictionary<string, double>> ScrapeAsync(Uri url)
     {

@@ -74,6 +74,7 @@ public sealed partial class CheckpointController : QueueController
 
     protected override async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
     {
+        OperatorTelemetry.SetCheckpointStorage(Cache.Checkpoints.Items.Where(c => c.Status?.Phase == CheckpointPhases.Ready).Sum(c => c.Status!.SizeBytes ?? 0));
         if (Cache.Checkpoints.Get(key.Namespace, key.Name) is not { } checkpoint)
         {
             return null;
@@ -97,8 +98,13 @@ public sealed partial class CheckpointController : QueueController
             if (decision.Action is not (CheckpointAction.AddFinalizer or CheckpointAction.RemoveFinalizer or CheckpointAction.SavePod)
                 && JsonSerializer.Serialize(decision.Status) != JsonSerializer.Serialize(checkpoint.Status ?? new CheckpointStatus()))
             {
+                bool ends = CheckpointPhases.IsFinal(decision.Status.Phase) && !CheckpointPhases.IsFinal(checkpoint.Status?.Phase);
                 checkpoint.Status = decision.Status;
                 await _objects.WriteStatusAsync(checkpoint, Checkpoint.Plural, cancellationToken);
+                if (ends)
+                {
+                    OperatorTelemetry.CheckpointEnded(decision.Status.Phase!, decision.Status.Reason, decision.Status.FreezeMillis, decision.Status.SizeBytes);
+                }
                 if (decision.Event is { } note)
                 {
                     await _events.RecordAsync(checkpoint.ApiVersion, Checkpoint.KindName, checkpoint.Metadata, note.Type, note.Reason, note.Message, cancellationToken);
