@@ -83,9 +83,17 @@ public static class OperatorHost
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<MigrationExecutor>(), options.Policy()) { Workers = options.Workers });
         builder.Services.AddHostedService(sp => new DrainController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<DrainController>>(), sp.GetRequiredService<TimeProvider>()));
+        builder.Services.AddSingleton<LeftCheckpoints>();
         builder.Services.AddHostedService(sp => new CheckpointController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<CheckpointController>>(),
-            sp.GetRequiredService<TimeProvider>()));
+            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<LeftCheckpoints>()));
+        builder.Services.AddHostedService(sp => new CheckpointSweeper(sp.GetRequiredService<ClusterCache>(), sp.GetRequiredService<IAgentDirectory>(),
+            sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<LeftCheckpoints>(), sp.GetRequiredService<ILogger<CheckpointSweeper>>(),
+            sp.GetRequiredService<TimeProvider>())
+        {
+            Interval = TimeSpan.FromSeconds(Math.Max(1, options.CheckpointSweepSeconds)),
+            Grace = TimeSpan.FromSeconds(Math.Max(1, options.CheckpointOrphanGraceSeconds)),
+        });
         builder.Services.AddHostedService(sp => new RestoreController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<RestoreController>>(),
             sp.GetRequiredService<TimeProvider>(), TokenMinter(tokenKey)));

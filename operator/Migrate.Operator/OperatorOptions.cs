@@ -35,6 +35,12 @@ public sealed class OperatorOptions
     /// </summary>
     public bool LazyRestore { get; set; } = true;
 
+    /// <summary>Seconds between two rounds of the sweeper that removes checkpoint directories no Checkpoint names any more.</summary>
+    public int CheckpointSweepSeconds { get; set; } = 30;
+
+    /// <summary>How old (seconds) an unknown checkpoint directory must be before the sweeper removes it (one whose Checkpoint let go of it goes at once).</summary>
+    public int CheckpointOrphanGraceSeconds { get; set; } = 900;
+
     /// <summary>Seconds one phase (checkpointing, transferring, restoring) may take before the migration is rolled back.</summary>
     public int PhaseTimeoutSeconds { get; set; } = 300;
 

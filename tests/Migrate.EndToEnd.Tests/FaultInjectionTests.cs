@@ -153,6 +153,57 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
     }
 
     [Fact]
+    public async Task A_checkpoint_deleted_while_its_agent_is_down_goes_and_its_images_go_when_the_agent_is_back()
+    {
+        await Sandbox.RunCounterAsync(Cluster, "orphan", "node-a", 8);
+        (await Cluster.Api.KubectlInAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: orphan-1
+            spec:
+              podName: orphan
+            """, "apply", "-f", "-")).Succeeded();
+        (await Cluster.Api.KubectlAsync("wait", "--for=jsonpath={.status.phase}=Ready", "checkpoint/orphan-1", "--timeout=120s")).Succeeded();
+        var location = (await Cluster.Api.KubectlAsync("get", "checkpoint", "orphan-1", "-o", "jsonpath={.status.location}")).Succeeded().Output.Trim();
+        var directory = location["node-a:".Length..];
+        Assert.True(Directory.Exists(directory), $"{directory} is not on node-a");
+
+        var node = Cluster.Node("node-a");
+        await node.KillAgentAsync();
+        try
+        {
+            // the finalizer waits for the agent, then lets go (the Checkpoint is deleted, bounded in time) and says so
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            (await Cluster.Api.KubectlAsync("delete", "checkpoint", "orphan-1", "--wait=true", "--timeout=120s")).Succeeded();
+            output.WriteLine($"deleted after {clock.Elapsed.TotalSeconds:0} s with the agent down");
+            // (the Event is recorded right after the finalizer went)
+            var events = "";
+            for (int i = 0; i < 50 && !events.Contains("ImagesLeft", StringComparison.Ordinal); i++, await Task.Delay(200))
+            {
+                events = (await Cluster.Api.KubectlAsync("get", "events", "-o", "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}")).Succeeded().Output;
+            }
+
+            Assert.Contains($"ImagesLeft: The agent on node-a did not answer for 30 seconds; the checkpoint's images in {location} are removed once it answers.", events, StringComparison.Ordinal);
+            Assert.True(Directory.Exists(directory), "nobody could have removed the images with the agent down");
+        }
+        finally
+        {
+            await node.StartAgentAsync();
+        }
+
+        var removed = System.Diagnostics.Stopwatch.StartNew();
+        while (Directory.Exists(directory))
+        {
+            Assert.True(removed.Elapsed < TimeSpan.FromMinutes(1), $"{directory} is still on node-a a minute after its agent came back");
+            await Task.Delay(200);
+        }
+
+        output.WriteLine($"images removed {removed.Elapsed.TotalSeconds:0.0} s after the agent came back");
+        (await Cluster.Api.KubectlAsync("delete", "pod", "orphan", "--wait=true")).Succeeded();
+    }
+
+    [Fact]
     public async Task The_operator_killed_mid_migration_and_restarted_finishes_it_exactly_once()
     {
         var (request, pod) = await StartMigrationAsync("operator-crash");

@@ -425,6 +425,7 @@ public sealed class SandboxCluster : IAsyncDisposable
             $"--Operator:TlsAuthorityFile={Pki.AuthorityFile}",
             $"--Operator:TokenSigningKeyFile={Pki.TokenSigningKeyFile}",
             $"--Operator:PhaseTimeoutSeconds={Options.PhaseTimeoutSeconds}",
+            "--Operator:CheckpointSweepSeconds=5",
             $"--Kestrel:Endpoints:Probes:Url=http://{OperatorAddress}",
             $"--Operator:WebhookListenAddress={WebhookAddress}",
             "--Operator:WebhookSecretNamespace=default",

@@ -76,6 +76,55 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         return status;
     }
 
+    /// <summary>Every checkpoint directory held and not being taken (incomplete ones dated by their last change).</summary>
+    public IReadOnlyList<KeptCheckpoint> List()
+    {
+        if (!Directory.Exists(Root))
+        {
+            return [];
+        }
+
+        var result = new List<KeptCheckpoint>();
+        foreach (var directory in Directory.EnumerateDirectories(Root))
+        {
+            var id = Path.GetFileName(directory);
+            if (!IsValidId(id) || _taking.TryGetValue(id, out var taking) && taking.State == OperationState.Running)
+            {
+                continue;
+            }
+
+            try
+            {
+                result.Add(Kept(id) ?? new KeptCheckpoint
+                {
+                    CheckpointId = id,
+                    NodeName = _options.NodeName,
+                    Directory = directory,
+                    FrozenUnixMillis = new DateTimeOffset(Directory.GetLastWriteTimeUtc(directory)).ToUnixTimeMilliseconds(),
+                });
+            }
+            catch (CheckpointException)
+            {
+                result.Add(new KeptCheckpoint { CheckpointId = id, NodeName = _options.NodeName, Directory = directory });
+            }
+        }
+
+        return result;
+    }
+
+    private static bool IsValidId(string id)
+    {
+        try
+        {
+            CheckpointEngine.ValidateMigrationId(id);
+            return true;
+        }
+        catch (CheckpointException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>Removes a kept checkpoint's files.</summary>
     public KeptCheckpoint Delete(string checkpointId)
     {

@@ -69,6 +69,9 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
     public override Task<KeptCheckpoint> SendCheckpoint(SendCheckpointRequest request, ServerCallContext context) =>
         Call(() => Task.FromResult(kept.Send(request)));
 
+    public override Task<ListCheckpointsResponse> ListCheckpoints(ListCheckpointsRequest request, ServerCallContext context) =>
+        Call(() => Task.FromResult(new ListCheckpointsResponse { Checkpoints = { kept.List() } }));
+
     public override async Task SendImages(SendImagesRequest request, IServerStreamWriter<TransferProgress> responseStream, ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(context);

@@ -50,15 +50,18 @@ public sealed class NamespacedObjects(IKubernetes client)
 public sealed partial class CheckpointController : QueueController
 {
     private readonly ILogger<CheckpointController> _logger;
+    private readonly LeftCheckpoints _left;
     private readonly IAgentDirectory _agents;
     private readonly TimeProvider _time;
     private readonly NamespacedObjects _objects;
     private readonly EventRecorder _events;
     private readonly KeptViews _views;
 
-    public CheckpointController(IKubernetes client, ClusterCache cache, IAgentDirectory agents, ILeaderGate leader, ILogger<CheckpointController> logger, TimeProvider time)
+    public CheckpointController(IKubernetes client, ClusterCache cache, IAgentDirectory agents, ILeaderGate leader, ILogger<CheckpointController> logger, TimeProvider time,
+        LeftCheckpoints left)
         : base("Checkpoint", cache, leader, logger, time, workers: 2)
     {
+        _left = left;
         _logger = logger;
         _agents = agents;
         _time = time;
@@ -105,10 +108,12 @@ public sealed partial class CheckpointController : QueueController
                 {
                     OperatorTelemetry.CheckpointEnded(decision.Status.Phase!, decision.Status.Reason, decision.Status.FreezeMillis, decision.Status.SizeBytes);
                 }
-                if (decision.Event is { } note)
-                {
-                    await _events.RecordAsync(checkpoint.ApiVersion, Checkpoint.KindName, checkpoint.Metadata, note.Type, note.Reason, note.Message, cancellationToken);
-                }
+            }
+
+            // (a decision carries an Event only on a transition: a phase reached, or the finalizer let go)
+            if (decision.Event is { } note)
+            {
+                await _events.RecordAsync(checkpoint.ApiVersion, Checkpoint.KindName, checkpoint.Metadata, note.Type, note.Reason, note.Message, cancellationToken);
             }
         }
         catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.Conflict or HttpStatusCode.NotFound)
@@ -131,7 +136,13 @@ public sealed partial class CheckpointController : QueueController
             case CheckpointAction.AddFinalizer:
                 await _objects.SetFinalizersAsync(checkpoint, Checkpoint.Plural, [.. checkpoint.Metadata.Finalizers ?? [], Finalizers.Cleanup], cancellationToken);
                 break;
-            case CheckpointAction.RemoveFinalizer:
+            case CheckpointAction.RemoveFinalizer remove:
+                if (remove.ImagesLeft && checkpoint.Status?.NodeName is { } keptOn)
+                {
+                    // let go while the agent was silent: the sweeper removes the images once it answers
+                    _left.Add(keptOn, checkpoint.Metadata.Uid);
+                }
+
                 await _objects.SetFinalizersAsync(checkpoint, Checkpoint.Plural, (checkpoint.Metadata.Finalizers ?? []).Where(f => f != Finalizers.Cleanup), cancellationToken);
                 break;
             case CheckpointAction.SavePod:

@@ -37,7 +37,8 @@ public abstract record CheckpointAction
 
     public sealed record AddFinalizer : CheckpointAction;
 
-    public sealed record RemoveFinalizer : CheckpointAction;
+    /// <param name="ImagesLeft">Let go while the node's agent was silent: its images are still there (the sweeper removes them).</param>
+    public sealed record RemoveFinalizer(bool ImagesLeft = false) : CheckpointAction;
 
     /// <summary>Keep a copy of the pod (its spec, labels, annotations) in the Checkpoint: restores are made from it.</summary>
     public sealed record SavePod : CheckpointAction;
@@ -134,6 +135,22 @@ public static class CheckpointDecisions
         return f.Agent.Kept is null ? new(new CheckpointAction.Take(s.NodeName!), s, p.PollInterval) : new(CheckpointAction.None, s, p.PollInterval);
     }
 
+    /// <summary>
+    /// The checkpoint directories a node holds that no Checkpoint names any more: those whose
+    /// Checkpoint let go of them while the node's agent was silent (<paramref name="leftBehind"/>,
+    /// at once), and any other unknown one older than <paramref name="grace"/> (a Checkpoint
+    /// the cache has not seen yet is never older than that).
+    /// </summary>
+    public static IReadOnlyList<string> Orphans(IEnumerable<KeptCheckpoint> held, IReadOnlySet<string> knownUids, IReadOnlySet<string> leftBehind, DateTime now, TimeSpan grace)
+    {
+        ArgumentNullException.ThrowIfNull(held);
+        ArgumentNullException.ThrowIfNull(knownUids);
+        ArgumentNullException.ThrowIfNull(leftBehind);
+        return [.. held.Where(k => !knownUids.Contains(k.CheckpointId)
+                && (leftBehind.Contains(k.CheckpointId) || now - DateTimeOffset.FromUnixTimeMilliseconds(k.FrozenUnixMillis).UtcDateTime > grace))
+            .Select(k => k.CheckpointId)];
+    }
+
     private static CheckpointDecision Admit(CheckpointFacts f, CheckpointStatus s)
     {
         var c = f.Checkpoint;
@@ -222,8 +239,8 @@ public static class CheckpointDecisions
         }
 
         return f.Now - deleting > p.AgentGrace
-            ? new(new CheckpointAction.RemoveFinalizer(), s, null,
-                ("Warning", "ImagesLeft", $"The agent on {s.NodeName} did not answer for {p.AgentGrace.TotalSeconds:0} seconds; the checkpoint's images may remain in {s.Location} until removed by hand."))
+            ? new(new CheckpointAction.RemoveFinalizer(ImagesLeft: true), s, null,
+                ("Warning", "ImagesLeft", $"The agent on {s.NodeName} did not answer for {p.AgentGrace.TotalSeconds:0} seconds; the checkpoint's images in {s.Location} are removed once it answers."))
             : new(CheckpointAction.None, s, p.PollInterval);
     }
 

@@ -57,11 +57,11 @@ public sealed class CheckpointDecisionsTests
         new("deleted while a restore's send runs: wait for it", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = new KeptView(true, Kept(sending: true)) },
             d => Assert.IsType<CheckpointAction.Nothing>(d.Action)),
         new("deleted, the images gone: the finalizer goes", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = KeptView.KnowsNothing },
-            d => Assert.IsType<CheckpointAction.RemoveFinalizer>(d.Action)),
+            d => Assert.Equal(new CheckpointAction.RemoveFinalizer(), d.Action)),
         new("deleted, the node gone: the finalizer goes, saying so", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Node = null },
             d => { Assert.IsType<CheckpointAction.RemoveFinalizer>(d.Action); Assert.Equal("NodeGone", d.Event?.Reason); }),
         new("deleted, the agent silent past the grace: let go, saying where the images are", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true, deletedAt: Now.AddMinutes(-1))) with { Agent = new KeptView(false, null, Now.AddMinutes(-1)) },
-            d => { Assert.IsType<CheckpointAction.RemoveFinalizer>(d.Action); Assert.Equal("ImagesLeft", d.Event?.Reason); }),
+            d => { Assert.Equal(new CheckpointAction.RemoveFinalizer(ImagesLeft: true), d.Action); Assert.Equal("ImagesLeft", d.Event?.Reason); }),
     ];
 
     [Theory]
@@ -70,6 +70,28 @@ public sealed class CheckpointDecisionsTests
     {
         ArgumentNullException.ThrowIfNull(row);
         row.Expect(CheckpointDecisions.Decide(row.Facts(), Policy));
+    }
+
+    public static TheoryData<string, string[], string[], string[]> OrphanCases() => new()
+    {
+        // held: id@minutes-ago; known: UIDs of existing Checkpoints; left: let go by their finalizer
+        { "named by a Checkpoint: kept, however old", ["a@60"], ["a"], [] },
+        { "unknown and older than the grace: removed", ["a@60", "b@20"], [], ["a", "b"] },
+        { "unknown but younger than the grace: kept (the cache may not have seen it yet)", ["a@5"], [], [] },
+        { "let go by its finalizer while the agent was silent: removed at once", ["a@1"], [], ["a"] },
+        { "let go, but a Checkpoint of that UID exists again: kept", ["a@1"], ["a"], [] },
+    };
+
+    [Theory]
+    [MemberData(nameof(OrphanCases))]
+    public void Orphans_are_the_directories_no_Checkpoint_names(string name, string[] held, string[] known, string[] expected)
+    {
+        var kept = held.Select(h => h.Split('@')).Select(h => new KeptCheckpoint
+        {
+            CheckpointId = h[0], FrozenUnixMillis = new DateTimeOffset(Now.AddMinutes(-int.Parse(h[1], System.Globalization.CultureInfo.InvariantCulture))).ToUnixTimeMilliseconds(),
+        });
+        var left = name.StartsWith("let go", StringComparison.Ordinal) ? new HashSet<string> { "a" } : [];
+        Assert.Equal(expected, CheckpointDecisions.Orphans(kept, known.ToHashSet(), left, Now, TimeSpan.FromMinutes(15)));
     }
 
     private static void Failed(CheckpointDecision d, string reason, string message)
