@@ -92,7 +92,9 @@ public sealed partial class CheckpointController : QueueController
             Now = _time.GetUtcNow().UtcDateTime,
             Pod = pod,
             Node = node,
-            Agent = checkpoint.Status?.NodeName is not null ? await _views.GetAsync(node, checkpoint.Metadata.Uid, cancellationToken) : KeptView.None,
+            // (a Ready or Failed checkpoint needs its agent again only to be deleted)
+            Agent = checkpoint.Status?.NodeName is not null && (!CheckpointPhases.IsFinal(checkpoint.Status.Phase) || checkpoint.Metadata.DeletionTimestamp is not null)
+                ? await _views.GetAsync(node, checkpoint.Metadata.Uid, cancellationToken) : KeptView.None,
         };
         var decision = CheckpointDecisions.Decide(facts, Policy);
         try
