@@ -69,6 +69,8 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public async Task Down_after_the_sandbox_process_was_killed_stops_and_removes_what_it_left()
     {
+        static string[] NetworkNamespaces() => Directory.Exists("/run/netns") ? [.. Directory.EnumerateFiles("/run/netns", "cni-*").Order(StringComparer.Ordinal)] : [];
+        var networksBefore = NetworkNamespaces();
         var up = await Sandbox.RunAsync("hack/sandbox", "up", "--state", State);
         Assert.True(up.ExitCode == 0, up.Output);
         var state = JsonNode.Parse(await File.ReadAllTextAsync(State))!;
@@ -105,7 +107,8 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
         Assert.All(roots.Concat(files), p => Assert.False(Path.Exists(p), $"{p} is left"));
         Assert.DoesNotContain(File.ReadAllLines("/proc/mounts"), l => roots.Any(r => l.Contains(r, StringComparison.Ordinal)));
         Assert.DoesNotContain(ContainerProcesses(), cmdline => cmdline.Contains("/bin/memcounter", StringComparison.Ordinal) && cmdline.Contains("--mib 4", StringComparison.Ordinal));
-        Assert.False(File.Exists(State));
+Assert.False(File.Exists(State));
+        Assert.Equal(networksBefore, NetworkNamespaces()); // the pod's CNI network namespace went too
     }
 
     private static async Task WaitForContainerAsync(IReadOnlyList<string> roots)

@@ -292,6 +292,7 @@ public sealed class ContainerdNode : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(state);
         var id = Path.GetFileName(Path.TrimEndingDirectorySeparator(state));
         var cgroupParent = "/podmig-" + id;
+        var networks = PodNetworkNamespaces(cgroupParent);
         KillCgroupMembers(cgroupParent);
         var socket = Path.Combine(state, "c.sock");
         var config = Path.Combine(state, "config.toml");
@@ -315,9 +316,72 @@ public sealed class ContainerdNode : IAsyncDisposable
             // no pod ever created it
         }
 
+        RemoveNetworkNamespaces(networks);
         RemoveCgroups(cgroupParent);
         DeleteDirectory(state);
         DeleteDirectory(root);
+    }
+
+    /// <summary>
+    /// The network namespaces (by inode) the node's pod processes are in, read before they are
+    /// killed: containerd, killed with them, never tears down the CNI namespaces it made for them.
+    /// </summary>
+    private static HashSet<string> PodNetworkNamespaces(string cgroupParent)
+    {
+        var inodes = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var hierarchy in Directory.EnumerateDirectories("/sys/fs/cgroup").Append("/sys/fs/cgroup"))
+        {
+            var top = hierarchy + cgroupParent;
+            if (!Directory.Exists(top))
+            {
+                continue;
+            }
+
+            foreach (var procs in Directory.EnumerateFiles(top, "cgroup.procs", SearchOption.AllDirectories))
+            {
+                foreach (var line in File.ReadAllLines(procs))
+                {
+                    try
+                    {
+                        // "net:[4026532345]"
+                        if (int.TryParse(line, out int pid) && new FileInfo($"/proc/{pid}/ns/net").LinkTarget is { } target && target.StartsWith("net:[", StringComparison.Ordinal))
+                        {
+                            inodes.Add(target[5..^1]);
+                        }
+                    }
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                    {
+                        // gone meanwhile
+                    }
+                }
+            }
+        }
+
+        return inodes;
+    }
+
+    /// <summary>Deletes the CNI network namespaces (/run/netns/cni-*) that are one of <paramref name="inodes"/>.</summary>
+    private static void RemoveNetworkNamespaces(HashSet<string> inodes)
+    {
+        if (inodes.Count == 0 || !Directory.Exists("/run/netns"))
+        {
+            return;
+        }
+
+        foreach (var file in Directory.EnumerateFiles("/run/netns", "cni-*"))
+        {
+            try
+            {
+                if (inodes.Contains(Prerequisites.Run("stat", "-L", "-c", "%i", file).Trim()))
+                {
+                    Prerequisites.Run("ip", "netns", "delete", Path.GetFileName(file));
+                }
+            }
+            catch (InvalidOperationException)
+            {
+                // gone meanwhile
+            }
+        }
     }
 
     private static IEnumerable<(int Pid, string Cmdline)> Processes()
