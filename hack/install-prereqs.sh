@@ -18,8 +18,11 @@ set -euo pipefail
 PREFIX=${PODMIG_PREFIX:-/opt/pod-migration}
 CRIU_PREFIX="$PREFIX/criu"
 CRIU_MIN_VERSION=40100            # major*10000 + minor*100 + sublevel, as libcriu reports it
-CRIU_PACKAGES=(criu libcriu2 libcompel1)
+# checkpointctl (1.3, trixie) reads the checkpoint archives the project exports; it needs glibc
+# 2.38 too, so it lives in the same prefix and runs through the same loader.
+CRIU_PACKAGES=(criu libcriu2 libcompel1 checkpointctl)
 WRAPPER=/usr/local/sbin/criu
+CHECKPOINTCTL_WRAPPER=/usr/local/bin/checkpointctl
 DEBIAN_MIRROR=${PODMIG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 BOOKWORM_PACKAGES=(
@@ -64,6 +67,8 @@ criu_prefix_ok() {
   [ -f "$CRIU_PREFIX/.complete" ] || return 1
   [ -x "$CRIU_PREFIX/usr/sbin/criu" ] || return 1
   [ -e "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/libcriu.so.2" ] || return 1
+  # a prefix made before checkpointctl joined the list is made again
+  [ -x "$CRIU_PREFIX/usr/bin/checkpointctl" ] || return 1
   criu_run --version >/dev/null 2>&1
 }
 
@@ -149,6 +154,16 @@ if [ ! -f "$WRAPPER" ] || [ "$(cat "$WRAPPER")" != "$wrapper_text" ]; then
   mv "$WRAPPER.tmp" "$WRAPPER"
 fi
 
+checkpointctl_text="#!/bin/sh
+# Installed by pod-migration's hack/install-prereqs.sh: trixie's checkpointctl through CRIU's prefix loader.
+exec '$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2' --library-path '$CRIU_PREFIX/usr/lib/x86_64-linux-gnu' '$CRIU_PREFIX/usr/bin/checkpointctl' \"\$@\""
+if [ ! -f "$CHECKPOINTCTL_WRAPPER" ] || [ "$(cat "$CHECKPOINTCTL_WRAPPER")" != "$checkpointctl_text" ]; then
+  log "writing $CHECKPOINTCTL_WRAPPER"
+  printf '%s\n' "$checkpointctl_text" >"$CHECKPOINTCTL_WRAPPER.tmp"
+  chmod 0755 "$CHECKPOINTCTL_WRAPPER.tmp"
+  mv "$CHECKPOINTCTL_WRAPPER.tmp" "$CHECKPOINTCTL_WRAPPER"
+fi
+
 # The .NET interop loads libcriu.so.2 (and its libprotobuf-c.so.1) from this directory; it is
 # also recorded here for other tools.
 printf '%s\n' "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu" >"$PREFIX/criu-library-dir"
@@ -167,6 +182,8 @@ for tool in runc containerd ctr iptables busybox ip gcc; do
   command -v "$tool" >/dev/null || die "$tool is not on PATH after installation"
 done
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || die "CNI plugins not found"
+# (Debian's build of checkpointctl has no --version; --help proves it runs through the loader)
+checkpointctl --help >/dev/null 2>&1 || die "checkpointctl does not run: $(checkpointctl --help 2>&1 | head -n 2)"
 # `criu check` does not dump anything: a real dump and restore of a sleeping process proves CRIU
 # works on this kernel and hypervisor (each bounded, so a hang fails here instead of in a test).
 criu_smoke_test() (
