@@ -44,6 +44,13 @@ public sealed class AgentOptions
         : Path.Combine(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(StagingDirectory))) ?? "/var/lib/podmig", "checkpoints");
 
     /// <summary>
+    /// The archive storage: a directory every node sees the same (a ReadWriteMany volume, an NFS
+    /// mount) that checkpoints are exported to and imported from, each an OCI image layout
+    /// (<see cref="Checkpointing.CheckpointArchive"/>); unset: this node neither exports nor imports.
+    /// </summary>
+    public string? ArchiveDirectory { get; set; }
+
+    /// <summary>
     /// Checkpoints that leave the pod running copy its memory while it runs first (a pre-copy
     /// round) and, while it is frozen, take only what changed since, left to a lazy restore: the
     /// freeze no longer grows with the memory. Only where CRIU has lazy pages; false: one plain dump.

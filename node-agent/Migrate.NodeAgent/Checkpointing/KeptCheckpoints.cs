@@ -23,6 +23,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
     IOptions<AgentOptions> options, ILogger<KeptCheckpoints> logger) : IDisposable
 {
     public const string TakeOperation = "Checkpoint";
+    public const string ImportOperation = "Import";
     public const string SendOperation = "Send";
     public const string DescriptionFile = "checkpoint.json";
     public const string ManifestFile = "manifest.json";
@@ -50,6 +51,11 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             throw new CheckpointException(StatusCode.InvalidArgument, "the request names no pod (namespace and name are required)");
         }
 
+        if (request.ExportPath.Length > 0)
+        {
+            ArchivePath(request.ExportPath);
+        }
+
         if (Kept(request.CheckpointId) is { } kept)
         {
             return kept;
@@ -63,6 +69,86 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         }
 
         return Get(request.CheckpointId);
+    }
+
+    /// <summary>Starts importing a checkpoint from the archive storage (or reports the one kept or under way).</summary>
+    public KeptCheckpoint Import(ImportCheckpointRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        CheckpointEngine.ValidateMigrationId(request.CheckpointId);
+        var source = ArchivePath(request.Path);
+        if (Kept(request.CheckpointId) is { } kept)
+        {
+            return kept;
+        }
+
+        var running = new Operation { Kind = ImportOperation, State = OperationState.Running, StartedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() };
+        var current = _taking.AddOrUpdate(request.CheckpointId, running, (_, old) => old.State == OperationState.Running ? old : running);
+        if (ReferenceEquals(current, running))
+        {
+            _ = Task.Run(() => ImportAsync(request, source));
+        }
+
+        return Get(request.CheckpointId);
+    }
+
+    /// <summary>A path in the archive storage, confined to it; refused when this node has none or the path leaves it.</summary>
+    private string ArchivePath(string relative)
+    {
+        if (_options.ArchiveDirectory is not { Length: > 0 } root)
+        {
+            throw new CheckpointException(StatusCode.FailedPrecondition, $"node {_options.NodeName} has no archive storage (Agent:ArchiveDirectory is not set)");
+        }
+
+        return TransferPaths.Confine(root, relative, out var why)
+            ?? throw new CheckpointException(StatusCode.InvalidArgument, $"archive path '{(relative.Length <= 80 ? relative : relative[..80] + "...")}' is refused: {why?.Replace("the migration's directory", "the archive storage", StringComparison.Ordinal)}");
+    }
+
+    private async Task ImportAsync(ImportCheckpointRequest request, string source)
+    {
+        var id = request.CheckpointId;
+        try
+        {
+            using var activity = AgentTelemetry.Source.StartActivity("checkpoint.import");
+            activity?.SetTag("podmig.checkpoint.id", id);
+            var clock = Stopwatch.StartNew();
+            var directory = DirectoryOf(id);
+            if (Directory.Exists(directory))
+            {
+                Directory.Delete(directory, recursive: true);
+            }
+
+            Directory.CreateDirectory(Root, OwnerOnly);
+            Directory.CreateDirectory(directory, OwnerOnly);
+            var kept = await Task.Run(() => CheckpointArchive.Import(source, request.Path, request.Digest, directory, capabilities.Current.Criu?.Version ?? ""));
+            kept.ImportedFrom.ExportMillis = (uint)clock.ElapsedMilliseconds;
+            kept.CheckpointId = id;
+            kept.NodeName = _options.NodeName;
+            kept.Directory = directory;
+            kept.Ready = true;
+            kept.Operation = null;
+            var manifest = ImageSender.BuildManifest(Path.Combine(directory, ImagesDirectory));
+            await WriteAtomicallyAsync(Path.Combine(directory, ManifestFile), Json.Format(manifest));
+            await WriteAtomicallyAsync(Path.Combine(directory, DescriptionFile), Json.Format(kept));
+            _taking.TryRemove(id, out _);
+            LogImported(id, request.Path, kept.SizeBytes, clock.ElapsedMilliseconds);
+        }
+        catch (Exception e) when (MigrationOperations.IsFailure(e) || e is OperationCanceledException or InvalidDataException or System.Text.Json.JsonException)
+        {
+            var reason = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.InvalidArgument } ? "ImportRefused" : "ImportFailed";
+            var message = MigrationOperations.Describe(e);
+            LogFailed(id, reason, message);
+            await DiscardAsync(id);
+            _taking[id] = new Operation
+            {
+                Kind = ImportOperation,
+                State = OperationState.Failed,
+                Reason = reason,
+                Message = message,
+                StartedUnixMillis = _taking.TryGetValue(id, out var started) ? started.StartedUnixMillis : 0,
+                EndedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
+            };
+        }
     }
 
     /// <summary>The kept checkpoint, or the one being taken (or that failed); NOT_FOUND otherwise.</summary>
@@ -126,7 +212,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
     }
 
     /// <summary>Removes a kept checkpoint's files.</summary>
-    public KeptCheckpoint Delete(string checkpointId)
+    public KeptCheckpoint Delete(string checkpointId, bool deleteExport = false)
     {
         CheckpointEngine.ValidateMigrationId(checkpointId);
         if (_taking.TryGetValue(checkpointId, out var operation) && operation.State == OperationState.Running)
@@ -140,6 +226,16 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         }
 
         var directory = DirectoryOf(checkpointId);
+        if (deleteExport && Kept(checkpointId)?.Export is { Path.Length: > 0 } export)
+        {
+            var exported = ArchivePath(export.Path);
+            if (Directory.Exists(exported))
+            {
+                Directory.Delete(exported, recursive: true);
+                LogExportDeleted(checkpointId, export.Path);
+            }
+        }
+
         if (Directory.Exists(directory))
         {
             Directory.Delete(directory, recursive: true);
@@ -207,7 +303,8 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             }
 
             var begun = await engine.BeginAsync(new BeginCheckpointRequest { MigrationId = id, Pod = request.Pod, NodeName = request.NodeName }, cancellationToken);
-            bool fast = _options.FastCheckpoints && capabilities.Current.Criu?.LazyPages == true;
+            // an export holds one full dump per container, no chain
+            bool fast = _options.FastCheckpoints && capabilities.Current.Criu?.LazyPages == true && request.ExportPath.Length == 0;
             if (fast)
             {
                 // the memory, copied while the pod runs: the freeze then takes only what changed since
@@ -248,9 +345,17 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
                 Node = capabilities.Current,
                 Dump = dump,
                 LazyMemory = dump.Containers.Any(c => c.LazyMemory),
+                SavedPodJson = request.SavedPodJson,
             };
             kept.Containers.Add(record.Containers.Select(c => Describe(c.Name, c.Image, manifest)));
             await WriteAtomicallyAsync(Path.Combine(directory, ManifestFile), Json.Format(manifest));
+            if (request.ExportPath.Length > 0)
+            {
+                using var exporting = AgentTelemetry.Source.StartActivity("checkpoint.export");
+                kept.Export = await Task.Run(() => CheckpointArchive.Export(directory, kept, ArchivePath(request.ExportPath), request.ExportPath), cancellationToken);
+                LogExported(id, request.ExportPath, kept.Export.SizeBytes, kept.Export.ExportMillis);
+            }
+
             await WriteAtomicallyAsync(Path.Combine(directory, DescriptionFile), Json.Format(kept));
             _taking.TryRemove(id, out _);
             AgentTelemetry.FrozenDuration.Record(frozen);
@@ -372,6 +477,15 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} of pod {Namespace}/{Pod} kept: {Bytes} bytes, frozen for {FrozenMillis} ms")]
     private partial void LogKept(string checkpoint, string @namespace, string pod, ulong bytes, uint frozenMillis);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} exported to {Path}: {Bytes} bytes in {Millis} ms")]
+    private partial void LogExported(string checkpoint, string path, ulong bytes, uint millis);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} imported from {Path}: {Bytes} bytes in {Millis} ms")]
+    private partial void LogImported(string checkpoint, string path, ulong bytes, long millis);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint}'s export {Path} deleted")]
+    private partial void LogExportDeleted(string checkpoint, string path);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} deleted")]
     private partial void LogDeleted(string checkpoint);

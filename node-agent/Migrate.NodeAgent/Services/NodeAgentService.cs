@@ -64,7 +64,10 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         Call(() => Task.FromResult(kept.Get(request.CheckpointId)));
 
     public override Task<KeptCheckpoint> DeleteCheckpoint(CheckpointRef request, ServerCallContext context) =>
-        Call(() => Task.FromResult(kept.Delete(request.CheckpointId)));
+        Call(() => Task.FromResult(kept.Delete(request.CheckpointId, request.DeleteExport)));
+
+    public override Task<KeptCheckpoint> ImportCheckpoint(ImportCheckpointRequest request, ServerCallContext context) =>
+        Call(() => Task.FromResult(kept.Import(request)));
 
     public override Task<KeptCheckpoint> SendCheckpoint(SendCheckpointRequest request, ServerCallContext context) =>
         Call(() => Task.FromResult(kept.Send(request)));
