@@ -47,13 +47,70 @@ public sealed class CheckpointList : IKubernetesObject<V1ListMeta>, IItems<Check
 
 public sealed class CheckpointSpec
 {
-    /// <summary>The pod to checkpoint, in the Checkpoint's namespace.</summary>
-    [JsonPropertyName("podName")]
+    /// <summary>The pod to checkpoint, in the Checkpoint's namespace (empty for an import: <see cref="Source"/>).</summary>
+    [JsonIgnore]
     public string PodName { get; set; } = "";
+
+    /// <summary><see cref="PodName"/> as written: absent when empty (the schema tells a checkpoint from an import by it).</summary>
+    [JsonPropertyName("podName")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? PodNameField { get => PodName.Length == 0 ? null : PodName; set => PodName = value ?? ""; }
 
     /// <summary>The pod runs on after the checkpoint (the only mode so far; the schema refuses false).</summary>
     [JsonPropertyName("leaveRunning")]
     public bool LeaveRunning { get; set; } = true;
+
+    /// <summary>Also write the checkpoint to the archive storage, where any node (or another cluster) can import it.</summary>
+    [JsonPropertyName("export")]
+    public CheckpointExportSpec? Export { get; set; }
+
+    /// <summary>Instead of checkpointing a pod: import a checkpoint exported to the archive storage.</summary>
+    [JsonPropertyName("source")]
+    public CheckpointSource? Source { get; set; }
+
+    /// <summary>For an import: the node to keep it on (unset: the operator's choice).</summary>
+    [JsonPropertyName("nodeName")]
+    public string? NodeName { get; set; }
+}
+
+public sealed class CheckpointExportSpec
+{
+    /// <summary>The export's directory, relative to the archive storage; unset: NAMESPACE/NAME.</summary>
+    [JsonPropertyName("path")]
+    public string? Path { get; set; }
+
+    /// <summary>Keep the export when the Checkpoint is deleted (default: it goes with it).</summary>
+    [JsonPropertyName("retain")]
+    public bool Retain { get; set; }
+}
+
+public sealed class CheckpointSource
+{
+    /// <summary>The export's directory, relative to the archive storage.</summary>
+    [JsonPropertyName("path")]
+    public string Path { get; set; } = "";
+
+    /// <summary>When set, the export's index.json must have this digest ("sha256:…").</summary>
+    [JsonPropertyName("digest")]
+    public string? Digest { get; set; }
+}
+
+/// <summary>A checkpoint in the archive storage.</summary>
+public sealed class CheckpointArchiveStatus
+{
+    [JsonPropertyName("path")]
+    public string Path { get; set; } = "";
+
+    /// <summary>sha256 of the export's index.json, which names every other part by its digest.</summary>
+    [JsonPropertyName("digest")]
+    public string? Digest { get; set; }
+
+    [JsonPropertyName("sizeBytes")]
+    public long? SizeBytes { get; set; }
+
+    /// <summary>How long writing (or reading) it took.</summary>
+    [JsonPropertyName("millis")]
+    public long? Millis { get; set; }
 }
 
 public static class CheckpointPhases
@@ -114,6 +171,14 @@ public sealed class CheckpointStatus
 
     [JsonPropertyName("containers")]
     public IList<CheckpointContainer>? Containers { get; set; }
+
+    /// <summary>Where it was exported to (spec.export).</summary>
+    [JsonPropertyName("export")]
+    public CheckpointArchiveStatus? Export { get; set; }
+
+    /// <summary>Where it was imported from (spec.source).</summary>
+    [JsonPropertyName("importedFrom")]
+    public CheckpointArchiveStatus? ImportedFrom { get; set; }
 }
 
 public sealed class CheckpointContainer

@@ -272,32 +272,9 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
         throw new TimeoutException($"waited two minutes for {what}");
     }
 
-    private async Task ApplyAsync(string yaml) => (await Cluster.Api.KubectlInAsync(yaml, "apply", "-f", "-")).Succeeded();
+    private Task ApplyAsync(string yaml) => Sandbox.ApplyAsync(Cluster, yaml);
 
-    private async Task<JsonElement> WaitForPhaseAsync(string kind, string name, string phase)
-    {
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        JsonElement status = default;
-        while (clock.Elapsed < TimeSpan.FromMinutes(2))
-        {
-            var json = (await Cluster.Api.KubectlAsync("get", kind, name, "-o", "json")).Succeeded().Output;
-            using var document = JsonDocument.Parse(json);
-            if (document.RootElement.TryGetProperty("status", out var s) && s.TryGetProperty("phase", out var p))
-            {
-                status = s.Clone();
-                if (p.GetString() == phase)
-                {
-                    return status;
-                }
-
-                Assert.False(p.GetString() is "Failed" or "Succeeded" or "Ready", $"{kind} {name} ended {p.GetString()}, not {phase}: {s}");
-            }
-
-            await Task.Delay(100);
-        }
-
-        throw new TimeoutException($"{kind} {name} is not {phase} after two minutes: {status}");
-    }
+    private Task<JsonElement> WaitForPhaseAsync(string kind, string name, string phase) => Sandbox.WaitForPhaseAsync(Cluster, kind, name, phase);
 
     private string CheckpointRoot(string node) => Path.Combine(Path.GetDirectoryName(Cluster.Node(node).StagingDirectory)!, "checkpoints");
 

@@ -110,6 +110,40 @@ public static class Sandbox
         Spec = new V1PodSpec { Containers = [new V1Container { Name = "main", Image = TestImages.Memcounter }] },
     };
 
+    /// <summary>kubectl apply -f - of <paramref name="yaml"/>.</summary>
+    public static async Task ApplyAsync(SandboxCluster cluster, string yaml)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        (await cluster.Api.KubectlInAsync(yaml, "apply", "-f", "-")).Succeeded();
+    }
+
+    /// <summary>Polls an object with kubectl until its status.phase is <paramref name="phase"/> (fails at once on another final phase); returns its status.</summary>
+    public static async Task<JsonElement> WaitForPhaseAsync(SandboxCluster cluster, string kind, string name, string phase)
+    {
+        ArgumentNullException.ThrowIfNull(cluster);
+        var clock = Stopwatch.StartNew();
+        JsonElement status = default;
+        while (clock.Elapsed < TimeSpan.FromMinutes(2))
+        {
+            var json = (await cluster.Api.KubectlAsync("get", kind, name, "-o", "json")).Succeeded().Output;
+            using var document = JsonDocument.Parse(json);
+            if (document.RootElement.TryGetProperty("status", out var s) && s.TryGetProperty("phase", out var p))
+            {
+                status = s.Clone();
+                if (p.GetString() == phase)
+                {
+                    return status;
+                }
+
+                Assert.False(p.GetString() is "Failed" or "Succeeded" or "Ready", $"{kind} {name} ended {p.GetString()}, not {phase}: {s}");
+            }
+
+            await Task.Delay(100);
+        }
+
+        throw new TimeoutException($"{kind} {name} is not {phase} after two minutes: {status}");
+    }
+
     /// <summary>kubectl apply of a MigrationRequest.</summary>
     public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null)
     {

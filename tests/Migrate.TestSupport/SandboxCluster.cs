@@ -46,6 +46,13 @@ public sealed record SandboxOptions
 
     /// <summary>Where logs, certificates and the state file go; a new temporary directory when unset.</summary>
     public string? Directory { get; init; }
+
+    /// <summary>
+    /// The archive storage every node's agent shares (checkpoint exports and imports); unset:
+    /// "archive" in <see cref="Directory"/>. Two sandboxes given the same one share it, as two
+    /// clusters mounting one NFS export would.
+    /// </summary>
+    public string? ArchiveDirectory { get; init; }
 }
 
 /// <summary>One part of the sandbox: what it is, where it runs and listens, its process.</summary>
@@ -118,6 +125,7 @@ public sealed class SandboxNode
                 .. TlsAgent.Arguments(_cluster.Pki, Name, AgentAddress, Containerd.SocketPath, StagingDirectory, IncomingDirectory),
                 $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
                 $"--Agent:ProbeListenAddress={ProbeAddress}",
+                $"--Agent:ArchiveDirectory={_cluster.ArchiveDirectory}",
                 "--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff ",
             ];
         Dictionary<string, string>? environment = null;
@@ -138,6 +146,7 @@ public sealed class SandboxNode
             environment.Remove("PODMIG_AGENT__CRIUBINARY");
             environment["PODMIG_AGENT__STAGINGDIRECTORY"] = StagingDirectory;
             environment["PODMIG_AGENT__INCOMINGDIRECTORY"] = IncomingDirectory;
+            environment["PODMIG_AGENT__ARCHIVEDIRECTORY"] = _cluster.ArchiveDirectory;
             environment["PODMIG_AGENT__CREDENTIALSDIRECTORY"] = Path.Combine(_cluster.Directory, "credentials", Name);
             environment["PODMIG_AGENT__KUBECONFIG"] = _cluster.AgentKubeconfig!;
             environment["PODMIG_AGENT__TRANSFERBYTESPERSECOND"] = _cluster.Options.TransferBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture);
@@ -197,6 +206,9 @@ public sealed class SandboxCluster : IAsyncDisposable
     public TestPki Pki { get; }
 
     public string Directory { get; }
+
+    /// <summary>The archive storage the agents share (<see cref="SandboxOptions.ArchiveDirectory"/>).</summary>
+    public string ArchiveDirectory => Options.ArchiveDirectory ?? Path.Combine(Directory, "archive");
 
     public IReadOnlyList<SandboxNode> Nodes => _nodes;
 

@@ -83,9 +83,10 @@ public sealed partial class CheckpointController : QueueController
             return null;
         }
 
-        var pod = Cache.Pods.Get(checkpoint.Metadata.NamespaceProperty, checkpoint.Spec.PodName);
+        var pod = checkpoint.Spec.Source is null ? Cache.Pods.Get(checkpoint.Metadata.NamespaceProperty, checkpoint.Spec.PodName) : null;
         var nodeName = checkpoint.Status?.NodeName ?? pod?.Spec?.NodeName;
-        var node = nodeName is null ? null : Cache.Nodes.Get(null, nodeName);
+        var node = nodeName is not null ? Cache.Nodes.Get(null, nodeName)
+            : checkpoint.Spec.Source is not null ? CheckpointDecisions.ImportNode(checkpoint.Spec.NodeName, Cache.Nodes.Items) : null;
         var facts = new CheckpointFacts
         {
             Checkpoint = checkpoint,
@@ -147,8 +148,8 @@ public sealed partial class CheckpointController : QueueController
 
                 await _objects.SetFinalizersAsync(checkpoint, Checkpoint.Plural, (checkpoint.Metadata.Finalizers ?? []).Where(f => f != Finalizers.Cleanup), cancellationToken);
                 break;
-            case CheckpointAction.SavePod:
-                await _objects.AnnotateAsync(checkpoint, Checkpoint.Plural, CheckpointDecisions.SourcePodAnnotation, KubernetesJson.Serialize(SavedPod(pod!)), cancellationToken);
+            case CheckpointAction.SavePod save:
+                await _objects.AnnotateAsync(checkpoint, Checkpoint.Plural, CheckpointDecisions.SourcePodAnnotation, save.Json ?? KubernetesJson.Serialize(SavedPod(pod!)), cancellationToken);
                 break;
             case CheckpointAction.Take take:
                 await Agent(node, take.Node).TakeCheckpointAsync(new TakeCheckpointRequest
@@ -156,10 +157,20 @@ public sealed partial class CheckpointController : QueueController
                     CheckpointId = checkpoint.Metadata.Uid,
                     NodeName = take.Node,
                     Pod = new PodRef { Namespace = checkpoint.Metadata.NamespaceProperty, Name = checkpoint.Spec.PodName, Uid = checkpoint.Status?.PodUid ?? pod?.Metadata.Uid ?? "" },
+                    ExportPath = take.ExportPath ?? "",
+                    SavedPodJson = Keys.Get(checkpoint.Metadata.Annotations, CheckpointDecisions.SourcePodAnnotation) ?? "",
+                }, cancellationToken: cancellationToken);
+                break;
+            case CheckpointAction.Import import:
+                await Agent(node, import.Node).ImportCheckpointAsync(new ImportCheckpointRequest
+                {
+                    CheckpointId = checkpoint.Metadata.Uid,
+                    Path = import.Path,
+                    Digest = import.Digest ?? "",
                 }, cancellationToken: cancellationToken);
                 break;
             case CheckpointAction.Delete delete:
-                await Agent(node, delete.Node).DeleteCheckpointAsync(new CheckpointRef { CheckpointId = checkpoint.Metadata.Uid }, cancellationToken: cancellationToken);
+                await Agent(node, delete.Node).DeleteCheckpointAsync(new CheckpointRef { CheckpointId = checkpoint.Metadata.Uid, DeleteExport = delete.DeleteExport }, cancellationToken: cancellationToken);
                 break;
         }
     }

@@ -25,7 +25,7 @@ public sealed record CheckpointFacts
     /// <summary>The pod the checkpoint names (null: none of that name).</summary>
     public V1Pod? Pod { get; init; }
 
-    /// <summary>The node the checkpoint is (to be) kept on, if it exists.</summary>
+    /// <summary>The node the checkpoint is (to be) kept on, if it exists (for an import not yet started: the node chosen, see <see cref="CheckpointDecisions.ImportNode"/>).</summary>
     public V1Node? Node { get; init; }
 
     public KeptView Agent { get; init; } = KeptView.None;
@@ -40,12 +40,16 @@ public abstract record CheckpointAction
     /// <param name="ImagesLeft">Let go while the node's agent was silent: its images are still there (the sweeper removes them).</param>
     public sealed record RemoveFinalizer(bool ImagesLeft = false) : CheckpointAction;
 
-    /// <summary>Keep a copy of the pod (its spec, labels, annotations) in the Checkpoint: restores are made from it.</summary>
-    public sealed record SavePod : CheckpointAction;
+    /// <summary>Keep a copy of the pod (its spec, labels, annotations) in the Checkpoint: restores are made from it (an import's copy comes with it: <paramref name="Json"/>).</summary>
+    public sealed record SavePod(string? Json = null) : CheckpointAction;
 
-    public sealed record Take(string Node) : CheckpointAction;
+    /// <param name="Node">The pod's node, which takes and keeps it.</param>
+    /// <param name="ExportPath">Also export it there (relative to the archive storage); null: kept on the node only.</param>
+    public sealed record Take(string Node, string? ExportPath = null) : CheckpointAction;
 
-    public sealed record Delete(string Node) : CheckpointAction;
+    public sealed record Import(string Node, string Path, string? Digest) : CheckpointAction;
+
+    public sealed record Delete(string Node, bool DeleteExport = false) : CheckpointAction;
 
     public static CheckpointAction None { get; } = new Nothing();
 }
@@ -103,15 +107,25 @@ public static class CheckpointDecisions
             return Admit(f, s);
         }
 
-        // Checkpointing
+        // Checkpointing (or importing)
+        bool import = c.Spec.Source is not null;
         if (f.Agent.Kept is { Ready: true } kept)
         {
+            if (import && Keys.Get(c.Metadata.Annotations, SourcePodAnnotation) is null)
+            {
+                return kept.SavedPodJson.Length > 0
+                    ? new(new CheckpointAction.SavePod(kept.SavedPodJson), s, TimeSpan.Zero)
+                    : Fail(s, f.Now, "ImportRefused", $"The export at {c.Spec.Source!.Path} carries no pod to restore.");
+            }
+
             return Kept(f, s, kept);
         }
 
         if (f.Agent.Kept?.Operation is { State: OperationState.Failed } failed)
         {
-            return Fail(s, f.Now, failed.Reason, $"Checkpointing pod {c.Spec.PodName} on {s.NodeName} failed: {failed.Message.TrimEnd('.')}. The pod runs on.");
+            return Fail(s, f.Now, failed.Reason, import
+                ? $"Importing the checkpoint exported at {c.Spec.Source!.Path} on {s.NodeName} failed: {failed.Message.TrimEnd('.')}."
+                : $"Checkpointing pod {c.Spec.PodName} on {s.NodeName} failed: {failed.Message.TrimEnd('.')}. The pod runs on.");
         }
 
         if (f.Now - s.StartTime > p.Timeout)
@@ -132,8 +146,32 @@ public static class CheckpointDecisions
         }
 
         // the agent knows nothing of it (first call, or it restarted): ask again, which starts it at most once at a time
-        return f.Agent.Kept is null ? new(new CheckpointAction.Take(s.NodeName!), s, p.PollInterval) : new(CheckpointAction.None, s, p.PollInterval);
+        return f.Agent.Kept is null ? new(Start(c, s.NodeName!), s, p.PollInterval) : new(CheckpointAction.None, s, p.PollInterval);
     }
+
+    /// <summary>The archive path of a Checkpoint's export: spec.export.path, or NAMESPACE/NAME; null when it is not exported.</summary>
+    public static string? ExportPath(Checkpoint checkpoint)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        return checkpoint.Spec.Export is { } export ? export.Path ?? $"{checkpoint.Metadata.NamespaceProperty}/{checkpoint.Metadata.Name}" : null;
+    }
+
+    /// <summary>
+    /// The node an import is kept on: the one asked for (null when it does not exist), or else the
+    /// first by name of the Ready, schedulable nodes with an agent.
+    /// </summary>
+    public static V1Node? ImportNode(string? asked, IEnumerable<V1Node> nodes)
+    {
+        ArgumentNullException.ThrowIfNull(nodes);
+        return asked is not null
+            ? nodes.FirstOrDefault(n => n.Metadata.Name == asked)
+            : nodes.Where(n => n.Spec?.Unschedulable != true && Keys.Get(n.Metadata.Annotations, Annotations.AgentEndpoint) is not null
+                    && n.Status?.Conditions?.Any(c => c.Type == "Ready" && c.Status == "True") == true)
+                .OrderBy(n => n.Metadata.Name, StringComparer.Ordinal).FirstOrDefault();
+    }
+
+    private static CheckpointAction Start(Checkpoint c, string node) =>
+        c.Spec.Source is { } source ? new CheckpointAction.Import(node, source.Path, source.Digest) : new CheckpointAction.Take(node, ExportPath(c));
 
     /// <summary>
     /// The checkpoint directories a node holds that no Checkpoint names any more: those whose
@@ -154,6 +192,11 @@ public static class CheckpointDecisions
     private static CheckpointDecision Admit(CheckpointFacts f, CheckpointStatus s)
     {
         var c = f.Checkpoint;
+        if (c.Spec.Source is { } source)
+        {
+            return AdmitImport(f, s, source);
+        }
+
         var name = $"{c.Metadata.NamespaceProperty}/{c.Spec.PodName}";
         if (!c.Spec.LeaveRunning)
         {
@@ -194,8 +237,29 @@ public static class CheckpointDecisions
         s.NodeName = pod.Spec.NodeName;
         s.PodUid = pod.Metadata.Uid;
         s.Reason = "Checkpointing";
-        s.Message = $"Checkpointing pod {name} on {pod.Spec.NodeName}.";
-        return new(new CheckpointAction.Take(pod.Spec.NodeName), s, TimeSpan.FromMilliseconds(200));
+        s.Message = $"Checkpointing pod {name} on {pod.Spec.NodeName}{(ExportPath(c) is { } path ? $", to be exported to {path}" : "")}.";
+        return new(Start(c, pod.Spec.NodeName), s, TimeSpan.FromMilliseconds(200));
+    }
+
+    private static CheckpointDecision AdmitImport(CheckpointFacts f, CheckpointStatus s, CheckpointSource source)
+    {
+        var asked = f.Checkpoint.Spec.NodeName;
+        if (f.Node is not { } node)
+        {
+            return Fail(s, f.Now, asked is null ? "NoNode" : "NodeNotFound",
+                asked is null ? "No Ready node with a podmig agent to import the checkpoint on." : $"Node {asked} does not exist.");
+        }
+
+        if (Keys.Get(node.Metadata.Annotations, Annotations.AgentEndpoint) is null)
+        {
+            return Fail(s, f.Now, Reasons.SourceHasNoAgent, $"Node {node.Metadata.Name} runs no podmig agent.");
+        }
+
+        s.Phase = CheckpointPhases.Checkpointing;
+        s.NodeName = node.Metadata.Name;
+        s.Reason = "Importing";
+        s.Message = $"Importing the checkpoint exported at {source.Path} on {node.Metadata.Name}.";
+        return new(Start(f.Checkpoint, node.Metadata.Name), s, TimeSpan.FromMilliseconds(200));
     }
 
     private static CheckpointDecision Kept(CheckpointFacts f, CheckpointStatus s, KeptCheckpoint kept)
@@ -210,9 +274,28 @@ public static class CheckpointDecisions
         s.CriuVersion = kept.Node?.Criu?.Version;
         s.KernelVersion = kept.Node?.Kernel?.Release;
         s.Containers = [.. kept.Containers.Select(k => new CheckpointContainer { Name = k.Name, Image = k.Image, Digest = k.Digest, SizeBytes = (long)k.SizeBytes })];
-        s.Message = $"Pod {f.Checkpoint.Spec.PodName} checkpointed on {kept.NodeName}: {kept.SizeBytes} bytes kept, frozen for {kept.FrozenMillis} ms.";
+        s.Export = Archive(kept.Export);
+        s.ImportedFrom = Archive(kept.ImportedFrom);
+        if (kept.ImportedFrom is { } from)
+        {
+            s.Reason = "Imported";
+            s.PodUid = kept.Pod?.Uid;
+            s.Message = $"Checkpoint of pod {kept.Pod?.Namespace}/{kept.Pod?.Name} imported from {from.Path} onto {kept.NodeName}: {kept.SizeBytes} bytes, checked against {from.Digest}; it holds the pod's state as of {s.CheckpointTime:yyyy-MM-ddTHH:mm:ss.fffZ}.";
+            return new(CheckpointAction.None, s, null, ("Normal", "Imported", s.Message));
+        }
+
+        var exported = kept.Export is { } e ? $", exported to {e.Path} ({e.SizeBytes} bytes, {e.Digest})" : "";
+        s.Message = $"Pod {f.Checkpoint.Spec.PodName} checkpointed on {kept.NodeName}: {kept.SizeBytes} bytes kept, frozen for {kept.FrozenMillis} ms{exported}.";
         return new(CheckpointAction.None, s, null, ("Normal", "Checkpointed", s.Message));
     }
+
+    private static CheckpointArchiveStatus? Archive(CheckpointExport? archive) => archive is null ? null : new CheckpointArchiveStatus
+    {
+        Path = archive.Path,
+        Digest = archive.Digest,
+        SizeBytes = (long)archive.SizeBytes,
+        Millis = archive.ExportMillis,
+    };
 
     private static CheckpointDecision Deleting(CheckpointFacts f, CheckpointPolicy p, CheckpointStatus s, DateTime deleting)
     {
@@ -235,7 +318,7 @@ public static class CheckpointDecisions
 
             return f.Agent.Kept.Operation is { State: OperationState.Running } || f.Agent.Kept.Sends.Any(x => x.Operation?.State == OperationState.Running)
                 ? new(CheckpointAction.None, s, p.PollInterval) // taken or sent right now: removed once that ends
-                : new(new CheckpointAction.Delete(s.NodeName), s, p.PollInterval);
+                : new(new CheckpointAction.Delete(s.NodeName, DeleteExport: f.Checkpoint.Spec.Export is { Retain: false }), s, p.PollInterval);
         }
 
         return f.Now - deleting > p.AgentGrace

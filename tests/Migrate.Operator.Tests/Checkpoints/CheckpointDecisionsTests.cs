@@ -52,6 +52,44 @@ public sealed class CheckpointDecisionsTests
         new("taking too long: Failed", () => Facts(Checkpoint(saved: true, phase: "Checkpointing", started: Now.AddMinutes(-6))) with { Agent = Agent(Op(OperationState.Running)) },
             d => Failed(d, "TimedOut", "within 300 seconds")),
         new("Ready: nothing more", () => Facts(Checkpoint(saved: true, phase: "Ready")), d => { Assert.IsType<CheckpointAction.Nothing>(d.Action); Assert.Null(d.Requeue); }),
+        new("exported: the agent takes it with the export path (default namespace/name)", () => Facts(Exported(Checkpoint(saved: true), null)),
+            d => Assert.Equal(new CheckpointAction.Take("node-a", "default/ck"), d.Action)),
+        new("exported: a path of the user's", () => Facts(Exported(Checkpoint(saved: true), "team/app-1")),
+            d => { Assert.Equal(new CheckpointAction.Take("node-a", "team/app-1"), d.Action); Assert.Contains("to be exported to team/app-1", d.Status.Message, StringComparison.Ordinal); }),
+        new("exported and kept: Ready, the export in the status", () => Facts(Exported(Checkpoint(saved: true, phase: "Checkpointing"), null)) with { Agent = new KeptView(true, Kept(export: true)) },
+            d =>
+            {
+                Assert.Equal("Ready", d.Status.Phase);
+                Assert.Equal(("default/ck", "sha256:ee", 30L << 20, 900L), (d.Status.Export!.Path, d.Status.Export.Digest, d.Status.Export.SizeBytes, d.Status.Export.Millis));
+                Assert.Contains("exported to default/ck", d.Status.Message, StringComparison.Ordinal);
+            }),
+        new("import: the node asked for, the agent asked to import", () => Facts(Imported(Checkpoint(), "node-b")) with { Pod = null, Node = Node("node-b") },
+            d =>
+            {
+                Assert.Equal(new CheckpointAction.Import("node-b", "default/ck", "sha256:ee"), d.Action);
+                Assert.Equal(("Checkpointing", "Importing", "node-b"), (d.Status.Phase, d.Status.Reason, d.Status.NodeName));
+            }),
+        new("import: the node asked for does not exist: Failed", () => Facts(Imported(Checkpoint(), "node-x")) with { Pod = null, Node = null },
+            d => Failed(d, "NodeNotFound", "Node node-x does not exist.")),
+        new("import: no node at all: Failed", () => Facts(Imported(Checkpoint(), null)) with { Pod = null, Node = null },
+            d => Failed(d, "NoNode", "No Ready node with a podmig agent")),
+        new("import: the agent restarted: asked again", () => Facts(Imported(Checkpoint(phase: "Checkpointing"), null)) with { Pod = null, Agent = KeptView.KnowsNothing },
+            d => Assert.Equal(new CheckpointAction.Import("node-a", "default/ck", "sha256:ee"), d.Action)),
+        new("import refused by the agent: Failed with its reason", () => Facts(Imported(Checkpoint(phase: "Checkpointing"), null)) with { Pod = null, Agent = Agent(Op(OperationState.Failed, "ImportRefused", "blob sha256:aa does not match its digest")) },
+            d => Failed(d, "ImportRefused", "Importing the checkpoint exported at default/ck on node-a failed: blob sha256:aa does not match its digest.")),
+        new("imported: the pod it carries saved first", () => Facts(Imported(Checkpoint(phase: "Checkpointing"), null)) with { Pod = null, Agent = new KeptView(true, Kept(imported: true)) },
+            d => Assert.Equal(new CheckpointAction.SavePod("""{"metadata":{"name":"app"}}"""), d.Action)),
+        new("imported and saved: Ready, where it came from in the status", () => Facts(Imported(Checkpoint(saved: true, phase: "Checkpointing"), null)) with { Pod = null, Agent = new KeptView(true, Kept(imported: true)) },
+            d =>
+            {
+                Assert.Equal(("Ready", "Imported", "default/ck"), (d.Status.Phase, d.Status.Reason, d.Status.ImportedFrom?.Path));
+                Assert.Contains("imported from default/ck onto node-a", d.Status.Message, StringComparison.Ordinal);
+                Assert.Equal("Imported", d.Event?.Reason);
+            }),
+        new("deleted and exported: the export goes too", () => Facts(Exported(Checkpoint(saved: true, phase: "Ready", deleting: true), null)) with { Agent = new KeptView(true, Kept(export: true)) },
+            d => Assert.Equal(new CheckpointAction.Delete("node-a", DeleteExport: true), d.Action)),
+        new("deleted, exported with retain: the export stays", () => Facts(Exported(Checkpoint(saved: true, phase: "Ready", deleting: true), null, retain: true)) with { Agent = new KeptView(true, Kept(export: true)) },
+            d => Assert.Equal(new CheckpointAction.Delete("node-a", DeleteExport: false), d.Action)),
         new("deleted: the agent removes the images", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = new KeptView(true, Kept()) },
             d => Assert.Equal(new CheckpointAction.Delete("node-a"), d.Action)),
         new("deleted while a restore's send runs: wait for it", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = new KeptView(true, Kept(sending: true)) },
@@ -94,6 +132,19 @@ public sealed class CheckpointDecisionsTests
         Assert.Equal(expected, CheckpointDecisions.Orphans(kept, known.ToHashSet(), left, Now, TimeSpan.FromMinutes(15)));
     }
 
+    [Theory]
+    [InlineData("node-b", "node-b")]
+    [InlineData("node-x", null)]
+    [InlineData(null, "node-b")] // node-a is not Ready, node-c has no agent, node-d is cordoned
+    public void An_import_goes_to_the_node_asked_for_or_the_first_ready_one_with_an_agent(string? asked, string? expected)
+    {
+        var cordoned = Node("node-0");
+        cordoned.Spec = new V1NodeSpec { Unschedulable = true };
+        V1Node[] nodes = [Node("node-c", agent: false), Node("node-b"), Node("node-a", ready: false), cordoned];
+
+        Assert.Equal(expected, CheckpointDecisions.ImportNode(asked, nodes)?.Metadata.Name);
+    }
+
     private static void Failed(CheckpointDecision d, string reason, string message)
     {
         Assert.IsType<CheckpointAction.Nothing>(d.Action);
@@ -115,6 +166,20 @@ public sealed class CheckpointDecisionsTests
         Status = phase is null ? null : new CheckpointStatus { Phase = phase, NodeName = "node-a", PodUid = "uid-app", StartTime = started ?? Now.AddSeconds(-2), Location = "node-a:/x" },
     };
 
+    private static Checkpoint Exported(Checkpoint checkpoint, string? path, bool retain = false)
+    {
+        checkpoint.Spec.Export = new CheckpointExportSpec { Path = path, Retain = retain };
+        return checkpoint;
+    }
+
+    private static Checkpoint Imported(Checkpoint checkpoint, string? node)
+    {
+        checkpoint.Spec.PodName = "";
+        checkpoint.Spec.Source = new CheckpointSource { Path = "default/ck", Digest = "sha256:ee" };
+        checkpoint.Spec.NodeName = node;
+        return checkpoint;
+    }
+
     private static CheckpointFacts Facts(Checkpoint checkpoint) => new() { Checkpoint = checkpoint, Now = Now, Pod = Pod(), Node = Node() };
 
     internal static V1Pod Pod(string phase = "Running", bool hostNetwork = false) => new()
@@ -134,7 +199,7 @@ public sealed class CheckpointDecisionsTests
 
     private static KeptView Agent(Operation operation) => new(true, new KeptCheckpoint { CheckpointId = "uid-ck", NodeName = "node-a", Operation = operation });
 
-    internal static KeptCheckpoint Kept(bool sending = false, string criu = "4.1.1")
+    internal static KeptCheckpoint Kept(bool sending = false, string criu = "4.1.1", bool export = false, bool imported = false)
     {
         var kept = new KeptCheckpoint
         {
@@ -143,6 +208,11 @@ public sealed class CheckpointDecisionsTests
             Node = new GetCapabilitiesResponse { NodeName = "node-a", Criu = new CriuCapabilities { Version = criu, CheckPassed = true }, Kernel = new KernelInfo { Release = "6.18.0", Machine = "x86_64" } },
         };
         kept.Containers.Add(new KeptContainer { Name = "main", Image = "memcounter", Digest = "sha256:ab", SizeBytes = 20 << 20 });
+        var archive = new CheckpointExport { Path = "default/ck", Digest = "sha256:ee", SizeBytes = 30 << 20, ExportMillis = 900 };
+        kept.Export = export ? archive : null;
+        kept.ImportedFrom = imported ? archive : null;
+        kept.SavedPodJson = imported ? """{"metadata":{"name":"app"}}""" : "";
+        kept.Pod = new PodRef { Namespace = "default", Name = "app", Uid = "uid-app" };
         if (sending)
         {
             kept.Sends.Add(new CheckpointSend { RestoreId = "uid-r", TargetNode = "node-b", Operation = new Operation { Kind = "Send", State = OperationState.Running } });
