@@ -79,6 +79,7 @@ public static class AgentHost
         builder.Services.AddSingleton<IncomingMigrations>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<IncomingMigrations>());
         builder.Services.AddSingleton<KeptCheckpoints>();
+        builder.Services.AddSingleton<PodFence>();
         builder.Services.AddSingleton<MigrationOperations>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<MigrationOperations>());
         builder.Services.AddSingleton<StagingGarbageCollector>();

@@ -251,6 +251,10 @@ public sealed class RestoreSpec
     /// <summary>The new pod's name; unset: the Restore's name.</summary>
     [JsonPropertyName("podName")]
     public string? PodName { get; set; }
+
+    /// <summary>The new pod carries the checkpointed pod's labels too (for a pod that replaces one that is gone, as after a node failure).</summary>
+    [JsonPropertyName("keepLabels")]
+    public bool KeepLabels { get; set; }
 }
 
 public static class RestorePhases

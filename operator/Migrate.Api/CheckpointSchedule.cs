@@ -61,6 +61,20 @@ public sealed class CheckpointScheduleSpec
     /// <summary>No new checkpoints while true (retention still applies).</summary>
     [JsonPropertyName("suspend")]
     public bool Suspend { get; set; }
+
+    /// <summary>Export every checkpoint to the archive storage (Checkpoint spec.export; implied by <see cref="RecoverOnNodeFailure"/>).</summary>
+    [JsonPropertyName("export")]
+    public bool Export { get; set; }
+
+    /// <summary>
+    /// When a pod's node is NotReady (or deleted) for longer than <see cref="NodeFailureGraceSeconds"/>,
+    /// restore the pod on another node from its newest exported checkpoint, once, and fence the old copy.
+    /// </summary>
+    [JsonPropertyName("recoverOnNodeFailure")]
+    public bool RecoverOnNodeFailure { get; set; }
+
+    [JsonPropertyName("nodeFailureGraceSeconds")]
+    public int NodeFailureGraceSeconds { get; set; } = 60;
 }
 
 /// <summary>
@@ -99,6 +113,10 @@ public sealed class CheckpointScheduleStatus
     /// <summary>Checkpoints the retention removed since the schedule was made.</summary>
     [JsonPropertyName("removed")]
     public int Removed { get; set; }
+
+    /// <summary>Pods restored on another node after their node failed, since the schedule was made.</summary>
+    [JsonPropertyName("recoveries")]
+    public int Recoveries { get; set; }
 
     [JsonPropertyName("message")]
     public string? Message { get; set; }

@@ -79,11 +79,17 @@ public static class Labels
 
     /// <summary>On a pod a Restore made: the Checkpoint it was restored from.</summary>
     public const string RestoredFrom = Keys.Domain + "restored-from";
+
+    /// <summary>On the Checkpoint and Restore that recover a pod after its node failed: the failed pod's UID.</summary>
+    public const string Recovers = Keys.Domain + "recovers";
 }
 
 /// <summary>Annotations the project sets or reads.</summary>
 public static class Annotations
 {
+    /// <summary>On a Node: the UIDs (comma-separated) of pods restored elsewhere after the node failed; its agent removes what it still has of them.</summary>
+    public const string FencedPods = Keys.Domain + "fenced-pods";
+
     /// <summary>On a replacement pod: the migration whose staged images its containers are restored from (read by the restore runtime).</summary>
     public const string RestoreFrom = Keys.Domain + "restore-from";
 

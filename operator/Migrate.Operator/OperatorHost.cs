@@ -89,7 +89,7 @@ public static class OperatorHost
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<LeftCheckpoints>()));
         builder.Services.AddHostedService(sp => new CheckpointSweeper(sp.GetRequiredService<ClusterCache>(), sp.GetRequiredService<IAgentDirectory>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<LeftCheckpoints>(), sp.GetRequiredService<ILogger<CheckpointSweeper>>(),
-            sp.GetRequiredService<TimeProvider>())
+            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<IKubernetes>())
         {
             Interval = TimeSpan.FromSeconds(Math.Max(1, options.CheckpointSweepSeconds)),
             Grace = TimeSpan.FromSeconds(Math.Max(1, options.CheckpointOrphanGraceSeconds)),

@@ -117,7 +117,7 @@ public static class Sandbox
         (await cluster.Api.KubectlInAsync(yaml, "apply", "-f", "-")).Succeeded();
     }
 
-    /// <summary>Polls an object with kubectl until its status.phase is <paramref name="phase"/> (fails at once on another final phase); returns its status.</summary>
+    /// <summary>Polls an object with kubectl until it exists and its status.phase is <paramref name="phase"/> (fails at once on another final phase); returns its status.</summary>
     public static async Task<JsonElement> WaitForPhaseAsync(SandboxCluster cluster, string kind, string name, string phase)
     {
         ArgumentNullException.ThrowIfNull(cluster);
@@ -125,8 +125,14 @@ public static class Sandbox
         JsonElement status = default;
         while (clock.Elapsed < TimeSpan.FromMinutes(2))
         {
-            var json = (await cluster.Api.KubectlAsync("get", kind, name, "-o", "json")).Succeeded().Output;
-            using var document = JsonDocument.Parse(json);
+            var got = await cluster.Api.KubectlAsync("get", kind, name, "-o", "json");
+            if (got.ExitCode != 0 && got.Error.Contains("(NotFound)", StringComparison.Ordinal))
+            {
+                await Task.Delay(100); // not made yet (by the operator, for one it creates)
+                continue;
+            }
+
+            using var document = JsonDocument.Parse(got.Succeeded().Output);
             if (document.RootElement.TryGetProperty("status", out var s) && s.TryGetProperty("phase", out var p))
             {
                 status = s.Clone();

@@ -17,7 +17,7 @@ public sealed class ContainerdNode : IAsyncDisposable
 {
     public const string PauseImage = "docker.io/podmig/pause:1";
 
-    private readonly Process _containerd;
+    private Process _containerd;
     private bool _disposed;
 
     private ContainerdNode(string name, string id, string root, string state, Process containerd, string bridge)
@@ -153,6 +153,25 @@ public sealed class ContainerdNode : IAsyncDisposable
                 conf_dir = "{{state}}/cni"
             """);
 
+        var process = Launch(config, root, state, runtimeEnvironment);
+        var node = new ContainerdNode(name, id, root, state, process, bridge) { _runtimeEnvironment = runtimeEnvironment };
+        try
+        {
+            await node.WaitUntilReadyAsync(TimeSpan.FromSeconds(30));
+            return node;
+        }
+        catch
+        {
+            await node.DisposeAsync();
+            throw;
+        }
+    }
+
+    private IReadOnlyDictionary<string, string>? _runtimeEnvironment;
+    private readonly HashSet<string> _crashedNetworks = new(StringComparer.Ordinal);
+
+    private static Process Launch(string config, string root, string state, IReadOnlyDictionary<string, string>? runtimeEnvironment)
+    {
         var start = new ProcessStartInfo("containerd")
         {
             UseShellExecute = false,
@@ -169,23 +188,53 @@ public sealed class ContainerdNode : IAsyncDisposable
         start.ArgumentList.Add("--config");
         start.ArgumentList.Add(config);
         var process = Process.Start(start) ?? throw new InvalidOperationException("could not start containerd");
-        var log = new StreamWriter(Path.Combine(state, "containerd.log")) { AutoFlush = true };
+        var log = new StreamWriter(Path.Combine(state, "containerd.log"), append: true) { AutoFlush = true };
         process.OutputDataReceived += (_, e) => WriteLog(log, e.Data);
         process.ErrorDataReceived += (_, e) => WriteLog(log, e.Data);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
 
-        var node = new ContainerdNode(name, id, root, state, process, bridge);
-        try
+        return process;
+    }
+
+    /// <summary>
+    /// The node fails as a host does: every process of its pods (its cgroups), its shims and its
+    /// containerd are killed (SIGKILL, by PID). Its files stay, as on a disk after a power cut;
+    /// <see cref="RestartAsync"/> boots it again.
+    /// </summary>
+    public void Crash()
+    {
+        // (the pods' network namespaces outlive their processes; disposing removes those nothing removed meanwhile)
+        _crashedNetworks.UnionWith(PodNetworkNamespaces(CgroupParent));
+        KillCgroupMembers(CgroupParent);
+        var socket = SocketPath;
+        foreach (var (pid, cmdline) in Processes())
         {
-            await node.WaitUntilReadyAsync(TimeSpan.FromSeconds(30));
-            return node;
+            if (cmdline.Contains("containerd-shim", StringComparison.Ordinal) && cmdline.Contains(socket, StringComparison.Ordinal))
+            {
+                ChildProcess.Signal(pid, 9);
+            }
         }
-        catch
+
+        if (!_containerd.HasExited)
         {
-            await node.DisposeAsync();
-            throw;
+            _containerd.Kill();
+            _containerd.WaitForExit(10_000);
         }
+    }
+
+    /// <summary>Starts containerd again on the node's files (after <see cref="Crash"/>), as a rebooted host would; returns once CRI answers.</summary>
+    public async Task RestartAsync()
+    {
+        if (!_containerd.HasExited)
+        {
+            throw new InvalidOperationException($"containerd of {Name} still runs (pid {_containerd.Id})");
+        }
+
+        _containerd.Dispose();
+        File.Delete(SocketPath);
+        _containerd = Launch(Path.Combine(State, "config.toml"), Root, State, _runtimeEnvironment);
+        await WaitUntilReadyAsync(TimeSpan.FromSeconds(30));
     }
 
     private static void WriteLog(StreamWriter log, string? line)
@@ -278,6 +327,7 @@ public sealed class ContainerdNode : IAsyncDisposable
 
         _containerd.Dispose();
         RemoveLeftovers(Root, State);
+        RemoveNetworkNamespaces(_crashedNetworks);
     }
 
     /// <summary>

@@ -8,7 +8,7 @@ namespace Migrate.NodeAgent.Services;
 
 /// <summary>The agent's gRPC API; each call hands over to the domain object that owns it.</summary>
 public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEngine checkpoints, MigrationOperations operations, ImageReceiver receiver,
-    IncomingMigrations incoming, ImageSender sender, MigrationEvents events, KeptCheckpoints kept, IOptions<AgentOptions> options)
+    IncomingMigrations incoming, ImageSender sender, MigrationEvents events, KeptCheckpoints kept, PodFence fence, IOptions<AgentOptions> options)
     : Agent.V1.NodeAgent.NodeAgentBase
 {
     public override Task<GetCapabilitiesResponse> GetCapabilities(GetCapabilitiesRequest request, ServerCallContext context) =>
@@ -65,6 +65,13 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
 
     public override Task<KeptCheckpoint> DeleteCheckpoint(CheckpointRef request, ServerCallContext context) =>
         Call(() => Task.FromResult(kept.Delete(request.CheckpointId, request.DeleteExport)));
+
+    public override Task<FencePodsResponse> FencePods(FencePodsRequest request, ServerCallContext context) =>
+        Call(async () =>
+        {
+            var (removed, absent) = await fence.FenceAsync(request.PodUids, context.CancellationToken);
+            return new FencePodsResponse { Removed = { removed }, Absent = { absent } };
+        });
 
     public override Task<KeptCheckpoint> ImportCheckpoint(ImportCheckpointRequest request, ServerCallContext context) =>
         Call(() => Task.FromResult(kept.Import(request)));

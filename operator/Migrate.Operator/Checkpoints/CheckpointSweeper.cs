@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Grpc.Core;
+using k8s;
 using Migrate.Agent.V1;
 using Migrate.Operator.Kubernetes;
 using Migrate.Operator.Reconciliation;
@@ -22,8 +23,9 @@ public sealed class LeftCheckpoints
 /// Removes checkpoint directories no Checkpoint names any more (see <see cref="CheckpointDecisions.Orphans"/>):
 /// every <see cref="Interval"/>, while this replica leads, each node's agent lists what it holds.
 /// </summary>
+/// It also fences: a node listing pods recovered elsewhere (<see cref="Annotations.FencedPods"/>) has its agent remove them once it answers.
 public sealed partial class CheckpointSweeper(ClusterCache cache, IAgentDirectory agents, ILeaderGate leader, LeftCheckpoints left, ILogger<CheckpointSweeper> logger,
-    TimeProvider time) : BackgroundService
+    TimeProvider time, k8s.IKubernetes client) : BackgroundService
 {
     public TimeSpan Interval { get; init; } = TimeSpan.FromSeconds(30);
 
@@ -66,6 +68,29 @@ public sealed partial class CheckpointSweeper(ClusterCache cache, IAgentDirector
             var name = node.Metadata.Name;
             try
             {
+                if (RecoveryDecisions.Fenced(node) is { Count: > 0 } fenced)
+                {
+                    var answer = await agent.Client.FencePodsAsync(new FencePodsRequest { PodUids = { fenced } }, deadline: DateTime.UtcNow.AddSeconds(30), cancellationToken: cancellationToken);
+                    foreach (var uid in answer.Removed)
+                    {
+                        LogFenced(uid, name);
+                    }
+
+                    if (answer.Absent.Count == fenced.Count)
+                    {
+                        // nothing of them is left on the node: the list goes (a merge patch with null removes the key)
+                        var patch = new System.Text.Json.Nodes.JsonObject
+                        {
+                            ["metadata"] = new System.Text.Json.Nodes.JsonObject
+                            {
+                                ["annotations"] = new System.Text.Json.Nodes.JsonObject { [Annotations.FencedPods] = null },
+                                ["resourceVersion"] = node.Metadata.ResourceVersion,
+                            },
+                        }.ToJsonString();
+                        await client.CoreV1.PatchNodeAsync(new k8s.Models.V1Patch(patch, k8s.Models.V1Patch.PatchType.MergePatch), name, cancellationToken: cancellationToken);
+                    }
+                }
+
                 var held = await agent.Client.ListCheckpointsAsync(new ListCheckpointsRequest(), deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: cancellationToken);
                 foreach (var id in CheckpointDecisions.Orphans(held.Checkpoints, known, left.On(name), time.GetUtcNow().UtcDateTime, Grace))
                 {
@@ -79,6 +104,10 @@ public sealed partial class CheckpointSweeper(ClusterCache cache, IAgentDirector
             {
                 LogUnreachable(name, e.Status.Detail); // the next round asks again
             }
+            catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.Conflict)
+            {
+                // the node changed meanwhile: the next round sees it again
+            }
         }
 
         return removed;
@@ -86,6 +115,9 @@ public sealed partial class CheckpointSweeper(ClusterCache cache, IAgentDirector
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Removed checkpoint {Checkpoint} from node {Node}: no Checkpoint names it any more")]
     private partial void LogRemoved(string checkpoint, string node);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Fenced pod {Uid} on node {Node}: it was restored elsewhere after the node failed; the node's copy was removed")]
+    private partial void LogFenced(string uid, string node);
 
     [LoggerMessage(Level = LogLevel.Debug, Message = "Could not list the checkpoints on node {Node}: {Message}")]
     private partial void LogUnreachable(string node, string message);

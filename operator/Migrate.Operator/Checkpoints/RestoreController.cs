@@ -180,8 +180,8 @@ public sealed partial class RestoreController : QueueController
     /// <summary>
     /// The pod a restore makes: the checkpointed pod's spec, pinned to the node and restored by the
     /// podmig runtime class, with its annotations, but not its labels (a controller or Service
-    /// selecting them would adopt or serve it; the restored pod is the user's own copy), labelled
-    /// with the restore and the checkpoint instead.
+    /// selecting them would adopt or serve it; the restored pod is the user's own copy) unless the
+    /// Restore keeps them (a pod replacing one that is gone), labelled with the restore and the checkpoint.
     /// </summary>
     public static V1Pod RestoredPod(Checkpoint checkpoint, Restore restore, string name, string node)
     {
@@ -204,7 +204,11 @@ public sealed partial class RestoreController : QueueController
             Metadata = new V1ObjectMeta
             {
                 Name = name,
-                Labels = new Dictionary<string, string> { [Labels.Restore] = restore.Metadata.Name, [Labels.RestoredFrom] = checkpoint.Metadata.Name },
+                Labels = (restore.Spec.KeepLabels ? saved.Metadata.Labels ?? new Dictionary<string, string>() : new Dictionary<string, string>())
+                    .Where(l => !Keys.IsOurs(l.Key))
+                    .Append(new(Labels.Restore, restore.Metadata.Name))
+                    .Append(new(Labels.RestoredFrom, checkpoint.Metadata.Name))
+                    .ToDictionary(l => l.Key, l => l.Value),
                 Annotations = annotations,
             },
             Spec = spec,

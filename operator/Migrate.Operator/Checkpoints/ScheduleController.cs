@@ -20,6 +20,7 @@ public sealed partial class ScheduleController : QueueController
     private readonly TimeProvider _time;
     private readonly NamespacedObjects _objects;
     private readonly EventRecorder _events;
+    private readonly HashSet<string> _unrecoverable = new(StringComparer.Ordinal);
 
     public ScheduleController(IKubernetes client, ClusterCache cache, ILeaderGate leader, ILogger<ScheduleController> logger, TimeProvider time)
         : base("CheckpointSchedule", cache, leader, logger, time, workers: 1)
@@ -73,6 +74,14 @@ public sealed partial class ScheduleController : QueueController
                 }
             }
 
+            foreach (var step in RecoveryDecisions.Plan(schedule, Cache.Pods.Items, Cache.Nodes.Items, Cache.Checkpoints.Items, Cache.Restores.Items, now))
+            {
+                if (await RecoverAsync(schedule, step, now, cancellationToken))
+                {
+                    status.Recoveries++;
+                }
+            }
+
             var left = ScheduleDecisions.Of(schedule, Cache.Checkpoints.Items).Where(c => c.Metadata.DeletionTimestamp is null).ToList();
             status.Checkpoints = left.Count;
             status.TotalBytes = left.Sum(c => c.Status?.SizeBytes ?? 0);
@@ -102,7 +111,11 @@ public sealed partial class ScheduleController : QueueController
                 NamespaceProperty = schedule.Metadata.NamespaceProperty,
                 Labels = new Dictionary<string, string> { [Labels.Schedule] = schedule.Metadata.Name, [Labels.Pod] = pod.Metadata.Name },
             },
-            Spec = new CheckpointSpec { PodName = pod.Metadata.Name },
+            Spec = new CheckpointSpec
+            {
+                PodName = pod.Metadata.Name,
+                Export = schedule.Spec.Export || schedule.Spec.RecoverOnNodeFailure ? new CheckpointExportSpec() : null,
+            },
         };
         try
         {
@@ -131,6 +144,101 @@ public sealed partial class ScheduleController : QueueController
         await _events.RecordAsync(schedule.ApiVersion, CheckpointSchedule.KindName, schedule.Metadata, "Normal", "CheckpointRemoved",
             $"Checkpoint {expired.Metadata.Name} of pod {expired.Spec.PodName} (taken {expired.Status?.CheckpointTime:yyyy-MM-dd'T'HH:mm:ss'Z'}) removed by the retention.", cancellationToken);
     }
+
+    /// <summary>Carries out one recovery step; true when it restored a pod (a Restore made).</summary>
+    private async Task<bool> RecoverAsync(CheckpointSchedule schedule, RecoveryStep step, DateTime now, CancellationToken cancellationToken)
+    {
+        var ns = schedule.Metadata.NamespaceProperty;
+        try
+        {
+            switch (step)
+            {
+                case RecoveryStep.Import import:
+                    var from = import.From.Status!;
+                    await _client.CustomObjects.CreateNamespacedCustomObjectAsync(new Checkpoint
+                    {
+                        Metadata = new V1ObjectMeta
+                        {
+                            Name = import.Name,
+                            NamespaceProperty = ns,
+                            Labels = new Dictionary<string, string> { [Labels.Recovers] = import.Pod.Metadata.Uid, [Labels.Pod] = import.Pod.Metadata.Name },
+                            Annotations = new Dictionary<string, string> { [Labels.Schedule] = schedule.Metadata.Name },
+                        },
+                        Spec = new CheckpointSpec { Source = new CheckpointSource { Path = from.Export!.Path, Digest = from.Export.Digest } },
+                    }, MigrationRequest.Group, MigrationRequest.Version, ns, Checkpoint.Plural, cancellationToken: cancellationToken);
+                    await _events.RecordAsync(schedule.ApiVersion, CheckpointSchedule.KindName, schedule.Metadata, "Warning", "NodeFailed",
+                        $"Pod {import.Pod.Metadata.Name}: {import.Why}. Recovering it on another node from checkpoint {import.From.Metadata.Name}, taken at {from.CheckpointTime:yyyy-MM-dd'T'HH:mm:ss'Z'} ({Age(from, now)} seconds ago).",
+                        cancellationToken);
+                    LogRecovering(ns, import.Pod.Metadata.Name, import.Why, import.From.Metadata.Name);
+                    return false;
+                case RecoveryStep.Fence fence:
+                    await FenceAsync(fence.Pod, cancellationToken);
+                    return false;
+                case RecoveryStep.Restore restore:
+                    await _client.CustomObjects.CreateNamespacedCustomObjectAsync(new Migrate.Api.Restore
+                    {
+                        Metadata = new V1ObjectMeta
+                        {
+                            Name = restore.Imported.Metadata.Name,
+                            NamespaceProperty = ns,
+                            Labels = new Dictionary<string, string> { [Labels.Recovers] = Keys.Get(restore.Imported.Metadata.Labels, Labels.Recovers)! },
+                            Annotations = new Dictionary<string, string> { [Labels.Schedule] = schedule.Metadata.Name },
+                        },
+                        Spec = new RestoreSpec { CheckpointName = restore.Imported.Metadata.Name, PodName = restore.PodName, KeepLabels = true },
+                    }, MigrationRequest.Group, MigrationRequest.Version, ns, Migrate.Api.Restore.Plural, cancellationToken: cancellationToken);
+                    await _events.RecordAsync(schedule.ApiVersion, CheckpointSchedule.KindName, schedule.Metadata, "Normal", "Recovering",
+                        $"Pod {restore.PodName} is being restored from checkpoint {restore.Imported.Metadata.Name}; its state is that of {restore.Imported.Status?.CheckpointTime:yyyy-MM-dd'T'HH:mm:ss.fff'Z'}, {Age(restore.Imported.Status!, now)} seconds old.",
+                        cancellationToken);
+                    return true;
+                case RecoveryStep.Unrecoverable lost when _unrecoverable.Add(lost.Pod.Metadata.Uid):
+                    await _events.RecordAsync(schedule.ApiVersion, CheckpointSchedule.KindName, schedule.Metadata, "Warning", "NotRecoverable", $"Pod {lost.Pod.Metadata.Name}: {lost.Why}.", cancellationToken);
+                    return false;
+            }
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+        {
+            // made by an earlier pass: the decision stands
+        }
+
+        return false;
+    }
+
+    /// <summary>The failed pod's node is told (annotation) to remove it when it answers again; then its object goes at once.</summary>
+    private async Task FenceAsync(V1Pod pod, CancellationToken cancellationToken)
+    {
+        if (Cache.Nodes.Get(null, pod.Spec.NodeName) is { } node && !RecoveryDecisions.Fenced(node).Contains(pod.Metadata.Uid))
+        {
+            var list = string.Join(",", RecoveryDecisions.Fenced(node).Append(pod.Metadata.Uid));
+            var patch = new System.Text.Json.Nodes.JsonObject
+            {
+                ["metadata"] = new System.Text.Json.Nodes.JsonObject
+                {
+                    ["annotations"] = new System.Text.Json.Nodes.JsonObject { [Annotations.FencedPods] = list },
+                    ["resourceVersion"] = node.Metadata.ResourceVersion,
+                },
+            };
+            await _client.CoreV1.PatchNodeAsync(new V1Patch(patch.ToJsonString(), V1Patch.PatchType.MergePatch), node.Metadata.Name, cancellationToken: cancellationToken);
+        }
+
+        try
+        {
+            await _client.CoreV1.DeleteNamespacedPodAsync(pod.Metadata.Name, pod.Metadata.NamespaceProperty,
+                new V1DeleteOptions { GracePeriodSeconds = 0, Preconditions = new V1Preconditions { Uid = pod.Metadata.Uid } }, cancellationToken: cancellationToken);
+            LogFenced(pod.Metadata.NamespaceProperty, pod.Metadata.Name, pod.Spec.NodeName);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            // gone already
+        }
+    }
+
+    private static long Age(CheckpointStatus status, DateTime now) => (long)(now - (status.CheckpointTime ?? now)).TotalSeconds;
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Pod {Namespace}/{Pod}: {Why}; recovering it from checkpoint {Checkpoint}")]
+    private partial void LogRecovering(string @namespace, string pod, string why, string checkpoint);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Pod {Namespace}/{Pod} fenced: its object deleted, node {Node} told to remove what it has of it")]
+    private partial void LogFenced(string @namespace, string pod, string node);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "CheckpointSchedule {Namespace}/{Schedule}: created Checkpoint {Checkpoint}")]
     private partial void LogCreated(string @namespace, string schedule, string checkpoint);
