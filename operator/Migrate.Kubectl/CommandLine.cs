@@ -15,7 +15,7 @@ public sealed class CommandException(string message) : Exception(message);
 /// </summary>
 public sealed class CommandLine
 {
-    private static readonly HashSet<string> Valued = ["kubeconfig", "context", "namespace", "to", "mode", "max-parallel", "timeout", "reason", "name", "as"];
+    private static readonly HashSet<string> Valued = ["kubeconfig", "context", "namespace", "to", "mode", "max-parallel", "timeout", "reason", "name", "as", "export", "digest"];
     private static readonly HashSet<string> Switches = ["all-namespaces", "wait", "no-wait", "help"];
 
     public string Command { get; private init; } = "";
@@ -91,8 +91,9 @@ public sealed class CommandLine
           kubectl migrate describe NAME
           kubectl migrate cancel NAME
           kubectl migrate drain NODE [--max-parallel N] [--reason TEXT] [--wait | --no-wait]
-          kubectl migrate checkpoint POD [--name NAME] [--wait | --no-wait]
+          kubectl migrate checkpoint POD [--name NAME] [--export PATH] [--wait | --no-wait]
           kubectl migrate checkpoints [-A]
+          kubectl migrate import PATH [--name NAME] [--to NODE] [--digest sha256:...] [--wait | --no-wait]
           kubectl migrate restore CHECKPOINT [--to NODE] [--as POD] [--name NAME] [--wait | --no-wait]
 
         pod       creates a MigrationRequest for the pod; with --wait (the default on a terminal) follows it:
@@ -101,7 +102,10 @@ public sealed class CommandLine
         describe  one MigrationRequest: its figures, conditions and events.
         cancel    deletes a MigrationRequest: one in flight is rolled back and the pod runs on where it was.
         drain     creates a NodeDrain: opted-in pods (label podmigration.io/migrate=true) move, others are evicted.
-        checkpoint  creates a Checkpoint of the running pod (frozen, dumped, thawed; kept on its node).
+        checkpoint  creates a Checkpoint of the running pod (frozen, dumped, thawed; kept on its node);
+                  --export PATH also writes it to the archive storage at PATH (see import).
+        import    creates a Checkpoint from an export in the archive storage (perhaps another cluster's),
+                  checked and kept on --to NODE or the operator's choice; restore it like any other.
         checkpoints Checkpoints of the namespace (-A: of all namespaces): node, phase, size, freeze, when taken.
         restore   creates a Restore: a new pod (named --as, else the Restore's name) resumed from the checkpoint,
                   on --to NODE or the operator's choice.

@@ -31,7 +31,8 @@ try
             "checkpoint" => await commands.CheckpointAsync(),
             "checkpoints" => await commands.CheckpointsAsync(),
             "restore" => await commands.RestoreAsync(),
-            _ => throw new UsageException($"unknown command \"{line.Command}\" (pod, list, describe, cancel, drain, checkpoint, checkpoints, restore)"),
+            "import" => await commands.ImportAsync(),
+            _ => throw new UsageException($"unknown command \"{line.Command}\" (pod, list, describe, cancel, drain, checkpoint, checkpoints, import, restore)"),
         };
     }
     finally
@@ -328,16 +329,45 @@ namespace Migrate.Kubectl
             await Api.RequireApiAsync();
             await ExistsAsync(() => Api.Client.CoreV1.ReadNamespacedPodAsync(pod, Api.Namespace), $"pod \"{pod}\" not found in namespace \"{Api.Namespace}\"");
             var name = line.Flag("name") ?? Name(pod);
-            await Api.CreateObjectAsync("checkpoints", Resource("Checkpoint", name, new JsonObject { ["podName"] = pod }));
-            output.Line($"checkpoint.podmigration.io/{name} created: checkpointing pod {Api.Namespace}/{pod}");
-            if (!Wait)
+            var spec = new JsonObject { ["podName"] = pod };
+            if (line.Flag("export") is { } path)
             {
-                return 0;
+                spec["export"] = new JsonObject { ["path"] = path };
             }
 
+            await Api.CreateObjectAsync("checkpoints", Resource("Checkpoint", name, spec));
+            output.Line($"checkpoint.podmigration.io/{name} created: checkpointing pod {Api.Namespace}/{pod}");
+            return Wait ? await CheckpointOutcomeAsync(name) : 0;
+        }
+
+        public async Task<int> ImportAsync()
+        {
+            var path = Single("an archive path");
+            await Api.RequireApiAsync();
+            var name = line.Flag("name") ?? Name(path.Replace('/', '-').Replace('.', '-').Replace('_', '-').ToLowerInvariant().Trim('-'));
+            var source = new JsonObject { ["path"] = path };
+            if (line.Flag("digest") is { } digest)
+            {
+                source["digest"] = digest;
+            }
+
+            var spec = new JsonObject { ["source"] = source };
+            if (line.Flag("to") is { } node)
+            {
+                spec["nodeName"] = node;
+            }
+
+            await Api.CreateObjectAsync("checkpoints", Resource("Checkpoint", name, spec));
+            output.Line($"checkpoint.podmigration.io/{name} created: importing {path} from the archive storage");
+            return Wait ? await CheckpointOutcomeAsync(name) : 0;
+        }
+
+        private async Task<int> CheckpointOutcomeAsync(string name)
+        {
             var status = await AwaitPhaseAsync("checkpoints", "Checkpoint", name, ["Ready", "Failed"]);
+            var exported = status["export"] is JsonObject export ? $" Exported to {Text(export, "path")} ({Text(export, "digest")})." : "";
             output.Line(Text(status, "phase") == "Ready"
-                ? $"Ready: {Text(status, "message")} Taken at {Instant(status, "checkpointTime")}; kept in {Text(status, "location")}."
+                ? $"Ready: {Text(status, "message")} Taken at {Instant(status, "checkpointTime")}; kept in {Text(status, "location")}.{exported}"
                 : $"Failed ({Text(status, "reason")}): {Text(status, "message")}");
             return Text(status, "phase") == "Ready" ? 0 : 1;
         }

@@ -15,7 +15,11 @@ namespace Migrate.Benchmarks;
 /// GapMs: the longest silence in the pod's own output around the checkpoint, less one tick
 /// interval: what the workload saw.
 /// </summary>
-public sealed record CheckpointSample(string Tool, int Mib, int Repetition, double FreezeMs, double GapMs, double TotalMs, long Bytes, bool Continued, string Breakdown = "");
+public sealed record CheckpointSample(string Tool, int Mib, int Repetition, double FreezeMs, double GapMs, double TotalMs, long Bytes, bool Continued, string Breakdown = "",
+    double ExportMs = 0, long ExportBytes = 0);
+
+/// <summary>One restore of a checkpoint on the other node: from the node that kept it, or imported from the archive storage first.</summary>
+public sealed record RestoreSample(int Mib, int Repetition, string From, double TotalMs, double ImportMs, double RestoreMs, bool Continued);
 
 /// <summary>
 /// Checkpoints that leave the pod running, in the sandbox: memcounter pods (idle) checkpointed by
@@ -36,9 +40,9 @@ public static class CheckpointBenchmark
         var clock = Stopwatch.StartNew();
         void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  [{clock.Elapsed:mm\\:ss}] {text}"));
         var samples = new List<CheckpointSample>();
-        var restores = new List<(int Mib, int Repetition, double TotalMs, double RestoreMs, bool Continued)>();
+        var restores = new List<RestoreSample>();
         var failures = new List<string>();
-        Say($"starting a 2-node sandbox; sizes {string.Join(", ", sizes)} MiB, {repetitions} repetitions of: ours, runc checkpoint --leave-running, a restore of ours");
+        Say($"starting a 2-node sandbox; sizes {string.Join(", ", sizes)} MiB, {repetitions} repetitions of: ours, ours exported, runc checkpoint --leave-running, a restore of ours from the node and one from the archive storage");
         await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { PhaseTimeoutSeconds = 900 }, line => Say(line)))
         {
             foreach (int mib in sizes)
@@ -52,21 +56,30 @@ public static class CheckpointBenchmark
                         try
                         {
                             // alternate which goes first, so that neither always meets a pod that was just frozen
-                            foreach (var tool in rep % 2 == 1 ? new[] { "ours", "runc" } : ["runc", "ours"])
+                            foreach (var tool in rep % 2 == 1 ? new[] { "ours", "exported", "runc" } : ["runc", "exported", "ours"])
                             {
-                                var sample = tool == "ours" ? await OursAsync(cluster, pod, mib, rep) : await RuncAsync(cluster, pod, mib, rep);
+                                var sample = tool == "runc" ? await RuncAsync(cluster, pod, mib, rep) : await OursAsync(cluster, pod, mib, rep, export: tool == "exported");
                                 samples.Add(sample);
                                 Say(string.Create(CultureInfo.InvariantCulture,
                                     $"{mib} MiB #{rep} {tool}: freeze {sample.FreezeMs:0} ms, gap seen by the pod {sample.GapMs:0} ms, total {sample.TotalMs:0} ms, {sample.Bytes / 1048576.0:0.0} MiB, continued {sample.Continued}{(sample.Breakdown.Length > 0 ? "; " + sample.Breakdown : "")}"));
                             }
 
-                            var restore = await RestoreAsync(cluster, pod, mib, rep);
-                            restores.Add(restore);
-                            Say(string.Create(CultureInfo.InvariantCulture, $"{mib} MiB #{rep} restore on node-b: {restore.TotalMs:0} ms to Running (restore itself {restore.RestoreMs:0} ms), continued {restore.Continued}"));
+                            foreach (var from in new[] { "node", "archive" })
+                            {
+                                var restore = await RestoreAsync(cluster, pod, mib, rep, from);
+                                restores.Add(restore);
+                                Say(string.Create(CultureInfo.InvariantCulture,
+                                    $"{mib} MiB #{rep} restore on node-b from the {from}: {restore.TotalMs:0} ms to Running (import {restore.ImportMs:0} ms, restore itself {restore.RestoreMs:0} ms), continued {restore.Continued}"));
+                            }
                         }
                         finally
                         {
-                            await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural, name);
+                            foreach (var checkpoint in await ListAsync(cluster, Checkpoint.Plural))
+                            {
+                                await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural,
+                                    (string)checkpoint["metadata"]!["name"]!);
+                            }
+
                             await MigrationBenchmark.WaitForAsync(async () => !(await ListAsync(cluster, Checkpoint.Plural)).Any(), TimeSpan.FromMinutes(2), "the checkpoint to be deleted");
                             await MigrationBenchmark.DeletePodAsync(cluster, name);
                         }
@@ -80,7 +93,7 @@ public static class CheckpointBenchmark
             }
         }
 
-        var figures = Figures(samples, restores.Select(r => (r.Mib, r.TotalMs)).ToList());
+        var figures = Figures(samples, restores);
         foreach (var (figure, value, unit) in figures)
         {
             report.Add("checkpoint", figure, value, unit);
@@ -91,12 +104,12 @@ public static class CheckpointBenchmark
         File.WriteAllText(Path.Combine(docs, "benchmarks-checkpoint.md"), Markdown(report.Machine, repetitions, samples, restores, figures, failures, clock.Elapsed));
         Directory.CreateDirectory(BenchmarkReport.Directory);
         File.WriteAllText(Path.Combine(BenchmarkReport.Directory, "checkpoint.json"),
-            JsonSerializer.Serialize(new { samples, restores = restores.Select(r => new { r.Mib, r.Repetition, r.TotalMs, r.RestoreMs, r.Continued }), failures }, Indented));
+            JsonSerializer.Serialize(new { samples, restores, failures }, Indented));
         Console.WriteLine("  docs/benchmarks-checkpoint.md rewritten");
     }
 
     /// <summary>Medians per size, and ours against runc's as ratios (below 1: ours freezes the pod for less).</summary>
-    internal static IReadOnlyList<(string Name, double Value, string Unit)> Figures(IReadOnlyList<CheckpointSample> samples, IReadOnlyList<(int Mib, double TotalMs)> restores)
+    internal static IReadOnlyList<(string Name, double Value, string Unit)> Figures(IReadOnlyList<CheckpointSample> samples, IReadOnlyList<RestoreSample> restores)
     {
         var result = new List<(string, double, string)>();
         foreach (var mib in samples.Select(s => s.Mib).Distinct().Order())
@@ -116,9 +129,22 @@ public static class CheckpointBenchmark
             result.Add(($"{mib}mib_ours_gap_median", oursGap, "ms"));
             result.Add(($"{mib}mib_runc_gap_median", runcGap, "ms"));
             result.Add(($"{mib}mib_gap_ratio", oursGap / runcGap, "x"));
-            if (restores.Where(r => r.Mib == mib).ToList() is { Count: > 0 } restored)
+            if (samples.Where(s => s.Mib == mib && s.Tool == "exported").ToList() is { Count: > 0 } exported)
+            {
+                double exportedFreeze = ControllerBenchmark.Median(exported.Select(s => s.FreezeMs));
+                result.Add(($"{mib}mib_exported_freeze_median", exportedFreeze, "ms"));
+                result.Add(($"{mib}mib_exported_freeze_ratio", exportedFreeze / runcFreeze, "x"));
+                result.Add(($"{mib}mib_export_throughput_median", ControllerBenchmark.Median(exported.Select(s => s.ExportBytes / 1e6 / Math.Max(1, s.ExportMs) * 1000)), "MB/s"));
+            }
+
+            if (restores.Where(r => r.Mib == mib && r.From == "node").ToList() is { Count: > 0 } restored)
             {
                 result.Add(($"{mib}mib_restore_to_running_median", ControllerBenchmark.Median(restored.Select(r => r.TotalMs)), "ms"));
+            }
+
+            if (restores.Where(r => r.Mib == mib && r.From == "archive").ToList() is { Count: > 0 } imported)
+            {
+                result.Add(($"{mib}mib_restore_from_archive_to_running_median", ControllerBenchmark.Median(imported.Select(r => r.TotalMs)), "ms"));
             }
         }
 
@@ -126,9 +152,9 @@ public static class CheckpointBenchmark
         return result;
     }
 
-    private static async Task<CheckpointSample> OursAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep)
+    private static async Task<CheckpointSample> OursAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep, bool export)
     {
-        var name = pod.Metadata.Name;
+        var name = pod.Metadata.Name + (export ? "-x" : "");
         var node = cluster.Node(pod.Spec.NodeName);
         var clock = Stopwatch.StartNew();
         var started = DateTime.UtcNow;
@@ -137,20 +163,11 @@ public static class CheckpointBenchmark
             ["apiVersion"] = "podmigration.io/v1alpha1",
             ["kind"] = "Checkpoint",
             ["metadata"] = new JsonObject { ["name"] = name },
-            ["spec"] = new JsonObject { ["podName"] = name },
+            ["spec"] = export
+                ? new JsonObject { ["podName"] = pod.Metadata.Name, ["export"] = new JsonObject { ["path"] = "bench/" + name } }
+                : new JsonObject { ["podName"] = pod.Metadata.Name },
         }, MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural);
-        JsonNode? status = null;
-        while ((string?)status?["phase"] is not ("Ready" or "Failed"))
-        {
-            if (clock.Elapsed > TimeSpan.FromMinutes(10))
-            {
-                throw new TimeoutException($"checkpoint {name} is not Ready after 10 minutes");
-            }
-
-            await Task.Delay(20);
-            var raw = (JsonElement)await cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural, name);
-            status = JsonNode.Parse(raw.GetRawText())!["status"];
-        }
+        var status = await FinalStatusAsync(cluster, Checkpoint.Plural, name, "Ready");
 
         double total = clock.Elapsed.TotalMilliseconds;
         if ((string?)status!["phase"] != "Ready")
@@ -159,8 +176,11 @@ public static class CheckpointBenchmark
         }
 
         var (gap, continued) = await GapAsync(node, pod, started);
-        return new CheckpointSample("ours", mib, rep, (double)(long)status["freezeMillis"]!, gap, total, (long)status["sizeBytes"]!, continued,
-            Breakdown((string)status["location"]!));
+        double exportMs = status["export"]?["millis"] is { } millis ? (long)millis : 0;
+        long exportBytes = status["export"]?["sizeBytes"] is { } size ? (long)size : 0;
+        var exported = export ? string.Create(CultureInfo.InvariantCulture, $"; export {exportBytes / 1048576.0:0.0} MiB in {exportMs:0} ms ({exportBytes / 1e6 / Math.Max(1, exportMs) * 1000:0} MB/s)") : "";
+        return new CheckpointSample(export ? "exported" : "ours", mib, rep, (double)(long)status["freezeMillis"]!, gap, total, (long)status["sizeBytes"]!, continued,
+            Breakdown((string)status["location"]!) + exported, exportMs, exportBytes);
     }
 
     private static async Task<CheckpointSample> RuncAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep)
@@ -185,48 +205,64 @@ public static class CheckpointBenchmark
         }
     }
 
-    private static async Task<(int Mib, int Repetition, double TotalMs, double RestoreMs, bool Continued)> RestoreAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep)
+    /// <summary>
+    /// A restore on node-b, request to Running: of the checkpoint kept on node-a ("node"), or of the
+    /// exported one imported from the archive storage onto node-b first ("archive", import included).
+    /// </summary>
+    private static async Task<RestoreSample> RestoreAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep, string from)
     {
         var name = pod.Metadata.Name;
+        var checkpoint = name;
+        var back = $"{name}-back-{from}";
         var clock = Stopwatch.StartNew();
+        double importMs = 0;
+        if (from == "archive")
+        {
+            checkpoint = name + "-imp";
+            await cluster.Client.CustomObjects.CreateNamespacedCustomObjectAsync(new JsonObject
+            {
+                ["apiVersion"] = "podmigration.io/v1alpha1",
+                ["kind"] = "Checkpoint",
+                ["metadata"] = new JsonObject { ["name"] = checkpoint },
+                ["spec"] = new JsonObject { ["source"] = new JsonObject { ["path"] = $"bench/{name}-x" }, ["nodeName"] = "node-b" },
+            }, MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural);
+            var imported = await FinalStatusAsync(cluster, Checkpoint.Plural, checkpoint, "Ready");
+
+            if ((string?)imported!["phase"] != "Ready")
+            {
+                throw new InvalidOperationException($"import {checkpoint} failed: {imported["message"]}");
+            }
+
+            importMs = clock.Elapsed.TotalMilliseconds;
+        }
+
         await cluster.Client.CustomObjects.CreateNamespacedCustomObjectAsync(new JsonObject
         {
             ["apiVersion"] = "podmigration.io/v1alpha1",
             ["kind"] = "Restore",
-            ["metadata"] = new JsonObject { ["name"] = name + "-back" },
-            ["spec"] = new JsonObject { ["checkpointName"] = name, ["nodeName"] = "node-b" },
+            ["metadata"] = new JsonObject { ["name"] = back },
+            ["spec"] = new JsonObject { ["checkpointName"] = checkpoint, ["nodeName"] = "node-b" },
         }, MigrationRequest.Group, MigrationRequest.Version, "default", Restore.Plural);
-        JsonNode? status = null;
-        while ((string?)status?["phase"] is not ("Succeeded" or "Failed"))
-        {
-            if (clock.Elapsed > TimeSpan.FromMinutes(10))
-            {
-                throw new TimeoutException($"restore {name}-back did not end within 10 minutes");
-            }
-
-            await Task.Delay(20);
-            var raw = (JsonElement)await cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Restore.Plural, name + "-back");
-            status = JsonNode.Parse(raw.GetRawText())!["status"];
-        }
+        var status = await FinalStatusAsync(cluster, Restore.Plural, back, "Succeeded");
 
         double total = clock.Elapsed.TotalMilliseconds;
         try
         {
             if ((string?)status!["phase"] != "Succeeded")
             {
-                throw new InvalidOperationException($"restore {name}-back failed: {status["message"]}");
+                throw new InvalidOperationException($"restore {back} failed: {status["message"]}");
             }
 
             var restored = cluster.Node("node-b");
             IReadOnlyList<MemcounterTick> ticks = [];
-            await MigrationBenchmark.WaitForAsync(() => (ticks = restored.LoggedTicks("default", name + "-back", "main")).Count >= 3, TimeSpan.FromMinutes(1), "the restored pod to tick");
+            await MigrationBenchmark.WaitForAsync(() => (ticks = restored.LoggedTicks("default", back, "main")).Count >= 3, TimeSpan.FromMinutes(1), "the restored pod to tick");
             bool continued = ticks[0].Tick > 1 && ticks.Select((t, i) => t.Tick == ticks[0].Tick + i).All(x => x) && !ticks.Any(t => t.Verified == "BAD");
-            return (mib, rep, total, (double?)(long?)status["restoreMillis"] ?? double.NaN, continued);
+            return new RestoreSample(mib, rep, from, total, importMs, (double?)(long?)status["restoreMillis"] ?? double.NaN, continued);
         }
         finally
         {
-            await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Restore.Plural, name + "-back");
-            await MigrationBenchmark.DeletePodAsync(cluster, name + "-back");
+            await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", Restore.Plural, back);
+            await MigrationBenchmark.DeletePodAsync(cluster, back);
         }
     }
 
@@ -293,6 +329,26 @@ public static class CheckpointBenchmark
         return DateTime.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal, out var at) ? at : null;
     }
 
+    /// <summary>Polls an object until its status.phase is <paramref name="done"/> or Failed (at most 10 minutes); returns the status.</summary>
+    private static async Task<JsonNode> FinalStatusAsync(SandboxCluster cluster, string plural, string name, string done)
+    {
+        var clock = Stopwatch.StartNew();
+        JsonNode? status = null;
+        while ((string?)status?["phase"] != done && (string?)status?["phase"] != "Failed")
+        {
+            if (clock.Elapsed > TimeSpan.FromMinutes(10))
+            {
+                throw new TimeoutException($"{plural}/{name} is not {done} after 10 minutes");
+            }
+
+            await Task.Delay(20);
+            var raw = (JsonElement)await cluster.Client.CustomObjects.GetNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", plural, name);
+            status = JsonNode.Parse(raw.GetRawText())!["status"];
+        }
+
+        return status!;
+    }
+
     private static async Task<IReadOnlyList<JsonNode>> ListAsync(SandboxCluster cluster, string plural)
     {
         var raw = (JsonElement)await cluster.Client.CustomObjects.ListNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", plural);
@@ -300,7 +356,7 @@ public static class CheckpointBenchmark
     }
 
     private static string Markdown(JsonObject machine, int repetitions, IReadOnlyList<CheckpointSample> samples,
-        IReadOnlyList<(int Mib, int Repetition, double TotalMs, double RestoreMs, bool Continued)> restores,
+        IReadOnlyList<RestoreSample> restores,
         IReadOnlyList<(string Name, double Value, string Unit)> figures, List<string> failures, TimeSpan elapsed)
     {
         var text = new StringBuilder();
@@ -313,7 +369,8 @@ public static class CheckpointBenchmark
         text.AppendLine("`runc checkpoint --leave-running` of its container (what a user would run on the node). *Freeze*: ours is the agent's");
         text.AppendLine("freeze-to-thaw; runc's is the whole command (CRIU holds the tree for most of it). *Gap*: the longest silence in the pod's");
         text.AppendLine("own output (the runtime's log timestamps) around the checkpoint, less one tick: what the workload saw. *Total*: ours from");
-        text.AppendLine("the request to Ready. Ours also keeps the writable layer and checks the pod; runc's keeps only the CRIU images.");
+        text.AppendLine("the request to Ready. Ours also keeps the writable layer and checks the pod; runc's keeps only the CRIU images. *exported*: ours");
+        text.AppendLine("with `spec.export` (one full dump, no pre-copy: an export holds no chain), written to the archive storage as an OCI image layout.");
         text.AppendLine();
         text.AppendLine("| MiB | tool | freeze ms (median, min-max) | gap ms (median, min-max) | total ms (median) | MiB kept | state continued |");
         text.AppendLine("|---|---|---|---|---|---|---|");
@@ -333,15 +390,16 @@ public static class CheckpointBenchmark
         }
 
         text.AppendLine();
-        text.AppendLine("Restore of our checkpoint on the other node (`Restore`, request to Succeeded: the images sent, verified, the pod made and restored):");
+        text.AppendLine("Restore on the other node, request to Running. *node*: our checkpoint kept on node-a (`Restore`: the images sent, verified, the pod");
+        text.AppendLine("made and restored). *archive*: the exported checkpoint imported from the archive storage onto node-b (every digest checked), then restored there:");
         text.AppendLine();
-        text.AppendLine("| MiB | to Running ms (median, min-max) | restore itself ms (median) | state continued |");
-        text.AppendLine("|---|---|---|---|");
-        foreach (var group in restores.GroupBy(r => r.Mib).OrderBy(g => g.Key))
+        text.AppendLine("| MiB | from | to Running ms (median, min-max) | import ms (median) | restore itself ms (median) | state continued |");
+        text.AppendLine("|---|---|---|---|---|---|");
+        foreach (var group in restores.GroupBy(r => (r.Mib, r.From)).OrderBy(g => g.Key.Mib).ThenBy(g => g.Key.From, StringComparer.Ordinal))
         {
             var list = group.ToList();
             text.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {group.Key} | {ControllerBenchmark.Median(list.Select(r => r.TotalMs)):0} ({list.Min(r => r.TotalMs):0}-{list.Max(r => r.TotalMs):0}) | {ControllerBenchmark.Median(list.Select(r => r.RestoreMs)):0} | {list.Count(r => r.Continued)}/{list.Count} |"));
+                $"| {group.Key.Mib} | {group.Key.From} | {ControllerBenchmark.Median(list.Select(r => r.TotalMs)):0} ({list.Min(r => r.TotalMs):0}-{list.Max(r => r.TotalMs):0}) | {ControllerBenchmark.Median(list.Select(r => r.ImportMs)):0} | {ControllerBenchmark.Median(list.Select(r => r.RestoreMs)):0} | {list.Count(r => r.Continued)}/{list.Count} |"));
         }
 
         text.AppendLine();

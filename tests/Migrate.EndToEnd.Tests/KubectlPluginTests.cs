@@ -90,10 +90,19 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
     {
         await Sandbox.RunCounterAsync(Cluster, "kept", "node-a", 8);
         await Sandbox.WaitForTicksAsync(Cluster, "kept", "main", 3);
-        var (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "checkpoint", "kept", "--name", "kept-1", "--wait");
+        var (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "checkpoint", "kept", "--name", "kept-1", "--export", "plugin/kept-1", "--wait");
         Assert.Equal(0, code);
         Assert.Contains("checkpoint.podmigration.io/kept-1 created: checkpointing pod default/kept", text, StringComparison.Ordinal);
-        Assert.Matches(@"Ready: Pod kept checkpointed on node-a: \d+ bytes kept, frozen for \d+ ms\. Taken at \S+; kept in node-a:/\S+/checkpoints/[0-9a-f-]+\.", text);
+        Assert.Matches(@"Ready: Pod kept checkpointed on node-a: \d+ bytes kept, frozen for \d+ ms, exported to plugin/kept-1 \(\d+ bytes, sha256:[0-9a-f]{64}\)\. Taken at \S+; kept in node-a:/\S+/checkpoints/[0-9a-f-]+\. Exported to plugin/kept-1 \(sha256:[0-9a-f]{64}\)\.", text);
+
+        // the export, imported back onto node-b as a Checkpoint of its own
+        (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "import", "plugin/kept-1", "--name", "kept-imported", "--to", "node-b", "--wait");
+        Assert.Equal(0, code);
+        Assert.Contains("checkpoint.podmigration.io/kept-imported created: importing plugin/kept-1 from the archive storage", text, StringComparison.Ordinal);
+        Assert.Contains("Ready: Checkpoint of pod default/kept imported from plugin/kept-1 onto node-b: ", text, StringComparison.Ordinal);
+        (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "import", "../etc", "--name", "escape", "--no-wait");
+        Assert.Equal(1, code);
+        Assert.Contains("spec.source.path", text, StringComparison.Ordinal); // refused by the schema: nothing created
 
         (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "checkpoints");
         Assert.Equal(0, code);
@@ -111,7 +120,8 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
 
         (await Cluster.Api.KubectlAsync("delete", "restore", "--all")).Succeeded();
         (await Cluster.Api.KubectlAsync("delete", "pod", "kept", "kept-again", "--wait=true")).Succeeded();
-        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "kept-1", "--wait=true", "--timeout=30s")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "kept-1", "kept-imported", "--wait=true", "--timeout=30s")).Succeeded();
+        Assert.False(Directory.Exists(Path.Combine(Cluster.ArchiveDirectory, "plugin", "kept-1")), "the export went with its Checkpoint");
     }
 
     [Fact]
