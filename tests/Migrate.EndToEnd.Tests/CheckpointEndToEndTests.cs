@@ -101,6 +101,10 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
             Assert.False(restored.Metadata.Labels.ContainsKey("app"), "a restored pod must not carry the original's labels (a controller would adopt it)");
         }
 
+        // the restore on the checkpoint's own node linked the kept images instead of streaming them to itself
+        var linked = await File.ReadAllTextAsync(Path.Combine(Cluster.Directory, "logs", "agent-node-a.log"));
+        Assert.Matches(@"Restore [0-9a-f-]+: checkpoint [0-9a-f-]+'s images linked on this node \(\d+ bytes", linked);
+
         // the original is untouched and still counting
         var still = await Sandbox.WaitForTicksAsync(Cluster, "tt", "main", 3, after: originalTicks[^1].Tick);
         Sandbox.AssertConsecutive(still, 1);

@@ -300,3 +300,53 @@ public sealed class CheckpointArchiveTests : IDisposable
         return (digest, bytes.Length);
     }
 }
+
+/// <summary>A restore on the checkpoint's own node links the kept files; they must still be what was kept.</summary>
+public sealed class LinkedStagingTests
+{
+    public static TheoryData<string, string?> Cases => new()
+    {
+        { "the same files", null },
+        { "a file changed", "containers/c/final/pages-1.img differs from what was kept (3 bytes, kept 3)" },
+        { "a file grew", "containers/c/final/pages-1.img differs from what was kept (4 bytes, kept 3)" },
+        { "a file added", "rootfs/c.tar was not kept" },
+        { "a file missing", "containers/c/final/pstree.img is missing" },
+        { "a parent link differs", "the image sets' parent links differ" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void The_linked_images_must_be_those_kept(string change, string? expected)
+    {
+        var kept = Manifest();
+        var actual = Manifest();
+        switch (change)
+        {
+            case "a file changed":
+                actual.Files[0].Sha256 = Google.Protobuf.ByteString.CopyFrom(SHA256.HashData("xyz"u8));
+                break;
+            case "a file grew":
+                actual.Files[0].Size = 4;
+                break;
+            case "a file added":
+                actual.Files.Add(new ManifestFile { Path = "rootfs/c.tar", Size = 1, Sha256 = Google.Protobuf.ByteString.CopyFrom(SHA256.HashData("a"u8)) });
+                break;
+            case "a file missing":
+                actual.Files.RemoveAt(1);
+                break;
+            case "a parent link differs":
+                actual.ParentLinks.Add(new ManifestParentLink { Directory = "containers/c/final", Parent = "containers/c/round-1" });
+                break;
+        }
+
+        Assert.Equal(expected, ImageReceiver.ManifestDifference(kept, actual));
+    }
+
+    private static Manifest Manifest()
+    {
+        var manifest = new Manifest();
+        manifest.Files.Add(new ManifestFile { Path = "containers/c/final/pages-1.img", Size = 3, Sha256 = Google.Protobuf.ByteString.CopyFrom(SHA256.HashData("abc"u8)) });
+        manifest.Files.Add(new ManifestFile { Path = "containers/c/final/pstree.img", Size = 1, Sha256 = Google.Protobuf.ByteString.CopyFrom(SHA256.HashData("p"u8)) });
+        return manifest;
+    }
+}

@@ -20,7 +20,7 @@ namespace Migrate.NodeAgent.Checkpointing;
 /// means the checkpoint is complete). Sent to other nodes for restores on request.
 /// </summary>
 public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender sender, PeerAgents peers, NodeCapabilities capabilities,
-    IOptions<AgentOptions> options, ILogger<KeptCheckpoints> logger) : IDisposable
+    IOptions<AgentOptions> options, ILogger<KeptCheckpoints> logger, ImageReceiver receiver) : IDisposable
 {
     public const string TakeOperation = "Checkpoint";
     public const string ImportOperation = "Import";
@@ -409,20 +409,60 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             using var activity = AgentTelemetry.Source.StartActivity("checkpoint.send");
             activity?.SetTag("podmig.checkpoint.id", request.CheckpointId);
             activity?.SetTag("podmig.restore.id", request.RestoreId);
-            await sender.SendAsync(Path.Combine(DirectoryOf(request.CheckpointId), ImagesDirectory), target.ToSendRequest(request.RestoreId), report =>
+            var images = Path.Combine(DirectoryOf(request.CheckpointId), ImagesDirectory);
+            string how = "sent to";
+            if (target.Node == _options.NodeName && await LinkHereAsync(request, images, send))
             {
-                send.BytesSent = report.BytesSent;
-                send.BytesTotal = report.TotalBytes;
-                return Task.CompletedTask;
-            }, (long)target.MaxBytesPerSecond, cancellationToken);
+                how = "linked on";
+            }
+            else
+            {
+                await sender.SendAsync(images, target.ToSendRequest(request.RestoreId), report =>
+                {
+                    send.BytesSent = report.BytesSent;
+                    send.BytesTotal = report.TotalBytes;
+                    return Task.CompletedTask;
+                }, (long)target.MaxBytesPerSecond, cancellationToken);
+            }
+
             await peers.CommitAsync(request.RestoreId, target, cancellationToken);
-            send.Operation = Ended(send.Operation, OperationState.Succeeded, "", $"sent to {target.Node} and committed there");
+            send.Operation = Ended(send.Operation, OperationState.Succeeded, "", $"{how} {target.Node} and committed there");
         }
         catch (Exception e) when (MigrationOperations.IsFailure(e) || e is OperationCanceledException)
         {
             var message = MigrationOperations.Describe(e);
             LogFailed(request.RestoreId, "TransferFailed", message);
             send.Operation = Ended(send.Operation, OperationState.Failed, "TransferFailed", message);
+        }
+    }
+
+    /// <summary>
+    /// A restore on this very node: its images staged as hard links of the kept files (checked
+    /// against the kept manifest) rather than streamed to ourselves. False when they cannot be
+    /// linked (another file system): the caller streams them.
+    /// </summary>
+    private async Task<bool> LinkHereAsync(SendCheckpointRequest request, string images, CheckpointSend send)
+    {
+        var kept = Path.Combine(DirectoryOf(request.CheckpointId), ManifestFile);
+        if (!receiver.IsExpected(request.RestoreId) || !File.Exists(kept))
+        {
+            return false;
+        }
+
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            var manifest = Manifest.Parser.ParseJson(await File.ReadAllTextAsync(kept));
+            var staged = await Task.Run(() => receiver.StageLinked(request.RestoreId, images, manifest));
+            LogLinked(request.RestoreId, request.CheckpointId, staged.Bytes, staged.Files, clock.ElapsedMilliseconds);
+            send.BytesSent = staged.Bytes;
+            send.BytesTotal = staged.Bytes;
+            return true;
+        }
+        catch (IOException e)
+        {
+            LogFailed(request.RestoreId, "LinkFailed", $"{e.Message}; streaming the images instead");
+            return false;
         }
     }
 
@@ -486,6 +526,9 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint}'s export {Path} deleted")]
     private partial void LogExportDeleted(string checkpoint, string path);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Restore {Restore}: checkpoint {Checkpoint}'s images linked on this node ({Bytes} bytes, {Files} files, each read back) in {Millis} ms")]
+    private partial void LogLinked(string restore, string checkpoint, ulong bytes, uint files, long millis);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} deleted")]
     private partial void LogDeleted(string checkpoint);

@@ -143,6 +143,105 @@ public sealed partial class ImageReceiver : IDisposable
         return new ExpectImagesResponse { Directory = directory, ReceivedBytes = (ulong)held, Staged = File.Exists(Path.Combine(directory, StagedFile)) };
     }
 
+    /// <summary>
+    /// Stages images that are already on this node (a kept checkpoint restored here) as hard links
+    /// of its files instead of a stream through the network stack: each is read back and must match
+    /// <paramref name="expected"/>, the manifest recorded when the checkpoint was kept, then stamped as
+    /// an upload's would be. The migration must be expected (its token checked by <see cref="Expect"/>).
+    /// An IOException (another file system: no hard links) leaves nothing staged; the caller streams.
+    /// </summary>
+    public UploadStaged StageLinked(string migrationId, string source, Manifest expected)
+    {
+        ArgumentNullException.ThrowIfNull(expected);
+        if (!IsExpected(migrationId))
+        {
+            throw Reject(StatusCode.FailedPrecondition, "not-expected", $"node {_options.NodeName} was not told to expect migration {migrationId}");
+        }
+
+        var directory = DirectoryOf(migrationId);
+        var files = Path.Combine(directory, FilesDirectory);
+        if (Directory.Exists(files))
+        {
+            Directory.Delete(files, recursive: true);
+        }
+
+        try
+        {
+            // one process for the whole tree: regular files linked, the image sets' parent links copied as links
+            var (code, error) = Run("cp", "-a", "--link", "--no-target-directory", source, files);
+            if (code != 0)
+            {
+                throw new IOException($"cp --link {source} {files} failed ({code}): {error}");
+            }
+
+            var actual = ImageSender.BuildManifest(files);
+            if (ManifestDifference(expected, actual) is { } difference)
+            {
+                throw Reject(StatusCode.DataLoss, "digest", $"the kept images are not those the checkpoint was taken with: {difference}");
+            }
+
+            StagedFileStamp.Write(Path.Combine(directory, StagingLayout.StampsFile),
+                actual.Files.Select(f => StagedFileStamp.Of(Path.Combine(files, f.Path), f.Path) ?? throw new IOException($"{f.Path} cannot be examined (statx)")));
+            File.WriteAllText(Path.Combine(directory, StagedFile), JsonFormatter.Default.Format(actual));
+            File.Delete(Path.Combine(directory, ProgressFile));
+            _events?.Changed(migrationId);
+            return new UploadStaged { Bytes = (ulong)actual.Files.Sum(f => (long)f.Size), Files = (uint)actual.Files.Count };
+        }
+        catch
+        {
+            if (Directory.Exists(files))
+            {
+                Directory.Delete(files, recursive: true);
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>How two manifests differ (the first file or link that does), or null when they hold the same files with the same sizes and digests.</summary>
+    public static string? ManifestDifference(Manifest expected, Manifest actual)
+    {
+        ArgumentNullException.ThrowIfNull(expected);
+        ArgumentNullException.ThrowIfNull(actual);
+        var want = expected.Files.ToDictionary(f => f.Path, StringComparer.Ordinal);
+        foreach (var file in actual.Files)
+        {
+            if (!want.Remove(file.Path, out var wanted))
+            {
+                return $"{file.Path} was not kept";
+            }
+
+            if (wanted.Size != file.Size || !wanted.Sha256.Span.SequenceEqual(file.Sha256.Span))
+            {
+                return $"{file.Path} differs from what was kept ({file.Size} bytes, kept {wanted.Size})";
+            }
+        }
+
+        if (want.Count > 0)
+        {
+            return $"{want.Keys.Order(StringComparer.Ordinal).First()} is missing";
+        }
+
+        var links = expected.ParentLinks.Select(l => l.Directory + ">" + l.Parent).Order(StringComparer.Ordinal);
+        return links.SequenceEqual(actual.ParentLinks.Select(l => l.Directory + ">" + l.Parent).Order(StringComparer.Ordinal), StringComparer.Ordinal)
+            ? null : "the image sets' parent links differ";
+    }
+
+    private static (int ExitCode, string Error) Run(string program, params string[] arguments)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo(program) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var process = System.Diagnostics.Process.Start(start) ?? throw new IOException($"could not start {program}");
+        var error = process.StandardError.ReadToEndAsync();
+        process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, error.Result.Trim());
+    }
+
     /// <summary>Serves one upload stream.</summary>
     /// <param name="requests">The client's messages.</param>
     /// <param name="responses">The replies.</param>
