@@ -95,6 +95,16 @@ public sealed class NodeFailureRecoveryTests(NodeFailureSandboxFixture fixture, 
             Assert.Contains(messages, m => m.StartsWith("Recovering: Pod db is being restored from checkpoint " + recovery, StringComparison.Ordinal) && m.Contains("seconds old", StringComparison.Ordinal));
         }
 
+        // the old pod's checkpoints, deleted while node-a is still down: after the agent grace their finalizer lets go,
+        // and their exports are removed from the shared archive storage through node-b's agent
+        var old = (await CheckpointsAsync()).Where(c => c.PodUid == original.Metadata.Uid).Select(c => c.Name).ToList();
+        Assert.NotEmpty(old);
+        (await Cluster.Api.KubectlAsync(["delete", "checkpoint", .. old, "--wait=true", "--timeout=90s"])).Succeeded();
+        foreach (var name in old)
+        {
+            Assert.False(Directory.Exists(Path.Combine(Cluster.ArchiveDirectory, "default", name)), $"the export of {name} is still in the archive storage");
+        }
+
         // node-a comes back: containerd and the agent start again, the node is Ready; its agent removes the stale copy
         await nodeA.Containerd.RestartAsync();
         await nodeA.StartAgentAsync();

@@ -92,6 +92,25 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         return Get(request.CheckpointId);
     }
 
+    /// <summary>Removes an export from the archive storage (refused when the path holds something else).</summary>
+    public bool DeleteExport(string relative)
+    {
+        var path = ArchivePath(relative);
+        if (!Directory.Exists(path))
+        {
+            return false;
+        }
+
+        if (!File.Exists(Path.Combine(path, CheckpointArchive.IndexFile)) || !File.Exists(Path.Combine(path, CheckpointArchive.LayoutFile)))
+        {
+            throw new CheckpointException(StatusCode.FailedPrecondition, $"archive path {relative} holds no checkpoint export (no {CheckpointArchive.LayoutFile} and {CheckpointArchive.IndexFile}); nothing removed");
+        }
+
+        Directory.Delete(path, recursive: true);
+        LogExportDeleted("-", relative);
+        return true;
+    }
+
     /// <summary>A path in the archive storage, confined to it; refused when this node has none or the path leaves it.</summary>
     private string ArchivePath(string relative)
     {

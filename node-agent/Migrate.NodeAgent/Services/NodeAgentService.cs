@@ -66,6 +66,9 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
     public override Task<KeptCheckpoint> DeleteCheckpoint(CheckpointRef request, ServerCallContext context) =>
         Call(() => Task.FromResult(kept.Delete(request.CheckpointId, request.DeleteExport)));
 
+    public override Task<DeleteExportResponse> DeleteExport(DeleteExportRequest request, ServerCallContext context) =>
+        Call(() => Task.FromResult(new DeleteExportResponse { Deleted = kept.DeleteExport(request.Path) }));
+
     public override Task<FencePodsResponse> FencePods(FencePodsRequest request, ServerCallContext context) =>
         Call(async () =>
         {

@@ -94,6 +94,8 @@ public sealed partial class CheckpointController : QueueController
             Pod = pod,
             Node = node,
             // (a Ready or Failed checkpoint needs its agent again only to be deleted)
+            ArchiveNode = checkpoint.Metadata.DeletionTimestamp is not null && checkpoint.Status?.Export is not null
+                ? CheckpointDecisions.ImportNode(null, Cache.Nodes.Items.Where(n => n.Metadata.Name != checkpoint.Status.NodeName))?.Metadata.Name : null,
             Agent = checkpoint.Status?.NodeName is not null && (!CheckpointPhases.IsFinal(checkpoint.Status.Phase) || checkpoint.Metadata.DeletionTimestamp is not null)
                 ? await _views.GetAsync(node, checkpoint.Metadata.Uid, cancellationToken) : KeptView.None,
         };
@@ -144,6 +146,12 @@ public sealed partial class CheckpointController : QueueController
                 {
                     // let go while the agent was silent: the sweeper removes the images once it answers
                     _left.Add(keptOn, checkpoint.Metadata.Uid);
+                }
+
+                if (remove.ExportVia is { } via && remove.ExportPath is { } exportPath)
+                {
+                    // (a failed call leaves the finalizer: the next pass tries again)
+                    await Agent(Cache.Nodes.Get(null, via), via).DeleteExportAsync(new DeleteExportRequest { Path = exportPath }, cancellationToken: cancellationToken);
                 }
 
                 await _objects.SetFinalizersAsync(checkpoint, Checkpoint.Plural, (checkpoint.Metadata.Finalizers ?? []).Where(f => f != Finalizers.Cleanup), cancellationToken);

@@ -29,6 +29,9 @@ public sealed record CheckpointFacts
     public V1Node? Node { get; init; }
 
     public KeptView Agent { get; init; } = KeptView.None;
+
+    /// <summary>Another Ready node with an agent (any can reach the shared archive storage), if one exists.</summary>
+    public string? ArchiveNode { get; init; }
 }
 
 public abstract record CheckpointAction
@@ -38,7 +41,9 @@ public abstract record CheckpointAction
     public sealed record AddFinalizer : CheckpointAction;
 
     /// <param name="ImagesLeft">Let go while the node's agent was silent: its images are still there (the sweeper removes them).</param>
-    public sealed record RemoveFinalizer(bool ImagesLeft = false) : CheckpointAction;
+    /// <param name="ExportVia">Its own node gone or silent: this node's agent removes the export from the (shared) archive storage first.</param>
+    /// <param name="ExportPath">The export to remove.</param>
+    public sealed record RemoveFinalizer(bool ImagesLeft = false, string? ExportVia = null, string? ExportPath = null) : CheckpointAction;
 
     /// <summary>Keep a copy of the pod (its spec, labels, annotations) in the Checkpoint: restores are made from it (an import's copy comes with it: <paramref name="Json"/>).</summary>
     public sealed record SavePod(string? Json = null) : CheckpointAction;
@@ -304,9 +309,12 @@ public static class CheckpointDecisions
             return new(new CheckpointAction.RemoveFinalizer(), s, null);
         }
 
+        var export = f.Checkpoint.Spec.Export is { Retain: false } && s.Export?.Path is { Length: > 0 } path ? path : null;
+        string ExportNote() => export is null ? "" : f.ArchiveNode is { } via ? $" Its export {export} is removed from the archive storage through {via}." : $" Its export {export} stays in the archive storage: no other node's agent could remove it.";
+        CheckpointAction LetGo(bool imagesLeft) => new CheckpointAction.RemoveFinalizer(imagesLeft, export is null ? null : f.ArchiveNode, f.ArchiveNode is null ? null : export);
         if (f.Node is null)
         {
-            return new(new CheckpointAction.RemoveFinalizer(), s, null, ("Warning", "NodeGone", $"Node {s.NodeName} is gone; its copy of the checkpoint went with it."));
+            return new(LetGo(false), s, null, ("Warning", "NodeGone", $"Node {s.NodeName} is gone; its copy of the checkpoint went with it.{ExportNote()}"));
         }
 
         if (f.Agent.Reachable)
@@ -322,8 +330,8 @@ public static class CheckpointDecisions
         }
 
         return f.Now - deleting > p.AgentGrace
-            ? new(new CheckpointAction.RemoveFinalizer(ImagesLeft: true), s, null,
-                ("Warning", "ImagesLeft", $"The agent on {s.NodeName} did not answer for {p.AgentGrace.TotalSeconds:0} seconds; the checkpoint's images in {s.Location} are removed once it answers."))
+            ? new(LetGo(true), s, null,
+                ("Warning", "ImagesLeft", $"The agent on {s.NodeName} did not answer for {p.AgentGrace.TotalSeconds:0} seconds; the checkpoint's images in {s.Location} are removed once it answers.{ExportNote()}"))
             : new(CheckpointAction.None, s, p.PollInterval);
     }
 

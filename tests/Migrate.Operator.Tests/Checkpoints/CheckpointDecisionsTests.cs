@@ -90,6 +90,20 @@ public sealed class CheckpointDecisionsTests
             d => Assert.Equal(new CheckpointAction.Delete("node-a", DeleteExport: true), d.Action)),
         new("deleted, exported with retain: the export stays", () => Facts(Exported(Checkpoint(saved: true, phase: "Ready", deleting: true), null, retain: true)) with { Agent = new KeptView(true, Kept(export: true)) },
             d => Assert.Equal(new CheckpointAction.Delete("node-a", DeleteExport: false), d.Action)),
+        new("deleted, exported, its node gone: another node's agent removes the export", () => Facts(WithExport(Exported(Checkpoint(saved: true, phase: "Ready", deleting: true), null))) with { Node = null, ArchiveNode = "node-b" },
+            d =>
+            {
+                Assert.Equal(new CheckpointAction.RemoveFinalizer(false, "node-b", "default/ck"), d.Action);
+                Assert.Contains("Its export default/ck is removed from the archive storage through node-b.", d.Event?.Message, StringComparison.Ordinal);
+            }),
+        new("deleted, exported, its node gone and no other: the export stays, said so", () => Facts(WithExport(Exported(Checkpoint(saved: true, phase: "Ready", deleting: true), null))) with { Node = null },
+            d =>
+            {
+                Assert.Equal(new CheckpointAction.RemoveFinalizer(), d.Action);
+                Assert.Contains("stays in the archive storage", d.Event?.Message, StringComparison.Ordinal);
+            }),
+        new("deleted, exported with retain, its agent silent: the export stays", () => Facts(WithExport(Exported(Checkpoint(saved: true, phase: "Ready", deleting: true, deletedAt: Now.AddMinutes(-1)), null, retain: true))) with { Agent = new KeptView(false, null, Now.AddMinutes(-1)), ArchiveNode = "node-b" },
+            d => Assert.Equal(new CheckpointAction.RemoveFinalizer(ImagesLeft: true), d.Action)),
         new("deleted: the agent removes the images", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = new KeptView(true, Kept()) },
             d => Assert.Equal(new CheckpointAction.Delete("node-a"), d.Action)),
         new("deleted while a restore's send runs: wait for it", () => Facts(Checkpoint(saved: true, phase: "Ready", deleting: true)) with { Agent = new KeptView(true, Kept(sending: true)) },
@@ -169,6 +183,12 @@ public sealed class CheckpointDecisionsTests
     private static Checkpoint Exported(Checkpoint checkpoint, string? path, bool retain = false)
     {
         checkpoint.Spec.Export = new CheckpointExportSpec { Path = path, Retain = retain };
+        return checkpoint;
+    }
+
+    private static Checkpoint WithExport(Checkpoint checkpoint)
+    {
+        checkpoint.Status!.Export = new CheckpointArchiveStatus { Path = "default/ck", Digest = "sha256:ee" };
         return checkpoint;
     }
 
