@@ -95,6 +95,20 @@ public sealed class CheckpointRetention
     /// <summary>The pod's checkpoints may hold at most this many bytes together (oldest removed first).</summary>
     [JsonPropertyName("maxTotalBytes")]
     public long? MaxTotalBytes { get; set; }
+
+    /// <summary>Limits over all the schedule's checkpoints in its namespace, every pod together (applied after the per-pod ones).</summary>
+    [JsonPropertyName("namespace")]
+    public NamespaceRetention? Namespace { get; set; }
+}
+
+/// <summary>Limits over all of a schedule's checkpoints in its namespace: the oldest go first, but each pod keeps its newest Ready one.</summary>
+public sealed class NamespaceRetention
+{
+    [JsonPropertyName("maxCount")]
+    public int? MaxCount { get; set; }
+
+    [JsonPropertyName("maxTotalBytes")]
+    public long? MaxTotalBytes { get; set; }
 }
 
 public sealed class CheckpointScheduleStatus

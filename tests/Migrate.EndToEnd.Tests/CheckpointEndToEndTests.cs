@@ -242,9 +242,50 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
         Assert.Empty(Directory.EnumerateDirectories(CheckpointRoot("node-a")));
     }
 
-    private async Task<List<(string Name, string Phase, string Location)>> ScheduledAsync()
+    [Fact]
+    public async Task A_namespace_wide_limit_keeps_that_many_checkpoints_of_all_the_schedules_pods_and_the_newest_of_each()
     {
-        var json = (await Cluster.Api.KubectlAsync("get", "checkpoints", "-l", "podmigration.io/schedule=often", "-o", "json")).Succeeded().Output;
+        await Sandbox.RunPodAsync(Cluster, "default", "pair-1", "node-a", new() { ["app"] = "pair" });
+        await Sandbox.RunPodAsync(Cluster, "default", "pair-2", "node-b", new() { ["app"] = "pair" });
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: CheckpointSchedule
+            metadata:
+              name: pairs
+            spec:
+              selector:
+                matchLabels: {app: pair}
+              intervalSeconds: 2
+              retention:
+                maxCount: 5
+                namespace: {maxCount: 3}
+            """);
+        await WaitForAsync(async () => await ScheduleStatusAsync("removed", "pairs") >= 2 ? "ok" : null, "the namespace-wide retention to remove two checkpoints");
+        (await Cluster.Api.KubectlAsync("patch", "checkpointschedule", "pairs", "--type=merge", "-p", "{\"spec\":{\"suspend\":true}}")).Succeeded();
+
+        // once nothing is being taken: three Ready ones in all (the per-pod limit of 5 was never reached), each pod's newest among them
+        var left = await WaitForAsync(async () =>
+        {
+            var now = await ScheduledAsync("podmigration.io/schedule=pairs");
+            return now.All(c => c.Phase is "Ready" or "Failed") && now.Count(c => c.Phase == "Ready") == 3 ? now : null;
+        }, "the schedule to settle on three checkpoints");
+        output.WriteLine(string.Join("\n", left.Select(c => $"{c.Name} {c.Phase} {c.Location}")));
+        foreach (var pod in new[] { "pair-1", "pair-2" })
+        {
+            Assert.Contains(await ScheduledAsync($"podmigration.io/schedule=pairs,podmigration.io/pod={pod}"), c => c.Phase == "Ready");
+        }
+
+        var events = await Sandbox.EventsAsync(Cluster, "CheckpointSchedule", "pairs");
+        Assert.Contains(events, e => e.Reason == "CheckpointRemoved" && e.Message.EndsWith("removed by the namespace-wide retention.", StringComparison.Ordinal));
+
+        (await Cluster.Api.KubectlAsync("delete", "checkpointschedule", "pairs")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "-l", "podmigration.io/schedule=pairs", "--wait=true", "--timeout=60s")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "pair-1", "pair-2", "--wait=true")).Succeeded();
+    }
+
+    private async Task<List<(string Name, string Phase, string Location)>> ScheduledAsync(string selector = "podmigration.io/schedule=often")
+    {
+        var json = (await Cluster.Api.KubectlAsync("get", "checkpoints", "-l", selector, "-o", "json")).Succeeded().Output;
         using var document = JsonDocument.Parse(json);
         return [.. document.RootElement.GetProperty("items").EnumerateArray()
             .Where(i => !i.GetProperty("metadata").TryGetProperty("deletionTimestamp", out _))
@@ -254,9 +295,9 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
                 i.TryGetProperty("status", out var t) && t.TryGetProperty("location", out var l) ? l.GetString()! : ""))];
     }
 
-    private async Task<long> ScheduleStatusAsync(string field)
+    private async Task<long> ScheduleStatusAsync(string field, string schedule = "often")
     {
-        var text = (await Cluster.Api.KubectlAsync("get", "checkpointschedule", "often", "-o", $"jsonpath={{.status.{field}}}")).Succeeded().Output.Trim();
+        var text = (await Cluster.Api.KubectlAsync("get", "checkpointschedule", schedule, "-o", $"jsonpath={{.status.{field}}}")).Succeeded().Output.Trim();
         return long.TryParse(text, out var value) ? value : 0;
     }
 

@@ -65,13 +65,21 @@ public sealed partial class ScheduleController : QueueController
                 status.LastCheckpointTime = now;
             }
 
+            var removed = new HashSet<string>(StringComparer.Ordinal);
             foreach (var group in checkpoints.GroupBy(c => Keys.Get(c.Metadata.Labels, Labels.Pod) ?? "", StringComparer.Ordinal))
             {
                 foreach (var expired in ScheduleDecisions.Expired(schedule.Spec.Retention, group, now))
                 {
-                    await DeleteAsync(schedule, expired, cancellationToken);
+                    await DeleteAsync(schedule, expired, "the retention", cancellationToken);
+                    removed.Add(expired.Metadata.Name);
                     status.Removed++;
                 }
+            }
+
+            foreach (var expired in ScheduleDecisions.ExpiredAcrossPods(schedule.Spec.Retention.Namespace, checkpoints.Where(c => !removed.Contains(c.Metadata.Name))))
+            {
+                await DeleteAsync(schedule, expired, "the namespace-wide retention", cancellationToken);
+                status.Removed++;
             }
 
             foreach (var step in RecoveryDecisions.Plan(schedule, Cache.Pods.Items, Cache.Nodes.Items, Cache.Checkpoints.Items, Cache.Restores.Items, now))
@@ -129,7 +137,7 @@ public sealed partial class ScheduleController : QueueController
         }
     }
 
-    private async Task DeleteAsync(CheckpointSchedule schedule, Checkpoint expired, CancellationToken cancellationToken)
+    private async Task DeleteAsync(CheckpointSchedule schedule, Checkpoint expired, string by, CancellationToken cancellationToken)
     {
         try
         {
@@ -142,7 +150,7 @@ public sealed partial class ScheduleController : QueueController
         }
 
         await _events.RecordAsync(schedule.ApiVersion, CheckpointSchedule.KindName, schedule.Metadata, "Normal", "CheckpointRemoved",
-            $"Checkpoint {expired.Metadata.Name} of pod {expired.Spec.PodName} (taken {expired.Status?.CheckpointTime:yyyy-MM-dd'T'HH:mm:ss'Z'}) removed by the retention.", cancellationToken);
+            $"Checkpoint {expired.Metadata.Name} of pod {expired.Spec.PodName} (taken {expired.Status?.CheckpointTime:yyyy-MM-dd'T'HH:mm:ss'Z'}) removed by {by}.", cancellationToken);
     }
 
     /// <summary>Carries out one recovery step; true when it restored a pod (a Restore made).</summary>

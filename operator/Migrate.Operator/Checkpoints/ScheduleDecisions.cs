@@ -83,6 +83,40 @@ public static class ScheduleDecisions
         return expired;
     }
 
+    /// <summary>
+    /// What the namespace-wide limits remove from the checkpoints left after the per-pod retention
+    /// (every pod's together): the oldest Ready, unpinned ones first, until at most maxCount remain
+    /// and they hold at most maxTotalBytes; the newest Ready one of each pod always stays.
+    /// </summary>
+    public static IReadOnlyList<Checkpoint> ExpiredAcrossPods(NamespaceRetention? limits, IEnumerable<Checkpoint> left)
+    {
+        ArgumentNullException.ThrowIfNull(left);
+        if (limits is null || (limits.MaxCount is null && limits.MaxTotalBytes is null))
+        {
+            return [];
+        }
+
+        var ready = left.Where(c => c.Metadata.DeletionTimestamp is null && !IsPinned(c) && c.Status?.Phase == CheckpointPhases.Ready).ToList();
+        var newestOfEachPod = ready.GroupBy(c => Keys.Get(c.Metadata.Labels, Labels.Pod) ?? "", StringComparer.Ordinal)
+            .Select(g => g.MaxBy(Time)!).ToHashSet();
+        int count = ready.Count;
+        long bytes = ready.Sum(c => c.Status?.SizeBytes ?? 0);
+        var expired = new List<Checkpoint>();
+        foreach (var c in ready.Where(c => !newestOfEachPod.Contains(c)).OrderBy(Time))
+        {
+            if ((limits.MaxCount is not { } max || count <= max) && (limits.MaxTotalBytes is not { } budget || bytes <= budget))
+            {
+                break;
+            }
+
+            expired.Add(c);
+            count--;
+            bytes -= c.Status?.SizeBytes ?? 0;
+        }
+
+        return expired;
+    }
+
     public static bool IsPinned(Checkpoint checkpoint) => Keys.Get(checkpoint.Metadata.Labels, Labels.Pinned) == "true";
 
     /// <summary>The checkpoints a schedule made (by its label), in its namespace.</summary>

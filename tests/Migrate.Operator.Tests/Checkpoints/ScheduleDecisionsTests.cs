@@ -42,6 +42,25 @@ public sealed class ScheduleDecisionsTests
         Assert.Equal(expected.Order(StringComparer.Ordinal), ScheduleDecisions.Expired(retention, checkpoints, Now).Select(c => c.Metadata.Name).Order(StringComparer.Ordinal));
     }
 
+    public static TheoryData<string, int?, long?, Checkpoint[], string[]> AcrossPods() => new()
+    {
+        { "no namespace limits: nothing", null, null, [Ck("a1", 30, pod: "a"), Ck("b1", 20, pod: "b")], [] },
+        { "maxCount 3 over two pods: the oldest non-newest go", 3, null,
+            [Ck("a1", 50, pod: "a"), Ck("a2", 40, pod: "a"), Ck("a3", 5, pod: "a"), Ck("b1", 45, pod: "b"), Ck("b2", 10, pod: "b")], ["a1", "b1"] },
+        { "each pod keeps its newest even past maxCount", 1, null, [Ck("a1", 50, pod: "a"), Ck("b1", 45, pod: "b"), Ck("c1", 40, pod: "c")], [] },
+        { "maxTotalBytes 250: oldest first", null, 250, [Ck("a1", 50, pod: "a"), Ck("a2", 40, pod: "a"), Ck("b1", 30, pod: "b"), Ck("b2", 20, pod: "b")], ["a1", "b1"] },
+        { "pinned and failed ones count toward nothing", 2, null,
+            [Ck("a1", 50, pinned: true, pod: "a"), Ck("a2", 40, pod: "a"), Ck("f", 35, "Failed", pod: "b"), Ck("b1", 30, pod: "b")], [] },
+    };
+
+    [Theory]
+    [MemberData(nameof(AcrossPods))]
+    public void The_namespace_wide_retention_removes(string _, int? maxCount, long? maxTotalBytes, Checkpoint[] checkpoints, string[] expected)
+    {
+        var limits = maxCount is null && maxTotalBytes is null ? null : new NamespaceRetention { MaxCount = maxCount, MaxTotalBytes = maxTotalBytes };
+        Assert.Equal(expected.Order(StringComparer.Ordinal), ScheduleDecisions.ExpiredAcrossPods(limits, checkpoints).Select(c => c.Metadata.Name).Order(StringComparer.Ordinal));
+    }
+
     private static V1Pod Pod(string name, string phase = "Running", string app = "db") => new()
     {
         Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = "default", Labels = new Dictionary<string, string> { ["app"] = app } },
