@@ -37,6 +37,9 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
     private readonly ConcurrentDictionary<string, (string Checkpoint, CheckpointSend Send)> _sends = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stopping = new();
 
+    /// <summary>How long a failed take or import, and an ended send, stay reported (the operator reads them within seconds).</summary>
+    public static readonly TimeSpan EndedKept = TimeSpan.FromHours(1);
+
     public string Root => _options.CheckpointRoot;
 
     public string DirectoryOf(string checkpointId) => Path.Combine(Root, checkpointId);
@@ -61,6 +64,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             return kept;
         }
 
+        Prune();
         var running = new Operation { Kind = TakeOperation, State = OperationState.Running, StartedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() };
         var current = _taking.AddOrUpdate(request.CheckpointId, running, (_, old) => old.State == OperationState.Running ? old : running);
         if (ReferenceEquals(current, running))
@@ -82,6 +86,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             return kept;
         }
 
+        Prune();
         var running = new Operation { Kind = ImportOperation, State = OperationState.Running, StartedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() };
         var current = _taking.AddOrUpdate(request.CheckpointId, running, (_, old) => old.State == OperationState.Running ? old : running);
         if (ReferenceEquals(current, running))
@@ -109,6 +114,21 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         Directory.Delete(path, recursive: true);
         LogExportDeleted("-", relative);
         return true;
+    }
+
+    /// <summary>Forgets failed takes and imports, and ended sends, older than <see cref="EndedKept"/>: a long-running agent's memory stays flat.</summary>
+    private void Prune()
+    {
+        long before = DateTimeOffset.UtcNow.Add(-EndedKept).ToUnixTimeMilliseconds();
+        foreach (var (id, operation) in _taking.Where(t => t.Value.State != OperationState.Running && t.Value.EndedUnixMillis < before).ToList())
+        {
+            _taking.TryRemove(new KeyValuePair<string, Operation>(id, operation));
+        }
+
+        foreach (var (id, send) in _sends.Where(s => s.Value.Send.Operation.State != OperationState.Running && s.Value.Send.Operation.EndedUnixMillis < before).ToList())
+        {
+            _sends.TryRemove(new KeyValuePair<string, (string, CheckpointSend)>(id, send));
+        }
     }
 
     /// <summary>A path in the archive storage, confined to it; refused when this node has none or the path leaves it.</summary>
@@ -286,6 +306,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             throw new CheckpointException(StatusCode.FailedPrecondition, $"node {_options.NodeName} keeps no complete checkpoint {request.CheckpointId} to send");
         }
 
+        Prune();
         var send = new CheckpointSend
         {
             RestoreId = request.RestoreId,
