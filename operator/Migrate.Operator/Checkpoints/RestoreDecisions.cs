@@ -116,9 +116,13 @@ public static class RestoreDecisions
         }
 
         var sourceNode = checkpoint.Status.NodeName!;
+        // where the node that keeps it is gone, an export still restores: say how
+        var viaExport = checkpoint.Status.Export is { Path.Length: > 0 } export
+            ? $" It was exported to {export.Path}: import it (a Checkpoint with spec.source.path {export.Path}, or kubectl migrate import {export.Path}) and restore that."
+            : "";
         if (f.Nodes.All(n => n.Node.Metadata.Name != sourceNode))
         {
-            return Fail(f, s, "CheckpointNodeGone", $"Checkpoint {checkpoint.Metadata.Name} is kept on node {sourceNode}, which is gone.");
+            return Fail(f, s, "CheckpointNodeGone", $"Checkpoint {checkpoint.Metadata.Name} is kept on node {sourceNode}, which is gone.{viaExport}");
         }
 
         if (f.Source.Kept is not { Ready: true } kept)
@@ -129,7 +133,7 @@ public static class RestoreDecisions
             }
 
             return f.Now - s.StartTime > p.AgentGrace
-                ? Fail(f, s, Reasons.SourceAgentUnreachable, $"The agent on {sourceNode}, which keeps checkpoint {checkpoint.Metadata.Name}, has not answered ({f.Source.Error}).")
+                ? Fail(f, s, Reasons.SourceAgentUnreachable, $"The agent on {sourceNode}, which keeps checkpoint {checkpoint.Metadata.Name}, has not answered ({f.Source.Error}).{viaExport}")
                 : new(RestoreAction.None, s, p.PollInterval);
         }
 

@@ -26,6 +26,10 @@ public sealed class RestoreDecisionsTests
             d => { Assert.IsType<RestoreAction.Nothing>(d.Action); Assert.Null(d.Status.Phase); }),
         new("a failed checkpoint: Failed", () => Facts(Restore()) with { Checkpoint = ReadyCheckpoint("Failed") }, d => Failed(d, "CheckpointNotReady", "is Failed", touched: false)),
         new("its node no longer keeps it: Failed", () => Facts(Restore()) with { Source = KeptView.KnowsNothing }, d => Failed(d, "CheckpointLost", "no longer keeps", touched: false)),
+        new("its node gone: Failed", () => Facts(Restore()) with { Nodes = [Candidate("node-b")] },
+            d => Failed(d, "CheckpointNodeGone", "Checkpoint ck is kept on node node-a, which is gone.", touched: false)),
+        new("its node gone but it was exported: Failed, saying how to restore it still", () => Facts(Restore()) with { Nodes = [Candidate("node-b")], Checkpoint = Exported(ReadyCheckpoint()) },
+            d => Failed(d, "CheckpointNodeGone", "which is gone. It was exported to default/ck: import it (a Checkpoint with spec.source.path default/ck, or kubectl migrate import default/ck) and restore that.", touched: false)),
         new("a node that does not exist: Failed", () => Facts(Restore(node: "node-z")), d => Failed(d, "TargetNotFound", "Node node-z does not exist.", touched: false)),
         new("a node that is not Ready: Failed", () => Facts(Restore(node: "node-b")) with { Nodes = [Candidate("node-a"), Candidate("node-b", ready: false)] },
             d => Failed(d, "TargetNotReady", "Node node-b cannot restore checkpoint ck: it is not Ready.", touched: false)),
@@ -101,6 +105,12 @@ public sealed class RestoreDecisionsTests
     {
         var checkpoint = Checkpoint(saved: true, phase: phase);
         checkpoint.Status!.CheckpointTime = Now.AddMinutes(-1);
+        return checkpoint;
+    }
+
+    private static Checkpoint Exported(Checkpoint checkpoint)
+    {
+        checkpoint.Status!.Export = new CheckpointArchiveStatus { Path = "default/ck", Digest = "sha256:ee" };
         return checkpoint;
     }
 
