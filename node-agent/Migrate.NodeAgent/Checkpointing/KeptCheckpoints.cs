@@ -174,19 +174,8 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         }
         catch (Exception e) when (MigrationOperations.IsFailure(e) || e is OperationCanceledException or InvalidDataException or System.Text.Json.JsonException)
         {
-            var reason = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.InvalidArgument } ? "ImportRefused" : "ImportFailed";
-            var message = MigrationOperations.Describe(e);
-            LogFailed(id, reason, message);
-            await DiscardAsync(id);
-            _taking[id] = new Operation
-            {
-                Kind = ImportOperation,
-                State = OperationState.Failed,
-                Reason = reason,
-                Message = message,
-                StartedUnixMillis = _taking.TryGetValue(id, out var started) ? started.StartedUnixMillis : 0,
-                EndedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
-            };
+            var refused = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.InvalidArgument };
+            await FailAsync(id, ImportOperation, refused ? "ImportRefused" : "ImportFailed", e);
         }
     }
 
@@ -403,21 +392,26 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         }
         catch (Exception e) when (MigrationOperations.IsFailure(e) || e is OperationCanceledException)
         {
-            var reason = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.Aborted or StatusCode.InvalidArgument }
-                ? "CheckpointRefused" : "CheckpointFailed";
-            var message = MigrationOperations.Describe(e);
-            LogFailed(id, reason, message);
-            await DiscardAsync(id);
-            _taking[id] = new Operation
-            {
-                Kind = TakeOperation,
-                State = OperationState.Failed,
-                Reason = reason,
-                Message = message,
-                StartedUnixMillis = _taking.TryGetValue(id, out var started) ? started.StartedUnixMillis : 0,
-                EndedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
-            };
+            var refused = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.Aborted or StatusCode.InvalidArgument };
+            await FailAsync(id, TakeOperation, refused ? "CheckpointRefused" : "CheckpointFailed", e);
         }
+    }
+
+    /// <summary>A take or import that failed: logged, its files gone (the pod thawed), and the failure reported by <see cref="Get"/>.</summary>
+    private async Task FailAsync(string id, string kind, string reason, Exception e)
+    {
+        var message = MigrationOperations.Describe(e);
+        LogFailed(id, reason, message);
+        await DiscardAsync(id);
+        _taking[id] = new Operation
+        {
+            Kind = kind,
+            State = OperationState.Failed,
+            Reason = reason,
+            Message = message,
+            StartedUnixMillis = _taking.TryGetValue(id, out var started) ? started.StartedUnixMillis : 0,
+            EndedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
+        };
     }
 
     /// <summary>After a failure: the pod thawed (the engine's dump thaws on its own failures), the staged and kept files gone.</summary>
