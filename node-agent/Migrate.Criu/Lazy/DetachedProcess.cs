@@ -135,6 +135,9 @@ public static class DetachedProcess
         return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f);
     }
 
+    /// <summary>Sends SIGSTOP to <paramref name="pid"/>; false if it no longer exists.</summary>
+    public static bool Pause(int pid) => pid > 0 && Interop.Libc.Kill(pid, 19) == 0;
+
     /// <summary>Sends SIGKILL to <paramref name="pid"/>; false if it no longer exists.</summary>
     public static bool Kill(int pid) => pid > 0 && Interop.Libc.Kill(pid, 9) == 0;
 

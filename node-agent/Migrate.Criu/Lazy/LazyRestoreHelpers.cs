@@ -80,14 +80,16 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
             return 0;
         }
 
-        int killed = 0;
-        foreach (var line in File.ReadAllLines(file))
+        // A helper whose partner is killed ends by itself, and an ending helper's command line reads
+        // empty: so all are checked and stopped (SIGSTOP) before any is killed.
+        var running = File.ReadAllLines(file)
+            .Select(line => int.TryParse(line, NumberStyles.None, CultureInfo.InvariantCulture, out int pid) ? pid : 0)
+            .Where(pid => pid > 1 && IsHelper(pid) && DetachedProcess.Pause(pid))
+            .ToList();
+        int killed = running.Count(DetachedProcess.Kill);
+        foreach (int pid in running)
         {
-            if (int.TryParse(line, NumberStyles.None, CultureInfo.InvariantCulture, out int pid) && pid > 1 && IsHelper(pid) && DetachedProcess.Kill(pid))
-            {
-                DetachedProcess.TryReap(pid);
-                killed++;
-            }
+            DetachedProcess.TryReap(pid);
         }
 
         return killed;
