@@ -57,6 +57,13 @@ public sealed class AgentOptions
     /// </summary>
     public bool FastCheckpoints { get; set; } = true;
 
+    /// <summary>
+    /// The longest chain of checkpoints (each a delta on the one before) this agent builds; the
+    /// checkpoint after it is a full one. Longer chains save more space and make restores read through more sets.
+    /// </summary>
+    [Range(1, 32)]
+    public int MaxCheckpointChain { get; set; } = 8;
+
     /// <summary>Minutes a migration's staged or received images may lie untouched before this agent removes them itself (the operator removes them as soon as a migration ends).</summary>
     public int StagingTtlMinutes { get; set; } = 360;
 

@@ -71,6 +71,23 @@ public sealed class CheckpointSpec
     /// <summary>For an import: the node to keep it on (unset: the operator's choice).</summary>
     [JsonPropertyName("nodeName")]
     public string? NodeName { get; set; }
+
+    /// <summary>
+    /// Take it as a delta on the pod's latest Ready checkpoint on the same node, when there is one
+    /// (the default): only the memory that changed since is written. False: a full checkpoint.
+    /// </summary>
+    [JsonPropertyName("incremental")]
+    public bool Incremental { get; set; } = true;
+}
+
+/// <summary>The earlier checkpoint a checkpoint is a delta on.</summary>
+public sealed class CheckpointParent
+{
+    [JsonPropertyName("name")]
+    public string Name { get; set; } = "";
+
+    [JsonPropertyName("uid")]
+    public string Uid { get; set; } = "";
 }
 
 public sealed class CheckpointExportSpec
@@ -179,6 +196,26 @@ public sealed class CheckpointStatus
     /// <summary>Where it was imported from (spec.source).</summary>
     [JsonPropertyName("importedFrom")]
     public CheckpointArchiveStatus? ImportedFrom { get; set; }
+
+    /// <summary>
+    /// The earlier checkpoint it is a delta on (chosen when it is admitted; cleared when the node
+    /// took a full one instead, see <see cref="ChainNote"/>). Deleting that one later is safe:
+    /// this one holds links to every image it needs.
+    /// </summary>
+    [JsonPropertyName("parent")]
+    public CheckpointParent? Parent { get; set; }
+
+    /// <summary>Checkpoints in its chain, itself included (1: a full checkpoint).</summary>
+    [JsonPropertyName("chainLength")]
+    public int? ChainLength { get; set; }
+
+    /// <summary>Bytes only this checkpoint added (its size less what it shares with its chain).</summary>
+    [JsonPropertyName("ownBytes")]
+    public long? OwnBytes { get; set; }
+
+    /// <summary>Why the node took a full checkpoint although a parent was chosen.</summary>
+    [JsonPropertyName("chainNote")]
+    public string? ChainNote { get; set; }
 }
 
 public sealed class CheckpointContainer

@@ -72,6 +72,16 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
     /// <summary>A container's pre-copy round, relative to the image tree.</summary>
     public static string RoundImages(string container, int round) => ContainerImages(container) + "/round-" + round.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
+    /// <summary>
+    /// A container's image sets of an earlier checkpoint, linked in (1: its last set, each the parent of the one
+    /// before), when a checkpoint is a delta on that one; relative to the image tree.
+    /// </summary>
+    public static string AncestorImages(string container) => ContainerImages(container) + "/ancestors";
+
+    /// <summary>The <paramref name="depth"/>-th set of <see cref="AncestorImages(string)"/> (1: the earlier checkpoint's last set).</summary>
+    public static string AncestorImages(string container, int depth) =>
+        AncestorImages(container) + "/" + depth.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
     /// <summary>A container's writable layer, relative to the image tree.</summary>
     public static string RootfsArchive(string container) => "rootfs/" + container + ".tar";
 

@@ -50,6 +50,19 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
         }
 
         Assert.Equal(3, taken.Select(t => t.Status.GetProperty("containers")[0].GetProperty("digest").GetString()).Distinct().Count());
+
+        // each later one is a delta on the one before: it wrote only what changed, and links the rest
+        Assert.False(taken[0].Status.TryGetProperty("parent", out _), "tt-1 has no earlier checkpoint");
+        Assert.Equal(1, taken[0].Status.GetProperty("chainLength").GetInt32());
+        for (int i = 1; i < 3; i++)
+        {
+            var status = taken[i].Status;
+            Assert.Equal(taken[i - 1].Name, status.GetProperty("parent").GetProperty("name").GetString());
+            Assert.Equal(i + 1, status.GetProperty("chainLength").GetInt32());
+            long own = status.GetProperty("ownBytes").GetInt64(), size = status.GetProperty("sizeBytes").GetInt64();
+            Assert.True(own * 4 < taken[0].Status.GetProperty("ownBytes").GetInt64(), $"{taken[i].Name} added {own} bytes of its own, not far fewer than tt-1's full checkpoint");
+            Assert.True(size > 16L << 20 && own < size, $"{taken[i].Name}: {own} of {size} bytes its own");
+        }
         var listed = (await Cluster.Api.KubectlAsync("get", "checkpoints")).Succeeded().Output;
         output.WriteLine(listed);
         Assert.Contains("tt-3", listed, StringComparison.Ordinal);
@@ -116,8 +129,26 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
         Assert.False(Directory.Exists(CheckpointDirectory("node-a", taken[1].Status)), "tt-2's images are still on node-a");
         Assert.True(Directory.Exists(CheckpointDirectory("node-a", taken[0].Status)));
 
+        // tt-3, a delta on the deleted tt-2, still restores: it holds links to every image of its chain
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: tt-3-back
+            spec:
+              checkpointName: tt-3
+              nodeName: node-b
+            """);
+        await WaitForPhaseAsync("restore", "tt-3-back", "Succeeded");
+        var (_, before3, after3, _) = taken[2];
+        var third = await Sandbox.WaitForTicksAsync(Cluster, "tt-3-back", "main", 5);
+        output.WriteLine($"tt-3-back on node-b: first tick {third[0].Tick} (tt-3 was taken between ticks {before3} and {after3})");
+        Assert.InRange(third[0].Tick, before3 + 1, after3 + 1);
+        Sandbox.AssertConsecutive(third, third[0].Tick);
+        Assert.Contains(third, t => t.VerifiedOk);
+
         (await Cluster.Api.KubectlAsync("delete", "restore", "--all")).Succeeded();
-        (await Cluster.Api.KubectlAsync("delete", "pod", "tt", "tt-back-b", "tt-again", "--wait=true")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "tt", "tt-back-b", "tt-again", "tt-3-back", "--wait=true")).Succeeded();
         (await Cluster.Api.KubectlAsync("delete", "checkpoint", "--all", "--wait=true", "--timeout=30s")).Succeeded();
         Assert.Empty(Directory.EnumerateDirectories(CheckpointRoot("node-a")));
     }

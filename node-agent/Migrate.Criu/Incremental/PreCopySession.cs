@@ -53,6 +53,7 @@ public sealed class PreCopySession
     private readonly CriuOptions _options;
     private readonly string _baseDirectory;
     private readonly List<PreCopyRound> _rounds = [];
+    private readonly string? _ancestor;
 
     /// <param name="criu">The CRIU client.</param>
     /// <param name="options">Options of the final dump; <see cref="CriuOptions.Pid"/> and
@@ -60,7 +61,10 @@ public sealed class PreCopySession
     /// <param name="method">Forces a method; by default kernel tracking when available.</param>
     /// <param name="completedRounds">Rounds an earlier session over the same directory already
     /// took (e.g. before the caller restarted); the next round continues from the last of them.</param>
-    public PreCopySession(CriuClient criu, CriuOptions options, PreCopyMethod? method = null, IEnumerable<PreCopyRound>? completedRounds = null)
+    /// <param name="ancestor">The last image set of an earlier checkpoint of the same tree (content
+    /// comparison only): the first round, or the final dump when there is none, is a child of it and
+    /// holds only the pages that changed since.</param>
+    public PreCopySession(CriuClient criu, CriuOptions options, PreCopyMethod? method = null, IEnumerable<PreCopyRound>? completedRounds = null, string? ancestor = null)
     {
         ArgumentNullException.ThrowIfNull(criu);
         ArgumentNullException.ThrowIfNull(options);
@@ -78,6 +82,12 @@ public sealed class PreCopySession
             throw new ArgumentException("kernel memory tracking was requested but this kernel does not provide it", nameof(method));
         }
 
+        if (ancestor is not null && (Method != PreCopyMethod.ContentComparison || !Directory.Exists(ancestor)))
+        {
+            throw new ArgumentException($"an earlier checkpoint's image set ({ancestor}) can only be the parent of a content-comparison session, and must exist", nameof(ancestor));
+        }
+
+        _ancestor = ancestor is null ? null : Path.GetFullPath(ancestor);
         Directory.CreateDirectory(_baseDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         foreach (var round in completedRounds ?? [])
         {
@@ -104,7 +114,7 @@ public sealed class PreCopySession
             Directory.Delete(directory, recursive: true);
         }
 
-        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : null;
+        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : _ancestor;
         PreCopyRound round;
         if (Method == PreCopyMethod.KernelTracking)
         {
@@ -131,7 +141,7 @@ public sealed class PreCopySession
     public PreCopyFinalDump Dump()
     {
         var directory = Path.Combine(_baseDirectory, FinalDirectoryName);
-        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : null;
+        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : _ancestor;
         if (Directory.Exists(directory))
         {
             // what a failed attempt left behind
@@ -187,7 +197,7 @@ public sealed class PreCopySession
             }
         }
 
-        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : null;
+        var previous = _rounds.Count > 0 ? _rounds[^1].Directory : _ancestor;
         var dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null, LazyPages = true });
         var snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous);
         return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory);

@@ -26,6 +26,9 @@ internal static partial class Interop
         [LibraryImport(Libraries.Libc, EntryPoint = "kill", SetLastError = true)]
         internal static partial int Kill(int pid, int signal);
 
+        [LibraryImport(Libraries.Libc, EntryPoint = "link", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int Link(string existing, string created);
+
         internal const int AfUnix = 1;
         internal const int SockStream = 1;
         internal const int SockCloExec = 0x80000;

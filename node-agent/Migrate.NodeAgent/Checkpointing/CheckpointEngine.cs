@@ -501,7 +501,10 @@ public sealed partial class CheckpointEngine : IDisposable
         };
         Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "containers"), OwnerOnly);
         var rounds = record.Rounds.Where(r => r.Container == container.Name).OrderBy(r => r.Number).Select(r => r.ToRound());
-        return new PreCopySession(_criu, options, record.PreCopyMethod, rounds);
+        // a checkpoint taken as a delta on an earlier one has that one's chain linked in beside its own sets
+        var ancestor = Path.Combine(record.StagingDirectory, StagingLayout.AncestorImages(container.Name, 1));
+        return new PreCopySession(_criu, options, record.PreCopyMethod, rounds,
+            record.PreCopyMethod == Criu.Incremental.PreCopyMethod.ContentComparison && Directory.Exists(ancestor) ? ancestor : null);
     }
 
     /// <summary>The namespaces a container shares with its pod's sandbox, under the keys runc uses on restore.</summary>

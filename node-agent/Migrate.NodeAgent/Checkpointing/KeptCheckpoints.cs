@@ -7,6 +7,8 @@ using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Migrate.Agent.V1;
+using Migrate.Api;
+using Migrate.Criu.Incremental;
 using Migrate.NodeAgent.Transfer;
 
 namespace Migrate.NodeAgent.Checkpointing;
@@ -57,6 +59,15 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         if (request.ExportPath.Length > 0)
         {
             ArchivePath(request.ExportPath);
+        }
+
+        if (request.ParentCheckpointId.Length > 0)
+        {
+            CheckpointEngine.ValidateMigrationId(request.ParentCheckpointId);
+            if (request.ParentCheckpointId == request.CheckpointId)
+            {
+                throw new CheckpointException(StatusCode.InvalidArgument, $"checkpoint {request.CheckpointId} cannot be a delta on itself");
+            }
         }
 
         if (Kept(request.CheckpointId) is { } kept)
@@ -332,6 +343,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             }
 
             var begun = await engine.BeginAsync(new BeginCheckpointRequest { MigrationId = id, Pod = request.Pod, NodeName = request.NodeName }, cancellationToken);
+            var (parentId, chainLength, chainNote) = LinkChain(request, begun.Pod, engine.Find(id) ?? throw new InvalidOperationException($"the engine lost checkpoint {id}"));
             // an export holds one full dump per container, no chain
             bool fast = _options.FastCheckpoints && capabilities.Current.Criu?.LazyPages == true && request.ExportPath.Length == 0;
             if (fast)
@@ -375,6 +387,10 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
                 Dump = dump,
                 LazyMemory = dump.Containers.Any(c => c.LazyMemory),
                 SavedPodJson = request.SavedPodJson,
+                ParentCheckpointId = parentId,
+                ChainLength = chainLength,
+                OwnBytes = (ulong)manifest.Files.Where(f => !ChainRules.IsLinkedFromChain(f.Path)).Sum(f => (long)f.Size),
+                ChainNote = chainNote,
             };
             kept.Containers.Add(record.Containers.Select(c => Describe(c.Name, c.Image, manifest)));
             await WriteAtomicallyAsync(Path.Combine(directory, ManifestFile), Json.Format(manifest));
@@ -395,6 +411,64 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             var refused = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.Aborted or StatusCode.InvalidArgument };
             await FailAsync(id, TakeOperation, refused ? "CheckpointRefused" : "CheckpointFailed", e);
         }
+    }
+
+    /// <summary>
+    /// When a parent is asked for and can be used: links its chain into every container's staged
+    /// images, so the dump keeps only what changed since it. Otherwise (or when linking fails) the
+    /// checkpoint is a full one, and the note says why.
+    /// </summary>
+    private (string ParentId, uint ChainLength, string Note) LinkChain(TakeCheckpointRequest request, PodRef pod, MigrationRecord record)
+    {
+        var parentId = request.ParentCheckpointId;
+        if (parentId.Length == 0)
+        {
+            return ("", 1, "");
+        }
+
+        KeptCheckpoint? parent;
+        try
+        {
+            parent = Kept(parentId);
+        }
+        catch (CheckpointException e)
+        {
+            LogFullCheckpoint(request.CheckpointId, parentId, e.Message);
+            return ("", 1, e.Message);
+        }
+
+        var containers = record.Containers.Select(c => c.Name).ToList();
+        var why = ChainRules.WhyFull(parent, parentId, pod, containers, request.ExportPath.Length > 0,
+            record.PreCopyMethod == Criu.Incremental.PreCopyMethod.ContentComparison, _options.MaxCheckpointChain);
+        if (why is null)
+        {
+            var parentImages = Path.Combine(DirectoryOf(parentId), ImagesDirectory);
+            try
+            {
+                foreach (var container in containers)
+                {
+                    AncestorChain.Link(ChainRules.TipOf(parentImages, container), Path.Combine(record.StagingDirectory, StagingLayout.AncestorImages(container)), maxSets: 64);
+                }
+
+                return (parentId, Math.Max(parent!.ChainLength, 1u) + 1, "");
+            }
+            catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+            {
+                foreach (var container in containers)
+                {
+                    var linked = Path.Combine(record.StagingDirectory, StagingLayout.AncestorImages(container));
+                    if (Directory.Exists(linked))
+                    {
+                        Directory.Delete(linked, recursive: true);
+                    }
+                }
+
+                why = $"the images of checkpoint {parentId} cannot be linked: {e.Message}";
+            }
+        }
+
+        LogFullCheckpoint(request.CheckpointId, parentId, why);
+        return ("", 1, why);
     }
 
     /// <summary>A take or import that failed: logged, its files gone (the pod thawed), and the failure reported by <see cref="Get"/>.</summary>
@@ -563,6 +637,9 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Restore {Restore}: checkpoint {Checkpoint}'s images linked on this node ({Bytes} bytes, {Files} files, each read back) in {Millis} ms")]
     private partial void LogLinked(string restore, string checkpoint, ulong bytes, uint files, long millis);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} is a full one, not a delta on {Parent}: {Reason}")]
+    private partial void LogFullCheckpoint(string checkpoint, string parent, string reason);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} deleted")]
     private partial void LogDeleted(string checkpoint);

@@ -93,6 +93,9 @@ public sealed partial class CheckpointController : QueueController
             Now = _time.GetUtcNow().UtcDateTime,
             Pod = pod,
             Node = node,
+            // (only an admission chooses a parent)
+            Earlier = checkpoint.Status?.Phase is null or CheckpointPhases.Pending
+                ? [.. Cache.Checkpoints.Items.Where(c => c.Metadata.NamespaceProperty == checkpoint.Metadata.NamespaceProperty)] : [],
             // (a Ready or Failed checkpoint needs its agent again only to be deleted)
             ArchiveNode = checkpoint.Metadata.DeletionTimestamp is not null && checkpoint.Status?.Export is not null
                 ? CheckpointDecisions.ImportNode(null, Cache.Nodes.Items.Where(n => n.Metadata.Name != checkpoint.Status.NodeName))?.Metadata.Name : null,
@@ -167,6 +170,7 @@ public sealed partial class CheckpointController : QueueController
                     Pod = new PodRef { Namespace = checkpoint.Metadata.NamespaceProperty, Name = checkpoint.Spec.PodName, Uid = checkpoint.Status?.PodUid ?? pod?.Metadata.Uid ?? "" },
                     ExportPath = take.ExportPath ?? "",
                     SavedPodJson = Keys.Get(checkpoint.Metadata.Annotations, CheckpointDecisions.SourcePodAnnotation) ?? "",
+                    ParentCheckpointId = take.ParentId ?? "",
                 }, cancellationToken: cancellationToken);
                 break;
             case CheckpointAction.Import import:

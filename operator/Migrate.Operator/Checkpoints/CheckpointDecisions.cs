@@ -32,6 +32,9 @@ public sealed record CheckpointFacts
 
     /// <summary>Another Ready node with an agent (any can reach the shared archive storage), if one exists.</summary>
     public string? ArchiveNode { get; init; }
+
+    /// <summary>The Checkpoints of its namespace (while it is admitted: one may become its parent).</summary>
+    public IReadOnlyList<Checkpoint> Earlier { get; init; } = [];
 }
 
 public abstract record CheckpointAction
@@ -50,7 +53,8 @@ public abstract record CheckpointAction
 
     /// <param name="Node">The pod's node, which takes and keeps it.</param>
     /// <param name="ExportPath">Also export it there (relative to the archive storage); null: kept on the node only.</param>
-    public sealed record Take(string Node, string? ExportPath = null) : CheckpointAction;
+    /// <param name="ParentId">The earlier checkpoint (its id on the node) to take it as a delta on; null: a full one.</param>
+    public sealed record Take(string Node, string? ExportPath = null, string? ParentId = null) : CheckpointAction;
 
     public sealed record Import(string Node, string Path, string? Digest) : CheckpointAction;
 
@@ -151,7 +155,7 @@ public static class CheckpointDecisions
         }
 
         // the agent knows nothing of it (first call, or it restarted): ask again, which starts it at most once at a time
-        return f.Agent.Kept is null ? new(Start(c, s.NodeName!), s, p.PollInterval) : new(CheckpointAction.None, s, p.PollInterval);
+        return f.Agent.Kept is null ? new(Start(c, s, s.NodeName!), s, p.PollInterval) : new(CheckpointAction.None, s, p.PollInterval);
     }
 
     /// <summary>The archive path of a Checkpoint's export: spec.export.path, or NAMESPACE/NAME; null when it is not exported.</summary>
@@ -175,8 +179,33 @@ public static class CheckpointDecisions
                 .OrderBy(n => n.Metadata.Name, StringComparer.Ordinal).FirstOrDefault();
     }
 
-    private static CheckpointAction Start(Checkpoint c, string node) =>
-        c.Spec.Source is { } source ? new CheckpointAction.Import(node, source.Path, source.Digest) : new CheckpointAction.Take(node, ExportPath(c));
+    private static CheckpointAction Start(Checkpoint c, CheckpointStatus s, string node) =>
+        c.Spec.Source is { } source ? new CheckpointAction.Import(node, source.Path, source.Digest) : new CheckpointAction.Take(node, ExportPath(c), s.Parent?.Uid);
+
+    /// <summary>
+    /// The checkpoint a new one of <paramref name="pod"/> is taken as a delta on: the latest Ready one
+    /// of the same pod (same UID) kept on the node it runs on, not being deleted; null when there is
+    /// none, or the new one is exported (an export is one full dump) or asks for a full one.
+    /// </summary>
+    public static Checkpoint? Parent(Checkpoint checkpoint, V1Pod pod, IEnumerable<Checkpoint> earlier)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        ArgumentNullException.ThrowIfNull(pod);
+        ArgumentNullException.ThrowIfNull(earlier);
+        if (!checkpoint.Spec.Incremental || checkpoint.Spec.Export is not null)
+        {
+            return null;
+        }
+
+        return earlier
+            .Where(e => e.Metadata.Uid != checkpoint.Metadata.Uid && e.Metadata.DeletionTimestamp is null && e.Spec.Source is null
+                && e.Metadata.NamespaceProperty == checkpoint.Metadata.NamespaceProperty && e.Spec.PodName == checkpoint.Spec.PodName
+                && e.Status is { Phase: CheckpointPhases.Ready, CheckpointTime: not null } st
+                && st.PodUid == pod.Metadata.Uid && st.NodeName == pod.Spec.NodeName)
+            .OrderByDescending(e => e.Status!.CheckpointTime)
+            .ThenBy(e => e.Metadata.Name, StringComparer.Ordinal)
+            .FirstOrDefault();
+    }
 
     /// <summary>
     /// The checkpoint directories a node holds that no Checkpoint names any more: those whose
@@ -241,9 +270,10 @@ public static class CheckpointDecisions
         s.Phase = CheckpointPhases.Checkpointing;
         s.NodeName = pod.Spec.NodeName;
         s.PodUid = pod.Metadata.Uid;
+        s.Parent = Parent(c, pod, f.Earlier) is { } parent ? new CheckpointParent { Name = parent.Metadata.Name, Uid = parent.Metadata.Uid } : null;
         s.Reason = "Checkpointing";
-        s.Message = $"Checkpointing pod {name} on {pod.Spec.NodeName}{(ExportPath(c) is { } path ? $", to be exported to {path}" : "")}.";
-        return new(Start(c, pod.Spec.NodeName), s, TimeSpan.FromMilliseconds(200));
+        s.Message = $"Checkpointing pod {name} on {pod.Spec.NodeName}{(ExportPath(c) is { } path ? $", to be exported to {path}" : "")}{(s.Parent is { } p ? $", as a delta on checkpoint {p.Name}" : "")}.";
+        return new(Start(c, s, pod.Spec.NodeName), s, TimeSpan.FromMilliseconds(200));
     }
 
     private static CheckpointDecision AdmitImport(CheckpointFacts f, CheckpointStatus s, CheckpointSource source)
@@ -264,7 +294,7 @@ public static class CheckpointDecisions
         s.NodeName = node.Metadata.Name;
         s.Reason = "Importing";
         s.Message = $"Importing the checkpoint exported at {source.Path} on {node.Metadata.Name}.";
-        return new(Start(f.Checkpoint, node.Metadata.Name), s, TimeSpan.FromMilliseconds(200));
+        return new(Start(f.Checkpoint, s, node.Metadata.Name), s, TimeSpan.FromMilliseconds(200));
     }
 
     private static CheckpointDecision Kept(CheckpointFacts f, CheckpointStatus s, KeptCheckpoint kept)
@@ -290,7 +320,21 @@ public static class CheckpointDecisions
         }
 
         var exported = kept.Export is { } e ? $", exported to {e.Path} ({e.SizeBytes} bytes, {e.Digest})" : "";
-        s.Message = $"Pod {f.Checkpoint.Spec.PodName} checkpointed on {kept.NodeName}: {kept.SizeBytes} bytes kept, frozen for {kept.FrozenMillis} ms{exported}.";
+        s.ChainLength = (int)Math.Max(kept.ChainLength, 1u);
+        s.OwnBytes = (long)(kept.OwnBytes > 0 ? kept.OwnBytes : kept.SizeBytes);
+        s.ChainNote = kept.ChainNote.Length > 0 ? kept.ChainNote : null;
+        string chain = "";
+        if (s.Parent is { } parent && kept.ParentCheckpointId == parent.Uid)
+        {
+            chain = $", {s.OwnBytes} of them its own: a delta on checkpoint {parent.Name} (a chain of {s.ChainLength})";
+        }
+        else if (s.Parent is { } refused)
+        {
+            chain = $", a full checkpoint rather than a delta on {refused.Name} ({s.ChainNote ?? "the node did not link it"})";
+            s.Parent = null;
+        }
+
+        s.Message = $"Pod {f.Checkpoint.Spec.PodName} checkpointed on {kept.NodeName}: {kept.SizeBytes} bytes kept{chain}, frozen for {kept.FrozenMillis} ms{exported}.";
         return new(CheckpointAction.None, s, null, ("Normal", "Checkpointed", s.Message));
     }
 

@@ -29,6 +29,37 @@ public sealed class CheckpointDecisionsTests
         new("admitted: the pod is copied into the checkpoint first", () => Facts(Checkpoint()), d => Assert.IsType<CheckpointAction.SavePod>(d.Action)),
         new("saved: Checkpointing, the agent asked to take it", () => Facts(Checkpoint(saved: true)),
             d => { Assert.Equal(new CheckpointAction.Take("node-a"), d.Action); Assert.Equal(("Checkpointing", "node-a", "uid-app"), (d.Status.Phase, d.Status.NodeName, d.Status.PodUid)); }),
+        new("an earlier Ready checkpoint of the pod on its node: taken as a delta on the latest", () => Facts(Checkpoint(saved: true)) with
+            {
+                Earlier = [Earlier("old", -60), Earlier("latest", -10), Earlier("failed", -5, phase: "Failed"), Earlier("other-node", -4, node: "node-b"),
+                    Earlier("other-pod", -3, podUid: "uid-older-app"), Earlier("deleting", -2, deleting: true)],
+            },
+            d =>
+            {
+                Assert.Equal(new CheckpointAction.Take("node-a", null, "uid-latest"), d.Action);
+                Assert.Equal(("latest", "uid-latest"), (d.Status.Parent?.Name, d.Status.Parent?.Uid));
+                Assert.Contains("as a delta on checkpoint latest", d.Status.Message, StringComparison.Ordinal);
+            }),
+        new("an exported earlier checkpoint is a parent too (its kept images are a full dump)", () => Facts(Checkpoint(saved: true)) with { Earlier = [Earlier("latest", -10), Earlier("exported", -1, exported: true)] },
+            d => Assert.Equal(new CheckpointAction.Take("node-a", null, "uid-exported"), d.Action)),
+        new("incremental: false: a full checkpoint whatever came before", () => Facts(Full(Checkpoint(saved: true))) with { Earlier = [Earlier("latest", -10)] },
+            d => { Assert.Equal(new CheckpointAction.Take("node-a"), d.Action); Assert.Null(d.Status.Parent); }),
+        new("exported: a full checkpoint (an export holds no chain)", () => Facts(Exported(Checkpoint(saved: true), null)) with { Earlier = [Earlier("latest", -10)] },
+            d => { Assert.Equal(new CheckpointAction.Take("node-a", "default/ck"), d.Action); Assert.Null(d.Status.Parent); }),
+        new("taking a delta: the agent restarted, asked again with the same parent", () => Facts(WithParent(Checkpoint(saved: true, phase: "Checkpointing"))) with { Agent = KeptView.KnowsNothing },
+            d => Assert.Equal(new CheckpointAction.Take("node-a", null, "uid-latest"), d.Action)),
+        new("kept as a delta: Ready, its own bytes and chain in the status", () => Facts(WithParent(Checkpoint(saved: true, phase: "Checkpointing"))) with { Agent = new KeptView(true, Delta(Kept(), "uid-latest")) },
+            d =>
+            {
+                Assert.Equal(("Ready", "latest", 3, 1L << 20, (string?)null), (d.Status.Phase, d.Status.Parent?.Name, d.Status.ChainLength, d.Status.OwnBytes, d.Status.ChainNote));
+                Assert.Contains($"{20 << 20} bytes kept, {1 << 20} of them its own: a delta on checkpoint latest (a chain of 3)", d.Status.Message, StringComparison.Ordinal);
+            }),
+        new("the node took a full one instead: no parent, and why", () => Facts(WithParent(Checkpoint(saved: true, phase: "Checkpointing"))) with { Agent = new KeptView(true, Delta(Kept(), "", "checkpoint uid-latest is not kept on this node")) },
+            d =>
+            {
+                Assert.Equal(("Ready", null, 1, 20L << 20), (d.Status.Phase, d.Status.Parent, d.Status.ChainLength, d.Status.OwnBytes));
+                Assert.Contains("a full checkpoint rather than a delta on latest (checkpoint uid-latest is not kept on this node)", d.Status.Message, StringComparison.Ordinal);
+            }),
         new("taking: the agent knows nothing (restarted): asked again", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = KeptView.KnowsNothing },
             d => Assert.Equal(new CheckpointAction.Take("node-a"), d.Action)),
         new("taking: under way, wait", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = Agent(Op(OperationState.Running)) },
@@ -179,6 +210,38 @@ public sealed class CheckpointDecisionsTests
         Spec = new CheckpointSpec { PodName = "app" },
         Status = phase is null ? null : new CheckpointStatus { Phase = phase, NodeName = "node-a", PodUid = "uid-app", StartTime = started ?? Now.AddSeconds(-2), Location = "node-a:/x" },
     };
+
+    private static Checkpoint Earlier(string name, int seconds, string phase = "Ready", string node = "node-a", string podUid = "uid-app", bool deleting = false, bool exported = false)
+    {
+        var earlier = Checkpoint(saved: true, phase: phase, deleting: deleting);
+        earlier.Metadata.Name = name;
+        earlier.Metadata.Uid = "uid-" + name;
+        earlier.Status!.NodeName = node;
+        earlier.Status.PodUid = podUid;
+        earlier.Status.CheckpointTime = Now.AddSeconds(seconds);
+        return exported ? Exported(earlier, null) : earlier;
+    }
+
+    private static Checkpoint Full(Checkpoint checkpoint)
+    {
+        checkpoint.Spec.Incremental = false;
+        return checkpoint;
+    }
+
+    private static Checkpoint WithParent(Checkpoint checkpoint)
+    {
+        checkpoint.Status!.Parent = new CheckpointParent { Name = "latest", Uid = "uid-latest" };
+        return checkpoint;
+    }
+
+    private static KeptCheckpoint Delta(KeptCheckpoint kept, string parentId, string note = "")
+    {
+        kept.ParentCheckpointId = parentId;
+        kept.ChainLength = parentId.Length > 0 ? 3u : 1u;
+        kept.OwnBytes = parentId.Length > 0 ? 1u << 20 : kept.SizeBytes;
+        kept.ChainNote = note;
+        return kept;
+    }
 
     private static Checkpoint Exported(Checkpoint checkpoint, string? path, bool retain = false)
     {
