@@ -165,7 +165,7 @@ public static class CheckpointBenchmark
             ["metadata"] = new JsonObject { ["name"] = name },
             ["spec"] = export
                 ? new JsonObject { ["podName"] = pod.Metadata.Name, ["export"] = new JsonObject { ["path"] = "bench/" + name } }
-                : new JsonObject { ["podName"] = pod.Metadata.Name },
+                : new JsonObject { ["podName"] = pod.Metadata.Name, ["incremental"] = false }, // full, as runc's (not a delta on the exported one)
         }, MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural);
         var status = await FinalStatusAsync(cluster, Checkpoint.Plural, name, "Ready");
 
