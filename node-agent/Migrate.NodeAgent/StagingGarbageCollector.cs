@@ -45,7 +45,7 @@ public sealed partial class StagingGarbageCollector(CheckpointEngine engine, Ima
         {
             var id = Path.GetFileName(directory);
             var record = engine.Find(id);
-            if (LastChange(directory) > expiry || record?.Phase == MigrationPhase.Frozen || record?.Operation?.State == OperationState.Running)
+            if (DirectoryTimes.LastChange(directory) > expiry || record?.Phase == MigrationPhase.Frozen || record?.Operation?.State == OperationState.Running)
             {
                 continue;
             }
@@ -70,7 +70,7 @@ public sealed partial class StagingGarbageCollector(CheckpointEngine engine, Ima
         foreach (var directory in Children(_options.IncomingDirectory))
         {
             var id = Path.GetFileName(directory);
-            if (LastChange(directory) > expiry)
+            if (DirectoryTimes.LastChange(directory) > expiry)
             {
                 continue;
             }
@@ -92,28 +92,32 @@ public sealed partial class StagingGarbageCollector(CheckpointEngine engine, Ima
             events.Changed(id);
         }
 
+        // exports an agent died writing (any node's: the archive storage is shared), after the same time to live
+        if (_options.ArchiveDirectory is { Length: > 0 } archive)
+        {
+            try
+            {
+                foreach (var path in Checkpointing.CheckpointArchive.RemoveAbandoned(archive, expiry))
+                {
+                    LogExportRemoved(path);
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                LogNotRemoved("-", e.Message);
+            }
+        }
+
         return removed;
     }
 
     private static List<string> Children(string root) => Directory.Exists(root) ? [.. Directory.EnumerateDirectories(root)] : [];
 
-    /// <summary>The newest modification time of the directory or anything in it.</summary>
-    private static DateTime LastChange(string directory)
-    {
-        var newest = Directory.GetLastWriteTimeUtc(directory);
-        foreach (var entry in new DirectoryInfo(directory).EnumerateFileSystemInfos("*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = FileAttributes.ReparsePoint }))
-        {
-            if (entry.LastWriteTimeUtc > newest)
-            {
-                newest = entry.LastWriteTimeUtc;
-            }
-        }
-
-        return newest;
-    }
-
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: its {Kind} images were untouched past their time to live and were removed ({Directory})")]
     private partial void LogRemoved(string migration, string kind, string directory);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "A half-written export in the archive storage was untouched past its time to live and was removed ({Directory})")]
+    private partial void LogExportRemoved(string directory);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: expired images could not be removed: {Message}")]
     private partial void LogNotRemoved(string migration, string message);

@@ -21,6 +21,47 @@ public sealed class CheckpointArchiveTests : IDisposable
     public void Dispose() => Directory.Delete(_root, recursive: true);
 
     [Fact]
+    public void Half_written_exports_untouched_past_their_time_are_removed_and_nothing_else_is()
+    {
+        var storage = Path.Combine(_root, "storage");
+        var (kept, directory) = KeptCheckpoint("cp-2", ["main"]);
+        CheckpointArchive.Export(directory, kept, Path.Combine(storage, "ns", "done"), "ns/done");
+        var old = Partial(storage, "ns/old", "cp-3", DateTime.UtcNow.AddHours(-7));
+        var fresh = Partial(storage, "ns/fresh", "cp-4", DateTime.UtcNow.AddHours(-7));
+        File.SetLastWriteTimeUtc(Path.Combine(fresh, "blobs", "sha256", "part"), DateTime.UtcNow); // still being written
+        var lookalike = Directory.CreateDirectory(Path.Combine(storage, "ns", "user.partial-data")).FullName; // not hidden: not ours
+        Directory.SetLastWriteTimeUtc(lookalike, DateTime.UtcNow.AddDays(-2));
+        var inside = Partial(Path.Combine(storage, "ns", "done"), "x", "cp-5", DateTime.UtcNow.AddDays(-2)); // inside a complete export: not looked into
+
+        var removed = CheckpointArchive.RemoveAbandoned(storage, DateTime.UtcNow.AddHours(-6));
+
+        Assert.Equal([old], removed);
+        Assert.False(Directory.Exists(old));
+        Assert.True(Directory.Exists(fresh) && Directory.Exists(lookalike) && Directory.Exists(inside));
+        Assert.True(File.Exists(Path.Combine(storage, "ns", "done", CheckpointArchive.LayoutFile)));
+        Assert.Empty(CheckpointArchive.RemoveAbandoned(Path.Combine(_root, "no-storage"), DateTime.UtcNow));
+    }
+
+    private static string Partial(string storage, string exportPath, string checkpointId, DateTime written)
+    {
+        var parent = Path.Combine(storage, Path.GetDirectoryName(exportPath) ?? "");
+        var partial = Path.Combine(parent, CheckpointArchive.PartialName(Path.GetFileName(exportPath), checkpointId));
+        var blobs = Directory.CreateDirectory(Path.Combine(partial, "blobs", "sha256")).FullName;
+        File.WriteAllText(Path.Combine(blobs, "part"), "half");
+        foreach (var path in new[] { Path.Combine(blobs, "part") })
+        {
+            File.SetLastWriteTimeUtc(path, written);
+        }
+
+        foreach (var path in new[] { blobs, Path.GetDirectoryName(blobs)!, partial })
+        {
+            Directory.SetLastWriteTimeUtc(path, written);
+        }
+
+        return partial;
+    }
+
+    [Fact]
     public void An_exported_checkpoint_imports_back_with_every_file_identical_and_its_description_kept()
     {
         var (kept, directory) = KeptCheckpoint("cp-1", ["main", "side"]);

@@ -36,6 +36,52 @@ namespace Migrate.NodeAgent.Checkpointing;
 /// </summary>
 public static class CheckpointArchive
 {
+    private const string PartialMarker = ".partial-";
+
+    /// <summary>The directory an export is written in before it is renamed into place (hidden, beside it).</summary>
+    public static string PartialName(string exportName, string checkpointId) => "." + exportName + PartialMarker + checkpointId;
+
+    /// <summary>
+    /// Exports abandoned half-written (their agent died) under <paramref name="root"/>, untouched since
+    /// <paramref name="expiry"/>: removed. Complete exports (an OCI layout) are not looked into. Returns the paths removed.
+    /// </summary>
+    public static IReadOnlyList<string> RemoveAbandoned(string root, DateTime expiry)
+    {
+        var removed = new List<string>();
+        if (!Directory.Exists(root))
+        {
+            return removed;
+        }
+
+        var pending = new Stack<(string Directory, int Depth)>([(root, 0)]);
+        while (pending.Count > 0)
+        {
+            var (directory, depth) = pending.Pop();
+            foreach (var child in new DirectoryInfo(directory).EnumerateDirectories())
+            {
+                if (child.LinkTarget is not null)
+                {
+                    continue;
+                }
+
+                if (child.Name.StartsWith('.') && child.Name.Contains(PartialMarker, StringComparison.Ordinal))
+                {
+                    if (DirectoryTimes.LastChange(child.FullName) <= expiry)
+                    {
+                        child.Delete(recursive: true);
+                        removed.Add(child.FullName);
+                    }
+                }
+                else if (depth < 32 && !File.Exists(Path.Combine(child.FullName, LayoutFile)))
+                {
+                    pending.Push((child.FullName, depth + 1));
+                }
+            }
+        }
+
+        return removed;
+    }
+
     public const string LayoutFile = "oci-layout";
     public const string IndexFile = "index.json";
     public const string DescriptionEntry = "podmig.json";
@@ -93,7 +139,7 @@ public static class CheckpointArchive
 
         var parent = Path.GetDirectoryName(destination)!;
         Directory.CreateDirectory(parent);
-        var work = Path.Combine(parent, "." + Path.GetFileName(destination) + ".partial-" + kept.CheckpointId);
+        var work = Path.Combine(parent, PartialName(Path.GetFileName(destination), kept.CheckpointId));
         if (Directory.Exists(work))
         {
             Directory.Delete(work, recursive: true);
