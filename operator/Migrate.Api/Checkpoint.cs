@@ -158,6 +158,10 @@ public sealed class CheckpointStatus
     [JsonPropertyName("podUID")]
     public string? PodUid { get; set; }
 
+    /// <summary>The pod checkpointed: spec.podName, or for an import the pod the export was taken of.</summary>
+    [JsonPropertyName("podName")]
+    public string? PodName { get; set; }
+
     /// <summary>When the pod was frozen for it: the state it holds is the pod's at this instant.</summary>
     [JsonPropertyName("checkpointTime")]
     public DateTime? CheckpointTime { get; set; }

@@ -392,7 +392,7 @@ namespace Migrate.Kubectl
             {
                 string[] cells =
                 [
-                    Text(c, "metadata", "name")!, Text(c, "spec", "podName") ?? "", Text(c, "status", "nodeName") ?? "", Text(c, "status", "phase") ?? "Pending",
+                    Text(c, "metadata", "name")!, Text(c, "status", "podName") ?? Text(c, "spec", "podName") ?? "", Text(c, "status", "nodeName") ?? "", Text(c, "status", "phase") ?? "Pending",
                     c["status"]?["sizeBytes"] is { } size ? $"{size.GetValue<long>() / 1048576.0:0.0} MiB" : "",
                     c["status"]?["freezeMillis"] is { } freeze ? $"{freeze.GetValue<long>()} ms" : "",
                     Instant(c, "status", "checkpointTime"),

@@ -108,6 +108,7 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
         Assert.Equal(0, code);
         Assert.Matches(@"(?m)^NAME +POD +NODE +PHASE +SIZE +FREEZE +TAKEN$", text);
         Assert.Matches(@"(?m)^kept-1 +kept +node-a +Ready +\d+\.\d MiB +\d+ ms +\S+$", text);
+        Assert.Matches(@"(?m)^kept-imported +kept +node-b +Ready ", text); // the pod the export was taken of
 
         (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "restore", "kept-1", "--to", "node-b", "--as", "kept-again", "--wait");
         Assert.Equal(0, code);

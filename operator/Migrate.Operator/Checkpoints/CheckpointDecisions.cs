@@ -270,6 +270,7 @@ public static class CheckpointDecisions
         s.Phase = CheckpointPhases.Checkpointing;
         s.NodeName = pod.Spec.NodeName;
         s.PodUid = pod.Metadata.Uid;
+        s.PodName = pod.Metadata.Name;
         s.Parent = Parent(c, pod, f.Earlier) is { } parent ? new CheckpointParent { Name = parent.Metadata.Name, Uid = parent.Metadata.Uid } : null;
         s.Reason = "Checkpointing";
         s.Message = $"Checkpointing pod {name} on {pod.Spec.NodeName}{(ExportPath(c) is { } path ? $", to be exported to {path}" : "")}{(s.Parent is { } p ? $", as a delta on checkpoint {p.Name}" : "")}.";
@@ -315,6 +316,7 @@ public static class CheckpointDecisions
         {
             s.Reason = "Imported";
             s.PodUid = kept.Pod?.Uid;
+            s.PodName = kept.Pod?.Name;
             s.Message = $"Checkpoint of pod {kept.Pod?.Namespace}/{kept.Pod?.Name} imported from {from.Path} onto {kept.NodeName}: {kept.SizeBytes} bytes, checked against {from.Digest}; it holds the pod's state as of {s.CheckpointTime:yyyy-MM-ddTHH:mm:ss.fffZ}.";
             return new(CheckpointAction.None, s, null, ("Normal", "Imported", s.Message));
         }
