@@ -16,7 +16,7 @@ namespace Migrate.Benchmarks;
 /// interval: what the workload saw.
 /// </summary>
 public sealed record CheckpointSample(string Tool, int Mib, int Repetition, double FreezeMs, double GapMs, double TotalMs, long Bytes, bool Continued, string Breakdown = "",
-    double ExportMs = 0, long ExportBytes = 0);
+    double ExportMs = 0, long ExportBytes = 0, long OwnBytes = 0);
 
 /// <summary>One restore of a checkpoint on the other node: from the node that kept it, or imported from the archive storage first.</summary>
 public sealed record RestoreSample(int Mib, int Repetition, string From, double TotalMs, double ImportMs, double RestoreMs, bool Continued);
@@ -56,9 +56,10 @@ public static class CheckpointBenchmark
                         try
                         {
                             // alternate which goes first, so that neither always meets a pod that was just frozen
-                            foreach (var tool in rep % 2 == 1 ? new[] { "ours", "exported", "runc" } : ["runc", "exported", "ours"])
+                            // ("delta" right after "ours": a delta on it)
+                            foreach (var tool in rep % 2 == 1 ? new[] { "ours", "delta", "exported", "runc" } : ["runc", "exported", "ours", "delta"])
                             {
-                                var sample = tool == "runc" ? await RuncAsync(cluster, pod, mib, rep) : await OursAsync(cluster, pod, mib, rep, export: tool == "exported");
+                                var sample = tool == "runc" ? await RuncAsync(cluster, pod, mib, rep) : await OursAsync(cluster, pod, mib, rep, tool);
                                 samples.Add(sample);
                                 Say(string.Create(CultureInfo.InvariantCulture,
                                     $"{mib} MiB #{rep} {tool}: freeze {sample.FreezeMs:0} ms, gap seen by the pod {sample.GapMs:0} ms, total {sample.TotalMs:0} ms, {sample.Bytes / 1048576.0:0.0} MiB, continued {sample.Continued}{(sample.Breakdown.Length > 0 ? "; " + sample.Breakdown : "")}"));
@@ -137,6 +138,15 @@ public static class CheckpointBenchmark
                 result.Add(($"{mib}mib_export_throughput_median", ControllerBenchmark.Median(exported.Select(s => s.ExportBytes / 1e6 / Math.Max(1, s.ExportMs) * 1000)), "MB/s"));
             }
 
+            if (samples.Where(s => s.Mib == mib && s.Tool == "delta").ToList() is { Count: > 0 } delta)
+            {
+                double deltaFreeze = ControllerBenchmark.Median(delta.Select(s => s.FreezeMs)), deltaOwn = ControllerBenchmark.Median(delta.Select(s => (double)s.OwnBytes));
+                result.Add(($"{mib}mib_delta_freeze_median", deltaFreeze, "ms"));
+                result.Add(($"{mib}mib_delta_freeze_ratio", deltaFreeze / runcFreeze, "x"));
+                result.Add(($"{mib}mib_delta_own_median", deltaOwn / 1048576, "MiB"));
+                result.Add(($"{mib}mib_delta_own_ratio", deltaOwn / ControllerBenchmark.Median(ours.Select(s => (double)s.Bytes)), "x"));
+            }
+
             if (restores.Where(r => r.Mib == mib && r.From == "node").ToList() is { Count: > 0 } restored)
             {
                 result.Add(($"{mib}mib_restore_to_running_median", ControllerBenchmark.Median(restored.Select(r => r.TotalMs)), "ms"));
@@ -152,9 +162,10 @@ public static class CheckpointBenchmark
         return result;
     }
 
-    private static async Task<CheckpointSample> OursAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep, bool export)
+    private static async Task<CheckpointSample> OursAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep, string tool)
     {
-        var name = pod.Metadata.Name + (export ? "-x" : "");
+        bool export = tool == "exported";
+        var name = pod.Metadata.Name + tool switch { "exported" => "-x", "delta" => "-d", _ => "" };
         var node = cluster.Node(pod.Spec.NodeName);
         var clock = Stopwatch.StartNew();
         var started = DateTime.UtcNow;
@@ -163,9 +174,12 @@ public static class CheckpointBenchmark
             ["apiVersion"] = "podmigration.io/v1alpha1",
             ["kind"] = "Checkpoint",
             ["metadata"] = new JsonObject { ["name"] = name },
-            ["spec"] = export
-                ? new JsonObject { ["podName"] = pod.Metadata.Name, ["export"] = new JsonObject { ["path"] = "bench/" + name } }
-                : new JsonObject { ["podName"] = pod.Metadata.Name, ["incremental"] = false }, // full, as runc's (not a delta on the exported one)
+            ["spec"] = tool switch
+            {
+                "exported" => new JsonObject { ["podName"] = pod.Metadata.Name, ["export"] = new JsonObject { ["path"] = "bench/" + name } },
+                "delta" => new JsonObject { ["podName"] = pod.Metadata.Name },
+                _ => new JsonObject { ["podName"] = pod.Metadata.Name, ["incremental"] = false }, // full, as runc's (not a delta on the exported one)
+            },
         }, MigrationRequest.Group, MigrationRequest.Version, "default", Checkpoint.Plural);
         var status = await FinalStatusAsync(cluster, Checkpoint.Plural, name, "Ready");
 
@@ -175,12 +189,18 @@ public static class CheckpointBenchmark
             throw new InvalidOperationException($"checkpoint {name} failed: {status["message"]}");
         }
 
+        if (tool == "delta" && status["parent"] is null)
+        {
+            throw new InvalidOperationException($"checkpoint {name} was taken as a full one, not as a delta: {status["chainNote"]}");
+        }
+
         var (gap, continued) = await GapAsync(node, pod, started);
         double exportMs = status["export"]?["millis"] is { } millis ? (long)millis : 0;
         long exportBytes = status["export"]?["sizeBytes"] is { } size ? (long)size : 0;
         var exported = export ? string.Create(CultureInfo.InvariantCulture, $"; export {exportBytes / 1048576.0:0.0} MiB in {exportMs:0} ms ({exportBytes / 1e6 / Math.Max(1, exportMs) * 1000:0} MB/s)") : "";
-        return new CheckpointSample(export ? "exported" : "ours", mib, rep, (double)(long)status["freezeMillis"]!, gap, total, (long)status["sizeBytes"]!, continued,
-            Breakdown((string)status["location"]!) + exported, exportMs, exportBytes);
+        long own = status["ownBytes"] is { } ownBytes ? (long)ownBytes : (long)status["sizeBytes"]!;
+        return new CheckpointSample(tool, mib, rep, (double)(long)status["freezeMillis"]!, gap, total, (long)status["sizeBytes"]!, continued,
+            Breakdown((string)status["location"]!) + exported, exportMs, exportBytes, own);
     }
 
     private static async Task<CheckpointSample> RuncAsync(SandboxCluster cluster, k8s.Models.V1Pod pod, int mib, int rep)
@@ -371,14 +391,16 @@ public static class CheckpointBenchmark
         text.AppendLine("own output (the runtime's log timestamps) around the checkpoint, less one tick: what the workload saw. *Total*: ours from");
         text.AppendLine("the request to Ready. Ours also keeps the writable layer and checks the pod; runc's keeps only the CRIU images. *exported*: ours");
         text.AppendLine("with `spec.export` (one full dump, no pre-copy: an export holds no chain), written to the archive storage as an OCI image layout.");
+        text.AppendLine("*ours* is a full checkpoint (`incremental: false`); *delta* is the next checkpoint of the same pod, right after it, taken as a delta on");
+        text.AppendLine("it (the default): *MiB its own* is what it added, the rest is hard-linked from its parent.");
         text.AppendLine();
-        text.AppendLine("| MiB | tool | freeze ms (median, min-max) | gap ms (median, min-max) | total ms (median) | MiB kept | state continued |");
-        text.AppendLine("|---|---|---|---|---|---|---|");
+        text.AppendLine("| MiB | tool | freeze ms (median, min-max) | gap ms (median, min-max) | total ms (median) | MiB kept | MiB its own | state continued |");
+        text.AppendLine("|---|---|---|---|---|---|---|---|");
         foreach (var group in samples.GroupBy(s => (s.Mib, s.Tool)).OrderBy(g => g.Key.Mib).ThenBy(g => g.Key.Tool, StringComparer.Ordinal))
         {
             var list = group.ToList();
             text.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {group.Key.Mib} | {group.Key.Tool} | {ControllerBenchmark.Median(list.Select(s => s.FreezeMs)):0} ({list.Min(s => s.FreezeMs):0}-{list.Max(s => s.FreezeMs):0}) | {ControllerBenchmark.Median(list.Select(s => s.GapMs)):0} ({list.Min(s => s.GapMs):0}-{list.Max(s => s.GapMs):0}) | {ControllerBenchmark.Median(list.Select(s => s.TotalMs)):0} | {ControllerBenchmark.Median(list.Select(s => (double)s.Bytes)) / 1048576:0.0} | {list.Count(s => s.Continued)}/{list.Count} |"));
+                $"| {group.Key.Mib} | {group.Key.Tool} | {ControllerBenchmark.Median(list.Select(s => s.FreezeMs)):0} ({list.Min(s => s.FreezeMs):0}-{list.Max(s => s.FreezeMs):0}) | {ControllerBenchmark.Median(list.Select(s => s.GapMs)):0} ({list.Min(s => s.GapMs):0}-{list.Max(s => s.GapMs):0}) | {ControllerBenchmark.Median(list.Select(s => s.TotalMs)):0} | {ControllerBenchmark.Median(list.Select(s => (double)s.Bytes)) / 1048576:0.0} | {ControllerBenchmark.Median(list.Select(s => (double)(s.OwnBytes > 0 ? s.OwnBytes : s.Bytes))) / 1048576:0.00} | {list.Count(s => s.Continued)}/{list.Count} |"));
         }
 
         text.AppendLine();
