@@ -72,26 +72,31 @@ criu_prefix_ok() {
   criu_run --version >/dev/null 2>&1
 }
 
-install_criu_prefix() {
-  local work state debs staging deps
-  work=$(mktemp -d /tmp/podmig-trixie.XXXXXX)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$work'" RETURN
-  state="$work/apt"
+# A private apt state for one Debian suite under $2: the system's sources, lists and dpkg
+# database are not touched. Sets apt_opts for the caller's apt-get and apt-cache calls.
+private_apt() {
+  local suite=$1 state=$2
   mkdir -p "$state"/{lists/partial,cache/archives/partial,etc/sources.list.d,etc/preferences.d}
   : >"$state/status"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_MIRROR trixie main" \
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_MIRROR $suite main" \
     >"$state/etc/sources.list"
-  # A private apt state: the system's sources, lists and dpkg database are not touched.
-  local apt_opts=(
+  apt_opts=(
     -o "Dir::State=$state" -o "Dir::State::Lists=$state/lists" -o "Dir::State::status=$state/status"
     -o "Dir::Cache=$state/cache" -o "Dir::Etc::SourceList=$state/etc/sources.list"
     -o "Dir::Etc::SourceParts=$state/etc/sources.list.d" -o "Dir::Etc::Preferences=$state/etc/preferences"
     -o "Dir::Etc::PreferencesParts=$state/etc/preferences.d" -o "APT::Sandbox::User=root"
     -o "Debug::NoLocking=1"
   )
-  log "fetching the trixie package index (private apt state in $state)"
-  apt-get "${apt_opts[@]}" update -qq || die "apt-get update for the trixie suite failed"
+  log "fetching the $suite package index (private apt state in $state)"
+  apt-get "${apt_opts[@]}" update -qq || die "apt-get update for the $suite suite failed"
+}
+
+install_criu_prefix() {
+  local work debs staging deps
+  work=$(mktemp -d /tmp/podmig-trixie.XXXXXX)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" RETURN
+  private_apt trixie "$work/apt"
   # The dependency closure of CRIU's packages (hard dependencies only), as trixie resolves it.
   mapfile -t deps < <(apt-cache "${apt_opts[@]}" depends --recurse --no-recommends --no-suggests \
       --no-conflicts --no-breaks --no-replaces --no-enhances "${CRIU_PACKAGES[@]}" \
@@ -121,6 +126,50 @@ if criu_prefix_ok; then
 else
   install_criu_prefix
 fi
+
+# ---------------------------------------------------------------- containerd 1.7 and 2.1
+# The sandbox's nodes can run newer containerd releases than bookworm's 1.6
+# (hack/sandbox up --containerd 1.7|2.1): trixie's 1.7 and sid's 2.1, each unpacked (never
+# installed) into its own prefix. Their binaries need only glibc 2.34, so they run directly on
+# bookworm's; the shim is taken from the same prefix, runc stays bookworm's. The system's
+# containerd 1.6 is untouched and stays the default.
+CONTAINERD_RELEASES=("1.7:trixie" "2.1:sid")
+
+containerd_version() { { "$1/usr/bin/containerd" --version 2>/dev/null || true; } | awk '{print $3}'; }
+
+install_containerd_prefix() {
+  local release=$1 suite=$2 prefix=$3 work version
+  work=$(mktemp -d "/tmp/podmig-$suite.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" RETURN
+  private_apt "$suite" "$work/apt"
+  log "downloading containerd from $suite"
+  (cd "$work" && apt-get "${apt_opts[@]}" download -qq containerd) || die "apt-get download containerd ($suite) failed"
+  rm -rf "$prefix.new"
+  mkdir -p "$prefix.new"
+  dpkg-deb -x "$work"/containerd_*.deb "$prefix.new"
+  version=$(containerd_version "$prefix.new")
+  case "$version" in
+    "$release".*) ;;
+    *) die "$suite's containerd is '${version:-unrunnable}', not $release.x: the sandbox's --containerd $release needs $release" ;;
+  esac
+  rm -rf "$prefix"
+  mv "$prefix.new" "$prefix"
+  touch "$prefix/.complete"
+}
+
+for entry in "${CONTAINERD_RELEASES[@]}"; do
+  release=${entry%%:*}
+  suite=${entry#*:}
+  prefix="$PREFIX/containerd-$release"
+  version=$(containerd_version "$prefix")
+  if [ -f "$prefix/.complete" ] && [[ "$version" == "$release".* ]]; then
+    log "containerd $release prefix present: $prefix ($version)"
+  else
+    install_containerd_prefix "$release" "$suite" "$prefix"
+  fi
+  "$prefix/usr/bin/containerd-shim-runc-v2" -v >/dev/null 2>&1 || die "$prefix's containerd-shim-runc-v2 does not run"
+done
 
 # ---------------------------------------------------------------- hardware breakpoints
 # CRIU stops each task leaving its parasite code with a hardware breakpoint. Where the hypervisor
@@ -207,4 +256,4 @@ criu_smoke_test() (
   [ "$restored" = "$sleeper" ] || { echo "criu restored PID $restored, not $sleeper"; exit 1; }
 )
 smoke_out=$(criu_smoke_test 2>&1) || die "$(grep -v Killed <<<"$smoke_out")"
-log "ok: CRIU $version ($(command -v criu)), $(runc --version | head -n 1), containerd $(containerd --version | awk '{print $3}')"
+log "ok: CRIU $version ($(command -v criu)), $(runc --version | head -n 1), containerd $(containerd --version | awk '{print $3}') (and $(for e in "${CONTAINERD_RELEASES[@]}"; do printf '%s ' "$(containerd_version "$PREFIX/containerd-${e%%:*}")"; done)in $PREFIX)"

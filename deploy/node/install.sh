@@ -2,7 +2,10 @@
 # Installs (install) or removes (uninstall) pod-migration's node pieces. Run on the node as root,
 # by the agent DaemonSet's init container (host / mounted at $HOST_ROOT) or by hand.
 #   install:   /usr/local/bin/podmig-runc, /etc/containerd/conf.d/podmig.toml, the imports line
-#              in /etc/containerd/config.toml (added once, a backup kept as config.toml.podmig-backup)
+#              in /etc/containerd/config.toml (added once, a backup kept as config.toml.podmig-backup).
+#              The drop-in is in the main config's format: containerd-podmig-v3.toml when it says
+#              `version = 3` (containerd 2.x), else containerd-podmig.toml (version 2: 1.6, 1.7,
+#              and 2.x hosts whose main config is still version 2).
 #   uninstall: removes both files and the imports line it added; restores nothing else.
 # containerd must be restarted afterwards for the handler to appear (or disappear).
 set -euo pipefail
@@ -15,14 +18,18 @@ marker="# added by pod-migration"
 case "${1:-}" in
   install)
     install -D -m 0755 "$binary" "$root/usr/local/bin/podmig-runc"
-    install -D -m 0644 "$here/containerd-podmig.toml" "$root/etc/containerd/conf.d/podmig.toml"
     mkdir -p "$(dirname "$config")"
     touch "$config"
+    dropin="$here/containerd-podmig.toml"
+    if grep -Eq '^[[:space:]]*version[[:space:]]*=[[:space:]]*3[[:space:]]*(#.*)?$' "$config"; then
+      dropin="$here/containerd-podmig-v3.toml"
+    fi
+    install -D -m 0644 "$dropin" "$root/etc/containerd/conf.d/podmig.toml"
     if ! grep -q "conf.d/\*.toml" "$config"; then
       cp "$config" "$config.podmig-backup"
       { printf 'imports = ["/etc/containerd/conf.d/*.toml"] %s\n' "$marker"; cat "$config.podmig-backup"; } > "$config"
     fi
-    echo "installed; restart containerd to load the podmig runtime handler"
+    echo "installed ($(basename "$dropin")); restart containerd to load the podmig runtime handler"
     ;;
   uninstall)
     rm -f "$root/usr/local/bin/podmig-runc" "$root/etc/containerd/conf.d/podmig.toml"

@@ -18,13 +18,19 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
     private string State => Path.Combine(_directory, "state.json");
 
     [Fact]
-    public async Task Sandbox_up_with_three_nodes_reports_every_component_imports_an_image_everywhere_and_down_removes_it_all()
+    public async Task Sandbox_up_with_three_nodes_on_three_containerd_releases_reports_every_component_imports_an_image_everywhere_and_down_removes_it_all()
     {
-        var up = await Sandbox.RunAsync("hack/sandbox", "up", "--nodes", "3", "--state", State);
+        var wrong = await Sandbox.RunAsync("hack/sandbox", "up", "--containerd", "1.5", "--state", State);
+        Assert.NotEqual(0, wrong.ExitCode);
+        Assert.Contains("containerd '1.5' is not a release the sandbox runs (it runs 1.6, 1.7, 2.1)", wrong.Output, StringComparison.Ordinal);
+
+        var up = await Sandbox.RunAsync("hack/sandbox", "up", "--nodes", "3", "--containerd", "1.6,1.7,2.1", "--state", State);
         Assert.True(up.ExitCode == 0, up.Output);
         Assert.Contains("KUBECONFIG=", up.Output, StringComparison.Ordinal);
+        Assert.Matches(@"containerd: node-a 1\.6\.\S+, node-b 1\.7\.\S+, node-c 2\.1\.\S+", up.Output);
         var state = JsonNode.Parse(await File.ReadAllTextAsync(State))!;
-        var sockets = state["nodes"]!.AsArray().Select(n => (string)n!["containerdSocket"]!).ToList();
+        Assert.Equal(["1.6", "1.7", "2.1"], state["nodes"]!.AsArray().Select(n => (string)n!["containerd"]!));
+        var sockets = state["nodes"]!.AsArray().Select(n => ((string)n!["containerdSocket"]!, (string)n["ctr"]!)).ToList();
         var roots = state["nodes"]!.AsArray().SelectMany(n => new[] { (string)n!["root"]!, (string)n["state"]! }).ToList();
         try
         {
@@ -43,9 +49,9 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
             TestRootFilesystem.Create(rootfs);
             var imported = await Sandbox.RunAsync("hack/sandbox", "image", "import", "docker.io/example/tools:1", rootfs, "--state", State);
             Assert.True(imported.ExitCode == 0, imported.Output);
-            foreach (var socket in sockets)
+            foreach (var (socket, ctr) in sockets)
             {
-                Assert.Contains("docker.io/example/tools:1", Prerequisites.Run("ctr", "--address", socket, "--namespace", "k8s.io", "images", "ls", "-q"), StringComparison.Ordinal);
+                Assert.Contains("docker.io/example/tools:1", Prerequisites.Run(ctr, "--address", socket, "--namespace", "k8s.io", "images", "ls", "-q"), StringComparison.Ordinal);
             }
 
             var missing = await Sandbox.RunAsync("hack/sandbox", "image", "import", "docker.io/example/none:1", Path.Combine(_directory, "nothing"), "--state", State);

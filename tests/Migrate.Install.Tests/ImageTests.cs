@@ -85,7 +85,7 @@ public sealed partial class ImageTests
             var environment = new Dictionary<string, string> { ["HOST_ROOT"] = root, ["PODMIG_RESTART_CONTAINERD"] = "false" };
             var node = Path.Combine(root, "node");
             Directory.CreateDirectory(node);
-            foreach (var file in new[] { "install.sh", "install-node.sh", "containerd-podmig.toml" })
+            foreach (var file in new[] { "install.sh", "install-node.sh", "containerd-podmig.toml", "containerd-podmig-v3.toml" })
             {
                 File.Copy(RepositoryLayout.InRepository("deploy", "node", file), Path.Combine(node, file));
             }

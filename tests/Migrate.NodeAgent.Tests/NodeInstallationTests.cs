@@ -10,20 +10,32 @@ public sealed class NodeInstallationTests : IDisposable
 
     public void Dispose() => Directory.Delete(_root, recursive: true);
 
-    [Fact]
-    public void Containerd_reads_the_drop_in_as_the_podmig_handler_with_the_restore_annotations()
+    [Theory]
+    [InlineData("1.6", 2, "io.containerd.grpc.v1.cri")]
+    [InlineData("1.7", 2, "io.containerd.grpc.v1.cri")]
+    [InlineData("2.1", 3, "io.containerd.cri.v1.runtime")]
+    [InlineData("2.1", 2, "io.containerd.cri.v1.runtime")] // a 2.x host whose main config is still version 2: migrated with its drop-in
+    public void Each_containerd_release_reads_the_drop_in_install_sh_picks_as_the_podmig_handler(string release, int mainVersion, string criPlugin)
     {
-        var main = Path.Combine(_root, "config.toml");
+        var main = Path.Combine(_root, "etc", "containerd", "config.toml");
+        Directory.CreateDirectory(Path.GetDirectoryName(main)!);
         File.WriteAllText(main, $"""
-            version = 2
+            version = {mainVersion}
             root = "{_root}/root"
             state = "{_root}/state"
-            imports = ["{RepositoryLayout.InRepository("deploy", "node", "containerd-podmig.toml")}"]
             """);
+        var binary = Path.Combine(_root, "podmig-runc");
+        File.WriteAllText(binary, "#!/bin/sh\n");
+        RunScript(RepositoryLayout.InRepository("deploy", "node", "install.sh"), "install", binary);
+        var dropIn = Path.Combine(_root, "etc", "containerd", "conf.d", "podmig.toml");
+        Assert.Contains($"version = {mainVersion}", File.ReadAllText(dropIn), StringComparison.Ordinal);
+        // (the imports line install.sh wrote names the host's /etc/containerd/conf.d: here, the drop-in itself)
+        File.WriteAllText(main, File.ReadAllText(main).Replace("/etc/containerd/conf.d/*.toml", dropIn, StringComparison.Ordinal));
 
-        var merged = Prerequisites.Run("containerd", "--config", main, "config", "dump");
+        // (2.x writes TOML strings in single quotes)
+        var merged = Prerequisites.Run(ContainerdRelease.Get(release).Containerd, "--config", main, "config", "dump").Replace('\'', '"');
 
-        Assert.Contains("""[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.podmig]""", merged, StringComparison.Ordinal);
+        Assert.Contains($"""[plugins."{criPlugin}".containerd.runtimes.podmig]""", merged, StringComparison.Ordinal);
         Assert.Contains("""BinaryName = "/usr/local/bin/podmig-runc" """.TrimEnd(), merged, StringComparison.Ordinal);
         Assert.Contains("""pod_annotations = ["podmigration.io/*", "podmig.io/*"]""", merged, StringComparison.Ordinal);
         Assert.Contains("""runtime_type = "io.containerd.runc.v2" """.TrimEnd(), merged, StringComparison.Ordinal);

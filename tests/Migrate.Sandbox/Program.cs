@@ -6,7 +6,7 @@ using Migrate.Sandbox;
 using Migrate.TestSupport;
 
 // hack/sandbox and make demo. Commands:
-//   serve [--nodes N] [--installed] [--state FILE]  run the sandbox cluster until SIGTERM (hack/sandbox up starts it in the background)
+//   serve [--nodes N] [--containerd R[,R...]] [--installed] [--state FILE]  run the sandbox cluster until SIGTERM (hack/sandbox up starts it in the background)
 //   status [--json] [--state FILE]       every component with its PID, address and node
 //   down [--state FILE]                  stop the sandbox and remove what it made
 //   image import NAME PATH [--state FILE] make an image (root file system directory or OCI archive) available on every node
@@ -52,7 +52,7 @@ namespace Migrate.Sandbox
                 if (args[i].StartsWith("--", StringComparison.Ordinal))
                 {
                     var name = args[i][2..];
-                    bool valued = name is "nodes" or "state" or "result" or "directory";
+                    bool valued = name is "nodes" or "state" or "result" or "directory" or "containerd";
                     flags[name] = valued ? (i + 1 < args.Length ? args[++i] : throw new SandboxException($"--{name} needs a value")) : "true";
                 }
                 else
@@ -67,7 +67,7 @@ namespace Migrate.Sandbox
         public static int Usage()
         {
             Console.Error.WriteLine("""
-                usage: hack/sandbox up [--nodes N] [--installed] [--state FILE]
+                usage: hack/sandbox up [--nodes N] [--containerd 1.6|1.7|2.1[,...]] [--installed] [--state FILE]
                        hack/sandbox status [--json] [--state FILE]
                        hack/sandbox image import NAME PATH [--state FILE]
                        hack/sandbox down [--state FILE]
@@ -105,7 +105,17 @@ namespace Migrate.Sandbox
             void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{clock.Elapsed.TotalSeconds,5:0.0}s] {text}"));
             bool installed = options.Flags.ContainsKey("installed");
             Say($"starting the sandbox cluster with {nodes} node(s){(installed ? ", installed from deploy/ with RBAC enforced" : "")}");
-            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false, AsInstalled = installed }, Say))
+            var containerd = options.Flags.GetValueOrDefault("containerd");
+            try
+            {
+                Say("containerd: " + string.Join(", ", ContainerdRelease.ForNodes(containerd, nodes).Select((r, i) => $"node-{(char)('a' + i)} {r.Version()}")));
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+            {
+                throw new SandboxException(e.Message);
+            }
+
+            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false, AsInstalled = installed, Containerd = containerd }, Say))
             {
                 File.WriteAllText(state + ".tmp", cluster.DescribeJson());
                 File.Move(state + ".tmp", state, overwrite: true);
@@ -273,8 +283,9 @@ namespace Migrate.Sandbox
                 foreach (var node in state["nodes"]!.AsArray())
                 {
                     var socket = (string)node!["containerdSocket"]!;
-                    Prerequisites.Run("ctr", "--address", socket, "--namespace", "k8s.io", "images", "import", archive);
-                    var names = Prerequisites.Run("ctr", "--address", socket, "--namespace", "k8s.io", "images", "ls", "-q").Split('\n', StringSplitOptions.TrimEntries);
+                    var ctr = (string?)node["ctr"] ?? "ctr"; // the node's own release's
+                    Prerequisites.Run(ctr, "--address", socket, "--namespace", "k8s.io", "images", "import", archive);
+                    var names = Prerequisites.Run(ctr, "--address", socket, "--namespace", "k8s.io", "images", "ls", "-q").Split('\n', StringSplitOptions.TrimEntries);
                     if (!names.Contains(name))
                     {
                         throw new SandboxException($"{path} holds no image named {name} (an OCI archive keeps the names it was saved with)");

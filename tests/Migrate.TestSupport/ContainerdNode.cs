@@ -72,10 +72,12 @@ public sealed class ContainerdNode : IAsyncDisposable
     /// Starts a node. With <paramref name="restoreRuntime"/> (the podmig-runc binary) it also has
     /// the "podmig" runtime handler, configured as deploy/node/ configures a real node.
     /// </summary>
-    public static async Task<ContainerdNode> StartAsync(string name, string? restoreRuntime = null, IReadOnlyDictionary<string, string>? runtimeEnvironment = null)
+    public static async Task<ContainerdNode> StartAsync(string name, string? restoreRuntime = null, IReadOnlyDictionary<string, string>? runtimeEnvironment = null,
+        ContainerdRelease? release = null)
     {
         Prerequisites.RequireRoot();
-        Prerequisites.RequirePrograms("containerd", "containerd-shim-runc-v2", "runc", "ctr", "ip", "criu");
+        Prerequisites.RequirePrograms("runc", "ip", "criu");
+        release ??= ContainerdRelease.Default;
         if (!File.Exists("/usr/lib/cni/bridge") && !File.Exists("/opt/cni/bin/bridge"))
         {
             throw new InvalidOperationException("CNI plugins are missing (containernetworking-plugins); run 'sudo hack/install-prereqs.sh'");
@@ -108,53 +110,11 @@ public sealed class ContainerdNode : IAsyncDisposable
               ]
             }
             """);
-        string extraRuntimeConfig = restoreRuntime is null ? "" : $$"""
-                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{{RestoreHandler}}]
-                  runtime_type = "io.containerd.runc.v2"
-                  pod_annotations = ["podmigration.io/*", "podmig.io/*"]
-                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{{RestoreHandler}}.options]
-                    BinaryName = "{{restoreRuntime}}"
-                    Root = "{{state}}/runc"
-                    SystemdCgroup = false
-            """;
         var config = Path.Combine(state, "config.toml");
-        File.WriteAllText(config, $$"""
-            version = 2
-            root = "{{root}}/containerd"
-            state = "{{state}}/containerd"
-            disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp"]
+        File.WriteAllText(config, ContainerdConfig.Render(release, root, state, cniBin, restoreRuntime, PauseImage, RestoreHandler));
 
-            [grpc]
-              address = "{{state}}/c.sock"
-
-            [ttrpc]
-              address = "{{state}}/c.sock.ttrpc"
-
-            [debug]
-              level = "info"
-
-            [plugins."io.containerd.grpc.v1.cri"]
-              sandbox_image = "{{PauseImage}}"
-              enable_selinux = false
-              disable_apparmor = true
-              restrict_oom_score_adj = true
-              [plugins."io.containerd.grpc.v1.cri".containerd]
-                snapshotter = "overlayfs"
-                default_runtime_name = "runc"
-                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-                  runtime_type = "io.containerd.runc.v2"
-                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-                    BinaryName = "runc"
-                    Root = "{{state}}/runc"
-                    SystemdCgroup = false
-            {{extraRuntimeConfig}}
-              [plugins."io.containerd.grpc.v1.cri".cni]
-                bin_dir = "{{cniBin}}"
-                conf_dir = "{{state}}/cni"
-            """);
-
-        var process = Launch(config, root, state, runtimeEnvironment);
-        var node = new ContainerdNode(name, id, root, state, process, bridge) { _runtimeEnvironment = runtimeEnvironment };
+        var process = Launch(release, config, root, state, runtimeEnvironment);
+        var node = new ContainerdNode(name, id, root, state, process, bridge) { _runtimeEnvironment = runtimeEnvironment, Release = release };
         try
         {
             await node.WaitUntilReadyAsync(TimeSpan.FromSeconds(30));
@@ -170,14 +130,25 @@ public sealed class ContainerdNode : IAsyncDisposable
     private IReadOnlyDictionary<string, string>? _runtimeEnvironment;
     private readonly HashSet<string> _crashedNetworks = new(StringComparer.Ordinal);
 
-    private static Process Launch(string config, string root, string state, IReadOnlyDictionary<string, string>? runtimeEnvironment)
+    /// <summary>The containerd release the node runs.</summary>
+    public ContainerdRelease Release { get; private init; } = ContainerdRelease.Default;
+
+    private static Process Launch(ContainerdRelease release, string config, string root, string state, IReadOnlyDictionary<string, string>? runtimeEnvironment)
     {
-        var start = new ProcessStartInfo("containerd")
+        var start = new ProcessStartInfo(release.Containerd)
         {
             UseShellExecute = false,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
+            // containerd looks for a shim in its working directory first: never a stray one
+            WorkingDirectory = state,
         };
+        if (release.Prefixed)
+        {
+            // then on its PATH: the release's own shim (the system's is 1.6's)
+            start.Environment["PATH"] = release.BinDirectory + ":" + (Environment.GetEnvironmentVariable("PATH") ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        }
+
         // the restore runtime runs as a child of containerd's shim and inherits this
         start.Environment[StagingLayout.IncomingRootVariable] = Path.Combine(root, "incoming");
         foreach (var (variable, value) in runtimeEnvironment ?? new Dictionary<string, string>())
@@ -233,7 +204,7 @@ public sealed class ContainerdNode : IAsyncDisposable
 
         _containerd.Dispose();
         File.Delete(SocketPath);
-        _containerd = Launch(Path.Combine(State, "config.toml"), Root, State, _runtimeEnvironment);
+        _containerd = Launch(Release, Path.Combine(State, "config.toml"), Root, State, _runtimeEnvironment);
         await WaitUntilReadyAsync(TimeSpan.FromSeconds(30));
     }
 
@@ -287,7 +258,7 @@ public sealed class ContainerdNode : IAsyncDisposable
 
     /// <summary>Imports an OCI archive into the k8s.io namespace (where the CRI plugin sees it).</summary>
     public void ImportImage(string archive) =>
-        Prerequisites.Run("ctr", "--address", SocketPath, "--namespace", "k8s.io", "images", "import", archive);
+        Prerequisites.Run(Release.Ctr, "--address", SocketPath, "--namespace", "k8s.io", "images", "import", archive);
 
     public async ValueTask DisposeAsync()
     {
@@ -349,7 +320,7 @@ public sealed class ContainerdNode : IAsyncDisposable
         foreach (var (pid, cmdline) in Processes())
         {
             if ((cmdline.Contains("containerd-shim", StringComparison.Ordinal) && cmdline.Contains(socket, StringComparison.Ordinal))
-                || (cmdline.StartsWith("containerd ", StringComparison.Ordinal) && cmdline.Contains(config, StringComparison.Ordinal)))
+                || (cmdline.Split(' ', 2)[0].EndsWith("containerd", StringComparison.Ordinal) && cmdline.Contains(config, StringComparison.Ordinal)))
             {
                 ChildProcess.Signal(pid, 9);
             }

@@ -13,6 +13,9 @@ public sealed record SandboxOptions
     /// <summary>Nodes, named node-a, node-b, …</summary>
     public int Nodes { get; init; } = 2;
 
+    /// <summary>The containerd release of each node ("1.7": every node; "1.6,2.1": node-a 1.6, node-b and on 2.1); default bookworm's 1.6.</summary>
+    public string? Containerd { get; init; }
+
     /// <summary>Start the operator (as a process) with the cluster; tests that drive it themselves leave it off.</summary>
     public bool StartOperator { get; init; } = true;
 
@@ -263,9 +266,10 @@ public sealed class SandboxCluster : IAsyncDisposable
             }
 
             progress?.Invoke($"API emulator at {api.Client.BaseUri}, KUBECONFIG={api.Emulator.KubeconfigPath}{(options.AsInstalled ? " (RBAC on, deploy/ applied)" : "")}");
+            var releases = ContainerdRelease.ForNodes(options.Containerd, options.Nodes);
             for (int i = 0; i < options.Nodes; i++)
             {
-                await cluster.AddNodeAsync($"node-{(char)('a' + i)}", $"127.0.0.{11 + i}:{Ports.Free()}", progress);
+                await cluster.AddNodeAsync($"node-{(char)('a' + i)}", $"127.0.0.{11 + i}:{Ports.Free()}", releases[i], progress);
             }
 
             if (options.StartOperator)
@@ -292,11 +296,11 @@ public sealed class SandboxCluster : IAsyncDisposable
         }
     }
 
-    private async Task AddNodeAsync(string name, string agentAddress, Action<string>? progress)
+    private async Task AddNodeAsync(string name, string agentAddress, ContainerdRelease release, Action<string>? progress)
     {
         var containerd = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime, Options.LazyPagesBytesPerSecond > 0
             ? new Dictionary<string, string> { [LazyRestoreHelpers.BytesPerSecondVariable] = Options.LazyPagesBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture) }
-            : null);
+            : null, release);
         _cleanup.Push(containerd.DisposeAsync);
         var archives = TestImages.Archives();
         foreach (var archive in Options.ImportTestImages ? archives : archives.Take(1))
@@ -316,7 +320,7 @@ public sealed class SandboxCluster : IAsyncDisposable
             : new Dictionary<string, string> { [Annotations.AgentEndpoint] = agentAddress });
         _cleanup.Push(node.Kubelet.DisposeAsync);
         _nodes.Add(node);
-        progress?.Invoke($"{name}: containerd pid {containerd.Pid} ({containerd.SocketPath}), kubelet (emulated) :{node.Kubelet.Port}"
+        progress?.Invoke($"{name}: containerd {release.Version()} pid {containerd.Pid} ({containerd.SocketPath}), kubelet (emulated) :{node.Kubelet.Port}"
             + (Options.AsInstalled ? "" : $", agent pid {node.Agent.Pid} at {agentAddress}"));
     }
 
@@ -489,7 +493,11 @@ public sealed class SandboxCluster : IAsyncDisposable
         pid = Environment.ProcessId,
         // what the sandbox process removes on a normal stop, listed for hack/sandbox down after a crash
         files = new[] { KubeconfigPath, Pki.Directory, Api.KubectlCacheDirectory }.Concat(InstalledFiles()),
-        nodes = _nodes.Select(n => new { name = n.Name, containerdSocket = n.Containerd.SocketPath, root = n.Containerd.Root, state = n.Containerd.State, agent = n.AgentAddress }),
+        nodes = _nodes.Select(n => new
+        {
+            name = n.Name, containerdSocket = n.Containerd.SocketPath, root = n.Containerd.Root, state = n.Containerd.State, agent = n.AgentAddress,
+            containerd = n.Containerd.Release.Name, ctr = n.Containerd.Release.Ctr,
+        }),
         components = Components().Select(c => new { name = c.Name, kind = c.Kind, node = c.Node, pid = c.Pid, address = c.Address, log = c.Log }),
     }, Indented);
 
