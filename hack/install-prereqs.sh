@@ -171,6 +171,34 @@ for entry in "${CONTAINERD_RELEASES[@]}"; do
   "$prefix/usr/bin/containerd-shim-runc-v2" -v >/dev/null 2>&1 || die "$prefix's containerd-shim-runc-v2 does not run"
 done
 
+# ---------------------------------------------------------------- Prometheus
+# The tests scrape the sandbox's operator and agents with a real Prometheus and check the chart's
+# alert rules with promtool: bookworm's prometheus package, unpacked (never installed: no
+# service, no user) into its own prefix. Its binaries need only the system's glibc.
+PROMETHEUS_PREFIX="$PREFIX/prometheus"
+if [ -f "$PROMETHEUS_PREFIX/.complete" ] && "$PROMETHEUS_PREFIX/usr/bin/promtool" --version >/dev/null 2>&1; then
+  log "Prometheus prefix present: $PROMETHEUS_PREFIX"
+else
+  install_prometheus_prefix() {
+    local work
+    work=$(mktemp -d /tmp/podmig-bookworm.XXXXXX)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$work'" RETURN
+    private_apt bookworm "$work/apt"
+    log "downloading prometheus from bookworm"
+    (cd "$work" && apt-get "${apt_opts[@]}" download -qq prometheus) || die "apt-get download prometheus failed"
+    rm -rf "$PROMETHEUS_PREFIX.new"
+    mkdir -p "$PROMETHEUS_PREFIX.new"
+    dpkg-deb -x "$work"/prometheus_*.deb "$PROMETHEUS_PREFIX.new"
+    "$PROMETHEUS_PREFIX.new/usr/bin/prometheus" --version >/dev/null 2>&1 || die "the unpacked prometheus does not run"
+    rm -rf "$PROMETHEUS_PREFIX"
+    mv "$PROMETHEUS_PREFIX.new" "$PROMETHEUS_PREFIX"
+    touch "$PROMETHEUS_PREFIX/.complete"
+  }
+  install_prometheus_prefix
+fi
+"$PROMETHEUS_PREFIX/usr/bin/promtool" --version >/dev/null 2>&1 || die "$PROMETHEUS_PREFIX's promtool does not run"
+
 # ---------------------------------------------------------------- hardware breakpoints
 # CRIU stops each task leaving its parasite code with a hardware breakpoint. Where the hypervisor
 # never delivers that trap to a guest (hack/probes/hw-breakpoint.c says why), every dump and

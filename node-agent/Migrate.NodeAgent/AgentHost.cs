@@ -118,6 +118,7 @@ public static class AgentHost
         var settings = app.Services.GetRequiredService<IOptions<AgentOptions>>().Value;
         AgentTelemetry.CountStagedWith(() => new[] { settings.StagingDirectory, settings.IncomingDirectory }
             .Where(Directory.Exists).Sum(d => Directory.EnumerateDirectories(d).Count()));
+        AgentTelemetry.MeasureStagingIn(settings.StagingDirectory);
         return app;
     }
 

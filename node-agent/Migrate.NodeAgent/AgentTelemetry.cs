@@ -49,4 +49,28 @@ public static class AgentTelemetry
         "{migration}", "Migrations with checkpoint images staged or arriving on this node");
 
     public static void CountStagedWith(Func<int> count) => _staged = count;
+
+    private static Func<(long Available, long Capacity)> _stagingSpace = () => (0, 0);
+
+    /// <summary>Free bytes of the file system the staging directory is on (alerts on a filling disk).</summary>
+    public static readonly ObservableGauge<long> StagingAvailable = Meter.CreateObservableGauge("podmig.agent.staging.available", () => _stagingSpace().Available,
+        "By", "Bytes available on the file system of the staging directory");
+
+    /// <summary>Size of the file system the staging directory is on.</summary>
+    public static readonly ObservableGauge<long> StagingCapacity = Meter.CreateObservableGauge("podmig.agent.staging.capacity", () => _stagingSpace().Capacity,
+        "By", "Size of the file system of the staging directory");
+
+    /// <summary>Reports the staging directory's file system (statvfs, through DriveInfo).</summary>
+    public static void MeasureStagingIn(string directory) => _stagingSpace = () =>
+    {
+        try
+        {
+            var drive = new DriveInfo(Directory.Exists(directory) ? directory : Path.GetDirectoryName(directory) ?? "/");
+            return (drive.AvailableFreeSpace, drive.TotalSize);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            return (0, 0);
+        }
+    };
 }

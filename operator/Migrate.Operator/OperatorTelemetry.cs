@@ -30,7 +30,17 @@ public static class OperatorTelemetry
     public static readonly ObservableGauge<int> InFlight = Meter.CreateObservableGauge("podmig.operator.migrations.in_flight", () => Volatile.Read(ref _inFlight),
         "{migration}", "Migrations under way (checkpointing, transferring, restoring or cutting over)");
 
-    public static void SetInFlight(int count) => Volatile.Write(ref _inFlight, count);
+    private static double _oldestSeconds;
+
+    /// <summary>How long the oldest migration under way has been, as of the controller's last pass (alerts on a migration stuck in a phase).</summary>
+    public static readonly ObservableGauge<double> OldestInFlight = Meter.CreateObservableGauge("podmig.operator.migrations.oldest", () => Volatile.Read(ref _oldestSeconds),
+        "s", "Age of the oldest migration under way (0: none)");
+
+    public static void SetInFlight(int count, double oldestSeconds = 0)
+    {
+        Volatile.Write(ref _inFlight, count);
+        Volatile.Write(ref _oldestSeconds, Math.Max(0, oldestSeconds));
+    }
 
     /// <summary>Checkpoints that reached Ready or Failed, tagged by outcome and reason.</summary>
     public static readonly Counter<long> Checkpoints = Meter.CreateCounter<long>("podmig.operator.checkpoints", "{checkpoint}", "Checkpoints that reached Ready or Failed");

@@ -21,6 +21,14 @@ public sealed class GoTemplateTests
     }
 
     [Fact]
+    public void Braces_inside_a_quoted_string_do_not_close_the_action_as_in_go_s_lexer()
+    {
+        // the idiom that writes Prometheus alert templates from a chart
+        Assert.Equal("{{ $value }} and }}", Run("{{ \"{{\" }} $value {{ \"}}\" }} and {{ `}}` }}"));
+        Assert.Throws<TemplateException>(() => Run("{{ \"}} "));
+    }
+
+    [Fact]
     public void Conditions_follow_go_truthiness_and_else_if_chains()
     {
         const string template = "{{ if .Values.a }}A{{ else if .Values.b }}B{{ else }}C{{ end }}";

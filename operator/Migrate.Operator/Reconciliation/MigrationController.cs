@@ -182,7 +182,10 @@ public sealed partial class MigrationController : BackgroundService
     {
         while (!cancellationToken.IsCancellationRequested)
         {
-            OperatorTelemetry.SetInFlight(_cache.Requests.Items.Count(MigrationReconciler.IsInFlight));
+            var inFlight = _cache.Requests.Items.Where(MigrationReconciler.IsInFlight).ToList();
+            var now = _time.GetUtcNow().UtcDateTime;
+            OperatorTelemetry.SetInFlight(inFlight.Count,
+                inFlight.Select(r => r.Status?.StartTime is { } started ? (now - started).TotalSeconds : 0).DefaultIfEmpty(0).Max());
             try
             {
                 await Task.Delay(TimeSpan.FromSeconds(1), _time, cancellationToken);

@@ -98,7 +98,7 @@ public sealed class GoTemplateSet
                 }
 
                 pending.Append(text, i, open - i);
-                int close = text.IndexOf("}}", open + 2, StringComparison.Ordinal);
+                int close = CloseOf(text, open + 2);
                 if (close < 0)
                 {
                     throw Error("unclosed action", line);
@@ -140,6 +140,43 @@ public sealed class GoTemplateSet
             }
 
             _tokens.Add((false, pending.ToString(), line));
+        }
+
+        /// <summary>
+        /// Where the action opened before <paramref name="from"/> closes: the first <c>}}</c> outside a
+        /// quoted string, raw string or character constant (as Go's lexer reads it, so that
+        /// <c>{{ "}}" }}</c> prints braces); -1 when it never closes.
+        /// </summary>
+        private static int CloseOf(string text, int from)
+        {
+            var start = text.AsSpan(from).TrimStart("- ");
+            if (start.StartsWith("/*", StringComparison.Ordinal))
+            {
+                // a comment runs to "*/" whatever it holds
+                int endOfComment = text.IndexOf("*/", text.Length - start.Length + 2, StringComparison.Ordinal);
+                return endOfComment < 0 ? -1 : text.IndexOf("}}", endOfComment + 2, StringComparison.Ordinal);
+            }
+
+            for (int i = from; i < text.Length - 1; i++)
+            {
+                char c = text[i];
+                if (c is '"' or '\'' or '`')
+                {
+                    for (i++; i < text.Length && text[i] != c; i++)
+                    {
+                        if (c != '`' && text[i] == '\\')
+                        {
+                            i++;
+                        }
+                    }
+                }
+                else if (c == '}' && text[i + 1] == '}')
+                {
+                    return i;
+                }
+            }
+
+            return -1;
         }
 
         /// <summary>Nodes up to an {{end}}, {{else…}} (returned in <paramref name="end"/>) or the end of the file (null).</summary>

@@ -1,0 +1,18 @@
+namespace Migrate.TestSupport;
+
+/// <summary>Bookworm's Prometheus and promtool, which hack/install-prereqs.sh unpacks into their own prefix.</summary>
+public static class PrometheusTools
+{
+    private static string BinDirectory =>
+        Path.Combine(Environment.GetEnvironmentVariable("PODMIG_PREFIX") is { Length: > 0 } p ? p : "/opt/pod-migration", "prometheus", "usr", "bin");
+
+    public static string Prometheus => Require("prometheus");
+
+    public static string Promtool => Require("promtool");
+
+    private static string Require(string program)
+    {
+        var path = Path.Combine(BinDirectory, program);
+        return File.Exists(path) ? path : throw new InvalidOperationException($"{program} is not installed ({path} is missing); run 'sudo hack/install-prereqs.sh'");
+    }
+}
