@@ -24,13 +24,14 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
         Assert.NotEqual(0, wrong.ExitCode);
         Assert.Contains("containerd '1.5' is not a release the sandbox runs (it runs 1.6, 1.7, 2.1)", wrong.Output, StringComparison.Ordinal);
 
-        var up = await Sandbox.RunAsync("hack/sandbox", "up", "--nodes", "3", "--containerd", "1.6,1.7,2.1", "--state", State);
+        var up = await Sandbox.RunAsync("hack/sandbox", "up", "--nodes", "3", "--containerd", "1.6,1.7,2.1", "--prometheus", "--state", State);
         Assert.True(up.ExitCode == 0, up.Output);
         Assert.Contains("KUBECONFIG=", up.Output, StringComparison.Ordinal);
         Assert.Matches(@"containerd: node-a 1\.6\.\S+, node-b 1\.7\.\S+, node-c 2\.1\.\S+", up.Output);
         var state = JsonNode.Parse(await File.ReadAllTextAsync(State))!;
         Assert.Equal(["1.6", "1.7", "2.1"], state["nodes"]!.AsArray().Select(n => (string)n!["containerd"]!));
         var sockets = state["nodes"]!.AsArray().Select(n => ((string)n!["containerdSocket"]!, (string)n["ctr"]!)).ToList();
+        int prometheusPid = 0;
         var roots = state["nodes"]!.AsArray().SelectMany(n => new[] { (string)n!["root"]!, (string)n["state"]! }).ToList();
         try
         {
@@ -40,6 +41,20 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
             Assert.Equal(["node-a", "node-b", "node-c"], components.Where(c => (string)c!["kind"]! == "node agent").Select(c => (string)c!["node"]!));
             Assert.All(components, c => Assert.True((bool)c!["running"]!, $"{c["name"]} (pid {c["pid"]}) is not running"));
             Assert.Single(components, c => (string)c!["name"]! == "operator");
+            var prometheus = Assert.Single(components, c => (string)c!["name"]! == "prometheus")!;
+            prometheusPid = (int)prometheus["pid"]!;
+            using (var http = new HttpClient())
+            {
+                // (its first target discovery runs a moment after it is ready)
+                var targets = "";
+                for (int i = 0; i < 50 && !targets.Contains("\"health\":\"up\"", StringComparison.Ordinal); i++)
+                {
+                    await Task.Delay(200);
+                    targets = await http.GetStringAsync(new Uri(new Uri((string)prometheus["address"]!), "api/v1/targets"));
+                }
+
+                Assert.Contains("\"scrapePool\":\"podmig-agent\"", targets, StringComparison.Ordinal);
+            }
             Assert.Equal(3, components.Where(c => (string)c!["kind"]! == "node agent").Select(c => ((string)c!["address"]!).Split(':')[0]).Distinct().Count());
 
             var nodes = await Sandbox.RunAsync("kubectl", "--kubeconfig", (string)state["kubeconfig"]!, "get", "nodes", "--no-headers");
@@ -65,6 +80,7 @@ public sealed class HackSandboxTests(ITestOutputHelper output) : IDisposable
         }
 
         Assert.False(File.Exists(State));
+        Assert.True(prometheusPid > 0 && !Directory.Exists($"/proc/{prometheusPid}"), $"Prometheus (pid {prometheusPid}) still runs");
         Assert.All(roots, r => Assert.False(Directory.Exists(r), $"{r} is left"));
         Assert.DoesNotContain(File.ReadAllLines("/proc/mounts"), l => roots.Any(r => l.Contains(r, StringComparison.Ordinal)));
         var again = await Sandbox.RunAsync("hack/sandbox", "status", "--state", State);

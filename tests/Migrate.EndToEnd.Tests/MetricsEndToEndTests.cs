@@ -86,6 +86,58 @@ public sealed class MetricsEndToEndTests(SandboxFixture fixture, ITestOutputHelp
         (await Cluster.Api.KubectlAsync("delete", "pod", "metered", "--wait=true")).Succeeded();
     }
 
+    [Fact]
+    public async Task A_real_Prometheus_scrapes_the_operator_and_the_agents_answers_for_the_migration_s_downtime_and_evaluates_the_chart_s_alerts()
+    {
+        await using var prometheus = await PrometheusServer.StartAsync([Cluster.OperatorAddress ?? throw new InvalidOperationException("the sandbox runs no operator")], Cluster.Nodes.Select(n => n.ProbeAddress));
+        output.WriteLine($"Prometheus pid {prometheus.Pid} at {prometheus.Address}");
+        var up = await PollAsync(prometheus, "up", r => r.Count == 1 + Cluster.Nodes.Count && r.All(s => s.Value == 1), "every target up");
+        Assert.Equal(Cluster.Nodes.Count, up.Count(s => s.Labels["job"] == PrometheusServer.AgentJob));
+        // (the counter's series appears with the operator's first migration outcome; until then "no data" is 0)
+        double before = (await prometheus.QueryAsync("sum(podmig_operator_downtime_milliseconds_sum)")).Sum(s => s.Value);
+
+        await Sandbox.RunCounterAsync(Cluster, "scraped", "node-a", 16);
+        await Sandbox.ApplyRequestAsync(Cluster, "move-scraped", "scraped", "Cold", "node-b");
+        var request = await Sandbox.WaitForFinalAsync(Cluster, "move-scraped");
+        Assert.Equal(MigrationPhases.Succeeded, request!.Status!.Phase);
+        long downtime = request.Status.DowntimeMillis!.Value;
+
+        var after = await PollAsync(prometheus, "sum(podmig_operator_downtime_milliseconds_sum)", r => r.Count == 1 && r[0].Value - before >= downtime, "the migration's downtime");
+        output.WriteLine($"downtime: status {downtime} ms; Prometheus: {after[0].Value - before} ms more in podmig_operator_downtime_milliseconds_sum");
+        Assert.Equal(downtime, after[0].Value - before);
+        var staging = await PollAsync(prometheus, "podmig_agent_staging_available_bytes / podmig_agent_staging_capacity_bytes", r => r.Count == Cluster.Nodes.Count, "the staging gauges");
+        Assert.All(staging, s => Assert.InRange(s.Value, 0.0001, 1));
+        var oldest = await prometheus.QueryAsync("podmig_operator_migrations_oldest_seconds");
+        Assert.Single(oldest);
+
+        // the chart's alerts, evaluated on the real series: every expression works, none fires
+        var rules = await prometheus.RulesAsync();
+        output.WriteLine(string.Join("; ", rules.Select(r => $"{r.Name} {r.Health} {r.State}")));
+        Assert.Equal(6, rules.Count);
+        Assert.All(rules, r => Assert.Equal("ok", r.Health));
+        Assert.DoesNotContain(rules, r => r.Name is "PodMigrationAgentDown" or "PodMigrationOperatorDown" or "PodMigrationStagingDiskFilling" && r.State != "inactive");
+        await Cluster.Client.CoreV1.DeleteNamespacedPodAsync(request.Status.ReplacementPod, "default", new k8s.Models.V1DeleteOptions { GracePeriodSeconds = 0 });
+    }
+
+    private static async Task<IReadOnlyList<(Dictionary<string, string> Labels, double Value)>> PollAsync(PrometheusServer prometheus, string query,
+        Func<IReadOnlyList<(Dictionary<string, string> Labels, double Value)>, bool> done, string what)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        IReadOnlyList<(Dictionary<string, string> Labels, double Value)> result = [];
+        while (clock.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            result = await prometheus.QueryAsync(query);
+            if (done(result))
+            {
+                return result;
+            }
+
+            await Task.Delay(500);
+        }
+
+        throw new TimeoutException($"Prometheus did not show {what} within 60 s: {query} = {string.Join(", ", result.Select(r => $"{string.Join(",", r.Labels.Select(l => l.Key + "=" + l.Value))} {r.Value}"))}");
+    }
+
     /// <summary>Every sample line of a scrape: "name{labels}" to value.</summary>
     private static async Task<Dictionary<string, double>> ScrapeAsync(Uri url)
     {

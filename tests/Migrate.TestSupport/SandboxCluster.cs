@@ -13,6 +13,9 @@ public sealed record SandboxOptions
     /// <summary>Nodes, named node-a, node-b, …</summary>
     public int Nodes { get; init; } = 2;
 
+    /// <summary>Also run a real Prometheus scraping the operator and the agents, with the chart's alerts (hack/sandbox up --prometheus).</summary>
+    public bool Prometheus { get; init; }
+
     /// <summary>The containerd release of each node ("1.7": every node; "1.6,2.1": node-a 1.6, node-b and on 2.1); default bookworm's 1.6.</summary>
     public string? Containerd { get; init; }
 
@@ -222,6 +225,9 @@ public sealed class SandboxCluster : IAsyncDisposable
     /// <summary>The operator's probe address.</summary>
     public string? OperatorAddress { get; private set; }
 
+    /// <summary>A real Prometheus scraping the operator and the agents (<see cref="SandboxOptions.Prometheus"/>).</summary>
+    public PrometheusServer? Prometheus { get; private set; }
+
     public static async Task<SandboxCluster> StartAsync(SandboxOptions options, Action<string>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -285,6 +291,13 @@ public sealed class SandboxCluster : IAsyncDisposable
                 {
                     await cluster.StartNodeAgentAsync(node, progress);
                 }
+            }
+
+            if (options.Prometheus && cluster.OperatorAddress is { } operatorAddress)
+            {
+                cluster.Prometheus = await PrometheusServer.StartAsync([operatorAddress], cluster._nodes.Select(n => n.ProbeAddress));
+                cluster._cleanup.Push(cluster.Prometheus.DisposeAsync);
+                progress?.Invoke($"prometheus: pid {cluster.Prometheus.Pid} at {cluster.Prometheus.Address} (the chart's ServiceMonitor jobs and PrometheusRule alerts)");
             }
 
             return cluster;
@@ -482,6 +495,11 @@ public sealed class SandboxCluster : IAsyncDisposable
             list.Add(new SandboxComponent("operator", "operator", null, Operator.Pid, $"{OperatorAddress} (probes, metrics), {WebhookAddress} (webhooks)", Operator.LogPath));
         }
 
+        if (Prometheus is not null)
+        {
+            list.Add(new SandboxComponent("prometheus", "prometheus", null, Prometheus.Pid, Prometheus.Address.ToString(), null));
+        }
+
         return list;
     }
 
@@ -492,7 +510,7 @@ public sealed class SandboxCluster : IAsyncDisposable
         directory = Directory,
         pid = Environment.ProcessId,
         // what the sandbox process removes on a normal stop, listed for hack/sandbox down after a crash
-        files = new[] { KubeconfigPath, Pki.Directory, Api.KubectlCacheDirectory }.Concat(InstalledFiles()),
+        files = new[] { KubeconfigPath, Pki.Directory, Api.KubectlCacheDirectory }.Concat(InstalledFiles()).Concat(Prometheus is null ? [] : [Prometheus.Directory]),
         nodes = _nodes.Select(n => new
         {
             name = n.Name, containerdSocket = n.Containerd.SocketPath, root = n.Containerd.Root, state = n.Containerd.State, agent = n.AgentAddress,
