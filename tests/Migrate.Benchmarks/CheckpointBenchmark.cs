@@ -302,28 +302,9 @@ public static class CheckpointBenchmark
         return (Math.Max(0, gap), continued);
     }
 
-    /// <summary>The pod's ticks with the time the runtime logged each (CRI log format: time, stream, tag, line).</summary>
-    private static List<(DateTime At, MemcounterTick Tick)> TimedTicks(SandboxNode node, k8s.Models.V1Pod pod)
-    {
-        var result = new List<(DateTime, MemcounterTick)>();
-        foreach (var file in Directory.EnumerateFiles(node.Containerd.PodLogDirectory, "0.log", SearchOption.AllDirectories)
-            .Where(f => f.Contains($"default_{pod.Metadata.Name}_{pod.Metadata.Uid}", StringComparison.Ordinal)))
-        {
-            using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            using var reader = new StreamReader(stream);
-            while (reader.ReadLine() is { } line)
-            {
-                var parts = line.Split(' ', 4);
-                if (parts.Length == 4 && LogTime(parts[0]) is { } at
-                    && Memcounter.Parse([parts[3]]) is [var tick])
-                {
-                    result.Add((at, tick));
-                }
-            }
-        }
-
-        return result;
-    }
+    /// <summary>The pod's ticks with the time the runtime logged each.</summary>
+    private static List<(DateTime At, MemcounterTick Tick)> TimedTicks(SandboxNode node, k8s.Models.V1Pod pod) =>
+        [.. node.TimedTicks("default", pod.Metadata.Name, pod.Spec.Containers[0].Name, pod.Metadata.Uid)];
 
     /// <summary>Where the agent says the freeze went, from the checkpoint's description on the node (checkpoint.json).</summary>
     private static string Breakdown(string location)
@@ -334,19 +315,6 @@ public static class CheckpointBenchmark
         long capture = dump?["containers"]?.AsArray().Sum(c => Millis(c, "memoryCaptureMillis")) ?? 0;
         return string.Create(CultureInfo.InvariantCulture,
             $"freezing {Millis(dump, "freezeMillis")} ms, dump {Millis(dump, "dumpMillis")} ms (of it reading changed memory {capture} ms), file system {Millis(dump, "filesystemMillis")} ms; lazy memory {description["lazyMemory"]?.GetValue<bool>() ?? false}");
-    }
-
-    /// <summary>A CRI log line's time (RFC 3339 with up to nine fractional digits; .NET keeps seven).</summary>
-    internal static DateTime? LogTime(string text)
-    {
-        int dot = text.IndexOf('.', StringComparison.Ordinal);
-        if (dot > 0 && text.EndsWith('Z'))
-        {
-            var fraction = text[(dot + 1)..^1];
-            text = text[..(dot + 1)] + (fraction.Length > 7 ? fraction[..7] : fraction) + "Z";
-        }
-
-        return DateTime.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal, out var at) ? at : null;
     }
 
     /// <summary>Polls an object until its status.phase is <paramref name="done"/> or Failed (at most 10 minutes); returns the status.</summary>

@@ -152,27 +152,12 @@ public sealed class NodeFailureRecoveryTests(NodeFailureSandboxFixture fixture, 
         })];
     }
 
-    /// <summary>The ticks a pod printed on a node, with the time the runtime logged each (from the CRI log file).</summary>
+    /// <summary>The ticks db printed on a node, with the time the runtime logged each (from the CRI log file).</summary>
     private static List<(DateTime Time, long Tick)> TimedTicks(SandboxNode node, string uid)
     {
-        var result = new List<(DateTime, long)>();
-        foreach (var file in Directory.EnumerateFiles(node.Containerd.PodLogDirectory, "*.log", SearchOption.AllDirectories)
-            .Where(f => f.Contains($"default_db_{uid}", StringComparison.Ordinal)))
-        {
-            using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-            using var reader = new StreamReader(stream);
-            while (reader.ReadLine() is { } line)
-            {
-                var parts = line.Split(' ', 4);
-                if (parts.Length == 4 && Memcounter.Parse([parts[3]]) is [var tick])
-                {
-                    result.Add((DateTime.Parse(parts[0], CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal), tick.Tick));
-                }
-            }
-        }
-
-        Assert.NotEmpty(result);
-        return [.. result.OrderBy(t => t.Item2)];
+        var ticks = node.TimedTicks("default", "db", "main", uid);
+        Assert.NotEmpty(ticks);
+        return [.. ticks.Select(t => (t.At, t.Tick.Tick)).OrderBy(t => t.Item2)];
     }
 
     private static async Task<T> WaitForAsync<T>(string what, Func<Task<T?>> probe)

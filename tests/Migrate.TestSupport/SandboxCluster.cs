@@ -103,9 +103,38 @@ public sealed class SandboxNode
         [.. new[] { StagingDirectory, IncomingDirectory }.Where(Directory.Exists).SelectMany(Directory.EnumerateDirectories)];
 
     /// <summary>A container's ticks from the node's pod log files (they outlive the pod, as /var/log/pods does for a while).</summary>
-    public IReadOnlyList<MemcounterTick> LoggedTicks(string ns, string pod, string container, string? uid = null)
+    public IReadOnlyList<MemcounterTick> LoggedTicks(string ns, string pod, string container, string? uid = null) =>
+        Memcounter.Parse([.. LogLines(ns, pod, container, uid).Select(l => l.Text)]);
+
+    /// <summary>
+    /// The ticks a container printed, each with the time the runtime logged it (CRI log format:
+    /// time, stream, tag, line), in the order printed; lines without a time are left out.
+    /// </summary>
+    public IReadOnlyList<(DateTime At, MemcounterTick Tick)> TimedTicks(string ns, string pod, string container, string? uid = null) =>
+        [.. LogLines(ns, pod, container, uid)
+            .Select(l => (At: CriLogTime(l.Time), Ticks: Memcounter.Parse([l.Text])))
+            .Where(t => t.At is not null && t.Ticks.Count == 1)
+            .Select(t => (t.At!.Value, t.Ticks[0]))];
+
+    /// <summary>A CRI log line's time (RFC 3339 with nanoseconds), or null.</summary>
+    public static DateTime? CriLogTime(string text)
     {
-        var lines = new List<string>();
+        ArgumentNullException.ThrowIfNull(text);
+        int dot = text.IndexOf('.', StringComparison.Ordinal);
+        if (dot > 0 && text.EndsWith('Z'))
+        {
+            var fraction = text[(dot + 1)..^1];
+            text = text[..(dot + 1)] + (fraction.Length > 7 ? fraction[..7] : fraction) + "Z";
+        }
+
+        return DateTime.TryParse(text, System.Globalization.CultureInfo.InvariantCulture,
+            System.Globalization.DateTimeStyles.AdjustToUniversal | System.Globalization.DateTimeStyles.AssumeUniversal, out var at) ? at : null;
+    }
+
+    /// <summary>The lines of a container's CRI log files on this node (they outlive the pod), with each one's time field.</summary>
+    private List<(string Time, string Text)> LogLines(string ns, string pod, string container, string? uid)
+    {
+        var lines = new List<(string, string)>();
         foreach (var file in System.IO.Directory.EnumerateFiles(Containerd.PodLogDirectory, "0.log", SearchOption.AllDirectories)
             .Where(f => Path.GetFileName(Path.GetDirectoryName(Path.GetDirectoryName(f)))!.StartsWith($"{ns}_{pod}_{uid}", StringComparison.Ordinal)
                 && Path.GetFileName(Path.GetDirectoryName(f)) == container))
@@ -114,11 +143,11 @@ public sealed class SandboxNode
             using var reader = new StreamReader(stream);
             while (reader.ReadLine() is { } line)
             {
-                lines.Add(line.Split(' ', 4) is { Length: 4 } parts ? parts[3] : line);
+                lines.Add(line.Split(' ', 4) is { Length: 4 } parts ? (parts[0], parts[3]) : ("", line));
             }
         }
 
-        return Memcounter.Parse(lines);
+        return lines;
     }
 
     /// <summary>Starts (or restarts, as a DaemonSet would) the node agent, on the same address.</summary>
