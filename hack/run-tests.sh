@@ -54,16 +54,28 @@ if [ -s "$MIGRATE_FIGURES_FILE" ]; then
   echo "Figures recorded by the tests (measured, not asserted):"
   awk -F'\t' '{ printf "  %-16s %-32s %10s %s\n", $1, $2, $3, $4 }' "$MIGRATE_FIGURES_FILE"
 fi
-# The failed tests again, last, so that the tail of a long log names them.
+# The failed tests again, last, with the first lines of each one's message, so that the tail of
+# a long log names them and says why (perl-base is part of every Debian system).
 failed_tests=$(for trx in "$results"/*.trx; do
   [ -f "$trx" ] || continue
-  grep -o '<UnitTestResult [^>]*outcome="\(Failed\|Error\|Timeout\|Aborted\)"[^>]*>' "$trx" \
-    | sed -n 's/.* testName="\([^"]*\)".*/  \1/p'
+  perl -0777 -ne '
+    my %e = (quot => q("), amp => q(&), lt => q(<), gt => q(>), apos => "\x27");
+    sub plain { my $t = shift; $t =~ s/&(quot|amp|lt|gt|apos);/$e{$1}/g; $t =~ s/&#x([0-9A-Fa-f]+);/chr(hex($1))/ge; return $t }
+    while (/<UnitTestResult\s([^>]*?outcome="(?:Failed|Error|Timeout|Aborted)"[^>]*)>(.*?)<\/UnitTestResult>/sg) {
+      my ($attributes, $body) = ($1, $2);
+      my ($name) = $attributes =~ /testName="([^"]*)"/;
+      print "  ", plain($name), "\n";
+      if ($body =~ /<Message>(.*?)<\/Message>/s) {
+        my @lines = grep { /\S/ } split /\n/, plain($1);
+        splice @lines, 8 if @lines > 8;
+        print map { "      $_\n" } @lines;
+      }
+    }' "$trx"
 done)
 if [ -n "$failed_tests" ]; then
   echo
   echo "failed tests:"
-  printf '%s\n' "$failed_tests" | sed 's/&quot;/"/g; s/&amp;/\&/g; s/&lt;/</g; s/&gt;/>/g'
+  printf '%s\n' "$failed_tests"
 fi
 if [ ${#broken[@]} -gt 0 ]; then
   echo
