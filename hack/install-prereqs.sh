@@ -3,11 +3,13 @@
 #
 #   * From bookworm: runc, containerd, CNI plugins, iptables, busybox-static, iproute2 and a C
 #     toolchain (the test workloads are small static C programs).
-#   * CRIU >= 4.1 from Debian trixie into a private prefix. Bookworm's CRIU 3.17 cannot dump on
-#     kernels >= 6.13 (the vDSO area is split into [vvar] and [vvar_vclock]); trixie's 4.1 can.
-#     trixie's criu needs trixie's libc, so the packages are unpacked (never installed) into
-#     $PREFIX and the binary runs through that prefix's own dynamic loader. The system's libc
-#     and apt sources are left alone.
+#   * CRIU >= 4.2.1 from Debian sid into a private prefix. Bookworm's CRIU 3.17 cannot dump on
+#     kernels >= 6.13 (the vDSO area is split into [vvar] and [vvar_vclock]); trixie's 4.1 cannot
+#     dump a process holding any IPv4 or IPv6 socket on kernels >= 6.16 (they refuse SO_PASSCRED
+#     and SO_PASSSEC on such sockets and CRIU 4.1 treats that as an error; fixed in 4.2). sid's
+#     criu needs sid's libc, so the packages are unpacked (never installed) into $PREFIX and the
+#     binary runs through that prefix's own dynamic loader. The system's libc and apt sources are
+#     left alone.
 #   * A `criu` wrapper in /usr/local/sbin (ahead of /usr/sbin on every default PATH) so that
 #     runc, containerd's shim and libcriu's "swrk" child all run the good CRIU.
 #
@@ -17,16 +19,17 @@ set -euo pipefail
 
 PREFIX=${PODMIG_PREFIX:-/opt/pod-migration}
 CRIU_PREFIX="$PREFIX/criu"
-CRIU_MIN_VERSION=40100            # major*10000 + minor*100 + sublevel, as libcriu reports it
-# checkpointctl (1.3, trixie) reads the checkpoint archives the project exports; it needs glibc
-# 2.38 too, so it lives in the same prefix and runs through the same loader.
+CRIU_MIN_VERSION=40201            # major*10000 + minor*100 + sublevel, as libcriu reports it
+CRIU_SUITE=sid
+# checkpointctl (1.3) reads the checkpoint archives the project exports; it needs sid's glibc
+# too, so it lives in the same prefix and runs through the same loader.
 CRIU_PACKAGES=(criu libcriu2 libcompel1 checkpointctl)
 WRAPPER=/usr/local/sbin/criu
 CHECKPOINTCTL_WRAPPER=/usr/local/bin/checkpointctl
 DEBIAN_MIRROR=${PODMIG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 BOOKWORM_PACKAGES=(
-  runc containerd containernetworking-plugins iptables busybox-static iproute2
+  runc containerd containernetworking-plugins iptables iputils-arping busybox-static iproute2
   gcc libc6-dev util-linux procps tar ca-certificates
   clang zlib1g-dev
 )
@@ -57,7 +60,7 @@ fi
 # own --root/--state/--address and never uses the system one. Nothing to do when systemd is
 # absent (as on CI machines).
 
-# ---------------------------------------------------------------- CRIU from trixie
+# ---------------------------------------------------------------- CRIU from sid
 criu_run() {
   "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
     --library-path "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu" "$CRIU_PREFIX/usr/sbin/criu" "$@"
@@ -69,7 +72,17 @@ criu_prefix_ok() {
   [ -e "$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/libcriu.so.2" ] || return 1
   # a prefix made before checkpointctl joined the list is made again
   [ -x "$CRIU_PREFIX/usr/bin/checkpointctl" ] || return 1
-  criu_run --version >/dev/null 2>&1
+  # a prefix holding an older CRIU (trixie's 4.1, before the move to sid) is made again
+  [ "$(criu_numeric_version "$(criu_run --version 2>/dev/null | head -n 1)")" -ge "$CRIU_MIN_VERSION" ]
+}
+
+# "Version: 4.2.1" -> 40201
+criu_numeric_version() {
+  local version major minor sub
+  version=${1#Version: }
+  IFS=. read -r major minor sub <<<"$version"
+  [[ "$major" =~ ^[0-9]+$ && "$minor" =~ ^[0-9]+$ ]] || { echo 0; return; }
+  echo $(( major * 10000 + minor * 100 + ${sub:-0} ))
 }
 
 # A private apt state for one Debian suite under $2: the system's sources, lists and dpkg
@@ -93,16 +106,16 @@ private_apt() {
 
 install_criu_prefix() {
   local work debs staging deps
-  work=$(mktemp -d /tmp/podmig-trixie.XXXXXX)
+  work=$(mktemp -d /tmp/podmig-$CRIU_SUITE.XXXXXX)
   # shellcheck disable=SC2064
   trap "rm -rf '$work'" RETURN
-  private_apt trixie "$work/apt"
-  # The dependency closure of CRIU's packages (hard dependencies only), as trixie resolves it.
+  private_apt "$CRIU_SUITE" "$work/apt"
+  # The dependency closure of CRIU's packages (hard dependencies only), as the suite resolves it.
   mapfile -t deps < <(apt-cache "${apt_opts[@]}" depends --recurse --no-recommends --no-suggests \
       --no-conflicts --no-breaks --no-replaces --no-enhances "${CRIU_PACKAGES[@]}" \
     | grep -v '^ ' | grep -v '^<' | sort -u)
-  [ ${#deps[@]} -ge ${#CRIU_PACKAGES[@]} ] || die "could not resolve CRIU's dependencies in trixie"
-  log "downloading ${#deps[@]} trixie packages: ${deps[*]}"
+  [ ${#deps[@]} -ge ${#CRIU_PACKAGES[@]} ] || die "could not resolve CRIU's dependencies in $CRIU_SUITE"
+  log "downloading ${#deps[@]} $CRIU_SUITE packages: ${deps[*]}"
   debs="$work/debs"
   mkdir -p "$debs"
   (cd "$debs" && apt-get "${apt_opts[@]}" download -qq "${deps[@]}") || die "apt-get download failed"
@@ -222,7 +235,7 @@ fi
 
 # ---------------------------------------------------------------- criu wrapper on PATH
 wrapper_text="#!/bin/sh
-# Installed by pod-migration's hack/install-prereqs.sh: trixie's CRIU through its own loader.
+# Installed by pod-migration's hack/install-prereqs.sh: sid's CRIU through its own loader.
 ${criu_environment}exec '$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2' --library-path '$CRIU_PREFIX/usr/lib/x86_64-linux-gnu' '$CRIU_PREFIX/usr/sbin/criu' \"\$@\""
 if [ ! -f "$WRAPPER" ] || [ "$(cat "$WRAPPER")" != "$wrapper_text" ]; then
   log "writing $WRAPPER"
@@ -232,7 +245,7 @@ if [ ! -f "$WRAPPER" ] || [ "$(cat "$WRAPPER")" != "$wrapper_text" ]; then
 fi
 
 checkpointctl_text="#!/bin/sh
-# Installed by pod-migration's hack/install-prereqs.sh: trixie's checkpointctl through CRIU's prefix loader.
+# Installed by pod-migration's hack/install-prereqs.sh: sid's checkpointctl through CRIU's prefix loader.
 exec '$CRIU_PREFIX/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2' --library-path '$CRIU_PREFIX/usr/lib/x86_64-linux-gnu' '$CRIU_PREFIX/usr/bin/checkpointctl' \"\$@\""
 if [ ! -f "$CHECKPOINTCTL_WRAPPER" ] || [ "$(cat "$CHECKPOINTCTL_WRAPPER")" != "$checkpointctl_text" ]; then
   log "writing $CHECKPOINTCTL_WRAPPER"
@@ -250,9 +263,7 @@ found=$(command -v criu || true)
 [ "$found" = "$WRAPPER" ] || die "'criu' on PATH is '${found:-nothing}', expected $WRAPPER (is /usr/local/sbin first on PATH?)"
 version_line=$(criu --version | head -n 1)
 version=${version_line#Version: }
-IFS=. read -r major minor sub <<<"$version"
-numeric=$(( major * 10000 + minor * 100 + ${sub:-0} ))
-[ "$numeric" -ge "$CRIU_MIN_VERSION" ] || die "CRIU $version is older than 4.1"
+[ "$(criu_numeric_version "$version_line")" -ge "$CRIU_MIN_VERSION" ] || die "CRIU $version is older than 4.2.1"
 check_out=$(criu check 2>&1) || die "criu check failed: $check_out"
 grep -q 'Looks good' <<<"$check_out" || die "criu check did not say 'Looks good': $check_out"
 for tool in runc containerd ctr iptables busybox ip gcc; do

@@ -37,14 +37,40 @@ public sealed class ImageFormatTests : IDisposable
         var path = Path.Combine(_root, CriuPagemap.FileName(1));
         CriuImageFile.Write(path, CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic, [
             new Images.Proto.PagemapHead { PagesId = 1 },
-            new Images.Proto.PagemapEntry { Vaddr = 0x1000, NrPages = 1 },
-            new Images.Proto.PagemapEntry { Vaddr = 0x2000, NrPages = 1, InParent = true },
+            new Images.Proto.PagemapEntry { Vaddr = 0x1000, CompatNrPages = 1 },
+            new Images.Proto.PagemapEntry { Vaddr = 0x2000, CompatNrPages = 1, InParent = true },
         ]);
 
         var read = CriuPagemap.Read(_root, 1);
 
         Assert.Equal(PagemapFlags.Present, read.Entries[0].Flags);
         Assert.Equal(PagemapFlags.Parent, read.Entries[1].Flags);
+    }
+
+    [Fact]
+    public void Criu_4_2_entries_count_their_pages_in_nr_pages_and_what_is_written_is_read_by_both_releases()
+    {
+        var path = Path.Combine(_root, CriuPagemap.FileName(4));
+        CriuImageFile.Write(path, CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic, [
+            new Images.Proto.PagemapHead { PagesId = 1 },
+            new Images.Proto.PagemapEntry { Vaddr = 0x1000, CompatNrPages = 0, NrPages = 16, Flags = (uint)PagemapFlags.Present },
+            new Images.Proto.PagemapEntry { Vaddr = 0x20000, CompatNrPages = 0, NrPages = 2, Flags = (uint)PagemapFlags.Parent },
+        ]);
+
+        var read = CriuPagemap.Read(_root, 4);
+        Assert.Equal([16u, 2u], read.Entries.Select(e => e.PageCount));
+        Assert.Equal(16UL, read.PresentPages);
+
+        // written back: both counts, so CRIU 4.1 (compat_nr_pages) and 4.2 (nr_pages) read the same entries
+        read.Write(_root);
+        var entry = Images.Proto.PagemapEntry.Parser.ParseFrom(CriuImageFile.Read(path).Records[1]);
+        Assert.Equal((16u, 16UL), (entry.CompatNrPages, entry.NrPages));
+
+        CriuImageFile.Write(path, CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic, [
+            new Images.Proto.PagemapHead { PagesId = 1 },
+            new Images.Proto.PagemapEntry { Vaddr = 0x1000, CompatNrPages = 0, NrPages = 1UL << 40, Flags = (uint)PagemapFlags.Present },
+        ]);
+        Assert.Contains("claims 1099511627776 pages", Assert.Throws<InvalidDataException>(() => CriuPagemap.Read(_root, 4)).Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -41,8 +41,8 @@ public sealed partial class ImageTests
         Assert.Contains($"/app/{AssemblyName("operator/Migrate.Operator/Migrate.Operator.csproj")}.dll", operatorFile, StringComparison.Ordinal);
         Assert.Contains($"/opt/podmig/agent/{AssemblyName("node-agent/Migrate.NodeAgent/Migrate.NodeAgent.csproj")}\"]", agentFile, StringComparison.Ordinal);
         Assert.Contains($"/opt/podmig/node/{AssemblyName("node-agent/Migrate.RestoreRuntime/Migrate.RestoreRuntime.csproj")}", agentFile, StringComparison.Ordinal);
-        Assert.Matches(@"FROM debian:trixie", agentFile);
-        Assert.Matches(@"apt-get install [^\n]*\bcriu\b[^\n]*\blibcriu2\b[^\n]*\brunc\b", agentFile);
+        Assert.Matches(@"FROM debian:sid", agentFile); // CRIU 4.2 (sid): 4.1 cannot dump sockets on kernels 6.16 and later
+        Assert.Matches(@"apt-get install [^\n]*\bcriu\b[^\n]*\blibcriu2\b[^\n]*\brunc\b[^\n]*\biptables\b[^\n]*\biproute2\b[^\n]*\biputils-arping\b", agentFile);
 
         // the operator's image user is the non-root user the Deployment runs it as
         Assert.Equal("USER 65532:65532", UserLine().Match(operatorFile).Value);

@@ -95,7 +95,14 @@ public sealed record CriuPagemap(int Id, uint PagesId, IReadOnlyList<PagemapEntr
             var flags = raw.HasFlags ? (PagemapFlags)raw.Flags
                 : raw.HasInParent && raw.InParent ? PagemapFlags.Parent
                 : PagemapFlags.Present;
-            entries.Add(new PagemapEntry(raw.Vaddr, raw.NrPages, flags));
+            // CRIU 4.2 counts pages in nr_pages (64 bits) and leaves compat_nr_pages 0; earlier releases only have compat_nr_pages
+            ulong count = raw.HasNrPages ? raw.NrPages : raw.CompatNrPages;
+            if (count > uint.MaxValue)
+            {
+                throw new InvalidDataException($"{path}: entry {i} at 0x{raw.Vaddr:x} claims {count} pages");
+            }
+
+            entries.Add(new PagemapEntry(raw.Vaddr, (uint)count, flags));
         }
 
         return new CriuPagemap(id, head.PagesId, entries);
@@ -107,7 +114,8 @@ public sealed record CriuPagemap(int Id, uint PagesId, IReadOnlyList<PagemapEntr
         var records = new List<Google.Protobuf.IMessage>(Entries.Count + 1) { new PagemapHead { PagesId = PagesId } };
         foreach (var e in Entries)
         {
-            records.Add(new Proto.PagemapEntry { Vaddr = e.Address, NrPages = e.PageCount, Flags = (uint)e.Flags });
+            // both counts: CRIU 4.2 reads nr_pages, 4.1 reads compat_nr_pages (and skips the field it does not know)
+            records.Add(new Proto.PagemapEntry { Vaddr = e.Address, CompatNrPages = e.PageCount, NrPages = e.PageCount, Flags = (uint)e.Flags });
         }
 
         CriuImageFile.Write(Path.Combine(imagesDirectory, FileName(Id)), CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic, records);
