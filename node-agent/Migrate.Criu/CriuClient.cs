@@ -404,6 +404,12 @@ public sealed class CriuClient
 
         foreach (var d in o.InheritedDescriptors)
         {
+            // libcriu starts CRIU with fork and exec: the descriptor must survive the exec (.NET opens everything close-on-exec)
+            if (Interop.Libc.Fcntl(d.Descriptor, Interop.Libc.FSetFd, 0) != 0)
+            {
+                throw new ArgumentException($"inherited descriptor {d.Key}: descriptor {d.Descriptor} cannot be handed to CRIU: {Interop.Libc.Describe(Marshal.GetLastPInvokeError())}", nameof(o));
+            }
+
             Require(Interop.Criu.AddInheritFd(h, d.Descriptor, d.Key), $"inherited descriptor {d.Key}");
         }
 

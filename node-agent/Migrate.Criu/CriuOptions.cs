@@ -31,7 +31,7 @@ public enum CriuNetworkLock
 }
 
 /// <summary>A file descriptor of the caller handed to the restored tree in place of an external resource.</summary>
-/// <param name="Descriptor">The caller's descriptor (must stay open during the call).</param>
+/// <param name="Descriptor">The caller's descriptor (must stay open during the call; it is made inheritable, as CRIU runs in a child process).</param>
 /// <param name="Key">The resource it replaces, as CRIU names it, e.g. <c>pipe:[12345]</c>.</param>
 public sealed record CriuInheritedDescriptor(int Descriptor, string Key);
 

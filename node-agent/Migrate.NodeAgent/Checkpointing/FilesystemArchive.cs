@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace Migrate.NodeAgent.Checkpointing;
 
 /// <summary>
@@ -27,19 +25,10 @@ public static class FilesystemArchive
 
     private static void Run(params string[] arguments)
     {
-        var start = new ProcessStartInfo("tar") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var argument in arguments)
+        var result = HostCommands.Run(new HostCommand("tar", arguments));
+        if (!result.Succeeded)
         {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start tar");
-        var stderr = process.StandardError.ReadToEndAsync();
-        process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new IOException($"tar {arguments[0]} failed ({process.ExitCode}): {stderr.Result.Trim()}");
+            throw new IOException($"tar {arguments[0]} failed ({result.ExitCode}): {result.Error.Trim()}");
         }
     }
 }

@@ -1,0 +1,55 @@
+using System.Diagnostics;
+
+namespace Migrate.NodeAgent;
+
+/// <summary>A program of the node and its arguments, run without a shell.</summary>
+public sealed record HostCommand(string Program, IReadOnlyList<string> Arguments)
+{
+    public HostCommand(string program, params string[] arguments)
+        : this(program, (IReadOnlyList<string>)arguments)
+    {
+    }
+
+    /// <summary>The same command run inside the network namespace at <paramref name="namespacePath"/> (nsenter).</summary>
+    public HostCommand InNetworkNamespace(string namespacePath) => new("nsenter", ["--net=" + namespacePath, Program, .. Arguments]);
+
+    public override string ToString() => Program + " " + string.Join(' ', Arguments);
+}
+
+/// <summary>What a finished command said.</summary>
+public sealed record HostCommandResult(int ExitCode, string Output, string Error)
+{
+    public bool Succeeded => ExitCode == 0;
+}
+
+/// <summary>Runs host commands: the one place the networking code touches processes.</summary>
+public static class HostCommands
+{
+    /// <summary>Runs <paramref name="command"/> to its end and returns its exit code and output.</summary>
+    public static HostCommandResult Run(HostCommand command)
+    {
+        var start = new ProcessStartInfo(command.Program) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var argument in command.Arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {command.Program}");
+        var error = process.StandardError.ReadToEndAsync();
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return new HostCommandResult(process.ExitCode, output, error.Result);
+    }
+
+    /// <summary>Runs <paramref name="command"/> and throws, naming it and quoting its error output, unless it succeeded.</summary>
+    public static string RunChecked(HostCommand command)
+    {
+        var result = Run(command);
+        if (!result.Succeeded)
+        {
+            throw new IOException($"'{command}' failed ({result.ExitCode}): {result.Error.Trim()}");
+        }
+
+        return result.Output;
+    }
+}

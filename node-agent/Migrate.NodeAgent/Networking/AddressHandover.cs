@@ -1,0 +1,87 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text.RegularExpressions;
+
+namespace Migrate.NodeAgent.Networking;
+
+/// <summary>A pod's address as it moves with the pod: the interface inside the pod's namespace, the address with its prefix, and the interface's MAC.</summary>
+public sealed partial record PodAddress
+{
+    public PodAddress(string @interface, string cidr, string? mac)
+    {
+        if (!InterfaceName().IsMatch(@interface ?? ""))
+        {
+            throw new ArgumentException($"'{@interface}' is not an interface name (1 to 15 letters, digits, '.', '-' or '_')", nameof(@interface));
+        }
+
+        var parts = (cidr ?? "").Split('/');
+        if (parts.Length != 2 || !IPAddress.TryParse(parts[0], out var address) || !int.TryParse(parts[1], out int prefix)
+            || prefix < 0 || prefix > (address.AddressFamily == AddressFamily.InterNetwork ? 32 : 128))
+        {
+            throw new ArgumentException($"'{cidr}' is not an address with its prefix length (such as 10.1.2.3/24)", nameof(cidr));
+        }
+
+        if (mac is not null && !MacAddress().IsMatch(mac))
+        {
+            throw new ArgumentException($"'{mac}' is not a MAC address (six hexadecimal pairs separated by ':')", nameof(mac));
+        }
+
+        Interface = @interface!;
+        Cidr = cidr!;
+        Address = address;
+        Mac = mac?.ToLowerInvariant();
+    }
+
+    public string Interface { get; }
+
+    public string Cidr { get; }
+
+    public IPAddress Address { get; }
+
+    public string? Mac { get; }
+
+    [GeneratedRegex("^[A-Za-z0-9_.-]{1,15}$")]
+    private static partial Regex InterfaceName();
+
+    [GeneratedRegex("^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")]
+    private static partial Regex MacAddress();
+}
+
+/// <summary>
+/// The plans that move a pod's address from its source namespace to its replacement's, so that
+/// established connections restored on the target find their address there. Never two holders:
+/// the source releases the address (and takes its link down, so that its bridge port stops
+/// answering and forgets the MAC) before the target claims it; the target claims it with the
+/// source's MAC (neighbours' ARP caches stay right) while its namespace is locked, and announces it
+/// once the sockets are restored and the lock lifted (an unsolicited ARP, which also teaches every
+/// switch of the segment the MAC's new port). A rollback runs the same plans the other way.
+/// </summary>
+public static class AddressHandover
+{
+    /// <summary>The source gives the address up. Repeating it changes nothing.</summary>
+    public static IReadOnlyList<NamespaceStep> Release(PodAddress address) =>
+    [
+        new(new("ip", "address", "del", address.Cidr, "dev", address.Interface), MayFail: true),
+        new(new("ip", "link", "set", "dev", address.Interface, "down")),
+    ];
+
+    /// <summary>The target takes the address (its namespace must be locked). Repeating it changes nothing.</summary>
+    public static IReadOnlyList<NamespaceStep> Claim(PodAddress address) =>
+    [
+        .. address.Mac is { } mac
+            ? new NamespaceStep[]
+            {
+                new(new("ip", "link", "set", "dev", address.Interface, "down")),
+                new(new("ip", "link", "set", "dev", address.Interface, "address", mac)),
+            }
+            : [],
+        new(new("ip", "address", "replace", address.Cidr, "dev", address.Interface)),
+        new(new("ip", "link", "set", "dev", address.Interface, "up")),
+    ];
+
+    /// <summary>Tells the segment where the address is now (after the lock is lifted): unsolicited ARP for IPv4, unsolicited neighbour advertisement for IPv6 (sent by the kernel when the address is added).</summary>
+    public static IReadOnlyList<NamespaceStep> Announce(PodAddress address) =>
+        address.Address.AddressFamily == AddressFamily.InterNetwork
+            ? [new(new("arping", "-q", "-U", "-c", "1", "-I", address.Interface, address.Address.ToString()))]
+            : [];
+}

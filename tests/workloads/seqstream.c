@@ -1,0 +1,182 @@
+/*
+ * seqstream: one TCP connection carrying a sequence-numbered stream in both directions, checked
+ * on both ends. The test workload for connections that must survive a checkpoint and restore.
+ *
+ *   seqstream --listen PORT [--interval-ms N]      accept one connection and keep the listener open
+ *   seqstream --connect ADDR:PORT [--interval-ms N]
+ *
+ * Each side sends its counter 1, 2, 3, ... as 8-byte big-endian records, one per interval, and
+ * checks that every record it receives is the previous one plus one. It prints one line per
+ * second, "sent S received R", and stops with a line starting "error:" (exit status 2 for a gap or
+ * a repeat, 3 for a connection closed or reset) as soon as anything is wrong.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static void say(const char *format, ...)
+{
+    char line[256];
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf(line, sizeof line, format, args);
+    va_end(args);
+    if (n > 0 && write(STDOUT_FILENO, line, (size_t)n) < 0) {
+        _exit(4);
+    }
+}
+
+static long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int open_listener(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_ANY) };
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 4) < 0) {
+        say("error: listen on port %d: %s\n", port, strerror(errno));
+        exit(1);
+    }
+    say("listening on port %d\n", port);
+    return fd;
+}
+
+static int open_connection(const char *target)
+{
+    char host[64];
+    const char *colon = strrchr(target, ':');
+    if (colon == NULL || (size_t)(colon - target) >= sizeof host) {
+        say("error: --connect wants ADDR:PORT, got %s\n", target);
+        exit(1);
+    }
+    memcpy(host, target, (size_t)(colon - target));
+    host[colon - target] = '\0';
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1)) };
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1) {
+        say("error: %s is not an IPv4 address\n", host);
+        exit(1);
+    }
+    for (int attempt = 0;; attempt++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+            return fd;
+        }
+        if (attempt == 100) {
+            say("error: connect to %s: %s\n", target, strerror(errno));
+            exit(1);
+        }
+        close(fd);
+        usleep(50000);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int port = -1, interval_ms = 10;
+    const char *target = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--listen") == 0) {
+            port = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--connect") == 0) {
+            target = argv[i + 1];
+        } else if (strcmp(argv[i], "--interval-ms") == 0) {
+            interval_ms = atoi(argv[i + 1]);
+        } else {
+            say("error: unknown option %s\n", argv[i]);
+            return 1;
+        }
+    }
+    if ((port < 0) == (target == NULL) || interval_ms < 1) {
+        say("error: usage: seqstream --listen PORT | --connect ADDR:PORT [--interval-ms N]\n");
+        return 1;
+    }
+
+    int connection;
+    if (target != NULL) {
+        connection = open_connection(target);
+    } else {
+        int listener = open_listener(port); /* stays open: a listening socket must survive too */
+        connection = accept(listener, NULL, NULL);
+        if (connection < 0) {
+            say("error: accept: %s\n", strerror(errno));
+            return 1;
+        }
+    }
+    int one = 1;
+    setsockopt(connection, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    say("connected pid %d\n", (int)getpid());
+
+    uint64_t sent = 0, received = 0;
+    unsigned char buffer[4096];
+    size_t held = 0;
+    long long next_send = now_ms(), next_report = now_ms() + 1000;
+    for (;;) {
+        long long now = now_ms();
+        if (now >= next_send) {
+            unsigned char record[8];
+            uint64_t value = sent + 1;
+            for (int b = 7; b >= 0; b--, value >>= 8) {
+                record[b] = (unsigned char)(value & 0xff);
+            }
+            if (send(connection, record, sizeof record, MSG_NOSIGNAL) != (ssize_t)sizeof record) {
+                say("error: send: %s (sent %llu received %llu)\n", strerror(errno), (unsigned long long)sent, (unsigned long long)received);
+                return 3;
+            }
+            sent++;
+            next_send += interval_ms;
+        }
+        if (now >= next_report) {
+            say("sent %llu received %llu\n", (unsigned long long)sent, (unsigned long long)received);
+            next_report += 1000;
+        }
+
+        long long wait = next_send - now_ms();
+        struct pollfd p = { .fd = connection, .events = POLLIN };
+        int ready = poll(&p, 1, wait > 0 ? (int)wait : 0);
+        if (ready < 0 && errno != EINTR) {
+            say("error: poll: %s\n", strerror(errno));
+            return 3;
+        }
+        if (ready <= 0) {
+            continue;
+        }
+        ssize_t n = recv(connection, buffer + held, sizeof buffer - held, 0);
+        if (n <= 0) {
+            say("error: connection %s (sent %llu received %llu)\n", n == 0 ? "closed by the peer" : strerror(errno),
+                (unsigned long long)sent, (unsigned long long)received);
+            return 3;
+        }
+        held += (size_t)n;
+        size_t used = 0;
+        for (; held - used >= 8; used += 8) {
+            uint64_t value = 0;
+            for (int b = 0; b < 8; b++) {
+                value = (value << 8) | buffer[used + b];
+            }
+            if (value != received + 1) {
+                say("error: expected record %llu, got %llu\n", (unsigned long long)(received + 1), (unsigned long long)value);
+                return 2;
+            }
+            received = value;
+        }
+        memmove(buffer, buffer + used, held - used);
+        held -= used;
+    }
+}
