@@ -95,4 +95,30 @@ public sealed class CheckpointLogicTests
         Assert.Equal(["/proc/kcore"], spec.MaskedPaths.ToArray());
         Assert.Equal("container", spec.Annotations["io.kubernetes.cri.container-type"]);
     }
+
+    [Theory]
+    [InlineData("Cleaned", 0L, 10_000_000L, false)]          // cleaned before this process knew when: kept
+    [InlineData("Cleaned", 1000L, 3_600_999L, false)]         // cleaned less than an hour ago
+    [InlineData("Cleaned", 1000L, 3_601_000L, true)]           // an hour ago
+    [InlineData("Finished", 1000L, 9_000_000L, false)]       // ended, not cleaned: its files are still there
+    [InlineData("Frozen", 1000L, 9_000_000L, false)]
+    public void A_cleaned_migration_is_forgotten_an_hour_after_its_cleanup(string phase, long cleanedAt, long now, bool forgotten)
+    {
+        var record = new MigrationRecord
+        {
+            MigrationId = "m1",
+            Namespace = "default",
+            PodName = "p",
+            PodUid = "u",
+            NodeName = "node-a",
+            SandboxId = "s",
+            StagingDirectory = "/nonexistent",
+            PreCopyMethod = Migrate.Criu.Incremental.PreCopyMethod.ContentComparison,
+            Containers = [],
+            Phase = Enum.Parse<Migrate.Agent.V1.MigrationPhase>(phase),
+            CleanedUnixMillis = cleanedAt,
+        };
+        var ids = MigrationRecord.Forgettable([record], now, TimeSpan.FromHours(1));
+        Assert.Equal(forgotten ? ["m1"] : [], ids);
+    }
 }

@@ -37,6 +37,9 @@ public sealed partial class CheckpointEngine : IDisposable
     private readonly Lock _registry = new();
     private readonly Dictionary<string, MigrationRecord> _migrations = new(StringComparer.Ordinal);
     private readonly Dictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
+
+    /// <summary>How long a cleaned migration's record stays in memory.</summary>
+    private static readonly TimeSpan CleanedRecordsKept = TimeSpan.FromHours(1);
     private readonly SemaphoreSlim _criuGate = new(1, 1);
     private Criu.Incremental.PreCopyMethod? _method;
 
@@ -104,6 +107,7 @@ public sealed partial class CheckpointEngine : IDisposable
         activity?.SetTag("migration.id", request.MigrationId);
         activity?.SetTag("k8s.pod.name", request.Pod.Name);
         activity?.SetTag("k8s.namespace.name", request.Pod.Namespace);
+        ForgetCleaned();
         var gate = LockFor(request.MigrationId);
         await gate.WaitAsync(cancellationToken);
         try
@@ -337,6 +341,7 @@ public sealed partial class CheckpointEngine : IDisposable
             }
 
             record.Phase = MigrationPhase.Cleaned;
+            record.CleanedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             record.Message = "staged files removed" + note;
             return Task.FromResult(record.ToStatus());
         }, cancellationToken);
@@ -727,6 +732,29 @@ public sealed partial class CheckpointEngine : IDisposable
             }
 
             return null;
+        }
+    }
+
+    /// <summary>Drops the records (and locks) of migrations cleaned more than <see cref="CleanedRecordsKept"/> ago, unless one is in use.</summary>
+    private void ForgetCleaned()
+    {
+        lock (_registry)
+        {
+            foreach (var id in MigrationRecord.Forgettable(_migrations.Values, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), CleanedRecordsKept))
+            {
+                if (_locks.TryGetValue(id, out var gate))
+                {
+                    if (gate.CurrentCount == 0)
+                    {
+                        continue;
+                    }
+
+                    // not disposed: a caller may hold it without having waited on it yet
+                    _locks.Remove(id);
+                }
+
+                _migrations.Remove(id);
+            }
         }
     }
 

@@ -136,6 +136,20 @@ public sealed class MigrationRecord
 
     public HandoffRecord Handoff { get; set; } = new();
 
+    /// <summary>When its staged files were removed (in memory only: a cleaned record has no directory to be saved in).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public long CleanedUnixMillis { get; set; }
+
+    /// <summary>
+    /// The cleaned migrations an agent may forget: cleaned at least <paramref name="keep"/> ago.
+    /// Until then a repeated Cleanup or status call still finds what happened; afterwards they
+    /// are answered as for an unknown migration ("nothing staged"), and a long-running agent's
+    /// memory does not grow with every migration and checkpoint it ever served.
+    /// </summary>
+    public static IReadOnlyList<string> Forgettable(IEnumerable<MigrationRecord> records, long nowUnixMillis, TimeSpan keep) =>
+        [.. records.Where(r => r.Phase == MigrationPhase.Cleaned && r.CleanedUnixMillis > 0 && nowUnixMillis - r.CleanedUnixMillis >= (long)keep.TotalMilliseconds)
+            .Select(r => r.MigrationId)];
+
     public int RoundCount => RoundResponses.Count;
 
     public bool HoldsPod => Phase is MigrationPhase.Prepared or MigrationPhase.PreCopying or MigrationPhase.Frozen;
