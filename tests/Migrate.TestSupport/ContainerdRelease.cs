@@ -54,8 +54,7 @@ public sealed record ContainerdRelease
             return new ContainerdRelease(name, "/usr/bin", prefixed: false);
         }
 
-        var prefix = Environment.GetEnvironmentVariable("PODMIG_PREFIX") is { Length: > 0 } p ? p : "/opt/pod-migration";
-        var bin = Path.Combine(prefix, "containerd-" + name, "usr", "bin");
+        var bin = Prerequisites.InstallPrefix("containerd-" + name, "usr", "bin");
         var release = new ContainerdRelease(name, bin, prefixed: true);
         foreach (var program in new[] { release.Containerd, release.Shim, release.Ctr })
         {

@@ -10,6 +10,10 @@ public static class Prerequisites
 {
     private const string Hint = "run 'sudo hack/install-prereqs.sh' (make test does)";
 
+    /// <summary>Where hack/install-prereqs.sh unpacks what bookworm lacks (CRIU, containerd 1.7 and 2.1, Prometheus): $PODMIG_PREFIX, or /opt/pod-migration.</summary>
+    public static string InstallPrefix(params string[] parts) =>
+        Path.Combine([Environment.GetEnvironmentVariable("PODMIG_PREFIX") is { Length: > 0 } prefix ? prefix : "/opt/pod-migration", .. parts]);
+
     public static void RequireRoot()
     {
         if (Environment.UserName != "root" && !IsEffectiveRoot())

@@ -3,8 +3,7 @@ namespace Migrate.TestSupport;
 /// <summary>Bookworm's Prometheus and promtool, which hack/install-prereqs.sh unpacks into their own prefix.</summary>
 public static class PrometheusTools
 {
-    private static string BinDirectory =>
-        Path.Combine(Environment.GetEnvironmentVariable("PODMIG_PREFIX") is { Length: > 0 } p ? p : "/opt/pod-migration", "prometheus", "usr", "bin");
+    private static string BinDirectory => Prerequisites.InstallPrefix("prometheus", "usr", "bin");
 
     public static string Prometheus => Require("prometheus");
 
