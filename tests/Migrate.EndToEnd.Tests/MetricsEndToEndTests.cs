@@ -25,9 +25,18 @@ public sealed class MetricsEndToEndTests(SandboxFixture fixture, ITestOutputHelp
         Assert.Equal(MigrationPhases.Succeeded, request!.Status!.Phase);
         double Delta(Dictionary<string, double> a, Dictionary<string, double> b, string name, params string[] labels) => Sum(a, name, labels) - Sum(b, name, labels);
 
-        // the operator counts an outcome right after it stored it: a scrape may come a moment earlier
+        // The operator counts an outcome right after it stored it, and an agent counts a call's
+        // figures as the call ends, which may be a moment after its caller moved on: scrape until
+        // every figure the test checks has arrived (or 10 s have passed), then check them all.
         var after = (Operator: await ScrapeAsync(operatorUrl), Source: await ScrapeAsync(sourceUrl), Target: await ScrapeAsync(targetUrl));
-        for (int i = 0; i < 50 && Delta(after.Operator, before.Operator, "podmig_operator_migrations_total", "outcome=\"Succeeded\"", "reason=\"Migrated\"") < 1; i++)
+        bool Arrived() =>
+            Delta(after.Operator, before.Operator, "podmig_operator_migrations_total", "outcome=\"Succeeded\"", "reason=\"Migrated\"") >= 1
+            && Delta(after.Operator, before.Operator, "podmig_operator_migration_duration_milliseconds_count", "outcome=\"Succeeded\"") >= 1
+            && Delta(after.Source, before.Source, "podmig_agent_transfer_bytes_total", "direction=\"out\"") >= request.Status.BytesTransferred!.Value
+            && Delta(after.Target, before.Target, "podmig_agent_transfer_bytes_total", "direction=\"in\"") >= request.Status.BytesTransferred!.Value
+            && Delta(after.Source, before.Source, "podmig_agent_dump_duration_milliseconds_count") >= 1
+            && Delta(after.Source, before.Source, "podmig_agent_frozen_duration_milliseconds_count") >= 1;
+        for (int i = 0; i < 100 && !Arrived(); i++)
         {
             await Task.Delay(100);
             after = (await ScrapeAsync(operatorUrl), await ScrapeAsync(sourceUrl), await ScrapeAsync(targetUrl));
