@@ -2,7 +2,7 @@ using System.Diagnostics;
 
 namespace Migrate.NodeAgent;
 
-/// <summary>A program of the node and its arguments, run without a shell.</summary>
+/// <summary>A program of the node and its arguments, run without a shell; <see cref="Input"/>, when set, is its standard input.</summary>
 public sealed record HostCommand(string Program, IReadOnlyList<string> Arguments)
 {
     public HostCommand(string program, params string[] arguments)
@@ -10,8 +10,10 @@ public sealed record HostCommand(string Program, IReadOnlyList<string> Arguments
     {
     }
 
+    public string? Input { get; init; }
+
     /// <summary>The same command run inside the network namespace at <paramref name="namespacePath"/> (nsenter).</summary>
-    public HostCommand InNetworkNamespace(string namespacePath) => new("nsenter", ["--net=" + namespacePath, Program, .. Arguments]);
+    public HostCommand InNetworkNamespace(string namespacePath) => new("nsenter", ["--net=" + namespacePath, Program, .. Arguments]) { Input = Input };
 
     public override string ToString() => Program + " " + string.Join(' ', Arguments);
 }
@@ -28,13 +30,25 @@ public static class HostCommands
     /// <summary>Runs <paramref name="command"/> to its end and returns its exit code and output.</summary>
     public static HostCommandResult Run(HostCommand command)
     {
-        var start = new ProcessStartInfo(command.Program) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        var start = new ProcessStartInfo(command.Program)
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            RedirectStandardInput = command.Input is not null,
+            UseShellExecute = false,
+        };
         foreach (var argument in command.Arguments)
         {
             start.ArgumentList.Add(argument);
         }
 
         using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {command.Program}");
+        if (command.Input is { } input)
+        {
+            process.StandardInput.Write(input);
+            process.StandardInput.Close();
+        }
+
         var error = process.StandardError.ReadToEndAsync();
         var output = process.StandardOutput.ReadToEnd();
         process.WaitForExit();

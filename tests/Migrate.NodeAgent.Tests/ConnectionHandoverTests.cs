@@ -25,16 +25,21 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
     private readonly NamespaceStepRunner _steps = new();
     private readonly PodNetworkLock _lock = new();
 
-    [Fact]
-    public void A_connection_survives_its_process_and_address_moving_to_another_namespace_of_the_segment()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(100)]
+    public void Connections_survive_their_process_and_address_moving_to_another_namespace_of_the_segment(int connections)
     {
-        var (source, peer, serverLog, clientLog) = StartPair();
+        var (source, peer, serverLog, clientLog) = StartPair(connections);
         var target = _segment.Add("target", 0);
         var address = new PodAddress(source.Interface, source.Cidr!, source.Mac);
         var before = WaitForReceived(clientLog, 50);
 
+        var laps = new List<string>();
         var clock = Stopwatch.StartNew();
+        void Lap(string what) => laps.Add(string.Create(CultureInfo.InvariantCulture, $"{what} {clock.Elapsed.TotalMilliseconds:F0}"));
         _lock.Lock(source.NamespacePath);
+        Lap("source locked");
         var images = Path.Combine(_directory, "images");
         _criu.Dump(new CriuOptions
         {
@@ -45,10 +50,13 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
             NetworkLock = CriuNetworkLock.Skip,
             External = [$"net[{NamespaceInode(source.NamespacePath)}]:extRootNetNS"],
         });
-        var dumped = clock.Elapsed;
+        Lap("dumped");
         _steps.Run(source.NamespacePath, AddressHandover.Release(address), "release the address");
+        Lap("released");
         _lock.Lock(target.NamespacePath);
+        Lap("target locked");
         _steps.Run(target.NamespacePath, AddressHandover.Claim(address), "claim the address");
+        Lap("claimed");
         using (var netns = File.OpenHandle(target.NamespacePath))
         {
             var restored = _criu.Restore(new CriuOptions
@@ -60,27 +68,31 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
                 InheritedDescriptors = [new((int)netns.DangerousGetHandle(), "extRootNetNS")],
             });
             _restored.Add(restored.Pid);
+            Lap("restored");
             Assert.Equal(NamespaceInode(target.NamespacePath), NamespaceInode($"/proc/{restored.Pid}/ns/net"));
         }
 
         _lock.Unlock(target.NamespacePath);
-        _steps.Run(target.NamespacePath, AddressHandover.Announce(address), "announce the address");
+        Lap("target unlocked");
         var moved = clock.Elapsed;
+        _steps.Run(target.NamespacePath, AddressHandover.Announce(address), "announce the address");
+        Lap("announced");
 
-        var after = WaitForReceived(clientLog, before.Received + 200);
-        output.WriteLine($"before: {before}; after: {after}; dumped in {dumped.TotalMilliseconds:F0} ms, running on the target {moved.TotalMilliseconds:F0} ms after the lock");
+        var after = WaitForReceived(clientLog, before.Received + (200 * (ulong)connections));
+        output.WriteLine($"{connections} connection(s); before: {before}; after: {after}; ms since the source's lock: {string.Join(", ", laps)}");
         Assert.DoesNotContain("error", File.ReadAllText(clientLog), StringComparison.Ordinal);
         Assert.DoesNotContain("error", File.ReadAllText(serverLog), StringComparison.Ordinal);
         Assert.Null(AddressOf(source));
         Assert.Equal(source.Cidr, AddressOf(target));
         Assert.False(_lock.IsLocked(target.NamespacePath));
-        Figures.Record("ConnectionHandover", "tcp move: lock to running ms", moved.TotalMilliseconds, "ms");
+        Figures.Record("ConnectionHandover", $"{connections} tcp: lock to unlocked", moved.TotalMilliseconds, "ms");
+        Figures.Record("ConnectionHandover", $"{connections} tcp: peer's longest gap", after.MaxGap, "ms");
     }
 
     [Fact]
     public void A_rollback_after_the_lock_and_the_dump_leaves_the_connection_working_on_the_source()
     {
-        var (source, _, serverLog, clientLog) = StartPair();
+        var (source, _, serverLog, clientLog) = StartPair(1);
         var before = WaitForReceived(clientLog, 50);
 
         _lock.Lock(source.NamespacePath);
@@ -117,7 +129,7 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
         // the control: what the lock prevents. The killed source's socket is closed in repair
         // mode (no FIN, no reset), but the namespace, with its address, still answers: the peer's
         // next record gets a reset.
-        var (source, _, _, clientLog) = StartPair();
+        var (source, _, _, clientLog) = StartPair(1);
         WaitForReceived(clientLog, 50);
         _criu.Dump(new CriuOptions
         {
@@ -138,16 +150,16 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
         Assert.Contains("error: connection", log, StringComparison.Ordinal);
     }
 
-    private (SegmentMember Source, SegmentMember Peer, string ServerLog, string ClientLog) StartPair()
+    private (SegmentMember Source, SegmentMember Peer, string ServerLog, string ClientLog) StartPair(int connections)
     {
         var source = _segment.Add("source", 2);
         var peer = _segment.Add("peer", 1);
         var binary = Workloads.Build("seqstream");
         var serverLog = Path.Combine(_directory, "server.log");
         var clientLog = Path.Combine(_directory, "client.log");
-        _started.Add(L2Segment.Start(source, serverLog, binary, "--listen", "7000"));
+        _started.Add(L2Segment.Start(source, serverLog, binary, "--listen", "7000", "--connections", connections.ToString(CultureInfo.InvariantCulture)));
         WaitForText(serverLog, "listening");
-        _started.Add(L2Segment.Start(peer, clientLog, binary, "--connect", source.Address + ":7000"));
+        _started.Add(L2Segment.Start(peer, clientLog, binary, "--connect", source.Address + ":7000", "--connections", connections.ToString(CultureInfo.InvariantCulture)));
         WaitForText(serverLog, "connected");
         return (source, peer, serverLog, clientLog);
     }
@@ -165,12 +177,14 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
         return match.Success ? match.Groups[1].Value : null;
     }
 
-    private readonly record struct Report(ulong Sent, ulong Received);
+    /// <summary>seqstream's once-a-second line: records sent and received over all connections, the longest time (ms) any connection received nothing.</summary>
+    private readonly record struct Report(ulong Sent, ulong Received, long MaxGap);
 
     private static Report LastReport(string log)
     {
         var last = File.ReadAllLines(log).Select(l => ReportLine().Match(l)).LastOrDefault(m => m.Success);
-        return last is null ? default : new Report(ulong.Parse(last.Groups[1].Value, CultureInfo.InvariantCulture), ulong.Parse(last.Groups[2].Value, CultureInfo.InvariantCulture));
+        return last is null ? default : new Report(ulong.Parse(last.Groups[1].Value, CultureInfo.InvariantCulture), ulong.Parse(last.Groups[2].Value, CultureInfo.InvariantCulture),
+            long.Parse(last.Groups[3].Value, CultureInfo.InvariantCulture));
     }
 
     private static Report WaitForReceived(string log, ulong received)
@@ -206,7 +220,7 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
         }
     }
 
-    [GeneratedRegex(@"^sent (\d+) received (\d+)$")]
+    [GeneratedRegex(@"^sent (\d+) received (\d+) maxgap (\d+)$")]
     private static partial Regex ReportLine();
 
     public void Dispose()

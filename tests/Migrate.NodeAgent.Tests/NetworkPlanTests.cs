@@ -32,25 +32,24 @@ public sealed class NetworkPlanTests
     }
 
     [Fact]
-    public void The_lock_drops_everything_but_loopback_in_both_directions_for_both_families_and_the_unlock_removes_only_its_own_chains()
+    public void The_lock_drops_everything_but_loopback_in_both_directions_for_both_families_in_one_transaction_each_and_the_unlock_removes_only_its_own_chains()
     {
         var lockSteps = NetworkLockRules.Lock();
-        foreach (var tool in new[] { "iptables", "ip6tables" })
-        {
-            var mine = lockSteps.Where(s => s.Command.Program == tool).Select(s => string.Join(' ', s.Command.Arguments)).ToList();
-            Assert.Equal(
-            [
-                "-w -N PODMIG-LOCK-IN", "-w -F PODMIG-LOCK-IN", "-w -A PODMIG-LOCK-IN -i lo -j RETURN", "-w -A PODMIG-LOCK-IN -j DROP",
-                "-w -N PODMIG-LOCK-OUT", "-w -F PODMIG-LOCK-OUT", "-w -A PODMIG-LOCK-OUT -o lo -j RETURN", "-w -A PODMIG-LOCK-OUT -j DROP",
-                "-w -I INPUT 1 -j PODMIG-LOCK-IN", "-w -I OUTPUT 1 -j PODMIG-LOCK-OUT",
-            ], mine);
-        }
+        Assert.Equal(["iptables-restore -w --noflush", "ip6tables-restore -w --noflush"], lockSteps.Select(s => s.Command.ToString()));
+        Assert.All(lockSteps, s => Assert.Equal(NetworkLockRules.LockTransaction, s.Command.Input));
+        Assert.Equal(["iptables -w -C INPUT -j PODMIG-LOCK-IN", "ip6tables -w -C INPUT -j PODMIG-LOCK-IN"], lockSteps.Select(s => s.UnlessSucceeds!.ToString()));
+        Assert.Equal(
+        [
+            "*filter", ":PODMIG-LOCK-IN - [0:0]", ":PODMIG-LOCK-OUT - [0:0]",
+            "-A PODMIG-LOCK-IN -i lo -j RETURN", "-A PODMIG-LOCK-IN -j DROP", "-A PODMIG-LOCK-OUT -o lo -j RETURN", "-A PODMIG-LOCK-OUT -j DROP",
+            "-I INPUT 1 -j PODMIG-LOCK-IN", "-I OUTPUT 1 -j PODMIG-LOCK-OUT", "COMMIT",
+        ], NetworkLockRules.LockTransaction.Split('\n', StringSplitOptions.RemoveEmptyEntries));
 
-        // the jumps are inserted once only; creating a chain that exists is no error
-        Assert.All(lockSteps.Where(s => s.Command.Arguments.Contains("-I")), s => Assert.Equal("-C", s.UnlessSucceeds!.Arguments[1]));
-        Assert.All(lockSteps.Where(s => s.Command.Arguments.Contains("-N")), s => Assert.True(s.MayFail));
-        Assert.All(NetworkLockRules.Unlock(), s => Assert.True(s.MayFail));
-        Assert.All(NetworkLockRules.Unlock(), s => Assert.Contains(s.Command.Arguments, a => a.StartsWith("PODMIG-LOCK", StringComparison.Ordinal)));
+        var unlockSteps = NetworkLockRules.Unlock();
+        Assert.All(unlockSteps, s => Assert.Equal(NetworkLockRules.UnlockTransaction, s.Command.Input));
+        Assert.Equal(["iptables -w -C INPUT -j PODMIG-LOCK-IN", "ip6tables -w -C INPUT -j PODMIG-LOCK-IN"], unlockSteps.Select(s => s.OnlyIfSucceeds!.ToString()));
+        Assert.All(NetworkLockRules.UnlockTransaction.Split('\n', StringSplitOptions.RemoveEmptyEntries)[1..^1],
+            line => Assert.Contains("PODMIG-LOCK-", line, StringComparison.Ordinal));
     }
 
     [Fact]
@@ -67,27 +66,39 @@ public sealed class NetworkPlanTests
     }
 
     [Fact]
-    public void The_runner_enters_the_namespace_skips_what_is_in_place_tolerates_expected_failures_and_stops_at_the_first_other_one()
+    public void The_runner_enters_the_namespace_skips_what_is_done_tolerates_expected_failures_and_stops_at_the_first_other_one()
     {
         var ran = new List<string>();
-        var failing = new HashSet<string> { "iptables -w -N PODMIG-LOCK-IN", "iptables -w -C INPUT -j PODMIG-LOCK-IN" };
+        var inputs = new List<string?>();
+        var failing = new HashSet<string> { "check-present", "make-exists" };
         var runner = new NamespaceStepRunner(c =>
         {
             ran.Add(c.ToString());
+            inputs.Add(c.Input);
             var inner = string.Join(' ', c.Arguments.Skip(1));
-            return new HostCommandResult(failing.Contains(inner) ? 1 : 0, "", failing.Contains(inner) ? "already there" : "");
+            return new HostCommandResult(failing.Contains(inner) ? 1 : 0, "", failing.Contains(inner) ? "it says no" : "");
         });
-        var path = "/proc/self/ns/net";
-        runner.Run(path, NetworkLockRules.Lock().Take(9), "lock");
-        Assert.All(ran, r => Assert.StartsWith("nsenter --net=/proc/self/ns/net iptables ", r, StringComparison.Ordinal));
-        Assert.Contains("nsenter --net=/proc/self/ns/net iptables -w -I INPUT 1 -j PODMIG-LOCK-IN", ran);
+        var steps = new NamespaceStep[]
+        {
+            new(new("make-exists"), MayFail: true),                                        // fails, tolerated
+            new(new("insert") { Input = "rules" }, UnlessSucceeds: new("check-present")),   // check fails: runs
+            new(new("insert-again"), UnlessSucceeds: new("check-done")),                    // check succeeds: skipped
+            new(new("remove"), OnlyIfSucceeds: new("check-present")),                       // check fails: skipped
+            new(new("remove-again"), OnlyIfSucceeds: new("check-done")),                    // check succeeds: runs
+        };
+        runner.Run("/proc/self/ns/net", steps, "lock");
+        Assert.Equal(
+            ["make-exists", "check-present", "insert", "check-done", "check-present", "check-done", "remove-again"],
+            ran.Select(r => r.Replace("nsenter --net=/proc/self/ns/net ", "", StringComparison.Ordinal)));
+        Assert.All(ran, r => Assert.StartsWith("nsenter --net=/proc/self/ns/net ", r, StringComparison.Ordinal));
+        Assert.Equal("rules", inputs[2]);
 
         ran.Clear();
-        failing = ["iptables -w -F PODMIG-LOCK-IN"];
-        var error = Assert.Throws<IOException>(() => runner.Run(path, NetworkLockRules.Lock(), "lock the pod"));
-        Assert.Contains("cannot lock the pod: 'nsenter --net=/proc/self/ns/net iptables -w -F PODMIG-LOCK-IN' failed (1): already there", error.Message, StringComparison.Ordinal);
-        Assert.Equal(2, ran.Count);
+        failing = ["check-present", "insert"];
+        var error = Assert.Throws<IOException>(() => runner.Run("/proc/self/ns/net", steps, "lock the pod"));
+        Assert.Equal("cannot lock the pod: 'nsenter --net=/proc/self/ns/net insert' failed (1): it says no", error.Message);
+        Assert.Equal(3, ran.Count);
 
-        Assert.Contains("no network namespace at /nonexistent", Assert.Throws<ArgumentException>(() => runner.Run("/nonexistent", NetworkLockRules.Lock(), "lock")).Message, StringComparison.Ordinal);
+        Assert.Contains("no network namespace at /nonexistent", Assert.Throws<ArgumentException>(() => runner.Run("/nonexistent", steps, "lock")).Message, StringComparison.Ordinal);
     }
 }

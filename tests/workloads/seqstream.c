@@ -1,14 +1,16 @@
 /*
- * seqstream: one TCP connection carrying a sequence-numbered stream in both directions, checked
- * on both ends. The test workload for connections that must survive a checkpoint and restore.
+ * seqstream: TCP connections carrying a sequence-numbered stream in both directions, checked on
+ * both ends. The test workload for connections that must survive a checkpoint and restore.
  *
- *   seqstream --listen PORT [--interval-ms N]      accept one connection and keep the listener open
- *   seqstream --connect ADDR:PORT [--interval-ms N]
+ *   seqstream --listen PORT [--connections N] [--interval-ms MS]   accept N connections, keep the listener open
+ *   seqstream --connect ADDR:PORT [--connections N] [--interval-ms MS]
  *
- * Each side sends its counter 1, 2, 3, ... as 8-byte big-endian records, one per interval, and
- * checks that every record it receives is the previous one plus one. It prints one line per
- * second, "sent S received R", and stops with a line starting "error:" (exit status 2 for a gap or
- * a repeat, 3 for a connection closed or reset) as soon as anything is wrong.
+ * On each connection each side sends its counter 1, 2, 3, ... as 8-byte big-endian records, one
+ * per interval, and checks that every record it receives is the previous one plus one. It prints
+ * one line per second, "sent S received R maxgap G" (sums over the connections; G is the longest
+ * time in milliseconds any connection went without receiving, since the start), and stops with a
+ * line starting "error:" (exit status 2 for a gap or a repeat, 3 for a connection closed or reset)
+ * as soon as anything is wrong.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,13 +47,13 @@ static long long now_ms(void)
     return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-static int open_listener(int port)
+static int open_listener(int port, int backlog)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_ANY) };
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 4) < 0) {
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, backlog) < 0) {
         say("error: listen on port %d: %s\n", port, strerror(errno));
         exit(1);
     }
@@ -87,9 +90,17 @@ static int open_connection(const char *target)
     }
 }
 
+struct stream {
+    int fd;
+    uint64_t sent, received;
+    unsigned char buffer[4096];
+    size_t held;
+    long long last_received;
+};
+
 int main(int argc, char **argv)
 {
-    int port = -1, interval_ms = 10;
+    int port = -1, interval_ms = 10, count = 1;
     const char *target = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--listen") == 0) {
@@ -98,85 +109,113 @@ int main(int argc, char **argv)
             target = argv[i + 1];
         } else if (strcmp(argv[i], "--interval-ms") == 0) {
             interval_ms = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--connections") == 0) {
+            count = atoi(argv[i + 1]);
         } else {
             say("error: unknown option %s\n", argv[i]);
             return 1;
         }
     }
-    if ((port < 0) == (target == NULL) || interval_ms < 1) {
-        say("error: usage: seqstream --listen PORT | --connect ADDR:PORT [--interval-ms N]\n");
+    if ((port < 0) == (target == NULL) || interval_ms < 1 || count < 1 || count > 4096) {
+        say("error: usage: seqstream --listen PORT | --connect ADDR:PORT [--connections 1..4096] [--interval-ms N]\n");
         return 1;
     }
+    struct rlimit files = { (rlim_t)count + 64, (rlim_t)count + 64 };
+    setrlimit(RLIMIT_NOFILE, &files);
 
-    int connection;
-    if (target != NULL) {
-        connection = open_connection(target);
-    } else {
-        int listener = open_listener(port); /* stays open: a listening socket must survive too */
-        connection = accept(listener, NULL, NULL);
-        if (connection < 0) {
+    struct stream *streams = calloc((size_t)count, sizeof *streams);
+    struct pollfd *polls = calloc((size_t)count, sizeof *polls);
+    if (streams == NULL || polls == NULL) {
+        say("error: out of memory\n");
+        return 1;
+    }
+    int listener = target == NULL ? open_listener(port, count + 4) : -1; /* stays open: a listening socket must survive too */
+    for (int c = 0; c < count; c++) {
+        streams[c].fd = target != NULL ? open_connection(target) : accept(listener, NULL, NULL);
+        if (streams[c].fd < 0) {
             say("error: accept: %s\n", strerror(errno));
             return 1;
         }
+        int one = 1;
+        setsockopt(streams[c].fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        polls[c].fd = streams[c].fd;
+        polls[c].events = POLLIN;
     }
-    int one = 1;
-    setsockopt(connection, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    say("connected pid %d\n", (int)getpid());
+    say("connected pid %d connections %d\n", (int)getpid(), count);
 
-    uint64_t sent = 0, received = 0;
-    unsigned char buffer[4096];
-    size_t held = 0;
-    long long next_send = now_ms(), next_report = now_ms() + 1000;
+    long long start = now_ms(), next_send = start, next_report = start + 1000, max_gap = 0;
+    for (int c = 0; c < count; c++) {
+        streams[c].last_received = start;
+    }
     for (;;) {
         long long now = now_ms();
         if (now >= next_send) {
-            unsigned char record[8];
-            uint64_t value = sent + 1;
-            for (int b = 7; b >= 0; b--, value >>= 8) {
-                record[b] = (unsigned char)(value & 0xff);
+            for (int c = 0; c < count; c++) {
+                struct stream *s = &streams[c];
+                unsigned char record[8];
+                uint64_t value = s->sent + 1;
+                for (int b = 7; b >= 0; b--, value >>= 8) {
+                    record[b] = (unsigned char)(value & 0xff);
+                }
+                if (send(s->fd, record, sizeof record, MSG_NOSIGNAL) != (ssize_t)sizeof record) {
+                    say("error: send on connection %d: %s (sent %llu received %llu)\n", c, strerror(errno),
+                        (unsigned long long)s->sent, (unsigned long long)s->received);
+                    return 3;
+                }
+                s->sent++;
             }
-            if (send(connection, record, sizeof record, MSG_NOSIGNAL) != (ssize_t)sizeof record) {
-                say("error: send: %s (sent %llu received %llu)\n", strerror(errno), (unsigned long long)sent, (unsigned long long)received);
-                return 3;
-            }
-            sent++;
             next_send += interval_ms;
         }
         if (now >= next_report) {
-            say("sent %llu received %llu\n", (unsigned long long)sent, (unsigned long long)received);
+            uint64_t sent = 0, received = 0;
+            for (int c = 0; c < count; c++) {
+                sent += streams[c].sent;
+                received += streams[c].received;
+                if (now - streams[c].last_received > max_gap) {
+                    max_gap = now - streams[c].last_received;
+                }
+            }
+            say("sent %llu received %llu maxgap %lld\n", (unsigned long long)sent, (unsigned long long)received, max_gap);
             next_report += 1000;
         }
 
         long long wait = next_send - now_ms();
-        struct pollfd p = { .fd = connection, .events = POLLIN };
-        int ready = poll(&p, 1, wait > 0 ? (int)wait : 0);
+        int ready = poll(polls, (nfds_t)count, wait > 0 ? (int)wait : 0);
         if (ready < 0 && errno != EINTR) {
             say("error: poll: %s\n", strerror(errno));
             return 3;
         }
-        if (ready <= 0) {
-            continue;
-        }
-        ssize_t n = recv(connection, buffer + held, sizeof buffer - held, 0);
-        if (n <= 0) {
-            say("error: connection %s (sent %llu received %llu)\n", n == 0 ? "closed by the peer" : strerror(errno),
-                (unsigned long long)sent, (unsigned long long)received);
-            return 3;
-        }
-        held += (size_t)n;
-        size_t used = 0;
-        for (; held - used >= 8; used += 8) {
-            uint64_t value = 0;
-            for (int b = 0; b < 8; b++) {
-                value = (value << 8) | buffer[used + b];
+        for (int c = 0; ready > 0 && c < count; c++) {
+            if (polls[c].revents == 0) {
+                continue;
             }
-            if (value != received + 1) {
-                say("error: expected record %llu, got %llu\n", (unsigned long long)(received + 1), (unsigned long long)value);
-                return 2;
+            struct stream *s = &streams[c];
+            ssize_t n = recv(s->fd, s->buffer + s->held, sizeof s->buffer - s->held, 0);
+            if (n <= 0) {
+                say("error: connection %d %s (sent %llu received %llu)\n", c, n == 0 ? "closed by the peer" : strerror(errno),
+                    (unsigned long long)s->sent, (unsigned long long)s->received);
+                return 3;
             }
-            received = value;
+            long long arrived = now_ms();
+            if (arrived - s->last_received > max_gap) {
+                max_gap = arrived - s->last_received;
+            }
+            s->last_received = arrived;
+            s->held += (size_t)n;
+            size_t used = 0;
+            for (; s->held - used >= 8; used += 8) {
+                uint64_t value = 0;
+                for (int b = 0; b < 8; b++) {
+                    value = (value << 8) | s->buffer[used + b];
+                }
+                if (value != s->received + 1) {
+                    say("error: connection %d expected record %llu, got %llu\n", c, (unsigned long long)(s->received + 1), (unsigned long long)value);
+                    return 2;
+                }
+                s->received = value;
+            }
+            memmove(s->buffer, s->buffer + used, s->held - used);
+            s->held -= used;
         }
-        memmove(buffer, buffer + used, held - used);
-        held -= used;
     }
 }

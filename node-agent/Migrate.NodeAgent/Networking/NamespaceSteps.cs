@@ -4,7 +4,8 @@ namespace Migrate.NodeAgent.Networking;
 /// <param name="Command">The command, as run inside the namespace.</param>
 /// <param name="MayFail">A failure is expected when the step's work is already done (a chain that exists, an address already gone).</param>
 /// <param name="UnlessSucceeds">A check that, when it succeeds, makes the step unnecessary (the rule is already in place).</param>
-public sealed record NamespaceStep(HostCommand Command, bool MayFail = false, HostCommand? UnlessSucceeds = null);
+/// <param name="OnlyIfSucceeds">A check that, when it fails, makes the step unnecessary (there is nothing to remove).</param>
+public sealed record NamespaceStep(HostCommand Command, bool MayFail = false, HostCommand? UnlessSucceeds = null, HostCommand? OnlyIfSucceeds = null);
 
 /// <summary>Runs plans of <see cref="NamespaceStep"/> inside a network namespace named by a path (<c>/proc/PID/ns/net</c>, <c>/run/netns/NAME</c>).</summary>
 public sealed class NamespaceStepRunner(Func<HostCommand, HostCommandResult>? run = null)
@@ -24,7 +25,8 @@ public sealed class NamespaceStepRunner(Func<HostCommand, HostCommandResult>? ru
 
         foreach (var step in steps)
         {
-            if (step.UnlessSucceeds is { } check && Succeeds(namespacePath, check))
+            if ((step.UnlessSucceeds is { } present && Succeeds(namespacePath, present))
+                || (step.OnlyIfSucceeds is { } needed && !Succeeds(namespacePath, needed)))
             {
                 continue;
             }
