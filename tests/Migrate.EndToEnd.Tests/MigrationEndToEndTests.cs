@@ -169,6 +169,82 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         return reader.ReadToEnd();
     }
 
+    [Fact]
+    public async Task A_server_pod_moves_with_its_listening_socket_and_serves_at_its_new_address()
+    {
+        // CRIU 4.1 could not dump a process holding any IPv4 socket on kernels 6.16 and later: a pod
+        // like this one could not move before the nodes ran CRIU 4.2
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(new k8s.Models.V1Pod
+        {
+            Metadata = new k8s.Models.V1ObjectMeta { Name = "server", Labels = new Dictionary<string, string> { ["app"] = "server" } },
+            Spec = new k8s.Models.V1PodSpec
+            {
+                NodeName = "node-a",
+                Containers = [new k8s.Models.V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/seqstream"], Args = ["--listen", "7000"] }],
+            },
+        }, "default");
+        var source = await Cluster.WaitForPodRunningAsync("server");
+        await WaitForLogAsync("server", "listening on port 7000");
+
+        await Sandbox.ApplyRequestAsync(Cluster, "move-server", "server", "Cold", "node-b");
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-server"))!.Status!;
+        output.WriteLine($"move-server: {status.Phase} {status.Reason} {status.Message}");
+        Assert.Equal(MigrationPhases.Succeeded, status.Phase);
+        var replacement = await Cluster.WaitForPodRunningAsync(status.ReplacementPod!);
+        var address = replacement.Status.PodIP;
+        output.WriteLine($"server: {source.Status.PodIP} on node-a, now {address} on node-b");
+        Assert.NotEqual(source.Status.PodIP, address);
+
+        // a client on node-b's pod network connects to the restored listener and exchanges records both ways
+        using var segment = L2Segment.OnBridge(Cluster.Node("node-b").Containerd.Bridge);
+        var client = segment.Add("client", address[..(address.LastIndexOf('.') + 1)] + "250/24");
+        var log = Path.Combine(Cluster.Directory, "seqstream-client.log");
+        File.WriteAllText(log, "");
+        using var process = L2Segment.Start(client, log, Workloads.Build("seqstream"), "--connect", address + ":7000");
+        try
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            while (!System.Text.RegularExpressions.Regex.IsMatch(File.ReadAllText(log), @"received [1-9]\d+ maxgap") && !process.HasExited && clock.Elapsed < TimeSpan.FromSeconds(30))
+            {
+                await Task.Delay(100);
+            }
+
+            var text = File.ReadAllText(log);
+            output.WriteLine(text);
+            Assert.DoesNotContain("error", text, StringComparison.Ordinal);
+            Assert.Matches(@"sent \d+ received [1-9]\d+ maxgap", text);
+            await WaitForLogAsync(status.ReplacementPod!, "connected pid");
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill();
+                await process.WaitForExitAsync();
+            }
+        }
+
+        await DeletePodAsync(status.ReplacementPod!);
+    }
+
+    private async Task WaitForLogAsync(string pod, string text)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        string logs = "";
+        while (clock.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            logs = (await Cluster.Api.KubectlAsync("logs", pod)).Output;
+            if (logs.Contains(text, StringComparison.Ordinal))
+            {
+                return;
+            }
+
+            await Task.Delay(200);
+        }
+
+        Assert.Fail($"pod {pod} did not log '{text}' within 30 s: {logs}");
+    }
+
     private async Task DeletePodAsync(string name) =>
         (await Cluster.Api.KubectlAsync("delete", "pod", name, "--wait=true", "--timeout=60s")).Succeeded();
 }

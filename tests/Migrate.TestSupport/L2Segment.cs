@@ -20,13 +20,15 @@ public sealed class L2Segment : IDisposable
     private readonly List<SegmentMember> _members = [];
     private readonly string _id;
     private readonly int _subnet;
+    private readonly bool _ownsBridge;
     private bool _disposed;
 
-    private L2Segment(string id, int subnet)
+    private L2Segment(string id, int subnet, string? bridge = null)
     {
         _id = id;
         _subnet = subnet;
-        Bridge = "pmt" + id;
+        _ownsBridge = bridge is null;
+        Bridge = bridge ?? "pmt" + id;
     }
 
     public string Bridge { get; }
@@ -52,16 +54,35 @@ public sealed class L2Segment : IDisposable
         return segment;
     }
 
+    /// <summary>
+    /// Namespaces plugged into a bridge that exists already (a sandbox node's pod bridge, say),
+    /// with addresses given in full; Dispose deletes the namespaces and leaves the bridge.
+    /// </summary>
+    public static L2Segment OnBridge(string bridge)
+    {
+        Prerequisites.RequireRoot();
+        Prerequisites.RequirePrograms("ip", "nsenter", "setsid");
+        if (!Directory.Exists(Path.Combine("/sys/class/net", bridge, "bridge")))
+        {
+            throw new InvalidOperationException($"{bridge} is not a bridge of this machine");
+        }
+
+        return new L2Segment(Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(3)), 0, bridge);
+    }
+
     /// <summary>A namespace on the segment, with address .<paramref name="host"/> of the segment's /24 and its link up, or, with host 0, no address and its link down.</summary>
-    public SegmentMember Add(string name, int host)
+    public SegmentMember Add(string name, int host) =>
+        Add(name, host == 0 ? null : string.Create(CultureInfo.InvariantCulture, $"10.251.{_subnet}.{host}/24"));
+
+    /// <summary>A namespace on the segment with the address <paramref name="cidr"/> and its link up, or, with none, no address and its link down.</summary>
+    public SegmentMember Add(string name, string? cidr)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         string netns = $"pmt{_id}-{name}";
         string outside = $"pmt{_id}{_members.Count}";
         string inside = outside + "p";
         Prerequisites.Run("ip", "netns", "add", netns);
-        var member = new SegmentMember(name, "/run/netns/" + netns, "eth0", "",
-            host == 0 ? null : string.Create(CultureInfo.InvariantCulture, $"10.251.{_subnet}.{host}/24"));
+        var member = new SegmentMember(name, "/run/netns/" + netns, "eth0", "", cidr);
         _members.Add(member);
         Prerequisites.Run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside);
         Prerequisites.Run("ip", "link", "set", inside, "netns", netns);
@@ -69,9 +90,9 @@ public sealed class L2Segment : IDisposable
         Prerequisites.Run("ip", "link", "set", outside, "up");
         Prerequisites.Run("ip", "-n", netns, "link", "set", inside, "name", "eth0");
         Prerequisites.Run("ip", "-n", netns, "link", "set", "lo", "up");
-        if (member.Cidr is { } cidr)
+        if (member.Cidr is { } address)
         {
-            Prerequisites.Run("ip", "-n", netns, "address", "add", cidr, "dev", "eth0");
+            Prerequisites.Run("ip", "-n", netns, "address", "add", address, "dev", "eth0");
             Prerequisites.Run("ip", "-n", netns, "link", "set", "eth0", "up");
         }
 
@@ -112,6 +133,9 @@ public sealed class L2Segment : IDisposable
             Prerequisites.Capture("ip", ["netns", "del", Path.GetFileName(member.NamespacePath)]);
         }
 
-        Prerequisites.Capture("ip", ["link", "del", Bridge]);
+        if (_ownsBridge)
+        {
+            Prerequisites.Capture("ip", ["link", "del", Bridge]);
+        }
     }
 }

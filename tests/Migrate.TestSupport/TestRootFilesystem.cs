@@ -2,7 +2,7 @@ namespace Migrate.TestSupport;
 
 /// <summary>
 /// A minimal root file system for test containers: busybox (static) with its applets, the
-/// memcounter and pause workloads, /dev/null, and empty /proc, /sys, /etc, /tmp and /data.
+/// memcounter, pause and seqstream workloads, /dev/null, and empty /proc, /sys, /etc, /tmp and /data.
 /// </summary>
 public static class TestRootFilesystem
 {
@@ -30,6 +30,7 @@ public static class TestRootFilesystem
 
         File.Copy(Memcounter.BinaryPath(), Path.Combine(root, "bin", "memcounter"), overwrite: true);
         File.Copy(Workloads.Build("pause"), Path.Combine(root, "bin", "pause"), overwrite: true);
+        File.Copy(Workloads.Build("seqstream"), Path.Combine(root, "bin", "seqstream"), overwrite: true);
         Prerequisites.Run("mknod", "-m", "666", Path.Combine(root, "dev", "null"), "c", "1", "3");
     }
 }
