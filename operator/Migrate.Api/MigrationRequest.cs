@@ -105,6 +105,24 @@ public static class MigrationPhases
     public const string RolledBack = "RolledBack";
 
     public static bool IsFinal(string? phase) => phase is Succeeded or Failed or RolledBack;
+
+    private static readonly string[] ForwardOrder = [Pending, Checkpointing, Transferring, Restoring, CuttingOver, Succeeded];
+
+    /// <summary>The order a successful migration goes through its phases.</summary>
+    public static IReadOnlyList<string> Forward => ForwardOrder;
+
+    /// <summary>
+    /// The phases a request must have passed through between two looks at it that saw
+    /// <paramref name="seen"/> and then <paramref name="now"/>: those strictly between them when
+    /// <paramref name="now"/> lies ahead on the successful path; none otherwise (a rollback or a
+    /// failure may leave from any phase, so nothing is inferred for them).
+    /// </summary>
+    public static IReadOnlyList<string> Passed(string? seen, string now)
+    {
+        int from = seen is null ? -1 : Array.IndexOf(ForwardOrder, seen);
+        int to = Array.IndexOf(ForwardOrder, now);
+        return (seen is null || from >= 0) && to > from + 1 ? ForwardOrder[(from + 1)..to] : [];
+    }
 }
 
 public sealed class MigrationRequestStatus

@@ -128,6 +128,12 @@ namespace Migrate.Kubectl
                 var current = Text(status, "phase") ?? "Pending";
                 if (current != phase)
                 {
+                    // a phase shorter than the time between two looks is not seen; a successful migration went through it all the same
+                    foreach (var passed in MigrationPhases.Passed(phase, current))
+                    {
+                        output.Phase(passed, "(passed between two looks)");
+                    }
+
                     if (!Final.Contains(current))
                     {
                         output.Phase(current, Text(status, "message") ?? "");
