@@ -121,4 +121,24 @@ public sealed class CheckpointLogicTests
         var ids = MigrationRecord.Forgettable([record], now, TimeSpan.FromHours(1));
         Assert.Equal(forgotten ? ["m1"] : [], ids);
     }
+
+    [Theory]
+    [InlineData("(00.047449) Error (criu/sockets.c:628): sockets: Can't get 1:16 opt: Operation not supported", "cannot dump one on a kernel 6.16 or later")]
+    [InlineData("(00.047452) Error (criu/sockets.c:628): sockets: Can't get 1:34 opt: Operation not supported", "install CRIU 4.2 or newer")]
+    [InlineData("(00.050000) Error (criu/sk-unix.c:123): unix: External socket is used. Consider using --ext-unix-sk option.", "connected to a process outside the pod")]
+    [InlineData("(00.050000) Error (criu/sk-inet.c:200): inet: Connected TCP socket, consider using --tcp-established option.", "established TCP connection")]
+    [InlineData("(00.050000) Error (criu/cr-dump.c:1681): Dump files (pid: 1) failed with -1", null)]
+    public void A_criu_failure_the_pod_or_the_node_causes_is_explained_in_plain_words(string logLine, string? reasonPart)
+    {
+        var error = new Migrate.Criu.CriuException(Migrate.Criu.CriuOperation.Dump, -1, 52, "could not dump", null, [logLine]);
+        var reason = CriuFailures.Explain(error);
+        if (reasonPart is null)
+        {
+            Assert.Null(reason);
+        }
+        else
+        {
+            Assert.Contains(reasonPart, reason, StringComparison.Ordinal);
+        }
+    }
 }

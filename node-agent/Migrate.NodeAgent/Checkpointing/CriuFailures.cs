@@ -10,6 +10,9 @@ public static class CriuFailures
         ("External socket is used", "a process has a unix socket connected to a process outside the pod (a node daemon, say), and that connection cannot move"),
         ("ghost file", "a process keeps a deleted file open that is larger than CRIU's limit for such files"),
         ("Connected TCP socket", "a process has an established TCP connection, which cannot survive the change of pod IP"),
+        // CRIU before 4.2 on kernels 6.16 and later, which refuse SO_PASSCRED (1:16) and SO_PASSSEC (1:34) on IP sockets
+        ("Can't get 1:16 opt", "a process holds an IPv4 or IPv6 socket, and this node's CRIU (older than 4.2) cannot dump one on a kernel 6.16 or later: install CRIU 4.2 or newer on the node"),
+        ("Can't get 1:34 opt", "a process holds an IPv4 or IPv6 socket, and this node's CRIU (older than 4.2) cannot dump one on a kernel 6.16 or later: install CRIU 4.2 or newer on the node"),
         ("Unsupported", "a process uses a kernel object CRIU cannot checkpoint"),
     ];
 
