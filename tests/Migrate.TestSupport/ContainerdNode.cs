@@ -381,6 +381,50 @@ public sealed class ContainerdNode : IAsyncDisposable
         return inodes;
     }
 
+    /// <summary>
+    /// Deletes the CNI network namespaces (/run/netns/cni-*) made since <paramref name="since"/>
+    /// (and at least 5 s ago) that no process is in and that hold nothing but loopback: what
+    /// containerd leaves when it is stopped while it sets up a pod sandbox (the CNI plugin's
+    /// interface is gone with the node's bridge, the namespace's name is not). Called once every
+    /// node of a sandbox is stopped. Returns the names deleted.
+    /// </summary>
+    public static IReadOnlyList<string> RemoveOrphanNetworkNamespaces(DateTime since)
+    {
+        var deleted = new List<string>();
+        if (!Directory.Exists("/run/netns"))
+        {
+            return deleted;
+        }
+
+        // a namespace younger than 5 s may be another sandbox's pod being set up: wait until it is not
+        var youngest = Directory.EnumerateFiles("/run/netns", "cni-*").Select(File.GetLastWriteTimeUtc).Where(t => t >= since).DefaultIfEmpty(DateTime.MinValue).Max();
+        var wait = youngest + TimeSpan.FromSeconds(5) - DateTime.UtcNow;
+        if (wait > TimeSpan.Zero)
+        {
+            Thread.Sleep(wait);
+        }
+
+        foreach (var file in Directory.EnumerateFiles("/run/netns", "cni-*"))
+        {
+            var name = Path.GetFileName(file);
+            var made = File.GetLastWriteTimeUtc(file);
+            if (made < since || DateTime.UtcNow - made < TimeSpan.FromSeconds(5)
+                || Prerequisites.Capture("ip", ["netns", "pids", name]).Stdout.Trim().Length > 0)
+            {
+                continue;
+            }
+
+            var links = Prerequisites.Capture("ip", ["-n", name, "-o", "link", "show"]);
+            if (links.ExitCode == 0 && links.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).All(l => l.Contains(": lo:", StringComparison.Ordinal))
+                && Prerequisites.Capture("ip", ["netns", "delete", name]).ExitCode == 0)
+            {
+                deleted.Add(name);
+            }
+        }
+
+        return deleted;
+    }
+
     /// <summary>Deletes the CNI network namespaces (/run/netns/cni-*) that are one of <paramref name="inodes"/>.</summary>
     private static void RemoveNetworkNamespaces(HashSet<string> inodes)
     {

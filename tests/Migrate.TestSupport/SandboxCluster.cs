@@ -207,6 +207,7 @@ public sealed class SandboxCluster : IAsyncDisposable
 {
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
     private readonly Stack<Func<ValueTask>> _cleanup = new();
+    private readonly DateTime _created = DateTime.UtcNow;
     private readonly List<SandboxNode> _nodes = [];
     private readonly bool _ownsDirectory;
 
@@ -614,6 +615,8 @@ public sealed class SandboxCluster : IAsyncDisposable
         {
             await _cleanup.Pop()();
         }
+
+        ContainerdNode.RemoveOrphanNetworkNamespaces(_created);
 
         foreach (var path in InstalledFiles())
         {
