@@ -21,6 +21,7 @@ public sealed partial class RestoreController : QueueController
     private readonly ILogger<RestoreController> _logger;
     private readonly IKubernetes _client;
     private readonly IAgentDirectory _agents;
+    private readonly CapabilitiesCache _capabilities;
     private readonly TimeProvider _time;
     private readonly Func<TransferClaims, string> _mintToken;
     private readonly NamespacedObjects _objects;
@@ -35,6 +36,7 @@ public sealed partial class RestoreController : QueueController
         _logger = logger;
         _client = client;
         _agents = agents;
+        _capabilities = new CapabilitiesCache(agents, time);
         _time = time;
         _mintToken = mintToken;
         _objects = new NamespacedObjects(client);
@@ -108,7 +110,7 @@ public sealed partial class RestoreController : QueueController
     private async Task<IReadOnlyList<RestoreCandidate>> CandidatesAsync(CancellationToken cancellationToken)
     {
         var nodes = Cache.Nodes.Items.ToList();
-        var answers = await Task.WhenAll(nodes.Select(n => _agents.GetCapabilitiesAsync(n, cancellationToken)));
+        var answers = await Task.WhenAll(nodes.Select(n => _capabilities.GetAsync(n, cancellationToken)));
         return [.. nodes.Zip(answers, (n, a) => new RestoreCandidate(n, a))];
     }
 

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using k8s.Models;
 using Migrate.Agent.V1;
 using Migrate.Operator.Kubernetes;
@@ -155,11 +154,12 @@ public static class Admission
 }
 
 /// <summary>Gathers what admission looks at, from the caches and, for the agents' capabilities, from the agents (kept for half a minute).</summary>
-public sealed class AdmissionGatherer(ClusterCache cache, IAgentDirectory agents, TimeProvider time)
+public sealed class AdmissionGatherer(ClusterCache cache, CapabilitiesCache capabilities)
 {
-    private readonly ConcurrentDictionary<string, (DateTimeOffset At, string Endpoint, GetCapabilitiesResponse? Capabilities)> _capabilities = new(StringComparer.Ordinal);
-
-    public TimeSpan CapabilitiesTtl { get; init; } = TimeSpan.FromSeconds(30);
+    public AdmissionGatherer(ClusterCache cache, IAgentDirectory agents, TimeProvider time)
+        : this(cache, new CapabilitiesCache(agents, time))
+    {
+    }
 
     public async Task<AdmissionFacts> GatherAsync(MigrationRequest request, CancellationToken cancellationToken)
     {
@@ -167,21 +167,7 @@ public sealed class AdmissionGatherer(ClusterCache cache, IAgentDirectory agents
         var pod = cache.Pods.Get(request.Metadata.NamespaceProperty, request.Spec.PodName);
         var nodes = cache.Nodes.Items.ToList();
         var asked = Admission.NodesToAsk(request, pod, nodes).ToList();
-        var answers = await Task.WhenAll(asked.Select(async n => (n.Metadata.Name, Capabilities: await CapabilitiesAsync(n, cancellationToken))));
+        var answers = await Task.WhenAll(asked.Select(async n => (n.Metadata.Name, Capabilities: await capabilities.GetAsync(n, cancellationToken))));
         return new AdmissionFacts(pod, nodes, [.. cache.Pods.Items], answers.ToDictionary(a => a.Name, a => a.Capabilities, StringComparer.Ordinal), [.. cache.Requests.Items]);
-    }
-
-    private async Task<GetCapabilitiesResponse?> CapabilitiesAsync(V1Node node, CancellationToken cancellationToken)
-    {
-        var endpoint = Keys.Get(node.Metadata.Annotations, Annotations.AgentEndpoint) ?? "";
-        var now = time.GetUtcNow();
-        if (_capabilities.TryGetValue(node.Metadata.Name, out var known) && known.Endpoint == endpoint && now - known.At < CapabilitiesTtl && known.Capabilities is not null)
-        {
-            return known.Capabilities;
-        }
-
-        var capabilities = await agents.GetCapabilitiesAsync(node, cancellationToken);
-        _capabilities[node.Metadata.Name] = (now, endpoint, capabilities);
-        return capabilities;
     }
 }
