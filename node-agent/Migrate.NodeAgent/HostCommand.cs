@@ -24,7 +24,7 @@ public sealed record HostCommandResult(int ExitCode, string Output, string Error
     public bool Succeeded => ExitCode == 0;
 }
 
-/// <summary>Runs host commands: the one place the networking code touches processes.</summary>
+/// <summary>Runs host commands to their end, capturing what they print (the agent's networking and archives, podmig-runc).</summary>
 public static class HostCommands
 {
     /// <summary>Runs <paramref name="command"/> to its end and returns its exit code and output.</summary>
@@ -53,17 +53,5 @@ public static class HostCommands
         var output = process.StandardOutput.ReadToEnd();
         process.WaitForExit();
         return new HostCommandResult(process.ExitCode, output, error.Result);
-    }
-
-    /// <summary>Runs <paramref name="command"/> and throws, naming it and quoting its error output, unless it succeeded.</summary>
-    public static string RunChecked(HostCommand command)
-    {
-        var result = Run(command);
-        if (!result.Succeeded)
-        {
-            throw new IOException($"'{command}' failed ({result.ExitCode}): {result.Error.Trim()}");
-        }
-
-        return result.Output;
     }
 }

@@ -416,22 +416,9 @@ public static partial class Restorer
 
     private static string RunChecked(string program, IReadOnlyList<string> arguments)
     {
-        var start = new ProcessStartInfo(program) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var argument in arguments)
-        {
-            start.ArgumentList.Add(argument);
-        }
-
-        using var process = Process.Start(start) ?? throw new RestoreFailedException($"could not start {program}");
-        var output = process.StandardOutput.ReadToEndAsync();
-        var error = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode != 0)
-        {
-            throw new RestoreFailedException($"{program} {string.Join(' ', arguments)} failed: {error.Trim()}");
-        }
-
-        return output.GetAwaiter().GetResult();
+        var result = Migrate.NodeAgent.HostCommands.Run(new Migrate.NodeAgent.HostCommand(program, arguments));
+        return result.Succeeded ? result.Output
+            : throw new RestoreFailedException($"{program} {string.Join(' ', arguments)} failed: {result.Error.Trim()}");
     }
 
     private static void RunQuietly(string program, IReadOnlyList<string> arguments)

@@ -106,10 +106,8 @@ public static class MigrationPhases
 
     public static bool IsFinal(string? phase) => phase is Succeeded or Failed or RolledBack;
 
-    private static readonly string[] ForwardOrder = [Pending, Checkpointing, Transferring, Restoring, CuttingOver, Succeeded];
-
     /// <summary>The order a successful migration goes through its phases.</summary>
-    public static IReadOnlyList<string> Forward => ForwardOrder;
+    private static readonly string[] ForwardOrder = [Pending, Checkpointing, Transferring, Restoring, CuttingOver, Succeeded];
 
     /// <summary>
     /// The phases a request must have passed through between two looks at it that saw
