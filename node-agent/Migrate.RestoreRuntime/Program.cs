@@ -10,6 +10,12 @@ if (args.Length > 0 && args[0] == LazyRestoreHelpers.ServeArgument)
     return LazyRestoreHelpers.Serve(args, Console.Out);
 }
 
+if (Environment.GetEnvironmentVariable("CNI_COMMAND") is { Length: > 0 })
+{
+    // installed as the CNI IPAM plugin podmig-ipam (a link to this program)
+    return CniIpam.Run(Environment.GetEnvironmentVariable, Console.In, Console.Out);
+}
+
 var runc = Environment.GetEnvironmentVariable("PODMIG_RUNC") is { Length: > 0 } configured ? configured : "runc";
 var line = RuncCommandLine.Parse(args);
 if (line.Command == "create" && RestoreRequest.TryRead(line) is { } request)

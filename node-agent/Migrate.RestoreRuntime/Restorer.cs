@@ -6,11 +6,13 @@ using System.Text.RegularExpressions;
 using Migrate.Criu;
 using Migrate.Criu.Lazy;
 using Migrate.NodeAgent.Checkpointing;
+using Migrate.NodeAgent.Networking;
 
 namespace Migrate.RestoreRuntime;
 
 /// <summary>A container creation marked for restore, read from its bundle's config.json.</summary>
-public sealed record RestoreRequest(string MigrationId, string Container, string Bundle, string RootPath, IReadOnlyList<(string Destination, string Source)> Mounts)
+public sealed record RestoreRequest(string MigrationId, string Container, string Bundle, string RootPath, IReadOnlyList<(string Destination, string Source)> Mounts,
+    string? NetworkNamespace = null)
 {
     /// <summary>The request when the bundle is a pod container (not the sandbox) marked for restore; null otherwise.</summary>
     public static RestoreRequest? TryRead(RuncCommandLine line)
@@ -40,7 +42,17 @@ public sealed record RestoreRequest(string MigrationId, string Container, string
             }
         }
 
-        return new RestoreRequest(migration.GetString() ?? "", name, bundle, Path.GetFullPath(root, bundle), mounts);
+        // the pod sandbox's network namespace, which the container joins (and a kept address moves into)
+        string? network = null;
+        if (spec.TryGetProperty("linux", out var linux) && linux.TryGetProperty("namespaces", out var namespaces))
+        {
+            network = namespaces.EnumerateArray()
+                .Where(n => n.TryGetProperty("type", out var t) && t.GetString() == "network" && n.TryGetProperty("path", out _))
+                .Select(n => n.GetProperty("path").GetString())
+                .FirstOrDefault(p => !string.IsNullOrEmpty(p));
+        }
+
+        return new RestoreRequest(migration.GetString() ?? "", name, bundle, Path.GetFullPath(root, bundle), mounts, network);
     }
 }
 
@@ -107,6 +119,7 @@ public static partial class Restorer
                 .Where(m => m.Volume is not null)
                 .ToList();
             Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
+            var move = ReadAddressMove(files, request);
 
             var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
             if (File.Exists(layer))
@@ -137,6 +150,13 @@ public static partial class Restorer
 
             Directory.CreateDirectory(work);
             var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
+            if (move is not null)
+            {
+                // the source's connections come back in repair mode, on the address claimed here under the lock
+                ClaimAddress(migration, move, request);
+                arguments.Add("--tcp-established");
+            }
+
             bool lazy = LazyRestoreHelpers.Needed(images);
             if (lazy)
             {
@@ -163,6 +183,11 @@ public static partial class Restorer
             int exit = RunInheritingStdio(runc, arguments);
             if (exit != 0)
             {
+                if (move is not null)
+                {
+                    GiveUpAddress(move, request);
+                }
+
                 LazyRestoreHelpers.StopRecorded(work);
                 RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
                 throw new RestoreFailedException($"runc restore of container {request.Container} from migration {request.MigrationId} failed ({exit}): {CriuErrors(work)}; the images stay in {migration} for diagnosis");
@@ -171,6 +196,11 @@ public static partial class Restorer
             File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
             var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), clock.ElapsedMilliseconds, lazy);
             File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
+            if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c)))))
+            {
+                // every container of the pod holds its sockets again: traffic may flow, and the segment learns where the address is
+                OpenAddress(move, request);
+            }
             Log(line, "info", string.Create(CultureInfo.InvariantCulture, $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {clock.ElapsedMilliseconds} ms{(lazy ? " (memory follows lazily)" : "")}"));
             return 0;
         }
@@ -181,6 +211,95 @@ public static partial class Restorer
             Console.Error.WriteLine("podmig-runc: " + message);
             Report(request, StagingLayout.RestoreFailedFile(request.Container), message);
             return 1;
+        }
+    }
+
+    /// <summary>The address the source released for this pod, when the migration keeps it (network.json among the images).</summary>
+    private static AddressMove? ReadAddressMove(string files, RestoreRequest request)
+    {
+        AddressMove? move;
+        try
+        {
+            move = AddressMove.Read(Path.Combine(files, AddressMove.FileName));
+            _ = move?.ToAddress();
+        }
+        catch (Exception e) when (e is JsonException or ArgumentException)
+        {
+            throw new RestoreFailedException($"the address staged by migration {request.MigrationId} is unreadable: {e.Message}");
+        }
+
+        if (move is not null && string.IsNullOrEmpty(request.NetworkNamespace))
+        {
+            throw new RestoreFailedException($"migration {request.MigrationId} keeps the pod's address, but container {request.Container} names no network namespace to claim it in");
+        }
+
+        return move;
+    }
+
+    /// <summary>
+    /// Locks the replacement's network and puts the source's address (and MAC) on its interface in
+    /// place of the one its sandbox was given. Done by the pod's first container to be restored;
+    /// both steps are idempotent, so a retried restore repeats them harmlessly.
+    /// </summary>
+    private static void ClaimAddress(string migration, AddressMove move, RestoreRequest request)
+    {
+        var address = move.ToAddress();
+        try
+        {
+            new PodNetworkLock().Lock(request.NetworkNamespace!);
+            new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Claim(address), $"claim address {address.Cidr}");
+            File.WriteAllText(Path.Combine(migration, "network.claimed"), address.Cidr + "\n");
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            GiveUpAddress(move, request);
+            throw new RestoreFailedException($"the pod's address {address.Cidr} could not be claimed on this node: {e.Message}");
+        }
+    }
+
+    /// <summary>After a failed restore: the address leaves this node again, so the source can take it back.</summary>
+    private static void GiveUpAddress(AddressMove move, RestoreRequest request)
+    {
+        try
+        {
+            new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Release(move.ToAddress()), "give the address back");
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            Console.Error.WriteLine($"podmig-runc: could not give address {move.Cidr} back after a failed restore: {e.Message}");
+        }
+    }
+
+    /// <summary>Lifts the replacement's network lock and announces the address (the announcement runs on without being waited for).</summary>
+    private static void OpenAddress(AddressMove move, RestoreRequest request)
+    {
+        var address = move.ToAddress();
+        try
+        {
+            new PodNetworkLock().Unlock(request.NetworkNamespace!);
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            throw new RestoreFailedException($"the restored pod's network could not be unlocked: {e.Message}");
+        }
+
+        foreach (var step in AddressHandover.Announce(address))
+        {
+            var command = step.Command.InNetworkNamespace(request.NetworkNamespace!);
+            var start = new ProcessStartInfo(command.Program) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var argument in command.Arguments)
+            {
+                start.ArgumentList.Add(argument);
+            }
+
+            try
+            {
+                using var announcing = Process.Start(start);
+            }
+            catch (System.ComponentModel.Win32Exception e)
+            {
+                Console.Error.WriteLine($"podmig-runc: could not announce {address.Cidr}: {e.Message}");
+            }
         }
     }
 
@@ -308,6 +427,7 @@ public static partial class Restorer
         {
             var path = file.GetProperty("path").GetString() ?? "";
             bool needed = path.StartsWith($"containers/{container}/", StringComparison.Ordinal)
+                || path == AddressMove.FileName
                 || path == $"rootfs/{container}.tar"
                 || (path.StartsWith("volumes/", StringComparison.Ordinal) && volumes.Contains(Path.GetFileNameWithoutExtension(path)));
             if (!needed)

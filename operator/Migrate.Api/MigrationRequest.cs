@@ -65,6 +65,10 @@ public sealed class MigrationRequestSpec
 
     [JsonPropertyName("timeoutSeconds")]
     public int TimeoutSeconds { get; set; } = 600;
+
+    /// <summary>The replacement keeps the pod's IP address, and its established TCP connections survive (a network where addresses can move between nodes is required: docs/connections.md).</summary>
+    [JsonPropertyName("keepAddress")]
+    public bool KeepAddress { get; set; }
 }
 
 public sealed class PreCopyLimits

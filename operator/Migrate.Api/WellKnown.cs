@@ -96,6 +96,9 @@ public static class Annotations
     /// <summary>On a replacement pod: source pod@source node.</summary>
     public const string MigratedFrom = Keys.Domain + "migrated-from";
 
+    /// <summary>On a replacement pod whose migration keeps the pod's address: the address its network must give it (podmig-ipam honours it only beside <see cref="RestoreFrom"/>).</summary>
+    public const string PinnedAddress = Keys.Domain + "pinned-address";
+
     /// <summary>On a replacement pod until cut-over: the source's labels, as JSON.</summary>
     public const string HeldLabels = Keys.Domain + "held-labels";
 

@@ -227,6 +227,99 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         await DeletePodAsync(status.ReplacementPod!);
     }
 
+    [Fact]
+    public async Task A_pod_keeping_its_address_moves_with_its_established_connection_and_a_pod_that_does_not_is_refused()
+    {
+        // a client on the pod network's segment, outside every pod (as on a third machine), keeps a
+        // sequence-numbered stream both ways with a server pod on node-a
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(new k8s.Models.V1Pod
+        {
+            Metadata = new k8s.Models.V1ObjectMeta { Name = "keeper", Labels = new Dictionary<string, string> { ["app"] = "keeper" } },
+            Spec = new k8s.Models.V1PodSpec
+            {
+                NodeName = "node-a",
+                Containers = [new k8s.Models.V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/seqstream"], Args = ["--listen", "7001"] }],
+            },
+        }, "default");
+        var source = await Cluster.WaitForPodRunningAsync("keeper");
+        await WaitForLogAsync("keeper", "listening on port 7001");
+        var address = source.Status.PodIP;
+
+        using var segment = L2Segment.OnBridge(Cluster.Network!.Bridge);
+        var client = segment.Add("client", Cluster.Network.ClientAddress(251));
+        var log = Path.Combine(Cluster.Directory, "seqstream-keeper-client.log");
+        File.WriteAllText(log, "");
+        using var process = L2Segment.Start(client, log, Workloads.Build("seqstream"), "--connect", address + ":7001");
+        try
+        {
+            long before = await WaitForReceivedAsync(log, process, atLeast: 50);
+
+            // without keepAddress the agent refuses the pod: its connection could not survive a new address; nothing changes
+            await Sandbox.ApplyRequestAsync(Cluster, "move-keeper-plain", "keeper", "Cold", "node-b");
+            var refused = (await Sandbox.WaitForFinalAsync(Cluster, "move-keeper-plain"))!.Status!;
+            output.WriteLine($"move-keeper-plain: {refused.Phase} {refused.Reason} {refused.Message}");
+            Assert.Equal(MigrationPhases.RolledBack, refused.Phase);
+            Assert.Contains("established TCP connection", refused.Message, StringComparison.Ordinal);
+            Assert.Contains("keepAddress", refused.Message, StringComparison.Ordinal);
+            long afterRefusal = await WaitForReceivedAsync(log, process, atLeast: before + 50);
+
+            // with keepAddress: the address moves to node-b with the pod, and the connection carries on
+            await Sandbox.ApplyRequestAsync(Cluster, "move-keeper", "keeper", "Cold", "node-b", keepAddress: true);
+            var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-keeper"))!.Status!;
+            output.WriteLine($"move-keeper: {status.Phase} {status.Reason} {status.Message} downtime {status.DowntimeMillis} ms");
+            Assert.Equal(MigrationPhases.Succeeded, status.Phase);
+            var replacement = await Cluster.WaitForPodRunningAsync(status.ReplacementPod!);
+            Assert.Equal("node-b", replacement.Spec.NodeName);
+            Assert.Equal(address, replacement.Status.PodIP);
+            Assert.Equal(address, replacement.Metadata.Annotations[Annotations.PinnedAddress]);
+
+            // 200 more records (2 s) over the same connection, none lost, repeated or reset, in either direction
+            long afterMove = await WaitForReceivedAsync(log, process, atLeast: afterRefusal + 200);
+            var text = File.ReadAllText(log);
+            Assert.DoesNotContain("error", text, StringComparison.Ordinal);
+            var gap = System.Text.RegularExpressions.Regex.Matches(text, @"maxgap (\d+)").Last().Groups[1].Value;
+            output.WriteLine($"client: received {before} before, {afterMove} after the move; longest gap {gap} ms");
+            Figures.Record(nameof(MigrationEndToEndTests), "kept-address Cold move: longest gap seen by the client ms", double.Parse(gap, System.Globalization.CultureInfo.InvariantCulture), "ms");
+            var serverLog = (await Cluster.Api.KubectlAsync("logs", status.ReplacementPod!)).Output;
+            Assert.DoesNotContain("error", serverLog, StringComparison.Ordinal);
+            Assert.False(process.HasExited, "the client is still connected");
+        }
+        finally
+        {
+            if (!process.HasExited)
+            {
+                process.Kill();
+                await process.WaitForExitAsync();
+            }
+        }
+
+        await DeletePodAsync((await Sandbox.GetRequestAsync(Cluster, "move-keeper"))?.Status?.ReplacementPod ?? "keeper");
+    }
+
+    /// <summary>Waits until seqstream's log says it received at least <paramref name="atLeast"/> records (30 s at most) and returns the count.</summary>
+    private static async Task<long> WaitForReceivedAsync(string log, System.Diagnostics.Process process, long atLeast)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        long received = 0;
+        while (clock.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            var text = File.ReadAllText(log);
+            Assert.DoesNotContain("error", text, StringComparison.Ordinal);
+            var last = System.Text.RegularExpressions.Regex.Matches(text, @"received (\d+) maxgap").LastOrDefault();
+            received = last is null ? 0 : long.Parse(last.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            if (received >= atLeast)
+            {
+                return received;
+            }
+
+            Assert.False(process.HasExited, $"the client ended: {text}");
+            await Task.Delay(100);
+        }
+
+        Assert.Fail($"the client received {received} records, not {atLeast}, within 30 s: {File.ReadAllText(log)}");
+        return received;
+    }
+
     private async Task WaitForLogAsync(string pod, string text)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();

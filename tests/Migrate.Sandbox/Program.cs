@@ -229,6 +229,12 @@ namespace Migrate.Sandbox
                 Console.WriteLine($"removed {node["name"]}: containers, containerd, mounts, bridge, cgroups, directories");
             }
 
+            if (state["bridge"] is JsonNode bridge)
+            {
+                PodNetwork.RemoveBridge((string)bridge!);
+                Console.WriteLine($"removed the pod network's bridge {bridge}");
+            }
+
             foreach (var file in state["files"]?.AsArray().Select(f => (string)f!) ?? [])
             {
                 if (Directory.Exists(file))

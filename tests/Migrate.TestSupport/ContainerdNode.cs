@@ -73,7 +73,7 @@ public sealed class ContainerdNode : IAsyncDisposable
     /// the "podmig" runtime handler, configured as deploy/node/ configures a real node.
     /// </summary>
     public static async Task<ContainerdNode> StartAsync(string name, string? restoreRuntime = null, IReadOnlyDictionary<string, string>? runtimeEnvironment = null,
-        ContainerdRelease? release = null)
+        ContainerdRelease? release = null, PodNetwork? network = null)
     {
         Prerequisites.RequireRoot();
         Prerequisites.RequirePrograms("runc", "ip", "criu");
@@ -91,11 +91,12 @@ public sealed class ContainerdNode : IAsyncDisposable
         Directory.CreateDirectory(Path.Combine(state, "cni"));
         Directory.CreateDirectory(Path.Combine(root, "pod-logs"));
         Directory.CreateDirectory(Path.Combine(root, "pods"));
-        var bridge = "pm-" + id;
+        var bridge = network?.Bridge ?? "pm-" + id;
         var subnet = $"10.{200 + (RandomNumberGenerator.GetInt32(50))}.{RandomNumberGenerator.GetInt32(250)}.0/24";
-        var cniBin = File.Exists("/usr/lib/cni/bridge") ? "/usr/lib/cni" : "/opt/cni/bin";
+        var cniBin = network?.BinDirectory ?? (File.Exists("/usr/lib/cni/bridge") ? "/usr/lib/cni" : "/opt/cni/bin");
         // Pods get an address on a private bridge and no default route: nothing leaves the machine.
-        File.WriteAllText(Path.Combine(state, "cni", "10-podmig.conflist"), $$"""
+        // On a sandbox's shared network, every node's pods share one bridge and one address range.
+        File.WriteAllText(Path.Combine(state, "cni", "10-podmig.conflist"), network?.ConfigList() ?? $$"""
             {
               "cniVersion": "0.4.0",
               "name": "podmig-{{id}}",

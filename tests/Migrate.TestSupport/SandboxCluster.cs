@@ -248,6 +248,9 @@ public sealed class SandboxCluster : IAsyncDisposable
 
     public IReadOnlyList<SandboxNode> Nodes => _nodes;
 
+    /// <summary>The pod network every node shares (one segment, one address range).</summary>
+    public PodNetwork? Network { get; private set; }
+
     public SandboxNode Node(string name) => _nodes.Single(n => n.Name == name);
 
     public ChildProcess? Operator { get; private set; }
@@ -341,9 +344,19 @@ public sealed class SandboxCluster : IAsyncDisposable
 
     private async Task AddNodeAsync(string name, string agentAddress, ContainerdRelease release, Action<string>? progress)
     {
+        if (Network is null)
+        {
+            Network = PodNetwork.Create(Path.Combine(Directory, "network"), RepositoryLayout.RestoreRuntime);
+            _cleanup.Push(() =>
+            {
+                Network.Dispose();
+                return ValueTask.CompletedTask;
+            });
+        }
+
         var containerd = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime, Options.LazyPagesBytesPerSecond > 0
             ? new Dictionary<string, string> { [LazyRestoreHelpers.BytesPerSecondVariable] = Options.LazyPagesBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture) }
-            : null, release);
+            : null, release, Network);
         _cleanup.Push(containerd.DisposeAsync);
         var archives = TestImages.Archives();
         foreach (var archive in Options.ImportTestImages ? archives : archives.Take(1))
@@ -540,6 +553,7 @@ public sealed class SandboxCluster : IAsyncDisposable
         directory = Directory,
         pid = Environment.ProcessId,
         // what the sandbox process removes on a normal stop, listed for hack/sandbox down after a crash
+        bridge = Network?.Bridge,
         files = new[] { KubeconfigPath, Pki.Directory, Api.KubectlCacheDirectory }.Concat(InstalledFiles()).Concat(Prometheus is null ? [] : [Prometheus.Directory]),
         nodes = _nodes.Select(n => new
         {

@@ -9,6 +9,7 @@ using Microsoft.Extensions.Options;
 using Migrate.Agent.V1;
 using Migrate.Criu;
 using Migrate.Criu.Incremental;
+using Migrate.NodeAgent.Networking;
 
 namespace Migrate.NodeAgent.Checkpointing;
 
@@ -41,6 +42,7 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <summary>How long a cleaned migration's record stays in memory.</summary>
     private static readonly TimeSpan CleanedRecordsKept = TimeSpan.FromHours(1);
     private readonly SemaphoreSlim _criuGate = new(1, 1);
+    private readonly NamespaceStepRunner _namespaces = new();
     private Criu.Incremental.PreCopyMethod? _method;
 
     public CheckpointEngine(PodLocator locator, CriuClient criu, IOptions<AgentOptions> options, ILogger<CheckpointEngine> logger, MigrationEvents? events = null)
@@ -136,7 +138,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 throw Refuse("no-containers", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} has no running container to checkpoint");
             }
 
-            var containers = pod.Containers.Select(Inspect).ToList();
+            var containers = pod.Containers.Select(c => Inspect(c, request.KeepAddress)).ToList();
+            var move = request.KeepAddress ? AddressToKeep(pod, containers[0]) : null;
             var record = new MigrationRecord
             {
                 MigrationId = request.MigrationId,
@@ -148,7 +151,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 StagingDirectory = Path.Combine(StagingRoot, request.MigrationId),
                 PreCopyMethod = Method(),
                 Containers = containers,
-                Message = $"found {containers.Count} running container(s); nothing frozen",
+                AddressMove = move,
+                Message = $"found {containers.Count} running container(s); nothing frozen" + (move is null ? "" : $"; its address {move.Cidr} moves with it"),
             };
 
             lock (_registry)
@@ -281,9 +285,11 @@ public sealed partial class CheckpointEngine : IDisposable
             using var activity = AgentTelemetry.Source.StartActivity("checkpoint.resume");
             activity?.SetTag("migration.id", record.MigrationId);
             bool wasFrozen = record.Phase == MigrationPhase.Frozen;
+            var network = TryGiveBackNetwork(record);
             ThawAll(record);
             record.Phase = MigrationPhase.Resumed;
-            record.Message = wasFrozen ? "pod thawed; it continues where it stopped" : "migration abandoned before the pod was frozen";
+            record.Message = (wasFrozen ? "pod thawed; it continues where it stopped" : "migration abandoned before the pod was frozen")
+                + (network is null ? "" : $"; its network could not be given back: {network}");
             record.Save();
             return Task.FromResult(record.ToStatus());
         }, cancellationToken);
@@ -387,6 +393,15 @@ public sealed partial class CheckpointEngine : IDisposable
             }
 
             response.FreezeMillis = Millis(clock.Elapsed);
+            if (record.AddressMove is { } locking)
+            {
+                // from here no packet reaches or leaves the pod's sockets until the target (or a rollback here) lifts the lock
+                step = "locking the pod's network";
+                locking.Locked = true;
+                record.Save();
+                new PodNetworkLock(_namespaces).Lock(locking.NamespacePath);
+            }
+
             var dumpStart = clock.Elapsed;
             foreach (var container in record.Containers)
             {
@@ -413,6 +428,17 @@ public sealed partial class CheckpointEngine : IDisposable
             }
 
             response.DumpMillis = Millis(clock.Elapsed - dumpStart);
+            if (record.AddressMove is { } releasing)
+            {
+                // the address leaves the source only after the dump; the target claims it after the commit
+                step = "releasing the pod's address";
+                new AddressMove(releasing.Interface, releasing.Cidr, releasing.Mac, [.. record.Containers.Select(c => c.Name)])
+                    .Write(Path.Combine(record.StagingDirectory, AddressMove.FileName));
+                releasing.Released = true;
+                record.Save();
+                _namespaces.Run(releasing.NamespacePath, AddressHandover.Release(releasing.ToAddress()), "release the pod's address");
+            }
+
             var filesystemStart = clock.Elapsed;
             using (AgentTelemetry.Source.StartActivity("checkpoint.capture_filesystem"))
             {
@@ -449,9 +475,10 @@ public sealed partial class CheckpointEngine : IDisposable
         }
         finally
         {
-            // whatever went wrong, a pod is never left frozen by a failed dump
+            // whatever went wrong, a pod is never left frozen by a failed dump, nor cut off from its network
             if (!succeeded)
             {
+                _ = TryGiveBackNetwork(record);
                 foreach (var freezer in frozen)
                 {
                     TryThaw(freezer);
@@ -503,6 +530,9 @@ public sealed partial class CheckpointEngine : IDisposable
             FileLocks = true,
             ExternalMounts = [.. container.ExternalMounts.Select(m => new CriuExternalMount(m, m))],
             External = [.. ExternalNamespaces(container)],
+            // a pod keeping its address keeps its connections: dumped in repair mode, under the agent's own lock (CRIU's would be lifted as the dump ends)
+            TcpEstablished = record.AddressMove is not null ? true : null,
+            NetworkLock = record.AddressMove is not null ? CriuNetworkLock.Skip : null,
         };
         Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "containers"), OwnerOnly);
         var rounds = record.Rounds.Where(r => r.Container == container.Name).OrderBy(r => r.Number).Select(r => r.ToRound());
@@ -523,7 +553,7 @@ public sealed partial class CheckpointEngine : IDisposable
     }
 
     /// <summary>Everything about one container a dump needs, or the reason it cannot move.</summary>
-    private ContainerRecord Inspect(LocatedContainer container)
+    private static ContainerRecord Inspect(LocatedContainer container, bool keepAddress)
     {
         var volumes = container.Spec.Mounts.Where(m => m.IsBind).Select(PodVolumes.Classify).ToList();
         var unmovable = volumes.FirstOrDefault(v => v.Kind == MountKind.Unmovable);
@@ -551,10 +581,10 @@ public sealed partial class CheckpointEngine : IDisposable
         var upper = process.UpperDirectory()
             ?? throw Refuse("rootfs", StatusCode.FailedPrecondition, $"container {container.Name} does not run on an overlayfs root, so its writable layer cannot be captured");
         var tcp = process.EstablishedTcpConnections();
-        if (tcp.Count > 0)
+        if (tcp.Count > 0 && !keepAddress)
         {
             throw Refuse("tcp", StatusCode.FailedPrecondition,
-                $"container {container.Name} has {tcp.Count} established TCP connection(s) ({string.Join(", ", tcp.Take(3).Select(c => $"{c.Local} to {c.Remote}"))}); the pod's IP changes when it moves, so they cannot survive: close them or stop the clients first");
+                $"container {container.Name} has {tcp.Count} established TCP connection(s) ({string.Join(", ", tcp.Take(3).Select(c => $"{c.Local} to {c.Remote}"))}); the pod's IP changes when it moves, so they cannot survive: migrate it keeping its address (keepAddress), or close them first");
         }
 
         var mounts = process.Mounts();
@@ -577,6 +607,64 @@ public sealed partial class CheckpointEngine : IDisposable
             pid?.Path is not null ? process.NamespaceInode("pid") : null,
             [.. external.Distinct(StringComparer.Ordinal)],
             volumes);
+    }
+
+    /// <summary>The address a migration that keeps it moves: the pod's one IPv4 address, read in its network namespace.</summary>
+    private static AddressMoveRecord AddressToKeep(LocatedPod pod, ContainerRecord container)
+    {
+        var path = string.Create(CultureInfo.InvariantCulture, $"/proc/{container.Pid}/ns/net");
+        var shown = HostCommands.Run(new HostCommand("ip", "-j", "address", "show").InNetworkNamespace(path));
+        if (!shown.Succeeded)
+        {
+            throw Refuse("address", StatusCode.FailedPrecondition, $"the addresses of pod {pod.Namespace}/{pod.Name} could not be read: {shown.Error.Trim()}");
+        }
+
+        var (address, refusal) = AddressMove.FromIpJson(shown.Output);
+        if (address is null)
+        {
+            throw Refuse("address", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} cannot keep its address: {refusal}");
+        }
+
+        return new AddressMoveRecord { Interface = address.Interface, Cidr = address.Cidr, Mac = address.Mac, NamespacePath = path };
+    }
+
+    /// <summary>
+    /// Rollback of the source's part of an address handover: the address back on the pod's
+    /// interface (with its MAC), the lock lifted, the segment told where the address is.
+    /// </summary>
+    private void GiveBackNetwork(MigrationRecord record)
+    {
+        if (record.AddressMove is not { } move || !(move.Locked || move.Released))
+        {
+            return;
+        }
+
+        var address = move.ToAddress();
+        if (move.Released)
+        {
+            _namespaces.Run(move.NamespacePath, AddressHandover.Claim(address), "take the pod's address back");
+            move.Released = false;
+        }
+
+        new PodNetworkLock(_namespaces).Unlock(move.NamespacePath);
+        move.Locked = false;
+        record.Save();
+        _namespaces.Run(move.NamespacePath, AddressHandover.Announce(address), "announce the pod's address");
+    }
+
+    /// <summary><see cref="GiveBackNetwork"/>, saying what failed instead of throwing: the pod is thawed either way.</summary>
+    private string? TryGiveBackNetwork(MigrationRecord record)
+    {
+        try
+        {
+            GiveBackNetwork(record);
+            return null;
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException)
+        {
+            LogNetworkNotGivenBack(e, record.MigrationId);
+            return e.Message;
+        }
     }
 
     /// <summary>The containers must be the ones recorded: same init process in the same cgroup.</summary>
@@ -841,6 +929,9 @@ public sealed partial class CheckpointEngine : IDisposable
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Unreadable migration record in {Directory}; left alone")]
     private partial void LogUnreadable(Exception error, string directory);
+
+    [LoggerMessage(Level = LogLevel.Error, Message = "Migration {Migration}: the pod's address or network lock could not be given back")]
+    private partial void LogNetworkNotGivenBack(Exception e, string migration);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Could not thaw {Cgroup}")]
     private partial void LogThawFailed(Exception error, string cgroup);

@@ -94,6 +94,27 @@ public sealed class HandoffRecord
     public bool AbortConfirmed { get; set; }
 }
 
+/// <summary>A migration that keeps its pod's address: the address, the pod's network namespace, and how far the source's part of the handover went.</summary>
+public sealed class AddressMoveRecord
+{
+    public string Interface { get; set; } = "";
+
+    public string Cidr { get; set; } = "";
+
+    public string? Mac { get; set; }
+
+    /// <summary>The pod's network namespace as a path (/proc/PID/ns/net of its first container).</summary>
+    public string NamespacePath { get; set; } = "";
+
+    /// <summary>The pod's network is locked (nothing in or out but loopback).</summary>
+    public bool Locked { get; set; }
+
+    /// <summary>The address was taken off the pod's interface for the target to claim.</summary>
+    public bool Released { get; set; }
+
+    public Networking.PodAddress ToAddress() => new(Interface, Cidr, Mac);
+}
+
 /// <summary>What the agent keeps about one migration, in the migration's staging directory (state.json).</summary>
 public sealed class MigrationRecord
 {
@@ -135,6 +156,9 @@ public sealed class MigrationRecord
     public PreCopyRecord PreCopy { get; set; } = new();
 
     public HandoffRecord Handoff { get; set; } = new();
+
+    /// <summary>Set when the migration keeps the pod's address (and its TCP connections).</summary>
+    public AddressMoveRecord? AddressMove { get; set; }
 
     /// <summary>When its staged files were removed (in memory only: a cleaned record has no directory to be saved in).</summary>
     [System.Text.Json.Serialization.JsonIgnore]

@@ -76,8 +76,16 @@ public static class AddressHandover
             }
             : [],
         new(new("ip", "address", "replace", address.Cidr, "dev", address.Interface)),
+        // a sandbox made for the address (podmig-ipam) was kept from answering ARP until now
+        new(Speak()),
         new(new("ip", "link", "set", "dev", address.Interface, "up")),
     ];
+
+    /// <summary>Keeps a namespace from answering ARP on any interface (the effective value is the larger of "all" and the interface's own).</summary>
+    public static HostCommand Silence() => new("sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=8");
+
+    /// <summary>Lets a namespace answer ARP again (the kernel's default).</summary>
+    public static HostCommand Speak() => new("sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=0");
 
     /// <summary>Tells the segment where the address is now (after the lock is lifted): unsolicited ARP for IPv4, unsolicited neighbour advertisement for IPv6 (sent by the kernel when the address is added).</summary>
     public static IReadOnlyList<NamespaceStep> Announce(PodAddress address) =>

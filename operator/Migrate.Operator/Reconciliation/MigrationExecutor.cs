@@ -151,6 +151,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     MigrationId = id,
                     Pod = new PodRef { Namespace = ns, Name = request.Spec.PodName, Uid = facts.SourcePod?.Metadata.Uid ?? "" },
                     NodeName = status.SourceNode,
+                    KeepAddress = request.Spec.KeepAddress,
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.ExpectImages expect:
@@ -302,6 +303,11 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             .ToDictionary(a => a.Key, a => a.Value);
         annotations[Annotations.RestoreFrom] = MigrationId(request);
         annotations[Annotations.MigratedFrom] = $"{source.Metadata.Name}@{request.Status!.SourceNode}";
+        if (request.Spec.KeepAddress && source.Status?.PodIP is { Length: > 0 } address)
+        {
+            // the network gives the replacement the source's address (podmig-ipam; silent until the handover)
+            annotations[Annotations.PinnedAddress] = address;
+        }
 
         if (KeepsName(request))
         {

@@ -1,0 +1,140 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Migrate.TestSupport;
+using Xunit;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>
+/// podmig-ipam, the real binary (podmig-runc run as a CNI IPAM plugin), driven the way a container
+/// runtime drives it: environment, configuration on stdin, result or error on stdout.
+/// </summary>
+public sealed class PodmigIpamTests : IDisposable
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("podmig-ipam-").FullName;
+    private readonly string _namespace = "pmt-ipam-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(3));
+
+    public PodmigIpamTests()
+    {
+        Prerequisites.RequireRoot();
+        Prerequisites.Run("ip", "netns", "add", _namespace);
+    }
+
+    private string Store => Path.Combine(_directory, "flat");
+
+    [Fact]
+    public void Addresses_come_from_one_store_and_a_pinned_one_is_shared_with_its_source_until_either_is_removed()
+    {
+        Assert.Equal("10.77.0.10/24", Add("c1").Address);
+        Assert.Equal("10.77.0.11/24", Add("c2").Address);
+        Assert.Equal(0, Run("DEL", "c1", Config()).Exit);
+        Assert.Equal("10.77.0.12/24", Add("c3").Address); // an address just given up is reused last
+        Assert.Equal(0, Run("DEL", "c1", Config()).Exit); // deleting twice changes nothing
+        Assert.Equal("10.77.0.12/24", Add("c3").Address); // a retried ADD gets what it has
+
+        // the replacement of c2 by a migration keeping its address: both hold it; the replacement's namespace stays silent
+        var pinned = Add("c4", pin: "10.77.0.11", restoreFrom: "m1");
+        Assert.Equal("10.77.0.11/24", pinned.Address);
+        Assert.Equal("c2 eth0\nc4 eth0\n", File.ReadAllText(Path.Combine(Store, "10.77.0.11")));
+        Assert.Equal("8", Prerequisites.Run("ip", "netns", "exec", _namespace, "sysctl", "-n", "net.ipv4.conf.all.arp_ignore").Trim());
+
+        // a rollback removes the replacement: the source keeps its address
+        Assert.Equal(0, Run("DEL", "c4", Config()).Exit);
+        Assert.Equal("c2 eth0\n", File.ReadAllText(Path.Combine(Store, "10.77.0.11")));
+        // a move removes the source: the replacement keeps it
+        Add("c5", pin: "10.77.0.11", restoreFrom: "m2");
+        Assert.Equal(0, Run("DEL", "c2", Config()).Exit);
+        Assert.Equal("c5 eth0\n", File.ReadAllText(Path.Combine(Store, "10.77.0.11")));
+        Assert.Equal(0, Run("CHECK", "c5", Config()).Exit);
+    }
+
+    [Theory]
+    [InlineData("not json", 6, "")]
+    [InlineData("""{"cniVersion":"0.4.0","name":"flat"}""", 7, "no ipam object")]
+    [InlineData("""{"cniVersion":"0.4.0","name":"flat","ipam":{"type":"podmig-ipam","subnet":"10.77.0.0/33"}}""", 7, "is not an IPv4 subnet")]
+    [InlineData("""{"cniVersion":"0.4.0","name":"../up","ipam":{"type":"podmig-ipam","subnet":"10.77.0.0/24"}}""", 7, "not a network name")]
+    [InlineData("PIN-NO-RESTORE", 7, "honoured only on a pod restored by a migration")]
+    [InlineData("PIN-OUTSIDE", 7, "the pinned address 10.78.0.5 is not one this network hands out")]
+    [InlineData("PIN-GARBAGE", 7, "is not an IPv4 address")]
+    public void A_bad_configuration_or_pin_is_refused_with_a_CNI_error_and_changes_nothing(string config, int code, string message)
+    {
+        config = config switch
+        {
+            "PIN-NO-RESTORE" => Config(pin: "10.77.0.20", restoreFrom: null),
+            "PIN-OUTSIDE" => Config(pin: "10.78.0.5", restoreFrom: "m1"),
+            "PIN-GARBAGE" => Config(pin: "10.77.0.5; rm -rf /", restoreFrom: "m1"),
+            _ => config,
+        };
+        var (exit, output) = Run("ADD", "c9", config);
+        Assert.Equal(1, exit);
+        using var error = JsonDocument.Parse(output);
+        Assert.Equal(code, error.RootElement.GetProperty("code").GetInt32());
+        Assert.Contains(message, error.RootElement.GetProperty("msg").GetString(), StringComparison.Ordinal);
+        Assert.False(Directory.Exists(Store) && Directory.EnumerateFiles(Store).Any(f => Path.GetFileName(f).StartsWith("10.", StringComparison.Ordinal)), "nothing was allocated");
+        Assert.Equal("0", Prerequisites.Run("ip", "netns", "exec", _namespace, "sysctl", "-n", "net.ipv4.conf.all.arp_ignore").Trim());
+    }
+
+    [Fact]
+    public void It_says_which_CNI_versions_it_speaks()
+    {
+        var (exit, output) = Run("VERSION", "", "");
+        Assert.Equal(0, exit);
+        using var version = JsonDocument.Parse(output);
+        Assert.Contains("0.4.0", version.RootElement.GetProperty("supportedVersions").EnumerateArray().Select(v => v.GetString()));
+    }
+
+    public void Dispose()
+    {
+        _ = Prerequisites.Capture("ip", ["netns", "delete", _namespace]);
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    private (string Address, string Gateway) Add(string container, string? pin = null, string? restoreFrom = null)
+    {
+        var (exit, output) = Run("ADD", container, Config(pin, restoreFrom));
+        Assert.True(exit == 0, output);
+        using var result = JsonDocument.Parse(output);
+        var ip = result.RootElement.GetProperty("ips")[0];
+        Assert.Equal("4", ip.GetProperty("version").GetString());
+        return (ip.GetProperty("address").GetString()!, ip.GetProperty("gateway").GetString()!);
+    }
+
+    private string Config(string? pin = null, string? restoreFrom = null)
+    {
+        var annotations = new Dictionary<string, string>();
+        if (pin is not null)
+        {
+            annotations[Migrate.Api.Annotations.PinnedAddress] = pin;
+        }
+
+        if (restoreFrom is not null)
+        {
+            annotations[Migrate.Api.Annotations.RestoreFrom] = restoreFrom;
+        }
+
+        return JsonSerializer.Serialize(new Dictionary<string, object>
+        {
+            ["cniVersion"] = "0.4.0",
+            ["name"] = "flat",
+            ["ipam"] = new Dictionary<string, string> { ["type"] = "podmig-ipam", ["subnet"] = "10.77.0.0/24", ["rangeStart"] = "10.77.0.10", ["rangeEnd"] = "10.77.0.20", ["dataDir"] = _directory },
+            ["runtimeConfig"] = new Dictionary<string, object> { ["io.kubernetes.cri.pod-annotations"] = annotations },
+        });
+    }
+
+    private (int Exit, string Output) Run(string command, string container, string config)
+    {
+        var start = new ProcessStartInfo(RepositoryLayout.RestoreRuntime) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        start.Environment["CNI_COMMAND"] = command;
+        start.Environment["CNI_CONTAINERID"] = container;
+        start.Environment["CNI_IFNAME"] = "eth0";
+        start.Environment["CNI_NETNS"] = "/run/netns/" + _namespace;
+        start.Environment["CNI_PATH"] = "/usr/lib/cni";
+        using var process = Process.Start(start)!;
+        process.StandardInput.Write(config);
+        process.StandardInput.Close();
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, output);
+    }
+}
