@@ -12,7 +12,7 @@ namespace Migrate.RestoreRuntime;
 
 /// <summary>A container creation marked for restore, read from its bundle's config.json.</summary>
 public sealed record RestoreRequest(string MigrationId, string Container, string Bundle, string RootPath, IReadOnlyList<(string Destination, string Source)> Mounts,
-    string? NetworkNamespace = null)
+    string? NetworkNamespace = null, bool PinnedAddress = false)
 {
     /// <summary>The request when the bundle is a pod container (not the sandbox) marked for restore; null otherwise.</summary>
     public static RestoreRequest? TryRead(RuncCommandLine line)
@@ -52,7 +52,8 @@ public sealed record RestoreRequest(string MigrationId, string Container, string
                 .FirstOrDefault(p => !string.IsNullOrEmpty(p));
         }
 
-        return new RestoreRequest(migration.GetString() ?? "", name, bundle, Path.GetFullPath(root, bundle), mounts, network);
+        bool pinned = annotations.TryGetProperty(Annotations.PinnedAddress, out _);
+        return new RestoreRequest(migration.GetString() ?? "", name, bundle, Path.GetFullPath(root, bundle), mounts, network, pinned);
     }
 }
 
@@ -99,6 +100,9 @@ public static partial class Restorer
             {
                 throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
             }
+
+            // a pod pinned to its source's address: its network is locked now, while it waits (nothing flows there yet), not in the downtime
+            bool locked = LockEarly(request);
 
             // the pod's sandbox, network and root file system are ready: wait here for the final images
             WaitForCommit(migration, request, WaitLimit());
@@ -150,11 +154,13 @@ public static partial class Restorer
 
             Directory.CreateDirectory(work);
             var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
+            long prepared = clock.ElapsedMilliseconds, claimed = prepared;
             if (move is not null)
             {
                 // the source's connections come back in repair mode, on the address claimed here under the lock
-                ClaimAddress(migration, move, request);
+                ClaimAddress(migration, move, request, locked);
                 arguments.Add("--tcp-established");
+                claimed = clock.ElapsedMilliseconds;
             }
 
             bool lazy = LazyRestoreHelpers.Needed(images);
@@ -181,6 +187,7 @@ public static partial class Restorer
 
             arguments.Add(id);
             int exit = RunInheritingStdio(runc, arguments);
+            long ran = clock.ElapsedMilliseconds;
             if (exit != 0)
             {
                 if (move is not null)
@@ -194,14 +201,18 @@ public static partial class Restorer
             }
 
             File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
-            var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), clock.ElapsedMilliseconds, lazy);
+            long done = clock.ElapsedMilliseconds;
+            var steps = string.Create(CultureInfo.InvariantCulture, $"files {prepared} ms, address {claimed - prepared} ms, runc restore {ran - claimed} ms");
+            var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), done, lazy, steps);
             File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
             if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c)))))
             {
                 // every container of the pod holds its sockets again: traffic may flow, and the segment learns where the address is
                 OpenAddress(move, request);
+                steps += string.Create(CultureInfo.InvariantCulture, $", unlock {clock.ElapsedMilliseconds - done} ms");
             }
-            Log(line, "info", string.Create(CultureInfo.InvariantCulture, $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {clock.ElapsedMilliseconds} ms{(lazy ? " (memory follows lazily)" : "")}"));
+            Log(line, "info", string.Create(CultureInfo.InvariantCulture,
+                $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {done} ms ({steps}){(lazy ? " (memory follows lazily)" : "")}"));
             return 0;
         }
         catch (Exception e) when (e is RestoreFailedException or IOException or UnauthorizedAccessException or JsonException or InvalidOperationException)
@@ -241,12 +252,16 @@ public static partial class Restorer
     /// place of the one its sandbox was given. Done by the pod's first container to be restored;
     /// both steps are idempotent, so a retried restore repeats them harmlessly.
     /// </summary>
-    private static void ClaimAddress(string migration, AddressMove move, RestoreRequest request)
+    private static void ClaimAddress(string migration, AddressMove move, RestoreRequest request, bool locked)
     {
         var address = move.ToAddress();
         try
         {
-            new PodNetworkLock().Lock(request.NetworkNamespace!);
+            if (!locked)
+            {
+                new PodNetworkLock().Lock(request.NetworkNamespace!);
+            }
+
             new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Claim(address), $"claim address {address.Cidr}");
             File.WriteAllText(Path.Combine(migration, "network.claimed"), address.Cidr + "\n");
         }
@@ -254,6 +269,25 @@ public static partial class Restorer
         {
             GiveUpAddress(move, request);
             throw new RestoreFailedException($"the pod's address {address.Cidr} could not be claimed on this node: {e.Message}");
+        }
+    }
+
+    /// <summary>Locks the network of a pod pinned to its source's address before its images are committed; false when it is not pinned or the lock failed (the claim tries again).</summary>
+    private static bool LockEarly(RestoreRequest request)
+    {
+        if (!request.PinnedAddress || string.IsNullOrEmpty(request.NetworkNamespace))
+        {
+            return false;
+        }
+
+        try
+        {
+            new PodNetworkLock().Lock(request.NetworkNamespace);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or ArgumentException)
+        {
+            return false;
         }
     }
 

@@ -105,7 +105,8 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
 /// <param name="RestoredUnixMillis">When the restored processes ran (Unix milliseconds).</param>
 /// <param name="RestoreMillis">How long the restore took.</param>
 /// <param name="LazyMemory">The processes ran before their memory was in place (a lazy restore: a page server fills it).</param>
-public sealed record RestoreReport(long RestoredUnixMillis, long RestoreMillis, bool LazyMemory = false);
+/// <param name="Steps">Where the restore's time went (files, address claim, runc restore, unlock), for people reading it.</param>
+public sealed record RestoreReport(long RestoredUnixMillis, long RestoreMillis, bool LazyMemory = false, string? Steps = null);
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(RestoreReport))]
 public sealed partial class RestoreReportJson : System.Text.Json.Serialization.JsonSerializerContext;

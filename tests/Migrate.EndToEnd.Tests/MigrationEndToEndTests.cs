@@ -264,7 +264,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             long afterRefusal = await WaitForReceivedAsync(log, process, atLeast: before + 50);
 
             // with keepAddress: the address moves to node-b with the pod, and the connection carries on
-            await Sandbox.ApplyRequestAsync(Cluster, "move-keeper", "keeper", "Cold", "node-b", keepAddress: true);
+            await Sandbox.ApplyRequestAsync(Cluster, "move-keeper", "keeper", "PreCopy", "node-b", keepAddress: true);
             var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-keeper"))!.Status!;
             output.WriteLine($"move-keeper: {status.Phase} {status.Reason} {status.Message} downtime {status.DowntimeMillis} ms");
             Assert.Equal(MigrationPhases.Succeeded, status.Phase);

@@ -57,11 +57,11 @@ public sealed class NetworkPlanTests
     {
         var address = new PodAddress("eth0", "10.1.2.3/24", "02:42:AC:11:00:02");
         Assert.Equal(["ip address del 10.1.2.3/24 dev eth0", "ip link set dev eth0 down"], AddressHandover.Release(address).Select(s => s.Command.ToString()));
-        Assert.Equal(
-            ["ip link set dev eth0 down", "ip link set dev eth0 address 02:42:ac:11:00:02", "ip address replace 10.1.2.3/24 dev eth0", "sysctl -qw net.ipv4.conf.all.arp_ignore=0", "ip link set dev eth0 up"],
-            AddressHandover.Claim(address).Select(s => s.Command.ToString()));
+        var claim = AddressHandover.Claim(address);
+        Assert.Equal(["ip -batch -", "sysctl -qw net.ipv4.conf.all.arp_ignore=0", "ip link set dev eth0 up"], claim.Select(s => s.Command.ToString()));
+        Assert.Equal("link set dev eth0 down\nlink set dev eth0 address 02:42:ac:11:00:02\naddress replace 10.1.2.3/24 dev eth0\n", claim[0].Command.Input);
         Assert.Equal(["arping -q -U -c 1 -I eth0 10.1.2.3"], AddressHandover.Announce(address).Select(s => s.Command.ToString()));
-        Assert.Equal(["ip address replace fd00::5/64 dev eth0", "sysctl -qw net.ipv4.conf.all.arp_ignore=0", "ip link set dev eth0 up"], AddressHandover.Claim(new("eth0", "fd00::5/64", null)).Select(s => s.Command.ToString()));
+        Assert.Equal("address replace fd00::5/64 dev eth0\n", AddressHandover.Claim(new("eth0", "fd00::5/64", null))[0].Command.Input);
         Assert.Empty(AddressHandover.Announce(new("eth0", "fd00::5/64", null)));
         // what podmig-ipam does to a sandbox pinned to an address until the claim, which undoes it
         Assert.Equal("sysctl -qw net.ipv4.conf.all.arp_ignore=8", AddressHandover.Silence().ToString());

@@ -59,6 +59,12 @@ public sealed class PodNetwork : IDisposable
         var id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(4));
         var prefix = $"10.{200 + RandomNumberGenerator.GetInt32(50)}.{RandomNumberGenerator.GetInt32(250)}.";
         var network = new PodNetwork("podmig-flat-" + id, "pmn-" + id, prefix, directory);
+        if (System.IO.Directory.Exists(directory))
+        {
+            // an earlier sandbox's, in a directory named by the user: its addresses are no one's now
+            System.IO.Directory.Delete(directory, recursive: true);
+        }
+
         System.IO.Directory.CreateDirectory(network.BinDirectory);
         System.IO.Directory.CreateDirectory(network.AddressDirectory);
         foreach (var plugin in System.IO.Directory.EnumerateFiles(systemPlugins))
@@ -96,8 +102,15 @@ public sealed class PodNetwork : IDisposable
         }
         """;
 
-    /// <summary>Deletes the bridge (its directory goes with the sandbox's). Safe to repeat.</summary>
-    public void Dispose() => RemoveBridge(Bridge);
+    /// <summary>Deletes the bridge and the directory. Safe to repeat.</summary>
+    public void Dispose()
+    {
+        RemoveBridge(Bridge);
+        if (System.IO.Directory.Exists(Directory))
+        {
+            System.IO.Directory.Delete(Directory, recursive: true);
+        }
+    }
 
     /// <summary>Deletes a pod network's bridge left by a sandbox that could not stop.</summary>
     public static void RemoveBridge(string bridge)

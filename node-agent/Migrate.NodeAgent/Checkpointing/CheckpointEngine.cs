@@ -266,7 +266,7 @@ public sealed partial class CheckpointEngine : IDisposable
             record.Save();
             AgentTelemetry.FrozenDuration.Record(response.FrozenMillis);
             AgentTelemetry.BytesStaged.Add((long)response.StagedBytes);
-            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis);
+            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, response.FilesystemMillis, response.NetworkMillis);
             return response;
         }, cancellationToken);
 
@@ -400,6 +400,7 @@ public sealed partial class CheckpointEngine : IDisposable
                 locking.Locked = true;
                 record.Save();
                 new PodNetworkLock(_namespaces).Lock(locking.NamespacePath);
+                response.NetworkMillis = Millis(clock.Elapsed) - response.FreezeMillis;
             }
 
             var dumpStart = clock.Elapsed;
@@ -436,7 +437,9 @@ public sealed partial class CheckpointEngine : IDisposable
                     .Write(Path.Combine(record.StagingDirectory, AddressMove.FileName));
                 releasing.Released = true;
                 record.Save();
+                var released = clock.Elapsed;
                 _namespaces.Run(releasing.NamespacePath, AddressHandover.Release(releasing.ToAddress()), "release the pod's address");
+                response.NetworkMillis += Millis(clock.Elapsed - released);
             }
 
             var filesystemStart = clock.Elapsed;
@@ -915,8 +918,8 @@ public sealed partial class CheckpointEngine : IDisposable
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: pod {Namespace}/{Pod} with {Count} container(s) ready for checkpoint")]
     private partial void LogReady(string migration, string @namespace, string pod, int count);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms")]
-    private partial void LogDumped(string migration, ulong bytes, uint frozen);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms, file systems {Filesystem} ms, network lock and address {Network} ms)")]
+    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint filesystem, uint network);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);

@@ -65,21 +65,29 @@ public static class AddressHandover
         new(new("ip", "link", "set", "dev", address.Interface, "down")),
     ];
 
-    /// <summary>The target takes the address (its namespace must be locked). Repeating it changes nothing.</summary>
-    public static IReadOnlyList<NamespaceStep> Claim(PodAddress address) =>
-    [
-        .. address.Mac is { } mac
-            ? new NamespaceStep[]
-            {
-                new(new("ip", "link", "set", "dev", address.Interface, "down")),
-                new(new("ip", "link", "set", "dev", address.Interface, "address", mac)),
-            }
-            : [],
-        new(new("ip", "address", "replace", address.Cidr, "dev", address.Interface)),
-        // a sandbox made for the address (podmig-ipam) was kept from answering ARP until now
-        new(Speak()),
-        new(new("ip", "link", "set", "dev", address.Interface, "up")),
-    ];
+    /// <summary>
+    /// The target takes the address (its namespace must be locked): the link down, the source's MAC,
+    /// the address (in place of any its sandbox was given) in one <c>ip -batch</c>; ARP answered
+    /// again; the link up. Repeating it changes nothing.
+    /// </summary>
+    public static IReadOnlyList<NamespaceStep> Claim(PodAddress address)
+    {
+        var batch = new System.Text.StringBuilder();
+        if (address.Mac is { } mac)
+        {
+            batch.Append("link set dev ").Append(address.Interface).Append(" down\n");
+            batch.Append("link set dev ").Append(address.Interface).Append(" address ").Append(mac).Append('\n');
+        }
+
+        batch.Append("address replace ").Append(address.Cidr).Append(" dev ").Append(address.Interface).Append('\n');
+        return
+        [
+            new(new("ip", "-batch", "-") { Input = batch.ToString() }),
+            // a sandbox made for the address (podmig-ipam) was kept from answering ARP until now
+            new(Speak()),
+            new(new("ip", "link", "set", "dev", address.Interface, "up")),
+        ];
+    }
 
     /// <summary>Keeps a namespace from answering ARP on any interface (the effective value is the larger of "all" and the interface's own).</summary>
     public static HostCommand Silence() => new("sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=8");
