@@ -228,7 +228,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
     }
 
     [Fact]
-    public async Task A_pod_keeping_its_address_moves_with_its_established_connection_and_a_pod_that_does_not_is_refused()
+    public async Task A_pod_keeping_its_address_moves_with_its_established_connection_after_a_failed_attempt_rolled_back_and_a_pod_that_does_not_is_refused()
     {
         // a client on the pod network's segment, outside every pod (as on a third machine), keeps a
         // sequence-numbered stream both ways with a server pod on node-a
@@ -263,6 +263,48 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             Assert.Contains("keepAddress", refused.Message, StringComparison.Ordinal);
             long afterRefusal = await WaitForReceivedAsync(log, process, atLeast: before + 50);
 
+            // a move that fails on the target after the source locked its network, released the address and the
+            // target claimed it: port 7001 is taken in the replacement's namespace, so its restore fails; the target
+            // gives the address up, the source takes it back and thaws, and the connection carries on there
+            await Sandbox.ApplyRequestAsync(Cluster, "move-keeper-blocked", "keeper", "Cold", "node-b", keepAddress: true);
+            var nodeB = Cluster.Node("node-b");
+            var waiting = await Sandbox.WaitForRequestAsync(Cluster, "move-keeper-blocked", r => r?.Status?.ReplacementPod is not null || MigrationPhases.IsFinal(r?.Status?.Phase));
+            var replacementName = waiting!.Status!.ReplacementPod!;
+            System.Diagnostics.Process blocker;
+            // node-b's agent holds still until the port is taken: nothing can be committed there before
+            Prerequisites.Run("kill", "-STOP", nodeB.Agent.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            try
+            {
+                int pause = await SandboxPidAsync(nodeB, replacementName);
+                var blockerLog = Path.Combine(Cluster.Directory, "seqstream-blocker.log");
+                blocker = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("nsenter",
+                    [$"--net=/proc/{pause}/ns/net", Workloads.Build("seqstream"), "--listen", "7001"]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                while (!(await blocker.StandardOutput.ReadLineAsync() ?? "").Contains("listening", StringComparison.Ordinal))
+                {
+                    Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10) && !blocker.HasExited, "the blocker did not listen on 7001 in the replacement's namespace");
+                }
+            }
+            finally
+            {
+                Prerequisites.Run("kill", "-CONT", nodeB.Agent.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            }
+
+            using (blocker)
+            {
+                var rolledBack = (await Sandbox.WaitForFinalAsync(Cluster, "move-keeper-blocked"))!.Status!;
+                output.WriteLine($"move-keeper-blocked: {rolledBack.Phase} {rolledBack.Reason} {rolledBack.Message}");
+                blocker.Kill();
+                await blocker.WaitForExitAsync();
+                Assert.Equal(MigrationPhases.RolledBack, rolledBack.Phase);
+                Assert.Equal("RestoreFailed", rolledBack.Reason);
+            }
+
+            var stayed = await Cluster.Client.CoreV1.ReadNamespacedPodAsync("keeper", "default");
+            Assert.Equal(("node-a", "Running", address), (stayed.Spec.NodeName, stayed.Status.Phase, stayed.Status.PodIP));
+            afterRefusal = await WaitForReceivedAsync(log, process, atLeast: afterRefusal + 200);
+            output.WriteLine($"client after the rollback: {File.ReadAllLines(log)[^1]}");
+
             // with keepAddress: the address moves to node-b with the pod, and the connection carries on
             await Sandbox.ApplyRequestAsync(Cluster, "move-keeper", "keeper", "PreCopy", "node-b", keepAddress: true);
             var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-keeper"))!.Status!;
@@ -279,7 +321,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             Assert.DoesNotContain("error", text, StringComparison.Ordinal);
             var gap = System.Text.RegularExpressions.Regex.Matches(text, @"maxgap (\d+)").Last().Groups[1].Value;
             output.WriteLine($"client: received {before} before, {afterMove} after the move; longest gap {gap} ms");
-            Figures.Record(nameof(MigrationEndToEndTests), "kept-address Cold move: longest gap seen by the client ms", double.Parse(gap, System.Globalization.CultureInfo.InvariantCulture), "ms");
+            Figures.Record(nameof(MigrationEndToEndTests), "kept address: longest gap the client saw over a rollback and a Cold move ms", double.Parse(gap, System.Globalization.CultureInfo.InvariantCulture), "ms");
             var serverLog = (await Cluster.Api.KubectlAsync("logs", status.ReplacementPod!)).Output;
             Assert.DoesNotContain("error", serverLog, StringComparison.Ordinal);
             Assert.False(process.HasExited, "the client is still connected");
@@ -294,6 +336,26 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         }
 
         await DeletePodAsync((await Sandbox.GetRequestAsync(Cluster, "move-keeper"))?.Status?.ReplacementPod ?? "keeper");
+    }
+
+    /// <summary>The PID of a pod's sandbox (pause) process on a node, once the sandbox is ready (30 s at most).</summary>
+    private static async Task<int> SandboxPidAsync(SandboxNode node, string pod)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            var sandboxes = await node.Containerd.Cri.Runtime.ListPodSandboxAsync(new Migrate.Cri.V1.ListPodSandboxRequest());
+            if (sandboxes.Items.FirstOrDefault(s => s.Metadata.Name == pod && s.State == Migrate.Cri.V1.PodSandboxState.SandboxReady) is { } sandbox)
+            {
+                var status = await node.Containerd.Cri.Runtime.PodSandboxStatusAsync(new Migrate.Cri.V1.PodSandboxStatusRequest { PodSandboxId = sandbox.Id, Verbose = true });
+                return System.Text.Json.JsonDocument.Parse(status.Info["info"]).RootElement.GetProperty("pid").GetInt32();
+            }
+
+            await Task.Delay(20);
+        }
+
+        Assert.Fail($"no ready sandbox of pod {pod} on {node.Name} within 30 s");
+        return 0;
     }
 
     /// <summary>Waits until seqstream's log says it received at least <paramref name="atLeast"/> records (30 s at most) and returns the count.</summary>
