@@ -36,6 +36,9 @@ public sealed class AgentOptions
     [Required]
     public string IncomingDirectory { get; set; } = StagingLayout.DefaultIncomingRoot;
 
+    /// <summary>The container runtime's CNI configuration directory: which pod network the node runs, and whether it can move an address (keepAddress).</summary>
+    public string CniConfigDirectory { get; set; } = "/etc/cni/net.d";
+
     /// <summary>Where kept checkpoints live, one directory (mode 0700) each; unset: "checkpoints" beside <see cref="StagingDirectory"/> (on the same file system, so a checkpoint's images move there at once).</summary>
     public string? CheckpointDirectory { get; set; }
 

@@ -42,6 +42,7 @@ public sealed class NodeCapabilities
             },
         },
         Cpu = ReadCpu("/proc/cpuinfo"),
+        Network = PodNetworkFacts.Read(_options.CniConfigDirectory),
     };
 
     private CriuCapabilities CollectCriu()

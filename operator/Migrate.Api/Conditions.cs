@@ -50,6 +50,7 @@ public static class Reasons
     public const string TargetUnschedulable = "TargetUnschedulable";
     public const string TargetHasNoAgent = "TargetHasNoAgent";
     public const string TargetIncompatible = "TargetIncompatible";
+    public const string AddressCannotMove = "AddressCannotMove";
     public const string NoEligibleTarget = "NoEligibleTarget";
 
     // a migration in flight ends (rolled back unless said otherwise)

@@ -85,5 +85,17 @@ public sealed class AddressPoolTests
         }
     }
 
+    [Theory]
+    [InlineData("10-flat.conflist", """{"cniVersion":"0.4.0","name":"flat","plugins":[{"type":"bridge","ipam":{"type":"podmig-ipam","subnet":"10.1.0.0/16"}},{"type":"portmap"}]}""", "flat podmig-ipam True")]
+    [InlineData("10-bridge.conf", """{"cniVersion":"0.4.0","name":"cbr0","type":"bridge","ipam":{"type":"host-local"}}""", "cbr0 host-local False")]
+    [InlineData("05-broken.conflist", "{not json", "no readable CNI configuration in /etc/cni/net.d")]
+    [InlineData("10-calico.conflist", """{"name":"k8s-pod-network","plugins":[{"type":"calico","ipam":{"type":"calico-ipam"}}]}""", "k8s-pod-network calico-ipam False")]
+    public void An_agent_reads_its_nodes_pod_network_from_the_first_CNI_configuration_that_parses(string file, string text, string expected)
+    {
+        // the runtime reads files in name order; one that does not parse is skipped, as the runtime skips it
+        var network = PodNetworkFacts.FromFiles([("/etc/cni/net.d/" + file, text), ("/etc/cni/net.d/99-later.conflist", null)], "/etc/cni/net.d");
+        Assert.Equal(expected, network.Name.Length > 0 ? $"{network.Name} {network.Ipam} {network.MovesAddresses}" : network.Source);
+    }
+
     private static uint Host(string host) => AddressRange.ToNumber(IPAddress.Parse("10.9.8." + host));
 }

@@ -56,10 +56,20 @@ public sealed class NodeInstallationTests : IDisposable
         var installed = File.ReadAllText(config);
         bool binaryThere = File.Exists(Path.Combine(_root, "usr", "local", "bin", "podmig-runc"));
         bool dropInThere = File.Exists(Path.Combine(_root, "etc", "containerd", "conf.d", "podmig.toml"));
+        var ipam = new FileInfo(Path.Combine(_root, "opt", "cni", "bin", "podmig-ipam"));
+        var ipamTarget = ipam.LinkTarget;
+        // a plugin of the same name that is not ours is left alone by uninstall
+        var other = Path.Combine(_root, "other-cni");
+        Directory.CreateDirectory(Path.Combine(other, "opt", "cni", "bin"));
+        File.CreateSymbolicLink(Path.Combine(other, "opt", "cni", "bin", "podmig-ipam"), "/usr/local/bin/someone-elses");
         RunScript(script, "uninstall", binary);
+        RunScript(script, "uninstall", binary, cniRoot: other);
 
         Assert.True(binaryThere);
         Assert.True(dropInThere);
+        Assert.Equal("/usr/local/bin/podmig-runc", ipamTarget);
+        Assert.False(File.Exists(ipam.FullName) || Directory.Exists(ipam.FullName) || new FileInfo(ipam.FullName).LinkTarget is not null);
+        Assert.Equal("/usr/local/bin/someone-elses", new FileInfo(Path.Combine(other, "opt", "cni", "bin", "podmig-ipam")).LinkTarget);
         Assert.Equal(1, installed.Split('\n').Count(l => l.Contains("conf.d/*.toml", StringComparison.Ordinal)));
         Assert.StartsWith("imports = ", installed, StringComparison.Ordinal);
         Assert.Equal("version = 2\n[debug]\n  level = \"info\"\n", File.ReadAllText(config));
@@ -67,11 +77,11 @@ public sealed class NodeInstallationTests : IDisposable
         Assert.False(File.Exists(Path.Combine(_root, "etc", "containerd", "conf.d", "podmig.toml")));
     }
 
-    private void RunScript(string script, string verb, string binary)
+    private void RunScript(string script, string verb, string binary, string? cniRoot = null)
     {
         var start = new System.Diagnostics.ProcessStartInfo(script) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         start.ArgumentList.Add(verb);
-        start.Environment["HOST_ROOT"] = _root;
+        start.Environment["HOST_ROOT"] = cniRoot ?? _root;
         start.Environment["PODMIG_RUNC_BINARY"] = binary;
         using var process = System.Diagnostics.Process.Start(start)!;
         var error = process.StandardError.ReadToEnd();

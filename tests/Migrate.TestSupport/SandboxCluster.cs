@@ -161,6 +161,7 @@ public sealed class SandboxNode
                 $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
                 $"--Agent:ProbeListenAddress={ProbeAddress}",
                 $"--Agent:ArchiveDirectory={_cluster.ArchiveDirectory}",
+                $"--Agent:CniConfigDirectory={Path.Combine(Containerd.State, "cni")}",
                 "--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff ",
             ];
         Dictionary<string, string>? environment = null;

@@ -87,6 +87,13 @@ public static class Admission
             return Validation.Fail(Reasons.SourceHasNoAgent, $"Node {source}, where the pod runs, has no reachable pod-migration agent to checkpoint it.");
         }
 
+        if (request.Spec.KeepAddress && sourceAgent.Network?.MovesAddresses != true)
+        {
+            // the documented alternative: without keepAddress the pod moves with a new address (refused only while it holds established connections)
+            return Validation.Fail(Reasons.AddressCannotMove,
+                $"Pod {ns}/{podName} cannot keep its address: node {source}'s pod network cannot move an address to another node ({Compatibility.Describe(sourceAgent.Network)}). Move it without keepAddress to give it a new address.");
+        }
+
         var target = request.Spec.TargetNode;
         if (!string.IsNullOrEmpty(target))
         {
@@ -112,7 +119,7 @@ public static class Admission
             }
 
             var view = View(node, facts);
-            if (TargetSelector.WhyNot(pod, source, view, sourceAgent) is { } why)
+            if (TargetSelector.WhyNot(pod, source, view, sourceAgent, request.Spec.KeepAddress) is { } why)
             {
                 return Validation.Fail(view.Agent is null ? Reasons.TargetHasNoAgent : Reasons.TargetIncompatible, $"Node {target} {why}.");
             }
@@ -128,7 +135,7 @@ public static class Admission
                 $"No node other than {source} matches the request's targetNodeSelector ({(selector.Length > 0 ? selector : "none")}) outside its avoidNodes ({string.Join(",", request.Spec.AvoidNodes ?? [])}).");
         }
 
-        var choice = TargetSelector.Choose(pod, source, candidates.Select(n => View(n, facts)), sourceAgent);
+        var choice = TargetSelector.Choose(pod, source, candidates.Select(n => View(n, facts)), sourceAgent, request.Spec.KeepAddress);
         return choice.Node is null
             ? Validation.Fail(Reasons.NoEligibleTarget, char.ToUpperInvariant(choice.Explain()[0]) + choice.Explain()[1..] + ".")
             : new Validation(source, choice.Node, null, null) { KeepsName = keepsName };

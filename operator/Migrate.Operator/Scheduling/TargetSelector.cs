@@ -30,14 +30,14 @@ public sealed record TargetChoice(string? Node, IReadOnlyList<NodeRejection> Rej
 /// </summary>
 public static class TargetSelector
 {
-    public static TargetChoice Choose(V1Pod pod, string sourceNode, IEnumerable<NodeView> nodes, GetCapabilitiesResponse? sourceAgent)
+    public static TargetChoice Choose(V1Pod pod, string sourceNode, IEnumerable<NodeView> nodes, GetCapabilitiesResponse? sourceAgent, bool keepAddress = false)
     {
         ArgumentNullException.ThrowIfNull(nodes);
         var rejected = new List<NodeRejection>();
         var eligible = new List<(NodeView Node, double Load)>();
         foreach (var node in nodes.OrderBy(n => n.Name, StringComparer.Ordinal))
         {
-            if (WhyNot(pod, sourceNode, node, sourceAgent) is { } why)
+            if (WhyNot(pod, sourceNode, node, sourceAgent, keepAddress) is { } why)
             {
                 rejected.Add(new NodeRejection(node.Name, why));
             }
@@ -52,7 +52,7 @@ public static class TargetSelector
     }
 
     /// <summary>Why <paramref name="node"/> cannot take <paramref name="pod"/>, or null when it can.</summary>
-    public static string? WhyNot(V1Pod pod, string sourceNode, NodeView node, GetCapabilitiesResponse? sourceAgent)
+    public static string? WhyNot(V1Pod pod, string sourceNode, NodeView node, GetCapabilitiesResponse? sourceAgent, bool keepAddress = false)
     {
         ArgumentNullException.ThrowIfNull(pod);
         ArgumentNullException.ThrowIfNull(node);
@@ -79,6 +79,11 @@ public static class TargetSelector
         if (sourceAgent is not null && Compatibility.Check(sourceAgent, node.Agent) is { } incompatible)
         {
             return incompatible;
+        }
+
+        if (keepAddress && Compatibility.WhyAddressCannotMove(sourceAgent?.Network, node.Agent.Network) is { } stuck)
+        {
+            return stuck;
         }
 
         var labels = node.Node.Metadata.Labels ?? new Dictionary<string, string>();
@@ -212,6 +217,31 @@ public static class TargetSelector
 /// <summary>Whether a checkpoint taken on one node can be restored on another.</summary>
 public static class Compatibility
 {
+    /// <summary>The IPAM plugin with which an address can move between nodes.</summary>
+    public const string MovableIpam = "podmig-ipam";
+
+    /// <summary>Why a pod keeping its address cannot move from <paramref name="source"/>'s pod network to <paramref name="target"/>'s, as a phrase about the target; null when it can.</summary>
+    public static string? WhyAddressCannotMove(PodNetworkInfo? source, PodNetworkInfo? target)
+    {
+        if (target is null || !target.MovesAddresses)
+        {
+            return $"has a pod network that cannot take another node's address ({Describe(target)})";
+        }
+
+        if (source is not null && source.Name != target.Name)
+        {
+            return $"is on pod network {target.Name}, the source on {source.Name}: an address cannot move between them";
+        }
+
+        return null;
+    }
+
+    /// <summary>A node's pod network in words, for refusals.</summary>
+    public static string Describe(PodNetworkInfo? network) =>
+        network is null ? "its agent reports no pod network"
+        : network.Name.Length == 0 ? network.Source
+        : $"CNI network {network.Name}, IPAM {(network.Ipam.Length > 0 ? network.Ipam : "none")}; keeping an address needs {MovableIpam}";
+
     /// <summary>Null when <paramref name="target"/> can restore what <paramref name="source"/> dumps; otherwise why not, as a phrase about the target.</summary>
     public static string? Check(GetCapabilitiesResponse source, GetCapabilitiesResponse target)
     {
