@@ -33,5 +33,10 @@ if (which.Contains("all") || which.Contains("checkpoint"))
     await CheckpointBenchmark.RunAsync(results, args);
 }
 
+if (which.Contains("all") || which.Contains("connections"))
+{
+    await ConnectionBenchmark.RunAsync(results, args);
+}
+
 results.Write();
 return 0;

@@ -97,5 +97,19 @@ public sealed class AddressPoolTests
         Assert.Equal(expected, network.Name.Length > 0 ? $"{network.Name} {network.Ipam} {network.MovesAddresses}" : network.Source);
     }
 
+    [Theory]
+    [InlineData("", 0)]
+    [InlineData("  0: 00000000:1B59 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 588 1", 0)]
+    [InlineData("  0: 00000000:1B59 00000000:0000 0A 00000000:00000003 00:00000000 00000000     0        0 588 1", 3)]
+    [InlineData("  0: 00000000:1B59 00000000:0000 0A 00000000:00000002 00:00000000 00000000     0        0 588 1\n  1: 00000000:1F90 00000000:0000 0A 00000000:00000011 00:00000000 00000000     0        0 589 1", 19)]
+    [InlineData("  1: 0A0B0C0D:1B59 0A0B0CFB:D4A2 01 00000000:00000010 00:00000000 00000000     0        0 590 1", 0)]
+    [InlineData("  2: garbage", 0)]
+    public void Connections_waiting_to_be_accepted_are_counted_from_the_listeners_queues(string rows, int waiting)
+    {
+        // a /proc/PID/net/tcp table: its header, then one row per socket; only listeners (state 0A) have an accept queue (rx_queue)
+        var table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" + rows;
+        Assert.Equal(waiting, AcceptQueues.Waiting(table));
+    }
+
     private static uint Host(string host) => AddressRange.ToNumber(IPAddress.Parse("10.9.8." + host));
 }

@@ -4,6 +4,7 @@
  *
  *   seqstream --listen PORT [--connections N] [--interval-ms MS]   accept N connections, keep the listener open
  *   seqstream --connect ADDR:PORT [--connections N] [--interval-ms MS]
+ *   seqstream --short ADDR:PORT [--connections N] [--interval-ms MS]   N short-lived connections, one after another
  *
  * On each connection each side sends its counter 1, 2, 3, ... as 8-byte big-endian records, one
  * per interval, and checks that every record it receives is the previous one plus one. It prints
@@ -11,6 +12,12 @@
  * time in milliseconds any connection went without receiving, since the start), and stops with a
  * line starting "error:" (exit status 2 for a gap or a repeat, 3 for a connection closed or reset)
  * as soon as anything is wrong.
+ *
+ * A listener also serves short-lived connections beyond its N: it echoes each 8-byte record it
+ * receives until the client closes. The --short client opens N of them one after another (one
+ * every MS), on each sends the records 1 to 5 and checks they come back, then closes; it prints
+ * "short N ok O failed F longest L" (L: the longest any one took, connecting included, in ms)
+ * when done, and an "error:" line for each one that failed, which does not stop it.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -61,7 +68,8 @@ static int open_listener(int port, int backlog)
     return fd;
 }
 
-static int open_connection(const char *target)
+/* A connection to ADDR:PORT: retried for 5 s when "retry" (the server may not listen yet), else one try (-1 on failure). */
+static int open_connection(const char *target, int retry)
 {
     char host[64];
     const char *colon = strrchr(target, ':');
@@ -81,6 +89,10 @@ static int open_connection(const char *target)
         if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
             return fd;
         }
+        if (!retry) {
+            close(fd);
+            return -1;
+        }
         if (attempt == 100) {
             say("error: connect to %s: %s\n", target, strerror(errno));
             exit(1);
@@ -88,6 +100,85 @@ static int open_connection(const char *target)
         close(fd);
         usleep(50000);
     }
+}
+
+enum { SHORT_SLOTS = 64, SHORT_RECORDS = 5 };
+
+static void put_record(unsigned char *record, uint64_t value)
+{
+    for (int b = 7; b >= 0; b--, value >>= 8) {
+        record[b] = (unsigned char)(value & 0xff);
+    }
+}
+
+static uint64_t get_record(const unsigned char *record)
+{
+    uint64_t value = 0;
+    for (int b = 0; b < 8; b++) {
+        value = (value << 8) | record[b];
+    }
+    return value;
+}
+
+/* One short-lived connection: records 1..SHORT_RECORDS out, each echoed back. 0 when all came back. */
+static int short_exchange(const char *target, char *why, size_t why_size)
+{
+    int fd = open_connection(target, 0);
+    if (fd < 0) {
+        snprintf(why, why_size, "connect: %s", strerror(errno));
+        return -1;
+    }
+    for (uint64_t value = 1; value <= SHORT_RECORDS; value++) {
+        unsigned char record[8];
+        put_record(record, value);
+        if (send(fd, record, sizeof record, MSG_NOSIGNAL) != (ssize_t)sizeof record) {
+            snprintf(why, why_size, "send %llu: %s", (unsigned long long)value, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        size_t got = 0;
+        while (got < sizeof record) {
+            ssize_t n = recv(fd, record + got, sizeof record - got, 0);
+            if (n <= 0) {
+                snprintf(why, why_size, "record %llu: %s", (unsigned long long)value, n == 0 ? "closed by the peer" : strerror(errno));
+                close(fd);
+                return -1;
+            }
+            got += (size_t)n;
+        }
+        if (get_record(record) != value) {
+            snprintf(why, why_size, "sent %llu, got %llu back", (unsigned long long)value, (unsigned long long)get_record(record));
+            close(fd);
+            return -1;
+        }
+    }
+    close(fd);
+    return 0;
+}
+
+static int run_short(const char *target, int count, int interval_ms)
+{
+    int ok = 0, failed = 0;
+    long long longest = 0;
+    for (int i = 1; i <= count; i++) {
+        char why[160];
+        long long began = now_ms();
+        if (short_exchange(target, why, sizeof why) == 0) {
+            ok++;
+        } else {
+            failed++;
+            say("error: short connection %d: %s\n", i, why);
+        }
+        long long took = now_ms() - began;
+        if (took > longest) {
+            longest = took;
+        }
+        if (took < interval_ms) {
+            usleep((useconds_t)(interval_ms - took) * 1000);
+        }
+    }
+    say("short %d ok %d failed %d longest %lld\n", count, ok, failed, longest);
+    return failed == 0 ? 0 : 3;
 }
 
 struct stream {
@@ -101,12 +192,14 @@ struct stream {
 int main(int argc, char **argv)
 {
     int port = -1, interval_ms = 10, count = 1;
-    const char *target = NULL;
+    const char *target = NULL, *short_target = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--listen") == 0) {
             port = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--connect") == 0) {
             target = argv[i + 1];
+        } else if (strcmp(argv[i], "--short") == 0) {
+            short_target = argv[i + 1];
         } else if (strcmp(argv[i], "--interval-ms") == 0) {
             interval_ms = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--connections") == 0) {
@@ -116,22 +209,26 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    if ((port < 0) == (target == NULL) || interval_ms < 1 || count < 1 || count > 4096) {
-        say("error: usage: seqstream --listen PORT | --connect ADDR:PORT [--connections 1..4096] [--interval-ms N]\n");
+    if ((port >= 0) + (target != NULL) + (short_target != NULL) != 1 || interval_ms < 1 || count < 1 || count > 4096) {
+        say("error: usage: seqstream --listen PORT | --connect ADDR:PORT | --short ADDR:PORT [--connections 1..4096] [--interval-ms N]\n");
         return 1;
     }
-    struct rlimit files = { (rlim_t)count + 64, (rlim_t)count + 64 };
+    if (short_target != NULL) {
+        return run_short(short_target, count, interval_ms);
+    }
+    struct rlimit files = { (rlim_t)count + SHORT_SLOTS + 64, (rlim_t)count + SHORT_SLOTS + 64 };
     setrlimit(RLIMIT_NOFILE, &files);
 
     struct stream *streams = calloc((size_t)count, sizeof *streams);
-    struct pollfd *polls = calloc((size_t)count, sizeof *polls);
+    /* the long connections, then (listening side) the listener and the short-lived connections' slots */
+    struct pollfd *polls = calloc((size_t)count + 1 + SHORT_SLOTS, sizeof *polls);
     if (streams == NULL || polls == NULL) {
         say("error: out of memory\n");
         return 1;
     }
     int listener = target == NULL ? open_listener(port, count + 4) : -1; /* stays open: a listening socket must survive too */
     for (int c = 0; c < count; c++) {
-        streams[c].fd = target != NULL ? open_connection(target) : accept(listener, NULL, NULL);
+        streams[c].fd = target != NULL ? open_connection(target, 1) : accept(listener, NULL, NULL);
         if (streams[c].fd < 0) {
             say("error: accept: %s\n", strerror(errno));
             return 1;
@@ -142,6 +239,17 @@ int main(int argc, char **argv)
         polls[c].events = POLLIN;
     }
     say("connected pid %d connections %d\n", (int)getpid(), count);
+    nfds_t watched = (nfds_t)count;
+    unsigned long long shorts_served = 0;
+    if (listener >= 0) {
+        polls[count].fd = listener;
+        polls[count].events = POLLIN;
+        for (int k = 0; k < SHORT_SLOTS; k++) {
+            polls[count + 1 + k].fd = -1; /* poll skips negative descriptors */
+            polls[count + 1 + k].events = POLLIN;
+        }
+        watched = (nfds_t)count + 1 + SHORT_SLOTS;
+    }
 
     long long start = now_ms(), next_send = start, next_report = start + 1000, max_gap = 0;
     for (int c = 0; c < count; c++) {
@@ -175,12 +283,16 @@ int main(int argc, char **argv)
                     max_gap = now - streams[c].last_received;
                 }
             }
-            say("sent %llu received %llu maxgap %lld\n", (unsigned long long)sent, (unsigned long long)received, max_gap);
+            if (listener >= 0 && shorts_served > 0) {
+                say("sent %llu received %llu maxgap %lld short %llu\n", (unsigned long long)sent, (unsigned long long)received, max_gap, shorts_served);
+            } else {
+                say("sent %llu received %llu maxgap %lld\n", (unsigned long long)sent, (unsigned long long)received, max_gap);
+            }
             next_report += 1000;
         }
 
         long long wait = next_send - now_ms();
-        int ready = poll(polls, (nfds_t)count, wait > 0 ? (int)wait : 0);
+        int ready = poll(polls, watched, wait > 0 ? (int)wait : 0);
         if (ready < 0 && errno != EINTR) {
             say("error: poll: %s\n", strerror(errno));
             return 3;
@@ -216,6 +328,35 @@ int main(int argc, char **argv)
             }
             memmove(s->buffer, s->buffer + used, s->held - used);
             s->held -= used;
+        }
+        if (listener >= 0 && ready > 0) {
+            if (polls[count].revents != 0) {
+                int fd = accept(listener, NULL, NULL);
+                int slot = -1;
+                for (int k = 0; fd >= 0 && k < SHORT_SLOTS && slot < 0; k++) {
+                    if (polls[count + 1 + k].fd < 0) {
+                        slot = k;
+                    }
+                }
+                if (fd >= 0 && slot < 0) {
+                    close(fd); /* every slot busy: the client sees it closed */
+                } else if (fd >= 0) {
+                    polls[count + 1 + slot].fd = fd;
+                    shorts_served++;
+                }
+            }
+            for (int k = 0; k < SHORT_SLOTS; k++) {
+                struct pollfd *p = &polls[count + 1 + k];
+                if (p->fd < 0 || p->revents == 0) {
+                    continue;
+                }
+                unsigned char record[64];
+                ssize_t n = recv(p->fd, record, sizeof record, 0);
+                if (n <= 0 || send(p->fd, record, (size_t)n, MSG_NOSIGNAL) != n) {
+                    close(p->fd); /* the client is done (or gone): a short-lived connection ends normally */
+                    p->fd = -1;
+                }
+            }
         }
     }
 }

@@ -43,6 +43,9 @@ public sealed partial class CheckpointEngine : IDisposable
     private static readonly TimeSpan CleanedRecordsKept = TimeSpan.FromHours(1);
     private readonly SemaphoreSlim _criuGate = new(1, 1);
     private readonly NamespaceStepRunner _namespaces = new();
+
+    /// <summary>How long a pod keeping its connections may take, locked, to accept the connections already queued for it.</summary>
+    private static readonly TimeSpan InFlightDrainLimit = TimeSpan.FromMilliseconds(200);
     private Criu.Incremental.PreCopyMethod? _method;
 
     public CheckpointEngine(PodLocator locator, CriuClient criu, IOptions<AgentOptions> options, ILogger<CheckpointEngine> logger, MigrationEvents? events = null)
@@ -379,10 +382,31 @@ public sealed partial class CheckpointEngine : IDisposable
         bool succeeded = false;
         try
         {
+            int inFlight = 0;
+            if (record.AddressMove is { } locking)
+            {
+                // from here no packet reaches or leaves the pod's sockets until the target (or a rollback here)
+                // lifts the lock: for its peers the downtime starts now
+                step = "locking the pod's network";
+                record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+                locking.Locked = true;
+                record.Save();
+                new PodNetworkLock(_namespaces).Lock(locking.NamespacePath);
+                // connections the kernel completed but the pod did not accept yet cannot be dumped: the pod, still
+                // running, gets a moment to accept them (no new one arrives through the lock); any left are skipped
+                inFlight = AcceptQueues.Drain(record.Containers[0].Pid, InFlightDrainLimit);
+                response.NetworkMillis = Millis(clock.Elapsed);
+            }
+
             using (AgentTelemetry.Source.StartActivity("checkpoint.freeze"))
             {
-                // when the workload stops: the start of its downtime
-                record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+                // when the workload stops: the start of its downtime (unless the lock came first)
+                var freezeStart = clock.Elapsed;
+                if (record.AddressMove is null)
+                {
+                    record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+                }
+
                 record.Handoff.Step = HandoffStep.Dumping;
                 _events.Changed(record.MigrationId);
                 foreach (var freezer in freezers)
@@ -390,17 +414,13 @@ public sealed partial class CheckpointEngine : IDisposable
                     frozen.Add(freezer);
                     freezer.Freeze();
                 }
+
+                response.FreezeMillis = Millis(clock.Elapsed - freezeStart);
             }
 
-            response.FreezeMillis = Millis(clock.Elapsed);
-            if (record.AddressMove is { } locking)
+            if (inFlight > 0)
             {
-                // from here no packet reaches or leaves the pod's sockets until the target (or a rollback here) lifts the lock
-                step = "locking the pod's network";
-                locking.Locked = true;
-                record.Save();
-                new PodNetworkLock(_namespaces).Lock(locking.NamespacePath);
-                response.NetworkMillis = Millis(clock.Elapsed) - response.FreezeMillis;
+                LogInFlightSkipped(record.MigrationId, inFlight);
             }
 
             var dumpStart = clock.Elapsed;
@@ -535,6 +555,7 @@ public sealed partial class CheckpointEngine : IDisposable
             External = [.. ExternalNamespaces(container)],
             // a pod keeping its address keeps its connections: dumped in repair mode, under the agent's own lock (CRIU's would be lifted as the dump ends)
             TcpEstablished = record.AddressMove is not null ? true : null,
+            TcpSkipInFlight = record.AddressMove is not null ? true : null,
             NetworkLock = record.AddressMove is not null ? CriuNetworkLock.Skip : null,
         };
         Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "containers"), OwnerOnly);
@@ -932,6 +953,9 @@ public sealed partial class CheckpointEngine : IDisposable
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Unreadable migration record in {Directory}; left alone")]
     private partial void LogUnreadable(Exception error, string directory);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: {Count} connection(s) the pod had not accepted within the drain limit are left behind (their clients see a reset)")]
+    private partial void LogInFlightSkipped(string migration, int count);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Migration {Migration}: the pod's address or network lock could not be given back")]
     private partial void LogNetworkNotGivenBack(Exception e, string migration);
