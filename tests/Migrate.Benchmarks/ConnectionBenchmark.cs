@@ -138,8 +138,9 @@ public static class ConnectionBenchmark
             int broken = Regex.Count(text, "error: .*(expected|repeat|gap)");
             await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync("podmigration.io", "v1alpha1", "default", "migrationrequests", "move-" + name);
             await MigrationBenchmark.DeletePodAsync(cluster, replacement);
-            return new ConnectionSample(method, count, rep, gap, downtime, resets, broken, moved.Status.PodIP == address,
-                method == "Kept" ? (client!.HasExited ? "client ended" : "all connections carried on") : $"moved to {moved.Status.PodIP}; the clients must close their {count} connection(s) first and reconnect there");
+            // without keepAddress every connection is lost by construction: its client must close it before the move
+            return new ConnectionSample(method, count, rep, gap, downtime, method == "Kept" ? resets : count, broken, moved.Status.PodIP == address,
+                method == "Kept" ? (client!.HasExited ? "client ended" : "every connection carried on") : "new address; the clients must close their connections first and reconnect there");
         }
         finally
         {
@@ -217,14 +218,19 @@ public static class ConnectionBenchmark
         text.AppendLine();
         text.AppendLine("A seqstream server pod (a listening socket and N accepted connections, each carrying 8-byte sequence numbers both ways, checked at both ends) and a seqstream client on the pod network's segment, outside every pod. **Kept**: `keepAddress: true`; the client's longest gap is the longest time any of its connections went without receiving, as the client measured it. **NewAddress**: today's behaviour without `keepAddress`: the agent refuses a pod holding established connections, so its clients must close them (all N lost) and find the new address; the same server, without a client, moves with a new IP, and its downtime is the operator's `downtimeMillis`.");
         text.AppendLine();
-        text.AppendLine("| connections | method | client gap ms (median, min-max) | downtime ms (median) | resets | records lost or repeated | same address | outcome |");
-        text.AppendLine("| ---: | --- | --- | ---: | ---: | ---: | --- | --- |");
+        text.AppendLine("| connections | method | client gap ms (median, min-max) | downtime ms (median, min-max) | kept / new address (downtime medians) | connections lost | records lost or repeated | same address | outcome |");
+        text.AppendLine("| ---: | --- | --- | --- | ---: | ---: | ---: | --- | --- |");
         foreach (var group in samples.GroupBy(s => (s.Connections, s.Method)).OrderBy(g => g.Key.Connections).ThenBy(g => g.Key.Method, StringComparer.Ordinal))
         {
             var gaps = group.Where(s => s.GapMs is not null).Select(s => s.GapMs!.Value).ToList();
             var gapText = gaps.Count == 0 ? "-" : string.Create(CultureInfo.InvariantCulture, $"{Median(gaps):0} ({gaps.Min():0}-{gaps.Max():0})");
+            var downtimes = group.Where(s => s.DowntimeMs is not null).Select(s => s.DowntimeMs!.Value).ToList();
+            var downtimeText = downtimes.Count == 0 ? "-" : string.Create(CultureInfo.InvariantCulture, $"{Median(downtimes):0} ({downtimes.Min():0}-{downtimes.Max():0})");
+            var baseline = samples.Where(s => s.Connections == group.Key.Connections && s.Method == "NewAddress" && s.DowntimeMs is not null).Select(s => s.DowntimeMs!.Value).ToList();
+            var ratio = group.Key.Method == "Kept" && baseline.Count > 0 && downtimes.Count > 0
+                ? string.Create(CultureInfo.InvariantCulture, $"{Median(downtimes) / Median(baseline):0.00}") : "-";
             text.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {group.Key.Connections} | {group.Key.Method} | {gapText} | {Median([.. group.Where(s => s.DowntimeMs is not null).Select(s => s.DowntimeMs!.Value)]):0} | {group.Sum(s => s.Resets)} | {group.Sum(s => s.Broken)} | {group.Count(s => s.SameAddress)}/{group.Count()} | {group.First().Outcome} |"));
+                $"| {group.Key.Connections} | {group.Key.Method} | {gapText} | {downtimeText} | {ratio} | {group.Sum(s => s.Resets)} | {group.Sum(s => s.Broken)} | {group.Count(s => s.SameAddress)}/{group.Count()} | {group.First().Outcome} |"));
         }
 
         if (failures.Count > 0)
