@@ -18,6 +18,9 @@ public static class ConditionTypes
     /// <summary>Set at admission when the replacement takes the source pod's name (a StatefulSet pod that opted in).</summary>
     public const string KeepsName = "KeepsName";
 
+    /// <summary>Set at admission when the replacement keeps the pod's address (asked for, or the default where the network can move it).</summary>
+    public const string KeepsAddress = "KeepsAddress";
+
     /// <summary>True once a pod that keeps its name was ended and deleted so that its replacement can take the name.</summary>
     public const string SourceRetired = "SourceRetired";
 

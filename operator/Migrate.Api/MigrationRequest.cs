@@ -66,9 +66,14 @@ public sealed class MigrationRequestSpec
     [JsonPropertyName("timeoutSeconds")]
     public int TimeoutSeconds { get; set; } = 600;
 
-    /// <summary>The replacement keeps the pod's IP address, and its established TCP connections survive (a network where addresses can move between nodes is required: docs/connections.md).</summary>
+    /// <summary>
+    /// Whether the replacement keeps the pod's IP address (and its established TCP connections
+    /// survive): true requires it (refused where the network cannot move an address), false gives
+    /// the replacement a new one, unset keeps it where both nodes' pod network can move it
+    /// (docs/connections.md). What was decided is the condition KeepsAddress.
+    /// </summary>
     [JsonPropertyName("keepAddress")]
-    public bool KeepAddress { get; set; }
+    public bool? KeepAddress { get; set; }
 }
 
 public sealed class PreCopyLimits

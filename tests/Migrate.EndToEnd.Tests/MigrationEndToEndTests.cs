@@ -186,7 +186,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         var source = await Cluster.WaitForPodRunningAsync("server");
         await WaitForLogAsync("server", "listening on port 7000");
 
-        await Sandbox.ApplyRequestAsync(Cluster, "move-server", "server", "Cold", "node-b");
+        await Sandbox.ApplyRequestAsync(Cluster, "move-server", "server", "Cold", "node-b", keepAddress: false);
         var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-server"))!.Status!;
         output.WriteLine($"move-server: {status.Phase} {status.Reason} {status.Message}");
         Assert.Equal(MigrationPhases.Succeeded, status.Phase);
@@ -245,17 +245,31 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         await WaitForLogAsync("keeper", "listening on port 7001");
         var address = source.Status.PodIP;
 
+        // the client reaches the pod through its Service: a cluster IP routed in the client's namespace to the Service's endpoints
+        var clusterIp = $"10.96.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}";
+        await Cluster.Client.CoreV1.CreateNamespacedServiceAsync(new k8s.Models.V1Service
+        {
+            Metadata = new k8s.Models.V1ObjectMeta { Name = "keeper" },
+            Spec = new k8s.Models.V1ServiceSpec
+            {
+                ClusterIP = clusterIp,
+                Selector = new Dictionary<string, string> { ["app"] = "keeper" },
+                Ports = [new k8s.Models.V1ServicePort { Port = 80, TargetPort = 7001, Protocol = "TCP" }],
+            },
+        }, "default");
         using var segment = L2Segment.OnBridge(Cluster.Network!.Bridge);
         var client = segment.Add("client", Cluster.Network.ClientAddress(251));
+        await using var routes = ServiceRoutes.Start(Cluster.Client, client.NamespacePath, "default", "keeper");
+        await WaitUntilAsync(() => routes.History.Any(h => h.Endpoints == $"{address}:7001(keeper)"), "the Service's route to keeper");
         var log = Path.Combine(Cluster.Directory, "seqstream-keeper-client.log");
         File.WriteAllText(log, "");
-        using var process = L2Segment.Start(client, log, Workloads.Build("seqstream"), "--connect", address + ":7001");
+        using var process = L2Segment.Start(client, log, Workloads.Build("seqstream"), "--connect", clusterIp + ":80");
         try
         {
             long before = await WaitForReceivedAsync(log, process, atLeast: 50);
 
             // without keepAddress the agent refuses the pod: its connection could not survive a new address; nothing changes
-            await Sandbox.ApplyRequestAsync(Cluster, "move-keeper-plain", "keeper", "Cold", "node-b");
+            await Sandbox.ApplyRequestAsync(Cluster, "move-keeper-plain", "keeper", "Cold", "node-b", keepAddress: false);
             var refused = (await Sandbox.WaitForFinalAsync(Cluster, "move-keeper-plain"))!.Status!;
             output.WriteLine($"move-keeper-plain: {refused.Phase} {refused.Reason} {refused.Message}");
             Assert.Equal(MigrationPhases.RolledBack, refused.Phase);
@@ -309,7 +323,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             // 100 short-lived connections, one every 50 ms, each checking 5 records echoed back, before, during and after
             var shortLog = Path.Combine(Cluster.Directory, "seqstream-keeper-short.log");
             File.WriteAllText(shortLog, "");
-            using var shorts = L2Segment.Start(client, shortLog, Workloads.Build("seqstream"), "--short", address + ":7001", "--connections", "100", "--interval-ms", "50");
+            using var shorts = L2Segment.Start(client, shortLog, Workloads.Build("seqstream"), "--short", clusterIp + ":80", "--connections", "100", "--interval-ms", "50");
             await Task.Delay(500);
             await Sandbox.ApplyRequestAsync(Cluster, "move-keeper", "keeper", "PreCopy", "node-b", keepAddress: true);
             var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-keeper"))!.Status!;
@@ -335,6 +349,10 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             var shortText = File.ReadAllText(shortLog);
             output.WriteLine($"short-lived connections: {shortText.Trim()}");
             Assert.Contains("short 100 ok 100 failed 0", shortText, StringComparison.Ordinal);
+            // the Service's endpoint moved to the replacement, at the same address: its traffic never went anywhere else
+            await WaitUntilAsync(() => routes.History[^1].Endpoints == $"{address}:7001({status.ReplacementPod})", "the Service's endpoint to be the replacement");
+            output.WriteLine($"the Service's endpoints over the test: {string.Join(" | ", routes.History.Select(h => h.Endpoints))}");
+            Assert.All(routes.History, h => Assert.All(h.Endpoints.Split(','), e => Assert.StartsWith(address + ":7001(", e, StringComparison.Ordinal)));
             var serverLog = (await Cluster.Api.KubectlAsync("logs", status.ReplacementPod!)).Output;
             Assert.DoesNotContain("error", serverLog, StringComparison.Ordinal);
             Assert.False(process.HasExited, "the client is still connected");
@@ -349,6 +367,17 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         }
 
         await DeletePodAsync((await Sandbox.GetRequestAsync(Cluster, "move-keeper"))?.Status?.ReplacementPod ?? "keeper");
+        (await Cluster.Api.KubectlAsync("delete", "service", "keeper")).Succeeded();
+    }
+
+    private static async Task WaitUntilAsync(Func<bool> condition, string what)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (!condition())
+        {
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"waited 30 s for {what}");
+            await Task.Delay(50);
+        }
     }
 
     /// <summary>The PID of a pod's sandbox (pause) process on a node, once the sandbox is ready (30 s at most).</summary>

@@ -151,10 +151,10 @@ public static class Sandbox
     }
 
     /// <summary>kubectl apply of a MigrationRequest.</summary>
-    public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null, bool keepAddress = false)
+    public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null, bool? keepAddress = null)
     {
         ArgumentNullException.ThrowIfNull(cluster);
-        var targetLine = (target is null ? "" : $"\n  targetNode: {target}") + (keepAddress ? "\n  keepAddress: true" : "");
+        var targetLine = (target is null ? "" : $"\n  targetNode: {target}") + (keepAddress is { } keep ? $"\n  keepAddress: {(keep ? "true" : "false")}" : "");
         (await cluster.Api.KubectlInAsync($"""
             apiVersion: podmigration.io/v1alpha1
             kind: MigrationRequest

@@ -18,15 +18,23 @@ public sealed class KeepAddressAdmissionTests
 
     [Theory]
     // source network, target network (given target / chosen), keepAddress, expected reason or target
-    [InlineData("flat", "flat", "node-b", true, "node-b")]
-    [InlineData("flat", "flat", null, true, "node-b")]
-    [InlineData("host-local", "host-local", "node-b", false, "node-b")]
+    [InlineData("flat", "flat", "node-b", true, "node-b keeps")]
+    [InlineData("flat", "flat", null, true, "node-b keeps")]
+    [InlineData("host-local", "host-local", "node-b", false, "node-b new")]
+    [InlineData("flat", "flat", "node-b", false, "node-b new")]
+    // not asked either way: kept where the network can move it, else a new address, never a refusal for it
+    [InlineData("flat", "flat", "node-b", null, "node-b keeps")]
+    [InlineData("flat", "flat", null, null, "node-b keeps")]
+    [InlineData("host-local", "host-local", "node-b", null, "node-b new")]
+    [InlineData("flat", "host-local", "node-b", null, "node-b new")]
+    [InlineData("flat", "flat-2", null, null, "node-b new")]
+    [InlineData("none", "flat", "node-b", null, "node-b new")]
     [InlineData("host-local", "flat", "node-b", true, "AddressCannotMove: Pod default/db cannot keep its address: node node-a's pod network cannot move an address to another node (CNI network cbr0, IPAM host-local; keeping an address needs podmig-ipam). Move it without keepAddress to give it a new address.")]
     [InlineData("none", "flat", "node-b", true, "AddressCannotMove: Pod default/db cannot keep its address: node node-a's pod network cannot move an address to another node (its agent reports no pod network). Move it without keepAddress to give it a new address.")]
     [InlineData("flat", "host-local", "node-b", true, "TargetIncompatible: Node node-b has a pod network that cannot take another node's address (CNI network cbr0, IPAM host-local; keeping an address needs podmig-ipam).")]
     [InlineData("flat", "flat-2", "node-b", true, "TargetIncompatible: Node node-b is on pod network flat-2, the source on flat: an address cannot move between them.")]
     [InlineData("flat", "host-local", null, true, "NoEligibleTarget: ")]
-    public void The_pod_networks_decide_whether_the_address_can_move(string sourceNetwork, string targetNetwork, string? target, bool keepAddress, string expected)
+    public void The_pod_networks_decide_whether_the_address_can_move(string sourceNetwork, string targetNetwork, string? target, bool? keepAddress, string expected)
     {
         var pod = new V1Pod
         {
@@ -51,7 +59,7 @@ public sealed class KeepAddressAdmissionTests
         else
         {
             Assert.False(validation.Failed, validation.FailureMessage);
-            Assert.Equal(expected, validation.TargetNode);
+            Assert.Equal(expected, $"{validation.TargetNode} {(validation.KeepsAddress ? "keeps" : "new")}");
         }
     }
 

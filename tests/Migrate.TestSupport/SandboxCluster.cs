@@ -306,6 +306,9 @@ public sealed class SandboxCluster : IAsyncDisposable
             }
 
             progress?.Invoke($"API emulator at {api.Client.BaseUri}, KUBECONFIG={api.Emulator.KubeconfigPath}{(options.AsInstalled ? " (RBAC on, deploy/ applied)" : "")}");
+            // what kube-controller-manager would do for Services: their Endpoints
+            var endpoints = SandboxEndpoints.Start(api.Client);
+            cluster._cleanup.Push(endpoints.DisposeAsync);
             var releases = ContainerdRelease.ForNodes(options.Containerd, options.Nodes);
             for (int i = 0; i < options.Nodes; i++)
             {

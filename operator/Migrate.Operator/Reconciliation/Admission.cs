@@ -11,6 +11,9 @@ public sealed record Validation(string? SourceNode, string? TargetNode, string? 
     /// <summary>The replacement must take the pod's name (a StatefulSet's pod that opted in).</summary>
     public bool KeepsName { get; init; }
 
+    /// <summary>The replacement keeps the pod's address: asked for, or the default where both nodes' network can move it.</summary>
+    public bool KeepsAddress { get; init; }
+
     public bool Failed => FailureReason is not null;
 
     public static Validation Fail(string reason, string message) => new(null, null, reason, message);
@@ -87,7 +90,8 @@ public static class Admission
             return Validation.Fail(Reasons.SourceHasNoAgent, $"Node {source}, where the pod runs, has no reachable pod-migration agent to checkpoint it.");
         }
 
-        if (request.Spec.KeepAddress && sourceAgent.Network?.MovesAddresses != true)
+        bool requireAddress = request.Spec.KeepAddress == true;
+        if (requireAddress && sourceAgent.Network?.MovesAddresses != true)
         {
             // the documented alternative: without keepAddress the pod moves with a new address (refused only while it holds established connections)
             return Validation.Fail(Reasons.AddressCannotMove,
@@ -119,12 +123,12 @@ public static class Admission
             }
 
             var view = View(node, facts);
-            if (TargetSelector.WhyNot(pod, source, view, sourceAgent, request.Spec.KeepAddress) is { } why)
+            if (TargetSelector.WhyNot(pod, source, view, sourceAgent, requireAddress) is { } why)
             {
                 return Validation.Fail(view.Agent is null ? Reasons.TargetHasNoAgent : Reasons.TargetIncompatible, $"Node {target} {why}.");
             }
 
-            return new Validation(source, target, null, null) { KeepsName = keepsName };
+            return new Validation(source, target, null, null) { KeepsName = keepsName, KeepsAddress = KeepsAddress(request, sourceAgent, view.Agent) };
         }
 
         var candidates = facts.Nodes.Where(n => n.Metadata.Name != source && Wanted(n, request.Spec)).ToList();
@@ -135,11 +139,15 @@ public static class Admission
                 $"No node other than {source} matches the request's targetNodeSelector ({(selector.Length > 0 ? selector : "none")}) outside its avoidNodes ({string.Join(",", request.Spec.AvoidNodes ?? [])}).");
         }
 
-        var choice = TargetSelector.Choose(pod, source, candidates.Select(n => View(n, facts)), sourceAgent, request.Spec.KeepAddress);
+        var choice = TargetSelector.Choose(pod, source, candidates.Select(n => View(n, facts)), sourceAgent, requireAddress);
         return choice.Node is null
             ? Validation.Fail(Reasons.NoEligibleTarget, char.ToUpperInvariant(choice.Explain()[0]) + choice.Explain()[1..] + ".")
-            : new Validation(source, choice.Node, null, null) { KeepsName = keepsName };
+            : new Validation(source, choice.Node, null, null) { KeepsName = keepsName, KeepsAddress = KeepsAddress(request, sourceAgent, facts.Agents.GetValueOrDefault(choice.Node)) };
     }
+
+    /// <summary>Whether the replacement keeps the address: as asked, or (not asked either way) where it can move from the source's network to the target's.</summary>
+    private static bool KeepsAddress(MigrationRequest request, GetCapabilitiesResponse source, GetCapabilitiesResponse? target) =>
+        request.Spec.KeepAddress ?? (source.Network?.MovesAddresses == true && Compatibility.WhyAddressCannotMove(source.Network, target?.Network) is null);
 
     /// <summary>The nodes whose agents admission asks: the pod's, and the Ready ones it may pick or was given.</summary>
     public static IEnumerable<V1Node> NodesToAsk(MigrationRequest request, V1Pod? pod, IEnumerable<V1Node> nodes)

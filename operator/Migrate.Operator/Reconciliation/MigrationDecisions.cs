@@ -168,6 +168,14 @@ public static class MigrationDecisions
                     $"The replacement takes the name {f.Request.Spec.PodName}: the source is ended and deleted just before it is created.");
             }
 
+            if (validation.KeepsAddress)
+            {
+                Set(ConditionTypes.KeepsAddress, true, f.Request.Spec.KeepAddress == true ? "Requested" : "NetworkMovesAddresses",
+                    f.Request.Spec.KeepAddress == true
+                        ? "The replacement keeps the pod's address, as requested; its established connections move with it."
+                        : $"The replacement keeps the pod's address: the pod network of {validation.SourceNode} and {validation.TargetNode} can move it (keepAddress: false gives it a new one).");
+            }
+
             _events.Add(new EventNote("Normal", Reasons.Validated, _s.Message));
             return Do(MigrationAction.None, TimeSpan.Zero);
         }

@@ -59,6 +59,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     /// <summary>Whether the replacement takes the source's name (admitted as a StatefulSet pod that opted in).</summary>
     public static bool KeepsName(MigrationRequest request) => request?.Status?.Is(ConditionTypes.KeepsName) == true;
 
+    /// <summary>Admission decided that the replacement keeps the pod's address (condition KeepsAddress).</summary>
+    public static bool KeepsAddress(MigrationRequest request) => request?.Status?.Is(ConditionTypes.KeepsAddress) == true;
+
     /// <summary>Writes the decided status, then carries out the action; returns the request as stored afterwards.</summary>
     public async Task<MigrationRequest> ExecuteAsync(MigrationFacts facts, Decision decision, CancellationToken cancellationToken)
     {
@@ -151,7 +154,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     MigrationId = id,
                     Pod = new PodRef { Namespace = ns, Name = request.Spec.PodName, Uid = facts.SourcePod?.Metadata.Uid ?? "" },
                     NodeName = status.SourceNode,
-                    KeepAddress = request.Spec.KeepAddress,
+                    KeepAddress = KeepsAddress(request),
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.ExpectImages expect:
@@ -303,7 +306,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             .ToDictionary(a => a.Key, a => a.Value);
         annotations[Annotations.RestoreFrom] = MigrationId(request);
         annotations[Annotations.MigratedFrom] = $"{source.Metadata.Name}@{request.Status!.SourceNode}";
-        if (request.Spec.KeepAddress && source.Status?.PodIP is { Length: > 0 } address)
+        if (KeepsAddress(request) && source.Status?.PodIP is { Length: > 0 } address)
         {
             // the network gives the replacement the source's address (podmig-ipam; silent until the handover)
             annotations[Annotations.PinnedAddress] = address;

@@ -28,9 +28,11 @@ public sealed class ReplacementPodTests
         var request = new MigrationRequest
         {
             Metadata = new V1ObjectMeta { Name = "move-web", NamespaceProperty = "default", Uid = "0f3a9c2e-1111-4222-8333-944455556666" },
-            Spec = new MigrationRequestSpec { PodName = "web", KeepAddress = keepAddress },
+            Spec = new MigrationRequestSpec { PodName = "web" },
             Status = new MigrationRequestStatus { SourceNode = "node-a" },
         };
+        // what admission decided (asked for, or the network's default)
+        request.Status.SetCondition(ConditionTypes.KeepsAddress, keepAddress ? "True" : "False", "Requested", "", 1, DateTime.UtcNow);
 
         var replacement = MigrationExecutor.Replacement(source, request, "web-x1", "node-b");
 
