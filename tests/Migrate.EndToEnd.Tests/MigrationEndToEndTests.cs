@@ -170,7 +170,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
     }
 
     [Fact]
-    public async Task A_server_pod_moves_with_its_listening_socket_and_serves_at_its_new_address()
+    public async Task A_server_pod_moves_to_a_new_address_with_its_listening_socket_and_its_Service_follows_it()
     {
         // CRIU 4.1 could not dump a process holding any IPv4 socket on kernels 6.16 and later: a pod
         // like this one could not move before the nodes ran CRIU 4.2
@@ -185,7 +185,19 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         }, "default");
         var source = await Cluster.WaitForPodRunningAsync("server");
         await WaitForLogAsync("server", "listening on port 7000");
+        var clusterIp = $"10.97.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}";
+        await Cluster.Client.CoreV1.CreateNamespacedServiceAsync(new k8s.Models.V1Service
+        {
+            Metadata = new k8s.Models.V1ObjectMeta { Name = "server" },
+            Spec = new k8s.Models.V1ServiceSpec
+            {
+                ClusterIP = clusterIp,
+                Selector = new Dictionary<string, string> { ["app"] = "server" },
+                Ports = [new k8s.Models.V1ServicePort { Port = 80, TargetPort = 7000, Protocol = "TCP" }],
+            },
+        }, "default");
 
+        // a new address (asked for): the pod moves with its listening socket, and its Service follows it at cut-over
         await Sandbox.ApplyRequestAsync(Cluster, "move-server", "server", "Cold", "node-b", keepAddress: false);
         var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-server"))!.Status!;
         output.WriteLine($"move-server: {status.Phase} {status.Reason} {status.Message}");
@@ -195,12 +207,14 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         output.WriteLine($"server: {source.Status.PodIP} on node-a, now {address} on node-b");
         Assert.NotEqual(source.Status.PodIP, address);
 
-        // a client on node-b's pod network connects to the restored listener and exchanges records both ways
+        // a client on node-b's pod network connects through the Service to the restored listener and exchanges records both ways
         using var segment = L2Segment.OnBridge(Cluster.Node("node-b").Containerd.Bridge);
         var client = segment.Add("client", address[..(address.LastIndexOf('.') + 1)] + "250/24");
+        await using var routes = ServiceRoutes.Start(Cluster.Client, client.NamespacePath, "default", "server");
+        await WaitUntilAsync(() => routes.History.Count > 0 && routes.History[^1].Endpoints == $"{address}:7000({status.ReplacementPod})", "the Service's endpoint to be the replacement at its new address");
         var log = Path.Combine(Cluster.Directory, "seqstream-client.log");
         File.WriteAllText(log, "");
-        using var process = L2Segment.Start(client, log, Workloads.Build("seqstream"), "--connect", address + ":7000");
+        using var process = L2Segment.Start(client, log, Workloads.Build("seqstream"), "--connect", clusterIp + ":80");
         try
         {
             var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -225,6 +239,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         }
 
         await DeletePodAsync(status.ReplacementPod!);
+        (await Cluster.Api.KubectlAsync("delete", "service", "server")).Succeeded();
     }
 
     [Fact]
