@@ -17,7 +17,7 @@ namespace Migrate.RestoreRuntime;
 /// segment keeps sending the address's traffic to the source until then.
 /// Configuration (the network's "ipam" object): subnet, rangeStart, rangeEnd, gateway, dataDir.
 /// </summary>
-public static class CniIpam
+public static partial class CniIpam
 {
     private const string Capability = "io.kubernetes.cri.pod-annotations";
     private static readonly string[] Versions = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
@@ -50,11 +50,21 @@ public static class CniIpam
             using var config = JsonDocument.Parse(input.ReadToEnd());
             var root = config.RootElement;
             version = Text(root, "cniVersion") ?? "0.4.0";
+            if (!Versions.Contains(version))
+            {
+                var asked = version;
+                version = "1.0.0";
+                throw new CniException(1, $"CNI version '{asked}' is not one this plugin speaks ({string.Join(", ", Versions)})");
+            }
+
             var network = Text(root, "name") ?? throw new CniException(7, "the network configuration has no name");
             var ipam = root.TryGetProperty("ipam", out var i) && i.ValueKind == JsonValueKind.Object ? i : throw new CniException(7, "the network configuration has no ipam object");
             var dataDirectory = Text(ipam, "dataDir") ?? "/var/lib/cni/podmig-ipam";
-            var containerId = environment("CNI_CONTAINERID") is { Length: > 0 } id ? id : throw new CniException(4, "CNI_CONTAINERID is not set");
-            var @interface = environment("CNI_IFNAME") is { Length: > 0 } name ? name : throw new CniException(4, "CNI_IFNAME is not set");
+            // both are written into the store's lines: nothing but a plain name gets there
+            var containerId = environment("CNI_CONTAINERID") is { Length: > 0 and <= 256 } id && PlainName().IsMatch(id) ? id
+                : throw new CniException(4, "CNI_CONTAINERID is not set or not a plain name (letters, digits, '_', '.', '-')");
+            var @interface = environment("CNI_IFNAME") is { Length: > 0 and <= 15 } name && PlainName().IsMatch(name) ? name
+                : throw new CniException(4, "CNI_IFNAME is not set or not an interface name");
             AddressRange range;
             try
             {
@@ -188,6 +198,9 @@ public static class CniIpam
 
         return Encoding.UTF8.GetString(buffer.ToArray());
     }
+
+    [System.Text.RegularExpressions.GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    private static partial System.Text.RegularExpressions.Regex PlainName();
 
     private sealed class CniException(int code, string message) : Exception(message)
     {

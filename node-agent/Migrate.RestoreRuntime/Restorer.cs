@@ -12,7 +12,7 @@ namespace Migrate.RestoreRuntime;
 
 /// <summary>A container creation marked for restore, read from its bundle's config.json.</summary>
 public sealed record RestoreRequest(string MigrationId, string Container, string Bundle, string RootPath, IReadOnlyList<(string Destination, string Source)> Mounts,
-    string? NetworkNamespace = null, bool PinnedAddress = false)
+    string? NetworkNamespace = null, string? PinnedAddress = null)
 {
     /// <summary>The request when the bundle is a pod container (not the sandbox) marked for restore; null otherwise.</summary>
     public static RestoreRequest? TryRead(RuncCommandLine line)
@@ -52,7 +52,7 @@ public sealed record RestoreRequest(string MigrationId, string Container, string
                 .FirstOrDefault(p => !string.IsNullOrEmpty(p));
         }
 
-        bool pinned = annotations.TryGetProperty(Annotations.PinnedAddress, out _);
+        var pinned = annotations.TryGetProperty(Annotations.PinnedAddress, out var pin) ? pin.GetString() : null;
         return new RestoreRequest(migration.GetString() ?? "", name, bundle, Path.GetFullPath(root, bundle), mounts, network, pinned);
     }
 }
@@ -124,6 +124,12 @@ public static partial class Restorer
                 .ToList();
             Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
             var move = ReadAddressMove(files, request);
+            if (move is null && locked)
+            {
+                // pinned, but the source moved no address (an older agent): this pod keeps the address its sandbox was given
+                new PodNetworkLock().Unlock(request.NetworkNamespace!);
+                locked = false;
+            }
 
             var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
             if (File.Exists(layer))
@@ -208,7 +214,16 @@ public static partial class Restorer
             if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c)))))
             {
                 // every container of the pod holds its sockets again: traffic may flow, and the segment learns where the address is
-                OpenAddress(move, request);
+                try
+                {
+                    OpenAddress(move, request);
+                }
+                catch (RestoreFailedException)
+                {
+                    GiveUpAddress(move, request);
+                    throw;
+                }
+
                 steps += string.Create(CultureInfo.InvariantCulture, $", unlock {clock.ElapsedMilliseconds - done} ms");
             }
             Log(line, "info", string.Create(CultureInfo.InvariantCulture,
@@ -244,6 +259,12 @@ public static partial class Restorer
             throw new RestoreFailedException($"migration {request.MigrationId} keeps the pod's address, but container {request.Container} names no network namespace to claim it in");
         }
 
+        // the network gave this pod the pinned address; the one moved must be that one (else the store would not know who holds it)
+        if (move is not null && move.ToAddress().Address.ToString() != request.PinnedAddress)
+        {
+            throw new RestoreFailedException($"migration {request.MigrationId} moves address {move.Cidr}, but this pod was pinned to '{request.PinnedAddress}' ({Annotations.PinnedAddress})");
+        }
+
         return move;
     }
 
@@ -255,6 +276,12 @@ public static partial class Restorer
     private static void ClaimAddress(string migration, AddressMove move, RestoreRequest request, bool locked)
     {
         var address = move.ToAddress();
+        var claimed = Path.Combine(migration, "network.claimed");
+        if (File.Exists(claimed) && File.ReadAllText(claimed).Trim() == address.Cidr)
+        {
+            return; // an earlier container of the pod claimed it: its sockets may be restored already
+        }
+
         try
         {
             if (!locked)
@@ -263,7 +290,7 @@ public static partial class Restorer
             }
 
             new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Claim(address), $"claim address {address.Cidr}");
-            File.WriteAllText(Path.Combine(migration, "network.claimed"), address.Cidr + "\n");
+            File.WriteAllText(claimed, address.Cidr + "\n");
         }
         catch (Exception e) when (e is IOException or ArgumentException)
         {
@@ -275,7 +302,7 @@ public static partial class Restorer
     /// <summary>Locks the network of a pod pinned to its source's address before its images are committed; false when it is not pinned or the lock failed (the claim tries again).</summary>
     private static bool LockEarly(RestoreRequest request)
     {
-        if (!request.PinnedAddress || string.IsNullOrEmpty(request.NetworkNamespace))
+        if (string.IsNullOrEmpty(request.PinnedAddress) || string.IsNullOrEmpty(request.NetworkNamespace))
         {
             return false;
         }

@@ -185,17 +185,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         }, "default");
         var source = await Cluster.WaitForPodRunningAsync("server");
         await WaitForLogAsync("server", "listening on port 7000");
-        var clusterIp = $"10.97.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}";
-        await Cluster.Client.CoreV1.CreateNamespacedServiceAsync(new k8s.Models.V1Service
-        {
-            Metadata = new k8s.Models.V1ObjectMeta { Name = "server" },
-            Spec = new k8s.Models.V1ServiceSpec
-            {
-                ClusterIP = clusterIp,
-                Selector = new Dictionary<string, string> { ["app"] = "server" },
-                Ports = [new k8s.Models.V1ServicePort { Port = 80, TargetPort = 7000, Protocol = "TCP" }],
-            },
-        }, "default");
+        var clusterIp = await CreateServiceAsync("server", 7000);
 
         // a new address (asked for): the pod moves with its listening socket, and its Service follows it at cut-over
         await Sandbox.ApplyRequestAsync(Cluster, "move-server", "server", "Cold", "node-b", keepAddress: false);
@@ -261,17 +251,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         var address = source.Status.PodIP;
 
         // the client reaches the pod through its Service: a cluster IP routed in the client's namespace to the Service's endpoints
-        var clusterIp = $"10.96.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}";
-        await Cluster.Client.CoreV1.CreateNamespacedServiceAsync(new k8s.Models.V1Service
-        {
-            Metadata = new k8s.Models.V1ObjectMeta { Name = "keeper" },
-            Spec = new k8s.Models.V1ServiceSpec
-            {
-                ClusterIP = clusterIp,
-                Selector = new Dictionary<string, string> { ["app"] = "keeper" },
-                Ports = [new k8s.Models.V1ServicePort { Port = 80, TargetPort = 7001, Protocol = "TCP" }],
-            },
-        }, "default");
+        var clusterIp = await CreateServiceAsync("keeper", 7001);
         using var segment = L2Segment.OnBridge(Cluster.Network!.Bridge);
         var client = segment.Add("client", Cluster.Network.ClientAddress(251));
         await using var routes = ServiceRoutes.Start(Cluster.Client, client.NamespacePath, "default", "keeper");
@@ -383,6 +363,23 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
 
         await DeletePodAsync((await Sandbox.GetRequestAsync(Cluster, "move-keeper"))?.Status?.ReplacementPod ?? "keeper");
         (await Cluster.Api.KubectlAsync("delete", "service", "keeper")).Succeeded();
+    }
+
+    /// <summary>A Service named and selecting app=<paramref name="app"/>, port 80 to <paramref name="targetPort"/>, on a cluster IP of its own; returns the IP.</summary>
+    private async Task<string> CreateServiceAsync(string app, int targetPort)
+    {
+        var clusterIp = $"10.96.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}.{System.Security.Cryptography.RandomNumberGenerator.GetInt32(1, 250)}";
+        await Cluster.Client.CoreV1.CreateNamespacedServiceAsync(new k8s.Models.V1Service
+        {
+            Metadata = new k8s.Models.V1ObjectMeta { Name = app },
+            Spec = new k8s.Models.V1ServiceSpec
+            {
+                ClusterIP = clusterIp,
+                Selector = new Dictionary<string, string> { ["app"] = app },
+                Ports = [new k8s.Models.V1ServicePort { Port = 80, TargetPort = targetPort, Protocol = "TCP" }],
+            },
+        }, "default");
+        return clusterIp;
     }
 
     private static async Task WaitUntilAsync(Func<bool> condition, string what)

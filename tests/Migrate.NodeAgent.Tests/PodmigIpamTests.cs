@@ -75,6 +75,30 @@ public sealed class PodmigIpamTests : IDisposable
         Assert.Equal("0", Prerequisites.Run("ip", "netns", "exec", _namespace, "sysctl", "-n", "net.ipv4.conf.all.arp_ignore").Trim());
     }
 
+    [Theory]
+    [InlineData("c1 x", "eth0", 4, "CNI_CONTAINERID")]
+    [InlineData("c1\nforged eth0", "eth0", 4, "CNI_CONTAINERID")]
+    [InlineData("c1", "eth0 x", 4, "CNI_IFNAME")]
+    [InlineData("c1", "a-very-long-interface", 4, "CNI_IFNAME")]
+    public void A_container_id_or_interface_that_is_not_a_plain_name_is_refused_and_changes_nothing(string container, string @interface, int code, string message)
+    {
+        var (exit, output) = Run("ADD", container, Config(), @interface);
+        Assert.Equal(1, exit);
+        using var error = JsonDocument.Parse(output);
+        Assert.Equal(code, error.RootElement.GetProperty("code").GetInt32());
+        Assert.Contains(message, error.RootElement.GetProperty("msg").GetString(), StringComparison.Ordinal);
+        Assert.False(Directory.Exists(Store) && Directory.EnumerateFiles(Store).Any(f => Path.GetFileName(f).StartsWith("10.", StringComparison.Ordinal)), "nothing was allocated");
+    }
+
+    [Fact]
+    public void A_CNI_version_it_does_not_speak_is_refused()
+    {
+        var (exit, output) = Run("ADD", "c1", Config().Replace("\"0.4.0\"", "\"0.2.0\"", StringComparison.Ordinal));
+        Assert.Equal(1, exit);
+        using var error = JsonDocument.Parse(output);
+        Assert.Equal(1, error.RootElement.GetProperty("code").GetInt32());
+    }
+
     [Fact]
     public void It_says_which_CNI_versions_it_speaks()
     {
@@ -122,12 +146,12 @@ public sealed class PodmigIpamTests : IDisposable
         });
     }
 
-    private (int Exit, string Output) Run(string command, string container, string config)
+    private (int Exit, string Output) Run(string command, string container, string config, string @interface = "eth0")
     {
         var start = new ProcessStartInfo(RepositoryLayout.RestoreRuntime) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.Environment["CNI_COMMAND"] = command;
         start.Environment["CNI_CONTAINERID"] = container;
-        start.Environment["CNI_IFNAME"] = "eth0";
+        start.Environment["CNI_IFNAME"] = @interface;
         start.Environment["CNI_NETNS"] = "/run/netns/" + _namespace;
         start.Environment["CNI_PATH"] = "/usr/lib/cni";
         using var process = Process.Start(start)!;

@@ -165,9 +165,10 @@ public sealed class SandboxEndpoints : IAsyncDisposable
             {
                 return;
             }
-            catch (Exception e) when (e is k8s.Autorest.HttpOperationException or HttpRequestException or IOException)
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
             {
-                // the API emulator stops or a write raced another: look again
+                // the API emulator stops, a call timed out or a write raced another: look again
+                Console.Error.WriteLine($"sandbox endpoints controller: {e.GetType().Name}: {e.Message}");
                 await Task.Delay(100, CancellationToken.None);
             }
         }

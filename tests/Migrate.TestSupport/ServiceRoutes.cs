@@ -129,8 +129,10 @@ public sealed class ServiceRoutes : IAsyncDisposable
             {
                 return;
             }
-            catch (Exception e) when (e is k8s.Autorest.HttpOperationException or HttpRequestException or IOException or InvalidOperationException)
+            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
             {
+                // a call timed out, the Service has no port yet, a rule did not apply: look again
+                Console.Error.WriteLine($"service routes of {_ns}/{_service}: {e.GetType().Name}: {e.Message}");
                 await Task.Delay(50, CancellationToken.None);
             }
         }

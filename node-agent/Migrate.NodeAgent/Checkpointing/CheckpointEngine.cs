@@ -340,8 +340,9 @@ public sealed partial class CheckpointEngine : IDisposable
             string note = "";
             if (record.Phase == MigrationPhase.Frozen)
             {
+                var network = TryGiveBackNetwork(record);
                 ThawAll(record);
-                note = "; the pod was still frozen and was thawed first";
+                note = "; the pod was still frozen and was thawed first" + (network is null ? "" : $" (its network could not be given back: {network})");
             }
 
             if (Directory.Exists(record.StagingDirectory))
@@ -663,17 +664,43 @@ public sealed partial class CheckpointEngine : IDisposable
             return;
         }
 
+        // each step is tried whatever the one before did: a pod whose address could not be put back is at least unlocked
         var address = move.ToAddress();
-        if (move.Released)
+        var failures = new List<string>();
+        if (move.Released && Attempt(() => _namespaces.Run(move.NamespacePath, AddressHandover.Claim(address), "take the pod's address back"), failures))
         {
-            _namespaces.Run(move.NamespacePath, AddressHandover.Claim(address), "take the pod's address back");
             move.Released = false;
         }
 
-        new PodNetworkLock(_namespaces).Unlock(move.NamespacePath);
-        move.Locked = false;
+        if (Attempt(() => new PodNetworkLock(_namespaces).Unlock(move.NamespacePath), failures))
+        {
+            move.Locked = false;
+        }
+
         record.Save();
-        _namespaces.Run(move.NamespacePath, AddressHandover.Announce(address), "announce the pod's address");
+        if (!move.Released)
+        {
+            _ = Attempt(() => _namespaces.Run(move.NamespacePath, AddressHandover.Announce(address), "announce the pod's address"), failures);
+        }
+
+        if (failures.Count > 0)
+        {
+            throw new IOException(string.Join("; ", failures));
+        }
+    }
+
+    private static bool Attempt(Action step, List<string> failures)
+    {
+        try
+        {
+            step();
+            return true;
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+        {
+            failures.Add(e.Message);
+            return false;
+        }
     }
 
     /// <summary><see cref="GiveBackNetwork"/>, saying what failed instead of throwing: the pod is thawed either way.</summary>
@@ -684,7 +711,7 @@ public sealed partial class CheckpointEngine : IDisposable
             GiveBackNetwork(record);
             return null;
         }
-        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException)
+        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception or UnauthorizedAccessException)
         {
             LogNetworkNotGivenBack(e, record.MigrationId);
             return e.Message;

@@ -47,7 +47,7 @@ public sealed class AddressStore : IDisposable
     public Dictionary<uint, IReadOnlyList<AddressHolder>> Held()
     {
         var held = new Dictionary<uint, IReadOnlyList<AddressHolder>>();
-        foreach (var file in Directory.EnumerateFiles(_directory))
+        foreach (var file in Directory.GetFiles(_directory))
         {
             if (IPAddress.TryParse(Path.GetFileName(file), out var address) && address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork)
             {
@@ -86,7 +86,8 @@ public sealed class AddressStore : IDisposable
     {
         var removed = new List<IPAddress>();
         var line = new AddressHolder(containerId, @interface).ToString();
-        foreach (var file in Directory.EnumerateFiles(_directory))
+        // the list first: the loop renames and deletes in the directory it reads
+        foreach (var file in Directory.GetFiles(_directory))
         {
             if (!IPAddress.TryParse(Path.GetFileName(file), out var address))
             {
@@ -122,7 +123,13 @@ public sealed class AddressStore : IDisposable
     private static void WriteAtomically(string path, string text)
     {
         var temporary = path + "." + Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + ".tmp";
-        File.WriteAllText(temporary, text);
+        using (var stream = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None))
+        {
+            stream.Write(System.Text.Encoding.UTF8.GetBytes(text));
+            // on disk before it replaces the old one: after a crash an address is never held by an empty file
+            stream.Flush(flushToDisk: true);
+        }
+
         File.Move(temporary, path, overwrite: true);
     }
 }

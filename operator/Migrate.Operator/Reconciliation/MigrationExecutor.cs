@@ -306,10 +306,12 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             .ToDictionary(a => a.Key, a => a.Value);
         annotations[Annotations.RestoreFrom] = MigrationId(request);
         annotations[Annotations.MigratedFrom] = $"{source.Metadata.Name}@{request.Status!.SourceNode}";
-        if (KeepsAddress(request) && source.Status?.PodIP is { Length: > 0 } address)
+        if (KeepsAddress(request))
         {
-            // the network gives the replacement the source's address (podmig-ipam; silent until the handover)
-            annotations[Annotations.PinnedAddress] = address;
+            // the network gives the replacement the source's address (podmig-ipam; silent until the handover);
+            // never without the pin, or the moved address would be one the network thinks is the source's alone
+            annotations[Annotations.PinnedAddress] = source.Status?.PodIP is { Length: > 0 } address ? address
+                : throw new TransientActionException($"pod {source.Metadata.Name} has no IP in its status yet; its replacement is pinned to it");
         }
 
         if (KeepsName(request))
@@ -378,6 +380,8 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                 OwnerReferences = source.Metadata.OwnerReferences,
             },
             Spec = source.Spec,
+            // its address: a replacement that keeps it is pinned to it after the source is gone
+            Status = new V1PodStatus { PodIP = source.Status?.PodIP, PodIPs = source.Status?.PodIPs },
         };
         return await PatchRequestAsync(request, Annotate(Annotations.SourcePod, KubernetesJson.Serialize(kept)), cancellationToken);
     }
