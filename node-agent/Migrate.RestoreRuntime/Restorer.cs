@@ -248,6 +248,7 @@ public static partial class Restorer
         {
             move = AddressMove.Read(Path.Combine(files, AddressMove.FileName));
             _ = move?.ToAddress();
+            _ = move?.ToRoutes();
         }
         catch (Exception e) when (e is JsonException or ArgumentException)
         {
@@ -289,7 +290,7 @@ public static partial class Restorer
                 new PodNetworkLock().Lock(request.NetworkNamespace!);
             }
 
-            new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Claim(address), $"claim address {address.Cidr}");
+            new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Claim(address, move.ToRoutes()), $"claim address {address.Cidr}");
             File.WriteAllText(claimed, address.Cidr + "\n");
         }
         catch (Exception e) when (e is IOException or ArgumentException)

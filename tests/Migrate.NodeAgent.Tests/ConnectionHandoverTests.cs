@@ -33,6 +33,10 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
         var (source, peer, serverLog, clientLog) = StartPair(connections);
         var target = _segment.Add("target", 0);
         var address = new PodAddress(source.Interface, source.Cidr!, source.Mac);
+        // the source's own route through its interface (a default route, as a CNI plugin makes): it must move too
+        Prerequisites.Run("nsenter", "--net=" + source.NamespacePath, "ip", "route", "add", "default", "via", peer.Address!, "dev", source.Interface);
+        var routes = AddressHandover.RoutesFromIpJson(Prerequisites.Run("nsenter", "--net=" + source.NamespacePath, "ip", "-j", "route", "show"), source.Interface);
+        Assert.Equal([new PodRoute("default", peer.Address)], routes);
         var before = WaitForReceived(clientLog, 50);
 
         var laps = new List<string>();
@@ -55,7 +59,7 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
         Lap("released");
         _lock.Lock(target.NamespacePath);
         Lap("target locked");
-        _steps.Run(target.NamespacePath, AddressHandover.Claim(address), "claim the address");
+        _steps.Run(target.NamespacePath, AddressHandover.Claim(address, routes), "claim the address");
         Lap("claimed");
         using (var netns = File.OpenHandle(target.NamespacePath))
         {
@@ -84,6 +88,7 @@ public sealed partial class ConnectionHandoverTests(ITestOutputHelper output) : 
         Assert.DoesNotContain("error", File.ReadAllText(serverLog), StringComparison.Ordinal);
         Assert.Null(AddressOf(source));
         Assert.Equal(source.Cidr, AddressOf(target));
+        Assert.Contains($"default via {peer.Address} dev {target.Interface}", Prerequisites.Run("nsenter", "--net=" + target.NamespacePath, "ip", "route", "show"), StringComparison.Ordinal);
         Assert.False(_lock.IsLocked(target.NamespacePath));
         Figures.Record("ConnectionHandover", $"{connections} tcp: lock to unlocked", moved.TotalMilliseconds, "ms");
         Figures.Record("ConnectionHandover", $"{connections} tcp: peer's longest gap", after.MaxGap, "ms");

@@ -63,6 +63,15 @@ public sealed class NetworkPlanTests
         Assert.Equal(["arping -q -U -c 1 -I eth0 10.1.2.3"], AddressHandover.Announce(address).Select(s => s.Command.ToString()));
         Assert.Equal("address replace fd00::5/64 dev eth0\n", AddressHandover.Claim(new("eth0", "fd00::5/64", null))[0].Command.Input);
         Assert.Empty(AddressHandover.Announce(new("eth0", "fd00::5/64", null)));
+        // the pod's routes through the interface come back after the link is up
+        Assert.Equal(
+            ["ip route replace default via 10.1.2.1 dev eth0", "ip route replace 10.96.0.0/12 dev eth0"],
+            AddressHandover.Claim(address, [new PodRoute("default", "10.1.2.1"), new PodRoute("10.96.0.0/12", null)]).Skip(3).Select(s => s.Command.ToString()));
+        Assert.Equal(
+            [new PodRoute("default", "10.1.2.1"), new PodRoute("10.96.0.0/12", null)],
+            AddressHandover.RoutesFromIpJson("""[{"dst":"default","gateway":"10.1.2.1","dev":"eth0","flags":[]},{"dst":"10.1.2.0/24","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"10.1.2.3","flags":[]},{"dst":"10.96.0.0/12","dev":"eth0","scope":"link","flags":[]},{"dst":"192.168.0.0/16","gateway":"10.9.9.9","dev":"net1","flags":[]}]""", "eth0"));
+        Assert.Throws<ArgumentException>(() => new PodRoute("default; rm", null));
+        Assert.Throws<ArgumentException>(() => new PodRoute("default", "gw"));
         // what podmig-ipam does to a sandbox pinned to an address until the claim, which undoes it
         Assert.Equal("sysctl -qw net.ipv4.conf.all.arp_ignore=8", AddressHandover.Silence().ToString());
     }

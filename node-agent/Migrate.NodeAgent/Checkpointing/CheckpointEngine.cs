@@ -454,7 +454,7 @@ public sealed partial class CheckpointEngine : IDisposable
             {
                 // the address leaves the source only after the dump; the target claims it after the commit
                 step = "releasing the pod's address";
-                new AddressMove(releasing.Interface, releasing.Cidr, releasing.Mac, [.. record.Containers.Select(c => c.Name)])
+                new AddressMove(releasing.Interface, releasing.Cidr, releasing.Mac, [.. record.Containers.Select(c => c.Name)], releasing.Routes)
                     .Write(Path.Combine(record.StagingDirectory, AddressMove.FileName));
                 releasing.Released = true;
                 record.Save();
@@ -650,7 +650,20 @@ public sealed partial class CheckpointEngine : IDisposable
             throw Refuse("address", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} cannot keep its address: {refusal}");
         }
 
-        return new AddressMoveRecord { Interface = address.Interface, Cidr = address.Cidr, Mac = address.Mac, NamespacePath = path };
+        var routes = HostCommands.Run(new HostCommand("ip", "-j", "route", "show").InNetworkNamespace(path));
+        if (!routes.Succeeded)
+        {
+            throw Refuse("address", StatusCode.FailedPrecondition, $"the routes of pod {pod.Namespace}/{pod.Name} could not be read: {routes.Error.Trim()}");
+        }
+
+        return new AddressMoveRecord
+        {
+            Interface = address.Interface,
+            Cidr = address.Cidr,
+            Mac = address.Mac,
+            NamespacePath = path,
+            Routes = [.. AddressHandover.RoutesFromIpJson(routes.Output, address.Interface).Select(r => new MovedRoute(r.Destination, r.Gateway))],
+        };
     }
 
     /// <summary>
@@ -667,7 +680,7 @@ public sealed partial class CheckpointEngine : IDisposable
         // each step is tried whatever the one before did: a pod whose address could not be put back is at least unlocked
         var address = move.ToAddress();
         var failures = new List<string>();
-        if (move.Released && Attempt(() => _namespaces.Run(move.NamespacePath, AddressHandover.Claim(address), "take the pod's address back"), failures))
+        if (move.Released && Attempt(() => _namespaces.Run(move.NamespacePath, AddressHandover.Claim(address, move.ToRoutes()), "take the pod's address back"), failures))
         {
             move.Released = false;
         }

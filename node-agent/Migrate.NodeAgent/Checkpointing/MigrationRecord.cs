@@ -112,7 +112,12 @@ public sealed class AddressMoveRecord
     /// <summary>The address was taken off the pod's interface for the target to claim.</summary>
     public bool Released { get; set; }
 
+    /// <summary>The pod's routes through the interface (they go when its link goes down, and come back with the address).</summary>
+    public List<Networking.MovedRoute> Routes { get; set; } = [];
+
     public Networking.PodAddress ToAddress() => new(Interface, Cidr, Mac);
+
+    public IReadOnlyList<Networking.PodRoute> ToRoutes() => [.. Routes.Select(r => new Networking.PodRoute(r.Destination, r.Gateway))];
 }
 
 /// <summary>What the agent keeps about one migration, in the migration's staging directory (state.json).</summary>

@@ -47,6 +47,31 @@ public sealed partial record PodAddress
     private static partial Regex MacAddress();
 }
 
+/// <summary>A route of the pod's through the interface whose address moves (not the one the kernel makes for the address's subnet): its destination ("default" or a prefix) and gateway, if any.</summary>
+public sealed partial record PodRoute
+{
+    public PodRoute(string destination, string? gateway)
+    {
+        var parts = (destination ?? "").Split('/');
+        if (destination != "default" && (parts.Length != 2 || !IPAddress.TryParse(parts[0], out _) || !int.TryParse(parts[1], out int prefix) || prefix is < 0 or > 128))
+        {
+            throw new ArgumentException($"'{destination}' is not a route destination (default or an address with its prefix length)", nameof(destination));
+        }
+
+        if (gateway is not null && !IPAddress.TryParse(gateway, out _))
+        {
+            throw new ArgumentException($"'{gateway}' is not a gateway address", nameof(gateway));
+        }
+
+        Destination = destination!;
+        Gateway = gateway;
+    }
+
+    public string Destination { get; }
+
+    public string? Gateway { get; }
+}
+
 /// <summary>
 /// The plans that move a pod's address from its source namespace to its replacement's, so that
 /// established connections restored on the target find their address there. Never two holders:
@@ -70,7 +95,7 @@ public static class AddressHandover
     /// the address (in place of any its sandbox was given) in one <c>ip -batch</c>; ARP answered
     /// again; the link up. Repeating it changes nothing.
     /// </summary>
-    public static IReadOnlyList<NamespaceStep> Claim(PodAddress address)
+    public static IReadOnlyList<NamespaceStep> Claim(PodAddress address, IReadOnlyList<PodRoute>? routes = null)
     {
         var batch = new System.Text.StringBuilder();
         if (address.Mac is { } mac)
@@ -86,7 +111,28 @@ public static class AddressHandover
             // a sandbox made for the address (podmig-ipam) was kept from answering ARP until now
             new(Speak()),
             new(new("ip", "link", "set", "dev", address.Interface, "up")),
+            // taking the link down removed every route through it but the subnet's: the pod's own come back
+            .. (routes ?? []).Select(r => new NamespaceStep(new("ip", ["route", "replace", r.Destination, .. r.Gateway is { } via ? new[] { "via", via } : [], "dev", address.Interface]))),
         ];
+    }
+
+    /// <summary>The routes through <paramref name="interface"/> in <c>ip -j route show</c>'s output, but those the kernel makes for an address's own subnet.</summary>
+    public static IReadOnlyList<PodRoute> RoutesFromIpJson(string json, string @interface)
+    {
+        using var document = System.Text.Json.JsonDocument.Parse(json);
+        var routes = new List<PodRoute>();
+        foreach (var route in document.RootElement.EnumerateArray())
+        {
+            string? Text(string name) => route.TryGetProperty(name, out var v) && v.ValueKind == System.Text.Json.JsonValueKind.String ? v.GetString() : null;
+            if (Text("dev") != @interface || Text("protocol") == "kernel" || Text("dst") is not { } destination)
+            {
+                continue;
+            }
+
+            routes.Add(new PodRoute(destination, Text("gateway")));
+        }
+
+        return routes;
     }
 
     /// <summary>Keeps a namespace from answering ARP on any interface (the effective value is the larger of "all" and the interface's own).</summary>

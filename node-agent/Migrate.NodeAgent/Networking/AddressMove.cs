@@ -8,12 +8,15 @@ namespace Migrate.NodeAgent.Networking;
 /// verified with the images): the address, its interface and MAC in the source pod, and the
 /// containers to restore before the target's network lock is lifted.
 /// </summary>
-public sealed record AddressMove(string Interface, string Cidr, string? Mac, IReadOnlyList<string> Containers)
+public sealed record AddressMove(string Interface, string Cidr, string? Mac, IReadOnlyList<string> Containers, IReadOnlyList<MovedRoute>? Routes = null)
 {
     public const string FileName = "network.json";
 
     /// <summary>The address, validated (a file that names no valid address is refused here).</summary>
     public PodAddress ToAddress() => new(Interface, Cidr, Mac);
+
+    /// <summary>The pod's routes through the interface, validated.</summary>
+    public IReadOnlyList<PodRoute> ToRoutes() => [.. (Routes ?? []).Select(r => new PodRoute(r.Destination, r.Gateway))];
 
     public static AddressMove? Read(string path) =>
         File.Exists(path) ? JsonSerializer.Deserialize(File.ReadAllText(path), AddressMoveJson.Default.AddressMove) : null;
@@ -62,6 +65,9 @@ public sealed record AddressMove(string Interface, string Cidr, string? Mac, IRe
         };
     }
 }
+
+/// <summary>A route as network.json carries it.</summary>
+public sealed record MovedRoute(string Destination, string? Gateway);
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
 [JsonSerializable(typeof(AddressMove))]
