@@ -1,10 +1,12 @@
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using System.Net;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Server.Kestrel.Https;
 using Microsoft.Extensions.Options;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.Contracts.Tracing;
+using Migrate.Agent.Contracts.Transfer;
 using Migrate.Cri;
 using Migrate.Criu;
 using Migrate.NodeAgent.Checkpointing;
@@ -44,9 +46,12 @@ public static class AgentHost
             // image chunks are up to 4 MiB: windows smaller than a few chunks stall a sender on every WINDOW_UPDATE
             kestrel.Limits.Http2.InitialConnectionWindowSize = 32 << 20;
             kestrel.Limits.Http2.InitialStreamWindowSize = 16 << 20;
+            // the bulk lane's frames are up to a chunk (1-4 MiB) plus a header: a connection buffers a few, not fewer than one
+            kestrel.Limits.MaxRequestBufferSize = 16 << 20;
             kestrel.Listen(endpoint, listenOptions =>
             {
-                listenOptions.Protocols = HttpProtocols.Http2;
+                // with TLS, ALPN gives gRPC HTTP/2 and the images' bulk lane HTTP/1.1; without, HTTP/2 only (no bulk lane)
+                listenOptions.Protocols = identity.Tls is null ? HttpProtocols.Http2 : HttpProtocols.Http1AndHttp2;
                 if (identity.Tls is { } tls)
                 {
                     // mutual TLS: every caller (operator, peer agents) shows a certificate from the cluster's CA
@@ -112,6 +117,18 @@ public static class AgentHost
         app.MapGrpcService<NodeAgentService>();
         app.MapGrpcService<ImageTransferService>();
         app.MapGrpcHealthChecksService();
+        app.MapPost(BulkLane.Path, async (HttpContext http, ImageReceiver receiver) =>
+        {
+            // an upload's body is as large as its images; the upload's token and limits bound it
+            if (http.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } size)
+            {
+                size.MaxRequestBodySize = null;
+            }
+
+            var (status, message) = await receiver.TakeBulkAsync(http.Request.Headers[BulkLane.TicketHeader], identity.PeerOf(http.Connection.ClientCertificate),
+                http.Request.BodyReader);
+            return Results.Text(message, statusCode: status);
+        });
         app.MapGet("/healthz", () => "ok");
         // Prometheus exposition, on the probe port (plain HTTP) as on the gRPC one
         app.MapPrometheusScrapingEndpoint();

@@ -33,6 +33,7 @@ public sealed class ImageTransferTests : IAsyncLifetime
         var again = await _agents.SendAsync("m-ok", compress: compress);
 
         Assert.True(progress.Staged);
+        Assert.Equal("bulk", progress.Lane);
         Assert.Equal((ulong)files.Values.Sum(f => f.Length), progress.TotalBytes);
         Assert.Equal(progress.TotalBytes, progress.BytesSent);
         foreach (var (path, content) in files)
@@ -53,24 +54,31 @@ public sealed class ImageTransferTests : IAsyncLifetime
         }
     }
 
-    [Fact]
-    public async Task A_transfer_cut_mid_stream_resumes_without_resending_what_arrived()
+    [Theory]
+    [InlineData("bulk")]
+    [InlineData("grpc")]
+    public async Task A_transfer_cut_mid_stream_resumes_without_resending_what_arrived(string lane)
     {
-        var files = TransferAgents.Stage(Source, "m-resume", mib: 40);
-        await using var proxy = new TcpProxy(RawUpload.Endpoint(Target));
-        // past the 16 MiB HTTP/2 stream window: at least 24 - 16 - 1 MiB must have been written on the target
-        proxy.CutNextConnectionAfter(24 << 20);
+        // the gRPC lane only where the target does not offer the bulk one
+        await using var grpcOnly = lane == "grpc" ? await TransferAgents.StartAsync("--Agent:BulkTransfer=false") : null;
+        var agents = grpcOnly ?? _agents;
+        var files = TransferAgents.Stage(agents.Source, "m-resume", mib: 40);
+        await using var proxy = new TcpProxy(RawUpload.Endpoint(agents.Target));
+        // the connection that carries the bytes (the bulk lane's, or the gRPC one's past its 16 MiB
+        // HTTP/2 stream window): at least 24 - 16 - 1 MiB must have been written on the target
+        proxy.CutFirstConnectionPassing(24 << 20);
 
-        var progress = await _agents.SendAsync("m-resume", targetAddress: proxy.Address);
+        var progress = await agents.SendAsync("m-resume", targetAddress: proxy.Address);
 
         Assert.True(progress.Staged);
+        Assert.Equal(lane, progress.Lane);
         Assert.Equal(1, proxy.ConnectionsCut);
         Assert.True(progress.Retries >= 1, "the cut was not retried");
         Assert.True(progress.BytesSkipped >= 2 << 20, $"only {progress.BytesSkipped} bytes that arrived before the cut were kept");
         Assert.True(progress.BytesSent < progress.TotalBytes + (24 << 20), $"{progress.BytesSent} bytes sent for {progress.TotalBytes}");
         foreach (var (path, content) in files)
         {
-            Assert.Equal(content, File.ReadAllBytes(_agents.Received("m-resume", path)));
+            Assert.Equal(content, File.ReadAllBytes(agents.Received("m-resume", path)));
         }
     }
 

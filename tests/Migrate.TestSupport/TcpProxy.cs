@@ -14,6 +14,7 @@ public sealed class TcpProxy : IAsyncDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly Task _accepting;
     private long _cutAfter = long.MaxValue;
+    private long _cutAnyAfter = long.MaxValue;
     private long _forwarded;
 
     public TcpProxy(IPEndPoint target)
@@ -35,6 +36,9 @@ public sealed class TcpProxy : IAsyncDisposable
 
     /// <summary>The next connection is cut (both ways) once it has forwarded this many client bytes.</summary>
     public void CutNextConnectionAfter(long bytes) => Interlocked.Exchange(ref _cutAfter, bytes);
+
+    /// <summary>Whichever connection first forwards this many client bytes is cut (both ways); later ones are not.</summary>
+    public void CutFirstConnectionPassing(long bytes) => Interlocked.Exchange(ref _cutAnyAfter, bytes);
 
     private async Task AcceptAsync()
     {
@@ -92,7 +96,7 @@ public sealed class TcpProxy : IAsyncDisposable
                     return;
                 }
 
-                if (sent + read > cutAfter)
+                if (sent + read > cutAfter || (count && sent + read > Interlocked.Read(ref _cutAnyAfter) && Interlocked.Exchange(ref _cutAnyAfter, long.MaxValue) != long.MaxValue))
                 {
                     ConnectionsCut++;
                     from.Close();

@@ -1,5 +1,4 @@
 using Grpc.Core;
-using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Transfer;
 
@@ -43,7 +42,6 @@ public sealed class ImageTransferService(ImageReceiver receiver, IncomingMigrati
     private string? Peer(ServerCallContext context)
     {
         ArgumentNullException.ThrowIfNull(context);
-        var certificate = context.GetHttpContext().Connection.ClientCertificate;
-        return certificate is not null && identity.Tls?.IsTrusted(certificate) == true ? AgentTls.NameOf(certificate) : null;
+        return identity.PeerOf(context.GetHttpContext().Connection.ClientCertificate);
     }
 }

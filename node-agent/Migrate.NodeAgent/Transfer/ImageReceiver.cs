@@ -1,10 +1,12 @@
 using System.Buffers;
 using System.Diagnostics;
+using System.IO.Pipelines;
 using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
 using Migrate.Agent.Contracts.Security;
+using Migrate.Agent.Contracts.Transfer;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Checkpointing;
 
@@ -44,6 +46,7 @@ public sealed partial class ImageReceiver : IDisposable
     private readonly Dictionary<string, TransferClaims> _expected = new(StringComparer.Ordinal);
     private readonly Dictionary<string, long> _reserved = new(StringComparer.Ordinal);
     private readonly HashSet<string> _active = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, BulkWaiter> _bulk = new(StringComparer.Ordinal);
 
     public ImageReceiver(IOptions<AgentOptions> options, ILogger<ImageReceiver> logger, TimeProvider? time = null, MigrationEvents? events = null)
     {
@@ -311,10 +314,23 @@ public sealed partial class ImageReceiver : IDisposable
             var stopwatch = Stopwatch.StartNew();
             var session = Open(claims, header);
             failed = true;
+            string? ticket = null;
+            BulkWaiter? waiter = null;
             try
             {
+                if (header.Bulk && _options.BulkTransfer)
+                {
+                    (ticket, waiter) = OfferBulkLane(peer);
+                    session.Accepted.BulkTicket = ticket;
+                }
+
                 await responses.WriteAsync(new UploadReply { Accepted = session.Accepted }, cancellationToken);
                 long sinceAck = 0;
+                if (ticket is not null && waiter is not null)
+                {
+                    sinceAck = await ReceiveBulkAsync(ticket, waiter, session, responses, cancellationToken);
+                }
+
                 bool done = false;
                 while (!done && await requests.MoveNext(cancellationToken))
                 {
@@ -360,6 +376,14 @@ public sealed partial class ImageReceiver : IDisposable
             }
             finally
             {
+                if (ticket is not null)
+                {
+                    lock (_gate)
+                    {
+                        _bulk.Remove(ticket);
+                    }
+                }
+
                 session.Dispose();
             }
         }
@@ -386,6 +410,179 @@ public sealed partial class ImageReceiver : IDisposable
 
             _streams.Release();
         }
+    }
+
+    /// <summary>How long an upload waits for its source to open the bulk lane it was offered.</summary>
+    public TimeSpan BulkLaneWait { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// The HTTP side of the bulk lane: hands the body to the upload that issued <paramref name="ticket"/>
+    /// to <paramref name="peer"/>, and answers once that upload has read it (or refused it).
+    /// </summary>
+    public async Task<(int Status, string Message)> TakeBulkAsync(string? ticket, string? peer, PipeReader body)
+    {
+        ArgumentNullException.ThrowIfNull(body);
+        if (peer is null)
+        {
+            return (StatusCodes.Status403Forbidden, "the client presented no certificate from the cluster's CA");
+        }
+
+        BulkWaiter? waiter;
+        lock (_gate)
+        {
+            if (string.IsNullOrEmpty(ticket) || !_bulk.TryGetValue(ticket, out waiter) || waiter.Peer != peer)
+            {
+                AgentTelemetry.TransferRejections.Add(1, new KeyValuePair<string, object?>("reason", "bulk-ticket"));
+                return (StatusCodes.Status403Forbidden, $"no upload from {peer} is waiting for this bulk ticket");
+            }
+
+            _bulk.Remove(ticket);
+        }
+
+        var lane = new BulkBody(body);
+        if (!waiter.Body.TrySetResult(lane))
+        {
+            return (StatusCodes.Status410Gone, "the upload this ticket was for has ended");
+        }
+
+        // the upload reads the body and always gives its verdict, whatever happened
+        return await lane.Verdict.Task;
+    }
+
+    private (string Ticket, BulkWaiter Waiter) OfferBulkLane(string peer)
+    {
+        var ticket = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(32));
+        var waiter = new BulkWaiter(peer);
+        lock (_gate)
+        {
+            _bulk[ticket] = waiter;
+        }
+
+        return (ticket, waiter);
+    }
+
+    /// <summary>Waits for the source to open the bulk lane, then writes its frames into the session; returns the bytes not yet acknowledged.</summary>
+    private async Task<long> ReceiveBulkAsync(string ticket, BulkWaiter waiter, IncomingSession session, IServerStreamWriter<UploadReply> responses,
+        CancellationToken cancellationToken)
+    {
+        BulkBody lane;
+        try
+        {
+            lane = await waiter.Body.Task.WaitAsync(BulkLaneWait, _time, cancellationToken);
+        }
+        catch (Exception e) when (e is TimeoutException or OperationCanceledException)
+        {
+            lock (_gate)
+            {
+                _bulk.Remove(ticket);
+            }
+
+            // a body handed over just now is answered, never left waiting
+            if (!waiter.Body.TrySetCanceled(CancellationToken.None))
+            {
+                waiter.Body.Task.Result.Verdict.TrySetResult((StatusCodes.Status410Gone, "the upload this ticket was for has ended"));
+            }
+
+            if (e is TimeoutException)
+            {
+                // like a broken connection: what arrived stays, the source retries
+                throw new IOException($"the source did not open the bulk lane within {BulkLaneWait.TotalSeconds:0} s");
+            }
+
+            throw;
+        }
+
+        try
+        {
+            long sinceAck = await ReadFramesAsync(lane.Reader, session, responses, cancellationToken);
+            lane.Verdict.TrySetResult((StatusCodes.Status200OK, "received"));
+            return sinceAck;
+        }
+        catch (TransferRejectedException e)
+        {
+            lane.Verdict.TrySetResult((StatusCodes.Status400BadRequest, e.Message));
+            throw;
+        }
+        catch (Exception e)
+        {
+            lane.Verdict.TrySetResult((StatusCodes.Status500InternalServerError, e.Message));
+            throw;
+        }
+    }
+
+    private static async Task<long> ReadFramesAsync(PipeReader reader, IncomingSession session, IServerStreamWriter<UploadReply> responses, CancellationToken cancellationToken)
+    {
+        var preamble = await ReadExactlyAsync(reader, BulkLane.Preamble.Length, cancellationToken);
+        if (!preamble.AsSpan().SequenceEqual(BulkLane.Preamble))
+        {
+            throw Reject(StatusCode.InvalidArgument, "malformed", "the bulk lane does not begin with its preamble");
+        }
+
+        var data = ArrayPool<byte>.Shared.Rent(session.MaxWireBytes);
+        try
+        {
+            long sinceAck = 0;
+            while (true)
+            {
+                var frame = BulkFrame.Read(await ReadExactlyAsync(reader, BulkFrame.HeaderBytes, cancellationToken));
+                if (frame.IsEnd)
+                {
+                    return sinceAck;
+                }
+
+                if (frame.WireLength == 0 || frame.WireLength > session.MaxWireBytes)
+                {
+                    throw Reject(StatusCode.InvalidArgument, "malformed", $"a bulk frame of {frame.WireLength} bytes (at most {session.MaxWireBytes})");
+                }
+
+                await ReadExactlyAsync(reader, data.AsMemory(0, (int)frame.WireLength), cancellationToken);
+                sinceAck += await session.WriteAsync(frame.File, frame.Offset, frame.Length, data.AsMemory(0, (int)frame.WireLength), cancellationToken);
+                if (sinceAck >= AckEveryBytes)
+                {
+                    sinceAck = 0;
+                    await responses.WriteAsync(new UploadReply { Ack = new UploadAck { ReceivedBytes = (ulong)session.Received } }, cancellationToken);
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(data);
+        }
+    }
+
+    private static async Task<byte[]> ReadExactlyAsync(PipeReader reader, int count, CancellationToken cancellationToken)
+    {
+        var bytes = new byte[count];
+        await ReadExactlyAsync(reader, bytes, cancellationToken);
+        return bytes;
+    }
+
+    private static async Task ReadExactlyAsync(PipeReader reader, Memory<byte> into, CancellationToken cancellationToken)
+    {
+        var result = await reader.ReadAtLeastAsync(into.Length, cancellationToken);
+        var buffer = result.Buffer;
+        if (buffer.Length < into.Length)
+        {
+            reader.AdvanceTo(buffer.Start, buffer.End);
+            throw new IOException("the bulk lane ended before its end frame");
+        }
+
+        buffer.Slice(0, into.Length).CopyTo(into.Span);
+        reader.AdvanceTo(buffer.GetPosition(into.Length));
+    }
+
+    private sealed class BulkWaiter(string peer)
+    {
+        public string Peer { get; } = peer;
+
+        public TaskCompletionSource<BulkBody> Body { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    private sealed class BulkBody(PipeReader reader)
+    {
+        public PipeReader Reader { get; } = reader;
+
+        public TaskCompletionSource<(int Status, string Message)> Verdict { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 
     /// <summary>Removes everything this node received for a migration.</summary>
@@ -577,6 +774,7 @@ public sealed partial class ImageReceiver : IDisposable
         private readonly int _maxChunk;
         private readonly long[] _received;
         private readonly bool[] _verified;
+        private readonly IncrementalHash?[] _digests;
         private ZstdSharp.Decompressor? _decompressor;
         private FileStream? _open;
         private int _openIndex = -1;
@@ -590,6 +788,7 @@ public sealed partial class ImageReceiver : IDisposable
             _maxChunk = maxChunk;
             _received = new long[manifest.Files.Count];
             _verified = new bool[manifest.Files.Count];
+            _digests = new IncrementalHash?[manifest.Files.Count];
         }
 
         public UploadAccepted Accepted { get; } = new();
@@ -644,23 +843,30 @@ public sealed partial class ImageReceiver : IDisposable
             return session;
         }
 
-        public async Task<long> WriteAsync(Chunk chunk, CancellationToken cancellationToken)
+        /// <summary>The most bytes one chunk may occupy on the wire (compressed data can be a little larger than its input).</summary>
+        public int MaxWireBytes => _maxChunk + 65536;
+
+        public Task<long> WriteAsync(Chunk chunk, CancellationToken cancellationToken) =>
+            WriteAsync(chunk.File, chunk.Offset, chunk.Length, chunk.Data.Memory, cancellationToken);
+
+        /// <summary>One chunk, from a gRPC message or a bulk frame: <paramref name="wire"/> holds <paramref name="length"/> bytes, compressed or not.</summary>
+        public async Task<long> WriteAsync(uint fileIndex, ulong offset, uint length, ReadOnlyMemory<byte> wire, CancellationToken cancellationToken)
         {
-            if (chunk.File >= _received.Length)
+            if (fileIndex >= _received.Length)
             {
-                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk names file {chunk.File}; the manifest has {_received.Length}");
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk names file {fileIndex}; the manifest has {_received.Length}");
             }
 
-            int index = (int)chunk.File;
+            int index = (int)fileIndex;
             var file = _manifest.Files[index];
-            if (_verified[index] || (long)chunk.Offset != _received[index])
+            if (_verified[index] || (long)offset != _received[index])
             {
-                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} at offset {chunk.Offset}; the next expected is {_received[index]}");
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} at offset {offset}; the next expected is {_received[index]}");
             }
 
-            if (chunk.Length == 0 || chunk.Length > _maxChunk || (long)chunk.Offset + chunk.Length > (long)file.Size)
+            if (length == 0 || length > _maxChunk || offset + length > file.Size)
             {
-                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {chunk.Length} bytes at {chunk.Offset} does not fit {file.Path} ({file.Size} bytes, chunks up to {_maxChunk})");
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {length} bytes at {offset} does not fit {file.Path} ({file.Size} bytes, chunks up to {_maxChunk})");
             }
 
             byte[]? rented = null;
@@ -669,42 +875,46 @@ public sealed partial class ImageReceiver : IDisposable
                 ReadOnlyMemory<byte> data;
                 if (_compression == Agent.V1.Compression.Zstd)
                 {
-                    if (chunk.Data.Length > _maxChunk + 65536)
+                    if (wire.Length > MaxWireBytes)
                     {
                         throw Reject(StatusCode.InvalidArgument, "malformed", "a compressed chunk is larger than any chunk may be");
                     }
 
-                    rented = ArrayPool<byte>.Shared.Rent((int)chunk.Length);
+                    rented = ArrayPool<byte>.Shared.Rent((int)length);
                     _decompressor ??= new ZstdSharp.Decompressor();
-                    int length;
+                    int unwrapped;
                     try
                     {
-                        length = _decompressor.Unwrap(chunk.Data.Span, rented.AsSpan(0, (int)chunk.Length));
+                        unwrapped = _decompressor.Unwrap(wire.Span, rented.AsSpan(0, (int)length));
                     }
                     catch (ZstdSharp.ZstdException e)
                     {
                         throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} does not decompress: {e.Message}");
                     }
 
-                    if (length != chunk.Length)
+                    if (unwrapped != length)
                     {
-                        throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} decompresses to {length} bytes, not {chunk.Length}");
+                        throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} decompresses to {unwrapped} bytes, not {length}");
                     }
 
-                    data = rented.AsMemory(0, length);
+                    data = rented.AsMemory(0, unwrapped);
                 }
                 else
                 {
-                    if (chunk.Data.Length != chunk.Length)
+                    if (wire.Length != length)
                     {
-                        throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} carries {chunk.Data.Length} bytes but says {chunk.Length}");
+                        throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} carries {wire.Length} bytes but says {length}");
                     }
 
-                    data = chunk.Data.Memory;
+                    data = wire;
                 }
 
+                // the digest first: it may read what an earlier attempt left, before the file is opened for writing
+                var digest = DigestOf(index);
                 var stream = StreamFor(index);
                 await stream.WriteAsync(data, cancellationToken);
+                // the digest runs over the bytes as they are written, so no pass over the files is left for the end
+                digest.AppendData(data.Span);
                 _received[index] += data.Length;
                 ReceivedThisStream += data.Length;
                 return data.Length;
@@ -744,8 +954,8 @@ public sealed partial class ImageReceiver : IDisposable
                 }
             }
 
-            // the digests: every file this upload wrote, read back once from the disk (ReadBack)
-            ReadBack();
+            // the digests: running over what this upload wrote, or read from the disk for what an earlier attempt left complete
+            VerifyAndStamp();
 
             foreach (var link in _manifest.ParentLinks)
             {
@@ -765,12 +975,12 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         /// <summary>
-        /// Hashes every file this upload wrote as this node's disk holds it (what the network or the
-        /// disk changed is caught alike; one pass, no running digest while the bytes arrive), and stamps it then: the restore, while the pod is
+        /// Checks every file's SHA-256 (the running digest of the bytes this upload wrote, with what an
+        /// earlier attempt left read from the disk), and stamps it then: the restore, while the pod is
         /// frozen, re-reads only a file whose stamp changed since. A file an earlier upload staged keeps
         /// the stamp it got then (a change since is the restore's to find).
         /// </summary>
-        private void ReadBack()
+        private void VerifyAndStamp()
         {
             var stampsFile = Path.Combine(_directory, StagingLayout.StampsFile);
             var known = StagedFileStamp.Load(stampsFile);
@@ -785,12 +995,10 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 var path = Path.Combine(_filesRoot, file.Path);
-                using (var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20))
+                var digest = _digests[i] is { } running ? running.GetCurrentHash() : HashOfFile(path);
+                if (!digest.AsSpan().SequenceEqual(file.Sha256.Span))
                 {
-                    if (!SHA256.HashData(stream).AsSpan().SequenceEqual(file.Sha256.Span))
-                    {
-                        throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 (read back from this node's disk): the images were corrupted on the way or on the disk");
-                    }
+                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256: the images were corrupted on the way or on the disk");
                 }
 
                 stamps.Add(StagedFileStamp.Of(path, file.Path) ?? throw new IOException($"{path} cannot be examined (statx)"));
@@ -799,10 +1007,59 @@ public sealed partial class ImageReceiver : IDisposable
             StagedFileStamp.Write(stampsFile, stamps);
         }
 
+        /// <summary>The running digest of a file this upload writes, begun over what an earlier attempt left of it.</summary>
+        private IncrementalHash DigestOf(int index)
+        {
+            if (_digests[index] is { } digest)
+            {
+                return digest;
+            }
+
+            digest = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            if (_received[index] > 0)
+            {
+                using var earlier = new FileStream(Path.Combine(_filesRoot, _manifest.Files[index].Path), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+                var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
+                try
+                {
+                    long left = _received[index];
+                    while (left > 0)
+                    {
+                        int read = earlier.Read(buffer, 0, (int)Math.Min(buffer.Length, left));
+                        if (read == 0)
+                        {
+                            throw new IOException($"{_manifest.Files[index].Path} is shorter on the disk than the {_received[index]} bytes it held");
+                        }
+
+                        digest.AppendData(buffer, 0, read);
+                        left -= read;
+                    }
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(buffer);
+                }
+            }
+
+            _digests[index] = digest;
+            return digest;
+        }
+
+        private static byte[] HashOfFile(string path)
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+            return SHA256.HashData(stream);
+        }
+
         public void Dispose()
         {
             CloseOpen();
             _decompressor?.Dispose();
+            foreach (var digest in _digests)
+            {
+                digest?.Dispose();
+            }
+
         }
 
         private FileStream StreamFor(int index)

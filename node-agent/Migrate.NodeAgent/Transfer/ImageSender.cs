@@ -7,6 +7,7 @@ using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Options;
 using Migrate.Agent.Contracts.Security;
+using Migrate.Agent.Contracts.Transfer;
 using Migrate.Agent.Contracts.Tracing;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Checkpointing;
@@ -133,6 +134,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 SourceNode = _options.NodeName,
                 Manifest = manifest,
                 Compression = request.Compress ? Compression.Zstd : Compression.None,
+                Bulk = _options.BulkTransfer,
             },
         }, cancellationToken);
         if (!await call.ResponseStream.MoveNext(cancellationToken) || call.ResponseStream.Current.KindCase != UploadReply.KindOneofCase.Accepted)
@@ -154,65 +156,96 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         }, cancellationToken);
 
         int chunkSize = (int)Math.Min(accepted.MaxChunkBytes == 0 ? (uint)_options.MaxChunkBytes : accepted.MaxChunkBytes, (uint)_options.MaxChunkBytes);
-        var buffer = new byte[chunkSize];
+        // each buffer keeps room for a bulk frame's header in front of the chunk's bytes
+        const int Head = BulkFrame.HeaderBytes;
+        var buffer = new byte[Head + chunkSize];
         using var compressor = accepted.Compression == Compression.Zstd ? new ZstdSharp.Compressor(1) : null;
-        var compressed = compressor is null ? null : new byte[ZstdSharp.Compressor.GetCompressBound(chunkSize)];
+        var compressed = compressor is null ? null : new byte[Head + ZstdSharp.Compressor.GetCompressBound(chunkSize)];
+        long OffsetOf(int file) => (long)(accepted.ResumeFrom.FirstOrDefault(r => r.File == (uint)file)?.Offset ?? 0);
+        await using var lane = accepted.BulkTicket is { Length: > 0 } ticket
+            ? await BulkUpload.OpenAsync(tls, request.TargetAddress, request.TargetNode, ticket,
+                compressor is null ? BulkUpload.BodyLength(manifest.Files.Select((f, i) => Math.Max(0, (long)f.Size - OffsetOf(i))), chunkSize) : null,
+                cancellationToken)
+            : null;
+        progress.Lane = lane is null ? "grpc" : "bulk";
         var lastReport = clock.Elapsed;
         var paced = Stopwatch.StartNew();
         long sentThisAttempt = 0;
         ulong skipped = 0;
-        for (int i = 0; i < manifest.Files.Count; i++)
+        try
         {
-            var file = manifest.Files[i];
-            long offset = (long)(accepted.ResumeFrom.FirstOrDefault(r => r.File == (uint)i)?.Offset ?? 0);
-            skipped += (ulong)offset;
-            if (offset >= (long)file.Size)
+            for (int i = 0; i < manifest.Files.Count; i++)
             {
-                continue;
+                var file = manifest.Files[i];
+                long offset = OffsetOf(i);
+                skipped += (ulong)Math.Min(offset, (long)file.Size);
+                if (offset >= (long)file.Size)
+                {
+                    continue;
+                }
+
+                await using var stream = new FileStream(Path.Combine(directory, file.Path), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
+                stream.Position = offset;
+                while (offset < (long)file.Size)
+                {
+                    int want = (int)Math.Min(chunkSize, (long)file.Size - offset);
+                    int length = await stream.ReadAtLeastAsync(buffer.AsMemory(Head, want), want, throwOnEndOfStream: false, cancellationToken);
+                    if (length < want)
+                    {
+                        throw new InvalidOperationException($"{file.Path} shrank while it was sent");
+                    }
+
+                    var frame = buffer;
+                    int wireLength = length;
+                    if (compressor is not null)
+                    {
+                        frame = compressed!;
+                        wireLength = compressor.Wrap(buffer.AsSpan(Head, length), frame.AsSpan(Head));
+                    }
+
+                    if (lane is not null)
+                    {
+                        new BulkFrame((uint)i, (ulong)offset, (uint)length, (uint)wireLength).Write(frame);
+                        await lane.WriteAsync(frame.AsMemory(0, Head + wireLength), cancellationToken);
+                    }
+                    else
+                    {
+                        // one chunk in flight: the write completes once the message is serialized into the connection's window
+                        var data = UnsafeByteOperations.UnsafeWrap(frame.AsMemory(Head, wireLength));
+                        await call.RequestStream.WriteAsync(new UploadMessage { Chunk = new Chunk { File = (uint)i, Offset = (ulong)offset, Data = data, Length = (uint)length } }, cancellationToken);
+                    }
+
+                    offset += length;
+                    sentThisAttempt += length;
+                    if (bytesPerSecond > 0
+                        && TimeSpan.FromSeconds((double)sentThisAttempt / bytesPerSecond) - paced.Elapsed is { } ahead && ahead > TimeSpan.Zero)
+                    {
+                        await Task.Delay(ahead, cancellationToken);
+                    }
+
+                    progress.BytesSent += (ulong)length;
+                    progress.WireBytes += (ulong)wireLength;
+                    AgentTelemetry.TransferBytes.Add(length, new KeyValuePair<string, object?>("direction", "out"));
+                    if (clock.Elapsed - lastReport > TimeSpan.FromMilliseconds(250))
+                    {
+                        lastReport = clock.Elapsed;
+                        progress.BytesSkipped = skipped;
+                        progress.ElapsedMillis = (uint)clock.ElapsedMilliseconds;
+                        await report(progress);
+                    }
+                }
             }
 
-            await using var stream = new FileStream(Path.Combine(directory, file.Path), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
-            stream.Position = offset;
-            while (offset < (long)file.Size)
+            if (lane is not null)
             {
-                int length = await stream.ReadAtLeastAsync(buffer.AsMemory(0, (int)Math.Min(chunkSize, (long)file.Size - offset)), 1, throwOnEndOfStream: false, cancellationToken);
-                if (length == 0)
-                {
-                    throw new InvalidOperationException($"{file.Path} shrank while it was sent");
-                }
-
-                ByteString data;
-                if (compressor is not null)
-                {
-                    int size = compressor.Wrap(buffer.AsSpan(0, length), compressed);
-                    data = UnsafeByteOperations.UnsafeWrap(compressed.AsMemory(0, size));
-                }
-                else
-                {
-                    data = UnsafeByteOperations.UnsafeWrap(buffer.AsMemory(0, length));
-                }
-
-                // one chunk in flight: the write completes once the message is serialized into the connection's window
-                await call.RequestStream.WriteAsync(new UploadMessage { Chunk = new Chunk { File = (uint)i, Offset = (ulong)offset, Data = data, Length = (uint)length } }, cancellationToken);
-                offset += length;
-                sentThisAttempt += length;
-                if (bytesPerSecond > 0
-                    && TimeSpan.FromSeconds((double)sentThisAttempt / bytesPerSecond) - paced.Elapsed is { } ahead && ahead > TimeSpan.Zero)
-                {
-                    await Task.Delay(ahead, cancellationToken);
-                }
-
-                progress.BytesSent += (ulong)length;
-                progress.WireBytes += (ulong)data.Length;
-                AgentTelemetry.TransferBytes.Add(length, new KeyValuePair<string, object?>("direction", "out"));
-                if (clock.Elapsed - lastReport > TimeSpan.FromMilliseconds(250))
-                {
-                    lastReport = clock.Elapsed;
-                    progress.BytesSkipped = skipped;
-                    progress.ElapsedMillis = (uint)clock.ElapsedMilliseconds;
-                    await report(progress);
-                }
+                await lane.FinishAsync(cancellationToken);
             }
+        }
+        catch (Exception e) when (lane is not null && e is IOException or HttpRequestException)
+        {
+            // a lane cut by the target: the gRPC stream says why (a refusal is not retried)
+            await ThrowTargetsReasonAsync(replies);
+            throw;
         }
 
         // what the target already held when this (successful) attempt began, and was not sent again
@@ -223,6 +256,23 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         if (staged is null)
         {
             throw new RpcException(new Status(StatusCode.Internal, "the target closed the stream without staging the images"));
+        }
+    }
+
+    /// <summary>Rethrows the target's error from the gRPC stream if it ends with one within a few seconds.</summary>
+    private static async Task ThrowTargetsReasonAsync(Task replies)
+    {
+        try
+        {
+            await replies.WaitAsync(TimeSpan.FromSeconds(5));
+        }
+        catch (RpcException)
+        {
+            await replies;
+        }
+        catch (Exception e) when (e is TimeoutException or OperationCanceledException or IOException)
+        {
+            // no word from the target: the lane's own error stands
         }
     }
 
@@ -242,4 +292,9 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
 }
 
 /// <summary>This agent's mutual-TLS identity, when it has one.</summary>
-public sealed record AgentIdentity(AgentTls? Tls);
+public sealed record AgentIdentity(AgentTls? Tls)
+{
+    /// <summary>The node a caller's certificate names, if it chains to the cluster's CA.</summary>
+    public string? PeerOf(System.Security.Cryptography.X509Certificates.X509Certificate2? certificate) =>
+        certificate is not null && Tls?.IsTrusted(certificate) == true ? AgentTls.NameOf(certificate) : null;
+}
