@@ -54,6 +54,9 @@ public static class Reasons
     public const string TargetHasNoAgent = "TargetHasNoAgent";
     public const string TargetIncompatible = "TargetIncompatible";
     public const string AddressCannotMove = "AddressCannotMove";
+
+    // keepAddress left unset, the network could move the address but the pod has not exactly one IPv4 address (condition KeepsAddress False)
+    public const string PodAddressCannotMove = "PodAddressCannotMove";
     public const string NoEligibleTarget = "NoEligibleTarget";
 
     // a migration in flight ends (rolled back unless said otherwise)

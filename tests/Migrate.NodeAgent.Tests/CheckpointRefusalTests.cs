@@ -78,11 +78,62 @@ public sealed class CheckpointRefusalTests : IAsyncLifetime
         await AgentOnNode.WaitForTicksAsync(pod, "main", 5);
 
         var error = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(CheckpointTests.Begin("m-tcp", pod, _agent.NodeName)).ResponseAsync);
+        // keeping the address left to the agent: with two addresses this pod cannot keep one, so its connections cannot survive either
+        await AddSecondAddressAsync(pod);
+        var optional = CheckpointTests.Begin("m-tcp-optional", pod, _agent.NodeName);
+        optional.KeepAddress = true;
+        optional.AddressOptional = true;
+        var withOptional = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(optional).ResponseAsync);
 
         Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
         Assert.Contains("established TCP connection", error.Status.Detail, StringComparison.Ordinal);
         Assert.Contains("127.0.0.1:9000", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.FailedPrecondition, withOptional.StatusCode);
+        Assert.Contains("established TCP connection", withOptional.Status.Detail, StringComparison.Ordinal);
         await AssertUntouchedAsync(pod);
+    }
+
+    [Fact]
+    public async Task A_pod_that_cannot_keep_its_address_is_refused_when_keeping_is_required_and_gets_a_new_one_when_it_is_optional()
+    {
+        var pod = await _agent.RunPodAsync("two-addresses", CheckpointTests.Counter("main", 4));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 2);
+        await AddSecondAddressAsync(pod);
+        var required = CheckpointTests.Begin("m-required", pod, _agent.NodeName);
+        required.KeepAddress = true;
+        var optional = CheckpointTests.Begin("m-optional", pod, _agent.NodeName);
+        optional.KeepAddress = true;
+        optional.AddressOptional = true;
+
+        var refused = await AgentOnNode.ExpectErrorAsync(() => Client.BeginCheckpointAsync(required).ResponseAsync);
+        var prepared = await Client.BeginCheckpointAsync(optional);
+        var seen = await Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-optional" });
+        await Client.CleanupAsync(new MigrationRef { MigrationId = "m-optional" });
+
+        Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
+        Assert.Contains("cannot keep its address: the pod's network namespace has 2 IPv4 addresses (", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains("192.0.2.7/24 on podmig-extra", refused.Status.Detail, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(Path.Combine(_agent.StagingDirectory, "m-required")));
+        Assert.Equal(MigrationPhase.Prepared, prepared.Phase);
+        Assert.False(prepared.KeepsAddress);
+        Assert.StartsWith("the pod's network namespace has 2 IPv4 addresses (", prepared.AddressNote, StringComparison.Ordinal);
+        Assert.EndsWith("only a pod with one can keep it", prepared.AddressNote, StringComparison.Ordinal);
+        Assert.Contains($"it gets a new address ({prepared.AddressNote})", prepared.Message, StringComparison.Ordinal);
+        Assert.Equal(prepared.AddressNote, seen.AddressNote);
+        await AssertUntouchedAsync(pod);
+    }
+
+    /// <summary>A second IPv4 address in the pod's network namespace (on a veth pair of its own inside it, gone with the pod).</summary>
+    private async Task AddSecondAddressAsync(RunningTestPod pod)
+    {
+        // a pod with one address may hold connections when it keeps it: the probe finds the PID whatever the pod holds
+        var begin = CheckpointTests.Begin("m-probe-" + pod.Name, pod, _agent.NodeName);
+        begin.KeepAddress = true;
+        var probe = await Client.BeginCheckpointAsync(begin);
+        await Client.CleanupAsync(new MigrationRef { MigrationId = probe.MigrationId });
+        var network = $"--net=/proc/{probe.Containers[0].Pid}/ns/net";
+        Prerequisites.Run("nsenter", network, "ip", "link", "add", "podmig-extra", "type", "veth", "peer", "name", "podmig-extra1");
+        Prerequisites.Run("nsenter", network, "ip", "address", "add", "192.0.2.7/24", "dev", "podmig-extra");
     }
 
     [Fact]

@@ -141,8 +141,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 throw Refuse("no-containers", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} has no running container to checkpoint");
             }
 
-            var containers = pod.Containers.Select(c => Inspect(c, request.KeepAddress)).ToList();
-            var move = request.KeepAddress ? AddressToKeep(pod, containers[0]) : null;
+            var (move, addressNote) = request.KeepAddress ? AddressToKeep(pod, pod.Containers[0].Pid, request.AddressOptional) : (null, null);
+            var containers = pod.Containers.Select(c => Inspect(c, move is not null)).ToList();
             var record = new MigrationRecord
             {
                 MigrationId = request.MigrationId,
@@ -155,7 +155,9 @@ public sealed partial class CheckpointEngine : IDisposable
                 PreCopyMethod = Method(),
                 Containers = containers,
                 AddressMove = move,
-                Message = $"found {containers.Count} running container(s); nothing frozen" + (move is null ? "" : $"; its address {move.Cidr} moves with it"),
+                AddressNote = addressNote,
+                Message = $"found {containers.Count} running container(s); nothing frozen"
+                    + (move is not null ? $"; its address {move.Cidr} moves with it" : addressNote is not null ? $"; it gets a new address ({addressNote})" : ""),
             };
 
             lock (_registry)
@@ -635,9 +637,13 @@ public sealed partial class CheckpointEngine : IDisposable
     }
 
     /// <summary>The address a migration that keeps it moves: the pod's one IPv4 address, read in its network namespace.</summary>
-    private static AddressMoveRecord AddressToKeep(LocatedPod pod, ContainerRecord container)
+    /// <summary>
+    /// The address the pod keeps, or, when keeping it is <paramref name="optional"/> and the pod has
+    /// not exactly one IPv4 address, none and the reason (a required one is refused with it).
+    /// </summary>
+    private static (AddressMoveRecord? Move, string? Note) AddressToKeep(LocatedPod pod, int pid, bool optional)
     {
-        var path = string.Create(CultureInfo.InvariantCulture, $"/proc/{container.Pid}/ns/net");
+        var path = string.Create(CultureInfo.InvariantCulture, $"/proc/{pid}/ns/net");
         var shown = HostCommands.Run(new HostCommand("ip", "-j", "address", "show").InNetworkNamespace(path));
         if (!shown.Succeeded)
         {
@@ -647,7 +653,9 @@ public sealed partial class CheckpointEngine : IDisposable
         var (address, refusal) = AddressMove.FromIpJson(shown.Output);
         if (address is null)
         {
-            throw Refuse("address", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} cannot keep its address: {refusal}");
+            return optional
+                ? (null, refusal)
+                : throw Refuse("address", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} cannot keep its address: {refusal}");
         }
 
         var routes = HostCommands.Run(new HostCommand("ip", "-j", "route", "show").InNetworkNamespace(path));
@@ -656,14 +664,14 @@ public sealed partial class CheckpointEngine : IDisposable
             throw Refuse("address", StatusCode.FailedPrecondition, $"the routes of pod {pod.Namespace}/{pod.Name} could not be read: {routes.Error.Trim()}");
         }
 
-        return new AddressMoveRecord
+        return (new AddressMoveRecord
         {
             Interface = address.Interface,
             Cidr = address.Cidr,
             Mac = address.Mac,
             NamespacePath = path,
             Routes = [.. AddressHandover.RoutesFromIpJson(routes.Output, address.Interface).Select(r => new MovedRoute(r.Destination, r.Gateway))],
-        };
+        }, null);
     }
 
     /// <summary>

@@ -165,6 +165,9 @@ public sealed class MigrationRecord
     /// <summary>Set when the migration keeps the pod's address (and its TCP connections).</summary>
     public AddressMoveRecord? AddressMove { get; set; }
 
+    /// <summary>Why the pod's address does not move although keeping it was asked for, as optional.</summary>
+    public string? AddressNote { get; set; }
+
     /// <summary>When its staged files were removed (in memory only: a cleaned record has no directory to be saved in).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public long CleanedUnixMillis { get; set; }
@@ -213,6 +216,8 @@ public sealed class MigrationRecord
                 ? Agent.V1.PreCopyMethod.KernelTracking
                 : Agent.V1.PreCopyMethod.ContentComparison,
             Message = Message,
+            KeepsAddress = AddressMove is not null,
+            AddressNote = AddressNote ?? "",
         };
         status.Containers.Add(Containers.Select(c => new ContainerInfo { Name = c.Name, ContainerId = c.ContainerId, Image = c.Image, Pid = c.Pid }));
         if (FinalDump is not null)

@@ -328,6 +328,15 @@ public static class MigrationDecisions
                 return f.SourceAgent.Reachable ? Do(new MigrationAction.BeginCheckpoint(), TimeSpan.Zero) : Wait();
             }
 
+            if (_s.Is(ConditionTypes.KeepsAddress) && f.Request.Spec.KeepAddress != true && !Source.KeepsAddress && Source.AddressNote is { Length: > 0 } note)
+            {
+                // the network could move the address, the pod could not keep it: a new one, said before the replacement is made
+                var message = $"The replacement gets a new address: {note}.";
+                Set(ConditionTypes.KeepsAddress, false, Reasons.PodAddressCannotMove, message);
+                _events.Add(new EventNote("Normal", Reasons.PodAddressCannotMove, message));
+                return Do(MigrationAction.None, TimeSpan.Zero);
+            }
+
             if (Incoming?.Expected != true)
             {
                 return f.TargetAgent.Reachable ? Do(new MigrationAction.ExpectImages(_s.TargetNode!), TimeSpan.Zero) : Wait();

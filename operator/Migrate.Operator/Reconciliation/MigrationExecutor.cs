@@ -155,6 +155,8 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     Pod = new PodRef { Namespace = ns, Name = request.Spec.PodName, Uid = facts.SourcePod?.Metadata.Uid ?? "" },
                     NodeName = status.SourceNode,
                     KeepAddress = KeepsAddress(request),
+                    // left to the operator (keepAddress unset): a pod that cannot keep its address gets a new one
+                    AddressOptional = request.Spec.KeepAddress is null,
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.ExpectImages expect:

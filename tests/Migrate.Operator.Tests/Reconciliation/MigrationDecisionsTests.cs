@@ -54,6 +54,20 @@ public sealed class MigrationDecisionsTests
         new("pre-copy converged, no replacement: make it (the source still runs)", () => At("Checkpointing", mode: "PreCopy") with { SourceAgent = Source(preCopy: Op("PreCopy", OperationState.Succeeded), converged: true) },
             d => { Assert.Equal("node-b", Is<MigrationAction.CreateReplacement>(d).Node); Assert.False(d.Status.Is(ConditionTypes.Frozen)); }),
         new("cold: no pre-copy, the replacement at once", () => At("Checkpointing"), d => Is<MigrationAction.CreateReplacement>(d)),
+        new("the network moves addresses, the pod could not keep its own (keepAddress unset): a new address, said before the replacement is made",
+            () => KeepingAddress(At("Checkpointing"), spec: null, kept: false, note: "the pod's network namespace has 2 IPv4 addresses (10.1.0.5/24 on eth0, 10.2.0.5/24 on net1); only a pod with one can keep it"),
+            d =>
+            {
+                Nothing(d);
+                var condition = d.Status.Condition(ConditionTypes.KeepsAddress)!;
+                Assert.Equal(("False", "PodAddressCannotMove"), (condition.Status, condition.Reason));
+                Assert.Equal("The replacement gets a new address: the pod's network namespace has 2 IPv4 addresses (10.1.0.5/24 on eth0, 10.2.0.5/24 on net1); only a pod with one can keep it.", condition.Message);
+                Assert.Contains(d.Events, e => e.Reason == "PodAddressCannotMove");
+            }),
+        new("the pod keeps its address: the replacement at once, KeepsAddress stays", () => KeepingAddress(At("Checkpointing"), spec: null, kept: true, note: ""),
+            d => { Is<MigrationAction.CreateReplacement>(d); Assert.True(d.Status.Is(ConditionTypes.KeepsAddress)); }),
+        new("keepAddress required: never turned into a new address", () => KeepingAddress(At("Checkpointing"), spec: true, kept: false, note: "no IPv4 address"),
+            d => { Is<MigrationAction.CreateReplacement>(d); Assert.True(d.Status.Is(ConditionTypes.KeepsAddress)); }),
         new("the replacement's sandbox is not ready: wait, no freeze", () => At("Checkpointing") with { Replacement = Pod(Replacement, "node-b", "Pending") },
             d => { Waits(d); Assert.StartsWith("Preparing the replacement pod", d.Status.Message, StringComparison.Ordinal); }),
         new("the replacement waits for the images: hand off", () => At("Checkpointing") with { Replacement = Pod(Replacement, "node-b", "Pending"), TargetAgent = Target(waiting: true) },
@@ -248,6 +262,17 @@ public sealed class MigrationDecisionsTests
             SourceAgent = Source(),
             TargetAgent = Target(),
         };
+    }
+
+    /// <summary>Admission decided the address is kept; the source agent reports whether the pod could keep it.</summary>
+    private static MigrationFacts KeepingAddress(MigrationFacts facts, bool? spec, bool kept, string note)
+    {
+        facts.Request.Spec.KeepAddress = spec;
+        facts.Request.Status!.SetCondition(ConditionTypes.KeepsAddress, "True", "NetworkMovesAddresses", "kept", 1, Now.AddSeconds(-30));
+        var source = facts.SourceAgent.Migration!.Clone();
+        source.KeepsAddress = kept;
+        source.AddressNote = note;
+        return facts with { SourceAgent = AgentView.Knows(source) };
     }
 
     private static MigrationFacts Rolling(string phase, DateTime? since = null, bool keepsName = false, bool savedSource = false, bool retired = false, bool frozen = false)
