@@ -42,10 +42,9 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <summary>How long a cleaned migration's record stays in memory.</summary>
     private static readonly TimeSpan CleanedRecordsKept = TimeSpan.FromHours(1);
     private readonly SemaphoreSlim _criuGate = new(1, 1);
-    private readonly NamespaceStepRunner _namespaces = new();
+    private readonly SourceAddressHandover _handover = new(new NamespaceStepRunner());
 
     /// <summary>How long a pod keeping its connections may take, locked, to accept the connections already queued for it.</summary>
-    private static readonly TimeSpan InFlightDrainLimit = TimeSpan.FromMilliseconds(200);
     private Criu.Incremental.PreCopyMethod? _method;
 
     public CheckpointEngine(PodLocator locator, CriuClient criu, IOptions<AgentOptions> options, ILogger<CheckpointEngine> logger, MigrationEvents? events = null)
@@ -392,12 +391,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 // lifts the lock: for its peers the downtime starts now
                 step = "locking the pod's network";
                 record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
-                locking.Locked = true;
-                record.Save();
-                new PodNetworkLock(_namespaces).Lock(locking.NamespacePath);
-                // connections the kernel completed but the pod did not accept yet cannot be dumped: the pod, still
-                // running, gets a moment to accept them (no new one arrives through the lock); any left are skipped
-                inFlight = AcceptQueues.Drain(record.Containers[0].Pid, InFlightDrainLimit);
+                // queued connections the pod has not accepted yet are given a moment; any left are skipped
+                inFlight = _handover.Lock(locking, record.Containers[0].Pid, record.Save);
                 response.NetworkMillis = Millis(clock.Elapsed);
             }
 
@@ -456,12 +451,8 @@ public sealed partial class CheckpointEngine : IDisposable
             {
                 // the address leaves the source only after the dump; the target claims it after the commit
                 step = "releasing the pod's address";
-                new AddressMove(releasing.Interface, releasing.Cidr, releasing.Mac, [.. record.Containers.Select(c => c.Name)], releasing.Routes)
-                    .Write(Path.Combine(record.StagingDirectory, AddressMove.FileName));
-                releasing.Released = true;
-                record.Save();
                 var released = clock.Elapsed;
-                _namespaces.Run(releasing.NamespacePath, AddressHandover.Release(releasing.ToAddress()), "release the pod's address");
+                _handover.Release(releasing, record.StagingDirectory, record.Containers.Select(c => c.Name), record.Save);
                 response.NetworkMillis += Millis(clock.Elapsed - released);
             }
 
@@ -636,91 +627,34 @@ public sealed partial class CheckpointEngine : IDisposable
             volumes);
     }
 
-    /// <summary>The address a migration that keeps it moves: the pod's one IPv4 address, read in its network namespace.</summary>
     /// <summary>
     /// The address the pod keeps, or, when keeping it is <paramref name="optional"/> and the pod has
     /// not exactly one IPv4 address, none and the reason (a required one is refused with it).
     /// </summary>
     private static (AddressMoveRecord? Move, string? Note) AddressToKeep(LocatedPod pod, int pid, bool optional)
     {
-        var path = string.Create(CultureInfo.InvariantCulture, $"/proc/{pid}/ns/net");
-        var shown = HostCommands.Run(new HostCommand("ip", "-j", "address", "show").InNetworkNamespace(path));
-        if (!shown.Succeeded)
-        {
-            throw Refuse("address", StatusCode.FailedPrecondition, $"the addresses of pod {pod.Namespace}/{pod.Name} could not be read: {shown.Error.Trim()}");
-        }
-
-        var (address, refusal) = AddressMove.FromIpJson(shown.Output);
-        if (address is null)
-        {
-            return optional
-                ? (null, refusal)
-                : throw Refuse("address", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} cannot keep its address: {refusal}");
-        }
-
-        var routes = HostCommands.Run(new HostCommand("ip", "-j", "route", "show").InNetworkNamespace(path));
-        if (!routes.Succeeded)
-        {
-            throw Refuse("address", StatusCode.FailedPrecondition, $"the routes of pod {pod.Namespace}/{pod.Name} could not be read: {routes.Error.Trim()}");
-        }
-
-        return (new AddressMoveRecord
-        {
-            Interface = address.Interface,
-            Cidr = address.Cidr,
-            Mac = address.Mac,
-            NamespacePath = path,
-            Routes = [.. AddressHandover.RoutesFromIpJson(routes.Output, address.Interface).Select(r => new MovedRoute(r.Destination, r.Gateway))],
-        }, null);
-    }
-
-    /// <summary>
-    /// Rollback of the source's part of an address handover: the address back on the pod's
-    /// interface (with its MAC), the lock lifted, the segment told where the address is.
-    /// </summary>
-    private void GiveBackNetwork(MigrationRecord record)
-    {
-        if (record.AddressMove is not { } move || !(move.Locked || move.Released))
-        {
-            return;
-        }
-
-        // each step is tried whatever the one before did: a pod whose address could not be put back is at least unlocked
-        var address = move.ToAddress();
-        var failures = new List<string>();
-        if (move.Released && Attempt(() => _namespaces.Run(move.NamespacePath, AddressHandover.Claim(address, move.ToRoutes()), "take the pod's address back"), failures))
-        {
-            move.Released = false;
-        }
-
-        if (Attempt(() => new PodNetworkLock(_namespaces).Unlock(move.NamespacePath), failures))
-        {
-            move.Locked = false;
-        }
-
-        record.Save();
-        if (!move.Released)
-        {
-            _ = Attempt(() => _namespaces.Run(move.NamespacePath, AddressHandover.Announce(address), "announce the pod's address"), failures);
-        }
-
-        if (failures.Count > 0)
-        {
-            throw new IOException(string.Join("; ", failures));
-        }
-    }
-
-    private static bool Attempt(Action step, List<string> failures)
-    {
+        AddressMoveRecord? move;
+        string? refusal;
         try
         {
-            step();
-            return true;
+            (move, refusal) = SourceAddressHandover.Read(pid);
         }
-        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+        catch (IOException e)
         {
-            failures.Add(e.Message);
-            return false;
+            throw Refuse("address", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} cannot keep its address: {e.Message}");
+        }
+
+        return move is not null || optional
+            ? (move, refusal)
+            : throw Refuse("address", StatusCode.FailedPrecondition, $"pod {pod.Namespace}/{pod.Name} cannot keep its address: {refusal}");
+    }
+
+    /// <summary>The source's part of an address handover undone (<see cref="SourceAddressHandover.GiveBack"/>), if the migration moves one.</summary>
+    private void GiveBackNetwork(MigrationRecord record)
+    {
+        if (record.AddressMove is { } move)
+        {
+            _handover.GiveBack(move, record.Save);
         }
     }
 
