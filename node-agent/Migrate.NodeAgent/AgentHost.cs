@@ -37,6 +37,7 @@ public static class AgentHost
             builder.Configuration.AddInMemoryCollection(AgentCredentials.Fetch(section, Console.Error));
         }
 
+        PublishPinKey(builder.Configuration.GetSection(AgentOptions.Section));
         var endpoint = ParseEndpoint(section[nameof(AgentOptions.ListenAddress)] ?? new AgentOptions().ListenAddress);
         var identity = new AgentIdentity(LoadTls(section));
         builder.Services.AddSingleton(identity);
@@ -137,6 +138,21 @@ public static class AgentHost
             .Where(Directory.Exists).Sum(d => Directory.EnumerateDirectories(d).Count()));
         AgentTelemetry.MeasureStagingIn(settings.StagingDirectory);
         return app;
+    }
+
+    /// <summary>The operator's public key, copied where the node's podmig-ipam reads it (written whole, then renamed into place).</summary>
+    internal static void PublishPinKey(IConfigurationSection section)
+    {
+        if (section[nameof(AgentOptions.TokenPublicKeyFile)] is not { Length: > 0 } key || (section[nameof(AgentOptions.PinKeyFile)] ?? new AgentOptions().PinKeyFile) is not { Length: > 0 } pin)
+        {
+            return;
+        }
+
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(pin))!);
+        var partial = pin + ".partial";
+        File.Copy(key, partial, overwrite: true);
+        File.SetUnixFileMode(partial, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+        File.Move(partial, pin, overwrite: true);
     }
 
     private static AgentTls? LoadTls(IConfigurationSection section)

@@ -92,6 +92,12 @@ public sealed class AgentOptions
     /// <summary>The operator's public key (PEM) that signs transfer tokens.</summary>
     public string? TokenPublicKeyFile { get; set; }
 
+    /// <summary>
+    /// Where this agent copies the operator's public key at start, for the node's podmig-ipam to check
+    /// the operator's signature on a pinned address (its pinKeyFile); a host path. Empty: not written.
+    /// </summary>
+    public string? PinKeyFile { get; set; } = "/var/lib/podmig/pin-key.pem";
+
     /// <summary>Incoming image streams served at once.</summary>
     [Range(1, 1024)]
     public int MaxIncomingStreams { get; set; } = 8;

@@ -15,7 +15,9 @@ namespace Migrate.RestoreRuntime;
 /// gets the source's address while the source still holds it; its namespace is told never to
 /// answer ARP (<c>arp_ignore</c> 8) until the agent claims the address at the freeze, so the
 /// segment keeps sending the address's traffic to the source until then.
-/// Configuration (the network's "ipam" object): subnet, rangeStart, rangeEnd, gateway, dataDir.
+/// The pin is honoured only with the operator's signature on it (<see cref="Annotations.PinnedAddressToken"/>),
+/// checked with the operator's public key in pinKeyFile (written there by the node's agent).
+/// Configuration (the network's "ipam" object): subnet, rangeStart, rangeEnd, gateway, dataDir, pinKeyFile.
 /// </summary>
 public static partial class CniIpam
 {
@@ -80,7 +82,7 @@ public static partial class CniIpam
             switch (command)
             {
                 case "ADD":
-                    var pinned = Pinned(root);
+                    var pinned = Pinned(root, environment, Text(ipam, "pinKeyFile") ?? DefaultPinKeyFile, DateTimeOffset.UtcNow);
                     var decision = AddressPool.Allocate(range, store.Held(), who, pinned, store.LastAllocated());
                     if (decision.Address is not { } address)
                     {
@@ -130,8 +132,15 @@ public static partial class CniIpam
         }
     }
 
-    /// <summary>The pinned address, honoured only on a pod a migration restores (the operator sets both).</summary>
-    private static IPAddress? Pinned(JsonElement root)
+    /// <summary>Where the node's agent writes the operator's public key (its DaemonSet mounts /var/lib/podmig from the host).</summary>
+    public const string DefaultPinKeyFile = "/var/lib/podmig/pin-key.pem";
+
+    /// <summary>
+    /// The pinned address, honoured only on a pod a migration restores and only with the operator's
+    /// signature on that address for that pod and migration (<see cref="PinToken"/>), checked with
+    /// the public key in <paramref name="keyFile"/>.
+    /// </summary>
+    private static IPAddress? Pinned(JsonElement root, Func<string, string?> environment, string keyFile, DateTimeOffset now)
     {
         if (!root.TryGetProperty("runtimeConfig", out var runtime) || !runtime.TryGetProperty(Capability, out var annotations)
             || annotations.ValueKind != JsonValueKind.Object || Text(annotations, Annotations.PinnedAddress) is not { } text)
@@ -139,14 +148,53 @@ public static partial class CniIpam
             return null;
         }
 
-        if (Text(annotations, Annotations.RestoreFrom) is null)
+        if (Text(annotations, Annotations.RestoreFrom) is not { } migration)
         {
             throw new CniException(7, $"annotation {Annotations.PinnedAddress} is honoured only on a pod restored by a migration ({Annotations.RestoreFrom})");
         }
 
-        return IPAddress.TryParse(text, out var address) && address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork
-            ? address
-            : throw new CniException(7, $"annotation {Annotations.PinnedAddress} '{text}' is not an IPv4 address");
+        if (!IPAddress.TryParse(text, out var address) || address.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
+        {
+            throw new CniException(7, $"annotation {Annotations.PinnedAddress} '{text}' is not an IPv4 address");
+        }
+
+        var (ns, pod) = PodOf(environment("CNI_ARGS"));
+        if (ns is null || pod is null)
+        {
+            throw new CniException(4, $"CNI_ARGS names no K8S_POD_NAMESPACE and K8S_POD_NAME: the pinned address {text} cannot be checked against its pod");
+        }
+
+        if (!File.Exists(keyFile))
+        {
+            throw new CniException(7, $"the pinned address {text} cannot be checked: this node has no operator key in {keyFile} (ipam pinKeyFile; the node's agent writes it)");
+        }
+
+        using var key = OperatorSignature.LoadKey(keyFile);
+        return PinToken.Refusal(key, Text(annotations, Annotations.PinnedAddressToken), now, text, migration, ns, pod) is { } refusal
+            ? throw new CniException(7, $"annotation {Annotations.PinnedAddress} {text} on pod {ns}/{pod} is refused: {refusal}")
+            : address;
+    }
+
+    /// <summary>The pod's namespace and name from CNI_ARGS ("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=name;...", as CRI runtimes pass them).</summary>
+    internal static (string? Namespace, string? Pod) PodOf(string? cniArgs)
+    {
+        string? ns = null;
+        string? pod = null;
+        foreach (var pair in (cniArgs ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var (key, value) = pair.IndexOf('=', StringComparison.Ordinal) is > 0 and var equals ? (pair[..equals], pair[(equals + 1)..]) : (pair, "");
+            switch (key)
+            {
+                case "K8S_POD_NAMESPACE" when value.Length > 0:
+                    ns = value;
+                    break;
+                case "K8S_POD_NAME" when value.Length > 0:
+                    pod = value;
+                    break;
+            }
+        }
+
+        return (ns, pod);
     }
 
     private static void Silence(string? namespacePath)

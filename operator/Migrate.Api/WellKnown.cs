@@ -99,6 +99,9 @@ public static class Annotations
     /// <summary>On a replacement pod whose migration keeps the pod's address: the address its network must give it (podmig-ipam honours it only beside <see cref="RestoreFrom"/>).</summary>
     public const string PinnedAddress = Keys.Domain + "pinned-address";
 
+    /// <summary>The operator's signature on <see cref="PinnedAddress"/> (<see cref="PinToken"/>): the node's IPAM honours no pin without it.</summary>
+    public const string PinnedAddressToken = Keys.Domain + "pinned-address-token";
+
     /// <summary>On a replacement pod until cut-over: the source's labels, as JSON.</summary>
     public const string HeldLabels = Keys.Domain + "held-labels";
 

@@ -77,6 +77,7 @@ public static class OperatorHost
         {
             BandwidthPerMigration = (ulong)Math.Max(0, options.BandwidthPerMigration),
             LazyRestore = options.LazyRestore,
+            MintPin = PinMinter(tokenKey),
         });
         builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(),
@@ -138,6 +139,13 @@ public static class OperatorHost
             ? TransferToken.Mint(signing, claims)
             : throw new TransientActionException(
                 "the operator has no key to sign transfer tokens with (Operator:TokenSigningKeyFile, or Operator:ManageAgentCertificates)");
+
+    /// <summary>Signs replacements' pinned addresses with the same key as transfer tokens (the nodes hold its public half).</summary>
+    private static Func<PinClaims, string> PinMinter(Func<ECDsa?> key) =>
+        claims => key() is { } signing
+            ? PinToken.Mint(signing, claims)
+            : throw new TransientActionException(
+                "the operator has no key to sign pinned addresses with (Operator:TokenSigningKeyFile, or Operator:ManageAgentCertificates)");
 
     private static KubernetesClientConfiguration ClientConfiguration(OperatorOptions options) =>
         options.Kubeconfig is { Length: > 0 } path

@@ -29,6 +29,7 @@ public sealed class AgentCredentialsTests(EmulatorFixture cluster) : IClassFixtu
             "--Agent:CertificateSecret=agent-{node}",
             "--Agent:CertificateSecretNamespace=default",
             $"--Agent:CredentialsDirectory={credentials}",
+            $"--Agent:PinKeyFile={Path.Combine(root, "host", "pin-key.pem")}",
             $"--Agent:Kubeconfig={cluster.Emulator.KubeconfigPath}",
             "--Logging:LogLevel:Default=Warning",
         ]));
@@ -57,6 +58,12 @@ public sealed class AgentCredentialsTests(EmulatorFixture cluster) : IClassFixtu
                 Assert.Equal(Encoding.ASCII.GetString(bytes), File.ReadAllText(file));
                 Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(file));
             }
+
+            // the operator's public key, published for the node's podmig-ipam (readable by all: it is public)
+            var pinKey = Path.Combine(root, "host", "pin-key.pem");
+            Assert.Equal(Encoding.ASCII.GetString(data["token.pub"]), File.ReadAllText(pinKey));
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead, File.GetUnixFileMode(pinKey));
+            Assert.False(File.Exists(pinKey + ".partial"));
         }
         finally
         {

@@ -64,6 +64,7 @@ public sealed class AgentOnNode : IAsyncDisposable
             $"--Agent:CriSocket={Node.SocketPath}",
             $"--Agent:StagingDirectory={StagingDirectory}",
             $"--Agent:IncomingDirectory={Node.IncomingDirectory}",
+            "--Agent:PinKeyFile=",
             "--Logging:LogLevel:Default=Warning",
         ]);
         await _agent.StartAsync();

@@ -23,6 +23,7 @@ public sealed class NodeAnnouncementTests(EmulatorFixture cluster) : IClassFixtu
             $"--Agent:CriSocket={Path.Combine(root, "no-cri.sock")}",
             $"--Agent:StagingDirectory={Path.Combine(root, "staging")}",
             $"--Agent:IncomingDirectory={Path.Combine(root, "incoming")}",
+            "--Agent:PinKeyFile=",
             "--Agent:AnnounceToNode=true",
             "--Agent:AdvertiseAddress=10.1.2.3:7070",
             $"--Agent:Kubeconfig={cluster.Emulator.KubeconfigPath}",

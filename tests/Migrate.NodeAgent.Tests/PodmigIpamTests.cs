@@ -14,12 +14,17 @@ public sealed class PodmigIpamTests : IDisposable
 {
     private readonly string _directory = Directory.CreateTempSubdirectory("podmig-ipam-").FullName;
     private readonly string _namespace = "pmt-ipam-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(3));
+    private readonly ECDsa _operatorKey = ECDsa.Create(ECCurve.NamedCurves.nistP256);
 
     public PodmigIpamTests()
     {
         Prerequisites.RequireRoot();
         Prerequisites.Run("ip", "netns", "add", _namespace);
+        // the operator's public key where the node's agent would publish it
+        File.WriteAllText(PinKeyFile, _operatorKey.ExportSubjectPublicKeyInfoPem());
     }
+
+    private string PinKeyFile => Path.Combine(_directory, "pin-key.pem");
 
     private string Store => Path.Combine(_directory, "flat");
 
@@ -57,16 +62,42 @@ public sealed class PodmigIpamTests : IDisposable
     [InlineData("PIN-NO-RESTORE", 7, "honoured only on a pod restored by a migration")]
     [InlineData("PIN-OUTSIDE", 7, "the pinned address 10.78.0.5 is not one this network hands out")]
     [InlineData("PIN-GARBAGE", 7, "is not an IPv4 address")]
+    [InlineData("PIN-NO-TOKEN", 7, "10.77.0.15 on pod default/c9 is refused: no pinned-address token")]
+    [InlineData("PIN-FORGED", 7, "is refused: the pinned-address token's signature is not the operator's")]
+    [InlineData("PIN-OTHER-POD", 7, "is refused: the pinned-address token is for 10.77.0.15 on pod default/c8 of migration m1, not 10.77.0.15 on pod default/c9 of migration m1")]
+    [InlineData("PIN-OTHER-ADDRESS", 7, "the pinned-address token is for 10.77.0.16 on pod default/c9 of migration m1, not 10.77.0.15")]
+    [InlineData("PIN-OTHER-MIGRATION", 7, "of migration m0, not 10.77.0.15 on pod default/c9 of migration m1")]
+    [InlineData("PIN-EXPIRED", 7, "is refused: the pinned-address token expired at")]
+    [InlineData("PIN-NO-KEY", 7, "this node has no operator key in")]
+    [InlineData("PIN-NO-POD", 4, "CNI_ARGS names no K8S_POD_NAMESPACE and K8S_POD_NAME")]
     public void A_bad_configuration_or_pin_is_refused_with_a_CNI_error_and_changes_nothing(string config, int code, string message)
     {
+        var now = DateTimeOffset.UtcNow;
+        string Pin(string address, string migration, string pod, DateTimeOffset expires, ECDsa? key = null) =>
+            Migrate.Api.PinToken.Mint(key ?? _operatorKey, new Migrate.Api.PinClaims(address, migration, "default", pod, expires.ToUnixTimeSeconds()));
+        using var forger = ECDsa.Create(ECCurve.NamedCurves.nistP256);
+        string? cniArgs = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=c9;K8S_POD_INFRA_CONTAINER_ID=c9";
         config = config switch
         {
-            "PIN-NO-RESTORE" => Config(pin: "10.77.0.20", restoreFrom: null),
-            "PIN-OUTSIDE" => Config(pin: "10.78.0.5", restoreFrom: "m1"),
-            "PIN-GARBAGE" => Config(pin: "10.77.0.5; rm -rf /", restoreFrom: "m1"),
+            "PIN-NO-RESTORE" => Config("c9", pin: "10.77.0.20", restoreFrom: null),
+            "PIN-OUTSIDE" => Config("c9", pin: "10.78.0.5", restoreFrom: "m1"),
+            "PIN-GARBAGE" => Config("c9", pin: "10.77.0.5; rm -rf /", restoreFrom: "m1"),
+            "PIN-NO-TOKEN" => Config("c9", pin: "10.77.0.15", restoreFrom: "m1", token: ""),
+            "PIN-FORGED" => Config("c9", pin: "10.77.0.15", restoreFrom: "m1", token: Pin("10.77.0.15", "m1", "c9", now.AddHours(1), forger)),
+            "PIN-OTHER-POD" => Config("c9", pin: "10.77.0.15", restoreFrom: "m1", token: Pin("10.77.0.15", "m1", "c8", now.AddHours(1))),
+            "PIN-OTHER-ADDRESS" => Config("c9", pin: "10.77.0.15", restoreFrom: "m1", token: Pin("10.77.0.16", "m1", "c9", now.AddHours(1))),
+            "PIN-OTHER-MIGRATION" => Config("c9", pin: "10.77.0.15", restoreFrom: "m1", token: Pin("10.77.0.15", "m0", "c9", now.AddHours(1))),
+            "PIN-EXPIRED" => Config("c9", pin: "10.77.0.15", restoreFrom: "m1", token: Pin("10.77.0.15", "m1", "c9", now.AddMinutes(-1))),
+            "PIN-NO-KEY" => Config("c9", pin: "10.77.0.15", restoreFrom: "m1", keyFile: Path.Combine(_directory, "absent.pem")),
+            "PIN-NO-POD" => Config("c9", pin: "10.77.0.15", restoreFrom: "m1"),
             _ => config,
         };
-        var (exit, output) = Run("ADD", "c9", config);
+        if (message.StartsWith("CNI_ARGS", StringComparison.Ordinal))
+        {
+            cniArgs = null;
+        }
+
+        var (exit, output) = Run("ADD", "c9", config, cniArgs: cniArgs);
         Assert.Equal(1, exit);
         using var error = JsonDocument.Parse(output);
         Assert.Equal(code, error.RootElement.GetProperty("code").GetInt32());
@@ -110,13 +141,14 @@ public sealed class PodmigIpamTests : IDisposable
 
     public void Dispose()
     {
+        _operatorKey.Dispose();
         _ = Prerequisites.Capture("ip", ["netns", "delete", _namespace]);
         Directory.Delete(_directory, recursive: true);
     }
 
     private (string Address, string Gateway) Add(string container, string? pin = null, string? restoreFrom = null)
     {
-        var (exit, output) = Run("ADD", container, Config(pin, restoreFrom));
+        var (exit, output) = Run("ADD", container, Config(container, pin, restoreFrom));
         Assert.True(exit == 0, output);
         using var result = JsonDocument.Parse(output);
         var ip = result.RootElement.GetProperty("ips")[0];
@@ -124,12 +156,21 @@ public sealed class PodmigIpamTests : IDisposable
         return (ip.GetProperty("address").GetString()!, ip.GetProperty("gateway").GetString()!);
     }
 
-    private string Config(string? pin = null, string? restoreFrom = null)
+    /// <summary>
+    /// A configuration as the runtime passes it for pod default/<paramref name="pod"/>. A pin carries
+    /// the operator's token for exactly that pin unless <paramref name="token"/> says otherwise ("" for none).
+    /// </summary>
+    private string Config(string pod = "c0", string? pin = null, string? restoreFrom = null, string? token = null, string? keyFile = null)
     {
         var annotations = new Dictionary<string, string>();
         if (pin is not null)
         {
             annotations[Migrate.Api.Annotations.PinnedAddress] = pin;
+            token ??= Migrate.Api.PinToken.Mint(_operatorKey, new Migrate.Api.PinClaims(pin, restoreFrom ?? "", "default", pod, DateTimeOffset.UtcNow.AddHours(1).ToUnixTimeSeconds()));
+            if (token.Length > 0)
+            {
+                annotations[Migrate.Api.Annotations.PinnedAddressToken] = token;
+            }
         }
 
         if (restoreFrom is not null)
@@ -141,12 +182,17 @@ public sealed class PodmigIpamTests : IDisposable
         {
             ["cniVersion"] = "0.4.0",
             ["name"] = "flat",
-            ["ipam"] = new Dictionary<string, string> { ["type"] = "podmig-ipam", ["subnet"] = "10.77.0.0/24", ["rangeStart"] = "10.77.0.10", ["rangeEnd"] = "10.77.0.20", ["dataDir"] = _directory },
+            ["ipam"] = new Dictionary<string, string>
+            {
+                ["type"] = "podmig-ipam", ["subnet"] = "10.77.0.0/24", ["rangeStart"] = "10.77.0.10", ["rangeEnd"] = "10.77.0.20", ["dataDir"] = _directory,
+                ["pinKeyFile"] = keyFile ?? PinKeyFile,
+            },
             ["runtimeConfig"] = new Dictionary<string, object> { ["io.kubernetes.cri.pod-annotations"] = annotations },
         });
     }
 
-    private (int Exit, string Output) Run(string command, string container, string config, string @interface = "eth0")
+    /// <summary>Runs the plugin as a runtime would for pod default/<paramref name="container"/> (CNI_ARGS as containerd sets them, unless given).</summary>
+    private (int Exit, string Output) Run(string command, string container, string config, string @interface = "eth0", string? cniArgs = "")
     {
         var start = new ProcessStartInfo(RepositoryLayout.RestoreRuntime) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.Environment["CNI_COMMAND"] = command;
@@ -154,6 +200,11 @@ public sealed class PodmigIpamTests : IDisposable
         start.Environment["CNI_IFNAME"] = @interface;
         start.Environment["CNI_NETNS"] = "/run/netns/" + _namespace;
         start.Environment["CNI_PATH"] = "/usr/lib/cni";
+        if (cniArgs is not null)
+        {
+            start.Environment["CNI_ARGS"] = cniArgs.Length > 0 ? cniArgs : $"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container};K8S_POD_INFRA_CONTAINER_ID={container}";
+        }
+
         using var process = Process.Start(start)!;
         process.StandardInput.Write(config);
         process.StandardInput.Close();

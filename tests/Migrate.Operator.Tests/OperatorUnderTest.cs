@@ -34,7 +34,10 @@ public sealed class OperatorUnderTest : IAsyncDisposable
         leader ??= new AlwaysLeader();
         var cache = new ClusterCache(client, NullLoggerFactory.Instance, time);
         var executor = new MigrationExecutor(client, agents, mintToken ?? (claims => $"token-for-{claims.MigrationId}-to-{claims.TargetNode}"), time,
-            new EventRecorder(client, time), leader);
+            new EventRecorder(client, time), leader)
+        {
+            MintPin = claims => $"pin-{claims.Address}-for-{claims.Namespace}/{claims.Pod}-of-{claims.MigrationId}",
+        };
         var controller = new MigrationController(client, cache, agents, leader, NullLogger<MigrationController>.Instance, time, executor,
             policy ?? new MigrationPolicy { PollInterval = TimeSpan.FromMilliseconds(200) });
         var drain = drains ? new DrainController(client, cache, leader, NullLogger<DrainController>.Instance, time) { Resync = TimeSpan.FromMilliseconds(300) } : null;

@@ -96,7 +96,7 @@ public sealed class ContainerdNode : IAsyncDisposable
         var cniBin = network?.BinDirectory ?? (File.Exists("/usr/lib/cni/bridge") ? "/usr/lib/cni" : "/opt/cni/bin");
         // Pods get an address on a private bridge and no default route: nothing leaves the machine.
         // On a sandbox's shared network, every node's pods share one bridge and one address range.
-        File.WriteAllText(Path.Combine(state, "cni", "10-podmig.conflist"), network?.ConfigList() ?? $$"""
+        File.WriteAllText(Path.Combine(state, "cni", "10-podmig.conflist"), network?.ConfigList(Path.Combine(root, "pin-key.pem")) ?? $$"""
             {
               "cniVersion": "0.4.0",
               "name": "podmig-{{id}}",

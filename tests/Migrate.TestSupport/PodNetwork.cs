@@ -78,8 +78,8 @@ public sealed class PodNetwork : IDisposable
         return network;
     }
 
-    /// <summary>The conflist a node of this network uses.</summary>
-    public string ConfigList() => $$"""
+    /// <summary>The conflist a node of this network uses; <paramref name="pinKeyFile"/> is where the node's agent writes the operator's public key.</summary>
+    public string ConfigList(string pinKeyFile) => $$"""
         {
           "cniVersion": "0.4.0",
           "name": "{{Name}}",
@@ -95,7 +95,8 @@ public sealed class PodNetwork : IDisposable
                 "subnet": "{{Subnet}}",
                 "rangeStart": "{{Prefix}}{{FirstPodHost}}",
                 "rangeEnd": "{{Prefix}}{{LastPodHost}}",
-                "dataDir": "{{AddressDirectory}}"
+                "dataDir": "{{AddressDirectory}}",
+                "pinKeyFile": "{{pinKeyFile}}"
               }
             }
           ]

@@ -182,6 +182,7 @@ public sealed class SandboxNode
             environment.Remove("PODMIG_AGENT__CRIUBINARY");
             environment["PODMIG_AGENT__STAGINGDIRECTORY"] = StagingDirectory;
             environment["PODMIG_AGENT__INCOMINGDIRECTORY"] = IncomingDirectory;
+            environment["PODMIG_AGENT__PINKEYFILE"] = TlsAgent.PinKeyFile(StagingDirectory);
             environment["PODMIG_AGENT__ARCHIVEDIRECTORY"] = _cluster.ArchiveDirectory;
             environment["PODMIG_AGENT__CREDENTIALSDIRECTORY"] = Path.Combine(_cluster.Directory, "credentials", Name);
             environment["PODMIG_AGENT__KUBECONFIG"] = _cluster.AgentKubeconfig!;

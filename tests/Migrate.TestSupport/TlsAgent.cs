@@ -59,8 +59,13 @@ public sealed class TlsAgent : IAsyncDisposable
             $"--Agent:TlsKeyFile={certificate.KeyFile}",
             $"--Agent:TlsAuthorityFile={pki.AuthorityFile}",
             $"--Agent:TokenPublicKeyFile={pki.TokenPublicKeyFile}",
+            // beside the staging directory (the node's root in the sandbox, where its podmig-ipam reads it), never the host's
+            $"--Agent:PinKeyFile={PinKeyFile(staging)}",
         ];
     }
+
+    /// <summary>Where an agent with this staging directory writes the operator's public key for podmig-ipam.</summary>
+    public static string PinKeyFile(string staging) => Path.Combine(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(staging)))!, "pin-key.pem");
 
     /// <summary>Records <paramref name="directory"/> as the staged images of a frozen migration in this agent's staging, as a final dump would.</summary>
     public void RecordFrozenMigration(string migration, string directory) =>

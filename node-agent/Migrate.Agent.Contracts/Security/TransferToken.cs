@@ -1,7 +1,7 @@
-using System.Buffers.Text;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using Migrate.Api;
 
 namespace Migrate.Agent.Contracts.Security;
 
@@ -26,46 +26,22 @@ public sealed class TransferTokenException(string message) : Exception(message);
 /// </summary>
 public static class TransferToken
 {
-    private const int MaxLength = 4096;
+    private const string What = "transfer token";
 
-    public static string Mint(ECDsa signingKey, TransferClaims claims)
-    {
-        ArgumentNullException.ThrowIfNull(signingKey);
-        var payload = JsonSerializer.SerializeToUtf8Bytes(claims, TransferTokenJson.Default.TransferClaims);
-        var signature = signingKey.SignData(payload, HashAlgorithmName.SHA256, DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
-        return Base64Url.EncodeToString(payload) + "." + Base64Url.EncodeToString(signature);
-    }
+    public static string Mint(ECDsa signingKey, TransferClaims claims) =>
+        OperatorSignature.Sign(signingKey, JsonSerializer.SerializeToUtf8Bytes(claims, TransferTokenJson.Default.TransferClaims));
 
     /// <summary>The token's claims if its signature is good and it has not expired; throws <see cref="TransferTokenException"/> otherwise.</summary>
     public static TransferClaims Verify(ECDsa verificationKey, string? token, DateTimeOffset now)
     {
-        ArgumentNullException.ThrowIfNull(verificationKey);
-        if (string.IsNullOrEmpty(token))
-        {
-            throw new TransferTokenException("no transfer token");
-        }
-
-        int dot = token.IndexOf('.', StringComparison.Ordinal);
-        if (token.Length > MaxLength || dot <= 0 || dot != token.LastIndexOf('.'))
-        {
-            throw new TransferTokenException("the transfer token is malformed");
-        }
-
         byte[] payload;
-        byte[] signature;
         try
         {
-            payload = Base64Url.DecodeFromChars(token.AsSpan(0, dot));
-            signature = Base64Url.DecodeFromChars(token.AsSpan(dot + 1));
+            payload = OperatorSignature.Open(verificationKey, token, What);
         }
-        catch (FormatException)
+        catch (SignatureException e)
         {
-            throw new TransferTokenException("the transfer token is malformed");
-        }
-
-        if (!verificationKey.VerifyData(payload, signature, HashAlgorithmName.SHA256, DSASignatureFormat.IeeeP1363FixedFieldConcatenation))
-        {
-            throw new TransferTokenException("the transfer token's signature is not the operator's");
+            throw new TransferTokenException(e.Message);
         }
 
         TransferClaims? claims;
@@ -92,12 +68,7 @@ public static class TransferToken
     }
 
     /// <summary>Loads an EC key from a PEM file (a private key to mint, a public key to verify).</summary>
-    public static ECDsa LoadKey(string pemFile)
-    {
-        var key = ECDsa.Create();
-        key.ImportFromPem(File.ReadAllText(pemFile));
-        return key;
-    }
+    public static ECDsa LoadKey(string pemFile) => OperatorSignature.LoadKey(pemFile);
 }
 
 [JsonSerializable(typeof(TransferClaims))]

@@ -36,6 +36,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     /// <summary>Per-migration send-rate cap handed to the source agent (0: none).</summary>
     public ulong BandwidthPerMigration { get; init; }
 
+    /// <summary>Signs a replacement's pinned address for the node's IPAM (<see cref="PinToken"/>); without it a pinned replacement cannot be made.</summary>
+    public Func<PinClaims, string>? MintPin { get; init; }
+
     /// <summary>Ask for lazy memory where the target's CRIU can restore it (<see cref="OperatorOptions.LazyRestore"/>).</summary>
     public bool LazyRestore { get; init; } = true;
 
@@ -280,7 +283,16 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         var source = KeepsName(request) ? SavedSource(request) : facts.SourcePod ?? throw new TransientActionException($"pod {request.Spec.PodName} is not in the cache yet");
         try
         {
-            await client.CoreV1.CreateNamespacedPodAsync(Replacement(source, request, name, node), request.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            var replacement = Replacement(source, request, name, node);
+            if (replacement.Metadata.Annotations.TryGetValue(Annotations.PinnedAddress, out var pinned))
+            {
+                // the node's IPAM gives the address only to this pod of this migration, and only while the migration may run
+                var mint = MintPin ?? throw new TransientActionException("the operator has no key to sign the replacement's pinned address with");
+                replacement.Metadata.Annotations[Annotations.PinnedAddressToken] = mint(new PinClaims(pinned, MigrationId(request), request.Metadata.NamespaceProperty, name,
+                    time.GetUtcNow().AddSeconds(request.Spec.TimeoutSeconds + 3600).ToUnixTimeSeconds()));
+            }
+
+            await client.CoreV1.CreateNamespacedPodAsync(replacement, request.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
         catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
         {
