@@ -243,12 +243,22 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             Spec = new k8s.Models.V1PodSpec
             {
                 NodeName = "node-a",
-                Containers = [new k8s.Models.V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/seqstream"], Args = ["--listen", "7001"] }],
+                Containers =
+                [
+                    new k8s.Models.V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/seqstream"], Args = ["--listen", "7001"] },
+                    // a connection between two of the pod's own processes, over its loopback: it moves with them
+                    new k8s.Models.V1Container
+                    {
+                        Name = "peers", Image = TestImages.Memcounter,
+                        Command = ["/bin/sh", "-c", "sleep 600 | nc -l -p 9000 > /dev/null & sleep 1; sleep 600 | nc 127.0.0.1 9000 > /dev/null & wait"],
+                    },
+                ],
             },
         }, "default");
         var source = await Cluster.WaitForPodRunningAsync("keeper");
         await WaitForLogAsync("keeper", "listening on port 7001");
         var address = source.Status.PodIP;
+        await WaitUntilAsync(async () => await InPodConnectionEndsAsync(Cluster.Node("node-a"), "keeper") == 2, "the pod's own connection on port 9000");
 
         // the client reaches the pod through its Service: a cluster IP routed in the client's namespace to the Service's endpoints
         var clusterIp = await CreateServiceAsync("keeper", 7001);
@@ -328,6 +338,8 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             Assert.Equal("node-b", replacement.Spec.NodeName);
             Assert.Equal(address, replacement.Status.PodIP);
             Assert.Equal(address, replacement.Metadata.Annotations[Annotations.PinnedAddress]);
+            // the pod's own connection came with it: both ends established in the replacement's namespace
+            Assert.Equal(2, await InPodConnectionEndsAsync(Cluster.Node("node-b"), status.ReplacementPod!));
 
             // 200 more records (2 s) over the same connection, none lost, repeated or reset, in either direction
             long afterMove = await WaitForReceivedAsync(log, process, atLeast: afterRefusal + 200);
@@ -382,14 +394,24 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         return clusterIp;
     }
 
-    private static async Task WaitUntilAsync(Func<bool> condition, string what)
+    private static Task WaitUntilAsync(Func<bool> condition, string what) => WaitUntilAsync(() => Task.FromResult(condition()), what);
+
+    private static async Task WaitUntilAsync(Func<Task<bool>> condition, string what)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        while (!condition())
+        while (!await condition())
         {
             Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"waited 30 s for {what}");
             await Task.Delay(50);
         }
+    }
+
+    /// <summary>Established TCP sockets on port 9000 (either end) in the network namespace of <paramref name="pod"/> on <paramref name="node"/>.</summary>
+    private static async Task<int> InPodConnectionEndsAsync(SandboxNode node, string pod)
+    {
+        int pid = await SandboxPidAsync(node, pod);
+        var sockets = Prerequisites.Run("nsenter", $"--net=/proc/{pid}/ns/net", "ss", "-Htn", "state", "established");
+        return sockets.Split('\n', StringSplitOptions.RemoveEmptyEntries).Count(line => line.Contains(":9000 ", StringComparison.Ordinal));
     }
 
     /// <summary>The PID of a pod's sandbox (pause) process on a node, once the sandbox is ready (30 s at most).</summary>
