@@ -774,7 +774,6 @@ public sealed partial class ImageReceiver : IDisposable
         private readonly int _maxChunk;
         private readonly long[] _received;
         private readonly bool[] _verified;
-        private readonly IncrementalHash?[] _digests;
         private ZstdSharp.Decompressor? _decompressor;
         private FileStream? _open;
         private int _openIndex = -1;
@@ -788,7 +787,6 @@ public sealed partial class ImageReceiver : IDisposable
             _maxChunk = maxChunk;
             _received = new long[manifest.Files.Count];
             _verified = new bool[manifest.Files.Count];
-            _digests = new IncrementalHash?[manifest.Files.Count];
         }
 
         public UploadAccepted Accepted { get; } = new();
@@ -909,12 +907,8 @@ public sealed partial class ImageReceiver : IDisposable
                     data = wire;
                 }
 
-                // the digest first: it may read what an earlier attempt left, before the file is opened for writing
-                var digest = DigestOf(index);
                 var stream = StreamFor(index);
                 await stream.WriteAsync(data, cancellationToken);
-                // the digest runs over the bytes as they are written, so no pass over the files is left for the end
-                digest.AppendData(data.Span);
                 _received[index] += data.Length;
                 ReceivedThisStream += data.Length;
                 return data.Length;
@@ -954,8 +948,8 @@ public sealed partial class ImageReceiver : IDisposable
                 }
             }
 
-            // the digests: running over what this upload wrote, or read from the disk for what an earlier attempt left complete
-            VerifyAndStamp();
+            // the digests: every file this upload wrote, read back once from the disk (ReadBack)
+            ReadBack();
 
             foreach (var link in _manifest.ParentLinks)
             {
@@ -975,12 +969,13 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         /// <summary>
-        /// Checks every file's SHA-256 (the running digest of the bytes this upload wrote, with what an
-        /// earlier attempt left read from the disk), and stamps it then: the restore, while the pod is
+        /// Hashes every file this upload wrote as this node's disk holds it (what the network or the
+        /// disk changed is caught alike: a digest taken as the bytes arrive would miss a change made
+        /// on the disk after they were written), and stamps it then: the restore, while the pod is
         /// frozen, re-reads only a file whose stamp changed since. A file an earlier upload staged keeps
         /// the stamp it got then (a change since is the restore's to find).
         /// </summary>
-        private void VerifyAndStamp()
+        private void ReadBack()
         {
             var stampsFile = Path.Combine(_directory, StagingLayout.StampsFile);
             var known = StagedFileStamp.Load(stampsFile);
@@ -995,10 +990,12 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 var path = Path.Combine(_filesRoot, file.Path);
-                var digest = _digests[i] is { } running ? running.GetCurrentHash() : HashOfFile(path);
-                if (!digest.AsSpan().SequenceEqual(file.Sha256.Span))
+                using (var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20))
                 {
-                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256: the images were corrupted on the way or on the disk");
+                    if (!SHA256.HashData(stream).AsSpan().SequenceEqual(file.Sha256.Span))
+                    {
+                        throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 (read back from this node's disk): the images were corrupted on the way or on the disk");
+                    }
                 }
 
                 stamps.Add(StagedFileStamp.Of(path, file.Path) ?? throw new IOException($"{path} cannot be examined (statx)"));
@@ -1007,58 +1004,10 @@ public sealed partial class ImageReceiver : IDisposable
             StagedFileStamp.Write(stampsFile, stamps);
         }
 
-        /// <summary>The running digest of a file this upload writes, begun over what an earlier attempt left of it.</summary>
-        private IncrementalHash DigestOf(int index)
-        {
-            if (_digests[index] is { } digest)
-            {
-                return digest;
-            }
-
-            digest = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-            if (_received[index] > 0)
-            {
-                using var earlier = new FileStream(Path.Combine(_filesRoot, _manifest.Files[index].Path), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
-                var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
-                try
-                {
-                    long left = _received[index];
-                    while (left > 0)
-                    {
-                        int read = earlier.Read(buffer, 0, (int)Math.Min(buffer.Length, left));
-                        if (read == 0)
-                        {
-                            throw new IOException($"{_manifest.Files[index].Path} is shorter on the disk than the {_received[index]} bytes it held");
-                        }
-
-                        digest.AppendData(buffer, 0, read);
-                        left -= read;
-                    }
-                }
-                finally
-                {
-                    ArrayPool<byte>.Shared.Return(buffer);
-                }
-            }
-
-            _digests[index] = digest;
-            return digest;
-        }
-
-        private static byte[] HashOfFile(string path)
-        {
-            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
-            return SHA256.HashData(stream);
-        }
-
         public void Dispose()
         {
             CloseOpen();
             _decompressor?.Dispose();
-            foreach (var digest in _digests)
-            {
-                digest?.Dispose();
-            }
 
         }
 
