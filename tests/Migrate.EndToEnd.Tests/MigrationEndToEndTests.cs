@@ -246,11 +246,11 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
                 Containers =
                 [
                     new k8s.Models.V1Container { Name = "main", Image = TestImages.Memcounter, Command = ["/bin/seqstream"], Args = ["--listen", "7001"] },
-                    // a connection between two of the pod's own processes, over its loopback: it moves with them
+                    // a connection between two of the pod's own processes, over its loopback, and a UDP socket: they move with them
                     new k8s.Models.V1Container
                     {
                         Name = "peers", Image = TestImages.Memcounter,
-                        Command = ["/bin/sh", "-c", "sleep 600 | nc -l -p 9000 > /dev/null & sleep 1; sleep 600 | nc 127.0.0.1 9000 > /dev/null & wait"],
+                        Command = ["/bin/sh", "-c", "/bin/seqstream --udp-echo 9001 & sleep 600 | nc -l -p 9000 > /dev/null & sleep 1; sleep 600 | nc 127.0.0.1 9000 > /dev/null & wait"],
                     },
                 ],
             },
@@ -272,6 +272,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         try
         {
             long before = await WaitForReceivedAsync(log, process, atLeast: 50);
+            Assert.Equal("udp 5 ok", await UdpAskAsync(client, address + ":9001"));
 
             // without keepAddress the agent refuses the pod: its connection could not survive a new address; nothing changes
             await Sandbox.ApplyRequestAsync(Cluster, "move-keeper-plain", "keeper", "Cold", "node-b", keepAddress: false);
@@ -338,8 +339,9 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             Assert.Equal("node-b", replacement.Spec.NodeName);
             Assert.Equal(address, replacement.Status.PodIP);
             Assert.Equal(address, replacement.Metadata.Annotations[Annotations.PinnedAddress]);
-            // the pod's own connection came with it: both ends established in the replacement's namespace
+            // the pod's own connection came with it: both ends established in the replacement's namespace; its UDP socket answers at the same address
             Assert.Equal(2, await InPodConnectionEndsAsync(Cluster.Node("node-b"), status.ReplacementPod!));
+            Assert.Equal("udp 5 ok", await UdpAskAsync(client, address + ":9001"));
 
             // 200 more records (2 s) over the same connection, none lost, repeated or reset, in either direction
             long afterMove = await WaitForReceivedAsync(log, process, atLeast: afterRefusal + 200);
@@ -404,6 +406,20 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"waited 30 s for {what}");
             await Task.Delay(50);
         }
+    }
+
+    /// <summary>Five datagrams to <paramref name="target"/> from the client's namespace, each to be echoed; the client's last line.</summary>
+    private async Task<string> UdpAskAsync(SegmentMember client, string target)
+    {
+        var log = Path.Combine(Cluster.Directory, "seqstream-udp-" + Guid.NewGuid().ToString("N")[..8] + ".log");
+        File.WriteAllText(log, "");
+        using var asking = L2Segment.Start(client, log, Workloads.Build("seqstream"), "--udp-ask", target);
+        using (var limit = new CancellationTokenSource(TimeSpan.FromSeconds(30)))
+        {
+            await asking.WaitForExitAsync(limit.Token);
+        }
+
+        return File.ReadAllLines(log).LastOrDefault() ?? "";
     }
 
     /// <summary>Established TCP sockets on port 9000 (either end) in the network namespace of <paramref name="pod"/> on <paramref name="node"/>.</summary>

@@ -5,6 +5,9 @@
  *   seqstream --listen PORT [--connections N] [--interval-ms MS]   accept N connections, keep the listener open
  *   seqstream --connect ADDR:PORT [--connections N] [--interval-ms MS]
  *   seqstream --short ADDR:PORT [--connections N] [--interval-ms MS]   N short-lived connections, one after another
+ *   seqstream --udp-echo PORT      a UDP socket bound to PORT that sends every datagram back to where it came from
+ *   seqstream --udp-ask ADDR:PORT  the records 1 to 5 as datagrams, each echoed back (1 s to answer, 3 tries);
+ *                                  prints "udp 5 ok", or an "error:" line and exits 3
  *
  * On each connection each side sends its counter 1, 2, 3, ... as 8-byte big-endian records, one
  * per interval, and checks that every record it receives is the previous one plus one. It prints
@@ -181,6 +184,66 @@ static int run_short(const char *target, int count, int interval_ms)
     return failed == 0 ? 0 : 3;
 }
 
+/* --udp-echo: every datagram goes back to its sender, for ever. */
+static int run_udp_echo(int port)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in local = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_ANY) };
+    if (fd < 0 || bind(fd, (struct sockaddr *)&local, sizeof local) != 0) {
+        say("error: udp bind %d: %s\n", port, strerror(errno));
+        return 1;
+    }
+    say("udp echo on port %d\n", port);
+    for (;;) {
+        unsigned char datagram[512];
+        struct sockaddr_in peer;
+        socklen_t length = sizeof peer;
+        ssize_t n = recvfrom(fd, datagram, sizeof datagram, 0, (struct sockaddr *)&peer, &length);
+        if (n > 0) {
+            sendto(fd, datagram, (size_t)n, 0, (struct sockaddr *)&peer, length);
+        }
+    }
+}
+
+/* --udp-ask: records 1..SHORT_RECORDS as datagrams, each must come back (1 s, 3 tries). */
+static int run_udp_ask(const char *target)
+{
+    char host[64];
+    const char *colon = strrchr(target, ':');
+    struct sockaddr_in remote = { .sin_family = AF_INET };
+    if (colon == NULL || (size_t)(colon - target) >= sizeof host) {
+        say("error: udp target %s is not ADDR:PORT\n", target);
+        return 1;
+    }
+    memcpy(host, target, (size_t)(colon - target));
+    host[colon - target] = 0;
+    remote.sin_port = htons((uint16_t)atoi(colon + 1));
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (inet_pton(AF_INET, host, &remote.sin_addr) != 1 || fd < 0 || connect(fd, (struct sockaddr *)&remote, sizeof remote) != 0) {
+        say("error: udp target %s: %s\n", target, strerror(errno));
+        return 1;
+    }
+    for (uint64_t value = 1; value <= SHORT_RECORDS; value++) {
+        int answered = 0;
+        for (int attempt = 0; attempt < 3 && !answered; attempt++) {
+            unsigned char record[8];
+            put_record(record, value);
+            send(fd, record, sizeof record, 0);
+            struct pollfd wait = { .fd = fd, .events = POLLIN };
+            while (!answered && poll(&wait, 1, 1000) > 0) {
+                ssize_t n = recv(fd, record, sizeof record, 0);
+                answered = n == (ssize_t)sizeof record && get_record(record) == value;
+            }
+        }
+        if (!answered) {
+            say("error: udp record %llu was not echoed\n", (unsigned long long)value);
+            return 3;
+        }
+    }
+    say("udp %d ok\n", SHORT_RECORDS);
+    return 0;
+}
+
 struct stream {
     int fd;
     uint64_t sent, received;
@@ -192,7 +255,8 @@ struct stream {
 int main(int argc, char **argv)
 {
     int port = -1, interval_ms = 10, count = 1;
-    const char *target = NULL, *short_target = NULL;
+    int udp_port = -1;
+    const char *target = NULL, *short_target = NULL, *udp_target = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--listen") == 0) {
             port = atoi(argv[i + 1]);
@@ -200,6 +264,10 @@ int main(int argc, char **argv)
             target = argv[i + 1];
         } else if (strcmp(argv[i], "--short") == 0) {
             short_target = argv[i + 1];
+        } else if (strcmp(argv[i], "--udp-echo") == 0) {
+            udp_port = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--udp-ask") == 0) {
+            udp_target = argv[i + 1];
         } else if (strcmp(argv[i], "--interval-ms") == 0) {
             interval_ms = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--connections") == 0) {
@@ -209,9 +277,15 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    if ((port >= 0) + (target != NULL) + (short_target != NULL) != 1 || interval_ms < 1 || count < 1 || count > 4096) {
-        say("error: usage: seqstream --listen PORT | --connect ADDR:PORT | --short ADDR:PORT [--connections 1..4096] [--interval-ms N]\n");
+    if ((port >= 0) + (target != NULL) + (short_target != NULL) + (udp_port >= 0) + (udp_target != NULL) != 1 || interval_ms < 1 || count < 1 || count > 4096) {
+        say("error: usage: seqstream --listen PORT | --connect ADDR:PORT | --short ADDR:PORT | --udp-echo PORT | --udp-ask ADDR:PORT [--connections 1..4096] [--interval-ms N]\n");
         return 1;
+    }
+    if (udp_port >= 0) {
+        return run_udp_echo(udp_port);
+    }
+    if (udp_target != NULL) {
+        return run_udp_ask(udp_target);
     }
     if (short_target != NULL) {
         return run_short(short_target, count, interval_ms);
