@@ -162,18 +162,21 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         using var compressor = accepted.Compression == Compression.Zstd ? new ZstdSharp.Compressor(1) : null;
         var compressed = compressor is null ? null : new byte[Head + ZstdSharp.Compressor.GetCompressBound(chunkSize)];
         long OffsetOf(int file) => (long)(accepted.ResumeFrom.FirstOrDefault(r => r.File == (uint)file)?.Offset ?? 0);
-        await using var lane = accepted.BulkTicket is { Length: > 0 } ticket
-            ? await BulkUpload.OpenAsync(tls, request.TargetAddress, request.TargetNode, ticket,
-                compressor is null ? BulkUpload.BodyLength(manifest.Files.Select((f, i) => Math.Max(0, (long)f.Size - OffsetOf(i))), chunkSize) : null,
-                cancellationToken)
-            : null;
-        progress.Lane = lane is null ? "grpc" : "bulk";
         var lastReport = clock.Elapsed;
         var paced = Stopwatch.StartNew();
         long sentThisAttempt = 0;
         ulong skipped = 0;
+        BulkUpload? lane = null;
         try
         {
+            if (accepted.BulkTicket is { Length: > 0 } ticket)
+            {
+                lane = await BulkUpload.OpenAsync(tls, request.TargetAddress, request.TargetNode, ticket,
+                    compressor is null ? BulkUpload.BodyLength(manifest.Files.Select((f, i) => Math.Max(0, (long)f.Size - OffsetOf(i))), chunkSize) : null,
+                    cancellationToken);
+            }
+
+            progress.Lane = lane is null ? "grpc" : "bulk";
             for (int i = 0; i < manifest.Files.Count; i++)
             {
                 var file = manifest.Files[i];
@@ -241,11 +244,18 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 await lane.FinishAsync(cancellationToken);
             }
         }
-        catch (Exception e) when (lane is not null && e is IOException or HttpRequestException)
+        catch (Exception e) when (accepted.BulkTicket.Length > 0 && e is IOException or HttpRequestException)
         {
-            // a lane cut by the target: the gRPC stream says why (a refusal is not retried)
+            // a lane refused or cut by the target: the gRPC stream says why (a refusal is not retried)
             await ThrowTargetsReasonAsync(replies);
             throw;
+        }
+        finally
+        {
+            if (lane is not null)
+            {
+                await lane.DisposeAsync();
+            }
         }
 
         // what the target already held when this (successful) attempt began, and was not sent again
