@@ -148,11 +148,19 @@ public static class AgentHost
             return;
         }
 
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(pin))!);
-        var partial = pin + ".partial";
-        File.Copy(key, partial, overwrite: true);
-        File.SetUnixFileMode(partial, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
-        File.Move(partial, pin, overwrite: true);
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(pin))!);
+            var partial = pin + ".partial";
+            File.Copy(key, partial, overwrite: true);
+            File.SetUnixFileMode(partial, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
+            File.Move(partial, pin, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // the agent serves on without it: only keeping an address needs it, and podmig-ipam then refuses the pin naming the missing file
+            Console.Error.WriteLine($"podmig-agent: the operator's public key could not be written to {pin} for podmig-ipam: {e.Message}");
+        }
     }
 
     private static AgentTls? LoadTls(IConfigurationSection section)
