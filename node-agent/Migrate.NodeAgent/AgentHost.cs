@@ -86,6 +86,7 @@ public static class AgentHost
         builder.Services.AddHostedService(sp => sp.GetRequiredService<IncomingMigrations>());
         builder.Services.AddSingleton<KeptCheckpoints>();
         builder.Services.AddSingleton<PodFence>();
+        builder.Services.AddSingleton<HandoffGates>();
         builder.Services.AddSingleton<MigrationOperations>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<MigrationOperations>());
         builder.Services.AddSingleton<StagingGarbageCollector>();

@@ -211,7 +211,14 @@ public static partial class Restorer
             var steps = string.Create(CultureInfo.InvariantCulture, $"files {prepared} ms, address {claimed - prepared} ms, runc restore {ran - claimed} ms");
             var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), done, lazy, steps);
             File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
-            if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c)))))
+            if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
+                && File.Exists(Path.Combine(migration, StagingLayout.HoldNetworkFile)))
+            {
+                // a member of a group: no traffic until every member is restored; the node's agent lifts the lock when the group says so
+                File.WriteAllText(Path.Combine(migration, StagingLayout.NetworkHeldFile), request.NetworkNamespace + "\n");
+                steps += ", network held for the group";
+            }
+            else if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c)))))
             {
                 // every container of the pod holds its sockets again: traffic may flow, and the segment learns where the address is
                 try

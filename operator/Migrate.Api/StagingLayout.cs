@@ -44,6 +44,15 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
     /// <summary>On the target: what was decided for the migration, once and for good (<see cref="RestoreMarkers"/>).</summary>
     public const string DecisionFile = "decision";
 
+    /// <summary>On the target: a group member's replacement keeps its network locked once restored, until the agent's ReleaseNetwork.</summary>
+    public const string HoldNetworkFile = "hold-network";
+
+    /// <summary>On the target: every container is restored and the network stays locked; holds the pod's network namespace path.</summary>
+    public const string NetworkHeldFile = "network.held";
+
+    /// <summary>On the target: the held network was unlocked and the address announced.</summary>
+    public const string NetworkReleasedFile = "network.released";
+
     /// <summary>The layout of a node with the default roots.</summary>
     public static StagingLayout Default { get; } = new(DefaultStagingRoot, DefaultIncomingRoot);
 

@@ -245,9 +245,13 @@ public sealed partial class CheckpointEngine : IDisposable
 
     /// <summary>
     /// Freezes all containers, dumps each and captures file system state; the pod stays frozen.
-    /// With <paramref name="lazyMemory"/>, private memory is left to a lazy restore.
+    /// With <paramref name="lazyMemory"/>, private memory is left to a lazy restore. With
+    /// <paramref name="hold"/> (a member of a group), the pod is frozen and its network locked
+    /// first, outside the node's CRIU gate (other members on this node must reach their freeze
+    /// too), and the dump waits for the hold to return; a hold that fails thaws the pod.
     /// </summary>
-    public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken, bool lazyMemory = false) =>
+    public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken, bool lazyMemory = false,
+        Func<MigrationRecord, Task>? hold = null) =>
         await WithMigrationAsync(migrationId, async record =>
         {
             if (record.Phase == MigrationPhase.Frozen && record.FinalDump is not null)
@@ -263,7 +267,13 @@ public sealed partial class CheckpointEngine : IDisposable
             EnsureUnchanged(record);
             using var activity = AgentTelemetry.Source.StartActivity("checkpoint.final_dump");
             activity?.SetTag("migration.id", record.MigrationId);
-            var response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory), cancellationToken);
+            var dump = new FreezeProgress(new FinalDumpResponse { PreCopyRounds = record.RoundCount });
+            if (hold is not null)
+            {
+                await HoldFrozenAsync(record, dump, hold);
+            }
+
+            var response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump), cancellationToken);
             record.FinalDump = JsonFormatter.Default.Format(response);
             record.Phase = MigrationPhase.Frozen;
             record.Message = $"pod frozen and dumped: {response.StagedBytes} bytes staged, frozen for {response.FrozenMillis} ms so far";
@@ -273,6 +283,60 @@ public sealed partial class CheckpointEngine : IDisposable
             LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, response.FilesystemMillis, response.NetworkMillis);
             return response;
         }, cancellationToken);
+
+    /// <summary>
+    /// A group member: locks and freezes the pod, records it as frozen (an agent restarting now
+    /// thaws it: nothing was committed), then waits for the hold. A failed freeze or hold thaws
+    /// the pod and gives its network back before the error goes on.
+    /// </summary>
+    private async Task HoldFrozenAsync(MigrationRecord record, FreezeProgress dump, Func<MigrationRecord, Task> hold)
+    {
+        var phase = record.Phase;
+        try
+        {
+            LockAndFreeze(record, dump);
+            record.Phase = MigrationPhase.Frozen;
+            record.Message = "pod frozen with its network locked; waiting for every member of its group to be frozen";
+            record.Save();
+            _events.Changed(record.MigrationId);
+            await hold(record);
+        }
+        catch (Exception e)
+        {
+            _ = TryGiveBackNetwork(record);
+            foreach (var freezer in dump.Frozen)
+            {
+                TryThaw(freezer);
+            }
+
+            record.Phase = phase;
+            record.Handoff.Held = "";
+            record.Message = $"the group hold ended while {dump.Step}; the pod was thawed";
+            record.Save();
+            if (e is CheckpointException or OperationCanceledException)
+            {
+                throw;
+            }
+
+            throw new CheckpointException(StatusCode.Internal, $"freezing pod {record.Namespace}/{record.PodName} for its group failed while {dump.Step}: {e.Message} The pod was thawed and runs on.", e);
+        }
+    }
+
+    /// <summary>How far a final dump's freeze got: what to undo if it fails, and its figures.</summary>
+    private sealed class FreezeProgress(FinalDumpResponse response)
+    {
+        public FinalDumpResponse Response { get; } = response;
+
+        public Stopwatch Clock { get; } = Stopwatch.StartNew();
+
+        public List<CgroupFreezer> Frozen { get; } = [];
+
+        public string Step { get; set; } = "freezing";
+
+        public int InFlight { get; set; }
+
+        public bool Done { get; set; }
+    }
 
     /// <summary>Rollback: thaws the pod where it stopped.</summary>
     public async Task<MigrationStatus> ResumeAsync(string migrationId, CancellationToken cancellationToken) =>
@@ -374,51 +438,63 @@ public sealed partial class CheckpointEngine : IDisposable
         }
     }
 
-    private FinalDumpResponse DumpFrozen(MigrationRecord record, bool lazyMemory)
+    /// <summary>Locks the pod's network (when it keeps its address) and freezes every container: from here the workload's downtime runs.</summary>
+    private void LockAndFreeze(MigrationRecord record, FreezeProgress dump)
     {
-        var response = new FinalDumpResponse { PreCopyRounds = record.RoundCount };
-        var freezers = record.Containers.Select(c => CgroupFreezer.FromPath(c.FreezerDirectory)).ToList();
-        var frozen = new List<CgroupFreezer>();
-        var clock = Stopwatch.StartNew();
-        string step = "freezing";
+        var clock = dump.Clock;
+        if (record.AddressMove is { } locking)
+        {
+            // from here no packet reaches or leaves the pod's sockets until the target (or a rollback here)
+            // lifts the lock: for its peers the downtime starts now
+            dump.Step = "locking the pod's network";
+            record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+            // queued connections the pod has not accepted yet are given a moment; any left are skipped
+            dump.InFlight = _handover.Lock(locking, record.Containers[0].Pid, record.Save);
+            dump.Response.NetworkMillis = Millis(clock.Elapsed);
+        }
+
+        using (AgentTelemetry.Source.StartActivity("checkpoint.freeze"))
+        {
+            dump.Step = "freezing";
+            // when the workload stops: the start of its downtime (unless the lock came first)
+            var freezeStart = clock.Elapsed;
+            if (record.AddressMove is null)
+            {
+                record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+            }
+
+            record.Handoff.Step = HandoffStep.Dumping;
+            _events.Changed(record.MigrationId);
+            foreach (var freezer in record.Containers.Select(c => CgroupFreezer.FromPath(c.FreezerDirectory)))
+            {
+                dump.Frozen.Add(freezer);
+                freezer.Freeze();
+            }
+
+            dump.Response.FreezeMillis = Millis(clock.Elapsed - freezeStart);
+        }
+
+        dump.Done = true;
+    }
+
+    private FinalDumpResponse DumpFrozen(MigrationRecord record, bool lazyMemory, FreezeProgress freeze)
+    {
+        var response = freeze.Response;
+        var frozen = freeze.Frozen;
+        var clock = freeze.Clock;
+        string step = freeze.Step;
         bool succeeded = false;
         try
         {
-            int inFlight = 0;
-            if (record.AddressMove is { } locking)
+            if (!freeze.Done)
             {
-                // from here no packet reaches or leaves the pod's sockets until the target (or a rollback here)
-                // lifts the lock: for its peers the downtime starts now
-                step = "locking the pod's network";
-                record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
-                // queued connections the pod has not accepted yet are given a moment; any left are skipped
-                inFlight = _handover.Lock(locking, record.Containers[0].Pid, record.Save);
-                response.NetworkMillis = Millis(clock.Elapsed);
+                LockAndFreeze(record, freeze);
             }
 
-            using (AgentTelemetry.Source.StartActivity("checkpoint.freeze"))
+            step = freeze.Step;
+            if (freeze.InFlight > 0)
             {
-                // when the workload stops: the start of its downtime (unless the lock came first)
-                var freezeStart = clock.Elapsed;
-                if (record.AddressMove is null)
-                {
-                    record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
-                }
-
-                record.Handoff.Step = HandoffStep.Dumping;
-                _events.Changed(record.MigrationId);
-                foreach (var freezer in freezers)
-                {
-                    frozen.Add(freezer);
-                    freezer.Freeze();
-                }
-
-                response.FreezeMillis = Millis(clock.Elapsed - freezeStart);
-            }
-
-            if (inFlight > 0)
-            {
-                LogInFlightSkipped(record.MigrationId, inFlight);
+                LogInFlightSkipped(record.MigrationId, freeze.InFlight);
             }
 
             var dumpStart = clock.Elapsed;
@@ -483,6 +559,7 @@ public sealed partial class CheckpointEngine : IDisposable
         }
         catch (Exception e) when (e is CriuException or IOException or InvalidOperationException or TimeoutException or UnauthorizedAccessException)
         {
+            step = freeze.Done ? step : freeze.Step;
             LogDumpFailed(e, record.MigrationId, step);
             record.Message = $"final dump failed while {step}; the pod was thawed";
             record.Save();

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using Grpc.Core;
+using Migrate.Agent.Contracts.Groups;
 using Migrate.Agent.V1;
 using Migrate.NodeAgent.Transfer;
 
@@ -15,7 +16,7 @@ namespace Migrate.NodeAgent.Checkpointing;
 /// pod it froze is thawed at once unless its images may have been committed.
 /// </summary>
 public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSender sender, PeerAgents peers, MigrationEvents events,
-    ILogger<MigrationOperations> logger, IHostApplicationLifetime lifetime) : IHostedService
+    ILogger<MigrationOperations> logger, IHostApplicationLifetime lifetime, HandoffGates gates) : IHostedService
 {
     public const string PreCopy = "PreCopy";
     public const string Handoff = "Handoff";
@@ -87,10 +88,25 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         }, cancellationToken);
         if (start)
         {
-            Run(request.MigrationId, ct => RunHandoffAsync(request.MigrationId, request.LazyMemory, ct));
+            var hold = request.GroupHold
+                ? (request.HoldTimeoutSeconds > 0 ? TimeSpan.FromSeconds(request.HoldTimeoutSeconds) : GroupHolds.DefaultTimeout)
+                : (TimeSpan?)null;
+            Run(request.MigrationId, ct => RunHandoffAsync(request.MigrationId, request.LazyMemory, hold, ct));
         }
 
         return engine.Get(request.MigrationId);
+    }
+
+    /// <summary>A group member's handoff may go past its hold (now, or when it reaches it).</summary>
+    public MigrationStatus ContinueHandoff(ContinueHandoffRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        _ = engine.Get(request.MigrationId);
+        gates.Continue(request.MigrationId, request.Through);
+        var status = engine.Get(request.MigrationId);
+        status.Handoff ??= new HandoffProgress();
+        status.Handoff.ContinuedThrough = gates.Through(request.MigrationId);
+        return status;
     }
 
     public async Task<MigrationStatus> StartTransferAsync(StartTransferRequest request, CancellationToken cancellationToken)
@@ -141,6 +157,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
 
         // work still reading the staged files ends first
         await StopRunningAsync(migrationId, cancellationToken);
+        gates.Forget(migrationId);
         return await engine.CleanupAsync(migrationId, cancellationToken);
     }
 
@@ -230,14 +247,25 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         }
     }
 
-    private async Task RunHandoffAsync(string id, bool lazyMemory, CancellationToken cancellationToken)
+    private async Task RunHandoffAsync(string id, bool lazyMemory, TimeSpan? hold, CancellationToken cancellationToken)
     {
         var target = engine.Find(id)!.Target!;
         bool committing = false;
         try
         {
             var clock = Stopwatch.StartNew();
-            await engine.FinalDumpAsync(id, cancellationToken, lazyMemory);
+            // a group member: frozen and locked, it waits until every member is, before anything is dumped
+            Func<MigrationRecord, Task>? frozen = hold is { } limit ? async record =>
+            {
+                record.Handoff.Held = GroupHolds.Frozen;
+                record.Save();
+                events.Changed(id);
+                await gates.WaitAsync(id, GroupHolds.Frozen, limit, cancellationToken);
+                record.Handoff.Held = "";
+                record.Handoff.ContinuedThrough = gates.Through(id);
+                record.Save();
+            } : null;
+            await engine.FinalDumpAsync(id, cancellationToken, lazyMemory, frozen);
             await engine.UpdateAsync(id, r =>
             {
                 r.Handoff.Step = HandoffStep.Sending;
@@ -248,6 +276,19 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                 r.Handoff.BytesSent = sent;
                 r.Handoff.BytesTotal = total;
             }, cancellationToken);
+            if (hold is { } staged)
+            {
+                // ...and staged on its target, it waits until every member's images are, before anything is committed
+                await engine.UpdateAsync(id, r => r.Handoff.Held = GroupHolds.Staged, cancellationToken);
+                await gates.WaitAsync(id, GroupHolds.Staged, staged, cancellationToken);
+                await engine.UpdateAsync(id, r =>
+                {
+                    r.Handoff.Held = "";
+                    r.Handoff.ContinuedThrough = gates.Through(id);
+                    return 0;
+                }, cancellationToken);
+            }
+
             await engine.UpdateAsync(id, r =>
             {
                 // under the migration's lock, against a Resume: images of a thawed pod are never committed
@@ -276,7 +317,10 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
             {
                 // before the commit the target cannot restore: the pod is thawed and runs on
                 await ThawAfterFailureAsync(id);
-                await FailAsync(id, e is RpcException ? "TransferFailed" : "FinalDumpFailed", Describe(e) + " The pod was thawed and runs on.");
+                var reason = e is RpcException ? "TransferFailed"
+                    : e is CheckpointException { Code: StatusCode.DeadlineExceeded } && hold is not null ? "GroupHoldTimedOut"
+                    : "FinalDumpFailed";
+                await FailAsync(id, reason, Describe(e) + " The pod was thawed and runs on.");
                 return;
             }
 

@@ -92,6 +92,12 @@ public sealed class HandoffRecord
 
     /// <summary>The target confirmed that no restore of this migration will begin.</summary>
     public bool AbortConfirmed { get; set; }
+
+    /// <summary>A group member's handoff waiting for ContinueHandoff (GroupHolds.Frozen or Staged), or empty.</summary>
+    public string Held { get; set; } = "";
+
+    /// <summary>How far ContinueHandoff let the handoff go (GroupHolds.Dump or Commit), or empty.</summary>
+    public string ContinuedThrough { get; set; } = "";
 }
 
 /// <summary>A migration that keeps its pod's address: the address, the pod's network namespace, and how far the source's part of the handover went.</summary>
@@ -240,6 +246,8 @@ public sealed class MigrationRecord
             FrozenUnixMillis = Handoff.FrozenUnixMillis,
             BytesSent = Handoff.BytesSent,
             BytesTotal = Handoff.BytesTotal,
+            Held = Handoff.Held,
+            ContinuedThrough = Handoff.ContinuedThrough,
         };
         return status;
     }

@@ -47,7 +47,31 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         });
 
     public override Task<ExpectImagesResponse> ExpectImages(ExpectImagesRequest request, ServerCallContext context) =>
-        Call(() => Task.FromResult(receiver.Expect(request)));
+        Call(() =>
+        {
+            var expected = receiver.Expect(request);
+            if (request.HoldNetwork)
+            {
+                incoming.HoldNetwork(request.MigrationId);
+            }
+
+            return Task.FromResult(expected);
+        });
+
+    public override Task<MigrationStatus> ContinueHandoff(ContinueHandoffRequest request, ServerCallContext context) =>
+        Call(() =>
+        {
+            CheckpointEngine.ValidateMigrationId(request.MigrationId);
+            return Task.FromResult(operations.ContinueHandoff(request));
+        });
+
+    public override Task<MigrationStatus> ReleaseNetwork(MigrationRef request, ServerCallContext context) =>
+        Call(async () =>
+        {
+            CheckpointEngine.ValidateMigrationId(request.MigrationId);
+            await incoming.ReleaseNetworkAsync(request.MigrationId, context.CancellationToken);
+            return Status(request.MigrationId);
+        });
 
     public override Task<MigrationStatus> AbortRestore(MigrationRef request, ServerCallContext context) =>
         Call(() =>

@@ -22,6 +22,8 @@ public sealed partial class IncomingMigrations : BackgroundService
     private readonly MigrationEvents _events;
     private readonly ILogger<IncomingMigrations> _logger;
     private readonly Dictionary<string, string> _seen = new(StringComparer.Ordinal);
+    private readonly Networking.NamespaceStepRunner _steps = new();
+    private readonly Networking.PodNetworkLock _network = new();
 
     public IncomingMigrations(IOptions<AgentOptions> options, MigrationEvents events, ILogger<IncomingMigrations> logger)
     {
@@ -70,9 +72,73 @@ public sealed partial class IncomingMigrations : BackgroundService
             Committed = File.Exists(Path.Combine(directory, StagingLayout.CommittedFile)),
             Aborted = decision == AbortDecision,
             RestoreBegan = decision == RestoreDecision,
+            NetworkHeld = File.Exists(Path.Combine(directory, StagingLayout.NetworkHeldFile)),
+            NetworkReleased = File.Exists(Path.Combine(directory, StagingLayout.NetworkReleasedFile)),
         };
+        if (status.NetworkReleased && long.TryParse(File.ReadAllText(Path.Combine(directory, StagingLayout.NetworkReleasedFile)).Trim(),
+            System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var released))
+        {
+            status.NetworkReleasedUnixMillis = released;
+        }
+
         status.Restores.Add(Restores(directory).ToList());
         return status;
+    }
+
+    /// <summary>A group member: its replacement's network stays locked once restored, until <see cref="ReleaseNetworkAsync"/>.</summary>
+    public void HoldNetwork(string migrationId)
+    {
+        var directory = _layout.Incoming(migrationId);
+        Directory.CreateDirectory(_layout.IncomingRoot, OwnerOnly);
+        Directory.CreateDirectory(directory, OwnerOnly);
+        var marker = Path.Combine(directory, StagingLayout.HoldNetworkFile);
+        if (!File.Exists(marker))
+        {
+            File.WriteAllText(marker, "group member: the network stays locked after the restore\n");
+        }
+    }
+
+    /// <summary>
+    /// Lifts the lock a group member's restored replacement was held under and announces its
+    /// address on the segment. Idempotent; FAILED_PRECONDITION while nothing is held.
+    /// </summary>
+    public async Task ReleaseNetworkAsync(string migrationId, CancellationToken cancellationToken)
+    {
+        var directory = _layout.Incoming(migrationId);
+        var released = Path.Combine(directory, StagingLayout.NetworkReleasedFile);
+        if (File.Exists(released))
+        {
+            return;
+        }
+
+        var held = Path.Combine(directory, StagingLayout.NetworkHeldFile);
+        if (!File.Exists(held))
+        {
+            throw new TransferRejectedException(StatusCode.FailedPrecondition, "not-held", $"migration {migrationId} has no restored replacement held on this node (its restore has not finished, or it holds no network)");
+        }
+
+        var namespacePath = File.ReadAllText(held).Trim();
+        var move = Networking.AddressMove.Read(Path.Combine(_layout.IncomingFiles(migrationId), Networking.AddressMove.FileName))
+            ?? throw new TransferRejectedException(StatusCode.FailedPrecondition, "no-address", $"migration {migrationId} moved no address; there is no held network to release");
+        await Task.Run(() =>
+        {
+            _network.Unlock(namespacePath);
+            File.WriteAllText(released, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds().ToString(System.Globalization.CultureInfo.InvariantCulture));
+        }, cancellationToken);
+        LogNetworkReleased(migrationId, move.Cidr);
+        _events.Changed(migrationId);
+        // the segment learns where the address is now; a lost announcement costs only the peers' next ARP
+        _ = Task.Run(() =>
+        {
+            try
+            {
+                _steps.Run(namespacePath, Networking.AddressHandover.Announce(move.ToAddress()).Select(s => s with { MayFail = true }), $"announce {move.Cidr}");
+            }
+            catch (IOException)
+            {
+                // best effort
+            }
+        }, CancellationToken.None);
     }
 
     /// <summary>The source's final images are staged here: a waiting restore may begin.</summary>
@@ -237,6 +303,9 @@ public sealed partial class IncomingMigrations : BackgroundService
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the final images were committed; a waiting restore may begin")]
     private partial void LogCommitted(string migration);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the group released the restored replacement's network; {Address} is announced")]
+    private partial void LogNetworkReleased(string migration, string address);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: aborted on this node; no restore may begin")]
     private partial void LogAborted(string migration);
