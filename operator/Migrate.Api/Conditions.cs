@@ -81,4 +81,13 @@ public static class Reasons
     public const string RestoreInPlaceFailed = "RestoreInPlaceFailed";
     public const string SourceFrozenTargetUnreachable = "SourceFrozenTargetUnreachable";
     public const string SourceFrozenAgentUnreachable = "SourceFrozenAgentUnreachable";
+
+    // group migrations
+    /// <summary>A member failed before the group released its replacements: every member was rolled back.</summary>
+    public const string GroupRolledBack = "GroupRolledBack";
+    /// <summary>The group's request is malformed, or names pods that cannot move together.</summary>
+    public const string InvalidGroup = "InvalidGroup";
+    public const string GroupTooLarge = "GroupTooLarge";
+    /// <summary>Every member moved.</summary>
+    public const string GroupMigrated = "GroupMigrated";
 }

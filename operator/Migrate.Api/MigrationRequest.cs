@@ -74,6 +74,88 @@ public sealed class MigrationRequestSpec
     /// </summary>
     [JsonPropertyName("keepAddress")]
     public bool? KeepAddress { get; set; }
+
+    /// <summary>
+    /// A group (gang) migration: these pods move as one consistent cut (docs/groups.md), each to
+    /// its own targetNode or to one the operator picks. With <see cref="PodSelector"/> the
+    /// group is the pods of the namespace whose labels match; podName is then left empty.
+    /// </summary>
+    [JsonPropertyName("pods")]
+    public IList<GroupMemberSpec>? Pods { get; set; }
+
+    /// <summary>A group given by labels: every running pod of the namespace carrying all of them (see <see cref="Pods"/>).</summary>
+    [JsonPropertyName("podSelector")]
+    public IDictionary<string, string>? PodSelector { get; set; }
+
+    /// <summary>Whether this request moves a group of pods (its members are MigrationRequests of their own).</summary>
+    [JsonIgnore]
+    public bool IsGroup => Pods is { Count: > 0 } || PodSelector is { Count: > 0 };
+}
+
+/// <summary>One pod of a group migration.</summary>
+public sealed class GroupMemberSpec
+{
+    [JsonPropertyName("podName")]
+    public string PodName { get; set; } = "";
+
+    /// <summary>Its target; unset: the group's targetNode, else the operator's choice.</summary>
+    [JsonPropertyName("targetNode")]
+    public string? TargetNode { get; set; }
+}
+
+/// <summary>
+/// The gate of a group migration (status.group.gate): how far the group lets its members go.
+/// Members prepare (pre-copy, replacement ready) on their own; then, each gate opened only once
+/// every member reached it: all freeze and lock their network, all dump and stage their final
+/// images on their targets, all commit and restore with the replacement's network still locked,
+/// and all release it together. Until Release any failure rolls every member back.
+/// </summary>
+public static class GroupGates
+{
+    public const string Prepare = "Prepare";
+    public const string Freeze = "Freeze";
+    public const string Dump = "Dump";
+    public const string Commit = "Commit";
+    public const string Release = "Release";
+    public const string RollBack = "RollBack";
+
+    /// <summary>The forward order; RollBack stands outside it.</summary>
+    private static readonly string[] Forward = [Prepare, Freeze, Dump, Commit, Release];
+
+    public static IReadOnlyList<string> Order => Forward;
+
+    /// <summary>Whether <paramref name="gate"/> is open at least as far as <paramref name="wanted"/> (never for RollBack).</summary>
+    public static bool AtLeast(string? gate, string wanted) =>
+        gate != RollBack && IndexOf(gate) >= IndexOf(wanted);
+
+    private static int IndexOf(string? gate) => gate is null ? 0 : Math.Max(0, Array.IndexOf(Forward, gate));
+}
+
+/// <summary>How far a member of a group got (status.groupStep), each step reached by every member before the group's gate opens the next.</summary>
+public static class GroupSteps
+{
+    /// <summary>Prepared: the replacement is ready and pre-copy (if any) converged; waiting for the group's freeze.</summary>
+    public const string Ready = "Ready";
+
+    /// <summary>Frozen with its network locked, nothing dumped yet.</summary>
+    public const string Frozen = "Frozen";
+
+    /// <summary>The final images are staged on the target, not committed.</summary>
+    public const string Staged = "Staged";
+
+    /// <summary>The replacement runs with all its memory, its network still locked.</summary>
+    public const string Restored = "Restored";
+
+    /// <summary>The replacement's network was released: the member is past the point of return.</summary>
+    public const string Released = "Released";
+
+    private static readonly string[] Forward = [Ready, Frozen, Staged, Restored, Released];
+
+    public static IReadOnlyList<string> Order => Forward;
+
+    /// <summary>Whether <paramref name="step"/> is at least <paramref name="wanted"/>.</summary>
+    public static bool AtLeast(string? step, string wanted) =>
+        step is not null && Array.IndexOf(Forward, step) >= Array.IndexOf(Forward, wanted) && Array.IndexOf(Forward, wanted) >= 0;
 }
 
 public sealed class PreCopyLimits
@@ -191,6 +273,14 @@ public sealed class MigrationRequestStatus
     [JsonPropertyName("message")]
     public string? Message { get; set; }
 
+    /// <summary>A member of a group: how far it got (<see cref="GroupSteps"/>).</summary>
+    [JsonPropertyName("groupStep")]
+    public string? GroupStep { get; set; }
+
+    /// <summary>A group request: its gate and its members.</summary>
+    [JsonPropertyName("group")]
+    public GroupStatus? Group { get; set; }
+
     /// <summary>The condition of a type, or null.</summary>
     public MigrationCondition? Condition(string type) => Conditions.FirstOrDefault(c => c.Type == type);
 
@@ -257,4 +347,55 @@ public sealed class MigrationCondition
 
     [JsonPropertyName("message")]
     public string Message { get; set; } = "";
+}
+
+/// <summary>The state of a group migration (status.group of a request with pods or podSelector).</summary>
+public sealed class GroupStatus
+{
+    /// <summary>How far the group lets its members go (<see cref="GroupGates"/>).</summary>
+    [JsonPropertyName("gate")]
+    public string? Gate { get; set; }
+
+    [JsonPropertyName("members")]
+    public IList<GroupMemberStatus> Members { get; set; } = [];
+
+    /// <summary>When the first member was frozen.</summary>
+    [JsonPropertyName("firstFrozenTime")]
+    public DateTime? FirstFrozenTime { get; set; }
+
+    /// <summary>When the gate opened to Release (every member restored).</summary>
+    [JsonPropertyName("releaseTime")]
+    public DateTime? ReleaseTime { get; set; }
+
+    /// <summary>The longest any member was frozen, as its request reports it.</summary>
+    [JsonPropertyName("downtimeMillis")]
+    public long? DowntimeMillis { get; set; }
+}
+
+public sealed class GroupMemberStatus
+{
+    [JsonPropertyName("podName")]
+    public string PodName { get; set; } = "";
+
+    /// <summary>The member's own MigrationRequest.</summary>
+    [JsonPropertyName("request")]
+    public string? Request { get; set; }
+
+    [JsonPropertyName("phase")]
+    public string? Phase { get; set; }
+
+    [JsonPropertyName("step")]
+    public string? Step { get; set; }
+
+    [JsonPropertyName("sourceNode")]
+    public string? SourceNode { get; set; }
+
+    [JsonPropertyName("targetNode")]
+    public string? TargetNode { get; set; }
+
+    [JsonPropertyName("reason")]
+    public string? Reason { get; set; }
+
+    [JsonPropertyName("message")]
+    public string? Message { get; set; }
 }

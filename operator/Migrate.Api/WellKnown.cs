@@ -62,6 +62,9 @@ public static class Labels
     /// <summary>On the MigrationRequests a NodeDrain creates: the drain's name.</summary>
     public const string Drain = Keys.Domain + "drain";
 
+    /// <summary>On a member MigrationRequest: the group request it belongs to (by name, in its namespace).</summary>
+    public const string Group = Keys.Domain + "group";
+
     /// <summary>On the MigrationRequests the eviction webhook creates.</summary>
     public const string Trigger = Keys.Domain + "trigger";
 

@@ -78,10 +78,13 @@ public static class OperatorHost
             BandwidthPerMigration = (ulong)Math.Max(0, options.BandwidthPerMigration),
             LazyRestore = options.LazyRestore,
             MintPin = PinMinter(tokenKey),
+            GroupHoldTimeout = TimeSpan.FromSeconds(Math.Max(5, options.GroupHoldSeconds)),
         });
         builder.Services.AddHostedService(sp => new MigrationController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<MigrationController>>(),
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<MigrationExecutor>(), options.Policy()) { Workers = options.Workers });
+        builder.Services.AddHostedService(sp => new GroupController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
+            sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<GroupController>>(), sp.GetRequiredService<TimeProvider>(), options.GroupPolicy()));
         builder.Services.AddHostedService(sp => new DrainController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<DrainController>>(), sp.GetRequiredService<TimeProvider>()));
         builder.Services.AddSingleton<LeftCheckpoints>();
@@ -159,6 +162,9 @@ public static class OperatorHost
     /// otherwise. With managed certificates there is never a plain channel: until the CA is loaded
     /// the call fails (and the step is retried).
     /// </summary>
+    /// <summary>The longest the operator waits between two attempts to reconnect to an agent that does not answer.</summary>
+    public static readonly TimeSpan AgentReconnectBackoff = TimeSpan.FromSeconds(3);
+
     private static Func<string, GrpcChannel> Channels(Func<AgentTls?> identity, bool tlsRequired)
     {
         var channels = new ConcurrentDictionary<string, GrpcChannel>(StringComparer.Ordinal);
@@ -170,9 +176,10 @@ public static class OperatorHost
                 throw new TransientActionException("the operator has not loaded the agents' CA yet");
             }
 
+            // an agent that restarted is reached again within seconds: the channel's reconnect backoff would otherwise grow to two minutes
             return channels.GetOrAdd(endpoint, e => tls is null
-                ? GrpcChannel.ForAddress("http://" + e)
-                : GrpcChannel.ForAddress("https://" + e, new GrpcChannelOptions { HttpHandler = tls.CreateHandler(expectedPeer: null) }));
+                ? GrpcChannel.ForAddress("http://" + e, new GrpcChannelOptions { MaxReconnectBackoff = AgentReconnectBackoff })
+                : GrpcChannel.ForAddress("https://" + e, new GrpcChannelOptions { HttpHandler = tls.CreateHandler(expectedPeer: null), MaxReconnectBackoff = AgentReconnectBackoff }));
         };
     }
 }

@@ -53,6 +53,22 @@ public sealed class OperatorOptions
     /// <summary>Requests reconciled at once.</summary>
     public int Workers { get; set; } = 4;
 
+    /// <summary>The most pods one group migration may move together.</summary>
+    public int MaxGroupMembers { get; set; } = 8;
+
+    /// <summary>Group migrations in flight at once; more wait in Pending.</summary>
+    public int MaxConcurrentGroups { get; set; } = 2;
+
+    /// <summary>Seconds a group member's source agent waits at a hold (frozen, or staged) for the rest of the group before it thaws the pod and the group rolls back.</summary>
+    public int GroupHoldSeconds { get; set; } = 60;
+
+    /// <summary>The group migrations' limits, from these settings.</summary>
+    public Reconciliation.GroupPolicy GroupPolicy() => new()
+    {
+        MaxMembers = MaxGroupMembers,
+        MaxConcurrentGroups = MaxConcurrentGroups,
+    };
+
     /// <summary>The decisions' limits and waits, from these settings.</summary>
     public Reconciliation.MigrationPolicy Policy() => new()
     {

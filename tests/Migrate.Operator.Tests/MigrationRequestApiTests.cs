@@ -41,7 +41,10 @@ public sealed class MigrationRequestApiTests(EmulatorFixture cluster) : IClassFi
     }
 
     [Theory]
-    [InlineData("  targetNode: node-b", "spec.podName")]
+    [InlineData("  targetNode: node-b", "name one pod (podName) or a group (pods or podSelector), not both and not neither")]
+    [InlineData("  podName: db-0\n  pods:\n  - podName: db-1", "name one pod (podName) or a group (pods or podSelector), not both and not neither")]
+    [InlineData("  pods:\n  - podName: db-1\n  podSelector:\n    app: db", "a group is named by pods or by podSelector, not both")]
+    [InlineData("  pods:\n  - targetNode: node-b", "spec.pods[0].podName")]
     [InlineData("  podName: db-0\n  mode: Hot", "spec.mode")]
     [InlineData("  podName: db-0\n  timeoutSeconds: 1", "spec.timeoutSeconds")]
     [InlineData("  podName: Not_A_Name", "spec.podName")]

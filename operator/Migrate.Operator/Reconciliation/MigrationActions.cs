@@ -36,6 +36,12 @@ public abstract record MigrationAction
     /// <summary>The source agent freezes the pod, dumps, sends and commits the final images.</summary>
     public sealed record StartHandoff : MigrationAction;
 
+    /// <summary>A group member's source agent lets its handoff past a hold (GroupHolds.Dump or Commit).</summary>
+    public sealed record ContinueHandoff(string Through) : MigrationAction;
+
+    /// <summary>A group member's target agent lifts the lock its restored replacement was held under.</summary>
+    public sealed record ReleaseNetwork : MigrationAction;
+
     /// <summary>The source agent sends what it staged to a node and commits it there (a pod that kept its name, restored on its own node).</summary>
     public sealed record StartTransfer(string Node) : MigrationAction;
 

@@ -85,6 +85,17 @@ public sealed partial class MigrationController : BackgroundService
 
     private void OnRequest(Change<MigrationRequest> change)
     {
+        if ((change.New ?? change.Old) is { Spec.IsGroup: true } group)
+        {
+            // a group's gate moved (or the group went): its members look again; the group itself is the GroupController's
+            foreach (var member in _cache.Requests.Items.Where(r => MigrationReconciler.GroupOwner(r)?.Uid == group.Metadata.Uid))
+            {
+                _queue.Add(ObjectKey.Of(member.Metadata));
+            }
+
+            return;
+        }
+
         if (change.New is { } request)
         {
             _byUid[request.Metadata.Uid] = ObjectKey.Of(request.Metadata);

@@ -1,6 +1,7 @@
 using System.Globalization;
 using k8s;
 using k8s.Models;
+using Migrate.Agent.Contracts.Groups;
 using Migrate.Agent.V1;
 
 namespace Migrate.Operator.Reconciliation;
@@ -183,7 +184,12 @@ public static class MigrationDecisions
         private Decision Queue()
         {
             string? wait = null;
-            if (f.InFlight >= p.MaxConcurrentMigrations)
+            if (f.IsGroupMember)
+            {
+                // the group was admitted as a whole, within its own limits: a member waiting for a slot would hold up every other
+                wait = null;
+            }
+            else if (f.InFlight >= p.MaxConcurrentMigrations)
             {
                 wait = $"Waiting: {f.InFlight} migrations are in flight, the limit is {p.MaxConcurrentMigrations}.";
             }
@@ -211,7 +217,14 @@ public static class MigrationDecisions
 
         private (string Reason, string Message)? Failure()
         {
-            if (MigrationDecisions.IsRunning(f.Replacement) && f.Replacement!.Spec.NodeName == _s.TargetNode)
+            if (f.GroupGate == GroupGates.RollBack && !GroupSteps.AtLeast(_s.GroupStep, GroupSteps.Released))
+            {
+                // another member failed before the group was released: all or nothing
+                return (Reasons.GroupRolledBack, $"Group {Keys.Get(f.Request.Metadata.Labels, Labels.Group)} is rolled back: another member failed before every member was restored.");
+            }
+
+            if (MigrationDecisions.IsRunning(f.Replacement) && f.Replacement!.Spec.NodeName == _s.TargetNode
+                && !(f.IsGroupMember && !GroupSteps.AtLeast(_s.GroupStep, GroupSteps.Released) && _s.PhaseStartTime is { } restoring && f.Now - restoring > p.PhaseTimeout))
             {
                 // once its memory is all in place the state is in the replacement: whatever else happens, the way out
                 // is forward. Until then (a lazy restore) only its memory failing, or never filling, goes back to the source.
@@ -282,7 +295,7 @@ public static class MigrationDecisions
             }
 
             if (!f.KeepsName && Phase == MigrationPhases.Checkpointing && f.Replacement?.Metadata.CreationTimestamp is { } created
-                && Source?.Operation?.Kind != HandoffOperation && f.Now - created > p.PreparationTimeout)
+                && Source?.Operation?.Kind != HandoffOperation && Incoming?.Restores.Any(r => r.Waiting) != true && f.Now - created > p.PreparationTimeout)
             {
                 return (Reasons.TargetPreparationTimedOut,
                     $"The replacement pod {f.Replacement.Metadata.Name} was not ready for the restore within {p.PreparationTimeout.TotalSeconds:0} seconds (its sandbox, network or root file system); the source was never frozen.");
@@ -380,6 +393,17 @@ public static class MigrationDecisions
                     }
                 }
 
+                if (f.IsGroupMember)
+                {
+                    _s.GroupStep = GroupSteps.Ready;
+                    if (!GroupGates.AtLeast(f.GroupGate, GroupGates.Freeze))
+                    {
+                        _s.Reason = MigrationPhases.Checkpointing;
+                        _s.Message = $"Ready to freeze; waiting for the other members of group {Keys.Get(f.Request.Metadata.Labels, Labels.Group)}.";
+                        return Wait();
+                    }
+                }
+
                 return Do(new MigrationAction.StartHandoff(), TimeSpan.Zero);
             }
 
@@ -394,7 +418,7 @@ public static class MigrationDecisions
                 return MoveTo(MigrationPhases.Transferring, $"Copying the final {Source.FinalDump?.StagedBytes ?? 0} bytes of checkpoint to {_s.TargetNode}.");
             }
 
-            return Wait();
+            return GroupHold() ?? Wait();
         }
 
         private Decision Transferring()
@@ -402,6 +426,11 @@ public static class MigrationDecisions
             var handoff = Source?.Handoff;
             Progress(handoff?.BytesSent, handoff?.BytesTotal);
             _s.BytesTransferred = BytesSent() ?? _s.BytesTransferred;
+            if (GroupHold() is { } held)
+            {
+                return held;
+            }
+
             if (handoff?.Step == HandoffStep.Committed || Incoming?.Committed == true)
             {
                 return MoveTo(MigrationPhases.Restoring, $"Restoring the pod on {_s.TargetNode}.");
@@ -462,7 +491,63 @@ public static class MigrationDecisions
                 }
             }
 
+            if (f.IsGroupMember && !GroupSteps.AtLeast(_s.GroupStep, GroupSteps.Released))
+            {
+                // a member's replacement runs, its network locked until every member's does
+                bool held = Incoming?.NetworkHeld == true;
+                if (!held && Source?.KeepsAddress == true && Incoming?.NetworkReleased != true)
+                {
+                    return Wait(); // its last container is being restored
+                }
+
+                _s.GroupStep = GroupSteps.Restored;
+                if (f.GroupGate != GroupGates.Release)
+                {
+                    _s.Reason = MigrationPhases.Restoring;
+                    _s.Message = $"The replacement pod {f.Replacement!.Metadata.Name} runs on {_s.TargetNode} with its network locked; waiting for the other members of group {Keys.Get(f.Request.Metadata.Labels, Labels.Group)}.";
+                    return Wait();
+                }
+
+                if (held && Incoming?.NetworkReleased != true)
+                {
+                    return Do(new MigrationAction.ReleaseNetwork(), TimeSpan.Zero);
+                }
+
+                _s.GroupStep = GroupSteps.Released;
+                if (Incoming?.NetworkReleasedUnixMillis is > 0 and var released && Source?.Handoff?.FrozenUnixMillis is > 0 and var frozen)
+                {
+                    // its peers saw it only once the group released it
+                    _s.DowntimeMillis = Math.Max(_s.DowntimeMillis ?? 0, released - frozen);
+                }
+            }
+
             return MoveTo(MigrationPhases.CuttingOver, $"The replacement pod {f.Replacement!.Metadata.Name} runs on {_s.TargetNode}; retiring the source.");
+        }
+
+        /// <summary>
+        /// A group member's handoff at one of its holds: reported in groupStep, and let through once
+        /// the group's gate is open that far (every member reached the hold). Null when not held.
+        /// </summary>
+        private Decision? GroupHold()
+        {
+            if (!f.IsGroupMember || Source?.Handoff is not { } handoff || string.IsNullOrEmpty(handoff.Held))
+            {
+                return null;
+            }
+
+            var (step, gate, through) = handoff.Held == GroupHolds.Frozen
+                ? (GroupSteps.Frozen, GroupGates.Dump, GroupHolds.Dump)
+                : (GroupSteps.Staged, GroupGates.Commit, GroupHolds.Commit);
+            _s.GroupStep = step;
+            if (!GroupGates.AtLeast(f.GroupGate, gate))
+            {
+                _s.Message = step == GroupSteps.Frozen
+                    ? $"Frozen with its network locked; waiting until every member of group {Keys.Get(f.Request.Metadata.Labels, Labels.Group)} is."
+                    : $"The final images are staged on {_s.TargetNode}; waiting until every member's are.";
+                return Wait();
+            }
+
+            return handoff.ContinuedThrough == through || handoff.ContinuedThrough == GroupHolds.Commit ? Wait() : Do(new MigrationAction.ContinueHandoff(through), TimeSpan.Zero);
         }
 
         private Decision CuttingOver()

@@ -39,6 +39,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
     /// <summary>Signs a replacement's pinned address for the node's IPAM (<see cref="PinToken"/>); without it a pinned replacement cannot be made.</summary>
     public Func<PinClaims, string>? MintPin { get; init; }
 
+    /// <summary>How long a group member's handoff may wait at a hold before its agent gives up and thaws the pod.</summary>
+    public TimeSpan GroupHoldTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>Ask for lazy memory where the target's CRIU can restore it (<see cref="OperatorOptions.LazyRestore"/>).</summary>
     public bool LazyRestore { get; init; } = true;
 
@@ -163,8 +166,13 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.ExpectImages expect:
-                await Agent(NodeOf(facts, expect.Node), expect.Node).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = id, Token = Token(request, expect.Node) },
-                    cancellationToken: cancellationToken);
+                await Agent(NodeOf(facts, expect.Node), expect.Node).ExpectImagesAsync(new ExpectImagesRequest
+                {
+                    MigrationId = id,
+                    Token = Token(request, expect.Node),
+                    // a group member's replacement talks to nobody until every member's is restored
+                    HoldNetwork = facts.IsGroupMember && expect.Node == status.TargetNode,
+                }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.StartPreCopy:
                 var limits = request.Spec.PreCopy ?? new PreCopyLimits();
@@ -182,7 +190,16 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     MigrationId = id,
                     Target = Target(facts, request, status.TargetNode!),
                     LazyMemory = LazyRestore && facts.TargetNode is { } targetNode && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
+                    GroupHold = facts.IsGroupMember,
+                    HoldTimeoutSeconds = (uint)GroupHoldTimeout.TotalSeconds,
                 }, cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.ContinueHandoff continuing:
+                await Agent(facts.SourceNode, status.SourceNode).ContinueHandoffAsync(new ContinueHandoffRequest { MigrationId = id, Through = continuing.Through },
+                    cancellationToken: cancellationToken);
+                return null;
+            case MigrationAction.ReleaseNetwork:
+                await Agent(facts.TargetNode, status.TargetNode!).ReleaseNetworkAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.StartTransfer transfer:
                 await Agent(facts.SourceNode, status.SourceNode).StartTransferAsync(new StartTransferRequest { MigrationId = id, Target = Target(facts, request, transfer.Node) },
@@ -513,7 +530,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         code is StatusCode.Unavailable or StatusCode.DeadlineExceeded or StatusCode.Cancelled or StatusCode.Unknown or StatusCode.ResourceExhausted;
 
     private static bool IsForward(MigrationAction action) =>
-        action is MigrationAction.BeginCheckpoint or MigrationAction.ExpectImages or MigrationAction.StartPreCopy or MigrationAction.StartHandoff;
+        action is MigrationAction.BeginCheckpoint or MigrationAction.ExpectImages or MigrationAction.StartPreCopy or MigrationAction.StartHandoff or MigrationAction.ContinueHandoff;
 
     private static string Describe(MigrationAction action) => action switch
     {
@@ -527,6 +544,8 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         MigrationAction.ResumeSource => "Thawing the source",
         MigrationAction.Cleanup c => $"Removing the images on {c.Node}",
         MigrationAction.FinishSource => "Ending the source's processes",
+        MigrationAction.ContinueHandoff c => $"Letting the handoff go on to {c.Through}",
+        MigrationAction.ReleaseNetwork => "Releasing the replacement's network",
         _ => action.GetType().Name,
     };
 }

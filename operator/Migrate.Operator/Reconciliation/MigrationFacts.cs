@@ -68,6 +68,11 @@ public sealed record MigrationFacts
     /// <summary>The admission's verdict, for a request not admitted yet.</summary>
     public Validation? Admission { get; init; }
 
+    /// <summary>A member of a group: its group's gate (<see cref="GroupGates"/>; RollBack when the group request is gone). Null for a request of its own.</summary>
+    public string? GroupGate { get; init; }
+
+    public bool IsGroupMember => GroupGate is not null;
+
     public MigrationRequestStatus Status => Request.Status ?? new MigrationRequestStatus();
 
     public string MigrationId => Request.Metadata.Uid;

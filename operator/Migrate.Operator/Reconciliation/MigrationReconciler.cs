@@ -18,9 +18,9 @@ public sealed partial class MigrationReconciler(ClusterCache cache, AgentViews a
     public async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
     {
         var request = cache.Requests.Get(key.Namespace, key.Name);
-        if (request is null)
+        if (request is null || request.Spec.IsGroup)
         {
-            return null;
+            return null; // (a group request is the GroupController's)
         }
 
         var facts = await GatherAsync(request, cancellationToken);
@@ -89,6 +89,15 @@ public sealed partial class MigrationReconciler(ClusterCache cache, AgentViews a
         }
 
         var others = cache.Requests.Items.Where(r => r.Metadata.Uid != request.Metadata.Uid && IsInFlight(r)).ToList();
+        string? gate = null;
+        if (GroupOwner(request) is { } owner)
+        {
+            // a member whose group request is gone (or going) goes back, unless it was released already
+            var group = cache.Requests.Get(ns, owner.Name);
+            gate = group is null || group.Metadata.Uid != owner.Uid || group.Metadata.DeletionTimestamp is not null ? GroupGates.RollBack
+                : group.Status?.Group?.Gate ?? GroupGates.Prepare;
+        }
+
         return new MigrationFacts
         {
             Request = request,
@@ -104,8 +113,15 @@ public sealed partial class MigrationReconciler(ClusterCache cache, AgentViews a
             OutboundFromSource = others.Count(r => r.Status!.SourceNode == status.SourceNode),
             InboundToTarget = others.Count(r => r.Status!.TargetNode == status.TargetNode),
             Admission = verdict,
+            GroupGate = gate,
         };
     }
+
+    /// <summary>The group request a member belongs to: its controlling owner, a MigrationRequest (null for a request of its own).</summary>
+    public static V1OwnerReference? GroupOwner(MigrationRequest request) =>
+        Keys.Get(request?.Metadata.Labels, Labels.Group) is { } name
+            ? request!.Metadata.OwnerReferences?.FirstOrDefault(o => o.Controller == true && o.Kind == MigrationRequest.KindName && o.Name == name)
+            : null;
 
     private static string? SavedSourceUid(MigrationRequest request)
     {

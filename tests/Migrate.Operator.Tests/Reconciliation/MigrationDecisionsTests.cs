@@ -78,6 +78,49 @@ public sealed class MigrationDecisionsTests
         new("the final dump is done: Transferring", () => At("Checkpointing") with { Replacement = Waiting(), TargetAgent = Target(waiting: true), SourceAgent = Source(handoff: HandoffStep.Sending, frozenAt: Now.AddSeconds(-1)) },
             d => { Phase(d, "Transferring", "Transferring"); Assert.Equal(50_000_000, d.Status.ImageBytes); }),
 
+        // ------------------------------------------------------------- a member of a group
+        new("a group member pending in a full cluster: it starts all the same (its group was admitted whole)", () => Member(At("Pending") with { InFlight = 5, OutboundFromSource = 2 }, GroupGates.Prepare),
+            d => Phase(d, "Checkpointing", "Checkpointing")),
+        new("a group member prepared, the group not ready: Ready, nothing frozen", () => Member(At("Checkpointing") with { Replacement = Waiting(), TargetAgent = Target(waiting: true) }, GroupGates.Prepare),
+            d => { Waits(d); Assert.Equal(GroupSteps.Ready, d.Status.GroupStep); Assert.Contains("waiting for the other members of group ring", d.Status.Message, StringComparison.Ordinal); }),
+        new("a group member prepared, the gate at Freeze: hand off (held)", () => Member(At("Checkpointing") with { Replacement = Waiting(), TargetAgent = Target(waiting: true) }, GroupGates.Freeze),
+            d => Is<MigrationAction.StartHandoff>(d)),
+        new("a group member frozen, the gate still at Freeze: Frozen, it waits", () => Member(At("Checkpointing") with
+            { Replacement = Waiting(), TargetAgent = Target(waiting: true), SourceAgent = Held(Source(handoff: HandoffStep.Dumping), "Frozen") }, GroupGates.Freeze),
+            d => { Waits(d); Assert.Equal(GroupSteps.Frozen, d.Status.GroupStep); Assert.True(d.Status.Is(ConditionTypes.Frozen)); }),
+        new("a group member frozen, the gate at Dump: let it dump", () => Member(At("Checkpointing") with
+            { Replacement = Waiting(), TargetAgent = Target(waiting: true), SourceAgent = Held(Source(handoff: HandoffStep.Dumping), "Frozen") }, GroupGates.Dump),
+            d => Assert.Equal("Dump", Is<MigrationAction.ContinueHandoff>(d).Through)),
+        new("a group member let through to dump, still held a moment: not asked twice", () => Member(At("Checkpointing") with
+            { Replacement = Waiting(), TargetAgent = Target(waiting: true), SourceAgent = Held(Source(handoff: HandoffStep.Dumping), "Frozen", "Dump") }, GroupGates.Dump),
+            d => Waits(d)),
+        new("a group member staged, the gate at Dump: Staged, it waits", () => Member(At("Transferring") with { Replacement = Waiting(), SourceAgent = Held(Source(handoff: HandoffStep.Sending), "Staged", "Dump") }, GroupGates.Dump),
+            d => { Waits(d); Assert.Equal(GroupSteps.Staged, d.Status.GroupStep); Assert.Equal("Transferring", d.Status.Phase); }),
+        new("a group member staged, the gate at Commit: let it commit", () => Member(At("Transferring") with { Replacement = Waiting(), SourceAgent = Held(Source(handoff: HandoffStep.Sending), "Staged", "Dump") }, GroupGates.Commit),
+            d => Assert.Equal("Commit", Is<MigrationAction.ContinueHandoff>(d).Through)),
+        new("a group member's replacement runs with its network held, the gate at Commit: Restored, it stays Restoring", () => Member(At("Restoring") with
+            { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)), TargetAgent = Network(Target(restoredAt: Now.AddMilliseconds(-650)), held: true) }, GroupGates.Commit),
+            d => { Waits(d); Assert.Equal(GroupSteps.Restored, d.Status.GroupStep); Assert.Equal("Restoring", d.Status.Phase); }),
+        new("a group member restored, the gate at Release: its network released", () => Member(At("Restoring") with
+            { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)), TargetAgent = Network(Target(restoredAt: Now.AddMilliseconds(-650)), held: true) }, GroupGates.Release),
+            d => Is<MigrationAction.ReleaseNetwork>(d)),
+        new("a group member released: CuttingOver, its downtime until the release", () => Member(At("Restoring") with
+            {
+                Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = Network(Target(restoredAt: Now.AddMilliseconds(-650)), held: true, releasedAt: Now.AddMilliseconds(-100)),
+            }, GroupGates.Release),
+            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(GroupSteps.Released, d.Status.GroupStep); Assert.Equal(800, d.Status.DowntimeMillis); }),
+        new("a group rolled back while the member prepares: it goes back", () => Member(At("Checkpointing") with { Replacement = Waiting(), TargetAgent = Target(waiting: true) }, GroupGates.RollBack),
+            d => RollsBack(d, Reasons.GroupRolledBack)),
+        new("a group rolled back while the member's replacement runs, its network held: it goes back all the same (nobody talked to it)", () => Member(At("Restoring") with
+            { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed), TargetAgent = Network(Target(restoredAt: Now.AddMilliseconds(-650)), held: true) }, GroupGates.RollBack),
+            d => RollsBack(d, Reasons.GroupRolledBack)),
+        new("a group member held restored past its phase's time: it goes back", () => Member(At("Restoring", phaseStarted: Now.AddMinutes(-6)) with
+            { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed), TargetAgent = Network(Target(restoredAt: Now.AddMinutes(-5)), held: true) }, GroupGates.Commit),
+            d => RollsBack(d, Reasons.PhaseTimedOut)),
+        new("a group member released is past the point of return: forward whatever the gate", () => Member(At("CuttingOver", expendable: true) with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) }, GroupGates.RollBack, step: GroupSteps.Released),
+            d => Is<MigrationAction.FinishSource>(d)),
+
         // ------------------------------------------------------------- transferring, restoring, cutting over
         new("transferring, not yet committed: wait", () => At("Transferring") with { Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Sending) }, d => Waits(d)),
         new("committed: Restoring", () => At("Transferring") with { Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Committed) }, d => Phase(d, "Restoring", "Restoring")),
@@ -412,6 +455,33 @@ public sealed class MigrationDecisionsTests
         }
 
         return AgentView.Knows(new MigrationStatus { MigrationId = Id, Incoming = incoming });
+    }
+
+    /// <summary>The facts of a member of group "ring" whose gate is <paramref name="gate"/>.</summary>
+    private static MigrationFacts Member(MigrationFacts facts, string gate, string? step = null)
+    {
+        facts.Request.Metadata.Labels = new Dictionary<string, string> { [Labels.Group] = "ring" };
+        facts.Request.Status!.GroupStep = step;
+        return facts with { GroupGate = gate };
+    }
+
+    /// <summary>A source agent whose handoff is at a group hold (and was let through <paramref name="continued"/>).</summary>
+    private static AgentView Held(AgentView view, string held, string continued = "")
+    {
+        var status = view.Migration!.Clone();
+        status.Handoff.Held = held;
+        status.Handoff.ContinuedThrough = continued;
+        return AgentView.Knows(status);
+    }
+
+    /// <summary>A target whose restored replacement's network is held for the group (and released, when).</summary>
+    private static AgentView Network(AgentView view, bool held, DateTime? releasedAt = null)
+    {
+        var status = view.Migration!.Clone();
+        status.Incoming.NetworkHeld = held;
+        status.Incoming.NetworkReleased = releasedAt is not null;
+        status.Incoming.NetworkReleasedUnixMillis = releasedAt is { } at ? new DateTimeOffset(at).ToUnixTimeMilliseconds() : 0;
+        return AgentView.Knows(status);
     }
 
     private static AgentView Silent(int seconds) => AgentView.Unreachable(Now.AddSeconds(-seconds), "connection refused");
