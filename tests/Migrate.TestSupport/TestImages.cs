@@ -21,7 +21,7 @@ public static class TestImages
     /// <summary>The OCI archives of the test images (pause first, then memcounter), built on first use.</summary>
     public static IReadOnlyList<string> Archives()
     {
-        string[] identity = [Workloads.Build("memcounter"), Workloads.Build("pause"), Workloads.Build("seqstream"), .. TestRootFilesystem.Applets];
+        string[] identity = [Workloads.Build("memcounter"), Workloads.Build("pause"), Workloads.Build("seqstream"), Workloads.Build("ring"), .. TestRootFilesystem.Applets];
         var version = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(string.Join('|', identity))))[..16];
         var directory = Path.Combine(RepositoryLayout.Artifacts, "images", version);
         var pause = Path.Combine(directory, "pause.tar");

@@ -31,6 +31,7 @@ public static class TestRootFilesystem
         File.Copy(Memcounter.BinaryPath(), Path.Combine(root, "bin", "memcounter"), overwrite: true);
         File.Copy(Workloads.Build("pause"), Path.Combine(root, "bin", "pause"), overwrite: true);
         File.Copy(Workloads.Build("seqstream"), Path.Combine(root, "bin", "seqstream"), overwrite: true);
+        File.Copy(Workloads.Build("ring"), Path.Combine(root, "bin", "ring"), overwrite: true);
         Prerequisites.Run("mknod", "-m", "666", Path.Combine(root, "dev", "null"), "c", "1", "3");
     }
 }
