@@ -370,6 +370,10 @@ public sealed class GroupStatus
     /// <summary>The longest any member was frozen, as its request reports it.</summary>
     [JsonPropertyName("downtimeMillis")]
     public long? DowntimeMillis { get; set; }
+
+    /// <summary>From the first member frozen to the last one running again on its target (its network released).</summary>
+    [JsonPropertyName("spreadMillis")]
+    public long? SpreadMillis { get; set; }
 }
 
 public sealed class GroupMemberStatus
@@ -398,4 +402,12 @@ public sealed class GroupMemberStatus
 
     [JsonPropertyName("message")]
     public string? Message { get; set; }
+
+    /// <summary>When the member's processes were frozen.</summary>
+    [JsonPropertyName("frozenTime")]
+    public DateTime? FrozenTime { get; set; }
+
+    /// <summary>How long its peers went without it: freeze to its network's release.</summary>
+    [JsonPropertyName("downtimeMillis")]
+    public long? DowntimeMillis { get; set; }
 }

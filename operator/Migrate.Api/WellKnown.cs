@@ -65,6 +65,9 @@ public static class Labels
     /// <summary>On a member MigrationRequest: the group request it belongs to (by name, in its namespace).</summary>
     public const string Group = Keys.Domain + "group";
 
+    /// <summary>On pods, set by users: pods of a namespace with the same value move together when a drain moves one of them (a group request, docs/groups.md).</summary>
+    public const string MigrationGroup = Keys.Domain + "migration-group";
+
     /// <summary>On the MigrationRequests the eviction webhook creates.</summary>
     public const string Trigger = Keys.Domain + "trigger";
 

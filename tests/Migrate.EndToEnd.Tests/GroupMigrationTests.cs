@@ -125,6 +125,60 @@ public sealed partial class GroupMigrationTests(GroupSandboxFixture fixture, ITe
         }
     }
 
+    [Fact]
+    public async Task A_NodeDrain_moves_the_pods_of_a_migration_group_together_as_one_group_request()
+    {
+        // two pods of group "pair" (one on the drained node, one elsewhere) and a pod on its own, all opted in
+        static Dictionary<string, string> LabelsOf(string? migrationGroup)
+        {
+            var labels = new Dictionary<string, string> { [Labels.Migrate] = "true", ["app"] = "pair" };
+            if (migrationGroup is not null)
+            {
+                labels[Labels.MigrationGroup] = migrationGroup;
+            }
+
+            return labels;
+        }
+
+        var pods = new[] { ("pair-0", "node-a", (string?)"pair"), ("pair-1", "node-b", "pair"), ("solo", "node-a", null) };
+        var uids = new Dictionary<string, string>();
+        foreach (var (pod, node, migrationGroup) in pods)
+        {
+            uids[pod] = (await Sandbox.RunPodAsync(Cluster, "default", pod, node, LabelsOf(migrationGroup))).Metadata.Uid;
+            await Sandbox.WaitForTicksAsync(Cluster, pod, "main", 3);
+        }
+
+        await Sandbox.ApplyAsync(Cluster, """
+            apiVersion: podmigration.io/v1alpha1
+            kind: NodeDrain
+            metadata: {name: drain-pair}
+            spec: {nodeName: node-a, reason: group test}
+            """);
+        await Sandbox.WaitForPhaseAsync(Cluster, "nodedrain", "drain-pair", NodeDrainStatus.Drained);
+
+        // one group request for the pair (its pod on node-b moved too), one request for the pod on its own
+        var group = (await Sandbox.GetRequestAsync(Cluster, "drain-drain-pair-pair-1"))!;
+        output.WriteLine(Describe(group));
+        Assert.Equal(MigrationPhases.Succeeded, group.Status!.Phase);
+        Assert.Equal(new Dictionary<string, string> { [Labels.MigrationGroup] = "pair" }, group.Spec.PodSelector);
+        Assert.Equal(["pair-0", "pair-1"], group.Status.Group!.Members.Select(m => m.PodName));
+        Assert.Equal(MigrationPhases.Succeeded, (await Sandbox.GetRequestAsync(Cluster, "drain-drain-pair-solo-1"))!.Status!.Phase);
+        foreach (var member in group.Status.Group.Members)
+        {
+            var request = (await Sandbox.GetRequestAsync(Cluster, member.Request!))!.Status!;
+            Assert.NotEqual("node-a", request.TargetNode);
+            var source = pods.Single(p => p.Item1 == member.PodName).Item2;
+            var frozenAt = Cluster.Node(source).LoggedTicks("default", member.PodName, "main", uids[member.PodName])[^1].Tick;
+            Sandbox.AssertConsecutive(await Sandbox.WaitForTicksAsync(Cluster, request.ReplacementPod!, "main", 3), frozenAt + 1);
+        }
+
+        (await Cluster.Api.KubectlAsync("delete", "nodedrain", "drain-pair", "--wait=true")).Succeeded();
+        foreach (var pod in (await Sandbox.PodsAsync(Cluster)).Where(p => p.Metadata.Labels?.TryGetValue("app", out var app) == true && app == "pair"))
+        {
+            (await Cluster.Api.KubectlAsync("delete", "pod", pod.Metadata.Name, "--wait=true")).Succeeded();
+        }
+    }
+
     /// <summary>Starts the three ring pods, then tells each its successor's address (its emptyDir, as a file); returns their addresses.</summary>
     private async Task<string[]> StartRingAsync()
     {

@@ -213,7 +213,7 @@ public sealed class PortableMigrationTests(E2EClusterFixture cluster, ITestOutpu
     }
 
     [Theory]
-    [InlineData("spec: {mode: PreCopy}", "spec.podName: Required value")]
+    [InlineData("spec: {mode: PreCopy}", "name one pod (podName) or a group (pods or podSelector), not both and not neither")]
     [InlineData("spec: {podName: x, mode: Warm}", "spec.mode: Unsupported value: \"Warm\"")]
     [InlineData("spec: {podName: x, timeoutSeconds: 1}", "spec.timeoutSeconds: Invalid value: 1")]
     [InlineData("spec: {podName: Not_A_Name}", "spec.podName: Invalid value: \"Not_A_Name\"")]

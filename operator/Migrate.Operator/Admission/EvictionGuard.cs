@@ -59,7 +59,15 @@ public static class EvictionGuard
             return $"pod {ns}/{name} has been migrated and is being removed; retry the eviction later";
         }
 
-        var failures = DrainAttempts.Failures(requests.Where(r => r.Metadata.Labels?.ContainsKey(Labels.Trigger) == true));
+        // a pod of a group is moved with its group: its attempts are the group requests naming that group
+        var all = KubernetesJson.Deserialize<MigrationRequestList>(((JsonElement)raw).GetRawText()).Items;
+        var attempts = DrainAttempts.AttemptsFor(pod, all).ToList();
+        if (attempts.FirstOrDefault(r => !MigrationPhases.IsFinal(r.Status?.Phase)) is { } group)
+        {
+            return $"pod {ns}/{name} is being migrated to another node with its group by MigrationRequest {group.Metadata.Name} instead of being evicted; retry the eviction later";
+        }
+
+        var failures = DrainAttempts.Failures(attempts.Where(r => r.Metadata.Labels?.ContainsKey(Labels.Trigger) == true));
         if (failures.Count >= MaxAttempts)
         {
             var last = failures[^1].Status!;
@@ -67,7 +75,7 @@ public static class EvictionGuard
                 $"Delete MigrationRequest {failures[^1].Metadata.Name} to let evictions through";
         }
 
-        var request = DrainAttempts.Next("evict", ns, name, failures, new Dictionary<string, string> { [Labels.Trigger] = "eviction" });
+        var request = DrainAttempts.NextFor("evict", pod, failures, new Dictionary<string, string> { [Labels.Trigger] = "eviction" });
         try
         {
             if (!dryRun)

@@ -151,8 +151,8 @@ public sealed partial class DrainController : BackgroundService
             var ns = pod.Metadata.NamespaceProperty;
             if (DrainAttempts.OptedIn(pod, optedInNamespaces.Contains(ns)))
             {
-                var attempts = requests.Where(r => r.Metadata.NamespaceProperty == ns && r.Spec.PodName == pod.Metadata.Name)
-                    .OrderBy(r => r.Metadata.CreationTimestamp).ToList();
+                // (a pod of a group moves with its group: one group request for all of them)
+                var attempts = DrainAttempts.AttemptsFor(pod, requests).OrderBy(r => r.Metadata.CreationTimestamp).ToList();
                 if (attempts.Any(r => !MigrationPhases.IsFinal(r.Status?.Phase)))
                 {
                     continue;
@@ -227,7 +227,7 @@ public sealed partial class DrainController : BackgroundService
     private async Task CreateRequestAsync(NodeDrain drain, V1Pod pod, List<MigrationRequest> failures, CancellationToken cancellationToken)
     {
         int attempt = failures.Count + 1;
-        var request = DrainAttempts.Next("drain-" + drain.Metadata.Name, pod.Metadata.NamespaceProperty, pod.Metadata.Name, failures,
+        var request = DrainAttempts.NextFor("drain-" + drain.Metadata.Name, pod, failures,
             new Dictionary<string, string> { [Labels.Drain] = drain.Metadata.Name }, drain.Spec.TargetNodeSelector,
             new V1OwnerReference { ApiVersion = drain.ApiVersion, Kind = NodeDrain.KindName, Name = drain.Metadata.Name, Uid = drain.Metadata.Uid, BlockOwnerDeletion = false });
         try
@@ -241,7 +241,9 @@ public sealed partial class DrainController : BackgroundService
         }
 
         await _events.RecordAsync(drain.ApiVersion, NodeDrain.KindName, drain.Metadata, "Normal", "Migrating",
-            $"Moving pod {pod.Metadata.NamespaceProperty}/{pod.Metadata.Name} off node {drain.Spec.NodeName} (MigrationRequest {request.Metadata.Name}, attempt {attempt}).", cancellationToken);
+            DrainAttempts.GroupOf(pod) is { } group
+                ? $"Moving pod {pod.Metadata.NamespaceProperty}/{pod.Metadata.Name} off node {drain.Spec.NodeName} with the pods of its group {group} (MigrationRequest {request.Metadata.Name}, attempt {attempt})."
+                : $"Moving pod {pod.Metadata.NamespaceProperty}/{pod.Metadata.Name} off node {drain.Spec.NodeName} (MigrationRequest {request.Metadata.Name}, attempt {attempt}).", cancellationToken);
     }
 
     /// <summary>Evicts the pod through the Eviction API; returns why not when it was refused (a disruption budget, usually).</summary>

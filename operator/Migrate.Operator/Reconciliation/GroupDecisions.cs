@@ -29,6 +29,9 @@ public sealed record GroupPolicy
     /// <summary>The most groups in flight at once (each member of each counts against no other limit).</summary>
     public int MaxConcurrentGroups { get; init; } = 2;
 
+    /// <summary>How long after its admission a group waits for a member request it made to appear before it gives up on the group.</summary>
+    public TimeSpan MemberCreationTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>How soon a group in flight is looked at again without a change.</summary>
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(1);
 }
@@ -100,6 +103,11 @@ public static class GroupDecisions
                 member.TargetNode = ms.TargetNode;
                 member.Reason = ms.Reason;
                 member.Message = ms.Message;
+                member.DowntimeMillis = ms.DowntimeMillis ?? member.DowntimeMillis;
+                if (ms.Condition(ConditionTypes.Frozen) is { Status: "True" } frozen)
+                {
+                    member.FrozenTime ??= frozen.LastTransitionTime;
+                }
             }
             else if (g.Gate == GroupGates.Prepare && member.Phase is null)
             {
@@ -107,14 +115,32 @@ public static class GroupDecisions
             }
         }
 
-        var frozenSince = facts.Members.Select(m => m.Status?.Condition(ConditionTypes.Frozen)).Where(c => c?.Status == "True").Select(c => c!.LastTransitionTime).ToList();
-        if (frozenSince.Count > 0 && g.FirstFrozenTime is null)
+        var frozenSince = g.Members.Select(m => m.FrozenTime).OfType<DateTime>().ToList();
+        if (frozenSince.Count > 0)
         {
             g.FirstFrozenTime = frozenSince.Min();
         }
 
-        var downtimes = facts.Members.Select(m => m.Status?.DowntimeMillis).OfType<long>().ToList();
+        var downtimes = g.Members.Select(m => m.DowntimeMillis).OfType<long>().ToList();
         g.DowntimeMillis = downtimes.Count > 0 ? downtimes.Max() : g.DowntimeMillis;
+        if (g.FirstFrozenTime is { } first && g.Members.All(m => m is { FrozenTime: not null, DowntimeMillis: not null }))
+        {
+            // the first member frozen to the last one running again, on the agents' clocks
+            g.SpreadMillis = (long)(g.Members.Max(m => m.FrozenTime!.Value.AddMilliseconds(m.DowntimeMillis!.Value)) - first).TotalMilliseconds;
+        }
+
+        // a member request that never appeared (its name taken by a request that is not the group's)
+        if (g.Gate == GroupGates.Prepare && create.Count > 0 && s.Condition(ConditionTypes.Validated)?.LastTransitionTime is { } admitted && facts.Now - admitted > policy.MemberCreationTimeout)
+        {
+            foreach (var missing in g.Members.Where(m => !byPod.ContainsKey(m.PodName)))
+            {
+                missing.Phase = MigrationPhases.Failed;
+                missing.Reason = Reasons.InvalidGroup;
+                missing.Message = $"MigrationRequest {missing.Request} could not be made for it (is the name taken by another request?).";
+            }
+
+            create.Clear();
+        }
 
         // a member that failed, or is going back, before the release: all go back
         var failed = g.Members.FirstOrDefault(m => m.Phase is MigrationPhases.Failed or MigrationPhases.RolledBack

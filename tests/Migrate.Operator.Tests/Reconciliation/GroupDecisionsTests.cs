@@ -65,6 +65,15 @@ public sealed class GroupDecisionsTests
         new("a member not created yet (the cache was behind): made again", () => At(GroupGates.Prepare, GroupSteps.Ready, GroupSteps.Ready, null) with { Members = [.. Members(GroupSteps.Ready, GroupSteps.Ready, null).Take(2)] },
             d => Assert.Equal(["ring-ring-2"], d.Create.Select(c => c.Name))),
 
+        new("a member request that never appeared (its name taken): the group goes back, naming it", () => Admitted(At(GroupGates.Prepare, GroupSteps.Ready, GroupSteps.Ready, null) with
+            { Members = [.. Members(GroupSteps.Ready, GroupSteps.Ready, null).Take(2)] }, Now.AddMinutes(-1)),
+            d =>
+            {
+                Assert.Equal(GroupGates.RollBack, d.Status.Group!.Gate);
+                Assert.Empty(d.Create);
+                Assert.StartsWith("Member ring-2 failed (InvalidGroup: MigrationRequest ring-ring-2 could not be made for it", d.Status.Message, StringComparison.Ordinal);
+            }),
+
         // ------------------------------------------------------------- all or nothing
         new("a member rolling back before the release: the gate turns to RollBack, the member and its reason named", () => Failing(At(GroupGates.Dump, GroupSteps.Staged, GroupSteps.Frozen, GroupSteps.Staged), 1, rolling: true),
             d =>
@@ -180,6 +189,12 @@ public sealed class GroupDecisionsTests
             Status = new MigrationRequestStatus { Phase = MigrationPhases.Checkpointing, GroupStep = step, DowntimeMillis = 400 * (i + 1), SourceNode = "node-a", TargetNode = "node-c" },
         }),
     ];
+
+    private static GroupFacts Admitted(GroupFacts facts, DateTime at)
+    {
+        facts.Group.Status!.SetCondition(ConditionTypes.Validated, "True", Reasons.Validated, "admitted", 1, at);
+        return facts;
+    }
 
     private static GroupFacts Gate(GroupFacts facts, string gate)
     {
