@@ -363,6 +363,10 @@ public sealed class GroupStatus
     [JsonPropertyName("firstFrozenTime")]
     public DateTime? FirstFrozenTime { get; set; }
 
+    /// <summary>When each gate opened (Freeze, Dump, Commit, Release, RollBack): where a group's time went.</summary>
+    [JsonPropertyName("gateTimes")]
+    public IDictionary<string, DateTime>? GateTimes { get; set; }
+
     /// <summary>When the gate opened to Release (every member restored).</summary>
     [JsonPropertyName("releaseTime")]
     public DateTime? ReleaseTime { get; set; }

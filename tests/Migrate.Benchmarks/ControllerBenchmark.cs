@@ -223,7 +223,8 @@ public static class ControllerBenchmark
         }
     }
 
-    private static async Task<Dictionary<string, (JsonNode Status, double ElapsedMs)>> WaitForFinalAsync(SandboxCluster cluster, List<string> names, Stopwatch clock)
+    /// <summary>Waits until every named request is final (15 minutes at most); one that did not succeed fails the run.</summary>
+    internal static async Task<Dictionary<string, (JsonNode Status, double ElapsedMs)>> WaitForFinalAsync(SandboxCluster cluster, List<string> names, Stopwatch clock)
     {
         var done = new Dictionary<string, (JsonNode, double)>(StringComparer.Ordinal);
         while (done.Count < names.Count)
@@ -294,12 +295,7 @@ public static class ControllerBenchmark
         text.AppendLine(c, $"A 4-node sandbox (one machine: every node's containerd, agent and pods share its CPUs), memcounter pods of {Mib} MiB, idle, the default mode; {repetitions} repetitions of each scenario.");
         text.AppendLine("Measurements, never assertions. Times: request created to `Succeeded`; downtime: the request's `downtimeMillis`.");
         text.AppendLine();
-        text.AppendLine("| figure | value |");
-        text.AppendLine("| --- | --- |");
-        foreach (var (name, value, unit) in figures)
-        {
-            text.AppendLine(c, $"| {name} | {value:0.###} {unit} |");
-        }
+        MarkdownParts.AppendFigures(text, figures);
 
         text.AppendLine();
         text.AppendLine("Goals (issue 19): two migrations at once each within 1.2x the lone downtime; a drain of 8 pods in at most 0.5x the time of 8 lone migrations, no pod frozen longer than 1.5x a lone one.");
@@ -316,15 +312,7 @@ public static class ControllerBenchmark
             text.AppendLine(c, $"| drain (whole) | {rep} | {DrainPods} pods | {total:0} | - | - |");
         }
 
-        if (failures.Count > 0)
-        {
-            text.AppendLine();
-            text.AppendLine("Failed runs:");
-            foreach (var failure in failures)
-            {
-                text.AppendLine("- " + failure);
-            }
-        }
+        MarkdownParts.AppendFailures(text, failures);
 
         return text.ToString();
     }

@@ -148,6 +148,7 @@ public static class GroupDecisions
         if (failed is not null && g.Gate is not (GroupGates.Release or GroupGates.RollBack))
         {
             g.Gate = GroupGates.RollBack;
+            (g.GateTimes ??= new Dictionary<string, DateTime>())[GroupGates.RollBack] = facts.Now;
             s.Reason = Reasons.GroupRolledBack;
             s.Message = $"Member {failed.PodName} failed ({failed.Reason}: {failed.Message?.TrimEnd('.')}); every member is rolled back.";
             events.Add(new EventNote("Warning", Reasons.GroupRolledBack, s.Message));
@@ -199,6 +200,7 @@ public static class GroupDecisions
         if (Advance.TryGetValue(gate, out var next) && g.Members.Count > 0 && g.Members.All(m => GroupSteps.AtLeast(m.Step, next.Step)))
         {
             g.Gate = next.Next;
+            (g.GateTimes ??= new Dictionary<string, DateTime>())[next.Next] = facts.Now;
             s.Reason = next.Next;
             s.Message = next.Next switch
             {

@@ -52,7 +52,7 @@ public sealed class GroupDecisionsTests
             d => Assert.Equal(GroupGates.Freeze, d.Status.Group!.Gate)),
         new("every member staged: Commit", () => At(GroupGates.Dump, GroupSteps.Staged, GroupSteps.Staged, GroupSteps.Staged), d => Opens(d, GroupGates.Commit)),
         new("every member restored: Release, at this time", () => At(GroupGates.Commit, GroupSteps.Restored, GroupSteps.Restored, GroupSteps.Restored),
-            d => { Opens(d, GroupGates.Release); Assert.Equal(Now, d.Status.Group!.ReleaseTime); }),
+            d => { Opens(d, GroupGates.Release); Assert.Equal(Now, d.Status.Group!.ReleaseTime); Assert.Equal(Now, d.Status.Group.GateTimes![GroupGates.Release]); }),
         new("released, members cutting over: wait", () => At(GroupGates.Release, GroupSteps.Released, GroupSteps.Released, GroupSteps.Restored),
             d => { Assert.Equal(GroupPhases.Migrating, d.Status.Phase); Assert.Equal(Policy.PollInterval, d.RequeueAfter); }),
         new("released, every member Succeeded: Succeeded, the longest downtime named", () => Final(At(GroupGates.Release, GroupSteps.Released, GroupSteps.Released, GroupSteps.Released), MigrationPhases.Succeeded),
