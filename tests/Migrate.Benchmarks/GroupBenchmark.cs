@@ -24,23 +24,24 @@ public sealed record GroupSample(int Members, string Way, int Repetition, double
 public static class GroupBenchmark
 {
     private const int Mib = 64;
-    private static readonly int[] Sizes = [2, 4, 8];
+    private static readonly int[] DefaultSizes = [2, 4, 8];
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
     public static async Task RunAsync(BenchmarkReport report, IReadOnlyList<string> args)
     {
         ArgumentNullException.ThrowIfNull(report);
         int repetitions = int.Parse(MigrationBenchmark.Option(args, "--reps", "1"), CultureInfo.InvariantCulture);
+        int[] sizes = [.. MigrationBenchmark.Option(args, "--group-sizes", string.Join(',', DefaultSizes)).Split(',').Select(v => int.Parse(v, CultureInfo.InvariantCulture))];
         var clock = Stopwatch.StartNew();
         void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  [{clock.Elapsed:mm\\:ss}] {text}"));
         var samples = new List<GroupSample>();
         var failures = new List<string>();
-        Say($"starting a 2-node sandbox; {repetitions} repetition(s) of groups of {string.Join(", ", Sizes)} pods of {Mib} MiB, and the same moved one by one");
+        Say($"starting a 2-node sandbox; {repetitions} repetition(s) of groups of {string.Join(", ", sizes)} pods of {Mib} MiB, and the same moved one by one");
         await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = 2, PhaseTimeoutSeconds = 900 }, line => Say(line)))
         {
             for (int rep = 1; rep <= repetitions; rep++)
             {
-                foreach (int n in Sizes)
+                foreach (int n in sizes)
                 {
                     foreach (var way in new[] { "group", "one-by-one" })
                     {
@@ -61,7 +62,7 @@ public static class GroupBenchmark
             }
         }
 
-        var figures = Figures(samples);
+        var figures = Figures(samples, sizes);
         foreach (var (name, value, unit) in figures)
         {
             report.Add("groups", name, value, unit);
@@ -74,10 +75,10 @@ public static class GroupBenchmark
     }
 
     /// <summary>Per size: the group's figures against one by one's, as ratios of medians over the repetitions.</summary>
-    internal static IReadOnlyList<(string Name, double Value, string Unit)> Figures(IReadOnlyList<GroupSample> samples)
+    internal static IReadOnlyList<(string Name, double Value, string Unit)> Figures(IReadOnlyList<GroupSample> samples, IReadOnlyList<int> sizes)
     {
         var result = new List<(string, double, string)>();
-        foreach (int n in Sizes)
+        foreach (int n in sizes)
         {
             var group = samples.Where(s => s.Members == n && s.Way == "group").ToList();
             var single = samples.Where(s => s.Members == n && s.Way == "one-by-one").ToList();
