@@ -220,6 +220,63 @@ public sealed class CheckpointRefusalTests : IAsyncLifetime
     }
 
     /// <summary>The pod still counts, its cgroup is not frozen.</summary>
+    [Fact]
+    public async Task A_group_hold_never_let_through_thaws_the_pod_when_its_time_is_up_and_bad_group_calls_are_refused()
+    {
+        var pod = await _agent.RunPodAsync("held", CheckpointTests.Counter("main", 2));
+        await AgentOnNode.WaitForTicksAsync(pod, "main", 2);
+        await Client.BeginCheckpointAsync(CheckpointTests.Begin("m-held", pod, _agent.NodeName));
+
+        // a group member's handoff: frozen with nothing dumped, it waits for the group (here: for ever) at most 2 s
+        await Client.StartHandoffAsync(new StartHandoffRequest
+        {
+            MigrationId = "m-held",
+            Target = new TransferTarget { Address = "127.0.0.1:9", Node = "node-b", Token = "unused" },
+            GroupHold = true,
+            HoldTimeoutSeconds = 2,
+        });
+        var held = await WaitForAsync("m-held", s => s.Handoff?.Held == "Frozen");
+        Assert.Equal(MigrationPhase.Frozen, held.Phase);
+        var described = await new PodLocator(_agent.Node.Cri).DescribeAsync(pod.ContainerIds["main"], CancellationToken.None);
+        Assert.True(CgroupFreezer.ForProcess(described.Pid).IsFrozen);
+
+        var badWord = await AgentOnNode.ExpectErrorAsync(() => Client.ContinueHandoffAsync(new ContinueHandoffRequest { MigrationId = "m-held", Through = "Restore" }).ResponseAsync);
+        var unknown = await AgentOnNode.ExpectErrorAsync(() => Client.ContinueHandoffAsync(new ContinueHandoffRequest { MigrationId = "m-nobody", Through = "Dump" }).ResponseAsync);
+        var notHeld = await AgentOnNode.ExpectErrorAsync(() => Client.ReleaseNetworkAsync(new MigrationRef { MigrationId = "m-held" }).ResponseAsync);
+        Assert.Equal(StatusCode.InvalidArgument, badWord.StatusCode);
+        Assert.Contains("through must be \"Dump\" or \"Commit\"", badWord.Status.Detail, StringComparison.Ordinal);
+        Assert.Equal(StatusCode.NotFound, unknown.StatusCode);
+        Assert.Equal(StatusCode.FailedPrecondition, notHeld.StatusCode);
+        Assert.Contains("has no restored replacement held on this node", notHeld.Status.Detail, StringComparison.Ordinal);
+
+        var failed = await WaitForAsync("m-held", s => s.Operation?.State == OperationState.Failed);
+        Assert.Equal("GroupHoldTimedOut", failed.Operation.Reason);
+        Assert.Contains("did not continue past hold Frozen within 2 seconds", failed.Operation.Message, StringComparison.Ordinal);
+        Assert.Contains("The pod was thawed and runs on.", failed.Operation.Message, StringComparison.Ordinal);
+        Assert.Equal("", failed.Handoff.Held);
+        await AssertUntouchedAsync(pod);
+    }
+
+    private async Task<MigrationStatus> WaitForAsync(string migration, Func<MigrationStatus, bool> until)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        MigrationStatus status;
+        do
+        {
+            status = await Client.GetMigrationAsync(new MigrationRef { MigrationId = migration });
+            if (until(status))
+            {
+                return status;
+            }
+
+            await Task.Delay(25);
+        }
+        while (clock.Elapsed < TimeSpan.FromSeconds(30));
+
+        Assert.Fail($"migration {migration} is still {status.Phase}: {status.Message}");
+        return status;
+    }
+
     private async Task AssertUntouchedAsync(RunningTestPod pod)
     {
         foreach (var (name, _) in pod.ContainerIds)
