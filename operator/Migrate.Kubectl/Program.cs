@@ -199,7 +199,7 @@ namespace Migrate.Kubectl
             var rows = requests.Select(r =>
             {
                 var status = r["status"] as JsonObject ?? [];
-                string[] cells = [Text(r, "metadata", "name")!, Text(r, "spec", "podName") ?? "", Text(status, "sourceNode") ?? "", Text(status, "targetNode") ?? "",
+                string[] cells = [Text(r, "metadata", "name")!, PodsOf(r), Text(status, "sourceNode") ?? "", Text(status, "targetNode") ?? "",
                     Text(status, "phase") ?? "Pending", status["downtimeMillis"] is null ? "" : $"{Number(status, "downtimeMillis"):0}ms", Age(Time(r, "metadata", "creationTimestamp"))];
                 return all ? [Text(r, "metadata", "namespace")!, .. cells] : cells;
             }).ToList();
@@ -216,7 +216,7 @@ namespace Migrate.Kubectl
             var status = request["status"] as JsonObject ?? [];
             output.Line($"Name:         {name}");
             output.Line($"Namespace:    {Api.Namespace}");
-            output.Line($"Pod:          {Text(request, "spec", "podName")}");
+            output.Line($"Pod:          {PodsOf(request)}");
             output.Line($"Mode:         {Text(request, "spec", "mode") ?? "PreCopy"}");
             output.Line($"Phase:        {Text(status, "phase") ?? "Pending"}");
             output.Line($"Reason:       {Text(status, "reason")}");
@@ -233,6 +233,19 @@ namespace Migrate.Kubectl
             {
                 output.Line(string.Create(CultureInfo.InvariantCulture,
                     $"Progress:     {Text(progress, "phase")}: {Number(progress, "bytesSent") / 1e6:0.0} of {Number(progress, "bytesTotal") / 1e6:0.0} MB at {Text(progress, "updateTime")}"));
+            }
+
+            if (status["group"] is JsonObject group)
+            {
+                // a group request: its gate, and how far each member got
+                output.Line($"Gate:         {Text(group, "gate")}");
+                output.Line(string.Create(CultureInfo.InvariantCulture,
+                    $"Group:        longest downtime {(group["downtimeMillis"] is null ? "-" : $"{Number(group, "downtimeMillis"):0} ms")}, first freeze to last release {(group["spreadMillis"] is null ? "-" : $"{Number(group, "spreadMillis"):0} ms")}"));
+                output.Line("Members:");
+                foreach (var member in (group["members"] as JsonArray ?? []).OfType<JsonObject>())
+                {
+                    output.Line($"  {Text(member, "podName"),-20} {Text(member, "phase") ?? "Pending",-13} {Text(member, "step") ?? "-",-9} {Text(member, "sourceNode")} -> {Text(member, "targetNode")}  {Text(member, "request")}");
+                }
             }
 
             output.Line("Conditions:");
@@ -497,6 +510,26 @@ namespace Migrate.Kubectl
 
         private static string? Text(JsonObject? o, params string[] path) =>
             path.Aggregate((JsonNode?)o, (n, key) => (n as JsonObject)?[key]) is JsonValue v ? v.ToString() : null;
+
+        /// <summary>The pod a request moves, or for a group its pods (named, or by selector until admitted).</summary>
+        private static string PodsOf(JsonObject request)
+        {
+            if (Text(request, "spec", "podName") is { Length: > 0 } pod)
+            {
+                return pod;
+            }
+
+            var members = ((request["status"] as JsonObject)?["group"] as JsonObject)?["members"] as JsonArray
+                ?? (request["spec"] as JsonObject)?["pods"] as JsonArray;
+            if (members is not null)
+            {
+                return string.Join(",", members.OfType<JsonObject>().Select(m => Text(m, "podName")));
+            }
+
+            return (request["spec"] as JsonObject)?["podSelector"] is JsonObject selector
+                ? string.Join(",", selector.Select(l => $"{l.Key}={l.Value}"))
+                : "";
+        }
 
         private static double Number(JsonObject? o, string key) =>
             o?[key] is JsonValue v && double.TryParse(v.ToString(), NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? d : 0;

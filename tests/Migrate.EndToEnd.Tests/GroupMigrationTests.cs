@@ -172,6 +172,24 @@ public sealed partial class GroupMigrationTests(GroupSandboxFixture fixture, ITe
             Sandbox.AssertConsecutive(await Sandbox.WaitForTicksAsync(Cluster, request.ReplacementPod!, "main", 3), frozenAt + 1);
         }
 
+        // kubectl migrate shows the group: its pods in the list, its gate and members in describe
+        var bin = Sandbox.CreatePluginDirectory();
+        try
+        {
+            var (listed, table) = await Sandbox.KubectlMigrateAsync(bin, Cluster.KubeconfigPath, output, "list");
+            Assert.Equal(0, listed);
+            Assert.Matches(@"drain-drain-pair-pair-1\s+pair-0,pair-1\s+", table);
+            var (described, description) = await Sandbox.KubectlMigrateAsync(bin, Cluster.KubeconfigPath, output, "describe", "drain-drain-pair-pair-1");
+            Assert.Equal(0, described);
+            Assert.Contains("Gate:         Release", description, StringComparison.Ordinal);
+            Assert.Matches(@"pair-0\s+Succeeded\s+Released\s+node-a -> node-[bc]\s+drain-drain-pair-pair-1-pair-0", description);
+            Assert.Contains("GroupMigrated", description, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(bin, recursive: true);
+        }
+
         (await Cluster.Api.KubectlAsync("delete", "nodedrain", "drain-pair", "--wait=true")).Succeeded();
         foreach (var pod in (await Sandbox.PodsAsync(Cluster)).Where(p => p.Metadata.Labels?.TryGetValue("app", out var app) == true && app == "pair"))
         {

@@ -19,27 +19,10 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
 
     private SandboxCluster Cluster => fixture.Cluster;
 
-    /// <summary>A directory with kubectl-migrate (running the build's plugin), to put first on PATH.</summary>
-    private static string CreatePluginDirectory()
-    {
-        var bin = Directory.CreateTempSubdirectory("kubectl-plugins-").FullName;
-        var script = Path.Combine(bin, "kubectl-migrate");
-        File.WriteAllText(script, $"#!/bin/sh\nexec dotnet '{RepositoryLayout.Program("Migrate.Kubectl", "kubectl-migrate")}' \"$@\"\n");
-        File.SetUnixFileMode(script, (UnixFileMode)0b111_101_101);
-        return bin;
-    }
+    private static string CreatePluginDirectory() => Sandbox.CreatePluginDirectory();
 
     /// <summary>kubectl migrate ARGS, output redirected (not a terminal), against a kubeconfig.</summary>
-    private async Task<(int ExitCode, string Output)> MigrateAsync(string kubeconfig, params string[] args)
-    {
-        var result = await Sandbox.RunAsync("kubectl", ["migrate", .. args], new Dictionary<string, string>
-        {
-            ["PATH"] = $"{_bin}:{Environment.GetEnvironmentVariable("PATH")}",
-            ["KUBECONFIG"] = kubeconfig,
-        });
-        output.WriteLine($"$ kubectl migrate {string.Join(' ', args)}  -> {result.ExitCode}\n{result.Output}");
-        return result;
-    }
+    private Task<(int ExitCode, string Output)> MigrateAsync(string kubeconfig, params string[] args) => Sandbox.KubectlMigrateAsync(_bin, kubeconfig, output, args);
 
     [Fact]
     public async Task Pod_with_wait_follows_the_migration_and_its_summary_matches_the_status()

@@ -150,6 +150,29 @@ public static class Sandbox
         throw new TimeoutException($"{kind} {name} is not {phase} after two minutes: {status}");
     }
 
+    /// <summary>A directory with kubectl-migrate (running the build's plugin), to put first on PATH.</summary>
+    public static string CreatePluginDirectory()
+    {
+        var bin = Directory.CreateTempSubdirectory("kubectl-plugins-").FullName;
+        var script = Path.Combine(bin, "kubectl-migrate");
+        File.WriteAllText(script, $"#!/bin/sh\nexec dotnet '{RepositoryLayout.Program("Migrate.Kubectl", "kubectl-migrate")}' \"$@\"\n");
+        File.SetUnixFileMode(script, (UnixFileMode)0b111_101_101);
+        return bin;
+    }
+
+    /// <summary>kubectl migrate ARGS through the real kubectl (the plugin found in <paramref name="bin"/>), output redirected (not a terminal), against a kubeconfig.</summary>
+    public static async Task<(int ExitCode, string Output)> KubectlMigrateAsync(string bin, string kubeconfig, Xunit.Abstractions.ITestOutputHelper output, params string[] args)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        var result = await RunAsync("kubectl", ["migrate", .. args], new Dictionary<string, string>
+        {
+            ["PATH"] = $"{bin}:{Environment.GetEnvironmentVariable("PATH")}",
+            ["KUBECONFIG"] = kubeconfig,
+        });
+        output.WriteLine($"$ kubectl migrate {string.Join(' ', args)}  -> {result.ExitCode}\n{result.Output}");
+        return result;
+    }
+
     /// <summary>kubectl apply of a MigrationRequest.</summary>
     public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null, bool? keepAddress = null)
     {
