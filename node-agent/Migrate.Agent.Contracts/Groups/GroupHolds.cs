@@ -31,11 +31,14 @@ public static class GroupHolds
         _ => -1,
     };
 
-    /// <summary>Whether a hold is passed once the handoff was let through <paramref name="through"/>.</summary>
-    public static bool Passes(string hold, string? through) => hold switch
+    /// <summary>How far (<see cref="Reach"/>) a handoff must be let through to pass a hold.</summary>
+    public static int Needs(string hold) => hold switch
     {
-        Frozen => Reach(through) >= 1,
-        Staged => Reach(through) >= 2,
+        Frozen => 1,
+        Staged => 2,
         _ => throw new ArgumentOutOfRangeException(nameof(hold), hold, "not a hold"),
     };
+
+    /// <summary>Whether a hold is passed once the handoff was let through <paramref name="through"/>.</summary>
+    public static bool Passes(string hold, string? through) => Reach(through) >= Needs(hold);
 }

@@ -37,7 +37,7 @@ public sealed class HandoffGates
     public async Task WaitAsync(string migrationId, string hold, TimeSpan timeout, CancellationToken cancellationToken)
     {
         var gate = _gates.GetOrAdd(migrationId, _ => new Gate());
-        int needed = hold == GroupHolds.Frozen ? 1 : 2;
+        int needed = GroupHolds.Needs(hold);
         var deadline = DateTime.UtcNow + timeout;
         while (true)
         {
