@@ -281,6 +281,9 @@ public sealed class MigrationRequestStatus
     [JsonPropertyName("group")]
     public GroupStatus? Group { get; set; }
 
+    /// <summary>A deep copy (a decision changes its copy, never the observed status).</summary>
+    public MigrationRequestStatus Copy() => KubernetesJson.Deserialize<MigrationRequestStatus>(KubernetesJson.Serialize(this));
+
     /// <summary>The condition of a type, or null.</summary>
     public MigrationCondition? Condition(string type) => Conditions.FirstOrDefault(c => c.Type == type);
 

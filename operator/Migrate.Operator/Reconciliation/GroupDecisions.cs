@@ -74,7 +74,7 @@ public static class GroupDecisions
         ArgumentNullException.ThrowIfNull(facts);
         ArgumentNullException.ThrowIfNull(policy);
         var group = facts.Group;
-        var s = Clone(group.Status);
+        var s = group.Status?.Copy() ?? new MigrationRequestStatus();
         var events = new List<EventNote>();
         if (MigrationPhases.IsFinal(s.Phase))
         {
@@ -324,8 +324,4 @@ public static class GroupDecisions
             KeepAddress = spec.KeepAddress,
         };
     }
-
-    private static MigrationRequestStatus Clone(MigrationRequestStatus? status) =>
-        status is null ? new MigrationRequestStatus()
-            : System.Text.Json.JsonSerializer.Deserialize<MigrationRequestStatus>(System.Text.Json.JsonSerializer.Serialize(status))!;
 }

@@ -58,7 +58,7 @@ public static class MigrationDecisions
 
     private sealed class Pass(MigrationFacts f, MigrationPolicy p)
     {
-        private readonly MigrationRequestStatus _s = Clone(f.Request.Status) ?? new MigrationRequestStatus();
+        private readonly MigrationRequestStatus _s = f.Request.Status?.Copy() ?? new MigrationRequestStatus();
         private readonly List<EventNote> _events = [];
 
         private MigrationStatus? Source => f.SourceAgent.Migration;
@@ -929,7 +929,5 @@ public static class MigrationDecisions
 
         private static string Sentence(string text) => text.TrimEnd().TrimEnd('.') + ".";
 
-        private static MigrationRequestStatus? Clone(MigrationRequestStatus? status) =>
-            status is null ? null : KubernetesJson.Deserialize<MigrationRequestStatus>(KubernetesJson.Serialize(status));
     }
 }
