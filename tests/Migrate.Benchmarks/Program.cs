@@ -28,6 +28,11 @@ if (which.Contains("all") || which.Contains("controller"))
     await ControllerBenchmark.RunAsync(results, args);
 }
 
+if (which.Contains("all") || which.Contains("scale"))
+{
+    await ScaleBenchmark.RunAsync(results, args);
+}
+
 if (which.Contains("all") || which.Contains("groups"))
 {
     await GroupBenchmark.RunAsync(results, args);

@@ -13,12 +13,7 @@ public sealed class FakeAgents : IAgentDirectory
 {
     public Dictionary<string, GetCapabilitiesResponse?> Nodes { get; } = [];
 
-    public static GetCapabilitiesResponse Capabilities(string criu = "4.1.1") => new()
-    {
-        Criu = new CriuCapabilities { Version = criu, CheckPassed = true },
-        Kernel = new KernelInfo { Machine = "x86_64" },
-        Cpu = new CpuInfo { Vendor = "AuthenticAMD", Flags = { "sse2", "avx2" } },
-    };
+    public static GetCapabilitiesResponse Capabilities(string criu = "4.1.1") => FakeCapabilities.Of(criu);
 
     public Task<GetCapabilitiesResponse?> GetCapabilitiesAsync(V1Node node, CancellationToken cancellationToken) =>
         Task.FromResult(Nodes.GetValueOrDefault(node.Metadata.Name));

@@ -7,9 +7,19 @@ using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Migrate.Agent.V1;
-using Migrate.TestSupport;
 
-namespace Migrate.Operator.Tests;
+namespace Migrate.TestSupport;
+
+/// <summary>What a fake agent reports it can do: a CRIU that passed its check, an x86-64 kernel and CPU.</summary>
+public static class FakeCapabilities
+{
+    public static GetCapabilitiesResponse Of(string criu = "4.1.1") => new()
+    {
+        Criu = new CriuCapabilities { Version = criu, CheckPassed = true },
+        Kernel = new KernelInfo { Machine = "x86_64" },
+        Cpu = new CpuInfo { Vendor = "AuthenticAMD", Flags = { "sse2", "avx2" } },
+    };
+}
 
 /// <summary>
 /// A fake node agent's state: what it was asked (in order), which calls fail or take long, and a
@@ -194,7 +204,7 @@ public sealed class FakeMigration(string id)
 public sealed class FakeNodeAgent(FakeAgentState state) : Agent.V1.NodeAgent.NodeAgentBase
 {
     public override Task<GetCapabilitiesResponse> GetCapabilities(GetCapabilitiesRequest request, ServerCallContext context) =>
-        Task.FromResult(FakeAgents.Capabilities());
+        Task.FromResult(FakeCapabilities.Of());
 
     public override Task<MigrationStatus> GetMigration(MigrationRef request, ServerCallContext context)
     {
