@@ -48,7 +48,7 @@ kubectl-migrate: ## Publish the kubectl plugin as one executable and install it 
 	@echo "installed $(PREFIX)/bin/kubectl-migrate: try 'kubectl migrate --help'"
 
 .PHONY: images
-images: ## Build the operator and node-agent container images (needs docker, podman or buildah; none runs here).
+images: prereqs ## Build the operator and node-agent images here as OCI archives in artifacts/images (debootstrap + buildah).
 	hack/images.sh
 
 .PHONY: clean

@@ -32,6 +32,7 @@ BOOKWORM_PACKAGES=(
   runc containerd containernetworking-plugins iptables iputils-arping busybox-static iproute2
   gcc libc6-dev util-linux procps tar ca-certificates
   clang zlib1g-dev
+  debootstrap patchelf
 )
 
 log() { printf '[install-prereqs] %s\n' "$*" >&2; }
@@ -211,6 +212,79 @@ else
   install_prometheus_prefix
 fi
 "$PROMETHEUS_PREFIX/usr/bin/promtool" --version >/dev/null 2>&1 || die "$PROMETHEUS_PREFIX's promtool does not run"
+
+# ---------------------------------------------------------------- buildah (make images)
+# make images builds the operator's and the agent's images here, with no registry and no daemon:
+# a base root file system made by debootstrap (bookworm's, above), the project's Dockerfiles built
+# by trixie's buildah 1.39 (bookworm has none), written as OCI archives. buildah, netavark (which
+# buildah requires even with the host's network) and their libraries, trixie's glibc among them,
+# are unpacked into their own prefix. patchelf (bookworm's) points each binary at that prefix's
+# loader and libraries: buildah re-executes /proc/self/exe, so running it through the loader, as
+# CRIU is, does not work.
+BUILDAH_PREFIX="$PREFIX/buildah"
+BUILDAH_SUITE=trixie
+BUILDAH_PACKAGES=(buildah netavark golang-github-containers-common)
+
+buildah_ok() {
+  [ -f "$BUILDAH_PREFIX/.complete" ] && "$BUILDAH_PREFIX/bin/buildah" --version >/dev/null 2>&1 \
+    && "$BUILDAH_PREFIX/bin/netavark" --version >/dev/null 2>&1
+}
+
+install_buildah_prefix() {
+  local work debs staging lib queue=() pkg dep
+  declare -A seen=()
+  work=$(mktemp -d "/tmp/podmig-$BUILDAH_SUITE.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" RETURN
+  private_apt "$BUILDAH_SUITE" "$work/apt"
+  # The packages and the libraries they need (each hard dependency's first alternative, followed
+  # only into lib* and gcc-*-base packages: the programs' other dependencies are not needed to
+  # build images, and following them all would pull in hundreds of packages).
+  queue=("${BUILDAH_PACKAGES[@]}")
+  while [ ${#queue[@]} -gt 0 ]; do
+    pkg=${queue[0]}
+    queue=("${queue[@]:1}")
+    [ -z "${seen[$pkg]:-}" ] || continue
+    seen[$pkg]=1
+    while read -r dep; do
+      case "$dep" in lib*|gcc-*-base) [ -n "${seen[$dep]:-}" ] || queue+=("$dep") ;; esac
+    done < <(apt-cache "${apt_opts[@]}" depends --no-recommends --no-suggests --no-conflicts --no-breaks \
+        --no-replaces --no-enhances "$pkg" \
+      | awk '/^ *[|]?(Pre)?Depends:/ { if (!alternative) print $2; alternative = ($1 ~ /^[|]/); next } { alternative = 0 }' \
+      | grep -v '^<' | sed 's/:any$//')
+  done
+  log "downloading ${#seen[@]} $BUILDAH_SUITE packages for buildah: ${!seen[*]}"
+  debs="$work/debs"
+  mkdir -p "$debs"
+  (cd "$debs" && apt-get "${apt_opts[@]}" download -qq "${!seen[@]}") || die "apt-get download (buildah) failed"
+  staging="$BUILDAH_PREFIX.new"
+  rm -rf "$staging"
+  mkdir -p "$staging/bin"
+  for deb in "$debs"/*.deb; do
+    dpkg-deb -x "$deb" "$staging"
+  done
+  (cd "$debs" && ls ./*.deb | sed 's|^\./||') >"$staging/PACKAGES"
+  # buildah's own test helpers (about 90 MB) are never used
+  rm -rf "$staging/usr/libexec/buildah" "$staging/usr/share/doc" "$staging/usr/share/man"
+  lib="$BUILDAH_PREFIX/usr/lib/x86_64-linux-gnu"
+  cp "$staging/usr/bin/buildah" "$staging/bin/buildah"
+  cp "$staging/usr/lib/podman/netavark" "$staging/bin/netavark"
+  for binary in "$staging/bin/buildah" "$staging/bin/netavark"; do
+    # --force-rpath: a RUNPATH would not be searched for the libraries' own dependencies (libgpgme's libassuan)
+    patchelf --set-interpreter "$lib/ld-linux-x86-64.so.2" --force-rpath --set-rpath "$lib" "$binary" \
+      || die "patchelf $binary failed"
+  done
+  rm -rf "$BUILDAH_PREFIX"
+  mv "$staging" "$BUILDAH_PREFIX"
+  touch "$BUILDAH_PREFIX/.complete"
+  buildah_ok || die "the unpacked buildah does not run: $("$BUILDAH_PREFIX/bin/buildah" --version 2>&1 | head -n 2)"
+}
+
+if buildah_ok; then
+  log "buildah prefix present: $BUILDAH_PREFIX ($("$BUILDAH_PREFIX/bin/buildah" --version))"
+else
+  install_buildah_prefix
+fi
 
 # ---------------------------------------------------------------- hardware breakpoints
 # CRIU stops each task leaving its parasite code with a hardware breakpoint. Where the hypervisor

@@ -6,28 +6,38 @@ using Xunit;
 namespace Migrate.Install.Tests;
 
 /// <summary>
-/// The container images, as far as they can be checked without a builder (none runs on these
-/// machines): what the Dockerfiles copy exists, their entry points are what the projects build,
-/// users and images agree with the manifests, and make images says why it cannot build here.
+/// The container images: make images builds them here and containerd runs them; the Dockerfiles
+/// copy what make images puts in the build context, their entry points are what the projects
+/// build, and users and image names agree with the manifests.
 /// </summary>
+[Collection(ImageBuild.Name)]
 public sealed partial class ImageTests
 {
     private static readonly string[] Dockerfiles = ["operator/Dockerfile", "node-agent/Dockerfile"];
 
+    /// <summary>The OCI archives make images writes (artifacts/images/NAME.tar), in the order hack/images.sh --tags names them.</summary>
+    private static readonly string[] ImageArchives = ["operator", "node-agent"];
+
     private static string Read(string path) => File.ReadAllText(RepositoryLayout.InRepository(path.Split('/')));
 
     [Fact]
-    public void Every_file_a_Dockerfile_copies_from_the_repository_exists()
+    public void Every_directory_a_Dockerfile_copies_is_one_make_images_fills()
     {
+        var script = Read("hack/images.sh");
         foreach (var dockerfile in Dockerfiles)
         {
-            foreach (Match copy in Copy().Matches(Read(dockerfile)))
+            var text = Read(dockerfile);
+            var copies = Copy().Matches(text).Select(m => m.Groups[1].Value.Split(' ', StringSplitOptions.RemoveEmptyEntries)[0]).ToList();
+            Assert.NotEmpty(copies);
+            foreach (var source in copies)
             {
-                var sources = copy.Groups[1].Value.Split(' ', StringSplitOptions.RemoveEmptyEntries)[..^1];
-                foreach (var source in sources.Where(s => s != "."))
-                {
-                    Assert.True(File.Exists(RepositoryLayout.InRepository(source.Split('/'))), $"{dockerfile} copies {source}, which does not exist");
-                }
+                // COPY ${AGENT}/ ...: the build argument's default names a directory of the build context
+                var argument = Regex.Match(source, @"^\$\{([A-Z]+)\}").Groups[1].Value;
+                Assert.True(argument.Length > 0, $"{dockerfile} copies {source}, not a directory of the build context");
+                var directory = Regex.Match(text, $"^ARG {argument}=([a-z-]+)$", RegexOptions.Multiline).Groups[1].Value;
+                Assert.True(directory.Length > 0, $"{dockerfile} gives ${{{argument}}} no default");
+                Assert.True(script.Contains($"$context/{directory}", StringComparison.Ordinal) || script.Contains($".csproj:{directory}", StringComparison.Ordinal),
+                    $"hack/images.sh does not fill the build context's {directory}/, which {dockerfile} copies");
             }
         }
     }
@@ -37,12 +47,11 @@ public sealed partial class ImageTests
     {
         var operatorFile = Read("operator/Dockerfile");
         var agentFile = Read("node-agent/Dockerfile");
-        Assert.Contains("FROM mcr.microsoft.com/dotnet/aspnet:10.0", operatorFile, StringComparison.Ordinal);
-        Assert.Contains($"/app/{AssemblyName("operator/Migrate.Operator/Migrate.Operator.csproj")}.dll", operatorFile, StringComparison.Ordinal);
+        Assert.Contains($"ENTRYPOINT [\"/app/{AssemblyName("operator/Migrate.Operator/Migrate.Operator.csproj")}\"]", operatorFile, StringComparison.Ordinal);
         Assert.Contains($"/opt/podmig/agent/{AssemblyName("node-agent/Migrate.NodeAgent/Migrate.NodeAgent.csproj")}\"]", agentFile, StringComparison.Ordinal);
         Assert.Contains($"/opt/podmig/node/{AssemblyName("node-agent/Migrate.RestoreRuntime/Migrate.RestoreRuntime.csproj")}", agentFile, StringComparison.Ordinal);
-        Assert.Matches(@"FROM debian:sid", agentFile); // CRIU 4.2 (sid): 4.1 cannot dump sockets on kernels 6.16 and later
-        Assert.Matches(@"apt-get install [^\n]*\bcriu\b[^\n]*\blibcriu2\b[^\n]*\brunc\b[^\n]*\biptables\b[^\n]*\biproute2\b[^\n]*\biputils-arping\b", agentFile);
+        Assert.Matches(@"ARG BASE=docker.io/library/debian:sid-slim\nFROM \$\{BASE\}", agentFile); // CRIU 4.2 (sid): 4.1 cannot dump sockets on kernels 6.16 and later
+        Assert.Matches(@"apt-get (\$\{APT_OPTIONS\} )?install [^\n]*\bcriu\b[^\n]*\blibcriu2\b[^\n]*\brunc\b[^\n]*\biptables\b[^\n]*\biproute2\b[^\n]*\biputils-arping\b", agentFile);
 
         // the operator's image user is the non-root user the Deployment runs it as
         Assert.Equal("USER 65532:65532", UserLine().Match(operatorFile).Value);
@@ -59,19 +68,95 @@ public sealed partial class ImageTests
         Assert.Equal(images, tags.Split('\n', StringSplitOptions.RemoveEmptyEntries).Order(StringComparer.Ordinal));
     }
 
+    /// <summary>
+    /// make images from this checkout: both images built by buildah on a debootstrapped base,
+    /// written as OCI archives under the names deploy/ runs, imported into a real containerd 2.1
+    /// and run through CRI: each program starts from its image and says its version, and the
+    /// agent's image has CRIU 4.2 and runc.
+    /// </summary>
     [Fact]
-    public void Make_images_builds_or_names_every_builder_it_tried()
+    public async Task Make_images_builds_both_images_and_containerd_runs_them()
     {
+        Prerequisites.RequireRoot();
         var (code, output) = Run("make", ["-s", "images"]);
-        if (code == 0)
+        Assert.True(code == 0, output);
+        var (_, tags) = Run("hack/images.sh", ["--tags"]);
+        var names = tags.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var archives = ImageArchives.Select(a => RepositoryLayout.InRepository("artifacts", "images", a + ".tar")).ToList();
+        foreach (var (archive, name) in archives.Zip(names))
         {
-            Assert.Contains("built ghcr.io/pod-migration/operator:", output, StringComparison.Ordinal);
-            return;
+            Assert.Contains($"built ", output, StringComparison.Ordinal);
+            Assert.Contains(name, output, StringComparison.Ordinal);
+            Assert.Equal(name, OciArchiveName(archive));
         }
 
-        Assert.Contains("no container image builder works on this machine; tried: docker", output, StringComparison.Ordinal);
-        Assert.Contains("podman", output, StringComparison.Ordinal);
-        Assert.Contains("buildah", output, StringComparison.Ordinal);
+        await using var node = await ContainerdNode.StartAsync("images", release: ContainerdRelease.Get("2.1"));
+        TestImages.ImportInto(node); // the sandbox's pause image
+        foreach (var archive in archives)
+        {
+            node.ImportImage(archive);
+        }
+
+        // each container says what it has and then stays up (the pod is stopped as a kubelet stops one: running containers killed)
+        var pod = await TestPods.RunAsync(node, "default", "images", [
+            new TestContainer("operator", names[0], ["/bin/sh", "-c", "/app/migrate-operator --version; exec sleep 600"]),
+            new TestContainer("agent", names[1], ["/bin/sh", "-c", "/opt/podmig/agent/migrate-node-agent --version; exec sleep 600"]),
+            new TestContainer("tools", names[1], ["/bin/sh", "-c",
+                "criu --version | head -n 1; runc --version | head -n 1; ls -l /opt/podmig/node/podmig-runc; ls -l /opt/podmig/node/install-node.sh; exec sleep 600"]),
+        ]);
+        try
+        {
+            var version = names[0][(names[0].LastIndexOf(':') + 1)..];
+            var operatorLine = await FirstLineAsync(pod, "operator");
+            Assert.StartsWith($"migrate-operator {version}", operatorLine, StringComparison.Ordinal);
+            Assert.StartsWith($"migrate-node-agent {version}", await FirstLineAsync(pod, "agent"), StringComparison.Ordinal);
+            await FirstLineAsync(pod, "tools");
+            var tools = await AllLinesAsync(pod, "tools", 4);
+            Assert.Matches(@"^Version: 4\.([2-9]|\d\d)", tools[0]);
+            Assert.StartsWith("runc version 1.", tools[1], StringComparison.Ordinal);
+            Assert.Matches(@"^-rwx.* /opt/podmig/node/podmig-runc$", tools[2]);
+            Assert.Matches(@"^-rwx.* /opt/podmig/node/install-node.sh$", tools[3]);
+        }
+        finally
+        {
+            await TestPods.RemoveAsync(node, pod);
+        }
+    }
+
+    /// <summary>The image name an OCI archive's index gives its one manifest (org.opencontainers.image.ref.name).</summary>
+    private static string OciArchiveName(string archive)
+    {
+        using var reader = new System.Formats.Tar.TarReader(File.OpenRead(archive));
+        while (reader.GetNextEntry() is { } entry)
+        {
+            if (entry.Name.TrimStart('.', '/') == "index.json" && entry.DataStream is { } data)
+            {
+                using var index = System.Text.Json.JsonDocument.Parse(data);
+                var manifest = Assert.Single(index.RootElement.GetProperty("manifests").EnumerateArray());
+                return manifest.GetProperty("annotations").GetProperty("org.opencontainers.image.ref.name").GetString()!;
+            }
+        }
+
+        throw new InvalidDataException($"{archive} has no index.json");
+    }
+
+    private static async Task<string> FirstLineAsync(RunningTestPod pod, string container) => (await AllLinesAsync(pod, container, 1))[0];
+
+    private static async Task<IReadOnlyList<string>> AllLinesAsync(RunningTestPod pod, string container, int count)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromSeconds(60))
+        {
+            var lines = pod.LogLines(container);
+            if (lines.Count >= count)
+            {
+                return lines;
+            }
+
+            await Task.Delay(200);
+        }
+
+        throw new TimeoutException($"container {container} wrote fewer than {count} lines in 60 s: {string.Join(" | ", pod.LogLines(container))}");
     }
 
     [Fact]
@@ -122,4 +207,11 @@ public sealed partial class ImageTests
 
     [GeneratedRegex(@"^USER [^\n]+$", RegexOptions.Multiline)]
     private static partial Regex UserLine();
+}
+
+/// <summary>The image build publishes three programs and builds two images: it runs alone, not beside the sandboxes of the other tests.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ImageBuild
+{
+    public const string Name = "image build";
 }
