@@ -6,7 +6,7 @@
 # (VERSION: the chart's appVersion; the names deploy/ and the chart run). The steps:
 #   1. the programs are published here into the build context artifacts/images/context: the agent
 #      and the operator self-contained (no .NET in the images), podmig-runc NativeAOT, and the
-#      node installer's files;
+#      node installer's files (kept after the build: another builder can build the Dockerfiles from it);
 #   2. the base image: a Debian sid minbase root file system made by debootstrap, committed once
 #      into the build storage (artifacts/images/storage) and kept there for the next build;
 #   3. operator/Dockerfile and node-agent/Dockerfile built by buildah (the one hack/install-prereqs.sh
@@ -67,13 +67,18 @@ graphroot = "$storage/root"
 runroot = "$storage/run"
 EOF
 # RUN steps get this machine's hard limits: buildah's default raises them, which needs CAP_SYS_RESOURCE
+ulimits=()
+for limit in nofile:n nproc:u; do
+  hard=$(ulimit -H"${limit#*:}")
+  [ "$hard" = unlimited ] || ulimits+=("\"${limit%%:*}=$hard:$hard\"")
+done
 seccomp=""
 if [ -f "$prefix/buildah/usr/share/containers/seccomp.json" ]; then
   seccomp="seccomp_profile = \"$prefix/buildah/usr/share/containers/seccomp.json\""
 fi
 cat >"$conf/containers.conf" <<EOF
 [containers]
-default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=$(ulimit -Hu):$(ulimit -Hu)"]
+default_ulimits = [$(IFS=,; echo "${ulimits[*]}")]
 $seccomp
 [network]
 network_config_dir = "$storage/networks"
@@ -91,7 +96,16 @@ made=()
 for path in /var/lib/containers /run/containers; do
   [ -e "$path" ] || made+=("$path")
 done
+rootfs="$out/base-rootfs"
+# a debootstrap that was killed can leave /proc, /sys or /dev/pts mounted in its root
+unmount_rootfs() {
+  local mounts
+  mapfile -t mounts < <(findmnt -rn -o TARGET | grep -F "$rootfs/" | sort -r || true)
+  for m in "${mounts[@]}"; do umount -l "$m" || true; done
+  rm -rf --one-file-system "$rootfs"
+}
 cleanup() {
+  unmount_rootfs
   buildah rm --all >/dev/null 2>&1 || true
   rm -rf "$TMPDIR"
   for path in "${made[@]}"; do rm -rf "$path"; done
@@ -102,13 +116,13 @@ trap cleanup EXIT
 log "publishing the agent and the operator (self-contained, $version) and podmig-runc (NativeAOT) into $context"
 rm -rf "$context"
 mkdir -p "$context/node" "$context/native"
+# (with their own build output: the benchmarks' Release build is not self-contained, and tests may be running artifacts/native/podmig-runc)
 for project in node-agent/Migrate.NodeAgent/Migrate.NodeAgent.csproj:agent operator/Migrate.Operator/Migrate.Operator.csproj:operator; do
-  dotnet publish "${project%%:*}" -c Release -r linux-x64 --self-contained -nologo -clp:ErrorsOnly \
+  dotnet publish "${project%%:*}" -c Release -r linux-x64 --self-contained -nologo -clp:ErrorsOnly --artifacts-path "$out/build" \
     -p:DebugType=none -p:Version="$version" -o "$context/${project##*:}" >/dev/null
 done
 rm -f "$context"/agent/*.xml "$context"/operator/*.xml
-# published here rather than by hack/build-native.sh: tests may be running artifacts/native/podmig-runc
-dotnet publish node-agent/Migrate.RestoreRuntime/Migrate.RestoreRuntime.csproj -c Release -r linux-x64 -nologo -clp:ErrorsOnly \
+dotnet publish node-agent/Migrate.RestoreRuntime/Migrate.RestoreRuntime.csproj -c Release -r linux-x64 -nologo -clp:ErrorsOnly --artifacts-path "$out/build" \
   -p:DebugType=none -p:Version="$version" -o "$context/native" >/dev/null
 rm -f "$context"/native/*.xml "$context"/native/*.dbg
 cp deploy/node/install.sh deploy/node/install-node.sh deploy/node/containerd-podmig.toml deploy/node/containerd-podmig-v3.toml "$context/node/"
@@ -118,14 +132,13 @@ base=localhost/podmig-base:sid
 if buildah inspect --type image "$base" >/dev/null 2>&1 && [ "${PODMIG_FRESH_BASE:-}" != 1 ]; then
   log "base image $base present in $storage"
 else
-  rootfs="$out/base-rootfs"
-  rm -rf "$rootfs"
+  unmount_rootfs
   log "making the base root file system: debootstrap --variant=minbase sid ($mirror)"
   debootstrap --variant=minbase sid "$rootfs" "$mirror" >"$out/debootstrap.log" 2>&1 \
     || die "debootstrap failed; the end of its log: $(tail -n 5 "$out/debootstrap.log")"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" --numeric-owner -cf "$out/base-rootfs.tar" .
-  rm -rf "$rootfs"
+  unmount_rootfs
   container=$(buildah from "${policy[@]}" scratch)
   buildah add "$container" "$out/base-rootfs.tar" / >/dev/null
   buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd /bin/bash "$container"
@@ -138,15 +151,21 @@ build() {
   local dockerfile=$1 tag=$2 archive=$3
   shift 3
   log "building $tag from $dockerfile"
+  rm -f "$archive" # a failed build leaves no archive of an earlier one behind
   buildah bud "${policy[@]}" --isolation chroot --force-rm --layers=false -f "$root/$dockerfile" \
     --build-arg BASE="$base" "$@" -t "$tag" "$context" >"$out/$(basename "$archive" .tar).log" 2>&1 \
     || die "building $tag failed; the end of the log: $(tail -n 8 "$out/$(basename "$archive" .tar).log")"
-  rm -f "$archive"
   buildah push "${policy[@]}" --quiet "$tag" "oci-archive:$archive:$tag" >/dev/null
   buildah rmi "$tag" >/dev/null
 }
 build operator/Dockerfile "$operator" "$out/operator.tar"
-# this machine's Debian mirror is a frozen copy: its sid Release file is past its Valid-Until date
-build node-agent/Dockerfile "$agent" "$out/node-agent.tar" --build-arg APT_OPTIONS="-o Acquire::Check-Valid-Until=false"
-rm -rf "$context"
+# apt inside the build follows this machine's apt on one point: where the host's apt is told not to
+# check Release files' Valid-Until (a frozen mirror copy, as on the project's machines), so is the
+# build's. PODMIG_APT_OPTIONS replaces that choice.
+apt_options=${PODMIG_APT_OPTIONS-}
+# (the dump read whole first: grep -q ending the pipe early would fail it under pipefail)
+if [ -z "${PODMIG_APT_OPTIONS+set}" ] && grep -qi '^Acquire::Check-Valid-Until "false";' <<<"$(apt-config dump 2>/dev/null)"; then
+  apt_options="-o Acquire::Check-Valid-Until=false"
+fi
+build node-agent/Dockerfile "$agent" "$out/node-agent.tar" --build-arg APT_OPTIONS="$apt_options"
 echo "built $operator ($out/operator.tar, $(du -m "$out/operator.tar" | cut -f1) MB) and $agent ($out/node-agent.tar, $(du -m "$out/node-agent.tar" | cut -f1) MB)"

@@ -80,12 +80,13 @@ public sealed partial class ImageTests
         Prerequisites.RequireRoot();
         var (code, output) = Run("make", ["-s", "images"]);
         Assert.True(code == 0, output);
-        var (_, tags) = Run("hack/images.sh", ["--tags"]);
+        var (tagsCode, tags) = Run("hack/images.sh", ["--tags"]);
+        Assert.True(tagsCode == 0, tags);
         var names = tags.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         var archives = ImageArchives.Select(a => RepositoryLayout.InRepository("artifacts", "images", a + ".tar")).ToList();
+        Assert.Contains($"built {names[0]} ", output, StringComparison.Ordinal);
         foreach (var (archive, name) in archives.Zip(names))
         {
-            Assert.Contains($"built ", output, StringComparison.Ordinal);
             Assert.Contains(name, output, StringComparison.Ordinal);
             Assert.Equal(name, OciArchiveName(archive));
         }
@@ -99,23 +100,26 @@ public sealed partial class ImageTests
 
         // each container says what it has and then stays up (the pod is stopped as a kubelet stops one: running containers killed)
         var pod = await TestPods.RunAsync(node, "default", "images", [
-            new TestContainer("operator", names[0], ["/bin/sh", "-c", "/app/migrate-operator --version; exec sleep 600"]),
+            new TestContainer("operator", names[0], ["/bin/sh", "-c", "/app/migrate-operator --version; ls /usr/lib/x86_64-linux-gnu/libssl.so.3; exec sleep 600"]),
             new TestContainer("agent", names[1], ["/bin/sh", "-c", "/opt/podmig/agent/migrate-node-agent --version; exec sleep 600"]),
             new TestContainer("tools", names[1], ["/bin/sh", "-c",
-                "criu --version | head -n 1; runc --version | head -n 1; ls -l /opt/podmig/node/podmig-runc; ls -l /opt/podmig/node/install-node.sh; exec sleep 600"]),
+                "criu --version | head -n 1; runc --version | head -n 1; ls -l /opt/podmig/node/podmig-runc; ls -l /opt/podmig/node/install-node.sh; " +
+                "ls /usr/lib/x86_64-linux-gnu/libssl.so.3; exec sleep 600"]),
         ]);
         try
         {
             var version = names[0][(names[0].LastIndexOf(':') + 1)..];
-            var operatorLine = await FirstLineAsync(pod, "operator");
-            Assert.StartsWith($"migrate-operator {version}", operatorLine, StringComparison.Ordinal);
+            // the operator and the agent talk TLS: .NET loads the image's OpenSSL when they first do
+            var operatorLines = await AllLinesAsync(pod, "operator", 2);
+            Assert.StartsWith($"migrate-operator {version}", operatorLines[0], StringComparison.Ordinal);
+            Assert.Equal("/usr/lib/x86_64-linux-gnu/libssl.so.3", operatorLines[1]);
             Assert.StartsWith($"migrate-node-agent {version}", await FirstLineAsync(pod, "agent"), StringComparison.Ordinal);
-            await FirstLineAsync(pod, "tools");
-            var tools = await AllLinesAsync(pod, "tools", 4);
+            var tools = await AllLinesAsync(pod, "tools", 5);
             Assert.Matches(@"^Version: 4\.([2-9]|\d\d)", tools[0]);
             Assert.StartsWith("runc version 1.", tools[1], StringComparison.Ordinal);
             Assert.Matches(@"^-rwx.* /opt/podmig/node/podmig-runc$", tools[2]);
             Assert.Matches(@"^-rwx.* /opt/podmig/node/install-node.sh$", tools[3]);
+            Assert.Equal("/usr/lib/x86_64-linux-gnu/libssl.so.3", tools[4]);
         }
         finally
         {
