@@ -10,7 +10,32 @@ using Migrate.TestSupport;
 namespace Migrate.Benchmarks;
 
 /// <summary>One migration as the controller ran it: from its creation to Succeeded, its downtime, whether state continued.</summary>
-public sealed record ControllerSample(string Scenario, int Repetition, string Pod, double TotalMs, double DowntimeMs, bool StateContinued);
+public sealed record ControllerSample(string Scenario, int Repetition, string Pod, double TotalMs, double DowntimeMs, bool StateContinued, double MachineBusyPercent = double.NaN);
+
+/// <summary>
+/// How busy the whole machine's CPUs were over a stretch of time (/proc/stat's first line: every
+/// process, the kernel and interrupts; idle and iowait count as not busy): whether migrations at
+/// once had CPUs left to run on.
+/// </summary>
+public static class MachineCpu
+{
+    public readonly record struct Reading(long Busy, long Total);
+
+    public static Reading Now()
+    {
+        var fields = File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries)[1..]
+            .Take(8).Select(f => long.Parse(f, CultureInfo.InvariantCulture)).ToArray();
+        // user nice system idle iowait irq softirq steal
+        long total = fields.Sum();
+        return new Reading(total - fields[3] - fields[4], total);
+    }
+
+    public static double BusyPercentSince(Reading start)
+    {
+        var end = Now();
+        return end.Total == start.Total ? double.NaN : 100.0 * (end.Busy - start.Busy) / (end.Total - start.Total);
+    }
+}
 
 /// <summary>
 /// What the controller does with several migrations at once, in a 4-node sandbox with 64 MiB
@@ -105,6 +130,15 @@ public static class ControllerBenchmark
             result.Add(("drain_downtime_max_to_lone_ratio", drained.Max(s => s.DowntimeMs) / loneDowntime, "x"));
         }
 
+        foreach (var scenario in new[] { "lone", "pair", "drain" })
+        {
+            var busy = samples.Where(s => s.Scenario == scenario && !double.IsNaN(s.MachineBusyPercent)).Select(s => s.MachineBusyPercent).ToList();
+            if (busy.Count > 0)
+            {
+                result.Add(($"{scenario}_machine_cpu_busy_median", Median(busy), $"% of {Environment.ProcessorCount} CPUs"));
+            }
+        }
+
         result.Add(("state_continued", samples.Count(s => s.StateContinued), $"of {samples.Count}"));
         return result;
     }
@@ -120,6 +154,7 @@ public static class ControllerBenchmark
         try
         {
             var clock = Stopwatch.StartNew();
+            var cpu = MachineCpu.Now();
             foreach (var (pod, _, target) in moves)
             {
                 var request = new JsonObject
@@ -135,10 +170,11 @@ public static class ControllerBenchmark
             var samples = new List<ControllerSample>();
             var names = moves.Select(m => "move-" + m.Pod).ToList();
             var done = await WaitForFinalAsync(cluster, names, clock);
+            double busy = MachineCpu.BusyPercentSince(cpu);
             foreach (var ((pod, source, target), uid) in moves.Zip(pods.Select(p => p.Metadata.Uid)))
             {
                 var (status, elapsed) = done["move-" + pod];
-                samples.Add(await SampleAsync(cluster, scenario, rep, pod, uid, source, target, status, elapsed));
+                samples.Add(await SampleAsync(cluster, scenario, rep, pod, uid, source, target, status, elapsed, busy));
                 await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural, "move-" + pod);
             }
 
@@ -166,6 +202,7 @@ public static class ControllerBenchmark
         try
         {
             var clock = Stopwatch.StartNew();
+            var cpu = MachineCpu.Now();
             await cluster.Client.CustomObjects.CreateClusterCustomObjectAsync(new JsonObject
             {
                 ["apiVersion"] = "podmigration.io/v1alpha1",
@@ -188,6 +225,7 @@ public static class ControllerBenchmark
             }
 
             double total = clock.Elapsed.TotalMilliseconds;
+            double busy = MachineCpu.BusyPercentSince(cpu);
             var list = (JsonElement)await cluster.Client.CustomObjects.ListNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, "default", MigrationRequest.Plural,
                 labelSelector: $"{Labels.Drain}={name}");
             var samples = new List<ControllerSample>();
@@ -197,7 +235,7 @@ public static class ControllerBenchmark
                 var pod = (string)item["spec"]!["podName"]!;
                 var uid = pods.Single(p => p.Metadata.Name == pod).Metadata.Uid;
                 samples.Add(await SampleAsync(cluster, "drain", rep, pod, uid, "node-a", (string)status["targetNode"]!, status,
-                    ((DateTime)status["completionTime"]! - (DateTime)status["startTime"]!).TotalMilliseconds));
+                    ((DateTime)status["completionTime"]! - (DateTime)status["startTime"]!).TotalMilliseconds, busy));
             }
 
             if (samples.Count != DrainPods)
@@ -256,12 +294,13 @@ public static class ControllerBenchmark
         return done;
     }
 
-    private static async Task<ControllerSample> SampleAsync(SandboxCluster cluster, string scenario, int rep, string pod, string uid, string source, string target, JsonNode status, double elapsed)
+    private static async Task<ControllerSample> SampleAsync(SandboxCluster cluster, string scenario, int rep, string pod, string uid, string source, string target, JsonNode status, double elapsed,
+        double machineBusyPercent)
     {
         var replacement = (string)status["replacementPod"]!;
         bool continued = await MigrationBenchmark.ContinuedAsync(cluster.Node(source).LoggedTicks("default", pod, "main", uid),
             () => cluster.Node(target).LoggedTicks("default", replacement, "main"));
-        return new ControllerSample(scenario, rep, pod, elapsed, (double?)(long?)status["downtimeMillis"] ?? double.NaN, continued);
+        return new ControllerSample(scenario, rep, pod, elapsed, (double?)(long?)status["downtimeMillis"] ?? double.NaN, continued, machineBusyPercent);
     }
 
     /// <summary>The pod and its replacement (the request's name for it is the pod's with a suffix).</summary>
@@ -300,16 +339,18 @@ public static class ControllerBenchmark
         text.AppendLine();
         text.AppendLine("Goals (issue 19): two migrations at once each within 1.2x the lone downtime; a drain of 8 pods in at most 0.5x the time of 8 lone migrations, no pod frozen longer than 1.5x a lone one.");
         text.AppendLine();
-        text.AppendLine("| scenario | rep | pod | total ms | downtime ms | state |");
-        text.AppendLine("| --- | --- | --- | --- | --- | --- |");
+        text.AppendLine("Machine CPU busy: the share of the machine's CPUs in use (every process: /proc/stat) from the requests' creation until all were final, the same for every pod of a run.");
+        text.AppendLine();
+        text.AppendLine("| scenario | rep | pod | total ms | downtime ms | machine CPU busy | state |");
+        text.AppendLine("| --- | --- | --- | --- | --- | --- | --- |");
         foreach (var s in samples)
         {
-            text.AppendLine(c, $"| {s.Scenario} | {s.Repetition} | {s.Pod} | {s.TotalMs:0} | {s.DowntimeMs:0} | {(s.StateContinued ? "continued" : "NOT continued")} |");
+            text.AppendLine(c, $"| {s.Scenario} | {s.Repetition} | {s.Pod} | {s.TotalMs:0} | {s.DowntimeMs:0} | {s.MachineBusyPercent:0} % | {(s.StateContinued ? "continued" : "NOT continued")} |");
         }
 
         foreach (var (rep, total) in drains)
         {
-            text.AppendLine(c, $"| drain (whole) | {rep} | {DrainPods} pods | {total:0} | - | - |");
+            text.AppendLine(c, $"| drain (whole) | {rep} | {DrainPods} pods | {total:0} | - | - | - |");
         }
 
         MarkdownParts.AppendFailures(text, failures);

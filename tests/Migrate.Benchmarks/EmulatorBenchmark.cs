@@ -100,7 +100,7 @@ public static class EmulatorBenchmark
             report.Add("emulator", "watch_delivery_p99_ms", p99, "ms");
             report.Add("emulator", "watch_delivery_max_ms", max, "ms");
             report.Add("emulator", "delivered_within_100ms_percent", 100.0 * samples.Count(s => s <= 100) / (Watchers * Updates), "%");
-            report.Add("emulator", "server_rss_mib", ResidentMiB(emulator.Id), "MiB");
+            report.Add("emulator", "server_rss_mib", ProcessFigures.Memory(emulator.Id, "VmRSS:"), "MiB");
         }
         finally
         {
@@ -131,11 +131,5 @@ public static class EmulatorBenchmark
         }
 
         return process;
-    }
-
-    private static double ResidentMiB(int pid)
-    {
-        var line = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith("VmRSS:", StringComparison.Ordinal));
-        return line is null ? 0 : double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) / 1024;
     }
 }

@@ -742,20 +742,14 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
             {
                 var pods = await kubelet.CoreV1.ListNamespacedPodAsync("default", cancellationToken: cancellationToken);
                 foreach (var pod in (_kubeletPaused ? [] : pods.Items).Where(p => p.Spec.RuntimeClassName == "podmig" && p.Status?.Phase is null or "Pending"
-                    && p.Metadata.DeletionTimestamp is null && p.Status?.ContainerStatuses?.Any(c => c.State?.Waiting?.Reason is "RunContainerError") != true))
+                    && p.Metadata.DeletionTimestamp is null && !FakeReplacementStatus.Failed(p)))
                 {
                     var id = Keys.Get(pod.Metadata.Annotations, Annotations.RestoreFrom)!;
                     string outcome = _failReplacementsWith is not null && (_failReplacementsOn is null || _failReplacementsOn == pod.Spec.NodeName)
                         ? "failed"
                         : _peers[pod.Spec.NodeName].RuntimeCreates(id, "main");
-                    V1PodStatus status = outcome switch
-                    {
-                        "restored" => new V1PodStatus { Phase = "Running" },
-                        "waiting" => Waiting("ContainerCreating", null),
-                        "aborted" => Waiting("RunContainerError", "the migration was aborted"),
-                        _ => Waiting(_failReplacementsWith!, "restore failed: images corrupted"),
-                    };
-                    if (status.Phase == pod.Status?.Phase && status.ContainerStatuses?[0].State.Waiting.Reason == pod.Status?.ContainerStatuses?[0].State?.Waiting?.Reason)
+                    var status = FakeReplacementStatus.For(outcome, _failReplacementsWith);
+                    if (FakeReplacementStatus.Shown(pod, status))
                     {
                         continue;
                     }
@@ -777,11 +771,6 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         }
     }
 
-    private static V1PodStatus Waiting(string reason, string? message) => new()
-    {
-        Phase = "Pending",
-        ContainerStatuses = [new V1ContainerStatus { Name = "main", Image = "x", ImageID = "x", Ready = false, RestartCount = 0, State = new V1ContainerState { Waiting = new V1ContainerStateWaiting { Reason = reason, Message = message } } }],
-    };
 
     /// <summary>An agent directory that throws (a bug, not an agent's answer) for every call about one node.</summary>
     private sealed class BrokenForNode(IAgentDirectory inner, string node) : IAgentDirectory

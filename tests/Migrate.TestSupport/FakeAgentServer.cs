@@ -581,3 +581,41 @@ public sealed class FakeAgentServer : IAsyncDisposable
         await _host.DisposeAsync();
     }
 }
+
+/// <summary>
+/// What a kubelet reports for a replacement's container given the restore runtime's answer
+/// (<see cref="FakeAgentState.RuntimeCreates"/>): running once restored, ContainerCreating while it
+/// waits for the commit, RunContainerError once aborted; or failing to start with a reason of the test's.
+/// </summary>
+public static class FakeReplacementStatus
+{
+    public static k8s.Models.V1PodStatus For(string outcome, string? failReason = null, string? podAddress = null) => outcome switch
+    {
+        "restored" => new k8s.Models.V1PodStatus { Phase = "Running", PodIP = podAddress },
+        "waiting" => Waiting("ContainerCreating", null),
+        "aborted" => Waiting("RunContainerError", "the migration was aborted"),
+        _ => Waiting(failReason ?? "RunContainerError", "restore failed: images corrupted"),
+    };
+
+    /// <summary>The pod already shows this status (no write needed).</summary>
+    public static bool Shown(k8s.Models.V1Pod pod, k8s.Models.V1PodStatus status)
+    {
+        ArgumentNullException.ThrowIfNull(pod);
+        ArgumentNullException.ThrowIfNull(status);
+        return status.Phase == pod.Status?.Phase && status.ContainerStatuses?[0].State.Waiting.Reason == pod.Status?.ContainerStatuses?.FirstOrDefault()?.State?.Waiting?.Reason;
+    }
+
+    /// <summary>A replacement whose container the runtime ended (aborted or failed): the kubelet leaves it so.</summary>
+    public static bool Failed(k8s.Models.V1Pod pod) =>
+        pod?.Status?.ContainerStatuses?.Any(c => c.State?.Waiting?.Reason is "RunContainerError") == true;
+
+    private static k8s.Models.V1PodStatus Waiting(string reason, string? message) => new()
+    {
+        Phase = "Pending",
+        ContainerStatuses = [new k8s.Models.V1ContainerStatus
+        {
+            Name = "main", Image = "x", ImageID = "x", Ready = false, RestartCount = 0,
+            State = new k8s.Models.V1ContainerState { Waiting = new k8s.Models.V1ContainerStateWaiting { Reason = reason, Message = message } },
+        }],
+    };
+}
