@@ -105,8 +105,23 @@ private_apt() {
   apt-get "${apt_opts[@]}" update -qq || die "apt-get update for the $suite suite failed"
 }
 
+# Downloads packages (names after the first two arguments) with the private apt state into
+# $1/debs and unpacks every one into $2 (made afresh), listing them in $2/PACKAGES.
+download_and_unpack() {
+  local work=$1 staging=$2 deb
+  shift 2
+  mkdir -p "$work/debs"
+  (cd "$work/debs" && apt-get "${apt_opts[@]}" download -qq "$@") || die "apt-get download failed: $*"
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  for deb in "$work"/debs/*.deb; do
+    dpkg-deb -x "$deb" "$staging"
+  done
+  (cd "$work/debs" && ls ./*.deb | sed 's|^\./||') >"$staging/PACKAGES"
+}
+
 install_criu_prefix() {
-  local work debs staging deps
+  local work staging deps
   work=$(mktemp -d /tmp/podmig-$CRIU_SUITE.XXXXXX)
   # shellcheck disable=SC2064
   trap "rm -rf '$work'" RETURN
@@ -117,16 +132,8 @@ install_criu_prefix() {
     | grep -v '^ ' | grep -v '^<' | sort -u)
   [ ${#deps[@]} -ge ${#CRIU_PACKAGES[@]} ] || die "could not resolve CRIU's dependencies in $CRIU_SUITE"
   log "downloading ${#deps[@]} $CRIU_SUITE packages: ${deps[*]}"
-  debs="$work/debs"
-  mkdir -p "$debs"
-  (cd "$debs" && apt-get "${apt_opts[@]}" download -qq "${deps[@]}") || die "apt-get download failed"
   staging="$CRIU_PREFIX.new"
-  rm -rf "$staging"
-  mkdir -p "$staging"
-  for deb in "$debs"/*.deb; do
-    dpkg-deb -x "$deb" "$staging"
-  done
-  (cd "$debs" && ls ./*.deb | sed 's|^\./||') >"$staging/PACKAGES"
+  download_and_unpack "$work" "$staging" "${deps[@]}"
   rm -rf "$CRIU_PREFIX"
   mv "$staging" "$CRIU_PREFIX"
   chmod 0755 "$PREFIX" "$CRIU_PREFIX"
@@ -231,7 +238,7 @@ buildah_ok() {
 }
 
 install_buildah_prefix() {
-  local work debs staging lib queue=() pkg dep
+  local work staging lib queue=() pkg dep
   declare -A seen=()
   work=$(mktemp -d "/tmp/podmig-$BUILDAH_SUITE.XXXXXX")
   # shellcheck disable=SC2064
@@ -254,16 +261,9 @@ install_buildah_prefix() {
       | grep -v '^<' | sed 's/:any$//')
   done
   log "downloading ${#seen[@]} $BUILDAH_SUITE packages for buildah: ${!seen[*]}"
-  debs="$work/debs"
-  mkdir -p "$debs"
-  (cd "$debs" && apt-get "${apt_opts[@]}" download -qq "${!seen[@]}") || die "apt-get download (buildah) failed"
   staging="$BUILDAH_PREFIX.new"
-  rm -rf "$staging"
+  download_and_unpack "$work" "$staging" "${!seen[@]}"
   mkdir -p "$staging/bin"
-  for deb in "$debs"/*.deb; do
-    dpkg-deb -x "$deb" "$staging"
-  done
-  (cd "$debs" && ls ./*.deb | sed 's|^\./||') >"$staging/PACKAGES"
   # buildah's own test helpers (about 90 MB) are never used
   rm -rf "$staging/usr/libexec/buildah" "$staging/usr/share/doc" "$staging/usr/share/man"
   lib="$BUILDAH_PREFIX/usr/lib/x86_64-linux-gnu"
