@@ -1,7 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
-using System.Net.Sockets;
 using Migrate.TestSupport;
 using Xunit;
 
@@ -14,12 +12,7 @@ public sealed class HackScriptTests
     public async Task The_script_prints_a_kubeconfig_serves_kubectl_and_stops_on_SIGTERM()
     {
         Prerequisites.RequirePrograms("kubectl");
-        int port;
-        using (var listener = new TcpListener(IPAddress.Loopback, 0))
-        {
-            listener.Start();
-            port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        }
+        int port = Ports.Free();
 
         var kubeconfig = Path.Combine(Path.GetTempPath(), $"script-{port}.kubeconfig");
         var start = new ProcessStartInfo(RepositoryLayout.InRepository("hack", "kube-emulator"))

@@ -128,16 +128,7 @@ public sealed partial class RingWorkloadTests(ITestOutputHelper output) : IDispo
 
     private static string Text(int value) => value.ToString(CultureInfo.InvariantCulture);
 
-    private static int[] DistinctFreePorts(int count)
-    {
-        var ports = new HashSet<int>();
-        while (ports.Count < count)
-        {
-            ports.Add(Ports.Free());
-        }
-
-        return [.. ports];
-    }
+    private static int[] DistinctFreePorts(int count) => [.. Enumerable.Range(0, count).Select(_ => Ports.Free())];
 
     /// <summary>ring's once-a-second line: tokens received, the last one, the longest time (ms) between two.</summary>
     private readonly record struct Report(ulong Hops, ulong Last, long MaxGap);
