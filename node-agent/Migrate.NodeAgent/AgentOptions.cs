@@ -61,6 +61,15 @@ public sealed class AgentOptions
     public bool FastCheckpoints { get; set; } = true;
 
     /// <summary>
+    /// Pre-copy rounds and the final memory capture read only the pages a pod wrote since the last
+    /// round, found by userfaultfd write-protection and PAGEMAP_SCAN (kernels without soft-dirty
+    /// tracking, Linux 6.7 and later, x86_64): the agent briefly traces each process to have it open
+    /// a userfaultfd it takes over. Where a process cannot be tracked its pages are compared, as
+    /// with false.
+    /// </summary>
+    public bool WriteTracking { get; set; } = true;
+
+    /// <summary>
     /// The longest chain of checkpoints (each a delta on the one before) this agent builds; the
     /// checkpoint after it is a full one. Longer chains save more space and make restores read through more sets.
     /// </summary>

@@ -12,7 +12,8 @@ namespace Migrate.Criu.Incremental;
 /// <param name="PagesWritten">Pages written into this set: new, or changed since the parent set.</param>
 /// <param name="PagesUnchanged">Pages identical to the parent set, recorded as "in parent".</param>
 /// <param name="Elapsed">Wall time of the round.</param>
-public sealed record SnapshotResult(string Directory, int Tasks, ulong PagesScanned, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed)
+/// <param name="PagesRead">Pages read from the processes: all of them, less those write tracking showed unchanged.</param>
+public sealed record SnapshotResult(string Directory, int Tasks, ulong PagesScanned, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed, ulong PagesRead)
 {
     public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
 }
@@ -39,13 +40,15 @@ public static class MemorySnapshot
     /// <param name="rootPid">Host PID of the tree's root task.</param>
     /// <param name="directory">The image set to create (must not exist or be empty).</param>
     /// <param name="parentDirectory">The previous round's image set, or null for the first round.</param>
-    public static SnapshotResult Write(int rootPid, string directory, string? parentDirectory)
+    /// <param name="changes">A write-tracking scan taken after the parent round was read: pages it
+    /// shows unchanged that the parent chain holds are recorded as "in parent" without being read.</param>
+    public static SnapshotResult Write(int rootPid, string directory, string? parentDirectory, MemoryChanges? changes = null)
     {
         var stopwatch = Stopwatch.StartNew();
         using var parent = CreateSet(ref directory, parentDirectory);
 
         var tasks = LiveProcessTree.Enumerate(rootPid);
-        ulong scanned = 0, written = 0, unchanged = 0;
+        ulong scanned = 0, written = 0, unchanged = 0, read = 0;
         uint pagesId = 0;
         int tasksRead = 0;
         foreach (var task in tasks)
@@ -53,8 +56,9 @@ public static class MemorySnapshot
             pagesId++;
             try
             {
-                var (s, w, u) = SnapshotTask(task, directory, pagesId, parent);
+                var (s, w, u, r) = SnapshotTask(task, directory, pagesId, parent, changes?.For(task.HostPid));
                 scanned += s;
+                read += r;
                 written += w;
                 unchanged += u;
                 tasksRead++;
@@ -68,7 +72,7 @@ public static class MemorySnapshot
             }
         }
 
-        return new SnapshotResult(directory, tasksRead, scanned, written, unchanged, stopwatch.Elapsed);
+        return new SnapshotResult(directory, tasksRead, scanned, written, unchanged, stopwatch.Elapsed, read);
     }
 
     /// <summary>
@@ -76,8 +80,10 @@ public static class MemorySnapshot
     /// mark lazy, read from the tree (which must be frozen, as the dump left it) into the image set
     /// <paramref name="directory"/>; pages identical to the parent chain are recorded as "in parent".
     /// The set covers every lazy page by construction: one that cannot be read fails the capture.
+    /// With <paramref name="changes"/> (a write-tracking scan taken while frozen, after the parent
+    /// round was read), pages it shows unchanged that the parent chain holds are not read at all.
     /// </summary>
-    public static SnapshotResult CaptureLazy(int rootPid, string lazyDumpDirectory, string directory, string? parentDirectory)
+    public static SnapshotResult CaptureLazy(int rootPid, string lazyDumpDirectory, string directory, string? parentDirectory, MemoryChanges? changes = null)
     {
         var stopwatch = Stopwatch.StartNew();
         using var parent = CreateSet(ref directory, parentDirectory);
@@ -86,9 +92,7 @@ public static class MemorySnapshot
         ulong scanned = 0, written = 0, unchanged = 0;
         uint pagesId = 0;
         int tasks = 0;
-        var content = new byte[BatchPages * PagemapEntry.PageSize];
-        var parentContent = new byte[BatchPages * PagemapEntry.PageSize];
-        var inParent = new bool[BatchPages];
+        var buffers = new PageBuffers();
         foreach (var map in CriuPagemap.ReadAll(lazyDumpDirectory))
         {
             var lazy = map.Entries.Where(e => e.IsLeftLazy).ToList();
@@ -103,6 +107,7 @@ public static class MemorySnapshot
             }
 
             tasks++;
+            var tracked = changes?.For(hostPid);
             using var memory = File.OpenHandle($"/proc/{hostPid}/mem", FileMode.Open, FileAccess.Read);
             using var builder = new PagemapBuilder(directory, map.Id, ++pagesId);
             foreach (var entry in lazy)
@@ -111,26 +116,9 @@ public static class MemorySnapshot
                 {
                     int count = (int)Math.Min(BatchPages, entry.PageCount - done);
                     ulong address = entry.Address + ((ulong)done * PagemapEntry.PageSize);
-                    var pages = content.AsSpan(0, count * PagemapEntry.PageSize);
-                    if (!ReadMemory(memory, address, pages))
+                    if (!CopyPages(memory, builder, parent, tracked, map.Id, address, count, buffers))
                     {
-                        throw new IOException($"could not read {count} lazy pages at 0x{address:x} of task {map.Id} (host PID {hostPid})");
-                    }
-
-                    inParent.AsSpan().Clear();
-                    parent?.Read(map.Id, address, count, parentContent, inParent);
-                    for (int p = 0; p < count; p++)
-                    {
-                        var page = pages.Slice(p * PagemapEntry.PageSize, PagemapEntry.PageSize);
-                        ulong at = address + ((ulong)p * PagemapEntry.PageSize);
-                        if (inParent[p] && page.SequenceEqual(parentContent.AsSpan(p * PagemapEntry.PageSize, PagemapEntry.PageSize)))
-                        {
-                            builder.AddParent(at);
-                        }
-                        else
-                        {
-                            builder.AddPresent(at, page);
-                        }
+                        throw new IOException($"could not read lazy pages at 0x{address:x} of task {map.Id} (host PID {hostPid})");
                     }
 
                     scanned += (ulong)count;
@@ -143,19 +131,17 @@ public static class MemorySnapshot
             unchanged += builder.ParentPages;
         }
 
-        return new SnapshotResult(directory, tasks, scanned, written, unchanged, stopwatch.Elapsed);
+        return new SnapshotResult(directory, tasks, scanned, written, unchanged, stopwatch.Elapsed, buffers.PagesRead);
     }
 
-    private static (ulong Scanned, ulong Written, ulong Unchanged) SnapshotTask(LiveTask task, string directory, uint pagesId, ImageChain? parent)
+    private static (ulong Scanned, ulong Written, ulong Unchanged, ulong Read) SnapshotTask(LiveTask task, string directory, uint pagesId, ImageChain? parent, TrackedPages? tracked)
     {
         var regions = LiveProcessTree.ReadMaps(task.HostPid);
         using var pagemap = File.OpenHandle($"/proc/{task.HostPid}/pagemap", FileMode.Open, FileAccess.Read);
         using var memory = File.OpenHandle($"/proc/{task.HostPid}/mem", FileMode.Open, FileAccess.Read);
         using var builder = new PagemapBuilder(directory, task.ImageId, pagesId);
         var pageFlags = new byte[BatchPages * 8];
-        var content = new byte[BatchPages * PagemapEntry.PageSize];
-        var parentContent = new byte[BatchPages * PagemapEntry.PageSize];
-        var inParent = new bool[BatchPages];
+        var buffers = new PageBuffers();
         ulong scanned = 0;
 
         foreach (var region in regions)
@@ -173,7 +159,7 @@ public static class MemorySnapshot
                     break;
                 }
 
-                // Walk runs of resident private pages and read each run in one call.
+                // Walk runs of resident private pages and copy each run.
                 int i = 0;
                 while (i < count)
                 {
@@ -190,34 +176,85 @@ public static class MemorySnapshot
                     }
 
                     ulong runAddress = batchStart + ((ulong)runStart * PagemapEntry.PageSize);
-                    var runBytes = content.AsSpan(0, (i - runStart) * PagemapEntry.PageSize);
-                    if (!ReadMemory(memory, runAddress, runBytes))
+                    // a run not readable through /proc (e.g. a device mapping) is left to the final dump
+                    if (CopyPages(memory, builder, parent, tracked, task.ImageId, runAddress, i - runStart, buffers))
                     {
-                        continue; // not readable through /proc (e.g. a device mapping): leave it to the final dump
-                    }
-
-                    inParent.AsSpan().Clear();
-                    parent?.Read(task.ImageId, runAddress, i - runStart, parentContent, inParent);
-                    for (int p = 0; p < i - runStart; p++)
-                    {
-                        ulong address = runAddress + ((ulong)p * PagemapEntry.PageSize);
-                        var page = runBytes.Slice(p * PagemapEntry.PageSize, PagemapEntry.PageSize);
-                        scanned++;
-                        if (inParent[p] && page.SequenceEqual(parentContent.AsSpan(p * PagemapEntry.PageSize, PagemapEntry.PageSize)))
-                        {
-                            builder.AddParent(address);
-                        }
-                        else
-                        {
-                            builder.AddPresent(address, page);
-                        }
+                        scanned += (ulong)(i - runStart);
                     }
                 }
             }
         }
 
         builder.Complete();
-        return (scanned, builder.PresentPages, builder.ParentPages);
+        return (scanned, builder.PresentPages, builder.ParentPages, buffers.PagesRead);
+    }
+
+    /// <summary>
+    /// Adds <paramref name="count"/> pages from <paramref name="address"/> on to the set: a page the
+    /// write tracking shows unchanged that the parent chain holds as "in parent" without reading it;
+    /// the others read from the process, and recorded as "in parent" only when their bytes equal the
+    /// parent's. False (and nothing added from the unreadable stretch on) if the memory cannot be read.
+    /// </summary>
+    private static bool CopyPages(SafeFileHandle memory, PagemapBuilder builder, ImageChain? parent, TrackedPages? tracked, int id, ulong address, int count, PageBuffers buffers)
+    {
+        int page = 0;
+        while (page < count)
+        {
+            ulong at = address + ((ulong)page * PagemapEntry.PageSize);
+            if (IsKnownUnchanged(tracked, parent, id, at))
+            {
+                builder.AddParent(at);
+                page++;
+                continue;
+            }
+
+            int runStart = page;
+            while (page < count && !IsKnownUnchanged(tracked, parent, id, address + ((ulong)page * PagemapEntry.PageSize)))
+            {
+                page++;
+            }
+
+            int run = page - runStart;
+            var pages = buffers.Content.AsSpan(0, run * PagemapEntry.PageSize);
+            if (!ReadMemory(memory, at, pages))
+            {
+                return false;
+            }
+
+            buffers.PagesRead += (ulong)run;
+            buffers.InParent.AsSpan().Clear();
+            parent?.Read(id, at, run, buffers.ParentContent, buffers.InParent);
+            for (int p = 0; p < run; p++)
+            {
+                var bytes = pages.Slice(p * PagemapEntry.PageSize, PagemapEntry.PageSize);
+                ulong pageAddress = at + ((ulong)p * PagemapEntry.PageSize);
+                if (buffers.InParent[p] && bytes.SequenceEqual(buffers.ParentContent.AsSpan(p * PagemapEntry.PageSize, PagemapEntry.PageSize)))
+                {
+                    builder.AddParent(pageAddress);
+                }
+                else
+                {
+                    builder.AddPresent(pageAddress, bytes);
+                }
+            }
+        }
+
+        return true;
+    }
+
+    private static bool IsKnownUnchanged(TrackedPages? tracked, ImageChain? parent, int id, ulong address) =>
+        tracked is not null && parent is not null && tracked.IsUnchanged(address) && parent.Covers(id, address);
+
+    /// <summary>Buffers for one batch: the pages read, the parent's, and which of them the parent holds.</summary>
+    private sealed class PageBuffers
+    {
+        public byte[] Content { get; } = new byte[BatchPages * PagemapEntry.PageSize];
+
+        public byte[] ParentContent { get; } = new byte[BatchPages * PagemapEntry.PageSize];
+
+        public bool[] InParent { get; } = new bool[BatchPages];
+
+        public ulong PagesRead { get; set; }
     }
 
     private static bool IsPrivateResident(byte[] flags, int index)

@@ -19,7 +19,15 @@ public enum PreCopyMethod
 }
 
 /// <summary>One pre-copy round, taken while the tree runs.</summary>
-public sealed record PreCopyRound(int Number, string Directory, PreCopyMethod Method, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed)
+/// <param name="Number">Counted from 1.</param>
+/// <param name="Directory">The round's image set.</param>
+/// <param name="Method">How changed pages were found.</param>
+/// <param name="PagesWritten">Pages the set holds.</param>
+/// <param name="PagesUnchanged">Pages it takes from the round before.</param>
+/// <param name="Elapsed">Wall time of the round.</param>
+/// <param name="Tracked">True when a write-tracking scan decided which pages to read (content comparison only).</param>
+/// <param name="PagesRead">Content comparison: pages read from the processes (fewer than all when tracked).</param>
+public sealed record PreCopyRound(int Number, string Directory, PreCopyMethod Method, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed, bool Tracked = false, ulong PagesRead = 0)
 {
     public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
 }
@@ -32,7 +40,9 @@ public sealed record PreCopyRound(int Number, string Directory, PreCopyMethod Me
 /// <param name="PagesInParent">Pages the final set takes from earlier rounds.</param>
 /// <param name="DeduplicationTime">Time spent comparing with earlier rounds (zero with kernel tracking).</param>
 /// <param name="MemoryDirectory">For a lazy dump: the image set holding its lazy pages (child of the last round); null otherwise.</param>
-public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, CriuDumpResult Dump, ulong PagesWritten, ulong PagesInParent, TimeSpan DeduplicationTime, string? MemoryDirectory = null)
+/// <param name="Tracked">True when a write-tracking scan decided which of the lazy pages to read.</param>
+/// <param name="PagesRead">A lazy dump: pages read from the frozen processes (fewer than all when tracked).</param>
+public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, CriuDumpResult Dump, ulong PagesWritten, ulong PagesInParent, TimeSpan DeduplicationTime, string? MemoryDirectory = null, bool Tracked = false, ulong PagesRead = 0)
 {
     public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
 }
@@ -54,6 +64,7 @@ public sealed class PreCopySession
     private readonly string _baseDirectory;
     private readonly List<PreCopyRound> _rounds = [];
     private readonly string? _ancestor;
+    private readonly Func<int, WriteTracker?>? _tracker;
 
     /// <param name="criu">The CRIU client.</param>
     /// <param name="options">Options of the final dump; <see cref="CriuOptions.Pid"/> and
@@ -64,7 +75,11 @@ public sealed class PreCopySession
     /// <param name="ancestor">The last image set of an earlier checkpoint of the same tree (content
     /// comparison only): the first round, or the final dump when there is none, is a child of it and
     /// holds only the pages that changed since.</param>
-    public PreCopySession(CriuClient criu, CriuOptions options, PreCopyMethod? method = null, IEnumerable<PreCopyRound>? completedRounds = null, string? ancestor = null)
+    /// <param name="tracker">Content comparison only: the tree's write tracker, kept by the caller
+    /// across sessions; called with the number of the round about to be read, it returns the tracker
+    /// (armed then if it was not yet), or null when the tree's writes cannot be tracked.</param>
+    public PreCopySession(CriuClient criu, CriuOptions options, PreCopyMethod? method = null, IEnumerable<PreCopyRound>? completedRounds = null, string? ancestor = null,
+        Func<int, WriteTracker?>? tracker = null)
     {
         ArgumentNullException.ThrowIfNull(criu);
         ArgumentNullException.ThrowIfNull(options);
@@ -88,6 +103,7 @@ public sealed class PreCopySession
         }
 
         _ancestor = ancestor is null ? null : Path.GetFullPath(ancestor);
+        _tracker = Method == PreCopyMethod.ContentComparison ? tracker : null;
         Directory.CreateDirectory(_baseDirectory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         foreach (var round in completedRounds ?? [])
         {
@@ -129,8 +145,9 @@ public sealed class PreCopySession
         }
         else
         {
-            var snapshot = MemorySnapshot.Write(_options.Pid!.Value, directory, previous);
-            round = new PreCopyRound(number, directory, Method, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed);
+            var changes = TrackedChanges(number);
+            var snapshot = MemorySnapshot.Write(_options.Pid!.Value, directory, previous, changes);
+            round = new PreCopyRound(number, directory, Method, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, changes is not null, snapshot.PagesRead);
         }
 
         _rounds.Add(round);
@@ -199,8 +216,23 @@ public sealed class PreCopySession
 
         var previous = _rounds.Count > 0 ? _rounds[^1].Directory : _ancestor;
         var dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null, LazyPages = true });
-        var snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous);
-        return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory);
+        var changes = TrackedChanges(_rounds.Count + 1);
+        var snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous, changes);
+        return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory, changes is not null, snapshot.PagesRead);
+    }
+
+    /// <summary>
+    /// Before reading round <paramref name="number"/> (or the final memory, numbered after the last
+    /// round): the pages written since the previous round's read, when the tracker was armed before
+    /// that read; null otherwise (arming it now if it was not), and every page is compared.
+    /// </summary>
+    private MemoryChanges? TrackedChanges(int number)
+    {
+        var tracker = _tracker?.Invoke(number);
+        var previous = _rounds.Count > 0 ? _rounds[^1] : null;
+        return tracker is not null && previous is not null && previous.Number == number - 1 && tracker.ArmedBeforeRound <= previous.Number
+            ? tracker.Scan()
+            : null;
     }
 
     /// <summary>The directory of round <paramref name="number"/> under the session's base directory.</summary>

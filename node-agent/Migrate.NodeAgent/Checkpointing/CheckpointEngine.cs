@@ -55,8 +55,11 @@ public sealed partial class CheckpointEngine : IDisposable
         _options = options.Value;
         _logger = logger;
         _events = events ?? new MigrationEvents();
+        _trackers = new WriteTrackers(_options.WriteTracking, logger);
         LoadRecords();
     }
+
+    private readonly WriteTrackers _trackers;
 
     private readonly MigrationEvents _events;
 
@@ -218,8 +221,13 @@ public sealed partial class CheckpointEngine : IDisposable
             var clock = Stopwatch.StartNew();
             foreach (var container in record.Containers)
             {
-                var round = await RunCriuAsync(() => Session(record, container).PreDump(), cancellationToken);
-                record.Rounds.Add(new RoundRecord(container.Name, round.Number, round.Method, round.Directory, round.PagesWritten, round.PagesUnchanged, round.Elapsed.TotalMilliseconds));
+                var round = await RunCriuAsync(() => Session(record, container, running: true).PreDump(), cancellationToken);
+                record.Rounds.Add(new RoundRecord(container.Name, round.Number, round.Method, round.Directory, round.PagesWritten, round.PagesUnchanged, round.Elapsed.TotalMilliseconds, round.Tracked));
+                if (round.Tracked)
+                {
+                    response.Method = Agent.V1.PreCopyMethod.WriteTracking;
+                }
+
                 response.Containers.Add(new ContainerRound
                 {
                     ContainerName = container.Name,
@@ -431,6 +439,7 @@ public sealed partial class CheckpointEngine : IDisposable
 
     public void Dispose()
     {
+        _trackers.Dispose();
         _criuGate.Dispose();
         foreach (var gate in _locks.Values)
         {
@@ -517,6 +526,7 @@ public sealed partial class CheckpointEngine : IDisposable
                     ImageBytes = (ulong)(DirectorySize(dump.Directory) + (dump.MemoryDirectory is { } memory ? DirectorySize(memory) : 0)),
                     LazyMemory = dump.MemoryDirectory is not null,
                     MemoryCaptureMillis = dump.MemoryDirectory is not null ? Millis(dump.DeduplicationTime) : 0,
+                    WriteTracked = dump.Tracked,
                 });
                 AgentTelemetry.DumpDuration.Record(dump.Dump.Elapsed.TotalMilliseconds);
                 AgentTelemetry.PagesWritten.Add((long)dump.PagesWritten, new KeyValuePair<string, object?>("stage", "final"));
@@ -587,7 +597,7 @@ public sealed partial class CheckpointEngine : IDisposable
     /// </summary>
     private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory)
     {
-        var session = Session(record, container);
+        var session = Session(record, container, running: false);
         if (lazyMemory)
         {
             try
@@ -608,7 +618,11 @@ public sealed partial class CheckpointEngine : IDisposable
         return session.Dump();
     }
 
-    private PreCopySession Session(MigrationRecord record, ContainerRecord container)
+    /// <summary>A container's pre-copy session (rebuilt for every call from the migration's record).</summary>
+    /// <param name="record">The migration.</param>
+    /// <param name="container">One of its containers.</param>
+    /// <param name="running">The pod runs (a pre-copy round): its writes may be tracked from now on; else only a tracker armed earlier is used.</param>
+    private PreCopySession Session(MigrationRecord record, ContainerRecord container, bool running)
     {
         var options = new CriuOptions
         {
@@ -634,7 +648,8 @@ public sealed partial class CheckpointEngine : IDisposable
         // a checkpoint taken as a delta on an earlier one has that one's chain linked in beside its own sets
         var ancestor = Path.Combine(record.StagingDirectory, StagingLayout.AncestorImages(container.Name, 1));
         return new PreCopySession(_criu, options, record.PreCopyMethod, rounds,
-            record.PreCopyMethod == Criu.Incremental.PreCopyMethod.ContentComparison && Directory.Exists(ancestor) ? ancestor : null);
+            record.PreCopyMethod == Criu.Incremental.PreCopyMethod.ContentComparison && Directory.Exists(ancestor) ? ancestor : null,
+            running ? _trackers.ForRounds(record.MigrationId, container.Name, container.Pid) : _trackers.ForFrozen(record.MigrationId, container.Name));
     }
 
     /// <summary>The namespaces a container shares with its pod's sandbox, under the keys runc uses on restore.</summary>
@@ -842,6 +857,12 @@ public sealed partial class CheckpointEngine : IDisposable
             }
             finally
             {
+                if (record.Phase is not (MigrationPhase.Prepared or MigrationPhase.PreCopying))
+                {
+                    // out of pre-copy, by a dump, a failure or an abort: the pod's writes are no longer tracked
+                    _trackers.Release(migrationId);
+                }
+
                 _events.Changed(migrationId);
             }
         }

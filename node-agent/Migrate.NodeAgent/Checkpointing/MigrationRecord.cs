@@ -21,9 +21,9 @@ public sealed record ContainerRecord(
     IReadOnlyList<ClassifiedMount> Volumes);
 
 /// <summary>A pre-copy round of one container.</summary>
-public sealed record RoundRecord(string Container, int Number, CriuPreCopyMethod Method, string Directory, ulong PagesWritten, ulong PagesUnchanged, double ElapsedMillis)
+public sealed record RoundRecord(string Container, int Number, CriuPreCopyMethod Method, string Directory, ulong PagesWritten, ulong PagesUnchanged, double ElapsedMillis, bool Tracked = false)
 {
-    public PreCopyRound ToRound() => new(Number, Directory, Method, PagesWritten, PagesUnchanged, TimeSpan.FromMilliseconds(ElapsedMillis));
+    public PreCopyRound ToRound() => new(Number, Directory, Method, PagesWritten, PagesUnchanged, TimeSpan.FromMilliseconds(ElapsedMillis), Tracked);
 }
 
 /// <summary>Where a migration's images go: the target agent, and the operator's token for them.</summary>

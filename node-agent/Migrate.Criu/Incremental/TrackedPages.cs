@@ -1,0 +1,93 @@
+namespace Migrate.Criu.Incremental;
+
+/// <summary>A run of pages [Start, End), addresses page-aligned.</summary>
+public readonly record struct PageRange(ulong Start, ulong End)
+{
+    public ulong Pages => (End - Start) / Images.PagemapEntry.PageSize;
+}
+
+/// <summary>
+/// What one write-tracking scan found in one process: the ranges still tracked (write-protected
+/// by the agent's userfaultfd since it was armed) and, within them, the pages written since the
+/// scan before. A page is unchanged only where it is tracked and was not written; every page
+/// outside the tracked ranges (memory mapped after arming, a mapping moved by mremap) counts as
+/// changed. Pure: built from the kernel's answers, tested as a table.
+/// </summary>
+public sealed class TrackedPages
+{
+    private readonly PageRange[] _tracked;
+    private readonly PageRange[] _written;
+
+    /// <param name="tracked">Ranges the kernel reports as write-protect-allowed, sorted by start, not overlapping.</param>
+    /// <param name="written">Ranges written since the last scan, sorted by start, not overlapping.</param>
+    public TrackedPages(IEnumerable<PageRange> tracked, IEnumerable<PageRange> written)
+    {
+        _tracked = Normalize(tracked);
+        _written = Normalize(written);
+    }
+
+    public IReadOnlyList<PageRange> Tracked => _tracked;
+
+    public IReadOnlyList<PageRange> Written => _written;
+
+    /// <summary>Pages written since the last scan (within the tracked ranges or not).</summary>
+    public ulong WrittenPages => _written.Aggregate(0UL, (sum, r) => sum + r.Pages);
+
+    /// <summary>True if the page at <paramref name="address"/> is tracked and was not written since the last scan.</summary>
+    public bool IsUnchanged(ulong address) => Contains(_tracked, address) && !Contains(_written, address);
+
+    private static bool Contains(PageRange[] ranges, ulong address)
+    {
+        int low = 0, high = ranges.Length - 1;
+        while (low <= high)
+        {
+            int middle = low + ((high - low) / 2);
+            var range = ranges[middle];
+            if (address < range.Start)
+            {
+                high = middle - 1;
+            }
+            else if (address >= range.End)
+            {
+                low = middle + 1;
+            }
+            else
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>Sorted, with touching or overlapping ranges merged, empty ones dropped.</summary>
+    private static PageRange[] Normalize(IEnumerable<PageRange> ranges)
+    {
+        var sorted = ranges.Where(r => r.End > r.Start).OrderBy(r => r.Start).ToList();
+        var merged = new List<PageRange>(sorted.Count);
+        foreach (var range in sorted)
+        {
+            if (merged.Count > 0 && range.Start <= merged[^1].End)
+            {
+                merged[^1] = merged[^1] with { End = Math.Max(merged[^1].End, range.End) };
+            }
+            else
+            {
+                merged.Add(range);
+            }
+        }
+
+        return [.. merged];
+    }
+}
+
+/// <summary>One write-tracking scan of a tree: per task, what <see cref="TrackedPages"/> says; tasks not armed have none.</summary>
+public sealed class MemoryChanges(IReadOnlyDictionary<int, TrackedPages> byHostPid)
+{
+    /// <summary>The scan of the task with host PID <paramref name="hostPid"/>, or null when it is not tracked (every page counts as changed).</summary>
+    public TrackedPages? For(int hostPid) => byHostPid.GetValueOrDefault(hostPid);
+
+    public int Tasks => byHostPid.Count;
+
+    public ulong WrittenPages => byHostPid.Values.Aggregate(0UL, (sum, t) => sum + t.WrittenPages);
+}

@@ -1,0 +1,98 @@
+using Migrate.Criu.Incremental;
+
+namespace Migrate.NodeAgent.Checkpointing;
+
+/// <summary>
+/// The write trackers of the pods this agent pre-copies, one per container, keyed by the
+/// migration (or checkpoint) that owns them: armed just before a container's first round is read,
+/// kept across rounds, never armed while a pod is frozen (a frozen process cannot be stopped to
+/// be traced), and released (every registration removed, the pod untouched) as soon as the owner
+/// leaves pre-copy, whatever way it leaves. A container that could not be armed is not tried
+/// again for the same owner; its pages are compared.
+/// </summary>
+public sealed partial class WriteTrackers(bool enabled, ILogger logger) : IDisposable
+{
+    private readonly Lock _lock = new();
+    private readonly Dictionary<(string Owner, string Container), WriteTracker?> _trackers = [];
+
+    /// <summary>Null when trackers are made here; else why not (turned off, or what this machine lacks).</summary>
+    public string? WhyNot => enabled ? WriteTracker.WhyUnsupported() : "turned off (Agent:WriteTracking=false)";
+
+    /// <summary>For pre-copy rounds of a running container: its tracker, armed before the round's read if it has none yet.</summary>
+    public Func<int, WriteTracker?> ForRounds(string owner, string container, int pid) => round =>
+    {
+        lock (_lock)
+        {
+            if (_trackers.TryGetValue((owner, container), out var existing))
+            {
+                return existing;
+            }
+
+            WriteTracker? tracker = null;
+            if (WhyNot is { } reason)
+            {
+                LogNotTracked(owner, container, reason);
+            }
+            else
+            {
+                try
+                {
+                    tracker = WriteTracker.Arm(pid, round);
+                    LogArmed(owner, container, tracker.ArmedTasks, tracker.Notes.Count);
+                    foreach (var note in tracker.Notes)
+                    {
+                        LogNotTracked(owner, container, note);
+                    }
+                }
+                catch (Exception e) when (e is WriteTrackingException or IOException or ArgumentException or UnauthorizedAccessException)
+                {
+                    LogNotTracked(owner, container, e.Message);
+                }
+            }
+
+            _trackers[(owner, container)] = tracker;
+            return tracker;
+        }
+    };
+
+    /// <summary>For a frozen container: its tracker if one was armed, never a new one.</summary>
+    public Func<int, WriteTracker?> ForFrozen(string owner, string container) => _ =>
+    {
+        lock (_lock)
+        {
+            return _trackers.GetValueOrDefault((owner, container));
+        }
+    };
+
+    /// <summary>Ends the tracking of every container of <paramref name="owner"/>.</summary>
+    public void Release(string owner)
+    {
+        lock (_lock)
+        {
+            foreach (var key in _trackers.Keys.Where(k => k.Owner == owner).ToList())
+            {
+                _trackers[key]?.Dispose();
+                _trackers.Remove(key);
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            foreach (var tracker in _trackers.Values)
+            {
+                tracker?.Dispose();
+            }
+
+            _trackers.Clear();
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "{Owner}: writes of container {Container} tracked in {Processes} process(es), {Untracked} not")]
+    private partial void LogArmed(string owner, string container, int processes, int untracked);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "{Owner}: writes of container {Container} not tracked, its pages are compared: {Reason}")]
+    private partial void LogNotTracked(string owner, string container, string reason);
+}
