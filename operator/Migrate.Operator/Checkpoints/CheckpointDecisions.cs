@@ -76,6 +76,12 @@ public sealed record CheckpointPolicy
     public TimeSpan AgentGrace { get; init; } = TimeSpan.FromSeconds(30);
 
     public TimeSpan PollInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>
+    /// How long a new Restore waits for its Checkpoint to be seen before it fails: a Restore applied
+    /// in one go with its Checkpoint (one kubectl apply) can reach the operator first.
+    /// </summary>
+    public TimeSpan CheckpointAppearGrace { get; init; } = TimeSpan.FromSeconds(10);
 }
 
 /// <summary>

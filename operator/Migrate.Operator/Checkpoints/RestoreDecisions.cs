@@ -102,6 +102,12 @@ public static class RestoreDecisions
         var ns = r.Metadata.NamespaceProperty;
         if (f.Checkpoint is not { } checkpoint)
         {
+            if (f.Now - (r.Metadata.CreationTimestamp ?? s.StartTime ?? f.Now) < p.CheckpointAppearGrace)
+            {
+                s.Message = $"Waiting for Checkpoint {ns}/{r.Spec.CheckpointName} to appear.";
+                return new(RestoreAction.None, s, p.PollInterval);
+            }
+
             return Fail(f, s, "CheckpointNotFound", $"Checkpoint {ns}/{r.Spec.CheckpointName} does not exist.");
         }
 

@@ -20,8 +20,10 @@ public sealed class RestoreDecisionsTests
 
     public static TheoryData<Row> Rows() =>
     [
-        new("no such checkpoint: Failed, nothing made", () => Facts(Restore()) with { Checkpoint = null },
+        new("no such checkpoint 10 s after the restore was made: Failed, nothing made", () => Facts(Restore(created: Now.AddSeconds(-10))) with { Checkpoint = null },
             d => Failed(d, "CheckpointNotFound", "Checkpoint default/ck does not exist.", touched: false)),
+        new("no such checkpoint yet, the restore just made (applied with it in one go): wait", () => Facts(Restore(created: Now.AddSeconds(-3))) with { Checkpoint = null },
+            d => { Assert.IsType<RestoreAction.Nothing>(d.Action); Assert.Null(d.Status.Phase); Assert.Equal("Waiting for Checkpoint default/ck to appear.", d.Status.Message); }),
         new("the checkpoint still being taken: wait", () => Facts(Restore()) with { Checkpoint = ReadyCheckpoint("Checkpointing") },
             d => { Assert.IsType<RestoreAction.Nothing>(d.Action); Assert.Null(d.Status.Phase); }),
         new("a failed checkpoint: Failed", () => Facts(Restore()) with { Checkpoint = ReadyCheckpoint("Failed") }, d => Failed(d, "CheckpointNotReady", "is Failed", touched: false)),
@@ -91,9 +93,9 @@ public sealed class RestoreDecisionsTests
         }
     }
 
-    private static Restore Restore(string? node = null, string? phase = null, DateTime? phaseStarted = null) => new()
+    private static Restore Restore(string? node = null, string? phase = null, DateTime? phaseStarted = null, DateTime? created = null) => new()
     {
-        Metadata = new V1ObjectMeta { Name = "r", NamespaceProperty = "default", Uid = "uid-r" },
+        Metadata = new V1ObjectMeta { Name = "r", NamespaceProperty = "default", Uid = "uid-r", CreationTimestamp = created },
         Spec = new RestoreSpec { CheckpointName = "ck", NodeName = node },
         Status = phase is null ? null : new RestoreStatus
         {
