@@ -183,6 +183,19 @@ public static class MemoryRestoreModes
     public const string Full = "Full";
 }
 
+/// <summary>The values of status.memoryTracking: how pre-copy found the pages written between rounds.</summary>
+public static class MemoryTrackingMethods
+{
+    /// <summary>userfaultfd write-protection read by PAGEMAP_SCAN: only written pages were read.</summary>
+    public const string WriteProtect = "WriteProtect";
+
+    /// <summary>The kernel's soft-dirty bits, through CRIU's pre-dump.</summary>
+    public const string SoftDirty = "SoftDirty";
+
+    /// <summary>Every page read and compared with the round before.</summary>
+    public const string ContentComparison = "ContentComparison";
+}
+
 /// <summary>The phases of a request; the last three are final.</summary>
 public static class MigrationPhases
 {
@@ -249,6 +262,10 @@ public sealed class MigrationRequestStatus
     /// <summary>How the replacement's memory was restored: "Lazy" (its processes ran first, their memory followed from the target's staged images) or "Full".</summary>
     [JsonPropertyName("memoryRestore")]
     public string? MemoryRestore { get; set; }
+
+    /// <summary>How pre-copy found the pages written between rounds (<see cref="MemoryTrackingMethods"/>); unset without rounds.</summary>
+    [JsonPropertyName("memoryTracking")]
+    public string? MemoryTracking { get; set; }
 
     [JsonPropertyName("bytesTransferred")]
     public long? BytesTransferred { get; set; }

@@ -228,7 +228,8 @@ namespace Migrate.Kubectl
             output.Line($"Completed:    {Text(status, "completionTime")}");
             output.Line($"Downtime:     {(status["downtimeMillis"] is null ? "" : $"{Number(status, "downtimeMillis"):0} ms")}");
             output.Line($"Memory:       {Text(status, "memoryRestore")}");
-            output.Line(string.Create(CultureInfo.InvariantCulture, $"Images:       {Number(status, "imageBytes") / 1e6:0.0} MB staged, {Number(status, "bytesTransferred") / 1e6:0.0} MB sent, {Number(status, "preCopyRounds"):0} pre-copy round(s)"));
+            output.Line(string.Create(CultureInfo.InvariantCulture, $"Images:       {Number(status, "imageBytes") / 1e6:0.0} MB staged, {Number(status, "bytesTransferred") / 1e6:0.0} MB sent, {Number(status, "preCopyRounds"):0} pre-copy round(s)")
+                + (Text(status, "memoryTracking") is { } tracking ? $", writes found by {tracking}" : ""));
             if (status["progress"] is JsonObject progress)
             {
                 output.Line(string.Create(CultureInfo.InvariantCulture,

@@ -173,6 +173,7 @@ Assert.False(File.Exists(State));
         Assert.True((long)result["downtimeMs"]! > 0 && (long)result["totalMs"]! >= (long)result["downtimeMs"]!);
         Assert.True((long)result["imageBytes"]! > 64L << 20);
         Assert.Equal("Lazy", (string)result["memoryRestore"]!);
+        Assert.Equal("WriteProtect", (string)result["memoryTracking"]!);
         Assert.Contains("memory restore           Lazy (the process ran first", demo.Output, StringComparison.Ordinal);
         Assert.Contains("continued without a gap or a restart", demo.Output, StringComparison.Ordinal);
         Assert.False(File.Exists(State));

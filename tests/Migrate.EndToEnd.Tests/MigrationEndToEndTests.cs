@@ -58,6 +58,8 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         Assert.True(status.PreCopyRounds >= 1);
         // this node's CRIU has userfaultfd: the replacement ran before its memory was in place, and the checksum above still held
         Assert.Equal(MemoryRestoreModes.Lazy, status.MemoryRestore);
+        // and this kernel has async write-protection: the rounds after the first and the frozen capture read only written pages
+        Assert.Equal(MemoryTrackingMethods.WriteProtect, status.MemoryTracking);
         Assert.NotNull(status.StartTime);
         Assert.NotNull(status.CompletionTime);
         await Sandbox.AssertNoImagesLeftAsync(Cluster);

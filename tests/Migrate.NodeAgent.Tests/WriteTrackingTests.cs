@@ -143,6 +143,28 @@ public sealed class WriteTrackingTests(ITestOutputHelper output)
         Assert.Equal(4UL, pages.WrittenPages);
     }
 
+    public static TheoryData<string, ulong, int, int> UnchangedRuns => new()
+    {
+        { "from a tracked range's start to the first written page", 0x10000, 100, 4 },
+        { "capped by the pages asked for", 0x10000, 2, 2 },
+        { "from after the written run to the range's end", 0x16000, 100, 10 },
+        { "a written page: none", 0x14000, 100, 0 },
+        { "outside every tracked range: none", 0x25000, 100, 0 },
+        { "up to a written page inside the second range", 0x30000, 100, 8 },
+        { "after it, to the merged range's end", 0x39000, 100, 7 },
+        { "none asked for", 0x10000, 0, 0 },
+    };
+
+    [Theory]
+    [MemberData(nameof(UnchangedRuns))]
+    public void Unchanged_pages_are_counted_in_runs_that_stop_at_the_first_written_or_untracked_page(string why, ulong address, int maxPages, int run)
+    {
+        var pages = new TrackedPages(
+            [new PageRange(0x30000, 0x38000), new PageRange(0x10000, 0x20000), new PageRange(0x38000, 0x40000)],
+            [new PageRange(0x38000, 0x39000), new PageRange(0x14000, 0x16000), new PageRange(0x22000, 0x23000)]);
+        Assert.True(run == pages.UnchangedRun(address, maxPages), $"{why}: {pages.UnchangedRun(address, maxPages)} pages, expected {run}");
+    }
+
     public static TheoryData<string, long, long, long, long, long> Restarts => new()
     {
         // why, orig_rax, rax, expected rax, expected rip change, expected orig_rax

@@ -107,6 +107,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         Assert.Contains($"StartHandoff {id} node-b {_agents["node-b"].Endpoint}", Source.Calls);
         Assert.True(Target.Migration(id).Restores.IsEmpty, "the target was cleaned up");
         Assert.Equal(2, done.Status.PreCopyRounds);
+        Assert.Equal(MemoryTrackingMethods.WriteProtect, done.Status.MemoryTracking); // as the agent reported its rounds
         Assert.Equal(150_000_000, done.Status.BytesTransferred);
         Assert.Equal(50_000_000, done.Status.ImageBytes);
         Assert.InRange(done.Status.DowntimeMillis ?? -1, 0, 10_000);

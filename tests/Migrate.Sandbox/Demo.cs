@@ -81,6 +81,7 @@ internal static class Demo
             result.DowntimeMs = status?.DowntimeMillis;
             result.ImageBytes = status?.ImageBytes;
             result.MemoryRestore = status?.MemoryRestore;
+            result.MemoryTracking = status?.MemoryTracking;
             if (status?.Phase != MigrationPhases.Succeeded)
             {
                 Say($"the migration did not succeed: {status?.Phase} {status?.Reason}: {status?.Message}");
@@ -107,7 +108,7 @@ internal static class Demo
             Console.WriteLine($"  request to Succeeded     {result.TotalMs} ms");
             Console.WriteLine($"  downtime                 {status.DowntimeMillis} ms (frozen until the restored process ran)");
             Console.WriteLine($"  memory restore           {status.MemoryRestore}{(status.MemoryRestore == MemoryRestoreModes.Lazy ? " (the process ran first; its memory followed from the images staged on " + status.TargetNode + ")" : "")}");
-            Console.WriteLine($"  pre-copy rounds          {status.PreCopyRounds}");
+            Console.WriteLine($"  pre-copy rounds          {status.PreCopyRounds}{(status.MemoryTracking == MemoryTrackingMethods.WriteProtect ? " (after the first, only the pages the pod wrote were read: userfaultfd write-protection)" : status.MemoryTracking is { } tracking ? $" ({tracking})" : "")}");
             Console.WriteLine($"  checkpoint               {status.ImageBytes} bytes staged; {status.BytesTransferred} bytes sent to {status.TargetNode}");
             Console.WriteLine($"  last tick on {status.SourceNode,-10} {frozen.Tick}   (kubectl logs counter)");
             Console.WriteLine($"  first tick on {status.TargetNode,-9} {after[0].Tick}   (kubectl logs {status.ReplacementPod}; then up to {after[^1].Tick})");
@@ -218,5 +219,8 @@ internal static class Demo
 
         [System.Text.Json.Serialization.JsonPropertyName("memoryRestore")]
         public string? MemoryRestore { get; set; }
+
+        [System.Text.Json.Serialization.JsonPropertyName("memoryTracking")]
+        public string? MemoryTracking { get; set; }
     }
 }

@@ -173,7 +173,14 @@ public sealed class FakeMigration(string id)
             {
                 status.Phase = Phase;
                 status.Operation = Operation?.Clone();
-                status.PreCopy = new PreCopyProgress { Rounds = Rounds, Converged = Converged, BytesSent = PreCopySent, BytesTotal = PreCopySent };
+                status.PreCopy = new PreCopyProgress
+                {
+                    Rounds = Rounds,
+                    Converged = Converged,
+                    BytesSent = PreCopySent,
+                    BytesTotal = PreCopySent,
+                    Method = Rounds > 0 ? PreCopyMethod.WriteTracking : PreCopyMethod.Unspecified,
+                };
                 status.Handoff = new HandoffProgress { Step = Step, FrozenUnixMillis = FrozenUnixMillis, BytesSent = Sent, BytesTotal = Total };
                 status.PreCopyRounds = Rounds;
                 if (Step >= HandoffStep.Sending)

@@ -147,6 +147,21 @@ internal sealed class ImageChain : IDisposable
         return entry.IsInParent ? _parent?.Covers(id, address) ?? false : entry.IsPresent && task.Pages is not null;
     }
 
+    /// <summary>How many pages from <paramref name="address"/> on (at most <paramref name="maxPages"/>) this set or an ancestor holds, without reading them.</summary>
+    public int CoveredRun(int id, ulong address, int maxPages)
+    {
+        var task = GetTask(id);
+        int index = task?.Find(address) ?? -1;
+        if (index < 0 || maxPages <= 0)
+        {
+            return 0;
+        }
+
+        var entry = task!.Entries[index];
+        int run = (int)Math.Min((ulong)maxPages, (entry.End - address) / PagemapEntry.PageSize);
+        return entry.IsInParent ? _parent?.CoveredRun(id, address, run) ?? 0 : entry.IsPresent && task.Pages is not null ? run : 0;
+    }
+
     /// <summary>True if some image set of the chain has a pagemap for task <paramref name="id"/>.</summary>
     public bool HasTask(int id) => GetTask(id) is not null || (_parent?.HasTask(id) ?? false);
 

@@ -201,19 +201,19 @@ public static class MemorySnapshot
         while (page < count)
         {
             ulong at = address + ((ulong)page * PagemapEntry.PageSize);
-            if (IsKnownUnchanged(tracked, parent, id, at))
+            int unchanged = KnownUnchanged(tracked, parent, id, at, count - page);
+            if (unchanged > 0)
             {
-                builder.AddParent(at);
-                page++;
+                builder.AddParent(at, (uint)unchanged);
+                page += unchanged;
                 continue;
             }
 
             int runStart = page;
-            while (page < count && !IsKnownUnchanged(tracked, parent, id, address + ((ulong)page * PagemapEntry.PageSize)))
+            while (page < count && KnownUnchanged(tracked, parent, id, address + ((ulong)page * PagemapEntry.PageSize), 1) == 0)
             {
                 page++;
             }
-
             int run = page - runStart;
             var pages = buffers.Content.AsSpan(0, run * PagemapEntry.PageSize);
             if (!ReadMemory(memory, at, pages))
@@ -242,8 +242,17 @@ public static class MemorySnapshot
         return true;
     }
 
-    private static bool IsKnownUnchanged(TrackedPages? tracked, ImageChain? parent, int id, ulong address) =>
-        tracked is not null && parent is not null && tracked.IsUnchanged(address) && parent.Covers(id, address);
+    /// <summary>Pages from <paramref name="address"/> on that write tracking shows unchanged and the parent chain holds (0 without tracking).</summary>
+    private static int KnownUnchanged(TrackedPages? tracked, ImageChain? parent, int id, ulong address, int maxPages)
+    {
+        if (tracked is null || parent is null)
+        {
+            return 0;
+        }
+
+        int run = tracked.UnchangedRun(address, maxPages);
+        return run > 0 ? parent.CoveredRun(id, address, run) : 0;
+    }
 
     /// <summary>Buffers for one batch: the pages read, the parent's, and which of them the parent holds.</summary>
     private sealed class PageBuffers

@@ -37,10 +37,10 @@ internal sealed class PagemapBuilder : IDisposable
         PresentPages++;
     }
 
-    public void AddParent(ulong address)
+    public void AddParent(ulong address, uint count = 1)
     {
-        Append(address, 1, PagemapFlags.Parent);
-        ParentPages++;
+        Append(address, count, PagemapFlags.Parent);
+        ParentPages += count;
     }
 
     /// <summary>Keeps an entry that holds no pages in this set (neither present nor parent) as it was.</summary>

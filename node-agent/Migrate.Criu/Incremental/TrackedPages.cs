@@ -36,7 +36,42 @@ public sealed class TrackedPages
     /// <summary>True if the page at <paramref name="address"/> is tracked and was not written since the last scan.</summary>
     public bool IsUnchanged(ulong address) => Contains(_tracked, address) && !Contains(_written, address);
 
-    private static bool Contains(PageRange[] ranges, ulong address)
+    /// <summary>How many pages from <paramref name="address"/> on (at most <paramref name="maxPages"/>) are unchanged: 0 if that page is not.</summary>
+    public int UnchangedRun(ulong address, int maxPages)
+    {
+        int tracked = IndexOf(_tracked, address);
+        if (tracked < 0 || Contains(_written, address) || maxPages <= 0)
+        {
+            return 0;
+        }
+
+        ulong end = _tracked[tracked].End;
+        // the first written range starting after the address ends the run
+        int low = 0, high = _written.Length;
+        while (low < high)
+        {
+            int middle = low + ((high - low) / 2);
+            if (_written[middle].Start <= address)
+            {
+                low = middle + 1;
+            }
+            else
+            {
+                high = middle;
+            }
+        }
+
+        if (low < _written.Length)
+        {
+            end = Math.Min(end, _written[low].Start);
+        }
+
+        return (int)Math.Min((ulong)maxPages, (end - address) / Images.PagemapEntry.PageSize);
+    }
+
+    private static bool Contains(PageRange[] ranges, ulong address) => IndexOf(ranges, address) >= 0;
+
+    private static int IndexOf(PageRange[] ranges, ulong address)
     {
         int low = 0, high = ranges.Length - 1;
         while (low <= high)
@@ -53,11 +88,11 @@ public sealed class TrackedPages
             }
             else
             {
-                return true;
+                return middle;
             }
         }
 
-        return false;
+        return -1;
     }
 
     /// <summary>Sorted, with touching or overlapping ranges merged, empty ones dropped.</summary>

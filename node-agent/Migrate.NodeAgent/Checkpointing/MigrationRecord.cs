@@ -239,6 +239,10 @@ public sealed class MigrationRecord
             Converged = PreCopy.Converged,
             BytesSent = PreCopy.BytesSent,
             BytesTotal = PreCopy.BytesTotal,
+            Method = Rounds.Count == 0 ? Agent.V1.PreCopyMethod.Unspecified
+                : Rounds.Any(r => r.Tracked) ? Agent.V1.PreCopyMethod.WriteTracking
+                : PreCopyMethod == CriuPreCopyMethod.KernelTracking ? Agent.V1.PreCopyMethod.KernelTracking
+                : Agent.V1.PreCopyMethod.ContentComparison,
         };
         status.Handoff = new HandoffProgress
         {

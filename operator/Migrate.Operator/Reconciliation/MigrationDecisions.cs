@@ -38,6 +38,15 @@ public static class MigrationDecisions
     /// <summary>Whether the pod runs (all of its containers started).</summary>
     public static bool IsRunning(V1Pod? pod) => pod?.Status?.Phase == "Running";
 
+    /// <summary>status.memoryTracking for the method the source agent reports its pre-copy rounds used; null when it reports none.</summary>
+    public static string? TrackingOf(Agent.V1.PreCopyMethod method) => method switch
+    {
+        Agent.V1.PreCopyMethod.WriteTracking => MemoryTrackingMethods.WriteProtect,
+        Agent.V1.PreCopyMethod.KernelTracking => MemoryTrackingMethods.SoftDirty,
+        Agent.V1.PreCopyMethod.ContentComparison => MemoryTrackingMethods.ContentComparison,
+        _ => null,
+    };
+
     /// <summary>Why a pod cannot start, or null while it starts or runs.</summary>
     public static string? StartFailure(V1Pod? pod)
     {
@@ -371,6 +380,7 @@ public static class MigrationDecisions
             if (Source.PreCopy is { Rounds: > 0 } precopy)
             {
                 _s.PreCopyRounds = precopy.Rounds;
+                _s.MemoryTracking = MigrationDecisions.TrackingOf(precopy.Method) ?? _s.MemoryTracking;
             }
 
             if (operation?.Kind != HandoffOperation)

@@ -240,6 +240,14 @@ public sealed class MigrationDecisionsTests
     ];
 
     [Theory]
+    [InlineData(PreCopyMethod.WriteTracking, "WriteProtect")]
+    [InlineData(PreCopyMethod.KernelTracking, "SoftDirty")]
+    [InlineData(PreCopyMethod.ContentComparison, "ContentComparison")]
+    [InlineData(PreCopyMethod.Unspecified, null)]
+    public void Status_memory_tracking_names_the_method_the_source_agent_reports(PreCopyMethod reported, string? status) =>
+        Assert.Equal(status, MigrationDecisions.TrackingOf(reported));
+
+    [Theory]
     [MemberData(nameof(Rows))]
     public void Decides(Row row)
     {
