@@ -18,7 +18,7 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*##"; printf "Targets:\n"} /^[a-zA-Z_-]+:.*##/ { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 .PHONY: prereqs
-prereqs: ## Install runc, containerd (1.6; 1.7 and 2.1 privately), CNI plugins, CRIU 4.2, buildah, Prometheus (idempotent, root).
+prereqs: ## Install runc, containerd (1.6; 1.7 and 2.1 privately), CNI plugins, CRIU 4.2, buildah and podman, Prometheus (idempotent, root).
 	hack/install-prereqs.sh
 
 .PHONY: build
@@ -35,7 +35,7 @@ demo: prereqs build ## A live migration in the local sandbox cluster, with a rea
 	CONFIGURATION=$(CONFIGURATION) hack/demo.sh
 
 .PHONY: bench
-bench: prereqs ## Benchmarks (docs/benchmarks*.md): migration vs the manual runc pipeline, transfer, runtime, emulator, controller, scale, groups, checkpoints, connections.
+bench: prereqs ## Benchmarks (docs/benchmarks*.md): migration vs the manual runc pipeline and podman, transfer, runtime, emulator, controller, scale, groups, checkpoints, connections.
 	hack/bench.sh
 
 PREFIX ?= /usr/local

@@ -227,18 +227,24 @@ fi
 # buildah requires even with the host's network) and their libraries, trixie's glibc among them,
 # are unpacked into their own prefix. patchelf (bookworm's) points each binary at that prefix's
 # loader and libraries: buildah re-executes /proc/self/exe, so running it through the loader, as
-# CRIU is, does not work.
+# CRIU is, does not work. The same prefix holds trixie's podman 5.4 and conmon: make bench measures
+# podman's own checkpoint/restore pipeline beside ours (with bookworm's runc and the CRIU above,
+# its configuration written by the benchmark, never the system's).
 BUILDAH_PREFIX="$PREFIX/buildah"
 BUILDAH_SUITE=trixie
-BUILDAH_PACKAGES=(buildah netavark golang-github-containers-common)
+BUILDAH_PACKAGES=(buildah netavark golang-github-containers-common podman conmon)
+BUILDAH_PROGRAMS=(usr/bin/buildah usr/lib/podman/netavark usr/bin/podman usr/bin/conmon)
 
 buildah_ok() {
-  [ -f "$BUILDAH_PREFIX/.complete" ] && "$BUILDAH_PREFIX/bin/buildah" --version >/dev/null 2>&1 \
-    && "$BUILDAH_PREFIX/bin/netavark" --version >/dev/null 2>&1
+  local program
+  [ -f "$BUILDAH_PREFIX/.complete" ] || return 1
+  for program in "${BUILDAH_PROGRAMS[@]}"; do
+    "$BUILDAH_PREFIX/bin/${program##*/}" --version >/dev/null 2>&1 || return 1
+  done
 }
 
 install_buildah_prefix() {
-  local work staging lib queue=() pkg dep
+  local work staging lib queue=() pkg dep program binary
   declare -A seen=()
   work=$(mktemp -d "/tmp/podmig-$BUILDAH_SUITE.XXXXXX")
   # shellcheck disable=SC2064
@@ -260,16 +266,16 @@ install_buildah_prefix() {
       | awk '/^ *[|]?(Pre)?Depends:/ { if (!alternative) print $2; alternative = ($1 ~ /^[|]/); next } { alternative = 0 }' \
       | grep -v '^<' | sed 's/:any$//')
   done
-  log "downloading ${#seen[@]} $BUILDAH_SUITE packages for buildah: ${!seen[*]}"
+  log "downloading ${#seen[@]} $BUILDAH_SUITE packages for buildah and podman: ${!seen[*]}"
   staging="$BUILDAH_PREFIX.new"
   download_and_unpack "$work" "$staging" "${!seen[@]}"
   mkdir -p "$staging/bin"
   # buildah's own test helpers (about 90 MB) are never used
   rm -rf "$staging/usr/libexec/buildah" "$staging/usr/share/doc" "$staging/usr/share/man"
   lib="$BUILDAH_PREFIX/usr/lib/x86_64-linux-gnu"
-  cp "$staging/usr/bin/buildah" "$staging/bin/buildah"
-  cp "$staging/usr/lib/podman/netavark" "$staging/bin/netavark"
-  for binary in "$staging/bin/buildah" "$staging/bin/netavark"; do
+  for program in "${BUILDAH_PROGRAMS[@]}"; do
+    binary="$staging/bin/${program##*/}"
+    cp "$staging/$program" "$binary"
     # --force-rpath: a RUNPATH would not be searched for the libraries' own dependencies (libgpgme's libassuan)
     patchelf --set-interpreter "$lib/ld-linux-x86-64.so.2" --force-rpath --set-rpath "$lib" "$binary" \
       || die "patchelf $binary failed"
@@ -277,11 +283,11 @@ install_buildah_prefix() {
   rm -rf "$BUILDAH_PREFIX"
   mv "$staging" "$BUILDAH_PREFIX"
   touch "$BUILDAH_PREFIX/.complete"
-  buildah_ok || die "the unpacked buildah does not run: $("$BUILDAH_PREFIX/bin/buildah" --version 2>&1 | head -n 2)"
+  buildah_ok || die "the unpacked buildah or podman does not run: $("$BUILDAH_PREFIX/bin/buildah" --version 2>&1 | head -n 2) $("$BUILDAH_PREFIX/bin/podman" --version 2>&1 | head -n 2)"
 }
 
 if buildah_ok; then
-  log "buildah prefix present: $BUILDAH_PREFIX ($("$BUILDAH_PREFIX/bin/buildah" --version))"
+  log "buildah prefix present: $BUILDAH_PREFIX ($("$BUILDAH_PREFIX/bin/buildah" --version); $("$BUILDAH_PREFIX/bin/podman" --version))"
 else
   install_buildah_prefix
 fi

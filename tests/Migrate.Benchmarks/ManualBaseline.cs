@@ -80,7 +80,8 @@ public sealed class ManualBaseline : IAsyncDisposable
     }
 
     /// <summary>tar -c on the source | TCP to the target's address | tar -x on the target, streamed.</summary>
-    private static async Task CopyOverTcpAsync(string from, string to, string targetAddress)
+    /// <summary>The files of <paramref name="from"/> (but ./work) into <paramref name="to"/>: tar, a TCP connection to <paramref name="targetAddress"/>, tar -x.</summary>
+    internal static async Task CopyOverTcpAsync(string from, string to, string targetAddress)
     {
         using var listener = new TcpListener(IPAddress.Parse(targetAddress), 0);
         listener.Start();

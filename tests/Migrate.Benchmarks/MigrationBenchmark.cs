@@ -25,7 +25,7 @@ public sealed record MigrationSample(
 /// </summary>
 public static class MigrationBenchmark
 {
-    public static readonly string[] Methods = ["Manual", "Cold", "PreCopy"];
+    public static readonly string[] Methods = ["Manual", "Podman", "Cold", "PreCopy"];
     public static readonly (string Name, double DirtyPercent)[] Workloads = [("idle", 0), ("dirtying", 5)];
 
     public static async Task RunAsync(BenchmarkReport report, IReadOnlyList<string> args)
@@ -36,28 +36,33 @@ public static class MigrationBenchmark
         var clock = Stopwatch.StartNew();
         void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  [{clock.Elapsed:mm\\:ss}] {text}"));
 
-        var podman = Prerequisites.FindOnPath("podman");
+        var podman = PodmanBaseline.Program();
         Say(podman is null
-            ? "Podman does not run here (not installed): no podman checkpoint --export / restore --import baseline in this run"
-            : $"Podman found at {podman}, but its checkpoint baseline is not implemented: not measured");
-        Say($"starting a 2-node sandbox; {sizes.Length} sizes x {Workloads.Length} workloads x {Methods.Length} methods x {repetitions} repetitions");
+            ? "podman is not in hack/install-prereqs.sh's prefix: no podman checkpoint --export / restore --import baseline in this run"
+            : $"podman: {podman} (checkpoint --export, the archive over TCP, restore --import into a second storage root)");
+        var methods = podman is null ? Methods.Where(m => m != "Podman").ToArray() : Methods;
+        Say($"starting a 2-node sandbox; {sizes.Length} sizes x {Workloads.Length} workloads x {methods.Length} methods x {repetitions} repetitions");
         var samples = new List<MigrationSample>();
         var failures = new List<string>();
         await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = 2, PhaseTimeoutSeconds = 900 }, line => Say(line)))
         {
-            int total = sizes.Length * Workloads.Length * Methods.Length * repetitions;
+            var targetAddress = cluster.Node("node-b").AgentAddress;
+            using var podmanBaseline = podman is null ? null : PodmanBaseline.Start(podman, targetAddress[..targetAddress.LastIndexOf(':')]);
+            int total = sizes.Length * Workloads.Length * methods.Length * repetitions;
             foreach (var mib in sizes)
             {
                 foreach (var (workload, dirty) in Workloads)
                 {
                     for (int rep = 1; rep <= repetitions; rep++)
                     {
-                        foreach (var method in Methods)
+                        foreach (var method in methods)
                         {
                             MigrationSample sample;
                             try
                             {
-                                sample = await RunOneAsync(cluster, method, mib, workload, dirty, rep);
+                                sample = method == "Podman"
+                                    ? await RunPodmanAsync(podmanBaseline!, mib, workload, dirty, rep)
+                                    : await RunOneAsync(cluster, method, mib, workload, dirty, rep);
                             }
                             catch (Exception e) when (e is InvalidOperationException or TimeoutException or k8s.Autorest.HttpOperationException or IOException)
                             {
@@ -204,6 +209,23 @@ public static class MigrationBenchmark
         return new MigrationSample(mode, mib, workload, rep, At("Succeeded"), (double?)(long?)status["downtimeMillis"] ?? double.NaN,
             At("Transferring") - At("Checkpointing"), At("Restoring") - At("Transferring"), At("CuttingOver") - At("Restoring"),
             (long?)status["imageBytes"] ?? 0, (long?)status["bytesTransferred"] ?? 0, (int?)status["preCopyRounds"] ?? 0, continued);
+    }
+
+    private static async Task<MigrationSample> RunPodmanAsync(PodmanBaseline podman, int mib, string workload, double dirty, int rep)
+    {
+        var name = string.Create(CultureInfo.InvariantCulture, $"b{mib}-{workload[0]}-podman-{rep}");
+        try
+        {
+            await podman.StartWorkloadAsync(name, mib, dirty);
+            var (checkpoint, copy, restore, bytes, continued) = await podman.MoveAsync(name);
+            var frozen = checkpoint + copy + restore;
+            return new MigrationSample("Podman", mib, workload, rep, frozen.TotalMilliseconds, frozen.TotalMilliseconds, checkpoint.TotalMilliseconds,
+                copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued);
+        }
+        finally
+        {
+            podman.Remove(name);
+        }
     }
 
     private static async Task<MigrationSample> RunManualAsync(SandboxNode source, SandboxNode target, V1Pod pod, int mib, string workload, int rep)

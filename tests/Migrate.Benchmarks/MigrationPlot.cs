@@ -35,6 +35,7 @@ public static class MigrationPlot
         var colors = new Dictionary<string, Color>
         {
             ["Manual"] = Colors.FireBrick,
+            ["Podman"] = Colors.DarkOrange,
             ["Cold"] = Colors.SteelBlue,
             ["PreCopy"] = Colors.SeaGreen,
         };
@@ -53,7 +54,7 @@ public static class MigrationPlot
                 line.LineWidth = 2;
                 line.MarkerSize = 7;
                 line.LinePattern = workload == "idle" ? LinePattern.Solid : LinePattern.Dashed;
-                line.LegendText = $"{(method == "Manual" ? "manual runc" : "ours " + method)}, {workload}";
+                line.LegendText = $"{method switch { "Manual" => "manual runc", "Podman" => "podman", _ => "ours " + method }}, {workload}";
             }
         }
 
