@@ -105,6 +105,53 @@ public sealed class WriteTrackingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_process_that_execs_after_it_was_armed_has_nothing_tracked_any_more()
+    {
+        // same PID, new memory: no page of the new program may pass as unchanged
+        var start = new ProcessStartInfo("sh", ["-c", "sh -c 'read line; exec sleep 60'"]) { RedirectStandardInput = true, UseShellExecute = false };
+        using var outer = Process.Start(start)!;
+        try
+        {
+            int pid = 0;
+            for (int i = 0; i < 100 && pid == 0; i++)
+            {
+                await Task.Delay(20);
+                pid = IsolatedProcessTree.Descendants(outer.Id) is [var first, ..] ? first : 0;
+            }
+
+            Assert.NotEqual(0, pid);
+            await Task.Delay(100);
+            using var tracker = WriteTracker.Arm(pid, beforeRound: 1);
+            var before = tracker.Scan().For(pid);
+            Assert.NotNull(before);
+            Assert.NotEmpty(before.Tracked);
+
+            await outer.StandardInput.WriteLineAsync("go");
+            await outer.StandardInput.FlushAsync();
+            for (int i = 0; i < 100 && !File.ReadAllText($"/proc/{pid}/cmdline").StartsWith("sleep", StringComparison.Ordinal); i++)
+            {
+                await Task.Delay(20);
+            }
+
+            Assert.StartsWith("sleep", File.ReadAllText($"/proc/{pid}/cmdline"), StringComparison.Ordinal);
+            var after = tracker.Scan().For(pid);
+            Assert.NotNull(after);
+            Assert.Empty(after.Tracked);
+            Assert.False(after.IsUnchanged(before.Tracked[0].Start));
+        }
+        finally
+        {
+            foreach (var pid in IsolatedProcessTree.Descendants(outer.Id))
+            {
+                _ = Migrate.Criu.Lazy.DetachedProcess.Kill(pid);
+            }
+
+            outer.Kill();
+            await outer.WaitForExitAsync();
+        }
+    }
+
+    [Fact]
     public void Arming_a_tree_that_is_gone_fails_naming_it_and_agents_told_not_to_track_make_no_tracker()
     {
         var error = Assert.Throws<ArgumentException>(() => WriteTracker.Arm(int.MaxValue - 7, beforeRound: 1));

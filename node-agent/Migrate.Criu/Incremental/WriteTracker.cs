@@ -231,17 +231,15 @@ public sealed class WriteTracker : IDisposable
     private sealed class ArmedTask : IDisposable
     {
         private readonly SafeUserfaultfd _uffd;
-        private readonly SafeFileHandle _pagemap;
         private readonly PageRange[] _registered;
         private readonly string _startTime;
         private readonly int _pid;
 
-        private ArmedTask(int pid, string startTime, SafeUserfaultfd uffd, SafeFileHandle pagemap, PageRange[] registered)
+        private ArmedTask(int pid, string startTime, SafeUserfaultfd uffd, PageRange[] registered)
         {
             _pid = pid;
             _startTime = startTime;
             _uffd = uffd;
-            _pagemap = pagemap;
             _registered = registered;
         }
 
@@ -272,8 +270,7 @@ public sealed class WriteTracker : IDisposable
                     throw new WriteTrackingException($"none of process {task.HostPid}'s private memory could be registered");
                 }
 
-                var pagemap = File.OpenHandle($"/proc/{task.HostPid}/pagemap", FileMode.Open, FileAccess.Read);
-                return new ArmedTask(task.HostPid, startTime, uffd, pagemap, [.. registered]);
+                return new ArmedTask(task.HostPid, startTime, uffd, [.. registered]);
             }
             catch
             {
@@ -282,7 +279,12 @@ public sealed class WriteTracker : IDisposable
             }
         }
 
-        /// <summary>Written pages (protected again), then the ranges still tracked; null if the process is gone or another now has its PID.</summary>
+        /// <summary>
+        /// Written pages (protected again), then the ranges still tracked; null if the process is gone
+        /// or another now has its PID. The pagemap is opened afresh for each scan: it then reads the
+        /// process's memory as it is now, so after an exec (same PID, new memory, nothing of it
+        /// registered) no range counts as tracked.
+        /// </summary>
         public TrackedPages? Scan()
         {
             if (StartTime(_pid) != _startTime)
@@ -292,21 +294,18 @@ public sealed class WriteTracker : IDisposable
 
             try
             {
-                var written = ScanRanges(_pagemap, _registered, ScanWpMatching, PageIsWritten);
-                var tracked = ScanRanges(_pagemap, _registered, 0, PageIsWpAllowed);
+                using var pagemap = File.OpenHandle($"/proc/{_pid}/pagemap", FileMode.Open, FileAccess.Read);
+                var written = ScanRanges(pagemap, _registered, ScanWpMatching, PageIsWritten);
+                var tracked = ScanRanges(pagemap, _registered, 0, PageIsWpAllowed);
                 return StartTime(_pid) == _startTime ? new TrackedPages(tracked, written) : null;
             }
-            catch (WriteTrackingException) when (StartTime(_pid) != _startTime)
+            catch (Exception e) when ((e is WriteTrackingException or IOException or UnauthorizedAccessException) && StartTime(_pid) != _startTime)
             {
                 return null;
             }
         }
 
-        public void Dispose()
-        {
-            _pagemap.Dispose();
-            _uffd.Dispose();
-        }
+        public void Dispose() => _uffd.Dispose();
 
         /// <summary>Field 22 of /proc/PID/stat (start time in clock ticks), which tells a process from a later one with the same PID.</summary>
         private static string? StartTime(int pid)
