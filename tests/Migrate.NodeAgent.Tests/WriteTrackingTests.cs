@@ -71,15 +71,7 @@ public sealed class WriteTrackingTests(ITestOutputHelper output)
         using var cat = Process.Start(start)!;
         try
         {
-            int catPid = 0;
-            for (int i = 0; i < 100 && catPid == 0; i++)
-            {
-                await Task.Delay(20);
-                catPid = IsolatedProcessTree.Descendants(cat.Id) is [var first, ..] ? first : 0;
-            }
-
-            Assert.NotEqual(0, catPid);
-            await Task.Delay(100);
+            int catPid = await FirstChildAsync(cat.Id);
             using (var tracker = WriteTracker.Arm(catPid, beforeRound: 1))
             {
                 Assert.Equal(1, tracker.ArmedTasks);
@@ -112,15 +104,7 @@ public sealed class WriteTrackingTests(ITestOutputHelper output)
         using var outer = Process.Start(start)!;
         try
         {
-            int pid = 0;
-            for (int i = 0; i < 100 && pid == 0; i++)
-            {
-                await Task.Delay(20);
-                pid = IsolatedProcessTree.Descendants(outer.Id) is [var first, ..] ? first : 0;
-            }
-
-            Assert.NotEqual(0, pid);
-            await Task.Delay(100);
+            int pid = await FirstChildAsync(outer.Id);
             using var tracker = WriteTracker.Arm(pid, beforeRound: 1);
             var before = tracker.Scan().For(pid);
             Assert.NotNull(before);
@@ -237,6 +221,21 @@ public sealed class WriteTrackingTests(ITestOutputHelper output)
         Assert.Equal((ulong)(0x7000_1002 + ripChange), after[16]);
         Assert.Equal((ulong)expectedOrigRax, after[15]);
         Assert.Equal((ulong)rax, saved[10]); // the saved copy is left alone
+    }
+
+    /// <summary>The first process started under <paramref name="parent"/>, given a moment to reach its blocking call.</summary>
+    private static async Task<int> FirstChildAsync(int parent)
+    {
+        int child = 0;
+        for (int i = 0; i < 100 && child == 0; i++)
+        {
+            await Task.Delay(20);
+            child = IsolatedProcessTree.Descendants(parent) is [var first, ..] ? first : 0;
+        }
+
+        Assert.NotEqual(0, child);
+        await Task.Delay(100);
+        return child;
     }
 
     private static string[] Descriptors(int pid) =>
