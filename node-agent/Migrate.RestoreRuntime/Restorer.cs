@@ -104,6 +104,9 @@ public static partial class Restorer
             // a pod pinned to its source's address: its network is locked now, while it waits (nothing flows there yet), not in the downtime
             bool locked = LockEarly(request);
 
+            // CRIU's version, for a lazy restore's page server: asked now, not while the source is frozen
+            var criu = ProbeCriu();
+
             // the pod's sandbox, network and root file system are ready: wait here for the final images
             WaitForCommit(migration, request, WaitLimit());
             clock.Restart();
@@ -118,38 +121,6 @@ public static partial class Restorer
                 throw new RestoreFailedException($"migration {request.MigrationId} has no images of container {request.Container}");
             }
 
-            var volumes = request.Mounts
-                .Select(m => (m.Source, Volume: VolumeName(m.Source)))
-                .Where(m => m.Volume is not null)
-                .ToList();
-            Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
-            var move = ReadAddressMove(files, request);
-            if (move is null && locked)
-            {
-                // pinned, but the source moved no address (an older agent): this pod keeps the address its sandbox was given
-                new PodNetworkLock().Unlock(request.NetworkNamespace!);
-                locked = false;
-            }
-
-            var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
-            if (File.Exists(layer))
-            {
-                PutBackWritableLayer(request.RootPath, layer);
-            }
-
-            foreach (var (source, volume) in volumes)
-            {
-                // a volume the pod's containers share is put back once, before the first of them
-                // runs: unpacking it again for the next container would swap the files under the first
-                var archive = Path.Combine(files, StagingLayout.VolumeArchive(volume!));
-                var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
-                if (File.Exists(archive) && !File.Exists(unpacked))
-                {
-                    FilesystemArchive.Extract(archive, source);
-                    File.WriteAllText(unpacked, request.Container + "\n");
-                }
-            }
-
             var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
             if (Directory.Exists(work))
             {
@@ -159,83 +130,19 @@ public static partial class Restorer
             }
 
             Directory.CreateDirectory(work);
-            var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
-            long prepared = clock.ElapsedMilliseconds, claimed = prepared;
-            if (move is not null)
+            // a lazy restore's helpers start now: the daemon probes the kernel and reads the process
+            // tree while the files below are checked and put back (it reads, and serves nothing until
+            // the restore below, which only runs once they all passed)
+            var helpers = LazyRestoreHelpers.Needed(images) ? BeginLazyHelpers(criu, images, Path.Combine(files, StagingLayout.LazyMemoryImages(request.Container)), work, request) : null;
+            try
             {
-                // the source's connections come back in repair mode, on the address claimed here under the lock
-                ClaimAddress(migration, move, request, locked);
-                arguments.Add("--tcp-established");
-                claimed = clock.ElapsedMilliseconds;
+                return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, helpers);
             }
-
-            bool lazy = LazyRestoreHelpers.Needed(images);
-            if (lazy)
+            catch when (helpers is not null)
             {
-                StartLazyHelpers(images, Path.Combine(files, StagingLayout.LazyMemoryImages(request.Container)), work, request);
-                arguments.Add("--lazy-pages");
-            }
-
-            if (line.CommandOption("--pid-file") is { } pidFile)
-            {
-                arguments.AddRange(["--pid-file", pidFile]);
-            }
-
-            if (line.CommandOption("--console-socket") is { } console)
-            {
-                arguments.AddRange(["--console-socket", console]);
-            }
-
-            if (line.HasCommandFlag("--no-pivot"))
-            {
-                arguments.Add("--no-pivot");
-            }
-
-            arguments.Add(id);
-            int exit = RunInheritingStdio(runc, arguments);
-            long ran = clock.ElapsedMilliseconds;
-            if (exit != 0)
-            {
-                if (move is not null)
-                {
-                    GiveUpAddress(move, request);
-                }
-
                 LazyRestoreHelpers.StopRecorded(work);
-                RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
-                throw new RestoreFailedException($"runc restore of container {request.Container} from migration {request.MigrationId} failed ({exit}): {CriuErrors(work)}; the images stay in {migration} for diagnosis");
+                throw;
             }
-
-            File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
-            long done = clock.ElapsedMilliseconds;
-            var steps = string.Create(CultureInfo.InvariantCulture, $"files {prepared} ms, address {claimed - prepared} ms, runc restore {ran - claimed} ms");
-            var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), done, lazy, steps);
-            File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
-            if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
-                && File.Exists(Path.Combine(migration, StagingLayout.HoldNetworkFile)))
-            {
-                // a member of a group: no traffic until every member is restored; the node's agent lifts the lock when the group says so
-                File.WriteAllText(Path.Combine(migration, StagingLayout.NetworkHeldFile), request.NetworkNamespace + "\n");
-                steps += ", network held for the group";
-            }
-            else if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c)))))
-            {
-                // every container of the pod holds its sockets again: traffic may flow, and the segment learns where the address is
-                try
-                {
-                    OpenAddress(move, request);
-                }
-                catch (RestoreFailedException)
-                {
-                    GiveUpAddress(move, request);
-                    throw;
-                }
-
-                steps += string.Create(CultureInfo.InvariantCulture, $", unlock {clock.ElapsedMilliseconds - done} ms");
-            }
-            Log(line, "info", string.Create(CultureInfo.InvariantCulture,
-                $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {done} ms ({steps}){(lazy ? " (memory follows lazily)" : "")}"));
-            return 0;
         }
         catch (Exception e) when (e is RestoreFailedException or IOException or UnauthorizedAccessException or JsonException or InvalidOperationException)
         {
@@ -245,6 +152,121 @@ public static partial class Restorer
             Report(request, StagingLayout.RestoreFailedFile(request.Container), message);
             return 1;
         }
+    }
+
+    /// <summary>The restore once the images are committed and found: files checked and put back, the address claimed, runc restore.</summary>
+    private static int RestoreCommitted(string runc, RuncCommandLine line, RestoreRequest request, Stopwatch clock, string id, string migration, string files, string staged,
+        string images, string work, bool locked, LazyRestoreHelpers? helpers)
+    {
+        var volumes = request.Mounts
+            .Select(m => (m.Source, Volume: VolumeName(m.Source)))
+            .Where(m => m.Volume is not null)
+            .ToList();
+        Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
+        var move = ReadAddressMove(files, request);
+        if (move is null && locked)
+        {
+            // pinned, but the source moved no address (an older agent): this pod keeps the address its sandbox was given
+            new PodNetworkLock().Unlock(request.NetworkNamespace!);
+            locked = false;
+        }
+
+        var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
+        if (File.Exists(layer))
+        {
+            PutBackWritableLayer(request.RootPath, layer);
+        }
+
+        foreach (var (source, volume) in volumes)
+        {
+            // a volume the pod's containers share is put back once, before the first of them
+            // runs: unpacking it again for the next container would swap the files under the first
+            var archive = Path.Combine(files, StagingLayout.VolumeArchive(volume!));
+            var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
+            if (File.Exists(archive) && !File.Exists(unpacked))
+            {
+                FilesystemArchive.Extract(archive, source);
+                File.WriteAllText(unpacked, request.Container + "\n");
+            }
+        }
+
+        var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
+        long prepared = clock.ElapsedMilliseconds, claimed = prepared;
+        if (move is not null)
+        {
+            // the source's connections come back in repair mode, on the address claimed here under the lock
+            ClaimAddress(migration, move, request, locked);
+            arguments.Add("--tcp-established");
+            claimed = clock.ElapsedMilliseconds;
+        }
+
+        bool lazy = helpers is not null;
+        if (helpers is not null)
+        {
+            WaitForLazyHelpers(helpers, request);
+            arguments.Add("--lazy-pages");
+        }
+
+        if (line.CommandOption("--pid-file") is { } pidFile)
+        {
+            arguments.AddRange(["--pid-file", pidFile]);
+        }
+
+        if (line.CommandOption("--console-socket") is { } console)
+        {
+            arguments.AddRange(["--console-socket", console]);
+        }
+
+        if (line.HasCommandFlag("--no-pivot"))
+        {
+            arguments.Add("--no-pivot");
+        }
+
+        arguments.Add(id);
+        int exit = RunInheritingStdio(runc, arguments);
+        long ran = clock.ElapsedMilliseconds;
+        if (exit != 0)
+        {
+            if (move is not null)
+            {
+                GiveUpAddress(move, request);
+            }
+
+            LazyRestoreHelpers.StopRecorded(work);
+            RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
+            throw new RestoreFailedException($"runc restore of container {request.Container} from migration {request.MigrationId} failed ({exit}): {CriuErrors(work)}; the images stay in {migration} for diagnosis");
+        }
+
+        File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
+        long done = clock.ElapsedMilliseconds;
+        var steps = string.Create(CultureInfo.InvariantCulture, $"files {prepared} ms, address {claimed - prepared} ms, runc restore {ran - claimed} ms");
+        var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), done, lazy, steps);
+        File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
+        if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
+            && File.Exists(Path.Combine(migration, StagingLayout.HoldNetworkFile)))
+        {
+            // a member of a group: no traffic until every member is restored; the node's agent lifts the lock when the group says so
+            File.WriteAllText(Path.Combine(migration, StagingLayout.NetworkHeldFile), request.NetworkNamespace + "\n");
+            steps += ", network held for the group";
+        }
+        else if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c)))))
+        {
+            // every container of the pod holds its sockets again: traffic may flow, and the segment learns where the address is
+            try
+            {
+                OpenAddress(move, request);
+            }
+            catch (RestoreFailedException)
+            {
+                GiveUpAddress(move, request);
+                throw;
+            }
+
+            steps += string.Create(CultureInfo.InvariantCulture, $", unlock {clock.ElapsedMilliseconds - done} ms");
+        }
+        Log(line, "info", string.Create(CultureInfo.InvariantCulture,
+            $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {done} ms ({steps}){(lazy ? " (memory follows lazily)" : "")}"));
+        return 0;
     }
 
     /// <summary>The address the source released for this pod, when the migration keeps it (network.json among the images).</summary>
@@ -377,23 +399,44 @@ public static partial class Restorer
     /// memory and CRIU's lazy-pages daemon beside it, in the restore's work directory, where the
     /// restore finds the daemon. The same CRIU as runc's (the one on PATH) runs the daemon.
     /// </summary>
-    private static void StartLazyHelpers(string images, string memory, string work, RestoreRequest request)
+    /// <summary>CRIU's version (null, with the reason, when it cannot be had: only a lazy restore needs it).</summary>
+    private static (CriuVersion? Version, string Error) ProbeCriu()
+    {
+        try
+        {
+            var text = RunChecked("criu", ["--version"]);
+            return CriuVersion.TryParse(text) is { } version ? (version, "") : (null, $"criu --version names no version: {text.Trim()}");
+        }
+        catch (Exception e) when (e is RestoreFailedException or System.ComponentModel.Win32Exception or InvalidOperationException)
+        {
+            return (null, e.Message);
+        }
+    }
+
+    private static LazyRestoreHelpers BeginLazyHelpers((CriuVersion? Version, string Error) criu, string images, string memory, string work, RestoreRequest request)
     {
         if (!Directory.Exists(memory))
         {
             throw new RestoreFailedException($"the final images of container {request.Container} leave memory to a lazy restore, but migration {request.MigrationId} staged no memory set for it");
         }
 
-        var versionText = RunChecked("criu", ["--version"]);
-        if (CriuVersion.TryParse(versionText) is not { } version)
-        {
-            throw new RestoreFailedException($"criu --version names no version: {versionText.Trim()}");
-        }
-
+        var version = criu.Version ?? throw new RestoreFailedException(criu.Error);
         var self = Environment.ProcessPath ?? throw new RestoreFailedException("this program's own path is unknown: it cannot start its page server");
         try
         {
-            LazyRestoreHelpers.Start("criu", version, self, images, memory, work, TimeSpan.FromSeconds(10));
+            return LazyRestoreHelpers.Begin("criu", version, self, images, memory, work);
+        }
+        catch (IOException e)
+        {
+            throw new RestoreFailedException($"the lazy restore of container {request.Container} could not start its helpers: {e.Message}");
+        }
+    }
+
+    private static void WaitForLazyHelpers(LazyRestoreHelpers helpers, RestoreRequest request)
+    {
+        try
+        {
+            helpers.WaitReady(TimeSpan.FromSeconds(10));
         }
         catch (Exception e) when (e is IOException or TimeoutException)
         {

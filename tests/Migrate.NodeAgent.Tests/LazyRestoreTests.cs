@@ -235,6 +235,35 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Helpers_begun_for_an_image_set_without_a_process_tree_fail_when_awaited_with_CRIUs_reason_and_leave_nothing_running()
+    {
+        var root = Directory.CreateTempSubdirectory("podmig-lazy-begin-").FullName;
+        try
+        {
+            var images = Directory.CreateDirectory(Path.Combine(root, "images")).FullName;
+            var memory = Directory.CreateDirectory(Path.Combine(root, "memory")).FullName;
+            var work = Directory.CreateDirectory(Path.Combine(root, "work")).FullName;
+
+            // Begin returns at once (the daemon has not listened yet), and records both helpers by PID
+            var helpers = LazyRestoreHelpers.Begin("criu", _criu.GetVersion(), RepositoryLayout.RestoreRuntime, images, memory, work);
+            Assert.Equal([helpers.DaemonPid.ToString(System.Globalization.CultureInfo.InvariantCulture), helpers.PageServerPid.ToString(System.Globalization.CultureInfo.InvariantCulture)],
+                File.ReadAllLines(Path.Combine(work, LazyRestoreHelpers.PidsFile)));
+
+            var error = Assert.Throws<IOException>(() => helpers.WaitReady(TimeSpan.FromSeconds(10)));
+            Assert.Contains("exited", error.Message, StringComparison.Ordinal);
+            Assert.Contains("before it listened", error.Message, StringComparison.Ordinal);
+            Assert.False(Directory.Exists($"/proc/{helpers.DaemonPid}"), "the daemon still runs");
+            WaitForExit(helpers.PageServerPid, TimeSpan.FromSeconds(5));
+            Assert.False(Directory.Exists($"/proc/{helpers.PageServerPid}"), "the page server still runs");
+            Assert.False(File.Exists(Path.Combine(work, LazyPagesDaemon.SocketName)));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
+    [Fact]
     public void The_page_server_mode_refuses_a_bad_command_line()
     {
         using var log = new StringWriter();

@@ -24,13 +24,29 @@ public static class LazyPagesDaemon
     /// </summary>
     public static int Start(string criuBinary, string imagesDirectory, string workDirectory, Socket pageServer, TimeSpan readyTimeout)
     {
+        int pid = Spawn(criuBinary, imagesDirectory, workDirectory, pageServer);
+        WaitListening(pid, workDirectory, readyTimeout);
+        return pid;
+    }
+
+    /// <summary>
+    /// Starts the daemon as <see cref="Start"/> does, without waiting for it: it probes the kernel and
+    /// reads the image set's process tree before it listens, which can overlap other work.
+    /// </summary>
+    public static int Spawn(string criuBinary, string imagesDirectory, string workDirectory, Socket pageServer)
+    {
         ArgumentNullException.ThrowIfNull(pageServer);
-        var socket = Path.Combine(workDirectory, SocketName);
-        File.Delete(socket);
-        int pid = DetachedProcess.Spawn(criuBinary,
+        File.Delete(Path.Combine(workDirectory, SocketName));
+        return DetachedProcess.Spawn(criuBinary,
             ["lazy-pages", "--page-server", "--ps-socket", "3", "--images-dir", imagesDirectory, "--work-dir", workDirectory, "--log-file", LogName],
             new Dictionary<int, int> { [3] = (int)pageServer.SafeHandle.DangerousGetHandle() },
             Path.Combine(workDirectory, "lazy-pages.out"));
+    }
+
+    /// <summary>Waits until the daemon <paramref name="pid"/> listens; kills it when it does not within <paramref name="readyTimeout"/>.</summary>
+    public static void WaitListening(int pid, string workDirectory, TimeSpan readyTimeout)
+    {
+        var socket = Path.Combine(workDirectory, SocketName);
         var clock = Stopwatch.StartNew();
         while (!File.Exists(socket))
         {
@@ -47,8 +63,6 @@ public static class LazyPagesDaemon
 
             Thread.Sleep(2);
         }
-
-        return pid;
     }
 
     /// <summary>The daemon's error lines (or last lines), for a failure message.</summary>

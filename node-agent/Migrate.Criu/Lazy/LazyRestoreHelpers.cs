@@ -41,6 +41,18 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// </summary>
     public static LazyRestoreHelpers Start(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory, TimeSpan readyTimeout)
     {
+        var helpers = Begin(criuBinary, version, serverProgram, imagesDirectory, memoryDirectory, workDirectory);
+        helpers.WaitReady(readyTimeout);
+        return helpers;
+    }
+
+    /// <summary>
+    /// Starts and records both helpers as <see cref="Start"/> does, without waiting for the daemon to
+    /// listen (see <see cref="WaitReady"/>): its start-up overlaps whatever the caller does next. On
+    /// failure neither is left running.
+    /// </summary>
+    public static LazyRestoreHelpers Begin(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory)
+    {
         ArgumentException.ThrowIfNullOrEmpty(serverProgram);
         var (daemonEnd, serverEnd) = DetachedProcess.SocketPair();
         using (daemonEnd)
@@ -52,7 +64,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
             int daemon;
             try
             {
-                daemon = LazyPagesDaemon.Start(criuBinary, imagesDirectory, workDirectory, daemonEnd, readyTimeout);
+                daemon = LazyPagesDaemon.Spawn(criuBinary, imagesDirectory, workDirectory, daemonEnd);
             }
             catch
             {
@@ -61,9 +73,23 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
                 throw;
             }
 
-            var helpers = new LazyRestoreHelpers(daemon, server, workDirectory);
             File.WriteAllText(Path.Combine(workDirectory, PidsFile), string.Create(CultureInfo.InvariantCulture, $"{daemon}\n{server}\n"));
-            return helpers;
+            return new LazyRestoreHelpers(daemon, server, workDirectory);
+        }
+    }
+
+    /// <summary>Waits until the daemon listens; when it does not (it exited, or the time ran out), stops both helpers and throws.</summary>
+    public void WaitReady(TimeSpan readyTimeout)
+    {
+        try
+        {
+            LazyPagesDaemon.WaitListening(DaemonPid, WorkDirectory, readyTimeout);
+        }
+        catch
+        {
+            StopRecorded(WorkDirectory);
+            DetachedProcess.TryReap(PageServerPid);
+            throw;
         }
     }
 
