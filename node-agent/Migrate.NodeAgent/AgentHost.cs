@@ -80,6 +80,7 @@ public static class AgentHost
             sp.GetRequiredService<IOptions<AgentOptions>>(), sp.GetRequiredService<ILogger<CheckpointEngine>>(), sp.GetRequiredService<MigrationEvents>()));
         builder.Services.AddSingleton(sp => new ImageReceiver(sp.GetRequiredService<IOptions<AgentOptions>>(), sp.GetRequiredService<ILogger<ImageReceiver>>(),
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<MigrationEvents>()));
+        builder.Services.AddSingleton<PeerConnections>();
         builder.Services.AddSingleton<ImageSender>();
         builder.Services.AddSingleton<PeerAgents>();
         builder.Services.AddSingleton<IncomingMigrations>();

@@ -288,7 +288,8 @@ public sealed partial class CheckpointEngine : IDisposable
             record.Save();
             AgentTelemetry.FrozenDuration.Record(response.FrozenMillis);
             AgentTelemetry.BytesStaged.Add((long)response.StagedBytes);
-            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, response.FilesystemMillis, response.NetworkMillis);
+            uint capture = (uint)response.Containers.Sum(c => c.MemoryCaptureMillis), criu = (uint)response.Containers.Sum(c => c.DumpMillis) - capture;
+            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, capture, response.FilesystemMillis, response.NetworkMillis);
             return response;
         }, cancellationToken);
 
@@ -1019,8 +1020,8 @@ public sealed partial class CheckpointEngine : IDisposable
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: pod {Namespace}/{Pod} with {Count} container(s) ready for checkpoint")]
     private partial void LogReady(string migration, string @namespace, string pod, int count);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms, file systems {Filesystem} ms, network lock and address {Network} ms)")]
-    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint filesystem, uint network);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms and memory capture {Capture} ms; file systems {Filesystem} ms, network lock and address {Network} ms)")]
+    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, uint capture, uint filesystem, uint network);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);

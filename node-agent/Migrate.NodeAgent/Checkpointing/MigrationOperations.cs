@@ -431,7 +431,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
     {
         var directory = engine.Find(id)!.StagingDirectory;
         var reported = Stopwatch.StartNew();
-        await sender.SendAsync(directory, target.ToSendRequest(id), async report =>
+        var sent = await sender.SendAsync(directory, target.ToSendRequest(id), async report =>
         {
             if (report.Staged || reported.Elapsed >= ProgressInterval)
             {
@@ -443,6 +443,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                 }, CancellationToken.None);
             }
         }, (long)target.MaxBytesPerSecond, cancellationToken);
+        LogSent(id, sent.BytesSent, sent.BytesSkipped, target.Node, sent.ElapsedMillis, sent.ManifestMillis, sent.AcceptMillis, sent.DataMillis, sent.StageMillis);
     }
 
     private async Task ThawAfterFailureAsync(string id)
@@ -553,6 +554,9 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         RpcException rpc => rpc.Status.Detail.TrimEnd('.') + ".",
         _ => e.Message.TrimEnd('.') + ".",
     };
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: sent {Bytes} bytes ({Skipped} already held) to {Target} in {Millis} ms (manifest {Manifest} ms, accepted after {Accept} ms, bytes {Data} ms, staged after {Stage} ms)")]
+    private partial void LogSent(string migration, ulong bytes, ulong skipped, string target, uint millis, uint manifest, uint accept, uint data, uint stage);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: {Reason}: {Message}")]
     private partial void LogFailed(string migration, string reason, string message);

@@ -38,9 +38,9 @@ internal sealed class BulkUpload : IAsyncDisposable
     }
 
     /// <summary>Opens the lane with the ticket the target gave; <paramref name="length"/> is the body's length when known.</summary>
-    public static async Task<BulkUpload> OpenAsync(AgentTls tls, string address, string node, string ticket, long? length, CancellationToken cancellationToken)
+    public static async Task<BulkUpload> OpenAsync(HttpClient client, string address, string ticket, long? length, CancellationToken cancellationToken)
     {
-        var client = new HttpClient(tls.CreateHandler(node), disposeHandler: true) { Timeout = Timeout.InfiniteTimeSpan };
+        ArgumentNullException.ThrowIfNull(client);
         var content = new LaneContent(length);
         try
         {

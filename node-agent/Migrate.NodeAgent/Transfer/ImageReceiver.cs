@@ -313,6 +313,7 @@ public sealed partial class ImageReceiver : IDisposable
 
             var stopwatch = Stopwatch.StartNew();
             var session = Open(claims, header);
+            long opened = stopwatch.ElapsedMilliseconds, arrived = opened;
             failed = true;
             string? ticket = null;
             BulkWaiter? waiter = null;
@@ -361,10 +362,11 @@ public sealed partial class ImageReceiver : IDisposable
                     throw new RpcException(new Status(StatusCode.Cancelled, $"the stream of migration {claims.MigrationId} ended before it was done; {session.Received} bytes are kept for a resume"));
                 }
 
+                arrived = stopwatch.ElapsedMilliseconds;
                 var staged = session.Complete();
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
-                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds);
+                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived);
                 _events?.Changed(claims.MigrationId);
                 await responses.WriteAsync(new UploadReply { Staged = staged }, cancellationToken);
             }
@@ -761,8 +763,8 @@ public sealed partial class ImageReceiver : IDisposable
         return new TransferRejectedException(code, reason, message);
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms")]
-    private partial void LogStaged(string migration, ulong bytes, long millis);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms ({Received} received; manifest matched in {Open} ms, bytes {Data} ms, read back and staged in {Complete} ms)")]
+    private partial void LogStaged(string migration, ulong bytes, long millis, long received, long open, long data, long complete);
 
     /// <summary>One upload's files: resume offsets, the file being written; digests checked once at the end.</summary>
     private sealed class IncomingSession : IDisposable

@@ -23,7 +23,7 @@ namespace Migrate.NodeAgent.Transfer;
 /// chunk buffers whatever the image size), and on a broken connection retries with backoff,
 /// starting each attempt where the target says it stands.
 /// </summary>
-public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity identity)
+public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity identity, PeerConnections connections)
 {
     private static readonly ConcurrentDictionary<(string Path, long Size, DateTime Modified), ByteString> Digests = new();
     private readonly AgentOptions _options = options.Value;
@@ -88,9 +88,14 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         using var activity = AgentTelemetry.Source.StartActivity("transfer.send");
         activity?.SetTag("migration.id", request.MigrationId);
         activity?.SetTag("podmig.target_node", request.TargetNode);
-        var manifest = BuildManifest(directory);
-        var progress = new TransferProgress { TotalBytes = (ulong)manifest.Files.Sum(f => (long)f.Size), Files = (uint)manifest.Files.Count };
         var clock = Stopwatch.StartNew();
+        var manifest = BuildManifest(directory);
+        var progress = new TransferProgress
+        {
+            TotalBytes = (ulong)manifest.Files.Sum(f => (long)f.Size),
+            Files = (uint)manifest.Files.Count,
+            ManifestMillis = (uint)clock.ElapsedMilliseconds,
+        };
         var pipeline = new ResiliencePipelineBuilder().AddRetry(new RetryStrategyOptions
         {
             MaxRetryAttempts = MaxRetries,
@@ -117,13 +122,10 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
     private async Task AttemptAsync(AgentTls tls, string directory, Manifest manifest, SendImagesRequest request, TransferProgress progress,
         Stopwatch clock, Func<TransferProgress, Task> report, long bytesPerSecond, CancellationToken cancellationToken)
     {
-        using var channel = GrpcChannel.ForAddress("https://" + request.TargetAddress, new GrpcChannelOptions
-        {
-            HttpHandler = tls.CreateHandler(request.TargetNode),
-            MaxSendMessageSize = _options.MaxChunkBytes + (128 << 10),
-        });
+        var channel = connections.Channel(tls, request.TargetAddress, request.TargetNode);
         // the target's receive span joins this migration's trace
         var client = new ImageTransfer.ImageTransferClient(channel.Intercept(new TraceContextClientInterceptor()));
+        long began = clock.ElapsedMilliseconds;
         using var call = client.Upload(cancellationToken: cancellationToken);
         await call.RequestStream.WriteAsync(new UploadMessage
         {
@@ -143,6 +145,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         }
 
         var accepted = call.ResponseStream.Current.Accepted;
+        long acceptedAt = clock.ElapsedMilliseconds;
+        progress.AcceptMillis = (uint)(acceptedAt - began);
         UploadStaged? staged = null;
         var replies = Task.Run(async () =>
         {
@@ -171,7 +175,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         {
             if (accepted.BulkTicket is { Length: > 0 } ticket)
             {
-                lane = await BulkUpload.OpenAsync(tls, request.TargetAddress, request.TargetNode, ticket,
+                lane = await BulkUpload.OpenAsync(connections.Client(tls, request.TargetAddress, request.TargetNode), request.TargetAddress, ticket,
                     compressor is null ? BulkUpload.BodyLength(manifest.Files.Select((f, i) => Math.Max(0, (long)f.Size - OffsetOf(i))), chunkSize) : null,
                     cancellationToken);
             }
@@ -260,9 +264,12 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
 
         // what the target already held when this (successful) attempt began, and was not sent again
         progress.BytesSkipped = skipped;
+        long sentAt = clock.ElapsedMilliseconds;
+        progress.DataMillis = (uint)(sentAt - acceptedAt);
         await call.RequestStream.WriteAsync(new UploadMessage { Done = new UploadDone() }, cancellationToken);
         await call.RequestStream.CompleteAsync();
         await replies;
+        progress.StageMillis = (uint)(clock.ElapsedMilliseconds - sentAt);
         if (staged is null)
         {
             throw new RpcException(new Status(StatusCode.Internal, "the target closed the stream without staging the images"));

@@ -12,7 +12,7 @@ namespace Migrate.NodeAgent.Transfer;
 /// staged there: it may restore) and abort (it must not), over mutual TLS with the operator's token
 /// for the migration. Each call is short and idempotent.
 /// </summary>
-public sealed class PeerAgents(AgentIdentity identity)
+public sealed class PeerAgents(AgentIdentity identity, PeerConnections connections)
 {
     public TimeSpan Deadline { get; init; } = TimeSpan.FromSeconds(10);
 
@@ -29,8 +29,7 @@ public sealed class PeerAgents(AgentIdentity identity)
     {
         ArgumentNullException.ThrowIfNull(target);
         var tls = identity.Tls ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, "this agent talks to its peers only over mutual TLS, and it has no certificate configured"));
-        using var channel = GrpcChannel.ForAddress("https://" + target.Address, new GrpcChannelOptions { HttpHandler = tls.CreateHandler(target.Node) });
-        var client = new ImageTransfer.ImageTransferClient(channel.Intercept(new TraceContextClientInterceptor()));
+        var client = new ImageTransfer.ImageTransferClient(connections.Channel(tls, target.Address, target.Node).Intercept(new TraceContextClientInterceptor()));
         return await call(client, new CallOptions(deadline: DateTime.UtcNow + Deadline, cancellationToken: cancellationToken));
     }
 }
