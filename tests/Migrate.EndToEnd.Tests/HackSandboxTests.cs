@@ -172,6 +172,7 @@ Assert.False(File.Exists(State));
         Assert.Equal((long)result["counterBefore"]! + 1, (long)result["counterAfter"]!);
         Assert.True((long)result["downtimeMs"]! > 0 && (long)result["totalMs"]! >= (long)result["downtimeMs"]!);
         Assert.True((long)result["imageBytes"]! > 64L << 20);
+        Assert.True((long)result["pauseSeenMs"]! > 0, "the counter's own clock shows no pause across the move");
         Assert.Equal("Lazy", (string)result["memoryRestore"]!);
         Assert.Equal("WriteProtect", (string)result["memoryTracking"]!);
         Assert.Contains("memory restore           Lazy (the process ran first", demo.Output, StringComparison.Ordinal);
@@ -179,6 +180,7 @@ Assert.False(File.Exists(State));
         Assert.False(File.Exists(State));
         Figures.Record(nameof(HackSandboxTests), "make demo downtime ms", (long)result["downtimeMs"]!, "ms");
         Figures.Record(nameof(HackSandboxTests), "make demo request to Succeeded ms", (long)result["totalMs"]!, "ms");
+        Figures.Record(nameof(HackSandboxTests), "make demo pause the counter saw ms", (long)result["pauseSeenMs"]!, "ms");
     }
 
     public void Dispose()

@@ -101,12 +101,14 @@ internal static class Demo
             result.CounterBefore = frozen.Tick;
             result.CounterAfter = after[0].Tick;
             result.StateContinuous = continued && intact;
+            result.PauseSeenMs = MemcounterTick.PauseMillis(frozen, after[0]) is { } pause ? (long)Math.Round(pause) : null;
 
             Console.WriteLine();
             Console.WriteLine("Summary");
             Console.WriteLine($"  pod default/counter moved {status.SourceNode} -> {status.TargetNode}, now {status.ReplacementPod}");
             Console.WriteLine($"  request to Succeeded     {result.TotalMs} ms");
             Console.WriteLine($"  downtime                 {status.DowntimeMillis} ms (frozen until the restored process ran)");
+            Console.WriteLine($"  pause the counter saw    {(result.PauseSeenMs is { } seen ? seen + " ms" : "-")} (by its own clock, from its last tick on {status.SourceNode} to its first on {status.TargetNode}; it ticks every 100 ms, so this is up to one tick more than the pause itself)");
             Console.WriteLine($"  memory restore           {status.MemoryRestore}{(status.MemoryRestore == MemoryRestoreModes.Lazy ? " (the process ran first; its memory followed from the images staged on " + status.TargetNode + ")" : "")}");
             Console.WriteLine($"  pre-copy rounds          {status.PreCopyRounds}{(status.MemoryTracking == MemoryTrackingMethods.WriteProtect ? " (after the first, only the pages the pod wrote were read: userfaultfd write-protection)" : status.MemoryTracking is { } tracking ? $" ({tracking})" : "")}");
             Console.WriteLine($"  checkpoint               {status.ImageBytes} bytes staged; {status.BytesTransferred} bytes sent to {status.TargetNode}");
@@ -210,6 +212,9 @@ internal static class Demo
 
         [System.Text.Json.Serialization.JsonPropertyName("downtimeMs")]
         public long? DowntimeMs { get; set; }
+
+        [System.Text.Json.Serialization.JsonPropertyName("pauseSeenMs")]
+        public long? PauseSeenMs { get; set; }
 
         [System.Text.Json.Serialization.JsonPropertyName("totalMs")]
         public long TotalMs { get; set; }

@@ -3,10 +3,21 @@ using System.Text.RegularExpressions;
 
 namespace Migrate.TestSupport;
 
-/// <summary>One line memcounter prints per tick.</summary>
-public sealed record MemcounterTick(long Tick, int Pid, int ParentPid, int Mib, ulong Checksum, string Verified, long Dirtied)
+/// <summary>One line memcounter prints per tick; <paramref name="AtMicros"/>: when the tick began, by the process's own clock (microseconds since the epoch).</summary>
+public sealed record MemcounterTick(long Tick, int Pid, int ParentPid, int Mib, ulong Checksum, string Verified, long Dirtied, long AtMicros = 0)
 {
     public bool VerifiedOk => Verified == "ok";
+
+    /// <summary>
+    /// The pause the process itself saw across a move: from its last tick before to its first tick
+    /// after (consecutive ticks), in milliseconds; null when either tick has no time or they are not consecutive.
+    /// </summary>
+    public static double? PauseMillis(MemcounterTick before, MemcounterTick after)
+    {
+        ArgumentNullException.ThrowIfNull(before);
+        ArgumentNullException.ThrowIfNull(after);
+        return before.AtMicros > 0 && after.AtMicros > 0 && after.Tick == before.Tick + 1 ? (after.AtMicros - before.AtMicros) / 1000.0 : null;
+    }
 }
 
 /// <summary>
@@ -38,7 +49,8 @@ public static partial class Memcounter
                     int.Parse(m.Groups["mib"].Value, CultureInfo.InvariantCulture),
                     ulong.Parse(m.Groups["sum"].Value, NumberStyles.HexNumber, CultureInfo.InvariantCulture),
                     m.Groups["verified"].Value,
-                    long.Parse(m.Groups["dirtied"].Value, CultureInfo.InvariantCulture)));
+                    long.Parse(m.Groups["dirtied"].Value, CultureInfo.InvariantCulture),
+                    m.Groups["at"].Success ? long.Parse(m.Groups["at"].Value, CultureInfo.InvariantCulture) : 0));
             }
         }
 
@@ -66,6 +78,6 @@ public static partial class Memcounter
         return x ^ (x >> 31);
     }
 
-    [GeneratedRegex(@"^tick=(?<tick>\d+) pid=(?<pid>\d+) ppid=(?<ppid>\d+) mib=(?<mib>\d+) checksum=(?<sum>[0-9a-f]+) verified=(?<verified>\S+) dirtied=(?<dirtied>\d+)$")]
+    [GeneratedRegex(@"^tick=(?<tick>\d+) pid=(?<pid>\d+) ppid=(?<ppid>\d+) mib=(?<mib>\d+) checksum=(?<sum>[0-9a-f]+) verified=(?<verified>\S+) dirtied=(?<dirtied>\d+)( at=(?<at>\d+))?$")]
     private static partial Regex TickLine();
 }

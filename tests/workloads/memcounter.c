@@ -203,10 +203,13 @@ int main(int argc, char **argv)
 			verified = full == checksum ? "ok" : "BAD";
 		}
 
+		/* at=: when this tick began (before any verification), in microseconds since the epoch:
+		 * the longest gap between two ticks is the pause the process itself saw */
 		char line[256];
-		int length = snprintf(line, sizeof(line), "tick=%llu pid=%d ppid=%d mib=%llu checksum=%016llx verified=%s dirtied=%llu\n",
+		int length = snprintf(line, sizeof(line), "tick=%llu pid=%d ppid=%d mib=%llu checksum=%016llx verified=%s dirtied=%llu at=%lld\n",
 				      (unsigned long long)tick, (int)getpid(), (int)getppid(), (unsigned long long)mib,
-				      (unsigned long long)checksum, verified, (unsigned long long)dirtied_total);
+				      (unsigned long long)checksum, verified, (unsigned long long)dirtied_total,
+				      (long long)now.tv_sec * 1000000LL + now.tv_nsec / 1000);
 		fputs(line, stdout);
 		for (int i = 0; i < log_count; i++) {
 			if (write(log_fds[i], line, (size_t)length) != length)
