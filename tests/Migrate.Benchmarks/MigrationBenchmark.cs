@@ -11,7 +11,7 @@ namespace Migrate.Benchmarks;
 /// <summary>One migration of one workload by one method.</summary>
 public sealed record MigrationSample(
     string Method, int Mib, string Workload, int Repetition, double TotalMs, double DowntimeMs, double CheckpointMs, double TransferMs, double RestoreMs,
-    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued)
+    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued, double? PauseMs = null)
 {
     /// <summary>MB/s of the copy step (all the images for Manual and Cold; PreCopy sends most while the pod runs: none).</summary>
     public double? TransferMBps => Method == "PreCopy" || TransferMs <= 0 ? null : BytesTransferred / 1e6 / (TransferMs / 1000);
@@ -25,6 +25,9 @@ public sealed record MigrationSample(
 /// </summary>
 public static class MigrationBenchmark
 {
+    /// <summary>How often the workloads tick (and stamp the time): the resolution of the pause they see.</summary>
+    public const string TickIntervalMs = "10";
+
     public static readonly string[] Methods = ["Manual", "Podman", "Cold", "PreCopy"];
     public static readonly (string Name, double DirtyPercent)[] Workloads = [("idle", 0), ("dirtying", 5)];
 
@@ -74,7 +77,7 @@ public static class MigrationBenchmark
                             samples.Add(sample);
                             Say(string.Create(CultureInfo.InvariantCulture,
                                 $"[{samples.Count + failures.Count,3}/{total}] {mib,4} MiB {workload,-8} {method,-7} #{rep}: total {sample.TotalMs,7:0} ms, downtime {sample.DowntimeMs,6:0} ms, " +
-                                $"images {sample.ImageBytes / 1e6,7:0.0} MB, rounds {sample.Rounds}{(sample.StateContinued ? "" : ", STATE NOT CONTINUED")}"));
+                                $"pause seen by the pod {(sample.PauseMs is { } pause ? pause.ToString("0", CultureInfo.InvariantCulture) : "-"),6} ms, images {sample.ImageBytes / 1e6,7:0.0} MB, rounds {sample.Rounds}{(sample.StateContinued ? "" : ", STATE NOT CONTINUED")}"));
                         }
                     }
                 }
@@ -150,7 +153,7 @@ public static class MigrationBenchmark
                     Name = "main",
                     Image = TestImages.Memcounter,
                     Command = ["/bin/memcounter"],
-                    Args = ["--mib", mib.ToString(CultureInfo.InvariantCulture), "--interval-ms", "100", "--verify-every", "1000",
+                    Args = ["--mib", mib.ToString(CultureInfo.InvariantCulture), "--interval-ms", TickIntervalMs, "--verify-every", "1000",
                         "--dirty-percent-per-second", dirty.ToString(CultureInfo.InvariantCulture)],
                 }],
             },
@@ -202,13 +205,13 @@ public static class MigrationBenchmark
         string[] order = ["Pending", "Checkpointing", "Transferring", "Restoring", "CuttingOver", "Succeeded"];
         double At(string phase) => order.Skip(Array.IndexOf(order, phase)).Select(p => seen.TryGetValue(p, out var t) ? t : (double?)null).First(t => t is not null)!.Value;
         var replacement = (string)status["replacementPod"]!;
-        bool continued = await ContinuedAsync(source.LoggedTicks("default", pod, "main", uid),
+        var (continued, pause) = await ContinuationAsync(source.LoggedTicks("default", pod, "main", uid),
             () => target.LoggedTicks("default", replacement, "main"));
         await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync("podmigration.io", "v1alpha1", "default", "migrationrequests", "move-" + pod);
         await DeletePodAsync(cluster, replacement);
         return new MigrationSample(mode, mib, workload, rep, At("Succeeded"), (double?)(long?)status["downtimeMillis"] ?? double.NaN,
             At("Transferring") - At("Checkpointing"), At("Restoring") - At("Transferring"), At("CuttingOver") - At("Restoring"),
-            (long?)status["imageBytes"] ?? 0, (long?)status["bytesTransferred"] ?? 0, (int?)status["preCopyRounds"] ?? 0, continued);
+            (long?)status["imageBytes"] ?? 0, (long?)status["bytesTransferred"] ?? 0, (int?)status["preCopyRounds"] ?? 0, continued, pause);
     }
 
     private static async Task<MigrationSample> RunPodmanAsync(PodmanBaseline podman, int mib, string workload, double dirty, int rep)
@@ -217,10 +220,10 @@ public static class MigrationBenchmark
         try
         {
             await podman.StartWorkloadAsync(name, mib, dirty);
-            var (checkpoint, copy, restore, bytes, continued) = await podman.MoveAsync(name);
+            var (checkpoint, copy, restore, bytes, continued, pause) = await podman.MoveAsync(name);
             var frozen = checkpoint + copy + restore;
             return new MigrationSample("Podman", mib, workload, rep, frozen.TotalMilliseconds, frozen.TotalMilliseconds, checkpoint.TotalMilliseconds,
-                copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued);
+                copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued, pause);
         }
         finally
         {
@@ -234,10 +237,10 @@ public static class MigrationBenchmark
         await using var manual = await ManualBaseline.PrepareAsync(target, pod.Metadata.Name);
         var (checkpoint, copy, restore, bytes) = await manual.RunAsync(source, containerId);
         var frozen = checkpoint + copy + restore;
-        bool continued = await ContinuedAsync(source.LoggedTicks("default", pod.Metadata.Name, "main", pod.Metadata.Uid),
+        var (continued, pause) = await ContinuationAsync(source.LoggedTicks("default", pod.Metadata.Name, "main", pod.Metadata.Uid),
             () => Memcounter.Parse(manual.Output().Split('\n')));
         return new MigrationSample("Manual", mib, workload, rep, frozen.TotalMilliseconds, frozen.TotalMilliseconds, checkpoint.TotalMilliseconds,
-            copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued);
+            copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued, pause);
     }
 
     /// <summary>
@@ -245,7 +248,14 @@ public static class MigrationBenchmark
     /// verification failed (memcounter verifies its buffer's checksum on the first tick after a pause
     /// of several intervals, so every move that froze it that long is checked).
     /// </summary>
-    internal static async Task<bool> ContinuedAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after)
+    internal static async Task<bool> ContinuedAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after) =>
+        (await ContinuationAsync(before, after)).Continued;
+
+    /// <summary>
+    /// <see cref="ContinuedAsync"/>, and the pause the workload itself saw: the time between its last
+    /// tick before the move and its first tick after, by its own clock (null when the count did not go on).
+    /// </summary>
+    internal static async Task<(bool Continued, double? PauseMs)> ContinuationAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after)
     {
         IReadOnlyList<MemcounterTick> ticks = [];
         var deadline = Stopwatch.StartNew();
@@ -261,7 +271,7 @@ public static class MigrationBenchmark
             Console.WriteLine($"    state check: source's last tick {(before.Count > 0 ? before[^1] : null)}; moved process's first ticks {string.Join("; ", ticks.Take(2))}");
         }
 
-        return continued;
+        return (continued, continued ? MemcounterTick.PauseMillis(before[^1], ticks[0]) : null);
     }
 
     internal static async Task DeletePodAsync(SandboxCluster cluster, string name)

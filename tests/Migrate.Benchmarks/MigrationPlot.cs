@@ -16,7 +16,7 @@ public static class MigrationPlot
     public static void Write(MigrationSummary summary, string path)
     {
         ArgumentNullException.ThrowIfNull(summary);
-        using var downtime = Panel(summary, "Downtime (frozen until the restored process runs)", r => r.Downtime.Median);
+        using var downtime = Panel(summary, "Pause seen by the pod (last tick before the move to first after)", r => r.Pause.Median);
         using var total = Panel(summary, "Total time (request to done)", r => r.Total.Median);
         using var surface = SKSurface.Create(new SKImageInfo(Width * 2, Height));
         surface.Canvas.Clear(SKColors.White);

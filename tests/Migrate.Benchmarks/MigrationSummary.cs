@@ -29,8 +29,12 @@ public sealed record Spread(double Median, double Min, double Max)
 }
 
 /// <summary>One size, workload and method over its repetitions.</summary>
+/// <remarks>
+/// Pause: the pause the workload itself saw (its last tick before the move to its first after, by
+/// its own clock). Disagreement: how far the method's own downtime figure is from it (|downtime - pause|).
+/// </remarks>
 public sealed record SummaryRow(int Mib, string Workload, string Method, int Runs, int Continued, Spread Total, Spread Downtime, Spread Checkpoint, Spread Transfer,
-    Spread Restore, Spread MBps, Spread ImageMB, Spread Rounds);
+    Spread Restore, Spread MBps, Spread ImageMB, Spread Rounds, Spread Pause, Spread Disagreement);
 
 /// <summary>A goal of the issue, met or missed, with the figures it was judged on.</summary>
 public sealed record Goal(string Text, bool Met, string Figures);
@@ -59,7 +63,8 @@ public sealed class MigrationSummary
             .Select(g => new SummaryRow(g.Key.Mib, g.Key.Workload, g.Key.Method, g.Count(), g.Count(s => s.StateContinued),
                 Spread.Of(g.Select(s => s.TotalMs)), Spread.Of(g.Select(s => s.DowntimeMs)), Spread.Of(g.Select(s => s.CheckpointMs)),
                 Spread.Of(g.Select(s => s.TransferMs)), Spread.Of(g.Select(s => s.RestoreMs)), Spread.Of(g.Select(s => s.TransferMBps ?? double.NaN)),
-                Spread.Of(g.Select(s => s.ImageBytes / 1e6)), Spread.Of(g.Select(s => (double)s.Rounds))))
+                Spread.Of(g.Select(s => s.ImageBytes / 1e6)), Spread.Of(g.Select(s => (double)s.Rounds)),
+                Spread.Of(g.Select(s => s.PauseMs ?? double.NaN)), Spread.Of(g.Select(s => s.PauseMs is { } pause ? Math.Abs(s.DowntimeMs - pause) : double.NaN))))
             .ToList();
         return new MigrationSummary(samples, rows, failures);
     }
@@ -81,9 +86,17 @@ public sealed class MigrationSummary
 
         foreach (var row in Rows.Where(r => r.Method == "PreCopy"))
         {
+            // the downtime that counts is the one the workload saw
             double limit = row.Workload == "idle" ? 0.3 : 0.6;
-            double ratio = Ratio(row, r => r.Downtime);
-            goals.Add(new Goal(F($"PreCopy downtime <= {limit:0.0}x manual ({row.Mib} MiB {row.Workload})"), ratio <= limit, F($"{ratio:0.00}x")));
+            double ratio = Ratio(row, r => r.Pause);
+            goals.Add(new Goal(F($"PreCopy downtime seen by the pod <= {limit:0.0}x manual's ({row.Mib} MiB {row.Workload})"), ratio <= limit,
+                F($"{row.Pause.Median:0} vs {Row(row.Mib, row.Workload, "Manual")?.Pause.Median ?? double.NaN:0} ms = {ratio:0.00}x")));
+        }
+
+        foreach (var row in Rows.Where(r => r.Method is "Cold" or "PreCopy"))
+        {
+            goals.Add(new Goal(F($"status.downtimeMillis within 100 ms of the pause the pod saw ({row.Mib} MiB {row.Workload}, {row.Method})"), row.Disagreement.Max <= 100,
+                F($"off by {row.Disagreement.Median:0} ms (at most {row.Disagreement.Max:0})")));
         }
 
         foreach (var cold in Rows.Where(r => r.Method == "Cold"))
@@ -96,7 +109,7 @@ public sealed class MigrationSummary
 
         if (Rows.FirstOrDefault(r => r.Mib == 1024 && r.Workload == "idle" && r.Method == "PreCopy") is { } big)
         {
-            goals.Add(new Goal("1 GiB idle workload frozen <= 300 ms in PreCopy", big.Downtime.Median <= 300, F($"{big.Downtime.Median:0} ms")));
+            goals.Add(new Goal("1 GiB idle workload paused <= 300 ms in PreCopy (as it saw it)", big.Pause.Median <= 300, F($"{big.Pause.Median:0} ms")));
         }
 
         return goals;
@@ -104,13 +117,16 @@ public sealed class MigrationSummary
 
     private static string F(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 
-    private static readonly string[] Header = ["size", "workload", "method", "total ms", "downtime ms", "checkpoint ms", "transfer ms", "restore ms", "MB/s", "images MB", "rounds", "total / manual", "downtime / manual", "state"];
+    /// <summary>A ratio for JSON: null when it has no value (no manual run to divide by).</summary>
+    private static double? Finite(double ratio) => double.IsFinite(ratio) ? Math.Round(ratio, 3) : null;
+
+    private static readonly string[] Header = ["size", "workload", "method", "total ms", "downtime ms", "pause seen by the pod ms", "checkpoint ms", "transfer ms", "restore ms", "MB/s", "images MB", "rounds", "total / manual", "pause / manual", "state"];
 
     private IEnumerable<string[]> Cells() => Rows.Select(r => new[]
     {
-        F($"{r.Mib} MiB"), r.Workload, r.Method, r.Total.Text(), r.Downtime.Text(), r.Checkpoint.Text(), r.Transfer.Text(), r.Restore.Text(), r.MBps.Text(),
+        F($"{r.Mib} MiB"), r.Workload, r.Method, r.Total.Text(), r.Downtime.Text(), r.Pause.Text(), r.Checkpoint.Text(), r.Transfer.Text(), r.Restore.Text(), r.MBps.Text(),
         r.ImageMB.Text("0.0"), r.Method == "PreCopy" ? r.Rounds.Text() : "-",
-        r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Total):0.00}"), r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Downtime):0.00}"),
+        r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Total):0.00}"), r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Pause):0.00}"),
         F($"{r.Continued}/{r.Runs} continued"),
     });
 
@@ -158,14 +174,17 @@ public sealed class MigrationSummary
             ["stateContinued"] = r.Continued,
             ["totalMs"] = r.Total.ToJson(),
             ["downtimeMs"] = r.Downtime.ToJson(),
+            ["pauseSeenByPodMs"] = r.Pause.ToJson(),
+            ["downtimeOffFromPauseMs"] = r.Disagreement.ToJson(),
             ["checkpointMs"] = r.Checkpoint.ToJson(),
             ["transferMs"] = r.Transfer.ToJson(),
             ["restoreMs"] = r.Restore.ToJson(),
             ["transferMBps"] = r.MBps.ToJson(),
             ["imageMB"] = r.ImageMB.ToJson(),
             ["preCopyRounds"] = r.Rounds.ToJson(),
-            ["totalRatioToManual"] = r.Method == "Manual" ? null : Math.Round(Ratio(r, x => x.Total), 3),
-            ["downtimeRatioToManual"] = r.Method == "Manual" ? null : Math.Round(Ratio(r, x => x.Downtime), 3),
+            ["totalRatioToManual"] = r.Method == "Manual" ? null : Finite(Ratio(r, x => x.Total)),
+            ["downtimeRatioToManual"] = r.Method == "Manual" ? null : Finite(Ratio(r, x => x.Downtime)),
+            ["pauseRatioToManual"] = r.Method == "Manual" ? null : Finite(Ratio(r, x => x.Pause)),
         })]),
         ["failedRuns"] = new JsonArray([.. Failures.Select(f => (JsonNode)f)]),
         ["goals"] = new JsonArray([.. Goals().Select(g => (JsonNode)new JsonObject { ["goal"] = g.Text, ["met"] = g.Met, ["figures"] = g.Figures })]),
@@ -187,6 +206,7 @@ public sealed class MigrationSummary
         md.AppendLine("- **Manual**: what a user would script on the same nodes: `runc checkpoint` of the pod's container, `tar` of the images streamed over TCP to the target node's address into `tar -x`, `runc restore --detach` into a pod sandbox made on the target beforehand (with the image's root file system in place, as the target has the image for our migration too). Stop-and-copy: frozen from the first step to the last, so its downtime is its total time.");
         md.AppendLine("- **Cold** and **PreCopy**: a `MigrationRequest` with that mode, timed from its creation to `Succeeded` as observed by polling every 10 ms; downtime is the operator's `status.downtimeMillis` (from the freeze before the final dump until the replacement pod runs); checkpoint, transfer and restore are the times spent in the phases Checkpointing (with pre-copy rounds), Transferring and Restoring.");
         md.AppendLine(F($"- **Podman**: {(podman is null ? "not installed on this machine, so its `container checkpoint --export` / `container restore --import` pipeline is not measured" : "podman 5.4 (Debian trixie's, unpacked by `hack/install-prereqs.sh`, with the same runc and CRIU) runs the same memcounter image in one storage root; `podman container checkpoint --export --compress none`, the archive copied over TCP to the target node's address as Manual copies its images, `podman container restore --import` into a second storage root. Stop-and-copy, so its downtime is its total time. Its `--pre-checkpoint` flow needs soft-dirty tracking, which this kernel lacks")}."));
+        md.AppendLine(F($"- **Pause seen by the pod**: memcounter ticks every {MigrationBenchmark.TickIntervalMs} ms and stamps each tick with its own clock when the tick begins; the pause is the time from its last tick before the move to its first tick after it (consecutive ticks). It is the downtime the workload itself observed, and the one the goals judge; Manual's and Podman's downtime columns are their frozen time, ours is the operator's `status.downtimeMillis`."));
         md.AppendLine("- State: every run checks that the moved process's ticks go on from the source's last one (+1, consecutive) and that no memory verification fails (memcounter verifies its buffer's checksum on the first tick after a pause of several intervals).");
         md.AppendLine();
         md.AppendLine("## Results");

@@ -69,7 +69,7 @@ public sealed class PodmanBaseline : IDisposable
     public async Task StartWorkloadAsync(string name, int mib, double dirtyPercentPerSecond)
     {
         Podman("source", "run", "-d", "--name", name, "--network", "none", TestImages.Memcounter,
-            "--mib", mib.ToString(CultureInfo.InvariantCulture), "--seed", "7", "--interval-ms", "100",
+            "--mib", mib.ToString(CultureInfo.InvariantCulture), "--seed", "7", "--interval-ms", MigrationBenchmark.TickIntervalMs,
             "--dirty-percent-per-second", dirtyPercentPerSecond.ToString(CultureInfo.InvariantCulture), "--verify-every", "0");
         var clock = Stopwatch.StartNew();
         while (Ticks("source", name).Count < 5)
@@ -84,7 +84,7 @@ public sealed class PodmanBaseline : IDisposable
     }
 
     /// <summary>Checkpoint, copy, restore; then whether the count went on.</summary>
-    public async Task<(TimeSpan Checkpoint, TimeSpan Copy, TimeSpan Restore, long ImageBytes, bool Continued)> MoveAsync(string name)
+    public async Task<(TimeSpan Checkpoint, TimeSpan Copy, TimeSpan Restore, long ImageBytes, bool Continued, double? PauseMs)> MoveAsync(string name)
     {
         var exported = Directory.CreateDirectory(Path.Combine(_directory, "export-" + name)).FullName;
         var received = Directory.CreateDirectory(Path.Combine(_directory, "received-" + name)).FullName;
@@ -100,10 +100,10 @@ public sealed class PodmanBaseline : IDisposable
 
         // the export carries the container's log: the lines after the source's are the restored process's
         var before = Ticks("source", name);
-        bool continued = await MigrationBenchmark.ContinuedAsync(before, () => [.. Ticks("target", name).Skip(before.Count)]);
+        var (continued, pause) = await MigrationBenchmark.ContinuationAsync(before, () => [.. Ticks("target", name).Skip(before.Count)]);
         Directory.Delete(exported, recursive: true);
         Directory.Delete(received, recursive: true);
-        return (checkpoint, copy, restore, bytes, continued);
+        return (checkpoint, copy, restore, bytes, continued, pause);
     }
 
     /// <summary>Removes the container from both roots.</summary>
