@@ -133,13 +133,18 @@ public static partial class Restorer
             // a lazy restore's helpers start now: the daemon probes the kernel and reads the process
             // tree while the files below are checked and put back (it reads, and serves nothing until
             // the restore below, which only runs once they all passed)
-            var helpers = LazyRestoreHelpers.Needed(images) ? BeginLazyHelpers(criu, images, Path.Combine(files, StagingLayout.LazyMemoryImages(request.Container)), work, request) : null;
+            // (images that cannot be read are left to the digest check, which says what is wrong with them)
+            var memory = Path.Combine(files, StagingLayout.LazyMemoryImages(request.Container));
+            bool? lazy = LazyMemoryNeeded(images);
+            var helpers = lazy == true ? BeginLazyHelpers(criu, images, memory, work, request) : null;
             try
             {
-                return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, helpers);
+                return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked,
+                    () => helpers ?? (lazy is null && LazyRestoreHelpers.Needed(images) ? BeginLazyHelpers(criu, images, memory, work, request) : null));
             }
-            catch when (helpers is not null)
+            catch
             {
+                // helpers begun for a restore that did not happen
                 LazyRestoreHelpers.StopRecorded(work);
                 throw;
             }
@@ -156,7 +161,7 @@ public static partial class Restorer
 
     /// <summary>The restore once the images are committed and found: files checked and put back, the address claimed, runc restore.</summary>
     private static int RestoreCommitted(string runc, RuncCommandLine line, RestoreRequest request, Stopwatch clock, string id, string migration, string files, string staged,
-        string images, string work, bool locked, LazyRestoreHelpers? helpers)
+        string images, string work, bool locked, Func<LazyRestoreHelpers?> lazyHelpers)
     {
         var volumes = request.Mounts
             .Select(m => (m.Source, Volume: VolumeName(m.Source)))
@@ -200,6 +205,7 @@ public static partial class Restorer
             claimed = clock.ElapsedMilliseconds;
         }
 
+        var helpers = lazyHelpers();
         bool lazy = helpers is not null;
         if (helpers is not null)
         {
@@ -399,6 +405,19 @@ public static partial class Restorer
     /// memory and CRIU's lazy-pages daemon beside it, in the restore's work directory, where the
     /// restore finds the daemon. The same CRIU as runc's (the one on PATH) runs the daemon.
     /// </summary>
+    /// <summary>Whether the final images leave memory to a lazy restore; null when they cannot be read (the digest check that follows says why).</summary>
+    private static bool? LazyMemoryNeeded(string images)
+    {
+        try
+        {
+            return LazyRestoreHelpers.Needed(images);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException)
+        {
+            return null;
+        }
+    }
+
     /// <summary>CRIU's version (null, with the reason, when it cannot be had: only a lazy restore needs it).</summary>
     private static (CriuVersion? Version, string Error) ProbeCriu()
     {

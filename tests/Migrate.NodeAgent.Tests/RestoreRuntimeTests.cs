@@ -87,34 +87,38 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         await _target.Node.Cri.Runtime.RemoveContainerAsync(new RemoveContainerRequest { ContainerId = id });
     }
 
-    [Fact]
-    public async Task A_corrupted_image_set_fails_creation_with_the_reason_and_leaves_nothing_running()
+    [Theory]
+    [InlineData("pages-*.img", 4096 * 3)]
+    [InlineData("pagemap-*.img", 12)] // the page map itself unreadable: the digest check still names it
+    public async Task A_corrupted_image_set_fails_creation_with_the_reason_and_leaves_nothing_running(string image, int offset)
     {
+        var name = image.StartsWith("pages-", StringComparison.Ordinal) ? "broken" : "broken-map";
+        var migration = "m-" + name;
         var container = CheckpointTests.Counter("main", 4);
-        var source = await _source.RunPodAsync("broken", container);
+        var source = await _source.RunPodAsync(name, container);
         await AgentOnNode.WaitForTicksAsync(source, "main", 3);
-        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-broken", source, _source.NodeName));
-        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-broken" });
-        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-broken");
-        var pages = Directory.GetFiles(Path.Combine(_target.Node.IncomingDirectory, "m-broken", "files", "containers", "main", "final"), "pages-*.img")[0];
+        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin(migration, source, _source.NodeName));
+        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = migration });
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, migration);
+        var pages = Directory.GetFiles(Path.Combine(_target.Node.IncomingDirectory, migration, "files", "containers", "main", "final"), image)[0];
         using (var file = new FileStream(pages, FileMode.Open, FileAccess.ReadWrite))
         {
-            file.Position = 4096 * 3;
+            file.Position = offset;
             int b = file.ReadByte();
-            file.Position = 4096 * 3;
+            file.Position = offset;
             file.WriteByte((byte)(b ^ 0xff));
         }
 
-        var error = await Assert.ThrowsAsync<RpcException>(() => TestPods.RunAsync(_target.Node, "default", "broken", [container], ContainerdNode.RestoreHandler,
-            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-broken" }));
+        var error = await Assert.ThrowsAsync<RpcException>(() => TestPods.RunAsync(_target.Node, "default", name, [container], ContainerdNode.RestoreHandler,
+            new Dictionary<string, string> { [Annotations.RestoreFrom] = migration }));
 
         Assert.Contains("does not match its SHA-256", error.Status.Detail, StringComparison.Ordinal);
-        Assert.Contains("pages-", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains(image[..image.IndexOf('*', StringComparison.Ordinal)], error.Status.Detail, StringComparison.Ordinal);
         var containers = await _target.Node.Cri.Runtime.ListContainersAsync(new ListContainersRequest());
-        Assert.DoesNotContain(containers.Containers, c => c.State == ContainerState.ContainerRunning && c.Metadata.Name == "main" && c.Labels["io.kubernetes.pod.name"] == "broken");
+        Assert.DoesNotContain(containers.Containers, c => c.State == ContainerState.ContainerRunning && c.Metadata.Name == "main" && c.Labels["io.kubernetes.pod.name"] == name);
         Assert.DoesNotContain("memcounter", RunningCommands(), StringComparer.Ordinal);
         Assert.True(File.Exists(pages), "the staged images were removed; they stay for diagnosis");
-        await _source.Client.ResumeAsync(new ResumeRequest { MigrationId = "m-broken" });
+        await _source.Client.ResumeAsync(new ResumeRequest { MigrationId = migration });
         await AgentOnNode.WaitForTicksAsync(source, "main", (int)AgentOnNode.LastTick(source, "main") + 2);
     }
 
