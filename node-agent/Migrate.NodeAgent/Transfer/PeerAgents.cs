@@ -30,6 +30,15 @@ public sealed class PeerAgents(AgentIdentity identity, PeerConnections connectio
         ArgumentNullException.ThrowIfNull(target);
         var tls = identity.Tls ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, "this agent talks to its peers only over mutual TLS, and it has no certificate configured"));
         var client = new ImageTransfer.ImageTransferClient(connections.Channel(tls, target.Address, target.Node).Intercept(new TraceContextClientInterceptor()));
-        return await call(client, new CallOptions(deadline: DateTime.UtcNow + Deadline, cancellationToken: cancellationToken));
+        var deadline = DateTime.UtcNow + Deadline;
+        try
+        {
+            return await call(client, new CallOptions(deadline: deadline, cancellationToken: cancellationToken));
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && DateTime.UtcNow < deadline)
+        {
+            // a kept connection the peer closed meanwhile (it restarted): the call is idempotent, once more on a new one
+            return await call(client, new CallOptions(deadline: deadline, cancellationToken: cancellationToken));
+        }
     }
 }
