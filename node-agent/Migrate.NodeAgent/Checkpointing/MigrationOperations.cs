@@ -206,10 +206,12 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         var id = request.MigrationId;
         try
         {
-            ulong previous = ulong.MaxValue;
+            ulong? previous = null;
             var record = engine.Find(id)!;
+            var ended = PreCopyEnd.Limit;
             for (int round = record.RoundCount + 1; round <= request.MaxRounds; round++)
             {
+                var clock = Stopwatch.StartNew();
                 var taken = await engine.PreDumpAsync(new PreDumpRequest { MigrationId = id, Round = round }, cancellationToken);
                 await engine.UpdateAsync(id, r =>
                 {
@@ -224,11 +226,16 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                     r.PreCopy.BytesSent = before + sent;
                     r.PreCopy.BytesTotal = before + total;
                 }, cancellationToken);
+                if (round == 1)
+                {
+                    // what the operator judges the remaining rounds' length by (it may prepare the target meanwhile)
+                    await engine.UpdateAsync(id, r => r.PreCopy.FirstRoundMillis = (uint)clock.ElapsedMilliseconds, cancellationToken);
+                }
 
-                // the dirty set stopped shrinking: more rounds would not shorten the freeze
-                bool converged = previous != ulong.MaxValue && taken.PagesWritten * 100 > previous * (ulong)(100 - Math.Clamp(request.MinShrinkPercent, 0, 100));
+                ended = PreCopyRounds.After(round, request.MaxRounds, previous, taken.PagesWritten, request.MinShrinkPercent);
                 previous = taken.PagesWritten;
-                if (converged)
+                LogRound(id, round, taken.PagesWritten, clock.ElapsedMilliseconds, ended);
+                if (ended != PreCopyEnd.Continue)
                 {
                     break;
                 }
@@ -237,7 +244,13 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
             await engine.UpdateAsync(id, r =>
             {
                 r.PreCopy.Converged = true;
-                End(r, OperationState.Succeeded, "", $"pre-copy took {r.PreCopy.Rounds} round(s); every round is staged on {r.Target!.Node}");
+                var why = ended switch
+                {
+                    PreCopyEnd.Small => $"the last found at most {PreCopyRounds.SmallPages} pages written",
+                    PreCopyEnd.Stalled => "the dirty set stopped shrinking",
+                    _ => "the round limit",
+                };
+                End(r, OperationState.Succeeded, "", $"pre-copy took {r.PreCopy.Rounds} round(s), ended by {why}; every round is staged on {r.Target!.Node}");
                 return 0;
             }, CancellationToken.None);
         }
@@ -557,6 +570,9 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: sent {Bytes} bytes ({Skipped} already held) to {Target} in {Millis} ms (manifest {Manifest} ms, accepted after {Accept} ms, bytes {Data} ms, staged after {Stage} ms)")]
     private partial void LogSent(string migration, ulong bytes, ulong skipped, string target, uint millis, uint manifest, uint accept, uint data, uint stage);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: pre-copy round {Round} found {Pages} pages written, taken and sent in {Millis} ms; next: {End}")]
+    private partial void LogRound(string migration, int round, ulong pages, long millis, PreCopyEnd end);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: {Reason}: {Message}")]
     private partial void LogFailed(string migration, string reason, string message);

@@ -74,6 +74,9 @@ public sealed class PreCopyRecord
     public ulong BytesSent { get; set; }
 
     public ulong BytesTotal { get; set; }
+
+    /// <summary>How long round 1 took, pre-dump and transfer (0 until it is staged on the target).</summary>
+    public uint FirstRoundMillis { get; set; }
 }
 
 /// <summary>How far the handoff got: the freeze, the final images' transfer, and the commit on the target (after which only the target can release the source).</summary>
@@ -239,6 +242,7 @@ public sealed class MigrationRecord
             Converged = PreCopy.Converged,
             BytesSent = PreCopy.BytesSent,
             BytesTotal = PreCopy.BytesTotal,
+            FirstRoundMillis = PreCopy.FirstRoundMillis,
             Method = Rounds.Count == 0 ? Agent.V1.PreCopyMethod.Unspecified
                 : Rounds.Any(r => r.Tracked) ? Agent.V1.PreCopyMethod.WriteTracking
                 : PreCopyMethod == CriuPreCopyMethod.KernelTracking ? Agent.V1.PreCopyMethod.KernelTracking

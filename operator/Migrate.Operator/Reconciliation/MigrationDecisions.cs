@@ -47,6 +47,26 @@ public static class MigrationDecisions
         _ => null,
     };
 
+    /// <summary>
+    /// Whether the replacement pod may be made while pre-copy rounds still run, so that its sandbox,
+    /// network and root file system are prepared during them instead of after. Its restore then
+    /// waits for the commit (podmig-runc gives up after 100 s), so only once round 1 is staged and
+    /// the rounds still allowed plus the handoff, each reckoned as long as round 1 and half again,
+    /// end within <paramref name="budget"/>: later rounds copy only what was written since the one
+    /// before, never more than round 1 copied.
+    /// </summary>
+    public static bool PrepareDuringPreCopy(Agent.V1.PreCopyProgress? progress, int maxRounds, TimeSpan budget)
+    {
+        if (progress is not { FirstRoundMillis: > 0, Converged: false } p)
+        {
+            return false;
+        }
+
+        // rounds not begun, the one under way (from round 2 on: Rounds counts rounds begun), the handoff
+        int left = Math.Max(maxRounds - Math.Max(p.Rounds, 2), 0) + 2;
+        return TimeSpan.FromMilliseconds(p.FirstRoundMillis * 1.5 * left) <= budget;
+    }
+
     /// <summary>Why a pod cannot start, or null while it starts or runs.</summary>
     public static string? StartFailure(V1Pod? pod)
     {
@@ -374,6 +394,14 @@ public static class MigrationDecisions
             {
                 Progress(Source.PreCopy?.BytesSent, Source.PreCopy?.BytesTotal);
                 _s.PreCopyRounds = Source.PreCopy?.Rounds is > 0 and var rounds ? rounds : _s.PreCopyRounds;
+                if (!f.KeepsName && f.Replacement is null
+                    && MigrationDecisions.PrepareDuringPreCopy(Source.PreCopy, (f.Request.Spec.PreCopy ?? new PreCopyLimits()).MaxRounds, p.ReplacementWaitBudget))
+                {
+                    // the rounds left end well before the replacement's restore would give up waiting: prepare it meanwhile
+                    _s.ReplacementPod = MigrationExecutor.ReplacementName(f.Request);
+                    return Do(new MigrationAction.CreateReplacement(_s.TargetNode!), TimeSpan.Zero);
+                }
+
                 return Wait();
             }
 

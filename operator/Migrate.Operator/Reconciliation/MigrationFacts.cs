@@ -103,6 +103,13 @@ public sealed record MigrationPolicy
     /// <summary>How long the replacement's sandbox may take to be ready for the restore (the pod is still running meanwhile).</summary>
     public TimeSpan PreparationTimeout { get; init; } = TimeSpan.FromSeconds(90);
 
+    /// <summary>
+    /// How long at most the rounds left of a pre-copy may be expected to take for the replacement pod
+    /// to be made during them (<see cref="MigrationDecisions.PrepareDuringPreCopy"/>): well within
+    /// podmig-runc's 100 s wait for the commit.
+    /// </summary>
+    public TimeSpan ReplacementWaitBudget { get; init; } = TimeSpan.FromSeconds(45);
+
     /// <summary>How long a rollback waits for an agent it needs before it ends the request anyway.</summary>
     public TimeSpan RollbackGrace { get; init; } = TimeSpan.FromSeconds(45);
 

@@ -51,6 +51,14 @@ public sealed class MigrationDecisionsTests
         new("pre-copy not started", () => At("Checkpointing", mode: "PreCopy"), d => Is<MigrationAction.StartPreCopy>(d)),
         new("pre-copy running: wait, its progress shown", () => At("Checkpointing", mode: "PreCopy") with { SourceAgent = Source(preCopy: Op("PreCopy", OperationState.Running), sent: 40, total: 100) },
             d => { Waits(d); Assert.Equal((40L, 100L), (d.Status.Progress!.BytesSent, d.Status.Progress.BytesTotal)); }),
+        new("pre-copy's first round staged quickly: the replacement is prepared during the rounds left", () => PreCopyAfterFirstRound(At("Checkpointing", mode: "PreCopy"), firstRoundMillis: 2_000),
+            d => { Assert.Equal("node-b", Is<MigrationAction.CreateReplacement>(d).Node); Assert.Equal(Replacement, d.Status.ReplacementPod); Assert.False(d.Status.Is(ConditionTypes.Frozen)); }),
+        new("pre-copy's first round took long: the replacement waits for convergence (its restore would give up waiting)", () => PreCopyAfterFirstRound(At("Checkpointing", mode: "PreCopy"), firstRoundMillis: 20_000),
+            d => Waits(d)),
+        new("pre-copy's first round staged quickly, the replacement already made: wait for convergence", () => PreCopyAfterFirstRound(At("Checkpointing", mode: "PreCopy"), firstRoundMillis: 2_000) with { Replacement = Waiting() },
+            d => Waits(d)),
+        new("pre-copy's first round staged quickly, a pod keeping its name: no replacement before the handoff", () => PreCopyAfterFirstRound(At("Checkpointing", mode: "PreCopy", keepsName: true), firstRoundMillis: 2_000),
+            d => Waits(d)),
         new("pre-copy converged, no replacement: make it (the source still runs)", () => At("Checkpointing", mode: "PreCopy") with { SourceAgent = Source(preCopy: Op("PreCopy", OperationState.Succeeded), converged: true) },
             d => { Assert.Equal("node-b", Is<MigrationAction.CreateReplacement>(d).Node); Assert.False(d.Status.Is(ConditionTypes.Frozen)); }),
         new("cold: no pre-copy, the replacement at once", () => At("Checkpointing"), d => Is<MigrationAction.CreateReplacement>(d)),
@@ -434,6 +442,15 @@ public sealed class MigrationDecisionsTests
         }
 
         return AgentView.Knows(status);
+    }
+
+    /// <summary>Pre-copy running, its first round staged on the target after <paramref name="firstRoundMillis"/> and its second under way.</summary>
+    private static MigrationFacts PreCopyAfterFirstRound(MigrationFacts facts, uint firstRoundMillis)
+    {
+        var source = Source(preCopy: Op("PreCopy", OperationState.Running), sent: 64, total: 64);
+        source.Migration!.PreCopy.Rounds = 2;
+        source.Migration.PreCopy.FirstRoundMillis = firstRoundMillis;
+        return facts with { SourceAgent = source };
     }
 
     /// <summary>A target whose restore ran before its memory was in place: still filling (null), filled (""), or failed (why).</summary>
