@@ -252,8 +252,8 @@ public static class MigrationBenchmark
         (await ContinuationAsync(before, after)).Continued;
 
     /// <summary>
-    /// <see cref="ContinuedAsync"/>, and the pause the workload itself saw: the time between its last
-    /// tick before the move and its first tick after, by its own clock (null when the count did not go on).
+    /// <see cref="ContinuedAsync"/>, and the pause the workload itself saw by its own clock
+    /// (<see cref="MemcounterTick.PauseMillis"/>; null when the count did not go on).
     /// </summary>
     internal static async Task<(bool Continued, double? PauseMs)> ContinuationAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after)
     {
@@ -271,7 +271,7 @@ public static class MigrationBenchmark
             Console.WriteLine($"    state check: source's last tick {(before.Count > 0 ? before[^1] : null)}; moved process's first ticks {string.Join("; ", ticks.Take(2))}");
         }
 
-        return (continued, continued ? MemcounterTick.PauseMillis(before[^1], ticks[0]) : null);
+        return (continued, continued ? MemcounterTick.PauseMillis(before, ticks) : null);
     }
 
     internal static async Task DeletePodAsync(SandboxCluster cluster, string name)

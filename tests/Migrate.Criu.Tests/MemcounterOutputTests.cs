@@ -21,15 +21,33 @@ public sealed class MemcounterOutputTests
         Assert.Equal(0, ticks[1].AtMicros);
     }
 
-    [Theory]
-    [InlineData(41, 1_000_000, 42, 1_250_500, 250.5)] // the pause: last tick before to first tick after
-    [InlineData(41, 1_000_000, 43, 1_250_500, null)] // a tick lost: no pause to speak of
-    [InlineData(41, 0, 42, 1_250_500, null)] // an older workload without times
-    [InlineData(41, 1_000_000, 42, 0, null)]
-    public void The_pause_seen_is_the_time_between_consecutive_ticks_across_the_move(long before, long beforeAt, long after, long afterAt, double? pause)
+    /// <summary>Ticks every 10 ms up to 41 (at 1 000 000 µs for tick 41), then the ticks after the move as "tick@µs".</summary>
+    public static TheoryData<string, string, double?> Pauses() => new()
     {
-        var last = new MemcounterTick(before, 1, 0, 64, 0, "-", 0, beforeAt);
-        var first = new MemcounterTick(after, 1, 0, 64, 0, "ok", 0, afterAt);
-        Assert.Equal(pause, MemcounterTick.PauseMillis(last, first));
+        { "the pause: last tick before to first tick after", "42@1250500 43@1260600", 250.5 },
+        { "frozen after tick 42 took its time, before it printed: the gap after it", "42@1010000 43@1262000", 252.0 },
+        { "the first gap is 3 intervals: already a pause", "42@1030000 43@1040000", 30.0 },
+        { "a tick lost: no pause to speak of", "43@1250500 44@1260500", null },
+        { "no time after the move", "42@0", null },
+        { "frozen mid-tick and nothing after it yet: the only gap there is", "42@1010000", 10.0 },
+    };
+
+    [Theory]
+    [MemberData(nameof(Pauses))]
+    public void The_pause_seen_is_the_gap_across_the_move_even_when_the_freeze_caught_a_tick_half_way(string name, string after, double? pause)
+    {
+        var before = Enumerable.Range(30, 12).Select(t => Tick(t, 1_000_000 - ((41 - t) * 10_000))).ToList();
+        var moved = after.Split(' ').Select(t => t.Split('@')).Select(p => Tick(long.Parse(p[0], System.Globalization.CultureInfo.InvariantCulture), long.Parse(p[1], System.Globalization.CultureInfo.InvariantCulture))).ToList();
+        Assert.True(pause == MemcounterTick.PauseMillis(before, moved), $"{name}: {MemcounterTick.PauseMillis(before, moved)}");
     }
+
+    [Fact]
+    public void Ticks_without_times_before_the_move_give_the_plain_gap()
+    {
+        MemcounterTick[] before = [Tick(40, 0), Tick(41, 1_000_000)];
+        Assert.Equal(250.5, MemcounterTick.PauseMillis(before, [Tick(42, 1_250_500), Tick(43, 1_260_500)]));
+        Assert.Null(MemcounterTick.PauseMillis([], [Tick(42, 1_250_500)]));
+    }
+
+    private static MemcounterTick Tick(long tick, long at) => new(tick, 1, 0, 64, 0, "-", 0, at);
 }

@@ -94,14 +94,15 @@ internal static class Demo
                 stopFollowing.Dispose();
             }
 
-            var frozen = Memcounter.Parse(Snapshot(sourceLines))[^1];
+            var sourceTicks = Memcounter.Parse(Snapshot(sourceLines));
+            var frozen = sourceTicks[^1];
             var after = await WaitForTicksAsync(async () => (await RunAsync(kubectl, "logs", status.ReplacementPod!)).Split('\n'), 15, status.ReplacementPod!);
             bool continued = after[0].Tick == frozen.Tick + 1 && after.Zip(after.Skip(1)).All(p => p.Second.Tick == p.First.Tick + 1);
             bool intact = after.Any(t => t.VerifiedOk) && after.All(t => t.Verified != "BAD");
             result.CounterBefore = frozen.Tick;
             result.CounterAfter = after[0].Tick;
             result.StateContinuous = continued && intact;
-            result.PauseSeenMs = MemcounterTick.PauseMillis(frozen, after[0]) is { } pause ? (long)Math.Round(pause) : null;
+            result.PauseSeenMs = MemcounterTick.PauseMillis(sourceTicks, after) is { } pause ? (long)Math.Round(pause) : null;
 
             Console.WriteLine();
             Console.WriteLine("Summary");

@@ -9,15 +9,35 @@ public sealed record MemcounterTick(long Tick, int Pid, int ParentPid, int Mib, 
     public bool VerifiedOk => Verified == "ok";
 
     /// <summary>
-    /// The pause the process itself saw across a move: from its last tick before to its first tick
-    /// after (consecutive ticks), in milliseconds; null when either tick has no time or they are not consecutive.
+    /// The pause the process itself saw across a move, in milliseconds: from its last tick before
+    /// (<paramref name="before"/>'s last) to its first tick after. When the freeze caught a tick after
+    /// it took its time but before it printed, that first tick after carries a time from before the
+    /// freeze, one ordinary interval after the last (under 3 times the median of the last gaps
+    /// before); the pause is then the gap to the tick after it (which did not check its memory: it
+    /// had not seen the pause). Null when the ticks are not consecutive or have no times.
     /// </summary>
-    public static double? PauseMillis(MemcounterTick before, MemcounterTick after)
+    public static double? PauseMillis(IReadOnlyList<MemcounterTick> before, IReadOnlyList<MemcounterTick> after)
     {
         ArgumentNullException.ThrowIfNull(before);
         ArgumentNullException.ThrowIfNull(after);
-        return before.AtMicros > 0 && after.AtMicros > 0 && after.Tick == before.Tick + 1 ? (after.AtMicros - before.AtMicros) / 1000.0 : null;
+        if (before.Count == 0 || after.Count == 0 || Gap(before[^1], after[0]) is not { } first)
+        {
+            return null;
+        }
+
+        var usual = before.Skip(Math.Max(0, before.Count - 6)).Zip(before.Skip(Math.Max(1, before.Count - 5)))
+            .Select(p => Gap(p.First, p.Second)).OfType<double>().Order().ToList();
+        if (usual.Count > 0 && first < 3 * usual[usual.Count / 2] && after.Count > 1 && Gap(after[0], after[1]) is { } next)
+        {
+            return next;
+        }
+
+        return first;
     }
+
+    /// <summary>Milliseconds between two consecutive ticks, or null.</summary>
+    private static double? Gap(MemcounterTick earlier, MemcounterTick later) =>
+        earlier.AtMicros > 0 && later.AtMicros > 0 && later.Tick == earlier.Tick + 1 ? (later.AtMicros - earlier.AtMicros) / 1000.0 : null;
 }
 
 /// <summary>
