@@ -134,6 +134,13 @@ public sealed class AgentOptions
     /// </summary>
     public bool BulkTransfer { get; set; } = true;
 
+    /// <summary>
+    /// On the bulk lane, send a 4 KiB page an upload already carried as a reference to it (the
+    /// copy-on-write memory a forked process shares with its parent is dumped once per process), and
+    /// take such references from peers. Off: neither asked for nor offered.
+    /// </summary>
+    public bool PageReferences { get; set; } = true;
+
     /// <summary>Bytes per second this agent sends images at most (0: as fast as it can), to leave the node's network to its pods during a drain.</summary>
     [Range(0, long.MaxValue)]
     public long TransferBytesPerSecond { get; set; }

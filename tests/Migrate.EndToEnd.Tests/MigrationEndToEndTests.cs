@@ -26,6 +26,40 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
     private SandboxCluster Cluster => fixture.Cluster;
 
     [Fact]
+    public async Task A_forked_child_keeps_its_memory_and_the_pages_it_shares_with_its_parent_travel_once()
+    {
+        // a parent holding 64 MiB and a child forked after the buffer was filled: CRIU dumps the
+        // shared pages once per process, the transfer sends them once
+        await Sandbox.RunCounterAsync(Cluster, "forked", "node-a", 64, "--children", "1");
+        await Sandbox.ApplyRequestAsync(Cluster, "move-forked", "forked", "PreCopy");
+        var request = await Sandbox.WaitForFinalAsync(Cluster, "move-forked");
+        var status = request!.Status!;
+        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}; downtime {status.DowntimeMillis} ms, {status.ImageBytes} bytes staged, {status.BytesTransferred} sent");
+        Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
+
+        var parentAfter = await Sandbox.WaitForTicksAsync(Cluster, status.ReplacementPod!, "main", 12);
+        var childAfter = await Sandbox.TicksAsync(Cluster, status.ReplacementPod!, children: true);
+        var parentBefore = Cluster.Node("node-a").LoggedTicks("default", "forked", "main");
+        var childBefore = Cluster.Node("node-a").LoggedTicks("default", "forked", "main", children: true);
+        Sandbox.AssertConsecutive(parentAfter, parentBefore[^1].Tick + 1);
+        Assert.True(childBefore.Count > 0 && childAfter.Count > 0, $"the child printed {childBefore.Count} ticks before the move and {childAfter.Count} after");
+        Sandbox.AssertConsecutive(childAfter, childBefore[^1].Tick + 1);
+        // the child checks its whole buffer on the first tick after the pause: its memory came back
+        Assert.Equal("ok", childAfter[0].Verified);
+        Assert.DoesNotContain(childAfter, t => t.Verified == "BAD");
+        Assert.Contains(parentAfter, t => t.VerifiedOk);
+        Assert.Equal(parentAfter[0].Pid, childAfter[0].ParentPid);
+
+        // both processes' memory is in the images; the child's copy of the parent's pages did not travel again
+        Assert.True(status.ImageBytes > 2 * (64L << 20), $"imageBytes {status.ImageBytes}");
+        Assert.True(status.BytesTransferred < status.ImageBytes * 6 / 10, $"{status.BytesTransferred} bytes went to the target for {status.ImageBytes} staged");
+        Assert.True(status.BytesTransferred > 64L << 20, $"bytesTransferred {status.BytesTransferred}: the parent's memory itself must travel");
+        Figures.Record(nameof(MigrationEndToEndTests), "forked 2x64MiB images", status.ImageBytes ?? -1, "B");
+        Figures.Record(nameof(MigrationEndToEndTests), "forked 2x64MiB bytes transferred", status.BytesTransferred ?? -1, "B");
+        await DeletePodAsync(status.ReplacementPod!);
+    }
+
+    [Fact]
     public async Task A_256_MiB_workload_moves_in_PreCopy_mode_with_its_memory_checksum_and_counter_intact()
     {
         await Sandbox.RunCounterAsync(Cluster, "big", "node-a", 256);

@@ -226,11 +226,11 @@ public static class Sandbox
         WaitForRequestAsync(cluster, name, r => MigrationPhases.IsFinal(r?.Status?.Phase));
 
     /// <summary>The ticks a container printed, from kubectl logs (through the API server's pods/log and the node's kubelet).</summary>
-    public static async Task<IReadOnlyList<MemcounterTick>> TicksAsync(SandboxCluster cluster, string pod, string container = "main")
+    public static async Task<IReadOnlyList<MemcounterTick>> TicksAsync(SandboxCluster cluster, string pod, string container = "main", bool children = false)
     {
         ArgumentNullException.ThrowIfNull(cluster);
         var logs = (await cluster.Api.KubectlAsync("logs", pod, "-c", container)).Succeeded().Output;
-        return Memcounter.Parse(logs.Split('\n'));
+        return Memcounter.Parse(logs.Split('\n'), children);
     }
 
     public static async Task<IReadOnlyList<MemcounterTick>> WaitForTicksAsync(SandboxCluster cluster, string pod, string container, int count, long after = 0)

@@ -89,6 +89,69 @@ public sealed class BulkLaneTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_page_reference_is_filled_from_the_bytes_already_here()
+    {
+        // a page written twice, as a forked child's copy of its parent's memory is dumped
+        var page = CheckpointData.Create(4096, 9);
+        byte[] content = [.. page, .. page];
+        await using var upload = await OpenAsync("m-reference", content, references: true);
+        Assert.True(upload.References, "the target offers page references to a source that asks for them");
+
+        var (status, text) = await PostAsync("node-a", upload.Ticket, [.. BulkLane.Preamble, .. Frame(0, 0, page), .. Reference(0, 4096, 4096, 0, 0), .. Header(BulkFrame.End)]);
+        var (replies, error) = await upload.FinishAsync();
+
+        Assert.Equal((HttpStatusCode.OK, "received"), (status, text));
+        Assert.Null(error);
+        Assert.Contains(replies, r => r.KindCase == UploadReply.KindOneofCase.Staged);
+        Assert.Equal(content, File.ReadAllBytes(_agents.Received("m-reference", "pages-1.img")));
+    }
+
+    public static TheoryData<string, string> HostileReferences => new()
+    {
+        { "not offered", "a page reference on a bulk lane that was not offered them" },
+        { "unknown file", "a page reference for pages-1.img names file 5; the manifest has 1" },
+        { "ahead", "names 4096 bytes at 4096 of pages-1.img, which holds only 4096 bytes so far" },
+        { "past the end", "names 4096 bytes at 18446744073709551615 of pages-1.img" },
+        { "out of order", "a page reference of pages-1.img at offset 0; the next expected is 4096" },
+    };
+
+    [Theory]
+    [MemberData(nameof(HostileReferences))]
+    public async Task Page_references_to_bytes_not_here_or_not_offered_fail_the_upload_and_leave_nothing_staged(string hostile, string reason)
+    {
+        var page = CheckpointData.Create(4096, 10);
+        byte[] content = [.. page, .. page];
+        byte[] reference = hostile switch
+        {
+            "not offered" or "ahead" => Reference(0, 4096, 4096, 0, 4096),
+            "unknown file" => Reference(0, 4096, 4096, 5, 0),
+            "past the end" => Reference(0, 4096, 4096, 0, ulong.MaxValue),
+            "out of order" => Reference(0, 0, 4096, 0, 0),
+            _ => throw new ArgumentOutOfRangeException(nameof(hostile)),
+        };
+        var migration = "m-ref-" + hostile.Replace(' ', '-');
+        await using var upload = await OpenAsync(migration, content, references: hostile != "not offered");
+
+        var (status, text) = await PostAsync("node-a", upload.Ticket, [.. BulkLane.Preamble, .. Frame(0, 0, page), .. reference, .. Header(BulkFrame.End)]);
+        var (_, error) = await upload.FinishAsync();
+
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains(reason, text, StringComparison.Ordinal);
+        Assert.NotNull(error);
+        Assert.Equal(StatusCode.InvalidArgument, error.StatusCode);
+        Assert.False(Directory.Exists(Path.Combine(Target.Incoming, migration, StagingLayout.FilesDirectory)), "no image file may stay");
+    }
+
+    private static byte[] Frame(uint file, ulong offset, byte[] data) => [.. Header(new BulkFrame(file, offset, (uint)data.Length, (uint)data.Length)), .. data];
+
+    private static byte[] Reference(uint file, ulong offset, uint length, uint fromFile, ulong fromOffset)
+    {
+        var copy = new byte[BulkCopy.Bytes];
+        new BulkCopy(fromFile, fromOffset).Write(copy);
+        return [.. Header(new BulkFrame(file, offset, length, 0)), .. copy];
+    }
+
+    [Fact]
     public void The_body_length_counts_the_preamble_a_header_per_chunk_and_the_end_frame()
     {
         Assert.Equal(24, BulkUpload.BodyLength([], 1024));
@@ -140,21 +203,25 @@ public sealed class BulkLaneTests : IAsyncLifetime
     }
 
     /// <summary>An upload from node-a of one file that asked for the bulk lane and was given its ticket.</summary>
-    private async Task<OpenUpload> OpenAsync(string migration, byte[] content)
+    private async Task<OpenUpload> OpenAsync(string migration, byte[] content, bool references = false)
     {
         var token = _agents.Pki.Token(migration, "node-a", "node-b");
         await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = migration, Token = token });
         var call = _agents.Peer(Target, _agents.Pki.Issue("node-a")).Upload();
         var header = RawUpload.Header(migration, token, "node-a", new Manifest { Files = { TransferAgents.Entry("pages-1.img", content) } });
         header.Header.Bulk = true;
+        header.Header.PageReferences = references;
         await call.RequestStream.WriteAsync(header);
         Assert.True(await call.ResponseStream.MoveNext(CancellationToken.None));
-        return new OpenUpload(call, call.ResponseStream.Current.Accepted.BulkTicket);
+        var accepted = call.ResponseStream.Current.Accepted;
+        return new OpenUpload(call, accepted.BulkTicket, accepted.PageReferences);
     }
 
-    private sealed class OpenUpload(AsyncDuplexStreamingCall<UploadMessage, UploadReply> call, string ticket) : IAsyncDisposable
+    private sealed class OpenUpload(AsyncDuplexStreamingCall<UploadMessage, UploadReply> call, string ticket, bool references) : IAsyncDisposable
     {
         public string Ticket { get; } = ticket;
+
+        public bool References { get; } = references;
 
         /// <summary>Says done on the gRPC stream and reads it to its end.</summary>
         public async Task<(List<UploadReply> Replies, RpcException? Error)> FinishAsync()

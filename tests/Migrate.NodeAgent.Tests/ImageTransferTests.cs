@@ -55,6 +55,47 @@ public sealed class ImageTransferTests : IAsyncLifetime
     }
 
     [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Pages_a_forked_process_shares_with_its_parent_travel_once_and_arrive_identical(bool compress)
+    {
+        // a parent and its forked child dumped by CRIU: the child's page image repeats the parent's
+        // 4 MiB (a quarter of it zero pages) but for 64 KiB it wrote itself, and ends on a partial page
+        var parent = CheckpointData.Create(4 << 20, 21);
+        var child = parent.ToArray();
+        CheckpointData.Create(64 << 10, 22).CopyTo(child, 1 << 20);
+        var directory = Path.Combine(Source.Staging, "m-fork");
+        var files = new Dictionary<string, byte[]>
+        {
+            ["containers/main/final/pages-1.img"] = parent,
+            ["containers/main/final/pages-2.img"] = [.. child, .. CheckpointData.Create(1000, 23)],
+            ["containers/main/final/core-1.img"] = CheckpointData.Create(3000, 24),
+        };
+        foreach (var (path, content) in files)
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(directory, path))!);
+            File.WriteAllBytes(Path.Combine(directory, path), content);
+        }
+
+        Source.RecordFrozenMigration("m-fork", directory);
+
+        var progress = await _agents.SendAsync("m-fork", compress: compress);
+
+        foreach (var (path, content) in files)
+        {
+            Assert.Equal(content, File.ReadAllBytes(_agents.Received("m-fork", path)));
+        }
+
+        ulong total = (ulong)files.Values.Sum(f => f.Length);
+        Assert.Equal(total, progress.BytesSent);
+        // the child's copy, and all zero pages after the first, went as references
+        ulong shared = (4UL << 20) - (64UL << 10);
+        Assert.True(progress.BytesReferenced >= shared, $"{progress.BytesReferenced} bytes went as references; the child shares {shared} with its parent");
+        Assert.True(progress.WireBytes <= total - progress.BytesReferenced, $"{progress.WireBytes} bytes on the wire for {total} of which {progress.BytesReferenced} were references");
+        Assert.True(progress.WireBytes < total / 2, $"{progress.WireBytes} bytes on the wire for {total}");
+    }
+
+    [Theory]
     [InlineData("bulk")]
     [InlineData("grpc")]
     public async Task A_transfer_cut_mid_stream_resumes_without_resending_what_arrived(string lane)

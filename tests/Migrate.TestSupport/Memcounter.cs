@@ -54,12 +54,18 @@ public static partial class Memcounter
         string.Create(CultureInfo.InvariantCulture,
             $"/bin/memcounter --mib {mib} --seed {seed} --interval-ms {intervalMs} --dirty-percent-per-second {dirtyPercentPerSecond} --verify-every 0");
 
-    public static IReadOnlyList<MemcounterTick> Parse(IEnumerable<string> lines)
+    /// <summary>The tick lines of the main process, or with <paramref name="children"/> those its forked children (--children) print after "child ".</summary>
+    public static IReadOnlyList<MemcounterTick> Parse(IEnumerable<string> lines, bool children = false)
     {
         var ticks = new List<MemcounterTick>();
         foreach (var line in lines)
         {
-            var m = TickLine().Match(line);
+            if (children != line.StartsWith(ChildPrefix, StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            var m = TickLine().Match(children ? line[ChildPrefix.Length..] : line);
             if (m.Success)
             {
                 ticks.Add(new MemcounterTick(
@@ -76,6 +82,9 @@ public static partial class Memcounter
 
         return ticks;
     }
+
+    /// <summary>What a forked child's tick lines begin with.</summary>
+    public const string ChildPrefix = "child ";
 
     /// <summary>The checksum of a freshly filled buffer (no page rewritten), computed the way the workload does.</summary>
     public static ulong InitialChecksum(int mib, ulong seed)

@@ -103,8 +103,8 @@ public sealed class SandboxNode
         [.. new[] { StagingDirectory, IncomingDirectory }.Where(Directory.Exists).SelectMany(Directory.EnumerateDirectories)];
 
     /// <summary>A container's ticks from the node's pod log files (they outlive the pod, as /var/log/pods does for a while).</summary>
-    public IReadOnlyList<MemcounterTick> LoggedTicks(string ns, string pod, string container, string? uid = null) =>
-        Memcounter.Parse([.. LogLines(ns, pod, container, uid).Select(l => l.Text)]);
+    public IReadOnlyList<MemcounterTick> LoggedTicks(string ns, string pod, string container, string? uid = null, bool children = false) =>
+        Memcounter.Parse([.. LogLines(ns, pod, container, uid).Select(l => l.Text)], children);
 
     /// <summary>
     /// The ticks a container printed, each with the time the runtime logged it (CRI log format:

@@ -21,6 +21,11 @@
  * With --connect-unix PATH it connects a stream socket to PATH at start and holds it (a process
  * talking to a daemon outside its pod).
  *
+ * With --children N it forks N children once its buffer is filled, as a pre-forking server does:
+ * each shares the buffer with it copy-on-write, rewrites none of it, and prints the same tick lines
+ * prefixed with "child " (verifying its own copy as the parent does). A child that ends makes the
+ * parent print why and exit 1; a child ends with its parent (PR_SET_PDEATHSIG).
+ *
  * The word at index i of page generation g is mix(seed ^ (g << 48) ^ i); the checksum is the sum
  * over all words of word * (2 * index + 1), modulo 2^64. Both are reproduced by the C# tests.
  */
@@ -33,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -78,13 +85,14 @@ static void on_term(int sig)
 static void usage(void)
 {
 	fprintf(stderr, "usage: memcounter [--mib N] [--seed S] [--dirty-percent-per-second P]\n"
-			"                  [--interval-ms MS] [--verify-every N] [--verify-file PATH] [--log-file PATH]... [--connect-unix PATH] [--ticks N]\n");
+			"                  [--interval-ms MS] [--verify-every N] [--verify-file PATH] [--log-file PATH]... [--connect-unix PATH] [--ticks N]\n"
+			"                  [--children N]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	uint64_t mib = 16, seed = 42, verify_every = 50, max_ticks = 0;
+	uint64_t mib = 16, seed = 42, verify_every = 50, max_ticks = 0, children = 0;
 	double dirty_pct = 0.0;
 	long interval_ms = 100;
 	const char *verify_file = "/verify-now";
@@ -114,6 +122,8 @@ int main(int argc, char **argv)
 			connect_path = value;
 		else if (!strcmp(name, "--ticks"))
 			max_ticks = strtoull(value, NULL, 10);
+		else if (!strcmp(name, "--children"))
+			children = strtoull(value, NULL, 10);
 		else
 			usage();
 	}
@@ -158,6 +168,27 @@ int main(int argc, char **argv)
 	for (uint64_t p = 0; p < pages; p++) {
 		fill_page(buf + p * PAGE_WORDS, seed, 0, p * PAGE_WORDS);
 		checksum += page_contribution(buf + p * PAGE_WORDS, p * PAGE_WORDS);
+	}
+
+	/* a child: shares the buffer copy-on-write, writes none of it, says what it is on every line */
+	const char *prefix = "";
+	pid_t parent = getpid();
+	for (uint64_t c = 0; c < children; c++) {
+		pid_t child = fork();
+		if (child < 0) {
+			fprintf(stderr, "memcounter: fork failed: %s\n", strerror(errno));
+			return 1;
+		}
+		if (child == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGTERM);
+			if (getppid() != parent)
+				return 0;
+			prefix = "child ";
+			dirty_pct = 0.0;
+			log_count = 0;
+			children = 0;
+			break;
+		}
 	}
 
 	double dirty_per_tick = (double)pages * dirty_pct / 100.0 * (double)interval_ms / 1000.0;
@@ -206,14 +237,24 @@ int main(int argc, char **argv)
 		/* at=: when this tick began (before any verification), in microseconds since the epoch:
 		 * the longest gap between two ticks is the pause the process itself saw */
 		char line[256];
-		int length = snprintf(line, sizeof(line), "tick=%llu pid=%d ppid=%d mib=%llu checksum=%016llx verified=%s dirtied=%llu at=%lld\n",
-				      (unsigned long long)tick, (int)getpid(), (int)getppid(), (unsigned long long)mib,
+		int length = snprintf(line, sizeof(line), "%stick=%llu pid=%d ppid=%d mib=%llu checksum=%016llx verified=%s dirtied=%llu at=%lld\n",
+				      prefix, (unsigned long long)tick, (int)getpid(), (int)getppid(), (unsigned long long)mib,
 				      (unsigned long long)checksum, verified, (unsigned long long)dirtied_total,
 				      (long long)now.tv_sec * 1000000LL + now.tv_nsec / 1000);
 		fputs(line, stdout);
 		for (int i = 0; i < log_count; i++) {
 			if (write(log_fds[i], line, (size_t)length) != length)
 				fprintf(stderr, "memcounter: short write to %s\n", log_paths[i]);
+		}
+
+		if (children) {
+			int child_status;
+			pid_t ended = waitpid(-1, &child_status, WNOHANG);
+			if (ended > 0) {
+				printf("memcounter: child %d ended (%s %d)\n", (int)ended, WIFSIGNALED(child_status) ? "signal" : "exit",
+				       WIFSIGNALED(child_status) ? WTERMSIG(child_status) : WEXITSTATUS(child_status));
+				return 1;
+			}
 		}
 
 		if (max_ticks && tick >= max_ticks)

@@ -452,11 +452,12 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                 await engine.UpdateAsync(id, r =>
                 {
                     progress(r, report.BytesSent, report.TotalBytes);
+                    r.BytesReferenced += report.Staged ? report.BytesReferenced : 0;
                     return 0;
                 }, CancellationToken.None);
             }
         }, (long)target.MaxBytesPerSecond, cancellationToken);
-        LogSent(id, sent.BytesSent, sent.BytesSkipped, target.Node, sent.ElapsedMillis, sent.ManifestMillis, sent.AcceptMillis, sent.DataMillis, sent.StageMillis);
+        LogSent(id, sent.BytesSent, sent.BytesSkipped, sent.BytesReferenced, target.Node, sent.ElapsedMillis, sent.ManifestMillis, sent.AcceptMillis, sent.DataMillis, sent.StageMillis);
     }
 
     private async Task ThawAfterFailureAsync(string id)
@@ -568,8 +569,8 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         _ => e.Message.TrimEnd('.') + ".",
     };
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: sent {Bytes} bytes ({Skipped} already held) to {Target} in {Millis} ms (manifest {Manifest} ms, accepted after {Accept} ms, bytes {Data} ms, staged after {Stage} ms)")]
-    private partial void LogSent(string migration, ulong bytes, ulong skipped, string target, uint millis, uint manifest, uint accept, uint data, uint stage);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: sent {Bytes} bytes ({Skipped} already held, {Referenced} as references to pages sent before) to {Target} in {Millis} ms (manifest {Manifest} ms, accepted after {Accept} ms, bytes {Data} ms, staged after {Stage} ms)")]
+    private partial void LogSent(string migration, ulong bytes, ulong skipped, ulong referenced, string target, uint millis, uint manifest, uint accept, uint data, uint stage);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: pre-copy round {Round} found {Pages} pages written, taken and sent in {Millis} ms; next: {End}")]
     private partial void LogRound(string migration, int round, ulong pages, long millis, PreCopyEnd end);

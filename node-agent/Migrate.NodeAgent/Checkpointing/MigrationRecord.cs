@@ -177,6 +177,9 @@ public sealed class MigrationRecord
     /// <summary>Why the pod's address does not move although keeping it was asked for, as optional.</summary>
     public string? AddressNote { get; set; }
 
+    /// <summary>Bytes its sends carried as references to pages they had sent before.</summary>
+    public ulong BytesReferenced { get; set; }
+
     /// <summary>When its staged files were removed (in memory only: a cleaned record has no directory to be saved in).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public long CleanedUnixMillis { get; set; }
@@ -227,6 +230,7 @@ public sealed class MigrationRecord
             Message = Message,
             KeepsAddress = AddressMove is not null,
             AddressNote = AddressNote ?? "",
+            BytesReferenced = BytesReferenced,
         };
         status.Containers.Add(Containers.Select(c => new ContainerInfo { Name = c.Name, ContainerId = c.ContainerId, Image = c.Image, Pid = c.Pid }));
         if (FinalDump is not null)

@@ -323,6 +323,7 @@ public sealed partial class ImageReceiver : IDisposable
                 {
                     (ticket, waiter) = OfferBulkLane(peer);
                     session.Accepted.BulkTicket = ticket;
+                    session.Accepted.PageReferences = header.PageReferences && _options.PageReferences;
                 }
 
                 await responses.WriteAsync(new UploadReply { Accepted = session.Accepted }, cancellationToken);
@@ -366,7 +367,7 @@ public sealed partial class ImageReceiver : IDisposable
                 var staged = session.Complete();
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
-                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived);
+                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived);
                 _events?.Changed(claims.MigrationId);
                 await responses.WriteAsync(new UploadReply { Staged = staged }, cancellationToken);
             }
@@ -532,13 +533,27 @@ public sealed partial class ImageReceiver : IDisposable
                     return sinceAck;
                 }
 
-                if (frame.WireLength == 0 || frame.WireLength > session.MaxWireBytes)
+                if (frame.IsCopy)
                 {
-                    throw Reject(StatusCode.InvalidArgument, "malformed", $"a bulk frame of {frame.WireLength} bytes (at most {session.MaxWireBytes})");
+                    if (!session.Accepted.PageReferences)
+                    {
+                        throw Reject(StatusCode.InvalidArgument, "malformed", "a page reference on a bulk lane that was not offered them");
+                    }
+
+                    var copy = BulkCopy.Read(await ReadExactlyAsync(reader, BulkCopy.Bytes, cancellationToken));
+                    sinceAck += await session.CopyAsync(frame.File, frame.Offset, frame.Length, copy, cancellationToken);
+                }
+                else
+                {
+                    if (frame.WireLength == 0 || frame.WireLength > session.MaxWireBytes)
+                    {
+                        throw Reject(StatusCode.InvalidArgument, "malformed", $"a bulk frame of {frame.WireLength} bytes (at most {session.MaxWireBytes})");
+                    }
+
+                    await ReadExactlyAsync(reader, data.AsMemory(0, (int)frame.WireLength), cancellationToken);
+                    sinceAck += await session.WriteAsync(frame.File, frame.Offset, frame.Length, data.AsMemory(0, (int)frame.WireLength), cancellationToken);
                 }
 
-                await ReadExactlyAsync(reader, data.AsMemory(0, (int)frame.WireLength), cancellationToken);
-                sinceAck += await session.WriteAsync(frame.File, frame.Offset, frame.Length, data.AsMemory(0, (int)frame.WireLength), cancellationToken);
                 if (sinceAck >= AckEveryBytes)
                 {
                     sinceAck = 0;
@@ -763,8 +778,8 @@ public sealed partial class ImageReceiver : IDisposable
         return new TransferRejectedException(code, reason, message);
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms ({Received} received; manifest matched in {Open} ms, bytes {Data} ms, read back and staged in {Complete} ms)")]
-    private partial void LogStaged(string migration, ulong bytes, long millis, long received, long open, long data, long complete);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms ({Received} received, {Referenced} of them copied from pages already here; manifest matched in {Open} ms, bytes {Data} ms, read back and staged in {Complete} ms)")]
+    private partial void LogStaged(string migration, ulong bytes, long millis, long received, long referenced, long open, long data, long complete);
 
     /// <summary>One upload's files: resume offsets, the file being written; digests checked once at the end.</summary>
     private sealed class IncomingSession : IDisposable
@@ -779,6 +794,8 @@ public sealed partial class ImageReceiver : IDisposable
         private ZstdSharp.Decompressor? _decompressor;
         private FileStream? _open;
         private int _openIndex = -1;
+        private Microsoft.Win32.SafeHandles.SafeFileHandle? _source;
+        private int _sourceIndex = -1;
 
         private IncomingSession(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk)
         {
@@ -849,26 +866,117 @@ public sealed partial class ImageReceiver : IDisposable
         public Task<long> WriteAsync(Chunk chunk, CancellationToken cancellationToken) =>
             WriteAsync(chunk.File, chunk.Offset, chunk.Length, chunk.Data.Memory, cancellationToken);
 
-        /// <summary>One chunk, from a gRPC message or a bulk frame: <paramref name="wire"/> holds <paramref name="length"/> bytes, compressed or not.</summary>
-        public async Task<long> WriteAsync(uint fileIndex, ulong offset, uint length, ReadOnlyMemory<byte> wire, CancellationToken cancellationToken)
+        /// <summary>
+        /// A page reference from the bulk lane: <paramref name="length"/> bytes of the file at
+        /// <paramref name="offset"/> are those this node already holds in file <paramref name="from"/>.File
+        /// at its offset; refused unless all of them arrived there (or were staged by an earlier upload).
+        /// </summary>
+        public async Task<long> CopyAsync(uint fileIndex, ulong offset, uint length, BulkCopy from, CancellationToken cancellationToken)
+        {
+            var file = Expect(fileIndex, offset, length, "a page reference");
+            if (from.File >= _received.Length)
+            {
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"a page reference for {file.Path} names file {from.File}; the manifest has {_received.Length}");
+            }
+
+            var source = _manifest.Files[(int)from.File];
+            if (from.Offset > (ulong)_received[from.File] || length > (ulong)_received[from.File] - from.Offset)
+            {
+                throw Reject(StatusCode.InvalidArgument, "malformed",
+                    $"a page reference for {file.Path} names {length} bytes at {from.Offset} of {source.Path}, which holds only {_received[from.File]} bytes so far");
+            }
+
+            var rented = ArrayPool<byte>.Shared.Rent((int)length);
+            try
+            {
+                int read = await RandomAccess.ReadAsync(HandleOf((int)from.File), rented.AsMemory(0, (int)length), (long)from.Offset, cancellationToken);
+                if (read != length)
+                {
+                    throw new IOException($"{source.Path} gave {read} of the {length} bytes at {from.Offset} a page reference names");
+                }
+
+                ReferencedThisStream += length;
+                return await AppendAsync((int)fileIndex, rented.AsMemory(0, (int)length), cancellationToken);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(rented);
+            }
+        }
+
+        /// <summary>A handle to read file <paramref name="index"/>'s bytes through: the one being written, or one kept open for reading (files are written in order, a reference names earlier bytes).</summary>
+        private Microsoft.Win32.SafeHandles.SafeFileHandle HandleOf(int index)
+        {
+            if (_openIndex == index && _open is not null)
+            {
+                return _open.SafeFileHandle;
+            }
+
+            if (_sourceIndex != index || _source is null)
+            {
+                CloseSource();
+                var file = _manifest.Files[index];
+                var path = Path.Combine(_filesRoot, file.Path);
+                if (File.GetAttributes(path).HasFlag(FileAttributes.ReparsePoint))
+                {
+                    throw Reject(StatusCode.InvalidArgument, "path", $"{file.Path} is a link on this node");
+                }
+
+                _source = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+                _sourceIndex = index;
+            }
+
+            return _source;
+        }
+
+        private void CloseSource()
+        {
+            _source?.Dispose();
+            _source = null;
+            _sourceIndex = -1;
+        }
+
+        /// <summary>Bytes this stream took as page references rather than on the wire.</summary>
+        public long ReferencedThisStream { get; private set; }
+
+        /// <summary>The file a chunk (or reference) of <paramref name="length"/> bytes at <paramref name="offset"/> goes to, refused unless it is the next one that file expects and fits it.</summary>
+        private ManifestFile Expect(uint fileIndex, ulong offset, uint length, string what)
         {
             if (fileIndex >= _received.Length)
             {
-                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk names file {fileIndex}; the manifest has {_received.Length}");
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"{what} names file {fileIndex}; the manifest has {_received.Length}");
             }
 
             int index = (int)fileIndex;
             var file = _manifest.Files[index];
             if (_verified[index] || (long)offset != _received[index])
             {
-                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {file.Path} at offset {offset}; the next expected is {_received[index]}");
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"{what} of {file.Path} at offset {offset}; the next expected is {_received[index]}");
             }
 
             if (length == 0 || length > _maxChunk || offset + length > file.Size)
             {
-                throw Reject(StatusCode.InvalidArgument, "malformed", $"a chunk of {length} bytes at {offset} does not fit {file.Path} ({file.Size} bytes, chunks up to {_maxChunk})");
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"{what} of {length} bytes at {offset} does not fit {file.Path} ({file.Size} bytes, chunks up to {_maxChunk})");
             }
 
+            return file;
+        }
+
+        /// <summary>Writes a file's next bytes.</summary>
+        private async Task<long> AppendAsync(int index, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+        {
+            var stream = StreamFor(index);
+            await stream.WriteAsync(data, cancellationToken);
+            _received[index] += data.Length;
+            ReceivedThisStream += data.Length;
+            return data.Length;
+        }
+
+        /// <summary>One chunk, from a gRPC message or a bulk frame: <paramref name="wire"/> holds <paramref name="length"/> bytes, compressed or not.</summary>
+        public async Task<long> WriteAsync(uint fileIndex, ulong offset, uint length, ReadOnlyMemory<byte> wire, CancellationToken cancellationToken)
+        {
+            var file = Expect(fileIndex, offset, length, "a chunk");
+            int index = (int)fileIndex;
             byte[]? rented = null;
             try
             {
@@ -909,11 +1017,7 @@ public sealed partial class ImageReceiver : IDisposable
                     data = wire;
                 }
 
-                var stream = StreamFor(index);
-                await stream.WriteAsync(data, cancellationToken);
-                _received[index] += data.Length;
-                ReceivedThisStream += data.Length;
-                return data.Length;
+                return await AppendAsync(index, data, cancellationToken);
             }
             finally
             {
@@ -1009,6 +1113,7 @@ public sealed partial class ImageReceiver : IDisposable
         public void Dispose()
         {
             CloseOpen();
+            CloseSource();
             _decompressor?.Dispose();
 
         }
@@ -1021,12 +1126,18 @@ public sealed partial class ImageReceiver : IDisposable
             }
 
             CloseOpen();
+            if (_sourceIndex == index)
+            {
+                CloseSource();
+            }
+
             var path = Path.Combine(_filesRoot, _manifest.Files[index].Path);
             Directory.CreateDirectory(Path.GetDirectoryName(path)!, OwnerOnly);
             var options = new FileStreamOptions
             {
                 Mode = FileMode.OpenOrCreate,
-                Access = FileAccess.Write,
+                // read too: a page reference may name bytes of the file being written
+                Access = FileAccess.ReadWrite,
                 Share = FileShare.None,
                 BufferSize = 0,
                 UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,

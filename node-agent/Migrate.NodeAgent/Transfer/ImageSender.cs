@@ -137,6 +137,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 Manifest = manifest,
                 Compression = request.Compress ? Compression.Zstd : Compression.None,
                 Bulk = _options.BulkTransfer,
+                PageReferences = _options.BulkTransfer && _options.PageReferences,
             },
         }, cancellationToken);
         if (!await call.ResponseStream.MoveNext(cancellationToken) || call.ResponseStream.Current.KindCase != UploadReply.KindOneofCase.Accepted)
@@ -165,6 +166,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         var buffer = new byte[Head + chunkSize];
         using var compressor = accepted.Compression == Compression.Zstd ? new ZstdSharp.Compressor(1) : null;
         var compressed = compressor is null ? null : new byte[Head + ZstdSharp.Compressor.GetCompressBound(chunkSize)];
+        byte[]? framed = null; // a chunk's frames when it is more than one plain frame
         long OffsetOf(int file) => (long)(accepted.ResumeFrom.FirstOrDefault(r => r.File == (uint)file)?.Offset ?? 0);
         var lastReport = clock.Elapsed;
         var paced = Stopwatch.StartNew();
@@ -176,11 +178,13 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             if (accepted.BulkTicket is { Length: > 0 } ticket)
             {
                 lane = await BulkUpload.OpenAsync(connections.Client(tls, request.TargetAddress, request.TargetNode), request.TargetAddress, ticket,
-                    compressor is null ? BulkUpload.BodyLength(manifest.Files.Select((f, i) => Math.Max(0, (long)f.Size - OffsetOf(i))), chunkSize) : null,
+                    compressor is null && !accepted.PageReferences ? BulkUpload.BodyLength(manifest.Files.Select((f, i) => Math.Max(0, (long)f.Size - OffsetOf(i))), chunkSize) : null,
                     cancellationToken);
             }
 
             progress.Lane = lane is null ? "grpc" : "bulk";
+            // a new index for every attempt: a reference may name only bytes this attempt's lane carried
+            var pages = lane is not null && accepted.PageReferences ? new SentPages() : null;
             for (int i = 0; i < manifest.Files.Count; i++)
             {
                 var file = manifest.Files[i];
@@ -202,21 +206,24 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                         throw new InvalidOperationException($"{file.Path} shrank while it was sent");
                     }
 
-                    var frame = buffer;
-                    int wireLength = length;
-                    if (compressor is not null)
-                    {
-                        frame = compressed!;
-                        wireLength = compressor.Wrap(buffer.AsSpan(Head, length), frame.AsSpan(Head));
-                    }
-
+                    int wireLength;
                     if (lane is not null)
                     {
-                        new BulkFrame((uint)i, (ulong)offset, (uint)length, (uint)wireLength).Write(frame);
-                        await lane.WriteAsync(frame.AsMemory(0, Head + wireLength), cancellationToken);
+                        IReadOnlyList<ChunkPiece> pieces = pages?.Split(buffer.AsSpan(Head, length), (uint)i, (ulong)offset) ?? [new ChunkPiece(0, length)];
+                        var frames = Frames(buffer, pieces, compressor, ref framed, (uint)i, (ulong)offset, out wireLength);
+                        await lane.WriteAsync(frames, cancellationToken);
+                        progress.BytesReferenced += (ulong)pieces.Where(p => p.IsReference).Sum(p => p.Length);
                     }
                     else
                     {
+                        var frame = buffer;
+                        wireLength = length;
+                        if (compressor is not null)
+                        {
+                            frame = compressed!;
+                            wireLength = compressor.Wrap(buffer.AsSpan(Head, length), frame.AsSpan(Head));
+                        }
+
                         // one chunk in flight: the write completes once the message is serialized into the connection's window
                         var data = UnsafeByteOperations.UnsafeWrap(frame.AsMemory(Head, wireLength));
                         await call.RequestStream.WriteAsync(new UploadMessage { Chunk = new Chunk { File = (uint)i, Offset = (ulong)offset, Data = data, Length = (uint)length } }, cancellationToken);
@@ -274,6 +281,60 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         {
             throw new RpcException(new Status(StatusCode.Internal, "the target closed the stream without staging the images"));
         }
+    }
+
+    /// <summary>
+    /// The bulk frames of a chunk read into <paramref name="buffer"/> (after room for a header), split
+    /// into <paramref name="pieces"/>: a chunk sent whole and plain is framed in place; otherwise
+    /// every piece's frame (its own bytes, compressed when the upload is, or a reference: header and
+    /// <see cref="BulkCopy"/>) is laid out in <paramref name="framed"/>, so that the chunk still goes
+    /// in one write. <paramref name="wireLength"/>: the bytes after the headers.
+    /// </summary>
+    private static ReadOnlyMemory<byte> Frames(byte[] buffer, IReadOnlyList<ChunkPiece> pieces, ZstdSharp.Compressor? compressor, ref byte[]? framed,
+        uint file, ulong chunkOffset, out int wireLength)
+    {
+        const int Head = BulkFrame.HeaderBytes;
+        if (pieces is [{ IsReference: false, Start: 0 } whole] && compressor is null)
+        {
+            new BulkFrame(file, chunkOffset, (uint)whole.Length, (uint)whole.Length).Write(buffer);
+            wireLength = whole.Length;
+            return buffer.AsMemory(0, Head + whole.Length);
+        }
+
+        int room = pieces.Sum(p => Head + (p.IsReference ? BulkCopy.Bytes : compressor is null ? p.Length : ZstdSharp.Compressor.GetCompressBound(p.Length)));
+        if (framed is null || framed.Length < room)
+        {
+            framed = new byte[Math.Max(room, framed?.Length ?? 0)];
+        }
+
+        int at = 0;
+        wireLength = 0;
+        foreach (var piece in pieces)
+        {
+            var own = buffer.AsSpan(Head + piece.Start, piece.Length);
+            int wire, payload;
+            if (piece.FromFile is { } from)
+            {
+                new BulkCopy(from, piece.FromOffset).Write(framed.AsSpan(at + Head));
+                wire = 0;
+                payload = BulkCopy.Bytes;
+            }
+            else if (compressor is not null)
+            {
+                wire = payload = compressor.Wrap(own, framed.AsSpan(at + Head));
+            }
+            else
+            {
+                own.CopyTo(framed.AsSpan(at + Head));
+                wire = payload = piece.Length;
+            }
+
+            new BulkFrame(file, chunkOffset + (ulong)piece.Start, (uint)piece.Length, (uint)wire).Write(framed.AsSpan(at));
+            at += Head + payload;
+            wireLength += wire;
+        }
+
+        return framed.AsMemory(0, at);
     }
 
     /// <summary>Rethrows the target's error from the gRPC stream if it ends with one within a few seconds.</summary>

@@ -945,8 +945,17 @@ public static class MigrationDecisions
             _s.Progress = new MigrationProgress { Phase = Phase, BytesSent = (long)sent, BytesTotal = (long)total, UpdateTime = f.Now };
         }
 
-        private long? BytesSent() =>
-            Source is null ? null : (long)((Source.PreCopy?.BytesSent ?? 0) + (Source.Handoff?.BytesSent ?? 0));
+        /// <summary>The bytes that went to the target: what pre-copy and the handoff sent, less the pages sent as references to ones sent before.</summary>
+        private long? BytesSent()
+        {
+            if (Source is null)
+            {
+                return null;
+            }
+
+            ulong sent = (Source.PreCopy?.BytesSent ?? 0) + (Source.Handoff?.BytesSent ?? 0);
+            return (long)(sent - Math.Min(Source.BytesReferenced, sent));
+        }
 
         /// <summary>From the freeze to the restored processes running, by the agents' clocks where they reported both.</summary>
         private long Downtime()

@@ -131,6 +131,8 @@ public sealed class MigrationDecisionsTests
 
         // ------------------------------------------------------------- transferring, restoring, cutting over
         new("transferring, not yet committed: wait", () => At("Transferring") with { Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Sending) }, d => Waits(d)),
+        new("bytes transferred: what pre-copy and the handoff sent, less the pages sent as references", () => At("Transferring") with { Replacement = Waiting(), SourceAgent = Sent(Source(handoff: HandoffStep.Sending), preCopy: 300, handoff: 50, referenced: 120) },
+            d => { Waits(d); Assert.Equal(230L, d.Status.BytesTransferred); }),
         new("committed: Restoring", () => At("Transferring") with { Replacement = Waiting(), SourceAgent = Source(handoff: HandoffStep.Committed) }, d => Phase(d, "Restoring", "Restoring")),
         new("the replacement runs: CuttingOver, downtime by the agents' clocks", () => At("Restoring") with
             {
@@ -442,6 +444,15 @@ public sealed class MigrationDecisionsTests
         }
 
         return AgentView.Knows(status);
+    }
+
+    /// <summary>A source that sent <paramref name="preCopy"/> and <paramref name="handoff"/> bytes, <paramref name="referenced"/> of them as page references.</summary>
+    private static AgentView Sent(AgentView source, ulong preCopy, ulong handoff, ulong referenced)
+    {
+        source.Migration!.PreCopy.BytesSent = preCopy;
+        source.Migration.Handoff.BytesSent = handoff;
+        source.Migration.BytesReferenced = referenced;
+        return source;
     }
 
     /// <summary>Pre-copy running, its first round staged on the target after <paramref name="firstRoundMillis"/> and its second under way.</summary>
