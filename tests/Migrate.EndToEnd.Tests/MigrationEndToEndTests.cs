@@ -26,7 +26,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
     private SandboxCluster Cluster => fixture.Cluster;
 
     [Fact]
-    public async Task A_forked_child_keeps_its_memory_and_the_pages_it_shares_with_its_parent_travel_once()
+    public async Task A_forked_child_keeps_its_memory_shared_with_its_parent_and_the_pages_they_share_travel_once()
     {
         // a parent holding 64 MiB and a child forked after the buffer was filled: CRIU dumps the
         // shared pages once per process, the transfer sends them once
@@ -50,6 +50,13 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         Assert.Contains(parentAfter, t => t.VerifiedOk);
         Assert.Equal(parentAfter[0].Pid, childAfter[0].ParentPid);
 
+        // restored in full, so that CRIU kept the pages shared: on node-b the two processes still share most of the buffer
+        Assert.Equal(MemoryRestoreModes.Full, status.MemoryRestore);
+        var restored = Directory.EnumerateDirectories("/proc").Select(d => int.TryParse(Path.GetFileName(d), out int pid) ? pid : 0)
+            .Where(pid => pid > 0 && ReadOrEmpty($"/proc/{pid}/cmdline").Contains("--children\01\0", StringComparison.Ordinal)).ToList();
+        long shared = Migrate.NodeAgent.Checkpointing.CopyOnWriteSharing.Measure(restored);
+        Assert.True(restored.Count == 2 && shared >= 40L << 20, $"the {restored.Count} restored processes share {shared} bytes of their 64 MiB");
+
         // both processes' memory is in the images; the child's copy of the parent's pages did not travel again
         Assert.True(status.ImageBytes > 2 * (64L << 20), $"imageBytes {status.ImageBytes}");
         Assert.True(status.BytesTransferred < status.ImageBytes * 6 / 10, $"{status.BytesTransferred} bytes went to the target for {status.ImageBytes} staged");
@@ -57,6 +64,18 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         Figures.Record(nameof(MigrationEndToEndTests), "forked 2x64MiB images", status.ImageBytes ?? -1, "B");
         Figures.Record(nameof(MigrationEndToEndTests), "forked 2x64MiB bytes transferred", status.BytesTransferred ?? -1, "B");
         await DeletePodAsync(status.ReplacementPod!);
+    }
+
+    private static string ReadOrEmpty(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return "";
+        }
     }
 
     [Fact]

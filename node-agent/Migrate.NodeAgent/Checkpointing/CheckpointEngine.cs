@@ -276,6 +276,12 @@ public sealed partial class CheckpointEngine : IDisposable
             using var activity = AgentTelemetry.Source.StartActivity("checkpoint.final_dump");
             activity?.SetTag("migration.id", record.MigrationId);
             var dump = new FreezeProgress(new FinalDumpResponse { PreCopyRounds = record.RoundCount });
+            if (lazyMemory)
+            {
+                // measured while the pod runs: which containers' processes share memory a lazy restore would duplicate
+                MeasureSharing(record, dump);
+            }
+
             if (hold is not null)
             {
                 await HoldFrozenAsync(record, dump, hold);
@@ -331,10 +337,40 @@ public sealed partial class CheckpointEngine : IDisposable
         }
     }
 
+    /// <summary>
+    /// For each container with more than one process: the copy-on-write memory they share
+    /// (<see cref="CopyOnWriteSharing"/>); a container sharing more than the threshold is dumped for
+    /// a full restore, which keeps it shared, instead of a lazy one, which would not.
+    /// </summary>
+    private void MeasureSharing(MigrationRecord record, FreezeProgress dump)
+    {
+        foreach (var container in record.Containers)
+        {
+            long shared;
+            try
+            {
+                shared = CopyOnWriteSharing.Measure(CgroupFreezer.FromPath(container.FreezerDirectory).Processes());
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+            {
+                continue; // its processes cannot be listed now; the freeze will say why if it matters
+            }
+
+            dump.SharedBytes[container.Name] = shared;
+            if (CopyOnWriteSharing.KeepsSharing(shared))
+            {
+                LogKeepsSharing(record.MigrationId, container.Name, shared >> 20);
+            }
+        }
+    }
+
     /// <summary>How far a final dump's freeze got: what to undo if it fails, and its figures.</summary>
     private sealed class FreezeProgress(FinalDumpResponse response)
     {
         public FinalDumpResponse Response { get; } = response;
+
+        /// <summary>Per container, the memory its processes share copy-on-write (measured before the freeze when the memory may be lazy).</summary>
+        public Dictionary<string, long> SharedBytes { get; } = new(StringComparer.Ordinal);
 
         public Stopwatch Clock { get; } = Stopwatch.StartNew();
 
@@ -514,7 +550,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 var stdio = new ContainerProcess(container.Pid).StandardDescriptors();
                 using var span = AgentTelemetry.Source.StartActivity("criu.dump");
                 span?.SetTag("k8s.container.name", container.Name);
-                var dump = FinalDumpOf(record, container, lazyMemory);
+                long shared = freeze.SharedBytes.GetValueOrDefault(container.Name);
+                var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared));
                 File.WriteAllText(Path.Combine(dump.Directory, "descriptors.json"), JsonSerializer.Serialize(stdio, StringListJson.Default.IReadOnlyListString));
                 var stats = dump.Dump.Statistics;
                 response.Containers.Add(new ContainerDump
@@ -528,6 +565,7 @@ public sealed partial class CheckpointEngine : IDisposable
                     LazyMemory = dump.MemoryDirectory is not null,
                     MemoryCaptureMillis = dump.MemoryDirectory is not null ? Millis(dump.DeduplicationTime) : 0,
                     WriteTracked = dump.Tracked,
+                    SharedMemoryBytes = (ulong)shared,
                 });
                 AgentTelemetry.DumpDuration.Record(dump.Dump.Elapsed.TotalMilliseconds);
                 AgentTelemetry.PagesWritten.Add((long)dump.PagesWritten, new KeyValuePair<string, object?>("stage", "final"));
@@ -1019,6 +1057,9 @@ public sealed partial class CheckpointEngine : IDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: pod {Namespace}/{Pod} with {Count} container(s) ready for checkpoint")]
     private partial void LogReady(string migration, string @namespace, string pod, int count);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the processes of container {Container} share {MiB} MiB copy-on-write, which a lazy restore would give each of them again; its memory is restored in full, which keeps it shared")]
+    private partial void LogKeepsSharing(string migration, string container, long mib);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms and memory capture {Capture} ms; file systems {Filesystem} ms, network lock and address {Network} ms)")]
     private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, uint capture, uint filesystem, uint network);
