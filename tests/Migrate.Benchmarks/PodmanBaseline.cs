@@ -123,6 +123,8 @@ public sealed class PodmanBaseline : IDisposable
             _ = Capture(node, "system", "reset", "--force");
         }
 
+        // and what podman left mounted all the same (a run ended with its overlay driver's metacopy check still mounted)
+        ContainerdNode.UnmountBelow(_directory);
         Directory.Delete(_directory, recursive: true);
         foreach (var made in _made.Where(Directory.Exists))
         {

@@ -535,7 +535,8 @@ public sealed class ContainerdNode : IAsyncDisposable
         }
     }
 
-    internal static void UnmountBelow(string directory)
+    /// <summary>Detaches every mount at or below <paramref name="directory"/>, deepest first.</summary>
+    public static void UnmountBelow(string directory)
     {
         var mounts = File.ReadAllLines("/proc/self/mountinfo")
             .Select(l => l.Split(' ')[4].Replace("\\040", " ", StringComparison.Ordinal))
