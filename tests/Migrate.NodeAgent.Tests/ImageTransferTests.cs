@@ -70,6 +70,9 @@ public sealed class ImageTransferTests : IAsyncLifetime
             ["containers/main/final/pages-1.img"] = parent,
             ["containers/main/final/pages-2.img"] = [.. child, .. CheckpointData.Create(1000, 23)],
             ["containers/main/final/core-1.img"] = CheckpointData.Create(3000, 24),
+            // two processes in one image set: every page is worth indexing
+            ["containers/main/final/pagemap-1.img"] = CheckpointData.Create(200, 25),
+            ["containers/main/final/pagemap-2.img"] = CheckpointData.Create(200, 26),
         };
         foreach (var (path, content) in files)
         {

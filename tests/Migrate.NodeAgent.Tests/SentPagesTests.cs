@@ -70,6 +70,26 @@ public sealed class SentPagesTests
         Assert.Equal("0.0 =1", Describe(pages.Split(Chunk("AB"), 1, 0)));
     }
 
+    [Fact]
+    public void Indexing_only_zero_pages_finds_those_and_nothing_else()
+    {
+        var pages = new SentPages(everyPage: false);
+        byte[] zero = new byte[Page];
+        pages.Split([.. Chunk("AB"), .. zero], 0, 0);
+
+        Assert.Equal("0.2 =1 0.2", Describe(pages.Split([.. zero, .. Chunk("A"), .. zero], 1, 0)));
+        Assert.Equal(1, pages.Count);
+    }
+
+    [Theory]
+    [InlineData(false, new[] { "containers/main/round-1/pagemap-7.img", "containers/main/round-1/pages-1.img", "containers/main/final/pagemap-7.img" })]
+    [InlineData(true, new[] { "containers/main/round-1/pagemap-7.img", "containers/main/round-1/pagemap-9.img", "containers/main/round-1/pages-1.img" })]
+    [InlineData(false, new[] { "containers/a/round-1/pagemap-1.img", "containers/b/round-1/pagemap-1.img" })] // two containers, one process each
+    [InlineData(false, new[] { "rootfs/main.tar", "containers/main/final/pagemap-1.img.tmp", "containers/main/final/pagemap-2.txt" })]
+    [InlineData(false, new string[0])]
+    public void Every_page_is_indexed_only_where_an_image_set_holds_several_processes(bool several, string[] paths) =>
+        Assert.Equal(several, SentPages.SeveralProcesses(paths));
+
     private static (uint File, ulong Offset, byte[] Bytes) Parse(string chunk)
     {
         var at = chunk.Split('@', ':');

@@ -184,7 +184,9 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
 
             progress.Lane = lane is null ? "grpc" : "bulk";
             // a new index for every attempt: a reference may name only bytes this attempt's lane carried
-            var pages = lane is not null && accepted.PageReferences ? new SentPages() : null;
+            var pages = lane is not null && accepted.PageReferences
+                ? new SentPages(everyPage: SentPages.SeveralProcesses(manifest.Files.Select(f => f.Path)), expectedPages: (int)Math.Min(manifest.Files.Sum(f => (long)f.Size) / SentPages.PageSize, SentPages.DefaultMaxPages))
+                : null;
             for (int i = 0; i < manifest.Files.Count; i++)
             {
                 var file = manifest.Files[i];

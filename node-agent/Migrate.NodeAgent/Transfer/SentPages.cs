@@ -18,23 +18,38 @@ public readonly record struct ChunkPiece(int Start, int Length, uint? FromFile =
 /// a reference to its first copy. Only pages at page-aligned offsets of their file count: CRIU's
 /// page images and the agent's memory captures hold memory pages at such offsets, and memory a
 /// process shares copy-on-write with its parent (a forking server's workers) is written once per
-/// process. References point only backwards, to pages of earlier pieces, so the target always holds
-/// what a reference names; consecutive pages whose first copies are consecutive too go as one.
-/// At most <see cref="MaxPages"/> distinct pages are remembered (the index takes some 45 bytes a page).
+/// process. Where the upload holds the memory of one process per image set, a page repeats only by
+/// chance, so only zero pages are looked for (<paramref name="everyPage"/> false: no hashing, no
+/// index). References point only backwards, to pages of earlier pieces, so the target always holds
+/// what a reference names; consecutive pages whose first copies are consecutive too go as one. At
+/// most <see cref="MaxPages"/> distinct pages are remembered (the index takes some 45 bytes a page).
 /// </summary>
-public sealed class SentPages(int maxPages = SentPages.DefaultMaxPages)
+public sealed class SentPages(bool everyPage = true, int maxPages = SentPages.DefaultMaxPages, int expectedPages = 0)
 {
     public const int PageSize = 4096;
 
     /// <summary>4 GiB of distinct pages, some 45 MB of index.</summary>
     public const int DefaultMaxPages = 1 << 20;
 
-    private readonly Dictionary<UInt128, (uint File, ulong Offset)> _first = [];
+    private readonly Dictionary<UInt128, (uint File, ulong Offset)> _first = everyPage ? new(Math.Min(expectedPages, maxPages)) : [];
+    private (uint File, ulong Offset)? _firstZero;
 
     public int MaxPages { get; } = maxPages;
 
     /// <summary>Distinct pages remembered.</summary>
-    public int Count => _first.Count;
+    public int Count => _first.Count + (_firstZero is null ? 0 : 1);
+
+    /// <summary>
+    /// Whether an upload's files hold the memory of more than one process in some image set (a
+    /// directory with several of CRIU's <c>pagemap-ID.img</c>): only then is every page worth indexing.
+    /// </summary>
+    public static bool SeveralProcesses(IEnumerable<string> paths)
+    {
+        ArgumentNullException.ThrowIfNull(paths);
+        return paths.Where(p => Path.GetFileName(p) is { } name && name.StartsWith("pagemap-", StringComparison.Ordinal) && name.EndsWith(".img", StringComparison.Ordinal))
+            .GroupBy(Path.GetDirectoryName, StringComparer.Ordinal)
+            .Any(set => set.Count() > 1);
+    }
 
     /// <summary>Splits a chunk of file <paramref name="file"/> at <paramref name="offset"/> into its own bytes and references to pages sent before, remembering its new pages.</summary>
     public IReadOnlyList<ChunkPiece> Split(ReadOnlySpan<byte> chunk, uint file, ulong offset)
@@ -44,14 +59,8 @@ public sealed class SentPages(int maxPages = SentPages.DefaultMaxPages)
         int firstPage = (int)((PageSize - (int)(offset % PageSize)) % PageSize);
         for (int at = firstPage; at + PageSize <= chunk.Length; at += PageSize)
         {
-            var key = XxHash128.HashToUInt128(chunk.Slice(at, PageSize));
-            if (!_first.TryGetValue(key, out var earlier))
+            if (Earlier(chunk.Slice(at, PageSize), (file, offset + (ulong)at)) is not { } earlier)
             {
-                if (_first.Count < MaxPages)
-                {
-                    _first[key] = (file, offset + (ulong)at);
-                }
-
                 continue;
             }
 
@@ -79,5 +88,34 @@ public sealed class SentPages(int maxPages = SentPages.DefaultMaxPages)
         }
 
         return pieces;
+    }
+
+    /// <summary>Where the same page was sent before, or null (then it is remembered at <paramref name="here"/>, room allowing).</summary>
+    private (uint File, ulong Offset)? Earlier(ReadOnlySpan<byte> page, (uint File, ulong Offset) here)
+    {
+        if (!page.ContainsAnyExcept((byte)0))
+        {
+            var zero = _firstZero;
+            _firstZero ??= here;
+            return zero;
+        }
+
+        if (!everyPage)
+        {
+            return null;
+        }
+
+        var key = XxHash128.HashToUInt128(page);
+        if (_first.TryGetValue(key, out var earlier))
+        {
+            return earlier;
+        }
+
+        if (_first.Count < MaxPages)
+        {
+            _first[key] = here;
+        }
+
+        return null;
     }
 }
