@@ -184,8 +184,10 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
 
             progress.Lane = lane is null ? "grpc" : "bulk";
             // a new index for every attempt: a reference may name only bytes this attempt's lane carried
+            // (sized for the pages this attempt sends, not those the target holds already)
+            long sending = manifest.Files.Select((f, i) => Math.Max(0, (long)f.Size - OffsetOf(i))).Sum();
             var pages = lane is not null && accepted.PageReferences
-                ? new SentPages(everyPage: SentPages.SeveralProcesses(manifest.Files.Select(f => f.Path)), expectedPages: (int)Math.Min(manifest.Files.Sum(f => (long)f.Size) / SentPages.PageSize, SentPages.DefaultMaxPages))
+                ? new SentPages(everyPage: SentPages.SeveralProcesses(manifest.Files.Select(f => f.Path)), expectedPages: (int)Math.Min(sending / SentPages.PageSize, SentPages.DefaultMaxPages))
                 : null;
             for (int i = 0; i < manifest.Files.Count; i++)
             {
