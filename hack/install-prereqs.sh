@@ -220,6 +220,35 @@ else
 fi
 "$PROMETHEUS_PREFIX/usr/bin/promtool" --version >/dev/null 2>&1 || die "$PROMETHEUS_PREFIX's promtool does not run"
 
+# ---------------------------------------------------------------- an OCI registry (docker-registry)
+# containerd 2.x restores a CRI checkpoint from a checkpoint image, and pulls the image the
+# checkpoint was taken from by NAME@DIGEST: the sandbox's containerd 2.1 path needs a registry.
+# Bookworm's docker-registry (the CNCF distribution registry 2.8), unpacked (never installed: no
+# service, no user) into its own prefix; the sandbox runs it on a loopback port.
+REGISTRY_PREFIX="$PREFIX/registry"
+if [ -f "$REGISTRY_PREFIX/.complete" ] && [ -x "$REGISTRY_PREFIX/usr/bin/docker-registry" ]; then
+  log "registry prefix present: $REGISTRY_PREFIX"
+else
+  install_registry_prefix() {
+    local work
+    work=$(mktemp -d /tmp/podmig-bookworm.XXXXXX)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$work'" RETURN
+    private_apt bookworm "$work/apt"
+    log "downloading docker-registry from bookworm"
+    (cd "$work" && apt-get "${apt_opts[@]}" download -qq docker-registry) || die "apt-get download docker-registry failed"
+    rm -rf "$REGISTRY_PREFIX.new"
+    mkdir -p "$REGISTRY_PREFIX.new"
+    dpkg-deb -x "$work"/docker-registry_*.deb "$REGISTRY_PREFIX.new"
+    "$REGISTRY_PREFIX.new/usr/bin/docker-registry" --version >/dev/null 2>&1 || die "the unpacked docker-registry does not run"
+    rm -rf "$REGISTRY_PREFIX"
+    mv "$REGISTRY_PREFIX.new" "$REGISTRY_PREFIX"
+    touch "$REGISTRY_PREFIX/.complete"
+  }
+  install_registry_prefix
+fi
+"$REGISTRY_PREFIX/usr/bin/docker-registry" --version >/dev/null 2>&1 || die "$REGISTRY_PREFIX's docker-registry does not run"
+
 # ---------------------------------------------------------------- buildah (make images)
 # make images builds the operator's and the agent's images here, with no registry and no daemon:
 # a base root file system made by debootstrap (bookworm's, above), the project's Dockerfiles built

@@ -6,7 +6,7 @@ using Migrate.Sandbox;
 using Migrate.TestSupport;
 
 // hack/sandbox and make demo. Commands:
-//   serve [--nodes N] [--containerd R[,R...]] [--installed] [--prometheus] [--state FILE]  run the sandbox cluster until SIGTERM (hack/sandbox up starts it in the background)
+//   serve [--nodes N] [--containerd R[,R...]] [--installed] [--prometheus] [--registry] [--state FILE]  run the sandbox cluster until SIGTERM (hack/sandbox up starts it in the background)
 //   status [--json] [--state FILE]       every component with its PID, address and node
 //   down [--state FILE]                  stop the sandbox and remove what it made
 //   image import NAME PATH [--state FILE] make an image (root file system directory or OCI archive) available on every node
@@ -67,7 +67,7 @@ namespace Migrate.Sandbox
         public static int Usage()
         {
             Console.Error.WriteLine("""
-                usage: hack/sandbox up [--nodes N] [--containerd 1.6|1.7|2.1[,...]] [--installed] [--prometheus] [--state FILE]
+                usage: hack/sandbox up [--nodes N] [--containerd 1.6|1.7|2.1[,...]] [--installed] [--prometheus] [--registry] [--state FILE]
                        hack/sandbox status [--json] [--state FILE]
                        hack/sandbox image import NAME PATH [--state FILE]
                        hack/sandbox down [--state FILE]
@@ -115,7 +115,7 @@ namespace Migrate.Sandbox
                 throw new SandboxException(e.Message);
             }
 
-            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false, AsInstalled = installed, Containerd = containerd, Prometheus = options.Flags.ContainsKey("prometheus") }, Say))
+            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false, AsInstalled = installed, Containerd = containerd, Prometheus = options.Flags.ContainsKey("prometheus"), Registry = options.Flags.ContainsKey("registry") }, Say))
             {
                 File.WriteAllText(state + ".tmp", cluster.DescribeJson());
                 File.Move(state + ".tmp", state, overwrite: true);
@@ -215,7 +215,7 @@ namespace Migrate.Sandbox
             {
                 int pid = (int)component["pid"]!;
                 var kind = (string)component["kind"]!;
-                string program = kind switch { "node agent" => "migrate-node-agent.dll", "operator" => "migrate-operator.dll", "prometheus" => "prometheus", _ => "" };
+                string program = kind switch { "node agent" => "migrate-node-agent.dll", "operator" => "migrate-operator.dll", "prometheus" => "prometheus", "registry" => "docker-registry", _ => "" };
                 if (program.Length > 0 && ProcessAlive(pid) && File.ReadAllText($"/proc/{pid}/cmdline").Contains(program, StringComparison.Ordinal))
                 {
                     ChildProcess.Signal(pid, 9);

@@ -152,6 +152,11 @@ public sealed class ContainerdNode : IAsyncDisposable
 
         // the restore runtime runs as a child of containerd's shim and inherits this
         start.Environment[StagingLayout.IncomingRootVariable] = Path.Combine(root, "incoming");
+        // its temporary files (and mounts: containerd 2.1's checkpoint import leaves its view of the
+        // checkpoint image mounted there when the restore fails) stay in its own state directory
+        var temporary = Path.Combine(state, "tmp");
+        Directory.CreateDirectory(temporary);
+        start.Environment["TMPDIR"] = temporary;
         foreach (var (variable, value) in runtimeEnvironment ?? new Dictionary<string, string>())
         {
             start.Environment[variable] = value;

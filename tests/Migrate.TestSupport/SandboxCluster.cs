@@ -16,6 +16,13 @@ public sealed record SandboxOptions
     /// <summary>Also run a real Prometheus scraping the operator and the agents, with the chart's alerts (hack/sandbox up --prometheus).</summary>
     public bool Prometheus { get; init; }
 
+    /// <summary>
+    /// Also run a real OCI registry (bookworm's docker-registry) on a loopback port, which the
+    /// agents publish CRI checkpoints to (Agent:CheckpointRegistry) and the nodes pull from
+    /// (hack/sandbox up --registry): the CRI path needs it.
+    /// </summary>
+    public bool Registry { get; init; }
+
     /// <summary>The containerd release of each node ("1.7": every node; "1.6,2.1": node-a 1.6, node-b and on 2.1); default bookworm's 1.6.</summary>
     public string? Containerd { get; init; }
 
@@ -162,6 +169,7 @@ public sealed class SandboxNode
                 $"--Agent:ProbeListenAddress={ProbeAddress}",
                 $"--Agent:ArchiveDirectory={_cluster.ArchiveDirectory}",
                 $"--Agent:CniConfigDirectory={Path.Combine(Containerd.State, "cni")}",
+                .. _cluster.CheckpointRegistry is { } registry ? [$"--Agent:CheckpointRegistry={registry}"] : Array.Empty<string>(),
                 "--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff ",
             ];
         Dictionary<string, string>? environment = null;
@@ -187,6 +195,10 @@ public sealed class SandboxNode
             environment["PODMIG_AGENT__CREDENTIALSDIRECTORY"] = Path.Combine(_cluster.Directory, "credentials", Name);
             environment["PODMIG_AGENT__KUBECONFIG"] = _cluster.AgentKubeconfig!;
             environment["PODMIG_AGENT__TRANSFERBYTESPERSECOND"] = _cluster.Options.TransferBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            if (_cluster.CheckpointRegistry is { } checkpointRegistry)
+            {
+                environment["PODMIG_AGENT__CHECKPOINTREGISTRY"] = checkpointRegistry;
+            }
         }
 
         environment = SandboxCluster.WithExtra(environment, _cluster.Options.Environment);
@@ -260,6 +272,12 @@ public sealed class SandboxCluster : IAsyncDisposable
     /// <summary>The operator's probe address.</summary>
     public string? OperatorAddress { get; private set; }
 
+    /// <summary>The OCI registry (<see cref="SandboxOptions.Registry"/>).</summary>
+    public OciRegistryServer? Registry { get; private set; }
+
+    /// <summary>Where the agents publish CRI checkpoints (host:port/path in <see cref="Registry"/>).</summary>
+    public string? CheckpointRegistry => Registry is null ? null : Registry.Host + "/podmig-checkpoints";
+
     /// <summary>A real Prometheus scraping the operator and the agents (<see cref="SandboxOptions.Prometheus"/>).</summary>
     public PrometheusServer? Prometheus { get; private set; }
 
@@ -310,6 +328,13 @@ public sealed class SandboxCluster : IAsyncDisposable
             // what kube-controller-manager would do for Services: their Endpoints
             var endpoints = SandboxEndpoints.Start(api.Client);
             cluster._cleanup.Push(endpoints.DisposeAsync);
+            if (options.Registry)
+            {
+                cluster.Registry = await OciRegistryServer.StartAsync();
+                cluster._cleanup.Push(cluster.Registry.DisposeAsync);
+                progress?.Invoke($"registry: pid {cluster.Registry.Pid} at {cluster.Registry.Host} (CRI checkpoints go to {cluster.CheckpointRegistry})");
+            }
+
             var releases = ContainerdRelease.ForNodes(options.Containerd, options.Nodes);
             for (int i = 0; i < options.Nodes; i++)
             {
@@ -541,6 +566,11 @@ public sealed class SandboxCluster : IAsyncDisposable
         if (Operator is not null)
         {
             list.Add(new SandboxComponent("operator", "operator", null, Operator.Pid, $"{OperatorAddress} (probes, metrics), {WebhookAddress} (webhooks)", Operator.LogPath));
+        }
+
+        if (Registry is not null)
+        {
+            list.Add(new SandboxComponent("registry", "registry", null, Registry.Pid, "http://" + Registry.Host + "/v2/", null));
         }
 
         if (Prometheus is not null)

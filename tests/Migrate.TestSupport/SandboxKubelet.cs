@@ -343,6 +343,12 @@ public sealed class SandboxKubelet : IAsyncDisposable
             .ToDictionary(a => a.Key, a => a.Value);
         var handler = pod.Spec.RuntimeClassName is { Length: > 0 } runtimeClass ? runtimeClass : null;
         V1PodStatus status;
+        if (await PullMissingAsync(pod, cancellationToken) is { } pullFailure)
+        {
+            await ReportAsync(pod, pullFailure, cancellationToken);
+            return;
+        }
+
         try
         {
             var running = await TestPods.RunAsync(_node, pod.Metadata.NamespaceProperty, pod.Metadata.Name, containers, handler, annotations, pod.Metadata.Uid,
@@ -403,6 +409,51 @@ public sealed class SandboxKubelet : IAsyncDisposable
         }
 
         await ReportAsync(pod, status, cancellationToken);
+    }
+
+    /// <summary>
+    /// As a kubelet does before it creates a container: an image the node does not hold is pulled
+    /// through CRI, unless the container's imagePullPolicy is Never. Null when every image is there;
+    /// else the pod's status, its containers waiting with ErrImagePull or ErrImageNeverPull.
+    /// </summary>
+    private async Task<V1PodStatus?> PullMissingAsync(V1Pod pod, CancellationToken cancellationToken)
+    {
+        foreach (var container in pod.Spec.Containers)
+        {
+            var spec = new ImageSpec { Image = container.Image };
+            string reason, message;
+            try
+            {
+                var held = await _node.Cri.Images.ImageStatusAsync(new ImageStatusRequest { Image = spec }, cancellationToken: cancellationToken);
+                if (held.Image is not null)
+                {
+                    continue;
+                }
+
+                if (container.ImagePullPolicy == "Never")
+                {
+                    (reason, message) = ("ErrImageNeverPull", $"Container image \"{container.Image}\" is not present with pull policy of Never");
+                }
+                else
+                {
+                    await _node.Cri.Images.PullImageAsync(new PullImageRequest { Image = spec }, deadline: DateTime.UtcNow.AddMinutes(5), cancellationToken: cancellationToken);
+                    continue;
+                }
+            }
+            catch (RpcException e) when (!cancellationToken.IsCancellationRequested)
+            {
+                (reason, message) = ("ErrImagePull", e.Status.Detail);
+            }
+
+            return new V1PodStatus
+            {
+                Phase = "Pending",
+                Conditions = [new V1PodCondition { Type = "Ready", Status = "False", Reason = "ContainersNotReady" }],
+                ContainerStatuses = [.. pod.Spec.Containers.Select(c => c.Name == container.Name ? Waiting(c, reason, message) : Waiting(c, "ContainerCreating", null))],
+            };
+        }
+
+        return null;
     }
 
     private static V1ContainerStatus Waiting(V1Container container, string reason, string? message) => new()
