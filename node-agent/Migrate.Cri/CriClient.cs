@@ -1,4 +1,5 @@
 using System.Net.Sockets;
+using Grpc.Core;
 using Grpc.Net.Client;
 using Migrate.Cri.V1;
 
@@ -40,13 +41,23 @@ public sealed class CriClient : IDisposable
         });
         Runtime = new RuntimeService.RuntimeServiceClient(_channel);
         Images = new ImageService.ImageServiceClient(_channel);
+        Tasks = new Containerd.Tasks.Tasks.TasksClient(_channel);
     }
+
+    /// <summary>The namespace the CRI plugin keeps Kubernetes' containers in (containerd's "k8s.io").</summary>
+    public const string ContainerdNamespace = "k8s.io";
+
+    /// <summary>The metadata containerd's own services need: the namespace of the CRI's containers.</summary>
+    public static Metadata ContainerdHeaders { get; } = new() { { "containerd-namespace", ContainerdNamespace } };
 
     public string SocketPath { get; }
 
     public RuntimeService.RuntimeServiceClient Runtime { get; }
 
     public ImageService.ImageServiceClient Images { get; }
+
+    /// <summary>containerd's task service on the same socket (containerd only: pause and resume through the shim); call with <see cref="ContainerdHeaders"/>.</summary>
+    public Containerd.Tasks.Tasks.TasksClient Tasks { get; }
 
     public void Dispose() => _channel.Dispose();
 }

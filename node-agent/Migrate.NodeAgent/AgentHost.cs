@@ -71,13 +71,17 @@ public static class AgentHost
         });
 
         builder.Services.AddSingleton(sp => new CriuClient(sp.GetRequiredService<IOptions<AgentOptions>>().Value.CriuBinary));
-        builder.Services.AddSingleton<NodeCapabilities>();
         builder.Services.AddSingleton(sp => new CriClient(sp.GetRequiredService<IOptions<AgentOptions>>().Value.CriSocket));
+        builder.Services.AddSingleton<CriCheckpointer>();
+        builder.Services.AddSingleton(sp => new NodeCapabilities(sp.GetRequiredService<CriuClient>(), sp.GetRequiredService<IOptions<AgentOptions>>(), sp.GetRequiredService<CriCheckpointer>()));
         builder.Services.AddSingleton<PodLocator>();
         builder.Services.AddSingleton<MigrationEvents>();
         builder.Services.TryAddSingleton(TimeProvider.System);
         builder.Services.AddSingleton(sp => new CheckpointEngine(sp.GetRequiredService<PodLocator>(), sp.GetRequiredService<CriuClient>(),
-            sp.GetRequiredService<IOptions<AgentOptions>>(), sp.GetRequiredService<ILogger<CheckpointEngine>>(), sp.GetRequiredService<MigrationEvents>()));
+            sp.GetRequiredService<IOptions<AgentOptions>>(), sp.GetRequiredService<ILogger<CheckpointEngine>>(), sp.GetRequiredService<MigrationEvents>())
+        {
+            CriCheckpoints = sp.GetRequiredService<CriCheckpointer>(),
+        });
         builder.Services.AddSingleton(sp => new ImageReceiver(sp.GetRequiredService<IOptions<AgentOptions>>(), sp.GetRequiredService<ILogger<ImageReceiver>>(),
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<MigrationEvents>()));
         builder.Services.AddSingleton<PeerConnections>();

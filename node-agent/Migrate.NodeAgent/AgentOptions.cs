@@ -42,6 +42,14 @@ public sealed class AgentOptions
     /// <summary>Where kept checkpoints live, one directory (mode 0700) each; unset: "checkpoints" beside <see cref="StagingDirectory"/> (on the same file system, so a checkpoint's images move there at once).</summary>
     public string? CheckpointDirectory { get; set; }
 
+    /// <summary>
+    /// Where the CRI path publishes checkpoint images: host[:port]/path of an OCI registry the
+    /// nodes' runtimes pull from (plain HTTP for a loopback host, HTTPS otherwise). Unset: this node
+    /// offers no CRI path. The images hold the pod's memory, secrets included: use a registry only
+    /// the cluster's nodes can reach; each image is deleted when its migration is cleaned up.
+    /// </summary>
+    public string? CheckpointRegistry { get; set; }
+
     /// <summary>The directory kept checkpoints live in (<see cref="CheckpointDirectory"/> or its default).</summary>
     public string CheckpointRoot => CheckpointDirectory is { Length: > 0 } configured ? configured
         : Path.Combine(Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(StagingDirectory))) ?? "/var/lib/podmig", "checkpoints");

@@ -2,6 +2,7 @@ using System.Reflection;
 using System.Runtime.InteropServices;
 using Migrate.Agent.V1;
 using Migrate.Criu;
+using Migrate.NodeAgent.Checkpointing;
 using Microsoft.Extensions.Options;
 
 namespace Migrate.NodeAgent;
@@ -15,16 +16,49 @@ public sealed class NodeCapabilities
     private readonly CriuClient _criu;
     private readonly AgentOptions _options;
     private readonly Lazy<GetCapabilitiesResponse> _collected;
+    private readonly CriCheckpointer? _cri;
+    private CriCheckpointInfo? _criPath;
 
-    public NodeCapabilities(CriuClient criu, IOptions<AgentOptions> options)
+    public NodeCapabilities(CriuClient criu, IOptions<AgentOptions> options, CriCheckpointer? cri = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         _criu = criu;
+        _cri = cri;
         _options = options.Value;
         _collected = new Lazy<GetCapabilitiesResponse>(Collect, LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     public GetCapabilitiesResponse Current => _collected.Value;
+
+    /// <summary>
+    /// <see cref="Current"/> with the node's CRI path, asked of the runtime until it has answered
+    /// once (a runtime that does not answer yet is reported as such, and asked again next time).
+    /// </summary>
+    public async Task<GetCapabilitiesResponse> CurrentWithRuntimeAsync(CancellationToken cancellationToken)
+    {
+        var response = Current.Clone();
+        if (_cri is null)
+        {
+            response.CriCheckpoint = new CriCheckpointInfo { Reason = "this agent offers no CRI path" };
+            return response;
+        }
+
+        if (_criPath is null)
+        {
+            try
+            {
+                _criPath = await _cri.SupportAsync(cancellationToken);
+            }
+            catch (Grpc.Core.RpcException e)
+            {
+                response.CriCheckpoint = new CriCheckpointInfo { Registry = _options.CheckpointRegistry ?? "", Reason = $"the container runtime did not answer: {e.Status.Detail}" };
+                return response;
+            }
+        }
+
+        response.CriCheckpoint = _criPath;
+        return response;
+    }
 
     private GetCapabilitiesResponse Collect() => new()
     {

@@ -53,6 +53,9 @@ public static class Reasons
     public const string TargetUnschedulable = "TargetUnschedulable";
     public const string TargetHasNoAgent = "TargetHasNoAgent";
     public const string TargetIncompatible = "TargetIncompatible";
+
+    /// <summary>spec.checkpointPath CRI, and the pod or a node cannot take it.</summary>
+    public const string CriPathUnavailable = "CriPathUnavailable";
     public const string AddressCannotMove = "AddressCannotMove";
 
     // keepAddress left unset, the network could move the address but the pod has not exactly one IPv4 address (condition KeepsAddress False)

@@ -76,6 +76,14 @@ public sealed class MigrationRequestSpec
     public bool? KeepAddress { get; set; }
 
     /// <summary>
+    /// How the pod is checkpointed and restored (<see cref="CheckpointPaths"/>): by the agents' CRIU
+    /// and the podmig runtime class, or by the container runtimes' own CRI checkpoint and restore.
+    /// Unset is Auto. What was taken is status.checkpointPath.
+    /// </summary>
+    [JsonPropertyName("checkpointPath")]
+    public string? CheckpointPath { get; set; }
+
+    /// <summary>
     /// A group (gang) migration: these pods move as one consistent cut (docs/groups.md), each to
     /// its own targetNode or to one the operator picks. With <see cref="PodSelector"/> the
     /// group is the pods of the namespace whose labels match; podName is then left empty.
@@ -173,6 +181,19 @@ public static class MigrationModes
     public const string PreCopy = "PreCopy";
 }
 
+/// <summary>The values of spec.checkpointPath and status.checkpointPath.</summary>
+public static class CheckpointPaths
+{
+    /// <summary>The operator chooses (today: RuntimeClass).</summary>
+    public const string Auto = "Auto";
+
+    /// <summary>The agents' CRIU dumps, restored by the podmig runtime class.</summary>
+    public const string RuntimeClass = "RuntimeClass";
+
+    /// <summary>The container runtime's own checkpoint (CRI CheckpointContainer) and restore from a checkpoint image.</summary>
+    public const string Cri = "CRI";
+}
+
 /// <summary>The values of status.memoryRestore.</summary>
 public static class MemoryRestoreModes
 {
@@ -262,6 +283,14 @@ public sealed class MigrationRequestStatus
     /// <summary>How the replacement's memory was restored: "Lazy" (its processes ran first, their memory followed from the target's staged images) or "Full".</summary>
     [JsonPropertyName("memoryRestore")]
     public string? MemoryRestore { get; set; }
+
+    /// <summary>The path the migration took (<see cref="CheckpointPaths.RuntimeClass"/> or <see cref="CheckpointPaths.Cri"/>), set at admission.</summary>
+    [JsonPropertyName("checkpointPath")]
+    public string? CheckpointPath { get; set; }
+
+    /// <summary>Path CRI: the checkpoint image each container was published as, by digest.</summary>
+    [JsonPropertyName("checkpointImages")]
+    public IList<string>? CheckpointImages { get; set; }
 
     /// <summary>How pre-copy found the pages written between rounds (<see cref="MemoryTrackingMethods"/>); unset without rounds.</summary>
     [JsonPropertyName("memoryTracking")]

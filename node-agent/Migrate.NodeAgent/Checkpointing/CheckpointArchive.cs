@@ -102,6 +102,7 @@ public static class CheckpointArchive
     public const string KernelAnnotation = "org.criu.checkpoint.host.kernel";
     public const string ArchAnnotation = "org.criu.checkpoint.host.arch";
     public const string CheckpointIdAnnotation = "podmigration.io/checkpoint-id";
+    public const string MigrationAnnotation = "podmigration.io/migration-id";
     public const string EngineName = "podmig";
 
     /// <summary>Largest JSON document (index, manifest, config, description) read from storage.</summary>
@@ -164,24 +165,8 @@ public static class CheckpointArchive
                 var annotations = Annotations(kept, container.Name, container.Image, created);
                 var (layerDigest, layerSize) = WriteBlob(blobs, stream => WriteLayer(stream, images, kept, container, created, descriptionBytes, withVolumes: first));
                 first = false;
-                var config = new JsonObject
-                {
-                    ["created"] = created,
-                    ["architecture"] = "amd64",
-                    ["os"] = "linux",
-                    ["config"] = new JsonObject { ["Labels"] = ToJson(annotations) },
-                    ["rootfs"] = new JsonObject { ["type"] = "layers", ["diff_ids"] = new JsonArray(layerDigest) },
-                };
-                var (configDigest, configSize) = WriteBlob(blobs, config);
-                var manifest = new JsonObject
-                {
-                    ["schemaVersion"] = 2,
-                    ["mediaType"] = ManifestMediaType,
-                    ["config"] = Descriptor(ConfigMediaType, configDigest, configSize),
-                    ["layers"] = new JsonArray(Descriptor(LayerMediaType, layerDigest, layerSize)),
-                    ["annotations"] = ToJson(annotations),
-                };
-                var (manifestDigest, manifestSize) = WriteBlob(blobs, manifest);
+                var (configDigest, configSize) = WriteBlob(blobs, ImageConfig(created, annotations, layerDigest));
+                var (manifestDigest, manifestSize) = WriteBlob(blobs, ImageManifest((configDigest, configSize), (layerDigest, layerSize), annotations));
                 var entry = Descriptor(ManifestMediaType, manifestDigest, manifestSize);
                 var refAnnotations = new Dictionary<string, string>(annotations) { [RefNameAnnotation] = container.Name };
                 entry["annotations"] = ToJson(refAnnotations);
@@ -338,6 +323,29 @@ public static class CheckpointArchive
         });
     }
 
+    /// <summary>A checkpoint image's configuration: its one (uncompressed) layer, its annotations as labels.</summary>
+    internal static JsonObject ImageConfig(string created, IReadOnlyDictionary<string, string> annotations, string layerDigest) => new()
+    {
+        ["created"] = created,
+        ["architecture"] = "amd64",
+        ["os"] = "linux",
+        ["config"] = new JsonObject { ["Labels"] = ToJson(annotations) },
+        ["rootfs"] = new JsonObject { ["type"] = "layers", ["diff_ids"] = new JsonArray(layerDigest) },
+    };
+
+    /// <summary>A checkpoint image's manifest: its configuration, its one layer (a checkpoint archive) and the checkpoint annotations runtimes look for.</summary>
+    internal static JsonObject ImageManifest((string Digest, long Size) config, (string Digest, long Size) layer, IReadOnlyDictionary<string, string> annotations) => new()
+    {
+        ["schemaVersion"] = 2,
+        ["mediaType"] = ManifestMediaType,
+        ["config"] = Descriptor(ConfigMediaType, config.Digest, config.Size),
+        ["layers"] = new JsonArray(Descriptor(LayerMediaType, layer.Digest, layer.Size)),
+        ["annotations"] = ToJson(annotations),
+    };
+
+    /// <summary>A JSON document as the bytes of a blob (compact UTF-8).</summary>
+    internal static byte[] BlobBytes(JsonObject document) => Encoding.UTF8.GetBytes(document.ToJsonString(Compact));
+
     private static JsonObject Descriptor(string mediaType, string digest, long size) => new() { ["mediaType"] = mediaType, ["digest"] = digest, ["size"] = size };
 
     private static JsonObject ToJson(IReadOnlyDictionary<string, string> values)
@@ -352,7 +360,7 @@ public static class CheckpointArchive
     }
 
     private static (string Digest, long Size) WriteBlob(string blobs, JsonObject document) =>
-        WriteBlob(blobs, stream => stream.Write(Encoding.UTF8.GetBytes(document.ToJsonString(Compact))));
+        WriteBlob(blobs, stream => stream.Write(BlobBytes(document)));
 
     /// <summary>Writes a blob through a hash, then names it by its digest.</summary>
     private static (string Digest, long Size) WriteBlob(string blobs, Action<Stream> write)

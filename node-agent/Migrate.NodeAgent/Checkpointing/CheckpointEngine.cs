@@ -385,27 +385,34 @@ public sealed partial class CheckpointEngine : IDisposable
 
     /// <summary>Rollback: thaws the pod where it stopped.</summary>
     public async Task<MigrationStatus> ResumeAsync(string migrationId, CancellationToken cancellationToken) =>
-        await WithMigrationAsync(migrationId, record =>
+        await WithMigrationAsync(migrationId, async record =>
         {
             switch (record.Phase)
             {
                 case MigrationPhase.Finished:
                     throw new CheckpointException(StatusCode.FailedPrecondition, $"migration {record.MigrationId} finished: its processes on this node were ended and cannot resume");
                 case MigrationPhase.Resumed or MigrationPhase.Cleaned:
-                    return Task.FromResult(record.ToStatus());
+                    return record.ToStatus();
             }
 
             using var activity = AgentTelemetry.Source.StartActivity("checkpoint.resume");
             activity?.SetTag("migration.id", record.MigrationId);
             bool wasFrozen = record.Phase == MigrationPhase.Frozen;
             var network = TryGiveBackNetwork(record);
-            ThawAll(record);
+            var runtime = record.CriPath ? await ResumeThroughRuntimeAsync(record) : Thawed(record);
             record.Phase = MigrationPhase.Resumed;
             record.Message = (wasFrozen ? "pod thawed; it continues where it stopped" : "migration abandoned before the pod was frozen")
-                + (network is null ? "" : $"; its network could not be given back: {network}");
+                + (network is null ? "" : $"; its network could not be given back: {network}")
+                + (runtime is null ? "" : $"; {runtime}");
             record.Save();
-            return Task.FromResult(record.ToStatus());
+            return record.ToStatus();
         }, cancellationToken);
+
+    private static string? Thawed(MigrationRecord record)
+    {
+        ThawAll(record);
+        return null;
+    }
 
     /// <summary>Success: ends the frozen processes for good.</summary>
     public async Task<MigrationStatus> FinishAsync(string migrationId, CancellationToken cancellationToken) =>
@@ -443,7 +450,7 @@ public sealed partial class CheckpointEngine : IDisposable
             return new MigrationStatus { MigrationId = migrationId, NodeName = _options.NodeName, Phase = MigrationPhase.Cleaned, Message = "nothing staged for this migration" };
         }
 
-        return await WithMigrationAsync(migrationId, record =>
+        return await WithMigrationAsync(migrationId, async record =>
         {
             using var activity = AgentTelemetry.Source.StartActivity("checkpoint.cleanup");
             activity?.SetTag("migration.id", record.MigrationId);
@@ -451,8 +458,9 @@ public sealed partial class CheckpointEngine : IDisposable
             if (record.Phase == MigrationPhase.Frozen)
             {
                 var network = TryGiveBackNetwork(record);
-                ThawAll(record);
-                note = "; the pod was still frozen and was thawed first" + (network is null ? "" : $" (its network could not be given back: {network})");
+                var runtime = record.CriPath ? await ResumeThroughRuntimeAsync(record) : Thawed(record);
+                note = "; the pod was still frozen and was thawed first" + (network is null ? "" : $" (its network could not be given back: {network})")
+                    + (runtime is null ? "" : $" ({runtime})");
             }
 
             if (Directory.Exists(record.StagingDirectory))
@@ -460,10 +468,15 @@ public sealed partial class CheckpointEngine : IDisposable
                 Directory.Delete(record.StagingDirectory, recursive: true);
             }
 
+            if (record.CheckpointImages.Count > 0 && await DeletePublishedAsync(record.MigrationId, record.CheckpointImages) is { } kept)
+            {
+                note += "; " + kept;
+            }
+
             record.Phase = MigrationPhase.Cleaned;
             record.CleanedUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             record.Message = "staged files removed" + note;
-            return Task.FromResult(record.ToStatus());
+            return record.ToStatus();
         }, cancellationToken);
     }
 

@@ -63,6 +63,11 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
     public async Task<MigrationStatus> StartHandoffAsync(StartHandoffRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
+        if (request.CriCheckpoint)
+        {
+            return await StartCriHandoffAsync(request, cancellationToken);
+        }
+
         Require(request.Target, request.MigrationId);
         bool start = await engine.UpdateAsync(request.MigrationId, record =>
         {
@@ -95,6 +100,77 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         }
 
         return engine.Get(request.MigrationId);
+    }
+
+    /// <summary>
+    /// The CRI path's handoff: the pod frozen and each container checkpointed by its runtime and
+    /// published (<see cref="CheckpointEngine.CriDumpAsync"/>); then committed at once, since a
+    /// replacement may now be made from the images anywhere: from here the pod stays frozen until the
+    /// operator finishes or resumes it (an agent restart does not thaw it).
+    /// </summary>
+    private async Task<MigrationStatus> StartCriHandoffAsync(StartHandoffRequest request, CancellationToken cancellationToken)
+    {
+        if (request.GroupHold)
+        {
+            throw new CheckpointException(StatusCode.InvalidArgument, "a group member cannot take the CRI path (its holds need the agents' own dump and commit)");
+        }
+
+        bool start = await engine.UpdateAsync(request.MigrationId, record =>
+        {
+            if (record.Operation?.Kind == Handoff)
+            {
+                return false;
+            }
+
+            if (record.Phase != MigrationPhase.Prepared)
+            {
+                throw new CheckpointException(StatusCode.FailedPrecondition, $"migration {record.MigrationId} is {record.Phase}; the CRI path hands off a pod that was not pre-copied");
+            }
+
+            record.Operation = Begin(Handoff);
+            record.Handoff.Step = HandoffStep.Freezing;
+            return true;
+        }, cancellationToken);
+        if (start)
+        {
+            Run(request.MigrationId, ct => RunCriHandoffAsync(request.MigrationId, ct));
+        }
+
+        return engine.Get(request.MigrationId);
+    }
+
+    private async Task RunCriHandoffAsync(string id, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            await engine.CriDumpAsync(id, cancellationToken);
+            await engine.UpdateAsync(id, r =>
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                if (r.Phase != MigrationPhase.Frozen)
+                {
+                    throw new CheckpointException(StatusCode.Aborted, $"the pod was thawed ({r.Phase}) before its checkpoint images were handed over");
+                }
+
+                r.Handoff.CommitAttempted = true;
+                r.Handoff.Step = HandoffStep.Committed;
+                End(r, OperationState.Succeeded, "", $"{r.CheckpointImages.Count} checkpoint image(s) published {clock.ElapsedMilliseconds} ms after the handoff began; the pod stays frozen here");
+                return 0;
+            }, CancellationToken.None);
+        }
+        catch (Exception e) when (IsFailure(e))
+        {
+            if (e is CheckpointException { Code: StatusCode.FailedPrecondition })
+            {
+                // refused before anything was frozen (what the path cannot carry, no registry)
+                await FailAsync(id, "CriPathRefused", Describe(e) + " The pod was not frozen and runs on.");
+                return;
+            }
+
+            // CriDumpAsync thawed the pod and deleted what it published
+            await FailAsync(id, "CriCheckpointFailed", Describe(e) + " The pod was thawed and runs on.");
+        }
     }
 
     /// <summary>A group member's handoff may go past its hold (now, or when it reaches it).</summary>

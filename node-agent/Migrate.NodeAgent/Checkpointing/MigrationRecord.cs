@@ -20,6 +20,9 @@ public sealed record ContainerRecord(
     IReadOnlyList<string> ExternalMounts,
     IReadOnlyList<ClassifiedMount> Volumes);
 
+/// <summary>A container's CRI checkpoint published as a checkpoint image: where (Registry base, Repository, Digest) and its figures.</summary>
+public sealed record CheckpointImageRecord(string Container, string Image, string Registry, string Repository, string Digest, ulong Bytes, uint CheckpointMillis, uint PublishMillis);
+
 /// <summary>A pre-copy round of one container.</summary>
 public sealed record RoundRecord(string Container, int Number, CriuPreCopyMethod Method, string Directory, ulong PagesWritten, ulong PagesUnchanged, double ElapsedMillis, bool Tracked = false)
 {
@@ -180,6 +183,12 @@ public sealed class MigrationRecord
     /// <summary>Bytes its sends carried as references to pages they had sent before.</summary>
     public ulong BytesReferenced { get; set; }
 
+    /// <summary>The migration takes the CRI path: its pod is frozen (and thawed) through containerd's task service, not the cgroup freezer alone.</summary>
+    public bool CriPath { get; set; }
+
+    /// <summary>A handoff through the runtime's CRI checkpoint: the checkpoint images published, container by container.</summary>
+    public List<CheckpointImageRecord> CheckpointImages { get; set; } = [];
+
     /// <summary>When its staged files were removed (in memory only: a cleaned record has no directory to be saved in).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public long CleanedUnixMillis { get; set; }
@@ -233,6 +242,14 @@ public sealed class MigrationRecord
             BytesReferenced = BytesReferenced,
         };
         status.Containers.Add(Containers.Select(c => new ContainerInfo { Name = c.Name, ContainerId = c.ContainerId, Image = c.Image, Pid = c.Pid }));
+        status.CheckpointImages.Add(CheckpointImages.Select(i => new CheckpointImage
+        {
+            Container = i.Container,
+            Image = i.Image,
+            Bytes = i.Bytes,
+            CheckpointMillis = i.CheckpointMillis,
+            PublishMillis = i.PublishMillis,
+        }));
         if (FinalDump is not null)
         {
             status.FinalDump = FinalDumpResponse.Parser.ParseJson(FinalDump);

@@ -12,7 +12,7 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
     : Agent.V1.NodeAgent.NodeAgentBase
 {
     public override Task<GetCapabilitiesResponse> GetCapabilities(GetCapabilitiesRequest request, ServerCallContext context) =>
-        Task.FromResult(capabilities.Current);
+        capabilities.CurrentWithRuntimeAsync(context.CancellationToken);
 
     public override Task<MigrationStatus> BeginCheckpoint(BeginCheckpointRequest request, ServerCallContext context) =>
         Call(() => checkpoints.BeginAsync(request, context.CancellationToken));

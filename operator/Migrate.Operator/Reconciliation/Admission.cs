@@ -14,6 +14,9 @@ public sealed record Validation(string? SourceNode, string? TargetNode, string? 
     /// <summary>The replacement keeps the pod's address: asked for, or the default where both nodes' network can move it.</summary>
     public bool KeepsAddress { get; init; }
 
+    /// <summary>The path the migration takes (CheckpointPaths.RuntimeClass or Cri).</summary>
+    public string CheckpointPath { get; init; } = CheckpointPaths.RuntimeClass;
+
     public bool Failed => FailureReason is not null;
 
     public static Validation Fail(string reason, string message) => new(null, null, reason, message);
@@ -128,21 +131,42 @@ public static class Admission
                 return Validation.Fail(view.Agent is null ? Reasons.TargetHasNoAgent : Reasons.TargetIncompatible, $"Node {target} {why}.");
             }
 
-            return new Validation(source, target, null, null) { KeepsName = keepsName, KeepsAddress = KeepsAddress(request, sourceAgent, view.Agent) };
+            return WithPath(request, keepsName, source, sourceAgent, target, view.Agent);
         }
 
-        var candidates = facts.Nodes.Where(n => n.Metadata.Name != source && Wanted(n, request.Spec)).ToList();
+        bool cri = request.Spec.CheckpointPath == CheckpointPaths.Cri;
+        var candidates = facts.Nodes.Where(n => n.Metadata.Name != source && Wanted(n, request.Spec)
+            && (!cri || CheckpointPathChoice.RestoresCri(facts.Agents.GetValueOrDefault(n.Metadata.Name)))).ToList();
         if (candidates.Count == 0)
         {
             var selector = string.Join(",", (request.Spec.TargetNodeSelector ?? new Dictionary<string, string>()).Select(l => $"{l.Key}={l.Value}"));
             return Validation.Fail(Reasons.NoEligibleTarget,
-                $"No node other than {source} matches the request's targetNodeSelector ({(selector.Length > 0 ? selector : "none")}) outside its avoidNodes ({string.Join(",", request.Spec.AvoidNodes ?? [])}).");
+                $"No node other than {source}{(cri ? " whose runtime restores CRI checkpoints" : "")} matches the request's targetNodeSelector ({(selector.Length > 0 ? selector : "none")}) outside its avoidNodes ({string.Join(",", request.Spec.AvoidNodes ?? [])}).");
         }
 
         var choice = TargetSelector.Choose(pod, source, candidates.Select(n => View(n, facts)), sourceAgent, requireAddress);
         return choice.Node is null
             ? Validation.Fail(Reasons.NoEligibleTarget, char.ToUpperInvariant(choice.Explain()[0]) + choice.Explain()[1..] + ".")
-            : new Validation(source, choice.Node, null, null) { KeepsName = keepsName, KeepsAddress = KeepsAddress(request, sourceAgent, facts.Agents.GetValueOrDefault(choice.Node)) };
+            : WithPath(request, keepsName, source, sourceAgent, choice.Node, facts.Agents.GetValueOrDefault(choice.Node));
+    }
+
+    /// <summary>The admitted move, with its path; a CRI path that cannot be taken is refused, naming why.</summary>
+    private static Validation WithPath(MigrationRequest request, bool keepsName, string source, GetCapabilitiesResponse sourceAgent, string target, GetCapabilitiesResponse? targetAgent)
+    {
+        var path = CheckpointPathChoice.Decide(request.Spec.CheckpointPath, request.Spec.Mode, keepsName, request.Spec.KeepAddress == true, source, sourceAgent, target, targetAgent);
+        if (path.Path is null)
+        {
+            return Validation.Fail(Reasons.CriPathUnavailable, $"Pod {request.Metadata.NamespaceProperty}/{request.Spec.PodName} cannot move through the CRI path: {path.Refusal}");
+        }
+
+        bool cri = path.Path == CheckpointPaths.Cri;
+        return new Validation(source, target, null, null)
+        {
+            KeepsName = keepsName,
+            // the CRI path's replacement gets a new address: the runtime restores the pod into a new sandbox
+            KeepsAddress = !cri && KeepsAddress(request, sourceAgent, targetAgent),
+            CheckpointPath = path.Path,
+        };
     }
 
     /// <summary>Whether the replacement keeps the address: as asked, or (not asked either way) where it can move from the source's network to the target's.</summary>

@@ -104,6 +104,9 @@ public static class MigrationDecisions
 
         private bool RestoreBegan => Incoming?.RestoreBegan == true;
 
+        /// <summary>The migration takes the CRI path: the runtimes' own checkpoint, published as images, restored by the target's runtime.</summary>
+        private bool Cri => _s.CheckpointPath == CheckpointPaths.Cri;
+
         public Decision Run()
         {
             if (_s.Is(MigrationController.ReconcileErrorCondition))
@@ -189,6 +192,7 @@ public static class MigrationDecisions
             _s.Phase = MigrationPhases.Pending;
             _s.SourceNode = validation.SourceNode;
             _s.TargetNode = validation.TargetNode;
+            _s.CheckpointPath = validation.CheckpointPath;
             _s.Reason = Reasons.Validated;
             _s.Message = $"Pod {f.Request.Spec.PodName} can move from {validation.SourceNode} to {validation.TargetNode}.";
             Set(ConditionTypes.Validated, true, Reasons.Validated, _s.Message);
@@ -379,6 +383,11 @@ public static class MigrationDecisions
                 return Do(MigrationAction.None, TimeSpan.Zero);
             }
 
+            if (Cri)
+            {
+                return CriCheckpointing();
+            }
+
             if (Incoming?.Expected != true)
             {
                 return f.TargetAgent.Reachable ? Do(new MigrationAction.ExpectImages(_s.TargetNode!), TimeSpan.Zero) : Wait();
@@ -457,6 +466,41 @@ public static class MigrationDecisions
             }
 
             return GroupHold() ?? Wait();
+        }
+
+        /// <summary>
+        /// The CRI path: the source's runtime checkpoints the frozen pod and its agent publishes the
+        /// checkpoint images; then the replacement is created from them (its runtime restores them as
+        /// it creates the containers), and the migration goes on as a restore.
+        /// </summary>
+        private Decision CriCheckpointing()
+        {
+            var handoff = Source!.Handoff;
+            if (Source.Operation?.Kind != HandoffOperation)
+            {
+                return Do(new MigrationAction.StartHandoff(), TimeSpan.Zero);
+            }
+
+            if (handoff is { FrozenUnixMillis: > 0 } && !_s.Is(ConditionTypes.Frozen))
+            {
+                Set(ConditionTypes.Frozen, true, "CriCheckpoint", $"The pod's processes on {_s.SourceNode} are frozen for the runtime's checkpoint.", FromUnixMillis(handoff.FrozenUnixMillis));
+            }
+
+            if (handoff?.Step != HandoffStep.Committed)
+            {
+                return Wait();
+            }
+
+            _s.CheckpointImages = [.. Source.CheckpointImages.Select(i => i.Image)];
+            _s.ImageBytes = Source.FinalDump is { StagedBytes: > 0 } dump ? (long)dump.StagedBytes : _s.ImageBytes;
+            if (f.Replacement is null)
+            {
+                _s.ReplacementPod = MigrationExecutor.ReplacementName(f.Request);
+                return Do(new MigrationAction.CreateReplacement(_s.TargetNode!), TimeSpan.Zero);
+            }
+
+            return MoveTo(MigrationPhases.Restoring,
+                $"The runtime on {_s.SourceNode} checkpointed the pod into {Source.CheckpointImages.Count} checkpoint image(s) ({_s.ImageBytes} bytes); the runtime on {_s.TargetNode} restores the replacement {f.Replacement.Metadata.Name} from them.");
         }
 
         private Decision Transferring()
@@ -659,7 +703,8 @@ public static class MigrationDecisions
             }
 
             // no restore may begin on the target from now on; before a commit none can, so there is nothing to ask
-            if (CommitMayHaveHappened && !RestoreBegan && f.TargetNode is not null && !(f.TargetAgent.Reachable && Incoming is not { Aborted: false }))
+            // (on the CRI path only the replacement restores, and it is gone)
+            if (!Cri && CommitMayHaveHappened && !RestoreBegan && f.TargetNode is not null && !(f.TargetAgent.Reachable && Incoming is not { Aborted: false }))
             {
                 // (a target that answers and holds nothing, or aborted already, can restore nothing)
                 if (f.TargetAgent.Reachable)
@@ -961,6 +1006,12 @@ public static class MigrationDecisions
         private long Downtime()
         {
             long frozen = Source?.Handoff?.FrozenUnixMillis ?? 0;
+            if (Cri && frozen > 0)
+            {
+                // the target's runtime restores without an agent reporting when: until the operator saw the replacement run
+                return Math.Max(0, (long)(f.Now - FromUnixMillis(frozen)).TotalMilliseconds);
+            }
+
             long restored = Incoming?.Restores.Where(r => r.Restored).Select(r => r.RestoredUnixMillis).DefaultIfEmpty(0).Max() ?? 0;
             if (frozen > 0 && restored >= frozen)
             {

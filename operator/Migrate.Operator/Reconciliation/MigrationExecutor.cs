@@ -189,7 +189,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                 {
                     MigrationId = id,
                     Target = Target(facts, request, status.TargetNode!),
-                    LazyMemory = LazyRestore && facts.TargetNode is { } targetNode && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
+                    CriCheckpoint = status.CheckpointPath == CheckpointPaths.Cri,
+                    LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && LazyRestore && facts.TargetNode is { } targetNode
+                        && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
                     GroupHold = facts.IsGroupMember,
                     HoldTimeoutSeconds = (uint)GroupHoldTimeout.TotalSeconds,
                 }, cancellationToken: cancellationToken);
@@ -300,7 +302,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         var source = KeepsName(request) ? SavedSource(request) : facts.SourcePod ?? throw new TransientActionException($"pod {request.Spec.PodName} is not in the cache yet");
         try
         {
-            var replacement = Replacement(source, request, name, node);
+            var replacement = request.Status?.CheckpointPath == CheckpointPaths.Cri
+                ? FromCheckpointImages(source, request, name, node, facts.SourceAgent.Migration?.CheckpointImages ?? [])
+                : Replacement(source, request, name, node);
             if (replacement.Metadata.Annotations.TryGetValue(Annotations.PinnedAddress, out var pinned))
             {
                 // the node's IPAM gives the address only to this pod of this migration, and only while the migration may run
@@ -315,6 +319,29 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         {
             // made by an earlier pass; the next one sees it
         }
+    }
+
+    /// <summary>
+    /// The CRI path's replacement: the RuntimeClass path's (<see cref="Replacement"/>) under the
+    /// source's own runtime class, each container's image the checkpoint image it was published as,
+    /// pulled if the node lacks it; the node's runtime restores the checkpoint as it creates the
+    /// container. A container without a checkpoint image is refused (nothing is created).
+    /// </summary>
+    public static V1Pod FromCheckpointImages(V1Pod source, MigrationRequest request, string name, string node, IEnumerable<Agent.V1.CheckpointImage> images)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        var byContainer = (images ?? []).ToDictionary(i => i.Container, i => i.Image, StringComparer.Ordinal);
+        var pod = Replacement(source, request, name, node);
+        // (its restore-from annotation stays: it marks the pod as this migration's; no podmig runtime reads it here)
+        pod.Spec.RuntimeClassName = source.Spec.RuntimeClassName;
+        foreach (var container in pod.Spec.Containers)
+        {
+            container.Image = byContainer.TryGetValue(container.Name, out var image) ? image
+                : throw new TransientActionException($"container {container.Name} of pod {source.Metadata.Name} has no checkpoint image yet");
+            container.ImagePullPolicy = "IfNotPresent";
+        }
+
+        return pod;
     }
 
     /// <summary>
