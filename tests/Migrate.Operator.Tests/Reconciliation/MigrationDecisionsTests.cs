@@ -81,6 +81,30 @@ public sealed class MigrationDecisionsTests
         new("the replacement waits for the images: hand off", () => At("Checkpointing") with { Replacement = Pod(Replacement, "node-b", "Pending"), TargetAgent = Target(waiting: true) },
             d => Is<MigrationAction.StartHandoff>(d)),
         new("a pod keeping its name: hand off without a replacement", () => At("Checkpointing", keepsName: true), d => Is<MigrationAction.StartHandoff>(d)),
+        // ------------------------------------------------------------- the CRI path
+        new("CRI path: no images expected on the target, no replacement made early: hand off", () => Cri(At("Checkpointing")),
+            d => Is<MigrationAction.StartHandoff>(d)),
+        new("CRI path: the runtime checkpoints the paused pod: Frozen, wait", () => Cri(At("Checkpointing")) with { SourceAgent = Source(handoff: HandoffStep.Dumping, frozenAt: Now.AddSeconds(-1)) },
+            d => { Waits(d); Assert.True(d.Status.Is(ConditionTypes.Frozen)); Assert.Equal("Checkpointing", d.Status.Phase); }),
+        new("CRI path: the images are published: the replacement is made from them", () => Cri(At("Checkpointing")) with { SourceAgent = Published(Source(handoff: HandoffStep.Committed)) },
+            d =>
+            {
+                Assert.Equal("node-b", Is<MigrationAction.CreateReplacement>(d).Node);
+                Assert.Equal(["registry.local/ck/default/db-0@sha256:" + new string('a', 64)], d.Status.CheckpointImages);
+                Assert.Equal("Checkpointing", d.Status.Phase);
+            }),
+        new("CRI path: the replacement exists: Restoring", () => Cri(At("Checkpointing")) with { SourceAgent = Published(Source(handoff: HandoffStep.Committed)), Replacement = Waiting() },
+            d => { Nothing(d); Assert.Equal("Restoring", d.Status.Phase); }),
+        new("CRI path: the replacement runs: cut over, downtime until it was seen running", () => Cri(At("Restoring")) with
+            { SourceAgent = Published(Source(handoff: HandoffStep.Committed, frozenAt: Now.AddSeconds(-2))), Replacement = Pod(Replacement, "node-b", "Running") },
+            d => { Assert.Equal("CuttingOver", d.Status.Phase); Assert.Equal(2000, d.Status.DowntimeMillis); }),
+        new("CRI path, rolling back with the replacement gone and the target's agent silent: the source resumes (no target agent can restore it)",
+            () => Cri(Rolling("Restoring", frozen: true)) with { SourceAgent = Published(Source(handoff: HandoffStep.Committed)), TargetAgent = Silent(120) },
+            d => Is<MigrationAction.ResumeSource>(d)),
+        new("RuntimeClass path, the same: the source stays frozen until the target's agent answers", () => Rolling("Restoring", frozen: true) with
+            { SourceAgent = Source(handoff: HandoffStep.Committed), TargetAgent = Silent(120) },
+            d => StillRolling(d)),
+
         new("the handoff froze the pod: Frozen, at the agent's time", () => At("Checkpointing") with { Replacement = Waiting(), TargetAgent = Target(waiting: true), SourceAgent = Source(handoff: HandoffStep.Dumping, frozenAt: Now.AddSeconds(-2)) },
             d => { Waits(d); Assert.Equal(Now.AddSeconds(-2), d.Status.Condition(ConditionTypes.Frozen)!.LastTransitionTime); }),
         new("the final dump is done: Transferring", () => At("Checkpointing") with { Replacement = Waiting(), TargetAgent = Target(waiting: true), SourceAgent = Source(handoff: HandoffStep.Sending, frozenAt: Now.AddSeconds(-1)) },
@@ -334,6 +358,21 @@ public sealed class MigrationDecisionsTests
         source.KeepsAddress = kept;
         source.AddressNote = note;
         return facts with { SourceAgent = AgentView.Knows(source) };
+    }
+
+    /// <summary>Admitted to the CRI path: the target's agent holds nothing of it.</summary>
+    private static MigrationFacts Cri(MigrationFacts facts)
+    {
+        facts.Request.Status!.CheckpointPath = CheckpointPaths.Cri;
+        return facts with { TargetAgent = AgentView.KnowsNothing };
+    }
+
+    /// <summary>A source whose CRI handoff published the pod's one checkpoint image.</summary>
+    private static AgentView Published(AgentView source)
+    {
+        var status = source.Migration!.Clone();
+        status.CheckpointImages.Add(new CheckpointImage { Container = "main", Image = "registry.local/ck/default/db-0@sha256:" + new string('a', 64), Bytes = 1000 });
+        return AgentView.Knows(status);
     }
 
     private static MigrationFacts Rolling(string phase, DateTime? since = null, bool keepsName = false, bool savedSource = false, bool retired = false, bool frozen = false)
