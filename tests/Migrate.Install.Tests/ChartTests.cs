@@ -117,6 +117,14 @@ public sealed class ChartTests
     }
 
     [Fact]
+    public void A_checkpoint_registry_gives_the_agents_the_CRI_path_and_none_is_set_by_default()
+    {
+        Assert.False(Environment(Render(), "DaemonSet", "podmig-agent").ContainsKey("PODMIG_AGENT__CHECKPOINTREGISTRY"));
+        var chart = Render("agent.checkpointRegistry=registry.cluster.local:5000/podmig-checkpoints");
+        Assert.Equal("registry.cluster.local:5000/podmig-checkpoints", Environment(chart, "DaemonSet", "podmig-agent")["PODMIG_AGENT__CHECKPOINTREGISTRY"]);
+    }
+
+    [Fact]
     public void Another_name_prefix_keeps_every_reference_consistent_and_options_switch_parts_off()
     {
         var chart = Render("namePrefix=mig", "networkPolicy.enabled=false", "operator.podDisruptionBudget.enabled=false", "metrics.serviceMonitor.enabled=true",
