@@ -24,7 +24,9 @@ public static class AgentHost
 {
     public static WebApplication Build(string[] args)
     {
-        var builder = WebApplication.CreateSlimBuilder(args);
+        // the content root (appsettings.json, watched for changes) is the program's directory, not the working directory:
+        // in a container that is "/", and a watch on it walks a /proc of the node's (hostPID) until the stack overflows
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
         builder.Configuration.AddEnvironmentVariables("PODMIG_");
         builder.Services.AddOptions<AgentOptions>()
             .Bind(builder.Configuration.GetSection(AgentOptions.Section))

@@ -599,16 +599,18 @@ public sealed partial class CheckpointEngine : IDisposable
             {
                 Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "rootfs"), OwnerOnly);
                 Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "volumes"), OwnerOnly);
+                // the layers and volumes are the runtime's paths: an agent in a container reads them through the runtime's view
+                var node = HostFiles.ForContainer(record.Containers[0].Pid);
                 foreach (var (container, dump) in record.Containers.Zip(response.Containers))
                 {
                     step = $"archiving the writable layer of container {container.Name}";
-                    dump.RootfsDiffBytes = (ulong)FilesystemArchive.Create(container.UpperDirectory!, Path.Combine(record.StagingDirectory, StagingLayout.RootfsArchive(container.Name)));
+                    dump.RootfsDiffBytes = (ulong)FilesystemArchive.Create(node.Open(container.UpperDirectory!), Path.Combine(record.StagingDirectory, StagingLayout.RootfsArchive(container.Name)));
                 }
 
                 foreach (var volume in record.Containers.SelectMany(c => c.Volumes).Where(v => v.Kind == MountKind.EmptyDir).DistinctBy(v => v.VolumeName))
                 {
                     step = $"archiving emptyDir volume {volume.VolumeName}";
-                    response.VolumeBytes += (ulong)FilesystemArchive.Create(volume.Source, Path.Combine(record.StagingDirectory, StagingLayout.VolumeArchive(volume.VolumeName!)));
+                    response.VolumeBytes += (ulong)FilesystemArchive.Create(node.Open(volume.Source), Path.Combine(record.StagingDirectory, StagingLayout.VolumeArchive(volume.VolumeName!)));
                 }
             }
 

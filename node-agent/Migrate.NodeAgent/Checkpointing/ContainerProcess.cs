@@ -43,15 +43,16 @@ public sealed class ContainerProcess
     public string HostRootPath()
     {
         var root = RootMount();
-        var host = MountInfoEntry.Read(Path.Combine(ProcRoot, "self", "mountinfo"))
-            .Where(m => m.FileSystemType == root.FileSystemType && m.Source == root.Source && m.Root == root.Root
-                && m.SuperOptions == root.SuperOptions && m.Device == root.Device)
-            .ToList();
-        return host.Count switch
+        if (HostFiles.MountPointOf(root, MountInfoEntry.Read(Path.Combine(ProcRoot, "self", "mountinfo"))) is { } own)
         {
-            0 => throw new InvalidOperationException($"the root file system of process {Pid} ({root.FileSystemType} {root.Source}) is not mounted in the agent's mount namespace"),
-            _ => host[^1].MountPoint,
-        };
+            return own;
+        }
+
+        // an agent in a container of its own does not see the mounts the runtime made after it started: the runtime's view has them
+        var node = HostFiles.ForContainer(Pid, ProcRoot);
+        return (node.Separate && HostFiles.MountPointOf(root, node.Mounts()) is { } mountPoint ? node.Open(mountPoint) : null)
+            ?? throw new InvalidOperationException($"the root file system of process {Pid} ({root.FileSystemType} {root.Source}) is not mounted in the agent's mount namespace"
+                + (node.Separate ? $" nor in the runtime's (process {node.RuntimePid})" : ""));
     }
 
     /// <summary>The overlay upper directory (the container's writable layer), or null when the root is not overlayfs.</summary>

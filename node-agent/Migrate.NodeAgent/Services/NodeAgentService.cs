@@ -195,5 +195,10 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         {
             throw new RpcException(new Status(e.Code, e.Message));
         }
+        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException)
+        {
+            // not foreseen as a refusal: the caller (and the MigrationRequest's status) still learns what went wrong, not only that something did
+            throw new RpcException(new Status(StatusCode.Internal, $"{e.GetType().Name}: {e.Message}"));
+        }
     }
 }
