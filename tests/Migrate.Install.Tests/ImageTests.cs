@@ -11,7 +11,7 @@ namespace Migrate.Install.Tests;
 /// build, and users and image names agree with the manifests.
 /// </summary>
 [Collection(ImageBuild.Name)]
-public sealed partial class ImageTests
+public sealed partial class ImageTests(BuiltImages built)
 {
     private static readonly string[] Dockerfiles = ["operator/Dockerfile", "node-agent/Dockerfile"];
 
@@ -77,8 +77,7 @@ public sealed partial class ImageTests
     [Fact]
     public async Task Make_images_builds_both_images_and_containerd_runs_them()
     {
-        Prerequisites.RequireRoot();
-        var (code, output) = Run("make", ["-s", "images"]);
+        var (code, output) = (built.ExitCode, built.Output);
         Assert.True(code == 0, output);
         var (tagsCode, tags) = Run("hack/images.sh", ["--tags"]);
         Assert.True(tagsCode == 0, tags);
@@ -199,7 +198,7 @@ public sealed partial class ImageTests
         Regex.Match(Read(project), "<AssemblyName>([^<]+)</AssemblyName>").Groups[1].Value is { Length: > 0 } name ? name : throw new InvalidDataException($"{project} sets no AssemblyName");
 
     /// <summary>A repository script (relative path) or a program on PATH, run from the repository root.</summary>
-    private static (int Code, string Output) Run(string program, string[] args, IReadOnlyDictionary<string, string>? environment = null)
+    internal static (int Code, string Output) Run(string program, string[] args, IReadOnlyDictionary<string, string>? environment = null)
     {
         var path = program.Contains('/', StringComparison.Ordinal) && !Path.IsPathRooted(program) ? RepositoryLayout.InRepository(program.Split('/')) : program;
         var (code, stdout, stderr) = Prerequisites.Capture(path, args, RepositoryLayout.InRepository(), environment);
@@ -213,9 +212,33 @@ public sealed partial class ImageTests
     private static partial Regex UserLine();
 }
 
-/// <summary>The image build publishes three programs and builds two images: it runs alone, not beside the sandboxes of the other tests.</summary>
+/// <summary>
+/// The image build publishes three programs and builds two images, once for the collection (the
+/// images' own tests and the sandbox that runs the agents from them): it runs alone, not beside
+/// the sandboxes of the other tests.
+/// </summary>
 [CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class ImageBuild
+public sealed class ImageBuild : ICollectionFixture<BuiltImages>
 {
     public const string Name = "image build";
+}
+
+/// <summary><c>make images</c> from this checkout, run once: its exit code and output.</summary>
+public sealed class BuiltImages : IAsyncLifetime
+{
+    public int ExitCode { get; private set; }
+
+    public string Output { get; private set; } = "";
+
+    public Task InitializeAsync()
+    {
+        Prerequisites.RequireRoot();
+        (ExitCode, Output) = ImageTests.Run("make", ["-s", "images"]);
+        return Task.CompletedTask;
+    }
+
+    public Task DisposeAsync() => Task.CompletedTask;
+
+    /// <summary>Fails, with make's output, when the build did.</summary>
+    public void AssertBuilt() => Assert.True(ExitCode == 0, "make images failed:\n" + Output);
 }

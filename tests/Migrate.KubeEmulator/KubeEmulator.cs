@@ -15,6 +15,9 @@ public sealed class KubeEmulatorSettings
     /// <summary>Port; 0 picks a free one.</summary>
     public int Port { get; set; }
 
+    /// <summary>More addresses to listen on, with the same port, and in the serving certificate (e.g. a pod network's gateway, for pods' in-cluster clients).</summary>
+    public IList<IPAddress> AdditionalAddresses { get; } = [];
+
     /// <summary>Where to write the admin kubeconfig; a temporary file by default.</summary>
     public string? KubeconfigPath { get; set; }
 
@@ -60,7 +63,15 @@ public sealed class KubeEmulator : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(settings);
         var ca = new CertificateAuthority();
         var serving = ca.IssueServer("kube-apiserver", ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-            new[] { IPAddress.Loopback, IPAddress.IPv6Loopback, settings.Address }.Distinct());
+            new[] { IPAddress.Loopback, IPAddress.IPv6Loopback, settings.Address }.Concat(settings.AdditionalAddresses).Distinct());
+        int port = settings.Port;
+        if (port == 0 && settings.AdditionalAddresses.Count > 0)
+        {
+            // one port on every address: find one free on the first
+            using var probe = new System.Net.Sockets.TcpListener(settings.Address, 0);
+            probe.Start();
+            port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        }
 
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.SetMinimumLevel(settings.LogLevel);
@@ -68,11 +79,14 @@ public sealed class KubeEmulator : IAsyncDisposable
         {
             kestrel.Limits.MaxRequestBodySize = 8 * 1024 * 1024;
             kestrel.Limits.Http2.MaxStreamsPerConnection = 1000;
-            kestrel.Listen(settings.Address, settings.Port, listen =>
+            foreach (var address in new[] { settings.Address }.Concat(settings.AdditionalAddresses).Distinct())
             {
-                listen.Protocols = HttpProtocols.Http1AndHttp2;
-                listen.UseHttps(serving);
-            });
+                kestrel.Listen(address, port, listen =>
+                {
+                    listen.Protocols = HttpProtocols.Http1AndHttp2;
+                    listen.UseHttps(serving);
+                });
+            }
         });
         builder.Services.AddSingleton(TimeProvider.System);
         builder.Services.AddSingleton(settings.Api);
@@ -82,7 +96,7 @@ public sealed class KubeEmulator : IAsyncDisposable
         app.Run(server.HandleAsync);
         await app.StartAsync(cancellationToken);
 
-        var port = new Uri(app.Urls.First()).Port;
+        port = new Uri(app.Urls.First()).Port;
         var host = settings.Address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{settings.Address}]" : settings.Address.ToString();
         var url = $"https://{host}:{port}";
         settings.Api.ServerAddress = $"{host}:{port}";

@@ -90,11 +90,17 @@ public class EmulatorFixture : IAsyncLifetime
     {
     }
 
+    /// <summary>The server's own settings (addresses to listen on).</summary>
+    protected virtual void ConfigureServer(KubeEmulatorSettings settings)
+    {
+    }
+
     public async Task InitializeAsync()
     {
         Prerequisites.RequirePrograms("kubectl");
         var settings = new KubeEmulatorSettings();
         Configure(settings.Api);
+        ConfigureServer(settings);
         Emulator = await Emulator.StartAsync(settings);
         Client = ClientFor(Emulator.KubeconfigPath);
     }
@@ -132,7 +138,9 @@ public class EmulatorFixture : IAsyncLifetime
 
 
 /// <summary>An emulator fixture with settings of the caller's (RBAC, access recording, service endpoints).</summary>
-public sealed class ConfiguredEmulatorFixture(Action<EmulatorOptions> configure) : EmulatorFixture
+public sealed class ConfiguredEmulatorFixture(Action<EmulatorOptions> configure, Action<KubeEmulatorSettings>? server = null) : EmulatorFixture
 {
     protected override void Configure(EmulatorOptions options) => configure(options);
+
+    protected override void ConfigureServer(KubeEmulatorSettings settings) => server?.Invoke(settings);
 }

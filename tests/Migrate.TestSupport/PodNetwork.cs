@@ -41,10 +41,20 @@ public sealed class PodNetwork : IDisposable
 
     public string AddressDirectory => Path.Combine(Directory, "addresses");
 
+    /// <summary>The machine's own address on the segment, .254 (<see cref="AddHostAddress"/>): where pods reach the API server.</summary>
+    public string HostAddress => Prefix + "254";
+
     /// <summary>An address on the segment no pod gets (<paramref name="host"/> above <see cref="LastPodHost"/>), with its prefix length.</summary>
-    public string ClientAddress(int host) => host is > LastPodHost and < 255
+    public string ClientAddress(int host) => host is > LastPodHost and < 254
         ? Prefix + host.ToString(CultureInfo.InvariantCulture) + "/24"
-        : throw new ArgumentOutOfRangeException(nameof(host), host, $"client addresses are .{LastPodHost + 1} to .254");
+        : throw new ArgumentOutOfRangeException(nameof(host), host, $"client addresses are .{LastPodHost + 1} to .253");
+
+    /// <summary>
+    /// Gives the machine <see cref="HostAddress"/> on the bridge, as a node has an address on its
+    /// pod network: processes on the machine (the operator, kubectl) reach pods by their addresses,
+    /// and pods reach what listens there.
+    /// </summary>
+    public void AddHostAddress() => Prerequisites.Run("ip", "addr", "add", HostAddress + "/24", "dev", Bridge);
 
     public static PodNetwork Create(string directory, string restoreRuntime)
     {

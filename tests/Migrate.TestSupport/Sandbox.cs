@@ -3,10 +3,9 @@ using System.Text.Json;
 using k8s;
 using k8s.Autorest;
 using k8s.Models;
-using Migrate.TestSupport;
 using Xunit;
 
-namespace Migrate.EndToEnd.Tests;
+namespace Migrate.TestSupport;
 
 /// <summary>
 /// What the end-to-end tests do to the sandbox cluster, all through the API (kubectl or the client),

@@ -51,6 +51,15 @@ public sealed record SandboxOptions
     /// </summary>
     public bool AsInstalled { get; init; }
 
+    /// <summary>
+    /// With <see cref="AsInstalled"/>: the node agents run as the DaemonSet's pods, from the image
+    /// <c>make images</c> built (artifacts/images/node-agent.tar, imported into every node), as
+    /// deploy/ asks (privileged, hostPID, hostPath volumes at each node's paths, the service
+    /// account's token, env from fields), made by the sandbox's DaemonSet controller; the machine
+    /// gets an address on the pod network, where pods reach the API server.
+    /// </summary>
+    public bool AgentsAsPods { get; init; }
+
     /// <summary>Environment variables for the operator and agent processes (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).</summary>
     public IReadOnlyDictionary<string, string>? Environment { get; init; }
 
@@ -85,6 +94,25 @@ public sealed class SandboxNode
         ProbeAddress = $"{agentAddress[..agentAddress.LastIndexOf(':')]}:{Ports.Free()}";
     }
 
+    /// <summary>
+    /// Where a hostPath volume's path is on this node: the paths a node keeps for itself (the
+    /// runtime's socket directory, the agent's state, the kubelet's pod directories, the CNI
+    /// configuration) are this node's directories; the shared archive storage is the sandbox's;
+    /// anything else is the machine's own.
+    /// </summary>
+    public string HostPath(string path) => path.TrimEnd('/') switch
+    {
+        "/run/containerd" => Containerd.State,
+        "/var/lib/podmig" => Containerd.Root,
+        "/var/lib/kubelet/pods" => Containerd.PodsDirectory,
+        "/etc/cni/net.d" => Path.Combine(Containerd.State, "cni"),
+        "/var/lib/podmig-archive" => _cluster.ArchiveDirectory,
+        _ => path,
+    };
+
+    /// <summary>The agent's pod (<see cref="SandboxOptions.AgentsAsPods"/>): namespace/name, once it runs.</summary>
+    public string? AgentPod { get; internal set; }
+
     public string Name { get; }
 
     public ContainerdNode Containerd { get; }
@@ -93,14 +121,14 @@ public sealed class SandboxNode
 
     public ChildProcess Agent { get; private set; } = null!;
 
-    /// <summary>ip:port of the agent's gRPC API (mutual TLS), on a loopback address of its own.</summary>
-    public string AgentAddress { get; }
+    /// <summary>ip:port of the agent's gRPC API (mutual TLS), on a loopback address of its own (as a pod: its pod's address).</summary>
+    public string AgentAddress { get; internal set; }
 
     /// <summary>ip:port of the agent's plain HTTP listener: /healthz and /metrics.</summary>
-    public string ProbeAddress { get; }
+    public string ProbeAddress { get; internal set; }
 
-    /// <summary>Where the agent stages checkpoints of this node's pods.</summary>
-    public string StagingDirectory => Path.Combine(Containerd.Root, "staging");
+    /// <summary>Where the agent stages checkpoints of this node's pods (as a pod: its default, /var/lib/podmig/migrations of the node).</summary>
+    public string StagingDirectory => Path.Combine(Containerd.Root, _cluster.Options.AgentsAsPods ? "migrations" : "staging");
 
     /// <summary>Where the agent receives other nodes' checkpoints (and the restore runtime reads them).</summary>
     public string IncomingDirectory => Containerd.IncomingDirectory;
@@ -225,14 +253,30 @@ public sealed class SandboxCluster : IAsyncDisposable
     private readonly List<SandboxNode> _nodes = [];
     private readonly bool _ownsDirectory;
 
-    private SandboxCluster(SandboxOptions options, EmulatorFixture api, TestPki pki)
+    private SandboxCluster(SandboxOptions options, string directory, EmulatorFixture api, TestPki pki)
     {
         Options = options;
         Api = api;
         Pki = pki;
         _ownsDirectory = options.Directory is null;
-        Directory = options.Directory ?? System.IO.Directory.CreateTempSubdirectory("podmig-sandbox-").FullName;
+        Directory = directory;
         System.IO.Directory.CreateDirectory(Directory);
+    }
+
+    /// <summary>The node agent's image as make images writes it.</summary>
+    public static string AgentImageArchive => RepositoryLayout.InRepository("artifacts", "images", "node-agent.tar");
+
+    /// <summary>The sandbox's DaemonSet controller (<see cref="SandboxOptions.AgentsAsPods"/>).</summary>
+    public SandboxDaemonSets? DaemonSets { get; private set; }
+
+    private void UseNetwork(PodNetwork network)
+    {
+        Network = network;
+        _cleanup.Push(() =>
+        {
+            network.Dispose();
+            return ValueTask.CompletedTask;
+        });
     }
 
     public SandboxOptions Options { get; }
@@ -295,18 +339,53 @@ public sealed class SandboxCluster : IAsyncDisposable
             throw new ArgumentException("an installed sandbox needs its operator (the agents wait for the certificates it makes)", nameof(options));
         }
 
+        if (options.AgentsAsPods && !options.AsInstalled)
+        {
+            throw new ArgumentException("agents run as the DaemonSet's pods in an installed sandbox only (AsInstalled: deploy/ applied)", nameof(options));
+        }
+
+        if (options.AgentsAsPods && !File.Exists(AgentImageArchive))
+        {
+            throw new InvalidOperationException($"{AgentImageArchive} is missing: the agents' pods run the image 'make images' builds; run it first");
+        }
+
+        var directory = options.Directory ?? System.IO.Directory.CreateTempSubdirectory("podmig-sandbox-").FullName;
+        // pods reach the API server on the machine's address on their network: it exists before the server listens
+        var network = options.AgentsAsPods ? PodNetwork.Create(Path.Combine(directory, "network"), RepositoryLayout.RestoreRuntime) : null;
+        EmulatorFixture api;
         int webhookPort = Ports.Free();
-        var api = options.AsInstalled
-            ? new ConfiguredEmulatorFixture(o =>
-            {
-                o.Rbac = true;
-                o.RecordAccess = true;
-                o.ServiceEndpoints[$"podmig-operator.{SandboxOptions.InstallNamespace}.svc"] = $"127.0.0.1:{webhookPort}";
-            })
-            : new EmulatorFixture();
-        await api.InitializeAsync();
-        var cluster = new SandboxCluster(options, api, new TestPki()) { WebhookAddress = $"127.0.0.1:{webhookPort}" };
+        try
+        {
+            network?.AddHostAddress();
+            api = options.AsInstalled
+                ? new ConfiguredEmulatorFixture(o =>
+                {
+                    o.Rbac = true;
+                    o.RecordAccess = true;
+                    o.ServiceEndpoints[$"podmig-operator.{SandboxOptions.InstallNamespace}.svc"] = $"127.0.0.1:{webhookPort}";
+                }, server =>
+                {
+                    if (network is not null)
+                    {
+                        server.AdditionalAddresses.Add(System.Net.IPAddress.Parse(network.HostAddress));
+                    }
+                })
+                : new EmulatorFixture();
+            await api.InitializeAsync();
+        }
+        catch
+        {
+            network?.Dispose();
+            throw;
+        }
+
+        var cluster = new SandboxCluster(options, directory, api, new TestPki()) { WebhookAddress = $"127.0.0.1:{webhookPort}" };
         cluster._cleanup.Push(async () => await api.DisposeAsync());
+        if (network is not null)
+        {
+            cluster.UseNetwork(network);
+        }
+
         cluster._cleanup.Push(() =>
         {
             cluster.Pki.Dispose();
@@ -347,7 +426,11 @@ public sealed class SandboxCluster : IAsyncDisposable
                 progress?.Invoke($"operator: pid {cluster.Operator!.Pid}, probes http://{cluster.OperatorAddress}/readyz");
             }
 
-            if (options.AsInstalled)
+            if (options.AgentsAsPods)
+            {
+                await cluster.StartAgentPodsAsync(progress);
+            }
+            else if (options.AsInstalled)
             {
                 // agents read the certificates the operator makes for their nodes
                 foreach (var node in cluster._nodes)
@@ -376,12 +459,7 @@ public sealed class SandboxCluster : IAsyncDisposable
     {
         if (Network is null)
         {
-            Network = PodNetwork.Create(Path.Combine(Directory, "network"), RepositoryLayout.RestoreRuntime);
-            _cleanup.Push(() =>
-            {
-                Network.Dispose();
-                return ValueTask.CompletedTask;
-            });
+            UseNetwork(PodNetwork.Create(Path.Combine(Directory, "network"), RepositoryLayout.RestoreRuntime));
         }
 
         var containerd = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime, Options.LazyPagesBytesPerSecond > 0
@@ -394,8 +472,16 @@ public sealed class SandboxCluster : IAsyncDisposable
             containerd.ImportImage(archive);
         }
 
+        KubeletNodeView? view = null;
         var node = new SandboxNode(this, name, containerd, agentAddress);
-        if (!Options.AsInstalled)
+        if (Options.AgentsAsPods)
+        {
+            containerd.ImportImage(AgentImageArchive);
+            // the DaemonSet names the runtime's socket by its usual name in /run/containerd
+            File.CreateSymbolicLink(Path.Combine(containerd.State, "containerd.sock"), Path.GetFileName(containerd.SocketPath));
+            view = new KubeletNodeView(node.HostPath, new KubeletApiAccess(Network!.HostAddress, new Uri(Api.Emulator.Url).Port, Api.Emulator.CaCertificatePem));
+        }
+        else if (!Options.AsInstalled)
         {
             await StartNodeAgentAsync(node, progress: null);
         }
@@ -403,11 +489,56 @@ public sealed class SandboxCluster : IAsyncDisposable
         // installed, the agent announces its endpoint itself
         node.Kubelet = await SandboxKubelet.StartAsync(Client, containerd, name, Options.AsInstalled
             ? new Dictionary<string, string>()
-            : new Dictionary<string, string> { [Annotations.AgentEndpoint] = agentAddress });
+            : new Dictionary<string, string> { [Annotations.AgentEndpoint] = agentAddress }, view);
         _cleanup.Push(node.Kubelet.DisposeAsync);
         _nodes.Add(node);
         progress?.Invoke($"{name}: containerd {release.Version()} pid {containerd.Pid} ({containerd.SocketPath}), kubelet (emulated) :{node.Kubelet.Port}"
             + (Options.AsInstalled ? "" : $", agent pid {node.Agent.Pid} at {agentAddress}"));
+    }
+
+    /// <summary>
+    /// The DaemonSet controller makes the agents' pods from deploy/'s DaemonSet; each announces its
+    /// pod's address on its Node (it reads the certificate the operator made for the node first).
+    /// </summary>
+    private async Task StartAgentPodsAsync(Action<string>? progress)
+    {
+        DaemonSets = SandboxDaemonSets.Start(Client);
+        _cleanup.Push(DaemonSets.DisposeAsync);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        foreach (var node in _nodes)
+        {
+            string? endpoint = null;
+            while (endpoint is null)
+            {
+                var pods = (await Client.CoreV1.ListNamespacedPodAsync(SandboxOptions.InstallNamespace, fieldSelector: "spec.nodeName=" + node.Name,
+                    labelSelector: "app.kubernetes.io/name=podmig-agent")).Items;
+                var pod = pods.FirstOrDefault(p => p.Status?.Phase == "Running");
+                string? announced = null;
+                _ = (await Client.CoreV1.ReadNodeAsync(node.Name)).Metadata.Annotations?.TryGetValue(Annotations.AgentEndpoint, out announced);
+                if (pod is not null && announced is not null && announced.StartsWith(pod.Status!.PodIP + ":", StringComparison.Ordinal))
+                {
+                    endpoint = announced;
+                    node.AgentPod = $"{pod.Metadata.NamespaceProperty}/{pod.Metadata.Name}";
+                    break;
+                }
+
+                if (clock.Elapsed > TimeSpan.FromSeconds(120))
+                {
+                    var waiting = pods.SelectMany(p => p.Status?.ContainerStatuses ?? []).Select(c => c.State?.Waiting).FirstOrDefault(w => w is not null);
+                    var lines = pods.Count > 0 && node.Kubelet.Running.TryGetValue($"{SandboxOptions.InstallNamespace}/{pods[0].Metadata.Name}", out var running)
+                        ? running.LogLines("agent").TakeLast(30) : [];
+                    throw new TimeoutException($"the agent's pod on {node.Name} did not announce itself in 120 s: "
+                        + (pods.Count == 0 ? "no pod" : $"pod {pods[0].Metadata.Name} {pods[0].Status?.Phase} {waiting?.Reason} {waiting?.Message}")
+                        + $", node annotation {announced ?? "none"}; the agent's last lines:\n" + string.Join("\n", lines));
+                }
+
+                await Task.Delay(200);
+            }
+
+            node.AgentAddress = endpoint;
+            node.ProbeAddress = endpoint[..endpoint.LastIndexOf(':')] + ":8081";
+            progress?.Invoke($"{node.Name}: agent pod {node.AgentPod} at {endpoint}");
+        }
     }
 
     private async Task StartNodeAgentAsync(SandboxNode node, Action<string>? progress)
@@ -560,7 +691,16 @@ public sealed class SandboxCluster : IAsyncDisposable
         {
             list.Add(new SandboxComponent("containerd-" + node.Name, "containerd", node.Name, node.Containerd.Pid, node.Containerd.SocketPath, node.Containerd.LogPath));
             list.Add(new SandboxComponent("kubelet-" + node.Name, "kubelet (emulated)", node.Name, self, $"127.0.0.1:{node.Kubelet.Port}", null));
-            list.Add(new SandboxComponent("agent-" + node.Name, "node agent", node.Name, node.Agent.Pid, $"{node.AgentAddress} (gRPC), {node.ProbeAddress} (metrics)", node.Agent.LogPath));
+            if (node.AgentPod is not null)
+            {
+                // a container of the node's, stopped with it
+                list.Add(new SandboxComponent("agent-" + node.Name, "node agent (pod " + node.AgentPod + ")", node.Name, node.Containerd.Pid,
+                    $"{node.AgentAddress} (gRPC), {node.ProbeAddress} (metrics)", null));
+            }
+            else
+            {
+                list.Add(new SandboxComponent("agent-" + node.Name, "node agent", node.Name, node.Agent.Pid, $"{node.AgentAddress} (gRPC), {node.ProbeAddress} (metrics)", node.Agent.LogPath));
+            }
         }
 
         if (Operator is not null)

@@ -16,10 +16,27 @@ using Migrate.Cri.V1;
 
 namespace Migrate.TestSupport;
 
+/// <summary>Where the API server is for pods (KUBERNETES_SERVICE_HOST and _PORT) and the CA that signs its certificate.</summary>
+public sealed record KubeletApiAccess(string Host, int Port, string CertificateAuthorityPem);
+
+/// <summary>
+/// How a sandbox node looks to its pods: where a hostPath volume's path is on this node (the
+/// sandbox's nodes share one machine, so each has its own directories for the paths a node
+/// keeps per node: the runtime's socket, the agent's state), and, when pods may talk to the API
+/// server, where it is (with it, pods get their service account's token as a real kubelet mounts it).
+/// </summary>
+public sealed record KubeletNodeView(Func<string, string> HostPath, KubeletApiAccess? Api)
+{
+    /// <summary>hostPath volumes at the machine's own paths, no API access.</summary>
+    public static KubeletNodeView Host { get; } = new(path => path, null);
+}
+
 /// <summary>
 /// The kubelet's part of the sandbox cluster, emulated: it registers a Node for a containerd node,
 /// runs the pods bound to it through CRI (the pod's runtime class as the handler, its podmigration.io/
-/// annotations, labels, emptyDir and hostPath volumes, command, args and env), stops deleted pods
+/// annotations, labels, emptyDir and hostPath volumes, command, args and env (values with $(VAR),
+/// fieldRef), privileged containers, hostPID, users, read-only root file systems, dropped
+/// capabilities, the service account's token), stops deleted pods
 /// within their grace period, reports their status (ContainerCreating with the sandbox's IP while
 /// the containers start, each pod on its own worker, then Running with
 /// the sandbox's IP, or the CRI error as RunContainerError), and removes a deleted pod's sandbox
@@ -39,11 +56,14 @@ public sealed class SandboxKubelet : IAsyncDisposable
     private Task _loop = Task.CompletedTask;
     private WebApplication? _logServer;
 
-    private SandboxKubelet(IKubernetes client, ContainerdNode node, string nodeName)
+    private readonly KubeletNodeView _view;
+
+    private SandboxKubelet(IKubernetes client, ContainerdNode node, string nodeName, KubeletNodeView? view)
     {
         _client = client;
         _node = node;
         NodeName = nodeName;
+        _view = view ?? KubeletNodeView.Host;
     }
 
     public string NodeName { get; }
@@ -70,9 +90,10 @@ public sealed class SandboxKubelet : IAsyncDisposable
     public IReadOnlyDictionary<string, RunningTestPod> Running => _running;
 
     /// <summary>Registers the node (with <paramref name="annotations"/>) and starts running its pods.</summary>
-    public static async Task<SandboxKubelet> StartAsync(IKubernetes client, ContainerdNode node, string nodeName, IReadOnlyDictionary<string, string>? annotations = null)
+    public static async Task<SandboxKubelet> StartAsync(IKubernetes client, ContainerdNode node, string nodeName, IReadOnlyDictionary<string, string>? annotations = null,
+        KubeletNodeView? view = null)
     {
-        var kubelet = new SandboxKubelet(client, node, nodeName);
+        var kubelet = new SandboxKubelet(client, node, nodeName, view);
         foreach (var (key, value) in annotations ?? new Dictionary<string, string>())
         {
             kubelet.NodeAnnotations[key] = value;
@@ -329,15 +350,23 @@ public sealed class SandboxKubelet : IAsyncDisposable
     private async Task StartPodAsync(V1Pod pod, string key, PodWorker worker)
     {
         var cancellationToken = worker.Stop.Token;
-        var emptyDirs = (pod.Spec.Volumes ?? []).Where(v => v.EmptyDir is not null).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
-        var hostPaths = (pod.Spec.Volumes ?? []).Where(v => v.HostPath is not null).ToDictionary(v => v.Name, v => v.HostPath.Path, StringComparer.Ordinal);
-        var containers = pod.Spec.Containers.Select(c => new TestContainer(
-            c.Name,
-            c.Image,
-            [.. c.Command ?? [], .. c.Args ?? []],
-            [.. (c.VolumeMounts ?? []).Where(m => emptyDirs.Contains(m.Name)).Select(m => (m.Name, m.MountPath))],
-            [.. (c.VolumeMounts ?? []).Where(m => hostPaths.ContainsKey(m.Name)).Select(m => (hostPaths[m.Name], m.MountPath))],
-            (c.Env ?? []).Where(e => e.Value is not null).ToDictionary(e => e.Name, e => e.Value))).ToList();
+        List<TestContainer> containers;
+        try
+        {
+            containers = await ContainersAsync(pod, cancellationToken);
+        }
+        catch (InvalidOperationException e)
+        {
+            // as the kubelet's CreateContainerConfigError and FailedMount: the pod waits, saying why
+            await ReportAsync(pod, new V1PodStatus
+            {
+                Phase = "Pending",
+                Conditions = [new V1PodCondition { Type = "Ready", Status = "False", Reason = "ContainersNotReady" }],
+                ContainerStatuses = [.. pod.Spec.Containers.Select(c => Waiting(c, "CreateContainerConfigError", e.Message))],
+            }, cancellationToken);
+            return;
+        }
+
         var annotations = (pod.Metadata.Annotations ?? new Dictionary<string, string>())
             .Where(a => Keys.IsOurs(a.Key))
             .ToDictionary(a => a.Key, a => a.Value);
@@ -351,6 +380,7 @@ public sealed class SandboxKubelet : IAsyncDisposable
 
         try
         {
+            var byName = pod.Spec.Containers.ToDictionary(c => c.Name, StringComparer.Ordinal);
             var running = await TestPods.RunAsync(_node, pod.Metadata.NamespaceProperty, pod.Metadata.Name, containers, handler, annotations, pod.Metadata.Uid,
                 async sandboxId =>
                 {
@@ -365,7 +395,8 @@ public sealed class SandboxKubelet : IAsyncDisposable
                         Conditions = [new V1PodCondition { Type = "Ready", Status = "False", Reason = "ContainersNotReady" }],
                         ContainerStatuses = [.. pod.Spec.Containers.Select(c => Waiting(c, "ContainerCreating", null))],
                     }, cancellationToken);
-                }, cancellationToken);
+                }, new TestPodSharing(pod.Spec.HostPID == true),
+                (podIp, container) => Complete(container, byName[container.Name], pod, podIp), cancellationToken);
             _running[key] = running;
             lock (_started)
             {
@@ -409,6 +440,104 @@ public sealed class SandboxKubelet : IAsyncDisposable
         }
 
         await ReportAsync(pod, status, cancellationToken);
+    }
+
+    /// <summary>
+    /// The pod's containers as CRI will run them: command and arguments, emptyDir volumes, hostPath
+    /// volumes at the node's path for them (<see cref="KubeletNodeView.HostPath"/>; type
+    /// DirectoryOrCreate made, Directory required), the service account's token, CA and namespace
+    /// (with API access), privileged. The environment waits for the sandbox's address (<see cref="Complete"/>).
+    /// </summary>
+    private async Task<List<TestContainer>> ContainersAsync(V1Pod pod, CancellationToken cancellationToken)
+    {
+        var emptyDirs = (pod.Spec.Volumes ?? []).Where(v => v.EmptyDir is not null).Select(v => v.Name).ToHashSet(StringComparer.Ordinal);
+        var hostPaths = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var volume in (pod.Spec.Volumes ?? []).Where(v => v.HostPath is not null))
+        {
+            var path = _view.HostPath(volume.HostPath.Path);
+            if (volume.HostPath.Type == "DirectoryOrCreate")
+            {
+                Directory.CreateDirectory(path);
+            }
+            else if (volume.HostPath.Type == "Directory" && !Directory.Exists(path))
+            {
+                throw new InvalidOperationException($"hostPath volume {volume.Name}: {volume.HostPath.Path} is not a directory on node {NodeName}");
+            }
+
+            hostPaths[volume.Name] = path;
+        }
+
+        foreach (var container in pod.Spec.Containers)
+        {
+            // refused before anything is made: env this emulation cannot give
+            _ = PodEnvironment.For(container, pod, podIp: null);
+        }
+
+        var serviceAccount = _view.Api is not null && pod.Spec.AutomountServiceAccountToken != false ? await ServiceAccountFilesAsync(pod, cancellationToken) : null;
+        return [.. pod.Spec.Containers.Select(c => new TestContainer(
+            c.Name,
+            c.Image,
+            [.. c.Command ?? []],
+            [.. (c.VolumeMounts ?? []).Where(m => emptyDirs.Contains(m.Name)).Select(m => (m.Name, m.MountPath))],
+            [.. (c.VolumeMounts ?? []).Where(m => hostPaths.ContainsKey(m.Name)).Select(m => (hostPaths[m.Name], m.MountPath)),
+                .. serviceAccount is null ? [] : new[] { (serviceAccount, ServiceAccountMountPath) }],
+            null)
+        {
+            Args = [.. c.Args ?? []],
+            Privileged = c.SecurityContext?.Privileged == true,
+            RunAs = (c.SecurityContext?.RunAsUser ?? pod.Spec.SecurityContext?.RunAsUser, c.SecurityContext?.RunAsGroup ?? pod.Spec.SecurityContext?.RunAsGroup),
+            ReadOnlyRootFilesystem = c.SecurityContext?.ReadOnlyRootFilesystem == true,
+            NoNewPrivileges = c.SecurityContext?.AllowPrivilegeEscalation == false,
+            DropCapabilities = [.. c.SecurityContext?.Capabilities?.Drop ?? []],
+            ReadOnlyPaths = new HashSet<string>((c.VolumeMounts ?? []).Where(m => m.ReadOnlyProperty == true).Select(m => m.MountPath)
+                .Concat(serviceAccount is null ? [] : [ServiceAccountMountPath]), StringComparer.Ordinal),
+        })];
+    }
+
+    /// <summary>Where a pod finds its service account's credentials (the kube-api-access projected volume).</summary>
+    public const string ServiceAccountMountPath = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+    /// <summary>
+    /// The kube-api-access volume: a token of the pod's service account (TokenRequest), the API
+    /// server's CA and the namespace; none when the account does not exist (no controller makes
+    /// each namespace's "default" account here).
+    /// </summary>
+    private async Task<string?> ServiceAccountFilesAsync(V1Pod pod, CancellationToken cancellationToken)
+    {
+        var account = pod.Spec.ServiceAccountName is { Length: > 0 } name ? name : "default";
+        Authenticationv1TokenRequest token;
+        try
+        {
+            token = await _client.CoreV1.CreateNamespacedServiceAccountTokenAsync(
+                new Authenticationv1TokenRequest { Spec = new V1TokenRequestSpec { ExpirationSeconds = 3607 } }, account, pod.Metadata.NamespaceProperty,
+                cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+
+        var directory = Path.Combine(TestPods.VolumesDirectory(_node, pod.Metadata.Uid), "kubernetes.io~projected", "kube-api-access");
+        Directory.CreateDirectory(directory);
+        await File.WriteAllTextAsync(Path.Combine(directory, "token"), token.Status.Token, cancellationToken);
+        await File.WriteAllTextAsync(Path.Combine(directory, "ca.crt"), _view.Api!.CertificateAuthorityPem, cancellationToken);
+        await File.WriteAllTextAsync(Path.Combine(directory, "namespace"), pod.Metadata.NamespaceProperty, cancellationToken);
+        return directory;
+    }
+
+    /// <summary>A container with its environment, once the sandbox's address is known (env from status.podIP).</summary>
+    private TestContainer Complete(TestContainer container, V1Container declared, V1Pod pod, string? podIp)
+    {
+        var services = _view.Api is { } api
+            ? new Dictionary<string, string> { ["KUBERNETES_SERVICE_HOST"] = api.Host, ["KUBERNETES_SERVICE_PORT"] = api.Port.ToString(CultureInfo.InvariantCulture) }
+            : null;
+        var environment = PodEnvironment.For(declared, pod, podIp, services);
+        return container with
+        {
+            Environment = environment,
+            Command = [.. container.Command.Select(a => PodEnvironment.Expand(a, environment))],
+            Args = [.. container.Args.Select(a => PodEnvironment.Expand(a, environment))],
+        };
     }
 
     /// <summary>

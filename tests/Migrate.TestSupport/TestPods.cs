@@ -4,7 +4,32 @@ namespace Migrate.TestSupport;
 
 /// <summary>A container of a test pod: name, image, command, the pod's emptyDir volumes it mounts (name, path), hostPath volumes (host path, path) and environment.</summary>
 public sealed record TestContainer(string Name, string Image, IReadOnlyList<string> Command, IReadOnlyList<(string Volume, string Path)>? EmptyDirMounts = null,
-    IReadOnlyList<(string HostPath, string Path)>? HostPathMounts = null, IReadOnlyDictionary<string, string>? Environment = null);
+    IReadOnlyList<(string HostPath, string Path)>? HostPathMounts = null, IReadOnlyDictionary<string, string>? Environment = null)
+{
+    /// <summary>The image's command's arguments (CRI args: the entry point stays when <see cref="Command"/> is empty).</summary>
+    public IReadOnlyList<string> Args { get; init; } = [];
+
+    /// <summary>securityContext.privileged: every capability and device, no seccomp or AppArmor profile.</summary>
+    public bool Privileged { get; init; }
+
+    /// <summary>Container paths of <see cref="HostPathMounts"/> mounted read-only.</summary>
+    public IReadOnlySet<string> ReadOnlyPaths { get; init; } = new HashSet<string>(StringComparer.Ordinal);
+
+    /// <summary>runAsUser and runAsGroup (unset: the image's user).</summary>
+    public (long? User, long? Group) RunAs { get; init; }
+
+    /// <summary>readOnlyRootFilesystem.</summary>
+    public bool ReadOnlyRootFilesystem { get; init; }
+
+    /// <summary>allowPrivilegeEscalation: false (no_new_privs).</summary>
+    public bool NoNewPrivileges { get; init; }
+
+    /// <summary>capabilities.drop (e.g. ALL).</summary>
+    public IReadOnlyList<string> DropCapabilities { get; init; } = [];
+}
+
+/// <summary>How a test pod shares the node: its PID namespace (hostPID).</summary>
+public sealed record TestPodSharing(bool HostPid);
 
 /// <summary>A pod running on a node through CRI.</summary>
 public sealed record RunningTestPod(string Namespace, string Name, string Uid, string SandboxId, PodSandboxConfig Config,
@@ -41,8 +66,11 @@ public static class TestPods
 {
     public static async Task<RunningTestPod> RunAsync(ContainerdNode node, string ns, string name, IReadOnlyList<TestContainer> containers,
         string? runtimeHandler = null, IReadOnlyDictionary<string, string>? annotations = null, string? uid = null,
-        Func<string, Task>? sandboxReady = null, CancellationToken cancellationToken = default)
+        Func<string, Task>? sandboxReady = null, TestPodSharing? sharing = null,
+        Func<string?, TestContainer, TestContainer>? complete = null, CancellationToken cancellationToken = default)
     {
+        // hostPID: the pod's processes in the node's PID namespace (a privileged container in it sees every process)
+        var pid = sharing?.HostPid == true ? NamespaceMode.Node : NamespaceMode.Container;
         uid ??= Guid.NewGuid().ToString();
         var logDirectory = Path.Combine(node.PodLogDirectory, $"{ns}_{name}_{uid}");
         var volumes = Path.Combine(node.PodsDirectory, uid, "volumes");
@@ -63,7 +91,8 @@ public static class TestPods
                 CgroupParent = $"{node.CgroupParent}/pod{uid}",
                 SecurityContext = new LinuxSandboxSecurityContext
                 {
-                    NamespaceOptions = new NamespaceOption { Network = NamespaceMode.Pod, Pid = NamespaceMode.Container, Ipc = NamespaceMode.Pod },
+                    NamespaceOptions = new NamespaceOption { Network = NamespaceMode.Pod, Pid = pid, Ipc = NamespaceMode.Pod },
+                    Privileged = containers.Any(c => c.Privileged),
                 },
             },
         };
@@ -81,9 +110,18 @@ public static class TestPods
             await sandboxReady(sandbox.PodSandboxId);
         }
 
-        var ids = new Dictionary<string, string>();
-        foreach (var c in containers)
+        string? podIp = null;
+        if (complete is not null)
         {
+            var status = await node.Cri.Runtime.PodSandboxStatusAsync(new PodSandboxStatusRequest { PodSandboxId = sandbox.PodSandboxId }, cancellationToken: cancellationToken);
+            podIp = status.Status.Network?.Ip;
+        }
+
+        var ids = new Dictionary<string, string>();
+        foreach (var declared in containers)
+        {
+            // what only the running sandbox tells (its address, for env from status.podIP)
+            var c = complete is null ? declared : complete(podIp, declared);
             Directory.CreateDirectory(Path.Combine(logDirectory, c.Name));
             var container = new ContainerConfig
             {
@@ -94,11 +132,18 @@ public static class TestPods
                 {
                     SecurityContext = new LinuxContainerSecurityContext
                     {
-                        NamespaceOptions = new NamespaceOption { Network = NamespaceMode.Pod, Pid = NamespaceMode.Container, Ipc = NamespaceMode.Pod },
+                        NamespaceOptions = new NamespaceOption { Network = NamespaceMode.Pod, Pid = pid, Ipc = NamespaceMode.Pod },
+                        Privileged = c.Privileged,
+                        RunAsUser = c.RunAs.User is { } user ? new Int64Value { Value = user } : null,
+                        RunAsGroup = c.RunAs.Group is { } group ? new Int64Value { Value = group } : null,
+                        ReadonlyRootfs = c.ReadOnlyRootFilesystem,
+                        NoNewPrivs = c.NoNewPrivileges,
+                        Capabilities = c.DropCapabilities.Count > 0 ? new Capability { DropCapabilities = { c.DropCapabilities } } : null,
                     },
                 },
             };
             container.Command.Add(c.Command);
+            container.Args.Add(c.Args);
             foreach (var (key, value) in c.Environment ?? new Dictionary<string, string>())
             {
                 container.Envs.Add(new KeyValue { Key = key, Value = value });
@@ -115,12 +160,14 @@ public static class TestPods
             {
                 var hostPath = Path.Combine(volumes, "kubernetes.io~empty-dir", volume);
                 Directory.CreateDirectory(hostPath);
+                // as the kubelet makes them: writable by whatever user the container runs as
+                File.SetUnixFileMode(hostPath, (UnixFileMode)0b111_111_111);
                 container.Mounts.Add(new Mount { ContainerPath = path, HostPath = hostPath });
             }
 
             foreach (var (hostPath, path) in c.HostPathMounts ?? [])
             {
-                container.Mounts.Add(new Mount { ContainerPath = path, HostPath = hostPath });
+                container.Mounts.Add(new Mount { ContainerPath = path, HostPath = hostPath, Readonly = c.ReadOnlyPaths.Contains(path) });
             }
 
             var created = await node.Cri.Runtime.CreateContainerAsync(new CreateContainerRequest { PodSandboxId = sandbox.PodSandboxId, Config = container, SandboxConfig = config },
