@@ -104,7 +104,7 @@ namespace Migrate.Sandbox
             var clock = System.Diagnostics.Stopwatch.StartNew();
             void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"[{clock.Elapsed.TotalSeconds,5:0.0}s] {text}"));
             bool installed = options.Flags.ContainsKey("installed");
-            Say($"starting the sandbox cluster with {nodes} node(s){(installed ? ", installed from deploy/ with RBAC enforced" : "")}");
+            Say($"starting the sandbox cluster with {nodes} node(s){(installed ? ", installed from deploy/ with RBAC enforced: the operator and the agents as its Deployment's and DaemonSet's pods, from the images make images built" : "")}");
             var containerd = options.Flags.GetValueOrDefault("containerd");
             try
             {
@@ -115,7 +115,7 @@ namespace Migrate.Sandbox
                 throw new SandboxException(e.Message);
             }
 
-            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false, AsInstalled = installed, Containerd = containerd, Prometheus = options.Flags.ContainsKey("prometheus"), Registry = options.Flags.ContainsKey("registry") }, Say))
+            await using (var cluster = await SandboxCluster.StartAsync(new SandboxOptions { Nodes = nodes, Directory = directory, ImportTestImages = false, AsInstalled = installed, FromImages = installed, Containerd = containerd, Prometheus = options.Flags.ContainsKey("prometheus"), Registry = options.Flags.ContainsKey("registry") }, Say))
             {
                 File.WriteAllText(state + ".tmp", cluster.DescribeJson());
                 File.Move(state + ".tmp", state, overwrite: true);

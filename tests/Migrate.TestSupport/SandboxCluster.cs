@@ -44,7 +44,7 @@ public sealed record SandboxOptions
     /// <summary>
     /// Run the control plane as deploy/ installs it: RBAC enforced (every request of the operator
     /// and agents recorded), <c>kubectl apply -k deploy/</c> (the Deployment and DaemonSet stay
-    /// inert: the sandbox runs their programs as processes), the operator and
+    /// inert unless <see cref="FromImages"/>: the sandbox runs their programs as processes), the operator and
     /// the agents under their ServiceAccounts' tokens with the environment those two give them,
     /// the agents' certificates made by the operator, agents announcing their own endpoints, and
     /// the webhooks called through their Service. Needs <see cref="StartOperator"/>.
@@ -52,13 +52,15 @@ public sealed record SandboxOptions
     public bool AsInstalled { get; init; }
 
     /// <summary>
-    /// With <see cref="AsInstalled"/>: the node agents run as the DaemonSet's pods, from the image
-    /// <c>make images</c> built (artifacts/images/node-agent.tar, imported into every node), as
-    /// deploy/ asks (privileged, hostPID, hostPath volumes at each node's paths, the service
-    /// account's token, env from fields), made by the sandbox's DaemonSet controller; the machine
+    /// With <see cref="AsInstalled"/>: the node agents run as the DaemonSet's pods and the operator
+    /// as the Deployment's, from the images <c>make images</c> built (artifacts/images/*.tar,
+    /// imported into every node), as deploy/ asks (privileged, hostPID and hostPath volumes at each
+    /// node's paths for the agents; non-root, read-only root, no capabilities for the operator;
+    /// service account tokens, env from fields), made by the sandbox's DaemonSet and Deployment
+    /// controllers; the webhooks are called through their Service's endpoints, and the machine
     /// gets an address on the pod network, where pods reach the API server.
     /// </summary>
-    public bool AgentsAsPods { get; init; }
+    public bool FromImages { get; init; }
 
     /// <summary>Environment variables for the operator and agent processes (e.g. OTEL_EXPORTER_OTLP_ENDPOINT).</summary>
     public IReadOnlyDictionary<string, string>? Environment { get; init; }
@@ -110,7 +112,7 @@ public sealed class SandboxNode
         _ => path,
     };
 
-    /// <summary>The agent's pod (<see cref="SandboxOptions.AgentsAsPods"/>): namespace/name, once it runs.</summary>
+    /// <summary>The agent's pod (<see cref="SandboxOptions.FromImages"/>): namespace/name, once it runs.</summary>
     public string? AgentPod { get; internal set; }
 
     public string Name { get; }
@@ -128,7 +130,7 @@ public sealed class SandboxNode
     public string ProbeAddress { get; internal set; }
 
     /// <summary>Where the agent stages checkpoints of this node's pods (as a pod: its default, /var/lib/podmig/migrations of the node).</summary>
-    public string StagingDirectory => Path.Combine(Containerd.Root, _cluster.Options.AgentsAsPods ? "migrations" : "staging");
+    public string StagingDirectory => Path.Combine(Containerd.Root, _cluster.Options.FromImages ? "migrations" : "staging");
 
     /// <summary>Where the agent receives other nodes' checkpoints (and the restore runtime reads them).</summary>
     public string IncomingDirectory => Containerd.IncomingDirectory;
@@ -266,7 +268,16 @@ public sealed class SandboxCluster : IAsyncDisposable
     /// <summary>The node agent's image as make images writes it.</summary>
     public static string AgentImageArchive => RepositoryLayout.InRepository("artifacts", "images", "node-agent.tar");
 
-    /// <summary>The sandbox's DaemonSet controller (<see cref="SandboxOptions.AgentsAsPods"/>).</summary>
+    /// <summary>The two images make images writes (the operator's and the agent's).</summary>
+    public static IReadOnlyList<string> ImageArchives => [RepositoryLayout.InRepository("artifacts", "images", "operator.tar"), AgentImageArchive];
+
+    /// <summary>The sandbox's Deployment controller (<see cref="SandboxOptions.FromImages"/>).</summary>
+    public SandboxDeployments? Deployments { get; private set; }
+
+    /// <summary>The operator's pods (<see cref="SandboxOptions.FromImages"/>), namespace/name.</summary>
+    public IReadOnlyList<string> OperatorPods { get; private set; } = [];
+
+    /// <summary>The sandbox's DaemonSet controller (<see cref="SandboxOptions.FromImages"/>).</summary>
     public SandboxDaemonSets? DaemonSets { get; private set; }
 
     private void UseNetwork(PodNetwork network)
@@ -339,19 +350,19 @@ public sealed class SandboxCluster : IAsyncDisposable
             throw new ArgumentException("an installed sandbox needs its operator (the agents wait for the certificates it makes)", nameof(options));
         }
 
-        if (options.AgentsAsPods && !options.AsInstalled)
+        if (options.FromImages && !options.AsInstalled)
         {
             throw new ArgumentException("agents run as the DaemonSet's pods in an installed sandbox only (AsInstalled: deploy/ applied)", nameof(options));
         }
 
-        if (options.AgentsAsPods && !File.Exists(AgentImageArchive))
+        if (options.FromImages && ImageArchives.FirstOrDefault(a => !File.Exists(a)) is { } missing)
         {
-            throw new InvalidOperationException($"{AgentImageArchive} is missing: the agents' pods run the image 'make images' builds; run it first");
+            throw new InvalidOperationException($"{missing} is missing: the agents' and the operator's pods run the images 'make images' builds; run it first");
         }
 
         var directory = options.Directory ?? System.IO.Directory.CreateTempSubdirectory("podmig-sandbox-").FullName;
         // pods reach the API server on the machine's address on their network: it exists before the server listens
-        var network = options.AgentsAsPods ? PodNetwork.Create(Path.Combine(directory, "network"), RepositoryLayout.RestoreRuntime) : null;
+        var network = options.FromImages ? PodNetwork.Create(Path.Combine(directory, "network"), RepositoryLayout.RestoreRuntime) : null;
         EmulatorFixture api;
         int webhookPort = Ports.Free();
         try
@@ -362,7 +373,11 @@ public sealed class SandboxCluster : IAsyncDisposable
                 {
                     o.Rbac = true;
                     o.RecordAccess = true;
-                    o.ServiceEndpoints[$"podmig-operator.{SandboxOptions.InstallNamespace}.svc"] = $"127.0.0.1:{webhookPort}";
+                    if (!options.FromImages)
+                    {
+                        // the operator is a process here: its Service has no endpoints
+                        o.ServiceEndpoints[$"podmig-operator.{SandboxOptions.InstallNamespace}.svc"] = $"127.0.0.1:{webhookPort}";
+                    }
                 }, server =>
                 {
                     if (network is not null)
@@ -420,13 +435,17 @@ public sealed class SandboxCluster : IAsyncDisposable
                 await cluster.AddNodeAsync($"node-{(char)('a' + i)}", $"127.0.0.{11 + i}:{Ports.Free()}", releases[i], progress);
             }
 
-            if (options.StartOperator)
+            if (options.FromImages)
+            {
+                await cluster.StartOperatorPodsAsync(progress);
+            }
+            else if (options.StartOperator)
             {
                 await cluster.StartOperatorAsync();
                 progress?.Invoke($"operator: pid {cluster.Operator!.Pid}, probes http://{cluster.OperatorAddress}/readyz");
             }
 
-            if (options.AgentsAsPods)
+            if (options.FromImages)
             {
                 await cluster.StartAgentPodsAsync(progress);
             }
@@ -474,9 +493,13 @@ public sealed class SandboxCluster : IAsyncDisposable
 
         KubeletNodeView? view = null;
         var node = new SandboxNode(this, name, containerd, agentAddress);
-        if (Options.AgentsAsPods)
+        if (Options.FromImages)
         {
-            containerd.ImportImage(AgentImageArchive);
+            foreach (var archive in ImageArchives)
+            {
+                containerd.ImportImage(archive);
+            }
+
             // the DaemonSet names the runtime's socket by its usual name in /run/containerd
             File.CreateSymbolicLink(Path.Combine(containerd.State, "containerd.sock"), Path.GetFileName(containerd.SocketPath));
             view = new KubeletNodeView(node.HostPath, new KubeletApiAccess(Network!.HostAddress, new Uri(Api.Emulator.Url).Port, Api.Emulator.CaCertificatePem));
@@ -557,8 +580,8 @@ public sealed class SandboxCluster : IAsyncDisposable
     }
 
     /// <summary>
-    /// kubectl apply -k deploy/ (the Deployment and DaemonSet stay inert: no controller runs them here, the sandbox runs
-    /// their programs) and kubeconfigs with the operator's and the agents' ServiceAccount tokens.
+    /// kubectl apply -k deploy/ (the Deployment and DaemonSet run only <see cref="SandboxOptions.FromImages"/>; else the
+    /// sandbox runs their programs as processes) and kubeconfigs with the operator's and the agents' ServiceAccount tokens.
     /// </summary>
     private async Task InstallAsync()
     {
@@ -672,11 +695,59 @@ public sealed class SandboxCluster : IAsyncDisposable
     /// <summary>Waits until the operator has written its webhook CA into the configuration (the API server cannot call the webhooks before).</summary>
     private async Task WaitForCaBundleAsync()
     {
-        await Operator!.WaitUntilAsync(async () =>
+        await Operator!.WaitUntilAsync(CaBundlePublishedAsync, TimeSpan.FromSeconds(30), "publishing its webhook CA");
+    }
+
+    private async Task<bool> CaBundlePublishedAsync()
+    {
+        var configuration = await Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync(OperatorWebhooks.ConfigurationName);
+        return configuration.Webhooks.All(w => w.ClientConfig.CaBundle is { Length: > 0 });
+    }
+
+    /// <summary>
+    /// The Deployment controller makes the operator's pods from deploy/'s Deployment; returns once
+    /// they run, one of them holds the leader Lease and the webhook CA is published.
+    /// </summary>
+    private async Task StartOperatorPodsAsync(Action<string>? progress)
+    {
+        Deployments = SandboxDeployments.Start(Client);
+        _cleanup.Push(Deployments.DisposeAsync);
+        var deployment = await Client.AppsV1.ReadNamespacedDeploymentAsync("podmig-operator", SandboxOptions.InstallNamespace);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
         {
-            var configuration = await Client.AdmissionregistrationV1.ReadValidatingWebhookConfigurationAsync(OperatorWebhooks.ConfigurationName);
-            return configuration.Webhooks.All(w => w.ClientConfig.CaBundle is { Length: > 0 });
-        }, TimeSpan.FromSeconds(30), "publishing its webhook CA");
+            var pods = (await Client.CoreV1.ListNamespacedPodAsync(SandboxOptions.InstallNamespace, labelSelector: "app.kubernetes.io/name=podmig-operator")).Items;
+            var running = pods.Where(p => p.Status?.Phase == "Running" && p.Metadata.DeletionTimestamp is null).ToList();
+            string? holder = null;
+            try
+            {
+                holder = (await Client.CoordinationV1.ReadNamespacedLeaseAsync("podmig-operator", SandboxOptions.InstallNamespace)).Spec?.HolderIdentity;
+            }
+            catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
+            {
+                // no leader yet
+            }
+
+            var leader = running.FirstOrDefault(p => p.Metadata.Name == holder);
+            if (running.Count == (deployment.Spec.Replicas ?? 1) && leader is not null && await CaBundlePublishedAsync())
+            {
+                OperatorPods = [.. running.Select(p => $"{p.Metadata.NamespaceProperty}/{p.Metadata.Name}")];
+                OperatorAddress = leader.Status.PodIP + ":8080";
+                progress?.Invoke($"operator: pods {string.Join(", ", running.Select(p => $"{p.Metadata.Name} on {p.Spec.NodeName} at {p.Status.PodIP}"))}; leader {holder}");
+                return;
+            }
+
+            if (clock.Elapsed > TimeSpan.FromSeconds(120))
+            {
+                var lines = pods.SelectMany(p => _nodes.Where(n => n.Name == p.Spec.NodeName)
+                    .SelectMany(n => n.Kubelet.Running.TryGetValue($"{SandboxOptions.InstallNamespace}/{p.Metadata.Name}", out var r) ? r.LogLines("operator").TakeLast(20) : []));
+                var waiting = pods.SelectMany(p => p.Status?.ContainerStatuses ?? []).Select(c => c.State?.Waiting).FirstOrDefault(w => w is not null);
+                throw new TimeoutException($"the operator's pods did not take the lead and publish the webhook CA in 120 s: {pods.Count} pod(s), {running.Count} running, "
+                    + $"leader {holder ?? "none"} {waiting?.Reason} {waiting?.Message}; their last lines:\n" + string.Join("\n", lines));
+            }
+
+            await Task.Delay(200);
+        }
     }
 
     /// <summary>The operator's webhook address (HTTPS).</summary>
@@ -706,6 +777,14 @@ public sealed class SandboxCluster : IAsyncDisposable
         if (Operator is not null)
         {
             list.Add(new SandboxComponent("operator", "operator", null, Operator.Pid, $"{OperatorAddress} (probes, metrics), {WebhookAddress} (webhooks)", Operator.LogPath));
+        }
+
+        foreach (var pod in OperatorPods)
+        {
+            // a container of a node's, stopped with it
+            var node = _nodes.FirstOrDefault(n => n.Kubelet.Running.ContainsKey(pod));
+            list.Add(new SandboxComponent("operator-" + pod[(pod.LastIndexOf('-') + 1)..], $"operator (pod {pod})", node?.Name, node?.Containerd.Pid ?? self,
+                null, null));
         }
 
         if (Registry is not null)

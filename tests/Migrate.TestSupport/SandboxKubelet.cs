@@ -41,8 +41,8 @@ public sealed record KubeletNodeView(Func<string, string> HostPath, KubeletApiAc
 /// the containers start, each pod on its own worker, then Running with
 /// the sandbox's IP, or the CRI error as RunContainerError), and removes a deleted pod's sandbox
 /// before it lets the pod object go. It serves containers' logs (/containerLogs, HTTPS, where the
-/// API server's pods/log goes) and can report its node NotReady. No probes, restarts, image pulls
-/// or resource enforcement.
+/// API server's pods/log goes) and can report its node NotReady. Images a node lacks are pulled
+/// through CRI. No probes, restarts or resource enforcement.
 /// </summary>
 public sealed class SandboxKubelet : IAsyncDisposable
 {

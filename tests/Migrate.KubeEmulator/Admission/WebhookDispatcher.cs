@@ -193,15 +193,42 @@ public sealed class WebhookDispatcher(ObjectStore store, EmulatorOptions options
             var key = $"{Json.GetString(service, "name")}.{Json.GetString(service, "namespace")}.svc";
             var port = Json.WholeNumber(service["port"]) ?? 443;
             var path = Json.GetString(service, "path") ?? "/";
-            if (options.ServiceEndpoints.TryGetValue(key, out var target))
+            if (options.ServiceEndpoints.TryGetValue(key, out var target)
+                || (target = ReadyEndpoint(Json.GetString(service, "namespace")!, Json.GetString(service, "name")!, port)) is not null)
             {
                 return ($"https://{target}{path}", ca, key);
             }
 
-            throw new InvalidOperationException($"service {key}:{port} has no endpoint known to the emulator (no cluster network; map it with --service-endpoint)");
+            throw new InvalidOperationException($"service {key}:{port} has no endpoint known to the emulator (no ready address in its Endpoints; or map it with --service-endpoint)");
         }
 
         throw new InvalidOperationException("webhook clientConfig has neither url nor service");
+    }
+
+    /// <summary>
+    /// As kube-apiserver reaches a webhook's Service through its endpoints: the first ready address
+    /// of the Service's Endpoints, with the target port of the Service port named; null when there is none.
+    /// </summary>
+    private string? ReadyEndpoint(string ns, string name, long port)
+    {
+        var servicePorts = store.Get("/services", ns, name)?.Body["spec"]?["ports"] as JsonArray;
+        var portName = servicePorts?.OfType<JsonObject>().FirstOrDefault(p => Json.WholeNumber(p["port"]) == port) is { } declared ? Json.GetString(declared, "name") ?? "" : null;
+        if (portName is null || store.Get("/endpoints", ns, name)?.Body["subsets"] is not JsonArray subsets)
+        {
+            return null;
+        }
+
+        foreach (var subset in subsets.OfType<JsonObject>())
+        {
+            var ip = (subset["addresses"] as JsonArray)?.OfType<JsonObject>().Select(a => Json.GetString(a, "ip")).FirstOrDefault(a => a is not null);
+            var target = (subset["ports"] as JsonArray)?.OfType<JsonObject>().FirstOrDefault(p => (Json.GetString(p, "name") ?? "") == portName);
+            if (ip is not null && target is not null && Json.WholeNumber(target["port"]) is { } number)
+            {
+                return $"{ip}:{number}";
+            }
+        }
+
+        return null;
     }
 
     private static bool Verify(X509Certificate? certificate, SslPolicyErrors errors, X509Certificate2Collection? ca, string? serverName)
