@@ -157,4 +157,66 @@ public sealed class SandboxWorkloadTests
         Assert.Equal(("DaemonSet", "agent", "ds-1", true), (owner.Kind, owner.Name, owner.Uid, owner.Controller));
         Assert.Null(daemonSet.Spec.Template.Spec.NodeName); // the template itself is left alone
     }
+
+    [Theory]
+    // replicas wanted; nodes; pods as node:phase:ready
+    [InlineData(2, "a;b", "", "create a,b; delete -; replicas 0 ready 0")]
+    [InlineData(2, "a;b", "b:Running:true", "create a; delete -; replicas 1 ready 1")]
+    [InlineData(3, "a;b", "", "create a,b,a; delete -; replicas 0 ready 0")]
+    [InlineData(2, "a;b", "a:Running:true;a:Running:false;b:Running:true", "create -; delete a; replicas 2 ready 2")]
+    [InlineData(2, "a;b", "a:Failed:false;b:Running:true", "create a; delete a; replicas 1 ready 1")]
+    [InlineData(1, "", "", "create -; delete -; replicas 0 ready 0")]
+    public void A_replica_set_keeps_its_count_spread_over_the_nodes(int replicas, string nodes, string pods, string expected)
+    {
+        var replicaSet = new V1ReplicaSet
+        {
+            Metadata = new V1ObjectMeta { Name = "op-abc", NamespaceProperty = "system", Uid = "rs-1", Generation = 1 },
+            Spec = new V1ReplicaSetSpec { Replicas = replicas, Selector = new V1LabelSelector(), Template = new V1PodTemplateSpec { Spec = new V1PodSpec { Containers = [] } } },
+        };
+        var podList = pods.Length == 0 ? [] : pods.Split(';').Select(p => p.Split(':')).Select((f, i) => new V1Pod
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = $"op-abc-{i}", NamespaceProperty = "system",
+                OwnerReferences = [new V1OwnerReference { Kind = "ReplicaSet", Name = "op-abc", Uid = "rs-1", Controller = true }],
+            },
+            Spec = new V1PodSpec { NodeName = f[0], Containers = [] },
+            Status = new V1PodStatus { Phase = f[1], Conditions = [new V1PodCondition { Type = "Ready", Status = f[2] == "true" ? "True" : "False" }] },
+        }).ToList();
+
+        var (create, delete, status) = SandboxDeployments.Plan(replicaSet, nodes.Length == 0 ? [] : nodes.Split(';'), podList);
+
+        static string List(IEnumerable<string> items) => items.Any() ? string.Join(",", items) : "-";
+        Assert.Equal(expected, $"create {List(create)}; delete {List(delete.Select(p => p.Spec.NodeName))}; replicas {status.Replicas} ready {status.ReadyReplicas}");
+    }
+
+    [Fact]
+    public void A_deployments_replica_set_is_named_and_labelled_by_its_templates_hash_and_owned_by_it()
+    {
+        var deployment = new V1Deployment
+        {
+            Metadata = new V1ObjectMeta { Name = "op", NamespaceProperty = "system", Uid = "d-1" },
+            Spec = new V1DeploymentSpec
+            {
+                Replicas = 2,
+                Selector = new V1LabelSelector { MatchLabels = new Dictionary<string, string> { ["app"] = "op" } },
+                Template = new V1PodTemplateSpec
+                {
+                    Metadata = new V1ObjectMeta { Labels = new Dictionary<string, string> { ["app"] = "op" } },
+                    Spec = new V1PodSpec { Containers = [new V1Container { Name = "op", Image = "op:1" }] },
+                },
+            },
+        };
+
+        var replicaSet = SandboxDeployments.ReplicaSetFor(deployment);
+        var hash = SandboxDeployments.TemplateHash(deployment.Spec.Template);
+        deployment.Spec.Template.Spec.Containers[0].Image = "op:2";
+
+        Assert.Equal($"op-{hash}", replicaSet.Metadata.Name);
+        Assert.NotEqual(hash, SandboxDeployments.TemplateHash(deployment.Spec.Template));
+        Assert.Equal(hash, replicaSet.Spec.Template.Metadata.Labels[SandboxDeployments.HashLabel]);
+        Assert.Equal(hash, replicaSet.Spec.Selector.MatchLabels[SandboxDeployments.HashLabel]);
+        Assert.Equal(("Deployment", "d-1", 2), (replicaSet.Metadata.OwnerReferences.Single().Kind, replicaSet.Metadata.OwnerReferences.Single().Uid, replicaSet.Spec.Replicas));
+        Assert.Equal("op:1", replicaSet.Spec.Template.Spec.Containers[0].Image);
+    }
 }

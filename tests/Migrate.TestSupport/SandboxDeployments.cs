@@ -67,7 +67,7 @@ public sealed class SandboxDeployments : IAsyncDisposable
     /// <summary>
     /// What the ReplicaSet controller and the scheduler do for one ReplicaSet: a node for each pod to
     /// make (the one with the fewest of its replicas, ties by name), the pods to delete (failed ones
-    /// and those above the count), and its status (a pure function).
+    /// and those above the count, not-ready ones first), and its status (a pure function).
     /// </summary>
     public static (IReadOnlyList<string> Create, IReadOnlyList<V1Pod> Delete, V1ReplicaSetStatus Status) Plan(V1ReplicaSet replicaSet, IEnumerable<string> nodes, IEnumerable<V1Pod> pods)
     {
@@ -75,7 +75,10 @@ public sealed class SandboxDeployments : IAsyncDisposable
         var owned = pods.Where(p => p.Metadata.NamespaceProperty == replicaSet.Metadata.NamespaceProperty
             && p.Metadata.OwnerReferences?.Any(o => o.Controller == true && o.Uid == replicaSet.Metadata.Uid) == true).ToList();
         var failed = owned.Where(p => p.Status?.Phase == "Failed" && p.Metadata.DeletionTimestamp is null).ToList();
-        var live = owned.Where(p => p.Status?.Phase != "Failed" && p.Metadata.DeletionTimestamp is null).OrderBy(p => p.Metadata.Name, StringComparer.Ordinal).ToList();
+        // kept first: ready pods, then by name (as the controller deletes not-ready pods first when scaling down)
+        var live = owned.Where(p => p.Status?.Phase != "Failed" && p.Metadata.DeletionTimestamp is null)
+            .OrderBy(p => p.Status?.Conditions?.Any(c => c.Type == "Ready" && c.Status == "True") == true ? 0 : 1)
+            .ThenBy(p => p.Metadata.Name, StringComparer.Ordinal).ToList();
         int wanted = replicaSet.Spec.Replicas ?? 1;
         var delete = failed.Concat(live.Skip(wanted)).ToList();
         var counts = nodes.ToDictionary(n => n, n => live.Take(wanted).Count(p => p.Spec.NodeName == n), StringComparer.Ordinal);
