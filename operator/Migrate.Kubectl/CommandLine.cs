@@ -15,7 +15,7 @@ public sealed class CommandException(string message) : Exception(message);
 /// </summary>
 public sealed class CommandLine
 {
-    private static readonly HashSet<string> Valued = ["kubeconfig", "context", "namespace", "to", "mode", "max-parallel", "timeout", "reason", "name", "as", "export", "digest"];
+    private static readonly HashSet<string> Valued = ["kubeconfig", "context", "namespace", "to", "mode", "max-parallel", "timeout", "reason", "name", "as", "export", "digest", "checkpoint-path"];
     private static readonly HashSet<string> Switches = ["all-namespaces", "wait", "no-wait", "help"];
 
     public string Command { get; private init; } = "";
@@ -86,7 +86,7 @@ public sealed class CommandLine
         kubectl migrate: move running pods between nodes without losing their state (pod-migration).
 
         Usage:
-          kubectl migrate pod NAME [--to NODE] [--mode cold|precopy] [--wait | --no-wait] [--timeout SECONDS]
+          kubectl migrate pod NAME [--to NODE] [--mode cold|precopy] [--checkpoint-path auto|runtimeclass|cri] [--wait | --no-wait] [--timeout SECONDS]
           kubectl migrate list [-A]
           kubectl migrate describe NAME
           kubectl migrate cancel NAME
@@ -98,6 +98,9 @@ public sealed class CommandLine
 
         pod       creates a MigrationRequest for the pod; with --wait (the default on a terminal) follows it:
                   phase, bytes transferred of the image size, throughput, pre-copy rounds, then a summary.
+                  --checkpoint-path cri: by the runtime's own CRI checkpoint and restore (containerd 2.x
+                  nodes with a checkpoint registry; cold only); runtimeclass: the project's own; auto
+                  (the default): the operator's choice.
         list      MigrationRequests of the namespace (-A: of all namespaces).
         describe  one MigrationRequest: its figures, conditions and events.
         cancel    deletes a MigrationRequest: one in flight is rolled back and the pod runs on where it was.

@@ -72,12 +72,27 @@ namespace Migrate.Kubectl
         public async Task<int> PodAsync()
         {
             var pod = Single("a pod name");
+            var path = line.Flag("checkpoint-path")?.ToLowerInvariant() switch
+            {
+                null => null,
+                "auto" => "Auto",
+                "runtimeclass" => "RuntimeClass",
+                "cri" => "CRI",
+                var other => throw new UsageException($"--checkpoint-path must be auto, runtimeclass or cri, not '{other}'"),
+            };
             var mode = line.Flag("mode")?.ToLowerInvariant() switch
             {
+                // the runtime's own checkpoint is taken once, frozen: no pre-copy rounds
+                null when path == "CRI" => "Cold",
                 null or "precopy" => "PreCopy",
                 "cold" => "Cold",
                 var other => throw new UsageException($"--mode must be cold or precopy, not '{other}'"),
             };
+            if (path == "CRI" && mode != "Cold")
+            {
+                throw new UsageException("--checkpoint-path cri takes one checkpoint while the pod is frozen, with no pre-copy rounds: use --mode cold or leave --mode out");
+            }
+
             await Api.RequireApiAsync();
             await ExistsAsync(() => Api.Client.CoreV1.ReadNamespacedPodAsync(pod, Api.Namespace), $"pod \"{pod}\" not found in namespace \"{Api.Namespace}\"");
             if (line.Flag("to") is { } node)
@@ -86,6 +101,11 @@ namespace Migrate.Kubectl
             }
 
             var spec = new JsonObject { ["podName"] = pod, ["mode"] = mode };
+            if (path is not null)
+            {
+                spec["checkpointPath"] = path;
+            }
+
             if (line.Flag("to") is { } target)
             {
                 spec["targetNode"] = target;
@@ -218,6 +238,7 @@ namespace Migrate.Kubectl
             output.Line($"Namespace:    {Api.Namespace}");
             output.Line($"Pod:          {PodsOf(request)}");
             output.Line($"Mode:         {Text(request, "spec", "mode") ?? "PreCopy"}");
+            output.Line($"Path:         {Text(status, "checkpointPath") ?? Text(request, "spec", "checkpointPath") ?? "Auto"}");
             output.Line($"Phase:        {Text(status, "phase") ?? "Pending"}");
             output.Line($"Reason:       {Text(status, "reason")}");
             output.Line($"Message:      {Text(status, "message")}");

@@ -28,7 +28,7 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
     public async Task Pod_with_wait_follows_the_migration_and_its_summary_matches_the_status()
     {
         await Sandbox.RunCounterAsync(Cluster, "plugged", "node-a", 64);
-        var (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "pod", "plugged", "--to", "node-b", "--mode", "cold", "--wait");
+        var (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "pod", "plugged", "--to", "node-b", "--mode", "cold", "--checkpoint-path", "runtimeclass", "--wait");
 
         Assert.Equal(0, code);
         Assert.DoesNotContain('\r', text);
@@ -51,6 +51,7 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
         var (described, description) = await MigrateAsync(Cluster.KubeconfigPath, "describe", name);
         Assert.Equal(0, described);
         Assert.Contains("Phase:        Succeeded", description, StringComparison.Ordinal);
+        Assert.Contains("Path:         RuntimeClass", description, StringComparison.Ordinal);
         Assert.Contains($"Memory:       {status.MemoryRestore}", description, StringComparison.Ordinal);
         Assert.Contains($"Replacement:  {status.ReplacementPod}", description, StringComparison.Ordinal);
         Assert.Contains("Migrated", description, StringComparison.Ordinal);
@@ -120,6 +121,12 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
         (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "pod", "stays", "--mode", "warm");
         Assert.Equal(2, code);
         Assert.Contains("error: --mode must be cold or precopy, not 'warm'", text, StringComparison.Ordinal);
+        (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "pod", "stays", "--checkpoint-path", "rsync");
+        Assert.Equal(2, code);
+        Assert.Contains("error: --checkpoint-path must be auto, runtimeclass or cri, not 'rsync'", text, StringComparison.Ordinal);
+        (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "pod", "stays", "--checkpoint-path", "cri", "--mode", "precopy");
+        Assert.Equal(2, code);
+        Assert.Contains("error: --checkpoint-path cri takes one checkpoint while the pod is frozen", text, StringComparison.Ordinal);
         (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "describe", "never-made");
         Assert.Equal((1, "error: MigrationRequest \"never-made\" not found in namespace \"default\""), (code, text.Trim()));
         (code, _) = await MigrateAsync(Cluster.KubeconfigPath, "teleport");
