@@ -12,22 +12,22 @@ namespace Migrate.TestSupport;
 /// failed is replaced; the status counts the pods scheduled, ready and up to date. Updates to a
 /// template are not rolled out. It looks every 200 ms.
 /// </summary>
-public sealed class SandboxDaemonSets : IAsyncDisposable
+public sealed class SandboxDaemonSets : SandboxController
 {
     /// <summary>The label pods carry with the template generation they were made from.</summary>
     public const string GenerationLabel = "pod-template-generation";
 
-    private readonly IKubernetes _client;
-    private readonly CancellationTokenSource _stop = new();
-    private readonly Task _loop;
-
     private SandboxDaemonSets(IKubernetes client)
+        : base(client, "daemonset", TimeSpan.FromMilliseconds(200))
     {
-        _client = client;
-        _loop = Task.Run(() => RunAsync(_stop.Token));
     }
 
-    public static SandboxDaemonSets Start(IKubernetes client) => new(client ?? throw new ArgumentNullException(nameof(client)));
+    public static SandboxDaemonSets Start(IKubernetes client)
+    {
+        var controller = new SandboxDaemonSets(client);
+        controller.Run();
+        return controller;
+    }
 
     /// <summary>What the controller does for one DaemonSet: the nodes that need a pod, the failed pods to delete, and its status (a pure function).</summary>
     public static (IReadOnlyList<string> Create, IReadOnlyList<V1Pod> Delete, V1DaemonSetStatus Status) Plan(V1DaemonSet daemonSet, IEnumerable<V1Node> nodes, IEnumerable<V1Pod> pods)
@@ -97,34 +97,16 @@ public sealed class SandboxDaemonSets : IAsyncDisposable
         };
     }
 
-    private async Task RunAsync(CancellationToken cancellationToken)
+    protected override async Task PassAsync(CancellationToken cancellationToken)
     {
-        while (!cancellationToken.IsCancellationRequested)
+        var daemonSets = (await Client.AppsV1.ListDaemonSetForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
+        if (daemonSets.Count > 0)
         {
-            try
+            var nodes = (await Client.CoreV1.ListNodeAsync(cancellationToken: cancellationToken)).Items;
+            var pods = (await Client.CoreV1.ListPodForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
+            foreach (var daemonSet in daemonSets)
             {
-                var daemonSets = (await _client.AppsV1.ListDaemonSetForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
-                if (daemonSets.Count > 0)
-                {
-                    var nodes = (await _client.CoreV1.ListNodeAsync(cancellationToken: cancellationToken)).Items;
-                    var pods = (await _client.CoreV1.ListPodForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
-                    foreach (var daemonSet in daemonSets)
-                    {
-                        await SyncAsync(daemonSet, nodes, pods, cancellationToken);
-                    }
-                }
-
-                await Task.Delay(200, cancellationToken);
-            }
-            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
-            {
-                // the API emulator stops, a call timed out or a write raced another: look again
-                Console.Error.WriteLine($"sandbox daemonset controller: {e.GetType().Name}: {e.Message}");
-                await Task.Delay(200, CancellationToken.None);
+                await SyncAsync(daemonSet, nodes, pods, cancellationToken);
             }
         }
     }
@@ -134,25 +116,18 @@ public sealed class SandboxDaemonSets : IAsyncDisposable
         var (create, delete, status) = Plan(daemonSet, nodes, pods);
         foreach (var pod in delete)
         {
-            await _client.CoreV1.DeleteNamespacedPodAsync(pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            await Client.CoreV1.DeleteNamespacedPodAsync(pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
 
         foreach (var node in create)
         {
-            await _client.CoreV1.CreateNamespacedPodAsync(PodFor(daemonSet, node), daemonSet.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            await Client.CoreV1.CreateNamespacedPodAsync(PodFor(daemonSet, node), daemonSet.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
 
         if (KubernetesJson.Serialize(status) != KubernetesJson.Serialize(daemonSet.Status ?? new V1DaemonSetStatus()))
         {
             daemonSet.Status = status;
-            await _client.AppsV1.ReplaceNamespacedDaemonSetStatusAsync(daemonSet, daemonSet.Metadata.Name, daemonSet.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            await Client.AppsV1.ReplaceNamespacedDaemonSetStatusAsync(daemonSet, daemonSet.Metadata.Name, daemonSet.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _stop.CancelAsync();
-        await _loop.ContinueWith(_ => { }, TaskScheduler.Default);
-        _stop.Dispose();
     }
 }

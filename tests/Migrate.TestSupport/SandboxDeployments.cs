@@ -15,21 +15,21 @@ namespace Migrate.TestSupport;
 /// Template changes are not rolled out, and ReplicaSets no Deployment owns are left alone (tests
 /// make such ReplicaSets as owners of pods they run themselves). It looks every 200 ms.
 /// </summary>
-public sealed class SandboxDeployments : IAsyncDisposable
+public sealed class SandboxDeployments : SandboxController
 {
     public const string HashLabel = "pod-template-hash";
 
-    private readonly IKubernetes _client;
-    private readonly CancellationTokenSource _stop = new();
-    private readonly Task _loop;
-
     private SandboxDeployments(IKubernetes client)
+        : base(client, "deployment", TimeSpan.FromMilliseconds(200))
     {
-        _client = client;
-        _loop = Task.Run(() => RunAsync(_stop.Token));
     }
 
-    public static SandboxDeployments Start(IKubernetes client) => new(client ?? throw new ArgumentNullException(nameof(client)));
+    public static SandboxDeployments Start(IKubernetes client)
+    {
+        var controller = new SandboxDeployments(client);
+        controller.Run();
+        return controller;
+    }
 
     /// <summary>The template's hash, as the pod-template-hash label and the ReplicaSet's name carry it.</summary>
     public static string TemplateHash(V1PodTemplateSpec template) =>
@@ -129,36 +129,18 @@ public sealed class SandboxDeployments : IAsyncDisposable
         };
     }
 
-    private async Task RunAsync(CancellationToken cancellationToken)
+    protected override async Task PassAsync(CancellationToken cancellationToken)
     {
-        while (!cancellationToken.IsCancellationRequested)
+        var deployments = (await Client.AppsV1.ListDeploymentForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
+        if (deployments.Count > 0)
         {
-            try
+            var replicaSets = (await Client.AppsV1.ListReplicaSetForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
+            var nodes = (await Client.CoreV1.ListNodeAsync(cancellationToken: cancellationToken)).Items
+                .Where(n => n.Spec?.Unschedulable != true).Select(n => n.Metadata.Name).ToList();
+            var pods = (await Client.CoreV1.ListPodForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
+            foreach (var deployment in deployments)
             {
-                var deployments = (await _client.AppsV1.ListDeploymentForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
-                if (deployments.Count > 0)
-                {
-                    var replicaSets = (await _client.AppsV1.ListReplicaSetForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
-                    var nodes = (await _client.CoreV1.ListNodeAsync(cancellationToken: cancellationToken)).Items
-                        .Where(n => n.Spec?.Unschedulable != true).Select(n => n.Metadata.Name).ToList();
-                    var pods = (await _client.CoreV1.ListPodForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
-                    foreach (var deployment in deployments)
-                    {
-                        await SyncAsync(deployment, replicaSets, nodes, pods, cancellationToken);
-                    }
-                }
-
-                await Task.Delay(200, cancellationToken);
-            }
-            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
-            {
-                // the API emulator stops, a call timed out or a write raced another: look again
-                Console.Error.WriteLine($"sandbox deployment controller: {e.GetType().Name}: {e.Message}");
-                await Task.Delay(200, CancellationToken.None);
+                await SyncAsync(deployment, replicaSets, nodes, pods, cancellationToken);
             }
         }
     }
@@ -167,22 +149,22 @@ public sealed class SandboxDeployments : IAsyncDisposable
     {
         var wanted = ReplicaSetFor(deployment);
         var replicaSet = replicaSets.FirstOrDefault(r => r.Metadata.NamespaceProperty == deployment.Metadata.NamespaceProperty && r.Metadata.Name == wanted.Metadata.Name)
-            ?? await _client.AppsV1.CreateNamespacedReplicaSetAsync(wanted, deployment.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            ?? await Client.AppsV1.CreateNamespacedReplicaSetAsync(wanted, deployment.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         var (create, delete, status) = Plan(replicaSet, nodes, pods);
         foreach (var pod in delete)
         {
-            await _client.CoreV1.DeleteNamespacedPodAsync(pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            await Client.CoreV1.DeleteNamespacedPodAsync(pod.Metadata.Name, pod.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
 
         foreach (var node in create)
         {
-            await _client.CoreV1.CreateNamespacedPodAsync(PodFor(replicaSet, node), replicaSet.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            await Client.CoreV1.CreateNamespacedPodAsync(PodFor(replicaSet, node), replicaSet.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
 
         if (KubernetesJson.Serialize(status) != KubernetesJson.Serialize(replicaSet.Status ?? new V1ReplicaSetStatus()))
         {
             replicaSet.Status = status;
-            await _client.AppsV1.ReplaceNamespacedReplicaSetStatusAsync(replicaSet, replicaSet.Metadata.Name, replicaSet.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            await Client.AppsV1.ReplaceNamespacedReplicaSetStatusAsync(replicaSet, replicaSet.Metadata.Name, replicaSet.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
 
         var deploymentStatus = new V1DeploymentStatus
@@ -197,14 +179,7 @@ public sealed class SandboxDeployments : IAsyncDisposable
         if (KubernetesJson.Serialize(deploymentStatus) != KubernetesJson.Serialize(deployment.Status ?? new V1DeploymentStatus()))
         {
             deployment.Status = deploymentStatus;
-            await _client.AppsV1.ReplaceNamespacedDeploymentStatusAsync(deployment, deployment.Metadata.Name, deployment.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            await Client.AppsV1.ReplaceNamespacedDeploymentStatusAsync(deployment, deployment.Metadata.Name, deployment.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
         }
-    }
-
-    public async ValueTask DisposeAsync()
-    {
-        await _stop.CancelAsync();
-        await _loop.ContinueWith(_ => { }, TaskScheduler.Default);
-        _stop.Dispose();
     }
 }

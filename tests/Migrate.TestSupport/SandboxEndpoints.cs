@@ -12,19 +12,22 @@ namespace Migrate.TestSupport;
 /// to the pods' target ports. Pods being deleted are left out, as the real controller leaves them.
 /// It looks every 100 ms and writes only what changed.
 /// </summary>
-public sealed class SandboxEndpoints : IAsyncDisposable
+public sealed class SandboxEndpoints : SandboxController
 {
-    private readonly IKubernetes _client;
-    private readonly CancellationTokenSource _stop = new();
-    private readonly Task _loop;
+    /// <summary>What was last written for each Service (namespace/name): its subsets, serialized.</summary>
+    private readonly Dictionary<string, string> _written = new(StringComparer.Ordinal);
 
     private SandboxEndpoints(IKubernetes client)
+        : base(client, "endpoints", TimeSpan.FromMilliseconds(100))
     {
-        _client = client;
-        _loop = Task.Run(() => RunAsync(_stop.Token));
     }
 
-    public static SandboxEndpoints Start(IKubernetes client) => new(client ?? throw new ArgumentNullException(nameof(client)));
+    public static SandboxEndpoints Start(IKubernetes client)
+    {
+        var controller = new SandboxEndpoints(client);
+        controller.Run();
+        return controller;
+    }
 
     /// <summary>The endpoints of <paramref name="service"/> among <paramref name="pods"/> (the decision, as a pure function).</summary>
     public static V1EndpointSubset? SubsetFor(V1Service service, IEnumerable<V1Pod> pods)
@@ -89,95 +92,69 @@ public sealed class SandboxEndpoints : IAsyncDisposable
         return pod.Spec.Containers.SelectMany(c => c.Ports ?? []).FirstOrDefault(p => p.Name == target)?.ContainerPort ?? port.Port;
     }
 
-    private async Task RunAsync(CancellationToken cancellationToken)
+    protected override async Task PassAsync(CancellationToken cancellationToken)
     {
-        var written = new Dictionary<string, string>(StringComparer.Ordinal);
-        while (!cancellationToken.IsCancellationRequested)
+        var services = await Client.CoreV1.ListServiceForAllNamespacesAsync(cancellationToken: cancellationToken);
+        var pods = (await Client.CoreV1.ListPodForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
+        foreach (var service in services.Items)
         {
+            if (service.Spec?.Selector is not { Count: > 0 })
+            {
+                continue;
+            }
+
+            var key = service.Metadata.NamespaceProperty + "/" + service.Metadata.Name;
+            var subset = SubsetFor(service, pods);
+            var endpoints = new V1Endpoints
+            {
+                Metadata = new V1ObjectMeta { Name = service.Metadata.Name, NamespaceProperty = service.Metadata.NamespaceProperty, Labels = service.Metadata.Labels },
+                Subsets = subset is null ? [] : [subset],
+            };
+            var text = KubernetesJson.Serialize(endpoints.Subsets);
+            if (_written.TryGetValue(key, out var last) && last == text)
+            {
+                continue;
+            }
+
+            V1Endpoints? existing = null;
             try
             {
-                var services = await _client.CoreV1.ListServiceForAllNamespacesAsync(cancellationToken: cancellationToken);
-                var pods = (await _client.CoreV1.ListPodForAllNamespacesAsync(cancellationToken: cancellationToken)).Items;
-                foreach (var service in services.Items)
-                {
-                    if (service.Spec?.Selector is not { Count: > 0 })
-                    {
-                        continue;
-                    }
-
-                    var key = service.Metadata.NamespaceProperty + "/" + service.Metadata.Name;
-                    var subset = SubsetFor(service, pods);
-                    var endpoints = new V1Endpoints
-                    {
-                        Metadata = new V1ObjectMeta { Name = service.Metadata.Name, NamespaceProperty = service.Metadata.NamespaceProperty, Labels = service.Metadata.Labels },
-                        Subsets = subset is null ? [] : [subset],
-                    };
-                    var text = KubernetesJson.Serialize(endpoints.Subsets);
-                    if (written.TryGetValue(key, out var last) && last == text)
-                    {
-                        continue;
-                    }
-
-                    V1Endpoints? existing = null;
-                    try
-                    {
-                        existing = await _client.CoreV1.ReadNamespacedEndpointsAsync(service.Metadata.Name, service.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
-                    }
-                    catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
-                    {
-                        // first time
-                    }
-
-                    if (existing is null)
-                    {
-                        await _client.CoreV1.CreateNamespacedEndpointsAsync(endpoints, service.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
-                    }
-                    else
-                    {
-                        // an update names the version it replaces (a conflict: look again)
-                        endpoints.Metadata.ResourceVersion = existing.Metadata.ResourceVersion;
-                        await _client.CoreV1.ReplaceNamespacedEndpointsAsync(endpoints, service.Metadata.Name, service.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
-                    }
-
-                    written[key] = text;
-                }
-
-                // a Service's Endpoints go with it
-                var present = services.Items.Select(s => s.Metadata.NamespaceProperty + "/" + s.Metadata.Name).ToHashSet(StringComparer.Ordinal);
-                foreach (var gone in written.Keys.Where(k => !present.Contains(k)).ToList())
-                {
-                    var parts = gone.Split('/');
-                    try
-                    {
-                        await _client.CoreV1.DeleteNamespacedEndpointsAsync(parts[1], parts[0], cancellationToken: cancellationToken);
-                    }
-                    catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
-                    {
-                        // already gone
-                    }
-
-                    written.Remove(gone);
-                }
-
-                await Task.Delay(100, cancellationToken);
+                existing = await Client.CoreV1.ReadNamespacedEndpointsAsync(service.Metadata.Name, service.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
             }
-            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
             {
-                return;
+                // first time
             }
-            catch (Exception e) when (!cancellationToken.IsCancellationRequested)
+
+            if (existing is null)
             {
-                // the API emulator stops, a call timed out or a write raced another: look again
-                Console.Error.WriteLine($"sandbox endpoints controller: {e.GetType().Name}: {e.Message}");
-                await Task.Delay(100, CancellationToken.None);
+                await Client.CoreV1.CreateNamespacedEndpointsAsync(endpoints, service.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
             }
+            else
+            {
+                // an update names the version it replaces (a conflict: look again)
+                endpoints.Metadata.ResourceVersion = existing.Metadata.ResourceVersion;
+                await Client.CoreV1.ReplaceNamespacedEndpointsAsync(endpoints, service.Metadata.Name, service.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+            }
+
+            _written[key] = text;
         }
-    }
 
-    public async ValueTask DisposeAsync()
-    {
-        await _stop.CancelAsync();
-        await _loop.ContinueWith(_ => { }, TaskScheduler.Default);
-        _stop.Dispose();
+        // a Service's Endpoints go with it
+        var present = services.Items.Select(s => s.Metadata.NamespaceProperty + "/" + s.Metadata.Name).ToHashSet(StringComparer.Ordinal);
+        foreach (var gone in _written.Keys.Where(k => !present.Contains(k)).ToList())
+        {
+            var parts = gone.Split('/');
+            try
+            {
+                await Client.CoreV1.DeleteNamespacedEndpointsAsync(parts[1], parts[0], cancellationToken: cancellationToken);
+            }
+            catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == System.Net.HttpStatusCode.NotFound)
+            {
+                // already gone
+            }
+
+            _written.Remove(gone);
+        }
     }
 }
