@@ -94,6 +94,7 @@ public static class AgentHost
         builder.Services.AddSingleton<KeptCheckpoints>();
         builder.Services.AddSingleton<PodFence>();
         builder.Services.AddSingleton<HandoffGates>();
+        builder.Services.AddSingleton<CheckpointGates>();
         builder.Services.AddSingleton<MigrationOperations>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<MigrationOperations>());
         builder.Services.AddSingleton<StagingGarbageCollector>();

@@ -6,6 +6,7 @@ using System.Text;
 using Google.Protobuf;
 using Grpc.Core;
 using Microsoft.Extensions.Options;
+using Migrate.Agent.Contracts.Groups;
 using Migrate.Agent.V1;
 using Migrate.Api;
 using Migrate.Criu.Incremental;
@@ -22,7 +23,7 @@ namespace Migrate.NodeAgent.Checkpointing;
 /// means the checkpoint is complete). Sent to other nodes for restores on request.
 /// </summary>
 public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender sender, PeerAgents peers, NodeCapabilities capabilities,
-    IOptions<AgentOptions> options, ILogger<KeptCheckpoints> logger, ImageReceiver receiver) : IDisposable
+    IOptions<AgentOptions> options, ILogger<KeptCheckpoints> logger, ImageReceiver receiver, CheckpointGates gates) : IDisposable
 {
     public const string TakeOperation = "Checkpoint";
     public const string ImportOperation = "Import";
@@ -36,6 +37,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
 
     private readonly AgentOptions _options = options.Value;
     private readonly ConcurrentDictionary<string, Operation> _taking = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, string> _held = new(StringComparer.Ordinal);
     private readonly ConcurrentDictionary<string, (string Checkpoint, CheckpointSend Send)> _sends = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stopping = new();
 
@@ -195,10 +197,31 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
     {
         CheckpointEngine.ValidateMigrationId(checkpointId);
         var status = Kept(checkpointId) ?? (_taking.TryGetValue(checkpointId, out var operation)
-            ? new KeptCheckpoint { CheckpointId = checkpointId, NodeName = _options.NodeName, Operation = operation.Clone() }
+            ? new KeptCheckpoint { CheckpointId = checkpointId, NodeName = _options.NodeName, Operation = operation.Clone(), Held = _held.GetValueOrDefault(checkpointId, "") }
             : throw new CheckpointException(StatusCode.NotFound, $"node {_options.NodeName} keeps no checkpoint {checkpointId}"));
         status.Sends.Add(_sends.Values.Where(s => s.Checkpoint == checkpointId).Select(s => s.Send.Clone()));
         return status;
+    }
+
+    /// <summary>
+    /// The operator's decision for a group member's take (<see cref="CheckpointGates"/>): applied
+    /// at its hold, now or when it gets there. Reports the checkpoint as <see cref="Get"/> does, or
+    /// only its id while this node knows nothing else of it yet.
+    /// </summary>
+    public KeptCheckpoint Continue(ContinueCheckpointRequest request)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        CheckpointEngine.ValidateMigrationId(request.CheckpointId);
+        var decision = gates.Decide(request.CheckpointId, request.Decision);
+        LogDecided(request.CheckpointId, request.Decision, decision);
+        try
+        {
+            return Get(request.CheckpointId);
+        }
+        catch (CheckpointException e) when (e.Code == StatusCode.NotFound)
+        {
+            return new KeptCheckpoint { CheckpointId = request.CheckpointId, NodeName = _options.NodeName };
+        }
     }
 
     /// <summary>Every checkpoint directory held and not being taken (incomplete ones dated by their last change).</summary>
@@ -355,6 +378,21 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             var dump = await engine.FinalDumpAsync(id, cancellationToken, lazyMemory: fast);
             var dumped = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             var thawing = Stopwatch.StartNew();
+            if (request.GroupHold)
+            {
+                // a group's cut: this pod stays frozen until every member is (or one failed)
+                _held[id] = CheckpointHolds.Dumped;
+                LogHeld(id, dump.FrozenMillis);
+                try
+                {
+                    await gates.WaitAsync(id, request.HoldTimeoutSeconds > 0 ? TimeSpan.FromSeconds(request.HoldTimeoutSeconds) : CheckpointHolds.DefaultTimeout, cancellationToken);
+                }
+                finally
+                {
+                    _held.TryRemove(id, out _);
+                }
+            }
+
             await engine.ResumeAsync(id, cancellationToken);
             uint frozen = dump.FrozenMillis + (uint)thawing.ElapsedMilliseconds;
             var record = engine.Find(id) ?? throw new InvalidOperationException($"the engine lost checkpoint {id}");
@@ -408,8 +446,18 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         }
         catch (Exception e) when (MigrationOperations.IsFailure(e) || e is OperationCanceledException)
         {
-            var refused = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.Aborted or StatusCode.InvalidArgument };
-            await FailAsync(id, TakeOperation, refused ? "CheckpointRefused" : "CheckpointFailed", e);
+            var refused = e is CheckpointException { Code: StatusCode.NotFound or StatusCode.FailedPrecondition or StatusCode.InvalidArgument };
+            var reason = e is CheckpointException { Code: StatusCode.Aborted } && gates.Decision(id) == CheckpointHolds.Abort ? "GroupRolledBack"
+                : e is CheckpointException { Code: StatusCode.DeadlineExceeded } && request.GroupHold ? "GroupHoldTimedOut"
+                : e is CheckpointException { Code: StatusCode.Aborted } || refused ? "CheckpointRefused" : "CheckpointFailed";
+            await FailAsync(id, TakeOperation, reason, e);
+        }
+        finally
+        {
+            if (request.GroupHold)
+            {
+                gates.Forget(id);
+            }
         }
     }
 
@@ -622,6 +670,12 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
         await File.WriteAllTextAsync(temporary, text);
         File.Move(temporary, path, overwrite: true);
     }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint}: dumped after {FrozenMillis} ms frozen; held frozen until its group decides")]
+    private partial void LogHeld(string checkpoint, uint frozenMillis);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint}: the group said {Said}; the decision that counts is {Decision}")]
+    private partial void LogDecided(string checkpoint, string said, string decision);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint} of pod {Namespace}/{Pod} kept: {Bytes} bytes, frozen for {FrozenMillis} ms")]
     private partial void LogKept(string checkpoint, string @namespace, string pod, ulong bytes, uint frozenMillis);

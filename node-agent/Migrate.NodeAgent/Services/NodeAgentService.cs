@@ -84,6 +84,9 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
     public override Task<KeptCheckpoint> TakeCheckpoint(TakeCheckpointRequest request, ServerCallContext context) =>
         Call(() => Task.FromResult(kept.Take(request)));
 
+    public override Task<KeptCheckpoint> ContinueCheckpoint(ContinueCheckpointRequest request, ServerCallContext context) =>
+        Call(() => Task.FromResult(kept.Continue(request)));
+
     public override Task<KeptCheckpoint> GetCheckpoint(CheckpointRef request, ServerCallContext context) =>
         Call(() => Task.FromResult(kept.Get(request.CheckpointId)));
 
