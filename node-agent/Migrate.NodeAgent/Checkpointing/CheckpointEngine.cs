@@ -374,6 +374,9 @@ public sealed partial class CheckpointEngine : IDisposable
 
         public Stopwatch Clock { get; } = Stopwatch.StartNew();
 
+        /// <summary>When (on <see cref="Clock"/>) the workload stopped: its network locked or its containers frozen, whichever came first.</summary>
+        public TimeSpan? StoppedAt { get; set; }
+
         public List<CgroupFreezer> Frozen { get; } = [];
 
         public string Step { get; set; } = "freezing";
@@ -501,6 +504,8 @@ public sealed partial class CheckpointEngine : IDisposable
     private void LockAndFreeze(MigrationRecord record, FreezeProgress dump)
     {
         var clock = dump.Clock;
+        // (not from the dump's start: measuring shared memory, or waiting for this node's CRIU while another pod dumps, is not downtime)
+        dump.StoppedAt ??= clock.Elapsed;
         if (record.AddressMove is { } locking)
         {
             // from here no packet reaches or leaves the pod's sockets until the target (or a rollback here)
@@ -615,7 +620,7 @@ public sealed partial class CheckpointEngine : IDisposable
             }
 
             response.FilesystemMillis = Millis(clock.Elapsed - filesystemStart);
-            response.FrozenMillis = Millis(clock.Elapsed);
+            response.FrozenMillis = Millis(clock.Elapsed - (freeze.StoppedAt ?? TimeSpan.Zero));
             response.FinalImageBytes = (ulong)response.Containers.Sum(c => (long)c.ImageBytes);
             response.StagedBytes = (ulong)(DirectorySize(record.StagingDirectory) - new FileInfo(Path.Combine(record.StagingDirectory, StagingLayout.RecordFile)).Length);
             succeeded = true;
