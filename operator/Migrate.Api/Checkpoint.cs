@@ -78,6 +78,56 @@ public sealed class CheckpointSpec
     /// </summary>
     [JsonPropertyName("incremental")]
     public bool Incremental { get; set; } = true;
+
+    /// <summary>
+    /// A group checkpoint of these pods of the namespace: one consistent cut across all of them
+    /// (every member is frozen before any is thawed). Each pod gets a member Checkpoint,
+    /// GROUP-POD, owned by this one.
+    /// </summary>
+    [JsonPropertyName("pods")]
+    public IList<string>? Pods { get; set; }
+
+    /// <summary>A group checkpoint of the Running pods of the namespace carrying all of these labels (resolved once, at admission).</summary>
+    [JsonPropertyName("podSelector")]
+    public IDictionary<string, string>? PodSelector { get; set; }
+
+    /// <summary>Whether it names a group (<see cref="Pods"/> or <see cref="PodSelector"/>) rather than one pod.</summary>
+    [JsonIgnore]
+    public bool IsGroup => Pods is { Count: > 0 } || PodSelector is { Count: > 0 };
+}
+
+/// <summary>A group checkpoint's view of its members, and the decision its members' holds wait for.</summary>
+public sealed class CheckpointGroupStatus
+{
+    /// <summary>Unset while members are dumped; Thaw once every member is held frozen (the cut stands); Abort once one failed.</summary>
+    [JsonPropertyName("decision")]
+    public string? Decision { get; set; }
+
+    [JsonPropertyName("members")]
+    public IList<CheckpointGroupMember> Members { get; set; } = [];
+
+    /// <summary>From the first member frozen to the last thawed: how long the group's cut kept the group stopped at most.</summary>
+    [JsonPropertyName("spreadMillis")]
+    public long? SpreadMillis { get; set; }
+}
+
+public sealed class CheckpointGroupMember
+{
+    /// <summary>The member Checkpoint's name.</summary>
+    [JsonPropertyName("name")]
+    public string Name { get; set; } = "";
+
+    [JsonPropertyName("podName")]
+    public string PodName { get; set; } = "";
+
+    [JsonPropertyName("nodeName")]
+    public string? NodeName { get; set; }
+
+    [JsonPropertyName("phase")]
+    public string? Phase { get; set; }
+
+    [JsonPropertyName("reason")]
+    public string? Reason { get; set; }
 }
 
 /// <summary>The earlier checkpoint a checkpoint is a delta on.</summary>
@@ -220,6 +270,14 @@ public sealed class CheckpointStatus
     /// <summary>Why the node took a full checkpoint although a parent was chosen.</summary>
     [JsonPropertyName("chainNote")]
     public string? ChainNote { get; set; }
+
+    /// <summary>A group member: dumped and held frozen until its group decides.</summary>
+    [JsonPropertyName("held")]
+    public bool? Held { get; set; }
+
+    /// <summary>A group checkpoint: its members and the decision they wait for.</summary>
+    [JsonPropertyName("group")]
+    public CheckpointGroupStatus? Group { get; set; }
 }
 
 public sealed class CheckpointContainer

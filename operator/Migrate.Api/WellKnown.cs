@@ -62,7 +62,7 @@ public static class Labels
     /// <summary>On the MigrationRequests a NodeDrain creates: the drain's name.</summary>
     public const string Drain = Keys.Domain + "drain";
 
-    /// <summary>On a member MigrationRequest: the group request it belongs to (by name, in its namespace).</summary>
+    /// <summary>On a member MigrationRequest or Checkpoint: the group request or group Checkpoint it belongs to (by name, in its namespace).</summary>
     public const string Group = Keys.Domain + "group";
 
     /// <summary>On pods, set by users: pods of a namespace with the same value move together when a drain moves one of them (a group request, docs/groups.md).</summary>

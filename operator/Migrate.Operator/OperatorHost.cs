@@ -92,7 +92,11 @@ public static class OperatorHost
         builder.Services.AddSingleton<LeftCheckpoints>();
         builder.Services.AddHostedService(sp => new CheckpointController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<CheckpointController>>(),
-            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<LeftCheckpoints>()));
+            sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<LeftCheckpoints>())
+        {
+            GroupPolicy = new CheckpointGroupPolicy { MaxMembers = options.MaxGroupMembers },
+            GroupHold = TimeSpan.FromSeconds(Math.Max(5, options.GroupHoldSeconds)),
+        });
         builder.Services.AddHostedService(sp => new CheckpointSweeper(sp.GetRequiredService<ClusterCache>(), sp.GetRequiredService<IAgentDirectory>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<LeftCheckpoints>(), sp.GetRequiredService<ILogger<CheckpointSweeper>>(),
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<IKubernetes>())

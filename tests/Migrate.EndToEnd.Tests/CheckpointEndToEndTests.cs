@@ -1,4 +1,5 @@
 using System.Text.Json;
+using k8s;
 using Migrate.TestSupport;
 using Xunit;
 using Xunit.Abstractions;
@@ -151,6 +152,161 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
         (await Cluster.Api.KubectlAsync("delete", "pod", "tt", "tt-back-b", "tt-again", "tt-3-back", "--wait=true")).Succeeded();
         (await Cluster.Api.KubectlAsync("delete", "checkpoint", "--all", "--wait=true", "--timeout=30s")).Succeeded();
         Assert.Empty(Directory.EnumerateDirectories(CheckpointRoot("node-a")));
+    }
+
+    [Fact]
+    public async Task Three_pods_on_two_nodes_are_checkpointed_as_one_cut_and_a_group_with_a_pod_that_cannot_be_rolls_back_whole()
+    {
+        (string Pod, string Node)[] ring = [("gc-0", "node-a"), ("gc-1", "node-a"), ("gc-2", "node-b")];
+        foreach (var (pod, node) in ring)
+        {
+            await Sandbox.RunCounterAsync(Cluster, pod, node, 16);
+            (await Cluster.Api.KubectlAsync("label", "pod", pod, "ckgroup=ring")).Succeeded();
+        }
+
+        long appliedMicros = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() * 1000;
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: gc
+            spec:
+              podSelector:
+                ckgroup: ring
+            """);
+        var group = await WaitForPhaseAsync("checkpoint", "gc", "Ready");
+        output.WriteLine(group.GetProperty("message").GetString());
+        var members = group.GetProperty("group").GetProperty("members").EnumerateArray().ToList();
+        Assert.Equal("Thaw", group.GetProperty("group").GetProperty("decision").GetString());
+        Assert.Equal(ring.Select(r => ((string?)$"gc-{r.Pod}", (string?)r.Pod, (string?)r.Node, (string?)"Ready")),
+            members.Select(m => (m.GetProperty("name").GetString(), m.GetProperty("podName").GetString(), m.GetProperty("nodeName").GetString(), m.GetProperty("phase").GetString())));
+
+        // by the agents' clocks every member was frozen at once: the last freeze came before the first thaw
+        var windows = new List<(string Pod, DateTime Frozen, DateTime Thawed)>();
+        foreach (var (pod, node) in ring)
+        {
+            var member = await WaitForPhaseAsync("checkpoint", $"gc-{pod}", "Ready");
+            var frozen = member.GetProperty("checkpointTime").GetDateTime();
+            windows.Add((pod, frozen, frozen.AddMilliseconds(member.GetProperty("freezeMillis").GetInt64())));
+            Assert.True(Directory.Exists(CheckpointDirectory(node, member)), $"gc-{pod}'s images are not on {node}");
+            output.WriteLine($"gc-{pod} on {node}: frozen {frozen:HH:mm:ss.fff} for {member.GetProperty("freezeMillis").GetInt64()} ms");
+        }
+
+        Assert.True(windows.Max(w => w.Frozen) < windows.Min(w => w.Thawed), $"the members' freezes do not overlap: {string.Join("; ", windows)}");
+        long spread = group.GetProperty("group").GetProperty("spreadMillis").GetInt64();
+        long measured = (long)(windows.Max(w => w.Thawed) - windows.Min(w => w.Frozen)).TotalMilliseconds;
+        Assert.InRange(spread, measured - 2, measured + 2);
+
+        // by the workloads' own clocks too: each one's pause covers an instant common to all, and no tick was lost
+        var pauses = new List<(long Before, long After)>();
+        foreach (var (pod, _) in ring)
+        {
+            await Sandbox.WaitForTicksAsync(Cluster, pod, "main", 3, after: (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick);
+            var all = await Sandbox.TicksAsync(Cluster, pod);
+            Sandbox.AssertConsecutive(all, 1);
+            var gap = all.Zip(all.Skip(1)).Where(p => p.First.AtMicros >= appliedMicros).MaxBy(p => p.Second.AtMicros - p.First.AtMicros);
+            pauses.Add((gap.First.AtMicros, gap.Second.AtMicros));
+            output.WriteLine($"{pod} paused from tick {gap.First.Tick} to {gap.Second.Tick}: {(gap.Second.AtMicros - gap.First.AtMicros) / 1000} ms");
+        }
+
+        Assert.True(pauses.Max(p => p.Before) < pauses.Min(p => p.After), $"the workloads' pauses do not overlap: {string.Join("; ", pauses)}");
+        Figures.Record(nameof(CheckpointEndToEndTests), "3-pod group checkpoint: first frozen to last thawed", spread, "ms");
+
+        // a member is an ordinary checkpoint: it restores; the group itself is not restored whole
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: gc-2-back
+            spec:
+              checkpointName: gc-gc-2
+              nodeName: node-a
+            ---
+            apiVersion: podmigration.io/v1alpha1
+            kind: Restore
+            metadata:
+              name: gc-whole
+            spec:
+              checkpointName: gc
+            """);
+        var back = await WaitForPhaseAsync("restore", "gc-2-back", "Succeeded");
+        var whole = await WaitForPhaseAsync("restore", "gc-whole", "Failed");
+        Assert.Equal("CheckpointIsGroup", whole.GetProperty("reason").GetString());
+        Assert.Contains("restore its members one by one (gc-gc-0, gc-gc-1, gc-gc-2)", whole.GetProperty("message").GetString(), StringComparison.Ordinal);
+        var resumed = await Sandbox.WaitForTicksAsync(Cluster, "gc-2-back", "main", 3);
+        var before = (await Sandbox.TicksAsync(Cluster, "gc-2")).Single(t => t.AtMicros == pauses[2].Before).Tick;
+        // it resumes from the cut: the tick after the last one before the pause (or that one, when the freeze caught it between its clock and its print)
+        Assert.InRange(resumed[0].Tick, before, before + 1);
+        output.WriteLine($"gc-gc-2 restored on node-a ({back.GetProperty("message").GetString()}): first tick {resumed[0].Tick}");
+
+        // a group with a pod whose node cannot checkpoint it (a hostPath volume): every member rolled back, nothing kept
+        var held = Directory.EnumerateDirectories(CheckpointRoot("node-a")).Order(StringComparer.Ordinal).ToList();
+        var counter = Sandbox.Counter(16, []);
+        counter.VolumeMounts = [new k8s.Models.V1VolumeMount { Name = "host", MountPath = "/host" }];
+        await Cluster.Client.CoreV1.CreateNamespacedPodAsync(new k8s.Models.V1Pod
+        {
+            Metadata = new k8s.Models.V1ObjectMeta { Name = "gc-host" },
+            Spec = new k8s.Models.V1PodSpec
+            {
+                NodeName = "node-b",
+                Containers = [counter],
+                Volumes = [new k8s.Models.V1Volume { Name = "host", HostPath = new k8s.Models.V1HostPathVolumeSource { Path = Path.Combine(Cluster.Directory, "gc-host"), Type = "DirectoryOrCreate" } }],
+            },
+        }, "default");
+        await Cluster.WaitForPodRunningAsync("gc-host");
+        long gc0Before = (await Sandbox.TicksAsync(Cluster, "gc-0"))[^1].Tick;
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: gc-bad
+            spec:
+              pods: [gc-0, gc-host]
+            """);
+        var failed = await WaitForPhaseAsync("checkpoint", "gc-bad", "Failed");
+        var message = failed.GetProperty("message").GetString()!;
+        output.WriteLine(message);
+        Assert.Equal(("GroupRolledBack", "Abort"), (failed.GetProperty("reason").GetString(), failed.GetProperty("group").GetProperty("decision").GetString()));
+        Assert.Contains("every member was rolled back (thawed, nothing kept): member gc-bad-gc-host (pod gc-host) failed: CheckpointRefused", message, StringComparison.Ordinal);
+        Assert.Contains("hostPath", message, StringComparison.Ordinal);
+        await WaitForAsync(async () => (await ScheduledAsync("podmigration.io/group=gc-bad")).Count == 0 ? "gone" : null, "gc-bad's members to be deleted");
+        Assert.Equal(held, Directory.EnumerateDirectories(CheckpointRoot("node-a")).Order(StringComparer.Ordinal).ToList());
+        var gc0 = await Sandbox.WaitForTicksAsync(Cluster, "gc-0", "main", 3, after: gc0Before);
+        Sandbox.AssertConsecutive(await Sandbox.TicksAsync(Cluster, "gc-0"), 1); // thawed, counting on
+        Assert.True(gc0[^1].Tick > gc0Before);
+
+        // schema: a group and a single pod at once, and an export of a group, are refused before anything is stored
+        var both = await Cluster.Api.KubectlInAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: gc-both
+            spec:
+              podName: gc-0
+              pods: [gc-1]
+            """, "apply", "-f", "-");
+        Assert.NotEqual(0, both.ExitCode);
+        Assert.Contains("exactly one of podName (take a checkpoint), pods or podSelector", both.Error, StringComparison.Ordinal);
+        var exported = await Cluster.Api.KubectlInAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: gc-export
+            spec:
+              pods: [gc-1]
+              export: {}
+            """, "apply", "-f", "-");
+        Assert.NotEqual(0, exported.ExitCode);
+        Assert.Contains("export is for a single pod's checkpoint", exported.Error, StringComparison.Ordinal);
+
+        // deleting the group deletes its members, and they their images
+        (await Cluster.Api.KubectlAsync("delete", "restore", "--all")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "gc", "gc-bad", "--wait=true", "--timeout=30s")).Succeeded();
+        await WaitForAsync(async () => (await ScheduledAsync("podmigration.io/group=gc")).Count == 0 ? "gone" : null, "gc's members to be deleted");
+        (await Cluster.Api.KubectlAsync("delete", "pod", "gc-0", "gc-1", "gc-2", "gc-host", "gc-2-back", "--wait=true")).Succeeded();
+        await WaitForAsync(() => Task.FromResult(Directory.EnumerateDirectories(CheckpointRoot("node-a")).Any() || Directory.EnumerateDirectories(CheckpointRoot("node-b")).Any() ? null : "empty"),
+            "the members' images to be removed");
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
     }
 
     [Fact]

@@ -56,6 +56,7 @@ public sealed partial class CheckpointController : QueueController
     private readonly NamespacedObjects _objects;
     private readonly EventRecorder _events;
     private readonly KeptViews _views;
+    private readonly IKubernetes _client;
 
     public CheckpointController(IKubernetes client, ClusterCache cache, IAgentDirectory agents, ILeaderGate leader, ILogger<CheckpointController> logger, TimeProvider time,
         LeftCheckpoints left)
@@ -68,10 +69,24 @@ public sealed partial class CheckpointController : QueueController
         _objects = new NamespacedObjects(client);
         _events = new EventRecorder(client, time);
         _views = new KeptViews(agents, time);
-        cache.Checkpoints.OnChange(c => Queue.Add(ObjectKey.Of((c.New ?? c.Old!).Metadata)));
+        _client = client;
+        cache.Checkpoints.OnChange(c =>
+        {
+            var checkpoint = c.New ?? c.Old!;
+            Queue.Add(ObjectKey.Of(checkpoint.Metadata));
+            if (CheckpointGroupDecisions.GroupOwner(checkpoint) is { } owner)
+            {
+                Queue.Add(new ObjectKey(checkpoint.Metadata.NamespaceProperty, owner.Name));
+            }
+        });
     }
 
     public CheckpointPolicy Policy { get; init; } = new();
+
+    public CheckpointGroupPolicy GroupPolicy { get; init; } = new();
+
+    /// <summary>How long a group member's agent holds its pod frozen, dumped, waiting for the group's decision.</summary>
+    public TimeSpan GroupHold { get; init; } = TimeSpan.FromSeconds(60);
 
     protected override IEnumerable<ObjectKey> AllKeys() => Cache.Checkpoints.Items.Select(c => ObjectKey.Of(c.Metadata));
 
@@ -82,6 +97,14 @@ public sealed partial class CheckpointController : QueueController
         {
             return null;
         }
+
+        if (checkpoint.Spec.IsGroup)
+        {
+            return await ReconcileGroupAsync(checkpoint, cancellationToken);
+        }
+
+        var owner = CheckpointGroupDecisions.GroupOwner(checkpoint);
+        var group = owner is null ? null : Cache.Checkpoints.Get(checkpoint.Metadata.NamespaceProperty, owner.Name) is { } g && g.Metadata.Uid == owner.Uid ? g : null;
 
         var pod = checkpoint.Spec.Source is null ? Cache.Pods.Get(checkpoint.Metadata.NamespaceProperty, checkpoint.Spec.PodName) : null;
         var nodeName = checkpoint.Status?.NodeName ?? pod?.Spec?.NodeName;
@@ -101,6 +124,9 @@ public sealed partial class CheckpointController : QueueController
                 ? CheckpointDecisions.ImportNode(null, Cache.Nodes.Items.Where(n => n.Metadata.Name != checkpoint.Status.NodeName))?.Metadata.Name : null,
             Agent = checkpoint.Status?.NodeName is not null && (!CheckpointPhases.IsFinal(checkpoint.Status.Phase) || checkpoint.Metadata.DeletionTimestamp is not null)
                 ? await _views.GetAsync(node, checkpoint.Metadata.Uid, cancellationToken) : KeptView.None,
+            IsGroupMember = owner is not null,
+            // (a member whose group is gone is rolled back: nobody is left to decide)
+            GroupDecision = owner is null ? null : group is null || group.Metadata.DeletionTimestamp is not null ? Migrate.Agent.Contracts.Groups.CheckpointHolds.Abort : group.Status?.Group?.Decision,
         };
         var decision = CheckpointDecisions.Decide(facts, Policy);
         try
@@ -171,7 +197,13 @@ public sealed partial class CheckpointController : QueueController
                     ExportPath = take.ExportPath ?? "",
                     SavedPodJson = Keys.Get(checkpoint.Metadata.Annotations, CheckpointDecisions.SourcePodAnnotation) ?? "",
                     ParentCheckpointId = take.ParentId ?? "",
+                    GroupHold = take.GroupHold,
+                    HoldTimeoutSeconds = take.GroupHold ? (uint)Math.Max(1, GroupHold.TotalSeconds) : 0,
                 }, cancellationToken: cancellationToken);
+                break;
+            case CheckpointAction.Continue decided:
+                await Agent(node, decided.Node).ContinueCheckpointAsync(new ContinueCheckpointRequest { CheckpointId = checkpoint.Metadata.Uid, Decision = decided.Decision },
+                    cancellationToken: cancellationToken);
                 break;
             case CheckpointAction.Import import:
                 await Agent(node, import.Node).ImportCheckpointAsync(new ImportCheckpointRequest
@@ -184,6 +216,85 @@ public sealed partial class CheckpointController : QueueController
             case CheckpointAction.Delete delete:
                 await Agent(node, delete.Node).DeleteCheckpointAsync(new CheckpointRef { CheckpointId = checkpoint.Metadata.Uid, DeleteExport = delete.DeleteExport }, cancellationToken: cancellationToken);
                 break;
+        }
+    }
+
+    /// <summary>One pass over a group Checkpoint (<see cref="CheckpointGroupDecisions"/>): members made or deleted, the status (the decision members follow) written.</summary>
+    private async Task<TimeSpan?> ReconcileGroupAsync(Checkpoint group, CancellationToken cancellationToken)
+    {
+        if (group.Metadata.DeletionTimestamp is not null)
+        {
+            return null; // its members go with it (owner references); a member still held is told Abort
+        }
+
+        var decision = CheckpointGroupDecisions.Decide(new CheckpointGroupFacts
+        {
+            Group = group,
+            Now = _time.GetUtcNow().UtcDateTime,
+            Members = [.. CheckpointGroupDecisions.MembersOf(group, Cache.Checkpoints.Items)],
+            Pods = [.. Cache.Pods.Items.Where(p => p.Metadata.NamespaceProperty == group.Metadata.NamespaceProperty)],
+        }, GroupPolicy);
+        try
+        {
+            foreach (var member in decision.Create)
+            {
+                await CreateMemberAsync(group, member, cancellationToken);
+            }
+
+            foreach (var name in decision.Delete)
+            {
+                await _client.CustomObjects.DeleteNamespacedCustomObjectAsync(MigrationRequest.Group, MigrationRequest.Version, group.Metadata.NamespaceProperty,
+                    Checkpoint.Plural, name, cancellationToken: cancellationToken);
+            }
+
+            if (JsonSerializer.Serialize(decision.Status) != JsonSerializer.Serialize(group.Status ?? new CheckpointStatus()))
+            {
+                bool ends = CheckpointPhases.IsFinal(decision.Status.Phase) && !CheckpointPhases.IsFinal(group.Status?.Phase);
+                group.Status = decision.Status;
+                await _objects.WriteStatusAsync(group, Checkpoint.Plural, cancellationToken);
+                if (ends)
+                {
+                    OperatorTelemetry.CheckpointEnded(decision.Status.Phase!, decision.Status.Reason, decision.Status.FreezeMillis, decision.Status.SizeBytes);
+                }
+            }
+
+            if (decision.Event is { } note)
+            {
+                await _events.RecordAsync(group.ApiVersion, Checkpoint.KindName, group.Metadata, note.Type, note.Reason, note.Message, cancellationToken);
+            }
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.Conflict or HttpStatusCode.NotFound)
+        {
+            return TimeSpan.FromMilliseconds(100);
+        }
+
+        return decision.Requeue;
+    }
+
+    private async Task CreateMemberAsync(Checkpoint group, NewCheckpointMember member, CancellationToken cancellationToken)
+    {
+        var checkpoint = new Checkpoint
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = member.Name,
+                NamespaceProperty = group.Metadata.NamespaceProperty,
+                Labels = new Dictionary<string, string> { [Labels.Group] = group.Metadata.Name },
+                OwnerReferences =
+                [
+                    new V1OwnerReference { ApiVersion = group.ApiVersion, Kind = Checkpoint.KindName, Name = group.Metadata.Name, Uid = group.Metadata.Uid, Controller = true, BlockOwnerDeletion = false },
+                ],
+            },
+            Spec = new CheckpointSpec { PodName = member.PodName, Incremental = group.Spec.Incremental },
+        };
+        try
+        {
+            await _client.CustomObjects.CreateNamespacedCustomObjectAsync(checkpoint, MigrationRequest.Group, MigrationRequest.Version, group.Metadata.NamespaceProperty,
+                Checkpoint.Plural, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+        {
+            // made by an earlier pass whose cache did not show it yet
         }
     }
 

@@ -1,4 +1,5 @@
 using k8s.Models;
+using Migrate.Agent.Contracts.Groups;
 using Migrate.Agent.V1;
 using Migrate.Operator.Reconciliation;
 
@@ -35,6 +36,12 @@ public sealed record CheckpointFacts
 
     /// <summary>The Checkpoints of its namespace (while it is admitted: one may become its parent).</summary>
     public IReadOnlyList<Checkpoint> Earlier { get; init; } = [];
+
+    /// <summary>A member of a group checkpoint: its take holds the pod frozen once dumped, until the group decides.</summary>
+    public bool IsGroupMember { get; init; }
+
+    /// <summary>A member's group's decision (CheckpointHolds.Thaw or Abort), once made.</summary>
+    public string? GroupDecision { get; init; }
 }
 
 public abstract record CheckpointAction
@@ -54,7 +61,11 @@ public abstract record CheckpointAction
     /// <param name="Node">The pod's node, which takes and keeps it.</param>
     /// <param name="ExportPath">Also export it there (relative to the archive storage); null: kept on the node only.</param>
     /// <param name="ParentId">The earlier checkpoint (its id on the node) to take it as a delta on; null: a full one.</param>
-    public sealed record Take(string Node, string? ExportPath = null, string? ParentId = null) : CheckpointAction;
+    /// <param name="GroupHold">A group member: held frozen once dumped until its group decides (<see cref="Continue"/>).</param>
+    public sealed record Take(string Node, string? ExportPath = null, string? ParentId = null, bool GroupHold = false) : CheckpointAction;
+
+    /// <summary>Tell a group member's take its group's decision (CheckpointHolds.Thaw or Abort).</summary>
+    public sealed record Continue(string Node, string Decision) : CheckpointAction;
 
     public sealed record Import(string Node, string Path, string? Digest) : CheckpointAction;
 
@@ -136,8 +147,10 @@ public static class CheckpointDecisions
             return Kept(f, s, kept);
         }
 
+        s.Held = f.IsGroupMember && f.Agent.Kept is { Ready: false, Held.Length: > 0 } ? true : null;
         if (f.Agent.Kept?.Operation is { State: OperationState.Failed } failed)
         {
+            s.Held = null;
             return Fail(s, f.Now, failed.Reason, import
                 ? $"Importing the checkpoint exported at {c.Spec.Source!.Path} on {s.NodeName} failed: {failed.Message.TrimEnd('.')}."
                 : $"Checkpointing pod {c.Spec.PodName} on {s.NodeName} failed: {failed.Message.TrimEnd('.')}. The pod runs on.");
@@ -160,8 +173,18 @@ public static class CheckpointDecisions
                 : new(CheckpointAction.None, s, p.PollInterval);
         }
 
+        if (f.IsGroupMember && f.GroupDecision is { } decision)
+        {
+            // a take under way hears the decision (a held one thaws, now or once it is dumped); one never started is not started
+            return f.Agent.Kept is null
+                ? (decision == CheckpointHolds.Abort
+                    ? Fail(s, f.Now, Reasons.GroupRolledBack, $"The group was rolled back before pod {c.Spec.PodName} was checkpointed; it was not frozen and runs on.")
+                    : new(Start(f, s, s.NodeName!), s, p.PollInterval))
+                : new(new CheckpointAction.Continue(s.NodeName!, decision), s, p.PollInterval);
+        }
+
         // the agent knows nothing of it (first call, or it restarted): ask again, which starts it at most once at a time
-        return f.Agent.Kept is null ? new(Start(c, s, s.NodeName!), s, p.PollInterval) : new(CheckpointAction.None, s, p.PollInterval);
+        return f.Agent.Kept is null ? new(Start(f, s, s.NodeName!), s, p.PollInterval) : new(CheckpointAction.None, s, p.PollInterval);
     }
 
     /// <summary>The archive path of a Checkpoint's export: spec.export.path, or NAMESPACE/NAME; null when it is not exported.</summary>
@@ -185,8 +208,9 @@ public static class CheckpointDecisions
                 .OrderBy(n => n.Metadata.Name, StringComparer.Ordinal).FirstOrDefault();
     }
 
-    private static CheckpointAction Start(Checkpoint c, CheckpointStatus s, string node) =>
-        c.Spec.Source is { } source ? new CheckpointAction.Import(node, source.Path, source.Digest) : new CheckpointAction.Take(node, ExportPath(c), s.Parent?.Uid);
+    private static CheckpointAction Start(CheckpointFacts f, CheckpointStatus s, string node) =>
+        f.Checkpoint.Spec.Source is { } source ? new CheckpointAction.Import(node, source.Path, source.Digest)
+            : new CheckpointAction.Take(node, ExportPath(f.Checkpoint), s.Parent?.Uid, f.IsGroupMember);
 
     /// <summary>
     /// The checkpoint a new one of <paramref name="pod"/> is taken as a delta on: the latest Ready one
@@ -238,6 +262,11 @@ public static class CheckpointDecisions
         }
 
         var name = $"{c.Metadata.NamespaceProperty}/{c.Spec.PodName}";
+        if (f.IsGroupMember && f.GroupDecision == CheckpointHolds.Abort)
+        {
+            return Fail(s, f.Now, Reasons.GroupRolledBack, $"The group was rolled back before pod {name} was checkpointed; it was not frozen and runs on.");
+        }
+
         if (!c.Spec.LeaveRunning)
         {
             return Fail(s, f.Now, "Unsupported", "leaveRunning: false is not supported yet: a checkpoint leaves the pod running.");
@@ -280,7 +309,7 @@ public static class CheckpointDecisions
         s.Parent = Parent(c, pod, f.Earlier) is { } parent ? new CheckpointParent { Name = parent.Metadata.Name, Uid = parent.Metadata.Uid } : null;
         s.Reason = "Checkpointing";
         s.Message = $"Checkpointing pod {name} on {pod.Spec.NodeName}{(ExportPath(c) is { } path ? $", to be exported to {path}" : "")}{(s.Parent is { } p ? $", as a delta on checkpoint {p.Name}" : "")}.";
-        return new(Start(c, s, pod.Spec.NodeName), s, TimeSpan.FromMilliseconds(200));
+        return new(Start(f, s, pod.Spec.NodeName), s, TimeSpan.FromMilliseconds(200));
     }
 
     private static CheckpointDecision AdmitImport(CheckpointFacts f, CheckpointStatus s, CheckpointSource source)
@@ -301,13 +330,14 @@ public static class CheckpointDecisions
         s.NodeName = node.Metadata.Name;
         s.Reason = "Importing";
         s.Message = $"Importing the checkpoint exported at {source.Path} on {node.Metadata.Name}.";
-        return new(Start(f.Checkpoint, s, node.Metadata.Name), s, TimeSpan.FromMilliseconds(200));
+        return new(Start(f, s, node.Metadata.Name), s, TimeSpan.FromMilliseconds(200));
     }
 
     private static CheckpointDecision Kept(CheckpointFacts f, CheckpointStatus s, KeptCheckpoint kept)
     {
         s.Phase = CheckpointPhases.Ready;
         s.Reason = "Kept";
+        s.Held = null;
         s.CheckpointTime = DateTimeOffset.FromUnixTimeMilliseconds(kept.FrozenUnixMillis).UtcDateTime;
         s.CompletionTime = f.Now;
         s.FreezeMillis = kept.FrozenMillis;
@@ -376,6 +406,11 @@ public static class CheckpointDecisions
                 return new(new CheckpointAction.RemoveFinalizer(), s, null);
             }
 
+            if (f.Agent.Kept is { Ready: false, Held.Length: > 0, Operation.State: OperationState.Running })
+            {
+                return new(new CheckpointAction.Continue(s.NodeName, CheckpointHolds.Abort), s, p.PollInterval); // a held group member: thawed and discarded at once
+            }
+
             return f.Agent.Kept.Operation is { State: OperationState.Running } || f.Agent.Kept.Sends.Any(x => x.Operation?.State == OperationState.Running)
                 ? new(CheckpointAction.None, s, p.PollInterval) // taken or sent right now: removed once that ends
                 : new(new CheckpointAction.Delete(s.NodeName, DeleteExport: f.Checkpoint.Spec.Export is { Retain: false }), s, p.PollInterval);
@@ -389,6 +424,7 @@ public static class CheckpointDecisions
 
     private static CheckpointDecision Fail(CheckpointStatus s, DateTime now, string reason, string message)
     {
+        s.Held = null;
         s.Phase = CheckpointPhases.Failed;
         s.Reason = reason;
         s.Message = message;

@@ -116,6 +116,13 @@ public static class RestoreDecisions
             return Fail(f, s, "CheckpointNotReady", $"Checkpoint {ns}/{checkpoint.Metadata.Name} is {(checkpoint.Metadata.DeletionTimestamp is not null ? "being deleted" : "Failed")}: there is nothing to restore.");
         }
 
+        if (checkpoint.Spec.IsGroup)
+        {
+            var members = checkpoint.Status?.Group?.Members.Select(m => m.Name).ToList() ?? [];
+            return Fail(f, s, "CheckpointIsGroup", $"Checkpoint {ns}/{checkpoint.Metadata.Name} is a group checkpoint: restore its members one by one"
+                + (members.Count > 0 ? $" ({string.Join(", ", members)})." : "."));
+        }
+
         if (checkpoint.Status?.Phase != CheckpointPhases.Ready)
         {
             return new(RestoreAction.None, s, p.PollInterval); // still being taken

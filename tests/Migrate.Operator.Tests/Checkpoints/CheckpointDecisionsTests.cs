@@ -62,6 +62,22 @@ public sealed class CheckpointDecisionsTests
             }),
         new("taking: the agent knows nothing (restarted): asked again", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = KeptView.KnowsNothing },
             d => Assert.Equal(new CheckpointAction.Take("node-a"), d.Action)),
+        new("a group member: taken with a hold", () => Facts(Checkpoint(saved: true)) with { IsGroupMember = true },
+            d => Assert.Equal(new CheckpointAction.Take("node-a", null, null, GroupHold: true), d.Action)),
+        new("a group member held, no decision yet: Held, wait", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, Agent = Held() },
+            d => { Assert.IsType<CheckpointAction.Nothing>(d.Action); Assert.True(d.Status.Held); }),
+        new("a group member held, the group says Thaw: told so", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, GroupDecision = "Thaw", Agent = Held() },
+            d => { Assert.Equal(new CheckpointAction.Continue("node-a", "Thaw"), d.Action); Assert.True(d.Status.Held); }),
+        new("a group member still dumping, the group says Abort: told at once (applied at its hold)", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, GroupDecision = "Abort", Agent = Agent(Op(OperationState.Running)) },
+            d => { Assert.Equal(new CheckpointAction.Continue("node-a", "Abort"), d.Action); Assert.Null(d.Status.Held); }),
+        new("a group member not started, the group says Abort: Failed without a take", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, GroupDecision = "Abort", Agent = KeptView.KnowsNothing },
+            d => Failed(d, "GroupRolledBack", "was not frozen and runs on")),
+        new("a group member not admitted, the group says Abort: Failed", () => Facts(Checkpoint(saved: true)) with { IsGroupMember = true, GroupDecision = "Abort" },
+            d => Failed(d, "GroupRolledBack", "before pod default/app was checkpointed")),
+        new("a group member rolled back by its agent: Failed with the agent's reason", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, GroupDecision = "Abort", Agent = Agent(Op(OperationState.Failed, "GroupRolledBack", "the group checkpoint was rolled back")) },
+            d => { Failed(d, "GroupRolledBack", "rolled back"); Assert.Null(d.Status.Held); }),
+        new("a group member kept: Ready, no longer held", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, GroupDecision = "Thaw", Agent = new KeptView(true, Kept()) },
+            d => { Assert.Equal("Ready", d.Status.Phase); Assert.Null(d.Status.Held); }),
         new("taking: under way, wait", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = Agent(Op(OperationState.Running)) },
             d => { Assert.IsType<CheckpointAction.Nothing>(d.Action); Assert.Equal(Policy.PollInterval, d.Requeue); }),
         new("kept: Ready, with the figures", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { Agent = new KeptView(true, Kept()) },
@@ -117,6 +133,8 @@ public sealed class CheckpointDecisionsTests
                 Assert.Contains("imported from default/ck onto node-a", d.Status.Message, StringComparison.Ordinal);
                 Assert.Equal("Imported", d.Event?.Reason);
             }),
+        new("deleted while held for its group: told Abort (thawed and discarded at once)", () => Facts(Checkpoint(saved: true, phase: "Checkpointing", deleting: true)) with { Agent = Held() },
+            d => Assert.Equal(new CheckpointAction.Continue("node-a", "Abort"), d.Action)),
         new("deleted and exported: the export goes too", () => Facts(Exported(Checkpoint(saved: true, phase: "Ready", deleting: true), null)) with { Agent = new KeptView(true, Kept(export: true)) },
             d => Assert.Equal(new CheckpointAction.Delete("node-a", DeleteExport: true), d.Action)),
         new("deleted, exported with retain: the export stays", () => Facts(Exported(Checkpoint(saved: true, phase: "Ready", deleting: true), null, retain: true)) with { Agent = new KeptView(true, Kept(export: true)) },
@@ -279,6 +297,8 @@ public sealed class CheckpointDecisionsTests
     };
 
     private static Operation Op(OperationState state, string reason = "", string message = "") => new() { Kind = "Checkpoint", State = state, Reason = reason, Message = message };
+
+    private static KeptView Held() => new(true, new KeptCheckpoint { CheckpointId = "uid-ck", NodeName = "node-a", Operation = Op(OperationState.Running), Held = "Dumped" });
 
     private static KeptView Agent(Operation operation) => new(true, new KeptCheckpoint { CheckpointId = "uid-ck", NodeName = "node-a", Operation = operation });
 
