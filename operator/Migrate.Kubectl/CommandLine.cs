@@ -15,7 +15,7 @@ public sealed class CommandException(string message) : Exception(message);
 /// </summary>
 public sealed class CommandLine
 {
-    private static readonly HashSet<string> Valued = ["kubeconfig", "context", "namespace", "to", "mode", "max-parallel", "timeout", "reason", "name", "as", "export", "digest", "checkpoint-path"];
+    private static readonly HashSet<string> Valued = ["kubeconfig", "context", "namespace", "to", "mode", "max-parallel", "timeout", "reason", "name", "as", "export", "digest", "checkpoint-path", "selector"];
     private static readonly HashSet<string> Switches = ["all-namespaces", "wait", "no-wait", "help"];
 
     public string Command { get; private init; } = "";
@@ -40,9 +40,9 @@ public sealed class CommandLine
         for (int i = 0; i < args.Count; i++)
         {
             var arg = args[i];
-            if (arg is "-n" or "-A" or "-h")
+            if (arg is "-n" or "-A" or "-h" or "-l")
             {
-                arg = arg switch { "-n" => "--namespace", "-A" => "--all-namespaces", _ => "--help" };
+                arg = arg switch { "-n" => "--namespace", "-A" => "--all-namespaces", "-l" => "--selector", _ => "--help" };
             }
             else if (arg.StartsWith("-n", StringComparison.Ordinal) && !arg.StartsWith("--", StringComparison.Ordinal))
             {
@@ -92,6 +92,7 @@ public sealed class CommandLine
           kubectl migrate cancel NAME
           kubectl migrate drain NODE [--max-parallel N] [--reason TEXT] [--wait | --no-wait]
           kubectl migrate checkpoint POD [--name NAME] [--export PATH] [--wait | --no-wait]
+          kubectl migrate checkpoint POD POD... | -l KEY=VALUE[,...] [--name NAME] [--wait | --no-wait]
           kubectl migrate checkpoints [-A]
           kubectl migrate import PATH [--name NAME] [--to NODE] [--digest sha256:...] [--wait | --no-wait]
           kubectl migrate restore CHECKPOINT [--to NODE] [--as POD] [--name NAME] [--wait | --no-wait]
@@ -106,7 +107,9 @@ public sealed class CommandLine
         cancel    deletes a MigrationRequest: one in flight is rolled back and the pod runs on where it was.
         drain     creates a NodeDrain: opted-in pods (label podmigration.io/migrate=true) move, others are evicted.
         checkpoint  creates a Checkpoint of the running pod (frozen, dumped, thawed; kept on its node);
-                  --export PATH also writes it to the archive storage at PATH (see import).
+                  --export PATH also writes it to the archive storage at PATH (see import). Several pods, or
+                  -l with labels: one group Checkpoint, every pod frozen at one instant (docs/groups.md);
+                  each pod's checkpoint is a member Checkpoint NAME-POD, restored by its own restore.
         import    creates a Checkpoint from an export in the archive storage (perhaps another cluster's),
                   checked and kept on --to NODE or the operator's choice; restore it like any other.
         checkpoints Checkpoints of the namespace (-A: of all namespaces): node, phase, size, freeze, when taken.

@@ -366,6 +366,11 @@ namespace Migrate.Kubectl
         /// <summary>A name for a new object: the base and 5 random characters, within 63.</summary>
         public async Task<int> CheckpointAsync()
         {
+            if (line.Arguments.Count > 1 || line.Has("selector"))
+            {
+                return await GroupCheckpointAsync();
+            }
+
             var pod = Single("a pod name");
             await Api.RequireApiAsync();
             await ExistsAsync(() => Api.Client.CoreV1.ReadNamespacedPodAsync(pod, Api.Namespace), $"pod \"{pod}\" not found in namespace \"{Api.Namespace}\"");
@@ -379,6 +384,62 @@ namespace Migrate.Kubectl
             await Api.CreateObjectAsync("checkpoints", Resource("Checkpoint", name, spec));
             output.Line($"checkpoint.podmigration.io/{name} created: checkpointing pod {Api.Namespace}/{pod}");
             return Wait ? await CheckpointOutcomeAsync(name) : 0;
+        }
+
+        /// <summary>A group Checkpoint of the pods named, or of those the selector (label=value pairs) matches.</summary>
+        private async Task<int> GroupCheckpointAsync()
+        {
+            var selector = line.Flag("selector");
+            if (selector is not null && line.Arguments.Count > 0)
+            {
+                throw new UsageException("checkpoint takes pod names or -l SELECTOR, not both");
+            }
+
+            if (line.Has("export"))
+            {
+                throw new UsageException("--export is for one pod's checkpoint; a group checkpoint is kept on its members' nodes");
+            }
+
+            var labels = selector is null ? null : Labels(selector);
+            await Api.RequireApiAsync();
+            var spec = new JsonObject();
+            string what;
+            if (labels is null)
+            {
+                foreach (var pod in line.Arguments)
+                {
+                    await ExistsAsync(() => Api.Client.CoreV1.ReadNamespacedPodAsync(pod, Api.Namespace), $"pod \"{pod}\" not found in namespace \"{Api.Namespace}\"");
+                }
+
+                spec["pods"] = new JsonArray([.. line.Arguments.Select(p => (JsonNode)p)]);
+                what = $"pods {string.Join(", ", line.Arguments.Select(p => $"{Api.Namespace}/{p}"))}";
+            }
+            else
+            {
+                spec["podSelector"] = new JsonObject(labels.Select(l => KeyValuePair.Create(l.Key, (JsonNode?)l.Value)));
+                what = $"the Running pods of namespace {Api.Namespace} labelled {selector}";
+            }
+
+            var name = line.Flag("name") ?? Name(labels is null ? $"{line.Arguments[0]}-group" : "group");
+            await Api.CreateObjectAsync("checkpoints", Resource("Checkpoint", name, spec));
+            output.Line($"checkpoint.podmigration.io/{name} created: checkpointing {what} as one group");
+            return Wait ? await CheckpointOutcomeAsync(name) : 0;
+        }
+
+        /// <summary>A label selector of equality terms (key=value, comma-separated), the only kind a group's podSelector holds.</summary>
+        private static Dictionary<string, string> Labels(string selector)
+        {
+            var labels = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var term in selector.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+            {
+                var parts = term.Split('=');
+                if (parts.Length != 2 || parts[0].Length == 0 || parts[0].EndsWith('!') || !labels.TryAdd(parts[0], parts[1]))
+                {
+                    throw new UsageException($"-l takes label=value pairs separated by commas (such as app=ring), not '{selector}'");
+                }
+            }
+
+            return labels.Count > 0 ? labels : throw new UsageException("-l needs at least one label=value pair");
         }
 
         public async Task<int> ImportAsync()
@@ -407,8 +468,10 @@ namespace Migrate.Kubectl
         {
             var status = await AwaitPhaseAsync("checkpoints", "Checkpoint", name, ["Ready", "Failed"]);
             var exported = status["export"] is JsonObject export ? $" Exported to {Text(export, "path")} ({Text(export, "digest")})." : "";
+            var members = status["group"] is JsonObject g && g["members"] is JsonArray list
+                ? string.Join(", ", list.OfType<JsonObject>().Select(m => $"{Text(m, "name")} on {Text(m, "nodeName")}")) : null;
             output.Line(Text(status, "phase") == "Ready"
-                ? $"Ready: {Text(status, "message")} Taken at {Instant(status, "checkpointTime")}; kept in {Text(status, "location")}.{exported}"
+                ? $"Ready: {Text(status, "message")} Taken at {Instant(status, "checkpointTime")}; kept in {members ?? Text(status, "location")}.{exported}"
                 : $"Failed ({Text(status, "reason")}): {Text(status, "message")}");
             return Text(status, "phase") == "Ready" ? 0 : 1;
         }

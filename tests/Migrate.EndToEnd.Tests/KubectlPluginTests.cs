@@ -103,8 +103,23 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
         (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "restore", "no-such-checkpoint");
         Assert.Equal((1, "error: Checkpoint \"no-such-checkpoint\" not found in namespace \"default\""), (code, text.Trim()));
 
+        // two pods on two nodes as one group; a group with an export, or with names and a selector, is bad usage
+        await Sandbox.RunCounterAsync(Cluster, "kept-b", "node-b", 8);
+        (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "checkpoint", "kept", "kept-b", "--name", "kept-pair", "--wait");
+        Assert.True(code == 0, text);
+        Assert.Contains("checkpoint.podmigration.io/kept-pair created: checkpointing pods default/kept, default/kept-b as one group", text, StringComparison.Ordinal);
+        Assert.Matches(@"Ready: 2 pods on 2 nodes checkpointed as one cut: \d+ bytes kept, the longest freeze \d+ ms, \d+ ms from the first member frozen to the last thawed\. Taken at \S+; kept in kept-pair-kept on node-a, kept-pair-kept-b on node-b\.", text);
+        foreach (var bad in new[] { new[] { "checkpoint", "kept", "kept-b", "--export", "plugin/pair" }, ["checkpoint", "kept", "-l", "app=kept"], ["checkpoint", "-l", "app"] })
+        {
+            (code, text) = await MigrateAsync(Cluster.KubeconfigPath, bad);
+            Assert.True(code == 2, $"{string.Join(' ', bad)}: exit {code}: {text}");
+        }
+
+        Assert.Contains("-l takes label=value pairs separated by commas (such as app=ring), not 'app'", text, StringComparison.Ordinal);
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "kept-pair", "--wait=true", "--timeout=30s")).Succeeded();
+
         (await Cluster.Api.KubectlAsync("delete", "restore", "--all")).Succeeded();
-        (await Cluster.Api.KubectlAsync("delete", "pod", "kept", "kept-again", "--wait=true")).Succeeded();
+        (await Cluster.Api.KubectlAsync("delete", "pod", "kept", "kept-again", "kept-b", "--wait=true")).Succeeded();
         (await Cluster.Api.KubectlAsync("delete", "checkpoint", "kept-1", "kept-imported", "--wait=true", "--timeout=30s")).Succeeded();
         Assert.False(Directory.Exists(Path.Combine(Cluster.ArchiveDirectory, "plugin", "kept-1")), "the export went with its Checkpoint");
     }

@@ -154,7 +154,7 @@ public static class CheckpointGroupDecisions
         s.Reason = "Checkpointing";
         s.Group = new CheckpointGroupStatus { Members = members };
         var nodes = members.Select(m => m.NodeName).Distinct(StringComparer.Ordinal).Count();
-        s.Message = $"Checkpointing {members.Count} pods on {nodes} node{(nodes == 1 ? "" : "s")} as one cut: each is held frozen once dumped until every one is.";
+        s.Message = $"Checkpointing {Pods(members.Count)} on {nodes} node{(nodes == 1 ? "" : "s")} as one cut: each is held frozen once dumped until every one is.";
         return new([.. members.Select(m => new NewCheckpointMember(m.Name, m.PodName))], [], s, TimeSpan.FromMilliseconds(200),
             ("Normal", "Checkpointing", s.Message));
     }
@@ -255,10 +255,12 @@ public static class CheckpointGroupDecisions
         s.SizeBytes = members.Sum(m => m.SizeBytes ?? 0);
         group.SpreadMillis = (long)(thawed.Max() - frozen.Min()).TotalMilliseconds;
         var nodes = group.Members.Select(m => m.NodeName).Distinct(StringComparer.Ordinal).Count();
-        s.Message = $"{group.Members.Count} pods on {nodes} node{(nodes == 1 ? "" : "s")} checkpointed as one cut: {s.SizeBytes} bytes kept, "
+        s.Message = $"{Pods(group.Members.Count)} on {nodes} node{(nodes == 1 ? "" : "s")} checkpointed as one cut: {s.SizeBytes} bytes kept, "
             + $"the longest freeze {s.FreezeMillis} ms, {group.SpreadMillis} ms from the first member frozen to the last thawed.";
         return new([], [], s, null, ("Normal", "Checkpointed", s.Message));
     }
+
+    private static string Pods(int count) => count == 1 ? "1 pod" : $"{count} pods";
 
     private static CheckpointGroupDecision Fail(CheckpointStatus s, DateTime now, string reason, string message)
     {
