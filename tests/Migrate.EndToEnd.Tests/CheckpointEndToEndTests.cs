@@ -310,6 +310,52 @@ public sealed class CheckpointEndToEndTests(SandboxFixture fixture, ITestOutputH
     }
 
     [Fact]
+    public async Task A_group_checkpoint_whose_operator_dies_while_a_member_is_held_finishes_once_when_it_is_back()
+    {
+        // a small member is held frozen while the large one is still copied (pre-dump) before its freeze
+        await Sandbox.RunCounterAsync(Cluster, "gk-small", "node-a", 8);
+        await Sandbox.RunCounterAsync(Cluster, "gk-large", "node-b", 1024);
+        await ApplyAsync("""
+            apiVersion: podmigration.io/v1alpha1
+            kind: Checkpoint
+            metadata:
+              name: gk
+            spec:
+              pods: [gk-small, gk-large]
+            """);
+        var seen = await WaitForAsync(async () =>
+        {
+            var got = await Cluster.Api.KubectlAsync("get", "checkpoint", "gk", "-o", "jsonpath={.status.phase} {.status.group.decision} {.status.group.members[*].reason}");
+            var text = got.Output.Trim();
+            return text.StartsWith("Ready", StringComparison.Ordinal) || text.StartsWith("Failed", StringComparison.Ordinal) || text.Contains("Dumped", StringComparison.Ordinal) ? text : null;
+        }, "a member of gk to be held");
+        Assert.True(seen.StartsWith("Checkpointing", StringComparison.Ordinal) && !seen.Contains("Thaw", StringComparison.Ordinal), $"gk was not seen with a member held and no decision: {seen}");
+        await Cluster.Operator!.KillAsync();
+        output.WriteLine($"operator killed at: {seen}");
+        await Task.Delay(TimeSpan.FromSeconds(1));
+        await Cluster.StartOperatorAsync();
+
+        var group = await WaitForPhaseAsync("checkpoint", "gk", "Ready");
+        output.WriteLine(group.GetProperty("message").GetString());
+        Assert.Equal("Thaw", group.GetProperty("group").GetProperty("decision").GetString());
+        var events = await Sandbox.EventsAsync(Cluster, "Checkpoint", "gk");
+        Assert.Equal(1, events.Where(e => e.Reason == "Checkpointed").Sum(e => e.Count ?? 1));
+        foreach (var pod in new[] { "gk-small", "gk-large" })
+        {
+            var member = await WaitForPhaseAsync("checkpoint", $"gk-{pod}", "Ready");
+            output.WriteLine($"gk-{pod}: frozen for {member.GetProperty("freezeMillis").GetInt64()} ms");
+            await Sandbox.WaitForTicksAsync(Cluster, pod, "main", 3, after: (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick);
+            Sandbox.AssertConsecutive(await Sandbox.TicksAsync(Cluster, pod), 1);
+        }
+
+        (await Cluster.Api.KubectlAsync("delete", "checkpoint", "gk", "--wait=true", "--timeout=30s")).Succeeded();
+        await WaitForAsync(async () => (await ScheduledAsync("podmigration.io/group=gk")).Count == 0 ? "gone" : null, "gk's members to be deleted");
+        (await Cluster.Api.KubectlAsync("delete", "pod", "gk-small", "gk-large", "--wait=true")).Succeeded();
+        await WaitForAsync(() => Task.FromResult(Directory.EnumerateDirectories(CheckpointRoot("node-a")).Any() || Directory.EnumerateDirectories(CheckpointRoot("node-b")).Any() ? null : "empty"),
+            "the members' images to be removed");
+    }
+
+    [Fact]
     public async Task Bad_checkpoints_and_restores_fail_with_the_reason_and_create_nothing()
     {
         await ApplyAsync("""
