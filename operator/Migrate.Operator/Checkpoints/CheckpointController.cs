@@ -92,7 +92,7 @@ public sealed partial class CheckpointController : QueueController
 
     protected override async Task<TimeSpan?> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
     {
-        OperatorTelemetry.SetCheckpointStorage(Cache.Checkpoints.Items.Where(c => c.Status?.Phase == CheckpointPhases.Ready).Sum(c => c.Status!.SizeBytes ?? 0));
+        OperatorTelemetry.SetCheckpointStorage(Cache.Checkpoints.Items.Where(c => c.Status?.Phase == CheckpointPhases.Ready && !c.Spec.IsGroup).Sum(c => c.Status!.SizeBytes ?? 0));
         if (Cache.Checkpoints.Get(key.Namespace, key.Name) is not { } checkpoint)
         {
             return null;
@@ -132,23 +132,9 @@ public sealed partial class CheckpointController : QueueController
         try
         {
             await ExecuteAsync(checkpoint, pod, node, decision.Action, cancellationToken);
-            if (decision.Action is not (CheckpointAction.AddFinalizer or CheckpointAction.RemoveFinalizer or CheckpointAction.SavePod)
-                && JsonSerializer.Serialize(decision.Status) != JsonSerializer.Serialize(checkpoint.Status ?? new CheckpointStatus()))
-            {
-                bool ends = CheckpointPhases.IsFinal(decision.Status.Phase) && !CheckpointPhases.IsFinal(checkpoint.Status?.Phase);
-                checkpoint.Status = decision.Status;
-                await _objects.WriteStatusAsync(checkpoint, Checkpoint.Plural, cancellationToken);
-                if (ends)
-                {
-                    OperatorTelemetry.CheckpointEnded(decision.Status.Phase!, decision.Status.Reason, decision.Status.FreezeMillis, decision.Status.SizeBytes);
-                }
-            }
-
-            // (a decision carries an Event only on a transition: a phase reached, or the finalizer let go)
-            if (decision.Event is { } note)
-            {
-                await _events.RecordAsync(checkpoint.ApiVersion, Checkpoint.KindName, checkpoint.Metadata, note.Type, note.Reason, note.Message, cancellationToken);
-            }
+            // (the metadata writes changed the resourceVersion: the status waits for the next pass)
+            bool statusToo = decision.Action is not (CheckpointAction.AddFinalizer or CheckpointAction.RemoveFinalizer or CheckpointAction.SavePod);
+            await WriteOutcomeAsync(checkpoint, statusToo ? decision.Status : null, decision.Event, cancellationToken);
         }
         catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.Conflict or HttpStatusCode.NotFound)
         {
@@ -247,21 +233,7 @@ public sealed partial class CheckpointController : QueueController
                     Checkpoint.Plural, name, cancellationToken: cancellationToken);
             }
 
-            if (JsonSerializer.Serialize(decision.Status) != JsonSerializer.Serialize(group.Status ?? new CheckpointStatus()))
-            {
-                bool ends = CheckpointPhases.IsFinal(decision.Status.Phase) && !CheckpointPhases.IsFinal(group.Status?.Phase);
-                group.Status = decision.Status;
-                await _objects.WriteStatusAsync(group, Checkpoint.Plural, cancellationToken);
-                if (ends)
-                {
-                    OperatorTelemetry.CheckpointEnded(decision.Status.Phase!, decision.Status.Reason, decision.Status.FreezeMillis, decision.Status.SizeBytes);
-                }
-            }
-
-            if (decision.Event is { } note)
-            {
-                await _events.RecordAsync(group.ApiVersion, Checkpoint.KindName, group.Metadata, note.Type, note.Reason, note.Message, cancellationToken);
-            }
+            await WriteOutcomeAsync(group, decision.Status, decision.Event, cancellationToken);
         }
         catch (HttpOperationException e) when (e.Response.StatusCode is HttpStatusCode.Conflict or HttpStatusCode.NotFound)
         {
@@ -269,6 +241,30 @@ public sealed partial class CheckpointController : QueueController
         }
 
         return decision.Requeue;
+    }
+
+    /// <summary>
+    /// A pass's outcome: the status, when given and changed (counted in the metrics when it ends the
+    /// checkpoint), then the decision's Event (decisions carry one only on a transition).
+    /// </summary>
+    private async Task WriteOutcomeAsync(Checkpoint checkpoint, CheckpointStatus? status, (string Type, string Reason, string Message)? note, CancellationToken cancellationToken)
+    {
+        if (status is not null && JsonSerializer.Serialize(status) != JsonSerializer.Serialize(checkpoint.Status ?? new CheckpointStatus()))
+        {
+            bool ends = CheckpointPhases.IsFinal(status.Phase) && !CheckpointPhases.IsFinal(checkpoint.Status?.Phase);
+            checkpoint.Status = status;
+            await _objects.WriteStatusAsync(checkpoint, Checkpoint.Plural, cancellationToken);
+            if (ends && !checkpoint.Spec.IsGroup)
+            {
+                // (a group's members are the checkpoints counted: its own figures are theirs again)
+                OperatorTelemetry.CheckpointEnded(status.Phase!, status.Reason, status.FreezeMillis, status.SizeBytes);
+            }
+        }
+
+        if (note is { } n)
+        {
+            await _events.RecordAsync(checkpoint.ApiVersion, Checkpoint.KindName, checkpoint.Metadata, n.Type, n.Reason, n.Message, cancellationToken);
+        }
     }
 
     private async Task CreateMemberAsync(Checkpoint group, NewCheckpointMember member, CancellationToken cancellationToken)
