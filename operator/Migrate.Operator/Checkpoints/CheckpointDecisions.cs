@@ -150,7 +150,6 @@ public static class CheckpointDecisions
         s.Held = f.IsGroupMember && f.Agent.Kept is { Ready: false, Held.Length: > 0 } ? true : null;
         if (f.Agent.Kept?.Operation is { State: OperationState.Failed } failed)
         {
-            s.Held = null;
             return Fail(s, f.Now, failed.Reason, import
                 ? $"Importing the checkpoint exported at {c.Spec.Source!.Path} on {s.NodeName} failed: {failed.Message.TrimEnd('.')}."
                 : $"Checkpointing pod {c.Spec.PodName} on {s.NodeName} failed: {failed.Message.TrimEnd('.')}. The pod runs on.");
