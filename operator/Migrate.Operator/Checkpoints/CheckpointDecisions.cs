@@ -174,11 +174,14 @@ public static class CheckpointDecisions
 
         if (f.IsGroupMember && f.GroupDecision is { } decision)
         {
-            // a take under way hears the decision (a held one thaws, now or once it is dumped); one never started is not started
+            // a take under way hears the decision (a held one thaws, now or once it is dumped). One the agent does not
+            // know is not started again: after Abort nothing is wanted, and after Thaw (every member was held, so this
+            // one's held take was lost: its agent restarted and thawed the pod) a new take would be of a later instant
+            // than the others', after they ran on: not the group's cut
             return f.Agent.Kept is null
                 ? (decision == CheckpointHolds.Abort
                     ? Fail(s, f.Now, Reasons.GroupRolledBack, $"The group was rolled back before pod {c.Spec.PodName} was checkpointed; it was not frozen and runs on.")
-                    : new(Start(f, s, s.NodeName!), s, p.PollInterval))
+                    : Fail(s, f.Now, "HeldCheckpointLost", $"The agent on {s.NodeName} lost pod {c.Spec.PodName}'s held checkpoint (it restarted and thawed the pod); a new one would not be part of the group's cut. The pod runs on."))
                 : new(new CheckpointAction.Continue(s.NodeName!, decision), s, p.PollInterval);
         }
 

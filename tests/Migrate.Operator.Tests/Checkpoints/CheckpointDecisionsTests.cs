@@ -72,6 +72,8 @@ public sealed class CheckpointDecisionsTests
             d => { Assert.Equal(new CheckpointAction.Continue("node-a", "Abort"), d.Action); Assert.Null(d.Status.Held); }),
         new("a group member not started, the group says Abort: Failed without a take", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, GroupDecision = "Abort", Agent = KeptView.KnowsNothing },
             d => Failed(d, "GroupRolledBack", "was not frozen and runs on")),
+        new("a group member whose agent lost its held take after Thaw: Failed, not taken again (a later instant is not the cut)", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, GroupDecision = "Thaw", Agent = KeptView.KnowsNothing },
+            d => Failed(d, "HeldCheckpointLost", "would not be part of the group's cut")),
         new("a group member not admitted, the group says Abort: Failed", () => Facts(Checkpoint(saved: true)) with { IsGroupMember = true, GroupDecision = "Abort" },
             d => Failed(d, "GroupRolledBack", "before pod default/app was checkpointed")),
         new("a group member rolled back by its agent: Failed with the agent's reason", () => Facts(Checkpoint(saved: true, phase: "Checkpointing")) with { IsGroupMember = true, GroupDecision = "Abort", Agent = Agent(Op(OperationState.Failed, "GroupRolledBack", "the group checkpoint was rolled back")) },
