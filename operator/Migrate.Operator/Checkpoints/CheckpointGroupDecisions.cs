@@ -133,6 +133,16 @@ public static class CheckpointGroupDecisions
             return Fail(s, f.Now, Reasons.GroupTooLarge, $"The group names {names.Count} pods; at most {p.MaxMembers} are checkpointed together (Operator:MaxGroupMembers).");
         }
 
+        if (g.Metadata.Name.Length > 63)
+        {
+            return Fail(s, f.Now, Reasons.InvalidGroup, $"A group Checkpoint's name is at most 63 characters (its members carry it in the label {Labels.Group}); {g.Metadata.Name} has {g.Metadata.Name.Length}.");
+        }
+
+        if (names.FirstOrDefault(n => MemberName(g.Metadata.Name, n).Length > 253) is { } tooLong)
+        {
+            return Fail(s, f.Now, Reasons.InvalidGroup, $"The member Checkpoint {MemberName(g.Metadata.Name, tooLong)} would be longer than 253 characters: use a shorter group name.");
+        }
+
         var members = new List<CheckpointGroupMember>();
         foreach (var name in names)
         {
@@ -177,18 +187,24 @@ public static class CheckpointGroupDecisions
                     member.Reason = CheckpointHolds.Dumped;
                 }
 
-                if (c.Metadata.DeletionTimestamp is not null && member.Phase != CheckpointPhases.Failed && s.Group?.Decision != CheckpointHolds.Thaw)
+                if (c.Metadata.DeletionTimestamp is not null && member.Phase != CheckpointPhases.Failed)
                 {
-                    // deleted by someone while the group is taken: it cannot be part of the cut
+                    // deleted by someone while the group is taken (even once kept): the cut is not whole any more
                     member.Phase = CheckpointPhases.Failed;
                     member.Reason = Reasons.Deleted;
+                }
+                else if (member.Phase == CheckpointPhases.Ready && group.Decision is null)
+                {
+                    // kept without being held (an agent that does not know holds): frozen on its own, not with the group
+                    member.Phase = CheckpointPhases.Failed;
+                    member.Reason = "NotHeld";
                 }
             }
             else if (group.Decision is null && f.Now - s.StartTime < TimeSpan.FromSeconds(10))
             {
                 create.Add(new NewCheckpointMember(member.Name, member.PodName)); // not seen yet (or not made: a pass that failed midway)
             }
-            else if (!CheckpointPhases.IsFinal(member.Phase))
+            else if (member.Phase != CheckpointPhases.Failed)
             {
                 missing ??= member.Name;
                 member.Phase = CheckpointPhases.Failed;
@@ -201,7 +217,9 @@ public static class CheckpointGroupDecisions
             .Select(m => (Member: m, Checkpoint: byName.GetValueOrDefault(m.Name)))
             .OrderBy(x => x.Checkpoint?.Status?.Reason == Reasons.GroupRolledBack ? 1 : 0)
             .ThenBy(x => x.Checkpoint?.Status?.CompletionTime ?? DateTime.MinValue)
-            .Select(x => x.Checkpoint is { Metadata.DeletionTimestamp: null } c ? $"member {c.Metadata.Name} (pod {x.Member.PodName}) failed: {c.Status?.Reason}: {c.Status?.Message}" : $"member {x.Member.Name} (pod {x.Member.PodName}) was deleted")
+            .Select(x => x.Member.Reason == "NotHeld" ? $"member {x.Member.Name} (pod {x.Member.PodName}) was kept by its node's agent without being held with the rest (an agent older than group checkpoints)"
+                : x.Checkpoint is { Metadata.DeletionTimestamp: null } c ? $"member {c.Metadata.Name} (pod {x.Member.PodName}) failed: {c.Status?.Reason}: {c.Status?.Message}"
+                : $"member {x.Member.Name} (pod {x.Member.PodName}) was deleted")
             .FirstOrDefault();
         bool timedOut = f.Now - s.StartTime > p.Timeout;
         if (group.Decision is null && (failed.Count > 0 || timedOut))
@@ -227,7 +245,7 @@ public static class CheckpointGroupDecisions
         }
 
         if (group.Decision is null && group.Members.Count > 0
-            && group.Members.All(m => m.Reason == CheckpointHolds.Dumped || m.Phase == CheckpointPhases.Ready))
+            && group.Members.All(m => m.Reason == CheckpointHolds.Dumped))
         {
             group.Decision = CheckpointHolds.Thaw;
             s.Reason = "Thawing";

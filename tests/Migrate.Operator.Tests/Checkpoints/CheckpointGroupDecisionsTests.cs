@@ -71,6 +71,13 @@ public sealed class CheckpointGroupDecisionsTests
                 Assert.Equal(1900L, d.Status.Group!.SpreadMillis); // a frozen at -5 s and thawed last, at -3.1 s
                 Assert.Equal("Checkpointed", d.Event?.Reason);
             }),
+        new("a member deleted after Thaw, the others kept: Failed, not Ready (the cut is not whole)", () => InFlight("Thaw", Member("a", "Ready"), Member("b", "Ready", deleting: true), Member("c", "Ready")),
+            d => { Assert.Equal(("Failed", "Abort"), (d.Status.Phase, d.Status.Group!.Decision)); Assert.Contains("member g-b (pod b) was deleted", d.Status.Message, StringComparison.Ordinal); }),
+        new("a member gone after Thaw: Failed, not stuck", () => InFlight("Thaw", Member("a", "Ready"), Member("c", "Ready")) with { Now = Now.AddSeconds(30) },
+            d => Assert.Equal(("Failed", "Abort"), (d.Status.Phase, d.Status.Group!.Decision))),
+        new("a member kept before any decision (its agent did not hold it): Abort", () => InFlight(Member("a", "Ready"), Member("b", "Checkpointing", held: true), Member("c", "Checkpointing", held: true)),
+            d => { Assert.Equal("Abort", d.Status.Group!.Decision); Assert.Contains("without being held with the rest", d.Status.Message, StringComparison.Ordinal); }),
+        new("a group name too long for its members' label: refused", () => Facts(Named(Group(pods: ["a"]), new string('g', 64))), d => Refused(d, Reasons.InvalidGroup, "at most 63 characters")),
         new("too slow: Abort, timed out", () => InFlight(Member("a", "Checkpointing", held: true), Member("b", "Checkpointing"), Member("c", "Checkpointing")) with { Now = Now.AddMinutes(6) },
             d => Assert.Equal(("Abort", Reasons.TimedOut), (d.Status.Group!.Decision, d.Status.Reason))),
         new("a member deleted while taken: Abort, naming it", () => InFlight(Member("a", "Checkpointing", held: true), Member("b", "Checkpointing", deleting: true), Member("c", "Checkpointing")),
@@ -115,6 +122,12 @@ public sealed class CheckpointGroupDecisionsTests
         Metadata = new V1ObjectMeta { Name = "g", NamespaceProperty = "default", Uid = "uid-g" },
         Spec = new CheckpointSpec { Pods = pods, PodSelector = selector },
     };
+
+    private static Checkpoint Named(Checkpoint group, string name)
+    {
+        group.Metadata.Name = name;
+        return group;
+    }
 
     private static Checkpoint Exported(Checkpoint group)
     {
