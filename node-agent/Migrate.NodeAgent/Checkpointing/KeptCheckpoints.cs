@@ -375,6 +375,11 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
                 await engine.PreDumpAsync(new PreDumpRequest { MigrationId = id, Round = 1 }, cancellationToken);
             }
 
+            if (request.GroupHold && gates.Decision(id) == CheckpointHolds.Abort)
+            {
+                throw new CheckpointException(StatusCode.Aborted, "the group checkpoint was rolled back (another member failed) before this pod was frozen; it runs on");
+            }
+
             var dump = await engine.FinalDumpAsync(id, cancellationToken, lazyMemory: fast);
             var dumped = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             var thawing = Stopwatch.StartNew();

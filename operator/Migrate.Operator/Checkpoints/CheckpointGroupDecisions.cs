@@ -157,6 +157,11 @@ public static class CheckpointGroupDecisions
                 return Fail(s, f.Now, Reasons.PodNotRunning, $"Pod {ns}/{name} is {(pod.Metadata.DeletionTimestamp is not null ? "being deleted" : pod.Status?.Phase ?? "without a phase")}; only Running pods can be checkpointed, so nothing was.");
             }
 
+            if (pod.Spec.HostNetwork == true)
+            {
+                return Fail(s, f.Now, Reasons.CheckpointRefused, $"Pod {ns}/{name} uses the host's network: its sockets belong to the node and cannot be checkpointed, so nothing was.");
+            }
+
             members.Add(new CheckpointGroupMember { Name = MemberName(g.Metadata.Name, name), PodName = name, NodeName = pod.Spec.NodeName, Phase = CheckpointPhases.Pending });
         }
 

@@ -35,6 +35,8 @@ public sealed class CheckpointGroupDecisionsTests
         new("a pod named twice: refused", () => Facts(Group(pods: ["a", "a"])), d => Refused(d, Reasons.InvalidGroup, "more than once: a")),
         new("a pod that does not exist: refused, nothing made", () => Facts(Group(pods: ["a", "zz"])), d => Refused(d, Reasons.PodNotFound, "default/zz does not exist")),
         new("a pod not running: refused", () => Facts(Group(pods: ["a", "d"])), d => Refused(d, Reasons.PodNotRunning, "default/d is Pending")),
+        new("a pod on the host's network: refused before any member is made", () => Facts(Group(pods: ["a", "h"])) with { Pods = [Pod("a", "node-a"), HostNetwork(Pod("h", "node-b"))] },
+            d => Refused(d, Reasons.CheckpointRefused, "default/h uses the host's network")),
         new("an export asked of a group: refused", () => Facts(Exported(Group(pods: ["a"]))), d => Refused(d, Reasons.InvalidGroup, "export, source and podName")),
         new("members being taken: no decision, look again", () => InFlight(Member("a", "Checkpointing", held: true), Member("b", "Checkpointing"), Member("c", "Checkpointing", held: true)),
             d =>
@@ -122,6 +124,12 @@ public sealed class CheckpointGroupDecisionsTests
         Metadata = new V1ObjectMeta { Name = "g", NamespaceProperty = "default", Uid = "uid-g" },
         Spec = new CheckpointSpec { Pods = pods, PodSelector = selector },
     };
+
+    private static V1Pod HostNetwork(V1Pod pod)
+    {
+        pod.Spec.HostNetwork = true;
+        return pod;
+    }
 
     private static Checkpoint Named(Checkpoint group, string name)
     {
