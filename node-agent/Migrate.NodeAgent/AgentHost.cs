@@ -90,6 +90,8 @@ public static class AgentHost
         builder.Services.AddSingleton<ImageSender>();
         builder.Services.AddSingleton<PeerAgents>();
         builder.Services.AddSingleton<IncomingMigrations>();
+        builder.Services.AddSingleton<PostCopySource>();
+        builder.Services.AddSingleton<PostCopyRelay>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<IncomingMigrations>());
         builder.Services.AddSingleton<KeptCheckpoints>();
         builder.Services.AddSingleton<PodFence>();

@@ -443,7 +443,9 @@ public static partial class Restorer
         var self = Environment.ProcessPath ?? throw new RestoreFailedException("this program's own path is unknown: it cannot start its page server");
         try
         {
-            return LazyRestoreHelpers.Begin("criu", version, self, images, memory, work);
+            // pages a post-copy dump left on the source are fetched through this node's agent, which listens in the migration's directory
+            var agent = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(work))!, RemotePagesProtocol.SocketName);
+            return LazyRestoreHelpers.Begin("criu", version, self, images, memory, work, (agent, request.Container));
         }
         catch (IOException e)
         {

@@ -179,6 +179,18 @@ public static class MigrationModes
 {
     public const string Cold = "Cold";
     public const string PreCopy = "PreCopy";
+
+    /// <summary>No rounds: frozen only for CRIU's dump and the restore; the replacement runs at once and fetches its memory from the frozen source.</summary>
+    public const string PostCopy = "PostCopy";
+
+    /// <summary>Pre-copy rounds, then post-copy for what was written since the last one.</summary>
+    public const string Hybrid = "Hybrid";
+
+    /// <summary>Whether a mode copies memory in rounds while the pod runs.</summary>
+    public static bool HasRounds(string? mode) => mode is PreCopy or Hybrid;
+
+    /// <summary>Whether a mode leaves memory on the source for the running replacement to fetch.</summary>
+    public static bool LeavesMemoryOnSource(string? mode) => mode is PostCopy or Hybrid;
 }
 
 /// <summary>The values of spec.checkpointPath and status.checkpointPath.</summary>
@@ -295,6 +307,10 @@ public sealed class MigrationRequestStatus
     /// <summary>How pre-copy found the pages written between rounds (<see cref="MemoryTrackingMethods"/>); unset without rounds.</summary>
     [JsonPropertyName("memoryTracking")]
     public string? MemoryTracking { get; set; }
+
+    /// <summary>Post-copy: the bytes of memory the final dump left on the source, which the running replacement fetched from there.</summary>
+    [JsonPropertyName("postCopyBytes")]
+    public long? PostCopyBytes { get; set; }
 
     [JsonPropertyName("bytesTransferred")]
     public long? BytesTransferred { get; set; }

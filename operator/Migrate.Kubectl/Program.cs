@@ -86,7 +86,9 @@ namespace Migrate.Kubectl
                 null when path == "CRI" => "Cold",
                 null or "precopy" => "PreCopy",
                 "cold" => "Cold",
-                var other => throw new UsageException($"--mode must be cold or precopy, not '{other}'"),
+                "postcopy" => "PostCopy",
+                "hybrid" => "Hybrid",
+                var other => throw new UsageException($"--mode must be cold, precopy, postcopy or hybrid, not '{other}'"),
             };
             if (path == "CRI" && mode != "Cold")
             {

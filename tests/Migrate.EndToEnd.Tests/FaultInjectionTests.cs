@@ -153,6 +153,37 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
     }
 
     [Fact]
+    public async Task The_target_agent_killed_during_post_copy_ends_the_replacement_and_thaws_the_source_that_kept_its_pages()
+    {
+        const string pod = "post-crash";
+        await Sandbox.RunCounterAsync(Cluster, pod, "node-a", 32);
+        await Sandbox.ApplyRequestAsync(Cluster, "move-" + pod, pod, "PostCopy", "node-b");
+        // the replacement runs at once, while its memory is still on the frozen source
+        var restoring = await Sandbox.WaitForRequestAsync(Cluster, "move-" + pod, r => r?.Status?.MemoryRestore == "Lazy" || MigrationPhases.IsFinal(r?.Status?.Phase));
+        output.WriteLine($"{restoring!.Status!.Phase} {restoring.Status.Reason}: {restoring.Status.Message}; {restoring.Status.PostCopyBytes} bytes left on the source");
+        Assert.Equal((MigrationPhases.Restoring, "Lazy"), (restoring.Status.Phase, restoring.Status.MemoryRestore));
+        var frozenAt = (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick;
+
+        // the target's agent, which fetches the pages from the source, dies: no page can arrive any more, and
+        // while it is gone nobody can say the memory is all there, so the source stays frozen and nothing is decided
+        await Cluster.Node("node-b").KillAgentAsync();
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        Assert.Equal(MigrationPhases.Restoring, (await Sandbox.GetRequestAsync(Cluster, "move-" + pod))?.Status?.Phase);
+        Assert.Equal(frozenAt, (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick);
+        await Cluster.Node("node-b").StartAgentAsync();
+
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-" + pod))!.Status!;
+        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
+        Assert.Equal(MigrationPhases.RolledBack, status.Phase);
+        Assert.Equal("RestoreFailed", status.Reason);
+        Assert.Contains("not all of it arrived", status.Message, StringComparison.Ordinal);
+        // the source goes on from the tick it was frozen at, with its memory intact, and the replacement is gone
+        var after = await Sandbox.WaitForTicksAsync(Cluster, pod, "main", 3, after: frozenAt);
+        Assert.Equal(frozenAt + 1, after.First(t => t.Tick > frozenAt).Tick);
+        await AssertSourceRunsOnAsync(pod, status);
+    }
+
+    [Fact]
     public async Task A_checkpoint_deleted_while_its_agent_is_down_goes_and_its_images_go_when_the_agent_is_back()
     {
         await Sandbox.RunCounterAsync(Cluster, "orphan", "node-a", 8);

@@ -121,6 +121,54 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         await DeletePodAsync(status.ReplacementPod!);
     }
 
+    [Theory]
+    [InlineData("PostCopy")]
+    [InlineData("Hybrid")]
+    public async Task A_workload_moved_post_copy_runs_on_the_target_before_its_memory_arrives_from_the_frozen_source(string mode)
+    {
+        string pod = "post-" + mode.ToLowerInvariant();
+        await Sandbox.RunCounterAsync(Cluster, pod, "node-a", 96);
+        await Sandbox.ApplyRequestAsync(Cluster, "move-" + pod, pod, mode, "node-b");
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-" + pod))!.Status!;
+        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}; downtime {status.DowntimeMillis} ms, {status.ImageBytes} bytes staged, " +
+            $"{status.BytesTransferred} sent, {status.PostCopyBytes} left on the source, {status.PreCopyRounds} rounds");
+        Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
+
+        // the counter goes on from the source's last tick, and its whole 96 MiB checks out on the target
+        var after = await Sandbox.WaitForTicksAsync(Cluster, status.ReplacementPod!, "main", 12);
+        var before = Cluster.Node("node-a").LoggedTicks("default", pod, "main");
+        Sandbox.AssertConsecutive(after, before[^1].Tick + 1);
+        Assert.Contains(after, t => t.VerifiedOk);
+        Assert.DoesNotContain(after, t => t.Verified == "BAD");
+        Assert.Equal(MemoryRestoreModes.Lazy, status.MemoryRestore);
+
+        // pages were left on the source and fetched from there: with no rounds all of the buffer, after rounds only what was written since
+        Assert.True(status.PostCopyBytes > 0, $"postCopyBytes {status.PostCopyBytes}");
+        if (mode == "PostCopy")
+        {
+            Assert.Null(status.PreCopyRounds is > 0 ? status.PreCopyRounds : null);
+            Assert.True(status.PostCopyBytes >= 96L << 20, $"postCopyBytes {status.PostCopyBytes}: the whole buffer stays on the source");
+            Assert.True(status.BytesTransferred < 32L << 20, $"bytesTransferred {status.BytesTransferred}: the memory must not cross before the restore");
+        }
+        else
+        {
+            Assert.True(status.PreCopyRounds >= 1, $"{status.PreCopyRounds} rounds");
+            Assert.True(status.PostCopyBytes < 32L << 20, $"postCopyBytes {status.PostCopyBytes}: only what was written since the last round stays on the source");
+            Assert.True(status.BytesTransferred >= 96L << 20, $"bytesTransferred {status.BytesTransferred}: the rounds carried the buffer");
+        }
+
+        // the target's agent fetched them from the source's agent, which read them from the frozen processes
+        // (each agent says so once the page server has closed its connection, which may be just after the request ended)
+        await Cluster.Node("node-a").Agent.WaitUntilAsync(() => Task.FromResult(
+                System.Text.RegularExpressions.Regex.IsMatch(Cluster.Node("node-a").Agent.LogTail(1_000_000), @"served [1-9]\d* pages of container main left on this node to the target")),
+            TimeSpan.FromSeconds(20), "the source's agent to say it served the pages");
+        Assert.Matches(@"migration [^:]*: relayed [1-9]\d* pages of container main from the source", Cluster.Node("node-b").Agent.LogTail(1_000_000));
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+        Figures.Record(nameof(MigrationEndToEndTests), $"96MiB {mode} downtime ms", status.DowntimeMillis ?? -1, "ms");
+        Figures.Record(nameof(MigrationEndToEndTests), $"96MiB {mode} bytes left on the source", status.PostCopyBytes ?? -1, "B");
+        await DeletePodAsync(status.ReplacementPod!);
+    }
+
     [Fact]
     public async Task A_two_container_pod_keeps_its_open_file_in_the_writable_layer_and_its_shared_emptyDir()
     {

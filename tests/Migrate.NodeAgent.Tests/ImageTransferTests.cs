@@ -203,6 +203,38 @@ public sealed class ImageTransferTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Page_fetches_are_refused_to_anyone_but_the_tokens_target_and_for_migrations_that_left_no_pages()
+    {
+        var pki = _agents.Pki;
+        var honest = _agents.Peer(Source, pki.Issue("node-b"));
+        var good = pki.Token("m-pages", "node-a", "node-b");
+        var cases = new (string Name, ImageTransfer.ImageTransferClient Client, PageFetch First, StatusCode Code, string Says)[]
+        {
+            ("another node", _agents.Peer(Source, pki.Issue("node-c")), Fetch("m-pages", good), StatusCode.PermissionDenied, "this call comes from node-c"),
+            ("foreign key", honest, Fetch("m-pages", TestPki.ForeignToken("m-pages", "node-a", "node-b")), StatusCode.PermissionDenied, "signature"),
+            ("expired", honest, Fetch("m-pages", pki.Token("m-pages", "node-a", "node-b", lifetime: TimeSpan.FromSeconds(-5))), StatusCode.PermissionDenied, "expired"),
+            ("other migration", honest, Fetch("m-pages", pki.Token("m-other", "node-a", "node-b")), StatusCode.PermissionDenied, "for migration m-other"),
+            ("other source", honest, Fetch("m-pages", pki.Token("m-pages", "node-c", "node-b")), StatusCode.PermissionDenied, "for pages from node node-c"),
+            ("no token", honest, Fetch("m-pages", ""), StatusCode.PermissionDenied, "no transfer token"),
+            ("bad id", honest, Fetch("M/../x", good), StatusCode.InvalidArgument, "is not a migration id"),
+            ("unknown migration", honest, Fetch("m-pages", good), StatusCode.NotFound, "not known on this node"),
+        };
+
+        foreach (var (name, client, first, code, says) in cases)
+        {
+            using var call = client.FetchPages();
+            await call.RequestStream.WriteAsync(first);
+            await call.RequestStream.CompleteAsync();
+            var error = await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext(CancellationToken.None));
+            Assert.True(error.StatusCode == code, $"{name}: {error.StatusCode} {error.Status.Detail}");
+            Assert.True(error.Status.Detail.Contains(says, StringComparison.Ordinal), $"{name}: {error.Status.Detail}");
+        }
+    }
+
+    private static PageFetch Fetch(string migration, string token) =>
+        new() { MigrationId = migration, Token = token, Container = "main", TaskId = 1, Address = 0x10000, Pages = 1 };
+
+    [Fact]
     public async Task A_peer_whose_certificate_is_not_from_the_cluster_CA_cannot_connect()
     {
         await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-cert", Token = _agents.Pki.Token("m-cert", "node-a", "node-b") });

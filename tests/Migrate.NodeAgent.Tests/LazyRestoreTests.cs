@@ -331,6 +331,222 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_tree_dumped_post_copy_restores_at_once_and_its_pages_come_from_the_frozen_source(bool afterRound)
+    {
+        const int mib = 32;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 10));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var cgroup = TestFreezer.Create(tree);
+        using var trackers = new WriteTrackers(enabled: true, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        var options = new CriuOptions
+        {
+            Pid = tree.RootPid,
+            ImagesDirectory = Path.Combine(tree.Directory, "images"),
+            LeaveRunning = true,
+            FreezeCgroup = cgroup.Freezer.Directory,
+        };
+        var rounds = new List<PreCopyRound>();
+        PreCopySession Session(bool running) =>
+            new(_criu, options, PreCopyMethod.ContentComparison, rounds,
+                tracker: running ? trackers.ForRounds("m", "c", tree.RootPid) : trackers.ForFrozen("m", "c"));
+        for (int number = 1; afterRound && number <= 2; number++)
+        {
+            // write tracking armed in round 1 shows, when frozen, what was written since round 2
+            rounds.Add(Session(running: true).PreDump());
+            long after = tree.ReadTicks()[^1].Tick;
+            tree.WaitForTick(t => t.Tick >= after + 3, TickTimeout, $"a moment of rewriting after round {number}");
+        }
+
+        cgroup.Freezer.Freeze();
+        var final = Session(running: false).DumpLazy(leaveOnSource: true);
+        var last = tree.ReadTicks()[^1];
+        ulong lazy = CriuPagemap.ReadAll(final.Directory)
+            .Aggregate(0UL, (s, m) => s + m.Entries.Where(e => (e.Flags & PagemapFlags.Lazy) != 0).Aggregate(0UL, (t, e) => t + e.PageCount));
+        output.WriteLine($"after a round: {afterRound}; {lazy} lazy pages: {final.PagesRemote} left on the source, {final.PagesInParent} in the round, {final.PagesWritten} read");
+        // nothing is read while frozen: what the round does not hold stays on the source
+        Assert.Equal(0UL, final.PagesWritten);
+        Assert.Equal(lazy, final.PagesRemote + final.PagesInParent);
+        Assert.True(afterRound ? final.PagesInParent > final.PagesRemote && final.PagesRemote > 0 : final.PagesRemote == lazy,
+            $"{final.PagesRemote} pages left on the source, {final.PagesInParent} in the round");
+
+        // the source stays frozen, alive, and serves its pages; the copy runs beside it
+        using var source = LivePages.Open(tree.RootPid, final.MemoryDirectory!);
+        Assert.Equal(final.PagesRemote, source.RemotePages);
+        var (serverEnd, daemonEnd) = DetachedProcess.SocketPair();
+        var work = Directory.CreateDirectory(Path.Combine(tree.Directory, "restore-work")).FullName;
+        int daemon = LazyPagesDaemon.Start("criu", final.Directory, work, daemonEnd, TimeSpan.FromSeconds(10));
+        daemonEnd.Dispose();
+        var counting = new CountingSource(source);
+        using var server = new PageServer(final.MemoryDirectory!, PageServerProtocol.For(_criu.GetVersion()), counting);
+        var serving = Task.Run(() =>
+        {
+            using var stream = new NetworkStream(serverEnd, ownsSocket: true);
+            return server.Serve(stream);
+        });
+        try
+        {
+            // (not into the source's cgroup, which is frozen: the copy runs beside it, as on another node)
+            var restore = _criu.Restore(new CriuOptions
+            {
+                ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true,
+                ManageCgroups = true, CgroupMode = CriuCgroupMode.Ignore,
+            }, asChild: true);
+            tree.AdoptRestoredRoot(restore.Pid);
+            Assert.True(cgroup.Freezer.IsFrozen, "the source must stay frozen while its pages are fetched");
+            Assert.Equal(last.Tick + 1, tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick after the post-copy restore").Tick);
+            var verified = tree.RequestVerification(TickTimeout);
+            Assert.True(verified.VerifiedOk, $"buffer check after the post-copy restore: {verified.Verified}");
+
+            var report = await serving.WaitAsync(TimeSpan.FromSeconds(30));
+            output.WriteLine($"restore {restore.Elapsed.TotalMilliseconds:0} ms; {LazyMemoryFill.ReportLine(report)}");
+            Assert.True(report.ClosedByDaemon);
+            Assert.Equal((long)lazy, report.PagesServed);
+            Assert.Equal((long)final.PagesRemote, report.PagesFromSource);
+            Assert.Equal((long)final.PagesRemote, counting.Pages);
+            Assert.Equal(0, WaitForExit(daemon, TimeSpan.FromSeconds(10)));
+            Figures.Record(nameof(LazyRestoreTests), $"post_copy_restore_ms_32mib{(afterRound ? "_after_round" : "")}", restore.Elapsed.TotalMilliseconds, "ms");
+        }
+        finally
+        {
+            DetachedProcess.Kill(daemon);
+            WaitForExit(daemon, TimeSpan.FromSeconds(5));
+            serverEnd.Dispose();
+            cgroup.KillFrozenTree(tree.RootPid);
+        }
+    }
+
+    [Fact]
+    public void Pages_left_on_the_source_are_fetched_from_it_never_read_from_an_older_round_and_a_failed_fetch_sends_no_reply()
+    {
+        var directory = Directory.CreateTempSubdirectory("migrate-pages-").FullName;
+        try
+        {
+            // the round holds pages 0x10000-0x13fff (all 7s); the final set takes 0x10000 from it and leaves 0x11000-0x12fff on the source
+            var round = Path.Combine(directory, "round-1");
+            Directory.CreateDirectory(round);
+            File.WriteAllBytes(Path.Combine(round, CriuPagemap.PagesFileName(1)), [.. Enumerable.Repeat((byte)7, 4 * PagemapEntry.PageSize)]);
+            new CriuPagemap(1, 1, [new PagemapEntry(0x10000, 4, PagemapFlags.Present)]).Write(round);
+            var set = Path.Combine(directory, "memory");
+            Directory.CreateDirectory(set);
+            Directory.CreateSymbolicLink(Path.Combine(set, "parent"), "../round-1");
+            File.WriteAllBytes(Path.Combine(set, CriuPagemap.PagesFileName(1)), []);
+            new CriuPagemap(1, 1, [new PagemapEntry(0x10000, 1, PagemapFlags.Parent), new PagemapEntry(0x11000, 2, PagemapFlags.Lazy),
+                new PagemapEntry(0x13000, 1, PagemapFlags.Parent)]).Write(set);
+            var protocol = PageServerProtocol.Wide;
+            var source = new FakeSource(9);
+            using var server = new PageServer(set, protocol, source);
+
+            // asked for all four: the first comes from the round alone (a reply stops where the source's pages begin)
+            var (reply, report) = Exchange(server, protocol, new PageServerHeader((uint)PageServerCommand.Get, 0, 4, 0x10000, 1), close: true);
+            Assert.Equal(1UL, protocol.Decode(reply).Pages);
+            Assert.Equal(protocol.HeaderSize + PagemapEntry.PageSize + 4, reply.Length);
+            Assert.All(reply.AsSpan(protocol.HeaderSize, PagemapEntry.PageSize).ToArray(), b => Assert.Equal(7, b));
+            Assert.Equal(0, report!.PagesFromSource);
+
+            // then the two left on the source come from it, though the round holds older copies of them
+            (reply, report) = Exchange(server, protocol, new PageServerHeader((uint)PageServerCommand.Get, 0, 3, 0x11000, 1), close: true);
+            Assert.Equal(2UL, protocol.Decode(reply).Pages);
+            Assert.Equal(protocol.HeaderSize + (2 * PagemapEntry.PageSize) + 4, reply.Length);
+            Assert.All(reply.AsSpan(protocol.HeaderSize, 2 * PagemapEntry.PageSize).ToArray(), b => Assert.Equal(9, b));
+            Assert.Equal([(1, 0x11000UL, 2)], source.Asked);
+            Assert.Equal(2, report!.PagesFromSource);
+
+            // a fetch that fails ends the session before any reply: the daemon never reads a header without its pages
+            source.Fail = true;
+            var (failed, bytes) = ExchangeFailing(server, protocol, new PageServerHeader((uint)PageServerCommand.Get, 0, 1, 0x12000, 1));
+            Assert.Contains("link down", failed.Message, StringComparison.Ordinal);
+            Assert.Equal(0, bytes);
+
+            // with nowhere to fetch them from, such pages are refused, never served from the round
+            using var alone = new PageServer(set, protocol);
+            var refused = Assert.Throws<PageServerException>(() => Exchange(alone, protocol, new PageServerHeader((uint)PageServerCommand.Get, 0, 1, 0x11000, 1), close: false));
+            Assert.Contains("left on the source", refused.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void The_frozen_source_gives_only_the_pages_it_left_and_says_which_were_asked()
+    {
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(8, Seed, dirtyPercentPerSecond: 0));
+        tree.WaitForTick(t => t.Tick >= 2, TickTimeout, "two ticks");
+        using var cgroup = TestFreezer.Create(tree);
+        try
+        {
+            var session = new PreCopySession(_criu, new CriuOptions
+            {
+                Pid = tree.RootPid,
+                ImagesDirectory = Path.Combine(tree.Directory, "images"),
+                LeaveRunning = true,
+                FreezeCgroup = cgroup.Freezer.Directory,
+            });
+            cgroup.Freezer.Freeze();
+            var final = session.DumpLazy(leaveOnSource: true);
+            var map = CriuPagemap.ReadAll(final.MemoryDirectory!).MaxBy(m => m.Entries.Where(e => e.IsLeftLazy).Sum(e => e.PageCount))!;
+            var entry = map.Entries.Where(e => e.IsLeftLazy).MaxBy(e => e.PageCount);
+            using var source = LivePages.Open(tree.RootPid, final.MemoryDirectory!);
+            var buffer = new byte[2 * PagemapEntry.PageSize];
+
+            // the same bytes the frozen process holds
+            source.Read(map.Id, entry.Address, 2, buffer);
+            int hostPid = new[] { tree.RootPid }.Concat(IsolatedProcessTree.Descendants(tree.RootPid)).Single(p => IsolatedProcessTree.NamespacePids(p)[^1] == map.Id);
+            using (var memory = File.OpenHandle($"/proc/{hostPid}/mem", FileMode.Open, FileAccess.Read))
+            {
+                var direct = new byte[buffer.Length];
+                RandomAccess.Read(memory, direct, (long)entry.Address);
+                Assert.Equal(direct, buffer);
+            }
+
+            var outside = Assert.Throws<PageServerException>(() => source.Read(map.Id, entry.End, 1, buffer));
+            Assert.Contains("not among those left on the source", outside.Message, StringComparison.Ordinal);
+            var across = Assert.Throws<PageServerException>(() => source.Read(map.Id, entry.End - PagemapEntry.PageSize, 2, buffer));
+            Assert.Contains("not among those left on the source", across.Message, StringComparison.Ordinal);
+            var other = Assert.Throws<PageServerException>(() => source.Read(map.Id + 1000, entry.Address, 1, buffer));
+            Assert.Contains("left no pages", other.Message, StringComparison.Ordinal);
+            var unaligned = Assert.Throws<PageServerException>(() => source.Read(map.Id, entry.Address + 1, 1, buffer));
+            Assert.Contains("malformed", unaligned.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            cgroup.KillFrozenTree(tree.RootPid);
+        }
+    }
+
+    private sealed class FakeSource(byte fill) : IPageSource
+    {
+        public List<(int Task, ulong Address, int Pages)> Asked { get; } = [];
+
+        public bool Fail { get; set; }
+
+        public void Read(int taskId, ulong address, int pages, Span<byte> destination)
+        {
+            if (Fail)
+            {
+                throw new PageServerException("link down");
+            }
+
+            Asked.Add((taskId, address, pages));
+            destination[..(pages * PagemapEntry.PageSize)].Fill(fill);
+        }
+    }
+
+    private sealed class CountingSource(IPageSource inner) : IPageSource
+    {
+        public long Pages { get; private set; }
+
+        public void Read(int taskId, ulong address, int pages, Span<byte> destination)
+        {
+            inner.Read(taskId, address, pages, destination);
+            Pages += pages;
+        }
+    }
+
+    [Theory]
     [InlineData(4, 1, 0, 24)]
     [InlineData(4, 1, 1, 24)]
     [InlineData(4, 2, 0, 32)]
@@ -346,6 +562,25 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         Assert.Equal(header, protocol.Decode(bytes));
         Assert.Equal(7, bytes[0]);
         Assert.Equal(17, size == 24 ? bytes[4] : bytes[8]);
+    }
+
+    /// <summary>A request the server fails on: its error, and how many bytes it had written back before.</summary>
+    private static (PageServerException Error, int Written) ExchangeFailing(PageServer server, PageServerProtocol protocol, PageServerHeader request)
+    {
+        var (ours, theirs) = DetachedProcess.SocketPair();
+        using var client = new NetworkStream(ours, ownsSocket: true);
+        var bytes = new byte[protocol.HeaderSize];
+        protocol.Encode(request, bytes);
+        client.Write(bytes);
+        PageServerException? error = null;
+        using (var stream = new NetworkStream(theirs, ownsSocket: true))
+        {
+            error = Assert.Throws<PageServerException>(() => server.Serve(stream));
+        }
+
+        using var reply = new MemoryStream();
+        client.CopyTo(reply);
+        return (error, (int)reply.Length);
     }
 
     private static (byte[] Reply, PageServerReport? Report) Exchange(PageServer server, PageServerProtocol protocol, PageServerHeader request, bool close)

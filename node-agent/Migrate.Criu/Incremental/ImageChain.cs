@@ -162,6 +162,25 @@ internal sealed class ImageChain : IDisposable
         return entry.IsInParent ? _parent?.CoveredRun(id, address, run) ?? 0 : entry.IsPresent && task.Pages is not null ? run : 0;
     }
 
+    /// <summary>
+    /// How many pages from <paramref name="address"/> on (at most <paramref name="maxPages"/>) this
+    /// set lists as left on the source (marked lazy, neither present nor in a parent: see
+    /// <see cref="PagemapBuilder.AddRemote"/>). Only this set's own pagemap counts: such pages must
+    /// not be read from an ancestor, which holds an older copy.
+    /// </summary>
+    public int RemoteRun(int id, ulong address, int maxPages)
+    {
+        var task = GetTask(id);
+        int index = task?.Find(address) ?? -1;
+        if (index < 0 || maxPages <= 0)
+        {
+            return 0;
+        }
+
+        var entry = task!.Entries[index];
+        return entry.IsLeftLazy ? (int)Math.Min((ulong)maxPages, (entry.End - address) / PagemapEntry.PageSize) : 0;
+    }
+
     /// <summary>True if some image set of the chain has a pagemap for task <paramref name="id"/>.</summary>
     public bool HasTask(int id) => GetTask(id) is not null || (_parent?.HasTask(id) ?? false);
 

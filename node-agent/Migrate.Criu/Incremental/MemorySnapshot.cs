@@ -13,7 +13,8 @@ namespace Migrate.Criu.Incremental;
 /// <param name="PagesUnchanged">Pages identical to the parent set, recorded as "in parent".</param>
 /// <param name="Elapsed">Wall time of the round.</param>
 /// <param name="PagesRead">Pages read from the processes: all of them, less those write tracking showed unchanged.</param>
-public sealed record SnapshotResult(string Directory, int Tasks, ulong PagesScanned, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed, ulong PagesRead)
+/// <param name="PagesRemote">Pages left on the source for post-copy: listed, not read.</param>
+public sealed record SnapshotResult(string Directory, int Tasks, ulong PagesScanned, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed, ulong PagesRead, ulong PagesRemote = 0)
 {
     public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
 }
@@ -82,17 +83,21 @@ public static class MemorySnapshot
     /// The set covers every lazy page by construction: one that cannot be read fails the capture.
     /// With <paramref name="changes"/> (a write-tracking scan taken while frozen, after the parent
     /// round was read), pages it shows unchanged that the parent chain holds are not read at all.
+    /// With <paramref name="leaveOnSource"/> (post-copy), the pages that would be read are not: they
+    /// are listed as left on the source (<see cref="PagemapBuilder.AddRemote"/>), to be fetched from
+    /// the frozen tree after the restore.
     /// </summary>
-    public static SnapshotResult CaptureLazy(int rootPid, string lazyDumpDirectory, string directory, string? parentDirectory, MemoryChanges? changes = null)
+    public static SnapshotResult CaptureLazy(int rootPid, string lazyDumpDirectory, string directory, string? parentDirectory, MemoryChanges? changes = null,
+        bool leaveOnSource = false)
     {
         var stopwatch = Stopwatch.StartNew();
         using var parent = CreateSet(ref directory, parentDirectory);
 
         var hostPids = LiveProcessTree.Enumerate(rootPid).ToDictionary(t => t.ImageId, t => t.HostPid);
-        ulong scanned = 0, written = 0, unchanged = 0;
+        ulong scanned = 0, written = 0, unchanged = 0, remote = 0;
         uint pagesId = 0;
         int tasks = 0;
-        var buffers = new PageBuffers();
+        var buffers = new PageBuffers { LeaveOnSource = leaveOnSource };
         foreach (var map in CriuPagemap.ReadAll(lazyDumpDirectory))
         {
             var lazy = map.Entries.Where(e => e.IsLeftLazy).ToList();
@@ -129,9 +134,10 @@ public static class MemorySnapshot
             builder.Complete();
             written += builder.PresentPages;
             unchanged += builder.ParentPages;
+            remote += builder.RemotePages;
         }
 
-        return new SnapshotResult(directory, tasks, scanned, written, unchanged, stopwatch.Elapsed, buffers.PagesRead);
+        return new SnapshotResult(directory, tasks, scanned, written, unchanged, stopwatch.Elapsed, buffers.PagesRead, remote);
     }
 
     private static (ulong Scanned, ulong Written, ulong Unchanged, ulong Read) SnapshotTask(LiveTask task, string directory, uint pagesId, ImageChain? parent, TrackedPages? tracked)
@@ -215,6 +221,12 @@ public static class MemorySnapshot
                 page++;
             }
             int run = page - runStart;
+            if (buffers.LeaveOnSource)
+            {
+                builder.AddRemote(at, (uint)run);
+                continue;
+            }
+
             var pages = buffers.Content.AsSpan(0, run * PagemapEntry.PageSize);
             if (!ReadMemory(memory, at, pages))
             {
@@ -264,6 +276,9 @@ public static class MemorySnapshot
         public bool[] InParent { get; } = new bool[BatchPages];
 
         public ulong PagesRead { get; set; }
+
+        /// <summary>Pages not known unchanged are listed as left on the source instead of read (post-copy).</summary>
+        public bool LeaveOnSource { get; init; }
     }
 
     private static bool IsPrivateResident(byte[] flags, int index)

@@ -30,6 +30,9 @@ internal sealed class PagemapBuilder : IDisposable
 
     public ulong ParentPages { get; private set; }
 
+    /// <summary>Pages left on the source (post-copy): listed, with no bytes here or in a parent.</summary>
+    public ulong RemotePages { get; private set; }
+
     public void AddPresent(ulong address, ReadOnlySpan<byte> page)
     {
         _pages.Write(page[..PagemapEntry.PageSize]);
@@ -41,6 +44,17 @@ internal sealed class PagemapBuilder : IDisposable
     {
         Append(address, count, PagemapFlags.Parent);
         ParentPages += count;
+    }
+
+    /// <summary>
+    /// Pages this set neither holds nor refers to a parent for: marked lazy only, so a page server
+    /// over the chain fetches them from where they were left (the frozen source, in post-copy)
+    /// instead of reading an older copy from a parent set.
+    /// </summary>
+    public void AddRemote(ulong address, uint count)
+    {
+        Append(address, count, PagemapFlags.Lazy);
+        RemotePages += count;
     }
 
     /// <summary>Keeps an entry that holds no pages in this set (neither present nor parent) as it was.</summary>

@@ -42,7 +42,9 @@ public sealed record PreCopyRound(int Number, string Directory, PreCopyMethod Me
 /// <param name="MemoryDirectory">For a lazy dump: the image set holding its lazy pages (child of the last round); null otherwise.</param>
 /// <param name="Tracked">True when a write-tracking scan decided which of the lazy pages to read.</param>
 /// <param name="PagesRead">A lazy dump: pages read from the frozen processes (fewer than all when tracked).</param>
-public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, CriuDumpResult Dump, ulong PagesWritten, ulong PagesInParent, TimeSpan DeduplicationTime, string? MemoryDirectory = null, bool Tracked = false, ulong PagesRead = 0)
+/// <param name="PagesRemote">A post-copy dump: pages left on the source, fetched from the frozen processes after the restore.</param>
+public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, CriuDumpResult Dump, ulong PagesWritten, ulong PagesInParent, TimeSpan DeduplicationTime, string? MemoryDirectory = null, bool Tracked = false, ulong PagesRead = 0,
+    ulong PagesRemote = 0)
 {
     public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
 }
@@ -195,9 +197,12 @@ public sealed class PreCopySession
     /// <see cref="MemoryDirectoryName"/>, a child of the last round holding only what changed since.
     /// Restoring it needs CRIU's lazy-pages daemon fed by a <see cref="Lazy.PageServer"/> over that
     /// set. The tree must stay frozen from the dump to the end of the capture (the session's
-    /// options must leave it running under a frozen cgroup, or stopped).
+    /// options must leave it running under a frozen cgroup, or stopped). With
+    /// <paramref name="leaveOnSource"/> (post-copy) what changed is not read but listed as left on
+    /// the source: the tree must then stay frozen until the target's page server fetched it all
+    /// (<see cref="Lazy.LivePages"/>).
     /// </summary>
-    public PreCopyFinalDump DumpLazy()
+    public PreCopyFinalDump DumpLazy(bool leaveOnSource = false)
     {
         if (_options.LeaveRunning != true)
         {
@@ -217,8 +222,9 @@ public sealed class PreCopySession
         var previous = _rounds.Count > 0 ? _rounds[^1].Directory : _ancestor;
         var dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null, LazyPages = true });
         var changes = TrackedChanges(_rounds.Count + 1);
-        var snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous, changes);
-        return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory, changes is not null, snapshot.PagesRead);
+        var snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous, changes, leaveOnSource);
+        return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory, changes is not null, snapshot.PagesRead,
+            snapshot.PagesRemote);
     }
 
     /// <summary>

@@ -49,16 +49,21 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// <summary>
     /// Starts and records both helpers as <see cref="Start"/> does, without waiting for the daemon to
     /// listen (see <see cref="WaitReady"/>): its start-up overlaps whatever the caller does next. On
-    /// failure neither is left running.
+    /// failure neither is left running. With <c>remote</c> (the node agent's socket, and the container),
+    /// the page server fetches the pages a post-copy dump left on the source through the agent.
     /// </summary>
-    public static LazyRestoreHelpers Begin(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory)
+    public static LazyRestoreHelpers Begin(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory,
+        (string Socket, string Container)? remote = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(serverProgram);
         var (daemonEnd, serverEnd) = DetachedProcess.SocketPair();
         using (daemonEnd)
         using (serverEnd)
         {
-            int server = DetachedProcess.Spawn(serverProgram, [ServeArgument, Path.GetFullPath(memoryDirectory), version.ToString()],
+            string[] arguments = remote is { } r
+                ? [ServeArgument, Path.GetFullPath(memoryDirectory), version.ToString(), r.Socket, r.Container]
+                : [ServeArgument, Path.GetFullPath(memoryDirectory), version.ToString()];
+            int server = DetachedProcess.Spawn(serverProgram, arguments,
                 new Dictionary<int, int> { [3] = (int)serverEnd.SafeHandle.DangerousGetHandle() },
                 Path.Combine(workDirectory, PageServerLog));
             int daemon;
@@ -161,9 +166,9 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     {
         ArgumentNullException.ThrowIfNull(arguments);
         ArgumentNullException.ThrowIfNull(log);
-        if (arguments.Count != 3 || arguments[0] != ServeArgument || CriuVersion.TryParse("Version: " + arguments[2]) is not { } version)
+        if (arguments.Count is not (3 or 5) || arguments[0] != ServeArgument || CriuVersion.TryParse("Version: " + arguments[2]) is not { } version)
         {
-            log.WriteLine($"usage: {ServeArgument} MEMORY-DIRECTORY CRIU-VERSION (the lazy-pages daemon's socket on descriptor 3)");
+            log.WriteLine($"usage: {ServeArgument} MEMORY-DIRECTORY CRIU-VERSION [AGENT-SOCKET CONTAINER] (the lazy-pages daemon's socket on descriptor 3)");
             return 2;
         }
 
@@ -171,7 +176,8 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         {
             using var socket = new Socket(new SafeSocketHandle(3, ownsHandle: true));
             using var stream = new NetworkStream(socket, ownsSocket: false);
-            using var server = new PageServer(arguments[1], PageServerProtocol.For(version)) { BytesPerSecond = PagesBytesPerSecond() };
+            using var source = arguments.Count == 5 ? new RemotePageClient(arguments[3], arguments[4]) : null;
+            using var server = new PageServer(arguments[1], PageServerProtocol.For(version), source) { BytesPerSecond = PagesBytesPerSecond() };
             var report = server.Serve(stream);
             log.WriteLine(LazyMemoryFill.ReportLine(report));
             return report.ClosedByDaemon ? 0 : 1;

@@ -9,7 +9,8 @@ namespace Migrate.Criu.Lazy;
 /// <param name="PagesServed">Pages sent.</param>
 /// <param name="ClosedByDaemon">The daemon ended the session (it had every page it needed); false if the connection just ended.</param>
 /// <param name="Elapsed">Wall time of the session.</param>
-public sealed record PageServerReport(long Requests, long PagesServed, bool ClosedByDaemon, TimeSpan Elapsed)
+/// <param name="PagesFromSource">Of those, pages fetched from the source (left there by a post-copy dump).</param>
+public sealed record PageServerReport(long Requests, long PagesServed, bool ClosedByDaemon, TimeSpan Elapsed, long PagesFromSource = 0)
 {
     public long BytesServed => PagesServed * PagemapEntry.PageSize;
 }
@@ -33,13 +34,17 @@ public sealed class PageServer : IDisposable
 
     private readonly ImageChain _chain;
     private readonly PageServerProtocol _protocol;
+    private readonly IPageSource? _source;
+    private long _fromSource;
 
-    /// <param name="memoryDirectory">The image set that holds (or refers to its parents for) every lazy page.</param>
+    /// <param name="memoryDirectory">The image set that holds (or refers to its parents for) every lazy page, or lists it as left on the source.</param>
     /// <param name="protocol">The wire format of the CRIU that runs the daemon.</param>
-    public PageServer(string memoryDirectory, PageServerProtocol protocol)
+    /// <param name="source">Where the pages left on the source come from (null: nowhere; a request for one ends the session).</param>
+    public PageServer(string memoryDirectory, PageServerProtocol protocol, IPageSource? source = null)
     {
         ArgumentNullException.ThrowIfNull(protocol);
         _protocol = protocol;
+        _source = source;
         _chain = ImageChain.Open(Path.GetFullPath(memoryDirectory));
         // every file is open from the start: the node may delete the staged images while the daemon still fills pages
         _chain.OpenAll();
@@ -66,7 +71,7 @@ public sealed class PageServer : IDisposable
             int got = ReadHeader(connection, header);
             if (got == 0)
             {
-                return new PageServerReport(requests, served, false, clock.Elapsed);
+                return new PageServerReport(requests, served, false, clock.Elapsed, _fromSource);
             }
 
             var request = _protocol.Decode(header);
@@ -81,7 +86,7 @@ public sealed class PageServer : IDisposable
                     // the status CRIU's own page server answers: all done
                     connection.Write(SessionOver);
                     connection.Flush();
-                    return new PageServerReport(requests, served, true, clock.Elapsed);
+                    return new PageServerReport(requests, served, true, clock.Elapsed, _fromSource);
                 default:
                     throw new PageServerException($"the lazy-pages daemon sent command 0x{request.Command:x}, which a page server for a restore does not take");
             }
@@ -114,6 +119,11 @@ public sealed class PageServer : IDisposable
 
         int id = (int)request.TaskId;
         int wanted = (int)request.Pages;
+        int remote = _chain.RemoteRun(id, request.Address, wanted);
+        if (remote > 0)
+        {
+            return AnswerFromSource(connection, request, header, pages, remote);
+        }
 
         // the reply says how many pages follow: as many of those asked for as the chain holds in a row
         int available = 0;
@@ -138,6 +148,35 @@ public sealed class PageServer : IDisposable
         }
 
         connection.Flush();
+        return available;
+    }
+
+    /// <summary>Answers with pages the final dump left on the source: they are fetched from there, never read from an older set of the chain.</summary>
+    private long AnswerFromSource(Stream connection, PageServerHeader request, byte[] header, byte[] pages, int available)
+    {
+        int id = (int)request.TaskId;
+        if (_source is null)
+        {
+            throw new PageServerException($"task {id}'s pages at 0x{request.Address:x} were left on the source, and this page server has no way to fetch them");
+        }
+
+        _protocol.Encode(new PageServerHeader((uint)PageServerCommand.AddWithFlags, PageServerProtocol.PresentFlag, (ulong)available, request.Address, request.TaskId), header);
+        for (int sent = 0; sent < available;)
+        {
+            int piece = Math.Min(PiecePages, available - sent);
+            // fetched before the header goes out: a failure ends the session without a reply CRIU would misread
+            _source.Read(id, request.Address + ((ulong)sent * PagemapEntry.PageSize), piece, pages.AsSpan(0, piece * PagemapEntry.PageSize));
+            if (sent == 0)
+            {
+                connection.Write(header);
+            }
+
+            connection.Write(pages, 0, piece * PagemapEntry.PageSize);
+            sent += piece;
+        }
+
+        connection.Flush();
+        _fromSource += available;
         return available;
     }
 

@@ -259,7 +259,7 @@ public sealed partial class CheckpointEngine : IDisposable
     /// too), and the dump waits for the hold to return; a hold that fails thaws the pod.
     /// </summary>
     public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken, bool lazyMemory = false,
-        Func<MigrationRecord, Task>? hold = null) =>
+        Func<MigrationRecord, Task>? hold = null, bool postCopy = false) =>
         await WithMigrationAsync(migrationId, async record =>
         {
             if (record.Phase == MigrationPhase.Frozen && record.FinalDump is not null)
@@ -287,8 +287,9 @@ public sealed partial class CheckpointEngine : IDisposable
                 await HoldFrozenAsync(record, dump, hold);
             }
 
-            var response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump), cancellationToken);
+            var response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump, postCopy), cancellationToken);
             record.FinalDump = JsonFormatter.Default.Format(response);
+            record.PostCopy = response.Containers.Any(c => c.PagesLeftOnSource > 0);
             record.Phase = MigrationPhase.Frozen;
             record.Message = $"pod frozen and dumped: {response.StagedBytes} bytes staged, frozen for {response.FrozenMillis} ms so far";
             record.Save();
@@ -541,7 +542,7 @@ public sealed partial class CheckpointEngine : IDisposable
         dump.Done = true;
     }
 
-    private FinalDumpResponse DumpFrozen(MigrationRecord record, bool lazyMemory, FreezeProgress freeze)
+    private FinalDumpResponse DumpFrozen(MigrationRecord record, bool lazyMemory, FreezeProgress freeze, bool postCopy)
     {
         var response = freeze.Response;
         var frozen = freeze.Frozen;
@@ -569,7 +570,7 @@ public sealed partial class CheckpointEngine : IDisposable
                 using var span = AgentTelemetry.Source.StartActivity("criu.dump");
                 span?.SetTag("k8s.container.name", container.Name);
                 long shared = freeze.SharedBytes.GetValueOrDefault(container.Name);
-                var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared));
+                var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared), postCopy);
                 File.WriteAllText(Path.Combine(dump.Directory, "descriptors.json"), JsonSerializer.Serialize(stdio, StringListJson.Default.IReadOnlyListString));
                 var stats = dump.Dump.Statistics;
                 response.Containers.Add(new ContainerDump
@@ -584,6 +585,7 @@ public sealed partial class CheckpointEngine : IDisposable
                     MemoryCaptureMillis = dump.MemoryDirectory is not null ? Millis(dump.DeduplicationTime) : 0,
                     WriteTracked = dump.Tracked,
                     SharedMemoryBytes = (ulong)shared,
+                    PagesLeftOnSource = dump.PagesRemote,
                 });
                 AgentTelemetry.DumpDuration.Record(dump.Dump.Elapsed.TotalMilliseconds);
                 AgentTelemetry.PagesWritten.Add((long)dump.PagesWritten, new KeyValuePair<string, object?>("stage", "final"));
@@ -654,14 +656,14 @@ public sealed partial class CheckpointEngine : IDisposable
     /// A container's final dump: with lazy memory when asked and this node's CRIU can, else a plain
     /// one (also when the lazy dump fails: the tree is still frozen, and a plain dump restores anywhere).
     /// </summary>
-    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory)
+    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory, bool postCopy)
     {
         var session = Session(record, container, running: false);
         if (lazyMemory)
         {
             try
             {
-                return session.DumpLazy();
+                return session.DumpLazy(leaveOnSource: postCopy);
             }
             catch (Exception e) when (e is CriuException or IOException or InvalidDataException)
             {
@@ -1053,12 +1055,15 @@ public sealed partial class CheckpointEngine : IDisposable
         return new CheckpointException(code, message);
     }
 
+    /// <summary>Whether a migration id is a DNS label.</summary>
+    public static bool IsValidMigrationId(string migrationId) => !string.IsNullOrEmpty(migrationId) && MigrationIdPattern().IsMatch(migrationId);
+
     /// <summary>Refuses (INVALID_ARGUMENT) a migration id that is not a DNS label.</summary>
     public static void ValidateMigrationId(string migrationId) => ValidateId(migrationId);
 
     private static void ValidateId(string migrationId)
     {
-        if (string.IsNullOrEmpty(migrationId) || !MigrationIdPattern().IsMatch(migrationId))
+        if (!IsValidMigrationId(migrationId))
         {
             throw new CheckpointException(StatusCode.InvalidArgument,
                 $"migration id '{migrationId}' is not valid: use 1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit");

@@ -160,6 +160,12 @@ public sealed class MigrationRecord
     /// <summary>Round responses by number, as protobuf JSON, for repeated calls.</summary>
     public Dictionary<int, string> RoundResponses { get; init; } = [];
 
+    /// <summary>
+    /// The final dump left pages on the source (post-copy): while the pod stays frozen, the target
+    /// fetches them from its processes (<see cref="Transfer.PostCopySource"/>).
+    /// </summary>
+    public bool PostCopy { get; set; }
+
     /// <summary>The final dump's response as protobuf JSON, once taken.</summary>
     public string? FinalDump { get; set; }
 

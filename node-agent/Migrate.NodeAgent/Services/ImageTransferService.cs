@@ -5,8 +5,20 @@ using Migrate.NodeAgent.Transfer;
 namespace Migrate.NodeAgent.Services;
 
 /// <summary>Agent-to-agent image streams and decisions; the peer is the node its client certificate names.</summary>
-public sealed class ImageTransferService(ImageReceiver receiver, IncomingMigrations incoming, AgentIdentity identity) : ImageTransfer.ImageTransferBase
+public sealed class ImageTransferService(ImageReceiver receiver, IncomingMigrations incoming, AgentIdentity identity, PostCopySource postCopy) : ImageTransfer.ImageTransferBase
 {
+    public override async Task FetchPages(IAsyncStreamReader<PageFetch> requestStream, IServerStreamWriter<PageData> responseStream, ServerCallContext context)
+    {
+        try
+        {
+            await postCopy.ServeAsync(requestStream, responseStream, Peer(context), context.CancellationToken);
+        }
+        catch (TransferRejectedException e)
+        {
+            throw new RpcException(new Status(e.Code, e.Message));
+        }
+    }
+
     public override async Task Upload(IAsyncStreamReader<UploadMessage> requestStream, IServerStreamWriter<UploadReply> responseStream, ServerCallContext context)
     {
         try

@@ -8,7 +8,7 @@ namespace Migrate.NodeAgent.Services;
 
 /// <summary>The agent's gRPC API; each call hands over to the domain object that owns it.</summary>
 public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEngine checkpoints, MigrationOperations operations, ImageReceiver receiver,
-    IncomingMigrations incoming, ImageSender sender, MigrationEvents events, KeptCheckpoints kept, PodFence fence, IOptions<AgentOptions> options)
+    IncomingMigrations incoming, ImageSender sender, MigrationEvents events, KeptCheckpoints kept, PodFence fence, IOptions<AgentOptions> options, PostCopyRelay relay)
     : Agent.V1.NodeAgent.NodeAgentBase
 {
     public override Task<GetCapabilitiesResponse> GetCapabilities(GetCapabilitiesRequest request, ServerCallContext context) =>
@@ -21,7 +21,7 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         Call(() => checkpoints.PreDumpAsync(request, context.CancellationToken));
 
     public override Task<FinalDumpResponse> FinalDump(FinalDumpRequest request, ServerCallContext context) =>
-        Call(() => checkpoints.FinalDumpAsync(request.MigrationId, context.CancellationToken, request.LazyMemory));
+        Call(() => checkpoints.FinalDumpAsync(request.MigrationId, context.CancellationToken, request.LazyMemory, postCopy: request.LazyMemory && request.PostCopy));
 
     public override Task<MigrationStatus> StartPreCopy(StartPreCopyRequest request, ServerCallContext context) =>
         Call(() => operations.StartPreCopyAsync(request, context.CancellationToken));
@@ -42,6 +42,7 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         Call(async () =>
         {
             var status = await operations.CleanupAsync(request.MigrationId, context.CancellationToken);
+            relay.Stop(request.MigrationId);
             receiver.Remove(request.MigrationId);
             return status;
         });
@@ -50,6 +51,12 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         Call(() =>
         {
             var expected = receiver.Expect(request);
+            if (request.PostCopySource is { Length: > 0 } source)
+            {
+                // the restore's page server asks here for the pages a post-copy dump leaves on the source
+                relay.Start(request.MigrationId, request.Token, source, receiver.ExpectedSource(request.MigrationId)!);
+            }
+
             if (request.HoldNetwork)
             {
                 incoming.HoldNetwork(request.MigrationId);
@@ -78,6 +85,7 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         {
             CheckpointEngine.ValidateMigrationId(request.MigrationId);
             incoming.Abort(request.MigrationId);
+            relay.Stop(request.MigrationId);
             return Task.FromResult(Status(request.MigrationId));
         });
 

@@ -126,6 +126,15 @@ public sealed partial class ImageReceiver : IDisposable
 
     public string DirectoryOf(string migrationId) => Path.Combine(IncomingRoot, migrationId);
 
+    /// <summary>The source node of an expected migration (null: not expected).</summary>
+    public string? ExpectedSource(string migrationId)
+    {
+        lock (_gate)
+        {
+            return _expected.TryGetValue(migrationId, out var claims) ? claims.SourceNode : null;
+        }
+    }
+
     /// <summary>Registers a migration this node will receive (idempotent); the expectation is kept on disk, so a restarted agent still takes the images.</summary>
     public ExpectImagesResponse Expect(ExpectImagesRequest request)
     {
@@ -644,7 +653,43 @@ public sealed partial class ImageReceiver : IDisposable
         _streams.Dispose();
     }
 
+    /// <summary>
+    /// A target agent's call to this node as a migration's source (post-copy pages): the token must be
+    /// the operator's for that migration from this node to the node the caller's certificate names.
+    /// </summary>
+    public TransferClaims AuthorizeTarget(string token, string migrationId, string? peer)
+    {
+        if (peer is null)
+        {
+            throw Reject(StatusCode.PermissionDenied, "no-client-certificate", "the client presented no certificate from the cluster's CA");
+        }
+
+        var claims = VerifySignature(token, migrationId);
+        if (claims.SourceNode != _options.NodeName)
+        {
+            throw Reject(StatusCode.PermissionDenied, "token", $"the token is for pages from node {claims.SourceNode}, not {_options.NodeName}");
+        }
+
+        if (claims.TargetNode != peer)
+        {
+            throw Reject(StatusCode.PermissionDenied, "wrong-target", $"the token is for node {claims.TargetNode}; this call comes from {peer}");
+        }
+
+        return claims;
+    }
+
     private TransferClaims VerifyToken(string token, string migrationId)
+    {
+        var claims = VerifySignature(token, migrationId);
+        if (claims.TargetNode != _options.NodeName)
+        {
+            throw Reject(StatusCode.PermissionDenied, "token", $"the token is for node {claims.TargetNode}, not {_options.NodeName}");
+        }
+
+        return claims;
+    }
+
+    private TransferClaims VerifySignature(string token, string migrationId)
     {
         if (_tokenKey is null)
         {
@@ -664,11 +709,6 @@ public sealed partial class ImageReceiver : IDisposable
         if (claims.MigrationId != migrationId)
         {
             throw Reject(StatusCode.PermissionDenied, "token", $"the token is for migration {claims.MigrationId}, not {migrationId}");
-        }
-
-        if (claims.TargetNode != _options.NodeName)
-        {
-            throw Reject(StatusCode.PermissionDenied, "token", $"the token is for node {claims.TargetNode}, not {_options.NodeName}");
         }
 
         return claims;

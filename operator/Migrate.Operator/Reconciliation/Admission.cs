@@ -159,6 +159,12 @@ public static class Admission
             return Validation.Fail(Reasons.CriPathUnavailable, $"Pod {request.Metadata.NamespaceProperty}/{request.Spec.PodName} cannot move through the CRI path: {path.Refusal}");
         }
 
+        if (MigrationModes.LeavesMemoryOnSource(request.Spec.Mode) && targetAgent?.Criu?.LazyPages != true)
+        {
+            return Validation.Fail(Reasons.TargetIncompatible,
+                $"Mode {request.Spec.Mode} runs the replacement before its memory is in place, and node {target}'s CRIU cannot restore lazily (no userfaultfd lazy pages); use mode PreCopy.");
+        }
+
         bool cri = path.Path == CheckpointPaths.Cri;
         return new Validation(source, target, null, null)
         {

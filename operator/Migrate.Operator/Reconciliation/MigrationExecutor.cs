@@ -172,6 +172,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     Token = Token(request, expect.Node),
                     // a group member's replacement talks to nobody until every member's is restored
                     HoldNetwork = facts.IsGroupMember && expect.Node == status.TargetNode,
+                    // post-copy: where the target's agent fetches the pages the final dump leaves on the source
+                    PostCopySource = MigrationModes.LeavesMemoryOnSource(request.Spec.Mode) && expect.Node == status.TargetNode
+                        ? Target(facts, request, status.SourceNode!).Address : "",
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.StartPreCopy:
@@ -192,6 +195,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     CriCheckpoint = status.CheckpointPath == CheckpointPaths.Cri,
                     LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && LazyRestore && facts.TargetNode is { } targetNode
                         && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
+                    PostCopy = MigrationModes.LeavesMemoryOnSource(request.Spec.Mode),
                     GroupHold = facts.IsGroupMember,
                     HoldTimeoutSeconds = (uint)GroupHoldTimeout.TotalSeconds,
                 }, cancellationToken: cancellationToken);

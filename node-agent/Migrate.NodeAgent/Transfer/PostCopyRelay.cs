@@ -1,0 +1,206 @@
+using System.IO.Hashing;
+using System.Net.Sockets;
+using Grpc.Core;
+using Migrate.Agent.V1;
+using Migrate.Criu.Images;
+using Migrate.Criu.Lazy;
+
+namespace Migrate.NodeAgent.Transfer;
+
+/// <summary>
+/// The target's side of post-copy: a Unix socket in each post-copy migration's directory, where the
+/// restore's page server asks for the pages the final dump left on the source; each of its
+/// connections becomes one FetchPages stream to the source's agent (mutual TLS, the migration's
+/// token). A page whose checksum does not match is refused: the page server then ends, the
+/// restore is judged failed, and the migration rolls back to the frozen source.
+/// </summary>
+public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity identity, PeerConnections connections, ILogger<PostCopyRelay> logger) : IDisposable
+{
+    private readonly Lock _gate = new();
+    private readonly Dictionary<string, Listener> _listeners = new(StringComparer.Ordinal);
+
+    /// <summary>Pages relayed since the agent started, over all migrations.</summary>
+    public long PagesRelayed => Interlocked.Read(ref _relayed);
+
+    private long _relayed;
+
+    /// <summary>
+    /// Listens for migration <paramref name="migrationId"/>'s page servers (again after a restart: an
+    /// existing socket file is replaced). Pages come from <paramref name="sourceAddress"/>, the agent
+    /// of <paramref name="sourceNode"/>.
+    /// </summary>
+    public void Start(string migrationId, string token, string sourceAddress, string sourceNode)
+    {
+        lock (_gate)
+        {
+            if (_listeners.ContainsKey(migrationId))
+            {
+                return;
+            }
+
+            var path = Path.Combine(receiver.DirectoryOf(migrationId), RemotePagesProtocol.SocketName);
+            File.Delete(path);
+            var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                UnixSocketPath.Use(path, p => socket.Bind(new UnixDomainSocketEndPoint(p)));
+                File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+                socket.Listen(16);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+
+            var listener = new Listener(migrationId, token, sourceAddress, sourceNode, socket, path);
+            _listeners[migrationId] = listener;
+            _ = AcceptAsync(listener);
+        }
+    }
+
+    /// <summary>Stops listening for a migration (its restore is over, aborted or cleaned up); open relays end too.</summary>
+    public void Stop(string migrationId)
+    {
+        Listener? listener;
+        lock (_gate)
+        {
+            if (!_listeners.Remove(migrationId, out listener))
+            {
+                return;
+            }
+        }
+
+        listener.Dispose();
+    }
+
+    public void Dispose()
+    {
+        List<Listener> all;
+        lock (_gate)
+        {
+            all = [.. _listeners.Values];
+            _listeners.Clear();
+        }
+
+        all.ForEach(l => l.Dispose());
+    }
+
+    /// <summary>Why pages that came from the source cannot be handed on (null: they can).</summary>
+    public static string? Check(ReadOnlySpan<byte> data, ulong checksum, int pagesAsked)
+    {
+        long expected = (long)pagesAsked * PagemapEntry.PageSize;
+        if (data.Length != expected)
+        {
+            return $"the source sent {data.Length} bytes for {pagesAsked} pages ({expected} bytes)";
+        }
+
+        return XxHash64.HashToUInt64(data) != checksum ? $"{pagesAsked} pages from the source do not match their checksum: refused" : null;
+    }
+
+    private async Task AcceptAsync(Listener listener)
+    {
+        while (!listener.Stopping.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await listener.Socket.AcceptAsync(listener.Stopping.Token);
+            }
+            catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or SocketException)
+            {
+                return;
+            }
+
+            _ = RelayAsync(listener, client);
+        }
+    }
+
+    private async Task RelayAsync(Listener listener, Socket client)
+    {
+        var cancellationToken = listener.Stopping.Token;
+        await using var stream = new NetworkStream(client, ownsSocket: true);
+        string container = "";
+        long pages = 0;
+        try
+        {
+            container = await RemotePagesProtocol.ReadHelloAsync(stream, cancellationToken);
+            var tls = identity.Tls ?? throw new InvalidOperationException("this agent talks to its peers only over mutual TLS, and it has no certificate configured");
+            var source = new ImageTransfer.ImageTransferClient(connections.Channel(tls, listener.SourceAddress, listener.SourceNode));
+            using var call = source.FetchPages(cancellationToken: cancellationToken);
+            var buffer = new byte[RemotePagesProtocol.RequestSize];
+            bool first = true;
+            while (await RemotePagesProtocol.ReadRequestAsync(stream, buffer, cancellationToken) is { } request)
+            {
+                var fetch = new PageFetch { TaskId = (uint)request.TaskId, Address = request.Address, Pages = (uint)request.Pages };
+                if (first)
+                {
+                    fetch.MigrationId = listener.MigrationId;
+                    fetch.Token = listener.Token;
+                    fetch.Container = container;
+                    first = false;
+                }
+
+                await call.RequestStream.WriteAsync(fetch, cancellationToken);
+                if (!await call.ResponseStream.MoveNext(cancellationToken))
+                {
+                    throw new IOException("the source's agent ended the page stream before answering");
+                }
+
+                var data = call.ResponseStream.Current;
+                if (Check(data.Data.Span, data.Checksum, request.Pages) is { } wrong)
+                {
+                    throw new InvalidDataException(wrong);
+                }
+
+                await RemotePagesProtocol.WriteAnswerAsync(stream, data.Data.Memory, cancellationToken);
+                pages += request.Pages;
+                Interlocked.Add(ref _relayed, request.Pages);
+            }
+
+            await call.RequestStream.CompleteAsync();
+            LogRelayed(listener.MigrationId, container, pages);
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            var why = e is RpcException rpc ? $"{rpc.StatusCode}: {rpc.Status.Detail}" : e.Message;
+            LogRelayFailed(listener.MigrationId, container, pages, why);
+            try
+            {
+                await RemotePagesProtocol.WriteRefusalAsync(stream, why, CancellationToken.None);
+            }
+            catch (Exception ignored) when (ignored is IOException or SocketException or ObjectDisposedException)
+            {
+                // the page server is gone already
+            }
+        }
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "migration {Migration}: relayed {Pages} pages of container {Container} from the source")]
+    private partial void LogRelayed(string migration, string container, long pages);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "migration {Migration}: fetching the pages of container {Container} left on the source failed after {Pages} pages: {Why}")]
+    private partial void LogRelayFailed(string migration, string container, long pages, string why);
+
+    private sealed class Listener(string migrationId, string token, string sourceAddress, string sourceNode, Socket socket, string path) : IDisposable
+    {
+        public string MigrationId { get; } = migrationId;
+
+        public string Token { get; } = token;
+
+        public string SourceAddress { get; } = sourceAddress;
+
+        public string SourceNode { get; } = sourceNode;
+
+        public Socket Socket { get; } = socket;
+
+        public CancellationTokenSource Stopping { get; } = new();
+
+        public void Dispose()
+        {
+            Stopping.Cancel();
+            Socket.Dispose();
+            File.Delete(path);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+using System.IO.Hashing;
+using System.Net.Sockets;
+using Migrate.Criu.Images;
+using Migrate.Criu.Lazy;
+using Migrate.NodeAgent.Transfer;
+using Xunit;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>The post-copy contracts: what the target's agent hands on from the source, and the page server's local protocol.</summary>
+public sealed class PostCopyProtocolTests
+{
+    public static TheoryData<string, int, int, int, string?> Answers => new()
+    {
+        // case, bytes sent, pages asked, which byte of the data was flipped after hashing (-1: none), why refused
+        { "whole and intact", 2 * PagemapEntry.PageSize, 2, -1, null },
+        { "one flipped byte", 2 * PagemapEntry.PageSize, 2, 4097, "do not match their checksum" },
+        { "first byte flipped", PagemapEntry.PageSize, 1, 0, "do not match their checksum" },
+        { "short", PagemapEntry.PageSize, 2, -1, "sent 4096 bytes for 2 pages (8192 bytes)" },
+        { "long", 3 * PagemapEntry.PageSize, 2, -1, "sent 12288 bytes for 2 pages" },
+        { "empty", 0, 1, -1, "sent 0 bytes for 1 pages" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Answers))]
+    public void Pages_from_the_source_are_handed_on_only_whole_and_matching_their_checksum(string name, int length, int pages, int flipped, string? says)
+    {
+        var data = new byte[length];
+        new Random(length + pages).NextBytes(data);
+        ulong checksum = XxHash64.HashToUInt64(data);
+        if (flipped >= 0)
+        {
+            data[flipped] ^= 0x20;
+        }
+
+        var why = PostCopyRelay.Check(data, checksum, pages);
+        if (says is null)
+        {
+            Assert.True(why is null, $"{name}: {why}");
+        }
+        else
+        {
+            Assert.True(why?.Contains(says, StringComparison.Ordinal) == true, $"{name}: {why}");
+        }
+    }
+
+    public static TheoryData<string, uint, uint, ulong, string> BadRequests => new()
+    {
+        { "no task", 0, 1, 0x10000, "malformed page request" },
+        { "no pages", 7, 0, 0x10000, "malformed page request" },
+        { "too many pages", 7, RemotePagesProtocol.MaxPages + 1, 0x10000, "malformed page request" },
+        { "unaligned", 7, 1, 0x10010, "malformed page request" },
+        { "task beyond a PID", 0x80000000, 1, 0x10000, "malformed page request" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadRequests))]
+    public async Task The_agent_refuses_a_malformed_request_from_a_page_server(string name, uint task, uint pages, ulong address, string says)
+    {
+        var raw = new byte[RemotePagesProtocol.RequestSize];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(raw, task);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(raw.AsSpan(4), pages);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(raw.AsSpan(8), address);
+        using var stream = new MemoryStream(raw);
+        var error = await Assert.ThrowsAsync<InvalidDataException>(() => RemotePagesProtocol.ReadRequestAsync(stream, new byte[RemotePagesProtocol.RequestSize], CancellationToken.None));
+        Assert.True(error.Message.Contains(says, StringComparison.Ordinal), $"{name}: {error.Message}");
+    }
+
+    [Fact]
+    public async Task A_page_server_and_its_agent_agree_on_hello_requests_answers_and_refusals()
+    {
+        var (ours, theirs) = DetachedProcess.SocketPair();
+        using var agentSide = new NetworkStream(theirs, ownsSocket: true);
+        var agent = Task.Run(async () =>
+        {
+            var container = await RemotePagesProtocol.ReadHelloAsync(agentSide, CancellationToken.None);
+            var buffer = new byte[RemotePagesProtocol.RequestSize];
+            var first = await RemotePagesProtocol.ReadRequestAsync(agentSide, buffer, CancellationToken.None);
+            await RemotePagesProtocol.WriteAnswerAsync(agentSide, Enumerable.Repeat((byte)5, first!.Value.Pages * PagemapEntry.PageSize).ToArray(), CancellationToken.None);
+            var second = await RemotePagesProtocol.ReadRequestAsync(agentSide, buffer, CancellationToken.None);
+            await RemotePagesProtocol.WriteRefusalAsync(agentSide, "the source's agent is gone", CancellationToken.None);
+            return (container, first, second);
+        });
+
+        using var client = new NetworkStream(ours, ownsSocket: true);
+        RemotePagesProtocol.WriteHello(client, "main");
+        var request = new byte[RemotePagesProtocol.RequestSize];
+        RemotePagesProtocol.WriteRequest(request, 42, 0x7f0000001000, 3);
+        client.Write(request);
+        var pages = new byte[3 * PagemapEntry.PageSize];
+        RemotePagesProtocol.ReadAnswer(client, pages);
+        Assert.All(pages, b => Assert.Equal(5, b));
+
+        RemotePagesProtocol.WriteRequest(request, 42, 0x7f0000004000, 1);
+        client.Write(request);
+        var refused = Assert.Throws<PageServerException>(() => RemotePagesProtocol.ReadAnswer(client, pages.AsSpan(0, PagemapEntry.PageSize)));
+        Assert.Contains("the source's agent is gone", refused.Message, StringComparison.Ordinal);
+
+        var (container, first, second) = await agent;
+        Assert.Equal("main", container);
+        Assert.Equal((42, 0x7f0000001000UL, 3), first!.Value);
+        Assert.Equal((42, 0x7f0000004000UL, 1), second!.Value);
+    }
+
+    [Fact]
+    public void A_page_server_whose_agent_does_not_listen_says_where_it_looked()
+    {
+        var directory = Directory.CreateTempSubdirectory("podmig-pages-" + new string('x', 120)).FullName;
+        try
+        {
+            var socket = Path.Combine(directory, RemotePagesProtocol.SocketName);
+            using var client = new RemotePageClient(socket, "main");
+            var error = Assert.Throws<PageServerException>(() => client.Read(1, 0x10000, 1, new byte[PagemapEntry.PageSize]));
+            Assert.Contains("does not answer at " + socket, error.Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task A_socket_in_a_directory_too_deep_for_a_socket_address_is_bound_and_reached()
+    {
+        var directory = Directory.CreateTempSubdirectory("podmig-pages-" + new string('y', 120)).FullName;
+        try
+        {
+            var path = Path.Combine(directory, RemotePagesProtocol.SocketName);
+            Assert.True(path.Length > 108, "the path must be longer than a socket address holds");
+            using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            UnixSocketPath.Use(path, p => listener.Bind(new UnixDomainSocketEndPoint(p)));
+            listener.Listen(1);
+            Assert.True(File.Exists(path), "the socket is made in its own directory");
+            var accepting = listener.AcceptAsync();
+            using var client = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            UnixSocketPath.Use(path, p => client.Connect(new UnixDomainSocketEndPoint(p)));
+            using var accepted = await accepting.WaitAsync(TimeSpan.FromSeconds(5));
+            client.Send([1, 2, 3]);
+            var got = new byte[3];
+            Assert.Equal(3, accepted.Receive(got));
+            Assert.Equal([1, 2, 3], got);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+}
