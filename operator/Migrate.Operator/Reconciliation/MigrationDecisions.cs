@@ -104,6 +104,9 @@ public static class MigrationDecisions
 
         private bool RestoreBegan => Incoming?.RestoreBegan == true;
 
+        /// <summary>The final dump left memory to a lazy restore (staged on the target, or left on the source in post-copy).</summary>
+        private bool LeftLazy => Source?.FinalDump?.Containers.Any(c => c.LazyMemory) == true;
+
         /// <summary>The migration takes the CRI path: the runtimes' own checkpoint, published as images, restored by the target's runtime.</summary>
         private bool Cri => _s.CheckpointPath == CheckpointPaths.Cri;
 
@@ -352,7 +355,14 @@ public static class MigrationDecisions
                     Sentence($"Container {unfilled.Container} on {_s.TargetNode} ran before its memory was in place, and not all of it arrived: {unfilled.MemoryError}"));
             }
 
-            if (lazy.Any(r => !r.MemoryFilled) && _s.PhaseStartTime is { } began && f.Now - began > p.PhaseTimeout)
+            if (LeftLazy && f.TargetAgent.Silence(f.Now) > p.AgentGrace)
+            {
+                return (Reasons.TargetAgentUnreachable,
+                    $"The agent on {_s.TargetNode} has not answered for {f.TargetAgent.Silence(f.Now).TotalSeconds:0} seconds ({f.TargetAgent.Error}) while the replacement's memory was arriving: nobody can say all of it did.");
+            }
+
+            bool unconfirmed = lazy.Any(r => !r.MemoryFilled) || (LeftLazy && (!f.TargetAgent.Reachable || Incoming is null));
+            if (unconfirmed && _s.PhaseStartTime is { } began && f.Now - began > p.PhaseTimeout)
             {
                 return (Reasons.PhaseTimedOut, $"The memory of the lazily restored replacement was not all in place within {p.PhaseTimeout.TotalSeconds:0} seconds.");
             }
@@ -394,7 +404,7 @@ public static class MigrationDecisions
             }
 
             var operation = Source.Operation;
-            if (f.Request.Spec.Mode == MigrationModes.PreCopy && operation?.Kind is not (PreCopyOperation or HandoffOperation))
+            if (MigrationModes.HasRounds(f.Request.Spec.Mode) && operation?.Kind is not (PreCopyOperation or HandoffOperation))
             {
                 return Do(new MigrationAction.StartPreCopy(), TimeSpan.Zero);
             }
@@ -562,9 +572,20 @@ public static class MigrationDecisions
             }
 
             _s.DowntimeMillis = Downtime();
+            if (LeftLazy && (!f.TargetAgent.Reachable || Incoming is null))
+            {
+                // memory left to a lazy restore is in place only once the target's agent says so: while it does not
+                // answer, nobody knows, and the source stays frozen (its silence beyond the agent grace rolls back)
+                return Wait();
+            }
+
             if (Incoming?.Restores.Where(r => r.Restored).ToList() is { Count: > 0 } restored)
             {
                 _s.MemoryRestore = restored.Any(r => r.LazyMemory) ? MemoryRestoreModes.Lazy : MemoryRestoreModes.Full;
+                if (Source?.FinalDump?.Containers.Sum(c => (long)c.PagesLeftOnSource) is > 0 and var left)
+                {
+                    _s.PostCopyBytes = left * 4096;
+                }
                 if (restored.Any(r => r.LazyMemory && !r.MemoryFilled))
                 {
                     // the replacement runs, but pages are still arriving: until the last one is in place the source

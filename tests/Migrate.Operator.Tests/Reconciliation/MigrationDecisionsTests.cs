@@ -183,6 +183,24 @@ public sealed class MigrationDecisionsTests
                 TargetAgent = LazyTarget(Now.AddMilliseconds(-650), memoryError: "the page server ended without reporting"),
             },
             d => { RollsBack(d, "RestoreFailed"); Assert.Contains("not all of it arrived: the page server ended", d.Status.Message, StringComparison.Ordinal); }),
+        new("the replacement runs, memory left lazy, and the target's agent does not answer: nobody knows it arrived, the source stays frozen", () => At("Restoring") with
+            {
+                Replacement = Running(), SourceAgent = LazySource(Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)), pagesLeft: 8192),
+                TargetAgent = Silent(5),
+            },
+            d => { Waits(d); Assert.Equal("Restoring", d.Status.Phase); Assert.Null(d.Status.MemoryRestore); }),
+        new("the replacement runs, memory left lazy, the target's agent silent beyond its grace: roll back to the frozen source", () => At("Restoring") with
+            {
+                Replacement = Running(), SourceAgent = LazySource(Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)), pagesLeft: 8192),
+                TargetAgent = Silent(31),
+            },
+            d => RollsBack(d, "TargetAgentUnreachable")),
+        new("post-copy: the replacement runs, the pages left on the source all arrived: CuttingOver, and how much came from the source", () => At("Restoring") with
+            {
+                Replacement = Running(), SourceAgent = LazySource(Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)), pagesLeft: 8192),
+                TargetAgent = LazyTarget(Now.AddMilliseconds(-650), memoryError: ""),
+            },
+            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(8192L * 4096, d.Status.PostCopyBytes); }),
         new("cutting over: the source marked for its owner first", () => At("CuttingOver") with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
             d => Is<MigrationAction.MarkSourceExpendable>(d)),
         new("cutting over: the frozen source ended", () => At("CuttingOver", expendable: true) with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
@@ -501,6 +519,14 @@ public sealed class MigrationDecisionsTests
         source.Migration!.PreCopy.Rounds = 2;
         source.Migration.PreCopy.FirstRoundMillis = firstRoundMillis;
         return facts with { SourceAgent = source };
+    }
+
+    /// <summary>A source whose final dump left its memory to a lazy restore, <paramref name="pagesLeft"/> pages of it on the source (post-copy).</summary>
+    private static AgentView LazySource(AgentView source, ulong pagesLeft)
+    {
+        source.Migration!.FinalDump ??= new FinalDumpResponse { StagedBytes = 5_000_000 };
+        source.Migration.FinalDump.Containers.Add(new ContainerDump { ContainerName = "main", LazyMemory = true, PagesLeftOnSource = pagesLeft });
+        return source;
     }
 
     /// <summary>A target whose restore ran before its memory was in place: still filling (null), filled (""), or failed (why).</summary>
