@@ -11,10 +11,13 @@ namespace Migrate.Benchmarks;
 /// <summary>One migration of one workload by one method.</summary>
 public sealed record MigrationSample(
     string Method, int Mib, string Workload, int Repetition, double TotalMs, double DowntimeMs, double CheckpointMs, double TransferMs, double RestoreMs,
-    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued, double? PauseMs = null)
+    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued, double? PauseMs = null, long PostCopyBytes = 0)
 {
-    /// <summary>MB/s of the copy step (all the images for Manual and Cold; PreCopy sends most while the pod runs: none).</summary>
-    public double? TransferMBps => Method == "PreCopy" || TransferMs <= 0 ? null : BytesTransferred / 1e6 / (TransferMs / 1000);
+    /// <summary>
+    /// MB/s of the copy step (all the images for Manual and Cold; PreCopy and Hybrid send most while the pod runs,
+    /// PostCopy after the replacement runs: none).
+    /// </summary>
+    public double? TransferMBps => Method is "PreCopy" or "Hybrid" or "PostCopy" || TransferMs <= 0 ? null : BytesTransferred / 1e6 / (TransferMs / 1000);
 }
 
 /// <summary>
@@ -28,7 +31,10 @@ public static class MigrationBenchmark
     /// <summary>How often the workloads tick (and stamp the time): the resolution of the pause they see.</summary>
     public const string TickIntervalMs = "10";
 
-    public static readonly string[] Methods = ["Manual", "Podman", "Cold", "PreCopy"];
+    public static readonly string[] Methods = ["Manual", "Podman", "Cold", "PreCopy", "PostCopy", "Hybrid"];
+
+    /// <summary>Our modes that keep the pod running while memory moves (judged on the pause the pod saw).</summary>
+    public static readonly string[] LiveModes = ["PreCopy", "PostCopy", "Hybrid"];
     public static readonly (string Name, double DirtyPercent)[] Workloads = [("idle", 0), ("dirtying", 5)];
 
     public static async Task RunAsync(BenchmarkReport report, IReadOnlyList<string> args)
@@ -43,7 +49,8 @@ public static class MigrationBenchmark
         Say(podman is null
             ? "podman is not in hack/install-prereqs.sh's prefix: no podman checkpoint --export / restore --import baseline in this run"
             : $"podman: {podman} (checkpoint --export, the archive over TCP, restore --import into a second storage root)");
-        var methods = podman is null ? Methods.Where(m => m != "Podman").ToArray() : Methods;
+        var chosen = Option(args, "--methods", string.Join(',', Methods)).Split(',');
+        var methods = Methods.Where(m => chosen.Contains(m, StringComparer.OrdinalIgnoreCase) && (m != "Podman" || podman is not null)).ToArray();
         Say($"starting a 2-node sandbox; {sizes.Length} sizes x {Workloads.Length} workloads x {methods.Length} methods x {repetitions} repetitions");
         var samples = new List<MigrationSample>();
         var failures = new List<string>();
@@ -211,7 +218,8 @@ public static class MigrationBenchmark
         await DeletePodAsync(cluster, replacement);
         return new MigrationSample(mode, mib, workload, rep, At("Succeeded"), (double?)(long?)status["downtimeMillis"] ?? double.NaN,
             At("Transferring") - At("Checkpointing"), At("Restoring") - At("Transferring"), At("CuttingOver") - At("Restoring"),
-            (long?)status["imageBytes"] ?? 0, (long?)status["bytesTransferred"] ?? 0, (int?)status["preCopyRounds"] ?? 0, continued, pause);
+            (long?)status["imageBytes"] ?? 0, (long?)status["bytesTransferred"] ?? 0, (int?)status["preCopyRounds"] ?? 0, continued, pause,
+            (long?)status["postCopyBytes"] ?? 0);
     }
 
     private static async Task<MigrationSample> RunPodmanAsync(PodmanBaseline podman, int mib, string workload, double dirty, int rep)

@@ -38,6 +38,8 @@ public static class MigrationPlot
             ["Podman"] = Colors.DarkOrange,
             ["Cold"] = Colors.SteelBlue,
             ["PreCopy"] = Colors.SeaGreen,
+            ["PostCopy"] = Colors.MediumPurple,
+            ["Hybrid"] = Colors.Teal,
         };
         foreach (var method in MigrationBenchmark.Methods)
         {

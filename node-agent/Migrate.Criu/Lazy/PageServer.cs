@@ -9,8 +9,9 @@ namespace Migrate.Criu.Lazy;
 /// <param name="PagesServed">Pages sent.</param>
 /// <param name="ClosedByDaemon">The daemon ended the session (it had every page it needed); false if the connection just ended.</param>
 /// <param name="Elapsed">Wall time of the session.</param>
-/// <param name="PagesFromSource">Of those, pages fetched from the source (left there by a post-copy dump).</param>
-public sealed record PageServerReport(long Requests, long PagesServed, bool ClosedByDaemon, TimeSpan Elapsed, long PagesFromSource = 0)
+/// <param name="PagesFromSource">Of those, pages that came from the source (left there by a post-copy dump).</param>
+/// <param name="PagesFetched">Pages fetched from the source, read ahead of the requests (at least <paramref name="PagesFromSource"/>).</param>
+public sealed record PageServerReport(long Requests, long PagesServed, bool ClosedByDaemon, TimeSpan Elapsed, long PagesFromSource = 0, long PagesFetched = 0)
 {
     public long BytesServed => PagesServed * PagemapEntry.PageSize;
 }
@@ -30,12 +31,17 @@ public sealed class PageServer : IDisposable
     /// <summary>The most bytes read and sent in one piece, whatever the daemon asks for.</summary>
     private const int PiecePages = 256;
 
+    /// <summary>A request for pages left on the source of at least this many pages reads ahead to <see cref="PiecePages"/>.</summary>
+    private const int ReadAheadFrom = 16;
+
     private static readonly byte[] SessionOver = [0, 0, 0, 0];
 
     private readonly ImageChain _chain;
     private readonly PageServerProtocol _protocol;
     private readonly IPageSource? _source;
+    private readonly ReadAhead _ahead = new();
     private long _fromSource;
+    private long _fetched;
 
     /// <param name="memoryDirectory">The image set that holds (or refers to its parents for) every lazy page, or lists it as left on the source.</param>
     /// <param name="protocol">The wire format of the CRIU that runs the daemon.</param>
@@ -71,7 +77,7 @@ public sealed class PageServer : IDisposable
             int got = ReadHeader(connection, header);
             if (got == 0)
             {
-                return new PageServerReport(requests, served, false, clock.Elapsed, _fromSource);
+                return new PageServerReport(requests, served, false, clock.Elapsed, _fromSource, _fetched);
             }
 
             var request = _protocol.Decode(header);
@@ -86,7 +92,7 @@ public sealed class PageServer : IDisposable
                     // the status CRIU's own page server answers: all done
                     connection.Write(SessionOver);
                     connection.Flush();
-                    return new PageServerReport(requests, served, true, clock.Elapsed, _fromSource);
+                    return new PageServerReport(requests, served, true, clock.Elapsed, _fromSource, _fetched);
                 default:
                     throw new PageServerException($"the lazy-pages daemon sent command 0x{request.Command:x}, which a page server for a restore does not take");
             }
@@ -151,7 +157,12 @@ public sealed class PageServer : IDisposable
         return available;
     }
 
-    /// <summary>Answers with pages the final dump left on the source: they are fetched from there, never read from an older set of the chain.</summary>
+    /// <summary>
+    /// Answers with pages the final dump left on the source: they are fetched from there, never read
+    /// from an older set of the chain. A large request reads ahead to the end of the run of such pages
+    /// (at most <see cref="PiecePages"/>): the daemon's background fill asks for some dozens of pages at a
+    /// time and goes on from there, and every fetch is a round trip to the source node.
+    /// </summary>
     private long AnswerFromSource(Stream connection, PageServerHeader request, byte[] header, byte[] pages, int available)
     {
         int id = (int)request.TaskId;
@@ -160,24 +171,128 @@ public sealed class PageServer : IDisposable
             throw new PageServerException($"task {id}'s pages at 0x{request.Address:x} were left on the source, and this page server has no way to fetch them");
         }
 
-        _protocol.Encode(new PageServerHeader((uint)PageServerCommand.AddWithFlags, PageServerProtocol.PresentFlag, (ulong)available, request.Address, request.TaskId), header);
         for (int sent = 0; sent < available;)
         {
-            int piece = Math.Min(PiecePages, available - sent);
-            // fetched before the header goes out: a failure ends the session without a reply CRIU would misread
-            _source.Read(id, request.Address + ((ulong)sent * PagemapEntry.PageSize), piece, pages.AsSpan(0, piece * PagemapEntry.PageSize));
+            ulong at = request.Address + ((ulong)sent * PagemapEntry.PageSize);
+            int held = _ahead.PagesFrom(id, at);
+            if (held == 0)
+            {
+                // fetched before the header goes out: a failure ends the session without a reply CRIU would misread
+                // a large request is the daemon's background fill, which goes on from there: read ahead; a small one is a
+                // fault of the running process, wherever it touched: fetch just that
+                int wantedHere = available - sent;
+                int fetch = _ahead.Before(id, at, wantedHere >= ReadAheadFrom ? _chain.RemoteRun(id, at, PiecePages) : wantedHere);
+                try
+                {
+                    _source.Read(id, at, fetch, _ahead.Take(id, at, fetch));
+                }
+                catch
+                {
+                    _ahead.DropNewest();
+                    throw;
+                }
+
+                _fetched += fetch;
+                held = fetch;
+            }
+
             if (sent == 0)
             {
+                _protocol.Encode(new PageServerHeader((uint)PageServerCommand.AddWithFlags, PageServerProtocol.PresentFlag, (ulong)available, request.Address, request.TaskId), header);
                 connection.Write(header);
             }
 
-            connection.Write(pages, 0, piece * PagemapEntry.PageSize);
+            int piece = Math.Min(held, available - sent);
+            connection.Write(_ahead.Slice(at, piece));
             sent += piece;
         }
 
         connection.Flush();
         _fromSource += available;
         return available;
+    }
+
+    /// <summary>
+    /// The runs last fetched from the source (a few, each of one task: the daemon's background fill and
+    /// the faults of the running processes ask at different places in turn). A page is served once, so a
+    /// run is dropped when the newest ones need its room.
+    /// </summary>
+    private sealed class ReadAhead
+    {
+        private const int Runs = 64;
+        private readonly LinkedList<Run> _runs = new();
+
+        /// <summary>How many pages from <paramref name="address"/> on are held (0: none); the run holding them becomes the newest.</summary>
+        public int PagesFrom(int task, ulong address)
+        {
+            for (var node = _runs.First; node is not null; node = node.Next)
+            {
+                var run = node.Value;
+                if (run.Task == task && address >= run.Start && address < run.End)
+                {
+                    _runs.Remove(node);
+                    _runs.AddFirst(node);
+                    return (int)((run.End - address) / PagemapEntry.PageSize);
+                }
+            }
+
+            return 0;
+        }
+
+        /// <summary>How many of <paramref name="pages"/> pages from <paramref name="address"/> on come before a run already held (so that none is fetched twice).</summary>
+        public int Before(int task, ulong address, int pages)
+        {
+            ulong end = address + ((ulong)pages * PagemapEntry.PageSize);
+            foreach (var run in _runs)
+            {
+                if (run.Task == task && run.Start > address && run.Start < end)
+                {
+                    end = run.Start;
+                }
+            }
+
+            return (int)((end - address) / PagemapEntry.PageSize);
+        }
+
+        /// <summary>Room for a new run of <paramref name="pages"/> pages (the oldest run's, once there are enough).</summary>
+        public Span<byte> Take(int task, ulong start, int pages)
+        {
+            Run run;
+            if (_runs.Count < Runs)
+            {
+                run = new Run(new byte[PiecePages * PagemapEntry.PageSize]);
+            }
+            else
+            {
+                run = _runs.Last!.Value;
+                _runs.RemoveLast();
+            }
+
+            (run.Task, run.Start, run.End) = (task, start, start + ((ulong)pages * PagemapEntry.PageSize));
+            _runs.AddFirst(run);
+            return run.Buffer.AsSpan(0, pages * PagemapEntry.PageSize);
+        }
+
+        /// <summary>The bytes of pages held from <paramref name="address"/> on (the newest run holds them: see <see cref="PagesFrom"/>).</summary>
+        public ReadOnlySpan<byte> Slice(ulong address, int pages)
+        {
+            var run = _runs.First!.Value;
+            return run.Buffer.AsSpan((int)(address - run.Start), pages * PagemapEntry.PageSize);
+        }
+
+        /// <summary>Drops the newest run (its fetch failed).</summary>
+        public void DropNewest() => _runs.RemoveFirst();
+
+        private sealed class Run(byte[] buffer)
+        {
+            public byte[] Buffer { get; } = buffer;
+
+            public int Task { get; set; }
+
+            public ulong Start { get; set; }
+
+            public ulong End { get; set; }
+        }
     }
 
     /// <summary>Reads a whole header; 0 at a clean end of the stream.</summary>
