@@ -518,6 +518,8 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             Assert.Contains("left no pages", other.Message, StringComparison.Ordinal);
             var unaligned = Assert.Throws<PageServerException>(() => source.Read(map.Id, entry.Address + 1, 1, buffer));
             Assert.Contains("malformed", unaligned.Message, StringComparison.Ordinal);
+            var wrapping = Assert.Throws<PageServerException>(() => source.Read(map.Id, ulong.MaxValue - PagemapEntry.PageSize + 1, 2, buffer));
+            Assert.Contains("not among those left on the source", wrapping.Message, StringComparison.Ordinal);
         }
         finally
         {

@@ -88,10 +88,10 @@ public sealed class LivePages : IPageSource, IDisposable
             throw new PageServerException($"task {taskId} left no pages on the source");
         }
 
-        ulong end = address + (ulong)length;
-        if (!task.Remote.Any(e => e.Address <= address && end <= e.End))
+        // (compared without adding to the address, which a hostile request may put near 2^64)
+        if (!task.Remote.Any(e => e.Address <= address && address < e.End && (ulong)length <= e.End - address))
         {
-            throw new PageServerException($"pages 0x{address:x}-0x{end:x} of task {taskId} are not among those left on the source");
+            throw new PageServerException($"{pages} pages from 0x{address:x} of task {taskId} are not among those left on the source");
         }
 
         for (int done = 0; done < length;)

@@ -43,9 +43,9 @@ public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceive
         var request = first;
         while (true)
         {
-            if (request.Pages is 0 or > RemotePagesProtocol.MaxPages)
+            if (request.Pages is 0 or > RemotePagesProtocol.MaxPages || request.TaskId is 0 or > int.MaxValue)
             {
-                throw Refuse(StatusCode.InvalidArgument, $"a request for {request.Pages} pages (1 to {RemotePagesProtocol.MaxPages} at a time)");
+                throw Refuse(StatusCode.InvalidArgument, $"a request for {request.Pages} pages of task {request.TaskId} (1 to {RemotePagesProtocol.MaxPages} pages of a task that can be)");
             }
 
             // a pod thawed by a rollback, or ended after the commit, has no pages to give any more
@@ -53,7 +53,7 @@ public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceive
             int length = (int)request.Pages * PagemapEntry.PageSize;
             try
             {
-                pages.Read(checked((int)request.TaskId), request.Address, (int)request.Pages, buffer);
+                pages.Read((int)request.TaskId, request.Address, (int)request.Pages, buffer);
             }
             catch (PageServerException e)
             {

@@ -159,10 +159,9 @@ public static class Admission
             return Validation.Fail(Reasons.CriPathUnavailable, $"Pod {request.Metadata.NamespaceProperty}/{request.Spec.PodName} cannot move through the CRI path: {path.Refusal}");
         }
 
-        if (MigrationModes.LeavesMemoryOnSource(request.Spec.Mode) && targetAgent?.Criu?.LazyPages != true)
+        if (PostCopyChoice.WhyNot(request.Spec.Mode, keepsName, Keys.Get(request.Metadata.Labels, Labels.Group) is not null, target, targetAgent?.Criu?.LazyPages == true) is { } refusal)
         {
-            return Validation.Fail(Reasons.TargetIncompatible,
-                $"Mode {request.Spec.Mode} runs the replacement before its memory is in place, and node {target}'s CRIU cannot restore lazily (no userfaultfd lazy pages); use mode PreCopy.");
+            return Validation.Fail(Reasons.TargetIncompatible, refusal);
         }
 
         bool cri = path.Path == CheckpointPaths.Cri;

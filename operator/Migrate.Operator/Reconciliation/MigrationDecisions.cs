@@ -594,6 +594,13 @@ public static class MigrationDecisions
                 }
             }
 
+            if (Source?.FinalDump?.Containers.Where(c => c.PagesLeftOnSource > 0)
+                    .Any(c => Incoming?.Restores.FirstOrDefault(r => r.Container == c.ContainerName) is not { Restored: true, MemoryFilled: true }) == true)
+            {
+                // post-copy: every container that left pages on the source must say they all arrived before the source goes
+                return Wait();
+            }
+
             if (f.IsGroupMember && !GroupSteps.AtLeast(_s.GroupStep, GroupSteps.Released))
             {
                 // a member's replacement runs, its network locked until every member's does

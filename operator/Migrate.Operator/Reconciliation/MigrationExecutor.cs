@@ -193,7 +193,8 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     MigrationId = id,
                     Target = Target(facts, request, status.TargetNode!),
                     CriCheckpoint = status.CheckpointPath == CheckpointPaths.Cri,
-                    LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && LazyRestore && facts.TargetNode is { } targetNode
+                    // post-copy was asked for by name: lazy memory is its mechanism, whatever the operator's default
+                    LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && (LazyRestore || MigrationModes.LeavesMemoryOnSource(request.Spec.Mode)) && facts.TargetNode is { } targetNode
                         && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
                     PostCopy = MigrationModes.LeavesMemoryOnSource(request.Spec.Mode),
                     GroupHold = facts.IsGroupMember,

@@ -201,6 +201,13 @@ public sealed class MigrationDecisionsTests
                 TargetAgent = LazyTarget(Now.AddMilliseconds(-650), memoryError: ""),
             },
             d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(8192L * 4096, d.Status.PostCopyBytes); }),
+        new("post-copy: a second container left pages on the source and has not said they arrived: the source stays frozen", () => At("Restoring") with
+            {
+                Replacement = Running(),
+                SourceAgent = LazySource(LazySource(Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)), pagesLeft: 8192), pagesLeft: 16, container: "sidecar"),
+                TargetAgent = LazyTarget(Now.AddMilliseconds(-650), memoryError: ""),
+            },
+            d => { Waits(d); Assert.Equal("Restoring", d.Status.Phase); }),
         new("cutting over: the source marked for its owner first", () => At("CuttingOver") with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
             d => Is<MigrationAction.MarkSourceExpendable>(d)),
         new("cutting over: the frozen source ended", () => At("CuttingOver", expendable: true) with { Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed) },
@@ -522,10 +529,10 @@ public sealed class MigrationDecisionsTests
     }
 
     /// <summary>A source whose final dump left its memory to a lazy restore, <paramref name="pagesLeft"/> pages of it on the source (post-copy).</summary>
-    private static AgentView LazySource(AgentView source, ulong pagesLeft)
+    private static AgentView LazySource(AgentView source, ulong pagesLeft, string container = "main")
     {
         source.Migration!.FinalDump ??= new FinalDumpResponse { StagedBytes = 5_000_000 };
-        source.Migration.FinalDump.Containers.Add(new ContainerDump { ContainerName = "main", LazyMemory = true, PagesLeftOnSource = pagesLeft });
+        source.Migration.FinalDump.Containers.Add(new ContainerDump { ContainerName = container, LazyMemory = true, PagesLeftOnSource = pagesLeft });
         return source;
     }
 
