@@ -152,17 +152,8 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
         using var cgroup = TestFreezer.Create(tree);
         using var trackers = new WriteTrackers(enabled: true, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
-        var options = new CriuOptions
-        {
-            Pid = tree.RootPid,
-            ImagesDirectory = Path.Combine(tree.Directory, "images"),
-            LeaveRunning = true,
-            FreezeCgroup = cgroup.Freezer.Directory,
-        };
         var rounds = new List<PreCopyRound>();
-        PreCopySession Session(bool running) =>
-            new(_criu, options, PreCopyMethod.ContentComparison, rounds,
-                tracker: running ? trackers.ForRounds("m", "c", tree.RootPid) : trackers.ForFrozen("m", "c"));
+        PreCopySession Session(bool running) => TrackedSession(tree, cgroup, trackers, rounds, running);
         for (int number = 1; number <= 2; number++)
         {
             rounds.Add(Session(running: true).PreDump());
@@ -273,6 +264,17 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
     }
 
     /// <summary>One pre-copy round, a moment of running, then freeze and a lazy final dump; the tree stays frozen.</summary>
+    /// <summary>A pre-copy session of a test tree with write tracking: armed by the rounds (<paramref name="running"/>), read once frozen.</summary>
+    private PreCopySession TrackedSession(IsolatedProcessTree tree, TestFreezer cgroup, WriteTrackers trackers, List<PreCopyRound> rounds, bool running) =>
+        new(_criu, new CriuOptions
+            {
+                Pid = tree.RootPid,
+                ImagesDirectory = Path.Combine(tree.Directory, "images"),
+                LeaveRunning = true,
+                FreezeCgroup = cgroup.Freezer.Directory,
+            }, PreCopyMethod.ContentComparison, rounds,
+            tracker: running ? trackers.ForRounds("m", "c", tree.RootPid) : trackers.ForFrozen("m", "c"));
+
     private (PreCopyFinalDump Final, MemcounterTick Last, ulong LazyPages) DumpLazily(IsolatedProcessTree tree, TestFreezer cgroup)
     {
         var session = new PreCopySession(_criu, new CriuOptions
@@ -340,17 +342,8 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
         using var cgroup = TestFreezer.Create(tree);
         using var trackers = new WriteTrackers(enabled: true, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
-        var options = new CriuOptions
-        {
-            Pid = tree.RootPid,
-            ImagesDirectory = Path.Combine(tree.Directory, "images"),
-            LeaveRunning = true,
-            FreezeCgroup = cgroup.Freezer.Directory,
-        };
         var rounds = new List<PreCopyRound>();
-        PreCopySession Session(bool running) =>
-            new(_criu, options, PreCopyMethod.ContentComparison, rounds,
-                tracker: running ? trackers.ForRounds("m", "c", tree.RootPid) : trackers.ForFrozen("m", "c"));
+        PreCopySession Session(bool running) => TrackedSession(tree, cgroup, trackers, rounds, running);
         for (int number = 1; afterRound && number <= 2; number++)
         {
             // write tracking armed in round 1 shows, when frozen, what was written since round 2
