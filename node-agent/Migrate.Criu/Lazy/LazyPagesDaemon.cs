@@ -37,11 +37,19 @@ public static class LazyPagesDaemon
     {
         ArgumentNullException.ThrowIfNull(pageServer);
         File.Delete(Path.Combine(workDirectory, SocketName));
-        return DetachedProcess.Spawn(criuBinary,
+        int pid = DetachedProcess.Spawn(criuBinary,
             ["lazy-pages", "--page-server", "--ps-socket", "3", "--images-dir", imagesDirectory, "--work-dir", workDirectory, "--log-file", LogName],
             new Dictionary<int, int> { [3] = (int)pageServer.SafeHandle.DangerousGetHandle() },
             Path.Combine(workDirectory, "lazy-pages.out"));
+        // once the restore is over, the daemon polls without sleeping while it waits for pages (CRIU 4.1's
+        // uffd.c): at the lowest priority that spinning takes only CPU nobody else wants, not the agents' and
+        // page server's that bring the pages (best effort: a daemon at normal priority is only slower)
+        _ = Interop.Libc.SetPriority(Interop.Libc.PrioProcess, (uint)pid, Nice);
+        return pid;
     }
+
+    /// <summary>The daemon's nice value.</summary>
+    public const int Nice = 19;
 
     /// <summary>Waits until the daemon <paramref name="pid"/> listens; kills it when it does not within <paramref name="readyTimeout"/>.</summary>
     public static void WaitListening(int pid, string workDirectory, TimeSpan readyTimeout)
