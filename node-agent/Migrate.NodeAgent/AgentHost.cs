@@ -141,6 +141,7 @@ public static class AgentHost
                 http.Request.BodyReader);
             return Results.Text(message, statusCode: status);
         });
+        app.MapPost(PagesLane.Path, (HttpContext http, PostCopySource source) => source.ServeLaneAsync(http, identity.PeerOf(http.Connection.ClientCertificate)));
         app.MapGet("/healthz", () => "ok");
         // Prometheus exposition, on the probe port (plain HTTP) as on the gRPC one
         app.MapPrometheusScrapingEndpoint();

@@ -1,8 +1,11 @@
+using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using Grpc.Core;
 using Microsoft.Extensions.DependencyInjection;
+using Migrate.Agent.Contracts.Security;
+using Migrate.Agent.Contracts.Transfer;
 using Migrate.Agent.V1;
 using Migrate.TestSupport;
 using Xunit;
@@ -228,6 +231,46 @@ public sealed class ImageTransferTests : IAsyncLifetime
             var error = await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext(CancellationToken.None));
             Assert.True(error.StatusCode == code, $"{name}: {error.StatusCode} {error.Status.Detail}");
             Assert.True(error.Status.Detail.Contains(says, StringComparison.Ordinal), $"{name}: {error.Status.Detail}");
+        }
+    }
+
+    [Fact]
+    public async Task The_pages_lane_is_refused_as_page_fetches_are_with_the_reason_and_no_page()
+    {
+        var pki = _agents.Pki;
+        var good = pki.Token("m-pages", "node-a", "node-b");
+        var cases = new (string Name, string Node, string Migration, string Token, HttpStatusCode Code, string Says)[]
+        {
+            ("another node", "node-c", "m-pages", good, HttpStatusCode.Forbidden, "this call comes from node-c"),
+            ("foreign key", "node-b", "m-pages", TestPki.ForeignToken("m-pages", "node-a", "node-b"), HttpStatusCode.Forbidden, "signature"),
+            ("other source", "node-b", "m-pages", pki.Token("m-pages", "node-c", "node-b"), HttpStatusCode.Forbidden, "for pages from node node-c"),
+            ("no token", "node-b", "m-pages", "", HttpStatusCode.Forbidden, "no transfer token"),
+            ("bad id", "node-b", "M/../x", good, HttpStatusCode.BadRequest, "is not a migration id"),
+            ("unknown migration", "node-b", "m-pages", good, HttpStatusCode.NotFound, "not known on this node"),
+        };
+
+        var body = new byte[PagesLane.RequestSize];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(body, 1);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(body.AsSpan(4), 1);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(body.AsSpan(8), 0x10000);
+        foreach (var (name, node, migration, token, code, says) in cases)
+        {
+            var identity = pki.Issue(node);
+            using var tls = AgentTls.Load(identity.CertificateFile, identity.KeyFile, pki.AuthorityFile);
+            using var client = new HttpClient(tls.CreateHandler(Source.Name));
+            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri($"https://{Source.Address}{PagesLane.Path}"))
+            {
+                Version = HttpVersion.Version11,
+                VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+                Content = new ByteArrayContent(body),
+            };
+            request.Headers.Add(PagesLane.MigrationHeader, migration);
+            request.Headers.Add(PagesLane.TokenHeader, token);
+            request.Headers.Add(PagesLane.ContainerHeader, "main");
+            using var response = await client.SendAsync(request);
+            var text = await response.Content.ReadAsStringAsync();
+            Assert.True(response.StatusCode == code, $"{name}: {(int)response.StatusCode} {text}");
+            Assert.True(text.Contains(says, StringComparison.Ordinal), $"{name}: {text}");
         }
     }
 

@@ -1,5 +1,6 @@
 using System.IO.Hashing;
 using System.Net.Sockets;
+using Migrate.Agent.Contracts.Transfer;
 using Migrate.Criu.Images;
 using Migrate.Criu.Lazy;
 using Migrate.NodeAgent.Transfer;
@@ -97,9 +98,80 @@ public sealed class PostCopyProtocolTests
         Assert.Contains("the source's agent is gone", refused.Message, StringComparison.Ordinal);
 
         var (container, first, second) = await agent;
-        Assert.Equal("main", container);
+        Assert.Equal(("main", RemotePagesKind.Fetch), container);
         Assert.Equal((42, 0x7f0000001000UL, 3), first!.Value);
         Assert.Equal((42, 0x7f0000004000UL, 1), second!.Value);
+    }
+
+    [Theory]
+    [InlineData(RemotePagesKind.Fetch, null)]
+    [InlineData(RemotePagesKind.Stream, null)]
+    [InlineData((RemotePagesKind)0, "did not open with a page server's hello")]
+    [InlineData((RemotePagesKind)3, "did not open with a page server's hello")]
+    public async Task A_hello_says_what_the_connection_is_for_and_an_unknown_kind_is_refused(RemotePagesKind kind, string? refused)
+    {
+        using var wire = new MemoryStream();
+        RemotePagesProtocol.WriteHello(wire, "main", kind);
+        wire.Position = 0;
+        if (refused is null)
+        {
+            Assert.Equal(("main", kind), await RemotePagesProtocol.ReadHelloAsync(wire, CancellationToken.None));
+        }
+        else
+        {
+            var error = await Assert.ThrowsAsync<InvalidDataException>(() => RemotePagesProtocol.ReadHelloAsync(wire, CancellationToken.None));
+            Assert.Contains(refused, error.Message, StringComparison.Ordinal);
+        }
+    }
+
+    public static TheoryData<string, byte[], string> BadLaneBodies => new()
+    {
+        { "empty", [], "is not 1 to 65536 requests" },
+        { "a request cut short", new byte[PagesLane.RequestSize + 3], "is not 1 to 65536 requests" },
+        { "no task", LaneRequest(0, 1, 0x10000), "request 0 of the pages lane is malformed" },
+        { "no pages", LaneRequest(7, 0, 0x10000), "is malformed: 0 pages" },
+        { "too many pages", LaneRequest(7, PagesLane.MaxPages + 1, 0x10000), "is malformed: 257 pages" },
+        { "unaligned", LaneRequest(7, 1, 0x10010), "is malformed" },
+        { "wrapping", LaneRequest(7, 2, ulong.MaxValue - 4095), "is malformed" },
+        { "the second bad", [.. LaneRequest(7, 1, 0x10000), .. LaneRequest(0x80000000, 1, 0x10000)], "request 1 of the pages lane is malformed" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadLaneBodies))]
+    public void The_source_refuses_a_malformed_pages_lane_body_before_reading_any_page(string name, byte[] body, string says)
+    {
+        var error = Assert.Throws<InvalidDataException>(() => PagesLane.ReadRequests(body));
+        Assert.True(error.Message.Contains(says, StringComparison.Ordinal), $"{name}: {error.Message}");
+    }
+
+    [Fact]
+    public async Task The_pages_lane_answers_read_back_as_written_and_a_refusal_or_an_early_end_is_an_error()
+    {
+        Assert.Equal([(7, 0x10000UL, 2), (9, 0x7f0000000000UL, 256)], PagesLane.ReadRequests([.. LaneRequest(7, 2, 0x10000), .. LaneRequest(9, 256, 0x7f0000000000)]));
+        var pages = Enumerable.Range(0, 2 * PagesLane.PageSize).Select(i => (byte)i).ToArray();
+        var head = new byte[PagesLane.AnswerHeadSize];
+        PagesLane.WriteAnswerHead(head, 0x1122334455667788);
+        using var wire = new MemoryStream([.. head, .. pages, .. PagesLane.Refusal("migration m is RolledBack: it has no pages to give")]);
+        var got = new byte[2 * PagesLane.PageSize];
+        Assert.Equal(0x1122334455667788UL, await PagesLane.ReadAnswerAsync(wire, 2, got, CancellationToken.None));
+        Assert.Equal(pages, got);
+        var refused = await Assert.ThrowsAsync<InvalidDataException>(() => PagesLane.ReadAnswerAsync(wire, 1, got, CancellationToken.None));
+        Assert.Contains("the source refused: migration m is RolledBack", refused.Message, StringComparison.Ordinal);
+
+        using var cut = new MemoryStream([.. head, .. pages.AsSpan(0, 100)]);
+        await Assert.ThrowsAsync<EndOfStreamException>(() => PagesLane.ReadAnswerAsync(cut, 2, got, CancellationToken.None));
+        using var odd = new MemoryStream([7, 0, 0, 0]);
+        var status = await Assert.ThrowsAsync<InvalidDataException>(() => PagesLane.ReadAnswerAsync(odd, 1, got, CancellationToken.None));
+        Assert.Contains("status 7", status.Message, StringComparison.Ordinal);
+    }
+
+    private static byte[] LaneRequest(uint task, uint pages, ulong address)
+    {
+        var raw = new byte[PagesLane.RequestSize];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(raw, task);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(raw.AsSpan(4), pages);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(raw.AsSpan(8), address);
+        return raw;
     }
 
     [Fact]

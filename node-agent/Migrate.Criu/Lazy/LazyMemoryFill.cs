@@ -36,7 +36,7 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     {
         ArgumentNullException.ThrowIfNull(report);
         return string.Create(CultureInfo.InvariantCulture,
-            $"{ReportPrefix}{report.Requests} requests, {report.PagesServed} pages ({report.BytesServed} bytes{(report.PagesFromSource > 0 ? $", {report.PagesFromSource} pages from the source, {report.PagesFetched} fetched" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms{(report.ClosedByDaemon ? ClosedSuffix : GoneSuffix)}");
+            $"{ReportPrefix}{report.Requests} requests, {report.PagesServed} pages ({report.BytesServed} bytes{(report.PagesFromSource > 0 ? $", {report.PagesFromSource} pages from the source, {report.PagesFetched} fetched, {report.PagesPrefetched} of them ahead of the daemon" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms{(report.ClosedByDaemon ? ClosedSuffix : GoneSuffix)}");
     }
 
     /// <summary>The page server's last line when it could not serve.</summary>

@@ -178,6 +178,12 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
             using var stream = new NetworkStream(socket, ownsSocket: false);
             using var source = arguments.Count == 5 ? new RemotePageClient(arguments[3], arguments[4]) : null;
             using var server = new PageServer(arguments[1], PageServerProtocol.For(version), source) { BytesPerSecond = PagesBytesPerSecond() };
+            if (arguments.Count == 5)
+            {
+                // a second connection streams everything in order; the daemon's own requests use the first
+                server.StartPrefetch(new RemotePageClient(arguments[3], arguments[4], RemotePagesKind.Stream));
+            }
+
             var report = server.Serve(stream);
             log.WriteLine(LazyMemoryFill.ReportLine(report));
             return report.ClosedByDaemon ? 0 : 1;

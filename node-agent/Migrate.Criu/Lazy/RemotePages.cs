@@ -115,13 +115,26 @@ public sealed class LivePages : IPageSource, IDisposable
     }
 }
 
+/// <summary>What a page server's connection to its agent is for (see <see cref="RemotePagesProtocol"/>).</summary>
+public enum RemotePagesKind : ushort
+{
+    /// <summary>Requests passed on one by one, as they come.</summary>
+    Fetch = 1,
+
+    /// <summary>All requests first, then all answers, fetched in one go.</summary>
+    Stream = 2,
+}
+
 /// <summary>
 /// The local protocol between a restore's page server and its node's agent, which fetches the pages
 /// a post-copy dump left on the source from the source's agent. Over a Unix socket in the migration's
-/// directory (owner only). The page server opens with a hello naming its container; then each request
-/// is <c>{u32 task; u32 pages; u64 address}</c> and each answer a u32 status: 0 and the pages'
-/// bytes, or 1, a u32 length and a UTF-8 reason, after which the agent closes the connection.
-/// Little-endian throughout.
+/// directory (owner only). The page server opens with a hello naming its container and the kind of
+/// connection; then each request is <c>{u32 task; u32 pages; u64 address}</c> and each answer a u32
+/// status: 0 and the pages' bytes, or 1, a u32 length and a UTF-8 reason, after which the agent
+/// closes the connection. On a <see cref="RemotePagesKind.Fetch"/> connection the agent passes each
+/// request on as it comes (the restored processes' faults); on a <see cref="RemotePagesKind.Stream"/>
+/// one the page server sends all its requests and ends its side, and the agent fetches them all in
+/// one go on the pages lane. Little-endian throughout.
 /// </summary>
 public static class RemotePagesProtocol
 {
@@ -134,10 +147,9 @@ public static class RemotePagesProtocol
     public const int RequestSize = 16;
 
     private const uint Magic = 0x47504d50; // "PMPG"
-    private const ushort Version = 1;
     private const int MaxNameBytes = 253;
 
-    public static void WriteHello(Stream stream, string container)
+    public static void WriteHello(Stream stream, string container, RemotePagesKind kind = RemotePagesKind.Fetch)
     {
         ArgumentNullException.ThrowIfNull(stream);
         var name = Encoding.UTF8.GetBytes(container);
@@ -148,19 +160,20 @@ public static class RemotePagesProtocol
 
         var hello = new byte[8 + name.Length];
         BinaryPrimitives.WriteUInt32LittleEndian(hello, Magic);
-        BinaryPrimitives.WriteUInt16LittleEndian(hello.AsSpan(4), Version);
+        BinaryPrimitives.WriteUInt16LittleEndian(hello.AsSpan(4), (ushort)kind);
         BinaryPrimitives.WriteUInt16LittleEndian(hello.AsSpan(6), (ushort)name.Length);
         name.CopyTo(hello, 8);
         stream.Write(hello);
     }
 
-    /// <summary>The container a hello names; throws <see cref="InvalidDataException"/> for anything else.</summary>
-    public static async Task<string> ReadHelloAsync(Stream stream, CancellationToken cancellationToken)
+    /// <summary>The container a hello names, and the kind of connection; throws <see cref="InvalidDataException"/> for anything else.</summary>
+    public static async Task<(string Container, RemotePagesKind Kind)> ReadHelloAsync(Stream stream, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(stream);
         var head = new byte[8];
         await stream.ReadExactlyAsync(head, cancellationToken);
-        if (BinaryPrimitives.ReadUInt32LittleEndian(head) != Magic || BinaryPrimitives.ReadUInt16LittleEndian(head.AsSpan(4)) != Version)
+        var kind = (RemotePagesKind)BinaryPrimitives.ReadUInt16LittleEndian(head.AsSpan(4));
+        if (BinaryPrimitives.ReadUInt32LittleEndian(head) != Magic || kind is not (RemotePagesKind.Fetch or RemotePagesKind.Stream))
         {
             throw new InvalidDataException("the connection did not open with a page server's hello");
         }
@@ -173,7 +186,7 @@ public static class RemotePagesProtocol
 
         var name = new byte[length];
         await stream.ReadExactlyAsync(name, cancellationToken);
-        return Encoding.UTF8.GetString(name);
+        return (Encoding.UTF8.GetString(name), kind);
     }
 
     public static void WriteRequest(Span<byte> destination, int taskId, ulong address, int pages)
@@ -253,8 +266,10 @@ public static class RemotePagesProtocol
 /// A page server's way to the pages left on the source: its node's agent, over the migration's
 /// <see cref="RemotePagesProtocol.SocketName"/>, connected at the first request.
 /// </summary>
-public sealed class RemotePageClient(string socketPath, string container) : IPageSource, IDisposable
+public sealed class RemotePageClient(string socketPath, string container, RemotePagesKind kind = RemotePagesKind.Fetch) : IPageSource, IPipelinedPageSource
 {
+    private readonly Queue<int> _asked = new();
+    private readonly byte[] _request = new byte[RemotePagesProtocol.RequestSize];
     private Socket? _socket;
     private NetworkStream? _stream;
 
@@ -263,13 +278,60 @@ public sealed class RemotePageClient(string socketPath, string container) : IPag
 
     public void Read(int taskId, ulong address, int pages, Span<byte> destination)
     {
+        Send(taskId, address, pages);
+        Receive(destination);
+    }
+
+    public void Send(int taskId, ulong address, int pages)
+    {
         var stream = Connect();
-        var request = new byte[RemotePagesProtocol.RequestSize];
-        RemotePagesProtocol.WriteRequest(request, taskId, address, pages);
-        stream.Write(request);
-        RemotePagesProtocol.ReadAnswer(stream, destination[..(pages * PagemapEntry.PageSize)]);
+        RemotePagesProtocol.WriteRequest(_request, taskId, address, pages);
+        try
+        {
+            stream.Write(_request);
+        }
+        catch (IOException e)
+        {
+            throw Broke(e);
+        }
+
+        _asked.Enqueue(pages);
+    }
+
+    public void Receive(Span<byte> destination)
+    {
+        if (_stream is null || !_asked.TryDequeue(out int pages))
+        {
+            throw new InvalidOperationException("no request waits for its answer");
+        }
+
+        try
+        {
+            RemotePagesProtocol.ReadAnswer(_stream, destination[..(pages * PagemapEntry.PageSize)]);
+        }
+        catch (IOException e)
+        {
+            throw Broke(e);
+        }
+
         PagesFetched += pages;
     }
+
+    public void EndOfRequests()
+    {
+        try
+        {
+            Connect();
+            _socket!.Shutdown(SocketShutdown.Send);
+        }
+        catch (SocketException e)
+        {
+            throw Broke(e);
+        }
+    }
+
+    private PageServerException Broke(Exception e) =>
+        new($"the connection to the node's agent at {socketPath}, which fetches the pages left on the source, broke: {(e.InnerException ?? e).Message}");
 
     private NetworkStream Connect()
     {
@@ -291,7 +353,7 @@ public sealed class RemotePageClient(string socketPath, string container) : IPag
 
         _socket = socket;
         _stream = new NetworkStream(socket, ownsSocket: false);
-        RemotePagesProtocol.WriteHello(_stream, container);
+        RemotePagesProtocol.WriteHello(_stream, container, kind);
         return _stream;
     }
 

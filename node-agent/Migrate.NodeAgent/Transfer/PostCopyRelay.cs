@@ -1,6 +1,8 @@
 using System.IO.Hashing;
 using System.Net.Sockets;
 using Grpc.Core;
+using Migrate.Agent.Contracts.Security;
+using Migrate.Agent.Contracts.Transfer;
 using Migrate.Agent.V1;
 using Migrate.Criu.Images;
 using Migrate.Criu.Lazy;
@@ -9,10 +11,12 @@ namespace Migrate.NodeAgent.Transfer;
 
 /// <summary>
 /// The target's side of post-copy: a Unix socket in each post-copy migration's directory, where the
-/// restore's page server asks for the pages the final dump left on the source; each of its
-/// connections becomes one FetchPages stream to the source's agent (mutual TLS, the migration's
-/// token). A page whose checksum does not match is refused: the page server then ends, the
-/// restore is judged failed, and the migration rolls back to the frozen source.
+/// restore's page server asks for the pages the final dump left on the source: its faults on one
+/// connection, each request passed on a FetchPages stream to the source's agent, and all the pages
+/// in order on another, fetched on one pages lane (both mutual TLS, the migration's token). A page
+/// whose checksum does not match is refused: on the faults' connection the page server then ends,
+/// the restore is judged failed, and the migration rolls back to the frozen source; on the stream's,
+/// the stream stops and the faults fetch what it did not bring.
 /// </summary>
 public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity identity, PeerConnections connections, ILogger<PostCopyRelay> logger) : IDisposable
 {
@@ -116,16 +120,29 @@ public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity 
         }
     }
 
+    /// <summary>
+    /// One page server's connection: a <see cref="RemotePagesKind.Fetch"/> one as one FetchPages stream,
+    /// each request passed on as it comes and answered before the next (the restored processes'
+    /// faults); a <see cref="RemotePagesKind.Stream"/> one on the pages lane (<see cref="StreamAsync"/>).
+    /// </summary>
     private async Task RelayAsync(Listener listener, Socket client)
     {
         var cancellationToken = listener.Stopping.Token;
         await using var stream = new NetworkStream(client, ownsSocket: true);
         string container = "";
         long pages = 0;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         try
         {
-            container = await RemotePagesProtocol.ReadHelloAsync(stream, cancellationToken);
+            (container, var kind) = await RemotePagesProtocol.ReadHelloAsync(stream, cancellationToken);
             var tls = identity.Tls ?? throw new InvalidOperationException("this agent talks to its peers only over mutual TLS, and it has no certificate configured");
+            if (kind == RemotePagesKind.Stream)
+            {
+                pages = await StreamAsync(listener, tls, container, stream, cancellationToken);
+                LogStreamed(listener.MigrationId, container, pages, (long)clock.Elapsed.TotalMilliseconds);
+                return;
+            }
+
             var source = new ImageTransfer.ImageTransferClient(connections.Channel(tls, listener.SourceAddress, listener.SourceNode));
             using var call = source.FetchPages(cancellationToken: cancellationToken);
             var buffer = new byte[RemotePagesProtocol.RequestSize];
@@ -159,7 +176,7 @@ public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity 
             }
 
             await call.RequestStream.CompleteAsync();
-            LogRelayed(listener.MigrationId, container, pages);
+            LogRelayed(listener.MigrationId, container, pages, (long)clock.Elapsed.TotalMilliseconds);
         }
         catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
@@ -176,8 +193,73 @@ public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity 
         }
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "migration {Migration}: relayed {Pages} pages of container {Container} from the source")]
-    private partial void LogRelayed(string migration, string container, long pages);
+    /// <summary>
+    /// A page server's stream of requests, all read before any is passed on (it ends its side when it
+    /// has sent them), fetched on one pages lane; the answers handed back in order. Returns the pages relayed.
+    /// </summary>
+    private async Task<long> StreamAsync(Listener listener, AgentTls tls, string container, Stream stream, CancellationToken cancellationToken)
+    {
+        var body = new MemoryStream();
+        var asked = new List<int>();
+        var request = new byte[RemotePagesProtocol.RequestSize];
+        while (await RemotePagesProtocol.ReadRequestAsync(stream, request, cancellationToken) is { } one)
+        {
+            if (asked.Count == PagesLane.MaxRequests)
+            {
+                throw new InvalidDataException($"the page server asked for more than {PagesLane.MaxRequests} pieces in one stream");
+            }
+
+            body.Write(request);
+            asked.Add(one.Pages);
+        }
+
+        if (asked.Count == 0)
+        {
+            return 0;
+        }
+
+        using var client = connections.Client(tls, listener.SourceAddress, listener.SourceNode);
+        using var message = new HttpRequestMessage(HttpMethod.Post, new Uri($"https://{listener.SourceAddress}{PagesLane.Path}"))
+        {
+            Version = System.Net.HttpVersion.Version11,
+            VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+            Content = new ByteArrayContent(body.GetBuffer(), 0, (int)body.Length),
+        };
+        message.Headers.TryAddWithoutValidation(PagesLane.MigrationHeader, listener.MigrationId);
+        message.Headers.TryAddWithoutValidation(PagesLane.TokenHeader, listener.Token);
+        message.Headers.TryAddWithoutValidation(PagesLane.ContainerHeader, container);
+        using var response = await client.SendAsync(message, HttpCompletionOption.ResponseHeadersRead, cancellationToken);
+        if (!response.IsSuccessStatusCode)
+        {
+            var why = await response.Content.ReadAsStringAsync(cancellationToken);
+            throw new IOException($"the source's agent refused the pages lane: {(int)response.StatusCode} {(why.Length > 1000 ? why[..1000] : why)}");
+        }
+
+        await using var lane = await response.Content.ReadAsStreamAsync(cancellationToken);
+        var buffer = new byte[PagesLane.MaxPages * PagemapEntry.PageSize];
+        long relayed = 0;
+        foreach (int wanted in asked)
+        {
+            var data = buffer.AsMemory(0, wanted * PagemapEntry.PageSize);
+            ulong checksum = await PagesLane.ReadAnswerAsync(lane, wanted, data, cancellationToken);
+            if (Check(data.Span, checksum, wanted) is { } wrong)
+            {
+                throw new InvalidDataException(wrong);
+            }
+
+            await RemotePagesProtocol.WriteAnswerAsync(stream, data, cancellationToken);
+            relayed += wanted;
+            Interlocked.Add(ref _relayed, wanted);
+        }
+
+        return relayed;
+    }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "migration {Migration}: relayed {Pages} pages of container {Container} from the source in {Millis} ms")]
+    private partial void LogRelayed(string migration, string container, long pages, long millis);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "migration {Migration}: streamed {Pages} pages of container {Container} from the source on the pages lane in {Millis} ms")]
+    private partial void LogStreamed(string migration, string container, long pages, long millis);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "migration {Migration}: fetching the pages of container {Container} left on the source failed after {Pages} pages: {Why}")]
     private partial void LogRelayFailed(string migration, string container, long pages, string why);
