@@ -54,6 +54,7 @@ public sealed class SourcePages : IDisposable
     private readonly SafeFileHandle _file;
     private readonly IPageSource _faults;
     private Thread? _prefetch;
+    private IPipelinedPageSource? _stream;
     private volatile bool _stopping;
     private long _fetched;
     private long _prefetched;
@@ -124,6 +125,7 @@ public sealed class SourcePages : IDisposable
             }
         }
 
+        _stream = connection;
         _prefetch = new Thread(() => Prefetch(connection, bytesPerSecond)) { IsBackground = true, Name = "source-pages-prefetch" };
         _prefetch.Start();
     }
@@ -194,6 +196,8 @@ public sealed class SourcePages : IDisposable
             Monitor.PulseAll(_gate);
         }
 
+        // closing the stream's connection ends a read that waits on it: a stuck stream does not hold the page server's exit
+        _stream?.Dispose();
         _prefetch?.Join(TimeSpan.FromSeconds(10));
         _file.Dispose();
     }
