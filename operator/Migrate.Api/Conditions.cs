@@ -26,6 +26,34 @@ public static class ConditionTypes
 
     /// <summary>The outcome: True when migrated, False when it failed or was rolled back.</summary>
     public const string Ready = "Ready";
+
+    /// <summary>
+    /// Which mode runs (status.mode) and why: True once decided, Unknown while mode Auto waits for
+    /// its pre-copy rounds to end before it decides how to send what they leave.
+    /// </summary>
+    public const string ModeChosen = "ModeChosen";
+}
+
+/// <summary>The reasons of condition ModeChosen.</summary>
+public static class ModeReasons
+{
+    /// <summary>The request named its mode.</summary>
+    public const string Requested = "Requested";
+
+    /// <summary>Auto on the CRI path, which takes one checkpoint while frozen: Cold.</summary>
+    public const string CriPath = "CriPath";
+
+    /// <summary>Auto where the pod may not leave memory on its source: PreCopy.</summary>
+    public const string PostCopyUnavailable = "PostCopyUnavailable";
+
+    /// <summary>Auto, waiting for its rounds to end (the condition is Unknown).</summary>
+    public const string AwaitingRounds = "AwaitingRounds";
+
+    /// <summary>Auto: what the rounds left is sent while frozen within the limit: PreCopy.</summary>
+    public const string RoundsConverged = "RoundsConverged";
+
+    /// <summary>Auto: the pod writes faster than rounds shrink what is left; it is left on the source: Hybrid.</summary>
+    public const string WritesOutpaceRounds = "WritesOutpaceRounds";
 }
 
 /// <summary>

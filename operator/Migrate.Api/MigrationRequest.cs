@@ -57,8 +57,9 @@ public sealed class MigrationRequestSpec
     [JsonPropertyName("avoidNodes")]
     public IList<string>? AvoidNodes { get; set; }
 
+    /// <summary>How memory moves (<see cref="MigrationModes"/>); unset is Auto, which the operator resolves into status.mode.</summary>
     [JsonPropertyName("mode")]
-    public string Mode { get; set; } = MigrationModes.PreCopy;
+    public string Mode { get; set; } = MigrationModes.Auto;
 
     [JsonPropertyName("preCopy")]
     public PreCopyLimits? PreCopy { get; set; }
@@ -173,10 +174,22 @@ public sealed class PreCopyLimits
 
     [JsonPropertyName("minShrinkPercent")]
     public int MinShrinkPercent { get; set; } = 10;
+
+    /// <summary>
+    /// Mode Auto: when the rounds end, what they left is sent while the pod is frozen if that is
+    /// estimated to take at most this many milliseconds (at the rate the rounds themselves ran);
+    /// above it, and where the pod may, it is left on the source for the running replacement to
+    /// fetch (Hybrid). Ignored by the other modes.
+    /// </summary>
+    [JsonPropertyName("frozenSendLimitMillis")]
+    public int FrozenSendLimitMillis { get; set; } = 500;
 }
 
 public static class MigrationModes
 {
+    /// <summary>The default: the operator picks the mode (status.mode, condition ModeChosen) from the nodes, the pod and its pre-copy rounds.</summary>
+    public const string Auto = "Auto";
+
     public const string Cold = "Cold";
     public const string PreCopy = "PreCopy";
 
@@ -299,6 +312,13 @@ public sealed class MigrationRequestStatus
     /// <summary>The path the migration took (<see cref="CheckpointPaths.RuntimeClass"/> or <see cref="CheckpointPaths.Cri"/>), set at admission.</summary>
     [JsonPropertyName("checkpointPath")]
     public string? CheckpointPath { get; set; }
+
+    /// <summary>
+    /// The mode that runs: spec.mode, or what Auto resolved to (condition ModeChosen says why).
+    /// Set at admission; Auto may turn PreCopy into Hybrid when its rounds end.
+    /// </summary>
+    [JsonPropertyName("mode")]
+    public string? Mode { get; set; }
 
     /// <summary>Path CRI: the checkpoint image each container was published as, by digest.</summary>
     [JsonPropertyName("checkpointImages")]

@@ -86,7 +86,7 @@ public sealed class CommandLine
         kubectl migrate: move running pods between nodes without losing their state (pod-migration).
 
         Usage:
-          kubectl migrate pod NAME [--to NODE] [--mode cold|precopy|postcopy|hybrid] [--checkpoint-path auto|runtimeclass|cri] [--wait | --no-wait] [--timeout SECONDS]
+          kubectl migrate pod NAME [--to NODE] [--mode auto|cold|precopy|postcopy|hybrid] [--checkpoint-path auto|runtimeclass|cri] [--wait | --no-wait] [--timeout SECONDS]
           kubectl migrate list [-A]
           kubectl migrate describe NAME
           kubectl migrate cancel NAME

@@ -82,16 +82,17 @@ namespace Migrate.Kubectl
             };
             var mode = line.Flag("mode")?.ToLowerInvariant() switch
             {
-                // the runtime's own checkpoint is taken once, frozen: no pre-copy rounds
-                null when path == "CRI" => "Cold",
-                null or "precopy" => "PreCopy",
+                // left out: the operator picks (Auto; on the CRI path that is Cold)
+                null or "auto" => "Auto",
+                "precopy" => "PreCopy",
                 "cold" => "Cold",
                 "postcopy" => "PostCopy",
                 "hybrid" => "Hybrid",
-                var other => throw new UsageException($"--mode must be cold, precopy, postcopy or hybrid, not '{other}'"),
+                var other => throw new UsageException($"--mode must be auto, cold, precopy, postcopy or hybrid, not '{other}'"),
             };
-            if (path == "CRI" && mode != "Cold")
+            if (path == "CRI" && mode is not ("Cold" or "Auto"))
             {
+                // the runtime's own checkpoint is taken once, frozen: no pre-copy rounds
                 throw new UsageException("--checkpoint-path cri takes one checkpoint while the pod is frozen, with no pre-copy rounds: use --mode cold or leave --mode out");
             }
 
@@ -239,7 +240,8 @@ namespace Migrate.Kubectl
             output.Line($"Name:         {name}");
             output.Line($"Namespace:    {Api.Namespace}");
             output.Line($"Pod:          {PodsOf(request)}");
-            output.Line($"Mode:         {Text(request, "spec", "mode") ?? "PreCopy"}");
+            var requested = Text(request, "spec", "mode") ?? "Auto";
+            output.Line($"Mode:         {(Text(status, "mode") is { } running && running != requested ? $"{running} (asked: {requested})" : requested)}");
             output.Line($"Path:         {Text(status, "checkpointPath") ?? Text(request, "spec", "checkpointPath") ?? "Auto"}");
             output.Line($"Phase:        {Text(status, "phase") ?? "Pending"}");
             output.Line($"Reason:       {Text(status, "reason")}");

@@ -45,11 +45,14 @@ public sealed class CriPathTests(CriPathFixture fixture, ITestOutputHelper outpu
     {
         await RunCounterAsync("cri-counter", volume: false);
         var before = await Sandbox.WaitForTicksAsync(Cluster, "cri-counter", "main", 10);
-        await ApplyAsync("move-cri", "cri-counter", "Cold");
+        // no mode: Auto, which on this path is Cold
+        await ApplyAsync("move-cri", "cri-counter", null);
         var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-cri"))!.Status!;
         output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}; path {status.CheckpointPath}, downtime {status.DowntimeMillis} ms, {status.ImageBytes} bytes");
         Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
         Assert.Equal(CheckpointPaths.Cri, status.CheckpointPath);
+        Assert.Equal(MigrationModes.Cold, status.Mode);
+        Assert.Equal(ModeReasons.CriPath, status.Condition(ConditionTypes.ModeChosen)?.Reason);
         var image = Assert.Single(status.CheckpointImages!);
         Assert.StartsWith(Cluster.CheckpointRegistry + "/default/cri-counter@sha256:", image, StringComparison.Ordinal);
 
@@ -82,8 +85,8 @@ public sealed class CriPathTests(CriPathFixture fixture, ITestOutputHelper outpu
     [Fact]
     public async Task The_CRI_path_refuses_pre_copy_at_the_API_and_a_pod_whose_emptyDir_it_cannot_carry_before_freezing_it()
     {
-        // mode PreCopy (the default) is refused by the API server, naming the fix
-        var refused = await Cluster.Api.KubectlInAsync(Request("cri-precopy", "anything", null), "apply", "-f", "-");
+        // mode PreCopy is refused by the API server, naming the fix
+        var refused = await Cluster.Api.KubectlInAsync(Request("cri-precopy", "anything", "PreCopy"), "apply", "-f", "-");
         output.WriteLine(refused.Error);
         Assert.NotEqual(0, refused.ExitCode);
         Assert.Contains("checkpointPath CRI takes one checkpoint while the pod is frozen", refused.Error, StringComparison.Ordinal);
@@ -126,7 +129,7 @@ public sealed class CriPathTests(CriPathFixture fixture, ITestOutputHelper outpu
         await Sandbox.WaitForTicksAsync(Cluster, name, "main", 5);
     }
 
-    private async Task ApplyAsync(string name, string pod, string mode) =>
+    private async Task ApplyAsync(string name, string pod, string? mode) =>
         (await Cluster.Api.KubectlInAsync(Request(name, pod, mode), "apply", "-f", "-")).Succeeded();
 
     private static string Request(string name, string pod, string? mode) => $"""

@@ -175,6 +175,9 @@ Assert.False(File.Exists(State));
         Assert.True((long)result["pauseSeenMs"]! > 0, "the counter's own clock shows no pause across the move");
         Assert.Equal("Lazy", (string)result["memoryRestore"]!);
         Assert.Equal("WriteProtect", (string)result["memoryTracking"]!);
+        // the example names no mode: Auto took pre-copy rounds, and the idle counter's last one left little enough to send frozen
+        Assert.Equal("PreCopy", (string)result["mode"]!);
+        Assert.Contains("mode                     PreCopy (Auto: PreCopy; the last of", demo.Output, StringComparison.Ordinal);
         Assert.Contains("memory restore           Lazy (the process ran first", demo.Output, StringComparison.Ordinal);
         Assert.Contains("continued without a gap or a restart", demo.Output, StringComparison.Ordinal);
         Assert.False(File.Exists(State));

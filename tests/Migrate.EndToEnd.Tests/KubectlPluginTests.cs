@@ -135,7 +135,7 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
         Assert.Equal((1, "error: node \"node-z\" not found"), (code, text.Trim()));
         (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "pod", "stays", "--mode", "warm");
         Assert.Equal(2, code);
-        Assert.Contains("error: --mode must be cold, precopy, postcopy or hybrid, not 'warm'", text, StringComparison.Ordinal);
+        Assert.Contains("error: --mode must be auto, cold, precopy, postcopy or hybrid, not 'warm'", text, StringComparison.Ordinal);
         (code, text) = await MigrateAsync(Cluster.KubeconfigPath, "pod", "stays", "--checkpoint-path", "rsync");
         Assert.Equal(2, code);
         Assert.Contains("error: --checkpoint-path must be auto, runtimeclass or cri, not 'rsync'", text, StringComparison.Ordinal);

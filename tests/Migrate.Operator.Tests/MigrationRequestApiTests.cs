@@ -26,18 +26,18 @@ public sealed class MigrationRequestApiTests(EmulatorFixture cluster) : IClassFi
     {
         (await cluster.KubectlInAsync(Request("move-db", "  podName: db-0\n  targetNode: node-b"), "apply", "-f", "-")).Succeeded();
         (await cluster.KubectlAsync("patch", "migrationrequest", "move-db", "--subresource=status", "--type=merge",
-            "-p", """{"status":{"phase":"Transferring","sourceNode":"node-a","targetNode":"node-b","downtimeMillis":412}}""")).Succeeded();
+            "-p", """{"status":{"phase":"Transferring","mode":"PreCopy","sourceNode":"node-a","targetNode":"node-b","downtimeMillis":412}}""")).Succeeded();
 
         var json = (await cluster.KubectlAsync("get", "mr", "move-db", "-o", "json")).Succeeded().Output;
         var table = (await cluster.KubectlAsync("get", "migrationrequests")).Succeeded().Output;
 
         using var document = JsonDocument.Parse(json);
         var spec = document.RootElement.GetProperty("spec");
-        Assert.Equal("PreCopy", spec.GetProperty("mode").GetString());
+        Assert.Equal("Auto", spec.GetProperty("mode").GetString());
         Assert.Equal(600, spec.GetProperty("timeoutSeconds").GetInt32());
         var header = table.Split('\n')[0];
-        Assert.Equal(["NAME", "POD", "SOURCE", "TARGET", "PHASE", "DOWNTIME", "AGE"], header.Split(' ', StringSplitOptions.RemoveEmptyEntries));
-        Assert.Matches(@"move-db\s+db-0\s+node-a\s+node-b\s+Transferring\s+412\s+\S+", table);
+        Assert.Equal(["NAME", "POD", "SOURCE", "TARGET", "MODE", "PHASE", "DOWNTIME", "AGE"], header.Split(' ', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Matches(@"move-db\s+db-0\s+node-a\s+node-b\s+PreCopy\s+Transferring\s+412\s+\S+", table);
     }
 
     [Theory]
@@ -49,6 +49,8 @@ public sealed class MigrationRequestApiTests(EmulatorFixture cluster) : IClassFi
     [InlineData("  podName: db-0\n  timeoutSeconds: 1", "spec.timeoutSeconds")]
     [InlineData("  podName: Not_A_Name", "spec.podName")]
     [InlineData("  podName: db-0\n  preCopy:\n    maxRounds: 50", "spec.preCopy.maxRounds")]
+    [InlineData("  podName: db-0\n  preCopy:\n    frozenSendLimitMillis: -1", "spec.preCopy.frozenSendLimitMillis")]
+    [InlineData("  podName: db-0\n  checkpointPath: CRI\n  mode: Hybrid", "set mode: Cold or leave it Auto")]
     public async Task Schema_violations_are_refused_by_kubectl_apply_with_the_field_named(string spec, string field)
     {
         var error = (await cluster.KubectlInAsync(Request("bad", spec), "apply", "-f", "-")).Failed();

@@ -82,6 +82,7 @@ internal static class Demo
             result.ImageBytes = status?.ImageBytes;
             result.MemoryRestore = status?.MemoryRestore;
             result.MemoryTracking = status?.MemoryTracking;
+            result.Mode = status?.Mode;
             if (status?.Phase != MigrationPhases.Succeeded)
             {
                 Say($"the migration did not succeed: {status?.Phase} {status?.Reason}: {status?.Message}");
@@ -107,6 +108,7 @@ internal static class Demo
             Console.WriteLine();
             Console.WriteLine("Summary");
             Console.WriteLine($"  pod default/counter moved {status.SourceNode} -> {status.TargetNode}, now {status.ReplacementPod}");
+            Console.WriteLine($"  mode                     {status.Mode} ({status.Condition(ConditionTypes.ModeChosen)?.Message})");
             Console.WriteLine($"  request to Succeeded     {result.TotalMs} ms");
             Console.WriteLine($"  downtime                 {status.DowntimeMillis} ms (frozen until the restored process ran)");
             Console.WriteLine($"  pause the counter saw    {(result.PauseSeenMs is { } seen ? seen + " ms" : "-")} (by its own clock, from its last tick on {status.SourceNode} to its first on {status.TargetNode}; it ticks every 100 ms, so this is up to one tick more than the pause itself)");
@@ -228,5 +230,8 @@ internal static class Demo
 
         [System.Text.Json.Serialization.JsonPropertyName("memoryTracking")]
         public string? MemoryTracking { get; set; }
+
+        [System.Text.Json.Serialization.JsonPropertyName("mode")]
+        public string? Mode { get; set; }
     }
 }

@@ -172,18 +172,18 @@ public static class Sandbox
         return result;
     }
 
-    /// <summary>kubectl apply of a MigrationRequest.</summary>
-    public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string mode, string? target = null, bool? keepAddress = null)
+    /// <summary>kubectl apply of a MigrationRequest (no mode: the default, Auto; <paramref name="spec"/>: more lines of its spec, YAML at two spaces).</summary>
+    public static async Task ApplyRequestAsync(SandboxCluster cluster, string name, string pod, string? mode, string? target = null, bool? keepAddress = null, string? spec = null)
     {
         ArgumentNullException.ThrowIfNull(cluster);
-        var targetLine = (target is null ? "" : $"\n  targetNode: {target}") + (keepAddress is { } keep ? $"\n  keepAddress: {(keep ? "true" : "false")}" : "");
+        var lines = (mode is null ? "" : $"\n  mode: {mode}") + (target is null ? "" : $"\n  targetNode: {target}")
+            + (keepAddress is { } keep ? $"\n  keepAddress: {(keep ? "true" : "false")}" : "") + (spec is null ? "" : "\n" + spec);
         (await cluster.Api.KubectlInAsync($"""
             apiVersion: podmigration.io/v1alpha1
             kind: MigrationRequest
             metadata: {"{"}name: {name}, namespace: default{"}"}
             spec:
-              podName: {pod}
-              mode: {mode}{targetLine}
+              podName: {pod}{lines}
             """, "apply", "-f", "-")).Succeeded();
     }
 

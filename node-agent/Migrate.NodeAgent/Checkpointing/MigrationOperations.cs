@@ -308,6 +308,8 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                     await engine.UpdateAsync(id, r => r.PreCopy.FirstRoundMillis = (uint)clock.ElapsedMilliseconds, cancellationToken);
                 }
 
+                // the rate a round runs at, which the operator judges the freeze's send by (mode Auto)
+                await engine.UpdateAsync(id, r => r.PreCopy.RoundsMillis += (uint)clock.ElapsedMilliseconds, cancellationToken);
                 ended = PreCopyRounds.After(round, request.MaxRounds, previous, taken.PagesWritten, request.MinShrinkPercent);
                 previous = taken.PagesWritten;
                 LogRound(id, round, taken.PagesWritten, clock.ElapsedMilliseconds, ended);

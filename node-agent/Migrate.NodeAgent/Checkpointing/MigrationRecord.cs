@@ -80,6 +80,9 @@ public sealed class PreCopyRecord
 
     /// <summary>How long round 1 took, pre-dump and transfer (0 until it is staged on the target).</summary>
     public uint FirstRoundMillis { get; set; }
+
+    /// <summary>How long all rounds so far took, pre-dumps and transfers.</summary>
+    public uint RoundsMillis { get; set; }
 }
 
 /// <summary>How far the handoff got: the freeze, the final images' transfer, and the commit on the target (after which only the target can release the source).</summary>
@@ -270,6 +273,7 @@ public sealed class MigrationRecord
             BytesSent = PreCopy.BytesSent,
             BytesTotal = PreCopy.BytesTotal,
             FirstRoundMillis = PreCopy.FirstRoundMillis,
+            RoundsMillis = PreCopy.RoundsMillis,
             Method = Rounds.Count == 0 ? Agent.V1.PreCopyMethod.Unspecified
                 : Rounds.Any(r => r.Tracked) ? Agent.V1.PreCopyMethod.WriteTracking
                 : PreCopyMethod == CriuPreCopyMethod.KernelTracking ? Agent.V1.PreCopyMethod.KernelTracking

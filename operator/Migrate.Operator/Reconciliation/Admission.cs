@@ -17,6 +17,9 @@ public sealed record Validation(string? SourceNode, string? TargetNode, string? 
     /// <summary>The path the migration takes (CheckpointPaths.RuntimeClass or Cri).</summary>
     public string CheckpointPath { get; init; } = CheckpointPaths.RuntimeClass;
 
+    /// <summary>The mode the request runs (status.mode) and why; for Auto possibly still to be settled when its rounds end.</summary>
+    public ModeChoice.Choice? Mode { get; init; }
+
     public bool Failed => FailureReason is not null;
 
     public static Validation Fail(string reason, string message) => new(null, null, reason, message);
@@ -159,7 +162,8 @@ public static class Admission
             return Validation.Fail(Reasons.CriPathUnavailable, $"Pod {request.Metadata.NamespaceProperty}/{request.Spec.PodName} cannot move through the CRI path: {path.Refusal}");
         }
 
-        if (PostCopyChoice.WhyNot(request.Spec.Mode, keepsName, Keys.Get(request.Metadata.Labels, Labels.Group) is not null, target, targetAgent?.Criu?.LazyPages == true) is { } refusal)
+        bool groupMember = Keys.Get(request.Metadata.Labels, Labels.Group) is not null, lazyTarget = targetAgent?.Criu?.LazyPages == true;
+        if (PostCopyChoice.WhyNot(request.Spec.Mode, keepsName, groupMember, target, lazyTarget) is { } refusal)
         {
             return Validation.Fail(Reasons.TargetIncompatible, refusal);
         }
@@ -171,6 +175,8 @@ public static class Admission
             // the CRI path's replacement gets a new address: the runtime restores the pod into a new sandbox
             KeepsAddress = !cri && KeepsAddress(request, sourceAgent, targetAgent),
             CheckpointPath = path.Path,
+            Mode = ModeChoice.AtAdmission(request.Spec.Mode, path.Path, PostCopyChoice.Obstacle(keepsName, groupMember, target, lazyTarget),
+                (request.Spec.PreCopy ?? new PreCopyLimits()).FrozenSendLimitMillis),
         };
     }
 

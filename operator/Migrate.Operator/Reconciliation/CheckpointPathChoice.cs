@@ -27,9 +27,9 @@ public static class CheckpointPathChoice
             return new Outcome(null, $"checkpointPath '{requested}' is not one of {CheckpointPaths.Auto}, {CheckpointPaths.RuntimeClass}, {CheckpointPaths.Cri}.");
         }
 
-        if (mode != MigrationModes.Cold)
+        if (mode is not (null or "" or MigrationModes.Auto or MigrationModes.Cold))
         {
-            return new Outcome(null, "checkpointPath CRI takes one checkpoint while the pod is frozen, with no pre-copy rounds: set mode: Cold.");
+            return new Outcome(null, "checkpointPath CRI takes one checkpoint while the pod is frozen, with no pre-copy rounds: set mode: Cold (or leave it Auto).");
         }
 
         if (keepsName)

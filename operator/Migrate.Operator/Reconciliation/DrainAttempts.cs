@@ -49,7 +49,7 @@ public static class DrainAttempts
         [.. attempts.Where(r => r.Status?.Phase is MigrationPhases.Failed or MigrationPhases.RolledBack).OrderBy(r => r.Metadata.CreationTimestamp)];
 
     /// <summary>
-    /// The next request for the pod: named prefix-pod-attempt, in PreCopy mode, avoiding the nodes earlier
+    /// The next request for the pod: named prefix-pod-attempt, in the default mode (Auto), avoiding the nodes earlier
     /// attempts failed on, with the operator's finalizer from birth (so that deleting it at once still
     /// goes through the operator).
     /// </summary>
@@ -70,7 +70,7 @@ public static class DrainAttempts
             Spec = new MigrationRequestSpec
             {
                 PodName = pod,
-                Mode = MigrationModes.PreCopy,
+                Mode = MigrationModes.Auto,
                 TargetNodeSelector = targetNodeSelector,
                 AvoidNodes = [.. failures.Select(f => f.Status?.TargetNode).OfType<string>().Distinct()],
             },

@@ -196,6 +196,11 @@ public static class MigrationDecisions
             _s.SourceNode = validation.SourceNode;
             _s.TargetNode = validation.TargetNode;
             _s.CheckpointPath = validation.CheckpointPath;
+            if (validation.Mode is { } mode)
+            {
+                _s.Mode = mode.Mode;
+                _s.SetCondition(ConditionTypes.ModeChosen, mode.Decided ? "True" : "Unknown", mode.Reason, mode.Message, f.Request.Metadata.Generation, f.Now);
+            }
             _s.Reason = Reasons.Validated;
             _s.Message = $"Pod {f.Request.Spec.PodName} can move from {validation.SourceNode} to {validation.TargetNode}.";
             Set(ConditionTypes.Validated, true, Reasons.Validated, _s.Message);
@@ -404,7 +409,7 @@ public static class MigrationDecisions
             }
 
             var operation = Source.Operation;
-            if (MigrationModes.HasRounds(f.Request.Spec.Mode) && operation?.Kind is not (PreCopyOperation or HandoffOperation))
+            if (MigrationModes.HasRounds(ModeChoice.Effective(f.Request)) && operation?.Kind is not (PreCopyOperation or HandoffOperation))
             {
                 return Do(new MigrationAction.StartPreCopy(), TimeSpan.Zero);
             }
@@ -428,6 +433,15 @@ public static class MigrationDecisions
             {
                 _s.PreCopyRounds = precopy.Rounds;
                 _s.MemoryTracking = MigrationDecisions.TrackingOf(precopy.Method) ?? _s.MemoryTracking;
+                if (ModeChoice.Pending(_s) && operation?.Kind == PreCopyOperation)
+                {
+                    // Auto: the rounds ended; how what they left is sent is settled (and written) before the handoff asks for it
+                    var mode = ModeChoice.AfterRounds(precopy, (f.Request.Spec.PreCopy ?? new PreCopyLimits()).FrozenSendLimitMillis);
+                    _s.Mode = mode.Mode;
+                    Set(ConditionTypes.ModeChosen, true, mode.Reason, mode.Message);
+                    _events.Add(new EventNote("Normal", mode.Reason, mode.Message));
+                    return Do(MigrationAction.None, TimeSpan.Zero);
+                }
             }
 
             if (operation?.Kind != HandoffOperation)

@@ -173,7 +173,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     // a group member's replacement talks to nobody until every member's is restored
                     HoldNetwork = facts.IsGroupMember && expect.Node == status.TargetNode,
                     // post-copy: where the target's agent fetches the pages the final dump leaves on the source
-                    PostCopySource = MigrationModes.LeavesMemoryOnSource(request.Spec.Mode) && expect.Node == status.TargetNode
+                    PostCopySource = ModeChoice.MayLeaveMemoryOnSource(request) && expect.Node == status.TargetNode
                         ? Target(facts, request, status.SourceNode!).Address : "",
                 }, cancellationToken: cancellationToken);
                 return null;
@@ -194,9 +194,9 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     Target = Target(facts, request, status.TargetNode!),
                     CriCheckpoint = status.CheckpointPath == CheckpointPaths.Cri,
                     // post-copy was asked for by name: lazy memory is its mechanism, whatever the operator's default
-                    LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && (LazyRestore || MigrationModes.LeavesMemoryOnSource(request.Spec.Mode)) && facts.TargetNode is { } targetNode
+                    LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && (LazyRestore || MigrationModes.LeavesMemoryOnSource(ModeChoice.Effective(request))) && facts.TargetNode is { } targetNode
                         && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
-                    PostCopy = MigrationModes.LeavesMemoryOnSource(request.Spec.Mode),
+                    PostCopy = MigrationModes.LeavesMemoryOnSource(ModeChoice.Effective(request)),
                     GroupHold = facts.IsGroupMember,
                     HoldTimeoutSeconds = (uint)GroupHoldTimeout.TotalSeconds,
                 }, cancellationToken: cancellationToken);

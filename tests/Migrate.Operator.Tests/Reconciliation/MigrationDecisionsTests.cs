@@ -30,6 +30,16 @@ public sealed class MigrationDecisionsTests
         new("new request, admitted: Pending with its nodes", () => New() with { Admission = new Validation("node-a", "node-b", null, null) },
             d => { Nothing(d); Phase(d, "Pending", "Validated"); Assert.Equal(("node-a", "node-b"), (d.Status.SourceNode, d.Status.TargetNode)); }),
         new("new request deleted: the finalizer goes", () => New(deleting: true), d => Is<MigrationAction.RemoveFinalizer>(d)),
+        new("new request in mode Auto, admitted where pages may stay on the source: PreCopy rounds, the rest undecided", () => New() with
+            {
+                Admission = new Validation("node-a", "node-b", null, null) { Mode = ModeChoice.AtAdmission(MigrationModes.Auto, CheckpointPaths.RuntimeClass, null, 500) },
+            },
+            d =>
+            {
+                Nothing(d);
+                Assert.Equal(MigrationModes.PreCopy, d.Status.Mode);
+                Assert.Equal(("Unknown", ModeReasons.AwaitingRounds), (d.Status.Condition(ConditionTypes.ModeChosen)!.Status, d.Status.Condition(ConditionTypes.ModeChosen)!.Reason));
+            }),
 
         // ------------------------------------------------------------- queueing
         new("pending, the cluster is full: queued", () => At("Pending") with { InFlight = 5 },
@@ -61,6 +71,26 @@ public sealed class MigrationDecisionsTests
             d => Waits(d)),
         new("pre-copy converged, no replacement: make it (the source still runs)", () => At("Checkpointing", mode: "PreCopy") with { SourceAgent = Source(preCopy: Op("PreCopy", OperationState.Succeeded), converged: true) },
             d => { Assert.Equal("node-b", Is<MigrationAction.CreateReplacement>(d).Node); Assert.False(d.Status.Is(ConditionTypes.Frozen)); }),
+        new("Auto's rounds ended with 4 MiB written (42 ms to send): PreCopy, settled and written before anything else", () => AutoRoundsEnded(lastRoundPages: 1024),
+            d =>
+            {
+                Nothing(d);
+                Assert.Equal(MigrationModes.PreCopy, d.Status.Mode);
+                Assert.Equal(("True", ModeReasons.RoundsConverged), (d.Status.Condition(ConditionTypes.ModeChosen)!.Status, d.Status.Condition(ConditionTypes.ModeChosen)!.Reason));
+                Assert.Contains(d.Events, e => e.Reason == ModeReasons.RoundsConverged);
+            }),
+        new("Auto's rounds ended with 195 MiB written (2 s to send): Hybrid", () => AutoRoundsEnded(lastRoundPages: 50_000),
+            d =>
+            {
+                Nothing(d);
+                Assert.Equal(MigrationModes.Hybrid, d.Status.Mode);
+                Assert.Equal(("True", ModeReasons.WritesOutpaceRounds), (d.Status.Condition(ConditionTypes.ModeChosen)!.Status, d.Status.Condition(ConditionTypes.ModeChosen)!.Reason));
+                Assert.Contains("over the 500 ms limit", d.Status.Condition(ConditionTypes.ModeChosen)!.Message, StringComparison.Ordinal);
+            }),
+        new("Auto settled: on to the replacement and the handoff", () => Settled(AutoRoundsEnded(lastRoundPages: 50_000)),
+            d => Is<MigrationAction.CreateReplacement>(d)),
+        new("Auto's rounds still running: nothing settled yet", () => AutoRoundsEnded(lastRoundPages: 50_000, running: true),
+            d => { Waits(d); Assert.Equal("Unknown", d.Status.Condition(ConditionTypes.ModeChosen)!.Status); }),
         new("cold: no pre-copy, the replacement at once", () => At("Checkpointing"), d => Is<MigrationAction.CreateReplacement>(d)),
         new("the network moves addresses, the pod could not keep its own (keepAddress unset): a new address, said before the replacement is made",
             () => KeepingAddress(At("Checkpointing"), spec: null, kept: false, note: "the pod's network namespace has 2 IPv4 addresses (10.1.0.5/24 on eth0, 10.2.0.5/24 on net1); only a pod with one can keep it"),
@@ -517,6 +547,30 @@ public sealed class MigrationDecisionsTests
         source.Migration.Handoff.BytesSent = handoff;
         source.Migration.BytesReferenced = referenced;
         return source;
+    }
+
+    /// <summary>
+    /// Mode Auto admitted where pages may stay on the source, its rounds ended (or still running) with
+    /// <paramref name="lastRoundPages"/> found written in the last, having sent 200 MB in 2 s.
+    /// </summary>
+    private static MigrationFacts AutoRoundsEnded(ulong lastRoundPages, bool running = false)
+    {
+        var facts = At("Checkpointing", mode: MigrationModes.Auto);
+        var choice = ModeChoice.AtAdmission(MigrationModes.Auto, CheckpointPaths.RuntimeClass, null, 500);
+        facts.Request.Status!.Mode = choice.Mode;
+        facts.Request.Status.SetCondition(ConditionTypes.ModeChosen, "Unknown", choice.Reason, choice.Message, 1, Now.AddSeconds(-30));
+        var source = Source(preCopy: Op("PreCopy", running ? OperationState.Running : OperationState.Succeeded), converged: !running, sent: 200_000_000, total: 200_000_000);
+        source.Migration!.PreCopy.LastRoundPages = lastRoundPages;
+        source.Migration.PreCopy.RoundsMillis = 2_000;
+        return facts with { SourceAgent = source };
+    }
+
+    /// <summary>The same facts once the decision they led to was written (the status it decided, as stored).</summary>
+    private static MigrationFacts Settled(MigrationFacts facts)
+    {
+        var decided = MigrationDecisions.Decide(facts, Policy);
+        facts.Request.Status = decided.Status;
+        return facts;
     }
 
     /// <summary>Pre-copy running, its first round staged on the target after <paramref name="firstRoundMillis"/> and its second under way.</summary>

@@ -14,6 +14,7 @@ public sealed class PostCopyChoiceTests
         { "PreCopy is not this choice's to refuse, whatever the rest", "PreCopy", true, true, false, null },
         { "Cold likewise", "Cold", true, true, false, null },
         { "an unset mode likewise", null, true, true, false, null },
+        { "Auto is never refused: it leaves memory on the source only where it may", "Auto", true, true, false, null },
         { "PostCopy to a target without lazy pages", "PostCopy", false, false, false, "node node-b's CRIU cannot restore lazily" },
         { "Hybrid to a target without lazy pages", "Hybrid", false, false, false, "node node-b's CRIU cannot restore lazily" },
         { "PostCopy for a StatefulSet pod keeping its name", "PostCopy", true, false, true, "ended on its source before its replacement exists" },
