@@ -11,13 +11,13 @@ namespace Migrate.Benchmarks;
 /// <summary>One migration of one workload by one method.</summary>
 public sealed record MigrationSample(
     string Method, int Mib, string Workload, int Repetition, double TotalMs, double DowntimeMs, double CheckpointMs, double TransferMs, double RestoreMs,
-    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued, double? PauseMs = null, long PostCopyBytes = 0)
+    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued, double? PauseMs = null, long PostCopyBytes = 0, string? RanAs = null)
 {
     /// <summary>
     /// MB/s of the copy step (all the images for Manual and Cold; PreCopy and Hybrid send most while the pod runs,
     /// PostCopy after the replacement runs: none).
     /// </summary>
-    public double? TransferMBps => Method is "PreCopy" or "Hybrid" or "PostCopy" || TransferMs <= 0 ? null : BytesTransferred / 1e6 / (TransferMs / 1000);
+    public double? TransferMBps => Method is "PreCopy" or "Hybrid" or "PostCopy" or "Auto" || TransferMs <= 0 ? null : BytesTransferred / 1e6 / (TransferMs / 1000);
 }
 
 /// <summary>
@@ -31,10 +31,11 @@ public static class MigrationBenchmark
     /// <summary>How often the workloads tick (and stamp the time): the resolution of the pause they see.</summary>
     public const string TickIntervalMs = "10";
 
-    public static readonly string[] Methods = ["Manual", "Podman", "Cold", "PreCopy", "PostCopy", "Hybrid"];
+    /// <summary>The baselines and our modes; Auto is a request that names no mode (the default), which the operator resolves (status.mode).</summary>
+    public static readonly string[] Methods = ["Manual", "Podman", "Cold", "PreCopy", "PostCopy", "Hybrid", "Auto"];
 
     /// <summary>Our modes that keep the pod running while memory moves (judged on the pause the pod saw).</summary>
-    public static readonly string[] LiveModes = ["PreCopy", "PostCopy", "Hybrid"];
+    public static readonly string[] LiveModes = ["PreCopy", "PostCopy", "Hybrid", "Auto"];
     public static readonly (string Name, double DirtyPercent)[] Workloads = [("idle", 0), ("dirtying", 5)];
 
     public static async Task RunAsync(BenchmarkReport report, IReadOnlyList<string> args)
@@ -179,8 +180,14 @@ public static class MigrationBenchmark
             ["apiVersion"] = "podmigration.io/v1alpha1",
             ["kind"] = "MigrationRequest",
             ["metadata"] = new JsonObject { ["name"] = "move-" + pod },
-            ["spec"] = new JsonObject { ["podName"] = pod, ["targetNode"] = target.Name, ["mode"] = mode, ["timeoutSeconds"] = 1800 },
+            ["spec"] = new JsonObject { ["podName"] = pod, ["targetNode"] = target.Name, ["timeoutSeconds"] = 1800 },
         };
+        if (mode != "Auto")
+        {
+            // Auto: the request names no mode, as a user who leaves it to the operator
+            request["spec"]!["mode"] = mode;
+        }
+
         var clock = Stopwatch.StartNew();
         await cluster.Client.CustomObjects.CreateNamespacedCustomObjectAsync(request, "podmigration.io", "v1alpha1", "default", "migrationrequests");
         var seen = new Dictionary<string, double>(StringComparer.Ordinal);
@@ -219,7 +226,7 @@ public static class MigrationBenchmark
         return new MigrationSample(mode, mib, workload, rep, At("Succeeded"), (double?)(long?)status["downtimeMillis"] ?? double.NaN,
             At("Transferring") - At("Checkpointing"), At("Restoring") - At("Transferring"), At("CuttingOver") - At("Restoring"),
             (long?)status["imageBytes"] ?? 0, (long?)status["bytesTransferred"] ?? 0, (int?)status["preCopyRounds"] ?? 0, continued, pause,
-            (long?)status["postCopyBytes"] ?? 0);
+            (long?)status["postCopyBytes"] ?? 0, (string?)status["mode"]);
     }
 
     private static async Task<MigrationSample> RunPodmanAsync(PodmanBaseline podman, int mib, string workload, double dirty, int rep)

@@ -40,6 +40,7 @@ public static class MigrationPlot
             ["PreCopy"] = Colors.SeaGreen,
             ["PostCopy"] = Colors.MediumPurple,
             ["Hybrid"] = Colors.Teal,
+            ["Auto"] = Colors.Black,
         };
         foreach (var method in MigrationBenchmark.Methods)
         {

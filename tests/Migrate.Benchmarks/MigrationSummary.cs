@@ -34,7 +34,11 @@ public sealed record Spread(double Median, double Min, double Max)
 /// its own clock). Disagreement: how far the method's own downtime figure is from it (|downtime - pause|).
 /// </remarks>
 public sealed record SummaryRow(int Mib, string Workload, string Method, int Runs, int Continued, Spread Total, Spread Downtime, Spread Checkpoint, Spread Transfer,
-    Spread Restore, Spread MBps, Spread ImageMB, Spread Rounds, Spread Pause, Spread Disagreement, Spread PostCopyMB);
+    Spread Restore, Spread MBps, Spread ImageMB, Spread Rounds, Spread Pause, Spread Disagreement, Spread PostCopyMB, string? RanAs = null)
+{
+    /// <summary>The method as the table shows it: Auto with the modes it ran as and how often ("Auto: PreCopy 3").</summary>
+    public string Label => RanAs is null ? Method : $"{Method}: {RanAs}";
+}
 
 /// <summary>A goal of the issue, met or missed, with the figures it was judged on.</summary>
 public sealed record Goal(string Text, bool Met, string Figures);
@@ -65,7 +69,8 @@ public sealed class MigrationSummary
                 Spread.Of(g.Select(s => s.TransferMs)), Spread.Of(g.Select(s => s.RestoreMs)), Spread.Of(g.Select(s => s.TransferMBps ?? double.NaN)),
                 Spread.Of(g.Select(s => s.ImageBytes / 1e6)), Spread.Of(g.Select(s => (double)s.Rounds)),
                 Spread.Of(g.Select(s => s.PauseMs ?? double.NaN)), Spread.Of(g.Select(s => s.PauseMs is { } pause ? Math.Abs(s.DowntimeMs - pause) : double.NaN)),
-                Spread.Of(g.Select(s => s.PostCopyBytes / 1e6))))
+                Spread.Of(g.Select(s => s.PostCopyBytes / 1e6)),
+                g.Key.Method == "Auto" ? string.Join(", ", g.GroupBy(s => s.RanAs ?? "?").OrderBy(m => m.Key, StringComparer.Ordinal).Select(m => $"{m.Key} {m.Count()}")) : null))
             .ToList();
         return new MigrationSummary(samples, rows, failures);
     }
@@ -126,8 +131,8 @@ public sealed class MigrationSummary
 
     private IEnumerable<string[]> Cells() => Rows.Select(r => new[]
     {
-        F($"{r.Mib} MiB"), r.Workload, r.Method, r.Total.Text(), r.Downtime.Text(), r.Pause.Text(), r.Checkpoint.Text(), r.Transfer.Text(), r.Restore.Text(), r.MBps.Text(),
-        r.ImageMB.Text("0.0"), r.Method is "PostCopy" or "Hybrid" ? r.PostCopyMB.Text("0.0") : "-", r.Method is "PreCopy" or "Hybrid" ? r.Rounds.Text() : "-",
+        F($"{r.Mib} MiB"), r.Workload, r.Label, r.Total.Text(), r.Downtime.Text(), r.Pause.Text(), r.Checkpoint.Text(), r.Transfer.Text(), r.Restore.Text(), r.MBps.Text(),
+        r.ImageMB.Text("0.0"), r.Method is "PostCopy" or "Hybrid" or "Auto" ? r.PostCopyMB.Text("0.0") : "-", r.Method is "PreCopy" or "Hybrid" or "Auto" ? r.Rounds.Text() : "-",
         r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Total):0.00}"), r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Pause):0.00}"),
         F($"{r.Continued}/{r.Runs} continued"),
     });
@@ -172,6 +177,7 @@ public sealed class MigrationSummary
             ["mib"] = r.Mib,
             ["workload"] = r.Workload,
             ["method"] = r.Method,
+            ["ranAs"] = r.RanAs,
             ["runs"] = r.Runs,
             ["stateContinued"] = r.Continued,
             ["totalMs"] = r.Total.ToJson(),
@@ -208,13 +214,14 @@ public sealed class MigrationSummary
         md.AppendLine(F($"- workloads: memcounter holding {string.Join(", ", sizes.Select(s => s + " MiB"))}, idle after start-up or dirtying 5% of its memory per second; {repetitions} repetitions of each method, interleaved"));
         md.AppendLine("- **Manual**: what a user would script on the same nodes: `runc checkpoint` of the pod's container, `tar` of the images streamed over TCP to the target node's address into `tar -x`, `runc restore --detach` into a pod sandbox made on the target beforehand (with the image's root file system in place, as the target has the image for our migration too). Stop-and-copy: frozen from the first step to the last, so its downtime is its total time.");
         md.AppendLine("- **Cold**, **PreCopy**, **PostCopy** and **Hybrid**: a `MigrationRequest` with that mode, timed from its creation to `Succeeded` as observed by polling every 10 ms; downtime is the operator's `status.downtimeMillis` (from the freeze before the final dump until the replacement pod runs); checkpoint, transfer and restore are the times spent in the phases Checkpointing (with pre-copy rounds), Transferring and Restoring. A lazy restore stays in Restoring (the source frozen) until the last page is in place, so for PostCopy and Hybrid the restore column includes fetching the pages left on the source (`status.postCopyBytes`, the \"left on source\" column) while the replacement already runs; the time the workload then waits on pages it touches is not in its pause, it slows the ticks after it.");
+        md.AppendLine("- **Auto**: a `MigrationRequest` naming no mode (the default), which the operator resolves into `status.mode` (condition `ModeChosen`): pre-copy rounds, then what the last one found written sent frozen if that takes at most 500 ms at the rounds' own rate (PreCopy), else left on the source (Hybrid). The method column says what it ran as, and how often.");
         md.AppendLine(F($"- **Podman**: {(podman is null ? "not installed on this machine, so its `container checkpoint --export` / `container restore --import` pipeline is not measured" : "podman 5.4 (Debian trixie's, unpacked by `hack/install-prereqs.sh`, with the same runc and CRIU) runs the same memcounter image in one storage root; `podman container checkpoint --export --compress none`, the archive copied over TCP to the target node's address as Manual copies its images, `podman container restore --import` into a second storage root. Stop-and-copy, so its downtime is its total time. Its `--pre-checkpoint` flow needs soft-dirty tracking, which this kernel lacks")}."));
         md.AppendLine(F($"- **Pause seen by the pod**: memcounter ticks every {MigrationBenchmark.TickIntervalMs} ms and stamps each tick with its own clock when the tick begins; the pause is the time from its last tick before the move to its first tick after it (consecutive ticks). It is the downtime the workload itself observed, and the one the goals judge; Manual's and Podman's downtime columns are their frozen time, ours is the operator's `status.downtimeMillis`."));
         md.AppendLine("- State: every run checks that the moved process's ticks go on from the source's last one (+1, consecutive) and that no memory verification fails (memcounter verifies its buffer's checksum on the first tick after a pause of several intervals).");
         md.AppendLine();
         md.AppendLine("## Results");
         md.AppendLine();
-        md.AppendLine("Medians with (min-max); ratios are each method / manual by medians. MB/s is the copy step's rate (Manual and Podman: tar over TCP; Cold: agent to agent, gRPC with mutual TLS and SHA-256); PreCopy and Hybrid move most bytes while the pod runs, PostCopy after the replacement runs, so they have none.");
+        md.AppendLine("Medians with (min-max); ratios are each method / manual by medians. MB/s is the copy step's rate (Manual and Podman: tar over TCP; Cold: agent to agent, gRPC with mutual TLS and SHA-256); PreCopy, Hybrid and Auto move most bytes while the pod runs, PostCopy after the replacement runs, so they have none.");
         md.AppendLine();
         md.AppendLine("| " + string.Join(" | ", Header) + " |");
         md.AppendLine("|" + string.Concat(Header.Select(_ => " --- |")));
