@@ -7,6 +7,7 @@ using Microsoft.Extensions.Options;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.Contracts.Tracing;
 using Migrate.Agent.Contracts.Transfer;
+using Migrate.Criu.Lazy;
 using Migrate.Cri;
 using Migrate.Criu;
 using Migrate.NodeAgent.Checkpointing;

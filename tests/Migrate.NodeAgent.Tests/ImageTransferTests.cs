@@ -6,6 +6,7 @@ using Grpc.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.Contracts.Transfer;
+using Migrate.Criu.Lazy;
 using Migrate.Agent.V1;
 using Migrate.TestSupport;
 using Xunit;

@@ -47,11 +47,12 @@ public sealed class PostCopyProtocolTests
 
     public static TheoryData<string, uint, uint, ulong, string> BadRequests => new()
     {
-        { "no task", 0, 1, 0x10000, "malformed page request" },
-        { "no pages", 7, 0, 0x10000, "malformed page request" },
-        { "too many pages", 7, RemotePagesProtocol.MaxPages + 1, 0x10000, "malformed page request" },
-        { "unaligned", 7, 1, 0x10010, "malformed page request" },
-        { "task beyond a PID", 0x80000000, 1, 0x10000, "malformed page request" },
+        { "no task", 0, 1, 0x10000, "a page request is malformed" },
+        { "no pages", 7, 0, 0x10000, "a page request is malformed" },
+        { "too many pages", 7, RemotePagesProtocol.MaxPages + 1, 0x10000, "a page request is malformed" },
+        { "unaligned", 7, 1, 0x10010, "a page request is malformed" },
+        { "task beyond a PID", 0x80000000, 1, 0x10000, "a page request is malformed" },
+        { "wrapping", 7, 2, ulong.MaxValue - 4095, "a page request is malformed" },
     };
 
     [Theory]

@@ -1,15 +1,16 @@
 using System.Buffers.Binary;
 using System.Text;
 
-namespace Migrate.Agent.Contracts.Transfer;
+namespace Migrate.Criu.Lazy;
 
 /// <summary>
 /// The pages lane of post-copy: the target's agent fetches, in one HTTP/1.1 POST to the source's
 /// agent (mutual TLS on the agents' own port, as the images' bulk lane), every page a post-copy dump
 /// left on the source for one container, in the order its page server will want them, with no
 /// per-message protobuf or HTTP/2 framing (whose flow control held the pages to some 30 MB/s on a
-/// 2-core node). The request's body is the requests, <see cref="RequestSize"/> bytes each: <c>{u32
-/// task; u32 pages; u64 address}</c>. The answer's body is, for each request in turn, <c>{u32 0; u64
+/// 2-core node). The request's body is the requests, each the 16 bytes of a page server's request
+/// (<see cref="RemotePagesProtocol.ParseRequest"/>), which the target's agent passes on unchanged.
+/// Beside the page server's own protocol, as both agents' ends use it. The answer's body is, for each request in turn, <c>{u32 0; u64
 /// XXH64; the pages}</c>, or <c>{u32 1; u32 length; UTF-8 reason}</c>, after which it ends.
 /// Little-endian throughout. The migration, its token and the container are in headers.
 /// </summary>
@@ -23,10 +24,10 @@ public static class PagesLane
 
     public const string ContainerHeader = "podmig-container";
 
-    public const int RequestSize = 16;
+    public const int RequestSize = RemotePagesProtocol.RequestSize;
 
     /// <summary>The most pages one request may ask for.</summary>
-    public const int MaxPages = 256;
+    public const int MaxPages = RemotePagesProtocol.MaxPages;
 
     /// <summary>The most requests one lane carries (16 GiB of pages).</summary>
     public const int MaxRequests = 1 << 16;
@@ -36,12 +37,9 @@ public static class PagesLane
 
     public const int MaxReasonBytes = 4096;
 
-    public const int PageSize = 4096;
+    public const int PageSize = Images.PagemapEntry.PageSize;
 
-    /// <summary>
-    /// The requests in a body, each checked (a task that can be, 1 to <see cref="MaxPages"/> pages, an
-    /// aligned address that does not wrap); throws <see cref="InvalidDataException"/> naming the first bad one.
-    /// </summary>
+    /// <summary>The requests in a body, each checked as a page server's; throws <see cref="InvalidDataException"/> naming the first bad one.</summary>
     public static IReadOnlyList<(int TaskId, ulong Address, int Pages)> ReadRequests(ReadOnlySpan<byte> body)
     {
         if (body.Length == 0 || body.Length % RequestSize != 0 || body.Length / RequestSize > MaxRequests)
@@ -52,16 +50,7 @@ public static class PagesLane
         var requests = new List<(int, ulong, int)>(body.Length / RequestSize);
         for (int at = 0; at < body.Length; at += RequestSize)
         {
-            var request = body.Slice(at, RequestSize);
-            uint task = BinaryPrimitives.ReadUInt32LittleEndian(request);
-            uint pages = BinaryPrimitives.ReadUInt32LittleEndian(request[4..]);
-            ulong address = BinaryPrimitives.ReadUInt64LittleEndian(request[8..]);
-            if (task is 0 or > int.MaxValue || pages is 0 or > MaxPages || address % PageSize != 0 || address > ulong.MaxValue - ((ulong)pages * PageSize))
-            {
-                throw new InvalidDataException($"request {at / RequestSize} of the pages lane is malformed: {pages} pages at 0x{address:x} of task {task}");
-            }
-
-            requests.Add(((int)task, address, (int)pages));
+            requests.Add(RemotePagesProtocol.ParseRequest(body.Slice(at, RequestSize), $"request {at / RequestSize} of the pages lane"));
         }
 
         return requests;

@@ -212,12 +212,29 @@ public static class RemotePagesProtocol
             throw new InvalidDataException($"the page server's connection ended inside a request ({got} of {RequestSize} bytes)");
         }
 
-        uint task = BinaryPrimitives.ReadUInt32LittleEndian(buffer);
-        uint pages = BinaryPrimitives.ReadUInt32LittleEndian(buffer.AsSpan(4));
-        ulong address = BinaryPrimitives.ReadUInt64LittleEndian(buffer.AsSpan(8));
-        if (task is 0 or > int.MaxValue || pages is 0 or > MaxPages || address % PagemapEntry.PageSize != 0)
+        return ParseRequest(buffer.AsSpan(0, RequestSize), "a page request");
+    }
+
+    /// <summary>
+    /// One request, <see cref="RequestSize"/> bytes <c>{u32 task; u32 pages; u64 address}</c>, checked: a
+    /// task that can be, 1 to <see cref="MaxPages"/> pages, an aligned address whose range does not
+    /// wrap. Throws <see cref="InvalidDataException"/> naming <paramref name="what"/> for anything else.
+    /// The one reader of this format, for the page server's connection and the pages lane alike.
+    /// </summary>
+    public static (int TaskId, ulong Address, int Pages) ParseRequest(ReadOnlySpan<byte> request, string what)
+    {
+        if (request.Length != RequestSize)
         {
-            throw new InvalidDataException($"malformed page request: {pages} pages at 0x{address:x} of task {task}");
+            throw new InvalidDataException($"{what} has {request.Length} bytes, not {RequestSize}");
+        }
+
+        uint task = BinaryPrimitives.ReadUInt32LittleEndian(request);
+        uint pages = BinaryPrimitives.ReadUInt32LittleEndian(request[4..]);
+        ulong address = BinaryPrimitives.ReadUInt64LittleEndian(request[8..]);
+        if (task is 0 or > int.MaxValue || pages is 0 or > MaxPages || address % PagemapEntry.PageSize != 0
+            || address > ulong.MaxValue - ((ulong)pages * PagemapEntry.PageSize))
+        {
+            throw new InvalidDataException($"{what} is malformed: {pages} pages at 0x{address:x} of task {task}");
         }
 
         return ((int)task, address, (int)pages);
