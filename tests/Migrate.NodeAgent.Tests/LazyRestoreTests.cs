@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net.Sockets;
 using Migrate.Criu;
 using Migrate.Criu.Images;
@@ -522,6 +523,114 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         finally
         {
             cgroup.KillFrozenTree(tree.RootPid);
+        }
+    }
+
+    /// <summary>
+    /// CRIU 4.1's lazy-pages daemon polls without sleeping while it waits for the page server once the
+    /// restore is over. Run with the wait library (Native/lazywait.c) it sleeps instead: while every
+    /// page is held back, it uses almost no CPU; once they come, every page arrives and the copy's
+    /// memory checks out.
+    /// </summary>
+    [Fact]
+    public async Task The_lazy_pages_daemon_waiting_for_held_back_pages_sleeps_rather_than_spins_and_then_fills_every_page()
+    {
+        const int mib = 32;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 10));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var cgroup = TestFreezer.Create(tree);
+        using var trackers = new WriteTrackers(enabled: true, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        cgroup.Freezer.Freeze();
+        var final = TrackedSession(tree, cgroup, trackers, [], running: false).DumpLazy(leaveOnSource: true);
+        var last = tree.ReadTicks()[^1];
+        using var source = LivePages.Open(tree.RootPid, final.MemoryDirectory!);
+        var (serverEnd, daemonEnd) = DetachedProcess.SocketPair();
+        var work = Directory.CreateDirectory(Path.Combine(tree.Directory, "restore-work")).FullName;
+        int daemon = LazyPagesDaemon.Start("criu", final.Directory, work, daemonEnd, TimeSpan.FromSeconds(10));
+        daemonEnd.Dispose();
+        using var held = new HeldSource(source);
+        using var server = new PageServer(final.MemoryDirectory!, PageServerProtocol.For(_criu.GetVersion()), held);
+        var serving = Task.Run(() =>
+        {
+            using var stream = new NetworkStream(serverEnd, ownsSocket: true);
+            return server.Serve(stream);
+        });
+        try
+        {
+            var restore = _criu.Restore(new CriuOptions
+            {
+                ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true,
+                ManageCgroups = true, CgroupMode = CriuCgroupMode.Ignore,
+            }, asChild: true);
+            tree.AdoptRestoredRoot(restore.Pid);
+            // from here (the restore over: the daemon fills in the background) every read waits
+            held.Hold();
+            Assert.True(held.Asked.Wait(TimeSpan.FromSeconds(10)), "the daemon must ask the page server for pages once the restore is over");
+
+            // the daemon's own CPU time over a stretch in which it can do nothing but wait for the page server
+            await Task.Delay(300);
+            var (cpu, wall) = (CpuMillis(daemon), Stopwatch.StartNew());
+            await Task.Delay(1500);
+            double used = (CpuMillis(daemon) - cpu) / wall.Elapsed.TotalMilliseconds;
+            output.WriteLine($"the daemon used {used:P1} of a core while every page was held back");
+            Assert.True(used < 0.2, $"the daemon used {used:P1} of a core waiting for pages: it spins");
+
+            held.Release();
+            Assert.Equal(last.Tick + 1, tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick once the pages come").Tick);
+            var verified = tree.RequestVerification(TickTimeout);
+            Assert.True(verified.VerifiedOk, $"buffer check after the held-back pages came: {verified.Verified}");
+            var report = await serving.WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.True(report.ClosedByDaemon);
+            Assert.Equal((long)final.PagesRemote, report.PagesFromSource);
+            Assert.Equal(0, WaitForExit(daemon, TimeSpan.FromSeconds(10)));
+            // the library it ran with is in its work directory, beside its log
+            Assert.True(File.Exists(Path.Combine(work, LazyPagesDaemon.WaitLibraryName)));
+        }
+        finally
+        {
+            held.Release();
+            DetachedProcess.Kill(daemon);
+            WaitForExit(daemon, TimeSpan.FromSeconds(5));
+            serverEnd.Dispose();
+            cgroup.KillFrozenTree(tree.RootPid);
+        }
+    }
+
+    /// <summary>A process's user and system CPU time so far, in milliseconds (/proc/PID/stat, clock ticks of 10 ms).</summary>
+    private static double CpuMillis(int pid)
+    {
+        var stat = File.ReadAllText($"/proc/{pid.ToString(System.Globalization.CultureInfo.InvariantCulture)}/stat");
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        // after the command: state is field 3, utime 14 and stime 15 (1-based over the whole line)
+        return (long.Parse(fields[11], System.Globalization.CultureInfo.InvariantCulture) + long.Parse(fields[12], System.Globalization.CultureInfo.InvariantCulture)) * 10.0;
+    }
+
+    /// <summary>Once told to hold, holds every read back until released, and says when the first was asked for.</summary>
+    private sealed class HeldSource(IPageSource inner) : IPageSource, IDisposable
+    {
+        private readonly ManualResetEventSlim _released = new(initialState: true);
+
+        public ManualResetEventSlim Asked { get; } = new();
+
+        public void Hold() => _released.Reset();
+
+        public void Release() => _released.Set();
+
+        public void Read(int taskId, ulong address, int pages, Span<byte> destination)
+        {
+            if (!_released.IsSet)
+            {
+                Asked.Set();
+                _released.Wait();
+            }
+
+            inner.Read(taskId, address, pages, destination);
+        }
+
+        public void Dispose()
+        {
+            _released.Dispose();
+            Asked.Dispose();
         }
     }
 

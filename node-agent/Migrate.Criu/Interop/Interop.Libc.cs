@@ -20,11 +20,6 @@ internal static partial class Interop
         [LibraryImport(Libraries.Libc, EntryPoint = "close", SetLastError = true)]
         internal static partial int Close(int fd);
 
-        internal const int PrioProcess = 0;
-
-        [LibraryImport(Libraries.Libc, EntryPoint = "setpriority", SetLastError = true)]
-        internal static partial int SetPriority(int which, uint who, int priority);
-
         [LibraryImport(Libraries.Libc, EntryPoint = "waitpid", SetLastError = true)]
         internal static partial int WaitPid(int pid, out int status, int options);
 

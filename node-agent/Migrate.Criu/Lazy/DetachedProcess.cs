@@ -43,7 +43,8 @@ public static class DetachedProcess
     /// <paramref name="descriptors"/> entry's value (a descriptor of this process) as the key's number
     /// in the child; no other descriptor. Returns the child's PID; whoever outlives it reaps it.
     /// </summary>
-    public static int Spawn(string program, IReadOnlyList<string> arguments, IReadOnlyDictionary<int, int>? descriptors = null, string? outputPath = null)
+    public static int Spawn(string program, IReadOnlyList<string> arguments, IReadOnlyDictionary<int, int>? descriptors = null, string? outputPath = null,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(program);
         ArgumentNullException.ThrowIfNull(arguments);
@@ -79,12 +80,23 @@ public static class DetachedProcess
                 argv[i + 1] = Utf8(arguments[i], strings);
             }
 
-            var environment = Environment.GetEnvironmentVariables();
-            var envp = new nint[environment.Count + 1];
-            int e = 0;
-            foreach (System.Collections.DictionaryEntry variable in environment)
+            // the starter's environment, with the variables given set (or replaced)
+            var variables = new SortedDictionary<string, string>(StringComparer.Ordinal);
+            foreach (System.Collections.DictionaryEntry variable in Environment.GetEnvironmentVariables())
             {
-                envp[e++] = Utf8($"{variable.Key}={variable.Value}", strings);
+                variables[(string)variable.Key] = (string?)variable.Value ?? "";
+            }
+
+            foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+            {
+                variables[name] = value;
+            }
+
+            var envp = new nint[variables.Count + 1];
+            int e = 0;
+            foreach (var (name, value) in variables)
+            {
+                envp[e++] = Utf8($"{name}={value}", strings);
             }
 
             unsafe

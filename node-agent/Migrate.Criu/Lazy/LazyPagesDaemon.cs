@@ -37,19 +37,38 @@ public static class LazyPagesDaemon
     {
         ArgumentNullException.ThrowIfNull(pageServer);
         File.Delete(Path.Combine(workDirectory, SocketName));
-        int pid = DetachedProcess.Spawn(criuBinary,
+        // once the restore is over, the daemon polls without sleeping while it waits for pages (CRIU 4.1's
+        // uffd.c): the preloaded wait library makes it sleep until a descriptor is ready instead, so that it
+        // neither takes a core from what brings the pages nor needs a low priority that delays the faults
+        return DetachedProcess.Spawn(criuBinary,
             ["lazy-pages", "--page-server", "--ps-socket", "3", "--images-dir", imagesDirectory, "--work-dir", workDirectory, "--log-file", LogName],
             new Dictionary<int, int> { [3] = (int)pageServer.SafeHandle.DangerousGetHandle() },
-            Path.Combine(workDirectory, "lazy-pages.out"));
-        // once the restore is over, the daemon polls without sleeping while it waits for pages (CRIU 4.1's
-        // uffd.c): at the lowest priority that spinning takes only CPU nobody else wants, not the agents' and
-        // page server's that bring the pages (best effort: a daemon at normal priority is only slower)
-        _ = Interop.Libc.SetPriority(Interop.Libc.PrioProcess, (uint)pid, Nice);
-        return pid;
+            Path.Combine(workDirectory, "lazy-pages.out"),
+            new Dictionary<string, string> { ["LD_PRELOAD"] = WriteWaitLibrary(workDirectory) });
     }
 
-    /// <summary>The daemon's nice value.</summary>
-    public const int Nice = 19;
+    /// <summary>The wait library's name in the work directory (built from Native/lazywait.c into this assembly).</summary>
+    public const string WaitLibraryName = "lazywait.so";
+
+    /// <summary>Writes the wait library (Native/lazywait.c, which the build compiles into this assembly) into the work directory; returns its path.</summary>
+    public static string WriteWaitLibrary(string workDirectory)
+    {
+        using var library = typeof(LazyPagesDaemon).Assembly.GetManifestResourceStream(WaitLibraryName)
+            ?? throw new InvalidOperationException($"this build of Migrate.Criu carries no {WaitLibraryName} (Native/lazywait.c, compiled by gcc at build time)");
+        var path = Path.Combine(workDirectory, WaitLibraryName);
+        File.Delete(path);
+        using (var file = new FileStream(path, new FileStreamOptions
+        {
+            Mode = FileMode.CreateNew,
+            Access = FileAccess.Write,
+            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute,
+        }))
+        {
+            library.CopyTo(file);
+        }
+
+        return path;
+    }
 
     /// <summary>Waits until the daemon <paramref name="pid"/> listens; kills it when it does not within <paramref name="readyTimeout"/>.</summary>
     public static void WaitListening(int pid, string workDirectory, TimeSpan readyTimeout)
