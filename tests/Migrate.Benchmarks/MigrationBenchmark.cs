@@ -43,6 +43,13 @@ public static class MigrationBenchmark
         ArgumentNullException.ThrowIfNull(report);
         var sizes = Option(args, "--sizes", "64,256,1024").Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
         int repetitions = int.Parse(Option(args, "--reps", "5"), CultureInfo.InvariantCulture);
+        // --doc NAME: write docs/NAME.md and .png (and artifacts/bench/NAME.json) instead of the main table's files, for a run of other sizes beside it
+        var doc = Option(args, "--doc", "benchmarks");
+        if (doc.Length == 0 || doc.Any(c => !char.IsAsciiLetterOrDigit(c) && c != '-'))
+        {
+            throw new ArgumentException($"--doc takes a file name of letters, digits and dashes, not '{doc}'");
+        }
+
         var clock = Stopwatch.StartNew();
         void Say(string text) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  [{clock.Elapsed:mm\\:ss}] {text}"));
 
@@ -103,15 +110,16 @@ public static class MigrationBenchmark
 
         var directory = BenchmarkReport.Directory;
         Directory.CreateDirectory(directory);
-        var json = Path.Combine(directory, "migration.json");
+        var name = doc == "benchmarks" ? "migration" : doc;
+        var json = Path.Combine(directory, name + ".json");
         File.WriteAllText(json, summary.ToJson(report.Machine, sizes, repetitions, podman).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        var plot = Path.Combine(directory, "migration.png");
+        var plot = Path.Combine(directory, name + ".png");
         MigrationPlot.Write(summary, plot);
         var docs = RepositoryLayout.InRepository("docs");
         Directory.CreateDirectory(docs);
-        File.Copy(plot, Path.Combine(docs, "benchmarks.png"), overwrite: true);
-        File.WriteAllText(Path.Combine(docs, "benchmarks.md"), summary.ToMarkdown(report.Machine, sizes, repetitions, podman, clock.Elapsed));
-        Console.WriteLine($"  every figure: {json}; plot: {plot}; docs/benchmarks.md and docs/benchmarks.png rewritten");
+        File.Copy(plot, Path.Combine(docs, doc + ".png"), overwrite: true);
+        File.WriteAllText(Path.Combine(docs, doc + ".md"), summary.ToMarkdown(report.Machine, sizes, repetitions, podman, clock.Elapsed, doc + ".png"));
+        Console.WriteLine($"  every figure: {json}; plot: {plot}; docs/{doc}.md and docs/{doc}.png rewritten");
     }
 
     internal static string Option(IReadOnlyList<string> args, string name, string fallback)
