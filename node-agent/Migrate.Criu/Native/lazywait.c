@@ -14,26 +14,26 @@
  * background transfer on such a poll) is never delayed. Nothing else changes.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <stddef.h>
 #include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define WAIT_MS 5
 
-typedef int (*epoll_wait_fn)(int, struct epoll_event *, int, int);
+/* The system call itself (epoll_pwait with no signal mask, which every architecture has), so that
+ * the library needs nothing of the C library but syscall(): it loads into a CRIU built against any glibc. */
+static int wait_for(int epfd, struct epoll_event *events, int maxevents, int timeout)
+{
+	return (int)syscall(SYS_epoll_pwait, epfd, events, maxevents, timeout, NULL, (size_t)8);
+}
 
-static epoll_wait_fn next_epoll_wait;
 static int idle_fd = -1; /* the descriptor whose last zero-timeout wait found nothing ready */
 
 int epoll_wait(int epfd, struct epoll_event *events, int maxevents, int timeout)
 {
-	if (next_epoll_wait == NULL)
-		next_epoll_wait = (epoll_wait_fn)dlsym(RTLD_NEXT, "epoll_wait");
-	if (next_epoll_wait == NULL)
-		return -1;
-
 	int polling = timeout == 0;
-	int ready = next_epoll_wait(epfd, events, maxevents, polling && epfd == idle_fd ? WAIT_MS : timeout);
+	int ready = wait_for(epfd, events, maxevents, polling && epfd == idle_fd ? WAIT_MS : timeout);
 	idle_fd = polling && ready == 0 ? epfd : -1;
 	return ready;
 }
