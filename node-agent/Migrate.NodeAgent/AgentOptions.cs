@@ -149,6 +149,14 @@ public sealed class AgentOptions
     /// </summary>
     public bool PageReferences { get; set; } = true;
 
+    /// <summary>
+    /// Fault injection, for tests only: flip one bit of every piece of post-copy pages this agent
+    /// serves, after its checksum was taken, as a fault between reading the pages and the wire
+    /// would. The target's agent must refuse every such piece, and the migration roll back. Never
+    /// set it on a node that moves real workloads.
+    /// </summary>
+    public bool CorruptServedPagesForTesting { get; set; }
+
     /// <summary>Bytes per second this agent sends images at most (0: as fast as it can), to leave the node's network to its pods during a drain.</summary>
     [Range(0, long.MaxValue)]
     public long TransferBytesPerSecond { get; set; }

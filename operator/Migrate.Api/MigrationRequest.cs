@@ -182,7 +182,7 @@ public sealed class PreCopyLimits
     /// fetch (Hybrid). Ignored by the other modes.
     /// </summary>
     [JsonPropertyName("frozenSendLimitMillis")]
-    public int FrozenSendLimitMillis { get; set; } = 500;
+    public int FrozenSendLimitMillis { get; set; } = 2000;
 }
 
 public static class MigrationModes

@@ -184,6 +184,37 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
     }
 
     [Fact]
+    public async Task A_post_copy_page_corrupted_on_its_way_is_refused_and_the_source_that_kept_its_pages_thawed()
+    {
+        const string pod = "post-corrupt";
+        var source = Cluster.Node("node-a");
+        await Sandbox.RunCounterAsync(Cluster, pod, "node-a", 32);
+        // the source's agent flips a bit of every piece of pages it serves, after taking its checksum
+        await source.KillAgentAsync();
+        await source.StartAgentAsync("--Agent:CorruptServedPagesForTesting=true");
+        try
+        {
+            await Sandbox.ApplyRequestAsync(Cluster, "move-" + pod, pod, "PostCopy", "node-b");
+            var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-" + pod))!.Status!;
+            output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
+
+            // the target's agent refused each such piece: no corrupted page reached the replacement, which was ended
+            // (its restore fails when a refusal comes while CRIU restores, its fill when one comes after)
+            Assert.Equal(MigrationPhases.RolledBack, status.Phase);
+            Assert.Equal("RestoreFailed", status.Reason);
+            Assert.Contains("do not match their checksum: refused", Cluster.Node("node-b").Agent.LogTail(1_000_000), StringComparison.Ordinal);
+
+            // the source, frozen with every page it kept, goes on from its last tick with its memory's checksum intact
+            await AssertSourceRunsOnAsync(pod, status);
+        }
+        finally
+        {
+            await source.KillAgentAsync();
+            await source.StartAgentAsync();
+        }
+    }
+
+    [Fact]
     public async Task A_checkpoint_deleted_while_its_agent_is_down_goes_and_its_images_go_when_the_agent_is_back()
     {
         await Sandbox.RunCounterAsync(Cluster, "orphan", "node-a", 8);

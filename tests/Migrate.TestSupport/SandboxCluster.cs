@@ -187,8 +187,8 @@ public sealed class SandboxNode
         return lines;
     }
 
-    /// <summary>Starts (or restarts, as a DaemonSet would) the node agent, on the same address.</summary>
-    public async Task StartAgentAsync()
+    /// <summary>Starts (or restarts, as a DaemonSet would) the node agent, on the same address; <paramref name="settings"/>: more command-line settings (--Agent:Name=value).</summary>
+    public async Task StartAgentAsync(params string[] settings)
     {
         var (host, port) = SandboxCluster.Split(AgentAddress);
         string[] arguments = _cluster.Options.AsInstalled
@@ -232,7 +232,8 @@ public sealed class SandboxNode
         }
 
         environment = SandboxCluster.WithExtra(environment, _cluster.Options.Environment);
-        Agent = ChildProcess.StartProgram("agent-" + Name, "Migrate.NodeAgent", "migrate-node-agent", Path.Combine(_cluster.Directory, "logs", $"agent-{Name}.log"), arguments, environment);
+        Agent = ChildProcess.StartProgram("agent-" + Name, "Migrate.NodeAgent", "migrate-node-agent", Path.Combine(_cluster.Directory, "logs", $"agent-{Name}.log"),
+            [.. arguments, .. settings ?? []], environment);
         await Agent.WaitUntilAsync(() => SandboxCluster.AcceptsAsync(host, port), TimeSpan.FromSeconds(60), "listening on " + AgentAddress);
     }
 

@@ -6,6 +6,7 @@ using Migrate.Agent.Contracts.Transfer;
 using Migrate.Api;
 using Migrate.Criu.Images;
 using Migrate.Criu.Lazy;
+using Microsoft.Extensions.Options;
 using Migrate.NodeAgent.Checkpointing;
 
 namespace Migrate.NodeAgent.Transfer;
@@ -15,8 +16,10 @@ namespace Migrate.NodeAgent.Transfer;
 /// left here, read from the pod's frozen processes. Only the target the migration's token names,
 /// only while the pod is frozen after such a dump, only pages the dump left here.
 /// </summary>
-public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceiver receiver, ILogger<PostCopySource> logger)
+public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceiver receiver, IOptions<AgentOptions> options, ILogger<PostCopySource> logger)
 {
+    private readonly bool _corrupt = options.Value.CorruptServedPagesForTesting;
+
     public async Task ServeAsync(IAsyncStreamReader<PageFetch> requests, IServerStreamWriter<PageData> replies, string? peer, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(requests);
@@ -57,7 +60,9 @@ public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceive
             }
 
             var data = buffer.AsSpan(0, length);
-            await replies.WriteAsync(new PageData { Data = ByteString.CopyFrom(data), Checksum = XxHash64.HashToUInt64(data) }, cancellationToken);
+            ulong checksum = XxHash64.HashToUInt64(data);
+            Corrupt(data);
+            await replies.WriteAsync(new PageData { Data = ByteString.CopyFrom(data), Checksum = checksum }, cancellationToken);
             served += request.Pages;
             if (!await requests.MoveNext(cancellationToken))
             {
@@ -134,11 +139,21 @@ public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceive
             }
 
             PagesLane.WriteAnswerHead(answer, XxHash64.HashToUInt64(data.Span));
+            Corrupt(data.Span);
             await http.Response.Body.WriteAsync(answer.AsMemory(0, PagesLane.AnswerHeadSize + length), http.RequestAborted);
             served += count;
         }
 
         LogServed(record.MigrationId, container.Name, served);
+    }
+
+    /// <summary>Fault injection (<see cref="AgentOptions.CorruptServedPagesForTesting"/>): one bit of the piece flipped after its checksum was taken.</summary>
+    private void Corrupt(Span<byte> piece)
+    {
+        if (_corrupt && piece.Length > 0)
+        {
+            piece[piece.Length / 2] ^= 0x10;
+        }
     }
 
     private static IReadOnlyList<(int TaskId, ulong Address, int Pages)> ReadRequests(byte[] body)

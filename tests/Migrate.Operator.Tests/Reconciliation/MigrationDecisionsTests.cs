@@ -79,17 +79,17 @@ public sealed class MigrationDecisionsTests
                 Assert.Equal(("True", ModeReasons.RoundsConverged), (d.Status.Condition(ConditionTypes.ModeChosen)!.Status, d.Status.Condition(ConditionTypes.ModeChosen)!.Reason));
                 Assert.Contains(d.Events, e => e.Reason == ModeReasons.RoundsConverged);
             }),
-        new("Auto's rounds ended with 195 MiB written (2 s to send): Hybrid", () => AutoRoundsEnded(lastRoundPages: 50_000),
+        new("Auto's rounds ended with 391 MiB written (4 s to send, over the default 2 s): Hybrid", () => AutoRoundsEnded(lastRoundPages: 100_000),
             d =>
             {
                 Nothing(d);
                 Assert.Equal(MigrationModes.Hybrid, d.Status.Mode);
                 Assert.Equal(("True", ModeReasons.WritesOutpaceRounds), (d.Status.Condition(ConditionTypes.ModeChosen)!.Status, d.Status.Condition(ConditionTypes.ModeChosen)!.Reason));
-                Assert.Contains("over the 500 ms limit", d.Status.Condition(ConditionTypes.ModeChosen)!.Message, StringComparison.Ordinal);
+                Assert.Contains("over the 2000 ms limit", d.Status.Condition(ConditionTypes.ModeChosen)!.Message, StringComparison.Ordinal);
             }),
-        new("Auto settled: on to the replacement and the handoff", () => Settled(AutoRoundsEnded(lastRoundPages: 50_000)),
+        new("Auto settled: on to the replacement and the handoff", () => Settled(AutoRoundsEnded(lastRoundPages: 100_000)),
             d => Is<MigrationAction.CreateReplacement>(d)),
-        new("Auto's rounds still running: nothing settled yet", () => AutoRoundsEnded(lastRoundPages: 50_000, running: true),
+        new("Auto's rounds still running: nothing settled yet", () => AutoRoundsEnded(lastRoundPages: 100_000, running: true),
             d => { Waits(d); Assert.Equal("Unknown", d.Status.Condition(ConditionTypes.ModeChosen)!.Status); }),
         new("cold: no pre-copy, the replacement at once", () => At("Checkpointing"), d => Is<MigrationAction.CreateReplacement>(d)),
         new("the network moves addresses, the pod could not keep its own (keepAddress unset): a new address, said before the replacement is made",
@@ -556,7 +556,7 @@ public sealed class MigrationDecisionsTests
     private static MigrationFacts AutoRoundsEnded(ulong lastRoundPages, bool running = false)
     {
         var facts = At("Checkpointing", mode: MigrationModes.Auto);
-        var choice = ModeChoice.AtAdmission(MigrationModes.Auto, CheckpointPaths.RuntimeClass, null, 500);
+        var choice = ModeChoice.AtAdmission(MigrationModes.Auto, CheckpointPaths.RuntimeClass, null, new PreCopyLimits().FrozenSendLimitMillis);
         facts.Request.Status!.Mode = choice.Mode;
         facts.Request.Status.SetCondition(ConditionTypes.ModeChosen, "Unknown", choice.Reason, choice.Message, 1, Now.AddSeconds(-30));
         var source = Source(preCopy: Op("PreCopy", running ? OperationState.Running : OperationState.Succeeded), converged: !running, sent: 200_000_000, total: 200_000_000);
