@@ -21,7 +21,7 @@ public sealed class PluginPackagingTests
             // a PATH without dotnet, from a directory without the build: the file carries its runtime
             var (helpCode, help) = Run(installed, ["--help"], prefix, new Dictionary<string, string> { ["PATH"] = "/nonexistent", ["DOTNET_ROOT"] = "/nonexistent" });
             Assert.Equal(0, helpCode);
-            Assert.Contains("kubectl migrate pod NAME [--to NODE] [--mode cold|precopy|postcopy|hybrid]", help, StringComparison.Ordinal);
+            Assert.Contains("kubectl migrate pod NAME [--to NODE] [--mode auto|cold|precopy|postcopy|hybrid]", help, StringComparison.Ordinal);
             var (usageCode, usage) = Run(installed, ["pod"], prefix, new Dictionary<string, string> { ["PATH"] = "/nonexistent", ["KUBECONFIG"] = "/nonexistent/config" });
             Assert.Equal((2, "error: pod needs a pod name"), (usageCode, usage.Split('\n')[0]));
         }
