@@ -379,20 +379,10 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             server.StartPrefetch(new InProcessPipeline(source));
         }
 
-        var serving = Task.Run(() =>
-        {
-            using var stream = new NetworkStream(serverEnd, ownsSocket: true);
-            return server.Serve(stream);
-        });
+        var serving = ServeOn(server, serverEnd);
         try
         {
-            // (not into the source's cgroup, which is frozen: the copy runs beside it, as on another node)
-            var restore = _criu.Restore(new CriuOptions
-            {
-                ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true,
-                ManageCgroups = true, CgroupMode = CriuCgroupMode.Ignore,
-            }, asChild: true);
-            tree.AdoptRestoredRoot(restore.Pid);
+            var restore = RestoreCopy(tree, final.Directory, work);
             Assert.True(cgroup.Freezer.IsFrozen, "the source must stay frozen while its pages are fetched");
             Assert.Equal(last.Tick + 1, tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick after the post-copy restore").Tick);
             var verified = tree.RequestVerification(TickTimeout);
@@ -550,19 +540,10 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         daemonEnd.Dispose();
         using var held = new HeldSource(source);
         using var server = new PageServer(final.MemoryDirectory!, PageServerProtocol.For(_criu.GetVersion()), held);
-        var serving = Task.Run(() =>
-        {
-            using var stream = new NetworkStream(serverEnd, ownsSocket: true);
-            return server.Serve(stream);
-        });
+        var serving = ServeOn(server, serverEnd);
         try
         {
-            var restore = _criu.Restore(new CriuOptions
-            {
-                ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true,
-                ManageCgroups = true, CgroupMode = CriuCgroupMode.Ignore,
-            }, asChild: true);
-            tree.AdoptRestoredRoot(restore.Pid);
+            RestoreCopy(tree, final.Directory, work);
             // from here (the restore over: the daemon fills in the background) every read waits
             held.Hold();
             Assert.True(held.Asked.Wait(TimeSpan.FromSeconds(10)), "the daemon must ask the page server for pages once the restore is over");
@@ -588,6 +569,28 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             await Task.WhenAny(serving, Task.Delay(TimeSpan.FromSeconds(10)));
             cgroup.KillFrozenTree(tree.RootPid);
         }
+    }
+
+    /// <summary>The page server serving its daemon over <paramref name="serverEnd"/>, on a thread of its own.</summary>
+    private static Task<PageServerReport> ServeOn(PageServer server, Socket serverEnd) => Task.Run(() =>
+    {
+        using var stream = new NetworkStream(serverEnd, ownsSocket: true);
+        return server.Serve(stream);
+    });
+
+    /// <summary>
+    /// Restores the lazily dumped tree beside its frozen source (not into the source's cgroup, which is
+    /// frozen: the copy runs beside it, as on another node) and adopts the copy.
+    /// </summary>
+    private CriuRestoreResult RestoreCopy(IsolatedProcessTree tree, string imagesDirectory, string workDirectory)
+    {
+        var restore = _criu.Restore(new CriuOptions
+        {
+            ImagesDirectory = imagesDirectory, WorkDirectory = workDirectory, Root = tree.RootFilesystem, LazyPages = true,
+            ManageCgroups = true, CgroupMode = CriuCgroupMode.Ignore,
+        }, asChild: true);
+        tree.AdoptRestoredRoot(restore.Pid);
+        return restore;
     }
 
     /// <summary>A process's user and system CPU time so far, in milliseconds (/proc/PID/stat, clock ticks of 10 ms).</summary>
