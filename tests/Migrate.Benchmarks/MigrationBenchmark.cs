@@ -133,7 +133,7 @@ public static class MigrationBenchmark
         var name = string.Create(CultureInfo.InvariantCulture, $"b{mib}-{workload[0]}-{method.ToLowerInvariant()}-{rep}");
         var source = cluster.Node("node-a");
         var target = cluster.Node("node-b");
-        var pod = await StartWorkloadAsync(cluster, name, mib, dirty);
+        var pod = await StartWorkloadAsync(cluster, name, mib, dirty, verifyOnRequest: true);
         var uid = pod.Metadata.Uid;
         try
         {
@@ -147,9 +147,29 @@ public static class MigrationBenchmark
         }
     }
 
-    /// <summary>A memcounter pod on <paramref name="node"/>, once it ticks steadily.</summary>
+    /// <summary>
+    /// The file a benchmark workload checks its memory on (memcounter's --verify-file), one per pod.
+    /// The migration benchmark's workloads verify only when it asks, after the move, never on their
+    /// own while they are being moved (see <see cref="VerifyOnRequestArgs"/>).
+    /// </summary>
+    internal static string VerifyFile(string pod) => "/verify-" + pod;
+
+    /// <summary>
+    /// memcounter's arguments for a workload whose pause is timed: no periodic check and none on the
+    /// first tick after a pause, so that no full read of the buffer is under way when the final
+    /// freeze comes (at 4 GiB that read takes seconds, and after a lazy restore its rest waits on
+    /// pages one fault at a time, which the pause would then measure instead of the move); the
+    /// memory is checked once the move is over (<see cref="ContinuationAsync"/>).
+    /// </summary>
+    internal static string[] VerifyOnRequestArgs(string pod) => ["--verify-every", "0", "--verify-on-resume", "0", "--verify-file", VerifyFile(pod)];
+
+    /// <summary>
+    /// A memcounter pod on <paramref name="node"/>, once it ticks steadily. With
+    /// <paramref name="verifyOnRequest"/> it checks its memory only when asked (<see cref="VerifyOnRequestArgs"/>);
+    /// otherwise every 1000 ticks and after every pause.
+    /// </summary>
     internal static async Task<V1Pod> StartWorkloadAsync(SandboxCluster cluster, string name, int mib, double dirty, string node = "node-a",
-        IReadOnlyDictionary<string, string>? labels = null)
+        IReadOnlyDictionary<string, string>? labels = null, bool verifyOnRequest = false)
     {
         var podLabels = new Dictionary<string, string> { ["app"] = "bench" };
         foreach (var (key, value) in labels ?? new Dictionary<string, string>())
@@ -169,8 +189,8 @@ public static class MigrationBenchmark
                     Name = "main",
                     Image = TestImages.Memcounter,
                     Command = ["/bin/memcounter"],
-                    Args = ["--mib", mib.ToString(CultureInfo.InvariantCulture), "--interval-ms", TickIntervalMs, "--verify-every", "1000",
-                        "--dirty-percent-per-second", dirty.ToString(CultureInfo.InvariantCulture)],
+                    Args = ["--mib", mib.ToString(CultureInfo.InvariantCulture), "--interval-ms", TickIntervalMs,
+                        "--dirty-percent-per-second", dirty.ToString(CultureInfo.InvariantCulture), .. verifyOnRequest ? VerifyOnRequestArgs(name) : ["--verify-every", "1000"]],
                 }],
             },
         }, "default");
@@ -228,7 +248,7 @@ public static class MigrationBenchmark
         double At(string phase) => order.Skip(Array.IndexOf(order, phase)).Select(p => seen.TryGetValue(p, out var t) ? t : (double?)null).First(t => t is not null)!.Value;
         var replacement = (string)status["replacementPod"]!;
         var (continued, pause) = await ContinuationAsync(source.LoggedTicks("default", pod, "main", uid),
-            () => target.LoggedTicks("default", replacement, "main"));
+            () => target.LoggedTicks("default", replacement, "main"), VerifyFile(pod));
         await cluster.Client.CustomObjects.DeleteNamespacedCustomObjectAsync("podmigration.io", "v1alpha1", "default", "migrationrequests", "move-" + pod);
         await DeletePodAsync(cluster, replacement);
         return new MigrationSample(mode, mib, workload, rep, At("Succeeded"), (double?)(long?)status["downtimeMillis"] ?? double.NaN,
@@ -261,7 +281,7 @@ public static class MigrationBenchmark
         var (checkpoint, copy, restore, bytes) = await manual.RunAsync(source, containerId);
         var frozen = checkpoint + copy + restore;
         var (continued, pause) = await ContinuationAsync(source.LoggedTicks("default", pod.Metadata.Name, "main", pod.Metadata.Uid),
-            () => Memcounter.Parse(manual.Output().Split('\n')));
+            () => Memcounter.Parse(manual.Output().Split('\n')), VerifyFile(pod.Metadata.Name));
         return new MigrationSample("Manual", mib, workload, rep, frozen.TotalMilliseconds, frozen.TotalMilliseconds, checkpoint.TotalMilliseconds,
             copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued, pause);
     }
@@ -276,9 +296,12 @@ public static class MigrationBenchmark
 
     /// <summary>
     /// <see cref="ContinuedAsync"/>, and the pause the workload itself saw by its own clock
-    /// (<see cref="MemcounterTick.PauseMillis"/>; null when the count did not go on).
+    /// (<see cref="MemcounterTick.PauseMillis"/>; null when the count did not go on). With
+    /// <paramref name="verifyFile"/> (a workload started with <see cref="VerifyOnRequestArgs"/>) it then
+    /// asks the moved process to check its whole buffer and waits for the answer, which must be ok.
     /// </summary>
-    internal static async Task<(bool Continued, double? PauseMs)> ContinuationAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after)
+    internal static async Task<(bool Continued, double? PauseMs)> ContinuationAsync(IReadOnlyList<MemcounterTick> before, Func<IReadOnlyList<MemcounterTick>> after,
+        string? verifyFile = null)
     {
         IReadOnlyList<MemcounterTick> ticks = [];
         var deadline = Stopwatch.StartNew();
@@ -294,7 +317,39 @@ public static class MigrationBenchmark
             Console.WriteLine($"    state check: source's last tick {(before.Count > 0 ? before[^1] : null)}; moved process's first ticks {string.Join("; ", ticks.Take(2))}");
         }
 
-        return (continued, continued ? MemcounterTick.PauseMillis(before, ticks) : null);
+        var pause = continued ? MemcounterTick.PauseMillis(before, ticks) : null;
+        if (continued && verifyFile is not null)
+        {
+            continued = await VerifiedAfterRequestAsync(after, verifyFile);
+        }
+
+        return (continued, continued ? pause : null);
+    }
+
+    /// <summary>Asks the moved process for a memory check and waits (up to 5 minutes: a 4 GiB read of lazily restored memory) for a tick that made it.</summary>
+    private static async Task<bool> VerifiedAfterRequestAsync(Func<IReadOnlyList<MemcounterTick>> after, string verifyFile)
+    {
+        int seen = after().Count;
+        Memcounter.RequestVerification(verifyFile);
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromMinutes(5))
+        {
+            var ticks = after();
+            if (ticks.Skip(seen).FirstOrDefault(t => t.Verified != "-") is { } check)
+            {
+                if (!check.VerifiedOk)
+                {
+                    Console.WriteLine($"    state check: the memory check asked for after the move failed: {check}");
+                }
+
+                return check.VerifiedOk;
+            }
+
+            await Task.Delay(50);
+        }
+
+        Console.WriteLine($"    state check: no memory check within 5 minutes of asking through {verifyFile}");
+        return false;
     }
 
     internal static async Task DeletePodAsync(SandboxCluster cluster, string name)

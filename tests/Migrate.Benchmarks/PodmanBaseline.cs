@@ -68,9 +68,9 @@ public sealed class PodmanBaseline : IDisposable
     /// <summary>A memcounter container on the source, once it ticks.</summary>
     public async Task StartWorkloadAsync(string name, int mib, double dirtyPercentPerSecond)
     {
-        Podman("source", "run", "-d", "--name", name, "--network", "none", TestImages.Memcounter,
+        Podman("source", ["run", "-d", "--name", name, "--network", "none", TestImages.Memcounter,
             "--mib", mib.ToString(CultureInfo.InvariantCulture), "--seed", "7", "--interval-ms", MigrationBenchmark.TickIntervalMs,
-            "--dirty-percent-per-second", dirtyPercentPerSecond.ToString(CultureInfo.InvariantCulture), "--verify-every", "0");
+            "--dirty-percent-per-second", dirtyPercentPerSecond.ToString(CultureInfo.InvariantCulture), .. MigrationBenchmark.VerifyOnRequestArgs(name)]);
         var clock = Stopwatch.StartNew();
         while (Ticks("source", name).Count < 5)
         {
@@ -100,7 +100,7 @@ public sealed class PodmanBaseline : IDisposable
 
         // the export carries the container's log: the lines after the source's are the restored process's
         var before = Ticks("source", name);
-        var (continued, pause) = await MigrationBenchmark.ContinuationAsync(before, () => [.. Ticks("target", name).Skip(before.Count)]);
+        var (continued, pause) = await MigrationBenchmark.ContinuationAsync(before, () => [.. Ticks("target", name).Skip(before.Count)], MigrationBenchmark.VerifyFile(name));
         Directory.Delete(exported, recursive: true);
         Directory.Delete(received, recursive: true);
         return (checkpoint, copy, restore, bytes, continued, pause);

@@ -83,6 +83,57 @@ public static partial class Memcounter
         return ticks;
     }
 
+    /// <summary>
+    /// Asks every running memcounter started with <c>--verify-file <paramref name="verifyFile"/></c>
+    /// to verify its whole buffer on its next tick, by creating that file in the process's own root
+    /// (through /proc, so it reaches a process in any container on this machine). Returns how many
+    /// processes were asked; none is an error, since the check would then never come.
+    /// </summary>
+    public static int RequestVerification(string verifyFile)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(verifyFile);
+        if (!verifyFile.StartsWith('/') || verifyFile.Contains("/..", StringComparison.Ordinal))
+        {
+            throw new ArgumentException($"the verify file must be an absolute path without '..', not '{verifyFile}'", nameof(verifyFile));
+        }
+
+        int asked = 0;
+        foreach (var entry in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(entry), out int pid) || ReadCommandLine(pid) is not { } args
+                || !args[0].EndsWith("memcounter", StringComparison.Ordinal)
+                || !args.Zip(args.Skip(1)).Any(p => p.First == "--verify-file" && p.Second == verifyFile))
+            {
+                continue;
+            }
+
+            try
+            {
+                File.WriteAllText($"/proc/{pid}/root{verifyFile}", string.Empty);
+                asked++;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // the process ended (or its root went) between the listing and the write
+            }
+        }
+
+        return asked > 0 ? asked : throw new InvalidOperationException($"no running memcounter has --verify-file {verifyFile}: nothing to ask for a memory check");
+    }
+
+    private static string[]? ReadCommandLine(int pid)
+    {
+        try
+        {
+            var args = File.ReadAllText($"/proc/{pid}/cmdline").Split('\0', StringSplitOptions.RemoveEmptyEntries);
+            return args.Length > 0 ? args : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
     /// <summary>What a forked child's tick lines begin with.</summary>
     public const string ChildPrefix = "child ";
 

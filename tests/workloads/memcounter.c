@@ -11,8 +11,11 @@
  * must still match the running checksum (printed as verified=ok on the first tick after start and
  * every --verify-every ticks, on the first tick after a pause of several intervals, which is
  * what a freeze or a checkpoint looks like from inside, and whenever the file named by
- * --verify-file exists, which it then removes). Built static so it runs in a bare busybox root
- * file system.
+ * --verify-file exists, which it then removes). With --verify-on-resume 0 it does not verify after
+ * a pause: a benchmark that times the pause then asks for the check through --verify-file once
+ * the move is over, so that no full read of the buffer is under way when the freeze comes (a read
+ * that a lazy restore would finish one fault at a time). Built static so it runs in a bare busybox
+ * root file system.
  *
  * With --log-file PATH (up to 4 times) it opens each file once and writes the tick line to it
  * every tick through that one descriptor, never reopening it: after a restore the lines must
@@ -85,14 +88,14 @@ static void on_term(int sig)
 static void usage(void)
 {
 	fprintf(stderr, "usage: memcounter [--mib N] [--seed S] [--dirty-percent-per-second P]\n"
-			"                  [--interval-ms MS] [--verify-every N] [--verify-file PATH] [--log-file PATH]... [--connect-unix PATH] [--ticks N]\n"
+			"                  [--interval-ms MS] [--verify-every N] [--verify-on-resume 0|1] [--verify-file PATH] [--log-file PATH]... [--connect-unix PATH] [--ticks N]\n"
 			"                  [--children N]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	uint64_t mib = 16, seed = 42, verify_every = 50, max_ticks = 0, children = 0;
+	uint64_t mib = 16, seed = 42, verify_every = 50, max_ticks = 0, children = 0, verify_on_resume = 1;
 	double dirty_pct = 0.0;
 	long interval_ms = 100;
 	const char *verify_file = "/verify-now";
@@ -114,6 +117,8 @@ int main(int argc, char **argv)
 			interval_ms = strtol(value, NULL, 10);
 		else if (!strcmp(name, "--verify-every"))
 			verify_every = strtoull(value, NULL, 10);
+		else if (!strcmp(name, "--verify-on-resume"))
+			verify_on_resume = strtoull(value, NULL, 10);
 		else if (!strcmp(name, "--verify-file"))
 			verify_file = value;
 		else if (!strcmp(name, "--log-file") && log_count < 4)
@@ -227,7 +232,7 @@ int main(int argc, char **argv)
 			unlink(verify_file);
 
 		const char *verified = "-";
-		if (tick == 1 || resumed || requested || (verify_every && tick % verify_every == 0)) {
+		if (tick == 1 || (resumed && verify_on_resume) || requested || (verify_every && tick % verify_every == 0)) {
 			uint64_t full = 0;
 			for (uint64_t p = 0; p < pages; p++)
 				full += page_contribution(buf + p * PAGE_WORDS, p * PAGE_WORDS);
