@@ -45,6 +45,26 @@ public sealed class LazyMemoryFillTests
         }
     }
 
+    private const string CriuKilled = "Killing processes because of failure on restore";
+
+    /// <summary>A failed restore's error, and what is added to it, for the helpers' traces.</summary>
+    public static TheoryData<string, string?, bool, string> RestoreFailures() => new()
+    {
+        { "a page refused: the page server says so", LazyMemoryFill.FailureLine("4 pages from the source do not match their checksum: refused") + "\n", false,
+            CriuKilled + "; the page server failed: 4 pages from the source do not match their checksum: refused" },
+        { "the page server still runs: nothing to add yet", null, true, CriuKilled },
+        { "the daemon went away with the restore: nothing the restore did not say", Gone, false, CriuKilled },
+        { "the page server killed: not its reason", null, false, CriuKilled },
+        { "the memory all came: the restore failed for its own reason", Closed, false, CriuKilled },
+    };
+
+    [Theory]
+    [MemberData(nameof(RestoreFailures))]
+    public void A_failed_lazy_restore_names_a_page_server_failure_after_CRIUs_words(string _, string? serverLog, bool serverAlive, string expected)
+    {
+        Assert.Equal(expected, LazyMemoryFill.ExplainRestoreFailure(CriuKilled, LazyMemoryFill.Judge(serverLog, serverAlive, QuietDaemon)));
+    }
+
     [Fact]
     public void A_filled_session_says_how_long_the_pages_took()
     {

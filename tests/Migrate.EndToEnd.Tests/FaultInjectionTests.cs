@@ -199,9 +199,11 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
             output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
 
             // the target's agent refused each such piece: no corrupted page reached the replacement, which was ended
-            // (its restore fails when a refusal comes while CRIU restores, its fill when one comes after)
+            // (its restore fails when a refusal comes while CRIU restores, its fill when one comes after);
+            // either way the status says why, not only that CRIU killed what it restored
             Assert.Equal(MigrationPhases.RolledBack, status.Phase);
             Assert.Equal("RestoreFailed", status.Reason);
+            Assert.Contains("do not match their checksum: refused", status.Message, StringComparison.Ordinal);
             Assert.Contains("do not match their checksum: refused", Cluster.Node("node-b").Agent.LogTail(1_000_000), StringComparison.Ordinal);
 
             // the source, frozen with every page it kept, goes on from its last tick with its memory's checksum intact

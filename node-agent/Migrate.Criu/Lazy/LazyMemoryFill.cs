@@ -29,6 +29,8 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     private const string ClosedSuffix = "; closed by the daemon";
     private const string GoneSuffix = "; the daemon went away";
 
+    private const string PageServerFailed = "the page server failed: ";
+
     public static LazyMemoryFill Filling { get; } = new(LazyMemoryState.Filling);
 
     /// <summary>The page server's last line for a session that ended (see <see cref="Judge"/>).</summary>
@@ -37,6 +39,19 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
         ArgumentNullException.ThrowIfNull(report);
         return string.Create(CultureInfo.InvariantCulture,
             $"{ReportPrefix}{report.Requests} requests, {report.PagesServed} pages ({report.BytesServed} bytes{(report.PagesFromSource > 0 ? $", {report.PagesFromSource} pages from the source, {report.PagesFetched} fetched, {report.PagesPrefetched} of them ahead of the daemon" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms{(report.ClosedByDaemon ? ClosedSuffix : GoneSuffix)}");
+    }
+
+    /// <summary>
+    /// A failed lazy restore's error, followed by why its memory could not come when its page server
+    /// failed (a page refused for its checksum, the source unreachable): CRIU itself says only that
+    /// it killed the restored processes. Any other verdict leaves the error as it is.
+    /// </summary>
+    public static string ExplainRestoreFailure(string restoreError, LazyMemoryFill fill)
+    {
+        ArgumentNullException.ThrowIfNull(fill);
+        return fill is { State: LazyMemoryState.Failed, Error: { } why } && why.StartsWith(PageServerFailed, StringComparison.Ordinal)
+            ? $"{restoreError}; {why}"
+            : restoreError;
     }
 
     /// <summary>The page server's last line when it could not serve.</summary>
@@ -57,7 +72,7 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
 
         if (last.StartsWith(FailurePrefix, StringComparison.Ordinal))
         {
-            return new LazyMemoryFill(LazyMemoryState.Failed, "the page server failed: " + last[FailurePrefix.Length..] + DaemonErrors(daemonLog));
+            return new LazyMemoryFill(LazyMemoryState.Failed, PageServerFailed + last[FailurePrefix.Length..] + DaemonErrors(daemonLog));
         }
 
         if (last.EndsWith(GoneSuffix, StringComparison.Ordinal))

@@ -176,22 +176,35 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         {
             using var socket = new Socket(new SafeSocketHandle(3, ownsHandle: true));
             using var stream = new NetworkStream(socket, ownsSocket: false);
-            using var source = arguments.Count == 5 ? new RemotePageClient(arguments[3], arguments[4]) : null;
-            using var server = new PageServer(arguments[1], PageServerProtocol.For(version), source) { BytesPerSecond = PagesBytesPerSecond() };
-            if (arguments.Count == 5)
+            try
             {
-                // a second connection streams everything in order; the daemon's own requests use the first
-                server.StartPrefetch(new RemotePageClient(arguments[3], arguments[4], RemotePagesKind.Stream));
-            }
+                using var source = arguments.Count == 5 ? new RemotePageClient(arguments[3], arguments[4]) : null;
+                using var server = new PageServer(arguments[1], PageServerProtocol.For(version), source) { BytesPerSecond = PagesBytesPerSecond() };
+                if (arguments.Count == 5)
+                {
+                    // a second connection streams everything in order; the daemon's own requests use the first
+                    server.StartPrefetch(new RemotePageClient(arguments[3], arguments[4], RemotePagesKind.Stream));
+                }
 
-            var report = server.Serve(stream);
-            log.WriteLine(LazyMemoryFill.ReportLine(report));
-            return report.ClosedByDaemon ? 0 : 1;
+                var report = server.Serve(stream);
+                log.WriteLine(LazyMemoryFill.ReportLine(report));
+                return report.ClosedByDaemon ? 0 : 1;
+            }
+            catch (Exception e) when (ServingFailed(e))
+            {
+                // said while the daemon's socket is still open: the restore that fails for it finds the reason written
+                log.WriteLine(LazyMemoryFill.FailureLine(e.Message));
+                log.Flush();
+                return 1;
+            }
         }
-        catch (Exception e) when (e is PageServerException or IOException or InvalidDataException or UnauthorizedAccessException or SocketException or Google.Protobuf.InvalidProtocolBufferException)
+        catch (Exception e) when (ServingFailed(e))
         {
             log.WriteLine(LazyMemoryFill.FailureLine(e.Message));
             return 1;
         }
     }
+
+    private static bool ServingFailed(Exception e) =>
+        e is PageServerException or IOException or InvalidDataException or UnauthorizedAccessException or SocketException or Google.Protobuf.InvalidProtocolBufferException;
 }

@@ -279,9 +279,16 @@ public sealed partial class IncomingMigrations : BackgroundService
                 state.Waiting = false;
             }
 
+            var workDirectory = Path.Combine(directory, StagingLayout.RestoreWorkDirectory(state.Container));
+            if (state.Error.Length > 0 && !state.Restored && Directory.Exists(workDirectory))
+            {
+                // a lazy restore that failed because its memory could not come: say why
+                state.Error = LazyMemoryFill.ExplainRestoreFailure(state.Error, LazyMemoryFill.Observe(workDirectory));
+            }
+
             if (state.LazyMemory)
             {
-                var fill = LazyMemoryFill.Observe(Path.Combine(directory, StagingLayout.RestoreWorkDirectory(state.Container)));
+                var fill = LazyMemoryFill.Observe(workDirectory);
                 state.MemoryFilled = fill.State == LazyMemoryState.Filled;
                 state.MemoryError = fill.Error ?? "";
                 state.MemoryFillMillis = (uint)Math.Clamp(fill.FillMillis, 0, uint.MaxValue);
