@@ -60,7 +60,10 @@ public sealed class AnnotatedAgentDirectory(Func<string, GrpcChannel> connect) :
 
         try
         {
-            return await agent.Client.GetCapabilitiesAsync(new GetCapabilitiesRequest(), deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: cancellationToken);
+            // waits for the channel to connect, within the deadline: an agent that just restarted is reached on the
+            // channel's next reconnect attempt (at most OperatorHost.AgentReconnectBackoff away), not judged absent
+            return await agent.Client.GetCapabilitiesAsync(new GetCapabilitiesRequest(),
+                new Grpc.Core.CallOptions(deadline: DateTime.UtcNow.AddSeconds(5), cancellationToken: cancellationToken).WithWaitForReady());
         }
         catch (Grpc.Core.RpcException)
         {
