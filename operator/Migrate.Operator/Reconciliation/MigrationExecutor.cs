@@ -188,15 +188,16 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.StartHandoff:
+                // post-copy (asked for or chosen): lazy memory is its mechanism, whatever the operator's default
+                bool postCopy = MigrationModes.LeavesMemoryOnSource(ModeChoice.Effective(request));
                 await Agent(facts.SourceNode, status.SourceNode).StartHandoffAsync(new StartHandoffRequest
                 {
                     MigrationId = id,
                     Target = Target(facts, request, status.TargetNode!),
                     CriCheckpoint = status.CheckpointPath == CheckpointPaths.Cri,
-                    // post-copy was asked for by name: lazy memory is its mechanism, whatever the operator's default
-                    LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && (LazyRestore || MigrationModes.LeavesMemoryOnSource(ModeChoice.Effective(request))) && facts.TargetNode is { } targetNode
+                    LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && (LazyRestore || postCopy) && facts.TargetNode is { } targetNode
                         && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
-                    PostCopy = MigrationModes.LeavesMemoryOnSource(ModeChoice.Effective(request)),
+                    PostCopy = postCopy,
                     GroupHold = facts.IsGroupMember,
                     HoldTimeoutSeconds = (uint)GroupHoldTimeout.TotalSeconds,
                 }, cancellationToken: cancellationToken);
