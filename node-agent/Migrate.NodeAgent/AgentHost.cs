@@ -93,6 +93,7 @@ public static class AgentHost
         builder.Services.AddSingleton<IncomingMigrations>();
         builder.Services.AddSingleton<PostCopySource>();
         builder.Services.AddSingleton<PostCopyRelay>();
+        builder.Services.AddHostedService(sp => sp.GetRequiredService<PostCopyRelay>());
         builder.Services.AddHostedService(sp => sp.GetRequiredService<IncomingMigrations>());
         builder.Services.AddSingleton<KeptCheckpoints>();
         builder.Services.AddSingleton<PodFence>();

@@ -9,7 +9,8 @@ namespace Migrate.EndToEnd.Tests;
 /// <summary>
 /// A sandbox whose agents send images at 8 MB/s, and whose lazy restores fill memory at 8 MB/s, so that
 /// a 32 MiB Cold migration spends seconds in Transferring, and its replacement seconds running before
-/// its memory is all in place: long enough to hit it there.
+/// its memory is all in place: long enough to hit it there. A post-copy page server tries for 6 s to
+/// reach a restarted agent again (the product's default is 60 s), so a test can outlast it.
 /// </summary>
 public sealed class SlowTransferSandboxFixture : IAsyncLifetime
 {
@@ -18,7 +19,13 @@ public sealed class SlowTransferSandboxFixture : IAsyncLifetime
     public SandboxCluster Cluster { get; private set; } = null!;
 
     public async Task InitializeAsync() =>
-        Cluster = await SandboxCluster.StartAsync(new SandboxOptions { TransferBytesPerSecond = BytesPerSecond, LazyPagesBytesPerSecond = BytesPerSecond });
+        Cluster = await SandboxCluster.StartAsync(new SandboxOptions
+        {
+            TransferBytesPerSecond = BytesPerSecond, LazyPagesBytesPerSecond = BytesPerSecond, LazyPagesReconnectSeconds = ReconnectSeconds,
+        });
+
+    /// <summary>How long the sandbox's post-copy page servers try to reach a restarted agent again.</summary>
+    public const int ReconnectSeconds = 6;
 
     public async Task DisposeAsync()
     {
@@ -153,35 +160,84 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
     }
 
     [Fact]
-    public async Task The_target_agent_killed_during_post_copy_ends_the_replacement_and_thaws_the_source_that_kept_its_pages()
+    public async Task The_target_agent_gone_during_post_copy_for_longer_than_its_page_server_waits_ends_the_replacement_and_thaws_the_source()
     {
         const string pod = "post-crash";
-        await Sandbox.RunCounterAsync(Cluster, pod, "node-a", 32);
-        await Sandbox.ApplyRequestAsync(Cluster, "move-" + pod, pod, "PostCopy", "node-b");
-        // the replacement runs at once, while its memory is still on the frozen source
-        var restoring = await Sandbox.WaitForRequestAsync(Cluster, "move-" + pod, r => r?.Status?.MemoryRestore == "Lazy" || MigrationPhases.IsFinal(r?.Status?.Phase));
-        output.WriteLine($"{restoring!.Status!.Phase} {restoring.Status.Reason}: {restoring.Status.Message}; {restoring.Status.PostCopyBytes} bytes left on the source");
-        Assert.Equal((MigrationPhases.Restoring, "Lazy"), (restoring.Status.Phase, restoring.Status.MemoryRestore));
-        var frozenAt = (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick;
+        var frozenAt = await StartPostCopyAsync(pod);
 
         // the target's agent, which fetches the pages from the source, dies: no page can arrive any more, and
         // while it is gone nobody can say the memory is all there, so the source stays frozen and nothing is decided
-        await Cluster.Node("node-b").KillAgentAsync();
+        var target = Cluster.Node("node-b");
+        var server = PageServerOf(target);
+        await target.KillAgentAsync();
         await Task.Delay(TimeSpan.FromSeconds(3));
         Assert.Equal(MigrationPhases.Restoring, (await Sandbox.GetRequestAsync(Cluster, "move-" + pod))?.Status?.Phase);
         Assert.Equal(frozenAt, (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick);
-        await Cluster.Node("node-b").StartAgentAsync();
 
+        // the page server tries to reach it again for its window, then gives up; the agent comes back after that
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (LazyRestoreHelpers.IsHelper(server))
+        {
+            Assert.True(waited.Elapsed < TimeSpan.FromSeconds(SlowTransferSandboxFixture.ReconnectSeconds + 30), $"the page server {server} still runs {waited.Elapsed.TotalSeconds:0} s after its agent died");
+            await Task.Delay(200);
+        }
+
+        await target.StartAgentAsync();
         var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-" + pod))!.Status!;
         output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
         Assert.Equal(MigrationPhases.RolledBack, status.Phase);
         Assert.Equal("RestoreFailed", status.Reason);
         Assert.Contains("not all of it arrived", status.Message, StringComparison.Ordinal);
+        Assert.Contains("does not answer", status.Message, StringComparison.Ordinal);
         // the source goes on from the tick it was frozen at, with its memory intact, and the replacement is gone
         var after = await Sandbox.WaitForTicksAsync(Cluster, pod, "main", 3, after: frozenAt);
         Assert.Equal(frozenAt + 1, after.First(t => t.Tick > frozenAt).Tick);
         await AssertSourceRunsOnAsync(pod, status);
     }
+
+    [Fact]
+    public async Task The_target_agent_restarted_during_post_copy_relays_again_and_the_move_completes()
+    {
+        const string pod = "post-restart";
+        var frozenAt = await StartPostCopyAsync(pod);
+
+        // the target's agent is replaced, as in a DaemonSet rollout, while pages are still on the source
+        var target = Cluster.Node("node-b");
+        var server = PageServerOf(target);
+        await target.KillAgentAsync();
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        Assert.True(LazyRestoreHelpers.IsHelper(server), "the page server must wait for the agent, not end");
+        await target.StartAgentAsync();
+
+        var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-" + pod))!.Status!;
+        output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}; {status.PostCopyBytes} bytes left on the source");
+        Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
+        Assert.Contains("listening again for the page server of a post-copy restore", target.Agent.LogTail(1_000_000), StringComparison.Ordinal);
+
+        // the replacement counts on from the source's last tick, and its whole buffer checks out (every 5 ticks)
+        var after = await Sandbox.WaitForTicksAsync(Cluster, status.ReplacementPod!, "main", 12);
+        Sandbox.AssertConsecutive(after, frozenAt + 1);
+        Assert.Contains(after, t => t.VerifiedOk);
+        Assert.DoesNotContain(after, t => t.Verified == "BAD");
+        await Sandbox.AssertNoImagesLeftAsync(Cluster);
+        (await Cluster.Api.KubectlAsync("delete", "pod", status.ReplacementPod!, "--wait=true")).Succeeded();
+    }
+
+    /// <summary>A 32 MiB counter moved PostCopy, once its replacement runs on node-b with its memory still on the frozen source; returns the tick it was frozen at.</summary>
+    private async Task<long> StartPostCopyAsync(string pod)
+    {
+        await Sandbox.RunCounterAsync(Cluster, pod, "node-a", 32);
+        await Sandbox.ApplyRequestAsync(Cluster, "move-" + pod, pod, "PostCopy", "node-b");
+        var restoring = await Sandbox.WaitForRequestAsync(Cluster, "move-" + pod, r => r?.Status?.MemoryRestore == "Lazy" || MigrationPhases.IsFinal(r?.Status?.Phase));
+        output.WriteLine($"{restoring!.Status!.Phase} {restoring.Status.Reason}: {restoring.Status.Message}; {restoring.Status.PostCopyBytes} bytes left on the source");
+        Assert.Equal((MigrationPhases.Restoring, "Lazy"), (restoring.Status.Phase, restoring.Status.MemoryRestore));
+        return (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick;
+    }
+
+    /// <summary>The PID of the page server of the lazy restore under way on <paramref name="node"/>.</summary>
+    private static int PageServerOf(SandboxNode node) =>
+        Directory.EnumerateFiles(node.IncomingDirectory, LazyRestoreHelpers.PidsFile, SearchOption.AllDirectories)
+            .Select(f => LazyRestoreHelpers.RecordedPageServer(Path.GetDirectoryName(f)!)).Single(p => p is not null)!.Value;
 
     [Fact]
     public async Task A_post_copy_page_corrupted_on_its_way_is_refused_and_the_source_that_kept_its_pages_thawed()
@@ -339,8 +395,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
     /// <summary>SIGSTOPs the page server of the lazy restore under way on <paramref name="node"/>; returns its PID.</summary>
     private static int HoldPageServer(SandboxNode node)
     {
-        var pid = Directory.EnumerateFiles(node.IncomingDirectory, LazyRestoreHelpers.PidsFile, SearchOption.AllDirectories)
-            .Select(f => LazyRestoreHelpers.RecordedPageServer(Path.GetDirectoryName(f)!)).Single(p => p is not null)!.Value;
+        var pid = PageServerOf(node);
         Assert.True(LazyRestoreHelpers.IsHelper(pid), $"the page server {pid} on {node.Name} has already ended: its memory arrived too fast for this test");
         Prerequisites.Run("kill", "-STOP", pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
         return pid;

@@ -183,13 +183,100 @@ public sealed class PostCopyProtocolTests
         {
             var socket = Path.Combine(directory, RemotePagesProtocol.SocketName);
             using var client = new RemotePageClient(socket, "main");
-            var error = Assert.Throws<PageServerException>(() => client.Read(1, 0x10000, 1, new byte[PagemapEntry.PageSize]));
+            var error = Assert.ThrowsAny<PageServerException>(() => client.Read(1, 0x10000, 1, new byte[PagemapEntry.PageSize]));
             Assert.Contains("does not answer at " + socket, error.Message, StringComparison.Ordinal);
         }
         finally
         {
             Directory.Delete(directory, recursive: true);
         }
+    }
+
+    /// <summary>
+    /// The node's agent restarts while a fault waits for its pages: the page server asks again on the
+    /// same socket until the new agent listens, within its window; a refusal is never asked again.
+    /// </summary>
+    [Fact]
+    public async Task A_fetch_whose_agent_went_away_asks_again_once_a_new_one_listens_and_a_refusal_is_not_asked_again()
+    {
+        var directory = Directory.CreateTempSubdirectory("podmig-reconnect-").FullName;
+        try
+        {
+            var path = Path.Combine(directory, RemotePagesProtocol.SocketName);
+            var pages = Enumerable.Range(0, 2 * PagemapEntry.PageSize).Select(i => (byte)(i * 7)).ToArray();
+            using var client = new RemotePageClient(path, "main") { ReconnectWindow = TimeSpan.FromSeconds(20), ReconnectDelay = TimeSpan.FromMilliseconds(50) };
+            var got = new byte[pages.Length];
+
+            // nobody listens yet: the fault waits
+            var reading = Task.Run(() => client.Read(3, 0x10000, 2, got));
+            await Task.Delay(300);
+            Assert.False(reading.IsCompleted, "the read must wait for an agent");
+
+            // an agent takes the request and dies before it answers
+            using (var first = Listen(path))
+            {
+                using var dying = await first.AcceptAsync().WaitAsync(TimeSpan.FromSeconds(10));
+                await using var stream = new NetworkStream(dying);
+                Assert.Equal(("main", RemotePagesKind.Fetch), await RemotePagesProtocol.ReadHelloAsync(stream, CancellationToken.None));
+                Assert.NotNull(await RemotePagesProtocol.ReadRequestAsync(stream, new byte[RemotePagesProtocol.RequestSize], CancellationToken.None));
+            }
+
+            await Task.Delay(200);
+            Assert.False(reading.IsCompleted, "a broken connection must be tried again, not taken for an answer");
+
+            // its successor listens on the same socket: the same request comes again, and its answer is the read's
+            File.Delete(path);
+            using var second = Listen(path);
+            using var connection = await second.AcceptAsync().WaitAsync(TimeSpan.FromSeconds(10));
+            await using var again = new NetworkStream(connection);
+            await RemotePagesProtocol.ReadHelloAsync(again, CancellationToken.None);
+            var request = await RemotePagesProtocol.ReadRequestAsync(again, new byte[RemotePagesProtocol.RequestSize], CancellationToken.None);
+            Assert.Equal((3, 0x10000UL, 2), request);
+            await RemotePagesProtocol.WriteAnswerAsync(again, pages, CancellationToken.None);
+            await reading.WaitAsync(TimeSpan.FromSeconds(10));
+            Assert.Equal(pages, got);
+            Assert.Equal(1, client.Reconnects);
+
+            // a refusal is the answer: the page server fails at once, on the same connection
+            var refusedRead = Task.Run(() => client.Read(3, 0x20000, 1, got));
+            Assert.Equal((3, 0x20000UL, 1), await RemotePagesProtocol.ReadRequestAsync(again, new byte[RemotePagesProtocol.RequestSize], CancellationToken.None));
+            await RemotePagesProtocol.WriteRefusalAsync(again, "1 pages from the source do not match their checksum: refused", CancellationToken.None);
+            var refused = await Assert.ThrowsAsync<PageServerException>(() => refusedRead.WaitAsync(TimeSpan.FromSeconds(10)));
+            Assert.Contains("do not match their checksum: refused", refused.Message, StringComparison.Ordinal);
+            var another = second.AcceptAsync();
+            Assert.False(await Task.WhenAny(another, Task.Delay(500)) == another, "a refused request must not be asked again");
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void A_fetch_gives_up_when_no_agent_listens_within_its_window()
+    {
+        var directory = Directory.CreateTempSubdirectory("podmig-reconnect-").FullName;
+        try
+        {
+            var path = Path.Combine(directory, RemotePagesProtocol.SocketName);
+            using var client = new RemotePageClient(path, "main") { ReconnectWindow = TimeSpan.FromMilliseconds(800), ReconnectDelay = TimeSpan.FromMilliseconds(100) };
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var error = Assert.ThrowsAny<PageServerException>(() => client.Read(1, 0x10000, 1, new byte[PagemapEntry.PageSize]));
+            Assert.Contains("does not answer at " + path, error.Message, StringComparison.Ordinal);
+            Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(500), $"gave up after {clock.ElapsedMilliseconds} ms: it must try for its window");
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    private static Socket Listen(string path)
+    {
+        var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        UnixSocketPath.Use(path, p => listener.Bind(new UnixDomainSocketEndPoint(p)));
+        listener.Listen(4);
+        return listener;
     }
 
     [Fact]

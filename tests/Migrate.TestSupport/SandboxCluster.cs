@@ -35,6 +35,9 @@ public sealed record SandboxOptions
     /// <summary>The restore runtime's page server limit for lazy memory, in bytes a second (0: unlimited); fault tests slow memory down to hit it mid-way.</summary>
     public long LazyPagesBytesPerSecond { get; init; }
 
+    /// <summary>How long a post-copy page server tries to reach its restarted agent again (null: the product's default, 60 s).</summary>
+    public int? LazyPagesReconnectSeconds { get; init; }
+
     /// <summary>The operator's Operator:PhaseTimeoutSeconds.</summary>
     public int PhaseTimeoutSeconds { get; init; } = 120;
 
@@ -482,9 +485,19 @@ public sealed class SandboxCluster : IAsyncDisposable
             UseNetwork(PodNetwork.Create(Path.Combine(Directory, "network"), RepositoryLayout.RestoreRuntime));
         }
 
-        var containerd = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime, Options.LazyPagesBytesPerSecond > 0
-            ? new Dictionary<string, string> { [LazyRestoreHelpers.BytesPerSecondVariable] = Options.LazyPagesBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture) }
-            : null, release, Network);
+        // the restore runtime's environment, which its lazy restores' page servers inherit
+        var runtimeEnvironment = new Dictionary<string, string>();
+        if (Options.LazyPagesBytesPerSecond > 0)
+        {
+            runtimeEnvironment[LazyRestoreHelpers.BytesPerSecondVariable] = Options.LazyPagesBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        if (Options.LazyPagesReconnectSeconds is { } reconnect)
+        {
+            runtimeEnvironment[LazyRestoreHelpers.ReconnectSecondsVariable] = reconnect.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        var containerd = await ContainerdNode.StartAsync(name, RepositoryLayout.RestoreRuntime, runtimeEnvironment.Count > 0 ? runtimeEnvironment : null, release, Network);
         _cleanup.Push(containerd.DisposeAsync);
         var archives = TestImages.Archives();
         foreach (var archive in Options.ImportTestImages ? archives : archives.Take(1))

@@ -27,6 +27,17 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// </summary>
     public const string BytesPerSecondVariable = "PODMIG_LAZY_PAGES_BYTES_PER_SECOND";
 
+    /// <summary>
+    /// How long, in seconds, a page server keeps trying to reach its node's agent again when the
+    /// connection that fetches the pages left on the source broke (the agent restarting), from the
+    /// restore runtime's environment; unset: <see cref="DefaultReconnectSeconds"/>. While it tries, the
+    /// restored processes' faults wait; when it gives up, the restore's memory has failed.
+    /// </summary>
+    public const string ReconnectSecondsVariable = "PODMIG_LAZY_PAGES_RECONNECT_SECONDS";
+
+    /// <summary>A DaemonSet's agent pod is replaced in seconds to tens of seconds.</summary>
+    public const int DefaultReconnectSeconds = 60;
+
     /// <summary>The first argument that makes a program serve pages (see <see cref="Serve"/>).</summary>
     public const string ServeArgument = "--podmig-serve-pages";
 
@@ -141,6 +152,10 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         }
     }
 
+    private static TimeSpan ReconnectWindow() =>
+        TimeSpan.FromSeconds(int.TryParse(Environment.GetEnvironmentVariable(ReconnectSecondsVariable), NumberStyles.None, CultureInfo.InvariantCulture, out int seconds)
+            ? seconds : DefaultReconnectSeconds);
+
     private static long PagesBytesPerSecond() =>
         long.TryParse(Environment.GetEnvironmentVariable(BytesPerSecondVariable), NumberStyles.None, CultureInfo.InvariantCulture, out long limit) ? limit : 0;
 
@@ -178,7 +193,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
             using var stream = new NetworkStream(socket, ownsSocket: false);
             try
             {
-                using var source = arguments.Count == 5 ? new RemotePageClient(arguments[3], arguments[4]) : null;
+                using var source = arguments.Count == 5 ? new RemotePageClient(arguments[3], arguments[4]) { ReconnectWindow = ReconnectWindow() } : null;
                 using var server = new PageServer(arguments[1], PageServerProtocol.For(version), source) { BytesPerSecond = PagesBytesPerSecond() };
                 if (arguments.Count == 5)
                 {

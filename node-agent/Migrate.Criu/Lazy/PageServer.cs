@@ -18,7 +18,10 @@ public sealed record PageServerReport(long Requests, long PagesServed, bool Clos
 }
 
 /// <summary>A request the page server cannot answer; the session ends (CRIU's own server does the same).</summary>
-public sealed class PageServerException(string message) : Exception(message);
+public class PageServerException(string message) : Exception(message);
+
+/// <summary>The connection to the node's agent broke, or the agent did not answer: a restarting agent may be back soon.</summary>
+internal sealed class AgentConnectionException(string message) : PageServerException(message);
 
 /// <summary>
 /// Serves the pages of a lazily restored process tree to CRIU's lazy-pages daemon from image sets

@@ -293,10 +293,49 @@ public sealed class RemotePageClient(string socketPath, string container, Remote
     /// <summary>Pages fetched so far.</summary>
     public long PagesFetched { get; private set; }
 
+    /// <summary>
+    /// How long <see cref="Read"/> keeps trying to reach the node's agent again when its connection
+    /// broke or the agent does not answer (an agent restarting: it listens again on the same socket),
+    /// asking again for the pages it had asked for; zero: not at all. A refusal is never retried.
+    /// </summary>
+    public TimeSpan ReconnectWindow { get; init; } = TimeSpan.Zero;
+
+    /// <summary>The pause between two attempts to reach the agent again.</summary>
+    public TimeSpan ReconnectDelay { get; init; } = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>Times the connection to the agent was made again after it broke.</summary>
+    public int Reconnects { get; private set; }
+
     public void Read(int taskId, ulong address, int pages, Span<byte> destination)
     {
-        Send(taskId, address, pages);
-        Receive(destination);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        bool again = false;
+        while (true)
+        {
+            try
+            {
+                Send(taskId, address, pages);
+                Receive(destination);
+                Reconnects += again ? 1 : 0;
+                return;
+            }
+            catch (AgentConnectionException) when (clock.Elapsed + ReconnectDelay < ReconnectWindow)
+            {
+                // a page asked twice is the same page: the source serves what it left, as often as asked
+                Disconnect();
+                again = true;
+                Thread.Sleep(ReconnectDelay);
+            }
+        }
+    }
+
+    private void Disconnect()
+    {
+        _asked.Clear();
+        _stream?.Dispose();
+        _socket?.Dispose();
+        _stream = null;
+        _socket = null;
     }
 
     public void Send(int taskId, ulong address, int pages)
@@ -347,7 +386,7 @@ public sealed class RemotePageClient(string socketPath, string container, Remote
         }
     }
 
-    private PageServerException Broke(Exception e) =>
+    private AgentConnectionException Broke(Exception e) =>
         new($"the connection to the node's agent at {socketPath}, which fetches the pages left on the source, broke: {(e.InnerException ?? e).Message}");
 
     private NetworkStream Connect()
@@ -365,20 +404,24 @@ public sealed class RemotePageClient(string socketPath, string container, Remote
         catch (Exception e) when (e is SocketException or IOException)
         {
             socket.Dispose();
-            throw new PageServerException($"pages were left on the source, but the node's agent does not answer at {socketPath}: {e.Message}");
+            throw new AgentConnectionException($"pages were left on the source, but the node's agent does not answer at {socketPath}: {e.Message}");
         }
 
         _socket = socket;
         _stream = new NetworkStream(socket, ownsSocket: false);
-        RemotePagesProtocol.WriteHello(_stream, container, kind);
+        try
+        {
+            RemotePagesProtocol.WriteHello(_stream, container, kind);
+        }
+        catch (IOException e)
+        {
+            throw Broke(e);
+        }
+
         return _stream;
     }
 
-    public void Dispose()
-    {
-        _stream?.Dispose();
-        _socket?.Dispose();
-    }
+    public void Dispose() => Disconnect();
 }
 
 /// <summary>

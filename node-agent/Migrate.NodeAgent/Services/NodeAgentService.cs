@@ -54,6 +54,8 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
             if (request.PostCopySource is { Length: > 0 } source)
             {
                 // the restore's page server asks here for the pages a post-copy dump leaves on the source
+                // (kept on disk: a restarted agent listens again, see PostCopyRelay.StartAsync)
+                receiver.RecordPostCopySource(request.MigrationId, source);
                 relay.Start(request.MigrationId, request.Token, source, receiver.ExpectedSource(request.MigrationId)!);
             }
 

@@ -126,6 +126,54 @@ public sealed partial class ImageReceiver : IDisposable
 
     public string DirectoryOf(string migrationId) => Path.Combine(IncomingRoot, migrationId);
 
+    /// <summary>In a migration's incoming directory: the source agent's address its post-copy pages come from.</summary>
+    public const string PostCopySourceFile = "post-copy-source";
+
+    /// <summary>Keeps on disk where an expected migration's post-copy pages come from, so a restarted agent relays them again.</summary>
+    public void RecordPostCopySource(string migrationId, string sourceAddress)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(sourceAddress);
+        if (!IsExpected(migrationId))
+        {
+            throw Reject(StatusCode.FailedPrecondition, "not-expected", $"node {_options.NodeName} was not told to expect migration {migrationId}");
+        }
+
+        File.WriteAllText(Path.Combine(DirectoryOf(migrationId), PostCopySourceFile), sourceAddress);
+    }
+
+    /// <summary>
+    /// The expected migrations whose pages a post-copy dump left on their source (recorded by
+    /// <see cref="RecordPostCopySource"/>): their token, the source agent's address and node.
+    /// </summary>
+    public IReadOnlyList<(string MigrationId, string Token, string SourceAddress, string SourceNode)> PostCopySources()
+    {
+        List<(string, TransferClaims)> expected;
+        lock (_gate)
+        {
+            expected = [.. _expected.Select(e => (e.Key, e.Value))];
+        }
+
+        var found = new List<(string, string, string, string)>();
+        foreach (var (id, claims) in expected)
+        {
+            var directory = DirectoryOf(id);
+            try
+            {
+                var address = Path.Combine(directory, PostCopySourceFile);
+                if (File.Exists(address))
+                {
+                    found.Add((id, File.ReadAllText(Path.Combine(directory, ExpectedFile)).Trim(), File.ReadAllText(address).Trim(), claims.SourceNode));
+                }
+            }
+            catch (IOException)
+            {
+                // removed meanwhile: the migration was cleaned up
+            }
+        }
+
+        return found;
+    }
+
     /// <summary>The source node of an expected migration (null: not expected).</summary>
     public string? ExpectedSource(string migrationId)
     {

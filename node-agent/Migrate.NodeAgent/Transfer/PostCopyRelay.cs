@@ -16,9 +16,13 @@ namespace Migrate.NodeAgent.Transfer;
 /// in order on another, fetched on one pages lane (both mutual TLS, the migration's token). A page
 /// whose checksum does not match is refused: on the faults' connection the page server then ends,
 /// the restore is judged failed, and the migration rolls back to the frozen source; on the stream's,
-/// the stream stops and the faults fetch what it did not bring.
+/// the stream stops and the faults fetch what it did not bring. A restarted agent listens again for
+/// every migration still expected whose pages were left on its source, and a page server whose
+/// connection broke reconnects for a while (RemotePageClient), so an agent's restart (a DaemonSet
+/// rollout) does not end a post-copy move.
 /// </summary>
-public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity identity, PeerConnections connections, ILogger<PostCopyRelay> logger) : IDisposable
+public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity identity, PeerConnections connections, ILogger<PostCopyRelay> logger)
+    : IDisposable, IHostedService
 {
     private readonly Lock _gate = new();
     private readonly Dictionary<string, Listener> _listeners = new(StringComparer.Ordinal);
@@ -62,6 +66,27 @@ public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity 
             _ = AcceptAsync(listener);
         }
     }
+
+    /// <summary>At the agent's start: listens again for the post-copy migrations a previous run of it relayed.</summary>
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        foreach (var (migrationId, token, sourceAddress, sourceNode) in receiver.PostCopySources())
+        {
+            try
+            {
+                Start(migrationId, token, sourceAddress, sourceNode);
+                LogResumed(migrationId, sourceNode);
+            }
+            catch (Exception e) when (e is IOException or SocketException or UnauthorizedAccessException)
+            {
+                LogResumeFailed(migrationId, e.Message);
+            }
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     /// <summary>Stops listening for a migration (its restore is over, aborted or cleaned up); open relays end too.</summary>
     public void Stop(string migrationId)
@@ -254,6 +279,12 @@ public sealed partial class PostCopyRelay(ImageReceiver receiver, AgentIdentity 
 
         return relayed;
     }
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "migration {Migration}: listening again for the page server of a post-copy restore whose pages stay on node {Source}")]
+    private partial void LogResumed(string migration, string source);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "migration {Migration}: could not listen again for its page server: {Why}")]
+    private partial void LogResumeFailed(string migration, string why);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "migration {Migration}: relayed {Pages} pages of container {Container} from the source in {Millis} ms")]
     private partial void LogRelayed(string migration, string container, long pages, long millis);
