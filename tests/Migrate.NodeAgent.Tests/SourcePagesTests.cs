@@ -84,39 +84,6 @@ public sealed class SourcePagesTests : IDisposable
     }
 
     [Fact]
-    public async Task The_stream_holds_back_while_a_fault_fetches_and_goes_on_once_it_has_its_pages()
-    {
-        using var entered = new ManualResetEventSlim();
-        using var release = new ManualResetEventSlim();
-        var faults = new HeldSource(new PatternSource(), entered, release);
-        using var pages = new SourcePages(Remote, _directory, faults);
-        using var gate = new ManualResetEventSlim();
-        var pipeline = new InProcessPipeline(new PatternSource()) { Gate = gate };
-        pages.StartPrefetch(pipeline);
-        WaitFor(() => pipeline.Sent.Count == 4, "the stream's requests");
-
-        // a fault (a page of the last piece) whose fetch takes its time
-        var page = new byte[Page];
-        var fault = Task.Run(() => pages.Read(2, 0x10000, 1, page, fault: true));
-        Assert.True(entered.Wait(TimeSpan.FromSeconds(5)), "the fault must fetch at once");
-
-        // the stream's answer already being read comes in; no other is read while the fault fetches
-        gate.Set();
-        WaitFor(() => pipeline.Received == 1, "the first piece");
-        await Task.Delay(300);
-        Assert.Equal(1, pipeline.Received);
-        Assert.False(fault.IsCompleted);
-
-        // the fault has its page: the stream goes on to the end, and the fault's page is not kept twice
-        release.Set();
-        await fault.WaitAsync(TimeSpan.FromSeconds(5));
-        PatternSource.Check(2, 0x10000, page);
-        WaitFor(() => pipeline.Disposed, "the stream to go on and end");
-        Assert.Equal(4, pipeline.Received);
-        Assert.Equal(new SourcePagesReport(308, 308, 307, null), pages.Report());
-    }
-
-    [Fact]
     public void When_the_stream_fails_reads_fetch_what_it_did_not_bring()
     {
         var faults = new PatternSource();
@@ -213,21 +180,6 @@ public sealed class SourcePagesTests : IDisposable
     }
 }
 
-/// <summary>A page source whose reads say they began and then wait until released.</summary>
-internal sealed class HeldSource(IPageSource inner, ManualResetEventSlim entered, ManualResetEventSlim release) : IPageSource
-{
-    public void Read(int taskId, ulong address, int pages, Span<byte> destination)
-    {
-        entered.Set();
-        if (!release.Wait(TimeSpan.FromSeconds(10)))
-        {
-            throw new PageServerException("not released within 10 s");
-        }
-
-        inner.Read(taskId, address, pages, destination);
-    }
-}
-
 /// <summary>A pipelined connection inside the test's process: requests noted, answered in order when received.</summary>
 internal sealed class InProcessPipeline(IPageSource inner) : IPipelinedPageSource
 {
@@ -244,11 +196,6 @@ internal sealed class InProcessPipeline(IPageSource inner) : IPipelinedPageSourc
     public bool EndedBeforeFirstAnswer { get; private set; }
 
     public bool Disposed { get; private set; }
-
-    /// <summary>Answers read so far.</summary>
-    public int Received => Volatile.Read(ref _received);
-
-    private int _received;
 
     public void Send(int taskId, ulong address, int pages)
     {
@@ -276,7 +223,6 @@ internal sealed class InProcessPipeline(IPageSource inner) : IPipelinedPageSourc
         }
 
         inner.Read(request.Task, request.Address, request.Pages, destination);
-        Interlocked.Increment(ref _received);
     }
 
     public void Dispose() => Disposed = true;

@@ -32,8 +32,8 @@ public sealed record SourcePagesReport(long Pages, long Fetched, long Prefetched
 /// there. In the background, <see cref="StartPrefetch"/> streams all of them from the source in
 /// address order. The lazy-pages daemon's requests take what is already here; a fault of the
 /// restored processes fetches what is not at once, on its own connection, and the stream then
-/// skips it (and holds back while the fault fetches); the daemon's background fill, which goes in
-/// the same order as the stream, waits for the stream instead of fetching the same pages a second time.
+/// skips it; the daemon's background fill, which goes in the same order as the stream, waits for the
+/// stream instead of fetching the same pages a second time.
 /// </summary>
 public sealed class SourcePages : IDisposable
 {
@@ -57,9 +57,6 @@ public sealed class SourcePages : IDisposable
     private IPipelinedPageSource? _stream;
     private volatile bool _stopping;
     private long _fetched;
-
-    /// <summary>Faults fetching their pages right now (under the gate); the stream waits while there are any.</summary>
-    private int _faultsFetching;
     private long _prefetched;
     private string? _prefetchFailure;
 
@@ -146,7 +143,6 @@ public sealed class SourcePages : IDisposable
         long first = Locate(taskId, address, pages);
         int length = checked(pages * PagemapEntry.PageSize);
         List<(long Index, int Count)> wanted;
-        bool holdsStream = false;
         lock (_gate)
         {
             while (Any(first, pages, Fetching) || (!fault && Any(first, pages, Coming)))
@@ -155,36 +151,8 @@ public sealed class SourcePages : IDisposable
             }
 
             wanted = Claim(first, pages);
-            if (fault && wanted.Count > 0)
-            {
-                // the stream holds back while a fault fetches: see Prefetch
-                _faultsFetching++;
-                holdsStream = true;
-            }
         }
 
-        try
-        {
-            Fetch(taskId, address, first, wanted, destination);
-        }
-        finally
-        {
-            if (holdsStream)
-            {
-                lock (_gate)
-                {
-                    _faultsFetching--;
-                    Monitor.PulseAll(_gate);
-                }
-            }
-        }
-
-        ReadHeld(first * PagemapEntry.PageSize, destination[..length]);
-    }
-
-    /// <summary>Fetches the claimed runs now, one request each, and stores them; on failure what was not stored is missing again.</summary>
-    private void Fetch(int taskId, ulong address, long first, List<(long Index, int Count)> wanted, Span<byte> destination)
-    {
         for (int w = 0; w < wanted.Count; w++)
         {
             var (index, count) = wanted[w];
@@ -216,6 +184,8 @@ public sealed class SourcePages : IDisposable
                 Monitor.PulseAll(_gate);
             }
         }
+
+        ReadHeld(first * PagemapEntry.PageSize, destination[..length]);
     }
 
     public void Dispose()
@@ -261,18 +231,6 @@ public sealed class SourcePages : IDisposable
                     if (_stopping)
                     {
                         return;
-                    }
-
-                    lock (_gate)
-                    {
-                        // A fault the restored processes wait on goes first: the stream stops reading, its bytes
-                        // back up in the sockets and the source's agent stops sending, so the fault's round trip
-                        // does not share the two cores with the stream's copies. Faults come one at a time, so
-                        // the stream moves on between them.
-                        while (_faultsFetching > 0 && !_stopping)
-                        {
-                            Monitor.Wait(_gate);
-                        }
                     }
 
                     var pages = buffer.AsSpan(0, count * PagemapEntry.PageSize);
