@@ -167,10 +167,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
 
         // the target's agent, which fetches the pages from the source, dies: no page can arrive any more, and
         // while it is gone nobody can say the memory is all there, so the source stays frozen and nothing is decided
-        var target = Cluster.Node("node-b");
-        var server = PageServerOf(target);
-        await target.KillAgentAsync();
-        await Task.Delay(TimeSpan.FromSeconds(3));
+        var (target, server) = await KillTargetAgentMidFillAsync(Cluster, TimeSpan.FromSeconds(3));
         Assert.Equal(MigrationPhases.Restoring, (await Sandbox.GetRequestAsync(Cluster, "move-" + pod))?.Status?.Phase);
         Assert.Equal(frozenAt, (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick);
 
@@ -202,10 +199,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         var frozenAt = await StartPostCopyAsync(pod);
 
         // the target's agent is replaced, as in a DaemonSet rollout, while pages are still on the source
-        var target = Cluster.Node("node-b");
-        var server = PageServerOf(target);
-        await target.KillAgentAsync();
-        await Task.Delay(TimeSpan.FromSeconds(2));
+        var (target, server) = await KillTargetAgentMidFillAsync(Cluster, TimeSpan.FromSeconds(2));
         Assert.True(LazyRestoreHelpers.IsHelper(server), "the page server must wait for the agent, not end");
         await target.StartAgentAsync();
 
@@ -232,6 +226,16 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         output.WriteLine($"{restoring!.Status!.Phase} {restoring.Status.Reason}: {restoring.Status.Message}; {restoring.Status.PostCopyBytes} bytes left on the source");
         Assert.Equal((MigrationPhases.Restoring, "Lazy"), (restoring.Status.Phase, restoring.Status.MemoryRestore));
         return (await Sandbox.TicksAsync(Cluster, pod))[^1].Tick;
+    }
+
+    /// <summary>Kills node-b's agent while its lazy restore's page server runs, and waits <paramref name="down"/>; returns the node and the page server's PID.</summary>
+    private static async Task<(SandboxNode Target, int PageServer)> KillTargetAgentMidFillAsync(SandboxCluster cluster, TimeSpan down)
+    {
+        var target = cluster.Node("node-b");
+        var server = PageServerOf(target);
+        await target.KillAgentAsync();
+        await Task.Delay(down);
+        return (target, server);
     }
 
     /// <summary>The PID of the page server of the lazy restore under way on <paramref name="node"/>.</summary>
