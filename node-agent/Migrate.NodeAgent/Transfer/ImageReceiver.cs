@@ -421,7 +421,7 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 arrived = stopwatch.ElapsedMilliseconds;
-                var staged = session.Complete();
+                var staged = await session.CompleteAsync();
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
                 LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived);
@@ -884,6 +884,7 @@ public sealed partial class ImageReceiver : IDisposable
         private int _openIndex = -1;
         private Microsoft.Win32.SafeHandles.SafeFileHandle? _source;
         private int _sourceIndex = -1;
+        private ReadBehindDigests? _digests;
 
         private IncomingSession(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk)
         {
@@ -945,6 +946,11 @@ public sealed partial class ImageReceiver : IDisposable
             File.WriteAllText(Path.Combine(directory, ProgressFile), JsonFormatter.Default.Format(manifest));
             session.Accepted.Compression = compression;
             session.Accepted.MaxChunkBytes = (uint)maxChunk;
+            session._digests = new ReadBehindDigests(
+                [.. manifest.Files.Select(f => Path.Combine(filesRoot, f.Path))],
+                [.. manifest.Files.Select(f => (long)f.Size)],
+                session._verified,
+                i => Volatile.Read(ref session._received[i]));
             return session;
         }
 
@@ -1055,7 +1061,8 @@ public sealed partial class ImageReceiver : IDisposable
         {
             var stream = StreamFor(index);
             await stream.WriteAsync(data, cancellationToken);
-            _received[index] += data.Length;
+            Volatile.Write(ref _received[index], _received[index] + data.Length);
+            _digests?.Advanced();
             ReceivedThisStream += data.Length;
             return data.Length;
         }
@@ -1117,7 +1124,7 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         /// <summary>Checks every file's size and digest, makes the parent links, and marks the images staged.</summary>
-        public UploadStaged Complete()
+        public async Task<UploadStaged> CompleteAsync()
         {
             CloseOpen();
             for (int i = 0; i < _received.Length; i++)
@@ -1142,8 +1149,8 @@ public sealed partial class ImageReceiver : IDisposable
                 }
             }
 
-            // the digests: every file this upload wrote, read back once from the disk (ReadBack)
-            ReadBack();
+            // the digests: every file this upload wrote, read back from the disk just behind its writing
+            Verify(await _digests!.FinishAsync());
 
             foreach (var link in _manifest.ParentLinks)
             {
@@ -1163,13 +1170,13 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         /// <summary>
-        /// Hashes every file this upload wrote as this node's disk holds it (what the network or the
-        /// disk changed is caught alike: a digest taken as the bytes arrive would miss a change made
-        /// on the disk after they were written), and stamps it then: the restore, while the pod is
-        /// frozen, re-reads only a file whose stamp changed since. A file an earlier upload staged keeps
-        /// the stamp it got then (a change since is the restore's to find).
+        /// Checks the SHA-256 of every file this upload wrote, as this node's disk holds it (read back
+        /// by <see cref="ReadBehindDigests"/> while the upload went on: what the network or the disk
+        /// changed is caught alike), and stamps it then: the restore, while the pod is frozen, re-reads
+        /// only a file whose stamp changed since. A file an earlier upload staged keeps the stamp it got
+        /// then (a change since is the restore's to find).
         /// </summary>
-        private void ReadBack()
+        private void Verify(byte[]?[] digests)
         {
             var stampsFile = Path.Combine(_directory, StagingLayout.StampsFile);
             var known = StagedFileStamp.Load(stampsFile);
@@ -1184,12 +1191,11 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 var path = Path.Combine(_filesRoot, file.Path);
-                using (var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20))
+                // a file an earlier upload staged but left unstamped is read back now
+                var digest = digests[i] ?? DigestOf(path);
+                if (!digest.AsSpan().SequenceEqual(file.Sha256.Span))
                 {
-                    if (!SHA256.HashData(stream).AsSpan().SequenceEqual(file.Sha256.Span))
-                    {
-                        throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 (read back from this node's disk): the images were corrupted on the way or on the disk");
-                    }
+                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 (read back from this node's disk): the images were corrupted on the way or on the disk");
                 }
 
                 stamps.Add(StagedFileStamp.Of(path, file.Path) ?? throw new IOException($"{path} cannot be examined (statx)"));
@@ -1198,10 +1204,17 @@ public sealed partial class ImageReceiver : IDisposable
             StagedFileStamp.Write(stampsFile, stamps);
         }
 
+        private static byte[] DigestOf(string path)
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+            return SHA256.HashData(stream);
+        }
+
         public void Dispose()
         {
             CloseOpen();
             CloseSource();
+            _digests?.Dispose();
             _decompressor?.Dispose();
 
         }
@@ -1226,7 +1239,8 @@ public sealed partial class ImageReceiver : IDisposable
                 Mode = FileMode.OpenOrCreate,
                 // read too: a page reference may name bytes of the file being written
                 Access = FileAccess.ReadWrite,
-                Share = FileShare.None,
+                // read too: the digest is taken just behind the writing
+                Share = FileShare.Read,
                 BufferSize = 0,
                 UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
             };
