@@ -150,6 +150,14 @@ public sealed class AgentOptions
     public bool PageReferences { get; set; } = true;
 
     /// <summary>
+    /// Hash a file not hashed before as its bytes are read to be sent, and give the target its
+    /// SHA-256 at the end of the upload (<c>UploadHeader.digests_follow</c>), instead of reading every
+    /// file once more before the first byte goes. Off: every digest is in the manifest (for a target
+    /// agent older than this field, which refuses a manifest without them).
+    /// </summary>
+    public bool DigestsFollow { get; set; } = true;
+
+    /// <summary>
     /// Fault injection, for tests only: flip one bit of every piece of post-copy pages this agent
     /// serves, after its checksum was taken, as a fault between reading the pages and the wire
     /// would. The target's agent must refuse every such piece, and the migration roll back. Never

@@ -390,8 +390,8 @@ public sealed partial class ImageReceiver : IDisposable
                     sinceAck = await ReceiveBulkAsync(ticket, waiter, session, responses, cancellationToken);
                 }
 
-                bool done = false;
-                while (!done && await requests.MoveNext(cancellationToken))
+                UploadDone? done = null;
+                while (done is null && await requests.MoveNext(cancellationToken))
                 {
                     var message = requests.Current;
                     switch (message.KindCase)
@@ -406,14 +406,14 @@ public sealed partial class ImageReceiver : IDisposable
 
                             break;
                         case UploadMessage.KindOneofCase.Done:
-                            done = true;
+                            done = message.Done;
                             break;
                         default:
                             throw Reject(StatusCode.InvalidArgument, "malformed", $"unexpected {message.KindCase} in the middle of a stream");
                     }
                 }
 
-                if (!done)
+                if (done is null)
                 {
                     // the client closed its side without finishing: what arrived stays for a resume
                     failed = false;
@@ -421,7 +421,7 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 arrived = stopwatch.ElapsedMilliseconds;
-                var staged = await session.CompleteAsync();
+                var staged = await session.CompleteAsync(done);
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
                 LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived);
@@ -777,7 +777,7 @@ public sealed partial class ImageReceiver : IDisposable
         foreach (var file in manifest.Files)
         {
             _ = TransferPaths.Confine(filesRoot, file.Path, out var reason) ?? throw Reject(StatusCode.InvalidArgument, "path", $"the manifest names {reason}");
-            if (!paths.Add(file.Path) || file.Sha256.Length != 32)
+            if (!paths.Add(file.Path) || (file.Sha256.Length != 32 && !(header.DigestsFollow && file.Sha256.IsEmpty)))
             {
                 throw Reject(StatusCode.InvalidArgument, "malformed", $"the manifest lists {file.Path} twice or without a SHA-256");
             }
@@ -1123,9 +1123,10 @@ public sealed partial class ImageReceiver : IDisposable
             }
         }
 
-        /// <summary>Checks every file's size and digest, makes the parent links, and marks the images staged.</summary>
-        public async Task<UploadStaged> CompleteAsync()
+        /// <summary>Checks every file's size and digest (the manifest's, or <paramref name="done"/>'s for a file listed without one), makes the parent links, and marks the images staged.</summary>
+        public async Task<UploadStaged> CompleteAsync(UploadDone done)
         {
+            var expected = ExpectedDigests(done);
             CloseOpen();
             for (int i = 0; i < _received.Length; i++)
             {
@@ -1150,7 +1151,7 @@ public sealed partial class ImageReceiver : IDisposable
             }
 
             // the digests: every file this upload wrote, read back from the disk just behind its writing
-            Verify(await _digests!.FinishAsync());
+            Verify(await _digests!.FinishAsync(), expected);
 
             foreach (var link in _manifest.ParentLinks)
             {
@@ -1164,7 +1165,13 @@ public sealed partial class ImageReceiver : IDisposable
                 File.CreateSymbolicLink(at, target);
             }
 
-            File.WriteAllText(Path.Combine(_directory, StagedFile), JsonFormatter.Default.Format(_manifest));
+            var staged = _manifest.Clone();
+            for (int i = 0; i < staged.Files.Count; i++)
+            {
+                staged.Files[i].Sha256 = ByteString.CopyFrom(expected[i]);
+            }
+
+            File.WriteAllText(Path.Combine(_directory, StagedFile), JsonFormatter.Default.Format(staged));
             File.Delete(Path.Combine(_directory, ProgressFile));
             return new UploadStaged { Bytes = (ulong)Received, Files = (uint)_received.Length };
         }
@@ -1176,7 +1183,7 @@ public sealed partial class ImageReceiver : IDisposable
         /// only a file whose stamp changed since. A file an earlier upload staged keeps the stamp it got
         /// then (a change since is the restore's to find).
         /// </summary>
-        private void Verify(byte[]?[] digests)
+        private void Verify(byte[]?[] digests, byte[][] expected)
         {
             var stampsFile = Path.Combine(_directory, StagingLayout.StampsFile);
             var known = StagedFileStamp.Load(stampsFile);
@@ -1193,7 +1200,7 @@ public sealed partial class ImageReceiver : IDisposable
                 var path = Path.Combine(_filesRoot, file.Path);
                 // a file an earlier upload staged but left unstamped is read back now
                 var digest = digests[i] ?? DigestOf(path);
-                if (!digest.AsSpan().SequenceEqual(file.Sha256.Span))
+                if (!digest.AsSpan().SequenceEqual(expected[i]))
                 {
                     throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 (read back from this node's disk): the images were corrupted on the way or on the disk");
                 }
@@ -1202,6 +1209,34 @@ public sealed partial class ImageReceiver : IDisposable
             }
 
             StagedFileStamp.Write(stampsFile, stamps);
+        }
+
+        /// <summary>Each file's SHA-256: the manifest's, or for a file listed without one, the one the source sent at the end; refused unless every such file has exactly one.</summary>
+        private byte[][] ExpectedDigests(UploadDone done)
+        {
+            var expected = _manifest.Files.Select(f => f.Sha256.ToByteArray()).ToArray();
+            var given = new bool[expected.Length];
+            foreach (var digest in done.Digests)
+            {
+                if (digest.File >= expected.Length || given[digest.File] || !_manifest.Files[(int)digest.File].Sha256.IsEmpty || digest.Sha256.Length != 32)
+                {
+                    throw Reject(StatusCode.InvalidArgument, "malformed",
+                        $"the upload's end gives a digest for file {digest.File} that the manifest does not leave to it, twice, or not of 32 bytes");
+                }
+
+                given[digest.File] = true;
+                expected[digest.File] = digest.Sha256.ToByteArray();
+            }
+
+            for (int i = 0; i < expected.Length; i++)
+            {
+                if (expected[i].Length == 0)
+                {
+                    throw Reject(StatusCode.InvalidArgument, "malformed", $"the upload ended without the SHA-256 of {_manifest.Files[i].Path}");
+                }
+            }
+
+            return expected;
         }
 
         private static byte[] DigestOf(string path)

@@ -1,6 +1,4 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
@@ -25,7 +23,6 @@ namespace Migrate.NodeAgent.Transfer;
 /// </summary>
 public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity identity, PeerConnections connections)
 {
-    private static readonly ConcurrentDictionary<(string Path, long Size, DateTime Modified), ByteString> Digests = new();
     private readonly AgentOptions _options = options.Value;
 
     /// <summary>Retries after a broken connection or a busy target; not after a refusal.</summary>
@@ -33,8 +30,12 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
 
     public TimeSpan RetryDelay { get; init; } = TimeSpan.FromMilliseconds(200);
 
-    /// <summary>The manifest of a staged directory: regular files, and image sets' parent links. Anything else is refused.</summary>
-    public static Manifest BuildManifest(string root)
+    /// <summary>
+    /// The manifest of a staged directory: regular files, and image sets' parent links. Anything else
+    /// is refused. With <paramref name="digestsFollow"/>, a file not hashed before is listed without
+    /// its SHA-256 (see <see cref="OwedDigests"/>).
+    /// </summary>
+    public static Manifest BuildManifest(string root, bool digestsFollow = false)
     {
         root = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
         var manifest = new Manifest();
@@ -63,7 +64,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             else if (!info.Attributes.HasFlag(FileAttributes.Device))
             {
                 var file = (FileInfo)info;
-                manifest.Files.Add(new ManifestFile { Path = relative, Size = (ulong)file.Length, Sha256 = DigestOf(file) });
+                var digest = digestsFollow ? FileDigests.Remembered(file) ?? ByteString.Empty : FileDigests.Of(file);
+                manifest.Files.Add(new ManifestFile { Path = relative, Size = (ulong)file.Length, Sha256 = digest });
             }
             else
             {
@@ -89,7 +91,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         activity?.SetTag("migration.id", request.MigrationId);
         activity?.SetTag("podmig.target_node", request.TargetNode);
         var clock = Stopwatch.StartNew();
-        var manifest = BuildManifest(directory);
+        var manifest = BuildManifest(directory, _options.DigestsFollow);
+        using var owed = new OwedDigests(directory, manifest);
         var progress = new TransferProgress
         {
             TotalBytes = (ulong)manifest.Files.Sum(f => (long)f.Size),
@@ -111,7 +114,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         }).Build();
 
         long limit = new[] { _options.TransferBytesPerSecond, maxBytesPerSecond }.Where(l => l > 0).DefaultIfEmpty(0).Min();
-        await pipeline.ExecuteAsync(async token => await AttemptAsync(tls, directory, manifest, request, progress, clock, report, limit, token), cancellationToken);
+        await pipeline.ExecuteAsync(async token => await AttemptAsync(tls, directory, manifest, owed, request, progress, clock, report, limit, token), cancellationToken);
         progress.Staged = true;
         progress.ElapsedMillis = (uint)clock.ElapsedMilliseconds;
         AgentTelemetry.TransferThroughput.Record(progress.BytesSent / 1e6 / Math.Max(clock.Elapsed.TotalSeconds, 1e-3));
@@ -119,7 +122,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         return progress;
     }
 
-    private async Task AttemptAsync(AgentTls tls, string directory, Manifest manifest, SendImagesRequest request, TransferProgress progress,
+    private async Task AttemptAsync(AgentTls tls, string directory, Manifest manifest, OwedDigests owed, SendImagesRequest request, TransferProgress progress,
         Stopwatch clock, Func<TransferProgress, Task> report, long bytesPerSecond, CancellationToken cancellationToken)
     {
         var channel = connections.Channel(tls, request.TargetAddress, request.TargetNode);
@@ -138,6 +141,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 Compression = request.Compress ? Compression.Zstd : Compression.None,
                 Bulk = _options.BulkTransfer,
                 PageReferences = _options.BulkTransfer && _options.PageReferences,
+                DigestsFollow = owed.Any,
             },
         }, cancellationToken);
         if (!await call.ResponseStream.MoveNext(cancellationToken) || call.ResponseStream.Current.KindCase != UploadReply.KindOneofCase.Accepted)
@@ -201,6 +205,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
 
                 await using var stream = new FileStream(Path.Combine(directory, file.Path), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
                 stream.Position = offset;
+                owed.Start(i, offset);
                 while (offset < (long)file.Size)
                 {
                     int want = (int)Math.Min(chunkSize, (long)file.Size - offset);
@@ -209,6 +214,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                     {
                         throw new InvalidOperationException($"{file.Path} shrank while it was sent");
                     }
+
+                    owed.Append(i, buffer.AsSpan(Head, length));
 
                     int wireLength;
                     if (lane is not null)
@@ -252,6 +259,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                         await report(progress);
                     }
                 }
+
+                owed.End(i);
             }
 
             if (lane is not null)
@@ -277,7 +286,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         progress.BytesSkipped = skipped;
         long sentAt = clock.ElapsedMilliseconds;
         progress.DataMillis = (uint)(sentAt - acceptedAt);
-        await call.RequestStream.WriteAsync(new UploadMessage { Done = new UploadDone() }, cancellationToken);
+        await call.RequestStream.WriteAsync(new UploadMessage { Done = owed.Done() }, cancellationToken);
         await call.RequestStream.CompleteAsync();
         await replies;
         progress.StageMillis = (uint)(clock.ElapsedMilliseconds - sentAt);
@@ -361,16 +370,6 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
     private static bool IsTransient(RpcException e) =>
         e.StatusCode is StatusCode.Unavailable or StatusCode.Internal or StatusCode.Unknown or StatusCode.Aborted or StatusCode.Cancelled
         || (e.StatusCode == StatusCode.ResourceExhausted && e.Status.Detail.Contains("retry later", StringComparison.Ordinal));
-
-    private static ByteString DigestOf(FileInfo file)
-    {
-        var key = (file.FullName, file.Length, file.LastWriteTimeUtc);
-        return Digests.GetOrAdd(key, _ =>
-        {
-            using var stream = new FileStream(file.FullName, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 20);
-            return ByteString.CopyFrom(SHA256.HashData(stream));
-        });
-    }
 }
 
 /// <summary>This agent's mutual-TLS identity, when it has one.</summary>

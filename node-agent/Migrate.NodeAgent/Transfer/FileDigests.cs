@@ -1,0 +1,149 @@
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Migrate.Agent.V1;
+
+namespace Migrate.NodeAgent.Transfer;
+
+/// <summary>
+/// The SHA-256 of staged image files, remembered per file version (path, size, modification time)
+/// for the agent's life: a pre-copy round's images are hashed once, however often they are listed.
+/// </summary>
+public static class FileDigests
+{
+    private static readonly ConcurrentDictionary<(string Path, long Size, DateTime Modified), ByteString> Known = new();
+
+    /// <summary>The file's digest, read now unless this version of it was hashed before.</summary>
+    public static ByteString Of(FileInfo file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return Known.GetOrAdd(KeyOf(file), _ =>
+        {
+            using var stream = new FileStream(file.FullName, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 20);
+            return ByteString.CopyFrom(SHA256.HashData(stream));
+        });
+    }
+
+    /// <summary>The file's digest if this version of it was hashed before, else null.</summary>
+    public static ByteString? Remembered(FileInfo file)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return Known.TryGetValue(KeyOf(file), out var digest) ? digest : null;
+    }
+
+    /// <summary>Remembers a digest taken of the bytes of a file at <paramref name="version"/> (as it was when listed).</summary>
+    internal static void Remember((string Path, long Size, DateTime Modified) version, ByteString digest) => Known[version] = digest;
+
+    internal static (string Path, long Size, DateTime Modified) KeyOf(FileInfo file) => (file.FullName, file.Length, file.LastWriteTimeUtc);
+}
+
+/// <summary>
+/// The digests one send owes its target (<see cref="UploadHeader.DigestsFollow"/>): each file the
+/// manifest lists without a SHA-256 is hashed from the bytes read to be sent. An attempt that
+/// resumes inside such a file first hashes the part the target already holds, from this node's
+/// disk; a digest taken by one attempt serves the next. <see cref="Done"/> hashes from the disk
+/// whatever no attempt read (a file the target held whole from an earlier attempt).
+/// </summary>
+public sealed class OwedDigests : IDisposable
+{
+    private readonly string _directory;
+    private readonly Manifest _manifest;
+    private readonly Dictionary<int, (string Path, long Size, DateTime Modified)> _owed = [];
+    private readonly Dictionary<int, byte[]> _taken = [];
+    private IncrementalHash? _hash;
+    private int _file = -1;
+
+    public OwedDigests(string directory, Manifest manifest)
+    {
+        ArgumentNullException.ThrowIfNull(manifest);
+        _directory = directory;
+        _manifest = manifest;
+        for (int i = 0; i < manifest.Files.Count; i++)
+        {
+            if (manifest.Files[i].Sha256.IsEmpty)
+            {
+                _owed[i] = FileDigests.KeyOf(new FileInfo(Path.Combine(directory, manifest.Files[i].Path)));
+            }
+        }
+    }
+
+    /// <summary>Whether the manifest leaves any digest to the end of the upload.</summary>
+    public bool Any => _owed.Count > 0;
+
+    /// <summary>File <paramref name="file"/>'s bytes are about to be read from <paramref name="offset"/> on.</summary>
+    public void Start(int file, long offset)
+    {
+        _file = -1;
+        if (!_owed.ContainsKey(file) || _taken.ContainsKey(file))
+        {
+            return;
+        }
+
+        _hash ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        _hash.GetHashAndReset();
+        _file = file;
+        if (offset > 0)
+        {
+            using var stream = new FileStream(PathOf(file), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
+            var buffer = new byte[1 << 20];
+            for (long at = 0; at < offset;)
+            {
+                int read = stream.Read(buffer, 0, (int)Math.Min(buffer.Length, offset - at));
+                if (read <= 0)
+                {
+                    throw new InvalidOperationException($"{_manifest.Files[file].Path} shrank while it was sent");
+                }
+
+                _hash.AppendData(buffer, 0, read);
+                at += read;
+            }
+        }
+    }
+
+    /// <summary>The next bytes read of the file last started.</summary>
+    public void Append(int file, ReadOnlySpan<byte> bytes)
+    {
+        if (file == _file)
+        {
+            _hash!.AppendData(bytes);
+        }
+    }
+
+    /// <summary>The file last started was read to its end.</summary>
+    public void End(int file)
+    {
+        if (file != _file)
+        {
+            return;
+        }
+
+        var digest = _hash!.GetHashAndReset();
+        _taken[file] = digest;
+        FileDigests.Remember(_owed[file], ByteString.CopyFrom(digest));
+        _file = -1;
+    }
+
+    /// <summary>The end of an upload: every owed digest, those no attempt read hashed now.</summary>
+    public UploadDone Done()
+    {
+        var done = new UploadDone();
+        foreach (var file in _owed.Keys.Order())
+        {
+            if (!_taken.TryGetValue(file, out var digest))
+            {
+                using var stream = new FileStream(PathOf(file), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 20);
+                digest = SHA256.HashData(stream);
+                _taken[file] = digest;
+                FileDigests.Remember(_owed[file], ByteString.CopyFrom(digest));
+            }
+
+            done.Digests.Add(new FileDigest { File = (uint)file, Sha256 = ByteString.CopyFrom(digest) });
+        }
+
+        return done;
+    }
+
+    public void Dispose() => _hash?.Dispose();
+
+    private string PathOf(int file) => Path.Combine(_directory, _manifest.Files[file].Path);
+}

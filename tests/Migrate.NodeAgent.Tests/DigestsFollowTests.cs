@@ -1,0 +1,152 @@
+using System.Security.Cryptography;
+using Google.Protobuf;
+using Grpc.Core;
+using Migrate.Agent.V1;
+using Migrate.NodeAgent.Transfer;
+using Migrate.TestSupport;
+using Xunit;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>
+/// Digests that follow the bytes (<c>UploadHeader.digests_follow</c>): the source's bookkeeping
+/// (<see cref="OwedDigests"/>) and a real target agent's checks of a raw upload.
+/// </summary>
+public sealed class DigestsFollowTests : IAsyncLifetime
+{
+    private readonly string _directory = Directory.CreateTempSubdirectory("owed-digests-").FullName;
+    private TransferAgents _agents = null!;
+
+    public async Task InitializeAsync() => _agents = await TransferAgents.StartAsync();
+
+    public async Task DisposeAsync()
+    {
+        await _agents.DisposeAsync();
+        Directory.Delete(_directory, recursive: true);
+    }
+
+    [Fact]
+    public void A_file_read_to_be_sent_is_hashed_on_the_way_and_remembered_for_the_next_manifest()
+    {
+        var content = RandomNumberGenerator.GetBytes(3_000_000);
+        File.WriteAllBytes(Path.Combine(_directory, "core-1.img"), [1, 2, 3]);
+        var known = ImageSender.BuildManifest(_directory);
+        File.WriteAllBytes(Path.Combine(_directory, "pages-1.img"), content);
+        File.WriteAllBytes(Path.Combine(_directory, "fresh.img"), content[..1000]);
+
+        var manifest = ImageSender.BuildManifest(_directory, digestsFollow: true);
+        using var owed = new OwedDigests(_directory, manifest);
+        int core = Index(manifest, "core-1.img"), pages = Index(manifest, "pages-1.img"), fresh = Index(manifest, "fresh.img");
+        owed.Start(pages, 0);
+        for (int at = 0; at < content.Length; at += 1 << 20)
+        {
+            owed.Append(pages, content.AsSpan(at, Math.Min(1 << 20, content.Length - at)));
+        }
+
+        owed.End(pages);
+        var done = owed.Done();
+
+        // hashed before (by the first manifest): listed with its digest, owed nothing
+        Assert.Equal(known.Files.Single().Sha256, manifest.Files[core].Sha256);
+        // never hashed: listed without, owed; the one read on its way, the other from the disk at the end
+        Assert.True(manifest.Files[pages].Sha256.IsEmpty);
+        Assert.True(manifest.Files[fresh].Sha256.IsEmpty);
+        Assert.True(owed.Any);
+        Assert.Equal(
+            new[] { (pages, Convert.ToHexString(SHA256.HashData(content))), (fresh, Convert.ToHexString(SHA256.HashData(content[..1000]))) }.OrderBy(d => d.Item1),
+            done.Digests.Select(d => ((int)d.File, Convert.ToHexString(d.Sha256.Span))).OrderBy(d => d.Item1));
+        // remembered: the next manifest lists them
+        var next = ImageSender.BuildManifest(_directory, digestsFollow: true);
+        Assert.Equal(SHA256.HashData(content), next.Files[pages].Sha256.ToByteArray());
+        using var nothing = new OwedDigests(_directory, next);
+        Assert.False(nothing.Any);
+    }
+
+    [Fact]
+    public void An_attempt_that_resumes_inside_a_file_hashes_what_the_target_holds_from_the_disk()
+    {
+        var content = RandomNumberGenerator.GetBytes(2_500_000);
+        File.WriteAllBytes(Path.Combine(_directory, "resumed.img"), content);
+        var manifest = ImageSender.BuildManifest(_directory, digestsFollow: true);
+        using var owed = new OwedDigests(_directory, manifest);
+
+        // a first attempt broken after 1 MB, the next one starting at 1.5 MB
+        owed.Start(0, 0);
+        owed.Append(0, content.AsSpan(0, 1_000_000));
+        owed.Start(0, 1_500_000);
+        owed.Append(0, content.AsSpan(1_500_000));
+        owed.End(0);
+
+        Assert.Equal(SHA256.HashData(content), Assert.Single(owed.Done().Digests).Sha256.ToByteArray());
+    }
+
+    [Fact]
+    public async Task A_target_takes_digests_at_the_end_and_stages_the_manifest_with_them()
+    {
+        var content = RandomNumberGenerator.GetBytes(300_000);
+        var (replies, error) = await UploadAsync("m-follow", content, done: Done((0, SHA256.HashData(content))));
+
+        Assert.Null(error);
+        Assert.Contains(replies, r => r.KindCase == UploadReply.KindOneofCase.Staged);
+        Assert.Equal(content, File.ReadAllBytes(_agents.Received("m-follow", "pages-1.img")));
+        var staged = Manifest.Parser.ParseJson(File.ReadAllText(Path.Combine(_agents.Target.Incoming, "m-follow", ImageReceiver.StagedFile)));
+        Assert.Equal(SHA256.HashData(content), staged.Files[0].Sha256.ToByteArray());
+    }
+
+    public static TheoryData<string, StatusCode, string> BadEnds => new()
+    {
+        { "missing", StatusCode.InvalidArgument, "the upload ended without the SHA-256 of pages-1.img" },
+        { "wrong", StatusCode.DataLoss, "pages-1.img does not match its SHA-256" },
+        { "twice", StatusCode.InvalidArgument, "gives a digest for file 0 that the manifest does not leave to it, twice, or not of 32 bytes" },
+        { "short", StatusCode.InvalidArgument, "gives a digest for file 0 that the manifest does not leave to it, twice, or not of 32 bytes" },
+        { "no-such-file", StatusCode.InvalidArgument, "gives a digest for file 7" },
+        { "not-announced", StatusCode.InvalidArgument, "the manifest lists pages-1.img twice or without a SHA-256" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadEnds))]
+    public async Task An_upload_whose_digests_do_not_add_up_is_refused_and_nothing_is_staged(string kind, StatusCode code, string reason)
+    {
+        var content = RandomNumberGenerator.GetBytes(200_000);
+        var right = SHA256.HashData(content);
+        var done = kind switch
+        {
+            "missing" => Done(),
+            "wrong" => Done((0, SHA256.HashData(content[1..]))),
+            "twice" => Done((0, right), (0, right)),
+            "short" => Done((0, right[..16])),
+            "no-such-file" => Done((0, right), (7, right)),
+            _ => Done((0, right)),
+        };
+        string migration = "m-bad-" + kind;
+
+        var (replies, error) = await UploadAsync(migration, content, done, announce: kind != "not-announced");
+
+        Assert.NotNull(error);
+        Assert.Equal(code, error.StatusCode);
+        Assert.Contains(reason, error.Status.Detail, StringComparison.Ordinal);
+        Assert.DoesNotContain(replies, r => r.KindCase == UploadReply.KindOneofCase.Staged);
+        Assert.False(File.Exists(Path.Combine(_agents.Target.Incoming, migration, ImageReceiver.StagedFile)), "nothing may be staged");
+        Assert.False(File.Exists(_agents.Received(migration, "pages-1.img")), "the file must be removed");
+    }
+
+    private async Task<(List<UploadReply> Replies, RpcException? Error)> UploadAsync(string migration, byte[] content, UploadDone done, bool announce = true)
+    {
+        var token = _agents.Pki.Token(migration, "node-a", "node-b");
+        await _agents.Operator(_agents.Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = migration, Token = token });
+        var header = RawUpload.Header(migration, token, "node-a",
+            new Manifest { Files = { new ManifestFile { Path = "pages-1.img", Size = (ulong)content.Length } } });
+        header.Header.DigestsFollow = announce;
+        return await RawUpload.RunAsync(_agents.Peer(_agents.Target, _agents.Pki.Issue("node-a")),
+            header, RawUpload.Chunk(0, 0, content[..100_000]), RawUpload.Chunk(0, 100_000, content[100_000..]), new UploadMessage { Done = done });
+    }
+
+    private static UploadDone Done(params (uint File, byte[] Digest)[] digests)
+    {
+        var done = new UploadDone();
+        done.Digests.AddRange(digests.Select(d => new FileDigest { File = d.File, Sha256 = ByteString.CopyFrom(d.Digest) }));
+        return done;
+    }
+
+    private static int Index(Manifest manifest, string path) => manifest.Files.IndexOf(manifest.Files.Single(f => f.Path == path));
+}
