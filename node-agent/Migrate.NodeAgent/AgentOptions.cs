@@ -158,6 +158,14 @@ public sealed class AgentOptions
     public bool DigestsFollow { get; set; } = true;
 
     /// <summary>
+    /// The checksum this agent's uploads carry for each file: <c>Xxh128</c> (XXH3's 128-bit hash,
+    /// the default; about a tenth of SHA-256's CPU) or <c>Sha256</c> (for a target agent older than
+    /// <c>UploadHeader.xxh128</c>). Mutual TLS authenticates every byte on the wire; the checksum
+    /// catches a file changed on a disk or a fault in resuming, which needs no cryptographic hash.
+    /// </summary>
+    public Migrate.Api.StagedDigestKind TransferChecksum { get; set; } = Migrate.Api.StagedDigestKind.Xxh128;
+
+    /// <summary>
     /// Fault injection, for tests only: flip one bit of every piece of post-copy pages this agent
     /// serves, after its checksum was taken, as a fault between reading the pages and the wire
     /// would. The target's agent must refuse every such piece, and the migration roll back. Never

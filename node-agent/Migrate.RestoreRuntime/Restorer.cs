@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Migrate.Criu;
@@ -570,7 +569,10 @@ public static partial class Restorer
 
             var full = Path.Combine(files, path);
             long size = long.Parse(file.TryGetProperty("size", out var s) ? s.GetString() ?? "0" : "0", CultureInfo.InvariantCulture);
-            var expected = file.TryGetProperty("sha256", out var d) ? d.GetBytesFromBase64() : [];
+            // an upload's checksum (XXH3-128) or a SHA-256 (kept checkpoints, uploads from older agents)
+            var (kind, expected) = file.TryGetProperty("xxh128", out var x)
+                ? (StagedDigestKind.Xxh128, x.GetBytesFromBase64())
+                : (StagedDigestKind.Sha256, file.TryGetProperty("sha256", out var d) ? d.GetBytesFromBase64() : []);
             if (!File.Exists(full) || new FileInfo(full).Length != size)
             {
                 throw new RestoreFailedException($"image file {path} of migration is missing or truncated (expected {size} bytes)");
@@ -581,10 +583,9 @@ public static partial class Restorer
                 continue;
             }
 
-            using var stream = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
-            if (!SHA256.HashData(stream).AsSpan().SequenceEqual(expected))
+            if (!StagedFileDigest.OfFile(kind, full).AsSpan().SequenceEqual(expected))
             {
-                throw new RestoreFailedException($"image file {path} does not match its SHA-256: the staged images are corrupted");
+                throw new RestoreFailedException($"image file {path} does not match its {(kind == StagedDigestKind.Sha256 ? "SHA-256" : "XXH3-128")}: the staged images are corrupted");
             }
         }
     }

@@ -234,7 +234,7 @@ public sealed class MigrationSummary
         md.AppendLine();
         md.AppendLine("## Results");
         md.AppendLine();
-        md.AppendLine("Medians with (min-max); ratios are each method / manual by medians. MB/s is the copy step's rate (Manual and Podman: tar over TCP; Cold: agent to agent, gRPC with mutual TLS and SHA-256); PreCopy, Hybrid and Auto move most bytes while the pod runs, PostCopy after the replacement runs, so they have none.");
+        md.AppendLine("Medians with (min-max); ratios are each method / manual by medians. MB/s is the copy step's rate (Manual and Podman: tar over TCP; Cold: agent to agent, the bulk lane with mutual TLS and an XXH3-128 checksum per file); PreCopy, Hybrid and Auto move most bytes while the pod runs, PostCopy after the replacement runs, so they have none.");
         md.AppendLine();
         md.AppendLine("| " + string.Join(" | ", Header) + " |");
         md.AppendLine("|" + string.Concat(Header.Select(_ => " --- |")));

@@ -79,7 +79,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         Assert.Equal(MigrationPhases.RolledBack, status.Phase);
         // the target reads every file back from its disk before it counts as staged: the commit never happens
         Assert.Equal("HandoffFailed", status.Reason);
-        Assert.Contains("does not match its SHA-256 (read back from this node's disk)", status.Message, StringComparison.Ordinal);
+        Assert.Contains("does not match its XXH3-128 (read back from this node's disk)", status.Message, StringComparison.Ordinal);
         Assert.Contains("The pod was thawed and runs on.", status.Message, StringComparison.Ordinal);
         await AssertSourceRunsOnAsync(pod, status);
     }

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
 using Migrate.Agent.V1;
+using Migrate.Api;
 using Migrate.NodeAgent.Transfer;
 using Migrate.TestSupport;
 using Xunit;
@@ -25,17 +26,19 @@ public sealed class DigestsFollowTests : IAsyncLifetime
         Directory.Delete(_directory, recursive: true);
     }
 
-    [Fact]
-    public void A_file_read_to_be_sent_is_hashed_on_the_way_and_remembered_for_the_next_manifest()
+    [Theory]
+    [InlineData(StagedDigestKind.Sha256)]
+    [InlineData(StagedDigestKind.Xxh128)]
+    public void A_file_read_to_be_sent_is_hashed_on_the_way_and_remembered_for_the_next_manifest(StagedDigestKind kind)
     {
         var content = RandomNumberGenerator.GetBytes(3_000_000);
         File.WriteAllBytes(Path.Combine(_directory, "core-1.img"), [1, 2, 3]);
-        var known = ImageSender.BuildManifest(_directory);
+        var known = ImageSender.BuildManifest(_directory, kind: kind);
         File.WriteAllBytes(Path.Combine(_directory, "pages-1.img"), content);
         File.WriteAllBytes(Path.Combine(_directory, "fresh.img"), content[..1000]);
 
-        var manifest = ImageSender.BuildManifest(_directory, digestsFollow: true);
-        using var owed = new OwedDigests(_directory, manifest);
+        var manifest = ImageSender.BuildManifest(_directory, digestsFollow: true, kind: kind);
+        using var owed = new OwedDigests(_directory, manifest, kind);
         int core = Index(manifest, "core-1.img"), pages = Index(manifest, "pages-1.img"), fresh = Index(manifest, "fresh.img");
         owed.Start(pages, 0);
         for (int at = 0; at < content.Length; at += 1 << 20)
@@ -47,18 +50,20 @@ public sealed class DigestsFollowTests : IAsyncLifetime
         var done = owed.Done();
 
         // hashed before (by the first manifest): listed with its digest, owed nothing
-        Assert.Equal(known.Files.Single().Sha256, manifest.Files[core].Sha256);
+        Assert.Equal(known.Files.Single().DigestOf(kind), manifest.Files[core].DigestOf(kind));
+        Assert.Equal(StagedFileDigest.LengthOf(kind), manifest.Files[core].DigestOf(kind).Length);
         // never hashed: listed without, owed; the one read on its way, the other from the disk at the end
-        Assert.True(manifest.Files[pages].Sha256.IsEmpty);
-        Assert.True(manifest.Files[fresh].Sha256.IsEmpty);
+        Assert.True(manifest.Files[pages].DigestOf(kind).IsEmpty);
+        Assert.True(manifest.Files[fresh].DigestOf(kind).IsEmpty);
         Assert.True(owed.Any);
+        byte[] Hash(byte[] bytes) => StagedFileDigest.Of(kind, new MemoryStream(bytes));
         Assert.Equal(
-            new[] { (pages, Convert.ToHexString(SHA256.HashData(content))), (fresh, Convert.ToHexString(SHA256.HashData(content[..1000]))) }.OrderBy(d => d.Item1),
-            done.Digests.Select(d => ((int)d.File, Convert.ToHexString(d.Sha256.Span))).OrderBy(d => d.Item1));
+            new[] { (pages, Convert.ToHexString(Hash(content))), (fresh, Convert.ToHexString(Hash(content[..1000]))) }.OrderBy(d => d.Item1),
+            done.Digests.Select(d => ((int)d.File, Convert.ToHexString((kind == StagedDigestKind.Sha256 ? d.Sha256 : d.Xxh128).Span))).OrderBy(d => d.Item1));
         // remembered: the next manifest lists them
-        var next = ImageSender.BuildManifest(_directory, digestsFollow: true);
-        Assert.Equal(SHA256.HashData(content), next.Files[pages].Sha256.ToByteArray());
-        using var nothing = new OwedDigests(_directory, next);
+        var next = ImageSender.BuildManifest(_directory, digestsFollow: true, kind: kind);
+        Assert.Equal(Hash(content), next.Files[pages].DigestOf(kind).ToByteArray());
+        using var nothing = new OwedDigests(_directory, next, kind);
         Assert.False(nothing.Any);
     }
 
@@ -93,12 +98,37 @@ public sealed class DigestsFollowTests : IAsyncLifetime
         Assert.Equal(SHA256.HashData(content), staged.Files[0].Sha256.ToByteArray());
     }
 
+    [Fact]
+    public async Task An_xxh128_upload_is_checked_and_staged_with_its_checksums()
+    {
+        var content = RandomNumberGenerator.GetBytes(300_000);
+        var (replies, error) = await UploadAsync("m-xxh", content, done: Done(StagedDigestKind.Xxh128, (0, System.IO.Hashing.XxHash128.Hash(content))), kind: StagedDigestKind.Xxh128);
+
+        Assert.Null(error);
+        Assert.Contains(replies, r => r.KindCase == UploadReply.KindOneofCase.Staged);
+        var staged = Manifest.Parser.ParseJson(File.ReadAllText(Path.Combine(_agents.Target.Incoming, "m-xxh", ImageReceiver.StagedFile)));
+        Assert.Equal(System.IO.Hashing.XxHash128.Hash(content), staged.Files[0].Xxh128.ToByteArray());
+        Assert.True(staged.Files[0].Sha256.IsEmpty);
+    }
+
+    [Fact]
+    public void The_xxh128_checksum_is_XXH3_128_as_its_reference_gives_it()
+    {
+        // XXH3_128bits of no bytes (seed 0), from xxHash's own test vectors
+        Assert.Equal("99AA06D3014798D86001C324468D497F", Convert.ToHexString(StagedFileDigest.Of(StagedDigestKind.Xxh128, new MemoryStream())));
+        Assert.Equal(16, StagedFileDigest.LengthOf(StagedDigestKind.Xxh128));
+        Assert.Equal(SHA256.HashData(new byte[5000]), StagedFileDigest.Of(StagedDigestKind.Sha256, new MemoryStream(new byte[5000])));
+    }
+
     public static TheoryData<string, StatusCode, string> BadEnds => new()
     {
         { "missing", StatusCode.InvalidArgument, "the upload ended without the SHA-256 of pages-1.img" },
         { "wrong", StatusCode.DataLoss, "pages-1.img does not match its SHA-256" },
-        { "twice", StatusCode.InvalidArgument, "gives a digest for file 0 that the manifest does not leave to it, twice, or not of 32 bytes" },
-        { "short", StatusCode.InvalidArgument, "gives a digest for file 0 that the manifest does not leave to it, twice, or not of 32 bytes" },
+        { "twice", StatusCode.InvalidArgument, "gives a digest for file 0 that the manifest does not leave to it, twice, or not a SHA-256" },
+        { "short", StatusCode.InvalidArgument, "gives a digest for file 0 that the manifest does not leave to it, twice, or not a SHA-256" },
+        { "other-kind", StatusCode.InvalidArgument, "gives a digest for file 0 that the manifest does not leave to it, twice, or not a SHA-256" },
+        { "xxh128-wrong", StatusCode.DataLoss, "pages-1.img does not match its XXH3-128 (read back from this node's disk)" },
+        { "xxh128-as-sha256", StatusCode.InvalidArgument, "the manifest lists pages-1.img twice or without a XXH3-128 (and only that)" },
         { "no-such-file", StatusCode.InvalidArgument, "gives a digest for file 7" },
         { "not-announced", StatusCode.InvalidArgument, "the manifest lists pages-1.img twice or without a SHA-256" },
     };
@@ -116,11 +146,15 @@ public sealed class DigestsFollowTests : IAsyncLifetime
             "twice" => Done((0, right), (0, right)),
             "short" => Done((0, right[..16])),
             "no-such-file" => Done((0, right), (7, right)),
+            "other-kind" => new UploadDone { Digests = { new FileDigest { File = 0, Sha256 = ByteString.CopyFrom(right), Xxh128 = ByteString.CopyFrom(right[..16]) } } },
+            "xxh128-wrong" => Done(StagedDigestKind.Xxh128, (0, System.IO.Hashing.XxHash128.Hash(content[1..]))),
             _ => Done((0, right)),
         };
         string migration = "m-bad-" + kind;
 
-        var (replies, error) = await UploadAsync(migration, content, done, announce: kind != "not-announced");
+        var (replies, error) = await UploadAsync(migration, content, done, announce: kind != "not-announced",
+            kind: kind.StartsWith("xxh128", StringComparison.Ordinal) ? StagedDigestKind.Xxh128 : StagedDigestKind.Sha256,
+            listed: kind == "xxh128-as-sha256" ? right : null);
 
         Assert.NotNull(error);
         Assert.Equal(code, error.StatusCode);
@@ -130,21 +164,27 @@ public sealed class DigestsFollowTests : IAsyncLifetime
         Assert.False(File.Exists(_agents.Received(migration, "pages-1.img")), "the file must be removed");
     }
 
-    private async Task<(List<UploadReply> Replies, RpcException? Error)> UploadAsync(string migration, byte[] content, UploadDone done, bool announce = true)
+    private async Task<(List<UploadReply> Replies, RpcException? Error)> UploadAsync(string migration, byte[] content, UploadDone done, bool announce = true,
+        StagedDigestKind kind = StagedDigestKind.Sha256, byte[]? listed = null)
     {
         var token = _agents.Pki.Token(migration, "node-a", "node-b");
         await _agents.Operator(_agents.Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = migration, Token = token });
         var header = RawUpload.Header(migration, token, "node-a",
-            new Manifest { Files = { new ManifestFile { Path = "pages-1.img", Size = (ulong)content.Length } } });
+            new Manifest { Files = { new ManifestFile { Path = "pages-1.img", Size = (ulong)content.Length, Sha256 = ByteString.CopyFrom(listed ?? []) } } });
         header.Header.DigestsFollow = announce;
+        header.Header.Xxh128 = kind == StagedDigestKind.Xxh128;
         return await RawUpload.RunAsync(_agents.Peer(_agents.Target, _agents.Pki.Issue("node-a")),
             header, RawUpload.Chunk(0, 0, content[..100_000]), RawUpload.Chunk(0, 100_000, content[100_000..]), new UploadMessage { Done = done });
     }
 
-    private static UploadDone Done(params (uint File, byte[] Digest)[] digests)
+    private static UploadDone Done(params (uint File, byte[] Digest)[] digests) => Done(StagedDigestKind.Sha256, digests);
+
+    private static UploadDone Done(StagedDigestKind kind, params (uint File, byte[] Digest)[] digests)
     {
         var done = new UploadDone();
-        done.Digests.AddRange(digests.Select(d => new FileDigest { File = d.File, Sha256 = ByteString.CopyFrom(d.Digest) }));
+        done.Digests.AddRange(digests.Select(d => kind == StagedDigestKind.Sha256
+            ? new FileDigest { File = d.File, Sha256 = ByteString.CopyFrom(d.Digest) }
+            : new FileDigest { File = d.File, Xxh128 = ByteString.CopyFrom(d.Digest) }));
         return done;
     }
 

@@ -1,6 +1,7 @@
 using Google.Protobuf;
 using Grpc.Core;
 using Migrate.Agent.V1;
+using Migrate.Api;
 using Migrate.Cri.V1;
 using Migrate.NodeAgent.Transfer;
 using Migrate.TestSupport;
@@ -88,18 +89,19 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
     }
 
     [Theory]
-    [InlineData("pages-*.img", 4096 * 3)]
-    [InlineData("pagemap-*.img", 12)] // the page map itself unreadable: the digest check still names it
-    public async Task A_corrupted_image_set_fails_creation_with_the_reason_and_leaves_nothing_running(string image, int offset)
+    [InlineData("pages-*.img", 4096 * 3, StagedDigestKind.Sha256)]
+    [InlineData("pages-*.img", 4096 * 5, StagedDigestKind.Xxh128)] // staged as an upload between agents leaves it
+    [InlineData("pagemap-*.img", 12, StagedDigestKind.Sha256)] // the page map itself unreadable: the digest check still names it
+    public async Task A_corrupted_image_set_fails_creation_with_the_reason_and_leaves_nothing_running(string image, int offset, StagedDigestKind kind)
     {
-        var name = image.StartsWith("pages-", StringComparison.Ordinal) ? "broken" : "broken-map";
+        var name = (image.StartsWith("pages-", StringComparison.Ordinal) ? "broken" : "broken-map") + (kind == StagedDigestKind.Xxh128 ? "-xxh" : "");
         var migration = "m-" + name;
         var container = CheckpointTests.Counter("main", 4);
         var source = await _source.RunPodAsync(name, container);
         await AgentOnNode.WaitForTicksAsync(source, "main", 3);
         var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin(migration, source, _source.NodeName));
         await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = migration });
-        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, migration);
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, migration, kind: kind);
         var pages = Directory.GetFiles(Path.Combine(_target.Node.IncomingDirectory, migration, "files", "containers", "main", "final"), image)[0];
         using (var file = new FileStream(pages, FileMode.Open, FileAccess.ReadWrite))
         {
@@ -112,7 +114,7 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         var error = await Assert.ThrowsAsync<RpcException>(() => TestPods.RunAsync(_target.Node, "default", name, [container], ContainerdNode.RestoreHandler,
             new Dictionary<string, string> { [Annotations.RestoreFrom] = migration }));
 
-        Assert.Contains("does not match its SHA-256", error.Status.Detail, StringComparison.Ordinal);
+        Assert.Contains($"does not match its {(kind == StagedDigestKind.Sha256 ? "SHA-256" : "XXH3-128")}", error.Status.Detail, StringComparison.Ordinal);
         Assert.Contains(image[..image.IndexOf('*', StringComparison.Ordinal)], error.Status.Detail, StringComparison.Ordinal);
         var containers = await _target.Node.Cri.Runtime.ListContainersAsync(new ListContainersRequest());
         Assert.DoesNotContain(containers.Containers, c => c.State == ContainerState.ContainerRunning && c.Metadata.Name == "main" && c.Labels["io.kubernetes.pod.name"] == name);
@@ -160,13 +162,13 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
     /// after a transfer (files and the verified manifest) and, unless told otherwise, marks it
     /// committed, as the source agent's commit does.
     /// </summary>
-    internal static void StageAsTransferred(string sourceStaging, string incoming, string migration, bool commit = true)
+    internal static void StageAsTransferred(string sourceStaging, string incoming, string migration, bool commit = true, StagedDigestKind kind = StagedDigestKind.Sha256)
     {
         var files = Path.Combine(incoming, migration, ImageReceiver.FilesDirectory);
         Directory.CreateDirectory(files);
         Prerequisites.Run("cp", "-a", sourceStaging + "/.", files);
         File.Delete(Path.Combine(files, Checkpointing.MigrationRecord.FileName));
-        File.WriteAllText(Path.Combine(incoming, migration, ImageReceiver.StagedFile), JsonFormatter.Default.Format(ImageSender.BuildManifest(files)));
+        File.WriteAllText(Path.Combine(incoming, migration, ImageReceiver.StagedFile), JsonFormatter.Default.Format(ImageSender.BuildManifest(files, kind: kind)));
         if (commit)
         {
             File.WriteAllText(Path.Combine(incoming, migration, StagingLayout.CommittedFile), "test");

@@ -1,45 +1,63 @@
 using System.Collections.Concurrent;
-using System.Security.Cryptography;
 using Google.Protobuf;
 using Migrate.Agent.V1;
+using Migrate.Api;
 
 namespace Migrate.NodeAgent.Transfer;
 
 /// <summary>
-/// The SHA-256 of staged image files, remembered per file version (path, size, modification time)
-/// for the agent's life: a pre-copy round's images are hashed once, however often they are listed.
+/// The digests of staged image files, remembered per kind and file version (path, size,
+/// modification time) for the agent's life: a pre-copy round's images are hashed once, however
+/// often they are listed.
 /// </summary>
 public static class FileDigests
 {
-    private static readonly ConcurrentDictionary<(string Path, long Size, DateTime Modified), ByteString> Known = new();
+    private static readonly ConcurrentDictionary<(StagedDigestKind Kind, (string Path, long Size, DateTime Modified) Version), ByteString> Known = new();
 
     /// <summary>The file's digest, read now unless this version of it was hashed before.</summary>
-    public static ByteString Of(FileInfo file)
+    public static ByteString Of(FileInfo file, StagedDigestKind kind = StagedDigestKind.Sha256)
     {
         ArgumentNullException.ThrowIfNull(file);
-        return Known.GetOrAdd(KeyOf(file), _ =>
-        {
-            using var stream = new FileStream(file.FullName, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 20);
-            return ByteString.CopyFrom(SHA256.HashData(stream));
-        });
+        return Known.GetOrAdd((kind, KeyOf(file)), _ => ByteString.CopyFrom(StagedFileDigest.OfFile(kind, file.FullName)));
     }
 
     /// <summary>The file's digest if this version of it was hashed before, else null.</summary>
-    public static ByteString? Remembered(FileInfo file)
+    public static ByteString? Remembered(FileInfo file, StagedDigestKind kind)
     {
         ArgumentNullException.ThrowIfNull(file);
-        return Known.TryGetValue(KeyOf(file), out var digest) ? digest : null;
+        return Known.TryGetValue((kind, KeyOf(file)), out var digest) ? digest : null;
     }
 
     /// <summary>Remembers a digest taken of the bytes of a file at <paramref name="version"/> (as it was when listed).</summary>
-    internal static void Remember((string Path, long Size, DateTime Modified) version, ByteString digest) => Known[version] = digest;
+    internal static void Remember((string Path, long Size, DateTime Modified) version, StagedDigestKind kind, ByteString digest) => Known[(kind, version)] = digest;
 
     internal static (string Path, long Size, DateTime Modified) KeyOf(FileInfo file) => (file.FullName, file.Length, file.LastWriteTimeUtc);
+
+    /// <summary>A manifest entry's digest of <paramref name="kind"/> (empty when it has none).</summary>
+    public static ByteString DigestOf(this ManifestFile file, StagedDigestKind kind)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return kind == StagedDigestKind.Sha256 ? file.Sha256 : file.Xxh128;
+    }
+
+    /// <summary>Sets a manifest entry's digest of <paramref name="kind"/>.</summary>
+    public static void SetDigest(this ManifestFile file, StagedDigestKind kind, ByteString digest)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        if (kind == StagedDigestKind.Sha256)
+        {
+            file.Sha256 = digest;
+        }
+        else
+        {
+            file.Xxh128 = digest;
+        }
+    }
 }
 
 /// <summary>
 /// The digests one send owes its target (<see cref="UploadHeader.DigestsFollow"/>): each file the
-/// manifest lists without a SHA-256 is hashed from the bytes read to be sent. An attempt that
+/// manifest lists without a digest is hashed from the bytes read to be sent. An attempt that
 /// resumes inside such a file first hashes the part the target already holds, from this node's
 /// disk; a digest taken by one attempt serves the next. <see cref="Done"/> hashes from the disk
 /// whatever no attempt read (a file the target held whole from an earlier attempt).
@@ -48,19 +66,22 @@ public sealed class OwedDigests : IDisposable
 {
     private readonly string _directory;
     private readonly Manifest _manifest;
+    private readonly StagedDigestKind _kind;
     private readonly Dictionary<int, (string Path, long Size, DateTime Modified)> _owed = [];
     private readonly Dictionary<int, byte[]> _taken = [];
-    private IncrementalHash? _hash;
+    private readonly StagedFileDigest _digest;
     private int _file = -1;
 
-    public OwedDigests(string directory, Manifest manifest)
+    public OwedDigests(string directory, Manifest manifest, StagedDigestKind kind = StagedDigestKind.Sha256)
     {
         ArgumentNullException.ThrowIfNull(manifest);
         _directory = directory;
         _manifest = manifest;
+        _kind = kind;
+        _digest = new StagedFileDigest(kind);
         for (int i = 0; i < manifest.Files.Count; i++)
         {
-            if (manifest.Files[i].Sha256.IsEmpty)
+            if (manifest.Files[i].DigestOf(kind).IsEmpty)
             {
                 _owed[i] = FileDigests.KeyOf(new FileInfo(Path.Combine(directory, manifest.Files[i].Path)));
             }
@@ -79,8 +100,7 @@ public sealed class OwedDigests : IDisposable
             return;
         }
 
-        _hash ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        _hash.GetHashAndReset();
+        _digest.Finish();
         _file = file;
         if (offset > 0)
         {
@@ -94,7 +114,7 @@ public sealed class OwedDigests : IDisposable
                     throw new InvalidOperationException($"{_manifest.Files[file].Path} shrank while it was sent");
                 }
 
-                _hash.AppendData(buffer, 0, read);
+                _digest.Append(buffer.AsSpan(0, read));
                 at += read;
             }
         }
@@ -105,7 +125,7 @@ public sealed class OwedDigests : IDisposable
     {
         if (file == _file)
         {
-            _hash!.AppendData(bytes);
+            _digest.Append(bytes);
         }
     }
 
@@ -117,9 +137,9 @@ public sealed class OwedDigests : IDisposable
             return;
         }
 
-        var digest = _hash!.GetHashAndReset();
+        var digest = _digest.Finish();
         _taken[file] = digest;
-        FileDigests.Remember(_owed[file], ByteString.CopyFrom(digest));
+        FileDigests.Remember(_owed[file], _kind, ByteString.CopyFrom(digest));
         _file = -1;
     }
 
@@ -131,19 +151,28 @@ public sealed class OwedDigests : IDisposable
         {
             if (!_taken.TryGetValue(file, out var digest))
             {
-                using var stream = new FileStream(PathOf(file), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 20);
-                digest = SHA256.HashData(stream);
+                digest = StagedFileDigest.OfFile(_kind, PathOf(file));
                 _taken[file] = digest;
-                FileDigests.Remember(_owed[file], ByteString.CopyFrom(digest));
+                FileDigests.Remember(_owed[file], _kind, ByteString.CopyFrom(digest));
             }
 
-            done.Digests.Add(new FileDigest { File = (uint)file, Sha256 = ByteString.CopyFrom(digest) });
+            var given = new FileDigest { File = (uint)file };
+            if (_kind == StagedDigestKind.Sha256)
+            {
+                given.Sha256 = ByteString.CopyFrom(digest);
+            }
+            else
+            {
+                given.Xxh128 = ByteString.CopyFrom(digest);
+            }
+
+            done.Digests.Add(given);
         }
 
         return done;
     }
 
-    public void Dispose() => _hash?.Dispose();
+    public void Dispose() => _digest.Dispose();
 
     private string PathOf(int file) => Path.Combine(_directory, _manifest.Files[file].Path);
 }

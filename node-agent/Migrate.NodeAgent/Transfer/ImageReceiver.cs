@@ -8,6 +8,7 @@ using Microsoft.Extensions.Options;
 using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.Contracts.Transfer;
 using Migrate.Agent.V1;
+using Migrate.Api;
 using Migrate.NodeAgent.Checkpointing;
 
 namespace Migrate.NodeAgent.Transfer;
@@ -421,7 +422,7 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 arrived = stopwatch.ElapsedMilliseconds;
-                var staged = await session.CompleteAsync(done);
+                var staged = session.Complete(done);
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
                 LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived);
@@ -774,12 +775,16 @@ public sealed partial class ImageReceiver : IDisposable
 
         var paths = new HashSet<string>(StringComparer.Ordinal);
         long total = 0;
+        var kind = header.Xxh128 ? StagedDigestKind.Xxh128 : StagedDigestKind.Sha256;
+        var other = kind == StagedDigestKind.Xxh128 ? StagedDigestKind.Sha256 : StagedDigestKind.Xxh128;
         foreach (var file in manifest.Files)
         {
             _ = TransferPaths.Confine(filesRoot, file.Path, out var reason) ?? throw Reject(StatusCode.InvalidArgument, "path", $"the manifest names {reason}");
-            if (!paths.Add(file.Path) || (file.Sha256.Length != 32 && !(header.DigestsFollow && file.Sha256.IsEmpty)))
+            var digest = file.DigestOf(kind);
+            if (!paths.Add(file.Path) || !file.DigestOf(other).IsEmpty
+                || (digest.Length != StagedFileDigest.LengthOf(kind) && !(header.DigestsFollow && digest.IsEmpty)))
             {
-                throw Reject(StatusCode.InvalidArgument, "malformed", $"the manifest lists {file.Path} twice or without a SHA-256");
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"the manifest lists {file.Path} twice or without a {NameOf(kind)} (and only that)");
             }
 
             total = checked(total + (long)Math.Min(file.Size, long.MaxValue / 2));
@@ -826,7 +831,7 @@ public sealed partial class ImageReceiver : IDisposable
         Directory.CreateDirectory(IncomingRoot, OwnerOnly);
         Directory.CreateDirectory(directory, OwnerOnly);
         Directory.CreateDirectory(filesRoot, OwnerOnly);
-        var session = IncomingSession.Open(directory, filesRoot, manifest, Compression(header.Compression), _options.MaxChunkBytes);
+        var session = IncomingSession.Open(directory, filesRoot, manifest, Compression(header.Compression), _options.MaxChunkBytes, kind);
         long free = new DriveInfo(filesRoot).AvailableFreeSpace;
         if (free - (total - session.Received) < _options.MinFreeDiskBytes)
         {
@@ -860,6 +865,9 @@ public sealed partial class ImageReceiver : IDisposable
         }
     }
 
+    /// <summary>How a digest kind is named in errors.</summary>
+    internal static string NameOf(StagedDigestKind kind) => kind == StagedDigestKind.Sha256 ? "SHA-256" : "XXH3-128";
+
     private static TransferRejectedException Reject(StatusCode code, string reason, string message)
     {
         AgentTelemetry.TransferRejections.Add(1, new KeyValuePair<string, object?>("reason", reason));
@@ -884,10 +892,11 @@ public sealed partial class ImageReceiver : IDisposable
         private int _openIndex = -1;
         private Microsoft.Win32.SafeHandles.SafeFileHandle? _source;
         private int _sourceIndex = -1;
-        private ReadBehindDigests? _digests;
+        private readonly StagedDigestKind _kind;
 
-        private IncomingSession(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk)
+        private IncomingSession(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk, StagedDigestKind kind)
         {
+            _kind = kind;
             _directory = directory;
             _filesRoot = filesRoot;
             _manifest = manifest;
@@ -904,9 +913,9 @@ public sealed partial class ImageReceiver : IDisposable
         public long ReceivedThisStream { get; private set; }
 
         /// <summary>Matches the files on disk against the manifest: what an earlier attempt (or an earlier, verified upload) left is kept; the rest goes.</summary>
-        public static IncomingSession Open(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk)
+        public static IncomingSession Open(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk, StagedDigestKind kind)
         {
-            var session = new IncomingSession(directory, filesRoot, manifest, compression, maxChunk);
+            var session = new IncomingSession(directory, filesRoot, manifest, compression, maxChunk, kind);
             var previous = Read(Path.Combine(directory, ProgressFile));
             var staged = Read(Path.Combine(directory, StagedFile));
             var wanted = new HashSet<string>(StringComparer.Ordinal);
@@ -946,11 +955,6 @@ public sealed partial class ImageReceiver : IDisposable
             File.WriteAllText(Path.Combine(directory, ProgressFile), JsonFormatter.Default.Format(manifest));
             session.Accepted.Compression = compression;
             session.Accepted.MaxChunkBytes = (uint)maxChunk;
-            session._digests = new ReadBehindDigests(
-                [.. manifest.Files.Select(f => Path.Combine(filesRoot, f.Path))],
-                [.. manifest.Files.Select(f => (long)f.Size)],
-                session._verified,
-                i => Volatile.Read(ref session._received[i]));
             return session;
         }
 
@@ -1061,8 +1065,7 @@ public sealed partial class ImageReceiver : IDisposable
         {
             var stream = StreamFor(index);
             await stream.WriteAsync(data, cancellationToken);
-            Volatile.Write(ref _received[index], _received[index] + data.Length);
-            _digests?.Advanced();
+            _received[index] += data.Length;
             ReceivedThisStream += data.Length;
             return data.Length;
         }
@@ -1124,7 +1127,7 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         /// <summary>Checks every file's size and digest (the manifest's, or <paramref name="done"/>'s for a file listed without one), makes the parent links, and marks the images staged.</summary>
-        public async Task<UploadStaged> CompleteAsync(UploadDone done)
+        public UploadStaged Complete(UploadDone done)
         {
             var expected = ExpectedDigests(done);
             CloseOpen();
@@ -1150,8 +1153,8 @@ public sealed partial class ImageReceiver : IDisposable
                 }
             }
 
-            // the digests: every file this upload wrote, read back from the disk just behind its writing
-            Verify(await _digests!.FinishAsync(), expected);
+            // the digests: every file this upload wrote, read back once from the disk (ReadBack)
+            ReadBack(expected);
 
             foreach (var link in _manifest.ParentLinks)
             {
@@ -1168,7 +1171,7 @@ public sealed partial class ImageReceiver : IDisposable
             var staged = _manifest.Clone();
             for (int i = 0; i < staged.Files.Count; i++)
             {
-                staged.Files[i].Sha256 = ByteString.CopyFrom(expected[i]);
+                staged.Files[i].SetDigest(_kind, ByteString.CopyFrom(expected[i]));
             }
 
             File.WriteAllText(Path.Combine(_directory, StagedFile), JsonFormatter.Default.Format(staged));
@@ -1177,13 +1180,13 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         /// <summary>
-        /// Checks the SHA-256 of every file this upload wrote, as this node's disk holds it (read back
-        /// by <see cref="ReadBehindDigests"/> while the upload went on: what the network or the disk
-        /// changed is caught alike), and stamps it then: the restore, while the pod is frozen, re-reads
-        /// only a file whose stamp changed since. A file an earlier upload staged keeps the stamp it got
-        /// then (a change since is the restore's to find).
+        /// Hashes every file this upload wrote as this node's disk holds it, once the last byte is in
+        /// (what the network or the disk changed is caught alike: a digest taken as the bytes arrive
+        /// would miss a change made on the disk after they were written), and stamps it then: the
+        /// restore, while the pod is frozen, re-reads only a file whose stamp changed since. A file an
+        /// earlier upload staged keeps the stamp it got then (a change since is the restore's to find).
         /// </summary>
-        private void Verify(byte[]?[] digests, byte[][] expected)
+        private void ReadBack(byte[][] expected)
         {
             var stampsFile = Path.Combine(_directory, StagingLayout.StampsFile);
             var known = StagedFileStamp.Load(stampsFile);
@@ -1198,11 +1201,9 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 var path = Path.Combine(_filesRoot, file.Path);
-                // a file an earlier upload staged but left unstamped is read back now
-                var digest = digests[i] ?? DigestOf(path);
-                if (!digest.AsSpan().SequenceEqual(expected[i]))
+                if (!StagedFileDigest.OfFile(_kind, path).AsSpan().SequenceEqual(expected[i]))
                 {
-                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its SHA-256 (read back from this node's disk): the images were corrupted on the way or on the disk");
+                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its {NameOf(_kind)} (read back from this node's disk): the images were corrupted on the way or on the disk");
                 }
 
                 stamps.Add(StagedFileStamp.Of(path, file.Path) ?? throw new IOException($"{path} cannot be examined (statx)"));
@@ -1211,45 +1212,42 @@ public sealed partial class ImageReceiver : IDisposable
             StagedFileStamp.Write(stampsFile, stamps);
         }
 
-        /// <summary>Each file's SHA-256: the manifest's, or for a file listed without one, the one the source sent at the end; refused unless every such file has exactly one.</summary>
+        /// <summary>Each file's digest: the manifest's, or for a file listed without one, the one the source sent at the end; refused unless every such file has exactly one, of the upload's kind.</summary>
         private byte[][] ExpectedDigests(UploadDone done)
         {
-            var expected = _manifest.Files.Select(f => f.Sha256.ToByteArray()).ToArray();
+            var expected = _manifest.Files.Select(f => f.DigestOf(_kind).ToByteArray()).ToArray();
             var given = new bool[expected.Length];
+            int length = StagedFileDigest.LengthOf(_kind);
             foreach (var digest in done.Digests)
             {
-                if (digest.File >= expected.Length || given[digest.File] || !_manifest.Files[(int)digest.File].Sha256.IsEmpty || digest.Sha256.Length != 32)
+                var bytes = _kind == StagedDigestKind.Sha256 ? digest.Sha256 : digest.Xxh128;
+                var wrong = _kind == StagedDigestKind.Sha256 ? digest.Xxh128 : digest.Sha256;
+                if (digest.File >= expected.Length || given[digest.File] || !_manifest.Files[(int)digest.File].DigestOf(_kind).IsEmpty
+                    || bytes.Length != length || !wrong.IsEmpty)
                 {
                     throw Reject(StatusCode.InvalidArgument, "malformed",
-                        $"the upload's end gives a digest for file {digest.File} that the manifest does not leave to it, twice, or not of 32 bytes");
+                        $"the upload's end gives a digest for file {digest.File} that the manifest does not leave to it, twice, or not a {NameOf(_kind)}");
                 }
 
                 given[digest.File] = true;
-                expected[digest.File] = digest.Sha256.ToByteArray();
+                expected[digest.File] = bytes.ToByteArray();
             }
 
             for (int i = 0; i < expected.Length; i++)
             {
                 if (expected[i].Length == 0)
                 {
-                    throw Reject(StatusCode.InvalidArgument, "malformed", $"the upload ended without the SHA-256 of {_manifest.Files[i].Path}");
+                    throw Reject(StatusCode.InvalidArgument, "malformed", $"the upload ended without the {NameOf(_kind)} of {_manifest.Files[i].Path}");
                 }
             }
 
             return expected;
         }
 
-        private static byte[] DigestOf(string path)
-        {
-            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
-            return SHA256.HashData(stream);
-        }
-
         public void Dispose()
         {
             CloseOpen();
             CloseSource();
-            _digests?.Dispose();
             _decompressor?.Dispose();
 
         }
@@ -1274,8 +1272,7 @@ public sealed partial class ImageReceiver : IDisposable
                 Mode = FileMode.OpenOrCreate,
                 // read too: a page reference may name bytes of the file being written
                 Access = FileAccess.ReadWrite,
-                // read too: the digest is taken just behind the writing
-                Share = FileShare.Read,
+                Share = FileShare.None,
                 BufferSize = 0,
                 UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite,
             };

@@ -8,6 +8,7 @@ using Migrate.Agent.Contracts.Security;
 using Migrate.Agent.Contracts.Transfer;
 using Migrate.Agent.Contracts.Tracing;
 using Migrate.Agent.V1;
+using Migrate.Api;
 using Migrate.NodeAgent.Checkpointing;
 using Polly;
 using Polly.Retry;
@@ -32,10 +33,11 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
 
     /// <summary>
     /// The manifest of a staged directory: regular files, and image sets' parent links. Anything else
-    /// is refused. With <paramref name="digestsFollow"/>, a file not hashed before is listed without
-    /// its SHA-256 (see <see cref="OwedDigests"/>).
+    /// is refused. Each file has its digest of <paramref name="kind"/>; with
+    /// <paramref name="digestsFollow"/>, a file not hashed before is listed without one (see
+    /// <see cref="OwedDigests"/>).
     /// </summary>
-    public static Manifest BuildManifest(string root, bool digestsFollow = false)
+    public static Manifest BuildManifest(string root, bool digestsFollow = false, StagedDigestKind kind = StagedDigestKind.Sha256)
     {
         root = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
         var manifest = new Manifest();
@@ -64,8 +66,9 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             else if (!info.Attributes.HasFlag(FileAttributes.Device))
             {
                 var file = (FileInfo)info;
-                var digest = digestsFollow ? FileDigests.Remembered(file) ?? ByteString.Empty : FileDigests.Of(file);
-                manifest.Files.Add(new ManifestFile { Path = relative, Size = (ulong)file.Length, Sha256 = digest });
+                var listed = new ManifestFile { Path = relative, Size = (ulong)file.Length };
+                listed.SetDigest(kind, digestsFollow ? FileDigests.Remembered(file, kind) ?? ByteString.Empty : FileDigests.Of(file, kind));
+                manifest.Files.Add(listed);
             }
             else
             {
@@ -91,8 +94,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         activity?.SetTag("migration.id", request.MigrationId);
         activity?.SetTag("podmig.target_node", request.TargetNode);
         var clock = Stopwatch.StartNew();
-        var manifest = BuildManifest(directory, _options.DigestsFollow);
-        using var owed = new OwedDigests(directory, manifest);
+        var manifest = BuildManifest(directory, _options.DigestsFollow, _options.TransferChecksum);
+        using var owed = new OwedDigests(directory, manifest, _options.TransferChecksum);
         var progress = new TransferProgress
         {
             TotalBytes = (ulong)manifest.Files.Sum(f => (long)f.Size),
@@ -142,6 +145,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 Bulk = _options.BulkTransfer,
                 PageReferences = _options.BulkTransfer && _options.PageReferences,
                 DigestsFollow = owed.Any,
+                Xxh128 = _options.TransferChecksum == StagedDigestKind.Xxh128,
             },
         }, cancellationToken);
         if (!await call.ResponseStream.MoveNext(cancellationToken) || call.ResponseStream.Current.KindCase != UploadReply.KindOneofCase.Accepted)
