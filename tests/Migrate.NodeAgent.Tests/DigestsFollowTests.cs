@@ -120,6 +120,35 @@ public sealed class DigestsFollowTests : IAsyncLifetime
         Assert.Equal(SHA256.HashData(new byte[5000]), StagedFileDigest.Of(StagedDigestKind.Sha256, new MemoryStream(new byte[5000])));
     }
 
+    [Theory]
+    [InlineData(StagedDigestKind.Xxh128, true)]
+    [InlineData(StagedDigestKind.Sha256, false)]
+    public async Task A_source_set_for_either_checksum_stages_identical_files_and_a_repeat_sends_nothing(StagedDigestKind kind, bool follow)
+    {
+        await using var agents = await TransferAgents.StartAsync([$"--Agent:TransferChecksum={kind}", $"--Agent:DigestsFollow={follow}"], []);
+        var migration = kind == StagedDigestKind.Sha256 ? "m-sha256" : "m-xxh128";
+        var files = TransferAgents.Stage(agents.Source, migration);
+
+        var progress = await agents.SendAsync(migration);
+        var again = await agents.SendAsync(migration);
+
+        Assert.True(progress.Staged);
+        Assert.True(again.Staged);
+        Assert.Equal(0ul, again.BytesSent);
+        foreach (var (path, content) in files)
+        {
+            Assert.Equal(content, File.ReadAllBytes(agents.Received(migration, path)));
+        }
+
+        var staged = Manifest.Parser.ParseJson(File.ReadAllText(Path.Combine(agents.Target.Incoming, migration, ImageReceiver.StagedFile)));
+        Assert.All(staged.Files, f =>
+        {
+            Assert.Equal(StagedFileDigest.LengthOf(kind), f.DigestOf(kind).Length);
+            Assert.True(f.DigestOf(kind == StagedDigestKind.Sha256 ? StagedDigestKind.Xxh128 : StagedDigestKind.Sha256).IsEmpty);
+            Assert.Equal(f.DigestOf(kind).ToByteArray(), StagedFileDigest.OfFile(kind, agents.Received(migration, f.Path)));
+        });
+    }
+
     public static TheoryData<string, StatusCode, string> BadEnds => new()
     {
         { "missing", StatusCode.InvalidArgument, "the upload ended without the SHA-256 of pages-1.img" },

@@ -35,14 +35,17 @@ public sealed class TransferAgents : IAsyncDisposable
 
     public TlsAgent Target { get; }
 
-    public static async Task<TransferAgents> StartAsync(params string[] targetSettings)
+    public static Task<TransferAgents> StartAsync(params string[] targetSettings) => StartAsync([], targetSettings);
+
+    /// <summary>Two agents, each with its own settings (<c>--Agent:Name=value</c>).</summary>
+    public static async Task<TransferAgents> StartAsync(string[] sourceSettings, string[] targetSettings)
     {
         var pki = new TestPki();
         var root = Directory.CreateTempSubdirectory("podmig-transfer-").FullName;
         TlsAgent? source = null;
         try
         {
-            source = await TlsAgent.StartAsync(pki, "node-a", Path.Combine(root, "a"));
+            source = await TlsAgent.StartAsync(pki, "node-a", Path.Combine(root, "a"), sourceSettings);
             var target = await TlsAgent.StartAsync(pki, "node-b", Path.Combine(root, "b"), targetSettings);
             return new TransferAgents(pki, root, source, target);
         }
