@@ -585,7 +585,7 @@ public static partial class Restorer
 
             if (!StagedFileDigest.OfFile(kind, full).AsSpan().SequenceEqual(expected))
             {
-                throw new RestoreFailedException($"image file {path} does not match its {(kind == StagedDigestKind.Sha256 ? "SHA-256" : "XXH3-128")}: the staged images are corrupted");
+                throw new RestoreFailedException($"image file {path} does not match its {StagedFileDigest.NameOf(kind)}: the staged images are corrupted");
             }
         }
     }

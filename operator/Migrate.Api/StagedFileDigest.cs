@@ -37,6 +37,9 @@ public sealed class StagedFileDigest : IDisposable
 
     public StagedDigestKind Kind { get; }
 
+    /// <summary>How <paramref name="kind"/> is named in messages.</summary>
+    public static string NameOf(StagedDigestKind kind) => kind == StagedDigestKind.Sha256 ? "SHA-256" : "XXH3-128";
+
     /// <summary>The length of a digest of <paramref name="kind"/>.</summary>
     public static int LengthOf(StagedDigestKind kind) => kind == StagedDigestKind.Sha256 ? 32 : 16;
 

@@ -40,6 +40,16 @@ public static class FileDigests
         return kind == StagedDigestKind.Sha256 ? file.Sha256 : file.Xxh128;
     }
 
+    /// <summary>A digest given at an upload's end, of <paramref name="kind"/> (empty when it has none).</summary>
+    public static ByteString DigestOf(this FileDigest digest, StagedDigestKind kind)
+    {
+        ArgumentNullException.ThrowIfNull(digest);
+        return kind == StagedDigestKind.Sha256 ? digest.Sha256 : digest.Xxh128;
+    }
+
+    /// <summary>The kind that is not <paramref name="kind"/>: an upload's entries must leave it empty.</summary>
+    public static StagedDigestKind Other(StagedDigestKind kind) => kind == StagedDigestKind.Sha256 ? StagedDigestKind.Xxh128 : StagedDigestKind.Sha256;
+
     /// <summary>Sets a manifest entry's digest of <paramref name="kind"/>.</summary>
     public static void SetDigest(this ManifestFile file, StagedDigestKind kind, ByteString digest)
     {
@@ -156,17 +166,9 @@ public sealed class OwedDigests : IDisposable
                 FileDigests.Remember(_owed[file], _kind, ByteString.CopyFrom(digest));
             }
 
-            var given = new FileDigest { File = (uint)file };
-            if (_kind == StagedDigestKind.Sha256)
-            {
-                given.Sha256 = ByteString.CopyFrom(digest);
-            }
-            else
-            {
-                given.Xxh128 = ByteString.CopyFrom(digest);
-            }
-
-            done.Digests.Add(given);
+            done.Digests.Add(_kind == StagedDigestKind.Sha256
+                ? new FileDigest { File = (uint)file, Sha256 = ByteString.CopyFrom(digest) }
+                : new FileDigest { File = (uint)file, Xxh128 = ByteString.CopyFrom(digest) });
         }
 
         return done;

@@ -776,15 +776,14 @@ public sealed partial class ImageReceiver : IDisposable
         var paths = new HashSet<string>(StringComparer.Ordinal);
         long total = 0;
         var kind = header.Xxh128 ? StagedDigestKind.Xxh128 : StagedDigestKind.Sha256;
-        var other = kind == StagedDigestKind.Xxh128 ? StagedDigestKind.Sha256 : StagedDigestKind.Xxh128;
         foreach (var file in manifest.Files)
         {
             _ = TransferPaths.Confine(filesRoot, file.Path, out var reason) ?? throw Reject(StatusCode.InvalidArgument, "path", $"the manifest names {reason}");
             var digest = file.DigestOf(kind);
-            if (!paths.Add(file.Path) || !file.DigestOf(other).IsEmpty
+            if (!paths.Add(file.Path) || !file.DigestOf(FileDigests.Other(kind)).IsEmpty
                 || (digest.Length != StagedFileDigest.LengthOf(kind) && !(header.DigestsFollow && digest.IsEmpty)))
             {
-                throw Reject(StatusCode.InvalidArgument, "malformed", $"the manifest lists {file.Path} twice or without a {NameOf(kind)} (and only that)");
+                throw Reject(StatusCode.InvalidArgument, "malformed", $"the manifest lists {file.Path} twice or without a {StagedFileDigest.NameOf(kind)} (and only that)");
             }
 
             total = checked(total + (long)Math.Min(file.Size, long.MaxValue / 2));
@@ -864,9 +863,6 @@ public sealed partial class ImageReceiver : IDisposable
             File.Delete(Path.Combine(directory, file));
         }
     }
-
-    /// <summary>How a digest kind is named in errors.</summary>
-    internal static string NameOf(StagedDigestKind kind) => kind == StagedDigestKind.Sha256 ? "SHA-256" : "XXH3-128";
 
     private static TransferRejectedException Reject(StatusCode code, string reason, string message)
     {
@@ -1203,7 +1199,7 @@ public sealed partial class ImageReceiver : IDisposable
                 var path = Path.Combine(_filesRoot, file.Path);
                 if (!StagedFileDigest.OfFile(_kind, path).AsSpan().SequenceEqual(expected[i]))
                 {
-                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its {NameOf(_kind)} (read back from this node's disk): the images were corrupted on the way or on the disk");
+                    throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its {StagedFileDigest.NameOf(_kind)} (read back from this node's disk): the images were corrupted on the way or on the disk");
                 }
 
                 stamps.Add(StagedFileStamp.Of(path, file.Path) ?? throw new IOException($"{path} cannot be examined (statx)"));
@@ -1220,13 +1216,12 @@ public sealed partial class ImageReceiver : IDisposable
             int length = StagedFileDigest.LengthOf(_kind);
             foreach (var digest in done.Digests)
             {
-                var bytes = _kind == StagedDigestKind.Sha256 ? digest.Sha256 : digest.Xxh128;
-                var wrong = _kind == StagedDigestKind.Sha256 ? digest.Xxh128 : digest.Sha256;
+                var bytes = digest.DigestOf(_kind);
                 if (digest.File >= expected.Length || given[digest.File] || !_manifest.Files[(int)digest.File].DigestOf(_kind).IsEmpty
-                    || bytes.Length != length || !wrong.IsEmpty)
+                    || bytes.Length != length || !digest.DigestOf(FileDigests.Other(_kind)).IsEmpty)
                 {
                     throw Reject(StatusCode.InvalidArgument, "malformed",
-                        $"the upload's end gives a digest for file {digest.File} that the manifest does not leave to it, twice, or not a {NameOf(_kind)}");
+                        $"the upload's end gives a digest for file {digest.File} that the manifest does not leave to it, twice, or not a {StagedFileDigest.NameOf(_kind)}");
                 }
 
                 given[digest.File] = true;
@@ -1237,7 +1232,7 @@ public sealed partial class ImageReceiver : IDisposable
             {
                 if (expected[i].Length == 0)
                 {
-                    throw Reject(StatusCode.InvalidArgument, "malformed", $"the upload ended without the {NameOf(_kind)} of {_manifest.Files[i].Path}");
+                    throw Reject(StatusCode.InvalidArgument, "malformed", $"the upload ended without the {StagedFileDigest.NameOf(_kind)} of {_manifest.Files[i].Path}");
                 }
             }
 
