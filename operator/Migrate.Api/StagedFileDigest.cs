@@ -48,14 +48,24 @@ public sealed class StagedFileDigest : IDisposable
     {
         ArgumentNullException.ThrowIfNull(stream);
         using var digest = new StagedFileDigest(kind);
-        var buffer = new byte[1 << 20];
+        digest.AppendFrom(stream, long.MaxValue);
+        return digest.Finish();
+    }
+
+    /// <summary>Appends the next <paramref name="count"/> bytes of <paramref name="stream"/> (fewer if it ends first); returns how many it read.</summary>
+    public long AppendFrom(Stream stream, long count)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        var buffer = new byte[(int)Math.Min(1 << 20, Math.Max(count, 1))];
+        long done = 0;
         int read;
-        while ((read = stream.Read(buffer, 0, buffer.Length)) > 0)
+        while (done < count && (read = stream.Read(buffer, 0, (int)Math.Min(buffer.Length, count - done))) > 0)
         {
-            digest.Append(buffer.AsSpan(0, read));
+            Append(buffer.AsSpan(0, read));
+            done += read;
         }
 
-        return digest.Finish();
+        return done;
     }
 
     /// <summary>The digest of the file at <paramref name="path"/>.</summary>

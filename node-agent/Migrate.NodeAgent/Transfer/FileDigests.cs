@@ -115,17 +115,9 @@ public sealed class OwedDigests : IDisposable
         if (offset > 0)
         {
             using var stream = new FileStream(PathOf(file), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
-            var buffer = new byte[1 << 20];
-            for (long at = 0; at < offset;)
+            if (_digest.AppendFrom(stream, offset) < offset)
             {
-                int read = stream.Read(buffer, 0, (int)Math.Min(buffer.Length, offset - at));
-                if (read <= 0)
-                {
-                    throw new InvalidOperationException($"{_manifest.Files[file].Path} shrank while it was sent");
-                }
-
-                _digest.Append(buffer.AsSpan(0, read));
-                at += read;
+                throw new InvalidOperationException($"{_manifest.Files[file].Path} shrank while it was sent");
             }
         }
     }
