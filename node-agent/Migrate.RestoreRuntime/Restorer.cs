@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Migrate.Criu;
+using Migrate.Criu.Images;
 using Migrate.Criu.Lazy;
 using Migrate.NodeAgent.Checkpointing;
 using Migrate.NodeAgent.Networking;
@@ -212,6 +213,8 @@ public static partial class Restorer
             arguments.Add("--lazy-pages");
         }
 
+        long helpersReady = clock.ElapsedMilliseconds;
+
         if (line.CommandOption("--pid-file") is { } pidFile)
         {
             arguments.AddRange(["--pid-file", pidFile]);
@@ -244,7 +247,8 @@ public static partial class Restorer
 
         File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
         long done = clock.ElapsedMilliseconds;
-        var steps = string.Create(CultureInfo.InvariantCulture, $"files {prepared} ms, address {claimed - prepared} ms, runc restore {ran - claimed} ms");
+        var steps = string.Create(CultureInfo.InvariantCulture,
+            $"files {prepared} ms, address {claimed - prepared} ms, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
         var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), done, lazy, steps);
         File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -620,6 +624,22 @@ public static partial class Restorer
     {
         int at = source.IndexOf(EmptyDirMarker, StringComparison.Ordinal);
         return at < 0 ? null : source[(at + EmptyDirMarker.Length)..].Split('/')[0];
+    }
+
+    /// <summary>For the report: how much of runc's restore CRIU took by its own log, and the restore proper by its statistics.</summary>
+    private static string CriuPart(string work, string images)
+    {
+        try
+        {
+            var span = CriuStatisticsReader.LogSpan(Path.Combine(work, "restore.log"));
+            var stats = CriuStatisticsReader.ReadRestore(work) ?? CriuStatisticsReader.ReadRestore(images);
+            return span is null ? "" : string.Create(CultureInfo.InvariantCulture,
+                $" (CRIU {span.Value.TotalMilliseconds:0} ms of it{(stats is null ? "" : $", its restore proper {stats.RestoreTime.TotalMilliseconds:0} ms")})");
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or Google.Protobuf.InvalidProtocolBufferException)
+        {
+            return ""; // the figures are for people reading the report; the restore itself succeeded
+        }
     }
 
     /// <summary>CRIU's error lines from the restore log (the reason a restore failed).</summary>

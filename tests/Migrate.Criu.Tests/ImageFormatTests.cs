@@ -13,6 +13,33 @@ public sealed class ImageFormatTests : IDisposable
 
     public void Dispose() => Directory.Delete(_root, recursive: true);
 
+    [Theory]
+    [InlineData("(00.000123) Version: 4.1.1", 0.000123)]
+    [InlineData("(12.500000) pie: 1: Restore finished successfully", 12.5)]
+    [InlineData("( 3.25) padded", 3.25)]
+    [InlineData("Warn  (criu/kerndat.c:1): no stamp", null)]
+    [InlineData("() empty", null)]
+    [InlineData("(abc) not a number", null)]
+    [InlineData("(-1.0) negative", null)]
+    [InlineData("", null)]
+    public void A_criu_log_line_gives_its_stamp_or_none(string line, double? seconds)
+    {
+        var stamp = CriuStatisticsReader.LineStamp(line);
+        Assert.Equal(seconds, stamp?.TotalSeconds);
+    }
+
+    [Fact]
+    public void A_criu_log_spans_to_its_last_stamped_line()
+    {
+        var log = Path.Combine(_root, "restore.log");
+        File.WriteAllLines(log, ["(00.000010) Version", "a continuation line without a stamp", "(00.412000) cr_restore_tasks", "(00.731500) Restore finished", "trailing text"]);
+
+        Assert.Equal(TimeSpan.FromMilliseconds(731.5), CriuStatisticsReader.LogSpan(log));
+        Assert.Null(CriuStatisticsReader.LogSpan(Path.Combine(_root, "missing.log")));
+        File.WriteAllText(log, "no stamps at all\n");
+        Assert.Null(CriuStatisticsReader.LogSpan(log));
+    }
+
     [Fact]
     public void A_pagemap_written_reads_back_identically()
     {

@@ -62,6 +62,45 @@ public static class CriuStatisticsReader
             r.PagesCompared, r.PagesSkippedCow, Micros(r.ForkingTime), Micros(r.RestoreTime), r.PagesRestored);
     }
 
+    /// <summary>
+    /// How long the CRIU run that wrote <paramref name="logPath"/> took by its own clock: the stamp
+    /// of its last stamped line (CRIU stamps each line "(seconds.micros)" from its start). Null when
+    /// the log is missing or has no stamped line.
+    /// </summary>
+    public static TimeSpan? LogSpan(string logPath)
+    {
+        if (!File.Exists(logPath))
+        {
+            return null;
+        }
+
+        TimeSpan? last = null;
+        foreach (var line in File.ReadLines(logPath))
+        {
+            if (LineStamp(line) is { } stamp)
+            {
+                last = stamp;
+            }
+        }
+
+        return last;
+    }
+
+    /// <summary>The "(seconds.micros)" stamp a CRIU log line starts with, or null when it has none.</summary>
+    public static TimeSpan? LineStamp(string line)
+    {
+        ArgumentNullException.ThrowIfNull(line);
+        if (line.Length < 3 || line[0] != '(' || line.IndexOf(')', StringComparison.Ordinal) is not (> 1 and var close))
+        {
+            return null;
+        }
+
+        var digits = line.AsSpan(1, close - 1).Trim();
+        return decimal.TryParse(digits, System.Globalization.NumberStyles.AllowDecimalPoint, System.Globalization.CultureInfo.InvariantCulture, out var seconds)
+            ? TimeSpan.FromTicks((long)(seconds * TimeSpan.TicksPerSecond))
+            : null;
+    }
+
     private static StatsEntry? ReadEntry(string path)
     {
         if (!File.Exists(path))

@@ -22,6 +22,7 @@ public sealed partial class IncomingMigrations : BackgroundService
     private readonly MigrationEvents _events;
     private readonly ILogger<IncomingMigrations> _logger;
     private readonly Dictionary<string, string> _seen = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _reported = new(StringComparer.Ordinal);
     private readonly Networking.NamespaceStepRunner _steps = new();
     private readonly Networking.PodNetworkLock _network = new();
 
@@ -209,6 +210,7 @@ public sealed partial class IncomingMigrations : BackgroundService
                     {
                         _seen[id] = signature;
                         _events.Changed(id);
+                        ReportRestores(id);
                     }
                 }
 
@@ -223,6 +225,29 @@ public sealed partial class IncomingMigrations : BackgroundService
                 // a directory went away while it was read; the next round sees the rest
             }
         }
+    }
+
+    /// <summary>Logs, once each, the restores the runtime finished for a migration, with where their time went.</summary>
+    private void ReportRestores(string migrationId)
+    {
+        var directory = _layout.Incoming(migrationId);
+        foreach (var file in Directory.EnumerateFiles(directory, "restore-*.done"))
+        {
+            if (_reported.Add(file))
+            {
+                try
+                {
+                    var report = JsonSerializer.Deserialize(File.ReadAllText(file), RestoreReportJson.Default.RestoreReport);
+                    LogRestored(migrationId, Path.GetFileName(file)[8..^5], report?.RestoreMillis ?? 0, report?.Steps ?? "no steps reported");
+                }
+                catch (Exception e) when (e is IOException or JsonException)
+                {
+                    _reported.Remove(file); // being written: read again on the next change
+                }
+            }
+        }
+
+        _reported.RemoveWhere(f => !File.Exists(f));
     }
 
     private static IEnumerable<RestoreState> Restores(string directory)
@@ -307,6 +332,9 @@ public sealed partial class IncomingMigrations : BackgroundService
             : "";
 
     private const UnixFileMode OwnerOnly = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: container {Container} restored in {Millis} ms after the commit ({Steps})")]
+    private partial void LogRestored(string migration, string container, long millis, string steps);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the final images were committed; a waiting restore may begin")]
     private partial void LogCommitted(string migration);
