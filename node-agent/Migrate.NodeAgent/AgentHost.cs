@@ -103,6 +103,7 @@ public static class AgentHost
         builder.Services.AddHostedService(sp => sp.GetRequiredService<MigrationOperations>());
         builder.Services.AddSingleton<StagingGarbageCollector>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<StagingGarbageCollector>());
+        builder.Services.AddHostedService<CriuKernelFacts>();
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(resource => resource.AddService("podmig-node-agent")
                 .AddAttributes([new("k8s.node.name", section[nameof(AgentOptions.NodeName)] ?? new AgentOptions().NodeName)]))

@@ -158,6 +158,13 @@ public sealed class AgentOptions
     public bool DigestsFollow { get; set; } = true;
 
     /// <summary>
+    /// Where <c>/run</c> is not a tmpfs (CRIU then keeps no cache of its kernel probes), write the
+    /// cache CRIU makes on this kernel to <c>/run/criu.kdat</c> at start, so no CRIU run in a freeze
+    /// probes the kernel again (<see cref="CriuKernelFacts"/>). Off: every CRIU run probes.
+    /// </summary>
+    public bool KeepCriuKernelFacts { get; set; } = true;
+
+    /// <summary>
     /// The checksum this agent's uploads carry for each file: <c>Xxh128</c> (XXH3's 128-bit hash,
     /// the default; about a tenth of SHA-256's CPU) or <c>Sha256</c> (for a target agent older than
     /// <c>UploadHeader.xxh128</c>). Mutual TLS authenticates every byte on the wire; the checksum
