@@ -40,6 +40,75 @@ public sealed class ImageFormatTests : IDisposable
         Assert.Null(CriuStatisticsReader.LogSpan(log));
     }
 
+    [Theory]
+    [InlineData(0L, 1L << 20)] // a round that found nothing: the minimum
+    [InlineData(1000L, 1000L * 4096 * 125 / 100)] // the last round's pages and a quarter more
+    [InlineData(200_000L, CaptureSpares.MaximumTotalBytes)] // a very fast writer: capped
+    public void A_spare_is_the_last_rounds_pages_and_a_margin_within_bounds(long lastRoundPages, long expected)
+    {
+        var sizes = CaptureSpares.Sizes(new Dictionary<int, ulong> { [1] = (ulong)lastRoundPages });
+
+        Assert.Equal(expected, sizes[1], tolerance: Page);
+        Assert.Equal(0, sizes[1] % Page);
+    }
+
+    [Fact]
+    public void Spares_of_several_tasks_are_scaled_down_together_to_fit_the_cap()
+    {
+        var sizes = CaptureSpares.Sizes(new Dictionary<int, ulong> { [1] = 100_000, [2] = 50_000, [3] = 0 });
+
+        Assert.True(sizes.Values.Sum() <= CaptureSpares.MaximumTotalBytes, $"{sizes.Values.Sum()} bytes");
+        Assert.True(sizes[1] > sizes[2] && sizes[2] > sizes[3] && sizes[3] > 0);
+        Assert.All(sizes.Values, size => Assert.Equal(0, size % Page));
+    }
+
+    [Theory]
+    [InlineData(64)] // longer than the pages: cut to them
+    [InlineData(2)] // shorter: grows
+    public void Pages_written_over_a_spare_file_are_the_same_set_as_pages_written_into_a_new_file(int sparePages)
+    {
+        byte[][] pages = [Fill(1), Fill(2), Fill(3), Fill(4), Fill(5)];
+        var plain = Directory.CreateDirectory(Path.Combine(_root, "plain")).FullName;
+        var over = Directory.CreateDirectory(Path.Combine(_root, "over")).FullName;
+        WriteSet(plain, 7, 0x10000, pages);
+        var spare = CaptureSpares.PathFor(_root, 7);
+        File.WriteAllBytes(spare, Enumerable.Repeat((byte)0xee, sparePages * Page).ToArray());
+
+        using (var builder = new PagemapBuilder(over, 7, 1, spare))
+        {
+            builder.AddPresent(0x10000, pages[0]);
+            builder.AddParent(0x11000, 3);
+            for (int i = 1; i < pages.Length; i++)
+            {
+                builder.AddPresent(0x14000 + ((ulong)(i - 1) * Page), pages[i]);
+            }
+
+            builder.Complete();
+        }
+
+        Assert.False(File.Exists(spare), "the spare became the pages file");
+        Assert.Equal(pages.SelectMany(p => p).ToArray(), File.ReadAllBytes(Path.Combine(over, CriuPagemap.PagesFileName(1))));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(plain, CriuPagemap.PagesFileName(1))), File.ReadAllBytes(Path.Combine(over, CriuPagemap.PagesFileName(1))));
+        Assert.Equal(5UL, CriuPagemap.Read(over, 7).PresentPages);
+        Assert.Equal(3UL, CriuPagemap.Read(over, 7).ParentPages);
+    }
+
+    [Fact]
+    public void Spares_are_made_from_the_last_rounds_pagemaps_and_removed_leaving_the_image_sets()
+    {
+        var round = Directory.CreateDirectory(Path.Combine(_root, "round-1")).FullName;
+        WriteSet(round, 3, 0x10000, [Fill(1), Fill(2)]);
+
+        long bytes = CaptureSpares.Prepare(_root, round);
+
+        Assert.Equal(1L << 20, bytes);
+        Assert.Equal(1L << 20, new FileInfo(CaptureSpares.PathFor(_root, 3)).Length);
+        Assert.EndsWith(".tmp", CaptureSpares.PathFor(_root, 3), StringComparison.Ordinal); // never sent by a transfer
+        CaptureSpares.Remove(_root);
+        Assert.False(File.Exists(CaptureSpares.PathFor(_root, 3)));
+        Assert.True(File.Exists(Path.Combine(round, CriuPagemap.PagesFileName(1))));
+    }
+
     [Fact]
     public void A_pagemap_written_reads_back_identically()
     {
