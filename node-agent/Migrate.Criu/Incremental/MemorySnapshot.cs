@@ -85,11 +85,10 @@ public static class MemorySnapshot
     /// round was read), pages it shows unchanged that the parent chain holds are not read at all.
     /// With <paramref name="leaveOnSource"/> (post-copy), the pages that would be read are not: they
     /// are listed as left on the source (<see cref="PagemapBuilder.AddRemote"/>), to be fetched from
-    /// the frozen tree after the restore. With <paramref name="spares"/>, each task's pages are
-    /// written over the spare <see cref="CaptureSpares"/> made there before the freeze, if any.
+    /// the frozen tree after the restore.
     /// </summary>
     public static SnapshotResult CaptureLazy(int rootPid, string lazyDumpDirectory, string directory, string? parentDirectory, MemoryChanges? changes = null,
-        bool leaveOnSource = false, string? spares = null)
+        bool leaveOnSource = false)
     {
         var stopwatch = Stopwatch.StartNew();
         using var parent = CreateSet(ref directory, parentDirectory);
@@ -115,7 +114,7 @@ public static class MemorySnapshot
             tasks++;
             var tracked = changes?.For(hostPid);
             using var memory = File.OpenHandle($"/proc/{hostPid}/mem", FileMode.Open, FileAccess.Read);
-            using var builder = new PagemapBuilder(directory, map.Id, ++pagesId, spares is null || leaveOnSource ? null : CaptureSpares.PathFor(spares, map.Id));
+            using var builder = new PagemapBuilder(directory, map.Id, ++pagesId);
             foreach (var entry in lazy)
             {
                 for (uint done = 0; done < entry.PageCount;)

@@ -5,9 +5,7 @@ namespace Migrate.Criu.Incremental;
 /// <summary>
 /// Writes one task's pagemap and pages file page by page, merging neighbouring pages with the same
 /// flags into one entry. Files are written under temporary names and moved into place by
-/// <see cref="Complete"/>, so a pagemap being rewritten stays readable until then. Given a spare
-/// file (<see cref="CaptureSpares"/>), the pages file is that file, written over from its start and
-/// cut to what was written: its page cache was made before, so writing costs no new memory.
+/// <see cref="Complete"/>, so a pagemap being rewritten stays readable until then.
 /// </summary>
 internal sealed class PagemapBuilder : IDisposable
 {
@@ -19,19 +17,13 @@ internal sealed class PagemapBuilder : IDisposable
     private readonly List<PagemapEntry> _entries = [];
     private bool _completed;
 
-    public PagemapBuilder(string directory, int id, uint pagesId, string? spareFile = null)
+    public PagemapBuilder(string directory, int id, uint pagesId)
     {
         _directory = directory;
         _id = id;
         _pagesId = pagesId;
         _pagesTemp = Path.Combine(directory, CriuPagemap.PagesFileName(pagesId) + ".partial");
-        bool spare = spareFile is not null && File.Exists(spareFile);
-        if (spare)
-        {
-            File.Move(spareFile!, _pagesTemp, overwrite: true);
-        }
-
-        _pages = new FileStream(_pagesTemp, spare ? FileMode.Open : FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        _pages = new FileStream(_pagesTemp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
     }
 
     public ulong PresentPages { get; private set; }
@@ -71,8 +63,6 @@ internal sealed class PagemapBuilder : IDisposable
     public CriuPagemap Complete()
     {
         _pages.Flush(flushToDisk: false);
-        // (a spare file written over is longer than the pages)
-        _pages.SetLength(_pages.Position);
         _pages.Dispose();
         var map = new CriuPagemap(_id, _pagesId, _entries);
         var finalPages = Path.Combine(_directory, CriuPagemap.PagesFileName(_pagesId));

@@ -220,31 +220,12 @@ public sealed class PreCopySession
         }
 
         var previous = _rounds.Count > 0 ? _rounds[^1].Directory : _ancestor;
-        SnapshotResult snapshot;
-        CriuDumpResult dump;
-        MemoryChanges? changes;
-        try
-        {
-            dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null, LazyPages = true });
-            changes = TrackedChanges(_rounds.Count + 1);
-            snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous, changes, leaveOnSource, _baseDirectory);
-        }
-        finally
-        {
-            CaptureSpares.Remove(_baseDirectory);
-        }
-
+        var dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null, LazyPages = true });
+        var changes = TrackedChanges(_rounds.Count + 1);
+        var snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous, changes, leaveOnSource);
         return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory, changes is not null, snapshot.PagesRead,
             snapshot.PagesRemote);
     }
-
-    /// <summary>
-    /// While the tree still runs, before a lazy final dump that reads the memory (not one that
-    /// leaves it on the source): the page cache for the files its capture will write, sized from
-    /// the last round (<see cref="CaptureSpares"/>), so that writing them while frozen takes no new
-    /// memory. Nothing without a round. Returns the bytes prepared.
-    /// </summary>
-    public long PrepareFinalCapture() => _rounds.Count == 0 ? 0 : CaptureSpares.Prepare(_baseDirectory, _rounds[^1].Directory);
 
     /// <summary>
     /// Before reading round <paramref name="number"/> (or the final memory, numbered after the last

@@ -280,10 +280,6 @@ public sealed partial class CheckpointEngine : IDisposable
             {
                 // measured while the pod runs: which containers' processes share memory a lazy restore would duplicate
                 MeasureSharing(record, dump);
-                if (!postCopy)
-                {
-                    PrepareFinalCaptures(record, dump);
-                }
             }
 
             if (hold is not null)
@@ -366,33 +362,6 @@ public sealed partial class CheckpointEngine : IDisposable
             {
                 LogKeepsSharing(record.MigrationId, container.Name, shared >> 20);
             }
-        }
-    }
-
-    /// <summary>
-    /// While the pod runs: the page cache the frozen capture of each container whose memory is read
-    /// after a lazy dump will write into (<see cref="PreCopySession.PrepareFinalCapture"/>). Best
-    /// effort: without it the capture writes new files, as it always could.
-    /// </summary>
-    private void PrepareFinalCaptures(MigrationRecord record, FreezeProgress dump)
-    {
-        var clock = Stopwatch.StartNew();
-        long bytes = 0;
-        foreach (var container in record.Containers.Where(c => !CopyOnWriteSharing.KeepsSharing(dump.SharedBytes.GetValueOrDefault(c.Name))))
-        {
-            try
-            {
-                bytes += Session(record, container, running: false).PrepareFinalCapture();
-            }
-            catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
-            {
-                LogCaptureNotPrepared(record.MigrationId, container.Name, e.Message);
-            }
-        }
-
-        if (bytes > 0)
-        {
-            LogCapturePrepared(record.MigrationId, bytes >> 20, clock.ElapsedMilliseconds);
         }
     }
 
@@ -1122,12 +1091,6 @@ public sealed partial class CheckpointEngine : IDisposable
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);
-
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {MiB} MiB of page cache made for the frozen capture in {Millis} ms, while the pod runs")]
-    private partial void LogCapturePrepared(string migration, long miB, long millis);
-
-    [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: no page cache made for the frozen capture of container {Container} ({Reason}); it writes new files")]
-    private partial void LogCaptureNotPrepared(string migration, string container, string reason);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: final dump failed while {Step}")]
     private partial void LogDumpFailed(Exception error, string migration, string step);
