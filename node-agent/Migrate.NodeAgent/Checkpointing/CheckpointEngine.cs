@@ -514,8 +514,10 @@ public sealed partial class CheckpointEngine : IDisposable
             dump.Step = "locking the pod's network";
             record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             // queued connections the pod has not accepted yet are given a moment; any left are skipped
+            var lockStart = clock.Elapsed;
             dump.InFlight = _handover.Lock(locking, record.Containers[0].Pid, record.Save);
-            dump.Response.NetworkMillis = Millis(clock.Elapsed);
+            // (from the lock's start: the dump's clock also ran while shared memory was measured, before the freeze)
+            dump.Response.NetworkMillis = Millis(clock.Elapsed - lockStart);
         }
 
         using (AgentTelemetry.Source.StartActivity("checkpoint.freeze"))
