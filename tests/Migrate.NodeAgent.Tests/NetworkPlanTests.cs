@@ -112,4 +112,40 @@ public sealed class NetworkPlanTests
 
         Assert.Contains("no network namespace at /nonexistent", Assert.Throws<ArgumentException>(() => runner.Run("/nonexistent", steps, "lock")).Message, StringComparison.Ordinal);
     }
+    [Fact]
+    public void Independent_steps_all_run_at_once_each_with_its_own_condition_and_the_first_failure_in_order_is_thrown_after_all_ended()
+    {
+        var ran = new System.Collections.Concurrent.ConcurrentBag<string>();
+        var failing = new HashSet<string> { "check-v4", "restore-v6" };
+        int running = 0, most = 0;
+        var runner = new NamespaceStepRunner(c =>
+        {
+            var inner = string.Join(' ', c.Arguments.Skip(1));
+            int now = Interlocked.Increment(ref running);
+            int seen;
+            while ((seen = Volatile.Read(ref most)) < now && Interlocked.CompareExchange(ref most, now, seen) != seen)
+            {
+            }
+
+            Thread.Sleep(inner.StartsWith("restore", StringComparison.Ordinal) ? 200 : 0);
+            Interlocked.Decrement(ref running);
+            ran.Add(inner);
+            return new HostCommandResult(failing.Contains(inner) ? 1 : 0, "", failing.Contains(inner) ? "it says no" : "");
+        });
+        NamespaceStep[] steps =
+        [
+            new(new("restore-v4"), UnlessSucceeds: new("check-v4")), // check fails: runs
+            new(new("restore-v6"), UnlessSucceeds: new("check-v6")), // check succeeds: skipped
+        ];
+
+        runner.RunIndependent("/proc/self/ns/net", steps, "lock");
+        Assert.Equal(["check-v4", "check-v6", "restore-v4"], ran.Order(StringComparer.Ordinal));
+
+        ran.Clear();
+        failing = ["check-v4", "check-v6", "restore-v4", "restore-v6"];
+        var error = Assert.Throws<IOException>(() => runner.RunIndependent("/proc/self/ns/net", steps, "lock the pod"));
+        Assert.Equal("cannot lock the pod: 'nsenter --net=/proc/self/ns/net restore-v4' failed (1): it says no", error.Message);
+        Assert.Equal(["check-v4", "check-v6", "restore-v4", "restore-v6"], ran.Order(StringComparer.Ordinal)); // the second family ran all the same
+        Assert.Equal(2, most); // both restores at once
+    }
 }

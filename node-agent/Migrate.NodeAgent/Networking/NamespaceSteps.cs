@@ -15,6 +15,43 @@ public sealed class NamespaceStepRunner(Func<HostCommand, HostCommandResult>? ru
     /// <summary>Whether <paramref name="command"/> succeeds inside the namespace.</summary>
     public bool Succeeds(string namespacePath, HostCommand command) => _run(command.InNetworkNamespace(namespacePath)).Succeeded;
 
+    /// <summary>
+    /// Runs steps that do not depend on each other (each with its own condition) at once, each as
+    /// <see cref="Run"/> would: the lock's two families are two processes each, and the lock is the
+    /// start of the pod's downtime. Every step is run; the first unexpected failure, in the steps'
+    /// order, is thrown after all of them ended.
+    /// </summary>
+    public void RunIndependent(string namespacePath, IReadOnlyList<NamespaceStep> steps, string what)
+    {
+        ArgumentNullException.ThrowIfNull(steps);
+        var failures = new Exception?[steps.Count];
+        void RunStep(int i)
+        {
+            try
+            {
+                Run(namespacePath, [steps[i]], what);
+            }
+            catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+            {
+                failures[i] = e;
+            }
+        }
+
+        // threads of their own, not the pool's: at once even when the pool is busy
+        var others = Enumerable.Range(1, Math.Max(0, steps.Count - 1)).Select(i => new Thread(() => RunStep(i)) { IsBackground = true, Name = "podmig namespace step" }).ToList();
+        others.ForEach(t => t.Start());
+        if (steps.Count > 0)
+        {
+            RunStep(0);
+        }
+
+        others.ForEach(t => t.Join());
+        if (failures.FirstOrDefault(f => f is not null) is { } failure)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        }
+    }
+
     /// <summary>Runs every step in order; the first unexpected failure stops the plan with an error naming <paramref name="what"/>, the command and its output.</summary>
     public void Run(string namespacePath, IEnumerable<NamespaceStep> steps, string what)
     {
