@@ -41,6 +41,63 @@ public sealed class ImageFormatTests : IDisposable
     }
 
     [Fact]
+    public void A_covered_run_is_every_page_from_there_that_some_set_of_the_chain_holds_across_entry_boundaries()
+    {
+        // three rounds of scattered writes over 64 pages, and holes: the run from each address must be
+        // exactly the pages Covers says, one by one, counted until the first it does not
+        var round1 = Directory.CreateDirectory(Path.Combine(_root, "round-1")).FullName;
+        var round2 = Directory.CreateDirectory(Path.Combine(_root, "round-2")).FullName;
+        var round3 = Directory.CreateDirectory(Path.Combine(_root, "round-3")).FullName;
+        File.CreateSymbolicLink(Path.Combine(round2, "parent"), "../round-1");
+        File.CreateSymbolicLink(Path.Combine(round3, "parent"), "../round-2");
+        const ulong start = 0x100000;
+        var random = new Random(11);
+        WriteRound(round1, start, 64, page => page is 20 or 21 or 40 ? 'h' : 'p');                    // holes at 20, 21, 40
+        WriteRound(round2, start, 64, page => page == 50 ? 'h' : random.Next(4) == 0 ? 'p' : 'i');    // scattered; 50 missing here
+        WriteRound(round3, start, 64, page => page == 60 ? 'h' : random.Next(3) == 0 ? 'p' : 'i');
+        using var chain = ImageChain.Open(round3);
+
+        for (int from = 0; from < 66; from++)
+        {
+            foreach (int max in new[] { 1, 3, 17, 80 })
+            {
+                int expected = 0;
+                while (expected < max && chain.Covers(7, start + ((ulong)(from + expected) * Page)))
+                {
+                    expected++;
+                }
+
+                Assert.True(expected == chain.CoveredRun(7, start + ((ulong)from * Page), max), $"from page {from}, at most {max}: {expected} expected");
+            }
+        }
+
+        Assert.Equal(20, chain.CoveredRun(7, start, 64)); // round 1's first hole ends it, whatever the entries above
+        Assert.Equal(0, chain.CoveredRun(7, start + (20 * Page), 64));
+        Assert.Equal(0, chain.CoveredRun(8, start, 64)); // a task no set has
+    }
+
+    /// <summary>An image set of task 7 over <paramref name="pages"/> pages: present ('p'), in the parent ('i') or absent ('h') per page.</summary>
+    private static void WriteRound(string directory, ulong start, int pages, Func<int, char> kind)
+    {
+        using var builder = new PagemapBuilder(directory, 7, 1);
+        for (int page = 0; page < pages; page++)
+        {
+            ulong at = start + ((ulong)page * Page);
+            switch (kind(page))
+            {
+                case 'p':
+                    builder.AddPresent(at, Fill(page));
+                    break;
+                case 'i':
+                    builder.AddParent(at);
+                    break;
+            }
+        }
+
+        builder.Complete();
+    }
+
+    [Fact]
     public void A_pagemap_written_reads_back_identically()
     {
         var map = new CriuPagemap(7, 3, [

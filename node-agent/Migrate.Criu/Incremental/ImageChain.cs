@@ -147,19 +147,38 @@ internal sealed class ImageChain : IDisposable
         return entry.IsInParent ? _parent?.Covers(id, address) ?? false : entry.IsPresent && task.Pages is not null;
     }
 
-    /// <summary>How many pages from <paramref name="address"/> on (at most <paramref name="maxPages"/>) this set or an ancestor holds, without reading them.</summary>
+    /// <summary>
+    /// How many pages from <paramref name="address"/> on (at most <paramref name="maxPages"/>) this
+    /// set or an ancestor holds, without reading them: the whole run, across the boundaries of
+    /// entries in every set of the chain (a chain of rounds of scattered writes has thousands of
+    /// short entries, and a run cut at each would cost a search per piece while the tree is frozen).
+    /// </summary>
     public int CoveredRun(int id, ulong address, int maxPages)
     {
         var task = GetTask(id);
         int index = task?.Find(address) ?? -1;
-        if (index < 0 || maxPages <= 0)
+        int covered = 0;
+        while (index >= 0 && index < task!.Entries.Count && covered < maxPages)
         {
-            return 0;
+            var entry = task.Entries[index];
+            ulong at = address + ((ulong)covered * PagemapEntry.PageSize);
+            if (at < entry.Address)
+            {
+                break; // a hole before the next entry
+            }
+
+            int run = (int)Math.Min((ulong)(maxPages - covered), (entry.End - at) / PagemapEntry.PageSize);
+            int held = entry.IsInParent ? _parent?.CoveredRun(id, at, run) ?? 0 : entry.IsPresent && task.Pages is not null ? run : 0;
+            covered += held;
+            if (held < run)
+            {
+                break;
+            }
+
+            index++;
         }
 
-        var entry = task!.Entries[index];
-        int run = (int)Math.Min((ulong)maxPages, (entry.End - address) / PagemapEntry.PageSize);
-        return entry.IsInParent ? _parent?.CoveredRun(id, address, run) ?? 0 : entry.IsPresent && task.Pages is not null ? run : 0;
+        return covered;
     }
 
     /// <summary>
