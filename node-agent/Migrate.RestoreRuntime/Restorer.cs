@@ -247,9 +247,11 @@ public static partial class Restorer
 
         File.WriteAllText(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, Marker), request.MigrationId);
         long done = clock.ElapsedMilliseconds;
+        // the moment the process runs, taken before CRIU's log is read for the figures below
+        long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
             $"files {prepared} ms, address {claimed - prepared} ms, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
-        var restored = new RestoreReport(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), done, lazy, steps);
+        var restored = new RestoreReport(restoredAt, done, lazy, steps);
         File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
             && File.Exists(Path.Combine(migration, StagingLayout.HoldNetworkFile)))
