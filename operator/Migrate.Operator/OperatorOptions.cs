@@ -78,6 +78,7 @@ public sealed class OperatorOptions
         PhaseTimeout = TimeSpan.FromSeconds(PhaseTimeoutSeconds),
         AgentGrace = TimeSpan.FromSeconds(AgentGraceSeconds),
         PreparationTimeout = TimeSpan.FromSeconds(PreparationTimeoutSeconds),
+        FirstRoundFloorBytesPerSecond = BandwidthPerMigration > 0 ? Math.Min(50e6, BandwidthPerMigration) : 50e6,
     };
 
     /// <summary>Off only for a single replica run by hand.</summary>

@@ -74,6 +74,11 @@ public sealed class CopyOnWriteSharingTests
             Assert.True(CopyOnWriteSharing.KeepsSharing(shared));
             Assert.Equal(0, CopyOnWriteSharing.Measure([forked.Id]));
             Assert.Equal(0, CopyOnWriteSharing.Measure([int.MaxValue - 1, int.MaxValue]));
+
+            // what a first pre-copy round would copy: the shared buffer once, not twice
+            long once = CopyOnWriteSharing.Once([forked.Id, child]);
+            Assert.InRange(once, 32L << 20, (32L << 20) + shared / 4);
+            Assert.Equal(0, CopyOnWriteSharing.Once([int.MaxValue - 1, int.MaxValue]));
         }
         finally
         {

@@ -70,6 +70,22 @@ public static class CopyOnWriteSharing
             return 0;
         }
 
+        return Duplicated(Read(processes));
+    }
+
+    /// <summary>
+    /// The anonymous memory of <paramref name="processes"/> with each page shared copy-on-write
+    /// counted once (their proportional shares summed): about what a first pre-copy round copies. A
+    /// process that ended meanwhile counts nothing.
+    /// </summary>
+    public static long Once(IReadOnlyList<int> processes)
+    {
+        ArgumentNullException.ThrowIfNull(processes);
+        return Read(processes).Sum(p => p.ProportionalAnonymous);
+    }
+
+    private static List<AnonymousMemory> Read(IReadOnlyList<int> processes)
+    {
         var figures = new List<AnonymousMemory>();
         foreach (int pid in processes)
         {
@@ -86,6 +102,6 @@ public static class CopyOnWriteSharing
             }
         }
 
-        return Duplicated(figures);
+        return figures;
     }
 }

@@ -285,6 +285,13 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
             ulong? previous = null;
             var record = engine.Find(id)!;
             var ended = PreCopyEnd.Limit;
+            if (record.RoundCount == 0)
+            {
+                // about what round 1 copies: while it runs, the operator judges by it whether the replacement can be prepared meanwhile
+                long memory = record.Containers.Sum(c => CopyOnWriteSharing.Once(CgroupFreezer.FromPath(c.FreezerDirectory).Processes()));
+                await engine.UpdateAsync(id, r => r.PreCopy.MemoryBytes = (ulong)memory, cancellationToken);
+            }
+
             for (int round = record.RoundCount + 1; round <= request.MaxRounds; round++)
             {
                 var clock = Stopwatch.StartNew();
@@ -293,6 +300,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                 {
                     r.PreCopy.Rounds = round;
                     r.PreCopy.LastRoundPages = taken.PagesWritten;
+                    r.PreCopy.RoundMillis = (uint)clock.ElapsedMilliseconds;
                     return 0;
                 }, cancellationToken);
                 ulong before = engine.Find(id)!.PreCopy.BytesSent;
@@ -301,6 +309,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                     // across rounds: what the target already held is not sent (nor counted) again
                     r.PreCopy.BytesSent = before + sent;
                     r.PreCopy.BytesTotal = before + total;
+                    r.PreCopy.RoundMillis = (uint)clock.ElapsedMilliseconds;
                 }, cancellationToken);
                 if (round == 1)
                 {
@@ -309,7 +318,12 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                 }
 
                 // the rate a round runs at, which the operator judges the freeze's send by (mode Auto)
-                await engine.UpdateAsync(id, r => r.PreCopy.RoundsMillis += (uint)clock.ElapsedMilliseconds, cancellationToken);
+                await engine.UpdateAsync(id, r =>
+                {
+                    r.PreCopy.RoundsMillis += (uint)clock.ElapsedMilliseconds;
+                    r.PreCopy.RoundMillis = (uint)clock.ElapsedMilliseconds;
+                    return 0;
+                }, cancellationToken);
                 ended = PreCopyRounds.After(round, request.MaxRounds, previous, taken.PagesWritten, request.MinShrinkPercent);
                 previous = taken.PagesWritten;
                 LogRound(id, round, taken.PagesWritten, clock.ElapsedMilliseconds, ended);

@@ -83,6 +83,12 @@ public sealed class PreCopyRecord
 
     /// <summary>How long all rounds so far took, pre-dumps and transfers.</summary>
     public uint RoundsMillis { get; set; }
+
+    /// <summary>How long the round under way has run so far (the last one's length once it ended).</summary>
+    public uint RoundMillis { get; set; }
+
+    /// <summary>The tree's anonymous memory when pre-copy began (0 if unread).</summary>
+    public ulong MemoryBytes { get; set; }
 }
 
 /// <summary>How far the handoff got: the freeze, the final images' transfer, and the commit on the target (after which only the target can release the source).</summary>
@@ -274,6 +280,8 @@ public sealed class MigrationRecord
             BytesTotal = PreCopy.BytesTotal,
             FirstRoundMillis = PreCopy.FirstRoundMillis,
             RoundsMillis = PreCopy.RoundsMillis,
+            RoundMillis = PreCopy.RoundMillis,
+            MemoryBytes = PreCopy.MemoryBytes,
             Method = Rounds.Count == 0 ? Agent.V1.PreCopyMethod.Unspecified
                 : Rounds.Any(r => r.Tracked) ? Agent.V1.PreCopyMethod.WriteTracking
                 : PreCopyMethod == CriuPreCopyMethod.KernelTracking ? Agent.V1.PreCopyMethod.KernelTracking

@@ -50,21 +50,60 @@ public static class MigrationDecisions
     /// <summary>
     /// Whether the replacement pod may be made while pre-copy rounds still run, so that its sandbox,
     /// network and root file system are prepared during them instead of after. Its restore then
-    /// waits for the commit (podmig-runc gives up after 100 s), so only once round 1 is staged and
-    /// the rounds still allowed plus the handoff, each reckoned as long as round 1 and half again,
-    /// end within <paramref name="budget"/>: later rounds copy only what was written since the one
-    /// before, never more than round 1 copied.
+    /// waits for the commit (podmig-runc gives up after 100 s), so only when the rounds still allowed
+    /// plus the handoff, each reckoned as long as round 1 and half again, end within
+    /// <paramref name="budget"/>: later rounds copy only what was written since the one before, never
+    /// more than round 1 copied. Once round 1 is staged its length is known; while it runs, it is
+    /// estimated (<see cref="FirstRoundEstimateMillis"/>) and what is left of it counts too.
     /// </summary>
-    public static bool PrepareDuringPreCopy(Agent.V1.PreCopyProgress? progress, int maxRounds, TimeSpan budget)
+    /// <param name="progress">The source agent's report of its rounds.</param>
+    /// <param name="maxRounds">The request's round limit.</param>
+    /// <param name="budget">How long the replacement's restore may be expected to wait.</param>
+    /// <param name="floorBytesPerSecond">The least rate round 1 is assumed to run at before its transfer shows its own.</param>
+    public static bool PrepareDuringPreCopy(Agent.V1.PreCopyProgress? progress, int maxRounds, TimeSpan budget, double floorBytesPerSecond = 50e6)
     {
-        if (progress is not { FirstRoundMillis: > 0, Converged: false } p)
+        if (progress is null || progress.Converged)
         {
             return false;
         }
 
-        // rounds not begun, the one under way (from round 2 on: Rounds counts rounds begun), the handoff
-        int left = Math.Max(maxRounds - Math.Max(p.Rounds, 2), 0) + 2;
-        return TimeSpan.FromMilliseconds(p.FirstRoundMillis * 1.5 * left) <= budget;
+        if (progress.FirstRoundMillis > 0)
+        {
+            // rounds not begun, the one under way (from round 2 on: Rounds counts rounds begun), the handoff
+            int left = Math.Max(maxRounds - Math.Max(progress.Rounds, 2), 0) + 2;
+            return TimeSpan.FromMilliseconds(progress.FirstRoundMillis * 1.5 * left) <= budget;
+        }
+
+        if (FirstRoundEstimateMillis(progress, floorBytesPerSecond) is not { } first)
+        {
+            return false;
+        }
+
+        // round 1 under way: what is left of it, then the rounds after it and the handoff
+        double rest = Math.Max(first - progress.RoundMillis, 0) + (first * 1.5 * (Math.Max(maxRounds - 1, 0) + 1));
+        return TimeSpan.FromMilliseconds(rest) <= budget;
+    }
+
+    /// <summary>
+    /// Round 1's whole length, estimated while it runs: once its transfer has sent something, the time
+    /// so far scaled by the part of the transfer still to go (the pre-dump scaled with it, so the
+    /// estimate errs long); before that, the time so far plus the tree's memory at
+    /// <paramref name="floorBytesPerSecond"/>. Null when the agent reported neither.
+    /// </summary>
+    public static double? FirstRoundEstimateMillis(Agent.V1.PreCopyProgress progress, double floorBytesPerSecond)
+    {
+        ArgumentNullException.ThrowIfNull(progress);
+        if (progress.Rounds == 1 && progress.BytesSent > 0 && progress.BytesTotal >= progress.BytesSent && progress.RoundMillis > 0)
+        {
+            return progress.RoundMillis * ((double)progress.BytesTotal / progress.BytesSent);
+        }
+
+        if (progress.MemoryBytes > 0 && floorBytesPerSecond > 0)
+        {
+            return progress.RoundMillis + (progress.MemoryBytes / floorBytesPerSecond * 1000);
+        }
+
+        return null;
     }
 
     /// <summary>Why a pod cannot start, or null while it starts or runs.</summary>
@@ -419,7 +458,8 @@ public static class MigrationDecisions
                 Progress(Source.PreCopy?.BytesSent, Source.PreCopy?.BytesTotal);
                 _s.PreCopyRounds = Source.PreCopy?.Rounds is > 0 and var rounds ? rounds : _s.PreCopyRounds;
                 if (!f.KeepsName && f.Replacement is null
-                    && MigrationDecisions.PrepareDuringPreCopy(Source.PreCopy, (f.Request.Spec.PreCopy ?? new PreCopyLimits()).MaxRounds, p.ReplacementWaitBudget))
+                    && MigrationDecisions.PrepareDuringPreCopy(Source.PreCopy, (f.Request.Spec.PreCopy ?? new PreCopyLimits()).MaxRounds, p.ReplacementWaitBudget,
+                        p.FirstRoundFloorBytesPerSecond))
                 {
                     // the rounds left end well before the replacement's restore would give up waiting: prepare it meanwhile
                     _s.ReplacementPod = MigrationExecutor.ReplacementName(f.Request);

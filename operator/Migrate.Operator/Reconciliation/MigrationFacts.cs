@@ -110,6 +110,14 @@ public sealed record MigrationPolicy
     /// </summary>
     public TimeSpan ReplacementWaitBudget { get; init; } = TimeSpan.FromSeconds(45);
 
+    /// <summary>
+    /// The least rate, in bytes per second, at which a first pre-copy round is assumed to read and
+    /// send the pod's memory before its transfer shows a rate of its own
+    /// (<see cref="MigrationDecisions.FirstRoundEstimateMillis"/>): 50 MB/s, a fifth of what this
+    /// project's benchmark machine does, or the operator's per-migration bandwidth limit when lower.
+    /// </summary>
+    public double FirstRoundFloorBytesPerSecond { get; init; } = 50e6;
+
     /// <summary>How long a rollback waits for an agent it needs before it ends the request anyway.</summary>
     public TimeSpan RollbackGrace { get; init; } = TimeSpan.FromSeconds(45);
 
