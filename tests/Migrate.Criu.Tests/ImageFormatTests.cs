@@ -76,6 +76,32 @@ public sealed class ImageFormatTests : IDisposable
         Assert.Equal(0, chain.CoveredRun(8, start, 64)); // a task no set has
     }
 
+    [Fact]
+    public void A_set_whose_pagemap_was_replaced_is_read_anew_not_as_it_was_remembered()
+    {
+        // the builder hands what it wrote to later chains; a pagemap written over it since must win
+        var set = Directory.CreateDirectory(Path.Combine(_root, "replaced")).FullName;
+        const ulong start = 0x200000;
+        WriteRound(set, start, 8, _ => 'p');
+        using (var first = ImageChain.Open(set))
+        {
+            Assert.Equal(8, first.CoveredRun(7, start, 64));
+        }
+
+        WriteRound(set, start, 8, page => page == 3 ? 'h' : 'p');
+        using (var second = ImageChain.Open(set))
+        {
+            Assert.Equal(3, second.CoveredRun(7, start, 64));
+        }
+
+        // written by another hand (as CRIU writes its own): parsed from the file
+        Thread.Sleep(10);
+        new CriuPagemap(7, 1, [new PagemapEntry(start, 2, PagemapFlags.Present), new PagemapEntry(start + (4 * Page), 4, PagemapFlags.Present)]).Write(set);
+        using var third = ImageChain.Open(set);
+        Assert.Equal(2, third.CoveredRun(7, start, 64));
+        Assert.Equal(4, third.CoveredRun(7, start + (4 * Page), 64));
+    }
+
     /// <summary>An image set of task 7 over <paramref name="pages"/> pages: present ('p'), in the parent ('i') or absent ('h') per page.</summary>
     private static void WriteRound(string directory, ulong start, int pages, Func<int, char> kind)
     {

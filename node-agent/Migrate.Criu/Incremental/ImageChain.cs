@@ -15,6 +15,7 @@ internal sealed class ImageChain : IDisposable
     private readonly string _directory;
     private readonly ImageChain? _parent;
     private readonly Dictionary<int, TaskPages?> _tasks = [];
+    private readonly Dictionary<int, PageRange[]> _coverage = [];
 
     private ImageChain(string directory, ImageChain? parent)
     {
@@ -155,30 +156,82 @@ internal sealed class ImageChain : IDisposable
     /// </summary>
     public int CoveredRun(int id, ulong address, int maxPages)
     {
-        var task = GetTask(id);
-        int index = task?.Find(address) ?? -1;
-        int covered = 0;
-        while (index >= 0 && index < task!.Entries.Count && covered < maxPages)
+        var ranges = Coverage(id);
+        int low = 0, high = ranges.Length - 1;
+        while (low <= high)
         {
-            var entry = task.Entries[index];
-            ulong at = address + ((ulong)covered * PagemapEntry.PageSize);
-            if (at < entry.Address)
+            int middle = (low + high) >>> 1;
+            var range = ranges[middle];
+            if (address < range.Start)
             {
-                break; // a hole before the next entry
+                high = middle - 1;
             }
-
-            int run = (int)Math.Min((ulong)(maxPages - covered), (entry.End - at) / PagemapEntry.PageSize);
-            int held = entry.IsInParent ? _parent?.CoveredRun(id, at, run) ?? 0 : entry.IsPresent && task.Pages is not null ? run : 0;
-            covered += held;
-            if (held < run)
+            else if (address >= range.End)
             {
-                break;
+                low = middle + 1;
             }
-
-            index++;
+            else
+            {
+                return maxPages <= 0 ? 0 : (int)Math.Min((ulong)maxPages, (range.End - address) / PagemapEntry.PageSize);
+            }
         }
 
-        return covered;
+        return 0;
+    }
+
+    /// <summary>
+    /// Every page of task <paramref name="id"/> this set or an ancestor holds, as sorted ranges with
+    /// touching ones merged: this set's present entries, and the stretches of its "in parent" entries
+    /// the parent covers. Made once per set (from the parent's), so a lookup is one search however
+    /// deep the chain and however many entries its sets have.
+    /// </summary>
+    private PageRange[] Coverage(int id)
+    {
+        if (_coverage.TryGetValue(id, out var known))
+        {
+            return known;
+        }
+
+        var task = GetTask(id);
+        var parent = _parent?.Coverage(id) ?? [];
+        var ranges = new List<PageRange>();
+        int next = 0;
+        foreach (var entry in task?.Entries ?? [])
+        {
+            if (entry.IsPresent && task!.Pages is not null)
+            {
+                Add(ranges, entry.Address, entry.End);
+            }
+            else if (entry.IsInParent)
+            {
+                // the parent's ranges are sorted as the entries are: walk both once
+                while (next < parent.Length && parent[next].End <= entry.Address)
+                {
+                    next++;
+                }
+
+                for (int i = next; i < parent.Length && parent[i].Start < entry.End; i++)
+                {
+                    Add(ranges, Math.Max(parent[i].Start, entry.Address), Math.Min(parent[i].End, entry.End));
+                }
+            }
+        }
+
+        var result = ranges.ToArray();
+        _coverage[id] = result;
+        return result;
+
+        static void Add(List<PageRange> ranges, ulong start, ulong end)
+        {
+            if (ranges.Count > 0 && ranges[^1].End == start)
+            {
+                ranges[^1] = ranges[^1] with { End = end };
+            }
+            else
+            {
+                ranges.Add(new PageRange(start, end));
+            }
+        }
     }
 
     /// <summary>
@@ -238,7 +291,7 @@ internal sealed class ImageChain : IDisposable
             return cached;
         }
 
-        var map = CriuPagemap.TryRead(_directory, id);
+        var map = ParsedPagemaps.TryRead(_directory, id);
         TaskPages? task = null;
         if (map is not null)
         {
@@ -299,5 +352,59 @@ internal sealed class ImageChain : IDisposable
 
             return -1;
         }
+    }
+
+    /// <summary>The pagemap file at <paramref name="path"/>, just written from <paramref name="map"/>: a chain opened over its set later takes it as it is.</summary>
+    public static void Remember(string path, CriuPagemap map)
+    {
+        var file = new FileInfo(path);
+        if (file.Exists)
+        {
+            ParsedPagemaps.Add(file, map);
+        }
+    }
+
+    /// <summary>
+    /// Pagemaps already parsed, by path, size and time of last write: each pre-copy round opens the
+    /// chain of every round before it, and a chain of rounds of scattered writes has tens of thousands
+    /// of entries per set (parsing them took 7-74 ms a set, again at every round and once more while
+    /// the pod is frozen). A set's pagemap is never rewritten in place (it is written under another
+    /// name and renamed), so a file with the same size and time is the same file.
+    /// </summary>
+    private static class ParsedPagemaps
+    {
+        private const int Capacity = 256;
+        private static readonly System.Collections.Concurrent.ConcurrentDictionary<(string Path, long Length, long Written), CriuPagemap> Cache = new();
+
+        public static CriuPagemap? TryRead(string directory, int id)
+        {
+            var file = new FileInfo(Path.Combine(directory, CriuPagemap.FileName(id)));
+            if (!file.Exists)
+            {
+                return null;
+            }
+
+            if (Cache.TryGetValue(Key(file), out var known))
+            {
+                return known;
+            }
+
+            var map = CriuPagemap.Read(directory, id);
+            Add(file, map);
+            return map;
+        }
+
+        public static void Add(FileInfo file, CriuPagemap map)
+        {
+            if (Cache.Count >= Capacity)
+            {
+                // sets of migrations long over: start again rather than track which
+                Cache.Clear();
+            }
+
+            Cache[Key(file)] = map;
+        }
+
+        private static (string, long, long) Key(FileInfo file) => (file.FullName, file.Length, file.LastWriteTimeUtc.Ticks);
     }
 }

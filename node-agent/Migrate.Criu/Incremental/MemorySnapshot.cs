@@ -198,8 +198,11 @@ public static class MemorySnapshot
     /// <summary>
     /// Adds <paramref name="count"/> pages from <paramref name="address"/> on to the set: a page the
     /// write tracking shows unchanged that the parent chain holds as "in parent" without reading it;
-    /// the others read from the process, and recorded as "in parent" only when their bytes equal the
-    /// parent's. False (and nothing added from the unreadable stretch on) if the memory cannot be read.
+    /// the others read from the process. Without tracking, a page read is recorded as "in parent"
+    /// when its bytes equal the parent's; with tracking it was written since (or lies outside what is
+    /// tracked) and is kept without that comparison, which would cost a read of the parent for
+    /// every page written and seldom spare one. False (and nothing added from the unreadable stretch
+    /// on) if the memory cannot be read.
     /// </summary>
     private static bool CopyPages(SafeFileHandle memory, PagemapBuilder builder, ImageChain? parent, TrackedPages? tracked, int id, ulong address, int count, PageBuffers buffers)
     {
@@ -235,7 +238,11 @@ public static class MemorySnapshot
 
             buffers.PagesRead += (ulong)run;
             buffers.InParent.AsSpan().Clear();
-            parent?.Read(id, at, run, buffers.ParentContent, buffers.InParent);
+            if (tracked is null)
+            {
+                // with write tracking these pages were written since the parent's read (or lie outside what is tracked): not compared
+                parent?.Read(id, at, run, buffers.ParentContent, buffers.InParent);
+            }
             for (int p = 0; p < run; p++)
             {
                 var bytes = pages.Slice(p * PagemapEntry.PageSize, PagemapEntry.PageSize);

@@ -70,8 +70,11 @@ internal sealed class PagemapBuilder : IDisposable
         Directory.CreateDirectory(stagingDirectory);
         map.Write(stagingDirectory);
         File.Move(_pagesTemp, finalPages, overwrite: true);
-        File.Move(Path.Combine(stagingDirectory, CriuPagemap.FileName(_id)), Path.Combine(_directory, CriuPagemap.FileName(_id)), overwrite: true);
+        var pagemap = Path.Combine(_directory, CriuPagemap.FileName(_id));
+        File.Move(Path.Combine(stagingDirectory, CriuPagemap.FileName(_id)), pagemap, overwrite: true);
         Directory.Delete(stagingDirectory);
+        // the next round opens this set as its parent: it need not parse what was just written
+        ImageChain.Remember(pagemap, map);
         _completed = true;
         return map;
     }
