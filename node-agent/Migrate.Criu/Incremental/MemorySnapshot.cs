@@ -17,6 +17,9 @@ namespace Migrate.Criu.Incremental;
 public sealed record SnapshotResult(string Directory, int Tasks, ulong PagesScanned, ulong PagesWritten, ulong PagesUnchanged, TimeSpan Elapsed, ulong PagesRead, ulong PagesRemote = 0)
 {
     public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
+
+    /// <summary>A streamed round: by host PID, the stretches the set lists but holds as zeros, because they could not be read.</summary>
+    public IReadOnlyDictionary<int, IReadOnlyList<PageRange>> Unread { get; init; } = new Dictionary<int, IReadOnlyList<PageRange>>();
 }
 
 /// <summary>
@@ -142,15 +145,34 @@ public static class MemorySnapshot
 
     private static (ulong Scanned, ulong Written, ulong Unchanged, ulong Read) SnapshotTask(LiveTask task, string directory, uint pagesId, ImageChain? parent, TrackedPages? tracked)
     {
-        var regions = LiveProcessTree.ReadMaps(task.HostPid);
-        using var pagemap = File.OpenHandle($"/proc/{task.HostPid}/pagemap", FileMode.Open, FileAccess.Read);
+        var runs = ResidentRuns(task.HostPid);
         using var memory = File.OpenHandle($"/proc/{task.HostPid}/mem", FileMode.Open, FileAccess.Read);
         using var builder = new PagemapBuilder(directory, task.ImageId, pagesId);
-        var pageFlags = new byte[BatchPages * 8];
         var buffers = new PageBuffers();
         ulong scanned = 0;
+        foreach (var run in runs)
+        {
+            // a run not readable through /proc (e.g. a device mapping) is left to the final dump
+            if (CopyPages(memory, builder, parent, tracked, task.ImageId, run.Start, (int)run.Pages, buffers))
+            {
+                scanned += run.Pages;
+            }
+        }
 
-        foreach (var region in regions)
+        builder.Complete();
+        return (scanned, builder.PresentPages, builder.ParentPages, buffers.PagesRead);
+    }
+
+    /// <summary>
+    /// The resident (or swapped) private pages of a process's readable mappings, by its pagemap: runs
+    /// in address order, none longer than <see cref="BatchPages"/> nor across a batch's boundary.
+    /// </summary>
+    private static List<PageRange> ResidentRuns(int hostPid)
+    {
+        var runs = new List<PageRange>();
+        using var pagemap = File.OpenHandle($"/proc/{hostPid}/pagemap", FileMode.Open, FileAccess.Read);
+        var pageFlags = new byte[BatchPages * 8];
+        foreach (var region in LiveProcessTree.ReadMaps(hostPid))
         {
             if (!region.IsReadable || !region.IsPrivate || region.IsSpecial)
             {
@@ -165,7 +187,6 @@ public static class MemorySnapshot
                     break;
                 }
 
-                // Walk runs of resident private pages and copy each run.
                 int i = 0;
                 while (i < count)
                 {
@@ -181,18 +202,137 @@ public static class MemorySnapshot
                         i++;
                     }
 
-                    ulong runAddress = batchStart + ((ulong)runStart * PagemapEntry.PageSize);
-                    // a run not readable through /proc (e.g. a device mapping) is left to the final dump
-                    if (CopyPages(memory, builder, parent, tracked, task.ImageId, runAddress, i - runStart, buffers))
-                    {
-                        scanned += (ulong)(i - runStart);
-                    }
+                    ulong address = batchStart + ((ulong)runStart * PagemapEntry.PageSize);
+                    runs.Add(new PageRange(address, address + ((ulong)(i - runStart) * PagemapEntry.PageSize)));
                 }
             }
         }
 
-        builder.Complete();
-        return (scanned, builder.PresentPages, builder.ParentPages, buffers.PagesRead);
+        return runs;
+    }
+
+    /// <summary>
+    /// A first round (no parent set, no tracked writes to go by) laid out before its bytes are read,
+    /// so that they can be sent while they are: every task's resident private pages are listed and
+    /// its pagemap written at once, each pages file announced with its final size
+    /// (<see cref="GrowingFiles"/>), then <paramref name="planned"/> is called, then the pages are read
+    /// into those files in order. A stretch that cannot be read (a mapping gone meanwhile) is written
+    /// as zeros and listed in <see cref="SnapshotResult.Unread"/>: the next round must read it again
+    /// as if it were written (<see cref="MemoryChanges.WithWritten"/>). A task that ended before it
+    /// was listed is not in the set.
+    /// </summary>
+    public static SnapshotResult WriteStreamed(int rootPid, string directory, Action planned)
+    {
+        ArgumentNullException.ThrowIfNull(planned);
+        var stopwatch = Stopwatch.StartNew();
+        using (CreateSet(ref directory, null))
+        {
+        }
+
+        var plans = new List<(int ImageId, int HostPid, uint PagesId, List<PageRange> Runs)>();
+        uint pagesId = 0;
+        foreach (var task in LiveProcessTree.Enumerate(rootPid))
+        {
+            pagesId++;
+            try
+            {
+                plans.Add((task.ImageId, task.HostPid, pagesId, ResidentRuns(task.HostPid)));
+            }
+            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
+                                      || (e is IOException && !Directory.Exists($"/proc/{task.HostPid}")))
+            {
+                // ended before it was listed
+            }
+        }
+
+        var announced = new List<GrowingFiles.Registration>();
+        try
+        {
+            foreach (var plan in plans)
+            {
+                var pagesPath = Path.Combine(directory, CriuPagemap.PagesFileName(plan.PagesId));
+                File.WriteAllBytes(pagesPath, []);
+                announced.Add(GrowingFiles.Begin(pagesPath, (long)plan.Runs.Aggregate(0UL, (sum, r) => sum + r.Pages) * PagemapEntry.PageSize));
+                var map = new CriuPagemap(plan.ImageId, plan.PagesId, Entries(plan.Runs));
+                map.Write(directory);
+                ImageChain.Remember(Path.Combine(directory, CriuPagemap.FileName(plan.ImageId)), map);
+            }
+
+            planned();
+            ulong read = 0;
+            var unread = new Dictionary<int, IReadOnlyList<PageRange>>();
+            var buffer = new byte[BatchPages * PagemapEntry.PageSize];
+            foreach (var (plan, file) in plans.Zip(announced))
+            {
+                var unreadable = new List<PageRange>();
+                using var pages = File.OpenHandle(file.File.Path, FileMode.Open, FileAccess.Write);
+                SafeFileHandle? memory = null;
+                try
+                {
+                    memory = File.OpenHandle($"/proc/{plan.HostPid}/mem", FileMode.Open, FileAccess.Read);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // ended since it was listed: nothing of it is read
+                }
+
+                using (memory)
+                {
+                    long offset = 0;
+                    foreach (var run in plan.Runs)
+                    {
+                        var bytes = buffer.AsSpan(0, (int)run.Pages * PagemapEntry.PageSize);
+                        if (memory is null || !ReadMemory(memory, run.Start, bytes))
+                        {
+                            bytes.Clear();
+                            unreadable.Add(run);
+                        }
+                        else
+                        {
+                            read += run.Pages;
+                        }
+
+                        RandomAccess.Write(pages, bytes, offset);
+                        offset += bytes.Length;
+                        file.File.Advance(offset);
+                    }
+                }
+
+                if (unreadable.Count > 0)
+                {
+                    unread[plan.HostPid] = unreadable;
+                }
+            }
+
+            ulong listed = plans.Aggregate(0UL, (sum, p) => sum + p.Runs.Aggregate(0UL, (s, r) => s + r.Pages));
+            return new SnapshotResult(directory, plans.Count, listed, listed, 0, stopwatch.Elapsed, read) { Unread = unread };
+        }
+        finally
+        {
+            foreach (var registration in announced)
+            {
+                registration.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Present entries for runs in address order, touching runs merged (the pages file holds them in that order either way).</summary>
+    private static List<PagemapEntry> Entries(List<PageRange> runs)
+    {
+        var entries = new List<PagemapEntry>();
+        foreach (var run in runs)
+        {
+            if (entries.Count > 0 && entries[^1].End == run.Start)
+            {
+                entries[^1] = entries[^1] with { PageCount = entries[^1].PageCount + (uint)run.Pages };
+            }
+            else
+            {
+                entries.Add(new PagemapEntry(run.Start, (uint)run.Pages, PagemapFlags.Present));
+            }
+        }
+
+        return entries;
     }
 
     /// <summary>

@@ -67,6 +67,7 @@ public sealed class PreCopySession
     private readonly List<PreCopyRound> _rounds = [];
     private readonly string? _ancestor;
     private readonly Func<int, WriteTracker?>? _tracker;
+    private IReadOnlyDictionary<int, IReadOnlyList<PageRange>> _unread = new Dictionary<int, IReadOnlyList<PageRange>>();
 
     /// <param name="criu">The CRIU client.</param>
     /// <param name="options">Options of the final dump; <see cref="CriuOptions.Pid"/> and
@@ -122,8 +123,14 @@ public sealed class PreCopySession
 
     public IReadOnlyList<PreCopyRound> Rounds => _rounds;
 
-    /// <summary>Takes one more round while the tree keeps running.</summary>
-    public PreCopyRound PreDump()
+    /// <summary>
+    /// Takes one more round while the tree keeps running. <paramref name="planned"/>, when given, is
+    /// called once the round's files can be listed for sending: for a first round by content
+    /// comparison with no earlier checkpoint, before its pages are read (they are written into files
+    /// announced with their final sizes, <see cref="MemorySnapshot.WriteStreamed"/>); otherwise once
+    /// the round is written.
+    /// </summary>
+    public PreCopyRound PreDump(Action? planned = null)
     {
         int number = _rounds.Count + 1;
         var directory = Path.Combine(_baseDirectory, RoundName(number));
@@ -145,6 +152,15 @@ public sealed class PreCopySession
             var stats = result.Statistics;
             round = new PreCopyRound(number, directory, Method, stats?.PagesWritten ?? 0, stats?.PagesSkippedParent ?? 0, result.Elapsed);
         }
+        else if (planned is not null && previous is null)
+        {
+            // (arms the write tracking before the pages are read)
+            _ = TrackedChanges(number);
+            var snapshot = MemorySnapshot.WriteStreamed(_options.Pid!.Value, directory, planned);
+            _unread = snapshot.Unread;
+            planned = null;
+            round = new PreCopyRound(number, directory, Method, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, false, snapshot.PagesRead);
+        }
         else
         {
             var changes = TrackedChanges(number);
@@ -153,6 +169,7 @@ public sealed class PreCopySession
         }
 
         _rounds.Add(round);
+        planned?.Invoke();
         return round;
     }
 
@@ -236,9 +253,14 @@ public sealed class PreCopySession
     {
         var tracker = _tracker?.Invoke(number);
         var previous = _rounds.Count > 0 ? _rounds[^1] : null;
-        return tracker is not null && previous is not null && previous.Number == number - 1 && tracker.ArmedBeforeRound <= previous.Number
+        var changes = tracker is not null && previous is not null && previous.Number == number - 1 && tracker.ArmedBeforeRound <= previous.Number
             ? tracker.Scan()
             : null;
+        // what the round before listed but could not read counts as written: read again now
+        // (without tracking every page is compared with the round before, whose copy of those is zeros)
+        changes = changes?.WithWritten(_unread);
+        _unread = new Dictionary<int, IReadOnlyList<PageRange>>();
+        return changes;
     }
 
     /// <summary>The directory of round <paramref name="number"/> under the session's base directory.</summary>

@@ -125,4 +125,13 @@ public sealed class MemoryChanges(IReadOnlyDictionary<int, TrackedPages> byHostP
     public int Tasks => byHostPid.Count;
 
     public ulong WrittenPages => byHostPid.Values.Aggregate(0UL, (sum, t) => sum + t.WrittenPages);
+
+    /// <summary>This scan with <paramref name="written"/> (by host PID) counted as written as well: stretches an earlier round listed but could not read.</summary>
+    public MemoryChanges WithWritten(IReadOnlyDictionary<int, IReadOnlyList<PageRange>> written)
+    {
+        ArgumentNullException.ThrowIfNull(written);
+        return written.Count == 0 ? this : new MemoryChanges(byHostPid.ToDictionary(
+            t => t.Key,
+            t => written.TryGetValue(t.Key, out var more) ? new TrackedPages(t.Value.Tracked, t.Value.Written.Concat(more)) : t.Value));
+    }
 }

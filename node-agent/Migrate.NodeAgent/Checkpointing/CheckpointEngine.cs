@@ -89,6 +89,39 @@ public sealed partial class CheckpointEngine : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// <see cref="UpdateAsync"/> only if the migration's lock is free now: false (nothing changed) while
+    /// another operation holds it, as a round's capture does while its files are already being sent.
+    /// </summary>
+    public bool TryUpdate(string migrationId, Action<MigrationRecord> change)
+    {
+        ArgumentNullException.ThrowIfNull(change);
+        ValidateId(migrationId);
+        var gate = LockFor(migrationId);
+        if (!gate.Wait(0))
+        {
+            return false;
+        }
+
+        try
+        {
+            if (TryGet(migrationId) is not { } record)
+            {
+                return false;
+            }
+
+            change(record);
+            record.Save();
+        }
+        finally
+        {
+            gate.Release();
+        }
+
+        _events.Changed(migrationId);
+        return true;
+    }
+
     /// <summary>The record of a migration, read without its lock (for status), or null.</summary>
     public MigrationRecord? Find(string migrationId) => TryGet(migrationId);
 
@@ -188,7 +221,12 @@ public sealed partial class CheckpointEngine : IDisposable
     }
 
     /// <summary>One pre-copy round of every container while the pod runs.</summary>
-    public async Task<PreDumpResponse> PreDumpAsync(PreDumpRequest request, CancellationToken cancellationToken)
+    /// <param name="request">Which migration, which round.</param>
+    /// <param name="cancellationToken">Stops waiting.</param>
+    /// <param name="planned">Called once the round's files can be listed for sending, which for a
+    /// one-container pod's first round is before its pages are read (<see cref="PreCopySession.PreDump"/>):
+    /// the caller may send them meanwhile. Not called when the round was taken before.</param>
+    public async Task<PreDumpResponse> PreDumpAsync(PreDumpRequest request, CancellationToken cancellationToken, Action? planned = null)
     {
         ArgumentNullException.ThrowIfNull(request);
         return await WithMigrationAsync(request.MigrationId, async record =>
@@ -219,9 +257,11 @@ public sealed partial class CheckpointEngine : IDisposable
             activity?.SetTag("podmig.round", request.Round);
             var response = new PreDumpResponse { Round = request.Round, Method = ToProto(record.PreCopyMethod) };
             var clock = Stopwatch.StartNew();
+            // one container's round can be listed before it is read; several containers' only once all are
+            bool streamed = planned is not null && record.Containers.Count == 1;
             foreach (var container in record.Containers)
             {
-                var round = await RunCriuAsync(() => Session(record, container, running: true).PreDump(), cancellationToken);
+                var round = await RunCriuAsync(() => Session(record, container, running: true).PreDump(streamed ? planned : null), cancellationToken);
                 record.Rounds.Add(new RoundRecord(container.Name, round.Number, round.Method, round.Directory, round.PagesWritten, round.PagesUnchanged, round.Elapsed.TotalMilliseconds, round.Tracked));
                 if (round.Tracked)
                 {
@@ -247,6 +287,11 @@ public sealed partial class CheckpointEngine : IDisposable
             record.Phase = MigrationPhase.PreCopying;
             record.Message = $"pre-copy round {request.Round} wrote {response.PagesWritten} pages in {response.ElapsedMillis} ms";
             record.Save();
+            if (!streamed)
+            {
+                planned?.Invoke();
+            }
+
             return response;
         }, cancellationToken);
     }

@@ -295,7 +295,40 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
             for (int round = record.RoundCount + 1; round <= request.MaxRounds; round++)
             {
                 var clock = Stopwatch.StartNew();
-                var taken = await engine.PreDumpAsync(new PreDumpRequest { MigrationId = id, Round = round }, cancellationToken);
+                ulong before = engine.Find(id)!.PreCopy.BytesSent;
+                void Progress(MigrationRecord r, ulong sent, ulong total)
+                {
+                    // across rounds: what the target already held is not sent (nor counted) again
+                    r.PreCopy.BytesSent = before + sent;
+                    r.PreCopy.BytesTotal = before + total;
+                    r.PreCopy.RoundMillis = (uint)clock.ElapsedMilliseconds;
+                }
+
+                // a round whose files are listed before its pages are read (a first round) is sent as it is written
+                var listed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                var capture = engine.PreDumpAsync(new PreDumpRequest { MigrationId = id, Round = round }, cancellationToken, () => listed.TrySetResult());
+                var sending = await Task.WhenAny(listed.Task, capture) == listed.Task && !capture.IsCompleted
+                    ? SendAsync(id, record.Target!, Progress, cancellationToken)
+                    : null;
+                PreDumpResponse taken;
+                try
+                {
+                    taken = await capture;
+                }
+                catch when (sending is not null)
+                {
+                    // the send stops at the bytes the capture never wrote; the capture's failure is the one to tell
+                    try
+                    {
+                        await sending;
+                    }
+                    catch (Exception e) when (IsFailure(e) || e is OperationCanceledException)
+                    {
+                    }
+
+                    throw;
+                }
+
                 await engine.UpdateAsync(id, r =>
                 {
                     r.PreCopy.Rounds = round;
@@ -303,14 +336,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                     r.PreCopy.RoundMillis = (uint)clock.ElapsedMilliseconds;
                     return 0;
                 }, cancellationToken);
-                ulong before = engine.Find(id)!.PreCopy.BytesSent;
-                await SendAsync(id, record.Target!, (r, sent, total) =>
-                {
-                    // across rounds: what the target already held is not sent (nor counted) again
-                    r.PreCopy.BytesSent = before + sent;
-                    r.PreCopy.BytesTotal = before + total;
-                    r.PreCopy.RoundMillis = (uint)clock.ElapsedMilliseconds;
-                }, cancellationToken);
+                await (sending ?? SendAsync(id, record.Target!, Progress, cancellationToken));
                 if (round == 1)
                 {
                     // what the operator judges the remaining rounds' length by (it may prepare the target meanwhile)
@@ -538,15 +564,20 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         var reported = Stopwatch.StartNew();
         var sent = await sender.SendAsync(directory, target.ToSendRequest(id), async report =>
         {
-            if (report.Staged || reported.Elapsed >= ProgressInterval)
+            if (report.Staged)
             {
-                reported.Restart();
                 await engine.UpdateAsync(id, r =>
                 {
                     progress(r, report.BytesSent, report.TotalBytes);
-                    r.BytesReferenced += report.Staged ? report.BytesReferenced : 0;
+                    r.BytesReferenced += report.BytesReferenced;
                     return 0;
                 }, CancellationToken.None);
+            }
+            else if (reported.Elapsed >= ProgressInterval)
+            {
+                // progress only when the record is free: a round's capture holds it while its files are already sent
+                reported.Restart();
+                engine.TryUpdate(id, r => progress(r, report.BytesSent, report.TotalBytes));
             }
         }, (long)target.MaxBytesPerSecond, cancellationToken);
         LogSent(id, sent.BytesSent, sent.BytesSkipped, sent.BytesReferenced, target.Node, sent.ElapsedMillis, sent.ManifestMillis, sent.AcceptMillis, sent.DataMillis, sent.StageMillis);

@@ -141,7 +141,7 @@ public sealed class OwedDigests : IDisposable
 
         var digest = _digest.Finish();
         _taken[file] = digest;
-        FileDigests.Remember(_owed[file], _kind, ByteString.CopyFrom(digest));
+        FileDigests.Remember(VersionRead(file), _kind, ByteString.CopyFrom(digest));
         _file = -1;
     }
 
@@ -155,7 +155,7 @@ public sealed class OwedDigests : IDisposable
             {
                 digest = StagedFileDigest.OfFile(_kind, PathOf(file));
                 _taken[file] = digest;
-                FileDigests.Remember(_owed[file], _kind, ByteString.CopyFrom(digest));
+                FileDigests.Remember(VersionRead(file), _kind, ByteString.CopyFrom(digest));
             }
 
             done.Digests.Add(_kind == StagedDigestKind.Sha256
@@ -167,6 +167,23 @@ public sealed class OwedDigests : IDisposable
     }
 
     public void Dispose() => _digest.Dispose();
+
+    /// <summary>
+    /// The version of a file whose bytes were read: as it was listed, unless it was listed while still
+    /// being written (<see cref="Criu.Incremental.GrowingFiles"/>), and is now complete at its listed size
+    /// (its last write came before the last byte read).
+    /// </summary>
+    private (string Path, long Size, DateTime Modified) VersionRead(int file)
+    {
+        var listed = _owed[file];
+        if (listed.Size == (long)_manifest.Files[file].Size)
+        {
+            return listed;
+        }
+
+        var now = FileDigests.KeyOf(new FileInfo(PathOf(file)));
+        return now.Size == (long)_manifest.Files[file].Size ? now : listed;
+    }
 
     private string PathOf(int file) => Path.Combine(_directory, _manifest.Files[file].Path);
 }

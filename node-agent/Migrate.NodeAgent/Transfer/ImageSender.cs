@@ -9,6 +9,7 @@ using Migrate.Agent.Contracts.Transfer;
 using Migrate.Agent.Contracts.Tracing;
 using Migrate.Agent.V1;
 using Migrate.Api;
+using Migrate.Criu.Incremental;
 using Migrate.NodeAgent.Checkpointing;
 using Polly;
 using Polly.Retry;
@@ -66,6 +67,26 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             else if (!info.Attributes.HasFlag(FileAttributes.Device))
             {
                 var file = (FileInfo)info;
+                if (GrowingFiles.Find(file.FullName) is { } growing && growing.Written < growing.Size)
+                {
+                    // still being written (a first round's pages): listed at the size it will have, its
+                    // digest taken as it is sent; without digests that follow, it is waited for
+                    if (digestsFollow)
+                    {
+                        var announced = new ManifestFile { Path = relative, Size = (ulong)growing.Size };
+                        announced.SetDigest(kind, ByteString.Empty);
+                        manifest.Files.Add(announced);
+                        continue;
+                    }
+
+                    if (!growing.WaitForAsync(growing.Size, CancellationToken.None).GetAwaiter().GetResult())
+                    {
+                        throw new IOException($"{relative} could not be written: {growing.Failure}");
+                    }
+
+                    file.Refresh();
+                }
+
                 var listed = new ManifestFile { Path = relative, Size = (ulong)file.Length };
                 listed.SetDigest(kind, digestsFollow ? FileDigests.Remembered(file, kind) ?? ByteString.Empty : FileDigests.Of(file, kind));
                 manifest.Files.Add(listed);
@@ -210,10 +231,28 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 await using var stream = new FileStream(Path.Combine(directory, file.Path), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
                 stream.Position = offset;
                 owed.Start(i, offset);
+                var growing = GrowingFiles.Find(Path.Combine(directory, file.Path));
                 while (offset < (long)file.Size)
                 {
                     int want = (int)Math.Min(chunkSize, (long)file.Size - offset);
                     int length = await stream.ReadAtLeastAsync(buffer.AsMemory(Head, want), want, throwOnEndOfStream: false, cancellationToken);
+                    while (length < want && growing is not null)
+                    {
+                        // the writer is not that far yet: wait for it (a writer that failed ends the send)
+                        if (!await growing.WaitForAsync(offset + want, cancellationToken))
+                        {
+                            throw new IOException($"{file.Path} was not written in full: {growing.Failure}");
+                        }
+
+                        int more = await stream.ReadAtLeastAsync(buffer.AsMemory(Head + length, want - length), want - length, throwOnEndOfStream: false, cancellationToken);
+                        if (more == 0)
+                        {
+                            break; // written that far, yet not there: changed under the send
+                        }
+
+                        length += more;
+                    }
+
                     if (length < want)
                     {
                         throw new InvalidOperationException($"{file.Path} shrank while it was sent");
