@@ -176,43 +176,34 @@ public static partial class Restorer
             locked = false;
         }
 
-        // the address is claimed (in the pod's network namespace) while the file systems are put back:
-        // neither needs the other, and both lie in the downtime
-        long verified = clock.ElapsedMilliseconds;
-        var claiming = move is null ? null : Task.Run(() =>
+        var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
+        if (File.Exists(layer))
         {
-            ClaimAddress(migration, move, request, locked);
-            return clock.ElapsedMilliseconds - verified;
-        });
-        try
-        {
-            PutBackFileSystems(request, files, migration, volumes);
+            PutBackWritableLayer(request.RootPath, layer);
         }
-        catch
-        {
-            if (claiming is not null)
-            {
-                // an address claimed for a restore that will not run goes back (ClaimAddress gave it back itself if it failed)
-                ((IAsyncResult)claiming).AsyncWaitHandle.WaitOne();
-                if (claiming.IsCompletedSuccessfully)
-                {
-                    GiveUpAddress(move!, request);
-                }
-            }
 
-            throw;
+        foreach (var (source, volume) in volumes)
+        {
+            // a volume the pod's containers share is put back once, before the first of them
+            // runs: unpacking it again for the next container would swap the files under the first
+            var archive = Path.Combine(files, StagingLayout.VolumeArchive(volume!));
+            var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
+            if (File.Exists(archive) && !File.Exists(unpacked))
+            {
+                FilesystemArchive.Extract(archive, source);
+                File.WriteAllText(unpacked, request.Container + "\n");
+            }
         }
 
         var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
-        long prepared = clock.ElapsedMilliseconds, claimMillis = 0;
-        if (claiming is not null)
+        long prepared = clock.ElapsedMilliseconds, claimed = prepared;
+        if (move is not null)
         {
-            // the source's connections come back in repair mode, on the address claimed under the lock
-            claimMillis = claiming.GetAwaiter().GetResult();
+            // the source's connections come back in repair mode, on the address claimed here under the lock
+            ClaimAddress(migration, move, request, locked);
             arguments.Add("--tcp-established");
+            claimed = clock.ElapsedMilliseconds;
         }
-
-        long claimed = clock.ElapsedMilliseconds;
 
         var helpers = lazyHelpers();
         bool lazy = helpers is not null;
@@ -259,7 +250,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms, address {claimMillis} ms (beside the files; {claimed - prepared} ms after them), lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
+            $"files {prepared} ms, address {claimed - prepared} ms, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -287,29 +278,6 @@ public static partial class Restorer
         Log(line, "info", string.Create(CultureInfo.InvariantCulture,
             $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {done} ms ({steps}){(lazy ? " (memory follows lazily)" : "")}"));
         return 0;
-    }
-
-    /// <summary>The container's writable layer, and the emptyDir volumes it mounts, as the source left them.</summary>
-    private static void PutBackFileSystems(RestoreRequest request, string files, string migration, List<(string Source, string? Volume)> volumes)
-    {
-        var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
-        if (File.Exists(layer))
-        {
-            PutBackWritableLayer(request.RootPath, layer);
-        }
-
-        foreach (var (source, volume) in volumes)
-        {
-            // a volume the pod's containers share is put back once, before the first of them
-            // runs: unpacking it again for the next container would swap the files under the first
-            var archive = Path.Combine(files, StagingLayout.VolumeArchive(volume!));
-            var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
-            if (File.Exists(archive) && !File.Exists(unpacked))
-            {
-                FilesystemArchive.Extract(archive, source);
-                File.WriteAllText(unpacked, request.Container + "\n");
-            }
-        }
     }
 
     /// <summary>The address the source released for this pod, when the migration keeps it (network.json among the images).</summary>
