@@ -107,8 +107,12 @@ public static partial class Restorer
             // CRIU's version, for a lazy restore's page server: asked now, not while the source is frozen
             var criu = ProbeCriu();
 
-            // the pod's sandbox, network and root file system are ready: wait here for the final images
-            WaitForCommit(migration, request, WaitLimit());
+            // the pod's sandbox, network and root file system are ready: wait here for the final images,
+            // meanwhile writing back what the rounds staged (the writable layer's unmount would, in the downtime)
+            using (FileSystemFlusher.Start(request.RootPath))
+            {
+                WaitForCommit(migration, request, WaitLimit());
+            }
             clock.Restart();
             if (!File.Exists(staged))
             {
@@ -167,7 +171,7 @@ public static partial class Restorer
             .Select(m => (m.Source, Volume: VolumeName(m.Source)))
             .Where(m => m.Volume is not null)
             .ToList();
-        Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
+        var rechecked = Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
         var move = ReadAddressMove(files, request);
         if (move is null && locked)
         {
@@ -250,7 +254,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms, address {claimed - prepared} ms, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
+            $"files {prepared} ms{Rechecked(rechecked)}, address {claimed - prepared} ms, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -552,8 +556,16 @@ public static partial class Restorer
     /// whose stamp (size, inode, change time) is still the one recorded at that verification is
     /// unchanged since; any other is hashed again.
     /// </summary>
-    private static void Verify(string stagedManifest, string files, string container, HashSet<string> volumes)
+    /// <summary>For the report: the files whose stamp had changed since they were staged, hashed again in the downtime.</summary>
+    private static string Rechecked((int Files, long Bytes, string First) rechecked) => rechecked.Files == 0 ? "" :
+        string.Create(CultureInfo.InvariantCulture, $" ({rechecked.Files} file(s) of {rechecked.Bytes / 1e6:0.#} MB hashed again, as their stamps changed since staging: {rechecked.First})");
+
+    /// <summary>Checks the staged files a container's restore reads; returns those hashed again (their stamps changed since they were staged) and the first of them with its stamps.</summary>
+    private static (int Files, long Bytes, string First) Verify(string stagedManifest, string files, string container, HashSet<string> volumes)
     {
+        int rehashed = 0;
+        long rehashedBytes = 0;
+        string first = "";
         var stamps = StagedFileStamp.Load(Path.Combine(Path.GetDirectoryName(stagedManifest)!, StagingLayout.StampsFile));
         using var manifest = JsonDocument.Parse(File.ReadAllBytes(stagedManifest));
         if (!manifest.RootElement.TryGetProperty("files", out var list))
@@ -589,11 +601,20 @@ public static partial class Restorer
                 continue;
             }
 
+            rehashed++;
+            rehashedBytes += size;
+            if (first.Length == 0)
+            {
+                first = $"{path}: staged {stamp?.ToString() ?? "no stamp"}, now {StagedFileStamp.Of(full, path)}";
+            }
+
             if (!StagedFileDigest.OfFile(kind, full).AsSpan().SequenceEqual(expected))
             {
                 throw new RestoreFailedException($"image file {path} does not match its {StagedFileDigest.NameOf(kind)}: the staged images are corrupted");
             }
         }
+
+        return (rehashed, rehashedBytes, first);
     }
 
     /// <summary>

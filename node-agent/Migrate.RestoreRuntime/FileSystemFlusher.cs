@@ -1,0 +1,69 @@
+using System.Runtime.InteropServices;
+
+namespace Migrate.RestoreRuntime;
+
+/// <summary>
+/// Writes back, again and again while a restore waits for its commit, the dirty data of the file
+/// system under the container's root: an overlay's unmount (which putting back the writable layer
+/// needs) writes back the whole upper file system first, and the pre-copy rounds staged beside it
+/// (hundreds of MB) would otherwise be written back then, inside the downtime (306 ms for one
+/// 256 MiB round measured in the sandbox). Each pass is <c>syncfs(2)</c> on the root's mount, for an
+/// overlay its upper file system; the passes end with the wait, a pass under way runs on in the
+/// background.
+/// </summary>
+internal sealed partial class FileSystemFlusher : IDisposable
+{
+    private const int OpenReadOnly = 0, OpenDirectory = 0x10000, OpenCloseOnExec = 0x80000;
+    private static readonly TimeSpan Pause = TimeSpan.FromMilliseconds(200);
+    private readonly ManualResetEventSlim _stop = new();
+    private readonly int _descriptor;
+
+    private FileSystemFlusher(int descriptor)
+    {
+        _descriptor = descriptor;
+        new Thread(Run) { IsBackground = true, Name = "podmig syncfs" }.Start();
+    }
+
+    /// <summary>Passes done so far.</summary>
+    public int Passes { get; private set; }
+
+    /// <summary>Starts the passes over the file system of <paramref name="directory"/>; null (and nothing done) when it cannot be opened.</summary>
+    public static FileSystemFlusher? Start(string directory)
+    {
+        int descriptor = Open(directory, OpenReadOnly | OpenDirectory | OpenCloseOnExec);
+        return descriptor < 0 ? null : new FileSystemFlusher(descriptor);
+    }
+
+    /// <summary>No more passes; the one under way (if any) ends on its own, and the descriptor with it.</summary>
+    public void Dispose() => _stop.Set();
+
+    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int Open(string path, int flags);
+
+    [LibraryImport("libc", EntryPoint = "syncfs", SetLastError = true)]
+    private static partial int SyncFs(int descriptor);
+
+    [LibraryImport("libc", EntryPoint = "close")]
+    private static partial int Close(int descriptor);
+
+    private void Run()
+    {
+        try
+        {
+            while (!_stop.IsSet)
+            {
+                if (SyncFs(_descriptor) != 0)
+                {
+                    return; // nothing to gain from more tries: the unmount writes back as it always did
+                }
+
+                Passes++;
+                _stop.Wait(Pause);
+            }
+        }
+        finally
+        {
+            _ = Close(_descriptor);
+        }
+    }
+}
