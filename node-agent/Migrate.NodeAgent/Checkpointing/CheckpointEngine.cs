@@ -258,7 +258,7 @@ public sealed partial class CheckpointEngine : IDisposable
             var response = new PreDumpResponse { Round = request.Round, Method = ToProto(record.PreCopyMethod) };
             var clock = Stopwatch.StartNew();
             // one container's round can be listed before it is read; several containers' only once all are
-            bool streamed = planned is not null && record.Containers.Count == 1;
+            bool streamed = planned is not null && record.Containers.Count == 1 && _options.StreamFirstRound;
             foreach (var container in record.Containers)
             {
                 var round = await RunCriuAsync(() => Session(record, container, running: true).PreDump(streamed ? planned : null), cancellationToken);
