@@ -179,6 +179,10 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
                 System.Text.RegularExpressions.Regex.IsMatch(Cluster.Node("node-a").Agent.LogTail(1_000_000), @"served [1-9]\d* pages of container main left on this node to the target")),
             TimeSpan.FromSeconds(20), "the source's agent to say it served the pages");
         // most of them streamed on the pages lane, in the background; the restored process's faults fetched the rest at once
+        // (the target's agent says so when its lane ends, which may come just after the source's line)
+        await Cluster.Node("node-b").Agent.WaitUntilAsync(() => Task.FromResult(
+                System.Text.RegularExpressions.Regex.IsMatch(Cluster.Node("node-b").Agent.LogTail(1_000_000), @"streamed \d+ pages of container main from the source on the pages lane")),
+            TimeSpan.FromSeconds(20), "the target's agent to say it streamed the pages");
         var targetLog = Cluster.Node("node-b").Agent.LogTail(1_000_000);
         foreach (var line in targetLog.Split('\n').Where(l => l.Contains("pages of container main from the source", StringComparison.Ordinal)))
         {
