@@ -17,11 +17,13 @@ internal sealed partial class FileSystemFlusher : IDisposable
     private static readonly TimeSpan Pause = TimeSpan.FromMilliseconds(200);
     private readonly ManualResetEventSlim _stop = new();
     private readonly int _descriptor;
+    private readonly Thread _thread;
 
     private FileSystemFlusher(int descriptor)
     {
         _descriptor = descriptor;
-        new Thread(Run) { IsBackground = true, Name = "podmig syncfs" }.Start();
+        _thread = new Thread(Run) { IsBackground = true, Name = "podmig syncfs" };
+        _thread.Start();
     }
 
     /// <summary>Passes done so far.</summary>
@@ -34,8 +36,17 @@ internal sealed partial class FileSystemFlusher : IDisposable
         return descriptor < 0 ? null : new FileSystemFlusher(descriptor);
     }
 
-    /// <summary>No more passes; the one under way (if any) ends on its own, and the descriptor with it.</summary>
-    public void Dispose() => _stop.Set();
+    /// <summary>
+    /// No more passes: waits for the one under way (what it writes back the unmount would write
+    /// back anyway) and for the descriptor to be closed, which would otherwise keep the root's mount
+    /// busy and its unmount refused.
+    /// </summary>
+    public void Dispose()
+    {
+        _stop.Set();
+        _thread.Join();
+        _stop.Dispose();
+    }
 
     [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial int Open(string path, int flags);
