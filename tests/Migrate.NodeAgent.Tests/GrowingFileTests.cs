@@ -92,6 +92,59 @@ public sealed class GrowingFileTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void A_file_the_directory_walk_saw_half_written_is_listed_as_it_is_once_its_writer_is_done()
+    {
+        // the walk's view is taken while the writer is one page into three; the writer ends before the file is listed
+        var content = RandomNumberGenerator.GetBytes(3 * 4096);
+        var path = Path.Combine(_directory, "pages-1.img");
+        File.WriteAllBytes(path, content[..4096]);
+        var announced = GrowingFiles.Begin(path, content.Length);
+        announced.File.Advance(4096);
+        var walked = new FileInfo(path);
+        var walkedAgain = new FileInfo(path);
+        Assert.Equal(4096, walked.Length); // a FileInfo keeps what it read first
+        Assert.Equal(4096, walkedAgain.Length);
+        File.WriteAllBytes(path, content);
+        announced.File.Advance(content.Length);
+
+        // still announced, though complete
+        var listed = ImageSender.Listed(walked, "pages-1.img", digestsFollow: true, StagedDigestKind.Xxh128);
+        Assert.Equal((ulong)content.Length, listed.Size);
+
+        // no longer announced
+        announced.Dispose();
+        listed = ImageSender.Listed(walkedAgain, "pages-1.img", digestsFollow: false, StagedDigestKind.Xxh128);
+        Assert.Equal((ulong)content.Length, listed.Size);
+        Assert.Equal(StagedFileDigest.OfFile(StagedDigestKind.Xxh128, path), listed.Xxh128.ToByteArray());
+    }
+
+    [Fact]
+    public void A_checksum_of_fewer_bytes_than_the_file_holds_is_not_remembered_for_the_file()
+    {
+        // a listing that named a prefix of the file (the file grew since): its checksum is of that prefix only
+        var content = RandomNumberGenerator.GetBytes(3 * 4096);
+        var path = Path.Combine(_directory, "pages-1.img");
+        File.WriteAllBytes(path, content);
+        var manifest = new Agent.V1.Manifest();
+        var entry = new Agent.V1.ManifestFile { Path = "pages-1.img", Size = 4096 };
+        entry.SetDigest(StagedDigestKind.Xxh128, Google.Protobuf.ByteString.Empty);
+        manifest.Files.Add(entry);
+        using (var owed = new OwedDigests(_directory, manifest, StagedDigestKind.Xxh128))
+        {
+            owed.Start(0, 0);
+            owed.Append(0, content.AsSpan(0, 4096));
+            owed.End(0);
+            Assert.Equal(StagedFileDigest.Of(StagedDigestKind.Xxh128, new MemoryStream(content, 0, 4096)), owed.Done().Digests.Single().Xxh128.ToByteArray());
+        }
+
+        // so the next listing owes the whole file's checksum rather than vouching for the prefix's
+        Assert.Null(FileDigests.Remembered(new FileInfo(path), StagedDigestKind.Xxh128));
+        var next = ImageSender.BuildManifest(_directory, digestsFollow: true, kind: StagedDigestKind.Xxh128);
+        Assert.Equal((ulong)content.Length, next.Files.Single().Size);
+        Assert.True(next.Files.Single().Xxh128.IsEmpty);
+    }
+
+    [Fact]
     public async Task Without_checksums_that_follow_a_growing_file_is_listed_once_written()
     {
         var content = RandomNumberGenerator.GetBytes(2 * 4096);

@@ -141,7 +141,7 @@ public sealed class OwedDigests : IDisposable
 
         var digest = _digest.Finish();
         _taken[file] = digest;
-        FileDigests.Remember(VersionRead(file), _kind, ByteString.CopyFrom(digest));
+        Remember(file, digest);
         _file = -1;
     }
 
@@ -155,7 +155,7 @@ public sealed class OwedDigests : IDisposable
             {
                 digest = StagedFileDigest.OfFile(_kind, PathOf(file));
                 _taken[file] = digest;
-                FileDigests.Remember(VersionRead(file), _kind, ByteString.CopyFrom(digest));
+                Remember(file, digest);
             }
 
             done.Digests.Add(_kind == StagedDigestKind.Sha256
@@ -169,20 +169,21 @@ public sealed class OwedDigests : IDisposable
     public void Dispose() => _digest.Dispose();
 
     /// <summary>
-    /// The version of a file whose bytes were read: as it was listed, unless it was listed while still
-    /// being written (<see cref="Criu.Incremental.GrowingFiles"/>), and is now complete at its listed size
-    /// (its last write came before the last byte read).
+    /// Remembers the digest of a file's listed bytes under the version of the file that holds
+    /// exactly those bytes: as it was when listed, or, for a file listed while still being written
+    /// (<see cref="Criu.Incremental.GrowingFiles"/>), as it is now that it is complete at its listed
+    /// size (its last write came before the last byte read). A file of another size now holds other
+    /// bytes than those hashed: nothing is remembered of it, and its next listing hashes it anew.
     /// </summary>
-    private (string Path, long Size, DateTime Modified) VersionRead(int file)
+    private void Remember(int file, byte[] digest)
     {
+        long size = (long)_manifest.Files[file].Size;
         var listed = _owed[file];
-        if (listed.Size == (long)_manifest.Files[file].Size)
+        var version = listed.Size == size ? listed : FileDigests.KeyOf(new FileInfo(PathOf(file)));
+        if (version.Size == size)
         {
-            return listed;
+            FileDigests.Remember(version, _kind, ByteString.CopyFrom(digest));
         }
-
-        var now = FileDigests.KeyOf(new FileInfo(PathOf(file)));
-        return now.Size == (long)_manifest.Files[file].Size ? now : listed;
     }
 
     private string PathOf(int file) => Path.Combine(_directory, _manifest.Files[file].Path);

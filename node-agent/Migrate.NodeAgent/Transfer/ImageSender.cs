@@ -66,30 +66,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             }
             else if (!info.Attributes.HasFlag(FileAttributes.Device))
             {
-                var file = (FileInfo)info;
-                if (GrowingFiles.Find(file.FullName) is { } growing && growing.Written < growing.Size)
-                {
-                    // still being written (a first round's pages): listed at the size it will have, its
-                    // digest taken as it is sent; without digests that follow, it is waited for
-                    if (digestsFollow)
-                    {
-                        var announced = new ManifestFile { Path = relative, Size = (ulong)growing.Size };
-                        announced.SetDigest(kind, ByteString.Empty);
-                        manifest.Files.Add(announced);
-                        continue;
-                    }
-
-                    if (!growing.WaitForAsync(growing.Size, CancellationToken.None).GetAwaiter().GetResult())
-                    {
-                        throw new IOException($"{relative} could not be written: {growing.Failure}");
-                    }
-
-                    file.Refresh();
-                }
-
-                var listed = new ManifestFile { Path = relative, Size = (ulong)file.Length };
-                listed.SetDigest(kind, digestsFollow ? FileDigests.Remembered(file, kind) ?? ByteString.Empty : FileDigests.Of(file, kind));
-                manifest.Files.Add(listed);
+                manifest.Files.Add(Listed((FileInfo)info, relative, digestsFollow, kind));
             }
             else
             {
@@ -98,6 +75,38 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         }
 
         return manifest;
+    }
+
+    /// <summary>
+    /// One regular file's manifest entry. A file still being written (a first round's pages,
+    /// <see cref="GrowingFiles"/>) is listed at the size it will have, its digest taken as it is sent
+    /// (or, without digests that follow, once it is written). Any other file is listed as it is now,
+    /// not as the directory walk saw it: a file whose writer finished since was shorter then, and
+    /// listing that length would send, and vouch for, a prefix of it.
+    /// </summary>
+    internal static ManifestFile Listed(FileInfo file, string relative, bool digestsFollow, StagedDigestKind kind)
+    {
+        // the announcement first, then the length: a writer that is done by the look-up wrote every byte before it
+        var growing = GrowingFiles.Find(file.FullName);
+        if (growing is not null && growing.Written < growing.Size)
+        {
+            if (digestsFollow)
+            {
+                var announced = new ManifestFile { Path = relative, Size = (ulong)growing.Size };
+                announced.SetDigest(kind, ByteString.Empty);
+                return announced;
+            }
+
+            if (!growing.WaitForAsync(growing.Size, CancellationToken.None).GetAwaiter().GetResult())
+            {
+                throw new IOException($"{relative} could not be written: {growing.Failure}");
+            }
+        }
+
+        file.Refresh();
+        var listed = new ManifestFile { Path = relative, Size = (ulong)file.Length };
+        listed.SetDigest(kind, digestsFollow ? FileDigests.Remembered(file, kind) ?? ByteString.Empty : FileDigests.Of(file, kind));
+        return listed;
     }
 
     /// <summary>Streams the directory to the target until it is staged there, reporting progress as it goes.</summary>
