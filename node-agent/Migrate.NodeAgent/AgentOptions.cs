@@ -159,11 +159,9 @@ public sealed class AgentOptions
 
     /// <summary>
     /// Send a one-container pod's first pre-copy round while it is read (its files announced at
-    /// their final sizes first). Off by default: in the installed sandbox (agents in pods) a
-    /// streamed round's pages file once arrived with bytes that did not match the checksum the
-    /// source took as it sent them, and the move rolled back; the cause is not found yet.
+    /// their final sizes first). Off: the round is read in full, then sent.
     /// </summary>
-    public bool StreamFirstRound { get; set; }
+    public bool StreamFirstRound { get; set; } = true;
 
     /// <summary>
     /// Where <c>/run</c> is not a tmpfs (CRIU then keeps no cache of its kernel probes), write the
