@@ -19,9 +19,11 @@ public enum PagemapFlags : uint
 }
 
 /// <summary>One run of pages of a task's address space.</summary>
-public readonly record struct PagemapEntry(ulong Address, uint PageCount, PagemapFlags Flags)
+public readonly record struct PagemapEntry(ulong Address, uint PageCount, PagemapFlags Flags) : IAddressRun
 {
     public const int PageSize = 4096;
+
+    ulong IAddressRun.Start => Address;
 
     public ulong End => Address + ((ulong)PageCount * PageSize);
 

@@ -157,26 +157,8 @@ internal sealed class ImageChain : IDisposable
     public int CoveredRun(int id, ulong address, int maxPages)
     {
         var ranges = Coverage(id);
-        int low = 0, high = ranges.Length - 1;
-        while (low <= high)
-        {
-            int middle = (low + high) >>> 1;
-            var range = ranges[middle];
-            if (address < range.Start)
-            {
-                high = middle - 1;
-            }
-            else if (address >= range.End)
-            {
-                low = middle + 1;
-            }
-            else
-            {
-                return maxPages <= 0 ? 0 : (int)Math.Min((ulong)maxPages, (range.End - address) / PagemapEntry.PageSize);
-            }
-        }
-
-        return 0;
+        int index = AddressRuns.IndexOf(ranges, address);
+        return index < 0 || maxPages <= 0 ? 0 : (int)Math.Min((ulong)maxPages, (ranges[index].End - address) / PagemapEntry.PageSize);
     }
 
     /// <summary>
@@ -329,29 +311,7 @@ internal sealed class ImageChain : IDisposable
         public long[] FileOffsets { get; }
 
         /// <summary>Index of the entry covering <paramref name="address"/>, or -1. Entries are sorted.</summary>
-        public int Find(ulong address)
-        {
-            int lo = 0, hi = Entries.Count - 1;
-            while (lo <= hi)
-            {
-                int mid = (lo + hi) >>> 1;
-                var e = Entries[mid];
-                if (address < e.Address)
-                {
-                    hi = mid - 1;
-                }
-                else if (address >= e.End)
-                {
-                    lo = mid + 1;
-                }
-                else
-                {
-                    return mid;
-                }
-            }
-
-            return -1;
-        }
+        public int Find(ulong address) => AddressRuns.IndexOf(Entries, address);
     }
 
     /// <summary>The pagemap file at <paramref name="path"/>, just written from <paramref name="map"/>: a chain opened over its set later takes it as it is.</summary>

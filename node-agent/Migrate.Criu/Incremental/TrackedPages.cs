@@ -1,7 +1,7 @@
 namespace Migrate.Criu.Incremental;
 
 /// <summary>A run of pages [Start, End), addresses page-aligned.</summary>
-public readonly record struct PageRange(ulong Start, ulong End)
+public readonly record struct PageRange(ulong Start, ulong End) : Images.IAddressRun
 {
     public ulong Pages => (End - Start) / Images.PagemapEntry.PageSize;
 }
@@ -39,7 +39,7 @@ public sealed class TrackedPages
     /// <summary>How many pages from <paramref name="address"/> on (at most <paramref name="maxPages"/>) are unchanged: 0 if that page is not.</summary>
     public int UnchangedRun(ulong address, int maxPages)
     {
-        int tracked = IndexOf(_tracked, address);
+        int tracked = Images.AddressRuns.IndexOf(_tracked, address);
         if (tracked < 0 || Contains(_written, address) || maxPages <= 0)
         {
             return 0;
@@ -69,31 +69,7 @@ public sealed class TrackedPages
         return (int)Math.Min((ulong)maxPages, (end - address) / Images.PagemapEntry.PageSize);
     }
 
-    private static bool Contains(PageRange[] ranges, ulong address) => IndexOf(ranges, address) >= 0;
-
-    private static int IndexOf(PageRange[] ranges, ulong address)
-    {
-        int low = 0, high = ranges.Length - 1;
-        while (low <= high)
-        {
-            int middle = low + ((high - low) / 2);
-            var range = ranges[middle];
-            if (address < range.Start)
-            {
-                high = middle - 1;
-            }
-            else if (address >= range.End)
-            {
-                low = middle + 1;
-            }
-            else
-            {
-                return middle;
-            }
-        }
-
-        return -1;
-    }
+    private static bool Contains(PageRange[] ranges, ulong address) => Images.AddressRuns.IndexOf(ranges, address) >= 0;
 
     /// <summary>Sorted, with touching or overlapping ranges merged, empty ones dropped.</summary>
     private static PageRange[] Normalize(IEnumerable<PageRange> ranges)

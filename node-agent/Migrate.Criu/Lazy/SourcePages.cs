@@ -350,22 +350,7 @@ public sealed class SourcePages : IDisposable
             throw new PageServerException($"{pages} pages at 0x{address:x} of task {taskId} were not left on the source");
         }
 
-        // the last run starting at or before the address
-        int lo = 0, hi = runs.Length - 1, found = -1;
-        while (lo <= hi)
-        {
-            int mid = (lo + hi) / 2;
-            if (runs[mid].Address <= address)
-            {
-                found = mid;
-                lo = mid + 1;
-            }
-            else
-            {
-                hi = mid - 1;
-            }
-        }
-
+        int found = AddressRuns.IndexOf(runs, address);
         if (found < 0 || (address - runs[found].Address) / PagemapEntry.PageSize + (ulong)pages > (ulong)runs[found].Pages)
         {
             throw new PageServerException($"{pages} pages at 0x{address:x} of task {taskId} were not left on the source");
@@ -422,5 +407,10 @@ public sealed class SourcePages : IDisposable
         }
     }
 
-    private sealed record Run(int Task, ulong Address, long Pages, long First);
+    private sealed record Run(int Task, ulong Address, long Pages, long First) : IAddressRun
+    {
+        public ulong Start => Address;
+
+        public ulong End => Address + ((ulong)Pages * PagemapEntry.PageSize);
+    }
 }
