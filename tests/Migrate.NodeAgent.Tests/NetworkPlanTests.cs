@@ -56,17 +56,21 @@ public sealed class NetworkPlanTests
     public void The_address_is_released_before_it_is_claimed_with_the_same_mac_and_announced_only_for_ipv4()
     {
         var address = new PodAddress("eth0", "10.1.2.3/24", "02:42:AC:11:00:02");
-        Assert.Equal(["ip address del 10.1.2.3/24 dev eth0", "ip link set dev eth0 down"], AddressHandover.Release(address).Select(s => s.Command.ToString()));
+        var release = Assert.Single(AddressHandover.Release(address));
+        Assert.Equal("ip -batch -", release.Command.ToString());
+        Assert.Equal("link set dev eth0 down\naddress flush dev eth0 to 10.1.2.3/32\n", release.Command.Input);
+        Assert.Equal("link set dev eth0 down\naddress flush dev eth0 to fd00::5/128\n", AddressHandover.Release(new("eth0", "fd00::5/64", null))[0].Command.Input);
         var claim = AddressHandover.Claim(address);
-        Assert.Equal(["ip -batch -", "sysctl -qw net.ipv4.conf.all.arp_ignore=0", "ip link set dev eth0 up"], claim.Select(s => s.Command.ToString()));
+        Assert.Equal(["ip -batch -", "sysctl -qw net.ipv4.conf.all.arp_ignore=0", "ip -batch -"], claim.Select(s => s.Command.ToString()));
         Assert.Equal("link set dev eth0 down\nlink set dev eth0 address 02:42:ac:11:00:02\naddress replace 10.1.2.3/24 dev eth0\n", claim[0].Command.Input);
+        Assert.Equal("link set dev eth0 up\n", claim[2].Command.Input);
         Assert.Equal(["arping -q -U -c 1 -I eth0 10.1.2.3"], AddressHandover.Announce(address).Select(s => s.Command.ToString()));
         Assert.Equal("address replace fd00::5/64 dev eth0\n", AddressHandover.Claim(new("eth0", "fd00::5/64", null))[0].Command.Input);
         Assert.Empty(AddressHandover.Announce(new("eth0", "fd00::5/64", null)));
         // the pod's routes through the interface come back after the link is up
         Assert.Equal(
-            ["ip route replace default via 10.1.2.1 dev eth0", "ip route replace 10.96.0.0/12 dev eth0"],
-            AddressHandover.Claim(address, [new PodRoute("default", "10.1.2.1"), new PodRoute("10.96.0.0/12", null)]).Skip(3).Select(s => s.Command.ToString()));
+            "link set dev eth0 up\nroute replace default via 10.1.2.1 dev eth0\nroute replace 10.96.0.0/12 dev eth0\n",
+            AddressHandover.Claim(address, [new PodRoute("default", "10.1.2.1"), new PodRoute("10.96.0.0/12", null)])[2].Command.Input);
         Assert.Equal(
             [new PodRoute("default", "10.1.2.1"), new PodRoute("10.96.0.0/12", null)],
             AddressHandover.RoutesFromIpJson("""[{"dst":"default","gateway":"10.1.2.1","dev":"eth0","flags":[]},{"dst":"10.1.2.0/24","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"10.1.2.3","flags":[]},{"dst":"10.96.0.0/12","dev":"eth0","scope":"link","flags":[]},{"dst":"192.168.0.0/16","gateway":"10.9.9.9","dev":"net1","flags":[]}]""", "eth0"));

@@ -341,7 +341,7 @@ public sealed partial class CheckpointEngine : IDisposable
             AgentTelemetry.FrozenDuration.Record(response.FrozenMillis);
             AgentTelemetry.BytesStaged.Add((long)response.StagedBytes);
             uint capture = (uint)response.Containers.Sum(c => c.MemoryCaptureMillis), criu = (uint)response.Containers.Sum(c => c.DumpMillis) - capture;
-            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, capture, response.FilesystemMillis, response.NetworkMillis);
+            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, capture, response.FilesystemMillis, response.NetworkMillis - dump.ReleaseMillis, dump.ReleaseMillis);
             return response;
         }, cancellationToken);
 
@@ -428,6 +428,9 @@ public sealed partial class CheckpointEngine : IDisposable
         public string Step { get; set; } = "freezing";
 
         public int InFlight { get; set; }
+
+        /// <summary>What the address release took (frozen), of the response's network figure (the lock came before the freeze).</summary>
+        public uint ReleaseMillis { get; set; }
 
         public bool Done { get; set; }
     }
@@ -645,7 +648,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 step = "releasing the pod's address";
                 var released = clock.Elapsed;
                 _handover.Release(releasing, record.StagingDirectory, record.Containers.Select(c => c.Name), record.Save);
-                response.NetworkMillis += Millis(clock.Elapsed - released);
+                freeze.ReleaseMillis = Millis(clock.Elapsed - released);
+                response.NetworkMillis += freeze.ReleaseMillis;
             }
 
             var filesystemStart = clock.Elapsed;
@@ -1133,8 +1137,8 @@ public sealed partial class CheckpointEngine : IDisposable
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the processes of container {Container} share {MiB} MiB copy-on-write, which a lazy restore would give each of them again; its memory is restored in full, which keeps it shared")]
     private partial void LogKeepsSharing(string migration, string container, long mib);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms and memory capture {Capture} ms; file systems {Filesystem} ms, network lock and address {Network} ms)")]
-    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, uint capture, uint filesystem, uint network);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms and memory capture {Capture} ms; file systems {Filesystem} ms; network lock {Lock} ms before the freeze, address release {Release} ms)")]
+    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, uint capture, uint filesystem, uint @lock, uint release);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);

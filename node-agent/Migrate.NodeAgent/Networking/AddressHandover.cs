@@ -83,20 +83,33 @@ public sealed partial record PodRoute
 /// </summary>
 public static class AddressHandover
 {
-    /// <summary>The source gives the address up. Repeating it changes nothing.</summary>
-    public static IReadOnlyList<NamespaceStep> Release(PodAddress address) =>
-    [
-        new(new("ip", "address", "del", address.Cidr, "dev", address.Interface), MayFail: true),
-        new(new("ip", "link", "set", "dev", address.Interface, "down")),
-    ];
+    /// <summary>
+    /// The source gives the address up: its link down, then the address off it, in one <c>ip -batch</c>
+    /// (one process in the freeze, not two; a flush of an address already gone succeeds). Repeating
+    /// it changes nothing.
+    /// </summary>
+    public static IReadOnlyList<NamespaceStep> Release(PodAddress address)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        int full = address.Address.AddressFamily == AddressFamily.InterNetwork ? 32 : 128;
+        return
+        [
+            new(new("ip", "-batch", "-")
+            {
+                Input = $"link set dev {address.Interface} down\naddress flush dev {address.Interface} to {address.Address}/{full}\n",
+            }),
+        ];
+    }
 
     /// <summary>
     /// The target takes the address (its namespace must be locked): the link down, the source's MAC,
     /// the address (in place of any its sandbox was given) in one <c>ip -batch</c>; ARP answered
-    /// again; the link up. Repeating it changes nothing.
+    /// again; the link up and the pod's own routes back in a second. Three processes in the downtime,
+    /// whatever the routes. Repeating it changes nothing.
     /// </summary>
     public static IReadOnlyList<NamespaceStep> Claim(PodAddress address, IReadOnlyList<PodRoute>? routes = null)
     {
+        ArgumentNullException.ThrowIfNull(address);
         var batch = new System.Text.StringBuilder();
         if (address.Mac is { } mac)
         {
@@ -105,14 +118,25 @@ public static class AddressHandover
         }
 
         batch.Append("address replace ").Append(address.Cidr).Append(" dev ").Append(address.Interface).Append('\n');
+        var up = new System.Text.StringBuilder().Append("link set dev ").Append(address.Interface).Append(" up\n");
+        foreach (var route in routes ?? [])
+        {
+            // taking the link down removed every route through it but the subnet's: the pod's own come back
+            up.Append("route replace ").Append(route.Destination);
+            if (route.Gateway is { } via)
+            {
+                up.Append(" via ").Append(via);
+            }
+
+            up.Append(" dev ").Append(address.Interface).Append('\n');
+        }
+
         return
         [
             new(new("ip", "-batch", "-") { Input = batch.ToString() }),
             // a sandbox made for the address (podmig-ipam) was kept from answering ARP until now
             new(Speak()),
-            new(new("ip", "link", "set", "dev", address.Interface, "up")),
-            // taking the link down removed every route through it but the subnet's: the pod's own come back
-            .. (routes ?? []).Select(r => new NamespaceStep(new("ip", ["route", "replace", r.Destination, .. r.Gateway is { } via ? new[] { "via", via } : [], "dev", address.Interface]))),
+            new(new("ip", "-batch", "-") { Input = up.ToString() }),
         ];
     }
 
