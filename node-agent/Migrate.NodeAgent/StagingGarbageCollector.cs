@@ -39,6 +39,9 @@ public sealed partial class StagingGarbageCollector(CheckpointEngine engine, Ima
     /// <summary>One round: removes what expired; returns the migrations removed.</summary>
     public async Task<IReadOnlyList<string>> CollectAsync(CancellationToken cancellationToken)
     {
+        // what removals left when an agent ended before they were done (DiscardedDirectories)
+        DiscardedDirectories.Sweep(_options.StagingDirectory);
+        DiscardedDirectories.Sweep(_options.IncomingDirectory);
         var removed = new List<string>();
         var expiry = time.GetUtcNow().UtcDateTime - TimeSpan.FromMinutes(_options.StagingTtlMinutes);
         foreach (var directory in Children(_options.StagingDirectory))

@@ -673,7 +673,7 @@ public sealed partial class ImageReceiver : IDisposable
         if (Directory.Exists(directory))
         {
             StopLazyHelpers(directory);
-            Directory.Delete(directory, recursive: true);
+            _ = DiscardedDirectories.Remove(directory);
         }
 
         _events?.Changed(migrationId);
