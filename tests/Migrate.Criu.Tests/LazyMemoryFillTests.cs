@@ -45,6 +45,21 @@ public sealed class LazyMemoryFillTests
         }
     }
 
+    /// <summary>The line the agent logs once a page server ended: its last whole line, report or failure.</summary>
+    public static TheoryData<string, string?, string?> LastLines() => new()
+    {
+        { "none yet", null, null },
+        { "a report still being written", Closed.TrimEnd('\n'), null },
+        { "the report", "starting\n" + Closed, Closed.TrimEnd('\n') },
+        { "a failure after other lines", "starting\n" + LazyMemoryFill.FailureLine("no page at 0x7f00") + "\n", LazyMemoryFill.FailureLine("no page at 0x7f00") },
+        { "only lines it does not end with", "starting\nserving\n", null },
+    };
+
+    [Theory]
+    [MemberData(nameof(LastLines))]
+    public void Finds_the_page_servers_last_line(string _, string? serverLog, string? expected) =>
+        Assert.Equal(expected, LazyMemoryFill.LastLine(serverLog));
+
     private const string CriuKilled = "Killing processes because of failure on restore";
 
     /// <summary>A failed restore's error, and what is added to it, for the helpers' traces.</summary>

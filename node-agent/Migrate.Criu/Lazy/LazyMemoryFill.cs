@@ -63,7 +63,7 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     /// </summary>
     public static LazyMemoryFill Judge(string? pageServerLog, bool pageServerAlive, string? daemonLog)
     {
-        var last = CompleteLines(pageServerLog).LastOrDefault(l => l.StartsWith(ReportPrefix, StringComparison.Ordinal) || l.StartsWith(FailurePrefix, StringComparison.Ordinal));
+        var last = LastLine(pageServerLog);
         if (last is null)
         {
             return pageServerAlive ? Filling
@@ -93,6 +93,10 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
         long millis = Elapsed().Match(last) is { Success: true } m ? long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
         return new LazyMemoryFill(LazyMemoryState.Filled, null, millis);
     }
+
+    /// <summary>The page server's last line (its report or why it failed), once it is written whole; null before.</summary>
+    public static string? LastLine(string? pageServerLog) =>
+        CompleteLines(pageServerLog).LastOrDefault(l => l.StartsWith(ReportPrefix, StringComparison.Ordinal) || l.StartsWith(FailurePrefix, StringComparison.Ordinal));
 
     /// <summary>The verdict for the helpers recorded in a restore's work directory.</summary>
     public static LazyMemoryFill Observe(string workDirectory)

@@ -247,7 +247,30 @@ public sealed partial class IncomingMigrations : BackgroundService
             }
         }
 
+        // a lazy restore's page server writes one last line as it ends: how its memory came (requests, pages, time)
+        foreach (var work in Directory.EnumerateDirectories(directory, "restore-*"))
+        {
+            var log = Path.Combine(work, LazyRestoreHelpers.PageServerLog);
+            if (!_reported.Contains(log) && LazyMemoryFill.LastLine(ReadIfThere(log)) is { } line)
+            {
+                _reported.Add(log);
+                LogMemoryCame(migrationId, Path.GetFileName(work)[8..], line);
+            }
+        }
+
         _reported.RemoveWhere(f => !File.Exists(f));
+    }
+
+    private static string? ReadIfThere(string path)
+    {
+        try
+        {
+            return File.Exists(path) ? File.ReadAllText(path) : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
     }
 
     private static IEnumerable<RestoreState> Restores(string directory)
@@ -335,6 +358,9 @@ public sealed partial class IncomingMigrations : BackgroundService
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: container {Container} restored in {Millis} ms after the commit ({Steps})")]
     private partial void LogRestored(string migration, string container, long millis, string steps);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: container {Container}'s lazy memory: {PageServer}")]
+    private partial void LogMemoryCame(string migration, string container, string pageServer);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the final images were committed; a waiting restore may begin")]
     private partial void LogCommitted(string migration);
