@@ -38,7 +38,7 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     {
         ArgumentNullException.ThrowIfNull(report);
         return string.Create(CultureInfo.InvariantCulture,
-            $"{ReportPrefix}{report.Requests} requests, {report.PagesServed} pages ({report.BytesServed} bytes{(report.PagesFromSource > 0 ? $", {report.PagesFromSource} pages from the source, {report.PagesFetched} fetched, {report.PagesPrefetched} of them ahead of the daemon" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms{(report.ClosedByDaemon ? ClosedSuffix : GoneSuffix)}");
+            $"{ReportPrefix}{report.Requests} requests ({report.SinglePageRequests} of one page), {report.PagesServed} pages ({report.BytesServed} bytes{(report.PagesFromSource > 0 ? $", {report.PagesFromSource} pages from the source, {report.PagesFetched} fetched, {report.PagesPrefetched} of them ahead of the daemon" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms, {report.Answering.TotalMilliseconds:0} ms of it answering{(report.ClosedByDaemon ? ClosedSuffix : GoneSuffix)}");
     }
 
     /// <summary>
@@ -149,6 +149,6 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     [GeneratedRegex(@"\bError \(")]
     private static partial Regex CriuError();
 
-    [GeneratedRegex(@" in (\d+) ms;")]
+    [GeneratedRegex(@" in (\d+) ms[;,]")]
     private static partial Regex Elapsed();
 }

@@ -12,7 +12,10 @@ namespace Migrate.Criu.Lazy;
 /// <param name="PagesFromSource">Of those, pages that came from the source (left there by a post-copy dump).</param>
 /// <param name="PagesFetched">Pages fetched from the source (each at most once), whether asked for or fetched ahead.</param>
 /// <param name="PagesPrefetched">Of those, pages fetched in the background, ahead of any request.</param>
-public sealed record PageServerReport(long Requests, long PagesServed, bool ClosedByDaemon, TimeSpan Elapsed, long PagesFromSource = 0, long PagesFetched = 0, long PagesPrefetched = 0)
+/// <param name="SinglePageRequests">Requests for one page: the daemon asks so for a page a restored process touched.</param>
+/// <param name="Answering">Of <paramref name="Elapsed"/>, the time spent answering (the rest is the daemon's: waiting for its next request).</param>
+public sealed record PageServerReport(long Requests, long PagesServed, bool ClosedByDaemon, TimeSpan Elapsed, long PagesFromSource = 0, long PagesFetched = 0, long PagesPrefetched = 0,
+    long SinglePageRequests = 0, TimeSpan Answering = default)
 {
     public long BytesServed => PagesServed * PagemapEntry.PageSize;
 }
@@ -92,31 +95,36 @@ public sealed class PageServer : IDisposable
         ArgumentNullException.ThrowIfNull(connection);
         var clock = Stopwatch.StartNew();
         var header = new byte[_protocol.HeaderSize];
-        var pages = new byte[PiecePages * PagemapEntry.PageSize];
+        // a reply's header, then a piece of its pages (see WritePiece)
+        var pages = new byte[header.Length + (PiecePages * PagemapEntry.PageSize)];
         var found = new bool[PiecePages];
-        long requests = 0, served = 0;
+        long requests = 0, served = 0, single = 0;
+        long answering = 0;
         while (true)
         {
             cancellationToken.ThrowIfCancellationRequested();
             int got = ReadHeader(connection, header);
             if (got == 0)
             {
-                return Report(requests, served, false, clock);
+                return Report(requests, served, single, answering, false, clock);
             }
 
             var request = _protocol.Decode(header);
             switch ((PageServerCommand)request.Command)
             {
                 case PageServerCommand.Get:
+                    long began = Stopwatch.GetTimestamp();
                     served += Answer(connection, request, header, pages, found);
+                    answering += Stopwatch.GetTimestamp() - began;
                     requests++;
+                    single += request.Pages == 1 ? 1 : 0;
                     Pace(served, clock);
                     break;
                 case PageServerCommand.Close or PageServerCommand.ForceClose:
                     // the status CRIU's own page server answers: all done
                     connection.Write(SessionOver);
                     connection.Flush();
-                    return Report(requests, served, true, clock);
+                    return Report(requests, served, single, answering, true, clock);
                 default:
                     throw new PageServerException($"the lazy-pages daemon sent command 0x{request.Command:x}, which a page server for a restore does not take");
             }
@@ -129,10 +137,11 @@ public sealed class PageServer : IDisposable
         _chain.Dispose();
     }
 
-    private PageServerReport Report(long requests, long served, bool closed, Stopwatch clock)
+    private PageServerReport Report(long requests, long served, long single, long answeringTicks, bool closed, Stopwatch clock)
     {
         var fetching = _fromSourceStore?.Report();
-        return new PageServerReport(requests, served, closed, clock.Elapsed, _fromSource, fetching?.Fetched ?? 0, fetching?.Prefetched ?? 0);
+        return new PageServerReport(requests, served, closed, clock.Elapsed, _fromSource, fetching?.Fetched ?? 0, fetching?.Prefetched ?? 0,
+            single, Stopwatch.GetElapsedTime(0, answeringTicks));
     }
 
     /// <summary>Holds back until <paramref name="served"/> pages fit <see cref="BytesPerSecond"/> since the session began.</summary>
@@ -166,24 +175,18 @@ public sealed class PageServer : IDisposable
         }
 
         // the reply says how many pages follow: as many of those asked for as the chain holds in a row
-        int available = 0;
-        while (available < wanted && _chain.Covers(id, request.Address + ((ulong)available * PagemapEntry.PageSize)))
-        {
-            available++;
-        }
-
+        int available = _chain.CoveredRun(id, request.Address, wanted);
         if (available == 0)
         {
             throw new PageServerException($"task {id} has no page at 0x{request.Address:x} in the staged images");
         }
 
         _protocol.Encode(new PageServerHeader((uint)PageServerCommand.AddWithFlags, PageServerProtocol.PresentFlag, (ulong)available, request.Address, request.TaskId), header);
-        connection.Write(header);
         for (int sent = 0; sent < available;)
         {
             int piece = Math.Min(PiecePages, available - sent);
-            _chain.Read(id, request.Address + ((ulong)sent * PagemapEntry.PageSize), piece, pages, found);
-            connection.Write(pages, 0, piece * PagemapEntry.PageSize);
+            _chain.Read(id, request.Address + ((ulong)sent * PagemapEntry.PageSize), piece, pages.AsSpan(header.Length), found);
+            WritePiece(connection, header, pages, piece, first: sent == 0);
             sent += piece;
         }
 
@@ -205,20 +208,38 @@ public sealed class PageServer : IDisposable
             int piece = Math.Min(PiecePages, available - sent);
             // the first piece is had before the header goes out: a failure ends the session without a reply CRIU would misread
             // the daemon asks for the one page a process touched (its faults), or for more in the background
-            store.Read(id, request.Address + ((ulong)sent * PagemapEntry.PageSize), piece, pages, fault: request.Pages == 1);
+            store.Read(id, request.Address + ((ulong)sent * PagemapEntry.PageSize), piece, pages.AsSpan(header.Length), fault: request.Pages == 1);
             if (sent == 0)
             {
                 _protocol.Encode(new PageServerHeader((uint)PageServerCommand.AddWithFlags, PageServerProtocol.PresentFlag, (ulong)available, request.Address, request.TaskId), header);
-                connection.Write(header);
             }
 
-            connection.Write(pages, 0, piece * PagemapEntry.PageSize);
+            WritePiece(connection, header, pages, piece, first: sent == 0);
             sent += piece;
         }
 
         connection.Flush();
         _fromSource += available;
         return available;
+    }
+
+    /// <summary>
+    /// Sends a piece of pages read into <paramref name="buffer"/> after its first header-sized bytes;
+    /// the first piece of a reply goes in one write with the reply's header before it, so that the
+    /// daemon finds the pages with the header and does not wait for them a second time.
+    /// </summary>
+    private static void WritePiece(Stream connection, byte[] header, byte[] buffer, int pieces, bool first)
+    {
+        int bytes = pieces * PagemapEntry.PageSize;
+        if (first)
+        {
+            header.CopyTo(buffer, 0);
+            connection.Write(buffer, 0, header.Length + bytes);
+        }
+        else
+        {
+            connection.Write(buffer, header.Length, bytes);
+        }
     }
 
     /// <summary>Reads a whole header; 0 at a clean end of the stream.</summary>
