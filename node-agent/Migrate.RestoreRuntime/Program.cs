@@ -10,6 +10,12 @@ if (args.Length > 0 && args[0] == LazyRestoreHelpers.ServeArgument)
     return LazyRestoreHelpers.Serve(args, Console.Out);
 }
 
+if (args.Length > 0 && args[0] == LazyRestoreHelpers.FillArgument)
+{
+    // a lazy restore's memory filler (started by a restore below, detached), when the memory is all on this node
+    return LazyRestoreHelpers.Fill(args, Console.Out);
+}
+
 if (Environment.GetEnvironmentVariable("CNI_COMMAND") is { Length: > 0 })
 {
     // installed as the CNI IPAM plugin podmig-ipam (a link to this program)

@@ -454,7 +454,8 @@ public static partial class Restorer
         {
             // pages a post-copy dump left on the source are fetched through this node's agent, which listens in the migration's directory
             var agent = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(work))!, RemotePagesProtocol.SocketName);
-            return LazyRestoreHelpers.Begin("criu", version, self, images, memory, work, (agent, request.Container));
+            bool criuDaemon = Environment.GetEnvironmentVariable(LazyRestoreHelpers.FillerVariable) == "criu";
+            return LazyRestoreHelpers.Begin("criu", version, self, images, memory, work, (agent, request.Container), criuDaemon);
         }
         catch (IOException e)
         {

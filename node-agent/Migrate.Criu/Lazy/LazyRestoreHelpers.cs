@@ -41,6 +41,16 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// <summary>The first argument that makes a program serve pages (see <see cref="Serve"/>).</summary>
     public const string ServeArgument = "--podmig-serve-pages";
 
+    /// <summary>The first argument that makes a program fill memory itself (see <see cref="Fill"/>).</summary>
+    public const string FillArgument = "--podmig-fill-pages";
+
+    /// <summary>
+    /// Who fills a lazy restore's memory that is wholly on this node, from the restore runtime's
+    /// environment: unset or <c>podmig</c>, a <see cref="MemoryFiller"/>; <c>criu</c>, CRIU's lazy-pages
+    /// daemon with a page server (what pages left on the source always use).
+    /// </summary>
+    public const string FillerVariable = "PODMIG_LAZY_FILL";
+
     /// <summary>Whether a final image set leaves memory to a lazy restore (some of its pages are lazy and not in the set).</summary>
     public static bool Needed(string imagesDirectory) =>
         CriuPagemap.ReadAll(imagesDirectory).Any(m => m.Entries.Any(e => e.IsLeftLazy));
@@ -50,9 +60,10 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// the socket on its descriptor 3) and the daemon for <paramref name="imagesDirectory"/>, waits until the
     /// daemon listens, and records both. On failure neither is left running.
     /// </summary>
-    public static LazyRestoreHelpers Start(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory, TimeSpan readyTimeout)
+    public static LazyRestoreHelpers Start(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory, TimeSpan readyTimeout,
+        bool criuDaemon = false)
     {
-        var helpers = Begin(criuBinary, version, serverProgram, imagesDirectory, memoryDirectory, workDirectory);
+        var helpers = Begin(criuBinary, version, serverProgram, imagesDirectory, memoryDirectory, workDirectory, criuDaemon: criuDaemon);
         helpers.WaitReady(readyTimeout);
         return helpers;
     }
@@ -62,11 +73,23 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// listen (see <see cref="WaitReady"/>): its start-up overlaps whatever the caller does next. On
     /// failure neither is left running. With <c>remote</c> (the node agent's socket, and the container),
     /// the page server fetches the pages a post-copy dump left on the source through the agent.
+    /// Memory wholly on this node is filled by one helper, a <see cref="MemoryFiller"/> (recorded as
+    /// both), unless <paramref name="criuDaemon"/> asks for CRIU's daemon and a page server.
     /// </summary>
     public static LazyRestoreHelpers Begin(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory,
-        (string Socket, string Container)? remote = null)
+        (string Socket, string Container)? remote = null, bool criuDaemon = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(serverProgram);
+        if (!criuDaemon && MemoryFiller.Serves(memoryDirectory))
+        {
+            // one helper in place of the daemon and its page server: it listens where the daemon would
+            File.Delete(Path.Combine(workDirectory, LazyPagesDaemon.SocketName));
+            int filler = DetachedProcess.Spawn(serverProgram, [FillArgument, Path.GetFullPath(imagesDirectory), Path.GetFullPath(memoryDirectory), Path.GetFullPath(workDirectory)],
+                new Dictionary<int, int>(), Path.Combine(workDirectory, PageServerLog));
+            File.WriteAllText(Path.Combine(workDirectory, PidsFile), string.Create(CultureInfo.InvariantCulture, $"{filler}\n{filler}\n"));
+            return new LazyRestoreHelpers(filler, filler, workDirectory);
+        }
+
         var (daemonEnd, serverEnd) = DetachedProcess.SocketPair();
         using (daemonEnd)
         using (serverEnd)
@@ -101,6 +124,14 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         {
             LazyPagesDaemon.WaitListening(DaemonPid, WorkDirectory, readyTimeout);
         }
+        catch (IOException) when (DaemonPid == PageServerPid)
+        {
+            // the memory filler (recorded as both): its own last line says why
+            StopRecorded(WorkDirectory);
+            var log = Path.Combine(WorkDirectory, PageServerLog);
+            var said = File.Exists(log) ? LazyMemoryFill.LastLine(File.ReadAllText(log)) : null;
+            throw new IOException($"the memory filler ended before it listened: {said ?? "it said nothing"}");
+        }
         catch
         {
             StopRecorded(WorkDirectory);
@@ -126,7 +157,9 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         // empty: so all are checked and stopped (SIGSTOP) before any is killed.
         var running = File.ReadAllLines(file)
             .Select(line => int.TryParse(line, NumberStyles.None, CultureInfo.InvariantCulture, out int pid) ? pid : 0)
-            .Where(pid => pid > 1 && IsHelper(pid) && DetachedProcess.Pause(pid))
+            .Where(pid => pid > 1)
+            .Distinct()
+            .Where(pid => IsHelper(pid) && DetachedProcess.Pause(pid))
             .ToList();
         int killed = running.Count(DetachedProcess.Kill);
         foreach (int pid in running)
@@ -165,7 +198,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         try
         {
             var arguments = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/cmdline").Split('\0');
-            return arguments.Contains("lazy-pages", StringComparer.Ordinal) || arguments.Contains(ServeArgument, StringComparer.Ordinal);
+            return arguments.Contains("lazy-pages", StringComparer.Ordinal) || arguments.Contains(ServeArgument, StringComparer.Ordinal) || arguments.Contains(FillArgument, StringComparer.Ordinal);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -216,6 +249,46 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         catch (Exception e) when (ServingFailed(e))
         {
             log.WriteLine(LazyMemoryFill.FailureLine(e.Message));
+            return 1;
+        }
+    }
+
+    /// <summary>
+    /// The memory filler's process: <c>[FillArgument, imagesDirectory, memoryDirectory, workDirectory]</c>.
+    /// Listens on the daemon's socket in the work directory, then fills until every lazy page is in
+    /// place; 0 when it did, 1 when it could not (the reason is its last line).
+    /// </summary>
+    public static int Fill(IReadOnlyList<string> arguments, TextWriter log)
+    {
+        ArgumentNullException.ThrowIfNull(arguments);
+        ArgumentNullException.ThrowIfNull(log);
+        if (arguments.Count != 4 || arguments[0] != FillArgument)
+        {
+            log.WriteLine($"usage: {FillArgument} IMAGES-DIRECTORY MEMORY-DIRECTORY WORK-DIRECTORY");
+            return 2;
+        }
+
+        try
+        {
+            // bound by its name in the work directory, as the restore connects to it: a node's staging
+            // path can be longer than a socket address holds (108 bytes)
+            var images = Path.GetFullPath(arguments[1]);
+            var memory = Path.GetFullPath(arguments[2]);
+            Environment.CurrentDirectory = arguments[3];
+            File.Delete(LazyPagesDaemon.SocketName);
+            using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            listener.Bind(new UnixDomainSocketEndPoint(LazyPagesDaemon.SocketName));
+            listener.Listen(1);
+            // the restore may begin now: its connection waits in the backlog while the images are opened
+            using var filler = new MemoryFiller(images, memory) { BytesPerSecond = PagesBytesPerSecond() };
+            var report = filler.Run(listener);
+            log.WriteLine(LazyMemoryFill.ReportLine(report));
+            return 0;
+        }
+        catch (Exception e)
+        {
+            // whatever it was, the restore's memory has failed: said in the line the agent reads
+            log.WriteLine(LazyMemoryFill.FailureLine(ServingFailed(e) ? e.Message : e.ToString()));
             return 1;
         }
     }

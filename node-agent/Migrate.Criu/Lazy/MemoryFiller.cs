@@ -1,0 +1,455 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Migrate.Criu.Images;
+using Migrate.Criu.Incremental;
+using static Migrate.Criu.Interop.Userfaultfd;
+
+namespace Migrate.Criu.Lazy;
+
+/// <summary>
+/// Fills the memory of a lazily restored process tree from image sets already on this node, in
+/// place of CRIU's lazy-pages daemon and a page server behind it. It takes the same part in the
+/// restore: it listens on <see cref="LazyPagesDaemon.SocketName"/> in the work directory, where
+/// <c>criu restore --lazy-pages</c> sends each process's PID and userfaultfd and at last says the
+/// restore finished. It answers each page fault at once, and fills every other lazy page in large
+/// pieces as soon as the restore finished, straight from the staged files into the processes
+/// (<c>UFFDIO_COPY</c>): no request and answer per piece, no socket between two helpers, and a
+/// background fill that does not shrink to a few pages whenever the processes touch one (CRIU 4's
+/// daemon fills 64 KiB after each fault, one request at a time, so a process writing its memory
+/// while it fills made the fill 2-3 times as slow as when it was idle).
+/// Only for memory wholly on this node: pages left on the source still go through CRIU's daemon.
+/// </summary>
+public sealed unsafe class MemoryFiller : IDisposable
+{
+    /// <summary>The most pages filled in one piece in the background: a fault waits at most for one piece.</summary>
+    public const int PiecePages = 256;
+
+    /// <summary>Pages filled for a fault: the one touched and the missing ones right after it.</summary>
+    public const int FaultPages = 16;
+
+    /// <summary>The restore's word that it finished (CRIU's LAZY_PAGES_RESTORE_FINISHED, "RSTF").</summary>
+    public const uint RestoreFinished = 0x52535446;
+
+    private const uint MmMagic = 0x57492820;
+    private const ulong Page = PagemapEntry.PageSize;
+
+    private readonly string _images;
+    private readonly ImageChain _chain;
+    private readonly List<Filled> _processes = [];
+    private readonly byte* _buffer;
+    private readonly bool[] _found = new bool[PiecePages];
+    private long _faults, _pieces, _pages, _copyTicks;
+    private int _next;
+
+    /// <param name="imagesDirectory">The image set CRIU restores: its pagemaps mark the lazy pages, its mm images name the mappings.</param>
+    /// <param name="memoryDirectory">The image set (with its parents) that holds the lazy pages.</param>
+    public MemoryFiller(string imagesDirectory, string memoryDirectory)
+    {
+        _images = Path.GetFullPath(imagesDirectory);
+        _chain = ImageChain.Open(Path.GetFullPath(memoryDirectory));
+        // every file is open from the start: the node may delete the staged images while memory still fills
+        _chain.OpenAll();
+        _buffer = (byte*)NativeMemory.AlignedAlloc((nuint)(PiecePages * Page), (nuint)Page);
+    }
+
+    /// <summary>
+    /// Whether this filler can serve the image set in <paramref name="memoryDirectory"/>: it holds
+    /// every page itself or through its parents (none left on the source).
+    /// </summary>
+    public static bool Serves(string memoryDirectory) =>
+        !CriuPagemap.ReadAll(memoryDirectory).Any(m => m.Entries.Any(e => e.IsLeftLazy));
+
+    /// <summary>
+    /// Takes the restore's connection from <paramref name="listener"/> and fills until every lazy page
+    /// of every process is in place (or its process is gone). Throws when it cannot: a page missing
+    /// from the images, the restore gone before it finished, a copy the kernel refused.
+    /// </summary>
+    public PageServerReport Run(Socket listener, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(listener);
+        var clock = Stopwatch.StartNew();
+        using var restore = listener.Accept();
+        int client = (int)restore.SafeHandle.DangerousGetHandle();
+        bool finished = false, connected = true;
+        var fds = new List<PollFd>();
+        while (true)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var live = _processes.Where(p => !p.Gone).ToList();
+            if (finished && live.All(p => p.Missing.Left == 0))
+            {
+                return new PageServerReport(_faults + _pieces, _pages, true, clock.Elapsed, SinglePageRequests: _faults, Answering: Stopwatch.GetElapsedTime(0, _copyTicks));
+            }
+
+            fds.Clear();
+            if (connected)
+            {
+                fds.Add(new PollFd { Fd = client, Events = PollIn });
+            }
+
+            fds.AddRange(live.Select(p => new PollFd { Fd = p.Uffd, Events = PollIn }));
+            bool filling = finished && live.Any(p => p.Missing.Left > 0);
+            int held = filling ? HeldMillis(clock) : 0;
+            var polled = CollectionsMarshal.AsSpan(fds);
+            int ready;
+            fixed (PollFd* pointer = polled)
+            {
+                ready = Poll(pointer, (nuint)polled.Length, filling ? held : 100);
+            }
+
+            if (ready < 0)
+            {
+                int error = Marshal.GetLastPInvokeError();
+                if (error == EIntr)
+                {
+                    continue;
+                }
+
+                throw new IOException($"poll failed (errno {error})");
+            }
+
+            int first = 0;
+            if (connected)
+            {
+                first = 1;
+                if ((polled[0].ReturnedEvents & (PollIn | PollHup | PollErr)) != 0)
+                {
+                    switch (ReadFromRestore(restore, client))
+                    {
+                        case RestoreWord.Finished:
+                            finished = true;
+                            break;
+                        case RestoreWord.Closed:
+                            connected = false;
+                            if (!finished)
+                            {
+                                throw new IOException("the restore closed its connection before it finished (it failed, or was killed)");
+                            }
+
+                            break;
+                    }
+                }
+            }
+
+            for (int i = first; i < polled.Length; i++)
+            {
+                if (polled[i].ReturnedEvents != 0)
+                {
+                    Drain(live[i - first]);
+                }
+            }
+
+            if (filling && held == 0)
+            {
+                FillNextPiece();
+            }
+        }
+    }
+
+    /// <summary>
+    /// At most this many bytes of pages a second in the background (0: as fast as it goes); faults are
+    /// answered at once. Emulates a slow supply of pages in the sandbox's fault tests, as
+    /// <see cref="PageServer.BytesPerSecond"/> does for CRIU's daemon.
+    /// </summary>
+    public long BytesPerSecond { get; init; }
+
+    /// <summary>How long the next background piece waits to keep to <see cref="BytesPerSecond"/>, in milliseconds.</summary>
+    private int HeldMillis(Stopwatch clock)
+    {
+        if (BytesPerSecond <= 0)
+        {
+            return 0;
+        }
+
+        double due = (double)_pages * Page / BytesPerSecond * 1000;
+        return (int)Math.Clamp(Math.Ceiling(due - clock.Elapsed.TotalMilliseconds), 0, 100);
+    }
+
+    public void Dispose()
+    {
+        foreach (var process in _processes.Where(p => !p.Gone))
+        {
+            Interop.Userfaultfd.Close(process.Uffd);
+        }
+
+        _processes.Clear();
+        NativeMemory.AlignedFree(_buffer);
+        _chain.Dispose();
+    }
+
+    private enum RestoreWord
+    {
+        Process,
+        Finished,
+        Closed,
+    }
+
+    /// <summary>One word from the restore: a process's PID (its userfaultfd follows, unless it is a zombie's, negative), or that it finished.</summary>
+    private RestoreWord ReadFromRestore(Socket restore, int client)
+    {
+        Span<byte> word = stackalloc byte[4];
+        int got = 0;
+        while (got < 4)
+        {
+            int read = restore.Receive(word[got..]);
+            if (read == 0)
+            {
+                return got == 0 ? RestoreWord.Closed : throw new IOException("the restore's connection ended inside a word");
+            }
+
+            got += read;
+        }
+
+        uint value = BinaryPrimitives.ReadUInt32LittleEndian(word);
+        if (value == RestoreFinished)
+        {
+            return RestoreWord.Finished;
+        }
+
+        int pid = (int)value;
+        if (pid < 0)
+        {
+            return RestoreWord.Process; // a zombie: no memory, no descriptor
+        }
+
+        int uffd = ReceiveDescriptor(client);
+        try
+        {
+            _processes.Add(new Filled(pid, uffd, MissingPages.Collect(CriuPagemap.Read(_images, pid).Entries, Mappings(pid))));
+        }
+        catch
+        {
+            Interop.Userfaultfd.Close(uffd);
+            throw;
+        }
+
+        return RestoreWord.Process;
+    }
+
+    private static int ReceiveDescriptor(int socket)
+    {
+        byte data;
+        byte* control = stackalloc byte[ControlSpace];
+        var vector = new IoVector { Base = (nint)(&data), Length = 1 };
+        var header = new MessageHeader { Vectors = (nint)(&vector), VectorCount = 1, Control = (nint)control, ControlLength = ControlSpace };
+        nint received;
+        do
+        {
+            received = ReceiveMessage(socket, &header, 0);
+        }
+        while (received < 0 && Marshal.GetLastPInvokeError() == EIntr);
+
+        // struct cmsghdr: cmsg_len (8 bytes), cmsg_level, cmsg_type, then the descriptor
+        if (received <= 0 || header.ControlLength < 20 || *(int*)(control + 8) != SolSocket || *(int*)(control + 12) != ScmRights)
+        {
+            throw new IOException($"the restore sent a process's PID without its userfaultfd (recvmsg returned {received}, errno {Marshal.GetLastPInvokeError()})");
+        }
+
+        return *(int*)(control + 16);
+    }
+
+    /// <summary>The mappings of process <paramref name="pid"/> as its mm image lists them.</summary>
+    private List<(ulong Start, ulong End)> Mappings(int pid)
+    {
+        var path = Path.Combine(_images, $"mm-{pid}.img");
+        var (magic, records) = CriuImageFile.Read(path);
+        if (magic != MmMagic || records.Count != 1)
+        {
+            throw new InvalidDataException($"{path} is not a CRIU mm image (magic 0x{magic:x8}, {records.Count} records)");
+        }
+
+        return Images.Proto.MmEntry.Parser.ParseFrom(records[0]).Vmas.Select(v => (v.Start, v.End)).OrderBy(v => v.Start).ToList();
+    }
+
+    /// <summary>Reads and handles every message waiting on a process's userfaultfd.</summary>
+    private void Drain(Filled process)
+    {
+        Message message;
+        while (!process.Gone)
+        {
+            nint read = Interop.Userfaultfd.Read(process.Uffd, &message, (nuint)sizeof(Message));
+            if (read < 0)
+            {
+                int error = Marshal.GetLastPInvokeError();
+                if (error is EAgain)
+                {
+                    return;
+                }
+
+                if (error is EIntr)
+                {
+                    continue;
+                }
+
+                throw new IOException($"reading process {process.Pid}'s userfaultfd failed (errno {error})");
+            }
+
+            if (read == 0)
+            {
+                Forget(process); // its memory is gone
+                return;
+            }
+
+            Handle(process, message);
+        }
+    }
+
+    private void Handle(Filled process, Message message)
+    {
+        switch (message.Event)
+        {
+            case EventPagefault:
+                _faults++;
+                ulong address = message.Word1 & ~(Page - 1);
+                if (process.Missing.At(address, FaultPages) is { } stretch)
+                {
+                    Copy(process, stretch);
+                }
+                else if (process.Missing.IsLazy(address))
+                {
+                    Wake(process, address); // filled meanwhile: the waiting thread goes on
+                }
+                else
+                {
+                    ZeroPage(process, address); // never written before the dump: a zero page, as CRIU's daemon gives
+                }
+
+                break;
+            case EventFork:
+                // the child misses what its parent missed at the fork, and its pages are the parent's in the images
+                _processes.Add(new Filled(process.Pid, (int)(uint)message.Word0, process.Missing.Clone()));
+                break;
+            case EventRemap:
+                process.Missing.Remap(message.Word0, message.Word1, message.Word2);
+                break;
+            case EventRemove:
+                // discarded (MADV_DONTNEED and kin): later touches must read zeros, so the range is no longer ours
+                var range = new UffdRange { Start = message.Word0, Length = message.Word1 - message.Word0 };
+                if (Interop.Tracking.Ioctl(process.Uffd, UffdioUnregister, &range) != 0)
+                {
+                    int error = Marshal.GetLastPInvokeError();
+                    if (error is ENoMem or ESrch)
+                    {
+                        Forget(process);
+                        return;
+                    }
+
+                    throw new IOException($"could not unregister 0x{message.Word0:x}-0x{message.Word1:x} of process {process.Pid} (errno {error})");
+                }
+
+                process.Missing.Drop(message.Word0, message.Word1);
+                break;
+            case EventUnmap:
+                process.Missing.Drop(message.Word0, message.Word1);
+                break;
+            default:
+                throw new IOException($"process {process.Pid}'s userfaultfd sent event 0x{message.Event:x}, which no restore registers for");
+        }
+    }
+
+    /// <summary>Fills the next missing piece of the next process that has one (in turn, so that each progresses).</summary>
+    private void FillNextPiece()
+    {
+        for (int tried = 0; tried < _processes.Count; tried++)
+        {
+            var process = _processes[_next++ % _processes.Count];
+            if (!process.Gone && process.Missing.Next(PiecePages) is { } stretch)
+            {
+                _pieces++;
+                Copy(process, stretch);
+                return;
+            }
+        }
+    }
+
+    private void Copy(Filled process, MissingStretch stretch)
+    {
+        long began = Stopwatch.GetTimestamp();
+        var pages = new Span<byte>(_buffer, stretch.Pages * (int)Page);
+        int have = _chain.CoveredRun(process.Pid, stretch.ImageAddress, stretch.Pages);
+        if (have < stretch.Pages)
+        {
+            throw new InvalidDataException($"process {process.Pid}'s page at 0x{stretch.ImageAddress + ((ulong)have * Page):x} is lazy, but in none of the staged images");
+        }
+
+        _chain.Read(process.Pid, stretch.ImageAddress, stretch.Pages, pages, _found);
+        var copy = new Interop.Userfaultfd.Copy { Destination = stretch.Address, Source = (ulong)_buffer, Length = (ulong)stretch.Pages * Page };
+        if (Interop.Tracking.Ioctl(process.Uffd, UffdioCopy, &copy) == 0)
+        {
+            process.Missing.Filled(stretch.Address, stretch.Pages);
+            _pages += stretch.Pages;
+        }
+        else
+        {
+            int error = Marshal.GetLastPInvokeError();
+            int done = copy.Copied > 0 ? (int)((ulong)copy.Copied / Page) : 0;
+            switch (error)
+            {
+                case ESrch or ENoSpc:
+                    Forget(process); // it exited
+                    return;
+                case EExist or ENoEnt:
+                    // the page after those copied is there already (EEXIST), or no longer mapped (ENOENT,
+                    // its unmap event not read yet): either way nothing is to be filled there
+                    process.Missing.Filled(stretch.Address, Math.Min(done + 1, stretch.Pages));
+                    break;
+                case EAgain:
+                    process.Missing.Filled(stretch.Address, done); // the mappings are changing: the rest again later
+                    break;
+                default:
+                    throw new IOException($"UFFDIO_COPY of {stretch.Pages} pages at 0x{stretch.Address:x} into process {process.Pid} failed (errno {error})");
+            }
+
+            _pages += done;
+        }
+
+        _copyTicks += Stopwatch.GetTimestamp() - began;
+    }
+
+    private static void Wake(Filled process, ulong address)
+    {
+        var range = new UffdRange { Start = address, Length = Page };
+        _ = Interop.Tracking.Ioctl(process.Uffd, UffdioWake, &range);
+    }
+
+    private static void ZeroPage(Filled process, ulong address)
+    {
+        var zero = new Zeropage { Range = new UffdRange { Start = address, Length = Page } };
+        if (Interop.Tracking.Ioctl(process.Uffd, UffdioZeropage, &zero) != 0)
+        {
+            int error = Marshal.GetLastPInvokeError();
+            if (error is ESrch or ENoSpc)
+            {
+                Forget(process);
+            }
+            else if (error is not (EExist or EAgain or ENoEnt))
+            {
+                throw new IOException($"UFFDIO_ZEROPAGE at 0x{address:x} of process {process.Pid} failed (errno {error})");
+            }
+        }
+    }
+
+    private static void Forget(Filled process)
+    {
+        if (!process.Gone)
+        {
+            process.Gone = true;
+            Interop.Userfaultfd.Close(process.Uffd);
+        }
+    }
+
+    /// <summary>A restored process (or a child it forked meanwhile) and what it still misses.</summary>
+    private sealed class Filled(int pid, int uffd, MissingPages missing)
+    {
+        /// <summary>Its PID in the images: whose pages it has.</summary>
+        public int Pid { get; } = pid;
+
+        public int Uffd { get; } = uffd;
+
+        public MissingPages Missing { get; } = missing;
+
+        public bool Gone { get; set; }
+    }
+}
