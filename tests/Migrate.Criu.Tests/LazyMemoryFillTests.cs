@@ -12,6 +12,7 @@ public sealed class LazyMemoryFillTests
 {
     private static readonly string Closed = LazyMemoryFill.ReportLine(new PageServerReport(12, 16384, true, TimeSpan.FromMilliseconds(431))) + "\n";
     private static readonly string Gone = LazyMemoryFill.ReportLine(new PageServerReport(3, 40, false, TimeSpan.FromMilliseconds(20))) + "\n";
+    private static readonly string Filled = LazyMemoryFill.FillerLine(new MemoryFillerReport(3, 64, 16384, TimeSpan.FromMilliseconds(212), TimeSpan.FromMilliseconds(20), TimeSpan.FromMilliseconds(150))) + "\n";
     private const string QuietDaemon = "(00.000100) Version: 4.1.1\n(00.431000) uffd: 12: UFFD transferred pages: (16384/16384)\n";
     private const string FailedDaemon = "(00.000100) Version: 4.1.1\n(00.120000) Error (criu/uffd.c:1010): uffd: 12: UFFDIO_COPY failed: Bad address\n";
 
@@ -27,6 +28,10 @@ public sealed class LazyMemoryFillTests
         { "the server killed without a word", null, false, FailedDaemon, LazyMemoryState.Failed, "the page server ended without reporting (was it killed?)" },
         { "killed mid-line", Closed.TrimEnd('\n'), false, null, LazyMemoryState.Failed, "the page server ended without reporting" },
         { "a line it never writes", "page server: whatever\n", false, null, LazyMemoryState.Failed, "not one it writes" },
+        { "the memory filler put every page in place", Filled, false, null, LazyMemoryState.Filled, null },
+        { "the memory filler still writing its line", Filled.TrimEnd('\n'), true, null, LazyMemoryState.Filling, null },
+        { "the memory filler killed mid-line", Filled.TrimEnd('\n'), false, null, LazyMemoryState.Failed, "ended without reporting" },
+        { "a filler line it never writes", "memory filler: whatever\n", false, null, LazyMemoryState.Failed, "the memory filler's last line is not one it writes" },
     };
 
     [Theory]
@@ -84,5 +89,6 @@ public sealed class LazyMemoryFillTests
     public void A_filled_session_says_how_long_the_pages_took()
     {
         Assert.Equal(431, LazyMemoryFill.Judge(Closed, false, QuietDaemon).FillMillis);
+        Assert.Equal(212, LazyMemoryFill.Judge(Filled, false, null).FillMillis);
     }
 }

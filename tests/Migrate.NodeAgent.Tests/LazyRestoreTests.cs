@@ -140,8 +140,46 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             var log = File.ReadAllText(Path.Combine(work, LazyRestoreHelpers.PageServerLog));
             output.WriteLine(log.Trim());
             Assert.Contains($" {lazy} pages", log, StringComparison.Ordinal);
-            Assert.Contains("closed by the daemon", log, StringComparison.Ordinal);
+            Assert.Contains(criuDaemon ? "closed by the daemon" : "every page in place", log, StringComparison.Ordinal);
             Assert.Equal(0, LazyRestoreHelpers.StopRecorded(work)); // both ended: nothing to stop
+        }
+        finally
+        {
+            LazyRestoreHelpers.StopRecorded(work);
+            WaitForExit(helpers.DaemonPid, TimeSpan.FromSeconds(1));
+            WaitForExit(helpers.PageServerPid, TimeSpan.FromSeconds(1));
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_process_forking_and_discarding_memory_while_it_fills_gets_every_page_and_its_zeros(bool criuDaemon)
+    {
+        // memory comes at 16 MB/s: the first tick after the restore forks a child while most pages are
+        // still missing; the child reads all of them (its own faults, its own fill), discards a range
+        // and must read zeros there, and the parent checks its own copy after it
+        const int mib = 32;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 10) + " --fork-verify-on-resume 1");
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var cgroup = TestFreezer.Create(tree);
+        var (final, last, _) = DumpLazily(tree, cgroup);
+        cgroup.KillFrozenTree(tree.RootPid);
+        var work = Directory.CreateDirectory(Path.Combine(tree.Directory, "restore-work")).FullName;
+        var helpers = LazyRestoreHelpers.Start("criu", _criu.GetVersion(), RepositoryLayout.RestoreRuntime, final.Directory, final.MemoryDirectory!, work, TimeSpan.FromSeconds(10),
+            criuDaemon, pagesBytesPerSecond: 16_000_000);
+        try
+        {
+            var restore = _criu.Restore(new CriuOptions { ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true }, asChild: true);
+            tree.AdoptRestoredRoot(restore.Pid);
+            var first = tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick after the lazy restore");
+            Assert.Equal(last.Tick + 1, first.Tick);
+            Assert.True(first.Verified == "ok", $"the first tick after the restore: the child's and the parent's checks, verified={first.Verified}");
+            Assert.Equal(0, WaitForExit(helpers.DaemonPid, TimeSpan.FromSeconds(30)));
+            var log = File.ReadAllText(Path.Combine(work, LazyRestoreHelpers.PageServerLog)).Trim();
+            output.WriteLine(log);
+            Assert.True(LazyMemoryFill.Judge(log + "\n", false, null).State == LazyMemoryState.Filled, log);
+            Assert.True(tree.RequestVerification(TickTimeout).VerifiedOk, "buffer check once every page is in");
         }
         finally
         {

@@ -29,6 +29,11 @@
  * prefixed with "child " (verifying its own copy as the parent does). A child that ends makes the
  * parent print why and exit 1; a child ends with its parent (PR_SET_PDEATHSIG).
  *
+ * With --fork-verify-on-resume 1, the first tick after a resume also forks a child that checks the
+ * whole buffer as it then is, discards (MADV_DONTNEED) a page range of its copy and checks that it
+ * reads zeros there, then exits; the tick's verified= is ok only when the child's checks passed too.
+ * After a lazy restore this runs while the memory still fills: the child's memory fills as well.
+ *
  * The word at index i of page generation g is mix(seed ^ (g << 48) ^ i); the checksum is the sum
  * over all words of word * (2 * index + 1), modulo 2^64. Both are reproduced by the C# tests.
  */
@@ -89,13 +94,13 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: memcounter [--mib N] [--seed S] [--dirty-percent-per-second P]\n"
 			"                  [--interval-ms MS] [--verify-every N] [--verify-on-resume 0|1] [--verify-file PATH] [--log-file PATH]... [--connect-unix PATH] [--ticks N]\n"
-			"                  [--children N]\n");
+			"                  [--children N] [--fork-verify-on-resume 0|1]\n");
 	exit(2);
 }
 
 int main(int argc, char **argv)
 {
-	uint64_t mib = 16, seed = 42, verify_every = 50, max_ticks = 0, children = 0, verify_on_resume = 1;
+	uint64_t mib = 16, seed = 42, verify_every = 50, max_ticks = 0, children = 0, verify_on_resume = 1, fork_verify = 0;
 	double dirty_pct = 0.0;
 	long interval_ms = 100;
 	const char *verify_file = "/verify-now";
@@ -129,6 +134,8 @@ int main(int argc, char **argv)
 			max_ticks = strtoull(value, NULL, 10);
 		else if (!strcmp(name, "--children"))
 			children = strtoull(value, NULL, 10);
+		else if (!strcmp(name, "--fork-verify-on-resume"))
+			fork_verify = strtoull(value, NULL, 10);
 		else
 			usage();
 	}
@@ -237,6 +244,24 @@ int main(int argc, char **argv)
 			for (uint64_t p = 0; p < pages; p++)
 				full += page_contribution(buf + p * PAGE_WORDS, p * PAGE_WORDS);
 			verified = full == checksum ? "ok" : "BAD";
+		}
+
+		if (resumed && fork_verify && pages > 32) {
+			pid_t checker = fork();
+			if (checker == 0) {
+				uint64_t full = 0;
+				for (uint64_t p = 0; p < pages; p++)
+					full += page_contribution(buf + p * PAGE_WORDS, p * PAGE_WORDS);
+				/* the last 16 pages discarded: private anonymous memory reads zeros afterwards */
+				uint64_t *tail = buf + (pages - 16) * PAGE_WORDS;
+				int zeros = madvise(tail, 16 * PAGE_WORDS * sizeof(uint64_t), MADV_DONTNEED) == 0;
+				for (uint64_t w = 0; zeros && w < 16 * PAGE_WORDS; w++)
+					zeros = tail[w] == 0;
+				_exit(full == checksum && zeros ? 0 : 3);
+			}
+			int checker_status = 0;
+			if (checker < 0 || waitpid(checker, &checker_status, 0) != checker || !WIFEXITED(checker_status) || WEXITSTATUS(checker_status) != 0)
+				verified = "BAD";
 		}
 
 		/* at=: when this tick began (before any verification), in microseconds since the epoch:

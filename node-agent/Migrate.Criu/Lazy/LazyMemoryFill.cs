@@ -1,3 +1,4 @@
+using Migrate.Criu.Images;
 using System.Globalization;
 using System.Text.RegularExpressions;
 
@@ -31,6 +32,9 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
 
     private const string PageServerFailed = "the page server failed: ";
 
+    private const string FillerPrefix = "memory filler: ";
+    private const string FilledSuffix = "; every page in place";
+
     public static LazyMemoryFill Filling { get; } = new(LazyMemoryState.Filling);
 
     /// <summary>The page server's last line for a session that ended (see <see cref="Judge"/>).</summary>
@@ -39,6 +43,14 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
         ArgumentNullException.ThrowIfNull(report);
         return string.Create(CultureInfo.InvariantCulture,
             $"{ReportPrefix}{report.Requests} requests ({report.SinglePageRequests} of one page), {report.PagesServed} pages ({report.BytesServed} bytes{(report.PagesFromSource > 0 ? $", {report.PagesFromSource} pages from the source, {report.PagesFetched} fetched, {report.PagesPrefetched} of them ahead of the daemon" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms, {report.Answering.TotalMilliseconds:0} ms of it answering{(report.ClosedByDaemon ? ClosedSuffix : GoneSuffix)}");
+    }
+
+    /// <summary>The memory filler's last line once every page is in place (see <see cref="Judge"/>).</summary>
+    public static string FillerLine(MemoryFillerReport report)
+    {
+        ArgumentNullException.ThrowIfNull(report);
+        return string.Create(CultureInfo.InvariantCulture,
+            $"{FillerPrefix}{report.Faults} faults, {report.Pieces} pieces, {report.Pages} pages ({report.Pages * PagemapEntry.PageSize} bytes) in {report.Elapsed.TotalMilliseconds:0} ms: reading {report.Reading.TotalMilliseconds:0} ms, copying into the processes {report.Copying.TotalMilliseconds:0} ms{FilledSuffix}");
     }
 
     /// <summary>
@@ -75,6 +87,13 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
             return new LazyMemoryFill(LazyMemoryState.Failed, PageServerFailed + last[FailurePrefix.Length..] + DaemonErrors(daemonLog));
         }
 
+        if (last.StartsWith(FillerPrefix, StringComparison.Ordinal))
+        {
+            return last.EndsWith(FilledSuffix, StringComparison.Ordinal)
+                ? new LazyMemoryFill(LazyMemoryState.Filled, null, ElapsedMillis(last))
+                : new LazyMemoryFill(LazyMemoryState.Failed, "the memory filler's last line is not one it writes: " + last);
+        }
+
         if (last.EndsWith(GoneSuffix, StringComparison.Ordinal))
         {
             return new LazyMemoryFill(LazyMemoryState.Failed, "CRIU's lazy-pages daemon went away before every page was in place" + DaemonErrors(daemonLog));
@@ -90,13 +109,16 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
             return new LazyMemoryFill(LazyMemoryState.Failed, "CRIU's lazy-pages daemon ended the session after an error" + DaemonErrors(daemonLog));
         }
 
-        long millis = Elapsed().Match(last) is { Success: true } m ? long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
-        return new LazyMemoryFill(LazyMemoryState.Filled, null, millis);
+        return new LazyMemoryFill(LazyMemoryState.Filled, null, ElapsedMillis(last));
     }
+
+    private static long ElapsedMillis(string line) =>
+        Elapsed().Match(line) is { Success: true } m ? long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) : 0;
 
     /// <summary>The page server's last line (its report or why it failed), once it is written whole; null before.</summary>
     public static string? LastLine(string? pageServerLog) =>
-        CompleteLines(pageServerLog).LastOrDefault(l => l.StartsWith(ReportPrefix, StringComparison.Ordinal) || l.StartsWith(FailurePrefix, StringComparison.Ordinal));
+        CompleteLines(pageServerLog).LastOrDefault(l => l.StartsWith(ReportPrefix, StringComparison.Ordinal) || l.StartsWith(FailurePrefix, StringComparison.Ordinal)
+            || l.StartsWith(FillerPrefix, StringComparison.Ordinal));
 
     /// <summary>The verdict for the helpers recorded in a restore's work directory.</summary>
     public static LazyMemoryFill Observe(string workDirectory)
@@ -149,6 +171,6 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     [GeneratedRegex(@"\bError \(")]
     private static partial Regex CriuError();
 
-    [GeneratedRegex(@" in (\d+) ms[;,]")]
+    [GeneratedRegex(@" in (\d+) ms[;,:]")]
     private static partial Regex Elapsed();
 }

@@ -61,9 +61,9 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// daemon listens, and records both. On failure neither is left running.
     /// </summary>
     public static LazyRestoreHelpers Start(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory, TimeSpan readyTimeout,
-        bool criuDaemon = false)
+        bool criuDaemon = false, long pagesBytesPerSecond = 0)
     {
-        var helpers = Begin(criuBinary, version, serverProgram, imagesDirectory, memoryDirectory, workDirectory, criuDaemon: criuDaemon);
+        var helpers = Begin(criuBinary, version, serverProgram, imagesDirectory, memoryDirectory, workDirectory, criuDaemon: criuDaemon, pagesBytesPerSecond: pagesBytesPerSecond);
         helpers.WaitReady(readyTimeout);
         return helpers;
     }
@@ -77,15 +77,19 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     /// both), unless <paramref name="criuDaemon"/> asks for CRIU's daemon and a page server.
     /// </summary>
     public static LazyRestoreHelpers Begin(string criuBinary, CriuVersion version, string serverProgram, string imagesDirectory, string memoryDirectory, string workDirectory,
-        (string Socket, string Container)? remote = null, bool criuDaemon = false)
+        (string Socket, string Container)? remote = null, bool criuDaemon = false, long pagesBytesPerSecond = 0)
     {
         ArgumentException.ThrowIfNullOrEmpty(serverProgram);
+        // a rate given here is set in the helper's environment, over the one it would inherit
+        var environment = pagesBytesPerSecond > 0
+            ? new Dictionary<string, string> { [BytesPerSecondVariable] = pagesBytesPerSecond.ToString(CultureInfo.InvariantCulture) }
+            : null;
         if (!criuDaemon && MemoryFiller.Serves(memoryDirectory))
         {
             // one helper in place of the daemon and its page server: it listens where the daemon would
             File.Delete(Path.Combine(workDirectory, LazyPagesDaemon.SocketName));
             int filler = DetachedProcess.Spawn(serverProgram, [FillArgument, Path.GetFullPath(imagesDirectory), Path.GetFullPath(memoryDirectory), Path.GetFullPath(workDirectory)],
-                new Dictionary<int, int>(), Path.Combine(workDirectory, PageServerLog));
+                new Dictionary<int, int>(), Path.Combine(workDirectory, PageServerLog), environment);
             File.WriteAllText(Path.Combine(workDirectory, PidsFile), string.Create(CultureInfo.InvariantCulture, $"{filler}\n{filler}\n"));
             return new LazyRestoreHelpers(filler, filler, workDirectory);
         }
@@ -99,7 +103,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
                 : [ServeArgument, Path.GetFullPath(memoryDirectory), version.ToString()];
             int server = DetachedProcess.Spawn(serverProgram, arguments,
                 new Dictionary<int, int> { [3] = (int)serverEnd.SafeHandle.DangerousGetHandle() },
-                Path.Combine(workDirectory, PageServerLog));
+                Path.Combine(workDirectory, PageServerLog), environment);
             int daemon;
             try
             {
@@ -282,7 +286,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
             // the restore may begin now: its connection waits in the backlog while the images are opened
             using var filler = new MemoryFiller(images, memory) { BytesPerSecond = PagesBytesPerSecond() };
             var report = filler.Run(listener);
-            log.WriteLine(LazyMemoryFill.ReportLine(report));
+            log.WriteLine(LazyMemoryFill.FillerLine(report));
             return 0;
         }
         catch (Exception e)

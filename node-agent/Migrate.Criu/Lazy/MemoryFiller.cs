@@ -8,6 +8,15 @@ using static Migrate.Criu.Interop.Userfaultfd;
 
 namespace Migrate.Criu.Lazy;
 
+/// <summary>What a memory filler did.</summary>
+/// <param name="Faults">Page faults answered.</param>
+/// <param name="Pieces">Pieces filled in the background.</param>
+/// <param name="Pages">Pages put in place.</param>
+/// <param name="Elapsed">From the restore's connection to the last page.</param>
+/// <param name="Reading">Of it, reading the staged images.</param>
+/// <param name="Copying">Of it, copying into the processes (the kernel allocates their memory as it copies).</param>
+public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying);
+
 /// <summary>
 /// Fills the memory of a lazily restored process tree from image sets already on this node, in
 /// place of CRIU's lazy-pages daemon and a page server behind it. It takes the same part in the
@@ -40,7 +49,7 @@ public sealed unsafe class MemoryFiller : IDisposable
     private readonly List<Filled> _processes = [];
     private readonly byte* _buffer;
     private readonly bool[] _found = new bool[PiecePages];
-    private long _faults, _pieces, _pages, _copyTicks;
+    private long _faults, _pieces, _pages, _readTicks, _copyTicks;
     private int _next;
 
     /// <param name="imagesDirectory">The image set CRIU restores: its pagemaps mark the lazy pages, its mm images name the mappings.</param>
@@ -66,7 +75,7 @@ public sealed unsafe class MemoryFiller : IDisposable
     /// of every process is in place (or its process is gone). Throws when it cannot: a page missing
     /// from the images, the restore gone before it finished, a copy the kernel refused.
     /// </summary>
-    public PageServerReport Run(Socket listener, CancellationToken cancellationToken = default)
+    public MemoryFillerReport Run(Socket listener, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(listener);
         var clock = Stopwatch.StartNew();
@@ -80,7 +89,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             var live = _processes.Where(p => !p.Gone).ToList();
             if (finished && live.All(p => p.Missing.Left == 0))
             {
-                return new PageServerReport(_faults + _pieces, _pages, true, clock.Elapsed, SinglePageRequests: _faults, Answering: Stopwatch.GetElapsedTime(0, _copyTicks));
+                return new MemoryFillerReport(_faults, _pieces, _pages, clock.Elapsed, Stopwatch.GetElapsedTime(0, _readTicks), Stopwatch.GetElapsedTime(0, _copyTicks));
             }
 
             fds.Clear();
@@ -375,6 +384,8 @@ public sealed unsafe class MemoryFiller : IDisposable
         }
 
         _chain.Read(process.Pid, stretch.ImageAddress, stretch.Pages, pages, _found);
+        long read = Stopwatch.GetTimestamp();
+        _readTicks += read - began;
         var copy = new Interop.Userfaultfd.Copy { Destination = stretch.Address, Source = (ulong)_buffer, Length = (ulong)stretch.Pages * Page };
         if (Interop.Tracking.Ioctl(process.Uffd, UffdioCopy, &copy) == 0)
         {
@@ -405,7 +416,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             _pages += done;
         }
 
-        _copyTicks += Stopwatch.GetTimestamp() - began;
+        _copyTicks += Stopwatch.GetTimestamp() - read;
     }
 
     private static void Wake(Filled process, ulong address)
