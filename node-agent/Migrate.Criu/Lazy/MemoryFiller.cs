@@ -79,6 +79,12 @@ public sealed unsafe class MemoryFiller : IDisposable
     {
         ArgumentNullException.ThrowIfNull(listener);
         var clock = Stopwatch.StartNew();
+        // a restore connects within seconds of its helpers' start; one that never comes must not leave this process waiting for ever
+        if (!listener.Poll(AcceptTimeout, SelectMode.SelectRead))
+        {
+            throw new IOException($"no restore connected within {AcceptTimeout.TotalSeconds:0.#} s");
+        }
+
         using var restore = listener.Accept();
         int client = (int)restore.SafeHandle.DangerousGetHandle();
         bool finished = false, connected = true;
@@ -156,6 +162,9 @@ public sealed unsafe class MemoryFiller : IDisposable
             }
         }
     }
+
+    /// <summary>How long <see cref="Run"/> waits for the restore to connect before it gives up.</summary>
+    public TimeSpan AcceptTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
     /// <summary>
     /// At most this many bytes of pages a second in the background (0: as fast as it goes); faults are
