@@ -380,6 +380,9 @@ public sealed unsafe class MemoryFiller : IDisposable
                 return;
             }
         }
+
+        // called only while some process misses pages: finding none to fill would spin for ever
+        throw new InvalidOperationException($"{_processes.Where(p => !p.Gone).Sum(p => p.Missing.Left)} pages are counted missing, but none is found to fill");
     }
 
     private void Copy(Filled process, MissingStretch stretch)

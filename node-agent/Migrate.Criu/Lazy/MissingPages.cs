@@ -190,31 +190,9 @@ public sealed class MissingPages
         _runs.Insert(index + 1, tail);
     }
 
-    private int Find(ulong address)
-    {
-        int low = 0, high = _runs.Count - 1;
-        while (low <= high)
-        {
-            int middle = (low + high) >>> 1;
-            var run = _runs[middle];
-            if (address < run.Start)
-            {
-                high = middle - 1;
-            }
-            else if (address >= run.End)
-            {
-                low = middle + 1;
-            }
-            else
-            {
-                return middle;
-            }
-        }
+    private int Find(ulong address) => AddressRuns.IndexOf(_runs, address);
 
-        return -1;
-    }
-
-    private sealed class Run
+    private sealed class Run : IAddressRun
     {
         public Run(ulong start, ulong imageStart, int pages)
             : this(start, imageStart, Enumerable.Repeat(true, pages).ToArray())
