@@ -49,6 +49,7 @@ public sealed unsafe class MemoryFiller : IDisposable
     private readonly List<Filled> _processes = [];
     private readonly byte* _buffer;
     private readonly bool[] _found = new bool[PiecePages];
+    private readonly Stopwatch _clock = new();
     private long _faults, _pieces, _pages, _readTicks, _copyTicks;
     private int _next;
 
@@ -78,7 +79,8 @@ public sealed unsafe class MemoryFiller : IDisposable
     public MemoryFillerReport Run(Socket listener, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(listener);
-        var clock = Stopwatch.StartNew();
+        var clock = _clock;
+        clock.Restart();
         // a restore connects within seconds of its helpers' start; one that never comes must not leave this process waiting for ever
         if (!listener.Poll(AcceptTimeout, SelectMode.SelectRead))
         {
@@ -106,12 +108,11 @@ public sealed unsafe class MemoryFiller : IDisposable
 
             fds.AddRange(live.Select(p => new PollFd { Fd = p.Uffd, Events = PollIn }));
             bool filling = finished && live.Any(p => p.Missing.Left > 0);
-            int held = filling ? HeldMillis(clock) : 0;
             var polled = CollectionsMarshal.AsSpan(fds);
             int ready;
             fixed (PollFd* pointer = polled)
             {
-                ready = Poll(pointer, (nuint)polled.Length, filling ? held : 100);
+                ready = Poll(pointer, (nuint)polled.Length, filling ? 0 : 100);
             }
 
             if (ready < 0)
@@ -156,7 +157,7 @@ public sealed unsafe class MemoryFiller : IDisposable
                 }
             }
 
-            if (filling && held == 0)
+            if (filling)
             {
                 FillNextPiece();
             }
@@ -167,22 +168,25 @@ public sealed unsafe class MemoryFiller : IDisposable
     public TimeSpan AcceptTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
     /// <summary>
-    /// At most this many bytes of pages a second in the background (0: as fast as it goes); faults are
-    /// answered at once. Emulates a slow supply of pages in the sandbox's fault tests, as
+    /// At most this many bytes of pages a second, for faults and pieces alike (0: as fast as it goes).
+    /// Emulates a slow supply of pages in the sandbox's fault tests, as
     /// <see cref="PageServer.BytesPerSecond"/> does for CRIU's daemon.
     /// </summary>
     public long BytesPerSecond { get; init; }
 
-    /// <summary>How long the next background piece waits to keep to <see cref="BytesPerSecond"/>, in milliseconds.</summary>
-    private int HeldMillis(Stopwatch clock)
+    /// <summary>Holds back until the pages filled so far fit <see cref="BytesPerSecond"/> since the restore connected.</summary>
+    private void Pace()
     {
         if (BytesPerSecond <= 0)
         {
-            return 0;
+            return;
         }
 
-        double due = (double)_pages * Page / BytesPerSecond * 1000;
-        return (int)Math.Clamp(Math.Ceiling(due - clock.Elapsed.TotalMilliseconds), 0, 100);
+        var due = TimeSpan.FromSeconds((double)_pages * Page / BytesPerSecond);
+        if (due > _clock.Elapsed)
+        {
+            Thread.Sleep(due - _clock.Elapsed);
+        }
     }
 
     public void Dispose()
@@ -387,6 +391,7 @@ public sealed unsafe class MemoryFiller : IDisposable
 
     private void Copy(Filled process, MissingStretch stretch)
     {
+        Pace();
         long began = Stopwatch.GetTimestamp();
         var pages = new Span<byte>(_buffer, stretch.Pages * (int)Page);
         int have = _chain.CoveredRun(process.Pid, stretch.ImageAddress, stretch.Pages);
