@@ -158,8 +158,10 @@ public sealed class AgentOptions
     public bool DigestsFollow { get; set; } = true;
 
     /// <summary>
-    /// Send a one-container pod's first pre-copy round while it is read (its files announced at
-    /// their final sizes first). Off: the round is read in full, then sent.
+    /// Send a one-container pod's pre-copy rounds while they are read (their files announced at
+    /// their final sizes first): the first round, and each later one whose writes were tracked
+    /// (a round compared with the one before is read in full, then sent). Off: every round is read
+    /// in full, then sent. (The name is older than the later rounds' streaming.)
     /// </summary>
     public bool StreamFirstRound { get; set; } = true;
 

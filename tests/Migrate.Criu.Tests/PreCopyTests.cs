@@ -95,6 +95,91 @@ public sealed class PreCopyTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_tracked_round_is_laid_out_before_it_is_read_and_with_its_parent_holds_every_page_of_the_stopped_tree()
+    {
+        // 64 MiB rewriting 20% of its pages per second, its writes tracked from before round 1
+        const int mib = 64;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, intervalMs: 20, dirtyPercentPerSecond: 20));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var tracker = WriteTracker.Arm(tree.RootPid, beforeRound: 1);
+        var session = new PreCopySession(_criu, new CriuOptions { Pid = tree.RootPid, ImagesDirectory = Path.Combine(tree.Directory, "precopy") },
+            tracker: _ => tracker);
+        var first = session.PreDump(() => { });
+        long afterFirst = tree.ReadTicks()[^1].Tick;
+        tree.WaitForTick(t => t.Tick >= afterFirst + 10, TickTimeout, "rewriting after round 1");
+
+        // stopped (every task of it), so that what round 2 reads is what the tree holds when it is compared below
+        var tasks = LiveProcessTree.Enumerate(tree.RootPid).ToDictionary(t => t.ImageId, t => t.HostPid);
+        string[] pids = [.. tasks.Values.Select(p => p.ToString(System.Globalization.CultureInfo.InvariantCulture))];
+        Prerequisites.Run("kill", ["-STOP", .. pids]);
+        try
+        {
+            string round2 = Path.Combine(tree.Directory, "precopy", PreCopySession.RoundName(2));
+            var followed = new Dictionary<string, Task<byte[]>>();
+            int laidOut = 0;
+            var second = session.PreDump(() =>
+            {
+                // called before a page is read: every file is listed at its final size, and its bytes follow as they are read
+                laidOut++;
+                foreach (var map in CriuPagemap.ReadAll(round2))
+                {
+                    var pages = Path.Combine(round2, CriuPagemap.PagesFileName(map.PagesId));
+                    var growing = GrowingFiles.Find(pages) ?? throw new InvalidOperationException($"{pages} was not announced before it was read");
+                    Assert.Equal((long)map.PresentPages * PagemapEntry.PageSize, growing.Size);
+                    followed[pages] = Task.Run(() => GrowingFileReader.FollowAsync(growing));
+                }
+            });
+
+            Assert.Equal(1, laidOut);
+            Assert.True(second.Tracked, "round 2 went by the write tracking");
+            foreach (var (pages, reading) in followed)
+            {
+                var bytes = await reading.WaitAsync(TickTimeout);
+                Assert.True(File.ReadAllBytes(pages).AsSpan().SequenceEqual(bytes), $"the reader of {pages} saw the bytes the file holds");
+            }
+
+            var maps = CriuPagemap.ReadAll(round2);
+            ulong present = maps.Aggregate(0UL, (sum, m) => sum + m.PresentPages);
+            ulong inParent = maps.Aggregate(0UL, (sum, m) => sum + m.Entries.Where(e => e.Flags.HasFlag(PagemapFlags.Parent)).Aggregate(0UL, (s, e) => s + e.PageCount));
+            output.WriteLine($"round 1: {first.PagesWritten} pages; round 2: {second.PagesWritten} read and written, {second.PagesUnchanged} in parent, in {second.Elapsed.TotalMilliseconds:0} ms");
+            Assert.Equal(second.PagesWritten, present);
+            Assert.Equal(second.PagesUnchanged, inParent);
+            Assert.Equal(second.PagesWritten, second.PagesRead);
+            Assert.True(second.PagesWritten > 0 && second.PagesWritten * 4 < first.PagesWritten, $"round 2 reads what was written since round 1, not the buffer: {second.PagesWritten} of {first.PagesWritten}");
+            Assert.True(inParent >= (ulong)mib * 256 / 2, $"most of the buffer is left to round 1: {inParent} pages");
+
+            // every page round 2 lists, read through the chain (round 2, then round 1), is the stopped tree's page
+            using var chain = ImageChain.Open(round2);
+            var expected = new byte[PagemapEntry.PageSize];
+            var actual = new byte[PagemapEntry.PageSize];
+            var found = new bool[1];
+            ulong compared = 0;
+            foreach (var map in maps)
+            {
+                using var memory = File.OpenHandle($"/proc/{tasks[map.Id]}/mem", FileMode.Open, FileAccess.Read);
+                foreach (var entry in map.Entries.Where(e => e.Flags.HasFlag(PagemapFlags.Present) || e.Flags.HasFlag(PagemapFlags.Parent)))
+                {
+                    for (uint i = 0; i < entry.PageCount; i++)
+                    {
+                        ulong address = entry.Address + ((ulong)i * PagemapEntry.PageSize);
+                        Assert.Equal(PagemapEntry.PageSize, RandomAccess.Read(memory, expected, (long)address));
+                        chain.Read(map.Id, address, 1, actual, found);
+                        Assert.True(found[0], $"the chain holds page 0x{address:x}");
+                        Assert.True(expected.AsSpan().SequenceEqual(actual), $"page 0x{address:x} of task {map.Id} ({entry.Flags}) through the chain is the tree's");
+                        compared++;
+                    }
+                }
+            }
+
+            Assert.True(compared >= (ulong)mib * 256, $"the whole buffer was compared: {compared} pages");
+        }
+        finally
+        {
+            Prerequisites.Run("kill", ["-CONT", .. pids]);
+        }
+    }
+
+    [Fact]
     public void CRIU_pre_dump_is_refused_up_front_when_the_kernel_cannot_track_memory_and_the_tree_keeps_running()
     {
         using var tree = IsolatedProcessTree.Start(Memcounter.Command(16, Seed));

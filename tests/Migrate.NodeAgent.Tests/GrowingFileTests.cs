@@ -183,7 +183,7 @@ public sealed class GrowingFileTests(ITestOutputHelper output) : IDisposable
                 var pages = Path.Combine(round1, CriuPagemap.PagesFileName(map.PagesId));
                 var growing = GrowingFiles.Find(pages) ?? throw new InvalidOperationException($"{pages} is not announced");
                 Assert.Equal((long)map.PresentPages * PagemapEntry.PageSize, growing.Size);
-                reading[pages] = Task.Run(() => Follow(growing));
+                reading[pages] = Task.Run(() => GrowingFileReader.FollowAsync(growing));
             }
         });
 
@@ -230,29 +230,5 @@ public sealed class GrowingFileTests(ITestOutputHelper output) : IDisposable
         Assert.False(merged.For(10)!.IsUnchanged(0x1000));
         Assert.Null(merged.For(11)); // untracked: every page of it is read anyway
         Assert.Same(scan, scan.WithWritten(new Dictionary<int, IReadOnlyList<PageRange>>()));
-    }
-
-    private static async Task<byte[]> Follow(GrowingFile growing)
-    {
-        var bytes = new byte[growing.Size];
-        await using var stream = new FileStream(growing.Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, bufferSize: 0);
-        int done = 0;
-        while (done < bytes.Length)
-        {
-            int read = await stream.ReadAsync(bytes.AsMemory(done));
-            if (read == 0)
-            {
-                if (!await growing.WaitForAsync(done + 1, CancellationToken.None))
-                {
-                    throw new IOException(growing.Failure);
-                }
-
-                continue;
-            }
-
-            done += read;
-        }
-
-        return bytes;
     }
 }

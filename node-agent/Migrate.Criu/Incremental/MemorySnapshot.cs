@@ -212,36 +212,44 @@ public static class MemorySnapshot
     }
 
     /// <summary>
-    /// A first round (no parent set, no tracked writes to go by) laid out before its bytes are read,
-    /// so that they can be sent while they are: every task's resident private pages are listed and
-    /// its pagemap written at once, each pages file announced with its final size
-    /// (<see cref="GrowingFiles"/>), then <paramref name="planned"/> is called, then the pages are read
-    /// into those files in order. A stretch that cannot be read (a mapping gone meanwhile) is written
-    /// as zeros and listed in <see cref="SnapshotResult.Unread"/>: the next round must read it again
-    /// as if it were written (<see cref="MemoryChanges.WithWritten"/>). A task that ended before it
-    /// was listed is not in the set.
+    /// A round laid out before its bytes are read, so that they can be sent while they are: every
+    /// task's resident private pages are listed and its pagemap written at once, each pages file
+    /// announced with its final size (<see cref="GrowingFiles"/>), then <paramref name="planned"/> is
+    /// called, then the pages are read into those files in order. A first round (no
+    /// <paramref name="parentDirectory"/>) lists every resident page; a later one needs
+    /// <paramref name="changes"/>, a write-tracking scan taken after the parent round was read: the
+    /// pages it shows unchanged that the parent chain holds are listed "in parent" and not read, as
+    /// <see cref="Write"/> does, and the others are read without comparing them with the parent's.
+    /// A stretch that cannot be read (a mapping gone meanwhile) is written as zeros and listed in
+    /// <see cref="SnapshotResult.Unread"/>: the next round must read it again as if it were written
+    /// (<see cref="MemoryChanges.WithWritten"/>). A task that ended before it was listed is not in
+    /// the set.
     /// </summary>
-    public static SnapshotResult WriteStreamed(int rootPid, string directory, Action planned)
+    public static SnapshotResult WriteStreamed(int rootPid, string directory, Action planned, string? parentDirectory = null, MemoryChanges? changes = null)
     {
         ArgumentNullException.ThrowIfNull(planned);
-        var stopwatch = Stopwatch.StartNew();
-        using (CreateSet(ref directory, null))
+        if (parentDirectory is not null && changes is null)
         {
+            throw new ArgumentException("a round with a parent set is laid out before it is read only from a write-tracking scan: without one its pages are compared with the parent's as they are read", nameof(changes));
         }
 
-        var plans = new List<(int ImageId, int HostPid, uint PagesId, List<PageRange> Runs)>();
-        uint pagesId = 0;
-        foreach (var task in LiveProcessTree.Enumerate(rootPid))
+        var stopwatch = Stopwatch.StartNew();
+        var plans = new List<(int ImageId, int HostPid, uint PagesId, List<PlannedRun> Runs)>();
+        using (var parent = CreateSet(ref directory, parentDirectory))
         {
-            pagesId++;
-            try
+            uint pagesId = 0;
+            foreach (var task in LiveProcessTree.Enumerate(rootPid))
             {
-                plans.Add((task.ImageId, task.HostPid, pagesId, ResidentRuns(task.HostPid)));
-            }
-            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
-                                      || (e is IOException && !Directory.Exists($"/proc/{task.HostPid}")))
-            {
-                // ended before it was listed
+                pagesId++;
+                try
+                {
+                    plans.Add((task.ImageId, task.HostPid, pagesId, Plan(ResidentRuns(task.HostPid), changes?.For(task.HostPid), parent, task.ImageId)));
+                }
+                catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
+                                          || (e is IOException && !Directory.Exists($"/proc/{task.HostPid}")))
+                {
+                    // ended before it was listed
+                }
             }
         }
 
@@ -252,7 +260,7 @@ public static class MemorySnapshot
             {
                 var pagesPath = Path.Combine(directory, CriuPagemap.PagesFileName(plan.PagesId));
                 File.WriteAllBytes(pagesPath, []);
-                announced.Add(GrowingFiles.Begin(pagesPath, (long)plan.Runs.Aggregate(0UL, (sum, r) => sum + r.Pages) * PagemapEntry.PageSize));
+                announced.Add(GrowingFiles.Begin(pagesPath, (long)ReadPages(plan.Runs) * PagemapEntry.PageSize));
                 var map = new CriuPagemap(plan.ImageId, plan.PagesId, Entries(plan.Runs));
                 map.Write(directory);
                 ImageChain.Remember(Path.Combine(directory, CriuPagemap.FileName(plan.ImageId)), map);
@@ -279,17 +287,17 @@ public static class MemorySnapshot
                 using (memory)
                 {
                     long offset = 0;
-                    foreach (var run in plan.Runs)
+                    foreach (var run in plan.Runs.Where(r => !r.InParent))
                     {
-                        var bytes = buffer.AsSpan(0, (int)run.Pages * PagemapEntry.PageSize);
-                        if (memory is null || !ReadMemory(memory, run.Start, bytes))
+                        var bytes = buffer.AsSpan(0, (int)run.Range.Pages * PagemapEntry.PageSize);
+                        if (memory is null || !ReadMemory(memory, run.Range.Start, bytes))
                         {
                             bytes.Clear();
-                            unreadable.Add(run);
+                            unreadable.Add(run.Range);
                         }
                         else
                         {
-                            read += run.Pages;
+                            read += run.Range.Pages;
                         }
 
                         RandomAccess.Write(pages, bytes, offset);
@@ -304,8 +312,9 @@ public static class MemorySnapshot
                 }
             }
 
-            ulong listed = plans.Aggregate(0UL, (sum, p) => sum + p.Runs.Aggregate(0UL, (s, r) => s + r.Pages));
-            return new SnapshotResult(directory, plans.Count, listed, listed, 0, stopwatch.Elapsed, read) { Unread = unread };
+            ulong listed = plans.Aggregate(0UL, (sum, p) => sum + p.Runs.Aggregate(0UL, (s, r) => s + r.Range.Pages));
+            ulong written = plans.Aggregate(0UL, (sum, p) => sum + ReadPages(p.Runs));
+            return new SnapshotResult(directory, plans.Count, listed, written, listed - written, stopwatch.Elapsed, read) { Unread = unread };
         }
         finally
         {
@@ -316,19 +325,62 @@ public static class MemorySnapshot
         }
     }
 
-    /// <summary>Present entries for runs in address order, touching runs merged (the pages file holds them in that order either way).</summary>
-    private static List<PagemapEntry> Entries(List<PageRange> runs)
+    /// <summary>A stretch of a streamed round: read into its pages file, or held by the parent chain (write tracking shows it unchanged).</summary>
+    private readonly record struct PlannedRun(PageRange Range, bool InParent);
+
+    /// <summary>
+    /// A task's resident runs cut where write tracking and the parent chain say a stretch need not be
+    /// read (<see cref="KnownUnchanged"/>): those are "in parent", the rest is read. No run is
+    /// longer than the batch it came from.
+    /// </summary>
+    private static List<PlannedRun> Plan(List<PageRange> resident, TrackedPages? tracked, ImageChain? parent, int id)
+    {
+        var runs = new List<PlannedRun>(resident.Count);
+        foreach (var range in resident)
+        {
+            int count = (int)range.Pages;
+            int page = 0;
+            while (page < count)
+            {
+                ulong at = range.Start + ((ulong)page * PagemapEntry.PageSize);
+                int unchanged = KnownUnchanged(tracked, parent, id, at, count - page);
+                if (unchanged > 0)
+                {
+                    runs.Add(new PlannedRun(new PageRange(at, at + ((ulong)unchanged * PagemapEntry.PageSize)), InParent: true));
+                    page += unchanged;
+                    continue;
+                }
+
+                int start = page;
+                while (page < count && KnownUnchanged(tracked, parent, id, range.Start + ((ulong)page * PagemapEntry.PageSize), 1) == 0)
+                {
+                    page++;
+                }
+
+                ulong from = range.Start + ((ulong)start * PagemapEntry.PageSize);
+                runs.Add(new PlannedRun(new PageRange(from, from + ((ulong)(page - start) * PagemapEntry.PageSize)), InParent: false));
+            }
+        }
+
+        return runs;
+    }
+
+    private static ulong ReadPages(List<PlannedRun> runs) => runs.Where(r => !r.InParent).Aggregate(0UL, (sum, r) => sum + r.Range.Pages);
+
+    /// <summary>Entries for runs in address order, touching runs of the same kind merged (the pages file holds the read ones in that order either way).</summary>
+    private static List<PagemapEntry> Entries(List<PlannedRun> runs)
     {
         var entries = new List<PagemapEntry>();
         foreach (var run in runs)
         {
-            if (entries.Count > 0 && entries[^1].End == run.Start)
+            var flags = run.InParent ? PagemapFlags.Parent : PagemapFlags.Present;
+            if (entries.Count > 0 && entries[^1].End == run.Range.Start && entries[^1].Flags == flags)
             {
-                entries[^1] = entries[^1] with { PageCount = entries[^1].PageCount + (uint)run.Pages };
+                entries[^1] = entries[^1] with { PageCount = entries[^1].PageCount + (uint)run.Range.Pages };
             }
             else
             {
-                entries.Add(new PagemapEntry(run.Start, (uint)run.Pages, PagemapFlags.Present));
+                entries.Add(new PagemapEntry(run.Range.Start, (uint)run.Range.Pages, flags));
             }
         }
 

@@ -125,10 +125,11 @@ public sealed class PreCopySession
 
     /// <summary>
     /// Takes one more round while the tree keeps running. <paramref name="planned"/>, when given, is
-    /// called once the round's files can be listed for sending: for a first round by content
-    /// comparison with no earlier checkpoint, before its pages are read (they are written into files
-    /// announced with their final sizes, <see cref="MemorySnapshot.WriteStreamed"/>); otherwise once
-    /// the round is written.
+    /// called once the round's files can be listed for sending: before its pages are read (they are
+    /// written into files announced with their final sizes, <see cref="MemorySnapshot.WriteStreamed"/>)
+    /// for a first round by content comparison with no earlier checkpoint, and for a later one whose
+    /// writes were tracked; otherwise once the round is written (its pages are compared with the
+    /// parent's as they are read, so its size is known only then).
     /// </summary>
     public PreCopyRound PreDump(Action? planned = null)
     {
@@ -164,8 +165,19 @@ public sealed class PreCopySession
         else
         {
             var changes = TrackedChanges(number);
-            var snapshot = MemorySnapshot.Write(_options.Pid!.Value, directory, previous, changes);
-            round = new PreCopyRound(number, directory, Method, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, changes is not null, snapshot.PagesRead);
+            if (planned is not null && changes is not null)
+            {
+                // what write tracking shows written is known before it is read: laid out, then sent as it is read
+                var streamed = MemorySnapshot.WriteStreamed(_options.Pid!.Value, directory, planned, previous, changes);
+                _unread = streamed.Unread;
+                planned = null;
+                round = new PreCopyRound(number, directory, Method, streamed.PagesWritten, streamed.PagesUnchanged, streamed.Elapsed, true, streamed.PagesRead);
+            }
+            else
+            {
+                var snapshot = MemorySnapshot.Write(_options.Pid!.Value, directory, previous, changes);
+                round = new PreCopyRound(number, directory, Method, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, changes is not null, snapshot.PagesRead);
+            }
         }
 
         _rounds.Add(round);

@@ -304,7 +304,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                     r.PreCopy.RoundMillis = (uint)clock.ElapsedMilliseconds;
                 }
 
-                // a round whose files are listed before its pages are read (a first round) is sent as it is written
+                // a round whose files are listed before its pages are read (a first round, or one whose writes were tracked) is sent as it is written
                 var listed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 var capture = engine.PreDumpAsync(new PreDumpRequest { MigrationId = id, Round = round }, cancellationToken, () => listed.TrySetResult());
                 var sending = await Task.WhenAny(listed.Task, capture) == listed.Task && !capture.IsCompleted
