@@ -25,13 +25,15 @@ public sealed class LazyMemoryFillTests
         { "closed by the daemon after an error", Closed, false, FailedDaemon, LazyMemoryState.Failed, "ended the session after an error (the daemon's log: (00.120000) Error (criu/uffd.c:1010)" },
         { "the daemon went away", Gone, false, QuietDaemon, LazyMemoryState.Failed, "CRIU's lazy-pages daemon went away before every page was in place" },
         { "the server could not serve", "starting\n" + LazyMemoryFill.FailureLine("page 0x7f00 of pid 12 is in no image") + "\n", false, null, LazyMemoryState.Failed, "the page server failed: page 0x7f00 of pid 12 is in no image" },
-        { "the server killed without a word", null, false, FailedDaemon, LazyMemoryState.Failed, "the page server ended without reporting (was it killed?)" },
-        { "killed mid-line", Closed.TrimEnd('\n'), false, null, LazyMemoryState.Failed, "the page server ended without reporting" },
+        { "the server killed without a word", null, false, FailedDaemon, LazyMemoryState.Failed, "the lazy-memory helper (page server or memory filler) ended without reporting (was it killed?)" },
+        { "killed mid-line", Closed.TrimEnd('\n'), false, null, LazyMemoryState.Failed, "ended without reporting" },
         { "a line it never writes", "page server: whatever\n", false, null, LazyMemoryState.Failed, "not one it writes" },
         { "the memory filler put every page in place", Filled, false, null, LazyMemoryState.Filled, null },
         { "the memory filler still writing its line", Filled.TrimEnd('\n'), true, null, LazyMemoryState.Filling, null },
         { "the memory filler killed mid-line", Filled.TrimEnd('\n'), false, null, LazyMemoryState.Failed, "ended without reporting" },
         { "a filler line it never writes", "memory filler: whatever\n", false, null, LazyMemoryState.Failed, "the memory filler's last line is not one it writes" },
+        { "the memory filler could not fill", "memory filler: 3 faults\n" + LazyMemoryFill.FillerFailureLine("no restore connected within 300 s") + "\n", false, null, LazyMemoryState.Failed,
+            "the memory filler failed: no restore connected within 300 s" },
     };
 
     [Theory]
@@ -57,6 +59,7 @@ public sealed class LazyMemoryFillTests
         { "a report still being written", Closed.TrimEnd('\n'), null },
         { "the report", "starting\n" + Closed, Closed.TrimEnd('\n') },
         { "a failure after other lines", "starting\n" + LazyMemoryFill.FailureLine("no page at 0x7f00") + "\n", LazyMemoryFill.FailureLine("no page at 0x7f00") },
+        { "the filler's failure", "memory filler: listening\n" + LazyMemoryFill.FillerFailureLine("the restore went away") + "\n", LazyMemoryFill.FillerFailureLine("the restore went away") },
         { "only lines it does not end with", "starting\nserving\n", null },
     };
 
@@ -72,6 +75,8 @@ public sealed class LazyMemoryFillTests
     {
         { "a page refused: the page server says so", LazyMemoryFill.FailureLine("4 pages from the source do not match their checksum: refused") + "\n", false,
             CriuKilled + "; the page server failed: 4 pages from the source do not match their checksum: refused" },
+        { "the memory filler could not copy: it says so", LazyMemoryFill.FillerFailureLine("UFFDIO_COPY at 0x7f00 failed: EINVAL") + "\n", false,
+            CriuKilled + "; the memory filler failed: UFFDIO_COPY at 0x7f00 failed: EINVAL" },
         { "the page server still runs: nothing to add yet", null, true, CriuKilled },
         { "the daemon went away with the restore: nothing the restore did not say", Gone, false, CriuKilled },
         { "the page server killed: not its reason", null, false, CriuKilled },

@@ -155,7 +155,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
         output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
         Assert.Equal(MigrationPhases.RolledBack, status.Phase);
         Assert.Equal("RestoreFailed", status.Reason);
-        Assert.Contains("ran before its memory was in place, and not all of it arrived: the page server ended without reporting", status.Message, StringComparison.Ordinal);
+        Assert.Contains("ran before its memory was in place, and not all of it arrived: the lazy-memory helper (page server or memory filler) ended without reporting", status.Message, StringComparison.Ordinal);
         await AssertSourceRunsOnAsync(pod, status);
     }
 

@@ -396,9 +396,12 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData(false, true)]
-    [InlineData(true, false)]
-    public async Task A_tree_dumped_post_copy_restores_at_once_and_its_pages_come_from_the_frozen_source(bool afterRound, bool prefetch)
+    [InlineData(false, true, false)]
+    [InlineData(true, false, false)]
+    [InlineData(false, true, true)]
+    [InlineData(true, false, true)]
+    [InlineData(true, true, true)]
+    public async Task A_tree_dumped_post_copy_restores_at_once_and_its_pages_come_from_the_frozen_source(bool afterRound, bool prefetch, bool filler)
     {
         const int mib = 32;
         using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 10));
@@ -430,6 +433,12 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         // the source stays frozen, alive, and serves its pages; the copy runs beside it
         using var source = LivePages.Open(tree.RootPid, final.MemoryDirectory!);
         Assert.Equal(final.PagesRemote, source.RemotePages);
+        if (filler)
+        {
+            await FillFromSourceAsync(tree, cgroup, final, last, lazy, source, prefetch, afterRound);
+            return;
+        }
+
         var (serverEnd, daemonEnd) = DetachedProcess.SocketPair();
         var work = Directory.CreateDirectory(Path.Combine(tree.Directory, "restore-work")).FullName;
         int daemon = LazyPagesDaemon.Start("criu", final.Directory, work, daemonEnd, TimeSpan.FromSeconds(10));
@@ -467,6 +476,58 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             DetachedProcess.Kill(daemon);
             WaitForExit(daemon, TimeSpan.FromSeconds(5));
             serverEnd.Dispose();
+            cgroup.KillFrozenTree(tree.RootPid);
+        }
+    }
+
+    /// <summary>
+    /// The post-copy restore above with our memory filler in place of CRIU's daemon and the page
+    /// server: the pages left on the source come through the same source (streamed when
+    /// <paramref name="prefetch"/>, else each fetched when a fault or a piece needs it), each once.
+    /// </summary>
+    private async Task FillFromSourceAsync(IsolatedProcessTree tree, TestFreezer cgroup, PreCopyFinalDump final, MemcounterTick last, ulong lazy, LivePages source,
+        bool prefetch, bool afterRound)
+    {
+        var work = Directory.CreateDirectory(Path.Combine(tree.Directory, "restore-work")).FullName;
+        var counting = new CountingSource(source);
+        using var filler = new MemoryFiller(final.Directory, final.MemoryDirectory!, counting);
+        if (prefetch)
+        {
+            filler.StartPrefetch(new InProcessPipeline(source));
+        }
+
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        UnixSocketPath.Use(Path.Combine(work, LazyPagesDaemon.SocketName), path => listener.Bind(new UnixDomainSocketEndPoint(path)));
+        listener.Listen(1);
+        using var stop = new CancellationTokenSource();
+        var filling = Task.Run(() => filler.Run(listener, stop.Token));
+        try
+        {
+            var restore = RestoreCopy(tree, final.Directory, work);
+            Assert.True(cgroup.Freezer.IsFrozen, "the source must stay frozen while its pages are fetched");
+            Assert.Equal(last.Tick + 1, tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick after the post-copy restore").Tick);
+            var verified = tree.RequestVerification(TickTimeout);
+            Assert.True(verified.VerifiedOk, $"buffer check after the post-copy restore: {verified.Verified}");
+
+            var report = await filling.WaitAsync(TimeSpan.FromSeconds(30));
+            output.WriteLine($"restore {restore.Elapsed.TotalMilliseconds:0} ms; {LazyMemoryFill.FillerLine(report)}");
+            Assert.Equal((long)lazy, report.Pages);
+            var fromSource = Assert.IsType<SourcePagesReport>(report.Source);
+            Assert.Equal((long)final.PagesRemote, fromSource.Pages);
+            // every page fetched exactly once, whether a fault, a piece or the stream got there first
+            Assert.Equal(fromSource.Pages, fromSource.Fetched);
+            Assert.Equal(counting.Pages, fromSource.Fetched - fromSource.Prefetched);
+            Assert.True(prefetch ? fromSource.Prefetched > 0 : fromSource.Prefetched == 0, $"{fromSource.Prefetched} pages fetched in the background");
+            Assert.Null(fromSource.PrefetchFailure);
+            Assert.True(tree.RequestVerification(TickTimeout).VerifiedOk, "buffer check once every page is in");
+            Figures.Record(nameof(LazyRestoreTests), $"post_copy_fill_ms_32mib{(afterRound ? "_after_round" : "")}{(prefetch ? "_prefetch" : "")}", report.Elapsed.TotalMilliseconds, "ms");
+        }
+        finally
+        {
+            // the filler's loop ends before it is disposed (it copies from memory the disposal frees)
+            await stop.CancelAsync();
+            listener.Dispose();
+            await Task.WhenAny(filling, Task.Delay(TimeSpan.FromSeconds(10)));
             cgroup.KillFrozenTree(tree.RootPid);
         }
     }

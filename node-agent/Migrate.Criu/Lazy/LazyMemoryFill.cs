@@ -33,6 +33,8 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     private const string PageServerFailed = "the page server failed: ";
 
     private const string FillerPrefix = "memory filler: ";
+    private const string FillerFailurePrefix = "memory filler failed: ";
+    private const string FillerFailed = "the memory filler failed: ";
     private const string FilledSuffix = "; every page in place";
 
     public static LazyMemoryFill Filling { get; } = new(LazyMemoryState.Filling);
@@ -50,7 +52,7 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     {
         ArgumentNullException.ThrowIfNull(report);
         return string.Create(CultureInfo.InvariantCulture,
-            $"{FillerPrefix}{report.Faults} faults, {report.Pieces} pieces, {report.Pages} pages ({report.Pages * PagemapEntry.PageSize} bytes) in {report.Elapsed.TotalMilliseconds:0} ms: reading {report.Reading.TotalMilliseconds:0} ms, copying into the processes {report.Copying.TotalMilliseconds:0} ms{FilledSuffix}");
+            $"{FillerPrefix}{report.Faults} faults, {report.Pieces} pieces, {report.Pages} pages ({report.Pages * PagemapEntry.PageSize} bytes{(report.Source is { } source ? $", {source.Pages} pages from the source, {source.Fetched} fetched, {source.Prefetched} of them streamed{(source.PrefetchFailure is { } failure ? $" until the stream failed: {failure}" : "")}" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms: reading {report.Reading.TotalMilliseconds:0} ms, copying into the processes {report.Copying.TotalMilliseconds:0} ms{FilledSuffix}");
     }
 
     /// <summary>
@@ -61,13 +63,16 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     public static string ExplainRestoreFailure(string restoreError, LazyMemoryFill fill)
     {
         ArgumentNullException.ThrowIfNull(fill);
-        return fill is { State: LazyMemoryState.Failed, Error: { } why } && why.StartsWith(PageServerFailed, StringComparison.Ordinal)
+        return fill is { State: LazyMemoryState.Failed, Error: { } why } && (why.StartsWith(PageServerFailed, StringComparison.Ordinal) || why.StartsWith(FillerFailed, StringComparison.Ordinal))
             ? $"{restoreError}; {why}"
             : restoreError;
     }
 
     /// <summary>The page server's last line when it could not serve.</summary>
     public static string FailureLine(string why) => FailurePrefix + why;
+
+    /// <summary>The memory filler's last line when it could not fill.</summary>
+    public static string FillerFailureLine(string why) => FillerFailurePrefix + why;
 
     /// <summary>
     /// The verdict from the page server's log (null: none yet), whether the page server still
@@ -79,12 +84,17 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
         if (last is null)
         {
             return pageServerAlive ? Filling
-                : new LazyMemoryFill(LazyMemoryState.Failed, "the page server ended without reporting (was it killed?) before every page was in place" + DaemonErrors(daemonLog));
+                : new LazyMemoryFill(LazyMemoryState.Failed, "the lazy-memory helper (page server or memory filler) ended without reporting (was it killed?) before every page was in place" + DaemonErrors(daemonLog));
         }
 
         if (last.StartsWith(FailurePrefix, StringComparison.Ordinal))
         {
             return new LazyMemoryFill(LazyMemoryState.Failed, PageServerFailed + last[FailurePrefix.Length..] + DaemonErrors(daemonLog));
+        }
+
+        if (last.StartsWith(FillerFailurePrefix, StringComparison.Ordinal))
+        {
+            return new LazyMemoryFill(LazyMemoryState.Failed, FillerFailed + last[FillerFailurePrefix.Length..]);
         }
 
         if (last.StartsWith(FillerPrefix, StringComparison.Ordinal))
@@ -118,7 +128,7 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     /// <summary>The page server's last line (its report or why it failed), once it is written whole; null before.</summary>
     public static string? LastLine(string? pageServerLog) =>
         CompleteLines(pageServerLog).LastOrDefault(l => l.StartsWith(ReportPrefix, StringComparison.Ordinal) || l.StartsWith(FailurePrefix, StringComparison.Ordinal)
-            || l.StartsWith(FillerPrefix, StringComparison.Ordinal));
+            || l.StartsWith(FillerPrefix, StringComparison.Ordinal) || l.StartsWith(FillerFailurePrefix, StringComparison.Ordinal));
 
     /// <summary>The verdict for the helpers recorded in a restore's work directory.</summary>
     public static LazyMemoryFill Observe(string workDirectory)

@@ -84,11 +84,14 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         var environment = pagesBytesPerSecond > 0
             ? new Dictionary<string, string> { [BytesPerSecondVariable] = pagesBytesPerSecond.ToString(CultureInfo.InvariantCulture) }
             : null;
-        if (!criuDaemon && MemoryFiller.Serves(memoryDirectory))
+        bool leftOnSource = !MemoryFiller.Serves(memoryDirectory);
+        if (!criuDaemon && (!leftOnSource || remote is not null))
         {
-            // one helper in place of the daemon and its page server: it listens where the daemon would
+            // one helper in place of the daemon and its page server: it listens where the daemon would,
+            // and fetches what was left on the source through the agent as the page server would
             File.Delete(Path.Combine(workDirectory, LazyPagesDaemon.SocketName));
-            int filler = DetachedProcess.Spawn(serverProgram, [FillArgument, Path.GetFullPath(imagesDirectory), Path.GetFullPath(memoryDirectory), Path.GetFullPath(workDirectory)],
+            string[] fill = [FillArgument, Path.GetFullPath(imagesDirectory), Path.GetFullPath(memoryDirectory), Path.GetFullPath(workDirectory)];
+            int filler = DetachedProcess.Spawn(serverProgram, leftOnSource && remote is { } agent ? [.. fill, agent.Socket, agent.Container] : fill,
                 new Dictionary<int, int>(), Path.Combine(workDirectory, PageServerLog), environment);
             File.WriteAllText(Path.Combine(workDirectory, PidsFile), string.Create(CultureInfo.InvariantCulture, $"{filler}\n{filler}\n"));
             return new LazyRestoreHelpers(filler, filler, workDirectory);
@@ -258,17 +261,18 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
     }
 
     /// <summary>
-    /// The memory filler's process: <c>[FillArgument, imagesDirectory, memoryDirectory, workDirectory]</c>.
-    /// Listens on the daemon's socket in the work directory, then fills until every lazy page is in
-    /// place; 0 when it did, 1 when it could not (the reason is its last line).
+    /// The memory filler's process: <c>[FillArgument, imagesDirectory, memoryDirectory, workDirectory]</c>,
+    /// then <c>[agentSocket, container]</c> when pages were left on the source. Listens on the
+    /// daemon's socket in the work directory, then fills until every lazy page is in place; 0 when it
+    /// did, 1 when it could not (the reason is its last line).
     /// </summary>
     public static int Fill(IReadOnlyList<string> arguments, TextWriter log)
     {
         ArgumentNullException.ThrowIfNull(arguments);
         ArgumentNullException.ThrowIfNull(log);
-        if (arguments.Count != 4 || arguments[0] != FillArgument)
+        if (arguments.Count is not (4 or 6) || arguments[0] != FillArgument)
         {
-            log.WriteLine($"usage: {FillArgument} IMAGES-DIRECTORY MEMORY-DIRECTORY WORK-DIRECTORY");
+            log.WriteLine($"usage: {FillArgument} IMAGES-DIRECTORY MEMORY-DIRECTORY WORK-DIRECTORY [AGENT-SOCKET CONTAINER]");
             return 2;
         }
 
@@ -284,7 +288,14 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
             listener.Bind(new UnixDomainSocketEndPoint(LazyPagesDaemon.SocketName));
             listener.Listen(1);
             // the restore may begin now: its connection waits in the backlog while the images are opened
-            using var filler = new MemoryFiller(images, memory) { BytesPerSecond = PagesBytesPerSecond() };
+            using var source = arguments.Count == 6 ? new RemotePageClient(arguments[4], arguments[5]) { ReconnectWindow = ReconnectWindow() } : null;
+            using var filler = new MemoryFiller(images, memory, source) { BytesPerSecond = PagesBytesPerSecond() };
+            if (source is not null)
+            {
+                // a second connection streams everything in order from now on; faults fetch on the first
+                filler.StartPrefetch(new RemotePageClient(arguments[4], arguments[5], RemotePagesKind.Stream));
+            }
+
             var report = filler.Run(listener);
             log.WriteLine(LazyMemoryFill.FillerLine(report));
             return 0;
@@ -292,7 +303,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
         catch (Exception e)
         {
             // whatever it was, the restore's memory has failed: said in the line the agent reads
-            log.WriteLine(LazyMemoryFill.FailureLine(ServingFailed(e) ? e.Message : e.ToString()));
+            log.WriteLine(LazyMemoryFill.FillerFailureLine(ServingFailed(e) ? e.Message : e.ToString()));
             return 1;
         }
     }

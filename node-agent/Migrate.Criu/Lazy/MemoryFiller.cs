@@ -15,7 +15,8 @@ namespace Migrate.Criu.Lazy;
 /// <param name="Elapsed">From the restore's connection to the last page.</param>
 /// <param name="Reading">Of it, reading the staged images.</param>
 /// <param name="Copying">Of it, copying into the processes (the kernel allocates their memory as it copies).</param>
-public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying);
+/// <param name="Source">What became of the pages left on the source (null: none were).</param>
+public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying, SourcePagesReport? Source = null);
 
 /// <summary>
 /// Fills the memory of a lazily restored process tree from image sets already on this node, in
@@ -28,7 +29,9 @@ public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, Ti
 /// background fill that does not shrink to a few pages whenever the processes touch one (CRIU 4's
 /// daemon fills 64 KiB after each fault, one request at a time, so a process writing its memory
 /// while it fills made the fill 2-3 times as slow as when it was idle).
-/// Only for memory wholly on this node: pages left on the source still go through CRIU's daemon.
+/// Pages a post-copy (or hybrid) dump left on the source come through this node's agent
+/// (<see cref="SourcePages"/>): streamed in the background from the start, and fetched at once when
+/// a process touches one first. Reading them is in the reading time.
 /// </summary>
 public sealed unsafe class MemoryFiller : IDisposable
 {
@@ -46,6 +49,7 @@ public sealed unsafe class MemoryFiller : IDisposable
 
     private readonly string _images;
     private readonly ImageChain _chain;
+    private readonly SourcePages? _source;
     private readonly List<Filled> _processes = [];
     private readonly byte* _buffer;
     private readonly bool[] _found = new bool[PiecePages];
@@ -54,22 +58,58 @@ public sealed unsafe class MemoryFiller : IDisposable
     private int _next;
 
     /// <param name="imagesDirectory">The image set CRIU restores: its pagemaps mark the lazy pages, its mm images name the mappings.</param>
-    /// <param name="memoryDirectory">The image set (with its parents) that holds the lazy pages.</param>
-    public MemoryFiller(string imagesDirectory, string memoryDirectory)
+    /// <param name="memoryDirectory">The image set (with its parents) that holds the lazy pages, or lists them as left on the source.</param>
+    /// <param name="source">Where the pages left on the source come from (null: nowhere; filling one fails the fill).</param>
+    public MemoryFiller(string imagesDirectory, string memoryDirectory, IPageSource? source = null)
     {
         _images = Path.GetFullPath(imagesDirectory);
-        _chain = ImageChain.Open(Path.GetFullPath(memoryDirectory));
-        // every file is open from the start: the node may delete the staged images while memory still fills
-        _chain.OpenAll();
+        var memory = Path.GetFullPath(memoryDirectory);
+        _chain = ImageChain.Open(memory);
+        try
+        {
+            // every file is open from the start: the node may delete the staged images while memory still fills
+            _chain.OpenAll();
+            var remote = LeftOnSource(memory);
+            _source = remote.Count > 0 && source is not null ? new SourcePages(remote, memory, source) : null;
+        }
+        catch
+        {
+            _chain.Dispose();
+            throw;
+        }
+
         _buffer = (byte*)NativeMemory.AlignedAlloc((nuint)(PiecePages * Page), (nuint)Page);
     }
 
     /// <summary>
-    /// Whether this filler can serve the image set in <paramref name="memoryDirectory"/>: it holds
-    /// every page itself or through its parents (none left on the source).
+    /// Whether the image set in <paramref name="memoryDirectory"/> holds every page itself or through
+    /// its parents (none left on the source): then a filler needs nothing but the staged files.
     /// </summary>
-    public static bool Serves(string memoryDirectory) =>
-        !CriuPagemap.ReadAll(memoryDirectory).Any(m => m.Entries.Any(e => e.IsLeftLazy));
+    public static bool Serves(string memoryDirectory) => LeftOnSource(memoryDirectory).Count == 0;
+
+    /// <summary>By task, the runs of pages the image set lists as left on the source.</summary>
+    private static Dictionary<int, PagemapEntry[]> LeftOnSource(string memoryDirectory) =>
+        CriuPagemap.ReadAll(memoryDirectory)
+            .Select(m => (m.Id, Runs: m.Entries.Where(e => e.IsLeftLazy).ToArray()))
+            .Where(t => t.Runs.Length > 0)
+            .ToDictionary(t => t.Id, t => t.Runs);
+
+    /// <summary>
+    /// Streams all the pages left on the source in the background, on <paramref name="connection"/>
+    /// (owned from now on), so that most are here before a piece or a fault needs them. Without pages
+    /// left on the source (or a source), the connection is just closed.
+    /// </summary>
+    public void StartPrefetch(IPipelinedPageSource connection)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        if (_source is null)
+        {
+            connection.Dispose();
+            return;
+        }
+
+        _source.StartPrefetch(connection, BytesPerSecond);
+    }
 
     /// <summary>
     /// Takes the restore's connection from <paramref name="listener"/> and fills until every lazy page
@@ -89,7 +129,7 @@ public sealed unsafe class MemoryFiller : IDisposable
 
         using var restore = listener.Accept();
         int client = (int)restore.SafeHandle.DangerousGetHandle();
-        bool finished = false, connected = true;
+        bool finished = false, connected = true, waiting = false;
         var fds = new List<PollFd>();
         while (true)
         {
@@ -97,7 +137,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             var live = _processes.Where(p => !p.Gone).ToList();
             if (finished && live.All(p => p.Missing.Left == 0))
             {
-                return new MemoryFillerReport(_faults, _pieces, _pages, clock.Elapsed, Stopwatch.GetElapsedTime(0, _readTicks), Stopwatch.GetElapsedTime(0, _copyTicks));
+                return new MemoryFillerReport(_faults, _pieces, _pages, clock.Elapsed, Stopwatch.GetElapsedTime(0, _readTicks), Stopwatch.GetElapsedTime(0, _copyTicks), _source?.Report());
             }
 
             fds.Clear();
@@ -112,7 +152,8 @@ public sealed unsafe class MemoryFiller : IDisposable
             int ready;
             fixed (PollFd* pointer = polled)
             {
-                ready = Poll(pointer, (nuint)polled.Length, filling ? 0 : 100);
+                // while every piece left waits for pages on their way from the source, faults are watched for meanwhile
+                ready = Poll(pointer, (nuint)polled.Length, !filling ? 100 : waiting ? SourceWaitMillis : 0);
             }
 
             if (ready < 0)
@@ -157,12 +198,12 @@ public sealed unsafe class MemoryFiller : IDisposable
                 }
             }
 
-            if (filling)
-            {
-                FillNextPiece();
-            }
+            waiting = filling && !FillNextPiece();
         }
     }
+
+    /// <summary>How long the fill waits for the stream from the source between two looks, when nothing else is left to fill.</summary>
+    private const int SourceWaitMillis = 2;
 
     /// <summary>How long <see cref="Run"/> waits for the restore to connect before it gives up.</summary>
     public TimeSpan AcceptTimeout { get; init; } = TimeSpan.FromMinutes(5);
@@ -198,6 +239,7 @@ public sealed unsafe class MemoryFiller : IDisposable
 
         _processes.Clear();
         NativeMemory.AlignedFree(_buffer);
+        _source?.Dispose();
         _chain.Dispose();
     }
 
@@ -327,7 +369,7 @@ public sealed unsafe class MemoryFiller : IDisposable
                 ulong address = message.Word1 & ~(Page - 1);
                 if (process.Missing.At(address, FaultPages) is { } stretch)
                 {
-                    Copy(process, stretch);
+                    Copy(process, stretch, fault: true);
                 }
                 else if (process.Missing.IsLazy(address))
                 {
@@ -371,36 +413,71 @@ public sealed unsafe class MemoryFiller : IDisposable
         }
     }
 
-    /// <summary>Fills the next missing piece of the next process that has one (in turn, so that each progresses).</summary>
-    private void FillNextPiece()
+    /// <summary>
+    /// Fills the next missing piece of the next process that has one (in turn, so that each
+    /// progresses). False when every process's next piece waits for pages still on their way from
+    /// the source: nothing was filled.
+    /// </summary>
+    private bool FillNextPiece()
     {
+        bool found = false;
         for (int tried = 0; tried < _processes.Count; tried++)
         {
             var process = _processes[_next++ % _processes.Count];
             if (!process.Gone && process.Missing.Next(PiecePages) is { } stretch)
             {
-                _pieces++;
-                Copy(process, stretch);
-                return;
+                found = true;
+                if (Copy(process, stretch, fault: false))
+                {
+                    _pieces++;
+                    return true;
+                }
             }
         }
 
         // called only while some process misses pages: finding none to fill would spin for ever
-        throw new InvalidOperationException($"{_processes.Where(p => !p.Gone).Sum(p => p.Missing.Left)} pages are counted missing, but none is found to fill");
+        return found ? false : throw new InvalidOperationException($"{_processes.Where(p => !p.Gone).Sum(p => p.Missing.Left)} pages are counted missing, but none is found to fill");
     }
 
-    private void Copy(Filled process, MissingStretch stretch)
+    /// <summary>
+    /// Puts the stretch's pages in place, or as many of them as one source holds: the staged images,
+    /// or the pages left on the source (a <paramref name="fault"/> fetches those at once; a piece is
+    /// not filled, and false returned, while its first page is still on its way in the stream).
+    /// </summary>
+    private bool Copy(Filled process, MissingStretch stretch, bool fault)
     {
+        int have = _chain.CoveredRun(process.Pid, stretch.ImageAddress, stretch.Pages);
+        bool remote = have == 0 && _chain.RemoteRun(process.Pid, stretch.ImageAddress, stretch.Pages) > 0;
+        if (remote)
+        {
+            have = _source is null
+                ? throw new InvalidDataException($"process {process.Pid}'s page at 0x{stretch.ImageAddress:x} was left on the source, and this filler has no way to fetch it")
+                : fault ? _chain.RemoteRun(process.Pid, stretch.ImageAddress, stretch.Pages)
+                : _source.ReadyRun(process.Pid, stretch.ImageAddress, _chain.RemoteRun(process.Pid, stretch.ImageAddress, stretch.Pages));
+            if (have == 0)
+            {
+                return false;
+            }
+        }
+        else if (have == 0)
+        {
+            throw new InvalidDataException($"process {process.Pid}'s page at 0x{stretch.ImageAddress:x} is lazy, but in none of the staged images");
+        }
+
+        // the stretch as far as one source holds it: the rest stays missing for the next turn
+        stretch = stretch with { Pages = have };
         Pace();
         long began = Stopwatch.GetTimestamp();
         var pages = new Span<byte>(_buffer, stretch.Pages * (int)Page);
-        int have = _chain.CoveredRun(process.Pid, stretch.ImageAddress, stretch.Pages);
-        if (have < stretch.Pages)
+        if (remote)
         {
-            throw new InvalidDataException($"process {process.Pid}'s page at 0x{stretch.ImageAddress + ((ulong)have * Page):x} is lazy, but in none of the staged images");
+            _source!.Read(process.Pid, stretch.ImageAddress, stretch.Pages, pages, fault);
+        }
+        else
+        {
+            _chain.Read(process.Pid, stretch.ImageAddress, stretch.Pages, pages, _found);
         }
 
-        _chain.Read(process.Pid, stretch.ImageAddress, stretch.Pages, pages, _found);
         long read = Stopwatch.GetTimestamp();
         _readTicks += read - began;
         var copy = new Interop.Userfaultfd.Copy { Destination = stretch.Address, Source = (ulong)_buffer, Length = (ulong)stretch.Pages * Page };
@@ -417,7 +494,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             {
                 case ESrch or ENoSpc:
                     Forget(process); // it exited
-                    return;
+                    return true;
                 case EExist or ENoEnt:
                     // the page after those copied is there already (EEXIST), or no longer mapped (ENOENT,
                     // its unmap event not read yet): either way nothing is to be filled there
@@ -434,6 +511,7 @@ public sealed unsafe class MemoryFiller : IDisposable
         }
 
         _copyTicks += Stopwatch.GetTimestamp() - read;
+        return true;
     }
 
     private static void Wake(Filled process, ulong address)

@@ -188,6 +188,28 @@ public sealed class SourcePages : IDisposable
         ReadHeld(first * PagemapEntry.PageSize, destination[..length]);
     }
 
+    /// <summary>
+    /// How many of <paramref name="pages"/> pages of task <paramref name="taskId"/> from
+    /// <paramref name="address"/> on (all left on the source, in one run) a background
+    /// <see cref="Read"/> takes without waiting: the leading ones here already, or that nothing is
+    /// bringing (the read fetches those itself). 0 when the first is still on its way in the stream,
+    /// or being fetched: a caller with other work does that first.
+    /// </summary>
+    public int ReadyRun(int taskId, ulong address, int pages)
+    {
+        long first = Locate(taskId, address, pages);
+        lock (_gate)
+        {
+            int ready = 0;
+            while (ready < pages && _state[first + ready] is Held or Missing)
+            {
+                ready++;
+            }
+
+            return ready;
+        }
+    }
+
     public void Dispose()
     {
         _stopping = true;
