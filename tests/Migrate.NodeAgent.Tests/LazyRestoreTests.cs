@@ -447,7 +447,7 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         using var server = new PageServer(final.MemoryDirectory!, PageServerProtocol.For(_criu.GetVersion()), counting);
         if (prefetch)
         {
-            server.StartPrefetch(new InProcessPipeline(source));
+            server.StartPrefetch(() => new InProcessPipeline(source));
         }
 
         var serving = ServeOn(server, serverEnd);
@@ -493,7 +493,7 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
         using var filler = new MemoryFiller(final.Directory, final.MemoryDirectory!, counting);
         if (prefetch)
         {
-            filler.StartPrefetch(new InProcessPipeline(source));
+            filler.StartPrefetch(() => new InProcessPipeline(source));
         }
 
         using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);

@@ -33,7 +33,7 @@ public sealed class SourcePagesTests : IDisposable
         // the file the pages are kept in is unlinked from the start: nothing to leave behind
         Assert.Empty(Directory.EnumerateFileSystemEntries(_directory));
         var pipeline = new InProcessPipeline(new PatternSource());
-        pages.StartPrefetch(pipeline);
+        pages.StartPrefetch(() => pipeline);
         WaitFor(() => pages.Report().Fetched == pages.Pages, "every page streamed");
 
         Assert.Equal([(1, 0x10000UL, 256), (1, 0x10000UL + (256 * Page), 44), (1, 0x200000UL, 3), (2, 0x10000UL, 5)], pipeline.Sent);
@@ -50,13 +50,42 @@ public sealed class SourcePagesTests : IDisposable
     }
 
     [Fact]
+    public void More_pieces_than_one_lane_carries_are_streamed_on_several_connections_one_after_the_other()
+    {
+        var faults = new PatternSource();
+        using var pages = new SourcePages(Remote, _directory, faults);
+        var connections = new List<InProcessPipeline>();
+        bool overlapped = false;
+        pages.StartPrefetch(() =>
+        {
+            // each opened only once the one before has answered all it was asked (and is closed)
+            overlapped |= connections.Any(c => !c.Disposed);
+            var pipeline = new InProcessPipeline(new PatternSource());
+            connections.Add(pipeline);
+            return pipeline;
+        }, maxRequests: 3);
+        WaitFor(() => pages.Report().Fetched == pages.Pages, "every page streamed");
+        WaitFor(() => connections.Count == 2 && connections.All(c => c.Disposed), "both connections closed");
+        Assert.False(overlapped, "a connection was opened before the one before it was done");
+
+        Assert.Equal([(1, 0x10000UL, 256), (1, 0x10000UL + (256 * Page), 44), (1, 0x200000UL, 3)], connections[0].Sent);
+        Assert.Equal([(2, 0x10000UL, 5)], connections[1].Sent);
+        Assert.All(connections, c => Assert.True(c.EndedBeforeFirstAnswer, "each connection's requests, then their end, before any answer"));
+        Assert.Equal(new SourcePagesReport(308, 308, 308, null), pages.Report());
+        var buffer = new byte[5 * Page];
+        pages.Read(2, 0x10000, 5, buffer);
+        PatternSource.Check(2, 0x10000, buffer);
+        Assert.Empty(faults.Asked);
+    }
+
+    [Fact]
     public async Task A_fault_is_fetched_at_once_while_the_background_fill_waits_for_the_stream_and_no_page_is_kept_twice()
     {
         var faults = new PatternSource();
         using var pages = new SourcePages(Remote, _directory, faults);
         using var gate = new ManualResetEventSlim();
         var pipeline = new InProcessPipeline(new PatternSource()) { Gate = gate };
-        pages.StartPrefetch(pipeline);
+        pages.StartPrefetch(() => pipeline);
         WaitFor(() => pipeline.Sent.Count == 4, "the stream's requests");
 
         // the stream is stuck before its first answer: a fault (one page a process touched) cannot wait for it
@@ -89,7 +118,7 @@ public sealed class SourcePagesTests : IDisposable
         var faults = new PatternSource();
         using var pages = new SourcePages(Remote, _directory, faults);
         var pipeline = new InProcessPipeline(new PatternSource()) { FailAt = r => r.Address == 0x200000 };
-        pages.StartPrefetch(pipeline);
+        pages.StartPrefetch(() => pipeline);
         WaitFor(() => pages.Report().PrefetchFailure is not null, "the stream to stop");
         Assert.Contains("prefetch link down", pages.Report().PrefetchFailure, StringComparison.Ordinal);
         WaitFor(() => pipeline.Disposed, "the stream's connection closed");

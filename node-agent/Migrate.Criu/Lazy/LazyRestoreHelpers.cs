@@ -238,7 +238,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
                 if (arguments.Count == 5)
                 {
                     // a second connection streams everything in order; the daemon's own requests use the first
-                    server.StartPrefetch(new RemotePageClient(arguments[3], arguments[4], RemotePagesKind.Stream));
+                    server.StartPrefetch(() => new RemotePageClient(arguments[3], arguments[4], RemotePagesKind.Stream));
                 }
 
                 var report = server.Serve(stream);
@@ -293,7 +293,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
             if (source is not null)
             {
                 // a second connection streams everything in order from now on; faults fetch on the first
-                filler.StartPrefetch(new RemotePageClient(arguments[4], arguments[5], RemotePagesKind.Stream));
+                filler.StartPrefetch(() => new RemotePageClient(arguments[4], arguments[5], RemotePagesKind.Stream));
             }
 
             var report = filler.Run(listener);

@@ -95,20 +95,20 @@ public sealed unsafe class MemoryFiller : IDisposable
             .ToDictionary(t => t.Id, t => t.Runs);
 
     /// <summary>
-    /// Streams all the pages left on the source in the background, on <paramref name="connection"/>
-    /// (owned from now on), so that most are here before a piece or a fault needs them. Without pages
-    /// left on the source (or a source), the connection is just closed.
+    /// Streams all the pages left on the source in the background, on connections
+    /// <paramref name="connect"/> opens (<see cref="SourcePages.StartPrefetch"/>), so that most are
+    /// here before a piece or a fault needs them. Without pages left on the source (or a source),
+    /// none is opened.
     /// </summary>
-    public void StartPrefetch(IPipelinedPageSource connection)
+    public void StartPrefetch(Func<IPipelinedPageSource> connect)
     {
-        ArgumentNullException.ThrowIfNull(connection);
+        ArgumentNullException.ThrowIfNull(connect);
         if (_source is null)
         {
-            connection.Dispose();
             return;
         }
 
-        _source.StartPrefetch(connection, BytesPerSecond);
+        _source.StartPrefetch(connect, BytesPerSecond);
     }
 
     /// <summary>

@@ -67,19 +67,19 @@ public sealed class PageServer : IDisposable
     }
 
     /// <summary>
-    /// Streams all the pages left on the source in the background, on <paramref name="connection"/>
-    /// (owned from now on), so that the daemon finds most of them here. Without pages left on the source (or a source), the connection is just closed.
+    /// Streams all the pages left on the source in the background, on connections
+    /// <paramref name="connect"/> opens (<see cref="SourcePages.StartPrefetch"/>), so that the daemon
+    /// finds most of them here. Without pages left on the source (or a source), none is opened.
     /// </summary>
-    public void StartPrefetch(IPipelinedPageSource connection)
+    public void StartPrefetch(Func<IPipelinedPageSource> connect)
     {
-        ArgumentNullException.ThrowIfNull(connection);
+        ArgumentNullException.ThrowIfNull(connect);
         if (_fromSourceStore is null)
         {
-            connection.Dispose();
             return;
         }
 
-        _fromSourceStore.StartPrefetch(connection, BytesPerSecond);
+        _fromSourceStore.StartPrefetch(connect, BytesPerSecond);
     }
 
     /// <summary>

@@ -100,15 +100,19 @@ public sealed class SourcePages : IDisposable
     }
 
     /// <summary>
-    /// Streams every page from the source on <paramref name="connection"/> (owned from now on): all
-    /// the requests, then their answers in order, each stored unless a request fetched its pages
-    /// first; until all have come or the connection fails (the requests then fetch what they need
-    /// themselves). With <paramref name="bytesPerSecond"/>, no faster than that (a slow link,
+    /// Streams every page from the source on connections <paramref name="connect"/> opens (each
+    /// owned, and closed when its part is done): on each, up to <paramref name="maxRequests"/>
+    /// requests (what one pages lane carries), then their answers in order, each stored unless a
+    /// request fetched its pages first; until all have come or a connection fails (the requests then
+    /// fetch what they need themselves). Pages left in many short runs need more requests than one
+    /// lane carries (a pod writing its memory a page here and there): they take several connections,
+    /// one after the other. With <paramref name="bytesPerSecond"/>, no faster than that (a slow link,
     /// emulated for the sandbox's fault tests).
     /// </summary>
-    public void StartPrefetch(IPipelinedPageSource connection, long bytesPerSecond = 0)
+    public void StartPrefetch(Func<IPipelinedPageSource> connect, long bytesPerSecond = 0, int maxRequests = PagesLane.MaxRequests)
     {
-        ArgumentNullException.ThrowIfNull(connection);
+        ArgumentNullException.ThrowIfNull(connect);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxRequests, 1);
         if (_prefetch is not null)
         {
             throw new InvalidOperationException("the pages are being prefetched already");
@@ -125,8 +129,7 @@ public sealed class SourcePages : IDisposable
             }
         }
 
-        _stream = connection;
-        _prefetch = new Thread(() => Prefetch(connection, bytesPerSecond)) { IsBackground = true, Name = "source-pages-prefetch" };
+        _prefetch = new Thread(() => Prefetch(connect, bytesPerSecond, maxRequests)) { IsBackground = true, Name = "source-pages-prefetch" };
         _prefetch.Start();
     }
 
@@ -219,12 +222,18 @@ public sealed class SourcePages : IDisposable
         }
 
         // closing the stream's connection ends a read that waits on it: a stuck stream does not hold the page server's exit
-        _stream?.Dispose();
+        IPipelinedPageSource? stream;
+        lock (_gate)
+        {
+            stream = _stream;
+        }
+
+        stream?.Dispose();
         _prefetch?.Join(TimeSpan.FromSeconds(10));
         _file.Dispose();
     }
 
-    private void Prefetch(IPipelinedPageSource connection, long bytesPerSecond)
+    private void Prefetch(Func<IPipelinedPageSource> connect, long bytesPerSecond, int maxRequests)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var buffer = new byte[PiecePages * PagemapEntry.PageSize];
@@ -237,29 +246,43 @@ public sealed class SourcePages : IDisposable
             }
         }
 
-        using (connection)
         {
             try
             {
-                foreach (var (run, index, count) in pieces)
-                {
-                    connection.Send(run.Task, run.Address + (ulong)((index - run.First) * PagemapEntry.PageSize), count);
-                }
-
-                connection.EndOfRequests();
                 long received = 0;
-                foreach (var (_, index, count) in pieces)
+                for (int start = 0; start < pieces.Count; start += maxRequests)
                 {
-                    if (_stopping)
+                    var batch = pieces.GetRange(start, Math.Min(maxRequests, pieces.Count - start));
+                    using var connection = connect();
+                    lock (_gate)
                     {
-                        return;
+                        _stream = connection;
                     }
 
-                    var pages = buffer.AsSpan(0, count * PagemapEntry.PageSize);
-                    connection.Receive(pages);
-                    received += count;
-                    Pace(received, bytesPerSecond, clock);
-                    Store(index, pages);
+                    if (_stopping)
+                    {
+                        return; // disposed meanwhile: this connection is closed here, not by Dispose
+                    }
+
+                    foreach (var (run, index, count) in batch)
+                    {
+                        connection.Send(run.Task, run.Address + (ulong)((index - run.First) * PagemapEntry.PageSize), count);
+                    }
+
+                    connection.EndOfRequests();
+                    foreach (var (_, index, count) in batch)
+                    {
+                        if (_stopping)
+                        {
+                            return;
+                        }
+
+                        var pages = buffer.AsSpan(0, count * PagemapEntry.PageSize);
+                        connection.Receive(pages);
+                        received += count;
+                        Pace(received, bytesPerSecond, clock);
+                        Store(index, pages);
+                    }
                 }
             }
             catch (Exception e) when (e is PageServerException or IOException or System.Net.Sockets.SocketException or ObjectDisposedException or InvalidDataException)
