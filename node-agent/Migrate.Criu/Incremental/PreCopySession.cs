@@ -153,25 +153,18 @@ public sealed class PreCopySession
             var stats = result.Statistics;
             round = new PreCopyRound(number, directory, Method, stats?.PagesWritten ?? 0, stats?.PagesSkippedParent ?? 0, result.Elapsed);
         }
-        else if (planned is not null && previous is null)
-        {
-            // (arms the write tracking before the pages are read)
-            _ = TrackedChanges(number);
-            var snapshot = MemorySnapshot.WriteStreamed(_options.Pid!.Value, directory, planned);
-            _unread = snapshot.Unread;
-            planned = null;
-            round = new PreCopyRound(number, directory, Method, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, false, snapshot.PagesRead);
-        }
         else
         {
+            // (a first round arms the write tracking here, before its pages are read)
             var changes = TrackedChanges(number);
-            if (planned is not null && changes is not null)
+            if (planned is not null && (previous is null || changes is not null))
             {
-                // what write tracking shows written is known before it is read: laid out, then sent as it is read
+                // what the round holds is known before it is read (every resident page, or what write
+                // tracking shows written): laid out, then sent as it is read
                 var streamed = MemorySnapshot.WriteStreamed(_options.Pid!.Value, directory, planned, previous, changes);
                 _unread = streamed.Unread;
                 planned = null;
-                round = new PreCopyRound(number, directory, Method, streamed.PagesWritten, streamed.PagesUnchanged, streamed.Elapsed, true, streamed.PagesRead);
+                round = new PreCopyRound(number, directory, Method, streamed.PagesWritten, streamed.PagesUnchanged, streamed.Elapsed, changes is not null, streamed.PagesRead);
             }
             else
             {

@@ -69,7 +69,7 @@ public sealed unsafe class MemoryFiller : IDisposable
         {
             // every file is open from the start: the node may delete the staged images while memory still fills
             _chain.OpenAll();
-            var remote = LeftOnSource(memory);
+            var remote = SourcePages.LeftIn(memory);
             _source = remote.Count > 0 && source is not null ? new SourcePages(remote, memory, source) : null;
         }
         catch
@@ -85,14 +85,7 @@ public sealed unsafe class MemoryFiller : IDisposable
     /// Whether the image set in <paramref name="memoryDirectory"/> holds every page itself or through
     /// its parents (none left on the source): then a filler needs nothing but the staged files.
     /// </summary>
-    public static bool Serves(string memoryDirectory) => LeftOnSource(memoryDirectory).Count == 0;
-
-    /// <summary>By task, the runs of pages the image set lists as left on the source.</summary>
-    private static Dictionary<int, PagemapEntry[]> LeftOnSource(string memoryDirectory) =>
-        CriuPagemap.ReadAll(memoryDirectory)
-            .Select(m => (m.Id, Runs: m.Entries.Where(e => e.IsLeftLazy).ToArray()))
-            .Where(t => t.Runs.Length > 0)
-            .ToDictionary(t => t.Id, t => t.Runs);
+    public static bool Serves(string memoryDirectory) => SourcePages.LeftIn(memoryDirectory).Count == 0;
 
     /// <summary>
     /// Streams all the pages left on the source in the background, on connections
@@ -447,13 +440,13 @@ public sealed unsafe class MemoryFiller : IDisposable
     private bool Copy(Filled process, MissingStretch stretch, bool fault)
     {
         int have = _chain.CoveredRun(process.Pid, stretch.ImageAddress, stretch.Pages);
-        bool remote = have == 0 && _chain.RemoteRun(process.Pid, stretch.ImageAddress, stretch.Pages) > 0;
+        int left = have == 0 ? _chain.RemoteRun(process.Pid, stretch.ImageAddress, stretch.Pages) : 0;
+        bool remote = left > 0;
         if (remote)
         {
             have = _source is null
                 ? throw new InvalidDataException($"process {process.Pid}'s page at 0x{stretch.ImageAddress:x} was left on the source, and this filler has no way to fetch it")
-                : fault ? _chain.RemoteRun(process.Pid, stretch.ImageAddress, stretch.Pages)
-                : _source.ReadyRun(process.Pid, stretch.ImageAddress, _chain.RemoteRun(process.Pid, stretch.ImageAddress, stretch.Pages));
+                : fault ? left : _source.ReadyRun(process.Pid, stretch.ImageAddress, left);
             if (have == 0)
             {
                 return false;

@@ -56,10 +56,7 @@ public sealed class PageServer : IDisposable
         _chain = ImageChain.Open(directory);
         // every file is open from the start: the node may delete the staged images while the daemon still fills pages
         _chain.OpenAll();
-        var remote = CriuPagemap.ReadAll(directory)
-            .Select(m => (m.Id, Runs: m.Entries.Where(e => e.IsLeftLazy).ToArray()))
-            .Where(t => t.Runs.Length > 0)
-            .ToDictionary(t => t.Id, t => t.Runs);
+        var remote = SourcePages.LeftIn(directory);
         if (remote.Count > 0 && source is not null)
         {
             _fromSourceStore = new SourcePages(remote, directory, source);

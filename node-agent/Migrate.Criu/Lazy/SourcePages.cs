@@ -87,6 +87,13 @@ public sealed class SourcePages : IDisposable
         File.Delete(path);
     }
 
+    /// <summary>By task, the runs of pages the image set in <paramref name="memoryDirectory"/> lists as left on the source (none: empty).</summary>
+    public static Dictionary<int, PagemapEntry[]> LeftIn(string memoryDirectory) =>
+        CriuPagemap.ReadAll(memoryDirectory)
+            .Select(m => (m.Id, Runs: m.Entries.Where(e => e.IsLeftLazy).ToArray()))
+            .Where(t => t.Runs.Length > 0)
+            .ToDictionary(t => t.Id, t => t.Runs);
+
     /// <summary>Pages left on the source, in all.</summary>
     public long Pages => _state.Length;
 
