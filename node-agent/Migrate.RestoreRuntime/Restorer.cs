@@ -172,6 +172,7 @@ public static partial class Restorer
             .Where(m => m.Volume is not null)
             .ToList();
         var rechecked = Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
+        long checkedAt = clock.ElapsedMilliseconds;
         var move = ReadAddressMove(files, request);
         if (move is null && locked)
         {
@@ -180,33 +181,35 @@ public static partial class Restorer
             locked = false;
         }
 
-        var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
-        if (File.Exists(layer))
+        // the address is claimed (in the pod's network namespace) while the files are put back (under
+        // its root): neither waits for the other inside the downtime
+        var claim = move is null ? null : AddressClaim.Start(() => ClaimAddress(migration, move, request, locked), clock);
+        try
         {
-            PutBackWritableLayer(request.RootPath, layer);
+            PutBackFiles(request, migration, files, volumes);
         }
-
-        foreach (var (source, volume) in volumes)
+        catch
         {
-            // a volume the pod's containers share is put back once, before the first of them
-            // runs: unpacking it again for the next container would swap the files under the first
-            var archive = Path.Combine(files, StagingLayout.VolumeArchive(volume!));
-            var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
-            if (File.Exists(archive) && !File.Exists(unpacked))
+            if (claim is not null && claim.Wait() is null)
             {
-                FilesystemArchive.Extract(archive, source);
-                File.WriteAllText(unpacked, request.Container + "\n");
+                GiveUpAddress(move!, request);
             }
+
+            throw;
         }
 
         var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
         long prepared = clock.ElapsedMilliseconds, claimed = prepared;
-        if (move is not null)
+        if (claim is not null)
         {
-            // the source's connections come back in repair mode, on the address claimed here under the lock
-            ClaimAddress(migration, move, request, locked);
+            if (claim.Wait() is { } failed)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failed);
+            }
+
+            // the source's connections come back in repair mode, on the address claimed under the lock
             arguments.Add("--tcp-established");
-            claimed = clock.ElapsedMilliseconds;
+            claimed = Math.Max(prepared, claim.DoneAt);
         }
 
         var helpers = lazyHelpers();
@@ -254,7 +257,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms{Rechecked(rechecked)}, address {claimed - prepared} ms, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
+            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - checkedAt)} ms at once, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -282,6 +285,29 @@ public static partial class Restorer
         Log(line, "info", string.Create(CultureInfo.InvariantCulture,
             $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {done} ms ({steps}){(lazy ? " (memory follows lazily)" : "")}"));
         return 0;
+    }
+
+    /// <summary>The captured writable layer put back under the container's root, and the pod's emptyDir volumes (each once for the pod).</summary>
+    private static void PutBackFiles(RestoreRequest request, string migration, string files, List<(string Source, string? Volume)> volumes)
+    {
+        var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
+        if (File.Exists(layer))
+        {
+            PutBackWritableLayer(request.RootPath, layer);
+        }
+
+        foreach (var (source, volume) in volumes)
+        {
+            // a volume the pod's containers share is put back once, before the first of them
+            // runs: unpacking it again for the next container would swap the files under the first
+            var archive = Path.Combine(files, StagingLayout.VolumeArchive(volume!));
+            var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
+            if (File.Exists(archive) && !File.Exists(unpacked))
+            {
+                FilesystemArchive.Extract(archive, source);
+                File.WriteAllText(unpacked, request.Container + "\n");
+            }
+        }
     }
 
     /// <summary>The address the source released for this pod, when the migration keeps it (network.json among the images).</summary>
@@ -633,14 +659,14 @@ public static partial class Restorer
         }
 
         var options = $"lowerdir={mount.SuperOption("lowerdir")},upperdir={upper},workdir={mount.SuperOption("workdir")}";
-        _ = RunChecked("umount", [rootfs]);
+        Mounts.Unmount(rootfs);
         try
         {
             FilesystemArchive.Extract(archive, upper);
         }
         finally
         {
-            _ = RunChecked("mount", ["-t", "overlay", "overlay", "-o", options, rootfs]);
+            Mounts.MountOverlay(rootfs, options);
         }
     }
 
