@@ -519,6 +519,10 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             Assert.Equal(counting.Pages, fromSource.Fetched - fromSource.Prefetched);
             Assert.True(prefetch ? fromSource.Prefetched > 0 : fromSource.Prefetched == 0, $"{fromSource.Prefetched} pages fetched in the background");
             Assert.Null(fromSource.PrefetchFailure);
+            // the tree's first ticks touched pages not there yet: the time their faults took is counted
+            Assert.True(report.Faults > 0, "the restored tree ran before its memory was in place: it must have faulted");
+            Assert.True(report.Answering > TimeSpan.Zero && report.LongestAnswer > TimeSpan.Zero && report.LongestAnswer <= report.Answering && report.Answering <= report.Elapsed,
+                $"faults answered in {report.Answering.TotalMilliseconds} ms, at most {report.LongestAnswer.TotalMilliseconds} ms, of {report.Elapsed.TotalMilliseconds} ms");
             Assert.True(tree.RequestVerification(TickTimeout).VerifiedOk, "buffer check once every page is in");
             Figures.Record(nameof(LazyRestoreTests), $"post_copy_fill_ms_32mib{(afterRound ? "_after_round" : "")}{(prefetch ? "_prefetch" : "")}", report.Elapsed.TotalMilliseconds, "ms");
         }

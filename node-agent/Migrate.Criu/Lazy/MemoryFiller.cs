@@ -16,7 +16,11 @@ namespace Migrate.Criu.Lazy;
 /// <param name="Reading">Of it, reading the staged images.</param>
 /// <param name="Copying">Of it, copying into the processes (the kernel allocates their memory as it copies).</param>
 /// <param name="Source">What became of the pages left on the source (null: none were).</param>
-public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying, SourcePagesReport? Source = null);
+/// <param name="Answering">Of it, answering faults: from reading each to its pages in place (a process waits for it that long, and a fault that
+/// came while a piece was being filled waited for that piece too).</param>
+/// <param name="LongestAnswer">The longest of those answers.</param>
+public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying, SourcePagesReport? Source = null,
+    TimeSpan Answering = default, TimeSpan LongestAnswer = default);
 
 /// <summary>
 /// Fills the memory of a lazily restored process tree from image sets already on this node, in
@@ -54,7 +58,7 @@ public sealed unsafe class MemoryFiller : IDisposable
     private readonly byte* _buffer;
     private readonly bool[] _found = new bool[PiecePages];
     private readonly Stopwatch _clock = new();
-    private long _faults, _pieces, _pages, _readTicks, _copyTicks;
+    private long _faults, _pieces, _pages, _readTicks, _copyTicks, _answerTicks, _longestAnswerTicks;
     private int _next;
 
     /// <param name="imagesDirectory">The image set CRIU restores: its pagemaps mark the lazy pages, its mm images name the mappings.</param>
@@ -130,7 +134,8 @@ public sealed unsafe class MemoryFiller : IDisposable
             var live = _processes.Where(p => !p.Gone).ToList();
             if (finished && live.All(p => p.Missing.Left == 0))
             {
-                return new MemoryFillerReport(_faults, _pieces, _pages, clock.Elapsed, Stopwatch.GetElapsedTime(0, _readTicks), Stopwatch.GetElapsedTime(0, _copyTicks), _source?.Report());
+                return new MemoryFillerReport(_faults, _pieces, _pages, clock.Elapsed, Stopwatch.GetElapsedTime(0, _readTicks), Stopwatch.GetElapsedTime(0, _copyTicks), _source?.Report(),
+                    Stopwatch.GetElapsedTime(0, _answerTicks), Stopwatch.GetElapsedTime(0, _longestAnswerTicks));
             }
 
             fds.Clear();
@@ -362,7 +367,11 @@ public sealed unsafe class MemoryFiller : IDisposable
                 ulong address = message.Word1 & ~(Page - 1);
                 if (process.Missing.At(address, FaultPages) is { } stretch)
                 {
+                    long began = Stopwatch.GetTimestamp();
                     Copy(process, stretch, fault: true);
+                    long answer = Stopwatch.GetTimestamp() - began;
+                    _answerTicks += answer;
+                    _longestAnswerTicks = Math.Max(_longestAnswerTicks, answer);
                 }
                 else if (process.Missing.IsLazy(address))
                 {
