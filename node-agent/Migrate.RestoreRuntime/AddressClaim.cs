@@ -8,13 +8,13 @@ internal sealed class AddressClaim
     private readonly Thread _thread;
     private Exception? _failure;
 
-    private AddressClaim(Action claim, Stopwatch clock)
+    private AddressClaim(Func<bool> claim, Stopwatch clock)
     {
         _thread = new Thread(() =>
         {
             try
             {
-                claim();
+                ClaimedHere = claim();
             }
             catch (Exception e)
             {
@@ -30,7 +30,12 @@ internal sealed class AddressClaim
     /// <summary>When the claim ended, on the restore's clock.</summary>
     public long DoneAt { get; private set; }
 
-    public static AddressClaim Start(Action claim, Stopwatch clock)
+    /// <summary>After <see cref="Wait"/>: the claim put the address here (false: it found it claimed by an earlier container, or failed).</summary>
+    public bool ClaimedHere { get; private set; }
+
+    /// <param name="claim">The claim; true when it claimed the address itself.</param>
+    /// <param name="clock">The restore's clock, read when the claim ends (<see cref="DoneAt"/>).</param>
+    public static AddressClaim Start(Func<bool> claim, Stopwatch clock)
     {
         var started = new AddressClaim(claim, clock);
         started._thread.Start();

@@ -69,6 +69,9 @@ public sealed class RestoreFailedException(string message) : Exception(message);
 public static partial class Restorer
 {
     public const string Marker = "podmig.restored";
+
+    /// <summary>In the migration's directory: the address a container of the pod claimed (its CIDR).</summary>
+    private const string ClaimedMarker = "network.claimed";
     private const string EmptyDirMarker = "/volumes/kubernetes.io~empty-dir/";
 
 
@@ -190,9 +193,14 @@ public static partial class Restorer
         }
         catch
         {
-            if (claim is not null && claim.Wait() is null)
+            if (claim?.Wait() is { } alsoFailed)
             {
-                GiveUpAddress(move!, request);
+                // (it gave the address back itself)
+                Console.Error.WriteLine($"podmig-runc: the address claim failed too: {alsoFailed.Message}");
+            }
+            else if (claim is { ClaimedHere: true })
+            {
+                GiveUpAddress(migration, move!, request);
             }
 
             throw;
@@ -244,7 +252,7 @@ public static partial class Restorer
         {
             if (move is not null)
             {
-                GiveUpAddress(move, request);
+                GiveUpAddress(migration, move, request);
             }
 
             LazyRestoreHelpers.StopRecorded(work);
@@ -276,7 +284,7 @@ public static partial class Restorer
             }
             catch (RestoreFailedException)
             {
-                GiveUpAddress(move, request);
+                GiveUpAddress(migration, move, request);
                 throw;
             }
 
@@ -342,15 +350,16 @@ public static partial class Restorer
     /// <summary>
     /// Locks the replacement's network and puts the source's address (and MAC) on its interface in
     /// place of the one its sandbox was given. Done by the pod's first container to be restored;
-    /// both steps are idempotent, so a retried restore repeats them harmlessly.
+    /// both steps are idempotent, so a retried restore repeats them harmlessly. False when an earlier
+    /// container of the pod claimed it (this restore did nothing, and has nothing to give back).
     /// </summary>
-    private static void ClaimAddress(string migration, AddressMove move, RestoreRequest request, bool locked)
+    private static bool ClaimAddress(string migration, AddressMove move, RestoreRequest request, bool locked)
     {
         var address = move.ToAddress();
-        var claimed = Path.Combine(migration, "network.claimed");
+        var claimed = Path.Combine(migration, ClaimedMarker);
         if (File.Exists(claimed) && File.ReadAllText(claimed).Trim() == address.Cidr)
         {
-            return; // an earlier container of the pod claimed it: its sockets may be restored already
+            return false; // an earlier container of the pod claimed it: its sockets may be restored already
         }
 
         try
@@ -362,10 +371,11 @@ public static partial class Restorer
 
             new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Claim(address, move.ToRoutes()), $"claim address {address.Cidr}");
             File.WriteAllText(claimed, address.Cidr + "\n");
+            return true;
         }
         catch (Exception e) when (e is IOException or ArgumentException)
         {
-            GiveUpAddress(move, request);
+            GiveUpAddress(migration, move, request);
             throw new RestoreFailedException($"the pod's address {address.Cidr} could not be claimed on this node: {e.Message}");
         }
     }
@@ -390,8 +400,10 @@ public static partial class Restorer
     }
 
     /// <summary>After a failed restore: the address leaves this node again, so the source can take it back.</summary>
-    private static void GiveUpAddress(AddressMove move, RestoreRequest request)
+    private static void GiveUpAddress(string migration, AddressMove move, RestoreRequest request)
     {
+        // a retried restore claims it again rather than take it for claimed
+        File.Delete(Path.Combine(migration, ClaimedMarker));
         try
         {
             new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Release(move.ToAddress()), "give the address back");
