@@ -16,8 +16,8 @@ namespace Migrate.Criu.Lazy;
 /// <param name="Reading">Of it, reading the staged images.</param>
 /// <param name="Copying">Of it, copying into the processes (the kernel allocates their memory as it copies).</param>
 /// <param name="Source">What became of the pages left on the source (null: none were).</param>
-/// <param name="Answering">Of it, answering faults: from reading each to its pages in place (a process waits for it that long, and a fault that
-/// came while a piece was being filled waited for that piece too).</param>
+/// <param name="Answering">Of it, answering faults: from reading each to its pages in place, which a process waits for. Not counted: the time a
+/// fault sat unread while a piece was being filled (at most one piece).</param>
 /// <param name="LongestAnswer">The longest of those answers.</param>
 public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying, SourcePagesReport? Source = null,
     TimeSpan Answering = default, TimeSpan LongestAnswer = default);
