@@ -47,7 +47,8 @@ public sealed class NetworkPlanTests
 
         var unlockSteps = NetworkLockRules.Unlock();
         Assert.All(unlockSteps, s => Assert.Equal(NetworkLockRules.UnlockTransaction, s.Command.Input));
-        Assert.Equal(["iptables -w -C INPUT -j PODMIG-LOCK-IN", "ip6tables -w -C INPUT -j PODMIG-LOCK-IN"], unlockSteps.Select(s => s.OnlyIfSucceeds!.ToString()));
+        Assert.Equal(["iptables -w -C INPUT -j PODMIG-LOCK-IN", "ip6tables -w -C INPUT -j PODMIG-LOCK-IN"], unlockSteps.Select(s => s.FailsOnlyIf!.ToString()));
+        Assert.All(unlockSteps, s => Assert.Null(s.OnlyIfSucceeds)); // the removal is tried first: one command when there is a lock
         Assert.All(NetworkLockRules.UnlockTransaction.Split('\n', StringSplitOptions.RemoveEmptyEntries)[1..^1],
             line => Assert.Contains("PODMIG-LOCK-", line, StringComparison.Ordinal));
     }
@@ -116,6 +117,34 @@ public sealed class NetworkPlanTests
 
         Assert.Contains("no network namespace at /nonexistent", Assert.Throws<ArgumentException>(() => runner.Run("/nonexistent", steps, "lock")).Message, StringComparison.Ordinal);
     }
+    [Theory]
+    [InlineData(false, false, "remove", null)]                          // removed at once: nothing asked
+    [InlineData(true, false, "remove,check-locked", null)]              // it failed, and nothing is left to remove: done
+    [InlineData(true, true, "remove,check-locked", "'nsenter --net=/proc/self/ns/net remove' failed (1): it says no")] // it failed, and the lock is still there
+    public void A_removal_tried_first_is_asked_about_only_when_it_failed_and_its_failure_stands_only_when_the_thing_is_still_there(
+        bool removalFails, bool stillLocked, string expectedRuns, string? expectedError)
+    {
+        var ran = new List<string>();
+        var runner = new NamespaceStepRunner(c =>
+        {
+            var inner = string.Join(' ', c.Arguments.Skip(1));
+            ran.Add(inner);
+            bool fails = inner == "remove" ? removalFails : !stillLocked;
+            return new HostCommandResult(fails ? 1 : 0, "", fails ? "it says no" : "");
+        });
+        NamespaceStep[] steps = [new(new("remove"), FailsOnlyIf: new("check-locked"))];
+        if (expectedError is null)
+        {
+            runner.Run("/proc/self/ns/net", steps, "unlock");
+        }
+        else
+        {
+            Assert.Equal("cannot unlock: " + expectedError, Assert.Throws<IOException>(() => runner.Run("/proc/self/ns/net", steps, "unlock")).Message);
+        }
+
+        Assert.Equal(expectedRuns.Split(','), ran);
+    }
+
     [Fact]
     public void Independent_steps_all_run_at_once_each_with_its_own_condition_and_the_first_failure_in_order_is_thrown_after_all_ended()
     {

@@ -5,7 +5,13 @@ namespace Migrate.NodeAgent.Networking;
 /// <param name="MayFail">A failure is expected when the step's work is already done (a chain that exists, an address already gone).</param>
 /// <param name="UnlessSucceeds">A check that, when it succeeds, makes the step unnecessary (the rule is already in place).</param>
 /// <param name="OnlyIfSucceeds">A check that, when it fails, makes the step unnecessary (there is nothing to remove).</param>
-public sealed record NamespaceStep(HostCommand Command, bool MayFail = false, HostCommand? UnlessSucceeds = null, HostCommand? OnlyIfSucceeds = null);
+/// <param name="FailsOnlyIf">
+/// A check run only after the command failed: the failure stands when it succeeds, and is taken for
+/// the step's work found done when it fails (an atomic removal tried first, asked about only when it
+/// did not go through: one command instead of two when there is something to remove).
+/// </param>
+public sealed record NamespaceStep(HostCommand Command, bool MayFail = false, HostCommand? UnlessSucceeds = null, HostCommand? OnlyIfSucceeds = null,
+    HostCommand? FailsOnlyIf = null);
 
 /// <summary>Runs plans of <see cref="NamespaceStep"/> inside a network namespace named by a path (<c>/proc/PID/ns/net</c>, <c>/run/netns/NAME</c>).</summary>
 public sealed class NamespaceStepRunner(Func<HostCommand, HostCommandResult>? run = null)
@@ -70,7 +76,7 @@ public sealed class NamespaceStepRunner(Func<HostCommand, HostCommandResult>? ru
 
             var command = step.Command.InNetworkNamespace(namespacePath);
             var result = _run(command);
-            if (!result.Succeeded && !step.MayFail)
+            if (!result.Succeeded && !step.MayFail && (step.FailsOnlyIf is not { } still || Succeeds(namespacePath, still)))
             {
                 throw new IOException($"cannot {what}: '{command}' failed ({result.ExitCode}): {result.Error.Trim()}");
             }

@@ -46,7 +46,11 @@ public static class NetworkLockRules
 
         """;
 
-    /// <summary>The steps that lock a namespace; on a locked namespace they change nothing.</summary>
+    /// <summary>
+    /// The steps that lock a namespace; on a locked namespace they change nothing. Each family is checked
+    /// first: on a locked one the transaction would add a second jump, which the unlock's single removal
+    /// would leave behind (and a lock can be left by an earlier migration whose rollback could not lift it).
+    /// </summary>
     public static IReadOnlyList<NamespaceStep> Lock() =>
     [
         .. Families.Select(f => new NamespaceStep(
@@ -54,12 +58,16 @@ public static class NetworkLockRules
             UnlessSucceeds: Jump(f.Tool))),
     ];
 
-    /// <summary>The steps that lift a lock; on a namespace that is not locked they change nothing.</summary>
+    /// <summary>
+    /// The steps that lift a lock; on a namespace that is not locked they change nothing. The removal
+    /// is tried at once (one transaction: all of it or nothing); only when it fails is the namespace
+    /// asked whether it is locked, and the failure stands if it is.
+    /// </summary>
     public static IReadOnlyList<NamespaceStep> Unlock() =>
     [
         .. Families.Select(f => new NamespaceStep(
             new HostCommand(f.Restore, "-w", "--noflush") { Input = UnlockTransaction },
-            OnlyIfSucceeds: Jump(f.Tool))),
+            FailsOnlyIf: Jump(f.Tool))),
     ];
 
     /// <summary>The check whose success means the namespace's incoming IPv4 traffic is locked.</summary>
