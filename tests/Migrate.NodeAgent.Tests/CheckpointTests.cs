@@ -62,6 +62,10 @@ public sealed class CheckpointTests(ITestOutputHelper output) : IAsyncLifetime
 
         var staging = begun.StagingDirectory;
         Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(staging));
+        // CRIU's log of the dump (written in the freeze) holds its steps, not its debug lines (Agent:CriuDebugLogs is off)
+        var log = File.ReadAllLines(Assert.Single(Directory.EnumerateFiles(staging, "dump.log", SearchOption.AllDirectories)));
+        Assert.Contains(log, l => l.EndsWith("Dumping finished successfully", StringComparison.Ordinal));
+        Assert.DoesNotContain(log, l => l.Contains("page-pipe:", StringComparison.Ordinal));
         var cleaned = await client.CleanupAsync(new MigrationRef { MigrationId = "m-freeze" });
         Assert.Equal(MigrationPhase.Cleaned, cleaned.Phase);
         Assert.False(Directory.Exists(staging));

@@ -738,7 +738,8 @@ public sealed partial class CheckpointEngine : IDisposable
         {
             Pid = container.Pid,
             ImagesDirectory = Path.Combine(record.StagingDirectory, StagingLayout.ContainerImages(container.Name)),
-            LogLevel = CriuLogLevel.Debug,
+            // debug lines grow with the memory and are written in the freeze: only when asked for
+            LogLevel = _options.CriuDebugLogs ? CriuLogLevel.Debug : CriuLogLevel.Info,
             Root = container.RootPath,
             ManageCgroups = true,
             CgroupMode = CriuCgroupMode.Soft,
