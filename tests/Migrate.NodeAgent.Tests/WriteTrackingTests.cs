@@ -136,6 +136,39 @@ public sealed class WriteTrackingTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Trackers_released_beside_a_handoff_are_gone_for_their_owner_at_once_and_closed_soon_after_with_the_process_untouched()
+    {
+        const int mib = 64;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 0));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var trackers = new WriteTrackers(enabled: true, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+        int Held() => Descriptors(Environment.ProcessId).Count(d => d.Contains("userfaultfd", StringComparison.Ordinal));
+        int before = Held();
+        var tracker = trackers.ForRounds("m", "main", tree.RootPid)(1);
+        Assert.NotNull(tracker);
+        Assert.Equal(before + tracker.ArmedTasks, Held());
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        trackers.ReleaseBeside("m");
+        var returned = clock.Elapsed;
+        // from the return on, the owner has no tracker (a frozen capture would compare its pages)...
+        Assert.Null(trackers.ForFrozen("m", "main")(2));
+        // ...and its descriptors are closed on another thread
+        while (Held() > before && clock.Elapsed < TimeSpan.FromSeconds(10))
+        {
+            Thread.Sleep(5);
+        }
+
+        output.WriteLine($"released beside: returned after {returned.TotalMilliseconds:0.0} ms, descriptors closed after {clock.Elapsed.TotalMilliseconds:0} ms");
+        Assert.Equal(before, Held());
+        long after = tree.ReadTicks()[^1].Tick;
+        tree.WaitForTick(t => t.Tick >= after + 2, TickTimeout, "ticks after the release");
+        Assert.True(tree.RequestVerification(TickTimeout).VerifiedOk, "the buffer checks out after the release");
+        trackers.Release("m"); // nothing left: changes nothing
+        Assert.Equal(before, Held());
+    }
+
+    [Fact]
     public void Arming_a_tree_that_is_gone_fails_naming_it_and_agents_told_not_to_track_make_no_tracker()
     {
         var error = Assert.Throws<ArgumentException>(() => WriteTracker.Arm(int.MaxValue - 7, beforeRound: 1));

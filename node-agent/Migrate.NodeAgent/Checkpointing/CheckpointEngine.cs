@@ -968,9 +968,15 @@ public sealed partial class CheckpointEngine : IDisposable
             }
             finally
             {
-                if (record.Phase is not (MigrationPhase.Prepared or MigrationPhase.PreCopying))
+                if (record.Phase == MigrationPhase.Frozen)
                 {
-                    // out of pre-copy, by a dump, a failure or an abort: the pod's writes are no longer tracked
+                    // dumped: its trackers are closed beside the handoff, which would otherwise wait (in the
+                    // downtime) for the kernel to lift the write protection of every tracked page
+                    _trackers.ReleaseBeside(migrationId);
+                }
+                else if (record.Phase is not (MigrationPhase.Prepared or MigrationPhase.PreCopying))
+                {
+                    // out of pre-copy, by a failure or an abort: the pod's writes are no longer tracked
                     _trackers.Release(migrationId);
                 }
 

@@ -65,16 +65,45 @@ public sealed partial class WriteTrackers(bool enabled, ILogger logger) : IDispo
     };
 
     /// <summary>Ends the tracking of every container of <paramref name="owner"/>.</summary>
-    public void Release(string owner)
+    public void Release(string owner) => Close(owner, Take(owner));
+
+    /// <summary>
+    /// The same, the trackers closed on a thread of the pool: closing one lifts the write protection
+    /// of every page it covered, which the kernel does page by page (tens of milliseconds per GiB
+    /// here), and a frozen pod's handoff need not wait for it. Nothing is tracked for
+    /// <paramref name="owner"/> from the return on; a tracker armed again for it meanwhile may find
+    /// the memory still registered and compare its pages instead.
+    /// </summary>
+    public void ReleaseBeside(string owner)
+    {
+        var taken = Take(owner);
+        if (taken.Count > 0)
+        {
+            _ = Task.Run(() => Close(owner, taken));
+        }
+    }
+
+    private List<WriteTracker> Take(string owner)
     {
         lock (_lock)
         {
-            foreach (var key in _trackers.Keys.Where(k => k.Owner == owner).ToList())
-            {
-                _trackers[key]?.Dispose();
-                _trackers.Remove(key);
-            }
+            var keys = _trackers.Keys.Where(k => k.Owner == owner).ToList();
+            var taken = keys.Select(k => _trackers[k]).OfType<WriteTracker>().ToList();
+            keys.ForEach(k => _trackers.Remove(k));
+            return taken;
         }
+    }
+
+    private void Close(string owner, List<WriteTracker> trackers)
+    {
+        if (trackers.Count == 0)
+        {
+            return;
+        }
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        trackers.ForEach(t => t.Dispose());
+        LogReleased(owner, trackers.Count, (long)clock.Elapsed.TotalMilliseconds);
     }
 
     public void Dispose()
@@ -95,4 +124,7 @@ public sealed partial class WriteTrackers(bool enabled, ILogger logger) : IDispo
 
     [LoggerMessage(Level = LogLevel.Information, Message = "{Owner}: writes of container {Container} not tracked, its pages are compared: {Reason}")]
     private partial void LogNotTracked(string owner, string container, string reason);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "{Owner}: write tracking of {Containers} container(s) released in {Millis} ms")]
+    private partial void LogReleased(string owner, int containers, long millis);
 }
