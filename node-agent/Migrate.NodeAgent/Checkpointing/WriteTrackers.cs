@@ -6,9 +6,9 @@ namespace Migrate.NodeAgent.Checkpointing;
 /// The write trackers of the pods this agent pre-copies, one per container, keyed by the
 /// migration (or checkpoint) that owns them: armed just before a container's first round is read,
 /// kept across rounds, never armed while a pod is frozen (a frozen process cannot be stopped to
-/// be traced), and released (every registration removed, the pod untouched) as soon as the owner
-/// leaves pre-copy, whatever way it leaves. A container that could not be armed is not tried
-/// again for the same owner; its pages are compared.
+/// be traced), and released (every registration removed, the pod untouched) once the owner has
+/// left pre-copy and, when it was dumped, the freeze (after the handoff), whatever way it leaves.
+/// A container that could not be armed is not tried again for the same owner; its pages are compared.
 /// </summary>
 public sealed partial class WriteTrackers(bool enabled, ILogger logger) : IDisposable
 {
@@ -69,8 +69,8 @@ public sealed partial class WriteTrackers(bool enabled, ILogger logger) : IDispo
 
     /// <summary>
     /// The same, the trackers closed on a thread of the pool: closing one lifts the write protection
-    /// of every page it covered, which the kernel does page by page (tens of milliseconds per GiB
-    /// here), and a frozen pod's handoff need not wait for it. Nothing is tracked for
+    /// of every page it covered, which the kernel does page by page (50-70 ms per GiB, 222 ms for
+    /// 4 GiB here), and the caller need not wait for it. Nothing is tracked for
     /// <paramref name="owner"/> from the return on; a tracker armed again for it meanwhile may find
     /// the memory still registered and compare its pages instead.
     /// </summary>
