@@ -10,6 +10,7 @@ internal sealed class AddressClaim
 
     private AddressClaim(Func<bool> claim, Stopwatch clock)
     {
+        StartedAt = clock.ElapsedMilliseconds;
         _thread = new Thread(() =>
         {
             try
@@ -26,6 +27,9 @@ internal sealed class AddressClaim
             }
         }) { IsBackground = true, Name = "podmig address claim" };
     }
+
+    /// <summary>When the claim began, on the restore's clock.</summary>
+    public long StartedAt { get; }
 
     /// <summary>When the claim ended, on the restore's clock.</summary>
     public long DoneAt { get; private set; }

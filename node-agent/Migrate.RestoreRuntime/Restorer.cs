@@ -174,8 +174,10 @@ public static partial class Restorer
             .Select(m => (m.Source, Volume: VolumeName(m.Source)))
             .Where(m => m.Volume is not null)
             .ToList();
-        var rechecked = Verify(staged, files, request.Container, volumes.Select(v => v.Volume!).ToHashSet());
-        long checkedAt = clock.ElapsedMilliseconds;
+        var needed = NeededFiles(request.Container, volumes.Select(v => v.Volume!).ToHashSet());
+        // the staged address first, checked alone: it is claimed (in the pod's network namespace) while
+        // the other files are checked and put back (under its root), neither waiting for the other inside the downtime
+        var addressChecked = Verify(staged, files, path => path == AddressMove.FileName);
         var move = ReadAddressMove(files, request);
         if (move is null && locked)
         {
@@ -184,11 +186,14 @@ public static partial class Restorer
             locked = false;
         }
 
-        // the address is claimed (in the pod's network namespace) while the files are put back (under
-        // its root): neither waits for the other inside the downtime
         var claim = move is null ? null : AddressClaim.Start(() => ClaimAddress(migration, move, request, locked), clock);
+        (int Files, long Bytes, string First) rechecked;
+        long checkedAt;
         try
         {
+            var others = Verify(staged, files, path => path != AddressMove.FileName && needed(path));
+            rechecked = (addressChecked.Files + others.Files, addressChecked.Bytes + others.Bytes, addressChecked.First.Length > 0 ? addressChecked.First : others.First);
+            checkedAt = clock.ElapsedMilliseconds;
             PutBackFiles(request, migration, files, volumes);
         }
         catch
@@ -265,7 +270,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - checkedAt)} ms at once, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
+            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         File.WriteAllText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -590,17 +595,24 @@ public static partial class Restorer
         }
     }
 
-    /// <summary>
-    /// Every staged file this container needs must match the digest the transfer verified: a file
-    /// whose stamp (size, inode, change time) is still the one recorded at that verification is
-    /// unchanged since; any other is hashed again.
-    /// </summary>
     /// <summary>For the report: the files whose stamp had changed since they were staged, hashed again in the downtime.</summary>
     private static string Rechecked((int Files, long Bytes, string First) rechecked) => rechecked.Files == 0 ? "" :
         string.Create(CultureInfo.InvariantCulture, $" ({rechecked.Files} file(s) of {rechecked.Bytes / 1e6:0.#} MB hashed again, as their stamps changed since staging: {rechecked.First})");
 
-    /// <summary>Checks the staged files a container's restore reads; returns those hashed again (their stamps changed since they were staged) and the first of them with its stamps.</summary>
-    private static (int Files, long Bytes, string First) Verify(string stagedManifest, string files, string container, HashSet<string> volumes)
+    /// <summary>The staged files a container's restore reads: its images, the staged address, its writable layer, the pod's emptyDir volumes it mounts.</summary>
+    private static Func<string, bool> NeededFiles(string container, HashSet<string> volumes) => path =>
+        path.StartsWith($"containers/{container}/", StringComparison.Ordinal)
+        || path == AddressMove.FileName
+        || path == $"rootfs/{container}.tar"
+        || (path.StartsWith("volumes/", StringComparison.Ordinal) && volumes.Contains(Path.GetFileNameWithoutExtension(path)));
+
+    /// <summary>
+    /// Checks the staged files <paramref name="needed"/> names: each must match the digest the transfer
+    /// verified; a file whose stamp (size, inode, change time) is still the one recorded at that
+    /// verification is unchanged since, any other is hashed again. Returns those hashed again and the
+    /// first of them with its stamps.
+    /// </summary>
+    private static (int Files, long Bytes, string First) Verify(string stagedManifest, string files, Func<string, bool> needed)
     {
         int rehashed = 0;
         long rehashedBytes = 0;
@@ -615,11 +627,7 @@ public static partial class Restorer
         foreach (var file in list.EnumerateArray())
         {
             var path = file.GetProperty("path").GetString() ?? "";
-            bool needed = path.StartsWith($"containers/{container}/", StringComparison.Ordinal)
-                || path == AddressMove.FileName
-                || path == $"rootfs/{container}.tar"
-                || (path.StartsWith("volumes/", StringComparison.Ordinal) && volumes.Contains(Path.GetFileNameWithoutExtension(path)));
-            if (!needed)
+            if (!needed(path))
             {
                 continue;
             }
