@@ -418,7 +418,8 @@ public sealed unsafe class MemoryFiller : IDisposable
     /// <summary>
     /// Fills the next missing piece of the next process that has one (in turn, so that each
     /// progresses). False when every process's next piece waits for pages still on their way from
-    /// the source: nothing was filled.
+    /// the source: nothing was filled. True also when nothing is left: the faults handled since
+    /// the caller looked may have filled the last pages.
     /// </summary>
     private bool FillNextPiece()
     {
@@ -437,8 +438,14 @@ public sealed unsafe class MemoryFiller : IDisposable
             }
         }
 
-        // called only while some process misses pages: finding none to fill would spin for ever
-        return found ? false : throw new InvalidOperationException($"{_processes.Where(p => !p.Gone).Sum(p => p.Missing.Left)} pages are counted missing, but none is found to fill");
+        if (found)
+        {
+            return false;
+        }
+
+        // none found: right when none is counted missing any more; pages counted missing that cannot be found would spin for ever
+        long left = _processes.Where(p => !p.Gone).Sum(p => p.Missing.Left);
+        return left == 0 ? true : throw new InvalidOperationException($"{left} pages are counted missing, but none is found to fill");
     }
 
     /// <summary>
