@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.IO.Hashing;
 using System.Security.Cryptography;
 
@@ -56,16 +57,38 @@ public sealed class StagedFileDigest : IDisposable
     public long AppendFrom(Stream stream, long count)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        var buffer = new byte[(int)Math.Min(1 << 20, Math.Max(count, 1))];
-        long done = 0;
-        int read;
-        while (done < count && (read = stream.Read(buffer, 0, (int)Math.Min(buffer.Length, count - done))) > 0)
+        // a pooled buffer no longer than what is there to read: a fresh megabyte per file (zeroed,
+        // its pages faulted in) cost 1.5-4 ms even for an 85-byte image file, 10-25 ms for the final
+        // images' 30 files, read back while the pod is frozen
+        var buffer = ArrayPool<byte>.Shared.Rent(ReadSize(stream, count));
+        try
         {
-            Append(buffer.AsSpan(0, read));
-            done += read;
+            long done = 0;
+            int read;
+            while (done < count && (read = stream.Read(buffer, 0, (int)Math.Min(buffer.Length, count - done))) > 0)
+            {
+                Append(buffer.AsSpan(0, read));
+                done += read;
+            }
+
+            return done;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>The buffer for reading <paramref name="count"/> bytes: at most 1 MiB, at most (for a stream that knows its length) what it holds past its position, one more so that its end is seen in one read.</summary>
+    public static int ReadSize(Stream stream, long count)
+    {
+        long left = count;
+        if (stream.CanSeek)
+        {
+            left = Math.Min(left, Math.Max(stream.Length - stream.Position, 0) + 1);
         }
 
-        return done;
+        return (int)Math.Clamp(left, 1, 1 << 20);
     }
 
     /// <summary>The digest of the file at <paramref name="path"/>.</summary>
