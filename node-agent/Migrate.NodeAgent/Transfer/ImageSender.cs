@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using Google.Protobuf;
 using Grpc.Core;
@@ -199,13 +200,16 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         }, cancellationToken);
 
         int chunkSize = (int)Math.Min(accepted.MaxChunkBytes == 0 ? (uint)_options.MaxChunkBytes : accepted.MaxChunkBytes, (uint)_options.MaxChunkBytes);
+        long OffsetOf(int file) => (long)(accepted.ResumeFrom.FirstOrDefault(r => r.File == (uint)file)?.Offset ?? 0);
         // each buffer keeps room for a bulk frame's header in front of the chunk's bytes
         const int Head = BulkFrame.HeaderBytes;
-        var buffer = new byte[Head + chunkSize];
+        // pooled, and no longer than the largest file to send needs (a final upload's files are small):
+        // a fresh megabyte's pages are faulted in while the pod is frozen
+        long largest = manifest.Files.Select((f, i) => Math.Max(0, (long)f.Size - OffsetOf(i))).DefaultIfEmpty(0).Max();
+        var buffer = ArrayPool<byte>.Shared.Rent(Head + (int)Math.Clamp(largest, 1, chunkSize));
         using var compressor = accepted.Compression == Compression.Zstd ? new ZstdSharp.Compressor(1) : null;
         var compressed = compressor is null ? null : new byte[Head + ZstdSharp.Compressor.GetCompressBound(chunkSize)];
         byte[]? framed = null; // a chunk's frames when it is more than one plain frame
-        long OffsetOf(int file) => (long)(accepted.ResumeFrom.FirstOrDefault(r => r.File == (uint)file)?.Offset ?? 0);
         var lastReport = clock.Elapsed;
         var paced = Stopwatch.StartNew();
         long sentThisAttempt = 0;
@@ -332,6 +336,8 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             {
                 await lane.DisposeAsync();
             }
+
+            ArrayPool<byte>.Shared.Return(buffer);
         }
 
         // what the target already held when this (successful) attempt began, and was not sent again
