@@ -25,6 +25,7 @@ public sealed partial class IncomingMigrations : BackgroundService
     private readonly HashSet<string> _reported = new(StringComparer.Ordinal);
     private readonly Networking.NamespaceStepRunner _steps = new();
     private readonly Networking.PodNetworkLock _network = new();
+    private readonly SemaphoreSlim _wake = new(0);
 
     public IncomingMigrations(IOptions<AgentOptions> options, MigrationEvents events, ILogger<IncomingMigrations> logger)
     {
@@ -196,9 +197,14 @@ public sealed partial class IncomingMigrations : BackgroundService
         return RestoreMarkers.Read(path);
     }
 
-    /// <summary>Watches the restore runtime's reports and tells watchers when one changes.</summary>
+    /// <summary>
+    /// Watches the restore runtime's reports and tells watchers when one changes: at once when a
+    /// report file appears, goes or is renamed in place (inotify, through <see cref="FileSystemWatcher"/>),
+    /// and at least every <see cref="PollInterval"/> (a report's content growing, an event lost).
+    /// </summary>
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        using var watcher = WatchReports();
         while (!stoppingToken.IsCancellationRequested)
         {
             try
@@ -214,7 +220,7 @@ public sealed partial class IncomingMigrations : BackgroundService
                     }
                 }
 
-                await Task.Delay(PollInterval, stoppingToken);
+                await WakeOrPollAsync(stoppingToken);
             }
             catch (OperationCanceledException)
             {
@@ -224,6 +230,64 @@ public sealed partial class IncomingMigrations : BackgroundService
             {
                 // a directory went away while it was read; the next round sees the rest
             }
+        }
+    }
+
+    /// <summary>
+    /// Whether a file event under the incoming root (its path relative to it) concerns what the
+    /// restore runtime reports: a file at a migration's top (restore-&lt;container&gt;.waiting, .done,
+    /// .failed, the decision) or in a restore's work directory (the lazy restore's page server log),
+    /// not the images a transfer writes under files/.
+    /// </summary>
+    public static bool IsReport(string? relativePath)
+    {
+        if (string.IsNullOrEmpty(relativePath))
+        {
+            return false;
+        }
+
+        var parts = relativePath.Split('/');
+        return parts.Length == 2 || (parts.Length == 3 && parts[1].StartsWith("restore-", StringComparison.Ordinal));
+    }
+
+    /// <summary>An inotify watch over the incoming root that wakes the loop for a report; null where it cannot be set (the poll alone then sees them).</summary>
+    private FileSystemWatcher? WatchReports()
+    {
+        try
+        {
+            Directory.CreateDirectory(_layout.IncomingRoot, OwnerOnly);
+            var watcher = new FileSystemWatcher(_layout.IncomingRoot)
+            {
+                IncludeSubdirectories = true,
+                NotifyFilter = NotifyFilters.FileName,
+            };
+            FileSystemEventHandler changed = (_, e) =>
+            {
+                if (IsReport(e.Name))
+                {
+                    _wake.Release();
+                }
+            };
+            watcher.Created += changed;
+            watcher.Deleted += changed;
+            watcher.Renamed += (sender, e) => changed(sender, e);
+            watcher.Error += (_, _) => _wake.Release();
+            watcher.EnableRaisingEvents = true;
+            return watcher;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or PlatformNotSupportedException)
+        {
+            LogNoWatch(_layout.IncomingRoot, e.Message);
+            return null;
+        }
+    }
+
+    private async Task WakeOrPollAsync(CancellationToken stoppingToken)
+    {
+        await _wake.WaitAsync(PollInterval, stoppingToken);
+        // events that came together are one look
+        while (_wake.CurrentCount > 0 && _wake.Wait(0, CancellationToken.None))
+        {
         }
     }
 
@@ -271,6 +335,12 @@ public sealed partial class IncomingMigrations : BackgroundService
         {
             return null;
         }
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        _wake.Dispose();
     }
 
     private static IEnumerable<RestoreState> Restores(string directory)
@@ -367,6 +437,9 @@ public sealed partial class IncomingMigrations : BackgroundService
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the group released the restored replacement's network; {Address} is announced")]
     private partial void LogNetworkReleased(string migration, string address);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "The restore runtime's reports under {Directory} cannot be watched ({Error}); they are looked at every poll only")]
+    private partial void LogNoWatch(string directory, string error);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: aborted on this node; no restore may begin")]
     private partial void LogAborted(string migration);
