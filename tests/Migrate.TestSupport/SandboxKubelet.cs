@@ -229,27 +229,62 @@ public sealed class SandboxKubelet : IAsyncDisposable
         _loop = Task.Run(() => LoopAsync(_stop.Token));
     }
 
+    /// <summary>How long the loop waits for a change to its pods before it lists them again anyway (a kubelet's periodic resync).</summary>
+    private static readonly TimeSpan Resync = TimeSpan.FromSeconds(1);
+
     private async Task LoopAsync(CancellationToken cancellationToken)
     {
         while (!cancellationToken.IsCancellationRequested)
         {
             try
             {
-                await SyncAsync(cancellationToken);
-                await Task.Delay(100, cancellationToken);
+                var version = await SyncAsync(cancellationToken);
+                await WaitForChangeAsync(version, cancellationToken);
             }
             catch (OperationCanceledException)
             {
                 return;
             }
-            catch (Exception e) when (e is HttpOperationException or RpcException or HttpRequestException or IOException)
+            catch (Exception e) when (e is HttpOperationException or RpcException or HttpRequestException or IOException or KubernetesException)
             {
                 // the next pass tries again
+                await Task.Delay(100, cancellationToken).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             }
         }
     }
 
-    private async Task SyncAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// As a kubelet learns of its pods: a watch of the pods bound to this node from the list's
+    /// version, which returns at the first change (a pod bound here, deleted, updated) or after
+    /// <see cref="Resync"/>; the caller then lists again.
+    /// </summary>
+    private async Task WaitForChangeAsync(string? version, CancellationToken cancellationToken)
+    {
+        if (string.IsNullOrEmpty(version))
+        {
+            // a watch from no version would replay every pod at once: wait out the period instead
+            await Task.Delay(TimeSpan.FromMilliseconds(100), cancellationToken);
+            return;
+        }
+
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        wait.CancelAfter(Resync);
+        try
+        {
+            await foreach (var _ in _client.CoreV1.WatchListPodForAllNamespacesAsync(fieldSelector: $"spec.nodeName={NodeName}", resourceVersion: version,
+                timeoutSeconds: (int)Math.Ceiling(Resync.TotalSeconds), cancellationToken: wait.Token))
+            {
+                return;
+            }
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            // no change within the resync period
+        }
+    }
+
+    /// <summary>One pass over the pods bound to this node; returns the list's resource version.</summary>
+    private async Task<string?> SyncAsync(CancellationToken cancellationToken)
     {
         var pods = await _client.CoreV1.ListPodForAllNamespacesAsync(fieldSelector: $"spec.nodeName={NodeName}", cancellationToken: cancellationToken);
         // force-deleted (grace period 0): the object is gone at once, the kubelet still has to stop its containers
@@ -286,6 +321,8 @@ public sealed class SandboxKubelet : IAsyncDisposable
             _workers[key] = starting;
             starting.Start = Task.Run(() => StartPodAsync(pod, key, starting), CancellationToken.None);
         }
+
+        return pods.Metadata.ResourceVersion;
     }
 
     /// <summary>A pod being started or running on this node.</summary>
