@@ -15,7 +15,7 @@ public sealed record HostCommand(string Program, IReadOnlyList<string> Arguments
     /// <summary>The same command run inside the network namespace at <paramref name="namespacePath"/> (nsenter).</summary>
     public HostCommand InNetworkNamespace(string namespacePath) => new("nsenter", ["--net=" + namespacePath, Program, .. Arguments]) { Input = Input };
 
-    public override string ToString() => Program + " " + string.Join(' ', Arguments);
+    public override string ToString() => Arguments.Count == 0 ? Program : Program + " " + string.Join(' ', Arguments);
 }
 
 /// <summary>What a finished command said.</summary>

@@ -13,13 +13,18 @@ namespace Migrate.NodeAgent.Networking;
 public sealed record NamespaceStep(HostCommand Command, bool MayFail = false, HostCommand? UnlessSucceeds = null, HostCommand? OnlyIfSucceeds = null,
     HostCommand? FailsOnlyIf = null);
 
-/// <summary>Runs plans of <see cref="NamespaceStep"/> inside a network namespace named by a path (<c>/proc/PID/ns/net</c>, <c>/run/netns/NAME</c>).</summary>
-public sealed class NamespaceStepRunner(Func<HostCommand, HostCommandResult>? run = null)
+/// <summary>
+/// Runs plans of <see cref="NamespaceStep"/> inside a network namespace named by a path
+/// (<c>/proc/PID/ns/net</c>, <c>/run/netns/NAME</c>): each plan on a thread that entered the
+/// namespace (<see cref="NetworkNamespaceThread"/>), its commands started from there.
+/// </summary>
+/// <param name="run">How a command is run once inside the namespace (tests); by default it is started as a process.</param>
+public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandResult>? run = null)
 {
-    private readonly Func<HostCommand, HostCommandResult> _run = run ?? HostCommands.Run;
+    private readonly Func<HostCommand, HostCommandResult>? _run = run;
 
     /// <summary>Whether <paramref name="command"/> succeeds inside the namespace.</summary>
-    public bool Succeeds(string namespacePath, HostCommand command) => _run(command.InNetworkNamespace(namespacePath)).Succeeded;
+    public bool Succeeds(string namespacePath, HostCommand command) => Inside(namespacePath, exec => exec(command).Succeeded);
 
     /// <summary>
     /// Runs steps that do not depend on each other (each with its own condition) at once, each as
@@ -61,25 +66,63 @@ public sealed class NamespaceStepRunner(Func<HostCommand, HostCommandResult>? ru
     /// <summary>Runs every step in order; the first unexpected failure stops the plan with an error naming <paramref name="what"/>, the command and its output.</summary>
     public void Run(string namespacePath, IEnumerable<NamespaceStep> steps, string what)
     {
+        ArgumentNullException.ThrowIfNull(steps);
         if (!File.Exists(namespacePath))
         {
             throw new ArgumentException($"cannot {what}: no network namespace at {namespacePath}", nameof(namespacePath));
         }
 
-        foreach (var step in steps)
+        Inside(namespacePath, exec =>
         {
-            if ((step.UnlessSucceeds is { } present && Succeeds(namespacePath, present))
-                || (step.OnlyIfSucceeds is { } needed && !Succeeds(namespacePath, needed)))
+            foreach (var step in steps)
             {
-                continue;
+                if ((step.UnlessSucceeds is { } present && exec(present).Succeeded)
+                    || (step.OnlyIfSucceeds is { } needed && !exec(needed).Succeeded))
+                {
+                    continue;
+                }
+
+                var result = exec(step.Command);
+                if (!result.Succeeded && !step.MayFail && (step.FailsOnlyIf is not { } still || exec(still).Succeeded))
+                {
+                    throw new IOException($"cannot {what}: '{step.Command}' failed ({result.ExitCode}): {result.Error.Trim()}");
+                }
             }
 
-            var command = step.Command.InNetworkNamespace(namespacePath);
-            var result = _run(command);
-            if (!result.Succeeded && !step.MayFail && (step.FailsOnlyIf is not { } still || Succeeds(namespacePath, still)))
-            {
-                throw new IOException($"cannot {what}: '{command}' failed ({result.ExitCode}): {result.Error.Trim()}");
-            }
+            return true;
+        });
+    }
+
+    /// <summary>Does <paramref name="work"/> with a way to run commands inside the namespace.</summary>
+    private T Inside<T>(string namespacePath, Func<Func<HostCommand, HostCommandResult>, T> work) =>
+        _run is { } injected ? work(injected) : NetworkNamespaceThread.Run(namespacePath, () => work(c => WriteSysctl(c) ?? HostCommands.Run(c)));
+
+    /// <summary>
+    /// <c>sysctl -qw net.KEY=VALUE</c> done as the program does it: VALUE written to /proc/sys/net/KEY,
+    /// from the thread inside the namespace (net sysctls are the opening thread's namespace's), without
+    /// its process. Null for any other command, or a key with characters other than letters, digits
+    /// and underscores between its dots (the program itself is then run).
+    /// </summary>
+    public static HostCommandResult? WriteSysctl(HostCommand command)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        if (command.Program != "sysctl" || command.Input is not null || command.Arguments is not ["-qw", var assignment]
+            || assignment.Split('=', 2) is not [var key, var value] || !SysctlKey().IsMatch(key) || value.Contains('\n', StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        try
+        {
+            File.WriteAllText("/proc/sys/" + key.Replace('.', '/'), value);
+            return new HostCommandResult(0, "", "");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return new HostCommandResult(255, "", $"sysctl: cannot set {key}: {e.Message}");
         }
     }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^net(\.[A-Za-z0-9_]+)+$")]
+    private static partial System.Text.RegularExpressions.Regex SysctlKey();
 }

@@ -1,0 +1,81 @@
+using System.Security.Cryptography;
+using Migrate.NodeAgent.Networking;
+using Migrate.TestSupport;
+using Xunit;
+
+namespace Migrate.NodeAgent.Tests;
+
+/// <summary>
+/// Work inside a pod's network namespace without nsenter (<see cref="NetworkNamespaceThread"/>, and
+/// the real <see cref="NamespaceStepRunner"/> on it), in a real namespace made for the test.
+/// </summary>
+public sealed class NetworkNamespaceThreadTests : IDisposable
+{
+    private readonly string _name = "pmt-nsthread-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(3));
+
+    public NetworkNamespaceThreadTests()
+    {
+        Prerequisites.RequireRoot();
+        Prerequisites.RequirePrograms("ip", "sysctl");
+        Prerequisites.Run("ip", "netns", "add", _name);
+    }
+
+    private string Path => "/run/netns/" + _name;
+
+    public void Dispose() => Prerequisites.Run("ip", "netns", "delete", _name);
+
+    [Fact]
+    public void The_work_and_the_programs_it_starts_are_in_the_namespace_and_the_caller_stays_where_it_was()
+    {
+        string here = NetworkNamespaceThread.Current();
+        string inside = NetworkNamespaceThread.Run(Path, NetworkNamespaceThread.Current);
+
+        Assert.StartsWith("net:[", inside, StringComparison.Ordinal);
+        Assert.NotEqual(here, inside);
+        Assert.Equal(here, NetworkNamespaceThread.Current());
+        // a fresh namespace has its loopback only: a program started from the thread is born there
+        var links = NetworkNamespaceThread.Run(Path, () => HostCommands.Run(new HostCommand("ip", "-o", "link", "show")));
+        Assert.True(links.Succeeded, links.Error);
+        Assert.Equal(["lo"], links.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split(':')[1].Trim()));
+    }
+
+    [Fact]
+    public void The_runner_s_steps_change_the_namespace_not_the_host()
+    {
+        string hostValue = Prerequisites.Run("sysctl", "-n", "net.ipv4.conf.all.arp_ignore").Trim();
+        new NamespaceStepRunner().Run(Path,
+        [
+            new(new HostCommand("ip", "-batch", "-") { Input = "link set dev lo up\naddress add 192.0.2.9/32 dev lo\n" }),
+            new(new HostCommand("sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=8")),
+        ], "prepare the namespace");
+
+        Assert.Contains("inet 192.0.2.9/32", Prerequisites.Run("ip", "-n", _name, "address", "show", "dev", "lo"), StringComparison.Ordinal);
+        Assert.Equal("8", Prerequisites.Run("ip", "netns", "exec", _name, "sysctl", "-n", "net.ipv4.conf.all.arp_ignore").Trim());
+        Assert.Equal(hostValue, Prerequisites.Run("sysctl", "-n", "net.ipv4.conf.all.arp_ignore").Trim());
+        Assert.DoesNotContain("192.0.2.9", Prerequisites.Run("ip", "address", "show", "dev", "lo"), StringComparison.Ordinal);
+
+        // a step that fails names its command and what it said
+        var error = Assert.Throws<IOException>(() => new NamespaceStepRunner().Run(Path, [new(new HostCommand("ip", "link", "set", "dev", "no-such-link", "up"))], "bring it up"));
+        Assert.StartsWith("cannot bring it up: 'ip link set dev no-such-link up' failed (1): ", error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    // only "sysctl -qw net.KEY=VALUE" with a plain key is written in-process; anything else runs the program
+    [InlineData("sysctl", "-w", "net.ipv4.conf.all.arp_ignore=0")]
+    [InlineData("sysctl", "-qw", "kernel.pid_max=4194304")]
+    [InlineData("sysctl", "-qw", "net.ipv4.conf.eth0-1.arp_ignore=0")]
+    [InlineData("sysctl", "-qw", "net.ipv4/../../kernel.x=1")]
+    [InlineData("sysctl", "-qw", "net.ipv4.conf.all.arp_ignore")]
+    [InlineData("sysctl", "-n", "net.ipv4.conf.all.arp_ignore")]
+    [InlineData("ip", "-qw", "net.ipv4.conf.all.arp_ignore=0")]
+    public void Other_commands_are_left_to_their_programs(string program, string flag, string assignment) =>
+        Assert.Null(NamespaceStepRunner.WriteSysctl(new HostCommand(program, flag, assignment)));
+
+    [Fact]
+    public void A_path_that_is_no_network_namespace_is_refused_saying_so()
+    {
+        var error = Assert.Throws<IOException>(() => NetworkNamespaceThread.Run("/etc/hostname", () => 0));
+        Assert.StartsWith("cannot enter the network namespace at /etc/hostname: ", error.Message, StringComparison.Ordinal);
+        Assert.Throws<FileNotFoundException>(() => NetworkNamespaceThread.Run("/run/netns/" + _name + "-gone", () => 0));
+    }
+}
