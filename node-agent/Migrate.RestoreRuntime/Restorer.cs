@@ -104,11 +104,15 @@ public static partial class Restorer
                 throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
             }
 
+            // CRIU's version, for a lazy restore's page server: asked now, not while the source is frozen,
+            // beside the lock below (each a few processes: the replacement says it is ready once both ended)
+            (CriuVersion? Version, string Error) criu = default;
+            var probe = new Thread(() => criu = ProbeCriu()) { IsBackground = true, Name = "podmig criu probe" };
+            probe.Start();
+
             // a pod pinned to its source's address: its network is locked now, while it waits (nothing flows there yet), not in the downtime
             bool locked = LockEarly(request);
-
-            // CRIU's version, for a lazy restore's page server: asked now, not while the source is frozen
-            var criu = ProbeCriu();
+            probe.Join();
 
             // the pod's sandbox, network and root file system are ready: wait here for the final images,
             // meanwhile writing back what the rounds staged (the writable layer's unmount would, in the downtime)

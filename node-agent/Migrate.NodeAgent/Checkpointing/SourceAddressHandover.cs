@@ -24,7 +24,9 @@ public sealed class SourceAddressHandover(NamespaceStepRunner namespaces)
     public static (AddressMoveRecord? Move, string? Refusal) Read(int pid)
     {
         var path = string.Create(CultureInfo.InvariantCulture, $"/proc/{pid}/ns/net");
-        var shown = HostCommands.Run(new HostCommand("ip", "-j", "address", "show").InNetworkNamespace(path));
+        // both read from one thread inside the namespace: two processes, not four under nsenter
+        var (shown, routes) = Networking.NetworkNamespaceThread.Run(path,
+            () => (HostCommands.Run(new HostCommand("ip", "-j", "address", "show")), HostCommands.Run(new HostCommand("ip", "-j", "route", "show"))));
         if (!shown.Succeeded)
         {
             throw new IOException($"its addresses could not be read: {shown.Error.Trim()}");
@@ -36,7 +38,6 @@ public sealed class SourceAddressHandover(NamespaceStepRunner namespaces)
             return (null, refusal);
         }
 
-        var routes = HostCommands.Run(new HostCommand("ip", "-j", "route", "show").InNetworkNamespace(path));
         if (!routes.Succeeded)
         {
             throw new IOException($"its routes could not be read: {routes.Error.Trim()}");
