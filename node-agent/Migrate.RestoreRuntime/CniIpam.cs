@@ -204,10 +204,14 @@ public static partial class CniIpam
             throw new CniException(4, "CNI_NETNS is not set: the pinned address cannot be kept silent until its handover");
         }
 
-        var result = HostCommands.Run(AddressHandover.Silence().InNetworkNamespace(namespacePath));
-        if (!result.Succeeded)
+        try
         {
-            throw new CniException(11, $"could not keep the pinned address silent in {namespacePath}: {result.Error.Trim()}");
+            // from a thread inside the namespace (the sysctl written there): no nsenter and sysctl processes in the sandbox's creation
+            new NamespaceStepRunner().Run(namespacePath, [new NamespaceStep(AddressHandover.Silence())], "keep the pinned address silent");
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or System.ComponentModel.Win32Exception)
+        {
+            throw new CniException(11, $"could not keep the pinned address silent in {namespacePath}: {e.Message}");
         }
     }
 

@@ -107,6 +107,30 @@ public sealed class PodmigIpamTests : IDisposable
     }
 
     [Theory]
+    [InlineData("file", "cannot enter the network namespace at")]
+    [InlineData("absent", "no network namespace at")]
+    public void A_pinned_address_whose_namespace_cannot_be_kept_silent_is_refused_and_changes_nothing(string what, string message)
+    {
+        // the silence is set from a thread inside CNI_NETNS: a path that is no namespace must not leave the host's own setting changed
+        var hostBefore = File.ReadAllText("/proc/sys/net/ipv4/conf/all/arp_ignore").Trim();
+        var path = Path.Combine(_directory, what);
+        if (what == "file")
+        {
+            File.WriteAllText(path, "not a namespace");
+        }
+
+        var (exit, output) = Run("ADD", "c9", Config("c9", pin: "10.77.0.15", restoreFrom: "m1"), netns: path);
+        Assert.Equal(1, exit);
+        using var error = JsonDocument.Parse(output);
+        Assert.Equal(11, error.RootElement.GetProperty("code").GetInt32());
+        var said = error.RootElement.GetProperty("msg").GetString();
+        Assert.Contains($"could not keep the pinned address silent in {path}", said, StringComparison.Ordinal);
+        Assert.Contains(message, said, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(Store) && Directory.EnumerateFiles(Store).Any(f => Path.GetFileName(f).StartsWith("10.", StringComparison.Ordinal)), "nothing was allocated");
+        Assert.Equal(hostBefore, File.ReadAllText("/proc/sys/net/ipv4/conf/all/arp_ignore").Trim());
+    }
+
+    [Theory]
     [InlineData("c1 x", "eth0", 4, "CNI_CONTAINERID")]
     [InlineData("c1\nforged eth0", "eth0", 4, "CNI_CONTAINERID")]
     [InlineData("c1", "eth0 x", 4, "CNI_IFNAME")]
@@ -192,13 +216,13 @@ public sealed class PodmigIpamTests : IDisposable
     }
 
     /// <summary>Runs the plugin as a runtime would for pod default/<paramref name="container"/> (CNI_ARGS as containerd sets them, unless given).</summary>
-    private (int Exit, string Output) Run(string command, string container, string config, string @interface = "eth0", string? cniArgs = "")
+    private (int Exit, string Output) Run(string command, string container, string config, string @interface = "eth0", string? cniArgs = "", string? netns = null)
     {
         var start = new ProcessStartInfo(RepositoryLayout.RestoreRuntime) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.Environment["CNI_COMMAND"] = command;
         start.Environment["CNI_CONTAINERID"] = container;
         start.Environment["CNI_IFNAME"] = @interface;
-        start.Environment["CNI_NETNS"] = "/run/netns/" + _namespace;
+        start.Environment["CNI_NETNS"] = netns ?? "/run/netns/" + _namespace;
         start.Environment["CNI_PATH"] = "/usr/lib/cni";
         if (cniArgs is not null)
         {
