@@ -91,7 +91,6 @@ public static class AgentHost
         builder.Services.AddSingleton<ImageSender>();
         builder.Services.AddSingleton<PeerAgents>();
         builder.Services.AddSingleton<IncomingMigrations>();
-        builder.Services.AddSingleton(sp => new FaultsFirst(sp.GetRequiredService<TimeProvider>()));
         builder.Services.AddSingleton<PostCopySource>();
         builder.Services.AddSingleton<PostCopyRelay>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<PostCopyRelay>());

@@ -14,10 +14,9 @@ namespace Migrate.NodeAgent.Transfer;
 /// <summary>
 /// The source's side of post-copy: answers the target agent's requests for the pages a final dump
 /// left here, read from the pod's frozen processes. Only the target the migration's token names,
-/// only while the pod is frozen after such a dump, only pages the dump left here. The restored
-/// process's faults go first: the pages lane holds back while they are answered (<see cref="FaultsFirst"/>).
+/// only while the pod is frozen after such a dump, only pages the dump left here.
 /// </summary>
-public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceiver receiver, IOptions<AgentOptions> options, FaultsFirst faults, ILogger<PostCopySource> logger)
+public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceiver receiver, IOptions<AgentOptions> options, ILogger<PostCopySource> logger)
 {
     private readonly bool _corrupt = options.Value.CorruptServedPagesForTesting;
 
@@ -47,26 +46,23 @@ public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceive
             // a pod thawed by a rollback, or ended after the commit, has no pages to give any more
             EnsureServing(record);
             int length = (int)request.Pages * PagemapEntry.PageSize;
-            using (faults.Fault(record.MigrationId))
+            try
             {
-                try
-                {
-                    pages.Read((int)request.TaskId, request.Address, (int)request.Pages, buffer);
-                }
-                catch (PageServerException e)
-                {
-                    throw Refuse(StatusCode.InvalidArgument, e.Message);
-                }
-                catch (IOException e)
-                {
-                    throw Refuse(StatusCode.Internal, e.Message);
-                }
-
-                ulong checksum = XxHash64.HashToUInt64(buffer.AsSpan(0, length));
-                Corrupt(buffer.AsSpan(0, length));
-                await replies.WriteAsync(new PageData { Data = ByteString.CopyFrom(buffer, 0, length), Checksum = checksum }, cancellationToken);
+                pages.Read((int)request.TaskId, request.Address, (int)request.Pages, buffer);
+            }
+            catch (PageServerException e)
+            {
+                throw Refuse(StatusCode.InvalidArgument, e.Message);
+            }
+            catch (IOException e)
+            {
+                throw Refuse(StatusCode.Internal, e.Message);
             }
 
+            var data = buffer.AsSpan(0, length);
+            ulong checksum = XxHash64.HashToUInt64(data);
+            Corrupt(data);
+            await replies.WriteAsync(new PageData { Data = ByteString.CopyFrom(data), Checksum = checksum }, cancellationToken);
             served += request.Pages;
             if (!await requests.MoveNext(cancellationToken))
             {
@@ -122,7 +118,6 @@ public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceive
         }
 
         using var pages = opened;
-        using var lane = faults.Lane(record.MigrationId);
         http.Response.StatusCode = StatusCodes.Status200OK;
         http.Response.ContentType = "application/octet-stream";
         var answer = new byte[PagesLane.AnswerHeadSize + (PagesLane.MaxPages * PagemapEntry.PageSize)];
@@ -131,8 +126,6 @@ public sealed partial class PostCopySource(CheckpointEngine engine, ImageReceive
         {
             int length = count * PagemapEntry.PageSize;
             var data = answer.AsMemory(PagesLane.AnswerHeadSize, length);
-            // the restored process's faults first: each waits for its round trip, the stream does not
-            await faults.BeforePieceAsync(record.MigrationId, http.RequestAborted);
             try
             {
                 // a pod thawed by a rollback, or ended after the commit, has no pages to give any more
