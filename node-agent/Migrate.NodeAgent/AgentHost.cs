@@ -166,10 +166,7 @@ public static class AgentHost
         try
         {
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(pin))!);
-            var partial = pin + ".partial";
-            File.Copy(key, partial, overwrite: true);
-            File.SetUnixFileMode(partial, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
-            File.Move(partial, pin, overwrite: true);
+            WholeFile.Write(pin, File.ReadAllBytes(key), UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

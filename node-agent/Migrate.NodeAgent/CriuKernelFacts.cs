@@ -75,10 +75,7 @@ public sealed partial class CriuKernelFacts(IOptions<AgentOptions> options, ILog
 
             var bytes = File.ReadAllBytes(made);
             // beside the final name, then renamed: a CRIU starting meanwhile reads the old file or the new one, never half of one
-            var staged = Path.Combine(directory, $".criu.kdat.podmig-{Environment.ProcessId}");
-            File.WriteAllBytes(staged, bytes);
-            File.SetUnixFileMode(staged, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            File.Move(staged, cacheFile, overwrite: true);
+            WholeFile.Write(cacheFile, bytes, UnixFileMode.UserRead | UnixFileMode.UserWrite);
             return bytes;
         }
         finally

@@ -276,7 +276,7 @@ public static partial class Restorer
         var steps = string.Create(CultureInfo.InvariantCulture,
             $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
-        WriteWhole(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
+        WholeFile.WriteText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
             && File.Exists(Path.Combine(migration, StagingLayout.HoldNetworkFile)))
         {
@@ -590,21 +590,14 @@ public static partial class Restorer
             var migration = StagingLayout.FromEnvironment().Incoming(request.MigrationId);
             if (Directory.Exists(migration) && MigrationId().IsMatch(request.MigrationId) && IsSafeName(request.Container))
             {
-                WriteWhole(Path.Combine(migration, file), text);
+                // the agent reads it as soon as its name appears (inotify)
+                WholeFile.WriteText(Path.Combine(migration, file), text);
             }
         }
         catch (IOException)
         {
             // the report is for the agent; the error is in runc's log either way
         }
-    }
-
-    /// <summary>A report the agent reads as soon as its name appears (inotify): written beside it, then renamed into place whole.</summary>
-    private static void WriteWhole(string path, string text)
-    {
-        var written = path + ".tmp";
-        File.WriteAllText(written, text);
-        File.Move(written, path, overwrite: true);
     }
 
     /// <summary>For the report: the files whose stamp had changed since they were staged, hashed again in the downtime.</summary>

@@ -33,9 +33,7 @@ public sealed partial record StagedFileStamp(string Path, long Size, ulong Devic
     public static void Write(string stampsFile, IEnumerable<StagedFileStamp> stamps)
     {
         ArgumentNullException.ThrowIfNull(stamps);
-        var temporary = stampsFile + ".tmp";
-        File.WriteAllText(temporary, JsonSerializer.Serialize(stamps.ToList(), StagedFileStampJson.Default.ListStagedFileStamp));
-        File.Move(temporary, stampsFile, overwrite: true);
+        WholeFile.WriteText(stampsFile, JsonSerializer.Serialize(stamps.ToList(), StagedFileStampJson.Default.ListStagedFileStamp));
     }
 
     /// <summary>The recorded stamps by path (empty when none were recorded or the file is unreadable).</summary>

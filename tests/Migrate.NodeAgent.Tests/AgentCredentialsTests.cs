@@ -63,7 +63,7 @@ public sealed class AgentCredentialsTests(EmulatorFixture cluster) : IClassFixtu
             var pinKey = Path.Combine(root, "host", "pin-key.pem");
             Assert.Equal(Encoding.ASCII.GetString(data["token.pub"]), File.ReadAllText(pinKey));
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead, File.GetUnixFileMode(pinKey));
-            Assert.False(File.Exists(pinKey + ".partial"));
+            Assert.Equal([pinKey], Directory.GetFiles(Path.GetDirectoryName(pinKey)!));
         }
         finally
         {

@@ -180,8 +180,8 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             kept.Ready = true;
             kept.Operation = null;
             var manifest = ImageSender.BuildManifest(Path.Combine(directory, ImagesDirectory));
-            await WriteAtomicallyAsync(Path.Combine(directory, ManifestFile), Json.Format(manifest));
-            await WriteAtomicallyAsync(Path.Combine(directory, DescriptionFile), Json.Format(kept));
+            WholeFile.WriteText(Path.Combine(directory, ManifestFile), Json.Format(manifest));
+            WholeFile.WriteText(Path.Combine(directory, DescriptionFile), Json.Format(kept));
             _taking.TryRemove(id, out _);
             LogImported(id, request.Path, kept.SizeBytes, clock.ElapsedMilliseconds);
         }
@@ -436,7 +436,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
                 ChainNote = chainNote,
             };
             kept.Containers.Add(record.Containers.Select(c => Describe(c.Name, c.Image, manifest)));
-            await WriteAtomicallyAsync(Path.Combine(directory, ManifestFile), Json.Format(manifest));
+            WholeFile.WriteText(Path.Combine(directory, ManifestFile), Json.Format(manifest));
             if (request.ExportPath.Length > 0)
             {
                 using var exporting = AgentTelemetry.Source.StartActivity("checkpoint.export");
@@ -444,7 +444,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
                 LogExported(id, request.ExportPath, kept.Export.SizeBytes, kept.Export.ExportMillis);
             }
 
-            await WriteAtomicallyAsync(Path.Combine(directory, DescriptionFile), Json.Format(kept));
+            WholeFile.WriteText(Path.Combine(directory, DescriptionFile), Json.Format(kept));
             _taking.TryRemove(id, out _);
             AgentTelemetry.FrozenDuration.Record(frozen);
             LogKept(id, kept.Pod.Namespace, kept.Pod.Name, kept.SizeBytes, frozen);
@@ -667,13 +667,6 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
             Digest = "sha256:" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(lines))),
             SizeBytes = (ulong)files.Sum(f => (long)f.Size),
         };
-    }
-
-    private static async Task WriteAtomicallyAsync(string path, string text)
-    {
-        var temporary = path + ".tmp";
-        await File.WriteAllTextAsync(temporary, text);
-        File.Move(temporary, path, overwrite: true);
     }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Checkpoint {Checkpoint}: dumped after {FrozenMillis} ms frozen; held frozen until its group decides")]

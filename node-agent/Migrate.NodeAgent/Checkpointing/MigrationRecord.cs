@@ -227,9 +227,7 @@ public sealed class MigrationRecord
     public void Save()
     {
         var path = Path.Combine(StagingDirectory, FileName);
-        var temporary = path + ".tmp";
-        File.WriteAllText(temporary, JsonSerializer.Serialize(this, MigrationRecordJson.Default.MigrationRecord));
-        File.Move(temporary, path, overwrite: true);
+        WholeFile.WriteText(path, JsonSerializer.Serialize(this, MigrationRecordJson.Default.MigrationRecord));
     }
 
     public static MigrationRecord? Load(string stagingDirectory)

@@ -120,16 +120,6 @@ public sealed class AddressStore : IDisposable
         return parts.Length == 2 ? new AddressHolder(parts[0], parts[1]) : null;
     }
 
-    private static void WriteAtomically(string path, string text)
-    {
-        var temporary = path + "." + Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + ".tmp";
-        using (var stream = new FileStream(temporary, FileMode.Create, FileAccess.Write, FileShare.None))
-        {
-            stream.Write(System.Text.Encoding.UTF8.GetBytes(text));
-            // on disk before it replaces the old one: after a crash an address is never held by an empty file
-            stream.Flush(flushToDisk: true);
-        }
-
-        File.Move(temporary, path, overwrite: true);
-    }
+    // on disk before it replaces the old one: after a crash an address is never held by an empty file
+    private static void WriteAtomically(string path, string text) => WholeFile.WriteText(path, text, durable: true);
 }

@@ -61,7 +61,7 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             {
                 continue;
             }
-            else if (relative == MigrationRecord.FileName || relative.EndsWith(".tmp", StringComparison.Ordinal))
+            else if (relative == MigrationRecord.FileName || relative.EndsWith(WholeFile.Suffix, StringComparison.Ordinal))
             {
                 continue;
             }
