@@ -6,7 +6,9 @@ namespace Migrate.RestoreRuntime;
 /// <summary>Replaces this process with another program (execvp): a pass-through call costs one exec, nothing else.</summary>
 internal static unsafe partial class Exec
 {
-    [LibraryImport("libc", EntryPoint = "execvp", SetLastError = true)]
+    // the soname, not "libc": the runtime finds it at the first try instead of probing dozens of
+    // names and directories (about 90 failed opens in every call the handler passes through)
+    [LibraryImport("libc.so.6", EntryPoint = "execvp", SetLastError = true)]
     private static partial int ExecVp(byte* file, byte** argv);
 
     /// <summary>Runs <paramref name="program"/> (searched on PATH) with <paramref name="arguments"/> in place of this process; returns only on failure.</summary>

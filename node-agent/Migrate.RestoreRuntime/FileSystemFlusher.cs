@@ -48,13 +48,13 @@ internal sealed partial class FileSystemFlusher : IDisposable
         _stop.Dispose();
     }
 
-    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    [LibraryImport("libc.so.6", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial int Open(string path, int flags);
 
-    [LibraryImport("libc", EntryPoint = "syncfs", SetLastError = true)]
+    [LibraryImport("libc.so.6", EntryPoint = "syncfs", SetLastError = true)]
     private static partial int SyncFs(int descriptor);
 
-    [LibraryImport("libc", EntryPoint = "close")]
+    [LibraryImport("libc.so.6", EntryPoint = "close")]
     private static partial int Close(int descriptor);
 
     private void Run()

@@ -27,9 +27,9 @@ internal static partial class Mounts
         }
     }
 
-    [LibraryImport("libc", EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    [LibraryImport("libc.so.6", EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial int Umount2(string target, int flags);
 
-    [LibraryImport("libc", EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    [LibraryImport("libc.so.6", EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial int Mount(string source, string target, string fileSystemType, nuint flags, string data);
 }

@@ -75,7 +75,7 @@ public sealed partial record StagedFileStamp(string Path, long Size, ulong Devic
 
     private static partial class NativeMethods
     {
-        [LibraryImport("libc", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]
+        [LibraryImport("libc.so.6", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int Statx(int directory, string path, int flags, uint mask, ref StatxBuffer buffer);
     }
 }

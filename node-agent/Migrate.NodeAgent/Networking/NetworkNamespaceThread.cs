@@ -53,6 +53,6 @@ public static partial class NetworkNamespaceThread
         }
     }
 
-    [LibraryImport("libc", EntryPoint = "setns", SetLastError = true)]
+    [LibraryImport("libc.so.6", EntryPoint = "setns", SetLastError = true)]
     private static partial int SetNs(int fd, int nstype);
 }
