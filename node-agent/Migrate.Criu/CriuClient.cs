@@ -66,7 +66,11 @@ public sealed record CriuFeatures(bool MemoryTracking, bool LazyPages, bool Pidf
 /// <param name="Elapsed">Wall time of the whole CRIU call.</param>
 /// <param name="Statistics">CRIU's own figures, when it wrote them.</param>
 /// <param name="LogPath">CRIU's log of the operation.</param>
-public sealed record CriuDumpResult(string ImagesDirectory, TimeSpan Elapsed, CriuDumpStatistics? Statistics, string LogPath);
+public sealed record CriuDumpResult(string ImagesDirectory, TimeSpan Elapsed, CriuDumpStatistics? Statistics, string LogPath)
+{
+    /// <summary>The request went to a CRIU started ahead of the call (<see cref="CriuOptions.Service"/>).</summary>
+    public bool Prestarted { get; init; }
+}
 
 /// <summary>The outcome of a restore.</summary>
 /// <param name="Pid">Host PID of the restored tree's root task.</param>
@@ -97,6 +101,9 @@ public sealed class CriuClient
     {
         _serviceBinary = serviceBinary;
     }
+
+    /// <summary>The CRIU executable this client has libcriu start; null means <c>criu</c> on PATH.</summary>
+    public string? ServiceBinary => _serviceBinary;
 
     /// <summary>The version of the CRIU binary libcriu talks to (not of libcriu itself).</summary>
     public CriuVersion GetVersion()
@@ -254,9 +261,31 @@ public sealed class CriuClient
         var workDirectory = options.WorkDirectory ?? images;
         using var workHandle = options.WorkDirectory is null ? null : SafeDirectoryHandle.Open(workDirectory);
         var logFile = options.LogFile ?? (operation == CriuOperation.PreDump ? "pre-dump.log" : "dump.log");
-        using var lazy = options.LazyPages == true ? LazyPagesConfiguration.Create(workDirectory, options.ServiceBinary ?? _serviceBinary, forDump: true) : null;
+        bool lazyCall = options.LazyPages == true;
+        // a CRIU started ahead for a call of this kind: only the request is left to send
+        int serviceSocket = -1;
+        bool served = operation == CriuOperation.Dump && options.Service is { } service && service.LazyDump == lazyCall && service.TryTake(out serviceSocket);
+        using var lazy = lazyCall && !served ? LazyPagesConfiguration.Create(workDirectory, options.ServiceBinary ?? _serviceBinary, forDump: true) : null;
         using var handle = CreateHandle(options, lazy?.ServiceBinary);
-        Configure(handle, options, imagesHandle, workHandle, logFile);
+        try
+        {
+            Configure(handle, options, imagesHandle, workHandle, logFile);
+        }
+        catch
+        {
+            if (served)
+            {
+                _ = Interop.Libc.Close(serviceSocket);
+            }
+
+            throw;
+        }
+
+        if (served)
+        {
+            // libcriu sends the request there and closes it after the reply
+            Interop.Criu.SetServiceFd(handle, serviceSocket);
+        }
 
         var stopwatch = Stopwatch.StartNew();
         int rc = Invoke(handle, options.Notify, operation == CriuOperation.PreDump ? Interop.Criu.PreDump : Interop.Criu.Dump, out int errno);
@@ -270,7 +299,7 @@ public sealed class CriuClient
             throw new CriuException(operation, rc, errno, summary, logPath, ReadLogTail(logPath));
         }
 
-        return new CriuDumpResult(images, stopwatch.Elapsed, CriuStatisticsReader.ReadDump(images), logPath);
+        return new CriuDumpResult(images, stopwatch.Elapsed, CriuStatisticsReader.ReadDump(images), logPath) { Prestarted = served };
     }
 
     private static string RequireImagesDirectory(CriuOperation operation, CriuOptions options, bool create)

@@ -66,6 +66,13 @@ public sealed record CriuOptions
     /// <summary>The CRIU executable libcriu starts in "swrk" mode; null means <c>criu</c> on PATH.</summary>
     public string? ServiceBinary { get; init; }
 
+    /// <summary>
+    /// A CRIU process started ahead for this call (<see cref="CriuService"/>): a dump of the same kind
+    /// (lazy or not) sends its request there instead of having libcriu start CRIU. Used once; a call
+    /// that finds it used, exited or of the other kind starts CRIU as usual.
+    /// </summary>
+    public CriuService? Service { get; init; }
+
     /// <summary>The directory images are written to (dump) or read from (restore).</summary>
     public string? ImagesDirectory { get; init; }
 

@@ -55,6 +55,10 @@ internal static partial class Interop
         [LibraryImport(Libraries.Criu, EntryPoint = "criu_local_set_service_binary", StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int SetServiceBinary(SafeCriuOptionsHandle opts, string path);
 
+        /// <summary>Talk to a CRIU service already connected on <paramref name="fd"/> instead of starting one (libcriu closes it after the call).</summary>
+        [LibraryImport(Libraries.Criu, EntryPoint = "criu_local_set_service_fd")]
+        internal static partial void SetServiceFd(SafeCriuOptionsHandle opts, int fd);
+
         [LibraryImport(Libraries.Criu, EntryPoint = "criu_local_set_pid")]
         internal static partial void SetPid(SafeCriuOptionsHandle opts, int pid);
 

@@ -31,6 +31,7 @@ internal static partial class Interop
 
         internal const int AfUnix = 1;
         internal const int SockStream = 1;
+        internal const int SockSeqPacket = 5;
         internal const int SockCloExec = 0x80000;
         internal const int FGetFd = 1;
         internal const int FSetFd = 2;

@@ -327,12 +327,26 @@ public sealed partial class CheckpointEngine : IDisposable
                 MeasureSharing(record, dump);
             }
 
-            if (hold is not null)
+            FinalDumpResponse response;
+            try
             {
-                await HoldFrozenAsync(record, dump, hold);
+                // CRIU started now, while the pod still runs: in the freeze only the request is sent
+                StartCriuServices(record, dump, lazyMemory);
+                if (hold is not null)
+                {
+                    await HoldFrozenAsync(record, dump, hold);
+                }
+
+                response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump, postCopy), cancellationToken);
+            }
+            finally
+            {
+                foreach (var service in dump.Services.Values)
+                {
+                    service.Dispose();
+                }
             }
 
-            var response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump, postCopy), cancellationToken);
             record.FinalDump = JsonFormatter.Default.Format(response);
             record.PostCopy = response.Containers.Any(c => c.PagesLeftOnSource > 0);
             record.Phase = MigrationPhase.Frozen;
@@ -341,7 +355,7 @@ public sealed partial class CheckpointEngine : IDisposable
             AgentTelemetry.FrozenDuration.Record(response.FrozenMillis);
             AgentTelemetry.BytesStaged.Add((long)response.StagedBytes);
             uint capture = (uint)response.Containers.Sum(c => c.MemoryCaptureMillis), criu = (uint)response.Containers.Sum(c => c.DumpMillis) - capture;
-            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, capture, response.FilesystemMillis, response.NetworkMillis - dump.ReleaseMillis, dump.ReleaseMillis);
+            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, dump.Prestarted, response.Containers.Count, capture, response.FilesystemMillis, response.NetworkMillis - dump.ReleaseMillis, dump.ReleaseMillis);
             return response;
         }, cancellationToken);
 
@@ -410,10 +424,42 @@ public sealed partial class CheckpointEngine : IDisposable
         }
     }
 
+    /// <summary>
+    /// Per container, a CRIU process for its final dump, started before the freeze
+    /// (<see cref="AgentOptions.PrestartCriu"/>). One that cannot be started is left out: that
+    /// container's dump has libcriu start CRIU, in the freeze, as it always could.
+    /// </summary>
+    private void StartCriuServices(MigrationRecord record, FreezeProgress dump, bool lazyMemory)
+    {
+        if (!_options.PrestartCriu)
+        {
+            return;
+        }
+
+        foreach (var container in record.Containers)
+        {
+            bool lazy = lazyMemory && !CopyOnWriteSharing.KeepsSharing(dump.SharedBytes.GetValueOrDefault(container.Name));
+            try
+            {
+                dump.Services[container.Name] = CriuService.Start(_criu.ServiceBinary, lazy, record.StagingDirectory);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                LogCriuNotPrestarted(record.MigrationId, container.Name, e.Message);
+            }
+        }
+    }
+
     /// <summary>How far a final dump's freeze got: what to undo if it fails, and its figures.</summary>
     private sealed class FreezeProgress(FinalDumpResponse response)
     {
         public FinalDumpResponse Response { get; } = response;
+
+        /// <summary>Per container, the CRIU process started ahead for its dump.</summary>
+        public Dictionary<string, CriuService> Services { get; } = new(StringComparer.Ordinal);
+
+        /// <summary>How many containers' dumps went to the CRIU started ahead for them.</summary>
+        public int Prestarted { get; set; }
 
         /// <summary>Per container, the memory its processes share copy-on-write (measured before the freeze when the memory may be lazy).</summary>
         public Dictionary<string, long> SharedBytes { get; } = new(StringComparer.Ordinal);
@@ -618,8 +664,9 @@ public sealed partial class CheckpointEngine : IDisposable
                 using var span = AgentTelemetry.Source.StartActivity("criu.dump");
                 span?.SetTag("k8s.container.name", container.Name);
                 long shared = freeze.SharedBytes.GetValueOrDefault(container.Name);
-                var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared), postCopy);
+                var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared), postCopy, freeze.Services.GetValueOrDefault(container.Name));
                 File.WriteAllText(Path.Combine(dump.Directory, "descriptors.json"), JsonSerializer.Serialize(stdio, StringListJson.Default.IReadOnlyListString));
+                freeze.Prestarted += dump.Dump.Prestarted ? 1 : 0;
                 var stats = dump.Dump.Statistics;
                 response.Containers.Add(new ContainerDump
                 {
@@ -705,9 +752,9 @@ public sealed partial class CheckpointEngine : IDisposable
     /// A container's final dump: with lazy memory when asked and this node's CRIU can, else a plain
     /// one (also when the lazy dump fails: the tree is still frozen, and a plain dump restores anywhere).
     /// </summary>
-    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory, bool postCopy)
+    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory, bool postCopy, CriuService? service)
     {
-        var session = Session(record, container, running: false);
+        var session = Session(record, container, running: false, service);
         if (lazyMemory)
         {
             try
@@ -732,10 +779,12 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <param name="record">The migration.</param>
     /// <param name="container">One of its containers.</param>
     /// <param name="running">The pod runs (a pre-copy round): its writes may be tracked from now on; else only a tracker armed earlier is used.</param>
-    private PreCopySession Session(MigrationRecord record, ContainerRecord container, bool running)
+    /// <param name="service">A CRIU started ahead for the final dump, if any.</param>
+    private PreCopySession Session(MigrationRecord record, ContainerRecord container, bool running, CriuService? service = null)
     {
         var options = new CriuOptions
         {
+            Service = service,
             Pid = container.Pid,
             ImagesDirectory = Path.Combine(record.StagingDirectory, StagingLayout.ContainerImages(container.Name)),
             // debug lines grow with the memory and are written in the freeze: only when asked for
@@ -1139,8 +1188,11 @@ public sealed partial class CheckpointEngine : IDisposable
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the processes of container {Container} share {MiB} MiB copy-on-write, which a lazy restore would give each of them again; its memory is restored in full, which keeps it shared")]
     private partial void LogKeepsSharing(string migration, string container, long mib);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms and memory capture {Capture} ms; file systems {Filesystem} ms; network lock {Lock} ms before the freeze, address release {Release} ms)")]
-    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, uint capture, uint filesystem, uint @lock, uint release);
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: CRIU could not be started ahead for container {Container}'s final dump ({Reason}); libcriu starts it in the freeze instead")]
+    private partial void LogCriuNotPrestarted(string migration, string container, string reason);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms; file systems {Filesystem} ms; network lock {Lock} ms before the freeze, address release {Release} ms)")]
+    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, int ahead, int containers, uint capture, uint filesystem, uint @lock, uint release);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);
