@@ -148,19 +148,7 @@ public sealed class CriuService : IDisposable
     }
 
     /// <summary>Whether CRIU's process is alive (neither gone nor a zombie waiting to be reaped).</summary>
-    private bool Running()
-    {
-        try
-        {
-            var stat = File.ReadAllText($"/proc/{Pid}/stat");
-            int end = stat.LastIndexOf(')');
-            return end > 0 && end + 2 < stat.Length && stat[end + 2] is not ('Z' or 'X');
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return false;
-        }
-    }
+    private bool Running() => ProcessStat.Fields(Pid) is [var state, ..] && state is not ("Z" or "X");
 
     /// <summary>Waits for CRIU to exit (it does once its socket is closed), killing it if it has not within <see cref="ExitWait"/>.</summary>
     private static async Task Reap(int pid)

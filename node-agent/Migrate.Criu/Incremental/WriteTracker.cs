@@ -308,18 +308,6 @@ public sealed class WriteTracker : IDisposable
         public void Dispose() => _uffd.Dispose();
 
         /// <summary>Field 22 of /proc/PID/stat (start time in clock ticks), which tells a process from a later one with the same PID.</summary>
-        private static string? StartTime(int pid)
-        {
-            try
-            {
-                var stat = File.ReadAllText($"/proc/{pid}/stat");
-                var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-                return fields.Length > 19 ? fields[19] : null;
-            }
-            catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or IOException)
-            {
-                return null;
-            }
-        }
+        private static string? StartTime(int pid) => ProcessStat.Fields(pid) is { Length: > 19 } fields ? fields[19] : null;
     }
 }
