@@ -20,43 +20,60 @@ internal static class CriuImageFile
 
     public static (uint Magic, List<byte[]> Records) Read(string path)
     {
-        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-        Span<byte> word = stackalloc byte[4];
-        if (!TryReadExactly(stream, word))
+        var (magic, data, records) = ReadWhole(path);
+        return (magic, records.Select(r => data[r.Offset..(r.Offset + r.Length)]).ToList());
+    }
+
+    /// <summary>
+    /// The file read whole, with where each record lies in it: no copy of each record, for images of
+    /// hundreds of thousands of them (the pagemaps of a pod that wrote its memory a page here and there).
+    /// </summary>
+    public static (uint Magic, byte[] Data, List<(int Offset, int Length)> Records) ReadWhole(string path)
+    {
+        var data = File.ReadAllBytes(path);
+        if (data.Length == 0)
         {
             throw new InvalidDataException($"{path}: empty image file");
         }
 
-        uint magic = BinaryPrimitives.ReadUInt32LittleEndian(word);
+        int at = 0;
+        uint magic = Word(data, ref at, path, "image header");
         if (magic is CommonMagic or ServiceMagic)
         {
-            if (!TryReadExactly(stream, word))
-            {
-                throw new InvalidDataException($"{path}: truncated image header");
-            }
-
-            magic = BinaryPrimitives.ReadUInt32LittleEndian(word);
+            magic = Word(data, ref at, path, "image header");
         }
 
-        var records = new List<byte[]>();
-        while (TryReadExactly(stream, word))
+        var records = new List<(int, int)>();
+        while (at < data.Length)
         {
-            int length = BinaryPrimitives.ReadInt32LittleEndian(word);
+            int length = (int)Word(data, ref at, path, "record length");
             if (length < 0 || length > MaxRecordBytes)
             {
-                throw new InvalidDataException($"{path}: record of {length} bytes at offset {stream.Position - 4} is out of range");
+                throw new InvalidDataException($"{path}: record of {length} bytes at offset {at - 4} is out of range");
             }
 
-            var record = new byte[length];
-            if (!TryReadExactly(stream, record))
+            if (length > data.Length - at)
             {
-                throw new InvalidDataException($"{path}: truncated record at offset {stream.Position}");
+                throw new InvalidDataException($"{path}: truncated record at offset {at} ({length} bytes, {data.Length - at} left)");
             }
 
-            records.Add(record);
+            records.Add((at, length));
+            at += length;
         }
 
-        return (magic, records);
+        return (magic, data, records);
+    }
+
+    private static uint Word(byte[] data, ref int at, string path, string what)
+    {
+        if (data.Length - at < 4)
+        {
+            throw new InvalidDataException($"{path}: truncated {what} at offset {at}");
+        }
+
+        uint word = BinaryPrimitives.ReadUInt32LittleEndian(data.AsSpan(at));
+        at += 4;
+        return word;
     }
 
     public static void Write(string path, uint outerMagic, uint magic, IEnumerable<IMessage> records)
@@ -74,16 +91,5 @@ internal static class CriuImageFile
             stream.Write(word);
             stream.Write(bytes);
         }
-    }
-
-    private static bool TryReadExactly(Stream stream, Span<byte> buffer)
-    {
-        int read = stream.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false);
-        if (read == 0)
-        {
-            return false;
-        }
-
-        return read == buffer.Length ? true : throw new InvalidDataException("truncated CRIU image");
     }
 }

@@ -58,21 +58,23 @@ public sealed record CriuPagemap(int Id, uint PagesId, IReadOnlyList<PagemapEntr
     public ulong ParentPages => Entries.Where(e => e.IsInParent).Aggregate(0UL, (sum, e) => sum + e.PageCount);
 
     /// <summary>Reads the pagemaps of every task in an image directory (shared-memory pagemaps excluded).</summary>
-    public static IReadOnlyList<CriuPagemap> ReadAll(string imagesDirectory)
+    public static IReadOnlyList<CriuPagemap> ReadAll(string imagesDirectory) => [.. Ids(imagesDirectory).Select(id => Read(imagesDirectory, id))];
+
+    /// <summary>The tasks an image directory has pagemaps of, in order (shared-memory pagemaps excluded), from the files' names.</summary>
+    public static IReadOnlyList<int> Ids(string imagesDirectory)
     {
-        var result = new List<CriuPagemap>();
+        var ids = new List<int>();
         foreach (var path in Directory.EnumerateFiles(imagesDirectory, FilePrefix + "*" + FileSuffix))
         {
             var name = Path.GetFileName(path);
-            var idText = name[FilePrefix.Length..^FileSuffix.Length];
-            if (int.TryParse(idText, out int id))
+            if (int.TryParse(name[FilePrefix.Length..^FileSuffix.Length], out int id))
             {
-                result.Add(Read(imagesDirectory, id));
+                ids.Add(id);
             }
         }
 
-        result.Sort((a, b) => a.Id.CompareTo(b.Id));
-        return result;
+        ids.Sort();
+        return ids;
     }
 
     /// <summary>Reads <c>pagemap-&lt;id&gt;.img</c> from an image directory, or returns null if there is none.</summary>
@@ -82,32 +84,24 @@ public sealed record CriuPagemap(int Id, uint PagesId, IReadOnlyList<PagemapEntr
     public static CriuPagemap Read(string imagesDirectory, int id)
     {
         var path = Path.Combine(imagesDirectory, FileName(id));
-        var (magic, records) = CriuImageFile.Read(path);
+        var (magic, data, records) = CriuImageFile.ReadWhole(path);
         if (magic != CriuImageFile.PagemapMagic || records.Count == 0)
         {
             throw new InvalidDataException($"{path} is not a CRIU pagemap image (magic 0x{magic:x8})");
         }
 
-        var head = PagemapHead.Parser.ParseFrom(records[0]);
-        var entries = new List<PagemapEntry>(records.Count - 1);
+        // decoded here rather than by the generated parser: a pagemap of scattered writes has hundreds
+        // of thousands of entries, and a message object per entry made reading one take a second
+        var (head, _) = records[0];
+        uint pagesId = (uint)PagemapWire.Field(data.AsSpan(head, records[0].Length), PagemapWire.PagesIdField, path, 0);
+        var entries = new PagemapEntry[records.Count - 1];
         for (int i = 1; i < records.Count; i++)
         {
-            var raw = Proto.PagemapEntry.Parser.ParseFrom(records[i]);
-            // Images written before the flags field mark parent pages with in_parent and imply present.
-            var flags = raw.HasFlags ? (PagemapFlags)raw.Flags
-                : raw.HasInParent && raw.InParent ? PagemapFlags.Parent
-                : PagemapFlags.Present;
-            // CRIU 4.2 counts pages in nr_pages (64 bits) and leaves compat_nr_pages 0; earlier releases only have compat_nr_pages
-            ulong count = raw.HasNrPages ? raw.NrPages : raw.CompatNrPages;
-            if (count > uint.MaxValue)
-            {
-                throw new InvalidDataException($"{path}: entry {i} at 0x{raw.Vaddr:x} claims {count} pages");
-            }
-
-            entries.Add(new PagemapEntry(raw.Vaddr, (uint)count, flags));
+            var (offset, length) = records[i];
+            entries[i - 1] = PagemapWire.Entry(data.AsSpan(offset, length), path, i);
         }
 
-        return new CriuPagemap(id, head.PagesId, entries);
+        return new CriuPagemap(id, pagesId, entries);
     }
 
     /// <summary>Writes this pagemap as <c>pagemap-&lt;Id&gt;.img</c> into a directory.</summary>
@@ -122,4 +116,129 @@ public sealed record CriuPagemap(int Id, uint PagesId, IReadOnlyList<PagemapEntr
 
         CriuImageFile.Write(Path.Combine(imagesDirectory, FileName(Id)), CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic, records);
     }
+}
+
+/// <summary>
+/// CRIU's pagemap records in protobuf's wire format, decoded by hand (images/pagemap.proto:
+/// pagemap_head { pages_id = 1 }, pagemap_entry { vaddr = 1, compat_nr_pages = 2, in_parent = 3,
+/// flags = 4, nr_pages = 5 }, all varints); fields of other numbers are skipped, as a protobuf
+/// parser skips fields it does not know.
+/// </summary>
+internal static class PagemapWire
+{
+    public const int PagesIdField = 1;
+    private const int VaddrField = 1;
+    private const int CompatNrPagesField = 2;
+    private const int InParentField = 3;
+    private const int FlagsField = 4;
+    private const int NrPagesField = 5;
+
+    /// <summary>One pagemap entry: flags when given (images before them mark parent pages with in_parent and imply present), the page count from nr_pages when given (CRIU 4.2), else from compat_nr_pages.</summary>
+    public static PagemapEntry Entry(ReadOnlySpan<byte> record, string path, int index)
+    {
+        ulong vaddr = 0, compat = 0, nrPages = 0, flags = 0;
+        bool inParent = false, hasFlags = false, hasNrPages = false;
+        int at = 0;
+        while (at < record.Length)
+        {
+            var (field, wire) = Tag(record, ref at, path, index);
+            if (wire != 0)
+            {
+                Skip(record, ref at, wire, path, index);
+                continue;
+            }
+
+            ulong value = Varint(record, ref at, path, index);
+            switch (field)
+            {
+                case VaddrField: vaddr = value; break;
+                case CompatNrPagesField: compat = (uint)value; break;
+                case InParentField: inParent = value != 0; break;
+                case FlagsField: flags = (uint)value; hasFlags = true; break;
+                case NrPagesField: nrPages = value; hasNrPages = true; break;
+                default: break;
+            }
+        }
+
+        var kind = hasFlags ? (PagemapFlags)flags : inParent ? PagemapFlags.Parent : PagemapFlags.Present;
+        ulong count = hasNrPages ? nrPages : compat;
+        if (count > uint.MaxValue)
+        {
+            throw new InvalidDataException($"{path}: entry {index} at 0x{vaddr:x} claims {count} pages");
+        }
+
+        return new PagemapEntry(vaddr, (uint)count, kind);
+    }
+
+    /// <summary>The varint field <paramref name="wanted"/> of a record (0 when absent).</summary>
+    public static ulong Field(ReadOnlySpan<byte> record, int wanted, string path, int index)
+    {
+        ulong found = 0;
+        int at = 0;
+        while (at < record.Length)
+        {
+            var (field, wire) = Tag(record, ref at, path, index);
+            if (wire != 0)
+            {
+                Skip(record, ref at, wire, path, index);
+            }
+            else if (field == wanted)
+            {
+                found = Varint(record, ref at, path, index);
+            }
+            else
+            {
+                Varint(record, ref at, path, index);
+            }
+        }
+
+        return found;
+    }
+
+    private static (int Field, int Wire) Tag(ReadOnlySpan<byte> record, ref int at, string path, int index)
+    {
+        ulong tag = Varint(record, ref at, path, index);
+        int field = (int)(tag >> 3);
+        return field > 0 && tag >> 3 <= int.MaxValue ? (field, (int)(tag & 7)) : throw Malformed(path, index, $"field number {tag >> 3}");
+    }
+
+    private static ulong Varint(ReadOnlySpan<byte> record, ref int at, string path, int index)
+    {
+        ulong value = 0;
+        for (int shift = 0; shift < 64; shift += 7)
+        {
+            if (at >= record.Length)
+            {
+                throw Malformed(path, index, "a varint cut short");
+            }
+
+            byte b = record[at++];
+            value |= (ulong)(b & 0x7f) << shift;
+            if (b < 0x80)
+            {
+                return value;
+            }
+        }
+
+        throw Malformed(path, index, "a varint longer than 10 bytes");
+    }
+
+    private static void Skip(ReadOnlySpan<byte> record, ref int at, int wire, string path, int index)
+    {
+        long size = wire switch
+        {
+            1 => 8,
+            2 => (long)Varint(record, ref at, path, index),
+            5 => 4,
+            _ => throw Malformed(path, index, $"wire type {wire}"),
+        };
+        if (size < 0 || size > record.Length - at)
+        {
+            throw Malformed(path, index, "a field running past its record");
+        }
+
+        at += (int)size;
+    }
+
+    private static InvalidDataException Malformed(string path, int index, string what) => new($"{path}: record {index} is not a pagemap record ({what})");
 }

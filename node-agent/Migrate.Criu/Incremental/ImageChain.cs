@@ -126,9 +126,9 @@ internal sealed class ImageChain : IDisposable
     /// even after its files were unlinked.</summary>
     public void OpenAll()
     {
-        foreach (var map in CriuPagemap.ReadAll(_directory))
+        foreach (var id in CriuPagemap.Ids(_directory))
         {
-            GetTask(map.Id);
+            GetTask(id);
         }
 
         _parent?.OpenAll();
@@ -313,6 +313,10 @@ internal sealed class ImageChain : IDisposable
         /// <summary>Index of the entry covering <paramref name="address"/>, or -1. Entries are sorted.</summary>
         public int Find(ulong address) => AddressRuns.IndexOf(Entries, address);
     }
+
+    /// <summary>The pagemaps of every task in an image directory, each parsed once per process (see <see cref="ParsedPagemaps"/>).</summary>
+    public static IReadOnlyList<CriuPagemap> Pagemaps(string directory) =>
+        [.. CriuPagemap.Ids(directory).Select(id => ParsedPagemaps.TryRead(directory, id)).OfType<CriuPagemap>()];
 
     /// <summary>The pagemap file at <paramref name="path"/>, just written from <paramref name="map"/>: a chain opened over its set later takes it as it is.</summary>
     public static void Remember(string path, CriuPagemap map)

@@ -1,5 +1,6 @@
 using Microsoft.Win32.SafeHandles;
 using Migrate.Criu.Images;
+using Migrate.Criu.Incremental;
 
 namespace Migrate.Criu.Lazy;
 
@@ -89,7 +90,7 @@ public sealed class SourcePages : IDisposable
 
     /// <summary>By task, the runs of pages the image set in <paramref name="memoryDirectory"/> lists as left on the source (none: empty).</summary>
     public static Dictionary<int, PagemapEntry[]> LeftIn(string memoryDirectory) =>
-        CriuPagemap.ReadAll(memoryDirectory)
+        ImageChain.Pagemaps(memoryDirectory)
             .Select(m => (m.Id, Runs: m.Entries.Where(e => e.IsLeftLazy).ToArray()))
             .Where(t => t.Runs.Length > 0)
             .ToDictionary(t => t.Id, t => t.Runs);
