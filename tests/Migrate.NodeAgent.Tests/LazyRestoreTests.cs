@@ -595,6 +595,47 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task The_memory_filler_streams_the_pages_left_on_the_source_only_once_the_restore_finished()
+    {
+        var directory = Directory.CreateTempSubdirectory("migrate-filler-stream-").FullName;
+        try
+        {
+            var set = Path.Combine(directory, "memory");
+            Directory.CreateDirectory(set);
+            File.WriteAllBytes(Path.Combine(set, CriuPagemap.PagesFileName(1)), []);
+            new CriuPagemap(1, 1, [new PagemapEntry(0x11000, 2, PagemapFlags.Lazy)]).Write(set);
+            using var filler = new MemoryFiller(set, set, new FakeSource(9));
+            using var opened = new ManualResetEventSlim();
+            filler.StartPrefetch(() =>
+            {
+                opened.Set();
+                return new InProcessPipeline(new FakeSource(9));
+            });
+            using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            var path = Path.Combine(directory, LazyPagesDaemon.SocketName);
+            UnixSocketPath.Use(path, p => listener.Bind(new UnixDomainSocketEndPoint(p)));
+            listener.Listen(1);
+            var filling = Task.Run(() => filler.Run(listener));
+            using var restore = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            UnixSocketPath.Use(path, p => restore.Connect(new UnixDomainSocketEndPoint(p)));
+
+            // while CRIU restores, the restorer's faults fetch what they touch; nothing else competes with them
+            Assert.False(opened.Wait(TimeSpan.FromMilliseconds(500)), "the stream from the source was opened while the restore was still going on");
+            var finished = new byte[4];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(finished, MemoryFiller.RestoreFinished);
+            restore.Send(finished);
+
+            Assert.True(opened.Wait(TimeSpan.FromSeconds(10)), "the stream from the source was not opened once the restore finished");
+            var report = await filling.WaitAsync(TimeSpan.FromSeconds(10));
+            Assert.Equal(0, report.Faults);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
     public void The_frozen_source_gives_only_the_pages_it_left_and_says_which_were_asked()
     {
         using var tree = IsolatedProcessTree.Start(Memcounter.Command(8, Seed, dirtyPercentPerSecond: 0));

@@ -292,7 +292,7 @@ public sealed record LazyRestoreHelpers(int DaemonPid, int PageServerPid, string
             using var filler = new MemoryFiller(images, memory, source) { BytesPerSecond = PagesBytesPerSecond() };
             if (source is not null)
             {
-                // a second connection streams everything in order from now on; faults fetch on the first
+                // a second connection streams everything in order once the restore finished; faults fetch on the first
                 filler.StartPrefetch(() => new RemotePageClient(arguments[4], arguments[5], RemotePagesKind.Stream));
             }
 
