@@ -49,6 +49,36 @@ public sealed class PagemapWireTests : IDisposable
         Assert.Equal(new PagemapEntry(address, pages, expected), PagemapWire.Entry(written.ToByteArray(), "pagemap-1.img", 1));
     }
 
+    [Theory]
+    [InlineData(0x1000UL, 1u, PagemapFlags.Present)]
+    [InlineData(0x7ffd9b440000UL, 16u, PagemapFlags.Parent)]
+    [InlineData(0UL, 0u, PagemapFlags.None)]
+    [InlineData(ulong.MaxValue, uint.MaxValue, PagemapFlags.Lazy | PagemapFlags.Present | PagemapFlags.Parent)]
+    [InlineData(0x80UL, 0x80u, PagemapFlags.Lazy)]
+    public void An_entry_is_encoded_byte_for_byte_as_the_generated_code_encodes_it(ulong address, uint pages, PagemapFlags flags)
+    {
+        var generated = new Images.Proto.PagemapEntry { Vaddr = address, CompatNrPages = pages, NrPages = pages, Flags = (uint)flags }.ToByteArray();
+        var record = new byte[PagemapWire.MaxEntryBytes];
+
+        int length = PagemapWire.EncodeEntry(new PagemapEntry(address, pages, flags), record);
+
+        Assert.Equal(generated, record[..length]);
+        Assert.Equal(new Images.Proto.PagemapHead { PagesId = uint.MaxValue }.ToByteArray(), record[..PagemapWire.EncodeHead(uint.MaxValue, record)]);
+    }
+
+    [Fact]
+    public void A_pagemap_written_by_hand_is_the_file_the_generated_code_writes()
+    {
+        var entries = new[] { new PagemapEntry(0x1000, 3, PagemapFlags.Present), new PagemapEntry(0x4000, 1, PagemapFlags.Parent), new PagemapEntry(0x9000, 300, PagemapFlags.Lazy) };
+        var generated = Path.Combine(_root, "generated.img");
+        CriuImageFile.Write(generated, CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic,
+            [new Images.Proto.PagemapHead { PagesId = 9 }, .. entries.Select(e => new Images.Proto.PagemapEntry { Vaddr = e.Address, CompatNrPages = e.PageCount, NrPages = e.PageCount, Flags = (uint)e.Flags })]);
+
+        new CriuPagemap(5, 9, entries).Write(_root);
+
+        Assert.Equal(File.ReadAllBytes(generated), File.ReadAllBytes(Path.Combine(_root, CriuPagemap.FileName(5))));
+    }
+
     [Fact]
     public void Fields_it_does_not_know_of_any_wire_type_are_skipped()
     {

@@ -78,18 +78,30 @@ internal static class CriuImageFile
 
     public static void Write(string path, uint outerMagic, uint magic, IEnumerable<IMessage> records)
     {
-        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
-        Span<byte> word = stackalloc byte[4];
-        BinaryPrimitives.WriteUInt32LittleEndian(word, outerMagic);
-        stream.Write(word);
-        BinaryPrimitives.WriteUInt32LittleEndian(word, magic);
-        stream.Write(word);
+        using var stream = Create(path, outerMagic, magic);
         foreach (var record in records)
         {
-            var bytes = record.ToByteArray();
-            BinaryPrimitives.WriteInt32LittleEndian(word, bytes.Length);
-            stream.Write(word);
-            stream.Write(bytes);
+            WriteRecord(stream, record.ToByteArray());
         }
+    }
+
+    /// <summary>A new image file with its magics written; the caller writes its records (<see cref="WriteRecord"/>).</summary>
+    public static FileStream Create(string path, uint outerMagic, uint magic)
+    {
+        var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
+        Span<byte> words = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt32LittleEndian(words, outerMagic);
+        BinaryPrimitives.WriteUInt32LittleEndian(words[4..], magic);
+        stream.Write(words);
+        return stream;
+    }
+
+    /// <summary>One record: its length, then its bytes.</summary>
+    public static void WriteRecord(Stream stream, ReadOnlySpan<byte> record)
+    {
+        Span<byte> word = stackalloc byte[4];
+        BinaryPrimitives.WriteInt32LittleEndian(word, record.Length);
+        stream.Write(word);
+        stream.Write(record);
     }
 }

@@ -1,5 +1,3 @@
-using Migrate.Criu.Images.Proto;
-
 namespace Migrate.Criu.Images;
 
 /// <summary>Flags of a pagemap entry (CRIU's PE_* constants).</summary>
@@ -104,17 +102,21 @@ public sealed record CriuPagemap(int Id, uint PagesId, IReadOnlyList<PagemapEntr
         return new CriuPagemap(id, pagesId, entries);
     }
 
-    /// <summary>Writes this pagemap as <c>pagemap-&lt;Id&gt;.img</c> into a directory.</summary>
+    /// <summary>
+    /// Writes this pagemap as <c>pagemap-&lt;Id&gt;.img</c> into a directory, each entry with both
+    /// counts (CRIU 4.2 reads nr_pages, 4.1 reads compat_nr_pages and skips the field it does not
+    /// know), encoded by hand as the generated code would (see <see cref="PagemapWire"/>): a final
+    /// dump writes its pagemap while the pod is frozen.
+    /// </summary>
     public void Write(string imagesDirectory)
     {
-        var records = new List<Google.Protobuf.IMessage>(Entries.Count + 1) { new PagemapHead { PagesId = PagesId } };
-        foreach (var e in Entries)
+        using var stream = CriuImageFile.Create(Path.Combine(imagesDirectory, FileName(Id)), CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic);
+        Span<byte> record = stackalloc byte[PagemapWire.MaxEntryBytes];
+        CriuImageFile.WriteRecord(stream, record[..PagemapWire.EncodeHead(PagesId, record)]);
+        foreach (var entry in Entries)
         {
-            // both counts: CRIU 4.2 reads nr_pages, 4.1 reads compat_nr_pages (and skips the field it does not know)
-            records.Add(new Proto.PagemapEntry { Vaddr = e.Address, CompatNrPages = e.PageCount, NrPages = e.PageCount, Flags = (uint)e.Flags });
+            CriuImageFile.WriteRecord(stream, record[..PagemapWire.EncodeEntry(entry, record)]);
         }
-
-        CriuImageFile.Write(Path.Combine(imagesDirectory, FileName(Id)), CriuImageFile.CommonMagic, CriuImageFile.PagemapMagic, records);
     }
 }
 
@@ -168,6 +170,40 @@ internal static class PagemapWire
         }
 
         return new PagemapEntry(vaddr, (uint)count, kind);
+    }
+
+    /// <summary>The most bytes an encoded entry takes: four tags and four varints.</summary>
+    public const int MaxEntryBytes = 4 + 10 + 5 + 5 + 10;
+
+    /// <summary>pagemap_head { pages_id } into <paramref name="destination"/>; returns its length.</summary>
+    public static int EncodeHead(uint pagesId, Span<byte> destination)
+    {
+        int at = 0;
+        Put(destination, ref at, PagesIdField, pagesId);
+        return at;
+    }
+
+    /// <summary>An entry with vaddr, compat_nr_pages, flags and nr_pages, in field order, into <paramref name="destination"/>; returns its length.</summary>
+    public static int EncodeEntry(PagemapEntry entry, Span<byte> destination)
+    {
+        int at = 0;
+        Put(destination, ref at, VaddrField, entry.Address);
+        Put(destination, ref at, CompatNrPagesField, entry.PageCount);
+        Put(destination, ref at, FlagsField, (uint)entry.Flags);
+        Put(destination, ref at, NrPagesField, entry.PageCount);
+        return at;
+    }
+
+    private static void Put(Span<byte> destination, ref int at, int field, ulong value)
+    {
+        destination[at++] = (byte)(field << 3);
+        while (value >= 0x80)
+        {
+            destination[at++] = (byte)(value | 0x80);
+            value >>= 7;
+        }
+
+        destination[at++] = (byte)value;
     }
 
     /// <summary>The varint field <paramref name="wanted"/> of a record (0 when absent).</summary>
