@@ -90,8 +90,8 @@ public sealed record CriuPagemap(int Id, uint PagesId, IReadOnlyList<PagemapEntr
 
         // decoded here rather than by the generated parser: a pagemap of scattered writes has hundreds
         // of thousands of entries, and a message object per entry made reading one take a second
-        var (head, _) = records[0];
-        uint pagesId = (uint)PagemapWire.Field(data.AsSpan(head, records[0].Length), PagemapWire.PagesIdField, path, 0);
+        var (headAt, headLength) = records[0];
+        uint pagesId = (uint)PagemapWire.Field(data.AsSpan(headAt, headLength), PagemapWire.PagesIdField, path, 0);
         var entries = new PagemapEntry[records.Count - 1];
         for (int i = 1; i < records.Count; i++)
         {
@@ -143,14 +143,11 @@ internal static class PagemapWire
         int at = 0;
         while (at < record.Length)
         {
-            var (field, wire) = Tag(record, ref at, path, index);
-            if (wire != 0)
+            if (!NextVarint(record, ref at, path, index, out int field, out ulong value))
             {
-                Skip(record, ref at, wire, path, index);
                 continue;
             }
 
-            ulong value = Varint(record, ref at, path, index);
             switch (field)
             {
                 case VaddrField: vaddr = value; break;
@@ -213,29 +210,31 @@ internal static class PagemapWire
         int at = 0;
         while (at < record.Length)
         {
-            var (field, wire) = Tag(record, ref at, path, index);
-            if (wire != 0)
+            if (NextVarint(record, ref at, path, index, out int field, out ulong value) && field == wanted)
             {
-                Skip(record, ref at, wire, path, index);
-            }
-            else if (field == wanted)
-            {
-                found = Varint(record, ref at, path, index);
-            }
-            else
-            {
-                Varint(record, ref at, path, index);
+                found = value;
             }
         }
 
         return found;
     }
 
-    private static (int Field, int Wire) Tag(ReadOnlySpan<byte> record, ref int at, string path, int index)
+    /// <summary>Reads the field at <paramref name="at"/>: true with its number and value when it is a varint; false when it was of another wire type, skipped.</summary>
+    private static bool NextVarint(ReadOnlySpan<byte> record, ref int at, string path, int index, out int field, out ulong value)
     {
         ulong tag = Varint(record, ref at, path, index);
-        int field = (int)(tag >> 3);
-        return field > 0 && tag >> 3 <= int.MaxValue ? (field, (int)(tag & 7)) : throw Malformed(path, index, $"field number {tag >> 3}");
+        ulong number = tag >> 3;
+        field = number is > 0 and <= int.MaxValue ? (int)number : throw Malformed(path, index, $"field number {number}");
+        int wire = (int)(tag & 7);
+        if (wire != 0)
+        {
+            Skip(record, ref at, wire, path, index);
+            value = 0;
+            return false;
+        }
+
+        value = Varint(record, ref at, path, index);
+        return true;
     }
 
     private static ulong Varint(ReadOnlySpan<byte> record, ref int at, string path, int index)
