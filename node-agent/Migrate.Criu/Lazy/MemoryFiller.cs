@@ -34,7 +34,7 @@ public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, Ti
 /// daemon fills 64 KiB after each fault, one request at a time, so a process writing its memory
 /// while it fills made the fill 2-3 times as slow as when it was idle).
 /// Pages a post-copy (or hybrid) dump left on the source come through this node's agent
-/// (<see cref="SourcePages"/>): streamed in the background from the start, and fetched at once when
+/// (<see cref="SourcePages"/>): streamed in the background once the restore finished, and fetched at once when
 /// a process touches one first. Reading them is in the reading time.
 /// </summary>
 public sealed unsafe class MemoryFiller : IDisposable
