@@ -44,7 +44,12 @@ public sealed record CriuJoinedNamespace(string Namespace, string NamespaceFile,
 /// <summary>A notification CRIU sends at a point of a dump or restore (CRIU's action-script hooks).</summary>
 /// <param name="Action">The hook name, e.g. <c>pre-dump</c>, <c>post-dump</c>, <c>setup-namespaces</c>, <c>post-restore</c>.</param>
 /// <param name="Pid">The root task's PID when CRIU reports one, otherwise 0.</param>
-public sealed record CriuNotification(string Action, int Pid);
+public sealed record CriuNotification(string Action, int Pid)
+{
+    /// <summary>Both handlers, <paramref name="first"/> first; the second only when the first lets the operation go on.</summary>
+    public static Func<CriuNotification, bool> Then(Func<CriuNotification, bool> first, Func<CriuNotification, bool>? second) =>
+        second is null ? first : n => first(n) && second(n);
+}
 
 /// <summary>
 /// Everything one CRIU operation needs: an immutable description, turned into a libcriu options

@@ -82,6 +82,34 @@ public sealed class CriuClientTests(ITestOutputHelper output)
                          $"restore {restore.Elapsed.TotalMilliseconds:0} ms, images {imageBytes / 1048576.0:0.0} MiB");
     }
 
+    [Theory]
+    [InlineData(true, null, true, "second absent: the first decides")]
+    [InlineData(false, null, false, "second absent: the first decides")]
+    [InlineData(true, true, true, "both let it go on")]
+    [InlineData(true, false, false, "the second refuses")]
+    [InlineData(false, true, false, "the first refuses, the second is not asked")]
+    public void Two_notification_handlers_run_in_order_and_either_may_refuse(bool first, bool? second, bool expected, string why)
+    {
+        var calls = new List<string>();
+        var handler = CriuNotification.Then(
+            n =>
+            {
+                calls.Add("first " + n.Action);
+                return first;
+            },
+            second is { } answer
+                ? n =>
+                {
+                    calls.Add("second " + n.Action);
+                    return answer;
+                }
+                : null);
+
+        Assert.True(expected == handler(new CriuNotification("post-dump", 7)), why);
+        string[] wanted = first && second is not null ? ["first post-dump", "second post-dump"] : ["first post-dump"];
+        Assert.Equal(wanted, calls);
+    }
+
     [Fact]
     public void Notifications_reach_the_handler_and_refusing_one_aborts_the_dump_with_the_tree_running()
     {

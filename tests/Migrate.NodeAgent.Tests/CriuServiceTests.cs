@@ -68,6 +68,10 @@ public sealed class CriuServiceTests(ITestOutputHelper output)
         var final = session.DumpLazy();
 
         Assert.True(final.Dump.Prestarted, "the lazy dump's request went to the CRIU started ahead");
+        output.WriteLine($"CRIU {final.Dump.Elapsed.TotalMilliseconds:0} ms, capture {final.DeduplicationTime.TotalMilliseconds:0} ms, " +
+                         $"{final.CaptureOverlap.TotalMilliseconds:0.0} ms of it before CRIU returned; {final.Elapsed.TotalMilliseconds:0} ms in all");
+        Assert.True(final.CaptureOverlap > TimeSpan.Zero, "the capture begins at CRIU's post-dump notification, while CRIU still finishes");
+        Assert.True(final.Elapsed < final.Dump.Elapsed + final.DeduplicationTime, "the dump's wall time counts the overlap once");
         Assert.True(cgroup.Freezer.IsFrozen, "the tree stays frozen through the dump");
         var maps = CriuPagemap.ReadAll(final.Directory);
         ulong written = maps.Aggregate(0UL, (s, m) => s + m.PresentPages);
@@ -79,6 +83,47 @@ public sealed class CriuServiceTests(ITestOutputHelper output)
         Assert.False(File.Exists(config), "the configuration goes with the service");
         Assert.True(WaitGone(service.Pid), $"CRIU's process {service.Pid} is gone (reaped) after its call");
         cgroup.KillFrozenTree(tree.RootPid);
+    }
+
+    [Fact]
+    public void A_lazy_dump_that_fails_after_its_capture_began_reports_the_failure_once_the_capture_is_done_and_a_plain_dump_follows()
+    {
+        Prerequisites.RequireRoot();
+        const int mib = 16;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, dirtyPercentPerSecond: 10));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var cgroup = TestFreezer.Create(tree);
+        var images = Path.Combine(tree.Directory, "images");
+        var refused = new List<string>();
+        var session = new PreCopySession(_criu, new CriuOptions
+        {
+            Pid = tree.RootPid,
+            ImagesDirectory = images,
+            LeaveRunning = true,
+            FreezeCgroup = cgroup.Freezer.Directory,
+            // the caller's own handler refuses the end of the dump: CRIU fails it after every image was written
+            Notify = n =>
+            {
+                refused.Add(n.Action);
+                return n.Action != PreCopySession.PostDumpAction;
+            },
+        });
+        cgroup.Freezer.Freeze();
+        long frozenAt = tree.ReadTicks()[^1].Tick;
+
+        var error = Assert.Throws<CriuException>(() => session.DumpLazy());
+
+        output.WriteLine(error.Message);
+        Assert.Contains(PreCopySession.PostDumpAction, refused);
+        Assert.True(cgroup.Freezer.IsFrozen, "the tree stays frozen after the failed dump");
+        // the capture begun at post-dump had ended before the failure was thrown: its set is whole
+        var memory = CriuPagemap.ReadAll(Path.Combine(images, PreCopySession.MemoryDirectoryName));
+        Assert.True(memory.Sum(m => (long)m.PresentPages) >= mib * 256L, $"the capture read the {mib} MiB buffer before the failure was reported");
+
+        var plain = new PreCopySession(_criu, new CriuOptions { Pid = tree.RootPid, ImagesDirectory = images, LeaveRunning = true, FreezeCgroup = cgroup.Freezer.Directory }).Dump();
+        Assert.True(plain.PagesWritten >= mib * 256UL, $"the plain dump after it holds the buffer: {plain.PagesWritten} pages");
+        cgroup.Freezer.Thaw();
+        tree.WaitForTick(t => t.Tick >= frozenAt + 2, TickTimeout, "the counter going on after the thaw");
     }
 
     [Fact]

@@ -43,10 +43,14 @@ public sealed record PreCopyRound(int Number, string Directory, PreCopyMethod Me
 /// <param name="Tracked">True when a write-tracking scan decided which of the lazy pages to read.</param>
 /// <param name="PagesRead">A lazy dump: pages read from the frozen processes (fewer than all when tracked).</param>
 /// <param name="PagesRemote">A post-copy dump: pages left on the source, fetched from the frozen processes after the restore.</param>
+/// <param name="CaptureOverlap">A lazy dump: the part of <paramref name="DeduplicationTime"/> (the memory capture) that ran while CRIU was still finishing its dump.</param>
 public sealed record PreCopyFinalDump(string Directory, PreCopyMethod Method, CriuDumpResult Dump, ulong PagesWritten, ulong PagesInParent, TimeSpan DeduplicationTime, string? MemoryDirectory = null, bool Tracked = false, ulong PagesRead = 0,
-    ulong PagesRemote = 0)
+    ulong PagesRemote = 0, TimeSpan CaptureOverlap = default)
 {
     public long BytesWritten => (long)PagesWritten * PagemapEntry.PageSize;
+
+    /// <summary>Wall time from the start of CRIU's dump to the end of the memory capture (or of the deduplication).</summary>
+    public TimeSpan Elapsed => Dump.Elapsed + DeduplicationTime - CaptureOverlap;
 }
 
 /// <summary>
@@ -242,11 +246,63 @@ public sealed class PreCopySession
         }
 
         var previous = _rounds.Count > 0 ? _rounds[^1].Directory : _ancestor;
-        var dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null, LazyPages = true });
-        var changes = TrackedChanges(_rounds.Count + 1);
-        var snapshot = MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous, changes, leaveOnSource);
-        return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory, changes is not null, snapshot.PagesRead,
-            snapshot.PagesRemote);
+        int number = _rounds.Count + 1;
+        (SnapshotResult Snapshot, bool Tracked) Capture()
+        {
+            var changes = TrackedChanges(number);
+            return (MemorySnapshot.CaptureLazy(_options.Pid!.Value, directory, memory, previous, changes, leaveOnSource), changes is not null);
+        }
+
+        // CRIU's "post-dump" comes once every image is written and closed; what it does after that
+        // (its page pipes released, the tasks unseized) takes tens of ms per GiB while the tree
+        // stays frozen. The capture needs only the written pagemaps and the frozen tree, so it
+        // begins there, beside CRIU's teardown instead of after it.
+        Task<(SnapshotResult Snapshot, bool Tracked)>? early = null;
+        var clock = Stopwatch.StartNew();
+        TimeSpan startedAt = TimeSpan.Zero;
+        var notify = CriuNotification.Then(n =>
+        {
+            if (n.Action == PostDumpAction && early is null)
+            {
+                startedAt = clock.Elapsed;
+                early = Task.Run(Capture);
+            }
+
+            return true;
+        }, _options.Notify);
+        CriuDumpResult dump;
+        try
+        {
+            dump = _criu.Dump(_options with { ImagesDirectory = directory, ParentImages = null, TrackMemory = null, LazyPages = true, Notify = notify });
+        }
+        catch
+        {
+            // the failed dump's caller may delete the capture's directory: it must be done first
+            Settle(early);
+            throw;
+        }
+
+        var returnedAt = clock.Elapsed;
+        var (snapshot, tracked) = early is null ? Capture() : early.GetAwaiter().GetResult();
+        var overlap = early is null ? TimeSpan.Zero : returnedAt - startedAt;
+        return new PreCopyFinalDump(directory, Method, dump, snapshot.PagesWritten, snapshot.PagesUnchanged, snapshot.Elapsed, memory, tracked, snapshot.PagesRead,
+            snapshot.PagesRemote, overlap < snapshot.Elapsed ? overlap : snapshot.Elapsed);
+    }
+
+    /// <summary>CRIU's notification once a dump's images are all written (its "post-dump" action script).</summary>
+    public const string PostDumpAction = "post-dump";
+
+    /// <summary>Waits for a capture begun beside a dump that then failed; its own failure no longer matters.</summary>
+    private static void Settle(Task? capture)
+    {
+        try
+        {
+            capture?.Wait();
+        }
+        catch (AggregateException)
+        {
+            // the dump's failure is the one reported
+        }
     }
 
     /// <summary>

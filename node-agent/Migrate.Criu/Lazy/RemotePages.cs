@@ -46,7 +46,8 @@ public sealed class LivePages : IPageSource, IDisposable
         var tasks = new Dictionary<int, (SafeFileHandle, PagemapEntry[])>();
         try
         {
-            foreach (var map in CriuPagemap.ReadAll(memoryDirectory))
+            // the agent wrote this set moments ago and remembered what it wrote: taken as it is, not parsed again
+            foreach (var map in ImageChain.Pagemaps(memoryDirectory))
             {
                 var remote = Sorted(map.Entries.Where(e => e.IsLeftLazy), map.Id);
                 if (remote.Length == 0)

@@ -354,8 +354,10 @@ public sealed partial class CheckpointEngine : IDisposable
             record.Save();
             AgentTelemetry.FrozenDuration.Record(response.FrozenMillis);
             AgentTelemetry.BytesStaged.Add((long)response.StagedBytes);
-            uint capture = (uint)response.Containers.Sum(c => c.MemoryCaptureMillis), criu = (uint)response.Containers.Sum(c => c.DumpMillis) - capture;
-            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, dump.Prestarted, response.Containers.Count, capture, response.FilesystemMillis, response.NetworkMillis - dump.ReleaseMillis, dump.ReleaseMillis);
+            uint capture = (uint)response.Containers.Sum(c => c.MemoryCaptureMillis);
+            uint criu = (uint)response.Containers.Sum(c => c.DumpMillis) + dump.CaptureOverlapMillis - capture;
+            LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, dump.Prestarted, response.Containers.Count, capture,
+                dump.CaptureOverlapMillis, response.FilesystemMillis, response.NetworkMillis - dump.ReleaseMillis, dump.ReleaseMillis);
             return response;
         }, cancellationToken);
 
@@ -474,6 +476,9 @@ public sealed partial class CheckpointEngine : IDisposable
         public string Step { get; set; } = "freezing";
 
         public int InFlight { get; set; }
+
+        /// <summary>Of the containers' memory captures, the time they ran beside CRIU finishing its dump.</summary>
+        public uint CaptureOverlapMillis { get; set; }
 
         /// <summary>What the address release took (frozen), of the response's network figure (the lock came before the freeze).</summary>
         public uint ReleaseMillis { get; set; }
@@ -667,13 +672,14 @@ public sealed partial class CheckpointEngine : IDisposable
                 var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared), postCopy, freeze.Services.GetValueOrDefault(container.Name));
                 File.WriteAllText(Path.Combine(dump.Directory, "descriptors.json"), JsonSerializer.Serialize(stdio, StringListJson.Default.IReadOnlyListString));
                 freeze.Prestarted += dump.Dump.Prestarted ? 1 : 0;
+                freeze.CaptureOverlapMillis += Millis(dump.CaptureOverlap);
                 var stats = dump.Dump.Statistics;
                 response.Containers.Add(new ContainerDump
                 {
                     ContainerName = container.Name,
                     PagesWritten = dump.PagesWritten,
                     PagesInParent = dump.PagesInParent,
-                    DumpMillis = Millis(dump.Dump.Elapsed + dump.DeduplicationTime),
+                    DumpMillis = Millis(dump.Elapsed),
                     CriuFrozenMillis = Millis(stats?.FrozenTime ?? TimeSpan.Zero),
                     ImageBytes = (ulong)(DirectorySize(dump.Directory) + (dump.MemoryDirectory is { } memory ? DirectorySize(memory) : 0)),
                     LazyMemory = dump.MemoryDirectory is not null,
@@ -1191,8 +1197,8 @@ public sealed partial class CheckpointEngine : IDisposable
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: CRIU could not be started ahead for container {Container}'s final dump ({Reason}); libcriu starts it in the freeze instead")]
     private partial void LogCriuNotPrestarted(string migration, string container, string reason);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms; file systems {Filesystem} ms; network lock {Lock} ms before the freeze, address release {Release} ms)")]
-    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, int ahead, int containers, uint capture, uint filesystem, uint @lock, uint release);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms, {Overlap} ms of it while CRIU finished; file systems {Filesystem} ms; network lock {Lock} ms before the freeze, address release {Release} ms)")]
+    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, int ahead, int containers, uint capture, uint overlap, uint filesystem, uint @lock, uint release);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);
