@@ -357,7 +357,7 @@ public sealed partial class CheckpointEngine : IDisposable
             uint capture = (uint)response.Containers.Sum(c => c.MemoryCaptureMillis);
             uint criu = (uint)response.Containers.Sum(c => c.DumpMillis) + dump.CaptureOverlapMillis - capture;
             LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, dump.Prestarted, response.Containers.Count, capture,
-                dump.CaptureOverlapMillis, response.FilesystemMillis, response.NetworkMillis - dump.ReleaseMillis, dump.ReleaseMillis);
+                dump.CaptureOverlapMillis, response.FilesystemMillis, dump.FilesystemOverlapMillis, response.NetworkMillis - dump.ReleaseMillis, dump.ReleaseMillis);
             return response;
         }, cancellationToken);
 
@@ -476,6 +476,9 @@ public sealed partial class CheckpointEngine : IDisposable
         public string Step { get; set; } = "freezing";
 
         public int InFlight { get; set; }
+
+        /// <summary>Of the file systems' archives, the time they ran beside CRIU finishing its dump.</summary>
+        public uint FilesystemOverlapMillis { get; set; }
 
         /// <summary>Of the containers' memory captures, the time they ran beside CRIU finishing its dump.</summary>
         public uint CaptureOverlapMillis { get; set; }
@@ -648,6 +651,7 @@ public sealed partial class CheckpointEngine : IDisposable
         var clock = freeze.Clock;
         string step = freeze.Step;
         bool succeeded = false;
+        FilesystemArchives? archives = null;
         try
         {
             if (!freeze.Done)
@@ -662,6 +666,11 @@ public sealed partial class CheckpointEngine : IDisposable
             }
 
             var dumpStart = clock.Elapsed;
+            // the writable layers and emptyDir volumes hold still while the pod is frozen; they are archived
+            // from the last container's post-dump on (every image written, and with it the scratch
+            // directories CRIU makes in a container's /tmp to read its mounts gone), beside CRIU's teardown
+            archives = new FilesystemArchives(record, () => clock.Elapsed);
+            var last = record.Containers[^1];
             foreach (var container in record.Containers)
             {
                 step = $"dumping container {container.Name}";
@@ -669,7 +678,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 using var span = AgentTelemetry.Source.StartActivity("criu.dump");
                 span?.SetTag("k8s.container.name", container.Name);
                 long shared = freeze.SharedBytes.GetValueOrDefault(container.Name);
-                var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared), postCopy, freeze.Services.GetValueOrDefault(container.Name));
+                var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared), postCopy, freeze.Services.GetValueOrDefault(container.Name),
+                    container == last ? archives : null);
                 File.WriteAllText(Path.Combine(dump.Directory, "descriptors.json"), JsonSerializer.Serialize(stdio, StringListJson.Default.IReadOnlyListString));
                 freeze.Prestarted += dump.Dump.Prestarted ? 1 : 0;
                 freeze.CaptureOverlapMillis += Millis(dump.CaptureOverlap);
@@ -703,27 +713,16 @@ public sealed partial class CheckpointEngine : IDisposable
                 response.NetworkMillis += freeze.ReleaseMillis;
             }
 
-            var filesystemStart = clock.Elapsed;
-            using (AgentTelemetry.Source.StartActivity("checkpoint.capture_filesystem"))
+            step = "archiving the writable layers and emptyDir volumes";
+            var archived = archives.Finish();
+            foreach (var (dump, bytes) in response.Containers.Zip(archived.RootfsBytes))
             {
-                Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "rootfs"), OwnerOnly);
-                Directory.CreateDirectory(Path.Combine(record.StagingDirectory, "volumes"), OwnerOnly);
-                // the layers and volumes are the runtime's paths: an agent in a container reads them through the runtime's view
-                var node = HostFiles.ForContainer(record.Containers[0].Pid);
-                foreach (var (container, dump) in record.Containers.Zip(response.Containers))
-                {
-                    step = $"archiving the writable layer of container {container.Name}";
-                    dump.RootfsDiffBytes = (ulong)FilesystemArchive.Create(node.Open(container.UpperDirectory!), Path.Combine(record.StagingDirectory, StagingLayout.RootfsArchive(container.Name)));
-                }
-
-                foreach (var volume in record.Containers.SelectMany(c => c.Volumes).Where(v => v.Kind == MountKind.EmptyDir).DistinctBy(v => v.VolumeName))
-                {
-                    step = $"archiving emptyDir volume {volume.VolumeName}";
-                    response.VolumeBytes += (ulong)FilesystemArchive.Create(node.Open(volume.Source), Path.Combine(record.StagingDirectory, StagingLayout.VolumeArchive(volume.VolumeName!)));
-                }
+                dump.RootfsDiffBytes = bytes;
             }
 
-            response.FilesystemMillis = Millis(clock.Elapsed - filesystemStart);
+            response.VolumeBytes = archived.VolumeBytes;
+            response.FilesystemMillis = Millis(archived.Elapsed);
+            freeze.FilesystemOverlapMillis = Millis(archived.Overlap);
             response.FrozenMillis = Millis(clock.Elapsed - (freeze.StoppedAt ?? TimeSpan.Zero));
             response.FinalImageBytes = (ulong)response.Containers.Sum(c => (long)c.ImageBytes);
             response.StagedBytes = (ulong)(DirectorySize(record.StagingDirectory) - new FileInfo(Path.Combine(record.StagingDirectory, StagingLayout.RecordFile)).Length);
@@ -745,6 +744,8 @@ public sealed partial class CheckpointEngine : IDisposable
             // whatever went wrong, a pod is never left frozen by a failed dump, nor cut off from its network
             if (!succeeded)
             {
+                // (an archive begun beside the dump ends first: the failed migration's directory may go next)
+                archives?.Settle();
                 _ = TryGiveBackNetwork(record);
                 foreach (var freezer in frozen)
                 {
@@ -757,10 +758,11 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <summary>
     /// A container's final dump: with lazy memory when asked and this node's CRIU can, else a plain
     /// one (also when the lazy dump fails: the tree is still frozen, and a plain dump restores anywhere).
+    /// The pod's last container's dump begins <paramref name="archives"/> (the file-system archives) at its post-dump.
     /// </summary>
-    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory, bool postCopy, CriuService? service)
+    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory, bool postCopy, CriuService? service, FilesystemArchives? archives)
     {
-        var session = Session(record, container, running: false, service);
+        var session = Session(record, container, running: false, service, archives is null ? null : archives.StartAt);
         if (lazyMemory)
         {
             try
@@ -769,6 +771,8 @@ public sealed partial class CheckpointEngine : IDisposable
             }
             catch (Exception e) when (e is CriuException or IOException or InvalidDataException)
             {
+                // an archive begun at the failed dump's post-dump is ended before the plain dump begins its own
+                archives?.Settle();
                 LogLazyDumpFailed(e, record.MigrationId, container.Name);
                 var memory = Path.Combine(record.StagingDirectory, StagingLayout.LazyMemoryImages(container.Name));
                 if (Directory.Exists(memory))
@@ -786,11 +790,13 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <param name="container">One of its containers.</param>
     /// <param name="running">The pod runs (a pre-copy round): its writes may be tracked from now on; else only a tracker armed earlier is used.</param>
     /// <param name="service">A CRIU started ahead for the final dump, if any.</param>
-    private PreCopySession Session(MigrationRecord record, ContainerRecord container, bool running, CriuService? service = null)
+    /// <param name="notify">Called on each of CRIU's notifications of the dump.</param>
+    private PreCopySession Session(MigrationRecord record, ContainerRecord container, bool running, CriuService? service = null, Func<CriuNotification, bool>? notify = null)
     {
         var options = new CriuOptions
         {
             Service = service,
+            Notify = notify,
             Pid = container.Pid,
             ImagesDirectory = Path.Combine(record.StagingDirectory, StagingLayout.ContainerImages(container.Name)),
             // debug lines grow with the memory and are written in the freeze: only when asked for
@@ -1200,8 +1206,9 @@ public sealed partial class CheckpointEngine : IDisposable
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: CRIU could not be started ahead for container {Container}'s final dump ({Reason}); libcriu starts it in the freeze instead")]
     private partial void LogCriuNotPrestarted(string migration, string container, string reason);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms, {Overlap} ms of it while CRIU finished; file systems {Filesystem} ms; network lock {Lock} ms before the freeze, address release {Release} ms)")]
-    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, int ahead, int containers, uint capture, uint overlap, uint filesystem, uint @lock, uint release);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms, {Overlap} ms of it while CRIU finished; file systems {Filesystem} ms, {FilesystemOverlap} ms of it beside the dump's end and the address release; network lock {Lock} ms before the freeze, address release {Release} ms)")]
+    private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, int ahead, int containers, uint capture, uint overlap, uint filesystem,
+        uint filesystemOverlap, uint @lock, uint release);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);
