@@ -54,14 +54,7 @@ public sealed class CriuServiceTests(ITestOutputHelper output)
         using var service = CriuService.Start(null, lazyDump: true, tree.Directory);
         var config = Directory.GetFiles(tree.Directory, ".criu-service-*.conf.tmp").Single();
         Assert.Equal(CriuService.LazyDumpConfiguration, File.ReadAllText(config));
-        var session = new PreCopySession(_criu, new CriuOptions
-        {
-            Pid = tree.RootPid,
-            ImagesDirectory = Path.Combine(tree.Directory, "images"),
-            LeaveRunning = true,
-            FreezeCgroup = cgroup.Freezer.Directory,
-            Service = service,
-        });
+        var session = new PreCopySession(_criu, FrozenTree(tree, cgroup, Path.Combine(tree.Directory, "images")) with { Service = service });
         session.PreDump();
         cgroup.Freezer.Freeze();
 
@@ -95,12 +88,8 @@ public sealed class CriuServiceTests(ITestOutputHelper output)
         using var cgroup = TestFreezer.Create(tree);
         var images = Path.Combine(tree.Directory, "images");
         var refused = new List<string>();
-        var session = new PreCopySession(_criu, new CriuOptions
+        var session = new PreCopySession(_criu, FrozenTree(tree, cgroup, images) with
         {
-            Pid = tree.RootPid,
-            ImagesDirectory = images,
-            LeaveRunning = true,
-            FreezeCgroup = cgroup.Freezer.Directory,
             // the caller's own handler refuses the end of the dump: CRIU fails it after every image was written
             Notify = n =>
             {
@@ -120,11 +109,20 @@ public sealed class CriuServiceTests(ITestOutputHelper output)
         var memory = CriuPagemap.ReadAll(Path.Combine(images, PreCopySession.MemoryDirectoryName));
         Assert.True(memory.Sum(m => (long)m.PresentPages) >= mib * 256L, $"the capture read the {mib} MiB buffer before the failure was reported");
 
-        var plain = new PreCopySession(_criu, new CriuOptions { Pid = tree.RootPid, ImagesDirectory = images, LeaveRunning = true, FreezeCgroup = cgroup.Freezer.Directory }).Dump();
+        var plain = new PreCopySession(_criu, FrozenTree(tree, cgroup, images)).Dump();
         Assert.True(plain.PagesWritten >= mib * 256UL, $"the plain dump after it holds the buffer: {plain.PagesWritten} pages");
         cgroup.Freezer.Thaw();
         tree.WaitForTick(t => t.Tick >= frozenAt + 2, TickTimeout, "the counter going on after the thaw");
     }
+
+    /// <summary>A final dump's options for a tree frozen in its own cgroup, left running (frozen) after the dump.</summary>
+    private static CriuOptions FrozenTree(IsolatedProcessTree tree, TestFreezer cgroup, string images) => new()
+    {
+        Pid = tree.RootPid,
+        ImagesDirectory = images,
+        LeaveRunning = true,
+        FreezeCgroup = cgroup.Freezer.Directory,
+    };
 
     [Fact]
     public void A_CRIU_started_ahead_that_died_or_is_of_the_other_kind_is_passed_over_and_the_dump_starts_its_own()
