@@ -175,6 +175,14 @@ public sealed class AgentOptions
     public bool CriuDebugLogs { get; set; }
 
     /// <summary>
+    /// Whether a migration's final dump carries the container's small tmpfs mounts (<c>/dev</c>, and
+    /// <c>/sys/fs/cgroup</c> on cgroup v1) itself instead of CRIU's <c>tar --gzip</c> archives (on by
+    /// default: four tar processes per container leave the downtime). A kept checkpoint always
+    /// leaves them to CRIU, so its images restore with any CRIU-based runtime.
+    /// </summary>
+    public bool CarryTmpfsMounts { get; set; } = true;
+
+    /// <summary>
     /// Start the CRIU process of each container's final dump before the pod is frozen (a
     /// <c>criu swrk</c> spawned without forking the agent), so that the freeze does not include
     /// libcriu forking this process and CRIU's start (about 40 ms of the freeze here). Off: libcriu

@@ -27,6 +27,25 @@ internal static partial class Mounts
         }
     }
 
+    /// <summary>Mounts a tmpfs at <paramref name="target"/> with <paramref name="options"/> (size=...,mode=...); throws with the kernel's reason when it cannot.</summary>
+    public static void MountTmpfs(string target, string options)
+    {
+        if (Mount("tmpfs", target, "tmpfs", 0, options) != 0)
+        {
+            throw new IOException($"mount -t tmpfs -o '{options}' at {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        }
+    }
+
+    /// <summary>Detaches the mount at <paramref name="target"/> (lazily: what holds it keeps it); nothing when nothing is mounted there.</summary>
+    public static void DetachIfMounted(string target)
+    {
+        const int Detach = 2, NotMounted = 22;
+        if (Umount2(target, Detach) != 0 && Marshal.GetLastPInvokeError() != NotMounted)
+        {
+            throw new IOException($"umount -l {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        }
+    }
+
     [LibraryImport("libc.so.6", EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial int Umount2(string target, int flags);
 

@@ -135,8 +135,9 @@ public static partial class Restorer
             var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
             if (Directory.Exists(work))
             {
-                // what an earlier attempt left: its helpers first, then its files
+                // what an earlier attempt left: its helpers and mounts first, then its files
                 LazyRestoreHelpers.StopRecorded(work);
+                CarriedMountsOnNode.UnmountLeftovers(work);
                 Directory.Delete(work, recursive: true);
             }
 
@@ -193,15 +194,19 @@ public static partial class Restorer
         var claim = move is null ? null : AddressClaim.Start(() => ClaimAddress(migration, move, request, locked), clock);
         (int Files, long Bytes, string First) rechecked;
         long checkedAt;
+        CarriedMountsOnNode? carried = null;
         try
         {
             var others = Verify(staged, files, path => path != AddressMove.FileName && needed(path));
             rechecked = (addressChecked.Files + others.Files, addressChecked.Bytes + others.Bytes, addressChecked.First.Length > 0 ? addressChecked.First : others.First);
             checkedAt = clock.ElapsedMilliseconds;
             PutBackFiles(request, migration, files, volumes);
+            // (after the digests: what the source carried is built from checked files only)
+            carried = CarriedMountsOnNode.Build(images, work);
         }
         catch
         {
+            carried?.Dispose();
             if (claim?.Wait() is { } alsoFailed)
             {
                 // (it gave the address back itself)
@@ -215,6 +220,16 @@ public static partial class Restorer
             throw;
         }
 
+        using (carried)
+        {
+            return RestoreRunc(runc, line, request, clock, id, migration, images, work, move, claim, rechecked, checkedAt, carried, lazyHelpers);
+        }
+    }
+
+    /// <summary>runc restore, once the files are back and the carried mounts built: the address claimed (waited for), lazy helpers ready; then the figures.</summary>
+    private static int RestoreRunc(string runc, RuncCommandLine line, RestoreRequest request, Stopwatch clock, string id, string migration, string images, string work,
+        AddressMove? move, AddressClaim? claim, (int Files, long Bytes, string First) rechecked, long checkedAt, CarriedMountsOnNode? carried, Func<LazyRestoreHelpers?> lazyHelpers)
+    {
         var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
         long prepared = clock.ElapsedMilliseconds, claimed = prepared;
         if (claim is not null)
@@ -255,7 +270,8 @@ public static partial class Restorer
         }
 
         arguments.Add(id);
-        int exit = RunInheritingStdio(runc, arguments);
+        // CRIU reads the carried mounts' configuration at its start: runc starts "criu swrk" with its own environment
+        int exit = RunInheritingStdio(runc, arguments, carried is null ? null : ("CRIU_CONFIG_FILE", carried.ConfigurationFile));
         long ran = clock.ElapsedMilliseconds;
         if (exit != 0)
         {
@@ -274,7 +290,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
+            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         WholeFile.WriteText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -750,9 +766,18 @@ public static partial class Restorer
         }
     }
 
-    private static int RunInheritingStdio(string program, IReadOnlyList<string> arguments)
+    /// <summary>The carried mounts' part of the restore's figures.</summary>
+    private static string CarriedPart(CarriedMountsOnNode? carried) =>
+        carried is null ? "" : string.Create(CultureInfo.InvariantCulture, $"{carried.Count} carried tmpfs built in {carried.Elapsed.TotalMilliseconds:0.0} ms, ");
+
+    private static int RunInheritingStdio(string program, IReadOnlyList<string> arguments, (string Name, string Value)? environment = null)
     {
         var start = new ProcessStartInfo(program) { UseShellExecute = false };
+        if (environment is { } variable)
+        {
+            start.Environment[variable.Name] = variable.Value;
+        }
+
         foreach (var argument in arguments)
         {
             start.ArgumentList.Add(argument);

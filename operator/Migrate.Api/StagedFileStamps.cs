@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
@@ -10,20 +9,15 @@ namespace Migrate.Api;
 /// runtime re-reads (and re-hashes) only a file whose stamp differs, so the digests are not
 /// computed a second time while the pod is frozen, and a file changed since is still caught.
 /// </summary>
-public sealed partial record StagedFileStamp(string Path, long Size, ulong Device, ulong Inode, long ChangeSeconds, uint ChangeNanoseconds)
+public sealed record StagedFileStamp(string Path, long Size, ulong Device, ulong Inode, long ChangeSeconds, uint ChangeNanoseconds)
 {
     /// <summary>The stamp of <paramref name="fullPath"/>, recorded under <paramref name="path"/>; null if it cannot be read.</summary>
     public static StagedFileStamp? Of(string fullPath, string path)
     {
         ArgumentNullException.ThrowIfNull(fullPath);
-        var stat = default(StatxBuffer);
-        // AT_FDCWD, no automount, not following a final link (a staged file is never one), size/ino/ctime
-        if (NativeMethods.Statx(-100, fullPath, 0x800 | 0x100, 0x200 | 0x100 | 0x80, ref stat) != 0)
-        {
-            return null;
-        }
-
-        return new StagedFileStamp(path, stat.Size, ((ulong)stat.DeviceMajor << 32) | stat.DeviceMinor, stat.Inode, stat.ChangeSeconds, stat.ChangeNanoseconds);
+        return FileStatus.Of(fullPath) is { } stat
+            ? new StagedFileStamp(path, stat.Size, stat.Device, stat.Inode, stat.ChangeSeconds, stat.ChangeNanoseconds)
+            : null;
     }
 
     /// <summary>Whether <paramref name="fullPath"/> is still exactly the file this stamp describes.</summary>
@@ -48,35 +42,6 @@ public sealed partial record StagedFileStamp(string Path, long Size, ulong Devic
         {
             return new Dictionary<string, StagedFileStamp>(StringComparer.Ordinal);
         }
-    }
-
-    /// <summary>The prefix of <c>struct statx</c> (the kernel's layout, the same on every architecture), padded to its full 256 bytes.</summary>
-    [StructLayout(LayoutKind.Explicit, Size = 256)]
-    private struct StatxBuffer
-    {
-        [FieldOffset(32)]
-        public ulong Inode;
-
-        [FieldOffset(40)]
-        public long Size;
-
-        [FieldOffset(96)]
-        public long ChangeSeconds;
-
-        [FieldOffset(104)]
-        public uint ChangeNanoseconds;
-
-        [FieldOffset(136)]
-        public uint DeviceMajor;
-
-        [FieldOffset(140)]
-        public uint DeviceMinor;
-    }
-
-    private static partial class NativeMethods
-    {
-        [LibraryImport("libc.so.6", EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8)]
-        internal static partial int Statx(int directory, string path, int flags, uint mask, ref StatxBuffer buffer);
     }
 }
 

@@ -49,6 +49,10 @@ public sealed class HeldCheckpointTests : IAsyncLifetime
         Assert.Equal("", kept.Held);
         Assert.True(kept.FrozenMillis >= holding.ElapsedMilliseconds - 100, $"frozen for {kept.FrozenMillis} ms, held for {holding.ElapsedMilliseconds} ms: the hold is part of the freeze");
         Assert.True(Directory.Exists(kept.Directory));
+        // kept, it restores with any CRIU-based runtime: CRIU archived the container's tmpfs mounts itself, and nothing is carried beside them
+        var images = Directory.EnumerateFiles(Path.Combine(kept.Directory, KeptCheckpoints.ImagesDirectory), "*", SearchOption.AllDirectories).Select(Path.GetFileName).ToList();
+        Assert.Contains(images, f => f!.StartsWith("tmpfs-dev-", StringComparison.Ordinal));
+        Assert.DoesNotContain(CarriedMounts.FileName, images);
 
         // a later word changes nothing: the first one counted
         var after = await Client.ContinueCheckpointAsync(new ContinueCheckpointRequest { CheckpointId = "ck-thaw", Decision = "Abort" });

@@ -3,6 +3,7 @@ using Grpc.Core;
 using Migrate.Agent.V1;
 using Migrate.Api;
 using Migrate.Cri.V1;
+using Migrate.NodeAgent.Checkpointing;
 using Migrate.NodeAgent.Transfer;
 using Migrate.TestSupport;
 using Xunit;
@@ -52,7 +53,8 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
     [Fact]
     public async Task A_marked_pod_continues_the_frozen_counter_with_its_files_and_its_logs_in_the_new_log()
     {
-        var container = CheckpointTests.Counter("main", 16, "--verify-every", "4", "--log-file", "/data/ticks", "--log-file", "/scratch/ticks") with
+        // a third log in the container's /dev: a tmpfs the agent carries itself, not CRIU
+        var container = CheckpointTests.Counter("main", 16, "--verify-every", "4", "--log-file", "/data/ticks", "--log-file", "/scratch/ticks", "--log-file", "/dev/ticks") with
         {
             EmptyDirMounts = [("scratch", "/scratch")],
         };
@@ -61,6 +63,11 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-shim", source, _source.NodeName));
         await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-shim" });
         long frozen = AgentOnNode.LastTick(source, "main");
+        var final = Path.Combine(begun.StagingDirectory, StagingLayout.FinalImages("main"));
+        var carried = CarriedMounts.Read(final);
+        Assert.NotNull(carried);
+        Assert.Contains(carried.Mounts, m => m.MountPoint == "/dev" && m.Entries.Any(e => e.Path == "ticks" && e.Content is not null));
+        Assert.Empty(System.IO.Directory.EnumerateFiles(final, "tmpfs-*"));
         StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-shim");
 
         var started = DateTime.UtcNow;
@@ -80,6 +87,14 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         var scratch = Memcounter.Parse(RuncRestore.ReadShared(Path.Combine(replacement.EmptyDir("scratch"), "ticks")).Split('\n'));
         Assert.Equal(Enumerable.Range(1, scratch.Count).Select(i => (long)i), scratch.Select(t => t.Tick));
         Assert.True(scratch.Count > frozen, $"the emptyDir log holds {scratch.Count} ticks, the source froze at {frozen}");
+        // the log in /dev came back under its open descriptor, in a /dev that is the container's own tmpfs with its device nodes
+        var status = await _target.Node.Cri.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id, Verbose = true });
+        int pid = System.Text.Json.JsonDocument.Parse(status.Info["info"]).RootElement.GetProperty("pid").GetInt32();
+        var inDev = Memcounter.Parse(RuncRestore.ReadShared($"/proc/{pid}/root/dev/ticks").Split('\n'));
+        Assert.Equal(Enumerable.Range(1, inDev.Count).Select(i => (long)i), inDev.Select(t => t.Tick));
+        Assert.True(inDev.Count > frozen, $"the log in /dev holds {inDev.Count} ticks, the source froze at {frozen}");
+        Assert.Contains(MountInfoEntry.Read($"/proc/{pid}/mountinfo"), m => m.MountPoint == "/dev" && m.FileSystemType == "tmpfs" && m.SuperOption("size") == "65536k");
+        Assert.Equal((FileStatus.CharacterDevice, 1u, 3u), FileStatus.Of($"/proc/{pid}/root/dev/null") is { } null_ ? (null_.Type, null_.NodeMajor, null_.NodeMinor) : default);
         Figures.Record(nameof(RestoreRuntimeTests), "16MiB replacement pod up ms", restoreMillis, "ms");
 
         await _source.Client.FinishAsync(new MigrationRef { MigrationId = "m-shim" });

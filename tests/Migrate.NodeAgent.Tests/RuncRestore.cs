@@ -11,11 +11,13 @@ namespace Migrate.NodeAgent.Tests;
 /// A container restored with plain <c>runc restore</c> from a migration's staged images, into a
 /// fresh pod sandbox of the same node: a new root file system from the same image layers with the
 /// captured writable layer put back, the captured emptyDir volumes, the new sandbox's network,
-/// IPC and UTS namespaces. What the restore shim of a later stage does, done by hand.
+/// IPC and UTS namespaces, and the tmpfs mounts the agent carried built in tmpfs mounts CRIU is told
+/// of (<c>external mnt[KEY]:PATH</c> in a configuration file). What the restore runtime does, done by hand.
 /// </summary>
 public sealed class RuncRestore : IAsyncDisposable
 {
     private readonly string _runcRoot;
+    private readonly List<string> _carried = [];
     private bool _mounted;
 
     private RuncRestore(string directory, string id)
@@ -108,7 +110,25 @@ public sealed class RuncRestore : IAsyncDisposable
 
         File.WriteAllText(Path.Combine(bundle, "config.json"), config.ToJsonString());
         var images = Path.Combine(staging, "containers", container, "final");
-        var command = $"exec runc --root '{_runcRoot}' restore --detach --image-path '{images}' --work-path '{Path.Combine(Directory, "criu-work")}' --bundle '{bundle}' {Id} > '{OutputPath}' 2>&1 < /dev/null";
+        // the tmpfs mounts the agent carried in place of CRIU: built in tmpfs mounts of their own, named to CRIU as the external mounts the images expect
+        var environment = "";
+        if (CarriedMounts.Read(images) is { } carried)
+        {
+            var mapping = new List<(string, string)>();
+            foreach (var mount in carried.Mounts)
+            {
+                var directory = System.IO.Directory.CreateDirectory(Path.Combine(Directory, mount.Key)).FullName;
+                Prerequisites.Run("mount", "-t", "tmpfs", "-o", mount.Options, "tmpfs", directory);
+                _carried.Add(directory);
+                TmpfsListing.Build(directory, mount.Entries);
+                mapping.Add((mount.Key, directory));
+            }
+
+            File.WriteAllText(Path.Combine(Directory, "carried.conf"), CarriedMounts.CriuConfiguration(mapping));
+            environment = $"CRIU_CONFIG_FILE='{Path.Combine(Directory, "carried.conf")}' ";
+        }
+
+        var command = $"{environment}exec runc --root '{_runcRoot}' restore --detach --image-path '{images}' --work-path '{Path.Combine(Directory, "criu-work")}' --bundle '{bundle}' {Id} > '{OutputPath}' 2>&1 < /dev/null";
         try
         {
             Prerequisites.Run("sh", "-c", command);
@@ -200,6 +220,12 @@ public sealed class RuncRestore : IAsyncDisposable
         if (_mounted)
         {
             Prerequisites.Run("umount", Rootfs);
+        }
+
+        // (the restored container held its own binds of them until it was deleted above)
+        foreach (var carried in _carried)
+        {
+            Prerequisites.Run("umount", carried);
         }
 
         System.IO.Directory.Delete(Directory, recursive: true);

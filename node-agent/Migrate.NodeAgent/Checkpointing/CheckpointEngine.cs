@@ -302,9 +302,11 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <paramref name="hold"/> (a member of a group), the pod is frozen and its network locked
     /// first, outside the node's CRIU gate (other members on this node must reach their freeze
     /// too), and the dump waits for the hold to return; a hold that fails thaws the pod.
+    /// With <paramref name="portable"/> (a kept checkpoint) CRIU archives every tmpfs itself, so the
+    /// images restore with any CRIU-based runtime; else the agent carries the small ones.
     /// </summary>
     public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken, bool lazyMemory = false,
-        Func<MigrationRecord, Task>? hold = null, bool postCopy = false) =>
+        Func<MigrationRecord, Task>? hold = null, bool postCopy = false, bool portable = false) =>
         await WithMigrationAsync(migrationId, async record =>
         {
             if (record.Phase == MigrationPhase.Frozen && record.FinalDump is not null)
@@ -337,7 +339,7 @@ public sealed partial class CheckpointEngine : IDisposable
                     await HoldFrozenAsync(record, dump, hold);
                 }
 
-                response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump, postCopy), cancellationToken);
+                response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump, postCopy, carryMounts: !portable && _options.CarryTmpfsMounts), cancellationToken);
             }
             finally
             {
@@ -644,7 +646,7 @@ public sealed partial class CheckpointEngine : IDisposable
         dump.Done = true;
     }
 
-    private FinalDumpResponse DumpFrozen(MigrationRecord record, bool lazyMemory, FreezeProgress freeze, bool postCopy)
+    private FinalDumpResponse DumpFrozen(MigrationRecord record, bool lazyMemory, FreezeProgress freeze, bool postCopy, bool carryMounts)
     {
         var response = freeze.Response;
         var frozen = freeze.Frozen;
@@ -679,7 +681,7 @@ public sealed partial class CheckpointEngine : IDisposable
                 span?.SetTag("k8s.container.name", container.Name);
                 long shared = freeze.SharedBytes.GetValueOrDefault(container.Name);
                 var dump = FinalDumpOf(record, container, lazyMemory && !CopyOnWriteSharing.KeepsSharing(shared), postCopy, freeze.Services.GetValueOrDefault(container.Name),
-                    container == last ? archives : null);
+                    container == last ? archives : null, carryMounts);
                 File.WriteAllText(Path.Combine(dump.Directory, "descriptors.json"), JsonSerializer.Serialize(stdio, StringListJson.Default.IReadOnlyListString));
                 freeze.Prestarted += dump.Dump.Prestarted ? 1 : 0;
                 freeze.CaptureOverlapMillis += Millis(dump.CaptureOverlap);
@@ -760,9 +762,39 @@ public sealed partial class CheckpointEngine : IDisposable
     /// one (also when the lazy dump fails: the tree is still frozen, and a plain dump restores anywhere).
     /// The pod's last container's dump begins <paramref name="archives"/> (the file-system archives) at its post-dump.
     /// </summary>
-    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory, bool postCopy, CriuService? service, FilesystemArchives? archives)
+    private PreCopyFinalDump FinalDumpOf(MigrationRecord record, ContainerRecord container, bool lazyMemory, bool postCopy, CriuService? service, FilesystemArchives? archives,
+        bool carryMounts)
     {
-        var session = Session(record, container, running: false, service, archives is null ? null : archives.StartAt);
+        // the pod is frozen: its tmpfs mounts hold still while they are listed, before CRIU is told to leave them alone
+        var carried = carryMounts ? CarryMounts(record, container) : new CarriedMountSet([]);
+        var session = Session(record, container, running: false, service, archives is null ? null : archives.StartAt, carried);
+        var dump = DumpOnce(record, container, session, lazyMemory, postCopy, archives);
+        CarriedMounts.Write(dump.Directory, carried);
+        return dump;
+    }
+
+    /// <summary>The container's tmpfs mounts the agent carries in place of CRIU (a mount it cannot carry is logged and left to CRIU).</summary>
+    private CarriedMountSet CarryMounts(MigrationRecord record, ContainerRecord container)
+    {
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            var set = TmpfsListing.Capture(container.Pid, container.ExternalMounts, CarryLimits.Default,
+                (mountPoint, reason) => LogMountNotCarried(record.MigrationId, container.Name, mountPoint, reason));
+            var carried = CarriedMounts.Describe(set);
+            LogMountsCarried(record.MigrationId, container.Name, carried, clock.Elapsed.TotalMilliseconds);
+
+            return set;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+        {
+            LogMountNotCarried(record.MigrationId, container.Name, "(every tmpfs)", e.Message);
+            return new CarriedMountSet([]);
+        }
+    }
+
+    private PreCopyFinalDump DumpOnce(MigrationRecord record, ContainerRecord container, PreCopySession session, bool lazyMemory, bool postCopy, FilesystemArchives? archives)
+    {
         if (lazyMemory)
         {
             try
@@ -791,7 +823,9 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <param name="running">The pod runs (a pre-copy round): its writes may be tracked from now on; else only a tracker armed earlier is used.</param>
     /// <param name="service">A CRIU started ahead for the final dump, if any.</param>
     /// <param name="notify">Called on each of CRIU's notifications of the dump.</param>
-    private PreCopySession Session(MigrationRecord record, ContainerRecord container, bool running, CriuService? service = null, Func<CriuNotification, bool>? notify = null)
+    /// <param name="carried">The tmpfs mounts the agent carries: external to CRIU, which leaves their contents alone.</param>
+    private PreCopySession Session(MigrationRecord record, ContainerRecord container, bool running, CriuService? service = null, Func<CriuNotification, bool>? notify = null,
+        CarriedMountSet? carried = null)
     {
         var options = new CriuOptions
         {
@@ -808,7 +842,7 @@ public sealed partial class CheckpointEngine : IDisposable
             LeaveRunning = true,
             OrphanPtsMaster = true,
             FileLocks = true,
-            ExternalMounts = [.. container.ExternalMounts.Select(m => new CriuExternalMount(m, m))],
+            ExternalMounts = [.. container.ExternalMounts.Select(m => new CriuExternalMount(m, m)), .. (carried?.Mounts ?? []).Select(m => new CriuExternalMount(m.MountPoint, m.Key))],
             External = [.. ExternalNamespaces(container)],
             // a pod keeping its address keeps its connections: dumped in repair mode, under the agent's own lock (CRIU's would be lifted as the dump ends)
             TcpEstablished = record.AddressMove is not null ? true : null,
@@ -1227,6 +1261,12 @@ public sealed partial class CheckpointEngine : IDisposable
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Migration {Migration}: the pod's address or network lock could not be given back")]
     private partial void LogNetworkNotGivenBack(Exception e, string migration);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: container {Container}'s tmpfs mounts carried by the agent, not CRIU: {Mounts}, listed in {Millis:0.0} ms")]
+    private partial void LogMountsCarried(string migration, string container, string mounts, double millis);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: container {Container}'s tmpfs {MountPoint} is left to CRIU's archive: {Reason}")]
+    private partial void LogMountNotCarried(string migration, string container, string mountPoint, string reason);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Could not thaw {Cgroup}")]
     private partial void LogThawFailed(Exception error, string cgroup);
