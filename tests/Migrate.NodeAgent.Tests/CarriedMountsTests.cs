@@ -141,7 +141,7 @@ public sealed class CarriedMountsTests : IDisposable
     }
 
     [Fact]
-    public void A_tmpfs_holding_a_socket_a_hard_link_or_too_much_is_left_to_CRIU_with_the_reason()
+    public void A_tmpfs_holding_a_socket_a_hard_link_or_too_much_or_hidden_by_another_mount_is_left_to_CRIU_with_the_reason()
     {
         Prerequisites.RequireRoot();
         var sockets = Tmpfs("sockets", "size=1m");
@@ -155,6 +155,12 @@ public sealed class CarriedMountsTests : IDisposable
         System.IO.File.WriteAllText(Path.Combine(links, "a"), "x");
         Prerequisites.Run("ln", Path.Combine(links, "a"), Path.Combine(links, "b"));
         Assert.Contains("one of 2 hard links", TmpfsListing.List(links, CarryLimits.Default).Refusal, StringComparison.Ordinal);
+
+        // a mount another mount was stacked on: its path reaches the upper one
+        var lower = Tmpfs("stacked", "size=64k");
+        ulong hidden = FileStatus.Of(lower)!.Value.MountId;
+        Tmpfs("stacked", "size=64k");
+        Assert.Contains("another mount hides it", TmpfsListing.List(lower, CarryLimits.Default, hidden).Refusal, StringComparison.Ordinal);
 
         var big = Tmpfs("big", "size=4m");
         System.IO.File.WriteAllBytes(Path.Combine(big, "blob"), new byte[2 << 20]);

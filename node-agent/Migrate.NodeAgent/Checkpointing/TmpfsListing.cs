@@ -22,7 +22,7 @@ public static partial class TmpfsListing
         var mounts = new List<CarriedMount>();
         foreach (var mount in CarriedMounts.Candidates(MountInfoEntry.Read($"/proc/{pid}/mountinfo"), boundFromNode))
         {
-            var (entries, refusal) = List($"/proc/{pid}/root{mount.MountPoint}", limits);
+            var (entries, refusal) = List($"/proc/{pid}/root{mount.MountPoint}", limits, (ulong)mount.Id);
             if (entries is null)
             {
                 refused(mount.MountPoint, refusal!);
@@ -35,14 +35,23 @@ public static partial class TmpfsListing
         return new CarriedMountSet(mounts);
     }
 
-    /// <summary>The entries of the mount at <paramref name="root"/>, or why it is not carried.</summary>
-    public static (IReadOnlyList<CarriedEntry>? Entries, string? Refusal) List(string root, CarryLimits limits)
+    /// <summary>
+    /// The entries of the mount at <paramref name="root"/>, or why it is not carried; with
+    /// <paramref name="mountId"/>, a path that reaches another mount (one stacked on it, or over a
+    /// directory above it) is refused.
+    /// </summary>
+    public static (IReadOnlyList<CarriedEntry>? Entries, string? Refusal) List(string root, CarryLimits limits, ulong? mountId = null)
     {
         ArgumentNullException.ThrowIfNull(root);
         ArgumentNullException.ThrowIfNull(limits);
         if (FileStatus.Of(root) is not { Type: FileStatus.Directory } top)
         {
             return (null, $"{root} is not a directory");
+        }
+
+        if (mountId is { } expected && top.MountId != expected)
+        {
+            return (null, $"its path reaches mount {top.MountId}, another mount hides it");
         }
 
         var entries = new List<CarriedEntry> { Entry(".", top, CarriedMounts.Directory) };
