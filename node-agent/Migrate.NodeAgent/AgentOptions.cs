@@ -177,8 +177,9 @@ public sealed class AgentOptions
     /// <summary>
     /// Whether a migration's final dump carries the container's small tmpfs mounts (<c>/dev</c>, and
     /// <c>/sys/fs/cgroup</c> on cgroup v1) itself instead of CRIU's <c>tar --gzip</c> archives (on by
-    /// default: four tar processes per container leave the downtime). A kept checkpoint always
-    /// leaves them to CRIU, so its images restore with any CRIU-based runtime.
+    /// default: four tar processes per container leave the downtime), when the operator asks for it
+    /// (for a target whose restore runtime builds them). A kept checkpoint always leaves them to
+    /// CRIU, so its images restore with any CRIU-based runtime.
     /// </summary>
     public bool CarryTmpfsMounts { get; set; } = true;
 

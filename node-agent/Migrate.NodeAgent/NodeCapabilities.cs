@@ -77,6 +77,8 @@ public sealed class NodeCapabilities
         },
         Cpu = ReadCpu("/proc/cpuinfo"),
         Network = PodNetworkFacts.Read(_options.CniConfigDirectory),
+        // podmig-runc of this release builds them (CarriedMountsOnNode)
+        RestoresCarriedMounts = true,
     };
 
     private CriuCapabilities CollectCriu()

@@ -61,7 +61,7 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         var source = await _source.RunPodAsync("counter", container);
         await AgentOnNode.WaitForTicksAsync(source, "main", 6);
         var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-shim", source, _source.NodeName));
-        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-shim" });
+        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-shim", CarryTmpfsMounts = true });
         long frozen = AgentOnNode.LastTick(source, "main");
         var final = Path.Combine(begun.StagingDirectory, StagingLayout.FinalImages("main"));
         var carried = CarriedMounts.Read(final);

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using Migrate.Agent.V1;
+using Migrate.Api;
 using Migrate.Cri.V1;
 using Migrate.NodeAgent.Checkpointing;
 using Migrate.TestSupport;
@@ -31,7 +32,9 @@ public sealed class RestoreWithRuncTests(ITestOutputHelper output) : IAsyncLifet
 
         var begun = await client.BeginCheckpointAsync(CheckpointTests.Begin("m-runc", pod, _agent.NodeName));
         await client.PreDumpAsync(new PreDumpRequest { MigrationId = "m-runc", Round = 1 });
-        await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-runc" });
+        // the small tmpfs mounts carried by the agent: plain runc restores them once told where they were built
+        await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-runc", CarryTmpfsMounts = true });
+        Assert.NotNull(CarriedMounts.Read(Path.Combine(begun.StagingDirectory, StagingLayout.FinalImages("main"))));
         var frozen = Memcounter.Parse(pod.LogLines("main"))[^1];
 
         await using var restored = await RuncRestore.RestoreAsync(_agent, spec, lower, begun.StagingDirectory, "main");
@@ -63,7 +66,11 @@ public sealed class RestoreWithRuncTests(ITestOutputHelper output) : IAsyncLifet
         var client = _agent.Client;
 
         var begun = await client.BeginCheckpointAsync(CheckpointTests.Begin("m-files", pod, _agent.NodeName));
+        // not asked to carry them: CRIU archives the tmpfs mounts itself, as for a target of an older release
         var dump = await client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-files" });
+        var final = Path.Combine(begun.StagingDirectory, StagingLayout.FinalImages("main"));
+        Assert.Null(CarriedMounts.Read(final));
+        Assert.NotEmpty(System.IO.Directory.EnumerateFiles(final, "tmpfs-dev-*"));
         long frozen = AgentOnNode.LastTick(pod, "main");
         await using var restored = await RuncRestore.RestoreAsync(_agent, spec, lower, begun.StagingDirectory, "main");
         await restored.WaitForTicksAsync(t => t.Count >= 5);

@@ -104,7 +104,8 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         // pre-copy sends its rounds while the pod runs; the replacement waits for the images before the freeze
         Assert.Equal(["BeginCheckpoint", "StartPreCopy", "StartHandoff", "Finish", "Cleanup"], Source.Names);
         Assert.Equal(["ExpectImages", "Cleanup"], Target.Names);
-        Assert.Contains($"StartHandoff {id} node-b {_agents["node-b"].Endpoint}", Source.Calls);
+        // the target's restore runtime builds carried tmpfs mounts (as every agent of this release says), so the source carries them
+        Assert.Contains($"StartHandoff {id} node-b {_agents["node-b"].Endpoint} carrying tmpfs mounts", Source.Calls);
         Assert.True(Target.Migration(id).Restores.IsEmpty, "the target was cleaned up");
         Assert.Equal(2, done.Status.PreCopyRounds);
         Assert.Equal(MemoryTrackingMethods.WriteProtect, done.Status.MemoryTracking); // as the agent reported its rounds
@@ -612,6 +613,20 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         await _operator!.DisposeAsync();
         _operator = null;
         await StartOperatorAsync();
+    }
+
+    [Fact]
+    public async Task A_target_of_an_older_release_gets_images_whose_tmpfs_mounts_CRIU_archived_itself()
+    {
+        // its restore runtime cannot build carried mounts: CRIU there would find no mapping for them
+        var older = FakeCapabilities.Of();
+        older.RestoresCarriedMounts = false;
+        Target.Capabilities = older;
+        await StartOperatorAsync();
+        var done = await RunAsync("move-older", "PreCopy");
+
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        Assert.Contains($"StartHandoff {done.Metadata.Uid} node-b {_agents["node-b"].Endpoint}", Source.Calls);
     }
 
     private async Task<MigrationRequest> RunAsync(string name, string mode, string pod = "db-0")

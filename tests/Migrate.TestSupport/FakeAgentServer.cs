@@ -18,6 +18,8 @@ public static class FakeCapabilities
         Criu = new CriuCapabilities { Version = criu, CheckPassed = true },
         Kernel = new KernelInfo { Machine = "x86_64" },
         Cpu = new CpuInfo { Vendor = "AuthenticAMD", Flags = { "sse2", "avx2" } },
+        // as an agent of this release: its restore runtime builds carried tmpfs mounts
+        RestoresCarriedMounts = true,
     };
 }
 
@@ -33,6 +35,9 @@ public sealed class FakeAgentState(string node, ConcurrentDictionary<string, Fak
     public string Node { get; } = node;
 
     public ConcurrentQueue<string> Calls { get; } = new();
+
+    /// <summary>What GetCapabilities answers.</summary>
+    public GetCapabilitiesResponse Capabilities { get; set; } = FakeCapabilities.Of();
 
     /// <summary>Method names that answer with an error (e.g. "StartHandoff"), or operations that fail in the background ("PreCopy", "Handoff", "Transfer").</summary>
     public ConcurrentDictionary<string, StatusCode> Failures { get; } = new();
@@ -211,7 +216,7 @@ public sealed class FakeMigration(string id)
 public sealed class FakeNodeAgent(FakeAgentState state) : Agent.V1.NodeAgent.NodeAgentBase
 {
     public override Task<GetCapabilitiesResponse> GetCapabilities(GetCapabilitiesRequest request, ServerCallContext context) =>
-        Task.FromResult(FakeCapabilities.Of());
+        Task.FromResult(state.Capabilities);
 
     public override Task<MigrationStatus> GetMigration(MigrationRef request, ServerCallContext context)
     {
@@ -325,7 +330,7 @@ public sealed class FakeNodeAgent(FakeAgentState state) : Agent.V1.NodeAgent.Nod
 
     public override Task<MigrationStatus> StartHandoff(StartHandoffRequest request, ServerCallContext context)
     {
-        state.Record($"StartHandoff {request.MigrationId} {request.Target.Node} {request.Target.Address}");
+        state.Record($"StartHandoff {request.MigrationId} {request.Target.Node} {request.Target.Address}{(request.CarryTmpfsMounts ? " carrying tmpfs mounts" : "")}");
         var m = state.Migration(request.MigrationId);
         lock (m)
         {

@@ -302,11 +302,12 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <paramref name="hold"/> (a member of a group), the pod is frozen and its network locked
     /// first, outside the node's CRIU gate (other members on this node must reach their freeze
     /// too), and the dump waits for the hold to return; a hold that fails thaws the pod.
-    /// With <paramref name="portable"/> (a kept checkpoint) CRIU archives every tmpfs itself, so the
-    /// images restore with any CRIU-based runtime; else the agent carries the small ones.
+    /// With <paramref name="carryMounts"/> (a migration to a target that builds them) the agent
+    /// carries the containers' small tmpfs mounts itself; else, as for a kept checkpoint, CRIU
+    /// archives every tmpfs, and the images restore with any CRIU-based runtime.
     /// </summary>
     public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken, bool lazyMemory = false,
-        Func<MigrationRecord, Task>? hold = null, bool postCopy = false, bool portable = false) =>
+        Func<MigrationRecord, Task>? hold = null, bool postCopy = false, bool carryMounts = false) =>
         await WithMigrationAsync(migrationId, async record =>
         {
             if (record.Phase == MigrationPhase.Frozen && record.FinalDump is not null)
@@ -339,7 +340,7 @@ public sealed partial class CheckpointEngine : IDisposable
                     await HoldFrozenAsync(record, dump, hold);
                 }
 
-                response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump, postCopy, carryMounts: !portable && _options.CarryTmpfsMounts), cancellationToken);
+                response = await RunCriuAsync(() => DumpFrozen(record, lazyMemory, dump, postCopy, carryMounts: carryMounts && _options.CarryTmpfsMounts), cancellationToken);
             }
             finally
             {

@@ -380,7 +380,7 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
                 throw new CheckpointException(StatusCode.Aborted, "the group checkpoint was rolled back (another member failed) before this pod was frozen; it runs on");
             }
 
-            var dump = await engine.FinalDumpAsync(id, cancellationToken, lazyMemory: fast, portable: true);
+            var dump = await engine.FinalDumpAsync(id, cancellationToken, lazyMemory: fast);
             var dumped = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             var thawing = Stopwatch.StartNew();
             if (request.GroupHold)

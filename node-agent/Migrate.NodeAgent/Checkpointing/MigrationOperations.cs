@@ -96,7 +96,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
             var hold = request.GroupHold
                 ? (request.HoldTimeoutSeconds > 0 ? TimeSpan.FromSeconds(request.HoldTimeoutSeconds) : GroupHolds.DefaultTimeout)
                 : (TimeSpan?)null;
-            Run(request.MigrationId, ct => RunHandoffAsync(request.MigrationId, request.LazyMemory, request.LazyMemory && request.PostCopy, hold, ct));
+            Run(request.MigrationId, ct => RunHandoffAsync(request.MigrationId, request.LazyMemory, request.LazyMemory && request.PostCopy, request.CarryTmpfsMounts, hold, ct));
         }
 
         return engine.Get(request.MigrationId);
@@ -378,7 +378,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
         }
     }
 
-    private async Task RunHandoffAsync(string id, bool lazyMemory, bool postCopy, TimeSpan? hold, CancellationToken cancellationToken)
+    private async Task RunHandoffAsync(string id, bool lazyMemory, bool postCopy, bool carryMounts, TimeSpan? hold, CancellationToken cancellationToken)
     {
         var target = engine.Find(id)!.Target!;
         bool committing = false;
@@ -396,7 +396,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                 record.Handoff.ContinuedThrough = gates.Through(id);
                 record.Save();
             } : null;
-            await engine.FinalDumpAsync(id, cancellationToken, lazyMemory, frozen, postCopy);
+            await engine.FinalDumpAsync(id, cancellationToken, lazyMemory, frozen, postCopy, carryMounts);
             await engine.UpdateAsync(id, r =>
             {
                 r.Handoff.Step = HandoffStep.Sending;

@@ -21,7 +21,8 @@ public sealed class NodeAgentService(NodeCapabilities capabilities, CheckpointEn
         Call(() => checkpoints.PreDumpAsync(request, context.CancellationToken));
 
     public override Task<FinalDumpResponse> FinalDump(FinalDumpRequest request, ServerCallContext context) =>
-        Call(() => checkpoints.FinalDumpAsync(request.MigrationId, context.CancellationToken, request.LazyMemory, postCopy: request.LazyMemory && request.PostCopy));
+        Call(() => checkpoints.FinalDumpAsync(request.MigrationId, context.CancellationToken, request.LazyMemory, postCopy: request.LazyMemory && request.PostCopy,
+            carryMounts: request.CarryTmpfsMounts));
 
     public override Task<MigrationStatus> StartPreCopy(StartPreCopyRequest request, ServerCallContext context) =>
         Call(() => operations.StartPreCopyAsync(request, context.CancellationToken));

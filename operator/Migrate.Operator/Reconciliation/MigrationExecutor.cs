@@ -190,13 +190,16 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             case MigrationAction.StartHandoff:
                 // post-copy (asked for or chosen): lazy memory is its mechanism, whatever the operator's default
                 bool postCopy = MigrationModes.LeavesMemoryOnSource(ModeChoice.Effective(request));
+                bool agentPath = status.CheckpointPath != CheckpointPaths.Cri;
+                var targetFacts = agentPath && facts.TargetNode is { } targetNode ? await agents.GetCapabilitiesAsync(targetNode, cancellationToken) : null;
                 await Agent(facts.SourceNode, status.SourceNode).StartHandoffAsync(new StartHandoffRequest
                 {
                     MigrationId = id,
                     Target = Target(facts, request, status.TargetNode!),
-                    CriCheckpoint = status.CheckpointPath == CheckpointPaths.Cri,
-                    LazyMemory = status.CheckpointPath != CheckpointPaths.Cri && (LazyRestore || postCopy) && facts.TargetNode is { } targetNode
-                        && (await agents.GetCapabilitiesAsync(targetNode, cancellationToken))?.Criu?.LazyPages == true,
+                    CriCheckpoint = !agentPath,
+                    LazyMemory = (LazyRestore || postCopy) && targetFacts?.Criu?.LazyPages == true,
+                    // (a target of an older release cannot build them: CRIU there would find no mapping for the mounts)
+                    CarryTmpfsMounts = targetFacts?.RestoresCarriedMounts == true,
                     PostCopy = postCopy,
                     GroupHold = facts.IsGroupMember,
                     HoldTimeoutSeconds = (uint)GroupHoldTimeout.TotalSeconds,
