@@ -220,16 +220,8 @@ public static partial class Restorer
             throw;
         }
 
-        using (carried)
-        {
-            return RestoreRunc(runc, line, request, clock, id, migration, images, work, move, claim, rechecked, checkedAt, carried, lazyHelpers);
-        }
-    }
-
-    /// <summary>runc restore, once the files are back and the carried mounts built: the address claimed (waited for), lazy helpers ready; then the figures.</summary>
-    private static int RestoreRunc(string runc, RuncCommandLine line, RestoreRequest request, Stopwatch clock, string id, string migration, string images, string work,
-        AddressMove? move, AddressClaim? claim, (int Files, long Bytes, string First) rechecked, long checkedAt, CarriedMountsOnNode? carried, Func<LazyRestoreHelpers?> lazyHelpers)
-    {
+        // (the carried mounts leave the node when the restore ended, failed or not: the container keeps its own binds)
+        using var built = carried;
         var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
         long prepared = clock.ElapsedMilliseconds, claimed = prepared;
         if (claim is not null)
