@@ -24,6 +24,9 @@ internal sealed class CarriedMountsOnNode : IDisposable
 
     public TimeSpan Elapsed { get; private set; }
 
+    /// <summary>Where the CRIU configuration file of a restore's carried mounts is (in its work directory).</summary>
+    public static string ConfigurationPath(string work) => Path.Combine(work, "carried-mounts.conf");
+
     /// <summary>Builds the mounts carried beside <paramref name="images"/> under <paramref name="work"/>; null when none were carried.</summary>
     public static CarriedMountsOnNode? Build(string images, string work)
     {
@@ -48,7 +51,7 @@ internal sealed class CarriedMountsOnNode : IDisposable
             throw new RestoreFailedException($"the carried tmpfs mounts are refused: {problem}");
         }
 
-        var built = new CarriedMountsOnNode(Path.Combine(work, "carried-mounts.conf"));
+        var built = new CarriedMountsOnNode(ConfigurationPath(work));
         try
         {
             var mapping = new List<(string Key, string Path)>();

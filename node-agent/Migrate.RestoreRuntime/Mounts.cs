@@ -36,6 +36,16 @@ internal static partial class Mounts
         }
     }
 
+    /// <summary>Binds <paramref name="source"/> (with the mounts below it) at <paramref name="target"/>; throws with the kernel's reason when it cannot.</summary>
+    public static void BindRecursive(string source, string target)
+    {
+        const nuint Bind = 0x1000, Recursive = 0x4000;
+        if (Mount(source, target, "", Bind | Recursive, "") != 0)
+        {
+            throw new IOException($"mount --rbind {source} {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        }
+    }
+
     /// <summary>Detaches the mount at <paramref name="target"/> (lazily: what holds it keeps it); nothing when nothing is mounted there.</summary>
     public static void DetachIfMounted(string target)
     {

@@ -112,26 +112,6 @@ public static partial class Restorer
 
             // a pod pinned to its source's address: its network is locked now, while it waits (nothing flows there yet), not in the downtime
             bool locked = LockEarly(request);
-            probe.Join();
-
-            // the pod's sandbox, network and root file system are ready: wait here for the final images,
-            // meanwhile writing back what the rounds staged (the writable layer's unmount would, in the downtime)
-            using (FileSystemFlusher.Start(request.RootPath))
-            {
-                WaitForCommit(migration, request, WaitLimit());
-            }
-            clock.Restart();
-            if (!File.Exists(staged))
-            {
-                throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
-            }
-
-            var images = Path.Combine(files, StagingLayout.FinalImages(request.Container));
-            if (!Directory.Exists(images))
-            {
-                throw new RestoreFailedException($"migration {request.MigrationId} has no images of container {request.Container}");
-            }
-
             var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
             if (Directory.Exists(work))
             {
@@ -142,22 +122,67 @@ public static partial class Restorer
             }
 
             Directory.CreateDirectory(work);
-            // a lazy restore's helpers start now: the daemon probes the kernel and reads the process
-            // tree while the files below are checked and put back (it reads, and serves nothing until
-            // the restore below, which only runs once they all passed)
-            // (images that cannot be read are left to the digest check, which says what is wrong with them)
-            var memory = Path.Combine(files, StagingLayout.LazyMemoryImages(request.Container));
-            bool? lazy = LazyMemoryNeeded(images);
-            var helpers = lazy == true ? BeginLazyHelpers(criu, images, memory, work, request) : null;
+            // runc begun now, its own preparation done while the source still runs; it waits at the gate for the images
+            using var begun = BeginGated(runc, line, id, request, migration, work);
+            var gated = begun;
+            probe.Join();
             try
             {
-                return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked,
-                    () => helpers ?? (lazy is null && LazyRestoreHelpers.Needed(images) ? BeginLazyHelpers(criu, images, memory, work, request) : null));
+                // the pod's sandbox, network and root file system are ready: wait here for the final images,
+                // meanwhile writing back what the rounds staged (the writable layer's unmount would, in the downtime)
+                using (FileSystemFlusher.Start(request.RootPath))
+                {
+                    WaitForCommit(migration, request, WaitLimit());
+                }
+                clock.Restart();
+                if (!File.Exists(staged))
+                {
+                    throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
+                }
+
+                var images = Path.Combine(files, StagingLayout.FinalImages(request.Container));
+                if (!Directory.Exists(images))
+                {
+                    throw new RestoreFailedException($"migration {request.MigrationId} has no images of container {request.Container}");
+                }
+
+                // a lazy restore's helpers start now: the daemon probes the kernel and reads the process
+                // tree while the files below are checked and put back (it reads, and serves nothing until
+                // the restore below, which only runs once they all passed)
+                // (images that cannot be read are left to the digest check, which says what is wrong with them)
+                var memory = Path.Combine(files, StagingLayout.LazyMemoryImages(request.Container));
+                bool? lazy = LazyMemoryNeeded(images);
+                string gateNote = "";
+                if (gated is not null)
+                {
+                    // not at its gate (it failed, or is slow), or begun for the other kind of memory: runc starts again below, after the files
+                    long reached = clock.ElapsedMilliseconds;
+                    var why = !gated.WaitAtGate(GateReachLimit) ? "it did not reach its gate"
+                        : lazy is { } needed ? GatedRunc.Mismatch(gated.Lazy, needed, gated.TcpEstablished, gated.TcpEstablished) : null;
+                    if (why is not null)
+                    {
+                        EndGated(gated, runc, line, id);
+                        gated = null;
+                        gateNote = string.Create(CultureInfo.InvariantCulture, $" (the runc begun ahead was stopped in {clock.ElapsedMilliseconds - reached} ms: {why})");
+                    }
+                }
+
+                var helpers = lazy == true ? BeginLazyHelpers(criu, images, memory, work, request) : null;
+                try
+                {
+                    return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, gated, gateNote,
+                        () => helpers ?? (lazy is null && LazyRestoreHelpers.Needed(images) ? BeginLazyHelpers(criu, images, memory, work, request) : null));
+                }
+                catch
+                {
+                    // helpers begun for a restore that did not happen
+                    LazyRestoreHelpers.StopRecorded(work);
+                    throw;
+                }
             }
-            catch
+            catch when (begun is not null)
             {
-                // helpers begun for a restore that did not happen
-                LazyRestoreHelpers.StopRecorded(work);
+                EndGated(begun, runc, line, id);
                 throw;
             }
         }
@@ -173,7 +198,7 @@ public static partial class Restorer
 
     /// <summary>The restore once the images are committed and found: files checked and put back, the address claimed, runc restore.</summary>
     private static int RestoreCommitted(string runc, RuncCommandLine line, RestoreRequest request, Stopwatch clock, string id, string migration, string files, string staged,
-        string images, string work, bool locked, Func<LazyRestoreHelpers?> lazyHelpers)
+        string images, string work, bool locked, GatedRunc? gated, string gateNote, Func<LazyRestoreHelpers?> lazyHelpers)
     {
         var volumes = request.Mounts
             .Select(m => (m.Source, Volume: VolumeName(m.Source)))
@@ -200,7 +225,7 @@ public static partial class Restorer
             var others = Verify(staged, files, path => path != AddressMove.FileName && needed(path));
             rechecked = (addressChecked.Files + others.Files, addressChecked.Bytes + others.Bytes, addressChecked.First.Length > 0 ? addressChecked.First : others.First);
             checkedAt = clock.ElapsedMilliseconds;
-            PutBackFiles(request, migration, files, volumes);
+            PutBackFiles(request, migration, files, volumes, gated is null ? null : Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, "criu-root"));
             // (after the digests: what the source carried is built from checked files only)
             carried = CarriedMountsOnNode.Build(images, work);
         }
@@ -222,7 +247,6 @@ public static partial class Restorer
 
         // (the carried mounts leave the node when the restore ended, failed or not: the container keeps its own binds)
         using var built = carried;
-        var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
         long prepared = clock.ElapsedMilliseconds, claimed = prepared;
         if (claim is not null)
         {
@@ -231,8 +255,6 @@ public static partial class Restorer
                 System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failed);
             }
 
-            // the source's connections come back in repair mode, on the address claimed under the lock
-            arguments.Add("--tcp-established");
             claimed = Math.Max(prepared, claim.DoneAt);
         }
 
@@ -241,29 +263,49 @@ public static partial class Restorer
         if (helpers is not null)
         {
             WaitForLazyHelpers(helpers, request);
-            arguments.Add("--lazy-pages");
         }
 
         long helpersReady = clock.ElapsedMilliseconds;
-
-        if (line.CommandOption("--pid-file") is { } pidFile)
+        string ahead = gateNote;
+        if (gated is not null && GatedRunc.Mismatch(gated.Lazy, lazy, gated.TcpEstablished, claim is not null) is { } mismatch)
         {
-            arguments.AddRange(["--pid-file", pidFile]);
+            EndGated(gated, runc, line, id);
+            gated = null;
+            ahead = string.Create(CultureInfo.InvariantCulture, $" (the runc begun ahead was stopped in {clock.ElapsedMilliseconds - helpersReady} ms: {mismatch})");
+            helpersReady = clock.ElapsedMilliseconds;
         }
 
-        if (line.CommandOption("--console-socket") is { } console)
+        int exit;
+        var restoredImages = images;
+        if (gated is not null)
         {
-            arguments.AddRange(["--console-socket", console]);
+            // the source's connections come back in repair mode, on the address claimed under the lock
+            // (when one moved); CRIU reads the carried mounts' configuration at its start
+            try
+            {
+                exit = gated.Open(images, GateReadLimit);
+            }
+            catch (Exception e) when (e is RestoreFailedException or IOException or UnauthorizedAccessException)
+            {
+                // (the caller has the runc end; the address leaves as after any failed restore)
+                if (move is not null)
+                {
+                    GiveUpAddress(migration, move, request);
+                }
+
+                throw;
+            }
+
+            restoredImages = gated.ImagesDirectory;
+            ahead = string.Create(CultureInfo.InvariantCulture, $" (begun ahead: the images linked in {gated.LinkMillis:0.0} ms, read {gated.ReadMillis:0.0} ms after)");
+        }
+        else
+        {
+            // (the same, runc started only now)
+            exit = RunInheritingStdio(runc, RestoreArguments(line, id, images, work, request, claim is not null, lazy),
+                carried is null ? null : ("CRIU_CONFIG_FILE", carried.ConfigurationFile));
         }
 
-        if (line.HasCommandFlag("--no-pivot"))
-        {
-            arguments.Add("--no-pivot");
-        }
-
-        arguments.Add(id);
-        // CRIU reads the carried mounts' configuration at its start: runc starts "criu swrk" with its own environment
-        int exit = RunInheritingStdio(runc, arguments, carried is null ? null : ("CRIU_CONFIG_FILE", carried.ConfigurationFile));
         long ran = clock.ElapsedMilliseconds;
         if (exit != 0)
         {
@@ -282,7 +324,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{CriuPart(work, images)}");
+            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{ahead}{CriuPart(work, restoredImages)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         WholeFile.WriteText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -312,13 +354,111 @@ public static partial class Restorer
         return 0;
     }
 
+    /// <summary>How long a runc begun ahead may take to read the descriptors once the gate opens (it is there already, normally).</summary>
+    private static readonly TimeSpan GateReadLimit = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long a runc begun ahead may take to reach its gate once the images are committed (it is there already, normally).</summary>
+    private static readonly TimeSpan GateReachLimit = TimeSpan.FromSeconds(10);
+
+    /// <summary>Set to "off" (in the runtime's environment), every restore starts runc only once the images are in place.</summary>
+    public const string GatedVariable = "PODMIG_RUNC_AHEAD";
+
+    /// <summary>runc's restore of container <paramref name="id"/> from <paramref name="images"/>, with the create call's own pid file, console and pivot.</summary>
+    public static List<string> RestoreArguments(RuncCommandLine line, string id, string images, string work, RestoreRequest request, bool tcpEstablished, bool lazy)
+    {
+        ArgumentNullException.ThrowIfNull(line);
+        ArgumentNullException.ThrowIfNull(request);
+        var arguments = new List<string>(line.Global) { "restore", "--detach", "--image-path", images, "--work-path", work, "--bundle", request.Bundle, "--manage-cgroups-mode", "soft" };
+        if (tcpEstablished)
+        {
+            arguments.Add("--tcp-established");
+        }
+
+        if (lazy)
+        {
+            arguments.Add("--lazy-pages");
+        }
+
+        if (line.CommandOption("--pid-file") is { } pidFile)
+        {
+            arguments.AddRange(["--pid-file", pidFile]);
+        }
+
+        if (line.CommandOption("--console-socket") is { } console)
+        {
+            arguments.AddRange(["--console-socket", console]);
+        }
+
+        if (line.HasCommandFlag("--no-pivot"))
+        {
+            arguments.Add("--no-pivot");
+        }
+
+        arguments.Add(id);
+        return arguments;
+    }
+
+    /// <summary>
+    /// runc's restore begun before the images are committed, waiting at its gate (null when they are
+    /// committed already, or it is turned off). Its options are taken now: established connections
+    /// for a pod pinned to its source's address (only such a pod's address moves), lazy memory when
+    /// the operator said the source leaves it lazy (ExpectImages). Images that need other options
+    /// (a container whose memory is shared copy-on-write is dumped whole) cost one stopped runc, and
+    /// the restore starts runc again.
+    /// </summary>
+    private static GatedRunc? BeginGated(string runc, RuncCommandLine line, string id, RestoreRequest request, string migration, string work)
+    {
+        if (Environment.GetEnvironmentVariable(GatedVariable) == "off" || File.Exists(Path.Combine(migration, StagingLayout.CommittedFile)))
+        {
+            return null;
+        }
+
+        bool tcp = !string.IsNullOrEmpty(request.PinnedAddress) && !string.IsNullOrEmpty(request.NetworkNamespace);
+        bool lazy = File.Exists(Path.Combine(migration, StagingLayout.LazyMemoryExpectedFile));
+        var gate = GatedRunc.GateDirectory(work);
+        return GatedRunc.Start(runc, RestoreArguments(line, id, gate, work, request, tcp, lazy), gate, lazy, tcp,
+            new Dictionary<string, string>(StringComparer.Ordinal) { ["CRIU_CONFIG_FILE"] = CarriedMountsOnNode.ConfigurationPath(work) });
+    }
+
+    /// <summary>A runc begun ahead and not let through: it ends without restoring, and whatever a killed one left goes.</summary>
+    private static void EndGated(GatedRunc gated, string runc, RuncCommandLine line, string id)
+    {
+        if (gated.Opened || gated.Aborted)
+        {
+            return; // it restored, or failed on its own (the caller's failure path cleans up), or was ended already
+        }
+
+        if (!gated.Abort(TimeSpan.FromSeconds(10)))
+        {
+            Console.Error.WriteLine("podmig-runc: the runc begun ahead did not end by itself; it was killed");
+        }
+
+        var state = Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id);
+        var root = Path.Combine(state, "criu-root");
+        if (Directory.Exists(root))
+        {
+            // its bind of the container's root, which a runc that ends by itself undoes
+            Mounts.DetachIfMounted(root);
+        }
+
+        if (Directory.Exists(state))
+        {
+            RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
+        }
+    }
+
     /// <summary>The captured writable layer put back under the container's root, and the pod's emptyDir volumes (each once for the pod).</summary>
-    private static void PutBackFiles(RestoreRequest request, string migration, string files, List<(string Source, string? Volume)> volumes)
+    /// <remarks>
+    /// A runc begun ahead has bound the container's root at <paramref name="criuRoot"/> (for CRIU): that
+    /// bind goes before the overlay is unmounted (so the old overlay is gone before the new one is
+    /// mounted on the same upper directory), and comes back on the new one.
+    /// </remarks>
+    private static void PutBackFiles(RestoreRequest request, string migration, string files, List<(string Source, string? Volume)> volumes, string? criuRoot)
     {
         var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
         if (File.Exists(layer))
         {
-            PutBackWritableLayer(request.RootPath, layer);
+            PutBackWritableLayer(request.RootPath, layer, criuRoot);
         }
 
         foreach (var (source, volume) in volumes)
@@ -682,13 +822,20 @@ public static partial class Restorer
     /// The overlay is unmounted meanwhile (an overlay's layers must not change under it) and mounted
     /// again with the same layers, so whiteouts and opaque directories take effect as in the source.
     /// </summary>
-    private static void PutBackWritableLayer(string rootfs, string archive)
+    private static void PutBackWritableLayer(string rootfs, string archive, string? criuRoot)
     {
-        var mount = MountInfoEntry.Read("/proc/self/mountinfo").LastOrDefault(m => m.MountPoint == rootfs);
+        var mounts = MountInfoEntry.Read("/proc/self/mountinfo");
+        var mount = mounts.LastOrDefault(m => m.MountPoint == rootfs);
         if (mount is null || mount.FileSystemType != "overlay" || mount.SuperOption("upperdir") is not { } upper)
         {
             FilesystemArchive.Extract(archive, rootfs);
             return;
+        }
+
+        bool rebind = criuRoot is not null && mounts.Any(m => m.MountPoint == criuRoot);
+        if (rebind)
+        {
+            Mounts.DetachIfMounted(criuRoot!);
         }
 
         var options = $"lowerdir={mount.SuperOption("lowerdir")},upperdir={upper},workdir={mount.SuperOption("workdir")}";
@@ -700,6 +847,10 @@ public static partial class Restorer
         finally
         {
             Mounts.MountOverlay(rootfs, options);
+            if (rebind)
+            {
+                Mounts.BindRecursive(rootfs, criuRoot!);
+            }
         }
     }
 

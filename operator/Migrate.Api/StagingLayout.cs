@@ -44,6 +44,9 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
     /// <summary>On the target: what was decided for the migration, once and for good (<see cref="RestoreMarkers"/>).</summary>
     public const string DecisionFile = "decision";
 
+    /// <summary>On the target: the source leaves the pod's memory to a lazy restore (ExpectImages said so).</summary>
+    public const string LazyMemoryExpectedFile = "lazy-memory.expected";
+
     /// <summary>On the target: a group member's replacement keeps its network locked once restored, until the agent's ReleaseNetwork.</summary>
     public const string HoldNetworkFile = "hold-network";
 

@@ -279,6 +279,20 @@ public sealed class ImageTransferTests : IAsyncLifetime
         new() { MigrationId = migration, Token = token, Container = "main", TaskId = 1, Address = 0x10000, Pages = 1 };
 
     [Fact]
+    public async Task Expecting_images_says_beside_them_whether_the_source_leaves_memory_lazy_and_a_repeat_can_take_it_back()
+    {
+        var token = _agents.Pki.Token("m-lazy", "node-a", "node-b");
+        var hint = Path.Combine(Target.Incoming, "m-lazy", StagingLayout.LazyMemoryExpectedFile);
+
+        await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-lazy", Token = token, LazyMemory = true });
+        bool saidLazy = File.Exists(hint);
+        await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-lazy", Token = token });
+
+        Assert.True(saidLazy, "the replacement's runtime reads what to begin runc for from " + hint);
+        Assert.False(File.Exists(hint));
+    }
+
+    [Fact]
     public async Task A_peer_whose_certificate_is_not_from_the_cluster_CA_cannot_connect()
     {
         await _agents.Operator(Target).ExpectImagesAsync(new ExpectImagesRequest { MigrationId = "m-cert", Token = _agents.Pki.Token("m-cert", "node-a", "node-b") });

@@ -215,6 +215,9 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.Equal(MigrationPhase.Resumed, resumed.Phase);
         await AgentOnNode.WaitForTicksAsync(source, "main", (int)AgentOnNode.LastTick(source, "main") + 2);
         Assert.DoesNotContain("memcounter", RunningCommands(), StringComparer.Ordinal);
+        // the runc begun ahead, which waited at its gate, read the abort and ended: no restore runs, no bind of the root is left
+        Assert.Empty(RestoresRunning());
+        Assert.DoesNotContain(MountInfoEntry.Read("/proc/self/mountinfo"), m => m.MountPoint.StartsWith(_target.Node.RuncRoot, StringComparison.Ordinal));
     }
 
     [Fact]
@@ -241,9 +244,53 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.True(restored!.RestoredUnixMillis > 0);
         Assert.True(late.Incoming.RestoreBegan);
         Assert.False(late.Incoming.Aborted);
+        // runc was begun while the pod waited, and restored the images linked into its gate
+        Assert.Contains("runc restore", StepsOf("m-commit"), StringComparison.Ordinal);
+        Assert.Contains("(begun ahead: the images linked in", StepsOf("m-commit"), StringComparison.Ordinal);
         await _source.Client.FinishAsync(new MigrationRef { MigrationId = "m-commit" });
         await TestPods.RemoveAsync(_target.Node, replacement);
     }
+
+    [Fact]
+    public async Task A_runc_begun_for_lazy_memory_is_stopped_and_started_again_for_images_that_hold_all_of_it()
+    {
+        var container = CheckpointTests.Counter("main", 4);
+        var source = await _source.RunPodAsync("guessed", container);
+        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
+        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-guess", source, _source.NodeName));
+        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-guess" });
+        long frozen = AgentOnNode.LastTick(source, "main");
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-guess", commit: false);
+        // what ExpectImages writes when the operator asks the source for lazy memory; this dump was not asked
+        File.WriteAllText(Path.Combine(_target.Node.IncomingDirectory, "m-guess", StagingLayout.LazyMemoryExpectedFile), "test");
+
+        var creating = TestPods.RunAsync(_target.Node, "default", "guessed", [container], ContainerdNode.RestoreHandler,
+            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-guess" });
+        await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-guess" })).Incoming?.Restores.FirstOrDefault(r => r.Waiting));
+        File.WriteAllText(Path.Combine(_target.Node.IncomingDirectory, "m-guess", StagingLayout.CommittedFile), "test");
+        var replacement = await creating;
+        var ticks = await AgentOnNode.WaitForTicksAsync(replacement, "main", 2);
+
+        Assert.Equal(frozen + 1, ticks[0].Tick);
+        Assert.Contains("(the runc begun ahead was stopped in", StepsOf("m-guess"), StringComparison.Ordinal);
+        Assert.Contains("it was begun for lazy memory, and the images hold all of it", StepsOf("m-guess"), StringComparison.Ordinal);
+        Assert.DoesNotContain("begun ahead:", StepsOf("m-guess"), StringComparison.Ordinal);
+        Assert.Empty(RestoresRunning());
+        Assert.DoesNotContain(MountInfoEntry.Read("/proc/self/mountinfo"), m => m.MountPoint.EndsWith("/criu-root", StringComparison.Ordinal) && m.MountPoint.StartsWith(_target.Node.RuncRoot, StringComparison.Ordinal));
+        await _source.Client.FinishAsync(new MigrationRef { MigrationId = "m-guess" });
+        await TestPods.RemoveAsync(_target.Node, replacement);
+    }
+
+    /// <summary>What the restore runtime reported of a container's restore on the target (its steps and their figures).</summary>
+    private string StepsOf(string migration) =>
+        File.ReadAllText(Path.Combine(_target.Node.IncomingDirectory, migration, StagingLayout.RestoredFile("main")));
+
+    /// <summary>runc restores running on this machine for the target node.</summary>
+    private List<string> RestoresRunning() =>
+        [.. Directory.EnumerateDirectories("/proc")
+            .Where(d => int.TryParse(Path.GetFileName(d), out _))
+            .Select(d => SafeRead(Path.Combine(d, "cmdline")).Replace('\0', ' '))
+            .Where(c => c.Contains(" restore ", StringComparison.Ordinal) && c.Contains(_target.Node.IncomingDirectory, StringComparison.Ordinal))];
 
     private static async Task<T> WaitForAsync<T>(Func<Task<T?>> probe)
         where T : class

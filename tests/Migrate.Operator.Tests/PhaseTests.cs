@@ -629,6 +629,22 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         Assert.Contains($"StartHandoff {done.Metadata.Uid} node-b {_agents["node-b"].Endpoint}", Source.Calls);
     }
 
+    [Fact]
+    public async Task A_target_that_restores_lazily_is_told_so_when_it_is_asked_to_expect_the_images()
+    {
+        // what the source will be asked in StartHandoff, said to the target before: its restore runtime begins runc for it
+        var lazy = FakeCapabilities.Of();
+        lazy.Criu.LazyPages = true;
+        Target.Capabilities = lazy;
+        await StartOperatorAsync();
+        var done = await RunAsync("move-lazy", "PreCopy");
+
+        Assert.Equal(MigrationPhases.Succeeded, done.Status!.Phase);
+        var id = done.Metadata.Uid;
+        Assert.Contains($"ExpectImages {id} token lazy memory", Target.Calls);
+        Assert.Contains($"StartHandoff {id} node-b {_agents["node-b"].Endpoint} carrying tmpfs mounts lazy memory", Source.Calls);
+    }
+
     private async Task<MigrationRequest> RunAsync(string name, string mode, string pod = "db-0")
     {
         await CreateAsync(name, mode, pod);

@@ -276,7 +276,7 @@ public sealed class FakeNodeAgent(FakeAgentState state) : Agent.V1.NodeAgent.Nod
 
     public override Task<ExpectImagesResponse> ExpectImages(ExpectImagesRequest request, ServerCallContext context)
     {
-        state.Record($"ExpectImages {request.MigrationId} {(request.Token.Length > 0 ? "token" : "no-token")}");
+        state.Record($"ExpectImages {request.MigrationId} {(request.Token.Length > 0 ? "token" : "no-token")}{(request.LazyMemory ? " lazy memory" : "")}");
         var m = state.Migration(request.MigrationId);
         lock (m)
         {
@@ -330,7 +330,7 @@ public sealed class FakeNodeAgent(FakeAgentState state) : Agent.V1.NodeAgent.Nod
 
     public override Task<MigrationStatus> StartHandoff(StartHandoffRequest request, ServerCallContext context)
     {
-        state.Record($"StartHandoff {request.MigrationId} {request.Target.Node} {request.Target.Address}{(request.CarryTmpfsMounts ? " carrying tmpfs mounts" : "")}");
+        state.Record($"StartHandoff {request.MigrationId} {request.Target.Node} {request.Target.Address}{(request.CarryTmpfsMounts ? " carrying tmpfs mounts" : "")}{(request.LazyMemory ? " lazy memory" : "")}");
         var m = state.Migration(request.MigrationId);
         lock (m)
         {

@@ -193,6 +193,17 @@ public sealed partial class ImageReceiver : IDisposable
         Directory.CreateDirectory(IncomingRoot, OwnerOnly);
         Directory.CreateDirectory(directory, OwnerOnly);
         File.WriteAllText(Path.Combine(directory, ExpectedFile), request.Token);
+        // for the replacement's runtime, which begins runc's restore before the images are here
+        var lazy = Path.Combine(directory, StagingLayout.LazyMemoryExpectedFile);
+        if (request.LazyMemory)
+        {
+            File.WriteAllText(lazy, "the source leaves the memory to a lazy restore\n");
+        }
+        else
+        {
+            File.Delete(lazy);
+        }
+
         lock (_gate)
         {
             _expected[claims.MigrationId] = claims;

@@ -175,6 +175,8 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     // post-copy: where the target's agent fetches the pages the final dump leaves on the source
                     PostCopySource = ModeChoice.MayLeaveMemoryOnSource(request) && expect.Node == status.TargetNode
                         ? Target(facts, request, status.SourceNode!).Address : "",
+                    // what StartHandoff will ask of the source (the replacement's runtime prepares for it)
+                    LazyMemory = expect.Node == status.TargetNode && await LeavesMemoryLazyAsync(request, status, facts, cancellationToken),
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.StartPreCopy:
@@ -191,13 +193,13 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                 // post-copy (asked for or chosen): lazy memory is its mechanism, whatever the operator's default
                 bool postCopy = MigrationModes.LeavesMemoryOnSource(ModeChoice.Effective(request));
                 bool agentPath = status.CheckpointPath != CheckpointPaths.Cri;
-                var targetFacts = agentPath && facts.TargetNode is { } targetNode ? await agents.GetCapabilitiesAsync(targetNode, cancellationToken) : null;
+                var targetFacts = await TargetFactsAsync(status, facts, cancellationToken);
                 await Agent(facts.SourceNode, status.SourceNode).StartHandoffAsync(new StartHandoffRequest
                 {
                     MigrationId = id,
                     Target = Target(facts, request, status.TargetNode!),
                     CriCheckpoint = !agentPath,
-                    LazyMemory = (LazyRestore || postCopy) && targetFacts?.Criu?.LazyPages == true,
+                    LazyMemory = LeavesMemoryLazy(postCopy, targetFacts),
                     // (a target of an older release cannot build them: CRIU there would find no mapping for the mounts)
                     CarryTmpfsMounts = targetFacts?.RestoresCarriedMounts == true,
                     PostCopy = postCopy,
@@ -278,6 +280,17 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
             OperatorTelemetry.Ended(after.Phase!, after.Reason, after.StartTime, after.CompletionTime, after.Phase == MigrationPhases.Succeeded ? after.DowntimeMillis : null);
         }
     }
+
+    /// <summary>The target's capabilities, for a migration through this project's agents (null on the runtime's own checkpoint path, or with no target).</summary>
+    private async Task<GetCapabilitiesResponse?> TargetFactsAsync(MigrationRequestStatus status, MigrationFacts facts, CancellationToken cancellationToken) =>
+        status.CheckpointPath != CheckpointPaths.Cri && facts.TargetNode is { } targetNode ? await agents.GetCapabilitiesAsync(targetNode, cancellationToken) : null;
+
+    /// <summary>Whether the source leaves the pod's private memory to a lazy restore: post-copy, or this operator's default, on a target whose CRIU restores lazily.</summary>
+    private bool LeavesMemoryLazy(bool postCopy, GetCapabilitiesResponse? target) => (LazyRestore || postCopy) && target?.Criu?.LazyPages == true;
+
+    /// <inheritdoc cref="LeavesMemoryLazy"/>
+    private async Task<bool> LeavesMemoryLazyAsync(MigrationRequest request, MigrationRequestStatus status, MigrationFacts facts, CancellationToken cancellationToken) =>
+        LeavesMemoryLazy(MigrationModes.LeavesMemoryOnSource(ModeChoice.Effective(request)), await TargetFactsAsync(status, facts, cancellationToken));
 
     private NodeAgent.NodeAgentClient Agent(V1Node? node, string? name) =>
         node is not null && agents.Connect(node) is { } agent

@@ -1,0 +1,387 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+
+namespace Migrate.NodeAgent.Checkpointing;
+
+/// <summary>
+/// A <c>runc restore</c> begun while the replacement still waits for the final images, so that what
+/// runc does before it starts CRIU (its own start, the spec, a <c>criu swrk</c> of its own for CRIU's
+/// version, the root file system's bind and the mount points: 75-130 ms on this machine) is done
+/// before the downtime instead of in it. runc reads <c>descriptors.json</c> from its images directory
+/// just before it starts CRIU. Here that directory is the gate's own, in the restore's work
+/// directory, and <c>descriptors.json</c> in it a FIFO this process holds open: runc waits on it until
+/// <see cref="Open"/> has linked the committed images in and written the descriptors, or reads
+/// something that is not JSON (<see cref="Abort"/>, or nothing at all when this process dies) and
+/// ends without restoring anything, cleaning up after itself.
+/// </summary>
+public sealed partial class GatedRunc : IDisposable
+{
+    /// <summary>What runc reads from the images directory before it starts CRIU (the stdio it hands on).</summary>
+    public const string DescriptorsFile = "descriptors.json";
+
+    /// <summary>More than a container's three standard descriptors ever need.</summary>
+    public const int MaximumDescriptorsBytes = 64 * 1024;
+
+    private const int SIfIfo = 0x1000;
+    private const int ORdWr = 0x2;
+    private const int OCloExec = 0x80000;
+    private const nuint FionRead = 0x541B;
+    private const int EIntr = 4;
+
+    private const int InOpen = 0x20;
+    private const int InNonBlock = 0x800;
+
+    private readonly Process _process;
+    private readonly int _watch;
+    private int _gate;
+    private bool _seenOpen;
+
+    private GatedRunc(Process process, int gate, int watch, string imagesDirectory, bool lazy, bool tcpEstablished)
+    {
+        _process = process;
+        _gate = gate;
+        _watch = watch;
+        ImagesDirectory = imagesDirectory;
+        Lazy = lazy;
+        TcpEstablished = tcpEstablished;
+    }
+
+    /// <summary>The images directory runc was given (the committed images are linked into it).</summary>
+    public string ImagesDirectory { get; }
+
+    /// <summary>runc read the descriptors <see cref="Open"/> wrote: the restore is its own from then on.</summary>
+    public bool Opened { get; private set; }
+
+    /// <summary><see cref="Abort"/> was called: it restores nothing.</summary>
+    public bool Aborted { get; private set; }
+
+    /// <summary>Of <see cref="Open"/>: linking the images in, and runc reading the descriptors after that.</summary>
+    public double LinkMillis { get; private set; }
+
+    /// <inheritdoc cref="LinkMillis"/>
+    public double ReadMillis { get; private set; }
+
+    /// <summary>Started with <c>--lazy-pages</c>.</summary>
+    public bool Lazy { get; }
+
+    /// <summary>Started with <c>--tcp-established</c>.</summary>
+    public bool TcpEstablished { get; }
+
+    /// <summary>The gate's images directory for a restore's work directory.</summary>
+    public static string GateDirectory(string work) => Path.Combine(work, "images");
+
+    /// <summary>
+    /// Why runc, begun with <paramref name="startedLazy"/> and <paramref name="startedTcp"/>, cannot
+    /// restore what the committed images need; null when it can. Its options are fixed when it starts.
+    /// </summary>
+    public static string? Mismatch(bool startedLazy, bool lazyNeeded, bool startedTcp, bool addressMoved)
+    {
+        if (startedLazy != lazyNeeded)
+        {
+            return startedLazy ? "it was begun for lazy memory, and the images hold all of it" : "it was begun for memory in the images, and they leave it lazy";
+        }
+
+        if (startedTcp != addressMoved)
+        {
+            return startedTcp ? "it was begun for established connections, and the source moved no address" : "it was begun without established connections, and the address moved";
+        }
+
+        return null;
+    }
+
+    /// <summary>
+    /// Starts <paramref name="runc"/> with <paramref name="arguments"/> (their images directory
+    /// <paramref name="imagesDirectory"/>, made here, empty but for the gate), its standard
+    /// descriptors this process's own.
+    /// </summary>
+    public static GatedRunc Start(string runc, IReadOnlyList<string> arguments, string imagesDirectory, bool lazy, bool tcpEstablished,
+        IReadOnlyDictionary<string, string> environment)
+    {
+        ArgumentNullException.ThrowIfNull(arguments);
+        ArgumentNullException.ThrowIfNull(environment);
+        Directory.CreateDirectory(imagesDirectory);
+        var fifo = Path.Combine(imagesDirectory, DescriptorsFile);
+        if (NativeMethods.Mknod(fifo, SIfIfo | 0x180, 0) != 0)
+        {
+            throw new IOException($"mkfifo {fifo}: {Marshal.GetLastPInvokeError()}");
+        }
+
+        // held for reading and writing: runc's open does not wait for a writer, and the pipe (with what
+        // is written to it) lives until runc has read it, however late runc gets there
+        int gate = NativeMethods.Open(fifo, ORdWr | OCloExec);
+        if (gate < 0)
+        {
+            throw new IOException($"open {fifo}: {Marshal.GetLastPInvokeError()}");
+        }
+
+        // (this process's own open above is before the watch: an open it reports is runc's)
+        int watch = NativeMethods.InotifyInit(InNonBlock | OCloExec);
+        if (watch < 0 || NativeMethods.InotifyAddWatch(watch, fifo, InOpen) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            _ = NativeMethods.Close(gate);
+            _ = watch >= 0 ? NativeMethods.Close(watch) : 0;
+            throw new IOException($"inotify on {fifo}: errno {errno}");
+        }
+
+        var start = new ProcessStartInfo(runc) { UseShellExecute = false };
+        foreach (var (name, value) in environment)
+        {
+            start.Environment[name] = value;
+        }
+
+        foreach (var argument in arguments)
+        {
+            start.ArgumentList.Add(argument);
+        }
+
+        try
+        {
+            var process = Process.Start(start) ?? throw new IOException($"could not start {runc}");
+            return new GatedRunc(process, gate, watch, imagesDirectory, lazy, tcpEstablished);
+        }
+        catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException)
+        {
+            _ = NativeMethods.Close(gate);
+            _ = NativeMethods.Close(watch);
+            throw new IOException($"could not start {runc}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// Waits until runc holds the gate open (its preparation done: the root file system's bind among
+    /// it); false when it ended, or was not there within <paramref name="limit"/>.
+    /// </summary>
+    public bool WaitAtGate(TimeSpan limit)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!OpenedByRunc())
+        {
+            if (_process.HasExited || clock.Elapsed > limit)
+            {
+                return false;
+            }
+
+            Thread.Sleep(1);
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// Links the committed <paramref name="images"/> into the gate's directory, lets runc read their
+    /// descriptors and waits for it to end; its exit status. Throws when runc does not read within
+    /// <paramref name="limit"/> (it is stopped).
+    /// </summary>
+    public int Open(string images, TimeSpan limit)
+    {
+        var descriptors = new FileInfo(Path.Combine(images, DescriptorsFile));
+        if (!descriptors.Exists || descriptors.Length > MaximumDescriptorsBytes)
+        {
+            throw new IOException($"the images hold no {DescriptorsFile} of at most {MaximumDescriptorsBytes} bytes");
+        }
+
+        var clock = Stopwatch.StartNew();
+        LinkImages(images, ImagesDirectory);
+        LinkMillis = clock.Elapsed.TotalMilliseconds;
+        if (!Release(File.ReadAllBytes(descriptors.FullName), limit))
+        {
+            Stop();
+            throw new IOException($"runc did not read the images' descriptors within {limit.TotalSeconds:0} seconds; it was stopped");
+        }
+
+        Opened = true;
+        ReadMillis = clock.Elapsed.TotalMilliseconds - LinkMillis;
+        _process.WaitForExit();
+        return _process.ExitCode;
+    }
+
+    /// <summary>
+    /// Has runc end without restoring anything (it reads what is not JSON, and cleans up after itself),
+    /// within <paramref name="limit"/>; after that it is killed. True when it ended by itself.
+    /// </summary>
+    public bool Abort(TimeSpan limit)
+    {
+        Aborted = true;
+        var clock = Stopwatch.StartNew();
+        if (_gate >= 0 && !Release("abort\n"u8.ToArray(), limit))
+        {
+            Stop();
+            return false;
+        }
+
+        var left = limit - clock.Elapsed;
+        if (!_process.WaitForExit(left > TimeSpan.Zero ? left : TimeSpan.Zero))
+        {
+            Stop();
+            return false;
+        }
+
+        return true;
+    }
+
+    public void Dispose()
+    {
+        if (_gate >= 0 || !_process.HasExited)
+        {
+            _ = Abort(TimeSpan.FromSeconds(10));
+        }
+
+        _ = NativeMethods.Close(_watch);
+        _process.Dispose();
+    }
+
+    /// <summary>
+    /// Every file of <paramref name="images"/> linked into <paramref name="gate"/> (its descriptors
+    /// aside), a symbolic link (the "parent" of an image set) made again with its target absolute.
+    /// </summary>
+    public static void LinkImages(string images, string gate)
+    {
+        foreach (var entry in new DirectoryInfo(images).EnumerateFileSystemInfos())
+        {
+            if (entry.Name == DescriptorsFile)
+            {
+                continue;
+            }
+
+            var linked = Path.Combine(gate, entry.Name);
+            if (entry.LinkTarget is { } target)
+            {
+                File.CreateSymbolicLink(linked, Path.GetFullPath(target, images));
+            }
+            else if (entry is FileInfo)
+            {
+                if (NativeMethods.Link(entry.FullName, linked) != 0)
+                {
+                    throw new IOException($"link {entry.FullName} {linked}: {Marshal.GetLastPInvokeError()}");
+                }
+            }
+            else
+            {
+                throw new IOException($"the images hold a directory ({entry.Name}), which is not CRIU's");
+            }
+        }
+    }
+
+    /// <summary>Writes <paramref name="content"/> to the gate and closes it once runc read all of it (or ended); false when neither happened within <paramref name="limit"/>.</summary>
+    private bool Release(byte[] content, TimeSpan limit)
+    {
+        unsafe
+        {
+            fixed (byte* bytes = content)
+            {
+                int written = 0;
+                while (written < content.Length)
+                {
+                    nint n = NativeMethods.Write(_gate, bytes + written, (nuint)(content.Length - written));
+                    if (n < 0)
+                    {
+                        int errno = Marshal.GetLastPInvokeError();
+                        if (errno == EIntr)
+                        {
+                            continue;
+                        }
+
+                        throw new IOException($"writing to runc's descriptors: errno {errno}");
+                    }
+
+                    written += (int)n;
+                }
+            }
+        }
+
+        var clock = Stopwatch.StartNew();
+        while (Unread() > 0 && !_process.HasExited)
+        {
+            if (clock.Elapsed > limit)
+            {
+                return false;
+            }
+
+            Thread.Sleep(1);
+        }
+
+        _ = NativeMethods.Close(_gate);
+        _gate = -1;
+        return true;
+    }
+
+    /// <summary>Whether the gate was opened since it was made (by runc, or a wrapper's child: whoever runs it): an inotify event on it.</summary>
+    private bool OpenedByRunc()
+    {
+        if (_seenOpen)
+        {
+            return true;
+        }
+
+        var events = new byte[4096];
+        unsafe
+        {
+            fixed (byte* buffer = events)
+            {
+                _seenOpen = NativeMethods.Read(_watch, buffer, (nuint)events.Length) > 0;
+            }
+        }
+
+        return _seenOpen;
+    }
+
+    private int Unread()
+    {
+        int unread = 0;
+        unsafe
+        {
+            return NativeMethods.Ioctl(_gate, FionRead, &unread) == 0 ? unread : 0;
+        }
+    }
+
+    private void Stop()
+    {
+        if (_gate >= 0)
+        {
+            _ = NativeMethods.Close(_gate);
+            _gate = -1;
+        }
+
+        try
+        {
+            _process.Kill();
+        }
+        catch (InvalidOperationException)
+        {
+            // it ended meanwhile
+        }
+
+        _process.WaitForExit();
+    }
+
+    private static unsafe partial class NativeMethods
+    {
+        [LibraryImport("libc.so.6", EntryPoint = "mknod", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int Mknod(string path, int mode, ulong device);
+
+        [LibraryImport("libc.so.6", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int Open(string path, int flags);
+
+        [LibraryImport("libc.so.6", EntryPoint = "write", SetLastError = true)]
+        internal static partial nint Write(int fd, byte* buffer, nuint count);
+
+        [LibraryImport("libc.so.6", EntryPoint = "read", SetLastError = true)]
+        internal static partial nint Read(int fd, byte* buffer, nuint count);
+
+        [LibraryImport("libc.so.6", EntryPoint = "inotify_init1", SetLastError = true)]
+        internal static partial int InotifyInit(int flags);
+
+        [LibraryImport("libc.so.6", EntryPoint = "inotify_add_watch", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int InotifyAddWatch(int fd, string path, int mask);
+
+        [LibraryImport("libc.so.6", EntryPoint = "ioctl", SetLastError = true)]
+        internal static partial int Ioctl(int fd, nuint request, int* value);
+
+        [LibraryImport("libc.so.6", EntryPoint = "close", SetLastError = true)]
+        internal static partial int Close(int fd);
+
+        [LibraryImport("libc.so.6", EntryPoint = "link", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+        internal static partial int Link(string existing, string created);
+    }
+}
