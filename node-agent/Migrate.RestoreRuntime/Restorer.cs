@@ -115,8 +115,9 @@ public static partial class Restorer
             var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
             if (Directory.Exists(work))
             {
-                // what an earlier attempt left: its helpers and mounts first, then its files
+                // what an earlier attempt left: its helpers, a runc it began, its mounts, then its files
                 LazyRestoreHelpers.StopRecorded(work);
+                _ = GatedRunc.ReleaseLeftover(work);
                 CarriedMountsOnNode.UnmountLeftovers(work);
                 Directory.Delete(work, recursive: true);
             }

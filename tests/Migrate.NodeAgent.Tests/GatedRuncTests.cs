@@ -150,6 +150,37 @@ public sealed class GatedRuncTests : IDisposable
         Assert.False(nested.Opened);
     }
 
+    [Fact]
+    public void A_runc_left_waiting_by_a_dead_restore_runtime_is_let_go_and_nothing_else_is_touched()
+    {
+        var work = Directory.CreateDirectory(Path.Combine(_root.FullName, "restore-left")).FullName;
+        Assert.False(GatedRunc.ReleaseLeftover(work), "no gate there");
+        var gate = Directory.CreateDirectory(GatedRunc.GateDirectory(work)).FullName;
+        var fifo = Path.Combine(gate, GatedRunc.DescriptorsFile);
+        using (var mkfifo = Process.Start("mkfifo", ["-m", "600", fifo]))
+        {
+            mkfifo.WaitForExit();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+
+        Assert.False(GatedRunc.ReleaseLeftover(work), "nobody waits at the gate");
+
+        // as runc would be had its holder died first: blocked in open(2), waiting for a writer
+        var output = Path.Combine(work, "seen");
+        using var waiting = Process.Start(new ProcessStartInfo("/bin/sh") { ArgumentList = { "-c", "cat \"$1\" > \"$2\"", "sh", fifo, output } })!;
+        var clock = Stopwatch.StartNew();
+        bool released = false;
+        while (!released && clock.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            released = GatedRunc.ReleaseLeftover(work);
+            Thread.Sleep(released ? 0 : 10);
+        }
+
+        Assert.True(released, "the waiting reader was never found");
+        Assert.True(waiting.WaitForExit(20_000), "the reader still waits");
+        Assert.Equal("abort\n", File.ReadAllText(output));
+    }
+
     /// <summary>A committed image set (a few files, descriptors.json, a relative "parent" link) and the round it links to.</summary>
     private (string Images, string Round) Images()
     {

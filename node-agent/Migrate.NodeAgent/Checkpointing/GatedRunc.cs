@@ -24,6 +24,8 @@ public sealed partial class GatedRunc : IDisposable
 
     private const int SIfIfo = 0x1000;
     private const int ORdWr = 0x2;
+    private const int OWrOnly = 0x1;
+    private const int ONonBlock = 0x800;
     private const int OCloExec = 0x80000;
     private const nuint FionRead = 0x541B;
     private const int EIntr = 4;
@@ -229,6 +231,38 @@ public sealed partial class GatedRunc : IDisposable
 
         _ = NativeMethods.Close(_watch);
         _process.Dispose();
+    }
+
+    /// <summary>
+    /// Lets a runc still waiting at the gate of restore work directory <paramref name="work"/> go
+    /// (the restore runtime that held the gate died before runc got there, so its open waits for a
+    /// writer): it reads "abort", fails and cleans up after itself. True when one was waiting.
+    /// </summary>
+    public static bool ReleaseLeftover(string work)
+    {
+        var fifo = Path.Combine(GateDirectory(work), DescriptorsFile);
+        if (Migrate.Api.FileStatus.Of(fifo) is not { Type: Migrate.Api.FileStatus.Fifo })
+        {
+            return false;
+        }
+
+        // without blocking: it opens only when a reader waits (ENXIO otherwise)
+        int fd = NativeMethods.Open(fifo, OWrOnly | ONonBlock | OCloExec);
+        if (fd < 0)
+        {
+            return false;
+        }
+
+        unsafe
+        {
+            fixed (byte* abort = "abort\n"u8)
+            {
+                _ = NativeMethods.Write(fd, abort, 6);
+            }
+        }
+
+        _ = NativeMethods.Close(fd);
+        return true;
     }
 
     /// <summary>

@@ -703,6 +703,8 @@ public sealed partial class ImageReceiver : IDisposable
             if (!File.Exists(Path.Combine(directory, StagingLayout.RestoredFile(container))))
             {
                 Migrate.Criu.Lazy.LazyRestoreHelpers.StopRecorded(work);
+                // a runc begun ahead whose restore runtime died before the commit waits at its gate
+                _ = GatedRunc.ReleaseLeftover(work);
             }
         }
     }
