@@ -417,8 +417,22 @@ public static partial class Restorer
         bool tcp = !string.IsNullOrEmpty(request.PinnedAddress) && !string.IsNullOrEmpty(request.NetworkNamespace);
         bool lazy = File.Exists(Path.Combine(migration, StagingLayout.LazyMemoryExpectedFile));
         var gate = GatedRunc.GateDirectory(work);
-        return GatedRunc.Start(runc, RestoreArguments(line, id, gate, work, request, tcp, lazy), gate, lazy, tcp,
-            new Dictionary<string, string>(StringComparer.Ordinal) { ["CRIU_CONFIG_FILE"] = CarriedMountsOnNode.ConfigurationPath(work) });
+        try
+        {
+            return GatedRunc.Start(runc, RestoreArguments(line, id, gate, work, request, tcp, lazy), gate, lazy, tcp,
+                new Dictionary<string, string>(StringComparer.Ordinal) { ["CRIU_CONFIG_FILE"] = CarriedMountsOnNode.ConfigurationPath(work) });
+        }
+        catch (IOException e)
+        {
+            // (the restore starts runc once the images are in place, as without it)
+            Console.Error.WriteLine($"podmig-runc: runc's restore could not be begun ahead: {e.Message}");
+            if (Directory.Exists(gate))
+            {
+                Directory.Delete(gate, recursive: true);
+            }
+
+            return null;
+        }
     }
 
     /// <summary>A runc begun ahead and not let through: it ends without restoring, and whatever a killed one left goes.</summary>
