@@ -7,7 +7,7 @@ namespace Migrate.RestoreRuntime;
 /// container's overlay inside the downtime, and a <c>umount</c> and a <c>mount</c> process cost two
 /// process starts there (10-40 ms on a busy node) for two system calls.
 /// </summary>
-internal static partial class Mounts
+internal static unsafe partial class Mounts
 {
     /// <summary>Unmounts <paramref name="target"/>; throws with the kernel's reason when it cannot.</summary>
     public static void Unmount(string target)
@@ -36,6 +36,32 @@ internal static partial class Mounts
         }
     }
 
+    /// <summary>Whether something is mounted at <paramref name="path"/> (by its real path: mountinfo names mount points with their links resolved).</summary>
+    public static bool IsMountPoint(string path)
+    {
+        var real = RealPath(path);
+        return real is not null && Migrate.NodeAgent.Checkpointing.MountInfoEntry.Read("/proc/self/mountinfo").Any(m => m.MountPoint == real);
+    }
+
+    /// <summary><paramref name="path"/> with every link resolved (realpath(3)); null when it does not exist.</summary>
+    public static string? RealPath(string path)
+    {
+        nint resolved = RealPathNative(path, 0);
+        if (resolved == 0)
+        {
+            return null;
+        }
+
+        try
+        {
+            return Marshal.PtrToStringUTF8(resolved);
+        }
+        finally
+        {
+            NativeMemory.Free((void*)resolved);
+        }
+    }
+
     /// <summary>Binds <paramref name="source"/> (with the mounts below it) at <paramref name="target"/>; throws with the kernel's reason when it cannot.</summary>
     public static void BindRecursive(string source, string target)
     {
@@ -58,6 +84,9 @@ internal static partial class Mounts
 
     [LibraryImport("libc.so.6", EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial int Umount2(string target, int flags);
+
+    [LibraryImport("libc.so.6", EntryPoint = "realpath", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial nint RealPathNative(string path, nint resolved);
 
     [LibraryImport("libc.so.6", EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     private static partial int Mount(string source, string target, string fileSystemType, nuint flags, string data);

@@ -158,11 +158,14 @@ public static partial class Restorer
                 {
                     // not at its gate (it failed, or is slow), or begun for the other kind of memory: runc starts again below, after the files
                     long reached = clock.ElapsedMilliseconds;
-                    var why = !gated.WaitAtGate(GateReachLimit) ? "it did not reach its gate"
+                    bool atGate = gated.WaitAtGate(GateReachLimit);
+                    var why = !atGate ? "it did not reach its gate"
+                        : !Mounts.IsMountPoint(CriuRoot(line, id)) ? "its bind of the container's root was not found"
                         : lazy is { } needed ? GatedRunc.Mismatch(gated.Lazy, needed, gated.TcpEstablished, gated.TcpEstablished) : null;
                     if (why is not null)
                     {
-                        EndGated(gated, runc, line, id);
+                        // (one that is not at its gate is not waited for long: it is killed)
+                        EndGated(gated, runc, line, id, atGate ? TimeSpan.FromSeconds(10) : TimeSpan.FromSeconds(1));
                         gated = null;
                         gateNote = string.Create(CultureInfo.InvariantCulture, $" (the runc begun ahead was stopped in {clock.ElapsedMilliseconds - reached} ms: {why})");
                     }
@@ -183,7 +186,7 @@ public static partial class Restorer
             }
             catch when (begun is not null)
             {
-                EndGated(begun, runc, line, id);
+                EndGated(begun, runc, line, id, TimeSpan.FromSeconds(10));
                 throw;
             }
         }
@@ -226,7 +229,7 @@ public static partial class Restorer
             var others = Verify(staged, files, path => path != AddressMove.FileName && needed(path));
             rechecked = (addressChecked.Files + others.Files, addressChecked.Bytes + others.Bytes, addressChecked.First.Length > 0 ? addressChecked.First : others.First);
             checkedAt = clock.ElapsedMilliseconds;
-            PutBackFiles(request, migration, files, volumes, gated is null ? null : Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, "criu-root"));
+            PutBackFiles(request, migration, files, volumes, gated is null ? null : CriuRoot(line, id));
             // (after the digests: what the source carried is built from checked files only)
             carried = CarriedMountsOnNode.Build(images, work);
         }
@@ -270,7 +273,7 @@ public static partial class Restorer
         string ahead = gateNote;
         if (gated is not null && GatedRunc.Mismatch(gated.Lazy, lazy, gated.TcpEstablished, claim is not null) is { } mismatch)
         {
-            EndGated(gated, runc, line, id);
+            EndGated(gated, runc, line, id, TimeSpan.FromSeconds(10));
             gated = null;
             ahead = string.Create(CultureInfo.InvariantCulture, $" (the runc begun ahead was stopped in {clock.ElapsedMilliseconds - helpersReady} ms: {mismatch})");
             helpersReady = clock.ElapsedMilliseconds;
@@ -316,6 +319,8 @@ public static partial class Restorer
             }
 
             LazyRestoreHelpers.StopRecorded(work);
+            // (a runc killed in its restore leaves its bind of the root, through which runc's delete would remove the root's files)
+            DetachCriuRoot(line, id);
             RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
             throw new RestoreFailedException($"runc restore of container {request.Container} from migration {request.MigrationId} failed ({exit}): {CriuErrors(work)}; the images stay in {migration} for diagnosis");
         }
@@ -435,30 +440,41 @@ public static partial class Restorer
         }
     }
 
-    /// <summary>A runc begun ahead and not let through: it ends without restoring, and whatever a killed one left goes.</summary>
-    private static void EndGated(GatedRunc gated, string runc, RuncCommandLine line, string id)
+    /// <summary>A runc begun ahead and not let through: it ends without restoring (within <paramref name="limit"/>, else killed), and whatever it left goes.</summary>
+    private static void EndGated(GatedRunc gated, string runc, RuncCommandLine line, string id, TimeSpan limit)
     {
         if (gated.Opened || gated.Aborted)
         {
             return; // it restored, or failed on its own (the caller's failure path cleans up), or was ended already
         }
 
-        if (!gated.Abort(TimeSpan.FromSeconds(10)))
+        try
         {
-            Console.Error.WriteLine("podmig-runc: the runc begun ahead did not end by itself; it was killed");
+            if (!gated.Abort(limit))
+            {
+                Console.Error.WriteLine("podmig-runc: the runc begun ahead did not end by itself; it was killed");
+            }
         }
+        finally
+        {
+            // its bind of the container's root (which a runc that ends by itself undoes) before runc's delete, which would remove files through it
+            DetachCriuRoot(line, id);
+            if (Directory.Exists(Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id)))
+            {
+                RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
+            }
+        }
+    }
 
-        var state = Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id);
-        var root = Path.Combine(state, "criu-root");
+    /// <summary>Where runc binds the container's root for CRIU during a restore.</summary>
+    private static string CriuRoot(RuncCommandLine line, string id) => Path.Combine(line.GlobalOption("--root") ?? "/run/runc", id, "criu-root");
+
+    private static void DetachCriuRoot(RuncCommandLine line, string id)
+    {
+        var root = CriuRoot(line, id);
         if (Directory.Exists(root))
         {
-            // its bind of the container's root, which a runc that ends by itself undoes
-            Mounts.DetachIfMounted(root);
-        }
-
-        if (Directory.Exists(state))
-        {
-            RunQuietly(runc, [.. line.Global, "delete", "--force", id]);
+            Mounts.DetachIfMounted(Mounts.RealPath(root) ?? root);
         }
     }
 
@@ -847,10 +863,11 @@ public static partial class Restorer
             return;
         }
 
-        bool rebind = criuRoot is not null && mounts.Any(m => m.MountPoint == criuRoot);
+        var boundAt = criuRoot is null ? null : Mounts.RealPath(criuRoot);
+        bool rebind = boundAt is not null && mounts.Any(m => m.MountPoint == boundAt);
         if (rebind)
         {
-            Mounts.DetachIfMounted(criuRoot!);
+            Mounts.DetachIfMounted(boundAt!);
         }
 
         var options = $"lowerdir={mount.SuperOption("lowerdir")},upperdir={upper},workdir={mount.SuperOption("workdir")}";
@@ -864,7 +881,7 @@ public static partial class Restorer
             Mounts.MountOverlay(rootfs, options);
             if (rebind)
             {
-                Mounts.BindRecursive(rootfs, criuRoot!);
+                Mounts.BindRecursive(rootfs, boundAt!);
             }
         }
     }

@@ -119,15 +119,17 @@ public sealed class GatedRuncTests : IDisposable
     }
 
     [Fact]
-    public void A_runc_that_failed_before_the_gate_is_not_waited_for()
+    public void A_runc_that_failed_before_the_gate_is_not_waited_for_nor_taken_for_one_that_read()
     {
         var (images, _) = Images();
         using var gated = Start(delaySeconds: "not-a-number", out var output);
 
         Assert.False(gated.WaitAtGate(TimeSpan.FromSeconds(20)));
-        int exit = gated.Open(images, TimeSpan.FromSeconds(20));
+        var error = Assert.Throws<IOException>(() => gated.Open(images, TimeSpan.FromSeconds(20)));
 
-        Assert.Equal(5, exit);
+        // not taken for a runc that read them: what it left is undone as for one never let through
+        Assert.Contains("ended at its gate (exit status 5) before it read the images' descriptors", error.Message, StringComparison.Ordinal);
+        Assert.False(gated.Opened);
         Assert.False(File.Exists(output + ".read"));
     }
 

@@ -69,8 +69,15 @@ public sealed partial class GatedRunc : IDisposable
     /// <summary>Started with <c>--tcp-established</c>.</summary>
     public bool TcpEstablished { get; }
 
-    /// <summary>The gate's images directory for a restore's work directory.</summary>
-    public static string GateDirectory(string work) => Path.Combine(work, "images");
+    private const string GatePrefix = "images-";
+
+    /// <summary>
+    /// The gate's images directory in a restore's work directory, this process's own: a runc an
+    /// earlier attempt began, still on its way to its gate, finds none at its own path (and fails)
+    /// instead of opening this one.
+    /// </summary>
+    public static string GateDirectory(string work) =>
+        Path.Combine(work, GatePrefix + Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture));
 
     /// <summary>
     /// Why runc, begun with <paramref name="startedLazy"/> and <paramref name="startedTcp"/>, cannot
@@ -186,10 +193,14 @@ public sealed partial class GatedRunc : IDisposable
         var clock = Stopwatch.StartNew();
         LinkImages(images, ImagesDirectory);
         LinkMillis = clock.Elapsed.TotalMilliseconds;
-        if (!Release(File.ReadAllBytes(descriptors.FullName), limit))
+        switch (Release(File.ReadAllBytes(descriptors.FullName), limit))
         {
-            Stop();
-            throw new IOException($"runc did not read the images' descriptors within {limit.TotalSeconds:0} seconds; it was stopped");
+            case Outcome.TimedOut:
+                Stop();
+                throw new IOException($"runc did not read the images' descriptors within {limit.TotalSeconds:0} seconds; it was stopped");
+            case Outcome.Ended:
+                // (it restored nothing: what it left is the caller's to undo, as for a runc never let through)
+                throw new IOException($"runc ended at its gate (exit status {_process.ExitCode}) before it read the images' descriptors");
         }
 
         Opened = true;
@@ -204,12 +215,23 @@ public sealed partial class GatedRunc : IDisposable
     /// </summary>
     public bool Abort(TimeSpan limit)
     {
-        Aborted = true;
         var clock = Stopwatch.StartNew();
-        if (_gate >= 0 && !Release("abort\n"u8.ToArray(), limit))
+        try
+        {
+            if (_gate >= 0 && Release("abort\n"u8.ToArray(), limit) == Outcome.TimedOut)
+            {
+                Stop();
+                return false;
+            }
+        }
+        catch (IOException)
         {
             Stop();
             return false;
+        }
+        finally
+        {
+            Aborted = true;
         }
 
         var left = limit - clock.Elapsed;
@@ -240,7 +262,22 @@ public sealed partial class GatedRunc : IDisposable
     /// </summary>
     public static bool ReleaseLeftover(string work)
     {
-        var fifo = Path.Combine(GateDirectory(work), DescriptorsFile);
+        if (!Directory.Exists(work))
+        {
+            return false;
+        }
+
+        bool released = false;
+        foreach (var gate in Directory.EnumerateDirectories(work, GatePrefix + "*"))
+        {
+            released |= ReleaseAt(Path.Combine(gate, DescriptorsFile));
+        }
+
+        return released;
+    }
+
+    private static bool ReleaseAt(string fifo)
+    {
         if (Migrate.Api.FileStatus.Of(fifo) is not { Type: Migrate.Api.FileStatus.Fifo })
         {
             return false;
@@ -297,8 +334,15 @@ public sealed partial class GatedRunc : IDisposable
         }
     }
 
-    /// <summary>Writes <paramref name="content"/> to the gate and closes it once runc read all of it (or ended); false when neither happened within <paramref name="limit"/>.</summary>
-    private bool Release(byte[] content, TimeSpan limit)
+    private enum Outcome
+    {
+        Read,
+        Ended,
+        TimedOut,
+    }
+
+    /// <summary>Writes <paramref name="content"/> to the gate and closes it once runc read all of it, or ended, or <paramref name="limit"/> passed (then it stays open).</summary>
+    private Outcome Release(byte[] content, TimeSpan limit)
     {
         unsafe
         {
@@ -329,15 +373,17 @@ public sealed partial class GatedRunc : IDisposable
         {
             if (clock.Elapsed > limit)
             {
-                return false;
+                return Outcome.TimedOut;
             }
 
             Thread.Sleep(1);
         }
 
+        // (asked again: once it ended nobody else reads, so what is left now is what it never read)
+        bool unread = Unread() > 0;
         _ = NativeMethods.Close(_gate);
         _gate = -1;
-        return true;
+        return unread ? Outcome.Ended : Outcome.Read;
     }
 
     /// <summary>Whether the gate was opened since it was made (by runc, or a wrapper's child: whoever runs it): an inotify event on it.</summary>
@@ -379,7 +425,7 @@ public sealed partial class GatedRunc : IDisposable
 
         try
         {
-            _process.Kill();
+            _process.Kill(entireProcessTree: true);
         }
         catch (InvalidOperationException)
         {
