@@ -275,7 +275,7 @@ public sealed class CriuClient
         {
             if (served)
             {
-                _ = Interop.Libc.Close(serviceSocket);
+                _ = Posix.Close(serviceSocket);
             }
 
             throw;

@@ -77,13 +77,13 @@ public sealed class CriuService : IDisposable
 
             int pid = DetachedProcess.Spawn(criuBinary ?? "criu", ["swrk", ServiceDescriptor.ToString(System.Globalization.CultureInfo.InvariantCulture)],
                 descriptors, outputPath: null, environment);
-            _ = Interop.Libc.Close(pair[1]);
+            _ = Posix.Close(pair[1]);
             return new CriuService(pair[0], pid, lazyDump, config, pageServer);
         }
         catch
         {
-            _ = Interop.Libc.Close(pair[0]);
-            _ = Interop.Libc.Close(pair[1]);
+            _ = Posix.Close(pair[0]);
+            _ = Posix.Close(pair[1]);
             pageServer?.Dispose();
             if (config is not null)
             {
@@ -130,7 +130,7 @@ public sealed class CriuService : IDisposable
             _disposed = true;
             if (_socket >= 0)
             {
-                _ = Interop.Libc.Close(_socket);
+                _ = Posix.Close(_socket);
                 _socket = -1;
             }
         }

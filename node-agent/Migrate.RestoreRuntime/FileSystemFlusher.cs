@@ -1,4 +1,4 @@
-using System.Runtime.InteropServices;
+using Migrate.Criu;
 
 namespace Migrate.RestoreRuntime;
 
@@ -11,9 +11,8 @@ namespace Migrate.RestoreRuntime;
 /// overlay its upper file system; the passes end with the wait, a pass under way runs on in the
 /// background.
 /// </summary>
-internal sealed partial class FileSystemFlusher : IDisposable
+internal sealed class FileSystemFlusher : IDisposable
 {
-    private const int OpenReadOnly = 0, OpenDirectory = 0x10000, OpenCloseOnExec = 0x80000;
     private static readonly TimeSpan Pause = TimeSpan.FromMilliseconds(200);
     private readonly ManualResetEventSlim _stop = new();
     private readonly int _descriptor;
@@ -32,7 +31,7 @@ internal sealed partial class FileSystemFlusher : IDisposable
     /// <summary>Starts the passes over the file system of <paramref name="directory"/>; null (and nothing done) when it cannot be opened.</summary>
     public static FileSystemFlusher? Start(string directory)
     {
-        int descriptor = Open(directory, OpenReadOnly | OpenDirectory | OpenCloseOnExec);
+        int descriptor = Posix.Open(directory, Posix.ORdOnly | Posix.ODirectory | Posix.OCloExec);
         return descriptor < 0 ? null : new FileSystemFlusher(descriptor);
     }
 
@@ -48,22 +47,13 @@ internal sealed partial class FileSystemFlusher : IDisposable
         _stop.Dispose();
     }
 
-    [LibraryImport("libc.so.6", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int Open(string path, int flags);
-
-    [LibraryImport("libc.so.6", EntryPoint = "syncfs", SetLastError = true)]
-    private static partial int SyncFs(int descriptor);
-
-    [LibraryImport("libc.so.6", EntryPoint = "close")]
-    private static partial int Close(int descriptor);
-
     private void Run()
     {
         try
         {
             while (!_stop.IsSet)
             {
-                if (SyncFs(_descriptor) != 0)
+                if (Posix.SyncFs(_descriptor) != 0)
                 {
                     return; // nothing to gain from more tries: the unmount writes back as it always did
                 }
@@ -74,7 +64,7 @@ internal sealed partial class FileSystemFlusher : IDisposable
         }
         finally
         {
-            _ = Close(_descriptor);
+            _ = Posix.Close(_descriptor);
         }
     }
 }

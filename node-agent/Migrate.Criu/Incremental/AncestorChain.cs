@@ -102,7 +102,7 @@ public static class AncestorChain
 
     private static void HardLink(string existing, string created)
     {
-        if (Interop.Libc.Link(existing, created) != 0)
+        if (Posix.Link(existing, created) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
             throw new IOException($"cannot link {created} to {existing}: {Marshal.GetPInvokeErrorMessage(errno)}" + (errno == 18 ? " (another file system: the checkpoints must share one)" : ""));

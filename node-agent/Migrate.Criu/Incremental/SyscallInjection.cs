@@ -275,7 +275,7 @@ public static class SyscallInjection
         }
         finally
         {
-            _ = Interop.Libc.Close((int)pidfd);
+            _ = Posix.Close((int)pidfd);
         }
     }
 
@@ -320,5 +320,5 @@ public sealed class SafeUserfaultfd : Microsoft.Win32.SafeHandles.SafeHandleZero
 
     public int Descriptor => (int)handle;
 
-    protected override bool ReleaseHandle() => Interop.Libc.Close((int)handle) == 0;
+    protected override bool ReleaseHandle() => Posix.Close((int)handle) == 0;
 }

@@ -49,7 +49,7 @@ internal sealed class SafeDirectoryHandle : SafeHandle
 
     public static SafeDirectoryHandle Open(string path)
     {
-        int fd = Interop.Libc.Open(path, Interop.Libc.ORdOnly | Interop.Libc.ODirectory | Interop.Libc.OCloExec);
+        int fd = Posix.Open(path, Posix.ORdOnly | Posix.ODirectory | Posix.OCloExec);
         if (fd < 0)
         {
             int errno = Marshal.GetLastPInvokeError();
@@ -61,5 +61,5 @@ internal sealed class SafeDirectoryHandle : SafeHandle
         return result;
     }
 
-    protected override bool ReleaseHandle() => Interop.Libc.Close((int)handle) == 0;
+    protected override bool ReleaseHandle() => Posix.Close((int)handle) == 0;
 }

@@ -471,7 +471,7 @@ public static class UnixSocketPath
         }
 
         var directory = Path.GetDirectoryName(Path.GetFullPath(path)) ?? throw new ArgumentException($"{path} has no directory", nameof(path));
-        int fd = Interop.Libc.Open(directory, Interop.Libc.ORdOnly | Interop.Libc.ODirectory | Interop.Libc.OCloExec);
+        int fd = Posix.Open(directory, Posix.ORdOnly | Posix.ODirectory | Posix.OCloExec);
         if (fd < 0)
         {
             throw new IOException($"could not open {directory}: errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
@@ -483,7 +483,7 @@ public static class UnixSocketPath
         }
         finally
         {
-            Interop.Libc.Close(fd);
+            Posix.Close(fd);
         }
     }
 }

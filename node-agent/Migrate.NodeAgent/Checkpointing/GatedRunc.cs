@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using Migrate.Criu;
 
 namespace Migrate.NodeAgent.Checkpointing;
 
@@ -14,24 +15,13 @@ namespace Migrate.NodeAgent.Checkpointing;
 /// something that is not JSON (<see cref="Abort"/>, or nothing at all when this process dies) and
 /// ends without restoring anything, cleaning up after itself.
 /// </summary>
-public sealed partial class GatedRunc : IDisposable
+public sealed class GatedRunc : IDisposable
 {
     /// <summary>What runc reads from the images directory before it starts CRIU (the stdio it hands on).</summary>
     public const string DescriptorsFile = "descriptors.json";
 
     /// <summary>More than a container's three standard descriptors ever need.</summary>
     public const int MaximumDescriptorsBytes = 64 * 1024;
-
-    private const int SIfIfo = 0x1000;
-    private const int ORdWr = 0x2;
-    private const int OWrOnly = 0x1;
-    private const int ONonBlock = 0x800;
-    private const int OCloExec = 0x80000;
-    private const nuint FionRead = 0x541B;
-    private const int EIntr = 4;
-
-    private const int InOpen = 0x20;
-    private const int InNonBlock = 0x800;
 
     private readonly Process _process;
     private readonly int _watch;
@@ -110,26 +100,26 @@ public sealed partial class GatedRunc : IDisposable
         ArgumentNullException.ThrowIfNull(environment);
         Directory.CreateDirectory(imagesDirectory);
         var fifo = Path.Combine(imagesDirectory, DescriptorsFile);
-        if (NativeMethods.Mknod(fifo, SIfIfo | 0x180, 0) != 0)
+        if (Posix.Mknod(fifo, Posix.SIfIfo | 0x180, 0) != 0)
         {
             throw new IOException($"mkfifo {fifo}: {Marshal.GetLastPInvokeError()}");
         }
 
         // held for reading and writing: runc's open does not wait for a writer, and the pipe (with what
         // is written to it) lives until runc has read it, however late runc gets there
-        int gate = NativeMethods.Open(fifo, ORdWr | OCloExec);
+        int gate = Posix.Open(fifo, Posix.ORdWr | Posix.OCloExec);
         if (gate < 0)
         {
             throw new IOException($"open {fifo}: {Marshal.GetLastPInvokeError()}");
         }
 
         // (this process's own open above is before the watch: an open it reports is runc's)
-        int watch = NativeMethods.InotifyInit(InNonBlock | OCloExec);
-        if (watch < 0 || NativeMethods.InotifyAddWatch(watch, fifo, InOpen) < 0)
+        int watch = Posix.InotifyInit(Posix.InNonBlock | Posix.OCloExec);
+        if (watch < 0 || Posix.InotifyAddWatch(watch, fifo, Posix.InOpen) < 0)
         {
             int errno = Marshal.GetLastPInvokeError();
-            _ = NativeMethods.Close(gate);
-            _ = watch >= 0 ? NativeMethods.Close(watch) : 0;
+            _ = Posix.Close(gate);
+            _ = watch >= 0 ? Posix.Close(watch) : 0;
             throw new IOException($"inotify on {fifo}: errno {errno}");
         }
 
@@ -151,8 +141,8 @@ public sealed partial class GatedRunc : IDisposable
         }
         catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException)
         {
-            _ = NativeMethods.Close(gate);
-            _ = NativeMethods.Close(watch);
+            _ = Posix.Close(gate);
+            _ = Posix.Close(watch);
             throw new IOException($"could not start {runc}: {e.Message}", e);
         }
     }
@@ -251,7 +241,7 @@ public sealed partial class GatedRunc : IDisposable
             _ = Abort(TimeSpan.FromSeconds(10));
         }
 
-        _ = NativeMethods.Close(_watch);
+        _ = Posix.Close(_watch);
         _process.Dispose();
     }
 
@@ -284,7 +274,7 @@ public sealed partial class GatedRunc : IDisposable
         }
 
         // without blocking: it opens only when a reader waits (ENXIO otherwise)
-        int fd = NativeMethods.Open(fifo, OWrOnly | ONonBlock | OCloExec);
+        int fd = Posix.Open(fifo, Posix.OWrOnly | Posix.ONonBlock | Posix.OCloExec);
         if (fd < 0)
         {
             return false;
@@ -294,11 +284,11 @@ public sealed partial class GatedRunc : IDisposable
         {
             fixed (byte* abort = "abort\n"u8)
             {
-                _ = NativeMethods.Write(fd, abort, 6);
+                _ = Posix.Write(fd, abort, 6);
             }
         }
 
-        _ = NativeMethods.Close(fd);
+        _ = Posix.Close(fd);
         return true;
     }
 
@@ -322,7 +312,7 @@ public sealed partial class GatedRunc : IDisposable
             }
             else if (entry is FileInfo)
             {
-                if (NativeMethods.Link(entry.FullName, linked) != 0)
+                if (Posix.Link(entry.FullName, linked) != 0)
                 {
                     throw new IOException($"link {entry.FullName} {linked}: {Marshal.GetLastPInvokeError()}");
                 }
@@ -351,11 +341,11 @@ public sealed partial class GatedRunc : IDisposable
                 int written = 0;
                 while (written < content.Length)
                 {
-                    nint n = NativeMethods.Write(_gate, bytes + written, (nuint)(content.Length - written));
+                    nint n = Posix.Write(_gate, bytes + written, (nuint)(content.Length - written));
                     if (n < 0)
                     {
                         int errno = Marshal.GetLastPInvokeError();
-                        if (errno == EIntr)
+                        if (errno == Posix.EIntr)
                         {
                             continue;
                         }
@@ -381,7 +371,7 @@ public sealed partial class GatedRunc : IDisposable
 
         // (asked again: once it ended nobody else reads, so what is left now is what it never read)
         bool unread = Unread() > 0;
-        _ = NativeMethods.Close(_gate);
+        _ = Posix.Close(_gate);
         _gate = -1;
         return unread ? Outcome.Ended : Outcome.Read;
     }
@@ -399,7 +389,7 @@ public sealed partial class GatedRunc : IDisposable
         {
             fixed (byte* buffer = events)
             {
-                _seenOpen = NativeMethods.Read(_watch, buffer, (nuint)events.Length) > 0;
+                _seenOpen = Posix.Read(_watch, buffer, (nuint)events.Length) > 0;
             }
         }
 
@@ -411,7 +401,7 @@ public sealed partial class GatedRunc : IDisposable
         int unread = 0;
         unsafe
         {
-            return NativeMethods.Ioctl(_gate, FionRead, &unread) == 0 ? unread : 0;
+            return Posix.Ioctl(_gate, Posix.FionRead, &unread) == 0 ? unread : 0;
         }
     }
 
@@ -419,7 +409,7 @@ public sealed partial class GatedRunc : IDisposable
     {
         if (_gate >= 0)
         {
-            _ = NativeMethods.Close(_gate);
+            _ = Posix.Close(_gate);
             _gate = -1;
         }
 
@@ -433,35 +423,5 @@ public sealed partial class GatedRunc : IDisposable
         }
 
         _process.WaitForExit();
-    }
-
-    private static unsafe partial class NativeMethods
-    {
-        [LibraryImport("libc.so.6", EntryPoint = "mknod", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int Mknod(string path, int mode, ulong device);
-
-        [LibraryImport("libc.so.6", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int Open(string path, int flags);
-
-        [LibraryImport("libc.so.6", EntryPoint = "write", SetLastError = true)]
-        internal static partial nint Write(int fd, byte* buffer, nuint count);
-
-        [LibraryImport("libc.so.6", EntryPoint = "read", SetLastError = true)]
-        internal static partial nint Read(int fd, byte* buffer, nuint count);
-
-        [LibraryImport("libc.so.6", EntryPoint = "inotify_init1", SetLastError = true)]
-        internal static partial int InotifyInit(int flags);
-
-        [LibraryImport("libc.so.6", EntryPoint = "inotify_add_watch", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int InotifyAddWatch(int fd, string path, int mask);
-
-        [LibraryImport("libc.so.6", EntryPoint = "ioctl", SetLastError = true)]
-        internal static partial int Ioctl(int fd, nuint request, int* value);
-
-        [LibraryImport("libc.so.6", EntryPoint = "close", SetLastError = true)]
-        internal static partial int Close(int fd);
-
-        [LibraryImport("libc.so.6", EntryPoint = "link", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int Link(string existing, string created);
     }
 }

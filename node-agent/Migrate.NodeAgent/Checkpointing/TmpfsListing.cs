@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Migrate.Api;
+using Migrate.Criu;
 
 namespace Migrate.NodeAgent.Checkpointing;
 
@@ -9,7 +10,7 @@ namespace Migrate.NodeAgent.Checkpointing;
 /// is carried: types, permission bits, numeric owners, modification times, links, device numbers and
 /// file contents; a mount point below the root (another mount) becomes an empty directory or file.
 /// </summary>
-public static partial class TmpfsListing
+public static class TmpfsListing
 {
     /// <summary>
     /// The tmpfs mounts of process <paramref name="pid"/>'s container to carry (see
@@ -139,7 +140,7 @@ public static partial class TmpfsListing
             switch (entry.Kind)
             {
                 case CarriedMounts.Directory when entry.Path != ".":
-                    Check(NativeMethods.Mkdir(path, 0x1C0), "mkdir", path);
+                    Check(Posix.Mkdir(path, 0x1C0), "mkdir", path);
                     break;
                 case CarriedMounts.File:
                     using (var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write))
@@ -155,21 +156,21 @@ public static partial class TmpfsListing
                     System.IO.File.CreateSymbolicLink(path, entry.Target!);
                     break;
                 case CarriedMounts.CharacterDevice:
-                    Check(NativeMethods.Mknod(path, FileStatus.CharacterDevice | 0x180, DeviceNumber(entry.NodeMajor, entry.NodeMinor)), "mknod", path);
+                    Check(Posix.Mknod(path, FileStatus.CharacterDevice | 0x180, DeviceNumber(entry.NodeMajor, entry.NodeMinor)), "mknod", path);
                     break;
                 case CarriedMounts.BlockDevice:
-                    Check(NativeMethods.Mknod(path, FileStatus.BlockDevice | 0x180, DeviceNumber(entry.NodeMajor, entry.NodeMinor)), "mknod", path);
+                    Check(Posix.Mknod(path, FileStatus.BlockDevice | 0x180, DeviceNumber(entry.NodeMajor, entry.NodeMinor)), "mknod", path);
                     break;
                 case CarriedMounts.Fifo:
-                    Check(NativeMethods.Mknod(path, FileStatus.Fifo | 0x180, 0), "mkfifo", path);
+                    Check(Posix.Mknod(path, FileStatus.Fifo | 0x180, 0), "mkfifo", path);
                     break;
             }
 
-            Check(NativeMethods.Lchown(path, entry.Owner, entry.Group), "lchown", path);
+            Check(Posix.Lchown(path, entry.Owner, entry.Group), "lchown", path);
             if (entry.Kind != CarriedMounts.SymbolicLink)
             {
                 // after the owner: chown clears set-user-ID and set-group-ID
-                Check(NativeMethods.Chmod(path, entry.Mode), "chmod", path);
+                Check(Posix.Chmod(path, entry.Mode), "chmod", path);
             }
         }
 
@@ -177,9 +178,8 @@ public static partial class TmpfsListing
         foreach (var entry in entries.OrderByDescending(e => e.Path == "." ? 0 : e.Path.Count(c => c == '/') + 1))
         {
             var path = entry.Path == "." ? directory : Path.Combine(directory, entry.Path);
-            var times = new Timespec[] { new(entry.ModifiedSeconds, entry.ModifiedNanoseconds), new(entry.ModifiedSeconds, entry.ModifiedNanoseconds) };
-            // AT_FDCWD, AT_SYMLINK_NOFOLLOW
-            Check(NativeMethods.Utimensat(-100, path, times, 0x100), "utimensat", path);
+            var times = new Posix.Timespec[] { new(entry.ModifiedSeconds, entry.ModifiedNanoseconds), new(entry.ModifiedSeconds, entry.ModifiedNanoseconds) };
+            Check(Posix.Utimensat(Posix.AtFdCwd, path, times, Posix.AtSymlinkNoFollow), "utimensat", path);
         }
     }
 
@@ -196,30 +196,5 @@ public static partial class TmpfsListing
         {
             throw new IOException($"{call} {path} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         }
-    }
-
-    [StructLayout(LayoutKind.Sequential)]
-    private readonly struct Timespec(long seconds, long nanoseconds)
-    {
-        public readonly long Seconds = seconds;
-        public readonly long Nanoseconds = nanoseconds;
-    }
-
-    private static partial class NativeMethods
-    {
-        [LibraryImport("libc.so.6", EntryPoint = "mkdir", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int Mkdir(string path, uint mode);
-
-        [LibraryImport("libc.so.6", EntryPoint = "mknod", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int Mknod(string path, uint mode, ulong device);
-
-        [LibraryImport("libc.so.6", EntryPoint = "lchown", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int Lchown(string path, uint owner, uint group);
-
-        [LibraryImport("libc.so.6", EntryPoint = "chmod", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int Chmod(string path, uint mode);
-
-        [LibraryImport("libc.so.6", EntryPoint = "utimensat", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-        internal static partial int Utimensat(int directory, string path, Timespec[] times, int flags);
     }
 }

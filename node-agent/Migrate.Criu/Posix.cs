@@ -1,0 +1,88 @@
+using System.Runtime.InteropServices;
+
+namespace Migrate.Criu;
+
+/// <summary>
+/// The libc calls on files and descriptors that .NET does not wrap, declared once for every
+/// project of the node (the agent, the restore runtime and this library): raw descriptors (a
+/// directory's, a FIFO's, an inotify instance's), hard links, device nodes and file attributes
+/// set without following links. Each returns what libc returns; the caller reads
+/// <see cref="Marshal.GetLastPInvokeError"/> on failure.
+/// </summary>
+public static unsafe partial class Posix
+{
+    public const int ORdOnly = 0x0;
+    public const int OWrOnly = 0x1;
+    public const int ORdWr = 0x2;
+    public const int ONonBlock = 0x800;
+    public const int ODirectory = 0x10000;
+    public const int OCloExec = 0x80000;
+
+    /// <summary>The file type bits of a FIFO in a mode (S_IFIFO).</summary>
+    public const uint SIfIfo = 0x1000;
+
+    /// <summary>The ioctl that tells how many bytes wait unread in a pipe or FIFO.</summary>
+    public const nuint FionRead = 0x541B;
+
+    public const int EIntr = 4;
+
+    /// <summary>inotify's event for a file opened, and its instance's non-blocking flag.</summary>
+    public const int InOpen = 0x20;
+    public const int InNonBlock = 0x800;
+
+    /// <summary>utimensat's directory for paths relative to the working directory, and its flag not to follow a last link.</summary>
+    public const int AtFdCwd = -100;
+    public const int AtSymlinkNoFollow = 0x100;
+
+    private const string Libc = "libc.so.6";
+
+    [LibraryImport(Libc, EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Open(string path, int flags);
+
+    [LibraryImport(Libc, EntryPoint = "close", SetLastError = true)]
+    public static partial int Close(int fd);
+
+    [LibraryImport(Libc, EntryPoint = "read", SetLastError = true)]
+    public static partial nint Read(int fd, byte* buffer, nuint count);
+
+    [LibraryImport(Libc, EntryPoint = "write", SetLastError = true)]
+    public static partial nint Write(int fd, byte* buffer, nuint count);
+
+    [LibraryImport(Libc, EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int Ioctl(int fd, nuint request, int* value);
+
+    [LibraryImport(Libc, EntryPoint = "syncfs", SetLastError = true)]
+    public static partial int SyncFs(int fd);
+
+    [LibraryImport(Libc, EntryPoint = "link", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Link(string existing, string created);
+
+    [LibraryImport(Libc, EntryPoint = "mknod", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Mknod(string path, uint mode, ulong device);
+
+    [LibraryImport(Libc, EntryPoint = "mkdir", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Mkdir(string path, uint mode);
+
+    [LibraryImport(Libc, EntryPoint = "lchown", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Lchown(string path, uint owner, uint group);
+
+    [LibraryImport(Libc, EntryPoint = "chmod", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Chmod(string path, uint mode);
+
+    [LibraryImport(Libc, EntryPoint = "utimensat", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Utimensat(int directory, string path, Timespec[] times, int flags);
+
+    [LibraryImport(Libc, EntryPoint = "inotify_init1", SetLastError = true)]
+    public static partial int InotifyInit(int flags);
+
+    [LibraryImport(Libc, EntryPoint = "inotify_add_watch", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int InotifyAddWatch(int fd, string path, int mask);
+
+    /// <summary>A struct timespec, as utimensat takes two of them (access, then modification).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public readonly struct Timespec(long seconds, long nanoseconds)
+    {
+        public readonly long Seconds = seconds;
+        public readonly long Nanoseconds = nanoseconds;
+    }
+}
