@@ -193,22 +193,11 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
     [Fact]
     public async Task A_marked_pod_waits_ready_for_the_commit_and_fails_once_the_migration_is_aborted_so_the_source_can_resume()
     {
-        var container = CheckpointTests.Counter("main", 4);
-        var source = await _source.RunPodAsync("waiter", container);
-        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
-        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-wait", source, _source.NodeName));
-        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-wait" });
-        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-wait", commit: false);
-
-        var creating = TestPods.RunAsync(_target.Node, "default", "waiter", [container], ContainerdNode.RestoreHandler,
-            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-wait" });
-        var waiting = await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-wait" })).Incoming?.Restores
-            .FirstOrDefault(r => r.Container == "main" && r.Waiting));
+        var (source, _, creating) = await ReplacementWaitingAsync("waiter", "m-wait");
         var aborted = await _target.Client.AbortRestoreAsync(new MigrationRef { MigrationId = "m-wait" });
         var error = await Assert.ThrowsAsync<RpcException>(() => creating);
         var resumed = await _source.Client.ResumeAsync(new ResumeRequest { MigrationId = "m-wait" });
 
-        Assert.NotNull(waiting);
         Assert.True(aborted.Incoming.Aborted);
         Assert.False(aborted.Incoming.RestoreBegan);
         Assert.Contains("was aborted on this node", error.Status.Detail, StringComparison.Ordinal);
@@ -223,18 +212,8 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
     [Fact]
     public async Task A_marked_pod_restores_the_moment_its_images_are_committed_and_an_abort_after_that_is_refused()
     {
-        var container = CheckpointTests.Counter("main", 4);
-        var source = await _source.RunPodAsync("committer", container);
-        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
-        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-commit", source, _source.NodeName));
-        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-commit" });
-        long frozen = AgentOnNode.LastTick(source, "main");
-        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-commit", commit: false);
-
-        var creating = TestPods.RunAsync(_target.Node, "default", "committer", [container], ContainerdNode.RestoreHandler,
-            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-commit" });
-        await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-commit" })).Incoming?.Restores.FirstOrDefault(r => r.Waiting));
-        File.WriteAllText(Path.Combine(_target.Node.IncomingDirectory, "m-commit", StagingLayout.CommittedFile), "test");
+        var (_, frozen, creating) = await ReplacementWaitingAsync("committer", "m-commit");
+        Commit("m-commit");
         var replacement = await creating;
         var ticks = await AgentOnNode.WaitForTicksAsync(replacement, "main", 2);
         var restored = await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-commit" })).Incoming?.Restores.FirstOrDefault(r => r.Restored));
@@ -254,20 +233,10 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
     [Fact]
     public async Task A_runc_begun_for_lazy_memory_is_stopped_and_started_again_for_images_that_hold_all_of_it()
     {
-        var container = CheckpointTests.Counter("main", 4);
-        var source = await _source.RunPodAsync("guessed", container);
-        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
-        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin("m-guess", source, _source.NodeName));
-        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = "m-guess" });
-        long frozen = AgentOnNode.LastTick(source, "main");
-        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, "m-guess", commit: false);
         // what ExpectImages writes when the operator asks the source for lazy memory; this dump was not asked
-        File.WriteAllText(Path.Combine(_target.Node.IncomingDirectory, "m-guess", StagingLayout.LazyMemoryExpectedFile), "test");
-
-        var creating = TestPods.RunAsync(_target.Node, "default", "guessed", [container], ContainerdNode.RestoreHandler,
-            new Dictionary<string, string> { [Annotations.RestoreFrom] = "m-guess" });
-        await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = "m-guess" })).Incoming?.Restores.FirstOrDefault(r => r.Waiting));
-        File.WriteAllText(Path.Combine(_target.Node.IncomingDirectory, "m-guess", StagingLayout.CommittedFile), "test");
+        var (_, frozen, creating) = await ReplacementWaitingAsync("guessed", "m-guess",
+            staged: directory => File.WriteAllText(Path.Combine(directory, StagingLayout.LazyMemoryExpectedFile), "test"));
+        Commit("m-guess");
         var replacement = await creating;
         var ticks = await AgentOnNode.WaitForTicksAsync(replacement, "main", 2);
 
@@ -280,6 +249,34 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         await _source.Client.FinishAsync(new MigrationRef { MigrationId = "m-guess" });
         await TestPods.RemoveAsync(_target.Node, replacement);
     }
+
+    /// <summary>
+    /// A counter pod frozen and dumped on the source (its last tick returned), its images staged on the
+    /// target but not committed (<paramref name="staged"/> may add to them), and its replacement being
+    /// created there, returned once the target's agent reports its restore waiting for the commit.
+    /// </summary>
+    private async Task<(RunningTestPod Source, long Frozen, Task<RunningTestPod> Creating)> ReplacementWaitingAsync(string pod, string migration,
+        Action<string>? staged = null)
+    {
+        var container = CheckpointTests.Counter("main", 4);
+        var source = await _source.RunPodAsync(pod, container);
+        await AgentOnNode.WaitForTicksAsync(source, "main", 3);
+        var begun = await _source.Client.BeginCheckpointAsync(CheckpointTests.Begin(migration, source, _source.NodeName));
+        await _source.Client.FinalDumpAsync(new FinalDumpRequest { MigrationId = migration });
+        long frozen = AgentOnNode.LastTick(source, "main");
+        StageAsTransferred(begun.StagingDirectory, _target.Node.IncomingDirectory, migration, commit: false);
+        staged?.Invoke(Path.Combine(_target.Node.IncomingDirectory, migration));
+
+        var creating = TestPods.RunAsync(_target.Node, "default", pod, [container], ContainerdNode.RestoreHandler,
+            new Dictionary<string, string> { [Annotations.RestoreFrom] = migration });
+        await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = migration })).Incoming?.Restores
+            .FirstOrDefault(r => r.Container == "main" && r.Waiting));
+        return (source, frozen, creating);
+    }
+
+    /// <summary>What the image receiver does once the last image arrived: a waiting restore may begin.</summary>
+    private void Commit(string migration) =>
+        File.WriteAllText(Path.Combine(_target.Node.IncomingDirectory, migration, StagingLayout.CommittedFile), "test");
 
     /// <summary>What the restore runtime reported of a container's restore on the target (its steps and their figures).</summary>
     private string StepsOf(string migration) =>
