@@ -192,6 +192,14 @@ public sealed class AgentOptions
     public bool PrestartCriu { get; set; } = true;
 
     /// <summary>
+    /// For a pod whose address moves with it: make its network lock ready before the freeze (each
+    /// family checked, and its <c>iptables-restore</c> started inside the pod's namespace, waiting for
+    /// the lock's transaction), so that when the pod's peers lose it the lock costs one commit per
+    /// family, not two programs' starts each. Off: the lock runs its checks and tools when it is needed.
+    /// </summary>
+    public bool PrepareNetworkLock { get; set; } = true;
+
+    /// <summary>
     /// Where <c>/run</c> is not a tmpfs (CRIU then keeps no cache of its kernel probes), write the
     /// cache CRIU makes on this kernel to <c>/run/criu.kdat</c> at start, so no CRIU run in a freeze
     /// probes the kernel again (<see cref="CriuKernelFacts"/>). Off: every CRIU run probes.

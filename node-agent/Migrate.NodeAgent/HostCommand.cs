@@ -30,11 +30,25 @@ public static class HostCommands
     /// <summary>Runs <paramref name="command"/> to its end and returns its exit code and output.</summary>
     public static HostCommandResult Run(HostCommand command)
     {
+        ArgumentNullException.ThrowIfNull(command);
+        using var process = Start(command, redirectInput: command.Input is not null);
+        if (command.Input is { } input)
+        {
+            process.StandardInput.Write(input);
+            process.StandardInput.Close();
+        }
+
+        return Collect(process);
+    }
+
+    /// <summary><paramref name="command"/> started with its output captured (and its standard input a pipe when <paramref name="redirectInput"/>).</summary>
+    internal static Process Start(HostCommand command, bool redirectInput)
+    {
         var start = new ProcessStartInfo(command.Program)
         {
             RedirectStandardError = true,
             RedirectStandardOutput = true,
-            RedirectStandardInput = command.Input is not null,
+            RedirectStandardInput = redirectInput,
             UseShellExecute = false,
         };
         foreach (var argument in command.Arguments)
@@ -42,16 +56,122 @@ public static class HostCommands
             start.ArgumentList.Add(argument);
         }
 
-        using var process = Process.Start(start) ?? throw new InvalidOperationException($"could not start {command.Program}");
-        if (command.Input is { } input)
-        {
-            process.StandardInput.Write(input);
-            process.StandardInput.Close();
-        }
+        return Process.Start(start) ?? throw new InvalidOperationException($"could not start {command.Program}");
+    }
 
+    /// <summary>What a started process prints until it ends, and how it ended.</summary>
+    private static HostCommandResult Collect(Process process)
+    {
         var error = process.StandardError.ReadToEndAsync();
         var output = process.StandardOutput.ReadToEnd();
         process.WaitForExit();
         return new HostCommandResult(process.ExitCode, output, error.Result);
+    }
+}
+
+/// <summary>
+/// A command started before its input is known, so that its start (the program's loading, its
+/// libraries, its own set-up) is done ahead of the moment it is needed: <see cref="Finish"/> gives it
+/// its input and waits for its end. Dropped unfinished, it reads the end of its input having been
+/// given none, and is killed if it does not end within a second.
+/// </summary>
+public sealed class StartedHostCommand : IDisposable
+{
+    private readonly Process _process;
+    private readonly Task<string> _output;
+    private readonly Task<string> _error;
+    private bool _finished;
+
+    private StartedHostCommand(HostCommand command, Process process)
+    {
+        Command = command;
+        _process = process;
+        // read from the start: a program that prints much before it reads would otherwise never end
+        _output = process.StandardOutput.ReadToEndAsync();
+        _error = process.StandardError.ReadToEndAsync();
+    }
+
+    public HostCommand Command { get; }
+
+    public int Pid => _process.Id;
+
+    /// <summary>Starts <paramref name="command"/> (its <see cref="HostCommand.Input"/> is not used: it is given in <see cref="Finish"/>), from the calling thread.</summary>
+    public static StartedHostCommand Start(HostCommand command)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        return new StartedHostCommand(command, HostCommands.Start(command, redirectInput: true));
+    }
+
+    /// <summary>Writes <paramref name="input"/> and closes the standard input (the program's cue); see <see cref="Collect"/>.</summary>
+    public void Give(string input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        _finished = true;
+        try
+        {
+            _process.StandardInput.Write(input);
+            _process.StandardInput.Close();
+        }
+        catch (IOException)
+        {
+            // it ended before reading: Collect says how
+        }
+    }
+
+    /// <summary>Waits, at most <paramref name="limit"/>, for the program to end; one that does not is killed and reported as failed.</summary>
+    public HostCommandResult Collect(TimeSpan limit)
+    {
+        _finished = true;
+        if (!_process.WaitForExit(limit))
+        {
+            Kill();
+            return new HostCommandResult(-1, "", $"did not end within {limit.TotalSeconds:0.#} s; killed");
+        }
+
+        _process.WaitForExit();
+        return new HostCommandResult(_process.ExitCode, _output.Result, _error.Result);
+    }
+
+    /// <summary>Gives <paramref name="input"/> and waits for the end (<see cref="Give"/>, <see cref="Collect"/>).</summary>
+    public HostCommandResult Finish(string input, TimeSpan limit)
+    {
+        Give(input);
+        return Collect(limit);
+    }
+
+    public void Dispose()
+    {
+        if (!_finished)
+        {
+            _finished = true;
+            try
+            {
+                _process.StandardInput.Close();
+            }
+            catch (IOException)
+            {
+                // it has ended already
+            }
+
+            if (!_process.WaitForExit(TimeSpan.FromSeconds(1)))
+            {
+                Kill();
+            }
+        }
+
+        _process.Dispose();
+    }
+
+    private void Kill()
+    {
+        try
+        {
+            _process.Kill(entireProcessTree: true);
+            _process.WaitForExit();
+        }
+        catch (InvalidOperationException)
+        {
+            // it ended meanwhile
+        }
     }
 }

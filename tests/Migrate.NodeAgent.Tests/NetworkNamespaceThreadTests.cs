@@ -78,4 +78,65 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
         Assert.StartsWith("cannot enter the network namespace at /etc/hostname: ", error.Message, StringComparison.Ordinal);
         Assert.Throws<FileNotFoundException>(() => NetworkNamespaceThread.Run("/run/netns/" + _name + "-gone", () => 0));
     }
+
+    [Fact]
+    public void A_lock_made_ready_ahead_locks_only_when_applied_with_one_jump_per_family_and_unlocks_as_any()
+    {
+        Prerequisites.RequirePrograms("iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save");
+        var network = new PodNetworkLock();
+        using (var prepared = network.Prepare(Path)!)
+        {
+            // both families' tools wait inside the namespace; nothing is locked yet
+            Assert.Equal(2, prepared.Waiting);
+            Assert.False(network.IsLocked(Path));
+            Assert.DoesNotContain(NetworkLockRules.InputChain, Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save"), StringComparison.Ordinal);
+
+            prepared.Apply();
+        }
+
+        Assert.True(network.IsLocked(Path));
+        foreach (var save in new[] { "iptables-save", "ip6tables-save" })
+        {
+            var rules = Prerequisites.Run("ip", "netns", "exec", _name, save);
+            Assert.Single(rules.Split('\n'), l => l == $"-A INPUT -j {NetworkLockRules.InputChain}");
+            Assert.Single(rules.Split('\n'), l => l == $"-A OUTPUT -j {NetworkLockRules.OutputChain}");
+        }
+
+        // a lock made ready on a locked namespace has nothing to do, and adds no second jump
+        using (var again = network.Prepare(Path)!)
+        {
+            Assert.Equal(0, again.Waiting);
+            again.Apply();
+        }
+
+        network.Unlock(Path);
+        Assert.False(network.IsLocked(Path));
+        Assert.DoesNotContain("PODMIG", Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save") + Prerequisites.Run("ip", "netns", "exec", _name, "ip6tables-save"),
+            StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_lock_made_ready_and_dropped_changes_nothing_and_its_tools_are_gone()
+    {
+        Prerequisites.RequirePrograms("iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save");
+        var network = new PodNetworkLock();
+        var prepared = network.Prepare(Path)!;
+        var tools = prepared.Tools.ToList();
+        Assert.Equal(2, tools.Count);
+        Assert.All(tools, pid => Assert.Contains("tables-restore", File.ReadAllText($"/proc/{pid}/cmdline"), StringComparison.Ordinal));
+
+        prepared.Dispose();
+
+        Assert.All(tools, pid => Assert.False(Directory.Exists($"/proc/{pid}"), $"tool {pid} ended with the lock dropped"));
+        Assert.False(network.IsLocked(Path));
+        Assert.DoesNotContain("PODMIG", Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save"), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_lock_cannot_be_made_ready_for_a_namespace_that_is_gone_and_a_runner_of_tests_starts_nothing_ahead()
+    {
+        Assert.Throws<FileNotFoundException>(() => new PodNetworkLock().Prepare(Path + "-gone"));
+        var faked = new PodNetworkLock(new NamespaceStepRunner(_ => new HostCommandResult(0, "", "")));
+        Assert.Null(faked.Prepare(Path));
+    }
 }

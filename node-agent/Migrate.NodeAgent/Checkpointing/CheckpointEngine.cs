@@ -335,6 +335,13 @@ public sealed partial class CheckpointEngine : IDisposable
             {
                 // CRIU started now, while the pod still runs: in the freeze only the request is sent
                 StartCriuServices(record, dump, lazyMemory);
+                // and the network lock's tools: when the peers lose the pod, only the lock's commits are left
+                if (record.AddressMove is { } move && _options.PrepareNetworkLock)
+                {
+                    (dump.PreparedLock, var notReady) = _handover.PrepareLock(move);
+                    dump.LockNote = notReady is null ? " (made ready ahead)" : $" (not made ready ahead: {notReady})";
+                }
+
                 if (hold is not null)
                 {
                     await HoldFrozenAsync(record, dump, hold);
@@ -348,6 +355,9 @@ public sealed partial class CheckpointEngine : IDisposable
                 {
                     service.Dispose();
                 }
+
+                // (applied, or never: its tools read no lock, and end)
+                dump.PreparedLock?.Dispose();
             }
 
             record.FinalDump = JsonFormatter.Default.Format(response);
@@ -360,7 +370,7 @@ public sealed partial class CheckpointEngine : IDisposable
             uint capture = (uint)response.Containers.Sum(c => c.MemoryCaptureMillis);
             uint criu = (uint)response.Containers.Sum(c => c.DumpMillis) + dump.CaptureOverlapMillis - capture;
             LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, dump.Prestarted, response.Containers.Count, capture,
-                dump.CaptureOverlapMillis, response.FilesystemMillis, dump.FilesystemOverlapMillis, response.NetworkMillis - dump.ReleaseMillis, dump.ReleaseMillis);
+                dump.CaptureOverlapMillis, response.FilesystemMillis, dump.FilesystemOverlapMillis, response.NetworkMillis - dump.ReleaseMillis, dump.LockNote, dump.ReleaseMillis);
             return response;
         }, cancellationToken);
 
@@ -485,6 +495,12 @@ public sealed partial class CheckpointEngine : IDisposable
 
         /// <summary>Of the containers' memory captures, the time they ran beside CRIU finishing its dump.</summary>
         public uint CaptureOverlapMillis { get; set; }
+
+        /// <summary>The pod's network lock made ready before the freeze, when its address moves and it could be.</summary>
+        public PreparedNetworkLock? PreparedLock { get; set; }
+
+        /// <summary>For the log: whether the lock was made ready ahead, or why not.</summary>
+        public string LockNote { get; set; } = "";
 
         /// <summary>What the address release took (frozen), of the response's network figure (the lock came before the freeze).</summary>
         public uint ReleaseMillis { get; set; }
@@ -618,7 +634,7 @@ public sealed partial class CheckpointEngine : IDisposable
             record.Handoff.FrozenUnixMillis = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             // queued connections the pod has not accepted yet are given a moment; any left are skipped
             var lockStart = clock.Elapsed;
-            dump.InFlight = _handover.Lock(locking, record.Containers[0].Pid, record.Save);
+            dump.InFlight = _handover.Lock(locking, record.Containers[0].Pid, record.Save, dump.PreparedLock);
             // (from the lock's start: the dump's clock also ran while shared memory was measured, before the freeze)
             dump.Response.NetworkMillis = Millis(clock.Elapsed - lockStart);
         }
@@ -1241,9 +1257,9 @@ public sealed partial class CheckpointEngine : IDisposable
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: CRIU could not be started ahead for container {Container}'s final dump ({Reason}); libcriu starts it in the freeze instead")]
     private partial void LogCriuNotPrestarted(string migration, string container, string reason);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms, {Overlap} ms of it while CRIU finished; file systems {Filesystem} ms, {FilesystemOverlap} ms of it beside the dump's end and the address release; network lock {Lock} ms before the freeze, address release {Release} ms)")]
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms, {Overlap} ms of it while CRIU finished; file systems {Filesystem} ms, {FilesystemOverlap} ms of it beside the dump's end and the address release; network lock {Lock} ms before the freeze{LockNote}, address release {Release} ms)")]
     private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, int ahead, int containers, uint capture, uint overlap, uint filesystem,
-        uint filesystemOverlap, uint @lock, uint release);
+        uint filesystemOverlap, uint @lock, string lockNote, uint release);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);

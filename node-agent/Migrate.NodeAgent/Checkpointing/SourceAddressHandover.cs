@@ -54,17 +54,44 @@ public sealed class SourceAddressHandover(NamespaceStepRunner namespaces)
     }
 
     /// <summary>
-    /// Locks the pod's network (from here no packet reaches or leaves its sockets until the target, or
-    /// a rollback here, lifts the lock), then lets the still-running pod accept the connections the
-    /// kernel completed before (CRIU cannot dump them); returns how many were left in the queues.
+    /// The lock made ready while the pod runs (<see cref="PreparedNetworkLock"/>), for <see cref="Lock"/>;
+    /// null, and the reason, when it cannot be (the lock is then made whole when it is needed, and fails
+    /// then if it must).
     /// </summary>
-    public int Lock(AddressMoveRecord move, int pid, Action save)
+    public (PreparedNetworkLock? Lock, string? Reason) PrepareLock(AddressMoveRecord move)
+    {
+        ArgumentNullException.ThrowIfNull(move);
+        try
+        {
+            return new PodNetworkLock(namespaces).Prepare(move.NamespacePath) is { } prepared ? (prepared, null) : (null, "its runner starts no programs ahead");
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+        {
+            return (null, e.Message);
+        }
+    }
+
+    /// <summary>
+    /// Locks the pod's network (from here no packet reaches or leaves its sockets until the target, or
+    /// a rollback here, lifts the lock), with <paramref name="prepared"/> when it was made ready, then
+    /// lets the still-running pod accept the connections the kernel completed before (CRIU cannot dump
+    /// them); returns how many were left in the queues.
+    /// </summary>
+    public int Lock(AddressMoveRecord move, int pid, Action save, PreparedNetworkLock? prepared = null)
     {
         ArgumentNullException.ThrowIfNull(move);
         ArgumentNullException.ThrowIfNull(save);
         move.Locked = true;
         save();
-        new PodNetworkLock(namespaces).Lock(move.NamespacePath);
+        if (prepared is not null)
+        {
+            prepared.Apply();
+        }
+        else
+        {
+            new PodNetworkLock(namespaces).Lock(move.NamespacePath);
+        }
+
         return AcceptQueues.Drain(pid, InFlightDrainLimit);
     }
 

@@ -35,12 +35,55 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
     public void RunIndependent(string namespacePath, IReadOnlyList<NamespaceStep> steps, string what)
     {
         ArgumentNullException.ThrowIfNull(steps);
-        var failures = new Exception?[steps.Count];
-        void RunStep(int i)
+        AllAtOnce(steps.Count, i => Run(namespacePath, [steps[i]], what));
+    }
+
+    /// <summary>
+    /// For a plan whose commands read their input (<see cref="HostCommand.Input"/>) when they act: the
+    /// commands started inside the namespace now, ahead of the moment they are needed, each on a thread of
+    /// its own; a step whose <see cref="NamespaceStep.UnlessSucceeds"/> check succeeds now is left out (its
+    /// work is done). The caller gives each its input (<see cref="StartedHostCommand.Finish"/>) and disposes
+    /// them. Null when this runner runs commands another way (<c>run</c>, in tests): nothing was started.
+    /// </summary>
+    public IReadOnlyList<StartedHostCommand>? StartAhead(string namespacePath, IReadOnlyList<NamespaceStep> steps)
+    {
+        ArgumentNullException.ThrowIfNull(steps);
+        if (_run is not null)
+        {
+            return null;
+        }
+
+        var started = new StartedHostCommand?[steps.Count];
+        try
+        {
+            AllAtOnce(steps.Count, i => started[i] = NetworkNamespaceThread.Run(namespacePath,
+                () => steps[i].UnlessSucceeds is { } done && HostCommands.Run(done).Succeeded ? null : StartedHostCommand.Start(steps[i].Command)));
+        }
+        catch
+        {
+            foreach (var command in started)
+            {
+                command?.Dispose();
+            }
+
+            throw;
+        }
+
+        return [.. started.OfType<StartedHostCommand>()];
+    }
+
+    /// <summary>
+    /// <paramref name="work"/> for 0 to <paramref name="count"/> - 1 at once, each on a thread of its own (not
+    /// the pool's: at once even when the pool is busy); the first failure in that order is thrown after all ended.
+    /// </summary>
+    private static void AllAtOnce(int count, Action<int> work)
+    {
+        var failures = new Exception?[count];
+        void One(int i)
         {
             try
             {
-                Run(namespacePath, [steps[i]], what);
+                work(i);
             }
             catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
             {
@@ -48,12 +91,11 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
             }
         }
 
-        // threads of their own, not the pool's: at once even when the pool is busy
-        var others = Enumerable.Range(1, Math.Max(0, steps.Count - 1)).Select(i => new Thread(() => RunStep(i)) { IsBackground = true, Name = "podmig namespace step" }).ToList();
+        var others = Enumerable.Range(1, Math.Max(0, count - 1)).Select(i => new Thread(() => One(i)) { IsBackground = true, Name = "podmig namespace step" }).ToList();
         others.ForEach(t => t.Start());
-        if (steps.Count > 0)
+        if (count > 0)
         {
-            RunStep(0);
+            One(0);
         }
 
         others.ForEach(t => t.Join());
