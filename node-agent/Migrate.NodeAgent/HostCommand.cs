@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 
 namespace Migrate.NodeAgent;
 
@@ -118,19 +119,24 @@ public sealed class StartedHostCommand : IDisposable
         }
     }
 
-    /// <summary>Waits, at most <paramref name="limit"/>, for the program to end; one that does not is killed and reported as failed.</summary>
+    /// <summary>
+    /// Waits, at most <paramref name="limit"/>, for the program to end and its output to close; one that
+    /// does not is killed (with what it started) and reported as failed.
+    /// </summary>
     public HostCommandResult Collect(TimeSpan limit)
     {
         _finished = true;
-        if (!_process.WaitForExit(limit))
+        var waited = Stopwatch.StartNew();
+        if (!_process.WaitForExit(limit) || !Task.WaitAll([_output, _error], Max(TimeSpan.Zero, limit - waited.Elapsed)))
         {
             Kill();
-            return new HostCommandResult(-1, "", $"did not end within {limit.TotalSeconds:0.#} s; killed");
+            return new HostCommandResult(-1, "", string.Create(CultureInfo.InvariantCulture, $"did not end within {limit.TotalSeconds:0.#} s; killed"));
         }
 
-        _process.WaitForExit();
         return new HostCommandResult(_process.ExitCode, _output.Result, _error.Result);
     }
+
+    private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
 
     /// <summary>Gives <paramref name="input"/> and waits for the end (<see cref="Give"/>, <see cref="Collect"/>).</summary>
     public HostCommandResult Finish(string input, TimeSpan limit)

@@ -118,7 +118,7 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
     [Fact]
     public void A_lock_made_ready_and_dropped_changes_nothing_and_its_tools_are_gone()
     {
-        Prerequisites.RequirePrograms("iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save");
+        Prerequisites.RequirePrograms("iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save");
         var network = new PodNetworkLock();
         var prepared = network.Prepare(Path)!;
         var tools = prepared.Tools.ToList();
@@ -129,7 +129,46 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
 
         Assert.All(tools, pid => Assert.False(Directory.Exists($"/proc/{pid}"), $"tool {pid} ended with the lock dropped"));
         Assert.False(network.IsLocked(Path));
-        Assert.DoesNotContain("PODMIG", Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save"), StringComparison.Ordinal);
+        Assert.DoesNotContain("PODMIG", Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save") + Prerequisites.Run("ip", "netns", "exec", _name, "ip6tables-save"),
+            StringComparison.Ordinal);
+        // what a dropped lock (or a dead agent) leaves its tools: an empty input, which they end on by themselves, successfully
+        foreach (var tool in new[] { "iptables-restore", "ip6tables-restore" })
+        {
+            using var started = NetworkNamespaceThread.Run(Path, () => StartedHostCommand.Start(new HostCommand(tool, "-w", "--noflush")));
+            var ended = started.Finish("", TimeSpan.FromSeconds(30));
+            Assert.True(ended.Succeeded, $"{tool} given nothing: {ended.ExitCode} {ended.Error}");
+        }
+    }
+
+    [Fact]
+    public void A_family_found_locked_when_the_lock_was_made_ready_and_unlocked_since_is_locked_when_it_is_applied()
+    {
+        Prerequisites.RequirePrograms("iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save");
+        var network = new PodNetworkLock();
+        network.Lock(Path);
+        using var prepared = network.Prepare(Path)!;
+        Assert.Equal(0, prepared.Waiting);
+        // an earlier migration's rollback lifts the lock meanwhile
+        network.Unlock(Path);
+        Assert.False(network.IsLocked(Path));
+
+        prepared.Apply();
+
+        Assert.True(network.IsLocked(Path));
+        Assert.Single(Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save").Split('\n'), l => l == $"-A INPUT -j {NetworkLockRules.InputChain}");
+        network.Unlock(Path);
+    }
+
+    [Fact]
+    public void A_lock_whose_tool_fails_says_which_command_failed_and_what_it_said()
+    {
+        var step = new NamespaceStep(new HostCommand("sh", "-c", "cat >/dev/null; echo 'no such table' >&2; exit 3") { Input = "*filter\nCOMMIT\n" });
+        var failing = new PreparedNetworkLock(new NamespaceStepRunner(), Path, [step], [StartedHostCommand.Start(step.Command)]);
+
+        var error = Assert.Throws<IOException>(failing.Apply);
+        failing.Dispose();
+
+        Assert.Equal($"cannot lock the network of {Path}: 'sh -c cat >/dev/null; echo 'no such table' >&2; exit 3' failed (3): no such table", error.Message);
     }
 
     [Fact]

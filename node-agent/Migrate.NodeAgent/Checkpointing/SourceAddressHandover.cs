@@ -65,7 +65,7 @@ public sealed class SourceAddressHandover(NamespaceStepRunner namespaces)
         {
             return new PodNetworkLock(namespaces).Prepare(move.NamespacePath) is { } prepared ? (prepared, null) : (null, "its runner starts no programs ahead");
         }
-        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or UnauthorizedAccessException or System.ComponentModel.Win32Exception)
         {
             return (null, e.Message);
         }

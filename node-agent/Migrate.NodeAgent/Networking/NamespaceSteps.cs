@@ -39,15 +39,21 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
     }
 
     /// <summary>
-    /// For a plan whose commands read their input (<see cref="HostCommand.Input"/>) when they act: the
-    /// commands started inside the namespace now, ahead of the moment they are needed, each on a thread of
-    /// its own; a step whose <see cref="NamespaceStep.UnlessSucceeds"/> check succeeds now is left out (its
-    /// work is done). The caller gives each its input (<see cref="StartedHostCommand.Finish"/>) and disposes
-    /// them. Null when this runner runs commands another way (<c>run</c>, in tests): nothing was started.
+    /// For a plan whose commands act once given their input (<see cref="HostCommand.Input"/>): each
+    /// command started inside the namespace now, ahead of the moment it is needed, each on a thread of its
+    /// own, or null where the step's <see cref="NamespaceStep.UnlessSucceeds"/> check succeeds now (its work
+    /// is done), in the steps' order. The caller gives each its input (<see cref="StartedHostCommand.Finish"/>)
+    /// and disposes them. Null when this runner runs commands another way (<c>run</c>, in tests): nothing
+    /// was started.
     /// </summary>
-    public IReadOnlyList<StartedHostCommand>? StartAhead(string namespacePath, IReadOnlyList<NamespaceStep> steps)
+    public IReadOnlyList<StartedHostCommand?>? StartAhead(string namespacePath, IReadOnlyList<NamespaceStep> steps)
     {
         ArgumentNullException.ThrowIfNull(steps);
+        if (steps.FirstOrDefault(s => s.Command.Input is null) is { } silent)
+        {
+            throw new ArgumentException($"'{silent.Command}' reads no input: started ahead, nothing would ever make it act", nameof(steps));
+        }
+
         if (_run is not null)
         {
             return null;
@@ -69,14 +75,23 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
             throw;
         }
 
-        return [.. started.OfType<StartedHostCommand>()];
+        return started;
+    }
+
+    /// <summary>The error of a step's command that failed.</summary>
+    public static string Failure(string what, HostCommand command, HostCommandResult result)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        ArgumentNullException.ThrowIfNull(result);
+        return $"cannot {what}: '{command}' failed ({result.ExitCode}): {result.Error.Trim()}";
     }
 
     /// <summary>
     /// <paramref name="work"/> for 0 to <paramref name="count"/> - 1 at once, each on a thread of its own (not
-    /// the pool's: at once even when the pool is busy); the first failure in that order is thrown after all ended.
+    /// the pool's: at once even when the pool is busy); whatever each throws is caught on its thread, and the
+    /// first failure in that order is thrown here after all ended.
     /// </summary>
-    private static void AllAtOnce(int count, Action<int> work)
+    internal static void AllAtOnce(int count, Action<int> work)
     {
         var failures = new Exception?[count];
         void One(int i)
@@ -85,8 +100,9 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
             {
                 work(i);
             }
-            catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+            catch (Exception e)
             {
+                // (not let loose on a thread of its own, where it would end the process)
                 failures[i] = e;
             }
         }
@@ -127,7 +143,7 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
                 var result = exec(step.Command);
                 if (!result.Succeeded && !step.MayFail && (step.FailsOnlyIf is not { } still || exec(still).Succeeded))
                 {
-                    throw new IOException($"cannot {what}: '{step.Command}' failed ({result.ExitCode}): {result.Error.Trim()}");
+                    throw new IOException(Failure(what, step.Command, result));
                 }
             }
 

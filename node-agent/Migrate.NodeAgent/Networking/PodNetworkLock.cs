@@ -11,8 +11,11 @@ public sealed class PodNetworkLock(NamespaceStepRunner? runner = null)
     /// The lock made ready while the pod still runs (<see cref="PreparedNetworkLock"/>); null when this
     /// lock's runner cannot start programs ahead (a runner of tests): <see cref="Lock"/> then does it all.
     /// </summary>
-    public PreparedNetworkLock? Prepare(string namespacePath) =>
-        _runner.StartAhead(namespacePath, NetworkLockRules.Lock()) is { } started ? new PreparedNetworkLock(namespacePath, started) : null;
+    public PreparedNetworkLock? Prepare(string namespacePath)
+    {
+        var steps = NetworkLockRules.Lock();
+        return _runner.StartAhead(namespacePath, steps) is { } started ? new PreparedNetworkLock(_runner, namespacePath, steps, started) : null;
+    }
 
     public void Unlock(string namespacePath) => _runner.RunIndependent(namespacePath, NetworkLockRules.Unlock(), $"unlock the network of {namespacePath}");
 
@@ -25,45 +28,54 @@ public sealed class PodNetworkLock(NamespaceStepRunner? runner = null)
 /// (an earlier migration's rollback may have left it so), and the restore tool of each that is not
 /// started inside the namespace, waiting for its transaction on its standard input. <see cref="Apply"/>
 /// gives it the transaction, so that when the pod's peers lose it, the lock costs one commit per family,
-/// not the tools' starts and the checks (42-70 ms in the sandbox under load). Disposed without
-/// <see cref="Apply"/>, the tools read an empty input and end having changed nothing, as they do when
-/// the agent dies meanwhile.
+/// not the tools' starts and the checks (42-70 ms in the sandbox under load). A family found locked is
+/// asked again at <see cref="Apply"/> (it may have been unlocked since) and locked then if it is not.
+/// Disposed without <see cref="Apply"/>, the tools read an empty input and end having changed nothing,
+/// as they do when the agent dies meanwhile.
 /// </summary>
-public sealed class PreparedNetworkLock(string namespacePath, IReadOnlyList<StartedHostCommand> restores) : IDisposable
+public sealed class PreparedNetworkLock(NamespaceStepRunner runner, string namespacePath, IReadOnlyList<NamespaceStep> steps, IReadOnlyList<StartedHostCommand?> restores)
+    : IDisposable
 {
-    /// <summary>How long a family's commit may take once given.</summary>
-    public static readonly TimeSpan CommitLimit = TimeSpan.FromSeconds(10);
+    /// <summary>How long a family's commit may take once given (<c>-w</c> waits for the node's xtables lock, which others hold briefly).</summary>
+    public static readonly TimeSpan CommitLimit = TimeSpan.FromSeconds(30);
+
+    private string What => $"lock the network of {namespacePath}";
 
     /// <summary>The families that were not locked when it was made ready (the tools waiting).</summary>
-    public int Waiting => restores.Count;
+    public int Waiting => restores.Count(r => r is not null);
 
     /// <summary>The waiting tools' process IDs.</summary>
-    public IEnumerable<int> Tools => restores.Select(r => r.Pid);
+    public IEnumerable<int> Tools => restores.OfType<StartedHostCommand>().Select(r => r.Pid);
 
-    /// <summary>Locks: every family's transaction given at once, then each waited for; throws naming each that failed.</summary>
+    /// <summary>
+    /// Locks: every waiting family's transaction given at once, and each family found locked asked again
+    /// (locked now if it no longer is); throws, after all ended, the first failure in the families' order.
+    /// </summary>
     public void Apply()
     {
         foreach (var restore in restores)
         {
-            restore.Give(restore.Command.Input ?? "");
+            restore?.Give(restore.Command.Input!);
         }
 
-        var failures = restores
-            .Select(r => (r.Command, Result: r.Collect(CommitLimit)))
-            .Where(r => !r.Result.Succeeded)
-            .Select(r => $"'{r.Command}' failed ({r.Result.ExitCode}): {r.Result.Error.Trim()}")
-            .ToList();
-        if (failures.Count > 0)
+        NamespaceStepRunner.AllAtOnce(steps.Count, i =>
         {
-            throw new IOException($"cannot lock the network of {namespacePath}: {string.Join("; ", failures)}");
-        }
+            if (restores[i] is not { } restore)
+            {
+                runner.Run(namespacePath, [steps[i]], What);
+            }
+            else if (restore.Collect(CommitLimit) is { Succeeded: false } failed)
+            {
+                throw new IOException(NamespaceStepRunner.Failure(What, restore.Command, failed));
+            }
+        });
     }
 
     public void Dispose()
     {
         foreach (var restore in restores)
         {
-            restore.Dispose();
+            restore?.Dispose();
         }
     }
 }
