@@ -104,7 +104,10 @@ public sealed partial class GroupMigrationTests(GroupSandboxFixture fixture, ITe
         }
 
         var events = await Sandbox.EventsAsync(Cluster, "MigrationRequest", "ring-move");
-        Assert.Equal(1, events.Where(e => e.Reason == "GroupRelease").Sum(e => e.Count ?? 1));
+        // (events are best effort, recorded after the status they tell of: the operator killed between
+        // its write of the release and the event loses the event, and its successor, finding the gate
+        // open, does not tell it again; it is never told twice)
+        Assert.InRange(events.Where(e => e.Reason == "GroupRelease").Sum(e => e.Count ?? 1), 0, 1);
         Assert.Equal(1, events.Where(e => e.Reason == Reasons.GroupMigrated).Sum(e => e.Count ?? 1));
         Assert.DoesNotContain(await Sandbox.PodsAsync(Cluster), p => Ring.Any(r => r.Pod == p.Metadata.Name));
 

@@ -302,7 +302,10 @@ public sealed class ImageTransferTests : IAsyncLifetime
             RawUpload.Header("m-cert", _agents.Pki.Token("m-cert", "node-a", "node-b"), "node-a", new Manifest()), RawUpload.Done());
 
         Assert.NotNull(error);
-        Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+        // refused in the TLS handshake, never by the service: with TLS 1.3 the client may finish its half of
+        // the handshake before the server checks its certificate, and then sees the refusal as a broken
+        // connection (Internal) instead of one that could not be made (Unavailable)
+        Assert.True(error.StatusCode is StatusCode.Unavailable or StatusCode.Internal, $"{error.StatusCode}: {error.Status.Detail}");
         Assert.False(Directory.Exists(Path.Combine(Target.Incoming, "m-cert", StagingLayout.FilesDirectory)), "no image file may be written");
     }
 
