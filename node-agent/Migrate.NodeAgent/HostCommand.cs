@@ -28,6 +28,22 @@ public sealed record HostCommandResult(int ExitCode, string Output, string Error
 /// <summary>Runs host commands to their end, capturing what they print (the agent's networking and archives, podmig-runc).</summary>
 public static class HostCommands
 {
+    /// <summary>Kills a program this process started, with what it started, and waits for its end (one that ended meanwhile is only waited for).</summary>
+    public static void KillAndWait(Process process)
+    {
+        ArgumentNullException.ThrowIfNull(process);
+        try
+        {
+            process.Kill(entireProcessTree: true);
+        }
+        catch (InvalidOperationException)
+        {
+            // it ended meanwhile
+        }
+
+        process.WaitForExit();
+    }
+
     /// <summary>Runs <paramref name="command"/> to its end and returns its exit code and output.</summary>
     public static HostCommandResult Run(HostCommand command)
     {
@@ -168,16 +184,5 @@ public sealed class StartedHostCommand : IDisposable
         _process.Dispose();
     }
 
-    private void Kill()
-    {
-        try
-        {
-            _process.Kill(entireProcessTree: true);
-            _process.WaitForExit();
-        }
-        catch (InvalidOperationException)
-        {
-            // it ended meanwhile
-        }
-    }
+    private void Kill() => HostCommands.KillAndWait(_process);
 }

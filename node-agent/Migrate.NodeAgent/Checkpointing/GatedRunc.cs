@@ -413,15 +413,6 @@ public sealed class GatedRunc : IDisposable
             _gate = -1;
         }
 
-        try
-        {
-            _process.Kill(entireProcessTree: true);
-        }
-        catch (InvalidOperationException)
-        {
-            // it ended meanwhile
-        }
-
-        _process.WaitForExit();
+        HostCommands.KillAndWait(_process);
     }
 }
