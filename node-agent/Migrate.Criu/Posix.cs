@@ -5,8 +5,8 @@ namespace Migrate.Criu;
 /// <summary>
 /// The libc calls on files and descriptors that .NET does not wrap, declared once for every
 /// project of the node (the agent, the restore runtime and this library): raw descriptors (a
-/// directory's, a FIFO's, an inotify instance's), hard links, device nodes and file attributes
-/// set without following links. Each returns what libc returns; the caller reads
+/// directory's, a FIFO's, an inotify instance's), hard links, device nodes, file attributes
+/// set without following links, mounts and real paths. Each returns what libc returns; the caller reads
 /// <see cref="Marshal.GetLastPInvokeError"/> on failure.
 /// </summary>
 public static unsafe partial class Posix
@@ -85,4 +85,14 @@ public static unsafe partial class Posix
         public readonly long Seconds = seconds;
         public readonly long Nanoseconds = nanoseconds;
     }
+
+    [LibraryImport(Libc, EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Mount(string source, string target, string fileSystemType, nuint flags, string data);
+
+    [LibraryImport(Libc, EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Umount2(string target, int flags);
+
+    /// <summary>realpath(3) into memory it allocates: the caller frees a non-zero result with <see cref="NativeMemory.Free"/>.</summary>
+    [LibraryImport(Libc, EntryPoint = "realpath", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial nint RealPath(string path, nint resolved);
 }

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Migrate.Criu;
 
 namespace Migrate.RestoreRuntime;
 
@@ -7,12 +8,12 @@ namespace Migrate.RestoreRuntime;
 /// container's overlay inside the downtime, and a <c>umount</c> and a <c>mount</c> process cost two
 /// process starts there (10-40 ms on a busy node) for two system calls.
 /// </summary>
-internal static unsafe partial class Mounts
+internal static unsafe class Mounts
 {
     /// <summary>Unmounts <paramref name="target"/>; throws with the kernel's reason when it cannot.</summary>
     public static void Unmount(string target)
     {
-        if (Umount2(target, 0) != 0)
+        if (Posix.Umount2(target, 0) != 0)
         {
             throw new IOException($"umount {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         }
@@ -21,7 +22,7 @@ internal static unsafe partial class Mounts
     /// <summary>Mounts an overlay at <paramref name="target"/> with <paramref name="options"/> (lowerdir=...,upperdir=...,workdir=...); throws with the kernel's reason when it cannot.</summary>
     public static void MountOverlay(string target, string options)
     {
-        if (Mount("overlay", target, "overlay", 0, options) != 0)
+        if (Posix.Mount("overlay", target, "overlay", 0, options) != 0)
         {
             throw new IOException($"mount -t overlay at {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         }
@@ -30,7 +31,7 @@ internal static unsafe partial class Mounts
     /// <summary>Mounts a tmpfs at <paramref name="target"/> with <paramref name="options"/> (size=...,mode=...); throws with the kernel's reason when it cannot.</summary>
     public static void MountTmpfs(string target, string options)
     {
-        if (Mount("tmpfs", target, "tmpfs", 0, options) != 0)
+        if (Posix.Mount("tmpfs", target, "tmpfs", 0, options) != 0)
         {
             throw new IOException($"mount -t tmpfs -o '{options}' at {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         }
@@ -46,7 +47,7 @@ internal static unsafe partial class Mounts
     /// <summary><paramref name="path"/> with every link resolved (realpath(3)); null when it does not exist.</summary>
     public static string? RealPath(string path)
     {
-        nint resolved = RealPathNative(path, 0);
+        nint resolved = Posix.RealPath(path, 0);
         if (resolved == 0)
         {
             return null;
@@ -66,7 +67,7 @@ internal static unsafe partial class Mounts
     public static void BindRecursive(string source, string target)
     {
         const nuint Bind = 0x1000, Recursive = 0x4000;
-        if (Mount(source, target, "", Bind | Recursive, "") != 0)
+        if (Posix.Mount(source, target, "", Bind | Recursive, "") != 0)
         {
             throw new IOException($"mount --rbind {source} {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         }
@@ -76,18 +77,10 @@ internal static unsafe partial class Mounts
     public static void DetachIfMounted(string target)
     {
         const int Detach = 2, NotMounted = 22;
-        if (Umount2(target, Detach) != 0 && Marshal.GetLastPInvokeError() != NotMounted)
+        if (Posix.Umount2(target, Detach) != 0 && Marshal.GetLastPInvokeError() != NotMounted)
         {
             throw new IOException($"umount -l {target} failed: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
         }
     }
 
-    [LibraryImport("libc.so.6", EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int Umount2(string target, int flags);
-
-    [LibraryImport("libc.so.6", EntryPoint = "realpath", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial nint RealPathNative(string path, nint resolved);
-
-    [LibraryImport("libc.so.6", EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int Mount(string source, string target, string fileSystemType, nuint flags, string data);
 }
