@@ -94,6 +94,7 @@ public static class OperatorHost
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<CheckpointController>>(),
             sp.GetRequiredService<TimeProvider>(), sp.GetRequiredService<LeftCheckpoints>())
         {
+            Policy = options.CheckpointPolicy(),
             GroupPolicy = new CheckpointGroupPolicy { MaxMembers = options.MaxGroupMembers },
             GroupHold = TimeSpan.FromSeconds(Math.Max(5, options.GroupHoldSeconds)),
         });
@@ -106,7 +107,10 @@ public static class OperatorHost
         });
         builder.Services.AddHostedService(sp => new RestoreController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<IAgentDirectory>(), sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<RestoreController>>(),
-            sp.GetRequiredService<TimeProvider>(), TokenMinter(tokenKey)));
+            sp.GetRequiredService<TimeProvider>(), TokenMinter(tokenKey))
+        {
+            Policy = options.CheckpointPolicy(),
+        });
         builder.Services.AddHostedService(sp => new ScheduleController(sp.GetRequiredService<IKubernetes>(), sp.GetRequiredService<ClusterCache>(),
             sp.GetRequiredService<ILeaderGate>(), sp.GetRequiredService<ILogger<ScheduleController>>(), sp.GetRequiredService<TimeProvider>()));
         if (options.WebhookListenAddress is { Length: > 0 } webhookAddress)

@@ -47,6 +47,12 @@ public sealed class OperatorOptions
     /// <summary>Seconds an agent may not answer before a migration that needs it gives up on it (rolled back, its images removed when it is back).</summary>
     public int AgentGraceSeconds { get; set; } = 20;
 
+    /// <summary>
+    /// Seconds an agent may not answer before a checkpoint or restore that needs it fails, and before a
+    /// deleted checkpoint whose images it holds is let go (its images removed when it answers again).
+    /// </summary>
+    public int CheckpointAgentGraceSeconds { get; set; } = 30;
+
     /// <summary>Seconds the replacement pod's sandbox may take to be ready for the restore, while the source still runs.</summary>
     public int PreparationTimeoutSeconds { get; set; } = 90;
 
@@ -79,6 +85,12 @@ public sealed class OperatorOptions
         AgentGrace = TimeSpan.FromSeconds(AgentGraceSeconds),
         PreparationTimeout = TimeSpan.FromSeconds(PreparationTimeoutSeconds),
         FirstRoundFloorBytesPerSecond = BandwidthPerMigration > 0 ? Math.Min(50e6, BandwidthPerMigration) : 50e6,
+    };
+
+    /// <summary>The checkpoint and restore decisions' limits, from these settings.</summary>
+    public Checkpoints.CheckpointPolicy CheckpointPolicy() => new()
+    {
+        AgentGrace = TimeSpan.FromSeconds(Math.Max(1, CheckpointAgentGraceSeconds)),
     };
 
     /// <summary>Off only for a single replica run by hand.</summary>

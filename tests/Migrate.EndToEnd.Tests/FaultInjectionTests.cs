@@ -22,7 +22,11 @@ public sealed class SlowTransferSandboxFixture : IAsyncLifetime
         Cluster = await SandboxCluster.StartAsync(new SandboxOptions
         {
             TransferBytesPerSecond = BytesPerSecond, LazyPagesBytesPerSecond = BytesPerSecond, LazyPagesReconnectSeconds = ReconnectSeconds,
+            CheckpointAgentGraceSeconds = CheckpointAgentGraceSeconds,
         });
+
+    /// <summary>How long the operator waits for a silent agent holding a deleted checkpoint (the product's 30 s, shortened).</summary>
+    public const int CheckpointAgentGraceSeconds = 8;
 
     /// <summary>How long the sandbox's post-copy page servers try to reach a restarted agent again.</summary>
     public const int ReconnectSeconds = 6;
@@ -301,6 +305,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
             var clock = System.Diagnostics.Stopwatch.StartNew();
             (await Cluster.Api.KubectlAsync("delete", "checkpoint", "orphan-1", "--wait=true", "--timeout=120s")).Succeeded();
             output.WriteLine($"deleted after {clock.Elapsed.TotalSeconds:0} s with the agent down");
+            Assert.True(clock.Elapsed >= TimeSpan.FromSeconds(SlowTransferSandboxFixture.CheckpointAgentGraceSeconds - 1), $"let go after {clock.Elapsed.TotalSeconds:0.0} s, before the agent grace");
             // (the Event is recorded right after the finalizer went)
             var events = "";
             for (int i = 0; i < 50 && !events.Contains("ImagesLeft", StringComparison.Ordinal); i++, await Task.Delay(200))
@@ -308,7 +313,7 @@ public sealed class FaultInjectionTests(SlowTransferSandboxFixture fixture, ITes
                 events = (await Cluster.Api.KubectlAsync("get", "events", "-o", "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}")).Succeeded().Output;
             }
 
-            Assert.Contains($"ImagesLeft: The agent on node-a did not answer for 30 seconds; the checkpoint's images in {location} are removed once it answers.", events, StringComparison.Ordinal);
+            Assert.Contains($"ImagesLeft: The agent on node-a did not answer for {SlowTransferSandboxFixture.CheckpointAgentGraceSeconds} seconds; the checkpoint's images in {location} are removed once it answers.", events, StringComparison.Ordinal);
             Assert.True(Directory.Exists(directory), "nobody could have removed the images with the agent down");
         }
         finally

@@ -41,6 +41,9 @@ public sealed record SandboxOptions
     /// <summary>The operator's Operator:PhaseTimeoutSeconds.</summary>
     public int PhaseTimeoutSeconds { get; init; } = 120;
 
+    /// <summary>The operator's Operator:CheckpointAgentGraceSeconds (the product's default, 30).</summary>
+    public int CheckpointAgentGraceSeconds { get; init; } = 30;
+
     /// <summary>Import the test workload images (memcounter) into every node; the pause image is always there.</summary>
     public bool ImportTestImages { get; init; } = true;
 
@@ -632,6 +635,7 @@ public sealed class SandboxCluster : IAsyncDisposable
             environment["PODMIG_OPERATOR__KUBECONFIG"] = OperatorKubeconfig!;
             environment["PODMIG_OPERATOR__WEBHOOKLISTENADDRESS"] = WebhookAddress!;
             environment["PODMIG_OPERATOR__PHASETIMEOUTSECONDS"] = Options.PhaseTimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            environment["PODMIG_OPERATOR__CHECKPOINTAGENTGRACESECONDS"] = Options.CheckpointAgentGraceSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture);
             environment["PODMIG_KESTREL__ENDPOINTS__PROBES__URL"] = $"http://{OperatorAddress}";
             arguments = [
                 "--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff ",
@@ -695,6 +699,7 @@ public sealed class SandboxCluster : IAsyncDisposable
             $"--Operator:TlsAuthorityFile={Pki.AuthorityFile}",
             $"--Operator:TokenSigningKeyFile={Pki.TokenSigningKeyFile}",
             $"--Operator:PhaseTimeoutSeconds={Options.PhaseTimeoutSeconds}",
+            $"--Operator:CheckpointAgentGraceSeconds={Options.CheckpointAgentGraceSeconds}",
             "--Operator:CheckpointSweepSeconds=5",
             $"--Kestrel:Endpoints:Probes:Url=http://{OperatorAddress}",
             $"--Operator:WebhookListenAddress={WebhookAddress}",
