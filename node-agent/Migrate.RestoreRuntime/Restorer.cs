@@ -223,13 +223,14 @@ public static partial class Restorer
         var claim = move is null ? null : AddressClaim.Start(() => ClaimAddress(migration, move, request, locked), clock);
         (int Files, long Bytes, string First) rechecked;
         long checkedAt;
+        string layerNote;
         CarriedMountsOnNode? carried = null;
         try
         {
             var others = Verify(staged, files, path => path != AddressMove.FileName && needed(path));
             rechecked = (addressChecked.Files + others.Files, addressChecked.Bytes + others.Bytes, addressChecked.First.Length > 0 ? addressChecked.First : others.First);
             checkedAt = clock.ElapsedMilliseconds;
-            PutBackFiles(request, migration, files, volumes, gated is null ? null : CriuRoot(line, id));
+            layerNote = PutBackFiles(request, migration, files, volumes, gated is null ? null : CriuRoot(line, id));
             // (after the digests: what the source carried is built from checked files only)
             carried = CarriedMountsOnNode.Build(images, work);
         }
@@ -330,7 +331,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{ahead}{CriuPart(work, restoredImages)}");
+            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms{layerNote}), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{ahead}{CriuPart(work, restoredImages)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         WholeFile.WriteText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -482,14 +483,17 @@ public static partial class Restorer
     /// <remarks>
     /// A runc begun ahead has bound the container's root at <paramref name="criuRoot"/> (for CRIU): that
     /// bind goes before the overlay is unmounted (so the old overlay is gone before the new one is
-    /// mounted on the same upper directory), and comes back on the new one.
+    /// mounted on the same upper directory), and comes back on the new one. A layer without file
+    /// content is set in place instead, mounted as it is (<see cref="PutBackMetadataOnly"/>).
     /// </remarks>
-    private static void PutBackFiles(RestoreRequest request, string migration, string files, List<(string Source, string? Volume)> volumes, string? criuRoot)
+    /// <returns>For the report: what was done with the layer, when it was not the usual.</returns>
+    private static string PutBackFiles(RestoreRequest request, string migration, string files, List<(string Source, string? Volume)> volumes, string? criuRoot)
     {
         var layer = Path.Combine(files, StagingLayout.RootfsArchive(request.Container));
+        string note = "";
         if (File.Exists(layer))
         {
-            PutBackWritableLayer(request.RootPath, layer, criuRoot);
+            note = PutBackWritableLayer(request.RootPath, layer, criuRoot);
         }
 
         foreach (var (source, volume) in volumes)
@@ -500,10 +504,107 @@ public static partial class Restorer
             var unpacked = Path.Combine(migration, $"volume-{volume}.unpacked");
             if (File.Exists(archive) && !File.Exists(unpacked))
             {
-                FilesystemArchive.Extract(archive, source);
+                if (!PutBackMetadataOnly(archive, source))
+                {
+                    FilesystemArchive.Extract(archive, source);
+                }
+
                 File.WriteAllText(unpacked, request.Container + "\n");
             }
         }
+
+        return note;
+    }
+
+    /// <summary>
+    /// An archive of directories and empty files only (<see cref="MetadataArchive"/>) put back without
+    /// <c>tar</c>: each entry made where it is missing and given the owner, mode and times extracting it
+    /// would give it, under <paramref name="directory"/> (an overlay's merged view: its upper layer
+    /// takes them). False, having done nothing, when the archive holds more, or an entry's place is not
+    /// plainly there to take: a part of its path that is a link or not a directory, a place holding
+    /// another kind of file or a file with content (these the extraction decides, as always).
+    /// </summary>
+    private static bool PutBackMetadataOnly(string archive, string directory)
+    {
+        if (MetadataArchive.Read(archive) is not { } entries)
+        {
+            return false;
+        }
+
+        var listed = entries.Where(e => e.IsDirectory).Select(e => e.Path).ToHashSet(StringComparer.Ordinal);
+        foreach (var entry in entries)
+        {
+            if (!Placeable(directory, entry, listed))
+            {
+                return false;
+            }
+        }
+
+        Directory.CreateDirectory(directory);
+        string PathOf(MetadataEntry e) => e.Path == "." ? directory : Path.Combine(directory, e.Path);
+        foreach (var entry in entries)
+        {
+            // in the archive's order, a directory before what it holds; the mode after the owner: chown clears set-user-ID and set-group-ID
+            var path = PathOf(entry);
+            if (FileStatus.Of(path) is null)
+            {
+                Check(entry.IsDirectory ? Posix.Mkdir(path, 0x1C0) : Posix.Mknod(path, FileStatus.Regular | 0x180, 0), entry.IsDirectory ? "mkdir" : "mknod", path);
+            }
+
+            Check(Posix.Lchown(path, entry.Owner, entry.Group), "lchown", path);
+            Check(Posix.Chmod(path, entry.Mode), "chmod", path);
+        }
+
+        // the times last, what a directory holds before the directory: making an entry moves its directory's time
+        foreach (var entry in entries.Reverse())
+        {
+            var path = PathOf(entry);
+            var accessed = entry.Accessed ?? entry.Modified;
+            var times = new Posix.Timespec[] { new(accessed.Seconds, accessed.Nanoseconds), new(entry.Modified.Seconds, entry.Modified.Nanoseconds) };
+            Check(Posix.Utimensat(Posix.AtFdCwd, path, times, Posix.AtSymlinkNoFollow), "utimensat", path);
+        }
+
+        return true;
+
+        static void Check(int result, string call, string path)
+        {
+            if (result != 0)
+            {
+                throw new IOException($"{call} {path} failed: {System.Runtime.InteropServices.Marshal.GetPInvokeErrorMessage(System.Runtime.InteropServices.Marshal.GetLastPInvokeError())}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Whether an entry can be put in place under <paramref name="directory"/> by the calls above: each
+    /// directory on its way there (not following links), or made by an earlier entry; the entry itself
+    /// missing, or of its own kind (an empty regular file for a file).
+    /// </summary>
+    private static bool Placeable(string directory, MetadataEntry entry, HashSet<string> listed)
+    {
+        if (FileStatus.Of(directory) is { } top && top.Type != FileStatus.Directory)
+        {
+            return false;
+        }
+
+        if (entry.Path == ".")
+        {
+            return true;
+        }
+
+        var parts = entry.Path.Split('/');
+        for (int i = 1; i < parts.Length; i++)
+        {
+            var parent = string.Join('/', parts[..i]);
+            var status = FileStatus.Of(Path.Combine(directory, parent));
+            if (status is null ? !listed.Contains(parent) : status.Value.Type != FileStatus.Directory)
+            {
+                return false;
+            }
+        }
+
+        return FileStatus.Of(Path.Combine(directory, entry.Path)) is not { } existing
+            || (entry.IsDirectory ? existing.Type == FileStatus.Directory : existing.Type == FileStatus.Regular && existing.Size == 0);
     }
 
     /// <summary>The address the source released for this pod, when the migration keeps it (network.json among the images).</summary>
@@ -853,14 +954,20 @@ public static partial class Restorer
     /// The overlay is unmounted meanwhile (an overlay's layers must not change under it) and mounted
     /// again with the same layers, so whiteouts and opaque directories take effect as in the source.
     /// </summary>
-    private static void PutBackWritableLayer(string rootfs, string archive, string? criuRoot)
+    private static string PutBackWritableLayer(string rootfs, string archive, string? criuRoot)
     {
+        if (PutBackMetadataOnly(archive, rootfs))
+        {
+            // (a container that wrote no file: its layer stays mounted)
+            return ", the writable layer without file content: set in place";
+        }
+
         var mounts = MountInfoEntry.Read("/proc/self/mountinfo");
         var mount = mounts.LastOrDefault(m => m.MountPoint == rootfs);
         if (mount is null || mount.FileSystemType != "overlay" || mount.SuperOption("upperdir") is not { } upper)
         {
             FilesystemArchive.Extract(archive, rootfs);
-            return;
+            return "";
         }
 
         var boundAt = criuRoot is null ? null : Mounts.RealPath(criuRoot);
@@ -884,6 +991,8 @@ public static partial class Restorer
                 Mounts.BindRecursive(rootfs, boundAt!);
             }
         }
+
+        return "";
     }
 
     private static string? VolumeName(string source)

@@ -88,14 +88,15 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         Assert.Equal(Enumerable.Range(1, scratch.Count).Select(i => (long)i), scratch.Select(t => t.Tick));
         Assert.True(scratch.Count > frozen, $"the emptyDir log holds {scratch.Count} ticks, the source froze at {frozen}");
         // the log in /dev came back under its open descriptor, in a /dev that is the container's own tmpfs with its device nodes
-        var status = await _target.Node.Cri.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = id, Verbose = true });
-        int pid = System.Text.Json.JsonDocument.Parse(status.Info["info"]).RootElement.GetProperty("pid").GetInt32();
+        int pid = await PidOfAsync(id);
         var inDev = Memcounter.Parse(RuncRestore.ReadShared($"/proc/{pid}/root/dev/ticks").Split('\n'));
         Assert.Equal(Enumerable.Range(1, inDev.Count).Select(i => (long)i), inDev.Select(t => t.Tick));
         Assert.True(inDev.Count > frozen, $"the log in /dev holds {inDev.Count} ticks, the source froze at {frozen}");
         Assert.Contains(MountInfoEntry.Read($"/proc/{pid}/mountinfo"), m => m.MountPoint == "/dev" && m.FileSystemType == "tmpfs" && m.SuperOption("size") == "65536k");
         Assert.Equal((FileStatus.CharacterDevice, 1u, 3u), FileStatus.Of($"/proc/{pid}/root/dev/null") is { } null_ ? (null_.Type, null_.NodeMajor, null_.NodeMinor) : default);
         Figures.Record(nameof(RestoreRuntimeTests), "16MiB replacement pod up ms", restoreMillis, "ms");
+        // it wrote /data/ticks into its writable layer: put back whole, with an unmount
+        Assert.DoesNotContain("without file content", StepsOf("m-shim"), StringComparison.Ordinal);
 
         await _source.Client.FinishAsync(new MigrationRef { MigrationId = "m-shim" });
         await _target.Node.Cri.Runtime.StopContainerAsync(new StopContainerRequest { ContainerId = id, Timeout = 5 });
@@ -226,6 +227,14 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         // runc was begun while the pod waited, and restored the images linked into its gate
         Assert.Contains("runc restore", StepsOf("m-commit"), StringComparison.Ordinal);
         Assert.Contains("(begun ahead: the images linked in", StepsOf("m-commit"), StringComparison.Ordinal);
+        // the counter wrote no file: its writable layer (the root, and the mount points runc made: etc/hosts, ...)
+        // was set in place without an unmount, the replacement's root as the source's was (owner, mode, modification time)
+        var archived = MetadataArchive.Read(Path.Combine(_target.Node.IncomingDirectory, "m-commit", ImageReceiver.FilesDirectory, StagingLayout.RootfsArchive("main")));
+        Assert.Contains("the writable layer without file content: set in place", StepsOf("m-commit"), StringComparison.Ordinal);
+        Assert.NotNull(archived);
+        var top = archived.Single(e => e.Path == ".");
+        var root = FileStatus.Of($"/proc/{await PidOfAsync(replacement.ContainerIds["main"])}/root/")!.Value;
+        Assert.Equal((top.Owner, top.Group, top.Mode, top.Modified), (root.Owner, root.Group, root.Permissions, (root.ModifiedSeconds, (long)root.ModifiedNanoseconds)));
         await _source.Client.FinishAsync(new MigrationRef { MigrationId = "m-commit" });
         await TestPods.RemoveAsync(_target.Node, replacement);
     }
@@ -272,6 +281,13 @@ public sealed class RestoreRuntimeTests(ITestOutputHelper output) : IAsyncLifeti
         await WaitForAsync(async () => (await _target.Client.GetMigrationAsync(new MigrationRef { MigrationId = migration })).Incoming?.Restores
             .FirstOrDefault(r => r.Container == "main" && r.Waiting));
         return (source, frozen, creating);
+    }
+
+    /// <summary>The process of a container on the target, as the runtime reports it.</summary>
+    private async Task<int> PidOfAsync(string containerId)
+    {
+        var status = await _target.Node.Cri.Runtime.ContainerStatusAsync(new ContainerStatusRequest { ContainerId = containerId, Verbose = true });
+        return System.Text.Json.JsonDocument.Parse(status.Info["info"]).RootElement.GetProperty("pid").GetInt32();
     }
 
     /// <summary>What the image receiver does once the last image arrived: a waiting restore may begin.</summary>
