@@ -112,6 +112,9 @@ public static partial class Restorer
 
             // a pod pinned to its source's address: its network is locked now, while it waits (nothing flows there yet), not in the downtime
             bool locked = LockEarly(request);
+            // and the address claim's programs started: after the commit they only read what to do
+            var (claimAhead, claimAheadNote) = StartClaimAhead(request);
+            using var claimPrograms = claimAhead;
             var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
             if (Directory.Exists(work))
             {
@@ -174,7 +177,7 @@ public static partial class Restorer
                 var helpers = lazy == true ? BeginLazyHelpers(criu, images, memory, work, request) : null;
                 try
                 {
-                    return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, gated, gateNote,
+                    return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, (claimAhead, claimAheadNote), gated, gateNote,
                         () => helpers ?? (lazy is null && LazyRestoreHelpers.Needed(images) ? BeginLazyHelpers(criu, images, memory, work, request) : null));
                 }
                 catch
@@ -202,7 +205,7 @@ public static partial class Restorer
 
     /// <summary>The restore once the images are committed and found: files checked and put back, the address claimed, runc restore.</summary>
     private static int RestoreCommitted(string runc, RuncCommandLine line, RestoreRequest request, Stopwatch clock, string id, string migration, string files, string staged,
-        string images, string work, bool locked, GatedRunc? gated, string gateNote, Func<LazyRestoreHelpers?> lazyHelpers)
+        string images, string work, bool locked, (CommandsAhead? Programs, string Note) claimAhead, GatedRunc? gated, string gateNote, Func<LazyRestoreHelpers?> lazyHelpers)
     {
         var volumes = request.Mounts
             .Select(m => (m.Source, Volume: VolumeName(m.Source)))
@@ -220,7 +223,7 @@ public static partial class Restorer
             locked = false;
         }
 
-        var claim = move is null ? null : AddressClaim.Start(() => ClaimAddress(migration, move, request, locked), clock);
+        var claim = move is null ? null : AddressClaim.Start(() => ClaimAddress(migration, move, request, locked, claimAhead.Programs), clock);
         (int Files, long Bytes, string First) rechecked;
         long checkedAt;
         string layerNote;
@@ -331,7 +334,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms{layerNote}), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{ahead}{CriuPart(work, restoredImages)}");
+            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms{layerNote}), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms{(claim is null ? "" : claimAhead.Programs is { Waiting: 0 } ? " (its programs started ahead)" : claimAhead.Note)}, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{ahead}{CriuPart(work, restoredImages)}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         WholeFile.WriteText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))
@@ -642,7 +645,7 @@ public static partial class Restorer
     /// both steps are idempotent, so a retried restore repeats them harmlessly. False when an earlier
     /// container of the pod claimed it (this restore did nothing, and has nothing to give back).
     /// </summary>
-    private static bool ClaimAddress(string migration, AddressMove move, RestoreRequest request, bool locked)
+    private static bool ClaimAddress(string migration, AddressMove move, RestoreRequest request, bool locked, CommandsAhead? ahead)
     {
         var address = move.ToAddress();
         var claimed = Path.Combine(migration, ClaimedMarker);
@@ -658,7 +661,7 @@ public static partial class Restorer
                 new PodNetworkLock().Lock(request.NetworkNamespace!);
             }
 
-            new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Claim(address, move.ToRoutes()), $"claim address {address.Cidr}");
+            new NamespaceStepRunner().Run(request.NetworkNamespace!, AddressHandover.Claim(address, move.ToRoutes()), $"claim address {address.Cidr}", ahead);
             File.WriteAllText(claimed, address.Cidr + "\n");
             return true;
         }
@@ -666,6 +669,30 @@ public static partial class Restorer
         {
             GiveUpAddress(migration, move, request);
             throw new RestoreFailedException($"the pod's address {address.Cidr} could not be claimed on this node: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// For a pod pinned to its source's address: the address claim's programs (<see cref="AddressHandover.IpBatch"/>,
+    /// twice) started inside its namespace while it waits for the commit, and for the report what became of
+    /// them; none when it is not pinned, or they could not be started (the claim starts them itself).
+    /// </summary>
+    private static (CommandsAhead? Programs, string Note) StartClaimAhead(RestoreRequest request)
+    {
+        if (string.IsNullOrEmpty(request.PinnedAddress) || string.IsNullOrEmpty(request.NetworkNamespace))
+        {
+            return (null, "");
+        }
+
+        try
+        {
+            var started = CommandsAhead.Start(new NamespaceStepRunner(), request.NetworkNamespace, AddressHandover.IpBatch, 2);
+            // (the note for a claim that did not take them: an earlier container of the pod claimed the address)
+            return (started, started is null ? "" : " (its programs started ahead, not used)");
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+        {
+            return (null, $" (its programs not started ahead: {e.Message})");
         }
     }
 

@@ -178,4 +178,75 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
         var faked = new PodNetworkLock(new NamespaceStepRunner(_ => new HostCommandResult(0, "", "")));
         Assert.Null(faked.Prepare(Path));
     }
+
+    [Fact]
+    public void A_claim_s_programs_started_ahead_do_its_work_when_it_runs_and_a_program_it_does_not_use_waits_on()
+    {
+        using var ahead = CommandsAhead.Start(new NamespaceStepRunner(), Path, AddressHandover.IpBatch, 2)!;
+        Assert.Equal(2, ahead.Waiting);
+        var address = new Migrate.NodeAgent.Networking.PodAddress("lo", "192.0.2.10/32", null);
+
+        // nothing happens before the plan: they wait for their input
+        Thread.Sleep(100);
+        Assert.DoesNotContain("192.0.2.10", Prerequisites.Run("ip", "-n", _name, "address", "show", "dev", "lo"), StringComparison.Ordinal);
+        new NamespaceStepRunner().Run(Path, AddressHandover.Claim(address), "claim address 192.0.2.10/32", ahead);
+
+        Assert.Equal(0, ahead.Waiting);
+        var shown = Prerequisites.Run("ip", "-n", _name, "address", "show", "dev", "lo");
+        Assert.Contains("inet 192.0.2.10/32", shown, StringComparison.Ordinal);
+        Assert.Contains("UP", shown.Split('\n')[0], StringComparison.Ordinal);
+        // a step of another program (or arguments) starts its own: the ones waiting are not used for it
+        using var other = CommandsAhead.Start(new NamespaceStepRunner(), Path, AddressHandover.IpBatch, 1)!;
+        new NamespaceStepRunner().Run(Path, [new(new HostCommand("ip", "-4", "-batch", "-") { Input = "address add 192.0.2.11/32 dev lo\n" })], "add", other);
+        Assert.Equal(1, other.Waiting);
+        Assert.Contains("192.0.2.11", Prerequisites.Run("ip", "-n", _name, "address", "show", "dev", "lo"), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Programs_started_ahead_and_dropped_end_having_done_nothing_and_a_failing_one_says_what_failed()
+    {
+        var before = Prerequisites.Run("ip", "-n", _name, "address", "show");
+        var ahead = CommandsAhead.Start(new NamespaceStepRunner(), Path, AddressHandover.IpBatch, 2)!;
+        var pids = Directory.EnumerateDirectories("/proc").Select(System.IO.Path.GetFileName)
+            .Where(d => int.TryParse(d, out _) && SafeRead($"/proc/{d}/cmdline") == "ip\0-batch\0-\0" && IsIn($"/proc/{d}/ns/net")).Select(d => int.Parse(d!, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        Assert.Equal(2, pids.Count);
+
+        ahead.Dispose();
+
+        Assert.All(pids, pid => Assert.False(Directory.Exists($"/proc/{pid}"), $"ip {pid} ended when dropped"));
+        Assert.Equal(before, Prerequisites.Run("ip", "-n", _name, "address", "show"));
+        using var failing = CommandsAhead.Start(new NamespaceStepRunner(), Path, AddressHandover.IpBatch, 1)!;
+        var error = Assert.Throws<IOException>(() => new NamespaceStepRunner().Run(Path, [new(AddressHandover.IpBatch with { Input = "link set dev no-such-link up\n" })], "bring it up", failing));
+        Assert.StartsWith("cannot bring it up: 'ip -batch -' failed (1): ", error.Message, StringComparison.Ordinal);
+        Assert.Equal(0, failing.Waiting);
+        Assert.Null(CommandsAhead.Start(new NamespaceStepRunner(_ => new HostCommandResult(0, "", "")), Path, AddressHandover.IpBatch, 2));
+    }
+
+    private bool IsIn(string namespaceLink)
+    {
+        try
+        {
+            return new FileInfo(namespaceLink).LinkTarget == NetworkNamespaceThread.Run(Path, NetworkNamespaceThread.Current);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    private static string SafeRead(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (IOException)
+        {
+            return "";
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return "";
+        }
+    }
 }

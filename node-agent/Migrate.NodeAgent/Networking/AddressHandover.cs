@@ -133,12 +133,15 @@ public static class AddressHandover
 
         return
         [
-            new(new("ip", "-batch", "-") { Input = batch.ToString() }),
+            new(IpBatch with { Input = batch.ToString() }),
             // a sandbox made for the address (podmig-ipam) was kept from answering ARP until now
             new(Speak()),
-            new(new("ip", "-batch", "-") { Input = up.ToString() }),
+            new(IpBatch with { Input = up.ToString() }),
         ];
     }
+
+    /// <summary>The program <see cref="Claim"/> runs twice, each time with a batch of commands on its standard input: started ahead (<see cref="CommandsAhead"/>), it only reads them then.</summary>
+    public static HostCommand IpBatch { get; } = new("ip", "-batch", "-");
 
     /// <summary>The routes through <paramref name="interface"/> in <c>ip -j route show</c>'s output, but those the kernel makes for an address's own subnet.</summary>
     public static IReadOnlyList<PodRoute> RoutesFromIpJson(string json, string @interface)

@@ -122,7 +122,8 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
     }
 
     /// <summary>Runs every step in order; the first unexpected failure stops the plan with an error naming <paramref name="what"/>, the command and its output.</summary>
-    public void Run(string namespacePath, IEnumerable<NamespaceStep> steps, string what)
+    /// <remarks><paramref name="ahead"/>: commands started ahead for this plan; a step whose command is one of them is given its input instead of starting its program.</remarks>
+    public void Run(string namespacePath, IEnumerable<NamespaceStep> steps, string what, CommandsAhead? ahead = null)
     {
         ArgumentNullException.ThrowIfNull(steps);
         if (!File.Exists(namespacePath))
@@ -140,7 +141,7 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
                     continue;
                 }
 
-                var result = exec(step.Command);
+                var result = ahead?.TryRun(step.Command) ?? exec(step.Command);
                 if (!result.Succeeded && !step.MayFail && (step.FailsOnlyIf is not { } still || exec(still).Succeeded))
                 {
                     throw new IOException(Failure(what, step.Command, result));
@@ -183,4 +184,79 @@ public sealed partial class NamespaceStepRunner(Func<HostCommand, HostCommandRes
 
     [System.Text.RegularExpressions.GeneratedRegex(@"^net(\.[A-Za-z0-9_]+)+$")]
     private static partial System.Text.RegularExpressions.Regex SysctlKey();
+}
+
+/// <summary>
+/// Commands started inside a namespace before the plan that needs them is known, waiting for their
+/// input (<see cref="NamespaceStepRunner.StartAhead"/>): when the plan runs, a step whose command is
+/// the same program with the same arguments takes the next one and gives it its input, instead of
+/// starting the program then (the restore's address claim: two <c>ip -batch -</c>, 10-15 ms each to
+/// start on a busy node, started while the replacement waits for its images). Those left when it is
+/// disposed get an empty input and end having done nothing.
+/// </summary>
+public sealed class CommandsAhead : IDisposable
+{
+    /// <summary>How long a command given its input may take to end.</summary>
+    public static readonly TimeSpan Limit = TimeSpan.FromSeconds(30);
+
+    private readonly Queue<StartedHostCommand> _waiting;
+
+    private CommandsAhead(IEnumerable<StartedHostCommand> started) => _waiting = new Queue<StartedHostCommand>(started);
+
+    /// <summary>The commands still waiting.</summary>
+    public int Waiting
+    {
+        get
+        {
+            lock (_waiting)
+            {
+                return _waiting.Count;
+            }
+        }
+    }
+
+    /// <summary><paramref name="count"/> of <paramref name="command"/> started inside the namespace now; null when the runner starts nothing ahead (tests).</summary>
+    public static CommandsAhead? Start(NamespaceStepRunner runner, string namespacePath, HostCommand command, int count)
+    {
+        ArgumentNullException.ThrowIfNull(runner);
+        ArgumentNullException.ThrowIfNull(command);
+        var started = runner.StartAhead(namespacePath, [.. Enumerable.Repeat(new NamespaceStep(command with { Input = "" }), count)]);
+        return started is null ? null : new CommandsAhead(started.OfType<StartedHostCommand>());
+    }
+
+    /// <summary>What <paramref name="command"/> did, run by a command started ahead; null when none waits for it (it is run as usual).</summary>
+    public HostCommandResult? TryRun(HostCommand command)
+    {
+        ArgumentNullException.ThrowIfNull(command);
+        StartedHostCommand? taken = null;
+        lock (_waiting)
+        {
+            if (command.Input is not null && _waiting.TryPeek(out var next)
+                && next.Command.Program == command.Program && next.Command.Arguments.SequenceEqual(command.Arguments, StringComparer.Ordinal))
+            {
+                taken = _waiting.Dequeue();
+            }
+        }
+
+        if (taken is null)
+        {
+            return null;
+        }
+
+        using (taken)
+        {
+            return taken.Finish(command.Input!, Limit);
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_waiting)
+        {
+            while (_waiting.TryDequeue(out var left))
+            {
+                left.Dispose();
+            }
+        }
+    }
 }
