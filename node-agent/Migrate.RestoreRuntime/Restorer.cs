@@ -112,8 +112,10 @@ public static partial class Restorer
 
             // a pod pinned to its source's address: its network is locked now, while it waits (nothing flows there yet), not in the downtime
             bool locked = LockEarly(request);
+            long lockedAt = clock.ElapsedMilliseconds;
             // and the address claim's programs started: after the commit they only read what to do
             var (claimAhead, claimAheadNote) = StartClaimAhead(request);
+            long claimStartedAt = clock.ElapsedMilliseconds;
             using var claimPrograms = claimAhead;
             var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
             if (Directory.Exists(work))
@@ -127,9 +129,14 @@ public static partial class Restorer
 
             Directory.CreateDirectory(work);
             // runc begun now, its own preparation done while the source still runs; it waits at the gate for the images
+            long workAt = clock.ElapsedMilliseconds;
             using var begun = BeginGated(runc, line, id, request, migration, work);
             var gated = begun;
+            long begunAt = clock.ElapsedMilliseconds;
             probe.Join();
+            // for the report: how long the replacement took to be ready for its images, and where that went
+            var readyNote = string.Create(CultureInfo.InvariantCulture,
+                $"; it was ready for the images {clock.ElapsedMilliseconds} ms after runc's create reached it (network lock {lockedAt} ms, the claim's programs {claimStartedAt - lockedAt} ms, an earlier attempt's leftovers {workAt - claimStartedAt} ms, runc begun {begunAt - workAt} ms, then CRIU's version {clock.ElapsedMilliseconds - begunAt} ms more)");
             try
             {
                 // the pod's sandbox, network and root file system are ready: wait here for the final images,
@@ -177,7 +184,7 @@ public static partial class Restorer
                 var helpers = lazy == true ? BeginLazyHelpers(criu, images, memory, work, request) : null;
                 try
                 {
-                    return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, (claimAhead, claimAheadNote), gated, gateNote,
+                    return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, (claimAhead, claimAheadNote), gated, gateNote, readyNote,
                         () => helpers ?? (lazy is null && LazyRestoreHelpers.Needed(images) ? BeginLazyHelpers(criu, images, memory, work, request) : null));
                 }
                 catch
@@ -205,7 +212,7 @@ public static partial class Restorer
 
     /// <summary>The restore once the images are committed and found: files checked and put back, the address claimed, runc restore.</summary>
     private static int RestoreCommitted(string runc, RuncCommandLine line, RestoreRequest request, Stopwatch clock, string id, string migration, string files, string staged,
-        string images, string work, bool locked, (CommandsAhead? Programs, string Note) claimAhead, GatedRunc? gated, string gateNote, Func<LazyRestoreHelpers?> lazyHelpers)
+        string images, string work, bool locked, (CommandsAhead? Programs, string Note) claimAhead, GatedRunc? gated, string gateNote, string readyNote, Func<LazyRestoreHelpers?> lazyHelpers)
     {
         var volumes = request.Mounts
             .Select(m => (m.Source, Volume: VolumeName(m.Source)))
@@ -334,7 +341,7 @@ public static partial class Restorer
         // the moment the process runs, taken before CRIU's log is read for the figures below
         long restoredAt = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var steps = string.Create(CultureInfo.InvariantCulture,
-            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms{layerNote}), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms{(claim is null ? "" : claimAhead.Programs is { Waiting: 0 } ? " (its programs started ahead)" : claimAhead.Note)}, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{ahead}{CriuPart(work, restoredImages)}");
+            $"files {prepared} ms{Rechecked(rechecked)} (checked {checkedAt} ms{layerNote}), address {(claim is null ? 0 : claim.DoneAt - claim.StartedAt)} ms at once from {(claim is null ? 0 : claim.StartedAt)} ms{(claim is null ? "" : claimAhead.Programs is { Waiting: 0 } ? " (its programs started ahead)" : claimAhead.Note)}, {claimed - prepared} ms of it after the files, lazy-pages helpers {helpersReady - claimed} ms, {CarriedPart(carried)}runc restore {ran - helpersReady} ms{ahead}{CriuPart(work, restoredImages)}{readyNote}");
         var restored = new RestoreReport(restoredAt, done, lazy, steps);
         WholeFile.WriteText(Path.Combine(migration, StagingLayout.RestoredFile(request.Container)), JsonSerializer.Serialize(restored, RestoreReportJson.Default.RestoreReport));
         if (move is not null && move.Containers.All(c => File.Exists(Path.Combine(migration, StagingLayout.RestoredFile(c))))

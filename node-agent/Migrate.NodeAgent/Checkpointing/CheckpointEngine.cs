@@ -307,8 +307,10 @@ public sealed partial class CheckpointEngine : IDisposable
     /// archives every tmpfs, and the images restore with any CRIU-based runtime.
     /// </summary>
     public async Task<FinalDumpResponse> FinalDumpAsync(string migrationId, CancellationToken cancellationToken, bool lazyMemory = false,
-        Func<MigrationRecord, Task>? hold = null, bool postCopy = false, bool carryMounts = false) =>
-        await WithMigrationAsync(migrationId, async record =>
+        Func<MigrationRecord, Task>? hold = null, bool postCopy = false, bool carryMounts = false)
+    {
+        var asked = Stopwatch.StartNew();
+        return await WithMigrationAsync(migrationId, async record =>
         {
             if (record.Phase == MigrationPhase.Frozen && record.FinalDump is not null)
             {
@@ -323,24 +325,29 @@ public sealed partial class CheckpointEngine : IDisposable
             EnsureUnchanged(record);
             using var activity = AgentTelemetry.Source.StartActivity("checkpoint.final_dump");
             activity?.SetTag("migration.id", record.MigrationId);
-            var dump = new FreezeProgress(new FinalDumpResponse { PreCopyRounds = record.RoundCount });
+            var dump = new FreezeProgress(new FinalDumpResponse { PreCopyRounds = record.RoundCount }) { WaitedMillis = Millis(asked.Elapsed) };
             if (lazyMemory)
             {
                 // measured while the pod runs: which containers' processes share memory a lazy restore would duplicate
                 MeasureSharing(record, dump);
             }
 
+            dump.SharingMillis = Millis(dump.Clock.Elapsed);
+
             FinalDumpResponse response;
             try
             {
                 // CRIU started now, while the pod still runs: in the freeze only the request is sent
                 StartCriuServices(record, dump, lazyMemory);
+                dump.CriuStartMillis = Millis(dump.Clock.Elapsed) - dump.SharingMillis;
                 // and the network lock's tools: when the peers lose the pod, only the lock's commits are left
                 if (record.AddressMove is { } move && _options.PrepareNetworkLock)
                 {
                     (dump.PreparedLock, var notReady) = _handover.PrepareLock(move);
                     dump.LockNote = notReady is null ? " (made ready ahead)" : $" (not made ready ahead: {notReady})";
                 }
+
+                dump.LockToolsMillis = Millis(dump.Clock.Elapsed) - dump.SharingMillis - dump.CriuStartMillis;
 
                 if (hold is not null)
                 {
@@ -370,9 +377,11 @@ public sealed partial class CheckpointEngine : IDisposable
             uint capture = (uint)response.Containers.Sum(c => c.MemoryCaptureMillis);
             uint criu = (uint)response.Containers.Sum(c => c.DumpMillis) + dump.CaptureOverlapMillis - capture;
             LogDumped(record.MigrationId, response.StagedBytes, response.FrozenMillis, response.FreezeMillis, response.DumpMillis, criu, dump.Prestarted, response.Containers.Count, capture,
-                dump.CaptureOverlapMillis, response.FilesystemMillis, dump.FilesystemOverlapMillis, response.NetworkMillis - dump.ReleaseMillis, dump.LockNote, dump.ReleaseMillis);
+                dump.CaptureOverlapMillis, response.FilesystemMillis, dump.FilesystemOverlapMillis, response.NetworkMillis - dump.ReleaseMillis, dump.LockNote, dump.ReleaseMillis,
+                dump.WaitedMillis + dump.StoppedMillis, dump.WaitedMillis, dump.SharingMillis, dump.CriuStartMillis, dump.LockToolsMillis);
             return response;
         }, cancellationToken);
+    }
 
     /// <summary>
     /// A group member: locks and freezes the pod, records it as frozen (an agent restarting now
@@ -506,6 +515,18 @@ public sealed partial class CheckpointEngine : IDisposable
         public uint ReleaseMillis { get; set; }
 
         public bool Done { get; set; }
+
+        /// <summary>Before the freeze, for the log: waiting for the migration (another call on it), measuring shared memory, starting CRIU, the lock's tools.</summary>
+        public uint WaitedMillis { get; init; }
+
+        public uint SharingMillis { get; set; }
+
+        /// <summary>When the workload stopped, in milliseconds on <see cref="Clock"/> (0 before).</summary>
+        public uint StoppedMillis => StoppedAt is { } at ? (uint)Math.Ceiling(at.TotalMilliseconds) : 0;
+
+        public uint CriuStartMillis { get; set; }
+
+        public uint LockToolsMillis { get; set; }
     }
 
     /// <summary>Rollback: thaws the pod where it stopped.</summary>
@@ -1257,9 +1278,9 @@ public sealed partial class CheckpointEngine : IDisposable
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: CRIU could not be started ahead for container {Container}'s final dump ({Reason}); libcriu starts it in the freeze instead")]
     private partial void LogCriuNotPrestarted(string migration, string container, string reason);
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms, {Overlap} ms of it while CRIU finished; file systems {Filesystem} ms, {FilesystemOverlap} ms of it beside the dump's end and the address release; network lock {Lock} ms before the freeze{LockNote}, address release {Release} ms)")]
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: final dump done, {Bytes} bytes staged, frozen {Frozen} ms (freeze {Freeze} ms, dump {Dump} ms: CRIU {Criu} ms, started ahead for {Ahead} of {Containers} container(s), and memory capture {Capture} ms, {Overlap} ms of it while CRIU finished; file systems {Filesystem} ms, {FilesystemOverlap} ms of it beside the dump's end and the address release; network lock {Lock} ms before the freeze{LockNote}, address release {Release} ms); stopped {Before} ms after it was asked (waiting for the migration {Waited} ms, shared memory measured {Sharing} ms, CRIU started {CriuStart} ms, the lock's tools {LockTools} ms)")]
     private partial void LogDumped(string migration, ulong bytes, uint frozen, uint freeze, uint dump, uint criu, int ahead, int containers, uint capture, uint overlap, uint filesystem,
-        uint filesystemOverlap, uint @lock, string lockNote, uint release);
+        uint filesystemOverlap, uint @lock, string lockNote, uint release, uint before, uint waited, uint sharing, uint criuStart, uint lockTools);
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the lazy dump of container {Container} failed; dumping it whole instead")]
     private partial void LogLazyDumpFailed(Exception error, string migration, string container);

@@ -295,6 +295,15 @@ public sealed partial class IncomingMigrations : BackgroundService
     private void ReportRestores(string migrationId)
     {
         var directory = _layout.Incoming(migrationId);
+        foreach (var file in Directory.EnumerateFiles(directory, "restore-*.waiting"))
+        {
+            if (_reported.Add(file))
+            {
+                // when the replacement became ready: the source's handoff may begin from here
+                LogWaiting(migrationId, Path.GetFileName(file)[8..^8]);
+            }
+        }
+
         foreach (var file in Directory.EnumerateFiles(directory, "restore-*.done"))
         {
             if (_reported.Add(file))
@@ -431,6 +440,9 @@ public sealed partial class IncomingMigrations : BackgroundService
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: container {Container}'s lazy memory: {PageServer}")]
     private partial void LogMemoryCame(string migration, string container, string pageServer);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: container {Container}'s replacement is ready and waits for its images")]
+    private partial void LogWaiting(string migration, string container);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the final images were committed; a waiting restore may begin")]
     private partial void LogCommitted(string migration);
