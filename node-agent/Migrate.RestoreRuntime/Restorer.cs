@@ -105,14 +105,14 @@ public static partial class Restorer
             }
 
             // CRIU's version, for a lazy restore's page server: asked now, not while the source is frozen,
-            // beside the lock below (each a few processes: the replacement says it is ready once both ended)
+            // beside what follows (the replacement says it is ready once it has the answer)
             (CriuVersion? Version, string Error) criu = default;
             var probe = new Thread(() => criu = ProbeCriu()) { IsBackground = true, Name = "podmig criu probe" };
             probe.Start();
 
-            // a pod pinned to its source's address: its network is locked now, while it waits (nothing flows there yet), not in the downtime
-            bool locked = LockEarly(request);
-            long lockedAt = clock.ElapsedMilliseconds;
+            // a pod pinned to its source's address: its network is locked now, while it waits (nothing flows there yet), not in the downtime;
+            // beside the rest: the replacement says it is ready without waiting for the lock's processes, and the restore waits for them after the commit if it must
+            var earlyLock = EarlyLock.Start(request);
             // and the address claim's programs started: after the commit they only read what to do
             var (claimAhead, claimAheadNote) = StartClaimAhead(request);
             long claimStartedAt = clock.ElapsedMilliseconds;
@@ -136,7 +136,7 @@ public static partial class Restorer
             probe.Join();
             // for the report: how long the replacement took to be ready for its images, and where that went
             var readyNote = string.Create(CultureInfo.InvariantCulture,
-                $"; it was ready for the images {clock.ElapsedMilliseconds} ms after runc's create reached it (network lock {lockedAt} ms, the claim's programs {claimStartedAt - lockedAt} ms, an earlier attempt's leftovers {workAt - claimStartedAt} ms, runc begun {begunAt - workAt} ms, then CRIU's version {clock.ElapsedMilliseconds - begunAt} ms more)");
+                $"; it was ready for the images {clock.ElapsedMilliseconds} ms after runc's create reached it (the claim's programs {claimStartedAt} ms, an earlier attempt's leftovers {workAt - claimStartedAt} ms, runc begun {begunAt - workAt} ms, then CRIU's version {clock.ElapsedMilliseconds - begunAt} ms more)");
             try
             {
                 // the pod's sandbox, network and root file system are ready: wait here for the final images,
@@ -146,6 +146,8 @@ public static partial class Restorer
                     WaitForCommit(migration, request, WaitLimit());
                 }
                 clock.Restart();
+                bool locked = earlyLock.Join();
+                readyNote += earlyLock.Note();
                 if (!File.Exists(staged))
                 {
                     throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
@@ -198,6 +200,10 @@ public static partial class Restorer
             {
                 EndGated(begun, runc, line, id, TimeSpan.FromSeconds(10));
                 throw;
+            }
+            finally
+            {
+                earlyLock.WaitQuietly();
             }
         }
         catch (Exception e) when (e is RestoreFailedException or IOException or UnauthorizedAccessException or JsonException or InvalidOperationException)
@@ -720,6 +726,75 @@ public static partial class Restorer
         {
             return false;
         }
+    }
+
+    /// <summary>
+    /// The replacement's network locked while it waits for its images (<see cref="LockEarly"/>), on a
+    /// thread of its own: the replacement is ready for its images without waiting for the lock's
+    /// processes, and the restore joins the lock after the commit (for a pod whose freeze, dump and
+    /// send outlast the lock, it is done by then). A lock that failed is taken for not locked, as
+    /// before; one that threw anything else throws it at the join.
+    /// </summary>
+    private sealed class EarlyLock
+    {
+        private readonly Thread? _thread;
+        private readonly Stopwatch _clock = Stopwatch.StartNew();
+        private bool _locked;
+        private long _doneAt;
+        private long _waited;
+        private Exception? _failure;
+
+        private EarlyLock(RestoreRequest request)
+        {
+            if (string.IsNullOrEmpty(request.PinnedAddress) || string.IsNullOrEmpty(request.NetworkNamespace))
+            {
+                return; // nothing to lock
+            }
+
+            _thread = new Thread(() =>
+            {
+                try
+                {
+                    _locked = LockEarly(request);
+                }
+                catch (Exception e)
+                {
+                    _failure = e;
+                }
+                finally
+                {
+                    _doneAt = _clock.ElapsedMilliseconds;
+                }
+            }) { IsBackground = true, Name = "podmig network lock" };
+        }
+
+        public static EarlyLock Start(RestoreRequest request)
+        {
+            var early = new EarlyLock(request);
+            early._thread?.Start();
+            return early;
+        }
+
+        /// <summary>Waits for the lock; whether the pod's network is locked.</summary>
+        public bool Join()
+        {
+            long joining = _clock.ElapsedMilliseconds;
+            _thread?.Join();
+            _waited = _clock.ElapsedMilliseconds - joining;
+            if (_failure is not null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(_failure);
+            }
+
+            return _locked;
+        }
+
+        /// <summary>Waits for the lock's thread (done already after <see cref="Join"/>), so that no lock process outlives a failed restore unseen.</summary>
+        public void WaitQuietly() => _thread?.Join();
+
+        /// <summary>For the report, after <see cref="Join"/>: how long the lock took, and how long the restore waited for it after the commit.</summary>
+        public string Note() => _thread is null ? "" : string.Create(CultureInfo.InvariantCulture,
+            $"; its network lock took {_doneAt} ms beside that (after the commit the restore waited {_waited} ms more for it)");
     }
 
     /// <summary>After a failed restore: the address leaves this node again, so the source can take it back.</summary>
