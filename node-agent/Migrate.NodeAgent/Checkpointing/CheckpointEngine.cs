@@ -44,6 +44,14 @@ public sealed partial class CheckpointEngine : IDisposable
     private readonly SemaphoreSlim _criuGate = new(1, 1);
     private readonly SourceAddressHandover _handover = new(new NamespaceStepRunner());
 
+    /// <summary>
+    /// Per migration whose pod keeps its address, its network lock being made ready from the
+    /// checkpoint's start (<see cref="SourceAddressHandover.PrepareLock"/>, beside the rounds and the
+    /// replacement's preparation), until its final dump takes it; one never taken is dropped when the
+    /// migration leaves pre-copy (<see cref="DropLockAhead"/>).
+    /// </summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Task<(PreparedNetworkLock? Lock, string? Reason)>> _locksAhead = new(StringComparer.Ordinal);
+
     /// <summary>How long a pod keeping its connections may take, locked, to accept the connections already queued for it.</summary>
     private Criu.Incremental.PreCopyMethod? _method;
 
@@ -210,6 +218,12 @@ public sealed partial class CheckpointEngine : IDisposable
                 _migrations[record.MigrationId] = record;
             }
 
+            if (move is not null && _options.PrepareNetworkLock)
+            {
+                // its tools started now, not when the handoff is asked: they wait, idle, for the freeze
+                _locksAhead[record.MigrationId] = Task.Run(() => _handover.PrepareLock(move), CancellationToken.None);
+            }
+
             _events.Changed(record.MigrationId);
             LogReady(record.MigrationId, record.Namespace, record.PodName, containers.Count);
             return record.ToStatus();
@@ -343,8 +357,10 @@ public sealed partial class CheckpointEngine : IDisposable
                 // and the network lock's tools: when the peers lose the pod, only the lock's commits are left
                 if (record.AddressMove is { } move && _options.PrepareNetworkLock)
                 {
-                    (dump.PreparedLock, var notReady) = _handover.PrepareLock(move);
-                    dump.LockNote = notReady is null ? " (made ready ahead)" : $" (not made ready ahead: {notReady})";
+                    bool early = _locksAhead.TryRemove(record.MigrationId, out var ahead);
+                    (dump.PreparedLock, var notReady) = early ? await ahead! : _handover.PrepareLock(move);
+                    dump.LockNote = notReady is not null ? $" (not made ready ahead: {notReady})"
+                        : early ? " (made ready ahead, from the checkpoint's start)" : " (made ready ahead)";
                 }
 
                 dump.LockToolsMillis = Millis(dump.Clock.Elapsed) - dump.SharingMillis - dump.CriuStartMillis;
@@ -631,8 +647,28 @@ public sealed partial class CheckpointEngine : IDisposable
         return (TryGet(migrationId) ?? throw new CheckpointException(StatusCode.NotFound, $"node {_options.NodeName} knows no migration {migrationId}")).ToStatus();
     }
 
+    /// <summary>A lock made ready that no final dump took: its tools read an empty input and end, having changed nothing.</summary>
+    private void DropLockAhead(string migrationId)
+    {
+        if (_locksAhead.TryRemove(migrationId, out var ahead))
+        {
+            _ = ahead.ContinueWith(t =>
+            {
+                if (t.IsCompletedSuccessfully)
+                {
+                    t.Result.Lock?.Dispose();
+                }
+            }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+    }
+
     public void Dispose()
     {
+        foreach (var id in _locksAhead.Keys)
+        {
+            DropLockAhead(id);
+        }
+
         _trackers.Dispose();
         _criuGate.Dispose();
         foreach (var gate in _locks.Values)
@@ -1111,6 +1147,7 @@ public sealed partial class CheckpointEngine : IDisposable
                     // tracked page (50-70 ms per GiB here, on the CPU the handoff needs), and the handoff would
                     // wait for that in the downtime; nor does what follows wait for it
                     _trackers.ReleaseBeside(migrationId);
+                    DropLockAhead(migrationId);
                 }
 
                 _events.Changed(migrationId);
