@@ -105,7 +105,7 @@ public static partial class Restorer
             }
 
             // CRIU's version, for a lazy restore's page server: asked now, not while the source is frozen,
-            // beside what follows (the replacement says it is ready once it has the answer)
+            // beside what follows (the replacement says it is ready without waiting for the answer, which the restore joins after the commit)
             (CriuVersion? Version, string Error) criu = default;
             var probe = new Thread(() => criu = ProbeCriu()) { IsBackground = true, Name = "podmig criu probe" };
             probe.Start();
@@ -133,10 +133,9 @@ public static partial class Restorer
             using var begun = BeginGated(runc, line, id, request, migration, work);
             var gated = begun;
             long begunAt = clock.ElapsedMilliseconds;
-            probe.Join();
             // for the report: how long the replacement took to be ready for its images, and where that went
             var readyNote = string.Create(CultureInfo.InvariantCulture,
-                $"; it was ready for the images {clock.ElapsedMilliseconds} ms after runc's create reached it (the claim's programs {claimStartedAt} ms, an earlier attempt's leftovers {workAt - claimStartedAt} ms, runc begun {begunAt - workAt} ms, then CRIU's version {clock.ElapsedMilliseconds - begunAt} ms more)");
+                $"; it was ready for the images {begunAt} ms after runc's create reached it (the claim's programs {claimStartedAt} ms, an earlier attempt's leftovers {workAt - claimStartedAt} ms, runc begun {begunAt - workAt} ms)");
             try
             {
                 // the pod's sandbox, network and root file system are ready: wait here for the final images,
@@ -148,6 +147,9 @@ public static partial class Restorer
                 clock.Restart();
                 bool locked = earlyLock.Join();
                 readyNote += earlyLock.Note();
+                long probing = clock.ElapsedMilliseconds;
+                probe.Join();
+                readyNote += string.Create(CultureInfo.InvariantCulture, $"; CRIU's version asked beside (after the commit the restore waited {clock.ElapsedMilliseconds - probing} ms more for it)");
                 if (!File.Exists(staged))
                 {
                     throw new RestoreFailedException($"the images of migration {request.MigrationId} are not staged on this node (no completed transfer in {migration})");
@@ -204,6 +206,7 @@ public static partial class Restorer
             finally
             {
                 earlyLock.WaitQuietly();
+                probe.Join();
             }
         }
         catch (Exception e) when (e is RestoreFailedException or IOException or UnauthorizedAccessException or JsonException or InvalidOperationException)
