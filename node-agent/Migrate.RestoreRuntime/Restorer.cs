@@ -118,16 +118,27 @@ public static partial class Restorer
             long claimStartedAt = clock.ElapsedMilliseconds;
             using var claimPrograms = claimAhead;
             var work = Path.Combine(migration, StagingLayout.RestoreWorkDirectory(request.Container));
-            if (Directory.Exists(work))
+            try
             {
-                // what an earlier attempt left: its helpers, a runc it began, its mounts, then its files
-                LazyRestoreHelpers.StopRecorded(work);
-                _ = GatedRunc.ReleaseLeftover(work);
-                CarriedMountsOnNode.UnmountLeftovers(work);
-                Directory.Delete(work, recursive: true);
+                if (Directory.Exists(work))
+                {
+                    // what an earlier attempt left: its helpers, a runc it began, its mounts, then its files
+                    LazyRestoreHelpers.StopRecorded(work);
+                    _ = GatedRunc.ReleaseLeftover(work);
+                    CarriedMountsOnNode.UnmountLeftovers(work);
+                    Directory.Delete(work, recursive: true);
+                }
+
+                Directory.CreateDirectory(work);
+            }
+            catch
+            {
+                // (the threads begun above end before the failure is reported)
+                earlyLock.WaitQuietly();
+                probe.Join();
+                throw;
             }
 
-            Directory.CreateDirectory(work);
             // runc begun now, its own preparation done while the source still runs; it waits at the gate for the images
             long workAt = clock.ElapsedMilliseconds;
             using var begun = BeginGated(runc, line, id, request, migration, work);
@@ -735,8 +746,9 @@ public static partial class Restorer
     /// The replacement's network locked while it waits for its images (<see cref="LockEarly"/>), on a
     /// thread of its own: the replacement is ready for its images without waiting for the lock's
     /// processes, and the restore joins the lock after the commit (for a pod whose freeze, dump and
-    /// send outlast the lock, it is done by then). A lock that failed is taken for not locked, as
-    /// before; one that threw anything else throws it at the join.
+    /// send outlast the lock, it is done by then). A lock that failed, however, is taken for not
+    /// locked: the address claim then locks the namespace itself, and fails the restore, saying
+    /// why, if it cannot.
     /// </summary>
     private sealed class EarlyLock
     {
@@ -745,7 +757,7 @@ public static partial class Restorer
         private bool _locked;
         private long _doneAt;
         private long _waited;
-        private Exception? _failure;
+        private string? _failure;
 
         private EarlyLock(RestoreRequest request)
         {
@@ -762,7 +774,8 @@ public static partial class Restorer
                 }
                 catch (Exception e)
                 {
-                    _failure = e;
+                    // whatever it was, the namespace is taken for not locked: the claim locks it, in the downtime, and says why if it cannot
+                    _failure = e.Message;
                 }
                 finally
                 {
@@ -784,11 +797,6 @@ public static partial class Restorer
             long joining = _clock.ElapsedMilliseconds;
             _thread?.Join();
             _waited = _clock.ElapsedMilliseconds - joining;
-            if (_failure is not null)
-            {
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(_failure);
-            }
-
             return _locked;
         }
 
@@ -797,7 +805,7 @@ public static partial class Restorer
 
         /// <summary>For the report, after <see cref="Join"/>: how long the lock took, and how long the restore waited for it after the commit.</summary>
         public string Note() => _thread is null ? "" : string.Create(CultureInfo.InvariantCulture,
-            $"; its network lock took {_doneAt} ms beside that (after the commit the restore waited {_waited} ms more for it)");
+            $"; its network lock took {_doneAt} ms beside that{(_failure is null ? "" : $" and failed ({_failure}): made with the claim")} (after the commit the restore waited {_waited} ms more for it)");
     }
 
     /// <summary>After a failed restore: the address leaves this node again, so the source can take it back.</summary>

@@ -658,7 +658,7 @@ public sealed partial class CheckpointEngine : IDisposable
                 {
                     t.Result.Lock?.Dispose();
                 }
-            }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default); // (not under the migration's lock: each tool may take a moment to end)
         }
     }
 
