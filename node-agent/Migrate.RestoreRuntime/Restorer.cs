@@ -724,27 +724,9 @@ public static partial class Restorer
     }
 
     /// <summary>Locks the network of a pod pinned to its source's address before its images are committed; false when it is not pinned or the lock failed (the claim tries again).</summary>
-    private static bool LockEarly(RestoreRequest request)
-    {
-        if (string.IsNullOrEmpty(request.PinnedAddress) || string.IsNullOrEmpty(request.NetworkNamespace))
-        {
-            return false;
-        }
-
-        try
-        {
-            new PodNetworkLock().Lock(request.NetworkNamespace);
-            return true;
-        }
-        catch (Exception e) when (e is IOException or ArgumentException)
-        {
-            return false;
-        }
-    }
-
     /// <summary>
-    /// The replacement's network locked while it waits for its images (<see cref="LockEarly"/>), on a
-    /// thread of its own: the replacement is ready for its images without waiting for the lock's
+    /// A pinned replacement's network locked while it waits for its images (nothing flows there yet),
+    /// on a thread of its own: the replacement is ready for its images without waiting for the lock's
     /// processes, and the restore joins the lock after the commit (for a pod whose freeze, dump and
     /// send outlast the lock, it is done by then). A lock that failed, however, is taken for not
     /// locked: the address claim then locks the namespace itself, and fails the restore, saying
@@ -770,7 +752,8 @@ public static partial class Restorer
             {
                 try
                 {
-                    _locked = LockEarly(request);
+                    new PodNetworkLock().Lock(request.NetworkNamespace);
+                    _locked = true;
                 }
                 catch (Exception e)
                 {
