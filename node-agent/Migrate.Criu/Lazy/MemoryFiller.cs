@@ -19,17 +19,15 @@ namespace Migrate.Criu.Lazy;
 /// <param name="Answering">Of it, answering faults: from reading each to its pages in place, which a process waits for. Not counted: the time a
 /// fault sat unread while a piece was being filled (at most one piece).</param>
 /// <param name="LongestAnswer">The longest of those answers.</param>
-/// <param name="Lingered">Of it, waiting after an answered fault for the process's next one instead of filling a piece (<see cref="FaultLinger"/>).</param>
 public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying, SourcePagesReport? Source = null,
-    TimeSpan Answering = default, TimeSpan LongestAnswer = default, TimeSpan Lingered = default);
+    TimeSpan Answering = default, TimeSpan LongestAnswer = default);
 
 /// <summary>
 /// Fills the memory of a lazily restored process tree from image sets already on this node, in
 /// place of CRIU's lazy-pages daemon and a page server behind it. It takes the same part in the
 /// restore: it listens on <see cref="LazyPagesDaemon.SocketName"/> in the work directory, where
 /// <c>criu restore --lazy-pages</c> sends each process's PID and userfaultfd and at last says the
-/// restore finished. It answers each page fault at once (and, having answered one, waits a moment
-/// for the next before its next piece: <see cref="FaultLinger"/>), and fills every other lazy page in large
+/// restore finished. It answers each page fault at once, and fills every other lazy page in large
 /// pieces as soon as the restore finished, straight from the staged files into the processes
 /// (<c>UFFDIO_COPY</c>): no request and answer per piece, no socket between two helpers, and a
 /// background fill that does not shrink to a few pages whenever the processes touch one (CRIU 4's
@@ -60,7 +58,7 @@ public sealed unsafe class MemoryFiller : IDisposable
     private readonly byte* _buffer;
     private readonly bool[] _found = new bool[PiecePages];
     private readonly Stopwatch _clock = new();
-    private long _faults, _pieces, _pages, _readTicks, _copyTicks, _answerTicks, _longestAnswerTicks, _lingerTicks;
+    private long _faults, _pieces, _pages, _readTicks, _copyTicks, _answerTicks, _longestAnswerTicks;
     private int _next;
     private Func<IPipelinedPageSource>? _prefetch;
 
@@ -132,8 +130,7 @@ public sealed unsafe class MemoryFiller : IDisposable
 
         using var restore = listener.Accept();
         int client = (int)restore.SafeHandle.DangerousGetHandle();
-        bool finished = false, connected = true, waiting = false, lingering = false;
-        long fillBegan = 0, lastPiece = 0;
+        bool finished = false, connected = true, waiting = false;
         var fds = new List<PollFd>();
         while (true)
         {
@@ -142,7 +139,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             if (finished && live.All(p => p.Missing.Left == 0))
             {
                 return new MemoryFillerReport(_faults, _pieces, _pages, clock.Elapsed, Stopwatch.GetElapsedTime(0, _readTicks), Stopwatch.GetElapsedTime(0, _copyTicks), _source?.Report(),
-                    Stopwatch.GetElapsedTime(0, _answerTicks), Stopwatch.GetElapsedTime(0, _longestAnswerTicks), Stopwatch.GetElapsedTime(0, _lingerTicks));
+                    Stopwatch.GetElapsedTime(0, _answerTicks), Stopwatch.GetElapsedTime(0, _longestAnswerTicks));
             }
 
             fds.Clear();
@@ -155,16 +152,10 @@ public sealed unsafe class MemoryFiller : IDisposable
             bool filling = finished && live.Any(p => p.Missing.Left > 0);
             var polled = CollectionsMarshal.AsSpan(fds);
             int ready;
-            long polledAt = Stopwatch.GetTimestamp();
             fixed (PollFd* pointer = polled)
             {
                 // while every piece left waits for pages on their way from the source, faults are watched for meanwhile
-                ready = Poll(pointer, (nuint)polled.Length, !filling ? 100 : lingering ? FaultLinger.Millis : waiting ? SourceWaitMillis : 0);
-            }
-
-            if (filling && lingering)
-            {
-                _lingerTicks += Stopwatch.GetTimestamp() - polledAt;
+                ready = Poll(pointer, (nuint)polled.Length, !filling ? 100 : waiting ? SourceWaitMillis : 0);
             }
 
             if (ready < 0)
@@ -207,7 +198,6 @@ public sealed unsafe class MemoryFiller : IDisposable
                 }
             }
 
-            long faultsBefore = _faults;
             for (int i = first; i < polled.Length; i++)
             {
                 if (polled[i].ReturnedEvents != 0)
@@ -216,29 +206,7 @@ public sealed unsafe class MemoryFiller : IDisposable
                 }
             }
 
-            if (!filling)
-            {
-                lingering = waiting = false;
-                continue;
-            }
-
-            long now = Stopwatch.GetTimestamp();
-            if (fillBegan == 0)
-            {
-                fillBegan = lastPiece = now;
-            }
-
-            // a process that just faulted is likely to fault again within microseconds: its next fault before the next piece
-            lingering = FaultLinger.Wait(_faults > faultsBefore, Stopwatch.GetElapsedTime(lastPiece, now), Stopwatch.GetElapsedTime(0, _lingerTicks),
-                Stopwatch.GetElapsedTime(fillBegan, now));
-            if (lingering)
-            {
-                waiting = false;
-                continue;
-            }
-
-            waiting = !FillNextPiece();
-            lastPiece = Stopwatch.GetTimestamp();
+            waiting = filling && !FillNextPiece();
         }
     }
 
