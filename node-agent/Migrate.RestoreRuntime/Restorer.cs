@@ -723,7 +723,6 @@ public static partial class Restorer
         }
     }
 
-    /// <summary>Locks the network of a pod pinned to its source's address before its images are committed; false when it is not pinned or the lock failed (the claim tries again).</summary>
     /// <summary>
     /// A pinned replacement's network locked while it waits for its images (nothing flows there yet),
     /// on a thread of its own: the replacement is ready for its images without waiting for the lock's

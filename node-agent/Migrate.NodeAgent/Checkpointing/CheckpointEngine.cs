@@ -52,7 +52,7 @@ public sealed partial class CheckpointEngine : IDisposable
     /// </summary>
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Task<(PreparedNetworkLock? Lock, string? Reason)>> _locksAhead = new(StringComparer.Ordinal);
 
-    /// <summary>How long a pod keeping its connections may take, locked, to accept the connections already queued for it.</summary>
+    /// <summary>How this node finds what a pre-copy round must send (kernel tracking where CRIU has it, else content comparison), learned once.</summary>
     private Criu.Incremental.PreCopyMethod? _method;
 
     public CheckpointEngine(PodLocator locator, CriuClient criu, IOptions<AgentOptions> options, ILogger<CheckpointEngine> logger, MigrationEvents? events = null)
