@@ -305,6 +305,14 @@ public sealed class MigrationRequestStatus
     [JsonPropertyName("downtimeMillis")]
     public long? DowntimeMillis { get; set; }
 
+    /// <summary>
+    /// From the final images' commit on the target to the replacement's restored processes running
+    /// (the slowest of its containers), as the target's restore runtime measured it; with lazy memory
+    /// the processes run before all of it is in place. Not set on the CRI path (no agent restores there).
+    /// </summary>
+    [JsonPropertyName("restoreMillis")]
+    public long? RestoreMillis { get; set; }
+
     /// <summary>How the replacement's memory was restored: "Lazy" (its processes ran first, their memory followed from the target's staged images) or "Full".</summary>
     [JsonPropertyName("memoryRestore")]
     public string? MemoryRestore { get; set; }

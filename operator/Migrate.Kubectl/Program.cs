@@ -189,6 +189,11 @@ namespace Migrate.Kubectl
             {
                 output.Line($"Succeeded: pod {Api.Namespace}/{Text(status, "replacementPod")} runs on {Text(status, "targetNode")} (moved from {Text(status, "sourceNode")}).");
                 output.Line($"  downtime  {Number(status, "downtimeMillis"):0} ms{(Text(status, "memoryRestore") == "Lazy" ? " (memory restored lazily: the processes ran before it was all in place)" : "")}");
+                if (status["restoreMillis"] is not null)
+                {
+                    output.Line($"  restore   {Number(status, "restoreMillis"):0} ms on {Text(status, "targetNode")}, from the final images' commit to the processes running");
+                }
+
                 if (started is { } s && completed is { } c)
                 {
                     output.Line(string.Create(CultureInfo.InvariantCulture, $"  total     {(c - s).TotalMilliseconds:0} ms"));
@@ -252,6 +257,7 @@ namespace Migrate.Kubectl
             output.Line($"Started:      {Text(status, "startTime")}");
             output.Line($"Completed:    {Text(status, "completionTime")}");
             output.Line($"Downtime:     {(status["downtimeMillis"] is null ? "" : $"{Number(status, "downtimeMillis"):0} ms")}");
+            output.Line($"Restore:      {(status["restoreMillis"] is null ? "" : $"{Number(status, "restoreMillis"):0} ms from the final images' commit to the processes running")}");
             output.Line($"Memory:       {Text(status, "memoryRestore")}");
             output.Line(string.Create(CultureInfo.InvariantCulture, $"Images:       {Number(status, "imageBytes") / 1e6:0.0} MB staged, {Number(status, "bytesTransferred") / 1e6:0.0} MB sent, {Number(status, "preCopyRounds"):0} pre-copy round(s)")
                 + (Text(status, "memoryTracking") is { } tracking ? $", writes found by {tracking}" : ""));

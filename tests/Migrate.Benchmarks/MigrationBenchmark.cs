@@ -11,7 +11,8 @@ namespace Migrate.Benchmarks;
 /// <summary>One migration of one workload by one method.</summary>
 public sealed record MigrationSample(
     string Method, int Mib, string Workload, int Repetition, double TotalMs, double DowntimeMs, double CheckpointMs, double TransferMs, double RestoreMs,
-    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued, double? PauseMs = null, long PostCopyBytes = 0, string? RanAs = null)
+    long ImageBytes, long BytesTransferred, int Rounds, bool StateContinued, double? PauseMs = null, long PostCopyBytes = 0, string? RanAs = null,
+    double? RestoreToRunningMs = null)
 {
     /// <summary>
     /// MB/s of the copy step (all the images for Manual and Cold; PreCopy and Hybrid send most while the pod runs,
@@ -254,7 +255,7 @@ public static class MigrationBenchmark
         return new MigrationSample(mode, mib, workload, rep, At("Succeeded"), (double?)(long?)status["downtimeMillis"] ?? double.NaN,
             At("Transferring") - At("Checkpointing"), At("Restoring") - At("Transferring"), At("CuttingOver") - At("Restoring"),
             (long?)status["imageBytes"] ?? 0, (long?)status["bytesTransferred"] ?? 0, (int?)status["preCopyRounds"] ?? 0, continued, pause,
-            (long?)status["postCopyBytes"] ?? 0, (string?)status["mode"]);
+            (long?)status["postCopyBytes"] ?? 0, (string?)status["mode"], (double?)(long?)status["restoreMillis"]);
     }
 
     private static async Task<MigrationSample> RunPodmanAsync(PodmanBaseline podman, int mib, string workload, double dirty, int rep)
@@ -266,7 +267,7 @@ public static class MigrationBenchmark
             var (checkpoint, copy, restore, bytes, continued, pause) = await podman.MoveAsync(name);
             var frozen = checkpoint + copy + restore;
             return new MigrationSample("Podman", mib, workload, rep, frozen.TotalMilliseconds, frozen.TotalMilliseconds, checkpoint.TotalMilliseconds,
-                copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued, pause);
+                copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued, pause, RestoreToRunningMs: restore.TotalMilliseconds);
         }
         finally
         {
@@ -283,7 +284,7 @@ public static class MigrationBenchmark
         var (continued, pause) = await ContinuationAsync(source.LoggedTicks("default", pod.Metadata.Name, "main", pod.Metadata.Uid),
             () => Memcounter.Parse(manual.Output().Split('\n')), VerifyFile(pod.Metadata.Name));
         return new MigrationSample("Manual", mib, workload, rep, frozen.TotalMilliseconds, frozen.TotalMilliseconds, checkpoint.TotalMilliseconds,
-            copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued, pause);
+            copy.TotalMilliseconds, restore.TotalMilliseconds, bytes, bytes, 0, continued, pause, RestoreToRunningMs: restore.TotalMilliseconds);
     }
 
     /// <summary>

@@ -34,7 +34,7 @@ public sealed record Spread(double Median, double Min, double Max)
 /// its own clock). Disagreement: how far the method's own downtime figure is from it (|downtime - pause|).
 /// </remarks>
 public sealed record SummaryRow(int Mib, string Workload, string Method, int Runs, int Continued, Spread Total, Spread Downtime, Spread Checkpoint, Spread Transfer,
-    Spread Restore, Spread MBps, Spread ImageMB, Spread Rounds, Spread Pause, Spread Disagreement, Spread PostCopyMB, string? RanAs = null)
+    Spread Restore, Spread MBps, Spread ImageMB, Spread Rounds, Spread Pause, Spread Disagreement, Spread PostCopyMB, Spread RestoreToRunning, string? RanAs = null)
 {
     /// <summary>The method as the table shows it: Auto with the modes it ran as and how often ("Auto: PreCopy 3").</summary>
     public string Label => RanAs is null ? Method : $"{Method}: {RanAs}";
@@ -69,7 +69,7 @@ public sealed class MigrationSummary
                 Spread.Of(g.Select(s => s.TransferMs)), Spread.Of(g.Select(s => s.RestoreMs)), Spread.Of(g.Select(s => s.TransferMBps ?? double.NaN)),
                 Spread.Of(g.Select(s => s.ImageBytes / 1e6)), Spread.Of(g.Select(s => (double)s.Rounds)),
                 Spread.Of(g.Select(s => s.PauseMs ?? double.NaN)), Spread.Of(g.Select(s => s.PauseMs is { } pause ? Math.Abs(s.DowntimeMs - pause) : double.NaN)),
-                Spread.Of(g.Select(s => s.PostCopyBytes / 1e6)),
+                Spread.Of(g.Select(s => s.PostCopyBytes / 1e6)), Spread.Of(g.Select(s => s.RestoreToRunningMs ?? double.NaN)),
                 g.Key.Method == "Auto" ? string.Join(", ", g.GroupBy(s => s.RanAs ?? "?").OrderBy(m => m.Key, StringComparer.Ordinal).Select(m => $"{m.Key} {m.Count()}")) : null))
             .ToList();
         return new MigrationSummary(samples, rows, failures);
@@ -105,6 +105,14 @@ public sealed class MigrationSummary
                 F($"off by {row.Disagreement.Median:0} ms (at most {row.Disagreement.Max:0})")));
         }
 
+        foreach (var row in Rows.Where(r => r.Method is not ("Manual" or "Podman") && !double.IsNaN(r.RestoreToRunning.Median)))
+        {
+            // the restore alone: from the final images on the target to the processes running, against runc restore of the manual pipeline's images
+            double ratio = Ratio(row, r => r.RestoreToRunning);
+            goals.Add(new Goal($"restore to running <= 1.1x runc restore ({row.Mib} MiB {row.Workload}, {row.Method})", ratio <= 1.1,
+                F($"{row.RestoreToRunning.Median:0} vs {Row(row.Mib, row.Workload, "Manual")?.RestoreToRunning.Median ?? double.NaN:0} ms = {ratio:0.00}x")));
+        }
+
         foreach (var cold in Rows.Where(r => r.Method == "Cold"))
         {
             var manual = Row(cold.Mib, cold.Workload, "Manual");
@@ -138,11 +146,11 @@ public sealed class MigrationSummary
     /// <summary>A ratio for JSON: null when it has no value (no manual run to divide by).</summary>
     private static double? Finite(double ratio) => double.IsFinite(ratio) ? Math.Round(ratio, 3) : null;
 
-    private static readonly string[] Header = ["size", "workload", "method", "total ms", "downtime ms", "pause seen by the pod ms", "checkpoint ms", "transfer ms", "restore ms", "MB/s", "images MB", "left on source MB", "rounds", "total / manual", "pause / manual", "state"];
+    private static readonly string[] Header = ["size", "workload", "method", "total ms", "downtime ms", "pause seen by the pod ms", "checkpoint ms", "transfer ms", "restore ms", "restore to running ms", "MB/s", "images MB", "left on source MB", "rounds", "total / manual", "pause / manual", "state"];
 
     private IEnumerable<string[]> Cells() => Rows.Select(r => new[]
     {
-        F($"{r.Mib} MiB"), r.Workload, r.Label, r.Total.Text(), r.Downtime.Text(), r.Pause.Text(), r.Checkpoint.Text(), r.Transfer.Text(), r.Restore.Text(), r.MBps.Text(),
+        F($"{r.Mib} MiB"), r.Workload, r.Label, r.Total.Text(), r.Downtime.Text(), r.Pause.Text(), r.Checkpoint.Text(), r.Transfer.Text(), r.Restore.Text(), r.RestoreToRunning.Text(), r.MBps.Text(),
         r.ImageMB.Text("0.0"), r.Method is "PostCopy" or "Hybrid" or "Auto" ? r.PostCopyMB.Text("0.0") : "-", r.Method is "PreCopy" or "Hybrid" or "Auto" ? r.Rounds.Text() : "-",
         r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Total):0.00}"), r.Method == "Manual" ? "1" : F($"{Ratio(r, x => x.Pause):0.00}"),
         F($"{r.Continued}/{r.Runs} continued"),
@@ -198,6 +206,7 @@ public sealed class MigrationSummary
             ["checkpointMs"] = r.Checkpoint.ToJson(),
             ["transferMs"] = r.Transfer.ToJson(),
             ["restoreMs"] = r.Restore.ToJson(),
+            ["restoreToRunningMs"] = r.RestoreToRunning.ToJson(),
             ["transferMBps"] = r.MBps.ToJson(),
             ["imageMB"] = r.ImageMB.ToJson(),
             ["preCopyRounds"] = r.Rounds.ToJson(),
@@ -227,6 +236,7 @@ public sealed class MigrationSummary
         md.AppendLine(F($"- workloads: memcounter holding {string.Join(", ", sizes.Select(s => s + " MiB"))}, idle after start-up or dirtying 5% of its memory per second; {repetitions} repetitions of each method, interleaved"));
         md.AppendLine("- **Manual**: what a user would script on the same nodes: `runc checkpoint` of the pod's container, `tar` of the images streamed over TCP to the target node's address into `tar -x`, `runc restore --detach` into a pod sandbox made on the target beforehand (with the image's root file system in place, as the target has the image for our migration too). Stop-and-copy: frozen from the first step to the last, so its downtime is its total time.");
         md.AppendLine("- **Cold**, **PreCopy**, **PostCopy** and **Hybrid**: a `MigrationRequest` with that mode, timed from its creation to `Succeeded` as observed by polling every 10 ms; downtime is the operator's `status.downtimeMillis` (from the freeze before the final dump until the replacement pod runs); checkpoint, transfer and restore are the times spent in the phases Checkpointing (with pre-copy rounds), Transferring and Restoring. A lazy restore stays in Restoring (the source frozen) until the last page is in place, so for PostCopy and Hybrid the restore column includes fetching the pages left on the source (`status.postCopyBytes`, the \"left on source\" column) while the replacement already runs; the time the workload then waits on pages it touches is not in its pause, it slows the ticks after it.");
+        md.AppendLine("- **Restore to running**: ours is the operator's `status.restoreMillis`, the target's restore runtime's own figure from the final images' commit to the replacement's processes running (the slowest container; lazily restored memory arrives after, within the restore column); Manual's is its `runc restore --detach` of the same pod's images, which returns once the process runs with all its memory in place; Podman's its `podman container restore --import`.");
         md.AppendLine("- **Auto**: a `MigrationRequest` naming no mode (the default), which the operator resolves into `status.mode` (condition `ModeChosen`): pre-copy rounds, then what the last one found written sent frozen if that takes at most 2000 ms at the rounds' own rate (PreCopy), else left on the source (Hybrid). The method column says what it ran as, and how often.");
         md.AppendLine(F($"- **Podman**: {(podman is null ? "not installed on this machine, so its `container checkpoint --export` / `container restore --import` pipeline is not measured" : "podman 5.4 (Debian trixie's, unpacked by `hack/install-prereqs.sh`, with the same runc and CRIU) runs the same memcounter image in one storage root; `podman container checkpoint --export --compress none`, the archive copied over TCP to the target node's address as Manual copies its images, `podman container restore --import` into a second storage root. Stop-and-copy, so its downtime is its total time. Its `--pre-checkpoint` flow needs soft-dirty tracking, which this kernel lacks")}."));
         md.AppendLine(F($"- **Pause seen by the pod**: memcounter ticks every {MigrationBenchmark.TickIntervalMs} ms and stamps each tick with its own clock when the tick begins; the pause is the time from its last tick before the move to its first tick after it (consecutive ticks). It is the downtime the workload itself observed, and the one the goals judge; Manual's and Podman's downtime columns are their frozen time, ours is the operator's `status.downtimeMillis`."));

@@ -127,7 +127,7 @@ public sealed class MigrationDecisionsTests
             d => { Nothing(d); Assert.Equal("Restoring", d.Status.Phase); }),
         new("CRI path: the replacement runs: cut over, downtime until it was seen running", () => Cri(At("Restoring")) with
             { SourceAgent = Published(Source(handoff: HandoffStep.Committed, frozenAt: Now.AddSeconds(-2))), Replacement = Pod(Replacement, "node-b", "Running") },
-            d => { Assert.Equal("CuttingOver", d.Status.Phase); Assert.Equal(2000, d.Status.DowntimeMillis); }),
+            d => { Assert.Equal("CuttingOver", d.Status.Phase); Assert.Equal(2000, d.Status.DowntimeMillis); Assert.Null(d.Status.RestoreMillis); }),
         new("CRI path, rolling back with the replacement gone and the target's agent silent: the source resumes (no target agent can restore it)",
             () => Cri(Rolling("Restoring", frozen: true)) with { SourceAgent = Published(Source(handoff: HandoffStep.Committed)), TargetAgent = Silent(120) },
             d => Is<MigrationAction.ResumeSource>(d)),
@@ -192,9 +192,23 @@ public sealed class MigrationDecisionsTests
             {
                 Replacement = Pod(Replacement, "node-b", "Running"),
                 SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = Target(restoredAt: Now.AddMilliseconds(-650), restoreMillis: 48),
+            },
+            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(250, d.Status.DowntimeMillis); Assert.Equal(48, d.Status.RestoreMillis); }),
+        new("the replacement runs, two containers restored: restoreMillis is the slower one's", () => At("Restoring") with
+            {
+                Replacement = Pod(Replacement, "node-b", "Running"),
+                SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = SecondRestore(Target(restoredAt: Now.AddMilliseconds(-650), restoreMillis: 48), restoreMillis: 61),
+            },
+            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(61, d.Status.RestoreMillis); }),
+        new("the replacement runs, restored by an agent that gave no restore time: restoreMillis stays unset", () => At("Restoring") with
+            {
+                Replacement = Pod(Replacement, "node-b", "Running"),
+                SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
                 TargetAgent = Target(restoredAt: Now.AddMilliseconds(-650)),
             },
-            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(250, d.Status.DowntimeMillis); }),
+            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Null(d.Status.RestoreMillis); }),
         new("the replacement runs, its lazy memory still arriving: the source stays frozen, Restoring", () => At("Restoring") with
             {
                 Replacement = Running(), SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
@@ -601,7 +615,16 @@ public sealed class MigrationDecisionsTests
         return view;
     }
 
-    private static AgentView Target(bool waiting = false, bool committed = false, bool aborted = false, bool began = false, string? error = null, DateTime? restoredAt = null)
+    /// <summary><paramref name="view"/> with a second container, "sidecar", restored in <paramref name="restoreMillis"/> ms at the same moment as the first.</summary>
+    private static AgentView SecondRestore(AgentView view, uint restoreMillis)
+    {
+        var first = view.Incoming!.Restores[0];
+        view.Incoming.Restores.Add(new RestoreState { Container = "sidecar", Restored = true, RestoredUnixMillis = first.RestoredUnixMillis, RestoreMillis = restoreMillis });
+        return view;
+    }
+
+    private static AgentView Target(bool waiting = false, bool committed = false, bool aborted = false, bool began = false, string? error = null, DateTime? restoredAt = null,
+        uint restoreMillis = 0)
     {
         var incoming = new IncomingStatus { Expected = true, Staged = committed, Committed = committed, Aborted = aborted, RestoreBegan = began || restoredAt is not null };
         if (waiting || error is not null || restoredAt is not null)
@@ -613,6 +636,7 @@ public sealed class MigrationDecisionsTests
                 Error = error ?? "",
                 Restored = restoredAt is not null,
                 RestoredUnixMillis = restoredAt is { } at ? new DateTimeOffset(at).ToUnixTimeMilliseconds() : 0,
+                RestoreMillis = restoreMillis,
             });
         }
 
