@@ -626,7 +626,7 @@ public static class MigrationDecisions
             }
 
             _s.DowntimeMillis = Downtime();
-            _s.RestoreMillis = RestoreTime();
+            _s.RestoreMillis = RestoreTime() ?? _s.RestoreMillis;
             if (LeftLazy && (!f.TargetAgent.Reachable || Incoming is null))
             {
                 // memory left to a lazy restore is in place only once the target's agent says so: while it does not
@@ -1104,7 +1104,7 @@ public static class MigrationDecisions
             return _s.Condition(ConditionTypes.Frozen) is { Status: "True" } condition ? (long)(f.Now - condition.LastTransitionTime).TotalMilliseconds : 0;
         }
 
-        /// <summary>The slowest container's restore as the target's restore runtime reported it (from the commit to its processes running); null where none did.</summary>
+        /// <summary>The slowest container's restore as the target's restore runtime reported it (from the commit to its processes running); null where none did (or its agent does not answer now: the figure it gave before stays).</summary>
         private long? RestoreTime() =>
             Cri ? null : Incoming?.Restores.Where(r => r.Restored && r.RestoreMillis > 0).Select(r => (long?)r.RestoreMillis).Max();
 

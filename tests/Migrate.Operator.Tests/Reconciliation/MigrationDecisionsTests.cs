@@ -202,6 +202,13 @@ public sealed class MigrationDecisionsTests
                 TargetAgent = SecondRestore(Target(restoredAt: Now.AddMilliseconds(-650), restoreMillis: 48), restoreMillis: 61),
             },
             d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(61, d.Status.RestoreMillis); }),
+        new("the replacement runs, its target's agent silent now: the restore time it reported before stays", () => RestoreReported(At("Restoring") with
+            {
+                Replacement = Pod(Replacement, "node-b", "Running"),
+                SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = Silent(5),
+            }, 48),
+            d => Assert.Equal(48, d.Status.RestoreMillis)),
         new("the replacement runs, restored by an agent that gave no restore time: restoreMillis stays unset", () => At("Restoring") with
             {
                 Replacement = Pod(Replacement, "node-b", "Running"),
@@ -613,6 +620,13 @@ public sealed class MigrationDecisionsTests
         restore.MemoryFilled = memoryError == "";
         restore.MemoryError = memoryError ?? "";
         return view;
+    }
+
+    /// <summary><paramref name="facts"/> whose status already holds the restore time <paramref name="millis"/>, as an earlier pass set it.</summary>
+    private static MigrationFacts RestoreReported(MigrationFacts facts, long millis)
+    {
+        facts.Request.Status!.RestoreMillis = millis;
+        return facts;
     }
 
     /// <summary><paramref name="view"/> with a second container, "sidecar", restored in <paramref name="restoreMillis"/> ms at the same moment as the first.</summary>
