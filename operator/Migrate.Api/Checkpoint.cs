@@ -405,7 +405,7 @@ public sealed class RestoreStatus
     [JsonPropertyName("bytesTransferred")]
     public long? BytesTransferred { get; set; }
 
-    /// <summary>How long the restore itself took on the node (images to running processes).</summary>
+    /// <summary>How long the restore itself took on the node (images to running processes: from the first container's restore beginning to the last one's processes running).</summary>
     [JsonPropertyName("restoreMillis")]
     public long? RestoreMillis { get; set; }
 }

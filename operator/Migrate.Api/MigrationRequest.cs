@@ -306,9 +306,11 @@ public sealed class MigrationRequestStatus
     public long? DowntimeMillis { get; set; }
 
     /// <summary>
-    /// From the final images' commit on the target to the replacement's restored processes running
-    /// (the slowest of its containers), as the target's restore runtime measured it; with lazy memory
-    /// the processes run before all of it is in place. Not set on the CRI path (no agent restores there).
+    /// The restore on the target, as its restore runtime measured it: from the first container's restore
+    /// taking up the committed final images to the last container's processes running; with lazy memory
+    /// they run before all of it is in place. A replacement made only after the commit (a pod keeping
+    /// its name) has its making outside it (it is in <see cref="DowntimeMillis"/>). Not set on the CRI
+    /// path (no agent restores there).
     /// </summary>
     [JsonPropertyName("restoreMillis")]
     public long? RestoreMillis { get; set; }

@@ -60,6 +60,9 @@ namespace Migrate.Kubectl
     /// <summary>The plugin's subcommands.</summary>
     internal sealed class Commands(Lazy<Cluster> connection, Output output, CommandLine line)
     {
+        /// <summary>What status.restoreMillis counts, after its figure.</summary>
+        private const string RestoreSpan = "from the committed images to the processes running";
+
         private Cluster Api => connection.Value;
 
         private static readonly string[] Final = ["Succeeded", "Failed", "RolledBack"];
@@ -191,7 +194,7 @@ namespace Migrate.Kubectl
                 output.Line($"  downtime  {Number(status, "downtimeMillis"):0} ms{(Text(status, "memoryRestore") == "Lazy" ? " (memory restored lazily: the processes ran before it was all in place)" : "")}");
                 if (status["restoreMillis"] is not null)
                 {
-                    output.Line($"  restore   {Number(status, "restoreMillis"):0} ms on {Text(status, "targetNode")}, from the final images' commit to the processes running");
+                    output.Line($"  restore   {Number(status, "restoreMillis"):0} ms on {Text(status, "targetNode")}, {RestoreSpan}");
                 }
 
                 if (started is { } s && completed is { } c)
@@ -257,7 +260,7 @@ namespace Migrate.Kubectl
             output.Line($"Started:      {Text(status, "startTime")}");
             output.Line($"Completed:    {Text(status, "completionTime")}");
             output.Line($"Downtime:     {(status["downtimeMillis"] is null ? "" : $"{Number(status, "downtimeMillis"):0} ms")}");
-            output.Line($"Restore:      {(status["restoreMillis"] is null ? "" : $"{Number(status, "restoreMillis"):0} ms from the final images' commit to the processes running")}");
+            output.Line($"Restore:      {(status["restoreMillis"] is null ? "" : $"{Number(status, "restoreMillis"):0} ms {RestoreSpan}")}");
             output.Line($"Memory:       {Text(status, "memoryRestore")}");
             output.Line(string.Create(CultureInfo.InvariantCulture, $"Images:       {Number(status, "imageBytes") / 1e6:0.0} MB staged, {Number(status, "bytesTransferred") / 1e6:0.0} MB sent, {Number(status, "preCopyRounds"):0} pre-copy round(s)")
                 + (Text(status, "memoryTracking") is { } tracking ? $", writes found by {tracking}" : ""));

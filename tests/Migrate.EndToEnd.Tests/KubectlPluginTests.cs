@@ -39,7 +39,7 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
         Assert.Contains($"Succeeded: pod default/{status.ReplacementPod} runs on node-b (moved from node-a).", text, StringComparison.Ordinal);
         Assert.Contains($"  downtime  {status.DowntimeMillis} ms", text, StringComparison.Ordinal);
         Assert.True(status.RestoreMillis is > 0 && status.RestoreMillis <= status.DowntimeMillis, $"restoreMillis {status.RestoreMillis} must be set, within the downtime {status.DowntimeMillis}");
-        Assert.Contains($"  restore   {status.RestoreMillis} ms on node-b, from the final images' commit to the processes running", text, StringComparison.Ordinal);
+        Assert.Contains($"  restore   {status.RestoreMillis} ms on node-b, from the committed images to the processes running", text, StringComparison.Ordinal);
         Assert.Contains($"  total     {(status.CompletionTime!.Value - status.StartTime!.Value).TotalMilliseconds:0} ms", text, StringComparison.Ordinal);
         foreach (var phase in new[] { "Checkpointing:", "Transferring:", "Restoring:" })
         {
@@ -54,7 +54,7 @@ public sealed partial class KubectlPluginTests(SandboxFixture fixture, ITestOutp
         Assert.Equal(0, described);
         Assert.Contains("Phase:        Succeeded", description, StringComparison.Ordinal);
         Assert.Contains("Path:         RuntimeClass", description, StringComparison.Ordinal);
-        Assert.Contains($"Restore:      {status.RestoreMillis} ms from the final images' commit to the processes running", description, StringComparison.Ordinal);
+        Assert.Contains($"Restore:      {status.RestoreMillis} ms from the committed images to the processes running", description, StringComparison.Ordinal);
         Assert.Contains($"Memory:       {status.MemoryRestore}", description, StringComparison.Ordinal);
         Assert.Contains($"Replacement:  {status.ReplacementPod}", description, StringComparison.Ordinal);
         Assert.Contains("Migrated", description, StringComparison.Ordinal);

@@ -270,8 +270,7 @@ public static class RestoreDecisions
         s.Phase = RestorePhases.Succeeded;
         s.Reason = "Restored";
         s.CompletionTime = f.Now;
-        var restores = f.Target.Incoming?.Restores.Where(r => r.Restored).ToList() ?? [];
-        s.RestoreMillis = restores.Count > 0 ? restores.Max(r => (long)r.RestoreMillis) : null;
+        s.RestoreMillis = f.Target.Incoming is { } incoming ? RestoreTimes.SpanMillis(incoming.Restores) : null;
         s.Message = $"Pod {s.PodName} runs on {s.NodeName}, resumed from checkpoint {f.Restore.Spec.CheckpointName} taken at {s.CheckpointTime:yyyy-MM-dd'T'HH:mm:ss.fff'Z'}.";
         return new(new RestoreAction.Finish(s.NodeName, null), s, null, ("Normal", "Restored", s.Message));
     }

@@ -717,6 +717,8 @@ public static class MigrationDecisions
 
         private Decision CuttingOver()
         {
+            // (a pass that cut over while the target's agent did not answer left it unset)
+            _s.RestoreMillis ??= RestoreTime();
             if (!f.KeepsName)
             {
                 if (f.SourcePod is { } source && Keys.Get(source.Metadata.Annotations, Annotations.PodDeletionCost) != int.MinValue.ToString(CultureInfo.InvariantCulture))
@@ -1104,9 +1106,8 @@ public static class MigrationDecisions
             return _s.Condition(ConditionTypes.Frozen) is { Status: "True" } condition ? (long)(f.Now - condition.LastTransitionTime).TotalMilliseconds : 0;
         }
 
-        /// <summary>The slowest container's restore as the target's restore runtime reported it (from the commit to its processes running); null where none did (or its agent does not answer now: the figure it gave before stays).</summary>
-        private long? RestoreTime() =>
-            Cri ? null : Incoming?.Restores.Where(r => r.Restored && r.RestoreMillis > 0).Select(r => (long?)r.RestoreMillis).Max();
+        /// <summary>The pod's restore on the target as its restore runtime reported it (<see cref="RestoreTimes.SpanMillis"/>); null where none did (or its agent does not answer now: the figure it gave before stays).</summary>
+        private long? RestoreTime() => Cri || Incoming is null ? null : RestoreTimes.SpanMillis(Incoming.Restores);
 
         private static bool IsReady(V1Node node) => node.Status?.Conditions?.FirstOrDefault(c => c.Type == "Ready")?.Status == "True";
 

@@ -128,6 +128,12 @@ public sealed class MigrationDecisionsTests
         new("CRI path: the replacement runs: cut over, downtime until it was seen running", () => Cri(At("Restoring")) with
             { SourceAgent = Published(Source(handoff: HandoffStep.Committed, frozenAt: Now.AddSeconds(-2))), Replacement = Pod(Replacement, "node-b", "Running") },
             d => { Assert.Equal("CuttingOver", d.Status.Phase); Assert.Equal(2000, d.Status.DowntimeMillis); Assert.Null(d.Status.RestoreMillis); }),
+        new("CRI path, a target agent reporting a restore anyway: no restoreMillis (the runtime restored, not the agent)", () => Cri(At("Restoring")) with
+            {
+                SourceAgent = Published(Source(handoff: HandoffStep.Committed, frozenAt: Now.AddSeconds(-2))), Replacement = Pod(Replacement, "node-b", "Running"),
+                TargetAgent = Target(restoredAt: Now.AddMilliseconds(-650), restoreMillis: 48),
+            },
+            d => { Assert.Equal("CuttingOver", d.Status.Phase); Assert.Null(d.Status.RestoreMillis); }),
         new("CRI path, rolling back with the replacement gone and the target's agent silent: the source resumes (no target agent can restore it)",
             () => Cri(Rolling("Restoring", frozen: true)) with { SourceAgent = Published(Source(handoff: HandoffStep.Committed)), TargetAgent = Silent(120) },
             d => Is<MigrationAction.ResumeSource>(d)),
@@ -195,13 +201,21 @@ public sealed class MigrationDecisionsTests
                 TargetAgent = Target(restoredAt: Now.AddMilliseconds(-650), restoreMillis: 48),
             },
             d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(250, d.Status.DowntimeMillis); Assert.Equal(48, d.Status.RestoreMillis); }),
-        new("the replacement runs, two containers restored: restoreMillis is the slower one's", () => At("Restoring") with
+        new("the replacement runs, two containers restored one after the other: restoreMillis spans from the first's start to the last's end", () => At("Restoring") with
             {
                 Replacement = Pod(Replacement, "node-b", "Running"),
                 SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
-                TargetAgent = SecondRestore(Target(restoredAt: Now.AddMilliseconds(-650), restoreMillis: 48), restoreMillis: 61),
+                // main: 698 to 650 ms ago; sidecar, started after it: 640 to 620 ms ago
+                TargetAgent = SecondRestore(Target(restoredAt: Now.AddMilliseconds(-650), restoreMillis: 48), restoredAt: Now.AddMilliseconds(-620), restoreMillis: 20),
             },
-            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(61, d.Status.RestoreMillis); }),
+            d => { Phase(d, "CuttingOver", "CuttingOver"); Assert.Equal(78, d.Status.RestoreMillis); }),
+        new("cutting over with restoreMillis unset (the pass that cut over did not hear the target): set from the target's report", () => At("CuttingOver") with
+            {
+                Replacement = Pod(Replacement, "node-b", "Running"),
+                SourceAgent = Source(handoff: HandoffStep.Committed, frozenAt: Now.AddMilliseconds(-900)),
+                TargetAgent = Target(restoredAt: Now.AddMilliseconds(-650), restoreMillis: 48),
+            },
+            d => Assert.Equal(48, d.Status.RestoreMillis)),
         new("the replacement runs, its target's agent silent now: the restore time it reported before stays", () => RestoreReported(At("Restoring") with
             {
                 Replacement = Pod(Replacement, "node-b", "Running"),
@@ -629,11 +643,13 @@ public sealed class MigrationDecisionsTests
         return facts;
     }
 
-    /// <summary><paramref name="view"/> with a second container, "sidecar", restored in <paramref name="restoreMillis"/> ms at the same moment as the first.</summary>
-    private static AgentView SecondRestore(AgentView view, uint restoreMillis)
+    /// <summary><paramref name="view"/> with a second container, "sidecar", restored at <paramref name="restoredAt"/> in <paramref name="restoreMillis"/> ms.</summary>
+    private static AgentView SecondRestore(AgentView view, DateTime restoredAt, uint restoreMillis)
     {
-        var first = view.Incoming!.Restores[0];
-        view.Incoming.Restores.Add(new RestoreState { Container = "sidecar", Restored = true, RestoredUnixMillis = first.RestoredUnixMillis, RestoreMillis = restoreMillis });
+        view.Incoming!.Restores.Add(new RestoreState
+        {
+            Container = "sidecar", Restored = true, RestoredUnixMillis = new DateTimeOffset(restoredAt).ToUnixTimeMilliseconds(), RestoreMillis = restoreMillis,
+        });
         return view;
     }
 
