@@ -17,7 +17,7 @@ public static class RestoreTimes
         var reported = restores.Where(r => r.Restored && r.RestoreMillis > 0).ToList();
         var timed = reported.Where(r => r.RestoredUnixMillis > 0).ToList();
         long? span = timed.Count == 0 ? null : timed.Max(r => r.RestoredUnixMillis) - timed.Min(r => r.RestoredUnixMillis - r.RestoreMillis);
-        long? longest = reported.Except(timed).Select(r => (long?)r.RestoreMillis).Max();
-        return span is null ? longest : Math.Max(span.Value, longest ?? 0);
+        long? untimed = reported.Where(r => r.RestoredUnixMillis <= 0).Select(r => (long?)r.RestoreMillis).Max();
+        return span is null || untimed is null ? span ?? untimed : Math.Max(span.Value, untimed.Value);
     }
 }
