@@ -173,8 +173,9 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             var restore = _criu.Restore(new CriuOptions { ImagesDirectory = final.Directory, WorkDirectory = work, Root = tree.RootFilesystem, LazyPages = true }, asChild: true);
             tree.AdoptRestoredRoot(restore.Pid);
             Assert.Equal(last.Tick + 1, tree.WaitForTick(t => t.Tick > last.Tick, TickTimeout, "a tick after the lazy restore").Tick);
-            // asked while the memory still fills (32 MiB at 6 MB/s, over 5 s; at 16 MB/s a loaded run once
-            // saw its first tick only after the fill had ended): the check forks the child then.
+            // asked while the memory still fills (32 MiB at 6 MB/s, over 5 s): the check forks the child then.
+            // (The first tick after the restore forks none: checks on resume are off. When it forked one, a
+            // pause long enough to count as a resume made that tick wait for the whole fill.)
             // (The page server behind CRIU's daemon paces the faults too, so there the first tick comes
             // only once most of the memory is in: that run checks the fork and the discard, not their timing.)
             if (!criuDaemon)

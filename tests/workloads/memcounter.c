@@ -29,8 +29,8 @@
  * prefixed with "child " (verifying its own copy as the parent does). A child that ends makes the
  * parent print why and exit 1; a child ends with its parent (PR_SET_PDEATHSIG).
  *
- * With --fork-verify-on-resume 1, the first tick after a resume (or a requested check) also forks a child that checks the
- * whole buffer as it then is, discards (MADV_DONTNEED) a page range of its copy and checks that it
+ * With --fork-verify-on-resume 1, a tick that checks the buffer after a resume (--verify-on-resume 1) or on request
+ * also forks a child that checks the whole buffer as it then is, discards (MADV_DONTNEED) a page range of its copy and checks that it
  * reads zeros there, then exits; the tick's verified= is ok only when the child's checks passed too.
  * After a lazy restore this runs while the memory still fills: the child's memory fills as well.
  *
@@ -246,7 +246,8 @@ int main(int argc, char **argv)
 			verified = full == checksum ? "ok" : "BAD";
 		}
 
-		if ((resumed || requested) && fork_verify && pages > 32) {
+		/* a check like the one above: on a resume only where checks on resume are asked for */
+		if (((resumed && verify_on_resume) || requested) && fork_verify && pages > 32) {
 			pid_t checker = fork();
 			if (checker == 0) {
 				uint64_t full = 0;
