@@ -149,8 +149,8 @@ public static class AgentHost
         // Prometheus exposition, on the probe port (plain HTTP) as on the gRPC one
         app.MapPrometheusScrapingEndpoint();
         var settings = app.Services.GetRequiredService<IOptions<AgentOptions>>().Value;
-        AgentTelemetry.CountStagedWith(() => new[] { settings.StagingDirectory, settings.IncomingDirectory }
-            .Where(Directory.Exists).Sum(d => Directory.EnumerateDirectories(d).Count()));
+        AgentTelemetry.CountStagedWith(() => new[] { settings.StagingDirectory, settings.MemoryStagingDirectory, settings.IncomingDirectory }
+            .OfType<string>().Where(d => d.Length > 0 && Directory.Exists(d)).Sum(d => Directory.EnumerateDirectories(d).Count()));
         AgentTelemetry.MeasureStagingIn(settings.StagingDirectory);
         return app;
     }

@@ -32,6 +32,19 @@ public sealed class AgentOptions
     [Required]
     public string StagingDirectory { get; set; } = StagingLayout.DefaultStagingRoot;
 
+    /// <summary>
+    /// A directory on a memory file system (tmpfs: the host's /dev/shm, say) where a migration's images
+    /// are staged instead of <see cref="StagingDirectory"/> when they fit (<see cref="Checkpointing.StagingMediumDecision"/>):
+    /// they live only until the target has them, and on disk a pod's memory becomes dirty pages whose
+    /// writer the kernel throttles to the disk's speed. Their pages are charged to the agent's memory
+    /// cgroup, whose limit counts in the choice. Kept checkpoints stay on disk. Unset: always on disk.
+    /// </summary>
+    public string? MemoryStagingDirectory { get; set; }
+
+    /// <summary>At most this many bytes of images staged in memory at once, by the choice's reckoning; 0: no cap beyond the memory file system, half the node's available memory and the agent's limit.</summary>
+    [Range(0, long.MaxValue)]
+    public long MemoryStagingMaxBytes { get; set; }
+
     /// <summary>Where images received from other nodes are staged, one directory (mode 0700) per migration.</summary>
     [Required]
     public string IncomingDirectory { get; set; } = StagingLayout.DefaultIncomingRoot;

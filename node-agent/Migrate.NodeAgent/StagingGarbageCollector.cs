@@ -40,11 +40,15 @@ public sealed partial class StagingGarbageCollector(CheckpointEngine engine, Ima
     public async Task<IReadOnlyList<string>> CollectAsync(CancellationToken cancellationToken)
     {
         // what removals left when an agent ended before they were done (DiscardedDirectories)
-        DiscardedDirectories.Sweep(_options.StagingDirectory);
+        foreach (var root in engine.StagingRoots())
+        {
+            DiscardedDirectories.Sweep(root);
+        }
+
         DiscardedDirectories.Sweep(_options.IncomingDirectory);
         var removed = new List<string>();
         var expiry = time.GetUtcNow().UtcDateTime - TimeSpan.FromMinutes(_options.StagingTtlMinutes);
-        foreach (var directory in Children(_options.StagingDirectory))
+        foreach (var directory in engine.StagingRoots().SelectMany(Children))
         {
             var id = Path.GetFileName(directory);
             var record = engine.Find(id);

@@ -123,12 +123,51 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         Assert.Equal(MemoryRestoreModes.Lazy, status.MemoryRestore);
         // and this kernel has async write-protection: the rounds after the first and the frozen capture read only written pages
         Assert.Equal(MemoryTrackingMethods.WriteProtect, status.MemoryTracking);
+        // its images were transient: the source staged them in memory (the sandbox's agents have a memory staging
+        // directory on /dev/shm), reckoning 1.5x the pod's resident memory and 64 MiB; the check below that no
+        // images are left covers that directory too
+        var staged = System.Text.RegularExpressions.Regex.Match(Cluster.Node("node-a").Agent.LogTail(1_000_000),
+            $@"Migration {request.Metadata.Uid}: images staged in memory: needs about (\d+) MiB");
+        Assert.True(staged.Success, "the source's agent did not say it staged the images in memory");
+        Assert.InRange(int.Parse(staged.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), 256 * 3 / 2 + 64, 300 * 3 / 2 + 64);
         Assert.NotNull(status.StartTime);
         Assert.NotNull(status.CompletionTime);
         await Sandbox.AssertNoImagesLeftAsync(Cluster);
         Figures.Record(nameof(MigrationEndToEndTests), "256MiB pre-copy downtime ms", status.DowntimeMillis ?? -1, "ms");
         Figures.Record(nameof(MigrationEndToEndTests), "256MiB pre-copy total ms", totalMs, "ms");
         await DeletePodAsync(status.ReplacementPod!);
+    }
+
+    [Fact]
+    public async Task A_pod_whose_images_do_not_fit_the_memory_staging_budget_is_staged_on_disk_and_moves_all_the_same()
+    {
+        const string pod = "on-disk";
+        var source = Cluster.Node("node-a");
+        await source.KillAgentAsync();
+        await source.StartAgentAsync("--Agent:MemoryStagingMaxBytes=1048576");
+        try
+        {
+            await Sandbox.RunCounterAsync(Cluster, pod, "node-a", 32);
+            await Sandbox.ApplyRequestAsync(Cluster, "move-" + pod, pod, "PreCopy", "node-b");
+            var request = await Sandbox.WaitForFinalAsync(Cluster, "move-" + pod);
+            var status = request!.Status!;
+            output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
+            Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
+            Assert.Matches($@"Migration {request.Metadata.Uid}: images staged on disk: needs about \d+ MiB, and the memory staging budget \(Agent:MemoryStagingMaxBytes\) has 1 MiB left",
+                source.Agent.LogTail(1_000_000));
+
+            var replacementTicks = await Sandbox.WaitForTicksAsync(Cluster, status.ReplacementPod!, "main", 5);
+            var sourceTicks = source.LoggedTicks("default", pod, "main");
+            Sandbox.AssertConsecutive(replacementTicks, sourceTicks[^1].Tick + 1);
+            Assert.Contains(replacementTicks, t => t.VerifiedOk);
+            await Sandbox.AssertNoImagesLeftAsync(Cluster);
+            await DeletePodAsync(status.ReplacementPod!);
+        }
+        finally
+        {
+            await source.KillAgentAsync();
+            await source.StartAgentAsync();
+        }
     }
 
     /// <summary>

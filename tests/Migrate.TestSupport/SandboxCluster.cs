@@ -105,7 +105,7 @@ public sealed class SandboxNode
     /// <summary>
     /// Where a hostPath volume's path is on this node: the paths a node keeps for itself (the
     /// runtime's socket directory, the agent's state, the kubelet's pod directories, the CNI
-    /// configuration) are this node's directories; the shared archive storage is the sandbox's;
+    /// configuration, the memory staging directory) are this node's directories; the shared archive storage is the sandbox's;
     /// anything else is the machine's own.
     /// </summary>
     public string HostPath(string path) => path.TrimEnd('/') switch
@@ -115,6 +115,7 @@ public sealed class SandboxNode
         "/var/lib/kubelet/pods" => Containerd.PodsDirectory,
         "/etc/cni/net.d" => Path.Combine(Containerd.State, "cni"),
         "/var/lib/podmig-archive" => _cluster.ArchiveDirectory,
+        "/dev/shm/podmig" => MemoryStagingDirectory,
         _ => path,
     };
 
@@ -138,12 +139,16 @@ public sealed class SandboxNode
     /// <summary>Where the agent stages checkpoints of this node's pods (as a pod: its default, /var/lib/podmig/migrations of the node).</summary>
     public string StagingDirectory => Path.Combine(Containerd.Root, _cluster.Options.FromImages ? "migrations" : "staging");
 
+    /// <summary>Where the agent stages migrations whose images fit in memory: a directory of this node's on the machine's /dev/shm (a tmpfs), as the chart gives the host's.</summary>
+    public string MemoryStagingDirectory => Path.Combine(SandboxCluster.MemoryStagingParent, Path.GetFileName(Containerd.Root));
+
+
     /// <summary>Where the agent receives other nodes' checkpoints (and the restore runtime reads them).</summary>
     public string IncomingDirectory => Containerd.IncomingDirectory;
 
-    /// <summary>Migration directories left in staging and incoming (none once every migration is cleaned up).</summary>
+    /// <summary>Migration directories left in staging (on disk and in memory) and incoming (none once every migration is cleaned up).</summary>
     public IReadOnlyList<string> StagedMigrations() =>
-        [.. new[] { StagingDirectory, IncomingDirectory }.Where(Directory.Exists).SelectMany(Directory.EnumerateDirectories)];
+        [.. new[] { StagingDirectory, MemoryStagingDirectory, IncomingDirectory }.Where(Directory.Exists).SelectMany(Directory.EnumerateDirectories)];
 
     /// <summary>A container's ticks from the node's pod log files (they outlive the pod, as /var/log/pods does for a while).</summary>
     public IReadOnlyList<MemcounterTick> LoggedTicks(string ns, string pod, string container, string? uid = null, bool children = false) =>
@@ -201,6 +206,7 @@ public sealed class SandboxNode
             ? ["--Logging:LogLevel:Default=Information", "--Logging:Console:FormatterOptions:TimestampFormat=HH:mm:ss.fff "]
             : [
                 .. TlsAgent.Arguments(_cluster.Pki, Name, AgentAddress, Containerd.SocketPath, StagingDirectory, IncomingDirectory),
+                $"--Agent:MemoryStagingDirectory={MemoryStagingDirectory}",
                 $"--Agent:TransferBytesPerSecond={_cluster.Options.TransferBytesPerSecond}",
                 $"--Agent:ProbeListenAddress={ProbeAddress}",
                 $"--Agent:ArchiveDirectory={_cluster.ArchiveDirectory}",
@@ -258,6 +264,9 @@ public sealed class SandboxCluster : IAsyncDisposable
 {
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
     private readonly Stack<Func<ValueTask>> _cleanup = new();
+
+    /// <summary>The parent of the nodes' memory staging directories (<see cref="SandboxNode.MemoryStagingDirectory"/>).</summary>
+    public const string MemoryStagingParent = "/dev/shm/podmig-nodes";
     private readonly DateTime _created = DateTime.UtcNow;
     private readonly List<SandboxNode> _nodes = [];
     private readonly bool _ownsDirectory;
@@ -510,6 +519,29 @@ public sealed class SandboxCluster : IAsyncDisposable
 
         KubeletNodeView? view = null;
         var node = new SandboxNode(this, name, containerd, agentAddress);
+        // the agent's images staged in memory, and removals it had not finished (renamed beside it), if any are
+        // left: they hold memory (the node's root on disk goes with containerd)
+        _cleanup.Push(() =>
+        {
+            if (System.IO.Directory.Exists(MemoryStagingParent))
+            {
+                var own = Path.GetFileName(node.MemoryStagingDirectory);
+                foreach (var left in System.IO.Directory.EnumerateDirectories(MemoryStagingParent).Where(d => Path.GetFileName(d) == own || Path.GetFileName(d).StartsWith(own + ".discarded.", StringComparison.Ordinal)))
+                {
+                    System.IO.Directory.Delete(left, recursive: true);
+                }
+
+                try
+                {
+                    System.IO.Directory.Delete(MemoryStagingParent); // when no other sandbox uses it
+                }
+                catch (IOException)
+                {
+                }
+            }
+
+            return ValueTask.CompletedTask;
+        });
         if (Options.FromImages)
         {
             foreach (var archive in ImageArchives)

@@ -135,8 +135,17 @@ public sealed partial class CheckpointEngine : IDisposable
 
     public string StagingRoot => _options.StagingDirectory;
 
-    /// <summary>Finds the pod, checks it can move, opens the migration's staging directory. Nothing is frozen.</summary>
-    public async Task<MigrationStatus> BeginAsync(BeginCheckpointRequest request, CancellationToken cancellationToken)
+    /// <summary>Where migrations whose images fit are staged in memory (<see cref="AgentOptions.MemoryStagingDirectory"/>), or null.</summary>
+    public string? MemoryStagingRoot => _options.MemoryStagingDirectory is { Length: > 0 } root ? root : null;
+
+    /// <summary>
+    /// Finds the pod, checks it can move, opens the migration's staging directory (in memory when its
+    /// images fit and are <paramref name="transient"/>, see <see cref="StagingMediumDecision"/>). Nothing is frozen.
+    /// </summary>
+    /// <param name="request">The pod and the migration.</param>
+    /// <param name="cancellationToken">Stops waiting.</param>
+    /// <param name="transient">The images are sent and discarded (a migration); false for a checkpoint kept on this node, which stays on disk.</param>
+    public async Task<MigrationStatus> BeginAsync(BeginCheckpointRequest request, CancellationToken cancellationToken, bool transient = true)
     {
         ArgumentNullException.ThrowIfNull(request);
         ValidateId(request.MigrationId);
@@ -186,6 +195,13 @@ public sealed partial class CheckpointEngine : IDisposable
 
             var (move, addressNote) = request.KeepAddress ? AddressToKeep(pod, pod.Containers[0].Pid, request.AddressOptional) : (null, null);
             var containers = pod.Containers.Select(c => Inspect(c, move is not null)).ToList();
+            long expected = transient && MemoryStagingRoot is not null ? PodMemoryBytes(containers) : 0;
+            StagingMedium medium;
+            lock (_registry)
+            {
+                medium = ChooseStagingMedium(transient, expected);
+            }
+
             var record = new MigrationRecord
             {
                 MigrationId = request.MigrationId,
@@ -194,7 +210,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 PodUid = pod.Uid,
                 NodeName = _options.NodeName,
                 SandboxId = pod.SandboxId,
-                StagingDirectory = Path.Combine(StagingRoot, request.MigrationId),
+                StagingDirectory = Path.Combine(medium.InMemory ? MemoryStagingRoot! : StagingRoot, request.MigrationId),
+                MemoryStagedBytes = medium.InMemory ? medium.NeededBytes : 0,
                 PreCopyMethod = Method(),
                 Containers = containers,
                 AddressMove = move,
@@ -212,7 +229,7 @@ public sealed partial class CheckpointEngine : IDisposable
                         $"pod {pod.Namespace}/{pod.Name} is already being checkpointed by migration {holder.MigrationId} ({holder.Phase})");
                 }
 
-                Directory.CreateDirectory(StagingRoot, OwnerOnly);
+                Directory.CreateDirectory(Path.GetDirectoryName(record.StagingDirectory)!, OwnerOnly);
                 Directory.CreateDirectory(record.StagingDirectory, OwnerOnly);
                 record.Save();
                 _migrations[record.MigrationId] = record;
@@ -226,6 +243,10 @@ public sealed partial class CheckpointEngine : IDisposable
 
             _events.Changed(record.MigrationId);
             LogReady(record.MigrationId, record.Namespace, record.PodName, containers.Count);
+            if (MemoryStagingRoot is not null && transient)
+            {
+                LogStagingMedium(record.MigrationId, medium.InMemory ? "in memory" : "on disk", medium.Reason);
+            }
             return record.ToStatus();
         }
         finally
@@ -1193,8 +1214,8 @@ public sealed partial class CheckpointEngine : IDisposable
                 return known;
             }
 
-            var directory = Path.Combine(StagingRoot, migrationId);
-            if (MigrationIdPattern().IsMatch(migrationId) && File.Exists(Path.Combine(directory, StagingLayout.RecordFile)))
+            if (MigrationIdPattern().IsMatch(migrationId)
+                && StagingRoots().Select(root => Path.Combine(root, migrationId)).FirstOrDefault(d => File.Exists(Path.Combine(d, StagingLayout.RecordFile))) is { } directory)
             {
                 try
                 {
@@ -1251,14 +1272,47 @@ public sealed partial class CheckpointEngine : IDisposable
         }
     }
 
-    private void LoadRecords()
+    /// <summary>The staging directory on disk, and the memory one when configured: where migrations' directories are.</summary>
+    public IEnumerable<string> StagingRoots() => MemoryStagingRoot is { } memory ? [StagingRoot, memory] : [StagingRoot];
+
+    /// <summary>The memory a dump of these containers writes, by their processes' resident memory now (0: not measured).</summary>
+    private static long PodMemoryBytes(IEnumerable<ContainerRecord> containers)
     {
-        if (!Directory.Exists(StagingRoot))
+        try
         {
-            return;
+            return containers.Sum(c => StagingMediumProbe.TreeMemoryBytes(new ContainerProcess(c.Pid).Tree()));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or FormatException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>Reads the node's facts and chooses where a migration's images go (called under the registry's lock, which keeps the budget's count right).</summary>
+    private StagingMedium ChooseStagingMedium(bool transient, long expected)
+    {
+        if (MemoryStagingRoot is not { } root || !transient || expected <= 0)
+        {
+            return StagingMediumDecision.Choose(new StagingMediumFacts(MemoryStagingRoot is not null, transient, expected, 0, 0, null, 0));
         }
 
-        foreach (var directory in Directory.EnumerateDirectories(StagingRoot))
+        try
+        {
+            Directory.CreateDirectory(root, OwnerOnly);
+            long staged = _migrations.Values.Where(m => m.Phase != MigrationPhase.Cleaned).Sum(m => m.MemoryStagedBytes);
+            long budget = _options.MemoryStagingMaxBytes > 0 ? _options.MemoryStagingMaxBytes - staged : long.MaxValue;
+            return StagingMediumDecision.Choose(new StagingMediumFacts(true, true, expected, StagingMediumProbe.FreeBytes(root),
+                StagingMediumProbe.NodeAvailableBytes(), StagingMediumProbe.AgentHeadroomBytes(), budget));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            return new StagingMedium(false, 0, $"the memory staging directory {root} is not usable: {e.Message}");
+        }
+    }
+
+    private void LoadRecords()
+    {
+        foreach (var directory in StagingRoots().Where(Directory.Exists).SelectMany(Directory.EnumerateDirectories))
         {
             try
             {
@@ -1308,6 +1362,9 @@ public sealed partial class CheckpointEngine : IDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: pod {Namespace}/{Pod} with {Count} container(s) ready for checkpoint")]
     private partial void LogReady(string migration, string @namespace, string pod, int count);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: images staged {Medium}: {Reason}")]
+    private partial void LogStagingMedium(string migration, string medium, string reason);
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: the processes of container {Container} share {MiB} MiB copy-on-write, which a lazy restore would give each of them again; its memory is restored in full, which keeps it shared")]
     private partial void LogKeepsSharing(string migration, string container, long mib);

@@ -365,7 +365,8 @@ public sealed partial class KeptCheckpoints(CheckpointEngine engine, ImageSender
                 await engine.CleanupAsync(id, cancellationToken);
             }
 
-            var begun = await engine.BeginAsync(new BeginCheckpointRequest { MigrationId = id, Pod = request.Pod, NodeName = request.NodeName }, cancellationToken);
+            // kept: on disk, where the checkpoint's directory is (its images move there by a rename)
+            var begun = await engine.BeginAsync(new BeginCheckpointRequest { MigrationId = id, Pod = request.Pod, NodeName = request.NodeName }, cancellationToken, transient: false);
             var (parentId, chainLength, chainNote) = LinkChain(request, begun.Pod, engine.Find(id) ?? throw new InvalidOperationException($"the engine lost checkpoint {id}"));
             // an export holds one full dump per container, no chain
             bool fast = _options.FastCheckpoints && capabilities.Current.Criu?.LazyPages == true && request.ExportPath.Length == 0;

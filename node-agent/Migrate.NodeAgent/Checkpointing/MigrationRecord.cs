@@ -158,6 +158,9 @@ public sealed class MigrationRecord
 
     public required string StagingDirectory { get; init; }
 
+    /// <summary>What staging in memory was reckoned to need, when the images are staged in memory (0: on disk).</summary>
+    public long MemoryStagedBytes { get; init; }
+
     public required CriuPreCopyMethod PreCopyMethod { get; init; }
 
     public required IReadOnlyList<ContainerRecord> Containers { get; init; }
