@@ -153,7 +153,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             var status = request!.Status!;
             output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}");
             Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
-            Assert.Matches($@"Migration {request.Metadata.Uid}: images staged on disk: needs about \d+ MiB, and the memory staging budget \(Agent:MemoryStagingMaxBytes\) has 1 MiB left",
+            Assert.Matches($@"Migration {request.Metadata.Uid}: images staged on disk: needs about \d+ MiB, and the memory staging budget \(Agent:MemoryStagingMaxBytes\) has \d+ MiB left",
                 source.Agent.LogTail(1_000_000));
 
             var replacementTicks = await Sandbox.WaitForTicksAsync(Cluster, status.ReplacementPod!, "main", 5);

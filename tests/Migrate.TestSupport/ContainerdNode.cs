@@ -347,6 +347,32 @@ public sealed class ContainerdNode : IAsyncDisposable
         RemoveCgroups(cgroupParent);
         DeleteDirectory(state);
         DeleteDirectory(root);
+        RemoveMemoryDirectory(root);
+    }
+
+    /// <summary>The parent of the nodes' directories on the machine's /dev/shm, where their agents stage images in memory.</summary>
+    public const string MemoryParent = "/dev/shm/podmig-nodes";
+
+    /// <summary>The directory on /dev/shm of the node whose root is <paramref name="root"/>.</summary>
+    public static string MemoryDirectoryOf(string root) => Path.Combine(MemoryParent, Path.GetFileName(Path.TrimEndingDirectorySeparator(root)));
+
+    /// <summary>Deletes the node's directory on /dev/shm (and the parent, when no other node has one there). Safe to repeat.</summary>
+    public static void RemoveMemoryDirectory(string root)
+    {
+        try
+        {
+            var directory = MemoryDirectoryOf(root);
+            if (Directory.Exists(directory))
+            {
+                Directory.Delete(directory, recursive: true);
+            }
+
+            Directory.Delete(MemoryParent);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // gone already, or another node's is there
+        }
     }
 
     /// <summary>

@@ -115,7 +115,7 @@ public sealed class SandboxNode
         "/var/lib/kubelet/pods" => Containerd.PodsDirectory,
         "/etc/cni/net.d" => Path.Combine(Containerd.State, "cni"),
         "/var/lib/podmig-archive" => _cluster.ArchiveDirectory,
-        "/dev/shm/podmig" => MemoryStagingDirectory,
+        "/dev/shm/podmig" => MemoryDirectory,
         _ => path,
     };
 
@@ -139,8 +139,15 @@ public sealed class SandboxNode
     /// <summary>Where the agent stages checkpoints of this node's pods (as a pod: its default, /var/lib/podmig/migrations of the node).</summary>
     public string StagingDirectory => Path.Combine(Containerd.Root, _cluster.Options.FromImages ? "migrations" : "staging");
 
-    /// <summary>Where the agent stages migrations whose images fit in memory: a directory of this node's on the machine's /dev/shm (a tmpfs), as the chart gives the host's.</summary>
-    public string MemoryStagingDirectory => Path.Combine(SandboxCluster.MemoryStagingParent, Path.GetFileName(Containerd.Root));
+    /// <summary>
+    /// Where the agent stages migrations whose images fit in memory: below this node's directory on the machine's
+    /// /dev/shm (a tmpfs), as the chart's is below the host's /dev/shm/podmig, on the same file system as its parent
+    /// (where removals rename a directory to before they delete it).
+    /// </summary>
+    public string MemoryStagingDirectory => Path.Combine(MemoryDirectory, "migrations");
+
+    /// <summary>This node's directory on /dev/shm: its /dev/shm/podmig (see <see cref="HostPath"/>).</summary>
+    public string MemoryDirectory => ContainerdNode.MemoryDirectoryOf(Containerd.Root);
 
 
     /// <summary>Where the agent receives other nodes' checkpoints (and the restore runtime reads them).</summary>
@@ -234,6 +241,7 @@ public sealed class SandboxNode
             environment["PODMIG_AGENT__INCOMINGDIRECTORY"] = IncomingDirectory;
             environment["PODMIG_AGENT__PINKEYFILE"] = TlsAgent.PinKeyFile(StagingDirectory);
             environment["PODMIG_AGENT__ARCHIVEDIRECTORY"] = _cluster.ArchiveDirectory;
+            environment["PODMIG_AGENT__MEMORYSTAGINGDIRECTORY"] = MemoryStagingDirectory;
             environment["PODMIG_AGENT__CREDENTIALSDIRECTORY"] = Path.Combine(_cluster.Directory, "credentials", Name);
             environment["PODMIG_AGENT__KUBECONFIG"] = _cluster.AgentKubeconfig!;
             environment["PODMIG_AGENT__TRANSFERBYTESPERSECOND"] = _cluster.Options.TransferBytesPerSecond.ToString(System.Globalization.CultureInfo.InvariantCulture);
@@ -265,8 +273,6 @@ public sealed class SandboxCluster : IAsyncDisposable
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
     private readonly Stack<Func<ValueTask>> _cleanup = new();
 
-    /// <summary>The parent of the nodes' memory staging directories (<see cref="SandboxNode.MemoryStagingDirectory"/>).</summary>
-    public const string MemoryStagingParent = "/dev/shm/podmig-nodes";
     private readonly DateTime _created = DateTime.UtcNow;
     private readonly List<SandboxNode> _nodes = [];
     private readonly bool _ownsDirectory;
@@ -519,27 +525,11 @@ public sealed class SandboxCluster : IAsyncDisposable
 
         KubeletNodeView? view = null;
         var node = new SandboxNode(this, name, containerd, agentAddress);
-        // the agent's images staged in memory, and removals it had not finished (renamed beside it), if any are
+        // the agent's images staged in memory, and removals it had not finished (renamed beside them), if any are
         // left: they hold memory (the node's root on disk goes with containerd)
         _cleanup.Push(() =>
         {
-            if (System.IO.Directory.Exists(MemoryStagingParent))
-            {
-                var own = Path.GetFileName(node.MemoryStagingDirectory);
-                foreach (var left in System.IO.Directory.EnumerateDirectories(MemoryStagingParent).Where(d => Path.GetFileName(d) == own || Path.GetFileName(d).StartsWith(own + ".discarded.", StringComparison.Ordinal)))
-                {
-                    System.IO.Directory.Delete(left, recursive: true);
-                }
-
-                try
-                {
-                    System.IO.Directory.Delete(MemoryStagingParent); // when no other sandbox uses it
-                }
-                catch (IOException)
-                {
-                }
-            }
-
+            ContainerdNode.RemoveMemoryDirectory(containerd.Root);
             return ValueTask.CompletedTask;
         });
         if (Options.FromImages)

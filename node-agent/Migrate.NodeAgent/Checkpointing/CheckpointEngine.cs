@@ -195,31 +195,9 @@ public sealed partial class CheckpointEngine : IDisposable
 
             var (move, addressNote) = request.KeepAddress ? AddressToKeep(pod, pod.Containers[0].Pid, request.AddressOptional) : (null, null);
             var containers = pod.Containers.Select(c => Inspect(c, move is not null)).ToList();
-            long expected = transient && MemoryStagingRoot is not null ? PodMemoryBytes(containers) : 0;
+            long expected = transient && MemoryStagingRoot is not null ? PodImageBytes(containers) : 0;
             StagingMedium medium;
-            lock (_registry)
-            {
-                medium = ChooseStagingMedium(transient, expected);
-            }
-
-            var record = new MigrationRecord
-            {
-                MigrationId = request.MigrationId,
-                Namespace = pod.Namespace,
-                PodName = pod.Name,
-                PodUid = pod.Uid,
-                NodeName = _options.NodeName,
-                SandboxId = pod.SandboxId,
-                StagingDirectory = Path.Combine(medium.InMemory ? MemoryStagingRoot! : StagingRoot, request.MigrationId),
-                MemoryStagedBytes = medium.InMemory ? medium.NeededBytes : 0,
-                PreCopyMethod = Method(),
-                Containers = containers,
-                AddressMove = move,
-                AddressNote = addressNote,
-                Message = $"found {containers.Count} running container(s); nothing frozen"
-                    + (move is not null ? $"; its address {move.Cidr} moves with it" : addressNote is not null ? $"; it gets a new address ({addressNote})" : ""),
-            };
-
+            MigrationRecord record;
             lock (_registry)
             {
                 var holder = _migrations.Values.FirstOrDefault(m => m.PodUid == pod.Uid && m.HoldsPod);
@@ -228,6 +206,26 @@ public sealed partial class CheckpointEngine : IDisposable
                     throw Refuse("busy", StatusCode.Aborted,
                         $"pod {pod.Namespace}/{pod.Name} is already being checkpointed by migration {holder.MigrationId} ({holder.Phase})");
                 }
+
+                // chosen and counted in one hold of the lock: two migrations begun at once cannot both spend the same room
+                medium = ChooseStagingMedium(transient, expected);
+                record = new MigrationRecord
+                {
+                    MigrationId = request.MigrationId,
+                    Namespace = pod.Namespace,
+                    PodName = pod.Name,
+                    PodUid = pod.Uid,
+                    NodeName = _options.NodeName,
+                    SandboxId = pod.SandboxId,
+                    StagingDirectory = Path.Combine(medium.InMemory ? MemoryStagingRoot! : StagingRoot, request.MigrationId),
+                    MemoryStagedBytes = medium.InMemory ? medium.NeededBytes : 0,
+                    PreCopyMethod = Method(),
+                    Containers = containers,
+                    AddressMove = move,
+                    AddressNote = addressNote,
+                    Message = $"found {containers.Count} running container(s); nothing frozen"
+                        + (move is not null ? $"; its address {move.Cidr} moves with it" : addressNote is not null ? $"; it gets a new address ({addressNote})" : ""),
+                };
 
                 Directory.CreateDirectory(Path.GetDirectoryName(record.StagingDirectory)!, OwnerOnly);
                 Directory.CreateDirectory(record.StagingDirectory, OwnerOnly);
@@ -1275,12 +1273,20 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <summary>The staging directory on disk, and the memory one when configured: where migrations' directories are.</summary>
     public IEnumerable<string> StagingRoots() => MemoryStagingRoot is { } memory ? [StagingRoot, memory] : [StagingRoot];
 
-    /// <summary>The memory a dump of these containers writes, by their processes' resident memory now (0: not measured).</summary>
-    private static long PodMemoryBytes(IEnumerable<ContainerRecord> containers)
+    /// <summary>
+    /// What a dump of these containers writes, by their processes' resident memory now, and the files of
+    /// their writable layers and emptyDir volumes, which are archived beside it (0: not measured).
+    /// </summary>
+    private static long PodImageBytes(List<ContainerRecord> containers)
     {
         try
         {
-            return containers.Sum(c => StagingMediumProbe.TreeMemoryBytes(new ContainerProcess(c.Pid).Tree()));
+            long memory = containers.Sum(c => StagingMediumProbe.TreeMemoryBytes(new ContainerProcess(c.Pid).Tree()));
+            // the layers and volumes are the runtime's paths: an agent in a container reads them through the runtime's view
+            var node = HostFiles.ForContainer(containers[0].Pid);
+            long files = containers.Where(c => c.UpperDirectory is not null).Sum(c => DirectorySize(node.Open(c.UpperDirectory!)))
+                + containers.SelectMany(c => c.Volumes).Where(v => v.Kind == MountKind.EmptyDir).DistinctBy(v => v.VolumeName).Sum(v => DirectorySize(node.Open(v.Source)));
+            return memory + files;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or FormatException)
         {
@@ -1288,7 +1294,13 @@ public sealed partial class CheckpointEngine : IDisposable
         }
     }
 
-    /// <summary>Reads the node's facts and chooses where a migration's images go (called under the registry's lock, which keeps the budget's count right).</summary>
+    /// <summary>
+    /// Reads the node's facts and chooses where a migration's images go. Called under the registry's lock with the
+    /// new record added in the same hold, so the room other migrations reserved in memory is counted: taken off the
+    /// memory file system's free space, the node's available memory and the agent's headroom (all read now, before
+    /// those are written in full: what is written already counts twice, on the safe side) and off
+    /// <see cref="AgentOptions.MemoryStagingMaxBytes"/>.
+    /// </summary>
     private StagingMedium ChooseStagingMedium(bool transient, long expected)
     {
         if (MemoryStagingRoot is not { } root || !transient || expected <= 0)
@@ -1299,10 +1311,10 @@ public sealed partial class CheckpointEngine : IDisposable
         try
         {
             Directory.CreateDirectory(root, OwnerOnly);
-            long staged = _migrations.Values.Where(m => m.Phase != MigrationPhase.Cleaned).Sum(m => m.MemoryStagedBytes);
-            long budget = _options.MemoryStagingMaxBytes > 0 ? _options.MemoryStagingMaxBytes - staged : long.MaxValue;
-            return StagingMediumDecision.Choose(new StagingMediumFacts(true, true, expected, StagingMediumProbe.FreeBytes(root),
-                StagingMediumProbe.NodeAvailableBytes(), StagingMediumProbe.AgentHeadroomBytes(), budget));
+            long reserved = _migrations.Values.Where(m => m.Phase != MigrationPhase.Cleaned).Sum(m => m.MemoryStagedBytes);
+            long budget = _options.MemoryStagingMaxBytes > 0 ? _options.MemoryStagingMaxBytes - reserved : long.MaxValue;
+            return StagingMediumDecision.Choose(new StagingMediumFacts(true, true, expected, StagingMediumProbe.FreeBytes(root) - reserved,
+                StagingMediumProbe.NodeAvailableBytes() - reserved, StagingMediumProbe.AgentHeadroomBytes() - reserved, budget));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {

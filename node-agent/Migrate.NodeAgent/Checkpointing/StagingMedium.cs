@@ -11,10 +11,10 @@ namespace Migrate.NodeAgent.Checkpointing;
 /// </summary>
 /// <param name="Configured">A memory staging directory is set.</param>
 /// <param name="Transient">A migration's images (sent, then discarded), not a checkpoint kept on this node.</param>
-/// <param name="ExpectedBytes">The pod's memory a dump writes, as its processes' resident private and shared memory adds up (0: not measured).</param>
+/// <param name="ExpectedBytes">What a dump writes: the pod's memory, as its processes' resident private and shared memory adds up, and its writable layers and emptyDir volumes (0: not measured).</param>
 /// <param name="MemoryFileSystemFree">Free bytes of the memory directory's file system.</param>
 /// <param name="NodeAvailable">The node's available memory (MemAvailable).</param>
-/// <param name="AgentHeadroom">What the agent's own memory cgroup allows beyond its use (pages of a memory file system are charged to whoever writes them); null: no limit.</param>
+/// <param name="AgentHeadroom">What the agent's own memory cgroup allows beyond its use less its reclaimable file pages (pages of a memory file system are charged to whoever writes them, and cannot be reclaimed); null: no limit.</param>
 /// <param name="BudgetLeft">What <see cref="AgentOptions.MemoryStagingMaxBytes"/> leaves beside the migrations staged in memory now (<see cref="long.MaxValue"/>: no cap).</param>
 public sealed record StagingMediumFacts(bool Configured, bool Transient, long ExpectedBytes, long MemoryFileSystemFree, long NodeAvailable, long? AgentHeadroom, long BudgetLeft);
 
@@ -101,19 +101,28 @@ public static class StagingMediumProbe
     }
 
     /// <summary>
-    /// What a memory cgroup allows beyond its use, from its limit file's text (cgroup v2 memory.max:
-    /// a number or "max"; v1 memory.limit_in_bytes: a number, near 2^63 when unlimited) and its usage; null: no limit.
+    /// What a memory cgroup allows beyond its working set, from its limit file's text (cgroup v2 memory.max:
+    /// a number or "max"; v1 memory.limit_in_bytes: a number, near 2^63 when unlimited), its usage, and its
+    /// memory.stat, whose inactive file pages (v2 <c>inactive_file</c>, v1 <c>total_inactive_file</c>) the
+    /// kernel reclaims before it runs out (as the kubelet reckons a working set); null: no limit.
     /// </summary>
-    public static long? Headroom(string limitText, string usageText)
+    public static long? Headroom(string limitText, string usageText, string statText)
     {
         ArgumentNullException.ThrowIfNull(limitText);
         ArgumentNullException.ThrowIfNull(usageText);
+        ArgumentNullException.ThrowIfNull(statText);
         if (!long.TryParse(limitText.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long limit) || limit >= long.MaxValue / 2)
         {
             return null;
         }
 
-        return long.TryParse(usageText.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long usage) ? limit - usage : null;
+        if (!long.TryParse(usageText.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out long usage))
+        {
+            return null;
+        }
+
+        long inactive = ValueOf(statText, "total_inactive_file ") is { } v1 ? v1 : ValueOf(statText, "inactive_file ") ?? 0;
+        return limit - Math.Max(0, usage - inactive);
     }
 
     /// <summary>The memory a tree of processes holds (see <see cref="ProcessMemoryBytes"/>); processes that ended meanwhile count nothing.</summary>
@@ -150,14 +159,13 @@ public static class StagingMediumProbe
                 continue;
             }
 
-            var (limit, usage) = parts[0] == "0" && parts[1].Length == 0
-                ? (Path.Combine("/sys/fs/cgroup" + parts[2], "memory.max"), Path.Combine("/sys/fs/cgroup" + parts[2], "memory.current"))
-                : parts[1].Split(',').Contains("memory")
-                    ? (Path.Combine("/sys/fs/cgroup/memory" + parts[2], "memory.limit_in_bytes"), Path.Combine("/sys/fs/cgroup/memory" + parts[2], "memory.usage_in_bytes"))
-                    : (null, null);
-            if (limit is not null && File.Exists(limit) && File.Exists(usage))
+            var directory = parts[0] == "0" && parts[1].Length == 0 ? "/sys/fs/cgroup" + parts[2]
+                : parts[1].Split(',').Contains("memory") ? "/sys/fs/cgroup/memory" + parts[2] : null;
+            var (limit, usage) = parts[0] == "0" ? ("memory.max", "memory.current") : ("memory.limit_in_bytes", "memory.usage_in_bytes");
+            if (directory is not null && File.Exists(Path.Combine(directory, limit)) && File.Exists(Path.Combine(directory, usage)))
             {
-                return Headroom(File.ReadAllText(limit), File.ReadAllText(usage!));
+                var stat = Path.Combine(directory, "memory.stat");
+                return Headroom(File.ReadAllText(Path.Combine(directory, limit)), File.ReadAllText(Path.Combine(directory, usage)), File.Exists(stat) ? File.ReadAllText(stat) : "");
             }
         }
 
@@ -167,22 +175,27 @@ public static class StagingMediumProbe
     /// <summary>Free bytes of the file system <paramref name="directory"/> is on (statvfs, through DriveInfo).</summary>
     public static long FreeBytes(string directory) => new DriveInfo(directory).AvailableFreeSpace;
 
-    private static long KilobytesOf(string text, string key)
+    private static long KilobytesOf(string text, string key) => ValueOf(text, key, "kB") ?? 0;
+
+    /// <summary>The number after <paramref name="key"/> at the start of a line (a unit after it dropped), or null.</summary>
+    private static long? ValueOf(string text, string key, string unit = "")
     {
-        int at = text.IndexOf(key, StringComparison.Ordinal);
-        if (at < 0 || (at > 0 && text[at - 1] != '\n'))
+        foreach (var line in text.AsSpan().EnumerateLines())
         {
-            return 0;
+            if (!line.StartsWith(key, StringComparison.Ordinal))
+            {
+                continue;
+            }
+
+            var value = line[key.Length..].Trim();
+            if (unit.Length > 0 && value.EndsWith(unit, StringComparison.Ordinal))
+            {
+                value = value[..^unit.Length].Trim();
+            }
+
+            return long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out long number) ? number : null;
         }
 
-        var rest = text.AsSpan(at + key.Length);
-        int end = rest.IndexOf('\n');
-        var value = (end < 0 ? rest : rest[..end]).Trim();
-        if (value.EndsWith("kB", StringComparison.Ordinal))
-        {
-            value = value[..^2].Trim();
-        }
-
-        return long.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out long kilobytes) ? kilobytes : 0;
+        return null;
     }
 }
