@@ -92,6 +92,26 @@ public static unsafe partial class Posix
     [LibraryImport(Libc, EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     public static partial int Umount2(string target, int flags);
 
+    /// <summary>statx's mask bits for the link count and the allocated blocks.</summary>
+    public const uint StatxNlink = 0x4;
+    public const uint StatxBlocks = 0x400;
+
+    /// <summary>statx(2) into a buffer of at least 256 bytes (struct statx: the link count at byte 16, the size at 40, the 512-byte blocks allocated at 48).</summary>
+    [LibraryImport(Libc, EntryPoint = "statx", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int Statx(int directory, string path, int flags, uint mask, byte* buffer);
+
+    /// <summary>A file's hard link count and the bytes allocated to it, not following a last link.</summary>
+    public static (uint Links, long AllocatedBytes) LinksAndAllocation(string path)
+    {
+        byte* buffer = stackalloc byte[256];
+        if (Statx(AtFdCwd, path, AtSymlinkNoFollow, StatxNlink | StatxBlocks, buffer) != 0)
+        {
+            throw new IOException($"statx {path}: errno {Marshal.GetLastPInvokeError()}");
+        }
+
+        return (*(uint*)(buffer + 16), (long)(*(ulong*)(buffer + 48)) * 512);
+    }
+
     /// <summary>realpath(3) into memory it allocates: the caller frees a non-zero result with <see cref="NativeMemory.Free"/>.</summary>
     [LibraryImport(Libc, EntryPoint = "realpath", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     public static partial nint RealPath(string path, nint resolved);

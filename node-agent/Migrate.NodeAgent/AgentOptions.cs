@@ -91,6 +91,15 @@ public sealed class AgentOptions
     public bool WriteTracking { get; set; } = true;
 
     /// <summary>
+    /// Once a pre-copy round is staged on the target, give back the bytes of its pages files on this
+    /// node (memory, where the migration is staged in memory) when nothing here reads them again: a
+    /// container whose writes are tracked. Rounds that do not converge then hold about one round's
+    /// memory at a time instead of every round's. A round given back cannot be sent again: a target
+    /// that lost it ends the migration (rolled back).
+    /// </summary>
+    public bool ReleaseSentRounds { get; set; } = true;
+
+    /// <summary>
     /// The longest chain of checkpoints (each a delta on the one before) this agent builds; the
     /// checkpoint after it is a full one. Longer chains save more space and make restores read through more sets.
     /// </summary>

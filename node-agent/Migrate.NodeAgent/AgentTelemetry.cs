@@ -27,6 +27,9 @@ public static class AgentTelemetry
     /// <summary>Bytes staged for transfer (images and file system state), tagged by kind.</summary>
     public static readonly Counter<long> BytesStaged = Meter.CreateCounter<long>("podmig.agent.bytes.staged", "By", "Bytes of checkpoint state staged on this node");
 
+    /// <summary>Bytes of pre-copy rounds' pages given back on the source once the target staged them (Agent:ReleaseSentRounds).</summary>
+    public static readonly Counter<long> BytesReleased = Meter.CreateCounter<long>("podmig.agent.bytes.released", "By", "Bytes of pre-copy rounds given back on the source once the target staged them");
+
     /// <summary>Image bytes moved between agents, tagged by direction (in, out).</summary>
     public static readonly Counter<long> TransferBytes = Meter.CreateCounter<long>("podmig.agent.transfer.bytes", "By", "Checkpoint image bytes transferred between agents");
 

@@ -102,6 +102,66 @@ public sealed class ImageFormatTests : IDisposable
         Assert.Equal(4, third.CoveredRun(7, start + (4 * Page), 64));
     }
 
+    [Fact]
+    public void A_released_set_still_holds_its_pages_for_the_chain_but_gives_none_to_read()
+    {
+        var round1 = Directory.CreateDirectory(Path.Combine(_root, "released-1")).FullName;
+        var round2 = Directory.CreateDirectory(Path.Combine(_root, "released-2")).FullName;
+        File.CreateSymbolicLink(Path.Combine(round2, "parent"), "../released-1");
+        const ulong start = 0x300000;
+        WriteRound(round1, start, 8, page => page == 6 ? 'h' : 'p');
+        WriteRound(round2, start, 8, page => page is 1 or 7 ? 'p' : 'i');
+        var pages = new FileInfo(Path.Combine(round1, CriuPagemap.PagesFileName(1)));
+        long length = pages.Length;
+        var content = File.ReadAllBytes(pages.FullName);
+
+        long released = ReleasedPages.Release(round1, file => new Dictionary<string, string> { ["Test"] = Convert.ToHexString(File.ReadAllBytes(file.FullName)[..8]) });
+
+        Assert.Equal(length, released);
+        pages.Refresh();
+        Assert.Equal(length, pages.Length);
+        Assert.True(Posix.LinksAndAllocation(pages.FullName).AllocatedBytes < length, "the pages file became a hole");
+        var entry = Assert.Single(ReleasedPages.Read(round1)).Value;
+        Assert.Equal((pages.Name, length, Convert.ToHexString(content[..8])), (entry.Name, entry.Size, entry.Digests["Test"]));
+        Assert.Equal((entry.Name, entry.Size), (ReleasedPages.Find(pages.FullName)?.Name, ReleasedPages.Find(pages.FullName)?.Size));
+        Assert.Null(ReleasedPages.Find(Path.Combine(round1, CriuPagemap.FileName(7))));
+        Assert.Equal(0, ReleasedPages.Release(round1, _ => throw new InvalidOperationException("nothing is left to release")));
+
+        using var chain = ImageChain.Open(round2);
+        // held: what round 1 held counts for coverage, through round 2's "in parent" entries
+        Assert.Equal(6, chain.CoveredRun(7, start, 64));
+        Assert.True(chain.Covers(7, start + (3 * Page)));
+        Assert.False(chain.Covers(7, start + (6 * Page)));
+        // not readable: a page only round 1 holds is not found (never zeros taken for its content); round 2's own are
+        var buffer = new byte[8 * Page];
+        var found = new bool[8];
+        chain.Read(7, start, 8, buffer, found);
+        Assert.Equal([false, true, false, false, false, false, false, true], found);
+        Assert.Equal(Fill(1), buffer.AsSpan(Page, Page).ToArray());
+        Assert.False(chain.TryReadPage(7, start, buffer));
+        Assert.True(chain.TryReadPage(7, start + Page, buffer));
+    }
+
+    [Fact]
+    public void Only_a_sets_own_unlinked_pages_files_are_released_and_a_malformed_list_is_refused()
+    {
+        var set = Directory.CreateDirectory(Path.Combine(_root, "linked")).FullName;
+        WriteRound(set, 0x400000, 4, _ => 'p');
+        var pages = Path.Combine(set, CriuPagemap.PagesFileName(1));
+        var elsewhere = Path.Combine(_root, "kept-pages.img");
+        Assert.Equal(0, Posix.Link(pages, elsewhere));
+        var before = File.ReadAllBytes(pages);
+
+        Assert.Equal(0, ReleasedPages.Release(set, _ => new Dictionary<string, string>()));
+        Assert.Equal(before, File.ReadAllBytes(elsewhere));
+        Assert.Empty(ReleasedPages.Read(set));
+
+        File.WriteAllText(Path.Combine(set, ReleasedPages.FileName), "pages-1.img\tnot-a-length\n");
+        Assert.Contains("malformed line", Assert.Throws<InvalidDataException>(() => ReleasedPages.Read(set)).Message);
+        File.WriteAllText(Path.Combine(set, ReleasedPages.FileName), "pages-1.img\t16384\tno-equals-sign\n");
+        Assert.Contains("malformed digest", Assert.Throws<InvalidDataException>(() => ReleasedPages.Read(set)).Message);
+    }
+
     /// <summary>An image set of task 7 over <paramref name="pages"/> pages: present ('p'), in the parent ('i') or absent ('h') per page.</summary>
     private static void WriteRound(string directory, ulong start, int pages, Func<int, char> kind)
     {

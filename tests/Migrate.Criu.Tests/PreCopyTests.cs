@@ -46,12 +46,7 @@ public sealed class PreCopyTests(ITestOutputHelper output)
         Assert.True(final.PagesInParent >= (ulong)mib * 256, $"the buffer's pages must come from the parent, only {final.PagesInParent} did");
 
         // CRIU restores the chain (final -> round-1) to the same state.
-        var restore = _criu.Restore(new CriuOptions { ImagesDirectory = final.Directory, Root = tree.RootFilesystem }, asChild: true);
-        tree.AdoptRestoredRoot(restore.Pid);
-        var firstAfter = tree.WaitForTick(t => t.Tick > lastBeforeDump.Tick, TickTimeout, "a tick after restoring the incremental dump");
-        var verified = tree.RequestVerification(TickTimeout);
-        Assert.Equal(lastBeforeDump.Tick + 1, firstAfter.Tick);
-        Assert.True(verified.VerifiedOk, $"buffer check after restore: {verified.Verified}");
+        var (restore, verified) = RestoreAndVerify(tree, final, lastBeforeDump.Tick);
         Assert.Equal(Memcounter.InitialChecksum(mib, Seed), verified.Checksum);
 
         Figures.Record(nameof(PreCopyTests), "plain_dump_pages", plainPages, "pages");
@@ -85,13 +80,59 @@ public sealed class PreCopyTests(ITestOutputHelper output)
         Assert.True(second.PagesUnchanged > 0 && second.PagesWritten > 0, "round 2 must both reuse and rewrite pages");
         Assert.True(final.PagesWritten > 0, "pages rewritten after round 2 must be in the final dump");
 
+        // The running checksum follows every rewrite; a full re-scan must agree with it.
+        RestoreAndVerify(tree, final, lastBeforeDump.Tick);
+    }
+
+    [Fact]
+    public void Rounds_given_back_once_sent_still_spare_a_tracked_round_and_a_plain_final_dump_without_them_restores()
+    {
+        // 32 MiB rewriting 20% of its pages per second, its writes tracked from before round 1
+        const int mib = 32;
+        using var tree = IsolatedProcessTree.Start(Memcounter.Command(mib, Seed, intervalMs: 20, dirtyPercentPerSecond: 20));
+        tree.WaitForTick(t => t.Tick >= 3, TickTimeout, "three ticks");
+        using var tracker = WriteTracker.Arm(tree.RootPid, beforeRound: 1);
+        var session = new PreCopySession(_criu, new CriuOptions { Pid = tree.RootPid, ImagesDirectory = Path.Combine(tree.Directory, "precopy") },
+            tracker: _ => tracker);
+        static IReadOnlyDictionary<string, string> Digest(FileInfo file) =>
+            new Dictionary<string, string> { ["Sha256"] = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(file.FullName))) };
+
+        var first = session.PreDump();
+        long releasedFirst = ReleasedPages.Release(first.Directory, Digest);
+        long afterFirst = tree.ReadTicks()[^1].Tick;
+        tree.WaitForTick(t => t.Tick >= afterFirst + 10, TickTimeout, "rewriting after round 1");
+        var second = session.PreDump();
+        long releasedSecond = ReleasedPages.Release(second.Directory, Digest);
+        long afterSecond = tree.ReadTicks()[^1].Tick;
+        tree.WaitForTick(t => t.Tick >= afterSecond + 10, TickTimeout, "rewriting after round 2");
+        var final = session.Dump();
+        var lastBeforeDump = tree.ReadTicks()[^1];
+
+        output.WriteLine($"round 1: {first.PagesWritten} pages, {releasedFirst} bytes given back; round 2: {second.PagesWritten} written, {second.PagesUnchanged} in parent, " +
+                         $"{releasedSecond} bytes given back; final: {final.PagesWritten} written, {final.PagesInParent} in parent");
+        Assert.Equal((long)first.PagesWritten * PagemapEntry.PageSize, releasedFirst);
+        Assert.Equal((long)second.PagesWritten * PagemapEntry.PageSize, releasedSecond);
+        // the tracked round still leaves to round 1 what round 1 held, though its bytes are gone here
+        Assert.True(second.Tracked, "round 2 went by the write tracking");
+        Assert.True(second.PagesUnchanged >= (ulong)mib * 256 / 2, $"most of the buffer is left to round 1: {second.PagesUnchanged} pages");
+        Assert.True(second.PagesWritten * 4 < first.PagesWritten, $"round 2 holds what was written since round 1: {second.PagesWritten} of {first.PagesWritten}");
+        // the plain final dump compares contents: nothing matches what was given back (no page taken for zeros)
+        Assert.Equal(0UL, final.PagesInParent);
+        Assert.True(final.PagesWritten >= (ulong)mib * 256, $"the final dump holds the whole buffer itself: {final.PagesWritten} pages");
+
+        RestoreAndVerify(tree, final, lastBeforeDump.Tick);
+    }
+
+    /// <summary>Restores the final dump's chain with CRIU: the count goes on from the tick after <paramref name="lastTick"/> and a full check of the buffer agrees.</summary>
+    private (CriuRestoreResult Restore, MemcounterTick Verified) RestoreAndVerify(IsolatedProcessTree tree, PreCopyFinalDump final, long lastTick)
+    {
         var restore = _criu.Restore(new CriuOptions { ImagesDirectory = final.Directory, Root = tree.RootFilesystem }, asChild: true);
         tree.AdoptRestoredRoot(restore.Pid);
-        var firstAfter = tree.WaitForTick(t => t.Tick > lastBeforeDump.Tick, TickTimeout, "a tick after restore");
+        var firstAfter = tree.WaitForTick(t => t.Tick > lastTick, TickTimeout, "a tick after restore");
         var verified = tree.RequestVerification(TickTimeout);
-        Assert.Equal(lastBeforeDump.Tick + 1, firstAfter.Tick);
-        // The running checksum follows every rewrite; a full re-scan must agree with it.
+        Assert.Equal(lastTick + 1, firstAfter.Tick);
         Assert.True(verified.VerifiedOk, $"buffer check after restore: {verified.Verified}");
+        return (restore, verified);
     }
 
     [Fact]

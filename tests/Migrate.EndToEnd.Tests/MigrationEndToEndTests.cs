@@ -130,6 +130,12 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             $@"Migration {request.Metadata.Uid}: images staged in memory: needs about (\d+) MiB");
         Assert.True(staged.Success, "the source's agent did not say it staged the images in memory");
         Assert.InRange(int.Parse(staged.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), 256 * 3 / 2 + 64, 300 * 3 / 2 + 64);
+        // once node-b had staged round 1, node-a gave its pages back (its writes tracked, the final memory lazy): the
+        // checksum above held all the same, read through round 1's copy on node-b
+        var given = System.Text.RegularExpressions.Regex.Match(Cluster.Node("node-a").Agent.LogTail(1_000_000),
+            $@"Migration {request.Metadata.Uid}: (\d+) MiB of pre-copy rounds' pages given back on this node \(rounds 1-1 are staged on node-b");
+        Assert.True(given.Success, "the source's agent did not say it gave round 1's pages back");
+        Assert.InRange(int.Parse(given.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), 256, 300);
         Assert.NotNull(status.StartTime);
         Assert.NotNull(status.CompletionTime);
         await Sandbox.AssertNoImagesLeftAsync(Cluster);

@@ -3,6 +3,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Migrate.Agent.V1;
 using Migrate.Api;
+using Migrate.Criu.Incremental;
 using Migrate.NodeAgent.Transfer;
 using Migrate.TestSupport;
 using Xunit;
@@ -147,6 +148,41 @@ public sealed class DigestsFollowTests : IAsyncLifetime
             Assert.True(f.DigestOf(FileDigests.Other(kind)).IsEmpty);
             Assert.Equal(f.DigestOf(kind).ToByteArray(), StagedFileDigest.OfFile(kind, agents.Received(migration, f.Path)));
         });
+    }
+
+    [Fact]
+    public async Task A_round_given_back_once_its_target_staged_it_is_listed_as_it_was_never_sent_again_and_never_resent_if_lost()
+    {
+        const string migration = "m-released";
+        const string pagesPath = "containers/main/round-1/pages-1.img";
+        var files = TransferAgents.Stage(_agents.Source, migration);
+        var first = await _agents.SendAsync(migration);
+        var round = Path.Combine(_agents.Source.Staging, migration, "containers/main/round-1");
+        var manifest = ImageSender.BuildManifest(Path.Combine(_agents.Source.Staging, migration), kind: StagedDigestKind.Xxh128);
+
+        long released = ReleasedPages.Release(round, f => FileDigests.ToKeep(f, StagedDigestKind.Xxh128));
+
+        Assert.True(first.Staged);
+        Assert.Equal(files[pagesPath].Length, released);
+        Assert.True(File.ReadAllBytes(Path.Combine(round, "pages-1.img")).All(b => b == 0), "the source's copy is a hole now");
+        // listed as before, from the list kept beside it (which is not listed itself)
+        Assert.Equal(manifest, ImageSender.BuildManifest(Path.Combine(_agents.Source.Staging, migration), kind: StagedDigestKind.Xxh128));
+        var again = await _agents.SendAsync(migration);
+        Assert.True(again.Staged);
+        Assert.Equal(0ul, again.BytesSent);
+        Assert.Equal(files[pagesPath], File.ReadAllBytes(_agents.Received(migration, pagesPath)));
+        Assert.False(File.Exists(_agents.Received(migration, "containers/main/round-1/" + ReleasedPages.FileName)));
+
+        // the target lost it: the send says why, never sends the hole's zeros for it
+        File.Delete(_agents.Received(migration, pagesPath));
+        var error = await Assert.ThrowsAsync<RpcException>(() => _agents.SendAsync(migration));
+        Assert.Equal(StatusCode.FailedPrecondition, error.StatusCode);
+        Assert.Contains($"{pagesPath} was released on {_agents.Source.Name} once {_agents.Target.Name} had staged it", error.Status.Detail);
+        Assert.False(File.Exists(_agents.Received(migration, pagesPath)));
+
+        // a list that kept another kind of digest cannot be listed as this agent's kind
+        Assert.Contains("only its digests of kind Xxh128 were kept, not Sha256",
+            Assert.Throws<InvalidOperationException>(() => ImageSender.BuildManifest(Path.Combine(_agents.Source.Staging, migration), kind: StagedDigestKind.Sha256)).Message);
     }
 
     public static TheoryData<string, StatusCode, string> BadEnds => new()

@@ -1,3 +1,4 @@
+using Migrate.Criu.Incremental;
 using Migrate.NodeAgent.Checkpointing;
 using Xunit;
 
@@ -23,4 +24,24 @@ public sealed class PreCopyRoundsTests
     [InlineData(4, 3, 4000UL, 2000UL, 10, PreCopyEnd.Limit)] // past the limit (rounds taken before a restart)
     public void Decides_whether_another_round_is_taken(int round, int maxRounds, ulong? previous, ulong pages, int minShrinkPercent, PreCopyEnd expected) =>
         Assert.Equal(expected, PreCopyRounds.After(round, maxRounds, previous, pages, minShrinkPercent));
+
+    [Theory]
+    [InlineData(true, true, PreCopyMethod.ContentComparison, true, null)] // tracked, lazy final: nothing reads them here again
+    [InlineData(false, true, PreCopyMethod.ContentComparison, true, "turned off")]
+    [InlineData(true, true, PreCopyMethod.ContentComparison, false, "not tracked")] // the next round compares with them
+    [InlineData(true, false, PreCopyMethod.ContentComparison, true, "plain one")] // the final dump compares with the last round
+    [InlineData(true, true, PreCopyMethod.KernelTracking, true, "soft-dirty")]
+    [InlineData(false, false, PreCopyMethod.ContentComparison, false, "turned off")] // the first reason given
+    public void Decides_whether_a_containers_sent_rounds_are_given_back(bool enabled, bool finalLazy, PreCopyMethod method, bool tracked, string? why)
+    {
+        var kept = RoundRelease.WhyKept(enabled, finalLazy, method, tracked);
+        if (why is null)
+        {
+            Assert.Null(kept);
+        }
+        else
+        {
+            Assert.Contains(why, kept);
+        }
+    }
 }

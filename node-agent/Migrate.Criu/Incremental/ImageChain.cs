@@ -5,7 +5,9 @@ namespace Migrate.Criu.Incremental;
 
 /// <summary>
 /// Reads page contents out of an image set and its ancestors (the <c>parent</c> link CRIU follows
-/// on restore), by task id and virtual address.
+/// on restore), by task id and virtual address. A set whose pages files were given back
+/// (<see cref="ReleasedPages"/>) still holds its pages (<see cref="Covers"/>, <see cref="CoveredRun"/>)
+/// but none can be read from it.
 /// </summary>
 internal sealed class ImageChain : IDisposable
 {
@@ -16,6 +18,7 @@ internal sealed class ImageChain : IDisposable
     private readonly ImageChain? _parent;
     private readonly Dictionary<int, TaskPages?> _tasks = [];
     private readonly Dictionary<int, PageRange[]> _coverage = [];
+    private IReadOnlyDictionary<string, ReleasedPages.Entry>? _released;
 
     private ImageChain(string directory, ImageChain? parent)
     {
@@ -145,7 +148,7 @@ internal sealed class ImageChain : IDisposable
         }
 
         var entry = task!.Entries[index];
-        return entry.IsInParent ? _parent?.Covers(id, address) ?? false : entry.IsPresent && task.Pages is not null;
+        return entry.IsInParent ? _parent?.Covers(id, address) ?? false : entry.IsPresent && task.Held;
     }
 
     /// <summary>
@@ -180,7 +183,7 @@ internal sealed class ImageChain : IDisposable
         int next = 0;
         foreach (var entry in task?.Entries ?? [])
         {
-            if (entry.IsPresent && task!.Pages is not null)
+            if (entry.IsPresent && task!.Held)
             {
                 Add(ranges, entry.Address, entry.End);
             }
@@ -278,8 +281,10 @@ internal sealed class ImageChain : IDisposable
         if (map is not null)
         {
             var pagesPath = Path.Combine(_directory, CriuPagemap.PagesFileName(map.PagesId));
-            var pages = File.Exists(pagesPath) ? File.OpenHandle(pagesPath, FileMode.Open, FileAccess.Read) : null;
-            task = new TaskPages(map.Entries, pages);
+            _released ??= ReleasedPages.Read(_directory);
+            bool released = _released.ContainsKey(Path.GetFileName(pagesPath));
+            var pages = !released && File.Exists(pagesPath) ? File.OpenHandle(pagesPath, FileMode.Open, FileAccess.Read) : null;
+            task = new TaskPages(map.Entries, pages, released);
         }
 
         _tasks[id] = task;
@@ -288,10 +293,11 @@ internal sealed class ImageChain : IDisposable
 
     private sealed class TaskPages
     {
-        public TaskPages(IReadOnlyList<PagemapEntry> entries, SafeFileHandle? pages)
+        public TaskPages(IReadOnlyList<PagemapEntry> entries, SafeFileHandle? pages, bool released)
         {
             Entries = entries;
             Pages = pages;
+            Held = pages is not null || released;
             FileOffsets = new long[entries.Count];
             long offset = 0;
             for (int i = 0; i < entries.Count; i++)
@@ -306,7 +312,11 @@ internal sealed class ImageChain : IDisposable
 
         public IReadOnlyList<PagemapEntry> Entries { get; }
 
+        /// <summary>Its pages file, to read from; null when it is missing or released.</summary>
         public SafeFileHandle? Pages { get; }
+
+        /// <summary>Whether the set holds its present pages: a pages file here, or one released once another node held it.</summary>
+        public bool Held { get; }
 
         public long[] FileOffsets { get; }
 

@@ -330,6 +330,50 @@ public sealed partial class CheckpointEngine : IDisposable
     }
 
     /// <summary>
+    /// Once the rounds taken so far are staged on <paramref name="target"/>: gives back on this node
+    /// the bytes of the pages files of every container's rounds that nothing here reads again
+    /// (<see cref="RoundRelease"/>, <see cref="ReleasedPages"/>); <paramref name="finalLazy"/>: the final
+    /// dump will leave memory lazy. Returns the bytes given back (0 when none could be); a failure
+    /// leaves the rounds as they are and is only logged.
+    /// </summary>
+    public async Task<long> ReleaseSentRoundsAsync(string migrationId, string target, bool finalLazy, CancellationToken cancellationToken)
+    {
+        return await WithMigrationAsync(migrationId, record =>
+        {
+            long released = 0;
+            foreach (var container in record.Containers)
+            {
+                if (RoundRelease.WhyKept(_options.ReleaseSentRounds, finalLazy, record.PreCopyMethod, _trackers.Tracks(record.MigrationId, container.Name)) is not null)
+                {
+                    continue;
+                }
+
+                foreach (var round in record.Rounds.Where(r => r.Container == container.Name))
+                {
+                    try
+                    {
+                        released += ReleasedPages.Release(round.Directory, file => Transfer.FileDigests.ToKeep(file, _options.TransferChecksum));
+                    }
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
+                    {
+                        LogReleaseFailed(record.MigrationId, round.Directory, e.Message);
+                    }
+                }
+            }
+
+            if (released > 0)
+            {
+                record.ReleasedBytes += released;
+                record.Save();
+                AgentTelemetry.BytesReleased.Add(released);
+                LogRoundsReleased(record.MigrationId, released >> 20, record.RoundCount, target, record.ReleasedBytes >> 20);
+            }
+
+            return Task.FromResult(released);
+        }, cancellationToken);
+    }
+
+    /// <summary>
     /// Freezes all containers, dumps each and captures file system state; the pod stays frozen.
     /// With <paramref name="lazyMemory"/>, private memory is left to a lazy restore. With
     /// <paramref name="hold"/> (a member of a group), the pod is frozen and its network locked
@@ -1411,6 +1455,12 @@ public sealed partial class CheckpointEngine : IDisposable
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: container {Container}'s tmpfs {MountPoint} is left to CRIU's archive: {Reason}")]
     private partial void LogMountNotCarried(string migration, string container, string mountPoint, string reason);
+
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Mib} MiB of pre-copy rounds' pages given back on this node (rounds 1-{Rounds} are staged on {Target}; {TotalMib} MiB given back so far)")]
+    private partial void LogRoundsReleased(string migration, long mib, int rounds, string target, long totalMib);
+
+    [LoggerMessage(Level = LogLevel.Warning, Message = "Migration {Migration}: the pages of {Directory} could not be given back (they stay): {Reason}")]
+    private partial void LogReleaseFailed(string migration, string directory, string reason);
 
     [LoggerMessage(Level = LogLevel.Error, Message = "Could not thaw {Cgroup}")]
     private partial void LogThawFailed(Exception error, string cgroup);

@@ -163,6 +163,9 @@ public sealed class MigrationRecord
 
     public required CriuPreCopyMethod PreCopyMethod { get; init; }
 
+    /// <summary>Bytes of sent rounds' pages given back on this node (<see cref="RoundRelease"/>).</summary>
+    public long ReleasedBytes { get; set; }
+
     public required IReadOnlyList<ContainerRecord> Containers { get; init; }
 
     public MigrationPhase Phase { get; set; } = MigrationPhase.Prepared;

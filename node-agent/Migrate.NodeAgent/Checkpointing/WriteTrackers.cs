@@ -64,6 +64,15 @@ public sealed partial class WriteTrackers(bool enabled, ILogger logger) : IDispo
         }
     };
 
+    /// <summary>Whether <paramref name="container"/> of <paramref name="owner"/> has a tracker armed.</summary>
+    public bool Tracks(string owner, string container)
+    {
+        lock (_lock)
+        {
+            return _trackers.GetValueOrDefault((owner, container)) is not null;
+        }
+    }
+
     /// <summary>Ends the tracking of every container of <paramref name="owner"/>.</summary>
     public void Release(string owner) => Close(owner, Take(owner));
 

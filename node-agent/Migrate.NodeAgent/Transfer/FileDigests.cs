@@ -21,6 +21,10 @@ public static class FileDigests
         return Known.GetOrAdd((kind, KeyOf(file)), _ => ByteString.CopyFrom(StagedFileDigest.OfFile(kind, file.FullName)));
     }
 
+    /// <summary>What a released file's list keeps of it (<see cref="Criu.Incremental.ReleasedPages"/>): its digest of <paramref name="kind"/>, by kind, in hex.</summary>
+    public static IReadOnlyDictionary<string, string> ToKeep(FileInfo file, StagedDigestKind kind) =>
+        new Dictionary<string, string>(StringComparer.Ordinal) { [kind.ToString()] = Convert.ToHexString(Of(file, kind).Span) };
+
     /// <summary>The file's digest if this version of it was hashed before, else null.</summary>
     public static ByteString? Remembered(FileInfo file, StagedDigestKind kind)
     {

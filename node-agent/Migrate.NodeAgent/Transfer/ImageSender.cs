@@ -37,12 +37,14 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
     /// The manifest of a staged directory: regular files, and image sets' parent links. Anything else
     /// is refused. Each file has its digest of <paramref name="kind"/>; with
     /// <paramref name="digestsFollow"/>, a file not hashed before is listed without one (see
-    /// <see cref="OwedDigests"/>).
+    /// <see cref="OwedDigests"/>). A pages file released after the target staged it
+    /// (<see cref="ReleasedPages"/>) is listed as it was then, from its set's list, never read.
     /// </summary>
     public static Manifest BuildManifest(string root, bool digestsFollow = false, StagedDigestKind kind = StagedDigestKind.Sha256)
     {
         root = Path.TrimEndingDirectorySeparator(Path.GetFullPath(root));
         var manifest = new Manifest();
+        var released = new Dictionary<string, IReadOnlyDictionary<string, ReleasedPages.Entry>>(StringComparer.Ordinal);
         foreach (var info in FileTree.Walk(root))
         {
             var entry = info.FullName;
@@ -61,13 +63,20 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
             {
                 continue;
             }
-            else if (relative == MigrationRecord.FileName || relative.EndsWith(WholeFile.Suffix, StringComparison.Ordinal))
+            else if (relative == MigrationRecord.FileName || relative.EndsWith(WholeFile.Suffix, StringComparison.Ordinal)
+                || info.Name.StartsWith(ReleasedPages.FileName, StringComparison.Ordinal))
             {
                 continue;
             }
             else if (!info.Attributes.HasFlag(FileAttributes.Device))
             {
-                manifest.Files.Add(Listed((FileInfo)info, relative, digestsFollow, kind));
+                var directory = Path.GetDirectoryName(entry)!;
+                if (!released.TryGetValue(directory, out var set))
+                {
+                    released[directory] = set = ReleasedPages.Read(directory);
+                }
+
+                manifest.Files.Add(set.TryGetValue(info.Name, out var gone) ? ListedReleased(gone, relative, kind) : Listed((FileInfo)info, relative, digestsFollow, kind));
             }
             else
             {
@@ -107,6 +116,19 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
         file.Refresh();
         var listed = new ManifestFile { Path = relative, Size = (ulong)file.Length };
         listed.SetDigest(kind, digestsFollow ? FileDigests.Remembered(file, kind) ?? ByteString.Empty : FileDigests.Of(file, kind));
+        return listed;
+    }
+
+    /// <summary>The manifest entry of a released file: as it was listed before its bytes were given back.</summary>
+    internal static ManifestFile ListedReleased(ReleasedPages.Entry released, string relative, StagedDigestKind kind)
+    {
+        if (!released.Digests.TryGetValue(kind.ToString(), out var hex))
+        {
+            throw new InvalidOperationException($"{relative} was released after its target staged it, and only its digests of kind {string.Join(", ", released.Digests.Keys)} were kept, not {kind}: it cannot be listed again");
+        }
+
+        var listed = new ManifestFile { Path = relative, Size = (ulong)released.Size };
+        listed.SetDigest(kind, ByteString.CopyFrom(Convert.FromHexString(hex)));
         return listed;
     }
 
@@ -239,6 +261,12 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 if (offset >= (long)file.Size)
                 {
                     continue;
+                }
+
+                if (ReleasedPages.Find(Path.Combine(directory, file.Path)) is not null)
+                {
+                    throw new RpcException(new Status(StatusCode.FailedPrecondition,
+                        $"{file.Path} was released on {_options.NodeName} once {request.TargetNode} had staged it, and {request.TargetNode} no longer holds it (from byte {offset} on): these images cannot be sent again"));
                 }
 
                 await using var stream = new FileStream(Path.Combine(directory, file.Path), FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
