@@ -242,6 +242,16 @@ public static class MemoryTrackingMethods
     public const string ContentComparison = "ContentComparison";
 }
 
+/// <summary>The values of status.imageStaging: where the source node staged the migration's images until the target had them.</summary>
+public static class ImageStagingMedia
+{
+    /// <summary>In memory (the agent's memory staging directory, a tmpfs): they fit the room the agent reckoned.</summary>
+    public const string Memory = "Memory";
+
+    /// <summary>On the node's disk (the agent's staging directory).</summary>
+    public const string Disk = "Disk";
+}
+
 /// <summary>The phases of a request; the last three are final.</summary>
 public static class MigrationPhases
 {
@@ -337,6 +347,10 @@ public sealed class MigrationRequestStatus
     /// <summary>How pre-copy found the pages written between rounds (<see cref="MemoryTrackingMethods"/>); unset without rounds.</summary>
     [JsonPropertyName("memoryTracking")]
     public string? MemoryTracking { get; set; }
+
+    /// <summary>Where the source node staged the images (<see cref="ImageStagingMedia"/>); unset before the checkpoint began.</summary>
+    [JsonPropertyName("imageStaging")]
+    public string? ImageStaging { get; set; }
 
     /// <summary>Post-copy: the bytes of memory the final dump left on the source, which the running replacement fetched from there.</summary>
     [JsonPropertyName("postCopyBytes")]

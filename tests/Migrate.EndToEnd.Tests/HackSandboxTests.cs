@@ -175,6 +175,9 @@ Assert.False(File.Exists(State));
         Assert.True((long)result["pauseSeenMs"]! > 0, "the counter's own clock shows no pause across the move");
         Assert.Equal("Lazy", (string)result["memoryRestore"]!);
         Assert.Equal("WriteProtect", (string)result["memoryTracking"]!);
+        // the sandbox's agents stage in memory (each node's directory on /dev/shm), and a 64 MiB pod fits
+        Assert.Equal("Memory", (string)result["imageStaging"]!);
+        Assert.Contains(" bytes staged in memory on node-a; ", demo.Output, StringComparison.Ordinal);
         // the example names no mode: Auto took pre-copy rounds, and the idle counter's last one left little enough to send frozen
         Assert.Equal("PreCopy", (string)result["mode"]!);
         Assert.Contains("mode                     PreCopy (Auto: PreCopy; the last of", demo.Output, StringComparison.Ordinal);

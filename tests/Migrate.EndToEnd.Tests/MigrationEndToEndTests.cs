@@ -129,6 +129,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         var staged = System.Text.RegularExpressions.Regex.Match(Cluster.Node("node-a").Agent.LogTail(1_000_000),
             $@"Migration {request.Metadata.Uid}: images staged in memory: needs about (\d+) MiB");
         Assert.True(staged.Success, "the source's agent did not say it staged the images in memory");
+        Assert.Equal(ImageStagingMedia.Memory, status.ImageStaging);
         Assert.InRange(int.Parse(staged.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), 256 * 3 / 2 + 64, 300 * 3 / 2 + 64);
         // once node-b had staged round 1, node-a gave its pages back (its writes tracked, the final memory lazy): the
         // checksum above held all the same, read through round 1's copy on node-b
@@ -161,6 +162,7 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
             Assert.Matches($@"Migration {request.Metadata.Uid}: images staged on disk: needs about \d+ MiB, and the memory staging budget \(Agent:MemoryStagingMaxBytes\) has \d+ MiB left",
                 source.Agent.LogTail(1_000_000));
+            Assert.Equal(ImageStagingMedia.Disk, status.ImageStaging);
 
             var replacementTicks = await Sandbox.WaitForTicksAsync(Cluster, status.ReplacementPod!, "main", 5);
             var sourceTicks = source.LoggedTicks("default", pod, "main");

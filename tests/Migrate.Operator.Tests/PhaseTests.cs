@@ -109,6 +109,7 @@ public sealed class PhaseTests : IAsyncLifetime, IDisposable
         Assert.True(Target.Migration(id).Restores.IsEmpty, "the target was cleaned up");
         Assert.Equal(2, done.Status.PreCopyRounds);
         Assert.Equal(MemoryTrackingMethods.WriteProtect, done.Status.MemoryTracking); // as the agent reported its rounds
+        Assert.Equal(ImageStagingMedia.Memory, done.Status.ImageStaging); // as the agent reported where it staged them
         Assert.Equal(150_000_000, done.Status.BytesTransferred);
         Assert.Equal(50_000_000, done.Status.ImageBytes);
         Assert.InRange(done.Status.DowntimeMillis ?? -1, 0, 10_000);

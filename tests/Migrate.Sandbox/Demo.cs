@@ -82,6 +82,7 @@ internal static class Demo
             result.ImageBytes = status?.ImageBytes;
             result.MemoryRestore = status?.MemoryRestore;
             result.MemoryTracking = status?.MemoryTracking;
+            result.ImageStaging = status?.ImageStaging;
             result.Mode = status?.Mode;
             if (status?.Phase != MigrationPhases.Succeeded)
             {
@@ -114,7 +115,7 @@ internal static class Demo
             Console.WriteLine($"  pause the counter saw    {(result.PauseSeenMs is { } seen ? seen + " ms" : "-")} (by its own clock, from its last tick on {status.SourceNode} to its first on {status.TargetNode}; it ticks every 100 ms, so this is up to one tick more than the pause itself)");
             Console.WriteLine($"  memory restore           {status.MemoryRestore}{(status.MemoryRestore == MemoryRestoreModes.Lazy ? " (the process ran first; its memory followed from the images staged on " + status.TargetNode + ")" : "")}");
             Console.WriteLine($"  pre-copy rounds          {status.PreCopyRounds}{(status.MemoryTracking == MemoryTrackingMethods.WriteProtect ? " (after the first, only the pages the pod wrote were read: userfaultfd write-protection)" : status.MemoryTracking is { } tracking ? $" ({tracking})" : "")}");
-            Console.WriteLine($"  checkpoint               {status.ImageBytes} bytes staged; {status.BytesTransferred} bytes sent to {status.TargetNode}");
+            Console.WriteLine($"  checkpoint               {status.ImageBytes} bytes staged {(status.ImageStaging == ImageStagingMedia.Memory ? "in memory" : "on disk")} on {status.SourceNode}; {status.BytesTransferred} bytes sent to {status.TargetNode}");
             Console.WriteLine($"  last tick on {status.SourceNode,-10} {frozen.Tick}   (kubectl logs counter)");
             Console.WriteLine($"  first tick on {status.TargetNode,-9} {after[0].Tick}   (kubectl logs {status.ReplacementPod}; then up to {after[^1].Tick})");
             Console.WriteLine($"  counter                  {(continued ? "continued without a gap or a restart" : "NOT continuous")}");
@@ -230,6 +231,9 @@ internal static class Demo
 
         [System.Text.Json.Serialization.JsonPropertyName("memoryTracking")]
         public string? MemoryTracking { get; set; }
+
+        [System.Text.Json.Serialization.JsonPropertyName("imageStaging")]
+        public string? ImageStaging { get; set; }
 
         [System.Text.Json.Serialization.JsonPropertyName("mode")]
         public string? Mode { get; set; }

@@ -159,6 +159,9 @@ public sealed class FakeMigration(string id)
     public ulong Sent { get; set; }
     public ulong Total { get; set; }
 
+    /// <summary>What the agent says of where it staged the images (MigrationStatus.staged_in_memory).</summary>
+    public bool StagedInMemory { get; set; } = true;
+
     /// <summary>The pod was thawed here at some point (by Resume, or by a handoff that failed before its commit).</summary>
     public bool Thawed { get; set; }
 
@@ -188,6 +191,7 @@ public sealed class FakeMigration(string id)
                 };
                 status.Handoff = new HandoffProgress { Step = Step, FrozenUnixMillis = FrozenUnixMillis, BytesSent = Sent, BytesTotal = Total };
                 status.PreCopyRounds = Rounds;
+                status.StagedInMemory = StagedInMemory;
                 if (Step >= HandoffStep.Sending)
                 {
                     status.FinalDump = new FinalDumpResponse { StagedBytes = 50_000_000, FrozenMillis = 120 };

@@ -259,6 +259,7 @@ public sealed class MigrationRecord
             KeepsAddress = AddressMove is not null,
             AddressNote = AddressNote ?? "",
             BytesReferenced = BytesReferenced,
+            StagedInMemory = MemoryStagedBytes > 0,
         };
         status.Containers.Add(Containers.Select(c => new ContainerInfo { Name = c.Name, ContainerId = c.ContainerId, Image = c.Image, Pid = c.Pid }));
         status.CheckpointImages.Add(CheckpointImages.Select(i => new CheckpointImage
@@ -286,6 +287,7 @@ public sealed class MigrationRecord
             RoundsMillis = PreCopy.RoundsMillis,
             RoundMillis = PreCopy.RoundMillis,
             MemoryBytes = PreCopy.MemoryBytes,
+            ReleasedBytes = (ulong)ReleasedBytes,
             Method = Rounds.Count == 0 ? Agent.V1.PreCopyMethod.Unspecified
                 : Rounds.Any(r => r.Tracked) ? Agent.V1.PreCopyMethod.WriteTracking
                 : PreCopyMethod == CriuPreCopyMethod.KernelTracking ? Agent.V1.PreCopyMethod.KernelTracking

@@ -428,6 +428,8 @@ public static class MigrationDecisions
                 return f.SourceAgent.Reachable ? Do(new MigrationAction.BeginCheckpoint(), TimeSpan.Zero) : Wait();
             }
 
+            _s.ImageStaging = Source.StagedInMemory ? ImageStagingMedia.Memory : ImageStagingMedia.Disk;
+
             if (_s.Is(ConditionTypes.KeepsAddress) && f.Request.Spec.KeepAddress != true && !Source.KeepsAddress && Source.AddressNote is { Length: > 0 } note)
             {
                 // the network could move the address, the pod could not keep it: a new one, said before the replacement is made
