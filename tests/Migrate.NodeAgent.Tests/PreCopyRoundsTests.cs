@@ -26,15 +26,15 @@ public sealed class PreCopyRoundsTests
         Assert.Equal(expected, PreCopyRounds.After(round, maxRounds, previous, pages, minShrinkPercent));
 
     [Theory]
-    [InlineData(true, true, PreCopyMethod.ContentComparison, true, null)] // tracked, lazy final: nothing reads them here again
+    [InlineData(true, true, PreCopyMethod.ContentComparison, true, null)] // tracked, allowed: nothing reads them here again
     [InlineData(false, true, PreCopyMethod.ContentComparison, true, "turned off")]
     [InlineData(true, true, PreCopyMethod.ContentComparison, false, "not tracked")] // the next round compares with them
-    [InlineData(true, false, PreCopyMethod.ContentComparison, true, "plain one")] // the final dump compares with the last round
+    [InlineData(true, false, PreCopyMethod.ContentComparison, true, "not allowed by the operator")] // a plain final dump, or the source's images a fallback
     [InlineData(true, true, PreCopyMethod.KernelTracking, true, "soft-dirty")]
     [InlineData(false, false, PreCopyMethod.ContentComparison, false, "turned off")] // the first reason given
-    public void Decides_whether_a_containers_sent_rounds_are_given_back(bool enabled, bool finalLazy, PreCopyMethod method, bool tracked, string? why)
+    public void Decides_whether_a_containers_sent_rounds_are_given_back(bool enabled, bool allowed, PreCopyMethod method, bool tracked, string? why)
     {
-        var kept = RoundRelease.WhyKept(enabled, finalLazy, method, tracked);
+        var kept = RoundRelease.WhyKept(enabled, allowed, method, tracked);
         if (why is null)
         {
             Assert.Null(kept);

@@ -332,18 +332,18 @@ public sealed partial class CheckpointEngine : IDisposable
     /// <summary>
     /// Once the rounds taken so far are staged on <paramref name="target"/>: gives back on this node
     /// the bytes of the pages files of every container's rounds that nothing here reads again
-    /// (<see cref="RoundRelease"/>, <see cref="ReleasedPages"/>); <paramref name="finalLazy"/>: the final
-    /// dump will leave memory lazy. Returns the bytes given back (0 when none could be); a failure
+    /// (<see cref="RoundRelease"/>, <see cref="ReleasedPages"/>); <paramref name="allowed"/>: the
+    /// operator allows it (StartPreCopyRequest.release_sent_rounds). Returns the bytes given back (0 when none could be); a failure
     /// leaves the rounds as they are and is only logged.
     /// </summary>
-    public async Task<long> ReleaseSentRoundsAsync(string migrationId, string target, bool finalLazy, CancellationToken cancellationToken)
+    public async Task<long> ReleaseSentRoundsAsync(string migrationId, string target, bool allowed, CancellationToken cancellationToken)
     {
         return await WithMigrationAsync(migrationId, record =>
         {
             long released = 0;
             foreach (var container in record.Containers)
             {
-                if (RoundRelease.WhyKept(_options.ReleaseSentRounds, finalLazy, record.PreCopyMethod, _trackers.Tracks(record.MigrationId, container.Name)) is not null)
+                if (RoundRelease.WhyKept(_options.ReleaseSentRounds, allowed, record.PreCopyMethod, _trackers.Tracks(record.MigrationId, container.Name)) is not null)
                 {
                     continue;
                 }

@@ -338,7 +338,7 @@ public sealed partial class MigrationOperations(CheckpointEngine engine, ImageSe
                 }, cancellationToken);
                 await (sending ?? SendAsync(id, record.Target!, Progress, cancellationToken));
                 // staged there: what no later round reads here is given back (memory, when staged in memory)
-                await engine.ReleaseSentRoundsAsync(id, record.Target!.Node, request.FinalMemoryLazy, cancellationToken);
+                await engine.ReleaseSentRoundsAsync(id, record.Target!.Node, request.ReleaseSentRounds, cancellationToken);
                 if (round == 1)
                 {
                     // what the operator judges the remaining rounds' length by (it may prepare the target meanwhile)

@@ -38,6 +38,15 @@ public static class MigrationDecisions
     /// <summary>Whether the pod runs (all of its containers started).</summary>
     public static bool IsRunning(V1Pod? pod) => pod?.Status?.Phase == "Running";
 
+    /// <summary>
+    /// Whether the source agent may give back a pre-copy round's pages once the target staged them
+    /// (StartPreCopyRequest.release_sent_rounds): only when the final dump leaves memory lazy (read
+    /// from the write tracker; a plain one is compared with the last round) and the source's images
+    /// are no pod's fallback (a pod that keeps its name is ended before its replacement runs, and
+    /// restored in place from them if that fails).
+    /// </summary>
+    public static bool SourceMayReleaseRounds(bool keepsName, bool finalLazy) => finalLazy && !keepsName;
+
     /// <summary>status.memoryTracking for the method the source agent reports its pre-copy rounds used; null when it reports none.</summary>
     public static string? TrackingOf(Agent.V1.PreCopyMethod method) => method switch
     {

@@ -187,7 +187,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     Target = Target(facts, request, status.TargetNode!),
                     MaxRounds = limits.MaxRounds,
                     MinShrinkPercent = limits.MinShrinkPercent,
-                    FinalMemoryLazy = await LeavesMemoryLazyAsync(request, status, facts, cancellationToken),
+                    ReleaseSentRounds = MigrationDecisions.SourceMayReleaseRounds(facts.KeepsName, await LeavesMemoryLazyAsync(request, status, facts, cancellationToken)),
                 }, cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.StartHandoff:

@@ -372,6 +372,14 @@ public sealed class MigrationDecisionsTests
         Assert.Equal(status, MigrationDecisions.TrackingOf(reported));
 
     [Theory]
+    [InlineData(false, true, true)] // a lazy final dump reads the tracker, and nothing restores from the source's images
+    [InlineData(false, false, false)] // a plain final dump is compared with the last round
+    [InlineData(true, true, false)] // a pod keeping its name is restored in place from the source's images if its replacement fails
+    [InlineData(true, false, false)]
+    public void The_source_gives_sent_rounds_back_only_after_a_lazy_final_dump_and_when_its_images_are_no_fallback(bool keepsName, bool finalLazy, bool release) =>
+        Assert.Equal(release, MigrationDecisions.SourceMayReleaseRounds(keepsName, finalLazy));
+
+    [Theory]
     [MemberData(nameof(Rows))]
     public void Decides(Row row)
     {
