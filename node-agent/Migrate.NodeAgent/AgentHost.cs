@@ -152,6 +152,8 @@ public static class AgentHost
         AgentTelemetry.CountStagedWith(() => new[] { settings.StagingDirectory, settings.MemoryStagingDirectory, settings.IncomingDirectory }
             .OfType<string>().Where(d => d.Length > 0 && Directory.Exists(d)).Sum(d => Directory.EnumerateDirectories(d).Count()));
         AgentTelemetry.MeasureStagingIn(settings.StagingDirectory);
+        var engine = app.Services.GetRequiredService<CheckpointEngine>();
+        AgentTelemetry.MeasureMemoryStagingIn(settings.MemoryStagingDirectory, engine.MemoryReservedBytes);
         return app;
     }
 

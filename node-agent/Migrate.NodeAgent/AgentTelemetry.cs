@@ -28,7 +28,7 @@ public static class AgentTelemetry
     public static readonly Counter<long> BytesStaged = Meter.CreateCounter<long>("podmig.agent.bytes.staged", "By", "Bytes of checkpoint state staged on this node");
 
     /// <summary>Bytes of pre-copy rounds' pages given back on the source once the target staged them (Agent:ReleaseSentRounds).</summary>
-    public static readonly Counter<long> BytesReleased = Meter.CreateCounter<long>("podmig.agent.bytes.released", "By", "Bytes of pre-copy rounds given back on the source once the target staged them");
+    public static readonly Counter<long> BytesReleased = Meter.CreateCounter<long>("podmig.agent.released.bytes", "By", "Bytes of pre-copy rounds given back on the source once the target staged them");
 
     /// <summary>Image bytes moved between agents, tagged by direction (in, out).</summary>
     public static readonly Counter<long> TransferBytes = Meter.CreateCounter<long>("podmig.agent.transfer.bytes", "By", "Checkpoint image bytes transferred between agents");
@@ -64,16 +64,45 @@ public static class AgentTelemetry
         "By", "Size of the file system of the staging directory");
 
     /// <summary>Reports the staging directory's file system (statvfs, through DriveInfo).</summary>
-    public static void MeasureStagingIn(string directory) => _stagingSpace = () =>
+    public static void MeasureStagingIn(string directory) => _stagingSpace = () => SpaceOf(directory);
+
+    private static (long Available, long Capacity) SpaceOf(string directory)
     {
         try
         {
-            var drive = new DriveInfo(Directory.Exists(directory) ? directory : Path.GetDirectoryName(directory) ?? "/");
+            // a directory not made yet (no migration staged there so far): the file system it will be made on
+            var existing = Path.GetFullPath(directory);
+            while (!Directory.Exists(existing))
+            {
+                existing = Path.GetDirectoryName(existing) ?? "/";
+            }
+
+            var drive = new DriveInfo(existing);
             return (drive.AvailableFreeSpace, drive.TotalSize);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
         {
             return (0, 0);
         }
-    };
+    }
+
+    private static string? _memoryStaging;
+    private static Func<long> _memoryReserved = () => 0;
+
+    /// <summary>Free bytes of the memory staging directory's file system (Agent:MemoryStagingDirectory); no series when none is set.</summary>
+    public static readonly ObservableGauge<long> MemoryStagingAvailable = Meter.CreateObservableGauge("podmig.agent.memory_staging.available",
+        () => _memoryStaging is { } directory ? [new Measurement<long>(SpaceOf(directory).Available)] : Array.Empty<Measurement<long>>(),
+        "By", "Bytes available on the file system of the memory staging directory");
+
+    /// <summary>What the migrations staged in memory on this node reckoned they need (the room taken off for the next one); no series when no memory staging directory is set.</summary>
+    public static readonly ObservableGauge<long> MemoryStagingReserved = Meter.CreateObservableGauge("podmig.agent.memory_staging.reserved",
+        () => _memoryStaging is not null ? [new Measurement<long>(_memoryReserved())] : Array.Empty<Measurement<long>>(),
+        "By", "Bytes reckoned by the migrations staged in memory on this node");
+
+    /// <summary>Reports the memory staging directory (null or empty: none) and what its migrations reserved.</summary>
+    public static void MeasureMemoryStagingIn(string? directory, Func<long> reserved)
+    {
+        _memoryStaging = string.IsNullOrEmpty(directory) ? null : directory;
+        _memoryReserved = reserved;
+    }
 }

@@ -116,6 +116,10 @@ public sealed class MetricsEndToEndTests(SandboxFixture fixture, ITestOutputHelp
         Assert.Equal(downtime, after[0].Value - before);
         var staging = await PollAsync(prometheus, "podmig_agent_staging_available_bytes / podmig_agent_staging_capacity_bytes", r => r.Count == Cluster.Nodes.Count, "the staging gauges");
         Assert.All(staging, s => Assert.InRange(s.Value, 0.0001, 1));
+        // the sandbox's agents stage in memory too: its file system's free bytes, and nothing reserved once the move is cleaned up
+        var memory = await PollAsync(prometheus, "podmig_agent_memory_staging_available_bytes", r => r.Count == Cluster.Nodes.Count, "the memory staging gauge");
+        Assert.All(memory, s => Assert.True(s.Value > 64 << 20, $"{s.Value} bytes free for memory staging"));
+        await PollAsync(prometheus, "podmig_agent_memory_staging_reserved_bytes", r => r.Count == Cluster.Nodes.Count && r.All(s => s.Value == 0), "nothing reserved in memory after the move");
         var oldest = await prometheus.QueryAsync("podmig_operator_migrations_oldest_seconds");
         Assert.Single(oldest);
 

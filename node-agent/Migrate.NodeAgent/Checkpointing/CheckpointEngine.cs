@@ -1345,6 +1345,18 @@ public sealed partial class CheckpointEngine : IDisposable
     /// those are written in full: what is written already counts twice, on the safe side) and off
     /// <see cref="AgentOptions.MemoryStagingMaxBytes"/>.
     /// </summary>
+    /// <summary>What the migrations staged in memory reckoned (the caller holds <see cref="_registry"/>).</summary>
+    private long ReservedInMemory() => _migrations.Values.Where(m => m.Phase != MigrationPhase.Cleaned).Sum(m => m.MemoryStagedBytes);
+
+    /// <summary>The same, for the metrics.</summary>
+    public long MemoryReservedBytes()
+    {
+        lock (_registry)
+        {
+            return ReservedInMemory();
+        }
+    }
+
     private StagingMedium ChooseStagingMedium(bool transient, long expected)
     {
         if (MemoryStagingRoot is not { } root || !transient || expected <= 0)
@@ -1355,7 +1367,7 @@ public sealed partial class CheckpointEngine : IDisposable
         try
         {
             Directory.CreateDirectory(root, OwnerOnly);
-            long reserved = _migrations.Values.Where(m => m.Phase != MigrationPhase.Cleaned).Sum(m => m.MemoryStagedBytes);
+            long reserved = ReservedInMemory();
             long budget = _options.MemoryStagingMaxBytes > 0 ? _options.MemoryStagingMaxBytes - reserved : long.MaxValue;
             return StagingMediumDecision.Choose(new StagingMediumFacts(true, true, expected, StagingMediumProbe.FreeBytes(root) - reserved,
                 StagingMediumProbe.NodeAvailableBytes() - reserved, StagingMediumProbe.AgentHeadroomBytes() - reserved, budget));
