@@ -191,7 +191,8 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
         string pod = "post-" + mode.ToLowerInvariant();
         await Sandbox.RunCounterAsync(Cluster, pod, "node-a", 96);
         await Sandbox.ApplyRequestAsync(Cluster, "move-" + pod, pod, mode, "node-b", spec: mode == "Auto" ? "  preCopy: {frozenSendLimitMillis: 0}" : null);
-        var status = (await Sandbox.WaitForFinalAsync(Cluster, "move-" + pod))!.Status!;
+        var moved = (await Sandbox.WaitForFinalAsync(Cluster, "move-" + pod))!;
+        var status = moved.Status!;
         output.WriteLine($"{status.Phase} {status.Reason}: {status.Message}; downtime {status.DowntimeMillis} ms, {status.ImageBytes} bytes staged, " +
             $"{status.BytesTransferred} sent, {status.PostCopyBytes} left on the source, {status.PreCopyRounds} rounds");
         Assert.True(status.Phase == MigrationPhases.Succeeded, $"{status.Phase} {status.Reason}: {status.Message}");
@@ -221,6 +222,10 @@ public sealed class MigrationEndToEndTests(SandboxFixture fixture, ITestOutputHe
             Assert.True(status.PreCopyRounds >= 1, $"{status.PreCopyRounds} rounds");
             Assert.True(status.PostCopyBytes < 32L << 20, $"postCopyBytes {status.PostCopyBytes}: only what was written since the last round stays on the source");
             Assert.True(status.BytesTransferred >= 96L << 20, $"bytesTransferred {status.BytesTransferred}: the rounds carried the buffer");
+            // the rounds' pages were given back on node-a once node-b had them: the pages left on the source
+            // came from the frozen processes, and the count and checksum above held all the same
+            Assert.Matches($@"Migration {moved.Metadata.Uid}: [1-9]\d* MiB of pre-copy rounds' pages given back on this node \(rounds 1-",
+                Cluster.Node("node-a").Agent.LogTail(1_000_000));
         }
 
         // the target's agent fetched them from the source's agent, which read them from the frozen processes
