@@ -180,6 +180,15 @@ public sealed class DigestsFollowTests : IAsyncLifetime
         Assert.Contains($"{pagesPath} was released on {_agents.Source.Name} once {_agents.Target.Name} had staged it", error.Status.Detail);
         Assert.False(File.Exists(_agents.Received(migration, pagesPath)));
 
+        // a damaged list: the send is refused, saying so
+        File.WriteAllText(Path.Combine(round, ReleasedPages.FileName), "pages-1.img\tnot-a-length\n");
+        var damaged = await Assert.ThrowsAsync<RpcException>(() => _agents.SendAsync(migration));
+        Assert.Equal(StatusCode.FailedPrecondition, damaged.StatusCode);
+        Assert.Contains("the images cannot be listed", damaged.Status.Detail);
+        Assert.Contains("malformed line", damaged.Status.Detail);
+        File.Delete(Path.Combine(round, ReleasedPages.FileName));
+        ReleasedPages.Release(round, f => new Dictionary<string, string> { ["Xxh128"] = "00" });
+
         // a list that kept another kind of digest cannot be listed as this agent's kind
         Assert.Contains("only its digests of kind Xxh128 were kept, not Sha256",
             Assert.Throws<InvalidOperationException>(() => ImageSender.BuildManifest(Path.Combine(_agents.Source.Staging, migration), kind: StagedDigestKind.Sha256)).Message);

@@ -73,7 +73,14 @@ public sealed class ImageSender(IOptions<AgentOptions> options, AgentIdentity id
                 var directory = Path.GetDirectoryName(entry)!;
                 if (!released.TryGetValue(directory, out var set))
                 {
-                    released[directory] = set = ReleasedPages.Read(directory);
+                    try
+                    {
+                        released[directory] = set = ReleasedPages.Read(directory);
+                    }
+                    catch (InvalidDataException e)
+                    {
+                        throw new InvalidOperationException($"the images cannot be listed: {e.Message}", e);
+                    }
                 }
 
                 manifest.Files.Add(set.TryGetValue(info.Name, out var gone) ? ListedReleased(gone, relative, kind) : Listed((FileInfo)info, relative, digestsFollow, kind));
