@@ -1338,13 +1338,6 @@ public sealed partial class CheckpointEngine : IDisposable
         }
     }
 
-    /// <summary>
-    /// Reads the node's facts and chooses where a migration's images go. Called under the registry's lock with the
-    /// new record added in the same hold, so the room other migrations reserved in memory is counted: taken off the
-    /// memory file system's free space, the node's available memory and the agent's headroom (all read now, before
-    /// those are written in full: what is written already counts twice, on the safe side) and off
-    /// <see cref="AgentOptions.MemoryStagingMaxBytes"/>.
-    /// </summary>
     /// <summary>What the migrations staged in memory reckoned (the caller holds <see cref="_registry"/>).</summary>
     private long ReservedInMemory() => _migrations.Values.Where(m => m.Phase != MigrationPhase.Cleaned).Sum(m => m.MemoryStagedBytes);
 
@@ -1357,6 +1350,13 @@ public sealed partial class CheckpointEngine : IDisposable
         }
     }
 
+    /// <summary>
+    /// Reads the node's facts and chooses where a migration's images go. Called under the registry's lock with the
+    /// new record added in the same hold, so the room other migrations reserved in memory is counted: taken off the
+    /// memory file system's free space, the node's available memory and the agent's headroom (all read now, before
+    /// those are written in full: what is written already counts twice, on the safe side) and off
+    /// <see cref="AgentOptions.MemoryStagingMaxBytes"/>.
+    /// </summary>
     private StagingMedium ChooseStagingMedium(bool transient, long expected)
     {
         if (MemoryStagingRoot is not { } root || !transient || expected <= 0)
