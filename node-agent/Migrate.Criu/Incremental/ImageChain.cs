@@ -125,6 +125,50 @@ internal sealed class ImageChain : IDisposable
         return total;
     }
 
+    /// <summary>
+    /// Where task <paramref name="id"/>'s page at <paramref name="address"/> is stored: the pages file
+    /// of the set that holds it readable and its offset there, with how many pages from it (at most
+    /// <paramref name="maxPages"/>) follow it in that same file; null when no set of the chain holds
+    /// it readable.
+    /// </summary>
+    public (SafeFileHandle File, long Offset, int Pages)? Locate(int id, ulong address, int maxPages)
+    {
+        var task = GetTask(id);
+        int index = task?.Find(address) ?? -1;
+        if (index < 0 || maxPages <= 0)
+        {
+            return null;
+        }
+
+        var entry = task!.Entries[index];
+        int run = (int)Math.Min((ulong)maxPages, (entry.End - address) / PagemapEntry.PageSize);
+        if (entry.IsInParent)
+        {
+            return _parent?.Locate(id, address, run);
+        }
+
+        if (!entry.IsPresent || task.Pages is null)
+        {
+            return null;
+        }
+
+        long offset = task.FileOffsets[index] + (long)(address - entry.Address);
+        // entries that go on where this one ends, in the file as in memory, are one stretch of it
+        for (int next = index + 1; run < maxPages && next < task.Entries.Count; next++)
+        {
+            var following = task.Entries[next];
+            if (!following.IsPresent || following.IsInParent || following.Address != address + ((ulong)run * PagemapEntry.PageSize)
+                || task.FileOffsets[next] != offset + ((long)run * PagemapEntry.PageSize))
+            {
+                break;
+            }
+
+            run += (int)Math.Min((ulong)(maxPages - run), (following.End - following.Address) / PagemapEntry.PageSize);
+        }
+
+        return (task.Pages, offset, run);
+    }
+
     /// <summary>Opens the pages file of every task of every image set now, so the chain reads on
     /// even after its files were unlinked.</summary>
     public void OpenAll()

@@ -127,6 +127,15 @@ internal static partial class Interop
 
         internal const int ProtReadWrite = 0x1 | 0x2;
         internal const int MapPrivateAnonymous = 0x02 | 0x20;
+        internal const int ProtRead = 0x1;
+        internal const int MapShared = 0x01;
+        internal static readonly nint MapFailed = -1;
+
+        [LibraryImport(Libraries.Libc, EntryPoint = "madvise", SetLastError = true)]
+        internal static partial int Madvise(nint address, nuint length, int advice);
+
+        /// <summary>MADV_POPULATE_READ (Linux 5.14): the range's page tables filled, as reads would fill them.</summary>
+        internal const int MadvisePopulateRead = 22;
 
         [LibraryImport(Libraries.Libc, EntryPoint = "tgkill", SetLastError = true)]
         internal static partial int TgKill(int pid, int tid, int signal);

@@ -29,6 +29,7 @@ internal static partial class Interop
         internal const short PollNval = 0x20;
 
         internal const int EIntr = 4;
+        internal const int EInval = 22;
         internal const int EAgain = 11;
         internal const int ENoMem = 12;
         internal const int EExist = 17;

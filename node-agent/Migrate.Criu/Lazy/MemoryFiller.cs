@@ -19,8 +19,9 @@ namespace Migrate.Criu.Lazy;
 /// <param name="Answering">Of it, answering faults: from reading each to its pages in place, which a process waits for. Not counted: the time a
 /// fault sat unread while a piece was being filled (at most one piece).</param>
 /// <param name="LongestAnswer">The longest of those answers.</param>
+/// <param name="Mapped">Copies (pieces and faults alike) the kernel took straight from a staged file's mapping, with no read before.</param>
 public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying, SourcePagesReport? Source = null,
-    TimeSpan Answering = default, TimeSpan LongestAnswer = default);
+    TimeSpan Answering = default, TimeSpan LongestAnswer = default, long Mapped = 0);
 
 /// <summary>
 /// Fills the memory of a lazily restored process tree from image sets already on this node, in
@@ -57,8 +58,11 @@ public sealed unsafe class MemoryFiller : IDisposable
     private readonly List<Filled> _processes = [];
     private readonly byte* _buffer;
     private readonly bool[] _found = new bool[PiecePages];
+    // the staged pages files, mapped for the kernel to copy from (MappedAt); Base 0: not mappable, read instead
+    private readonly Dictionary<Microsoft.Win32.SafeHandles.SafeFileHandle, (nint Base, long Length)> _maps = [];
+    private bool _mapping = true;
     private readonly Stopwatch _clock = new();
-    private long _faults, _pieces, _pages, _readTicks, _copyTicks, _answerTicks, _longestAnswerTicks;
+    private long _faults, _pieces, _pages, _readTicks, _copyTicks, _answerTicks, _longestAnswerTicks, _mappedPieces;
     private int _next;
     private Func<IPipelinedPageSource>? _prefetch;
 
@@ -139,7 +143,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             if (finished && live.All(p => p.Missing.Left == 0))
             {
                 return new MemoryFillerReport(_faults, _pieces, _pages, clock.Elapsed, Stopwatch.GetElapsedTime(0, _readTicks), Stopwatch.GetElapsedTime(0, _copyTicks), _source?.Report(),
-                    Stopwatch.GetElapsedTime(0, _answerTicks), Stopwatch.GetElapsedTime(0, _longestAnswerTicks));
+                    Stopwatch.GetElapsedTime(0, _answerTicks), Stopwatch.GetElapsedTime(0, _longestAnswerTicks), _mappedPieces);
             }
 
             fds.Clear();
@@ -246,6 +250,12 @@ public sealed unsafe class MemoryFiller : IDisposable
         }
 
         _processes.Clear();
+        foreach (var (at, length) in _maps.Values.Where(m => m.Base != 0))
+        {
+            _ = Interop.Tracking.Munmap(at, (nuint)length);
+        }
+
+        _maps.Clear();
         NativeMemory.AlignedFree(_buffer);
         _source?.Dispose();
         _chain.Dispose();
@@ -488,9 +498,18 @@ public sealed unsafe class MemoryFiller : IDisposable
         Pace();
         long began = Stopwatch.GetTimestamp();
         var pages = new Span<byte>(_buffer, stretch.Pages * (int)Page);
+        nint from = (nint)_buffer;
         if (remote)
         {
             _source!.Read(process.Pid, stretch.ImageAddress, stretch.Pages, pages, fault);
+        }
+        else if (_chain.Locate(process.Pid, stretch.ImageAddress, stretch.Pages) is { } stored && (stored.Pages == stretch.Pages || stored.Pages >= MinMappedPages)
+            && MappedAt(stored.File, stored.Offset, stored.Pages) is var mapped && mapped != 0)
+        {
+            // copied by the kernel straight from the staged file's pages, as far as that file holds them in a row
+            stretch = stretch with { Pages = stored.Pages };
+            from = mapped;
+            _mappedPieces++;
         }
         else
         {
@@ -499,7 +518,7 @@ public sealed unsafe class MemoryFiller : IDisposable
 
         long read = Stopwatch.GetTimestamp();
         _readTicks += read - began;
-        var copy = new Interop.Userfaultfd.Copy { Destination = stretch.Address, Source = (ulong)_buffer, Length = (ulong)stretch.Pages * Page };
+        var copy = new Interop.Userfaultfd.Copy { Destination = stretch.Address, Source = (ulong)from, Length = (ulong)stretch.Pages * Page };
         if (Interop.Tracking.Ioctl(process.Uffd, UffdioCopy, &copy) == 0)
         {
             process.Missing.Filled(stretch.Address, stretch.Pages);
@@ -531,6 +550,47 @@ public sealed unsafe class MemoryFiller : IDisposable
 
         _copyTicks += Stopwatch.GetTimestamp() - read;
         return true;
+    }
+
+    /// <summary>A stretch stored in a row in one file is copied from the file's mapping when it is at least this long (or whole); shorter ones are gathered by reads.</summary>
+    private const int MinMappedPages = 32;
+
+    /// <summary>
+    /// Where <paramref name="pages"/> pages at <paramref name="offset"/> of a staged pages file are in
+    /// its mapping, their page tables filled (so the kernel's copy takes them without faulting); 0
+    /// where the file cannot be mapped or they cannot be filled in: those pages are read instead.
+    /// Reading them first cost a copy of every byte (at 1 GiB, 130-200 ms of a fill of 490-550 ms).
+    /// </summary>
+    private nint MappedAt(Microsoft.Win32.SafeHandles.SafeFileHandle file, long offset, int pages)
+    {
+        if (!_mapping)
+        {
+            return 0;
+        }
+
+        if (!_maps.TryGetValue(file, out var map))
+        {
+            long length = RandomAccess.GetLength(file);
+            nint at = length > 0 ? Interop.Tracking.Mmap(0, (nuint)length, Interop.Tracking.ProtRead, Interop.Tracking.MapShared, (int)file.DangerousGetHandle(), 0) : 0;
+            map = (at == Interop.Tracking.MapFailed ? 0 : at, length);
+            _maps[file] = map;
+        }
+
+        long bytes = (long)pages * (long)Page;
+        if (map.Base == 0 || offset < 0 || offset + bytes > map.Length)
+        {
+            return 0;
+        }
+
+        nint start = map.Base + (nint)offset;
+        if (Interop.Tracking.Madvise(start, (nuint)bytes, Interop.Tracking.MadvisePopulateRead) != 0)
+        {
+            // a kernel without MADV_POPULATE_READ (before 5.14): read, as before, from now on
+            _mapping = Marshal.GetLastPInvokeError() != EInval;
+            return 0;
+        }
+
+        return start;
     }
 
     private static void Wake(Filled process, ulong address)
