@@ -433,7 +433,7 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 arrived = stopwatch.ElapsedMilliseconds;
-                var staged = await session.CompleteAsync(done);
+                var staged = session.Complete(done);
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
                 LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived);
@@ -902,12 +902,10 @@ public sealed partial class ImageReceiver : IDisposable
         private Microsoft.Win32.SafeHandles.SafeFileHandle? _source;
         private int _sourceIndex = -1;
         private readonly StagedDigestKind _kind;
-        private readonly ReadBackFollower _readBack;
 
         private IncomingSession(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk, StagedDigestKind kind)
         {
             _kind = kind;
-            _readBack = new ReadBackFollower(kind);
             _directory = directory;
             _filesRoot = filesRoot;
             _manifest = manifest;
@@ -1074,27 +1072,11 @@ public sealed partial class ImageReceiver : IDisposable
         /// <summary>Writes a file's next bytes.</summary>
         private async Task<long> AppendAsync(int index, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
         {
-            if (_openIndex != index)
-            {
-                await DoneWithOpenAsync();
-            }
-
             var stream = StreamFor(index);
             await stream.WriteAsync(data, cancellationToken);
             _received[index] += data.Length;
             ReceivedThisStream += data.Length;
-            _readBack.Wrote(index, stream.SafeFileHandle, _received[index]);
             return data.Length;
-        }
-
-        /// <summary>The file being written is left (for another, or the end): what of it is not read back yet is, before it is closed.</summary>
-        private async Task DoneWithOpenAsync()
-        {
-            if (_open is not null)
-            {
-                var file = _manifest.Files[_openIndex];
-                await _readBack.DoneWithAsync(_openIndex, _open.SafeFileHandle, _received[_openIndex], () => StagedFileStamp.Of(Path.Combine(_filesRoot, file.Path), file.Path));
-            }
         }
 
         /// <summary>One chunk, from a gRPC message or a bulk frame: <paramref name="wire"/> holds <paramref name="length"/> bytes, compressed or not.</summary>
@@ -1154,10 +1136,9 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         /// <summary>Checks every file's size and digest (the manifest's, or <paramref name="done"/>'s for a file listed without one), makes the parent links, and marks the images staged.</summary>
-        public async Task<UploadStaged> CompleteAsync(UploadDone done)
+        public UploadStaged Complete(UploadDone done)
         {
             var expected = ExpectedDigests(done);
-            await DoneWithOpenAsync();
             CloseOpen();
             for (int i = 0; i < _received.Length; i++)
             {
@@ -1181,7 +1162,7 @@ public sealed partial class ImageReceiver : IDisposable
                 }
             }
 
-            // the digests: every file this upload wrote, read back once from the disk (ReadBack; most of it while the bytes arrived)
+            // the digests: every file this upload wrote, read back once from the disk (ReadBack)
             ReadBack(expected);
 
             foreach (var link in _manifest.ParentLinks)
@@ -1229,15 +1210,12 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 var path = Path.Combine(_filesRoot, file.Path);
-                var now = StagedFileStamp.Of(path, file.Path);
-                var followed = _readBack.DigestOf(i, (long)file.Size, now);
-                if (!(followed ?? StagedFileDigest.OfFile(_kind, path)).AsSpan().SequenceEqual(expected[i]))
+                if (!StagedFileDigest.OfFile(_kind, path).AsSpan().SequenceEqual(expected[i]))
                 {
                     throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its {StagedFileDigest.NameOf(_kind)} (read back from this node's disk): the images were corrupted on the way or on the disk");
                 }
 
-                // (read back while it arrived: unchanged since, as its stamp says; read back now: stamped after)
-                stamps.Add((followed is not null ? now : StagedFileStamp.Of(path, file.Path)) ?? throw new IOException($"{path} cannot be examined (statx)"));
+                stamps.Add(StagedFileStamp.Of(path, file.Path) ?? throw new IOException($"{path} cannot be examined (statx)"));
             }
 
             StagedFileStamp.Write(stampsFile, stamps);
@@ -1276,8 +1254,6 @@ public sealed partial class ImageReceiver : IDisposable
 
         public void Dispose()
         {
-            // (a read back under way uses the open file's handle)
-            _readBack.Dispose();
             CloseOpen();
             CloseSource();
             _decompressor?.Dispose();
