@@ -112,6 +112,18 @@ public static unsafe partial class Posix
         return (*(uint*)(buffer + 16), (long)(*(ulong*)(buffer + 48)) * 512);
     }
 
+    /// <summary>fcntl's commands for a file lease and for the signal its break sends, a lease's kinds, and the signal chosen for it (SIGURG: ignored unless handled).</summary>
+    public const int FSetSig = 10;
+    public const int FSetLease = 1024;
+    public const int FGetLease = 1025;
+    public const int FWrLck = 1;
+    public const int FUnLck = 2;
+    public const int SigUrg = 23;
+
+    /// <summary>fcntl(2) with an integer argument, on a descriptor .NET holds.</summary>
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int Fcntl(Microsoft.Win32.SafeHandles.SafeFileHandle fd, int command, int argument);
+
     /// <summary>realpath(3) into memory it allocates: the caller frees a non-zero result with <see cref="NativeMemory.Free"/>.</summary>
     [LibraryImport(Libc, EntryPoint = "realpath", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     public static partial nint RealPath(string path, nint resolved);

@@ -433,10 +433,10 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 arrived = stopwatch.ElapsedMilliseconds;
-                var staged = session.Complete(done);
+                var staged = await session.CompleteAsync(done);
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
-                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived);
+                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived, session.FollowedFiles, session.CheckedFiles);
                 _events?.Changed(claims.MigrationId);
                 await responses.WriteAsync(new UploadReply { Staged = staged }, cancellationToken);
             }
@@ -883,8 +883,8 @@ public sealed partial class ImageReceiver : IDisposable
         return new TransferRejectedException(code, reason, message);
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms ({Received} received, {Referenced} of them copied from pages already here; manifest matched in {Open} ms, bytes {Data} ms, read back and staged in {Complete} ms)")]
-    private partial void LogStaged(string migration, ulong bytes, long millis, long received, long referenced, long open, long data, long complete);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms ({Received} received, {Referenced} of them copied from pages already here; manifest matched in {Open} ms, bytes {Data} ms, read back and staged in {Complete} ms; {Followed} of {Checked} files read back as they arrived)")]
+    private partial void LogStaged(string migration, ulong bytes, long millis, long received, long referenced, long open, long data, long complete, int followed, int @checked);
 
     /// <summary>One upload's files: resume offsets, the file being written; digests checked once at the end.</summary>
     private sealed class IncomingSession : IDisposable
@@ -902,10 +902,12 @@ public sealed partial class ImageReceiver : IDisposable
         private Microsoft.Win32.SafeHandles.SafeFileHandle? _source;
         private int _sourceIndex = -1;
         private readonly StagedDigestKind _kind;
+        private readonly ReadBackFollower _readBack;
 
         private IncomingSession(string directory, string filesRoot, Manifest manifest, Agent.V1.Compression compression, int maxChunk, StagedDigestKind kind)
         {
             _kind = kind;
+            _readBack = new ReadBackFollower(kind);
             _directory = directory;
             _filesRoot = filesRoot;
             _manifest = manifest;
@@ -1069,14 +1071,35 @@ public sealed partial class ImageReceiver : IDisposable
             return file;
         }
 
+        /// <summary>Files this upload checked against their digests, and how many of them were read back as they arrived (the rest after the last byte).</summary>
+        public int CheckedFiles { get; private set; }
+
+        public int FollowedFiles { get; private set; }
+
         /// <summary>Writes a file's next bytes.</summary>
         private async Task<long> AppendAsync(int index, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
         {
+            if (_openIndex != index)
+            {
+                await DoneWithOpenAsync();
+            }
+
             var stream = StreamFor(index);
             await stream.WriteAsync(data, cancellationToken);
             _received[index] += data.Length;
             ReceivedThisStream += data.Length;
+            _readBack.Wrote(index, stream.SafeFileHandle, _received[index]);
             return data.Length;
+        }
+
+        /// <summary>The file being written is left (for another, or the end): what of it is not read back yet is, before it is closed.</summary>
+        private async Task DoneWithOpenAsync()
+        {
+            if (_open is not null)
+            {
+                var file = _manifest.Files[_openIndex];
+                await _readBack.DoneWithAsync(_openIndex, _open.SafeFileHandle, _received[_openIndex], () => StagedFileStamp.Of(Path.Combine(_filesRoot, file.Path), file.Path));
+            }
         }
 
         /// <summary>One chunk, from a gRPC message or a bulk frame: <paramref name="wire"/> holds <paramref name="length"/> bytes, compressed or not.</summary>
@@ -1136,9 +1159,10 @@ public sealed partial class ImageReceiver : IDisposable
         }
 
         /// <summary>Checks every file's size and digest (the manifest's, or <paramref name="done"/>'s for a file listed without one), makes the parent links, and marks the images staged.</summary>
-        public UploadStaged Complete(UploadDone done)
+        public async Task<UploadStaged> CompleteAsync(UploadDone done)
         {
             var expected = ExpectedDigests(done);
+            await DoneWithOpenAsync();
             CloseOpen();
             for (int i = 0; i < _received.Length; i++)
             {
@@ -1162,7 +1186,7 @@ public sealed partial class ImageReceiver : IDisposable
                 }
             }
 
-            // the digests: every file this upload wrote, read back once from the disk (ReadBack)
+            // the digests: every file this upload wrote, read back once from the disk (ReadBack; most of it while the bytes arrived)
             ReadBack(expected);
 
             foreach (var link in _manifest.ParentLinks)
@@ -1197,6 +1221,8 @@ public sealed partial class ImageReceiver : IDisposable
         /// </summary>
         private void ReadBack(byte[][] expected)
         {
+            CheckedFiles = 0;
+            FollowedFiles = 0;
             var stampsFile = Path.Combine(_directory, StagingLayout.StampsFile);
             var known = StagedFileStamp.Load(stampsFile);
             var stamps = new List<StagedFileStamp>(_manifest.Files.Count);
@@ -1210,12 +1236,17 @@ public sealed partial class ImageReceiver : IDisposable
                 }
 
                 var path = Path.Combine(_filesRoot, file.Path);
-                if (!StagedFileDigest.OfFile(_kind, path).AsSpan().SequenceEqual(expected[i]))
+                var now = StagedFileStamp.Of(path, file.Path);
+                var followed = _readBack.DigestOf(i, (long)file.Size, now);
+                CheckedFiles++;
+                FollowedFiles += followed is null ? 0 : 1;
+                if (!(followed ?? StagedFileDigest.OfFile(_kind, path)).AsSpan().SequenceEqual(expected[i]))
                 {
                     throw Reject(StatusCode.DataLoss, "digest", $"{file.Path} does not match its {StagedFileDigest.NameOf(_kind)} (read back from this node's disk): the images were corrupted on the way or on the disk");
                 }
 
-                stamps.Add(StagedFileStamp.Of(path, file.Path) ?? throw new IOException($"{path} cannot be examined (statx)"));
+                // (read back while it arrived: unchanged since, as its stamp says; read back now: stamped after)
+                stamps.Add((followed is not null ? now : StagedFileStamp.Of(path, file.Path)) ?? throw new IOException($"{path} cannot be examined (statx)"));
             }
 
             StagedFileStamp.Write(stampsFile, stamps);
@@ -1254,6 +1285,8 @@ public sealed partial class ImageReceiver : IDisposable
 
         public void Dispose()
         {
+            // (a read back under way uses the open file's handle)
+            _readBack.Dispose();
             CloseOpen();
             CloseSource();
             _decompressor?.Dispose();
@@ -1290,6 +1323,8 @@ public sealed partial class ImageReceiver : IDisposable
             }
 
             _open = new FileStream(path, options);
+            var name = _manifest.Files[index].Path;
+            _readBack.Opened(index, _open.SafeFileHandle, () => StagedFileStamp.Of(path, name));
             _open.SetLength(_received[index]);
             _open.Position = _received[index];
             _openIndex = index;
