@@ -145,8 +145,11 @@ public sealed class LazyRestoreTests(ITestOutputHelper output)
             if (!criuDaemon)
             {
                 // the kernel copied from the staged files' mappings, not from a read of them (the buffer check above says the pages were right)
-                var mapped = System.Text.RegularExpressions.Regex.Match(log, @"\((\d+) copies straight from the staged files\)");
+                var mapped = System.Text.RegularExpressions.Regex.Match(log, @"\((\d+) copies straight from the staged files, (\d+) pieces copied beside another on a second thread\)");
                 Assert.True(mapped.Success && long.Parse(mapped.Groups[1].Value, CultureInfo.InvariantCulture) > 0, $"the filler copied from the staged files' mappings: {log.Trim()}");
+                // two cores: pieces were copied two at a time (one core: never)
+                long beside = long.Parse(mapped.Groups[2].Value, CultureInfo.InvariantCulture);
+                Assert.True(Environment.ProcessorCount > 1 ? beside > 0 : beside == 0, $"the filler's pieces copied on its second thread on {Environment.ProcessorCount} core(s): {log.Trim()}");
             }
 
             Assert.Equal(0, LazyRestoreHelpers.StopRecorded(work)); // both ended: nothing to stop

@@ -52,7 +52,7 @@ public sealed partial record LazyMemoryFill(LazyMemoryState State, string? Error
     {
         ArgumentNullException.ThrowIfNull(report);
         return string.Create(CultureInfo.InvariantCulture,
-            $"{FillerPrefix}{report.Faults} faults (answered in {report.Answering.TotalMilliseconds:0} ms in all, {report.LongestAnswer.TotalMilliseconds:0.0} ms at most), {report.Pieces} pieces, {report.Pages} pages ({report.Pages * PagemapEntry.PageSize} bytes{(report.Source is { } source ? $", {source.Pages} pages from the source, {source.Fetched} fetched, {source.Prefetched} of them streamed{(source.PrefetchFailure is { } failure ? $" until the stream failed: {failure}" : "")}" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms: reading {report.Reading.TotalMilliseconds:0} ms, copying into the processes {report.Copying.TotalMilliseconds:0} ms ({report.Mapped} copies straight from the staged files){FilledSuffix}");
+            $"{FillerPrefix}{report.Faults} faults (answered in {report.Answering.TotalMilliseconds:0} ms in all, {report.LongestAnswer.TotalMilliseconds:0.0} ms at most), {report.Pieces} pieces, {report.Pages} pages ({report.Pages * PagemapEntry.PageSize} bytes{(report.Source is { } source ? $", {source.Pages} pages from the source, {source.Fetched} fetched, {source.Prefetched} of them streamed{(source.PrefetchFailure is { } failure ? $" until the stream failed: {failure}" : "")}" : "")}) in {report.Elapsed.TotalMilliseconds:0} ms: reading {report.Reading.TotalMilliseconds:0} ms, copying into the processes {report.Copying.TotalMilliseconds:0} ms ({report.Mapped} copies straight from the staged files, {report.Beside} pieces copied beside another on a second thread){FilledSuffix}");
     }
 
     /// <summary>

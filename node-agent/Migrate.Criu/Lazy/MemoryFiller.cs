@@ -20,8 +20,9 @@ namespace Migrate.Criu.Lazy;
 /// fault sat unread while a piece was being filled (at most one piece).</param>
 /// <param name="LongestAnswer">The longest of those answers.</param>
 /// <param name="Mapped">Copies (pieces and faults alike) the kernel took straight from a staged file's mapping, with no read before.</param>
+/// <param name="Beside">Pieces copied on a second thread beside another (<see cref="CopyBeside"/>).</param>
 public sealed record MemoryFillerReport(long Faults, long Pieces, long Pages, TimeSpan Elapsed, TimeSpan Reading, TimeSpan Copying, SourcePagesReport? Source = null,
-    TimeSpan Answering = default, TimeSpan LongestAnswer = default, long Mapped = 0);
+    TimeSpan Answering = default, TimeSpan LongestAnswer = default, long Mapped = 0, long Beside = 0);
 
 /// <summary>
 /// Fills the memory of a lazily restored process tree from image sets already on this node, in
@@ -57,12 +58,15 @@ public sealed unsafe class MemoryFiller : IDisposable
     private readonly SourcePages? _source;
     private readonly List<Filled> _processes = [];
     private readonly byte* _buffer;
+    private byte* _secondBuffer;
+    // the second thread that copies beside this one (none with a pace to keep, or a single core)
+    private CopyBeside? _beside;
     private readonly bool[] _found = new bool[PiecePages];
     // the staged pages files, mapped for the kernel to copy from (MappedAt); Base 0: not mappable, read instead
     private readonly Dictionary<Microsoft.Win32.SafeHandles.SafeFileHandle, (nint Base, long Length)> _maps = [];
     private bool _mapping = true;
     private readonly Stopwatch _clock = new();
-    private long _faults, _pieces, _pages, _readTicks, _copyTicks, _answerTicks, _longestAnswerTicks, _mappedPieces;
+    private long _faults, _pieces, _pages, _readTicks, _copyTicks, _answerTicks, _longestAnswerTicks, _mappedPieces, _besidePieces;
     private int _next;
     private Func<IPipelinedPageSource>? _prefetch;
 
@@ -143,7 +147,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             if (finished && live.All(p => p.Missing.Left == 0))
             {
                 return new MemoryFillerReport(_faults, _pieces, _pages, clock.Elapsed, Stopwatch.GetElapsedTime(0, _readTicks), Stopwatch.GetElapsedTime(0, _copyTicks), _source?.Report(),
-                    Stopwatch.GetElapsedTime(0, _answerTicks), Stopwatch.GetElapsedTime(0, _longestAnswerTicks), _mappedPieces);
+                    Stopwatch.GetElapsedTime(0, _answerTicks), Stopwatch.GetElapsedTime(0, _longestAnswerTicks), _mappedPieces, _besidePieces);
             }
 
             fds.Clear();
@@ -256,7 +260,15 @@ public sealed unsafe class MemoryFiller : IDisposable
         }
 
         _maps.Clear();
+        _beside?.Dispose();
+        _beside = null;
         NativeMemory.AlignedFree(_buffer);
+        if (_secondBuffer != null)
+        {
+            NativeMemory.AlignedFree(_secondBuffer);
+            _secondBuffer = null;
+        }
+
         _source?.Dispose();
         _chain.Dispose();
     }
@@ -450,7 +462,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             if (!process.Gone && process.Missing.Next(PiecePages) is { } stretch)
             {
                 found = true;
-                if (Copy(process, stretch, fault: false))
+                if (BytesPerSecond <= 0 && CopyBeside.Worthwhile ? CopyTwo(process, stretch, _beside ??= new CopyBeside()) : Copy(process, stretch, fault: false))
                 {
                     _pieces++;
                     return true;
@@ -475,7 +487,76 @@ public sealed unsafe class MemoryFiller : IDisposable
     /// </summary>
     private bool Copy(Filled process, MissingStretch stretch, bool fault)
     {
+        if (!Prepare(process, stretch, fault, _buffer, localOnly: false, out var ready))
+        {
+            return false;
+        }
+
+        long began = Stopwatch.GetTimestamp();
+        var copy = CopyOf(ready);
+        int result = Interop.Tracking.Ioctl(process.Uffd, UffdioCopy, &copy);
+        int error = result == 0 ? 0 : Marshal.GetLastPInvokeError();
+        Account(process, ready.Stretch, result, error, copy.Copied);
+        _copyTicks += Stopwatch.GetTimestamp() - began;
+        return true;
+    }
+
+    /// <summary>
+    /// Fills a piece as <see cref="Copy"/> does, and the missing pages right after it, when the staged
+    /// images hold them, beside it on <see cref="CopyBeside"/>'s thread: two pieces at once.
+    /// </summary>
+    private bool CopyTwo(Filled process, MissingStretch stretch, CopyBeside beside)
+    {
+        if (!Prepare(process, stretch, fault: false, _buffer, localOnly: false, out var first))
+        {
+            return false;
+        }
+
+        ulong after = first.Stretch.Address + ((ulong)first.Stretch.Pages * Page);
+        Ready second = default;
+        bool two = process.Missing.At(after, PiecePages) is { } next && Prepare(process, next, fault: false, SecondBuffer, localOnly: true, out second);
+        long began = Stopwatch.GetTimestamp();
+        if (two)
+        {
+            beside.Start(process.Uffd, CopyOf(second));
+        }
+
+        var copy = CopyOf(first);
+        int result = Interop.Tracking.Ioctl(process.Uffd, UffdioCopy, &copy);
+        int error = result == 0 ? 0 : Marshal.GetLastPInvokeError();
+        var (besideResult, besideError, besideCopied) = two ? beside.Finish() : default;
+        Account(process, first.Stretch, result, error, copy.Copied);
+        if (two)
+        {
+            Account(process, second.Stretch, besideResult, besideError, besideCopied);
+            _pieces++;
+            _besidePieces++;
+        }
+
+        _copyTicks += Stopwatch.GetTimestamp() - began;
+        return true;
+    }
+
+    /// <summary>A stretch ready to be copied into its process, from <paramref name="From"/> (a staged file's mapping, or a buffer its pages were read into).</summary>
+    private readonly record struct Ready(MissingStretch Stretch, nint From);
+
+    private static Interop.Userfaultfd.Copy CopyOf(Ready ready) =>
+        new() { Destination = ready.Stretch.Address, Source = (ulong)ready.From, Length = (ulong)ready.Stretch.Pages * Page };
+
+    /// <summary>
+    /// Finds where the stretch's pages are (as many of them as one source holds) and has them ready to
+    /// copy: mapped, or read into <paramref name="buffer"/>. False while its first page is still on its
+    /// way from the source, or (<paramref name="localOnly"/>) when it is not in the staged images.
+    /// </summary>
+    private bool Prepare(Filled process, MissingStretch stretch, bool fault, byte* buffer, bool localOnly, out Ready ready)
+    {
+        ready = default;
         int have = _chain.CoveredRun(process.Pid, stretch.ImageAddress, stretch.Pages);
+        if (have == 0 && localOnly)
+        {
+            return false;
+        }
+
         int left = have == 0 ? _chain.RemoteRun(process.Pid, stretch.ImageAddress, stretch.Pages) : 0;
         bool remote = left > 0;
         if (remote)
@@ -497,8 +578,8 @@ public sealed unsafe class MemoryFiller : IDisposable
         stretch = stretch with { Pages = have };
         Pace();
         long began = Stopwatch.GetTimestamp();
-        var pages = new Span<byte>(_buffer, stretch.Pages * (int)Page);
-        nint from = (nint)_buffer;
+        var pages = new Span<byte>(buffer, stretch.Pages * (int)Page);
+        nint from = (nint)buffer;
         if (remote)
         {
             _source!.Read(process.Pid, stretch.ImageAddress, stretch.Pages, pages, fault);
@@ -516,41 +597,43 @@ public sealed unsafe class MemoryFiller : IDisposable
             _chain.Read(process.Pid, stretch.ImageAddress, stretch.Pages, pages, _found);
         }
 
-        long read = Stopwatch.GetTimestamp();
-        _readTicks += read - began;
-        var copy = new Interop.Userfaultfd.Copy { Destination = stretch.Address, Source = (ulong)from, Length = (ulong)stretch.Pages * Page };
-        if (Interop.Tracking.Ioctl(process.Uffd, UffdioCopy, &copy) == 0)
+        _readTicks += Stopwatch.GetTimestamp() - began;
+        ready = new Ready(stretch, from);
+        return true;
+    }
+
+    /// <summary>Reckons what a copy of the stretch did (<paramref name="result"/> and <paramref name="error"/>: the ioctl's; <paramref name="copied"/>: its bytes copied before a failure).</summary>
+    private void Account(Filled process, MissingStretch stretch, int result, int error, long copied)
+    {
+        if (result == 0)
         {
             process.Missing.Filled(stretch.Address, stretch.Pages);
             _pages += stretch.Pages;
+            return;
         }
-        else
+
+        int done = copied > 0 ? (int)((ulong)copied / Page) : 0;
+        switch (error)
         {
-            int error = Marshal.GetLastPInvokeError();
-            int done = copy.Copied > 0 ? (int)((ulong)copy.Copied / Page) : 0;
-            switch (error)
-            {
-                case ESrch or ENoSpc:
-                    Forget(process); // it exited
-                    return true;
-                case EExist or ENoEnt:
-                    // the page after those copied is there already (EEXIST), or no longer mapped (ENOENT,
-                    // its unmap event not read yet): either way nothing is to be filled there
-                    process.Missing.Filled(stretch.Address, Math.Min(done + 1, stretch.Pages));
-                    break;
-                case EAgain:
-                    process.Missing.Filled(stretch.Address, done); // the mappings are changing: the rest again later
-                    break;
-                default:
-                    throw new IOException($"UFFDIO_COPY of {stretch.Pages} pages at 0x{stretch.Address:x} into process {process.Pid} failed (errno {error})");
-            }
-
-            _pages += done;
+            case ESrch or ENoSpc:
+                Forget(process); // it exited
+                return;
+            case EExist or ENoEnt:
+                // the page after those copied is there already (EEXIST), or no longer mapped (ENOENT,
+                // its unmap event not read yet): either way nothing is to be filled there
+                process.Missing.Filled(stretch.Address, Math.Min(done + 1, stretch.Pages));
+                break;
+            case EAgain:
+                process.Missing.Filled(stretch.Address, done); // the mappings are changing: the rest again later
+                break;
+            default:
+                throw new IOException($"UFFDIO_COPY of {stretch.Pages} pages at 0x{stretch.Address:x} into process {process.Pid} failed (errno {error})");
         }
 
-        _copyTicks += Stopwatch.GetTimestamp() - read;
-        return true;
+        _pages += done;
     }
+
+    private byte* SecondBuffer => _secondBuffer != null ? _secondBuffer : _secondBuffer = (byte*)NativeMemory.AlignedAlloc((nuint)(PiecePages * Page), (nuint)Page);
 
     /// <summary>A stretch stored in a row in one file is copied from the file's mapping when it is at least this long (or whole); shorter ones are gathered by reads.</summary>
     private const int MinMappedPages = 32;
