@@ -143,6 +143,39 @@ public sealed class ImageFormatTests : IDisposable
     }
 
     [Fact]
+    public void A_set_listed_as_released_is_read_as_released_before_its_bytes_go()
+    {
+        // the agent lists a round's files as released, then gives their bytes back on another thread
+        var round1 = Directory.CreateDirectory(Path.Combine(_root, "listed-1")).FullName;
+        var round2 = Directory.CreateDirectory(Path.Combine(_root, "listed-2")).FullName;
+        File.CreateSymbolicLink(Path.Combine(round2, "parent"), "../listed-1");
+        const ulong start = 0x500000;
+        WriteRound(round1, start, 8, _ => 'p');
+        WriteRound(round2, start, 8, page => page is 1 or 7 ? 'p' : 'i');
+        var pages = new FileInfo(Path.Combine(round1, CriuPagemap.PagesFileName(1)));
+        var content = File.ReadAllBytes(pages.FullName);
+
+        var listed = ReleasedPages.List(round1, _ => new Dictionary<string, string> { ["Test"] = "00" });
+
+        Assert.Equal(pages.FullName, Assert.Single(listed).FullName);
+        Assert.Equal(content, File.ReadAllBytes(pages.FullName)); // the bytes are still there
+        Assert.NotNull(ReleasedPages.Find(pages.FullName));
+        Assert.Empty(ReleasedPages.List(round1, _ => throw new InvalidOperationException("listed already")));
+        using (var chain = ImageChain.Open(round2))
+        {
+            // already never read: only round 2's own pages are found
+            var found = new bool[8];
+            chain.Read(7, start, 8, new byte[8 * Page], found);
+            Assert.Equal([false, true, false, false, false, false, false, true], found);
+        }
+
+        Assert.Equal(content.Length, ReleasedPages.GiveBack(listed));
+        pages.Refresh();
+        Assert.Equal(content.Length, pages.Length);
+        Assert.True(Posix.LinksAndAllocation(pages.FullName).AllocatedBytes < content.Length, "the pages file became a hole");
+    }
+
+    [Fact]
     public void Only_a_sets_own_unlinked_pages_files_are_released_and_a_malformed_list_is_refused()
     {
         var set = Directory.CreateDirectory(Path.Combine(_root, "linked")).FullName;

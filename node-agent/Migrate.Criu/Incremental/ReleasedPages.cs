@@ -75,7 +75,16 @@ public static class ReleasedPages
     /// released with its bytes intact, never the other way round. A file with another hard link (a
     /// name elsewhere that still needs its bytes) is left as it is.
     /// </summary>
-    public static long Release(string directory, Func<FileInfo, IReadOnlyDictionary<string, string>> digests)
+    public static long Release(string directory, Func<FileInfo, IReadOnlyDictionary<string, string>> digests) =>
+        GiveBack(List(directory, digests));
+
+    /// <summary>
+    /// The first half of <see cref="Release"/>: records the files it would release as released, and
+    /// returns them, their bytes still intact; <see cref="GiveBack"/> is the second. Between the two,
+    /// readers already go by the list and never read those files, so the bytes may go later, on
+    /// another thread (giving back 1 GiB of a memory file system took 100-150 ms here).
+    /// </summary>
+    public static IReadOnlyList<FileInfo> List(string directory, Func<FileInfo, IReadOnlyDictionary<string, string>> digests)
     {
         ArgumentNullException.ThrowIfNull(digests);
         var released = new Dictionary<string, Entry>(Read(directory), StringComparer.Ordinal);
@@ -91,13 +100,19 @@ public static class ReleasedPages
             fresh.Add(file);
         }
 
-        if (fresh.Count == 0)
+        if (fresh.Count > 0)
         {
-            return 0;
+            Write(directory, released.Values);
         }
 
-        Write(directory, released.Values);
-        foreach (var file in fresh)
+        return fresh;
+    }
+
+    /// <summary>Makes the bytes of <paramref name="files"/> (listed by <see cref="List"/>) a hole, keeping their lengths; returns how many bytes that gave back.</summary>
+    public static long GiveBack(IReadOnlyList<FileInfo> files)
+    {
+        ArgumentNullException.ThrowIfNull(files);
+        foreach (var file in files)
         {
             using var stream = new FileStream(file.FullName, FileMode.Open, FileAccess.Write, FileShare.ReadWrite);
             long length = stream.Length;
@@ -105,7 +120,7 @@ public static class ReleasedPages
             stream.SetLength(length);
         }
 
-        return fresh.Sum(f => f.Length);
+        return files.Sum(f => f.Length);
     }
 
     private static void Write(string directory, IEnumerable<Entry> entries)

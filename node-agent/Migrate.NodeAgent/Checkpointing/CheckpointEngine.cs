@@ -69,6 +69,9 @@ public sealed partial class CheckpointEngine : IDisposable
 
     private readonly WriteTrackers _trackers;
 
+    // each migration's give-back of its sent rounds' bytes under way (GiveBackBeside)
+    private readonly Dictionary<string, Task> _givingBack = new(StringComparer.Ordinal);
+
     private readonly MigrationEvents _events;
 
     /// <summary>The migrations this node checkpoints (for recovery after a restart and for watchers).</summary>
@@ -341,6 +344,7 @@ public sealed partial class CheckpointEngine : IDisposable
         return await WithMigrationAsync(migrationId, record =>
         {
             long released = 0;
+            var listed = new List<(string Directory, IReadOnlyList<FileInfo> Files)>();
             foreach (var container in record.Containers)
             {
                 if (RoundRelease.WhyKept(_options.ReleaseSentRounds, allowed, record.PreCopyMethod, _trackers.Tracks(record.MigrationId, container.Name)) is not null)
@@ -352,7 +356,9 @@ public sealed partial class CheckpointEngine : IDisposable
                 {
                     try
                     {
-                        released += ReleasedPages.Release(round.Directory, file => Transfer.FileDigests.ToKeep(file, _options.TransferChecksum));
+                        var files = ReleasedPages.List(round.Directory, file => Transfer.FileDigests.ToKeep(file, _options.TransferChecksum));
+                        released += files.Sum(f => f.Length);
+                        listed.Add((round.Directory, files));
                     }
                     catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
                     {
@@ -365,12 +371,57 @@ public sealed partial class CheckpointEngine : IDisposable
             {
                 record.ReleasedBytes += released;
                 record.Save();
-                AgentTelemetry.BytesReleased.Add(released);
-                LogRoundsReleased(record.MigrationId, released >> 20, record.RoundCount, target, record.ReleasedBytes >> 20);
+                GiveBackBeside(record.MigrationId, listed, released, record.RoundCount, target, record.ReleasedBytes);
             }
 
             return Task.FromResult(released);
         }, cancellationToken);
+    }
+
+    /// <summary>
+    /// Gives back the bytes of files listed as released, on the thread pool: the next round need not
+    /// wait for it (1 GiB took 100-150 ms here, between round 1 and round 2). Nothing here reads a listed
+    /// file again, and one migration's give-backs run one after another.
+    /// </summary>
+    private void GiveBackBeside(string migrationId, List<(string Directory, IReadOnlyList<FileInfo> Files)> listed, long bytes, int rounds, string target, long total)
+    {
+        lock (_givingBack)
+        {
+            var before = _givingBack.GetValueOrDefault(migrationId) ?? Task.CompletedTask;
+            var task = GiveBackAsync(before);
+            _givingBack[migrationId] = task;
+            _ = task.ContinueWith(done =>
+            {
+                lock (_givingBack)
+                {
+                    if (_givingBack.TryGetValue(migrationId, out var last) && last == done)
+                    {
+                        _givingBack.Remove(migrationId);
+                    }
+                }
+            }, CancellationToken.None, TaskContinuationOptions.None, TaskScheduler.Default);
+        }
+
+        async Task GiveBackAsync(Task before)
+        {
+            await Task.WhenAny(before).ConfigureAwait(false);
+            await Task.Yield();
+            foreach (var (directory, files) in listed)
+            {
+                try
+                {
+                    ReleasedPages.GiveBack(files);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // (a file gone with its migration's directory gave its bytes back all the same)
+                    LogReleaseFailed(migrationId, directory, e.Message);
+                }
+            }
+
+            AgentTelemetry.BytesReleased.Add(bytes);
+            LogRoundsReleased(migrationId, bytes >> 20, rounds, target, total >> 20);
+        }
     }
 
     /// <summary>
