@@ -1,3 +1,4 @@
+using Microsoft.AspNetCore.Connections;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using System.Net;
 using Microsoft.AspNetCore.Http.Features;
@@ -44,6 +45,8 @@ public static class AgentHost
         var endpoint = ParseEndpoint(section[nameof(AgentOptions.ListenAddress)] ?? new AgentOptions().ListenAddress);
         var identity = new AgentIdentity(LoadTls(section));
         builder.Services.AddSingleton(identity);
+        // the server reads connections in 64 KiB blocks, not 4 KiB ones (LargeBlockMemoryPool)
+        builder.Services.AddSingleton<IMemoryPoolFactory<byte>, LargeBlockMemoryPoolFactory>();
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.Limits.Http2.MaxStreamsPerConnection = 64;
