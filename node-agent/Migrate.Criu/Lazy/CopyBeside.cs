@@ -28,8 +28,8 @@ internal sealed unsafe class CopyBeside : IDisposable
         _thread.Start();
     }
 
-    /// <summary>Whether this machine has a second core to copy on.</summary>
-    public static bool Worthwhile => Environment.ProcessorCount > 1;
+    /// <summary>Whether this machine has a second core to copy on (and <c>PODMIG_FILL_BESIDE=off</c> does not turn it off, to compare).</summary>
+    public static bool Worthwhile => Environment.ProcessorCount > 1 && Environment.GetEnvironmentVariable("PODMIG_FILL_BESIDE") != "off";
 
     /// <summary>Starts <paramref name="copy"/> into the process of <paramref name="uffd"/>; <see cref="Finish"/> waits for it.</summary>
     public void Start(int uffd, Copy copy)
