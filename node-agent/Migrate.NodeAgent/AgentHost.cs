@@ -67,6 +67,7 @@ public static class AgentHost
                         https.ServerCertificate = tls.Certificate;
                         https.ClientCertificateMode = ClientCertificateMode.RequireCertificate;
                         https.ClientCertificateValidation = (certificate, _, _) => tls.IsTrusted(certificate);
+                        https.OnAuthenticate = (_, ssl) => ssl.CipherSuitesPolicy = AgentTls.Suites;
                     });
                 }
             });

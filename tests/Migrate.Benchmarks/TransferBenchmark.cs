@@ -157,7 +157,7 @@ public static class TransferBenchmark
             if (tls is not null)
             {
                 var ssl = new SslStream(stream);
-                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = tls.Certificate });
+                await ssl.AuthenticateAsServerAsync(new SslServerAuthenticationOptions { ServerCertificate = tls.Certificate, CipherSuitesPolicy = AgentTls.Suites });
                 stream = ssl;
             }
 
@@ -191,7 +191,7 @@ public static class TransferBenchmark
             {
                 // the same check the agents make: the peer's certificate chains to the cluster CA
                 var ssl = new SslStream(stream, false, (_, certificate, _, _) => certificate is X509Certificate2 peer && tls.IsTrusted(peer));
-                await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions { TargetHost = "bench" });
+                await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions { TargetHost = "bench", CipherSuitesPolicy = AgentTls.Suites });
                 stream = ssl;
             }
 

@@ -1,4 +1,8 @@
 using System.Net;
+using System.Net.Security;
+using System.Net.Sockets;
+using System.Security.Authentication;
+using System.Security.Cryptography.X509Certificates;
 using System.Security.Cryptography;
 using Grpc.Core;
 using Migrate.Agent.Contracts.Security;
@@ -149,6 +153,36 @@ public sealed class BulkLaneTests : IAsyncLifetime
         var copy = new byte[BulkCopy.Bytes];
         new BulkCopy(fromFile, fromOffset).Write(copy);
         return [.. Header(new BulkFrame(file, offset, length, 0)), .. copy];
+    }
+
+    [Fact]
+    public async Task The_agent_chooses_AES_128_GCM_over_what_a_default_peer_prefers_and_still_serves_a_peer_offering_only_AES_256()
+    {
+        // OpenSSL's default client offers AES-256-GCM first: the agent's own order decides
+        Assert.Equal(TlsCipherSuite.TLS_AES_128_GCM_SHA256, await HandshakeAsync(null));
+        Assert.Equal(TlsCipherSuite.TLS_AES_256_GCM_SHA384, await HandshakeAsync(new CipherSuitesPolicy([TlsCipherSuite.TLS_AES_256_GCM_SHA384])));
+        // and the agents' own clients (peer lanes, the operator's channel) offer AES-128-GCM first
+        var identity = _agents.Pki.Issue("node-a");
+        using var tls = AgentTls.Load(identity.CertificateFile, identity.KeyFile, _agents.Pki.AuthorityFile);
+        using var handler = tls.CreateHandler(Target.Name);
+        Assert.Equal(TlsCipherSuite.TLS_AES_128_GCM_SHA256, handler.SslOptions.CipherSuitesPolicy?.AllowedCipherSuites.First());
+    }
+
+    private async Task<TlsCipherSuite> HandshakeAsync(CipherSuitesPolicy? offered)
+    {
+        var identity = _agents.Pki.Issue("node-a");
+        using var tls = AgentTls.Load(identity.CertificateFile, identity.KeyFile, _agents.Pki.AuthorityFile);
+        using var client = new TcpClient();
+        await client.ConnectAsync(RawUpload.Endpoint(Target));
+        await using var ssl = new SslStream(client.GetStream(), false, (_, certificate, _, _) => certificate is X509Certificate2 peer && tls.IsTrusted(peer, Target.Name));
+        await ssl.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+        {
+            TargetHost = Target.Name,
+            ClientCertificates = [tls.Certificate],
+            CipherSuitesPolicy = offered,
+            EnabledSslProtocols = SslProtocols.Tls13,
+        });
+        return ssl.NegotiatedCipherSuite;
     }
 
     [Fact]
