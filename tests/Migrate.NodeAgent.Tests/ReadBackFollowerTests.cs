@@ -77,7 +77,7 @@ public sealed class ReadBackFollowerTests : IDisposable
             int length = Math.Min(piece, content.Length - at);
             await stream.WriteAsync(content.AsMemory(at, length));
             afterPiece?.Invoke(stream, n);
-            follower.Wrote(index, stream.SafeFileHandle, at + length);
+            await follower.WroteAsync(index, stream.SafeFileHandle, at + length);
         }
 
         await follower.DoneWithAsync(index, stream.SafeFileHandle, content.Length, () => StagedFileStamp.Of(path, $"pages-{index}.img"));
@@ -98,6 +98,20 @@ public sealed class ReadBackFollowerTests : IDisposable
 
         Assert.NotNull(digest);
         Assert.Equal(XxHash128.Hash(content), digest);
+    }
+
+    [Fact]
+    public async Task A_read_back_that_falls_behind_holds_the_writes_so_little_is_left_after_the_last_byte()
+    {
+        // every read back in the background takes 20 ms longer, as on busy cores: without waiting for
+        // them, the writes would be done long before, and nearly the whole file read after the last byte
+        const int Step = 4096, Piece = 1000;
+        using var follower = new ReadBackFollower(StagedDigestKind.Xxh128, Step, beforeRead: () => Thread.Sleep(20));
+        var content = Content(200_001, 11);
+        var path = await WriteAsync(follower, 0, content, Piece);
+
+        Assert.InRange(follower.MostLeftAtEnd, 0, (ReadBackFollower.LagSteps * Step) + Piece);
+        Assert.Equal(XxHash128.Hash(content), follower.DigestOf(0, content.Length, StampOf(path)));
     }
 
     [Fact]
@@ -167,7 +181,7 @@ public sealed class ReadBackFollowerTests : IDisposable
             follower.Opened(0, stream.SafeFileHandle, () => StampOf(path));
             stream.Position = first.Length;
             await stream.WriteAsync(more);
-            follower.Wrote(0, stream.SafeFileHandle, first.Length + more.Length);
+            await follower.WroteAsync(0, stream.SafeFileHandle, first.Length + more.Length);
             Assert.Null(follower.DigestOf(0, first.Length + more.Length, StampOf(path)));
 
             await follower.DoneWithAsync(0, stream.SafeFileHandle, first.Length + more.Length, () => StampOf(path));
@@ -188,7 +202,7 @@ public sealed class ReadBackFollowerTests : IDisposable
         await stream.DisposeAsync();
 
         // its handle closed under it (never so in the receiver, which leaves a file before closing it)
-        follower.Wrote(1, handle, content.Length);
+        await follower.WroteAsync(1, handle, content.Length);
         await follower.DoneWithAsync(1, handle, content.Length, () => StampOf(path));
 
         Assert.Null(follower.DigestOf(1, content.Length, StampOf(path)));
@@ -217,7 +231,7 @@ public sealed class ReadBackFollowerTests : IDisposable
         {
             follower.Opened(2, stream.SafeFileHandle, () => StampOf(path));
             await stream.WriteAsync(content.AsMemory(0, 20_000));
-            follower.Wrote(2, stream.SafeFileHandle, 20_000);
+            await follower.WroteAsync(2, stream.SafeFileHandle, 20_000);
             await follower.SettleAsync();
             Assert.True(WriteLease.Held(stream.SafeFileHandle), "the write lease was not taken on a file only this process has open");
 
@@ -226,13 +240,13 @@ public sealed class ReadBackFollowerTests : IDisposable
             if (!watch)
             {
                 await stream.WriteAsync(content.AsMemory(20_000, 20_000));
-                follower.Wrote(2, stream.SafeFileHandle, 40_000);
+                await follower.WroteAsync(2, stream.SafeFileHandle, 40_000);
             }
 
             await AssertEndsSoonAsync(dd, watch ? "the watch did not let go of the lease" : "the next write did not let go of the lease");
             stream.Position = watch ? 20_000 : 40_000;
             await stream.WriteAsync(content.AsMemory((int)stream.Position));
-            follower.Wrote(2, stream.SafeFileHandle, content.Length);
+            await follower.WroteAsync(2, stream.SafeFileHandle, content.Length);
             await follower.DoneWithAsync(2, stream.SafeFileHandle, content.Length, () => StampOf(path));
         }
 
@@ -254,7 +268,7 @@ public sealed class ReadBackFollowerTests : IDisposable
             follower.Opened(3, stream.SafeFileHandle, () => StampOf(path));
             Assert.False(WriteLease.Held(stream.SafeFileHandle));
             await stream.WriteAsync(content);
-            follower.Wrote(3, stream.SafeFileHandle, content.Length);
+            await follower.WroteAsync(3, stream.SafeFileHandle, content.Length);
             await follower.DoneWithAsync(3, stream.SafeFileHandle, content.Length, () => StampOf(path));
         }
 
@@ -277,7 +291,7 @@ public sealed class ReadBackFollowerTests : IDisposable
             follower.Opened(0, stream.SafeFileHandle, () => StampOf(path));
             stream.Position = first.Length;
             await stream.WriteAsync(more);
-            follower.Wrote(0, stream.SafeFileHandle, first.Length + more.Length);
+            await follower.WroteAsync(0, stream.SafeFileHandle, first.Length + more.Length);
             await follower.DoneWithAsync(0, stream.SafeFileHandle, first.Length + more.Length, () => StampOf(path));
         }
 

@@ -18,6 +18,10 @@ namespace Migrate.NodeAgent.Transfer;
 /// leaves the file to the caller's full read after the last byte. After the writer closed the file,
 /// the digest counts only while the file's stamp is the one taken before it was closed.
 /// A read that fails leaves the file to that full read too; the follower never fails an upload itself.
+/// When the cores are busy the read back can fall behind (on the 2-core test machine a 1 GiB round
+/// once had 90-174 ms of it left after the last byte, one core reading while the other waited):
+/// the writes then wait for it (<see cref="WroteAsync"/>), so that what is left after the last byte
+/// stays within a few steps.
 /// </summary>
 internal sealed class ReadBackFollower : IDisposable
 {
@@ -26,6 +30,9 @@ internal sealed class ReadBackFollower : IDisposable
 
     /// <summary>How often the lease of the file being written is looked at besides at each write, so that an opener waits no longer than this while the writes stall.</summary>
     public static readonly TimeSpan DefaultWatch = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>How many steps the writes may run ahead of a read back still under way before they wait for it.</summary>
+    public const int LagSteps = 2;
 
     private readonly StagedDigestKind _kind;
     private readonly long _step;
@@ -36,13 +43,23 @@ internal sealed class ReadBackFollower : IDisposable
     private readonly Lock _watchLock = new();
     private (SafeFileHandle Handle, FileProgress File)? _watched;
 
-    public ReadBackFollower(StagedDigestKind kind, long step = DefaultStep, TimeSpan? watch = null)
+    private readonly Action? _beforeRead;
+
+    /// <param name="kind">The digest to take.</param>
+    /// <param name="step">How far the writes may run ahead before the next piece is read back.</param>
+    /// <param name="watch">How often the lease is looked at while the writes stall.</param>
+    /// <param name="beforeRead">For tests: run before each read back in the background (to make it slow).</param>
+    public ReadBackFollower(StagedDigestKind kind, long step = DefaultStep, TimeSpan? watch = null, Action? beforeRead = null)
     {
         _kind = kind;
         _step = step;
         _watchEvery = watch ?? DefaultWatch;
+        _beforeRead = beforeRead;
         _watch = new Timer(_ => Watch(), null, Timeout.Infinite, Timeout.Infinite);
     }
+
+    /// <summary>The most bytes of a file that were left to read back when the writer was done with it (what the last byte waited for).</summary>
+    public long MostLeftAtEnd { get; private set; }
 
     /// <summary>Files whose lease was refused or broken: they are read in full after the last byte.</summary>
     public int Unfollowed => _files.Values.Count(f => f.Broken);
@@ -83,10 +100,11 @@ internal sealed class ReadBackFollower : IDisposable
 
     /// <summary>
     /// The writer appended to file <paramref name="index"/> (through <paramref name="handle"/>), which
-    /// now holds <paramref name="written"/> bytes: once <see cref="DefaultStep"/> of them are not read
-    /// back yet, and no read back is under way, they are read back in the background. Never waits.
+    /// now holds <paramref name="written"/> bytes: once a step of them is not read back yet, and no
+    /// read back is under way, they are read back in the background. Waits only when a read back
+    /// under way has fallen <see cref="LagSteps"/> steps behind: for it to end, then the next begins.
     /// </summary>
-    public void Wrote(int index, SafeFileHandle handle, long written)
+    public async ValueTask WroteAsync(int index, SafeFileHandle handle, long written)
     {
         var file = Of(index);
         file.Stamp = null;
@@ -101,14 +119,33 @@ internal sealed class ReadBackFollower : IDisposable
             return;
         }
 
-        if (!_pending.IsCompleted || written - file.Scheduled < _step)
+        if (written - file.Scheduled < _step)
         {
             return;
         }
 
+        if (!_pending.IsCompleted)
+        {
+            if (written - file.Scheduled < _step * LagSteps)
+            {
+                return;
+            }
+
+            // the read back does not keep up (the cores are busy): the writes wait, or all of it would be left after the last byte
+            await SettleAsync();
+            if (file.Broken)
+            {
+                return;
+            }
+        }
+
         long from = file.Scheduled;
         file.Scheduled = written;
-        _pending = Task.Run(() => Read(handle, file, from, written));
+        _pending = Task.Run(() =>
+        {
+            _beforeRead?.Invoke();
+            Read(handle, file, from, written);
+        });
     }
 
     /// <summary>
@@ -129,6 +166,7 @@ internal sealed class ReadBackFollower : IDisposable
 
             long from = file.Scheduled;
             file.Scheduled = written;
+            MostLeftAtEnd = Math.Max(MostLeftAtEnd, written - file.Hashed);
             Read(handle, file, from, written);
             if (!file.Broken && !WriteLease.Held(handle))
             {
