@@ -158,6 +158,8 @@ public static partial class Restorer
                 clock.Restart();
                 bool locked = earlyLock.Join();
                 readyNote += earlyLock.Note();
+                var (unlock, unlockNote) = earlyLock.TakeUnlock();
+                using var unlockAhead = unlock;
                 long probing = clock.ElapsedMilliseconds;
                 probe.Join();
                 readyNote += string.Create(CultureInfo.InvariantCulture, $"; CRIU's version asked beside (after the commit the restore waited {clock.ElapsedMilliseconds - probing} ms more for it)");
@@ -199,7 +201,7 @@ public static partial class Restorer
                 var helpers = lazy == true ? BeginLazyHelpers(criu, images, memory, work, request) : null;
                 try
                 {
-                    return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, (claimAhead, claimAheadNote), gated, gateNote, readyNote,
+                    return RestoreCommitted(runc, line, request, clock, id, migration, files, staged, images, work, locked, (claimAhead, claimAheadNote), (unlock, unlockNote), gated, gateNote, readyNote,
                         () => helpers ?? (lazy is null && LazyRestoreHelpers.Needed(images) ? BeginLazyHelpers(criu, images, memory, work, request) : null));
                 }
                 catch
@@ -232,7 +234,7 @@ public static partial class Restorer
 
     /// <summary>The restore once the images are committed and found: files checked and put back, the address claimed, runc restore.</summary>
     private static int RestoreCommitted(string runc, RuncCommandLine line, RestoreRequest request, Stopwatch clock, string id, string migration, string files, string staged,
-        string images, string work, bool locked, (CommandsAhead? Programs, string Note) claimAhead, GatedRunc? gated, string gateNote, string readyNote, Func<LazyRestoreHelpers?> lazyHelpers)
+        string images, string work, bool locked, (CommandsAhead? Programs, string Note) claimAhead, (PreparedNetworkChange? Change, string Note) unlock, GatedRunc? gated, string gateNote, string readyNote, Func<LazyRestoreHelpers?> lazyHelpers)
     {
         var volumes = request.Mounts
             .Select(m => (m.Source, Volume: VolumeName(m.Source)))
@@ -376,7 +378,7 @@ public static partial class Restorer
             // every container of the pod holds its sockets again: traffic may flow, and the segment learns where the address is
             try
             {
-                OpenAddress(move, request);
+                OpenAddress(move, request, unlock.Change);
             }
             catch (RestoreFailedException)
             {
@@ -384,7 +386,7 @@ public static partial class Restorer
                 throw;
             }
 
-            steps += string.Create(CultureInfo.InvariantCulture, $", unlock {clock.ElapsedMilliseconds - done} ms");
+            steps += string.Create(CultureInfo.InvariantCulture, $", unlock {clock.ElapsedMilliseconds - done} ms{unlock.Note}");
         }
         Log(line, "info", string.Create(CultureInfo.InvariantCulture,
             $"podmig-runc: restored container {request.Container} from migration {request.MigrationId} in {done} ms ({steps}){(lazy ? " (memory follows lazily)" : "")}"));
@@ -725,7 +727,8 @@ public static partial class Restorer
 
     /// <summary>
     /// A pinned replacement's network locked while it waits for its images (nothing flows there yet),
-    /// on a thread of its own: the replacement is ready for its images without waiting for the lock's
+    /// and the unlock's tools started after it (<see cref="TakeUnlock"/>: after the restore they only
+    /// read what to do), on a thread of its own: the replacement is ready for its images without waiting for the lock's
     /// processes, and the restore joins the lock after the commit (for a pod whose freeze, dump and
     /// send outlast the lock, it is done by then). A lock that failed, however, is taken for not
     /// locked: the address claim then locks the namespace itself, and fails the restore, saying
@@ -739,6 +742,9 @@ public static partial class Restorer
         private long _doneAt;
         private long _waited;
         private string? _failure;
+        private PreparedNetworkChange? _unlock;
+        private string? _unlockFailure;
+        private long _unlockReadyAt;
 
         private EarlyLock(RestoreRequest request)
         {
@@ -763,6 +769,20 @@ public static partial class Restorer
                 {
                     _doneAt = _clock.ElapsedMilliseconds;
                 }
+
+                try
+                {
+                    // the unlock's tools too, locked or not (the claim locks it then)
+                    _unlock = new PodNetworkLock().PrepareUnlock(request.NetworkNamespace);
+                }
+                catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+                {
+                    _unlockFailure = e.Message;
+                }
+                finally
+                {
+                    _unlockReadyAt = _clock.ElapsedMilliseconds;
+                }
             }) { IsBackground = true, Name = "podmig network lock" };
         }
 
@@ -782,12 +802,31 @@ public static partial class Restorer
             return _locked;
         }
 
-        /// <summary>Waits for the lock's thread (done already after <see cref="Join"/>), so that no lock process outlives a failed restore unseen.</summary>
-        public void WaitQuietly() => _thread?.Join();
+        /// <summary>
+        /// After <see cref="Join"/>: the unlock made ready beside the lock, the caller's to apply or drop
+        /// from now on (null when none is: the unlock then starts its tools itself), and for the report why not.
+        /// </summary>
+        public (PreparedNetworkChange? Unlock, string Note) TakeUnlock()
+        {
+            var taken = _unlock;
+            _unlock = null;
+            return (taken, taken is not null ? " (its tools started ahead)" : _unlockFailure is { } why ? $" (its tools not started ahead: {why})" : "");
+        }
+
+        /// <summary>
+        /// Waits for the lock's thread (done already after <see cref="Join"/>), so that no lock process
+        /// outlives a failed restore unseen, and drops an unlock made ready and not taken.
+        /// </summary>
+        public void WaitQuietly()
+        {
+            _thread?.Join();
+            _unlock?.Dispose();
+            _unlock = null;
+        }
 
         /// <summary>For the report, after <see cref="Join"/>: how long the lock took, and how long the restore waited for it after the commit.</summary>
         public string Note() => _thread is null ? "" : string.Create(CultureInfo.InvariantCulture,
-            $"; its network lock took {_doneAt} ms beside that{(_failure is null ? "" : $" and failed ({_failure}): made with the claim")} (after the commit the restore waited {_waited} ms more for it)");
+            $"; its network lock took {_doneAt} ms beside that{(_failure is null ? "" : $" and failed ({_failure}): made with the claim")}, its unlock's tools started by {_unlockReadyAt} ms (after the commit the restore waited {_waited} ms more for it)");
     }
 
     /// <summary>After a failed restore: the address leaves this node again, so the source can take it back.</summary>
@@ -805,13 +844,23 @@ public static partial class Restorer
         }
     }
 
-    /// <summary>Lifts the replacement's network lock and announces the address (the announcement runs on without being waited for).</summary>
-    private static void OpenAddress(AddressMove move, RestoreRequest request)
+    /// <summary>
+    /// Lifts the replacement's network lock (with the unlock made ready, when there is one) and announces
+    /// the address (the announcement runs on without being waited for).
+    /// </summary>
+    private static void OpenAddress(AddressMove move, RestoreRequest request, PreparedNetworkChange? unlock)
     {
         var address = move.ToAddress();
         try
         {
-            new PodNetworkLock().Unlock(request.NetworkNamespace!);
+            if (unlock is not null)
+            {
+                unlock.Apply();
+            }
+            else
+            {
+                new PodNetworkLock().Unlock(request.NetworkNamespace!);
+            }
         }
         catch (Exception e) when (e is IOException or ArgumentException)
         {

@@ -163,7 +163,7 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
     public void A_lock_whose_tool_fails_says_which_command_failed_and_what_it_said()
     {
         var step = new NamespaceStep(new HostCommand("sh", "-c", "cat >/dev/null; echo 'no such table' >&2; exit 3") { Input = "*filter\nCOMMIT\n" });
-        var failing = new PreparedNetworkLock(new NamespaceStepRunner(), Path, [step], [StartedHostCommand.Start(step.Command)]);
+        var failing = new PreparedNetworkChange(new NamespaceStepRunner(), Path, [step], [StartedHostCommand.Start(step.Command)], $"lock the network of {Path}");
 
         var error = Assert.Throws<IOException>(failing.Apply);
         failing.Dispose();
@@ -172,11 +172,77 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
     }
 
     [Fact]
+    public void An_unlock_made_ready_before_the_lock_lifts_the_lock_taken_since_when_applied_and_nothing_before()
+    {
+        Prerequisites.RequirePrograms("iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save", "ip6tables-save");
+        var network = new PodNetworkLock();
+        using (var unlock = network.PrepareUnlock(Path)!)
+        {
+            // the replacement's: its tools start while it waits, before or beside its lock
+            Assert.Equal(2, unlock.Waiting);
+            network.Lock(Path);
+            Assert.True(network.IsLocked(Path));
+
+            unlock.Apply();
+        }
+
+        Assert.False(network.IsLocked(Path));
+        Assert.DoesNotContain("PODMIG", Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save") + Prerequisites.Run("ip", "netns", "exec", _name, "ip6tables-save"),
+            StringComparison.Ordinal);
+
+        // on a namespace not locked (its lock failed, or another container's restore lifted it) the unlock has nothing to do, and says nothing
+        using (var again = network.PrepareUnlock(Path)!)
+        {
+            again.Apply();
+        }
+
+        Assert.False(network.IsLocked(Path));
+    }
+
+    [Fact]
+    public void An_unlock_made_ready_and_dropped_leaves_the_lock_and_its_tools_are_gone()
+    {
+        Prerequisites.RequirePrograms("iptables", "ip6tables", "iptables-restore", "ip6tables-restore", "iptables-save");
+        var network = new PodNetworkLock();
+        network.Lock(Path);
+        var unlock = network.PrepareUnlock(Path)!;
+        var tools = unlock.Tools.ToList();
+        Assert.Equal(2, tools.Count);
+
+        unlock.Dispose();
+
+        Assert.All(tools, pid => Assert.False(Directory.Exists($"/proc/{pid}"), $"tool {pid} ended with the unlock dropped"));
+        Assert.True(network.IsLocked(Path));
+        Assert.Single(Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save").Split('\n'), l => l == $"-A INPUT -j {NetworkLockRules.InputChain}");
+        network.Unlock(Path);
+    }
+
+    [Fact]
+    public void An_unlock_whose_tool_fails_while_the_namespace_stays_locked_says_which_command_failed()
+    {
+        Prerequisites.RequirePrograms("iptables", "iptables-restore");
+        var network = new PodNetworkLock();
+        network.Lock(Path);
+        var step = new NamespaceStep(new HostCommand("sh", "-c", "cat >/dev/null; echo 'table busy' >&2; exit 4") { Input = NetworkLockRules.UnlockTransaction },
+            FailsOnlyIf: NetworkLockRules.IsLocked());
+        var failing = new PreparedNetworkChange(new NamespaceStepRunner(), Path, [step], [StartedHostCommand.Start(step.Command)], $"unlock the network of {Path}");
+
+        var error = Assert.Throws<IOException>(failing.Apply);
+        failing.Dispose();
+
+        Assert.Equal($"cannot unlock the network of {Path}: 'sh -c cat >/dev/null; echo 'table busy' >&2; exit 4' failed (4): table busy", error.Message);
+        Assert.True(network.IsLocked(Path));
+        network.Unlock(Path);
+    }
+
+    [Fact]
     public void A_lock_cannot_be_made_ready_for_a_namespace_that_is_gone_and_a_runner_of_tests_starts_nothing_ahead()
     {
         Assert.Throws<FileNotFoundException>(() => new PodNetworkLock().Prepare(Path + "-gone"));
+        Assert.Throws<FileNotFoundException>(() => new PodNetworkLock().PrepareUnlock(Path + "-gone"));
         var faked = new PodNetworkLock(new NamespaceStepRunner(_ => new HostCommandResult(0, "", "")));
         Assert.Null(faked.Prepare(Path));
+        Assert.Null(faked.PrepareUnlock(Path));
     }
 
     [Fact]

@@ -50,7 +50,7 @@ public sealed partial class CheckpointEngine : IDisposable
     /// replacement's preparation), until its final dump takes it; one never taken is dropped when the
     /// migration leaves pre-copy (<see cref="DropLockAhead"/>).
     /// </summary>
-    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Task<(PreparedNetworkLock? Lock, string? Reason)>> _locksAhead = new(StringComparer.Ordinal);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Task<(PreparedNetworkChange? Lock, string? Reason)>> _locksAhead = new(StringComparer.Ordinal);
 
     /// <summary>How this node finds what a pre-copy round must send (kernel tracking where CRIU has it, else content comparison), learned once.</summary>
     private Criu.Incremental.PreCopyMethod? _method;
@@ -636,7 +636,7 @@ public sealed partial class CheckpointEngine : IDisposable
         public uint CaptureOverlapMillis { get; set; }
 
         /// <summary>The pod's network lock made ready before the freeze, when its address moves and it could be.</summary>
-        public PreparedNetworkLock? PreparedLock { get; set; }
+        public PreparedNetworkChange? PreparedLock { get; set; }
 
         /// <summary>For the log: whether the lock was made ready ahead, or why not.</summary>
         public string LockNote { get; set; } = "";

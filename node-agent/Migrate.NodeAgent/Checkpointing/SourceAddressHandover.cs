@@ -54,11 +54,11 @@ public sealed class SourceAddressHandover(NamespaceStepRunner namespaces)
     }
 
     /// <summary>
-    /// The lock made ready while the pod runs (<see cref="PreparedNetworkLock"/>), for <see cref="Lock"/>;
+    /// The lock made ready while the pod runs (<see cref="PreparedNetworkChange"/>), for <see cref="Lock"/>;
     /// null, and the reason, when it cannot be (the lock is then made whole when it is needed, and fails
     /// then if it must).
     /// </summary>
-    public (PreparedNetworkLock? Lock, string? Reason) PrepareLock(AddressMoveRecord move)
+    public (PreparedNetworkChange? Lock, string? Reason) PrepareLock(AddressMoveRecord move)
     {
         ArgumentNullException.ThrowIfNull(move);
         try
@@ -77,7 +77,7 @@ public sealed class SourceAddressHandover(NamespaceStepRunner namespaces)
     /// lets the still-running pod accept the connections the kernel completed before (CRIU cannot dump
     /// them); returns how many were left in the queues.
     /// </summary>
-    public int Lock(AddressMoveRecord move, int pid, Action save, PreparedNetworkLock? prepared = null)
+    public int Lock(AddressMoveRecord move, int pid, Action save, PreparedNetworkChange? prepared = null)
     {
         ArgumentNullException.ThrowIfNull(move);
         ArgumentNullException.ThrowIfNull(save);
