@@ -66,8 +66,16 @@ public abstract record MigrationAction
     /// <summary>The source agent thaws the pod.</summary>
     public sealed record ResumeSource(bool ReplacementRemoved) : MigrationAction;
 
-    /// <summary>A node's agent removes the migration's images.</summary>
-    public sealed record Cleanup(string Node) : MigrationAction;
+    /// <summary>Each node's agent removes the migration's images (the nodes at once).</summary>
+    public sealed record Cleanup(IReadOnlyList<string> Nodes) : MigrationAction
+    {
+        protected override bool PrintMembers(System.Text.StringBuilder builder)
+        {
+            ArgumentNullException.ThrowIfNull(builder);
+            builder.Append("Nodes = ").AppendJoin(", ", Nodes);
+            return true;
+        }
+    }
 }
 
 /// <summary>An event the pass records: on the request, or on a pod of the migration.</summary>

@@ -697,7 +697,9 @@ public static class MigrationDecisions
                 }
             }
 
-            return MoveTo(MigrationPhases.CuttingOver, $"The replacement pod {f.Replacement!.Metadata.Name} runs on {_s.TargetNode}; retiring the source.");
+            MoveTo(MigrationPhases.CuttingOver, $"The replacement pod {f.Replacement!.Metadata.Name} runs on {_s.TargetNode}; retiring the source.");
+            // and the cut-over's first step in the same pass (the new phase written before it, as any pass's status)
+            return CuttingOver();
         }
 
         /// <summary>
@@ -956,11 +958,13 @@ public static class MigrationDecisions
         // ------------------------------------------------------------------ the end of every migration
 
         /// <summary>The next node whose agent still holds the migration's images; an agent that does not answer is noted for later.</summary>
+        /// <summary>The images removed on both nodes at once (one pass, not one per node); null when neither holds any.</summary>
         private Decision? CleanUp()
         {
+            var nodes = new List<string>();
             foreach (var (node, agent, nodeObject) in new[] { (_s.SourceNode, f.SourceAgent, f.SourceNode), (_s.TargetNode, f.TargetAgent, f.TargetNode) })
             {
-                if (node is null)
+                if (node is null || nodes.Contains(node))
                 {
                     continue;
                 }
@@ -969,7 +973,7 @@ public static class MigrationDecisions
                 {
                     if (agent.Migration is not null && agent.Migration.Phase != MigrationPhase.Cleaned)
                     {
-                        return Do(new MigrationAction.Cleanup(node), TimeSpan.Zero);
+                        nodes.Add(node);
                     }
                 }
                 else if (nodeObject is not null && !ReferenceEquals(agent, AgentView.None))
@@ -979,7 +983,7 @@ public static class MigrationDecisions
                 }
             }
 
-            return null;
+            return nodes.Count > 0 ? Do(new MigrationAction.Cleanup(nodes), TimeSpan.Zero) : null;
         }
 
         private void AddPendingCleanup(string node)
@@ -1023,7 +1027,7 @@ public static class MigrationDecisions
                     var nodeObject = node == _s.SourceNode ? f.SourceNode : f.TargetNode;
                     if (agent.Reachable && agent.Migration is not null && agent.Migration.Phase != MigrationPhase.Cleaned && !IsStillFrozenHere(agent))
                     {
-                        return Do(new MigrationAction.Cleanup(node), TimeSpan.Zero);
+                        return Do(new MigrationAction.Cleanup([node]), TimeSpan.Zero);
                     }
 
                     if (agent.Reachable && (agent.Migration is null || agent.Migration.Phase == MigrationPhase.Cleaned) || nodeObject is null)

@@ -245,7 +245,8 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
                     cancellationToken: cancellationToken);
                 return null;
             case MigrationAction.Cleanup cleanup:
-                await Agent(NodeOf(facts, cleanup.Node), cleanup.Node).CleanupAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken);
+                await Task.WhenAll(cleanup.Nodes.Select(node =>
+                    Agent(NodeOf(facts, node), node).CleanupAsync(new MigrationRef { MigrationId = id }, cancellationToken: cancellationToken).ResponseAsync));
                 return null;
             default:
                 throw new InvalidOperationException($"unknown action {action}");
@@ -592,7 +593,7 @@ public sealed class MigrationExecutor(IKubernetes client, IAgentDirectory agents
         MigrationAction.CreateReplacement c => $"Creating the replacement pod on {c.Node}",
         MigrationAction.AbortRestore a => $"Aborting the restore on {a.Node}",
         MigrationAction.ResumeSource => "Thawing the source",
-        MigrationAction.Cleanup c => $"Removing the images on {c.Node}",
+        MigrationAction.Cleanup c => $"Removing the images on {string.Join(" and ", c.Nodes)}",
         MigrationAction.FinishSource => "Ending the source's processes",
         MigrationAction.ContinueHandoff c => $"Letting the handoff go on to {c.Through}",
         MigrationAction.ReleaseNetwork => "Releasing the replacement's network",
