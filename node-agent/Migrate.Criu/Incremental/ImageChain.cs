@@ -87,39 +87,22 @@ internal sealed class ImageChain : IDisposable
             throw new ArgumentException("the destination must hold every page asked for");
         }
 
+        // each stretch stored in a row (Locate's walk, through the parents) read at once
         int total = 0;
         int page = 0;
-        var task = GetTask(id);
         while (page < count)
         {
             ulong at = address + ((ulong)page * PagemapEntry.PageSize);
-            int index = task?.Find(at) ?? -1;
-            if (index < 0)
+            if (Locate(id, at, count - page) is not { } stored)
             {
                 found[page++] = false;
                 continue;
             }
 
-            var entry = task!.Entries[index];
-            int run = (int)Math.Min((ulong)(count - page), (entry.End - at) / PagemapEntry.PageSize);
-            var pages = destination.Slice(page * PagemapEntry.PageSize, run * PagemapEntry.PageSize);
-            if (entry.IsInParent && _parent is not null)
-            {
-                total += _parent.Read(id, at, run, pages, found.Slice(page, run));
-            }
-            else if (entry.IsPresent && task.Pages is not null)
-            {
-                long offset = task.FileOffsets[index] + (long)(at - entry.Address);
-                ReadExactly(task.Pages, pages, offset);
-                found.Slice(page, run).Fill(true);
-                total += run;
-            }
-            else
-            {
-                found.Slice(page, run).Clear();
-            }
-
-            page += run;
+            ReadExactly(stored.File, destination.Slice(page * PagemapEntry.PageSize, stored.Pages * PagemapEntry.PageSize), stored.Offset);
+            found.Slice(page, stored.Pages).Fill(true);
+            total += stored.Pages;
+            page += stored.Pages;
         }
 
         return total;

@@ -462,7 +462,7 @@ public sealed unsafe class MemoryFiller : IDisposable
             if (!process.Gone && process.Missing.Next(PiecePages) is { } stretch)
             {
                 found = true;
-                if (BytesPerSecond <= 0 && CopyBeside.Worthwhile ? CopyTwo(process, stretch, _beside ??= new CopyBeside()) : Copy(process, stretch, fault: false))
+                if (Copy(process, stretch, fault: false, BytesPerSecond <= 0 && CopyBeside.Worthwhile ? _beside ??= new CopyBeside() : null))
                 {
                     _pieces++;
                     return true;
@@ -483,48 +483,30 @@ public sealed unsafe class MemoryFiller : IDisposable
     /// <summary>
     /// Puts the stretch's pages in place, or as many of them as one source holds: the staged images,
     /// or the pages left on the source (a <paramref name="fault"/> fetches those at once; a piece is
-    /// not filled, and false returned, while its first page is still on its way in the stream).
+    /// not filled, and false returned, while its first page is still on its way in the stream). With
+    /// <paramref name="beside"/>, the missing pages right after it too, when the staged images hold
+    /// them, on that helper's thread: two pieces at once.
     /// </summary>
-    private bool Copy(Filled process, MissingStretch stretch, bool fault)
+    private bool Copy(Filled process, MissingStretch stretch, bool fault, CopyBeside? beside = null)
     {
-        if (!Prepare(process, stretch, fault, _buffer, localOnly: false, out var ready))
-        {
-            return false;
-        }
-
-        long began = Stopwatch.GetTimestamp();
-        var copy = CopyOf(ready);
-        int result = Interop.Tracking.Ioctl(process.Uffd, UffdioCopy, &copy);
-        int error = result == 0 ? 0 : Marshal.GetLastPInvokeError();
-        Account(process, ready.Stretch, result, error, copy.Copied);
-        _copyTicks += Stopwatch.GetTimestamp() - began;
-        return true;
-    }
-
-    /// <summary>
-    /// Fills a piece as <see cref="Copy"/> does, and the missing pages right after it, when the staged
-    /// images hold them, beside it on <see cref="CopyBeside"/>'s thread: two pieces at once.
-    /// </summary>
-    private bool CopyTwo(Filled process, MissingStretch stretch, CopyBeside beside)
-    {
-        if (!Prepare(process, stretch, fault: false, _buffer, localOnly: false, out var first))
+        if (!Prepare(process, stretch, fault, _buffer, localOnly: false, out var first))
         {
             return false;
         }
 
         ulong after = first.Stretch.Address + ((ulong)first.Stretch.Pages * Page);
         Ready second = default;
-        bool two = process.Missing.At(after, PiecePages) is { } next && Prepare(process, next, fault: false, SecondBuffer, localOnly: true, out second);
+        bool two = beside is not null && process.Missing.At(after, PiecePages) is { } next && Prepare(process, next, fault: false, SecondBuffer, localOnly: true, out second);
         long began = Stopwatch.GetTimestamp();
         if (two)
         {
-            beside.Start(process.Uffd, CopyOf(second));
+            beside!.Start(process.Uffd, CopyOf(second));
         }
 
         var copy = CopyOf(first);
         int result = Interop.Tracking.Ioctl(process.Uffd, UffdioCopy, &copy);
         int error = result == 0 ? 0 : Marshal.GetLastPInvokeError();
-        var (besideResult, besideError, besideCopied) = two ? beside.Finish() : default;
+        var (besideResult, besideError, besideCopied) = two ? beside!.Finish() : default;
         Account(process, first.Stretch, result, error, copy.Copied);
         if (two)
         {

@@ -436,7 +436,7 @@ public sealed partial class ImageReceiver : IDisposable
                 var staged = await session.CompleteAsync(done);
                 failed = false;
                 AgentTelemetry.TransferBytes.Add(session.ReceivedThisStream, new KeyValuePair<string, object?>("direction", "in"));
-                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived, session.FollowedFiles, session.CheckedFiles, session.MostLeftToReadBack >> 10, session.CompleteSteps);
+                LogStaged(claims.MigrationId, staged.Bytes, stopwatch.ElapsedMilliseconds, session.ReceivedThisStream, session.ReferencedThisStream, opened, arrived - opened, stopwatch.ElapsedMilliseconds - arrived, session.FollowedFiles, session.CheckedFiles, session.UnfollowedFiles, session.MostLeftToReadBack >> 10, session.CompleteSteps);
                 _events?.Changed(claims.MigrationId);
                 await responses.WriteAsync(new UploadReply { Staged = staged }, cancellationToken);
             }
@@ -883,8 +883,9 @@ public sealed partial class ImageReceiver : IDisposable
         return new TransferRejectedException(code, reason, message);
     }
 
-    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms ({Received} received, {Referenced} of them copied from pages already here; manifest matched in {Open} ms, bytes {Data} ms, read back and staged in {Complete} ms; {Followed} of {Checked} files read back as they arrived, at most {LeftKiB} KiB of one after its last byte; {Steps})")]
-    private partial void LogStaged(string migration, ulong bytes, long millis, long received, long referenced, long open, long data, long complete, int followed, int @checked, long leftKiB, string steps);
+    [LoggerMessage(Level = LogLevel.Information, Message = "Migration {Migration}: {Bytes} bytes of images staged in {Millis} ms ({Received} received, {Referenced} of them copied from pages already here; manifest matched in {Open} ms, bytes {Data} ms, read back and staged in {Complete} ms; {Followed} of {Checked} files read back as they arrived ({Unfollowed} given up on, their lease refused or broken), at most {LeftKiB} KiB of one after its last byte; {Steps})")]
+    private partial void LogStaged(string migration, ulong bytes, long millis, long received, long referenced, long open, long data, long complete, int followed, int @checked, int unfollowed,
+        long leftKiB, string steps);
 
     /// <summary>One upload's files: resume offsets, the file being written; digests checked once at the end.</summary>
     private sealed class IncomingSession : IDisposable
@@ -1081,6 +1082,9 @@ public sealed partial class ImageReceiver : IDisposable
 
         /// <summary>The most bytes of a file read back after the writer was done with it (what its last byte waited for).</summary>
         public long MostLeftToReadBack => _readBack.MostLeftAtEnd;
+
+        /// <summary>Files the read back gave up following (another writer, or a change while it was away): read in full after the last byte.</summary>
+        public int UnfollowedFiles => _readBack.Unfollowed;
 
         /// <summary>Writes a file's next bytes.</summary>
         private async Task<long> AppendAsync(int index, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
