@@ -35,6 +35,12 @@ public sealed record StagingLayout(string StagingRoot, string IncomingRoot)
     /// <summary>On the target: the manifest of the files received and verified (size and digest of each).</summary>
     public const string StagedFile = "staged.json";
 
+    /// <summary>
+    /// On the target: where an upload's opening moves the records of the one before (the staged
+    /// manifest, the progress record) instead of deleting them; they go with the migration.
+    /// </summary>
+    public const string RetiredDirectory = "retired";
+
     /// <summary>On the target: the stamps of the staged files when their digests were verified (<see cref="StagedFileStamp"/>).</summary>
     public const string StampsFile = "staged.stamps";
 

@@ -5,6 +5,7 @@ using System.Text;
 using Grpc.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Migrate.Agent.Contracts.Security;
+using Migrate.Api;
 using Migrate.Agent.Contracts.Transfer;
 using Migrate.Criu.Lazy;
 using Migrate.Agent.V1;
@@ -34,6 +35,9 @@ public sealed class ImageTransferTests : IAsyncLifetime
         var files = TransferAgents.Stage(Source, "m-ok");
 
         var progress = await _agents.SendAsync("m-ok", compress: compress);
+        var incoming = Path.Combine(Target.Incoming, "m-ok");
+        var first = File.ReadAllText(Path.Combine(incoming, StagingLayout.StagedFile));
+        Assert.False(Directory.Exists(Path.Combine(incoming, StagingLayout.RetiredDirectory)), "the first upload had no records to move aside");
         var again = await _agents.SendAsync("m-ok", compress: compress);
 
         Assert.True(progress.Staged);
@@ -51,6 +55,13 @@ public sealed class ImageTransferTests : IAsyncLifetime
         Assert.True(again.Staged);
         Assert.Equal(0UL, again.BytesSent);
         Assert.Equal(progress.TotalBytes, again.BytesSkipped);
+        // the repeat's opening moved the first upload's records aside (not deleted) and staged anew
+        var retired = Directory.GetFiles(Path.Combine(incoming, StagingLayout.RetiredDirectory)).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList();
+        Assert.Collection(retired,
+            r => Assert.StartsWith(StagingLayout.ProgressFile + ".", r, StringComparison.Ordinal),
+            r => Assert.StartsWith(StagingLayout.StagedFile + ".", r, StringComparison.Ordinal));
+        Assert.Equal(first, File.ReadAllText(Path.Combine(incoming, StagingLayout.RetiredDirectory, retired[1]!)));
+        Assert.True(File.Exists(Path.Combine(incoming, StagingLayout.StagedFile)));
         if (compress)
         {
             // a quarter of every image is zero pages
