@@ -16,6 +16,10 @@ export MIGRATE_FIGURES_FILE="$PWD/$results/figures.txt"
 run_tmp=$(mktemp -d /tmp/podmig-tests.XXXXXX)
 trap 'rm -rf "$run_tmp"' EXIT
 export TMPDIR="$run_tmp"
+# Every sandbox's component logs (operator, agents) are copied here when it is torn down, and kept
+# only when a test failed: a failure that does not come back when run alone can still be read.
+default_logs="$PWD/$results/sandbox-logs"
+export PODMIG_SANDBOX_LOGS="${PODMIG_SANDBOX_LOGS:-$default_logs}"
 
 mapfile -t projects < <(find tests -name '*.Tests.csproj' | sort)
 [ ${#projects[@]} -gt 0 ] || { echo "no test projects found" >&2; exit 1; }
@@ -81,6 +85,13 @@ if [ ${#broken[@]} -gt 0 ]; then
   echo
   echo "test projects that produced no results (build or host failure): ${broken[*]}"
   failed=$((failed + ${#broken[@]}))
+fi
+
+if [ "$failed" -eq 0 ] && [ "$PODMIG_SANDBOX_LOGS" = "$default_logs" ]; then
+  rm -rf "$default_logs"
+elif [ -d "$PODMIG_SANDBOX_LOGS" ]; then
+  echo
+  echo "the sandboxes' logs: $PODMIG_SANDBOX_LOGS"
 fi
 
 echo
