@@ -24,6 +24,9 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
 
     public void Dispose() => Prerequisites.Run("ip", "netns", "delete", _name);
 
+    /// <summary>Both families' rules in the namespace, as their save tools print them.</summary>
+    private string SavedRules() => Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save") + Prerequisites.Run("ip", "netns", "exec", _name, "ip6tables-save");
+
     [Fact]
     public void The_work_and_the_programs_it_starts_are_in_the_namespace_and_the_caller_stays_where_it_was()
     {
@@ -111,8 +114,7 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
 
         network.Unlock(Path);
         Assert.False(network.IsLocked(Path));
-        Assert.DoesNotContain("PODMIG", Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save") + Prerequisites.Run("ip", "netns", "exec", _name, "ip6tables-save"),
-            StringComparison.Ordinal);
+        Assert.DoesNotContain("PODMIG", SavedRules(), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -129,8 +131,7 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
 
         Assert.All(tools, pid => Assert.False(Directory.Exists($"/proc/{pid}"), $"tool {pid} ended with the lock dropped"));
         Assert.False(network.IsLocked(Path));
-        Assert.DoesNotContain("PODMIG", Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save") + Prerequisites.Run("ip", "netns", "exec", _name, "ip6tables-save"),
-            StringComparison.Ordinal);
+        Assert.DoesNotContain("PODMIG", SavedRules(), StringComparison.Ordinal);
         // what a dropped lock (or a dead agent) leaves its tools: an empty input, which they end on by themselves, successfully
         foreach (var tool in new[] { "iptables-restore", "ip6tables-restore" })
         {
@@ -187,8 +188,7 @@ public sealed class NetworkNamespaceThreadTests : IDisposable
         }
 
         Assert.False(network.IsLocked(Path));
-        Assert.DoesNotContain("PODMIG", Prerequisites.Run("ip", "netns", "exec", _name, "iptables-save") + Prerequisites.Run("ip", "netns", "exec", _name, "ip6tables-save"),
-            StringComparison.Ordinal);
+        Assert.DoesNotContain("PODMIG", SavedRules(), StringComparison.Ordinal);
 
         // on a namespace not locked (its lock failed, or another container's restore lifted it) the unlock has nothing to do, and says nothing
         using (var again = network.PrepareUnlock(Path)!)
